@@ -1,0 +1,67 @@
+"""Datasets by name: one entry point, `load(data_config, split)`, returning uint8 images and integer labels.
+
+Pixels stay uint8 on the host and on the way to the devices; scaling and binarization happen on the device
+(jaxgen.data.device). TensorFlow and TFDS are imported only inside the TFDS loaders.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import numpy as np
+
+from jaxgen import registry
+from jaxgen.data import shipped, synthetic, tfds_source
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageData:
+    """A whole split in host memory. image: uint8 [N, H, W, C], pixels 0-255; label: int32 [N]."""
+
+    image: np.ndarray
+    label: np.ndarray
+    name: str
+    split: str
+
+    def __post_init__(self):
+        if self.image.dtype != np.uint8 or self.image.ndim != 4:
+            raise ValueError(
+                f"dataset {self.name!r} split {self.split!r}: images must be uint8 [N, H, W, C], "
+                f"got {self.image.dtype} {self.image.shape}"
+            )
+        if self.label.shape != (self.image.shape[0],):
+            raise ValueError(f"dataset {self.name!r}: {self.image.shape[0]} images but labels {self.label.shape}")
+        if self.image.shape[0] == 0:
+            raise ValueError(f"dataset {self.name!r} split {self.split!r} is empty")
+
+    def __len__(self) -> int:
+        return self.image.shape[0]
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.image.shape[1:])
+
+
+# name -> loader(data_config, split) -> (image uint8 [N,H,W,C], label int [N])
+DATASETS: dict[str, Callable] = {
+    "mnist_5k": shipped.mnist_5k,
+    "mnist": tfds_source.loader("mnist"),
+    "fashion_mnist": tfds_source.loader("fashion_mnist"),
+    "cifar10": tfds_source.loader("cifar10"),
+    "synthetic": synthetic.synthetic,
+}
+
+
+def load(data_config, split: str) -> ImageData:
+    """Loads `split` of the dataset `data_config.name` into host memory.
+
+    A user's own dataset is `data.name='package.module:function'`, the function taking (data_config, split) and
+    returning (images uint8 [N, H, W, C], labels int [N]).
+    """
+    fn = registry.resolve("dataset", data_config.name, DATASETS)
+    image, label = fn(data_config, split)
+    image, label = np.asarray(image), np.asarray(label).astype(np.int32)
+    if data_config.num_examples and data_config.name != "synthetic":
+        image, label = image[: data_config.num_examples], label[: data_config.num_examples]
+    return ImageData(image=image, label=label, name=data_config.name, split=split)

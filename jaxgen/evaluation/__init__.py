@@ -1,0 +1,1 @@
+"""Evaluation: likelihood metrics of VAEs on a test split, and the images that show a model."""

@@ -1,0 +1,92 @@
+"""VAE models: an encoder q(z|x) = N(mu, diag exp(logvar)) and a decoder giving p(x|z)'s parameters per pixel.
+
+Both expose `encode(x) -> (mu, logvar)`, each [B, latent_dim], and `decode(z) -> out` [B, H, W, C] (logits for
+a Bernoulli likelihood, means for a Gaussian). Inputs x are float images [B, H, W, C] in [0, 1].
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+
+from jaxgen.models.layers import ConvTranspose2x, activation, check_divisible
+
+
+class MLPVAE(nn.Module):
+    """The IWAE paper's one-stochastic-layer shape (Burda et al. 2016): 2 hidden layers each way, tanh there."""
+
+    image_shape: tuple[int, int, int]
+    latent_dim: int = 50
+    hidden: tuple[int, ...] = (200, 200)
+    activation: str = "tanh"
+
+    def setup(self):
+        self.enc = [nn.Dense(h) for h in self.hidden]
+        self.mu = nn.Dense(self.latent_dim)
+        self.logvar = nn.Dense(self.latent_dim)
+        self.dec = [nn.Dense(h) for h in reversed(self.hidden)]
+        self.out = nn.Dense(math.prod(self.image_shape))
+
+    def encode(self, x):
+        act = activation(self.activation)
+        h = x.reshape(x.shape[0], -1)
+        for layer in self.enc:
+            h = act(layer(h))
+        return self.mu(h), self.logvar(h)
+
+    def decode(self, z):
+        act = activation(self.activation)
+        h = z
+        for layer in self.dec:
+            h = act(layer(h))
+        return self.out(h).reshape(z.shape[0], *self.image_shape)
+
+    def __call__(self, x, z):
+        return self.encode(x), self.decode(z)
+
+
+class ConvVAE(nn.Module):
+    """The seed article's conv VAE: stride-2 3x3 convs (32, 64), dense 16, latent 10; the decoder mirrors it with
+    stride-2 transposed convs that really upsample (7 -> 14 -> 28), then a 3x3 conv to the image channels.
+    Same shapes as ../shared/reference/torch_reference.py's VAE."""
+
+    image_shape: tuple[int, int, int]
+    latent_dim: int = 10
+    channels: tuple[int, ...] = (32, 64)
+    dense: int = 16
+    activation: str = "relu"
+
+    def setup(self):
+        check_divisible(self.image_shape, len(self.channels), "conv_vae")
+        pad = ((1, 1), (1, 1))
+        self.enc = [nn.Conv(c, (3, 3), strides=(2, 2), padding=pad) for c in self.channels]
+        self.enc_dense = nn.Dense(self.dense)
+        self.mu = nn.Dense(self.latent_dim)
+        self.logvar = nn.Dense(self.latent_dim)
+        f = 2 ** len(self.channels)
+        self.base = (self.image_shape[0] // f, self.image_shape[1] // f, self.channels[-1])
+        self.dec_dense = nn.Dense(self.dense)
+        self.dec_proj = nn.Dense(self.base[0] * self.base[1] * self.base[2])
+        widths = tuple(reversed(self.channels))  # (64, 32) for channels (32, 64)
+        self.up = [ConvTranspose2x(c, kernel_size=3, padding=1) for c in widths]
+        self.out = nn.Conv(self.image_shape[-1], (3, 3), padding=pad)
+
+    def encode(self, x):
+        act = activation(self.activation)
+        h = x
+        for conv in self.enc:
+            h = act(conv(h))
+        h = act(self.enc_dense(h.reshape(h.shape[0], -1)))
+        return self.mu(h), self.logvar(h)
+
+    def decode(self, z):
+        act = activation(self.activation)
+        h = act(self.dec_proj(act(self.dec_dense(z))))
+        h = h.reshape(z.shape[0], *self.base)
+        for up in self.up:
+            h = act(up(h))
+        return self.out(h)
+
+    def __call__(self, x, z):
+        return self.encode(x), self.decode(z)

@@ -1,0 +1,131 @@
+"""VAE objectives as plain functions: `fn(params, x, keys, *, model, cfg) -> (loss, metrics)`.
+
+x: float images [B, H, W, C] (binarized or in [0, 1]); keys: one PRNG key per example [B], so an example's noise
+depends on the example, not on the device it lands on; cfg: the `objective` config block. Log densities are in
+nats, summed over pixels and latent dimensions, averaged over the batch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxgen import registry
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+def gaussian_kl(mu: jax.Array, logvar: jax.Array) -> jax.Array:
+    """KL(N(mu, diag exp(logvar)) || N(0, I)), summed over the last axis."""
+    return 0.5 * jnp.sum(jnp.exp(logvar) + mu**2 - 1.0 - logvar, axis=-1)
+
+
+def std_normal_log_prob(z: jax.Array) -> jax.Array:
+    """log N(z; 0, I), summed over the last axis."""
+    return -0.5 * jnp.sum(z**2 + LOG_2PI, axis=-1)
+
+
+def diag_normal_log_prob(z: jax.Array, mu: jax.Array, logvar: jax.Array) -> jax.Array:
+    """log N(z; mu, diag exp(logvar)), summed over the last axis."""
+    return -0.5 * jnp.sum((z - mu) ** 2 * jnp.exp(-logvar) + logvar + LOG_2PI, axis=-1)
+
+
+def bernoulli_log_prob(logits: jax.Array, x: jax.Array, cfg=None) -> jax.Array:
+    """log Bernoulli(x; sigmoid(logits)), summed over the last three (pixel) axes."""
+    del cfg
+    return -jnp.sum(optax.sigmoid_binary_cross_entropy(logits, x), axis=(-3, -2, -1))
+
+
+def gaussian_log_prob(mean: jax.Array, x: jax.Array, cfg) -> jax.Array:
+    """log N(x; mean, cfg.gaussian_sigma^2 I), summed over the last three (pixel) axes."""
+    sigma = cfg.gaussian_sigma
+    return jnp.sum(-0.5 * ((x - mean) / sigma) ** 2 - math.log(sigma) - 0.5 * LOG_2PI, axis=(-3, -2, -1))
+
+
+LIKELIHOODS = {"bernoulli": bernoulli_log_prob, "gaussian": gaussian_log_prob}
+
+# The decoder's output as an image in [0, 1] (the likelihood's mean), per likelihood.
+MEANS = {"bernoulli": jax.nn.sigmoid, "gaussian": lambda m: jnp.clip(m, 0.0, 1.0)}
+
+
+def likelihood(cfg):
+    return registry.resolve("likelihood", cfg.likelihood, LIKELIHOODS)
+
+
+def sample_latents(mu, logvar, keys, k: int):
+    """z [B, k, D] = mu + sigma * eps, eps drawn from each example's key."""
+    eps = jax.vmap(lambda key: jax.random.normal(key, (k, mu.shape[-1]), mu.dtype))(keys)
+    return mu[:, None] + jnp.exp(0.5 * logvar)[:, None] * eps
+
+
+def _decode_log_prob(params, x, z, *, model, cfg):
+    """log p(x | z) [B, k] for z [B, k, D]."""
+    b, k, d = z.shape
+    out = model.apply(params, z.reshape(b * k, d), method="decode")
+    out = out.reshape(b, k, *out.shape[1:])
+    return likelihood(cfg)(out, x[:, None], cfg)
+
+
+def log_importance_weights(params, x, keys, *, model, cfg, k: int) -> jax.Array:
+    """log w = log p(x|z) + log p(z) - log q(z|x) for k draws z ~ q(z|x) per example: [B, k]."""
+    mu, logvar = model.apply(params, x, method="encode")
+    z = sample_latents(mu, logvar, keys, k)
+    log_px = _decode_log_prob(params, x, z, model=model, cfg=cfg)
+    return log_px + std_normal_log_prob(z) - diag_normal_log_prob(z, mu[:, None], logvar[:, None])
+
+
+def elbo(params, x, keys, *, model, cfg):
+    """The negative (beta-weighted) ELBO, averaged over the batch and over cfg.k latent draws per example.
+
+    cfg.kl = 'analytic' uses the closed-form Gaussian KL; 'mc' the single-sample estimate log q(z|x) - log p(z)
+    (the form whose k=1 value equals IWAE's under the same noise).
+    """
+    mu, logvar = model.apply(params, x, method="encode")
+    z = sample_latents(mu, logvar, keys, cfg.k)
+    rec = jnp.mean(_decode_log_prob(params, x, z, model=model, cfg=cfg), axis=1)  # [B]
+    if cfg.kl == "analytic":
+        kl = gaussian_kl(mu, logvar)
+    elif cfg.kl == "mc":
+        kl = jnp.mean(diag_normal_log_prob(z, mu[:, None], logvar[:, None]) - std_normal_log_prob(z), axis=1)
+    else:
+        raise ValueError(f"objective.kl must be 'analytic' or 'mc', got {cfg.kl!r}")
+    loss = -jnp.mean(rec - cfg.beta * kl)
+    return loss, {"loss": loss, "elbo": jnp.mean(rec - kl), "rec_nll": -jnp.mean(rec), "kl": jnp.mean(kl)}
+
+
+def iwae(params, x, keys, *, model, cfg):
+    """The negative importance-weighted bound (Burda et al. 2016) with cfg.k samples per example."""
+    log_w = log_importance_weights(params, x, keys, model=model, cfg=cfg, k=cfg.k)
+    bound = jax.nn.logsumexp(log_w, axis=1) - math.log(cfg.k)
+    loss = -jnp.mean(bound)
+    # The effective sample size of the normalised weights says how much the k samples help.
+    w = jax.nn.softmax(log_w, axis=1)
+    ess = jnp.mean(1.0 / jnp.sum(w**2, axis=1))
+    return loss, {"loss": loss, "iwae_bound": -loss, "ess": ess}
+
+
+def chunk_logsumexp(params, x, keys, c, *, model, cfg, chunk: int, valid) -> jax.Array:
+    """logsumexp of the log importance weights of chunk `c` [B]: `chunk` draws from fold_in(key, c), of which the
+    first `valid` count (the last chunk of k samples may be partial)."""
+    ck = jax.vmap(jax.random.fold_in, (0, None))(keys, c)
+    lw = log_importance_weights(params, x, ck, model=model, cfg=cfg, k=chunk)
+    lw = jnp.where(jnp.arange(chunk)[None] < valid, lw, -jnp.inf)
+    return jax.nn.logsumexp(lw, axis=1)
+
+
+def importance_nll(params, x, keys, *, model, cfg, k: int, chunk: int) -> jax.Array:
+    """Per-example NLL estimate -log (1/k sum_i w_i) in nats [B], k importance samples drawn `chunk` at a time.
+
+    The estimate is the IWAE bound with k samples: an upper bound on -log p(x) that tightens as k grows. The
+    chunks are a Python loop (XLA:CPU runs convolutions inside a rolled loop many times slower); for large k
+    call `chunk_logsumexp` from the host per chunk, as jaxgen.evaluation does.
+    """
+    chunk = min(chunk, k)
+    acc = None
+    for c in range(-(-k // chunk)):
+        lse = chunk_logsumexp(params, x, keys, c, model=model, cfg=cfg, chunk=chunk, valid=min(chunk, k - c * chunk))
+        acc = lse if acc is None else jnp.logaddexp(acc, lse)
+    return -(acc - math.log(k))

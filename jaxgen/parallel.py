@@ -1,0 +1,57 @@
+"""The device mesh and how arrays get onto it.
+
+Data parallelism is written per device (a body that sees its own slice and calls `lax.pmean(..., AXIS)`) and
+mapped over a one-axis mesh of every device of every process with `jax.shard_map` inside `jax.jit`.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+AXIS = "data"
+
+
+def make_mesh() -> jax.sharding.Mesh:
+    """A 1-D mesh named 'data' over all devices (all processes)."""
+    return jax.make_mesh((jax.device_count(),), (AXIS,), axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def check_batch(global_batch: int, mesh: jax.sharding.Mesh, what: str = "train.batch_size") -> int:
+    """Per-device batch size; a clear error when the global batch does not split evenly."""
+    n = mesh.size
+    if global_batch % n:
+        lo, hi = (global_batch // n) * n, (global_batch // n + 1) * n
+        raise ValueError(
+            f"{what}={global_batch} is not divisible by the {n} devices; "
+            f"use a multiple of {n} (e.g. {lo or hi} or {hi})"
+        )
+    return global_batch // n
+
+
+def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def put_replicated(tree, mesh: jax.sharding.Mesh):
+    """Places a pytree of host arrays (identical on every process) on every device of the mesh."""
+    sharding = replicated(mesh)
+    return jax.tree.map(lambda a: jax.make_array_from_process_local_data(sharding, np.asarray(a)), tree)
+
+
+def put_batch(tree, mesh: jax.sharding.Mesh):
+    """Shards a host pytree of global batches (leading axis, identical on every process) over the 'data' axis.
+
+    Each process contributes only the rows its own devices hold.
+    """
+    sharding = NamedSharding(mesh, P(AXIS))
+
+    def put(a):
+        a = np.asarray(a)
+        per = a.shape[0] // jax.process_count()
+        local = a[jax.process_index() * per : (jax.process_index() + 1) * per]
+        return jax.make_array_from_process_local_data(sharding, local, a.shape)
+
+    return jax.tree.map(put, tree)

@@ -1,0 +1,41 @@
+"""Name -> object lookup: one explicit table per kind, or a user's own object as `package.module:attribute`."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from typing import Any
+
+
+class UnknownNameError(ValueError):
+    """A name that is neither in a built-in table nor an importable `package.module:attribute`."""
+
+
+def resolve(kind: str, name: str, table: Mapping[str, Any]) -> Any:
+    """Returns `table[name]`, or the attribute named by `package.module:attribute`.
+
+    Args:
+      kind: what is looked up, for the error message ("dataset", "model", "objective" ...).
+      name: a key of `table`, or an import path with exactly one colon.
+      table: the built-in choices.
+    """
+    if not isinstance(name, str) or not name:
+        raise UnknownNameError(f"{kind} must be a non-empty string, got {name!r}; choices: {', '.join(sorted(table))}")
+    if name in table:
+        return table[name]
+    if ":" not in name:
+        raise UnknownNameError(
+            f"unknown {kind} {name!r}; choices: {', '.join(sorted(table))}, "
+            f"or your own as 'package.module:attribute'"
+        )
+    module_name, _, attr = name.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise UnknownNameError(
+            f"{kind} {name!r}: cannot import module {module_name!r} ({e}); is it on PYTHONPATH?"
+        ) from e
+    try:
+        return getattr(module, attr)
+    except AttributeError as e:
+        raise UnknownNameError(f"{kind} {name!r}: module {module_name!r} has no attribute {attr!r}") from e

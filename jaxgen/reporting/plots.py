@@ -1,0 +1,63 @@
+"""Plots of a run: loss curves from metrics.jsonl and the latent space coloured by label."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from jaxgen.reporting import writer
+
+
+def _pyplot():
+    import matplotlib  # noqa: PLC0415 (only when plotting)
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    return plt
+
+
+def loss_curves(metrics_path: Path, out: Path, keys: tuple[str, ...] = ("loss", "elbo", "nll")) -> Path | None:
+    """Train loss and eval ELBO/NLL against step, from metrics.jsonl. Returns the PNG path (None: no data)."""
+    records = writer.read(metrics_path)
+    if not records:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for split in ("train", "eval"):
+        for key in keys:
+            pts = [(r["step"], r[key]) for r in records if r["split"] == split and isinstance(r.get(key), float)]
+            if pts:
+                s, v = zip(*pts)
+                sign = -1.0 if key == "elbo" else 1.0  # plot -ELBO so every curve goes down
+                ax.plot(s, sign * np.asarray(v), marker="o" if split == "eval" else None, ms=3,
+                        label=f"{split} {'-elbo' if key == 'elbo' else key}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("nats per image")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return Path(out)
+
+
+def latent_scatter(mu: np.ndarray, labels: np.ndarray, out: Path) -> Path:
+    """The posterior means [N, D] in 2-D (the first two principal components when D > 2), coloured by label."""
+    mu = np.asarray(mu, np.float64)
+    if mu.shape[1] > 2:
+        centred = mu - mu.mean(0)
+        _, _, vt = np.linalg.svd(centred, full_matrices=False)
+        xy, title = centred @ vt[:2].T, f"posterior means, first 2 of {mu.shape[1]} principal components"
+    else:
+        xy, title = np.pad(mu, ((0, 0), (0, 2 - mu.shape[1]))), "posterior means"
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 5))
+    sc = ax.scatter(xy[:, 0], xy[:, 1], c=labels, cmap="tab10", s=6, alpha=0.8)
+    fig.colorbar(sc, ax=ax, label="label")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return Path(out)

@@ -1,0 +1,46 @@
+"""Metrics to `<workdir>/metrics.jsonl` (one JSON object a line) and TensorBoard events in `<workdir>/tb`.
+
+Only process 0 writes; on the others the writer does nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import jax
+
+
+class MetricWriter:
+    """Appends `{"step": s, "split": "train"|"eval", "<name>": value, ...}` lines and TensorBoard scalars."""
+
+    def __init__(self, workdir: Path, enabled: bool | None = None):
+        self.enabled = jax.process_index() == 0 if enabled is None else enabled
+        self.path = Path(workdir) / "metrics.jsonl"
+        self._tb = None
+        if self.enabled:
+            from tensorboardX import SummaryWriter  # noqa: PLC0415 (only the writing process needs it)
+
+            self._tb = SummaryWriter(str(Path(workdir) / "tb"), flush_secs=30)
+
+    def write(self, step: int, split: str, scalars: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        clean = {k: (float(v) if math.isfinite(float(v)) else str(float(v))) for k, v in scalars.items()}
+        with self.path.open("a") as f:
+            f.write(json.dumps({"step": int(step), "split": split, **clean}) + "\n")
+        for k, v in scalars.items():
+            self._tb.add_scalar(f"{split}/{k}", float(v), int(step))
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+def read(path: Path) -> list[dict]:
+    """The records of a metrics.jsonl file (missing file: none)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -1,0 +1,1 @@
+"""Training: the train state, the optimizer, the compiled step, checkpoints and the loop."""

@@ -1,0 +1,66 @@
+"""Orbax checkpoints of the whole train state, with auto-resume that survives a broken checkpoint.
+
+Checkpoints live in `<workdir>/checkpoints/<step>`. A checkpoint that cannot be read is reported, moved to
+`<workdir>/checkpoints_broken/<step>` (kept, not deleted) and the previous one is used.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import jax
+import orbax.checkpoint as ocp
+
+log = logging.getLogger(__name__)
+
+
+def manager(workdir: Path, cfg) -> ocp.CheckpointManager:
+    """A CheckpointManager saving every `cfg.every` steps, keeping `cfg.keep`, asynchronous if `cfg.asynchronous`."""
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=cfg.keep,
+        save_interval_steps=cfg.every,
+        enable_async_checkpointing=cfg.asynchronous,
+        create=True,
+    )
+    return ocp.CheckpointManager(Path(workdir).absolute() / "checkpoints", options=options)
+
+
+def save(mgr: ocp.CheckpointManager, state: dict, *, force: bool = False) -> bool:
+    """Saves `state` at its step (if the interval says so, or `force`). Returns whether a save started."""
+    step = int(jax.device_get(state["step"]))
+    if step in mgr.all_steps():
+        return False
+    return mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)), force=force)
+
+
+def abstract_like(state_shapes, sharding):
+    """The restore target: shapes and dtypes of `state_shapes` (from jax.eval_shape), placed by `sharding`.
+
+    A target with the current mesh's sharding is what lets a checkpoint written on N devices restore onto M.
+    """
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), state_shapes)
+
+
+def restore_newest(workdir: Path, cfg, target) -> tuple[ocp.CheckpointManager, dict | None]:
+    """(manager, newest readable state or None). Unreadable checkpoints are reported and moved aside."""
+    mgr = manager(workdir, cfg)
+    for step in sorted(mgr.all_steps(), reverse=True):
+        try:
+            restored = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+            return mgr, restored["state"]
+        except Exception as e:  # noqa: BLE001 (any failure to read means: fall back to the previous one)
+            log.error("Checkpoint at step %d cannot be read (%s: %s); using the previous one", step,
+                      type(e).__name__, str(e).splitlines()[0][:300] if str(e) else "")
+            mgr.close()
+            if jax.process_index() == 0:
+                src = Path(workdir).absolute() / "checkpoints" / str(step)
+                dst = Path(workdir).absolute() / "checkpoints_broken" / str(step)
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                if dst.exists():
+                    shutil.rmtree(dst)
+                shutil.move(str(src), str(dst))
+                log.error("Moved the unreadable checkpoint to %s", dst)
+            mgr = manager(workdir, cfg)
+    return mgr, None

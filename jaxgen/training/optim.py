@@ -1,0 +1,43 @@
+"""The optimizer from the `optim` config block: adam or adamw, linear warmup then constant or cosine, clipping."""
+
+from __future__ import annotations
+
+import optax
+
+from jaxgen import registry
+
+
+def _adam(cfg, lr):
+    return optax.adam(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
+
+
+def _adamw(cfg, lr):
+    return optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay)
+
+
+OPTIMIZERS = {"adam": _adam, "adamw": _adamw}
+
+
+def schedule(cfg, total_steps: int) -> optax.Schedule:
+    """Learning rate per step: linear warmup over cfg.warmup_steps, then 'constant' or 'cosine' to the end."""
+    warm = int(cfg.warmup_steps)
+    if cfg.schedule == "constant":
+        if not warm:
+            return optax.constant_schedule(cfg.lr)
+        return optax.join_schedules(
+            [optax.linear_schedule(0.0, cfg.lr, warm), optax.constant_schedule(cfg.lr)], [warm]
+        )
+    if cfg.schedule == "cosine":
+        return optax.warmup_cosine_decay_schedule(
+            0.0, cfg.lr, warm, max(total_steps, warm + 1), end_value=cfg.lr * cfg.end_lr_ratio
+        )
+    raise ValueError(f"unknown optim.schedule {cfg.schedule!r}; choices: constant, cosine")
+
+
+def make(cfg, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """(optimizer, its learning-rate schedule) for the `optim` config block."""
+    lr = schedule(cfg, total_steps)
+    tx = registry.resolve("optimizer", cfg.name, OPTIMIZERS)(cfg, lr)
+    if cfg.clip_norm:
+        tx = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), tx)
+    return tx, lr

@@ -1,0 +1,73 @@
+"""The workdir: checked writable before any work, the resolved config saved in it, logs written to it."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import jax
+
+log = logging.getLogger("jaxgen")
+
+
+class WorkdirError(RuntimeError):
+    """The workdir cannot be used."""
+
+
+def prepare(workdir: str | os.PathLike) -> Path:
+    """Creates `workdir` and proves it writable (a probe file), else raises WorkdirError naming the fix."""
+    path = Path(workdir).expanduser().absolute()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write_probe_{jax.process_index()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise WorkdirError(
+            f"workdir {path} is not writable ({e.strerror or e}); pass a --workdir you can write to"
+        ) from e
+    return path
+
+
+def setup_logging(workdir: Path) -> None:
+    """INFO logs to stderr and, on process 0, to <workdir>/log.txt."""
+    logger = logging.getLogger("jaxgen")
+    logger.setLevel(logging.INFO)
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
+    for h in list(logger.handlers):
+        logger.removeHandler(h)
+        h.close()
+    stream = logging.StreamHandler()
+    stream.setFormatter(fmt)
+    logger.addHandler(stream)
+    if jax.process_index() == 0:
+        fh = logging.FileHandler(workdir / "log.txt")
+        fh.setFormatter(fmt)
+        logger.addHandler(fh)
+    logger.propagate = False
+    logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax reports every save at INFO
+
+
+def save_config(config, workdir: Path) -> None:
+    """Writes the resolved config to <workdir>/config.json; warns about fields changed since the last run."""
+    if jax.process_index() != 0:
+        return
+    path = workdir / "config.json"
+    now = json.loads(config.to_json_best_effort(sort_keys=True))
+    if path.exists():
+        before = json.loads(path.read_text())
+        changed = sorted(_diff(before, now))
+        if changed:
+            log.warning("Config differs from the one this workdir was run with: %s", ", ".join(changed))
+            path.rename(workdir / "config.previous.json")
+    path.write_text(json.dumps(now, indent=2, sort_keys=True) + "\n")
+
+
+def _diff(a, b, prefix=""):
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in set(a) | set(b):
+            yield from _diff(a.get(k), b.get(k), f"{prefix}{k}.")
+    elif a != b:
+        yield f"{prefix[:-1]}: {a!r} -> {b!r}"
