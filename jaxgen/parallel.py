@@ -14,9 +14,10 @@ from jax.sharding import PartitionSpec as P
 AXIS = "data"
 
 
-def make_mesh() -> jax.sharding.Mesh:
-    """A 1-D mesh named 'data' over all devices (all processes)."""
-    return jax.make_mesh((jax.device_count(),), (AXIS,), axis_types=(jax.sharding.AxisType.Auto,))
+def make_mesh(devices=None) -> jax.sharding.Mesh:
+    """A 1-D mesh named 'data' over `devices` (default: every device of every process)."""
+    devices = jax.devices() if devices is None else list(devices)
+    return jax.sharding.Mesh(np.asarray(devices), (AXIS,), axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def check_batch(global_batch: int, mesh: jax.sharding.Mesh, what: str = "train.batch_size") -> int:

@@ -107,7 +107,7 @@ def _first_nonfinite(metrics: dict) -> tuple[int, list[str]] | None:
     if not len(bad):
         return None
     i = bad[0]
-    names = [k for k, v in metrics.items() if not np.isfinite(np.asarray(v)[i])]
+    names = sorted((k for k, v in metrics.items() if not np.isfinite(np.asarray(v)[i])), key=lambda k: (k != "loss", k))
     return int(np.asarray(metrics["step"])[i]), names or ["grad_norm"]
 
 

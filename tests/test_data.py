@@ -1,0 +1,84 @@
+"""Datasets: the shipped digits offline, the TFDS path under tfds.testing.mock_data, the on-device batches."""
+
+import time
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from jaxgen import data
+from jaxgen.data import device as dev
+from jaxgen.data import tfds_source
+
+
+def _cfg(**kw):
+    c = ml_collections.ConfigDict({"name": "mnist_5k", "data_dir": "", "num_examples": 0, "image_shape": (28, 28, 1),
+                                   "download": True})
+    c.update(kw)
+    return c
+
+
+def test_mnist_5k_offline_shapes_labels_balance_and_fixed_split():
+    train, test = data.load(_cfg(), "train"), data.load(_cfg(), "test")
+    assert train.image.shape == (4000, 28, 28, 1) and train.image.dtype == np.uint8
+    assert test.image.shape == (1000, 28, 28, 1)
+    assert np.all(np.bincount(train.label) == 400) and np.all(np.bincount(test.label) == 100)
+    assert train.image.max() == 255 and train.image.min() == 0
+    # Real digits: about a fifth of the pixels are ink, and the mean digit differs by class.
+    assert 0.1 < np.mean(train.image > 127) < 0.3
+    # Disjoint and deterministic.
+    flat = lambda d: {bytes(x) for x in d.image.reshape(len(d), -1)}  # noqa: E731
+    assert not flat(train) & flat(test)
+    np.testing.assert_array_equal(data.load(_cfg(), "train").image, train.image)
+    with pytest.raises(ValueError, match="splits 'train' and 'test'"):
+        data.load(_cfg(), "validation")
+
+
+def test_unknown_dataset_lists_the_choices():
+    with pytest.raises(ValueError, match="unknown dataset 'mnsit'; choices: cifar10, fashion_mnist, mnist, mnist_5k"):
+        data.load(_cfg(name="mnsit"), "train")
+
+
+def test_tfds_path_under_mock_data(tmp_path, monkeypatch):
+    import tensorflow_datasets as tfds
+
+    monkeypatch.setattr(tfds_source, "can_reach", lambda host: pytest.fail("no network in tests"))
+    monkeypatch.setattr(tfds_source, "has_tensorflow", lambda: True)
+    monkeypatch.setattr(tfds_source, "DOWNLOAD_HOSTS", {})
+    with tfds.testing.mock_data(num_examples=24):
+        d = data.load(_cfg(name="mnist", data_dir=str(tmp_path)), "train")
+        c = data.load(_cfg(name="cifar10", data_dir=str(tmp_path)), "test")
+    assert d.image.shape == (24, 28, 28, 1) and d.image.dtype == np.uint8 and d.label.shape == (24,)
+    assert c.image.shape == (24, 32, 32, 3)
+    # The split was cached as uint8 arrays in the data dir: a second load needs no TFDS at all.
+    assert (tmp_path / "jaxgen_cache" / "mnist" / "train.npz").exists()
+    np.testing.assert_array_equal(data.load(_cfg(name="mnist", data_dir=str(tmp_path)), "train").image, d.image)
+
+
+def test_tfds_offline_fails_fast_naming_the_dataset_and_the_fix(tmp_path, monkeypatch):
+    monkeypatch.setattr(tfds_source, "can_reach", lambda host: False)
+    t = time.perf_counter()
+    with pytest.raises(tfds_source.DatasetUnavailableError) as e:
+        data.load(_cfg(name="mnist", data_dir=str(tmp_path)), "train")
+    assert time.perf_counter() - t < 30
+    msg = str(e.value)
+    assert "'mnist' is not prepared in" in msg and "download_and_prepare" in msg and "mnist_5k" in msg
+
+
+def test_batches_are_epochs_of_permutations():
+    key = jax.random.key(0)
+    n, b = 100, 20
+    seen = np.concatenate([np.asarray(dev.batch_indices(key, s, n, b)) for s in range(5)])
+    assert sorted(seen) == list(range(100))  # one epoch = each example once
+    nxt = np.concatenate([np.asarray(dev.batch_indices(key, s, n, b)) for s in range(5, 10)])
+    assert sorted(nxt) == list(range(100)) and not np.array_equal(seen, nxt)  # reshuffled next epoch
+    np.testing.assert_array_equal(dev.batch_indices(key, 3, n, b), dev.batch_indices(key, 3, n, b))
+
+
+def test_dynamic_binarization_happens_on_device_from_uint8():
+    img = np.full((2, 4, 4, 1), 128, np.uint8)
+    keys = jax.random.split(jax.random.key(0), 2)
+    x = np.asarray(dev.preprocess(img, keys, "dynamic"))
+    assert set(np.unique(x)) <= {0.0, 1.0}
+    np.testing.assert_allclose(np.asarray(dev.preprocess(img, keys, "none")), 128 / 255, rtol=1e-6)

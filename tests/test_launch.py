@@ -1,0 +1,134 @@
+"""End to end through launch.py, every config's smoke variant, and every bad input's error."""
+
+import glob
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from jaxgen.training import loop
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _launch(*args, cwd=ROOT):
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    return subprocess.run([sys.executable, str(ROOT / "launch.py"), *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_launch_smoke_end_to_end_then_resume(tmp_path):
+    wd = tmp_path / "run"
+    r = _launch("--config=configs/vae_mnist.py:smoke", f"--workdir={wd}", "--config.output.progress=False")
+    assert r.returncode == 0, r.stderr[-3000:]
+    records = [json.loads(line) for line in (wd / "metrics.jsonl").read_text().splitlines()]
+    assert {"train", "eval"} == {r["split"] for r in records}
+    assert [r["step"] for r in records if r["split"] == "train"] == [5, 10, 15, 20]
+    for name in ("images/samples.png", "images/reconstructions.png", "images/samples_0000010.png",
+                 "latent_scatter.png", "latent_traversal.png", "loss_curves.png", "eval.json", "config.json",
+                 "log.txt"):
+        assert (wd / name).is_file(), name
+    assert sorted(p.name for p in (wd / "checkpoints").iterdir() if p.name.isdigit()) == ["10", "20"]
+    assert list((wd / "tb").glob("events.out.tfevents.*"))
+    ev = json.loads((wd / "eval.json").read_text())
+    assert ev["step"] == 20 and ev["nll_k"] == 16 and ev["nll"] < 784 * 0.7  # better than uniform pixels
+    assert json.loads((wd / "config.json").read_text())["train"]["steps"] == 20
+
+    r = _launch("--config=configs/vae_mnist.py:smoke", f"--workdir={wd}", "--config.output.progress=False",
+                "--config.train.steps=30")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Resumed from the checkpoint at step 20" in r.stderr
+    assert "train.steps: 20 -> 30" in r.stderr  # the changed field is named
+    assert (wd / "checkpoints" / "30").is_dir()
+    assert json.loads((wd / "eval.json").read_text())["step"] == 30
+
+    r = _launch("--config=configs/vae_mnist.py:smoke", f"--workdir={wd}", "--mode=eval")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "eval of step 30" in r.stderr
+
+
+def _load_config(path, variant):
+    spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.get_config(variant)
+
+
+CONFIGS = sorted(glob.glob(str(ROOT / "configs" / "*.py")))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[Path(p).stem for p in CONFIGS])
+def test_every_config_has_a_smoke_variant_that_trains(path, tmp_path):
+    c = _load_config(path, "smoke")
+    c.unlock()
+    c.output.progress = False
+    c.output.plots = False
+    final = loop.train_and_evaluate(c, tmp_path)
+    assert final["num_examples"] > 0 and final["nll"] == final["nll"]
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[Path(p).stem for p in CONFIGS])
+def test_every_config_loads_all_its_variants(path):
+    c = _load_config(path, "")
+    assert c.is_locked
+    mod_variants = importlib.util.spec_from_file_location("m", path)
+    mod = importlib.util.module_from_spec(mod_variants)
+    mod_variants.loader.exec_module(mod)
+    for name in mod.VARIANTS:
+        _load_config(path, name)
+
+
+def test_unknown_config_field_is_an_error(tmp_path):
+    r = _launch("--config=configs/vae_mnist.py:smoke", f"--workdir={tmp_path}", "--config.train.bacth_size=8")
+    assert r.returncode != 0 and "bacth_size" in r.stderr
+
+
+def test_unknown_variant_lists_the_choices():
+    with pytest.raises(ValueError, match="unknown config variant 'smok'; choices: fashion, iwae, mnist_5k, smoke"):
+        _load_config(str(ROOT / "configs" / "vae_mnist.py"), "smok")
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("model.name", "conv_vea", "unknown model 'conv_vea'; choices: conv_vae, mlp_vae"),
+    ("objective.name", "elbow", "unknown objective 'elbow'; choices: elbo, iwae"),
+    ("objective.likelihood", "poisson", "unknown likelihood 'poisson'; choices: bernoulli, gaussian"),
+    ("data.name", "imagenet", "unknown dataset 'imagenet'; choices: cifar10, fashion_mnist"),
+    ("optim.name", "adamm", "unknown optimizer 'adamm'; choices: adam, adamw"),
+    ("train.batch_size", 30, "train.batch_size=30 is not divisible by the 8 devices; use a multiple of 8"),
+    ("eval.batch_size", 20, "eval.batch_size=20 is not divisible by the 8 devices"),
+    ("train.steps_per_dispatch", 3, "must be a multiple of train.steps_per_dispatch=3"),
+])
+def test_bad_config_values_fail_before_any_work_with_the_choices(smoke_config, tmp_path, field, value, message):
+    section, name = field.split(".")
+    smoke_config[section][name] = value
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        loop.train_and_evaluate(smoke_config, tmp_path)
+    assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
+
+
+def test_unwritable_workdir_is_a_clear_error(smoke_config, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    with pytest.raises(loop.wd.WorkdirError, match="is not writable .*pass a --workdir you can write to"):
+        loop.train_and_evaluate(smoke_config, blocker / "run")
+
+
+def test_a_nan_stops_the_run_naming_step_and_metric_and_keeps_the_last_good_checkpoint(smoke_config, tmp_path):
+    c = smoke_config
+    c.eval.every = 0
+    c.train.steps = 10
+    loop.train_and_evaluate(c, tmp_path)
+    c.train.steps = 20
+    c.objective.name = "tests.test_step:nan_objective"
+    with pytest.raises(loop.NonFiniteLossError, match=r"non-finite loss.* at step 10: .*step 10\) is kept"):
+        loop.train_and_evaluate(c, tmp_path)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == ["10"]
+
+
+def test_eval_mode_without_a_checkpoint_says_train_first(smoke_config, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no readable checkpoint .* train first"):
+        loop.evaluate_checkpoint(smoke_config, tmp_path)

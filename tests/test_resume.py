@@ -1,0 +1,94 @@
+"""Checkpoints: resume is bitwise, a checkpoint moves between device counts, a broken one falls back."""
+
+import functools
+import logging
+
+import jax
+import numpy as np
+
+from jaxgen import parallel
+from jaxgen.training import checkpoint, loop, optim, state as state_lib
+
+
+def _final_state(cfg, workdir):
+    run = loop._Run(cfg, workdir)
+    target = checkpoint.abstract_like(jax.eval_shape(run.create), run.replicated)
+    mgr, state = checkpoint.restore_newest(workdir, cfg.checkpoint, target)
+    mgr.close()
+    return state
+
+
+def test_resume_equals_a_straight_run_bitwise(smoke_config, tmp_path):
+    c = smoke_config
+    c.eval.every = 0
+    c.checkpoint.every = 10
+    c.train.steps = 20
+    loop.train_and_evaluate(c, tmp_path / "straight")
+    c.train.steps = 10
+    loop.train_and_evaluate(c, tmp_path / "resumed")
+    c.train.steps = 20
+    loop.train_and_evaluate(c, tmp_path / "resumed")
+    a, b = _final_state(c, tmp_path / "straight"), _final_state(c, tmp_path / "resumed")
+    assert int(a["step"]) == int(b["step"]) == 20
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            x, y = jax.random.key_data(x), jax.random.key_data(y)
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def _state(cfg, mesh):
+    from jaxgen import models
+
+    model = models.build(cfg.model, (28, 28, 1))
+    tx, _ = optim.make(cfg.optim, 10)
+    create = functools.partial(state_lib.create, model, tx, (28, 28, 1), 0, False)
+    return create, jax.jit(create, out_shardings=parallel.replicated(mesh))()
+
+
+def test_a_checkpoint_from_8_devices_restores_onto_1(smoke_config, tmp_path):
+    mesh8, mesh1 = parallel.make_mesh(), parallel.make_mesh(jax.devices()[:1])
+    create, state = _state(smoke_config, mesh8)
+    state = {**state, "step": state["step"] + 7}
+    mgr = checkpoint.manager(tmp_path, smoke_config.checkpoint)
+    checkpoint.save(mgr, state, force=True)
+    mgr.wait_until_finished()
+    mgr.close()
+    target = checkpoint.abstract_like(jax.eval_shape(create), parallel.replicated(mesh1))
+    mgr, restored = checkpoint.restore_newest(tmp_path, smoke_config.checkpoint, target)
+    mgr.close()
+    assert int(restored["step"]) == 7
+    leaf = restored["params"]["params"]["up_0"]["kernel"]
+    assert leaf.sharding.device_set == {jax.devices()[0]}
+    np.testing.assert_array_equal(leaf, state["params"]["params"]["up_0"]["kernel"])
+
+
+def test_a_broken_checkpoint_is_reported_and_the_previous_one_used(smoke_config, tmp_path, caplog):
+    mesh = parallel.make_mesh()
+    create, state = _state(smoke_config, mesh)
+    mgr = checkpoint.manager(tmp_path, smoke_config.checkpoint)
+    for step in (10, 20):
+        checkpoint.save(mgr, {**state, "step": state["step"] + step}, force=True)
+        mgr.wait_until_finished()
+    mgr.close()
+    for f in (tmp_path / "checkpoints" / "20").rglob("*"):  # corrupt every data file of step 20
+        if f.is_file() and f.stat().st_size > 0 and "d" in f.parent.name:
+            f.write_bytes(b"garbage")
+    target = checkpoint.abstract_like(jax.eval_shape(create), parallel.replicated(mesh))
+    with caplog.at_level(logging.ERROR):
+        mgr, restored = checkpoint.restore_newest(tmp_path, smoke_config.checkpoint, target)
+    assert int(restored["step"]) == 10
+    assert "Checkpoint at step 20 cannot be read" in caplog.text
+    assert (tmp_path / "checkpoints_broken" / "20").is_dir()  # kept for inspection, not deleted
+    assert mgr.all_steps() == [10]
+    mgr.close()
+
+
+def test_checkpoints_hold_the_whole_state(smoke_config, tmp_path):
+    c = smoke_config
+    c.eval.every = 0
+    c.train.ema_decay = 0.5
+    loop.train_and_evaluate(c, tmp_path)
+    state = _final_state(c, tmp_path)
+    assert set(state) == {"step", "params", "opt_state", "key", "ema_params"}
+    assert int(state["opt_state"][0].count) == 20  # Adam's step count came back too
+    assert not np.array_equal(state["ema_params"]["params"]["out"]["kernel"], state["params"]["params"]["out"]["kernel"])
