@@ -68,11 +68,11 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.eval = ml_collections.ConfigDict()
     c.eval.every = 2000  # steps; 0 = only at the end
-    c.eval.batch_size = 500
+    c.eval.batch_size = 200
     c.eval.num_examples = 0  # test examples per eval; 0 = the whole test split
     c.eval.nll_k = 100  # importance samples for the NLL at intermediate evals
     c.eval.final_nll_k = 1000  # importance samples for the NLL at the final eval
-    c.eval.nll_chunk = 100  # importance samples per pass (memory bound)
+    c.eval.nll_chunk = 50  # importance samples per pass: batch_size * nll_chunk decodes in memory at once
 
     c.output = ml_collections.ConfigDict()
     c.output.num_samples = 64  # images in the sample grids

@@ -3,6 +3,7 @@
 import time
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
@@ -66,14 +67,26 @@ def test_tfds_offline_fails_fast_naming_the_dataset_and_the_fix(tmp_path, monkey
     assert "'mnist' is not prepared in" in msg and "download_and_prepare" in msg and "mnist_5k" in msg
 
 
+@pytest.mark.parametrize("n", [1, 2, 5, 100, 1000, 4097, 60000])
+def test_random_bijection_is_a_permutation(n):
+    perm = np.asarray(dev.random_bijection(jax.random.key(3), jnp.arange(n), n))
+    assert sorted(perm) == list(range(n))
+    if n >= 100:  # and a shuffle: few fixed points, no long runs of the identity
+        assert np.mean(perm == np.arange(n)) < 0.05
+        assert abs(np.corrcoef(perm, np.arange(n))[0, 1]) < 4 / np.sqrt(n)  # 4 sigma of a random permutation
+
+
 def test_batches_are_epochs_of_permutations():
     key = jax.random.key(0)
-    n, b = 100, 20
-    seen = np.concatenate([np.asarray(dev.batch_indices(key, s, n, b)) for s in range(5)])
-    assert sorted(seen) == list(range(100))  # one epoch = each example once
-    nxt = np.concatenate([np.asarray(dev.batch_indices(key, s, n, b)) for s in range(5, 10)])
-    assert sorted(nxt) == list(range(100)) and not np.array_equal(seen, nxt)  # reshuffled next epoch
-    np.testing.assert_array_equal(dev.batch_indices(key, 3, n, b), dev.batch_indices(key, 3, n, b))
+    n, b = 105, 20  # 5 steps an epoch, 5 examples dropped
+    pos = jnp.arange(b)
+    seen = np.concatenate([np.asarray(dev.batch_indices(key, s, n, b, pos)) for s in range(5)])
+    assert len(set(seen)) == 100 and seen.max() < n  # one epoch = each example at most once
+    nxt = np.concatenate([np.asarray(dev.batch_indices(key, s, n, b, pos)) for s in range(5, 10)])
+    assert len(set(nxt)) == 100 and not np.array_equal(seen, nxt)  # reshuffled next epoch
+    np.testing.assert_array_equal(dev.batch_indices(key, 3, n, b, pos), dev.batch_indices(key, 3, n, b, pos))
+    # A device that holds positions 10..19 gets exactly the second half of the global batch.
+    np.testing.assert_array_equal(dev.batch_indices(key, 3, n, b, pos[10:]), dev.batch_indices(key, 3, n, b, pos)[10:])
 
 
 def test_dynamic_binarization_happens_on_device_from_uint8():

@@ -1,8 +1,8 @@
 """Batches drawn inside the compiled step from a dataset that lives on the devices.
 
 A dataset that fits is uploaded once, replicated on every device as uint8. Each step every device computes the
-same global batch of indices (an epoch is a random permutation of the examples, the remainder dropped) and
-gathers its own slice: no host work per step, and the global batch of a step depends on the seed and the step
+dataset indices of its own slots of the global batch (an epoch is a keyed pseudo-random permutation of the
+examples, the remainder dropped) and gathers them: no host work per step, and the global batch of a step depends on the seed and the step
 only, not on the device count or on where a run was resumed.
 """
 
@@ -13,14 +13,53 @@ import jax.numpy as jnp
 from jax import lax
 
 
-def batch_indices(key: jax.Array, step: jax.Array, n: int, global_batch: int) -> jax.Array:
-    """The dataset indices of `step`'s global batch [global_batch]: epoch e is permutation(fold_in(key, e))."""
+FEISTEL_ROUNDS = 6
+
+
+def _mix32(x: jax.Array) -> jax.Array:
+    """A 32-bit integer hash with low bias (the 'lowbias32' constants from Chris Wellons' hash-prospector)."""
+    x = x ^ (x >> 16)
+    x = x * jnp.uint32(0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = x * jnp.uint32(0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def random_bijection(key: jax.Array, i: jax.Array, n: int) -> jax.Array:
+    """A keyed pseudo-random permutation of [0, n), evaluated only at the positions `i` (int array, values < n).
+
+    A balanced Feistel network over the smallest even number of bits covering n, cycle-walked back into [0, n):
+    O(len(i)) work, where `jax.random.permutation` sorts all n each call (22 ms a step for n = 60000 on this
+    project's 2-core CPU machines).
+    """
+    bits = max(2, (max(n - 1, 1).bit_length() + 1) // 2 * 2)
+    half, mask = bits // 2, jnp.uint32((1 << (bits // 2)) - 1)
+    round_keys = jax.random.bits(key, (FEISTEL_ROUNDS,), jnp.uint32)
+
+    def permute(x):
+        left, right = x >> half, x & mask
+        for r in range(FEISTEL_ROUNDS):
+            left, right = right, left ^ (_mix32(right ^ round_keys[r]) & mask)
+        return (left << half) | right
+
+    y = permute(i.astype(jnp.uint32))
+    # Values that land outside [0, n) walk the cycle until they are inside; at most 4x the domain, so few steps.
+    y = lax.while_loop(lambda y: jnp.any(y >= n), lambda y: jnp.where(y >= n, permute(y), y), y)
+    return y.astype(jnp.int32)
+
+
+def batch_indices(key: jax.Array, step: jax.Array, n: int, global_batch: int, positions: jax.Array) -> jax.Array:
+    """Dataset indices of the examples at `positions` of `step`'s global batch.
+
+    Epoch e visits the examples in the order of random_bijection(fold_in(key, e)), the remainder dropped; a step
+    reads `global_batch` consecutive slots of it. Every device evaluates only its own positions.
+    """
     steps_per_epoch = n // global_batch
     if steps_per_epoch < 1:
         raise ValueError(f"the dataset has {n} examples, fewer than the global batch {global_batch}")
     epoch = step // steps_per_epoch
-    perm = jax.random.permutation(jax.random.fold_in(key, epoch), n)
-    return lax.dynamic_slice(perm, ((step % steps_per_epoch) * global_batch,), (global_batch,))
+    slots = (step % steps_per_epoch) * global_batch + positions
+    return random_bijection(jax.random.fold_in(key, epoch), slots, n)
 
 
 def local_positions(global_batch: int, axis: str) -> jax.Array:

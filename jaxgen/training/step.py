@@ -29,10 +29,10 @@ def vae_step(state: dict, data: dict, *, model, tx, objective, obj_cfg, lr_sched
     """
     step = state["step"]
     n = data["image"].shape[0]
-    idx = dev.batch_indices(jax.random.fold_in(state["key"], DATA_STREAM), step, n, batch)
     pos = dev.local_positions(batch, AXIS)
+    idx = dev.batch_indices(jax.random.fold_in(state["key"], DATA_STREAM), step, n, batch, pos)
     keys = dev.example_keys(jax.random.fold_in(jax.random.fold_in(state["key"], STEP_STREAM), step), pos)
-    x = dev.preprocess(data["image"][idx[pos]], jax.vmap(jax.random.fold_in, (0, None))(keys, 0), binarize)
+    x = dev.preprocess(data["image"][idx], jax.vmap(jax.random.fold_in, (0, None))(keys, 0), binarize)
     obj_keys = jax.vmap(jax.random.fold_in, (0, None))(keys, 1)
 
     def loss_fn(params):
