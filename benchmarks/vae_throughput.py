@@ -57,8 +57,9 @@ def bench_jax(batches, fused, seconds, repeats):
 
     from jaxgen import config as config_lib
     from jaxgen import models, objectives, parallel
-    from jaxgen.training import optim, step as step_lib
+    from jaxgen.training import optim
     from jaxgen.training import state as state_lib
+    from jaxgen.training import step as step_lib
 
     cfg = config_lib.base_config()
     cfg.optim.lr = 1e-3

@@ -95,3 +95,13 @@ def test_dynamic_binarization_happens_on_device_from_uint8():
     x = np.asarray(dev.preprocess(img, keys, "dynamic"))
     assert set(np.unique(x)) <= {0.0, 1.0}
     np.testing.assert_allclose(np.asarray(dev.preprocess(img, keys, "none")), 128 / 255, rtol=1e-6)
+
+
+def test_importing_jaxgen_does_not_import_tensorflow_or_tfds():
+    import subprocess
+    import sys
+
+    code = ("import sys, jaxgen, jaxgen.training.loop, jaxgen.data; "
+            "print(sorted(m for m in ('tensorflow', 'tensorflow_datasets', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -7,7 +7,8 @@ import jax
 import numpy as np
 
 from jaxgen import parallel
-from jaxgen.training import checkpoint, loop, optim, state as state_lib
+from jaxgen.training import checkpoint, loop, optim
+from jaxgen.training import state as state_lib
 
 
 def _final_state(cfg, workdir):
@@ -91,4 +92,5 @@ def test_checkpoints_hold_the_whole_state(smoke_config, tmp_path):
     state = _final_state(c, tmp_path)
     assert set(state) == {"step", "params", "opt_state", "key", "ema_params"}
     assert int(state["opt_state"][0].count) == 20  # Adam's step count came back too
-    assert not np.array_equal(state["ema_params"]["params"]["out"]["kernel"], state["params"]["params"]["out"]["kernel"])
+    ema, raw = state["ema_params"]["params"]["out"]["kernel"], state["params"]["params"]["out"]["kernel"]
+    assert not np.array_equal(ema, raw)

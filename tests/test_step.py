@@ -7,7 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgen import data, models, objectives, parallel
-from jaxgen.training import optim, state as state_lib, step as step_lib
+from jaxgen.training import optim
+from jaxgen.training import state as state_lib
+from jaxgen.training import step as step_lib
 
 
 def _setup(cfg, devices, steps_per_dispatch=1, objective="elbo"):

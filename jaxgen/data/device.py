@@ -2,8 +2,8 @@
 
 A dataset that fits is uploaded once, replicated on every device as uint8. Each step every device computes the
 dataset indices of its own slots of the global batch (an epoch is a keyed pseudo-random permutation of the
-examples, the remainder dropped) and gathers them: no host work per step, and the global batch of a step depends on the seed and the step
-only, not on the device count or on where a run was resumed.
+examples, the remainder dropped) and gathers them: no host work per step, and the global batch of a step
+depends on the seed and the step only, not on the device count or on where a run was resumed.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from jax import lax
-
 
 FEISTEL_ROUNDS = 6
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import flax.linen as nn
 
 from jaxgen import registry
-from jaxgen.models.vae import ConvVAE, MLPVAE
+from jaxgen.models.vae import MLPVAE, ConvVAE
 
 MODELS = {"conv_vae": ConvVAE, "mlp_vae": MLPVAE}
 

@@ -17,9 +17,10 @@ from jaxgen.evaluation import vae as vae_eval
 from jaxgen.objectives import vae as vae_obj
 from jaxgen.reporting import images, plots
 from jaxgen.reporting.writer import MetricWriter
-from jaxgen.training import checkpoint, optim, workdir as wd
+from jaxgen.training import checkpoint, optim
 from jaxgen.training import state as state_lib
 from jaxgen.training import step as step_lib
+from jaxgen.training import workdir as wd
 
 log = logging.getLogger("jaxgen")
 
