@@ -7,22 +7,27 @@ from jaxgen import runtime  # noqa: E402
 
 runtime.setup()
 
+import importlib.util  # noqa: E402
+from pathlib import Path  # noqa: E402
+
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
-from jaxgen import config as config_lib  # noqa: E402
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def config_module(path):
+    """The module of a config file (its get_config and VARIANTS)."""
+    spec = importlib.util.spec_from_file_location(Path(path).stem + "_config", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 @pytest.fixture
 def smoke_config():
     """configs/vae_mnist.py:smoke, unlocked copy with no progress bar and no plots."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("vae_mnist_cfg", os.path.join(os.path.dirname(__file__), "..",
-                                                                                "configs", "vae_mnist.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    c = mod.get_config("smoke")
+    c = config_module(CONFIGS / "vae_mnist.py").get_config("smoke")
     c.unlock()
     c.output.progress = False
     c.output.plots = False
@@ -32,5 +37,3 @@ def smoke_config():
 def pytest_report_header(config):
     return f"jax {jax.__version__}, {jax.device_count()} devices ({jax.devices()[0].platform})"
 
-
-__all__ = ["config_lib"]

@@ -1,7 +1,6 @@
 """End to end through launch.py, every config's smoke variant, and every bad input's error."""
 
 import glob
-import importlib.util
 import json
 import os
 import subprocess
@@ -11,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from jaxgen.training import loop
+from tests.conftest import config_module
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -52,10 +52,7 @@ def test_launch_smoke_end_to_end_then_resume(tmp_path):
 
 
 def _load_config(path, variant):
-    spec = importlib.util.spec_from_file_location(Path(path).stem, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config(variant)
+    return config_module(path).get_config(variant)
 
 
 CONFIGS = sorted(glob.glob(str(ROOT / "configs" / "*.py")))
@@ -73,13 +70,11 @@ def test_every_config_has_a_smoke_variant_that_trains(path, tmp_path):
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[Path(p).stem for p in CONFIGS])
 def test_every_config_loads_all_its_variants(path):
-    c = _load_config(path, "")
-    assert c.is_locked
-    mod_variants = importlib.util.spec_from_file_location("m", path)
-    mod = importlib.util.module_from_spec(mod_variants)
-    mod_variants.loader.exec_module(mod)
+    mod = config_module(path)
+    assert mod.get_config("").is_locked
+    assert "smoke" in mod.VARIANTS
     for name in mod.VARIANTS:
-        _load_config(path, name)
+        mod.get_config(name)
 
 
 def test_unknown_config_field_is_an_error(tmp_path):
