@@ -53,9 +53,13 @@ class _Run:
         n_eval = config.eval.num_examples or len(self.test)
         self.eval_images = self.test.image[:n_eval]
 
-    def restore_or_init(self):
+    def restore(self):
+        """(checkpoint manager, newest readable state or None), placed on this run's mesh."""
         target = checkpoint.abstract_like(jax.eval_shape(self.create), self.replicated)
-        mgr, state = checkpoint.restore_newest(self.workdir, self.config.checkpoint, target)
+        return checkpoint.restore_newest(self.workdir, self.config.checkpoint, target)
+
+    def restore_or_init(self):
+        mgr, state = self.restore()
         if state is None:
             state = jax.jit(self.create, out_shardings=self.replicated)()
             log.info("Starting a new run in %s", self.workdir)
@@ -228,8 +232,9 @@ def evaluate_checkpoint(config, workdir) -> dict:
     workdir = wd.prepare(workdir)
     wd.setup_logging(workdir)
     run = _Run(config, workdir)
-    mgr, state = run.restore_or_init() if any((workdir / "checkpoints").glob("[0-9]*")) else (None, None)
-    if state is None or int(jax.device_get(state["step"])) == 0:
+    mgr, state = run.restore()
+    if state is None:
+        mgr.close()
         raise FileNotFoundError(f"no readable checkpoint in {workdir / 'checkpoints'}; train first "
                                 "(the same command without --mode=eval)")
     writer = MetricWriter(workdir)
