@@ -79,5 +79,8 @@ def compile_train(mesh, *, steps_per_dispatch: int, **step_kwargs):
     """
     step_fn = functools.partial(vae_step, **step_kwargs)
     body = functools.partial(fused_steps, n=steps_per_dispatch, step_fn=step_fn)
-    mapped = jax.shard_map(body, mesh=mesh, in_specs=(P(), P()), out_specs=(P(), P()))
+    # check_vma=False gives pmap's semantics: a gradient taken inside the body is this device's own, averaged
+    # explicitly with lax.pmean. With the default (True), grad w.r.t. a replicated input is already summed over
+    # the devices (the transpose of the implicit broadcast), and the pmean would leave N times the mean.
+    mapped = jax.shard_map(body, mesh=mesh, in_specs=(P(), P()), out_specs=(P(), P()), check_vma=False)
     return jax.jit(mapped, donate_argnums=(0,))
