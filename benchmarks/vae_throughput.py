@@ -61,7 +61,7 @@ def bench_jax(batches, fused, seconds, repeats):
     from jaxgen.training import state as state_lib
     from jaxgen.training import step as step_lib
 
-    cfg = config_lib.base_config()
+    cfg = config_lib.vae_config()
     cfg.optim.lr = 1e-3
     mesh = parallel.make_mesh()
     model = models.build(cfg.model, (28, 28, 1))

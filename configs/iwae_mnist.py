@@ -9,11 +9,11 @@ MNIST, trained with the IWAE bound (k=5). Their Table 1 reports test NLL 86.76 (
 Variants: k1 (the VAE, same bound at k=1), k50, mnist_5k (shipped digits, offline), smoke.
 """
 
-from jaxgen.config import base_config, smoke, with_variant
+from jaxgen.config import smoke, vae_config, with_variant
 
 
 def get_config(variant: str = ""):
-    c = base_config()
+    c = vae_config()
     c.data.name = "mnist"
     c.model.name = "mlp_vae"
     c.model.hidden = (200, 200)

@@ -7,11 +7,11 @@ colour images. Samples are blurry, as for every Gaussian-likelihood VAE of this 
 Variants: smoke (synthetic 32x32x3 images, no download).
 """
 
-from jaxgen.config import base_config, smoke, with_variant
+from jaxgen.config import smoke, vae_config, with_variant
 
 
 def get_config(variant: str = ""):
-    c = base_config()
+    c = vae_config()
     c.data.name = "cifar10"
     c.data.binarize = "none"
     c.model.name = "conv_vae"

@@ -7,11 +7,11 @@
 Variants (comma-separated, applied in order): mnist_5k, fashion, iwae, smoke.
 """
 
-from jaxgen.config import base_config, smoke, with_variant
+from jaxgen.config import smoke, vae_config, with_variant
 
 
 def get_config(variant: str = ""):
-    c = base_config()
+    c = vae_config()
     c.data.name = "mnist"
     c.model.name = "conv_vae"
     c.model.latent_dim = 10

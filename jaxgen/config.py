@@ -12,8 +12,10 @@ import ml_collections
 
 
 def base_config() -> ml_collections.ConfigDict:
-    """Defaults shared by every jaxgen run. Config files change a few fields and add variants."""
+    """The blocks every jaxgen run shares (seed, data, train, checkpoint, eval, output). `vae_config()` and
+    `gan_config()` extend it with their model, objective and optimizer blocks; config files extend those."""
     c = ml_collections.ConfigDict()
+    c.task = "vae"  # 'vae' or 'gan': which trainer runs the config
     c.seed = 0
 
     c.data = ml_collections.ConfigDict()
@@ -25,7 +27,54 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.num_examples = 0  # synthetic: examples per split; others: keep the first N (0 = all)
     c.data.image_shape = (28, 28, 1)  # synthetic only
     c.data.download = True  # TFDS: download and prepare when missing
+    c.data.path = ""  # image_folder: the folder of images (celeb_a: used when TFDS cannot provide it)
+    c.data.resolution = 0  # image_folder, celeb_a: square side after crop and resize; 0 = keep the size
+    c.data.crop = 0  # centre crop (square side, source pixels) before the resize; 0 = the largest centred square
+    c.data.test_percent = 0  # image_folder: % of files held out as 'test' (by a hash of the path); 0 = test is train
 
+    c.train = ml_collections.ConfigDict()
+    c.train.batch_size = 128  # global, over all devices of all hosts
+    c.train.steps = 10_000
+    c.train.steps_per_dispatch = 1  # >1 fuses that many steps into one compiled call (lax.scan)
+    c.train.log_every = 100
+
+    c.checkpoint = ml_collections.ConfigDict()
+    c.checkpoint.every = 1000  # steps; a checkpoint is also written at the end
+    c.checkpoint.keep = 3
+    c.checkpoint.asynchronous = True
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.every = 2000  # steps; 0 = only at the end
+    c.eval.batch_size = 200
+    c.eval.num_examples = 0  # test examples per eval; 0 = the whole test split
+
+    c.output = ml_collections.ConfigDict()
+    c.output.num_samples = 64  # images in the sample grids
+    c.output.plots = True  # latent plots, interpolations and loss curves
+    c.output.progress = True  # progress bar on the terminal
+    return c
+
+
+def optim_block(lr: float = 1e-3, b1: float = 0.9, b2: float = 0.999) -> ml_collections.ConfigDict:
+    """An optimizer block (jaxgen.training.optim.make reads it)."""
+    o = ml_collections.ConfigDict()
+    o.name = "adam"  # adam, adamw
+    o.lr = lr
+    o.b1 = b1
+    o.b2 = b2
+    o.eps = 1e-8
+    o.weight_decay = 0.0  # adamw only
+    o.schedule = "constant"  # 'constant' or 'cosine' (both after a linear warmup)
+    o.warmup_steps = 0
+    o.end_lr_ratio = 0.0  # cosine: final lr = lr * end_lr_ratio
+    o.clip_norm = 0.0  # global gradient-norm clipping; 0 = off
+    return o
+
+
+def vae_config() -> ml_collections.ConfigDict:
+    """Defaults of a VAE run: the base blocks plus model, objective, optim and the likelihood evaluation."""
+    c = base_config()
+    c.task = "vae"
     c.model = ml_collections.ConfigDict()
     c.model.name = "conv_vae"  # jaxgen.models.MODELS, or 'package.module:ModuleClass'
     c.model.latent_dim = 10
@@ -42,45 +91,47 @@ def base_config() -> ml_collections.ConfigDict:
     c.objective.k = 1  # latent samples per example (IWAE's k)
     c.objective.kl = "analytic"  # elbo: 'analytic' or 'mc' (single-sample estimate)
 
-    c.optim = ml_collections.ConfigDict()
-    c.optim.name = "adam"  # adam, adamw
-    c.optim.lr = 1e-3
-    c.optim.b1 = 0.9
-    c.optim.b2 = 0.999
-    c.optim.eps = 1e-8
-    c.optim.weight_decay = 0.0  # adamw only
-    c.optim.schedule = "constant"  # 'constant' or 'cosine' (both after a linear warmup)
-    c.optim.warmup_steps = 0
-    c.optim.end_lr_ratio = 0.0  # cosine: final lr = lr * end_lr_ratio
-    c.optim.clip_norm = 0.0  # global gradient-norm clipping; 0 = off
-
-    c.train = ml_collections.ConfigDict()
-    c.train.batch_size = 128  # global, over all devices of all hosts
-    c.train.steps = 10_000
-    c.train.steps_per_dispatch = 1  # >1 fuses that many steps into one compiled call (lax.scan)
+    c.optim = optim_block()
     c.train.ema_decay = 0.0  # >0 keeps an EMA of the params, used for evaluation and samples
-    c.train.log_every = 100
-
-    c.checkpoint = ml_collections.ConfigDict()
-    c.checkpoint.every = 1000  # steps; a checkpoint is also written at the end
-    c.checkpoint.keep = 3
-    c.checkpoint.asynchronous = True
-
-    c.eval = ml_collections.ConfigDict()
-    c.eval.every = 2000  # steps; 0 = only at the end
-    c.eval.batch_size = 200
-    c.eval.num_examples = 0  # test examples per eval; 0 = the whole test split
     c.eval.nll_k = 100  # importance samples for the NLL at intermediate evals
     c.eval.final_nll_k = 1000  # importance samples for the NLL at the final eval
     c.eval.nll_chunk = 50  # importance samples per pass: batch_size * nll_chunk decodes in memory at once
-
-    c.output = ml_collections.ConfigDict()
-    c.output.num_samples = 64  # images in the sample grids
-    c.output.plots = True  # latent scatter, traversal and loss curves
-    c.output.progress = True  # progress bar on the terminal
     return c
 
 
+def gan_config() -> ml_collections.ConfigDict:
+    """Defaults of a GAN run: DCGAN shapes and Radford et al.'s optimizer; config files change what differs."""
+    c = base_config()
+    c.task = "gan"
+    c.data.binarize = "none"
+    c.model = ml_collections.ConfigDict()
+    c.model.name = "dcgan"  # jaxgen.models.gan.GANS ('dcgan', 'resnet') or 'package.module:function'
+    c.model.latent_dim = 100
+    c.model.g_width = 64  # generator width at the highest resolution (doubles per level down)
+    c.model.d_width = 64
+    c.model.g_norm = "batch"  # 'batch' (synchronised over devices) or 'none'
+    c.model.d_norm = "batch"
+    c.model.g_spectral_norm = False
+    c.model.d_spectral_norm = False
+    c.model.dtype = "float32"  # compute dtype: 'float32' or 'bfloat16' (params stay float32)
+
+    c.loss = ml_collections.ConfigDict()
+    c.loss.name = "non_saturating"  # jaxgen.objectives.gan.LOSSES or 'package.module:function'
+    c.reg = ml_collections.ConfigDict()
+    c.reg.name = "none"  # 'none', 'r1', 'gp' (WGAN-GP) or 'package.module:function'
+    c.reg.weight = 10.0  # r1: gamma in gamma/2 E|grad D(x)|^2; gp: lambda in lambda E(|grad D(x_hat)| - 1)^2
+    c.reg.interval = 1  # lazy regularization: every N D steps, weight scaled by N (StyleGAN2's 16 for R1)
+
+    c.g_optim = optim_block(2e-4, 0.5, 0.999)
+    c.d_optim = optim_block(2e-4, 0.5, 0.999)
+    c.train.d_steps = 1  # D updates per G update (a train step = d_steps D updates + 1 G update)
+    c.train.ema_half_life = 10_000  # images; the EMA of G's weights halves its memory every this many; 0 = off
+
+    c.augment = ml_collections.ConfigDict()
+    c.augment.policy = ""  # comma-separated jaxgen.data.augment names, applied to reals and fakes for D; '' = off
+    c.eval.every = 1000
+    c.eval.batch_size = 256
+    return c
 def with_variant(
     config: ml_collections.ConfigDict,
     variant: str,
@@ -99,15 +150,17 @@ def smoke(config: ml_collections.ConfigDict) -> None:
     """The tiny-size settings every `smoke` variant shares: same model, objective and step, seconds to run."""
     config.train.batch_size = 32
     config.train.steps = 20
+    config.train.steps_per_dispatch = 1
     config.train.log_every = 5
     config.checkpoint.every = 10
     config.eval.every = 10
     config.eval.batch_size = 64
     config.eval.num_examples = 64
-    config.eval.nll_k = 8
-    config.eval.final_nll_k = 16
-    config.eval.nll_chunk = 8
     config.output.num_samples = 16
+    if config.task == "vae":
+        config.eval.nll_k = 8
+        config.eval.final_nll_k = 16
+        config.eval.nll_chunk = 8
 
 
 def check(config: ml_collections.ConfigDict) -> None:
@@ -132,9 +185,21 @@ def check(config: ml_collections.ConfigDict) -> None:
             raise ValueError(
                 f"{field}={value} must be a multiple of train.steps_per_dispatch={k}: a fused call runs {k} steps"
             )
-    if config.objective.k < 1 or config.eval.nll_k < 1 or config.eval.final_nll_k < 1:
-        raise ValueError("objective.k, eval.nll_k and eval.final_nll_k must be >= 1")
-    if not 0.0 <= t.ema_decay < 1.0:
-        raise ValueError(f"train.ema_decay must be in [0, 1), got {t.ema_decay}")
     if config.data.binarize not in ("dynamic", "none"):
         raise ValueError(f"data.binarize must be 'dynamic' or 'none', got {config.data.binarize!r}")
+    if config.task == "vae":
+        if config.objective.k < 1 or config.eval.nll_k < 1 or config.eval.final_nll_k < 1:
+            raise ValueError("objective.k, eval.nll_k and eval.final_nll_k must be >= 1")
+        if not 0.0 <= t.ema_decay < 1.0:
+            raise ValueError(f"train.ema_decay must be in [0, 1), got {t.ema_decay}")
+    elif config.task == "gan":
+        if t.d_steps < 1:
+            raise ValueError(f"train.d_steps must be >= 1, got {t.d_steps}")
+        if t.ema_half_life < 0:
+            raise ValueError(f"train.ema_half_life must be >= 0 images (0 = no EMA), got {t.ema_half_life}")
+        if config.reg.interval < 1:
+            raise ValueError(f"reg.interval must be >= 1 (1 = every D step), got {config.reg.interval}")
+        if config.model.dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"model.dtype must be 'float32' or 'bfloat16', got {config.model.dtype!r}")
+    else:
+        raise ValueError(f"unknown task {config.task!r}; choices: gan, vae")

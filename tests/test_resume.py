@@ -12,9 +12,8 @@ from jaxgen.training import state as state_lib
 
 
 def _final_state(cfg, workdir):
-    run = loop._Run(cfg, workdir)
-    target = checkpoint.abstract_like(jax.eval_shape(run.create), run.replicated)
-    mgr, state = checkpoint.restore_newest(workdir, cfg.checkpoint, target)
+    task = loop.build_task(cfg, workdir)
+    mgr, state = loop.restore(task)
     mgr.close()
     return state
 

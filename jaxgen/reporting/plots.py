@@ -61,3 +61,31 @@ def latent_scatter(mu: np.ndarray, labels: np.ndarray, out: Path) -> Path:
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return Path(out)
+
+
+def gan_curves(metrics_path: Path, out: Path) -> Path | None:
+    """Two panels against step from metrics.jsonl's train records: D and G losses; D's mean output on reals
+    D(x) and on fakes D(G(z)) (logits or critic scores; probabilities too when the loss reports them)."""
+    records = [r for r in writer.read(metrics_path) if r["split"] == "train"]
+    if not records:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    panels = ((axes[0], ("d_loss", "g_loss", "reg"), "loss"),
+              (axes[1], ("d_real", "d_fake", "p_real", "p_fake"), "D output"))
+    for ax, keys, ylabel in panels:
+        for key in keys:
+            pts = [(r["step"], r[key]) for r in records if isinstance(r.get(key), float)]
+            if pts:
+                s, v = zip(*pts)
+                label = {"d_real": "D(x)", "d_fake": "D(G(z))", "p_real": "sigmoid D(x)",
+                         "p_fake": "sigmoid D(G(z))"}.get(key, key)
+                ax.plot(s, v, label=label)
+        ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return Path(out)

@@ -1,7 +1,10 @@
 """The train state: a plain dict of arrays (a pytree), nothing else.
 
-    {'step': int32 [], 'params': model variables, 'opt_state': optax state, 'key': PRNG key,
-     'ema_params': model variables (only when train.ema_decay > 0)}
+VAE:  {'step': int32 [], 'params': model variables, 'opt_state': optax state, 'key': PRNG key,
+       'ema_params': model variables (only when train.ema_decay > 0)}
+GAN:  {'step': int32 [] (G updates), 'g': G's variables, 'd': D's variables, 'g_opt', 'd_opt': optax states over
+       their 'params', 'key': PRNG key, 'ema_g': G's variables averaged (only when train.ema_half_life > 0)}
+       Variables are Flax collections: {'params': ...} plus {'batch_stats': ...} (BatchNorm, spectral norm).
 
 The model, optimizer and config stay outside it. Random streams derive from 'key': the data order from
 fold_in(key, DATA_STREAM), a step's noise from fold_in(fold_in(key, STEP_STREAM), step).
@@ -28,5 +31,22 @@ def create(model, tx, image_shape, seed: int, ema: bool) -> dict:
 
 
 def eval_params(state: dict):
-    """The params to evaluate and sample with: the EMA ones when kept."""
+    """The params to evaluate and sample with: the EMA ones when kept (a GAN: G's variables)."""
+    if "g" in state:
+        return state.get("ema_g", state["g"])
     return state.get("ema_params", state["params"])
+
+
+def create_gan(generator, discriminator, g_tx, d_tx, image_shape, seed: int, ema: bool) -> dict:
+    """A fresh GAN state; G takes z [B, generator.latent_dim], D takes images [B, *image_shape]."""
+    key = jax.random.key(seed)
+    init = jax.random.fold_in(key, INIT_STREAM)
+    z = jnp.zeros((2, generator.latent_dim), jnp.float32)
+    x = jnp.zeros((2, *image_shape), jnp.float32)
+    g = dict(generator.init(jax.random.fold_in(init, 0), z, train=False))
+    d = dict(discriminator.init(jax.random.fold_in(init, 1), x, train=False))
+    state = {"step": jnp.zeros((), jnp.int32), "g": g, "d": d, "g_opt": g_tx.init(g["params"]),
+             "d_opt": d_tx.init(d["params"]), "key": key}
+    if ema:
+        state["ema_g"] = jax.tree.map(jnp.copy, g)  # its own buffers: the state is donated leaf by leaf
+    return state

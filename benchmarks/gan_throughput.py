@@ -1,0 +1,156 @@
+"""DCGAN-64 train-step throughput: jaxgen's compiled GAN step against the PyTorch reference.
+
+    python benchmarks/gan_throughput.py                              # batches 128 and 1024, this machine
+    python benchmarks/gan_throughput.py --batches=128 --dtypes=float32,bfloat16 --out=results.json
+
+Same networks on both sides: the pytorch/examples DCGAN at 64x64 (nz 100, ngf = ndf = 64, BatchNorm, no biases),
+non-saturating loss, Adam(2e-4, 0.5, 0.999), one D update then one G update per step, on images already on the
+device. Measured, in images per second:
+  jaxgen   jaxgen's train function as `launch.py` runs it (gan_step: a batch of uint8 reals drawn and scaled on
+           the device, G forward once, D update on reals and fakes, G update through the same fakes, EMA of G,
+           metrics and the finite guard), `--fused` steps per call, compute dtype per `--dtypes`;
+  torch    ../shared/reference/torch_reference.py's G, D and gan_step_fn (eager fp32, and bf16 autocast with
+           --torch-amp), the reference's own step.
+Each figure is the best of --repeats timed windows of about --seconds/--repeats seconds after a warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import importlib.util
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+REFERENCE = ROOT.parent / "shared" / "reference" / "torch_reference.py"
+
+
+def _best_rate(fn, images_per_call: int, seconds: float, repeats: int) -> float:
+    fn()  # warm-up (compilation)
+    best = 0.0
+    for _ in range(repeats):
+        n, t0 = 0, time.perf_counter()
+        while True:
+            fn()
+            n += 1
+            dt = time.perf_counter() - t0
+            if dt > seconds / repeats:
+                break
+        best = max(best, n * images_per_call / dt)
+    return best
+
+
+def bench_jax(batches, dtypes, fused, seconds, repeats):
+    from jaxgen import runtime
+
+    runtime.setup()
+    import jax
+    import numpy as np
+
+    from jaxgen import config as config_lib
+    from jaxgen import parallel
+    from jaxgen.models import gan as gan_models
+    from jaxgen.objectives import gan as gan_obj
+    from jaxgen.training import gan_step, optim
+    from jaxgen.training import state as state_lib
+
+    mesh = parallel.make_mesh()
+    rng = np.random.default_rng(0)
+    images = (rng.random((4096, 64, 64, 3)) * 255).astype(np.uint8)  # 50 MB of 64x64 RGB, uint8 on the device
+    data = parallel.put_replicated({"image": images}, mesh)
+    results = []
+    for dtype in dtypes:
+        c = config_lib.gan_config()
+        c.model.dtype = dtype
+        G, D = gan_models.build(c.model, (64, 64, 3), axis_name=parallel.AXIS)
+        g_tx, g_lr = optim.make(c.g_optim, 10**6)
+        d_tx, d_lr = optim.make(c.d_optim, 10**6)
+        create = functools.partial(state_lib.create_gan, G, D, g_tx, d_tx, (64, 64, 3), 0, True)
+        for batch in batches:
+            for k in fused:
+                fn = gan_step.compile_train(
+                    mesh, steps_per_dispatch=k, generator=G, discriminator=D, g_tx=g_tx, d_tx=d_tx,
+                    loss_fn=gan_obj.get_loss("non_saturating"), reg_fn=None, reg_weight=0.0, reg_interval=1,
+                    d_steps=1, batch=batch, augment_policy="", ema_beta=gan_step.ema_beta(batch, 10_000),
+                    g_lr=g_lr, d_lr=d_lr)
+                holder = {"s": jax.jit(create, out_shardings=parallel.replicated(mesh))()}
+
+                def run():
+                    holder["s"], m = fn(holder["s"], data)
+                    assert np.all(jax.device_get(m["finite"]) == 1)
+
+                rate = _best_rate(run, k * batch, seconds, repeats)
+                results.append({"who": "jaxgen", "what": dtype, "steps_per_dispatch": k, "batch": batch,
+                                "img_per_s": round(rate, 1)})
+                print(json.dumps(results[-1]), flush=True)
+    return results, {"jax": jax.__version__, "devices": str(jax.devices()), "xla_flags": os.environ.get("XLA_FLAGS")}
+
+
+def bench_torch(batches, seconds, repeats, amp_too):
+    spec = importlib.util.spec_from_file_location("torch_reference", REFERENCE)
+    ref = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ref)
+    import torch
+
+    results = []
+    for mode in ["eager"] + (["amp"] if amp_too else []):
+        for batch in batches:
+            torch.manual_seed(0)
+            g, d = ref.G().to(ref.dev), ref.D().to(ref.dev)
+            if ref.dev == "cuda":
+                g, d = g.to(memory_format=torch.channels_last), d.to(memory_format=torch.channels_last)
+            og = torch.optim.Adam(g.parameters(), 2e-4, betas=(0.5, 0.999))
+            od = torch.optim.Adam(d.parameters(), 2e-4, betas=(0.5, 0.999))
+            step = ref.gan_step_fn(g, d, og, od, mode == "amp")
+            real = torch.randn(batch, 3, 64, 64, device=ref.dev).tanh()
+
+            def run():
+                step(real, torch.randn(batch, 100, 1, 1, device=ref.dev))
+                if ref.dev == "cuda":
+                    torch.cuda.synchronize()
+
+            results.append({"who": "torch", "what": mode, "batch": batch,
+                            "img_per_s": round(_best_rate(run, batch, seconds, repeats), 1)})
+            print(json.dumps(results[-1]), flush=True)
+    return results, {"torch": torch.__version__, "threads": torch.get_num_threads()}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batches", default="128,1024")
+    p.add_argument("--dtypes", default="float32", help="jaxgen compute dtypes: float32,bfloat16")
+    p.add_argument("--fused", default="1", help="steps_per_dispatch values")
+    p.add_argument("--seconds", type=float, default=20.0, help="timed seconds per measurement")
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--skip-torch", action="store_true")
+    p.add_argument("--torch-amp", action="store_true", help="also time the reference with bf16 autocast")
+    p.add_argument("--out", default="")
+    a = p.parse_args(argv)
+    batches = [int(b) for b in a.batches.split(",")]
+    env = {"machine": platform.machine(), "processor": platform.processor(), "cpus": os.cpu_count(),
+           "python": sys.version.split()[0]}
+    results, info = bench_jax(batches, a.dtypes.split(","), [int(k) for k in a.fused.split(",")], a.seconds,
+                              a.repeats)
+    env.update(info)
+    if not a.skip_torch:
+        tr, info = bench_torch(batches, a.seconds, a.repeats, a.torch_amp)
+        results += tr
+        env.update(info)
+    summary = {}
+    for b in batches:
+        best = lambda who: max([r["img_per_s"] for r in results if r["who"] == who and r["batch"] == b] or [0])
+        summary[b] = {"jaxgen_best": best("jaxgen"), "torch_best": best("torch"),
+                      "ratio": round(best("jaxgen") / best("torch"), 2) if best("torch") else None}
+    out = {"env": env, "results": results, "summary": summary}
+    print(json.dumps({"summary": summary, "env": env}, indent=1))
+    if a.out:
+        Path(a.out).write_text(json.dumps(out, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

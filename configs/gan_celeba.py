@@ -1,0 +1,52 @@
+"""DCGAN at 64x64 on CelebA in the setup of Radford et al. (2016): non-saturating loss, Adam(2e-4, beta1 0.5),
+batch 128, BatchNorm in G and D, faces centre-cropped to 108x108 then resized to 64x64.
+
+    python launch.py --config=configs/gan_celeba.py --workdir=runs/celeba
+    python launch.py --config=configs/gan_celeba.py --workdir=runs/celeba --config.data.path=/data/img_align_celeba
+    python launch.py --config=configs/gan_celeba.py:smoke --workdir=/tmp/smoke
+
+The data comes from TFDS `celeb_a` (prepared once into the data dir); when TFDS cannot provide it, from the
+folder of images given by data.path (the `img_align_celeba` folder of 202,599 JPEGs), decoded once into a
+uint8 cache in the data dir. The 108-pixel centre crop of the 178x218 aligned faces is the one of
+carpedm20/DCGAN-tensorflow, the usual CelebA-64 preprocessing.
+
+Variants: bf16 (bfloat16 compute, float32 params), smoke (synthetic 64x64x3 images, tiny widths).
+"""
+
+from jaxgen.config import gan_config, smoke, with_variant
+
+
+def get_config(variant: str = ""):
+    c = gan_config()
+    c.data.name = "celeb_a"
+    c.data.resolution = 64
+    c.data.crop = 108
+    c.data.test_split = "test"
+    c.model.name = "dcgan"
+    c.model.g_width = 64  # ngf = ndf = 64, as pytorch/examples' DCGAN
+    c.model.d_width = 64
+    c.loss.name = "non_saturating"
+    c.train.batch_size = 128
+    c.train.steps = 20_000  # ~12.6 epochs of the 162,770 training faces
+    c.train.ema_half_life = 50_000
+    c.train.log_every = 100
+    c.checkpoint.every = 2000
+    c.eval.every = 2000
+    c.eval.num_examples = 2048
+    return with_variant(c, variant, VARIANTS)
+
+
+def _bf16(c):
+    c.model.dtype = "bfloat16"
+
+
+def _smoke(c):
+    c.data.name = "synthetic"
+    c.data.image_shape = (64, 64, 3)
+    c.data.num_examples = 128
+    smoke(c)
+    c.model.g_width = 8
+    c.model.d_width = 8
+
+
+VARIANTS = {"bf16": _bf16, "smoke": _smoke}

@@ -1,0 +1,55 @@
+"""SNGAN (Miyato et al. 2018) on CIFAR-10: the ResNet G and D of the paper's appendix, hinge loss, spectral norm
+on every D layer (no BatchNorm in D), 5 D steps per G step, Adam(2e-4, betas (0, 0.9)), batch 64.
+
+    python launch.py --config=configs/gan_cifar10.py --workdir=runs/sngan_cifar10
+    python launch.py --config=configs/gan_cifar10.py:smoke --workdir=/tmp/smoke
+
+Reference: the paper reports IS 8.22 and FID 21.7 for this unconditional setup (see ../shared/anchors.md).
+Variants: diffaugment (color, translation, cutout on reals and fakes), bf16, smoke (synthetic 32x32x3).
+"""
+
+from jaxgen.config import gan_config, smoke, with_variant
+
+
+def get_config(variant: str = ""):
+    c = gan_config()
+    c.data.name = "cifar10"
+    c.model.name = "resnet"
+    c.model.latent_dim = 128  # SNGAN's
+    c.model.g_width = 64  # ResNet G blocks 256 wide at 32x32 (4 * g_width), D 128 (2 * d_width)
+    c.model.d_width = 64
+    c.model.g_norm = "batch"
+    c.model.d_norm = "none"
+    c.model.d_spectral_norm = True
+    c.loss.name = "hinge"
+    for o in (c.g_optim, c.d_optim):
+        o.lr, o.b1, o.b2 = 2e-4, 0.0, 0.9
+    c.train.d_steps = 5
+    c.train.batch_size = 64
+    c.train.steps = 50_000  # G updates
+    c.train.ema_half_life = 50_000
+    c.checkpoint.every = 5000
+    c.eval.every = 5000
+    c.eval.num_examples = 2048
+    return with_variant(c, variant, VARIANTS)
+
+
+def _diffaugment(c):
+    c.augment.policy = "color,translation,cutout"
+
+
+def _bf16(c):
+    c.model.dtype = "bfloat16"
+
+
+def _smoke(c):
+    c.data.name = "synthetic"
+    c.data.image_shape = (32, 32, 3)
+    c.data.num_examples = 128
+    smoke(c)
+    c.train.d_steps = 2
+    c.model.g_width = 8
+    c.model.d_width = 8
+
+
+VARIANTS = {"diffaugment": _diffaugment, "bf16": _bf16, "smoke": _smoke}

@@ -1,0 +1,306 @@
+"""GAN models: a generator G(z) -> images and a discriminator D(x) -> logits, built in pairs by name.
+
+G maps z float32 [B, latent_dim] to images float32 [B, H, W, C] in [-1, 1] (tanh); D maps images [B, H, W, C] in
+[-1, 1] to raw logits float32 [B]. Both are called as `module.apply(variables, inputs, train=...)`. Variables live
+in 'params' and, when BatchNorm or spectral norm is used, 'batch_stats' (BN running averages; spectral norm's
+power-iteration vector u and its last sigma). Train-mode calls with 'batch_stats' present need
+`mutable=['batch_stats']`: BN then normalises with the batch's statistics, synchronised over `axis_name` when set
+(call inside `jax.shard_map` over that mesh axis), and spectral norm advances its power iteration by one step.
+Eval mode (train=False) uses BN's running averages and leaves every variable unchanged.
+
+Built-in pairs (GANS): 'dcgan' (resolutions 28, 32, 64) and 'resnet' (SNGAN's ResNets, resolutions 32, 64).
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxgen import registry
+from jaxgen.models.layers import ConvTranspose2x
+
+NORMS = ("batch", "none")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+# Radford et al. 2016, sec. 4: "All weights were initialized from a zero-centered Normal distribution with standard
+# deviation 0.02"; the pytorch/examples DCGAN draws BatchNorm's scale from N(1, 0.02).
+DCGAN_INIT = nn.initializers.normal(0.02)
+
+
+def _dcgan_scale_init(key, shape, dtype=jnp.float32):
+    return 1.0 + 0.02 * jax.random.normal(key, shape, dtype)
+
+
+def _check(model: str, image_shape, supported: tuple[int, ...], norms=(), dtype: str = "float32") -> None:
+    h, w = image_shape[:2]
+    if h != w or h not in supported:
+        raise ValueError(
+            f"{model} supports resolutions {', '.join(map(str, sorted(supported)))}; got {h}x{w} "
+            "(set data.resolution to one of them)"
+        )
+    for what, norm in norms:
+        if norm not in NORMS:
+            raise ValueError(f"{model}: unknown {what} {norm!r}; choices: {', '.join(NORMS)}")
+    if dtype not in DTYPES:
+        raise ValueError(f"{model}: unknown dtype {dtype!r}; choices: {', '.join(DTYPES)}")
+
+
+def _layer(layer: nn.Module, x: jax.Array, spectral: bool, train: bool) -> jax.Array:
+    """`layer(x)`, with every weight matrix divided by its top singular value when `spectral` (Miyato et al. 2018).
+
+    flax's SpectralNorm reshapes a kernel [..., in, out] to [prod(...) * in, out] (the same singular values as
+    PyTorch's [out, in * kh * kw]) and runs one power-iteration step per call from the stored u; `train` stores
+    the new u and sigma; eval mode computes the same step without storing it. Biases (1-D) are left as they are.
+    Note: flax's init stores each wrapped kernel already divided by its first sigma estimate (measured with flax
+    0.12.8), so the stored scale differs from the initializer's by a factor near 1; the output W / sigma(W) does not
+    depend on that scale.
+    """
+    if spectral:
+        return nn.SpectralNorm(layer)(x, update_stats=train)
+    return layer(x)
+
+
+def _norm(kind: str, axis_name: str | None, dtype: str, train: bool, scale_init=nn.initializers.ones, name=None):
+    """BatchNorm with PyTorch's defaults (momentum 0.1 there = 0.9 here, eps 1e-5), or identity for 'none'."""
+    if kind == "none":
+        return lambda x: x
+    return nn.BatchNorm(
+        use_running_average=not train, momentum=0.9, epsilon=1e-5, axis_name=axis_name, dtype=DTYPES[dtype],
+        param_dtype=jnp.float32, scale_init=scale_init, name=name,
+    )
+
+
+# --- DCGAN -----------------------------------------------------------------------------------------------------------
+# Radford et al. 2016 with the layer sizes of the pytorch/examples DCGAN: resolution -> (base size, width multiples
+# from the base up). G starts at base x base x mult[0] * width and doubles the size per transposed conv.
+DCGAN_LEVELS = {64: (4, (8, 4, 2, 1)), 32: (4, (4, 2, 1)), 28: (7, (2, 1))}
+
+
+class DCGANGenerator(nn.Module):
+    """z [B, latent_dim] -> images [B, H, W, C] in [-1, 1].
+
+    At 64 (w = width): Dense (no bias) to 4x4x8w, which is PyTorch's ConvTranspose2d(nz, 8w, 4, 1, 0) on a 1x1 input,
+    BN, ReLU; then 4x4 stride-2 transposed convs (no bias) 8w->4w (8x8) ->2w (16) ->w (32), each BN, ReLU; then
+    -> C (64x64), tanh. At 32: base 4x4x4w, up 4w->2w->w->C. At 28: base 7x7x2w, up 2w->w->C.
+    """
+
+    image_shape: tuple[int, int, int]
+    latent_dim: int = 100
+    width: int = 64
+    norm: str = "batch"
+    spectral_norm: bool = False
+    dtype: str = "float32"
+    axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, z: jax.Array, train: bool = True) -> jax.Array:
+        _check("dcgan", self.image_shape, tuple(DCGAN_LEVELS), [("g_norm", self.norm)], self.dtype)
+        base, mults = DCGAN_LEVELS[self.image_shape[0]]
+        dt, sn = DTYPES[self.dtype], self.spectral_norm
+        norm = lambda h: _norm(self.norm, self.axis_name, self.dtype, train, _dcgan_scale_init)(h)
+        h = _layer(nn.Dense(base * base * mults[0] * self.width, use_bias=False, kernel_init=DCGAN_INIT, dtype=dt,
+                            param_dtype=jnp.float32), z.astype(jnp.float32), sn, train)
+        h = nn.relu(norm(h.reshape(z.shape[0], base, base, mults[0] * self.width)))
+        for m in mults[1:]:
+            h = _layer(ConvTranspose2x(m * self.width, 4, 1, use_bias=False, kernel_init=DCGAN_INIT, dtype=dt), h,
+                       sn, train)
+            h = nn.relu(norm(h))
+        h = _layer(ConvTranspose2x(self.image_shape[-1], 4, 1, use_bias=False, kernel_init=DCGAN_INIT, dtype=dt), h,
+                   sn, train)
+        return jnp.tanh(h.astype(jnp.float32))
+
+
+class DCGANDiscriminator(nn.Module):
+    """Images [B, H, W, C] -> logits [B].
+
+    At 64 (w = width): 4x4 stride-2 convs (padding 1, no bias) C->w (32x32), LeakyReLU(0.2) (no BN on the first
+    layer); w->2w (16), 2w->4w (8), 4w->8w (4), each BN, LeakyReLU(0.2); then PyTorch's final 4x4 valid conv to 1,
+    i.e. a Dense (no bias) on the flattened 4x4x8w. At 32: C->w->2w->4w (4x4), Dense. At 28: C->w (14) ->2w (7),
+    Dense on 7x7x2w.
+    """
+
+    image_shape: tuple[int, int, int]
+    width: int = 64
+    norm: str = "batch"
+    spectral_norm: bool = False
+    dtype: str = "float32"
+    axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
+        _check("dcgan", self.image_shape, tuple(DCGAN_LEVELS), [("d_norm", self.norm)], self.dtype)
+        _, mults = DCGAN_LEVELS[self.image_shape[0]]
+        dt, sn = DTYPES[self.dtype], self.spectral_norm
+        h = x.astype(dt)
+        for i, m in enumerate(reversed(mults)):
+            conv = nn.Conv(m * self.width, (4, 4), (2, 2), ((1, 1), (1, 1)), use_bias=False, kernel_init=DCGAN_INIT,
+                           dtype=dt, param_dtype=jnp.float32)
+            h = _layer(conv, h, sn, train)
+            if i > 0:
+                h = _norm(self.norm, self.axis_name, self.dtype, train, _dcgan_scale_init)(h)
+            h = nn.leaky_relu(h, 0.2)
+        out = nn.Dense(1, use_bias=False, kernel_init=DCGAN_INIT, dtype=dt, param_dtype=jnp.float32)
+        return _layer(out, h.reshape(h.shape[0], -1), sn, train)[:, 0].astype(jnp.float32)
+
+
+# --- ResNet (SNGAN) --------------------------------------------------------------------------------------------------
+# Miyato et al. 2018, appendix B.4 (Tables 4, 5): the CIFAR-10 ResNets, Glorot-uniform init, zero biases.
+GLOROT = nn.initializers.xavier_uniform()
+
+
+def _upsample(x):
+    """Nearest-neighbour 2x: [B, H, W, C] -> [B, 2H, 2W, C]."""
+    return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+
+
+def _avg_pool(x):
+    return nn.avg_pool(x, (2, 2), (2, 2))
+
+
+class _ResBlock(nn.Module):
+    """A residual block [B, H, W, cin] -> [B, H', W', features].
+
+    'up' (G): BN, ReLU, 2x nearest upsample, 3x3 conv, BN, ReLU, 3x3 conv; shortcut upsample + 1x1 conv.
+    'down' (D): [BN], ReLU, 3x3 conv, [BN], ReLU, 3x3 conv, 2x2 avg-pool; shortcut 1x1 conv + avg-pool.
+    'first' (D's optimized first block): 3x3 conv, [BN], ReLU, 3x3 conv, avg-pool; shortcut avg-pool + 1x1 conv.
+    'same' (D): as 'down' without pooling; identity shortcut when cin == features (else a 1x1 conv).
+    """
+
+    features: int
+    kind: str
+    norm: str
+    spectral_norm: bool
+    dtype: str
+    axis_name: str | None
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        dt = DTYPES[self.dtype]
+        conv = lambda k, name: nn.Conv(self.features, (k, k), padding="SAME", kernel_init=GLOROT, dtype=dt,
+                                       param_dtype=jnp.float32, name=name)
+        apply = lambda layer, h: _layer(layer, h, self.spectral_norm, train)
+        norm = lambda h, name: _norm(self.norm, self.axis_name, self.dtype, train, name=name)(h)
+        if self.kind == "first":
+            h = nn.relu(norm(apply(conv(3, "conv1"), x), "norm1"))
+            h = _avg_pool(apply(conv(3, "conv2"), h))
+            return h + apply(conv(1, "shortcut"), _avg_pool(x))
+        h = nn.relu(norm(x, "norm1"))
+        if self.kind == "up":
+            h = _upsample(h)
+        h = nn.relu(norm(apply(conv(3, "conv1"), h), "norm2"))
+        h = apply(conv(3, "conv2"), h)
+        if self.kind == "up":
+            return h + apply(conv(1, "shortcut"), _upsample(x))
+        if self.kind == "down":
+            return _avg_pool(h) + _avg_pool(apply(conv(1, "shortcut"), x))
+        return h + (x if x.shape[-1] == self.features else apply(conv(1, "shortcut"), x))
+
+
+# resolution -> widths in units of the config's width. G: the width at 4x4, then after each up-block.
+# D: after the optimized first block, then after each further block, and whether that block downsamples.
+RESNET_G = {32: (4, 4, 4, 4), 64: (8, 4, 2, 1, 1)}
+RESNET_D = {32: ((2, 2, 2, 2), (True, False, False)), 64: ((1, 2, 4, 4, 4), (True, True, False, False))}
+
+
+class ResNetGenerator(nn.Module):
+    """z [B, latent_dim] -> images [B, H, W, C] in [-1, 1] (SNGAN's CIFAR-10 generator, Miyato et al. 2018, Table 4).
+
+    At 32 (ch = 4 * width, 256 for width 64 as in the paper): Dense to 4x4xch; 3 up-blocks ch->ch (8, 16, 32);
+    BN, ReLU, 3x3 conv to C, tanh. At 64 (w = width, halving per level from 8w, the last level kept at w):
+    Dense to 4x4x8w; up-blocks 8w->4w (8), 4w->2w (16), 2w->w (32), w->w (64); BN, ReLU, 3x3 conv to C, tanh.
+    """
+
+    image_shape: tuple[int, int, int]
+    latent_dim: int = 128
+    width: int = 64
+    norm: str = "batch"
+    spectral_norm: bool = False
+    dtype: str = "float32"
+    axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, z: jax.Array, train: bool = True) -> jax.Array:
+        _check("resnet", self.image_shape, tuple(RESNET_G), [("g_norm", self.norm)], self.dtype)
+        widths = [m * self.width for m in RESNET_G[self.image_shape[0]]]
+        dt, sn = DTYPES[self.dtype], self.spectral_norm
+        dense = nn.Dense(4 * 4 * widths[0], kernel_init=GLOROT, dtype=dt, param_dtype=jnp.float32)
+        h = _layer(dense, z.astype(jnp.float32), sn, train).reshape(z.shape[0], 4, 4, widths[0])
+        for w in widths[1:]:
+            h = _ResBlock(w, "up", self.norm, sn, self.dtype, self.axis_name)(h, train)
+        h = nn.relu(_norm(self.norm, self.axis_name, self.dtype, train)(h))
+        out = nn.Conv(self.image_shape[-1], (3, 3), padding="SAME", kernel_init=GLOROT, dtype=dt,
+                      param_dtype=jnp.float32)
+        return jnp.tanh(_layer(out, h, sn, train).astype(jnp.float32))
+
+
+class ResNetDiscriminator(nn.Module):
+    """Images [B, H, W, C] -> logits [B] (SNGAN's CIFAR-10 discriminator, Miyato et al. 2018, Table 5).
+
+    At 32 (ch = 2 * width, 128 for width 64 as in the paper): optimized down-block C->ch (16x16), down-block ch->ch
+    (8), two blocks ch->ch at 8x8, ReLU, global sum pooling, Dense to 1. At 64 (w = width, doubling per level):
+    optimized block C->w (32), down-blocks w->2w (16), 2w->4w (8), two blocks 4w->4w at 8x8, ReLU, sum, Dense.
+    Spectral norm, when on, wraps every conv and the Dense; norm 'batch' adds BN inside the blocks (SNGAN has none).
+    """
+
+    image_shape: tuple[int, int, int]
+    width: int = 64
+    norm: str = "none"
+    spectral_norm: bool = True
+    dtype: str = "float32"
+    axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
+        _check("resnet", self.image_shape, tuple(RESNET_D), [("d_norm", self.norm)], self.dtype)
+        mults, down = RESNET_D[self.image_shape[0]]
+        dt, sn = DTYPES[self.dtype], self.spectral_norm
+        block = lambda w, kind: _ResBlock(w * self.width, kind, self.norm, sn, self.dtype, self.axis_name)
+        h = block(mults[0], "first")(x.astype(dt), train)
+        for m, d in zip(mults[1:], down):
+            h = block(m, "down" if d else "same")(h, train)
+        h = nn.relu(h).astype(jnp.float32).sum((1, 2))
+        out = nn.Dense(1, kernel_init=GLOROT, dtype=dt, param_dtype=jnp.float32)
+        return _layer(out, h, sn, train)[:, 0].astype(jnp.float32)
+
+
+# --- Building by name ------------------------------------------------------------------------------------------------
+def _fields(m, image_shape, axis_name, prefix: str) -> dict:
+    return dict(image_shape=tuple(image_shape), width=m[f"{prefix}_width"], norm=m[f"{prefix}_norm"],
+                spectral_norm=bool(m[f"{prefix}_spectral_norm"]), dtype=m.dtype, axis_name=axis_name)
+
+
+def _pair(name, gen, disc, supported, model_config, image_shape, axis_name):
+    m = model_config
+    _check(name, image_shape, supported, [("g_norm", m.g_norm), ("d_norm", m.d_norm)], m.dtype)
+    g = gen(latent_dim=m.latent_dim, **_fields(m, image_shape, axis_name, "g"))
+    return g, disc(**_fields(m, image_shape, axis_name, "d"))
+
+
+def dcgan(model_config, image_shape, axis_name=None) -> tuple[nn.Module, nn.Module]:
+    """DCGAN's (G, D) for `image_shape` (H, W, C) with H = W in 28, 32, 64."""
+    return _pair("dcgan", DCGANGenerator, DCGANDiscriminator, tuple(DCGAN_LEVELS), model_config, image_shape,
+                 axis_name)
+
+
+def resnet(model_config, image_shape, axis_name=None) -> tuple[nn.Module, nn.Module]:
+    """SNGAN's ResNet (G, D) for `image_shape` (H, W, C) with H = W in 32, 64."""
+    return _pair("resnet", ResNetGenerator, ResNetDiscriminator, tuple(RESNET_G), model_config, image_shape,
+                 axis_name)
+
+
+GANS = {"dcgan": dcgan, "resnet": resnet}
+
+
+def build(model_config, image_shape: tuple[int, int, int], axis_name: str | None = None) -> tuple[nn.Module, nn.Module]:
+    """(generator, discriminator) named by model_config.name: a GANS key, or 'package.module:function' naming a user
+    function called the same way, `fn(model_config, image_shape, axis_name) -> (G, D)`.
+
+    Args:
+      model_config: fields name, latent_dim, g_width, d_width, g_norm, d_norm ('batch' | 'none'),
+        g_spectral_norm, d_spectral_norm, dtype ('float32' | 'bfloat16').
+      image_shape: (H, W, C).
+      axis_name: the mesh axis BatchNorm synchronises its batch statistics over (None: per call).
+    """
+    builder = registry.resolve("GAN model", model_config.name, GANS)
+    return builder(model_config, tuple(image_shape), axis_name)

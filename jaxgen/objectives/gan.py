@@ -1,0 +1,113 @@
+"""GAN losses and regularizers: plain functions a researcher can swap from the config.
+
+A loss maps the discriminator's raw outputs to both players' losses:
+
+    loss(d_real [B], d_fake [B]) -> (d_loss, g_loss, metrics)
+
+d_real = D(x) on (augmented) reals, d_fake = D(G(z)) on (augmented) fakes, both float32 logits or critic scores
+of one device's share of the batch; the losses are means over it (the trainer averages gradients over devices).
+In the D update the fakes are constants; in the G update d_real is D's output on the step's reals before D's
+update, a constant (no built-in G loss reads it; relativistic losses would). A user's loss is named
+`loss.name='package.module:function'` with this signature.
+
+A regularizer penalises D's input gradient:
+
+    reg(d_fn, real [B, H, W, C], fake [B, H, W, C], keys [B]) -> (penalty, metrics)
+
+d_fn(x) -> [B] is D with its current parameters (differentiable in them and in x); keys has one PRNG key per
+example. The trainer adds
+reg.weight * penalty to D's loss (times reg.interval when the regularizer runs lazily every reg.interval D
+steps). A user's regularizer is `reg.name='package.module:function'`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from jaxgen import registry
+
+
+def minimax(d_real, d_fake):
+    """The original, saturating game (Goodfellow et al. 2014): D maximises log D(x) + log(1 - D(G(z))), G
+    minimises log(1 - D(G(z))). With logits l, log D = -softplus(-l) and log(1 - D) = -softplus(l)."""
+    d_loss = jnp.mean(jax.nn.softplus(-d_real)) + jnp.mean(jax.nn.softplus(d_fake))
+    g_loss = -jnp.mean(jax.nn.softplus(d_fake))
+    return d_loss, g_loss, _probabilities(d_real, d_fake)
+
+
+def non_saturating(d_real, d_fake):
+    """Goodfellow et al.'s non-saturating G loss, -log D(G(z)), with the minimax D loss (DCGAN's setup)."""
+    d_loss = jnp.mean(jax.nn.softplus(-d_real)) + jnp.mean(jax.nn.softplus(d_fake))
+    g_loss = jnp.mean(jax.nn.softplus(-d_fake))
+    return d_loss, g_loss, _probabilities(d_real, d_fake)
+
+
+def hinge(d_real, d_fake):
+    """Hinge loss (Lim & Ye 2017; SNGAN, Miyato et al. 2018): D: E relu(1 - D(x)) + E relu(1 + D(G(z))),
+    G: -E D(G(z))."""
+    d_loss = jnp.mean(jax.nn.relu(1.0 - d_real)) + jnp.mean(jax.nn.relu(1.0 + d_fake))
+    return d_loss, -jnp.mean(d_fake), {}
+
+
+def wasserstein(d_real, d_fake):
+    """WGAN (Arjovsky et al. 2017): the critic maximises E D(x) - E D(G(z)); G minimises -E D(G(z)).
+    Needs a Lipschitz constraint: reg.name='gp' (WGAN-GP) or spectral norm."""
+    d_loss = jnp.mean(d_fake) - jnp.mean(d_real)
+    return d_loss, -jnp.mean(d_fake), {"wasserstein_estimate": -d_loss}
+
+
+def least_squares(d_real, d_fake):
+    """LSGAN (Mao et al. 2017) with targets a=0 (fake), b=1 (real), c=1 (G's target for fakes), each term 1/2."""
+    d_loss = 0.5 * jnp.mean((d_real - 1.0) ** 2) + 0.5 * jnp.mean(d_fake**2)
+    g_loss = 0.5 * jnp.mean((d_fake - 1.0) ** 2)
+    return d_loss, g_loss, {}
+
+
+def _probabilities(d_real, d_fake):
+    return {"p_real": jnp.mean(jax.nn.sigmoid(d_real)), "p_fake": jnp.mean(jax.nn.sigmoid(d_fake))}
+
+
+LOSSES: dict[str, Callable] = {
+    "minimax": minimax,
+    "non_saturating": non_saturating,
+    "hinge": hinge,
+    "wasserstein": wasserstein,
+    "least_squares": least_squares,
+}
+
+
+def _input_grad_norms(d_fn, x):
+    """Per-example L2 norms [B] of d D(x_i) / d x_i (D's outputs summed: each depends on its own input only
+    when D has no batch-coupled layers; with BatchNorm in train mode this is the usual approximation)."""
+    g = jax.grad(lambda x: jnp.sum(d_fn(x)))(x)
+    return jnp.sqrt(jnp.sum(jnp.square(g.astype(jnp.float32)), axis=tuple(range(1, g.ndim))) + 1e-12)
+
+
+def r1(d_fn, real, fake, keys):
+    """R1 (Mescheder et al. 2018): 1/2 E_x |grad_x D(x)|^2 on reals; reg.weight is the paper's gamma."""
+    del fake, keys
+    sq = jnp.square(_input_grad_norms(d_fn, real))
+    return 0.5 * jnp.mean(sq), {"r1_grad_sq": jnp.mean(sq)}
+
+
+def gradient_penalty(d_fn, real, fake, keys):
+    """WGAN-GP (Gulrajani et al. 2017): E (|grad D(x_hat)| - 1)^2 at x_hat = e x + (1 - e) G(z), e ~ U(0, 1)
+    per example; reg.weight is the paper's lambda (10)."""
+    eps = jax.vmap(lambda k: jax.random.uniform(k, (1,) * (real.ndim - 1), real.dtype))(keys)
+    x_hat = eps * real + (1.0 - eps) * jax.lax.stop_gradient(fake)
+    norms = _input_grad_norms(d_fn, x_hat)
+    return jnp.mean(jnp.square(norms - 1.0)), {"gp_grad_norm": jnp.mean(norms)}
+
+
+REGULARIZERS: dict[str, Callable | None] = {"none": None, "r1": r1, "gp": gradient_penalty}
+
+
+def get_loss(name: str) -> Callable:
+    return registry.resolve("GAN loss", name, LOSSES)
+
+
+def get_regularizer(name: str) -> Callable | None:
+    return registry.resolve("regularizer", name, REGULARIZERS)

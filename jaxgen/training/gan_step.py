@@ -1,0 +1,180 @@
+"""The GAN train step: D updates and a G update, module-level pure functions written per device.
+
+A train step is `d_steps` calls of `d_update` then one `g_update`, over the two parameter pytrees and the two
+optax states of the GAN state (jaxgen.training.state). Each runs on one device's share of the global batch and
+averages its gradients over the 'data' axis with `lax.pmean`; BatchNorm inside G and D synchronises its batch
+statistics over the same axis. Random draws come from per-example keys (the example's position in the global
+batch folded into the step's key), so a step draws the same numbers on any device count and after a resume.
+
+G's forward pass is done once per step: the last D update's fakes and their VJP are kept and the G update
+pulls D's gradient back through them (as PyTorch's DCGAN reuses `fake` for both updates), so the G update
+costs one D forward and backward plus G's backward.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax import lax
+from jax.sharding import PartitionSpec as P
+
+from jaxgen.data import augment
+from jaxgen.data import device as dev
+from jaxgen.parallel import AXIS
+from jaxgen.training.state import DATA_STREAM, STEP_STREAM
+from jaxgen.training.step import fused_steps
+
+# Per-example key streams within a step.
+_Z, _AUG_REAL, _AUG_FAKE, _AUG_G, _REG = range(5)
+
+
+def apply_model(module, variables: dict, x, train: bool):
+    """(output, new non-param collections) of a Flax module; collections are updated only in train mode."""
+    stats = [k for k in variables if k != "params"]
+    if train and stats:
+        out, updates = module.apply(variables, x, train=True, mutable=stats)
+        return out, {**variables, **updates}
+    return module.apply(variables, x, train=train), variables
+
+
+def _generate(generator, g_vars, z, params):
+    """G(z) in train mode with `params` (differentiated) and G's other collections: (images, new variables)."""
+    return apply_model(generator, {**g_vars, "params": params}, z, True)
+
+
+def _augment(policy: str, keys, x):
+    """Per-example augmentation: example i uses keys[i], so the draw does not depend on the device count."""
+    if not policy:
+        return x
+    return jax.vmap(lambda k, xi: augment.apply(policy, k, xi[None])[0])(keys, x)
+
+
+def _stream(keys, s):
+    return jax.vmap(jax.random.fold_in, (0, None))(keys, s)
+
+
+def _lazy(cond_on, fn):
+    """fn() when cond_on (a traced bool) else zeros of the same structure, without computing fn."""
+    zeros = lambda: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(fn))
+    return lax.cond(cond_on, fn, zeros)
+
+
+def d_update(state: dict, real, fake, keys, it, *, discriminator, d_tx, loss_fn, reg_fn, reg_weight: float,
+             reg_interval: int, augment_policy: str):
+    """One D update on reals [B, H, W, C] and (constant) fakes, both in [-1, 1]. Returns (state, d_real, metrics).
+
+    `it` counts D updates over the run (it selects the lazy regularizer's steps); d_real are D's outputs on the
+    reals (for the G update's loss call).
+    """
+    real_aug = _augment(augment_policy, _stream(keys, _AUG_REAL), real)
+    fake_aug = _augment(augment_policy, _stream(keys, _AUG_FAKE), fake)
+
+    def loss(params):
+        variables = {**state["d"], "params": params}
+        d_real, variables = apply_model(discriminator, variables, real_aug, True)
+        d_fake, variables = apply_model(discriminator, variables, fake_aug, True)
+        d_loss, _, metrics = loss_fn(d_real, d_fake)
+        metrics = {"d_loss": d_loss, "d_real": jnp.mean(d_real), "d_fake": jnp.mean(d_fake), **metrics}
+        total = d_loss
+        if reg_fn is not None:
+            d_fn = lambda x: apply_model(discriminator, variables, x, True)[0]
+            penalty = lambda: reg_fn(d_fn, real_aug, fake_aug, _stream(keys, _REG))
+            if reg_interval > 1:
+                value, reg_metrics = _lazy(it % reg_interval == 0, penalty)
+            else:
+                value, reg_metrics = penalty()
+            total = total + reg_weight * reg_interval * value
+            metrics = {**metrics, "reg": value, **reg_metrics}
+        return total, (variables, d_real, metrics)
+
+    (_, (variables, d_real, metrics)), grads = jax.value_and_grad(loss, has_aux=True)(state["d"]["params"])
+    grads = lax.pmean(grads, AXIS)
+    metrics = lax.pmean(metrics, AXIS)
+    stats = lax.pmean({k: v for k, v in variables.items() if k != "params"}, AXIS)  # equal already with sync BN
+    updates, d_opt = d_tx.update(grads, state["d_opt"], state["d"]["params"])
+    params = optax.apply_updates(state["d"]["params"], updates)
+    metrics["d_grad_norm"] = optax.global_norm(grads)
+    return {**state, "d": {**stats, "params": params}, "d_opt": d_opt}, d_real, metrics
+
+
+def g_update(state: dict, fake, g_vjp, d_real, keys, *, discriminator, g_tx, loss_fn, augment_policy: str):
+    """One G update through the fakes [B, H, W, C] that G made this step (`g_vjp` pulls back their gradient)."""
+    def loss(fake):
+        x = _augment(augment_policy, _stream(keys, _AUG_G), fake)
+        d_fake, _ = apply_model(discriminator, state["d"], x, True)  # D's statistics are not updated here
+        _, g_loss, _ = loss_fn(lax.stop_gradient(d_real), d_fake)
+        return g_loss, d_fake
+
+    (g_loss, d_fake), d_fake_grad = jax.value_and_grad(loss, has_aux=True)(fake)
+    (grads,) = g_vjp(d_fake_grad)
+    grads = lax.pmean(grads, AXIS)
+    metrics = lax.pmean({"g_loss": g_loss, "d_fake_after": jnp.mean(d_fake)}, AXIS)
+    updates, g_opt = g_tx.update(grads, state["g_opt"], state["g"]["params"])
+    params = optax.apply_updates(state["g"]["params"], updates)
+    metrics["g_grad_norm"] = optax.global_norm(grads)
+    return {**state, "g": {**state["g"], "params": params}, "g_opt": g_opt}, metrics
+
+
+def gan_step(state: dict, data: dict, *, generator, discriminator, g_tx, d_tx, loss_fn, reg_fn, reg_weight: float,
+             reg_interval: int, d_steps: int, batch: int, augment_policy: str, ema_beta: float, g_lr, d_lr):
+    """One train step (d_steps D updates, then one G update) on one device's share of the global batch `batch`.
+
+    data: {'image': uint8 [N, H, W, C]}, the whole training split, replicated. Returns (state, metrics): D's
+    metrics averaged over its updates, G's from its update, and 'finite' (0: nothing of this step was applied).
+    """
+    old = state
+    step = state["step"]
+    n = data["image"].shape[0]
+    pos = dev.local_positions(batch, AXIS)
+    data_key = jax.random.fold_in(state["key"], DATA_STREAM)
+    step_key = jax.random.fold_in(state["key"], STEP_STREAM)
+    d_kw = dict(discriminator=discriminator, d_tx=d_tx, loss_fn=loss_fn, reg_fn=reg_fn, reg_weight=reg_weight,
+                reg_interval=reg_interval, augment_policy=augment_policy)
+    d_metrics = []
+    for i in range(d_steps):
+        it = step * d_steps + i
+        keys = dev.example_keys(jax.random.fold_in(step_key, it), pos)
+        idx = dev.batch_indices(data_key, it, n, batch, pos)
+        real = dev.preprocess(data["image"][idx], None, "none") * 2.0 - 1.0
+        z = jax.vmap(lambda k: jax.random.normal(k, (generator.latent_dim,)))(_stream(keys, _Z))
+        make = functools.partial(_generate, generator, state["g"], z)
+        if i < d_steps - 1:
+            fake, _ = make(state["g"]["params"])
+        else:  # the last D update's fakes also serve the G update: keep their VJP and G's new statistics
+            fake, g_vjp, g_vars = jax.vjp(make, state["g"]["params"], has_aux=True)
+        state, d_real, m = d_update(state, real, lax.stop_gradient(fake), keys, it, **d_kw)
+        m["d_lr"] = jnp.asarray(d_lr(it), jnp.float32)
+        d_metrics.append(m)
+    g_stats = lax.pmean({k: v for k, v in g_vars.items() if k != "params"}, AXIS)
+    state = {**state, "g": {**state["g"], **g_stats}}
+    state, g_metrics = g_update(state, fake, g_vjp, d_real, keys, discriminator=discriminator, g_tx=g_tx,
+                                loss_fn=loss_fn, augment_policy=augment_policy)
+    state["step"] = step + 1
+    if "ema_g" in state:
+        ema_params = optax.incremental_update(state["g"]["params"], state["ema_g"]["params"], 1.0 - ema_beta)
+        state["ema_g"] = {**state["g"], "params": ema_params}  # statistics are copied, params averaged
+    metrics = {**jax.tree.map(lambda *v: jnp.mean(jnp.stack(v)), *d_metrics), **g_metrics}
+    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in jax.tree.leaves(metrics)]))
+    state = jax.tree.map(lambda a, b: jnp.where(finite, a, b), state, old)
+    metrics.update(g_lr=jnp.asarray(g_lr(step), jnp.float32), finite=finite.astype(jnp.float32), step=step)
+    return state, metrics
+
+
+def ema_beta(batch: int, half_life_images: float) -> float:
+    """Per-step EMA decay for a half-life in images (Karras et al. 2022, EDM): 0.5 ** (batch / half_life)."""
+    return 0.5 ** (batch / half_life_images) if half_life_images > 0 else 0.0
+
+
+def compile_train(mesh, *, steps_per_dispatch: int, **step_kwargs):
+    """The jitted, data-parallel GAN train function `(state, data) -> (state, metrics [steps_per_dispatch])`,
+    state donated."""
+    step_fn = functools.partial(gan_step, **step_kwargs)
+    body = functools.partial(fused_steps, n=steps_per_dispatch, step_fn=step_fn)
+    # check_vma=False gives pmap's semantics: a gradient taken inside the body is this device's own, averaged
+    # explicitly with lax.pmean. With the default (True), grad w.r.t. a replicated input is already summed over
+    # the devices (the transpose of the implicit broadcast), and the pmean would leave N times the mean.
+    mapped = jax.shard_map(body, mesh=mesh, in_specs=(P(), P()), out_specs=(P(), P()), check_vma=False)
+    return jax.jit(mapped, donate_argnums=(0,))

@@ -1,0 +1,154 @@
+"""The GAN task: what jaxgen.training.loop needs to train and evaluate a GAN config."""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxgen import config as config_lib
+from jaxgen import data, parallel
+from jaxgen.data import augment
+from jaxgen.models import gan as gan_models
+from jaxgen.objectives import gan as gan_obj
+from jaxgen.reporting import images, plots
+from jaxgen.training import gan_step, optim
+from jaxgen.training import state as state_lib
+
+log = logging.getLogger("jaxgen")
+
+HISTORY_COLUMNS = 8  # fixed-noise samples per row of samples_over_time.png
+
+
+class GANTask:
+    """Built once from a GAN config: data, G and D, their optimizers, the loss and regularizer, the mesh."""
+
+    headline = ("d_loss", "g_loss")
+
+    def __init__(self, config, workdir):
+        config_lib.check(config)
+        c = config
+        self.config, self.workdir = c, workdir
+        self.mesh = parallel.make_mesh()
+        parallel.check_batch(c.train.batch_size, self.mesh)
+        self.loss_fn = gan_obj.get_loss(c.loss.name)
+        self.reg_fn = gan_obj.get_regularizer(c.reg.name)
+        augment.check_policy(c.augment.policy)
+        self.train = data.load(c.data, c.data.train_split)
+        self.test = data.load(c.data, c.data.test_split)
+        if len(self.train) < c.train.batch_size:
+            raise ValueError(f"train split has {len(self.train)} examples, fewer than train.batch_size="
+                             f"{c.train.batch_size}; lower the batch size")
+        self.generator, self.discriminator = gan_models.build(c.model, self.train.shape, axis_name=parallel.AXIS)
+        self.g_tx, self.g_lr = optim.make(c.g_optim, c.train.steps)
+        self.d_tx, self.d_lr = optim.make(c.d_optim, c.train.steps * c.train.d_steps)
+        self.create = functools.partial(state_lib.create_gan, self.generator, self.discriminator, self.g_tx,
+                                        self.d_tx, self.train.shape, c.seed, c.train.ema_half_life > 0)
+
+    def describe(self) -> str:
+        c = self.config
+        return (f"train {c.data.name} {self.train.shape}, {len(self.train)} images; {c.model.name} GAN, "
+                f"loss {c.loss.name}, reg {c.reg.name}, {c.train.d_steps} D step(s) per G step, "
+                f"augment {c.augment.policy or 'none'}, compute {c.model.dtype}")
+
+    def compile_train(self):
+        c = self.config
+        return gan_step.compile_train(
+            self.mesh, steps_per_dispatch=c.train.steps_per_dispatch, generator=self.generator,
+            discriminator=self.discriminator, g_tx=self.g_tx, d_tx=self.d_tx, loss_fn=self.loss_fn,
+            reg_fn=self.reg_fn, reg_weight=c.reg.weight, reg_interval=c.reg.interval, d_steps=c.train.d_steps,
+            batch=c.train.batch_size, augment_policy=c.augment.policy,
+            ema_beta=gan_step.ema_beta(c.train.batch_size, c.train.ema_half_life), g_lr=self.g_lr, d_lr=self.d_lr)
+
+    def _z(self, n: int, stream: int) -> jax.Array:
+        """A fixed batch of latents: the same at every evaluation of a run."""
+        key = jax.random.fold_in(jax.random.key(self.config.seed), state_lib.EVAL_STREAM + stream)
+        return jax.random.normal(key, (n, self.generator.latent_dim))
+
+    @functools.cached_property
+    def _generate(self):
+        return jax.jit(lambda g, z: gan_step.apply_model(self.generator, g, z, False)[0])
+
+    @functools.cached_property
+    def _critic(self):
+        return jax.jit(lambda d, x: gan_step.apply_model(self.discriminator, d, x, False)[0])
+
+    def evaluate(self, state, final: bool) -> dict:
+        """D's mean output (eval mode) on test reals and on samples of the evaluated G (EMA when kept).
+
+        Sample-quality metrics (FID, KID, ...) belong to jaxgen.evaluation; this is the cheap in-training view.
+        """
+        del final
+        c = self.config
+        g, d = state_lib.eval_params(state), state["d"]
+        n = min(c.eval.num_examples or len(self.test), len(self.test))
+        bs = c.eval.batch_size
+        real_sum = fake_sum = 0.0
+        for i in range(0, n, bs):
+            x = jnp.asarray(self.test.image[i : min(n, i + bs)], jnp.float32) / 127.5 - 1.0
+            z = jax.random.normal(jax.random.fold_in(jax.random.key(c.seed), 10_000 + i),
+                                  (x.shape[0], self.generator.latent_dim))
+            real_sum += float(jnp.sum(self._critic(d, x)))
+            fake_sum += float(jnp.sum(self._critic(d, self._generate(g, z))))
+        return {"d_real": real_sum / n, "d_fake": fake_sum / n, "num_examples": n}
+
+    def eval_line(self, ev: dict) -> str:
+        return f"D(x) {ev['d_real']:.3f}, D(G(z)) {ev['d_fake']:.3f} on {ev['num_examples']} test images/samples"
+
+    def eval_record(self, state) -> dict:
+        return {"dataset": self.config.data.name, "split": self.config.data.test_split,
+                "params": "ema" if "ema_g" in state else "raw", "units": "D outputs (logits or critic scores)"}
+
+    def summary(self, final: dict) -> str:
+        return f"final {self.eval_line(final)}"
+
+    def save_images(self, state, suffix: str = "") -> None:
+        """Fixed-noise samples (every eval), and at the end interpolations, samples over time and the curves."""
+        if jax.process_index() != 0:
+            return
+        c, g = self.config, state_lib.eval_params(state)
+        out = self.workdir / "images"
+        out.mkdir(exist_ok=True)
+        to01 = lambda x: (np.asarray(x, np.float32) + 1.0) / 2.0
+        samples = to01(self._generate(g, self._z(c.output.num_samples, 1)))
+        images.save_png(out / f"samples{suffix}.png", samples)
+        self._append_history(out, int(jax.device_get(state["step"])), samples[:HISTORY_COLUMNS])
+        if suffix or not c.output.plots:
+            return
+        images.save_png(self.workdir / "interpolations.png", to01(self._generate(g, self._interpolation_z())),
+                        ncol=10)
+        with np.load(out / "fixed_noise_history.npz") as h:
+            rows = h["images"]
+        images.save_png(self.workdir / "samples_over_time.png", rows.reshape(-1, *rows.shape[2:]) / 255.0,
+                        ncol=rows.shape[1])
+        plots.gan_curves(self.workdir / "metrics.jsonl", self.workdir / "gan_curves.png")
+
+    def _interpolation_z(self, pairs: int = 8, steps: int = 10) -> jax.Array:
+        """Spherical interpolations between `pairs` pairs of latents, `steps` points each: [pairs * steps, dim]."""
+        z = self._z(2 * pairs, 2).reshape(pairs, 2, -1)
+        a, b = z[:, 0], z[:, 1]
+        cos = jnp.sum(a * b, -1, keepdims=True) / (jnp.linalg.norm(a, axis=-1, keepdims=True)
+                                                    * jnp.linalg.norm(b, axis=-1, keepdims=True))
+        omega = jnp.arccos(jnp.clip(cos, -1.0, 1.0))[:, None]
+        t = jnp.linspace(0.0, 1.0, steps)[None, :, None]
+        so = jnp.maximum(jnp.sin(omega), 1e-6)
+        path = (jnp.sin((1 - t) * omega) / so) * a[:, None] + (jnp.sin(t * omega) / so) * b[:, None]
+        return path.reshape(pairs * steps, -1)
+
+    @staticmethod
+    def _append_history(out, step: int, samples: np.ndarray) -> None:
+        """Keeps the first fixed-noise samples of every evaluation (uint8) in images/fixed_noise_history.npz."""
+        path = out / "fixed_noise_history.npz"
+        row = (np.clip(samples, 0, 1) * 255).round().astype(np.uint8)[None]
+        steps = np.asarray([step])
+        if path.exists():
+            with np.load(path) as h:
+                keep = h["steps"] < step  # a resumed run rewrites the evaluations it repeats
+                row = np.concatenate([h["images"][keep], row])
+                steps = np.concatenate([h["steps"][keep], steps])
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, images=row, steps=steps)
+        tmp.replace(path)

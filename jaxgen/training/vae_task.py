@@ -1,0 +1,109 @@
+"""The VAE task: what jaxgen.training.loop needs to train and evaluate a VAE config."""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import jax
+import numpy as np
+
+from jaxgen import config as config_lib
+from jaxgen import data, models, objectives, parallel
+from jaxgen.evaluation import vae as vae_eval
+from jaxgen.objectives import vae as vae_obj
+from jaxgen.reporting import images, plots
+from jaxgen.training import optim
+from jaxgen.training import state as state_lib
+from jaxgen.training import step as step_lib
+
+log = logging.getLogger("jaxgen")
+
+
+class VAETask:
+    """Built once from a VAE config: data, model, optimizer, mesh; compiles the train and eval functions."""
+
+    headline = ("loss",)  # metrics on the progress bar
+
+    def __init__(self, config, workdir):
+        config_lib.check(config)
+        self.config, self.workdir = config, workdir
+        self.mesh = parallel.make_mesh()
+        parallel.check_batch(config.train.batch_size, self.mesh)
+        parallel.check_batch(config.eval.batch_size, self.mesh, "eval.batch_size")
+        self.objective = objectives.get(config.objective.name)
+        vae_obj.likelihood(config.objective)  # an unknown likelihood fails here, before any work
+        self.train = data.load(config.data, config.data.train_split)
+        self.test = data.load(config.data, config.data.test_split)
+        if len(self.train) < config.train.batch_size:
+            raise ValueError(f"train split has {len(self.train)} examples, fewer than train.batch_size="
+                             f"{config.train.batch_size}; lower the batch size")
+        self.model = models.build(config.model, self.train.shape)
+        self.tx, self.lr = optim.make(config.optim, config.train.steps)
+        self.create = functools.partial(state_lib.create, self.model, self.tx, self.train.shape, config.seed,
+                                        config.train.ema_decay > 0)
+        n_eval = config.eval.num_examples or len(self.test)
+        self.eval_images = self.test.image[:n_eval]
+
+    def describe(self) -> str:
+        return (f"train {self.config.data.name} {self.train.shape}, {len(self.train)} images; "
+                f"test {len(self.test)} images")
+
+    def compile_train(self):
+        c = self.config
+        return step_lib.compile_train(
+            self.mesh, steps_per_dispatch=c.train.steps_per_dispatch, model=self.model, tx=self.tx,
+            objective=self.objective, obj_cfg=c.objective, lr_schedule=self.lr, batch=c.train.batch_size,
+            binarize=c.data.binarize, ema_decay=c.train.ema_decay)
+
+    @functools.cached_property
+    def eval_fn(self):
+        c = self.config
+        return vae_eval.compile_eval(self.mesh, model=self.model, obj_cfg=c.objective, binarize=c.data.binarize,
+                                     nll_chunk=c.eval.nll_chunk)
+
+    def evaluate(self, state, final: bool) -> dict:
+        """Test ELBO, NLL (eval.final_nll_k importance samples at the end, eval.nll_k before) and reconstruction."""
+        c = self.config
+        key = jax.random.fold_in(jax.random.key(c.seed), state_lib.EVAL_STREAM)
+        return vae_eval.evaluate(self.eval_fn, state_lib.eval_params(state), self.eval_images, mesh=self.mesh,
+                                 key=key, batch_size=c.eval.batch_size,
+                                 nll_k=c.eval.final_nll_k if final else c.eval.nll_k, nll_chunk=c.eval.nll_chunk)
+
+    def eval_line(self, ev: dict) -> str:
+        return f"elbo {ev['elbo']:.2f} nll(k={ev['nll_k']}) {ev['nll']:.2f}"
+
+    def eval_record(self, state) -> dict:
+        """What stands beside the numbers in eval.json."""
+        return {"dataset": self.config.data.name, "split": self.config.data.test_split,
+                "params": "ema" if "ema_params" in state else "raw", "units": "nats per image"}
+
+    def summary(self, final: dict) -> str:
+        return (f"final test ELBO {final['elbo']:.2f}, NLL(k={self.config.eval.final_nll_k}) {final['nll']:.2f} "
+                f"nats ({final['nll_bits_per_dim']:.4f} bits/dim) on {final['num_examples']} images")
+
+    def save_images(self, state, suffix: str = "") -> None:
+        """Samples, reconstructions (and at the end the latent plots) into <workdir>/images."""
+        if jax.process_index() != 0:
+            return
+        c, params = self.config, state_lib.eval_params(state)
+        out = self.workdir / "images"
+        out.mkdir(exist_ok=True)
+        lik = c.objective.likelihood
+        key = jax.random.fold_in(jax.random.key(c.seed), state_lib.EVAL_STREAM + 1)  # the same z at every eval
+        n = c.output.num_samples
+        images.save_png(out / f"samples{suffix}.png",
+                        np.asarray(vae_eval.sample_images(params, key, model=self.model, n=n, likelihood=lik)))
+        x = self.test.image[: min(n, 32)].astype(np.float32) / 255.0
+        rec = np.asarray(vae_eval.reconstruct(params, x, model=self.model, likelihood=lik))
+        images.save_png(out / f"reconstructions{suffix}.png", np.concatenate([x, rec]), ncol=len(x))
+        if suffix or not c.output.plots:
+            return
+        m = min(len(self.test), 2000)
+        mu = np.concatenate([np.asarray(vae_eval.encode_mean(params, self.test.image[i : i + 500] / np.float32(255),
+                                                             model=self.model)) for i in range(0, m, 500)])
+        plots.latent_scatter(mu, self.test.label[:m], self.workdir / "latent_scatter.png")
+        dims = min(self.model.latent_dim, 10)
+        trav = vae_eval.traversal(params, mu[0], model=self.model, likelihood=lik, dims=dims, steps=9)
+        images.save_png(self.workdir / "latent_traversal.png", np.asarray(trav), ncol=9)
+        plots.loss_curves(self.workdir / "metrics.jsonl", self.workdir / "loss_curves.png")

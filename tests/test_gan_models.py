@@ -1,0 +1,257 @@
+"""GAN models: shapes and modes of every built-in, synchronised BatchNorm, spectral norm, dtypes, and DCGAN-64
+against the PyTorch reference (parameter counts and, at a tiny width, outputs)."""
+
+import importlib.util
+import math
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from jaxgen import parallel
+from jaxgen.config import gan_config
+from jaxgen.models import gan
+
+REFERENCE = Path("/work/shared/reference/torch_reference.py")
+
+
+def _config(name="dcgan", width=8, **kw):
+    c = gan_config().model
+    c.name, c.g_width, c.d_width, c.latent_dim = name, width, width, 16
+    for k, v in kw.items():
+        c[k] = v
+    return c
+
+
+def _init(g, d, image_shape, batch=2):
+    # XLA:CPU compiles threefry ~5x faster when it need not be partitionable (jax's default since 0.5); these tests
+    # only need some random init, and this setting is local to the block.
+    with jax.threefry_partitionable(False):
+        gv = g.init(jax.random.key(0), jnp.zeros((batch, g.latent_dim)), train=False)
+        dv = d.init(jax.random.key(1), jnp.zeros((batch, *image_shape)), train=False)
+    return gv, dv
+
+
+def _run(module, variables, x, train):
+    """Output of a train- or eval-mode call, and the variables after it."""
+    if train and "batch_stats" in variables:
+        y, upd = module.apply(variables, x, train=True, mutable=["batch_stats"])
+        return y, {**variables, **upd}
+    return module.apply(variables, x, train=train), variables
+
+
+def _both_modes(g, d, shape, z):
+    """Init, then a train-mode call of G and of D on G's samples, then eval-mode calls with the updated variables."""
+    gv, dv = _init(g, d, shape)
+    x, gv2 = _run(g, gv, z, True)
+    logits, dv2 = _run(d, dv, x, True)
+    return (gv, dv), (gv2, dv2), [(x, logits), (g.apply(gv2, z, train=False), d.apply(dv2, x, train=False))]
+
+
+CASES = [
+    ("dcgan", 28, 1, {}),
+    ("dcgan", 28, 3, {"g_spectral_norm": True, "d_spectral_norm": True, "dtype": "bfloat16"}),
+    ("dcgan", 32, 3, {"g_norm": "none", "d_spectral_norm": True}),
+    ("dcgan", 32, 1, {"dtype": "bfloat16"}),
+    ("dcgan", 64, 3, {"g_spectral_norm": True, "d_norm": "none"}),
+    ("dcgan", 64, 1, {"g_norm": "none", "d_norm": "none"}),
+    ("resnet", 32, 3, {"d_norm": "none", "d_spectral_norm": True}),
+    ("resnet", 32, 1, {"g_norm": "none", "g_spectral_norm": True, "dtype": "bfloat16"}),
+    ("resnet", 64, 3, {"d_norm": "none", "d_spectral_norm": True}),
+    ("resnet", 64, 1, {"g_norm": "none", "dtype": "bfloat16"}),
+]
+
+
+@pytest.mark.parametrize("name,res,channels,options", CASES)
+def test_every_model_builds_with_the_right_shapes_and_dtypes(name, res, channels, options):
+    """Traced only (jax.eval_shape): init, train and eval mode of each; what the outputs are is checked below."""
+    shape = (res, res, channels)
+    g, d = gan.build(_config(name, **options), shape)
+    assert g.latent_dim == 16
+    z = jax.ShapeDtypeStruct((4, 16), jnp.float32)
+    (gv, dv), (gv2, dv2), outputs = jax.eval_shape(lambda z: _both_modes(g, d, shape, z), z)
+    for before, after in ((gv, gv2), (dv, dv2)):
+        assert set(before) <= {"params", "batch_stats"}
+        assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(before))
+        assert jax.tree.structure(before) == jax.tree.structure(after)  # train mode creates no variables
+    has_stats = ("batch_stats" in gv, "batch_stats" in dv)
+    assert has_stats == (options.get("g_norm", "batch") == "batch" or options.get("g_spectral_norm", False),
+                         options.get("d_norm", "batch") == "batch" or options.get("d_spectral_norm", False))
+    for x, logits in outputs:
+        assert x.shape == (4, *shape) and x.dtype == jnp.float32
+        assert logits.shape == (4,) and logits.dtype == jnp.float32
+    if options.get("dtype") == "bfloat16":  # computes in bfloat16
+        for m, v, inp in ((g, gv, z), (d, dv, jax.ShapeDtypeStruct((4, *shape), jnp.float32))):
+            assert "bf16" in jax.jit(lambda v, x, m=m: m.apply(v, x, train=False)).lower(v, inp).as_text()
+
+
+@pytest.mark.parametrize("name,res,channels,options", [CASES[0], CASES[7]])
+def test_models_run_in_both_modes(name, res, channels, options):
+    shape = (res, res, channels)
+    g, d = gan.build(_config(name, **options), shape)
+    z = jax.random.normal(jax.random.key(2), (4, 16))
+    (gv, dv), (gv2, dv2), outputs = jax.jit(lambda z: _both_modes(g, d, shape, z))(z)
+    for x, logits in outputs:
+        assert np.all(np.abs(np.asarray(x)) <= 1) and np.all(np.isfinite(x)) and np.all(np.isfinite(logits))
+    assert np.asarray(outputs[0][0]).std() > 1e-2  # train mode: BN with batch statistics
+    for before, after in ((gv, gv2), (dv, dv2)):  # BN running averages and u vectors move in train mode
+        # (not sigma: flax's SpectralNorm stores init kernels divided by a first estimate, so the next is ~1 again)
+        moved = jax.tree_util.tree_flatten_with_path(jax.tree.map(lambda a, b: bool(np.any(a != b)),
+                                                                  before["batch_stats"], after["batch_stats"]))[0]
+        assert all(m for path, m in moved if not path[-1].key.endswith("sigma"))
+
+
+def test_errors_list_the_choices():
+    with pytest.raises(ValueError, match=r"dcgan supports resolutions 28, 32, 64; got 48x48 \(set data.resolution"):
+        gan.build(_config("dcgan"), (48, 48, 3))
+    with pytest.raises(ValueError, match="resnet supports resolutions 32, 64; got 28x28"):
+        gan.build(_config("resnet"), (28, 28, 1))
+    with pytest.raises(ValueError, match="unknown GAN model 'stylegan'; choices: dcgan, resnet"):
+        gan.build(_config("stylegan"), (32, 32, 3))
+    with pytest.raises(ValueError, match="unknown d_norm 'layer'; choices: batch, none"):
+        gan.build(_config("resnet", d_norm="layer"), (32, 32, 3))
+    with pytest.raises(ValueError, match="unknown dtype 'float16'; choices: float32, bfloat16"):
+        gan.build(_config("dcgan", dtype="float16"), (32, 32, 3))
+
+
+def user_builder(model_config, image_shape, axis_name=None):
+    return gan.dcgan(model_config, image_shape, axis_name)
+
+
+def test_a_user_function_is_called_the_same_way():
+    g, d = gan.build(_config(f"{__name__}:user_builder"), (28, 28, 1), axis_name="data")
+    assert isinstance(g, gan.DCGANGenerator) and d.axis_name == "data"
+
+
+def test_batchnorm_is_synchronised_over_the_mesh():
+    """Train mode per device under shard_map with axis_name='data' == the whole batch on one device."""
+    shape = (28, 28, 1)
+    c = _config("dcgan", d_spectral_norm=True)
+    g, d = gan.build(c, shape)
+    g_sync, d_sync = gan.build(c, shape, axis_name="data")
+    gv, dv = _init(g, d, shape)
+    mesh = parallel.make_mesh()
+    z = jax.random.normal(jax.random.key(3), (2 * mesh.size, 16))
+    x = jnp.tanh(jax.random.normal(jax.random.key(4), (2 * mesh.size, *shape)))
+
+    def step(m):
+        return lambda v, inp: m.apply(v, inp, train=True, mutable=["batch_stats"])
+
+    for one, synced, v, inp in ((g, g_sync, gv, z), (d, d_sync, dv, x)):
+        want, want_stats = jax.jit(step(one))(v, inp)
+        sharded = jax.shard_map(step(synced), mesh=mesh, in_specs=(P(), P("data")), out_specs=(P("data"), P()))
+        got, got_stats = jax.jit(sharded)(v, inp)
+        np.testing.assert_allclose(got, want, atol=3e-5, rtol=1e-4)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4), got_stats, want_stats)
+
+
+def _normalized(params):
+    """params with every spectrally normalised kernel divided by its exact top singular value."""
+    flat = dict(jax.tree_util.tree_flatten_with_path(params)[0])
+    out = {}
+    for path, leaf in flat.items():
+        names = "/".join(k.key for k in path)
+        if names.endswith("kernel"):
+            leaf = leaf / np.linalg.svd(np.asarray(leaf).reshape(-1, leaf.shape[-1]), compute_uv=False)[0]
+        out[path] = leaf
+    return jax.tree_util.tree_unflatten(jax.tree.structure(params), [out[p] for p in flat])
+
+
+def test_spectral_norm_divides_every_kernel_by_its_top_singular_value():
+    """After power iteration converges, G with spectral norm (around Dense, ConvTranspose2x and Conv) computes what G
+    without it computes on kernels divided by their exact top singular values; D's stored sigmas match the SVD."""
+    shape = (28, 28, 1)
+    c = _config("dcgan", g_norm="none", d_norm="none", g_spectral_norm=True, d_spectral_norm=True)
+    g, d = gan.build(c, shape)
+    g_plain, _ = gan.build(_config("dcgan", g_norm="none"), shape)
+    gv, dv = _init(g, d, shape)
+    z = jax.random.normal(jax.random.key(5), (2, 16))
+    x = jnp.zeros((2, *shape))
+
+    @jax.jit
+    def iterate(gv, dv):
+        def body(_, vs):
+            gv, dv = vs
+            _, gs = g.apply(gv, z, train=True, mutable=["batch_stats"])
+            _, ds = d.apply(dv, x, train=True, mutable=["batch_stats"])
+            return {**gv, **gs}, {**dv, **ds}
+
+        return jax.lax.fori_loop(0, 300, body, (gv, dv))
+
+    gv, dv = iterate(gv, dv)
+    want = g_plain.apply({"params": _normalized(gv["params"])}, z, train=False)
+    np.testing.assert_allclose(g.apply(gv, z, train=False), want, atol=2e-3)
+    stats = jax.tree_util.tree_flatten_with_path(dv["batch_stats"])[0]
+    sigmas = {p: v for p, v in stats if p[-1].key.endswith("sigma")}
+    kernels = {"/".join(k.key for k in p): v for p, v in jax.tree_util.tree_flatten_with_path(dv["params"])[0]
+               if p[-1].key == "kernel"}
+    assert len(sigmas) == len(kernels) > 0
+    for path, sigma in sigmas.items():  # batch_stats/.../SpectralNorm_i/'<layer>/kernel/sigma'
+        k = np.asarray(kernels["/".join([k.key for k in path[:-2]] + [path[-1].key.split("/")[0], "kernel"])])
+        top = np.linalg.svd(k.reshape(-1, k.shape[-1]), compute_uv=False)[0]
+        np.testing.assert_allclose(float(sigma), top, rtol=1e-3)
+
+
+def _reference():
+    torch = pytest.importorskip("torch")
+    if not REFERENCE.exists():
+        pytest.skip(f"{REFERENCE} is missing")
+    spec = importlib.util.spec_from_file_location("torch_reference", REFERENCE)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return torch, mod
+
+
+def _count(module, *args):
+    shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), *args, train=False))
+    return sum(math.prod(a.shape) for a in jax.tree.leaves(shapes["params"]))
+
+
+def test_dcgan64_parameter_counts_equal_the_torch_reference():
+    torch, ref = _reference()
+    g, d = gan.build(_config("dcgan", width=64, latent_dim=100), (64, 64, 3))
+    n_torch = lambda m: sum(p.numel() for p in m.parameters() if p.requires_grad)
+    assert _count(g, jnp.zeros((1, 100))) == n_torch(ref.G()) == 3_576_704
+    assert _count(d, jnp.zeros((1, 64, 64, 3))) == n_torch(ref.D()) == 2_765_568
+
+
+def test_dcgan64_computes_what_the_torch_reference_computes():
+    """Torch weights loaded into G and D (width 8) give the same train-mode outputs: same layers, same layout."""
+    torch, ref = _reference()
+    torch.manual_seed(0)
+    tg, td = ref.G(nz=16, ngf=8), ref.D(ndf=8)
+    g, d = gan.build(_config("dcgan", width=8), (64, 64, 3))
+    t = lambda w: jnp.asarray(w.detach().numpy())
+    bn = lambda m: {"scale": t(m.weight), "bias": t(m.bias)}
+    layers = lambda net, kind: [m for m in net if isinstance(m, kind)]
+    cts, convs = layers(tg.net, torch.nn.ConvTranspose2d), layers(td.net, torch.nn.Conv2d)
+    gp = {"Dense_0": {"kernel": t(cts[0].weight.permute(0, 2, 3, 1).reshape(16, -1))}}  # 1x1 -> 4x4 == a Dense
+    gp.update({f"ConvTranspose2x_{i}": {"kernel": t(m.weight.permute(2, 3, 0, 1))} for i, m in enumerate(cts[1:])})
+    gp.update({f"BatchNorm_{i}": bn(m) for i, m in enumerate(layers(tg.net, torch.nn.BatchNorm2d))})
+    dp = {f"Conv_{i}": {"kernel": t(m.weight.permute(2, 3, 1, 0))} for i, m in enumerate(convs[:-1])}
+    dp.update({f"BatchNorm_{i}": bn(m) for i, m in enumerate(layers(td.net, torch.nn.BatchNorm2d))})
+    dp["Dense_0"] = {"kernel": t(convs[-1].weight[0].permute(1, 2, 0).reshape(-1, 1))}
+    gv, dv = jax.eval_shape(lambda: _init(g, d, (64, 64, 3)))  # only the structure: every value comes from torch
+    gv, dv = ({**v, "batch_stats": jax.tree.map(lambda a: jnp.ones(a.shape), v["batch_stats"])} for v in (gv, dv))
+    assert jax.tree.structure(gp) == jax.tree.structure(gv["params"])
+    assert jax.tree.structure(dp) == jax.tree.structure(dv["params"])
+    z = np.random.default_rng(0).normal(size=(4, 16)).astype(np.float32)
+    x, _ = g.apply({**gv, "params": gp}, z, train=True, mutable=["batch_stats"])
+    logits, _ = d.apply({**dv, "params": dp}, x, train=True, mutable=["batch_stats"])
+    with torch.no_grad():
+        tx = tg(torch.from_numpy(z)[:, :, None, None])
+        tl = td(torch.from_numpy(np.array(x)).permute(0, 3, 1, 2))
+    np.testing.assert_allclose(x, tx.permute(0, 2, 3, 1).numpy(), atol=1e-4)
+    np.testing.assert_allclose(logits, tl.numpy(), atol=1e-4)
+
+
+def test_dcgan_init_follows_radford_et_al():
+    g, d = gan.build(_config("dcgan"), (64, 64, 3))
+    gv, _ = jax.jit(lambda: _init(g, d, (64, 64, 3)))()
+    k = np.asarray(gv["params"]["ConvTranspose2x_0"]["kernel"])
+    scale = np.asarray(gv["params"]["BatchNorm_0"]["scale"])
+    assert abs(k.std() - 0.02) < 0.002 and abs(k.mean()) < 0.002
+    assert abs(scale.mean() - 1) < 0.01 and 0.01 < scale.std() < 0.03
