@@ -8,6 +8,7 @@ import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec as P
 
 from jaxgen import config as config_lib
 from jaxgen import data, parallel
@@ -34,6 +35,7 @@ class GANTask:
         self.config, self.workdir = c, workdir
         self.mesh = parallel.make_mesh()
         parallel.check_batch(c.train.batch_size, self.mesh)
+        parallel.check_batch(c.eval.batch_size, self.mesh, "eval.batch_size")
         self.loss_fn = gan_obj.get_loss(c.loss.name)
         self.reg_fn = gan_obj.get_regularizer(c.reg.name)
         augment.check_policy(c.augment.policy)
@@ -73,26 +75,39 @@ class GANTask:
         return jax.jit(lambda g, z: gan_step.apply_model(self.generator, g, z, False)[0])
 
     @functools.cached_property
-    def _critic(self):
-        return jax.jit(lambda d, x: gan_step.apply_model(self.discriminator, d, x, False)[0])
+    def _scores(self):
+        """(G variables, D variables, reals [B], z [B]) -> (D(reals), D(G(z))), sharded over the mesh. G samples
+        in eval mode; D runs as training sees it (train mode: BatchNorm with the batch's statistics synchronised
+        over the devices, nothing stored), because its running averages mix real and fake batches."""
+        def body(g, d, x, z):
+            fake = gan_step.apply_model(self.generator, g, z, False)[0]
+            return tuple(gan_step.apply_model(self.discriminator, d, v, True)[0] for v in (x, fake))
+
+        batch = P(parallel.AXIS)
+        return jax.jit(jax.shard_map(body, mesh=self.mesh, in_specs=(P(), P(), batch, batch),
+                                     out_specs=(batch, batch), check_vma=False))
 
     def evaluate(self, state, final: bool) -> dict:
-        """D's mean output (eval mode) on test reals and on samples of the evaluated G (EMA when kept).
+        """D's mean output on batches of test reals and of samples of the evaluated G (EMA when kept).
 
         Sample-quality metrics (FID, KID, ...) belong to jaxgen.evaluation; this is the cheap in-training view.
         """
         del final
         c = self.config
         g, d = state_lib.eval_params(state), state["d"]
-        n = min(c.eval.num_examples or len(self.test), len(self.test))
         bs = c.eval.batch_size
+        n = min(c.eval.num_examples or len(self.test), len(self.test)) // bs * bs
+        if n == 0:
+            raise ValueError(f"eval needs at least eval.batch_size={bs} test images, the test split has "
+                             f"{len(self.test)}; lower eval.batch_size")
         real_sum = fake_sum = 0.0
+        rng = np.random.default_rng(c.seed)  # the same latents at every evaluation
         for i in range(0, n, bs):
-            x = jnp.asarray(self.test.image[i : min(n, i + bs)], jnp.float32) / 127.5 - 1.0
-            z = jax.random.normal(jax.random.fold_in(jax.random.key(c.seed), 10_000 + i),
-                                  (x.shape[0], self.generator.latent_dim))
-            real_sum += float(jnp.sum(self._critic(d, x)))
-            fake_sum += float(jnp.sum(self._critic(d, self._generate(g, z))))
+            x = self.test.image[i : i + bs].astype(np.float32) / 127.5 - 1.0
+            z = rng.standard_normal((bs, self.generator.latent_dim), dtype=np.float32)
+            real, fake = self._scores(g, d, *parallel.put_batch((x, z), self.mesh))
+            real_sum += float(jnp.sum(real))
+            fake_sum += float(jnp.sum(fake))
         return {"d_real": real_sum / n, "d_fake": fake_sum / n, "num_examples": n}
 
     def eval_line(self, ev: dict) -> str:
