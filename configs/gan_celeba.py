@@ -22,6 +22,7 @@ def get_config(variant: str = ""):
     c.data.resolution = 64
     c.data.crop = 108
     c.data.test_split = "test"
+    c.data.test_percent = 10  # the folder fallback: hold out 10% of the files as 'test' (TFDS has its own split)
     c.model.name = "dcgan"
     c.model.g_width = 64  # ngf = ndf = 64, as pytorch/examples' DCGAN
     c.model.d_width = 64

@@ -37,7 +37,8 @@ def test_mnist_5k_offline_shapes_labels_balance_and_fixed_split():
 
 
 def test_unknown_dataset_lists_the_choices():
-    with pytest.raises(ValueError, match="unknown dataset 'mnsit'; choices: cifar10, fashion_mnist, mnist, mnist_5k"):
+    choices = "celeb_a, cifar10, fashion_mnist, image_folder, mnist, mnist_5k"
+    with pytest.raises(ValueError, match=f"unknown dataset 'mnsit'; choices: {choices}"):
         data.load(_cfg(name="mnsit"), "train")
 
 

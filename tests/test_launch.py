@@ -93,7 +93,7 @@ def test_unknown_variant_lists_the_choices():
     ("model.name", "conv_vea", "unknown model 'conv_vea'; choices: conv_vae, mlp_vae"),
     ("objective.name", "elbow", "unknown objective 'elbow'; choices: elbo, iwae"),
     ("objective.likelihood", "poisson", "unknown likelihood 'poisson'; choices: bernoulli, gaussian"),
-    ("data.name", "imagenet", "unknown dataset 'imagenet'; choices: cifar10, fashion_mnist"),
+    ("data.name", "imagenet", "unknown dataset 'imagenet'; choices: celeb_a, cifar10"),
     ("optim.name", "adamm", "unknown optimizer 'adamm'; choices: adam, adamw"),
     ("train.batch_size", 30, "train.batch_size=30 is not divisible by the 8 devices; use a multiple of 8"),
     ("eval.batch_size", 20, "eval.batch_size=20 is not divisible by the 8 devices"),

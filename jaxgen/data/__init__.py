@@ -12,7 +12,7 @@ from collections.abc import Callable
 import numpy as np
 
 from jaxgen import registry
-from jaxgen.data import shipped, synthetic, tfds_source
+from jaxgen.data import image_folder, shipped, synthetic, tfds_source
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +49,8 @@ DATASETS: dict[str, Callable] = {
     "mnist": tfds_source.loader("mnist"),
     "fashion_mnist": tfds_source.loader("fashion_mnist"),
     "cifar10": tfds_source.loader("cifar10"),
+    "celeb_a": tfds_source.celeb_a,  # falls back to data.path (an image folder) when TFDS cannot provide it
+    "image_folder": image_folder.image_folder,  # data.path, cropped/resized by data.crop/data.resolution
     "synthetic": synthetic.synthetic,
 }
 

@@ -7,13 +7,16 @@ later runs start in a second. Offline, a missing dataset fails at once with a me
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
-import os
 import socket
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
+from jaxgen.data import image_folder
+from jaxgen.data.image_folder import CHUNK, PROGRESS_MIN_FILES, crop_and_resize, data_dir, num_workers, write_npz
 
 log = logging.getLogger(__name__)
 
@@ -23,17 +26,12 @@ DOWNLOAD_HOSTS = {
     "mnist": "storage.googleapis.com",
     "fashion_mnist": "fashion-mnist.s3-website.eu-central-1.amazonaws.com",
     "cifar10": "www.cs.toronto.edu",
+    "celeb_a": "drive.google.com",  # tfds 4.9.10's celeb_a checksums.tsv: drive.google.com/uc?export=download&id=...
 }
 
 
 class DatasetUnavailableError(RuntimeError):
     """The dataset is not prepared in the data dir and cannot be prepared here."""
-
-
-def data_dir(data_config) -> Path:
-    """The TFDS data dir: `data.data_dir`, else $TFDS_DATA_DIR, else ~/tensorflow_datasets."""
-    d = data_config.data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
-    return Path(d).expanduser()
 
 
 def can_reach(host: str, port: int = 443, timeout: float = 5.0) -> bool:
@@ -61,38 +59,73 @@ def _prepare_command(name: str, ddir: Path) -> str:
     )
 
 
-def _unavailable(name: str, ddir: Path, why: str) -> DatasetUnavailableError:
+def _unavailable(name: str, ddir: Path, why: str, hint: str = "") -> DatasetUnavailableError:
+    """The error for a dataset that cannot be had here; `hint` replaces the closing 'or train on mnist_5k' line."""
+    end = f",\n  {hint}." if hint else ".\n  Or train on the digits that ship with jaxgen: --config.data.name=mnist_5k"
     return DatasetUnavailableError(
         f"TFDS dataset {name!r} is not prepared in {ddir} and {why}.\n"
         f"  To provide it, on a machine with a network run:\n    {_prepare_command(name, ddir)}\n"
-        f"  then copy {ddir / name} to this machine's data dir (--config.data.data_dir=DIR or $TFDS_DATA_DIR).\n"
-        f"  Or train on the digits that ship with jaxgen: --config.data.name=mnist_5k"
+        f"  then copy {ddir / name} to this machine's data dir (--config.data.data_dir=DIR or $TFDS_DATA_DIR){end}"
     )
 
 
-def _read_split(name: str, split: str, data_config) -> tuple[np.ndarray, np.ndarray]:
+def _source(name: str, split: str, data_config, hint: str = ""):
+    """The TFDS data source of `split`, preparing the dataset first if it is missing and can be prepared here."""
     import tensorflow_datasets as tfds  # noqa: PLC0415 (heavy; only where data is read)
 
     ddir = data_dir(data_config)
     builder = tfds.builder(name, data_dir=str(ddir), file_format="array_record")
     if not builder.is_prepared():
         if not data_config.download:
-            raise _unavailable(name, ddir, "data.download is False")
+            raise _unavailable(name, ddir, "data.download is False", hint)
         host = DOWNLOAD_HOSTS.get(name)
         if host and not can_reach(host):
-            raise _unavailable(name, ddir, f"cannot be downloaded here (no connection to {host})")
+            raise _unavailable(name, ddir, f"cannot be downloaded here (no connection to {host})", hint)
         if not has_tensorflow():
-            raise _unavailable(name, ddir, "preparing it needs TensorFlow, which is not installed")
+            raise _unavailable(name, ddir, "preparing it needs TensorFlow, which is not installed", hint)
         log.info("Preparing TFDS %s in %s (once)", name, ddir)
         builder.download_and_prepare(file_format="array_record")
-    source = builder.as_data_source(split=split)
+    return builder.as_data_source(split=split)
+
+
+def _read_split(source, image_fn: Callable | None, label_key: str | None, desc: str) -> tuple[np.ndarray, np.ndarray]:
+    """All records of a data source -> (uint8 [N, H, W, C], int32 [N]); `image_fn` maps each uint8 [h, w, c] image
+    (e.g. crop and resize); no `label_key` gives label 0. Records are decoded in threads, in order."""
+    from tqdm.auto import tqdm  # noqa: PLC0415
+
     n = len(source)
+
+    def read(start: int) -> tuple[np.ndarray, np.ndarray]:
+        records = [source[i] for i in range(start, min(n, start + CHUNK))]
+        images = [np.asarray(r["image"], np.uint8) for r in records]
+        if image_fn is not None:
+            images = [image_fn(im) for im in images]
+        labels = [int(r[label_key]) if label_key else 0 for r in records]
+        return np.stack(images), np.asarray(labels, np.int32)
+
+    starts = range(0, n, CHUNK)
     images, labels = [], []
-    for start in range(0, n, 1000):
-        records = [source[i] for i in range(start, min(n, start + 1000))]
-        images.append(np.stack([np.asarray(r["image"], np.uint8) for r in records]))
-        labels.append(np.asarray([int(r["label"]) for r in records], np.int32))
+    with (concurrent.futures.ThreadPoolExecutor(num_workers()) as pool,
+          tqdm(total=n, unit="img", desc=desc, mininterval=1.0, disable=n < PROGRESS_MIN_FILES) as bar):
+        for start, (im, lb) in zip(starts, pool.map(read, starts)):
+            images.append(im)
+            labels.append(lb)
+            bar.update(min(CHUNK, n - start))
     return np.concatenate(images), np.concatenate(labels)
+
+
+def _cached(cache: Path, read: Callable | None) -> tuple[np.ndarray, np.ndarray]:
+    """The arrays in `cache` if it exists, else `read()`, written to `cache` (tmp then rename) for the next run."""
+    if cache.exists():
+        with np.load(cache) as z:
+            return z["image"], z["label"]
+    image, label = read()
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        write_npz(cache, image, label)
+    except OSError as e:  # a read-only data dir still trains, only slower to start next time
+        log.warning("Could not cache %s at %s: %s", cache.parent.name, cache, e)
+    return image, label
 
 
 def loader(name: str) -> Callable:
@@ -100,19 +133,36 @@ def loader(name: str) -> Callable:
 
     def load(data_config, split: str) -> tuple[np.ndarray, np.ndarray]:
         cache = data_dir(data_config) / "jaxgen_cache" / name / f"{split}.npz"
-        if cache.exists():
-            with np.load(cache) as z:
-                return z["image"], z["label"]
-        image, label = _read_split(name, split, data_config)
-        try:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_suffix(".tmp.npz")
-            np.savez(tmp, image=image, label=label)
-            os.replace(tmp, cache)
-        except OSError as e:  # a read-only data dir still trains, only slower to start next time
-            log.warning("Could not cache %s/%s at %s: %s", name, split, cache, e)
-        return image, label
+        return _cached(cache, lambda: _read_split(_source(name, split, data_config), None, "label", f"{name} {split}"))
 
     load.__name__ = f"load_{name}"
     load.__doc__ = f"TFDS {name!r}, prepared once into the data dir and cached as uint8 arrays."
     return load
+
+
+CELEB_A_HINT = "or point --config.data.path at the img_align_celeba folder you already have"
+
+
+def celeb_a(data_config, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """TFDS `celeb_a` ('train', 'validation', 'test'; 218x178 RGB faces) -> (uint8 [N, R, R, 3], zeros int32 [N]).
+
+    With data.resolution > 0 (or data.crop > 0) each face is centre-cropped (data.crop source pixels; 0 = the
+    largest centred square) and resized to R x R before caching, in
+    `<data_dir>/jaxgen_cache/celeb_a/<split>_r<resolution>_c<crop>.npz`. When TFDS cannot provide the dataset
+    here and data.path is set, data.path is read as an `image_folder` (the img_align_celeba folder) with the same
+    crop and resize, its 'test' split taken by data.test_percent.
+    """
+    res, crop = int(data_config.resolution), int(data_config.crop)
+    cache = data_dir(data_config) / "jaxgen_cache" / "celeb_a" / f"{split}_r{res}_c{crop}.npz"
+    image_fn = (lambda im: crop_and_resize(im, res, crop)) if res > 0 or crop > 0 else None
+    if cache.exists():
+        return _cached(cache, None)
+    try:
+        source = _source("celeb_a", split, data_config, hint=CELEB_A_HINT)
+    except DatasetUnavailableError as e:
+        if not data_config.path:
+            raise
+        log.info("TFDS celeb_a is not available (%s); reading data.path=%s as an image folder instead",
+                 str(e).splitlines()[0], data_config.path)
+        return image_folder.image_folder(data_config, split)
+    return _cached(cache, lambda: _read_split(source, image_fn, None, f"celeb_a {split}"))

@@ -1,0 +1,270 @@
+"""`image_folder`: any folder of JPEG/PNG images, decoded once into uint8 arrays and cached in the data dir.
+
+Files are found recursively (`.jpg`, `.jpeg`, `.png`, any case; hidden files and folders skipped) and ordered by
+their sorted relative paths. A file's label is the index of its first-level subfolder among the sorted first-level
+subfolders that hold images, files at the top level counting as the folder '' (so a flat folder is all 0, and the
+top level, if it also holds images, is 0 and the subfolders 1..K). Every image is converted to RGB, centre-cropped
+and resized (`crop_and_resize`); unreadable files are skipped and counted in one warning.
+
+The first load decodes both splits in one pass (threads, not processes: JAX is running, fork is unsafe) and writes
+`<data_dir>/jaxgen_cache/image_folder/<key>/{train,test}.npz`, the key hashing the folder's absolute path, the
+resolution, crop and test_percent, and a fingerprint of the files (count, total bytes, newest mtime): adding,
+removing or touching an image makes a new cache, later loads read the arrays and decode nothing.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import logging
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+log = logging.getLogger("jaxgen")
+
+EXTENSIONS = (".jpg", ".jpeg", ".png")
+CACHE_VERSION = 1  # bump when decoding changes, so old caches are not reused
+PROGRESS_MIN_FILES = 1000  # a progress bar from this many images up
+CHUNK = 64  # images per thread-pool task
+_BAD_IMAGE = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+
+
+def data_dir(data_config) -> Path:
+    """The TFDS data dir, also the root of jaxgen's caches: `data.data_dir`, else $TFDS_DATA_DIR, else
+    ~/tensorflow_datasets."""
+    d = data_config.data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
+    return Path(d).expanduser()
+
+
+def num_workers() -> int:
+    """Decode threads: the CPUs this process may use (Pillow releases the GIL while it decodes and resizes)."""
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+def crop_box(height: int, width: int, crop: int) -> tuple[int, int, int, int]:
+    """The centred square (left, top, right, bottom) of side `crop`; 0, or a crop larger than the image, gives the
+    largest centred square (the crop is clamped to the shorter side; callers count and report that)."""
+    side = min(height, width) if crop <= 0 else min(crop, height, width)
+    left, top = (width - side) // 2, (height - side) // 2
+    return left, top, left + side, top + side
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow mode (L, LA, RGBA, P, CMYK, I;16 ...) as RGB; alpha is dropped (as torchvision does)."""
+    if image.mode == "RGB":
+        return image
+    if image.mode.startswith("I"):  # 16/32-bit grayscale PNG: scale to 8 bits instead of clipping
+        a = np.asarray(image).astype(np.float64)
+        scale = 255.0 / 65535.0 if image.mode.startswith("I;16") or a.max() > 255 else 1.0
+        image = Image.fromarray(np.clip(a * scale + 0.5, 0, 255).astype(np.uint8), "L")
+    elif image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")  # Pillow warns when a palette with transparency goes straight to RGB
+    return image.convert("RGB")
+
+
+def crop_and_resize(image: np.ndarray | Image.Image, resolution: int, crop: int) -> np.ndarray:
+    """One image -> uint8 [R, R, 3] RGB (R = `resolution`).
+
+    image: uint8 [H, W, C] (C = 1 or 3) or a Pillow image of any mode. `crop` > 0 takes the centred square of that
+    side in source pixels (clamped to the shorter side); `crop` 0 takes the largest centred square. The square is
+    then resized with Pillow's antialiased BICUBIC. resolution 0 keeps the size: the crop only if `crop` > 0,
+    otherwise the image as it is ([H, W, 3]).
+    """
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image[..., 0] if image.ndim == 3 and image.shape[-1] == 1 else image)
+    image = to_rgb(image)
+    if resolution <= 0 and crop <= 0:
+        return np.asarray(image, np.uint8)
+    box = crop_box(image.height, image.width, crop)
+    side = box[2] - box[0]
+    image = image.crop(box)  # first: resize(box=...) would let the filter see pixels outside the crop
+    if resolution > 0 and resolution != side:
+        image = image.resize((resolution, resolution), Image.Resampling.BICUBIC)
+    return np.asarray(image, np.uint8)
+
+
+def _decode(path: Path, resolution: int, crop: int) -> tuple[np.ndarray, bool]:
+    """A file -> (uint8 [R, R, 3], whether the crop was clamped). Raises one of _BAD_IMAGE on a broken file."""
+    with Image.open(path) as image:
+        ImageOps.exif_transpose(image, in_place=True)  # camera photos are stored rotated, with an EXIF tag
+        clamped = crop > min(image.height, image.width)
+        return crop_and_resize(image, resolution, crop), clamped
+
+
+def list_images(folder: Path) -> list[str]:
+    """Sorted relative POSIX paths of the images under `folder` (recursive, hidden files and folders skipped)."""
+    found = []
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        rel = Path(root).relative_to(folder)
+        found += [(rel / f).as_posix() for f in files if not f.startswith(".") and f.lower().endswith(EXTENSIONS)]
+    return sorted(found)
+
+
+def labels_of(files: list[str]) -> np.ndarray:
+    """int32 [N]: the index of each file's first-level subfolder in sorted order ('' for the top level)."""
+    group = [f.split("/", 1)[0] if "/" in f else "" for f in files]
+    index = {name: i for i, name in enumerate(sorted(set(group)))}
+    return np.asarray([index[g] for g in group], np.int32)
+
+
+def is_test(files: list[str], test_percent: int) -> np.ndarray:
+    """bool [N]: the files held out as 'test', by a stable hash of the relative path (same on every machine)."""
+    h = [int.from_bytes(hashlib.sha1(f.encode()).digest()[:8], "little") % 100 for f in files]
+    return np.asarray(h, np.int64) < test_percent
+
+
+def _folder(data_config) -> Path:
+    if not data_config.path:
+        raise ValueError("data.path is empty: set --config.data.path=DIR to the folder of images to train on")
+    folder = Path(data_config.path).expanduser()
+    if not folder.is_dir():
+        what = "is not a directory" if folder.exists() else "does not exist"
+        raise FileNotFoundError(f"data.path {str(folder)!r} {what}: set --config.data.path=DIR to a folder of images")
+    return folder.resolve()
+
+
+def _cache_dir(data_config, folder: Path, files: list[str]) -> Path:
+    stats = [os.stat(folder / f) for f in files]
+    fingerprint = (len(files), sum(s.st_size for s in stats), max(s.st_mtime_ns for s in stats))
+    key = repr((CACHE_VERSION, str(folder), data_config.resolution, data_config.crop, data_config.test_percent,
+                fingerprint))
+    return data_dir(data_config) / "jaxgen_cache" / "image_folder" / hashlib.sha1(key.encode()).hexdigest()[:16]
+
+
+def decode_all(folder: Path, files: list[str], resolution: int, crop: int) -> tuple[np.ndarray, np.ndarray]:
+    """Decodes `files` in parallel threads -> (uint8 [N, R, R, 3], bool [N] which decoded).
+
+    Broken files are skipped (their rows are zero and `ok` False) and reported in one warning; so are clamped crops.
+    With resolution 0 every image must come out the same size, else ValueError.
+    """
+    from tqdm.auto import tqdm  # noqa: PLC0415 (only when decoding)
+
+    n = len(files)
+    bad, n_clamped, ok = [], 0, np.zeros(n, bool)
+    out = None
+    first = 0
+    while out is None and first < n:  # the first readable image fixes the output shape
+        try:
+            img, c = _decode(folder / files[first], resolution, crop)
+        except _BAD_IMAGE as e:
+            bad.append((first, e))
+            first += 1
+            continue
+        out = np.zeros((n, *img.shape), np.uint8)
+        out[first], ok[first], n_clamped = img, True, int(c)
+    if out is None:
+        raise ValueError(f"none of the {n} image files in {folder} could be read, e.g. {files[0]!r}: {bad[0][1]}")
+
+    size_differs = threading.Event()  # with resolution 0: stop decoding at the first image of another size
+
+    def work(start: int) -> tuple[list, int, list]:
+        errs, clamps, wrong = [], 0, []
+        if size_differs.is_set():
+            return errs, clamps, wrong
+        for i in range(start, min(n, start + CHUNK)):
+            try:
+                img, c = _decode(folder / files[i], resolution, crop)
+            except _BAD_IMAGE as e:
+                errs.append((i, e))
+                continue
+            if img.shape != out.shape[1:]:
+                wrong.append((i, img.shape))
+                size_differs.set()
+                break
+            out[i], ok[i] = img, True
+            clamps += c
+        return errs, clamps, wrong
+
+    wrong = []
+    starts = range(first + 1, n, CHUNK)
+    with (concurrent.futures.ThreadPoolExecutor(num_workers()) as pool,
+          tqdm(total=n, initial=first + 1, unit="img", desc=f"decoding {folder.name}", mininterval=1.0,
+               disable=n < PROGRESS_MIN_FILES) as bar):
+        for start, (errs, c, w) in zip(starts, pool.map(work, starts)):
+            bad += errs
+            n_clamped += c
+            wrong += w
+            bar.update(min(CHUNK, n - start))
+    if wrong:
+        i, shape = wrong[0]
+        raise ValueError(
+            f"images in {folder} differ in size ({files[first]!r} gives {out.shape[1:]}, {files[i]!r} gives {shape}): "
+            f"set --config.data.resolution=R to crop and resize them all to R x R"
+        )
+    if bad:
+        names = ", ".join(f"{files[i]!r} ({type(e).__name__})" for i, e in bad[:5])
+        log.warning("Skipped %d unreadable image file(s) of %d in %s: %s%s", len(bad), n, folder, names,
+                    " ..." if len(bad) > 5 else "")
+    if n_clamped:
+        log.warning("data.crop=%d is larger than %d image(s) in %s: those were cropped to their largest centred "
+                    "square instead", crop, n_clamped, folder)
+    return out, ok
+
+
+def write_npz(path: Path, image: np.ndarray, label: np.ndarray) -> None:
+    """np.savez to a temporary name then os.replace, so a reader never sees half a file."""
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, image=image, label=label)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def image_folder(data_config, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Returns (uint8 [N, R, R, 3], int32 labels [N]) of `split` ('train' or 'test') of the folder `data.path`.
+
+    `data.test_percent` (0-99) of the files, chosen by a hash of their relative paths, form 'test' and the rest
+    'train'; 0 makes 'test' the same as 'train'. See the module docstring for labels, cropping and the cache.
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"image_folder has splits 'train' and 'test', not {split!r}")
+    pct, res, crop = int(data_config.test_percent), int(data_config.resolution), int(data_config.crop)
+    if not 0 <= pct < 100:
+        raise ValueError(f"data.test_percent must be in 0..99 (0 = test is train), got {pct}")
+    if res < 0 or crop < 0:
+        raise ValueError(f"data.resolution and data.crop must be >= 0, got {res} and {crop}")
+    folder = _folder(data_config)
+    files = list_images(folder)
+    if not files:
+        raise FileNotFoundError(
+            f"no images in {folder} (looked for {', '.join(EXTENSIONS)} in any case, in subfolders too): "
+            f"set --config.data.path=DIR to a folder of images"
+        )
+    cache = _cache_dir(data_config, folder, files)
+    wanted = cache / f"{split if pct else 'train'}.npz"
+    if wanted.exists():
+        with np.load(wanted) as z:
+            return z["image"], z["label"]
+
+    log.info("Decoding %d images in %s once (resolution %d, crop %d); the arrays are cached in %s",
+             len(files), folder, res, crop, cache)
+    image, ok = decode_all(folder, files, res, crop)
+    label, test = labels_of(files), is_test(files, pct)
+    if not ok.all():
+        image, label, test = image[ok], label[ok], test[ok]
+    splits = {"train": ~test, "test": test} if pct else {"train": np.ones(len(label), bool)}
+    for name, mask in splits.items():
+        if not mask.any():
+            raise ValueError(f"split {name!r} of {folder} is empty with data.test_percent={pct} ({len(label)} images)")
+    out = {}
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        log.warning("Could not cache the decoded images of %s in %s (%s): the next run decodes them again",
+                    folder, cache, e)
+        cache = None
+    for name, mask in splits.items():
+        out[name] = (image if mask.all() else image[mask], label[mask])
+        if cache is not None:
+            try:
+                write_npz(cache / f"{name}.npz", *out[name])
+            except OSError as e:
+                log.warning("Could not cache %s/%s.npz: %s", cache, name, e)
+    return out[split if pct else "train"]

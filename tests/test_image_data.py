@@ -1,0 +1,196 @@
+"""Image datasets for GANs: `image_folder` on folders the tests write, `celeb_a` under tfds.testing.mock_data and its
+fallback to data.path. Offline and fast: nothing here may trigger a download."""
+
+import logging
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from jaxgen import data
+from jaxgen.config import gan_config
+from jaxgen.data import image_folder as imf
+from jaxgen.data import tfds_source
+
+
+def _cfg(tmp_path, name="image_folder", **kw):
+    c = gan_config().data  # unlocked
+    c.name, c.data_dir = name, str(tmp_path / "data")
+    c.update(kw)
+    return c
+
+
+def _solid(mode, size, value):
+    return Image.new(mode, size, value)
+
+
+def _write_folder(root):
+    """7 images, 1 broken file and a non-image: a top-level image, 'cats' (nested) and 'dogs'; sizes and modes mixed.
+
+    Returns the expected labels of the readable images in sorted-path order ('' = 0, cats = 1, dogs = 2).
+    """
+    (root / "cats" / "sub").mkdir(parents=True)
+    (root / "dogs").mkdir()
+    (root / ".thumbs").mkdir()
+    _solid("RGB", (40, 30), (255, 0, 0)).save(root / "top.jpg", quality=95)
+    _solid("RGB", (50, 80), (0, 255, 0)).save(root / "cats" / "a.JPG", quality=95)
+    _solid("L", (20, 50), 200).save(root / "cats" / "sub" / "b.png")
+    _solid("RGBA", (33, 33), (0, 0, 255, 128)).save(root / "dogs" / "c.PNG")
+    p = Image.new("P", (25, 17), 1)
+    p.putpalette([0, 0, 0, 10, 20, 30] + [0] * 762)
+    p.save(root / "dogs" / "d.png")
+    _solid("CMYK", (30, 30), (0, 0, 0, 0)).save(root / "dogs" / "e.jpeg")
+    (root / "dogs" / "f_broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
+    (root / "dogs" / "readme.txt").write_text("not an image")
+    _solid("RGB", (8, 8), 0).save(root / ".thumbs" / "hidden.jpg")  # hidden folders are skipped
+    # sorted: cats/a.JPG, cats/sub/b.png, dogs/c.PNG, dogs/d.png, dogs/e.jpeg, (dogs/f_broken.jpg), top.jpg
+    return [1, 1, 2, 2, 2, 0]
+
+
+def test_image_folder_modes_sizes_labels_and_corrupt_file(tmp_path, caplog):
+    root = tmp_path / "imgs"
+    labels = _write_folder(root)
+    with caplog.at_level(logging.WARNING, logger="jaxgen"):
+        d = data.load(_cfg(tmp_path, path=str(root), resolution=16), "train")
+    assert d.image.shape == (6, 16, 16, 3) and d.image.dtype == np.uint8
+    assert d.label.tolist() == labels
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "Skipped 1 unreadable" in warnings[0] and "f_broken.jpg" in warnings[0]
+    mean = d.image.reshape(6, -1, 3).mean(1)
+    np.testing.assert_allclose(mean[0], [0, 255, 0], atol=3)  # RGB JPEG
+    np.testing.assert_allclose(mean[1], [200, 200, 200], atol=1)  # L -> grey RGB
+    np.testing.assert_allclose(mean[2], [0, 0, 255], atol=1)  # RGBA: alpha dropped
+    np.testing.assert_allclose(mean[3], [10, 20, 30], atol=1)  # P -> its palette colour
+    np.testing.assert_allclose(mean[4], [255, 255, 255], atol=3)  # CMYK (0, 0, 0, 0) is white
+    assert data.load(_cfg(tmp_path, path=str(root), resolution=16), "test").image.shape == (6, 16, 16, 3)  # 0% held out
+
+
+def test_second_load_reads_the_cache_and_a_changed_folder_is_decoded_again(tmp_path, monkeypatch):
+    root = tmp_path / "imgs"
+    _write_folder(root)
+    cfg = _cfg(tmp_path, path=str(root), resolution=8, crop=20)
+    first = data.load(cfg, "train")
+    assert len(list((tmp_path / "data" / "jaxgen_cache" / "image_folder").glob("*/train.npz"))) == 1
+
+    def no_decoding(*a, **k):
+        raise AssertionError("decoded an image although the cache exists")
+
+    monkeypatch.setattr(imf, "_decode", no_decoding)
+    again = data.load(cfg, "train")
+    np.testing.assert_array_equal(again.image, first.image)
+    np.testing.assert_array_equal(again.label, first.label)
+    for changed in (dict(resolution=12), dict(crop=10), dict(test_percent=50)):  # other settings: another cache
+        with pytest.raises(AssertionError, match="decoded an image"):
+            data.load(_cfg(tmp_path, path=str(root), **{"resolution": 8, "crop": 20, **changed}), "train")
+    _solid("RGB", (10, 10), 0).save(root / "cats" / "new.png")  # a new file: another cache
+    with pytest.raises(AssertionError, match="decoded an image"):
+        data.load(cfg, "train")
+
+
+def test_read_only_data_dir_still_loads(tmp_path, caplog):
+    root = tmp_path / "imgs"
+    _write_folder(root)
+    blocker = tmp_path / "not_a_dir"
+    blocker.write_text("")  # a file where the cache dir would go: mkdir fails, as on a read-only data dir
+    cfg = _cfg(tmp_path, path=str(root), resolution=8)
+    cfg.data_dir = str(blocker)
+    with caplog.at_level(logging.WARNING, logger="jaxgen"):
+        assert data.load(cfg, "train").image.shape == (6, 8, 8, 3)
+    assert any("Could not cache" in r.getMessage() for r in caplog.records)
+
+
+def _numbered_folder(root, n=60, size=(6, 6)):
+    """n lossless PNGs whose pixels encode their index, so images can be matched across splits."""
+    for i in range(n):
+        (root / f"g{i % 3}").mkdir(parents=True, exist_ok=True)
+        _solid("RGB", size, (i, 255 - i, 7)).save(root / f"g{i % 3}" / f"{i:03d}.png")
+
+
+def test_test_percent_split_is_disjoint_deterministic_and_complete(tmp_path):
+    root = tmp_path / "imgs"
+    _numbered_folder(root)
+    ids = lambda d: sorted(d.image[:, 0, 0, 0].tolist())  # noqa: E731
+    cfg = _cfg(tmp_path, path=str(root), test_percent=30)
+    train, test = data.load(cfg, "train"), data.load(cfg, "test")
+    assert train.image.shape[1:] == (6, 6, 3)  # resolution 0 and crop 0 keep the size
+    assert not set(ids(train)) & set(ids(test)) and sorted(ids(train) + ids(test)) == list(range(60))
+    assert 8 <= len(test) <= 30
+    # Deterministic: decoded afresh into another data dir, the same files land in the same split.
+    cfg2 = _cfg(tmp_path / "other", path=str(root), test_percent=30)
+    assert ids(data.load(cfg2, "test")) == ids(test) and ids(data.load(cfg2, "train")) == ids(train)
+    # 0 = test is train.
+    cfg0 = _cfg(tmp_path, path=str(root))
+    assert ids(data.load(cfg0, "test")) == ids(data.load(cfg0, "train")) == list(range(60))
+    with pytest.raises(ValueError, match="splits 'train' and 'test'"):
+        data.load(cfg, "validation")
+
+
+def test_resolution_zero_needs_one_size(tmp_path):
+    root = tmp_path / "imgs"
+    _numbered_folder(root, n=4, size=(8, 6))
+    assert data.load(_cfg(tmp_path, path=str(root)), "train").image.shape == (4, 6, 8, 3)  # not square, as stored
+    assert data.load(_cfg(tmp_path, path=str(root), crop=4), "train").image.shape == (4, 4, 4, 3)  # crop only
+    _solid("RGB", (9, 9), 0).save(root / "g0" / "odd.png")
+    with pytest.raises(ValueError, match=r"differ in size.*--config.data.resolution=R"):
+        data.load(_cfg(tmp_path, path=str(root)), "train")
+
+
+def test_bad_paths_name_the_fix(tmp_path):
+    with pytest.raises(ValueError, match=r"data.path is empty.*--config.data.path=DIR"):
+        data.load(_cfg(tmp_path), "train")
+    missing = tmp_path / "nowhere"
+    with pytest.raises(FileNotFoundError, match=rf"{missing}.*does not exist.*--config.data.path=DIR"):
+        data.load(_cfg(tmp_path, path=str(missing)), "train")
+    (tmp_path / "file.jpg").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="is not a directory"):
+        data.load(_cfg(tmp_path, path=str(tmp_path / "file.jpg")), "train")
+    empty = tmp_path / "empty"
+    (empty / "sub").mkdir(parents=True)
+    (empty / "sub" / "notes.txt").write_text("")
+    with pytest.raises(FileNotFoundError, match=rf"no images in {empty} \(looked for .jpg, .jpeg, .png"):
+        data.load(_cfg(tmp_path, path=str(empty)), "train")
+
+
+def test_crop_and_resize_centres_and_clamps():
+    img = np.zeros((218, 178, 3), np.uint8)
+    img[55:163, 35:143] = 255  # the centred 108 x 108 square
+    out = imf.crop_and_resize(img, 64, 108)
+    assert out.shape == (64, 64, 3) and out.dtype == np.uint8 and out.min() == 255
+    assert imf.crop_and_resize(img, 0, 108).shape == (108, 108, 3)
+    assert imf.crop_and_resize(img, 0, 0).shape == (218, 178, 3)
+    big = imf.crop_and_resize(img, 32, 500)  # larger than the image: the largest centred square (178)
+    np.testing.assert_array_equal(big, imf.crop_and_resize(img, 32, 0))
+    assert imf.crop_and_resize(img[..., :1], 16, 0).shape == (16, 16, 3)  # grey -> RGB
+
+
+def test_celeb_a_under_mock_data_is_cropped_resized_and_cached(tmp_path, monkeypatch):
+    import tensorflow_datasets as tfds
+
+    monkeypatch.setattr(tfds_source, "can_reach", lambda host: pytest.fail("no network in tests"))
+    monkeypatch.setattr(tfds_source, "has_tensorflow", lambda: True)
+    monkeypatch.setattr(tfds_source, "DOWNLOAD_HOSTS", {})
+    cfg = _cfg(tmp_path, name="celeb_a", resolution=64, crop=108)
+    with tfds.testing.mock_data(num_examples=12):
+        d = data.load(cfg, "train")
+        v = data.load(cfg, "validation")
+    assert d.image.shape == (12, 64, 64, 3) and d.image.dtype == np.uint8 and v.image.shape == (12, 64, 64, 3)
+    assert d.label.tolist() == [0] * 12
+    assert (tmp_path / "data" / "jaxgen_cache" / "celeb_a" / "train_r64_c108.npz").exists()
+    np.testing.assert_array_equal(data.load(cfg, "train").image, d.image)  # from the cache, no TFDS
+
+
+def test_celeb_a_falls_back_to_data_path_and_says_so_when_it_cannot(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(tfds_source, "can_reach", lambda host: pytest.fail("no network in tests"))
+    root = tmp_path / "img_align_celeba"
+    root.mkdir()
+    for i in range(5):
+        _solid("RGB", (178, 218), (i * 40, 0, 0)).save(root / f"{i:06d}.jpg")
+    cfg = _cfg(tmp_path, name="celeb_a", download=False, path=str(root), resolution=32, crop=108)
+    with caplog.at_level(logging.INFO, logger="jaxgen"):
+        d = data.load(cfg, "train")
+    assert d.image.shape == (5, 32, 32, 3) and d.label.tolist() == [0] * 5
+    assert any("as an image folder" in r.getMessage() for r in caplog.records)
+    cfg.path = ""
+    with pytest.raises(tfds_source.DatasetUnavailableError, match=r"data.download is False") as e:
+        data.load(cfg, "train")
+    assert "or point --config.data.path at the img_align_celeba folder you already have" in str(e.value)
