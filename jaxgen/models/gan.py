@@ -99,11 +99,12 @@ class DCGANGenerator(nn.Module):
         base, mults = DCGAN_LEVELS[self.image_shape[0]]
         dt, sn = DTYPES[self.dtype], self.spectral_norm
         norm = lambda h: _norm(self.norm, self.axis_name, self.dtype, train, _dcgan_scale_init)(h)
-        h = _layer(nn.Dense(base * base * mults[0] * self.width, use_bias=False, kernel_init=DCGAN_INIT, dtype=dt,
+        bias = self.norm == "none"  # BatchNorm's shift makes a bias redundant; without it, layers keep theirs
+        h = _layer(nn.Dense(base * base * mults[0] * self.width, use_bias=bias, kernel_init=DCGAN_INIT, dtype=dt,
                             param_dtype=jnp.float32), z.astype(jnp.float32), sn, train)
         h = nn.relu(norm(h.reshape(z.shape[0], base, base, mults[0] * self.width)))
         for m in mults[1:]:
-            h = _layer(ConvTranspose2x(m * self.width, 4, 1, use_bias=False, kernel_init=DCGAN_INIT, dtype=dt), h,
+            h = _layer(ConvTranspose2x(m * self.width, 4, 1, use_bias=bias, kernel_init=DCGAN_INIT, dtype=dt), h,
                        sn, train)
             h = nn.relu(norm(h))
         h = _layer(ConvTranspose2x(self.image_shape[-1], 4, 1, use_bias=False, kernel_init=DCGAN_INIT, dtype=dt), h,
@@ -134,8 +135,8 @@ class DCGANDiscriminator(nn.Module):
         dt, sn = DTYPES[self.dtype], self.spectral_norm
         h = x.astype(dt)
         for i, m in enumerate(reversed(mults)):
-            conv = nn.Conv(m * self.width, (4, 4), (2, 2), ((1, 1), (1, 1)), use_bias=False, kernel_init=DCGAN_INIT,
-                           dtype=dt, param_dtype=jnp.float32)
+            conv = nn.Conv(m * self.width, (4, 4), (2, 2), ((1, 1), (1, 1)), use_bias=self.norm == "none",
+                           kernel_init=DCGAN_INIT, dtype=dt, param_dtype=jnp.float32)
             h = _layer(conv, h, sn, train)
             if i > 0:
                 h = _norm(self.norm, self.axis_name, self.dtype, train, _dcgan_scale_init)(h)
@@ -147,6 +148,9 @@ class DCGANDiscriminator(nn.Module):
 # --- ResNet (SNGAN) --------------------------------------------------------------------------------------------------
 # Miyato et al. 2018, appendix B.4 (Tables 4, 5): the CIFAR-10 ResNets, Glorot-uniform init, zero biases.
 GLOROT = nn.initializers.xavier_uniform()
+# The official SNGAN code (pfnet-research/sngan_projection, resblocks) draws the blocks' 3x3 convs from Glorot
+# uniform with gain sqrt(2), i.e. variance scaled by 2; shortcuts and the dense layers keep gain 1.
+GLOROT_RELU = nn.initializers.variance_scaling(2.0, "fan_avg", "uniform")
 
 
 def _upsample(x):
@@ -177,8 +181,8 @@ class _ResBlock(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool):
         dt = DTYPES[self.dtype]
-        conv = lambda k, name: nn.Conv(self.features, (k, k), padding="SAME", kernel_init=GLOROT, dtype=dt,
-                                       param_dtype=jnp.float32, name=name)
+        conv = lambda k, name: nn.Conv(self.features, (k, k), padding="SAME", dtype=dt, param_dtype=jnp.float32,
+                                       kernel_init=GLOROT_RELU if k == 3 else GLOROT, name=name)
         apply = lambda layer, h: _layer(layer, h, self.spectral_norm, train)
         norm = lambda h, name: _norm(self.norm, self.axis_name, self.dtype, train, name=name)(h)
         if self.kind == "first":

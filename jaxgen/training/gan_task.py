@@ -22,6 +22,7 @@ from jaxgen.training import state as state_lib
 log = logging.getLogger("jaxgen")
 
 HISTORY_COLUMNS = 8  # fixed-noise samples per row of samples_over_time.png
+STANDING_PASSES = 30  # train-mode passes that re-estimate the EMA generator's BatchNorm statistics
 
 
 class GANTask:
@@ -47,6 +48,10 @@ class GANTask:
         self.generator, self.discriminator = gan_models.build(c.model, self.train.shape, axis_name=parallel.AXIS)
         self.g_tx, self.g_lr = optim.make(c.g_optim, c.train.steps)
         self.d_tx, self.d_lr = optim.make(c.d_optim, c.train.steps * c.train.d_steps)
+        if self.reg_fn is not None and c.model.d_norm == "batch":
+            log.warning("reg.name=%s with BatchNorm in D (model.d_norm='batch'): the penalty's per-example input "
+                        "gradients are coupled through the batch statistics; Gulrajani et al. (2017) advise a "
+                        "critic without BatchNorm (--config.model.d_norm=none)", c.reg.name)
         self.create = functools.partial(state_lib.create_gan, self.generator, self.discriminator, self.g_tx,
                                         self.d_tx, self.train.shape, c.seed, c.train.ema_half_life > 0)
 
@@ -64,6 +69,34 @@ class GANTask:
             reg_fn=self.reg_fn, reg_weight=c.reg.weight, reg_interval=c.reg.interval, d_steps=c.train.d_steps,
             batch=c.train.batch_size, augment_policy=c.augment.policy,
             ema_beta=gan_step.ema_beta(c.train.batch_size, c.train.ema_half_life), g_lr=self.g_lr, d_lr=self.d_lr)
+
+    @functools.cached_property
+    def _refresh_stats(self):
+        """(G variables, z [B]) -> G's variables with their statistics moved by one train-mode pass, sharded."""
+        body = lambda g, z: gan_step.apply_model(self.generator, g, z, True)[1]
+        return jax.jit(jax.shard_map(body, mesh=self.mesh, in_specs=(P(), P(parallel.AXIS)), out_specs=P(),
+                                     check_vma=False))
+
+    def sampling_g(self, state) -> dict:
+        """G's variables to sample and evaluate with: the EMA weights when kept.
+
+        The BatchNorm running averages in the state were gathered with the raw weights, so for the EMA weights
+        they are re-estimated ('standing statistics'): STANDING_PASSES train-mode passes over fresh latents, each
+        moving the averages by BN's momentum (0.9**30: 4% of the copied statistics remain). Spectral norm's
+        power iteration follows the EMA weights the same way. Cached per step.
+        """
+        g = state_lib.eval_params(state)
+        if "ema_g" not in state or "batch_stats" not in g:
+            return g
+        step = int(jax.device_get(state["step"]))
+        if getattr(self, "_sampling_cache", (None,))[0] == step:
+            return self._sampling_cache[1]
+        rng = np.random.default_rng(self.config.seed + 1)
+        for _ in range(STANDING_PASSES):
+            z = rng.standard_normal((self.config.train.batch_size, self.generator.latent_dim), dtype=np.float32)
+            g = self._refresh_stats(g, parallel.put_batch(z, self.mesh))
+        self._sampling_cache = (step, g)
+        return g
 
     def _z(self, n: int, stream: int) -> jax.Array:
         """A fixed batch of latents: the same at every evaluation of a run."""
@@ -94,7 +127,7 @@ class GANTask:
         """
         del final
         c = self.config
-        g, d = state_lib.eval_params(state), state["d"]
+        g, d = self.sampling_g(state), state["d"]
         bs = c.eval.batch_size
         n = min(c.eval.num_examples or len(self.test), len(self.test)) // bs * bs
         if n == 0:
@@ -124,7 +157,7 @@ class GANTask:
         """Fixed-noise samples (every eval), and at the end interpolations, samples over time and the curves."""
         if jax.process_index() != 0:
             return
-        c, g = self.config, state_lib.eval_params(state)
+        c, g = self.config, self.sampling_g(state)
         out = self.workdir / "images"
         out.mkdir(exist_ok=True)
         to01 = lambda x: (np.asarray(x, np.float32) + 1.0) / 2.0

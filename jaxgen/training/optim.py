@@ -19,7 +19,8 @@ OPTIMIZERS = {"adam": _adam, "adamw": _adamw}
 
 
 def schedule(cfg, total_steps: int) -> optax.Schedule:
-    """Learning rate per step: linear warmup over cfg.warmup_steps, then 'constant' or 'cosine' to the end."""
+    """Learning rate per step: linear warmup over cfg.warmup_steps, then 'constant', 'cosine' or 'linear' (to
+    lr * end_lr_ratio at the last step; SNGAN's official decay to 0) to the end."""
     warm = int(cfg.warmup_steps)
     if cfg.schedule == "constant":
         if not warm:
@@ -31,7 +32,12 @@ def schedule(cfg, total_steps: int) -> optax.Schedule:
         return optax.warmup_cosine_decay_schedule(
             0.0, cfg.lr, warm, max(total_steps, warm + 1), end_value=cfg.lr * cfg.end_lr_ratio
         )
-    raise ValueError(f"unknown optim.schedule {cfg.schedule!r}; choices: constant, cosine")
+    if cfg.schedule == "linear":
+        decay = optax.linear_schedule(cfg.lr, cfg.lr * cfg.end_lr_ratio, max(total_steps - warm, 1))
+        if not warm:
+            return decay
+        return optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, warm), decay], [warm])
+    raise ValueError(f"unknown optim.schedule {cfg.schedule!r}; choices: constant, cosine, linear")
 
 
 def make(cfg, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
