@@ -231,7 +231,7 @@ def test_dcgan64_computes_what_the_torch_reference_computes():
     gp = {"Dense_0": {"kernel": t(cts[0].weight.permute(0, 2, 3, 1).reshape(16, -1))}}  # 1x1 -> 4x4 == a Dense
     gp.update({f"ConvTranspose2x_{i}": {"kernel": t(m.weight.permute(2, 3, 0, 1))} for i, m in enumerate(cts[1:])})
     gp.update({f"BatchNorm_{i}": bn(m) for i, m in enumerate(layers(tg.net, torch.nn.BatchNorm2d))})
-    dp = {f"Conv_{i}": {"kernel": t(m.weight.permute(2, 3, 1, 0))} for i, m in enumerate(convs[:-1])}
+    dp = {f"ConvDown2x_{i}": {"kernel": t(m.weight.permute(2, 3, 1, 0))} for i, m in enumerate(convs[:-1])}
     dp.update({f"BatchNorm_{i}": bn(m) for i, m in enumerate(layers(td.net, torch.nn.BatchNorm2d))})
     dp["Dense_0"] = {"kernel": t(convs[-1].weight[0].permute(1, 2, 0).reshape(-1, 1))}
     gv, dv = jax.eval_shape(lambda: _init(g, d, (64, 64, 3)))  # only the structure: every value comes from torch

@@ -1,6 +1,7 @@
-"""ConvTranspose2x against the definition of a stride-2 transposed convolution."""
+"""ConvTranspose2x against the definition of a stride-2 transposed convolution; conv_down2x against XLA's conv."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -33,3 +34,25 @@ def test_conv_transpose_2x_equals_the_definition(kernel, padding):
 def test_conv_transpose_2x_rejects_sizes_that_do_not_double():
     with pytest.raises(ValueError, match="does not double"):
         ConvTranspose2x(4, kernel_size=3, padding=0).init(jax.random.key(0), np.zeros((1, 2, 2, 1), np.float32))
+
+
+@pytest.mark.parametrize("kernel,padding,size", [(4, 1, 8), (2, 0, 6), (6, 2, 8)])
+def test_conv_down2x_has_the_gradients_of_xlas_strided_conv(kernel, padding, size):
+    from jaxgen.models.layers import _conv_down, conv_down2x
+
+    rng = np.random.default_rng(kernel)
+    x = jnp.asarray(rng.standard_normal((3, size, size, 4)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((kernel, kernel, 4, 5)), jnp.float32)
+    loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w, padding)))
+    np.testing.assert_allclose(conv_down2x(x, w, padding), _conv_down(x, w, padding), rtol=1e-6)
+    for a, b in zip(jax.grad(loss(conv_down2x), (0, 1))(x, w), jax.grad(loss(_conv_down), (0, 1))(x, w)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_conv_down2x_rejects_what_it_cannot_do():
+    from jaxgen.models.layers import ConvDown2x
+
+    with pytest.raises(ValueError, match="needs an even K"):
+        ConvDown2x(4, kernel_size=3, padding=1).init(jax.random.key(0), np.zeros((1, 4, 4, 1), np.float32))
+    with pytest.raises(ValueError, match="must be even"):
+        ConvDown2x(4).init(jax.random.key(0), np.zeros((1, 5, 5, 1), np.float32))

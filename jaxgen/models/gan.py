@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxgen import registry
-from jaxgen.models.layers import ConvTranspose2x
+from jaxgen.models.layers import ConvDown2x, ConvTranspose2x
 
 NORMS = ("batch", "none")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -135,8 +135,7 @@ class DCGANDiscriminator(nn.Module):
         dt, sn = DTYPES[self.dtype], self.spectral_norm
         h = x.astype(dt)
         for i, m in enumerate(reversed(mults)):
-            conv = nn.Conv(m * self.width, (4, 4), (2, 2), ((1, 1), (1, 1)), use_bias=self.norm == "none",
-                           kernel_init=DCGAN_INIT, dtype=dt, param_dtype=jnp.float32)
+            conv = ConvDown2x(m * self.width, 4, 1, use_bias=self.norm == "none", kernel_init=DCGAN_INIT, dtype=dt)
             h = _layer(conv, h, sn, train)
             if i > 0:
                 h = _norm(self.norm, self.axis_name, self.dtype, train, _dcgan_scale_init)(h)
