@@ -24,6 +24,7 @@ def get_config(variant: str = ""):
     c.train.log_every = 100
     c.checkpoint.every = 1000
     c.eval.every = 500
+    c.eval.batch_size = 200  # the 1000 test digits in 5 batches
     return with_variant(c, variant, VARIANTS)
 
 
