@@ -120,7 +120,8 @@ def gan_config() -> ml_collections.ConfigDict:
     c.reg = ml_collections.ConfigDict()
     c.reg.name = "none"  # 'none', 'r1', 'gp' (WGAN-GP) or 'package.module:function'
     c.reg.weight = 10.0  # r1: gamma in gamma/2 E|grad D(x)|^2; gp: lambda in lambda E(|grad D(x_hat)| - 1)^2
-    c.reg.interval = 1  # lazy regularization: every N D steps, weight scaled by N (StyleGAN2's 16 for R1)
+    c.reg.interval = 1  # lazy regularization: every N D steps, weight scaled by N (StyleGAN2's 16 for R1); the
+    # logged 'reg' then averages over all D steps (0 where it did not run): N times it is the penalty when it ran
 
     c.g_optim = optim_block(2e-4, 0.5, 0.999)
     c.d_optim = optim_block(2e-4, 0.5, 0.999)
