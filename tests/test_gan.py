@@ -193,6 +193,8 @@ def test_gan_outputs_land_in_the_workdir(tmp_path):
         assert (tmp_path / name).is_file(), name
     with np.load(tmp_path / "images" / "fixed_noise_history.npz") as h:
         assert list(h["steps"]) == [10, 20]
+    again = loop.evaluate_checkpoint(c, tmp_path)  # --mode=eval on the finished run gives the same numbers
+    np.testing.assert_allclose([again["d_real"], again["d_fake"]], [final["d_real"], final["d_fake"]], rtol=1e-5)
 
 
 def test_gan_celeba_runs_end_to_end_under_tfds_mock_data(tmp_path, monkeypatch):
