@@ -1,6 +1,7 @@
 """Train or evaluate a jaxgen model.
 
     python launch.py --config=configs/vae_mnist.py:mnist_5k --workdir=runs/vae
+    python launch.py --config=configs/gan_celeba.py --workdir=runs/celeba --config.data.path=/data/img_align_celeba
     python launch.py --config=configs/vae_mnist.py:smoke --workdir=/tmp/smoke --config.train.steps=40
     python launch.py --config=configs/vae_mnist.py --workdir=runs/vae --mode=eval
 
