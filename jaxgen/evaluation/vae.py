@@ -54,6 +54,13 @@ def compile_eval(mesh, *, model, obj_cfg, binarize: str, nll_chunk: int):
                                  out_specs=(P(), P(AXIS))))
 
 
+@jax.jit
+def _masked_nll_sum(lse, mask, log_k):
+    """Sum over the real rows of -log p(x) = log k - logsumexp(log weights). The rows stay sharded over the devices
+    (of every process): only the scalar comes back."""
+    return jnp.sum(jnp.where(mask, log_k - lse, 0.0))
+
+
 def evaluate(eval_fn, params, images: np.ndarray, *, mesh, key, batch_size: int, nll_k: int,
              nll_chunk: int) -> dict[str, float]:
     """Means over `images` (uint8 [N, H, W, C]) of the test metrics, with the NLL from `nll_k` importance samples.
@@ -80,8 +87,7 @@ def evaluate(eval_fn, params, images: np.ndarray, *, mesh, key, batch_size: int,
             if c == 0:
                 for k, v in jax.device_get(sums).items():
                     totals[k] = totals.get(k, 0.0) + float(v)
-        nll = -(np.asarray(jax.device_get(acc), np.float64) - math.log(nll_k))
-        nll_sum += float(np.sum(nll[:valid]))
+        nll_sum += float(_masked_nll_sum(acc, batch["mask"], math.log(nll_k)))
     count = totals.pop("count")
     out = {k: v / count for k, v in totals.items()}
     out["nll"] = nll_sum / count

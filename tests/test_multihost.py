@@ -1,0 +1,66 @@
+"""Two processes on this machine (jax.distributed, 4 CPU devices each) train a smoke config over one 8-device
+mesh and end where one process with 8 devices ends: the multi-host path (each process feeds its own devices,
+collectives over the global mesh, process 0 writes) run for real."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from jaxgen.training import loop
+from tests.conftest import CONFIGS, config_module
+
+ROOT = Path(__file__).resolve().parent.parent
+
+WORKER = """
+import importlib.util, json, sys
+import jax
+jax.distributed.initialize(coordinator_address=sys.argv[1], num_processes=2, process_id=int(sys.argv[2]))
+from jaxgen import runtime
+runtime.setup()
+from jaxgen.training import loop
+spec = importlib.util.spec_from_file_location("cfg", sys.argv[3])
+mod = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(mod)
+c = mod.get_config("smoke")
+c.unlock()
+c.output.progress = c.output.plots = False
+c.eval.every = 0
+final = loop.train_and_evaluate(c, sys.argv[4])
+print("FINAL " + json.dumps({"devices": jax.device_count(), **final}), flush=True)
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("config", ["gan_mnist", "vae_mnist"])
+def test_two_processes_train_like_one(config, tmp_path):
+    path = str(CONFIGS / f"{config}.py")
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "PYTHONPATH": str(ROOT)}
+    address = f"127.0.0.1:{_free_port()}"
+    procs = [subprocess.Popen([sys.executable, "-c", WORKER, address, str(i), path, str(tmp_path / "multi")],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in (0, 1)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    finals = [json.loads(out.split("FINAL ")[-1]) for out, _ in outs]
+    assert finals[0]["devices"] == finals[1]["devices"] == 8
+    c = config_module(path).get_config("smoke")
+    c.unlock()
+    c.output.progress = c.output.plots = False
+    c.eval.every = 0
+    single = loop.train_and_evaluate(c, tmp_path / "single")  # one process, this test's 8 devices
+    for key, value in single.items():
+        if key != "eval_seconds" and isinstance(value, float):
+            for final in finals:
+                assert final[key] == pytest.approx(value, rel=1e-4, abs=1e-5), key
+    assert sorted(p.name for p in (tmp_path / "multi" / "checkpoints").iterdir()) == ["10", "20"]
+    assert (tmp_path / "multi" / "eval.json").is_file()
