@@ -32,7 +32,7 @@ def test_fid_equals_pytorch_fids_formula():
 def test_fid_of_rank_deficient_statistics_is_real_and_warned(caplog):
     with caplog.at_level(logging.WARNING, logger="jaxgen"):
         mu1, s1 = sm.feature_statistics(RNG.normal(size=(10, 32)))  # 10 samples, 32 dims
-    assert "rank-deficient" in caplog.text
+    assert "poorly estimated" in caplog.text
     mu2, s2 = sm.feature_statistics(RNG.normal(size=(10, 32)) + 1.0)
     fid = sm.frechet_distance(mu1, s1, mu2, s2)
     assert np.isfinite(fid) and fid > 0

@@ -26,16 +26,18 @@ log = logging.getLogger("jaxgen")
 FID_RECOMMENDED_SAMPLES = 2048  # fewer than the feature dimension: a rank-deficient covariance, a biased FID
 
 
-def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(mean [D], covariance [D, D]) of features [N, D] in float64 (covariance with N - 1)."""
+def feature_statistics(features: np.ndarray, recommended: int = FID_RECOMMENDED_SAMPLES
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """(mean [D], covariance [D, D]) of features [N, D] in float64 (covariance with N - 1). Warns below
+    `recommended` samples (2048 for 2048-d Inception features)."""
     f = _features(features, "features")
     if f.shape[0] < 2:
-        raise ValueError(f"a covariance needs at least 2 samples, got {f.shape[0]}; FID wants >= "
-                         f"{FID_RECOMMENDED_SAMPLES} (2048-d Inception features)")
-    if f.shape[0] < FID_RECOMMENDED_SAMPLES:
-        log.warning("FID statistics from %d samples (< %d): the covariance is rank-deficient and FID is biased "
-                    "upwards; compare only numbers computed with the same sample count", f.shape[0],
-                    FID_RECOMMENDED_SAMPLES)
+        raise ValueError(f"a covariance needs at least 2 samples, got {f.shape[0]}; FID wants >= {recommended} "
+                         f"for {f.shape[1]}-d features")
+    if f.shape[0] < recommended:
+        log.warning("FID statistics from %d samples (< %d for %d-d features): the covariance is poorly estimated "
+                    "and FID is biased upwards; compare only numbers computed with the same sample count",
+                    f.shape[0], recommended, f.shape[1])
     return f.mean(0), np.cov(f, rowvar=False)
 
 
