@@ -18,31 +18,11 @@ from __future__ import annotations
 
 import argparse
 import functools
-import importlib.util
 import json
 import os
-import platform
-import sys
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-REFERENCE = ROOT.parent / "shared" / "reference" / "torch_reference.py"
-
-
-def _best_rate(fn, images_per_call: int, seconds: float, repeats: int) -> float:
-    fn()  # warm-up (compilation)
-    best = 0.0
-    for _ in range(repeats):
-        n, t0 = 0, time.perf_counter()
-        while True:
-            fn()
-            n += 1
-            dt = time.perf_counter() - t0
-            if dt > seconds / repeats:
-                break
-        best = max(best, n * images_per_call / dt)
-    return best
+import harness
 
 
 def bench_jax(batches, dtypes, fused, seconds, repeats):
@@ -84,7 +64,7 @@ def bench_jax(batches, dtypes, fused, seconds, repeats):
                     holder["s"], m = fn(holder["s"], data)
                     assert np.all(jax.device_get(m["finite"]) == 1)
 
-                rate = _best_rate(run, k * batch, seconds, repeats)
+                rate = harness.best_rate(run, k * batch, seconds, repeats, warmup=1)
                 results.append({"who": "jaxgen", "what": dtype, "steps_per_dispatch": k, "batch": batch,
                                 "img_per_s": round(rate, 1)})
                 print(json.dumps(results[-1]), flush=True)
@@ -92,9 +72,7 @@ def bench_jax(batches, dtypes, fused, seconds, repeats):
 
 
 def bench_torch(batches, seconds, repeats, amp_too):
-    spec = importlib.util.spec_from_file_location("torch_reference", REFERENCE)
-    ref = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ref)
+    ref = harness.load_reference()
     import torch
 
     results = []
@@ -115,7 +93,7 @@ def bench_torch(batches, seconds, repeats, amp_too):
                     torch.cuda.synchronize()
 
             results.append({"who": "torch", "what": mode, "batch": batch,
-                            "img_per_s": round(_best_rate(run, batch, seconds, repeats), 1)})
+                            "img_per_s": round(harness.best_rate(run, batch, seconds, repeats, warmup=1), 1)})
             print(json.dumps(results[-1]), flush=True)
     return results, {"torch": torch.__version__, "threads": torch.get_num_threads()}
 
@@ -132,8 +110,7 @@ def main(argv=None):
     p.add_argument("--out", default="")
     a = p.parse_args(argv)
     batches = [int(b) for b in a.batches.split(",")]
-    env = {"machine": platform.machine(), "processor": platform.processor(), "cpus": os.cpu_count(),
-           "python": sys.version.split()[0]}
+    env = harness.machine()
     results, info = bench_jax(batches, a.dtypes.split(","), [int(k) for k in a.fused.split(",")], a.seconds,
                               a.repeats)
     env.update(info)

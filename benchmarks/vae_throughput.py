@@ -17,32 +17,11 @@ from __future__ import annotations
 
 import argparse
 import functools
-import importlib.util
 import json
 import os
-import platform
-import sys
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-REFERENCE = ROOT.parent / "shared" / "reference" / "torch_reference.py"
-
-
-def _best_rate(fn, batch: int, images_per_call: int, seconds: float, repeats: int) -> float:
-    fn()  # warm-up (compilation)
-    fn()
-    best = 0.0
-    for _ in range(repeats):
-        n, t0 = 0, time.perf_counter()
-        while True:
-            fn()
-            n += 1
-            dt = time.perf_counter() - t0
-            if dt > seconds / repeats:
-                break
-        best = max(best, n * images_per_call / dt)
-    return best
+import harness
 
 
 def bench_jax(batches, fused, seconds, repeats):
@@ -90,7 +69,7 @@ def bench_jax(batches, fused, seconds, repeats):
             jax.block_until_ready(holder["s"]["params"])
 
         results.append({"who": "jaxgen", "what": "bare_step", "batch": batch,
-                        "img_per_s": round(_best_rate(run_bare, batch, batch, seconds, repeats), 1)})
+                        "img_per_s": round(harness.best_rate(run_bare, batch, seconds, repeats), 1)})
         for k in fused:
             fn = step_lib.compile_train(mesh, steps_per_dispatch=k, model=model, tx=tx,
                                         objective=objectives.get("elbo"), obj_cfg=cfg.objective, lr_schedule=lr,
@@ -109,16 +88,14 @@ def bench_jax(batches, fused, seconds, repeats):
                 jax.block_until_ready(loop["s"]["params"])
 
             results.append({"who": "jaxgen", "what": "whole_loop", "steps_per_dispatch": k, "batch": batch,
-                            "img_per_s": round(_best_rate(run_loop, batch, calls * k * batch, seconds, repeats), 1)})
+                            "img_per_s": round(harness.best_rate(run_loop, calls * k * batch, seconds, repeats), 1)})
         print("\n".join(json.dumps(r) for r in results[-1 - len(fused):]), flush=True)
     del ml_collections
     return results, {"jax": jax.__version__, "devices": str(jax.devices()), "xla_flags": os.environ.get("XLA_FLAGS")}
 
 
 def bench_torch(batches, seconds, repeats, compile_too):
-    spec = importlib.util.spec_from_file_location("torch_reference", REFERENCE)
-    ref = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ref)
+    ref = harness.load_reference()
     import torch
 
     results = []
@@ -138,7 +115,7 @@ def bench_torch(batches, seconds, repeats, compile_too):
                 opt.step()
 
             results.append({"who": "torch", "what": mode, "batch": batch,
-                            "img_per_s": round(_best_rate(vstep, batch, batch, seconds, repeats), 1)})
+                            "img_per_s": round(harness.best_rate(vstep, batch, seconds, repeats), 1)})
             print(json.dumps(results[-1]), flush=True)
     return results, {"torch": torch.__version__, "threads": torch.get_num_threads()}
 
@@ -155,8 +132,7 @@ def main(argv=None):
     a = p.parse_args(argv)
     batches = [int(b) for b in a.batches.split(",")]
     fused = [int(k) for k in a.fused.split(",")]
-    env = {"machine": platform.machine(), "processor": platform.processor(), "cpus": os.cpu_count(),
-           "python": sys.version.split()[0]}
+    env = harness.machine()
     results, info = bench_jax(batches, fused, a.seconds, a.repeats)
     env.update(info)
     if not a.skip_torch:

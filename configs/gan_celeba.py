@@ -13,7 +13,7 @@ carpedm20/DCGAN-tensorflow, the usual CelebA-64 preprocessing.
 Variants: bf16 (bfloat16 compute, float32 params), smoke (synthetic 64x64x3 images, tiny widths).
 """
 
-from jaxgen.config import gan_config, smoke, with_variant
+from jaxgen.config import bf16, gan_config, gan_smoke, with_variant
 
 
 def get_config(variant: str = ""):
@@ -37,17 +37,4 @@ def get_config(variant: str = ""):
     return with_variant(c, variant, VARIANTS)
 
 
-def _bf16(c):
-    c.model.dtype = "bfloat16"
-
-
-def _smoke(c):
-    c.data.name = "synthetic"
-    c.data.image_shape = (64, 64, 3)
-    c.data.num_examples = 128
-    smoke(c)
-    c.model.g_width = 8
-    c.model.d_width = 8
-
-
-VARIANTS = {"bf16": _bf16, "smoke": _smoke}
+VARIANTS = {"bf16": bf16, "smoke": lambda c: gan_smoke(c, (64, 64, 3))}

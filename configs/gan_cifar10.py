@@ -10,7 +10,7 @@ Reference: the paper reports IS 8.22 and FID 21.7 for this unconditional setup (
 Variants: diffaugment (color, translation, cutout on reals and fakes), bf16, smoke (synthetic 32x32x3).
 """
 
-from jaxgen.config import gan_config, smoke, with_variant
+from jaxgen.config import bf16, diffaugment, gan_config, gan_smoke, with_variant
 
 
 def get_config(variant: str = ""):
@@ -37,22 +37,9 @@ def get_config(variant: str = ""):
     return with_variant(c, variant, VARIANTS)
 
 
-def _diffaugment(c):
-    c.augment.policy = "color,translation,cutout"
-
-
-def _bf16(c):
-    c.model.dtype = "bfloat16"
-
-
 def _smoke(c):
-    c.data.name = "synthetic"
-    c.data.image_shape = (32, 32, 3)
-    c.data.num_examples = 128
-    smoke(c)
+    gan_smoke(c, (32, 32, 3))
     c.train.d_steps = 2
-    c.model.g_width = 8
-    c.model.d_width = 8
 
 
-VARIANTS = {"diffaugment": _diffaugment, "bf16": _bf16, "smoke": _smoke}
+VARIANTS = {"diffaugment": diffaugment, "bf16": bf16, "smoke": _smoke}

@@ -7,7 +7,7 @@
 Variants (comma-separated, applied in order): mnist, hinge, wgan_gp, r1, diffaugment, bf16, smoke.
 """
 
-from jaxgen.config import gan_config, smoke, with_variant
+from jaxgen.config import bf16, diffaugment, gan_config, gan_smoke, with_variant
 
 
 def get_config(variant: str = ""):
@@ -58,20 +58,10 @@ def _r1(c):
     c.reg.interval = 4
 
 
-def _diffaugment(c):
-    c.augment.policy = "color,translation,cutout"
-
-
-def _bf16(c):
-    c.model.dtype = "bfloat16"
-
-
 def _smoke(c):
     c.data.name = "mnist_5k"
-    smoke(c)
-    c.model.g_width = 8
-    c.model.d_width = 8
+    gan_smoke(c)
 
 
-VARIANTS = {"mnist": _mnist, "hinge": _hinge, "wgan_gp": _wgan_gp, "r1": _r1, "diffaugment": _diffaugment,
-            "bf16": _bf16, "smoke": _smoke}
+VARIANTS = {"mnist": _mnist, "hinge": _hinge, "wgan_gp": _wgan_gp, "r1": _r1, "diffaugment": diffaugment,
+            "bf16": bf16, "smoke": _smoke}

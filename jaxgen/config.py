@@ -164,6 +164,26 @@ def smoke(config: ml_collections.ConfigDict) -> None:
         config.eval.nll_chunk = 8
 
 
+def gan_smoke(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int] | None = None) -> None:
+    """smoke() for a GAN config: tiny widths, and synthetic images of `image_shape` when given."""
+    if image_shape:
+        config.data.name = "synthetic"
+        config.data.image_shape = image_shape
+        config.data.num_examples = 128
+    smoke(config)
+    config.model.g_width = config.model.d_width = 8
+
+
+def bf16(config: ml_collections.ConfigDict) -> None:
+    """GAN variant: bfloat16 compute, float32 params and optimizer state."""
+    config.model.dtype = "bfloat16"
+
+
+def diffaugment(config: ml_collections.ConfigDict) -> None:
+    """GAN variant: DiffAugment's colour, translation and cutout on reals and fakes (Zhao et al. 2020)."""
+    config.augment.policy = "color,translation,cutout"
+
+
 def check(config: ml_collections.ConfigDict) -> None:
     """Cross-field checks that the types alone do not catch. Raises ValueError naming the field and the fix."""
     t = config.train

@@ -1,0 +1,44 @@
+"""What both benchmark scripts share: the timing loop, the PyTorch reference module, the machine description."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+REFERENCE = ROOT.parent / "shared" / "reference" / "torch_reference.py"
+
+
+def best_rate(fn, images_per_call: int, seconds: float, repeats: int, warmup: int = 2) -> float:
+    """Images per second: the best of `repeats` windows of about seconds / repeats each (at least one call),
+    after `warmup` untimed calls (compilation)."""
+    for _ in range(warmup):
+        fn()
+    best = 0.0
+    for _ in range(repeats):
+        n, t0 = 0, time.perf_counter()
+        while True:
+            fn()
+            n += 1
+            dt = time.perf_counter() - t0
+            if dt > seconds / repeats:
+                break
+        best = max(best, n * images_per_call / dt)
+    return best
+
+
+def load_reference():
+    """../shared/reference/torch_reference.py as a module (its models and steps; an instrument, not jaxgen code)."""
+    spec = importlib.util.spec_from_file_location("torch_reference", REFERENCE)
+    ref = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ref)
+    return ref
+
+
+def machine() -> dict:
+    return {"machine": platform.machine(), "processor": platform.processor(), "cpus": os.cpu_count(),
+            "python": sys.version.split()[0]}
