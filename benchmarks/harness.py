@@ -10,7 +10,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-REFERENCE = ROOT.parent / "shared" / "reference" / "torch_reference.py"
+# ../shared/reference/torch_reference.py beside the checkout, or the file JAXGEN_TORCH_REFERENCE names (a machine
+# that gets only the repository, such as the lent GPU machine, carries a copy).
+REFERENCE = Path(os.environ.get("JAXGEN_TORCH_REFERENCE", ROOT.parent / "shared" / "reference" / "torch_reference.py"))
 
 
 def best_rate(fn, images_per_call: int, seconds: float, repeats: int, warmup: int = 2) -> float:

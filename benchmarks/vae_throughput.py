@@ -24,7 +24,7 @@ from pathlib import Path
 import harness
 
 
-def bench_jax(batches, fused, seconds, repeats):
+def bench_jax(batches, fused, seconds, repeats, impls=("auto",)):
     from jaxgen import runtime
 
     runtime.setup()
@@ -36,6 +36,7 @@ def bench_jax(batches, fused, seconds, repeats):
 
     from jaxgen import config as config_lib
     from jaxgen import models, objectives, parallel
+    from jaxgen.models import layers
     from jaxgen.training import optim
     from jaxgen.training import state as state_lib
     from jaxgen.training import step as step_lib
@@ -43,13 +44,15 @@ def bench_jax(batches, fused, seconds, repeats):
     cfg = config_lib.vae_config()
     cfg.optim.lr = 1e-3
     mesh = parallel.make_mesh()
-    model = models.build(cfg.model, (28, 28, 1))
     tx, lr = optim.make(cfg.optim, 10**6)
     rng = np.random.default_rng(0)
     images = (rng.random((60_000, 28, 28, 1)) * 255).astype(np.uint8)  # MNIST-sized uint8 dataset
     data = parallel.put_replicated({"image": images}, mesh)
     results = []
-    for batch in batches:
+    for impl, batch in [(i, b) for i in impls for b in batches]:
+        cfg.model.conv_impl = impl
+        model = models.build(cfg.model, (28, 28, 1))
+        tag = {"conv_impl": impl, "resolved_impl": layers.resolve_impl(impl)}
         create = functools.partial(state_lib.create, model, tx, (28, 28, 1), 0, False)
         # Bare step: gradient + update on a fixed binarized batch, nothing else.
         x = jnp.asarray(rng.random((batch, 28, 28, 1)) < 0.5, jnp.float32)
@@ -68,7 +71,7 @@ def bench_jax(batches, fused, seconds, repeats):
             holder["s"] = bare(holder["s"], x, keys)
             jax.block_until_ready(holder["s"]["params"])
 
-        results.append({"who": "jaxgen", "what": "bare_step", "batch": batch,
+        results.append({"who": "jaxgen", "what": "bare_step", **tag, "batch": batch,
                         "img_per_s": round(harness.best_rate(run_bare, batch, seconds, repeats), 1)})
         for k in fused:
             fn = step_lib.compile_train(mesh, steps_per_dispatch=k, model=model, tx=tx,
@@ -87,7 +90,7 @@ def bench_jax(batches, fused, seconds, repeats):
                     loop["prev"] = m
                 jax.block_until_ready(loop["s"]["params"])
 
-            results.append({"who": "jaxgen", "what": "whole_loop", "steps_per_dispatch": k, "batch": batch,
+            results.append({"who": "jaxgen", "what": "whole_loop", **tag, "steps_per_dispatch": k, "batch": batch,
                             "img_per_s": round(harness.best_rate(run_loop, calls * k * batch, seconds, repeats), 1)})
         print("\n".join(json.dumps(r) for r in results[-1 - len(fused):]), flush=True)
     del ml_collections
@@ -113,6 +116,8 @@ def bench_torch(batches, seconds, repeats, compile_too):
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                if ref.dev == "cuda":
+                    torch.cuda.synchronize()
 
             results.append({"who": "torch", "what": mode, "batch": batch,
                             "img_per_s": round(harness.best_rate(vstep, batch, seconds, repeats), 1)})
@@ -124,6 +129,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batches", default="128,1024")
     p.add_argument("--fused", default="1,10", help="steps_per_dispatch values for the whole loop")
+    p.add_argument("--conv-impls", default="auto", help="model.conv_impl values: auto,phase,xla")
     p.add_argument("--seconds", type=float, default=15.0, help="timed seconds per measurement")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--skip-torch", action="store_true")
@@ -133,7 +139,7 @@ def main(argv=None):
     batches = [int(b) for b in a.batches.split(",")]
     fused = [int(k) for k in a.fused.split(",")]
     env = harness.machine()
-    results, info = bench_jax(batches, fused, a.seconds, a.repeats)
+    results, info = bench_jax(batches, fused, a.seconds, a.repeats, a.conv_impls.split(","))
     env.update(info)
     if not a.skip_torch:
         tr, info = bench_torch(batches, a.seconds, a.repeats, a.torch_compile)

@@ -82,6 +82,7 @@ def vae_config() -> ml_collections.ConfigDict:
     c.model.dense = 16  # conv_vae: the dense bottleneck before the latent
     c.model.hidden = (200, 200)  # mlp_vae: hidden widths
     c.model.activation = "relu"  # relu, tanh, gelu, silu, elu
+    c.model.conv_impl = "auto"  # conv_vae's transposed convs: 'auto' (per backend), 'phase' or 'xla' (models/layers.py)
 
     c.objective = ml_collections.ConfigDict()
     c.objective.name = "elbo"  # jaxgen.objectives.OBJECTIVES, or 'package.module:function'
@@ -114,6 +115,7 @@ def gan_config() -> ml_collections.ConfigDict:
     c.model.g_spectral_norm = False
     c.model.d_spectral_norm = False
     c.model.dtype = "float32"  # compute dtype: 'float32' or 'bfloat16' (params stay float32)
+    c.model.conv_impl = "auto"  # DCGAN's strided convs: 'auto' (per backend), 'phase' or 'xla' (models/layers.py)
 
     c.loss = ml_collections.ConfigDict()
     c.loss.name = "non_saturating"  # jaxgen.objectives.gan.LOSSES or 'package.module:function'

@@ -6,14 +6,26 @@ import os
 
 # XLA:CPU (jax 0.10.2) ran the conv-VAE train step 1.5-2.2x faster on this project's 2-core x86 machines with an
 # explicitly empty YNN fusion list than with the built-in default (benchmarks/README.md). Applied only when the
-# user's XLA_FLAGS do not mention the flag; it has no effect on GPU or TPU.
+# user's XLA_FLAGS do not mention the flag, and only when JAX will run on the CPU (no GPU or TPU plugin installed, or
+# JAX_PLATFORMS=cpu): other jaxlib builds may not know an experimental CPU flag, and XLA aborts on unknown flags.
 CPU_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=",)
+ACCELERATOR_PLUGINS = ("jax-cuda", "jax_cuda", "libtpu", "jax-rocm", "jax_rocm")
+
+
+def _runs_on_cpu() -> bool:
+    platforms = os.environ.get("JAX_PLATFORMS", "").strip().lower()
+    if platforms:
+        return platforms.split(",")[0] == "cpu"
+    from importlib import metadata  # noqa: PLC0415
+
+    names = {(d.metadata["Name"] or "").lower() for d in metadata.distributions()}
+    return not any(n.startswith(ACCELERATOR_PLUGINS) for n in names)
 
 
 def setup(distributed: bool = False) -> None:
     """Adds jaxgen's XLA:CPU defaults to XLA_FLAGS (before any JAX computation) and initialises multi-host JAX."""
     flags = os.environ.get("XLA_FLAGS", "")
-    for f in CPU_FLAGS:
+    for f in CPU_FLAGS if _runs_on_cpu() else ():
         if f.split("=")[0] not in flags:
             flags = f"{flags} {f}".strip()
     os.environ["XLA_FLAGS"] = flags

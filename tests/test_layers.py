@@ -21,9 +21,10 @@ def _reference(x, w, padding):
     return y[:, padding : padding + 2 * h, padding : padding + 2 * wd]
 
 
+@pytest.mark.parametrize("impl", ["phase", "xla"])
 @pytest.mark.parametrize("kernel,padding", [(3, 1), (4, 1), (2, 0), (5, 2)])
-def test_conv_transpose_2x_equals_the_definition(kernel, padding):
-    m = ConvTranspose2x(5, kernel_size=kernel, padding=padding, use_bias=False)
+def test_conv_transpose_2x_equals_the_definition(kernel, padding, impl):
+    m = ConvTranspose2x(5, kernel_size=kernel, padding=padding, use_bias=False, impl=impl)
     x = np.random.default_rng(0).normal(size=(2, 4, 3, 3)).astype(np.float32)
     v = m.init(jax.random.key(0), x)
     y = m.apply(v, x)
@@ -56,3 +57,22 @@ def test_conv_down2x_rejects_what_it_cannot_do():
         ConvDown2x(4, kernel_size=3, padding=1).init(jax.random.key(0), np.zeros((1, 4, 4, 1), np.float32))
     with pytest.raises(ValueError, match="must be even"):
         ConvDown2x(4).init(jax.random.key(0), np.zeros((1, 5, 5, 1), np.float32))
+
+
+def test_conv_impls_agree_in_value_and_gradient_and_unknown_ones_are_refused():
+    from jaxgen.models.layers import ConvDown2x
+
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.standard_normal((2, 8, 8, 3)), jnp.float32)
+    for cls in (ConvTranspose2x, ConvDown2x):
+        v = cls(4, kernel_size=4, padding=1, impl="phase").init(jax.random.key(0), x)
+        outs = []
+        for impl in ("phase", "xla", "auto"):
+            m = cls(4, kernel_size=4, padding=1, impl=impl)
+            f = lambda v, x, m=m: jnp.sum(jnp.sin(m.apply(v, x)))
+            outs.append((f(v, x), *jax.grad(f, (0, 1))(v, x)))
+        for other in outs[1:]:
+            for a, b in zip(jax.tree.leaves(outs[0]), jax.tree.leaves(other)):
+                np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="choices: auto, phase, xla"):
+        ConvTranspose2x(4, kernel_size=4, padding=1, impl="cudnn").init(jax.random.key(0), x)

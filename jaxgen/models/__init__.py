@@ -13,13 +13,14 @@ MODELS = {"conv_vae": ConvVAE, "mlp_vae": MLPVAE}
 def build(model_config, image_shape: tuple[int, int, int]) -> nn.Module:
     """The module named by `model_config.name` for images of `image_shape` (H, W, C).
 
-    Built-in modules take their fields from the config: conv_vae (latent_dim, channels, dense, activation),
+    Built-in modules take their fields from the config: conv_vae (latent_dim, channels, dense, activation, conv_impl),
     mlp_vae (latent_dim, hidden, activation). A user's class receives `image_shape` and `latent_dim`.
     """
     cls = registry.resolve("model", model_config.name, MODELS)
     m = model_config
     if cls is ConvVAE:
-        return ConvVAE(tuple(image_shape), m.latent_dim, tuple(m.channels), m.dense, m.activation)
+        return ConvVAE(tuple(image_shape), m.latent_dim, tuple(m.channels), m.dense, m.activation,
+                       m.get("conv_impl", "auto"))
     if cls is MLPVAE:
         return MLPVAE(tuple(image_shape), m.latent_dim, tuple(m.hidden), m.activation)
     return cls(image_shape=tuple(image_shape), latent_dim=m.latent_dim)

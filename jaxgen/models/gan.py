@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxgen import registry
+from jaxgen.models import layers
 from jaxgen.models.layers import ConvDown2x, ConvTranspose2x
 
 NORMS = ("batch", "none")
@@ -92,6 +93,7 @@ class DCGANGenerator(nn.Module):
     spectral_norm: bool = False
     dtype: str = "float32"
     axis_name: str | None = None
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, z: jax.Array, train: bool = True) -> jax.Array:
@@ -104,11 +106,12 @@ class DCGANGenerator(nn.Module):
                             param_dtype=jnp.float32), z.astype(jnp.float32), sn, train)
         h = nn.relu(norm(h.reshape(z.shape[0], base, base, mults[0] * self.width)))
         for m in mults[1:]:
-            h = _layer(ConvTranspose2x(m * self.width, 4, 1, use_bias=bias, kernel_init=DCGAN_INIT, dtype=dt), h,
+            h = _layer(ConvTranspose2x(m * self.width, 4, 1, use_bias=bias, kernel_init=DCGAN_INIT, dtype=dt,
+                                       impl=self.conv_impl), h,
                        sn, train)
             h = nn.relu(norm(h))
-        h = _layer(ConvTranspose2x(self.image_shape[-1], 4, 1, use_bias=False, kernel_init=DCGAN_INIT, dtype=dt), h,
-                   sn, train)
+        h = _layer(ConvTranspose2x(self.image_shape[-1], 4, 1, use_bias=False, kernel_init=DCGAN_INIT, dtype=dt,
+                                   impl=self.conv_impl), h, sn, train)
         return jnp.tanh(h.astype(jnp.float32))
 
 
@@ -127,6 +130,7 @@ class DCGANDiscriminator(nn.Module):
     spectral_norm: bool = False
     dtype: str = "float32"
     axis_name: str | None = None
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
@@ -135,7 +139,8 @@ class DCGANDiscriminator(nn.Module):
         dt, sn = DTYPES[self.dtype], self.spectral_norm
         h = x.astype(dt)
         for i, m in enumerate(reversed(mults)):
-            conv = ConvDown2x(m * self.width, 4, 1, use_bias=self.norm == "none", kernel_init=DCGAN_INIT, dtype=dt)
+            conv = ConvDown2x(m * self.width, 4, 1, use_bias=self.norm == "none", kernel_init=DCGAN_INIT, dtype=dt,
+                              impl=self.conv_impl)
             h = _layer(conv, h, sn, train)
             if i > 0:
                 h = _norm(self.norm, self.axis_name, self.dtype, train, _dcgan_scale_init)(h)
@@ -273,17 +278,19 @@ def _fields(m, image_shape, axis_name, prefix: str) -> dict:
                 spectral_norm=bool(m[f"{prefix}_spectral_norm"]), dtype=m.dtype, axis_name=axis_name)
 
 
-def _pair(name, gen, disc, supported, model_config, image_shape, axis_name):
+def _pair(name, gen, disc, supported, model_config, image_shape, axis_name, **extra):
     m = model_config
     _check(name, image_shape, supported, [("g_norm", m.g_norm), ("d_norm", m.d_norm)], m.dtype)
-    g = gen(latent_dim=m.latent_dim, **_fields(m, image_shape, axis_name, "g"))
-    return g, disc(**_fields(m, image_shape, axis_name, "d"))
+    g = gen(latent_dim=m.latent_dim, **_fields(m, image_shape, axis_name, "g"), **extra)
+    return g, disc(**_fields(m, image_shape, axis_name, "d"), **extra)
 
 
 def dcgan(model_config, image_shape, axis_name=None) -> tuple[nn.Module, nn.Module]:
     """DCGAN's (G, D) for `image_shape` (H, W, C) with H = W in 28, 32, 64."""
+    impl = model_config.get("conv_impl", "auto")
+    layers.resolve_impl(impl)  # an unknown name fails here, listing the choices
     return _pair("dcgan", DCGANGenerator, DCGANDiscriminator, tuple(DCGAN_LEVELS), model_config, image_shape,
-                 axis_name)
+                 axis_name, conv_impl=impl)
 
 
 def resnet(model_config, image_shape, axis_name=None) -> tuple[nn.Module, nn.Module]:
@@ -301,7 +308,8 @@ def build(model_config, image_shape: tuple[int, int, int], axis_name: str | None
 
     Args:
       model_config: fields name, latent_dim, g_width, d_width, g_norm, d_norm ('batch' | 'none'),
-        g_spectral_norm, d_spectral_norm, dtype ('float32' | 'bfloat16').
+        g_spectral_norm, d_spectral_norm, dtype ('float32' | 'bfloat16'), conv_impl (DCGAN's strided convs:
+        'auto' | 'phase' | 'xla', see jaxgen.models.layers).
       image_shape: (H, W, C).
       axis_name: the mesh axis BatchNorm synchronises its batch statistics over (None: per call).
     """

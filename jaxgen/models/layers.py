@@ -6,6 +6,10 @@ one ordinary convolution that produces the four output phases as channels, then 
 XLA's lowering of strided transposed convolutions (input dilation) was measured 5-9x slower than PyTorch on GPU
 and CPU (../shared/anchors.md); these forms do no multiplications by inserted zeros. An even kernel (DCGAN's 4x4)
 uses an exact 2x2 form, an odd one (the VAE's 3x3) the sub-pixel form.
+
+Each layer takes `impl`: 'phase' (the forms here), 'xla' (XLA's own lowering: the transpose of the strided
+convolution, which GPUs run as cuDNN's backward-data convolution) or 'auto', which picks per backend from
+`AUTO_IMPL` (set from the measurements in benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -76,6 +80,35 @@ def _even_kernel_form(x, w, padding):
     return y[:, padding : padding + 2 * h, padding : padding + 2 * wd]
 
 
+IMPLS = ("auto", "phase", "xla")
+# Backend -> the implementation 'auto' picks. CPU: the phase forms (benchmarks/README.md, XLA:CPU, jax 0.10.2).
+AUTO_IMPL = {"cpu": "phase"}
+DEFAULT_IMPL = "phase"
+
+
+def resolve_impl(impl: str) -> str:
+    """'phase' or 'xla' for `impl` ('auto' picks by jax.default_backend())."""
+    if impl not in IMPLS:
+        raise ValueError(f"unknown conv impl {impl!r}; choices: {', '.join(IMPLS)}")
+    if impl == "auto":
+        return AUTO_IMPL.get(jax.default_backend(), DEFAULT_IMPL)
+    return impl
+
+
+def _strided_conv(x, w, padding):
+    return jax.lax.conv_general_dilated(x, w, (2, 2), ((padding, padding), (padding, padding)),
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _xla_transpose_form(x, w, padding):
+    """PyTorch's ConvTranspose2d is the adjoint of the strided Conv2d with the same weight, in and out swapped:
+    XLA's own lowering of that adjoint (input dilation on CPU; cuDNN's backward-data conv on GPU)."""
+    n, h, wd, _ = x.shape
+    out = jax.ShapeDtypeStruct((n, 2 * h, 2 * wd, w.shape[-1]), x.dtype)
+    (y,) = jax.linear_transpose(lambda z: _strided_conv(z, w.transpose(0, 1, 3, 2), padding), out)(x)
+    return y
+
+
 class ConvTranspose2x(nn.Module):
     """Stride-2 transposed convolution, NHWC in, NHWC out with twice the height and width.
 
@@ -84,6 +117,7 @@ class ConvTranspose2x(nn.Module):
       kernel_size: K (3 or 4 are usual); `padding` must satisfy 1 <= K - 2 * padding <= 2.
       padding: PyTorch's `padding`; `output_padding` is implied (2 - K + 2 * padding).
       use_bias: add a bias per output channel.
+      impl: 'auto', 'phase' or 'xla' (module docstring).
     The kernel is [K, K, in, out] with PyTorch's orientation (`torch_weight.permute(2, 3, 0, 1)`).
     """
 
@@ -93,16 +127,20 @@ class ConvTranspose2x(nn.Module):
     use_bias: bool = True
     kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
     dtype: jnp.dtype | None = None
+    impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         k, p = self.kernel_size, self.padding
+        impl = resolve_impl(self.impl)
         if not 1 <= k - 2 * p <= 2:
             raise ValueError(f"ConvTranspose2x: kernel_size {k} with padding {p} does not double the size")
         cin = x.shape[-1]
         w = self.param("kernel", self.kernel_init, (k, k, cin, self.features))
         dtype = self.dtype or x.dtype
-        if k % 2 == 0:
+        if impl == "xla":
+            y = _xla_transpose_form(x.astype(dtype), w.astype(dtype), p)
+        elif k % 2 == 0:
             y = _even_kernel_form(x.astype(dtype), w.astype(dtype), p)
         else:
             y = _sub_pixel_form(x.astype(dtype), w.astype(dtype), p)
@@ -125,8 +163,7 @@ def conv_down2x(x: jax.Array, w: jax.Array, padding: int) -> jax.Array:
 
 
 def _conv_down(x, w, padding):
-    return jax.lax.conv_general_dilated(x, w, (2, 2), ((padding, padding), (padding, padding)),
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return _strided_conv(x, w, padding)
 
 
 def _conv_down_fwd(x, w, padding):
@@ -145,7 +182,8 @@ conv_down2x.defvjp(_conv_down_fwd, _conv_down_bwd)
 
 class ConvDown2x(nn.Module):
     """Stride-2 convolution with a K x K kernel (K even, padding K/2 - 1): NHWC in, NHWC out at half the height
-    and width, with the fast input gradient of `conv_down2x`. Kernel [K, K, in, out] as nn.Conv's."""
+    and width, with the fast input gradient of `conv_down2x` (impl 'phase') or XLA's own (impl 'xla').
+    Kernel [K, K, in, out] as nn.Conv's."""
 
     features: int
     kernel_size: int = 4
@@ -153,6 +191,7 @@ class ConvDown2x(nn.Module):
     use_bias: bool = True
     kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
     dtype: jnp.dtype | None = None
+    impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -163,7 +202,8 @@ class ConvDown2x(nn.Module):
             raise ValueError(f"ConvDown2x: input size {x.shape[1]}x{x.shape[2]} must be even")
         w = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features))
         dtype = self.dtype or x.dtype
-        y = conv_down2x(x.astype(dtype), w.astype(dtype), p)
+        down = conv_down2x if resolve_impl(self.impl) == "phase" else _strided_conv
+        y = down(x.astype(dtype), w.astype(dtype), p)
         if self.use_bias:
             y = y + self.param("bias", nn.initializers.zeros, (self.features,)).astype(dtype)
         return y

@@ -56,6 +56,7 @@ class ConvVAE(nn.Module):
     channels: tuple[int, ...] = (32, 64)
     dense: int = 16
     activation: str = "relu"
+    conv_impl: str = "auto"  # the transposed convs' form: jaxgen.models.layers.IMPLS
 
     def setup(self):
         check_divisible(self.image_shape, len(self.channels), "conv_vae")
@@ -69,7 +70,7 @@ class ConvVAE(nn.Module):
         self.dec_dense = nn.Dense(self.dense)
         self.dec_proj = nn.Dense(self.base[0] * self.base[1] * self.base[2])
         widths = tuple(reversed(self.channels))  # (64, 32) for channels (32, 64)
-        self.up = [ConvTranspose2x(c, kernel_size=3, padding=1) for c in widths]
+        self.up = [ConvTranspose2x(c, kernel_size=3, padding=1, impl=self.conv_impl) for c in widths]
         self.out = nn.Conv(self.image_shape[-1], (3, 3), padding=pad)
 
     def encode(self, x):

@@ -1,0 +1,607 @@
+"""InceptionV3 for FID, KID and IS: pytorch-fid's network and preprocessing in Flax, reading its weights without torch.
+
+The convention followed is pytorch-fid 0.3.0's (`pytorch_fid.inception.InceptionV3` with `use_fid_inception=True`,
+`resize_input=True`, `normalize_input=True`), a port of TensorFlow's `inception-2015-12-05` graph that the original
+FID code (bioinf-jku/TTUR) used:
+
+- weights: `pt_inception-2015-12-05-6726825d.pth` from pytorch-fid's `fid_weights` release (WEIGHTS_URL);
+- images are read as uint8 (PNG files), scaled to [0, 1] (x / 255), resized to 299x299 bilinearly with
+  `F.interpolate(..., mode='bilinear', align_corners=False)`, i.e. without antialiasing even when shrinking, then
+  mapped to [-1, 1] (2x - 1); one channel is replicated to three (PIL's `convert('RGB')`);
+- the architecture is torchvision's Inception3 with pytorch-fid's patches: BasicConv2d = conv without bias + BatchNorm
+  (eps 1e-3, running statistics) + ReLU; the pool branches of Mixed_5b-d, 6b-e and 7b average 3x3 windows without
+  counting the zero padding (`count_include_pad=False`, as TF does); Mixed_7c's pool branch takes a 3x3 max;
+- features: `pool` is the 2048-d global average pool ("pool3", what FID and KID use); `logits` is the 1008-way fc
+  layer on it, with its bias, as in pytorch-fid's model. The original IS code (openai/improved-gan) and
+  torch-fidelity's IS default use that matmul without the bias: `logits - variables['params']['fc']['bias']`.
+
+Weights are looked up (`load_params`) as: an explicit path (.pth or converted .npz), else $JAXGEN_INCEPTION_WEIGHTS,
+else `<cache>/inception/` with <cache> = $JAXGEN_CACHE_DIR or ~/.cache/jaxgen; a .pth found there is converted once to
+an .npz beside it. A download happens only with `allow_download=True`. The .pth is read by a restricted unpickler
+(tensors and storages only, no code), both torch's zip format and the pre-1.6 legacy one.
+
+CLI: `python -m jaxgen.evaluation.inception {check,convert SRC.pth [DST.npz],download}`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import functools
+import hashlib
+import os
+import pickle
+import sys
+import tempfile
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+from tqdm import tqdm
+
+from jaxgen import parallel
+
+WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d"
+WEIGHTS_URL = f"https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/{WEIGHTS_NAME}.pth"
+# torch.hub's naming convention: the hex digits after the last '-' begin the file's sha256. Only this prefix is
+# checked: pytorch-fid publishes no full digest. Projects that pin torch-fidelity's re-release of the same weights
+# (weights-inception-2015-12-05-6726825d.pth, 95,628,359 bytes) record the sha256
+# 6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2; it could not be checked against pytorch-fid's
+# file here (no network), so it is not enforced.
+SHA256_PREFIX = "6726825d"
+ENV_WEIGHTS = "JAXGEN_INCEPTION_WEIGHTS"
+ENV_CACHE = "JAXGEN_CACHE_DIR"
+CONFIG_FIELD = "eval.inception_weights"  # the config field the trainer passes as `path`
+NPZ_FORMAT = "jaxgen-inception-v1"
+SIZE = 299  # the network's input side
+HIGHEST = jax.lax.Precision.HIGHEST  # GPUs default to TF32/bf16 passes for float32 convs; FID wants float32
+
+
+class WeightsNotFoundError(FileNotFoundError):
+    """No Inception weights where they were looked for; the message says where to put them."""
+
+
+# ------------------------------------------------------------------------------------------------- the network
+
+
+class BasicConv2d(nn.Module):
+    """Conv (no bias) + BatchNorm (eps 1e-3, running statistics) + ReLU; `padding` is (rows, cols) on each side."""
+
+    features: int
+    kernel: tuple[int, int]
+    strides: int = 1
+    padding: tuple[int, int] = (0, 0)
+
+    @nn.compact
+    def __call__(self, x):
+        (ph, pw), s = self.padding, self.strides
+        x = nn.Conv(self.features, self.kernel, (s, s), padding=((ph, ph), (pw, pw)), use_bias=False,
+                    precision=HIGHEST, name="conv")(x)
+        return nn.relu(nn.BatchNorm(use_running_average=True, epsilon=1e-3, name="bn")(x))
+
+
+def _pool3x3(x, kind: str):
+    """pytorch-fid's pool branches: 3x3, stride 1, padding 1; 'avg' ignores the padding (count_include_pad=False)."""
+    if kind == "max":
+        return nn.max_pool(x, (3, 3), (1, 1), ((1, 1), (1, 1)))
+    return nn.avg_pool(x, (3, 3), (1, 1), ((1, 1), (1, 1)), count_include_pad=False)
+
+
+class InceptionA(nn.Module):  # Mixed_5b-d
+    pool_features: int
+
+    @nn.compact
+    def __call__(self, x):
+        b1 = BasicConv2d(64, (1, 1), name="branch1x1")(x)
+        b5 = BasicConv2d(48, (1, 1), name="branch5x5_1")(x)
+        b5 = BasicConv2d(64, (5, 5), padding=(2, 2), name="branch5x5_2")(b5)
+        b3 = BasicConv2d(64, (1, 1), name="branch3x3dbl_1")(x)
+        b3 = BasicConv2d(96, (3, 3), padding=(1, 1), name="branch3x3dbl_2")(b3)
+        b3 = BasicConv2d(96, (3, 3), padding=(1, 1), name="branch3x3dbl_3")(b3)
+        bp = BasicConv2d(self.pool_features, (1, 1), name="branch_pool")(_pool3x3(x, "avg"))
+        return jnp.concatenate([b1, b5, b3, bp], axis=-1)
+
+
+class InceptionB(nn.Module):  # Mixed_6a
+    @nn.compact
+    def __call__(self, x):
+        b3 = BasicConv2d(384, (3, 3), strides=2, name="branch3x3")(x)
+        bd = BasicConv2d(64, (1, 1), name="branch3x3dbl_1")(x)
+        bd = BasicConv2d(96, (3, 3), padding=(1, 1), name="branch3x3dbl_2")(bd)
+        bd = BasicConv2d(96, (3, 3), strides=2, name="branch3x3dbl_3")(bd)
+        return jnp.concatenate([b3, bd, nn.max_pool(x, (3, 3), (2, 2))], axis=-1)
+
+
+class InceptionC(nn.Module):  # Mixed_6b-e
+    channels_7x7: int
+
+    @nn.compact
+    def __call__(self, x):
+        c = self.channels_7x7
+        b1 = BasicConv2d(192, (1, 1), name="branch1x1")(x)
+        b7 = BasicConv2d(c, (1, 1), name="branch7x7_1")(x)
+        b7 = BasicConv2d(c, (1, 7), padding=(0, 3), name="branch7x7_2")(b7)
+        b7 = BasicConv2d(192, (7, 1), padding=(3, 0), name="branch7x7_3")(b7)
+        bd = BasicConv2d(c, (1, 1), name="branch7x7dbl_1")(x)
+        bd = BasicConv2d(c, (7, 1), padding=(3, 0), name="branch7x7dbl_2")(bd)
+        bd = BasicConv2d(c, (1, 7), padding=(0, 3), name="branch7x7dbl_3")(bd)
+        bd = BasicConv2d(c, (7, 1), padding=(3, 0), name="branch7x7dbl_4")(bd)
+        bd = BasicConv2d(192, (1, 7), padding=(0, 3), name="branch7x7dbl_5")(bd)
+        bp = BasicConv2d(192, (1, 1), name="branch_pool")(_pool3x3(x, "avg"))
+        return jnp.concatenate([b1, b7, bd, bp], axis=-1)
+
+
+class InceptionD(nn.Module):  # Mixed_7a
+    @nn.compact
+    def __call__(self, x):
+        b3 = BasicConv2d(192, (1, 1), name="branch3x3_1")(x)
+        b3 = BasicConv2d(320, (3, 3), strides=2, name="branch3x3_2")(b3)
+        b7 = BasicConv2d(192, (1, 1), name="branch7x7x3_1")(x)
+        b7 = BasicConv2d(192, (1, 7), padding=(0, 3), name="branch7x7x3_2")(b7)
+        b7 = BasicConv2d(192, (7, 1), padding=(3, 0), name="branch7x7x3_3")(b7)
+        b7 = BasicConv2d(192, (3, 3), strides=2, name="branch7x7x3_4")(b7)
+        return jnp.concatenate([b3, b7, nn.max_pool(x, (3, 3), (2, 2))], axis=-1)
+
+
+class InceptionE(nn.Module):  # Mixed_7b (pool 'avg'), Mixed_7c (pool 'max': pytorch-fid's FIDInceptionE_2)
+    pool: str
+
+    @nn.compact
+    def __call__(self, x):
+        b1 = BasicConv2d(320, (1, 1), name="branch1x1")(x)
+        b3 = BasicConv2d(384, (1, 1), name="branch3x3_1")(x)
+        b3 = jnp.concatenate([BasicConv2d(384, (1, 3), padding=(0, 1), name="branch3x3_2a")(b3),
+                              BasicConv2d(384, (3, 1), padding=(1, 0), name="branch3x3_2b")(b3)], axis=-1)
+        bd = BasicConv2d(448, (1, 1), name="branch3x3dbl_1")(x)
+        bd = BasicConv2d(384, (3, 3), padding=(1, 1), name="branch3x3dbl_2")(bd)
+        bd = jnp.concatenate([BasicConv2d(384, (1, 3), padding=(0, 1), name="branch3x3dbl_3a")(bd),
+                              BasicConv2d(384, (3, 1), padding=(1, 0), name="branch3x3dbl_3b")(bd)], axis=-1)
+        bp = BasicConv2d(192, (1, 1), name="branch_pool")(_pool3x3(x, self.pool))
+        return jnp.concatenate([b1, b3, bd, bp], axis=-1)
+
+
+class InceptionV3(nn.Module):
+    """pytorch-fid's FID InceptionV3: images [N, 299, 299, 3] float in [-1, 1] (see `preprocess`) ->
+    (pool [N, 2048] float32, logits [N, 1008] float32). Submodule names are the state dict's."""
+
+    @nn.compact
+    def __call__(self, x):
+        x = BasicConv2d(32, (3, 3), strides=2, name="Conv2d_1a_3x3")(x)
+        x = BasicConv2d(32, (3, 3), name="Conv2d_2a_3x3")(x)
+        x = BasicConv2d(64, (3, 3), padding=(1, 1), name="Conv2d_2b_3x3")(x)
+        x = nn.max_pool(x, (3, 3), (2, 2))
+        x = BasicConv2d(80, (1, 1), name="Conv2d_3b_1x1")(x)
+        x = BasicConv2d(192, (3, 3), name="Conv2d_4a_3x3")(x)
+        x = nn.max_pool(x, (3, 3), (2, 2))
+        x = InceptionA(32, name="Mixed_5b")(x)
+        x = InceptionA(64, name="Mixed_5c")(x)
+        x = InceptionA(64, name="Mixed_5d")(x)
+        x = InceptionB(name="Mixed_6a")(x)
+        for name, c in (("Mixed_6b", 128), ("Mixed_6c", 160), ("Mixed_6d", 160), ("Mixed_6e", 192)):
+            x = InceptionC(c, name=name)(x)
+        x = InceptionD(name="Mixed_7a")(x)
+        x = InceptionE("avg", name="Mixed_7b")(x)
+        x = InceptionE("max", name="Mixed_7c")(x)
+        pool = jnp.mean(x, axis=(1, 2))
+        return pool, nn.Dense(1008, precision=HIGHEST, name="fc")(pool)
+
+
+# ----------------------------------------------------------------------------------------------- preprocessing
+
+
+def _check_images(images) -> None:
+    shape, dtype = tuple(images.shape), np.dtype(images.dtype)
+    want = "uint8 images [N, H, W, C] (NHWC, values 0..255) with C = 1 or 3"
+    if len(shape) != 4:
+        raise ValueError(f"Inception features want {want}; got shape {shape}")
+    if shape[-1] not in (1, 3):
+        raise ValueError(f"Inception features want {want}; got {shape[-1]} channels (shape {shape})")
+    if dtype != np.uint8:
+        raise ValueError(
+            f"Inception features want {want}; got dtype {dtype}. Quantise samples as saved PNGs are "
+            "(pytorch-fid reads PNGs): from [0, 1] floats `np.clip(np.round(x * 255), 0, 255).astype(np.uint8)`, "
+            "from [-1, 1] first x = (x + 1) / 2")
+
+
+@functools.lru_cache(maxsize=16)
+def _resize_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """[n_out, n_in] weights of torch's bilinear `F.interpolate(align_corners=False)` along one axis, no antialias.
+
+    Source coordinate (o + 0.5) * n_in / n_out - 0.5, clamped at 0, computed in float32 as torch does on CPU."""
+    scale = np.float32(n_in) / np.float32(n_out)
+    src = np.maximum(scale * (np.arange(n_out, dtype=np.float32) + np.float32(0.5)) - np.float32(0.5), 0)
+    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    w1 = (src - i0).astype(np.float32)
+    m = np.zeros((n_out, n_in), np.float32)
+    np.add.at(m, (np.arange(n_out), i0), np.float32(1) - w1)
+    np.add.at(m, (np.arange(n_out), i1), w1)
+    return m
+
+
+def preprocess(images_uint8: jax.Array) -> jax.Array:
+    """uint8 images [N, H, W, 1 or 3] -> float32 [N, 299, 299, 3] in [-1, 1], exactly as pytorch-fid prepares them
+    (x / 255, bilinear resize without antialiasing, 2x - 1, gray replicated). Jit-able; ValueError on bad input."""
+    _check_images(images_uint8)
+    x = jnp.asarray(images_uint8).astype(jnp.float32) / 255.0
+    _, h, w, _ = x.shape
+    if (h, w) != (SIZE, SIZE):
+        x = jnp.einsum("oh,nhwc->nowc", _resize_matrix(h, SIZE), x, precision=HIGHEST)
+        x = jnp.einsum("pw,nowc->nopc", _resize_matrix(w, SIZE), x, precision=HIGHEST)
+    x = 2.0 * x - 1.0
+    return jnp.broadcast_to(x, (*x.shape[:3], 3)) if x.shape[-1] == 1 else x
+
+
+# ----------------------------------------------------------------------------------------------------- weights
+
+
+@functools.lru_cache(maxsize=1)
+def _expected_shapes() -> dict[tuple[str, ...], tuple[int, ...]]:
+    """{(collection, module..., leaf): shape} of InceptionV3's variables (traced abstractly, nothing computed)."""
+    tree = jax.eval_shape(InceptionV3().init, jax.random.key(0), jax.ShapeDtypeStruct((1, SIZE, SIZE, 3), jnp.float32))
+    return {k: tuple(v.shape) for k, v in traverse_util.flatten_dict(tree).items()}
+
+
+def _check_structure(variables: dict, source: str) -> dict:
+    got = {k: tuple(np.shape(v)) for k, v in traverse_util.flatten_dict(variables).items()}
+    want = _expected_shapes()
+    problems = [f"missing {'/'.join(k)}" for k in want.keys() - got.keys()]
+    problems += [f"unexpected {'/'.join(k)}" for k in got.keys() - want.keys()]
+    problems += [f"{'/'.join(k)} has shape {got[k]}, want {want[k]}" for k in want.keys() & got.keys()
+                 if got[k] != want[k]]
+    if problems:
+        raise ValueError(f"{source} does not hold pytorch-fid's InceptionV3 weights: " + "; ".join(sorted(problems)[:8])
+                         + (f" (and {len(problems) - 8} more)" if len(problems) > 8 else ""))
+    return variables
+
+
+def convert_torch_state_dict(state_dict: dict[str, np.ndarray]) -> dict:
+    """pytorch-fid's state dict (names as in the .pth: `Mixed_5b.branch1x1.conv.weight`, `...bn.running_var`,
+    `fc.weight` ...; numpy or anything np.asarray takes) -> flax variables {'params', 'batch_stats'}.
+
+    Conv kernels go OIHW -> HWIO, the fc weight [1008, 2048] -> kernel [2048, 1008]; `num_batches_tracked` is
+    dropped. ValueError naming what is missing, unexpected or misshapen."""
+    bn_leaf = {"weight": ("params", "scale"), "bias": ("params", "bias"),
+               "running_mean": ("batch_stats", "mean"), "running_var": ("batch_stats", "var")}
+    flat = {}
+    for name, value in state_dict.items():
+        *path, leaf = name.split(".")
+        a = np.asarray(value, dtype=np.float32)
+        if leaf == "num_batches_tracked":
+            continue
+        if path and path[-1] == "conv" and leaf == "weight" and a.ndim == 4:
+            flat[("params", *path, "kernel")] = a.transpose(2, 3, 1, 0)
+        elif path and path[-1] == "bn" and leaf in bn_leaf:
+            collection, new = bn_leaf[leaf]
+            flat[(collection, *path, new)] = a
+        elif path == ["fc"] and leaf in ("weight", "bias"):
+            flat[("params", "fc", "kernel" if leaf == "weight" else "bias")] = a.T if leaf == "weight" else a
+        else:
+            flat[("torch", name)] = a  # reported as unexpected by the structure check
+    return _check_structure(traverse_util.unflatten_dict(flat), "the state dict")
+
+
+def random_params(seed: int = 0) -> dict:
+    """Random InceptionV3 variables for tests and smoke runs: He-scaled kernels and BatchNorm scale, bias, running
+    mean and variance all drawn away from their identity values, so the inference-mode BatchNorm is exercised."""
+    rng = np.random.default_rng(seed)
+    flat = {}
+    for key, shape in sorted(_expected_shapes().items()):
+        leaf = key[-1]
+        if leaf == "kernel":
+            fan_in = int(np.prod(shape[:-1]))
+            a = rng.normal(0, np.sqrt((1.0 if key[1] == "fc" else 2.0) / fan_in), shape)
+        elif leaf == "scale":
+            a = rng.uniform(0.6, 1.4, shape)
+        elif leaf in ("bias", "mean"):
+            a = rng.uniform(-0.2, 0.2, shape)
+        else:  # var
+            a = rng.uniform(0.5, 2.0, shape)
+        flat[key] = a.astype(np.float32)
+    return traverse_util.unflatten_dict(flat)
+
+
+class _Storage:
+    """A torch storage class named in the pickle (torch.FloatStorage ...): only its numpy dtype matters."""
+
+    def __init__(self, dtype):
+        self.dtype = np.dtype(dtype)
+
+
+def _storage_dtypes() -> dict[str, np.dtype]:
+    import ml_dtypes  # noqa: PLC0415  (a jax dependency; only bfloat16 storages need it)
+
+    return {"FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
+            "BFloat16Storage": ml_dtypes.bfloat16, "LongStorage": np.int64, "IntStorage": np.int32,
+            "ShortStorage": np.int16, "CharStorage": np.int8, "ByteStorage": np.uint8, "BoolStorage": np.bool_}
+
+
+def _rebuild_tensor(storage, offset, size, stride, *_):
+    """torch._utils._rebuild_tensor_v2 as a numpy view into the storage (copied once everything is read)."""
+    if not size:
+        return storage[offset:offset + 1].reshape(())
+    return np.lib.stride_tricks.as_strided(storage[offset:], tuple(size), tuple(s * storage.itemsize for s in stride))
+
+
+class _TorchUnpickler(pickle.Unpickler):
+    """Unpickles a torch state dict with numpy arrays for tensors; any other global is refused, so no code runs."""
+
+    def __init__(self, file, load_storage):
+        super().__init__(file)
+        self._load_storage = load_storage
+        self._dtypes = _storage_dtypes()
+
+    def find_class(self, module, name):
+        if (module, name) == ("collections", "OrderedDict"):
+            return collections.OrderedDict  # a state dict, and its _metadata attribute
+        if module == "torch._utils" and name in ("_rebuild_tensor_v2", "_rebuild_tensor"):
+            return _rebuild_tensor
+        if module == "torch._utils" and name in ("_rebuild_parameter", "_rebuild_parameter_with_state"):
+            return lambda data, *_: data
+        if module == "torch" and name in self._dtypes:
+            return _Storage(self._dtypes[name])
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}: not part of a plain torch state dict")
+
+    def persistent_load(self, pid):
+        if not (isinstance(pid, tuple) and pid and pid[0] == "storage"):
+            raise pickle.UnpicklingError(f"unsupported persistent id {pid!r}")
+        return self._load_storage(*pid[1:])
+
+
+def read_torch_state_dict(path) -> dict[str, np.ndarray]:
+    """A torch-saved state dict (zip format of torch >= 1.6, or the legacy one) as {name: numpy array}; no torch."""
+    path = Path(path)
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            pkl = next(n for n in z.namelist() if n.endswith("data.pkl"))
+            root = pkl[: -len("data.pkl")]
+            big = root + "byteorder" in z.namelist() and z.read(root + "byteorder").strip() == b"big"
+            cache = {}
+
+            def load(kind, key, location, numel, *_):
+                if key not in cache:
+                    raw = z.read(f"{root}data/{key}")
+                    cache[key] = (np.frombuffer(raw, kind.dtype.newbyteorder(">")).astype(kind.dtype) if big
+                                  else np.frombuffer(raw, kind.dtype))
+                return cache[key]
+
+            obj = _TorchUnpickler(z.open(pkl), load).load()
+    else:
+        with open(path, "rb") as f:
+            magic = _TorchUnpickler(f, None).load()
+            if magic != 0x1950A86A20F9469CFC6C:
+                raise ValueError(f"{path} is not a torch-saved file (neither a zip archive nor torch's legacy format)")
+            for _ in range(2):  # the protocol version, then the saving machine's sys info
+                _TorchUnpickler(f, None).load()
+            storages = {}
+
+            def load(kind, key, location, numel, view=None):
+                if key not in storages:
+                    storages[key] = np.empty(numel, kind.dtype)  # filled from the data section below
+                if view is not None:  # old torch: a storage view (view key, offset, size) into this one
+                    return storages[key][view[1]:view[1] + view[2]]
+                return storages[key]
+
+            obj = _TorchUnpickler(f, load).load()
+            for key in _TorchUnpickler(f, None).load():
+                numel = int(np.frombuffer(f.read(8), "<i8")[0])
+                s = storages[key]
+                s[:numel] = np.frombuffer(f.read(numel * s.itemsize), s.dtype)  # little-endian, as written
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path} holds a {type(obj).__name__}, not a state dict")
+    return {k: np.array(v) for k, v in obj.items()}  # copies: the views no longer share the storages
+
+
+def cache_dir() -> Path:
+    """Where the weights are kept: $JAXGEN_CACHE_DIR/inception, else ~/.cache/jaxgen/inception."""
+    return Path(os.environ.get(ENV_CACHE) or Path.home() / ".cache" / "jaxgen").expanduser() / "inception"
+
+
+def sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _verified(path: Path) -> str:
+    digest = sha256(path)
+    if not digest.startswith(SHA256_PREFIX):
+        raise ValueError(f"{path} is not pytorch-fid's {WEIGHTS_NAME}.pth: its sha256 is {digest}, expected one "
+                         f"starting with {SHA256_PREFIX} (the hash in the file name, torch.hub's convention). "
+                         f"Download it again from {WEIGHTS_URL}")
+    return digest
+
+
+def _from_pth(path: Path) -> tuple[dict, str]:
+    digest = _verified(path)
+    return convert_torch_state_dict(read_torch_state_dict(path)), digest
+
+
+def save_npz(variables: dict, path, source_sha256: str) -> Path:
+    """Writes converted variables (flat 'params/Mixed_5b/...' names) and the source file's sha256, atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    flat = {"/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(variables).items()}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp.npz")
+    os.close(fd)
+    try:
+        np.savez(tmp, **flat, __format__=np.array(NPZ_FORMAT), __source_sha256__=np.array(source_sha256))
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path
+
+
+def _from_npz(path: Path) -> dict:
+    with np.load(path, allow_pickle=False) as z:
+        meta = {k: str(z[k]) for k in ("__format__", "__source_sha256__") if k in z.files}
+        flat = {tuple(k.split("/")): z[k] for k in z.files if not k.startswith("__")}
+    if meta.get("__format__") != NPZ_FORMAT or not meta.get("__source_sha256__", "").startswith(SHA256_PREFIX):
+        raise ValueError(f"{path} is not a conversion of pytorch-fid's weights by this module (format "
+                         f"{meta.get('__format__')!r}, source sha256 {meta.get('__source_sha256__')!r}); convert "
+                         f"{WEIGHTS_NAME}.pth with `python -m jaxgen.evaluation.inception convert SRC.pth`")
+    return _check_structure(traverse_util.unflatten_dict(flat), str(path))
+
+
+def _load_file(path: Path) -> dict:
+    if not path.is_file():
+        raise WeightsNotFoundError(_missing_message(f"{path} does not exist."))
+    return _from_npz(path) if path.suffix == ".npz" else _from_pth(path)[0]
+
+
+def _missing_message(first: str) -> str:
+    d = cache_dir()
+    return (f"{first} jaxgen's Inception weights (pytorch-fid's, for FID/KID/IS) were not found. Looked at: the "
+            f"explicit path (config `{CONFIG_FIELD}`), ${ENV_WEIGHTS} ({os.environ.get(ENV_WEIGHTS) or 'not set'}), "
+            f"{d / (WEIGHTS_NAME + '.npz')} and {d / (WEIGHTS_NAME + '.pth')}. Download {WEIGHTS_URL} "
+            f"(about 96 MB) and put it at {d / (WEIGHTS_NAME + '.pth')} (the cache dir is ${ENV_CACHE}/inception or "
+            f"~/.cache/jaxgen/inception), or point `{CONFIG_FIELD}` or ${ENV_WEIGHTS} at the .pth or a converted "
+            "npz; or let jaxgen download it: `python -m jaxgen.evaluation.inception download`, load_params(..., "
+            "allow_download=True).")
+
+
+def _download(dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=dst.name, suffix=".part")
+    os.close(fd)
+    try:
+        print(f"Downloading {WEIGHTS_URL} to {dst}", file=sys.stderr)
+        urllib.request.urlretrieve(WEIGHTS_URL, tmp)
+        _verified(Path(tmp))
+        os.replace(tmp, dst)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def load_params(path=None, *, allow_download: bool = False) -> dict:
+    """pytorch-fid's InceptionV3 weights as flax variables {'params', 'batch_stats'}.
+
+    Looked up as: `path` (a .pth or a converted .npz), else $JAXGEN_INCEPTION_WEIGHTS, else the cache dir
+    (`cache_dir()`): its .npz, else its .pth (converted once to the .npz), else a download into it if
+    `allow_download`. WeightsNotFoundError (a FileNotFoundError) says where to put the file; ValueError when a
+    file's sha256 or contents are wrong. torch is not needed."""
+    explicit = path or os.environ.get(ENV_WEIGHTS)
+    if explicit:
+        return _load_file(Path(explicit).expanduser())
+    npz, pth = cache_dir() / f"{WEIGHTS_NAME}.npz", cache_dir() / f"{WEIGHTS_NAME}.pth"
+    if npz.is_file():
+        return _from_npz(npz)
+    if not pth.is_file():
+        if not allow_download:
+            raise WeightsNotFoundError(_missing_message("No weights in the cache dir and allow_download=False."))
+        _download(pth)
+    variables, digest = _from_pth(pth)
+    try:
+        save_npz(variables, npz, digest)
+    except OSError as e:
+        print(f"Could not cache the converted Inception weights at {npz} ({e}); the .pth is read each time",
+              file=sys.stderr)
+    return variables
+
+
+# -------------------------------------------------------------------------------------------- feature extraction
+
+
+def make_extractor(variables, mesh: jax.sharding.Mesh):
+    """fn(uint8 images [B, H, W, 1 or 3]) -> {'pool': [B, 2048], 'logits': [B, 1008]} float32 jax arrays.
+
+    B must divide by the mesh's device count; a host array is sharded over the 'data' axis (`parallel.put_batch`),
+    a jax.Array is taken as it is. Preprocessing compiles per image shape, the network once per B; the outputs are
+    replicated, so every process can read them."""
+    model = InceptionV3()
+    on_mesh = parallel.put_replicated(variables, mesh)
+    prep = jax.jit(preprocess, out_shardings=NamedSharding(mesh, P(parallel.AXIS)))
+
+    @functools.partial(jax.jit, out_shardings=parallel.replicated(mesh))
+    def net(v, x):
+        pool, logits = model.apply(v, x)
+        return {"pool": pool, "logits": logits}
+
+    def fn(images):
+        _check_images(images)
+        if not isinstance(images, jax.Array):
+            parallel.check_batch(images.shape[0], mesh, "the Inception batch")
+            images = parallel.put_batch(np.asarray(images), mesh)
+        return net(on_mesh, prep(images))
+
+    return fn
+
+
+def extract(fn, images: np.ndarray, *, batch_size: int, mesh, desc: str = "features") -> dict[str, np.ndarray]:
+    """Features of host uint8 images [N, H, W, 1 or 3]: {'pool': [N, 2048], 'logits': [N, 1008]} float32 numpy.
+
+    Runs `fn` (from make_extractor) over batches of `batch_size` rounded up to a multiple of the device count; the
+    last batch is padded to the same size (one compilation) and the padding dropped. A tqdm bar on process 0."""
+    _check_images(images)
+    n, devices = len(images), mesh.size
+    out = {"pool": [np.zeros((0, 2048), np.float32)], "logits": [np.zeros((0, 1008), np.float32)]}
+    b = -(-min(batch_size, max(n, 1)) // devices) * devices
+    pending = None
+    with tqdm(total=n, desc=desc, unit="img", disable=jax.process_index() != 0, leave=False) as bar:
+
+        def collect(job):
+            res, k = job
+            for name in out:
+                out[name].append(np.asarray(res[name])[:k])
+            bar.update(k)
+
+        for start in range(0, n, b):
+            chunk = np.asarray(images[start:start + b])
+            k = len(chunk)
+            if k < b:
+                chunk = np.concatenate([chunk, np.zeros((b - k, *chunk.shape[1:]), np.uint8)])
+            job = (fn(chunk), k)  # dispatched before the previous batch is fetched, so host and device overlap
+            if pending is not None:
+                collect(pending)
+            pending = job
+        if pending is not None:
+            collect(pending)
+    return {name: np.concatenate(parts) for name, parts in out.items()}
+
+
+# ---------------------------------------------------------------------------------------------------------- CLI
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jaxgen.evaluation.inception", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("check", help="where the weights are looked for, and whether they are found")
+    conv = sub.add_parser("convert", help="convert pytorch-fid's .pth to jaxgen's .npz once (torch not needed)")
+    conv.add_argument("src", help=f"{WEIGHTS_NAME}.pth")
+    conv.add_argument("dst", nargs="?", help=f"the .npz to write (default: {cache_dir() / (WEIGHTS_NAME + '.npz')})")
+    sub.add_parser("download", help=f"download the .pth into {cache_dir()} (checks its sha256) and convert it")
+    args = parser.parse_args(argv)
+    if args.command == "convert":
+        variables, digest = _from_pth(Path(args.src))
+        dst = save_npz(variables, args.dst or cache_dir() / f"{WEIGHTS_NAME}.npz", digest)
+        print(f"{args.src} (sha256 {digest}) -> {dst}")
+        return 0
+    if args.command == "download":
+        load_params(allow_download=True)
+        print(f"Inception weights ready in {cache_dir()}")
+        return 0
+    print(f"Lookup order: the explicit path (config `{CONFIG_FIELD}`), ${ENV_WEIGHTS} = "
+          f"{os.environ.get(ENV_WEIGHTS) or '(not set)'}, then the cache dir {cache_dir()} "
+          f"(${ENV_CACHE} = {os.environ.get(ENV_CACHE) or '(not set)'}):")
+    for p in (cache_dir() / f"{WEIGHTS_NAME}.npz", cache_dir() / f"{WEIGHTS_NAME}.pth"):
+        print(f"  {p}: {'present' if p.is_file() else 'missing'}")
+    try:
+        load_params()
+    except (FileNotFoundError, ValueError) as e:
+        print(f"Not usable: {e}")
+        return 1
+    print("Weights found and valid.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
