@@ -33,6 +33,8 @@ def get_config(variant: str = ""):
     c.train.log_every = 100
     c.checkpoint.every = 2000
     c.eval.every = 2000
+    c.eval.extractors = ("inception",)  # pytorch-fid's weights: README, Sample quality
+    c.eval.num_samples = 10_000
     c.eval.num_examples = 2048
     return with_variant(c, variant, VARIANTS)
 

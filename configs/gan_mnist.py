@@ -25,11 +25,14 @@ def get_config(variant: str = ""):
     c.checkpoint.every = 1000
     c.eval.every = 500
     c.eval.batch_size = 200  # the 1000 test digits in 5 batches
+    c.eval.extractors = ("classifier",)  # add "inception" once its weights are in place (README: Sample quality)
+    c.eval.num_samples = 1000  # as many as the test digits
     return with_variant(c, variant, VARIANTS)
 
 
 def _mnist(c):
     c.data.name = "mnist"
+    c.eval.num_samples = 10_000
     c.train.steps = 10_000
 
 

@@ -32,6 +32,8 @@ def get_config(variant: str = ""):
     c.checkpoint.every = 10_000
     c.eval.every = 50_000
     c.eval.final_nll_k = 5000  # the paper's estimate
+    c.eval.extractors = ("classifier",)
+    c.eval.num_samples = 10_000
     return with_variant(c, variant, VARIANTS)
 
 
@@ -48,6 +50,7 @@ def _mnist_5k(c):
     c.train.steps = 20_000
     c.eval.every = 5000
     c.eval.final_nll_k = 1000
+    c.eval.num_samples = 1000
 
 
 def _smoke(c):

@@ -29,6 +29,8 @@ def get_config(variant: str = ""):
     c.train.steps = 50_000
     c.checkpoint.every = 5000
     c.eval.every = 10_000
+    c.eval.extractors = ("inception",)  # pytorch-fid's weights: README, Sample quality
+    c.eval.num_samples = 10_000
     return with_variant(c, variant, VARIANTS)
 
 

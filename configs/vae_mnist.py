@@ -25,6 +25,8 @@ def get_config(variant: str = ""):
     c.train.log_every = 100
     c.checkpoint.every = 2000
     c.eval.every = 5000
+    c.eval.extractors = ("classifier",)  # add "inception" once its weights are in place (README: Sample quality)
+    c.eval.num_samples = 10_000
     return with_variant(c, variant, VARIANTS)
 
 
@@ -37,6 +39,7 @@ def _mnist_5k(c):
     c.checkpoint.every = 1000
     c.eval.every = 1000
     c.eval.nll_k = 100
+    c.eval.num_samples = 1000  # as many as the test digits
 
 
 def _fashion(c):

@@ -42,11 +42,27 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint.every = 1000  # steps; a checkpoint is also written at the end
     c.checkpoint.keep = 3
     c.checkpoint.asynchronous = True
+    # Also keep the best checkpoint (in <workdir>/best) by an eval metric: 'auto' = the FID of the first of
+    # eval.extractors (none without extractors), '' = off, or a metric name such as 'classifier/fid' or 'nll'.
+    c.checkpoint.best_metric = "auto"
+    c.checkpoint.best_mode = "min"  # 'min' or 'max'
 
     c.eval = ml_collections.ConfigDict()
     c.eval.every = 2000  # steps; 0 = only at the end
     c.eval.batch_size = 200
     c.eval.num_examples = 0  # test examples per eval; 0 = the whole test split
+    # Sample quality (jaxgen.evaluation.quality): feature extractors, 'inception' (pytorch-fid's weights, see
+    # README) and/or 'classifier' (trained on the dataset's labels, offline). FID (+ IS) at every eval; KID,
+    # precision/recall and density/coverage too at the final eval and in --mode=eval.
+    c.eval.extractors = ()
+    c.eval.num_samples = 10_000  # generated samples per sample-quality evaluation
+    c.eval.reference_split = ""  # real images the samples are compared with; '' = data.test_split
+    c.eval.inception_weights = ""  # path to pt_inception-2015-12-05-6726825d.pth or its .npz; '' = the cache
+    c.eval.classifier_steps = 1500  # training steps of the metric classifier (cached in the data dir)
+
+    c.sample = ml_collections.ConfigDict()  # --mode=sample
+    c.sample.num = 1000  # samples written as <workdir>/samples/step_<step>.npz (uint8) and PNG grids
+    c.sample.per_grid = 100  # images per PNG grid
 
     c.output = ml_collections.ConfigDict()
     c.output.num_samples = 64  # images in the sample grids
@@ -160,6 +176,12 @@ def smoke(config: ml_collections.ConfigDict) -> None:
     config.eval.batch_size = 64
     config.eval.num_examples = 64
     config.output.num_samples = 16
+    config.eval.num_samples = 64
+    config.eval.classifier_steps = 30
+    # Inception's weights are a download a fresh install may not have: smoke checks run without them.
+    config.eval.extractors = tuple(e for e in config.eval.extractors if e != "inception")
+    config.sample.num = 32
+    config.sample.per_grid = 16
     if config.task == "vae":
         config.eval.nll_k = 8
         config.eval.final_nll_k = 16
@@ -198,6 +220,16 @@ def check(config: ml_collections.ConfigDict) -> None:
             raise ValueError(f"{field} must be > 0, got {value}")
     if config.eval.every < 0:
         raise ValueError(f"eval.every must be >= 0 (0 = only at the end), got {config.eval.every}")
+    from jaxgen.evaluation import quality  # noqa: PLC0415 (light: numpy only)
+
+    quality.check_names(config.eval.extractors)
+    if config.eval.extractors and config.eval.num_samples < 2:
+        raise ValueError(f"eval.num_samples must be >= 2 for a covariance (>= 2048 for Inception FID), got "
+                         f"{config.eval.num_samples}")
+    if config.checkpoint.best_mode not in ("min", "max"):
+        raise ValueError(f"checkpoint.best_mode must be 'min' or 'max', got {config.checkpoint.best_mode!r}")
+    if config.sample.num < 1 or config.sample.per_grid < 1:
+        raise ValueError("sample.num and sample.per_grid must be >= 1")
     k = t.steps_per_dispatch
     for field, value in (
         ("train.log_every", t.log_every),

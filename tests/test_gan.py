@@ -1,6 +1,8 @@
 """GAN losses and regularizers against hand computations and finite differences; the sharded GAN step against
 one device; bitwise resume of the whole GAN state; a user's own loss by import path; a NaN stops the run."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -195,6 +197,24 @@ def test_gan_outputs_land_in_the_workdir(tmp_path):
         assert list(h["steps"]) == [10, 20]
     again = loop.evaluate_checkpoint(c, tmp_path)  # --mode=eval on the finished run gives the same numbers
     np.testing.assert_allclose([again["d_real"], again["d_fake"]], [final["d_real"], final["d_fake"]], rtol=1e-5)
+    # Sample quality on the classifier's features, with what stands beside the numbers; the best checkpoint.
+    q = final["sample_quality"]["classifier"]
+    assert q["num_samples"] == 64 and q["num_reference"] == 1000 and q["reference"] == "mnist_5k test"
+    for name in ("fid", "kid_mean", "kid_std", "precision", "recall", "density", "coverage", "class_coverage"):
+        assert np.isfinite(q[name]), name
+    np.testing.assert_allclose(again["sample_quality"]["classifier"]["fid"], q["fid"], rtol=1e-6)
+    assert json.loads((tmp_path / "eval.json").read_text())["sample_quality"]["classifier"]["fid"] == q["fid"]
+    best = json.loads((tmp_path / "best" / "best.json").read_text())
+    assert best["metric"] == "classifier/fid" and best["step"] in (10, 20)
+    assert (tmp_path / "best" / str(best["step"])).is_dir()
+    evals = [r for r in writer.read(tmp_path / "metrics.jsonl") if r["split"] == "eval"]
+    assert [r["step"] for r in evals] == [10, 20, 20] and min(r["classifier/fid"] for r in evals[:2]) == best["value"]
+    # --mode=sample: N samples as a uint8 .npz and PNG grids.
+    path = loop.sample_checkpoint(c, tmp_path)
+    with np.load(path) as z:
+        assert z["images"].shape == (32, 28, 28, 1) and z["images"].dtype == np.uint8 and int(z["step"]) == 20
+    assert sorted(p.name for p in (tmp_path / "samples").glob("*.png")) == ["step_0000020_000.png",
+                                                                             "step_0000020_001.png"]
 
 
 def test_gan_celeba_runs_end_to_end_under_tfds_mock_data(tmp_path, monkeypatch):
@@ -212,6 +232,7 @@ def test_gan_celeba_runs_end_to_end_under_tfds_mock_data(tmp_path, monkeypatch):
     c.train.batch_size, c.train.steps, c.train.log_every = 16, 4, 2
     c.checkpoint.every = c.eval.every = 2
     c.eval.batch_size = c.eval.num_examples = 16
+    c.eval.extractors = ()  # Inception's weights are not shipped (tests/test_quality.py covers the extractors)
     c.output.num_samples, c.output.progress = 8, False
     with tfds.testing.mock_data(num_examples=32):
         final = loop.train_and_evaluate(c, tmp_path / "run")

@@ -6,7 +6,9 @@ Checkpoints live in `<workdir>/checkpoints/<step>`. A checkpoint that cannot be 
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import shutil
 from pathlib import Path
 
@@ -64,3 +66,47 @@ def restore_newest(workdir: Path, cfg, target) -> tuple[ocp.CheckpointManager, d
                 log.error("Moved the unreadable checkpoint to %s", dst)
             mgr = manager(workdir, cfg)
     return mgr, None
+
+
+class BestKeeper:
+    """Keeps the checkpoint with the best value of one eval metric in `<workdir>/best/<step>` (one at a time), and
+    `<workdir>/best/best.json` with its step and value, which a resumed run reads back."""
+
+    def __init__(self, workdir: Path, metric: str, mode: str):
+        self.metric, self.mode = metric, mode
+        self.dir = Path(workdir).absolute() / "best"
+        self.record_path = self.dir / "best.json"
+        self.record = json.loads(self.record_path.read_text()) if self.record_path.exists() else None
+        self._mgr = None
+
+    def better(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        if self.record is None or self.record.get("metric") != self.metric:
+            return True
+        return value < self.record["value"] if self.mode == "min" else value > self.record["value"]
+
+    def update(self, state: dict, metrics: dict) -> bool:
+        """Saves `state` if metrics[self.metric] beats the best so far. Returns whether it did."""
+        if self.metric not in metrics:
+            choices = ", ".join(sorted(metrics))
+            raise ValueError(f"checkpoint.best_metric={self.metric!r} is not an eval metric; choices: {choices}")
+        value = float(metrics[self.metric])
+        if not self.better(value):
+            return False
+        step = int(jax.device_get(state["step"]))
+        if self._mgr is None:
+            options = ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=False, create=True)
+            self._mgr = ocp.CheckpointManager(self.dir, options=options)
+        if step not in self._mgr.all_steps():
+            self._mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)), force=True)
+            self._mgr.wait_until_finished()
+        self.record = {"step": step, "metric": self.metric, "mode": self.mode, "value": value}
+        if jax.process_index() == 0:
+            self.record_path.write_text(json.dumps(self.record, indent=2) + "\n")
+        log.info("New best %s = %.4g at step %d (kept in %s)", self.metric, value, step, self.dir)
+        return True
+
+    def close(self) -> None:
+        if self._mgr is not None:
+            self._mgr.close()

@@ -13,6 +13,7 @@ from jax.sharding import PartitionSpec as P
 from jaxgen import config as config_lib
 from jaxgen import data, parallel
 from jaxgen.data import augment
+from jaxgen.evaluation import quality
 from jaxgen.models import gan as gan_models
 from jaxgen.objectives import gan as gan_obj
 from jaxgen.reporting import images, plots
@@ -142,6 +143,16 @@ class GANTask:
             real_sum += float(jnp.sum(real))
             fake_sum += float(jnp.sum(fake))
         return {"d_real": real_sum / n, "d_fake": fake_sum / n, "num_examples": n}
+
+    def samples(self, state, n: int) -> np.ndarray:
+        """n samples (uint8 [n, H, W, C]) of the evaluated G (EMA when kept), from a fixed stream of latents:
+        the same latents at every evaluation. Generated in batches of eval.batch_size on this process."""
+        g, bs = self.sampling_g(state), self.config.eval.batch_size
+        key = jax.random.fold_in(jax.random.key(self.config.seed), state_lib.EVAL_STREAM + 3)
+        out = [quality.to_uint8(self._generate(g, jax.random.normal(jax.random.fold_in(key, i),
+                                                                     (bs, self.generator.latent_dim))), (-1.0, 1.0))
+               for i in range(0, n, bs)]
+        return np.concatenate(out)[:n]
 
     def eval_line(self, ev: dict) -> str:
         return f"D(x) {ev['d_real']:.3f}, D(G(z)) {ev['d_fake']:.3f} on {ev['num_examples']} test images/samples"

@@ -1,4 +1,5 @@
-"""`train_and_evaluate(config, workdir)`: the whole run, resumable; `evaluate_checkpoint` for --mode=eval.
+"""`train_and_evaluate(config, workdir)`: the whole run, resumable; `evaluate_checkpoint` for --mode=eval,
+`sample_checkpoint` for --mode=sample.
 
 One driver for every task. The task (jaxgen.training.vae_task.VAETask, gan_task.GANTask, picked by
 `config.task`) builds the data, models, optimizers and compiled functions; the driver owns the order of things:
@@ -15,7 +16,10 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from jaxgen import data as data_lib
 from jaxgen import parallel, registry
+from jaxgen.evaluation import quality
+from jaxgen.reporting import images
 from jaxgen.reporting.writer import MetricWriter
 from jaxgen.training import checkpoint, gan_task, vae_task
 from jaxgen.training import workdir as wd
@@ -50,6 +54,39 @@ def restore_or_init(task):
     return mgr, state
 
 
+def sample_quality(task) -> quality.SampleQuality | None:
+    """The run's sample-quality evaluator (None without eval.extractors): extractors loaded and the reference
+    features computed or read from the cache now, so that missing weights fail before any training."""
+    c = task.config
+    if not c.eval.extractors:
+        return None
+    split = c.eval.reference_split or c.data.test_split
+    ref = task.test if split == c.data.test_split else data_lib.load(c.data, split)
+    return quality.SampleQuality(c, task.mesh, task.train, ref, split)
+
+
+def evaluate(task, state, final: bool, sq: quality.SampleQuality | None) -> dict:
+    """The task's own evaluation, plus sample quality on eval.num_samples samples when extractors are set."""
+    ev = task.evaluate(state, final=final)
+    if sq is not None:
+        ev["sample_quality"] = sq.evaluate(task.samples(state, sq.num_samples), full=final)
+    return ev
+
+
+def scalars(ev: dict) -> dict:
+    """The numbers of an eval dict, sample-quality blocks flattened to 'extractor/metric'."""
+    out = {k: v for k, v in ev.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    out.update(quality.flatten(ev.get("sample_quality", {})))
+    return out
+
+
+def eval_line(task, ev: dict) -> str:
+    line = task.eval_line(ev)
+    for name, block in ev.get("sample_quality", {}).items():
+        line += f"; {name} FID {block['fid']:.2f} ({block['num_samples']} samples)"
+    return line
+
+
 def _first_nonfinite(metrics: dict, headline) -> tuple[int, list[str]] | None:
     """(step, names of non-finite metrics) of the first step in stacked host metrics with finite == 0."""
     bad = np.flatnonzero(np.asarray(metrics["finite"]) == 0)
@@ -71,6 +108,9 @@ def train_and_evaluate(config, workdir) -> dict:
     log.info("%d devices (%d processes); global batch %d; %s", jax.device_count(), jax.process_count(),
              c.train.batch_size, task.describe())
     mgr, state = restore_or_init(task)
+    sq = sample_quality(task)
+    best_name = quality.best_metric(c)
+    best = checkpoint.BestKeeper(workdir, best_name, c.checkpoint.best_mode) if best_name else None
     train_fn = task.compile_train()
     train_data = parallel.put_replicated({"image": task.train.image}, task.mesh)
     writer = MetricWriter(workdir)
@@ -100,7 +140,8 @@ def train_and_evaluate(config, workdir) -> dict:
             done = step == c.train.steps
             due_log = step % c.train.log_every == 0 or done
             due_ckpt = step % c.checkpoint.every == 0 or done
-            if due_log or due_ckpt:
+            due_eval = bool(c.eval.every) and step % c.eval.every == 0 and not done
+            if due_log or due_ckpt or due_eval:  # every step so far gets checked finite
                 host = jax.device_get(pending)
                 for m in host:
                     check(m)
@@ -118,17 +159,22 @@ def train_and_evaluate(config, workdir) -> dict:
                     bar.set_postfix({**{h: f"{means[h]:.3g}" for h in task.headline}, "img_s": f"{ips:,.0f}"})
             if due_ckpt:  # every step so far was checked finite: the state is safe to keep
                 checkpoint.save(mgr, state, force=True)
-            if c.eval.every and step % c.eval.every == 0 and not done:
-                ev = task.evaluate(state, final=False)
-                writer.write(step, "eval", ev)
-                log.info("step %d eval: %s", step, task.eval_line(ev))
+            if due_eval:
+                ev = evaluate(task, state, False, sq)
+                writer.write(step, "eval", scalars(ev))
+                log.info("step %d eval: %s", step, eval_line(task, ev))
+                if best is not None:
+                    best.update(state, scalars(ev))
                 task.save_images(state, suffix=f"_{step:07d}")
     finally:
         if bar is not None:
             bar.close()
         mgr.wait_until_finished()
     train_time = time.perf_counter() - t0
-    final = _final_eval(task, state, writer)
+    final = _final_eval(task, state, writer, sq)
+    if best is not None:
+        best.update(state, scalars(final))
+        best.close()
     mgr.close()
     writer.close()
     steps_run = step - start
@@ -154,12 +200,12 @@ def _check_finite(host_metrics: dict, mgr, workdir: Path, headline) -> None:
     )
 
 
-def _final_eval(task, state, writer: MetricWriter) -> dict:
+def _final_eval(task, state, writer: MetricWriter, sq) -> dict:
     t = time.perf_counter()
-    final = task.evaluate(state, final=True)
+    final = evaluate(task, state, True, sq)
     final["eval_seconds"] = time.perf_counter() - t
     step = int(jax.device_get(state["step"]))
-    writer.write(step, "eval", final)
+    writer.write(step, "eval", scalars(final))
     if jax.process_index() == 0:
         record = {"step": step, **task.eval_record(state), **final}
         (task.workdir / "eval.json").write_text(json.dumps(record, indent=2) + "\n")
@@ -178,8 +224,35 @@ def evaluate_checkpoint(config, workdir) -> dict:
         raise FileNotFoundError(f"no readable checkpoint in {workdir / 'checkpoints'}; train first "
                                 "(the same command without --mode=eval)")
     writer = MetricWriter(workdir)
-    final = _final_eval(task, state, writer)
+    final = _final_eval(task, state, writer, sample_quality(task))
     writer.close()
     mgr.close()
-    log.info("eval of step %d: %s", int(jax.device_get(state["step"])), json.dumps(final))
+    log.info("eval of step %d: %s", int(jax.device_get(state["step"])), eval_line(task, final))
     return final
+
+
+def sample_checkpoint(config, workdir) -> Path:
+    """--mode=sample: sample.num samples of the newest checkpoint (EMA weights where kept) as
+    <workdir>/samples/step_<step>.npz (uint8 images [N, H, W, C]) and PNG grids of sample.per_grid images."""
+    workdir = wd.prepare(workdir)
+    wd.setup_logging(workdir)
+    task = build_task(config, workdir)
+    mgr, state = restore(task)
+    mgr.close()
+    if state is None:
+        raise FileNotFoundError(f"no readable checkpoint in {workdir / 'checkpoints'}; train first "
+                                "(the same command without --mode=sample)")
+    step = int(jax.device_get(state["step"]))
+    samples = task.samples(state, config.sample.num)
+    out = workdir / "samples"
+    path = out / f"step_{step:07d}.npz"
+    if jax.process_index() == 0:
+        out.mkdir(exist_ok=True)
+        np.savez(path, images=samples, step=step)
+        per = config.sample.per_grid
+        for i in range(0, len(samples), per):
+            images.save_png(out / f"step_{step:07d}_{i // per:03d}.png", samples[i : i + per] / np.float32(255),
+                            scale=1)
+    log.info("Wrote %d samples of step %d to %s (and %d PNG grids)", len(samples), step, path,
+             -(-len(samples) // config.sample.per_grid))
+    return path

@@ -10,6 +10,7 @@ import numpy as np
 
 from jaxgen import config as config_lib
 from jaxgen import data, models, objectives, parallel
+from jaxgen.evaluation import quality
 from jaxgen.evaluation import vae as vae_eval
 from jaxgen.objectives import vae as vae_obj
 from jaxgen.reporting import images, plots
@@ -69,6 +70,16 @@ class VAETask:
         return vae_eval.evaluate(self.eval_fn, state_lib.eval_params(state), self.eval_images, mesh=self.mesh,
                                  key=key, batch_size=c.eval.batch_size,
                                  nll_k=c.eval.final_nll_k if final else c.eval.nll_k, nll_chunk=c.eval.nll_chunk)
+
+    def samples(self, state, n: int) -> np.ndarray:
+        """n samples (uint8 [n, H, W, C]): the likelihood's mean at z ~ N(0, I) from a fixed stream of latents,
+        rounded to 0..255 as a PNG writer would. Generated in batches of eval.batch_size on this process."""
+        c, params, bs = self.config, state_lib.eval_params(state), self.config.eval.batch_size
+        key = jax.random.fold_in(jax.random.key(c.seed), state_lib.EVAL_STREAM + 3)
+        out = [quality.to_uint8(vae_eval.sample_images(params, jax.random.fold_in(key, i), model=self.model, n=bs,
+                                                       likelihood=c.objective.likelihood), (0.0, 1.0))
+               for i in range(0, n, bs)]
+        return np.concatenate(out)[:n]
 
     def eval_line(self, ev: dict) -> str:
         return f"elbo {ev['elbo']:.2f} nll(k={ev['nll_k']}) {ev['nll']:.2f}"

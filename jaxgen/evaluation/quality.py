@@ -1,0 +1,220 @@
+"""Sample quality against a dataset: FID, KID, IS, precision/recall and density/coverage on a named extractor's
+features, with the reference side computed once per dataset, split, extractor and count, and cached.
+
+Extractors (`eval.extractors` in the config):
+  inception   pytorch-fid's InceptionV3 (pool3, 2048-d; its 1008 logits for IS), jaxgen.evaluation.inception.
+              Needs the weights file once (`python -m jaxgen.evaluation.inception check` says where).
+  classifier  a small classifier jaxgen trains on the dataset's labels (jaxgen.evaluation.classifier): 128-d
+              features and class probabilities; offline, for labelled digit-like data such as mnist_5k.
+
+Samples and reference images go in as uint8 [N, H, W, C], the form images are saved and read in, so a number
+here is the number pytorch-fid gives on the same images written as PNG files. Each extractor's block in eval.json
+carries its name, the reference (dataset, split, count) and the sample count beside the numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from jaxgen import registry
+from jaxgen.data.image_folder import data_dir
+from jaxgen.evaluation import sample_metrics
+
+log = logging.getLogger("jaxgen")
+
+REFERENCE_CACHE_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Extractor:
+    """name: a key of EXTRACTORS; description: what stands beside the numbers; key: what the cached reference
+    features depend on (the weights); features: uint8 images [N, H, W, C] -> (features [N, D], class
+    probabilities [N, K] or None); recommended: the sample count below which FID is warned about."""
+
+    name: str
+    description: str
+    key: str
+    features: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]
+    recommended: int
+    inception_score: bool = False  # its probabilities are over ImageNet-like classes: report IS
+    class_histograms: bool = False  # its probabilities are over the dataset's labels: report class coverage
+
+
+def check_names(names) -> tuple[str, ...]:
+    """The names, each a key of EXTRACTORS or 'package.module:function' (an unknown one lists the choices)."""
+    names = tuple(names)
+    for n in names:
+        registry.resolve("feature extractor (eval.extractors)", n, EXTRACTORS)
+    return names
+
+
+def build(name: str, config, mesh, train_data) -> Extractor:
+    """The extractor `name` for a run of `config` on `mesh` (train_data: the labelled train split, for the
+    classifier). A user's own is a function `fn(config, mesh, train_data) -> Extractor`."""
+    return registry.resolve("feature extractor (eval.extractors)", name, EXTRACTORS)(config, mesh, train_data)
+
+
+def _inception(config, mesh, train_data) -> Extractor:
+    del train_data
+    e = config.eval
+    from jaxgen.evaluation import inception  # noqa: PLC0415 (loads only when asked for)
+
+    variables = inception.load_params(e.inception_weights or None)
+    fn = inception.make_extractor(variables, mesh)
+    digest = hashlib.sha1(b"".join(np.asarray(v).tobytes() for v in _leaves(variables))).hexdigest()[:12]
+
+    def features(images):
+        out = inception.extract(fn, images, batch_size=e.batch_size, mesh=mesh, desc="inception features")
+        logits = out["logits"].astype(np.float64)
+        probs = np.exp(logits - logits.max(1, keepdims=True))
+        return out["pool"], probs / probs.sum(1, keepdims=True)
+
+    return Extractor("inception", "pytorch-fid InceptionV3 pool3 (2048-d), 1008-way logits for IS; bilinear "
+                     "resize to 299, inputs in [-1, 1]", f"inception_{digest}", features,
+                     sample_metrics.FID_RECOMMENDED_SAMPLES, inception_score=True)
+
+
+def _classifier(config, mesh, train_data) -> Extractor:
+    del mesh
+    e = config.eval
+    from jaxgen.evaluation import classifier  # noqa: PLC0415
+
+    labels = np.asarray(train_data.label)
+    if len(np.unique(labels)) < 2:
+        raise ValueError(f"eval.extractors has 'classifier', which trains on the dataset's labels, but "
+                         f"{config.data.name!r} has {len(np.unique(labels))} label value(s); use 'inception' or "
+                         "remove 'classifier' from eval.extractors")
+    params = classifier.load_or_train(config.data, train_data.image, labels, steps=e.classifier_steps)
+    digest = hashlib.sha1(b"".join(np.asarray(v).tobytes() for v in _leaves(params))).hexdigest()[:12]
+    return Extractor("classifier", f"jaxgen's metric classifier trained {e.classifier_steps} steps on "
+                     f"{config.data.name} {config.data.train_split} labels (128-d features)", f"classifier_{digest}",
+                     lambda images: classifier.embed(params, images, batch=e.batch_size), 256, class_histograms=True)
+
+
+EXTRACTORS = {"inception": _inception, "classifier": _classifier}
+
+
+def _leaves(tree):
+    import jax  # noqa: PLC0415
+
+    return jax.tree.leaves(tree)
+
+
+def check_images(images: np.ndarray, what: str) -> np.ndarray:
+    a = np.asarray(images)
+    if a.dtype != np.uint8 or a.ndim != 4 or a.shape[-1] not in (1, 3):
+        raise ValueError(f"{what}: expected uint8 images [N, H, W, C] with C = 1 or 3, got {a.dtype} {a.shape}; "
+                         "convert floats in [0, 1] with np.clip(np.round(x * 255), 0, 255).astype(np.uint8)")
+    return a
+
+
+def reference(extractor: Extractor, images: np.ndarray, *, data_config, split: str) -> dict:
+    """Features (and class probabilities) of the real images, cached in <data dir>/jaxgen_cache/reference/."""
+    images = check_images(images, f"reference images ({data_config.name} {split})")
+    digest = hashlib.sha1(images.tobytes()).hexdigest()[:12]
+    name = data_config.name.replace(":", "_").replace("/", "_")
+    path = (data_dir(data_config) / "jaxgen_cache" / "reference"
+            / f"{name}_{split}_{len(images)}_{digest}_{extractor.key}_v{REFERENCE_CACHE_VERSION}.npz")
+    if path.exists():
+        try:
+            with np.load(path) as z:
+                return {k: z[k] for k in z.files}
+        except (OSError, ValueError) as e:
+            log.warning("Cached reference features %s cannot be read (%s); computing them again", path, e)
+    log.info("Reference features: %s %s, %d images, %s (cached in %s)", data_config.name, split, len(images),
+             extractor.name, path)
+    feats, probs = extractor.features(images)
+    ref = {"features": np.asarray(feats, np.float32)}
+    if probs is not None:
+        ref["probs"] = np.asarray(probs, np.float32)
+    _save(path, ref)
+    return ref
+
+
+def _save(path: Path, arrays: dict) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, **arrays)
+        tmp.replace(path)
+    except OSError as e:  # a read-only data dir: the metrics still work, the features are recomputed next time
+        log.warning("Could not cache reference features at %s: %s", path, e)
+
+
+def compare(extractor: Extractor, ref: dict, samples: np.ndarray, *, full: bool, reference_name: str,
+            seed: int = 0) -> dict:
+    """Metrics of uint8 `samples` against the cached reference `ref`.
+
+    Always FID (and IS where the extractor gives class probabilities, class histograms for the classifier);
+    with `full`, also KID (100 subsets of up to 1000), precision/recall (k=3) and density/coverage (k=5).
+    """
+    samples = check_images(samples, "generated samples")
+    feats, probs = extractor.features(samples)
+    real = ref["features"]
+    out = {"extractor": extractor.description, "reference": reference_name, "num_reference": int(len(real)),
+           "num_samples": int(len(feats))}
+    stats = lambda f: sample_metrics.feature_statistics(f, extractor.recommended)
+    out["fid"] = sample_metrics.frechet_distance(*stats(real), *stats(feats))
+    if probs is not None and extractor.inception_score and len(probs) >= 10:
+        out["is_mean"], out["is_std"] = sample_metrics.inception_score(probs, splits=10)
+    if probs is not None and extractor.class_histograms:
+        k = probs.shape[1]
+        hr = np.bincount(ref["probs"].argmax(1), minlength=k) / len(ref["probs"])
+        hg = np.bincount(probs.argmax(1), minlength=k) / len(probs)
+        present = hr > 0
+        out.update(class_tv=float(0.5 * np.abs(hr - hg).sum()),
+                   class_coverage=float(np.mean(hg[present] >= 0.5 * hr[present])),
+                   class_histogram=hg.round(4).tolist(), data_class_histogram=hr.round(4).tolist())
+    if full:
+        out["kid_mean"], out["kid_std"] = sample_metrics.kernel_inception_distance(real, feats, seed=seed)
+        out["precision"], out["recall"] = sample_metrics.precision_recall(real, feats, k=3)
+        out["density"], out["coverage"] = sample_metrics.density_coverage(real, feats, k=5)
+    return out
+
+
+def to_uint8(images: np.ndarray, value_range: tuple[float, float]) -> np.ndarray:
+    """Float images in `value_range` -> uint8 0..255, rounded as a PNG writer does."""
+    lo, hi = value_range
+    x = (np.asarray(images, np.float32) - lo) / (hi - lo)
+    return np.clip(np.round(x * 255.0), 0, 255).astype(np.uint8)
+
+
+class SampleQuality:
+    """The run's sample-quality evaluator: its extractors and their cached reference features, built once.
+
+    reference: the real images (ImageData) the samples are compared with; `split` names them.
+    """
+
+    def __init__(self, config, mesh, train_data, reference_data, split: str):
+        self.names = check_names(config.eval.extractors)
+        self.num_samples = int(config.eval.num_samples)
+        self.seed = int(config.seed)
+        self.reference_name = f"{config.data.name} {split}"
+        self.extractors = [build(n, config, mesh, train_data) for n in self.names]
+        self.refs = {e.name: reference(e, reference_data.image, data_config=config.data, split=split)
+                     for e in self.extractors}
+
+    def evaluate(self, samples: np.ndarray, *, full: bool) -> dict:
+        """{extractor name: metrics block} for uint8 samples."""
+        return {e.name: compare(e, self.refs[e.name], samples, full=full, reference_name=self.reference_name,
+                                seed=self.seed) for e in self.extractors}
+
+
+def flatten(blocks: dict) -> dict:
+    """{'inception': {'fid': 3.1, ...}} -> {'inception/fid': 3.1, ...}: the numbers, for metrics.jsonl."""
+    return {f"{name}/{k}": v for name, block in blocks.items() for k, v in block.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def best_metric(config) -> str | None:
+    """The eval metric the best checkpoint is kept by (checkpoint.best_metric), or None."""
+    m = config.checkpoint.best_metric
+    if m == "auto":
+        return f"{config.eval.extractors[0]}/fid" if config.eval.extractors else None
+    return m or None

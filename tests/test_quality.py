@@ -1,0 +1,115 @@
+"""Sample quality as training and --mode=eval compute it: extractors by name (a user's own too), reference features
+cached per dataset, split and extractor, metrics equal to sample_metrics on the same features, the best-checkpoint
+keeper, and the errors for bad names and bad images."""
+
+import json
+
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from jaxgen import config as config_lib
+from jaxgen.evaluation import quality, sample_metrics
+from jaxgen.registry import UnknownNameError
+from jaxgen.training import checkpoint
+
+CALLS = []
+
+
+def pixel_extractor(config, mesh, train_data):
+    """A user's extractor (loaded by import path below): the flattened pixels of an 8x8 average-pooled image."""
+
+    def features(images):
+        CALLS.append(len(images))
+        x = images.astype(np.float64).reshape(len(images), 8, images.shape[1] // 8, 8, images.shape[2] // 8, -1)
+        return x.mean((2, 4)).reshape(len(images), -1), None
+
+    return quality.Extractor("pixels", "8x8 mean-pooled pixels", "pixels_v1", features, recommended=64)
+
+
+def _config(tmp_path, extractors=("tests.test_quality:pixel_extractor",)):
+    c = config_lib.gan_config()
+    c.data.name = "mnist_5k"
+    c.data.data_dir = str(tmp_path / "data")
+    c.eval.extractors = extractors
+    c.eval.num_samples = 300
+    return c
+
+
+def _images(n, seed, shift=0):
+    rng = np.random.default_rng(seed)
+    return np.clip(rng.normal(128 + shift, 40, (n, 16, 16, 1)), 0, 255).astype(np.uint8)
+
+
+def test_a_users_extractor_gives_sample_metrics_numbers_and_the_reference_is_cached(tmp_path):
+    c = _config(tmp_path)
+    real = ml_collections.ConfigDict({"image": _images(400, 0), "label": np.zeros(400, np.int32)})
+    CALLS.clear()
+    sq = quality.SampleQuality(c, None, real, real, "test")
+    sq2 = quality.SampleQuality(c, None, real, real, "test")  # the second run reads the cached reference
+    assert CALLS == [400]
+    np.testing.assert_array_equal(sq.refs["pixels"]["features"], sq2.refs["pixels"]["features"])
+    fake = _images(300, 1, shift=20)
+    block = sq.evaluate(fake, full=True)["pixels"]
+    pixels = pixel_extractor(None, None, None).features
+    r, f = pixels(real.image)[0], pixels(fake)[0]
+    fid = sample_metrics.frechet_distance(*sample_metrics.feature_statistics(r), *sample_metrics.feature_statistics(f))
+    np.testing.assert_allclose(block["fid"], fid, rtol=1e-5)
+    np.testing.assert_allclose(block["kid_mean"], sample_metrics.kernel_inception_distance(r, f)[0], rtol=1e-4)
+    assert (block["precision"], block["recall"]) == pytest.approx(sample_metrics.precision_recall(r, f), abs=1e-6)
+    assert block["num_samples"] == 300 and block["num_reference"] == 400 and block["reference"] == "mnist_5k test"
+    assert block["extractor"] == "8x8 mean-pooled pixels"
+    same = sq.evaluate(_images(300, 2), full=False)["pixels"]
+    assert same["fid"] < block["fid"] / 5 and "kid_mean" not in same  # only FID (and IS) at intermediate evals
+    assert quality.flatten({"pixels": same}) == {"pixels/fid": same["fid"], "pixels/num_reference": 400,
+                                                  "pixels/num_samples": 300}
+
+
+def test_unknown_extractor_lists_the_choices_before_any_work(tmp_path):
+    c = _config(tmp_path, ("inceptoin",))
+    with pytest.raises(UnknownNameError, match="'inceptoin'; choices: classifier, inception"):
+        config_lib.check(c)
+
+
+def test_the_classifier_extractor_needs_labels(tmp_path):
+    c = _config(tmp_path, ("classifier",))
+    data = ml_collections.ConfigDict({"image": _images(40, 0), "label": np.zeros(40, np.int32)})
+    with pytest.raises(ValueError, match="trains on the dataset's labels.*1 label value"):
+        quality.build("classifier", c, None, data)
+
+
+def test_images_of_the_wrong_kind_are_refused_with_the_conversion():
+    with pytest.raises(ValueError, match=r"uint8 images \[N, H, W, C\].*np.clip\(np.round"):
+        quality.check_images(np.zeros((2, 8, 8, 3), np.float32), "generated samples")
+    with pytest.raises(ValueError, match="C = 1 or 3"):
+        quality.check_images(np.zeros((2, 8, 8, 2), np.uint8), "generated samples")
+    assert quality.to_uint8(np.array([-1.0, 0.0, 1.0]), (-1.0, 1.0)).tolist() == [0, 128, 255]
+
+
+def test_best_metric_auto_is_the_first_extractors_fid():
+    c = config_lib.gan_config()
+    assert quality.best_metric(c) is None
+    c.eval.extractors = ("classifier", "inception")
+    assert quality.best_metric(c) == "classifier/fid"
+    c.checkpoint.best_metric = "d_real"
+    assert quality.best_metric(c) == "d_real"
+    c.checkpoint.best_metric = ""
+    assert quality.best_metric(c) is None
+
+
+def test_the_best_keeper_keeps_the_best_and_remembers_it_across_runs(tmp_path):
+    state = lambda step: {"step": jnp.asarray(step), "w": jnp.full((3,), float(step))}
+    keeper = checkpoint.BestKeeper(tmp_path, "x/fid", "min")
+    assert keeper.update(state(10), {"x/fid": 5.0})
+    assert not keeper.update(state(20), {"x/fid": 7.0})
+    assert not keeper.update(state(25), {"x/fid": float("nan")})
+    assert keeper.update(state(30), {"x/fid": 4.0})
+    keeper.close()
+    assert sorted(p.name for p in (tmp_path / "best").iterdir()) == ["30", "best.json"]  # one kept at a time
+    resumed = checkpoint.BestKeeper(tmp_path, "x/fid", "min")  # a resumed run compares with the stored best
+    assert not resumed.update(state(40), {"x/fid": 4.5})
+    with pytest.raises(ValueError, match="'y/fid' is not an eval metric; choices: x/fid"):
+        checkpoint.BestKeeper(tmp_path, "y/fid", "min").update(state(50), {"x/fid": 1.0})
+    assert json.loads((tmp_path / "best" / "best.json").read_text())["step"] == 30
+    resumed.close()
