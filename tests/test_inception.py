@@ -174,7 +174,7 @@ def test_pth_reader_reads_what_torch_saved(zip_format, tmp_path):
     got = inception.read_torch_state_dict(path)
     assert got.keys() == sd.keys()
     for k, v in sd.items():
-        np.testing.assert_array_equal(got[k].astype(np.float64), v.float().numpy().astype(np.float64), err_msg=k)
+        np.testing.assert_array_equal(got[k].astype(np.float64), v.double().numpy(), err_msg=k)
         assert got[k].shape == tuple(v.shape)
     assert got["steps"].dtype == np.int64 and got["mask"].dtype == np.bool_ and got["half"].dtype == np.float16
 
@@ -212,7 +212,8 @@ def test_missing_weights_say_where_to_put_them(cache):
 
 def test_a_file_with_the_wrong_hash_is_refused(cache, weights):
     torch = pytest.importorskip("torch")
-    path = _save(torch, weights[1], cache.parent / "other.pth")
+    cache.mkdir(parents=True)
+    path = _save(torch, weights[1], cache / "other.pth")
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     with pytest.raises(ValueError, match=f"sha256 is {digest}, expected one starting with {inception.SHA256_PREFIX}"):
         inception.load_params(path)

@@ -50,11 +50,11 @@ from jaxgen import parallel
 
 WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d"
 WEIGHTS_URL = f"https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/{WEIGHTS_NAME}.pth"
-# torch.hub's naming convention: the hex digits after the last '-' begin the file's sha256. Only this prefix is
-# checked: pytorch-fid publishes no full digest. Projects that pin torch-fidelity's re-release of the same weights
-# (weights-inception-2015-12-05-6726825d.pth, 95,628,359 bytes) record the sha256
-# 6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2; it could not be checked against pytorch-fid's
-# file here (no network), so it is not enforced.
+# torch.hub's naming convention: the hex digits after the last '-' begin the file's sha256. That prefix is what is
+# checked: pytorch-fid publishes no full digest. Public projects pin torch-fidelity's copy of these weights,
+# weights-inception-2015-12-05-6726825d.pth (95,628,359 bytes), at sha256
+# 6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2: the same prefix, so very likely the same bytes,
+# but it could not be checked against pytorch-fid's file here (no network), so the full digest is not enforced.
 SHA256_PREFIX = "6726825d"
 ENV_WEIGHTS = "JAXGEN_INCEPTION_WEIGHTS"
 ENV_CACHE = "JAXGEN_CACHE_DIR"
@@ -214,12 +214,15 @@ def _check_images(images) -> None:
 def _resize_matrix(n_in: int, n_out: int) -> np.ndarray:
     """[n_out, n_in] weights of torch's bilinear `F.interpolate(align_corners=False)` along one axis, no antialias.
 
-    Source coordinate (o + 0.5) * n_in / n_out - 0.5, clamped at 0, computed in float32 as torch does on CPU."""
+    The source coordinate max((o + 0.5) * n_in / n_out - 0.5, 0) is rounded as torch 2.13's CPU kernel rounds it: the
+    scale in float32, then a fused multiply-add (exact in float64, rounded once to float32). That gave torch's weights
+    bit for bit for 28..1024 -> 299; plain float32 arithmetic was off by up to 1.5e-5 near 300."""
     scale = np.float32(n_in) / np.float32(n_out)
-    src = np.maximum(scale * (np.arange(n_out, dtype=np.float32) + np.float32(0.5)) - np.float32(0.5), 0)
+    src = (np.float64(scale) * (np.arange(n_out, dtype=np.float64) + 0.5) - 0.5).astype(np.float32)
+    src = np.maximum(src, np.float32(0))
     i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
     i1 = np.minimum(i0 + 1, n_in - 1)
-    w1 = (src - i0).astype(np.float32)
+    w1 = src - i0.astype(np.float32)
     m = np.zeros((n_out, n_in), np.float32)
     np.add.at(m, (np.arange(n_out), i0), np.float32(1) - w1)
     np.add.at(m, (np.arange(n_out), i1), w1)
@@ -458,15 +461,17 @@ def _load_file(path: Path) -> dict:
     return _from_npz(path) if path.suffix == ".npz" else _from_pth(path)[0]
 
 
-def _missing_message(first: str) -> str:
+def _missing_message(problem: str) -> str:
     d = cache_dir()
-    return (f"{first} jaxgen's Inception weights (pytorch-fid's, for FID/KID/IS) were not found. Looked at: the "
-            f"explicit path (config `{CONFIG_FIELD}`), ${ENV_WEIGHTS} ({os.environ.get(ENV_WEIGHTS) or 'not set'}), "
-            f"{d / (WEIGHTS_NAME + '.npz')} and {d / (WEIGHTS_NAME + '.pth')}. Download {WEIGHTS_URL} "
-            f"(about 96 MB) and put it at {d / (WEIGHTS_NAME + '.pth')} (the cache dir is ${ENV_CACHE}/inception or "
-            f"~/.cache/jaxgen/inception), or point `{CONFIG_FIELD}` or ${ENV_WEIGHTS} at the .pth or a converted "
-            "npz; or let jaxgen download it: `python -m jaxgen.evaluation.inception download`, load_params(..., "
-            "allow_download=True).")
+    npz, pth = d / f"{WEIGHTS_NAME}.npz", d / f"{WEIGHTS_NAME}.pth"
+    return (f"Inception weights (pytorch-fid's, for FID/KID/IS) not found: {problem}\n"
+            f"Looked at, in order: a path given as `{CONFIG_FIELD}`, ${ENV_WEIGHTS} "
+            f"({os.environ.get(ENV_WEIGHTS) or 'not set'}), {npz}, {pth}.\n"
+            f"Either download {WEIGHTS_URL} (about 96 MB) to {pth} (the cache dir is "
+            f"${ENV_CACHE}/inception, by default ~/.cache/jaxgen/inception),\n"
+            f"or set `{CONFIG_FIELD}` or ${ENV_WEIGHTS} to that .pth or to an .npz converted from it,\n"
+            "or let jaxgen fetch it: `python -m jaxgen.evaluation.inception download` "
+            "(load_params(allow_download=True)).")
 
 
 def _download(dst: Path) -> None:
@@ -497,7 +502,7 @@ def load_params(path=None, *, allow_download: bool = False) -> dict:
         return _from_npz(npz)
     if not pth.is_file():
         if not allow_download:
-            raise WeightsNotFoundError(_missing_message("No weights in the cache dir and allow_download=False."))
+            raise WeightsNotFoundError(_missing_message("nothing in the cache dir, and allow_download is False."))
         _download(pth)
     variables, digest = _from_pth(pth)
     try:
@@ -536,17 +541,20 @@ def make_extractor(variables, mesh: jax.sharding.Mesh):
     return fn
 
 
-def extract(fn, images: np.ndarray, *, batch_size: int, mesh, desc: str = "features") -> dict[str, np.ndarray]:
+def extract(fn, images: np.ndarray, *, batch_size: int, mesh, desc: str = "features",
+            progress: bool = True) -> dict[str, np.ndarray]:
     """Features of host uint8 images [N, H, W, 1 or 3]: {'pool': [N, 2048], 'logits': [N, 1008]} float32 numpy.
 
     Runs `fn` (from make_extractor) over batches of `batch_size` rounded up to a multiple of the device count; the
-    last batch is padded to the same size (one compilation) and the padding dropped. A tqdm bar on process 0."""
+    last batch is padded to the same size (one compilation) and the padding dropped. A tqdm bar on process 0 when
+    `progress`."""
     _check_images(images)
     n, devices = len(images), mesh.size
     out = {"pool": [np.zeros((0, 2048), np.float32)], "logits": [np.zeros((0, 1008), np.float32)]}
     b = -(-min(batch_size, max(n, 1)) // devices) * devices
     pending = None
-    with tqdm(total=n, desc=desc, unit="img", disable=jax.process_index() != 0, leave=False) as bar:
+    with tqdm(total=n, desc=desc, unit="img", disable=not progress or jax.process_index() != 0,
+              leave=False) as bar:
 
         def collect(job):
             res, k = job

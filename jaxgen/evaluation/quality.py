@@ -69,14 +69,19 @@ def _inception(config, mesh, train_data) -> Extractor:
     fn = inception.make_extractor(variables, mesh)
     digest = hashlib.sha1(b"".join(np.asarray(v).tobytes() for v in _leaves(variables))).hexdigest()[:12]
 
+    # IS as the original code (openai/improved-gan) and torch-fidelity compute it: softmax of pool3 @ W, no bias.
+    fc_bias = np.asarray(variables["params"]["fc"]["bias"], np.float64)
+
     def features(images):
-        out = inception.extract(fn, images, batch_size=e.batch_size, mesh=mesh, desc="inception features")
-        logits = out["logits"].astype(np.float64)
+        out = inception.extract(fn, images, batch_size=e.batch_size, mesh=mesh, desc="inception features",
+                                progress=bool(config.output.progress))
+        logits = out["logits"].astype(np.float64) - fc_bias
         probs = np.exp(logits - logits.max(1, keepdims=True))
         return out["pool"], probs / probs.sum(1, keepdims=True)
 
-    return Extractor("inception", "pytorch-fid InceptionV3 pool3 (2048-d), 1008-way logits for IS; bilinear "
-                     "resize to 299, inputs in [-1, 1]", f"inception_{digest}", features,
+    return Extractor("inception", "pytorch-fid InceptionV3 pool3 (2048-d); IS from its 1008-way fc without the "
+                     "bias (as openai/improved-gan, torch-fidelity); bilinear resize to 299, inputs in [-1, 1]",
+                     f"inception_{digest}", features,
                      sample_metrics.FID_RECOMMENDED_SAMPLES, inception_score=True)
 
 
