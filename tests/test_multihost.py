@@ -62,5 +62,8 @@ def test_two_processes_train_like_one(config, tmp_path):
         if key != "eval_seconds" and isinstance(value, float):
             for final in finals:
                 assert final[key] == pytest.approx(value, rel=1e-4, abs=1e-5), key
+    for name, block in single.get("sample_quality", {}).items():  # the same samples, features and FID per process
+        for final in finals:
+            assert final["sample_quality"][name]["fid"] == pytest.approx(block["fid"], rel=1e-4), name
     assert sorted(p.name for p in (tmp_path / "multi" / "checkpoints").iterdir()) == ["10", "20"]
     assert (tmp_path / "multi" / "eval.json").is_file()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 
 import flax.linen as nn
 import jax
@@ -85,7 +86,7 @@ def load_or_train(data_config, images: np.ndarray, labels: np.ndarray, *, steps:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         flat = {"/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(params).items()}
-        tmp = path.with_suffix(".tmp.npz")
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")  # processes sharing the data dir write apart
         np.savez(tmp, **flat)
         tmp.replace(path)
     except OSError as e:  # a read-only data dir: the metric still works, the classifier is retrained next time

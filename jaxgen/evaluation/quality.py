@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -145,7 +146,7 @@ def reference(extractor: Extractor, images: np.ndarray, *, data_config, split: s
 def _save(path: Path, arrays: dict) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npz")
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")  # processes sharing the data dir write apart
         np.savez(tmp, **arrays)
         tmp.replace(path)
     except OSError as e:  # a read-only data dir: the metrics still work, the features are recomputed next time

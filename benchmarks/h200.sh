@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Every speed measurement the issues ask of a lent GPU machine, in one call (benchmarks/README.md: "Running these
+# on the lent H200"). Needs, in the repository root: .whl/ (ml-collections and tensorboardX wheels for Python 3.12)
+# and .devcarry/torch_reference.py (a copy of ../shared/reference/torch_reference.py). Results go to $OUT.
+# Sizes can be shrunk for a dry run on a CPU: SMALL=8 FID_N=64 bash benchmarks/h200.sh
+set -u
+OUT=${OUT:-/tmp/jaxgen_h200}
+mkdir -p "$OUT"
+if ls .whl/*.whl > /dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || exit 1
+fi
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 JAXGEN_TORCH_REFERENCE=$PWD/.devcarry/torch_reference.py
+{
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
+  python3 -c "import jax, flax, optax, torch; print('jax', jax.__version__, 'flax', flax.__version__, 'torch', \
+torch.__version__, jax.devices())"
+} > "$OUT/env.txt" 2>&1
+cd benchmarks || exit 1
+S=${SECONDS_PER:-2}
+B1=${SMALL:-128}
+B2=$(( ${SMALL:-128} * 8 ))
+run() {  # name limit command...
+  local name=$1 limit=$2; shift 2
+  local t0=$SECONDS
+  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
+  echo "$name rc=$? ${limit}s-limit took=$(( SECONDS - t0 ))s" >> "$OUT/env.txt"
+}
+run gan128 150 python3 gan_throughput.py --batches="$B1" --dtypes=float32,bfloat16 --conv-impls=phase,xla --fused=1,4 \
+  --seconds="$S" --repeats=2 --torch-amp --out="$OUT/gan128.json"
+run gan1024 130 python3 gan_throughput.py --batches="$B2" --dtypes=float32,bfloat16 --conv-impls=phase,xla --fused=1 \
+  --seconds="$S" --repeats=2 --torch-amp --out="$OUT/gan1024.json"
+run vae 200 python3 vae_throughput.py --batches="$B1,$B2" --conv-impls=phase,xla --fused=1,10 --seconds="$S" \
+  --repeats=2 --out="$OUT/vae.json"
+run fid 80 python3 fid_timing.py --n="${FID_N:-10000}" --size=28,28,1 --batch=500 --full
