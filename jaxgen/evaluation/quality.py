@@ -179,6 +179,7 @@ def compare(extractor: Extractor, ref: dict, samples: np.ndarray, *, full: bool,
                    class_histogram=hg.round(4).tolist(), data_class_histogram=hr.round(4).tolist())
     if full:
         out["kid_mean"], out["kid_std"] = sample_metrics.kernel_inception_distance(real, feats, seed=seed)
+        out["kid_subsets"] = f"100 x {min(1000, len(real), len(feats))}"  # std is 0 when a subset is a whole set
         out["precision"], out["recall"] = sample_metrics.precision_recall(real, feats, k=3)
         out["density"], out["coverage"] = sample_metrics.density_coverage(real, feats, k=5)
     return out
