@@ -223,6 +223,9 @@ def check(config: ml_collections.ConfigDict) -> None:
     from jaxgen.evaluation import quality  # noqa: PLC0415 (light: numpy only)
 
     quality.check_names(config.eval.extractors)
+    quality.best_metric(config)  # a sample-quality best_metric names an extractor in use and a per-eval metric
+    if config.eval.classifier_steps < 1:
+        raise ValueError(f"eval.classifier_steps must be >= 1, got {config.eval.classifier_steps}")
     if config.eval.extractors and config.eval.num_samples < 2:
         raise ValueError(f"eval.num_samples must be >= 2 for a covariance (>= 2048 for Inception FID), got "
                          f"{config.eval.num_samples}")

@@ -18,7 +18,9 @@ def _runs_on_cpu() -> bool:
         return platforms.split(",")[0] == "cpu"
     from importlib import metadata  # noqa: PLC0415
 
-    names = {(d.metadata["Name"] or "").lower() for d in metadata.distributions()}
+    if metadata.entry_points(group="jax_plugins"):  # PJRT plugins (CUDA, ROCm, Metal, ...) register here
+        return False
+    names = {(d.metadata.get("Name") or "").lower() for d in metadata.distributions()}
     return not any(n.startswith(ACCELERATOR_PLUGINS) for n in names)
 
 

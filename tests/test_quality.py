@@ -28,7 +28,10 @@ def pixel_extractor(config, mesh, train_data):
     return quality.Extractor("pixels", "8x8 mean-pooled pixels", "pixels_v1", features, recommended=64)
 
 
-def _config(tmp_path, extractors=("tests.test_quality:pixel_extractor",)):
+NAME = "tests.test_quality:pixel_extractor"
+
+
+def _config(tmp_path, extractors=(NAME,)):
     c = config_lib.gan_config()
     c.data.name = "mnist_5k"
     c.data.data_dir = str(tmp_path / "data")
@@ -49,9 +52,9 @@ def test_a_users_extractor_gives_sample_metrics_numbers_and_the_reference_is_cac
     sq = quality.SampleQuality(c, None, real, real, "test")
     sq2 = quality.SampleQuality(c, None, real, real, "test")  # the second run reads the cached reference
     assert CALLS == [400]
-    np.testing.assert_array_equal(sq.refs["pixels"]["features"], sq2.refs["pixels"]["features"])
+    np.testing.assert_array_equal(sq.refs[NAME]["features"], sq2.refs[NAME]["features"])
     fake = _images(300, 1, shift=20)
-    block = sq.evaluate(fake, full=True)["pixels"]
+    block = sq.evaluate(fake, full=True)[NAME]  # keyed as in eval.extractors
     pixels = pixel_extractor(None, None, None).features
     r, f = pixels(real.image)[0], pixels(fake)[0]
     fid = sample_metrics.frechet_distance(*sample_metrics.feature_statistics(r), *sample_metrics.feature_statistics(f))
@@ -60,10 +63,11 @@ def test_a_users_extractor_gives_sample_metrics_numbers_and_the_reference_is_cac
     assert (block["precision"], block["recall"]) == pytest.approx(sample_metrics.precision_recall(r, f), abs=1e-6)
     assert block["num_samples"] == 300 and block["num_reference"] == 400 and block["reference"] == "mnist_5k test"
     assert block["extractor"] == "8x8 mean-pooled pixels"
-    same = sq.evaluate(_images(300, 2), full=False)["pixels"]
+    same = sq.evaluate(_images(300, 2), full=False)[NAME]
     assert same["fid"] < block["fid"] / 5 and "kid_mean" not in same  # only FID (and IS) at intermediate evals
-    assert quality.flatten({"pixels": same}) == {"pixels/fid": same["fid"], "pixels/num_reference": 400,
-                                                  "pixels/num_samples": 300}
+    flat = quality.flatten({NAME: same})
+    assert flat == {f"{NAME}/fid": same["fid"], f"{NAME}/num_reference": 400, f"{NAME}/num_samples": 300}
+    assert quality.best_metric(c) in flat  # 'auto': the first extractor's FID, under the name it was given
 
 
 def test_unknown_extractor_lists_the_choices_before_any_work(tmp_path):
@@ -113,3 +117,57 @@ def test_the_best_keeper_keeps_the_best_and_remembers_it_across_runs(tmp_path):
         checkpoint.BestKeeper(tmp_path, "y/fid", "min").update(state(50), {"x/fid": 1.0})
     assert json.loads((tmp_path / "best" / "best.json").read_text())["step"] == 30
     resumed.close()
+
+
+def test_a_stale_or_differently_kept_best_record_is_ignored_and_task_metrics_skip_the_final_eval(tmp_path):
+    state = {"step": jnp.asarray(10), "w": jnp.zeros(2)}
+    keeper = checkpoint.BestKeeper(tmp_path, "x/fid", "min")
+    keeper.update(state, {"x/fid": 1.0})
+    keeper.close()
+    assert checkpoint.BestKeeper(tmp_path, "x/fid", "min", fresh=True).record is None  # a new run in the same dir
+    assert checkpoint.BestKeeper(tmp_path, "x/fid", "max").record is None
+    assert checkpoint.BestKeeper(tmp_path, "x/fid", "min").record["value"] == 1.0
+    nll = checkpoint.BestKeeper(tmp_path / "vae", "nll", "min")
+    assert not nll.update(state, {"nll": 80.0}, final=True)  # the final NLL uses more importance samples
+    assert nll.update(state, {"nll": 90.0})
+    nll.close()
+
+
+def test_a_best_metric_of_an_unused_extractor_or_of_the_final_eval_only_fails_before_any_work(tmp_path):
+    c = _config(tmp_path, ("classifier",))
+    c.checkpoint.best_metric = "inception/fid"
+    with pytest.raises(ValueError, match="'inception', which is not in eval.extractors"):
+        config_lib.check(c)
+    c.checkpoint.best_metric = "classifier/kid_mean"
+    with pytest.raises(ValueError, match="not computed at every eval; choices: classifier/fid"):
+        config_lib.check(c)
+    c.checkpoint.best_metric = "classifier/class_coverage"
+    c.checkpoint.best_mode = "max"
+    config_lib.check(c)
+    c.eval.extractors = ("classifier,inception",)
+    with pytest.raises(ValueError, match="give a tuple"):
+        config_lib.check(c)
+
+
+def test_a_corrupt_reference_cache_is_recomputed(tmp_path):
+    c = _config(tmp_path)
+    real = ml_collections.ConfigDict({"image": _images(100, 0), "label": np.zeros(100, np.int32)})
+    sq = quality.SampleQuality(c, None, real, real, "test")
+    (path,) = (tmp_path / "data" / "jaxgen_cache" / "reference").glob("*.npz")
+    path.write_bytes(b"PK\x03\x04 torn")
+    CALLS.clear()
+    again = quality.SampleQuality(c, None, real, real, "test")
+    assert CALLS == [100]
+    np.testing.assert_array_equal(again.refs[NAME]["features"], sq.refs[NAME]["features"])
+
+
+def test_the_torch_reader_refuses_tensor_views_outside_their_storage():
+    import pickle
+
+    from jaxgen.evaluation.torch_pickle import _rebuild_tensor
+
+    storage = np.arange(6, dtype=np.float32)
+    np.testing.assert_array_equal(_rebuild_tensor(storage, 2, (2, 2), (2, 1)), [[2, 3], [4, 5]])
+    for offset, size, stride in ((3, (2, 2), (2, 1)), (-1, (2,), (1,)), (0, (2,), (-1,)), (6, (), ())):
+        with pytest.raises(pickle.UnpicklingError):
+            _rebuild_tensor(storage, offset, size, stride)

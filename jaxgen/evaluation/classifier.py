@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import tempfile
 
 import flax.linen as nn
 import jax
@@ -78,17 +79,21 @@ def load_or_train(data_config, images: np.ndarray, labels: np.ndarray, *, steps:
     key = f"{data_config.name.replace(':', '_').replace('/', '_')}_{'x'.join(map(str, images.shape))}_{digest}"
     path = data_dir(data_config) / "jaxgen_cache" / "classifier" / f"{key}_s{steps}_v{CACHE_VERSION}.npz"
     if path.exists():
-        with np.load(path) as z:
-            return traverse_util.unflatten_dict({tuple(k.split("/")): jnp.asarray(v) for k, v in z.items()})
+        try:
+            with np.load(path) as z:
+                return traverse_util.unflatten_dict({tuple(k.split("/")): jnp.asarray(v) for k, v in z.items()})
+        except Exception as e:  # noqa: BLE001 (a torn or corrupt cache file: train again)
+            log.warning("The cached metric classifier %s cannot be read (%s); training it again", path, e)
     log.info("Training the metric classifier on %s (%d images, %d steps; cached in %s)", data_config.name,
              len(images), steps, path)
     params = train(images, labels, steps=steps)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         flat = {"/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(params).items()}
-        tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")  # processes sharing the data dir write apart
-        np.savez(tmp, **flat)
-        tmp.replace(path)
+        fd, tmp = tempfile.mkstemp(suffix=".tmp.npz", dir=path.parent)  # unique: hosts may share the data dir
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **flat)
+        os.replace(tmp, path)
     except OSError as e:  # a read-only data dir: the metric still works, the classifier is retrained next time
         log.warning("Could not cache the metric classifier at %s: %s", path, e)
     return params

@@ -378,7 +378,9 @@ def _missing_message(problem: str) -> str:
             f"${ENV_CACHE}/inception, by default ~/.cache/jaxgen/inception),\n"
             f"or set `{CONFIG_FIELD}` or ${ENV_WEIGHTS} to that .pth or to an .npz converted from it,\n"
             "or let jaxgen fetch it: `python -m jaxgen.evaluation.inception download` "
-            "(load_params(allow_download=True)).")
+            "(load_params(allow_download=True)).\n"
+            "To train without Inception metrics instead: --config.eval.extractors=\"()\" (or \"('classifier',)\" "
+            "on a labelled dataset).")
 
 
 def _download(dst: Path) -> None:

@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import logging
 import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -49,8 +50,13 @@ class Extractor:
 
 def check_names(names) -> tuple[str, ...]:
     """The names, each a key of EXTRACTORS or 'package.module:function' (an unknown one lists the choices)."""
+    if isinstance(names, str):
+        names = (names,)
     names = tuple(names)
     for n in names:
+        if "," in n:
+            raise ValueError(f"eval.extractors: {n!r} looks like a list in one string; give a tuple, e.g. "
+                             "--config.eval.extractors=\"('classifier','inception')\"")
         registry.resolve("feature extractor (eval.extractors)", n, EXTRACTORS)
     return names
 
@@ -127,12 +133,15 @@ def reference(extractor: Extractor, images: np.ndarray, *, data_config, split: s
     name = data_config.name.replace(":", "_").replace("/", "_")
     path = (data_dir(data_config) / "jaxgen_cache" / "reference"
             / f"{name}_{split}_{len(images)}_{digest}_{extractor.key}_v{REFERENCE_CACHE_VERSION}.npz")
+    cached = None
     if path.exists():
         try:
             with np.load(path) as z:
-                return {k: z[k] for k in z.files}
-        except (OSError, ValueError) as e:
+                cached = {k: z[k] for k in z.files}
+        except Exception as e:  # noqa: BLE001 (a torn or corrupt cache file: recompute it)
             log.warning("Cached reference features %s cannot be read (%s); computing them again", path, e)
+    if _all_processes(cached is not None):  # the extractor may run over every process's devices: all or none
+        return cached
     log.info("Reference features: %s %s, %d images, %s (cached in %s)", data_config.name, split, len(images),
              extractor.name, path)
     feats, probs = extractor.features(images)
@@ -143,12 +152,26 @@ def reference(extractor: Extractor, images: np.ndarray, *, data_config, split: s
     return ref
 
 
+def _all_processes(flag: bool) -> bool:
+    """Whether `flag` holds on every process (itself when there is one process)."""
+    import jax  # noqa: PLC0415
+
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils  # noqa: PLC0415
+
+    return bool(np.min(multihost_utils.process_allgather(np.int32(flag))))
+
+
 def _save(path: Path, arrays: dict) -> None:
+    """Writes an .npz atomically (a unique temporary file, then a rename): processes and hosts sharing the data dir
+    may all write it."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")  # processes sharing the data dir write apart
-        np.savez(tmp, **arrays)
-        tmp.replace(path)
+        fd, tmp = tempfile.mkstemp(suffix=".tmp.npz", dir=path.parent)
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
     except OSError as e:  # a read-only data dir: the metrics still work, the features are recomputed next time
         log.warning("Could not cache reference features at %s: %s", path, e)
 
@@ -189,6 +212,10 @@ def to_uint8(images: np.ndarray, value_range: tuple[float, float]) -> np.ndarray
     """Float images in `value_range` -> uint8 0..255, rounded as a PNG writer does."""
     lo, hi = value_range
     x = (np.asarray(images, np.float32) - lo) / (hi - lo)
+    if not np.all(np.isfinite(x)):
+        log.warning("%d non-finite pixel values in generated samples (written as 0): the model has diverged",
+                    int(np.sum(~np.isfinite(x))))
+        x = np.nan_to_num(x, nan=0.0, posinf=1.0, neginf=0.0)
     return np.clip(np.round(x * 255.0), 0, 255).astype(np.uint8)
 
 
@@ -203,14 +230,15 @@ class SampleQuality:
         self.num_samples = int(config.eval.num_samples)
         self.seed = int(config.seed)
         self.reference_name = f"{config.data.name} {split}"
-        self.extractors = [build(n, config, mesh, train_data) for n in self.names]
-        self.refs = {e.name: reference(e, reference_data.image, data_config=config.data, split=split)
-                     for e in self.extractors}
+        # Keyed by the names in eval.extractors, which metric names ('<name>/fid') and best_metric use.
+        self.extractors = {n: build(n, config, mesh, train_data) for n in self.names}
+        self.refs = {n: reference(e, reference_data.image, data_config=config.data, split=split)
+                     for n, e in self.extractors.items()}
 
     def evaluate(self, samples: np.ndarray, *, full: bool) -> dict:
-        """{extractor name: metrics block} for uint8 samples."""
-        return {e.name: compare(e, self.refs[e.name], samples, full=full, reference_name=self.reference_name,
-                                seed=self.seed) for e in self.extractors}
+        """{name in eval.extractors: metrics block} for uint8 samples."""
+        return {n: compare(e, self.refs[n], samples, full=full, reference_name=self.reference_name,
+                           seed=self.seed) for n, e in self.extractors.items()}
 
 
 def flatten(blocks: dict) -> dict:
@@ -219,9 +247,23 @@ def flatten(blocks: dict) -> dict:
             if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
+# Sample-quality metrics computed at every eval; the others (KID, precision/recall, density/coverage) only at the end.
+PER_EVAL = ("fid", "is_mean", "is_std", "class_tv", "class_coverage")
+
+
 def best_metric(config) -> str | None:
-    """The eval metric the best checkpoint is kept by (checkpoint.best_metric), or None."""
+    """The eval metric the best checkpoint is kept by (checkpoint.best_metric), or None. A sample-quality metric
+    ('<extractor>/<metric>') is checked here, before any work: its extractor must be in eval.extractors and the
+    metric one computed at every eval."""
     m = config.checkpoint.best_metric
     if m == "auto":
         return f"{config.eval.extractors[0]}/fid" if config.eval.extractors else None
+    if "/" in m:
+        name, metric = m.rsplit("/", 1)
+        if name not in tuple(config.eval.extractors):
+            raise ValueError(f"checkpoint.best_metric={m!r} names the extractor {name!r}, which is not in "
+                             f"eval.extractors={tuple(config.eval.extractors)}")
+        if metric not in PER_EVAL:
+            raise ValueError(f"checkpoint.best_metric={m!r}: {metric!r} is not computed at every eval; choices: "
+                             f"{', '.join(f'{name}/{p}' for p in PER_EVAL)} (or a metric of the task such as 'nll')")
     return m or None

@@ -5,6 +5,7 @@ loading a file runs no code. Used for pytorch-fid's Inception weights (jaxgen.ev
 from __future__ import annotations
 
 import collections
+import os
 import pickle
 import zipfile
 from pathlib import Path
@@ -28,7 +29,15 @@ def _storage_dtypes() -> dict[str, np.dtype]:
 
 
 def _rebuild_tensor(storage, offset, size, stride, *_):
-    """torch._utils._rebuild_tensor_v2 as a numpy view into the storage (copied once everything is read)."""
+    """torch._utils._rebuild_tensor_v2 as a numpy view into the storage (copied once everything is read). The view
+    is checked to lie inside the storage: a crafted file cannot make it read other memory."""
+    size, stride = tuple(int(n) for n in size), tuple(int(s) for s in stride)
+    if offset < 0 or len(size) != len(stride) or any(n < 0 for n in size) or any(s < 0 for s in stride):
+        raise pickle.UnpicklingError(f"malformed tensor: offset {offset}, size {size}, stride {stride}")
+    last = offset + sum((n - 1) * s for n, s in zip(size, stride)) if all(size) else offset - 1
+    if last >= len(storage) or (not size and offset >= len(storage)):
+        raise pickle.UnpicklingError(f"tensor view (offset {offset}, size {size}, stride {stride}) exceeds its "
+                                     f"storage of {len(storage)} elements")
     if not size:
         return storage[offset:offset + 1].reshape(())
     return np.lib.stride_tricks.as_strided(storage[offset:], tuple(size), tuple(s * storage.itemsize for s in stride))
@@ -88,6 +97,8 @@ def read_torch_state_dict(path) -> dict[str, np.ndarray]:
 
             def load(kind, key, location, numel, view=None):
                 if key not in storages:
+                    if not 0 <= int(numel) <= os.path.getsize(path) // kind.dtype.itemsize:
+                        raise pickle.UnpicklingError(f"storage of {numel} elements cannot be in this file")
                     storages[key] = np.empty(numel, kind.dtype)  # filled from the data section below
                 if view is not None:  # old torch: a storage view (view key, offset, size) into this one
                     return storages[key][view[1]:view[1] + view[2]]

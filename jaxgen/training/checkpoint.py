@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 log = logging.getLogger(__name__)
@@ -70,28 +71,43 @@ def restore_newest(workdir: Path, cfg, target) -> tuple[ocp.CheckpointManager, d
 
 class BestKeeper:
     """Keeps the checkpoint with the best value of one eval metric in `<workdir>/best/<step>` (one at a time), and
-    `<workdir>/best/best.json` with its step and value, which a resumed run reads back."""
+    `<workdir>/best/best.json` with its step and value, which a resumed run reads back.
 
-    def __init__(self, workdir: Path, metric: str, mode: str):
+    fresh: the run starts from scratch (no checkpoint restored): a best.json left by an earlier run is ignored.
+    With several processes, process 0's values decide, so every process takes part in the same saves.
+    """
+
+    def __init__(self, workdir: Path, metric: str, mode: str, *, fresh: bool = False):
         self.metric, self.mode = metric, mode
         self.dir = Path(workdir).absolute() / "best"
         self.record_path = self.dir / "best.json"
         self.record = json.loads(self.record_path.read_text()) if self.record_path.exists() else None
+        if self.record is not None and (fresh or self.record.get("metric") != metric
+                                        or self.record.get("mode") != mode):
+            why = "this run starts from scratch" if fresh else f"it was kept by {self.record.get('metric')} " \
+                f"({self.record.get('mode')}), this run by {metric} ({mode})"
+            log.warning("Ignoring the best checkpoint record in %s: %s; it will be replaced", self.dir, why)
+            self.record = None
         self._mgr = None
 
     def better(self, value: float) -> bool:
         if not math.isfinite(value):
             return False
-        if self.record is None or self.record.get("metric") != self.metric:
+        if self.record is None:
             return True
         return value < self.record["value"] if self.mode == "min" else value > self.record["value"]
 
-    def update(self, state: dict, metrics: dict) -> bool:
-        """Saves `state` if metrics[self.metric] beats the best so far. Returns whether it did."""
+    def update(self, state: dict, metrics: dict, *, final: bool = False) -> bool:
+        """Saves `state` if metrics[self.metric] beats the best so far. Returns whether it did.
+
+        At the final eval only sample-quality metrics ('<extractor>/<metric>') take part: a task's own final
+        metrics can use another protocol (a VAE's NLL uses eval.final_nll_k importance samples there)."""
+        if final and "/" not in self.metric:
+            return False
         if self.metric not in metrics:
             choices = ", ".join(sorted(metrics))
             raise ValueError(f"checkpoint.best_metric={self.metric!r} is not an eval metric; choices: {choices}")
-        value = float(metrics[self.metric])
+        value = _from_process_0(float(metrics[self.metric]))
         if not self.better(value):
             return False
         step = int(jax.device_get(state["step"]))
@@ -110,3 +126,12 @@ class BestKeeper:
     def close(self) -> None:
         if self._mgr is not None:
             self._mgr.close()
+
+
+def _from_process_0(value: float) -> float:
+    """Process 0's value on every process (itself with one process)."""
+    if jax.process_count() == 1:
+        return value
+    from jax.experimental import multihost_utils  # noqa: PLC0415
+
+    return float(multihost_utils.broadcast_one_to_all(np.float64(value)))

@@ -110,7 +110,10 @@ def train_and_evaluate(config, workdir) -> dict:
     mgr, state = restore_or_init(task)
     sq = sample_quality(task)
     best_name = quality.best_metric(c)
-    best = checkpoint.BestKeeper(workdir, best_name, c.checkpoint.best_mode) if best_name else None
+    best = None
+    if best_name:
+        fresh = int(jax.device_get(state["step"])) == 0
+        best = checkpoint.BestKeeper(workdir, best_name, c.checkpoint.best_mode, fresh=fresh)
     train_fn = task.compile_train()
     train_data = parallel.put_replicated({"image": task.train.image}, task.mesh)
     writer = MetricWriter(workdir)
@@ -171,11 +174,14 @@ def train_and_evaluate(config, workdir) -> dict:
             bar.close()
         mgr.wait_until_finished()
     train_time = time.perf_counter() - t0
-    final = _final_eval(task, state, writer, sq)
-    if best is not None:
-        best.update(state, scalars(final))
-        best.close()
-    mgr.close()
+    try:
+        final = _final_eval(task, state, writer, sq)
+        if best is not None:
+            best.update(state, scalars(final), final=True)
+    finally:
+        if best is not None:
+            best.close()
+        mgr.close()
     writer.close()
     steps_run = step - start
     log.info("Done: %d steps this invocation in %.1f s (%.0f img/s incl. compile, evals); %s; outputs in %s",
