@@ -59,6 +59,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.reference_split = ""  # real images the samples are compared with; '' = data.test_split
     c.eval.inception_weights = ""  # path to pt_inception-2015-12-05-6726825d.pth or its .npz; '' = the cache
     c.eval.classifier_steps = 1500  # training steps of the metric classifier (cached in the data dir)
+    c.eval.checkpoint = "newest"  # what --mode=eval and --mode=sample use: 'newest' or 'best' (<workdir>/best)
 
     c.sample = ml_collections.ConfigDict()  # --mode=sample
     c.sample.num = 1000  # samples written as <workdir>/samples/step_<step>.npz (uint8) and PNG grids
@@ -224,6 +225,8 @@ def check(config: ml_collections.ConfigDict) -> None:
 
     quality.check_names(config.eval.extractors)
     quality.best_metric(config)  # a sample-quality best_metric names an extractor in use and a per-eval metric
+    if config.eval.checkpoint not in ("newest", "best"):
+        raise ValueError(f"eval.checkpoint must be 'newest' or 'best', got {config.eval.checkpoint!r}")
     if config.eval.classifier_steps < 1:
         raise ValueError(f"eval.classifier_steps must be >= 1, got {config.eval.classifier_steps}")
     if config.eval.extractors and config.eval.num_samples < 2:

@@ -209,6 +209,11 @@ def test_gan_outputs_land_in_the_workdir(tmp_path):
     assert (tmp_path / "best" / str(best["step"])).is_dir()
     evals = [r for r in writer.read(tmp_path / "metrics.jsonl") if r["split"] == "eval"]
     assert [r["step"] for r in evals] == [10, 20, 20] and min(r["classifier/fid"] for r in evals[:2]) == best["value"]
+    c.eval.checkpoint = "best"  # --mode=eval on the best checkpoint: eval_best.json, eval.json untouched
+    loop.evaluate_checkpoint(c, tmp_path)
+    assert json.loads((tmp_path / "eval_best.json").read_text())["step"] == best["step"]
+    assert json.loads((tmp_path / "eval.json").read_text())["step"] == 20
+    c.eval.checkpoint = "newest"
     # --mode=sample: N samples as a uint8 .npz and PNG grids.
     path = loop.sample_checkpoint(c, tmp_path)
     with np.load(path) as z:

@@ -19,7 +19,7 @@ import orbax.checkpoint as ocp
 log = logging.getLogger(__name__)
 
 
-def manager(workdir: Path, cfg) -> ocp.CheckpointManager:
+def manager(workdir: Path, cfg, subdir: str = "checkpoints") -> ocp.CheckpointManager:
     """A CheckpointManager saving every `cfg.every` steps, keeping `cfg.keep`, asynchronous if `cfg.asynchronous`."""
     options = ocp.CheckpointManagerOptions(
         max_to_keep=cfg.keep,
@@ -27,7 +27,7 @@ def manager(workdir: Path, cfg) -> ocp.CheckpointManager:
         enable_async_checkpointing=cfg.asynchronous,
         create=True,
     )
-    return ocp.CheckpointManager(Path(workdir).absolute() / "checkpoints", options=options)
+    return ocp.CheckpointManager(Path(workdir).absolute() / subdir, options=options)
 
 
 def save(mgr: ocp.CheckpointManager, state: dict, *, force: bool = False) -> bool:
@@ -46,9 +46,10 @@ def abstract_like(state_shapes, sharding):
     return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), state_shapes)
 
 
-def restore_newest(workdir: Path, cfg, target) -> tuple[ocp.CheckpointManager, dict | None]:
+def restore_newest(workdir: Path, cfg, target, subdir: str = "checkpoints"
+                   ) -> tuple[ocp.CheckpointManager, dict | None]:
     """(manager, newest readable state or None). Unreadable checkpoints are reported and moved aside."""
-    mgr = manager(workdir, cfg)
+    mgr = manager(workdir, cfg, subdir)
     for step in sorted(mgr.all_steps(), reverse=True):
         try:
             restored = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
@@ -58,14 +59,14 @@ def restore_newest(workdir: Path, cfg, target) -> tuple[ocp.CheckpointManager, d
                       type(e).__name__, str(e).splitlines()[0][:300] if str(e) else "")
             mgr.close()
             if jax.process_index() == 0:
-                src = Path(workdir).absolute() / "checkpoints" / str(step)
-                dst = Path(workdir).absolute() / "checkpoints_broken" / str(step)
+                src = Path(workdir).absolute() / subdir / str(step)
+                dst = Path(workdir).absolute() / f"{subdir}_broken" / str(step)
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 if dst.exists():
                     shutil.rmtree(dst)
                 shutil.move(str(src), str(dst))
                 log.error("Moved the unreadable checkpoint to %s", dst)
-            mgr = manager(workdir, cfg)
+            mgr = manager(workdir, cfg, subdir)
     return mgr, None
 
 

@@ -38,10 +38,12 @@ def build_task(config, workdir: Path):
     return registry.resolve("task", config.task, TASKS)(config, workdir)
 
 
-def restore(task):
-    """(checkpoint manager, newest readable state or None), placed replicated on the task's mesh."""
+def restore(task, which: str = "newest"):
+    """(checkpoint manager, readable state or None), placed replicated on the task's mesh: the newest checkpoint,
+    or with which='best' the one kept in <workdir>/best."""
     target = checkpoint.abstract_like(jax.eval_shape(task.create), parallel.replicated(task.mesh))
-    return checkpoint.restore_newest(task.workdir, task.config.checkpoint, target)
+    subdir = {"newest": "checkpoints", "best": "best"}[which]
+    return checkpoint.restore_newest(task.workdir, task.config.checkpoint, target, subdir)
 
 
 def restore_or_init(task):
@@ -206,7 +208,7 @@ def _check_finite(host_metrics: dict, mgr, workdir: Path, headline) -> None:
     )
 
 
-def _final_eval(task, state, writer: MetricWriter, sq) -> dict:
+def _final_eval(task, state, writer: MetricWriter, sq, out_name: str = "eval.json", images: bool = True) -> dict:
     t = time.perf_counter()
     final = evaluate(task, state, True, sq)
     final["eval_seconds"] = time.perf_counter() - t
@@ -214,40 +216,48 @@ def _final_eval(task, state, writer: MetricWriter, sq) -> dict:
     writer.write(step, "eval", scalars(final))
     if jax.process_index() == 0:
         record = {"step": step, **task.eval_record(state), **final}
-        (task.workdir / "eval.json").write_text(json.dumps(record, indent=2) + "\n")
-    task.save_images(state)
+        (task.workdir / out_name).write_text(json.dumps(record, indent=2) + "\n")
+    if images:
+        task.save_images(state)
     return final
 
 
-def evaluate_checkpoint(config, workdir) -> dict:
-    """--mode=eval: the final evaluation and images of the newest checkpoint in `workdir`."""
+def _restore_for(config, workdir, mode: str):
+    """(task, state) of the checkpoint eval.checkpoint names ('newest' or 'best'), for --mode=eval/sample."""
     workdir = wd.prepare(workdir)
     wd.setup_logging(workdir)
     task = build_task(config, workdir)
-    mgr, state = restore(task)
-    if state is None:
-        mgr.close()
-        raise FileNotFoundError(f"no readable checkpoint in {workdir / 'checkpoints'}; train first "
-                                "(the same command without --mode=eval)")
-    writer = MetricWriter(workdir)
-    final = _final_eval(task, state, writer, sample_quality(task))
-    writer.close()
+    which = config.eval.checkpoint
+    mgr, state = restore(task, which)
     mgr.close()
+    if state is None:
+        where = workdir / ("checkpoints" if which == "newest" else "best")
+        hint = "train first (the same command without --mode)" if which == "newest" else \
+            "a best checkpoint is kept only with eval.extractors or checkpoint.best_metric set"
+        raise FileNotFoundError(f"--mode={mode}: no readable checkpoint in {where}; {hint}")
+    log.info("--mode=%s on the %s checkpoint: step %d", mode, which, int(jax.device_get(state["step"])))
+    return task, state
+
+
+def evaluate_checkpoint(config, workdir) -> dict:
+    """--mode=eval: the final evaluation of the newest checkpoint (eval.checkpoint='best': the best one) into
+    eval.json (eval_best.json), with the final images for the newest."""
+    task, state = _restore_for(config, workdir, "eval")
+    best = config.eval.checkpoint == "best"
+    writer = MetricWriter(task.workdir)
+    final = _final_eval(task, state, writer, sample_quality(task), "eval_best.json" if best else "eval.json",
+                        images=not best)
+    writer.close()
     log.info("eval of step %d: %s", int(jax.device_get(state["step"])), eval_line(task, final))
     return final
 
 
 def sample_checkpoint(config, workdir) -> Path:
-    """--mode=sample: sample.num samples of the newest checkpoint (EMA weights where kept) as
-    <workdir>/samples/step_<step>.npz (uint8 images [N, H, W, C]) and PNG grids of sample.per_grid images."""
-    workdir = wd.prepare(workdir)
-    wd.setup_logging(workdir)
-    task = build_task(config, workdir)
-    mgr, state = restore(task)
-    mgr.close()
-    if state is None:
-        raise FileNotFoundError(f"no readable checkpoint in {workdir / 'checkpoints'}; train first "
-                                "(the same command without --mode=sample)")
+    """--mode=sample: sample.num samples of the newest checkpoint (eval.checkpoint='best': the best one; EMA
+    weights where kept) as <workdir>/samples/step_<step>.npz (uint8 images [N, H, W, C]) and PNG grids of
+    sample.per_grid images."""
+    task, state = _restore_for(config, workdir, "sample")
+    workdir = task.workdir
     step = int(jax.device_get(state["step"]))
     samples = task.samples(state, config.sample.num)
     out = workdir / "samples"
