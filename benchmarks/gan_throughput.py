@@ -59,18 +59,8 @@ def bench_jax(batches, dtypes, fused, seconds, repeats, impls=("auto",)):
             loss_fn=gan_obj.get_loss("non_saturating"), reg_fn=None, reg_weight=0.0, reg_interval=1,
             d_steps=1, batch=batch, augment_policy="", ema_beta=gan_step.ema_beta(batch, 10_000),
             g_lr=g_lr, d_lr=d_lr)
-        holder = {"s": jax.jit(create, out_shardings=parallel.replicated(mesh))(), "prev": None}
         calls = max(1, 4 // k)
-
-        def run():
-            # As jaxgen.training.loop runs it: dispatch, then check the previous call's finite flags.
-            for _ in range(calls):
-                holder["s"], m = fn(holder["s"], data)
-                if holder["prev"] is not None:
-                    assert np.all(jax.device_get(holder["prev"]["finite"]) == 1)
-                holder["prev"] = m
-            jax.block_until_ready(holder["s"])
-
+        run = harness.train_loop(fn, jax.jit(create, out_shardings=parallel.replicated(mesh))(), data, calls)
         rate = harness.best_rate(run, calls * k * batch, seconds, repeats, warmup=1)
         results.append({"who": "jaxgen", "what": dtype, "conv_impl": impl, "resolved_impl": layers.resolve_impl(impl),
                         "steps_per_dispatch": k, "batch": batch, "img_per_s": round(rate, 1)})

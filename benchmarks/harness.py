@@ -33,6 +33,25 @@ def best_rate(fn, images_per_call: int, seconds: float, repeats: int, warmup: in
     return best
 
 
+def train_loop(fn, state, data, calls: int):
+    """A no-argument function running `calls` calls of a compiled train function as jaxgen.training.loop runs them:
+    dispatch, then check the previous call's finite flags (one call behind); the state is blocked on at the end."""
+    import jax
+    import numpy as np
+
+    holder = {"s": state, "prev": None}
+
+    def run():
+        for _ in range(calls):
+            holder["s"], m = fn(holder["s"], data)
+            if holder["prev"] is not None:
+                assert np.all(jax.device_get(holder["prev"]["finite"]) == 1)
+            holder["prev"] = m
+        jax.block_until_ready(holder["s"])
+
+    return run
+
+
 def load_reference():
     """../shared/reference/torch_reference.py as a module (its models and steps; an instrument, not jaxgen code)."""
     spec = importlib.util.spec_from_file_location("torch_reference", REFERENCE)

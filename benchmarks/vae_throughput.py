@@ -77,18 +77,9 @@ def bench_jax(batches, fused, seconds, repeats, impls=("auto",)):
             fn = step_lib.compile_train(mesh, steps_per_dispatch=k, model=model, tx=tx,
                                         objective=objectives.get("elbo"), obj_cfg=cfg.objective, lr_schedule=lr,
                                         batch=batch, binarize="dynamic", ema_decay=0.0)
-            loop = {"s": jax.jit(create, out_shardings=parallel.replicated(mesh))(), "prev": None}
-
             calls = max(1, 4 // k)
-
-            def run_loop():
-                # As jaxgen.training.loop runs it: dispatch, then check the previous call's finite flags.
-                for _ in range(calls):
-                    loop["s"], m = fn(loop["s"], data)
-                    if loop["prev"] is not None:
-                        assert np.all(jax.device_get(loop["prev"]["finite"]) == 1)
-                    loop["prev"] = m
-                jax.block_until_ready(loop["s"]["params"])
+            run_loop = harness.train_loop(fn, jax.jit(create, out_shardings=parallel.replicated(mesh))(), data,
+                                          calls)
 
             results.append({"who": "jaxgen", "what": "whole_loop", **tag, "steps_per_dispatch": k, "batch": batch,
                             "img_per_s": round(harness.best_rate(run_loop, calls * k * batch, seconds, repeats), 1)})
