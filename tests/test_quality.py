@@ -171,3 +171,32 @@ def test_the_torch_reader_refuses_tensor_views_outside_their_storage():
     for offset, size, stride in ((3, (2, 2), (2, 1)), (-1, (2,), (1,)), (0, (2,), (-1,)), (6, (), ())):
         with pytest.raises(pickle.UnpicklingError):
             _rebuild_tensor(storage, offset, size, stride)
+
+
+def test_the_inception_extractor_in_training_gives_fid_and_is_from_the_biasless_logits(tmp_path, monkeypatch):
+    """quality's 'inception' path end to end (random weights stand in for pytorch-fid's: none are shipped)."""
+    from jaxgen import parallel
+    from jaxgen.evaluation import inception
+
+    variables = inception.random_params(0)
+    monkeypatch.setattr(inception, "load_params", lambda path=None, **kw: variables)
+    c = _config(tmp_path, ("inception",))
+    c.eval.batch_size = 16
+    c.output.progress = False
+    mesh = parallel.make_mesh()
+    real = ml_collections.ConfigDict({"image": _images(16, 0), "label": np.zeros(16, np.int32)})
+    sq = quality.SampleQuality(c, mesh, real, real, "test")
+    fake = _images(16, 1, shift=30)
+    block = sq.evaluate(fake, full=True)["inception"]
+    assert block["num_samples"] == 16 and block["num_reference"] == 16 and "InceptionV3" in block["extractor"]
+    out = inception.extract(inception.make_extractor(variables, mesh), fake, batch_size=16, mesh=mesh,
+                            progress=False)
+    logits = out["logits"].astype(np.float64) - np.asarray(variables["params"]["fc"]["bias"], np.float64)
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    expected_is = sample_metrics.inception_score(probs / probs.sum(1, keepdims=True), splits=10)
+    assert (block["is_mean"], block["is_std"]) == pytest.approx(expected_is, rel=1e-5)
+    ref = sq.refs["inception"]["features"]
+    fid = sample_metrics.frechet_distance(*sample_metrics.feature_statistics(ref),
+                                          *sample_metrics.feature_statistics(out["pool"]))
+    assert block["fid"] == pytest.approx(fid, rel=1e-5)
+    assert np.isfinite([block["kid_mean"], block["precision"], block["coverage"]]).all()
