@@ -3,6 +3,8 @@
 # on the lent H200"). Needs, in the repository root: .whl/ (ml-collections and tensorboardX wheels for Python 3.12)
 # and .devcarry/torch_reference.py (a copy of ../shared/reference/torch_reference.py). Results go to $OUT.
 # Sizes can be shrunk for a dry run on a CPU: SMALL=8 FID_N=64 bash benchmarks/h200.sh
+# PARTS picks what runs (default "gan vae fid", about 9 minutes; "layers" times DCGAN-64's layers alone,
+# benchmarks/dcgan_layers.py, about 3 minutes): e.g. PARTS="vae layers" bash benchmarks/h200.sh
 set -u
 OUT=${OUT:-/tmp/jaxgen_h200}
 mkdir -p "$OUT"
@@ -20,8 +22,10 @@ cd benchmarks || exit 1
 S=${SECONDS_PER:-2}
 B1=${SMALL:-128}
 B2=$(( ${SMALL:-128} * 8 ))
-run() {  # name limit command...
+PARTS=${PARTS:-gan vae fid}
+run() {  # name limit command... (skipped unless its part is in PARTS)
   local name=$1 limit=$2; shift 2
+  case " $PARTS " in *" ${name%%[0-9]*} "*) ;; *) return ;; esac
   local t0=$SECONDS
   timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
   echo "$name rc=$? ${limit}s-limit took=$(( SECONDS - t0 ))s" >> "$OUT/env.txt"
@@ -33,3 +37,4 @@ run gan1024 130 python3 gan_throughput.py --batches="$B2" --dtypes=float32,bfloa
 run vae 200 python3 vae_throughput.py --batches="$B1,$B2" --conv-impls=phase,xla --fused=1,10 --seconds="$S" \
   --repeats=2 --out="$OUT/vae.json"
 run fid 80 python3 fid_timing.py --n="${FID_N:-10000}" --size=28,28,1 --batch=500 --full
+run layers 200 python3 dcgan_layers.py --batch="$B2" --repeats=10 --out="$OUT/layers.json"
