@@ -58,6 +58,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.num_samples = 10_000  # generated samples per sample-quality evaluation
     c.eval.reference_split = ""  # real images the samples are compared with; '' = data.test_split
     c.eval.inception_weights = ""  # path to pt_inception-2015-12-05-6726825d.pth or its .npz; '' = the cache
+    c.eval.inception_download = True  # weights not in the cache: download them once (sha256-checked) into it
     c.eval.classifier_steps = 1500  # training steps of the metric classifier (cached in the data dir)
     c.eval.checkpoint = "newest"  # what --mode=eval and --mode=sample use: 'newest' or 'best' (<workdir>/best)
 

@@ -257,3 +257,10 @@ def test_cli_convert_and_the_download_switch(cache, weights, monkeypatch, tmp_pa
     assert (tmp_path / "out.npz").is_file()
     inception.load_params(allow_download=True)
     assert sorted(p.name for p in cache.iterdir()) == [f"{inception.WEIGHTS_NAME}.npz", f"{inception.WEIGHTS_NAME}.pth"]
+
+
+def test_a_failed_download_is_a_clear_error_that_leaves_nothing(cache, monkeypatch, tmp_path):
+    monkeypatch.setattr(inception, "WEIGHTS_URL", (tmp_path / "nowhere.pth").as_uri())  # fails like an offline host
+    with pytest.raises(inception.WeightsNotFoundError, match=r"(?s)the download failed .*eval.extractors"):
+        inception.load_params(allow_download=True)
+    assert list(cache.iterdir()) == []

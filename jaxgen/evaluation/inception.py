@@ -29,6 +29,7 @@ import argparse
 import functools
 import hashlib
 import os
+import shutil
 import sys
 import tempfile
 import urllib.request
@@ -59,6 +60,7 @@ ENV_CACHE = "JAXGEN_CACHE_DIR"
 CONFIG_FIELD = "eval.inception_weights"  # the config field the trainer passes as `path`
 NPZ_FORMAT = "jaxgen-inception-v1"
 SIZE = 299  # the network's input side
+DOWNLOAD_TIMEOUT_S = 60  # per blocking network operation
 HIGHEST = jax.lax.Precision.HIGHEST  # GPUs default to TF32/bf16 passes for float32 convs; FID wants float32
 
 
@@ -389,7 +391,11 @@ def _download(dst: Path) -> None:
     os.close(fd)
     try:
         print(f"Downloading {WEIGHTS_URL} to {dst}", file=sys.stderr)
-        urllib.request.urlretrieve(WEIGHTS_URL, tmp)
+        try:
+            with urllib.request.urlopen(WEIGHTS_URL, timeout=DOWNLOAD_TIMEOUT_S) as r, open(tmp, "wb") as f:
+                shutil.copyfileobj(r, f, 1 << 20)
+        except OSError as e:  # URLError, timeouts, refused connections: offline machines fail here, fast
+            raise WeightsNotFoundError(_missing_message(f"the download failed ({e}).")) from e
         _verified(Path(tmp))
         os.replace(tmp, dst)
     finally:

@@ -72,7 +72,7 @@ def _inception(config, mesh, train_data) -> Extractor:
     e = config.eval
     from jaxgen.evaluation import inception  # noqa: PLC0415 (loads only when asked for)
 
-    variables = inception.load_params(e.inception_weights or None)
+    variables = inception.load_params(e.inception_weights or None, allow_download=bool(e.inception_download))
     fn = inception.make_extractor(variables, mesh)
     digest = hashlib.sha1(b"".join(np.asarray(v).tobytes() for v in _leaves(variables))).hexdigest()[:12]
 
