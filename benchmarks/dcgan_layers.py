@@ -90,19 +90,18 @@ def main(argv=None):
 
                     record("G", jax.jit(lambda v, i: net_grad(G, v, i)), gv, z, **tags)
                     record("D", jax.jit(lambda v, i: net_grad(D, v, i)), dv, x, **tags)
-                    # G's transposed convs: 4->8 (512->256), 8->16, 16->32, 32->64 (64->3); D's convs mirror them.
-                    for i, (h, cin, cout) in enumerate([(4, 512, 256), (8, 256, 128), (16, 128, 64), (32, 64, 3)]):
-                        layer = ConvTranspose2x(cout, 4, 1, use_bias=False, dtype=dt, impl=impl)
+                    # G's transposed convs 4->8 (512->256) ... 32->64 (64->3); D's strided convs mirror them.
+                    layers = [("G", ConvTranspose2x, h, 2 * h, cin, cout) for h, cin, cout in
+                              [(4, 512, 256), (8, 256, 128), (16, 128, 64), (32, 64, 3)]]
+                    layers += [("D", ConvDown2x, h, h // 2, cin, cout) for h, cin, cout in
+                               [(64, 3, 64), (32, 64, 128), (16, 128, 256), (8, 256, 512)]]
+                    for i, (net, cls, h, h_out, cin, cout) in enumerate(layers):
+                        m = cls(cout, 4, 1, use_bias=False, dtype=dt, impl=impl)
                         inp = jax.random.normal(key, (b, h, h, cin), dt)
-                        record(f"G layer {i} {h}->{2 * h} {cin}->{cout}", jax.jit(lambda v, i_, m=layer: jax.grad(
-                            lambda p, q: jnp.sum(m.apply({"params": p}, q).astype(jnp.float32)), (0, 1))(
-                            v["params"], i_)), layer.init(key, inp[:2]), inp, **tags)
-                    for i, (h, cin, cout) in enumerate([(64, 3, 64), (32, 64, 128), (16, 128, 256), (8, 256, 512)]):
-                        layer = ConvDown2x(cout, 4, 1, use_bias=False, dtype=dt, impl=impl)
-                        inp = jax.random.normal(key, (b, h, h, cin), dt)
-                        record(f"D layer {i} {h}->{h // 2} {cin}->{cout}", jax.jit(lambda v, i_, m=layer: jax.grad(
-                            lambda p, q: jnp.sum(m.apply({"params": p}, q).astype(jnp.float32)), (0, 1))(
-                            v["params"], i_)), layer.init(key, inp[:2]), inp, **tags)
+                        loss = lambda p, q, m=m: jnp.sum(m.apply({"params": p}, q).astype(jnp.float32))
+                        fn = jax.jit(lambda v, q, loss=loss: jax.grad(loss, (0, 1))(v["params"], q))
+                        record(f"{net} layer {i % 4} {h}->{h_out} {cin}->{cout}", fn, m.init(key, inp[:2]), inp,
+                               **tags)
     out = {"env": {**harness.machine(), "jax": jax.__version__, "devices": str(jax.devices())}, "rows": rows}
     if a.out:
         Path(a.out).write_text(json.dumps(out, indent=1) + "\n")
