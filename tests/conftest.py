@@ -37,3 +37,19 @@ def smoke_config():
 def pytest_report_header(config):
     return f"jax {jax.__version__}, {jax.device_count()} devices ({jax.devices()[0].platform})"
 
+
+
+def pytorch_fid(module: str):
+    """(torch, pytorch_fid.<module>), or a skip. PyPI's torchvision is built against CUDA torch: beside a CPU torch
+    its C++ ops (detection ops pytorch-fid never calls) do not load and registering their fake kernels fails at
+    import, so that import is retried with the registration skipped."""
+    torch = pytest.importorskip("torch")
+    try:
+        import torchvision  # noqa: F401
+    except RuntimeError as e:
+        if "torchvision::" not in str(e):
+            raise
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(torch.library, "register_fake", lambda *a, **k: (lambda f: f))
+            import torchvision  # noqa: F401
+    return torch, pytest.importorskip(f"pytorch_fid.{module}")

@@ -15,24 +15,13 @@ from flax import traverse_util
 
 from jaxgen import parallel
 from jaxgen.evaluation import inception
+from tests.conftest import pytorch_fid
 
 RNG = np.random.default_rng(0)
 
 
 def _pytorch_fid():
-    """torch and pytorch_fid.inception, or a skip. PyPI's torchvision is built against CUDA torch: beside a CPU torch
-    its C++ ops (detection ops pytorch-fid never calls) do not load and registering their fake kernels fails at
-    import, so that import is retried with the registration skipped."""
-    torch = pytest.importorskip("torch")
-    try:
-        import torchvision  # noqa: F401
-    except RuntimeError as e:
-        if "torchvision::" not in str(e):
-            raise
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(torch.library, "register_fake", lambda *a, **k: (lambda f: f))
-            import torchvision  # noqa: F401
-    return torch, pytest.importorskip("pytorch_fid.inception")
+    return pytorch_fid("inception")
 
 
 def _to_torch(variables) -> dict[str, np.ndarray]:

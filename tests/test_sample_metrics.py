@@ -9,6 +9,7 @@ import pytest
 import scipy.linalg
 
 from jaxgen.evaluation import sample_metrics as sm
+from tests.conftest import pytorch_fid
 
 RNG = np.random.default_rng(0)
 
@@ -27,6 +28,15 @@ def test_fid_equals_pytorch_fids_formula():
     mu2, s2 = np.mean(b, 0), np.cov(b, rowvar=False)
     assert sm.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(_pytorch_fid_formula(mu1, s1, mu2, s2), rel=1e-6)
     assert abs(sm.frechet_distance(mu1, s1, mu1, s1)) < 1e-8
+
+
+def test_fid_equals_the_pytorch_fid_packages_own_function():
+    _, fid_score = pytorch_fid("fid_score")  # in the test extra
+    a = RNG.normal(size=(300, 24))
+    b = RNG.normal(size=(300, 24)) @ RNG.normal(size=(24, 24)) * 0.3 - 0.2
+    stats = [sm.feature_statistics(x, recommended=2) for x in (a, b)]
+    expected = fid_score.calculate_frechet_distance(*stats[0], *stats[1])
+    assert sm.frechet_distance(*stats[0], *stats[1]) == pytest.approx(expected, rel=1e-6)
 
 
 def test_fid_of_rank_deficient_statistics_is_real_and_warned(caplog):
