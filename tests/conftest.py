@@ -26,17 +26,18 @@ def config_module(path):
 
 @pytest.fixture
 def smoke_config():
-    """configs/vae_mnist.py:smoke, unlocked copy with no progress bar and no plots."""
+    """configs/vae_mnist.py:smoke, unlocked copy with no progress bar, no plots and no sample-quality metrics
+    (tests/test_quality.py, the launch end-to-end test and the gan outputs test cover those)."""
     c = config_module(CONFIGS / "vae_mnist.py").get_config("smoke")
     c.unlock()
     c.output.progress = False
     c.output.plots = False
+    c.eval.extractors = ()
     return c
 
 
 def pytest_report_header(config):
     return f"jax {jax.__version__}, {jax.device_count()} devices ({jax.devices()[0].platform})"
-
 
 
 def pytorch_fid(module: str):

@@ -125,10 +125,12 @@ def test_sharded_gan_step_equals_one_device():
 
 
 def _smoke(**over):
+    """gan_mnist:smoke without progress bar, plots and (unless asked) sample-quality metrics."""
     c = config_module(CONFIGS / "gan_mnist.py").get_config("smoke")
     c.unlock()
     c.output.progress = False
     c.output.plots = False
+    c.eval.extractors = ()
     for k, v in over.items():
         section, name = k.split(".")
         c[section][name] = v
@@ -187,7 +189,7 @@ def test_a_nan_stops_the_gan_run_and_keeps_the_last_good_checkpoint(tmp_path):
 
 
 def test_gan_outputs_land_in_the_workdir(tmp_path):
-    c = _smoke(**{"output.plots": True})
+    c = _smoke(**{"output.plots": True, "eval.extractors": ("classifier",)})
     final = loop.train_and_evaluate(c, tmp_path)
     assert final["num_examples"] == 64 and np.isfinite(final["d_real"])
     for name in ("images/samples.png", "images/samples_0000010.png", "interpolations.png", "samples_over_time.png",
