@@ -25,7 +25,7 @@ from pathlib import Path
 import harness
 
 
-def bench_jax(batches, dtypes, fused, seconds, repeats, impls=("auto",)):
+def bench_jax(batches, dtypes, fused, seconds, repeats, impls=("auto",), norm_impls=("auto",)):
     from jaxgen import runtime
 
     runtime.setup()
@@ -46,10 +46,11 @@ def bench_jax(batches, dtypes, fused, seconds, repeats, impls=("auto",)):
     data = parallel.put_replicated({"image": images}, mesh)
     results = []
 
-    def measure(dtype, impl, batch, k):
+    def measure(dtype, impl, batch, k, norm_impl="auto"):
         c = config_lib.gan_config()
         c.model.dtype = dtype
         c.model.conv_impl = impl
+        c.model.norm_impl = norm_impl
         G, D = gan_models.build(c.model, (64, 64, 3), axis_name=parallel.AXIS)
         g_tx, g_lr = optim.make(c.g_optim, 10**6)
         d_tx, d_lr = optim.make(c.d_optim, 10**6)
@@ -63,17 +64,20 @@ def bench_jax(batches, dtypes, fused, seconds, repeats, impls=("auto",)):
         run = harness.train_loop(fn, jax.jit(create, out_shardings=parallel.replicated(mesh))(), data, calls)
         rate = harness.best_rate(run, calls * k * batch, seconds, repeats, warmup=1)
         results.append({"who": "jaxgen", "what": dtype, "conv_impl": impl, "resolved_impl": layers.resolve_impl(impl),
-                        "steps_per_dispatch": k, "batch": batch, "img_per_s": round(rate, 1)})
+                        "norm_impl": layers.resolve_norm_impl(norm_impl), "steps_per_dispatch": k, "batch": batch,
+                        "img_per_s": round(rate, 1)})
         print(json.dumps(results[-1]), flush=True)
         return rate
 
     for dtype in dtypes:
         for batch in batches:
             # Every conv impl at the first --fused value; further values with the fastest of them.
-            rates = {impl: measure(dtype, impl, batch, fused[0]) for impl in impls}
+            rates = {impl: measure(dtype, impl, batch, fused[0], norm_impls[0]) for impl in impls}
             best = max(rates, key=rates.get)
+            for norm_impl in norm_impls[1:]:  # further BatchNorm impls with the fastest conv impl
+                measure(dtype, best, batch, fused[0], norm_impl)
             for k in fused[1:]:
-                measure(dtype, best, batch, k)
+                measure(dtype, best, batch, k, norm_impls[0])
     return results, {"jax": jax.__version__, "devices": str(jax.devices()), "xla_flags": os.environ.get("XLA_FLAGS")}
 
 
@@ -112,6 +116,9 @@ def main(argv=None):
     p.add_argument("--conv-impls", default="auto",
                    help="model.conv_impl values (auto,phase,xla), each timed at the first --fused value; the other "
                         "--fused values are timed with the fastest")
+    p.add_argument("--norm-impls", default="auto",
+                   help="model.norm_impl values (auto,fused,flax): the first with every conv impl, the others with "
+                        "the fastest conv impl")
     p.add_argument("--seconds", type=float, default=20.0, help="timed seconds per measurement")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--skip-torch", action="store_true")
@@ -121,7 +128,7 @@ def main(argv=None):
     batches = [int(b) for b in a.batches.split(",")]
     env = harness.machine()
     results, info = bench_jax(batches, a.dtypes.split(","), [int(k) for k in a.fused.split(",")], a.seconds,
-                              a.repeats, a.conv_impls.split(","))
+                              a.repeats, a.conv_impls.split(","), a.norm_impls.split(","))
     env.update(info)
     if not a.skip_torch:
         tr, info = bench_torch(batches, a.seconds, a.repeats, a.torch_amp)

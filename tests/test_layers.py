@@ -76,3 +76,102 @@ def test_conv_impls_agree_in_value_and_gradient_and_unknown_ones_are_refused():
                 np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="choices: auto, phase, xla"):
         ConvTranspose2x(4, kernel_size=4, padding=1, impl="cudnn").init(jax.random.key(0), x)
+
+
+def _bn_pair(impl, x, g, axis_name=None):
+    """Loss sum(sin(BN(x)) * g) through a train-mode BatchNorm of `impl`: (loss, grads wrt params and x,
+    updated batch_stats)."""
+    import flax.linen as nn
+
+    from jaxgen.models.layers import BatchNorm
+
+    cls = BatchNorm if impl == "fused" else nn.BatchNorm
+    m = cls(use_running_average=False, momentum=0.9, epsilon=1e-5, axis_name=axis_name,
+            scale_init=lambda k, s, d=jnp.float32: 1.0 + 0.1 * jax.random.normal(k, s, d))
+    v = m.init(jax.random.key(0), x)
+    v = {"params": {**v["params"], "bias": jnp.linspace(-0.5, 0.5, x.shape[-1])}, "batch_stats": v["batch_stats"]}
+
+    def loss(p, x):
+        y, upd = m.apply({"params": p, "batch_stats": v["batch_stats"]}, x, mutable=["batch_stats"])
+        return jnp.sum(jnp.sin(y) * g), upd
+
+    (value, upd), grads = jax.value_and_grad(loss, (0, 1), has_aux=True)(v["params"], x)
+    return value, grads, upd
+
+
+def test_fused_batch_norm_equals_flax_in_value_gradients_and_running_stats():
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.standard_normal((8, 6, 6, 64)) * 2 + 1, jnp.float32)  # M=288: the regrouped column sums
+    g = jnp.asarray(rng.standard_normal(x.shape), jnp.float32)
+    for xs, gs in ((x, g), (x[:, :5, :5, :7], g[:, :5, :5, :7])):  # and C=7, M=200: plain column sums
+        ref, ours = _bn_pair("flax", xs, gs), _bn_pair("fused", xs, gs)
+        for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves(ours)):
+            np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
+
+
+def test_fused_batch_norm_synchronised_over_devices_equals_flax():
+    from jax.sharding import PartitionSpec as P
+
+    from jaxgen import parallel
+
+    mesh = parallel.make_mesh()
+    n = mesh.size
+    rng = np.random.default_rng(4)
+    x = jnp.asarray(rng.standard_normal((2 * n, 4, 4, 8)), jnp.float32)
+    g = jnp.asarray(rng.standard_normal(x.shape), jnp.float32)
+    outs = []
+    for impl in ("flax", "fused"):
+        def body(x, g, impl=impl):
+            value, grads, upd = _bn_pair(impl, x, g, axis_name=parallel.AXIS)
+            return jax.lax.psum(value, parallel.AXIS), jax.lax.psum(grads[0], parallel.AXIS), grads[1], upd
+
+        f = jax.shard_map(body, mesh=mesh, in_specs=(P(parallel.AXIS), P(parallel.AXIS)),
+                          out_specs=(P(), P(), P(parallel.AXIS), P()), check_vma=False)
+        outs.append(jax.jit(f)(x, g))
+    for a, b in zip(jax.tree.leaves(outs[0]), jax.tree.leaves(outs[1])):
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
+    # and the synchronised statistics are those of the whole batch, as one device computes them
+    np.testing.assert_allclose(outs[1][0], _bn_pair("fused", x, g)[0], rtol=1e-5)
+
+
+def test_norm_impls_are_checked_by_name():
+    from jaxgen.models.layers import resolve_norm_impl
+
+    assert resolve_norm_impl("flax") == "flax"
+    assert resolve_norm_impl("auto") in ("fused", "flax")
+    with pytest.raises(ValueError, match="choices: auto, fused, flax"):
+        resolve_norm_impl("cudnn")
+
+
+@pytest.mark.parametrize("cin,cout,k", [(6, 2, 2), (5, 1, 3), (2, 4, 2)])
+def test_conv_valid_has_the_gradients_of_xlas_conv(cin, cout, k):
+    """conv_valid's matrix-product weight gradient (out < in) and XLA's (out >= in) against XLA's conv."""
+    from jaxgen.models.layers import _conv_valid, conv_valid
+
+    rng = np.random.default_rng(cin + cout)
+    xp = jnp.asarray(rng.standard_normal((3, 7, 6, cin)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((k, k, cin, cout)), jnp.float32)
+    loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w)))
+    np.testing.assert_allclose(conv_valid(xp, w), _conv_valid(xp, w), rtol=1e-6)
+    for a, b in zip(jax.jit(jax.grad(loss(conv_valid), (0, 1)))(xp, w), jax.grad(loss(_conv_valid), (0, 1))(xp, w)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_norm_impls_give_the_same_variables_so_checkpoints_carry_over():
+    from jaxgen import config as config_lib
+    from jaxgen.models import gan
+
+    c = config_lib.gan_config()
+    c.model.g_width = c.model.d_width = 4
+    z, x = np.zeros((2, 100), np.float32), np.zeros((2, 32, 32, 3), np.float32)
+    variables = []
+    for impl in ("fused", "flax"):
+        c.model.norm_impl = impl
+        g, d = gan.build(c.model, (32, 32, 3))
+        variables.append((g.init(jax.random.key(0), z), d.init(jax.random.key(1), x)))
+    assert jax.tree.structure(variables[0]) == jax.tree.structure(variables[1])
+    for a, b in zip(jax.tree.leaves(variables[0]), jax.tree.leaves(variables[1])):
+        np.testing.assert_array_equal(a, b)
+    c.model.norm_impl = "cudnn"
+    with pytest.raises(ValueError, match="choices: auto, fused, flax"):
+        gan.build(c.model, (32, 32, 3))

@@ -62,11 +62,15 @@ def _layer(layer: nn.Module, x: jax.Array, spectral: bool, train: bool) -> jax.A
     return layer(x)
 
 
-def _norm(kind: str, axis_name: str | None, dtype: str, train: bool, scale_init=nn.initializers.ones, name=None):
-    """BatchNorm with PyTorch's defaults (momentum 0.1 there = 0.9 here, eps 1e-5), or identity for 'none'."""
+def _norm(kind: str, axis_name: str | None, dtype: str, train: bool, scale_init=nn.initializers.ones, name=None,
+          impl: str = "auto"):
+    """BatchNorm with PyTorch's defaults (momentum 0.1 there = 0.9 here, eps 1e-5), or identity for 'none'.
+    `impl` ('auto' | 'fused' | 'flax'): jaxgen's layers.BatchNorm or flax's nn.BatchNorm (same variables and
+    arithmetic)."""
     if kind == "none":
         return lambda x: x
-    return nn.BatchNorm(
+    cls = layers.BatchNorm if layers.resolve_norm_impl(impl) == "fused" else nn.BatchNorm
+    return cls(
         use_running_average=not train, momentum=0.9, epsilon=1e-5, axis_name=axis_name, dtype=DTYPES[dtype],
         param_dtype=jnp.float32, scale_init=scale_init, name=name,
     )
@@ -94,13 +98,14 @@ class DCGANGenerator(nn.Module):
     dtype: str = "float32"
     axis_name: str | None = None
     conv_impl: str = "auto"
+    norm_impl: str = "auto"
 
     @nn.compact
     def __call__(self, z: jax.Array, train: bool = True) -> jax.Array:
         _check("dcgan", self.image_shape, tuple(DCGAN_LEVELS), [("g_norm", self.norm)], self.dtype)
         base, mults = DCGAN_LEVELS[self.image_shape[0]]
         dt, sn = DTYPES[self.dtype], self.spectral_norm
-        norm = lambda h: _norm(self.norm, self.axis_name, self.dtype, train, _dcgan_scale_init)(h)
+        norm = lambda h: _norm(self.norm, self.axis_name, self.dtype, train, _dcgan_scale_init, impl=self.norm_impl)(h)
         bias = self.norm == "none"  # BatchNorm's shift makes a bias redundant; without it, layers keep theirs
         h = _layer(nn.Dense(base * base * mults[0] * self.width, use_bias=bias, kernel_init=DCGAN_INIT, dtype=dt,
                             param_dtype=jnp.float32), z.astype(jnp.float32), sn, train)
@@ -131,6 +136,7 @@ class DCGANDiscriminator(nn.Module):
     dtype: str = "float32"
     axis_name: str | None = None
     conv_impl: str = "auto"
+    norm_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
@@ -143,7 +149,7 @@ class DCGANDiscriminator(nn.Module):
                               impl=self.conv_impl)
             h = _layer(conv, h, sn, train)
             if i > 0:
-                h = _norm(self.norm, self.axis_name, self.dtype, train, _dcgan_scale_init)(h)
+                h = _norm(self.norm, self.axis_name, self.dtype, train, _dcgan_scale_init, impl=self.norm_impl)(h)
             h = nn.leaky_relu(h, 0.2)
         out = nn.Dense(1, use_bias=False, kernel_init=DCGAN_INIT, dtype=dt, param_dtype=jnp.float32)
         return _layer(out, h.reshape(h.shape[0], -1), sn, train)[:, 0].astype(jnp.float32)
@@ -181,6 +187,7 @@ class _ResBlock(nn.Module):
     spectral_norm: bool
     dtype: str
     axis_name: str | None
+    norm_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x, train: bool):
@@ -188,7 +195,7 @@ class _ResBlock(nn.Module):
         conv = lambda k, name: nn.Conv(self.features, (k, k), padding="SAME", dtype=dt, param_dtype=jnp.float32,
                                        kernel_init=GLOROT_RELU if k == 3 else GLOROT, name=name)
         apply = lambda layer, h: _layer(layer, h, self.spectral_norm, train)
-        norm = lambda h, name: _norm(self.norm, self.axis_name, self.dtype, train, name=name)(h)
+        norm = lambda h, name: _norm(self.norm, self.axis_name, self.dtype, train, name=name, impl=self.norm_impl)(h)
         if self.kind == "first":
             h = nn.relu(norm(apply(conv(3, "conv1"), x), "norm1"))
             h = _avg_pool(apply(conv(3, "conv2"), h))
@@ -226,6 +233,7 @@ class ResNetGenerator(nn.Module):
     spectral_norm: bool = False
     dtype: str = "float32"
     axis_name: str | None = None
+    norm_impl: str = "auto"
 
     @nn.compact
     def __call__(self, z: jax.Array, train: bool = True) -> jax.Array:
@@ -235,8 +243,8 @@ class ResNetGenerator(nn.Module):
         dense = nn.Dense(4 * 4 * widths[0], kernel_init=GLOROT, dtype=dt, param_dtype=jnp.float32)
         h = _layer(dense, z.astype(jnp.float32), sn, train).reshape(z.shape[0], 4, 4, widths[0])
         for w in widths[1:]:
-            h = _ResBlock(w, "up", self.norm, sn, self.dtype, self.axis_name)(h, train)
-        h = nn.relu(_norm(self.norm, self.axis_name, self.dtype, train)(h))
+            h = _ResBlock(w, "up", self.norm, sn, self.dtype, self.axis_name, self.norm_impl)(h, train)
+        h = nn.relu(_norm(self.norm, self.axis_name, self.dtype, train, impl=self.norm_impl)(h))
         out = nn.Conv(self.image_shape[-1], (3, 3), padding="SAME", kernel_init=GLOROT, dtype=dt,
                       param_dtype=jnp.float32)
         return jnp.tanh(_layer(out, h, sn, train).astype(jnp.float32))
@@ -257,13 +265,15 @@ class ResNetDiscriminator(nn.Module):
     spectral_norm: bool = True
     dtype: str = "float32"
     axis_name: str | None = None
+    norm_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
         _check("resnet", self.image_shape, tuple(RESNET_D), [("d_norm", self.norm)], self.dtype)
         mults, down = RESNET_D[self.image_shape[0]]
         dt, sn = DTYPES[self.dtype], self.spectral_norm
-        block = lambda w, kind: _ResBlock(w * self.width, kind, self.norm, sn, self.dtype, self.axis_name)
+        block = lambda w, kind: _ResBlock(w * self.width, kind, self.norm, sn, self.dtype, self.axis_name,
+                                              self.norm_impl)
         h = block(mults[0], "first")(x.astype(dt), train)
         for m, d in zip(mults[1:], down):
             h = block(m, "down" if d else "same")(h, train)
@@ -275,12 +285,14 @@ class ResNetDiscriminator(nn.Module):
 # --- Building by name ------------------------------------------------------------------------------------------------
 def _fields(m, image_shape, axis_name, prefix: str) -> dict:
     return dict(image_shape=tuple(image_shape), width=m[f"{prefix}_width"], norm=m[f"{prefix}_norm"],
-                spectral_norm=bool(m[f"{prefix}_spectral_norm"]), dtype=m.dtype, axis_name=axis_name)
+                spectral_norm=bool(m[f"{prefix}_spectral_norm"]), dtype=m.dtype, axis_name=axis_name,
+                norm_impl=m.get("norm_impl", "auto"))
 
 
 def _pair(name, gen, disc, supported, model_config, image_shape, axis_name, **extra):
     m = model_config
     _check(name, image_shape, supported, [("g_norm", m.g_norm), ("d_norm", m.d_norm)], m.dtype)
+    layers.resolve_norm_impl(m.get("norm_impl", "auto"))  # an unknown name fails here, listing the choices
     g = gen(latent_dim=m.latent_dim, **_fields(m, image_shape, axis_name, "g"), **extra)
     return g, disc(**_fields(m, image_shape, axis_name, "d"), **extra)
 
@@ -309,7 +321,7 @@ def build(model_config, image_shape: tuple[int, int, int], axis_name: str | None
     Args:
       model_config: fields name, latent_dim, g_width, d_width, g_norm, d_norm ('batch' | 'none'),
         g_spectral_norm, d_spectral_norm, dtype ('float32' | 'bfloat16'), conv_impl (DCGAN's strided convs:
-        'auto' | 'phase' | 'xla', see jaxgen.models.layers).
+        'auto' | 'phase' | 'xla', see jaxgen.models.layers), norm_impl (BatchNorm: 'auto' | 'fused' | 'flax').
       image_shape: (H, W, C).
       axis_name: the mesh axis BatchNorm synchronises its batch statistics over (None: per call).
     """
