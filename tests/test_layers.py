@@ -188,3 +188,25 @@ def test_conv_transpose_2x_has_the_gradients_of_its_form(kernel, padding):
     loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w, padding)))
     for a, b in zip(jax.grad(loss(conv_transpose_2x), (0, 1))(x, w), jax.grad(loss(_phase_form), (0, 1))(x, w)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("impl", ["phase", "xla"])
+def test_conv_equals_flax_conv_in_variables_value_and_gradients(impl):
+    """layers.Conv (the conv VAE's output layer) against nn.Conv with SAME padding: same variables (so checkpoints
+    carry over), outputs and gradients, through conv_same's matmul weight gradient (out < in) and bias_add."""
+    import flax.linen as nn
+
+    from jaxgen.models.layers import Conv
+
+    rng = np.random.default_rng(5)
+    x = jnp.asarray(rng.standard_normal((3, 6, 5, 4)), jnp.float32)
+    for features, k in ((1, 3), (2, 5), (6, 3)):
+        ours, ref = Conv(features, k, impl=impl), nn.Conv(features, (k, k), padding="SAME")
+        v = ours.init(jax.random.key(0), x)
+        jax.tree.map(np.testing.assert_array_equal, v, ref.init(jax.random.key(0), x))
+        v = jax.tree.map(lambda a: a + 0.1, v)  # a non-zero bias
+        loss = lambda m: lambda v, x: jnp.sum(jnp.sin(m.apply(v, x)))
+        np.testing.assert_allclose(ours.apply(v, x), ref.apply(v, x), rtol=1e-5, atol=1e-6)
+        for a, b in zip(jax.tree.leaves(jax.grad(loss(ours), (0, 1))(v, x)),
+                        jax.tree.leaves(jax.grad(loss(ref), (0, 1))(v, x))):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

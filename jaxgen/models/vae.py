@@ -10,7 +10,7 @@ import math
 
 import flax.linen as nn
 
-from jaxgen.models.layers import ConvTranspose2x, activation, check_divisible
+from jaxgen.models.layers import Conv, ConvTranspose2x, activation, check_divisible
 
 
 class MLPVAE(nn.Module):
@@ -71,7 +71,7 @@ class ConvVAE(nn.Module):
         self.dec_proj = nn.Dense(self.base[0] * self.base[1] * self.base[2])
         widths = tuple(reversed(self.channels))  # (64, 32) for channels (32, 64)
         self.up = [ConvTranspose2x(c, kernel_size=3, padding=1, impl=self.conv_impl) for c in widths]
-        self.out = nn.Conv(self.image_shape[-1], (3, 3), padding=pad)
+        self.out = Conv(self.image_shape[-1], 3, impl=self.conv_impl)
 
     def encode(self, x):
         act = activation(self.activation)
