@@ -177,14 +177,15 @@ def test_norm_impls_give_the_same_variables_so_checkpoints_carry_over():
         gan.build(c.model, (32, 32, 3))
 
 
+@pytest.mark.parametrize("cin,cout", [(3, 4), (5, 2)])
 @pytest.mark.parametrize("kernel,padding", [(3, 1), (4, 1), (5, 2)])
-def test_conv_transpose_2x_has_the_gradients_of_its_form(kernel, padding):
+def test_conv_transpose_2x_has_the_gradients_of_its_form(kernel, padding, cin, cout):
     """The written-out VJP (strided conv for the input, XLA's strided-conv weight gradient) equals autodiff."""
     from jaxgen.models.layers import _phase_form, conv_transpose_2x
 
     rng = np.random.default_rng(kernel)
-    x = jnp.asarray(rng.standard_normal((2, 5, 4, 3)), jnp.float32)
-    w = jnp.asarray(rng.standard_normal((kernel, kernel, 3, 4)), jnp.float32)
+    x = jnp.asarray(rng.standard_normal((2, 5, 4, cin)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((kernel, kernel, cin, cout)), jnp.float32)
     loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w, padding)))
     for a, b in zip(jax.grad(loss(conv_transpose_2x), (0, 1))(x, w), jax.grad(loss(_phase_form), (0, 1))(x, w)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
