@@ -58,48 +58,8 @@ def _sub_pixel_form(x, w, padding):
     return y.reshape(n, 2 * h, 2 * wd, cout)
 
 
-@jax.custom_vjp
-def conv_valid(xp: jax.Array, w: jax.Array) -> jax.Array:
-    """A stride-1 'VALID' convolution, NHWC x [K, K, in, out], the input already padded.
-
-    XLA's forward and input gradient. On XLA:CPU, when out < in, the weight gradient is one matrix product instead
-    of XLA's convolution: XLA:CPU transposes both operands of a weight-gradient convolution, fused with whatever
-    produced them (a slow loop; 40 ms of a 1.2 s DCGAN step for G's last layer's 33 MB input alone, jax 0.10.2).
-    Here only the output gradient, the smaller side, is transposed: on the padded grid flattened to M rows,
-    tap (ky, kx) pairs input row q with gradient row q - (ky * Wp + kx), so the K*K shifted copies of the
-    transposed gradient [K*K*out, M] times the input rows [M, in] give every tap at once. fwd+bwd of DCGAN-64 G's
-    last layer (64 -> 4 phases x 3 channels, batch 128): 83 -> 51 ms. Other backends use XLA's weight gradient.
-    """
-    return _conv_valid(xp, w)
-
-
 def _conv_valid(xp, w):
     return jax.lax.conv_general_dilated(xp, w, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-
-def _conv_valid_fwd(xp, w):
-    return _conv_valid(xp, w), (xp, w)
-
-
-def _conv_valid_bwd(residuals, g):
-    xp, w = residuals
-    k, _, cin, cout = w.shape
-    if jax.default_backend() != "cpu" or cout >= cin:
-        return jax.vjp(_conv_valid, xp, w)[1](g)
-    (dx,) = jax.vjp(lambda a: _conv_valid(a, w), xp)[1](g)
-    n, hp, wp, _ = xp.shape
-    m = n * hp * wp
-    # The gradient on the padded grid (zeros past the valid outputs), transposed: [out, M].
-    gt = jnp.pad(g, ((0, 0), (0, k - 1), (0, k - 1), (0, 0))).reshape(m, cout).T
-    last = (k - 1) * wp + (k - 1)
-    gt = jnp.pad(gt, ((0, 0), (last, 0)))
-    shifted = jnp.concatenate([gt[:, last - (ky * wp + kx):][:, :m] for ky in range(k) for kx in range(k)], 0)
-    dw = jnp.dot(shifted, xp.reshape(m, cin).astype(shifted.dtype), preferred_element_type=jnp.float32)
-    dw = dw.reshape(k, k, cout, cin).transpose(0, 1, 3, 2)
-    return dx, dw.astype(w.dtype)
-
-
-conv_valid.defvjp(_conv_valid_fwd, _conv_valid_bwd)
 
 
 def _even_kernel_form(x, w, padding):
@@ -118,7 +78,7 @@ def _even_kernel_form(x, w, padding):
     # w[2a + py, 2b + px] -> v[A-1-a, A-1-b, cin, (py, px, cout)]
     v = w.reshape(a, 2, a, 2, cin, cout)[::-1, :, ::-1].transpose(0, 2, 4, 1, 3, 5).reshape(a, a, cin, 4 * cout)
     xp = jnp.pad(x, ((0, 0), (a - 1, a - 1), (a - 1, a - 1), (0, 0)))
-    y = conv_valid(xp, v)
+    y = _conv_valid(xp, v)
     hf, wf = h + a - 1, wd + a - 1
     y = y.reshape(n, hf, wf, 2, 2, cout).transpose(0, 1, 3, 2, 4, 5).reshape(n, 2 * hf, 2 * wf, cout)
     return y[:, padding : padding + 2 * h, padding : padding + 2 * wd]
@@ -182,13 +142,15 @@ AUTO_IMPL = {"cpu": "phase"}
 DEFAULT_IMPL = "phase"
 
 
+def _resolve(what: str, impl: str, choices: tuple[str, ...], auto: dict, default: str) -> str:
+    if impl not in choices:
+        raise ValueError(f"unknown {what} {impl!r}; choices: {', '.join(choices)}")
+    return auto.get(jax.default_backend(), default) if impl == "auto" else impl
+
+
 def resolve_impl(impl: str) -> str:
     """'phase' or 'xla' for `impl` ('auto' picks by jax.default_backend())."""
-    if impl not in IMPLS:
-        raise ValueError(f"unknown conv impl {impl!r}; choices: {', '.join(IMPLS)}")
-    if impl == "auto":
-        return AUTO_IMPL.get(jax.default_backend(), DEFAULT_IMPL)
-    return impl
+    return _resolve("conv impl", impl, IMPLS, AUTO_IMPL, DEFAULT_IMPL)
 
 
 def _strided_conv(x, w, padding):
@@ -312,8 +274,10 @@ def _conv_same(x, w):
 def conv_same(x: jax.Array, w: jax.Array) -> jax.Array:
     """A stride-1 convolution with 'SAME' zero padding (odd K), NHWC x [K, K, in, out]: XLA's forward and input
     gradient. On XLA:CPU, when out < in, the weight gradient is one matrix product with only the (smaller) output
-    gradient transposed, as in `conv_valid`: tap (ky, kx) pairs x[i, j] with g[i - ky + p, j - kx + p], so the
-    K*K shifted copies of the transposed gradient [K*K*out, N*H*W] times x's rows [N*H*W, in] give every tap."""
+    gradient transposed: tap (ky, kx) pairs x[i, j] with g[i - ky + p, j - kx + p], so the
+    K*K shifted copies of the transposed gradient [K*K*out, N*H*W] times x's rows [N*H*W, in] give every tap.
+    XLA:CPU transposes both operands of a weight-gradient convolution, fused with whatever produced them (a slow
+    loop: 4.6-6.9 ms of the conv VAE's ~56 ms step for its output conv's 13 MB input)."""
     return _conv_same(x, w)
 
 
@@ -378,11 +342,7 @@ DEFAULT_NORM_IMPL = "flax"
 
 def resolve_norm_impl(impl: str) -> str:
     """'fused' or 'flax' for `impl` ('auto' picks by jax.default_backend())."""
-    if impl not in NORM_IMPLS:
-        raise ValueError(f"unknown norm impl {impl!r}; choices: {', '.join(NORM_IMPLS)}")
-    if impl == "auto":
-        return AUTO_NORM_IMPL.get(jax.default_backend(), DEFAULT_NORM_IMPL)
-    return impl
+    return _resolve("norm impl", impl, NORM_IMPLS, AUTO_NORM_IMPL, DEFAULT_NORM_IMPL)
 
 
 def channel_sum(x2: jax.Array) -> jax.Array:
