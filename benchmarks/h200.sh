@@ -32,8 +32,8 @@ run() {  # name limit command... (skipped unless its part is in PARTS)
 }
 run gan128 150 python3 gan_throughput.py --batches="$B1" --dtypes=float32,bfloat16 --conv-impls=phase,xla --fused=1,4 \
   --seconds="$S" --repeats=2 --torch-amp --out="$OUT/gan128.json"
-run gan1024 130 python3 gan_throughput.py --batches="$B2" --dtypes=float32,bfloat16 --conv-impls=phase,xla --fused=1 \
-  --seconds="$S" --repeats=2 --torch-amp --out="$OUT/gan1024.json"
+run gan1024 170 python3 gan_throughput.py --batches="$B2" --dtypes=float32,bfloat16 --conv-impls=phase,xla --fused=1 \
+  --norm-impls=flax,fused --seconds="$S" --repeats=2 --torch-amp --out="$OUT/gan1024.json"
 run vae 200 python3 vae_throughput.py --batches="$B1,$B2" --conv-impls=phase,xla --fused=1,10 --seconds="$S" \
   --repeats=2 --out="$OUT/vae.json"
 run fid 80 python3 fid_timing.py --n="${FID_N:-10000}" --size=28,28,1 --batch=500 --full
