@@ -126,7 +126,7 @@ def bias_add(y: jax.Array, b: jax.Array) -> jax.Array:
 
 
 def _bias_add_fwd(y, b):
-    return bias_add(y, b), b
+    return y + b.astype(y.dtype), b
 
 
 def _bias_add_bwd(b, g):
@@ -366,7 +366,7 @@ def _bn_stats(x, axis_name):
         sums = jax.lax.psum(sums, axis_name)
         count = count * jax.lax.psum(1, axis_name)
     mean, mean2 = sums[0] / count, sums[1] / count
-    return mean, jnp.maximum(0.0, mean2 - mean * mean), count
+    return mean, jnp.maximum(0.0, mean2 - mean * mean)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
@@ -377,12 +377,13 @@ def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: f
 
     The backward pass is written out (the textbook BatchNorm gradient, two column sums of the cotangent) instead of
     left to autodiff, whose six reductions over the activations are the slow part on XLA:CPU; the cotangents of the
-    returned mean and variance are honoured too, so this is the exact VJP."""
+    returned mean and variance are honoured too, so this is the exact VJP (the clip at 0 taken as inactive). The
+    backward pass is plain jnp, so gradients of gradients (R1, WGAN-GP) work through it."""
     return _bn_fwd(x, scale, bias, epsilon, axis_name)[0]
 
 
 def _bn_fwd(x, scale, bias, epsilon, axis_name):
-    mean, var, _ = _bn_stats(x, axis_name)
+    mean, var = _bn_stats(x, axis_name)
     inv = jax.lax.rsqrt(var + epsilon)
     mul = inv * scale.astype(jnp.float32)
     y = ((x.astype(jnp.float32) - mean) * mul + bias.astype(jnp.float32)).astype(x.dtype)
