@@ -80,7 +80,7 @@ def test_conv_impls_agree_in_value_and_gradient_and_unknown_ones_are_refused():
 
 def _bn_pair(impl, x, g, axis_name=None):
     """Loss sum(sin(BN(x)) * g) through a train-mode BatchNorm of `impl`: (loss, grads wrt params and x,
-    updated batch_stats)."""
+    updated batch_stats, and without axis_name the eval-mode output with those stats)."""
     import flax.linen as nn
 
     from jaxgen.models.layers import BatchNorm
@@ -96,6 +96,9 @@ def _bn_pair(impl, x, g, axis_name=None):
         return jnp.sum(jnp.sin(y) * g), upd
 
     (value, upd), grads = jax.value_and_grad(loss, (0, 1), has_aux=True)(v["params"], x)
+    if axis_name is None:  # eval mode: normalised by the running averages just updated
+        y_eval = m.clone(use_running_average=True).apply({"params": v["params"], **upd}, x)
+        return value, grads, upd, y_eval
     return value, grads, upd
 
 
