@@ -6,7 +6,7 @@ the official code draws 128 fresh samples for it.
     python launch.py --config=configs/gan_cifar10.py --workdir=runs/sngan_cifar10
     python launch.py --config=configs/gan_cifar10.py:smoke --workdir=/tmp/smoke
 
-Reference: the paper reports IS 8.22 and FID 21.7 for this unconditional setup (see ../shared/anchors.md).
+Reference: the paper (Miyato et al., 2018) reports IS 8.22 and FID 21.7 for this unconditional setup.
 Variants: diffaugment (color, translation, cutout on reals and fakes), bf16, smoke (synthetic 32x32x3).
 """
 

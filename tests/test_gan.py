@@ -168,15 +168,25 @@ def relativistic_loss(d_real, d_fake):
     return d_loss, g_loss, {"relativistic_gap": jnp.mean(rd)}
 
 
+def r2_penalty(d_fn, real, fake, keys):
+    """A user's regularizer (R2, Mescheder et al. 2018: R1 on the fakes), loaded by import path below."""
+    del real, keys
+    g = jax.grad(lambda x: jnp.sum(d_fn(x)))(fake)
+    sq = jnp.sum(jnp.square(g), axis=(1, 2, 3))
+    return 0.5 * jnp.mean(sq), {"r2_grad_sq": jnp.mean(sq)}
+
+
 def nan_loss(d_real, d_fake):
     return jnp.mean(d_real) * jnp.nan, jnp.mean(d_fake), {}
 
 
-def test_a_users_loss_loads_by_import_path_and_trains(tmp_path):
-    c = _smoke(**{"loss.name": "tests.test_gan:relativistic_loss", "eval.every": 0})
+def test_a_users_loss_and_regularizer_load_by_import_path_and_train(tmp_path):
+    c = _smoke(**{"loss.name": "tests.test_gan:relativistic_loss", "reg.name": "tests.test_gan:r2_penalty",
+                  "reg.weight": 10.0, "eval.every": 0})
     loop.train_and_evaluate(c, tmp_path)
     records = [r for r in writer.read(tmp_path / "metrics.jsonl") if r["split"] == "train"]
     assert records and all("relativistic_gap" in r and np.isfinite(r["g_loss"]) for r in records)
+    assert all(r["r2_grad_sq"] > 0 and r["reg"] == pytest.approx(0.5 * r["r2_grad_sq"], rel=1e-4) for r in records)
 
 
 def test_a_nan_stops_the_gan_run_and_keeps_the_last_good_checkpoint(tmp_path):
