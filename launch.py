@@ -9,6 +9,8 @@
 Running the same command on the same workdir resumes from the newest checkpoint.
 """
 
+import sys
+
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -20,6 +22,20 @@ flags.DEFINE_enum("mode", "train", ["train", "eval", "sample"],
                   "sample (the newest checkpoint -> sample.num samples as .npz and PNG grids).")
 flags.DEFINE_bool("jax_distributed", False, "Call jax.distributed.initialize() first (multi-host runs).")
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, but an override of a field the config lacks names it and lists its block's fields
+    (ml_collections raises a bare AttributeError, with a "Did you mean" only for near-typos)."""
+    try:
+        return app.parse_flags_with_usage(argv)
+    except (AttributeError, KeyError):
+        from jaxgen import config as config_lib  # noqa: PLC0415
+
+        if (message := config_lib.unknown_override(argv[1:], FLAGS["config"].parser.parse)) is None:
+            raise
+        sys.stderr.write(f"FATAL Flags parsing error: {message}\n")
+        sys.exit(1)
 
 
 def main(argv):
@@ -35,4 +51,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -5,8 +5,8 @@ batch 128, BatchNorm in G and D, faces centre-cropped to 108x108 then resized to
     python launch.py --config=configs/gan_celeba.py --workdir=runs/celeba --config.data.path=/data/img_align_celeba
     python launch.py --config=configs/gan_celeba.py:smoke --workdir=/tmp/smoke
 
-The data comes from TFDS `celeb_a` (prepared once into the data dir); when TFDS cannot provide it, from the
-folder of images given by data.path (the `img_align_celeba` folder of 202,599 JPEGs), decoded once into a
+The data comes from TFDS `celeb_a` (prepared once into the data dir) or, when data.path is set, from that
+folder of images (the `img_align_celeba` folder of 202,599 JPEGs), decoded once into a
 uint8 cache in the data dir. The 108-pixel centre crop of the 178x218 aligned faces is the one of
 carpedm20/DCGAN-tensorflow, the usual CelebA-64 preprocessing.
 

@@ -6,6 +6,7 @@ fails loudly (the ConfigDict is locked) instead of being silently ignored.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 
 import ml_collections
@@ -27,8 +28,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.num_examples = 0  # synthetic: examples per split; others: keep the first N (0 = all)
     c.data.image_shape = (28, 28, 1)  # synthetic only
     c.data.download = True  # TFDS: download and prepare when missing
-    c.data.path = ""  # image_folder: the folder of images (celeb_a: used when TFDS cannot provide it)
-    c.data.resolution = 0  # image_folder, celeb_a: square side after crop and resize; 0 = keep the size
+    c.data.path = ""  # image_folder: the folder of images (celeb_a: read instead of TFDS when set)
+    c.data.resolution = 0  # image_folder, celeb_a: square side after crop and resize; 0 = keep the size (image_folder
+    # with images of mixed sizes: the smallest side found)
     c.data.crop = 0  # centre crop (square side, source pixels) before the resize; 0 = the largest centred square
     c.data.test_percent = 0  # image_folder: % of files held out as 'test' (by a hash of the path); 0 = test is train
 
@@ -168,6 +170,39 @@ def with_variant(
     return config
 
 
+def unknown_field(config: ml_collections.ConfigDict, path: str) -> str | None:
+    """The error for a dotted field `path` (e.g. 'train.steps') that `config` lacks, listing the fields of the
+    block it names; None if the field exists."""
+    node, seen = config, []
+    for name in path.split("."):
+        block = ".".join(seen) or "the config"
+        if not isinstance(node, ml_collections.ConfigDict):
+            return f"unknown config field {path!r}: {block} is a value, not a block of fields"
+        if name not in node:
+            return f"unknown config field {path!r}; fields of {block}: {', '.join(sorted(node.keys()))}"
+        node = node[name]
+        seen.append(name)
+    return None
+
+
+def unknown_override(argv: list[str], load: Callable[[str], ml_collections.ConfigDict]) -> str | None:
+    """The error for the first `--config.<field>` override in the command line `argv` that the config lacks, else
+    None. `load(spec)` loads the config named by `--config=FILE[:variant]` (absl's config flag parser)."""
+    spec = ""  # the value of --config=FILE[:variant] or --config FILE[:variant]
+    for i, arg in enumerate(argv):
+        if re.match(r"^--?config(=|$)", arg):
+            spec = arg.split("=", 1)[1] if "=" in arg else " ".join(argv[i + 1:i + 2])
+    try:
+        config = load(spec)
+    except Exception:  # noqa: BLE001 (the config itself fails to load: absl's own error says more)
+        return None
+    for arg in argv:
+        if m := re.match(r"^--?(?:no)?config\.([^=]+)", arg):
+            if message := unknown_field(config, m.group(1)):
+                return message
+    return None
+
+
 def smoke(config: ml_collections.ConfigDict) -> None:
     """The tiny-size settings every `smoke` variant shares: same model, objective and step, seconds to run."""
     config.train.batch_size = 32
@@ -240,6 +275,7 @@ def check(config: ml_collections.ConfigDict) -> None:
         raise ValueError("sample.num and sample.per_grid must be >= 1")
     k = t.steps_per_dispatch
     for field, value in (
+        ("train.steps", t.steps),
         ("train.log_every", t.log_every),
         ("checkpoint.every", config.checkpoint.every),
         ("eval.every", config.eval.every),

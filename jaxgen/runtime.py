@@ -24,14 +24,36 @@ def _runs_on_cpu() -> bool:
     return not any(n.startswith(ACCELERATOR_PLUGINS) for n in names)
 
 
+def distributed_args() -> dict[str, int]:
+    """`num_processes` and `process_id` from $JAX_NUM_PROCESSES and $JAX_PROCESS_ID, those that are set.
+
+    jax.distributed.initialize() reads $JAX_COORDINATOR_ADDRESS (and $JAX_LOCAL_DEVICE_IDS) itself but not these
+    two (jax 0.10.2); unset, JAX detects them (TPU pods, SLURM, Open MPI). Raises ValueError on a non-integer.
+    """
+    out = {}
+    for var, arg, what in (("JAX_NUM_PROCESSES", "num_processes", "the number of processes in the run"),
+                           ("JAX_PROCESS_ID", "process_id", "this process's index, 0 .. JAX_NUM_PROCESSES - 1")):
+        value = os.environ.get(var, "").strip()
+        if not value:
+            continue
+        try:
+            out[arg] = int(value)
+        except ValueError:
+            raise ValueError(f"${var}={value!r} is not an integer: set it to {what}, or unset it to let JAX "
+                             f"detect it") from None
+    return out
+
+
 def setup(distributed: bool = False) -> None:
-    """Adds jaxgen's XLA:CPU defaults to XLA_FLAGS (before any JAX computation) and initialises multi-host JAX."""
+    """Adds jaxgen's XLA:CPU defaults to XLA_FLAGS (before any JAX computation) and initialises multi-host JAX
+    (with $JAX_NUM_PROCESSES and $JAX_PROCESS_ID when set, see `distributed_args`)."""
     flags = os.environ.get("XLA_FLAGS", "")
     for f in CPU_FLAGS if _runs_on_cpu() else ():
         if f.split("=")[0] not in flags:
             flags = f"{flags} {f}".strip()
     os.environ["XLA_FLAGS"] = flags
     if distributed:
+        kwargs = distributed_args()  # before importing JAX: a bad value fails at once
         import jax  # noqa: PLC0415
 
-        jax.distributed.initialize()
+        jax.distributed.initialize(**kwargs)

@@ -1,6 +1,7 @@
 """Datasets: the shipped digits offline, the TFDS path under tfds.testing.mock_data, the on-device batches."""
 
 import time
+from urllib.parse import urlsplit
 
 import jax
 import jax.numpy as jnp
@@ -45,7 +46,7 @@ def test_unknown_dataset_lists_the_choices():
 def test_tfds_path_under_mock_data(tmp_path, monkeypatch):
     import tensorflow_datasets as tfds
 
-    monkeypatch.setattr(tfds_source, "can_reach", lambda host: pytest.fail("no network in tests"))
+    monkeypatch.setattr(tfds_source, "can_reach", lambda host, port=443: pytest.fail("no network in tests"))
     monkeypatch.setattr(tfds_source, "has_tensorflow", lambda: True)
     monkeypatch.setattr(tfds_source, "DOWNLOAD_HOSTS", {})
     with tfds.testing.mock_data(num_examples=24):
@@ -59,13 +60,27 @@ def test_tfds_path_under_mock_data(tmp_path, monkeypatch):
 
 
 def test_tfds_offline_fails_fast_naming_the_dataset_and_the_fix(tmp_path, monkeypatch):
-    monkeypatch.setattr(tfds_source, "can_reach", lambda host: False)
+    monkeypatch.setattr(tfds_source, "can_reach", lambda host, port=443: False)
     t = time.perf_counter()
     with pytest.raises(tfds_source.DatasetUnavailableError) as e:
         data.load(_cfg(name="mnist", data_dir=str(tmp_path)), "train")
     assert time.perf_counter() - t < 30
     msg = str(e.value)
     assert "'mnist' is not prepared in" in msg and "download_and_prepare" in msg and "mnist_5k" in msg
+
+
+def test_download_probe_uses_each_datasets_host_and_port(tmp_path, monkeypatch):
+    import tensorflow_datasets as tfds
+
+    probed = []
+    monkeypatch.setattr(tfds_source, "can_reach", lambda host, port=443: probed.append((host, port)) or False)
+    with pytest.raises(tfds_source.DatasetUnavailableError, match=r"no connection to fashion-mnist\..*\.com:80\)"):
+        data.load(_cfg(name="fashion_mnist", data_dir=str(tmp_path)), "train")
+    assert probed == [("fashion-mnist.s3-website.eu-central-1.amazonaws.com", 80)]  # S3 website: http only
+    # The table matches the URLs the installed TFDS downloads from (read from its checksum files, no network).
+    for name, (host, port) in tfds_source.DOWNLOAD_HOSTS.items():
+        urls = {urlsplit(u) for u in tfds.builder_cls(name).url_infos}
+        assert {(u.hostname, {"http": 80, "https": 443}[u.scheme]) for u in urls} == {(host, port)}, name
 
 
 @pytest.mark.parametrize("n", [1, 2, 5, 100, 1000, 4097, 60000])

@@ -125,14 +125,27 @@ def test_test_percent_split_is_disjoint_deterministic_and_complete(tmp_path):
         data.load(cfg, "validation")
 
 
-def test_resolution_zero_needs_one_size(tmp_path):
+def test_resolution_zero_keeps_one_size_and_takes_the_smallest_side_of_mixed_sizes(tmp_path, monkeypatch, caplog):
     root = tmp_path / "imgs"
     _numbered_folder(root, n=4, size=(8, 6))
     assert data.load(_cfg(tmp_path, path=str(root)), "train").image.shape == (4, 6, 8, 3)  # not square, as stored
     assert data.load(_cfg(tmp_path, path=str(root), crop=4), "train").image.shape == (4, 4, 4, 3)  # crop only
-    _solid("RGB", (9, 9), 0).save(root / "g0" / "odd.png")
-    with pytest.raises(ValueError, match=r"differ in size.*--config.data.resolution=R"):
-        data.load(_cfg(tmp_path, path=str(root)), "train")
+    _solid("RGB", (12, 9), (90, 80, 70)).save(root / "g0" / "odd.png")  # another size (and shorter side 9 > 6)
+    _solid("L", (20, 5), 200).save(root / "g1" / "thin.png")  # and mode; its shorter side, 5, is the smallest
+    with caplog.at_level(logging.INFO, logger="jaxgen"):
+        d = data.load(_cfg(tmp_path, path=str(root)), "train")
+    assert d.image.shape == (6, 5, 5, 3) and d.image.dtype == np.uint8
+    assert any("differ in size and data.resolution is 0: using the smallest side found, 5," in r.getMessage()
+               for r in caplog.records)
+    mean = d.image.reshape(6, -1, 3).mean(1)  # sorted: g0/000, g0/003, g0/odd, g1/001, g1/thin, g2/002
+    np.testing.assert_allclose(mean[2], [90, 80, 70], atol=1)  # g0/odd.png, centre-cropped to 9 x 9 then resized
+    np.testing.assert_allclose(mean[4], [200, 200, 200], atol=1)  # g1/thin.png, L -> grey RGB
+    # With a crop, the clamped crops decide: 'thin' is 5 pixels high, so 4 x 4 crops fit all, 7 x 7 crops do not.
+    assert data.load(_cfg(tmp_path, path=str(root), crop=4), "train").image.shape == (6, 4, 4, 3)
+    assert data.load(_cfg(tmp_path, path=str(root), crop=7), "train").image.shape == (6, 5, 5, 3)
+    # The choice is cached with the rest: a second load decodes nothing and gives the same arrays.
+    monkeypatch.setattr(imf, "_decode", lambda *a, **k: pytest.fail("decoded an image although the cache exists"))
+    np.testing.assert_array_equal(data.load(_cfg(tmp_path, path=str(root)), "train").image, d.image)
 
 
 def test_bad_paths_name_the_fix(tmp_path):
@@ -166,7 +179,7 @@ def test_crop_and_resize_centres_and_clamps():
 def test_celeb_a_under_mock_data_is_cropped_resized_and_cached(tmp_path, monkeypatch):
     import tensorflow_datasets as tfds
 
-    monkeypatch.setattr(tfds_source, "can_reach", lambda host: pytest.fail("no network in tests"))
+    monkeypatch.setattr(tfds_source, "can_reach", lambda host, port=443: pytest.fail("no network in tests"))
     monkeypatch.setattr(tfds_source, "has_tensorflow", lambda: True)
     monkeypatch.setattr(tfds_source, "DOWNLOAD_HOSTS", {})
     cfg = _cfg(tmp_path, name="celeb_a", resolution=64, crop=108)
@@ -179,18 +192,29 @@ def test_celeb_a_under_mock_data_is_cropped_resized_and_cached(tmp_path, monkeyp
     np.testing.assert_array_equal(data.load(cfg, "train").image, d.image)  # from the cache, no TFDS
 
 
-def test_celeb_a_falls_back_to_data_path_and_says_so_when_it_cannot(tmp_path, monkeypatch, caplog):
-    monkeypatch.setattr(tfds_source, "can_reach", lambda host: pytest.fail("no network in tests"))
+def test_celeb_a_with_data_path_reads_the_folder_without_trying_tfds_and_says_so(tmp_path, monkeypatch, caplog):
+    def no_tfds(*a, **k):
+        raise AssertionError("TFDS was tried although data.path is set")
+
+    real_source = tfds_source._source
+    monkeypatch.setattr(tfds_source, "can_reach", lambda host, port=443: pytest.fail("no network in tests"))
+    monkeypatch.setattr(tfds_source, "_source", no_tfds)
     root = tmp_path / "img_align_celeba"
     root.mkdir()
     for i in range(5):
         _solid("RGB", (178, 218), (i * 40, 0, 0)).save(root / f"{i:06d}.jpg")
-    cfg = _cfg(tmp_path, name="celeb_a", download=False, path=str(root), resolution=32, crop=108)
+    cfg = _cfg(tmp_path, name="celeb_a", download=True, path=str(root), resolution=32, crop=108)
+    tfds_cache = tmp_path / "data" / "jaxgen_cache" / "celeb_a" / "train_r32_c108.npz"
+    tfds_cache.parent.mkdir(parents=True)
+    imf.write_npz(tfds_cache, np.zeros((2, 32, 32, 3), np.uint8), np.zeros(2, np.int32))  # ignored: data.path wins
     with caplog.at_level(logging.INFO, logger="jaxgen"):
         d = data.load(cfg, "train")
     assert d.image.shape == (5, 32, 32, 3) and d.label.tolist() == [0] * 5
-    assert any("as an image folder" in r.getMessage() for r in caplog.records)
-    cfg.path = ""
+    assert any("as an image folder (TFDS is not used when data.path is set)" in r.getMessage()
+               for r in caplog.records)
+    monkeypatch.setattr(tfds_source, "_source", real_source)
+    tfds_cache.unlink()
+    cfg.path, cfg.download = "", False
     with pytest.raises(tfds_source.DatasetUnavailableError, match=r"data.download is False") as e:
         data.load(cfg, "train")
     assert "or point --config.data.path at the img_align_celeba folder you already have" in str(e.value)

@@ -90,6 +90,19 @@ def test_unknown_config_field_is_an_error(tmp_path):
     assert r.returncode != 0 and "bacth_size" in r.stderr
 
 
+@pytest.mark.parametrize("override,block,fields", [
+    ("train.zzzz=8", "train", "batch_size, ema_decay, log_every, steps, steps_per_dispatch"),
+    ("zzzz.steps=8", "the config",
+     "checkpoint, data, eval, model, objective, optim, output, sample, seed, task, train"),
+])
+def test_unknown_config_field_names_it_and_lists_the_fields_of_its_block(tmp_path, override, block, fields):
+    r = _launch("--config=configs/vae_mnist.py:smoke", f"--workdir={tmp_path}", f"--config.{override}")
+    field = override.split("=")[0]
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert f"unknown config field '{field}'; fields of {block}: {fields}\n" in r.stderr
+    assert not any(tmp_path.iterdir())  # failed at flag parsing, before any work
+
+
 def test_unknown_variant_lists_the_choices():
     with pytest.raises(ValueError, match="unknown config variant 'smok'; choices: fashion, iwae, mnist_5k, smoke"):
         _load_config(str(ROOT / "configs" / "vae_mnist.py"), "smok")
@@ -111,6 +124,22 @@ def test_bad_config_values_fail_before_any_work_with_the_choices(smoke_config, t
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         loop.train_and_evaluate(smoke_config, tmp_path)
     assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
+
+
+def test_steps_not_a_multiple_of_steps_per_dispatch_fails_in_the_config_check(smoke_config, tmp_path, monkeypatch):
+    from jaxgen import config as config_lib
+    from jaxgen import data
+
+    monkeypatch.setattr(data, "load", lambda *a, **k: pytest.fail("data loaded before the config check"))
+    c = smoke_config
+    c.train.steps_per_dispatch, c.train.steps = 5, 22  # log, checkpoint and eval intervals (5, 10, 10) are fine
+    message = r"train.steps=22 must be a multiple of train.steps_per_dispatch=5"
+    with pytest.raises(ValueError, match=message):
+        config_lib.check(c)
+    with pytest.raises(ValueError, match=message):
+        loop.train_and_evaluate(c, tmp_path)
+    c.train.steps = 20
+    config_lib.check(c)
 
 
 def test_unwritable_workdir_is_a_clear_error(smoke_config, tmp_path):

@@ -49,7 +49,7 @@ DATASETS: dict[str, Callable] = {
     "mnist": tfds_source.loader("mnist"),
     "fashion_mnist": tfds_source.loader("fashion_mnist"),
     "cifar10": tfds_source.loader("cifar10"),
-    "celeb_a": tfds_source.celeb_a,  # falls back to data.path (an image folder) when TFDS cannot provide it
+    "celeb_a": tfds_source.celeb_a,  # data.path (an image folder) when set, else TFDS
     "image_folder": image_folder.image_folder,  # data.path, cropped/resized by data.crop/data.resolution
     "synthetic": synthetic.synthetic,
 }

@@ -4,12 +4,15 @@ Files are found recursively (`.jpg`, `.jpeg`, `.png`, any case; hidden files and
 their sorted relative paths. A file's label is the index of its first-level subfolder among the sorted first-level
 subfolders that hold images, files at the top level counting as the folder '' (so a flat folder is all 0, and the
 top level, if it also holds images, is 0 and the subfolders 1..K). Every image is converted to RGB, centre-cropped
-and resized (`crop_and_resize`); unreadable files are skipped and counted in one warning.
+and resized (`crop_and_resize`); unreadable files are skipped and counted in one warning. With data.resolution 0 the
+images keep their size if they all come out the same size; otherwise the smallest side found among them (after the
+crop) is chosen as the resolution, logged, and every image is centre-cropped and resized to that square.
 
 The first load decodes both splits in one pass (threads, not processes: JAX is running, fork is unsafe) and writes
 `<data_dir>/jaxgen_cache/image_folder/<key>/{train,test}.npz`, the key hashing the folder's absolute path, the
 resolution, crop and test_percent, and a fingerprint of the files (count, total bytes, newest mtime): adding,
-removing or touching an image makes a new cache, later loads read the arrays and decode nothing.
+removing or touching an image makes a new cache, later loads read the arrays and decode nothing. (The size chosen for
+resolution 0 depends only on the files and the crop, so that key determines it too.)
 """
 
 from __future__ import annotations
@@ -31,6 +34,10 @@ CACHE_VERSION = 1  # bump when decoding changes, so old caches are not reused
 PROGRESS_MIN_FILES = 1000  # a progress bar from this many images up
 CHUNK = 64  # images per thread-pool task
 _BAD_IMAGE = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+
+
+class SizesDifferError(ValueError):
+    """With resolution 0, the images of a folder came out in more than one size."""
 
 
 def data_dir(data_config) -> Path:
@@ -140,7 +147,7 @@ def decode_all(folder: Path, files: list[str], resolution: int, crop: int) -> tu
     """Decodes `files` in parallel threads -> (uint8 [N, R, R, 3], bool [N] which decoded).
 
     Broken files are skipped (their rows are zero and `ok` False) and reported in one warning; so are clamped crops.
-    With resolution 0 every image must come out the same size, else ValueError.
+    With resolution 0 every image must come out the same size, else SizesDifferError (see `smallest_side`).
     """
     from tqdm.auto import tqdm  # noqa: PLC0415 (only when decoding)
 
@@ -192,7 +199,7 @@ def decode_all(folder: Path, files: list[str], resolution: int, crop: int) -> tu
             bar.update(min(CHUNK, n - start))
     if wrong:
         i, shape = wrong[0]
-        raise ValueError(
+        raise SizesDifferError(
             f"images in {folder} differ in size ({files[first]!r} gives {out.shape[1:]}, {files[i]!r} gives {shape}): "
             f"set --config.data.resolution=R to crop and resize them all to R x R"
         )
@@ -204,6 +211,20 @@ def decode_all(folder: Path, files: list[str], resolution: int, crop: int) -> tu
         log.warning("data.crop=%d is larger than %d image(s) in %s: those were cropped to their largest centred "
                     "square instead", crop, n_clamped, folder)
     return out, ok
+
+
+def smallest_side(folder: Path, files: list[str], crop: int) -> int:
+    """The shortest image side among `files` (read from the headers; unreadable files skipped), capped at `crop` if
+    > 0: the square side every image can be centre-cropped to (clamped crops included) and resized to."""
+    sides = []
+    for f in files:
+        try:
+            with Image.open(folder / f) as image:  # the header only: nothing is decoded
+                sides.append(min(image.size))  # EXIF rotation swaps the sides, it does not change the shorter one
+        except _BAD_IMAGE:
+            continue
+    side = min(sides)
+    return min(side, crop) if crop > 0 else side
 
 
 def write_npz(path: Path, image: np.ndarray, label: np.ndarray) -> None:
@@ -245,7 +266,14 @@ def image_folder(data_config, split: str) -> tuple[np.ndarray, np.ndarray]:
 
     log.info("Decoding %d images in %s once (resolution %d, crop %d); the arrays are cached in %s",
              len(files), folder, res, crop, cache)
-    image, ok = decode_all(folder, files, res, crop)
+    try:
+        image, ok = decode_all(folder, files, res, crop)
+    except SizesDifferError:  # resolution 0 only: one size for all, the largest that upsamples no image
+        res = smallest_side(folder, files, crop)
+        log.info("The images in %s differ in size and data.resolution is 0: using the smallest side found, %d, so "
+                 "every image is centre-cropped and resized to %d x %d (set --config.data.resolution=R for another "
+                 "size)", folder, res, res, res)
+        image, ok = decode_all(folder, files, res, crop)
     label, test = labels_of(files), is_test(files, pct)
     if not ok.all():
         image, label, test = image[ok], label[ok], test[ok]

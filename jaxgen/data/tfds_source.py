@@ -20,13 +20,14 @@ from jaxgen.data.image_folder import CHUNK, PROGRESS_MIN_FILES, crop_and_resize,
 
 log = logging.getLogger(__name__)
 
-# Where each dataset's files come from, checked before a download so that an offline machine fails in seconds
-# instead of retrying for minutes.
+# Where each dataset's files come from (host, port), checked before a download so that an offline machine fails in
+# seconds instead of retrying for minutes. The port follows the scheme of the URLs in tfds 4.9.10's
+# url_checksums/<name>.txt (celeb_a: datasets/celeb_a/checksums.tsv): https 443, http 80.
 DOWNLOAD_HOSTS = {
-    "mnist": "storage.googleapis.com",
-    "fashion_mnist": "fashion-mnist.s3-website.eu-central-1.amazonaws.com",
-    "cifar10": "www.cs.toronto.edu",
-    "celeb_a": "drive.google.com",  # tfds 4.9.10's celeb_a checksums.tsv: drive.google.com/uc?export=download&id=...
+    "mnist": ("storage.googleapis.com", 443),
+    "fashion_mnist": ("fashion-mnist.s3-website.eu-central-1.amazonaws.com", 80),  # S3 website endpoint: http only
+    "cifar10": ("www.cs.toronto.edu", 443),
+    "celeb_a": ("drive.google.com", 443),  # drive.google.com/uc?export=download&id=...
 }
 
 
@@ -78,9 +79,9 @@ def _source(name: str, split: str, data_config, hint: str = ""):
     if not builder.is_prepared():
         if not data_config.download:
             raise _unavailable(name, ddir, "data.download is False", hint)
-        host = DOWNLOAD_HOSTS.get(name)
-        if host and not can_reach(host):
-            raise _unavailable(name, ddir, f"cannot be downloaded here (no connection to {host})", hint)
+        host, port = DOWNLOAD_HOSTS.get(name, (None, None))
+        if host and not can_reach(host, port):
+            raise _unavailable(name, ddir, f"cannot be downloaded here (no connection to {host}:{port})", hint)
         if not has_tensorflow():
             raise _unavailable(name, ddir, "preparing it needs TensorFlow, which is not installed", hint)
         log.info("Preparing TFDS %s in %s (once)", name, ddir)
@@ -148,21 +149,18 @@ def celeb_a(data_config, split: str) -> tuple[np.ndarray, np.ndarray]:
 
     With data.resolution > 0 (or data.crop > 0) each face is centre-cropped (data.crop source pixels; 0 = the
     largest centred square) and resized to R x R before caching, in
-    `<data_dir>/jaxgen_cache/celeb_a/<split>_r<resolution>_c<crop>.npz`. When TFDS cannot provide the dataset
-    here and data.path is set, data.path is read as an `image_folder` (the img_align_celeba folder) with the same
-    crop and resize, its 'test' split taken by data.test_percent.
+    `<data_dir>/jaxgen_cache/celeb_a/<split>_r<resolution>_c<crop>.npz`. When data.path is set, TFDS is not
+    tried at all (its Google Drive download often fails): data.path is read as an `image_folder` (the
+    img_align_celeba folder) with the same crop and resize, its 'test' split taken by data.test_percent.
     """
+    if data_config.path:
+        log.info("celeb_a %s: reading data.path=%s as an image folder (TFDS is not used when data.path is set)",
+                 split, data_config.path)
+        return image_folder.image_folder(data_config, split)
     res, crop = int(data_config.resolution), int(data_config.crop)
     cache = data_dir(data_config) / "jaxgen_cache" / "celeb_a" / f"{split}_r{res}_c{crop}.npz"
     image_fn = (lambda im: crop_and_resize(im, res, crop)) if res > 0 or crop > 0 else None
     if cache.exists():
         return _cached(cache, None)
-    try:
-        source = _source("celeb_a", split, data_config, hint=CELEB_A_HINT)
-    except DatasetUnavailableError as e:
-        if not data_config.path:
-            raise
-        log.info("TFDS celeb_a is not available (%s); reading data.path=%s as an image folder instead",
-                 str(e).splitlines()[0], data_config.path)
-        return image_folder.image_folder(data_config, split)
+    source = _source("celeb_a", split, data_config, hint=CELEB_A_HINT)
     return _cached(cache, lambda: _read_split(source, image_fn, None, f"celeb_a {split}"))
