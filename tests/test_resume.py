@@ -1,10 +1,12 @@
-"""Checkpoints: resume is bitwise, a checkpoint moves between device counts, a broken one falls back."""
+"""Checkpoints: resume is bitwise, a checkpoint moves between device counts, a broken one falls back, one written by
+another config stops the run and stays, and turning gradient clipping on or off keeps the state's tree."""
 
 import functools
 import logging
 
 import jax
 import numpy as np
+import pytest
 
 from jaxgen import parallel
 from jaxgen.training import checkpoint, loop, optim
@@ -90,6 +92,59 @@ def test_checkpoints_hold_the_whole_state(smoke_config, tmp_path):
     loop.train_and_evaluate(c, tmp_path)
     state = _final_state(c, tmp_path)
     assert set(state) == {"step", "params", "opt_state", "key", "ema_params"}
-    assert int(state["opt_state"][0].count) == 20  # Adam's step count came back too
+    assert int(state["opt_state"][1][0].count) == 20  # Adam's step count came back too
     ema, raw = state["ema_params"]["params"]["out"]["kernel"], state["params"]["params"]["out"]["kernel"]
     assert not np.array_equal(ema, raw)
+
+
+def _save(cfg, tmp_path, mesh, step=10):
+    create, state = _state(cfg, mesh)
+    mgr = checkpoint.manager(tmp_path, cfg.checkpoint)
+    checkpoint.save(mgr, {**state, "step": state["step"] + step}, force=True)
+    mgr.wait_until_finished()
+    mgr.close()
+
+
+def test_a_checkpoint_of_another_config_stops_the_run_and_stays_in_place(smoke_config, tmp_path):
+    mesh = parallel.make_mesh()
+    _save(smoke_config, tmp_path, mesh)
+    other = smoke_config.copy_and_resolve_references()
+    other.model.latent_dim = 3
+    other.optim.name = "adamw"  # adds an empty node to the optimizer state: caught too
+    create, _ = _state(other, mesh)
+    target = checkpoint.abstract_like(jax.eval_shape(create), parallel.replicated(mesh))
+    with pytest.raises(checkpoint.CheckpointMismatchError) as e:
+        checkpoint.restore_newest(tmp_path, other.checkpoint, target)
+    msg = str(e.value)
+    assert "written by a different configuration" in msg and "new --workdir" in msg
+    assert "shape or dtype changed" in msg and "(10,) float32 saved, (3,) float32 now" in msg
+    assert "missing from the checkpoint" in msg  # adamw's extra empty state
+    assert "... and" in msg  # the list of differing leaves is cut short
+    assert (tmp_path / "checkpoints" / "10").is_dir() and not (tmp_path / "checkpoints_broken").exists()
+    create, _ = _state(smoke_config, mesh)  # the config it was written with still resumes it
+    target = checkpoint.abstract_like(jax.eval_shape(create), parallel.replicated(mesh))
+    mgr, restored = checkpoint.restore_newest(tmp_path, smoke_config.checkpoint, target)
+    mgr.close()
+    assert int(restored["step"]) == 10
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw"])
+def test_gradient_clipping_keeps_the_optimizer_state_tree(smoke_config, name):
+    params = {"w": jax.ShapeDtypeStruct((3, 2), np.float32)}
+    trees = []
+    for clip in (0.0, 1.0):
+        smoke_config.optim.name, smoke_config.optim.clip_norm = name, clip
+        tx, _ = optim.make(smoke_config.optim, 10)
+        trees.append(jax.tree.structure(jax.eval_shape(tx.init, params)))
+    assert trees[0] == trees[1]
+
+
+def test_a_run_saved_without_clipping_resumes_with_it(smoke_config, tmp_path):
+    mesh = parallel.make_mesh()
+    _save(smoke_config, tmp_path, mesh)
+    smoke_config.optim.clip_norm = 1.0  # the NaN error's advice, then the same command
+    create, _ = _state(smoke_config, mesh)
+    target = checkpoint.abstract_like(jax.eval_shape(create), parallel.replicated(mesh))
+    mgr, restored = checkpoint.restore_newest(tmp_path, smoke_config.checkpoint, target)
+    mgr.close()
+    assert int(restored["step"]) == 10

@@ -1,7 +1,9 @@
 """Orbax checkpoints of the whole train state, with auto-resume that survives a broken checkpoint.
 
 Checkpoints live in `<workdir>/checkpoints/<step>`. A checkpoint that cannot be read is reported, moved to
-`<workdir>/checkpoints_broken/<step>` (kept, not deleted) and the previous one is used.
+`<workdir>/checkpoints_broken/<step>` (kept, not deleted) and the previous one is used. A readable checkpoint whose
+saved tree (paths, shapes, dtypes) differs from the state this config builds was written by another config: it is
+left in place and the run stops with CheckpointMismatchError naming the leaves that differ.
 """
 
 from __future__ import annotations
@@ -27,7 +29,12 @@ def manager(workdir: Path, cfg, subdir: str = "checkpoints") -> ocp.CheckpointMa
         enable_async_checkpointing=cfg.asynchronous,
         create=True,
     )
-    return ocp.CheckpointManager(Path(workdir).absolute() / subdir, options=options)
+    # The handler registered up front lets item_metadata read the saved tree before any restore.
+    registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
+    handler = ocp.StandardCheckpointHandler()
+    registry.add("state", ocp.args.StandardSave, handler)
+    registry.add("state", ocp.args.StandardRestore, handler)
+    return ocp.CheckpointManager(Path(workdir).absolute() / subdir, options=options, handler_registry=registry)
 
 
 def save(mgr: ocp.CheckpointManager, state: dict, *, force: bool = False) -> bool:
@@ -46,28 +53,108 @@ def abstract_like(state_shapes, sharding):
     return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), state_shapes)
 
 
+class CheckpointMismatchError(ValueError):
+    """A readable checkpoint in the workdir holds a state of another shape than this config builds."""
+
+
 def restore_newest(workdir: Path, cfg, target, subdir: str = "checkpoints"
                    ) -> tuple[ocp.CheckpointManager, dict | None]:
-    """(manager, newest readable state or None). Unreadable checkpoints are reported and moved aside."""
+    """(manager, newest readable state or None). Unreadable checkpoints are reported and moved aside.
+
+    Raises CheckpointMismatchError, leaving the checkpoint in place, when the newest readable one was saved from a
+    state whose tree (paths, shapes, dtypes) differs from `target`: a config change, not a broken file.
+    """
     mgr = manager(workdir, cfg, subdir)
     for step in sorted(mgr.all_steps(), reverse=True):
         try:
+            saved = _saved_tree(mgr, step)
+        except Exception as e:  # noqa: BLE001 (metadata that cannot be read means a broken checkpoint)
+            mgr = _move_aside(mgr, workdir, cfg, subdir, step, e)
+            continue
+        diff = _differences(saved, target)
+        if diff:
+            mgr.close()
+            raise CheckpointMismatchError(_mismatch_message(Path(workdir).absolute(), subdir, step, diff))
+        try:
             restored = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
             return mgr, restored["state"]
-        except Exception as e:  # noqa: BLE001 (any failure to read means: fall back to the previous one)
-            log.error("Checkpoint at step %d cannot be read (%s: %s); using the previous one", step,
-                      type(e).__name__, str(e).splitlines()[0][:300] if str(e) else "")
-            mgr.close()
-            if jax.process_index() == 0:
-                src = Path(workdir).absolute() / subdir / str(step)
-                dst = Path(workdir).absolute() / f"{subdir}_broken" / str(step)
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                if dst.exists():
-                    shutil.rmtree(dst)
-                shutil.move(str(src), str(dst))
-                log.error("Moved the unreadable checkpoint to %s", dst)
-            mgr = manager(workdir, cfg, subdir)
+        except Exception as e:  # noqa: BLE001 (the tree matched, so a failure to read means a broken file)
+            mgr = _move_aside(mgr, workdir, cfg, subdir, step, e)
     return mgr, None
+
+
+def _saved_tree(mgr: ocp.CheckpointManager, step: int) -> dict:
+    """{path tuple: saved array metadata, or None for an empty node} of the state saved at `step`."""
+    meta = mgr.item_metadata(step)["state"]
+    tree = getattr(meta, "tree", None)
+    if tree is None:
+        raise ValueError(f"no tree metadata for the state item (got {type(meta).__name__})")
+    return {k: (v if hasattr(v, "shape") else None)
+            for k, v in ocp.tree.to_flat_dict(tree, keep_empty_nodes=True).items()}
+
+
+def _describe(leaf) -> str:
+    return "empty" if leaf is None else f"{tuple(leaf.shape)} {np.dtype(leaf.dtype).name}"
+
+
+def _differences(saved: dict, target) -> dict[str, list[str]]:
+    """Leaves of `target` missing from `saved`, leaves of `saved` not in `target`, and those whose shape or
+    dtype changed ({kind: ['path ...']}, kinds with no entries left out). PRNG keys are compared as key data,
+    which is how Orbax saves them."""
+    def as_saved(x):
+        if not hasattr(x, "shape"):
+            return None
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            return jax.eval_shape(jax.random.key_data, jax.ShapeDtypeStruct(x.shape, x.dtype))
+        return x
+
+    want = {k: as_saved(v) for k, v in ocp.tree.to_flat_dict(target, keep_empty_nodes=True).items()}
+
+    def paths(keys):  # parameters before optimizer state: they say more about what changed
+        return sorted(keys, key=lambda k: "opt" in str(k[0]))  # opt_state, g_opt, d_opt
+
+    name = lambda k: "/".join(map(str, k))  # noqa: E731
+    diff = {
+        "missing from the checkpoint": [name(k) for k in paths(want) if k not in saved],
+        "in the checkpoint, not in this config's state": [name(k) for k in paths(saved) if k not in want],
+        "shape or dtype changed": [
+            f"{name(k)} ({_describe(saved[k])} saved, {_describe(want[k])} now)"
+            for k in paths(want) if k in saved and _describe(saved[k]) != _describe(want[k])
+        ],
+    }
+    return {kind: found for kind, found in diff.items() if found}
+
+
+def _mismatch_message(workdir: Path, subdir: str, step: int, diff: dict[str, list[str]], shown: int = 5) -> str:
+    lines = []
+    for kind, paths in diff.items():
+        more = f" ... and {len(paths) - shown} more" if len(paths) > shown else ""
+        lines.append(f"  {kind} ({len(paths)}): {', '.join(paths[:shown])}{more}")
+    previous = workdir / "config.previous.json"
+    saved_config = previous if previous.exists() else workdir / "config.json"
+    return (
+        f"the checkpoint at step {step} in {workdir / subdir} was written by a different configuration: the state it "
+        f"holds does not match the one this config builds.\n" + "\n".join(lines) + "\n"
+        f"The checkpoint was left in place. To resume it, run with the configuration it was written with (the same "
+        f"command and overrides; see {saved_config}); to train this configuration, pass a new --workdir."
+    )
+
+
+def _move_aside(mgr: ocp.CheckpointManager, workdir: Path, cfg, subdir: str, step: int, e: Exception
+                ) -> ocp.CheckpointManager:
+    """Reports the unreadable checkpoint at `step`, moves it to `<subdir>_broken/<step>`, returns a new manager."""
+    log.error("Checkpoint at step %d cannot be read (%s: %s); using the previous one", step,
+              type(e).__name__, str(e).splitlines()[0][:300] if str(e) else "")
+    mgr.close()
+    if jax.process_index() == 0:
+        src = Path(workdir).absolute() / subdir / str(step)
+        dst = Path(workdir).absolute() / f"{subdir}_broken" / str(step)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if dst.exists():
+            shutil.rmtree(dst)
+        shutil.move(str(src), str(dst))
+        log.error("Moved the unreadable checkpoint to %s", dst)
+    return manager(workdir, cfg, subdir)
 
 
 class BestKeeper:

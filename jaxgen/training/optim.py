@@ -41,9 +41,12 @@ def schedule(cfg, total_steps: int) -> optax.Schedule:
 
 
 def make(cfg, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """(optimizer, its learning-rate schedule) for the `optim` config block."""
+    """(optimizer, its learning-rate schedule) for the `optim` config block.
+
+    Always `chain(clip or identity, optimizer)`: both have empty states, so turning optim.clip_norm on or off keeps
+    the optimizer state's tree, and a run resumes from its checkpoint after the change (what the NaN error advises).
+    """
     lr = schedule(cfg, total_steps)
     tx = registry.resolve("optimizer", cfg.name, OPTIMIZERS)(cfg, lr)
-    if cfg.clip_norm:
-        tx = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), tx)
-    return tx, lr
+    clip = optax.clip_by_global_norm(cfg.clip_norm) if cfg.clip_norm else optax.identity()
+    return optax.chain(clip, tx), lr
