@@ -289,11 +289,16 @@ def check(config: ml_collections.ConfigDict) -> None:
     if config.task == "vae":
         if config.objective.k < 1 or config.eval.nll_k < 1 or config.eval.final_nll_k < 1:
             raise ValueError("objective.k, eval.nll_k and eval.final_nll_k must be >= 1")
+        if config.eval.nll_chunk < 1:
+            raise ValueError(f"eval.nll_chunk must be >= 1 (importance samples per pass), got {config.eval.nll_chunk}")
         if not 0.0 <= t.ema_decay < 1.0:
             raise ValueError(f"train.ema_decay must be in [0, 1), got {t.ema_decay}")
     elif config.task == "gan":
         if t.d_steps < 1:
             raise ValueError(f"train.d_steps must be >= 1, got {t.d_steps}")
+        if config.data.binarize != "none":
+            raise ValueError(f"data.binarize={config.data.binarize!r} is for VAEs; a GAN trains on the pixels: set "
+                             f"--config.data.binarize=none")
         if t.ema_half_life < 0:
             raise ValueError(f"train.ema_half_life must be >= 0 images (0 = no EMA), got {t.ema_half_life}")
         if config.reg.interval < 1:

@@ -41,6 +41,14 @@ def test_unknown_loss_and_regularizer_list_the_choices():
         gan_obj.get_regularizer("r2")
 
 
+def test_binarize_is_refused_for_a_gan():
+    from jaxgen import config as config_lib
+
+    c = _smoke(**{"data.binarize": "dynamic"})
+    with pytest.raises(ValueError, match="data.binarize='dynamic' is for VAEs.*--config.data.binarize=none"):
+        config_lib.check(c)
+
+
 # A small nonlinear critic whose input gradient we can take by finite differences in float64 numpy.
 W = np.random.default_rng(0).normal(size=(2 * 3 * 1, 4)).astype(np.float32) * 0.7
 

@@ -117,6 +117,7 @@ def test_unknown_variant_lists_the_choices():
     ("train.batch_size", 30, "train.batch_size=30 is not divisible by the 8 devices; use a multiple of 8"),
     ("eval.batch_size", 20, "eval.batch_size=20 is not divisible by the 8 devices"),
     ("train.steps_per_dispatch", 3, "must be a multiple of train.steps_per_dispatch=3"),
+    ("eval.nll_chunk", 0, "eval.nll_chunk must be >= 1"),
 ])
 def test_bad_config_values_fail_before_any_work_with_the_choices(smoke_config, tmp_path, field, value, message):
     section, name = field.split(".")

@@ -101,6 +101,26 @@ def test_importance_nll_in_chunks_is_the_k_sample_estimate():
     np.testing.assert_allclose(got, want, rtol=1e-5)
 
 
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
+def test_bits_per_dim_are_those_of_8_bit_pixels(likelihood):
+    """Bernoulli: nll / (D ln 2). Gaussian (a density of x / 255): the 8-bit pixels' bits,
+    (nll + D ln 255) / (D ln 2)."""
+    from jaxgen import parallel
+    from jaxgen.evaluation import vae as vae_eval
+
+    mesh = parallel.make_mesh()
+    n = mesh.size
+    fake_eval = lambda params, key, image, pos, mask, c, count: (  # noqa: E731 (every image: log p(x) = -5 nats)
+        {"count": jnp.sum(mask).astype(jnp.float32)}, jnp.full(mask.shape, -5.0))
+    images = np.zeros((2 * n, 4, 4, 3), np.uint8)
+    out = vae_eval.evaluate(fake_eval, None, images, mesh=mesh, key=jax.random.key(0), batch_size=n, nll_k=1,
+                            nll_chunk=1, likelihood=likelihood)
+    dims = 4 * 4 * 3
+    assert out["nll"] == pytest.approx(5.0)
+    want = (5.0 + (dims * math.log(255) if likelihood == "gaussian" else 0.0)) / (dims * math.log(2))
+    assert out["nll_bits_per_dim"] == pytest.approx(want, rel=1e-6)
+
+
 def test_unknown_objective_lists_the_choices():
     with pytest.raises(ValueError, match="unknown objective 'elbow'; choices: elbo, iwae"):
         objectives.get("elbow")

@@ -148,3 +148,20 @@ def test_a_run_saved_without_clipping_resumes_with_it(smoke_config, tmp_path):
     mgr, restored = checkpoint.restore_newest(tmp_path, smoke_config.checkpoint, target)
     mgr.close()
     assert int(restored["step"]) == 10
+
+
+def test_a_resumed_run_rewrites_the_metrics_of_the_steps_it_repeats(tmp_path):
+    """A run that went past its last checkpoint (step 20) logged steps 30 and 40; resumed from 20, those rows are
+    dropped, so the steps it repeats appear once, with the values of the run that continues."""
+    from jaxgen.reporting.writer import MetricWriter, read
+
+    first = MetricWriter(tmp_path, enabled=True)
+    for step in (10, 20, 30, 40):
+        first.write(step, "train", {"loss": float(step)})
+    first.write(20, "eval", {"elbo": -1.0})
+    first.close()
+    resumed = MetricWriter(tmp_path, enabled=True, resume_step=20)
+    resumed.write(30, "train", {"loss": -30.0})
+    resumed.close()
+    assert [(r["step"], r["split"], r.get("loss")) for r in read(tmp_path / "metrics.jsonl")] == [
+        (10, "train", 10.0), (20, "train", 20.0), (20, "eval", None), (30, "train", -30.0)]

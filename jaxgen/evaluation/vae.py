@@ -62,10 +62,14 @@ def _masked_nll_sum(lse, mask, log_k):
 
 
 def evaluate(eval_fn, params, images: np.ndarray, *, mesh, key, batch_size: int, nll_k: int,
-             nll_chunk: int) -> dict[str, float]:
+             nll_chunk: int, likelihood: str = "bernoulli") -> dict[str, float]:
     """Means over `images` (uint8 [N, H, W, C]) of the test metrics, with the NLL from `nll_k` importance samples.
 
     eval_fn: from compile_eval with the same nll_chunk. Adds nll, nll_bits_per_dim, nll_k and num_examples.
+    nll_bits_per_dim is nll / (D ln 2) for the Bernoulli likelihood (a probability of the binarized pixels). The
+    Gaussian likelihood's nll is a density of x / 255 in [0, 1], which can be negative; its bits per dim are those
+    of the 8-bit pixels with probability density x 1/255 (the pixel's bin width), (nll + D ln 255) / (D ln 2), the
+    usual convention (no dequantization: an estimate, not a bound).
     """
     parallel.check_batch(batch_size, mesh, "eval.batch_size")
     n = images.shape[0]
@@ -91,7 +95,9 @@ def evaluate(eval_fn, params, images: np.ndarray, *, mesh, key, batch_size: int,
     count = totals.pop("count")
     out = {k: v / count for k, v in totals.items()}
     out["nll"] = nll_sum / count
-    out["nll_bits_per_dim"] = out["nll"] / (math.prod(images.shape[1:]) * math.log(2))
+    dims = math.prod(images.shape[1:])
+    per_bin = dims * math.log(255.0) if likelihood == "gaussian" else 0.0
+    out["nll_bits_per_dim"] = (out["nll"] + per_bin) / (dims * math.log(2))
     out["nll_k"] = nll_k
     out["num_examples"] = int(count)
     return out

@@ -13,16 +13,25 @@ import jax
 
 
 class MetricWriter:
-    """Appends `{"step": s, "split": "train"|"eval", "<name>": value, ...}` lines and TensorBoard scalars."""
+    """Appends `{"step": s, "split": "train"|"eval", "<name>": value, ...}` lines and TensorBoard scalars.
 
-    def __init__(self, workdir: Path, enabled: bool | None = None):
+    resume_step: the step training (re)starts from. The records of later steps, written by a run that went past
+    its last checkpoint, are dropped from metrics.jsonl (and purged by TensorBoard), so the steps the resumed run
+    repeats appear once, with the values of the run that continues.
+    """
+
+    def __init__(self, workdir: Path, enabled: bool | None = None, resume_step: int | None = None):
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
         self.path = Path(workdir) / "metrics.jsonl"
         self._tb = None
         if self.enabled:
             from tensorboardX import SummaryWriter  # noqa: PLC0415 (only the writing process needs it)
 
-            self._tb = SummaryWriter(str(Path(workdir) / "tb"), flush_secs=30)
+            purge = None
+            if resume_step is not None:
+                _drop_after(self.path, resume_step)
+                purge = resume_step + 1
+            self._tb = SummaryWriter(str(Path(workdir) / "tb"), flush_secs=30, purge_step=purge)
 
     def write(self, step: int, split: str, scalars: dict[str, float]) -> None:
         if not self.enabled:
@@ -36,6 +45,19 @@ class MetricWriter:
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+
+
+def _drop_after(path: Path, step: int) -> None:
+    """Rewrites metrics.jsonl without the records of steps after `step` (atomically; untouched if none)."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    keep = [line for line in lines if not line.strip() or json.loads(line)["step"] <= step]
+    if len(keep) == len(lines):
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(keep))
+    tmp.replace(path)
 
 
 def read(path: Path) -> list[dict]:

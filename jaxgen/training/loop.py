@@ -118,8 +118,8 @@ def train_and_evaluate(config, workdir) -> dict:
         best = checkpoint.BestKeeper(workdir, best_name, c.checkpoint.best_mode, fresh=fresh)
     train_fn = task.compile_train()
     train_data = parallel.put_replicated({"image": task.train.image}, task.mesh)
-    writer = MetricWriter(workdir)
     step = start = int(jax.device_get(state["step"]))
+    writer = MetricWriter(workdir, resume_step=step)
     k = c.train.steps_per_dispatch
     if (c.train.steps - step) % k:
         raise ValueError(f"train.steps - resumed step ({c.train.steps} - {step}) must be a multiple of "

@@ -69,7 +69,8 @@ class VAETask:
         key = jax.random.fold_in(jax.random.key(c.seed), state_lib.EVAL_STREAM)
         return vae_eval.evaluate(self.eval_fn, state_lib.eval_params(state), self.eval_images, mesh=self.mesh,
                                  key=key, batch_size=c.eval.batch_size,
-                                 nll_k=c.eval.final_nll_k if final else c.eval.nll_k, nll_chunk=c.eval.nll_chunk)
+                                 nll_k=c.eval.final_nll_k if final else c.eval.nll_k, nll_chunk=c.eval.nll_chunk,
+                                 likelihood=c.objective.likelihood)
 
     def samples(self, state, n: int) -> np.ndarray:
         """n samples (uint8 [n, H, W, C]): the likelihood's mean at z ~ N(0, I) from a fixed stream of latents,
