@@ -267,8 +267,10 @@ def test_gan_celeba_runs_end_to_end_under_tfds_mock_data(tmp_path, monkeypatch):
         assert (tmp_path / "run" / name).exists(), name
 
 
-def test_g_update_through_the_reused_fakes_equals_the_direct_gradient():
-    """G's gradient pulled back through the VJP of the D step's fakes equals jax.grad of g_loss(D(G(z)))."""
+@pytest.mark.parametrize("loss_name", ["non_saturating", "tests.test_gan:relativistic_loss"])
+def test_g_update_through_the_reused_fakes_equals_the_direct_gradient(loss_name):
+    """G's gradient pulled back through the VJP of the D step's fakes equals jax.grad of g_loss(D(x), D(G(z)))
+    with the current D; a loss whose g_loss reads D(x) (relativistic) gets D's outputs on the reals afresh."""
     import optax
     from jax.sharding import PartitionSpec as P
 
@@ -277,15 +279,18 @@ def test_g_update_through_the_reused_fakes_equals_the_direct_gradient():
     sgd = optax.sgd(1.0)  # new params = params - grad
     state = state_lib.create_gan(G, D, sgd, sgd, (28, 28, 1), 0, ema=False)
     z = jax.random.normal(jax.random.key(1), (16, G.latent_dim))
-    d_real = jax.random.normal(jax.random.key(2), (16,))
+    stale = jax.random.normal(jax.random.key(2), (16,))  # D(x) before D's update: what g_loss must not read
+    real = jax.random.uniform(jax.random.key(4), (16, 28, 28, 1), minval=-1.0, maxval=1.0)
     keys = jax.random.split(jax.random.key(3), 16)
-    loss_fn = gan_obj.get_loss("non_saturating")
+    loss_fn = gan_obj.get_loss(loss_name)
+    assert gan_step.reads_d_real(loss_fn, 16) == (loss_name != "non_saturating")
 
-    def body(state, z, d_real, keys):
+    def body(state, z, real, keys):
         gen = lambda p: gan_step.apply_model(G, {**state["g"], "params": p}, z, True)
         fake, vjp, _ = jax.vjp(gen, state["g"]["params"], has_aux=True)
-        new, _ = gan_step.g_update(state, fake, vjp, d_real, keys, discriminator=D, g_tx=sgd, loss_fn=loss_fn,
-                                   augment_policy="")
+        new, _ = gan_step.g_update(state, fake, vjp, stale, keys, discriminator=D, g_tx=sgd, loss_fn=loss_fn,
+                                   augment_policy="", real=real if gan_step.reads_d_real(loss_fn, 16) else None)
+        d_real = gan_step.apply_model(D, state["d"], real, True)[0]
 
         def direct(p):
             d_fake = gan_step.apply_model(D, state["d"], gen(p)[0], True)[0]
@@ -296,7 +301,7 @@ def test_g_update_through_the_reused_fakes_equals_the_direct_gradient():
     mesh = parallel.make_mesh(jax.devices()[:1])
     f = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(P(), P(), P(), P()), out_specs=(P(), P()),
                               check_vma=False))
-    new, grad = f(state, z, d_real, keys)
+    new, grad = f(state, z, real, keys)
     for p0, p1, g in zip(jax.tree.leaves(state["g"]["params"]), jax.tree.leaves(new), jax.tree.leaves(grad)):
         np.testing.assert_allclose(np.asarray(p0 - p1), np.asarray(g), rtol=1e-4, atol=1e-7)
 

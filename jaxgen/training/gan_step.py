@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 
 import jax
+import jax.extend.core as jex_core
 import jax.numpy as jnp
 import optax
 from jax import lax
@@ -100,8 +101,31 @@ def d_update(state: dict, real, fake, keys, it, *, discriminator, d_tx, loss_fn,
     return {**state, "d": {**stats, "params": params}, "d_opt": d_opt}, d_real, metrics
 
 
-def g_update(state: dict, fake, g_vjp, d_real, keys, *, discriminator, g_tx, loss_fn, augment_policy: str):
-    """One G update through the fakes [B, H, W, C] that G made this step (`g_vjp` pulls back their gradient)."""
+def reads_d_real(loss_fn, batch: int) -> bool:
+    """Whether `loss_fn`'s g_loss depends on d_real (a relativistic loss does; the built-in ones do not): found by
+    tracing it once on [batch] inputs and following g_loss's dependencies back (a nested call counts as reading
+    all of its inputs), so it costs nothing at run time."""
+    closed = jax.make_jaxpr(lambda r, f: loss_fn(r, f)[1])(jnp.zeros(batch), jnp.zeros(batch))
+    jaxpr = closed.jaxpr
+    needed = {v for v in jaxpr.outvars if isinstance(v, jex_core.Var)}
+    for eqn in reversed(jaxpr.eqns):
+        if needed.intersection(eqn.outvars):
+            needed.update(v for v in eqn.invars if isinstance(v, jex_core.Var))
+    return jaxpr.invars[0] in needed
+
+
+def g_update(state: dict, fake, g_vjp, d_real, keys, *, discriminator, g_tx, loss_fn, augment_policy: str,
+             real=None):
+    """One G update through the fakes [B, H, W, C] that G made this step (`g_vjp` pulls back their gradient).
+
+    d_real: D's outputs on the step's reals before D's update, used as a constant. With `real` (the reals
+    [B, H, W, C], given when the loss's g_loss reads d_real, see `reads_d_real`) D is run on them again after
+    its update, so that g_loss compares the updated D's outputs on reals and fakes.
+    """
+    if real is not None:
+        x = _augment(augment_policy, _stream(keys, _AUG_REAL), real)  # the D update's augmentation of the reals
+        d_real, _ = apply_model(discriminator, state["d"], x, True)
+
     def loss(fake):
         x = _augment(augment_policy, _stream(keys, _AUG_G), fake)
         d_fake, _ = apply_model(discriminator, state["d"], x, True)  # D's statistics are not updated here
@@ -151,7 +175,8 @@ def gan_step(state: dict, data: dict, *, generator, discriminator, g_tx, d_tx, l
     g_stats = lax.pmean({k: v for k, v in g_vars.items() if k != "params"}, AXIS)
     state = {**state, "g": {**state["g"], **g_stats}}
     state, g_metrics = g_update(state, fake, g_vjp, d_real, keys, discriminator=discriminator, g_tx=g_tx,
-                                loss_fn=loss_fn, augment_policy=augment_policy)
+                                loss_fn=loss_fn, augment_policy=augment_policy,
+                                real=real if reads_d_real(loss_fn, d_real.shape[0]) else None)
     state["step"] = step + 1
     if "ema_g" in state:
         ema_params = optax.incremental_update(state["g"]["params"], state["ema_g"]["params"], 1.0 - ema_beta)
