@@ -117,6 +117,7 @@ def vae_config() -> ml_collections.ConfigDict:
     c.eval.nll_k = 100  # importance samples for the NLL at intermediate evals
     c.eval.final_nll_k = 1000  # importance samples for the NLL at the final eval
     c.eval.nll_chunk = 50  # importance samples per pass: batch_size * nll_chunk decodes in memory at once
+    c.lock()  # config files and variants set these fields; a misspelt one is an error, not a new field
     return c
 
 
@@ -155,6 +156,7 @@ def gan_config() -> ml_collections.ConfigDict:
     c.augment.policy = ""  # comma-separated jaxgen.data.augment names, applied to reals and fakes for D; '' = off
     c.eval.every = 1000
     c.eval.batch_size = 256
+    c.lock()  # config files and variants set these fields; a misspelt one is an error, not a new field
     return c
 def with_variant(
     config: ml_collections.ConfigDict,
