@@ -94,3 +94,12 @@ def test_precision_recall_density_coverage_equal_brute_force():
         assert sm.precision_recall(r, f, k=k) == pytest.approx((precision, recall))
         density, coverage = inside.sum() / (k * len(f)), np.mean(inside.any(0))
         assert sm.density_coverage(r, f, k=k) == pytest.approx((density, coverage))
+
+
+def test_balls_of_duplicates_follow_the_reference_codes():
+    """Six copies of one real point: their 5-NN balls have radius 0. Fakes on that point are inside them for
+    precision (closed balls, Kynkaanniemi et al.'s code) but not for density or coverage (open balls, prdc)."""
+    r = np.concatenate([np.zeros((6, 2)), RNG.normal(size=(10, 2)) + 5.0])
+    f = np.zeros((6, 2))
+    assert sm.precision_recall(r, f, k=5)[0] == 1.0
+    assert sm.density_coverage(r, f, k=5) == (0.0, 0.0)

@@ -106,16 +106,18 @@ def _distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.sqrt(np.clip(sq, 0.0, None))
 
 
-def _inside_counts(points: np.ndarray, centres: np.ndarray, radii: np.ndarray, chunk: int = 1024) -> np.ndarray:
-    """[len(points)]: how many balls (centres, radii) hold each point."""
+def _inside_counts(points: np.ndarray, centres: np.ndarray, radii: np.ndarray, chunk: int = 1024,
+                   strict: bool = False) -> np.ndarray:
+    """[len(points)]: how many balls (centres, radii) hold each point (closed balls, open if `strict`)."""
+    inside = np.less if strict else np.less_equal
     counts = np.empty(points.shape[0], np.int64)
     for s in range(0, points.shape[0], chunk):
-        counts[s : s + chunk] = np.sum(_distances(points[s : s + chunk], centres) <= radii[None, :], axis=1)
+        counts[s : s + chunk] = np.sum(inside(_distances(points[s : s + chunk], centres), radii[None, :]), axis=1)
     return counts
 
 
 def precision_recall(real, fake, k: int = 3) -> tuple[float, float]:
-    """Kynkaanniemi et al.'s improved precision and recall with k-NN balls."""
+    """Kynkaanniemi et al.'s improved precision and recall with k-NN balls (closed, `<=`, as in their code)."""
     r, f = _features(real, "real"), _features(fake, "fake")
     _same_dim(r, f)
     _enough(r, f, k)
@@ -125,15 +127,16 @@ def precision_recall(real, fake, k: int = 3) -> tuple[float, float]:
 
 
 def density_coverage(real, fake, k: int = 5) -> tuple[float, float]:
-    """Naeem et al.'s density and coverage with the real samples' k-NN balls."""
+    """Naeem et al.'s density and coverage with the real samples' k-NN balls (open, `<`, as in their prdc code:
+    a real point with k exact duplicates has a ball of radius 0 that holds nothing)."""
     r, f = _features(real, "real"), _features(fake, "fake")
     _same_dim(r, f)
     _enough(r, f, k)
     radii = _kth_neighbour_radii(r, k)
-    density = _inside_counts(f, r, radii).sum() / (k * f.shape[0])
+    density = _inside_counts(f, r, radii, strict=True).sum() / (k * f.shape[0])
     covered = np.zeros(r.shape[0], bool)
     for s in range(0, r.shape[0], 1024):
-        covered[s : s + 1024] = np.min(_distances(r[s : s + 1024], f), axis=1) <= radii[s : s + 1024]
+        covered[s : s + 1024] = np.min(_distances(r[s : s + 1024], f), axis=1) < radii[s : s + 1024]
     return float(density), float(covered.mean())
 
 
