@@ -46,6 +46,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint.asynchronous = True
     # Also keep the best checkpoint (in <workdir>/best) by an eval metric: 'auto' = the FID of the first of
     # eval.extractors (none without extractors), '' = off, or a metric name such as 'classifier/fid' or 'nll'.
+    # VAEs default to 'elbo' (max), GANs to 'auto'.
     c.checkpoint.best_metric = "auto"
     c.checkpoint.best_mode = "min"  # 'min' or 'max'
 
@@ -117,6 +118,9 @@ def vae_config() -> ml_collections.ConfigDict:
     c.eval.nll_k = 100  # importance samples for the NLL at intermediate evals
     c.eval.final_nll_k = 1000  # importance samples for the NLL at the final eval
     c.eval.nll_chunk = 50  # importance samples per pass: batch_size * nll_chunk decodes in memory at once
+    # The best checkpoint of a VAE: the highest test ELBO (measured alike at every eval, the final one too).
+    c.checkpoint.best_metric = "elbo"
+    c.checkpoint.best_mode = "max"
     c.lock()  # config files and variants set these fields; a misspelt one is an error, not a new field
     return c
 

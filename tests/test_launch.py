@@ -38,6 +38,8 @@ def test_launch_smoke_end_to_end_then_resume(tmp_path):
     ev = json.loads((wd / "eval.json").read_text())
     assert ev["step"] == 20 and ev["nll_k"] == 16 and ev["nll"] < 784 * 0.7  # better than uniform pixels
     assert json.loads((wd / "config.json").read_text())["train"]["steps"] == 20
+    best = json.loads((wd / "best" / "best.json").read_text())  # a VAE keeps its best test ELBO, final eval included
+    assert best["metric"] == "elbo" and best["value"] == max(r["elbo"] for r in records if r["split"] == "eval")
 
     r = _launch("--config=configs/vae_mnist.py:smoke", f"--workdir={wd}", "--config.output.progress=False",
                 "--config.train.steps=30")

@@ -119,7 +119,7 @@ def test_the_best_keeper_keeps_the_best_and_remembers_it_across_runs(tmp_path):
     resumed.close()
 
 
-def test_a_stale_or_differently_kept_best_record_is_ignored_and_task_metrics_skip_the_final_eval(tmp_path):
+def test_a_stale_or_differently_kept_best_record_is_ignored_and_not_final_metrics_skip_the_final_eval(tmp_path):
     state = {"step": jnp.asarray(10), "w": jnp.zeros(2)}
     keeper = checkpoint.BestKeeper(tmp_path, "x/fid", "min")
     keeper.update(state, {"x/fid": 1.0})
@@ -127,10 +127,13 @@ def test_a_stale_or_differently_kept_best_record_is_ignored_and_task_metrics_ski
     assert checkpoint.BestKeeper(tmp_path, "x/fid", "min", fresh=True).record is None  # a new run in the same dir
     assert checkpoint.BestKeeper(tmp_path, "x/fid", "max").record is None
     assert checkpoint.BestKeeper(tmp_path, "x/fid", "min").record["value"] == 1.0
-    nll = checkpoint.BestKeeper(tmp_path / "vae", "nll", "min")
+    nll = checkpoint.BestKeeper(tmp_path / "vae", "nll", "min", not_final=("nll",))
     assert not nll.update(state, {"nll": 80.0}, final=True)  # the final NLL uses more importance samples
     assert nll.update(state, {"nll": 90.0})
     nll.close()
+    elbo = checkpoint.BestKeeper(tmp_path / "vae2", "elbo", "max", not_final=("nll",))
+    assert elbo.update(state, {"elbo": -90.0}, final=True)  # measured alike at the final eval: it takes part
+    elbo.close()
 
 
 def test_a_best_metric_of_an_unused_extractor_or_of_the_final_eval_only_fails_before_any_work(tmp_path):

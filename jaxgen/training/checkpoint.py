@@ -162,11 +162,14 @@ class BestKeeper:
     `<workdir>/best/best.json` with its step and value, which a resumed run reads back.
 
     fresh: the run starts from scratch (no checkpoint restored): a best.json left by an earlier run is ignored.
+    not_final: metrics measured another way at the final eval (a VAE's NLL: eval.final_nll_k importance samples),
+    which therefore take part only at the intermediate evals.
     With several processes, process 0's values decide, so every process takes part in the same saves.
     """
 
-    def __init__(self, workdir: Path, metric: str, mode: str, *, fresh: bool = False):
-        self.metric, self.mode = metric, mode
+    def __init__(self, workdir: Path, metric: str, mode: str, *, fresh: bool = False,
+                 not_final: tuple[str, ...] = ()):
+        self.metric, self.mode, self.not_final = metric, mode, tuple(not_final)
         self.dir = Path(workdir).absolute() / "best"
         self.record_path = self.dir / "best.json"
         self.record = json.loads(self.record_path.read_text()) if self.record_path.exists() else None
@@ -188,9 +191,8 @@ class BestKeeper:
     def update(self, state: dict, metrics: dict, *, final: bool = False) -> bool:
         """Saves `state` if metrics[self.metric] beats the best so far. Returns whether it did.
 
-        At the final eval only sample-quality metrics ('<extractor>/<metric>') take part: a task's own final
-        metrics can use another protocol (a VAE's NLL uses eval.final_nll_k importance samples there)."""
-        if final and "/" not in self.metric:
+        At the final eval the metrics in `not_final` do not take part (they are measured another way there)."""
+        if final and self.metric in self.not_final:
             return False
         if self.metric not in metrics:
             choices = ", ".join(sorted(metrics))

@@ -30,6 +30,7 @@ class GANTask:
     """Built once from a GAN config: data, G and D, their optimizers, the loss and regularizer, the mesh."""
 
     headline = ("d_loss", "g_loss")
+    not_final = ()  # every eval metric is measured the same way at the final eval
 
     def __init__(self, config, workdir):
         config_lib.check(config)

@@ -25,6 +25,7 @@ class VAETask:
     """Built once from a VAE config: data, model, optimizer, mesh; compiles the train and eval functions."""
 
     headline = ("loss",)  # metrics on the progress bar
+    not_final = ("nll", "nll_bits_per_dim")  # the final eval's NLL uses eval.final_nll_k samples, not eval.nll_k
 
     def __init__(self, config, workdir):
         config_lib.check(config)
