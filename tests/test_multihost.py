@@ -67,3 +67,38 @@ def test_two_processes_train_like_one(config, tmp_path):
             assert final["sample_quality"][name]["fid"] == pytest.approx(block["fid"], rel=1e-4), name
     assert sorted(p.name for p in (tmp_path / "multi" / "checkpoints").iterdir()) == ["10", "20"]
     assert (tmp_path / "multi" / "eval.json").is_file()
+
+
+@pytest.mark.parametrize("config", ["gan_mnist", "vae_mnist"])
+def test_process_0_draws_its_images_on_its_own_device(config, tmp_path, monkeypatch):
+    """Only process 0 writes images. A compiled call it made alone on the replicated state would be a program over
+    every process's devices, which hangs a real pod (CPU processes let it pass, so the two-process test cannot
+    tell): every call behind save_images takes host arrays or single-device ones."""
+    import jax
+
+    from jaxgen import parallel
+    from jaxgen.evaluation import vae as vae_eval
+
+    c = config_module(CONFIGS / f"{config}.py").get_config("smoke")
+    c.unlock()
+    if config == "vae_mnist":
+        c.train.ema_decay = 0.5  # EMA params in the state, as gan_mnist keeps G's
+    task = loop.build_task(c, tmp_path)
+    state = jax.jit(task.create, out_shardings=parallel.replicated(task.mesh))()
+    calls = []
+
+    def guard(fn):
+        def call(*args, **kwargs):
+            for leaf in jax.tree.leaves((args, kwargs)):
+                if isinstance(leaf, jax.Array):
+                    assert len(leaf.sharding.device_set) == 1, f"{fn} got an array over {leaf.sharding}"
+            calls.append(fn)
+            return fn(*args, **kwargs)
+        return call
+
+    for name in ("sample_images", "reconstruct", "encode_mean", "traversal"):
+        monkeypatch.setattr(vae_eval, name, guard(getattr(vae_eval, name)))
+    if config == "gan_mnist":
+        task.__dict__["_generate"] = guard(task._generate)
+    task.save_images(state)
+    assert len(calls) >= 2 and (tmp_path / "images" / "samples.png").is_file()

@@ -167,9 +167,12 @@ class GANTask:
 
     def save_images(self, state, suffix: str = "") -> None:
         """Fixed-noise samples (every eval), and at the end interpolations, samples over time and the curves."""
+        g = self.sampling_g(state)  # on every process: the standing-statistics passes run over the whole mesh
         if jax.process_index() != 0:
             return
-        c, g = self.config, self.sampling_g(state)
+        # A host copy: what follows runs on this process's own device. A compiled call on the replicated variables
+        # would be a program over every process's devices, which process 0 must not run alone.
+        c, g = self.config, jax.device_get(g)
         out = self.workdir / "images"
         out.mkdir(exist_ok=True)
         to01 = lambda x: (np.asarray(x, np.float32) + 1.0) / 2.0

@@ -99,7 +99,9 @@ class VAETask:
         """Samples, reconstructions (and at the end the latent plots) into <workdir>/images."""
         if jax.process_index() != 0:
             return
-        c, params = self.config, state_lib.eval_params(state)
+        # A host copy: what follows runs on this process's own device. A compiled call on the replicated state
+        # would be a program over every process's devices, which process 0 must not run alone.
+        c, params = self.config, jax.device_get(state_lib.eval_params(state))
         out = self.workdir / "images"
         out.mkdir(exist_ok=True)
         lik = c.objective.likelihood
