@@ -6,6 +6,8 @@ mapped over a one-axis mesh of every device of every process with `jax.shard_map
 
 from __future__ import annotations
 
+import zlib
+
 import jax
 import numpy as np
 from jax.sharding import NamedSharding
@@ -45,14 +47,36 @@ def put_replicated(tree, mesh: jax.sharding.Mesh):
 def put_batch(tree, mesh: jax.sharding.Mesh):
     """Shards a host pytree of global batches (leading axis, identical on every process) over the 'data' axis.
 
-    Each process contributes only the rows its own devices hold.
+    Each process places only the rows its own devices hold, wherever those devices sit in the mesh.
     """
     sharding = NamedSharding(mesh, P(AXIS))
 
     def put(a):
         a = np.asarray(a)
-        per = a.shape[0] // jax.process_count()
-        local = a[jax.process_index() * per : (jax.process_index() + 1) * per]
-        return jax.make_array_from_process_local_data(sharding, local, a.shape)
+        return jax.make_array_from_callback(a.shape, sharding, lambda index: a[index])
 
     return jax.tree.map(put, tree)
+
+
+class ProcessesDisagreeError(RuntimeError):
+    """Processes of one run hold different values where they must hold the same (a multi-host run)."""
+
+
+def check_same_on_every_process(what: str, value, fix: str) -> None:
+    """Raises ProcessesDisagreeError naming `what`, each process's value and `fix` unless every process passed
+    the same `value` (integers). Nothing to do in a one-process run; otherwise a collective every process calls."""
+    if jax.process_count() == 1:
+        return
+    from jax.experimental import multihost_utils  # noqa: PLC0415
+
+    mine = np.atleast_1d(np.asarray(value, np.int64))
+    every = np.asarray(multihost_utils.process_allgather(mine)).reshape(jax.process_count(), -1)
+    if not (every == every[0]).all():
+        found = "; ".join(f"process {i}: {row.tolist()}" for i, row in enumerate(every))
+        raise ProcessesDisagreeError(f"the processes of this run disagree on {what} ({found}). {fix}")
+
+
+def fingerprint(a: np.ndarray) -> list[int]:
+    """Shape and CRC-32 of a host array: equal on two hosts when they loaded the same data."""
+    a = np.ascontiguousarray(a)
+    return [*a.shape, zlib.crc32(memoryview(a).cast("B"))]

@@ -150,6 +150,8 @@ def test_unwritable_workdir_is_a_clear_error(smoke_config, tmp_path):
     blocker.write_text("not a directory")
     with pytest.raises(loop.wd.WorkdirError, match="is not writable .*pass a --workdir you can write to"):
         loop.train_and_evaluate(smoke_config, blocker / "run")
+    with pytest.raises(loop.wd.WorkdirError, match="is a URL.*mount the bucket"):
+        loop.train_and_evaluate(smoke_config, "gs://bucket/run")
 
 
 def test_a_nan_stops_the_run_naming_step_and_metric_and_keeps_the_last_good_checkpoint(smoke_config, tmp_path):

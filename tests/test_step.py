@@ -5,6 +5,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from jaxgen import data, models, objectives, parallel
 from jaxgen.training import optim
@@ -80,3 +81,32 @@ def test_a_non_finite_update_is_not_applied_and_is_reported(smoke_config):
     assert int(state["step"]) == 0
     for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(state["params"])):
         np.testing.assert_array_equal(a, b)
+
+
+def test_put_batch_places_each_row_on_the_device_the_mesh_gives_it():
+    """Rows go where the mesh's order puts them, also for a mesh not in jax.devices() order (on a pod a process's
+    devices need not form one block of the mesh)."""
+    x = np.arange(16 * 3, dtype=np.float32).reshape(16, 3)
+    for devices in (jax.devices(), jax.devices()[::-1], jax.devices()[1::2] + jax.devices()[::2]):
+        mesh = parallel.make_mesh(devices)
+        placed = parallel.put_batch({"x": x}, mesh)["x"]
+        np.testing.assert_array_equal(np.asarray(placed), x)
+        for shard in placed.addressable_shards:
+            i = devices.index(shard.device)
+            np.testing.assert_array_equal(np.asarray(shard.data), x[2 * i : 2 * i + 2])
+
+
+def test_processes_that_disagree_are_a_clear_error(monkeypatch):
+    """What a pod's processes must share (the resumed step, the data) is compared; a difference names each
+    process's value and the fix."""
+    from jax.experimental import multihost_utils
+
+    parallel.check_same_on_every_process("x", 3, "fix")  # one process: nothing to compare
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(multihost_utils, "process_allgather", lambda v: np.stack([v, v]))
+    parallel.check_same_on_every_process("the step", 7, "share the workdir")
+    monkeypatch.setattr(multihost_utils, "process_allgather", lambda v: np.stack([v, v + 1]))
+    expected = r"disagree on the data \(process 0: \[4, 2, \d+\]; process 1: \[5, 3, \d+\]\)\. same files"
+    with pytest.raises(parallel.ProcessesDisagreeError, match=expected):
+        parallel.check_same_on_every_process("the data", parallel.fingerprint(np.zeros((4, 2), np.uint8)),
+                                             "same files")

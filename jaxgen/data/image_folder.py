@@ -21,6 +21,7 @@ import concurrent.futures
 import hashlib
 import logging
 import os
+import tempfile
 import threading
 from pathlib import Path
 
@@ -228,14 +229,15 @@ def smallest_side(folder: Path, files: list[str], crop: int) -> int:
 
 
 def write_npz(path: Path, image: np.ndarray, label: np.ndarray) -> None:
-    """np.savez to a temporary name then os.replace, so a reader never sees half a file."""
-    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
+    """np.savez to a unique temporary name then os.replace, so a reader never sees half a file (the processes of a
+    multi-host run may all write it; their PIDs can coincide in containers)."""
+    fd, tmp = tempfile.mkstemp(suffix=".tmp.npz", dir=path.parent)
     try:
-        with open(tmp, "wb") as f:
+        with os.fdopen(fd, "wb") as f:
             np.savez(f, image=image, label=label)
         os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        Path(tmp).unlink(missing_ok=True)
 
 
 def image_folder(data_config, split: str) -> tuple[np.ndarray, np.ndarray]:

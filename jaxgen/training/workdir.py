@@ -18,6 +18,11 @@ class WorkdirError(RuntimeError):
 
 def prepare(workdir: str | os.PathLike) -> Path:
     """Creates `workdir` and proves it writable (a probe file), else raises WorkdirError naming the fix."""
+    if "://" in str(workdir):
+        raise WorkdirError(
+            f"workdir {workdir} is a URL; jaxgen writes through the filesystem: mount the bucket (e.g. with gcsfuse) "
+            f"and pass the mounted path as --workdir"
+        )
     path = Path(workdir).expanduser().absolute()
     try:
         path.mkdir(parents=True, exist_ok=True)
