@@ -6,7 +6,9 @@ the official code draws 128 fresh samples for it.
     python launch.py --config=configs/gan_cifar10.py --workdir=runs/sngan_cifar10
     python launch.py --config=configs/gan_cifar10.py:smoke --workdir=/tmp/smoke
 
-Reference: the paper (Miyato et al., 2018) reports IS 8.22 and FID 21.7 for this unconditional setup.
+Reference: the paper (Miyato et al., 2018) reports IS 8.22 and FID 21.7 for this unconditional setup, without
+an EMA of G; this config evaluates G's EMA (half-life 50k images), so its numbers are not a like-for-like
+comparison (--config.train.ema_half_life=0 evaluates the raw G, as the paper did).
 Variants: diffaugment (color, translation, cutout on reals and fakes), bf16, smoke (synthetic 32x32x3).
 """
 

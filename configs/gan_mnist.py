@@ -42,7 +42,8 @@ def _hinge(c):
 
 def _wgan_gp(c):
     """WGAN-GP (Gulrajani et al. 2017): Wasserstein loss, gradient penalty 10, 5 critic steps, Adam(1e-4, 0, 0.9),
-    no BatchNorm in the critic."""
+    no BatchNorm in the critic. Unlike the paper's Algorithm 1, the G update reuses the last critic step's latents
+    and fakes instead of drawing fresh ones (one G forward fewer per step)."""
     c.loss.name = "wasserstein"
     c.reg.name = "gp"
     c.reg.weight = 10.0

@@ -32,6 +32,27 @@ def test_conv_transpose_2x_equals_the_definition(kernel, padding, impl):
     np.testing.assert_allclose(y, _reference(x, np.asarray(v["params"]["kernel"]), padding), atol=1e-5)
 
 
+@pytest.mark.parametrize("impl", ["phase", "xla"])
+@pytest.mark.parametrize("kernel,padding", [(3, 1), (4, 1), (5, 2)])
+def test_the_strided_layers_compute_in_bfloat16(kernel, padding, impl):
+    """bf16 compute (fp32 params) stays bf16 through both layers and their gradients, close to the definition."""
+    from jaxgen.models.layers import ConvDown2x
+
+    x = np.random.default_rng(1).normal(size=(2, 4, 3, 3)).astype(np.float32)
+    up = ConvTranspose2x(5, kernel_size=kernel, padding=padding, use_bias=False, impl=impl, dtype=jnp.bfloat16)
+    v = up.init(jax.random.key(0), x)
+    y = up.apply(v, x)
+    assert y.dtype == jnp.bfloat16
+    ref = _reference(x, np.asarray(v["params"]["kernel"]), padding)
+    np.testing.assert_allclose(np.asarray(y, np.float32), ref, atol=0.05 * np.abs(ref).max())
+    down = ConvDown2x(4, impl=impl, dtype=jnp.bfloat16)
+    vd = down.init(jax.random.key(1), y)
+    assert down.apply(vd, y).dtype == jnp.bfloat16
+    loss = lambda v, vd: jnp.sum(down.apply(vd, up.apply(v, x)).astype(jnp.float32) ** 2)
+    grads = jax.grad(loss, (0, 1))(v, vd)
+    assert all(g.dtype == jnp.float32 and np.isfinite(g).all() for g in jax.tree.leaves(grads))
+
+
 def test_conv_transpose_2x_rejects_sizes_that_do_not_double():
     with pytest.raises(ValueError, match="does not double"):
         ConvTranspose2x(4, kernel_size=3, padding=0).init(jax.random.key(0), np.zeros((1, 2, 2, 1), np.float32))

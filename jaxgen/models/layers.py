@@ -48,7 +48,7 @@ def _sub_pixel_form(x, w, padding):
     elsewhere: 16 taps for a 3x3 kernel), then a depth-to-space interleave."""
     k, cout = w.shape[0], w.shape[-1]
     sel, dmin = _phase_taps(k, padding)
-    s = sel.shape[0]
+    sel, s = jnp.asarray(sel, w.dtype), sel.shape[0]  # 0/1 entries: exact in any dtype, and bf16 stays bf16
     # [S, S, cin, 2 (row phase), 2 (col phase), cout] -> one conv producing all four phases.
     wc = jnp.einsum("sak,tbl,klio->stiabo", sel, sel, w).reshape(s, s, w.shape[2], 4 * cout)
     pad = ((-dmin, s - 1 + dmin), (-dmin, s - 1 + dmin))

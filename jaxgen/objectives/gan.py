@@ -6,16 +6,18 @@ A loss maps the discriminator's raw outputs to both players' losses:
 
 d_real = D(x) on (augmented) reals, d_fake = D(G(z)) on (augmented) fakes, both float32 logits or critic scores
 of one device's share of the batch; the losses are means over it (the trainer averages gradients over devices).
-In the D update the fakes are constants; in the G update d_real is D's output on the step's reals before D's
-update, a constant (no built-in G loss reads it; relativistic losses would). A user's loss is named
-`loss.name='package.module:function'` with this signature.
+In the D update the fakes are constants. In the G update d_real is a constant: when the G loss reads it (a
+relativistic loss; no built-in one does), it is the updated D's output on the step's (augmented) reals, found
+once by tracing the loss. A user's loss is named `loss.name='package.module:function'` with this signature.
 
 A regularizer penalises D's input gradient:
 
     reg(d_fn, real [B, H, W, C], fake [B, H, W, C], keys [B]) -> (penalty, metrics)
 
 d_fn(x) -> [B] is D with its current parameters (differentiable in them and in x); keys has one PRNG key per
-example. The trainer adds
+example. With augmentation on, `real` and `fake` are the augmented images D saw, so R1 and the gradient penalty
+are taken at D's augmented inputs (as DiffAugment's `ns_r1_DiffAugment`; StyleGAN2-ADA takes R1 at the
+un-augmented reals). The trainer adds
 reg.weight * penalty to D's loss (times reg.interval when the regularizer runs lazily every reg.interval D
 steps). A user's regularizer is `reg.name='package.module:function'`.
 """
