@@ -64,6 +64,8 @@ def test_a_checkpoint_from_8_devices_restores_onto_1(smoke_config, tmp_path):
     np.testing.assert_array_equal(leaf, state["params"]["params"]["up_0"]["kernel"])
 
 
+# Orbax leaves the other arrays' failed reads unretrieved; their callbacks find the event loop closed (harmless).
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_a_broken_checkpoint_is_reported_and_the_previous_one_used(smoke_config, tmp_path, caplog):
     mesh = parallel.make_mesh()
     create, state = _state(smoke_config, mesh)
