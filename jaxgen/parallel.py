@@ -7,6 +7,8 @@ mapped over a one-axis mesh of every device of every process with `jax.shard_map
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
+from typing import TypeVar
 
 import jax
 import numpy as np
@@ -14,6 +16,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 AXIS = "data"
+T = TypeVar("T")
 
 
 def make_mesh(devices=None) -> jax.sharding.Mesh:
@@ -67,10 +70,7 @@ def check_same_on_every_process(what: str, value, fix: str) -> None:
     the same `value` (integers). Nothing to do in a one-process run; otherwise a collective every process calls."""
     if jax.process_count() == 1:
         return
-    from jax.experimental import multihost_utils  # noqa: PLC0415
-
-    mine = np.atleast_1d(np.asarray(value, np.int64))
-    every = np.asarray(multihost_utils.process_allgather(mine)).reshape(jax.process_count(), -1)
+    every = _allgather_ints(value)
     if not (every == every[0]).all():
         found = "; ".join(f"process {i}: {row.tolist()}" for i, row in enumerate(every))
         raise ProcessesDisagreeError(f"the processes of this run disagree on {what} ({found}). {fix}")
@@ -80,3 +80,37 @@ def fingerprint(a: np.ndarray) -> list[int]:
     """Shape and CRC-32 of a host array: equal on two hosts when they loaded the same data."""
     a = np.ascontiguousarray(a)
     return [*a.shape, zlib.crc32(memoryview(a).cast("B"))]
+
+
+def _allgather_ints(values) -> np.ndarray:
+    """[process_count, n]: every process's `values` (a collective every process calls)."""
+    from jax.experimental import multihost_utils  # noqa: PLC0415
+
+    mine = np.atleast_1d(np.asarray(values, np.int64))
+    return np.asarray(multihost_utils.process_allgather(mine)).reshape(jax.process_count(), -1)
+
+
+def process_0_first(fn: Callable[[], T], *, needed: bool, what: str) -> T:
+    """fn() on every process, process 0's call finishing before the others start: with a shared data dir a
+    dataset is then downloaded, prepared and cached once instead of by every host at the same time.
+
+    needed: whether this process lacks what fn makes (e.g. its cache file is missing); when no process does, they
+    all call fn at once. A failure on process 0 is raised there, and on the others as an error naming `what`.
+    A collective in a multi-host run: every process calls it, in the same order.
+    """
+    if jax.process_count() == 1 or not _allgather_ints(int(needed)).any():
+        return fn()
+    result, error = None, None
+    if jax.process_index() == 0:
+        try:
+            result = fn()
+        except Exception as e:  # noqa: BLE001 (re-raised below, after the others hear of it)
+            error = e
+    failed = bool(_allgather_ints(int(error is not None))[0, 0])
+    if jax.process_index() == 0:
+        if error is not None:
+            raise error
+        return result
+    if failed:
+        raise RuntimeError(f"process 0 failed to {what}; its log says why")
+    return fn()

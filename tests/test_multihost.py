@@ -35,6 +35,34 @@ print("FINAL " + json.dumps({"devices": jax.device_count(), **final}), flush=Tru
 """
 
 
+FIRST_WORKER = """
+import pathlib, sys, time
+import jax
+jax.distributed.initialize(coordinator_address=sys.argv[1], num_processes=2, process_id=int(sys.argv[2]))
+from jaxgen import parallel
+flag = pathlib.Path(sys.argv[3])
+
+def make():
+    if jax.process_index() == 0:
+        time.sleep(1.0)
+        flag.write_text("made by 0")
+        return "made"
+    return flag.read_text()  # fails unless process 0 has finished
+
+print("RESULT", parallel.process_0_first(make, needed=not flag.exists(), what="make the flag"), flush=True)
+
+def fail():
+    if jax.process_index() == 0:
+        raise OSError("disk full")
+    return "ran"
+
+try:
+    parallel.process_0_first(fail, needed=True, what="fill the cache")
+except Exception as e:
+    print("ERROR", type(e).__name__, e, flush=True)
+"""
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -102,3 +130,18 @@ def test_process_0_draws_its_images_on_its_own_device(config, tmp_path, monkeypa
         task.__dict__["_generate"] = guard(task._generate)
     task.save_images(state)
     assert len(calls) >= 2 and (tmp_path / "images" / "samples.png").is_file()
+
+
+def test_process_0_prepares_data_first_and_its_failure_reaches_the_others(tmp_path):
+    """How datasets are prepared on a pod: process 0 downloads, prepares and caches first, the others then read its
+    cache; when it fails, every process stops (none waits for ever)."""
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "PYTHONPATH": str(ROOT)}
+    address = f"127.0.0.1:{_free_port()}"
+    procs = [subprocess.Popen([sys.executable, "-c", FIRST_WORKER, address, str(i), str(tmp_path / "flag")],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in (0, 1)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    said = [[line for line in out.splitlines() if line.startswith(("RESULT", "ERROR"))] for out, _ in outs]
+    assert said[0] == ["RESULT made", "ERROR OSError disk full"]
+    assert said[1] == ["RESULT made by 0", "ERROR RuntimeError process 0 failed to fill the cache; its log says why"]

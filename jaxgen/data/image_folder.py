@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from jaxgen import parallel
+
 log = logging.getLogger("jaxgen")
 
 EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -262,6 +264,13 @@ def image_folder(data_config, split: str) -> tuple[np.ndarray, np.ndarray]:
         )
     cache = _cache_dir(data_config, folder, files)
     wanted = cache / f"{split if pct else 'train'}.npz"
+    # In a multi-host run process 0 decodes first, so hosts sharing the data dir read its cache.
+    return parallel.process_0_first(lambda: _cached_or_decoded(folder, files, cache, wanted, res, crop, pct),
+                                    needed=not wanted.exists(), what=f"decode the images in {folder}")
+
+
+def _cached_or_decoded(folder: Path, files: list[str], cache: Path, wanted: Path, res: int, crop: int, pct: int
+                       ) -> tuple[np.ndarray, np.ndarray]:
     if wanted.exists():
         with np.load(wanted) as z:
             return z["image"], z["label"]
@@ -297,4 +306,4 @@ def image_folder(data_config, split: str) -> tuple[np.ndarray, np.ndarray]:
                 write_npz(cache / f"{name}.npz", *out[name])
             except OSError as e:
                 log.warning("Could not cache %s/%s.npz: %s", cache, name, e)
-    return out[split if pct else "train"]
+    return out[wanted.stem]

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxgen import parallel
 from jaxgen.data import image_folder
 from jaxgen.data.image_folder import CHUNK, PROGRESS_MIN_FILES, crop_and_resize, data_dir, num_workers, write_npz
 
@@ -116,7 +117,13 @@ def _read_split(source, image_fn: Callable | None, label_key: str | None, desc: 
 
 
 def _cached(cache: Path, read: Callable | None) -> tuple[np.ndarray, np.ndarray]:
-    """The arrays in `cache` if it exists, else `read()`, written to `cache` (tmp then rename) for the next run."""
+    """The arrays in `cache` if it exists, else `read()`, written to `cache` (tmp then rename) for the next run.
+    In a multi-host run process 0 reads (and prepares) first, so a shared data dir is filled once."""
+    return parallel.process_0_first(lambda: _read_cached(cache, read), needed=not cache.exists(),
+                                    what=f"prepare {cache.parent.name} (cache {cache})")
+
+
+def _read_cached(cache: Path, read: Callable | None) -> tuple[np.ndarray, np.ndarray]:
     if cache.exists():
         with np.load(cache) as z:
             return z["image"], z["label"]
@@ -160,7 +167,6 @@ def celeb_a(data_config, split: str) -> tuple[np.ndarray, np.ndarray]:
     res, crop = int(data_config.resolution), int(data_config.crop)
     cache = data_dir(data_config) / "jaxgen_cache" / "celeb_a" / f"{split}_r{res}_c{crop}.npz"
     image_fn = (lambda im: crop_and_resize(im, res, crop)) if res > 0 or crop > 0 else None
-    if cache.exists():
-        return _cached(cache, None)
-    source = _source("celeb_a", split, data_config, hint=CELEB_A_HINT)
-    return _cached(cache, lambda: _read_split(source, image_fn, None, f"celeb_a {split}"))
+    read = lambda: _read_split(_source("celeb_a", split, data_config, hint=CELEB_A_HINT), image_fn, None,  # noqa: E731
+                               f"celeb_a {split}")
+    return _cached(cache, read)
