@@ -91,13 +91,16 @@ def test_iwae_bound_tightens_with_k_towards_exact_log_likelihood():
 
 
 def test_importance_nll_in_chunks_is_the_k_sample_estimate():
-    """k=10 in chunks of 7: the second chunk counts only its first 3 draws."""
+    """k=10 in chunks of 7 (the second counts only its first 3 draws) is the 10-sample estimate whatever the chunk
+    size: draw j of an example comes from fold_in(its key, j)."""
     model, params, cfg, x, keys = _tiny()
     got = vo.importance_nll(params, x, keys, model=model, cfg=cfg, k=10, chunk=7)
-    fold = lambda c: jax.vmap(jax.random.fold_in, (0, None))(keys, c)  # noqa: E731
-    lw = jnp.concatenate([vo.log_importance_weights(params, x, fold(0), model=model, cfg=cfg, k=7),
-                          vo.log_importance_weights(params, x, fold(1), model=model, cfg=cfg, k=7)[:, :3]], 1)
+    per_draw = jax.vmap(lambda key: jax.vmap(lambda j: jax.random.fold_in(key, j))(jnp.arange(10)))(keys)
+    lw = vo.log_importance_weights(params, x, per_draw, model=model, cfg=cfg, k=10)
     want = -(jax.nn.logsumexp(lw, axis=1) - math.log(10))
+    for chunk in (1, 4, 10):
+        np.testing.assert_allclose(vo.importance_nll(params, x, keys, model=model, cfg=cfg, k=10, chunk=chunk), got,
+                                   rtol=1e-5)
     np.testing.assert_allclose(got, want, rtol=1e-5)
 
 

@@ -203,3 +203,25 @@ def test_the_inception_extractor_in_training_gives_fid_and_is_from_the_biasless_
                                           *sample_metrics.feature_statistics(out["pool"]))
     assert block["fid"] == pytest.approx(fid, rel=1e-5)
     assert np.isfinite([block["kid_mean"], block["precision"], block["coverage"]]).all()
+
+
+@pytest.mark.parametrize("config", ["vae_mnist", "gan_mnist"])
+def test_the_evaluated_samples_do_not_depend_on_the_eval_batch_size(config, tmp_path):
+    """Sample j of the evaluation stream comes from its own key: FID/KID/IS of a checkpoint do not move when
+    eval.batch_size does."""
+    import jax
+
+    from jaxgen import parallel
+    from jaxgen.training import loop
+    from tests.conftest import CONFIGS, config_module
+
+    c = config_module(CONFIGS / f"{config}.py").get_config("smoke")
+    c.unlock()
+    task = loop.build_task(c, tmp_path)
+    state = jax.jit(task.create, out_shardings=parallel.replicated(task.mesh))()
+    got = []
+    for bs in (8, 24):
+        task.config.eval.batch_size = bs
+        got.append(task.samples(state, 40))
+    assert got[0].shape[0] == 40
+    np.testing.assert_array_equal(got[0], got[1])

@@ -15,6 +15,7 @@ carries its name, the reference (dataset, split, count) and the sample count bes
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import logging
 import os
@@ -22,6 +23,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxgen import registry
@@ -206,6 +209,13 @@ def compare(extractor: Extractor, ref: dict, samples: np.ndarray, *, full: bool,
         out["precision"], out["recall"] = sample_metrics.precision_recall(real, feats, k=3)
         out["density"], out["coverage"] = sample_metrics.density_coverage(real, feats, k=5)
     return out
+
+
+@functools.partial(jax.jit, static_argnames=("n", "dim"))
+def stream_latents(key: jax.Array, start, *, n: int, dim: int) -> jax.Array:
+    """Latents [n, dim] ~ N(0, I) of samples start .. start + n - 1 of the fixed stream `key`: sample j's from
+    fold_in(key, j), so which samples an evaluation sees does not depend on the batch size it makes them in."""
+    return jax.vmap(lambda j: jax.random.normal(jax.random.fold_in(key, j), (dim,)))(start + jnp.arange(n))
 
 
 def to_uint8(images: np.ndarray, value_range: tuple[float, float]) -> np.ndarray:

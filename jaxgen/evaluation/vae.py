@@ -103,10 +103,9 @@ def evaluate(eval_fn, params, images: np.ndarray, *, mesh, key, batch_size: int,
     return out
 
 
-@functools.partial(jax.jit, static_argnames=("model", "n", "likelihood"))
-def sample_images(params, key, *, model, n: int, likelihood: str):
-    """n images [n, H, W, C] in [0, 1]: the likelihood's mean at z ~ N(0, I)."""
-    z = jax.random.normal(key, (n, model.latent_dim))
+@functools.partial(jax.jit, static_argnames=("model", "likelihood"))
+def sample_images(params, z, *, model, likelihood: str):
+    """Images [n, H, W, C] in [0, 1]: the likelihood's mean at the latents z [n, latent_dim]."""
     return vae_obj.MEANS[likelihood](model.apply(params, z, method="decode"))
 
 

@@ -56,8 +56,12 @@ def likelihood(cfg):
 
 
 def sample_latents(mu, logvar, keys, k: int):
-    """z [B, k, D] = mu + sigma * eps, eps drawn from each example's key."""
-    eps = jax.vmap(lambda key: jax.random.normal(key, (k, mu.shape[-1]), mu.dtype))(keys)
+    """z [B, k, D] = mu + sigma * eps: with keys [B], k draws from each example's key; with keys [B, k], one draw
+    from each key."""
+    if keys.ndim == 2:
+        eps = jax.vmap(jax.vmap(lambda key: jax.random.normal(key, (mu.shape[-1],), mu.dtype)))(keys)
+    else:
+        eps = jax.vmap(lambda key: jax.random.normal(key, (k, mu.shape[-1]), mu.dtype))(keys)
     return mu[:, None] + jnp.exp(0.5 * logvar)[:, None] * eps
 
 
@@ -70,7 +74,8 @@ def _decode_log_prob(params, x, z, *, model, cfg):
 
 
 def log_importance_weights(params, x, keys, *, model, cfg, k: int) -> jax.Array:
-    """log w = log p(x|z) + log p(z) - log q(z|x) for k draws z ~ q(z|x) per example: [B, k]."""
+    """log w = log p(x|z) + log p(z) - log q(z|x) for k draws z ~ q(z|x) per example: [B, k] (keys as for
+    `sample_latents`)."""
     mu, logvar = model.apply(params, x, method="encode")
     z = sample_latents(mu, logvar, keys, k)
     log_px = _decode_log_prob(params, x, z, model=model, cfg=cfg)
@@ -108,9 +113,11 @@ def iwae(params, x, keys, *, model, cfg):
 
 
 def chunk_logsumexp(params, x, keys, c, *, model, cfg, chunk: int, valid) -> jax.Array:
-    """logsumexp of the log importance weights of chunk `c` [B]: `chunk` draws from fold_in(key, c), of which the
-    first `valid` count (the last chunk of k samples may be partial)."""
-    ck = jax.vmap(jax.random.fold_in, (0, None))(keys, c)
+    """logsumexp of the log importance weights of chunk `c` [B]: draws c * chunk ... c * chunk + chunk - 1, of which
+    the first `valid` count (the last chunk of k samples may be partial). Draw j of an example comes from
+    fold_in(its key, j), so the estimate does not depend on the chunk size."""
+    draws = c * chunk + jnp.arange(chunk)
+    ck = jax.vmap(lambda key: jax.vmap(lambda j: jax.random.fold_in(key, j))(draws))(keys)  # [B, chunk]
     lw = log_importance_weights(params, x, ck, model=model, cfg=cfg, k=chunk)
     lw = jnp.where(jnp.arange(chunk)[None] < valid, lw, -jnp.inf)
     return jax.nn.logsumexp(lw, axis=1)

@@ -147,11 +147,12 @@ class GANTask:
 
     def samples(self, state, n: int) -> np.ndarray:
         """n samples (uint8 [n, H, W, C]) of the evaluated G (EMA when kept), from a fixed stream of latents:
-        the same latents at every evaluation. Generated in batches of eval.batch_size on this process."""
+        the same latents at every evaluation. Generated in batches of eval.batch_size (which does not change them) on
+        this process."""
         g, bs = self.sampling_g(state), self.config.eval.batch_size
         key = jax.random.fold_in(jax.random.key(self.config.seed), state_lib.EVAL_STREAM + 3)
-        out = [quality.to_uint8(self._generate(g, jax.random.normal(jax.random.fold_in(key, i),
-                                                                     (bs, self.generator.latent_dim))), (-1.0, 1.0))
+        out = [quality.to_uint8(self._generate(g, quality.stream_latents(key, i, n=bs, dim=self.generator.latent_dim)),
+                                (-1.0, 1.0))
                for i in range(0, n, bs)]
         return np.concatenate(out)[:n]
 

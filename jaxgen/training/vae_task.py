@@ -75,10 +75,12 @@ class VAETask:
 
     def samples(self, state, n: int) -> np.ndarray:
         """n samples (uint8 [n, H, W, C]): the likelihood's mean at z ~ N(0, I) from a fixed stream of latents,
-        rounded to 0..255 as a PNG writer would. Generated in batches of eval.batch_size on this process."""
+        rounded to 0..255 as a PNG writer would. Generated in batches of eval.batch_size (which does not change
+        them) on this process."""
         c, params, bs = self.config, state_lib.eval_params(state), self.config.eval.batch_size
         key = jax.random.fold_in(jax.random.key(c.seed), state_lib.EVAL_STREAM + 3)
-        out = [quality.to_uint8(vae_eval.sample_images(params, jax.random.fold_in(key, i), model=self.model, n=bs,
+        z = lambda start: quality.stream_latents(key, start, n=bs, dim=self.model.latent_dim)  # noqa: E731
+        out = [quality.to_uint8(vae_eval.sample_images(params, z(i), model=self.model,
                                                        likelihood=c.objective.likelihood), (0.0, 1.0))
                for i in range(0, n, bs)]
         return np.concatenate(out)[:n]
@@ -108,7 +110,8 @@ class VAETask:
         key = jax.random.fold_in(jax.random.key(c.seed), state_lib.EVAL_STREAM + 1)  # the same z at every eval
         n = c.output.num_samples
         images.save_png(out / f"samples{suffix}.png",
-                        np.asarray(vae_eval.sample_images(params, key, model=self.model, n=n, likelihood=lik)))
+                        np.asarray(vae_eval.sample_images(params, jax.random.normal(key, (n, self.model.latent_dim)),
+                                                          model=self.model, likelihood=lik)))
         x = self.test.image[: min(n, 32)].astype(np.float32) / 255.0
         rec = np.asarray(vae_eval.reconstruct(params, x, model=self.model, likelihood=lik))
         images.save_png(out / f"reconstructions{suffix}.png", np.concatenate([x, rec]), ncol=len(x))
