@@ -44,10 +44,14 @@ def main(argv):
     from jaxgen import runtime  # noqa: PLC0415 (after flag parsing, before JAX starts)
 
     runtime.setup(distributed=FLAGS.jax_distributed)
-    from jaxgen.training import loop  # noqa: PLC0415
+    from jaxgen.training import loop, workdir  # noqa: PLC0415
 
     run = {"train": loop.train_and_evaluate, "eval": loop.evaluate_checkpoint, "sample": loop.sample_checkpoint}
-    run[FLAGS.mode](FLAGS.config, FLAGS.workdir)
+    try:
+        run[FLAGS.mode](FLAGS.config, FLAGS.workdir)
+    except (Exception, KeyboardInterrupt) as e:
+        workdir.log_fatal(e)  # into log.txt too, not only on stderr
+        raise
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """A wider conv VAE on CIFAR-10 with a Gaussian likelihood (pixels in [0, 1], sigma 0.1): the VAE family on
 colour images. Samples are blurry, as for every Gaussian-likelihood VAE of this size. NLL is a density of x/255
-in nats; bits/dim add the 8-bit bin width (ln 255 per dimension).
+in nats; bits/dim add the 8-bit bin width (ln 255 per dimension): a midpoint estimate without dequantization, not
+comparable with published CIFAR-10 bits/dim (README: What lands in the workdir, eval.json).
 
     python launch.py --config=configs/vae_cifar10.py --workdir=runs/vae_cifar10
     python launch.py --config=configs/vae_cifar10.py:smoke --workdir=/tmp/smoke

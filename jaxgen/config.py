@@ -6,10 +6,14 @@ fails loudly (the ConfigDict is locked) instead of being silently ignored.
 
 from __future__ import annotations
 
+import logging
+import math
 import re
 from collections.abc import Callable, Mapping
 
 import ml_collections
+
+log = logging.getLogger("jaxgen")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -299,6 +303,7 @@ def check(config: ml_collections.ConfigDict) -> None:
             raise ValueError(f"eval.nll_chunk must be >= 1 (importance samples per pass), got {config.eval.nll_chunk}")
         if not 0.0 <= t.ema_decay < 1.0:
             raise ValueError(f"train.ema_decay must be in [0, 1), got {t.ema_decay}")
+        _warn_vae_combinations(config)
     elif config.task == "gan":
         if t.d_steps < 1:
             raise ValueError(f"train.d_steps must be >= 1, got {t.d_steps}")
@@ -313,3 +318,21 @@ def check(config: ml_collections.ConfigDict) -> None:
             raise ValueError(f"model.dtype must be 'float32' or 'bfloat16', got {config.model.dtype!r}")
     else:
         raise ValueError(f"unknown task {config.task!r}; choices: gan, vae")
+
+
+def _warn_vae_combinations(config) -> None:
+    """Logs settings that run but whose reported numbers mean less than their names say."""
+    o, binarize = config.objective, config.data.binarize
+    if o.likelihood == "bernoulli" and binarize == "none":
+        log.warning("objective.likelihood='bernoulli' with data.binarize='none': on grey values the Bernoulli is "
+                    "not a normalised density, so the NLL and bits/dim are not those of any pixel distribution "
+                    "(binarize 'dynamic', or likelihood 'gaussian' for grey values)")
+    if o.likelihood == "gaussian" and binarize == "dynamic":
+        log.warning("objective.likelihood='gaussian' with data.binarize='dynamic': the bits/dim assume 8-bit "
+                    "pixels, these are binary (set data.binarize=none, or likelihood 'bernoulli')")
+    if o.likelihood == "gaussian" and o.gaussian_sigma < 1 / (255 * math.sqrt(2 * math.pi)):
+        log.warning("objective.gaussian_sigma=%g < 1/(255 sqrt(2 pi)): the Gaussian density of x/255 exceeds 1 per "
+                    "8-bit bin, so the reported bits/dim can be negative", o.gaussian_sigma)
+    if o.name == "iwae" and (o.beta != 1.0 or o.kl != "analytic"):
+        log.warning("objective.name='iwae' ignores objective.beta=%g and objective.kl=%r (they weight the ELBO)",
+                    o.beta, o.kl)

@@ -317,3 +317,12 @@ def test_gan_mnist_variants_train_end_to_end(variant, tmp_path):
     assert np.isfinite(final["d_real"]) and np.isfinite(final["d_fake"])
     records = [r for r in writer.read(tmp_path / "metrics.jsonl") if r["split"] == "train"]
     assert len(records) == 2 and all(np.isfinite(r["d_loss"]) and np.isfinite(r["g_loss"]) for r in records)
+
+
+def test_too_few_test_images_for_one_eval_batch_fail_before_any_training(tmp_path):
+    c = _smoke()
+    c.eval.num_examples = 8
+    with pytest.raises(ValueError, match=r"eval needs at least eval.batch_size=\d+ test images, the test split has "
+                                         r"\d+ \(eval.num_examples=8\); lower eval.batch_size \(a multiple of the 8"):
+        loop.train_and_evaluate(c, tmp_path)
+    assert not (tmp_path / "checkpoints").exists()

@@ -3,6 +3,7 @@ against the PyTorch reference (parameter counts and, at a tiny width, outputs)."
 
 import importlib.util
 import math
+import os
 from pathlib import Path
 
 import jax
@@ -15,7 +16,10 @@ from jaxgen import parallel
 from jaxgen.config import gan_config
 from jaxgen.models import gan
 
-REFERENCE = Path("/work/shared/reference/torch_reference.py")
+# The team's PyTorch reference (not in this repository): ../shared beside the checkout, as CI has it, or the file
+# $JAXGEN_TORCH_REFERENCE names, as for benchmarks/harness.py.
+REFERENCE = Path(os.environ.get("JAXGEN_TORCH_REFERENCE",
+                                Path(__file__).resolve().parents[2] / "shared" / "reference" / "torch_reference.py"))
 
 
 def _config(name="dcgan", width=8, **kw):

@@ -105,6 +105,13 @@ def test_unknown_config_field_names_it_and_lists_the_fields_of_its_block(tmp_pat
     assert not any(tmp_path.iterdir())  # failed at flag parsing, before any work
 
 
+def test_an_error_that_stops_the_run_lands_in_log_txt_too(tmp_path):
+    r = _launch("--config=configs/vae_mnist.py:smoke", f"--workdir={tmp_path}", "--config.data.name=mnist_6k")
+    assert r.returncode == 1 and "mnist_6k" in r.stderr
+    logged = (tmp_path / "log.txt").read_text()
+    assert "ERROR The run stopped: UnknownNameError: " in logged and "mnist_6k" in logged and "Traceback" in logged
+
+
 def test_unknown_variant_lists_the_choices():
     with pytest.raises(ValueError, match="unknown config variant 'smok'; choices: fashion, iwae, mnist_5k, smoke"):
         _load_config(str(ROOT / "configs" / "vae_mnist.py"), "smok")
@@ -169,3 +176,53 @@ def test_a_nan_stops_the_run_naming_step_and_metric_and_keeps_the_last_good_chec
 def test_eval_mode_without_a_checkpoint_says_train_first(smoke_config, tmp_path):
     with pytest.raises(FileNotFoundError, match="no readable checkpoint .* train first"):
         loop.evaluate_checkpoint(smoke_config, tmp_path)
+
+
+@pytest.mark.parametrize("fields,warning", [
+    ({"data.binarize": "none"}, "on grey values the Bernoulli is not a normalised density"),
+    ({"objective.likelihood": "gaussian"}, "the bits/dim assume 8-bit pixels, these are binary"),
+    ({"objective.likelihood": "gaussian", "data.binarize": "none", "objective.gaussian_sigma": 1e-3},
+     "the reported bits/dim can be negative"),
+    ({"objective.name": "iwae", "objective.beta": 4.0}, "'iwae' ignores objective.beta=4"),
+])
+def test_settings_whose_numbers_mean_less_than_their_names_are_warned_about(smoke_config, fields, warning, caplog,
+                                                                            monkeypatch):
+    import logging
+
+    from jaxgen import config as config_lib
+
+    monkeypatch.setattr(logging.getLogger("jaxgen"), "propagate", True)  # to caplog, after any run's setup_logging
+
+    for key, value in fields.items():
+        section, name = key.split(".")
+        smoke_config[section][name] = value
+    config_lib.check(smoke_config)
+    assert warning in caplog.text
+
+
+def laplace_log_prob(out, x, cfg):
+    """A user's likelihood: Laplace(x; sigmoid(out), 0.1) summed over the pixels, its mean image given as `.mean`."""
+    import jax
+    import jax.numpy as jnp
+
+    b = 0.1
+    return jnp.sum(-jnp.abs(x - jax.nn.sigmoid(out)) / b - jnp.log(2 * b), axis=(-3, -2, -1))
+
+
+def _sigmoid(out):
+    import jax
+
+    return jax.nn.sigmoid(out)
+
+
+laplace_log_prob.mean = _sigmoid
+
+
+def test_a_users_likelihood_trains_evaluates_and_draws_its_mean(smoke_config, tmp_path):
+    c = smoke_config
+    c.objective.likelihood = "tests.test_launch:laplace_log_prob"
+    c.data.binarize = "none"
+    c.eval.every = 0
+    final = loop.train_and_evaluate(c, tmp_path)
+    assert math.isfinite(final["nll"]) and math.isfinite(final["elbo"])
+    assert (tmp_path / "images" / "samples.png").is_file() and (tmp_path / "images" / "reconstructions.png").is_file()

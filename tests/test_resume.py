@@ -167,3 +167,9 @@ def test_a_resumed_run_rewrites_the_metrics_of_the_steps_it_repeats(tmp_path):
     resumed.close()
     assert [(r["step"], r["split"], r.get("loss")) for r in read(tmp_path / "metrics.jsonl")] == [
         (10, "train", 10.0), (20, "train", 20.0), (20, "eval", None), (30, "train", -30.0)]
+    again = MetricWriter(tmp_path, enabled=True, resume_step=30)  # a finished run re-evaluates its last step
+    again.write(30, "eval", {"elbo": -2.0})
+    again.write(30, "eval", {"elbo": -3.0})
+    again.close()
+    evals = [(r["step"], r["elbo"]) for r in read(tmp_path / "metrics.jsonl") if r["split"] == "eval"]
+    assert evals == [(20, -1.0), (30, -3.0)]  # one eval record a step, the newest

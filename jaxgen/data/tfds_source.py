@@ -1,8 +1,9 @@
 """Datasets of the TFDS catalog, prepared once into a TFDS data dir and cached as uint8 arrays.
 
-Preparing (download + encode) a catalog image dataset needs TensorFlow (`pip install 'jaxgen[prepare]'`); reading
-a prepared one does not. The first read of a split also writes `<data_dir>/jaxgen_cache/<name>/<split>.npz`, so
-later runs start in a second. Offline, a missing dataset fails at once with a message that says how to provide it.
+Preparing (download + encode) a catalog image dataset needs TensorFlow (the `prepare` extra:
+`pip install -e '.[prepare]'`); reading a prepared one does not. The first read of a split also writes
+`<data_dir>/jaxgen_cache/<name>/<split>.npz`, so later runs start in a second. Offline, a missing dataset fails at
+once with a message that says how to provide it.
 """
 
 from __future__ import annotations
@@ -56,7 +57,8 @@ def has_tensorflow() -> bool:
 
 def _prepare_command(name: str, ddir: Path) -> str:
     return (
-        f"pip install 'jaxgen[prepare]' && python -c \"import tensorflow_datasets as tfds; "
+        f"pip install tensorflow-cpu (the 'prepare' extra: pip install -e '.[prepare]' in a checkout) && "
+        f"python -c \"import tensorflow_datasets as tfds; "
         f"tfds.builder('{name}', data_dir='{ddir}').download_and_prepare(file_format='array_record')\""
     )
 

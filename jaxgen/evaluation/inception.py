@@ -370,7 +370,7 @@ def _load_file(path: Path) -> dict:
     return _from_npz(path) if path.suffix == ".npz" else _from_pth(path)[0]
 
 
-def _missing_message(problem: str) -> str:
+def _missing_message(problem: str, offer_download: bool = True) -> str:
     d = cache_dir()
     npz, pth = d / f"{WEIGHTS_NAME}.npz", d / f"{WEIGHTS_NAME}.pth"
     return (f"Inception weights (pytorch-fid's, for FID/KID/IS) not found: {problem}\n"
@@ -379,9 +379,9 @@ def _missing_message(problem: str) -> str:
             f"Either download {WEIGHTS_URL} (about 96 MB) to {pth} (the cache dir is "
             f"${ENV_CACHE}/inception, by default ~/.cache/jaxgen/inception),\n"
             f"or set `{CONFIG_FIELD}` or ${ENV_WEIGHTS} to that .pth or to an .npz converted from it,\n"
-            "or let jaxgen fetch it: `python -m jaxgen.evaluation.inception download` "
-            "(load_params(allow_download=True)).\n"
-            "To train without Inception metrics instead: --config.eval.extractors=\"()\" (or \"('classifier',)\" "
+            + ("or let jaxgen fetch it: `python -m jaxgen.evaluation.inception download` "
+               "(load_params(allow_download=True)).\n" if offer_download else "")
+            + "To train without Inception metrics instead: --config.eval.extractors=\"()\" (or \"('classifier',)\" "
             "on a labelled dataset).")
 
 
@@ -395,7 +395,7 @@ def _download(dst: Path) -> None:
             with urllib.request.urlopen(WEIGHTS_URL, timeout=DOWNLOAD_TIMEOUT_S) as r, open(tmp, "wb") as f:
                 shutil.copyfileobj(r, f, 1 << 20)
         except OSError as e:  # URLError, timeouts, refused connections: offline machines fail here, fast
-            raise WeightsNotFoundError(_missing_message(f"the download failed ({e}).")) from e
+            raise WeightsNotFoundError(_missing_message(f"the download failed ({e}).", offer_download=False)) from e
         _verified(Path(tmp))
         os.replace(tmp, dst)
     finally:

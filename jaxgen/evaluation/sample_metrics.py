@@ -8,7 +8,10 @@ and how many samples stand beside every number a caller reports. Definitions and
   semi-definite with the eigenvalues of S_r S_g, so no complex sqrtm and no eps retry are needed.
 - KID (Binkowski et al. 2018): the unbiased MMD^2 with the kernel k(x, y) = (x.y / D + 1)^3, averaged over random
   subsets (torch-fidelity's and clean-fid's defaults: 100 subsets of 1000).
-- Inception Score (Salimans et al. 2016): exp(E_x KL(p(y|x) || p(y))) per split, mean and std over 10 splits.
+- Inception Score (Salimans et al. 2016): exp(E_x KL(p(y|x) || p(y))) per split, mean and std over 10 splits. The
+  splits are np.array_split of the samples in their order, without shuffling, as openai/improved-gan (whose
+  boundaries i * N // 10 are the same when N is a multiple of 10; torch-fidelity shuffles the samples first); the
+  std is np.std's, ddof 0, as both.
 - Precision and recall (Kynkaanniemi et al. 2019): the share of generated samples inside the union of the real
   samples' k-nearest-neighbour balls (k = 3), and the reverse.
 - Density and coverage (Naeem et al. 2020): density counts how many real k-NN balls (k = 5) hold each generated
@@ -23,13 +26,15 @@ import numpy as np
 
 log = logging.getLogger("jaxgen")
 
-FID_RECOMMENDED_SAMPLES = 2048  # fewer than the feature dimension: a rank-deficient covariance, a biased FID
+# pytorch-fid's recommendation for Inception's 2048-d features. A covariance from N samples has rank <= N - 1, so it
+# is singular unless N exceeds the feature dimension; FID from fewer samples is biased upwards.
+FID_RECOMMENDED_SAMPLES = 2048
 
 
 def feature_statistics(features: np.ndarray, recommended: int = FID_RECOMMENDED_SAMPLES
                        ) -> tuple[np.ndarray, np.ndarray]:
     """(mean [D], covariance [D, D]) of features [N, D] in float64 (covariance with N - 1). Warns below
-    `recommended` samples (2048 for 2048-d Inception features)."""
+    `recommended` samples (2048 for 2048-d Inception features; the classifier extractor passes 256 for its 128-d)."""
     f = _features(features, "features")
     if f.shape[0] < 2:
         raise ValueError(f"a covariance needs at least 2 samples, got {f.shape[0]}; FID wants >= {recommended} "
@@ -78,7 +83,10 @@ def kernel_inception_distance(real, fake, *, num_subsets: int = 100, subset_size
 
 
 def inception_score(probs, splits: int = 10) -> tuple[float, float]:
-    """(mean, std) over `splits` splits of exp(E KL(p(y|x) || p(y))); probs [N, classes] rows sum to 1."""
+    """(mean, std) over `splits` splits of exp(E KL(p(y|x) || p(y))); probs [N, classes] rows sum to 1.
+
+    The splits are np.array_split(probs, splits): contiguous, in the order given, no shuffle; std with ddof 0.
+    """
     p = _features(probs, "class probabilities")
     if np.any(p < 0) or not np.allclose(p.sum(1), 1.0, atol=1e-4):
         raise ValueError("inception_score wants class probabilities (softmax of the logits): rows >= 0 summing to 1")

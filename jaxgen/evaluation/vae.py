@@ -33,7 +33,7 @@ def _eval_body(params, key, image, pos, mask, c, valid, *, model, obj_cfg, binar
     rec = lik(model.apply(params, z, method="decode"), x, obj_cfg)
     kl = vae_obj.gaussian_kl(mu, logvar)
     out_mu = model.apply(params, mu, method="decode")
-    mean_img = vae_obj.MEANS[obj_cfg.likelihood](out_mu)
+    mean_img = vae_obj.mean_image(obj_cfg.likelihood)(out_mu)
     per_example = {
         "elbo": rec - kl,
         "kl": kl,
@@ -68,8 +68,9 @@ def evaluate(eval_fn, params, images: np.ndarray, *, mesh, key, batch_size: int,
     eval_fn: from compile_eval with the same nll_chunk. Adds nll, nll_bits_per_dim, nll_k and num_examples.
     nll_bits_per_dim is nll / (D ln 2) for the Bernoulli likelihood (a probability of the binarized pixels). The
     Gaussian likelihood's nll is a density of x / 255 in [0, 1], which can be negative; its bits per dim are those
-    of the 8-bit pixels with probability density x 1/255 (the pixel's bin width), (nll + D ln 255) / (D ln 2), the
-    usual convention (no dequantization: an estimate, not a bound).
+    of the 8-bit pixels with probability density x 1/255 (the pixel's bin width), (nll + D ln 255) / (D ln 2): a
+    midpoint-rule estimate of the discretized Gaussian, not a bound, and not comparable with published
+    dequantized bits/dim (Theis et al. 2016). A user's likelihood gets nll / (D ln 2).
     """
     parallel.check_batch(batch_size, mesh, "eval.batch_size")
     n = images.shape[0]
@@ -106,14 +107,14 @@ def evaluate(eval_fn, params, images: np.ndarray, *, mesh, key, batch_size: int,
 @functools.partial(jax.jit, static_argnames=("model", "likelihood"))
 def sample_images(params, z, *, model, likelihood: str):
     """Images [n, H, W, C] in [0, 1]: the likelihood's mean at the latents z [n, latent_dim]."""
-    return vae_obj.MEANS[likelihood](model.apply(params, z, method="decode"))
+    return vae_obj.mean_image(likelihood)(model.apply(params, z, method="decode"))
 
 
 @functools.partial(jax.jit, static_argnames=("model", "likelihood"))
 def reconstruct(params, x, *, model, likelihood: str):
     """Reconstructions [B, H, W, C] in [0, 1] of float images x: the decoder's mean at z = mu(x)."""
     mu, _ = model.apply(params, x, method="encode")
-    return vae_obj.MEANS[likelihood](model.apply(params, mu, method="decode"))
+    return vae_obj.mean_image(likelihood)(model.apply(params, mu, method="decode"))
 
 
 @functools.partial(jax.jit, static_argnames=("model",))
@@ -130,4 +131,4 @@ def traversal(params, z0, *, model, likelihood: str, dims: int, steps: int):
     z = z.at[jnp.arange(dims)[:, None], jnp.arange(steps)[None], jnp.arange(dims)[:, None]].set(
         jnp.broadcast_to(vals[None], (dims, steps))
     )
-    return vae_obj.MEANS[likelihood](model.apply(params, z.reshape(dims * steps, -1), method="decode"))
+    return vae_obj.mean_image(likelihood)(model.apply(params, z.reshape(dims * steps, -1), method="decode"))

@@ -55,6 +55,14 @@ def likelihood(cfg):
     return registry.resolve("likelihood", cfg.likelihood, LIKELIHOODS)
 
 
+def mean_image(name: str):
+    """decoder output -> the image in [0, 1] that samples and reconstructions show (the likelihood's mean). A
+    user's likelihood gives it as an attribute `mean` of its function; without one, the output clipped to [0, 1]."""
+    if name in MEANS:
+        return MEANS[name]
+    return getattr(registry.resolve("likelihood", name, LIKELIHOODS), "mean", MEANS["gaussian"])
+
+
 def sample_latents(mu, logvar, keys, k: int):
     """z [B, k, D] = mu + sigma * eps: with keys [B], k draws from each example's key; with keys [B, k], one draw
     from each key."""
@@ -126,7 +134,8 @@ def chunk_logsumexp(params, x, keys, c, *, model, cfg, chunk: int, valid) -> jax
 def importance_nll(params, x, keys, *, model, cfg, k: int, chunk: int) -> jax.Array:
     """Per-example NLL estimate -log (1/k sum_i w_i) in nats [B], k importance samples drawn `chunk` at a time.
 
-    The estimate is the IWAE bound with k samples: an upper bound on -log p(x) that tightens as k grows. The
+    The estimate is the IWAE bound with k samples: in expectation an upper bound on -log p(x) (Jensen; a single
+    draw can fall below), tightening as k grows. The
     chunks are a Python loop (XLA:CPU runs convolutions inside a rolled loop many times slower); for large k
     call `chunk_logsumexp` from the host per chunk, as jaxgen.evaluation does.
     """

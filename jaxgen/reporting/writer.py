@@ -17,7 +17,8 @@ class MetricWriter:
 
     resume_step: the step training (re)starts from. The records of later steps, written by a run that went past
     its last checkpoint, are dropped from metrics.jsonl (and purged by TensorBoard), so the steps the resumed run
-    repeats appear once, with the values of the run that continues.
+    repeats appear once, with the values of the run that continues. An eval record replaces an earlier eval
+    record of the same step in metrics.jsonl (a finished run run again, or --mode=eval, re-evaluates its last step).
     """
 
     def __init__(self, workdir: Path, enabled: bool | None = None, resume_step: int | None = None):
@@ -37,6 +38,8 @@ class MetricWriter:
         if not self.enabled:
             return
         clean = {k: (float(v) if math.isfinite(float(v)) else str(float(v))) for k, v in scalars.items()}
+        if split == "eval":
+            _drop(self.path, lambda r: r["split"] == "eval" and r["step"] == step)
         with self.path.open("a") as f:
             f.write(json.dumps({"step": int(step), "split": split, **clean}) + "\n")
         for k, v in scalars.items():
@@ -49,10 +52,15 @@ class MetricWriter:
 
 def _drop_after(path: Path, step: int) -> None:
     """Rewrites metrics.jsonl without the records of steps after `step` (atomically; untouched if none)."""
+    _drop(path, lambda record: record["step"] > step)
+
+
+def _drop(path: Path, unwanted) -> None:
+    """Rewrites metrics.jsonl without the records `unwanted(record)` is true of (atomically; untouched if none)."""
     if not path.exists():
         return
     lines = path.read_text().splitlines(keepends=True)
-    keep = [line for line in lines if not line.strip() or json.loads(line)["step"] <= step]
+    keep = [line for line in lines if not line.strip() or not unwanted(json.loads(line))]
     if len(keep) == len(lines):
         return
     tmp = path.with_name(path.name + ".tmp")

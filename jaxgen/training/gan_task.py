@@ -47,6 +47,7 @@ class GANTask:
         if len(self.train) < c.train.batch_size:
             raise ValueError(f"train split has {len(self.train)} examples, fewer than train.batch_size="
                              f"{c.train.batch_size}; lower the batch size")
+        self._eval_count()  # before any training: evaluation needs one full batch of test images
         self.generator, self.discriminator = gan_models.build(c.model, self.train.shape, axis_name=parallel.AXIS)
         self.g_tx, self.g_lr = optim.make(c.g_optim, c.train.steps)
         self.d_tx, self.d_lr = optim.make(c.d_optim, c.train.steps * c.train.d_steps)
@@ -122,6 +123,17 @@ class GANTask:
         return jax.jit(jax.shard_map(body, mesh=self.mesh, in_specs=(P(), P(), batch, batch),
                                      out_specs=(batch, batch), check_vma=False))
 
+    def _eval_count(self) -> int:
+        """How many test images an evaluation uses: whole batches of eval.batch_size (an error if none)."""
+        c, bs = self.config, self.config.eval.batch_size
+        n = min(c.eval.num_examples or len(self.test), len(self.test)) // bs * bs
+        if n == 0:
+            raise ValueError(f"eval needs at least eval.batch_size={bs} test images, the test split has "
+                             f"{len(self.test)}" + (f" (eval.num_examples={c.eval.num_examples})"
+                                                    if c.eval.num_examples else "")
+                             + f"; lower eval.batch_size (a multiple of the {self.mesh.size} devices)")
+        return n
+
     def evaluate(self, state, final: bool) -> dict:
         """D's mean output on batches of test reals and of samples of the evaluated G (EMA when kept).
 
@@ -130,11 +142,7 @@ class GANTask:
         del final
         c = self.config
         g, d = self.sampling_g(state), state["d"]
-        bs = c.eval.batch_size
-        n = min(c.eval.num_examples or len(self.test), len(self.test)) // bs * bs
-        if n == 0:
-            raise ValueError(f"eval needs at least eval.batch_size={bs} test images, the test split has "
-                             f"{len(self.test)}; lower eval.batch_size")
+        bs, n = c.eval.batch_size, self._eval_count()
         real_sum = fake_sum = 0.0
         rng = np.random.default_rng(c.seed)  # the same latents at every evaluation
         for i in range(0, n, bs):

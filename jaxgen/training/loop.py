@@ -252,7 +252,8 @@ def evaluate_checkpoint(config, workdir) -> dict:
     eval.json (eval_best.json), with the final images for the newest."""
     task, state = _restore_for(config, workdir, "eval")
     best = config.eval.checkpoint == "best"
-    writer = MetricWriter(task.workdir)
+    # The best checkpoint's numbers go to eval_best.json only: metrics.jsonl is the history of the run.
+    writer = MetricWriter(task.workdir, enabled=False if best else None)
     final = _final_eval(task, state, writer, sample_quality(task), "eval_best.json" if best else "eval.json",
                         images=not best)
     writer.close()

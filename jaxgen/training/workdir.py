@@ -55,6 +55,17 @@ def setup_logging(workdir: Path) -> None:
     logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax reports every save at INFO
 
 
+def log_fatal(error: BaseException) -> None:
+    """Writes the error that stops a run, with its traceback, to <workdir>/log.txt (set up by `setup_logging`;
+    nothing before that). The caller re-raises it, which prints it on stderr."""
+    logger = logging.getLogger("jaxgen")
+    record = logger.makeRecord(logger.name, logging.ERROR, __file__, 0, "The run stopped: %s: %s",
+                               (type(error).__name__, error), (type(error), error, error.__traceback__))
+    for handler in logger.handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
 def save_config(config, workdir: Path) -> None:
     """Writes the resolved config to <workdir>/config.json; warns about fields changed since the last run."""
     if jax.process_index() != 0:
