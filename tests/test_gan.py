@@ -228,11 +228,15 @@ def test_gan_outputs_land_in_the_workdir(tmp_path):
     assert best["metric"] == "classifier/fid" and best["step"] in (10, 20)
     assert (tmp_path / "best" / str(best["step"])).is_dir()
     evals = [r for r in writer.read(tmp_path / "metrics.jsonl") if r["split"] == "eval"]
-    assert [r["step"] for r in evals] == [10, 20, 20] and min(r["classifier/fid"] for r in evals[:2]) == best["value"]
-    c.eval.checkpoint = "best"  # --mode=eval on the best checkpoint: eval_best.json, eval.json untouched
+    assert [r["step"] for r in evals] == [10, 20]  # --mode=eval's record replaced the final eval's
+    assert evals[1]["classifier/fid"] == q["fid"]
+    assert min(r["classifier/fid"] for r in evals) == pytest.approx(best["value"], rel=1e-6)
+    c.eval.checkpoint = "best"  # --mode=eval on the best checkpoint: eval_best.json; eval.json, metrics untouched
+    history = (tmp_path / "metrics.jsonl").read_text()
     loop.evaluate_checkpoint(c, tmp_path)
     assert json.loads((tmp_path / "eval_best.json").read_text())["step"] == best["step"]
     assert json.loads((tmp_path / "eval.json").read_text())["step"] == 20
+    assert (tmp_path / "metrics.jsonl").read_text() == history
     c.eval.checkpoint = "newest"
     # --mode=sample: N samples as a uint8 .npz and PNG grids.
     path = loop.sample_checkpoint(c, tmp_path)
