@@ -79,7 +79,7 @@ def check_same_on_every_process(what: str, value, fix: str) -> None:
 def fingerprint(a: np.ndarray) -> list[int]:
     """Shape and CRC-32 of a host array: equal on two hosts when they loaded the same data."""
     a = np.ascontiguousarray(a)
-    return [*a.shape, zlib.crc32(memoryview(a).cast("B"))]
+    return [*a.shape, zlib.crc32(memoryview(a).cast("B")) & 0x7FFFFFFF]  # int32-safe: collectives run without x64
 
 
 def _allgather_ints(values) -> np.ndarray:
@@ -95,22 +95,36 @@ def process_0_first(fn: Callable[[], T], *, needed: bool, what: str) -> T:
     dataset is then downloaded, prepared and cached once instead of by every host at the same time.
 
     needed: whether this process lacks what fn makes (e.g. its cache file is missing); when no process does, they
-    all call fn at once. A failure on process 0 is raised there, and on the others as an error naming `what`.
-    A collective in a multi-host run: every process calls it, in the same order.
+    all call fn at once. A failure on any process stops every process (none waits for ever): raised where it
+    happened, and on the others as an error naming `what` and the processes that failed. A collective in a
+    multi-host run: every process calls it, in the same order.
     """
-    if jax.process_count() == 1 or not _allgather_ints(int(needed)).any():
+    if jax.process_count() == 1:
         return fn()
     result, error = None, None
-    if jax.process_index() == 0:
-        try:
-            result = fn()
-        except Exception as e:  # noqa: BLE001 (re-raised below, after the others hear of it)
-            error = e
-    failed = bool(_allgather_ints(int(error is not None))[0, 0])
-    if jax.process_index() == 0:
-        if error is not None:
-            raise error
-        return result
+    if _allgather_ints(int(needed)).any():
+        if jax.process_index() == 0:
+            result, error = _attempt(fn)
+        _stop_if_any_failed(error, what)  # the others wait here for process 0
+        if jax.process_index() != 0:
+            result, error = _attempt(fn)
+    else:
+        result, error = _attempt(fn)
+    _stop_if_any_failed(error, what)
+    return result
+
+
+def _attempt(fn: Callable[[], T]) -> tuple[T | None, Exception | None]:
+    try:
+        return fn(), None
+    except Exception as e:  # noqa: BLE001 (re-raised by _stop_if_any_failed, after the others hear of it)
+        return None, e
+
+
+def _stop_if_any_failed(error: Exception | None, what: str) -> None:
+    """A collective: raises `error` where it happened, and an error naming the failed processes on the others."""
+    failed = np.flatnonzero(_allgather_ints(int(error is not None))[:, 0]).tolist()
+    if error is not None:
+        raise error
     if failed:
-        raise RuntimeError(f"process 0 failed to {what}; its log says why")
-    return fn()
+        raise RuntimeError(f"process(es) {failed} failed to {what}; their logs say why")

@@ -206,7 +206,8 @@ def test_celeb_a_with_data_path_reads_the_folder_without_trying_tfds_and_says_so
     cfg = _cfg(tmp_path, name="celeb_a", download=True, path=str(root), resolution=32, crop=108)
     tfds_cache = tmp_path / "data" / "jaxgen_cache" / "celeb_a" / "train_r32_c108.npz"
     tfds_cache.parent.mkdir(parents=True)
-    imf.write_npz(tfds_cache, np.zeros((2, 32, 32, 3), np.uint8), np.zeros(2, np.int32))  # ignored: data.path wins
+    # ignored: data.path wins
+    imf.write_npz(tfds_cache, image=np.zeros((2, 32, 32, 3), np.uint8), label=np.zeros(2, np.int32))
     with caplog.at_level(logging.INFO, logger="jaxgen"):
         d = data.load(cfg, "train")
     assert d.image.shape == (5, 32, 32, 3) and d.label.tolist() == [0] * 5
@@ -218,3 +219,17 @@ def test_celeb_a_with_data_path_reads_the_folder_without_trying_tfds_and_says_so
     with pytest.raises(tfds_source.DatasetUnavailableError, match=r"data.download is False") as e:
         data.load(cfg, "train")
     assert "or point --config.data.path at the img_align_celeba folder you already have" in str(e.value)
+
+
+def test_cache_files_are_readable_as_open_would_make_them(tmp_path):
+    """Caches in a shared data dir must stay readable by the others who share it (mkstemp alone gives 0600)."""
+    import os
+
+    from jaxgen import cache_files
+
+    path = tmp_path / "c.npz"
+    cache_files.write_npz(path, image=np.zeros((2, 2), np.uint8))
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask
+    assert [p.name for p in tmp_path.iterdir()] == ["c.npz"]  # no temporary file left

@@ -131,3 +131,14 @@ def test_unknown_objective_lists_the_choices():
 
 def test_objective_by_import_path():
     assert objectives.get("jaxgen.objectives.vae:iwae") is vo.iwae
+
+
+def test_legacy_uint32_keys_draw_what_typed_keys_draw():
+    """A researcher's code may pass jax.random.PRNGKey-style keys; they give the same latents as typed ones."""
+    mu, logvar = jnp.zeros((4, 3)), jnp.zeros((4, 3))
+    typed = jax.random.split(jax.random.key(0), 4)
+    legacy = jax.random.key_data(typed)
+    np.testing.assert_array_equal(vo.sample_latents(mu, logvar, legacy, 5), vo.sample_latents(mu, logvar, typed, 5))
+    per_draw = jax.vmap(lambda k: jax.random.split(k, 5))(typed)  # [B, k]: one draw from each key
+    np.testing.assert_array_equal(vo.sample_latents(mu, logvar, jax.random.key_data(per_draw), 5),
+                                  vo.sample_latents(mu, logvar, per_draw, 5))

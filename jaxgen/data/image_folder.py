@@ -21,7 +21,6 @@ import concurrent.futures
 import hashlib
 import logging
 import os
-import tempfile
 import threading
 from pathlib import Path
 
@@ -29,6 +28,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from jaxgen import parallel
+from jaxgen.cache_files import write_npz
 
 log = logging.getLogger("jaxgen")
 
@@ -230,18 +230,6 @@ def smallest_side(folder: Path, files: list[str], crop: int) -> int:
     return min(side, crop) if crop > 0 else side
 
 
-def write_npz(path: Path, image: np.ndarray, label: np.ndarray) -> None:
-    """np.savez to a unique temporary name then os.replace, so a reader never sees half a file (the processes of a
-    multi-host run may all write it; their PIDs can coincide in containers)."""
-    fd, tmp = tempfile.mkstemp(suffix=".tmp.npz", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, image=image, label=label)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 def image_folder(data_config, split: str) -> tuple[np.ndarray, np.ndarray]:
     """Returns (uint8 [N, R, R, 3], int32 labels [N]) of `split` ('train' or 'test') of the folder `data.path`.
 
@@ -303,7 +291,7 @@ def _cached_or_decoded(folder: Path, files: list[str], cache: Path, wanted: Path
         out[name] = (image if mask.all() else image[mask], label[mask])
         if cache is not None:
             try:
-                write_npz(cache / f"{name}.npz", *out[name])
+                write_npz(cache / f"{name}.npz", image=out[name][0], label=out[name][1])
             except OSError as e:
                 log.warning("Could not cache %s/%s.npz: %s", cache, name, e)
     return out[wanted.stem]

@@ -132,7 +132,7 @@ def _read_cached(cache: Path, read: Callable | None) -> tuple[np.ndarray, np.nda
     image, label = read()
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        write_npz(cache, image, label)
+        write_npz(cache, image=image, label=label)
     except OSError as e:  # a read-only data dir still trains, only slower to start next time
         log.warning("Could not cache %s at %s: %s", cache.parent.name, cache, e)
     return image, label

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
 
 import flax.linen as nn
 import jax
@@ -20,6 +18,7 @@ import numpy as np
 import optax
 from flax import traverse_util
 
+from jaxgen import cache_files
 from jaxgen.data.image_folder import data_dir
 from jaxgen.evaluation import sample_metrics
 
@@ -90,10 +89,7 @@ def load_or_train(data_config, images: np.ndarray, labels: np.ndarray, *, steps:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         flat = {"/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(params).items()}
-        fd, tmp = tempfile.mkstemp(suffix=".tmp.npz", dir=path.parent)  # unique: hosts may share the data dir
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **flat)
-        os.replace(tmp, path)
+        cache_files.write_npz(path, **flat)  # atomic, unique temporary name: hosts may share the data dir
     except OSError as e:  # a read-only data dir: the metric still works, the classifier is retrained next time
         log.warning("Could not cache the metric classifier at %s: %s", path, e)
     return params

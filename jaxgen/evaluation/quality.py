@@ -18,8 +18,6 @@ import dataclasses
 import functools
 import hashlib
 import logging
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgen import registry
+from jaxgen import cache_files, registry
 from jaxgen.data.image_folder import data_dir
 from jaxgen.evaluation import sample_metrics
 
@@ -171,10 +169,7 @@ def _save(path: Path, arrays: dict) -> None:
     may all write it."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".tmp.npz", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
+        cache_files.write_npz(path, **arrays)
     except OSError as e:  # a read-only data dir: the metrics still work, the features are recomputed next time
         log.warning("Could not cache reference features at %s: %s", path, e)
 

@@ -65,8 +65,9 @@ def mean_image(name: str):
 
 def sample_latents(mu, logvar, keys, k: int):
     """z [B, k, D] = mu + sigma * eps: with keys [B], k draws from each example's key; with keys [B, k], one draw
-    from each key."""
-    if keys.ndim == 2:
+    from each key. Typed keys (jax.random.key) or legacy uint32 ones ([B, 2], [B, k, 2])."""
+    batch_dims = keys.ndim if jax.dtypes.issubdtype(keys.dtype, jax.dtypes.prng_key) else keys.ndim - 1
+    if batch_dims == 2:
         eps = jax.vmap(jax.vmap(lambda key: jax.random.normal(key, (mu.shape[-1],), mu.dtype)))(keys)
     else:
         eps = jax.vmap(lambda key: jax.random.normal(key, (k, mu.shape[-1]), mu.dtype))(keys)

@@ -18,6 +18,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from jaxgen import parallel
+
 log = logging.getLogger(__name__)
 
 
@@ -65,7 +67,12 @@ def restore_newest(workdir: Path, cfg, target, subdir: str = "checkpoints"
     state whose tree (paths, shapes, dtypes) differs from `target`: a config change, not a broken file.
     """
     mgr = manager(workdir, cfg, subdir)
-    for step in sorted(mgr.all_steps(), reverse=True):
+    steps = mgr.all_steps()
+    parallel.check_same_on_every_process(  # before Orbax's restore, whose barrier a process without it never reaches
+        f"the checkpoints in {Path(workdir).absolute() / subdir} (how many, the newest step)",
+        [len(steps), max(steps, default=-1)],
+        "Every process must see the same --workdir: put it on a filesystem all hosts share.")
+    for step in sorted(steps, reverse=True):
         try:
             saved = _saved_tree(mgr, step)
         except Exception as e:  # noqa: BLE001 (metadata that cannot be read means a broken checkpoint)

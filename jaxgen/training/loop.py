@@ -53,9 +53,6 @@ def restore_or_init(task):
         log.info("Starting a new run in %s", task.workdir)
     else:
         log.info("Resumed from the checkpoint at step %d", int(state["step"]))
-    parallel.check_same_on_every_process(
-        "the step to start from (checkpoints found in the workdir)", jax.device_get(state["step"]),
-        "Every process must see the same --workdir: put it on a filesystem all hosts share.")
     return mgr, state
 
 
@@ -108,6 +105,10 @@ def train_and_evaluate(config, workdir) -> dict:
     workdir = wd.prepare(workdir)
     wd.setup_logging(workdir)
     task = build_task(config, workdir)
+    for split, arrays in (("train", task.train), ("test", task.test)) if jax.process_count() > 1 else ():
+        parallel.check_same_on_every_process(
+            f"the {split} data (shape and CRC-32 of the images)", parallel.fingerprint(arrays.image),
+            "Every process must load the same dataset: point data.path / TFDS_DATA_DIR at the same files.")
     c = config
     wd.save_config(c, workdir)
     log.info("%d devices (%d processes); global batch %d; %s", jax.device_count(), jax.process_count(),
@@ -120,10 +121,6 @@ def train_and_evaluate(config, workdir) -> dict:
         fresh = int(jax.device_get(state["step"])) == 0
         best = checkpoint.BestKeeper(workdir, best_name, c.checkpoint.best_mode, fresh=fresh,
                                      not_final=task.not_final)
-    for split, arrays in (("train", task.train), ("test", task.test)) if jax.process_count() > 1 else ():
-        parallel.check_same_on_every_process(
-            f"the {split} data (shape and CRC-32 of the images)", parallel.fingerprint(arrays.image),
-            "Every process must load the same dataset: point data.path / TFDS_DATA_DIR at the same files.")
     train_fn = task.compile_train()
     train_data = parallel.put_replicated({"image": task.train.image}, task.mesh)
     step = start = int(jax.device_get(state["step"]))
