@@ -51,6 +51,16 @@ def make():
 
 print("RESULT", parallel.process_0_first(make, needed=not flag.exists(), what="make the flag"), flush=True)
 
+# An image folder both processes read: process 0 decodes and caches it, then process 1 reads its cache.
+import logging
+logging.basicConfig(level=logging.INFO)
+from jaxgen import data
+from jaxgen.config import gan_config
+cfg = gan_config().data
+cfg.name, cfg.path, cfg.data_dir, cfg.resolution = "image_folder", sys.argv[4], sys.argv[5], 8
+images = data.load(cfg, "train").image
+print("RESULT folder", images.shape, int(images.sum()), flush=True)
+
 for failing in (0, 1):
     def fail():
         if jax.process_index() == failing:
@@ -136,14 +146,23 @@ def test_process_0_draws_its_images_on_its_own_device(config, tmp_path, monkeypa
 def test_process_0_prepares_data_first_and_its_failure_reaches_the_others(tmp_path):
     """How datasets are prepared on a pod: process 0 downloads, prepares and caches first, the others then read its
     cache; when any process fails, every process stops (none waits for ever)."""
+    from PIL import Image
+
+    (tmp_path / "imgs").mkdir()
+    for i in range(6):
+        Image.new("RGB", (12, 10), (40 * i, 0, 0)).save(tmp_path / "imgs" / f"{i}.png")
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "PYTHONPATH": str(ROOT)}
     address = f"127.0.0.1:{_free_port()}"
-    procs = [subprocess.Popen([sys.executable, "-c", FIRST_WORKER, address, str(i), str(tmp_path / "flag")],
+    args = [str(tmp_path / "flag"), str(tmp_path / "imgs"), str(tmp_path / "data")]
+    procs = [subprocess.Popen([sys.executable, "-c", FIRST_WORKER, address, str(i), *args],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in (0, 1)]
     outs = [p.communicate(timeout=120) for p in procs]
     for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
     said = [[line for line in out.splitlines() if line.startswith(("RESULT", "ERROR"))] for out, _ in outs]
     other = "ERROR RuntimeError process(es) [{}] failed to fill the cache; their logs say why"
-    assert said[0] == ["RESULT made", "ERROR OSError disk full", other.format(1)]
-    assert said[1] == ["RESULT made by 0", other.format(0), "ERROR OSError disk full"]
+    assert said[0][0] == "RESULT made" and said[0][2:] == ["ERROR OSError disk full", other.format(1)]
+    assert said[1][0] == "RESULT made by 0" and said[1][2:] == [other.format(0), "ERROR OSError disk full"]
+    assert said[0][1] == said[1][1] and said[0][1].startswith("RESULT folder (6, 8, 8, 3)")  # the same images
+    assert "Decoding 6 images" in outs[0][1] and "Decoding" not in outs[1][1]  # decoded once, by process 0
+    assert len(list((tmp_path / "data" / "jaxgen_cache" / "image_folder").glob("*/train.npz"))) == 1
