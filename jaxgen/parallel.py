@@ -70,7 +70,7 @@ def check_same_on_every_process(what: str, value, fix: str) -> None:
     the same `value` (integers). Nothing to do in a one-process run; otherwise a collective every process calls."""
     if jax.process_count() == 1:
         return
-    every = _allgather_ints(value)
+    every = allgather_ints(value)
     if not (every == every[0]).all():
         found = "; ".join(f"process {i}: {row.tolist()}" for i, row in enumerate(every))
         raise ProcessesDisagreeError(f"the processes of this run disagree on {what} ({found}). {fix}")
@@ -82,8 +82,8 @@ def fingerprint(a: np.ndarray) -> list[int]:
     return [*a.shape, zlib.crc32(memoryview(a).cast("B")) & 0x7FFFFFFF]  # int32-safe: collectives run without x64
 
 
-def _allgather_ints(values) -> np.ndarray:
-    """[process_count, n]: every process's `values` (a collective every process calls)."""
+def allgather_ints(values) -> np.ndarray:
+    """[process_count, n]: every process's `values`, integers (a collective every process calls)."""
     from jax.experimental import multihost_utils  # noqa: PLC0415
 
     mine = np.atleast_1d(np.asarray(values, np.int64))
@@ -102,7 +102,7 @@ def process_0_first(fn: Callable[[], T], *, needed: bool, what: str) -> T:
     if jax.process_count() == 1:
         return fn()
     result, error = None, None
-    if _allgather_ints(int(needed)).any():
+    if allgather_ints(int(needed)).any():
         if jax.process_index() == 0:
             result, error = _attempt(fn)
         _stop_if_any_failed(error, what)  # the others wait here for process 0
@@ -123,7 +123,7 @@ def _attempt(fn: Callable[[], T]) -> tuple[T | None, Exception | None]:
 
 def _stop_if_any_failed(error: Exception | None, what: str) -> None:
     """A collective: raises `error` where it happened, and an error naming the failed processes on the others."""
-    failed = np.flatnonzero(_allgather_ints(int(error is not None))[:, 0]).tolist()
+    failed = np.flatnonzero(allgather_ints(int(error is not None))[:, 0]).tolist()
     if error is not None:
         raise error
     if failed:

@@ -118,14 +118,14 @@ def _read_split(source, image_fn: Callable | None, label_key: str | None, desc: 
     return np.concatenate(images), np.concatenate(labels)
 
 
-def _cached(cache: Path, read: Callable | None) -> tuple[np.ndarray, np.ndarray]:
+def _cached(cache: Path, read: Callable) -> tuple[np.ndarray, np.ndarray]:
     """The arrays in `cache` if it exists, else `read()`, written to `cache` (tmp then rename) for the next run.
     In a multi-host run process 0 reads (and prepares) first, so a shared data dir is filled once."""
     return parallel.process_0_first(lambda: _read_cached(cache, read), needed=not cache.exists(),
                                     what=f"prepare {cache.parent.name} (cache {cache})")
 
 
-def _read_cached(cache: Path, read: Callable | None) -> tuple[np.ndarray, np.ndarray]:
+def _read_cached(cache: Path, read: Callable) -> tuple[np.ndarray, np.ndarray]:
     if cache.exists():
         with np.load(cache) as z:
             return z["image"], z["label"]

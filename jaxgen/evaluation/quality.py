@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgen import cache_files, registry
+from jaxgen import cache_files, parallel, registry
 from jaxgen.data.image_folder import data_dir
 from jaxgen.evaluation import sample_metrics
 
@@ -155,13 +155,9 @@ def reference(extractor: Extractor, images: np.ndarray, *, data_config, split: s
 
 def _all_processes(flag: bool) -> bool:
     """Whether `flag` holds on every process (itself when there is one process)."""
-    import jax  # noqa: PLC0415
-
     if jax.process_count() == 1:
         return flag
-    from jax.experimental import multihost_utils  # noqa: PLC0415
-
-    return bool(np.min(multihost_utils.process_allgather(np.int32(flag))))
+    return bool(parallel.allgather_ints(int(flag)).all())
 
 
 def _save(path: Path, arrays: dict) -> None:
