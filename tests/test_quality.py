@@ -206,22 +206,63 @@ def test_the_inception_extractor_in_training_gives_fid_and_is_from_the_biasless_
 
 
 @pytest.mark.parametrize("config", ["vae_mnist", "gan_mnist"])
-def test_the_evaluated_samples_do_not_depend_on_the_eval_batch_size(config, tmp_path):
+def test_the_evaluated_samples_depend_neither_on_the_batch_size_nor_on_the_devices(config, tmp_path):
     """Sample j of the evaluation stream comes from its own key: FID/KID/IS of a checkpoint do not move when
-    eval.batch_size does."""
+    eval.batch_size or the device count does. The 8 devices each make their share of every batch; one device making
+    them all, in one call outside the mesh, gives the same images."""
     import jax
+    import jax.numpy as jnp
 
     from jaxgen import parallel
+    from jaxgen.evaluation import quality
+    from jaxgen.evaluation import vae as vae_eval
     from jaxgen.training import loop
+    from jaxgen.training import state as state_lib
     from tests.conftest import CONFIGS, config_module
 
     c = config_module(CONFIGS / f"{config}.py").get_config("smoke")
     c.unlock()
     task = loop.build_task(c, tmp_path)
+    assert task.mesh.size == 8
     state = jax.jit(task.create, out_shardings=parallel.replicated(task.mesh))()
     got = []
     for bs in (8, 24):
         task.config.eval.batch_size = bs
         got.append(task.samples(state, 40))
-    assert got[0].shape[0] == 40
+    assert got[0].shape[0] == 40 and got[0].dtype == np.uint8
     np.testing.assert_array_equal(got[0], got[1])
+
+    key = jax.random.fold_in(jax.random.key(c.seed), state_lib.EVAL_STREAM + 3)
+    variables = jax.device_get(task.sampling_g(state) if config == "gan_mnist" else state_lib.eval_params(state))
+    if config == "gan_mnist":
+        z = quality.stream_latents(key, jnp.arange(40), task.generator.latent_dim)
+        one = quality.to_uint8(task._generate(variables, z), (-1.0, 1.0))
+    else:
+        z = quality.stream_latents(key, jnp.arange(40), task.model.latent_dim)
+        one = quality.to_uint8(vae_eval.sample_images(variables, z, model=task.model,
+                                                      likelihood=c.objective.likelihood), (0.0, 1.0))
+    diff = np.abs(one.astype(int) - got[0].astype(int))
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3  # rounding at a .5 boundary may flip a pixel by one
+
+
+def test_the_sampler_counts_non_finite_pixels_and_writes_them_as_zero(caplog):
+    import jax
+    import jax.numpy as jnp
+
+    from jaxgen import parallel
+    from jaxgen.evaluation import quality
+
+    mesh = parallel.make_mesh()
+
+    def sample_fn(scale, z):  # pixel 0 of every sample NaN, pixel 1 +inf, the rest z[:, 0] * scale
+        x = jnp.broadcast_to((z[:, :1] * scale)[:, :, None, None], (len(z), 2, 2, 1))
+        return x.at[:, 0, 0, 0].set(jnp.nan).at[:, 0, 1, 0].set(jnp.inf)
+
+    sampler = quality.make_sampler(sample_fn, mesh, key=jax.random.key(0), dim=3, value_range=(-1.0, 1.0))
+    with caplog.at_level("WARNING", logger="jaxgen"):
+        out = sampler(np.float32(0.0), 20, 16)
+    assert out.shape == (20, 2, 2, 1) and out.dtype == np.uint8
+    assert (out[:, 0, 0, 0] == 0).all() and (out[:, 0, 1, 0] == 255).all() and (out[:, 1] == 128).all()
+    assert "64 non-finite pixel values" in caplog.text  # 2 per sample in 2 batches of 16
+    with pytest.raises(ValueError, match="eval.batch_size=12 is not divisible by the 8 devices"):
+        sampler(np.float32(0.0), 20, 12)

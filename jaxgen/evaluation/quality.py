@@ -15,7 +15,6 @@ carries its name, the reference (dataset, split, count) and the sample count bes
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import logging
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec as P
 
 from jaxgen import cache_files, parallel, registry
 from jaxgen.data.image_folder import data_dir
@@ -202,11 +202,53 @@ def compare(extractor: Extractor, ref: dict, samples: np.ndarray, *, full: bool,
     return out
 
 
-@functools.partial(jax.jit, static_argnames=("n", "dim"))
-def stream_latents(key: jax.Array, start, *, n: int, dim: int) -> jax.Array:
-    """Latents [n, dim] ~ N(0, I) of samples start .. start + n - 1 of the fixed stream `key`: sample j's from
-    fold_in(key, j), so which samples an evaluation sees does not depend on the batch size it makes them in."""
-    return jax.vmap(lambda j: jax.random.normal(jax.random.fold_in(key, j), (dim,)))(start + jnp.arange(n))
+def stream_latents(key: jax.Array, index: jax.Array, dim: int) -> jax.Array:
+    """Latents [len(index), dim] ~ N(0, I) of samples `index` of the fixed stream `key`: sample j's from
+    fold_in(key, j), so which samples an evaluation sees depends neither on the batch size it makes them in nor
+    on the devices that make them."""
+    return jax.vmap(lambda j: jax.random.normal(jax.random.fold_in(key, j), (dim,)))(index)
+
+
+def make_sampler(sample_fn: Callable, mesh, *, key: jax.Array, dim: int, value_range: tuple[float, float]):
+    """fn(variables, n, batch) -> uint8 samples [n, H, W, C] of `sample_fn(variables, z)` (float images in
+    `value_range`, per device) at the latents of the fixed stream `key` (`stream_latents`), data-parallel.
+
+    Each call of the compiled body makes `batch` samples (a multiple of the mesh's device count), each device
+    its share of them from its own latents, gathered on every device so that every process reads them all.
+    Rounded to 0..255 as a PNG writer does (`to_uint8`); non-finite pixels are counted, logged and written as 0.
+    `variables` are replicated over `mesh`, or host arrays."""
+    lo, hi = value_range
+
+    def body(variables, index):
+        x = (sample_fn(variables, stream_latents(key, index, dim)).astype(jnp.float32) - lo) / (hi - lo)
+        bad = jax.lax.psum(jnp.sum(~jnp.isfinite(x)), parallel.AXIS)
+        x = jnp.nan_to_num(x, nan=0.0, posinf=1.0, neginf=0.0)
+        return jnp.clip(jnp.round(x * 255.0), 0, 255).astype(jnp.uint8), bad
+
+    out = parallel.replicated(mesh)
+    compiled = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(P(), P(parallel.AXIS)),
+                                     out_specs=(P(parallel.AXIS), P()), check_vma=False), out_shardings=(out, out))
+
+    def sample(variables, n: int, batch: int) -> np.ndarray:
+        parallel.check_batch(batch, mesh, "eval.batch_size")
+        if not all(isinstance(v, jax.Array) for v in jax.tree.leaves(variables)):
+            variables = parallel.put_replicated(variables, mesh)
+        parts, bad, pending = [], 0, None
+        for start in range(0, n, batch):
+            job = compiled(variables, parallel.put_batch(np.arange(start, start + batch, dtype=np.int32), mesh))
+            if pending is not None:  # fetched one behind: the device makes a batch while the host copies one
+                parts.append(np.asarray(pending[0]))
+                bad += int(pending[1])
+            pending = job
+        if pending is not None:
+            parts.append(np.asarray(pending[0]))
+            bad += int(pending[1])
+        if bad:
+            log.warning("%d non-finite pixel values in generated samples (written as 0): the model has diverged",
+                        bad)
+        return np.concatenate(parts)[:n]
+
+    return sample
 
 
 def to_uint8(images: np.ndarray, value_range: tuple[float, float]) -> np.ndarray:

@@ -154,15 +154,16 @@ class GANTask:
         return {"d_real": real_sum / n, "d_fake": fake_sum / n, "num_examples": n}
 
     def samples(self, state, n: int) -> np.ndarray:
-        """n samples (uint8 [n, H, W, C]) of the evaluated G (EMA when kept), from a fixed stream of latents:
-        the same latents at every evaluation. Generated in batches of eval.batch_size (which does not change them) on
-        this process."""
-        g, bs = self.sampling_g(state), self.config.eval.batch_size
+        """n samples (uint8 [n, H, W, C]) of the evaluated G (EMA when kept), from a fixed stream of latents: the
+        same latents at every evaluation. Made data-parallel in batches of eval.batch_size (which, like the device
+        count, does not change them); every process gets them all."""
+        return self._sampler(self.sampling_g(state), n, self.config.eval.batch_size)
+
+    @functools.cached_property
+    def _sampler(self):
         key = jax.random.fold_in(jax.random.key(self.config.seed), state_lib.EVAL_STREAM + 3)
-        out = [quality.to_uint8(self._generate(g, quality.stream_latents(key, i, n=bs, dim=self.generator.latent_dim)),
-                                (-1.0, 1.0))
-               for i in range(0, n, bs)]
-        return np.concatenate(out)[:n]
+        return quality.make_sampler(lambda g, z: gan_step.apply_model(self.generator, g, z, False)[0], self.mesh,
+                                    key=key, dim=self.generator.latent_dim, value_range=(-1.0, 1.0))
 
     def eval_line(self, ev: dict) -> str:
         return f"D(x) {ev['d_real']:.3f}, D(G(z)) {ev['d_fake']:.3f} on {ev['num_examples']} test images/samples"

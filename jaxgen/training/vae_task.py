@@ -75,15 +75,16 @@ class VAETask:
 
     def samples(self, state, n: int) -> np.ndarray:
         """n samples (uint8 [n, H, W, C]): the likelihood's mean at z ~ N(0, I) from a fixed stream of latents,
-        rounded to 0..255 as a PNG writer would. Generated in batches of eval.batch_size (which does not change
-        them) on this process."""
-        c, params, bs = self.config, state_lib.eval_params(state), self.config.eval.batch_size
+        rounded to 0..255 as a PNG writer would. Made data-parallel in batches of eval.batch_size (which, like the
+        device count, does not change them); every process gets them all."""
+        return self._sampler(state_lib.eval_params(state), n, self.config.eval.batch_size)
+
+    @functools.cached_property
+    def _sampler(self):
+        c = self.config
         key = jax.random.fold_in(jax.random.key(c.seed), state_lib.EVAL_STREAM + 3)
-        z = lambda start: quality.stream_latents(key, start, n=bs, dim=self.model.latent_dim)  # noqa: E731
-        out = [quality.to_uint8(vae_eval.sample_images(params, z(i), model=self.model,
-                                                       likelihood=c.objective.likelihood), (0.0, 1.0))
-               for i in range(0, n, bs)]
-        return np.concatenate(out)[:n]
+        decode = functools.partial(vae_eval.sample_images, model=self.model, likelihood=c.objective.likelihood)
+        return quality.make_sampler(decode, self.mesh, key=key, dim=self.model.latent_dim, value_range=(0.0, 1.0))
 
     def eval_line(self, ev: dict) -> str:
         return f"elbo {ev['elbo']:.2f} nll(k={ev['nll_k']}) {ev['nll']:.2f}"
