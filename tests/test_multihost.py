@@ -74,6 +74,31 @@ for failing in (0, 1):
 """
 
 
+CHECKPOINT_WORKER = """
+import sys
+from pathlib import Path
+import jax
+import jax.numpy as jnp
+jax.distributed.initialize(coordinator_address=sys.argv[1], num_processes=2, process_id=int(sys.argv[2]))
+from jaxgen import parallel
+from jaxgen.config import vae_config
+from jaxgen.training import checkpoint
+cfg = vae_config().checkpoint
+mesh = parallel.make_mesh()
+state = jax.jit(lambda: {"step": jnp.int32(5), "w": jnp.ones(3)}, out_shardings=parallel.replicated(mesh))()
+if jax.process_index() == 0:  # only process 0's workdir holds a checkpoint
+    workdir = Path(sys.argv[3])
+else:
+    workdir = Path(sys.argv[4])
+target = checkpoint.abstract_like(jax.eval_shape(lambda: state), parallel.replicated(mesh))
+try:
+    checkpoint.restore_newest(workdir, cfg, target)
+    print("RESTORED", flush=True)
+except parallel.ProcessesDisagreeError as e:
+    print("ERROR", e, flush=True)
+"""
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -166,3 +191,29 @@ def test_process_0_prepares_data_first_and_its_failure_reaches_the_others(tmp_pa
     assert said[0][1] == said[1][1] and said[0][1].startswith("RESULT folder (6, 8, 8, 3)")  # the same images
     assert "Decoding 6 images" in outs[0][1] and "Decoding" not in outs[1][1]  # decoded once, by process 0
     assert len(list((tmp_path / "data" / "jaxgen_cache" / "image_folder").glob("*/train.npz"))) == 1
+
+
+def test_processes_that_see_different_checkpoints_stop_before_restoring(tmp_path):
+    """A workdir that is not shared (each host its own local disk): process 0 finds a checkpoint, process 1 none.
+    Orbax's restore would wait for ever at its barrier on process 0; both stop at once, naming the fix."""
+    import jax.numpy as jnp
+
+    from jaxgen.config import vae_config
+    from jaxgen.training import checkpoint
+
+    mgr = checkpoint.manager(tmp_path / "host0", vae_config().checkpoint)
+    checkpoint.save(mgr, {"step": jnp.int32(5), "w": jnp.ones(3)}, force=True)
+    mgr.wait_until_finished()
+    mgr.close()
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "PYTHONPATH": str(ROOT)}
+    address = f"127.0.0.1:{_free_port()}"
+    args = [str(tmp_path / "host0"), str(tmp_path / "host1")]
+    procs = [subprocess.Popen([sys.executable, "-c", CHECKPOINT_WORKER, address, str(i), *args],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in (0, 1)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    for out, _ in outs:
+        said = [line for line in out.splitlines() if line.startswith(("RESTORED", "ERROR"))]
+        assert len(said) == 1 and said[0].startswith("ERROR the processes of this run disagree on the checkpoints"), out
+        assert "process 0: [1, 5]; process 1: [0, -1]" in said[0] and "a filesystem all hosts share" in said[0]
