@@ -77,6 +77,10 @@ def test_inception_score_equals_a_hand_computation():
     p = np.array([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5], [0.5, 0.5]])
     mean, std = sm.inception_score(p, splits=2)
     assert mean == pytest.approx(1.5) and std == pytest.approx(0.5)
+    # 5 samples in 2 splits: improved-gan's boundaries i * 5 // 2 give splits of 2 and 3 (np.array_split: 3 and 2).
+    p = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 0.0], [1.0, 0.0]])
+    mean, _ = sm.inception_score(p, splits=2)
+    assert mean == pytest.approx((2.0 + 1.0) / 2)  # the second split, all one class, scores 1
 
 
 def _brute_knn_radius(x, i, k):

@@ -8,10 +8,9 @@ and how many samples stand beside every number a caller reports. Definitions and
   semi-definite with the eigenvalues of S_r S_g, so no complex sqrtm and no eps retry are needed.
 - KID (Binkowski et al. 2018): the unbiased MMD^2 with the kernel k(x, y) = (x.y / D + 1)^3, averaged over random
   subsets (torch-fidelity's and clean-fid's defaults: 100 subsets of 1000).
-- Inception Score (Salimans et al. 2016): exp(E_x KL(p(y|x) || p(y))) per split, mean and std over 10 splits. The
-  splits are np.array_split of the samples in their order, without shuffling, as openai/improved-gan (whose
-  boundaries i * N // 10 are the same when N is a multiple of 10; torch-fidelity shuffles the samples first); the
-  std is np.std's, ddof 0, as both.
+- Inception Score (Salimans et al. 2016): exp(E_x KL(p(y|x) || p(y))) per split, mean and std over 10 splits. Split i
+  holds samples i * N // 10 .. (i + 1) * N // 10 - 1 in their order, as openai/improved-gan (torch-fidelity takes
+  the same boundaries after shuffling the samples); the std is np.std's, ddof 0, as both.
 - Precision and recall (Kynkaanniemi et al. 2019): the share of generated samples inside the union of the real
   samples' k-nearest-neighbour balls (k = 3), and the reverse.
 - Density and coverage (Naeem et al. 2020): density counts how many real k-NN balls (k = 5) hold each generated
@@ -85,7 +84,8 @@ def kernel_inception_distance(real, fake, *, num_subsets: int = 100, subset_size
 def inception_score(probs, splits: int = 10) -> tuple[float, float]:
     """(mean, std) over `splits` splits of exp(E KL(p(y|x) || p(y))); probs [N, classes] rows sum to 1.
 
-    The splits are np.array_split(probs, splits): contiguous, in the order given, no shuffle; std with ddof 0.
+    Split i is probs[i * N // splits : (i + 1) * N // splits] (openai/improved-gan's boundaries), no shuffle; std
+    with ddof 0.
     """
     p = _features(probs, "class probabilities")
     if np.any(p < 0) or not np.allclose(p.sum(1), 1.0, atol=1e-4):
@@ -93,7 +93,8 @@ def inception_score(probs, splits: int = 10) -> tuple[float, float]:
     if p.shape[0] < splits:
         raise ValueError(f"inception_score: {p.shape[0]} samples for {splits} splits")
     scores = []
-    for part in np.array_split(p, splits):
+    n = p.shape[0]
+    for part in (p[i * n // splits : (i + 1) * n // splits] for i in range(splits)):
         py = part.mean(0, keepdims=True)
         kl = np.sum(part * (np.log(np.clip(part, 1e-30, None)) - np.log(np.clip(py, 1e-30, None))), axis=1)
         scores.append(np.exp(kl.mean()))
