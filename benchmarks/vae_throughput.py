@@ -37,9 +37,8 @@ def bench_jax(batches, fused, seconds, repeats, impls=("auto",)):
     from jaxgen import config as config_lib
     from jaxgen import models, objectives, parallel
     from jaxgen.models import layers
-    from jaxgen.training import optim
+    from jaxgen.training import optim, vae_step
     from jaxgen.training import state as state_lib
-    from jaxgen.training import step as step_lib
 
     cfg = config_lib.vae_config()
     cfg.optim.lr = 1e-3
@@ -74,7 +73,7 @@ def bench_jax(batches, fused, seconds, repeats, impls=("auto",)):
         results.append({"who": "jaxgen", "what": "bare_step", **tag, "batch": batch,
                         "img_per_s": round(harness.best_rate(run_bare, batch, seconds, repeats), 1)})
         for k in fused:
-            fn = step_lib.compile_train(mesh, steps_per_dispatch=k, model=model, tx=tx,
+            fn = vae_step.compile_train(mesh, steps_per_dispatch=k, model=model, tx=tx,
                                         objective=objectives.get("elbo"), obj_cfg=cfg.objective, lr_schedule=lr,
                                         batch=batch, binarize="dynamic", ema_decay=0.0)
             calls = max(1, 4 // k)

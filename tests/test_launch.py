@@ -167,7 +167,7 @@ def test_a_nan_stops_the_run_naming_step_and_metric_and_keeps_the_last_good_chec
     c.train.steps = 10
     loop.train_and_evaluate(c, tmp_path)
     c.train.steps = 20
-    c.objective.name = "tests.test_step:nan_objective"
+    c.objective.name = "tests.test_vae_step:nan_objective"
     with pytest.raises(loop.NonFiniteLossError, match=r"non-finite loss.* at step 10: .*step 10\) is kept"):
         loop.train_and_evaluate(c, tmp_path)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == ["10"]

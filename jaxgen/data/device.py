@@ -80,3 +80,8 @@ def preprocess(image_u8: jax.Array, keys: jax.Array, binarize: str) -> jax.Array
 def example_keys(key: jax.Array, positions: jax.Array) -> jax.Array:
     """One key per example, from its position in the global batch: [B] keys."""
     return jax.vmap(jax.random.fold_in, (None, 0))(key, positions)
+
+
+def substream(keys: jax.Array, i: int) -> jax.Array:
+    """Stream `i` of each example's key ([B] keys, each folded with i): one per use of randomness in a step."""
+    return jax.vmap(jax.random.fold_in, (0, None))(keys, i)

@@ -22,28 +22,34 @@ from jaxgen.parallel import AXIS
 
 
 def _eval_body(params, key, image, pos, mask, c, valid, *, model, obj_cfg, binarize, nll_chunk):
-    """Per device: (sums of the per-example metrics over the batch, psum'd; this device's logsumexp of the log
-    importance weights of NLL chunk `c` [local batch])."""
+    """Per device: (sums of the per-example metrics over the batch, psum'd, computed with chunk 0 and zero for the
+    other chunks; this device's logsumexp of the log importance weights of NLL chunk `c` [local batch])."""
     keys = dev.example_keys(key, pos)
-    sub = lambda i: jax.vmap(jax.random.fold_in, (0, None))(keys, i)  # noqa: E731
-    x = dev.preprocess(image, sub(0), binarize)
-    mu, logvar = model.apply(params, x, method="encode")
-    z = vae_obj.sample_latents(mu, logvar, sub(1), 1)[:, 0]
+    x = dev.preprocess(image, dev.substream(keys, 0), binarize)
     lik = vae_obj.likelihood(obj_cfg)
-    rec = lik(model.apply(params, z, method="decode"), x, obj_cfg)
-    kl = vae_obj.gaussian_kl(mu, logvar)
-    out_mu = model.apply(params, mu, method="decode")
-    mean_img = vae_obj.mean_image(obj_cfg.likelihood)(out_mu)
-    per_example = {
-        "elbo": rec - kl,
-        "kl": kl,
-        "rec_nll": -rec,
-        "recon_nll_at_mean": -lik(out_mu, x, obj_cfg),
-        "recon_mse": jnp.mean((mean_img - x) ** 2, axis=(1, 2, 3)),
-    }
-    sums = {k: jnp.sum(jnp.where(mask, v, 0.0)) for k, v in per_example.items()}
-    sums["count"] = jnp.sum(mask.astype(jnp.float32))
-    lse = vae_obj.chunk_logsumexp(params, x, sub(2), c, model=model, cfg=obj_cfg, chunk=nll_chunk, valid=valid)
+
+    def metric_sums():
+        mu, logvar = model.apply(params, x, method="encode")
+        z = vae_obj.sample_latents(mu, logvar, dev.substream(keys, 1), 1)[:, 0]
+        rec = lik(model.apply(params, z, method="decode"), x, obj_cfg)
+        kl = vae_obj.gaussian_kl(mu, logvar)
+        out_mu = model.apply(params, mu, method="decode")
+        mean_img = vae_obj.mean_image(obj_cfg.likelihood)(out_mu)
+        per_example = {
+            "elbo": rec - kl,
+            "kl": kl,
+            "rec_nll": -rec,
+            "recon_nll_at_mean": -lik(out_mu, x, obj_cfg),
+            "recon_mse": jnp.mean((mean_img - x) ** 2, axis=(1, 2, 3)),
+        }
+        sums = {k: jnp.sum(jnp.where(mask, v, 0.0)) for k, v in per_example.items()}
+        sums["count"] = jnp.sum(mask.astype(jnp.float32))
+        return sums
+
+    # Once per batch, not per NLL chunk: the zeros branch costs nothing.
+    sums = lax.cond(c == 0, metric_sums, lambda: jax.tree.map(jnp.zeros_like, jax.eval_shape(metric_sums)))
+    lse = vae_obj.chunk_logsumexp(params, x, dev.substream(keys, 2), c, model=model, cfg=obj_cfg, chunk=nll_chunk,
+                                  valid=valid)
     return lax.psum(sums, AXIS), lse
 
 

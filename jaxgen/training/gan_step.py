@@ -20,13 +20,12 @@ import jax.extend.core as jex_core
 import jax.numpy as jnp
 import optax
 from jax import lax
-from jax.sharding import PartitionSpec as P
 
 from jaxgen.data import augment
 from jaxgen.data import device as dev
 from jaxgen.parallel import AXIS
+from jaxgen.training import dispatch
 from jaxgen.training.state import DATA_STREAM, STEP_STREAM
-from jaxgen.training.step import fused_steps
 
 # Per-example key streams within a step.
 _Z, _AUG_REAL, _AUG_FAKE, _AUG_G, _REG = range(5)
@@ -53,10 +52,6 @@ def _augment(policy: str, keys, x):
     return jax.vmap(lambda k, xi: augment.apply(policy, k, xi[None])[0])(keys, x)
 
 
-def _stream(keys, s):
-    return jax.vmap(jax.random.fold_in, (0, None))(keys, s)
-
-
 def _lazy(cond_on, fn):
     """fn() when cond_on (a traced bool) else zeros of the same structure, without computing fn."""
     zeros = lambda: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(fn))
@@ -70,8 +65,8 @@ def d_update(state: dict, real, fake, keys, it, *, discriminator, d_tx, loss_fn,
     `it` counts D updates over the run (it selects the lazy regularizer's steps); d_real are D's outputs on the
     reals (for the G update's loss call).
     """
-    real_aug = _augment(augment_policy, _stream(keys, _AUG_REAL), real)
-    fake_aug = _augment(augment_policy, _stream(keys, _AUG_FAKE), fake)
+    real_aug = _augment(augment_policy, dev.substream(keys, _AUG_REAL), real)
+    fake_aug = _augment(augment_policy, dev.substream(keys, _AUG_FAKE), fake)
 
     def loss(params):
         variables = {**state["d"], "params": params}
@@ -82,7 +77,7 @@ def d_update(state: dict, real, fake, keys, it, *, discriminator, d_tx, loss_fn,
         total = d_loss
         if reg_fn is not None:
             d_fn = lambda x: apply_model(discriminator, variables, x, True)[0]
-            penalty = lambda: reg_fn(d_fn, real_aug, fake_aug, _stream(keys, _REG))
+            penalty = lambda: reg_fn(d_fn, real_aug, fake_aug, dev.substream(keys, _REG))
             if reg_interval > 1:
                 value, reg_metrics = _lazy(it % reg_interval == 0, penalty)
             else:
@@ -123,11 +118,11 @@ def g_update(state: dict, fake, g_vjp, d_real, keys, *, discriminator, g_tx, los
     its update, so that g_loss compares the updated D's outputs on reals and fakes.
     """
     if real is not None:
-        x = _augment(augment_policy, _stream(keys, _AUG_REAL), real)  # the D update's augmentation of the reals
+        x = _augment(augment_policy, dev.substream(keys, _AUG_REAL), real)  # the D update's augmentation of the reals
         d_real, _ = apply_model(discriminator, state["d"], x, True)
 
     def loss(fake):
-        x = _augment(augment_policy, _stream(keys, _AUG_G), fake)
+        x = _augment(augment_policy, dev.substream(keys, _AUG_G), fake)
         d_fake, _ = apply_model(discriminator, state["d"], x, True)  # D's statistics are not updated here
         _, g_loss, _ = loss_fn(lax.stop_gradient(d_real), d_fake)
         return g_loss, d_fake
@@ -163,7 +158,7 @@ def gan_step(state: dict, data: dict, *, generator, discriminator, g_tx, d_tx, l
         keys = dev.example_keys(jax.random.fold_in(step_key, it), pos)
         idx = dev.batch_indices(data_key, it, n, batch, pos)
         real = dev.preprocess(data["image"][idx], None, "none") * 2.0 - 1.0
-        z = jax.vmap(lambda k: jax.random.normal(k, (generator.latent_dim,)))(_stream(keys, _Z))
+        z = jax.vmap(lambda k: jax.random.normal(k, (generator.latent_dim,)))(dev.substream(keys, _Z))
         make = functools.partial(_generate, generator, state["g"], z)
         if i < d_steps - 1:
             fake, _ = make(state["g"]["params"])
@@ -182,8 +177,7 @@ def gan_step(state: dict, data: dict, *, generator, discriminator, g_tx, d_tx, l
         ema_params = optax.incremental_update(state["g"]["params"], state["ema_g"]["params"], 1.0 - ema_beta)
         state["ema_g"] = {**state["g"], "params": ema_params}  # statistics are copied, params averaged
     metrics = {**jax.tree.map(lambda *v: jnp.mean(jnp.stack(v)), *d_metrics), **g_metrics}
-    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in jax.tree.leaves(metrics)]))
-    state = jax.tree.map(lambda a, b: jnp.where(finite, a, b), state, old)
+    state, finite = dispatch.keep_if_finite(state, old, metrics)
     metrics.update(g_lr=jnp.asarray(g_lr(step), jnp.float32), finite=finite.astype(jnp.float32), step=step)
     return state, metrics
 
@@ -194,12 +188,6 @@ def ema_beta(batch: int, half_life_images: float) -> float:
 
 
 def compile_train(mesh, *, steps_per_dispatch: int, **step_kwargs):
-    """The jitted, data-parallel GAN train function `(state, data) -> (state, metrics [steps_per_dispatch])`,
-    state donated."""
-    step_fn = functools.partial(gan_step, **step_kwargs)
-    body = functools.partial(fused_steps, n=steps_per_dispatch, step_fn=step_fn)
-    # check_vma=False gives pmap's semantics: a gradient taken inside the body is this device's own, averaged
-    # explicitly with lax.pmean. With the default (True), grad w.r.t. a replicated input is already summed over
-    # the devices (the transpose of the implicit broadcast), and the pmean would leave N times the mean.
-    mapped = jax.shard_map(body, mesh=mesh, in_specs=(P(), P()), out_specs=(P(), P()), check_vma=False)
-    return jax.jit(mapped, donate_argnums=(0,))
+    """The jitted, data-parallel GAN train function `(state, data) -> (state, metrics [steps_per_dispatch])` of
+    `gan_step` with `step_kwargs`, state donated (jaxgen.training.dispatch)."""
+    return dispatch.compile_train(mesh, functools.partial(gan_step, **step_kwargs), steps_per_dispatch)

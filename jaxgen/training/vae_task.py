@@ -14,9 +14,8 @@ from jaxgen.evaluation import quality
 from jaxgen.evaluation import vae as vae_eval
 from jaxgen.objectives import vae as vae_obj
 from jaxgen.reporting import images, plots
-from jaxgen.training import optim
+from jaxgen.training import optim, vae_step
 from jaxgen.training import state as state_lib
-from jaxgen.training import step as step_lib
 
 log = logging.getLogger("jaxgen")
 
@@ -53,7 +52,7 @@ class VAETask:
 
     def compile_train(self):
         c = self.config
-        return step_lib.compile_train(
+        return vae_step.compile_train(
             self.mesh, steps_per_dispatch=c.train.steps_per_dispatch, model=self.model, tx=self.tx,
             objective=self.objective, obj_cfg=c.objective, lr_schedule=self.lr, batch=c.train.batch_size,
             binarize=c.data.binarize, ema_decay=c.train.ema_decay)

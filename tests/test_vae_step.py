@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 
 from jaxgen import data, models, objectives, parallel
-from jaxgen.training import optim
+from jaxgen.training import optim, vae_step
 from jaxgen.training import state as state_lib
-from jaxgen.training import step as step_lib
 
 
 def _setup(cfg, devices, steps_per_dispatch=1, objective="elbo"):
@@ -20,7 +19,7 @@ def _setup(cfg, devices, steps_per_dispatch=1, objective="elbo"):
     tx, lr = optim.make(cfg.optim, 100)
     create = functools.partial(state_lib.create, model, tx, train.shape, 0, True)
     state = jax.jit(create, out_shardings=parallel.replicated(mesh))()
-    fn = step_lib.compile_train(mesh, steps_per_dispatch=steps_per_dispatch, model=model, tx=tx,
+    fn = vae_step.compile_train(mesh, steps_per_dispatch=steps_per_dispatch, model=model, tx=tx,
                                 objective=objectives.get(objective), obj_cfg=cfg.objective, lr_schedule=lr,
                                 batch=32, binarize="dynamic", ema_decay=0.9)
     return fn, state, parallel.put_replicated({"image": train.image[:256]}, mesh)
@@ -59,7 +58,7 @@ def counting_objective(params, x, keys, *, model, cfg):
 def test_the_step_compiles_once_over_many_steps(smoke_config):
     TRACES.clear()
     fn, state, d = _setup(smoke_config, jax.devices(), steps_per_dispatch=2,
-                          objective="tests.test_step:counting_objective")
+                          objective="tests.test_vae_step:counting_objective")
     for _ in range(6):
         state, metrics = fn(state, d)
     assert len(TRACES) == 1  # scan traces its body once (then unrolls it); no retrace on later calls
@@ -73,8 +72,15 @@ def nan_objective(params, x, keys, *, model, cfg):
     return loss * jnp.nan, {**metrics, "loss": loss * jnp.nan}
 
 
-def test_a_non_finite_update_is_not_applied_and_is_reported(smoke_config):
-    fn, state, d = _setup(smoke_config, jax.devices(), objective="tests.test_step:nan_objective")
+def nan_metric_objective(params, x, keys, *, model, cfg):
+    """A finite loss beside a NaN metric: the GAN step and the VAE step both refuse such a step."""
+    loss, metrics = objectives.get("elbo")(params, x, keys, model=model, cfg=cfg)
+    return loss, {**metrics, "my_ratio": jnp.float32(jnp.nan)}
+
+
+@pytest.mark.parametrize("objective", ["nan_objective", "nan_metric_objective"])
+def test_a_non_finite_update_is_not_applied_and_is_reported(smoke_config, objective):
+    fn, state, d = _setup(smoke_config, jax.devices(), objective=f"tests.test_vae_step:{objective}")
     before = jax.tree.map(np.asarray, state["params"])
     state, metrics = fn(state, d)
     assert float(metrics["finite"][0]) == 0.0 and int(metrics["step"][0]) == 0
