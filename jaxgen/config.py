@@ -50,9 +50,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint.asynchronous = True
     # Also keep the best checkpoint (in <workdir>/best) by an eval metric: 'auto' = the FID of the first of
     # eval.extractors (none without extractors), '' = off, or a metric name such as 'classifier/fid' or 'nll'.
-    # VAEs default to 'elbo' (max), GANs to 'auto'.
+    # VAEs default to 'elbo', GANs to 'auto'.
     c.checkpoint.best_metric = "auto"
-    c.checkpoint.best_mode = "min"  # 'min' or 'max'
+    c.checkpoint.best_mode = "auto"  # 'auto' (lower FID/NLL, higher ELBO/IS ... is better), 'min' or 'max'
 
     c.eval = ml_collections.ConfigDict()
     c.eval.every = 2000  # steps; 0 = only at the end
@@ -124,7 +124,6 @@ def vae_config() -> ml_collections.ConfigDict:
     c.eval.nll_chunk = 50  # importance samples per pass: batch_size * nll_chunk decodes in memory at once
     # The best checkpoint of a VAE: the highest test ELBO (measured alike at every eval, the final one too).
     c.checkpoint.best_metric = "elbo"
-    c.checkpoint.best_mode = "max"
     c.lock()  # config files and variants set these fields; a misspelt one is an error, not a new field
     return c
 
@@ -272,6 +271,7 @@ def check(config: ml_collections.ConfigDict) -> None:
 
     quality.check_names(config.eval.extractors)
     quality.best_metric(config)  # a sample-quality best_metric names an extractor in use and a per-eval metric
+    quality.best_mode(config)  # and its direction is known or given
     if config.eval.checkpoint not in ("newest", "best"):
         raise ValueError(f"eval.checkpoint must be 'newest' or 'best', got {config.eval.checkpoint!r}")
     if config.eval.classifier_steps < 1:
@@ -279,8 +279,6 @@ def check(config: ml_collections.ConfigDict) -> None:
     if config.eval.extractors and config.eval.num_samples < 2:
         raise ValueError(f"eval.num_samples must be >= 2 for a covariance (>= 2048 for Inception FID), got "
                          f"{config.eval.num_samples}")
-    if config.checkpoint.best_mode not in ("min", "max"):
-        raise ValueError(f"checkpoint.best_mode must be 'min' or 'max', got {config.checkpoint.best_mode!r}")
     if config.sample.num < 1 or config.sample.per_grid < 1:
         raise ValueError("sample.num and sample.per_grid must be >= 1")
     k = t.steps_per_dispatch

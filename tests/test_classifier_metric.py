@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from jaxgen import data
+from jaxgen import data, parallel
 from jaxgen.config import vae_config
-from jaxgen.evaluation import classifier
+from jaxgen.evaluation import classifier, quality
 
 
 @pytest.fixture(scope="module")
@@ -25,17 +25,30 @@ def test_the_classifier_is_cached_and_reloaded(digits):
 
 
 def test_real_digits_beat_noise_and_a_one_class_generator(digits):
-    _, train, test, params = digits
+    cfg, train, test, _ = digits
+    cfg.eval.classifier_steps = 300  # the cached classifier of the fixture
+    extractor = quality.build("classifier", cfg, parallel.make_mesh(), train)
     real, held_out = train.image[:1000], test.image[:1000]
-    noise = np.random.default_rng(0).random((1000, 28, 28, 1)).astype(np.float32)
+    ref = quality.reference(extractor, real, data_config=cfg.data, split="train")
+    noise = np.random.default_rng(0).integers(0, 256, (1000, 28, 28, 1), dtype=np.uint8)
     one_class = train.image[train.label == 1][:400]
-    good = classifier.compare(params, real, held_out)
-    bad_noise = classifier.compare(params, real, noise)
-    bad_mode = classifier.compare(params, real, one_class)
-    assert good["classifier_fid"] < 0.2 * bad_noise["classifier_fid"]
-    assert good["classifier_fid"] < 0.5 * bad_mode["classifier_fid"]
+    good, bad_noise, bad_mode = (quality.compare(extractor, ref, x, full=False, reference_name="train")
+                                 for x in (held_out, noise, one_class))
+    assert good["fid"] < 0.2 * bad_noise["fid"]
+    assert good["fid"] < 0.5 * bad_mode["fid"]
     assert good["class_coverage"] == 1.0 and good["class_tv"] < 0.1
     assert bad_mode["class_coverage"] <= 0.2 and bad_mode["class_tv"] > 0.8
+
+
+def test_embedding_pads_the_last_batch_and_compiles_once(digits):
+    *_, test, params = digits
+    whole, _ = classifier.embed(params, test.image[:70], batch=70)
+    sizes = classifier._apply._cache_size()
+    for n in (70, 65, 1):
+        f, p = classifier.embed(params, test.image[:n], batch=32)
+        assert f.shape == (n, 128) and p.shape == (n, 10)
+        np.testing.assert_allclose(f, whole[:n], rtol=1e-5, atol=1e-5)
+    assert classifier._apply._cache_size() == sizes + 1  # batch 32: one more program, whatever n
 
 
 def test_images_out_of_range_are_an_error(digits):

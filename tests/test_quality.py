@@ -102,6 +102,30 @@ def test_best_metric_auto_is_the_first_extractors_fid():
     assert quality.best_metric(c) is None
 
 
+def test_best_mode_auto_follows_the_metric_and_a_contradicting_mode_is_refused():
+    c = config_lib.vae_config()
+    assert quality.best_mode(c) == "max"  # elbo
+    for metric, mode in (("nll", "min"), ("loss", "min")):
+        c.checkpoint.best_metric = metric
+        assert quality.best_mode(c) == mode
+    c.eval.extractors = ("classifier",)
+    c.checkpoint.best_metric = "classifier/fid"
+    assert quality.best_mode(c) == "min"
+    c.checkpoint.best_metric = "classifier/class_coverage"
+    assert quality.best_mode(c) == "max"
+    c.checkpoint.best_metric, c.checkpoint.best_mode = "nll", "max"
+    with pytest.raises(ValueError, match="better when lower.*would keep the worst checkpoint; use 'auto' or 'min'"):
+        config_lib.check(c)
+    c.checkpoint.best_metric, c.checkpoint.best_mode = "my_metric", "auto"
+    with pytest.raises(ValueError, match="set --config.checkpoint.best_mode=min or =max"):
+        config_lib.check(c)
+    c.checkpoint.best_mode = "max"
+    assert quality.best_mode(c) == "max"  # a metric of the user's: their direction
+    c.checkpoint.best_mode = "largest"
+    with pytest.raises(ValueError, match="'auto', 'min' or 'max'"):
+        config_lib.check(c)
+
+
 def test_the_best_keeper_keeps_the_best_and_remembers_it_across_runs(tmp_path):
     state = lambda step: {"step": jnp.asarray(step), "w": jnp.full((3,), float(step))}
     keeper = checkpoint.BestKeeper(tmp_path, "x/fid", "min")
@@ -145,7 +169,6 @@ def test_a_best_metric_of_an_unused_extractor_or_of_the_final_eval_only_fails_be
     with pytest.raises(ValueError, match="not computed at every eval; choices: classifier/fid"):
         config_lib.check(c)
     c.checkpoint.best_metric = "classifier/class_coverage"
-    c.checkpoint.best_mode = "max"
     config_lib.check(c)
     c.eval.extractors = ("classifier,inception",)
     with pytest.raises(ValueError, match="give a tuple"):

@@ -12,17 +12,24 @@ from jaxgen.training import optim, vae_step
 from jaxgen.training import state as state_lib
 
 
-def _setup(cfg, devices, steps_per_dispatch=1, objective="elbo"):
+def _setup(cfg, devices, steps_per_dispatch=1, objective="elbo", jit_create=True):
     mesh = parallel.make_mesh(devices)
     train = data.load(cfg.data, "train")
     model = models.build(cfg.model, train.shape)
     tx, lr = optim.make(cfg.optim, 100)
     create = functools.partial(state_lib.create, model, tx, train.shape, 0, True)
-    state = jax.jit(create, out_shardings=parallel.replicated(mesh))()
+    state = jax.jit(create, out_shardings=parallel.replicated(mesh))() if jit_create else create()
     fn = vae_step.compile_train(mesh, steps_per_dispatch=steps_per_dispatch, model=model, tx=tx,
                                 objective=objectives.get(objective), obj_cfg=cfg.objective, lr_schedule=lr,
                                 batch=32, binarize="dynamic", ema_decay=0.9)
     return fn, state, parallel.put_replicated({"image": train.image[:256]}, mesh)
+
+
+def test_a_state_created_outside_jit_can_be_donated(smoke_config):
+    """The EMA params are their own buffers, not the params' (donating one buffer twice is an error)."""
+    fn, state, d = _setup(smoke_config, jax.devices()[:1], jit_create=False)
+    state, _ = fn(state, d)
+    assert int(state["step"]) == 1
 
 
 def test_eight_devices_give_the_params_of_one_with_the_same_global_batch(smoke_config):

@@ -8,6 +8,7 @@ dataset with the same classifier (the cache key names both); they are not Incept
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 
@@ -20,7 +21,6 @@ from flax import traverse_util
 
 from jaxgen import cache_files
 from jaxgen.data.image_folder import data_dir
-from jaxgen.evaluation import sample_metrics
 
 log = logging.getLogger("jaxgen")
 
@@ -95,10 +95,17 @@ def load_or_train(data_config, images: np.ndarray, labels: np.ndarray, *, steps:
     return params
 
 
+@functools.partial(jax.jit, static_argnames="num_classes")
+def _apply(params, x, *, num_classes: int):
+    features, logits = DigitClassifier(num_classes).apply(params, x)
+    return features, jax.nn.softmax(logits)
+
+
 def embed(params: dict, images: np.ndarray, batch: int = 500) -> tuple[np.ndarray, np.ndarray]:
-    """(features [N, 128], class probabilities [N, classes]) of images: uint8 [N, H, W, C] or floats in [0, 1]."""
+    """(features [N, 128], class probabilities [N, classes]) of images: uint8 [N, H, W, C] or floats in [0, 1].
+
+    In batches of `batch`, the last padded to the same size: one compilation per batch size and image shape."""
     num_classes = params["params"]["Dense_1"]["bias"].shape[0]
-    fn = jax.jit(lambda p, x: DigitClassifier(num_classes).apply(p, x))
     images = np.asarray(images)
     if images.dtype == np.uint8:
         images = images.astype(np.float32) / 255.0
@@ -107,30 +114,11 @@ def embed(params: dict, images: np.ndarray, batch: int = 500) -> tuple[np.ndarra
                          f"{images.max():.3g}]")
     feats, probs = [], []
     for s in range(0, len(images), batch):
-        f, logits = fn(params, jnp.asarray(images[s : s + batch], jnp.float32))
-        feats.append(np.asarray(f))
-        probs.append(np.asarray(jax.nn.softmax(logits)))
+        chunk = images[s : s + batch]
+        k = len(chunk)
+        if k < batch:
+            chunk = np.concatenate([chunk, np.zeros((batch - k, *chunk.shape[1:]), chunk.dtype)])
+        f, p = _apply(params, jnp.asarray(chunk, jnp.float32), num_classes=num_classes)
+        feats.append(np.asarray(f)[:k])
+        probs.append(np.asarray(p)[:k])
     return np.concatenate(feats), np.concatenate(probs)
-
-
-def compare(params: dict, real: np.ndarray, generated: np.ndarray) -> dict:
-    """Classifier-feature FID of `generated` against `real`, and their predicted-class histograms.
-
-    class_tv: total variation distance between the two histograms (0: the same class balance, 1: disjoint);
-    class_coverage: the share of the data's classes that the generated samples hit at least half as often as
-    the data does.
-    """
-    fr, pr = embed(params, real)
-    fg, pg = embed(params, generated)
-    enough = 2 * fr.shape[1]  # 256 for the 128-d features: a well-conditioned covariance
-    fid = sample_metrics.frechet_distance(*sample_metrics.feature_statistics(fr, enough),
-                                          *sample_metrics.feature_statistics(fg, enough))
-    k = pr.shape[1]
-    hr = np.bincount(pr.argmax(1), minlength=k) / len(pr)
-    hg = np.bincount(pg.argmax(1), minlength=k) / len(pg)
-    present = hr > 0
-    return {"classifier_fid": fid, "class_tv": float(0.5 * np.abs(hr - hg).sum()),
-            "class_coverage": float(np.mean(hg[present] >= 0.5 * hr[present])),
-            "class_histogram": hg.round(4).tolist(), "data_class_histogram": hr.round(4).tolist(),
-            "num_real": len(fr), "num_generated": len(fg)}
-

@@ -75,7 +75,7 @@ def _inception(config, mesh, train_data) -> Extractor:
 
     variables = inception.load_params(e.inception_weights or None, allow_download=bool(e.inception_download))
     fn = inception.make_extractor(variables, mesh)
-    digest = hashlib.sha1(b"".join(np.asarray(v).tobytes() for v in _leaves(variables))).hexdigest()[:12]
+    digest = _digest(variables)
 
     # IS as the original code (openai/improved-gan) and torch-fidelity compute it: softmax of pool3 @ W, no bias.
     fc_bias = np.asarray(variables["params"]["fc"]["bias"], np.float64)
@@ -104,7 +104,7 @@ def _classifier(config, mesh, train_data) -> Extractor:
                          f"{config.data.name!r} has {len(np.unique(labels))} label value(s); use 'inception' or "
                          "remove 'classifier' from eval.extractors")
     params = classifier.load_or_train(config.data, train_data.image, labels, steps=e.classifier_steps)
-    digest = hashlib.sha1(b"".join(np.asarray(v).tobytes() for v in _leaves(params))).hexdigest()[:12]
+    digest = _digest(params)
     return Extractor("classifier", f"jaxgen's metric classifier trained {e.classifier_steps} steps on "
                      f"{config.data.name} {config.data.train_split} labels (128-d features)", f"classifier_{digest}",
                      lambda images: classifier.embed(params, images, batch=e.batch_size), 256, class_histograms=True)
@@ -113,17 +113,17 @@ def _classifier(config, mesh, train_data) -> Extractor:
 EXTRACTORS = {"inception": _inception, "classifier": _classifier}
 
 
-def _leaves(tree):
-    import jax  # noqa: PLC0415
-
-    return jax.tree.leaves(tree)
+def _digest(tree) -> str:
+    """A short hash of a pytree's arrays: what cached reference features are keyed by."""
+    return hashlib.sha1(b"".join(np.asarray(v).tobytes() for v in jax.tree.leaves(tree))).hexdigest()[:12]
 
 
 def check_images(images: np.ndarray, what: str) -> np.ndarray:
     a = np.asarray(images)
     if a.dtype != np.uint8 or a.ndim != 4 or a.shape[-1] not in (1, 3):
         raise ValueError(f"{what}: expected uint8 images [N, H, W, C] with C = 1 or 3, got {a.dtype} {a.shape}; "
-                         "convert floats in [0, 1] with np.clip(np.round(x * 255), 0, 255).astype(np.uint8)")
+                         "convert floats in [0, 1] with jaxgen.evaluation.quality.to_uint8(x, (0.0, 1.0)), which "
+                         "rounds as np.clip(np.round(x * 255), 0, 255).astype(np.uint8)")
     return a
 
 
@@ -292,6 +292,34 @@ def flatten(blocks: dict) -> dict:
 
 # Sample-quality metrics computed at every eval; the others (KID, precision/recall, density/coverage) only at the end.
 PER_EVAL = ("fid", "is_mean", "is_std", "class_tv", "class_coverage")
+
+
+# Which way is better for the metrics jaxgen computes (the part after '<extractor>/' for sample quality).
+LOWER_IS_BETTER = ("fid", "kid_mean", "class_tv", "nll", "nll_bits_per_dim", "rec_nll", "recon_nll_at_mean",
+                   "recon_mse", "loss")
+HIGHER_IS_BETTER = ("elbo", "is_mean", "class_coverage", "precision", "recall", "density", "coverage")
+
+
+def best_mode(config) -> str:
+    """'min' or 'max' for checkpoint.best_metric: checkpoint.best_mode, or with 'auto' the direction of the known
+    metric. An explicit mode that contradicts a known metric's direction is an error (it would keep the worst)."""
+    metric, mode = best_metric(config), config.checkpoint.best_mode
+    if mode not in ("auto", "min", "max"):
+        raise ValueError(f"checkpoint.best_mode must be 'auto', 'min' or 'max', got {mode!r}")
+    if metric is None:
+        return "min" if mode == "auto" else mode
+    name = metric.rsplit("/", 1)[-1]
+    known = "min" if name in LOWER_IS_BETTER else "max" if name in HIGHER_IS_BETTER else None
+    if mode == "auto":
+        if known is None:
+            raise ValueError(f"checkpoint.best_metric={metric!r}: jaxgen does not know whether lower or higher is "
+                             "better; set --config.checkpoint.best_mode=min or =max")
+        return known
+    if known is not None and mode != known:
+        raise ValueError(f"checkpoint.best_metric={metric!r} is better when {'lower' if known == 'min' else 'higher'}"
+                         f", but checkpoint.best_mode={mode!r} would keep the worst checkpoint; use 'auto' or "
+                         f"{known!r}")
+    return mode
 
 
 def best_metric(config) -> str | None:

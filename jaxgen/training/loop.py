@@ -119,7 +119,7 @@ def train_and_evaluate(config, workdir) -> dict:
     best = None
     if best_name:
         fresh = int(jax.device_get(state["step"])) == 0
-        best = checkpoint.BestKeeper(workdir, best_name, c.checkpoint.best_mode, fresh=fresh,
+        best = checkpoint.BestKeeper(workdir, best_name, quality.best_mode(c), fresh=fresh,
                                      not_final=task.not_final)
     train_fn = task.compile_train()
     train_data = parallel.put_replicated({"image": task.train.image}, task.mesh)

@@ -26,7 +26,7 @@ def create(model, tx, image_shape, seed: int, ema: bool) -> dict:
     params = model.init(jax.random.fold_in(key, INIT_STREAM), x, z)
     state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params), "key": key}
     if ema:
-        state["ema_params"] = params
+        state["ema_params"] = jax.tree.map(jnp.copy, params)  # its own buffers: the state is donated leaf by leaf
     return state
 
 
