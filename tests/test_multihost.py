@@ -202,7 +202,7 @@ def test_processes_that_see_different_checkpoints_stop_before_restoring(tmp_path
     from jaxgen.training import checkpoint
 
     mgr = checkpoint.manager(tmp_path / "host0", vae_config().checkpoint)
-    checkpoint.save(mgr, {"step": jnp.int32(5), "w": jnp.ones(3)}, force=True)
+    checkpoint.save(mgr, {"step": jnp.int32(5), "w": jnp.ones(3)})
     mgr.wait_until_finished()
     mgr.close()
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "PYTHONPATH": str(ROOT)}

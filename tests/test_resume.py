@@ -52,7 +52,7 @@ def test_a_checkpoint_from_8_devices_restores_onto_1(smoke_config, tmp_path):
     create, state = _state(smoke_config, mesh8)
     state = {**state, "step": state["step"] + 7}
     mgr = checkpoint.manager(tmp_path, smoke_config.checkpoint)
-    checkpoint.save(mgr, state, force=True)
+    checkpoint.save(mgr, state)
     mgr.wait_until_finished()
     mgr.close()
     target = checkpoint.abstract_like(jax.eval_shape(create), parallel.replicated(mesh1))
@@ -71,7 +71,7 @@ def test_a_broken_checkpoint_is_reported_and_the_previous_one_used(smoke_config,
     create, state = _state(smoke_config, mesh)
     mgr = checkpoint.manager(tmp_path, smoke_config.checkpoint)
     for step in (10, 20):
-        checkpoint.save(mgr, {**state, "step": state["step"] + step}, force=True)
+        checkpoint.save(mgr, {**state, "step": state["step"] + step})
         mgr.wait_until_finished()
     mgr.close()
     for f in (tmp_path / "checkpoints" / "20").rglob("*"):  # corrupt every data file of step 20
@@ -102,7 +102,7 @@ def test_checkpoints_hold_the_whole_state(smoke_config, tmp_path):
 def _save(cfg, tmp_path, mesh, step=10):
     create, state = _state(cfg, mesh)
     mgr = checkpoint.manager(tmp_path, cfg.checkpoint)
-    checkpoint.save(mgr, {**state, "step": state["step"] + step}, force=True)
+    checkpoint.save(mgr, {**state, "step": state["step"] + step})
     mgr.wait_until_finished()
     mgr.close()
 

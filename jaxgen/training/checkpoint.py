@@ -24,10 +24,10 @@ log = logging.getLogger(__name__)
 
 
 def manager(workdir: Path, cfg, subdir: str = "checkpoints") -> ocp.CheckpointManager:
-    """A CheckpointManager saving every `cfg.every` steps, keeping `cfg.keep`, asynchronous if `cfg.asynchronous`."""
+    """A CheckpointManager keeping `cfg.keep` checkpoints, asynchronous if `cfg.asynchronous`. When to save is the
+    loop's decision (every `checkpoint.every` steps, after the steps' finite check, and at the end)."""
     options = ocp.CheckpointManagerOptions(
         max_to_keep=cfg.keep,
-        save_interval_steps=cfg.every,
         enable_async_checkpointing=cfg.asynchronous,
         create=True,
     )
@@ -39,12 +39,12 @@ def manager(workdir: Path, cfg, subdir: str = "checkpoints") -> ocp.CheckpointMa
     return ocp.CheckpointManager(Path(workdir).absolute() / subdir, options=options, handler_registry=registry)
 
 
-def save(mgr: ocp.CheckpointManager, state: dict, *, force: bool = False) -> bool:
-    """Saves `state` at its step (if the interval says so, or `force`). Returns whether a save started."""
+def save(mgr: ocp.CheckpointManager, state: dict) -> bool:
+    """Saves `state` at its step unless a checkpoint of that step exists. Returns whether a save started."""
     step = int(jax.device_get(state["step"]))
     if step in mgr.all_steps():
         return False
-    return mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)), force=force)
+    return mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)), force=True)
 
 
 def abstract_like(state_shapes, sharding):

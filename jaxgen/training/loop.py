@@ -141,7 +141,9 @@ def train_and_evaluate(config, workdir) -> dict:
         while step < c.train.steps:
             state, metrics = train_fn(state, train_data)
             step += k
-            if previous is not None:  # one call behind, so the device stays busy while the host checks
+            # One call behind, so the device stays busy while the host checks; only the flags come over each call
+            # (every metric when one is down, to name them).
+            if previous is not None and not np.asarray(previous["finite"]).all():
                 check(jax.device_get(previous))
             previous = metrics
             pending.append(metrics)
@@ -168,7 +170,7 @@ def train_and_evaluate(config, workdir) -> dict:
                 if bar is not None:
                     bar.set_postfix({**{h: f"{means[h]:.3g}" for h in task.headline}, "img_s": f"{ips:,.0f}"})
             if due_ckpt:  # every step so far was checked finite: the state is safe to keep
-                checkpoint.save(mgr, state, force=True)
+                checkpoint.save(mgr, state)
             if due_eval:
                 ev = evaluate(task, state, False, sq)
                 writer.write(step, "eval", scalars(ev))
