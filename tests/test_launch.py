@@ -52,11 +52,15 @@ def test_launch_smoke_end_to_end_then_resume(tmp_path):
     r = _launch("--config=configs/vae_mnist.py:smoke", f"--workdir={wd}", "--mode=eval")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "eval of step 30" in r.stderr and "classifier FID" in r.stderr
+    assert "differs from the one the workdir was trained" not in r.stderr  # train.* and output.* may differ
     q = json.loads((wd / "eval.json").read_text())["sample_quality"]["classifier"]
     assert q["num_samples"] == 64 and q["reference"] == "mnist_5k test" and math.isfinite(q["fid"])
 
-    r = _launch("--config=configs/vae_mnist.py:smoke", f"--workdir={wd}", "--mode=sample", "--config.sample.num=20")
+    r = _launch("--config=configs/vae_mnist.py:smoke", f"--workdir={wd}", "--mode=sample", "--config.sample.num=20",
+                "--config.objective.likelihood=gaussian")
     assert r.returncode == 0, r.stderr[-3000:]
+    assert "--mode=sample runs with this command's config, which differs" in r.stderr
+    assert "objective.likelihood: 'bernoulli' -> 'gaussian'" in r.stderr and "Repeat the training command's" in r.stderr
     assert (wd / "samples" / "step_0000030.npz").is_file() and (wd / "samples" / "step_0000030_001.png").is_file()
 
 

@@ -233,6 +233,7 @@ def _restore_for(config, workdir, mode: str):
     """(task, state) of the checkpoint eval.checkpoint names ('newest' or 'best'), for --mode=eval/sample."""
     workdir = wd.prepare(workdir)
     wd.setup_logging(workdir)
+    wd.warn_config_drift(config, workdir, mode)
     task = build_task(config, workdir)
     which = config.eval.checkpoint
     mgr, state = restore(task, which)

@@ -81,6 +81,26 @@ def save_config(config, workdir: Path) -> None:
     path.write_text(json.dumps(now, indent=2, sort_keys=True) + "\n")
 
 
+# Blocks a --mode=eval or --mode=sample command may set differently from training without changing the model.
+EVAL_ONLY_BLOCKS = ("eval", "sample", "output")
+
+
+def warn_config_drift(config, workdir: Path, mode: str) -> list[str]:
+    """Logs (and returns) the fields, outside EVAL_ONLY_BLOCKS and train.*, in which `config` differs from the
+    config.json the workdir was trained with: --mode=eval/sample evaluate with this command's config."""
+    path = workdir / "config.json"
+    if not path.exists():
+        return []
+    now = json.loads(config.to_json_best_effort(sort_keys=True))
+    changed = sorted(d for d in _diff(json.loads(path.read_text()), now)
+                     if d.split(".")[0] not in (*EVAL_ONLY_BLOCKS, "train"))
+    if changed:
+        log.warning("--mode=%s runs with this command's config, which differs from the one the workdir was trained "
+                    "with (%s) in: %s. Repeat the training command's overrides to %s the model as it was "
+                    "trained.", mode, path, "; ".join(changed), "evaluate" if mode == "eval" else "sample")
+    return changed
+
+
 def _diff(a, b, prefix=""):
     if isinstance(a, dict) and isinstance(b, dict):
         for k in set(a) | set(b):
