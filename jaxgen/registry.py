@@ -32,8 +32,13 @@ def resolve(kind: str, name: str, table: Mapping[str, Any]) -> Any:
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
-        raise UnknownNameError(
-            f"{kind} {name!r}: cannot import module {module_name!r} ({e}); is it on PYTHONPATH?"
+        missing = getattr(e, "name", None)
+        if isinstance(e, ModuleNotFoundError) and missing and (module_name + ".").startswith(missing + "."):
+            raise UnknownNameError(
+                f"{kind} {name!r}: cannot import module {module_name!r} ({e}); is it on PYTHONPATH?"
+            ) from e
+        raise UnknownNameError(  # the module exists but fails to import: its own error says why
+            f"{kind} {name!r}: importing module {module_name!r} failed: {type(e).__name__}: {e}"
         ) from e
     try:
         return getattr(module, attr)

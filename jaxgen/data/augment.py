@@ -255,6 +255,11 @@ def apply(policy: str, key: jax.Array, x: jax.Array) -> jax.Array:
     Augmentation i gets the key `jax.random.fold_in(key, i)`. x [B, H, W, C] float in [-1, 1]; same shape and
     dtype out. E.g. DiffAugment's recommended policy is 'color,translation,cutout'.
     """
+    names = [name.strip() for name in policy.split(",")] if policy else []
     for i, fn in enumerate(_resolve(policy)):
-        x = fn(jax.random.fold_in(key, i), x)
+        y = fn(jax.random.fold_in(key, i), x)
+        if y.shape != x.shape:  # found while tracing: an error at compile time, before any step runs
+            raise ValueError(f"augmentation {names[i]!r} (augment.policy={policy!r}) returned images of shape "
+                             f"{y.shape} for {x.shape}; an augmentation returns images of the shape it gets")
+        x = y
     return x

@@ -6,6 +6,8 @@ arguments. `loss` is the scalar minimised; `metrics` a flat dict of scalars that
 
 from __future__ import annotations
 
+import numpy as np
+
 from jaxgen import registry
 from jaxgen.objectives.vae import elbo, iwae
 
@@ -15,3 +17,38 @@ OBJECTIVES = {"elbo": elbo, "iwae": iwae}
 def get(name: str):
     """The objective function named `name`: a key of OBJECTIVES or 'package.module:function'."""
     return registry.resolve("objective", name, OBJECTIVES)
+
+
+def check_scalars(what: str, losses: dict, metrics, *, contract: str, reserved: tuple[str, ...] = ()) -> None:
+    """Raises ValueError naming `what` (e.g. "objective 'my.mod:fn'") and the fix unless every value of `losses`
+    ({name: value}) is a scalar, `metrics` is a dict of scalars and none of its names is in `reserved` (the
+    trainer's own metrics, which it would replace). Values may be arrays or jax.ShapeDtypeStructs (a trace)."""
+    for name, value in losses.items():
+        if np.shape(value) != ():
+            raise ValueError(f"{what} returned {name} of shape {tuple(np.shape(value))}; it must be a scalar: the mean "
+                             f"over the batch (jnp.mean). Expected: {contract}")
+    if not isinstance(metrics, dict):
+        raise ValueError(f"{what} returned {type(metrics).__name__} for its metrics; expected a dict of scalars. "
+                         f"Expected: {contract}")
+    for name, value in metrics.items():
+        if np.shape(value) != ():
+            raise ValueError(f"{what}: metric {name!r} has shape {tuple(np.shape(value))}; metrics are scalars "
+                             "(e.g. jnp.mean over the batch)")
+    clash = sorted(set(metrics) & set(reserved))
+    if clash:
+        raise ValueError(f"{what}: metric name(s) {clash} are the trainer's own (it logs {', '.join(reserved)}); "
+                         "rename them, e.g. with a prefix")
+
+
+def check_objective(objective, name: str, params, x, keys, *, model, cfg) -> None:
+    """Checks, by tracing it once (no computation), that the objective returns (scalar loss, dict of scalar
+    metrics with 'loss')."""
+    import jax  # noqa: PLC0415
+
+    contract = "fn(params, x, keys, *, model, cfg) -> (loss, metrics)"
+    out = jax.eval_shape(lambda p, x, k: objective(p, x, k, model=model, cfg=cfg), params, x, keys)
+    if not (isinstance(out, tuple) and len(out) == 2):
+        raise ValueError(f"objective {name!r} returned {type(out).__name__}; expected {contract}")
+    loss, metrics = out
+    check_scalars(f"objective {name!r}", {"loss": loss}, metrics, contract=contract,
+                  reserved=("grad_norm", "param_norm", "lr", "finite", "step"))

@@ -113,3 +113,40 @@ def get_loss(name: str) -> Callable:
 
 def get_regularizer(name: str) -> Callable | None:
     return registry.resolve("regularizer", name, REGULARIZERS)
+
+
+# Metrics the GAN step logs itself: a loss's or regularizer's metrics must not reuse these names.
+STEP_METRICS = ("d_loss", "g_loss", "d_real", "d_fake", "d_fake_after", "reg", "d_grad_norm", "g_grad_norm", "d_lr",
+                "g_lr", "finite", "step")
+
+
+def check_loss(loss_fn: Callable, name: str, batch: int = 4) -> None:
+    """Checks, by tracing it once on [batch] inputs (no computation), that a loss returns
+    (scalar d_loss, scalar g_loss, dict of scalar metrics) whose metric names are not the step's own."""
+    from jaxgen.objectives import check_scalars  # noqa: PLC0415
+
+    contract = "loss(d_real [B], d_fake [B]) -> (d_loss, g_loss, metrics)"
+    d = jax.ShapeDtypeStruct((batch,), jnp.float32)
+    out = jax.eval_shape(loss_fn, d, d)
+    if not (isinstance(out, tuple) and len(out) == 3):
+        raise ValueError(f"loss.name={name!r} returned {type(out).__name__}"
+                         f"{f' of {len(out)}' if isinstance(out, tuple) else ''}; expected {contract}")
+    check_scalars(f"loss.name={name!r}", {"d_loss": out[0], "g_loss": out[1]}, out[2], contract=contract,
+                  reserved=STEP_METRICS)
+
+
+def check_regularizer(reg_fn: Callable | None, name: str, image_shape, batch: int = 2) -> None:
+    """Checks, by tracing it once with a stand-in D (no computation), that a regularizer returns
+    (scalar penalty, dict of scalar metrics) whose metric names are not the step's own."""
+    if reg_fn is None:
+        return
+    from jaxgen.objectives import check_scalars  # noqa: PLC0415
+
+    contract = "reg(d_fn, real [B, H, W, C], fake [B, H, W, C], keys [B]) -> (penalty, metrics)"
+    x = jax.ShapeDtypeStruct((batch, *image_shape), jnp.float32)
+    keys = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), batch))
+    d_fn = lambda v: jnp.sum(v, axis=tuple(range(1, v.ndim)))  # noqa: E731 (D's contract: [B, H, W, C] -> [B])
+    out = jax.eval_shape(lambda r, f, k: reg_fn(d_fn, r, f, k), x, x, keys)
+    if not (isinstance(out, tuple) and len(out) == 2):
+        raise ValueError(f"reg.name={name!r} returned {type(out).__name__}; expected {contract}")
+    check_scalars(f"reg.name={name!r}", {"penalty": out[0]}, out[1], contract=contract, reserved=STEP_METRICS)

@@ -41,9 +41,11 @@ class GANTask:
         parallel.check_batch(c.eval.batch_size, self.mesh, "eval.batch_size")
         self.loss_fn = gan_obj.get_loss(c.loss.name)
         self.reg_fn = gan_obj.get_regularizer(c.reg.name)
+        gan_obj.check_loss(self.loss_fn, c.loss.name)
         augment.check_policy(c.augment.policy)
         self.train = data.load(c.data, c.data.train_split)
         self.test = data.load(c.data, c.data.test_split)
+        gan_obj.check_regularizer(self.reg_fn, c.reg.name, self.train.shape)
         if len(self.train) < c.train.batch_size:
             raise ValueError(f"train split has {len(self.train)} examples, fewer than train.batch_size="
                              f"{c.train.batch_size}; lower the batch size")

@@ -43,6 +43,10 @@ class VAETask:
         self.tx, self.lr = optim.make(config.optim, config.train.steps)
         self.create = functools.partial(state_lib.create, self.model, self.tx, self.train.shape, config.seed,
                                         config.train.ema_decay > 0)
+        objectives.check_objective(  # a user's objective that breaks its contract fails here, naming it
+            self.objective, config.objective.name, jax.eval_shape(self.create)["params"],
+            jax.ShapeDtypeStruct((2, *self.train.shape), jax.numpy.float32),
+            jax.eval_shape(lambda: jax.random.split(jax.random.key(0), 2)), model=self.model, cfg=config.objective)
         n_eval = config.eval.num_examples or len(self.test)
         self.eval_images = self.test.image[:n_eval]
 

@@ -1,0 +1,108 @@
+"""A researcher's own loss, regularizer, objective, augmentation or dataset that breaks its contract fails before
+training, with an error naming the config field, what came back and what was expected."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxgen import data, objectives, registry
+from jaxgen.config import gan_config
+from jaxgen.data import augment
+from jaxgen.objectives import gan as gan_obj
+
+
+def per_example_loss(d_real, d_fake):
+    return jax.nn.softplus(-d_real) + jax.nn.softplus(d_fake), jax.nn.softplus(-d_fake), {}
+
+
+def clashing_loss(d_real, d_fake):
+    d, g, _ = gan_obj.non_saturating(d_real, d_fake)
+    return d, g, {"d_real": jnp.mean(jax.nn.sigmoid(d_real))}  # would replace the step's raw D output
+
+
+def two_value_loss(d_real, d_fake):
+    return jnp.mean(d_real), jnp.mean(d_fake)
+
+
+def penalty_only(d_fn, real, fake, keys):
+    return jnp.mean(d_fn(real) ** 2)
+
+
+def vector_metric_penalty(d_fn, real, fake, keys):
+    return jnp.mean(d_fn(real) ** 2), {"per_example": d_fn(real)}
+
+
+def crop(key, x):
+    return x[:, 2:-2, 2:-2]
+
+
+def images_only(data_config, split):
+    return np.zeros((4, 8, 8, 1), np.uint8)
+
+
+def per_example_objective(params, x, keys, *, model, cfg):
+    loss, metrics = objectives.get("elbo")(params, x, keys, model=model, cfg=cfg)
+    return jnp.broadcast_to(loss, (x.shape[0],)), metrics
+
+
+@pytest.mark.parametrize("name, message", [
+    ("per_example_loss", r"returned d_loss of shape \(4,\); it must be a scalar: the mean over the batch"),
+    ("clashing_loss", r"metric name\(s\) \['d_real'\] are the trainer's own.*rename them"),
+    ("two_value_loss", r"returned tuple of 2; expected loss\(d_real \[B\], d_fake \[B\]\) -> \(d_loss, g_loss, "),
+])
+def test_a_gan_loss_that_breaks_its_contract_is_named(name, message):
+    path = f"tests.test_user_functions:{name}"
+    with pytest.raises(ValueError, match=f"loss.name='{path}':? " + message):
+        gan_obj.check_loss(gan_obj.get_loss(path), path)
+    for built_in in gan_obj.LOSSES:
+        gan_obj.check_loss(gan_obj.get_loss(built_in), built_in)
+
+
+@pytest.mark.parametrize("name, message", [
+    ("penalty_only", r"returned ShapeDtypeStruct; expected reg\(d_fn, real"),
+    ("vector_metric_penalty", r"metric 'per_example' has shape \(2,\); metrics are scalars"),
+])
+def test_a_regularizer_that_breaks_its_contract_is_named(name, message):
+    path = f"tests.test_user_functions:{name}"
+    with pytest.raises(ValueError, match=f"reg.name='{path}':? {message}"):
+        gan_obj.check_regularizer(gan_obj.get_regularizer(path), path, (8, 8, 1))
+    for built_in in ("r1", "gp", "none"):
+        gan_obj.check_regularizer(gan_obj.get_regularizer(built_in), built_in, (8, 8, 1))
+
+
+def test_an_augmentation_that_changes_the_shape_is_named():
+    x = jnp.zeros((2, 8, 8, 1))
+    with pytest.raises(ValueError, match=r"augmentation 'tests.test_user_functions:crop' .* returned images of shape "
+                                         r"\(2, 4, 4, 1\) for \(2, 8, 8, 1\)"):
+        augment.apply("flip,tests.test_user_functions:crop", jax.random.key(0), x)
+
+
+def test_a_dataset_that_returns_only_images_names_the_pair():
+    cfg = gan_config().data
+    cfg.name = "tests.test_user_functions:images_only"
+    with pytest.raises(ValueError, match=r"returned ndarray; a dataset function returns the pair \(images uint8"):
+        data.load(cfg, "train")
+
+
+def test_a_vae_objective_returning_per_example_losses_fails_at_build(tmp_path):
+    from jaxgen.training import loop
+    from tests.conftest import CONFIGS, config_module
+
+    c = config_module(CONFIGS / "vae_mnist.py").get_config("smoke")
+    c.unlock()
+    c.objective.name = "tests.test_user_functions:per_example_objective"
+    with pytest.raises(ValueError, match=r"objective '.*per_example_objective' returned loss of shape \(2,\); it "
+                                         r"must be a scalar"):
+        loop.build_task(c, tmp_path)
+
+
+def test_a_module_whose_own_import_fails_is_not_blamed_on_pythonpath(tmp_path, monkeypatch):
+    (tmp_path / "mylosses.py").write_text("import nonexistent_pkg_xyz\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(registry.UnknownNameError, match="importing module 'mylosses' failed: ModuleNotFoundError: "
+                                                        "No module named 'nonexistent_pkg_xyz'") as e:
+        gan_obj.get_loss("mylosses:loss")
+    assert "PYTHONPATH" not in str(e.value)
+    with pytest.raises(registry.UnknownNameError, match="cannot import module 'not_there.sub'.*PYTHONPATH"):
+        gan_obj.get_loss("not_there.sub:loss")
