@@ -229,6 +229,9 @@ def smoke(config: ml_collections.ConfigDict) -> None:
     config.eval.extractors = tuple(e for e in config.eval.extractors if e != "inception")
     config.sample.num = 32
     config.sample.per_grid = 16
+    for block in ("optim", "g_optim", "d_optim"):  # a warmup longer than the run would leave the lr near zero
+        if block in config:
+            config[block].warmup_steps = min(config[block].warmup_steps, config.train.steps // 4)
     if config.task == "vae":
         config.eval.nll_k = 8
         config.eval.final_nll_k = 16
@@ -294,6 +297,10 @@ def check(config: ml_collections.ConfigDict) -> None:
             )
     if config.data.binarize not in ("dynamic", "none"):
         raise ValueError(f"data.binarize must be 'dynamic' or 'none', got {config.data.binarize!r}")
+    for block in ("optim", "g_optim", "d_optim"):
+        if block in config and config[block].warmup_steps >= t.steps > 0:
+            log.warning("%s.warmup_steps=%d >= train.steps=%d: the learning rate never reaches %s.lr=%g",
+                        block, config[block].warmup_steps, t.steps, block, config[block].lr)
     if config.task == "vae":
         if config.objective.k < 1 or config.eval.nll_k < 1 or config.eval.final_nll_k < 1:
             raise ValueError("objective.k, eval.nll_k and eval.final_nll_k must be >= 1")

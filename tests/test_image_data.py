@@ -225,10 +225,10 @@ def test_cache_files_are_readable_as_open_would_make_them(tmp_path):
     """Caches in a shared data dir must stay readable by the others who share it (mkstemp alone gives 0600)."""
     import os
 
-    from jaxgen import cache_files
+    from jaxgen import atomic
 
     path = tmp_path / "c.npz"
-    cache_files.write_npz(path, image=np.zeros((2, 2), np.uint8))
+    atomic.write_npz(path, image=np.zeros((2, 2), np.uint8))
     mask = os.umask(0)
     os.umask(mask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~mask

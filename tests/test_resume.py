@@ -24,6 +24,9 @@ def test_resume_equals_a_straight_run_bitwise(smoke_config, tmp_path):
     c = smoke_config
     c.eval.every = 0
     c.checkpoint.every = 10
+    # The run is stopped by a shorter train.steps, which would also shorten a cosine schedule: a constant lr here
+    # (the SIGTERM test below stops a cosine run without touching train.steps).
+    c.optim.schedule = "constant"
     c.train.steps = 20
     loop.train_and_evaluate(c, tmp_path / "straight")
     c.train.steps = 10
@@ -36,6 +39,77 @@ def test_resume_equals_a_straight_run_bitwise(smoke_config, tmp_path):
         if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
             x, y = jax.random.key_data(x), jax.random.key_data(y)
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_sigterm_checkpoints_the_step_reached_and_the_resumed_run_ends_as_a_straight_one(smoke_config, tmp_path,
+                                                                                         monkeypatch):
+    """A scheduler's SIGTERM arrives during the 3rd compiled call: the run finishes that call, checks it, writes a
+    train record and a checkpoint at the step it reached (not a multiple of checkpoint.every), and raises
+    RunStopped; the same command then ends bitwise where an uninterrupted run ends."""
+    import os
+    import signal
+
+    from jaxgen.reporting.writer import read
+
+    c = smoke_config
+    c.eval.every = 0
+    c.checkpoint.every = 20
+    c.train.steps = 20
+    loop.train_and_evaluate(c, tmp_path / "straight")
+    build, calls = loop.build_task, []
+
+    def build_with_a_notice(config, workdir):
+        task = build(config, workdir)
+        compile_train = task.compile_train
+
+        def compiled():
+            fn = compile_train()
+
+            def call(state, data):
+                calls.append(1)
+                if len(calls) == 3:
+                    os.kill(os.getpid(), signal.SIGTERM)
+                return fn(state, data)
+            return call
+        task.compile_train = compiled
+        return task
+
+    monkeypatch.setattr(loop, "build_task", build_with_a_notice)
+    k = c.train.steps_per_dispatch
+    with pytest.raises(loop.RunStopped, match=f"stopped by SIGTERM at step {3 * k}"):
+        loop.train_and_evaluate(c, tmp_path / "stopped")
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is gone with the loop
+    assert sorted(int(p.name) for p in (tmp_path / "stopped" / "checkpoints").iterdir() if p.name.isdigit()) == [3 * k]
+    assert read(tmp_path / "stopped" / "metrics.jsonl")[-1]["step"] == 3 * k
+    monkeypatch.setattr(loop, "build_task", build)
+    loop.train_and_evaluate(c, tmp_path / "stopped")
+    a, b = _final_state(c, tmp_path / "straight"), _final_state(c, tmp_path / "stopped")
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            x, y = jax.random.key_data(x), jax.random.key_data(y)
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_a_run_stopped_during_an_eval_has_not_yet_checkpointed_that_step(smoke_config, tmp_path, monkeypatch):
+    """The checkpoint of an eval step is written after its eval, images and best checkpoint: a run killed in
+    between resumes from the checkpoint before and evaluates that step again, instead of losing its eval."""
+    c = smoke_config
+    c.eval.every = c.checkpoint.every = 10
+    c.train.steps = 20
+    build = loop.build_task
+
+    def build_failing_eval(config, workdir):
+        task = build(config, workdir)
+
+        def evaluate(state, final):
+            raise KeyboardInterrupt  # the user's Ctrl-C, or a kill, while step 10 is evaluated
+        task.evaluate = evaluate
+        return task
+
+    monkeypatch.setattr(loop, "build_task", build_failing_eval)
+    with pytest.raises(KeyboardInterrupt):
+        loop.train_and_evaluate(c, tmp_path)
+    assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
 
 
 def _state(cfg, mesh):
@@ -173,3 +247,40 @@ def test_a_resumed_run_rewrites_the_metrics_of_the_steps_it_repeats(tmp_path):
     again.close()
     evals = [(r["step"], r["elbo"]) for r in read(tmp_path / "metrics.jsonl") if r["split"] == "eval"]
     assert evals == [(20, -1.0), (30, -3.0)]  # one eval record a step, the newest
+
+
+def test_files_torn_by_a_kill_are_dropped_or_rewritten_not_fatal(tmp_path, caplog):
+    """Power loss or a full disk can leave a half-written last line in metrics.jsonl, or an empty best.json or
+    config.json: the next start warns and goes on (every other file is written to a temporary name first)."""
+    import json
+
+    import ml_collections
+
+    from jaxgen.reporting.writer import MetricWriter, read
+    from jaxgen.training import workdir as wd
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 10, "split": "train", "loss": 1.0}\n{"step": 20, "split": "tr')
+    with caplog.at_level(logging.WARNING, logger="jaxgen"):
+        assert read(path) == [{"step": 10, "split": "train", "loss": 1.0}]
+        w = MetricWriter(tmp_path, enabled=True, resume_step=10)
+        w.write(20, "train", {"loss": 2.0})
+        w.close()
+    assert "torn last line" in caplog.text
+    assert [r["step"] for r in read(path)] == [10, 20]
+    path.write_text('{"step": 10, "split": "train"}\nnot json\n{"step": 20, "split": "train"}\n')
+    with pytest.raises(ValueError, match=r"metrics.jsonl, line 2, is not JSON"):
+        read(path)
+
+    (tmp_path / "best").mkdir()
+    (tmp_path / "best" / "best.json").write_text("")
+    with caplog.at_level(logging.WARNING, logger="jaxgen"):
+        keeper = checkpoint.BestKeeper(tmp_path, "elbo", "max")
+    assert keeper.record is None and "best.json cannot be read" in caplog.text
+
+    (tmp_path / "config.json").write_text('{"seed": ')
+    cfg = ml_collections.ConfigDict({"seed": 1})
+    with caplog.at_level(logging.WARNING, logger="jaxgen"):
+        wd.save_config(cfg, tmp_path)
+    assert "config.json cannot be read" in caplog.text
+    assert json.loads((tmp_path / "config.json").read_text()) == {"seed": 1}

@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from jaxgen import parallel
-from jaxgen.cache_files import write_npz
+from jaxgen.atomic import write_npz
 
 log = logging.getLogger("jaxgen")
 

@@ -19,7 +19,7 @@ import numpy as np
 import optax
 from flax import traverse_util
 
-from jaxgen import cache_files
+from jaxgen import atomic
 from jaxgen.data.image_folder import data_dir
 
 log = logging.getLogger("jaxgen")
@@ -89,7 +89,7 @@ def load_or_train(data_config, images: np.ndarray, labels: np.ndarray, *, steps:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         flat = {"/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(params).items()}
-        cache_files.write_npz(path, **flat)  # atomic, unique temporary name: hosts may share the data dir
+        atomic.write_npz(path, **flat)  # atomic, unique temporary name: hosts may share the data dir
     except OSError as e:  # a read-only data dir: the metric still works, the classifier is retrained next time
         log.warning("Could not cache the metric classifier at %s: %s", path, e)
     return params

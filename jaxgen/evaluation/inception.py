@@ -44,7 +44,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
-from jaxgen import cache_files, parallel
+from jaxgen import atomic, parallel
 from jaxgen.evaluation.torch_pickle import read_torch_state_dict
 
 WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d"
@@ -343,7 +343,7 @@ def save_npz(variables: dict, path, source_sha256: str) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     flat = {"/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(variables).items()}
-    cache_files.write_npz(path, **flat, __format__=np.array(NPZ_FORMAT), __source_sha256__=np.array(source_sha256))
+    atomic.write_npz(path, **flat, __format__=np.array(NPZ_FORMAT), __source_sha256__=np.array(source_sha256))
     return path
 
 
@@ -391,7 +391,7 @@ def _download(dst: Path) -> None:
         except OSError as e:  # URLError, timeouts, refused connections: offline machines fail here, fast
             raise WeightsNotFoundError(_missing_message(f"the download failed ({e}).", offer_download=False)) from e
         _verified(Path(tmp))
-        os.chmod(tmp, cache_files.FILE_MODE)  # mkstemp's 0600 would hide it from others sharing the cache
+        os.chmod(tmp, atomic.FILE_MODE)  # mkstemp's 0600 would hide it from others sharing the cache
         os.replace(tmp, dst)
     finally:
         Path(tmp).unlink(missing_ok=True)

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from jaxgen import cache_files, parallel, registry
+from jaxgen import atomic, parallel, registry
 from jaxgen.data.image_folder import data_dir
 from jaxgen.evaluation import sample_metrics
 
@@ -165,7 +165,7 @@ def _save(path: Path, arrays: dict) -> None:
     may all write it."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        cache_files.write_npz(path, **arrays)
+        atomic.write_npz(path, **arrays)
     except OSError as e:  # a read-only data dir: the metrics still work, the features are recomputed next time
         log.warning("Could not cache reference features at %s: %s", path, e)
 

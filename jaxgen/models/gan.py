@@ -37,8 +37,9 @@ def _check(model: str, image_shape, supported: tuple[int, ...], norms=(), dtype:
     h, w = image_shape[:2]
     if h != w or h not in supported:
         raise ValueError(
-            f"{model} supports resolutions {', '.join(map(str, sorted(supported)))}; got {h}x{w} "
-            "(set data.resolution to one of them)"
+            f"{model} supports resolutions {', '.join(map(str, sorted(supported)))}; got {h}x{w}. "
+            "data.resolution resizes image_folder and celeb_a images; other datasets come at their own size "
+            "(mnist 28, cifar10 32): pick a model that supports it"
         )
     for what, norm in norms:
         if norm not in NORMS:

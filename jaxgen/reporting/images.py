@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxgen import atomic
+
 
 def grid(images: np.ndarray, ncol: int | None = None, pad: int = 1) -> np.ndarray:
     """Tiles images [N, H, W, C] with values in [0, 1] into one uint8 image [rows*(H+pad)+pad, ..., C]."""
@@ -26,5 +28,5 @@ def save_png(path: Path, images: np.ndarray, ncol: int | None = None, scale: int
 
     g = grid(images, ncol)
     g = np.repeat(np.repeat(g, scale, 0), scale, 1)
-    Image.fromarray(g[..., 0] if g.shape[-1] == 1 else g).save(path)
-    return Path(path)
+    image = Image.fromarray(g[..., 0] if g.shape[-1] == 1 else g)
+    return atomic.write_with(path, lambda f: image.save(f, format="PNG"))  # a killed run leaves no torn PNG

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxgen import atomic
 from jaxgen.reporting import writer
 
 
@@ -38,7 +39,7 @@ def loss_curves(metrics_path: Path, out: Path, keys: tuple[str, ...] = ("loss", 
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
+    atomic.write_with(out, lambda f: fig.savefig(f, dpi=100, format="png"))
     plt.close(fig)
     return Path(out)
 
@@ -58,7 +59,7 @@ def latent_scatter(mu: np.ndarray, labels: np.ndarray, out: Path) -> Path:
     fig.colorbar(sc, ax=ax, label="label")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
+    atomic.write_with(out, lambda f: fig.savefig(f, dpi=100, format="png"))
     plt.close(fig)
     return Path(out)
 
@@ -86,6 +87,6 @@ def gan_curves(metrics_path: Path, out: Path) -> Path | None:
         ax.legend()
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
+    atomic.write_with(out, lambda f: fig.savefig(f, dpi=100, format="png"))
     plt.close(fig)
     return Path(out)

@@ -6,10 +6,15 @@ Only process 0 writes; on the others the writer does nothing.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
 import jax
+
+from jaxgen import atomic
+
+log = logging.getLogger("jaxgen")
 
 
 class MetricWriter:
@@ -56,21 +61,40 @@ def _drop_after(path: Path, step: int) -> None:
 
 
 def _drop(path: Path, unwanted) -> None:
-    """Rewrites metrics.jsonl without the records `unwanted(record)` is true of (atomically; untouched if none)."""
+    """Rewrites metrics.jsonl without the records `unwanted(record)` is true of, and without a torn last line
+    (atomically; untouched if there is nothing to drop)."""
     if not path.exists():
         return
     lines = path.read_text().splitlines(keepends=True)
-    keep = [line for line in lines if not line.strip() or not unwanted(json.loads(line))]
-    if len(keep) == len(lines):
+    records = _parse(path, lines)
+    keep = [line for line, r in zip(lines, records) if r is not None and not unwanted(r)]
+    if len(keep) == sum(bool(line.strip()) for line in lines):
         return
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(keep))
-    tmp.replace(path)
+    atomic.write_text(path, "".join(keep))
+
+
+def _parse(path: Path, lines: list[str]) -> list[dict | None]:
+    """The record of each line (None for a blank line, and for a torn last line: a run killed while appending it,
+    which is logged). Any other line that is not JSON is an error naming the file and line."""
+    out = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            out.append(None)
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if any(rest.strip() for rest in lines[i + 1 :]):
+                raise ValueError(f"{path}, line {i + 1}, is not JSON ({e}); fix or delete that line") from e
+            log.warning("Ignoring the torn last line of %s (a run stopped while writing it): %r", path,
+                        line[:80])
+            out.append(None)
+    return out
 
 
 def read(path: Path) -> list[dict]:
-    """The records of a metrics.jsonl file (missing file: none)."""
+    """The records of a metrics.jsonl file (missing file: none; a torn last line is skipped)."""
     path = Path(path)
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in _parse(path, path.read_text().splitlines()) if r is not None]

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from jaxgen import parallel
+from jaxgen import atomic, parallel
 
 log = logging.getLogger(__name__)
 
@@ -137,8 +137,7 @@ def _mismatch_message(workdir: Path, subdir: str, step: int, diff: dict[str, lis
     for kind, paths in diff.items():
         more = f" ... and {len(paths) - shown} more" if len(paths) > shown else ""
         lines.append(f"  {kind} ({len(paths)}): {', '.join(paths[:shown])}{more}")
-    previous = workdir / "config.previous.json"
-    saved_config = previous if previous.exists() else workdir / "config.json"
+    saved_config = workdir / "config.json"  # written by the last run that started from these checkpoints
     return (
         f"the checkpoint at step {step} in {workdir / subdir} was written by a different configuration: the state it "
         f"holds does not match the one this config builds.\n" + "\n".join(lines) + "\n"
@@ -179,7 +178,13 @@ class BestKeeper:
         self.metric, self.mode, self.not_final = metric, mode, tuple(not_final)
         self.dir = Path(workdir).absolute() / "best"
         self.record_path = self.dir / "best.json"
-        self.record = json.loads(self.record_path.read_text()) if self.record_path.exists() else None
+        self.record = None
+        if self.record_path.exists():
+            try:
+                self.record = json.loads(self.record_path.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                log.warning("The best checkpoint record %s cannot be read (%s); the next eval starts it again",
+                            self.record_path, e)
         if self.record is not None and (fresh or self.record.get("metric") != metric
                                         or self.record.get("mode") != mode):
             why = "this run starts from scratch" if fresh else f"it was kept by {self.record.get('metric')} " \
@@ -216,7 +221,7 @@ class BestKeeper:
             self._mgr.wait_until_finished()
         self.record = {"step": step, "metric": self.metric, "mode": self.mode, "value": value}
         if jax.process_index() == 0:
-            self.record_path.write_text(json.dumps(self.record, indent=2) + "\n")
+            atomic.write_text(self.record_path, json.dumps(self.record, indent=2) + "\n")
         log.info("New best %s = %.4g at step %d (kept in %s)", self.metric, value, step, self.dir)
         return True
 

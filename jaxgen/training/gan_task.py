@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
+from jaxgen import atomic, data, parallel
 from jaxgen import config as config_lib
-from jaxgen import data, parallel
 from jaxgen.data import augment
 from jaxgen.evaluation import quality
 from jaxgen.models import gan as gan_models
@@ -224,6 +224,4 @@ class GANTask:
                 keep = h["steps"] < step  # a resumed run rewrites the evaluations it repeats
                 row = np.concatenate([h["images"][keep], row])
                 steps = np.concatenate([h["steps"][keep], steps])
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, images=row, steps=steps)
-        tmp.replace(path)
+        atomic.write_npz(path, images=row, steps=steps)

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, Protocol
 
 import jax
 import numpy as np
 
+from jaxgen import atomic, parallel, registry
 from jaxgen import data as data_lib
-from jaxgen import parallel, registry
 from jaxgen.evaluation import quality
 from jaxgen.reporting import images
 from jaxgen.reporting.writer import MetricWriter
@@ -26,14 +29,79 @@ from jaxgen.training import workdir as wd
 
 log = logging.getLogger("jaxgen")
 
-TASKS = {"vae": vae_task.VAETask, "gan": gan_task.GANTask}
+
+
+class Task(Protocol):
+    """What the loop needs of a task (jaxgen.training.vae_task.VAETask, gan_task.GANTask): built once from a config
+    by `Task(config, workdir)`, it owns the data, the models, the compiled train function and the evaluation."""
+
+    config: Any
+    workdir: Path
+    mesh: jax.sharding.Mesh
+    train: data_lib.ImageData
+    test: data_lib.ImageData
+    headline: tuple[str, ...]  # metrics shown on the progress bar
+    not_final: tuple[str, ...]  # eval metrics measured another way at the final eval (not compared for the best)
+
+    def create(self) -> dict: ...  # a fresh train state (jit it with out_shardings)
+    def describe(self) -> str: ...
+    def compile_train(self) -> Callable: ...  # (state, data) -> (state, metrics [steps_per_dispatch])
+    def evaluate(self, state: dict, final: bool) -> dict: ...
+    def samples(self, state: dict, n: int) -> np.ndarray: ...  # uint8 [n, H, W, C], on every process
+    def eval_line(self, ev: dict) -> str: ...
+    def eval_record(self, state: dict) -> dict: ...  # what stands beside the numbers in eval.json
+    def summary(self, final: dict) -> str: ...
+    def save_images(self, state: dict, suffix: str = "") -> None: ...
+
+
+TASKS: dict[str, Callable[..., Task]] = {"vae": vae_task.VAETask, "gan": gan_task.GANTask}
 
 
 class NonFiniteLossError(FloatingPointError):
     """A step produced a NaN or Inf loss or gradient; the run stopped before saving it."""
 
 
-def build_task(config, workdir: Path):
+class RunStopped(Exception):
+    """The run was asked to stop (SIGTERM) and did, after checkpointing the step it had reached."""
+
+    def __init__(self, step: int):
+        super().__init__(f"stopped by SIGTERM at step {step}, checkpointed; the same command resumes it")
+        self.step = step
+
+
+class _StopRequest:
+    """SIGTERM (a scheduler's or a preemptible machine's notice) as a flag the loop polls between compiled calls.
+
+    The handler is installed for the loop's duration when the loop runs in the main thread. With several processes
+    the flag is combined over them at log steps, so that all stop at the same step (a process that has the notice
+    and one that has not would otherwise wait on each other's collectives)."""
+
+    def __init__(self):
+        self.flag, self.previous = False, None
+
+    def install(self) -> None:
+        try:
+            self.previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread: no handler, SIGTERM keeps its default
+            self.previous = None
+
+    def uninstall(self) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+
+    def _handle(self, signum, frame):
+        del signum, frame
+        if not self.flag:
+            log.warning("SIGTERM: stopping after the current compiled call; the state will be checkpointed")
+        self.flag = True
+
+    def requested(self, at_log_step: bool) -> bool:
+        if jax.process_count() == 1:
+            return self.flag
+        return at_log_step and bool(parallel.allgather_ints(int(self.flag)).any())
+
+
+def build_task(config, workdir: Path) -> Task:
     """The task object for `config.task` ('vae' or 'gan')."""
     return registry.resolve("task", config.task, TASKS)(config, workdir)
 
@@ -110,10 +178,10 @@ def train_and_evaluate(config, workdir) -> dict:
             f"the {split} data (shape and CRC-32 of the images)", parallel.fingerprint(arrays.image),
             "Every process must load the same dataset: point data.path / TFDS_DATA_DIR at the same files.")
     c = config
-    wd.save_config(c, workdir)
     log.info("%d devices (%d processes); global batch %d; %s", jax.device_count(), jax.process_count(),
              c.train.batch_size, task.describe())
     mgr, state = restore_or_init(task)
+    wd.save_config(c, workdir)  # after the restore: a config refused by the checkpoint leaves config.json as it was
     sq = sample_quality(task)
     best_name = quality.best_metric(c)
     best = None
@@ -124,6 +192,9 @@ def train_and_evaluate(config, workdir) -> dict:
     train_fn = task.compile_train()
     train_data = parallel.put_replicated({"image": task.train.image}, task.mesh)
     step = start = int(jax.device_get(state["step"]))
+    if step > c.train.steps:
+        log.warning("The newest checkpoint is at step %d, past train.steps=%d: nothing to train; step %d is evaluated "
+                    "(a longer train.steps continues the run)", step, c.train.steps, step)
     writer = MetricWriter(workdir, resume_step=step)
     k = c.train.steps_per_dispatch
     if (c.train.steps - step) % k:
@@ -137,8 +208,10 @@ def train_and_evaluate(config, workdir) -> dict:
     check = lambda m: _check_finite(m, mgr, workdir, task.headline)
     pending, window, previous = [], [], None
     t_log, step_log, t0 = time.perf_counter(), step, time.perf_counter()
+    stop, stopped = _StopRequest(), False
     try:
-        while step < c.train.steps:
+        stop.install()
+        while step < c.train.steps and not stopped:
             state, metrics = train_fn(state, train_data)
             step += k
             # One call behind, so the device stays busy while the host checks; only the flags come over each call
@@ -153,7 +226,9 @@ def train_and_evaluate(config, workdir) -> dict:
             due_log = step % c.train.log_every == 0 or done
             due_ckpt = step % c.checkpoint.every == 0 or done
             due_eval = bool(c.eval.every) and step % c.eval.every == 0 and not done
-            if due_log or due_ckpt or due_eval:  # every step so far gets checked finite
+            stopped = not done and stop.requested(due_log)
+            due_log = due_log or stopped  # the steps since the last record get theirs
+            if due_log or due_ckpt or due_eval or stopped:  # every step so far gets checked finite
                 host = jax.device_get(pending)
                 for m in host:
                     check(m)
@@ -169,8 +244,6 @@ def train_and_evaluate(config, workdir) -> dict:
                 writer.write(step, "train", {**means, "img_per_s": ips})
                 if bar is not None:
                     bar.set_postfix({**{h: f"{means[h]:.3g}" for h in task.headline}, "img_s": f"{ips:,.0f}"})
-            if due_ckpt:  # every step so far was checked finite: the state is safe to keep
-                checkpoint.save(mgr, state)
             if due_eval:
                 ev = evaluate(task, state, False, sq)
                 writer.write(step, "eval", scalars(ev))
@@ -178,11 +251,22 @@ def train_and_evaluate(config, workdir) -> dict:
                 if best is not None:
                     best.update(state, scalars(ev))
                 task.save_images(state, suffix=f"_{step:07d}")
+            # After the step's eval: a run stopped between the two resumes before this step and evaluates it again.
+            if due_ckpt or stopped:  # every step so far was checked finite: the state is safe to keep
+                checkpoint.save(mgr, state)
     finally:
+        stop.uninstall()
         if bar is not None:
             bar.close()
         mgr.wait_until_finished()
     train_time = time.perf_counter() - t0
+    if stopped:
+        for closing in (best, mgr, writer):
+            if closing is not None:
+                closing.close()
+        log.warning("Stopped by SIGTERM at step %d after %.1f s; checkpointed in %s. The same command resumes it.",
+                    step, train_time, workdir / "checkpoints")
+        raise RunStopped(step)
     try:
         final = _final_eval(task, state, writer, sq)
         if best is not None:
@@ -223,7 +307,7 @@ def _final_eval(task, state, writer: MetricWriter, sq, out_name: str = "eval.jso
     writer.write(step, "eval", scalars(final))
     if jax.process_index() == 0:
         record = {"step": step, **task.eval_record(state), **final}
-        (task.workdir / out_name).write_text(json.dumps(record, indent=2) + "\n")
+        atomic.write_text(task.workdir / out_name, json.dumps(record, indent=2) + "\n")
     if images:
         task.save_images(state)
     return final
@@ -273,7 +357,7 @@ def sample_checkpoint(config, workdir) -> Path:
     path = out / f"step_{step:07d}.npz"
     if jax.process_index() == 0:
         out.mkdir(exist_ok=True)
-        np.savez(path, images=samples, step=step)
+        atomic.write_npz(path, images=samples, step=step)
         per = config.sample.per_grid
         for i in range(0, len(samples), per):
             images.save_png(out / f"step_{step:07d}_{i // per:03d}.png", samples[i : i + per] / np.float32(255),

@@ -39,6 +39,9 @@ class VAETask:
         if len(self.train) < config.train.batch_size:
             raise ValueError(f"train split has {len(self.train)} examples, fewer than train.batch_size="
                              f"{config.train.batch_size}; lower the batch size")
+        if config.data.binarize == "dynamic" and self.train.shape[-1] == 3:
+            log.warning("data.binarize='dynamic' on colour images binarizes each channel of %s; for colour data set "
+                        "--config.data.binarize=none --config.objective.likelihood=gaussian", config.data.name)
         self.model = models.build(config.model, self.train.shape)
         self.tx, self.lr = optim.make(config.optim, config.train.steps)
         self.create = functools.partial(state_lib.create, self.model, self.tx, self.train.shape, config.seed,

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import jax
 
+from jaxgen import atomic
+
 log = logging.getLogger("jaxgen")
 
 
@@ -72,13 +74,13 @@ def save_config(config, workdir: Path) -> None:
         return
     path = workdir / "config.json"
     now = json.loads(config.to_json_best_effort(sort_keys=True))
-    if path.exists():
-        before = json.loads(path.read_text())
+    before = _read_json(path)
+    if before is not None:
         changed = sorted(_diff(before, now))
         if changed:
             log.warning("Config differs from the one this workdir was run with: %s", ", ".join(changed))
             path.rename(workdir / "config.previous.json")
-    path.write_text(json.dumps(now, indent=2, sort_keys=True) + "\n")
+    atomic.write_text(path, json.dumps(now, indent=2, sort_keys=True) + "\n")
 
 
 # Blocks a --mode=eval or --mode=sample command may set differently from training without changing the model.
@@ -92,13 +94,24 @@ def warn_config_drift(config, workdir: Path, mode: str) -> list[str]:
     if not path.exists():
         return []
     now = json.loads(config.to_json_best_effort(sort_keys=True))
-    changed = sorted(d for d in _diff(json.loads(path.read_text()), now)
+    changed = sorted(d for d in _diff(_read_json(path) or now, now)
                      if d.split(".")[0] not in (*EVAL_ONLY_BLOCKS, "train"))
     if changed:
         log.warning("--mode=%s runs with this command's config, which differs from the one the workdir was trained "
                     "with (%s) in: %s. Repeat the training command's overrides to %s the model as it was "
                     "trained.", mode, path, "; ".join(changed), "evaluate" if mode == "eval" else "sample")
     return changed
+
+
+def _read_json(path: Path) -> dict | None:
+    """The JSON object in `path`; None when missing, or unreadable (logged: a run stopped while writing it)."""
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        log.warning("%s cannot be read (%s); it will be written again", path, e)
+        return None
 
 
 def _diff(a, b, prefix=""):

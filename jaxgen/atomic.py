@@ -1,0 +1,48 @@
+"""Files written whole or not at all: a reader (another process, host or user, or the next run after a kill)
+sees the old file or the new one, never half of one."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# What open() would give a new file: mkstemp's 0600 would keep others who share the data dir from reading it.
+FILE_MODE = 0o666 & ~_umask()
+
+
+def write_with(path: Path, write: Callable[[IO[bytes]], object], suffix: str = ".tmp") -> Path:
+    """write(f) into a unique temporary file in the same folder (binary mode), then os.replace onto `path`: writers
+    (processes, hosts, users; their PIDs can coincide in containers) never collide. The file gets the mode open()
+    would give it."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=suffix)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.chmod(tmp, FILE_MODE)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path
+
+
+def write_npz(path: Path, **arrays) -> Path:
+    """np.savez, atomically (`write_with`)."""
+    return write_with(path, lambda f: np.savez(f, **arrays), suffix=".tmp.npz")
+
+
+def write_text(path: Path, text: str) -> Path:
+    """A UTF-8 text file, atomically (`write_with`)."""
+    return write_with(path, lambda f: f.write(text.encode()))
