@@ -31,6 +31,8 @@ def write_with(path: Path, write: Callable[[IO[bytes]], object], suffix: str = "
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
+            f.flush()
+            os.fsync(f.fileno())  # on disk before the rename: whole after a power loss too
         os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     finally:

@@ -231,7 +231,7 @@ def smoke(config: ml_collections.ConfigDict) -> None:
     config.sample.per_grid = 16
     for block in ("optim", "g_optim", "d_optim"):  # a warmup longer than the run would leave the lr near zero
         if block in config:
-            config[block].warmup_steps = min(config[block].warmup_steps, config.train.steps // 4)
+            config[block].warmup_steps = min(config[block].warmup_steps, _updates(config, block) // 4)
     if config.task == "vae":
         config.eval.nll_k = 8
         config.eval.final_nll_k = 16
@@ -298,9 +298,9 @@ def check(config: ml_collections.ConfigDict) -> None:
     if config.data.binarize not in ("dynamic", "none"):
         raise ValueError(f"data.binarize must be 'dynamic' or 'none', got {config.data.binarize!r}")
     for block in ("optim", "g_optim", "d_optim"):
-        if block in config and config[block].warmup_steps >= t.steps > 0:
-            log.warning("%s.warmup_steps=%d >= train.steps=%d: the learning rate never reaches %s.lr=%g",
-                        block, config[block].warmup_steps, t.steps, block, config[block].lr)
+        if block in config and config[block].warmup_steps >= _updates(config, block) > 0:
+            log.warning("%s.warmup_steps=%d >= the run's %d updates: the learning rate never reaches %s.lr=%g",
+                        block, config[block].warmup_steps, _updates(config, block), block, config[block].lr)
     if config.task == "vae":
         if config.objective.k < 1 or config.eval.nll_k < 1 or config.eval.final_nll_k < 1:
             raise ValueError("objective.k, eval.nll_k and eval.final_nll_k must be >= 1")
@@ -323,6 +323,11 @@ def check(config: ml_collections.ConfigDict) -> None:
             raise ValueError(f"model.dtype must be 'float32' or 'bfloat16', got {config.model.dtype!r}")
     else:
         raise ValueError(f"unknown task {config.task!r}; choices: gan, vae")
+
+
+def _updates(config, block: str) -> int:
+    """How many updates the optimizer `block` makes in the run (D: train.d_steps per step)."""
+    return config.train.steps * (config.train.d_steps if block == "d_optim" else 1)
 
 
 def _warn_vae_combinations(config) -> None:

@@ -286,6 +286,6 @@ def test_the_sampler_counts_non_finite_pixels_and_writes_them_as_zero(caplog):
         out = sampler(np.float32(0.0), 20, 16)
     assert out.shape == (20, 2, 2, 1) and out.dtype == np.uint8
     assert (out[:, 0, 0, 0] == 0).all() and (out[:, 0, 1, 0] == 255).all() and (out[:, 1] == 128).all()
-    assert "64 non-finite pixel values" in caplog.text  # 2 per sample in 2 batches of 16
+    assert "40 non-finite pixel values" in caplog.text  # 2 in each of the 20 samples (not the 12 made past them)
     with pytest.raises(ValueError, match="eval.batch_size=12 is not divisible by the 8 devices"):
         sampler(np.float32(0.0), 20, 12)

@@ -44,8 +44,9 @@ def test_resume_equals_a_straight_run_bitwise(smoke_config, tmp_path):
 def test_sigterm_checkpoints_the_step_reached_and_the_resumed_run_ends_as_a_straight_one(smoke_config, tmp_path,
                                                                                          monkeypatch):
     """A scheduler's SIGTERM arrives during the 3rd compiled call: the run finishes that call, checks it, writes a
-    train record and a checkpoint at the step it reached (not a multiple of checkpoint.every), and raises
-    RunStopped; the same command then ends bitwise where an uninterrupted run ends."""
+    train record and a checkpoint at the step it reached (not a multiple of checkpoint.every), skips that step's
+    eval (a notice leaves seconds) and raises RunStopped; the same command evaluates that step first and ends
+    bitwise where an uninterrupted run ends."""
     import os
     import signal
 
@@ -76,13 +77,17 @@ def test_sigterm_checkpoints_the_step_reached_and_the_resumed_run_ends_as_a_stra
 
     monkeypatch.setattr(loop, "build_task", build_with_a_notice)
     k = c.train.steps_per_dispatch
+    c.eval.every = 3 * k  # the stop lands on an eval step
     with pytest.raises(loop.RunStopped, match=f"stopped by SIGTERM at step {3 * k}"):
         loop.train_and_evaluate(c, tmp_path / "stopped")
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is gone with the loop
     assert sorted(int(p.name) for p in (tmp_path / "stopped" / "checkpoints").iterdir() if p.name.isdigit()) == [3 * k]
-    assert read(tmp_path / "stopped" / "metrics.jsonl")[-1]["step"] == 3 * k
+    records = read(tmp_path / "stopped" / "metrics.jsonl")
+    assert records[-1]["step"] == 3 * k and not [r for r in records if r["split"] == "eval"]
     monkeypatch.setattr(loop, "build_task", build)
     loop.train_and_evaluate(c, tmp_path / "stopped")
+    evals = [r["step"] for r in read(tmp_path / "stopped" / "metrics.jsonl") if r["split"] == "eval"]
+    assert evals[0] == 3 * k and evals.count(3 * k) == 1
     a, b = _final_state(c, tmp_path / "straight"), _final_state(c, tmp_path / "stopped")
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
@@ -92,7 +97,7 @@ def test_sigterm_checkpoints_the_step_reached_and_the_resumed_run_ends_as_a_stra
 
 def test_a_run_stopped_during_an_eval_has_not_yet_checkpointed_that_step(smoke_config, tmp_path, monkeypatch):
     """The checkpoint of an eval step is written after its eval, images and best checkpoint: a run killed in
-    between resumes from the checkpoint before and evaluates that step again, instead of losing its eval."""
+    between has not checkpointed that step, so the same command trains up to it again and evaluates it."""
     c = smoke_config
     c.eval.every = c.checkpoint.every = 10
     c.train.steps = 20
@@ -268,6 +273,11 @@ def test_files_torn_by_a_kill_are_dropped_or_rewritten_not_fatal(tmp_path, caplo
         w.close()
     assert "torn last line" in caplog.text
     assert [r["step"] for r in read(path)] == [10, 20]
+    path.write_text('{"step": 10, "split": "train", "loss": 1.0}')  # whole, but without its newline
+    w = MetricWriter(tmp_path, enabled=True)
+    w.write(20, "train", {"loss": 2.0})
+    w.close()
+    assert [r["step"] for r in read(path)] == [10, 20]
     path.write_text('{"step": 10, "split": "train"}\nnot json\n{"step": 20, "split": "train"}\n')
     with pytest.raises(ValueError, match=r"metrics.jsonl, line 2, is not JSON"):
         read(path)
@@ -277,6 +287,12 @@ def test_files_torn_by_a_kill_are_dropped_or_rewritten_not_fatal(tmp_path, caplo
     with caplog.at_level(logging.WARNING, logger="jaxgen"):
         keeper = checkpoint.BestKeeper(tmp_path, "elbo", "max")
     assert keeper.record is None and "best.json cannot be read" in caplog.text
+    (tmp_path / "best" / "best.json").write_text(json.dumps({"step": 20, "metric": "elbo", "mode": "max",
+                                                             "value": -90.0}))
+    assert checkpoint.BestKeeper(tmp_path, "elbo", "max", resume_step=20).record["step"] == 20
+    with caplog.at_level(logging.WARNING, logger="jaxgen"):  # kept by a run stopped before its checkpoint of 20
+        assert checkpoint.BestKeeper(tmp_path, "elbo", "max", resume_step=10).record is None
+    assert "it is of step 20, after step 10 this run resumes from" in caplog.text
 
     (tmp_path / "config.json").write_text('{"seed": ')
     cfg = ml_collections.ConfigDict({"seed": 1})

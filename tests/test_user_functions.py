@@ -41,6 +41,11 @@ def images_only(data_config, split):
     return np.zeros((4, 8, 8, 1), np.uint8)
 
 
+def no_loss_metric_objective(params, x, keys, *, model, cfg):
+    loss, metrics = objectives.get("elbo")(params, x, keys, model=model, cfg=cfg)
+    return loss, {k: v for k, v in metrics.items() if k != "loss"}
+
+
 def per_example_objective(params, x, keys, *, model, cfg):
     loss, metrics = objectives.get("elbo")(params, x, keys, model=model, cfg=cfg)
     return jnp.broadcast_to(loss, (x.shape[0],)), metrics
@@ -94,6 +99,9 @@ def test_a_vae_objective_returning_per_example_losses_fails_at_build(tmp_path):
     c.objective.name = "tests.test_user_functions:per_example_objective"
     with pytest.raises(ValueError, match=r"objective '.*per_example_objective' returned loss of shape \(2,\); it "
                                          r"must be a scalar"):
+        loop.build_task(c, tmp_path)
+    c.objective.name = "tests.test_user_functions:no_loss_metric_objective"
+    with pytest.raises(ValueError, match=r"its metrics have no 'loss' .* add metrics\['loss'\] = loss"):
         loop.build_task(c, tmp_path)
 
 

@@ -46,7 +46,8 @@ def test_eight_devices_give_the_params_of_one_with_the_same_global_batch(smoke_c
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-5)
     np.testing.assert_allclose(m8["loss"], m1["loss"], rtol=1e-5)
     # The gradient itself (not only Adam's scale-free update) is the global-batch mean: its norm and the
-    # optimizer's moments match too. (Under shard_map's default check_vma=True they would be 8x: see step.py.)
+    # optimizer's moments match too. (Under shard_map's default check_vma=True they
+    # would be 8x: see training/dispatch.py.)
     np.testing.assert_allclose(m8["grad_norm"], m1["grad_norm"], rtol=1e-4)
     for a, b in zip(jax.tree.leaves(s8["opt_state"]), jax.tree.leaves(s1["opt_state"])):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-3, atol=1e-7)

@@ -215,18 +215,20 @@ def make_sampler(sample_fn: Callable, mesh, *, key: jax.Array, dim: int, value_r
 
     Each call of the compiled body makes `batch` samples (a multiple of the mesh's device count), each device
     its share of them from its own latents, gathered on every device so that every process reads them all.
-    Rounded to 0..255 as a PNG writer does (`to_uint8`); non-finite pixels are counted, logged and written as 0.
+    Rounded to 0..255 as a PNG writer does (`to_uint8`); non-finite pixels are counted and logged, NaN and -inf
+    written as 0, +inf as 255.
     `variables` are replicated over `mesh`, or host arrays."""
     lo, hi = value_range
 
-    def body(variables, index):
+    def body(variables, index, n):
         x = (sample_fn(variables, stream_latents(key, index, dim)).astype(jnp.float32) - lo) / (hi - lo)
-        bad = jax.lax.psum(jnp.sum(~jnp.isfinite(x)), parallel.AXIS)
+        kept = (index < n).reshape(-1, *([1] * (x.ndim - 1)))  # the last batch's extra samples are not counted
+        bad = jax.lax.psum(jnp.sum(~jnp.isfinite(x) & kept), parallel.AXIS)
         x = jnp.nan_to_num(x, nan=0.0, posinf=1.0, neginf=0.0)
         return jnp.clip(jnp.round(x * 255.0), 0, 255).astype(jnp.uint8), bad
 
     out = parallel.replicated(mesh)
-    compiled = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(P(), P(parallel.AXIS)),
+    compiled = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(P(), P(parallel.AXIS), P()),
                                      out_specs=(P(parallel.AXIS), P()), check_vma=False), out_shardings=(out, out))
 
     def sample(variables, n: int, batch: int) -> np.ndarray:
@@ -235,7 +237,8 @@ def make_sampler(sample_fn: Callable, mesh, *, key: jax.Array, dim: int, value_r
             variables = parallel.put_replicated(variables, mesh)
         parts, bad, pending = [], 0, None
         for start in range(0, n, batch):
-            job = compiled(variables, parallel.put_batch(np.arange(start, start + batch, dtype=np.int32), mesh))
+            index = parallel.put_batch(np.arange(start, start + batch, dtype=np.int32), mesh)
+            job = compiled(variables, index, np.int32(n))
             if pending is not None:  # fetched one behind: the device makes a batch while the host copies one
                 parts.append(np.asarray(pending[0]))
                 bad += int(pending[1])
@@ -244,7 +247,8 @@ def make_sampler(sample_fn: Callable, mesh, *, key: jax.Array, dim: int, value_r
             parts.append(np.asarray(pending[0]))
             bad += int(pending[1])
         if bad:
-            log.warning("%d non-finite pixel values in generated samples (written as 0): the model has diverged",
+            log.warning("%d non-finite pixel values in generated samples (NaN, -inf written as 0, +inf as 255): "
+                        "the model has diverged",
                         bad)
         return np.concatenate(parts)[:n]
 
@@ -256,8 +260,8 @@ def to_uint8(images: np.ndarray, value_range: tuple[float, float]) -> np.ndarray
     lo, hi = value_range
     x = (np.asarray(images, np.float32) - lo) / (hi - lo)
     if not np.all(np.isfinite(x)):
-        log.warning("%d non-finite pixel values in generated samples (written as 0): the model has diverged",
-                    int(np.sum(~np.isfinite(x))))
+        log.warning("%d non-finite pixel values in generated samples (NaN, -inf written as 0, +inf as 255): "
+                    "the model has diverged", int(np.sum(~np.isfinite(x))))
         x = np.nan_to_num(x, nan=0.0, posinf=1.0, neginf=0.0)
     return np.clip(np.round(x * 255.0), 0, 255).astype(np.uint8)
 

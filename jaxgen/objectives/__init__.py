@@ -52,3 +52,6 @@ def check_objective(objective, name: str, params, x, keys, *, model, cfg) -> Non
     loss, metrics = out
     check_scalars(f"objective {name!r}", {"loss": loss}, metrics, contract=contract,
                   reserved=("grad_norm", "param_norm", "lr", "finite", "step"))
+    if "loss" not in metrics:
+        raise ValueError(f"objective {name!r}: its metrics have no 'loss' (they have {sorted(metrics)}); add "
+                         "metrics['loss'] = loss, which the progress bar and the train records show")

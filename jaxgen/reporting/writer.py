@@ -45,8 +45,11 @@ class MetricWriter:
         clean = {k: (float(v) if math.isfinite(float(v)) else str(float(v))) for k, v in scalars.items()}
         if split == "eval":
             _drop(self.path, lambda r: r["split"] == "eval" and r["step"] == step)
-        with self.path.open("a") as f:
-            f.write(json.dumps({"step": int(step), "split": split, **clean}) + "\n")
+        line = json.dumps({"step": int(step), "split": split, **clean}) + "\n"
+        with self.path.open("a+b") as f:  # a file a stopped run left without its last newline gets it first
+            if f.tell() and (f.seek(-1, 2), f.read(1))[1] != b"\n":
+                line = "\n" + line
+            f.write(line.encode())
         for k, v in scalars.items():
             self._tb.add_scalar(f"{split}/{k}", float(v), int(step))
 

@@ -168,13 +168,15 @@ class BestKeeper:
     `<workdir>/best/best.json` with its step and value, which a resumed run reads back.
 
     fresh: the run starts from scratch (no checkpoint restored): a best.json left by an earlier run is ignored.
+    resume_step: the step the run resumes from; a best.json of a later step (written by a run stopped before its
+    checkpoint of that step) is ignored, since the steps it came from are trained again.
     not_final: metrics measured another way at the final eval (a VAE's NLL: eval.final_nll_k importance samples),
     which therefore take part only at the intermediate evals.
     With several processes, process 0's values decide, so every process takes part in the same saves.
     """
 
     def __init__(self, workdir: Path, metric: str, mode: str, *, fresh: bool = False,
-                 not_final: tuple[str, ...] = ()):
+                 resume_step: int | None = None, not_final: tuple[str, ...] = ()):
         self.metric, self.mode, self.not_final = metric, mode, tuple(not_final)
         self.dir = Path(workdir).absolute() / "best"
         self.record_path = self.dir / "best.json"
@@ -185,10 +187,17 @@ class BestKeeper:
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 log.warning("The best checkpoint record %s cannot be read (%s); the next eval starts it again",
                             self.record_path, e)
-        if self.record is not None and (fresh or self.record.get("metric") != metric
-                                        or self.record.get("mode") != mode):
-            why = "this run starts from scratch" if fresh else f"it was kept by {self.record.get('metric')} " \
-                f"({self.record.get('mode')}), this run by {metric} ({mode})"
+        why = None
+        if self.record is None:
+            pass
+        elif fresh:
+            why = "this run starts from scratch"
+        elif self.record.get("metric") != metric or self.record.get("mode") != mode:
+            why = (f"it was kept by {self.record.get('metric')} ({self.record.get('mode')}), this run by {metric} "
+                   f"({mode})")
+        elif resume_step is not None and self.record.get("step", 0) > resume_step:
+            why = f"it is of step {self.record.get('step')}, after step {resume_step} this run resumes from"
+        if why:
             log.warning("Ignoring the best checkpoint record in %s: %s; it will be replaced", self.dir, why)
             self.record = None
         self._mgr = None
@@ -216,9 +225,10 @@ class BestKeeper:
         if self._mgr is None:
             options = ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=False, create=True)
             self._mgr = ocp.CheckpointManager(self.dir, options=options)
-        if step not in self._mgr.all_steps():
-            self._mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)), force=True)
-            self._mgr.wait_until_finished()
+        if step in self._mgr.all_steps():  # kept by a run that was stopped before its checkpoint of this step
+            self._mgr.delete(step)
+        self._mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)), force=True)
+        self._mgr.wait_until_finished()
         self.record = {"step": step, "metric": self.metric, "mode": self.mode, "value": value}
         if jax.process_index() == 0:
             atomic.write_text(self.record_path, json.dumps(self.record, indent=2) + "\n")

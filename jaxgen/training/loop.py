@@ -24,11 +24,11 @@ from jaxgen import data as data_lib
 from jaxgen.evaluation import quality
 from jaxgen.reporting import images
 from jaxgen.reporting.writer import MetricWriter
+from jaxgen.reporting.writer import read as read_metrics
 from jaxgen.training import checkpoint, gan_task, vae_task
 from jaxgen.training import workdir as wd
 
 log = logging.getLogger("jaxgen")
-
 
 
 class Task(Protocol):
@@ -72,33 +72,50 @@ class RunStopped(Exception):
 class _StopRequest:
     """SIGTERM (a scheduler's or a preemptible machine's notice) as a flag the loop polls between compiled calls.
 
-    The handler is installed for the loop's duration when the loop runs in the main thread. With several processes
-    the flag is combined over them at log steps, so that all stop at the same step (a process that has the notice
-    and one that has not would otherwise wait on each other's collectives)."""
+    One process: a Python handler, installed for the loop's duration (in the main thread only). A second SIGTERM
+    restores the previous handler and delivers itself, so a run that does not stop in time still can be stopped.
+    Several processes: JAX's preemption service (on by default with jax.distributed) catches SIGTERM and agrees
+    with the other processes on the call at which all stop (multihost_utils.reached_preemption_sync_point)."""
 
     def __init__(self):
-        self.flag, self.previous = False, None
+        self.flag, self.previous, self.installed = False, None, False
 
     def install(self) -> None:
+        if jax.process_count() > 1:
+            return
         try:
-            self.previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread: no handler, SIGTERM keeps its default
-            self.previous = None
+            previous = signal.getsignal(signal.SIGTERM)
+            if previous is None:  # a handler installed outside Python (JAX's preemption notifier): leave it be
+                return
+            signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread: SIGTERM keeps its default
+            return
+        self.previous, self.installed = previous, True
 
     def uninstall(self) -> None:
-        if self.previous is not None:
+        if self.installed:
             signal.signal(signal.SIGTERM, self.previous)
+            self.installed = False
 
     def _handle(self, signum, frame):
-        del signum, frame
-        if not self.flag:
-            log.warning("SIGTERM: stopping after the current compiled call; the state will be checkpointed")
+        del frame
+        if self.flag:  # a second notice: let SIGTERM do what it did before
+            self.uninstall()
+            signal.raise_signal(signum)
+            return
+        log.warning("SIGTERM: stopping after the current compiled call; the state will be checkpointed")
         self.flag = True
 
-    def requested(self, at_log_step: bool) -> bool:
+    def requested(self, call: int) -> bool:
+        """Whether to stop after compiled call number `call` (counted from 1 in this invocation)."""
         if jax.process_count() == 1:
             return self.flag
-        return at_log_step and bool(parallel.allgather_ints(int(self.flag)).any())
+        from jax.experimental import multihost_utils  # noqa: PLC0415
+
+        try:
+            return multihost_utils.reached_preemption_sync_point(call)
+        except RuntimeError:  # jax_enable_preemption_service is off: SIGTERM ends the processes as it would
+            return False
 
 
 def build_task(config, workdir: Path) -> Task:
@@ -182,82 +199,30 @@ def train_and_evaluate(config, workdir) -> dict:
              c.train.batch_size, task.describe())
     mgr, state = restore_or_init(task)
     wd.save_config(c, workdir)  # after the restore: a config refused by the checkpoint leaves config.json as it was
+    step = start = int(jax.device_get(state["step"]))
+    k = c.train.steps_per_dispatch
+    if step >= c.train.steps:
+        if step > c.train.steps:
+            log.warning("The newest checkpoint is at step %d, past train.steps=%d: nothing to train; step %d is "
+                        "evaluated (a longer train.steps continues the run)", step, c.train.steps, step)
+    elif (c.train.steps - step) % k:
+        raise ValueError(f"train.steps - resumed step ({c.train.steps} - {step}) must be a multiple of "
+                         f"train.steps_per_dispatch={k}")
     sq = sample_quality(task)
     best_name = quality.best_metric(c)
     best = None
     if best_name:
-        fresh = int(jax.device_get(state["step"])) == 0
-        best = checkpoint.BestKeeper(workdir, best_name, quality.best_mode(c), fresh=fresh,
+        best = checkpoint.BestKeeper(workdir, best_name, quality.best_mode(c), fresh=step == 0, resume_step=step,
                                      not_final=task.not_final)
-    train_fn = task.compile_train()
-    train_data = parallel.put_replicated({"image": task.train.image}, task.mesh)
-    step = start = int(jax.device_get(state["step"]))
-    if step > c.train.steps:
-        log.warning("The newest checkpoint is at step %d, past train.steps=%d: nothing to train; step %d is evaluated "
-                    "(a longer train.steps continues the run)", step, c.train.steps, step)
     writer = MetricWriter(workdir, resume_step=step)
-    k = c.train.steps_per_dispatch
-    if (c.train.steps - step) % k:
-        raise ValueError(f"train.steps - resumed step ({c.train.steps} - {step}) must be a multiple of "
-                         f"train.steps_per_dispatch={k}")
-    bar = None
-    if c.output.progress and jax.process_index() == 0 and step < c.train.steps:
-        from tqdm import tqdm  # noqa: PLC0415
-
-        bar = tqdm(total=c.train.steps, initial=step, unit="step", dynamic_ncols=True)
-    check = lambda m: _check_finite(m, mgr, workdir, task.headline)
-    pending, window, previous = [], [], None
-    t_log, step_log, t0 = time.perf_counter(), step, time.perf_counter()
-    stop, stopped = _StopRequest(), False
+    evals = _Evals(task, writer, best, sq)
+    if c.eval.every and 0 < step < c.train.steps and step % c.eval.every == 0 and evals.missing(step):
+        log.info("Evaluating step %d first: the run that checkpointed it stopped before its eval", step)
+        evals.during_training(state, step)
+    t0 = time.perf_counter()
     try:
-        stop.install()
-        while step < c.train.steps and not stopped:
-            state, metrics = train_fn(state, train_data)
-            step += k
-            # One call behind, so the device stays busy while the host checks; only the flags come over each call
-            # (every metric when one is down, to name them).
-            if previous is not None and not np.asarray(previous["finite"]).all():
-                check(jax.device_get(previous))
-            previous = metrics
-            pending.append(metrics)
-            if bar is not None:
-                bar.update(k)
-            done = step == c.train.steps
-            due_log = step % c.train.log_every == 0 or done
-            due_ckpt = step % c.checkpoint.every == 0 or done
-            due_eval = bool(c.eval.every) and step % c.eval.every == 0 and not done
-            stopped = not done and stop.requested(due_log)
-            due_log = due_log or stopped  # the steps since the last record get theirs
-            if due_log or due_ckpt or due_eval or stopped:  # every step so far gets checked finite
-                host = jax.device_get(pending)
-                for m in host:
-                    check(m)
-                window.extend(host)
-                pending, previous = [], None
-            if due_log:
-                now = time.perf_counter()
-                ips = (step - step_log) * c.train.batch_size / max(now - t_log, 1e-9)
-                t_log, step_log = now, step
-                means = {name: float(np.mean([np.mean(m[name]) for m in window])) for name in window[0]
-                         if name not in ("finite", "step")}
-                window = []
-                writer.write(step, "train", {**means, "img_per_s": ips})
-                if bar is not None:
-                    bar.set_postfix({**{h: f"{means[h]:.3g}" for h in task.headline}, "img_s": f"{ips:,.0f}"})
-            if due_eval:
-                ev = evaluate(task, state, False, sq)
-                writer.write(step, "eval", scalars(ev))
-                log.info("step %d eval: %s", step, eval_line(task, ev))
-                if best is not None:
-                    best.update(state, scalars(ev))
-                task.save_images(state, suffix=f"_{step:07d}")
-            # After the step's eval: a run stopped between the two resumes before this step and evaluates it again.
-            if due_ckpt or stopped:  # every step so far was checked finite: the state is safe to keep
-                checkpoint.save(mgr, state)
+        state, step, stopped = _train(task, state, mgr, writer, evals)
     finally:
-        stop.uninstall()
-        if bar is not None:
-            bar.close()
         mgr.wait_until_finished()
     train_time = time.perf_counter() - t0
     if stopped:
@@ -281,6 +246,93 @@ def train_and_evaluate(config, workdir) -> dict:
              steps_run, train_time, steps_run * c.train.batch_size / max(train_time, 1e-9), task.summary(final),
              workdir)
     return final
+
+
+class _Evals:
+    """The evaluations during training: metrics, the best checkpoint and the images of one step."""
+
+    def __init__(self, task, writer: MetricWriter, best, sq):
+        self.task, self.writer, self.best, self.sq = task, writer, best, sq
+
+    def during_training(self, state: dict, step: int) -> None:
+        ev = evaluate(self.task, state, False, self.sq)
+        self.writer.write(step, "eval", scalars(ev))
+        log.info("step %d eval: %s", step, eval_line(self.task, ev))
+        if self.best is not None:
+            self.best.update(state, scalars(ev))
+        self.task.save_images(state, suffix=f"_{step:07d}")
+
+    def missing(self, step: int) -> bool:
+        """Whether metrics.jsonl lacks the eval record of `step` (process 0's answer, on every process)."""
+        path = self.task.workdir / "metrics.jsonl"
+        found = any(r["split"] == "eval" and r["step"] == step for r in read_metrics(path))
+        if jax.process_count() == 1:
+            return not found
+        return not bool(parallel.allgather_ints(int(found))[0, 0])
+
+
+def _train(task, state: dict, mgr, writer: MetricWriter, evals: _Evals) -> tuple[dict, int, bool]:
+    """The train calls from the state's step to train.steps: finite checks one call behind, train records, evals,
+    checkpoints, and a SIGTERM stop. Returns (state, step reached, whether SIGTERM stopped it)."""
+    c = task.config
+    k = c.train.steps_per_dispatch
+    train_fn = task.compile_train()
+    train_data = parallel.put_replicated({"image": task.train.image}, task.mesh)
+    step = int(jax.device_get(state["step"]))
+    bar = None
+    if c.output.progress and jax.process_index() == 0 and step < c.train.steps:
+        from tqdm import tqdm  # noqa: PLC0415
+
+        bar = tqdm(total=c.train.steps, initial=step, unit="step", dynamic_ncols=True)
+    check = lambda m: _check_finite(m, mgr, task.workdir, task.headline)  # noqa: E731
+    pending, window, previous, call, stopped = [], [], None, 0, False
+    t_log, step_log = time.perf_counter(), step
+    stop = _StopRequest()
+    try:
+        stop.install()
+        while step < c.train.steps and not stopped:
+            state, metrics = train_fn(state, train_data)
+            step, call = step + k, call + 1
+            # One call behind, so the device stays busy while the host checks; only the flags come over each call
+            # (every metric when one is down, to name them).
+            if previous is not None and not np.asarray(previous["finite"]).all():
+                check(jax.device_get(previous))
+            previous = metrics
+            pending.append(metrics)
+            if bar is not None:
+                bar.update(k)
+            done = step == c.train.steps
+            stopped = stop.requested(call)
+            due_log = step % c.train.log_every == 0 or done or stopped  # a stop logs the steps since the last record
+            due_ckpt = step % c.checkpoint.every == 0 or done or stopped
+            # A notice leaves seconds: a stopped run evaluates this step when it resumes (train_and_evaluate).
+            due_eval = bool(c.eval.every) and step % c.eval.every == 0 and not done and not stopped
+            if due_log or due_ckpt or due_eval:  # every step so far gets checked finite
+                host = jax.device_get(pending)
+                for m in host:
+                    check(m)
+                window.extend(host)
+                pending, previous = [], None
+            if due_log:
+                now = time.perf_counter()
+                ips = (step - step_log) * c.train.batch_size / max(now - t_log, 1e-9)
+                t_log, step_log = now, step
+                means = {name: float(np.mean([np.mean(m[name]) for m in window])) for name in window[0]
+                         if name not in ("finite", "step")}
+                window = []
+                writer.write(step, "train", {**means, "img_per_s": ips})
+                if bar is not None:
+                    bar.set_postfix({**{h: f"{means[h]:.3g}" for h in task.headline}, "img_s": f"{ips:,.0f}"})
+            if due_eval:
+                evals.during_training(state, step)
+            # After the step's eval: a run stopped between the two resumes before this step and evaluates it again.
+            if due_ckpt:  # every step so far was checked finite: the state is safe to keep
+                checkpoint.save(mgr, state)
+    finally:
+        stop.uninstall()
+        if bar is not None:
+            bar.close()
+    return state, step, stopped
 
 
 def _check_finite(host_metrics: dict, mgr, workdir: Path, headline) -> None:

@@ -110,7 +110,7 @@ def _read_json(path: Path) -> dict | None:
     try:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        log.warning("%s cannot be read (%s); it will be written again", path, e)
+        log.warning("%s cannot be read (%s); treated as missing", path, e)
         return None
 
 
