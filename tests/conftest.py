@@ -1,8 +1,12 @@
 """Every test runs on 8 faked CPU devices, so the sharded paths are exercised on a laptop."""
 
 import os
+import tempfile
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+# One persistent XLA compilation cache for the test session, its xdist workers and the processes tests start: a
+# smoke config's train step compiles once, not in every test that trains it (set the variable to choose the dir).
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "jaxgen-tests-xla-cache"))
 from jaxgen import runtime  # noqa: E402
 
 runtime.setup()

@@ -6,6 +6,7 @@ arguments. `loss` is the scalar minimised; `metrics` a flat dict of scalars that
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 
 from jaxgen import registry
@@ -43,8 +44,6 @@ def check_scalars(what: str, losses: dict, metrics, *, contract: str, reserved: 
 def check_objective(objective, name: str, params, x, keys, *, model, cfg) -> None:
     """Checks, by tracing it once (no computation), that the objective returns (scalar loss, dict of scalar
     metrics with 'loss')."""
-    import jax  # noqa: PLC0415
-
     contract = "fn(params, x, keys, *, model, cfg) -> (loss, metrics)"
     out = jax.eval_shape(lambda p, x, k: objective(p, x, k, model=model, cfg=cfg), params, x, keys)
     if not (isinstance(out, tuple) and len(out) == 2):

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxgen import registry
+from jaxgen.objectives import check_scalars
 
 
 def minimax(d_real, d_fake):
@@ -123,8 +124,6 @@ STEP_METRICS = ("d_loss", "g_loss", "d_real", "d_fake", "d_fake_after", "reg", "
 def check_loss(loss_fn: Callable, name: str, batch: int = 4) -> None:
     """Checks, by tracing it once on [batch] inputs (no computation), that a loss returns
     (scalar d_loss, scalar g_loss, dict of scalar metrics) whose metric names are not the step's own."""
-    from jaxgen.objectives import check_scalars  # noqa: PLC0415
-
     contract = "loss(d_real [B], d_fake [B]) -> (d_loss, g_loss, metrics)"
     d = jax.ShapeDtypeStruct((batch,), jnp.float32)
     out = jax.eval_shape(loss_fn, d, d)
@@ -140,8 +139,6 @@ def check_regularizer(reg_fn: Callable | None, name: str, image_shape, batch: in
     (scalar penalty, dict of scalar metrics) whose metric names are not the step's own."""
     if reg_fn is None:
         return
-    from jaxgen.objectives import check_scalars  # noqa: PLC0415
-
     contract = "reg(d_fn, real [B, H, W, C], fake [B, H, W, C], keys [B]) -> (penalty, metrics)"
     x = jax.ShapeDtypeStruct((batch, *image_shape), jnp.float32)
     keys = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), batch))
