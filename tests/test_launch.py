@@ -231,3 +231,31 @@ def test_a_users_likelihood_trains_evaluates_and_draws_its_mean(smoke_config, tm
     final = loop.train_and_evaluate(c, tmp_path)
     assert math.isfinite(final["nll"]) and math.isfinite(final["elbo"])
     assert (tmp_path / "images" / "samples.png").is_file() and (tmp_path / "images" / "reconstructions.png").is_file()
+
+
+def test_sigterm_to_launch_checkpoints_logs_and_exits_143(tmp_path):
+    """What a scheduler does before it kills a job: launch.py stops after the call under way, checkpoints the step
+    it reached, says so in log.txt and exits with 143; the same command then finishes the run."""
+    import signal
+    import time
+
+    wd = tmp_path / "run"
+    args = ["--config=configs/vae_mnist.py:smoke", f"--workdir={wd}", "--config.output.progress=False",
+            "--config.train.steps=2000", "--config.eval.every=0", "--config.checkpoint.every=1000",
+            "--config.eval.extractors=()"]
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "launch.py"), *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not (wd / "metrics.jsonl").exists():  # the first train record: the loop is running
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-3000:]
+    steps = [int(p.name) for p in (wd / "checkpoints").iterdir() if p.name.isdigit()]
+    assert len(steps) == 1 and 0 < steps[0] < 2000
+    assert f"Stopped by SIGTERM at step {steps[0]}" in (wd / "log.txt").read_text()
+    r = _launch(*args[:3], "--config.train.steps=" + str(steps[0] + 5), *args[4:])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"Resumed from the checkpoint at step {steps[0]}" in r.stderr
