@@ -248,8 +248,7 @@ def make_sampler(sample_fn: Callable, mesh, *, key: jax.Array, dim: int, value_r
             bad += int(pending[1])
         if bad:
             log.warning("%d non-finite pixel values in generated samples (NaN, -inf written as 0, +inf as 255): "
-                        "the model has diverged",
-                        bad)
+                        "the model has diverged", bad)
         return np.concatenate(parts)[:n]
 
     return sample

@@ -110,7 +110,11 @@ class GANTask:
 
     @functools.cached_property
     def _generate(self):
-        return jax.jit(lambda g, z: gan_step.apply_model(self.generator, g, z, False)[0])
+        return jax.jit(self._g_eval)
+
+    def _g_eval(self, g: dict, z: jax.Array) -> jax.Array:
+        """G(z) in eval mode (BatchNorm's running averages): the images samples and evaluations see."""
+        return gan_step.apply_model(self.generator, g, z, False)[0]
 
     @functools.cached_property
     def _scores(self):
@@ -118,7 +122,7 @@ class GANTask:
         in eval mode; D runs as training sees it (train mode: BatchNorm with the batch's statistics synchronised
         over the devices, nothing stored), because its running averages mix real and fake batches."""
         def body(g, d, x, z):
-            fake = gan_step.apply_model(self.generator, g, z, False)[0]
+            fake = self._g_eval(g, z)
             return tuple(gan_step.apply_model(self.discriminator, d, v, True)[0] for v in (x, fake))
 
         batch = P(parallel.AXIS)
@@ -164,7 +168,7 @@ class GANTask:
     @functools.cached_property
     def _sampler(self):
         key = jax.random.fold_in(jax.random.key(self.config.seed), state_lib.EVAL_STREAM + 3)
-        return quality.make_sampler(lambda g, z: gan_step.apply_model(self.generator, g, z, False)[0], self.mesh,
+        return quality.make_sampler(self._g_eval, self.mesh,
                                     key=key, dim=self.generator.latent_dim, value_range=(-1.0, 1.0))
 
     def eval_line(self, ev: dict) -> str:
