@@ -3,6 +3,7 @@ cached per dataset, split and extractor, metrics equal to sample_metrics on the 
 keeper, and the errors for bad names and bad images."""
 
 import json
+import logging
 
 import jax.numpy as jnp
 import ml_collections
@@ -68,6 +69,20 @@ def test_a_users_extractor_gives_sample_metrics_numbers_and_the_reference_is_cac
     flat = quality.flatten({NAME: same})
     assert flat == {f"{NAME}/fid": same["fid"], f"{NAME}/num_reference": 400, f"{NAME}/num_samples": 300}
     assert quality.best_metric(c) in flat  # 'auto': the first extractor's FID, under the name it was given
+
+
+def test_a_users_extractor_names_its_metrics_as_given_and_as_tensorboard_accepts(tmp_path, caplog):
+    """'pkg.mod:fn/fid' stays so in metrics.jsonl; TensorBoard gets 'pkg.mod_fn/fid' without a complaint a line."""
+    from jaxgen.reporting.writer import MetricWriter, read, tensorboard_tag
+
+    w = MetricWriter(tmp_path, enabled=True)
+    with caplog.at_level(logging.INFO):
+        w.write(10, "eval", {f"{NAME}/fid": 1.5, "elbo": -2.0})
+    w.close()
+    assert "illegal" not in caplog.text
+    assert read(tmp_path / "metrics.jsonl")[0][f"{NAME}/fid"] == 1.5
+    assert tensorboard_tag(f"eval/{NAME}/fid") == "eval/tests.test_quality_pixel_extractor/fid"
+    assert tensorboard_tag("eval/elbo") == "eval/elbo"
 
 
 def test_unknown_extractor_lists_the_choices_before_any_work(tmp_path):

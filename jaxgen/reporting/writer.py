@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from pathlib import Path
 
 import jax
@@ -51,11 +52,17 @@ class MetricWriter:
                 line = "\n" + line
             f.write(line.encode())
         for k, v in scalars.items():
-            self._tb.add_scalar(f"{split}/{k}", float(v), int(step))
+            self._tb.add_scalar(tensorboard_tag(f"{split}/{k}"), float(v), int(step))
 
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+
+
+def tensorboard_tag(name: str) -> str:
+    """`name` with what TensorBoard refuses in a tag (':' of a user extractor's 'pkg.mod:fn', spaces) as '_'.
+    metrics.jsonl keeps the name as it is."""
+    return re.sub(r"[^-/\w.]", "_", name)
 
 
 def _drop_after(path: Path, step: int) -> None:
