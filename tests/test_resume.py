@@ -280,3 +280,26 @@ def test_files_torn_by_a_kill_are_dropped_or_rewritten_not_fatal(tmp_path, caplo
         wd.save_config(cfg, tmp_path)
     assert "config.json cannot be read" in caplog.text
     assert json.loads((tmp_path / "config.json").read_text()) == {"seed": 1}
+
+
+def test_a_save_killed_half_way_leaves_nothing_behind_on_the_next_start(smoke_config, tmp_path, caplog):
+    """A kill during an Orbax save leaves `<step>.orbax-checkpoint-tmp*` folders (in checkpoints/ or best/); the
+    next start removes them, with a warning, and keeps every finished checkpoint."""
+    mesh = parallel.make_mesh()
+    _, state = _state(smoke_config, mesh)
+    mgr = checkpoint.manager(tmp_path, smoke_config.checkpoint)
+    checkpoint.save(mgr, {**state, "step": state["step"] + 10})
+    mgr.close()
+    partial = [tmp_path / "checkpoints" / "20.orbax-checkpoint-tmp-1764391234",
+               tmp_path / "best" / "30.orbax-checkpoint-tmp"]
+    for p in partial:
+        p.mkdir(parents=True)
+        (p / "half_written").write_bytes(b"x")
+    with caplog.at_level(logging.WARNING):
+        mgr = checkpoint.manager(tmp_path, smoke_config.checkpoint)
+        keeper = checkpoint.BestKeeper(tmp_path, "elbo", "max")
+        assert keeper.update({**state, "step": state["step"] + 10}, {"elbo": -1.0})
+    assert mgr.all_steps() == [10] and not any(p.exists() for p in partial)
+    assert caplog.text.count("a checkpoint whose save was interrupted") == 2
+    mgr.close()
+    keeper.close()

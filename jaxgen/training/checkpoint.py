@@ -22,6 +22,8 @@ from jaxgen import atomic, parallel
 
 log = logging.getLogger(__name__)
 
+TMP_MARK = ".orbax-checkpoint-tmp"  # in the name of a step folder Orbax is still writing
+
 
 def manager(workdir: Path, cfg, subdir: str = "checkpoints") -> ocp.CheckpointManager:
     """A CheckpointManager keeping `cfg.keep` checkpoints, asynchronous if `cfg.asynchronous`. When to save is the
@@ -31,12 +33,25 @@ def manager(workdir: Path, cfg, subdir: str = "checkpoints") -> ocp.CheckpointMa
         enable_async_checkpointing=cfg.asynchronous,
         create=True,
     )
+    remove_partial_saves(Path(workdir).absolute() / subdir)
     # The handler registered up front lets item_metadata read the saved tree before any restore.
     registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
     handler = ocp.StandardCheckpointHandler()
     registry.add("state", ocp.args.StandardSave, handler)
     registry.add("state", ocp.args.StandardRestore, handler)
     return ocp.CheckpointManager(Path(workdir).absolute() / subdir, options=options, handler_registry=registry)
+
+
+def remove_partial_saves(directory: Path) -> None:
+    """Deletes the `<step>.orbax-checkpoint-tmp*` folders a save killed half-way left in `directory` (process 0).
+
+    Orbax never reads them; its own cleanup option runs in a background thread that close() does not wait for."""
+    if jax.process_index() != 0 or not directory.is_dir():
+        return
+    for p in directory.iterdir():
+        if TMP_MARK in p.name and p.is_dir():
+            log.warning("Removing %s, a checkpoint whose save was interrupted", p)
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def save(mgr: ocp.CheckpointManager, state: dict) -> bool:
@@ -223,6 +238,7 @@ class BestKeeper:
             return False
         step = int(jax.device_get(state["step"]))
         if self._mgr is None:
+            remove_partial_saves(self.dir)
             options = ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=False, create=True)
             self._mgr = ocp.CheckpointManager(self.dir, options=options)
         if step in self._mgr.all_steps():  # kept by a run that was stopped before its checkpoint of this step
