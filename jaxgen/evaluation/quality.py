@@ -182,8 +182,8 @@ def compare(extractor: Extractor, ref: dict, samples: np.ndarray, *, full: bool,
     real = ref["features"]
     out = {"extractor": extractor.description, "reference": reference_name, "num_reference": int(len(real)),
            "num_samples": int(len(feats))}
-    stats = lambda f: sample_metrics.feature_statistics(f, extractor.recommended)
-    out["fid"] = sample_metrics.frechet_distance(*stats(real), *stats(feats))
+    stats = lambda f, what: sample_metrics.feature_statistics(f, extractor.recommended, f"{what} ({extractor.name})")
+    out["fid"] = sample_metrics.frechet_distance(*stats(real, "the reference"), *stats(feats, "the samples"))
     if probs is not None and extractor.inception_score and len(probs) >= 10:
         out["is_mean"], out["is_std"] = sample_metrics.inception_score(probs, splits=10)
     if probs is not None and extractor.class_histograms:
