@@ -37,6 +37,48 @@ print("FINAL " + json.dumps({"devices": jax.device_count(), **final}), flush=Tru
 """
 
 
+# One process gets SIGTERM (a preempted host); JAX's preemption service makes both stop after the same call.
+STOP_WORKER = """
+import importlib.util, json, os, signal, sys
+import jax
+jax.distributed.initialize(coordinator_address=sys.argv[1], num_processes=2, process_id=int(sys.argv[2]))
+from jaxgen import runtime
+runtime.setup()
+from jaxgen.training import loop
+spec = importlib.util.spec_from_file_location("cfg", sys.argv[3])
+mod = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(mod)
+c = mod.get_config("smoke")
+c.unlock()
+c.output.progress = c.output.plots = False
+c.eval.every, c.eval.extractors, c.train.steps = 0, (), 40
+notice_at, build, calls = int(sys.argv[5]), loop.build_task, []
+
+def build_with_a_notice(config, workdir):
+    task = build(config, workdir)
+    compile_train = task.compile_train
+
+    def compiled():
+        fn = compile_train()
+
+        def call(state, data):
+            calls.append(1)
+            if len(calls) == notice_at and jax.process_index() == 1:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return fn(state, data)
+        return call
+    task.compile_train = compiled
+    return task
+
+loop.build_task = build_with_a_notice
+try:
+    final = loop.train_and_evaluate(c, sys.argv[4])
+    print("FINAL " + json.dumps({k: v for k, v in final.items() if k != "eval_seconds"}), flush=True)
+except loop.RunStopped as e:
+    print("STOPPED", e, flush=True)
+"""
+
+
 FIRST_WORKER = """
 import pathlib, sys, time
 import jax
@@ -107,16 +149,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _two_processes(worker: str, *args: str, timeout: int = 300, devices: int = 4) -> list[tuple[str, str]]:
+    """(stdout, stderr) of `worker` run as processes 0 and 1 of one jax.distributed job, each with `devices` CPU
+    devices (a process that fails fails the test, with its stderr)."""
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "PYTHONPATH": str(ROOT)}
+    address = f"127.0.0.1:{_free_port()}"
+    procs = [subprocess.Popen([sys.executable, "-c", worker, address, str(i), *args],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in (0, 1)]
+    outs = [p.communicate(timeout=timeout) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    return outs
+
+
 @pytest.mark.parametrize("config", ["gan_mnist", "vae_mnist"])
 def test_two_processes_train_like_one(config, tmp_path):
     path = str(CONFIGS / f"{config}.py")
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "PYTHONPATH": str(ROOT)}
-    address = f"127.0.0.1:{_free_port()}"
-    procs = [subprocess.Popen([sys.executable, "-c", WORKER, address, str(i), path, str(tmp_path / "multi")],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in (0, 1)]
-    outs = [p.communicate(timeout=300) for p in procs]
-    for p, (_, err) in zip(procs, outs):
-        assert p.returncode == 0, err[-3000:]
+    outs = _two_processes(WORKER, path, str(tmp_path / "multi"))
     finals = [json.loads(out.split("FINAL ")[-1]) for out, _ in outs]
     assert finals[0]["devices"] == finals[1]["devices"] == 8
     c = config_module(path).get_config("smoke")
@@ -136,6 +185,29 @@ def test_two_processes_train_like_one(config, tmp_path):
             assert final["sample_quality"][name]["fid"] == pytest.approx(block["fid"], rel=1e-4), name
     assert sorted(p.name for p in (tmp_path / "multi" / "checkpoints").iterdir()) == ["10", "20"]
     assert (tmp_path / "multi" / "eval.json").is_file()
+
+
+def test_sigterm_to_one_process_stops_both_at_one_step_and_the_job_resumes(tmp_path):
+    """A pod loses one host: SIGTERM reaches only process 1. Both processes stop after the same compiled call
+    (JAX's preemption service), checkpoint that step together and raise RunStopped; the same job started again
+    resumes and ends where an uninterrupted run ends."""
+    path, work = str(CONFIGS / "vae_mnist.py"), str(tmp_path / "multi")
+    said = [[line for line in out.splitlines() if line.startswith(("STOPPED", "FINAL"))]
+            for out, _ in _two_processes(STOP_WORKER, path, work, "3")]
+    assert said[0] == said[1] and len(said[0]) == 1 and said[0][0].startswith("STOPPED stopped by SIGTERM at step ")
+    step = int(said[0][0].split("at step ")[1].split(",")[0])
+    assert 0 < step < 40
+    assert max(int(p.name) for p in (tmp_path / "multi" / "checkpoints").iterdir() if p.name.isdigit()) == step
+    finals = [json.loads(out.split("FINAL ")[-1]) for out, _ in _two_processes(STOP_WORKER, path, work, "0")]
+    c = config_module(path).get_config("smoke")
+    c.unlock()
+    c.output.progress = c.output.plots = False
+    c.eval.every, c.eval.extractors, c.train.steps = 0, (), 40
+    single = loop.train_and_evaluate(c, tmp_path / "single")  # one process, this test's 8 devices, no stop
+    for key, value in single.items():
+        if key != "eval_seconds" and isinstance(value, float):
+            for final in finals:
+                assert final[key] == pytest.approx(value, rel=1e-4, abs=1e-5), key
 
 
 @pytest.mark.parametrize("config", ["gan_mnist", "vae_mnist"])
@@ -181,14 +253,8 @@ def test_process_0_prepares_data_first_and_its_failure_reaches_the_others(tmp_pa
     (tmp_path / "imgs").mkdir()
     for i in range(6):
         Image.new("RGB", (12, 10), (40 * i, 0, 0)).save(tmp_path / "imgs" / f"{i}.png")
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "PYTHONPATH": str(ROOT)}
-    address = f"127.0.0.1:{_free_port()}"
-    args = [str(tmp_path / "flag"), str(tmp_path / "imgs"), str(tmp_path / "data")]
-    procs = [subprocess.Popen([sys.executable, "-c", FIRST_WORKER, address, str(i), *args],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in (0, 1)]
-    outs = [p.communicate(timeout=120) for p in procs]
-    for p, (_, err) in zip(procs, outs):
-        assert p.returncode == 0, err[-3000:]
+    outs = _two_processes(FIRST_WORKER, str(tmp_path / "flag"), str(tmp_path / "imgs"), str(tmp_path / "data"),
+                          timeout=120, devices=1)
     said = [[line for line in out.splitlines() if line.startswith(("RESULT", "ERROR"))] for out, _ in outs]
     other = "ERROR RuntimeError process(es) [{}] failed to fill the cache; their logs say why"
     assert said[0][0] == "RESULT made" and said[0][2:] == ["ERROR OSError disk full", other.format(1)]
@@ -210,14 +276,7 @@ def test_processes_that_see_different_checkpoints_stop_before_restoring(tmp_path
     checkpoint.save(mgr, {"step": jnp.int32(5), "w": jnp.ones(3)})
     mgr.wait_until_finished()
     mgr.close()
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "PYTHONPATH": str(ROOT)}
-    address = f"127.0.0.1:{_free_port()}"
-    args = [str(tmp_path / "host0"), str(tmp_path / "host1")]
-    procs = [subprocess.Popen([sys.executable, "-c", CHECKPOINT_WORKER, address, str(i), *args],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in (0, 1)]
-    outs = [p.communicate(timeout=120) for p in procs]
-    for p, (_, err) in zip(procs, outs):
-        assert p.returncode == 0, err[-3000:]
+    outs = _two_processes(CHECKPOINT_WORKER, str(tmp_path / "host0"), str(tmp_path / "host1"), timeout=120, devices=1)
     for out, _ in outs:
         said = [line for line in out.splitlines() if line.startswith(("RESTORED", "ERROR"))]
         assert len(said) == 1 and said[0].startswith("ERROR the processes of this run disagree on the checkpoints"), out
