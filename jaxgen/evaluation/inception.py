@@ -29,9 +29,7 @@ import argparse
 import functools
 import hashlib
 import os
-import shutil
 import sys
-import tempfile
 import urllib.request
 from pathlib import Path
 
@@ -324,8 +322,10 @@ def sha256(path) -> str:
     return h.hexdigest()
 
 
-def _verified(path: Path) -> str:
-    digest = sha256(path)
+def _verified(path: Path | str, digest: str | None = None) -> str:
+    """The sha256 of the file `path` (or `digest`, already computed of what `path` names), or ValueError if it is
+    not pytorch-fid's."""
+    digest = digest or sha256(path)
     if not digest.startswith(SHA256_PREFIX):
         raise ValueError(f"{path} is not pytorch-fid's {WEIGHTS_NAME}.pth: its sha256 is {digest}, expected one "
                          f"starting with {SHA256_PREFIX} (the hash in the file name, torch.hub's convention). "
@@ -380,21 +380,22 @@ def _missing_message(problem: str, offer_download: bool = True) -> str:
 
 
 def _download(dst: Path) -> None:
+    """WEIGHTS_URL to `dst`, hashed while it streams; `dst` appears only whole and verified (atomic.write_with)."""
     dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=dst.name, suffix=".part")
-    os.close(fd)
-    try:
-        print(f"Downloading {WEIGHTS_URL} to {dst}", file=sys.stderr)
+    print(f"Downloading {WEIGHTS_URL} to {dst}", file=sys.stderr)
+
+    def fetch(f):
+        h = hashlib.sha256()
         try:
-            with urllib.request.urlopen(WEIGHTS_URL, timeout=DOWNLOAD_TIMEOUT_S) as r, open(tmp, "wb") as f:
-                shutil.copyfileobj(r, f, 1 << 20)
+            with urllib.request.urlopen(WEIGHTS_URL, timeout=DOWNLOAD_TIMEOUT_S) as r:
+                for block in iter(lambda: r.read(1 << 20), b""):
+                    h.update(block)
+                    f.write(block)
         except OSError as e:  # URLError, timeouts, refused connections: offline machines fail here, fast
             raise WeightsNotFoundError(_missing_message(f"the download failed ({e}).", offer_download=False)) from e
-        _verified(Path(tmp))
-        os.chmod(tmp, atomic.FILE_MODE)  # mkstemp's 0600 would hide it from others sharing the cache
-        os.replace(tmp, dst)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+        _verified(f"the file downloaded from {WEIGHTS_URL}", h.hexdigest())
+
+    atomic.write_with(dst, fetch, suffix=".part")
 
 
 def load_params(path=None, *, allow_download: bool = False) -> dict:
