@@ -7,7 +7,7 @@ mapped over a one-axis mesh of every device of every process with `jax.shard_map
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TypeVar
 
 import jax
@@ -63,6 +63,18 @@ def put_batch(tree, mesh: jax.sharding.Mesh):
 
 class ProcessesDisagreeError(RuntimeError):
     """Processes of one run hold different values where they must hold the same (a multi-host run)."""
+
+
+def one_behind(jobs: Iterable[T], fetch: Callable[[T], object]) -> None:
+    """fetch(job) for each job of `jobs` (a generator that dispatches device work), one behind: job i + 1 is
+    dispatched before job i is fetched, so the device computes a batch while the host copies the previous one."""
+    pending, have = None, False
+    for job in jobs:
+        if have:
+            fetch(pending)
+        pending, have = job, True
+    if have:
+        fetch(pending)
 
 
 def check_same_on_every_process(what: str, value, fix: str) -> None:

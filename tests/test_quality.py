@@ -304,3 +304,19 @@ def test_the_sampler_counts_non_finite_pixels_and_writes_them_as_zero(caplog):
     assert "40 non-finite pixel values" in caplog.text  # 2 in each of the 20 samples (not the 12 made past them)
     with pytest.raises(ValueError, match="eval.batch_size=12 is not divisible by the 8 devices"):
         sampler(np.float32(0.0), 20, 12)
+
+
+def test_one_behind_dispatches_the_next_batch_before_fetching_the_last():
+    from jaxgen import parallel
+
+    events = []
+
+    def jobs():
+        for i in range(3):
+            events.append(f"dispatch {i}")
+            yield i
+
+    parallel.one_behind(jobs(), lambda i: events.append(f"fetch {i}"))
+    assert events == ["dispatch 0", "dispatch 1", "fetch 0", "dispatch 2", "fetch 1", "fetch 2"]
+    parallel.one_behind(iter(()), events.append)  # nothing to do
+    assert len(events) == 6

@@ -463,9 +463,15 @@ def extract(fn, images: np.ndarray, *, batch_size: int, mesh, desc: str = "featu
     n, devices = len(images), mesh.size
     out = {"pool": [np.zeros((0, 2048), np.float32)], "logits": [np.zeros((0, 1008), np.float32)]}
     b = -(-min(batch_size, max(n, 1)) // devices) * devices
-    pending = None
     with tqdm(total=n, desc=desc, unit="img", disable=not progress or jax.process_index() != 0,
               leave=False) as bar:
+
+        def batch(start):
+            chunk = np.asarray(images[start:start + b])
+            k = len(chunk)
+            if k < b:
+                chunk = np.concatenate([chunk, np.zeros((b - k, *chunk.shape[1:]), np.uint8)])
+            return fn(chunk), k
 
         def collect(job):
             res, k = job
@@ -473,17 +479,7 @@ def extract(fn, images: np.ndarray, *, batch_size: int, mesh, desc: str = "featu
                 out[name].append(np.asarray(res[name])[:k])
             bar.update(k)
 
-        for start in range(0, n, b):
-            chunk = np.asarray(images[start:start + b])
-            k = len(chunk)
-            if k < b:
-                chunk = np.concatenate([chunk, np.zeros((b - k, *chunk.shape[1:]), np.uint8)])
-            job = (fn(chunk), k)  # dispatched before the previous batch is fetched, so host and device overlap
-            if pending is not None:
-                collect(pending)
-            pending = job
-        if pending is not None:
-            collect(pending)
+        parallel.one_behind((batch(start) for start in range(0, n, b)), collect)
     return {name: np.concatenate(parts) for name, parts in out.items()}
 
 

@@ -210,10 +210,10 @@ def stream_latents(key: jax.Array, index: jax.Array, dim: int) -> jax.Array:
 
 
 def make_sampler(sample_fn: Callable, mesh, *, key: jax.Array, dim: int, value_range: tuple[float, float]):
-    """fn(variables, n, batch) -> uint8 samples [n, H, W, C] of `sample_fn(variables, z)` (float images in
+    """fn(variables, n, batch_size) -> uint8 samples [n, H, W, C] of `sample_fn(variables, z)` (float images in
     `value_range`, per device) at the latents of the fixed stream `key` (`stream_latents`), data-parallel.
 
-    Each call of the compiled body makes `batch` samples (a multiple of the mesh's device count), each device
+    Each call of the compiled body makes `batch_size` samples (a multiple of the mesh's device count), each device
     its share of them from its own latents, gathered on every device so that every process reads them all.
     Rounded to 0..255 as a PNG writer does (`to_uint8`); non-finite pixels are counted and logged, NaN and -inf
     written as 0, +inf as 255.
@@ -231,21 +231,22 @@ def make_sampler(sample_fn: Callable, mesh, *, key: jax.Array, dim: int, value_r
     compiled = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(P(), P(parallel.AXIS), P()),
                                      out_specs=(P(parallel.AXIS), P()), check_vma=False), out_shardings=(out, out))
 
-    def sample(variables, n: int, batch: int) -> np.ndarray:
-        parallel.check_batch(batch, mesh, "eval.batch_size")
+    def sample(variables, n: int, batch_size: int) -> np.ndarray:
+        parallel.check_batch(batch_size, mesh, "eval.batch_size")
         if not all(isinstance(v, jax.Array) for v in jax.tree.leaves(variables)):
             variables = parallel.put_replicated(variables, mesh)
-        parts, bad, pending = [], 0, None
-        for start in range(0, n, batch):
-            index = parallel.put_batch(np.arange(start, start + batch, dtype=np.int32), mesh)
-            job = compiled(variables, index, np.int32(n))
-            if pending is not None:  # fetched one behind: the device makes a batch while the host copies one
-                parts.append(np.asarray(pending[0]))
-                bad += int(pending[1])
-            pending = job
-        if pending is not None:
-            parts.append(np.asarray(pending[0]))
-            bad += int(pending[1])
+        parts, bad_counts = [], []
+
+        def batch(start):
+            return compiled(variables, parallel.put_batch(np.arange(start, start + batch_size, dtype=np.int32), mesh),
+                            np.int32(n))
+
+        def fetch(job):
+            parts.append(np.asarray(job[0]))
+            bad_counts.append(int(job[1]))
+
+        parallel.one_behind((batch(start) for start in range(0, n, batch_size)), fetch)
+        bad = sum(bad_counts)
         if bad:
             log.warning("%d non-finite pixel values in generated samples (NaN, -inf written as 0, +inf as 255): "
                         "the model has diverged", bad)
