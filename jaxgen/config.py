@@ -118,7 +118,8 @@ def vae_config() -> ml_collections.ConfigDict:
     c.objective.kl = "analytic"  # elbo: 'analytic' or 'mc' (single-sample estimate)
 
     c.optim = optim_block()
-    c.train.ema_decay = 0.0  # >0 keeps an EMA of the params, used for evaluation and samples
+    c.train.ema_half_life = 0  # images; > 0 keeps an EMA of the params (evaluation, samples) halving its memory
+    # every this many images, whatever the batch size; 0 = off
     c.eval.nll_k = 100  # importance samples for the NLL at intermediate evals
     c.eval.final_nll_k = 1000  # importance samples for the NLL at the final eval
     c.eval.nll_chunk = 50  # importance samples per pass: batch_size * nll_chunk decodes in memory at once
@@ -301,13 +302,13 @@ def check(config: ml_collections.ConfigDict) -> None:
         if block in config and config[block].warmup_steps >= _updates(config, block) > 0:
             log.warning("%s.warmup_steps=%d >= the run's %d updates: the learning rate never reaches %s.lr=%g",
                         block, config[block].warmup_steps, _updates(config, block), block, config[block].lr)
+    if t.ema_half_life < 0:
+        raise ValueError(f"train.ema_half_life must be >= 0 images (0 = no EMA), got {t.ema_half_life}")
     if config.task == "vae":
         if config.objective.k < 1 or config.eval.nll_k < 1 or config.eval.final_nll_k < 1:
             raise ValueError("objective.k, eval.nll_k and eval.final_nll_k must be >= 1")
         if config.eval.nll_chunk < 1:
             raise ValueError(f"eval.nll_chunk must be >= 1 (importance samples per pass), got {config.eval.nll_chunk}")
-        if not 0.0 <= t.ema_decay < 1.0:
-            raise ValueError(f"train.ema_decay must be in [0, 1), got {t.ema_decay}")
         _warn_vae_combinations(config)
     elif config.task == "gan":
         if t.d_steps < 1:
@@ -315,8 +316,6 @@ def check(config: ml_collections.ConfigDict) -> None:
         if config.data.binarize != "none":
             raise ValueError(f"data.binarize={config.data.binarize!r} is for VAEs; a GAN trains on the pixels: set "
                              f"--config.data.binarize=none")
-        if t.ema_half_life < 0:
-            raise ValueError(f"train.ema_half_life must be >= 0 images (0 = no EMA), got {t.ema_half_life}")
         if config.reg.interval < 1:
             raise ValueError(f"reg.interval must be >= 1 (1 = every D step), got {config.reg.interval}")
         if config.model.dtype not in ("float32", "bfloat16"):

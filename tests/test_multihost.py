@@ -223,7 +223,7 @@ def test_process_0_draws_its_images_on_its_own_device(config, tmp_path, monkeypa
     c = config_module(CONFIGS / f"{config}.py").get_config("smoke")
     c.unlock()
     if config == "vae_mnist":
-        c.train.ema_decay = 0.5  # EMA params in the state, as gan_mnist keeps G's
+        c.train.ema_half_life = 32  # EMA params in the state, as gan_mnist keeps G's
     task = loop.build_task(c, tmp_path)
     state = jax.jit(task.create, out_shardings=parallel.replicated(task.mesh))()
     calls = []

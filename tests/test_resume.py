@@ -149,7 +149,7 @@ def test_a_broken_checkpoint_is_reported_and_the_previous_one_used(smoke_config,
 def test_checkpoints_hold_the_whole_state(smoke_config, tmp_path):
     c = smoke_config
     c.eval.every = 0
-    c.train.ema_decay = 0.5
+    c.train.ema_half_life = 32
     loop.train_and_evaluate(c, tmp_path)
     state = _final_state(c, tmp_path)
     assert set(state) == {"step", "params", "opt_state", "key", "ema_params"}

@@ -182,11 +182,6 @@ def gan_step(state: dict, data: dict, *, generator, discriminator, g_tx, d_tx, l
     return state, metrics
 
 
-def ema_beta(batch: int, half_life_images: float) -> float:
-    """Per-step EMA decay for a half-life in images (Karras et al. 2022, EDM): 0.5 ** (batch / half_life)."""
-    return 0.5 ** (batch / half_life_images) if half_life_images > 0 else 0.0
-
-
 def compile_train(mesh, *, steps_per_dispatch: int, **step_kwargs):
     """The jitted, data-parallel GAN train function `(state, data) -> (state, metrics [steps_per_dispatch])` of
     `gan_step` with `step_kwargs`, state donated (jaxgen.training.dispatch)."""

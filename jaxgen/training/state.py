@@ -1,7 +1,7 @@
 """The train state: a plain dict of arrays (a pytree), nothing else.
 
 VAE:  {'step': int32 [], 'params': model variables, 'opt_state': optax state, 'key': PRNG key,
-       'ema_params': model variables (only when train.ema_decay > 0)}
+       'ema_params': model variables (only when train.ema_half_life > 0)}
 GAN:  {'step': int32 [] (G updates), 'g': G's variables, 'd': D's variables, 'g_opt', 'd_opt': optax states over
        their 'params', 'key': PRNG key, 'ema_g': G's variables averaged (only when train.ema_half_life > 0)}
        Variables are Flax collections: {'params': ...} plus {'batch_stats': ...} (BatchNorm, spectral norm).
@@ -50,3 +50,8 @@ def create_gan(generator, discriminator, g_tx, d_tx, image_shape, seed: int, ema
     if ema:
         state["ema_g"] = jax.tree.map(jnp.copy, g)  # its own buffers: the state is donated leaf by leaf
     return state
+
+
+def ema_beta(batch: int, half_life_images: float) -> float:
+    """Per-step EMA decay for a half-life in images (Karras et al. 2022, EDM): 0.5 ** (batch / half_life)."""
+    return 0.5 ** (batch / half_life_images) if half_life_images > 0 else 0.0

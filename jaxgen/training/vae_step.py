@@ -22,7 +22,7 @@ from jaxgen.training.state import DATA_STREAM, STEP_STREAM
 
 
 def vae_step(state: dict, data: dict, *, model, tx, objective, obj_cfg, lr_schedule, batch: int, binarize: str,
-             ema_decay: float) -> tuple[dict, dict]:
+             ema_beta: float) -> tuple[dict, dict]:
     """One optimisation step on one device's share of the global batch `batch`. Returns (state, metrics).
 
     data: {'image': uint8 [N, H, W, C]}, the whole training split, replicated.
@@ -45,7 +45,7 @@ def vae_step(state: dict, data: dict, *, model, tx, objective, obj_cfg, lr_sched
     params = optax.apply_updates(state["params"], updates)
     new = {**state, "step": step + 1, "params": params, "opt_state": opt_state}
     if "ema_params" in state:
-        new["ema_params"] = optax.incremental_update(params, state["ema_params"], 1.0 - ema_decay)
+        new["ema_params"] = optax.incremental_update(params, state["ema_params"], 1.0 - ema_beta)
     grad_norm = optax.global_norm(grads)
     new, finite = dispatch.keep_if_finite(new, state, (metrics, grad_norm))
     metrics = {

@@ -45,7 +45,7 @@ class VAETask:
         self.model = models.build(config.model, self.train.shape)
         self.tx, self.lr = optim.make(config.optim, config.train.steps)
         self.create = functools.partial(state_lib.create, self.model, self.tx, self.train.shape, config.seed,
-                                        config.train.ema_decay > 0)
+                                        config.train.ema_half_life > 0)
         objectives.check_objective(  # a user's objective that breaks its contract fails here, naming it
             self.objective, config.objective.name, jax.eval_shape(self.create)["params"],
             jax.ShapeDtypeStruct((2, *self.train.shape), jax.numpy.float32),
@@ -62,7 +62,7 @@ class VAETask:
         return vae_step.compile_train(
             self.mesh, steps_per_dispatch=c.train.steps_per_dispatch, model=self.model, tx=self.tx,
             objective=self.objective, obj_cfg=c.objective, lr_schedule=self.lr, batch=c.train.batch_size,
-            binarize=c.data.binarize, ema_decay=c.train.ema_decay)
+            binarize=c.data.binarize, ema_beta=state_lib.ema_beta(c.train.batch_size, c.train.ema_half_life))
 
     @functools.cached_property
     def eval_fn(self):
