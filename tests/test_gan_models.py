@@ -260,3 +260,18 @@ def test_dcgan_init_follows_radford_et_al():
     scale = np.asarray(gv["params"]["BatchNorm_0"]["scale"])
     assert abs(k.std() - 0.02) < 0.002 and abs(k.mean()) < 0.002
     assert abs(scale.mean() - 1) < 0.01 and 0.01 < scale.std() < 0.03
+
+
+def test_spectrally_normalised_kernels_start_as_their_initializer_drew_them():
+    """As in Miyato et al.'s code and PyTorch: the stored kernel is the Glorot draw (flax's init would store it
+    divided by its first sigma estimate, 1.5x smaller here); D's output, which divides by sigma, is unchanged."""
+    d = gan.ResNetDiscriminator((32, 32, 3), width=64, spectral_norm=True)
+    x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
+    flax_init = d.init(jax.random.key(0), x, train=False)
+    ours = gan.init_variables(d, jax.random.key(0), x, train=False)
+    kernel = ours["params"]["_ResBlock_1"]["conv1"]["kernel"]  # 3x3, 128 -> 128, Glorot uniform with gain sqrt(2)
+    assert float(jnp.std(kernel)) == pytest.approx(np.sqrt(2) * np.sqrt(2 / (2 * 9 * 128)), rel=0.03)
+    assert float(jnp.std(flax_init["params"]["_ResBlock_1"]["conv1"]["kernel"])) < 0.8 * float(jnp.std(kernel))
+    np.testing.assert_allclose(d.apply(ours, x, train=False), d.apply(flax_init, x, train=False), rtol=1e-5,
+                               atol=1e-5)
+    assert "bias" not in ours["params"]["Dense_0"]  # SNGAN's last layer has none

@@ -8,7 +8,8 @@ power-iteration vector u and its last sigma). Train-mode calls with 'batch_stats
 (call inside `jax.shard_map` over that mesh axis), and spectral norm advances its power iteration by one step.
 Eval mode (train=False) uses BN's running averages and leaves every variable unchanged.
 
-Built-in pairs (GANS): 'dcgan' (resolutions 28, 32, 64) and 'resnet' (SNGAN's ResNets, resolutions 32, 64).
+Built-in pairs (GANS): 'dcgan' (resolutions 28, 32, 64) and 'resnet' (SNGAN's CIFAR-10 ResNets at 32; at 64 the
+same blocks with jaxgen's own widths, not SNGAN's 64x64 models).
 """
 
 from __future__ import annotations
@@ -54,9 +55,8 @@ def _layer(layer: nn.Module, x: jax.Array, spectral: bool, train: bool) -> jax.A
     flax's SpectralNorm reshapes a kernel [..., in, out] to [prod(...) * in, out] (the same singular values as
     PyTorch's [out, in * kh * kw]) and runs one power-iteration step per call from the stored u; `train` stores
     the new u and sigma; eval mode computes the same step without storing it. Biases (1-D) are left as they are.
-    Note: flax's init stores each wrapped kernel already divided by its first sigma estimate (measured with flax
-    0.12.8), so the stored scale differs from the initializer's by a factor near 1; the output W / sigma(W) does not
-    depend on that scale.
+    flax's init stores each wrapped kernel already divided by its first sigma estimate; `init_variables` puts the
+    initializer's own draws back.
     """
     if spectral:
         return nn.SpectralNorm(layer)(x, update_stats=train)
@@ -223,8 +223,8 @@ class ResNetGenerator(nn.Module):
     """z [B, latent_dim] -> images [B, H, W, C] in [-1, 1] (SNGAN's CIFAR-10 generator, Miyato et al. 2018, Table 4).
 
     At 32 (ch = 4 * width, 256 for width 64 as in the paper): Dense to 4x4xch; 3 up-blocks ch->ch (8, 16, 32);
-    BN, ReLU, 3x3 conv to C, tanh. At 64 (w = width, halving per level from 8w, the last level kept at w):
-    Dense to 4x4x8w; up-blocks 8w->4w (8), 4w->2w (16), 2w->w (32), w->w (64); BN, ReLU, 3x3 conv to C, tanh.
+    BN, ReLU, 3x3 conv to C, tanh. At 64 (jaxgen's own widths, not SNGAN's resnet_64; w = width): Dense to
+    4x4x8w; up-blocks 8w->4w (8), 4w->2w (16), 2w->w (32), w->w (64); BN, ReLU, 3x3 conv to C, tanh.
     """
 
     image_shape: tuple[int, int, int]
@@ -255,8 +255,9 @@ class ResNetDiscriminator(nn.Module):
     """Images [B, H, W, C] -> logits [B] (SNGAN's CIFAR-10 discriminator, Miyato et al. 2018, Table 5).
 
     At 32 (ch = 2 * width, 128 for width 64 as in the paper): optimized down-block C->ch (16x16), down-block ch->ch
-    (8), two blocks ch->ch at 8x8, ReLU, global sum pooling, Dense to 1. At 64 (w = width, doubling per level):
-    optimized block C->w (32), down-blocks w->2w (16), 2w->4w (8), two blocks 4w->4w at 8x8, ReLU, sum, Dense.
+    (8), two blocks ch->ch at 8x8, ReLU, global sum pooling, Dense to 1 without a bias (as SNGAN's code). At 64
+    (jaxgen's own extension, not SNGAN's resnet_64; w = width, doubling per level): optimized block C->w (32),
+    down-blocks w->2w (16), 2w->4w (8), two blocks 4w->4w at 8x8, ReLU, sum, Dense.
     Spectral norm, when on, wraps every conv and the Dense; norm 'batch' adds BN inside the blocks (SNGAN has none).
     """
 
@@ -279,8 +280,25 @@ class ResNetDiscriminator(nn.Module):
         for m, d in zip(mults[1:], down):
             h = block(m, "down" if d else "same")(h, train)
         h = nn.relu(h).astype(jnp.float32).sum((1, 2))
-        out = nn.Dense(1, kernel_init=GLOROT, dtype=dt, param_dtype=jnp.float32)
+        out = nn.Dense(1, use_bias=False, kernel_init=GLOROT, dtype=dt, param_dtype=jnp.float32)  # SNGAN's: no bias
         return _layer(out, h, sn, train)[:, 0].astype(jnp.float32)
+
+
+def init_variables(module: nn.Module, key: jax.Array, *args, **kwargs) -> dict:
+    """`module.init(key, *args, **kwargs)`, with spectrally normalised kernels as their initializer drew them.
+
+    flax's SpectralNorm stores each kernel divided by its first sigma estimate at init: a 128->128 3x3 conv of
+    SNGAN's D starts 1.5x smaller than its Glorot draw, its first conv larger. The forward pass divides by sigma
+    either way, but Adam's steps have a fixed size, so that scale sets each layer's effective learning rate.
+    Miyato et al.'s Chainer code and PyTorch's spectral_norm keep the draw and divide only in the forward pass;
+    so does this. Modules without a `spectral_norm` field (a user's own) get flax's init unchanged.
+    """
+    variables = dict(module.init(key, *args, **kwargs))
+    if getattr(module, "spectral_norm", False):  # the same names and RNG paths without the wrapper: the raw draws
+        raw = module.clone(spectral_norm=False).init(key, *args, **kwargs)["params"]
+        if jax.tree.structure(raw) == jax.tree.structure(variables["params"]):
+            variables["params"] = raw
+    return variables
 
 
 # --- Building by name ------------------------------------------------------------------------------------------------

@@ -15,6 +15,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxgen.models import gan as gan_models
+
 INIT_STREAM, DATA_STREAM, STEP_STREAM, EVAL_STREAM = 0, 1, 2, 3
 
 
@@ -43,8 +45,8 @@ def create_gan(generator, discriminator, g_tx, d_tx, image_shape, seed: int, ema
     init = jax.random.fold_in(key, INIT_STREAM)
     z = jnp.zeros((2, generator.latent_dim), jnp.float32)
     x = jnp.zeros((2, *image_shape), jnp.float32)
-    g = dict(generator.init(jax.random.fold_in(init, 0), z, train=False))
-    d = dict(discriminator.init(jax.random.fold_in(init, 1), x, train=False))
+    g = gan_models.init_variables(generator, jax.random.fold_in(init, 0), z, train=False)
+    d = gan_models.init_variables(discriminator, jax.random.fold_in(init, 1), x, train=False)
     state = {"step": jnp.zeros((), jnp.int32), "g": g, "d": d, "g_opt": g_tx.init(g["params"]),
              "d_opt": d_tx.init(d["params"]), "key": key}
     if ema:
