@@ -1,5 +1,11 @@
-"""DCGAN at 64x64 on CelebA in the setup of Radford et al. (2016): non-saturating loss, Adam(2e-4, beta1 0.5),
-batch 128, BatchNorm in G and D, faces centre-cropped to 108x108 then resized to 64x64.
+"""DCGAN at 64x64 on CelebA: Radford et al.'s (2016) training setup (non-saturating loss, Adam(2e-4, beta1 0.5),
+batch 128, weights from N(0, 0.02), BatchNorm in G and D, LeakyReLU 0.2 in D) with the pytorch/examples DCGAN's
+layers (4x4 kernels, ngf = ndf = 64, G from 4x4x512, z ~ N(0, I) of 100); faces centre-cropped to 108x108, then
+resized to 64x64. Not the paper's own: its Fig. 1 G starts from 4x4x1024, and the authors' code (Newmu/dcgan_code)
+draws z ~ U(-1, 1) and uses 5x5 kernels.
+
+Samples and FID come from an EMA of G's weights (half-life 50k images, BatchNorm statistics re-estimated for it),
+which the paper does not use; --config.train.ema_half_life=0 evaluates the trained G itself.
 
     python launch.py --config=configs/gan_celeba.py --workdir=runs/celeba
     python launch.py --config=configs/gan_celeba.py --workdir=runs/celeba --config.data.path=/data/img_align_celeba
