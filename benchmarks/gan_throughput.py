@@ -58,7 +58,7 @@ def bench_jax(batches, dtypes, fused, seconds, repeats, impls=("auto",), norm_im
         fn = gan_step.compile_train(
             mesh, steps_per_dispatch=k, generator=G, discriminator=D, g_tx=g_tx, d_tx=d_tx,
             loss_fn=gan_obj.get_loss("non_saturating"), reg_fn=None, reg_weight=0.0, reg_interval=1,
-            d_steps=1, batch=batch, augment_policy="", ema_beta=gan_step.ema_beta(batch, 10_000),
+            d_steps=1, batch=batch, augment_policy="", ema_half_life=10_000, ema_rampup=0.05,
             g_lr=g_lr, d_lr=d_lr)
         calls = max(1, 4 // k)
         run = harness.train_loop(fn, jax.jit(create, out_shardings=parallel.replicated(mesh))(), data, calls)

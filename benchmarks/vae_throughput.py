@@ -75,7 +75,7 @@ def bench_jax(batches, fused, seconds, repeats, impls=("auto",)):
         for k in fused:
             fn = vae_step.compile_train(mesh, steps_per_dispatch=k, model=model, tx=tx,
                                         objective=objectives.get("elbo"), obj_cfg=cfg.objective, lr_schedule=lr,
-                                        batch=batch, binarize="dynamic", ema_beta=0.0)
+                                        batch=batch, binarize="dynamic", ema_half_life=0.0, ema_rampup=0.0)
             calls = max(1, 4 // k)
             run_loop = harness.train_loop(fn, jax.jit(create, out_shardings=parallel.replicated(mesh))(), data,
                                           calls)

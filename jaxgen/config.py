@@ -120,6 +120,7 @@ def vae_config() -> ml_collections.ConfigDict:
     c.optim = optim_block()
     c.train.ema_half_life = 0  # images; > 0 keeps an EMA of the params (evaluation, samples) halving its memory
     # every this many images, whatever the batch size; 0 = off
+    c.train.ema_rampup = 0.05  # the half-life is at most this times the images seen so far (StyleGAN2-ADA's); 0 = off
     c.eval.nll_k = 100  # importance samples for the NLL at intermediate evals
     c.eval.final_nll_k = 1000  # importance samples for the NLL at the final eval
     c.eval.nll_chunk = 50  # importance samples per pass: batch_size * nll_chunk decodes in memory at once
@@ -159,6 +160,7 @@ def gan_config() -> ml_collections.ConfigDict:
     c.d_optim = optim_block(2e-4, 0.5, 0.999)
     c.train.d_steps = 1  # D updates per G update (a train step = d_steps D updates + 1 G update)
     c.train.ema_half_life = 10_000  # images; the EMA of G's weights halves its memory every this many; 0 = off
+    c.train.ema_rampup = 0.05  # the half-life is at most this times the images seen so far (StyleGAN2-ADA's); 0 = off
 
     c.augment = ml_collections.ConfigDict()
     c.augment.policy = ""  # comma-separated jaxgen.data.augment names, applied to reals and fakes for D; '' = off
@@ -304,6 +306,8 @@ def check(config: ml_collections.ConfigDict) -> None:
                         block, config[block].warmup_steps, _updates(config, block), block, config[block].lr)
     if t.ema_half_life < 0:
         raise ValueError(f"train.ema_half_life must be >= 0 images (0 = no EMA), got {t.ema_half_life}")
+    if t.ema_rampup < 0:
+        raise ValueError(f"train.ema_rampup must be >= 0 (0 = no ramp-up), got {t.ema_rampup}")
     if config.task == "vae":
         if config.objective.k < 1 or config.eval.nll_k < 1 or config.eval.final_nll_k < 1:
             raise ValueError("objective.k, eval.nll_k and eval.final_nll_k must be >= 1")

@@ -103,7 +103,7 @@ def _gan_setup(mesh, **over):
         mesh, steps_per_dispatch=1, generator=G, discriminator=D, g_tx=g_tx, d_tx=d_tx,
         loss_fn=gan_obj.get_loss(c.loss.name), reg_fn=gan_obj.get_regularizer(c.reg.name), reg_weight=c.reg.weight,
         reg_interval=c.reg.interval, d_steps=c.train.d_steps, batch=32, augment_policy=c.augment.policy,
-        ema_beta=0.9, g_lr=g_lr, d_lr=d_lr)
+        ema_half_life=200.0, ema_rampup=0.0, g_lr=g_lr, d_lr=d_lr)
     return state, fn
 
 
@@ -330,3 +330,15 @@ def test_too_few_test_images_for_one_eval_batch_fail_before_any_training(tmp_pat
                                          r"\d+ \(eval.num_examples=8\); lower eval.batch_size \(a multiple of the 8"):
         loop.train_and_evaluate(c, tmp_path)
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_the_ema_decay_follows_a_half_life_in_images_and_ramps_up():
+    """0.5 ** (batch / half-life): the EMA halves its memory every half-life images at any batch size. With a
+    ramp-up r (StyleGAN2-ADA's ema_rampup) the half-life is at most r x the images seen, so the first step copies
+    G (decay 0) and the random initial weights fade early."""
+    beta = lambda step, batch, rampup: float(state_lib.ema_beta(step, batch, 10_000, rampup))
+    assert beta(0, 64, 0.0) == pytest.approx(0.5 ** (64 / 10_000))
+    assert beta(7, 64, 0.0) ** (10_000 // 64 * 4) == pytest.approx(beta(7, 256, 0.0) ** (10_000 // 64), rel=1e-3)
+    assert beta(0, 64, 0.05) == 0.0  # nothing seen yet: the EMA starts as G
+    assert beta(100, 64, 0.05) == pytest.approx(0.5 ** (64 / (100 * 64 * 0.05)))  # half-life 320 images
+    assert beta(10**6, 64, 0.05) == pytest.approx(0.5 ** (64 / 10_000))  # ramped up: the configured half-life

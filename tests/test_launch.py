@@ -97,7 +97,7 @@ def test_unknown_config_field_is_an_error(tmp_path):
 
 
 @pytest.mark.parametrize("override,block,fields", [
-    ("train.zzzz=8", "train", "batch_size, ema_half_life, log_every, steps, steps_per_dispatch"),
+    ("train.zzzz=8", "train", "batch_size, ema_half_life, ema_rampup, log_every, steps, steps_per_dispatch"),
     ("zzzz.steps=8", "the config",
      "checkpoint, data, eval, model, objective, optim, output, sample, seed, task, train"),
 ])

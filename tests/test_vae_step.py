@@ -21,7 +21,7 @@ def _setup(cfg, devices, steps_per_dispatch=1, objective="elbo"):
     state = jax.jit(create, out_shardings=parallel.replicated(mesh))()
     fn = vae_step.compile_train(mesh, steps_per_dispatch=steps_per_dispatch, model=model, tx=tx,
                                 objective=objectives.get(objective), obj_cfg=cfg.objective, lr_schedule=lr,
-                                batch=32, binarize="dynamic", ema_beta=0.9)
+                                batch=32, binarize="dynamic", ema_half_life=200.0, ema_rampup=0.0)
     return fn, state, parallel.put_replicated({"image": train.image[:256]}, mesh)
 
 

@@ -25,6 +25,7 @@ from jaxgen.data import augment
 from jaxgen.data import device as dev
 from jaxgen.parallel import AXIS
 from jaxgen.training import dispatch
+from jaxgen.training import state as state_lib
 from jaxgen.training.state import DATA_STREAM, STEP_STREAM
 
 # Per-example key streams within a step.
@@ -138,11 +139,14 @@ def g_update(state: dict, fake, g_vjp, d_real, keys, *, discriminator, g_tx, los
 
 
 def gan_step(state: dict, data: dict, *, generator, discriminator, g_tx, d_tx, loss_fn, reg_fn, reg_weight: float,
-             reg_interval: int, d_steps: int, batch: int, augment_policy: str, ema_beta: float, g_lr, d_lr):
+             reg_interval: int, d_steps: int, batch: int, augment_policy: str, ema_half_life: float,
+             ema_rampup: float, g_lr, d_lr):
     """One train step (d_steps D updates, then one G update) on one device's share of the global batch `batch`.
 
     data: {'image': uint8 [N, H, W, C]}, the whole training split, replicated. Returns (state, metrics): D's
     metrics averaged over its updates, G's from its update, and 'finite' (0: nothing of this step was applied).
+    G's EMA, when the state keeps one, has the half-life `ema_half_life` images, ramped up by `ema_rampup`
+    (state.ema_beta).
     """
     old = state
     step = state["step"]
@@ -174,7 +178,8 @@ def gan_step(state: dict, data: dict, *, generator, discriminator, g_tx, d_tx, l
                                 real=real if reads_d_real(loss_fn, d_real.shape[0]) else None)
     state["step"] = step + 1
     if "ema_g" in state:
-        ema_params = optax.incremental_update(state["g"]["params"], state["ema_g"]["params"], 1.0 - ema_beta)
+        beta = state_lib.ema_beta(step, batch, ema_half_life, ema_rampup)
+        ema_params = optax.incremental_update(state["g"]["params"], state["ema_g"]["params"], 1.0 - beta)
         state["ema_g"] = {**state["g"], "params": ema_params}  # statistics are copied, params averaged
     metrics = {**jax.tree.map(lambda *v: jnp.mean(jnp.stack(v)), *d_metrics), **g_metrics}
     state, finite = dispatch.keep_if_finite(state, old, metrics)

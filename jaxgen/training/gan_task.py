@@ -73,7 +73,8 @@ class GANTask:
             discriminator=self.discriminator, g_tx=self.g_tx, d_tx=self.d_tx, loss_fn=self.loss_fn,
             reg_fn=self.reg_fn, reg_weight=c.reg.weight, reg_interval=c.reg.interval, d_steps=c.train.d_steps,
             batch=c.train.batch_size, augment_policy=c.augment.policy,
-            ema_beta=state_lib.ema_beta(c.train.batch_size, c.train.ema_half_life), g_lr=self.g_lr, d_lr=self.d_lr)
+            ema_half_life=c.train.ema_half_life, ema_rampup=c.train.ema_rampup, g_lr=self.g_lr,
+            d_lr=self.d_lr)
 
     @functools.cached_property
     def _refresh_stats(self):

@@ -54,6 +54,11 @@ def create_gan(generator, discriminator, g_tx, d_tx, image_shape, seed: int, ema
     return state
 
 
-def ema_beta(batch: int, half_life_images: float) -> float:
-    """Per-step EMA decay for a half-life in images (Karras et al. 2022, EDM): 0.5 ** (batch / half_life)."""
-    return 0.5 ** (batch / half_life_images) if half_life_images > 0 else 0.0
+def ema_beta(step, batch: int, half_life_images: float, rampup: float = 0.0) -> jax.Array:
+    """The EMA's decay at `step`: 0.5 ** (batch / half_life), a half-life in images whatever the batch size
+    (Karras et al. 2022, EDM). With rampup > 0 the half-life is at most rampup x the images seen before this step
+    (StyleGAN2-ADA's ema_rampup), so early averages do not keep the random initial weights."""
+    h = jnp.asarray(half_life_images, jnp.float32)
+    if rampup > 0:
+        h = jnp.minimum(h, jnp.asarray(step, jnp.float32) * (batch * rampup))
+    return 0.5 ** (batch / jnp.maximum(h, 1e-8))

@@ -18,11 +18,12 @@ from jax import lax
 from jaxgen.data import device as dev
 from jaxgen.parallel import AXIS
 from jaxgen.training import dispatch
+from jaxgen.training import state as state_lib
 from jaxgen.training.state import DATA_STREAM, STEP_STREAM
 
 
 def vae_step(state: dict, data: dict, *, model, tx, objective, obj_cfg, lr_schedule, batch: int, binarize: str,
-             ema_beta: float) -> tuple[dict, dict]:
+             ema_half_life: float, ema_rampup: float) -> tuple[dict, dict]:
     """One optimisation step on one device's share of the global batch `batch`. Returns (state, metrics).
 
     data: {'image': uint8 [N, H, W, C]}, the whole training split, replicated.
@@ -45,7 +46,8 @@ def vae_step(state: dict, data: dict, *, model, tx, objective, obj_cfg, lr_sched
     params = optax.apply_updates(state["params"], updates)
     new = {**state, "step": step + 1, "params": params, "opt_state": opt_state}
     if "ema_params" in state:
-        new["ema_params"] = optax.incremental_update(params, state["ema_params"], 1.0 - ema_beta)
+        beta = state_lib.ema_beta(step, batch, ema_half_life, ema_rampup)
+        new["ema_params"] = optax.incremental_update(params, state["ema_params"], 1.0 - beta)
     grad_norm = optax.global_norm(grads)
     new, finite = dispatch.keep_if_finite(new, state, (metrics, grad_norm))
     metrics = {

@@ -62,7 +62,7 @@ class VAETask:
         return vae_step.compile_train(
             self.mesh, steps_per_dispatch=c.train.steps_per_dispatch, model=self.model, tx=self.tx,
             objective=self.objective, obj_cfg=c.objective, lr_schedule=self.lr, batch=c.train.batch_size,
-            binarize=c.data.binarize, ema_beta=state_lib.ema_beta(c.train.batch_size, c.train.ema_half_life))
+            binarize=c.data.binarize, ema_half_life=c.train.ema_half_life, ema_rampup=c.train.ema_rampup)
 
     @functools.cached_property
     def eval_fn(self):
