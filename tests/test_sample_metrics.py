@@ -72,6 +72,16 @@ def test_kid_equals_brute_force_unbiased_mmd():
     assert mean == pytest.approx(xx + yy - 2 * xy, rel=1e-10) and std == pytest.approx(0.0, abs=1e-12)
 
 
+def test_kid_from_subsets_is_unbiased_and_its_std_is_their_spread():
+    """Subsets smaller than the sets (the usual 100 x 1000 of 10k samples): each subset's MMD^2 is unbiased, so
+    their mean lands near the whole sets' value, and std is the spread of the subset values (not 0)."""
+    x, y = RNG.normal(size=(400, 6)), RNG.normal(size=(400, 6)) * 1.2 + 0.3
+    whole, _ = sm.kernel_inception_distance(x, y, num_subsets=1, subset_size=400)
+    mean, std = sm.kernel_inception_distance(x, y, num_subsets=200, subset_size=50, seed=3)
+    assert std > 0.05 * whole
+    assert abs(mean - whole) < 4 * std / np.sqrt(200)
+
+
 def test_inception_score_equals_a_hand_computation():
     # Split 1: two confident, different classes -> IS 2. Split 2: uniform -> IS 1.
     p = np.array([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5], [0.5, 0.5]])
@@ -92,10 +102,11 @@ def test_precision_recall_density_coverage_equal_brute_force():
     for k in (3, 5):
         rr = [_brute_knn_radius(r, i, k) for i in range(len(r))]
         fr = [_brute_knn_radius(f, j, k) for j in range(len(f))]
-        inside = np.array([[np.linalg.norm(f[j] - r[i]) <= rr[i] for i in range(len(r))] for j in range(len(f))])
-        precision = np.mean(inside.any(1))
-        recall = np.mean([any(np.linalg.norm(r[i] - f[j]) <= fr[j] for j in range(len(f))) for i in range(len(r))])
+        dist = np.array([[np.linalg.norm(f[j] - r[i]) for i in range(len(r))] for j in range(len(f))])
+        precision = np.mean((dist <= np.array(rr)).any(1))  # closed balls (Kynkaanniemi et al.)
+        recall = np.mean([any(dist[j, i] <= fr[j] for j in range(len(f))) for i in range(len(r))])
         assert sm.precision_recall(r, f, k=k) == pytest.approx((precision, recall))
+        inside = dist < np.array(rr)  # open balls (Naeem et al.'s prdc)
         density, coverage = inside.sum() / (k * len(f)), np.mean(inside.any(0))
         assert sm.density_coverage(r, f, k=k) == pytest.approx((density, coverage))
 
