@@ -23,6 +23,7 @@ def get_config(variant: str = ""):
     c.model.hidden = (200, 200)
     c.model.latent_dim = 50
     c.model.activation = "tanh"
+    c.model.output_bias = "data_mean"  # as Burda et al.'s code: the decoder starts at the mean training digit
     c.objective.name = "iwae"
     c.objective.k = 5
     c.optim.lr = 1e-3

@@ -107,6 +107,7 @@ def vae_config() -> ml_collections.ConfigDict:
     c.model.dense = 16  # conv_vae: the dense bottleneck before the latent
     c.model.hidden = (200, 200)  # mlp_vae: hidden widths
     c.model.activation = "relu"  # relu, tanh, gelu, silu, elu
+    c.model.output_bias = "zero"  # 'zero' or 'data_mean': the decoder starts at the training pixels' mean
     c.model.conv_impl = "auto"  # conv_vae's transposed convs: 'auto' (per backend), 'phase' or 'xla' (models/layers.py)
 
     c.objective = ml_collections.ConfigDict()

@@ -129,3 +129,26 @@ def test_processes_that_disagree_are_a_clear_error(monkeypatch):
     with pytest.raises(parallel.ProcessesDisagreeError, match=expected):
         parallel.check_same_on_every_process("the data", parallel.fingerprint(np.zeros((4, 2), np.uint8)),
                                              "same files")
+
+
+def test_the_decoder_can_start_at_the_training_mean():
+    """model.output_bias='data_mean' (Burda et al.'s IWAE code): the Bernoulli decoder's logits start at the
+    logit of each pixel's mean grey value (per channel for conv_vae); other choices are listed."""
+    from jaxgen.config import vae_config
+
+    images = np.zeros((4, 28, 28, 1), np.uint8)
+    images[:2, 10:18] = 255  # rows 10-17 are white in half the images
+    c = vae_config()
+    c.model.name, c.model.output_bias = "mlp_vae", "data_mean"
+    m = models.build(c.model, (28, 28, 1), train_images=images)
+    params = m.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)), jnp.zeros((1, m.latent_dim)))["params"]
+    bias = np.asarray(params["out"]["bias"]).reshape(28, 28)
+    np.testing.assert_allclose(bias[12], 0.0, atol=1e-6)  # p = 0.5
+    np.testing.assert_allclose(bias[0], np.log(0.001 / 0.999), rtol=1e-5)  # p = 0, clipped at 0.001
+    c.model.name = "conv_vae"
+    m = models.build(c.model, (28, 28, 1), train_images=images, likelihood="gaussian")
+    params = m.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)), jnp.zeros((1, m.latent_dim)))["params"]
+    np.testing.assert_allclose(params["out"]["bias"], [8 * 28 * 2 / (28 * 28 * 4)], rtol=1e-5)  # the mean pixel
+    c.model.output_bias = "mean"
+    with pytest.raises(ValueError, match="unknown model.output_bias 'mean'; choices: zero, data_mean"):
+        models.build(c.model, (28, 28, 1), train_images=images)

@@ -5,22 +5,37 @@ from __future__ import annotations
 import flax.linen as nn
 
 from jaxgen import registry
-from jaxgen.models.vae import MLPVAE, ConvVAE
+from jaxgen.models.vae import MLPVAE, OUTPUT_BIASES, ConvVAE, data_mean_output
 
 MODELS = {"conv_vae": ConvVAE, "mlp_vae": MLPVAE}
 
 
-def build(model_config, image_shape: tuple[int, int, int]) -> nn.Module:
+def build(model_config, image_shape: tuple[int, int, int], *, train_images=None,
+          likelihood: str = "bernoulli") -> nn.Module:
     """The module named by `model_config.name` for images of `image_shape` (H, W, C).
 
     Built-in modules take their fields from the config: conv_vae (latent_dim, channels, dense, activation, conv_impl),
     mlp_vae (latent_dim, hidden, activation). A user's class receives `image_shape` and `latent_dim`.
+    model.output_bias='data_mean' starts a built-in decoder at the mean of `train_images` (uint8) under
+    `likelihood` (per pixel for mlp_vae, per channel for conv_vae; `models.vae.data_mean_output`).
     """
     cls = registry.resolve("model", model_config.name, MODELS)
     m = model_config
+    bias = m.get("output_bias", "zero")
+    if bias not in OUTPUT_BIASES:
+        raise ValueError(f"unknown model.output_bias {bias!r}; choices: {', '.join(OUTPUT_BIASES)}")
+    out_bias = {}
+    if bias == "data_mean":
+        if cls not in (ConvVAE, MLPVAE):
+            raise ValueError(f"model.output_bias='data_mean' sets a built-in decoder's last bias; {m.name!r} is "
+                             "your own model: initialise it there, or set --config.model.output_bias=zero")
+        if train_images is None:
+            raise ValueError("model.output_bias='data_mean' needs the training images")
+        out_bias = {"out_bias_init": nn.initializers.constant(data_mean_output(train_images, likelihood,
+                                                                               cls is MLPVAE))}
     if cls is ConvVAE:
         return ConvVAE(tuple(image_shape), m.latent_dim, tuple(m.channels), m.dense, m.activation,
-                       m.get("conv_impl", "auto"))
+                       m.get("conv_impl", "auto"), **out_bias)
     if cls is MLPVAE:
-        return MLPVAE(tuple(image_shape), m.latent_dim, tuple(m.hidden), m.activation)
+        return MLPVAE(tuple(image_shape), m.latent_dim, tuple(m.hidden), m.activation, **out_bias)
     return cls(image_shape=tuple(image_shape), latent_dim=m.latent_dim)

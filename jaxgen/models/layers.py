@@ -316,6 +316,7 @@ class Conv(nn.Module):
     kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
     dtype: jnp.dtype | None = None
     impl: str = "auto"
+    bias_init: nn.initializers.Initializer = nn.initializers.zeros
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -327,7 +328,7 @@ class Conv(nn.Module):
         phase = resolve_impl(self.impl) == "phase"
         y = (conv_same if phase else _conv_same)(x.astype(dtype), w.astype(dtype))
         if self.use_bias:
-            b = self.param("bias", nn.initializers.zeros, (self.features,))
+            b = self.param("bias", self.bias_init, (self.features,))
             y = bias_add(y, b) if phase else y + b.astype(dtype)
         return y
 

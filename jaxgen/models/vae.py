@@ -7,26 +7,47 @@ a Bernoulli likelihood, means for a Gaussian). Inputs x are float images [B, H, 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import flax.linen as nn
+import numpy as np
 
 from jaxgen.models.layers import Conv, ConvTranspose2x, activation, check_divisible
 
+OUTPUT_BIASES = ("zero", "data_mean")
+
+
+def data_mean_output(images: np.ndarray, likelihood: str, per_pixel: bool) -> np.ndarray:
+    """The decoder output at which p(x|z) has the training images' mean: per pixel [H*W*C] or per channel [C].
+
+    Bernoulli: the logit of the mean grey value (uint8 / 255, which dynamic binarization draws pixels from),
+    clipped to [0.001, 0.999] as in Burda et al.'s IWAE code; Gaussian: the mean itself."""
+    x = np.asarray(images, np.float64) / 255.0
+    mean = x.mean(0).reshape(-1) if per_pixel else x.reshape(-1, x.shape[-1]).mean(0)
+    if likelihood == "bernoulli":
+        mean = np.clip(mean, 0.001, 0.999)
+        return np.log(mean / (1.0 - mean)).astype(np.float32)
+    return mean.astype(np.float32)
+
 
 class MLPVAE(nn.Module):
-    """The IWAE paper's one-stochastic-layer shape (Burda et al. 2016): 2 hidden layers each way, tanh there."""
+    """The IWAE paper's one-stochastic-layer shape (Burda et al. 2016): 2 hidden layers each way, tanh there;
+    Glorot-uniform weights as in their code. `out_bias_init`: the output layer's bias (zeros; `build` passes the
+    training data's mean for model.output_bias='data_mean', as their code does)."""
 
     image_shape: tuple[int, int, int]
     latent_dim: int = 50
     hidden: tuple[int, ...] = (200, 200)
     activation: str = "tanh"
+    out_bias_init: Callable = nn.initializers.zeros
 
     def setup(self):
-        self.enc = [nn.Dense(h) for h in self.hidden]
-        self.mu = nn.Dense(self.latent_dim)
-        self.logvar = nn.Dense(self.latent_dim)
-        self.dec = [nn.Dense(h) for h in reversed(self.hidden)]
-        self.out = nn.Dense(math.prod(self.image_shape))
+        dense = lambda n, **kw: nn.Dense(n, kernel_init=nn.initializers.glorot_uniform(), **kw)
+        self.enc = [dense(h) for h in self.hidden]
+        self.mu = dense(self.latent_dim)
+        self.logvar = dense(self.latent_dim)
+        self.dec = [dense(h) for h in reversed(self.hidden)]
+        self.out = dense(math.prod(self.image_shape), bias_init=self.out_bias_init)
 
     def encode(self, x):
         act = activation(self.activation)
@@ -57,6 +78,7 @@ class ConvVAE(nn.Module):
     dense: int = 16
     activation: str = "relu"
     conv_impl: str = "auto"  # the transposed convs' form: jaxgen.models.layers.IMPLS
+    out_bias_init: Callable = nn.initializers.zeros  # the last conv's bias, one per channel
 
     def setup(self):
         check_divisible(self.image_shape, len(self.channels), "conv_vae")
@@ -71,7 +93,7 @@ class ConvVAE(nn.Module):
         self.dec_proj = nn.Dense(self.base[0] * self.base[1] * self.base[2])
         widths = tuple(reversed(self.channels))  # (64, 32) for channels (32, 64)
         self.up = [ConvTranspose2x(c, kernel_size=3, padding=1, impl=self.conv_impl) for c in widths]
-        self.out = Conv(self.image_shape[-1], 3, impl=self.conv_impl)
+        self.out = Conv(self.image_shape[-1], 3, impl=self.conv_impl, bias_init=self.out_bias_init)
 
     def encode(self, x):
         act = activation(self.activation)

@@ -42,7 +42,8 @@ class VAETask:
         if config.data.binarize == "dynamic" and self.train.shape[-1] == 3:
             log.warning("data.binarize='dynamic' on colour images binarizes each channel of %s; for colour data set "
                         "--config.data.binarize=none --config.objective.likelihood=gaussian", config.data.name)
-        self.model = models.build(config.model, self.train.shape)
+        self.model = models.build(config.model, self.train.shape, train_images=self.train.image,
+                                  likelihood=config.objective.likelihood)
         self.tx, self.lr = optim.make(config.optim, config.train.steps)
         self.create = functools.partial(state_lib.create, self.model, self.tx, self.train.shape, config.seed,
                                         config.train.ema_half_life > 0)
