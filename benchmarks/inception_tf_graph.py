@@ -90,6 +90,7 @@ def pytorch_fid_state_dict(tf: dict[str, np.ndarray], prefix: str = "net.layers.
 
 def convert(src: Path, dst: Path, check_images: int) -> dict:
     import torch  # noqa: PLC0415 (only this step reads TorchScript)
+    from flax import traverse_util  # noqa: PLC0415
 
     from jaxgen import parallel, runtime  # noqa: PLC0415
     from jaxgen.evaluation import inception  # noqa: PLC0415
@@ -101,7 +102,7 @@ def convert(src: Path, dst: Path, check_images: int) -> dict:
     net = torch.jit.load(str(src), map_location="cpu").eval()
     tf = {k: v.numpy() for k, v in net.state_dict().items()}
     variables = inception.convert_torch_state_dict(pytorch_fid_state_dict(tf))
-    flat = {"/".join(k): np.asarray(v) for k, v in __import__("flax").traverse_util.flatten_dict(variables).items()}
+    flat = {"/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(variables).items()}
     dst.parent.mkdir(parents=True, exist_ok=True)
     np.savez(dst, **flat, __source_sha256__=np.array(digest))
 

@@ -119,7 +119,7 @@ def vae_config() -> ml_collections.ConfigDict:
     c.objective.kl = "analytic"  # elbo: 'analytic' or 'mc' (single-sample estimate)
 
     c.optim = optim_block()
-    c.train.ema_half_life = 0  # images; > 0 keeps an EMA of the params (evaluation, samples) halving its memory
+    c.train.ema_half_life = 0.0  # images; > 0 keeps an EMA of the params (evaluation, samples) halving its memory
     # every this many images, whatever the batch size; 0 = off
     c.train.ema_rampup = 0.05  # the half-life is at most this times the images seen so far (StyleGAN2-ADA's); 0 = off
     c.eval.nll_k = 100  # importance samples for the NLL at intermediate evals
@@ -160,7 +160,7 @@ def gan_config() -> ml_collections.ConfigDict:
     c.g_optim = optim_block(2e-4, 0.5, 0.999)
     c.d_optim = optim_block(2e-4, 0.5, 0.999)
     c.train.d_steps = 1  # D updates per G update (a train step = d_steps D updates + 1 G update)
-    c.train.ema_half_life = 10_000  # images; the EMA of G's weights halves its memory every this many; 0 = off
+    c.train.ema_half_life = 10_000.0  # images; the EMA of G's weights halves its memory every this many; 0 = off
     c.train.ema_rampup = 0.05  # the half-life is at most this times the images seen so far (StyleGAN2-ADA's); 0 = off
 
     c.augment = ml_collections.ConfigDict()

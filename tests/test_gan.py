@@ -332,13 +332,25 @@ def test_too_few_test_images_for_one_eval_batch_fail_before_any_training(tmp_pat
     assert not (tmp_path / "checkpoints").exists()
 
 
-def test_the_ema_decay_follows_a_half_life_in_images_and_ramps_up():
-    """0.5 ** (batch / half-life): the EMA halves its memory every half-life images at any batch size. With a
+def test_the_ema_follows_a_half_life_in_images_and_ramps_up():
+    """Decay 0.5 ** (batch / half-life): the EMA halves its memory every half-life images at any batch size. With a
     ramp-up r (StyleGAN2-ADA's ema_rampup) the half-life is at most r x the images seen, so the first step copies
-    G (decay 0) and the random initial weights fade early."""
-    beta = lambda step, batch, rampup: float(state_lib.ema_beta(step, batch, 10_000, rampup))
+    G (step size 1) and the random initial weights fade early. The step size keeps its precision when tiny."""
+    beta = lambda step, batch, rampup, h=10_000: 1.0 - float(state_lib.ema_rate(step, batch, h, rampup))
     assert beta(0, 64, 0.0) == pytest.approx(0.5 ** (64 / 10_000))
-    assert beta(7, 64, 0.0) ** (10_000 // 64 * 4) == pytest.approx(beta(7, 256, 0.0) ** (10_000 // 64), rel=1e-3)
+    assert beta(7, 64, 0.0) ** 4 == pytest.approx(beta(7, 256, 0.0), rel=1e-6)
     assert beta(0, 64, 0.05) == 0.0  # nothing seen yet: the EMA starts as G
     assert beta(100, 64, 0.05) == pytest.approx(0.5 ** (64 / (100 * 64 * 0.05)))  # half-life 320 images
     assert beta(10**6, 64, 0.05) == pytest.approx(0.5 ** (64 / 10_000))  # ramped up: the configured half-life
+    assert float(state_lib.ema_rate(0, 1, 1e7)) == pytest.approx(np.log(2) / 1e7, rel=1e-5)
+
+
+def test_the_first_step_with_a_ramp_up_leaves_the_ema_equal_to_g(tmp_path):
+    c = config_module(CONFIGS / "gan_mnist.py").get_config("smoke")
+    c.unlock()
+    c.train.ema_rampup, c.train.steps_per_dispatch = 0.05, 1
+    task = loop.build_task(c, tmp_path)
+    state = jax.jit(task.create, out_shardings=parallel.replicated(task.mesh))()
+    state, _ = task.compile_train()(state, parallel.put_replicated({"image": task.train.image}, task.mesh))
+    for a, b in zip(jax.tree.leaves(state["ema_g"]["params"]), jax.tree.leaves(state["g"]["params"])):
+        np.testing.assert_array_equal(a, b)

@@ -7,6 +7,8 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -154,9 +156,24 @@ def _two_processes(worker: str, *args: str, timeout: int = 300, devices: int = 4
     devices (a process that fails fails the test, with its stderr)."""
     env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "PYTHONPATH": str(ROOT)}
     address = f"127.0.0.1:{_free_port()}"
-    procs = [subprocess.Popen([sys.executable, "-c", worker, address, str(i), *args],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in (0, 1)]
-    outs = [p.communicate(timeout=timeout) for p in procs]
+    # Output to files, not pipes: a process blocked on a full pipe would stall the other at a collective.
+    files = [(tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")) for _ in (0, 1)]
+    procs = [subprocess.Popen([sys.executable, "-c", worker, address, str(i), *args], env=env, stdout=out,
+                              stderr=err, text=True) for i, (out, err) in enumerate(files)]
+    try:
+        deadline = time.monotonic() + timeout
+        for p in procs:
+            p.wait(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        for p in procs:  # a timeout or a hang leaves nothing running on the machine
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    outs = []
+    for out, err in files:
+        out.seek(0), err.seek(0)
+        outs.append((out.read(), err.read()))
+        out.close(), err.close()
     for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
     return outs
@@ -198,7 +215,9 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_the_job_resumes(tmp_p
     step = int(said[0][0].split("at step ")[1].split(",")[0])
     assert 0 < step < 40
     assert max(int(p.name) for p in (tmp_path / "multi" / "checkpoints").iterdir() if p.name.isdigit()) == step
-    finals = [json.loads(out.split("FINAL ")[-1]) for out, _ in _two_processes(STOP_WORKER, path, work, "0")]
+    outs = _two_processes(STOP_WORKER, path, work, "0")
+    assert f"Resumed from the checkpoint at step {step}" in outs[0][1]  # process 0 logs
+    finals = [json.loads(out.split("FINAL ")[-1]) for out, _ in outs]
     c = config_module(path).get_config("smoke")
     c.unlock()
     c.output.progress = c.output.plots = False

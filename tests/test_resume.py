@@ -282,11 +282,12 @@ def test_files_torn_by_a_kill_are_dropped_or_rewritten_not_fatal(tmp_path, caplo
     assert json.loads((tmp_path / "config.json").read_text()) == {"seed": 1}
 
 
-def test_a_save_killed_half_way_leaves_nothing_behind_on_the_next_start(smoke_config, tmp_path, caplog):
-    """A kill during an Orbax save leaves `<step>.orbax-checkpoint-tmp*` folders (in checkpoints/ or best/); the
-    next start removes them, with a warning, and keeps every finished checkpoint."""
-    mesh = parallel.make_mesh()
-    _, state = _state(smoke_config, mesh)
+def test_a_save_killed_half_way_leaves_nothing_behind_on_the_next_training_start(smoke_config, tmp_path, caplog):
+    """A kill during an Orbax save leaves `<step>.orbax-checkpoint-tmp*` folders (in checkpoints/ or best/). The
+    next training start removes them, with a warning, and keeps every finished checkpoint; --mode=eval or sample
+    (which may run beside a training run, whose save in flight such a folder can be) leaves them alone."""
+    task = loop.build_task(smoke_config, tmp_path)
+    state = jax.jit(task.create, out_shardings=parallel.replicated(task.mesh))()
     mgr = checkpoint.manager(tmp_path, smoke_config.checkpoint)
     checkpoint.save(mgr, {**state, "step": state["step"] + 10})
     mgr.close()
@@ -295,11 +296,14 @@ def test_a_save_killed_half_way_leaves_nothing_behind_on_the_next_start(smoke_co
     for p in partial:
         p.mkdir(parents=True)
         (p / "half_written").write_bytes(b"x")
+    mgr, _ = loop.restore(task)  # what --mode=eval and --mode=sample open
+    mgr.close()
+    assert all(p.exists() for p in partial)
     with caplog.at_level(logging.WARNING):
-        mgr = checkpoint.manager(tmp_path, smoke_config.checkpoint)
+        mgr, restored = loop.restore_or_init(task)
         keeper = checkpoint.BestKeeper(tmp_path, "elbo", "max")
-        assert keeper.update({**state, "step": state["step"] + 10}, {"elbo": -1.0})
-    assert mgr.all_steps() == [10] and not any(p.exists() for p in partial)
+        assert keeper.update(restored, {"elbo": -1.0})
+    assert int(restored["step"]) == 10 and mgr.all_steps() == [10] and not any(p.exists() for p in partial)
     assert caplog.text.count("a checkpoint whose save was interrupted") == 2
     mgr.close()
     keeper.close()

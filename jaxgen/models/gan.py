@@ -14,6 +14,8 @@ same blocks with jaxgen's own widths, not SNGAN's 64x64 models).
 
 from __future__ import annotations
 
+import logging
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -21,6 +23,8 @@ import jax.numpy as jnp
 from jaxgen import registry
 from jaxgen.models import layers
 from jaxgen.models.layers import ConvDown2x, ConvTranspose2x
+
+log = logging.getLogger(__name__)
 
 NORMS = ("batch", "none")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -298,6 +302,10 @@ def init_variables(module: nn.Module, key: jax.Array, *args, **kwargs) -> dict:
         raw = module.clone(spectral_norm=False).init(key, *args, **kwargs)["params"]
         if jax.tree.structure(raw) == jax.tree.structure(variables["params"]):
             variables["params"] = raw
+        else:
+            log.warning("%s: its parameters without spectral norm are named differently; its spectrally "
+                        "normalised kernels keep flax's init (divided by a first sigma estimate)",
+                        type(module).__name__)
     return variables
 
 

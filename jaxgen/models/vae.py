@@ -22,8 +22,12 @@ def data_mean_output(images: np.ndarray, likelihood: str, per_pixel: bool) -> np
 
     Bernoulli: the logit of the mean grey value (uint8 / 255, which dynamic binarization draws pixels from),
     clipped to [0.001, 0.999] as in Burda et al.'s IWAE code; Gaussian: the mean itself."""
-    x = np.asarray(images, np.float64) / 255.0
-    mean = x.mean(0).reshape(-1) if per_pixel else x.reshape(-1, x.shape[-1]).mean(0)
+    if likelihood not in ("bernoulli", "gaussian"):
+        raise ValueError(f"model.output_bias='data_mean' knows the likelihoods bernoulli and gaussian, not "
+                         f"{likelihood!r}; set --config.model.output_bias=zero")
+    images = np.asarray(images)
+    per = images.reshape(len(images), -1) if per_pixel else images.reshape(-1, images.shape[-1])
+    mean = per.mean(0, dtype=np.float64) / 255.0  # no float copy of the dataset
     if likelihood == "bernoulli":
         mean = np.clip(mean, 0.001, 0.999)
         return np.log(mean / (1.0 - mean)).astype(np.float32)

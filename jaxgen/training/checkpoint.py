@@ -33,7 +33,6 @@ def manager(workdir: Path, cfg, subdir: str = "checkpoints") -> ocp.CheckpointMa
         enable_async_checkpointing=cfg.asynchronous,
         create=True,
     )
-    remove_partial_saves(Path(workdir).absolute() / subdir)
     # The handler registered up front lets item_metadata read the saved tree before any restore.
     registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
     handler = ocp.StandardCheckpointHandler()
@@ -45,7 +44,9 @@ def manager(workdir: Path, cfg, subdir: str = "checkpoints") -> ocp.CheckpointMa
 def remove_partial_saves(directory: Path) -> None:
     """Deletes the `<step>.orbax-checkpoint-tmp*` folders a save killed half-way left in `directory` (process 0).
 
-    Orbax never reads them; its own cleanup option runs in a background thread that close() does not wait for."""
+    Only a run that is about to write to `directory` may call this: in another process (`--mode=eval` beside a
+    training run) it would delete a save in flight. Orbax never reads these folders; its own cleanup option runs in
+    a background thread that close() does not wait for."""
     if jax.process_index() != 0 or not directory.is_dir():
         return
     for p in directory.iterdir():

@@ -146,7 +146,7 @@ def gan_step(state: dict, data: dict, *, generator, discriminator, g_tx, d_tx, l
     data: {'image': uint8 [N, H, W, C]}, the whole training split, replicated. Returns (state, metrics): D's
     metrics averaged over its updates, G's from its update, and 'finite' (0: nothing of this step was applied).
     G's EMA, when the state keeps one, has the half-life `ema_half_life` images, ramped up by `ema_rampup`
-    (state.ema_beta).
+    (state.ema_rate).
     """
     old = state
     step = state["step"]
@@ -178,8 +178,8 @@ def gan_step(state: dict, data: dict, *, generator, discriminator, g_tx, d_tx, l
                                 real=real if reads_d_real(loss_fn, d_real.shape[0]) else None)
     state["step"] = step + 1
     if "ema_g" in state:
-        beta = state_lib.ema_beta(step, batch, ema_half_life, ema_rampup)
-        ema_params = optax.incremental_update(state["g"]["params"], state["ema_g"]["params"], 1.0 - beta)
+        rate = state_lib.ema_rate(step, batch, ema_half_life, ema_rampup)
+        ema_params = optax.incremental_update(state["g"]["params"], state["ema_g"]["params"], rate)
         state["ema_g"] = {**state["g"], "params": ema_params}  # statistics are copied, params averaged
     metrics = {**jax.tree.map(lambda *v: jnp.mean(jnp.stack(v)), *d_metrics), **g_metrics}
     state, finite = dispatch.keep_if_finite(state, old, metrics)

@@ -132,6 +132,8 @@ def restore(task, which: str = "newest"):
 
 
 def restore_or_init(task):
+    """The training run's start: a resumed or a fresh state, after removing what a save killed half-way left."""
+    checkpoint.remove_partial_saves(Path(task.workdir).absolute() / "checkpoints")  # this run writes there now
     mgr, state = restore(task)
     if state is None:
         state = jax.jit(task.create, out_shardings=parallel.replicated(task.mesh))()

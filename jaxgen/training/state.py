@@ -54,11 +54,13 @@ def create_gan(generator, discriminator, g_tx, d_tx, image_shape, seed: int, ema
     return state
 
 
-def ema_beta(step, batch: int, half_life_images: float, rampup: float = 0.0) -> jax.Array:
-    """The EMA's decay at `step`: 0.5 ** (batch / half_life), a half-life in images whatever the batch size
-    (Karras et al. 2022, EDM). With rampup > 0 the half-life is at most rampup x the images seen before this step
-    (StyleGAN2-ADA's ema_rampup), so early averages do not keep the random initial weights."""
+def ema_rate(step, batch: int, half_life_images: float, rampup: float = 0.0) -> jax.Array:
+    """The EMA's step size at `step`, 1 - beta with the decay beta = 0.5 ** (batch / half_life): a half-life in
+    images whatever the batch size (Karras et al. 2022, EDM). With rampup > 0 the half-life is at most rampup x
+    the images seen before this step (StyleGAN2-ADA's ema_rampup), so early averages do not keep the random
+    initial weights (step 0 copies the params). Computed as -expm1(-ln 2 * batch / half_life): float32 keeps its
+    relative precision however small the step (1 - beta in float32 would lose it past half-lives of ~1e6 batches)."""
     h = jnp.asarray(half_life_images, jnp.float32)
     if rampup > 0:
         h = jnp.minimum(h, jnp.asarray(step, jnp.float32) * (batch * rampup))
-    return 0.5 ** (batch / jnp.maximum(h, 1e-8))
+    return -jnp.expm1(-jnp.log(2.0) * batch / jnp.maximum(h, 1e-30))

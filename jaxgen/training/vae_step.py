@@ -46,8 +46,8 @@ def vae_step(state: dict, data: dict, *, model, tx, objective, obj_cfg, lr_sched
     params = optax.apply_updates(state["params"], updates)
     new = {**state, "step": step + 1, "params": params, "opt_state": opt_state}
     if "ema_params" in state:
-        beta = state_lib.ema_beta(step, batch, ema_half_life, ema_rampup)
-        new["ema_params"] = optax.incremental_update(params, state["ema_params"], 1.0 - beta)
+        rate = state_lib.ema_rate(step, batch, ema_half_life, ema_rampup)
+        new["ema_params"] = optax.incremental_update(params, state["ema_params"], rate)
     grad_norm = optax.global_norm(grads)
     new, finite = dispatch.keep_if_finite(new, state, (metrics, grad_norm))
     metrics = {
