@@ -154,12 +154,17 @@ def _free_port() -> int:
 def _two_processes(worker: str, *args: str, timeout: int = 300, devices: int = 4) -> list[tuple[str, str]]:
     """(stdout, stderr) of `worker` run as processes 0 and 1 of one jax.distributed job, each with `devices` CPU
     devices (a process that fails fails the test, with its stderr)."""
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "PYTHONPATH": str(ROOT)}
     address = f"127.0.0.1:{_free_port()}"
+    return _run_two([[sys.executable, "-c", worker, address, str(i), *args] for i in (0, 1)], [{}, {}], timeout,
+                    devices)
+
+
+def _run_two(commands: list[list[str]], envs: list[dict], timeout: int, devices: int) -> list[tuple[str, str]]:
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "PYTHONPATH": str(ROOT)}
     # Output to files, not pipes: a process blocked on a full pipe would stall the other at a collective.
     files = [(tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")) for _ in (0, 1)]
-    procs = [subprocess.Popen([sys.executable, "-c", worker, address, str(i), *args], env=env, stdout=out,
-                              stderr=err, text=True) for i, (out, err) in enumerate(files)]
+    procs = [subprocess.Popen(cmd, env={**env, **extra}, stdout=out, stderr=err, text=True, cwd=ROOT)
+             for cmd, extra, (out, err) in zip(commands, envs, files)]
     try:
         deadline = time.monotonic() + timeout
         for p in procs:
@@ -177,6 +182,19 @@ def _two_processes(worker: str, *args: str, timeout: int = 300, devices: int = 4
     for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
     return outs
+
+
+def test_the_documented_pod_command_runs_as_two_processes(tmp_path):
+    """README, GPUs and pods: the same launch.py command on every host with --jax_distributed and the coordinator,
+    process count and index in the environment. Two processes of 2 CPU devices train one 4-device run."""
+    address = f"127.0.0.1:{_free_port()}"
+    cmd = [sys.executable, "launch.py", "--config=configs/gan_mnist.py:smoke", f"--workdir={tmp_path / 'pod'}",
+           "--jax_distributed", "--config.output.progress=False", "--config.eval.extractors=()"]
+    envs = [{"JAX_COORDINATOR_ADDRESS": address, "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(i)} for i in (0, 1)]
+    outs = _run_two([cmd, cmd], envs, timeout=300, devices=2)
+    for _, err in outs:
+        assert "4 devices (2 processes)" in err and "Done: 20 steps" in err
+    assert (tmp_path / "pod" / "checkpoints" / "20").is_dir() and (tmp_path / "pod" / "eval.json").is_file()
 
 
 @pytest.mark.parametrize("config", ["gan_mnist", "vae_mnist"])
