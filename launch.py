@@ -49,8 +49,8 @@ def main(argv):
     run = {"train": loop.train_and_evaluate, "eval": loop.evaluate_checkpoint, "sample": loop.sample_checkpoint}
     try:
         run[FLAGS.mode](FLAGS.config, FLAGS.workdir)
-    except loop.RunStopped:  # SIGTERM: checkpointed and logged; the exit status of a process SIGTERM ended
-        sys.exit(143)
+    except loop.RunStopped as e:  # SIGTERM or Ctrl-C: checkpointed and logged; the status the signal would give
+        sys.exit(128 + e.signum)
     except (Exception, KeyboardInterrupt) as e:
         workdir.log_fatal(e)  # into log.txt too, not only on stderr
         raise

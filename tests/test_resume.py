@@ -307,3 +307,48 @@ def test_a_save_killed_half_way_leaves_nothing_behind_on_the_next_training_start
     assert caplog.text.count("a checkpoint whose save was interrupted") == 2
     mgr.close()
     keeper.close()
+
+
+def test_ctrl_c_stops_like_sigterm_and_a_second_ctrl_c_at_once(smoke_config, tmp_path, monkeypatch):
+    """A researcher's Ctrl-C (SIGINT) checkpoints the step reached and raises RunStopped (launch.py exits 130);
+    pressed twice, it raises KeyboardInterrupt at once, as Python's default does."""
+    import os
+    import signal
+
+    build = loop.build_task
+
+    def interrupted(times):
+        def build_with_ctrl_c(config, workdir):
+            task = build(config, workdir)
+            compile_train, calls = task.compile_train, []
+
+            def compiled():
+                fn = compile_train()
+
+                def call(state, data):
+                    calls.append(1)
+                    if len(calls) == 2:
+                        for _ in range(times):
+                            os.kill(os.getpid(), signal.SIGINT)
+                    return fn(state, data)
+                return call
+            task.compile_train = compiled
+            return task
+        return build_with_ctrl_c
+
+    c = smoke_config
+    c.eval.every, c.checkpoint.every = 0, 20
+    k = c.train.steps_per_dispatch
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own, whatever the test runner set
+    try:
+        monkeypatch.setattr(loop, "build_task", interrupted(1))
+        with pytest.raises(loop.RunStopped, match=f"stopped by SIGINT at step {2 * k}") as stop:
+            loop.train_and_evaluate(c, tmp_path / "once")
+        assert stop.value.signum == signal.SIGINT and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        assert [p.name for p in (tmp_path / "once" / "checkpoints").iterdir() if p.name.isdigit()] == [str(2 * k)]
+        monkeypatch.setattr(loop, "build_task", interrupted(2))
+        with pytest.raises(KeyboardInterrupt):
+            loop.train_and_evaluate(c, tmp_path / "twice")
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, outer)

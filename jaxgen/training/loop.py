@@ -62,60 +62,70 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class RunStopped(Exception):
-    """The run was asked to stop (SIGTERM) and did, after checkpointing the step it had reached."""
+    """The run was asked to stop (SIGTERM, or Ctrl-C's SIGINT) and did, after checkpointing the step it had
+    reached. `signum`: the signal; a command-line program exits with 128 + signum (143, 130) as the signal would."""
 
-    def __init__(self, step: int):
-        super().__init__(f"stopped by SIGTERM at step {step}, checkpointed; the same command resumes it")
-        self.step = step
+    def __init__(self, step: int, signum: int = signal.SIGTERM):
+        name = signal.Signals(signum).name
+        super().__init__(f"stopped by {name} at step {step}, checkpointed; the same command resumes it")
+        self.step, self.signum = step, int(signum)
 
 
 class _StopRequest:
-    """SIGTERM (a scheduler's or a preemptible machine's notice) as a flag the loop polls between compiled calls.
+    """SIGTERM (a scheduler's or a preemptible machine's notice) and SIGINT (Ctrl-C) as a flag the loop polls
+    between compiled calls.
 
-    One process: a Python handler, installed for the loop's duration (in the main thread only). A second SIGTERM
-    restores the previous handler and delivers itself, so a run that does not stop in time still can be stopped.
+    One process: Python handlers, installed for the loop's duration (in the main thread only). A second signal
+    restores the previous handlers and delivers itself (SIGTERM ends the process, Ctrl-C raises
+    KeyboardInterrupt), so a run that does not stop in time still can be stopped.
     Several processes: JAX's preemption service (on by default with jax.distributed) catches SIGTERM and agrees
-    with the other processes on the call at which all stop (multihost_utils.reached_preemption_sync_point)."""
+    with the other processes on the call at which all stop (multihost_utils.reached_preemption_sync_point); Ctrl-C
+    keeps its default there (one process cannot checkpoint alone)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
-        self.flag, self.previous, self.installed = False, None, False
+        self.signum, self.previous = None, {}
 
     def install(self) -> None:
         if jax.process_count() > 1:
             return
-        try:
-            previous = signal.getsignal(signal.SIGTERM)
-            if previous is None:  # a handler installed outside Python (JAX's preemption notifier): leave it be
-                return
-            signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread: SIGTERM keeps its default
-            return
-        self.previous, self.installed = previous, True
+        for sig in self.SIGNALS:
+            try:
+                previous = signal.getsignal(sig)
+                if previous is None:  # a handler installed outside Python (JAX's preemption notifier): leave it be
+                    continue
+                signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: the signal keeps its default
+                continue
+            self.previous[sig] = previous
 
     def uninstall(self) -> None:
-        if self.installed:
-            signal.signal(signal.SIGTERM, self.previous)
-            self.installed = False
+        for sig, previous in self.previous.items():
+            signal.signal(sig, previous)
+        self.previous = {}
 
     def _handle(self, signum, frame):
         del frame
-        if self.flag:  # a second notice: let SIGTERM do what it did before
+        if self.signum is not None:  # a second notice: let the signal do what it did before
             self.uninstall()
             signal.raise_signal(signum)
             return
-        log.warning("SIGTERM: stopping after the current compiled call; the state will be checkpointed")
-        self.flag = True
+        what = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+        log.warning("%s: stopping after the current compiled call; the state will be checkpointed (%s again "
+                    "stops at once)", what, what)
+        self.signum = signum
 
-    def requested(self, call: int) -> bool:
-        """Whether to stop after compiled call number `call` (counted from 1 in this invocation)."""
+    def requested(self, call: int) -> int | None:
+        """The signal to stop for after compiled call number `call` (counted from 1 in this invocation), or None."""
         if jax.process_count() == 1:
-            return self.flag
+            return self.signum
         from jax.experimental import multihost_utils  # noqa: PLC0415
 
         try:
-            return multihost_utils.reached_preemption_sync_point(call)
+            return signal.SIGTERM if multihost_utils.reached_preemption_sync_point(call) else None
         except RuntimeError:  # jax_enable_preemption_service is off: SIGTERM ends the processes as it would
-            return False
+            return None
 
 
 def build_task(config, workdir: Path) -> Task:
@@ -227,13 +237,13 @@ def train_and_evaluate(config, workdir) -> dict:
     finally:
         mgr.wait_until_finished()
     train_time = time.perf_counter() - t0
-    if stopped:
+    if stopped is not None:
         for closing in (best, mgr, writer):
             if closing is not None:
                 closing.close()
-        log.warning("Stopped by SIGTERM at step %d after %.1f s; checkpointed in %s. The same command resumes it.",
-                    step, train_time, workdir / "checkpoints")
-        raise RunStopped(step)
+        log.warning("Stopped by %s at step %d after %.1f s; checkpointed in %s. The same command resumes it.",
+                    signal.Signals(stopped).name, step, train_time, workdir / "checkpoints")
+        raise RunStopped(step, stopped)
     try:
         final = _final_eval(task, state, writer, sq)
         if best is not None:
@@ -273,9 +283,10 @@ class _Evals:
         return not bool(parallel.allgather_ints(int(found))[0, 0])
 
 
-def _train(task, state: dict, mgr, writer: MetricWriter, evals: _Evals) -> tuple[dict, int, bool]:
+def _train(task, state: dict, mgr, writer: MetricWriter, evals: _Evals) -> tuple[dict, int, int | None]:
     """The train calls from the state's step to train.steps: finite checks one call behind, train records, evals,
-    checkpoints, and a SIGTERM stop. Returns (state, step reached, whether SIGTERM stopped it)."""
+    checkpoints, and a stop on SIGTERM or Ctrl-C. Returns (state, step reached, the signal that stopped it or
+    None)."""
     c = task.config
     k = c.train.steps_per_dispatch
     train_fn = task.compile_train()
@@ -287,12 +298,12 @@ def _train(task, state: dict, mgr, writer: MetricWriter, evals: _Evals) -> tuple
 
         bar = tqdm(total=c.train.steps, initial=step, unit="step", dynamic_ncols=True)
     check = lambda m: _check_finite(m, mgr, task.workdir, task.headline)  # noqa: E731
-    pending, window, previous, call, stopped = [], [], None, 0, False
+    pending, window, previous, call, stopped = [], [], None, 0, None
     t_log, step_log = time.perf_counter(), step
     stop = _StopRequest()
     try:
         stop.install()
-        while step < c.train.steps and not stopped:
+        while step < c.train.steps and stopped is None:
             state, metrics = train_fn(state, train_data)
             step, call = step + k, call + 1
             # One call behind, so the device stays busy while the host checks; only the flags come over each call
@@ -304,11 +315,12 @@ def _train(task, state: dict, mgr, writer: MetricWriter, evals: _Evals) -> tuple
             if bar is not None:
                 bar.update(k)
             done = step == c.train.steps
-            stopped = stop.requested(call)
-            due_log = step % c.train.log_every == 0 or done or stopped  # a stop logs the steps since the last record
-            due_ckpt = step % c.checkpoint.every == 0 or done or stopped
+            stopped = stop.requested(call)  # the signal, or None
+            halt = stopped is not None
+            due_log = step % c.train.log_every == 0 or done or halt  # a stop logs the steps since the last record
+            due_ckpt = step % c.checkpoint.every == 0 or done or halt
             # A notice leaves seconds: a stopped run evaluates this step when it resumes (train_and_evaluate).
-            due_eval = bool(c.eval.every) and step % c.eval.every == 0 and not done and not stopped
+            due_eval = bool(c.eval.every) and step % c.eval.every == 0 and not done and not halt
             if due_log or due_ckpt or due_eval:  # every step so far gets checked finite
                 host = jax.device_get(pending)
                 for m in host:
