@@ -18,7 +18,8 @@ from tests.conftest import CONFIGS, config_module
 
 ROOT = Path(__file__).resolve().parent.parent
 
-WORKER = """
+# argv: coordinator address, process index, config file, workdir: c is its smoke variant, without plots or evals.
+_SMOKE_RUN = """
 import importlib.util, json, sys
 import jax
 jax.distributed.initialize(coordinator_address=sys.argv[1], num_processes=2, process_id=int(sys.argv[2]))
@@ -32,6 +33,9 @@ c = mod.get_config("smoke")
 c.unlock()
 c.output.progress = c.output.plots = False
 c.eval.every = 0
+"""
+
+WORKER = _SMOKE_RUN + """
 if c.task == "vae":  # sample quality over two processes: the GAN run checks it (CI time)
     c.eval.extractors = ()
 final = loop.train_and_evaluate(c, sys.argv[4])
@@ -40,39 +44,10 @@ print("FINAL " + json.dumps({"devices": jax.device_count(), **final}), flush=Tru
 
 
 # One process gets SIGTERM (a preempted host); JAX's preemption service makes both stop after the same call.
-STOP_WORKER = """
-import importlib.util, json, os, signal, sys
-import jax
-jax.distributed.initialize(coordinator_address=sys.argv[1], num_processes=2, process_id=int(sys.argv[2]))
-from jaxgen import runtime
-runtime.setup()
-from jaxgen.training import loop
-spec = importlib.util.spec_from_file_location("cfg", sys.argv[3])
-mod = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(mod)
-c = mod.get_config("smoke")
-c.unlock()
-c.output.progress = c.output.plots = False
-c.eval.every, c.eval.extractors, c.train.steps = 0, (), 40
-notice_at, build, calls = int(sys.argv[5]), loop.build_task, []
-
-def build_with_a_notice(config, workdir):
-    task = build(config, workdir)
-    compile_train = task.compile_train
-
-    def compiled():
-        fn = compile_train()
-
-        def call(state, data):
-            calls.append(1)
-            if len(calls) == notice_at and jax.process_index() == 1:
-                os.kill(os.getpid(), signal.SIGTERM)
-            return fn(state, data)
-        return call
-    task.compile_train = compiled
-    return task
-
-loop.build_task = build_with_a_notice
+STOP_WORKER = _SMOKE_RUN + """
+from tests.signals import signal_at_call
+c.eval.extractors, c.train.steps = (), 40
+loop.build_task = signal_at_call(loop.build_task, int(sys.argv[5]), process=1)
 try:
     final = loop.train_and_evaluate(c, sys.argv[4])
     print("FINAL " + json.dumps({k: v for k, v in final.items() if k != "eval_seconds"}), flush=True)

@@ -11,6 +11,7 @@ import pytest
 from jaxgen import parallel
 from jaxgen.training import checkpoint, loop, optim
 from jaxgen.training import state as state_lib
+from tests.signals import signal_at_call
 
 
 def _final_state(cfg, workdir):
@@ -27,7 +28,6 @@ def test_a_run_stopped_by_sigterm_and_resumed_equals_a_straight_run_bitwise(smok
     train record and a checkpoint at the step it reached (not a multiple of checkpoint.every), skips that step's
     eval (a notice leaves seconds) and raises RunStopped; the same command evaluates that step first and ends
     bitwise where an uninterrupted run ends."""
-    import os
     import signal
 
     from jaxgen.reporting.writer import read
@@ -37,25 +37,8 @@ def test_a_run_stopped_by_sigterm_and_resumed_equals_a_straight_run_bitwise(smok
     c.checkpoint.every = 20
     c.train.steps = 20
     loop.train_and_evaluate(c, tmp_path / "straight")
-    build, calls = loop.build_task, []
-
-    def build_with_a_notice(config, workdir):
-        task = build(config, workdir)
-        compile_train = task.compile_train
-
-        def compiled():
-            fn = compile_train()
-
-            def call(state, data):
-                calls.append(1)
-                if len(calls) == 3:
-                    os.kill(os.getpid(), signal.SIGTERM)
-                return fn(state, data)
-            return call
-        task.compile_train = compiled
-        return task
-
-    monkeypatch.setattr(loop, "build_task", build_with_a_notice)
+    build = loop.build_task
+    monkeypatch.setattr(loop, "build_task", signal_at_call(build, 3))
     k = c.train.steps_per_dispatch
     c.eval.every = 3 * k  # the stop lands on an eval step
     with pytest.raises(loop.RunStopped, match=f"stopped by SIGTERM at step {3 * k}"):
@@ -312,41 +295,20 @@ def test_a_save_killed_half_way_leaves_nothing_behind_on_the_next_training_start
 def test_ctrl_c_stops_like_sigterm_and_a_second_ctrl_c_at_once(smoke_config, tmp_path, monkeypatch):
     """A researcher's Ctrl-C (SIGINT) checkpoints the step reached and raises RunStopped (launch.py exits 130);
     pressed twice, it raises KeyboardInterrupt at once, as Python's default does."""
-    import os
     import signal
-
-    build = loop.build_task
-
-    def interrupted(times):
-        def build_with_ctrl_c(config, workdir):
-            task = build(config, workdir)
-            compile_train, calls = task.compile_train, []
-
-            def compiled():
-                fn = compile_train()
-
-                def call(state, data):
-                    calls.append(1)
-                    if len(calls) == 2:
-                        for _ in range(times):
-                            os.kill(os.getpid(), signal.SIGINT)
-                    return fn(state, data)
-                return call
-            task.compile_train = compiled
-            return task
-        return build_with_ctrl_c
 
     c = smoke_config
     c.eval.every, c.checkpoint.every = 0, 20
     k = c.train.steps_per_dispatch
+    build = loop.build_task
     outer = signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own, whatever the test runner set
     try:
-        monkeypatch.setattr(loop, "build_task", interrupted(1))
+        monkeypatch.setattr(loop, "build_task", signal_at_call(build, 2, signal.SIGINT))
         with pytest.raises(loop.RunStopped, match=f"stopped by SIGINT at step {2 * k}") as stop:
             loop.train_and_evaluate(c, tmp_path / "once")
         assert stop.value.signum == signal.SIGINT and signal.getsignal(signal.SIGINT) is signal.default_int_handler
         assert [p.name for p in (tmp_path / "once" / "checkpoints").iterdir() if p.name.isdigit()] == [str(2 * k)]
-        monkeypatch.setattr(loop, "build_task", interrupted(2))
+        monkeypatch.setattr(loop, "build_task", signal_at_call(build, 2, signal.SIGINT, times=2))
         with pytest.raises(KeyboardInterrupt):
             loop.train_and_evaluate(c, tmp_path / "twice")
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
