@@ -93,7 +93,9 @@ class _StopRequest:
         for sig in self.SIGNALS:
             try:
                 previous = signal.getsignal(sig)
-                if previous is None:  # a handler installed outside Python (JAX's preemption notifier): leave it be
+                # None: a handler installed outside Python (JAX's preemption notifier); SIG_IGN: ignored on purpose
+                # (a background job's SIGINT). Leave both be.
+                if previous is None or previous is signal.SIG_IGN:
                     continue
                 signal.signal(sig, self._handle)
             except ValueError:  # not the main thread: the signal keeps its default
