@@ -314,3 +314,18 @@ def test_ctrl_c_stops_like_sigterm_and_a_second_ctrl_c_at_once(smoke_config, tmp
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     finally:
         signal.signal(signal.SIGINT, outer)
+
+
+def test_a_signal_ignored_on_purpose_stays_ignored():
+    """A background job's SIGINT is SIG_IGN: the loop's stop handlers leave it so (and put SIGTERM's back)."""
+    import signal
+
+    outer = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        stop = loop._StopRequest()
+        stop.install()
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN and signal.getsignal(signal.SIGTERM) == stop._handle
+        stop.uninstall()
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGINT, outer)

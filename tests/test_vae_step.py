@@ -142,6 +142,8 @@ def test_the_decoder_can_start_at_the_training_mean():
     c.model.name, c.model.output_bias = "mlp_vae", "data_mean"
     m = models.build(c.model, (28, 28, 1), train_images=images)
     params = m.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)), jnp.zeros((1, m.latent_dim)))["params"]
+    kernel = params["enc_0"]["kernel"]
+    assert float(jnp.std(kernel)) == pytest.approx(np.sqrt(2 / (784 + 200)), rel=0.05)  # Glorot uniform, 784 -> 200
     bias = np.asarray(params["out"]["bias"]).reshape(28, 28)
     np.testing.assert_allclose(bias[12], 0.0, atol=1e-6)  # p = 0.5
     np.testing.assert_allclose(bias[0], np.log(0.001 / 0.999), rtol=1e-5)  # p = 0, clipped at 0.001
