@@ -320,3 +320,15 @@ def test_one_behind_dispatches_the_next_batch_before_fetching_the_last():
     assert events == ["dispatch 0", "dispatch 1", "fetch 0", "dispatch 2", "fetch 1", "fetch 2"]
     parallel.one_behind(iter(()), events.append)  # nothing to do
     assert len(events) == 6
+
+
+def test_the_references_fid_statistics_are_computed_once_per_run(tmp_path, monkeypatch):
+    c = _config(tmp_path)
+    real = ml_collections.ConfigDict({"image": _images(400, 0), "label": np.zeros(400, np.int32)})
+    sq = quality.SampleQuality(c, None, real, real, "test")
+    calls = []
+    statistics = sample_metrics.feature_statistics
+    monkeypatch.setattr(sample_metrics, "feature_statistics", lambda f, *a: calls.append(len(f)) or statistics(f, *a))
+    for seed in (1, 2):
+        sq.evaluate(_images(300, seed), full=False)
+    assert calls == [300, 300]  # the samples' at each evaluation; the reference's were computed when it loaded

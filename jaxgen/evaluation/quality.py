@@ -128,7 +128,8 @@ def check_images(images: np.ndarray, what: str) -> np.ndarray:
 
 
 def reference(extractor: Extractor, images: np.ndarray, *, data_config, split: str) -> dict:
-    """Features (and class probabilities) of the real images, cached in <data dir>/jaxgen_cache/reference/."""
+    """Features (and class probabilities) of the real images, cached in <data dir>/jaxgen_cache/reference/, with
+    their FID statistics ('mu', 'sigma'), computed once here rather than at every evaluation."""
     images = check_images(images, f"reference images ({data_config.name} {split})")
     digest = hashlib.sha1(images.tobytes()).hexdigest()[:12]
     name = data_config.name.replace(":", "_").replace("/", "_")
@@ -142,7 +143,7 @@ def reference(extractor: Extractor, images: np.ndarray, *, data_config, split: s
         except Exception as e:  # noqa: BLE001 (a torn or corrupt cache file: recompute it)
             log.warning("Cached reference features %s cannot be read (%s); computing them again", path, e)
     if _all_processes(cached is not None):  # the extractor may run over every process's devices: all or none
-        return cached
+        return _with_statistics(extractor, cached)
     log.info("Reference features: %s %s, %d images, %s (cached in %s)", data_config.name, split, len(images),
              extractor.name, path)
     feats, probs = extractor.features(images)
@@ -150,7 +151,13 @@ def reference(extractor: Extractor, images: np.ndarray, *, data_config, split: s
     if probs is not None:
         ref["probs"] = np.asarray(probs, np.float32)
     _save(path, ref)
-    return ref
+    return _with_statistics(extractor, ref)
+
+
+def _with_statistics(extractor: Extractor, ref: dict) -> dict:
+    mu, sigma = sample_metrics.feature_statistics(ref["features"], extractor.recommended,
+                                                  f"the reference ({extractor.name})")
+    return {**ref, "mu": mu, "sigma": sigma}
 
 
 def _all_processes(flag: bool) -> bool:
@@ -182,8 +189,8 @@ def compare(extractor: Extractor, ref: dict, samples: np.ndarray, *, full: bool,
     real = ref["features"]
     out = {"extractor": extractor.description, "reference": reference_name, "num_reference": int(len(real)),
            "num_samples": int(len(feats))}
-    stats = lambda f, what: sample_metrics.feature_statistics(f, extractor.recommended, f"{what} ({extractor.name})")
-    out["fid"] = sample_metrics.frechet_distance(*stats(real, "the reference"), *stats(feats, "the samples"))
+    stats = sample_metrics.feature_statistics(feats, extractor.recommended, f"the samples ({extractor.name})")
+    out["fid"] = sample_metrics.frechet_distance(ref["mu"], ref["sigma"], *stats)
     if probs is not None and extractor.inception_score and len(probs) >= 10:
         out["is_mean"], out["is_std"] = sample_metrics.inception_score(probs, splits=10)
     if probs is not None and extractor.class_histograms:
