@@ -24,6 +24,10 @@ log = logging.getLogger("jaxgen")
 
 HISTORY_COLUMNS = 8  # fixed-noise samples per row of samples_over_time.png
 STANDING_PASSES = 30  # train-mode passes that re-estimate the EMA generator's BatchNorm statistics
+# The evaluation's fixed streams of latents, each a fold_in of the seed's EVAL_STREAM key: samples.png and
+# samples_over_time.png, interpolations.png, the sample-quality metrics' samples, the standing statistics' passes,
+# the D(x)/D(G(z)) scores.
+FIXED_NOISE_STREAM, INTERPOLATION_STREAM, SAMPLER_STREAM, STANDING_STREAM, SCORES_STREAM = 1, 2, 3, 4, 5
 
 
 class GANTask:
@@ -97,17 +101,21 @@ class GANTask:
         step = int(jax.device_get(state["step"]))
         if getattr(self, "_sampling_cache", (None,))[0] == step:
             return self._sampling_cache[1]
-        rng = np.random.default_rng(self.config.seed + 1)
-        for _ in range(STANDING_PASSES):
-            z = rng.standard_normal((self.config.train.batch_size, self.generator.latent_dim), dtype=np.float32)
-            g = self._refresh_stats(g, parallel.put_batch(z, self.mesh))
+        key = self._eval_key(STANDING_STREAM)  # the same latents at every step and on every process
+        for i in range(STANDING_PASSES):
+            z = jax.random.normal(jax.random.fold_in(key, i), (self.config.train.batch_size,
+                                                                 self.generator.latent_dim))
+            g = self._refresh_stats(g, parallel.put_batch(np.asarray(z), self.mesh))
         self._sampling_cache = (step, g)
         return g
 
+    def _eval_key(self, stream: int) -> jax.Array:
+        """The key of one of the evaluation's fixed streams of latents (a function of the seed only)."""
+        return jax.random.fold_in(jax.random.key(self.config.seed), state_lib.EVAL_STREAM + stream)
+
     def _z(self, n: int, stream: int) -> jax.Array:
         """A fixed batch of latents: the same at every evaluation of a run."""
-        key = jax.random.fold_in(jax.random.key(self.config.seed), state_lib.EVAL_STREAM + stream)
-        return jax.random.normal(key, (n, self.generator.latent_dim))
+        return jax.random.normal(self._eval_key(stream), (n, self.generator.latent_dim))
 
     @functools.cached_property
     def _generate(self):
@@ -151,10 +159,10 @@ class GANTask:
         g, d = self.sampling_g(state), state["d"]
         bs, n = c.eval.batch_size, self._eval_count()
         real_sum = fake_sum = 0.0
-        rng = np.random.default_rng(c.seed)  # the same latents at every evaluation
+        zs = np.asarray(self._z(n, SCORES_STREAM))  # the same latents at every evaluation, whatever the batch size
         for i in range(0, n, bs):
             x = self.test.image[i : i + bs].astype(np.float32) / 127.5 - 1.0
-            z = rng.standard_normal((bs, self.generator.latent_dim), dtype=np.float32)
+            z = zs[i : i + bs]
             real, fake = self._scores(g, d, *parallel.put_batch((x, z), self.mesh))
             real_sum += float(jnp.sum(real))
             fake_sum += float(jnp.sum(fake))
@@ -168,7 +176,7 @@ class GANTask:
 
     @functools.cached_property
     def _sampler(self):
-        key = jax.random.fold_in(jax.random.key(self.config.seed), state_lib.EVAL_STREAM + 3)
+        key = self._eval_key(SAMPLER_STREAM)
         return quality.make_sampler(self._g_eval, self.mesh,
                                     key=key, dim=self.generator.latent_dim, value_range=(-1.0, 1.0))
 
@@ -193,7 +201,7 @@ class GANTask:
         out = self.workdir / "images"
         out.mkdir(exist_ok=True)
         to01 = lambda x: (np.asarray(x, np.float32) + 1.0) / 2.0
-        samples = to01(self._generate(g, self._z(c.output.num_samples, 1)))
+        samples = to01(self._generate(g, self._z(c.output.num_samples, FIXED_NOISE_STREAM)))
         images.save_png(out / f"samples{suffix}.png", samples)
         self._append_history(out, int(jax.device_get(state["step"])), samples[:HISTORY_COLUMNS])
         if suffix or not c.output.plots:
@@ -208,7 +216,7 @@ class GANTask:
 
     def _interpolation_z(self, pairs: int = 8, steps: int = 10) -> jax.Array:
         """Spherical interpolations between `pairs` pairs of latents, `steps` points each: [pairs * steps, dim]."""
-        z = self._z(2 * pairs, 2).reshape(pairs, 2, -1)
+        z = self._z(2 * pairs, INTERPOLATION_STREAM).reshape(pairs, 2, -1)
         a, b = z[:, 0], z[:, 1]
         cos = jnp.sum(a * b, -1, keepdims=True) / (jnp.linalg.norm(a, axis=-1, keepdims=True)
                                                     * jnp.linalg.norm(b, axis=-1, keepdims=True))
