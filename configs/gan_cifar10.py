@@ -1,7 +1,7 @@
 """SNGAN (Miyato et al. 2018) on CIFAR-10: the ResNet G and D of the paper's appendix, hinge loss, spectral norm
 on every D layer (no BatchNorm in D), 5 D steps per G step, Adam(2e-4, betas (0, 0.9)) decayed linearly to 0,
-batch 64. One difference from the official code: the G update reuses the fakes of the last D step (64), where
-the official code draws 128 fresh samples for it.
+batch 64, and 128 fresh fakes for each G update, as the official code (pfnet-research/sngan_projection,
+configs/sn_cifar10_unconditional.yml: n_gen_samples 128).
 
     python launch.py --config=configs/gan_cifar10.py --workdir=runs/sngan_cifar10
     python launch.py --config=configs/gan_cifar10.py:smoke --workdir=/tmp/smoke
@@ -31,6 +31,7 @@ def get_config(variant: str = ""):
         o.schedule = "linear"  # to 0 over the run, as the official SNGAN code (pfnet-research/sngan_projection)
     c.train.d_steps = 5
     c.train.batch_size = 64
+    c.train.g_batch_size = 128  # the official code's n_gen_samples; 0 reuses the last D step's 64 (cheaper)
     c.train.steps = 50_000  # G updates
     c.train.ema_half_life = 50_000
     c.checkpoint.every = 5000

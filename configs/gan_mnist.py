@@ -42,13 +42,13 @@ def _hinge(c):
 
 def _wgan_gp(c):
     """WGAN-GP (Gulrajani et al. 2017): Wasserstein loss, gradient penalty 10, 5 critic steps, Adam(1e-4, 0, 0.9),
-    no BatchNorm in the critic. Unlike the paper's Algorithm 1, the G update reuses the last critic step's latents
-    and fakes instead of drawing fresh ones (one G forward fewer per step)."""
+    no BatchNorm in the critic; the G update draws a fresh batch of latents, as the paper's Algorithm 1."""
     c.loss.name = "wasserstein"
     c.reg.name = "gp"
     c.reg.weight = 10.0
     c.model.d_norm = "none"
     c.train.d_steps = 5
+    c.train.g_batch_size = c.train.batch_size
     for o in (c.g_optim, c.d_optim):
         o.lr, o.b1, o.b2 = 1e-4, 0.0, 0.9
 

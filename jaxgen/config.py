@@ -160,6 +160,9 @@ def gan_config() -> ml_collections.ConfigDict:
     c.g_optim = optim_block(2e-4, 0.5, 0.999)
     c.d_optim = optim_block(2e-4, 0.5, 0.999)
     c.train.d_steps = 1  # D updates per G update (a train step = d_steps D updates + 1 G update)
+    # Fakes of the G update: 0 = the last D update's (one G forward per step, as PyTorch's DCGAN); N = N fresh ones
+    # (the official SNGAN code: 128 beside a batch of 64). A multiple of the device count.
+    c.train.g_batch_size = 0
     c.train.ema_half_life = 10_000.0  # images; the EMA of G's weights halves its memory every this many; 0 = off
     c.train.ema_rampup = 0.05  # the half-life is at most this times the images seen so far (StyleGAN2-ADA's); 0 = off
 
@@ -218,6 +221,9 @@ def unknown_override(argv: list[str], load: Callable[[str], ml_collections.Confi
 
 def smoke(config: ml_collections.ConfigDict) -> None:
     """The tiny-size settings every `smoke` variant shares: same model, objective and step, seconds to run."""
+    if config.task == "gan" and config.train.g_batch_size:  # the G update's fresh fakes keep their ratio to the batch
+        ratio = config.train.g_batch_size / config.train.batch_size
+        config.train.g_batch_size = max(8, round(32 * ratio / 8) * 8)
     config.train.batch_size = 32
     config.train.steps = 20
     config.train.steps_per_dispatch = 1
@@ -318,6 +324,9 @@ def check(config: ml_collections.ConfigDict) -> None:
     elif config.task == "gan":
         if t.d_steps < 1:
             raise ValueError(f"train.d_steps must be >= 1, got {t.d_steps}")
+        if t.g_batch_size < 0:
+            raise ValueError(f"train.g_batch_size must be >= 0 (0 = the G update reuses the last D update's fakes), "
+                             f"got {t.g_batch_size}")
         if config.data.binarize != "none":
             raise ValueError(f"data.binarize={config.data.binarize!r} is for VAEs; a GAN trains on the pixels: set "
                              f"--config.data.binarize=none")

@@ -89,7 +89,7 @@ def test_gradient_penalty_matches_finite_differences():
     np.testing.assert_allclose(float(penalty), np.mean((_fd_grad_norms(x_hat) - 1) ** 2), rtol=1e-4)
 
 
-def _gan_setup(mesh, **over):
+def _gan_setup(mesh, g_batch=0, **over):
     c = config_module(CONFIGS / "gan_mnist.py").get_config("smoke")
     c.unlock()
     for k, v in over.items():
@@ -103,14 +103,17 @@ def _gan_setup(mesh, **over):
         mesh, steps_per_dispatch=1, generator=G, discriminator=D, g_tx=g_tx, d_tx=d_tx,
         loss_fn=gan_obj.get_loss(c.loss.name), reg_fn=gan_obj.get_regularizer(c.reg.name), reg_weight=c.reg.weight,
         reg_interval=c.reg.interval, d_steps=c.train.d_steps, batch=32, augment_policy=c.augment.policy,
-        ema_half_life=200.0, ema_rampup=0.0, g_lr=g_lr, d_lr=d_lr)
+        ema_half_life=200.0, ema_rampup=0.0, g_lr=g_lr, d_lr=d_lr, g_batch=g_batch)
     return state, fn
 
 
-def test_sharded_gan_step_equals_one_device():
+@pytest.mark.parametrize("g_batch", [0, 48])
+def test_sharded_gan_step_equals_one_device(g_batch):
     """8 devices (sync BatchNorm, per-device R1, augmentation) give the params of 1 device with the same global
-    batch: within 2e-5 absolute after 3 steps (float32 reduction order differs; Adam amplifies tiny gradients)."""
-    over = {"train.d_steps": 2, "reg.name": "r1", "reg.interval": 2, "augment.policy": "translation,flip"}
+    batch: within 2e-5 absolute after 3 steps (float32 reduction order differs; Adam amplifies tiny gradients).
+    Also with the G update on fresh fakes of its own (g_batch 48 beside D's 32)."""
+    over = {"train.d_steps": 2, "reg.name": "r1", "reg.interval": 2, "augment.policy": "translation,flip",
+            "g_batch": g_batch}
     images = (np.random.default_rng(0).random((256, 28, 28, 1)) * 255).astype(np.uint8)
     results, metrics_seen = [], []
     for devices in (jax.devices(), jax.devices()[:1]):
@@ -374,3 +377,22 @@ def test_the_in_training_scores_use_fixed_keyed_latents_whatever_the_eval_batch_
         assert ev["d_fake"] == pytest.approx(got[0]["d_fake"], rel=1e-5)
     other = task.evaluate(state, final=False)
     assert other == got[-1]  # the same latents at every evaluation
+
+
+def paired_loss(d_real, d_fake):
+    """A user's loss that pairs each real with a fake: it cannot take the G update's longer batch of fresh fakes."""
+    d_loss = jnp.mean(jax.nn.softplus(d_fake - d_real))
+    return d_loss, jnp.mean(jax.nn.softplus(d_real - d_fake)), {}
+
+
+def test_fresh_fakes_for_the_g_update_train_and_a_loss_that_cannot_take_them_is_refused(tmp_path):
+    c = _smoke(**{"eval.every": 0, "train.steps": 4, "checkpoint.every": 4, "train.g_batch_size": 48})
+    loop.train_and_evaluate(c, tmp_path / "ok")
+    records = [r for r in writer.read(tmp_path / "ok" / "metrics.jsonl") if r["split"] == "train"]
+    assert records and all(np.isfinite(r["g_loss"]) for r in records)
+    c.loss.name = "tests.test_gan:paired_loss"
+    with pytest.raises(ValueError, match=r"cannot take d_real \[4\] with d_fake \[8\].*train.g_batch_size=0"):
+        loop.train_and_evaluate(c, tmp_path / "paired")
+    c.train.g_batch_size = 12
+    with pytest.raises(ValueError, match=r"train.g_batch_size=12 is not divisible by the 8 devices"):
+        loop.train_and_evaluate(c, tmp_path / "odd")

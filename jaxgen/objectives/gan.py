@@ -8,7 +8,9 @@ d_real = D(x) on (augmented) reals, d_fake = D(G(z)) on (augmented) fakes, both 
 of one device's share of the batch; the losses are means over it (the trainer averages gradients over devices).
 In the D update the fakes are constants. In the G update d_real is a constant: when the G loss reads it (a
 relativistic loss; no built-in one does), it is the updated D's output on the step's (augmented) reals, found
-once by tracing the loss. A user's loss is named `loss.name='package.module:function'` with this signature.
+once by tracing the loss. In the G update d_fake has the G update's own length when `train.g_batch_size` draws
+fresh fakes for it (e.g. 128 beside 64 reals), so a loss reduces each side on its own. A user's loss is named
+`loss.name='package.module:function'` with this signature.
 
 A regularizer penalises D's input gradient:
 
@@ -121,9 +123,10 @@ STEP_METRICS = ("d_loss", "g_loss", "d_real", "d_fake", "d_fake_after", "reg", "
                 "g_lr", "finite", "step")
 
 
-def check_loss(loss_fn: Callable, name: str, batch: int = 4) -> None:
+def check_loss(loss_fn: Callable, name: str, batch: int = 4, g_batch: int = 0) -> None:
     """Checks, by tracing it once on [batch] inputs (no computation), that a loss returns
-    (scalar d_loss, scalar g_loss, dict of scalar metrics) whose metric names are not the step's own."""
+    (scalar d_loss, scalar g_loss, dict of scalar metrics) whose metric names are not the step's own; with g_batch,
+    that it also takes d_real [batch] beside d_fake [g_batch] (the G update's call with train.g_batch_size)."""
     contract = "loss(d_real [B], d_fake [B]) -> (d_loss, g_loss, metrics)"
     d = jax.ShapeDtypeStruct((batch,), jnp.float32)
     out = jax.eval_shape(loss_fn, d, d)
@@ -132,6 +135,14 @@ def check_loss(loss_fn: Callable, name: str, batch: int = 4) -> None:
                          f"{f' of {len(out)}' if isinstance(out, tuple) else ''}; expected {contract}")
     check_scalars(f"loss.name={name!r}", {"d_loss": out[0], "g_loss": out[1]}, out[2], contract=contract,
                   reserved=STEP_METRICS)
+    if g_batch and g_batch != batch:
+        try:
+            jax.eval_shape(loss_fn, d, jax.ShapeDtypeStruct((g_batch,), jnp.float32))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"loss.name={name!r} cannot take d_real [{batch}] with d_fake [{g_batch}], as the G "
+                             f"update calls it when train.g_batch_size differs from train.batch_size (does it pair "
+                             f"reals with fakes example by example?): set train.g_batch_size=0 or make the loss "
+                             f"reduce each side on its own. The error: {e}") from e
 
 
 def check_regularizer(reg_fn: Callable | None, name: str, image_shape, batch: int = 2) -> None:

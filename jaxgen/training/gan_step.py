@@ -6,9 +6,10 @@ averages its gradients over the 'data' axis with `lax.pmean`; BatchNorm inside G
 statistics over the same axis. Random draws come from per-example keys (the example's position in the global
 batch folded into the step's key), so a step draws the same numbers on any device count and after a resume.
 
-G's forward pass is done once per step: the last D update's fakes and their VJP are kept and the G update
-pulls D's gradient back through them (as PyTorch's DCGAN reuses `fake` for both updates), so the G update
-costs one D forward and backward plus G's backward.
+By default G's forward pass is done once per step: the last D update's fakes and their VJP are kept and the G
+update pulls D's gradient back through them (as PyTorch's DCGAN reuses `fake` for both updates), so the G update
+costs one D forward and backward plus G's backward. With `g_batch` > 0 the G update draws `g_batch` fresh
+latents instead (the official SNGAN code: 128 for a D batch of 64) and pays one more G forward.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ from jaxgen.training import dispatch
 from jaxgen.training import state as state_lib
 from jaxgen.training.state import DATA_STREAM, STEP_STREAM
 
-# Per-example key streams within a step.
-_Z, _AUG_REAL, _AUG_FAKE, _AUG_G, _REG = range(5)
+# Per-example key streams within a step (_Z_G: the G update's own latents, when it draws them).
+_Z, _AUG_REAL, _AUG_FAKE, _AUG_G, _REG, _Z_G = range(6)
 
 
 def apply_model(module, variables: dict, x, train: bool):
@@ -112,7 +113,9 @@ def reads_d_real(loss_fn, batch: int) -> bool:
 
 def g_update(state: dict, fake, g_vjp, d_real, keys, *, discriminator, g_tx, loss_fn, augment_policy: str,
              real=None):
-    """One G update through the fakes [B, H, W, C] that G made this step (`g_vjp` pulls back their gradient).
+    """One G update through the fakes [B', H, W, C] that G made this step (`g_vjp` pulls back their gradient);
+    `keys` are the fakes' per-example keys. B' is the D batch B when the fakes are the last D update's, or the
+    G update's own batch.
 
     d_real: D's outputs on the step's reals before D's update, used as a constant. With `real` (the reals
     [B, H, W, C], given when the loss's g_loss reads d_real, see `reads_d_real`) D is run on them again after
@@ -140,8 +143,11 @@ def g_update(state: dict, fake, g_vjp, d_real, keys, *, discriminator, g_tx, los
 
 def gan_step(state: dict, data: dict, *, generator, discriminator, g_tx, d_tx, loss_fn, reg_fn, reg_weight: float,
              reg_interval: int, d_steps: int, batch: int, augment_policy: str, ema_half_life: float,
-             ema_rampup: float, g_lr, d_lr):
+             ema_rampup: float, g_lr, d_lr, g_batch: int = 0):
     """One train step (d_steps D updates, then one G update) on one device's share of the global batch `batch`.
+
+    g_batch: 0 = the G update goes through the last D update's `batch` fakes; > 0 = it draws `g_batch` (global)
+    fresh latents of its own.
 
     data: {'image': uint8 [N, H, W, C]}, the whole training split, replicated. Returns (state, metrics): D's
     metrics averaged over its updates, G's from its update, and 'finite' (0: nothing of this step was applied).
@@ -156,21 +162,25 @@ def gan_step(state: dict, data: dict, *, generator, discriminator, g_tx, d_tx, l
     step_key = jax.random.fold_in(state["key"], STEP_STREAM)
     d_kw = dict(discriminator=discriminator, d_tx=d_tx, loss_fn=loss_fn, reg_fn=reg_fn, reg_weight=reg_weight,
                 reg_interval=reg_interval, augment_policy=augment_policy)
+    latents = lambda keys: jax.vmap(lambda k: jax.random.normal(k, (generator.latent_dim,)))(keys)
     d_metrics = []
     for i in range(d_steps):
         it = step * d_steps + i
         keys = dev.example_keys(jax.random.fold_in(step_key, it), pos)
         idx = dev.batch_indices(data_key, it, n, batch, pos)
         real = dev.preprocess(data["image"][idx], None, "none") * 2.0 - 1.0
-        z = jax.vmap(lambda k: jax.random.normal(k, (generator.latent_dim,)))(dev.substream(keys, _Z))
-        make = functools.partial(_generate, generator, state["g"], z)
-        if i < d_steps - 1:
+        make = functools.partial(_generate, generator, state["g"], latents(dev.substream(keys, _Z)))
+        if g_batch or i < d_steps - 1:
             fake, _ = make(state["g"]["params"])
         else:  # the last D update's fakes also serve the G update: keep their VJP and G's new statistics
             fake, g_vjp, g_vars = jax.vjp(make, state["g"]["params"], has_aux=True)
         state, d_real, m = d_update(state, real, lax.stop_gradient(fake), keys, it, **d_kw)
         m["d_lr"] = jnp.asarray(d_lr(it), jnp.float32)
         d_metrics.append(m)
+    if g_batch:  # the G update's own latents: keys by position in its global batch, a stream of the last D update's
+        keys = dev.example_keys(jax.random.fold_in(step_key, it), dev.local_positions(g_batch, AXIS))
+        make = functools.partial(_generate, generator, state["g"], latents(dev.substream(keys, _Z_G)))
+        fake, g_vjp, g_vars = jax.vjp(make, state["g"]["params"], has_aux=True)
     g_stats = lax.pmean({k: v for k, v in g_vars.items() if k != "params"}, AXIS)
     state = {**state, "g": {**state["g"], **g_stats}}
     state, g_metrics = g_update(state, fake, g_vjp, d_real, keys, discriminator=discriminator, g_tx=g_tx,

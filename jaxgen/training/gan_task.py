@@ -45,7 +45,9 @@ class GANTask:
         parallel.check_batch(c.eval.batch_size, self.mesh, "eval.batch_size")
         self.loss_fn = gan_obj.get_loss(c.loss.name)
         self.reg_fn = gan_obj.get_regularizer(c.reg.name)
-        gan_obj.check_loss(self.loss_fn, c.loss.name)
+        if c.train.g_batch_size:
+            parallel.check_batch(c.train.g_batch_size, self.mesh, "train.g_batch_size")
+        gan_obj.check_loss(self.loss_fn, c.loss.name, batch=4, g_batch=8 if c.train.g_batch_size else 0)
         augment.check_policy(c.augment.policy)
         self.train = data.load(c.data, c.data.train_split)
         self.test = data.load(c.data, c.data.test_split)
@@ -66,8 +68,9 @@ class GANTask:
 
     def describe(self) -> str:
         c = self.config
+        fresh = f" on {c.train.g_batch_size} fresh fakes" if c.train.g_batch_size else ""
         return (f"train {c.data.name} {self.train.shape}, {len(self.train)} images; {c.model.name} GAN, "
-                f"loss {c.loss.name}, reg {c.reg.name}, {c.train.d_steps} D step(s) per G step, "
+                f"loss {c.loss.name}, reg {c.reg.name}, {c.train.d_steps} D step(s) per G step{fresh}, "
                 f"augment {c.augment.policy or 'none'}, compute {c.model.dtype}")
 
     def compile_train(self):
@@ -78,7 +81,7 @@ class GANTask:
             reg_fn=self.reg_fn, reg_weight=c.reg.weight, reg_interval=c.reg.interval, d_steps=c.train.d_steps,
             batch=c.train.batch_size, augment_policy=c.augment.policy,
             ema_half_life=c.train.ema_half_life, ema_rampup=c.train.ema_rampup, g_lr=self.g_lr,
-            d_lr=self.d_lr)
+            d_lr=self.d_lr, g_batch=c.train.g_batch_size)
 
     @functools.cached_property
     def _refresh_stats(self):
