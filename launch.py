@@ -21,6 +21,8 @@ flags.DEFINE_enum("mode", "train", ["train", "eval", "sample"],
                   "train (resumes if the workdir has checkpoints), eval (the newest checkpoint -> eval.json) or "
                   "sample (the newest checkpoint -> sample.num samples as .npz and PNG grids).")
 flags.DEFINE_bool("jax_distributed", False, "Call jax.distributed.initialize() first (multi-host runs).")
+flags.DEFINE_bool("traceback", False, "Print the whole traceback of an error jaxgen raises on purpose (bad input, a "
+                  "NaN, a missing dataset), not only its message; log.txt in the workdir has it either way.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -32,7 +34,10 @@ def parse_flags(argv: list[str]) -> list[str]:
     except (AttributeError, KeyError):
         from jaxgen import config as config_lib  # noqa: PLC0415
 
-        if (message := config_lib.unknown_override(argv[1:], FLAGS["config"].parser.parse)) is None:
+        error = sys.exc_info()[1]
+        message = config_lib.config_file_error(error) or config_lib.unknown_override(argv[1:],
+                                                                                      FLAGS["config"].parser.parse)
+        if message is None:
             raise
         sys.stderr.write(f"FATAL Flags parsing error: {message}\n")
         sys.exit(1)
@@ -52,8 +57,13 @@ def main(argv):
     except loop.RunStopped as e:  # SIGTERM or Ctrl-C: checkpointed and logged; the status the signal would give
         sys.exit(128 + e.signum)
     except (Exception, KeyboardInterrupt) as e:
-        workdir.log_fatal(e)  # into log.txt too, not only on stderr
-        raise
+        log_file = workdir.log_fatal(e)  # into log.txt too, not only on stderr
+        if FLAGS.traceback or not workdir.raised_on_purpose(e):
+            raise
+        # Bad input, a NaN, a missing dataset ...: the message says what to do; the traceback would bury it.
+        sys.stderr.write(f"FATAL {type(e).__name__}: {e}\n(its traceback: "
+                         + (f"{log_file}, or " if log_file else "") + "rerun with --traceback)\n")
+        sys.exit(1)
 
 
 if __name__ == "__main__":

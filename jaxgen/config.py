@@ -177,13 +177,42 @@ def with_variant(
     variant: str,
     variants: Mapping[str, Callable[[ml_collections.ConfigDict], None]],
 ) -> ml_collections.ConfigDict:
-    """Applies the named variants (comma-separated) to `config` in place; unknown names list the choices."""
-    for name in [v for v in (variant or "").split(",") if v]:
+    """Applies the named variants (comma-separated) to `config` in place, left to right, so a later variant wins
+    where two set the same field (logged as a warning naming both); unknown names list the choices."""
+    names = [v for v in (variant or "").split(",") if v]
+    for name in names:
         if name not in variants:
             raise ValueError(f"unknown config variant {name!r}; choices: {', '.join(sorted(variants))}")
+    set_by: dict[str, tuple[str, object]] = {}  # field -> (the variant that set it, its value)
+    for name in names:
+        before = _flat(config)
         variants[name](config)
+        after = _flat(config)
+        overridden: dict[str, list[str]] = {}  # earlier variant -> 'field: its value -> this one's'
+        for field in sorted(k for k in after if before.get(k, _MISSING) != after[k]):
+            if field in set_by and set_by[field][1] != after[field]:
+                earlier, value = set_by[field]
+                overridden.setdefault(earlier, []).append(f"{field}: {value!r} -> {after[field]!r}")
+            set_by[field] = (name, after[field])
+        for earlier, fields in overridden.items():
+            log.warning("config variant %r overrides what the earlier variant %r set (variants apply left to right, "
+                        "the later one wins): %s", name, earlier, ", ".join(fields))
     config.lock()
     return config
+
+
+_MISSING = object()
+
+
+def _flat(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, object]:
+    """{'block.field': value} of every leaf field."""
+    out = {}
+    for k, v in config.items():
+        if isinstance(v, ml_collections.ConfigDict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def unknown_field(config: ml_collections.ConfigDict, path: str) -> str | None:
@@ -199,6 +228,24 @@ def unknown_field(config: ml_collections.ConfigDict, path: str) -> str | None:
         node = node[name]
         seen.append(name)
     return None
+
+
+def config_file_error(error: BaseException) -> str | None:
+    """A one-line message for a config file (or variant) that sets a field its config lacks, from ml_collections'
+    locked-config AttributeError: the file and line, the field, its block's fields. None for any other error."""
+    import traceback  # noqa: PLC0415
+
+    m = re.search(r'Key "([^"]+)" does not exist and cannot be added since the config is locked', str(error))
+    if m is None:
+        return None
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if "site-packages" not in f.filename
+              and not f.filename.endswith("launch.py")]
+    where = f"{frames[-1].filename}:{frames[-1].lineno} ({(frames[-1].line or '').strip()})" if frames else "the config"
+    fields = re.findall(r"\\?'(\w+)\\?': ", str(error).split("Other fields present:", 1)[-1])
+    hint = re.search(r'Did you mean "(\w+)"', str(error))
+    return (f"{where}: the config has no field {m.group(1)!r} there"
+            + (f" (did you mean {hint.group(1)!r}?)" if hint else "")
+            + (f"; the fields of that block: {', '.join(sorted(fields))}" if fields else ""))
 
 
 def unknown_override(argv: list[str], load: Callable[[str], ml_collections.ConfigDict]) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 # XLA:CPU (jax 0.10.2) ran the conv-VAE train step 1.5-2.2x faster on this project's 2-core x86 machines with an
@@ -47,6 +48,9 @@ def distributed_args() -> dict[str, int]:
 def setup(distributed: bool = False) -> None:
     """Adds jaxgen's XLA:CPU defaults to XLA_FLAGS (before any JAX computation) and initialises multi-host JAX
     (with $JAX_NUM_PROCESSES and $JAX_PROCESS_ID when set, see `distributed_args`)."""
+    # Under absl (launch.py) JAX's INFO lines reach stderr; its first, "Unable to initialize backend 'tpu'", reads
+    # like a failure on every machine without a TPU. Its warnings stay.
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
     flags = os.environ.get("XLA_FLAGS", "")
     for f in CPU_FLAGS if _runs_on_cpu() else ():
         if f.split("=")[0] not in flags:

@@ -109,16 +109,73 @@ def test_unknown_config_field_names_it_and_lists_the_fields_of_its_block(tmp_pat
     assert not any(tmp_path.iterdir())  # failed at flag parsing, before any work
 
 
-def test_an_error_that_stops_the_run_lands_in_log_txt_too(tmp_path):
+def test_an_error_jaxgen_raises_is_one_message_and_its_traceback_lands_in_log_txt(tmp_path):
+    """Bad input stops with its message on stderr (no traceback burying it); log.txt keeps the traceback, and
+    --traceback prints it."""
     r = _launch("--config=configs/vae_mnist.py:smoke", f"--workdir={tmp_path}", "--config.data.name=mnist_6k")
-    assert r.returncode == 1 and "mnist_6k" in r.stderr
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert "FATAL UnknownNameError: unknown dataset 'mnist_6k'; choices: " in r.stderr
+    assert f"(its traceback: {tmp_path / 'log.txt'}, or rerun with --traceback)" in r.stderr
     logged = (tmp_path / "log.txt").read_text()
     assert "ERROR The run stopped: UnknownNameError: " in logged and "mnist_6k" in logged and "Traceback" in logged
+    r = _launch("--config=configs/vae_mnist.py:smoke", f"--workdir={tmp_path}", "--config.data.name=mnist_6k",
+                "--traceback")
+    assert r.returncode == 1 and "Traceback" in r.stderr and "mnist_6k" in r.stderr
+
+
+def test_only_errors_jaxgen_raises_for_the_user_lose_their_traceback():
+    import numpy as np
+
+    from jaxgen import registry
+    from jaxgen.training import workdir
+
+    def raised(fn):
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001
+            return e
+        raise AssertionError("no error")
+
+    def a_users_check():
+        raise ValueError("raised outside jaxgen")
+
+    assert workdir.raised_on_purpose(raised(lambda: registry.resolve("dataset", "nope", {"a": 1})))
+    assert not workdir.raised_on_purpose(raised(a_users_check))  # a user's code: its traceback says where
+    assert not workdir.raised_on_purpose(raised(lambda: np.reshape(np.zeros(3), (2, 2))))  # raised in numpy
+    assert not workdir.raised_on_purpose(raised(lambda: registry.resolve("dataset", "x", None)))  # a TypeError: a bug
+    assert not workdir.raised_on_purpose(KeyboardInterrupt())
+
+
+def test_a_config_file_that_sets_a_missing_field_names_the_line_and_the_fields(tmp_path):
+    cfg = tmp_path / "my_config.py"
+    cfg.write_text("from jaxgen.config import vae_config\n\n\ndef get_config(variant=''):\n    c = vae_config()\n"
+                   "    c.model.latent_dims = 4\n    return c\n")
+    r = _launch(f"--config={cfg}", f"--workdir={tmp_path / 'run'}")
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert (f"FATAL Flags parsing error: {cfg}:6 (c.model.latent_dims = 4): the config has no field 'latent_dims' "
+            f"there (did you mean 'latent_dim'?); the fields of that block: activation, channels") in r.stderr
 
 
 def test_unknown_variant_lists_the_choices():
     with pytest.raises(ValueError, match="unknown config variant 'smok'; choices: fashion, iwae, mnist_5k, smoke"):
         _load_config(str(ROOT / "configs" / "vae_mnist.py"), "smok")
+
+
+def test_a_variant_that_overrides_an_earlier_ones_fields_says_so(caplog):
+    """Variants apply left to right: `fashion,smoke` trains smoke's shipped digits, not Fashion-MNIST; the log says
+    which fields the later variant took over."""
+    import logging
+
+    path = str(ROOT / "configs" / "vae_mnist.py")
+    with caplog.at_level(logging.WARNING, logger="jaxgen"):
+        c = _load_config(path, "fashion,smoke")
+    assert c.data.name == "mnist_5k"
+    assert ("config variant 'smoke' overrides what the earlier variant 'fashion' set (variants apply left to right, "
+            "the later one wins): data.name: 'fashion_mnist' -> 'mnist_5k'") in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="jaxgen"):
+        _load_config(path, "iwae,mnist_5k")
+    assert "overrides" not in caplog.text
 
 
 @pytest.mark.parametrize("field,value,message", [

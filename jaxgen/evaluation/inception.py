@@ -372,9 +372,10 @@ def _missing_message(problem: str, offer_download: bool = True) -> str:
             f"({os.environ.get(ENV_WEIGHTS) or 'not set'}), {npz}, {pth}.\n"
             f"Either download {WEIGHTS_URL} (about 96 MB) to {pth} (the cache dir is "
             f"${ENV_CACHE}/inception, by default ~/.cache/jaxgen/inception),\n"
-            f"or set `{CONFIG_FIELD}` or ${ENV_WEIGHTS} to that .pth or to an .npz converted from it,\n"
-            + ("or let jaxgen fetch it: `python -m jaxgen.evaluation.inception download` "
-               "(load_params(allow_download=True)).\n" if offer_download else "")
+            f"or set `{CONFIG_FIELD}` or ${ENV_WEIGHTS} to that .pth or to an .npz converted from it"
+            + (",\nor let jaxgen fetch it: `python -m jaxgen.evaluation.inception download` (training does so "
+               "itself with --config.eval.inception_download=True, the default, on a machine with a network).\n"
+               if offer_download else ".\n")
             + "To train without Inception metrics instead: --config.eval.extractors=\"()\" (or \"('classifier',)\" "
             "on a labelled dataset).")
 
@@ -413,7 +414,7 @@ def load_params(path=None, *, allow_download: bool = False) -> dict:
         return _from_npz(npz)
     if not pth.is_file():
         if not allow_download:
-            raise WeightsNotFoundError(_missing_message("nothing in the cache dir, and allow_download is False."))
+            raise WeightsNotFoundError(_missing_message("nothing in the cache dir, and no download was asked for."))
         _download(pth)
     variables, digest = _from_pth(pth)
     try:

@@ -256,9 +256,13 @@ def train_and_evaluate(config, workdir) -> dict:
         mgr.close()
     writer.close()
     steps_run = step - start
-    log.info("Done: %d steps this invocation in %.1f s (%.0f img/s incl. compile, evals); %s; outputs in %s",
-             steps_run, train_time, steps_run * c.train.batch_size / max(train_time, 1e-9), task.summary(final),
-             workdir)
+    if steps_run:
+        log.info("Done: %d steps this invocation in %.1f s (%.0f img/s incl. compile, evals); %s; outputs in %s",
+                 steps_run, train_time, steps_run * c.train.batch_size / max(train_time, 1e-9), task.summary(final),
+                 workdir)
+    else:
+        log.info("Done: the run was already at step %d (train.steps=%d), re-evaluated; %s; outputs in %s", step,
+                 c.train.steps, task.summary(final), workdir)
     return final
 
 

@@ -57,15 +57,41 @@ def setup_logging(workdir: Path) -> None:
     logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax reports every save at INFO
 
 
-def log_fatal(error: BaseException) -> None:
+def log_fatal(error: BaseException) -> Path | None:
     """Writes the error that stops a run, with its traceback, to <workdir>/log.txt (set up by `setup_logging`;
-    nothing before that). The caller re-raises it, which prints it on stderr."""
+    nothing before that, and only on process 0). Returns that file, or None where nothing was written."""
     logger = logging.getLogger("jaxgen")
     record = logger.makeRecord(logger.name, logging.ERROR, __file__, 0, "The run stopped: %s: %s",
                                (type(error).__name__, error), (type(error), error, error.__traceback__))
+    written = None
     for handler in logger.handlers:
         if isinstance(handler, logging.FileHandler):
             handler.handle(record)
+            written = Path(handler.baseFilename)
+    return written
+
+
+_PACKAGE = Path(__file__).resolve().parents[1]  # jaxgen/
+
+
+def raised_on_purpose(error: BaseException) -> bool:
+    """Whether jaxgen's own code raised `error` as a message to the user (bad input, a NaN, a missing dataset,
+    weights or checkpoint: a ValueError, FileNotFoundError, FloatingPointError or one of jaxgen's RuntimeErrors,
+    raised in the jaxgen package), which says what to do. An error raised anywhere else (JAX, a user's loss) or of
+    another kind (KeyError, TypeError, AssertionError ...: a bug) is not: its traceback is the message."""
+    from jaxgen.data.tfds_source import DatasetUnavailableError  # noqa: PLC0415 (light: no TFDS import)
+    from jaxgen.parallel import ProcessesDisagreeError  # noqa: PLC0415
+
+    kinds = (ValueError, FileNotFoundError, FloatingPointError, WorkdirError, DatasetUnavailableError,
+             ProcessesDisagreeError)
+    if not isinstance(error, kinds):
+        return False
+    tb = error.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return Path(tb.tb_frame.f_code.co_filename).resolve().is_relative_to(_PACKAGE)
 
 
 def save_config(config, workdir: Path) -> None:
