@@ -205,7 +205,8 @@ def test_a_nan_stops_the_gan_run_and_keeps_the_last_good_checkpoint(tmp_path):
     loop.train_and_evaluate(c, tmp_path)
     c.train.steps = 20
     c.loss.name = "tests.test_gan:nan_loss"
-    with pytest.raises(loop.NonFiniteLossError, match=r"non-finite d_loss.* at step 10: .*step 10\) is kept"):
+    with pytest.raises(loop.NonFiniteLossError, match=r"non-finite d_loss.* in the update from step 10 to 11: "
+                                                 r".*step 10\) is kept"):
         loop.train_and_evaluate(c, tmp_path)
 
 

@@ -229,9 +229,30 @@ def test_a_nan_stops_the_run_naming_step_and_metric_and_keeps_the_last_good_chec
     loop.train_and_evaluate(c, tmp_path)
     c.train.steps = 20
     c.objective.name = "tests.test_vae_step:nan_objective"
-    with pytest.raises(loop.NonFiniteLossError, match=r"non-finite loss.* at step 10: .*step 10\) is kept"):
+    with pytest.raises(loop.NonFiniteLossError, match=r"non-finite loss.* in the update from step 10 to 11: "
+                                                 r".*step 10\) is kept"):
         loop.train_and_evaluate(c, tmp_path)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == ["10"]
+
+
+def test_an_update_that_overflows_the_params_is_not_applied_and_no_checkpoint_holds_it(smoke_config, tmp_path):
+    """Finite loss and gradients, but a learning rate past float32's range: the updated params are not finite. The
+    step's guard checks the new state too, so that update is refused like a NaN loss and every checkpoint stays
+    finite."""
+    import jax
+    import numpy as np
+
+    c = smoke_config
+    c.eval.every, c.train.steps, c.checkpoint.every = 0, 10, 1
+    c.optim.lr = 1e39  # Inf in float32
+    with pytest.raises(loop.NonFiniteLossError, match=r"non-finite .* in the update from step \d+ to"):
+        loop.train_and_evaluate(c, tmp_path)
+    task = loop.build_task(c, tmp_path)
+    mgr, state = loop.restore(task)
+    mgr.close()
+    if state is not None:
+        floats = [v for v in jax.tree.leaves(state) if jax.numpy.issubdtype(v.dtype, jax.numpy.floating)]
+        assert floats and all(np.isfinite(np.asarray(v)).all() for v in floats)
 
 
 def test_eval_mode_without_a_checkpoint_says_train_first(smoke_config, tmp_path):

@@ -16,9 +16,13 @@ from jax.sharding import PartitionSpec as P
 
 
 def keep_if_finite(new: dict, old: dict, checked) -> tuple[dict, jax.Array]:
-    """(new, True) when every leaf of `checked` (the step's metrics, gradient norms) is finite, else (old, False):
-    a step that produced a NaN or Inf is not applied, so the state stays the last good one."""
-    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in jax.tree.leaves(checked)]))
+    """(new, True) when every leaf of `checked` (the step's metrics, gradient norms) and every float leaf of the new
+    state (params, optimizer state, EMA, statistics) is finite, else (old, False): a step that produced a NaN or
+    Inf anywhere is not applied, so the state stays the last good one and no checkpoint holds one. (Finite
+    gradients can still overflow an update, e.g. a learning rate near float32's limit, or Adam's squared
+    gradients.)"""
+    floats = [v for v in jax.tree.leaves(new) if jnp.issubdtype(v.dtype, jnp.inexact)]
+    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in [*jax.tree.leaves(checked), *floats]]))
     return jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old), finite
 
 

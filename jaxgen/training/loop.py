@@ -196,7 +196,7 @@ def _first_nonfinite(metrics: dict, headline) -> tuple[int, list[str]] | None:
     i = bad[0]
     names = sorted((k for k, v in metrics.items() if not np.isfinite(np.asarray(v)[i])),
                    key=lambda k: (k not in headline, k))
-    return int(np.asarray(metrics["step"])[i]), names or ["gradient norm"]
+    return int(np.asarray(metrics["step"])[i]), names or ["updated parameters or optimizer state"]
 
 
 def train_and_evaluate(config, workdir) -> dict:
@@ -364,10 +364,11 @@ def _check_finite(host_metrics: dict, mgr, workdir: Path, headline) -> None:
     good = mgr.latest_step()
     kept = f"the last good checkpoint (step {good}) is kept in {workdir / 'checkpoints'}" if good is not None \
         else "no checkpoint had been written yet"
+    clip = "g_optim.clip_norm, d_optim.clip_norm" if "d_loss" in headline else "optim.clip_norm"
     raise NonFiniteLossError(
-        f"non-finite {', '.join(names)} at step {bad_step}: training stopped and that update was not applied; "
-        f"{kept}. Lower the learning rate or set gradient clipping (optim.clip_norm), then run the same command "
-        "to resume."
+        f"non-finite {', '.join(names)} in the update from step {bad_step} to {bad_step + 1}: training stopped and "
+        f"that update was not applied; {kept}. Lower the learning rate or set gradient clipping ({clip}): the same "
+        "command with that change resumes from the checkpoint."
     )
 
 
