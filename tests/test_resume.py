@@ -3,8 +3,10 @@ another config stops the run and stays, and turning gradient clipping on or off 
 
 import functools
 import logging
+import shutil
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -127,6 +129,75 @@ def test_a_broken_checkpoint_is_reported_and_the_previous_one_used(smoke_config,
     assert (tmp_path / "checkpoints_broken" / "20").is_dir()  # kept for inspection, not deleted
     assert mgr.all_steps() == [10]
     mgr.close()
+
+
+def _two_checkpoints(smoke_config, tmp_path):
+    mesh = parallel.make_mesh()
+    create, state = _state(smoke_config, mesh)
+    mgr = checkpoint.manager(tmp_path, smoke_config.checkpoint)
+    for step in (10, 20):
+        checkpoint.save(mgr, {**state, "step": state["step"] + step})
+        mgr.wait_until_finished()
+    mgr.close()
+    return checkpoint.abstract_like(jax.eval_shape(create), parallel.replicated(mesh)), state
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_checkpoint_that_reads_but_fails_its_fingerprint_is_moved_aside(smoke_config, tmp_path, caplog):
+    """Damage that still decodes (here: the saved checksum of one array changed, as if its bytes had been) is caught
+    by the fingerprint saved with the checkpoint; bytes flipped inside a data file are caught too, by the read or
+    by the fingerprint. Either way the previous checkpoint is used."""
+    import json
+
+    target, state = _two_checkpoints(smoke_config, tmp_path)
+    fp = tmp_path / "checkpoints" / "20" / "fingerprint" / "metadata"  # Orbax's JSON item
+    record = json.loads(fp.read_text())
+    record["leaves"][3] = (record["leaves"][3] + 1) % 2**32
+    fp.write_text(json.dumps(record))
+    with caplog.at_level(logging.ERROR):
+        mgr, restored = checkpoint.restore_newest(tmp_path, smoke_config.checkpoint, target)
+    mgr.close()
+    assert int(restored["step"]) == 10
+    assert "Checkpoint at step 20 cannot be read (ValueError: its arrays do not match the fingerprint" in caplog.text
+    assert (tmp_path / "checkpoints_broken" / "20").is_dir()
+
+    shutil.rmtree(tmp_path)
+    target, state = _two_checkpoints(smoke_config, tmp_path)
+    data = max((f for f in (tmp_path / "checkpoints" / "20").rglob("*") if f.is_file()), key=lambda f: f.stat().st_size)
+    raw = bytearray(data.read_bytes())
+    mid = len(raw) // 2
+    raw[mid:mid + 4096] = np.random.default_rng(0).integers(0, 256, min(4096, len(raw) - mid), np.uint8).tobytes()
+    data.write_bytes(bytes(raw))
+    mgr, restored = checkpoint.restore_newest(tmp_path, smoke_config.checkpoint, target)
+    mgr.close()
+    assert int(restored["step"]) == 10 and (tmp_path / "checkpoints_broken" / "20").is_dir()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_when_no_checkpoint_can_be_read_the_run_stops_and_moves_nothing(smoke_config, tmp_path):
+    """A run must not start over in a workdir whose checkpoints all fail to read (a passing error, or damage): that
+    would overwrite its metrics and best checkpoint. It stops, and leaves every checkpoint where it was."""
+    target, _ = _two_checkpoints(smoke_config, tmp_path)
+    for f in (tmp_path / "checkpoints").rglob("*"):
+        if f.is_file() and f.stat().st_size > 0 and "d" in f.parent.name:
+            f.write_bytes(b"garbage")
+    with pytest.raises(checkpoint.UnreadableCheckpointsError, match=r"none of the checkpoints in .* can be read "
+                       r"\(steps 20, 10;.*did not start over.*pass a new --workdir"):
+        checkpoint.restore_newest(tmp_path, smoke_config.checkpoint, target)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["10", "20"]
+    assert not (tmp_path / "checkpoints_broken").exists()
+
+
+def test_the_fingerprint_depends_on_every_bit_but_not_on_the_devices():
+    a = {"w": jnp.arange(12, dtype=jnp.float32).reshape(3, 4), "k": jax.random.key(0), "n": jnp.int32(3)}
+    fp = checkpoint.fingerprint(a)
+    assert len(fp) == 3
+    b = jax.device_put(a, parallel.replicated(parallel.make_mesh()))
+    assert checkpoint.fingerprint(b) == fp
+    flipped = {**a, "w": a["w"].at[1, 2].set(np.nextafter(np.float32(6.0), np.float32(7.0)))}
+    assert checkpoint.fingerprint(flipped) != fp  # one bit of one float
+    swapped = {**a, "w": a["w"][::-1]}
+    assert checkpoint.fingerprint(swapped) != fp
 
 
 def test_checkpoints_hold_the_whole_state(smoke_config, tmp_path):

@@ -1,9 +1,12 @@
 """Orbax checkpoints of the whole train state, with auto-resume that survives a broken checkpoint.
 
-Checkpoints live in `<workdir>/checkpoints/<step>`. A checkpoint that cannot be read is reported, moved to
-`<workdir>/checkpoints_broken/<step>` (kept, not deleted) and the previous one is used. A readable checkpoint whose
-saved tree (paths, shapes, dtypes) differs from the state this config builds was written by another config: it is
-left in place and the run stops with CheckpointMismatchError naming the leaves that differ.
+Checkpoints live in `<workdir>/checkpoints/<step>`. Each holds the state and its fingerprint (a checksum of every
+array, computed on the devices at save time), which a restore checks, so a file damaged on disk is found even where
+it still decodes. A checkpoint that cannot be read or fails that check is reported, moved to
+`<workdir>/checkpoints_broken/<step>` (kept, not deleted) and the previous one is used; when none can be read,
+nothing is moved and the run stops (UnreadableCheckpointsError) rather than start over in a workdir with results.
+A readable checkpoint whose saved tree (paths, shapes, dtypes) differs from the state this config builds was written
+by another config: it is left in place and the run stops with CheckpointMismatchError naming the leaves that differ.
 """
 
 from __future__ import annotations
@@ -15,8 +18,10 @@ import shutil
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from jax import lax
 
 from jaxgen import atomic, parallel
 
@@ -38,6 +43,9 @@ def manager(workdir: Path, cfg, subdir: str = "checkpoints") -> ocp.CheckpointMa
     handler = ocp.StandardCheckpointHandler()
     registry.add("state", ocp.args.StandardSave, handler)
     registry.add("state", ocp.args.StandardRestore, handler)
+    json_handler = ocp.JsonCheckpointHandler()
+    registry.add(FINGERPRINT, ocp.args.JsonSave, json_handler)
+    registry.add(FINGERPRINT, ocp.args.JsonRestore, json_handler)
     return ocp.CheckpointManager(Path(workdir).absolute() / subdir, options=options, handler_registry=registry)
 
 
@@ -55,12 +63,59 @@ def remove_partial_saves(directory: Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
+FINGERPRINT = "fingerprint"  # the checkpoint item beside "state"
+
+
+def save_args(state: dict) -> ocp.args.Composite:
+    """What a checkpoint of `state` holds: the state and its fingerprint."""
+    return ocp.args.Composite(state=ocp.args.StandardSave(state), **{
+        FINGERPRINT: ocp.args.JsonSave({"version": 1, "leaves": fingerprint(state)})})
+
+
 def save(mgr: ocp.CheckpointManager, state: dict) -> bool:
     """Saves `state` at its step unless a checkpoint of that step exists. Returns whether a save started."""
     step = int(jax.device_get(state["step"]))
     if step in mgr.all_steps():
         return False
-    return mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)), force=True)
+    return mgr.save(step, args=save_args(state), force=True)
+
+
+@jax.jit
+def _leaf_checksums(leaves: list) -> jax.Array:
+    """uint32 [len(leaves)]: a position-mixed sum of each array's bits. Integer sums wrap exactly whatever the
+    order of the reduction, so the value does not depend on the device count or the backend."""
+    def one(x):
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            x = jax.random.key_data(x)
+        x = x.reshape(-1)
+        if x.dtype == jnp.bool_:
+            u = x.astype(jnp.uint32)
+        else:
+            u = lax.bitcast_convert_type(x, {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}[x.dtype.itemsize])
+            u = u.astype(jnp.uint32)
+        h = (u ^ (jnp.arange(u.size, dtype=jnp.uint32) * jnp.uint32(0x9E3779B9))) * jnp.uint32(0x85EBCA6B)
+        return jnp.sum(h ^ (h >> 13), dtype=jnp.uint32)
+
+    return jnp.stack([one(x) for x in leaves]) if leaves else jnp.zeros((0,), jnp.uint32)
+
+
+def fingerprint(state) -> list[int]:
+    """One checksum per leaf of `state` (in tree order), as host ints: what a checkpoint's fingerprint holds."""
+    return [int(v) for v in np.asarray(jax.device_get(_leaf_checksums(jax.tree.leaves(state))))]
+
+
+def _check_fingerprint(mgr: ocp.CheckpointManager, step: int, state: dict) -> None:
+    """Raises ValueError when the restored `state` does not match the fingerprint saved with it (a checkpoint
+    written before fingerprints existed has none, and is taken as read)."""
+    if not (Path(mgr.directory) / str(step) / FINGERPRINT).exists():
+        return
+    saved = mgr.restore(step, args=ocp.args.Composite(**{FINGERPRINT: ocp.args.JsonRestore()}))[FINGERPRINT]
+    now = fingerprint(state)
+    if saved.get("leaves") != now:
+        paths = ["/".join(map(str, k)) for k in ocp.tree.to_flat_dict(state)]
+        bad = [p for p, a, b in zip(paths, saved.get("leaves", []), now) if a != b]
+        raise ValueError(f"its arrays do not match the fingerprint saved with them ({len(bad)} of {len(now)} "
+                         f"differ, e.g. {', '.join(bad[:3])}): a file was damaged after the save")
 
 
 def abstract_like(state_shapes, sharding):
@@ -88,22 +143,42 @@ def restore_newest(workdir: Path, cfg, target, subdir: str = "checkpoints"
         f"the checkpoints in {Path(workdir).absolute() / subdir} (how many, the newest step)",
         [len(steps), max(steps, default=-1)],
         "Every process must see the same --workdir: put it on a filesystem all hosts share.")
+    broken: list[tuple[int, Exception]] = []  # newest first; moved aside only once an older one is read
     for step in sorted(steps, reverse=True):
         try:
             saved = _saved_tree(mgr, step)
         except Exception as e:  # noqa: BLE001 (metadata that cannot be read means a broken checkpoint)
-            mgr = _move_aside(mgr, workdir, cfg, subdir, step, e)
+            broken.append((step, _reported(step, e)))
             continue
         diff = _differences(saved, target)
         if diff:
             mgr.close()
             raise CheckpointMismatchError(_mismatch_message(Path(workdir).absolute(), subdir, step, diff))
         try:
-            restored = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
-            return mgr, restored["state"]
+            restored = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
+            _check_fingerprint(mgr, step, restored)
         except Exception as e:  # noqa: BLE001 (the tree matched, so a failure to read means a broken file)
-            mgr = _move_aside(mgr, workdir, cfg, subdir, step, e)
+            broken.append((step, _reported(step, e)))
+            continue
+        for bad, _ in broken:
+            mgr = _move_aside(mgr, workdir, cfg, subdir, bad)
+        return mgr, restored
+    if broken:
+        mgr.close()
+        raise UnreadableCheckpointsError(Path(workdir).absolute() / subdir, broken)
     return mgr, None
+
+
+class UnreadableCheckpointsError(ValueError):
+    """The workdir has checkpoints and none of them can be read: the run stops instead of starting over."""
+
+    def __init__(self, directory: Path, broken: list[tuple[int, Exception]]):
+        steps = ", ".join(str(s) for s, _ in broken)
+        super().__init__(
+            f"none of the checkpoints in {directory} can be read (steps {steps}; the errors are logged above). "
+            f"Nothing was moved or deleted, and the run did not start over, which would overwrite this workdir's "
+            f"metrics and images. If the cause was passing (memory, a network filesystem), run the same command "
+            f"again; to train from scratch, pass a new --workdir (or move {directory} away).")
 
 
 def _saved_tree(mgr: ocp.CheckpointManager, step: int) -> dict:
@@ -162,11 +237,14 @@ def _mismatch_message(workdir: Path, subdir: str, step: int, diff: dict[str, lis
     )
 
 
-def _move_aside(mgr: ocp.CheckpointManager, workdir: Path, cfg, subdir: str, step: int, e: Exception
-                ) -> ocp.CheckpointManager:
-    """Reports the unreadable checkpoint at `step`, moves it to `<subdir>_broken/<step>`, returns a new manager."""
-    log.error("Checkpoint at step %d cannot be read (%s: %s); using the previous one", step,
-              type(e).__name__, str(e).splitlines()[0][:300] if str(e) else "")
+def _reported(step: int, e: Exception) -> Exception:
+    log.error("Checkpoint at step %d cannot be read (%s: %s)", step, type(e).__name__,
+              str(e).splitlines()[0][:300] if str(e) else "")
+    return e
+
+
+def _move_aside(mgr: ocp.CheckpointManager, workdir: Path, cfg, subdir: str, step: int) -> ocp.CheckpointManager:
+    """Moves the unreadable checkpoint at `step` to `<subdir>_broken/<step>`, returns a new manager."""
     mgr.close()
     if jax.process_index() == 0:
         src = Path(workdir).absolute() / subdir / str(step)
@@ -244,7 +322,7 @@ class BestKeeper:
             self._mgr = ocp.CheckpointManager(self.dir, options=options)
         if step in self._mgr.all_steps():  # kept by a run that was stopped before its checkpoint of this step
             self._mgr.delete(step)
-        self._mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)), force=True)
+        self._mgr.save(step, args=save_args(state), force=True)
         self._mgr.wait_until_finished()
         self.record = {"step": step, "metric": self.metric, "mode": self.mode, "value": value}
         if jax.process_index() == 0:
