@@ -117,24 +117,28 @@ def process_0_first(fn: Callable[[], T], *, needed: bool, what: str) -> T:
     if allgather_ints(int(needed)).any():
         if jax.process_index() == 0:
             result, error = _attempt(fn)
-        _stop_if_any_failed(error, what)  # the others wait here for process 0
+        stop_if_any_failed(error, what)  # the others wait here for process 0
         if jax.process_index() != 0:
             result, error = _attempt(fn)
     else:
         result, error = _attempt(fn)
-    _stop_if_any_failed(error, what)
+    stop_if_any_failed(error, what)
     return result
 
 
 def _attempt(fn: Callable[[], T]) -> tuple[T | None, Exception | None]:
     try:
         return fn(), None
-    except Exception as e:  # noqa: BLE001 (re-raised by _stop_if_any_failed, after the others hear of it)
+    except Exception as e:  # noqa: BLE001 (re-raised by stop_if_any_failed, after the others hear of it)
         return None, e
 
 
-def _stop_if_any_failed(error: Exception | None, what: str) -> None:
+def stop_if_any_failed(error: Exception | None, what: str) -> None:
     """A collective: raises `error` where it happened, and an error naming the failed processes on the others."""
+    if jax.process_count() == 1:
+        if error is not None:
+            raise error
+        return
     failed = np.flatnonzero(allgather_ints(int(error is not None))[:, 0]).tolist()
     if error is not None:
         raise error

@@ -220,6 +220,28 @@ def test_unwritable_workdir_is_a_clear_error(smoke_config, tmp_path):
         loop.train_and_evaluate(smoke_config, blocker / "run")
     with pytest.raises(loop.wd.WorkdirError, match="is a URL.*mount the bucket"):
         loop.train_and_evaluate(smoke_config, "gs://bucket/run")
+    with pytest.raises(loop.wd.WorkdirError, match="a_file exists and is not a directory"):
+        loop.train_and_evaluate(smoke_config, blocker)
+
+
+def test_eval_and_sample_modes_need_an_existing_workdir_and_do_not_create_one(smoke_config, tmp_path):
+    for fn in (loop.evaluate_checkpoint, loop.sample_checkpoint):
+        with pytest.raises(loop.wd.WorkdirError, match="runz does not exist; this mode reads a trained workdir"):
+            fn(smoke_config, tmp_path / "runz")
+    assert not (tmp_path / "runz").exists()
+
+
+def test_a_second_training_run_on_a_workdir_in_use_stops_at_once_naming_the_first(smoke_config, tmp_path):
+    """The lock is the kernel's (flock): held by a live run, gone with its process however it ends."""
+    import os
+
+    with loop.wd.training_lock(tmp_path):
+        with pytest.raises(loop.wd.WorkdirError, match=rf"is in use by another training run \(pid {os.getpid()} on "
+                                                       r".*\); wait for it to finish or stop it"):
+            loop.train_and_evaluate(smoke_config, tmp_path)
+        assert not (tmp_path / "checkpoints").exists()
+    with loop.wd.training_lock(tmp_path):  # released: free again
+        pass
 
 
 def test_a_nan_stops_the_run_naming_step_and_metric_and_keeps_the_last_good_checkpoint(smoke_config, tmp_path):

@@ -203,6 +203,11 @@ def train_and_evaluate(config, workdir) -> dict:
     """Trains (resuming from <workdir>/checkpoints if any), evaluates, writes outputs. Returns the final eval."""
     workdir = wd.prepare(workdir)
     wd.setup_logging(workdir)
+    with wd.training_lock(workdir):
+        return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config, workdir: Path) -> dict:
     task = build_task(config, workdir)
     for split, arrays in (("train", task.train), ("test", task.test)) if jax.process_count() > 1 else ():
         parallel.check_same_on_every_process(
@@ -388,7 +393,7 @@ def _final_eval(task, state, writer: MetricWriter, sq, out_name: str = "eval.jso
 
 def _restore_for(config, workdir, mode: str):
     """(task, state) of the checkpoint eval.checkpoint names ('newest' or 'best'), for --mode=eval/sample."""
-    workdir = wd.prepare(workdir)
+    workdir = wd.prepare(workdir, create=False)
     wd.setup_logging(workdir)
     wd.warn_config_drift(config, workdir, mode)
     task = build_task(config, workdir)

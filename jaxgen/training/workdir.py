@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import socket
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import jax
 
-from jaxgen import atomic
+from jaxgen import atomic, parallel
 
 log = logging.getLogger("jaxgen")
 
@@ -18,14 +22,21 @@ class WorkdirError(RuntimeError):
     """The workdir cannot be used."""
 
 
-def prepare(workdir: str | os.PathLike) -> Path:
-    """Creates `workdir` and proves it writable (a probe file), else raises WorkdirError naming the fix."""
+def prepare(workdir: str | os.PathLike, *, create: bool = True) -> Path:
+    """Creates `workdir` (or, with create=False, requires it: --mode=eval/sample read a trained one) and proves it
+    writable (a probe file), else raises WorkdirError naming the fix."""
     if "://" in str(workdir):
         raise WorkdirError(
             f"workdir {workdir} is a URL; jaxgen writes through the filesystem: mount the bucket (e.g. with gcsfuse) "
             f"and pass the mounted path as --workdir"
         )
     path = Path(workdir).expanduser().absolute()
+    if path.exists() and not path.is_dir():
+        raise WorkdirError(f"workdir {path} exists and is not a directory; pass the path of a directory (or of one "
+                           f"to create) as --workdir")
+    if not create and not path.is_dir():
+        raise WorkdirError(f"workdir {path} does not exist; this mode reads a trained workdir: check the path (it "
+                           f"is the --workdir the training command used)")
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".write_probe_{jax.process_index()}"
@@ -36,6 +47,49 @@ def prepare(workdir: str | os.PathLike) -> Path:
             f"workdir {path} is not writable ({e.strerror or e}); pass a --workdir you can write to"
         ) from e
     return path
+
+
+LOCK_FILE = "train.lock"
+
+
+@contextlib.contextmanager
+def training_lock(workdir: Path) -> Iterator[None]:
+    """Holds an exclusive lock on <workdir>/train.lock (process 0, fcntl.flock) while a training run uses the
+    workdir: a second training run on it stops at once with WorkdirError naming the first, instead of both writing
+    the same checkpoints and metrics. The kernel drops the lock when its process ends, however it ends, so a killed
+    run leaves nothing to clean up. --mode=eval/sample do not take it (they may run beside training). Where the
+    filesystem has no locks, a warning, and no lock. A collective: every process of the run enters it."""
+    import fcntl  # noqa: PLC0415 (POSIX)
+
+    f, error = None, None
+    if jax.process_index() == 0:
+        try:
+            f = open(workdir / LOCK_FILE, "a+")  # noqa: SIM115 (held for the whole run)
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                f.seek(0)
+                f.truncate()
+                f.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+                f.flush()
+            except BlockingIOError:
+                f.seek(0)
+                holder = f.read().strip() or "another process"
+                f.close()
+                f = None
+                error = WorkdirError(f"workdir {workdir} is in use by another training run ({holder}); wait for it to "
+                                     f"finish or stop it, or pass another --workdir (--mode=eval and --mode=sample "
+                                     f"may run beside it)")
+            except OSError as e:  # no locks on this filesystem (some network filesystems)
+                log.warning("Cannot lock %s (%s): nothing stops a second training run on this workdir",
+                            workdir / LOCK_FILE, e.strerror or e)
+        except OSError as e:
+            error = WorkdirError(f"cannot open {workdir / LOCK_FILE} ({e.strerror or e})")
+    parallel.stop_if_any_failed(error, "lock the workdir")
+    try:
+        yield
+    finally:
+        if f is not None:
+            f.close()  # releases the lock
 
 
 def setup_logging(workdir: Path) -> None:
