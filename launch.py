@@ -30,7 +30,17 @@ def parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing, but an override of a field the config lacks names it and lists its block's fields
     (ml_collections raises a bare AttributeError, with a "Did you mean" only for near-typos)."""
     try:
-        return app.parse_flags_with_usage(argv)
+        rest = app.parse_flags_with_usage(argv)
+        _ = FLAGS.config.task  # ml_collections loads the file lazily: now, before any work, with a clear error
+        return rest
+    except OSError as e:  # the file could not be read (a wrong path)
+        inner = e
+        while (inner.__cause__ or inner.__context__) is not None:
+            inner = inner.__cause__ or inner.__context__
+        detail = " ".join(line.strip() for line in str(inner).splitlines() if line.strip())
+        sys.stderr.write(f"FATAL Flags parsing error: cannot load the --config file ({detail}); paths are relative "
+                         f"to the current directory\n")
+        sys.exit(1)
     except (AttributeError, KeyError):
         from jaxgen import config as config_lib  # noqa: PLC0415
 

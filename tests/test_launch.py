@@ -146,6 +146,13 @@ def test_only_errors_jaxgen_raises_for_the_user_lose_their_traceback():
     assert not workdir.raised_on_purpose(KeyboardInterrupt())
 
 
+def test_a_config_path_that_does_not_exist_fails_before_any_work(tmp_path):
+    r = _launch("--config=configs/vae_mnst.py:smoke", f"--workdir={tmp_path / 'run'}")
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert "FATAL Flags parsing error: cannot load the --config file (" in r.stderr and "vae_mnst.py" in r.stderr
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_config_file_that_sets_a_missing_field_names_the_line_and_the_fields(tmp_path):
     cfg = tmp_path / "my_config.py"
     cfg.write_text("from jaxgen.config import vae_config\n\n\ndef get_config(variant=''):\n    c = vae_config()\n"
