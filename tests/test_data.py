@@ -43,6 +43,20 @@ def test_unknown_dataset_lists_the_choices():
         data.load(_cfg(name="mnsit"), "train")
 
 
+def test_images_in_the_wrong_layout_or_range_are_named(caplog):
+    import logging
+
+    label = np.zeros(4, np.int32)
+    with pytest.raises(ValueError, match=r"C = 1 \(grey\) or 3 \(RGB\), got \(4, 1, 28, 28\); channels-first images "
+                                         r"\[N, C, H, W\] need np.transpose\(images, \(0, 2, 3, 1\)\)"):
+        data.ImageData(np.zeros((4, 1, 28, 28), np.uint8), label, "mine", "train")
+    with pytest.raises(ValueError, match="drop the alpha channel"):
+        data.ImageData(np.zeros((4, 8, 8, 4), np.uint8), label, "mine", "train")
+    with caplog.at_level(logging.WARNING, logger="jaxgen"):
+        data.ImageData(np.ones((4, 8, 8, 1), np.uint8), label, "mine", "train")
+    assert "pixels of its first images are all 0 or 1, where jaxgen expects 0-255" in caplog.text
+
+
 def test_tfds_path_under_mock_data(tmp_path, monkeypatch):
     import tensorflow_datasets as tfds
 

@@ -148,6 +148,16 @@ def test_resolution_zero_keeps_one_size_and_takes_the_smallest_side_of_mixed_siz
     np.testing.assert_array_equal(data.load(_cfg(tmp_path, path=str(root)), "train").image, d.image)
 
 
+def test_a_thumbnail_among_larger_images_is_named_when_it_sets_the_size(tmp_path, caplog):
+    root = tmp_path / "imgs"
+    _numbered_folder(root, n=4, size=(16, 16))
+    _solid("RGB", (1, 1), (10, 20, 30)).save(root / "g0" / "tiny.png")
+    with caplog.at_level(logging.WARNING, logger="jaxgen"):
+        d = data.load(_cfg(tmp_path, path=str(root)), "train")
+    assert d.image.shape[1:] == (1, 1, 3)  # what resolution 0 means; the warning says so and names the file
+    assert "1 image(s) in" in caplog.text and "the smallest 1 px" in caplog.text and "'g0/tiny.png'" in caplog.text
+
+
 def test_bad_paths_name_the_fix(tmp_path):
     with pytest.raises(ValueError, match=r"data.path is empty.*--config.data.path=DIR"):
         data.load(_cfg(tmp_path), "train")

@@ -7,12 +7,15 @@ Pixels stay uint8 on the host and on the way to the devices; scaling and binariz
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable
 
 import numpy as np
 
 from jaxgen import registry
 from jaxgen.data import image_folder, shipped, synthetic, tfds_source
+
+log = logging.getLogger("jaxgen")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +37,17 @@ class ImageData:
             raise ValueError(f"dataset {self.name!r}: {self.image.shape[0]} images but labels {self.label.shape}")
         if self.image.shape[0] == 0:
             raise ValueError(f"dataset {self.name!r} split {self.split!r} is empty")
+        if self.image.shape[-1] not in (1, 3):
+            raise ValueError(
+                f"dataset {self.name!r} split {self.split!r}: images must be [N, H, W, C] with C = 1 (grey) or 3 "
+                f"(RGB), got {self.image.shape}"
+                + ("; channels-first images [N, C, H, W] need np.transpose(images, (0, 2, 3, 1))"
+                   if self.image.shape[1] in (1, 3) else "")
+                + ("; drop the alpha channel of RGBA images" if self.image.shape[-1] == 4 else ""))
+        if self.image[:1000].max() <= 1:
+            log.warning("dataset %r split %r: the pixels of its first images are all 0 or 1, where jaxgen expects "
+                        "0-255 (binarized data? multiply by 255; data.binarize='dynamic' binarizes on the device)",
+                        self.name, self.split)
 
     def __len__(self) -> int:
         return self.image.shape[0]

@@ -218,15 +218,24 @@ def decode_all(folder: Path, files: list[str], resolution: int, crop: int) -> tu
 
 def smallest_side(folder: Path, files: list[str], crop: int) -> int:
     """The shortest image side among `files` (read from the headers; unreadable files skipped), capped at `crop` if
-    > 0: the square side every image can be centre-cropped to (clamped crops included) and resized to."""
-    sides = []
+    > 0: the square side every image can be centre-cropped to (clamped crops included) and resized to. A side
+    under half the median one (a thumbnail among photos) is warned about, naming its files: every image shrinks
+    to it."""
+    sides = {}
     for f in files:
         try:
             with Image.open(folder / f) as image:  # the header only: nothing is decoded
-                sides.append(min(image.size))  # EXIF rotation swaps the sides, it does not change the shorter one
+                sides[f] = min(image.size)  # EXIF rotation swaps the sides, it does not change the shorter one
         except _BAD_IMAGE:
             continue
-    side = min(sides)
+    side = min(sides.values())
+    median = float(np.median(list(sides.values())))
+    if side < median / 2 and (crop <= 0 or side < crop):
+        small = [f for f, v in sides.items() if v < median / 2]
+        log.warning("%d image(s) in %s have a side under half the median side (%d px), the smallest %d px: with "
+                    "data.resolution 0 every image is shrunk to %d x %d. Remove them or set "
+                    "--config.data.resolution=R. They are: %s%s", len(small), folder, median, side, side, side,
+                    ", ".join(repr(f) for f in small[:5]), " ..." if len(small) > 5 else "")
     return min(side, crop) if crop > 0 else side
 
 

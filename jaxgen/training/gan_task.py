@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from jaxgen import atomic, data, parallel
+from jaxgen import atomic, data, parallel, registry
 from jaxgen import config as config_lib
 from jaxgen.data import augment
 from jaxgen.evaluation import quality
@@ -49,6 +49,9 @@ class GANTask:
             parallel.check_batch(c.train.g_batch_size, self.mesh, "train.g_batch_size")
         gan_obj.check_loss(self.loss_fn, c.loss.name, batch=4, g_batch=8 if c.train.g_batch_size else 0)
         augment.check_policy(c.augment.policy)
+        registry.resolve("GAN model", c.model.name, gan_models.GANS)  # unknown names fail before the data loads
+        self.g_tx, self.g_lr = optim.make(c.g_optim, c.train.steps)
+        self.d_tx, self.d_lr = optim.make(c.d_optim, c.train.steps * c.train.d_steps)
         self.train = data.load(c.data, c.data.train_split)
         self.test = data.load(c.data, c.data.test_split)
         gan_obj.check_regularizer(self.reg_fn, c.reg.name, self.train.shape)
@@ -57,8 +60,6 @@ class GANTask:
                              f"{c.train.batch_size}; lower the batch size")
         self._eval_count()  # before any training: evaluation needs one full batch of test images
         self.generator, self.discriminator = gan_models.build(c.model, self.train.shape, axis_name=parallel.AXIS)
-        self.g_tx, self.g_lr = optim.make(c.g_optim, c.train.steps)
-        self.d_tx, self.d_lr = optim.make(c.d_optim, c.train.steps * c.train.d_steps)
         if self.reg_fn is not None and c.model.d_norm == "batch":
             log.warning("reg.name=%s with BatchNorm in D (model.d_norm='batch'): the penalty's per-example input "
                         "gradients are coupled through the batch statistics; Gulrajani et al. (2017) advise a "

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 
 from jaxgen import config as config_lib
-from jaxgen import data, models, objectives, parallel
+from jaxgen import data, models, objectives, parallel, registry
 from jaxgen.evaluation import quality
 from jaxgen.evaluation import vae as vae_eval
 from jaxgen.objectives import vae as vae_obj
@@ -34,6 +34,8 @@ class VAETask:
         parallel.check_batch(config.eval.batch_size, self.mesh, "eval.batch_size")
         self.objective = objectives.get(config.objective.name)
         vae_obj.likelihood(config.objective)  # an unknown likelihood fails here, before any work
+        registry.resolve("model", config.model.name, models.MODELS)  # as an unknown model, before the data loads
+        self.tx, self.lr = optim.make(config.optim, config.train.steps)
         self.train = data.load(config.data, config.data.train_split)
         self.test = data.load(config.data, config.data.test_split)
         if len(self.train) < config.train.batch_size:
@@ -44,7 +46,6 @@ class VAETask:
                         "--config.data.binarize=none --config.objective.likelihood=gaussian", config.data.name)
         self.model = models.build(config.model, self.train.shape, train_images=self.train.image,
                                   likelihood=config.objective.likelihood)
-        self.tx, self.lr = optim.make(config.optim, config.train.steps)
         self.create = functools.partial(state_lib.create, self.model, self.tx, self.train.shape, config.seed,
                                         config.train.ema_half_life > 0)
         objectives.check_objective(  # a user's objective that breaks its contract fails here, naming it
