@@ -204,6 +204,24 @@ def test_bad_config_values_fail_before_any_work_with_the_choices(smoke_config, t
     assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
 
 
+@pytest.mark.parametrize("field,value", [("model.name", "conv_vea"), ("optim.name", "adamm"),
+                                         ("objective.name", "elbow"), ("objective.likelihood", "poisson")])
+def test_unknown_names_fail_before_the_data_loads(smoke_config, tmp_path, monkeypatch, field, value):
+    from jaxgen import data
+
+    monkeypatch.setattr(data, "load", lambda *a, **k: pytest.fail("data loaded before the names were checked"))
+    section, name = field.split(".")
+    smoke_config[section][name] = value
+    with pytest.raises(ValueError, match=f"unknown .*'{value}'; choices"):
+        loop.train_and_evaluate(smoke_config, tmp_path)
+
+
+def test_every_batch_size_that_does_not_divide_is_named_at_once(smoke_config, tmp_path):
+    smoke_config.train.batch_size, smoke_config.eval.batch_size = 30, 20
+    with pytest.raises(ValueError, match=r"train.batch_size=30 is not divisible .*; and eval.batch_size=20 is not"):
+        loop.train_and_evaluate(smoke_config, tmp_path)
+
+
 def test_steps_not_a_multiple_of_steps_per_dispatch_fails_in_the_config_check(smoke_config, tmp_path, monkeypatch):
     from jaxgen import config as config_lib
     from jaxgen import data

@@ -41,12 +41,10 @@ class GANTask:
         c = config
         self.config, self.workdir = c, workdir
         self.mesh = parallel.make_mesh()
-        parallel.check_batch(c.train.batch_size, self.mesh)
-        parallel.check_batch(c.eval.batch_size, self.mesh, "eval.batch_size")
+        parallel.check_batches(self.mesh, train__batch_size=c.train.batch_size, eval__batch_size=c.eval.batch_size,
+                               train__g_batch_size=c.train.g_batch_size)
         self.loss_fn = gan_obj.get_loss(c.loss.name)
         self.reg_fn = gan_obj.get_regularizer(c.reg.name)
-        if c.train.g_batch_size:
-            parallel.check_batch(c.train.g_batch_size, self.mesh, "train.g_batch_size")
         gan_obj.check_loss(self.loss_fn, c.loss.name, batch=4, g_batch=8 if c.train.g_batch_size else 0)
         augment.check_policy(c.augment.policy)
         registry.resolve("GAN model", c.model.name, gan_models.GANS)  # unknown names fail before the data loads
