@@ -46,6 +46,9 @@ def test_launch_smoke_end_to_end_then_resume(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert "Resumed from the checkpoint at step 20" in r.stderr
     assert "train.steps: 20 -> 30" in r.stderr  # the changed field is named
+    history = [json.loads(line) for line in (wd / "config_history.jsonl").read_text().splitlines()]
+    assert len(history) == 1 and history[0]["config"]["train"]["steps"] == 20
+    assert history[0]["changes"] == ["train.steps: 20 -> 30"]
     assert (wd / "checkpoints" / "30").is_dir()
     assert json.loads((wd / "eval.json").read_text())["step"] == 30
 

@@ -149,7 +149,9 @@ def raised_on_purpose(error: BaseException) -> bool:
 
 
 def save_config(config, workdir: Path) -> None:
-    """Writes the resolved config to <workdir>/config.json; warns about fields changed since the last run."""
+    """Writes the resolved config to <workdir>/config.json; warns about fields changed since the last run, whose
+    config becomes config.previous.json and is appended to config_history.jsonl (every config the workdir was
+    run with, oldest first, each with the time it was replaced and what changed)."""
     if jax.process_index() != 0:
         return
     path = workdir / "config.json"
@@ -159,6 +161,9 @@ def save_config(config, workdir: Path) -> None:
         changed = sorted(_diff(before, now))
         if changed:
             log.warning("Config differs from the one this workdir was run with: %s", ", ".join(changed))
+            record = {"replaced": time.strftime("%Y-%m-%dT%H:%M:%S"), "changes": changed, "config": before}
+            with open(workdir / "config_history.jsonl", "a") as f:
+                f.write(json.dumps(record, sort_keys=True) + "\n")
             path.rename(workdir / "config.previous.json")
     atomic.write_text(path, json.dumps(now, indent=2, sort_keys=True) + "\n")
 
