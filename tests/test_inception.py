@@ -192,7 +192,8 @@ def test_missing_weights_say_where_to_put_them(cache):
     msg = str(e.value)
     assert isinstance(e.value, FileNotFoundError)
     for needed in (str(cache / f"{inception.WEIGHTS_NAME}.pth"), inception.WEIGHTS_URL, inception.ENV_WEIGHTS,
-                   inception.CONFIG_FIELD, "allow_download=True"):
+                   inception.CONFIG_FIELD, "python -m jaxgen.evaluation.inception download",
+                   "--config.eval.inception_download=True"):
         assert needed in msg
     assert not cache.exists()  # no download was tried
     with pytest.raises(inception.WeightsNotFoundError, match="nowhere.pth does not exist"):
