@@ -107,13 +107,13 @@ def _gan_setup(mesh, g_batch=0, **over):
     return state, fn
 
 
-@pytest.mark.parametrize("g_batch", [0, 48])
-def test_sharded_gan_step_equals_one_device(g_batch):
+@pytest.mark.parametrize("over", [
+    {"train.d_steps": 2, "reg.name": "r1", "reg.interval": 2, "augment.policy": "translation,flip"},
+    {"g_batch": 48},  # the G update on fresh fakes of its own, 48 beside D's 32 (nothing else: CI time)
+], ids=["reused_fakes", "fresh_fakes"])
+def test_sharded_gan_step_equals_one_device(over):
     """8 devices (sync BatchNorm, per-device R1, augmentation) give the params of 1 device with the same global
-    batch: within 2e-5 absolute after 3 steps (float32 reduction order differs; Adam amplifies tiny gradients).
-    Also with the G update on fresh fakes of its own (g_batch 48 beside D's 32)."""
-    over = {"train.d_steps": 2, "reg.name": "r1", "reg.interval": 2, "augment.policy": "translation,flip",
-            "g_batch": g_batch}
+    batch: within 2e-5 absolute after 3 steps (float32 reduction order differs; Adam amplifies tiny gradients)."""
     images = (np.random.default_rng(0).random((256, 28, 28, 1)) * 255).astype(np.uint8)
     results, metrics_seen = [], []
     for devices in (jax.devices(), jax.devices()[:1]):
@@ -127,7 +127,7 @@ def test_sharded_gan_step_equals_one_device(g_batch):
         results.append(jax.device_get(state))
         metrics_seen.append(jax.device_get(metrics))
     # The gradients themselves are the global-batch means (Adam's update alone would hide a scale error).
-    for name in ("d_loss", "g_loss", "d_grad_norm", "g_grad_norm", "reg"):
+    for name in ("d_loss", "g_loss", "d_grad_norm", "g_grad_norm", "reg")[:None if "reg.name" in over else 4]:
         np.testing.assert_allclose(metrics_seen[0][name], metrics_seen[1][name], rtol=1e-4, err_msg=name)
     for a, b in zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[1])):
         if jnp.issubdtype(a.dtype, jax.dtypes.prng_key):
@@ -369,7 +369,7 @@ def test_the_in_training_scores_use_fixed_keyed_latents_whatever_the_eval_batch_
     task = loop.build_task(c, tmp_path)
     state = jax.jit(task.create, out_shardings=parallel.replicated(task.mesh))()
     got = []
-    for bs in (8, 16, 48):
+    for bs in (8, 48):
         task.config.eval.batch_size = bs
         got.append(task.evaluate(state, final=False))
     assert got[0]["num_examples"] == 48
@@ -386,11 +386,9 @@ def paired_loss(d_real, d_fake):
     return d_loss, jnp.mean(jax.nn.softplus(d_real - d_fake)), {}
 
 
-def test_fresh_fakes_for_the_g_update_train_and_a_loss_that_cannot_take_them_is_refused(tmp_path):
+def test_a_loss_that_cannot_take_fresh_fakes_for_the_g_update_is_refused(tmp_path):
+    """(gan_mnist:wgan_gp trains with fresh fakes: test_gan_mnist_variants_train_end_to_end.)"""
     c = _smoke(**{"eval.every": 0, "train.steps": 4, "checkpoint.every": 4, "train.g_batch_size": 48})
-    loop.train_and_evaluate(c, tmp_path / "ok")
-    records = [r for r in writer.read(tmp_path / "ok" / "metrics.jsonl") if r["split"] == "train"]
-    assert records and all(np.isfinite(r["g_loss"]) for r in records)
     c.loss.name = "tests.test_gan:paired_loss"
     with pytest.raises(ValueError, match=r"cannot take d_real \[4\] with d_fake \[8\].*train.g_batch_size=0"):
         loop.train_and_evaluate(c, tmp_path / "paired")

@@ -172,7 +172,9 @@ def test_the_documented_pod_command_runs_as_two_processes(tmp_path):
     assert (tmp_path / "pod" / "checkpoints" / "20").is_dir() and (tmp_path / "pod" / "eval.json").is_file()
 
 
-@pytest.mark.parametrize("config", ["gan_mnist", "vae_mnist"])
+# The VAE's two-process run is checked against one process by the SIGTERM test below (stopped, resumed, and still
+# equal to an uninterrupted single-process run), so only the GAN runs here (CI time).
+@pytest.mark.parametrize("config", ["gan_mnist"])
 def test_two_processes_train_like_one(config, tmp_path):
     path = str(CONFIGS / f"{config}.py")
     outs = _two_processes(WORKER, path, str(tmp_path / "multi"))
@@ -220,6 +222,7 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_the_job_resumes(tmp_p
         if key != "eval_seconds" and isinstance(value, float):
             for final in finals:
                 assert final[key] == pytest.approx(value, rel=1e-4, abs=1e-5), key
+    assert (tmp_path / "multi" / "eval.json").is_file() and (tmp_path / "multi" / "checkpoints" / "40").is_dir()
 
 
 @pytest.mark.parametrize("config", ["gan_mnist", "vae_mnist"])
