@@ -30,9 +30,18 @@ def parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing, but an override of a field the config lacks names it and lists its block's fields
     (ml_collections raises a bare AttributeError, with a "Did you mean" only for near-typos)."""
     try:
-        rest = app.parse_flags_with_usage(argv)
+        rest = FLAGS(argv)
         _ = FLAGS.config.task  # ml_collections loads the file lazily: now, before any work, with a clear error
         return rest
+    except flags.Error as e:  # as app.parse_flags_with_usage, but a check jaxgen's config code made is one line
+        from jaxgen.training import workdir  # noqa: PLC0415
+
+        cause = e.__cause__ or e.__context__
+        while cause is not None and not (isinstance(cause, ValueError) and workdir.raised_on_purpose(cause)):
+            cause = cause.__cause__ or cause.__context__
+        sys.stderr.write(f"FATAL Flags parsing error: {cause}\n" if cause is not None else
+                         f"FATAL Flags parsing error: {e}\nPass --helpshort or --helpfull to see help on flags.\n")
+        sys.exit(1)
     except OSError as e:  # the file could not be read (a wrong path)
         inner = e
         while (inner.__cause__ or inner.__context__) is not None:
@@ -40,6 +49,13 @@ def parse_flags(argv: list[str]) -> list[str]:
         detail = " ".join(line.strip() for line in str(inner).splitlines() if line.strip())
         sys.stderr.write(f"FATAL Flags parsing error: cannot load the --config file ({detail}); paths are relative "
                          f"to the current directory\n")
+        sys.exit(1)
+    except ValueError as e:  # a check jaxgen's config code makes (an unknown variant ...): its message says it all
+        from jaxgen.training import workdir  # noqa: PLC0415
+
+        if not workdir.raised_on_purpose(e):
+            raise
+        sys.stderr.write(f"FATAL Flags parsing error: {e}\n")
         sys.exit(1)
     except (AttributeError, KeyError):
         from jaxgen import config as config_lib  # noqa: PLC0415

@@ -48,7 +48,7 @@ def _wgan_gp(c):
     c.reg.weight = 10.0
     c.model.d_norm = "none"
     c.train.d_steps = 5
-    c.train.g_batch_size = c.train.batch_size
+    c.train.g_batch_size = -1  # fresh latents, as many as train.batch_size
     for o in (c.g_optim, c.d_optim):
         o.lr, o.b1, o.b2 = 1e-4, 0.0, 0.9
 

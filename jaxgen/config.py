@@ -161,7 +161,8 @@ def gan_config() -> ml_collections.ConfigDict:
     c.d_optim = optim_block(2e-4, 0.5, 0.999)
     c.train.d_steps = 1  # D updates per G update (a train step = d_steps D updates + 1 G update)
     # Fakes of the G update: 0 = the last D update's (one G forward per step, as PyTorch's DCGAN); N = N fresh ones
-    # (the official SNGAN code: 128 beside a batch of 64). A multiple of the device count.
+    # (the official SNGAN code: 128 beside a batch of 64), a multiple of the device count; -1 = fresh ones, as many
+    # as train.batch_size (WGAN-GP's Algorithm 1), whatever the batch size is set to.
     c.train.g_batch_size = 0
     c.train.ema_half_life = 10_000.0  # images; the EMA of G's weights halves its memory every this many; 0 = off
     c.train.ema_rampup = 0.05  # the half-life is at most this times the images seen so far (StyleGAN2-ADA's); 0 = off
@@ -268,7 +269,7 @@ def unknown_override(argv: list[str], load: Callable[[str], ml_collections.Confi
 
 def smoke(config: ml_collections.ConfigDict) -> None:
     """The tiny-size settings every `smoke` variant shares: same model, objective and step, seconds to run."""
-    if config.task == "gan" and config.train.g_batch_size:  # the G update's fresh fakes keep their ratio to the batch
+    if config.task == "gan" and config.train.g_batch_size > 0:  # G's fresh fakes keep their ratio to the batch
         ratio = config.train.g_batch_size / config.train.batch_size
         config.train.g_batch_size = max(8, round(32 * ratio / 8) * 8)
     config.train.batch_size = 32
@@ -313,6 +314,12 @@ def bf16(config: ml_collections.ConfigDict) -> None:
 def diffaugment(config: ml_collections.ConfigDict) -> None:
     """GAN variant: DiffAugment's colour, translation and cutout on reals and fakes (Zhao et al. 2020)."""
     config.augment.policy = "color,translation,cutout"
+
+
+def g_batch_size(config: ml_collections.ConfigDict) -> int:
+    """How many fresh latents a GAN's G update draws: 0 (it reuses the last D update's fakes) or a global batch."""
+    n = config.train.g_batch_size
+    return config.train.batch_size if n == -1 else n
 
 
 def check(config: ml_collections.ConfigDict) -> None:
@@ -371,9 +378,9 @@ def check(config: ml_collections.ConfigDict) -> None:
     elif config.task == "gan":
         if t.d_steps < 1:
             raise ValueError(f"train.d_steps must be >= 1, got {t.d_steps}")
-        if t.g_batch_size < 0:
-            raise ValueError(f"train.g_batch_size must be >= 0 (0 = the G update reuses the last D update's fakes), "
-                             f"got {t.g_batch_size}")
+        if t.g_batch_size < -1:
+            raise ValueError(f"train.g_batch_size must be >= -1 (0 = the G update reuses the last D update's fakes, "
+                             f"-1 = as many fresh ones as train.batch_size), got {t.g_batch_size}")
         if config.data.binarize != "none":
             raise ValueError(f"data.binarize={config.data.binarize!r} is for VAEs; a GAN trains on the pixels: set "
                              f"--config.data.binarize=none")

@@ -112,8 +112,9 @@ def _gan_setup(mesh, g_batch=0, **over):
     {"g_batch": 48},  # the G update on fresh fakes of its own, 48 beside D's 32 (nothing else: CI time)
 ], ids=["reused_fakes", "fresh_fakes"])
 def test_sharded_gan_step_equals_one_device(over):
-    """8 devices (sync BatchNorm, per-device R1, augmentation) give the params of 1 device with the same global
-    batch: within 2e-5 absolute after 3 steps (float32 reduction order differs; Adam amplifies tiny gradients)."""
+    """8 devices give the params of 1 device with the same global batch (sync BatchNorm; in the first case also
+    per-device R1 and augmentation, in the second the G update's own fresh fakes): within 2e-5 absolute after 3
+    steps (float32 reduction order differs; Adam amplifies tiny gradients)."""
     images = (np.random.default_rng(0).random((256, 28, 28, 1)) * 255).astype(np.uint8)
     results, metrics_seen = [], []
     for devices in (jax.devices(), jax.devices()[:1]):
@@ -192,8 +193,10 @@ def nan_loss(d_real, d_fake):
 
 
 def test_a_users_loss_and_regularizer_load_by_import_path_and_train(tmp_path):
+    """A relativistic loss (it reads d_real in the G update) with augmentation and fresh fakes of another length:
+    the reals keep the last D update's keys."""
     c = _smoke(**{"loss.name": "tests.test_gan:relativistic_loss", "reg.name": "tests.test_gan:r2_penalty",
-                  "reg.weight": 10.0, "eval.every": 0})
+                  "reg.weight": 10.0, "eval.every": 0, "augment.policy": "flip", "train.g_batch_size": 48})
     loop.train_and_evaluate(c, tmp_path)
     records = [r for r in writer.read(tmp_path / "metrics.jsonl") if r["split"] == "train"]
     assert records and all("relativistic_gap" in r and np.isfinite(r["g_loss"]) for r in records)
@@ -390,8 +393,11 @@ def test_a_loss_that_cannot_take_fresh_fakes_for_the_g_update_is_refused(tmp_pat
     """(gan_mnist:wgan_gp trains with fresh fakes: test_gan_mnist_variants_train_end_to_end.)"""
     c = _smoke(**{"eval.every": 0, "train.steps": 4, "checkpoint.every": 4, "train.g_batch_size": 48})
     c.loss.name = "tests.test_gan:paired_loss"
-    with pytest.raises(ValueError, match=r"cannot take d_real \[4\] with d_fake \[8\].*train.g_batch_size=0"):
+    with pytest.raises(ValueError, match=r"cannot take d_real and d_fake of different lengths \(train.batch_size=32 "
+                                         r"reals beside train.g_batch_size=48 .*set train.g_batch_size=0 or -1"):
         loop.train_and_evaluate(c, tmp_path / "paired")
     c.train.g_batch_size = 12
     with pytest.raises(ValueError, match=r"train.g_batch_size=12 is not divisible by the 8 devices"):
         loop.train_and_evaluate(c, tmp_path / "odd")
+    c.train.g_batch_size = -1  # as many as the batch: a paired loss runs
+    assert loop.build_task(c, tmp_path / "same").g_batch == 32

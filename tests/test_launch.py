@@ -146,7 +146,18 @@ def test_only_errors_jaxgen_raises_for_the_user_lose_their_traceback():
     assert not workdir.raised_on_purpose(raised(a_users_check))  # a user's code: its traceback says where
     assert not workdir.raised_on_purpose(raised(lambda: np.reshape(np.zeros(3), (2, 2))))  # raised in numpy
     assert not workdir.raised_on_purpose(raised(lambda: registry.resolve("dataset", "x", None)))  # a TypeError: a bug
+    from jaxgen.training import state as state_lib
+
+    # A ValueError of a builtin (an array's truth value) on a jaxgen line that is no `raise`: a bug, traceback kept.
+    assert not workdir.raised_on_purpose(raised(lambda: state_lib.ema_rate(0, 1, np.zeros(3), rampup=np.ones(2))))
     assert not workdir.raised_on_purpose(KeyboardInterrupt())
+
+
+def test_an_unknown_variant_is_one_line_listing_the_choices(tmp_path):
+    r = _launch("--config=configs/vae_mnist.py:smok", f"--workdir={tmp_path / 'run'}")
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert "FATAL Flags parsing error: unknown config variant 'smok'; choices: fashion, iwae, mnist_5k, smoke\n" \
+        in r.stderr
 
 
 def test_a_config_path_that_does_not_exist_fails_before_any_work(tmp_path):
@@ -260,14 +271,19 @@ def test_eval_and_sample_modes_need_an_existing_workdir_and_do_not_create_one(sm
 
 
 def test_a_second_training_run_on_a_workdir_in_use_stops_at_once_naming_the_first(smoke_config, tmp_path):
-    """The lock is the kernel's (flock): held by a live run, gone with its process however it ends."""
+    """The lock is the kernel's (flock): held by a live run, gone with its process however it ends. A refused run
+    writes nothing into the workdir, not even into the live run's log.txt. --mode=eval of the newest checkpoint
+    writes the run's own files, so it is refused too."""
     import os
 
-    with loop.wd.training_lock(tmp_path):
-        with pytest.raises(loop.wd.WorkdirError, match=rf"is in use by another training run \(pid {os.getpid()} on "
+    with loop.wd.training_lock(tmp_path, "training run"):
+        with pytest.raises(loop.wd.WorkdirError, match=rf"is in use \(training run: pid {os.getpid()} on "
                                                        r".*\); wait for it to finish or stop it"):
             loop.train_and_evaluate(smoke_config, tmp_path)
-        assert not (tmp_path / "checkpoints").exists()
+        with pytest.raises(loop.wd.WorkdirError, match=r"is in use \(training run: .*--mode=sample, and --mode=eval "
+                                                       r"with --config.eval.checkpoint=best, may run beside"):
+            loop.evaluate_checkpoint(smoke_config, tmp_path)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["train.lock"]
     with loop.wd.training_lock(tmp_path):  # released: free again
         pass
 

@@ -139,10 +139,10 @@ def check_loss(loss_fn: Callable, name: str, batch: int = 4, g_batch: int = 0) -
         try:
             jax.eval_shape(loss_fn, d, jax.ShapeDtypeStruct((g_batch,), jnp.float32))
         except (TypeError, ValueError) as e:
-            raise ValueError(f"loss.name={name!r} cannot take d_real [{batch}] with d_fake [{g_batch}], as the G "
-                             f"update calls it when train.g_batch_size differs from train.batch_size (does it pair "
-                             f"reals with fakes example by example?): set train.g_batch_size=0 or make the loss "
-                             f"reduce each side on its own. The error: {e}") from e
+            raise ValueError(f"loss.name={name!r} cannot take d_real and d_fake of different lengths (train.batch_size="
+                             f"{batch} reals beside train.g_batch_size={g_batch} fresh fakes in the G update; does it "
+                             f"pair reals with fakes example by example?): set train.g_batch_size=0 or -1, or make "
+                             f"the loss reduce each side on its own. The error: {e}") from e
 
 
 def check_regularizer(reg_fn: Callable | None, name: str, image_shape, batch: int = 2) -> None:

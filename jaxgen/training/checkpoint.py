@@ -87,9 +87,13 @@ def _leaf_checksums(leaves: list) -> jax.Array:
     def one(x):
         if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
             x = jax.random.key_data(x)
+        if jnp.iscomplexobj(x):
+            x = jnp.stack([x.real, x.imag], -1)
         x = x.reshape(-1)
         if x.dtype == jnp.bool_:
             u = x.astype(jnp.uint32)
+        elif x.dtype.itemsize == 8:  # 64-bit types (with jax_enable_x64): two uint32 words each
+            u = lax.bitcast_convert_type(x, jnp.uint32).reshape(-1)
         else:
             u = lax.bitcast_convert_type(x, {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}[x.dtype.itemsize])
             u = u.astype(jnp.uint32)
@@ -130,12 +134,15 @@ class CheckpointMismatchError(ValueError):
     """A readable checkpoint in the workdir holds a state of another shape than this config builds."""
 
 
-def restore_newest(workdir: Path, cfg, target, subdir: str = "checkpoints"
+def restore_newest(workdir: Path, cfg, target, subdir: str = "checkpoints", *, move_broken: bool = True
                    ) -> tuple[ocp.CheckpointManager, dict | None]:
-    """(manager, newest readable state or None). Unreadable checkpoints are reported and moved aside.
+    """(manager, newest readable state or None). Unreadable checkpoints are reported and, once an older one has been
+    read and with `move_broken` (a training run: --mode=eval/sample only read), moved aside.
 
     Raises CheckpointMismatchError, leaving the checkpoint in place, when the newest readable one was saved from a
-    state whose tree (paths, shapes, dtypes) differs from `target`: a config change, not a broken file.
+    state whose tree (paths, shapes, dtypes) differs from `target`: a config change, not a broken file; and
+    UnreadableCheckpointsError, moving nothing, when there are checkpoints and none can be read. With several
+    processes, a checkpoint counts as read only if every process read it (a collective).
     """
     mgr = manager(workdir, cfg, subdir)
     steps = mgr.all_steps()
@@ -146,39 +153,59 @@ def restore_newest(workdir: Path, cfg, target, subdir: str = "checkpoints"
     broken: list[tuple[int, Exception]] = []  # newest first; moved aside only once an older one is read
     for step in sorted(steps, reverse=True):
         try:
-            saved = _saved_tree(mgr, step)
+            saved, error = _saved_tree(mgr, step), None
         except Exception as e:  # noqa: BLE001 (metadata that cannot be read means a broken checkpoint)
-            broken.append((step, _reported(step, e)))
+            saved, error = None, e
+        if (error := _on_every_process(error)) is not None:
+            broken.append((step, _reported(step, error)))
             continue
         diff = _differences(saved, target)
         if diff:
             mgr.close()
             raise CheckpointMismatchError(_mismatch_message(Path(workdir).absolute(), subdir, step, diff))
         try:
-            restored = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
-            _check_fingerprint(mgr, step, restored)
+            restored, error = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))), None
         except Exception as e:  # noqa: BLE001 (the tree matched, so a failure to read means a broken file)
-            broken.append((step, _reported(step, e)))
+            restored, error = None, e
+        if error is None:  # every process has the state now: the fingerprint's computation is a collective
+            try:
+                _check_fingerprint(mgr, step, restored["state"])
+            except Exception as e:  # noqa: BLE001 (a damaged array, or a fingerprint that cannot be read)
+                error = e
+        if (error := _on_every_process(error)) is not None:
+            broken.append((step, _reported(step, error)))
             continue
-        for bad, _ in broken:
+        for bad, _ in broken if move_broken else ():
             mgr = _move_aside(mgr, workdir, cfg, subdir, bad)
-        return mgr, restored
+        return mgr, restored["state"]
     if broken:
         mgr.close()
-        raise UnreadableCheckpointsError(Path(workdir).absolute() / subdir, broken)
+        raise UnreadableCheckpointsError(Path(workdir).absolute() / subdir, broken, training=move_broken)
     return mgr, None
+
+
+def _on_every_process(error: Exception | None) -> Exception | None:
+    """`error`, or a stand-in when another process failed where this one did not: every process then treats the
+    checkpoint alike (a collective in a multi-process run)."""
+    if jax.process_count() == 1:
+        return error
+    failed = np.flatnonzero(parallel.allgather_ints(int(error is not None))[:, 0]).tolist()
+    if error is None and failed:
+        return RuntimeError(f"process(es) {failed} could not read it; their logs say why")
+    return error
 
 
 class UnreadableCheckpointsError(ValueError):
     """The workdir has checkpoints and none of them can be read: the run stops instead of starting over."""
 
-    def __init__(self, directory: Path, broken: list[tuple[int, Exception]]):
+    def __init__(self, directory: Path, broken: list[tuple[int, Exception]], training: bool = True):
         steps = ", ".join(str(s) for s, _ in broken)
-        super().__init__(
-            f"none of the checkpoints in {directory} can be read (steps {steps}; the errors are logged above). "
-            f"Nothing was moved or deleted, and the run did not start over, which would overwrite this workdir's "
-            f"metrics and images. If the cause was passing (memory, a network filesystem), run the same command "
-            f"again; to train from scratch, pass a new --workdir (or move {directory} away).")
+        what = (f"the run did not start over, which would overwrite this workdir's metrics and images. If the cause "
+                f"was passing (memory, a network filesystem), run the same command again; to train from scratch, "
+                f"pass a new --workdir (or move {directory} away)" if training else
+                "if the cause was passing (memory, a network filesystem), run the same command again")
+        super().__init__(f"none of the checkpoints in {directory} can be read (steps {steps}; the errors are logged "
+                         f"above). Nothing was moved or deleted; {what}.")
 
 
 def _saved_tree(mgr: ocp.CheckpointManager, step: int) -> dict:

@@ -112,17 +112,17 @@ def reads_d_real(loss_fn, batch: int) -> bool:
 
 
 def g_update(state: dict, fake, g_vjp, d_real, keys, *, discriminator, g_tx, loss_fn, augment_policy: str,
-             real=None):
+             real=None, real_keys=None):
     """One G update through the fakes [B', H, W, C] that G made this step (`g_vjp` pulls back their gradient);
     `keys` are the fakes' per-example keys. B' is the D batch B when the fakes are the last D update's, or the
-    G update's own batch.
+    G update's own batch; `real_keys` are the reals' keys (the last D update's; default `keys`).
 
     d_real: D's outputs on the step's reals before D's update, used as a constant. With `real` (the reals
     [B, H, W, C], given when the loss's g_loss reads d_real, see `reads_d_real`) D is run on them again after
     its update, so that g_loss compares the updated D's outputs on reals and fakes.
     """
-    if real is not None:
-        x = _augment(augment_policy, dev.substream(keys, _AUG_REAL), real)  # the D update's augmentation of the reals
+    if real is not None:  # the last D update's augmentation of its reals
+        x = _augment(augment_policy, dev.substream(keys if real_keys is None else real_keys, _AUG_REAL), real)
         d_real, _ = apply_model(discriminator, state["d"], x, True)
 
     def loss(fake):
@@ -177,6 +177,7 @@ def gan_step(state: dict, data: dict, *, generator, discriminator, g_tx, d_tx, l
         state, d_real, m = d_update(state, real, lax.stop_gradient(fake), keys, it, **d_kw)
         m["d_lr"] = jnp.asarray(d_lr(it), jnp.float32)
         d_metrics.append(m)
+    d_keys = keys
     if g_batch:  # the G update's own latents: keys by position in its global batch, a stream of the last D update's
         keys = dev.example_keys(jax.random.fold_in(step_key, it), dev.local_positions(g_batch, AXIS))
         make = functools.partial(_generate, generator, state["g"], latents(dev.substream(keys, _Z_G)))
@@ -185,7 +186,7 @@ def gan_step(state: dict, data: dict, *, generator, discriminator, g_tx, d_tx, l
     state = {**state, "g": {**state["g"], **g_stats}}
     state, g_metrics = g_update(state, fake, g_vjp, d_real, keys, discriminator=discriminator, g_tx=g_tx,
                                 loss_fn=loss_fn, augment_policy=augment_policy,
-                                real=real if reads_d_real(loss_fn, d_real.shape[0]) else None)
+                                real=real if reads_d_real(loss_fn, d_real.shape[0]) else None, real_keys=d_keys)
     state["step"] = step + 1
     if "ema_g" in state:
         rate = state_lib.ema_rate(step, batch, ema_half_life, ema_rampup)

@@ -24,7 +24,7 @@ log = logging.getLogger("jaxgen")
 
 HISTORY_COLUMNS = 8  # fixed-noise samples per row of samples_over_time.png
 STANDING_PASSES = 30  # train-mode passes that re-estimate the EMA generator's BatchNorm statistics
-# The evaluation's fixed streams of latents, each a fold_in of the seed's EVAL_STREAM key: samples.png and
+# The evaluation's fixed streams of latents, key(seed) folded with EVAL_STREAM + the stream: samples.png and
 # samples_over_time.png, interpolations.png, the sample-quality metrics' samples, the standing statistics' passes,
 # the D(x)/D(G(z)) scores.
 FIXED_NOISE_STREAM, INTERPOLATION_STREAM, SAMPLER_STREAM, STANDING_STREAM, SCORES_STREAM = 1, 2, 3, 4, 5
@@ -42,10 +42,11 @@ class GANTask:
         self.config, self.workdir = c, workdir
         self.mesh = parallel.make_mesh()
         parallel.check_batches(self.mesh, train__batch_size=c.train.batch_size, eval__batch_size=c.eval.batch_size,
-                               train__g_batch_size=c.train.g_batch_size)
+                               train__g_batch_size=config_lib.g_batch_size(c))
+        self.g_batch = config_lib.g_batch_size(c)
         self.loss_fn = gan_obj.get_loss(c.loss.name)
         self.reg_fn = gan_obj.get_regularizer(c.reg.name)
-        gan_obj.check_loss(self.loss_fn, c.loss.name, batch=4, g_batch=8 if c.train.g_batch_size else 0)
+        gan_obj.check_loss(self.loss_fn, c.loss.name, batch=c.train.batch_size, g_batch=self.g_batch)
         augment.check_policy(c.augment.policy)
         registry.resolve("GAN model", c.model.name, gan_models.GANS)  # unknown names fail before the data loads
         self.g_tx, self.g_lr = optim.make(c.g_optim, c.train.steps)
@@ -67,7 +68,7 @@ class GANTask:
 
     def describe(self) -> str:
         c = self.config
-        fresh = f" on {c.train.g_batch_size} fresh fakes" if c.train.g_batch_size else ""
+        fresh = f" on {self.g_batch} fresh fakes" if self.g_batch else ""
         return (f"train {c.data.name} {self.train.shape}, {len(self.train)} images; {c.model.name} GAN, "
                 f"loss {c.loss.name}, reg {c.reg.name}, {c.train.d_steps} D step(s) per G step{fresh}, "
                 f"augment {c.augment.policy or 'none'}, compute {c.model.dtype}")
@@ -80,7 +81,7 @@ class GANTask:
             reg_fn=self.reg_fn, reg_weight=c.reg.weight, reg_interval=c.reg.interval, d_steps=c.train.d_steps,
             batch=c.train.batch_size, augment_policy=c.augment.policy,
             ema_half_life=c.train.ema_half_life, ema_rampup=c.train.ema_rampup, g_lr=self.g_lr,
-            d_lr=self.d_lr, g_batch=c.train.g_batch_size)
+            d_lr=self.d_lr, g_batch=self.g_batch)
 
     @functools.cached_property
     def _refresh_stats(self):

@@ -135,18 +135,18 @@ def build_task(config, workdir: Path) -> Task:
     return registry.resolve("task", config.task, TASKS)(config, workdir)
 
 
-def restore(task, which: str = "newest"):
+def restore(task, which: str = "newest", *, training: bool = False):
     """(checkpoint manager, readable state or None), placed replicated on the task's mesh: the newest checkpoint,
-    or with which='best' the one kept in <workdir>/best."""
+    or with which='best' the one kept in <workdir>/best. Only a training run moves unreadable checkpoints aside."""
     target = checkpoint.abstract_like(jax.eval_shape(task.create), parallel.replicated(task.mesh))
     subdir = {"newest": "checkpoints", "best": "best"}[which]
-    return checkpoint.restore_newest(task.workdir, task.config.checkpoint, target, subdir)
+    return checkpoint.restore_newest(task.workdir, task.config.checkpoint, target, subdir, move_broken=training)
 
 
 def restore_or_init(task):
     """The training run's start: a resumed or a fresh state, after removing what a save killed half-way left."""
     checkpoint.remove_partial_saves(Path(task.workdir).absolute() / "checkpoints")  # this run writes there now
-    mgr, state = restore(task)
+    mgr, state = restore(task, training=True)
     if state is None:
         state = jax.jit(task.create, out_shardings=parallel.replicated(task.mesh))()
         log.info("Starting a new run in %s", task.workdir)
@@ -202,8 +202,8 @@ def _first_nonfinite(metrics: dict, headline) -> tuple[int, list[str]] | None:
 def train_and_evaluate(config, workdir) -> dict:
     """Trains (resuming from <workdir>/checkpoints if any), evaluates, writes outputs. Returns the final eval."""
     workdir = wd.prepare(workdir)
-    wd.setup_logging(workdir)
-    with wd.training_lock(workdir):
+    with wd.training_lock(workdir, "training run"):  # before the log: a refused run writes nothing into the workdir
+        wd.setup_logging(workdir)
         return _train_and_evaluate(config, workdir)
 
 
@@ -411,7 +411,17 @@ def _restore_for(config, workdir, mode: str):
 
 def evaluate_checkpoint(config, workdir) -> dict:
     """--mode=eval: the final evaluation of the newest checkpoint (eval.checkpoint='best': the best one) into
-    eval.json (eval_best.json), with the final images for the newest."""
+    eval.json (eval_best.json), with the final images for the newest. The newest's evaluation writes the run's own
+    files (eval.json, metrics.jsonl, images), so it takes the workdir's lock, as training does; the best's writes
+    only eval_best.json and may run beside a training run."""
+    if config.eval.checkpoint == "best":
+        return _evaluate_checkpoint(config, wd.prepare(workdir, create=False))
+    workdir = wd.prepare(workdir, create=False)
+    with wd.training_lock(workdir, "--mode=eval"):
+        return _evaluate_checkpoint(config, workdir)
+
+
+def _evaluate_checkpoint(config, workdir: Path) -> dict:
     task, state = _restore_for(config, workdir, "eval")
     best = config.eval.checkpoint == "best"
     # The best checkpoint's numbers go to eval_best.json only: metrics.jsonl is the history of the run.

@@ -34,9 +34,11 @@ def prepare(workdir: str | os.PathLike, *, create: bool = True) -> Path:
     if path.exists() and not path.is_dir():
         raise WorkdirError(f"workdir {path} exists and is not a directory; pass the path of a directory (or of one "
                            f"to create) as --workdir")
-    if not create and not path.is_dir():
-        raise WorkdirError(f"workdir {path} does not exist; this mode reads a trained workdir: check the path (it "
-                           f"is the --workdir the training command used)")
+    if not create:  # every process decides together: one that raised alone would leave the others waiting
+        missing = None if path.is_dir() else WorkdirError(
+            f"workdir {path} does not exist; this mode reads a trained workdir: check the path (it is the --workdir "
+            f"the training command used)")
+        parallel.stop_if_any_failed(missing, "find the workdir")
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".write_probe_{jax.process_index()}"
@@ -53,12 +55,14 @@ LOCK_FILE = "train.lock"
 
 
 @contextlib.contextmanager
-def training_lock(workdir: Path) -> Iterator[None]:
-    """Holds an exclusive lock on <workdir>/train.lock (process 0, fcntl.flock) while a training run uses the
-    workdir: a second training run on it stops at once with WorkdirError naming the first, instead of both writing
-    the same checkpoints and metrics. The kernel drops the lock when its process ends, however it ends, so a killed
-    run leaves nothing to clean up. --mode=eval/sample do not take it (they may run beside training). Where the
-    filesystem has no locks, a warning, and no lock. A collective: every process of the run enters it."""
+def training_lock(workdir: Path, holder: str = "training run") -> Iterator[None]:
+    """Holds an exclusive lock on <workdir>/train.lock (process 0, fcntl.flock) while a run writes the workdir's own
+    files (a training run; --mode=eval of the newest checkpoint, `holder` says which): a second such run stops at
+    once with WorkdirError naming the first, instead of both writing the same checkpoints and metrics. The kernel
+    drops the lock when its process ends, however it ends, so a killed run leaves nothing to clean up.
+    --mode=sample and the best checkpoint's eval do not take it (they may run beside training). Where the
+    filesystem has no locks, a warning and no lock; where its locks are host-local (FUSE mounts such as gcsfuse)
+    it guards against a second run on the same host only. A collective: every process of the run enters it."""
     import fcntl  # noqa: PLC0415 (POSIX)
 
     f, error = None, None
@@ -69,16 +73,18 @@ def training_lock(workdir: Path) -> Iterator[None]:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 f.seek(0)
                 f.truncate()
-                f.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+                f.write(f"{holder}: pid {os.getpid()} on {socket.gethostname()}, since "
+                        f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
                 f.flush()
             except BlockingIOError:
                 f.seek(0)
-                holder = f.read().strip() or "another process"
+                other = f.read().strip() or "another process"
                 f.close()
                 f = None
-                error = WorkdirError(f"workdir {workdir} is in use by another training run ({holder}); wait for it to "
-                                     f"finish or stop it, or pass another --workdir (--mode=eval and --mode=sample "
-                                     f"may run beside it)")
+                error = WorkdirError(
+                    f"workdir {workdir} is in use ({other}); wait for it to finish or stop it, or pass another "
+                    f"--workdir. --mode=sample, and --mode=eval with --config.eval.checkpoint=best, may run beside "
+                    f"a training run")
             except OSError as e:  # no locks on this filesystem (some network filesystems)
                 log.warning("Cannot lock %s (%s): nothing stops a second training run on this workdir",
                             workdir / LOCK_FILE, e.strerror or e)
@@ -131,8 +137,11 @@ _PACKAGE = Path(__file__).resolve().parents[1]  # jaxgen/
 def raised_on_purpose(error: BaseException) -> bool:
     """Whether jaxgen's own code raised `error` as a message to the user (bad input, a NaN, a missing dataset,
     weights or checkpoint: a ValueError, FileNotFoundError, FloatingPointError or one of jaxgen's RuntimeErrors,
-    raised in the jaxgen package), which says what to do. An error raised anywhere else (JAX, a user's loss) or of
-    another kind (KeyError, TypeError, AssertionError ...: a bug) is not: its traceback is the message."""
+    by a `raise` statement in the jaxgen package), which says what to do. An error raised anywhere else (JAX, whose
+    filtered tracebacks end in the jaxgen line that called it; a builtin; a user's loss) or of another kind
+    (KeyError, TypeError, AssertionError ...: a bug) is not: its traceback is the message."""
+    import linecache  # noqa: PLC0415
+
     from jaxgen.data.tfds_source import DatasetUnavailableError  # noqa: PLC0415 (light: no TFDS import)
     from jaxgen.parallel import ProcessesDisagreeError  # noqa: PLC0415
 
@@ -145,7 +154,10 @@ def raised_on_purpose(error: BaseException) -> bool:
         return False
     while tb.tb_next is not None:
         tb = tb.tb_next
-    return Path(tb.tb_frame.f_code.co_filename).resolve().is_relative_to(_PACKAGE)
+    filename = tb.tb_frame.f_code.co_filename
+    if not Path(filename).resolve().is_relative_to(_PACKAGE):
+        return False
+    return linecache.getline(filename, tb.tb_lineno).lstrip().startswith("raise ")
 
 
 def save_config(config, workdir: Path) -> None:
