@@ -108,29 +108,6 @@ def test_a_checkpoint_from_8_devices_restores_onto_1(smoke_config, tmp_path):
     np.testing.assert_array_equal(leaf, state["params"]["params"]["up_0"]["kernel"])
 
 
-# Orbax leaves the other arrays' failed reads unretrieved; their callbacks find the event loop closed (harmless).
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-def test_a_broken_checkpoint_is_reported_and_the_previous_one_used(smoke_config, tmp_path, caplog):
-    mesh = parallel.make_mesh()
-    create, state = _state(smoke_config, mesh)
-    mgr = checkpoint.manager(tmp_path, smoke_config.checkpoint)
-    for step in (10, 20):
-        checkpoint.save(mgr, {**state, "step": state["step"] + step})
-        mgr.wait_until_finished()
-    mgr.close()
-    for f in (tmp_path / "checkpoints" / "20").rglob("*"):  # corrupt every data file of step 20
-        if f.is_file() and f.stat().st_size > 0 and "d" in f.parent.name:
-            f.write_bytes(b"garbage")
-    target = checkpoint.abstract_like(jax.eval_shape(create), parallel.replicated(mesh))
-    with caplog.at_level(logging.ERROR):
-        mgr, restored = checkpoint.restore_newest(tmp_path, smoke_config.checkpoint, target)
-    assert int(restored["step"]) == 10
-    assert "Checkpoint at step 20 cannot be read" in caplog.text
-    assert (tmp_path / "checkpoints_broken" / "20").is_dir()  # kept for inspection, not deleted
-    assert mgr.all_steps() == [10]
-    mgr.close()
-
-
 def _two_checkpoints(smoke_config, tmp_path):
     mesh = parallel.make_mesh()
     create, state = _state(smoke_config, mesh)
@@ -140,6 +117,26 @@ def _two_checkpoints(smoke_config, tmp_path):
         mgr.wait_until_finished()
     mgr.close()
     return checkpoint.abstract_like(jax.eval_shape(create), parallel.replicated(mesh)), state
+
+
+# Orbax leaves the other arrays' failed reads unretrieved; their callbacks find the event loop closed (harmless).
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_broken_checkpoint_is_reported_and_the_previous_one_used(smoke_config, tmp_path, caplog):
+    """A training run moves it aside; --mode=eval/sample (move_broken=False) only read, and move nothing."""
+    target, _ = _two_checkpoints(smoke_config, tmp_path)
+    for f in (tmp_path / "checkpoints" / "20").rglob("*"):  # corrupt every data file of step 20
+        if f.is_file() and f.stat().st_size > 0 and "d" in f.parent.name:
+            f.write_bytes(b"garbage")
+    mgr, restored = checkpoint.restore_newest(tmp_path, smoke_config.checkpoint, target, move_broken=False)
+    mgr.close()
+    assert int(restored["step"]) == 10 and not (tmp_path / "checkpoints_broken").exists()
+    with caplog.at_level(logging.ERROR):
+        mgr, restored = checkpoint.restore_newest(tmp_path, smoke_config.checkpoint, target)
+    assert int(restored["step"]) == 10
+    assert "Checkpoint at step 20 cannot be read" in caplog.text
+    assert (tmp_path / "checkpoints_broken" / "20").is_dir()  # kept for inspection, not deleted
+    assert mgr.all_steps() == [10]
+    mgr.close()
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
