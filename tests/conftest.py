@@ -40,12 +40,6 @@ def smoke_config():
     return c
 
 
-def pytest_collection_modifyitems(session, config, items):
-    """Tests marked slow run first: pytest-xdist hands tests out in collection order, so the longest ones start
-    early and the run does not end waiting on one of them while the other workers idle."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: the rest keep their order
-
-
 def pytest_report_header(config):
     return f"jax {jax.__version__}, {jax.device_count()} devices ({jax.devices()[0].platform})"
 

@@ -111,7 +111,6 @@ def _gan_setup(mesh, g_batch=0, **over):
     {"train.d_steps": 2, "reg.name": "r1", "reg.interval": 2, "augment.policy": "translation,flip"},
     {"g_batch": 48},  # the G update on fresh fakes of its own, 48 beside D's 32 (nothing else: CI time)
 ], ids=["reused_fakes", "fresh_fakes"])
-@pytest.mark.slow
 def test_sharded_gan_step_equals_one_device(over):
     """8 devices give the params of 1 device with the same global batch (sync BatchNorm; in the first case also
     per-device R1 and augmentation, in the second the G update's own fresh fakes): within 2e-5 absolute after 3
@@ -150,7 +149,6 @@ def _smoke(**over):
     return c
 
 
-@pytest.mark.slow
 def test_gan_resume_is_bitwise_for_the_whole_state(tmp_path):
     c = _smoke(**{"eval.every": 0, "checkpoint.every": 10, "train.steps": 20, "reg.name": "r1",
                   "reg.interval": 3, "train.d_steps": 2})

@@ -22,7 +22,6 @@ def _launch(*args, cwd=ROOT):
                           text=True, timeout=300)
 
 
-@pytest.mark.slow
 def test_launch_smoke_end_to_end_then_resume(tmp_path):
     wd = tmp_path / "run"
     r = _launch("--config=configs/vae_mnist.py:smoke", f"--workdir={wd}", "--config.output.progress=False")
@@ -75,7 +74,6 @@ def _load_config(path, variant):
 CONFIGS = sorted(glob.glob(str(ROOT / "configs" / "*.py")))
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("path", CONFIGS, ids=[Path(p).stem for p in CONFIGS])
 def test_every_config_has_a_smoke_variant_that_trains(path, tmp_path):
     c = _load_config(path, "smoke")
@@ -379,7 +377,6 @@ def test_a_users_likelihood_trains_evaluates_and_draws_its_mean(smoke_config, tm
     assert (tmp_path / "images" / "samples.png").is_file() and (tmp_path / "images" / "reconstructions.png").is_file()
 
 
-@pytest.mark.slow
 def test_sigterm_to_launch_checkpoints_logs_and_exits_143(tmp_path):
     """What a scheduler does before it kills a job: launch.py stops after the call under way, checkpoints the step
     it reached, says so in log.txt and exits with 143; the same command then finishes the run."""

@@ -159,7 +159,6 @@ def _run_two(commands: list[list[str]], envs: list[dict], timeout: int, devices:
     return outs
 
 
-@pytest.mark.slow
 def test_the_documented_pod_command_runs_as_two_processes(tmp_path):
     """README, GPUs and pods: the same launch.py command on every host with --jax_distributed and the coordinator,
     process count and index in the environment. Two processes of 2 CPU devices train one 4-device run."""
@@ -175,7 +174,6 @@ def test_the_documented_pod_command_runs_as_two_processes(tmp_path):
 
 # The VAE's two-process run is checked against one process by the SIGTERM test below (stopped, resumed, and still
 # equal to an uninterrupted single-process run), so only the GAN runs here (CI time).
-@pytest.mark.slow
 @pytest.mark.parametrize("config", ["gan_mnist"])
 def test_two_processes_train_like_one(config, tmp_path):
     path = str(CONFIGS / f"{config}.py")
@@ -201,7 +199,6 @@ def test_two_processes_train_like_one(config, tmp_path):
     assert (tmp_path / "multi" / "eval.json").is_file()
 
 
-@pytest.mark.slow
 def test_sigterm_to_one_process_stops_both_at_one_step_and_the_job_resumes(tmp_path):
     """A pod loses one host: SIGTERM reaches only process 1. Both processes stop after the same compiled call
     (JAX's preemption service), checkpoint that step together and raise RunStopped; the same job started again
