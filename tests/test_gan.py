@@ -261,20 +261,15 @@ def test_gan_celeba_runs_end_to_end_under_tfds_mock_data(tmp_path, monkeypatch):
     monkeypatch.setattr(tfds_source, "can_reach", lambda host: pytest.fail("no network in tests"))
     monkeypatch.setattr(tfds_source, "has_tensorflow", lambda: True)  # mock_data stands in for preparing
     monkeypatch.setattr(tfds_source, "DOWNLOAD_HOSTS", {})
-    c = config_module(CONFIGS / "gan_celeba.py").get_config("")
+    c = config_module(CONFIGS / "gan_celeba.py").get_config("smoke")  # its smoke variant, on TFDS celeb_a
     c.unlock()
-    c.data.data_dir = str(tmp_path / "tfds")
-    c.model.g_width = c.model.d_width = 8
-    c.train.batch_size, c.train.steps, c.train.log_every = 16, 4, 2
-    c.checkpoint.every = c.eval.every = 2
-    c.eval.batch_size = c.eval.num_examples = 16
-    c.eval.extractors = ()  # Inception's weights are not shipped (tests/test_quality.py covers the extractors)
-    c.output.num_samples, c.output.progress = 8, False
-    with tfds.testing.mock_data(num_examples=32):
+    c.data.name, c.data.num_examples, c.data.data_dir = "celeb_a", 0, str(tmp_path / "tfds")
+    c.output.progress = False
+    with tfds.testing.mock_data(num_examples=64):
         final = loop.train_and_evaluate(c, tmp_path / "run")
-    assert final["num_examples"] == 16 and np.isfinite(final["d_real"]) and np.isfinite(final["d_fake"])
+    assert final["num_examples"] == 64 and np.isfinite(final["d_real"]) and np.isfinite(final["d_fake"])
     assert (tmp_path / "tfds" / "jaxgen_cache" / "celeb_a" / "train_r64_c108.npz").is_file()
-    for name in ("images/samples.png", "interpolations.png", "gan_curves.png", "eval.json", "checkpoints/4"):
+    for name in ("images/samples.png", "interpolations.png", "gan_curves.png", "eval.json", "checkpoints/20"):
         assert (tmp_path / "run" / name).exists(), name
 
 

@@ -74,7 +74,13 @@ def _load_config(path, variant):
 CONFIGS = sorted(glob.glob(str(ROOT / "configs" / "*.py")))
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=[Path(p).stem for p in CONFIGS])
+# The smoke variants of vae_mnist and gan_celeba train in test_launch_smoke_end_to_end_then_resume (through
+# launch.py) and tests/test_gan.py's TFDS mock-data run: not twice (CI time).
+SMOKE_ELSEWHERE = ("vae_mnist", "gan_celeba")
+
+
+@pytest.mark.parametrize("path", [p for p in CONFIGS if Path(p).stem not in SMOKE_ELSEWHERE],
+                         ids=[Path(p).stem for p in CONFIGS if Path(p).stem not in SMOKE_ELSEWHERE])
 def test_every_config_has_a_smoke_variant_that_trains(path, tmp_path):
     c = _load_config(path, "smoke")
     c.unlock()
@@ -288,37 +294,22 @@ def test_a_second_training_run_on_a_workdir_in_use_stops_at_once_naming_the_firs
         pass
 
 
-def test_a_nan_stops_the_run_naming_step_and_metric_and_keeps_the_last_good_checkpoint(smoke_config, tmp_path):
-    c = smoke_config
-    c.eval.every = 0
-    c.train.steps = 10
-    loop.train_and_evaluate(c, tmp_path)
-    c.train.steps = 20
-    c.objective.name = "tests.test_vae_step:nan_objective"
-    with pytest.raises(loop.NonFiniteLossError, match=r"non-finite loss.* in the update from step 10 to 11: "
-                                                 r".*step 10\) is kept"):
-        loop.train_and_evaluate(c, tmp_path)
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == ["10"]
-
-
-def test_an_update_that_overflows_the_params_is_not_applied_and_no_checkpoint_holds_it(smoke_config, tmp_path):
-    """Finite loss and gradients, but a learning rate past float32's range: the updated params are not finite. The
-    step's guard checks the new state too, so that update is refused like a NaN loss and every checkpoint stays
-    finite."""
-    import jax
-    import numpy as np
-
+def test_a_non_finite_update_stops_the_run_naming_it_and_no_checkpoint_holds_it(smoke_config, tmp_path):
+    """A learning rate past float32's range: the first update leaves non-finite params while the loss and gradients
+    are finite. The step's guard checks the new state too, so that update is refused (before, it was applied and
+    checkpointed), the error names it and the fix. (A NaN loss with a good checkpoint kept: tests/test_gan.py and
+    tests/test_vae_step.py.)"""
     c = smoke_config
     c.eval.every, c.train.steps, c.checkpoint.every = 0, 10, 1
     c.optim.lr = 1e39  # Inf in float32
-    with pytest.raises(loop.NonFiniteLossError, match=r"non-finite .* in the update from step \d+ to"):
+    with pytest.raises(loop.NonFiniteLossError, match=r"non-finite .* in the update from step 0 to 1: training "
+                                                      r"stopped and that update was not applied; no checkpoint had "
+                                                      r"been written yet. .*optim.clip_norm"):
         loop.train_and_evaluate(c, tmp_path)
     task = loop.build_task(c, tmp_path)
     mgr, state = loop.restore(task)
     mgr.close()
-    if state is not None:
-        floats = [v for v in jax.tree.leaves(state) if jax.numpy.issubdtype(v.dtype, jax.numpy.floating)]
-        assert floats and all(np.isfinite(np.asarray(v)).all() for v in floats)
+    assert state is None
 
 
 def test_eval_mode_without_a_checkpoint_says_train_first(smoke_config, tmp_path):
