@@ -120,6 +120,31 @@ except parallel.ProcessesDisagreeError as e:
 """
 
 
+# One shared workdir with checkpoints 5 and 10; process 1 alone cannot read step 10's fingerprint item.
+AGREE_WORKER = """
+import sys
+from pathlib import Path
+import jax
+import jax.numpy as jnp
+jax.distributed.initialize(coordinator_address=sys.argv[1], num_processes=2, process_id=int(sys.argv[2]))
+from jaxgen import parallel
+from jaxgen.config import vae_config
+from jaxgen.training import checkpoint
+mesh = parallel.make_mesh()
+target = checkpoint.abstract_like(jax.eval_shape(lambda: {"step": jnp.int32(0), "w": jnp.ones(3)}),
+                                  parallel.replicated(mesh))
+if jax.process_index() == 1:
+    read = checkpoint._saved_fingerprint
+    def failing(mgr, step):
+        if step == 10:
+            raise OSError("a read that failed on this host only")
+        return read(mgr, step)
+    checkpoint._saved_fingerprint = failing
+mgr, state = checkpoint.restore_newest(Path(sys.argv[3]), vae_config().checkpoint, target, move_broken=False)
+print("RESTORED", int(state["step"]), flush=True)
+"""
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -277,6 +302,26 @@ def test_process_0_prepares_data_first_and_its_failure_reaches_the_others(tmp_pa
     assert said[0][1] == said[1][1] and said[0][1].startswith("RESULT folder (6, 8, 8, 3)")  # the same images
     assert "Decoding 6 images" in outs[0][1] and "Decoding" not in outs[1][1]  # decoded once, by process 0
     assert len(list((tmp_path / "data" / "jaxgen_cache" / "image_folder").glob("*/train.npz"))) == 1
+
+
+def test_processes_agree_on_which_checkpoint_they_read(tmp_path):
+    """A read that fails on one host only (here: step 10's fingerprint on process 1) makes every process treat that
+    checkpoint as unreadable: both resume from step 5, none hangs in the other's collective, none trains on from
+    another step."""
+    import jax.numpy as jnp
+
+    from jaxgen.config import vae_config
+    from jaxgen.training import checkpoint
+
+    mgr = checkpoint.manager(tmp_path, vae_config().checkpoint)
+    for step in (5, 10):
+        checkpoint.save(mgr, {"step": jnp.int32(step), "w": jnp.ones(3) * step})
+        mgr.wait_until_finished()
+    mgr.close()
+    outs = _two_processes(AGREE_WORKER, str(tmp_path), timeout=120, devices=1)
+    for out, err in outs:
+        assert [line for line in out.splitlines() if line.startswith("RESTORED")] == ["RESTORED 5"], out + err
+    assert "process(es) [1] could not read it" in outs[0][1]  # process 0 logs why it skipped step 10
 
 
 def test_processes_that_see_different_checkpoints_stop_before_restoring(tmp_path):

@@ -110,16 +110,27 @@ def fingerprint(state) -> list[int]:
 
 def _check_fingerprint(mgr: ocp.CheckpointManager, step: int, state: dict) -> None:
     """Raises ValueError when the restored `state` does not match the fingerprint saved with it (a checkpoint
-    written before fingerprints existed has none, and is taken as read)."""
-    if not (Path(mgr.directory) / str(step) / FINGERPRINT).exists():
-        return
-    saved = mgr.restore(step, args=ocp.args.Composite(**{FINGERPRINT: ocp.args.JsonRestore()}))[FINGERPRINT]
+    written before fingerprints existed has none, and is taken as read). The state's fingerprint is computed first:
+    a collective, which every process must reach before anything here can fail on one process alone."""
     now = fingerprint(state)
-    if saved.get("leaves") != now:
+    saved = _saved_fingerprint(mgr, step)
+    if saved is not None and saved.get("leaves") != now:
         paths = ["/".join(map(str, k)) for k in ocp.tree.to_flat_dict(state)]
         bad = [p for p, a, b in zip(paths, saved.get("leaves", []), now) if a != b]
         raise ValueError(f"its arrays do not match the fingerprint saved with them ({len(bad)} of {len(now)} "
                          f"differ, e.g. {', '.join(bad[:3])}): a file was damaged after the save")
+
+
+def _saved_fingerprint(mgr: ocp.CheckpointManager, step: int) -> dict | None:
+    """The fingerprint item saved at `step`, or None for a checkpoint written before fingerprints existed.
+
+    Read as the plain JSON file Orbax's JsonCheckpointHandler writes (`<step>/fingerprint/metadata`), not through
+    the manager, whose restore waits at a barrier for every process: a read that failed on one host would leave
+    the others waiting there. An Orbax that lays the item out otherwise leaves the checkpoint unverified."""
+    path = Path(mgr.directory) / str(step) / FINGERPRINT / "metadata"
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text())
 
 
 def abstract_like(state_shapes, sharding):
@@ -167,12 +178,13 @@ def restore_newest(workdir: Path, cfg, target, subdir: str = "checkpoints", *, m
             restored, error = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))), None
         except Exception as e:  # noqa: BLE001 (the tree matched, so a failure to read means a broken file)
             restored, error = None, e
-        if error is None:  # every process has the state now: the fingerprint's computation is a collective
+        if (error := _on_every_process(error)) is None:  # all or none go on to the fingerprint, a collective
             try:
                 _check_fingerprint(mgr, step, restored["state"])
             except Exception as e:  # noqa: BLE001 (a damaged array, or a fingerprint that cannot be read)
                 error = e
-        if (error := _on_every_process(error)) is not None:
+            error = _on_every_process(error)
+        if error is not None:
             broken.append((step, _reported(step, error)))
             continue
         for bad, _ in broken if move_broken else ():
