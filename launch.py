@@ -27,8 +27,10 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-    """absl's flag parsing, but an override of a field the config lacks names it and lists its block's fields
-    (ml_collections raises a bare AttributeError, with a "Did you mean" only for near-typos)."""
+    """absl's flag parsing, with the config loaded at once and its mistakes as one FATAL line: a check jaxgen's
+    config code makes (an unknown variant), a --config path that does not exist, a field the config file or an
+    override sets that the config lacks (ml_collections raises a bare AttributeError, with a "Did you mean" only
+    for near-typos; here the file's line or the override's block and its fields are named)."""
     try:
         rest = FLAGS(argv)
         _ = FLAGS.config.task  # ml_collections loads the file lazily: now, before any work, with a clear error
@@ -49,13 +51,6 @@ def parse_flags(argv: list[str]) -> list[str]:
         detail = " ".join(line.strip() for line in str(inner).splitlines() if line.strip())
         sys.stderr.write(f"FATAL Flags parsing error: cannot load the --config file ({detail}); paths are relative "
                          f"to the current directory\n")
-        sys.exit(1)
-    except ValueError as e:  # a check jaxgen's config code makes (an unknown variant ...): its message says it all
-        from jaxgen.training import workdir  # noqa: PLC0415
-
-        if not workdir.raised_on_purpose(e):
-            raise
-        sys.stderr.write(f"FATAL Flags parsing error: {e}\n")
         sys.exit(1)
     except (AttributeError, KeyError):
         from jaxgen import config as config_lib  # noqa: PLC0415

@@ -37,14 +37,14 @@ def check_batch(global_batch: int, mesh: jax.sharding.Mesh, what: str = "train.b
     return global_batch // n
 
 
-def check_batches(mesh: jax.sharding.Mesh, **sizes: int) -> None:
-    """check_batch for several config fields at once (`train__batch_size=64` names train.batch_size; 0 = unused):
-    one error naming every size that does not split over the devices, so they are fixed together."""
+def check_batches(mesh: jax.sharding.Mesh, sizes: dict[str, int]) -> None:
+    """check_batch for several config fields at once ({'train.batch_size': 64, ...}; a size 0 is unused): one
+    error naming every size that does not split over the devices, so they are fixed together."""
     errors = []
     for name, size in sizes.items():
         if size:
             try:
-                check_batch(size, mesh, name.replace("__", "."))
+                check_batch(size, mesh, name)
             except ValueError as e:
                 errors.append(str(e))
     if errors:

@@ -41,9 +41,9 @@ class GANTask:
         c = config
         self.config, self.workdir = c, workdir
         self.mesh = parallel.make_mesh()
-        parallel.check_batches(self.mesh, train__batch_size=c.train.batch_size, eval__batch_size=c.eval.batch_size,
-                               train__g_batch_size=config_lib.g_batch_size(c))
         self.g_batch = config_lib.g_batch_size(c)
+        parallel.check_batches(self.mesh, {"train.batch_size": c.train.batch_size, "eval.batch_size": c.eval.batch_size,
+                                           "train.g_batch_size": self.g_batch})
         self.loss_fn = gan_obj.get_loss(c.loss.name)
         self.reg_fn = gan_obj.get_regularizer(c.reg.name)
         gan_obj.check_loss(self.loss_fn, c.loss.name, batch=c.train.batch_size, g_batch=self.g_batch)

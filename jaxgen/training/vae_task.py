@@ -30,8 +30,8 @@ class VAETask:
         config_lib.check(config)
         self.config, self.workdir = config, workdir
         self.mesh = parallel.make_mesh()
-        parallel.check_batches(self.mesh, train__batch_size=config.train.batch_size,
-                               eval__batch_size=config.eval.batch_size)
+        parallel.check_batches(self.mesh, {"train.batch_size": config.train.batch_size,
+                                           "eval.batch_size": config.eval.batch_size})
         self.objective = objectives.get(config.objective.name)
         vae_obj.likelihood(config.objective)  # an unknown likelihood fails here, before any work
         registry.resolve("model", config.model.name, models.MODELS)  # as an unknown model, before the data loads

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
+import linecache
 import logging
 import os
 import socket
@@ -63,8 +65,6 @@ def training_lock(workdir: Path, holder: str = "training run") -> Iterator[None]
     --mode=sample and the best checkpoint's eval do not take it (they may run beside training). Where the
     filesystem has no locks, a warning and no lock; where its locks are host-local (FUSE mounts such as gcsfuse)
     it guards against a second run on the same host only. A collective: every process of the run enters it."""
-    import fcntl  # noqa: PLC0415 (POSIX)
-
     f, error = None, None
     if jax.process_index() == 0:
         try:
@@ -140,13 +140,10 @@ def raised_on_purpose(error: BaseException) -> bool:
     by a `raise` statement in the jaxgen package), which says what to do. An error raised anywhere else (JAX, whose
     filtered tracebacks end in the jaxgen line that called it; a builtin; a user's loss) or of another kind
     (KeyError, TypeError, AssertionError ...: a bug) is not: its traceback is the message."""
-    import linecache  # noqa: PLC0415
-
     from jaxgen.data.tfds_source import DatasetUnavailableError  # noqa: PLC0415 (light: no TFDS import)
-    from jaxgen.parallel import ProcessesDisagreeError  # noqa: PLC0415
 
     kinds = (ValueError, FileNotFoundError, FloatingPointError, WorkdirError, DatasetUnavailableError,
-             ProcessesDisagreeError)
+             parallel.ProcessesDisagreeError)
     if not isinstance(error, kinds):
         return False
     tb = error.__traceback__
