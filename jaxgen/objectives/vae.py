@@ -63,15 +63,28 @@ def mean_image(name: str):
     return getattr(registry.resolve("likelihood", name, LIKELIHOODS), "mean", MEANS["gaussian"])
 
 
-def sample_latents(mu, logvar, keys, k: int):
-    """z [B, k, D] = mu + sigma * eps: with keys [B], k draws from each example's key; with keys [B, k], one draw
-    from each key. Typed keys (jax.random.key) or legacy uint32 ones ([B, 2], [B, k, 2])."""
+def draw_latents(mu, logvar, keys, k: int):
+    """(z, eps) [B, k, D] with z = mu + sigma * eps: with keys [B], k draws from each example's key; with keys
+    [B, k], one draw from each key. Typed keys (jax.random.key) or legacy uint32 ones ([B, 2], [B, k, 2])."""
     batch_dims = keys.ndim if jax.dtypes.issubdtype(keys.dtype, jax.dtypes.prng_key) else keys.ndim - 1
     if batch_dims == 2:
         eps = jax.vmap(jax.vmap(lambda key: jax.random.normal(key, (mu.shape[-1],), mu.dtype)))(keys)
     else:
         eps = jax.vmap(lambda key: jax.random.normal(key, (k, mu.shape[-1]), mu.dtype))(keys)
-    return mu[:, None] + jnp.exp(0.5 * logvar)[:, None] * eps
+    return mu[:, None] + jnp.exp(0.5 * logvar)[:, None] * eps, eps
+
+
+def sample_latents(mu, logvar, keys, k: int):
+    """z [B, k, D] of `draw_latents`."""
+    return draw_latents(mu, logvar, keys, k)[0]
+
+
+def posterior_log_prob(eps, logvar):
+    """log q(z | x) [B, k] of z = mu + sigma * eps, from the noise: -1/2 sum(eps^2 + logvar + log 2 pi), exact at
+    any variance. (Recomputing (z - mu)^2 / sigma^2 from z loses eps once sigma is below float32's resolution of mu,
+    e.g. off by 0.7 nats at logvar = -34, and gives NaN at |logvar| near 89.) Same value and, under the
+    reparameterisation, the same gradients as `diag_normal_log_prob(z, mu, logvar)`."""
+    return -0.5 * jnp.sum(eps**2 + logvar[:, None] + LOG_2PI, axis=-1)
 
 
 def _decode_log_prob(params, x, z, *, model, cfg):
@@ -86,9 +99,9 @@ def log_importance_weights(params, x, keys, *, model, cfg, k: int) -> jax.Array:
     """log w = log p(x|z) + log p(z) - log q(z|x) for k draws z ~ q(z|x) per example: [B, k] (keys as for
     `sample_latents`)."""
     mu, logvar = model.apply(params, x, method="encode")
-    z = sample_latents(mu, logvar, keys, k)
+    z, eps = draw_latents(mu, logvar, keys, k)
     log_px = _decode_log_prob(params, x, z, model=model, cfg=cfg)
-    return log_px + std_normal_log_prob(z) - diag_normal_log_prob(z, mu[:, None], logvar[:, None])
+    return log_px + std_normal_log_prob(z) - posterior_log_prob(eps, logvar)
 
 
 def elbo(params, x, keys, *, model, cfg):
@@ -98,12 +111,12 @@ def elbo(params, x, keys, *, model, cfg):
     (the form whose k=1 value equals IWAE's under the same noise).
     """
     mu, logvar = model.apply(params, x, method="encode")
-    z = sample_latents(mu, logvar, keys, cfg.k)
+    z, eps = draw_latents(mu, logvar, keys, cfg.k)
     rec = jnp.mean(_decode_log_prob(params, x, z, model=model, cfg=cfg), axis=1)  # [B]
     if cfg.kl == "analytic":
         kl = gaussian_kl(mu, logvar)
     elif cfg.kl == "mc":
-        kl = jnp.mean(diag_normal_log_prob(z, mu[:, None], logvar[:, None]) - std_normal_log_prob(z), axis=1)
+        kl = jnp.mean(posterior_log_prob(eps, logvar) - std_normal_log_prob(z), axis=1)
     else:
         raise ValueError(f"objective.kl must be 'analytic' or 'mc', got {cfg.kl!r}")
     loss = -jnp.mean(rec - cfg.beta * kl)
