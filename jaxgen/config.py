@@ -125,6 +125,9 @@ def vae_config() -> ml_collections.ConfigDict:
     c.eval.nll_k = 100  # importance samples for the NLL at intermediate evals
     c.eval.final_nll_k = 1000  # importance samples for the NLL at the final eval
     c.eval.nll_chunk = 50  # importance samples per pass: batch_size * nll_chunk decodes in memory at once
+    # The test set's stochastic binarization ('dynamic'): one fixed draw from this seed, whatever the run's seed,
+    # so that runs and models are compared on the same binary test set (as Burda et al.'s code does).
+    c.eval.binarize_seed = 0
     # The best checkpoint of a VAE: the highest test ELBO (measured alike at every eval, the final one too).
     c.checkpoint.best_metric = "elbo"
     c.lock()  # config files and variants set these fields; a misspelt one is an error, not a new field
@@ -164,7 +167,8 @@ def gan_config() -> ml_collections.ConfigDict:
     # (the official SNGAN code: 128 beside a batch of 64), a multiple of the device count; -1 = fresh ones, as many
     # as train.batch_size (WGAN-GP's Algorithm 1), whatever the batch size is set to.
     c.train.g_batch_size = 0
-    c.train.ema_half_life = 10_000.0  # images; the EMA of G's weights halves its memory every this many; 0 = off
+    # images (train.batch_size per train step); the EMA of G's weights halves its memory every this many; 0 = off
+    c.train.ema_half_life = 10_000.0
     c.train.ema_rampup = 0.05  # the half-life is at most this times the images seen so far (StyleGAN2-ADA's); 0 = off
 
     c.augment = ml_collections.ConfigDict()

@@ -154,3 +154,21 @@ def test_the_decoder_can_start_at_the_training_mean():
     c.model.output_bias = "mean"
     with pytest.raises(ValueError, match="unknown model.output_bias 'mean'; choices: zero, data_mean"):
         models.build(c.model, (28, 28, 1), train_images=images)
+
+
+def test_the_test_set_binarization_is_the_same_for_every_seed(smoke_config, tmp_path):
+    """Runs with different seeds are scored on one binarized test set (eval.binarize_seed): the reconstruction NLL
+    at the posterior mean, which has no noise, depends only on the params and that set."""
+    from jaxgen.training import loop
+
+    c = smoke_config
+    c.eval.num_examples, c.eval.nll_k, c.eval.nll_chunk = 64, 2, 2
+    task = loop.build_task(c, tmp_path)
+    state = jax.jit(task.create, out_shardings=parallel.replicated(task.mesh))()
+    got = {}
+    for seed, binarize_seed in ((0, 0), (5, 0), (0, 7)):
+        task.config.seed, task.config.eval.binarize_seed = seed, binarize_seed
+        got[seed, binarize_seed] = task.evaluate(state, final=False)
+    assert got[5, 0]["recon_nll_at_mean"] == got[0, 0]["recon_nll_at_mean"]
+    assert got[5, 0]["elbo"] != got[0, 0]["elbo"]  # the latent noise is the run's own
+    assert got[0, 7]["recon_nll_at_mean"] != got[0, 0]["recon_nll_at_mean"]

@@ -28,12 +28,18 @@ def loss_curves(metrics_path: Path, out: Path, keys: tuple[str, ...] = ("loss", 
     fig, ax = plt.subplots(figsize=(7, 4))
     for split in ("train", "eval"):
         for key in keys:
-            pts = [(r["step"], r[key]) for r in records if r["split"] == split and isinstance(r.get(key), float)]
-            if pts:
+            rows = [r for r in records if r["split"] == split and isinstance(r.get(key), float)]
+            # The NLL's estimate depends on its number of importance samples (the final eval takes more): one
+            # curve per nll_k, so that the last point's drop is not read as training progress.
+            group = (lambda r: r.get("nll_k")) if key == "nll" else (lambda r: None)
+            for k in sorted({group(r) for r in rows}, key=lambda k: (k is None, k or 0)):
+                pts = [(r["step"], r[key]) for r in rows if group(r) == k]
                 s, v = zip(*pts)
                 sign = -1.0 if key == "elbo" else 1.0  # plot -ELBO so every curve goes down
-                ax.plot(s, sign * np.asarray(v), marker="o" if split == "eval" else None, ms=3,
-                        label=f"{split} {'-elbo' if key == 'elbo' else key}")
+                label = f"{split} {'-elbo' if key == 'elbo' else key}"
+                if k is not None:
+                    label += f" (k={k:g})"
+                ax.plot(s, sign * np.asarray(v), marker="o" if split == "eval" else None, ms=3, label=label)
     ax.set_xlabel("step")
     ax.set_ylabel("nats per image")
     ax.legend()

@@ -214,8 +214,9 @@ def _train_and_evaluate(config, workdir: Path) -> dict:
             f"the {split} data (shape and CRC-32 of the images)", parallel.fingerprint(arrays.image),
             "Every process must load the same dataset: point data.path / TFDS_DATA_DIR at the same files.")
     c = config
-    log.info("%d devices (%d processes); global batch %d; %s", jax.device_count(), jax.process_count(),
-             c.train.batch_size, task.describe())
+    log.info("%d devices (%d processes, %d on this one: %s); global batch %d; %s", jax.device_count(),
+             jax.process_count(), jax.local_device_count(), jax.local_devices()[0].device_kind, c.train.batch_size,
+             task.describe())
     mgr, state = restore_or_init(task)
     wd.save_config(c, workdir)  # after the restore: a config refused by the checkpoint leaves config.json as it was
     step = start = int(jax.device_get(state["step"]))
@@ -301,7 +302,12 @@ def _train(task, state: dict, mgr, writer: MetricWriter, evals: _Evals) -> tuple
     c = task.config
     k = c.train.steps_per_dispatch
     train_fn = task.compile_train()
-    train_data = parallel.put_replicated({"image": task.train.image}, task.mesh)
+    image = task.train.image
+    parallel.check_fits_on_devices(
+        image.nbytes, task.mesh, what=f"the train split (uint8 {list(image.shape)})",
+        fix="train on fewer images (--config.data.num_examples=N) or at a lower resolution (data.resolution, where "
+            "the dataset has one)")
+    train_data = parallel.put_replicated({"image": image}, task.mesh)
     step = int(jax.device_get(state["step"]))
     bar = None
     if c.output.progress and jax.process_index() == 0 and step < c.train.steps:
@@ -377,14 +383,15 @@ def _check_finite(host_metrics: dict, mgr, workdir: Path, headline) -> None:
     )
 
 
-def _final_eval(task, state, writer: MetricWriter, sq, out_name: str = "eval.json", images: bool = True) -> dict:
+def _final_eval(task, state, writer: MetricWriter, sq, out_name: str = "eval.json", images: bool = True,
+                extra: dict | None = None) -> dict:
     t = time.perf_counter()
     final = evaluate(task, state, True, sq)
     final["eval_seconds"] = time.perf_counter() - t
     step = int(jax.device_get(state["step"]))
     writer.write(step, "eval", scalars(final))
     if jax.process_index() == 0:
-        record = {"step": step, **task.eval_record(state), **final}
+        record = {"step": step, **task.eval_record(state), **(extra or {}), **final}
         atomic.write_text(task.workdir / out_name, json.dumps(record, indent=2) + "\n")
     if images:
         task.save_images(state)
@@ -427,10 +434,21 @@ def _evaluate_checkpoint(config, workdir: Path) -> dict:
     # The best checkpoint's numbers go to eval_best.json only: metrics.jsonl is the history of the run.
     writer = MetricWriter(task.workdir, enabled=False if best else None)
     final = _final_eval(task, state, writer, sample_quality(task), "eval_best.json" if best else "eval.json",
-                        images=not best)
+                        images=not best, extra={"selected_by": _selected_by(config, workdir)} if best else None)
     writer.close()
     log.info("eval of step %d: %s", int(jax.device_get(state["step"])), eval_line(task, final))
     return final
+
+
+def _selected_by(config, workdir: Path) -> str:
+    """How eval_best.json's checkpoint was chosen, for the record beside its numbers."""
+    try:
+        kept = json.loads((workdir / "best" / "best.json").read_text())
+        how = f"{'lowest' if kept['mode'] == 'min' else 'highest'} {kept['metric']} ({kept['value']:.6g})"
+    except (OSError, ValueError, KeyError, TypeError):
+        how = "best checkpoint.best_metric"
+    return (f"the {how} of the run's evaluations on the {config.data.test_split!r} split: an optimistic estimate of "
+            f"that split's numbers; choose on a split not reported for unbiased ones")
 
 
 def sample_checkpoint(config, workdir) -> Path:

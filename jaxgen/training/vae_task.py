@@ -77,7 +77,8 @@ class VAETask:
         c = self.config
         key = jax.random.fold_in(jax.random.key(c.seed), state_lib.EVAL_STREAM)
         return vae_eval.evaluate(self.eval_fn, state_lib.eval_params(state), self.eval_images, mesh=self.mesh,
-                                 key=key, batch_size=c.eval.batch_size,
+                                 key=key, binarize_key=vae_eval.binarize_key(c.eval.binarize_seed),
+                                 batch_size=c.eval.batch_size,
                                  nll_k=c.eval.final_nll_k if final else c.eval.nll_k, nll_chunk=c.eval.nll_chunk,
                                  likelihood=c.objective.likelihood)
 
@@ -99,8 +100,14 @@ class VAETask:
 
     def eval_record(self, state) -> dict:
         """What stands beside the numbers in eval.json."""
+        nats = "nats per image"
         return {"dataset": self.config.data.name, "split": self.config.data.test_split,
-                "params": "ema" if "ema_params" in state else "raw", "units": "nats per image"}
+                "params": "ema" if "ema_params" in state else "raw",
+                "nll_estimator": "the IWAE bound with nll_k importance samples from the encoder: an upper bound on "
+                                 "-log p(x) in expectation, tightening as nll_k grows",
+                "units": {"elbo": nats, "kl": nats, "rec_nll": nats, "recon_nll_at_mean": nats, "nll": nats,
+                          "nll_bits_per_dim": "bits per pixel (see the README)",
+                          "recon_mse": "squared error per pixel against x / 255 in [0, 1]"}}
 
     def summary(self, final: dict) -> str:
         return (f"final test ELBO {final['elbo']:.2f}, NLL(k={self.config.eval.final_nll_k}) {final['nll']:.2f} "
@@ -121,14 +128,19 @@ class VAETask:
         images.save_png(out / f"samples{suffix}.png",
                         np.asarray(vae_eval.sample_images(params, jax.random.normal(key, (n, self.model.latent_dim)),
                                                           model=self.model, likelihood=lik)))
-        x = self.test.image[: min(n, 32)].astype(np.float32) / 255.0
+        bkey = vae_eval.binarize_key(c.eval.binarize_seed)
+
+        def inputs(lo, hi):  # what the model sees at evaluation: the test set's fixed binarization
+            return np.asarray(vae_eval.test_inputs(self.test.image[lo:hi], np.arange(lo, hi), bkey, c.data.binarize))
+
+        x = inputs(0, min(n, 32, len(self.test)))
         rec = np.asarray(vae_eval.reconstruct(params, x, model=self.model, likelihood=lik))
         images.save_png(out / f"reconstructions{suffix}.png", np.concatenate([x, rec]), ncol=len(x))
         if suffix or not c.output.plots:
             return
         m = min(len(self.test), 2000)
-        mu = np.concatenate([np.asarray(vae_eval.encode_mean(params, self.test.image[i : i + 500] / np.float32(255),
-                                                             model=self.model)) for i in range(0, m, 500)])
+        mu = np.concatenate([np.asarray(vae_eval.encode_mean(params, inputs(i, min(i + 500, m)), model=self.model))
+                             for i in range(0, m, 500)])
         plots.latent_scatter(mu, self.test.label[:m], self.workdir / "latent_scatter.png")
         dims = min(self.model.latent_dim, 10)
         trav = vae_eval.traversal(params, mu[0], model=self.model, likelihood=lik, dims=dims, steps=9)
