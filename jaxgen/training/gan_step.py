@@ -94,7 +94,7 @@ def d_update(state: dict, real, fake, keys, it, *, discriminator, d_tx, loss_fn,
     stats = lax.pmean({k: v for k, v in variables.items() if k != "params"}, AXIS)  # equal already with sync BN
     updates, d_opt = d_tx.update(grads, state["d_opt"], state["d"]["params"])
     params = optax.apply_updates(state["d"]["params"], updates)
-    metrics["d_grad_norm"] = optax.global_norm(grads)
+    metrics["d_grad_norm"] = optax.tree.norm(grads)
     return {**state, "d": {**stats, "params": params}, "d_opt": d_opt}, d_real, metrics
 
 
@@ -137,7 +137,7 @@ def g_update(state: dict, fake, g_vjp, d_real, keys, *, discriminator, g_tx, los
     metrics = lax.pmean({"g_loss": g_loss, "d_fake_after": jnp.mean(d_fake)}, AXIS)
     updates, g_opt = g_tx.update(grads, state["g_opt"], state["g"]["params"])
     params = optax.apply_updates(state["g"]["params"], updates)
-    metrics["g_grad_norm"] = optax.global_norm(grads)
+    metrics["g_grad_norm"] = optax.tree.norm(grads)
     return {**state, "g": {**state["g"], "params": params}, "g_opt": g_opt}, metrics
 
 
@@ -194,7 +194,7 @@ def gan_step(state: dict, data: dict, *, generator, discriminator, g_tx, d_tx, l
         state["ema_g"] = {**state["g"], "params": ema_params}  # statistics are copied, params averaged
     metrics = {**jax.tree.map(lambda *v: jnp.mean(jnp.stack(v)), *d_metrics), **g_metrics}
     new_params = (state["g"]["params"], state["d"]["params"])  # finite gradients can still overflow an update
-    state, finite = dispatch.keep_if_finite(state, old, (metrics, optax.global_norm(new_params)))
+    state, finite = dispatch.keep_if_finite(state, old, (metrics, optax.tree.norm(new_params)))
     metrics.update(g_lr=jnp.asarray(g_lr(step), jnp.float32), finite=finite.astype(jnp.float32), step=step)
     return state, metrics
 
