@@ -51,6 +51,40 @@ def check_batches(mesh: jax.sharding.Mesh, sizes: dict[str, int]) -> None:
         raise ValueError("; and ".join(errors))
 
 
+class DoesNotFitError(ValueError):
+    """A dataset that is uploaded whole to every device is larger than a device's free memory."""
+
+
+def check_fits(nbytes: int, stats: dict | None, *, what: str, fix: str, device: str = "a device") -> None:
+    """Raises DoesNotFitError when `nbytes` exceed the free memory of a device's allocator stats
+    (`device.memory_stats()`: bytes_limit - bytes_in_use) and warns above half of its limit. Without stats (the
+    CPU) there is nothing to check: XLA:CPU allocates from the host's memory."""
+    if not stats or "bytes_limit" not in stats:
+        return
+    limit = int(stats["bytes_limit"])
+    free = limit - int(stats.get("bytes_in_use", 0))
+    gib = lambda n: f"{n / 2**30:.2f} GiB"  # noqa: E731
+    if nbytes > free:
+        raise DoesNotFitError(f"{what} ({gib(nbytes)}) is uploaded whole to every device, and {device} has "
+                              f"{gib(free)} free of {gib(limit)}: {fix}")
+    if nbytes > limit // 2:
+        import logging  # noqa: PLC0415
+
+        logging.getLogger(__name__).warning(
+            "%s takes %s of %s's %s: the model and its activations get the rest (%s)", what, gib(nbytes), device,
+            gib(limit), fix)
+
+
+def check_fits_on_devices(nbytes: int, mesh: jax.sharding.Mesh, *, what: str, fix: str) -> None:
+    """check_fits for this process's devices of the mesh (the most used one decides)."""
+    mine = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
+    stats = [(d, d.memory_stats()) for d in mine]
+    stats = [(d, s) for d, s in stats if s and "bytes_limit" in s]
+    if stats:
+        d, s = min(stats, key=lambda ds: int(ds[1]["bytes_limit"]) - int(ds[1].get("bytes_in_use", 0)))
+        check_fits(nbytes, s, what=what, fix=fix, device=str(d))
+
+
 def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 

@@ -1,6 +1,7 @@
 """Datasets: the shipped digits offline, the TFDS path under tfds.testing.mock_data, the on-device batches."""
 
 import time
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import jax
@@ -81,6 +82,16 @@ def test_tfds_offline_fails_fast_naming_the_dataset_and_the_fix(tmp_path, monkey
     assert time.perf_counter() - t < 30
     msg = str(e.value)
     assert "'mnist' is not prepared in" in msg and "download_and_prepare" in msg and "mnist_5k" in msg
+
+
+def test_a_url_data_dir_is_refused_naming_where_it_came_from(tmp_path, monkeypatch):
+    """Path('gs://b/d') is the relative path 'gs:/b/d': without the check, TFDS would prepare under the cwd."""
+    with pytest.raises(ValueError, match=r"data\.data_dir=gs://bucket/tfds is a URL.*mount the bucket"):
+        data.load(_cfg(name="mnist", data_dir="gs://bucket/tfds"), "train")
+    monkeypatch.setenv("TFDS_DATA_DIR", "gs://bucket/env")
+    with pytest.raises(ValueError, match=r"\$TFDS_DATA_DIR=gs://bucket/env is a URL"):
+        data.load(_cfg(name="mnist"), "train")
+    assert not Path("gs:").exists()
 
 
 def test_download_probe_uses_each_datasets_host_and_port(tmp_path, monkeypatch):

@@ -35,3 +35,20 @@ def test_distributed_non_integer_variable_is_a_clear_error(init_calls, monkeypat
     with pytest.raises(ValueError, match=rf"\${var}='two' is not an integer: set it to .*or unset it"):
         runtime.setup(distributed=True)
     assert init_calls == []
+
+
+def test_a_dataset_larger_than_a_devices_free_memory_is_a_clear_error(caplog):
+    """The train split goes whole onto every device: checked against the allocator's stats before the upload (an
+    accelerator's out-of-memory error would not say what to change). The CPU has no stats, so no check."""
+    from jaxgen import parallel
+
+    gib = 2**30
+    stats = {"bytes_limit": 16 * gib, "bytes_in_use": 2 * gib}
+    with pytest.raises(parallel.DoesNotFitError, match=r"the train split \(15\.00 GiB\).*14\.00 GiB free of 16\.00 "
+                                                       r"GiB: use fewer"):
+        parallel.check_fits(15 * gib, stats, what="the train split", fix="use fewer")
+    with caplog.at_level("WARNING"):
+        parallel.check_fits(9 * gib, stats, what="the train split", fix="use fewer")
+    assert "takes 9.00 GiB of a device's 16.00 GiB" in caplog.text
+    parallel.check_fits(10**12, None, what="x", fix="y")  # no stats: nothing to check
+    parallel.check_fits_on_devices(10**12, parallel.make_mesh(), what="x", fix="y")  # XLA:CPU reports none

@@ -45,8 +45,14 @@ class SizesDifferError(ValueError):
 
 def data_dir(data_config) -> Path:
     """The TFDS data dir, also the root of jaxgen's caches: `data.data_dir`, else $TFDS_DATA_DIR, else
-    ~/tensorflow_datasets."""
+    ~/tensorflow_datasets. A URL (gs://...) is refused: jaxgen's caches and readers go through the filesystem, and
+    Path('gs://b/d') would be the relative path 'gs:/b/d' under the working directory."""
     d = data_config.data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
+    if "://" in str(d):
+        where = "data.data_dir" if data_config.data_dir else "$TFDS_DATA_DIR"
+        raise ValueError(f"{where}={d} is a URL; jaxgen reads and caches data through the filesystem: mount the "
+                         f"bucket (e.g. with gcsfuse) and pass the mounted path, or copy the prepared dataset to a "
+                         f"local or shared disk")
     return Path(d).expanduser()
 
 

@@ -24,6 +24,7 @@ import orbax.checkpoint as ocp
 from jax import lax
 
 from jaxgen import atomic, parallel
+from jaxgen.training.workdir import WorkdirError
 
 log = logging.getLogger(__name__)
 
@@ -283,16 +284,27 @@ def _reported(step: int, e: Exception) -> Exception:
 
 
 def _move_aside(mgr: ocp.CheckpointManager, workdir: Path, cfg, subdir: str, step: int) -> ocp.CheckpointManager:
-    """Moves the unreadable checkpoint at `step` to `<subdir>_broken/<step>`, returns a new manager."""
+    """Moves the unreadable checkpoint at `step` to `<subdir>_broken/<step>`, returns a new manager.
+
+    Process 0 moves it; every process waits for that (and learns whether it worked) before making its manager,
+    which lists the steps once: a process that still listed the step would skip its save there while the others
+    save, and they would wait for each other in Orbax's barrier."""
     mgr.close()
+    src = Path(workdir).absolute() / subdir / str(step)
+    dst = Path(workdir).absolute() / f"{subdir}_broken" / str(step)
+    error = None
     if jax.process_index() == 0:
-        src = Path(workdir).absolute() / subdir / str(step)
-        dst = Path(workdir).absolute() / f"{subdir}_broken" / str(step)
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if dst.exists():
-            shutil.rmtree(dst)
-        shutil.move(str(src), str(dst))
-        log.error("Moved the unreadable checkpoint to %s", dst)
+        try:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if dst.exists():
+                shutil.rmtree(dst)
+            shutil.move(str(src), str(dst))
+            log.error("Moved the unreadable checkpoint to %s", dst)
+        except OSError as e:
+            error = e
+    if (error := _on_every_process(error)) is not None:
+        raise WorkdirError(f"the unreadable checkpoint {src} could not be moved to {dst} ({error}); move or delete "
+                           f"it yourself, then run the same command again") from error
     return manager(workdir, cfg, subdir)
 
 
@@ -351,8 +363,11 @@ class BestKeeper:
         if self.metric not in metrics:
             choices = ", ".join(sorted(metrics))
             raise ValueError(f"checkpoint.best_metric={self.metric!r} is not an eval metric; choices: {choices}")
-        value = _from_process_0(float(metrics[self.metric]))
-        if not self.better(value):
+        value = float(metrics[self.metric])
+        # Process 0 decides, from its value and its record: every process must take part in the same saves, even
+        # where a host read an older best.json (a stale network-filesystem cache).
+        value, better = _from_process_0((value, float(self.better(value))))
+        if not better:
             return False
         step = int(jax.device_get(state["step"]))
         if self._mgr is None:
@@ -374,10 +389,10 @@ class BestKeeper:
             self._mgr.close()
 
 
-def _from_process_0(value: float) -> float:
-    """Process 0's value on every process (itself with one process)."""
+def _from_process_0(values: tuple[float, ...]) -> tuple[float, ...]:
+    """Process 0's values on every process (the same with one process)."""
     if jax.process_count() == 1:
-        return value
+        return tuple(values)
     from jax.experimental import multihost_utils  # noqa: PLC0415
 
-    return float(multihost_utils.broadcast_one_to_all(np.float64(value)))
+    return tuple(float(v) for v in multihost_utils.broadcast_one_to_all(np.asarray(values, np.float64)))
