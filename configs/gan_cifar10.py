@@ -9,6 +9,9 @@ configs/sn_cifar10_unconditional.yml: n_gen_samples 128).
 Reference: the paper (Miyato et al., 2018) reports IS 8.22 and FID 21.7 for this unconditional setup, without
 an EMA of G; this config evaluates G's EMA (half-life 50k images), so its numbers are not a like-for-like
 comparison (--config.train.ema_half_life=0 evaluates the raw G, as the paper did).
+Departures from the official code, negligible: it updates G before the 5 D steps of an iteration, jaxgen after
+them; its D learning rate decays per iteration, jaxgen's per D update (the same line); Chainer advances D's
+spectral-norm vector in the G update's pass too (11 power iterations per iteration, jaxgen 10).
 Variants: diffaugment (color, translation, cutout on reals and fakes), bf16, smoke (synthetic 32x32x3).
 """
 

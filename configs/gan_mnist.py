@@ -54,8 +54,8 @@ def _wgan_gp(c):
 
 
 def _r1(c):
-    """R1 on reals, gamma 10, lazily every 4 D steps (Mescheder et al. 2018; Karras et al. 2020); D without BN,
-    so the penalty's input gradients are per example."""
+    """R1 on reals, gamma 10, lazily every 4 D steps (R1: Mescheder et al. 2018; lazy regularization: Karras et al.
+    2020, who use 16; 4 is jaxgen's choice); D without BN, so the penalty's input gradients are per example."""
     c.reg.name = "r1"
     c.model.d_norm = "none"
     c.reg.weight = 10.0

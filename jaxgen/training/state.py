@@ -7,7 +7,8 @@ GAN:  {'step': int32 [] (G updates), 'g': G's variables, 'd': D's variables, 'g_
        Variables are Flax collections: {'params': ...} plus {'batch_stats': ...} (BatchNorm, spectral norm).
 
 The model, optimizer and config stay outside it. Random streams derive from 'key': the data order from
-fold_in(key, DATA_STREAM), a step's noise from fold_in(fold_in(key, STEP_STREAM), step).
+fold_in(key, DATA_STREAM), a step's noise from fold_in(fold_in(key, STEP_STREAM), step) (a GAN's: from its
+D update's index, step * d_steps + i; the G update uses the last one's, with streams of its own).
 """
 
 from __future__ import annotations
