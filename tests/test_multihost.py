@@ -193,7 +193,7 @@ def test_the_documented_pod_command_runs_as_two_processes(tmp_path):
     envs = [{"JAX_COORDINATOR_ADDRESS": address, "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(i)} for i in (0, 1)]
     outs = _run_two([cmd, cmd], envs, timeout=300, devices=2)
     for _, err in outs:
-        assert "4 devices (2 processes)" in err and "Done: 20 steps" in err
+        assert "4 devices (2 processes, 2 on this one: cpu)" in err and "Done: 20 steps" in err
     assert (tmp_path / "pod" / "checkpoints" / "20").is_dir() and (tmp_path / "pod" / "eval.json").is_file()
 
 
