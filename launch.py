@@ -69,7 +69,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     from jaxgen import runtime  # noqa: PLC0415 (after flag parsing, before JAX starts)
 
-    runtime.setup(distributed=FLAGS.jax_distributed)
+    runtime.setup(distributed=FLAGS.jax_distributed, deterministic=bool(FLAGS.config.get("deterministic", False)))
     from jaxgen.training import loop, workdir  # noqa: PLC0415
 
     run = {"train": loop.train_and_evaluate, "eval": loop.evaluate_checkpoint, "sample": loop.sample_checkpoint}

@@ -22,6 +22,9 @@ def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.task = "vae"  # 'vae' or 'gan': which trainer runs the config
     c.seed = 0
+    # GPUs: XLA's deterministic kernels and no autotuning (--xla_gpu_deterministic_ops), so that a run and its
+    # resume repeat bit for bit; slower. CPU runs repeat without it (README, Reproducibility).
+    c.deterministic = False
 
     c.data = ml_collections.ConfigDict()
     c.data.name = "mnist_5k"  # jaxgen.data.DATASETS, or 'package.module:function'

@@ -10,6 +10,10 @@ import os
 # user's XLA_FLAGS do not mention the flag, and only when JAX will run on the CPU (no GPU or TPU plugin installed, or
 # JAX_PLATFORMS=cpu): other jaxlib builds may not know an experimental CPU flag, and XLA aborts on unknown flags.
 CPU_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=",)
+# XLA:GPU picks convolution algorithms by timing them in each process (autotuning) and may use kernels with atomic
+# adds; this flag makes it use deterministic kernels without autotuning (a superset of
+# --xla_gpu_exclude_nondeterministic_ops, openxla/xla#12520). Every jaxlib knows it; on a CPU it changes nothing.
+DETERMINISTIC_FLAGS = ("--xla_gpu_deterministic_ops=true",)
 ACCELERATOR_PLUGINS = ("jax-cuda", "jax_cuda", "libtpu", "jax-rocm", "jax_rocm")
 
 
@@ -45,14 +49,16 @@ def distributed_args() -> dict[str, int]:
     return out
 
 
-def setup(distributed: bool = False) -> None:
-    """Adds jaxgen's XLA:CPU defaults to XLA_FLAGS (before any JAX computation) and initialises multi-host JAX
-    (with $JAX_NUM_PROCESSES and $JAX_PROCESS_ID when set, see `distributed_args`)."""
+def setup(distributed: bool = False, deterministic: bool = False) -> None:
+    """Adds jaxgen's XLA:CPU defaults to XLA_FLAGS (before any JAX computation), with `deterministic` (the config's
+    field) XLA:GPU's deterministic kernels, and initialises multi-host JAX (with $JAX_NUM_PROCESSES and
+    $JAX_PROCESS_ID when set, see `distributed_args`). Flags the user's XLA_FLAGS already mention are left as set."""
     # Under absl (launch.py) JAX's INFO lines reach stderr; its first, "Unable to initialize backend 'tpu'", reads
     # like a failure on every machine without a TPU. Its warnings stay.
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
     flags = os.environ.get("XLA_FLAGS", "")
-    for f in CPU_FLAGS if _runs_on_cpu() else ():
+    wanted = (CPU_FLAGS if _runs_on_cpu() else ()) + (DETERMINISTIC_FLAGS if deterministic else ())
+    for f in wanted:
         if f.split("=")[0] not in flags:
             flags = f"{flags} {f}".strip()
     os.environ["XLA_FLAGS"] = flags

@@ -52,7 +52,8 @@ def test_launch_smoke_end_to_end_then_resume(tmp_path):
     assert (wd / "checkpoints" / "30").is_dir()
     assert json.loads((wd / "eval.json").read_text())["step"] == 30
 
-    r = _launch("--config=configs/vae_mnist.py:smoke", f"--workdir={wd}", "--mode=eval")
+    # --config.deterministic: XLA:GPU's flag, which every jaxlib accepts (a CPU run is deterministic anyway).
+    r = _launch("--config=configs/vae_mnist.py:smoke", f"--workdir={wd}", "--mode=eval", "--config.deterministic=True")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "eval of step 30" in r.stderr and "classifier FID" in r.stderr
     assert "differs from the one the workdir was trained" not in r.stderr  # train.* and output.* may differ

@@ -52,3 +52,17 @@ def test_a_dataset_larger_than_a_devices_free_memory_is_a_clear_error(caplog):
     assert "takes 9.00 GiB of a device's 16.00 GiB" in caplog.text
     parallel.check_fits(10**12, None, what="x", fix="y")  # no stats: nothing to check
     parallel.check_fits_on_devices(10**12, parallel.make_mesh(), what="x", fix="y")  # XLA:CPU reports none
+
+
+def test_deterministic_adds_xla_gpus_flag_unless_the_user_set_it(init_calls, monkeypatch):
+    import os
+
+    runtime.setup(deterministic=True)
+    assert "--xla_gpu_deterministic_ops=true" in os.environ["XLA_FLAGS"].split()
+    monkeypatch.setenv("XLA_FLAGS", "--xla_gpu_deterministic_ops=false")
+    runtime.setup(deterministic=True)
+    assert os.environ["XLA_FLAGS"].split().count("--xla_gpu_deterministic_ops=false") == 1
+    assert "--xla_gpu_deterministic_ops=true" not in os.environ["XLA_FLAGS"]
+    monkeypatch.setenv("XLA_FLAGS", "")
+    runtime.setup(deterministic=False)
+    assert "deterministic" not in os.environ["XLA_FLAGS"]

@@ -177,8 +177,9 @@ def save_config(config, workdir: Path) -> None:
     atomic.write_text(path, json.dumps(now, indent=2, sort_keys=True) + "\n")
 
 
-# Blocks a --mode=eval or --mode=sample command may set differently from training without changing the model.
-EVAL_ONLY_BLOCKS = ("eval", "sample", "output")
+# Blocks (and top-level fields) a --mode=eval or --mode=sample command may set differently from training without
+# changing the model.
+EVAL_ONLY_BLOCKS = ("eval", "sample", "output", "deterministic")
 
 
 def warn_config_drift(config, workdir: Path, mode: str) -> list[str]:
@@ -189,7 +190,7 @@ def warn_config_drift(config, workdir: Path, mode: str) -> list[str]:
         return []
     now = json.loads(config.to_json_best_effort(sort_keys=True))
     changed = sorted(d for d in _diff(_read_json(path) or now, now)
-                     if d.split(".")[0] not in (*EVAL_ONLY_BLOCKS, "train"))
+                     if d.split(":")[0].split(".")[0] not in (*EVAL_ONLY_BLOCKS, "train"))
     if changed:
         log.warning("--mode=%s runs with this command's config, which differs from the one the workdir was trained "
                     "with (%s) in: %s. Repeat the training command's overrides to %s the model as it was "
