@@ -4,7 +4,8 @@
 # and .devcarry/torch_reference.py (a copy of ../shared/reference/torch_reference.py). Results go to $OUT.
 # Sizes can be shrunk for a dry run on a CPU: SMALL=8 FID_N=64 bash benchmarks/h200.sh
 # PARTS picks what runs (default "gan vae fid", about 9 minutes; "layers" times DCGAN-64's layers alone,
-# benchmarks/dcgan_layers.py, about 3 minutes): e.g. PARTS="vae layers" bash benchmarks/h200.sh
+# benchmarks/dcgan_layers.py, about 3 minutes; "det" checks that a run repeats bit for bit with and without
+# config.deterministic, benchmarks/determinism.py, 4 processes): e.g. PARTS="vae layers det" bash benchmarks/h200.sh
 set -u
 OUT=${OUT:-/tmp/jaxgen_h200}
 mkdir -p "$OUT"
@@ -38,3 +39,4 @@ run vae 200 python3 vae_throughput.py --batches="$B1,$B2" --conv-impls=phase,xla
   --repeats=2 --out="$OUT/vae.json"
 run fid 80 python3 fid_timing.py --n="${FID_N:-10000}" --size=28,28,1 --batch=500 --full
 run layers 200 python3 dcgan_layers.py --batch="$B2" --repeats=10 --out="$OUT/layers.json"
+run det 240 python3 determinism.py --batch="$(( B1 * 2 ))" --steps="${DET_STEPS:-50}" --out="$OUT/det.json"

@@ -1,0 +1,109 @@
+"""Does a train run repeat bit for bit, with and without `--config.deterministic=True`, and what does it cost?
+
+    python benchmarks/determinism.py --out=det.json                 # DCGAN-64 with DiffAugment, this machine
+    python benchmarks/determinism.py --batch=8 --steps=3            # a dry run on a CPU
+
+For each setting (XLA's defaults; `deterministic`, which adds `--xla_gpu_deterministic_ops=true` to XLA_FLAGS the
+way `jaxgen.runtime.setup` does for launch.py) two fresh processes build the same DCGAN-64 state from the same seed
+and run `--steps` compiled GAN steps (non-saturating loss, DiffAugment color,translation,cutout on reals and fakes:
+its gathers' gradients are scatter-adds, the kind of op GPUs run with atomics), then print the state's
+fingerprint (`jaxgen.training.checkpoint.fingerprint`, a checksum of every array's bits). The run repeats when the
+two processes' fingerprints are equal. Images per second are timed over the steps after the first call.
+Each process compiles for itself, so autotuning (XLA:GPU's choice of convolution algorithms by timing) is redone
+in each, as in a resumed run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def child(batch: int, steps: int, dtype: str, deterministic: bool) -> dict:
+    from jaxgen import runtime
+
+    runtime.setup(deterministic=deterministic)
+    import functools
+
+    import jax
+    import numpy as np
+
+    from jaxgen import config as config_lib
+    from jaxgen import parallel
+    from jaxgen.models import gan as gan_models
+    from jaxgen.objectives import gan as gan_obj
+    from jaxgen.training import checkpoint, gan_step, optim
+    from jaxgen.training import state as state_lib
+
+    mesh = parallel.make_mesh()
+    images = (np.random.default_rng(0).random((1024, 64, 64, 3)) * 255).astype(np.uint8)
+    data = parallel.put_replicated({"image": images}, mesh)
+    c = config_lib.gan_config()
+    c.model.dtype = dtype
+    G, D = gan_models.build(c.model, (64, 64, 3), axis_name=parallel.AXIS)
+    g_tx, g_lr = optim.make(c.g_optim, 10**6)
+    d_tx, d_lr = optim.make(c.d_optim, 10**6)
+    create = functools.partial(state_lib.create_gan, G, D, g_tx, d_tx, (64, 64, 3), 0, True)
+    fn = gan_step.compile_train(
+        mesh, steps_per_dispatch=1, generator=G, discriminator=D, g_tx=g_tx, d_tx=d_tx,
+        loss_fn=gan_obj.get_loss("non_saturating"), reg_fn=None, reg_weight=0.0, reg_interval=1,
+        d_steps=1, batch=batch, augment_policy="color,translation,cutout", ema_half_life=10_000, ema_rampup=0.05,
+        g_lr=g_lr, d_lr=d_lr)
+    state = jax.jit(create, out_shardings=parallel.replicated(mesh))()
+    t0 = time.perf_counter()
+    state, _ = fn(state, data)  # compiles (and on a GPU autotunes)
+    jax.block_until_ready(state)
+    compile_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for _ in range(steps - 1):
+        state, m = fn(state, data)
+    jax.block_until_ready(state)
+    dt = time.perf_counter() - t0
+    assert float(np.asarray(jax.device_get(m["finite"])).min()) == 1.0
+    fp = checkpoint.fingerprint(state)
+    return {"fingerprint": fp, "first_call_s": round(compile_s, 2),
+            "img_per_s": round((steps - 1) * batch / dt, 1) if steps > 1 else None,
+            "xla_flags": os.environ.get("XLA_FLAGS", ""), "devices": str(jax.devices())}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--out", default="")
+    p.add_argument("--child", choices=["default", "deterministic"], help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.child:
+        print("RESULT " + json.dumps(child(a.batch, a.steps, a.dtype, a.child == "deterministic")), flush=True)
+        return
+    here = Path(__file__).resolve()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(here.parent.parent),
+                                                                       os.environ.get("PYTHONPATH", "")]))}
+    rows = []
+    for setting in ("default", "deterministic"):
+        runs = []
+        for _ in range(2):
+            r = subprocess.run([sys.executable, str(here), f"--child={setting}", f"--batch={a.batch}",
+                                f"--steps={a.steps}", f"--dtype={a.dtype}"], capture_output=True, text=True, env=env)
+            line = [x for x in r.stdout.splitlines() if x.startswith("RESULT ")]
+            if r.returncode or not line:
+                sys.exit(f"the {setting} process failed (status {r.returncode}):\n{r.stderr[-3000:]}")
+            runs.append(json.loads(line[0][len("RESULT "):]))
+        fps = [run.pop("fingerprint") for run in runs]
+        differ = sum(x != y for x, y in zip(*fps))
+        rows.append({"setting": setting, "batch": a.batch, "steps": a.steps, "dtype": a.dtype,
+                     "repeats_bitwise": differ == 0, "arrays_that_differ": differ, "arrays": len(fps[0]),
+                     "runs": runs})
+        print(json.dumps(rows[-1]), flush=True)
+    if a.out:
+        Path(a.out).write_text(json.dumps(rows, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
