@@ -86,7 +86,7 @@ def base_config() -> ml_collections.ConfigDict:
 def optim_block(lr: float = 1e-3, b1: float = 0.9, b2: float = 0.999) -> ml_collections.ConfigDict:
     """An optimizer block (jaxgen.training.optim.make reads it)."""
     o = ml_collections.ConfigDict()
-    o.name = "adam"  # adam, adamw
+    o.name = "adam"  # adam, adamw, or 'package.module:function' (README, Objectives)
     o.lr = lr
     o.b1 = b1
     o.b2 = b2

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
-from collections.abc import Mapping
+import inspect
+from collections.abc import Callable, Mapping
 from typing import Any
 
 
@@ -44,3 +46,20 @@ def resolve(kind: str, name: str, table: Mapping[str, Any]) -> Any:
         return getattr(module, attr)
     except AttributeError as e:
         raise UnknownNameError(f"{kind} {name!r}: module {module_name!r} has no attribute {attr!r}") from e
+
+
+def accepts(fn: Callable, name: str) -> bool:
+    """Whether `fn` has a parameter called `name` (a **kwargs catch-all does not count): how the trainers decide
+    to pass a user's function the optional `cfg` (its config block) and `step` (the train step) keywords."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # a builtin or C function without a signature
+        return False
+    p = params.get(name)
+    return p is not None and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+
+
+def with_config(fn: Callable, cfg) -> Callable:
+    """`fn` with its config block bound as `cfg=` when it takes one (a user's loss or regularizer with
+    hyperparameters of its own, added to the block in the config file), else `fn` itself."""
+    return functools.partial(fn, cfg=cfg) if accepts(fn, "cfg") else fn

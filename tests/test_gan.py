@@ -5,6 +5,7 @@ import json
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -171,21 +172,23 @@ def test_gan_resume_is_bitwise_for_the_whole_state(tmp_path):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-def relativistic_loss(d_real, d_fake):
-    """A user's loss (relativistic average, Jolicoeur-Martineau 2018), loaded by import path in the test below."""
-    rd = d_real - jnp.mean(d_fake)
+def relativistic_loss(d_real, d_fake, *, cfg):
+    """A user's loss (relativistic average, Jolicoeur-Martineau 2018), loaded by import path in the test below,
+    with a hyperparameter of its own in the `loss` block (cfg)."""
+    rd = d_real - jnp.mean(d_fake) - cfg.margin
     fd = d_fake - jnp.mean(d_real)
     d_loss = jnp.mean(jax.nn.softplus(-rd)) + jnp.mean(jax.nn.softplus(fd))
     g_loss = jnp.mean(jax.nn.softplus(rd)) + jnp.mean(jax.nn.softplus(-fd))
-    return d_loss, g_loss, {"relativistic_gap": jnp.mean(rd)}
+    return d_loss, g_loss, {"relativistic_gap": jnp.mean(rd), "margin": jnp.float32(cfg.margin)}
 
 
-def r2_penalty(d_fn, real, fake, keys):
-    """A user's regularizer (R2, Mescheder et al. 2018: R1 on the fakes), loaded by import path below."""
+def r2_penalty(d_fn, real, fake, keys, cfg):
+    """A user's regularizer (R2, Mescheder et al. 2018: R1 on the fakes), loaded by import path below; `cfg` is the
+    `reg` block, with a field of its own."""
     del real, keys
     g = jax.grad(lambda x: jnp.sum(d_fn(x)))(fake)
     sq = jnp.sum(jnp.square(g), axis=(1, 2, 3))
-    return 0.5 * jnp.mean(sq), {"r2_grad_sq": jnp.mean(sq)}
+    return cfg.half * jnp.mean(sq), {"r2_grad_sq": jnp.mean(sq)}
 
 
 def nan_loss(d_real, d_fake):
@@ -194,12 +197,15 @@ def nan_loss(d_real, d_fake):
 
 def test_a_users_loss_and_regularizer_load_by_import_path_and_train(tmp_path):
     """A relativistic loss (it reads d_real in the G update) with augmentation and fresh fakes of another length:
-    the reals keep the last D update's keys."""
+    the reals keep the last D update's keys. Both functions take `cfg`, their config block, with fields of their
+    own (a config file adds them to the block, see the README)."""
     c = _smoke(**{"loss.name": "tests.test_gan:relativistic_loss", "reg.name": "tests.test_gan:r2_penalty",
-                  "reg.weight": 10.0, "eval.every": 0, "augment.policy": "flip", "train.g_batch_size": 48})
+                  "reg.weight": 10.0, "eval.every": 0, "augment.policy": "flip", "train.g_batch_size": 48,
+                  "loss.margin": 0.25, "reg.half": 0.5})
     loop.train_and_evaluate(c, tmp_path)
     records = [r for r in writer.read(tmp_path / "metrics.jsonl") if r["split"] == "train"]
     assert records and all("relativistic_gap" in r and np.isfinite(r["g_loss"]) for r in records)
+    assert all(r["margin"] == 0.25 for r in records)
     assert all(r["r2_grad_sq"] > 0 and r["reg"] == pytest.approx(0.5 * r["r2_grad_sq"], rel=1e-4) for r in records)
 
 
@@ -288,7 +294,7 @@ def test_g_update_through_the_reused_fakes_equals_the_direct_gradient(loss_name)
     stale = jax.random.normal(jax.random.key(2), (16,))  # D(x) before D's update: what g_loss must not read
     real = jax.random.uniform(jax.random.key(4), (16, 28, 28, 1), minval=-1.0, maxval=1.0)
     keys = jax.random.split(jax.random.key(3), 16)
-    loss_fn = gan_obj.get_loss(loss_name)
+    loss_fn = gan_obj.get_loss(loss_name, ml_collections.ConfigDict({"margin": 0.1}))
     assert gan_step.reads_d_real(loss_fn, 16) == (loss_name != "non_saturating")
 
     def body(state, z, real, keys):

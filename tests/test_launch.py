@@ -109,7 +109,7 @@ def test_unknown_config_field_is_an_error(tmp_path):
 @pytest.mark.parametrize("override,block,fields", [
     ("train.zzzz=8", "train", "batch_size, ema_half_life, ema_rampup, log_every, steps, steps_per_dispatch"),
     ("zzzz.steps=8", "the config",
-     "checkpoint, data, eval, model, objective, optim, output, sample, seed, task, train"),
+     "checkpoint, data, deterministic, eval, model, objective, optim, output, sample, seed, task, train"),
 ])
 def test_unknown_config_field_names_it_and_lists_the_fields_of_its_block(tmp_path, override, block, fields):
     r = _launch("--config=configs/vae_mnist.py:smoke", f"--workdir={tmp_path}", f"--config.{override}")

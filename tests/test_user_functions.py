@@ -114,3 +114,17 @@ def test_a_module_whose_own_import_fails_is_not_blamed_on_pythonpath(tmp_path, m
     assert "PYTHONPATH" not in str(e.value)
     with pytest.raises(registry.UnknownNameError, match="cannot import module 'not_there.sub'.*PYTHONPATH"):
         gan_obj.get_loss("not_there.sub:loss")
+
+
+def test_cfg_and_step_are_passed_only_to_functions_that_name_them():
+    """A catch-all **kwargs does not count: a user's function forwarding its keywords elsewhere is not surprised."""
+    from jaxgen import registry
+
+    def named(d_real, d_fake, *, cfg):
+        return cfg
+
+    assert registry.accepts(named, "cfg") and not registry.accepts(named, "step")
+    assert not registry.accepts(lambda d_real, d_fake, **kw: kw, "cfg")
+    assert registry.with_config(named, "block")(1, 2) == "block"
+    plain = lambda d_real, d_fake: 0  # noqa: E731
+    assert registry.with_config(plain, "block") is plain

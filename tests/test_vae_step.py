@@ -172,3 +172,17 @@ def test_the_test_set_binarization_is_the_same_for_every_seed(smoke_config, tmp_
     assert got[5, 0]["recon_nll_at_mean"] == got[0, 0]["recon_nll_at_mean"]
     assert got[5, 0]["elbo"] != got[0, 0]["elbo"]  # the latent noise is the run's own
     assert got[0, 7]["recon_nll_at_mean"] != got[0, 0]["recon_nll_at_mean"]
+
+
+def step_reading_objective(params, x, keys, *, model, cfg, step):
+    """A user's objective that takes the train step (a KL warm-up of its own would): it reports it."""
+    loss, metrics = objectives.get("elbo")(params, x, keys, model=model, cfg=cfg)
+    return loss, {**metrics, "seen_step": step.astype(jnp.float32)}
+
+
+def test_an_objective_with_a_step_parameter_gets_the_train_step(smoke_config):
+    fn, state, d = _setup(smoke_config, jax.devices()[:1], steps_per_dispatch=2,
+                          objective="tests.test_vae_step:step_reading_objective")
+    for _ in range(2):
+        state, m = fn(state, d)
+    np.testing.assert_array_equal(m["seen_step"], [2.0, 3.0])

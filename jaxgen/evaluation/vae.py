@@ -89,7 +89,7 @@ def _masked_nll_sum(lse, mask, log_k):
 
 
 def evaluate(eval_fn, params, images: np.ndarray, *, mesh, key, binarize_key, batch_size: int, nll_k: int,
-             nll_chunk: int, likelihood: str = "bernoulli") -> dict[str, float]:
+             nll_chunk: int, likelihood: str) -> dict[str, float]:
     """Means over `images` (uint8 [N, H, W, C]) of the test metrics, with the NLL from `nll_k` importance samples.
 
     key: the latent noise's; binarize_key: the test set's binarization (`test_inputs`).

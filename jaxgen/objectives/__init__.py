@@ -7,6 +7,7 @@ arguments. `loss` is the scalar minimised; `metrics` a flat dict of scalars that
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxgen import registry
@@ -43,9 +44,10 @@ def check_scalars(what: str, losses: dict, metrics, *, contract: str, reserved: 
 
 def check_objective(objective, name: str, params, x, keys, *, model, cfg) -> None:
     """Checks, by tracing it once (no computation), that the objective returns (scalar loss, dict of scalar
-    metrics with 'loss')."""
-    contract = "fn(params, x, keys, *, model, cfg) -> (loss, metrics)"
-    out = jax.eval_shape(lambda p, x, k: objective(p, x, k, model=model, cfg=cfg), params, x, keys)
+    metrics with 'loss'). An objective with a `step` parameter gets the train step (an int32 scalar)."""
+    contract = "fn(params, x, keys, *, model, cfg[, step]) -> (loss, metrics)"
+    extra = {"step": jax.ShapeDtypeStruct((), jnp.int32)} if registry.accepts(objective, "step") else {}
+    out = jax.eval_shape(lambda p, x, k, e: objective(p, x, k, model=model, cfg=cfg, **e), params, x, keys, extra)
     if not (isinstance(out, tuple) and len(out) == 2):
         raise ValueError(f"objective {name!r} returned {type(out).__name__}; expected {contract}")
     loss, metrics = out

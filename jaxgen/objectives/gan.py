@@ -110,12 +110,15 @@ def gradient_penalty(d_fn, real, fake, keys):
 REGULARIZERS: dict[str, Callable | None] = {"none": None, "r1": r1, "gp": gradient_penalty}
 
 
-def get_loss(name: str) -> Callable:
-    return registry.resolve("GAN loss", name, LOSSES)
+def get_loss(name: str, cfg=None) -> Callable:
+    """The loss `name`; with `cfg` (the `loss` config block), bound as `cfg=` when the function takes it."""
+    return registry.with_config(registry.resolve("GAN loss", name, LOSSES), cfg)
 
 
-def get_regularizer(name: str) -> Callable | None:
-    return registry.resolve("regularizer", name, REGULARIZERS)
+def get_regularizer(name: str, cfg=None) -> Callable | None:
+    """The regularizer `name` (None for 'none'); with `cfg` (the `reg` block), bound as for `get_loss`."""
+    fn = registry.resolve("regularizer", name, REGULARIZERS)
+    return None if fn is None else registry.with_config(fn, cfg)
 
 
 # Metrics the GAN step logs itself: a loss's or regularizer's metrics must not reuse these names.

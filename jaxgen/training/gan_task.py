@@ -44,8 +44,8 @@ class GANTask:
         self.g_batch = config_lib.g_batch_size(c)
         parallel.check_batches(self.mesh, {"train.batch_size": c.train.batch_size, "eval.batch_size": c.eval.batch_size,
                                            "train.g_batch_size": self.g_batch})
-        self.loss_fn = gan_obj.get_loss(c.loss.name)
-        self.reg_fn = gan_obj.get_regularizer(c.reg.name)
+        self.loss_fn = gan_obj.get_loss(c.loss.name, c.loss)
+        self.reg_fn = gan_obj.get_regularizer(c.reg.name, c.reg)
         gan_obj.check_loss(self.loss_fn, c.loss.name, batch=c.train.batch_size, g_batch=self.g_batch)
         augment.check_policy(c.augment.policy)
         registry.resolve("GAN model", c.model.name, gan_models.GANS)  # unknown names fail before the data loads

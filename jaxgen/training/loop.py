@@ -131,7 +131,7 @@ class _StopRequest:
 
 
 def build_task(config, workdir: Path) -> Task:
-    """The task object for `config.task` ('vae' or 'gan')."""
+    """The task object for `config.task` ('vae' or 'gan'; config.check accepts only these two)."""
     return registry.resolve("task", config.task, TASKS)(config, workdir)
 
 

@@ -1,4 +1,5 @@
-"""The optimizer from the `optim` config block: adam or adamw, linear warmup then constant or cosine, clipping."""
+"""The optimizer from the `optim` config block: adam, adamw or a user's `package.module:function`; linear warmup
+then constant, cosine or linear decay; global-norm clipping."""
 
 from __future__ import annotations
 

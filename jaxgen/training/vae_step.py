@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
+from jaxgen import registry
 from jaxgen.data import device as dev
 from jaxgen.parallel import AXIS
 from jaxgen.training import dispatch
@@ -36,8 +37,10 @@ def vae_step(state: dict, data: dict, *, model, tx, objective, obj_cfg, lr_sched
     x = dev.preprocess(data["image"][idx], dev.substream(keys, 0), binarize)
     obj_keys = dev.substream(keys, 1)
 
+    extra = {"step": step} if registry.accepts(objective, "step") else {}  # e.g. a KL warm-up of one's own
+
     def loss_fn(params):
-        return objective(params, x, obj_keys, model=model, cfg=obj_cfg)
+        return objective(params, x, obj_keys, model=model, cfg=obj_cfg, **extra)
 
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
     grads = lax.pmean(grads, AXIS)

@@ -52,6 +52,10 @@ class VAETask:
             self.objective, config.objective.name, jax.eval_shape(self.create)["params"],
             jax.ShapeDtypeStruct((2, *self.train.shape), jax.numpy.float32),
             jax.eval_shape(lambda: jax.random.split(jax.random.key(0), 2)), model=self.model, cfg=config.objective)
+        if config.objective.name not in objectives.OBJECTIVES:
+            log.info("The evaluation scores %s's models as every VAE's: encode as a diagonal-Gaussian posterior, a "
+                     "N(0, I) prior and objective.likelihood=%r (README, Objectives)", config.objective.name,
+                     config.objective.likelihood)
         n_eval = config.eval.num_examples or len(self.test)
         self.eval_images = self.test.image[:n_eval]
 
