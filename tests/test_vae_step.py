@@ -62,10 +62,12 @@ def test_eight_devices_give_the_params_of_one_with_the_same_global_batch(smoke_c
 TRACES = []
 
 
-def counting_objective(params, x, keys, *, model, cfg):
-    """The ELBO, counting how often it is traced (Python runs only while JAX traces, i.e. compiles)."""
+def counting_objective(params, x, keys, *, model, cfg, step):
+    """The ELBO, counting how often it is traced (Python runs only while JAX traces, i.e. compiles), and reporting
+    the train step it gets (an objective that names a `step` parameter gets it: a KL warm-up of one's own)."""
     TRACES.append(1)
-    return objectives.get("elbo")(params, x, keys, model=model, cfg=cfg)
+    loss, metrics = objectives.get("elbo")(params, x, keys, model=model, cfg=cfg)
+    return loss, {**metrics, "seen_step": step.astype(jnp.float32)}
 
 
 def test_the_step_compiles_once_over_many_steps(smoke_config):
@@ -77,6 +79,7 @@ def test_the_step_compiles_once_over_many_steps(smoke_config):
     assert len(TRACES) == 1  # scan traces its body once (then unrolls it); no retrace on later calls
     assert int(state["step"]) == 12 and metrics["loss"].shape == (2,)
     np.testing.assert_array_equal(metrics["step"], [10, 11])
+    np.testing.assert_array_equal(metrics["seen_step"], [10.0, 11.0])
 
 
 def nan_objective(params, x, keys, *, model, cfg):
@@ -173,16 +176,3 @@ def test_the_test_set_binarization_is_the_same_for_every_seed(smoke_config, tmp_
     assert got[5, 0]["elbo"] != got[0, 0]["elbo"]  # the latent noise is the run's own
     assert got[0, 7]["recon_nll_at_mean"] != got[0, 0]["recon_nll_at_mean"]
 
-
-def step_reading_objective(params, x, keys, *, model, cfg, step):
-    """A user's objective that takes the train step (a KL warm-up of its own would): it reports it."""
-    loss, metrics = objectives.get("elbo")(params, x, keys, model=model, cfg=cfg)
-    return loss, {**metrics, "seen_step": step.astype(jnp.float32)}
-
-
-def test_an_objective_with_a_step_parameter_gets_the_train_step(smoke_config):
-    fn, state, d = _setup(smoke_config, jax.devices()[:1], steps_per_dispatch=2,
-                          objective="tests.test_vae_step:step_reading_objective")
-    for _ in range(2):
-        state, m = fn(state, d)
-    np.testing.assert_array_equal(m["seen_step"], [2.0, 3.0])
