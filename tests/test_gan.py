@@ -129,7 +129,8 @@ def test_sharded_gan_step_equals_one_device(over):
         results.append(jax.device_get(state))
         metrics_seen.append(jax.device_get(metrics))
     # The gradients themselves are the global-batch means (Adam's update alone would hide a scale error).
-    for name in ("d_loss", "g_loss", "d_grad_norm", "g_grad_norm", "reg")[:None if "reg.name" in over else 4]:
+    for name in ("d_loss", "g_loss", "d_grad_norm", "g_grad_norm", "g_param_norm", "d_param_norm",
+                 "reg")[:None if "reg.name" in over else 6]:
         np.testing.assert_allclose(metrics_seen[0][name], metrics_seen[1][name], rtol=1e-4, err_msg=name)
     for a, b in zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[1])):
         if jnp.issubdtype(a.dtype, jax.dtypes.prng_key):

@@ -270,7 +270,7 @@ def test_the_evaluated_samples_depend_neither_on_the_batch_size_nor_on_the_devic
     assert got[0].shape[0] == 40 and got[0].dtype == np.uint8
     np.testing.assert_array_equal(got[0], got[1])
 
-    key = jax.random.fold_in(jax.random.key(c.seed), state_lib.EVAL_STREAM + 3)
+    key = state_lib.eval_key(c.seed, state_lib.SAMPLER)
     variables = jax.device_get(task.sampling_g(state) if config == "gan_mnist" else state_lib.eval_params(state))
     if config == "gan_mnist":
         z = quality.stream_latents(key, jnp.arange(40), task.generator.latent_dim)

@@ -22,8 +22,9 @@ from jaxgen.data import device as dev
 from jaxgen.objectives import vae as vae_obj
 from jaxgen.parallel import AXIS
 
-# key(eval.binarize_seed) folded with it binarizes the test set. It equals the training state's EVAL_STREAM, whose key
-# of the run's seed binarized it before it had a seed of its own: runs with seed 0 keep their numbers.
+# key(eval.binarize_seed) folded with it binarizes the test set. It equals the training state's EVAL_STREAM (its
+# EVAL_NOISE stream), whose key of the run's seed binarized it before it had a seed of its own: runs with seed 0 keep
+# their numbers. The two are told apart by the substreams of each example's key (0 here, 1 and 2 for the noise).
 BINARIZE_STREAM = 3
 
 

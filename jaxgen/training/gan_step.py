@@ -193,9 +193,10 @@ def gan_step(state: dict, data: dict, *, generator, discriminator, g_tx, d_tx, l
         ema_params = optax.incremental_update(state["g"]["params"], state["ema_g"]["params"], rate)
         state["ema_g"] = {**state["g"], "params": ema_params}  # statistics are copied, params averaged
     metrics = {**jax.tree.map(lambda *v: jnp.mean(jnp.stack(v)), *d_metrics), **g_metrics}
-    new_params = (state["g"]["params"], state["d"]["params"])  # finite gradients can still overflow an update
-    state, finite = dispatch.keep_if_finite(state, old, (metrics, optax.tree.norm(new_params)))
-    metrics.update(g_lr=jnp.asarray(g_lr(step), jnp.float32), finite=finite.astype(jnp.float32), step=step)
+    # The new params' norms: checked (finite gradients can still overflow an update) and logged.
+    norms = {f"{net}_param_norm": optax.tree.norm(state[net]["params"]) for net in ("g", "d")}
+    state, finite = dispatch.keep_if_finite(state, old, (metrics, norms))
+    metrics.update(norms, g_lr=jnp.asarray(g_lr(step), jnp.float32), finite=finite.astype(jnp.float32), step=step)
     return state, metrics
 
 

@@ -24,10 +24,6 @@ log = logging.getLogger("jaxgen")
 
 HISTORY_COLUMNS = 8  # fixed-noise samples per row of samples_over_time.png
 STANDING_PASSES = 30  # train-mode passes that re-estimate the EMA generator's BatchNorm statistics
-# The evaluation's fixed streams of latents, key(seed) folded with EVAL_STREAM + the stream: samples.png and
-# samples_over_time.png, interpolations.png, the sample-quality metrics' samples, the standing statistics' passes,
-# the D(x)/D(G(z)) scores.
-FIXED_NOISE_STREAM, INTERPOLATION_STREAM, SAMPLER_STREAM, STANDING_STREAM, SCORES_STREAM = 1, 2, 3, 4, 5
 
 
 class GANTask:
@@ -104,7 +100,7 @@ class GANTask:
         step = int(jax.device_get(state["step"]))
         if getattr(self, "_sampling_cache", (None,))[0] == step:
             return self._sampling_cache[1]
-        key = self._eval_key(STANDING_STREAM)  # the same latents at every step and on every process
+        key = self._eval_key(state_lib.STANDING)  # the same latents at every step and on every process
         for i in range(STANDING_PASSES):
             z = jax.random.normal(jax.random.fold_in(key, i), (self.config.train.batch_size,
                                                                  self.generator.latent_dim))
@@ -114,7 +110,7 @@ class GANTask:
 
     def _eval_key(self, stream: int) -> jax.Array:
         """The key of one of the evaluation's fixed streams of latents (a function of the seed only)."""
-        return jax.random.fold_in(jax.random.key(self.config.seed), state_lib.EVAL_STREAM + stream)
+        return state_lib.eval_key(self.config.seed, stream)
 
     def _z(self, n: int, stream: int) -> jax.Array:
         """A fixed batch of latents: the same at every evaluation of a run."""
@@ -162,7 +158,7 @@ class GANTask:
         g, d = self.sampling_g(state), state["d"]
         bs, n = c.eval.batch_size, self._eval_count()
         real_sum = fake_sum = 0.0
-        zs = np.asarray(self._z(n, SCORES_STREAM))  # the same latents at every evaluation, whatever the batch size
+        zs = np.asarray(self._z(n, state_lib.SCORES))  # the same latents at every evaluation, whatever the batch size
         for i in range(0, n, bs):
             x = self.test.image[i : i + bs].astype(np.float32) / 127.5 - 1.0
             z = zs[i : i + bs]
@@ -179,7 +175,7 @@ class GANTask:
 
     @functools.cached_property
     def _sampler(self):
-        key = self._eval_key(SAMPLER_STREAM)
+        key = self._eval_key(state_lib.SAMPLER)
         return quality.make_sampler(self._g_eval, self.mesh,
                                     key=key, dim=self.generator.latent_dim, value_range=(-1.0, 1.0))
 
@@ -204,7 +200,7 @@ class GANTask:
         out = self.workdir / "images"
         out.mkdir(exist_ok=True)
         to01 = lambda x: (np.asarray(x, np.float32) + 1.0) / 2.0
-        samples = to01(self._generate(g, self._z(c.output.num_samples, FIXED_NOISE_STREAM)))
+        samples = to01(self._generate(g, self._z(c.output.num_samples, state_lib.FIXED_NOISE)))
         images.save_png(out / f"samples{suffix}.png", samples)
         self._append_history(out, int(jax.device_get(state["step"])), samples[:HISTORY_COLUMNS])
         if suffix or not c.output.plots:
@@ -219,7 +215,7 @@ class GANTask:
 
     def _interpolation_z(self, pairs: int = 8, steps: int = 10) -> jax.Array:
         """Spherical interpolations between `pairs` pairs of latents, `steps` points each: [pairs * steps, dim]."""
-        z = self._z(2 * pairs, INTERPOLATION_STREAM).reshape(pairs, 2, -1)
+        z = self._z(2 * pairs, state_lib.INTERPOLATION).reshape(pairs, 2, -1)
         a, b = z[:, 0], z[:, 1]
         cos = jnp.sum(a * b, -1, keepdims=True) / (jnp.linalg.norm(a, axis=-1, keepdims=True)
                                                     * jnp.linalg.norm(b, axis=-1, keepdims=True))

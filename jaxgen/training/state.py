@@ -19,6 +19,16 @@ import jax.numpy as jnp
 from jaxgen.models import gan as gan_models
 
 INIT_STREAM, DATA_STREAM, STEP_STREAM, EVAL_STREAM = 0, 1, 2, 3
+# The evaluation's fixed streams, key(seed) folded with EVAL_STREAM + the stream (`eval_key`): a VAE's latent noise
+# in the test metrics; samples.png (and a GAN's samples_over_time.png); interpolations.png; the sample-quality
+# metrics' samples; a GAN's standing-statistics passes; its D(x)/D(G(z)) scores. They take the numbers 3..8 of
+# key(seed)'s streams, so a new stream of the state takes 9 or more.
+EVAL_NOISE, FIXED_NOISE, INTERPOLATION, SAMPLER, STANDING, SCORES = 0, 1, 2, 3, 4, 5
+
+
+def eval_key(seed: int, stream: int) -> jax.Array:
+    """The key of the evaluation's fixed stream `stream` (EVAL_NOISE ... SCORES) for the config's seed."""
+    return jax.random.fold_in(jax.random.key(seed), EVAL_STREAM + stream)
 
 
 def create(model, tx, image_shape, seed: int, ema: bool) -> dict:

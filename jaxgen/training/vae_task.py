@@ -79,7 +79,7 @@ class VAETask:
     def evaluate(self, state, final: bool) -> dict:
         """Test ELBO, NLL (eval.final_nll_k importance samples at the end, eval.nll_k before) and reconstruction."""
         c = self.config
-        key = jax.random.fold_in(jax.random.key(c.seed), state_lib.EVAL_STREAM)
+        key = state_lib.eval_key(c.seed, state_lib.EVAL_NOISE)
         return vae_eval.evaluate(self.eval_fn, state_lib.eval_params(state), self.eval_images, mesh=self.mesh,
                                  key=key, binarize_key=vae_eval.binarize_key(c.eval.binarize_seed),
                                  batch_size=c.eval.batch_size,
@@ -95,7 +95,7 @@ class VAETask:
     @functools.cached_property
     def _sampler(self):
         c = self.config
-        key = jax.random.fold_in(jax.random.key(c.seed), state_lib.EVAL_STREAM + 3)
+        key = state_lib.eval_key(c.seed, state_lib.SAMPLER)
         decode = functools.partial(vae_eval.sample_images, model=self.model, likelihood=c.objective.likelihood)
         return quality.make_sampler(decode, self.mesh, key=key, dim=self.model.latent_dim, value_range=(0.0, 1.0))
 
@@ -127,7 +127,7 @@ class VAETask:
         out = self.workdir / "images"
         out.mkdir(exist_ok=True)
         lik = c.objective.likelihood
-        key = jax.random.fold_in(jax.random.key(c.seed), state_lib.EVAL_STREAM + 1)  # the same z at every eval
+        key = state_lib.eval_key(c.seed, state_lib.FIXED_NOISE)  # the same z at every eval
         n = c.output.num_samples
         images.save_png(out / f"samples{suffix}.png",
                         np.asarray(vae_eval.sample_images(params, jax.random.normal(key, (n, self.model.latent_dim)),
