@@ -162,14 +162,17 @@ def restore_newest(workdir: Path, cfg, target, subdir: str = "checkpoints", *, m
         f"the checkpoints in {Path(workdir).absolute() / subdir} (how many, the newest step)",
         [len(steps), max(steps, default=-1)],
         "Every process must see the same --workdir: put it on a filesystem all hosts share.")
-    broken: list[tuple[int, Exception]] = []  # newest first; moved aside only once an older one is read
+    # Steps that failed, newest first; moved aside only once an older one is read. Their errors are logged, not
+    # kept: a failed restore's traceback holds Orbax's asyncio objects, which must not outlive this call.
+    broken: list[int] = []
     for step in sorted(steps, reverse=True):
         try:
             saved, error = _saved_tree(mgr, step), None
         except Exception as e:  # noqa: BLE001 (metadata that cannot be read means a broken checkpoint)
             saved, error = None, e
         if (error := _on_every_process(error)) is not None:
-            broken.append((step, _reported(step, error)))
+            _reported(step, error)
+            broken.append(step)
             continue
         diff = _differences(saved, target)
         if diff:
@@ -186,9 +189,10 @@ def restore_newest(workdir: Path, cfg, target, subdir: str = "checkpoints", *, m
                 error = e
             error = _on_every_process(error)
         if error is not None:
-            broken.append((step, _reported(step, error)))
+            _reported(step, error)
+            broken.append(step)
             continue
-        for bad, _ in broken if move_broken else ():
+        for bad in broken if move_broken else ():
             mgr = _move_aside(mgr, workdir, cfg, subdir, bad)
         return mgr, restored["state"]
     if broken:
@@ -211,8 +215,8 @@ def _on_every_process(error: Exception | None) -> Exception | None:
 class UnreadableCheckpointsError(ValueError):
     """The workdir has checkpoints and none of them can be read: the run stops instead of starting over."""
 
-    def __init__(self, directory: Path, broken: list[tuple[int, Exception]], training: bool = True):
-        steps = ", ".join(str(s) for s, _ in broken)
+    def __init__(self, directory: Path, broken: list[int], training: bool = True):
+        steps = ", ".join(str(s) for s in broken)
         what = (f"the run did not start over, which would overwrite this workdir's metrics and images. If the cause "
                 f"was passing (memory, a network filesystem), run the same command again; to train from scratch, "
                 f"pass a new --workdir (or move {directory} away)" if training else
