@@ -23,37 +23,27 @@ import sys
 import time
 from pathlib import Path
 
+import harness
+
 
 def child(batch: int, steps: int, dtype: str, deterministic: bool) -> dict:
     from jaxgen import runtime
 
     runtime.setup(deterministic=deterministic)
-    import functools
 
     import jax
     import numpy as np
 
     from jaxgen import config as config_lib
     from jaxgen import parallel
-    from jaxgen.models import gan as gan_models
-    from jaxgen.objectives import gan as gan_obj
-    from jaxgen.training import checkpoint, gan_step, optim
-    from jaxgen.training import state as state_lib
+    from jaxgen.training import checkpoint
 
     mesh = parallel.make_mesh()
     images = (np.random.default_rng(0).random((1024, 64, 64, 3)) * 255).astype(np.uint8)
     data = parallel.put_replicated({"image": images}, mesh)
     c = config_lib.gan_config()
     c.model.dtype = dtype
-    G, D = gan_models.build(c.model, (64, 64, 3), axis_name=parallel.AXIS)
-    g_tx, g_lr = optim.make(c.g_optim, 10**6)
-    d_tx, d_lr = optim.make(c.d_optim, 10**6)
-    create = functools.partial(state_lib.create_gan, G, D, g_tx, d_tx, (64, 64, 3), 0, True)
-    fn = gan_step.compile_train(
-        mesh, steps_per_dispatch=1, generator=G, discriminator=D, g_tx=g_tx, d_tx=d_tx,
-        loss_fn=gan_obj.get_loss("non_saturating"), reg_fn=None, reg_weight=0.0, reg_interval=1,
-        d_steps=1, batch=batch, augment_policy="color,translation,cutout", ema_half_life=10_000, ema_rampup=0.05,
-        g_lr=g_lr, d_lr=d_lr)
+    fn, create = harness.dcgan64_step(c, mesh, batch=batch, augment_policy="color,translation,cutout")
     state = jax.jit(create, out_shardings=parallel.replicated(mesh))()
     t0 = time.perf_counter()
     state, _ = fn(state, data)  # compiles (and on a GPU autotunes)

@@ -17,7 +17,6 @@ Each figure is the best of --repeats timed windows of about --seconds/--repeats 
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 from pathlib import Path
@@ -34,11 +33,7 @@ def bench_jax(batches, dtypes, fused, seconds, repeats, impls=("auto",), norm_im
 
     from jaxgen import config as config_lib
     from jaxgen import parallel
-    from jaxgen.models import gan as gan_models
     from jaxgen.models import layers
-    from jaxgen.objectives import gan as gan_obj
-    from jaxgen.training import gan_step, optim
-    from jaxgen.training import state as state_lib
 
     mesh = parallel.make_mesh()
     rng = np.random.default_rng(0)
@@ -51,15 +46,7 @@ def bench_jax(batches, dtypes, fused, seconds, repeats, impls=("auto",), norm_im
         c.model.dtype = dtype
         c.model.conv_impl = impl
         c.model.norm_impl = norm_impl
-        G, D = gan_models.build(c.model, (64, 64, 3), axis_name=parallel.AXIS)
-        g_tx, g_lr = optim.make(c.g_optim, 10**6)
-        d_tx, d_lr = optim.make(c.d_optim, 10**6)
-        create = functools.partial(state_lib.create_gan, G, D, g_tx, d_tx, (64, 64, 3), 0, True)
-        fn = gan_step.compile_train(
-            mesh, steps_per_dispatch=k, generator=G, discriminator=D, g_tx=g_tx, d_tx=d_tx,
-            loss_fn=gan_obj.get_loss("non_saturating"), reg_fn=None, reg_weight=0.0, reg_interval=1,
-            d_steps=1, batch=batch, augment_policy="", ema_half_life=10_000, ema_rampup=0.05,
-            g_lr=g_lr, d_lr=d_lr)
+        fn, create = harness.dcgan64_step(c, mesh, batch=batch, steps_per_dispatch=k)
         calls = max(1, 4 // k)
         run = harness.train_loop(fn, jax.jit(create, out_shardings=parallel.replicated(mesh))(), data, calls)
         rate = harness.best_rate(run, calls * k * batch, seconds, repeats, warmup=1)

@@ -52,6 +52,29 @@ def train_loop(fn, state, data, calls: int):
     return run
 
 
+def dcgan64_step(c, mesh, *, batch: int, steps_per_dispatch: int = 1, augment_policy: str = ""):
+    """(compiled train function, state creator) of the DCGAN-64 GAN step both GAN scripts time: the model of the
+    config `c` (gan_config with its model fields set), non-saturating loss, Adam(2e-4, 0.5), one D update per step,
+    G's EMA."""
+    import functools
+
+    from jaxgen import parallel
+    from jaxgen.models import gan as gan_models
+    from jaxgen.objectives import gan as gan_obj
+    from jaxgen.training import gan_step, optim
+    from jaxgen.training import state as state_lib
+
+    G, D = gan_models.build(c.model, (64, 64, 3), axis_name=parallel.AXIS)
+    g_tx, g_lr = optim.make(c.g_optim, 10**6)
+    d_tx, d_lr = optim.make(c.d_optim, 10**6)
+    create = functools.partial(state_lib.create_gan, G, D, g_tx, d_tx, (64, 64, 3), 0, True)
+    fn = gan_step.compile_train(
+        mesh, steps_per_dispatch=steps_per_dispatch, generator=G, discriminator=D, g_tx=g_tx, d_tx=d_tx,
+        loss_fn=gan_obj.get_loss("non_saturating"), reg_fn=None, reg_weight=0.0, reg_interval=1, d_steps=1,
+        batch=batch, augment_policy=augment_policy, ema_half_life=10_000, ema_rampup=0.05, g_lr=g_lr, d_lr=d_lr)
+    return fn, create
+
+
 def load_reference():
     """../shared/reference/torch_reference.py as a module (its models and steps; an instrument, not jaxgen code)."""
     spec = importlib.util.spec_from_file_location("torch_reference", REFERENCE)
