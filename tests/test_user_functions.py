@@ -128,3 +128,28 @@ def test_cfg_and_step_are_passed_only_to_functions_that_name_them():
     assert registry.with_config(named, "block")(1, 2) == "block"
     plain = lambda d_real, d_fake: 0  # noqa: E731
     assert registry.with_config(plain, "block") is plain
+
+
+def wide_mlp(model_config, image_shape):
+    """A user's VAE model factory: its widths come from a field of its own in the model block."""
+    from jaxgen.models.vae import MLPVAE
+
+    return MLPVAE(image_shape, model_config.latent_dim, (model_config.width,) * 2, "tanh")
+
+
+def not_a_module(model_config, image_shape):
+    return "a string"
+
+
+def test_a_vae_model_factory_gets_the_model_block():
+    from jaxgen import models
+    from jaxgen.config import vae_config
+
+    m = vae_config().model
+    with m.unlocked():
+        m.name, m.width, m.latent_dim = "tests.test_user_functions:wide_mlp", 32, 4
+    model = models.build(m, (28, 28, 1))
+    assert (model.hidden, model.latent_dim, model.image_shape) == ((32, 32), 4, (28, 28, 1))
+    m.name = "tests.test_user_functions:not_a_module"
+    with pytest.raises(ValueError, match="must return a Linen module with an int field latent_dim.*got str"):
+        models.build(m, (28, 28, 1))

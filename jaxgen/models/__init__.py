@@ -1,4 +1,6 @@
-"""Models by name. A user's own is `model.name='package.module:ModuleClass'`, built like the ones here."""
+"""Models by name. A user's own is `model.name='package.module:ModuleClass'` (constructed with image_shape and
+latent_dim) or `'package.module:function'`, a factory `fn(model_config, image_shape) -> module` that reads its own
+fields from the model block."""
 
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ def build(model_config, image_shape: tuple[int, int, int], *, train_images=None,
     """The module named by `model_config.name` for images of `image_shape` (H, W, C).
 
     Built-in modules take their fields from the config: conv_vae (latent_dim, channels, dense, activation, conv_impl),
-    mlp_vae (latent_dim, hidden, activation). A user's class receives `image_shape` and `latent_dim`.
+    mlp_vae (latent_dim, hidden, activation). A user's class receives `image_shape` and `latent_dim`; a user's
+    factory function is called as `fn(model_config, image_shape)` and returns the module (with a `latent_dim`).
     model.output_bias='data_mean' starts a built-in decoder at the mean of `train_images` (uint8) under
     `likelihood` (per pixel for mlp_vae, per channel for conv_vae; `models.vae.data_mean_output`).
     """
@@ -38,4 +41,10 @@ def build(model_config, image_shape: tuple[int, int, int], *, train_images=None,
                        m.get("conv_impl", "auto"), **out_bias)
     if cls is MLPVAE:
         return MLPVAE(tuple(image_shape), m.latent_dim, tuple(m.hidden), m.activation, **out_bias)
-    return cls(image_shape=tuple(image_shape), latent_dim=m.latent_dim)
+    if isinstance(cls, type) and issubclass(cls, nn.Module):
+        return cls(image_shape=tuple(image_shape), latent_dim=m.latent_dim)
+    model = cls(m, tuple(image_shape))
+    if not isinstance(model, nn.Module) or not isinstance(getattr(model, "latent_dim", None), int):
+        raise ValueError(f"model {m.name!r}: a model factory must return a Linen module with an int field "
+                         f"latent_dim (and encode/decode methods), got {type(model).__name__}")
+    return model
