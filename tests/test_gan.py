@@ -248,7 +248,10 @@ def test_gan_outputs_land_in_the_workdir(tmp_path):
     c.eval.checkpoint = "best"  # --mode=eval on the best checkpoint: eval_best.json; eval.json, metrics untouched
     history = (tmp_path / "metrics.jsonl").read_text()
     loop.evaluate_checkpoint(c, tmp_path)
-    assert json.loads((tmp_path / "eval_best.json").read_text())["step"] == best["step"]
+    evb = json.loads((tmp_path / "eval_best.json").read_text())
+    assert evb["step"] == best["step"]
+    assert evb["selected_by"].startswith(f"the lowest classifier/fid ({best['value']:.6g}) of the run's evaluations on "
+                                         f"the 'test' split: an optimistic estimate")
     assert json.loads((tmp_path / "eval.json").read_text())["step"] == 20
     assert (tmp_path / "metrics.jsonl").read_text() == history
     c.eval.checkpoint = "newest"

@@ -37,6 +37,8 @@ def test_launch_smoke_end_to_end_then_resume(tmp_path):
     assert list((wd / "tb").glob("events.out.tfevents.*"))
     ev = json.loads((wd / "eval.json").read_text())
     assert ev["step"] == 20 and ev["nll_k"] == 16 and ev["nll"] < 784 * 0.7  # better than uniform pixels
+    assert ev["units"]["nll"] == "nats per image" and "x / 255" in ev["units"]["recon_mse"]
+    assert ev["nll_estimator"].startswith("the IWAE bound")
     assert json.loads((wd / "config.json").read_text())["train"]["steps"] == 20
     best = json.loads((wd / "best" / "best.json").read_text())  # a VAE keeps its best test ELBO, final eval included
     assert best["metric"] == "elbo" and best["value"] == max(r["elbo"] for r in records if r["split"] == "eval")

@@ -13,6 +13,7 @@ import pytest
 from jaxgen import parallel
 from jaxgen.training import checkpoint, loop, optim
 from jaxgen.training import state as state_lib
+from jaxgen.training.workdir import WorkdirError
 from tests.signals import signal_at_call
 
 
@@ -130,6 +131,11 @@ def test_a_broken_checkpoint_is_reported_and_the_previous_one_used(smoke_config,
     mgr, restored = checkpoint.restore_newest(tmp_path, smoke_config.checkpoint, target, move_broken=False)
     mgr.close()
     assert int(restored["step"]) == 10 and not (tmp_path / "checkpoints_broken").exists()
+    (tmp_path / "checkpoints_broken").write_text("")  # a file where the folder goes: the move fails
+    with pytest.raises(WorkdirError, match=r"the unreadable checkpoint .*20 could not be moved to .*move or delete it "
+                                           r"yourself, then run the same command again"):
+        checkpoint.restore_newest(tmp_path, smoke_config.checkpoint, target)
+    (tmp_path / "checkpoints_broken").unlink()
     with caplog.at_level(logging.ERROR):
         mgr, restored = checkpoint.restore_newest(tmp_path, smoke_config.checkpoint, target)
     assert int(restored["step"]) == 10

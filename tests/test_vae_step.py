@@ -175,4 +175,25 @@ def test_the_test_set_binarization_is_the_same_for_every_seed(smoke_config, tmp_
     assert got[5, 0]["recon_nll_at_mean"] == got[0, 0]["recon_nll_at_mean"]
     assert got[5, 0]["elbo"] != got[0, 0]["elbo"]  # the latent noise is the run's own
     assert got[0, 7]["recon_nll_at_mean"] != got[0, 0]["recon_nll_at_mean"]
+    # recon_mse: the reconstruction's mean (from the binarized input) against the intensities x / 255
+    from jaxgen.evaluation import vae as vae_eval
 
+    images = task.eval_images
+    x = vae_eval.test_inputs(images, np.arange(len(images)), vae_eval.binarize_key(7), "dynamic")
+    rec = vae_eval.reconstruct(state["params"], x, model=task.model, likelihood="bernoulli")
+    want = float(jnp.mean((rec - images / 255.0) ** 2))
+    assert got[0, 7]["recon_mse"] == pytest.approx(want, rel=1e-5)
+
+
+
+def test_the_loss_curves_draw_one_nll_curve_per_number_of_importance_samples():
+    """The final eval's NLL takes more importance samples than the ones before: a curve of its own."""
+    from jaxgen.reporting import plots
+
+    records = [{"step": s, "split": "train", "loss": 100.0 - s} for s in (5, 10)]
+    records += [{"step": 10, "split": "eval", "elbo": -95.0, "nll": 92.0, "nll_k": 100},
+                {"step": 20, "split": "eval", "elbo": -94.0, "nll": 92.5, "nll_k": 100},
+                {"step": 20, "split": "eval", "elbo": -94.0, "nll": 90.5, "nll_k": 1000}]
+    series = {label: (steps, values) for label, steps, values, _ in plots.loss_series(records)}
+    assert series == {"train loss": ([5, 10], [95.0, 90.0]), "eval -elbo": ([10, 20, 20], [95.0, 94.0, 94.0]),
+                      "eval nll (k=100)": ([10, 20], [92.0, 92.5]), "eval nll (k=1000)": ([20], [90.5])}

@@ -19,27 +19,33 @@ def _pyplot():
     return plt
 
 
+def loss_series(records: list[dict], keys: tuple[str, ...] = ("loss", "elbo", "nll")) -> list[tuple]:
+    """(label, steps, values, split) of each curve `loss_curves` draws: per split and key, -ELBO so that every
+    curve goes down, and the NLL once per nll_k (the final eval takes more importance samples: its drop is not
+    training progress)."""
+    out = []
+    for split in ("train", "eval"):
+        for key in keys:
+            rows = [r for r in records if r["split"] == split and isinstance(r.get(key), float)]
+            group = (lambda r: r.get("nll_k")) if key == "nll" else (lambda r: None)
+            for k in sorted({group(r) for r in rows}, key=lambda k: (k is None, k or 0)):
+                pts = [(r["step"], r[key]) for r in rows if group(r) == k]
+                label = f"{split} {'-elbo' if key == 'elbo' else key}" + (f" (k={k:g})" if k is not None else "")
+                sign = -1.0 if key == "elbo" else 1.0
+                out.append((label, [p[0] for p in pts], [sign * p[1] for p in pts], split))
+    return out
+
+
 def loss_curves(metrics_path: Path, out: Path, keys: tuple[str, ...] = ("loss", "elbo", "nll")) -> Path | None:
-    """Train loss and eval ELBO/NLL against step, from metrics.jsonl. Returns the PNG path (None: no data)."""
+    """Train loss and eval ELBO/NLL against step, from metrics.jsonl (`loss_series`). Returns the PNG path (None:
+    no data)."""
     records = writer.read(metrics_path)
     if not records:
         return None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
-    for split in ("train", "eval"):
-        for key in keys:
-            rows = [r for r in records if r["split"] == split and isinstance(r.get(key), float)]
-            # The NLL's estimate depends on its number of importance samples (the final eval takes more): one
-            # curve per nll_k, so that the last point's drop is not read as training progress.
-            group = (lambda r: r.get("nll_k")) if key == "nll" else (lambda r: None)
-            for k in sorted({group(r) for r in rows}, key=lambda k: (k is None, k or 0)):
-                pts = [(r["step"], r[key]) for r in rows if group(r) == k]
-                s, v = zip(*pts)
-                sign = -1.0 if key == "elbo" else 1.0  # plot -ELBO so every curve goes down
-                label = f"{split} {'-elbo' if key == 'elbo' else key}"
-                if k is not None:
-                    label += f" (k={k:g})"
-                ax.plot(s, sign * np.asarray(v), marker="o" if split == "eval" else None, ms=3, label=label)
+    for label, steps, values, split in loss_series(records, keys):
+        ax.plot(steps, values, marker="o" if split == "eval" else None, ms=3, label=label)
     ax.set_xlabel("step")
     ax.set_ylabel("nats per image")
     ax.legend()
