@@ -76,13 +76,16 @@ def check_fits(nbytes: int, stats: dict | None, *, what: str, fix: str, device: 
 
 
 def check_fits_on_devices(nbytes: int, mesh: jax.sharding.Mesh, *, what: str, fix: str) -> None:
-    """check_fits for this process's devices of the mesh (the most used one decides)."""
-    mine = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
-    stats = [(d, d.memory_stats()) for d in mine]
-    stats = [(d, s) for d, s in stats if s and "bytes_limit" in s]
-    if stats:
-        d, s = min(stats, key=lambda ds: int(ds[1]["bytes_limit"]) - int(ds[1].get("bytes_in_use", 0)))
-        check_fits(nbytes, s, what=what, fix=fix, device=str(d))
+    """check_fits for this process's devices of the mesh (the one with the least free memory decides). A collective
+    in a multi-host run: a process whose device is too small stops every process, none waits for it."""
+    def check():
+        mine = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
+        stats = [(d, s) for d, s in ((d, d.memory_stats()) for d in mine) if s and "bytes_limit" in s]
+        if stats:
+            d, s = min(stats, key=lambda ds: int(ds[1]["bytes_limit"]) - int(ds[1].get("bytes_in_use", 0)))
+            check_fits(nbytes, s, what=what, fix=fix, device=str(d))
+
+    stop_if_any_failed(_attempt(check)[1], f"fit {what} on their devices")
 
 
 def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
