@@ -444,11 +444,15 @@ def _selected_by(config, workdir: Path) -> str:
     """How eval_best.json's checkpoint was chosen, for the record beside its numbers."""
     try:
         kept = json.loads((workdir / "best" / "best.json").read_text())
-        how = f"{'lowest' if kept['mode'] == 'min' else 'highest'} {kept['metric']} ({kept['value']:.6g})"
+        metric = kept["metric"]
+        how = f"{'lowest' if kept['mode'] == 'min' else 'highest'} {metric} ({kept['value']:.6g})"
     except (OSError, ValueError, KeyError, TypeError):
-        how = "best checkpoint.best_metric"
-    return (f"the {how} of the run's evaluations on the {config.data.test_split!r} split: an optimistic estimate of "
-            f"that split's numbers; choose on a split not reported for unbiased ones")
+        metric, how = "", "best checkpoint.best_metric"
+    # A sample-quality metric ('<extractor>/fid') compares samples with eval.reference_split; the others use the
+    # test split.
+    split = (config.eval.get("reference_split") if "/" in metric else "") or config.data.test_split
+    return (f"the {how} of the run's evaluations on the {split!r} split: an optimistic estimate of that split's "
+            f"numbers; choose on a split not reported for unbiased ones")
 
 
 def sample_checkpoint(config, workdir) -> Path:
