@@ -79,13 +79,20 @@ def check_fits_on_devices(nbytes: int, mesh: jax.sharding.Mesh, *, what: str, fi
     """check_fits for this process's devices of the mesh (the one with the least free memory decides). A collective
     in a multi-host run: a process whose device is too small stops every process, none waits for it."""
     def check():
-        mine = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
-        stats = [(d, s) for d, s in ((d, d.memory_stats()) for d in mine) if s and "bytes_limit" in s]
-        if stats:
-            d, s = min(stats, key=lambda ds: int(ds[1]["bytes_limit"]) - int(ds[1].get("bytes_in_use", 0)))
-            check_fits(nbytes, s, what=what, fix=fix, device=str(d))
+        found = least_free([d for d in mesh.devices.flat if d.process_index == jax.process_index()])
+        if found is not None:
+            check_fits(nbytes, found[1], what=what, fix=fix, device=str(found[0]))
 
     stop_if_any_failed(_attempt(check)[1], f"fit {what} on their devices")
+
+
+def least_free(devices) -> tuple | None:
+    """(device, its memory stats) of the device with the least free memory among those that report stats (an
+    accelerator's allocator: bytes_limit, bytes_in_use), or None when none does (XLA:CPU)."""
+    stats = [(d, s) for d, s in ((d, d.memory_stats()) for d in devices) if s and "bytes_limit" in s]
+    if not stats:
+        return None
+    return min(stats, key=lambda ds: int(ds[1]["bytes_limit"]) - int(ds[1].get("bytes_in_use", 0)))
 
 
 def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:

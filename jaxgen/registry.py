@@ -48,18 +48,31 @@ def resolve(kind: str, name: str, table: Mapping[str, Any]) -> Any:
         raise UnknownNameError(f"{kind} {name!r}: module {module_name!r} has no attribute {attr!r}") from e
 
 
-def accepts(fn: Callable, name: str) -> bool:
-    """Whether `fn` has a parameter called `name` (a **kwargs catch-all does not count): how the trainers decide
-    to pass a user's function the optional `cfg` (its config block) and `step` (the train step) keywords."""
+def accepts(fn: Callable, name: str, positional: int = 0) -> bool:
+    """Whether `fn` takes a keyword `name` that the caller may pass besides its first `positional` arguments: how
+    the trainers decide to pass a user's function the optional `cfg` (its config block) and `step` (the train step).
+    A **kwargs catch-all does not count, nor a parameter among the first `positional` ones (the caller fills it
+    positionally), nor a keyword a functools.partial has bound already (the user's own value stays)."""
+    if isinstance(fn, functools.partial) and name in fn.keywords:
+        return False
     try:
-        params = inspect.signature(fn).parameters
+        params = list(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError):  # a builtin or C function without a signature
         return False
-    p = params.get(name)
-    return p is not None and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    for i, p in enumerate(params):
+        if p.name == name:
+            return p.kind == p.KEYWORD_ONLY or (p.kind == p.POSITIONAL_OR_KEYWORD and i >= positional)
+    return False
 
 
-def with_config(fn: Callable, cfg) -> Callable:
-    """`fn` with its config block bound as `cfg=` when it takes one (a user's loss or regularizer with
-    hyperparameters of its own, added to the block in the config file), else `fn` itself."""
-    return functools.partial(fn, cfg=cfg) if accepts(fn, "cfg") else fn
+def with_config(fn: Callable, cfg, positional: int) -> Callable:
+    """`fn` with its config block bound as `cfg=` when it takes one (`accepts`; a user's loss or regularizer with
+    hyperparameters of its own, added to the block in the config file), else `fn` itself. The block is bound
+    frozen, hashable: a jitted function can take it as a static argument."""
+    if not accepts(fn, "cfg", positional):
+        return fn
+    import ml_collections  # noqa: PLC0415 (a jaxgen dependency; only here, where a config block is bound)
+
+    if isinstance(cfg, ml_collections.ConfigDict) and not isinstance(cfg, ml_collections.FrozenConfigDict):
+        cfg = ml_collections.FrozenConfigDict(cfg)
+    return functools.partial(fn, cfg=cfg)

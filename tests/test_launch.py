@@ -57,6 +57,7 @@ def test_launch_smoke_end_to_end_then_resume(tmp_path):
     # --config.deterministic: XLA:GPU's flag, which every jaxlib accepts (a CPU run is deterministic anyway).
     r = _launch("--config=configs/vae_mnist.py:smoke", f"--workdir={wd}", "--mode=eval", "--config.deterministic=True")
     assert r.returncode == 0, r.stderr[-3000:]
+    assert "deterministic: XLA_FLAGS has --xla_gpu_deterministic_ops=true" in r.stderr
     assert "eval of step 30" in r.stderr and "classifier FID" in r.stderr
     assert "differs from the one the workdir was trained" not in r.stderr  # train.* and output.* may differ
     q = json.loads((wd / "eval.json").read_text())["sample_quality"]["classifier"]

@@ -53,6 +53,17 @@ def test_a_dataset_larger_than_a_devices_free_memory_is_a_clear_error(caplog):
     parallel.check_fits(10**12, None, what="x", fix="y")  # no stats: nothing to check
     parallel.check_fits_on_devices(10**12, parallel.make_mesh(), what="x", fix="y")  # XLA:CPU reports none
 
+    class Device:  # an accelerator's allocator stats, as jax.Device.memory_stats() gives them
+        def __init__(self, name, limit, used):
+            self.name, self.stats = name, None if limit is None else {"bytes_limit": limit, "bytes_in_use": used}
+
+        def memory_stats(self):
+            return self.stats
+
+    devices = [Device("a", 16 * gib, 1 * gib), Device("b", 16 * gib, 5 * gib), Device("c", None, 0)]
+    assert parallel.least_free(devices)[0].name == "b"  # the fullest device decides
+    assert parallel.least_free([Device("c", None, 0)]) is None
+
 
 def test_deterministic_adds_xla_gpus_flag_unless_the_user_set_it(init_calls, monkeypatch):
     import os

@@ -125,9 +125,9 @@ def test_cfg_and_step_are_passed_only_to_functions_that_name_them():
 
     assert registry.accepts(named, "cfg") and not registry.accepts(named, "step")
     assert not registry.accepts(lambda d_real, d_fake, **kw: kw, "cfg")
-    assert registry.with_config(named, "block")(1, 2) == "block"
+    assert registry.with_config(named, "block", positional=2)(1, 2) == "block"
     plain = lambda d_real, d_fake: 0  # noqa: E731
-    assert registry.with_config(plain, "block") is plain
+    assert registry.with_config(plain, "block", positional=2) is plain
 
 
 def wide_mlp(model_config, image_shape):
@@ -153,3 +153,42 @@ def test_a_vae_model_factory_gets_the_model_block():
     m.name = "tests.test_user_functions:not_a_module"
     with pytest.raises(ValueError, match="must return a Linen module with an int field latent_dim.*got str"):
         models.build(m, (28, 28, 1))
+
+
+def test_cfg_is_bound_frozen_and_never_over_a_users_own_binding_or_a_positional_slot():
+    import functools
+
+    import ml_collections
+
+    from jaxgen import registry
+
+    block = ml_collections.ConfigDict({"margin": 0.5})
+
+    @functools.partial(jax.jit, static_argnames="cfg")
+    def jitted(d_real, d_fake, cfg=None):  # a jitted loss takes its block as a static (hashable) argument
+        return jnp.mean(d_real) - cfg.margin, jnp.mean(d_fake), {}
+
+    assert float(registry.with_config(jitted, block, positional=2)(jnp.ones(2), jnp.ones(2))[0]) == 0.5
+
+    def loss(d_real, d_fake, cfg=None):
+        return cfg
+
+    mine = functools.partial(loss, cfg="mine")
+    assert registry.with_config(mine, block, positional=2)(1, 2) == "mine"  # the user's own binding stays
+    first = lambda cfg, d_real, d_fake: cfg  # noqa: E731 (cfg in a slot the trainer fills positionally)
+    assert registry.with_config(first, block, positional=2) is first
+
+
+def test_a_partial_of_a_model_class_is_built_as_a_class():
+    import functools
+
+    import tests.test_user_functions as me
+    from jaxgen import models
+    from jaxgen.config import vae_config
+    from jaxgen.models.vae import MLPVAE
+
+    m = vae_config().model
+    m.name = "tests.test_user_functions:small_mlp_class"
+    me.small_mlp_class = functools.partial(MLPVAE, hidden=(16,), activation="tanh")
+    model = models.build(m, (28, 28, 1))
+    assert isinstance(model, MLPVAE) and model.hidden == (16,) and model.latent_dim == m.latent_dim

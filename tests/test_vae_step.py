@@ -176,9 +176,14 @@ def test_the_test_set_binarization_is_the_same_for_every_seed(smoke_config, tmp_
     assert got[5, 0]["elbo"] != got[0, 0]["elbo"]  # the latent noise is the run's own
     assert got[0, 7]["recon_nll_at_mean"] != got[0, 0]["recon_nll_at_mean"]
     # recon_mse: the reconstruction's mean (from the binarized input) against the intensities x / 255
+    from jaxgen.data import device as dev
     from jaxgen.evaluation import vae as vae_eval
 
     images = task.eval_images
+    pos = np.arange(len(images))
+    before = dev.preprocess(images, dev.substream(dev.example_keys(  # the key of seed 0 before binarize_seed existed
+        jax.random.fold_in(jax.random.key(0), state_lib.EVAL_STREAM), pos), 0), "dynamic")
+    np.testing.assert_array_equal(vae_eval.test_inputs(images, pos, vae_eval.binarize_key(0), "dynamic"), before)
     x = vae_eval.test_inputs(images, np.arange(len(images)), vae_eval.binarize_key(7), "dynamic")
     rec = vae_eval.reconstruct(state["params"], x, model=task.model, likelihood="bernoulli")
     want = float(jnp.mean((rec - images / 255.0) ** 2))

@@ -4,6 +4,8 @@ fields from the model block."""
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 
 from jaxgen import registry
@@ -41,10 +43,18 @@ def build(model_config, image_shape: tuple[int, int, int], *, train_images=None,
                        m.get("conv_impl", "auto"), **out_bias)
     if cls is MLPVAE:
         return MLPVAE(tuple(image_shape), m.latent_dim, tuple(m.hidden), m.activation, **out_bias)
-    if isinstance(cls, type) and issubclass(cls, nn.Module):
+    if _module_class(cls):
         return cls(image_shape=tuple(image_shape), latent_dim=m.latent_dim)
     model = cls(m, tuple(image_shape))
     if not isinstance(model, nn.Module) or not isinstance(getattr(model, "latent_dim", None), int):
         raise ValueError(f"model {m.name!r}: a model factory must return a Linen module with an int field "
                          f"latent_dim (and encode/decode methods), got {type(model).__name__}")
     return model
+
+
+def _module_class(obj) -> bool:
+    """A Linen module class, or a functools.partial of one (fields fixed by the user): built with image_shape and
+    latent_dim, not called as a factory."""
+    while isinstance(obj, functools.partial):
+        obj = obj.func
+    return isinstance(obj, type) and issubclass(obj, nn.Module)

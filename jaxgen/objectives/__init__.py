@@ -46,7 +46,7 @@ def check_objective(objective, name: str, params, x, keys, *, model, cfg) -> Non
     """Checks, by tracing it once (no computation), that the objective returns (scalar loss, dict of scalar
     metrics with 'loss'). An objective with a `step` parameter gets the train step (an int32 scalar)."""
     contract = "fn(params, x, keys, *, model, cfg[, step]) -> (loss, metrics)"
-    extra = {"step": jax.ShapeDtypeStruct((), jnp.int32)} if registry.accepts(objective, "step") else {}
+    extra = {"step": jax.ShapeDtypeStruct((), jnp.int32)} if registry.accepts(objective, "step", positional=3) else {}
     out = jax.eval_shape(lambda p, x, k, e: objective(p, x, k, model=model, cfg=cfg, **e), params, x, keys, extra)
     if not (isinstance(out, tuple) and len(out) == 2):
         raise ValueError(f"objective {name!r} returned {type(out).__name__}; expected {contract}")

@@ -112,13 +112,13 @@ REGULARIZERS: dict[str, Callable | None] = {"none": None, "r1": r1, "gp": gradie
 
 def get_loss(name: str, cfg=None) -> Callable:
     """The loss `name`; with `cfg` (the `loss` config block), bound as `cfg=` when the function takes it."""
-    return registry.with_config(registry.resolve("GAN loss", name, LOSSES), cfg)
+    return registry.with_config(registry.resolve("GAN loss", name, LOSSES), cfg, positional=2)
 
 
 def get_regularizer(name: str, cfg=None) -> Callable | None:
     """The regularizer `name` (None for 'none'); with `cfg` (the `reg` block), bound as for `get_loss`."""
     fn = registry.resolve("regularizer", name, REGULARIZERS)
-    return None if fn is None else registry.with_config(fn, cfg)
+    return None if fn is None else registry.with_config(fn, cfg, positional=4)
 
 
 # Metrics the GAN step logs itself: a loss's or regularizer's metrics must not reuse these names.

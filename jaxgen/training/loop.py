@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from typing import Any, Protocol
 import jax
 import numpy as np
 
-from jaxgen import atomic, parallel, registry
+from jaxgen import atomic, parallel, registry, runtime
 from jaxgen import data as data_lib
 from jaxgen.evaluation import quality
 from jaxgen.reporting import images
@@ -214,6 +215,7 @@ def _train_and_evaluate(config, workdir: Path) -> dict:
             f"the {split} data (shape and CRC-32 of the images)", parallel.fingerprint(arrays.image),
             "Every process must load the same dataset: point data.path / TFDS_DATA_DIR at the same files.")
     c = config
+    _log_determinism(c)
     log.info("%d devices (%d processes, %d on this one: %s); global batch %d; %s", jax.device_count(),
              jax.process_count(), jax.local_device_count(), jax.local_devices()[0].device_kind, c.train.batch_size,
              task.describe())
@@ -398,11 +400,25 @@ def _final_eval(task, state, writer: MetricWriter, sq, out_name: str = "eval.jso
     return final
 
 
+def _log_determinism(config) -> None:
+    """With config.deterministic: says that XLA_FLAGS has XLA:GPU's flag, or warns that it lacks it (launch.py
+    sets it before JAX starts; a script of the user's that calls the loop may not have)."""
+    if not config.get("deterministic", False):
+        return
+    flag = runtime.DETERMINISTIC_FLAGS[0]
+    if flag in os.environ.get("XLA_FLAGS", "").split():
+        log.info("deterministic: XLA_FLAGS has %s", flag)
+    else:
+        log.warning("config.deterministic is set but XLA_FLAGS lacks %s: it takes effect only when set before JAX "
+                    "starts (launch.py does; in a script, call jaxgen.runtime.setup(deterministic=True) first)", flag)
+
+
 def _restore_for(config, workdir, mode: str):
     """(task, state) of the checkpoint eval.checkpoint names ('newest' or 'best'), for --mode=eval/sample."""
     workdir = wd.prepare(workdir, create=False)
     wd.setup_logging(workdir)
     wd.warn_config_drift(config, workdir, mode)
+    _log_determinism(config)
     task = build_task(config, workdir)
     which = config.eval.checkpoint
     mgr, state = restore(task, which)

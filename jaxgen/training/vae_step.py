@@ -37,7 +37,8 @@ def vae_step(state: dict, data: dict, *, model, tx, objective, obj_cfg, lr_sched
     x = dev.preprocess(data["image"][idx], dev.substream(keys, 0), binarize)
     obj_keys = dev.substream(keys, 1)
 
-    extra = {"step": step} if registry.accepts(objective, "step") else {}  # e.g. a KL warm-up of one's own
+    # An objective that names `step` gets it (a KL warm-up of one's own, say).
+    extra = {"step": step} if registry.accepts(objective, "step", positional=3) else {}
 
     def loss_fn(params):
         return objective(params, x, obj_keys, model=model, cfg=obj_cfg, **extra)

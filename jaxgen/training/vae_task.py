@@ -110,7 +110,7 @@ class VAETask:
                 "nll_estimator": "the IWAE bound with nll_k importance samples from the encoder: an upper bound on "
                                  "-log p(x) in expectation, tightening as nll_k grows",
                 "units": {"elbo": nats, "kl": nats, "rec_nll": nats, "recon_nll_at_mean": nats, "nll": nats,
-                          "nll_bits_per_dim": "bits per pixel (see the README)",
+                          "nll_bits_per_dim": "bits per dimension, H * W * C of them (see the README)",
                           "recon_mse": "squared error per pixel against x / 255 in [0, 1]"}}
 
     def summary(self, final: dict) -> str:
