@@ -53,7 +53,11 @@ class GANTask:
         if len(self.train) < c.train.batch_size:
             raise ValueError(f"train split has {len(self.train)} examples, fewer than train.batch_size="
                              f"{c.train.batch_size}; lower the batch size")
-        self._eval_count()  # before any training: evaluation needs one full batch of test images
+        n, asked = self._eval_count(), min(c.eval.num_examples or len(self.test), len(self.test))
+        if n < asked:  # before any training: evaluation needs one full batch of test images (an error if none)
+            log.info("D(x)/D(G(z)) at each eval on %d test images: whole batches of eval.batch_size=%d of the %d "
+                     "(D runs in train mode, its BatchNorm on each batch's statistics: a padded batch would change "
+                     "its outputs)", n, c.eval.batch_size, asked)
         self.generator, self.discriminator = gan_models.build(c.model, self.train.shape, axis_name=parallel.AXIS)
         if self.reg_fn is not None and c.model.d_norm == "batch":
             log.warning("reg.name=%s with BatchNorm in D (model.d_norm='batch'): the penalty's per-example input "
