@@ -5,7 +5,8 @@
 # Sizes can be shrunk for a dry run on a CPU: SMALL=8 FID_N=64 bash benchmarks/h200.sh
 # PARTS picks what runs (default "gan vae fid", about 9 minutes; "layers" times DCGAN-64's layers alone,
 # benchmarks/dcgan_layers.py, about 3 minutes; "det" checks that a run repeats bit for bit with and without
-# config.deterministic, benchmarks/determinism.py, 4 processes): e.g. PARTS="vae layers det" bash benchmarks/h200.sh
+# config.deterministic, benchmarks/determinism.py, 4 processes); a part's own name selects it alone:
+# e.g. PARTS="vae gan1024 det" bash benchmarks/h200.sh (benchmarks/README.md: the next device session's call)
 set -u
 OUT=${OUT:-/tmp/jaxgen_h200}
 mkdir -p "$OUT"
@@ -24,9 +25,9 @@ S=${SECONDS_PER:-2}
 B1=${SMALL:-128}
 B2=$(( ${SMALL:-128} * 8 ))
 PARTS=${PARTS:-gan vae fid}
-run() {  # name limit command... (skipped unless its part is in PARTS)
+run() {  # name limit command... (skipped unless its part, e.g. "gan", or its own name, e.g. "gan1024", is in PARTS)
   local name=$1 limit=$2; shift 2
-  case " $PARTS " in *" ${name%%[0-9]*} "*) ;; *) return ;; esac
+  case " $PARTS " in *" ${name%%[0-9]*} "* | *" $name "*) ;; *) return ;; esac
   local t0=$SECONDS
   timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
   echo "$name rc=$? ${limit}s-limit took=$(( SECONDS - t0 ))s" >> "$OUT/env.txt"
@@ -39,4 +40,4 @@ run vae 200 python3 vae_throughput.py --batches="$B1,$B2" --conv-impls=phase,xla
   --repeats=2 --out="$OUT/vae.json"
 run fid 80 python3 fid_timing.py --n="${FID_N:-10000}" --size=28,28,1 --batch=500 --full
 run layers 200 python3 dcgan_layers.py --batch="$B2" --repeats=10 --out="$OUT/layers.json"
-run det 240 python3 determinism.py --batch="$(( B1 * 2 ))" --steps="${DET_STEPS:-50}" --out="$OUT/det.json"
+run det 180 python3 determinism.py --batch="$(( B1 * 2 ))" --steps="${DET_STEPS:-30}" --out="$OUT/det.json"
