@@ -118,6 +118,7 @@ def vae_config() -> ml_collections.ConfigDict:
     c.objective.likelihood = "bernoulli"  # 'bernoulli' (decoder gives logits) or 'gaussian' (decoder gives means)
     c.objective.gaussian_sigma = 0.1  # std of the Gaussian likelihood, pixels in [0, 1]
     c.objective.beta = 1.0  # weight of the KL term (beta-VAE); 1 is the ELBO
+    c.objective.kl_warmup_steps = 0  # elbo: the KL's weight rises linearly from 0 to beta over this many steps; 0 = off
     c.objective.k = 1  # latent samples per example (IWAE's k)
     c.objective.kl = "analytic"  # elbo: 'analytic' or 'mc' (single-sample estimate)
 
@@ -417,6 +418,6 @@ def _warn_vae_combinations(config) -> None:
     if o.likelihood == "gaussian" and o.gaussian_sigma < 1 / (255 * math.sqrt(2 * math.pi)):
         log.warning("objective.gaussian_sigma=%g < 1/(255 sqrt(2 pi)): the Gaussian density of x/255 exceeds 1 per "
                     "8-bit bin, so the reported bits/dim can be negative", o.gaussian_sigma)
-    if o.name == "iwae" and (o.beta != 1.0 or o.kl != "analytic"):
-        log.warning("objective.name='iwae' ignores objective.beta=%g and objective.kl=%r (they weight the ELBO)",
-                    o.beta, o.kl)
+    if o.name == "iwae" and (o.beta != 1.0 or o.kl != "analytic" or o.kl_warmup_steps):
+        log.warning("objective.name='iwae' ignores objective.beta=%g, objective.kl=%r and objective.kl_warmup_steps=%d "
+                    "(they weight the ELBO)", o.beta, o.kl, o.kl_warmup_steps)

@@ -168,3 +168,16 @@ def test_posterior_log_prob_from_the_noise_is_exact_at_extreme_variances():
         z, eps = vo.draw_latents(mu, lv, keys, 4)
         exact = -0.5 * np.sum(np.asarray(eps, np.float64) ** 2 + extreme + math.log(2 * math.pi), axis=-1)
         np.testing.assert_allclose(vo.posterior_log_prob(eps, lv), exact, rtol=1e-6)
+
+
+def test_kl_warmup_weights_the_kl_by_the_step_and_leaves_the_logged_elbo_unweighted():
+    model, params, cfg, x, keys = _tiny()
+    cfg.beta, cfg.kl_warmup_steps = 2.0, 10
+    for step, weight in ((0, 0.0), (5, 1.0), (10, 2.0), (30, 2.0)):
+        loss, m = vo.elbo(params, x, keys, model=model, cfg=cfg, step=jnp.int32(step))
+        assert float(m["kl_weight"]) == weight
+        np.testing.assert_allclose(loss, m["rec_nll"] + weight * m["kl"], rtol=1e-6)
+        np.testing.assert_allclose(m["elbo"], -m["rec_nll"] - m["kl"], rtol=1e-6)
+    loss, m = vo.elbo(params, x, keys, model=model, cfg=cfg)  # no step (a direct call): beta, as without warm-up
+    assert "kl_weight" not in m
+    np.testing.assert_allclose(loss, m["rec_nll"] + 2.0 * m["kl"], rtol=1e-6)

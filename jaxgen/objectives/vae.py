@@ -104,11 +104,13 @@ def log_importance_weights(params, x, keys, *, model, cfg, k: int) -> jax.Array:
     return log_px + std_normal_log_prob(z) - posterior_log_prob(eps, logvar)
 
 
-def elbo(params, x, keys, *, model, cfg):
+def elbo(params, x, keys, *, model, cfg, step=None):
     """The negative (beta-weighted) ELBO, averaged over the batch and over cfg.k latent draws per example.
 
     cfg.kl = 'analytic' uses the closed-form Gaussian KL; 'mc' the single-sample estimate log q(z|x) - log p(z)
-    (the form whose k=1 value equals IWAE's under the same noise).
+    (the form whose k=1 value equals IWAE's under the same noise). With cfg.kl_warmup_steps = W > 0 the KL's weight
+    rises linearly from 0 to beta over the first W train steps (KL annealing: Bowman et al. 2016, Sonderby et al.
+    2016), logged as kl_weight; the logged elbo is always the unweighted bound.
     """
     mu, logvar = model.apply(params, x, method="encode")
     z, eps = draw_latents(mu, logvar, keys, cfg.k)
@@ -119,8 +121,13 @@ def elbo(params, x, keys, *, model, cfg):
         kl = jnp.mean(posterior_log_prob(eps, logvar) - std_normal_log_prob(z), axis=1)
     else:
         raise ValueError(f"objective.kl must be 'analytic' or 'mc', got {cfg.kl!r}")
-    loss = -jnp.mean(rec - cfg.beta * kl)
-    return loss, {"loss": loss, "elbo": jnp.mean(rec - kl), "rec_nll": -jnp.mean(rec), "kl": jnp.mean(kl)}
+    weight, extra = cfg.beta, {}
+    warmup = cfg.get("kl_warmup_steps", 0)
+    if warmup and step is not None:
+        weight = cfg.beta * jnp.minimum(1.0, step.astype(jnp.float32) / warmup)
+        extra = {"kl_weight": weight}
+    loss = -jnp.mean(rec - weight * kl)
+    return loss, {"loss": loss, "elbo": jnp.mean(rec - kl), "rec_nll": -jnp.mean(rec), "kl": jnp.mean(kl), **extra}
 
 
 def iwae(params, x, keys, *, model, cfg):
