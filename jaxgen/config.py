@@ -382,6 +382,9 @@ def check(config: ml_collections.ConfigDict) -> None:
             raise ValueError("objective.k, eval.nll_k and eval.final_nll_k must be >= 1")
         if config.eval.nll_chunk < 1:
             raise ValueError(f"eval.nll_chunk must be >= 1 (importance samples per pass), got {config.eval.nll_chunk}")
+        if config.objective.kl_warmup_steps < 0:
+            raise ValueError(f"objective.kl_warmup_steps must be >= 0 (0 = no KL warm-up), got "
+                             f"{config.objective.kl_warmup_steps}")
         _warn_vae_combinations(config)
     elif config.task == "gan":
         if t.d_steps < 1:

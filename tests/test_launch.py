@@ -219,6 +219,7 @@ def test_a_variant_that_overrides_an_earlier_ones_fields_says_so(caplog):
     ("eval.batch_size", 20, "eval.batch_size=20 is not divisible by the 8 devices"),
     ("train.steps_per_dispatch", 3, "must be a multiple of train.steps_per_dispatch=3"),
     ("eval.nll_chunk", 0, "eval.nll_chunk must be >= 1"),
+    ("objective.kl_warmup_steps", -5, "objective.kl_warmup_steps must be >= 0"),
 ])
 def test_bad_config_values_fail_before_any_work_with_the_choices(smoke_config, tmp_path, field, value, message):
     section, name = field.split(".")
