@@ -183,8 +183,8 @@ def test_the_test_set_binarization_is_the_same_for_every_seed(smoke_config, tmp_
     pos = np.arange(len(images))
     before = dev.preprocess(images, dev.substream(dev.example_keys(  # the key of seed 0 before binarize_seed existed
         jax.random.fold_in(jax.random.key(0), state_lib.EVAL_STREAM), pos), 0), "dynamic")
-    np.testing.assert_array_equal(vae_eval.test_inputs(images, pos, vae_eval.binarize_key(0), "dynamic"), before)
-    x = vae_eval.test_inputs(images, np.arange(len(images)), vae_eval.binarize_key(7), "dynamic")
+    np.testing.assert_array_equal(vae_eval.eval_inputs(images, pos, vae_eval.binarize_key(0), "dynamic"), before)
+    x = vae_eval.eval_inputs(images, np.arange(len(images)), vae_eval.binarize_key(7), "dynamic")
     rec = vae_eval.reconstruct(state["params"], x, model=task.model, likelihood="bernoulli")
     want = float(jnp.mean((rec - images / 255.0) ** 2))
     assert got[0, 7]["recon_mse"] == pytest.approx(want, rel=1e-5)

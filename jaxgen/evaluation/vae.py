@@ -32,7 +32,7 @@ def _eval_body(params, key, binarize_key, image, pos, mask, c, valid, *, model, 
     """Per device: (sums of the per-example metrics over the batch, psum'd, computed with chunk 0 and zero for the
     other chunks; this device's logsumexp of the log importance weights of NLL chunk `c` [local batch])."""
     keys = dev.example_keys(key, pos)
-    x = test_inputs(image, pos, binarize_key, binarize)
+    x = eval_inputs(image, pos, binarize_key, binarize)
     lik = vae_obj.likelihood(obj_cfg)
 
     def metric_sums():
@@ -69,7 +69,7 @@ def compile_eval(mesh, *, model, obj_cfg, binarize: str, nll_chunk: int):
                                  out_specs=(P(), P(AXIS))))
 
 
-def test_inputs(image_u8, pos, binarize_key, binarize: str):
+def eval_inputs(image_u8, pos, binarize_key, binarize: str):
     """The evaluated test images: uint8 [B, H, W, C] at positions `pos` of the test split -> float in [0, 1], each
     binarized ('dynamic') from fold_in(binarize_key, its position): one fixed stochastic binarization of the test
     set, whatever the batch, the device count or the run's seed (Burda et al.'s code draws it once from a fixed
@@ -93,7 +93,7 @@ def evaluate(eval_fn, params, images: np.ndarray, *, mesh, key, binarize_key, ba
              nll_chunk: int, likelihood: str) -> dict[str, float]:
     """Means over `images` (uint8 [N, H, W, C]) of the test metrics, with the NLL from `nll_k` importance samples.
 
-    key: the latent noise's; binarize_key: the test set's binarization (`test_inputs`).
+    key: the latent noise's; binarize_key: the test set's binarization (`eval_inputs`).
     eval_fn: from compile_eval with the same nll_chunk. Adds nll, nll_bits_per_dim, nll_k and num_examples.
     nll_bits_per_dim is nll / (D ln 2) for the Bernoulli likelihood (a probability of the binarized pixels). The
     Gaussian likelihood's nll is a density of x / 255 in [0, 1], which can be negative; its bits per dim are those

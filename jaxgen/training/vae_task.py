@@ -135,7 +135,7 @@ class VAETask:
         bkey = vae_eval.binarize_key(c.eval.binarize_seed)
 
         def inputs(lo, hi):  # what the model sees at evaluation: the test set's fixed binarization
-            return np.asarray(vae_eval.test_inputs(self.test.image[lo:hi], np.arange(lo, hi), bkey, c.data.binarize))
+            return np.asarray(vae_eval.eval_inputs(self.test.image[lo:hi], np.arange(lo, hi), bkey, c.data.binarize))
 
         x = inputs(0, min(n, 32, len(self.test)))
         rec = np.asarray(vae_eval.reconstruct(params, x, model=self.model, likelihood=lik))
