@@ -33,6 +33,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.test_split = "test"
     c.data.binarize = "dynamic"  # 'dynamic' (Bernoulli draw per step), 'none' (pixels in [0, 1])
     c.data.num_examples = 0  # synthetic: examples per split; others: keep the first N (0 = all)
+    # Hold out this many train examples (a fixed random choice, whatever the seed) as the validation split: the
+    # evaluations during training and the best checkpoint use it, the final eval the test split. 0 = none: they
+    # use the test split, and the best checkpoint's test numbers are an optimistic estimate.
+    c.data.validation_examples = 0
     c.data.image_shape = (28, 28, 1)  # synthetic only
     c.data.download = True  # TFDS: download and prepare when missing
     c.data.path = ""  # image_folder: the folder of images (celeb_a: read instead of TFDS when set)
@@ -60,7 +64,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict()
     c.eval.every = 2000  # steps; 0 = only at the end
     c.eval.batch_size = 200
-    c.eval.num_examples = 0  # test examples per eval; 0 = the whole test split
+    c.eval.num_examples = 0  # examples per eval (of the validation split during training, if any); 0 = all
     # Sample quality (jaxgen.evaluation.quality): feature extractors, 'inception' (pytorch-fid's weights, see
     # README) and/or 'classifier' (trained on the dataset's labels, offline). FID (+ IS) at every eval; KID,
     # precision/recall and density/coverage too at the final eval and in --mode=eval.
@@ -342,6 +346,9 @@ def check(config: ml_collections.ConfigDict) -> None:
             raise ValueError(f"{field} must be > 0, got {value}")
     if config.eval.every < 0:
         raise ValueError(f"eval.every must be >= 0 (0 = only at the end), got {config.eval.every}")
+    if config.data.validation_examples < 0:
+        raise ValueError(f"data.validation_examples must be >= 0 (0 = no validation split), got "
+                         f"{config.data.validation_examples}")
     from jaxgen.evaluation import quality  # noqa: PLC0415 (light: numpy only)
 
     quality.check_names(config.eval.extractors)

@@ -338,7 +338,7 @@ def test_gan_mnist_variants_train_end_to_end(variant, tmp_path):
 def test_too_few_test_images_for_one_eval_batch_fail_before_any_training(tmp_path):
     c = _smoke()
     c.eval.num_examples = 8
-    with pytest.raises(ValueError, match=r"eval needs at least eval.batch_size=\d+ test images, the test split has "
+    with pytest.raises(ValueError, match=r"eval needs at least eval.batch_size=\d+ images, the test split has "
                                          r"\d+ \(eval.num_examples=8\); lower eval.batch_size \(a multiple of the 8"):
         loop.train_and_evaluate(c, tmp_path)
     assert not (tmp_path / "checkpoints").exists()
@@ -379,12 +379,12 @@ def test_the_in_training_scores_use_fixed_keyed_latents_whatever_the_eval_batch_
     got = []
     for bs in (8, 48):
         task.config.eval.batch_size = bs
-        got.append(task.evaluate(state, final=False))
+        got.append(task.evaluate(state, final=False, data=task.test))
     assert got[0]["num_examples"] == 48
     for ev in got[1:]:
         assert ev["d_real"] == pytest.approx(got[0]["d_real"], rel=1e-5)
         assert ev["d_fake"] == pytest.approx(got[0]["d_fake"], rel=1e-5)
-    other = task.evaluate(state, final=False)
+    other = task.evaluate(state, final=False, data=task.test)
     assert other == got[-1]  # the same latents at every evaluation
 
 

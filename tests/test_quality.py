@@ -50,10 +50,10 @@ def test_a_users_extractor_gives_sample_metrics_numbers_and_the_reference_is_cac
     c = _config(tmp_path)
     real = ml_collections.ConfigDict({"image": _images(400, 0), "label": np.zeros(400, np.int32)})
     CALLS.clear()
-    sq = quality.SampleQuality(c, None, real, real, "test")
-    sq2 = quality.SampleQuality(c, None, real, real, "test")  # the second run reads the cached reference
+    sq = quality.SampleQuality(c, None, real, {"test": real.image})
+    sq2 = quality.SampleQuality(c, None, real, {"test": real.image})  # the second run reads the cached reference
     assert CALLS == [400]
-    np.testing.assert_array_equal(sq.refs[NAME]["features"], sq2.refs[NAME]["features"])
+    np.testing.assert_array_equal(sq.refs["test"][NAME]["features"], sq2.refs["test"][NAME]["features"])
     fake = _images(300, 1, shift=20)
     block = sq.evaluate(fake, full=True)[NAME]  # keyed as in eval.extractors
     pixels = pixel_extractor(None, None, None).features
@@ -193,13 +193,13 @@ def test_a_best_metric_of_an_unused_extractor_or_of_the_final_eval_only_fails_be
 def test_a_corrupt_reference_cache_is_recomputed(tmp_path):
     c = _config(tmp_path)
     real = ml_collections.ConfigDict({"image": _images(100, 0), "label": np.zeros(100, np.int32)})
-    sq = quality.SampleQuality(c, None, real, real, "test")
+    sq = quality.SampleQuality(c, None, real, {"test": real.image})
     (path,) = (tmp_path / "data" / "jaxgen_cache" / "reference").glob("*.npz")
     path.write_bytes(b"PK\x03\x04 torn")
     CALLS.clear()
-    again = quality.SampleQuality(c, None, real, real, "test")
+    again = quality.SampleQuality(c, None, real, {"test": real.image})
     assert CALLS == [100]
-    np.testing.assert_array_equal(again.refs[NAME]["features"], sq.refs[NAME]["features"])
+    np.testing.assert_array_equal(again.refs["test"][NAME]["features"], sq.refs["test"][NAME]["features"])
 
 
 def test_the_torch_reader_refuses_tensor_views_outside_their_storage():
@@ -226,7 +226,7 @@ def test_the_inception_extractor_in_training_gives_fid_and_is_from_the_biasless_
     c.output.progress = False
     mesh = parallel.make_mesh()
     real = ml_collections.ConfigDict({"image": _images(16, 0), "label": np.zeros(16, np.int32)})
-    sq = quality.SampleQuality(c, mesh, real, real, "test")
+    sq = quality.SampleQuality(c, mesh, real, {"test": real.image})
     fake = _images(16, 1, shift=30)
     block = sq.evaluate(fake, full=True)["inception"]
     assert block["num_samples"] == 16 and block["num_reference"] == 16 and "InceptionV3" in block["extractor"]
@@ -236,7 +236,7 @@ def test_the_inception_extractor_in_training_gives_fid_and_is_from_the_biasless_
     probs = np.exp(logits - logits.max(1, keepdims=True))
     expected_is = sample_metrics.inception_score(probs / probs.sum(1, keepdims=True), splits=10)
     assert (block["is_mean"], block["is_std"]) == pytest.approx(expected_is, rel=1e-5)
-    ref = sq.refs["inception"]["features"]
+    ref = sq.refs["test"]["inception"]["features"]
     fid = sample_metrics.frechet_distance(*sample_metrics.feature_statistics(ref),
                                           *sample_metrics.feature_statistics(out["pool"]))
     assert block["fid"] == pytest.approx(fid, rel=1e-5)
@@ -325,7 +325,7 @@ def test_one_behind_dispatches_the_next_batch_before_fetching_the_last():
 def test_the_references_fid_statistics_are_computed_once_per_run(tmp_path, monkeypatch):
     c = _config(tmp_path)
     real = ml_collections.ConfigDict({"image": _images(400, 0), "label": np.zeros(400, np.int32)})
-    sq = quality.SampleQuality(c, None, real, real, "test")
+    sq = quality.SampleQuality(c, None, real, {"test": real.image})
     calls = []
     statistics = sample_metrics.feature_statistics
     monkeypatch.setattr(sample_metrics, "feature_statistics", lambda f, *a: calls.append(len(f)) or statistics(f, *a))

@@ -72,7 +72,7 @@ def test_a_run_stopped_during_an_eval_has_not_yet_checkpointed_that_step(smoke_c
     def build_failing_eval(config, workdir):
         task = build(config, workdir)
 
-        def evaluate(state, final):
+        def evaluate(state, final, data):
             raise KeyboardInterrupt  # the user's Ctrl-C, or a kill, while step 10 is evaluated
         task.evaluate = evaluate
         return task

@@ -171,7 +171,7 @@ def test_the_test_set_binarization_is_the_same_for_every_seed(smoke_config, tmp_
     got = {}
     for seed, binarize_seed in ((0, 0), (5, 0), (0, 7)):
         task.config.seed, task.config.eval.binarize_seed = seed, binarize_seed
-        got[seed, binarize_seed] = task.evaluate(state, final=False)
+        got[seed, binarize_seed] = task.evaluate(state, final=False, data=task.test)
     assert got[5, 0]["recon_nll_at_mean"] == got[0, 0]["recon_nll_at_mean"]
     assert got[5, 0]["elbo"] != got[0, 0]["elbo"]  # the latent noise is the run's own
     assert got[0, 7]["recon_nll_at_mean"] != got[0, 0]["recon_nll_at_mean"]
@@ -179,7 +179,7 @@ def test_the_test_set_binarization_is_the_same_for_every_seed(smoke_config, tmp_
     from jaxgen.data import device as dev
     from jaxgen.evaluation import vae as vae_eval
 
-    images = task.eval_images
+    images = task.test.image[:64]
     pos = np.arange(len(images))
     before = dev.preprocess(images, dev.substream(dev.example_keys(  # the key of seed 0 before binarize_seed existed
         jax.random.fold_in(jax.random.key(0), state_lib.EVAL_STREAM), pos), 0), "dynamic")

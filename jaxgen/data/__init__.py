@@ -86,3 +86,27 @@ def load(data_config, split: str) -> ImageData:
     if data_config.num_examples and data_config.name != "synthetic":
         image, label = image[: data_config.num_examples], label[: data_config.num_examples]
     return ImageData(image=image, label=label, name=data_config.name, split=split)
+
+
+VALIDATION_SEED = 0  # the held-out examples: one fixed choice, whatever the run's seed
+
+
+def load_train(data_config) -> tuple[ImageData, ImageData | None]:
+    """(train, validation): the split `data.train_split`, less the `data.validation_examples` examples it holds out
+    as the validation split (None when 0).
+
+    The held-out examples are a fixed random choice (VALIDATION_SEED, not the run's seed), so every run of a config
+    trains and is selected on the same images; the rest keep their order. They come out of the first
+    `data.num_examples` when that is set."""
+    train = load(data_config, data_config.train_split)
+    n = int(data_config.get("validation_examples", 0))
+    if not n:
+        return train, None
+    if not 0 < n < len(train):
+        raise ValueError(f"data.validation_examples={n} must be >= 0 and leave training examples: the "
+                         f"{data_config.train_split!r} split of {data_config.name!r} has {len(train)}")
+    held = np.zeros(len(train), bool)
+    held[np.random.default_rng(VALIDATION_SEED).permutation(len(train))[:n]] = True
+    part = lambda mask, split: ImageData(image=train.image[mask], label=train.label[mask], name=train.name,  # noqa: E731
+                                         split=split)
+    return part(~held, train.split), part(held, "validation")

@@ -276,22 +276,26 @@ def to_uint8(images: np.ndarray, value_range: tuple[float, float]) -> np.ndarray
 class SampleQuality:
     """The run's sample-quality evaluator: its extractors and their cached reference features, built once.
 
-    reference: the real images (ImageData) the samples are compared with; `split` names them.
+    references: {split name: uint8 images [N, H, W, C]}, the real images the samples are compared with (the
+    validation split's during training and the test split's at the end, when data.validation_examples holds one
+    out); the first is the default.
     """
 
-    def __init__(self, config, mesh, train_data, reference_data, split: str):
+    def __init__(self, config, mesh, train_data, references: dict[str, np.ndarray]):
         self.names = check_names(config.eval.extractors)
         self.num_samples = int(config.eval.num_samples)
         self.seed = int(config.seed)
-        self.reference_name = f"{config.data.name} {split}"
+        self.dataset = config.data.name
         # Keyed by the names in eval.extractors, which metric names ('<name>/fid') and best_metric use.
         self.extractors = {n: build(n, config, mesh, train_data) for n in self.names}
-        self.refs = {n: reference(e, reference_data.image, data_config=config.data, split=split)
-                     for n, e in self.extractors.items()}
+        self.refs = {split: {n: reference(e, images, data_config=config.data, split=split)
+                             for n, e in self.extractors.items()} for split, images in references.items()}
 
-    def evaluate(self, samples: np.ndarray, *, full: bool) -> dict:
-        """{name in eval.extractors: metrics block} for uint8 samples."""
-        return {n: compare(e, self.refs[n], samples, full=full, reference_name=self.reference_name,
+    def evaluate(self, samples: np.ndarray, *, full: bool, reference: str | None = None) -> dict:
+        """{name in eval.extractors: metrics block} for uint8 samples, against the reference split `reference`
+        (None: the first)."""
+        split = next(iter(self.refs)) if reference is None else reference
+        return {n: compare(e, self.refs[split][n], samples, full=full, reference_name=f"{self.dataset} {split}",
                            seed=self.seed) for n, e in self.extractors.items()}
 
 

@@ -24,7 +24,7 @@ def loss_series(records: list[dict], keys: tuple[str, ...] = ("loss", "elbo", "n
     curve goes down, and the NLL once per nll_k (the final eval takes more importance samples: its drop is not
     training progress)."""
     out = []
-    for split in ("train", "eval"):
+    for split in ("train", "validation", "eval"):
         for key in keys:
             rows = [r for r in records if r["split"] == split and isinstance(r.get(key), float)]
             group = (lambda r: r.get("nll_k")) if key == "nll" else (lambda r: None)
@@ -37,15 +37,15 @@ def loss_series(records: list[dict], keys: tuple[str, ...] = ("loss", "elbo", "n
 
 
 def loss_curves(metrics_path: Path, out: Path, keys: tuple[str, ...] = ("loss", "elbo", "nll")) -> Path | None:
-    """Train loss and eval ELBO/NLL against step, from metrics.jsonl (`loss_series`). Returns the PNG path (None:
-    no data)."""
+    """Train loss and the validation and test (eval) ELBO/NLL against step, from metrics.jsonl (`loss_series`).
+    Returns the PNG path (None: no data)."""
     records = writer.read(metrics_path)
     if not records:
         return None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     for label, steps, values, split in loss_series(records, keys):
-        ax.plot(steps, values, marker="o" if split == "eval" else None, ms=3, label=label)
+        ax.plot(steps, values, marker=None if split == "train" else "o", ms=3, label=label)
     ax.set_xlabel("step")
     ax.set_ylabel("nats per image")
     ax.legend()

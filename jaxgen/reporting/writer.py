@@ -19,12 +19,13 @@ log = logging.getLogger("jaxgen")
 
 
 class MetricWriter:
-    """Appends `{"step": s, "split": "train"|"eval", "<name>": value, ...}` lines and TensorBoard scalars.
+    """Appends `{"step": s, "split": "train"|"validation"|"eval", "<name>": value, ...}` lines and TensorBoard
+    scalars ('eval': the test split's evaluations; 'validation': those during training on a held-out split).
 
     resume_step: the step training (re)starts from. The records of later steps, written by a run that went past
     its last checkpoint, are dropped from metrics.jsonl (and purged by TensorBoard), so the steps the resumed run
-    repeats appear once, with the values of the run that continues. An eval record replaces an earlier eval
-    record of the same step in metrics.jsonl (a finished run run again, or --mode=eval, re-evaluates its last step).
+    repeats appear once, with the values of the run that continues. An eval (validation) record replaces an earlier
+    one of the same step in metrics.jsonl (a finished run run again, or --mode=eval, re-evaluates its last step).
     """
 
     def __init__(self, workdir: Path, enabled: bool | None = None, resume_step: int | None = None):
@@ -44,8 +45,8 @@ class MetricWriter:
         if not self.enabled:
             return
         clean = {k: (float(v) if math.isfinite(float(v)) else str(float(v))) for k, v in scalars.items()}
-        if split == "eval":
-            _drop(self.path, lambda r: r["split"] == "eval" and r["step"] == step)
+        if split != "train":
+            _drop(self.path, lambda r: r["split"] == split and r["step"] == step)
         line = json.dumps({"step": int(step), "split": split, **clean}) + "\n"
         with self.path.open("a+b") as f:  # a file a stopped run left without its last newline gets it first
             if f.tell() and (f.seek(-1, 2), f.read(1))[1] != b"\n":

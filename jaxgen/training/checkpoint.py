@@ -321,12 +321,13 @@ class BestKeeper:
     checkpoint of that step) is ignored, since the steps it came from are trained again.
     not_final: metrics measured another way at the final eval (a VAE's NLL: eval.final_nll_k importance samples),
     which therefore take part only at the intermediate evals.
+    split: the split the values come from ('validation', 'test', ...); a record of another split is ignored.
     With several processes, process 0's values decide, so every process takes part in the same saves.
     """
 
     def __init__(self, workdir: Path, metric: str, mode: str, *, fresh: bool = False,
-                 resume_step: int | None = None, not_final: tuple[str, ...] = ()):
-        self.metric, self.mode, self.not_final = metric, mode, tuple(not_final)
+                 resume_step: int | None = None, not_final: tuple[str, ...] = (), split: str = ""):
+        self.metric, self.mode, self.not_final, self.split = metric, mode, tuple(not_final), split
         self.dir = Path(workdir).absolute() / "best"
         self.record_path = self.dir / "best.json"
         self.record = None
@@ -344,6 +345,8 @@ class BestKeeper:
         elif self.record.get("metric") != metric or self.record.get("mode") != mode:
             why = (f"it was kept by {self.record.get('metric')} ({self.record.get('mode')}), this run by {metric} "
                    f"({mode})")
+        elif self.record.get("split", split) != split:  # records from before splits were kept have none
+            why = f"it was chosen on the {self.record.get('split')!r} split, this run chooses on {split!r}"
         elif resume_step is not None and self.record.get("step", 0) > resume_step:
             why = f"it is of step {self.record.get('step')}, after step {resume_step} this run resumes from"
         if why:
@@ -382,10 +385,11 @@ class BestKeeper:
             self._mgr.delete(step)
         self._mgr.save(step, args=save_args(state), force=True)
         self._mgr.wait_until_finished()
-        self.record = {"step": step, "metric": self.metric, "mode": self.mode, "value": value}
+        self.record = {"step": step, "metric": self.metric, "mode": self.mode, "value": value, "split": self.split}
         if jax.process_index() == 0:
             atomic.write_text(self.record_path, json.dumps(self.record, indent=2) + "\n")
-        log.info("New best %s = %.4g at step %d (kept in %s)", self.metric, value, step, self.dir)
+        log.info("New best %s = %.4g at step %d%s (kept in %s)", self.metric, value, step,
+                 f" on the {self.split!r} split" if self.split else "", self.dir)
         return True
 
     def close(self) -> None:

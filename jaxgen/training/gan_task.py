@@ -47,17 +47,18 @@ class GANTask:
         registry.resolve("GAN model", c.model.name, gan_models.GANS)  # unknown names fail before the data loads
         self.g_tx, self.g_lr = optim.make(c.g_optim, c.train.steps)
         self.d_tx, self.d_lr = optim.make(c.d_optim, c.train.steps * c.train.d_steps)
-        self.train = data.load(c.data, c.data.train_split)
+        self.train, self.validation = data.load_train(c.data)
         self.test = data.load(c.data, c.data.test_split)
         gan_obj.check_regularizer(self.reg_fn, c.reg.name, self.train.shape)
         if len(self.train) < c.train.batch_size:
             raise ValueError(f"train split has {len(self.train)} examples, fewer than train.batch_size="
                              f"{c.train.batch_size}; lower the batch size")
-        n, asked = self._eval_count(), min(c.eval.num_examples or len(self.test), len(self.test))
-        if n < asked:  # before any training: evaluation needs one full batch of test images (an error if none)
-            log.info("D(x)/D(G(z)) at each eval on %d test images: whole batches of eval.batch_size=%d of the %d "
-                     "(D runs in train mode, its BatchNorm on each batch's statistics: a padded batch would change "
-                     "its outputs)", n, c.eval.batch_size, asked)
+        for split in (self.test, self.validation) if self.validation is not None else (self.test,):
+            n, asked = self._eval_count(split), min(c.eval.num_examples or len(split), len(split))
+            if n < asked:  # before any training: evaluation needs one full batch of images (an error if none)
+                log.info("D(x)/D(G(z)) on %d %s images: whole batches of eval.batch_size=%d of the %d (D runs in "
+                         "train mode, its BatchNorm on each batch's statistics: a padded batch would change its "
+                         "outputs)", n, split.split, c.eval.batch_size, asked)
         self.generator, self.discriminator = gan_models.build(c.model, self.train.shape, axis_name=parallel.AXIS)
         if self.reg_fn is not None and c.model.d_norm == "batch":
             log.warning("reg.name=%s with BatchNorm in D (model.d_norm='batch'): the penalty's per-example input "
@@ -69,7 +70,8 @@ class GANTask:
     def describe(self) -> str:
         c = self.config
         fresh = f" on {self.g_batch} fresh fakes" if self.g_batch else ""
-        return (f"train {c.data.name} {self.train.shape}, {len(self.train)} images; {c.model.name} GAN, "
+        held = f"validation {len(self.validation)} images; " if self.validation is not None else ""
+        return (f"train {c.data.name} {self.train.shape}, {len(self.train)} images; {held}{c.model.name} GAN, "
                 f"loss {c.loss.name}, reg {c.reg.name}, {c.train.d_steps} D step(s) per G step{fresh}, "
                 f"augment {c.augment.policy or 'none'}, compute {c.model.dtype}")
 
@@ -141,30 +143,32 @@ class GANTask:
         return jax.jit(jax.shard_map(body, mesh=self.mesh, in_specs=(P(), P(), batch, batch),
                                      out_specs=(batch, batch), check_vma=False))
 
-    def _eval_count(self) -> int:
-        """How many test images an evaluation uses: whole batches of eval.batch_size (an error if none)."""
+    def _eval_count(self, split) -> int:
+        """How many images of `split` an evaluation uses: whole batches of eval.batch_size (an error if none)."""
         c, bs = self.config, self.config.eval.batch_size
-        n = min(c.eval.num_examples or len(self.test), len(self.test)) // bs * bs
+        n = min(c.eval.num_examples or len(split), len(split)) // bs * bs
         if n == 0:
-            raise ValueError(f"eval needs at least eval.batch_size={bs} test images, the test split has "
-                             f"{len(self.test)}" + (f" (eval.num_examples={c.eval.num_examples})"
-                                                    if c.eval.num_examples else "")
-                             + f"; lower eval.batch_size (a multiple of the {self.mesh.size} devices)")
+            raise ValueError(f"eval needs at least eval.batch_size={bs} images, the {split.split} split has "
+                             f"{len(split)}" + (f" (eval.num_examples={c.eval.num_examples})"
+                                                if c.eval.num_examples else "")
+                             + f"; lower eval.batch_size (a multiple of the {self.mesh.size} devices)"
+                             + (" or hold out more (data.validation_examples)" if split.split == "validation"
+                                else ""))
         return n
 
-    def evaluate(self, state, final: bool) -> dict:
-        """D's mean output on batches of test reals and of samples of the evaluated G (EMA when kept).
+    def evaluate(self, state, final: bool, data) -> dict:
+        """D's mean output on batches of reals of `data` and of samples of the evaluated G (EMA when kept).
 
         Sample-quality metrics (FID, KID, ...) belong to jaxgen.evaluation; this is the cheap in-training view.
         """
         del final
         c = self.config
         g, d = self.sampling_g(state), state["d"]
-        bs, n = c.eval.batch_size, self._eval_count()
+        bs, n = c.eval.batch_size, self._eval_count(data)
         real_sum = fake_sum = 0.0
         zs = np.asarray(self._z(n, state_lib.SCORES))  # the same latents at every evaluation, whatever the batch size
         for i in range(0, n, bs):
-            x = self.test.image[i : i + bs].astype(np.float32) / 127.5 - 1.0
+            x = data.image[i : i + bs].astype(np.float32) / 127.5 - 1.0
             z = zs[i : i + bs]
             real, fake = self._scores(g, d, *parallel.put_batch((x, z), self.mesh))
             real_sum += float(jnp.sum(real))
@@ -184,7 +188,8 @@ class GANTask:
                                     key=key, dim=self.generator.latent_dim, value_range=(-1.0, 1.0))
 
     def eval_line(self, ev: dict) -> str:
-        return f"D(x) {ev['d_real']:.3f}, D(G(z)) {ev['d_fake']:.3f} on {ev['num_examples']} test images/samples"
+        return (f"D(x) {ev['d_real']:.3f}, D(G(z)) {ev['d_fake']:.3f} on {ev['num_examples']} real images and as "
+                "many samples")
 
     def eval_record(self, state) -> dict:
         return {"dataset": self.config.data.name, "split": self.config.data.test_split,

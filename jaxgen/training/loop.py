@@ -40,6 +40,7 @@ class Task(Protocol):
     workdir: Path
     mesh: jax.sharding.Mesh
     train: data_lib.ImageData
+    validation: data_lib.ImageData | None  # held out of train by data.validation_examples, or None
     test: data_lib.ImageData
     headline: tuple[str, ...]  # metrics shown on the progress bar
     not_final: tuple[str, ...]  # eval metrics measured another way at the final eval (not compared for the best)
@@ -47,7 +48,7 @@ class Task(Protocol):
     def create(self) -> dict: ...  # a fresh train state (jit it with out_shardings)
     def describe(self) -> str: ...
     def compile_train(self) -> Callable: ...  # (state, data) -> (state, metrics [steps_per_dispatch])
-    def evaluate(self, state: dict, final: bool) -> dict: ...
+    def evaluate(self, state: dict, final: bool, data: data_lib.ImageData) -> dict: ...  # scores on `data`
     def samples(self, state: dict, n: int) -> np.ndarray: ...  # uint8 [n, H, W, C], on every process
     def eval_line(self, ev: dict) -> str: ...
     def eval_record(self, state: dict) -> dict: ...  # what stands beside the numbers in eval.json
@@ -156,22 +157,42 @@ def restore_or_init(task):
     return mgr, state
 
 
-def sample_quality(task) -> quality.SampleQuality | None:
+def eval_data(task, final: bool) -> data_lib.ImageData:
+    """What an evaluation scores: the test split at the final eval (and in --mode=eval); during training the
+    validation split when data.validation_examples holds one out, else the test split."""
+    return task.test if final or task.validation is None else task.validation
+
+
+def record_split(task, final: bool) -> str:
+    """The `split` of an evaluation's record in metrics.jsonl: 'validation' or 'eval' (the test split)."""
+    return "eval" if eval_data(task, final) is task.test else "validation"
+
+
+def reference_split(task, final: bool) -> str:
+    """The real images an evaluation's samples are compared with: eval.reference_split, or eval_data's split."""
+    return task.config.eval.reference_split or eval_data(task, final).split
+
+
+def sample_quality(task, training: bool = True) -> quality.SampleQuality | None:
     """The run's sample-quality evaluator (None without eval.extractors): extractors loaded and the reference
-    features computed or read from the cache now, so that missing weights fail before any training."""
+    features computed or read from the cache now, so that missing weights fail before any training. Without
+    `training`, only the final eval's reference (--mode=eval)."""
     c = task.config
     if not c.eval.extractors:
         return None
-    split = c.eval.reference_split or c.data.test_split
-    ref = task.test if split == c.data.test_split else data_lib.load(c.data, split)
-    return quality.SampleQuality(c, task.mesh, task.train, ref, split)
+    own = {d.split: d for d in (task.test, task.validation) if d is not None}
+    splits = dict.fromkeys(reference_split(task, final) for final in ((True, False) if training else (True,)))
+    refs = {s: (own[s] if s in own else data_lib.load(c.data, s)).image for s in splits}
+    return quality.SampleQuality(c, task.mesh, task.train, refs)
 
 
 def evaluate(task, state, final: bool, sq: quality.SampleQuality | None) -> dict:
-    """The task's own evaluation, plus sample quality on eval.num_samples samples when extractors are set."""
-    ev = task.evaluate(state, final=final)
+    """The task's own evaluation (on eval_data), plus sample quality on eval.num_samples samples when extractors
+    are set."""
+    ev = task.evaluate(state, final=final, data=eval_data(task, final))
     if sq is not None:
-        ev["sample_quality"] = sq.evaluate(task.samples(state, sq.num_samples), full=final)
+        ev["sample_quality"] = sq.evaluate(task.samples(state, sq.num_samples), full=final,
+                                           reference=reference_split(task, final))
     return ev
 
 
@@ -210,7 +231,10 @@ def train_and_evaluate(config, workdir) -> dict:
 
 def _train_and_evaluate(config, workdir: Path) -> dict:
     task = build_task(config, workdir)
-    for split, arrays in (("train", task.train), ("test", task.test)) if jax.process_count() > 1 else ():
+    splits = (("train", task.train), ("validation", task.validation), ("test", task.test))
+    for split, arrays in splits if jax.process_count() > 1 else ():
+        if arrays is None:
+            continue
         parallel.check_same_on_every_process(
             f"the {split} data (shape and CRC-32 of the images)", parallel.fingerprint(arrays.image),
             "Every process must load the same dataset: point data.path / TFDS_DATA_DIR at the same files.")
@@ -235,7 +259,7 @@ def _train_and_evaluate(config, workdir: Path) -> dict:
     best = None
     if best_name:
         best = checkpoint.BestKeeper(workdir, best_name, quality.best_mode(c), fresh=step == 0, resume_step=step,
-                                     not_final=task.not_final)
+                                     not_final=task.not_final, split=_best_split(task, best_name))
     writer = MetricWriter(workdir, resume_step=step)
     evals = _Evals(task, writer, best, sq)
     if c.eval.every and 0 < step < c.train.steps and step % c.eval.every == 0 and evals.missing(step):
@@ -255,8 +279,10 @@ def _train_and_evaluate(config, workdir: Path) -> dict:
                     signal.Signals(stopped).name, step, train_time, workdir / "checkpoints")
         raise RunStopped(step, stopped)
     try:
+        if task.validation is not None:  # the last step's validation numbers, for the curves and the best
+            evals.during_training(state, step, images=False)
         final = _final_eval(task, state, writer, sq)
-        if best is not None:
+        if best is not None and task.validation is None:  # the test split's numbers choose nothing then
             best.update(state, scalars(final), final=True)
     finally:
         if best is not None:
@@ -280,18 +306,22 @@ class _Evals:
     def __init__(self, task, writer: MetricWriter, best, sq):
         self.task, self.writer, self.best, self.sq = task, writer, best, sq
 
-    def during_training(self, state: dict, step: int) -> None:
+    def during_training(self, state: dict, step: int, images: bool = True) -> None:
         ev = evaluate(self.task, state, False, self.sq)
-        self.writer.write(step, "eval", scalars(ev))
-        log.info("step %d eval: %s", step, eval_line(self.task, ev))
+        split = record_split(self.task, False)
+        self.writer.write(step, split, scalars(ev))
+        log.info("step %d %s: %s", step, split, eval_line(self.task, ev))
         if self.best is not None:
             self.best.update(state, scalars(ev))
-        self.task.save_images(state, suffix=f"_{step:07d}")
+        if images:
+            self.task.save_images(state, suffix=f"_{step:07d}")
 
     def missing(self, step: int) -> bool:
-        """Whether metrics.jsonl lacks the eval record of `step` (process 0's answer, on every process)."""
+        """Whether metrics.jsonl lacks the record of `step`'s evaluation during training (process 0's answer, on
+        every process)."""
         path = self.task.workdir / "metrics.jsonl"
-        found = any(r["split"] == "eval" and r["step"] == step for r in read_metrics(path))
+        split = record_split(self.task, False)
+        found = any(r["split"] == split and r["step"] == step for r in read_metrics(path))
         if jax.process_count() == 1:
             return not found
         return not bool(parallel.allgather_ints(int(found))[0, 0])
@@ -449,26 +479,38 @@ def _evaluate_checkpoint(config, workdir: Path) -> dict:
     best = config.eval.checkpoint == "best"
     # The best checkpoint's numbers go to eval_best.json only: metrics.jsonl is the history of the run.
     writer = MetricWriter(task.workdir, enabled=False if best else None)
-    final = _final_eval(task, state, writer, sample_quality(task), "eval_best.json" if best else "eval.json",
-                        images=not best, extra={"selected_by": _selected_by(config, workdir)} if best else None)
+    final = _final_eval(task, state, writer, sample_quality(task, training=False),
+                        "eval_best.json" if best else "eval.json", images=not best,
+                        extra={"selected_by": _selected_by(task, workdir)} if best else None)
     writer.close()
     log.info("eval of step %d: %s", int(jax.device_get(state["step"])), eval_line(task, final))
     return final
 
 
-def _selected_by(config, workdir: Path) -> str:
-    """How eval_best.json's checkpoint was chosen, for the record beside its numbers."""
+def _best_split(task, metric: str) -> str:
+    """The split the best checkpoint is chosen on: that of the evaluations during training (a sample-quality
+    metric, '<extractor>/fid': the split its samples are compared with)."""
+    return reference_split(task, False) if "/" in metric else eval_data(task, False).split
+
+
+def _selected_by(task, workdir: Path) -> str:
+    """How eval_best.json's checkpoint was chosen, for the record beside its numbers (on the test split)."""
+    c = task.config
     try:
         kept = json.loads((workdir / "best" / "best.json").read_text())
         metric = kept["metric"]
         how = f"{'lowest' if kept['mode'] == 'min' else 'highest'} {metric} ({kept['value']:.6g})"
+        split = kept.get("split") or _best_split(task, metric)
     except (OSError, ValueError, KeyError, TypeError):
-        metric, how = "", "best checkpoint.best_metric"
-    # A sample-quality metric ('<extractor>/fid') compares samples with eval.reference_split; the others use the
-    # test split.
-    split = (config.eval.get("reference_split") if "/" in metric else "") or config.data.test_split
-    return (f"the {how} of the run's evaluations on the {split!r} split: an optimistic estimate of that split's "
-            f"numbers; choose on a split not reported for unbiased ones")
+        how, split = "best checkpoint.best_metric", _best_split(task, quality.best_metric(c) or "")
+    chosen = f"the {how} of the run's evaluations on the {split!r} split"
+    if split == "validation":
+        return (f"{chosen} ({len(task.validation)} examples held out of {c.data.train_split!r} by "
+                f"data.validation_examples, not trained on): the {c.data.test_split!r} numbers here are unbiased")
+    if split == c.data.test_split:
+        return (f"{chosen}: an optimistic estimate of that split's numbers; hold out a validation split "
+                f"(data.validation_examples) for unbiased ones")
+    return chosen
 
 
 def sample_checkpoint(config, workdir) -> Path:

@@ -36,7 +36,7 @@ class VAETask:
         vae_obj.likelihood(config.objective)  # an unknown likelihood fails here, before any work
         registry.resolve("model", config.model.name, models.MODELS)  # as an unknown model, before the data loads
         self.tx, self.lr = optim.make(config.optim, config.train.steps)
-        self.train = data.load(config.data, config.data.train_split)
+        self.train, self.validation = data.load_train(config.data)
         self.test = data.load(config.data, config.data.test_split)
         if len(self.train) < config.train.batch_size:
             raise ValueError(f"train split has {len(self.train)} examples, fewer than train.batch_size="
@@ -56,11 +56,10 @@ class VAETask:
             log.info("The evaluation scores %s's models as every VAE's: encode as a diagonal-Gaussian posterior, a "
                      "N(0, I) prior and objective.likelihood=%r (README, Objectives)", config.objective.name,
                      config.objective.likelihood)
-        n_eval = config.eval.num_examples or len(self.test)
-        self.eval_images = self.test.image[:n_eval]
 
     def describe(self) -> str:
-        return (f"train {self.config.data.name} {self.train.shape}, {len(self.train)} images; "
+        held = f"validation {len(self.validation)} images; " if self.validation is not None else ""
+        return (f"train {self.config.data.name} {self.train.shape}, {len(self.train)} images; {held}"
                 f"test {len(self.test)} images")
 
     def compile_train(self):
@@ -76,11 +75,13 @@ class VAETask:
         return vae_eval.compile_eval(self.mesh, model=self.model, obj_cfg=c.objective, binarize=c.data.binarize,
                                      nll_chunk=c.eval.nll_chunk)
 
-    def evaluate(self, state, final: bool) -> dict:
-        """Test ELBO, NLL (eval.final_nll_k importance samples at the end, eval.nll_k before) and reconstruction."""
+    def evaluate(self, state, final: bool, data) -> dict:
+        """ELBO, NLL (eval.final_nll_k importance samples at the end, eval.nll_k before) and reconstruction on the
+        first eval.num_examples images of `data` (all with 0)."""
         c = self.config
         key = state_lib.eval_key(c.seed, state_lib.EVAL_NOISE)
-        return vae_eval.evaluate(self.eval_fn, state_lib.eval_params(state), self.eval_images, mesh=self.mesh,
+        images = data.image[: c.eval.num_examples or len(data)]
+        return vae_eval.evaluate(self.eval_fn, state_lib.eval_params(state), images, mesh=self.mesh,
                                  key=key, binarize_key=vae_eval.binarize_key(c.eval.binarize_seed),
                                  batch_size=c.eval.batch_size,
                                  nll_k=c.eval.final_nll_k if final else c.eval.nll_k, nll_chunk=c.eval.nll_chunk,

@@ -1,0 +1,139 @@
+"""data.validation_examples: a split held out of train that the evaluations during training and the best
+checkpoint use, while the final evaluation (eval.json, eval_best.json) reports the test split."""
+
+import json
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from jaxgen import data, parallel
+from jaxgen.evaluation import quality
+from jaxgen.reporting import plots
+from jaxgen.reporting.writer import read
+from jaxgen.training import checkpoint, loop
+from tests.conftest import CONFIGS, config_module
+
+
+def pooled_pixels(config, mesh, train_data):
+    """A user's extractor (loaded by import path below): the pixels of 28x28 images mean-pooled to 7x7."""
+
+    def features(images):
+        return images.astype(np.float64).reshape(len(images), 7, 4, 7, 4).mean((2, 4)).reshape(len(images), -1), None
+
+    return quality.Extractor("pooled", "7x7 mean-pooled pixels", "pooled_v1", features, recommended=49)
+
+
+EXTRACTOR = "tests.test_validation:pooled_pixels"
+
+
+def _data_config(n, **kw):
+    c = ml_collections.ConfigDict({"name": "mnist_5k", "data_dir": "", "num_examples": 0, "train_split": "train",
+                                   "validation_examples": n})
+    c.update(kw)
+    return c
+
+
+def _keys(d):
+    return [bytes(x) for x in d.image.reshape(len(d), -1)]
+
+
+def _rows(d):
+    return set(_keys(d))
+
+
+def test_the_held_out_examples_are_a_fixed_choice_disjoint_from_what_is_trained_on():
+    full, none = data.load_train(_data_config(0))
+    assert none is None and len(full) == 4000
+    train, val = data.load_train(_data_config(500))
+    assert (len(train), len(val), val.split, train.split) == (3500, 500, "validation", "train")
+    assert not _rows(train) & _rows(val) and _rows(train) | _rows(val) == _rows(full)
+    assert 20 < np.bincount(val.label, minlength=10).min()  # a random choice, not the first (sorted) examples
+    again, val2 = data.load_train(_data_config(500))  # the same for every run (not the run's seed)
+    np.testing.assert_array_equal(val2.image, val.image)
+    np.testing.assert_array_equal(again.label, train.label)
+    val_rows = _rows(val)
+    held = np.array([row in val_rows for row in _keys(full)])
+    np.testing.assert_array_equal(train.image, full.image[~held])  # the rest keep their order
+    small, _ = data.load_train(_data_config(100, num_examples=1000))  # held out of the first data.num_examples
+    assert len(small) == 900
+
+
+@pytest.mark.parametrize("n", [4000, 5000])
+def test_holding_out_every_train_example_is_refused_naming_the_count(n):
+    with pytest.raises(ValueError, match=f"data.validation_examples={n} must be >= 0 and leave training examples: "
+                                         "the 'train' split of 'mnist_5k' has 4000"):
+        data.load_train(_data_config(n))
+
+
+def test_during_training_the_validation_split_is_evaluated_and_chooses_the_best_the_test_split_at_the_end(
+        smoke_config, tmp_path):
+    c = smoke_config
+    c.data.validation_examples = 96
+    loop.train_and_evaluate(c, tmp_path)
+    records = read(tmp_path / "metrics.jsonl")
+    val = [r for r in records if r["split"] == "validation"]
+    assert [r["step"] for r in val] == [10, 20]  # every eval.every, and the last step
+    assert [r["step"] for r in records if r["split"] == "eval"] == [20]  # the test split: the final eval only
+    best = json.loads((tmp_path / "best" / "best.json").read_text())
+    assert best["split"] == "validation" and best["value"] == max(r["elbo"] for r in val)
+    ev = json.loads((tmp_path / "eval.json").read_text())
+    assert ev["split"] == "test" and ev["num_examples"] == 64 and ev["elbo"] != val[-1]["elbo"]
+    assert {label for label, *_ in plots.loss_series(records)} >= {"validation -elbo", "eval -elbo"}
+
+    c.train.steps = 30  # resumed: the validation record and the best go on as before
+    loop.train_and_evaluate(c, tmp_path)
+    val = [r for r in read(tmp_path / "metrics.jsonl") if r["split"] == "validation"]
+    assert [r["step"] for r in val] == [10, 20, 30]
+    assert json.loads((tmp_path / "best" / "best.json").read_text())["value"] == max(r["elbo"] for r in val)
+
+    c.eval.checkpoint = "best"
+    loop.evaluate_checkpoint(c, tmp_path)
+    record = json.loads((tmp_path / "eval_best.json").read_text())
+    assert "'validation' split (96 examples held out of 'train'" in record["selected_by"]
+    assert "'test' numbers here are unbiased" in record["selected_by"]
+
+
+def test_without_a_validation_split_eval_best_says_its_numbers_are_optimistic(smoke_config, tmp_path):
+    c = smoke_config
+    c.train.steps = c.eval.every = 10
+    loop.train_and_evaluate(c, tmp_path)
+    c.eval.checkpoint = "best"
+    loop.evaluate_checkpoint(c, tmp_path)
+    selected = json.loads((tmp_path / "eval_best.json").read_text())["selected_by"]
+    assert "'test' split: an optimistic estimate" in selected and "data.validation_examples" in selected
+
+
+def test_a_best_record_chosen_on_another_split_is_ignored(tmp_path, caplog):
+    (tmp_path / "best").mkdir()
+    (tmp_path / "best" / "best.json").write_text(json.dumps({"step": 10, "metric": "elbo", "mode": "max",
+                                                              "value": -90.0, "split": "test"}))
+    keeper = checkpoint.BestKeeper(tmp_path, "elbo", "max", resume_step=20, split="validation")
+    assert keeper.record is None and "chosen on the 'test' split, this run chooses on 'validation'" in caplog.text
+    older = {"step": 10, "metric": "elbo", "mode": "max", "value": -90.0}  # written before records named a split
+    (tmp_path / "best" / "best.json").write_text(json.dumps(older))
+    assert checkpoint.BestKeeper(tmp_path, "elbo", "max", resume_step=20, split="test").record == older
+
+
+def test_a_gan_scores_d_and_compares_samples_on_the_validation_split_during_training(tmp_path):
+    c = config_module(CONFIGS / "gan_mnist.py").get_config("smoke")
+    c.unlock()
+    c.data.validation_examples, c.eval.batch_size, c.eval.num_examples = 128, 64, 0
+    c.eval.extractors = (EXTRACTOR,)
+    c.data.data_dir = str(tmp_path / "data")
+    task = loop.build_task(c, tmp_path)
+    state = jax.jit(task.create, out_shardings=parallel.replicated(task.mesh))()
+    sq = loop.sample_quality(task)
+    assert set(sq.refs) == {"validation", "test"}
+    during, final = loop.evaluate(task, state, False, sq), loop.evaluate(task, state, True, sq)
+    assert during["num_examples"] == 128 and final["num_examples"] == 1000 - 1000 % 64
+    block = during["sample_quality"][EXTRACTOR]
+    assert block["reference"] == "mnist_5k validation" and block["num_reference"] == 128
+    assert final["sample_quality"][EXTRACTOR]["reference"] == "mnist_5k test"
+    assert set(loop.sample_quality(task, training=False).refs) == {"test"}  # --mode=eval: the final's only
+
+    c.data.validation_examples = 32  # fewer than one eval batch: refused before any training, with the fix
+    with pytest.raises(ValueError, match=r"the validation split has 32; .* or hold out more "
+                                         r"\(data.validation_examples\)"):
+        loop.build_task(c, tmp_path)
