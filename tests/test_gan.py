@@ -370,17 +370,18 @@ def test_the_first_step_with_a_ramp_up_leaves_the_ema_equal_to_g(tmp_path):
 
 def test_the_in_training_scores_use_fixed_keyed_latents_whatever_the_eval_batch_size(tmp_path):
     """D(x) and D(G(z)) at an evaluation come from latents drawn from the seed's keys, each test image's partner the
-    same at every eval.batch_size (with a D without BatchNorm, whose outputs do not depend on the batch)."""
+    same at every eval.batch_size (with a D without BatchNorm, whose outputs do not depend on the batch). A batch
+    size that does not divide the images still scores each once: the last batch reaches back (16 into 40)."""
     c = config_module(CONFIGS / "gan_mnist.py").get_config("smoke")
     c.unlock()
-    c.model.d_norm, c.eval.num_examples, c.eval.batch_size = "none", 48, 8
+    c.model.d_norm, c.eval.num_examples, c.eval.batch_size = "none", 40, 8
     task = loop.build_task(c, tmp_path)
     state = jax.jit(task.create, out_shardings=parallel.replicated(task.mesh))()
     got = []
-    for bs in (8, 48):
+    for bs in (8, 40, 16):
         task.config.eval.batch_size = bs
         got.append(task.evaluate(state, final=False, data=task.test))
-    assert got[0]["num_examples"] == 48
+    assert [ev["num_examples"] for ev in got] == [40, 40, 40]
     for ev in got[1:]:
         assert ev["d_real"] == pytest.approx(got[0]["d_real"], rel=1e-5)
         assert ev["d_fake"] == pytest.approx(got[0]["d_fake"], rel=1e-5)

@@ -77,3 +77,24 @@ def test_deterministic_adds_xla_gpus_flag_unless_the_user_set_it(init_calls, mon
     monkeypatch.setenv("XLA_FLAGS", "")
     runtime.setup(deterministic=False)
     assert "deterministic" not in os.environ["XLA_FLAGS"]
+
+
+def test_a_run_with_config_deterministic_warns_when_xla_flags_lacks_the_flag(monkeypatch, caplog):
+    """A script that calls the loop without runtime.setup(deterministic=True) first: the flag did not take effect."""
+    import ml_collections
+
+    from jaxgen.training import loop
+
+    caplog.set_level("INFO", logger="jaxgen")
+    c = ml_collections.ConfigDict({"deterministic": True})
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+    loop._log_determinism(c)
+    assert "config.deterministic is set but XLA_FLAGS lacks --xla_gpu_deterministic_ops=true" in caplog.text
+    assert "jaxgen.runtime.setup(deterministic=True)" in caplog.text
+    caplog.clear()
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8 --xla_gpu_deterministic_ops=true")
+    loop._log_determinism(c)
+    assert "WARNING" not in caplog.text and "XLA_FLAGS has --xla_gpu_deterministic_ops=true" in caplog.text
+    caplog.clear()
+    loop._log_determinism(ml_collections.ConfigDict({"deterministic": False}))
+    assert not caplog.text

@@ -54,11 +54,7 @@ class GANTask:
             raise ValueError(f"train split has {len(self.train)} examples, fewer than train.batch_size="
                              f"{c.train.batch_size}; lower the batch size")
         for split in (self.test, self.validation) if self.validation is not None else (self.test,):
-            n, asked = self._eval_count(split), min(c.eval.num_examples or len(split), len(split))
-            if n < asked:  # before any training: evaluation needs one full batch of images (an error if none)
-                log.info("D(x)/D(G(z)) on %d %s images: whole batches of eval.batch_size=%d of the %d (D runs in "
-                         "train mode, its BatchNorm on each batch's statistics: a padded batch would change its "
-                         "outputs)", n, split.split, c.eval.batch_size, asked)
+            self._eval_count(split)  # before any training: evaluation needs one full batch of images
         self.generator, self.discriminator = gan_models.build(c.model, self.train.shape, axis_name=parallel.AXIS)
         if self.reg_fn is not None and c.model.d_norm == "batch":
             log.warning("reg.name=%s with BatchNorm in D (model.d_norm='batch'): the penalty's per-example input "
@@ -144,10 +140,11 @@ class GANTask:
                                      out_specs=(batch, batch), check_vma=False))
 
     def _eval_count(self, split) -> int:
-        """How many images of `split` an evaluation uses: whole batches of eval.batch_size (an error if none)."""
+        """How many images of `split` an evaluation scores: the first eval.num_examples (0: all), which must fill
+        one batch of eval.batch_size (an error if they do not)."""
         c, bs = self.config, self.config.eval.batch_size
-        n = min(c.eval.num_examples or len(split), len(split)) // bs * bs
-        if n == 0:
+        n = min(c.eval.num_examples or len(split), len(split))
+        if n < bs:
             raise ValueError(f"eval needs at least eval.batch_size={bs} images, the {split.split} split has "
                              f"{len(split)}" + (f" (eval.num_examples={c.eval.num_examples})"
                                                 if c.eval.num_examples else "")
@@ -159,7 +156,10 @@ class GANTask:
     def evaluate(self, state, final: bool, data) -> dict:
         """D's mean output on batches of reals of `data` and of samples of the evaluated G (EMA when kept).
 
-        Sample-quality metrics (FID, KID, ...) belong to jaxgen.evaluation; this is the cheap in-training view.
+        Every batch is a whole one of eval.batch_size, since D runs in train mode (its BatchNorm on the batch's
+        statistics, which padding would change): the last is the last eval.batch_size images, of which those not
+        scored yet count. Sample-quality metrics (FID, KID, ...) belong to jaxgen.evaluation; this is the cheap
+        in-training view.
         """
         del final
         c = self.config
@@ -168,11 +168,11 @@ class GANTask:
         real_sum = fake_sum = 0.0
         zs = np.asarray(self._z(n, state_lib.SCORES))  # the same latents at every evaluation, whatever the batch size
         for i in range(0, n, bs):
-            x = data.image[i : i + bs].astype(np.float32) / 127.5 - 1.0
-            z = zs[i : i + bs]
-            real, fake = self._scores(g, d, *parallel.put_batch((x, z), self.mesh))
-            real_sum += float(jnp.sum(real))
-            fake_sum += float(jnp.sum(fake))
+            lo = min(i, n - bs)  # the last batch reaches back over images already scored, which do not count again
+            x = data.image[lo : lo + bs].astype(np.float32) / 127.5 - 1.0
+            real, fake = self._scores(g, d, *parallel.put_batch((x, zs[lo : lo + bs]), self.mesh))
+            real_sum += float(jnp.sum(real[i - lo :]))
+            fake_sum += float(jnp.sum(fake[i - lo :]))
         return {"d_real": real_sum / n, "d_fake": fake_sum / n, "num_examples": n}
 
     def samples(self, state, n: int) -> np.ndarray:
