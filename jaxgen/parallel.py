@@ -6,6 +6,8 @@ mapped over a one-axis mesh of every device of every process with `jax.shard_map
 
 from __future__ import annotations
 
+import itertools
+import os
 import zlib
 from collections.abc import Callable, Iterable
 from typing import TypeVar
@@ -17,6 +19,10 @@ from jax.sharding import PartitionSpec as P
 
 AXIS = "data"
 T = TypeVar("T")
+# How long the other processes wait for process 0 in process_0_first (it may download and prepare a dataset for
+# hours); $JAXGEN_PROCESS_0_TIMEOUT_S changes it.
+PROCESS_0_TIMEOUT_S = 24 * 3600.0
+_barriers = itertools.count()  # every process calls process_0_first in the same order: the ids agree
 
 
 def make_mesh(devices=None) -> jax.sharding.Mesh:
@@ -175,13 +181,35 @@ def process_0_first(fn: Callable[[], T], *, needed: bool, what: str) -> T:
     if allgather_ints(int(needed)).any():
         if jax.process_index() == 0:
             result, error = _attempt(fn)
-        stop_if_any_failed(error, what)  # the others wait here for process 0
+        wait_for_every_process(what)  # the others wait here for process 0, then hear whether it failed:
+        stop_if_any_failed(error, what)
         if jax.process_index() != 0:
             result, error = _attempt(fn)
     else:
         result, error = _attempt(fn)
     stop_if_any_failed(error, what)
     return result
+
+
+def wait_for_every_process(what: str) -> None:
+    """Returns when every process has called it (as often): a barrier on jax.distributed's coordination service,
+    which waits up to $JAXGEN_PROCESS_0_TIMEOUT_S (default PROCESS_0_TIMEOUT_S, 24 h), then raises TimeoutError.
+
+    Not a device collective, whose wait for a late process is bounded by XLA's, not ours: 30 minutes on CPUs (gloo,
+    --xla_cpu_collective_timeout_seconds), after which a process still preparing data would fail the others, and
+    none on GPUs. A process that dies meanwhile makes the coordination service end the others."""
+    from jax._src import distributed  # noqa: PLC0415 (private, and what Orbax's multihost barriers use too)
+
+    client = getattr(distributed.global_state, "client", None)
+    if client is None:  # several processes without jax.distributed's service: the collective's wait
+        allgather_ints(0)
+        return
+    timeout = float(os.environ.get("JAXGEN_PROCESS_0_TIMEOUT_S") or PROCESS_0_TIMEOUT_S)
+    try:
+        client.wait_at_barrier(f"jaxgen_process_0_first_{next(_barriers)}", int(timeout * 1000))
+    except Exception as e:  # noqa: BLE001 (jax raises its runtime error, DEADLINE_EXCEEDED, with the barrier's id)
+        raise TimeoutError(f"waited {timeout:g} s for every process to {what}; a longer wait: set "
+                           f"JAXGEN_PROCESS_0_TIMEOUT_S (seconds) on every process [jax: {e}]") from e
 
 
 def _attempt(fn: Callable[[], T]) -> tuple[T | None, Exception | None]:

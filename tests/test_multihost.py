@@ -65,7 +65,7 @@ flag = pathlib.Path(sys.argv[3])
 
 def make():
     if jax.process_index() == 0:
-        time.sleep(1.0)
+        time.sleep(8.0)  # past the collectives' timeout (the test sets 4 s): the others wait on a barrier
         flag.write_text("made by 0")
         return "made"
     return flag.read_text()  # fails unless process 0 has finished
@@ -92,6 +92,14 @@ for failing in (0, 1):
         parallel.process_0_first(fail, needed=jax.process_index() == 1, what="fill the cache")
     except Exception as e:
         print("ERROR", type(e).__name__, e, flush=True)
+
+# Last: a wait past $JAXGEN_PROCESS_0_TIMEOUT_S is an error on every process, not a hang.
+import os
+os.environ["JAXGEN_PROCESS_0_TIMEOUT_S"] = "1"
+try:
+    parallel.process_0_first(lambda: time.sleep(3 if jax.process_index() == 0 else 0), needed=True, what="wait")
+except TimeoutError as e:
+    print("ERROR", type(e).__name__, str(e).split(" [jax:")[0], flush=True)
 """
 
 
@@ -286,19 +294,26 @@ def test_process_0_draws_its_images_on_its_own_device(config, tmp_path, monkeypa
 
 
 def test_process_0_prepares_data_first_and_its_failure_reaches_the_others(tmp_path):
-    """How datasets are prepared on a pod: process 0 downloads, prepares and caches first, the others then read its
-    cache; when any process fails, every process stops (none waits for ever)."""
+    """How datasets are prepared on a pod: process 0 downloads, prepares and caches first (however long: the others
+    wait on the coordination service, not in a collective that times out), the others then read its cache; when
+    any process fails, every process stops (none waits for ever)."""
     from PIL import Image
 
     (tmp_path / "imgs").mkdir()
     for i in range(6):
         Image.new("RGB", (12, 10), (40 * i, 0, 0)).save(tmp_path / "imgs" / f"{i}.png")
-    outs = _two_processes(FIRST_WORKER, str(tmp_path / "flag"), str(tmp_path / "imgs"), str(tmp_path / "data"),
-                          timeout=120, devices=1)
+    address = f"127.0.0.1:{_free_port()}"
+    args = (str(tmp_path / "flag"), str(tmp_path / "imgs"), str(tmp_path / "data"))
+    # A device collective would give up on a late process after 4 s (CPU's default: 30 minutes, GPU's: never).
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=1 --xla_cpu_collective_timeout_seconds=4"}
+    outs = _run_two([[sys.executable, "-c", FIRST_WORKER, address, str(i), *args] for i in (0, 1)], [env, env],
+                    timeout=120, devices=1)
     said = [[line for line in out.splitlines() if line.startswith(("RESULT", "ERROR"))] for out, _ in outs]
     other = "ERROR RuntimeError process(es) [{}] failed to fill the cache; their logs say why"
-    assert said[0][0] == "RESULT made" and said[0][2:] == ["ERROR OSError disk full", other.format(1)]
-    assert said[1][0] == "RESULT made by 0" and said[1][2:] == [other.format(0), "ERROR OSError disk full"]
+    late = ("ERROR TimeoutError waited 1 s for every process to wait; a longer wait: set JAXGEN_PROCESS_0_TIMEOUT_S "
+            "(seconds) on every process")
+    assert said[0][0] == "RESULT made" and said[0][2:] == ["ERROR OSError disk full", other.format(1), late]
+    assert said[1][0] == "RESULT made by 0" and said[1][2:] == [other.format(0), "ERROR OSError disk full", late]
     assert said[0][1] == said[1][1] and said[0][1].startswith("RESULT folder (6, 8, 8, 3)")  # the same images
     assert "Decoding 6 images" in outs[0][1] and "Decoding" not in outs[1][1]  # decoded once, by process 0
     assert len(list((tmp_path / "data" / "jaxgen_cache" / "image_folder").glob("*/train.npz"))) == 1
