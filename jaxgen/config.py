@@ -70,7 +70,8 @@ def base_config() -> ml_collections.ConfigDict:
     # precision/recall and density/coverage too at the final eval and in --mode=eval.
     c.eval.extractors = ()
     c.eval.num_samples = 10_000  # generated samples per sample-quality evaluation
-    c.eval.reference_split = ""  # real images the samples are compared with; '' = data.test_split
+    c.eval.reference_split = ""  # real images the samples are compared with; '' = the split evaluated (test; during
+    # training the validation split when data.validation_examples holds one out)
     c.eval.inception_weights = ""  # path to pt_inception-2015-12-05-6726825d.pth or its .npz; '' = the cache
     c.eval.inception_download = True  # weights not in the cache: download them once (sha256-checked) into it
     c.eval.classifier_steps = 1500  # training steps of the metric classifier (cached in the data dir)
@@ -349,6 +350,12 @@ def check(config: ml_collections.ConfigDict) -> None:
     if config.data.validation_examples < 0:
         raise ValueError(f"data.validation_examples must be >= 0 (0 = no validation split), got "
                          f"{config.data.validation_examples}")
+    named = [f"{b}.{f}" for b, f in (("data", "test_split"), ("eval", "reference_split"))
+             if config[b][f] == "validation"]
+    if config.data.validation_examples and named:
+        raise ValueError(f"data.validation_examples holds out a split it names 'validation', which {named[0]} "
+                         f"names too: to evaluate on the dataset's own 'validation' split, set "
+                         f"--config.data.validation_examples=0")
     from jaxgen.evaluation import quality  # noqa: PLC0415 (light: numpy only)
 
     quality.check_names(config.eval.extractors)

@@ -192,22 +192,25 @@ def process_0_first(fn: Callable[[], T], *, needed: bool, what: str) -> T:
 
 
 def wait_for_every_process(what: str) -> None:
-    """Returns when every process has called it (as often): a barrier on jax.distributed's coordination service,
-    which waits up to $JAXGEN_PROCESS_0_TIMEOUT_S (default PROCESS_0_TIMEOUT_S, 24 h), then raises TimeoutError.
+    """Returns when every process has called it (as often): a barrier on jax.distributed's coordination service
+    (through Orbax's multihost barrier), which waits up to $JAXGEN_PROCESS_0_TIMEOUT_S (default
+    PROCESS_0_TIMEOUT_S, 24 h), then raises TimeoutError.
 
     Not a device collective, whose wait for a late process is bounded by XLA's, not ours: 30 minutes on CPUs (gloo,
     --xla_cpu_collective_timeout_seconds), after which a process still preparing data would fail the others, and
     none on GPUs. A process that dies meanwhile makes the coordination service end the others."""
-    from jax._src import distributed  # noqa: PLC0415 (private, and what Orbax's multihost barriers use too)
-
-    client = getattr(distributed.global_state, "client", None)
-    if client is None:  # several processes without jax.distributed's service: the collective's wait
+    if not jax.distributed.is_initialized():  # several processes without its service: the collective's wait
         allgather_ints(0)
         return
+    from orbax.checkpoint import multihost  # noqa: PLC0415 (not on `import jaxgen`'s path)
+
     timeout = float(os.environ.get("JAXGEN_PROCESS_0_TIMEOUT_S") or PROCESS_0_TIMEOUT_S)
     try:
-        client.wait_at_barrier(f"jaxgen_process_0_first_{next(_barriers)}", int(timeout * 1000))
-    except Exception as e:  # noqa: BLE001 (jax raises its runtime error, DEADLINE_EXCEEDED, with the barrier's id)
+        multihost.get_barrier_sync_fn()(key=f"jaxgen_process_0_first_{next(_barriers)}",
+                                        timeout_ms=int(timeout * 1000))
+    except jax.errors.JaxRuntimeError as e:
+        if "DEADLINE_EXCEEDED" not in str(e):
+            raise
         raise TimeoutError(f"waited {timeout:g} s for every process to {what}; a longer wait: set "
                            f"JAXGEN_PROCESS_0_TIMEOUT_S (seconds) on every process [jax: {e}]") from e
 

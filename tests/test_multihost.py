@@ -74,7 +74,7 @@ print("RESULT", parallel.process_0_first(make, needed=not flag.exists(), what="m
 
 # An image folder both processes read: process 0 decodes and caches it, then process 1 reads its cache.
 import logging
-logging.basicConfig(level=logging.INFO)
+logging.basicConfig(level=logging.INFO, force=True)  # orbax (the barrier) may have set a handler
 from jaxgen import data
 from jaxgen.config import gan_config
 cfg = gan_config().data

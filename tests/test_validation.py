@@ -8,6 +8,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from jaxgen import config as config_lib
 from jaxgen import data, parallel
 from jaxgen.evaluation import quality
 from jaxgen.reporting import plots
@@ -86,13 +87,22 @@ def test_during_training_the_validation_split_is_evaluated_and_chooses_the_best_
     loop.train_and_evaluate(c, tmp_path)
     val = [r for r in read(tmp_path / "metrics.jsonl") if r["split"] == "validation"]
     assert [r["step"] for r in val] == [10, 20, 30]
-    assert json.loads((tmp_path / "best" / "best.json").read_text())["value"] == max(r["elbo"] for r in val)
+    best = json.loads((tmp_path / "best" / "best.json").read_text())
+    assert best["value"] == max(r["elbo"] for r in val)
+
+    c.train.steps, c.data.validation_examples = 40, 50  # a resumed run cannot change what it holds out
+    with pytest.raises(ValueError, match=r"data.validation_examples is 50, but the run resumed from step 30 in .* "
+                                         r"held out 96: .* Keep --config.data.validation_examples=96"):
+        loop.train_and_evaluate(c, tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["data"]["validation_examples"] == 96
 
     c.eval.checkpoint = "best"
-    loop.evaluate_checkpoint(c, tmp_path)
-    record = json.loads((tmp_path / "eval_best.json").read_text())
-    assert "'validation' split (96 examples held out of 'train'" in record["selected_by"]
-    assert "'test' numbers here are unbiased" in record["selected_by"]
+    for held in (96, 0):  # the override forgotten in --mode=eval: a warning about the config, the same record
+        c.data.validation_examples = held
+        loop.evaluate_checkpoint(c, tmp_path)
+        record = json.loads((tmp_path / "eval_best.json").read_text())
+        assert "on the 'validation' split (examples held out of 'train'" in record["selected_by"]
+        assert "'test' numbers here are unbiased" in record["selected_by"] and record["step"] == best["step"]
 
 
 def test_without_a_validation_split_eval_best_says_its_numbers_are_optimistic(smoke_config, tmp_path):
@@ -113,7 +123,26 @@ def test_a_best_record_chosen_on_another_split_is_ignored(tmp_path, caplog):
     assert keeper.record is None and "chosen on the 'test' split, this run chooses on 'validation'" in caplog.text
     older = {"step": 10, "metric": "elbo", "mode": "max", "value": -90.0}  # written before records named a split
     (tmp_path / "best" / "best.json").write_text(json.dumps(older))
-    assert checkpoint.BestKeeper(tmp_path, "elbo", "max", resume_step=20, split="test").record == older
+    assert checkpoint.BestKeeper(tmp_path, "elbo", "max", resume_step=20, split="test",
+                                 unnamed_split="test").record == older
+    caplog.clear()
+    assert checkpoint.BestKeeper(tmp_path, "elbo", "max", resume_step=20, split="validation",
+                                 unnamed_split="test").record is None
+    assert "chosen on the 'test' split, this run chooses on 'validation'" in caplog.text
+
+
+def test_a_held_out_split_cannot_share_its_name_with_the_test_or_reference_split(smoke_config):
+    c = smoke_config
+    c.data.validation_examples, c.data.test_split = 100, "validation"
+    with pytest.raises(ValueError, match="which data.test_split names too: to evaluate on the dataset's own "
+                                         "'validation' split, set --config.data.validation_examples=0"):
+        config_lib.check(c)
+    c.data.test_split, c.eval.reference_split = "test", "validation"
+    with pytest.raises(ValueError, match="which eval.reference_split names too"):
+        config_lib.check(c)
+    c.data.validation_examples = -1
+    with pytest.raises(ValueError, match="data.validation_examples must be >= 0"):
+        config_lib.check(c)
 
 
 def test_a_gan_scores_d_and_compares_samples_on_the_validation_split_during_training(tmp_path):
@@ -127,7 +156,7 @@ def test_a_gan_scores_d_and_compares_samples_on_the_validation_split_during_trai
     sq = loop.sample_quality(task)
     assert set(sq.refs) == {"validation", "test"}
     during, final = loop.evaluate(task, state, False, sq), loop.evaluate(task, state, True, sq)
-    assert during["num_examples"] == 128 and final["num_examples"] == 1000 - 1000 % 64
+    assert during["num_examples"] == 128 and final["num_examples"] == 1000
     block = during["sample_quality"][EXTRACTOR]
     assert block["reference"] == "mnist_5k validation" and block["num_reference"] == 128
     assert final["sample_quality"][EXTRACTOR]["reference"] == "mnist_5k test"

@@ -107,6 +107,8 @@ def load_train(data_config) -> tuple[ImageData, ImageData | None]:
                          f"{data_config.train_split!r} split of {data_config.name!r} has {len(train)}")
     held = np.zeros(len(train), bool)
     held[np.random.default_rng(VALIDATION_SEED).permutation(len(train))[:n]] = True
-    part = lambda mask, split: ImageData(image=train.image[mask], label=train.label[mask], name=train.name,  # noqa: E731
-                                         split=split)
+
+    def part(mask, split):
+        return ImageData(image=train.image[mask], label=train.label[mask], name=train.name, split=split)
+
     return part(~held, train.split), part(held, "validation")

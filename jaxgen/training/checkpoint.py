@@ -322,11 +322,13 @@ class BestKeeper:
     not_final: metrics measured another way at the final eval (a VAE's NLL: eval.final_nll_k importance samples),
     which therefore take part only at the intermediate evals.
     split: the split the values come from ('validation', 'test', ...); a record of another split is ignored.
+    unnamed_split: the split a record that names none (written before records did) was chosen on.
     With several processes, process 0's values decide, so every process takes part in the same saves.
     """
 
     def __init__(self, workdir: Path, metric: str, mode: str, *, fresh: bool = False,
-                 resume_step: int | None = None, not_final: tuple[str, ...] = (), split: str = ""):
+                 resume_step: int | None = None, not_final: tuple[str, ...] = (), split: str = "",
+                 unnamed_split: str | None = None):
         self.metric, self.mode, self.not_final, self.split = metric, mode, tuple(not_final), split
         self.dir = Path(workdir).absolute() / "best"
         self.record_path = self.dir / "best.json"
@@ -345,8 +347,9 @@ class BestKeeper:
         elif self.record.get("metric") != metric or self.record.get("mode") != mode:
             why = (f"it was kept by {self.record.get('metric')} ({self.record.get('mode')}), this run by {metric} "
                    f"({mode})")
-        elif self.record.get("split", split) != split:  # records from before splits were kept have none
-            why = f"it was chosen on the {self.record.get('split')!r} split, this run chooses on {split!r}"
+        elif self.record.get("split", split if unnamed_split is None else unnamed_split) != split:
+            was = self.record.get("split", unnamed_split)
+            why = f"it was chosen on the {was!r} split, this run chooses on {split!r}"
         elif resume_step is not None and self.record.get("step", 0) > resume_step:
             why = f"it is of step {self.record.get('step')}, after step {resume_step} this run resumes from"
         if why:

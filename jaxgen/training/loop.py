@@ -244,6 +244,7 @@ def _train_and_evaluate(config, workdir: Path) -> dict:
              jax.process_count(), jax.local_device_count(), jax.local_devices()[0].device_kind, c.train.batch_size,
              task.describe())
     mgr, state = restore_or_init(task)
+    wd.check_resumed_holdout(c, workdir, int(jax.device_get(state["step"])))
     wd.save_config(c, workdir)  # after the restore: a config refused by the checkpoint leaves config.json as it was
     step = start = int(jax.device_get(state["step"]))
     k = c.train.steps_per_dispatch
@@ -259,7 +260,8 @@ def _train_and_evaluate(config, workdir: Path) -> dict:
     best = None
     if best_name:
         best = checkpoint.BestKeeper(workdir, best_name, quality.best_mode(c), fresh=step == 0, resume_step=step,
-                                     not_final=task.not_final, split=_best_split(task, best_name))
+                                     not_final=task.not_final, split=_best_split(task, best_name),
+                                     unnamed_split=_best_split(task, best_name, validation=False))
     writer = MetricWriter(workdir, resume_step=step)
     evals = _Evals(task, writer, best, sq)
     if c.eval.every and 0 < step < c.train.steps and step % c.eval.every == 0 and evals.missing(step):
@@ -487,10 +489,14 @@ def _evaluate_checkpoint(config, workdir: Path) -> dict:
     return final
 
 
-def _best_split(task, metric: str) -> str:
+def _best_split(task, metric: str, validation: bool = True) -> str:
     """The split the best checkpoint is chosen on: that of the evaluations during training (a sample-quality
-    metric, '<extractor>/fid': the split its samples are compared with)."""
-    return reference_split(task, False) if "/" in metric else eval_data(task, False).split
+    metric, '<extractor>/fid': the split its samples are compared with). validation=False: the one it was chosen on
+    without a validation split (a best.json written before records named their split)."""
+    c = task.config
+    if validation and task.validation is not None:
+        return c.eval.reference_split if "/" in metric and c.eval.reference_split else "validation"
+    return (c.eval.reference_split if "/" in metric else "") or c.data.test_split
 
 
 def _selected_by(task, workdir: Path) -> str:
@@ -500,13 +506,13 @@ def _selected_by(task, workdir: Path) -> str:
         kept = json.loads((workdir / "best" / "best.json").read_text())
         metric = kept["metric"]
         how = f"{'lowest' if kept['mode'] == 'min' else 'highest'} {metric} ({kept['value']:.6g})"
-        split = kept.get("split") or _best_split(task, metric)
+        split = kept.get("split") or _best_split(task, metric, validation=False)
     except (OSError, ValueError, KeyError, TypeError):
         how, split = "best checkpoint.best_metric", _best_split(task, quality.best_metric(c) or "")
     chosen = f"the {how} of the run's evaluations on the {split!r} split"
     if split == "validation":
-        return (f"{chosen} ({len(task.validation)} examples held out of {c.data.train_split!r} by "
-                f"data.validation_examples, not trained on): the {c.data.test_split!r} numbers here are unbiased")
+        return (f"{chosen} (examples held out of {c.data.train_split!r} by data.validation_examples, not trained "
+                f"on): the {c.data.test_split!r} numbers here are unbiased")
     if split == c.data.test_split:
         return (f"{chosen}: an optimistic estimate of that split's numbers; hold out a validation split "
                 f"(data.validation_examples) for unbiased ones")

@@ -177,6 +177,19 @@ def save_config(config, workdir: Path) -> None:
     atomic.write_text(path, json.dumps(now, indent=2, sort_keys=True) + "\n")
 
 
+def check_resumed_holdout(config, workdir: Path, step: int) -> None:
+    """Refuses a run that resumes (from `step` > 0) with another data.validation_examples than config.json's: the
+    images held out now were trained on before, or the other way round, and the validation numbers would mislead."""
+    before = _read_json(workdir / "config.json") if step else None
+    if before is None:
+        return
+    was, now = int(before.get("data", {}).get("validation_examples", 0)), int(config.data.validation_examples)
+    if was != now:
+        raise ValueError(f"data.validation_examples is {now}, but the run resumed from step {step} in {workdir} "
+                         f"held out {was}: the validation split would hold images it trained on, or leave out ones "
+                         f"it did. Keep --config.data.validation_examples={was}, or start a new --workdir.")
+
+
 # Blocks (and top-level fields) a --mode=eval or --mode=sample command may set differently from training without
 # changing the model.
 EVAL_ONLY_BLOCKS = ("eval", "sample", "output", "deterministic")
