@@ -153,6 +153,27 @@ print("RESTORED", int(state["step"]), flush=True)
 """
 
 
+# One shared workdir whose best.json process 1 read stale (an older, better value): process 0's value and record
+# decide, so both take part in the save (else process 0 would wait at Orbax's barrier for ever).
+BEST_WORKER = """
+import json, sys
+from pathlib import Path
+import jax
+import jax.numpy as jnp
+jax.distributed.initialize(coordinator_address=sys.argv[1], num_processes=2, process_id=int(sys.argv[2]))
+from jaxgen import parallel
+from jaxgen.training import checkpoint
+mesh = parallel.make_mesh()
+state = jax.jit(lambda: {"step": jnp.int32(7), "w": jnp.ones(3)}, out_shardings=parallel.replicated(mesh))()
+keeper = checkpoint.BestKeeper(Path(sys.argv[3]), "elbo", "max", resume_step=7, split="test")
+if jax.process_index() == 1:
+    keeper.record = {"step": 3, "metric": "elbo", "mode": "max", "value": -50.0, "split": "test"}
+saved = keeper.update(state, {"elbo": -100.0 - jax.process_index()})
+keeper.close()
+print("SAVED", saved, keeper.record["value"], flush=True)
+"""
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -356,3 +377,14 @@ def test_processes_that_see_different_checkpoints_stop_before_restoring(tmp_path
         said = [line for line in out.splitlines() if line.startswith(("RESTORED", "ERROR"))]
         assert len(said) == 1 and said[0].startswith("ERROR the processes of this run disagree on the checkpoints"), out
         assert "process 0: [1, 5]; process 1: [0, -1]" in said[0] and "a filesystem all hosts share" in said[0]
+
+
+def test_the_best_checkpoint_is_decided_by_process_0_even_where_another_read_a_stale_record(tmp_path):
+    (tmp_path / "best").mkdir()
+    (tmp_path / "best" / "best.json").write_text(json.dumps({"step": 3, "metric": "elbo", "mode": "max",
+                                                              "value": -120.0, "split": "test"}))
+    outs = _two_processes(BEST_WORKER, str(tmp_path), timeout=120, devices=1)
+    for out, err in outs:
+        assert [line for line in out.splitlines() if line.startswith("SAVED")] == ["SAVED True -100.0"], out + err
+    assert json.loads((tmp_path / "best" / "best.json").read_text())["value"] == -100.0
+    assert (tmp_path / "best" / "7").is_dir()
