@@ -252,6 +252,7 @@ def test_gan_outputs_land_in_the_workdir(tmp_path):
     assert evb["step"] == best["step"]
     assert evb["selected_by"].startswith(f"the lowest classifier/fid ({best['value']:.6g}) of the run's evaluations on "
                                          f"the 'test' split: an optimistic estimate")
+    assert "hold out a validation split (data.validation_examples) for unbiased ones" in evb["selected_by"]
     assert json.loads((tmp_path / "eval.json").read_text())["step"] == 20
     assert (tmp_path / "metrics.jsonl").read_text() == history
     c.eval.checkpoint = "newest"

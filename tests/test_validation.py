@@ -105,16 +105,6 @@ def test_during_training_the_validation_split_is_evaluated_and_chooses_the_best_
         assert "'test' numbers here are unbiased" in record["selected_by"] and record["step"] == best["step"]
 
 
-def test_without_a_validation_split_eval_best_says_its_numbers_are_optimistic(smoke_config, tmp_path):
-    c = smoke_config
-    c.train.steps = c.eval.every = 10
-    loop.train_and_evaluate(c, tmp_path)
-    c.eval.checkpoint = "best"
-    loop.evaluate_checkpoint(c, tmp_path)
-    selected = json.loads((tmp_path / "eval_best.json").read_text())["selected_by"]
-    assert "'test' split: an optimistic estimate" in selected and "data.validation_examples" in selected
-
-
 def test_a_best_record_chosen_on_another_split_is_ignored(tmp_path, caplog):
     (tmp_path / "best").mkdir()
     (tmp_path / "best" / "best.json").write_text(json.dumps({"step": 10, "metric": "elbo", "mode": "max",
