@@ -8,7 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from jaxgen.training import loop
 from tests.conftest import config_module
@@ -35,6 +37,11 @@ def test_launch_smoke_end_to_end_then_resume(tmp_path):
         assert (wd / name).is_file(), name
     assert sorted(p.name for p in (wd / "checkpoints").iterdir() if p.name.isdigit()) == ["10", "20"]
     assert list((wd / "tb").glob("events.out.tfevents.*"))
+    # Reconstructions: the top row is the input as the evaluation binarizes it (0 or 255; white padding), then the
+    # decoder's grey means.
+    rec = np.asarray(Image.open(wd / "images" / "reconstructions.png"))
+    band = 2 * (28 + 1)  # each pixel 2x2, one padding pixel above each row
+    assert set(np.unique(rec[:band]).tolist()) <= {0, 255} and len(np.unique(rec[band:])) > 2
     ev = json.loads((wd / "eval.json").read_text())
     assert ev["step"] == 20 and ev["nll_k"] == 16 and ev["nll"] < 784 * 0.7  # better than uniform pixels
     assert ev["units"]["nll"] == "nats per image" and "x / 255" in ev["units"]["recon_mse"]
