@@ -125,6 +125,44 @@ def test_test_percent_split_is_disjoint_deterministic_and_complete(tmp_path):
         data.load(cfg, "validation")
 
 
+def test_each_split_keeps_path_order_and_labels_with_broken_files_among_them(tmp_path):
+    """Decoded train split first (a view each, broken files compacted in place): the arrays still hold each split's
+    readable files in sorted-path order, each with its folder's label."""
+    root = tmp_path / "imgs"
+    _numbered_folder(root)
+    for name in ("g0/001_broken.png", "g2/050_broken.png"):
+        (root / name).write_bytes(b"not a png")
+    cfg = _cfg(tmp_path, path=str(root), test_percent=30)
+    files = [f for f in imf.list_images(root) if "broken" not in f]
+    held = imf.is_test(files, 30)
+    for split, mask in (("train", ~held), ("test", held)):
+        d = data.load(cfg, split)
+        want = [int(f.split("/")[1][:3]) for f, m in zip(files, mask) if m]
+        assert d.image[:, 0, 0, 0].tolist() == want and d.label.tolist() == [i % 3 for i in want]
+
+
+def test_renamed_files_links_and_names_that_are_not_utf8(tmp_path, caplog):
+    import os
+
+    root = tmp_path / "imgs"
+    _numbered_folder(root)
+    cfg = _cfg(tmp_path, path=str(root))
+    assert data.load(cfg, "train").label[0] == 0  # image 0 in g0
+    (root / "g0" / "000.png").rename(root / "g1" / "000.png")  # count, bytes and times unchanged: still a new cache
+    d = data.load(cfg, "train")
+    assert d.label[d.image[:, 0, 0, 0].tolist().index(0)] == 1
+    (root / "g1" / "gone.png").symlink_to(tmp_path / "nowhere.png")  # a link to nothing: left out
+    (root / "g0" / "up").symlink_to(root)  # a loop, and a second name for a folder: each folder read once
+    (root / "g3").symlink_to(root / "g2")
+    with open(os.path.join(os.fsencode(root / "g2"), b"caf\xe9.png"), "wb") as f:  # an old archive's name
+        _solid("RGB", (6, 6), (200, 0, 7)).save(f, format="PNG")
+    with caplog.at_level(logging.WARNING, logger="jaxgen"):
+        both = [data.load(_cfg(tmp_path, path=str(root), test_percent=pct), "train") for pct in (0, 30)]
+    assert sorted(both[0].image[:, 0, 0, 0].tolist()) == sorted([*range(60), 200])
+    assert "Skipped 2 folder(s)" in caplog.text and "'g0/up'" in caplog.text and "'g3'" in caplog.text
+    assert 0 < len(both[1]) < 61
+
+
 def test_resolution_zero_keeps_one_size_and_takes_the_smallest_side_of_mixed_sizes(tmp_path, monkeypatch, caplog):
     root = tmp_path / "imgs"
     _numbered_folder(root, n=4, size=(8, 6))

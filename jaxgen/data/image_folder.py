@@ -10,8 +10,10 @@ crop) is chosen as the resolution, logged, and every image is centre-cropped and
 
 The first load decodes both splits in one pass (threads, not processes: JAX is running, fork is unsafe) and writes
 `<data_dir>/jaxgen_cache/image_folder/<key>/{train,test}.npz`, the key hashing the folder's absolute path, the
-resolution, crop and test_percent, and a fingerprint of the files (count, total bytes, newest mtime): adding,
-removing or touching an image makes a new cache, later loads read the arrays and decode nothing. (The size chosen for
+resolution, crop and test_percent, and a fingerprint of the files (their relative paths, total bytes, newest
+mtime): adding, removing, renaming or touching an image makes a new cache, later loads read the arrays and decode
+nothing. Links are followed, each folder read once (a link to a folder already read, or a loop, is skipped), and a
+link to nothing is left out. (The size chosen for
 resolution 0 depends only on the files and the crop, so that key determines it too.)
 """
 
@@ -112,12 +114,23 @@ def _decode(path: Path, resolution: int, crop: int) -> tuple[np.ndarray, bool]:
 
 
 def list_images(folder: Path) -> list[str]:
-    """Sorted relative POSIX paths of the images under `folder` (recursive, hidden files and folders skipped)."""
-    found = []
+    """Sorted relative POSIX paths of the images under `folder` (recursive, hidden files and folders skipped; links
+    followed, but each folder read once, in sorted order, and links to nothing left out)."""
+    found, seen, again = [], set(), []
     for root, dirs, files in os.walk(folder, followlinks=True):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        st = os.stat(root)
+        if (st.st_dev, st.st_ino) in seen:  # a link to a folder already read, or back up the tree
+            dirs[:] = []
+            again.append(Path(root).relative_to(folder).as_posix())
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         rel = Path(root).relative_to(folder)
-        found += [(rel / f).as_posix() for f in files if not f.startswith(".") and f.lower().endswith(EXTENSIONS)]
+        found += [(rel / f).as_posix() for f in files if not f.startswith(".") and f.lower().endswith(EXTENSIONS)
+                  and os.path.isfile(os.path.join(root, f))]
+    if again:
+        log.warning("Skipped %d folder(s) under %s that link to a folder already read: %s%s", len(again), folder,
+                    ", ".join(repr(a) for a in again[:5]), " ..." if len(again) > 5 else "")
     return sorted(found)
 
 
@@ -130,8 +143,13 @@ def labels_of(files: list[str]) -> np.ndarray:
 
 def is_test(files: list[str], test_percent: int) -> np.ndarray:
     """bool [N]: the files held out as 'test', by a stable hash of the relative path (same on every machine)."""
-    h = [int.from_bytes(hashlib.sha1(f.encode()).digest()[:8], "little") % 100 for f in files]
+    h = [int.from_bytes(hashlib.sha1(_utf8(f)).digest()[:8], "little") % 100 for f in files]
     return np.asarray(h, np.int64) < test_percent
+
+
+def _utf8(name: str) -> bytes:
+    """A file name's bytes; one that is not UTF-8 (an old archive's) keeps its original bytes."""
+    return name.encode("utf-8", "surrogateescape")
 
 
 def _folder(data_config) -> Path:
@@ -146,7 +164,8 @@ def _folder(data_config) -> Path:
 
 def _cache_dir(data_config, folder: Path, files: list[str]) -> Path:
     stats = [os.stat(folder / f) for f in files]
-    fingerprint = (len(files), sum(s.st_size for s in stats), max(s.st_mtime_ns for s in stats))
+    names = hashlib.sha1(b"\n".join(_utf8(f) for f in files)).hexdigest()  # a rename moves labels and splits
+    fingerprint = (len(files), names, sum(s.st_size for s in stats), max(s.st_mtime_ns for s in stats))
     key = repr((CACHE_VERSION, str(folder), data_config.resolution, data_config.crop, data_config.test_percent,
                 fingerprint))
     return data_dir(data_config) / "jaxgen_cache" / "image_folder" / hashlib.sha1(key.encode()).hexdigest()[:16]
@@ -171,7 +190,12 @@ def decode_all(folder: Path, files: list[str], resolution: int, crop: int) -> tu
             bad.append((first, e))
             first += 1
             continue
-        out = np.zeros((n, *img.shape), np.uint8)
+        try:
+            out = np.zeros((n, *img.shape), np.uint8)
+        except MemoryError as e:
+            raise MemoryError(f"{n} images of {img.shape} ({n * img.size / 2**30:.1f} GiB as uint8) do not fit in "
+                              f"memory: set --config.data.resolution=R (and data.crop) to crop and resize them to R x "
+                              f"R") from e
         out[first], ok[first], n_clamped = img, True, int(c)
     if out is None:
         raise ValueError(f"none of the {n} image files in {folder} could be read, e.g. {files[0]!r}: {bad[0][1]}")
@@ -280,6 +304,9 @@ def _cached_or_decoded(folder: Path, files: list[str], cache: Path, wanted: Path
 
     log.info("Decoding %d images in %s once (resolution %d, crop %d); the arrays are cached in %s",
              len(files), folder, res, crop, cache)
+    # Decoded train split first, then test (each in path order), so that each split is a view of one array.
+    order = np.argsort(is_test(files, pct), kind="stable")
+    files = [files[i] for i in order]
     try:
         image, ok = decode_all(folder, files, res, crop)
     except SizesDifferError:  # resolution 0 only: one size for all, the largest that upsamples no image
@@ -289,8 +316,12 @@ def _cached_or_decoded(folder: Path, files: list[str], cache: Path, wanted: Path
                  "size)", folder, res, res, res)
         image, ok = decode_all(folder, files, res, crop)
     label, test = labels_of(files), is_test(files, pct)
-    if not ok.all():
-        image, label, test = image[ok], label[ok], test[ok]
+    if not ok.all():  # in place: a copy of the kept rows would hold the images twice
+        keep = np.flatnonzero(ok)
+        for j, i in enumerate(keep):
+            if i != j:
+                image[j] = image[i]
+        image, label, test = image[: len(keep)], label[keep], test[keep]
     splits = {"train": ~test, "test": test} if pct else {"train": np.ones(len(label), bool)}
     for name, mask in splits.items():
         if not mask.any():
