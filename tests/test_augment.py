@@ -146,6 +146,15 @@ def test_resampler_identity_rot90_and_full_crop():
     )
 
 
+def test_a_crop_reads_its_edge_pixels_and_does_not_fade_them():
+    """The crop window lies inside the image: a constant image stays constant, corners and edges included (the
+    pixel-area map overshoots by up to half an output pixel, which the zero fill would blend in)."""
+    ones = jnp.ones((64, 9, 11, 3))
+    for seed in range(3):
+        np.testing.assert_allclose(augment.crop(jax.random.key(seed), ones), 1.0, atol=1e-6)
+    np.testing.assert_allclose(augment.crop_resize(ones, jnp.full((64,), 0.8), jnp.zeros((64, 2))), 1.0, atol=1e-6)
+
+
 def test_rotation_and_scale_draws_stay_in_their_ranges():
     # One bright pixel 6 px right of the centre of a 17 x 17 image: the output's centroid shows the drawn map.
     n, r = 64, 6

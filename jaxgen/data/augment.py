@@ -29,11 +29,15 @@ RANGES = {
     "brightness": (-0.5, 0.5),
     "saturation": (0.0, 2.0),
     "contrast": (0.5, 1.5),
-    # DiffAugment 'translation': integer shift in [-s, s] per axis, s = round(1/8 of that side), zero fill.
+    # DiffAugment 'translation': integer shift in [-s, s] per axis, s = round(1/8 of that side), zero fill. The
+    # rounding is DiffAugment-stylegan2-pytorch's int(n * r + 0.5) (the repository's first DiffAugment_pytorch.py
+    # and the TF one floor: the same at 32 and 64, s = 4 instead of 3 at 28).
     "translation": 1 / 8,
     # DiffAugment 'cutout': a square of side round(1/2 of the image side) zeroed at a random centre, clipped.
     "cutout": 1 / 2,
-    # Horizontal flip probability per example.
+    # Horizontal flip probability per example. Applied to fakes as well as reals: at exactly 0.5 D cannot tell
+    # an image from its mirror, so G may draw mirrored content (StyleGAN2-ADA's 'leaking'); harmless for faces,
+    # not for digits. DiffAugment's own runs mirror only the dataset.
     "flip": 0.5,
     # Affine warps, jaxgen's choices (for comparison, Differentiable Siamese Augmentation, Zhao & Bilen ICML 2021,
     # sets ratio_rotate = 15 degrees and ratio_scale = 1.2): rotation angle in degrees, isotropic zoom factor, crop
@@ -145,18 +149,22 @@ def flip(key: jax.Array, x: jax.Array) -> jax.Array:
 # ---- affine warps: one bilinear resampler -----------------------------------------------------------------------
 
 
-def resample_affine(x: jax.Array, matrix: jax.Array, offset: jax.Array) -> jax.Array:
+def resample_affine(x: jax.Array, matrix: jax.Array, offset: jax.Array, clamp: bool = False) -> jax.Array:
     """Bilinear resampling of x at src = matrix @ dst + offset, in (row, col) pixel-index coordinates.
 
     x [B, H, W, C]; matrix [B, 2, 2]; offset [B, 2]. Output pixel dst = (i, j) reads x at the real-valued
     position src; each of its four integer neighbours outside the image contributes 0 (zero fill, mid-grey),
-    so the image fades to 0 over one pixel at its border. Differentiable in x (and in matrix, offset).
+    so the image fades to 0 over one pixel at its border; with `clamp`, src is first clamped to the image (for
+    maps whose only reads outside are sub-pixel overshoots, which would fade the edge). Differentiable in x (and in
+    matrix, offset).
     An integer-valued map (identity, 90-degree turns about the centre) reproduces pixels exactly.
     """
     bsz, h, w, _ = x.shape
     ii, jj = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32), indexing="ij")
     dst = jnp.stack([ii, jj])  # [2, H, W]
     src = jnp.einsum("bkl,lhw->bkhw", matrix.astype(jnp.float32), dst) + offset.astype(jnp.float32)[:, :, None, None]
+    if clamp:
+        src = jnp.clip(src, 0.0, jnp.array([h - 1, w - 1], jnp.float32)[None, :, None, None])
     r0, c0 = jnp.floor(src[:, 0]), jnp.floor(src[:, 1])
     fr, fc = src[:, 0] - r0, src[:, 1] - c0
     r0, c0 = r0.astype(jnp.int32), c0.astype(jnp.int32)
@@ -199,12 +207,13 @@ def crop_resize(x: jax.Array, frac: jax.Array, corner: jax.Array) -> jax.Array:
     """Crops a window of frac [B] times each side at top-left corner [B, 2] (row, col; in pixels, continuous),
     and resizes it back to H x W (pixel-area convention: output pixel i covers [i, i + 1) of the output grid).
 
-    frac = 1, corner = 0 is the identity.
+    frac = 1, corner = 0 is the identity. The window lies inside the image, so its edge pixels are read, not faded
+    (the pixel-area map overshoots the image by up to half an output pixel: clamped).
     """
     frac = frac.astype(jnp.float32)
     matrix = frac[:, None, None] * jnp.eye(2, dtype=jnp.float32)
     # Output pixel centre i + 0.5 maps to corner + frac * (i + 0.5); minus 0.5 for pixel-index coordinates.
-    return resample_affine(x, matrix, corner.astype(jnp.float32) + 0.5 * frac[:, None] - 0.5)
+    return resample_affine(x, matrix, corner.astype(jnp.float32) + 0.5 * frac[:, None] - 0.5, clamp=True)
 
 
 def rotation(key: jax.Array, x: jax.Array) -> jax.Array:
