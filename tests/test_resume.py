@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from jaxgen import parallel
-from jaxgen.training import checkpoint, loop, optim
+from jaxgen.training import checkpoint, loop, optim, stopping
 from jaxgen.training import state as state_lib
 from jaxgen.training.workdir import WorkdirError
 from tests.signals import signal_at_call
@@ -396,7 +396,7 @@ def test_a_signal_ignored_on_purpose_stays_ignored():
 
     outer = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        stop = loop._StopRequest()
+        stop = stopping.StopRequest()
         stop.install()
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN and signal.getsignal(signal.SIGTERM) == stop._handle
         stop.uninstall()

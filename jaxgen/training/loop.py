@@ -28,6 +28,7 @@ from jaxgen.reporting.writer import MetricWriter
 from jaxgen.reporting.writer import read as read_metrics
 from jaxgen.training import checkpoint, gan_task, vae_task
 from jaxgen.training import workdir as wd
+from jaxgen.training.stopping import RunStopped, StopRequest
 
 log = logging.getLogger("jaxgen")
 
@@ -61,75 +62,6 @@ TASKS: dict[str, Callable[..., Task]] = {"vae": vae_task.VAETask, "gan": gan_tas
 
 class NonFiniteLossError(FloatingPointError):
     """A step produced a NaN or Inf loss or gradient; the run stopped before saving it."""
-
-
-class RunStopped(Exception):
-    """The run was asked to stop (SIGTERM, or Ctrl-C's SIGINT) and did, after checkpointing the step it had
-    reached. `signum`: the signal; a command-line program exits with 128 + signum (143, 130) as the signal would."""
-
-    def __init__(self, step: int, signum: int = signal.SIGTERM):
-        name = signal.Signals(signum).name
-        super().__init__(f"stopped by {name} at step {step}, checkpointed; the same command resumes it")
-        self.step, self.signum = step, int(signum)
-
-
-class _StopRequest:
-    """SIGTERM (a scheduler's or a preemptible machine's notice) and SIGINT (Ctrl-C) as a flag the loop polls
-    between compiled calls.
-
-    One process: Python handlers, installed for the loop's duration (in the main thread only). A second signal
-    restores the previous handlers and delivers itself (SIGTERM ends the process, Ctrl-C raises
-    KeyboardInterrupt), so a run that does not stop in time still can be stopped.
-    Several processes: JAX's preemption service (on by default with jax.distributed) catches SIGTERM and agrees
-    with the other processes on the call at which all stop (multihost_utils.reached_preemption_sync_point); Ctrl-C
-    keeps its default there (one process cannot checkpoint alone)."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-    def __init__(self):
-        self.signum, self.previous = None, {}
-
-    def install(self) -> None:
-        if jax.process_count() > 1:
-            return
-        for sig in self.SIGNALS:
-            try:
-                previous = signal.getsignal(sig)
-                # None: a handler installed outside Python (JAX's preemption notifier); SIG_IGN: ignored on purpose
-                # (a background job's SIGINT). Leave both be.
-                if previous is None or previous is signal.SIG_IGN:
-                    continue
-                signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: the signal keeps its default
-                continue
-            self.previous[sig] = previous
-
-    def uninstall(self) -> None:
-        for sig, previous in self.previous.items():
-            signal.signal(sig, previous)
-        self.previous = {}
-
-    def _handle(self, signum, frame):
-        del frame
-        if self.signum is not None:  # a second notice: let the signal do what it did before
-            self.uninstall()
-            signal.raise_signal(signum)
-            return
-        what = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
-        log.warning("%s: stopping after the current compiled call; the state will be checkpointed (%s again "
-                    "stops at once)", what, what)
-        self.signum = signum
-
-    def requested(self, call: int) -> int | None:
-        """The signal to stop for after compiled call number `call` (counted from 1 in this invocation), or None."""
-        if jax.process_count() == 1:
-            return self.signum
-        from jax.experimental import multihost_utils  # noqa: PLC0415
-
-        try:
-            return signal.SIGTERM if multihost_utils.reached_preemption_sync_point(call) else None
-        except RuntimeError:  # jax_enable_preemption_service is off: SIGTERM ends the processes as it would
-            return None
 
 
 def build_task(config, workdir: Path) -> Task:
@@ -351,7 +283,7 @@ def _train(task, state: dict, mgr, writer: MetricWriter, evals: _Evals) -> tuple
     check = lambda m: _check_finite(m, mgr, task.workdir, task.headline)  # noqa: E731
     pending, window, previous, call, stopped = [], [], None, 0, None
     t_log, step_log = time.perf_counter(), step
-    stop = _StopRequest()
+    stop = StopRequest()
     try:
         stop.install()
         while step < c.train.steps and stopped is None:
