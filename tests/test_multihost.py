@@ -46,7 +46,7 @@ print("FINAL " + json.dumps({"devices": jax.device_count(), **final}), flush=Tru
 # One process gets SIGTERM (a preempted host); JAX's preemption service makes both stop after the same call.
 STOP_WORKER = _SMOKE_RUN + """
 from tests.signals import signal_at_call
-c.eval.extractors, c.train.steps = (), 40
+c.eval.extractors, c.train.steps, c.checkpoint.every = (), 40, 40  # saves: the stop's and the end's
 loop.build_task = signal_at_call(loop.build_task, int(sys.argv[5]), process=1)
 try:
     final = loop.train_and_evaluate(c, sys.argv[4])
