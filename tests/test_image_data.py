@@ -149,8 +149,12 @@ def test_renamed_files_links_and_names_that_are_not_utf8(tmp_path, caplog):
     cfg = _cfg(tmp_path, path=str(root))
     assert data.load(cfg, "train").label[0] == 0  # image 0 in g0
     (root / "g0" / "000.png").rename(root / "g1" / "000.png")  # count, bytes and times unchanged: still a new cache
-    d = data.load(cfg, "train")
+    with caplog.at_level(logging.INFO, logger="jaxgen"):
+        d = data.load(cfg, "train")
     assert d.label[d.image[:, 0, 0, 0].tolist().index(0)] == 1
+    assert "1 older cache(s) of" in caplog.text and "Delete them when no run reads them" in caplog.text  # kept
+    assert len(list((tmp_path / "data" / "jaxgen_cache" / "image_folder").iterdir())) == 2
+    caplog.clear()
     (root / "g1" / "gone.png").symlink_to(tmp_path / "nowhere.png")  # a link to nothing: left out
     (root / "g0" / "up").symlink_to(root)  # a loop, and a second name for a folder: each folder read once
     (root / "g3").symlink_to(root / "g2")

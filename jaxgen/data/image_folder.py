@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
+import json
 import logging
 import os
 import threading
@@ -30,7 +31,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from jaxgen import parallel
-from jaxgen.atomic import write_npz
+from jaxgen.atomic import write_npz, write_text
 
 log = logging.getLogger("jaxgen")
 
@@ -304,6 +305,7 @@ def _cached_or_decoded(folder: Path, files: list[str], cache: Path, wanted: Path
 
     log.info("Decoding %d images in %s once (resolution %d, crop %d); the arrays are cached in %s",
              len(files), folder, res, crop, cache)
+    source = {"folder": str(folder), "resolution": res, "crop": crop, "test_percent": pct}
     # Decoded train split first, then test (each in path order), so that each split is a view of one array.
     order = np.argsort(is_test(files, pct), kind="stable")
     files = [files[i] for i in order]
@@ -340,4 +342,27 @@ def _cached_or_decoded(folder: Path, files: list[str], cache: Path, wanted: Path
                 write_npz(cache / f"{name}.npz", image=out[name][0], label=out[name][1])
             except OSError as e:
                 log.warning("Could not cache %s/%s.npz: %s", cache, name, e)
+    if cache is not None:
+        try:
+            write_text(cache / "source.json", json.dumps(source) + "\n")
+        except OSError:
+            pass
+        _mention_older_caches(cache, source)
     return out[wanted.stem]
+
+
+def _mention_older_caches(cache: Path, source: dict) -> None:
+    """Logs the caches of the same folder and settings made before its files changed: jaxgen never deletes them
+    (another run may still read one), so they hold disk space until the user does."""
+    older = []
+    for other in cache.parent.iterdir():
+        try:
+            if other != cache and json.loads((other / "source.json").read_text()) == source:
+                older.append(other)
+        except (OSError, ValueError):
+            continue
+    if older:
+        size = sum(f.stat().st_size for d in older for f in d.iterdir() if f.is_file())
+        log.info("%d older cache(s) of %s with these settings (made before its files changed; %.2f GB) remain: %s. "
+                 "Delete them when no run reads them.", len(older), source["folder"], size / 1e9,
+                 ", ".join(str(d) for d in older))
