@@ -95,9 +95,10 @@ def eval_data(task, final: bool) -> data_lib.ImageData:
     return task.test if final or task.validation is None else task.validation
 
 
-def record_split(task, final: bool) -> str:
-    """The `split` of an evaluation's record in metrics.jsonl: 'validation' or 'eval' (the test split)."""
-    return "eval" if eval_data(task, final) is task.test else "validation"
+def record_split(task) -> str:
+    """The `split` of the records of the evaluations during training in metrics.jsonl: 'validation', or 'eval' (the
+    test split's, as the final evaluation's)."""
+    return "eval" if task.validation is None else "validation"
 
 
 def reference_split(task, final: bool) -> str:
@@ -242,7 +243,7 @@ class _Evals:
 
     def during_training(self, state: dict, step: int, images: bool = True) -> None:
         ev = evaluate(self.task, state, False, self.sq)
-        split = record_split(self.task, False)
+        split = record_split(self.task)
         self.writer.write(step, split, scalars(ev))
         log.info("step %d %s: %s", step, split, eval_line(self.task, ev))
         if self.best is not None:
@@ -254,7 +255,7 @@ class _Evals:
         """Whether metrics.jsonl lacks the record of `step`'s evaluation during training (process 0's answer, on
         every process)."""
         path = self.task.workdir / "metrics.jsonl"
-        split = record_split(self.task, False)
+        split = record_split(self.task)
         found = any(r["split"] == split and r["step"] == step for r in read_metrics(path))
         if jax.process_count() == 1:
             return not found
