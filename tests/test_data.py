@@ -117,6 +117,21 @@ def test_random_bijection_is_a_permutation(n):
         assert abs(np.corrcoef(perm, np.arange(n))[0, 1]) < 4 / np.sqrt(n)  # 4 sigma of a random permutation
 
 
+@pytest.mark.parametrize("n", [2, 3, 4, 5])
+def test_random_bijection_draws_every_permutation_of_a_small_n_alike(n):
+    """Swap-or-not mixes slowly at small n (3 rounds at n = 2 swapped 44% of the time): at least MIN_ROUNDS rounds.
+    Over 6000 keys each of the n! permutations appears as often as a uniform draw allows (chi-square)."""
+    import itertools
+
+    from scipy import stats
+
+    keys = jax.random.split(jax.random.key(0), 6000)
+    perms = np.asarray(jax.vmap(lambda k: dev.random_bijection(k, jnp.arange(n), n))(keys))
+    index = {p: i for i, p in enumerate(itertools.permutations(range(n)))}
+    counts = np.bincount([index[tuple(p)] for p in perms], minlength=len(index))
+    assert stats.chisquare(counts).pvalue > 1e-3, counts
+
+
 def test_the_batch_draw_has_no_data_dependent_loop():
     """On GPUs XLA reads a while loop's condition back to the host on every iteration (a stall each step)."""
     jaxpr = str(jax.make_jaxpr(lambda k, s: dev.batch_indices(k, s, 60000, 128, jnp.arange(128)))(jax.random.key(0), 3))

@@ -59,6 +59,23 @@ def test_eight_devices_give_the_params_of_one_with_the_same_global_batch(smoke_c
     assert int(s8["step"]) == 3
 
 
+def test_fused_steps_draw_the_batches_and_noise_of_single_steps(smoke_config):
+    """steps_per_dispatch changes how steps are dispatched, not what they draw: 2 calls of 2 fused steps give the
+    per-step losses and the params of 4 calls of 1 (the batch and the noise of step s come from s alone)."""
+    fn1, s1, d = _setup(smoke_config, jax.devices())
+    fn2, s2, _ = _setup(smoke_config, jax.devices(), steps_per_dispatch=2)
+    single, fused = [], []
+    for _ in range(4):
+        s1, m = fn1(s1, d)
+        single.append(float(m["loss"][0]))
+    for _ in range(2):
+        s2, m = fn2(s2, d)
+        fused += [float(v) for v in m["loss"]]
+    np.testing.assert_allclose(fused, single, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(s2["params"]), jax.tree.leaves(s1["params"])):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-5)
+
+
 TRACES = []
 
 
