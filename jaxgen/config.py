@@ -137,7 +137,8 @@ def vae_config() -> ml_collections.ConfigDict:
     # The test set's stochastic binarization ('dynamic'): one fixed draw from this seed, whatever the run's seed,
     # so that runs and models are compared on the same binary test set (as Burda et al.'s code does).
     c.eval.binarize_seed = 0
-    # The best checkpoint of a VAE: the highest test ELBO (measured alike at every eval, the final one too).
+    # The best checkpoint of a VAE: the highest ELBO of the evaluations during training (measured alike at every
+    # eval: the validation split's with data.validation_examples, else the test split's, the final one included).
     c.checkpoint.best_metric = "elbo"
     c.lock()  # config files and variants set these fields; a misspelt one is an error, not a new field
     return c
