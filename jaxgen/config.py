@@ -32,6 +32,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.train_split = "train"
     c.data.test_split = "test"
     c.data.binarize = "dynamic"  # 'dynamic' (Bernoulli draw per step), 'none' (pixels in [0, 1])
+    # Mirror (left-right) each training example with probability 1/2 at every step: the train split doubled by its
+    # mirror images (StyleGAN's --mirror); the reals only, never the evaluation's images. For faces, not digits.
+    c.data.random_flip = False
     c.data.num_examples = 0  # synthetic: examples per split; others: keep the first N (0 = all)
     # Hold out this many train examples (a fixed random choice, whatever the seed) as the validation split: the
     # evaluations during training and the best checkpoint use it, the final eval the test split. 0 = none: they

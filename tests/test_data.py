@@ -132,6 +132,16 @@ def test_random_bijection_draws_every_permutation_of_a_small_n_alike(n):
     assert stats.chisquare(counts).pvalue > 1e-3, counts
 
 
+def test_random_flip_mirrors_each_example_with_its_own_key():
+    x = jnp.asarray(np.random.default_rng(0).integers(0, 256, (400, 5, 7, 1), np.uint8))
+    keys = jax.random.split(jax.random.key(1), 400)
+    out = np.asarray(dev.random_flip(x, keys))
+    mirrored = np.array([np.array_equal(o, np.asarray(xi)[:, ::-1]) for o, xi in zip(out, x)])
+    kept = np.array([np.array_equal(o, np.asarray(xi)) for o, xi in zip(out, x)])
+    assert (mirrored | kept).all() and 160 < mirrored.sum() < 240  # about half, each a whole mirror image
+    np.testing.assert_array_equal(dev.random_flip(x, keys), out)  # the key decides
+
+
 def test_the_batch_draw_has_no_data_dependent_loop():
     """On GPUs XLA reads a while loop's condition back to the host on every iteration (a stall each step)."""
     jaxpr = str(jax.make_jaxpr(lambda k, s: dev.batch_indices(k, s, 60000, 128, jnp.arange(128)))(jax.random.key(0), 3))

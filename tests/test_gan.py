@@ -90,7 +90,7 @@ def test_gradient_penalty_matches_finite_differences():
     np.testing.assert_allclose(float(penalty), np.mean((_fd_grad_norms(x_hat) - 1) ** 2), rtol=1e-4)
 
 
-def _gan_setup(mesh, g_batch=0, **over):
+def _gan_setup(mesh, g_batch=0, random_flip=False, **over):
     c = config_module(CONFIGS / "gan_mnist.py").get_config("smoke")
     c.unlock()
     for k, v in over.items():
@@ -104,8 +104,31 @@ def _gan_setup(mesh, g_batch=0, **over):
         mesh, steps_per_dispatch=1, generator=G, discriminator=D, g_tx=g_tx, d_tx=d_tx,
         loss_fn=gan_obj.get_loss(c.loss.name), reg_fn=gan_obj.get_regularizer(c.reg.name), reg_weight=c.reg.weight,
         reg_interval=c.reg.interval, d_steps=c.train.d_steps, batch=32, augment_policy=c.augment.policy,
-        ema_half_life=200.0, ema_rampup=0.0, g_lr=g_lr, d_lr=d_lr, g_batch=g_batch)
+        ema_half_life=200.0, ema_rampup=0.0, g_lr=g_lr, d_lr=d_lr, g_batch=g_batch, random_flip=random_flip)
     return state, fn
+
+
+def left_minus_right(d_fn, real, fake, keys):
+    """A regularizer that penalises nothing and reports how much brighter the reals' left half is than the right."""
+    del d_fn, fake, keys
+    w = real.shape[2] // 2
+    return jnp.zeros(()), {"left_minus_right": jnp.mean(real[:, :, :w] - real[:, :, w:])}
+
+
+def test_random_flip_mirrors_about_half_of_the_reals():
+    """data.random_flip: D sees each real mirrored with probability 1/2 (left half white, right half black here):
+    without it the left half would be 2 brighter in [-1, 1] at every step; with it, about as often the right."""
+    images = np.zeros((64, 28, 28, 1), np.uint8)
+    images[:, :, :14] = 255
+    mesh = parallel.make_mesh()
+    state, fn = _gan_setup(mesh, random_flip=True, **{"reg.name": "tests.test_gan:left_minus_right"})
+    state = jax.device_put(state, parallel.replicated(mesh))
+    data = parallel.put_replicated({"image": images}, mesh)
+    seen = []
+    for _ in range(4):
+        state, metrics = fn(state, data)
+        seen.append(float(metrics["left_minus_right"][0]))
+    assert abs(np.mean(seen)) < 0.5 and len(set(seen)) > 1  # a fresh draw each step
 
 
 @pytest.mark.parametrize("over", [

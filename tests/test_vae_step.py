@@ -76,6 +76,35 @@ def test_fused_steps_draw_the_batches_and_noise_of_single_steps(smoke_config):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-5)
 
 
+def left_minus_right(params, x, keys, *, model, cfg):
+    """An objective that learns nothing and reports how much brighter the inputs' left half is than the right."""
+    del keys, model, cfg
+    w = x.shape[2] // 2
+    loss = 0.0 * sum(jnp.sum(p) for p in jax.tree.leaves(params))
+    return loss, {"left_minus_right": jnp.mean(x[:, :, :w] - x[:, :, w:])}
+
+
+def test_random_flip_mirrors_about_half_of_the_training_inputs(smoke_config):
+    """Left half white: without data.random_flip the left half is 1 brighter at every step; with it, about as often
+    the right half is, drawn afresh at every step."""
+    images = np.zeros((64, 28, 28, 1), np.uint8)
+    images[:, :, :14] = 255  # left half white
+    mesh = parallel.make_mesh()
+    model = models.build(smoke_config.model, (28, 28, 1))
+    tx, lr = optim.make(smoke_config.optim, 100)
+    state = jax.jit(functools.partial(state_lib.create, model, tx, (28, 28, 1), 0, False),
+                    out_shardings=parallel.replicated(mesh))()
+    fn = vae_step.compile_train(mesh, steps_per_dispatch=1, model=model, tx=tx, objective=left_minus_right,
+                                obj_cfg=smoke_config.objective, lr_schedule=lr, batch=32, binarize="none",
+                                ema_half_life=0.0, ema_rampup=0.0, random_flip=True)
+    data = parallel.put_replicated({"image": images}, mesh)
+    seen = []
+    for _ in range(4):
+        state, metrics = fn(state, data)
+        seen.append(float(metrics["left_minus_right"][0]))
+    assert abs(np.mean(seen)) < 0.25 and len(set(seen)) > 1
+
+
 TRACES = []
 
 

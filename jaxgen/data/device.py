@@ -78,6 +78,13 @@ def preprocess(image_u8: jax.Array, keys: jax.Array, binarize: str) -> jax.Array
     return x
 
 
+def random_flip(image: jax.Array, keys: jax.Array) -> jax.Array:
+    """Mirrors (left-right) each example of image [B, H, W, C] with probability 1/2, drawn from its key [B]: the
+    training set doubled by its mirror images, as StyleGAN's --mirror and StudioGAN's random flip of the reals."""
+    do = jax.vmap(jax.random.bernoulli)(keys)
+    return jnp.where(do[:, None, None, None], image[:, :, ::-1], image)
+
+
 def example_keys(key: jax.Array, positions: jax.Array) -> jax.Array:
     """One key per example, from its position in the global batch: [B] keys."""
     return jax.vmap(jax.random.fold_in, (None, 0))(key, positions)

@@ -29,8 +29,9 @@ from jaxgen.training import dispatch
 from jaxgen.training import state as state_lib
 from jaxgen.training.state import DATA_STREAM, STEP_STREAM
 
-# Per-example key streams within a step (_Z_G: the G update's own latents, when it draws them).
-_Z, _AUG_REAL, _AUG_FAKE, _AUG_G, _REG, _Z_G = range(6)
+# Per-example key streams within a step (_Z_G: the G update's own latents, when it draws them; _FLIP: the reals'
+# mirror draws with random_flip).
+_Z, _AUG_REAL, _AUG_FAKE, _AUG_G, _REG, _Z_G, _FLIP = range(7)
 
 
 def apply_model(module, variables: dict, x, train: bool):
@@ -143,11 +144,12 @@ def g_update(state: dict, fake, g_vjp, d_real, keys, *, discriminator, g_tx, los
 
 def gan_step(state: dict, data: dict, *, generator, discriminator, g_tx, d_tx, loss_fn, reg_fn, reg_weight: float,
              reg_interval: int, d_steps: int, batch: int, augment_policy: str, ema_half_life: float,
-             ema_rampup: float, g_lr, d_lr, g_batch: int = 0):
+             ema_rampup: float, g_lr, d_lr, g_batch: int = 0, random_flip: bool = False):
     """One train step (d_steps D updates, then one G update) on one device's share of the global batch `batch`.
 
     g_batch: 0 = the G update goes through the last D update's `batch` fakes; > 0 = it draws `g_batch` (global)
-    fresh latents of its own.
+    fresh latents of its own. random_flip: mirror each real with probability 1/2 (data.random_flip; the fakes are
+    G's own, as with StyleGAN's --mirror).
 
     data: {'image': uint8 [N, H, W, C]}, the whole training split, replicated. Returns (state, metrics): D's
     metrics averaged over its updates, G's from its update, and 'finite' (0: nothing of this step was applied).
@@ -168,7 +170,10 @@ def gan_step(state: dict, data: dict, *, generator, discriminator, g_tx, d_tx, l
         it = step * d_steps + i
         keys = dev.example_keys(jax.random.fold_in(step_key, it), pos)
         idx = dev.batch_indices(data_key, it, n, batch, pos)
-        real = dev.preprocess(data["image"][idx], None, "none") * 2.0 - 1.0
+        image = data["image"][idx]
+        if random_flip:
+            image = dev.random_flip(image, dev.substream(keys, _FLIP))
+        real = dev.preprocess(image, None, "none") * 2.0 - 1.0
         make = functools.partial(_generate, generator, state["g"], latents(dev.substream(keys, _Z)))
         if g_batch or i < d_steps - 1:
             fake, _ = make(state["g"]["params"])

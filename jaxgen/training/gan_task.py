@@ -69,7 +69,8 @@ class GANTask:
         held = f"validation {len(self.validation)} images; " if self.validation is not None else ""
         return (f"train {c.data.name} {self.train.shape}, {len(self.train)} images; {held}{c.model.name} GAN, "
                 f"loss {c.loss.name}, reg {c.reg.name}, {c.train.d_steps} D step(s) per G step{fresh}, "
-                f"augment {c.augment.policy or 'none'}, compute {c.model.dtype}")
+                f"augment {c.augment.policy or 'none'}{', reals mirrored at random' if c.data.random_flip else ''}, "
+                f"compute {c.model.dtype}")
 
     def compile_train(self):
         c = self.config
@@ -79,7 +80,7 @@ class GANTask:
             reg_fn=self.reg_fn, reg_weight=c.reg.weight, reg_interval=c.reg.interval, d_steps=c.train.d_steps,
             batch=c.train.batch_size, augment_policy=c.augment.policy,
             ema_half_life=c.train.ema_half_life, ema_rampup=c.train.ema_rampup, g_lr=self.g_lr,
-            d_lr=self.d_lr, g_batch=self.g_batch)
+            d_lr=self.d_lr, g_batch=self.g_batch, random_flip=c.data.random_flip)
 
     @functools.cached_property
     def _refresh_stats(self):

@@ -24,17 +24,21 @@ from jaxgen.training.state import DATA_STREAM, STEP_STREAM
 
 
 def vae_step(state: dict, data: dict, *, model, tx, objective, obj_cfg, lr_schedule, batch: int, binarize: str,
-             ema_half_life: float, ema_rampup: float) -> tuple[dict, dict]:
+             ema_half_life: float, ema_rampup: float, random_flip: bool = False) -> tuple[dict, dict]:
     """One optimisation step on one device's share of the global batch `batch`. Returns (state, metrics).
 
-    data: {'image': uint8 [N, H, W, C]}, the whole training split, replicated.
+    data: {'image': uint8 [N, H, W, C]}, the whole training split, replicated. random_flip: mirror each drawn
+    example with probability 1/2 (data.random_flip).
     """
     step = state["step"]
     n = data["image"].shape[0]
     pos = dev.local_positions(batch, AXIS)
     idx = dev.batch_indices(jax.random.fold_in(state["key"], DATA_STREAM), step, n, batch, pos)
     keys = dev.example_keys(jax.random.fold_in(jax.random.fold_in(state["key"], STEP_STREAM), step), pos)
-    x = dev.preprocess(data["image"][idx], dev.substream(keys, 0), binarize)
+    image = data["image"][idx]
+    if random_flip:
+        image = dev.random_flip(image, dev.substream(keys, 2))
+    x = dev.preprocess(image, dev.substream(keys, 0), binarize)
     obj_keys = dev.substream(keys, 1)
 
     # An objective that names `step` gets it (a KL warm-up of one's own, say).

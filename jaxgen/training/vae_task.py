@@ -59,7 +59,8 @@ class VAETask:
 
     def describe(self) -> str:
         held = f"validation {len(self.validation)} images; " if self.validation is not None else ""
-        return (f"train {self.config.data.name} {self.train.shape}, {len(self.train)} images; {held}"
+        flip = " (mirrored at random)" if self.config.data.random_flip else ""
+        return (f"train {self.config.data.name} {self.train.shape}, {len(self.train)} images{flip}; {held}"
                 f"test {len(self.test)} images")
 
     def compile_train(self):
@@ -67,7 +68,8 @@ class VAETask:
         return vae_step.compile_train(
             self.mesh, steps_per_dispatch=c.train.steps_per_dispatch, model=self.model, tx=self.tx,
             objective=self.objective, obj_cfg=c.objective, lr_schedule=self.lr, batch=c.train.batch_size,
-            binarize=c.data.binarize, ema_half_life=c.train.ema_half_life, ema_rampup=c.train.ema_rampup)
+            binarize=c.data.binarize, ema_half_life=c.train.ema_half_life, ema_rampup=c.train.ema_rampup,
+            random_flip=c.data.random_flip)
 
     @functools.cached_property
     def eval_fn(self):
