@@ -125,14 +125,18 @@ def test_test_percent_split_is_disjoint_deterministic_and_complete(tmp_path):
         data.load(cfg, "validation")
 
 
-def test_each_split_keeps_path_order_and_labels_with_broken_files_among_them(tmp_path):
-    """Decoded train split first (a view each, broken files compacted in place): the arrays still hold each split's
-    readable files in sorted-path order, each with its folder's label."""
+def test_each_split_keeps_path_order_and_labels_with_broken_files_among_them(tmp_path, monkeypatch):
+    """Decoded train split first (broken files compacted in place), each split a view of one array, not a copy: the
+    arrays still hold each split's readable files in sorted-path order, each with its folder's label."""
     root = tmp_path / "imgs"
     _numbered_folder(root)
     for name in ("g0/001_broken.png", "g2/050_broken.png"):
         (root / name).write_bytes(b"not a png")
     cfg = _cfg(tmp_path, path=str(root), test_percent=30)
+    written, write = {}, imf.write_npz
+    monkeypatch.setattr(imf, "write_npz", lambda path, **a: written.update({path.stem: a["image"]}) or write(path, **a))
+    data.load(cfg, "train")
+    assert written["train"].base is not None and written["train"].base is written["test"].base  # views, no copy
     files = [f for f in imf.list_images(root) if "broken" not in f]
     held = imf.is_test(files, 30)
     for split, mask in (("train", ~held), ("test", held)):
@@ -152,18 +156,22 @@ def test_renamed_files_links_and_names_that_are_not_utf8(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="jaxgen"):
         d = data.load(cfg, "train")
     assert d.label[d.image[:, 0, 0, 0].tolist().index(0)] == 1
-    assert "1 older cache(s) of" in caplog.text and "Delete them when no run reads them" in caplog.text  # kept
+    assert "1 other cache(s) of" in caplog.text and "Delete them when no run reads them" in caplog.text  # kept
     assert len(list((tmp_path / "data" / "jaxgen_cache" / "image_folder").iterdir())) == 2
     caplog.clear()
     (root / "g1" / "gone.png").symlink_to(tmp_path / "nowhere.png")  # a link to nothing: left out
-    (root / "g0" / "up").symlink_to(root)  # a loop, and a second name for a folder: each folder read once
+    (root / "g0" / "up").symlink_to(root)  # a loop, and second names for a folder: each folder read where it is
     (root / "g3").symlink_to(root / "g2")
+    (root / "g0" / "alias").symlink_to(root / "g2")  # read first in path order, yet g2 keeps its images and label
     with open(os.path.join(os.fsencode(root / "g2"), b"caf\xe9.png"), "wb") as f:  # an old archive's name
         _solid("RGB", (6, 6), (200, 0, 7)).save(f, format="PNG")
     with caplog.at_level(logging.WARNING, logger="jaxgen"):
         both = [data.load(_cfg(tmp_path, path=str(root), test_percent=pct), "train") for pct in (0, 30)]
     assert sorted(both[0].image[:, 0, 0, 0].tolist()) == sorted([*range(60), 200])
-    assert "Skipped 2 folder(s)" in caplog.text and "'g0/up'" in caplog.text and "'g3'" in caplog.text
+    ids, labels = both[0].image[:, 0, 0, 0].tolist(), both[0].label.tolist()
+    assert {labels[ids.index(i)] for i in range(2, 60, 3)} == {2} and set(labels) == {0, 1, 2}
+    assert "Skipped 3 linked folder(s)" in caplog.text
+    assert all(f"'{name}'" in caplog.text for name in ("g0/up", "g0/alias", "g3"))
     assert 0 < len(both[1]) < 61
 
 

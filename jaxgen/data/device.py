@@ -30,8 +30,8 @@ def random_bijection(key: jax.Array, i: jax.Array, n: int) -> jax.Array:
 
     The swap-or-not shuffle (Hoang, Morris and Rogaway, CRYPTO 2012): round r pairs x with K_r - x (mod n) and
     swaps the two when a keyed hash of the larger one says so. Each round is an involution of [0, n), so any
-    number of them is a permutation of exactly [0, n), for every n. ROUNDS_PER_BIT * log2(n) rounds of a few
-    integer operations: O(len(i)) work with no data-dependent loop. (`jax.random.permutation` sorts all n each
+    number of them is a permutation of exactly [0, n), for every n. max(MIN_ROUNDS, ROUNDS_PER_BIT * log2(n)) rounds
+    of a few integer operations: O(len(i)) work with no data-dependent loop. (`jax.random.permutation` sorts all n each
     call, 22 ms a step for n = 60000 on this project's 2-core CPU machines; a Feistel network needs cycle-walking,
     a while loop, which on GPUs blocks the host on every iteration: XLA:GPU reads the loop condition back.)
     """

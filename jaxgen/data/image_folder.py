@@ -115,23 +115,36 @@ def _decode(path: Path, resolution: int, crop: int) -> tuple[np.ndarray, bool]:
 
 
 def list_images(folder: Path) -> list[str]:
-    """Sorted relative POSIX paths of the images under `folder` (recursive, hidden files and folders skipped; links
-    followed, but each folder read once, in sorted order, and links to nothing left out)."""
-    found, seen, again = [], set(), []
+    """Sorted relative POSIX paths of the images under `folder` (recursive, hidden files and folders skipped).
+
+    Links are followed, but each folder is read once, where it is: a link to a folder inside `folder` (or a loop
+    back up) is skipped, since that folder is read under its own name and label; of several links to one folder
+    outside, the first in sorted order is read. Links to nothing are left out."""
+    top = os.path.realpath(folder)
+    found, seen, skipped = [], set(), []
     for root, dirs, files in os.walk(folder, followlinks=True):
         st = os.stat(root)
-        if (st.st_dev, st.st_ino) in seen:  # a link to a folder already read, or back up the tree
+        if (st.st_dev, st.st_ino) in seen:  # a second link to a folder outside, already read
             dirs[:] = []
-            again.append(Path(root).relative_to(folder).as_posix())
+            skipped.append(Path(root).relative_to(folder).as_posix())
             continue
         seen.add((st.st_dev, st.st_ino))
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        keep = []
+        for d in sorted(d for d in dirs if not d.startswith(".")):
+            path = os.path.join(root, d)
+            real = os.path.realpath(path)
+            if os.path.islink(path) and (real == top or real.startswith(top + os.sep)):
+                skipped.append(Path(path).relative_to(folder).as_posix())
+            else:
+                keep.append(d)
+        dirs[:] = keep
         rel = Path(root).relative_to(folder)
         found += [(rel / f).as_posix() for f in files if not f.startswith(".") and f.lower().endswith(EXTENSIONS)
                   and os.path.isfile(os.path.join(root, f))]
-    if again:
-        log.warning("Skipped %d folder(s) under %s that link to a folder already read: %s%s", len(again), folder,
-                    ", ".join(repr(a) for a in again[:5]), " ..." if len(again) > 5 else "")
+    if skipped:
+        log.warning("Skipped %d linked folder(s) under %s that lead to a folder read elsewhere (inside it, or through "
+                    "another link): %s%s", len(skipped), folder, ", ".join(repr(a) for a in skipped[:5]),
+                    " ..." if len(skipped) > 5 else "")
     return sorted(found)
 
 
@@ -324,9 +337,10 @@ def _cached_or_decoded(folder: Path, files: list[str], cache: Path, wanted: Path
             if i != j:
                 image[j] = image[i]
         image, label, test = image[: len(keep)], label[keep], test[keep]
-    splits = {"train": ~test, "test": test} if pct else {"train": np.ones(len(label), bool)}
-    for name, mask in splits.items():
-        if not mask.any():
+    n_train = int((~test).sum())  # train rows first (the decode order), so each split is a view, not a copy
+    splits = {"train": slice(0, n_train), "test": slice(n_train, None)} if pct else {"train": slice(None)}
+    for name, rows in splits.items():
+        if not len(label[rows]):
             raise ValueError(f"split {name!r} of {folder} is empty with data.test_percent={pct} ({len(label)} images)")
     out = {}
     try:
@@ -335,8 +349,8 @@ def _cached_or_decoded(folder: Path, files: list[str], cache: Path, wanted: Path
         log.warning("Could not cache the decoded images of %s in %s (%s): the next run decodes them again",
                     folder, cache, e)
         cache = None
-    for name, mask in splits.items():
-        out[name] = (image if mask.all() else image[mask], label[mask])
+    for name, rows in splits.items():
+        out[name] = (image[rows], label[rows])
         if cache is not None:
             try:
                 write_npz(cache / f"{name}.npz", image=out[name][0], label=out[name][1])
@@ -352,8 +366,8 @@ def _cached_or_decoded(folder: Path, files: list[str], cache: Path, wanted: Path
 
 
 def _mention_older_caches(cache: Path, source: dict) -> None:
-    """Logs the caches of the same folder and settings made before its files changed: jaxgen never deletes them
-    (another run may still read one), so they hold disk space until the user does."""
+    """Logs the caches of the same folder and settings made for another state of its files: jaxgen never deletes
+    them (another run may still read one), so they hold disk space until the user does."""
     older = []
     for other in cache.parent.iterdir():
         try:
@@ -363,6 +377,6 @@ def _mention_older_caches(cache: Path, source: dict) -> None:
             continue
     if older:
         size = sum(f.stat().st_size for d in older for f in d.iterdir() if f.is_file())
-        log.info("%d older cache(s) of %s with these settings (made before its files changed; %.2f GB) remain: %s. "
-                 "Delete them when no run reads them.", len(older), source["folder"], size / 1e9,
+        log.info("%d other cache(s) of %s with these settings (made for another state of its files; %.2f GB) "
+                 "remain: %s. Delete them when no run reads them.", len(older), source["folder"], size / 1e9,
                  ", ".join(str(d) for d in older))
