@@ -38,6 +38,7 @@ c.eval.every = 0
 WORKER = _SMOKE_RUN + """
 if c.task == "vae":  # sample quality over two processes: the GAN run checks it (CI time)
     c.eval.extractors = ()
+c.data.validation_examples = 128  # a held-out split: its evaluation and the best checkpoint over two processes
 final = loop.train_and_evaluate(c, sys.argv[4])
 print("FINAL " + json.dumps({"devices": jax.device_count(), **final}), flush=True)
 """
@@ -240,6 +241,7 @@ def test_two_processes_train_like_one(config, tmp_path):
     c.eval.every = 0
     if c.task == "vae":
         c.eval.extractors = ()
+    c.data.validation_examples = 128
     single = loop.train_and_evaluate(c, tmp_path / "single")  # one process, this test's 8 devices
     for key, value in single.items():
         if key != "eval_seconds" and isinstance(value, float):
@@ -251,6 +253,9 @@ def test_two_processes_train_like_one(config, tmp_path):
             assert final["sample_quality"][name]["fid"] == pytest.approx(block["fid"], rel=1e-4), name
     assert sorted(p.name for p in (tmp_path / "multi" / "checkpoints").iterdir()) == ["10", "20"]
     assert (tmp_path / "multi" / "eval.json").is_file()
+    best = [json.loads((tmp_path / d / "best" / "best.json").read_text()) for d in ("multi", "single")]
+    assert best[0]["split"] == "validation" and best[0]["step"] == best[1]["step"] == 20
+    assert best[0]["value"] == pytest.approx(best[1]["value"], rel=1e-4)
 
 
 def test_sigterm_to_one_process_stops_both_at_one_step_and_the_job_resumes(tmp_path):
