@@ -175,6 +175,34 @@ def test_renamed_files_links_and_names_that_are_not_utf8(tmp_path, caplog):
     assert 0 < len(both[1]) < 61
 
 
+def test_jobs_started_together_on_one_folder_decode_it_once(tmp_path, monkeypatch, caplog):
+    """A sweep's jobs on one new folder: the first decodes under a lock, the others wait for it and read its cache."""
+    import threading
+    import time
+
+    root = tmp_path / "imgs"
+    _numbered_folder(root, n=12)
+    calls, decode = [], imf.decode_all
+
+    def slow_decode(*a, **k):
+        calls.append(1)
+        time.sleep(0.5)  # long enough for the other job to find the lock taken
+        return decode(*a, **k)
+
+    monkeypatch.setattr(imf, "decode_all", slow_decode)
+    cfg = _cfg(tmp_path, path=str(root))
+    got = []
+    with caplog.at_level(logging.INFO, logger="jaxgen"):
+        jobs = [threading.Thread(target=lambda: got.append(data.load(cfg, "train"))) for _ in range(2)]
+        for job in jobs:
+            job.start()
+            time.sleep(0.1)
+        for job in jobs:
+            job.join()
+    assert len(calls) == 1 and len(got) == 2 and "waiting for it, then reading its arrays" in caplog.text
+    np.testing.assert_array_equal(got[0].image, got[1].image)
+
+
 def test_resolution_zero_keeps_one_size_and_takes_the_smallest_side_of_mixed_sizes(tmp_path, monkeypatch, caplog):
     root = tmp_path / "imgs"
     _numbered_folder(root, n=4, size=(8, 6))

@@ -20,6 +20,8 @@ resolution 0 depends only on the files and the crop, so that key determines it t
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -312,10 +314,41 @@ def image_folder(data_config, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 def _cached_or_decoded(folder: Path, files: list[str], cache: Path, wanted: Path, res: int, crop: int, pct: int
                        ) -> tuple[np.ndarray, np.ndarray]:
-    if wanted.exists():
-        with np.load(wanted) as z:
-            return z["image"], z["label"]
+    if not wanted.exists():
+        with _decoding(cache, folder):
+            if not wanted.exists():  # else another process decoded the folder while this one waited
+                return _decode_and_cache(folder, files, cache, wanted, res, crop, pct)
+    with np.load(wanted) as z:
+        return z["image"], z["label"]
 
+
+@contextlib.contextmanager
+def _decoding(cache: Path, folder: Path):
+    """Holds an exclusive lock (fcntl.flock) on <cache>/decoding.lock while this process decodes `folder` into it: the
+    other jobs of a sweep started at once on the same folder wait for the first and read its cache instead of all
+    decoding it together. The kernel drops the lock when its process ends, however it ends. Where the data dir
+    cannot be written or has no locks, nothing is held."""
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        f = open(cache / "decoding.lock", "a+")  # noqa: SIM115 (held while decoding)
+    except OSError:
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("Another process is decoding %s into %s; waiting for it, then reading its arrays", folder, cache)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        except OSError:  # no locks on this filesystem
+            pass
+        yield
+    finally:
+        f.close()
+
+
+def _decode_and_cache(folder: Path, files: list[str], cache: Path, wanted: Path, res: int, crop: int, pct: int
+                      ) -> tuple[np.ndarray, np.ndarray]:
     log.info("Decoding %d images in %s once (resolution %d, crop %d); the arrays are cached in %s",
              len(files), folder, res, crop, cache)
     source = {"folder": str(folder), "resolution": res, "crop": crop, "test_percent": pct}
