@@ -172,6 +172,10 @@ def gan_config() -> ml_collections.ConfigDict:
     c.reg.weight = 10.0  # r1: gamma in gamma/2 E|grad D(x)|^2; gp: lambda in lambda E(|grad D(x_hat)| - 1)^2
     c.reg.interval = 1  # lazy regularization: every N D steps, weight scaled by N (StyleGAN2's 16 for R1); the
     # logged 'reg' then averages over all D steps (0 where it did not run): N times it is the penalty when it ran
+    # With augment.policy: False = the penalty at the augmented images D sees (DiffAugment's ns_r1_DiffAugment);
+    # True = at the clean images, D seeing them augmented (the same draw): the input gradient goes back through the
+    # augmentation (StyleGAN2-ADA's R1).
+    c.reg.through_augment = False
 
     c.g_optim = optim_block(2e-4, 0.5, 0.999)
     c.d_optim = optim_block(2e-4, 0.5, 0.999)
@@ -413,6 +417,9 @@ def check(config: ml_collections.ConfigDict) -> None:
         if config.data.binarize != "none":
             raise ValueError(f"data.binarize={config.data.binarize!r} is for VAEs; a GAN trains on the pixels: set "
                              f"--config.data.binarize=none")
+        if config.reg.through_augment and not (config.augment.policy and config.reg.name != "none"):
+            log.warning("reg.through_augment=True does nothing without a regularizer (reg.name) and an augmentation "
+                        "(augment.policy)")
         if config.reg.interval < 1:
             raise ValueError(f"reg.interval must be >= 1 (1 = every D step), got {config.reg.interval}")
         if config.model.dtype not in ("float32", "bfloat16"):

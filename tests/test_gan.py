@@ -104,8 +104,25 @@ def _gan_setup(mesh, g_batch=0, random_flip=False, **over):
         mesh, steps_per_dispatch=1, generator=G, discriminator=D, g_tx=g_tx, d_tx=d_tx,
         loss_fn=gan_obj.get_loss(c.loss.name), reg_fn=gan_obj.get_regularizer(c.reg.name), reg_weight=c.reg.weight,
         reg_interval=c.reg.interval, d_steps=c.train.d_steps, batch=32, augment_policy=c.augment.policy,
-        ema_half_life=200.0, ema_rampup=0.0, g_lr=g_lr, d_lr=d_lr, g_batch=g_batch, random_flip=random_flip)
+        ema_half_life=200.0, ema_rampup=0.0, g_lr=g_lr, d_lr=d_lr, g_batch=g_batch, random_flip=random_flip,
+        reg_through_augment=c.reg.through_augment)
     return state, fn
+
+
+def test_r1_through_the_augmentation_takes_the_gradient_at_the_clean_reals():
+    """reg.through_augment: R1 of D(T(x)) with respect to x (StyleGAN2-ADA) instead of D at the augmented T(x)
+    (DiffAugment). 'color' scales the reals (contrast, saturation), so the input gradients and R1 differ; D's
+    outputs, and so its loss, are the same."""
+    mesh = parallel.make_mesh(jax.devices()[:1])
+    images = (np.random.default_rng(0).random((64, 28, 28, 1)) * 255).astype(np.uint8)
+    seen = []
+    for through in (False, True):
+        state, fn = _gan_setup(mesh, **{"reg.name": "r1", "augment.policy": "color", "reg.through_augment": through})
+        _, metrics = fn(jax.device_put(state, parallel.replicated(mesh)), parallel.put_replicated({"image": images},
+                                                                                                      mesh))
+        seen.append(jax.device_get(metrics))
+    np.testing.assert_allclose(seen[0]["d_real"], seen[1]["d_real"], rtol=1e-5)
+    assert abs(float(seen[0]["r1_grad_sq"][0]) / float(seen[1]["r1_grad_sq"][0]) - 1) > 0.01
 
 
 def left_minus_right(d_fn, real, fake, keys):

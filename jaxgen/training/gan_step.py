@@ -62,11 +62,13 @@ def _lazy(cond_on, fn):
 
 
 def d_update(state: dict, real, fake, keys, it, *, discriminator, d_tx, loss_fn, reg_fn, reg_weight: float,
-             reg_interval: int, augment_policy: str):
+             reg_interval: int, augment_policy: str, reg_through_augment: bool = False):
     """One D update on reals [B, H, W, C] and (constant) fakes, both in [-1, 1]. Returns (state, d_real, metrics).
 
     `it` counts D updates over the run (it selects the lazy regularizer's steps); d_real are D's outputs on the
-    reals (for the G update's loss call).
+    reals (for the G update's loss call). With an augmentation policy the regularizer sees the augmented images D
+    sees (DiffAugment's R1), or with `reg_through_augment` the clean ones and D after their augmentation (the same
+    draw), so that its input gradient goes back through the augmentation (StyleGAN2-ADA's R1).
     """
     real_aug = _augment(augment_policy, dev.substream(keys, _AUG_REAL), real)
     fake_aug = _augment(augment_policy, dev.substream(keys, _AUG_FAKE), fake)
@@ -80,7 +82,11 @@ def d_update(state: dict, real, fake, keys, it, *, discriminator, d_tx, loss_fn,
         total = d_loss
         if reg_fn is not None:
             d_fn = lambda x: apply_model(discriminator, variables, x, True)[0]
-            penalty = lambda: reg_fn(d_fn, real_aug, fake_aug, dev.substream(keys, _REG))
+            reg_args = (d_fn, real_aug, fake_aug)
+            if reg_through_augment and augment_policy:
+                real_keys = dev.substream(keys, _AUG_REAL)
+                reg_args = (lambda x: d_fn(_augment(augment_policy, real_keys, x)), real, fake)
+            penalty = lambda: reg_fn(*reg_args, dev.substream(keys, _REG))
             if reg_interval > 1:
                 value, reg_metrics = _lazy(it % reg_interval == 0, penalty)
             else:
@@ -144,7 +150,8 @@ def g_update(state: dict, fake, g_vjp, d_real, keys, *, discriminator, g_tx, los
 
 def gan_step(state: dict, data: dict, *, generator, discriminator, g_tx, d_tx, loss_fn, reg_fn, reg_weight: float,
              reg_interval: int, d_steps: int, batch: int, augment_policy: str, ema_half_life: float,
-             ema_rampup: float, g_lr, d_lr, g_batch: int = 0, random_flip: bool = False):
+             ema_rampup: float, g_lr, d_lr, g_batch: int = 0, random_flip: bool = False,
+             reg_through_augment: bool = False):
     """One train step (d_steps D updates, then one G update) on one device's share of the global batch `batch`.
 
     g_batch: 0 = the G update goes through the last D update's `batch` fakes; > 0 = it draws `g_batch` (global)
@@ -163,7 +170,7 @@ def gan_step(state: dict, data: dict, *, generator, discriminator, g_tx, d_tx, l
     data_key = jax.random.fold_in(state["key"], DATA_STREAM)
     step_key = jax.random.fold_in(state["key"], STEP_STREAM)
     d_kw = dict(discriminator=discriminator, d_tx=d_tx, loss_fn=loss_fn, reg_fn=reg_fn, reg_weight=reg_weight,
-                reg_interval=reg_interval, augment_policy=augment_policy)
+                reg_interval=reg_interval, augment_policy=augment_policy, reg_through_augment=reg_through_augment)
     latents = lambda keys: jax.vmap(lambda k: jax.random.normal(k, (generator.latent_dim,)))(keys)
     d_metrics = []
     for i in range(d_steps):

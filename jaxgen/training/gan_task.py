@@ -80,7 +80,8 @@ class GANTask:
             reg_fn=self.reg_fn, reg_weight=c.reg.weight, reg_interval=c.reg.interval, d_steps=c.train.d_steps,
             batch=c.train.batch_size, augment_policy=c.augment.policy,
             ema_half_life=c.train.ema_half_life, ema_rampup=c.train.ema_rampup, g_lr=self.g_lr,
-            d_lr=self.d_lr, g_batch=self.g_batch, random_flip=c.data.random_flip)
+            d_lr=self.d_lr, g_batch=self.g_batch, random_flip=c.data.random_flip,
+            reg_through_augment=c.reg.through_augment)
 
     @functools.cached_property
     def _refresh_stats(self):
