@@ -380,9 +380,14 @@ def test_too_few_test_images_for_one_eval_batch_fail_before_any_training(tmp_pat
     c = _smoke()
     c.eval.num_examples = 8
     with pytest.raises(ValueError, match=r"eval needs at least eval.batch_size=\d+ images, the test split has "
-                                         r"\d+ \(eval.num_examples=8\); lower eval.batch_size \(a multiple of the 8"):
+                                         r"\d+ \(eval.num_examples=8\); lower eval.batch_size \(a multiple of the "
+                                         r"device count, 8\)"):
         loop.train_and_evaluate(c, tmp_path)
     assert not (tmp_path / "checkpoints").exists()
+    c.data.num_examples = 16  # a small dataset: every size it cannot fill is named at once
+    with pytest.raises(ValueError, match=r"train split has 16 examples, fewer than train.batch_size=32; lower the "
+                                         r"batch size; and eval needs at least eval.batch_size"):
+        loop.train_and_evaluate(c, tmp_path)
 
 
 def test_the_ema_follows_a_half_life_in_images_and_ramps_up():

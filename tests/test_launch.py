@@ -26,8 +26,9 @@ def _launch(*args, cwd=ROOT):
 
 def test_launch_smoke_end_to_end_then_resume(tmp_path):
     wd = tmp_path / "run"
-    r = _launch("--config=configs/vae_mnist.py:smoke", f"--workdir={wd}", "--config.output.progress=False")
+    r = _launch("--config=configs/vae_mnist.py:smoke", f"--workdir={wd}")
     assert r.returncode == 0, r.stderr[-3000:]
+    assert "step/s" not in r.stderr and "\r" not in r.stderr  # stderr is no terminal here: no progress bar
     records = [json.loads(line) for line in (wd / "metrics.jsonl").read_text().splitlines()]
     assert {"train", "eval"} == {r["split"] for r in records}
     assert [r["step"] for r in records if r["split"] == "train"] == [5, 10, 15, 20]

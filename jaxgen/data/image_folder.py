@@ -307,6 +307,9 @@ def image_folder(data_config, split: str) -> tuple[np.ndarray, np.ndarray]:
         )
     cache = _cache_dir(data_config, folder, files)
     wanted = cache / f"{split if pct else 'train'}.npz"
+    if split == "test" and not pct:
+        log.warning("data.test_percent=0: the 'test' split of %s is its training images, so the evaluations (FID, "
+                    "D(x)) measure fit to them; --config.data.test_percent=10 holds 10%% of the files out", folder)
     # In a multi-host run process 0 decodes first, so hosts sharing the data dir read its cache.
     return parallel.process_0_first(lambda: _cached_or_decoded(folder, files, cache, wanted, res, crop, pct),
                                     needed=not wanted.exists(), what=f"decode the images in {folder}")

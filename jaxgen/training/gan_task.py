@@ -50,11 +50,17 @@ class GANTask:
         self.train, self.validation = data.load_train(c.data)
         self.test = data.load(c.data, c.data.test_split)
         gan_obj.check_regularizer(self.reg_fn, c.reg.name, self.train.shape)
+        problems = []  # every size the data cannot fill, at once (a small image folder may need several changes)
         if len(self.train) < c.train.batch_size:
-            raise ValueError(f"train split has {len(self.train)} examples, fewer than train.batch_size="
-                             f"{c.train.batch_size}; lower the batch size")
+            problems.append(f"train split has {len(self.train)} examples, fewer than train.batch_size="
+                            f"{c.train.batch_size}; lower the batch size")
         for split in (self.test, self.validation) if self.validation is not None else (self.test,):
-            self._eval_count(split)  # before any training: evaluation needs one full batch of images
+            try:
+                self._eval_count(split)  # before any training: evaluation needs one full batch of images
+            except ValueError as e:
+                problems.append(str(e))
+        if problems:
+            raise ValueError("; and ".join(problems))
         self.generator, self.discriminator = gan_models.build(c.model, self.train.shape, axis_name=parallel.AXIS)
         if self.reg_fn is not None and c.model.d_norm == "batch":
             log.warning("reg.name=%s with BatchNorm in D (model.d_norm='batch'): the penalty's per-example input "
@@ -150,7 +156,7 @@ class GANTask:
             raise ValueError(f"eval needs at least eval.batch_size={bs} images, the {split.split} split has "
                              f"{len(split)}" + (f" (eval.num_examples={c.eval.num_examples})"
                                                 if c.eval.num_examples else "")
-                             + f"; lower eval.batch_size (a multiple of the {self.mesh.size} devices)"
+                             + f"; lower eval.batch_size (a multiple of the device count, {self.mesh.size})"
                              + (" or hold out more (data.validation_examples)" if split.split == "validation"
                                 else ""))
         return n

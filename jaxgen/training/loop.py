@@ -8,10 +8,12 @@ restore or init, the train calls, the finite check, logging, checkpoints, evalua
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -276,11 +278,15 @@ def _train(task, state: dict, mgr, writer: MetricWriter, evals: _Evals) -> tuple
             "the dataset has one)")
     train_data = parallel.put_replicated({"image": image}, task.mesh)
     step = int(jax.device_get(state["step"]))
-    bar = None
-    if c.output.progress and jax.process_index() == 0 and step < c.train.steps:
+    bar, redirect = None, contextlib.ExitStack()
+    # A terminal only: redirected to a file (nohup, SLURM) the bar's redraws would bury the log lines, which carry
+    # the same numbers. On the terminal the log lines are written above the bar, not glued to it.
+    if c.output.progress and jax.process_index() == 0 and step < c.train.steps and sys.stderr.isatty():
         from tqdm import tqdm  # noqa: PLC0415
+        from tqdm.contrib.logging import logging_redirect_tqdm  # noqa: PLC0415
 
         bar = tqdm(total=c.train.steps, initial=step, unit="step", dynamic_ncols=True)
+        redirect.enter_context(logging_redirect_tqdm(loggers=[log]))
     check = lambda m: _check_finite(m, mgr, task.workdir, task.headline)  # noqa: E731
     pending, window, previous, call, stopped = [], [], None, 0, None
     t_log, step_log = time.perf_counter(), step
@@ -328,6 +334,7 @@ def _train(task, state: dict, mgr, writer: MetricWriter, evals: _Evals) -> tuple
                 checkpoint.save(mgr, state)
     finally:
         stop.uninstall()
+        redirect.close()
         if bar is not None:
             bar.close()
     return state, step, stopped
