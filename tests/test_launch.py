@@ -51,8 +51,7 @@ def test_launch_smoke_end_to_end_then_resume(tmp_path):
     best = json.loads((wd / "best" / "best.json").read_text())  # a VAE keeps its best test ELBO, final eval included
     assert best["metric"] == "elbo" and best["value"] == max(r["elbo"] for r in records if r["split"] == "eval")
 
-    r = _launch("--config=configs/vae_mnist.py:smoke", f"--workdir={wd}", "--config.output.progress=False",
-                "--config.train.steps=30")
+    r = _launch("--config=configs/vae_mnist.py:smoke", f"--workdir={wd}", "--config.train.steps=30")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "Resumed from the checkpoint at step 20" in r.stderr
     assert "train.steps: 20 -> 30" in r.stderr  # the changed field is named
