@@ -88,4 +88,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    from jaxgen import runtime  # light: no JAX yet
+
+    runtime.console_logging()  # the config's own warnings, while the flags are parsed, in jaxgen's format
     app.run(main, flags_parser=parse_flags)

@@ -17,6 +17,22 @@ DETERMINISTIC_FLAGS = ("--xla_gpu_deterministic_ops=true",)
 ACCELERATOR_PLUGINS = ("jax-cuda", "jax_cuda", "libtpu", "jax-rocm", "jax_rocm")
 
 
+def console_logging() -> logging.Logger:
+    """jaxgen's logger at INFO to stderr, in its one format ('14:04:48 INFO ...'), its handlers replaced: launch.py
+    calls it first, so that warnings made while the config loads read like the rest; the workdir adds log.txt
+    (jaxgen.training.workdir.setup_logging)."""
+    logger = logging.getLogger("jaxgen")
+    logger.setLevel(logging.INFO)
+    for h in list(logger.handlers):
+        logger.removeHandler(h)
+        h.close()
+    stream = logging.StreamHandler()
+    stream.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    logger.addHandler(stream)
+    logger.propagate = False
+    return logger
+
+
 def _runs_on_cpu() -> bool:
     platforms = os.environ.get("JAX_PLATFORMS", "").strip().lower()
     if platforms:

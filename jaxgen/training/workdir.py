@@ -15,7 +15,7 @@ from pathlib import Path
 
 import jax
 
-from jaxgen import atomic, parallel
+from jaxgen import atomic, parallel, runtime
 
 log = logging.getLogger("jaxgen")
 
@@ -100,20 +100,11 @@ def training_lock(workdir: Path, holder: str = "training run") -> Iterator[None]
 
 def setup_logging(workdir: Path) -> None:
     """INFO logs to stderr and, on process 0, to <workdir>/log.txt."""
-    logger = logging.getLogger("jaxgen")
-    logger.setLevel(logging.INFO)
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
-    for h in list(logger.handlers):
-        logger.removeHandler(h)
-        h.close()
-    stream = logging.StreamHandler()
-    stream.setFormatter(fmt)
-    logger.addHandler(stream)
+    logger = runtime.console_logging()
     if jax.process_index() == 0:
         fh = logging.FileHandler(workdir / "log.txt")
-        fh.setFormatter(fmt)
+        fh.setFormatter(logger.handlers[0].formatter)
         logger.addHandler(fh)
-    logger.propagate = False
     logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax reports every save at INFO
 
 
