@@ -146,6 +146,7 @@ def test_random_flip_mirrors_about_half_of_the_reals():
         state, metrics = fn(state, data)
         seen.append(float(metrics["left_minus_right"][0]))
     assert abs(np.mean(seen)) < 0.5 and len(set(seen)) > 1  # a fresh draw each step
+    assert all(abs(v) < 2 for v in seen)  # each real its own draw: no batch mirrored (or kept) as a whole
 
 
 @pytest.mark.parametrize("over", [

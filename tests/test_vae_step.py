@@ -103,6 +103,7 @@ def test_random_flip_mirrors_about_half_of_the_training_inputs(smoke_config):
         state, metrics = fn(state, data)
         seen.append(float(metrics["left_minus_right"][0]))
     assert abs(np.mean(seen)) < 0.25 and len(set(seen)) > 1
+    assert all(abs(v) < 1 for v in seen)  # each example its own draw: no batch mirrored (or kept) as a whole
 
 
 TRACES = []
