@@ -12,9 +12,9 @@ The first load decodes both splits in one pass (threads, not processes: JAX is r
 `<data_dir>/jaxgen_cache/image_folder/<key>/{train,test}.npz`, the key hashing the folder's absolute path, the
 resolution, crop and test_percent, and a fingerprint of the files (their relative paths, total bytes, newest
 mtime): adding, removing, renaming or touching an image makes a new cache, later loads read the arrays and decode
-nothing. Links are followed, each folder read once (a link to a folder already read, or a loop, is skipped), and a
-link to nothing is left out. (The size chosen for
-resolution 0 depends only on the files and the crop, so that key determines it too.)
+nothing. Links are followed, each folder read once, where it is (`list_images`), and a link to nothing is left out.
+Jobs started together on one new folder decode it once: the first holds a lock, the others read its arrays. (The
+size chosen for resolution 0 depends only on the files and the crop, so that key determines it too.)
 """
 
 from __future__ import annotations
