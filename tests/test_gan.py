@@ -156,12 +156,13 @@ def test_random_flip_mirrors_about_half_of_the_reals():
 def test_sharded_gan_step_equals_one_device(over):
     """8 devices give the params of 1 device with the same global batch (sync BatchNorm; in the first case also
     per-device R1 and augmentation, in the second the G update's own fresh fakes): within 2e-5 absolute after 3
-    steps (float32 reduction order differs; Adam amplifies tiny gradients)."""
+    steps (float32 reduction order differs). Adam's eps is raised to 1e-3 here: with the default 1e-8 an element whose
+    gradient is reduction-order noise moves by +-lr either way (1.8e-4 apart seen without AVX-512)."""
     images = (np.random.default_rng(0).random((256, 28, 28, 1)) * 255).astype(np.uint8)
     results, metrics_seen = [], []
     for devices in (jax.devices(), jax.devices()[:1]):
         mesh = parallel.make_mesh(devices)
-        state, fn = _gan_setup(mesh, **over)
+        state, fn = _gan_setup(mesh, **over, **{"g_optim.eps": 1e-3, "d_optim.eps": 1e-3})
         state = jax.device_put(state, parallel.replicated(mesh))
         data = parallel.put_replicated({"image": images}, mesh)
         for _ in range(3):
@@ -169,10 +170,12 @@ def test_sharded_gan_step_equals_one_device(over):
         assert float(metrics["finite"][0]) == 1.0
         results.append(jax.device_get(state))
         metrics_seen.append(jax.device_get(metrics))
-    # The gradients themselves are the global-batch means (Adam's update alone would hide a scale error).
+    # The gradients themselves are the global-batch means (Adam's update alone would hide a scale error, which
+    # would be a factor of 8 or more here). These are the third step's, after two updates whose params already
+    # differ in the last digits: 1.7e-4 relative seen on a CPU without AVX-512.
     for name in ("d_loss", "g_loss", "d_grad_norm", "g_grad_norm", "g_param_norm", "d_param_norm",
                  "reg")[:None if "reg.name" in over else 6]:
-        np.testing.assert_allclose(metrics_seen[0][name], metrics_seen[1][name], rtol=1e-4, err_msg=name)
+        np.testing.assert_allclose(metrics_seen[0][name], metrics_seen[1][name], rtol=1e-3, err_msg=name)
     for a, b in zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[1])):
         if jnp.issubdtype(a.dtype, jax.dtypes.prng_key):
             continue

@@ -8,18 +8,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
 
 from jaxgen.training import loop
-from tests.conftest import config_module
+from tests.conftest import TEST_XLA_FLAGS, config_module
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _launch(*args, cwd=ROOT):
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env = {**os.environ, "XLA_FLAGS": TEST_XLA_FLAGS}  # no faked devices: launch.py as a user runs it
     return subprocess.run([sys.executable, str(ROOT / "launch.py"), *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=300)
 
@@ -92,11 +93,19 @@ SMOKE_ELSEWHERE = ("vae_mnist", "gan_celeba")
 
 @pytest.mark.parametrize("path", [p for p in CONFIGS if Path(p).stem not in SMOKE_ELSEWHERE],
                          ids=[Path(p).stem for p in CONFIGS if Path(p).stem not in SMOKE_ELSEWHERE])
-def test_every_config_has_a_smoke_variant_that_trains(path, tmp_path):
+def test_every_config_has_a_smoke_variant_that_trains(path, tmp_path, monkeypatch):
+    """On one device, as a user checks an install (the sharded paths have their own tests; 8 faked devices on 2
+    cores took gan_cifar10's smoke run from ~20 s to ~50 s)."""
+    from jaxgen import parallel
+
+    make_mesh = parallel.make_mesh
+    monkeypatch.setattr(parallel, "make_mesh", lambda devices=None: make_mesh(jax.devices()[:1] if devices is None
+                                                                             else devices))
     c = _load_config(path, "smoke")
     c.unlock()
     c.output.progress = False
     c.output.plots = False
+    c.train.steps = c.eval.every  # one eval, the final one (gan_cifar10's ResNet steps are what take the time)
     final = loop.train_and_evaluate(c, tmp_path)
     assert final["num_examples"] > 0
     assert all(math.isfinite(v) for v in final.values() if isinstance(v, float)), final
@@ -391,7 +400,7 @@ def test_sigterm_to_launch_checkpoints_logs_and_exits_143(tmp_path):
     args = ["--config=configs/vae_mnist.py:smoke", f"--workdir={wd}", "--config.output.progress=False",
             "--config.train.steps=2000", "--config.eval.every=0", "--config.checkpoint.every=1000",
             "--config.eval.extractors=()"]
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env = {**os.environ, "XLA_FLAGS": TEST_XLA_FLAGS}  # no faked devices: launch.py as a user runs it
     proc = subprocess.Popen([sys.executable, str(ROOT / "launch.py"), *args], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from jaxgen.training import loop
-from tests.conftest import CONFIGS, config_module
+from tests.conftest import CONFIGS, TEST_XLA_FLAGS, config_module
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -47,7 +47,7 @@ print("FINAL " + json.dumps({"devices": jax.device_count(), **final}), flush=Tru
 # One process gets SIGTERM (a preempted host); JAX's preemption service makes both stop after the same call.
 STOP_WORKER = _SMOKE_RUN + """
 from tests.signals import signal_at_call
-c.eval.extractors, c.train.steps, c.checkpoint.every = (), 40, 40  # saves: the stop's and the end's
+c.eval.extractors, c.train.steps, c.checkpoint.every = (), 20, 20  # saves: the stop's and the end's
 loop.build_task = signal_at_call(loop.build_task, int(sys.argv[5]), process=1)
 try:
     final = loop.train_and_evaluate(c, sys.argv[4])
@@ -190,7 +190,8 @@ def _two_processes(worker: str, *args: str, timeout: int = 300, devices: int = 4
 
 
 def _run_two(commands: list[list[str]], envs: list[dict], timeout: int, devices: int) -> list[tuple[str, str]]:
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices} {TEST_XLA_FLAGS}",
+           "PYTHONPATH": str(ROOT)}
     # Output to files, not pipes: a process blocked on a full pipe would stall the other at a collective.
     files = [(tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")) for _ in (0, 1)]
     procs = [subprocess.Popen(cmd, env={**env, **extra}, stdout=out, stderr=err, text=True, cwd=ROOT)
@@ -267,7 +268,7 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_the_job_resumes(tmp_p
             for out, _ in _two_processes(STOP_WORKER, path, work, "3")]
     assert said[0] == said[1] and len(said[0]) == 1 and said[0][0].startswith("STOPPED stopped by SIGTERM at step ")
     step = int(said[0][0].split("at step ")[1].split(",")[0])
-    assert 0 < step < 40
+    assert 0 < step < 20
     assert max(int(p.name) for p in (tmp_path / "multi" / "checkpoints").iterdir() if p.name.isdigit()) == step
     outs = _two_processes(STOP_WORKER, path, work, "0")
     assert f"Resumed from the checkpoint at step {step}" in outs[0][1]  # process 0 logs
@@ -275,13 +276,13 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_the_job_resumes(tmp_p
     c = config_module(path).get_config("smoke")
     c.unlock()
     c.output.progress = c.output.plots = False
-    c.eval.every, c.eval.extractors, c.train.steps = 0, (), 40
+    c.eval.every, c.eval.extractors, c.train.steps = 0, (), 20
     single = loop.train_and_evaluate(c, tmp_path / "single")  # one process, this test's 8 devices, no stop
     for key, value in single.items():
         if key != "eval_seconds" and isinstance(value, float):
             for final in finals:
                 assert final[key] == pytest.approx(value, rel=1e-4, abs=1e-5), key
-    assert (tmp_path / "multi" / "eval.json").is_file() and (tmp_path / "multi" / "checkpoints" / "40").is_dir()
+    assert (tmp_path / "multi" / "eval.json").is_file() and (tmp_path / "multi" / "checkpoints" / "20").is_dir()
 
 
 @pytest.mark.parametrize("config", ["gan_mnist", "vae_mnist"])
@@ -331,7 +332,8 @@ def test_process_0_prepares_data_first_and_its_failure_reaches_the_others(tmp_pa
     address = f"127.0.0.1:{_free_port()}"
     args = (str(tmp_path / "flag"), str(tmp_path / "imgs"), str(tmp_path / "data"))
     # A device collective would give up on a late process after 4 s (CPU's default: 30 minutes, GPU's: never).
-    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=1 --xla_cpu_collective_timeout_seconds=4"}
+    env = {"XLA_FLAGS": f"--xla_force_host_platform_device_count=1 --xla_cpu_collective_timeout_seconds=4 "
+                        f"{TEST_XLA_FLAGS}"}
     outs = _run_two([[sys.executable, "-c", FIRST_WORKER, address, str(i), *args] for i in (0, 1)], [env, env],
                     timeout=120, devices=1)
     said = [[line for line in out.splitlines() if line.startswith(("RESULT", "ERROR"))] for out, _ in outs]
