@@ -4,6 +4,7 @@ import glob
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -136,6 +137,21 @@ def test_unknown_config_field_names_it_and_lists_the_fields_of_its_block(tmp_pat
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
     assert f"unknown config field '{field}'; fields of {block}: {fields}\n" in r.stderr
     assert not any(tmp_path.iterdir())  # failed at flag parsing, before any work
+
+
+def test_one_log_format_from_the_config_on_and_no_tfds_warning_before_jaxgens_message(tmp_path):
+    """A variant's warning while the flags are parsed reads like every other line ('17:08:15 WARNING ...', not
+    absl's 'W1129 17:08:15.123 ...'); TFDS's 'no dataset_info.json' warning of a dataset not prepared is muted, so
+    jaxgen's message saying what to do is what the user reads."""
+    r = _launch("--config=configs/iwae_mnist.py:k1,k50", f"--workdir={tmp_path / 'w'}", "--config.data.download=False",
+                f"--config.data.data_dir={tmp_path / 'd'}")
+    assert r.returncode == 1, r.stderr[-3000:]
+    lines = r.stderr.splitlines()
+    warning = [line for line in lines if "config variant 'k50' overrides" in line]
+    assert len(warning) == 1 and re.match(r"\d\d:\d\d:\d\d WARNING config variant 'k50' overrides", warning[0])
+    assert not any(re.match(r"[IWEF]\d{4} ", line) for line in lines), r.stderr  # absl's format
+    assert "dataset_info.json" not in r.stderr
+    assert "FATAL DatasetUnavailableError: TFDS dataset 'mnist' is not prepared in" in r.stderr
 
 
 def test_an_error_jaxgen_raises_is_one_message_and_its_traceback_lands_in_log_txt(tmp_path):
