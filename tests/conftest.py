@@ -6,9 +6,12 @@ import tempfile
 # Tests compile far more than they run (tiny models, few steps), so XLA:CPU's LLVM optimisation of the compiled code
 # is skipped: a smoke run from a cold cache took 13 s instead of 23 s on 2 cores, with the same numbers. The processes
 # tests start get these flags too (TEST_XLA_FLAGS); launch.py's own defaults are added to them as for any user.
-TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
+# An XLA_FLAGS that sets the level itself (--xla_backend_optimization_level=2: as users compile) is kept.
+_user_flags = os.environ.get("XLA_FLAGS", "")
+TEST_XLA_FLAGS = ("" if "--xla_backend_optimization_level" in _user_flags
+                  else "--xla_backend_optimization_level=0")
 os.environ["XLA_FLAGS"] = " ".join(
-    (os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=8", TEST_XLA_FLAGS)).strip()
+    f for f in (_user_flags, "--xla_force_host_platform_device_count=8", TEST_XLA_FLAGS) if f).strip()
 # One persistent XLA compilation cache for the test session, its xdist workers and the processes tests start: a
 # smoke config's train step compiles once, not in every test that trains it (set the variable to choose the dir).
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "jaxgen-tests-xla-cache"))

@@ -26,11 +26,6 @@ from jax import lax
 from jaxgen import atomic, parallel
 from jaxgen.training.workdir import WorkdirError
 
-try:  # what Orbax's default jax.Array handler keeps per-host array metadata in
-    from orbax.checkpoint._src.metadata.array_metadata_store import Store as _ArrayMetadataStore
-except ImportError:  # another Orbax layout: its default handler stays
-    _ArrayMetadataStore = None
-
 log = logging.getLogger(__name__)
 
 TMP_MARK = ".orbax-checkpoint-tmp"  # in the name of a step folder Orbax is still writing
@@ -45,19 +40,21 @@ _handler_registered = False
 
 
 def _register_array_handler() -> None:
-    """Once per process, before the first save: Orbax's jax.Array handler (its process-wide registry entry, kept
-    as Orbax builds it) with REPLICA_PARALLEL_MIN_BYTES. Restores are unaffected; the files are written the same."""
+    """Once per process, before the first save: Orbax's own jax.Array handler, as Orbax built it (its array metadata
+    store kept), with REPLICA_PARALLEL_MIN_BYTES. A handler someone else registered is left alone. Restores are
+    unaffected: the values and their layout on disk are the same; small arrays are stored in one chunk, not one per
+    device."""
     global _handler_registered
     if _handler_registered:
         return
     _handler_registered = True
-    if _ArrayMetadataStore is None:
-        return
-    try:
-        handler = ocp.type_handlers.ArrayHandler(min_slice_bytes_for_replica_parallel=REPLICA_PARALLEL_MIN_BYTES,
-                                                 array_metadata_store=_ArrayMetadataStore())
-    except TypeError:  # an Orbax without the option: its default
-        return
+    current = ocp.type_handlers.get_type_handler(jax.Array)
+    if (type(current) is not ocp.type_handlers.ArrayHandler  # noqa: E721 (exactly Orbax's, not a subclass)
+            or getattr(current, "_min_slice_bytes_for_replica_parallel", 0) is not None
+            or not hasattr(current, "_array_metadata_store")):
+        return  # someone's own handler or settings, or an Orbax without the option: left as they are
+    handler = ocp.type_handlers.ArrayHandler(min_slice_bytes_for_replica_parallel=REPLICA_PARALLEL_MIN_BYTES,
+                                             array_metadata_store=current._array_metadata_store)
     absl = logging.getLogger("absl")
     level = absl.level
     absl.setLevel(logging.ERROR)  # its 'overriding' warning: this override is the point
