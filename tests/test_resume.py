@@ -223,6 +223,28 @@ def _save(cfg, tmp_path, mesh, step=10):
     mgr.close()
 
 
+def test_small_replicated_arrays_are_saved_without_a_slice_per_device(smoke_config, tmp_path, monkeypatch):
+    """Orbax's replica-parallel save would cut every replicated array into one slice per device (eager slices,
+    compiled per shape); below checkpoint.REPLICA_PARALLEL_MIN_BYTES per slice one replica writes it whole. The
+    state still round-trips."""
+    slices = []
+    slice_in_dim = jax.lax.slice_in_dim
+    monkeypatch.setattr(jax.lax, "slice_in_dim", lambda *a, **k: slices.append(a[0].shape) or slice_in_dim(*a, **k))
+    mesh = parallel.make_mesh()
+    assert mesh.size == 8
+    state = jax.device_put({"step": jnp.int32(3), "w": jnp.arange(4096, dtype=jnp.float32).reshape(64, 64)},
+                           parallel.replicated(mesh))
+    mgr = checkpoint.manager(tmp_path, smoke_config.checkpoint)
+    checkpoint.save(mgr, state)
+    mgr.wait_until_finished()
+    assert slices == []
+    target = checkpoint.abstract_like(jax.eval_shape(lambda: state), parallel.replicated(mesh))
+    ocp = checkpoint.ocp
+    restored = mgr.restore(3, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
+    np.testing.assert_array_equal(np.asarray(restored["w"]), np.asarray(state["w"]))
+    mgr.close()
+
+
 def test_a_checkpoint_of_another_config_stops_the_run_and_stays_in_place(smoke_config, tmp_path):
     mesh = parallel.make_mesh()
     _save(smoke_config, tmp_path, mesh)
