@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 
@@ -15,6 +16,19 @@ CPU_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=",)
 # --xla_gpu_exclude_nondeterministic_ops, openxla/xla#12520). Every jaxlib knows it; on a CPU it changes nothing.
 DETERMINISTIC_FLAGS = ("--xla_gpu_deterministic_ops=true",)
 ACCELERATOR_PLUGINS = ("jax-cuda", "jax_cuda", "libtpu", "jax-rocm", "jax_rocm")
+
+
+@contextlib.contextmanager
+def absl_errors_only():
+    """Only errors from absl's logger inside the block (TFDS and Orbax log through it): for warnings jaxgen
+    answers itself, or causes on purpose."""
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        absl.setLevel(level)
 
 
 def console_logging() -> logging.Logger:

@@ -69,3 +69,14 @@ def pytorch_fid(module: str):
             mp.setattr(torch.library, "register_fake", lambda *a, **k: (lambda f: f))
             import torchvision  # noqa: F401
     return torch, pytest.importorskip(f"pytorch_fid.{module}")
+
+
+@pytest.fixture
+def one_device(monkeypatch):
+    """Tasks built in the test train on one device (parallel.make_mesh's default), as a user checks an install:
+    for end-to-end tests whose sharded paths have tests of their own (8 faked devices on 2 cores cost ~2x)."""
+    from jaxgen import parallel
+
+    make_mesh = parallel.make_mesh
+    monkeypatch.setattr(parallel, "make_mesh",
+                        lambda devices=None: make_mesh(jax.devices()[:1] if devices is None else devices))

@@ -372,12 +372,9 @@ def test_g_update_through_the_reused_fakes_equals_the_direct_gradient(loss_name)
 
 
 @pytest.mark.parametrize("variant", ["hinge", "wgan_gp", "r1", "diffaugment", "bf16"])
-def test_gan_mnist_variants_train_end_to_end(variant, tmp_path, monkeypatch):
+def test_gan_mnist_variants_train_end_to_end(variant, tmp_path, one_device):
     """Every loss / regularizer / augmentation / dtype variant of the shipped GAN config runs a few steps (on one
     device and without sample-quality metrics, which other tests cover: CI time)."""
-    make_mesh = parallel.make_mesh
-    monkeypatch.setattr(parallel, "make_mesh", lambda devices=None: make_mesh(jax.devices()[:1] if devices is None
-                                                                             else devices))
     c = config_module(CONFIGS / "gan_mnist.py").get_config(f"{variant},smoke")
     c.unlock()
     c.train.steps, c.train.log_every, c.checkpoint.every, c.eval.every = 4, 2, 4, 0

@@ -9,7 +9,6 @@ once with a message that says how to provide it.
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import logging
 import socket
 from collections.abc import Callable
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxgen import parallel
+from jaxgen import parallel, runtime
 from jaxgen.data import image_folder
 from jaxgen.data.image_folder import CHUNK, PROGRESS_MIN_FILES, crop_and_resize, data_dir, num_workers, write_npz
 
@@ -80,7 +79,7 @@ def _source(name: str, split: str, data_config, hint: str = ""):
 
     ddir = data_dir(data_config)
     builder = tfds.builder(name, data_dir=str(ddir), file_format="array_record")
-    with _absl_errors_only():  # TFDS warns "Variant folder ... has no dataset_info.json" of a dataset not prepared
+    with runtime.absl_errors_only():  # TFDS warns "Variant folder ... has no dataset_info.json" if not prepared
         prepared = builder.is_prepared()
     if not prepared:
         if not data_config.download:
@@ -93,18 +92,6 @@ def _source(name: str, split: str, data_config, hint: str = ""):
         log.info("Preparing TFDS %s in %s (once)", name, ddir)
         builder.download_and_prepare(file_format="array_record")
     return builder.as_data_source(split=split)
-
-
-@contextlib.contextmanager
-def _absl_errors_only():
-    """Only errors from absl's logger (TFDS logs through it) inside the block: jaxgen's own message follows."""
-    absl = logging.getLogger("absl")
-    level = absl.level
-    absl.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        absl.setLevel(level)
 
 
 def _read_split(source, image_fn: Callable | None, label_key: str | None, desc: str) -> tuple[np.ndarray, np.ndarray]:

@@ -23,7 +23,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax import lax
 
-from jaxgen import atomic, parallel
+from jaxgen import atomic, parallel, runtime
 from jaxgen.training.workdir import WorkdirError
 
 log = logging.getLogger(__name__)
@@ -55,13 +55,8 @@ def _register_array_handler() -> None:
         return  # someone's own handler or settings, or an Orbax without the option: left as they are
     handler = ocp.type_handlers.ArrayHandler(min_slice_bytes_for_replica_parallel=REPLICA_PARALLEL_MIN_BYTES,
                                              array_metadata_store=current._array_metadata_store)
-    absl = logging.getLogger("absl")
-    level = absl.level
-    absl.setLevel(logging.ERROR)  # its 'overriding' warning: this override is the point
-    try:
+    with runtime.absl_errors_only():  # its 'overriding' warning: this override is the point
         ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
-    finally:
-        absl.setLevel(level)
 
 
 def manager(workdir: Path, cfg, subdir: str = "checkpoints") -> ocp.CheckpointManager:
