@@ -169,11 +169,19 @@ def test_dynamic_binarization_happens_on_device_from_uint8():
     np.testing.assert_allclose(np.asarray(dev.preprocess(img, keys, "none")), 128 / 255, rtol=1e-6)
 
 
-def test_importing_jaxgen_does_not_import_tensorflow_or_tfds():
+def test_importing_jaxgen_and_writing_metrics_import_neither_tensorflow_nor_tfds_nor_torch(tmp_path):
+    """TensorFlow and TFDS load only where data is prepared or read. tensorboardX imports torch wherever it is
+    installed (2 s per run); the metric writer keeps it out, and a torch imported afterwards still loads."""
     import subprocess
     import sys
 
-    code = ("import sys, jaxgen, jaxgen.training.loop, jaxgen.data; "
-            "print(sorted(m for m in ('tensorflow', 'tensorflow_datasets', 'torch') if m in sys.modules))")
+    code = ("import sys, importlib.util, jaxgen, jaxgen.training.loop, jaxgen.data\n"
+            "from jaxgen.reporting.writer import MetricWriter\n"
+            f"w = MetricWriter({str(tmp_path)!r}, enabled=True)\n"
+            "w.write(1, 'train', {'loss': 1.0}); w.close()\n"
+            "print(sorted(m for m in ('tensorflow', 'tensorflow_datasets', 'torch') if m in sys.modules))\n"
+            "if importlib.util.find_spec('torch'):\n"
+            "    import torch; torch.zeros(1)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))

@@ -35,15 +35,6 @@ c.output.progress = c.output.plots = False
 c.eval.every = 0
 """
 
-WORKER = _SMOKE_RUN + """
-if c.task == "vae":  # sample quality over two processes: the GAN run checks it (CI time)
-    c.eval.extractors = ()
-c.data.validation_examples = 128  # a held-out split: its evaluation and the best checkpoint over two processes
-final = loop.train_and_evaluate(c, sys.argv[4])
-print("FINAL " + json.dumps({"devices": jax.device_count(), **final}), flush=True)
-"""
-
-
 # One process gets SIGTERM (a preempted host); JAX's preemption service makes both stop after the same call.
 STOP_WORKER = _SMOKE_RUN + """
 from tests.signals import signal_at_call
@@ -215,69 +206,64 @@ def _run_two(commands: list[list[str]], envs: list[dict], timeout: int, devices:
     return outs
 
 
-def test_the_documented_pod_command_runs_as_two_processes(tmp_path):
+def test_the_documented_pod_command_trains_as_two_processes_like_one(tmp_path):
     """README, GPUs and pods: the same launch.py command on every host with --jax_distributed and the coordinator,
-    process count and index in the environment. Two processes of 2 CPU devices train one 4-device run."""
+    process count and index in the environment. Two processes of 4 CPU devices train gan_mnist:smoke over one
+    8-device mesh and end where one process with 8 devices ends: the same metrics, FID (the samples, features and
+    reference statistics gathered over both processes) and best checkpoint. The VAE's two-process run is checked
+    against one process by the SIGTERM test below (stopped, resumed, and still equal to an uninterrupted run)."""
+    overrides = {"output.progress": False, "output.plots": False, "eval.every": 0,
+                 "data.validation_examples": 128}  # a held-out split: its evaluation and the best checkpoint
     address = f"127.0.0.1:{_free_port()}"
-    cmd = [sys.executable, "launch.py", "--config=configs/gan_mnist.py:smoke", f"--workdir={tmp_path / 'pod'}",
-           "--jax_distributed", "--config.output.progress=False", "--config.eval.extractors=()"]
+    cmd = [sys.executable, "launch.py", "--config=configs/gan_mnist.py:smoke", f"--workdir={tmp_path / 'multi'}",
+           "--jax_distributed", *(f"--config.{k}={v}" for k, v in overrides.items())]
     envs = [{"JAX_COORDINATOR_ADDRESS": address, "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(i)} for i in (0, 1)]
-    outs = _run_two([cmd, cmd], envs, timeout=300, devices=2)
+    outs = _run_two([cmd, cmd], envs, timeout=300, devices=4)
     for _, err in outs:
-        assert "4 devices (2 processes, 2 on this one: cpu)" in err and "Done: 20 steps" in err
-    assert (tmp_path / "pod" / "checkpoints" / "20").is_dir() and (tmp_path / "pod" / "eval.json").is_file()
-
-
-# The VAE's two-process run is checked against one process by the SIGTERM test below (stopped, resumed, and still
-# equal to an uninterrupted single-process run), so only the GAN runs here (CI time).
-@pytest.mark.parametrize("config", ["gan_mnist"])
-def test_two_processes_train_like_one(config, tmp_path):
-    path = str(CONFIGS / f"{config}.py")
-    outs = _two_processes(WORKER, path, str(tmp_path / "multi"))
-    finals = [json.loads(out.split("FINAL ")[-1]) for out, _ in outs]
-    assert finals[0]["devices"] == finals[1]["devices"] == 8
-    c = config_module(path).get_config("smoke")
+        assert "8 devices (2 processes, 4 on this one: cpu)" in err and "Done: 20 steps" in err
+    final = json.loads((tmp_path / "multi" / "eval.json").read_text())
+    c = config_module(CONFIGS / "gan_mnist.py").get_config("smoke")
     c.unlock()
-    c.output.progress = c.output.plots = False
-    c.eval.every = 0
-    if c.task == "vae":
-        c.eval.extractors = ()
-    c.data.validation_examples = 128
+    for k, v in overrides.items():
+        section, field = k.split(".")
+        c[section][field] = v
     single = loop.train_and_evaluate(c, tmp_path / "single")  # one process, this test's 8 devices
     for key, value in single.items():
         if key != "eval_seconds" and isinstance(value, float):
-            for final in finals:
-                assert final[key] == pytest.approx(value, rel=1e-4, abs=1e-5), key
-    assert ("sample_quality" in single) == (config == "gan_mnist")
-    for name, block in single.get("sample_quality", {}).items():  # the same samples, features and FID per process
-        for final in finals:
-            assert final["sample_quality"][name]["fid"] == pytest.approx(block["fid"], rel=1e-4), name
-    assert sorted(p.name for p in (tmp_path / "multi" / "checkpoints").iterdir()) == ["10", "20"]
-    assert (tmp_path / "multi" / "eval.json").is_file()
+            assert final[key] == pytest.approx(value, rel=1e-4, abs=1e-5), key
+    assert single["sample_quality"]
+    for name, block in single["sample_quality"].items():
+        assert final["sample_quality"][name]["fid"] == pytest.approx(block["fid"], rel=1e-4), name
+    assert sorted(p.name for p in (tmp_path / "multi" / "checkpoints").iterdir() if p.name.isdigit()) == ["10", "20"]
     best = [json.loads((tmp_path / d / "best" / "best.json").read_text()) for d in ("multi", "single")]
     assert best[0]["split"] == "validation" and best[0]["step"] == best[1]["step"] == 20
     assert best[0]["value"] == pytest.approx(best[1]["value"], rel=1e-4)
 
 
-def test_sigterm_to_one_process_stops_both_at_one_step_and_the_job_resumes(tmp_path):
+def test_sigterm_to_one_process_stops_both_at_one_step_and_the_job_resumes(tmp_path, monkeypatch):
     """A pod loses one host: SIGTERM reaches only process 1. Both processes stop after the same compiled call
     (JAX's preemption service), checkpoint that step together and raise RunStopped; the same job started again
     resumes and ends where an uninterrupted run ends."""
     path, work = str(CONFIGS / "vae_mnist.py"), str(tmp_path / "multi")
     said = [[line for line in out.splitlines() if line.startswith(("STOPPED", "FINAL"))]
-            for out, _ in _two_processes(STOP_WORKER, path, work, "3")]
+            for out, _ in _two_processes(STOP_WORKER, path, work, "3", devices=2)]
     assert said[0] == said[1] and len(said[0]) == 1 and said[0][0].startswith("STOPPED stopped by SIGTERM at step ")
     step = int(said[0][0].split("at step ")[1].split(",")[0])
     assert 0 < step < 20
     assert max(int(p.name) for p in (tmp_path / "multi" / "checkpoints").iterdir() if p.name.isdigit()) == step
-    outs = _two_processes(STOP_WORKER, path, work, "0")
+    outs = _two_processes(STOP_WORKER, path, work, "0", devices=2)
     assert f"Resumed from the checkpoint at step {step}" in outs[0][1]  # process 0 logs
     finals = [json.loads(out.split("FINAL ")[-1]) for out, _ in outs]
     c = config_module(path).get_config("smoke")
     c.unlock()
     c.output.progress = c.output.plots = False
     c.eval.every, c.eval.extractors, c.train.steps = 0, (), 20
-    single = loop.train_and_evaluate(c, tmp_path / "single")  # one process, this test's 8 devices, no stop
+    import jax
+
+    from jaxgen import parallel
+    make_mesh = parallel.make_mesh
+    monkeypatch.setattr(parallel, "make_mesh", lambda devices=None: make_mesh(jax.devices()[:4]))
+    single = loop.train_and_evaluate(c, tmp_path / "single")  # one process, 4 devices, no stop
     for key, value in single.items():
         if key != "eval_seconds" and isinstance(value, float):
             for final in finals:

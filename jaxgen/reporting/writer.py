@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import re
+import sys
 from pathlib import Path
 
 import jax
@@ -16,6 +17,23 @@ import jax
 from jaxgen import atomic
 
 log = logging.getLogger("jaxgen")
+
+
+def _summary_writer_class():
+    """tensorboardX's SummaryWriter, imported without PyTorch. tensorboardX imports torch wherever it is installed,
+    only to accept torch tensors (2 s of every run's start here); jaxgen writes Python floats. A torch that is
+    already imported is used as it is, and one imported later loads as usual."""
+    if "torch" in sys.modules or "tensorboardX" in sys.modules:
+        from tensorboardX import SummaryWriter  # noqa: PLC0415 (only the writing process needs it)
+
+        return SummaryWriter
+    sys.modules["torch"] = None  # `import torch` raises ImportError, which tensorboardX handles
+    try:
+        from tensorboardX import SummaryWriter  # noqa: PLC0415
+    finally:
+        if sys.modules.get("torch", False) is None:
+            del sys.modules["torch"]
+    return SummaryWriter
 
 
 class MetricWriter:
@@ -33,8 +51,7 @@ class MetricWriter:
         self.path = Path(workdir) / "metrics.jsonl"
         self._tb = None
         if self.enabled:
-            from tensorboardX import SummaryWriter  # noqa: PLC0415 (only the writing process needs it)
-
+            SummaryWriter = _summary_writer_class()  # noqa: N806
             purge = None
             if resume_step is not None:
                 _drop_after(self.path, resume_step)
