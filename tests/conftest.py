@@ -72,11 +72,22 @@ def pytorch_fid(module: str):
 
 
 @pytest.fixture
-def one_device(monkeypatch):
-    """Tasks built in the test train on one device (parallel.make_mesh's default), as a user checks an install:
-    for end-to-end tests whose sharded paths have tests of their own (8 faked devices on 2 cores cost ~2x)."""
+def first_devices(monkeypatch):
+    """first_devices(n): tasks built afterwards in the test train on the first n devices (parallel.make_mesh's
+    default), e.g. to match a run of fewer processes or devices."""
     from jaxgen import parallel
 
     make_mesh = parallel.make_mesh
-    monkeypatch.setattr(parallel, "make_mesh",
-                        lambda devices=None: make_mesh(jax.devices()[:1] if devices is None else devices))
+
+    def use(n: int) -> None:
+        monkeypatch.setattr(parallel, "make_mesh",
+                            lambda devices=None: make_mesh(jax.devices()[:n] if devices is None else devices))
+
+    return use
+
+
+@pytest.fixture
+def one_device(first_devices):
+    """Tasks built in the test train on one device, as a user checks an install: for end-to-end tests whose sharded
+    paths have tests of their own (8 faked devices on 2 cores cost ~2x)."""
+    first_devices(1)
