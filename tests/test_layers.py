@@ -246,3 +246,22 @@ def test_fused_batch_norm_supports_gradients_of_gradients():
         outs.append(jax.value_and_grad(r1)(v["params"]))
     for a, b in zip(jax.tree.leaves(outs[0]), jax.tree.leaves(outs[1])):
         np.testing.assert_allclose(a, b, rtol=2e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_leaky_relu_equals_jax_in_value_gradient_and_second_derivative(dtype):
+    """layers.leaky_relu (D's activation, derivative written as one product) against jax.nn.leaky_relu: values,
+    input gradients (zero included: slope 1 there, as autodiff of jax's where gives) and the gradients of a
+    gradient that R1 and WGAN-GP take through D."""
+    from jaxgen.models import layers
+
+    x = jnp.asarray(np.r_[np.random.default_rng(0).standard_normal(61), 0.0, -0.0, 1e-30, -1e-30], dtype)
+    w = jnp.asarray(np.random.default_rng(1).standard_normal(65), dtype)
+    ours, theirs = (lambda u: layers.leaky_relu(u, 0.2)), (lambda u: jax.nn.leaky_relu(u, 0.2))
+    for fn in (lambda a: a(x),
+               lambda a: jax.grad(lambda u: jnp.sum(w * a(u)).astype(jnp.float32))(x),
+               lambda a: jax.grad(lambda s: jnp.sum(jax.grad(lambda u: jnp.sum(s * w * a(s * u)))(x) ** 2))(
+                   jnp.asarray(1.5, dtype))):
+        a, b = fn(ours), fn(theirs)
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))

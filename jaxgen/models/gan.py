@@ -155,7 +155,7 @@ class DCGANDiscriminator(nn.Module):
             h = _layer(conv, h, sn, train)
             if i > 0:
                 h = _norm(self.norm, self.axis_name, self.dtype, train, _dcgan_scale_init, impl=self.norm_impl)(h)
-            h = nn.leaky_relu(h, 0.2)
+            h = layers.leaky_relu(h, 0.2)
         out = nn.Dense(1, use_bias=False, kernel_init=DCGAN_INIT, dtype=dt, param_dtype=jnp.float32)
         return _layer(out, h.reshape(h.shape[0], -1), sn, train)[:, 0].astype(jnp.float32)
 
