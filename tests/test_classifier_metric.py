@@ -13,20 +13,20 @@ def digits(tmp_path_factory):
     cfg = vae_config()
     cfg.data.data_dir = str(tmp_path_factory.mktemp("data"))
     train, test = data.load(cfg.data, "train"), data.load(cfg.data, "test")
-    params = classifier.load_or_train(cfg.data, train.image, train.label, steps=300)
+    params = classifier.load_or_train(cfg.data, train.image, train.label, steps=120)
     return cfg, train, test, params
 
 
 def test_the_classifier_is_cached_and_reloaded(digits):
     cfg, train, _, params = digits
-    again = classifier.load_or_train(cfg.data, train.image, train.label, steps=300)
+    again = classifier.load_or_train(cfg.data, train.image, train.label, steps=120)
     np.testing.assert_array_equal(np.asarray(again["params"]["Dense_1"]["kernel"]),
                                   np.asarray(params["params"]["Dense_1"]["kernel"]))
 
 
 def test_real_digits_beat_noise_and_a_one_class_generator(digits):
     cfg, train, test, _ = digits
-    cfg.eval.classifier_steps = 300  # the cached classifier of the fixture
+    cfg.eval.classifier_steps = 120  # the cached classifier of the fixture
     extractor = quality.build("classifier", cfg, parallel.make_mesh(), train)
     real, held_out = train.image[:1000], test.image[:1000]
     ref = quality.reference(extractor, real, data_config=cfg.data, split="train")
