@@ -34,7 +34,9 @@ def _launch_until(ready, *args, timeout=240):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + timeout
     while not ready():
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(proc.communicate()[1][-3000:])
         time.sleep(0.2)
     return proc
 
@@ -80,7 +82,10 @@ def test_launch_smoke_end_to_end_then_resume(tmp_path):
     stop = _launch_until(lambda: any(r["split"] == "train" and r["step"] > 20 for r in _records(wd)),
                          "--config=configs/vae_mnist.py:smoke", f"--workdir={wd}", "--config.train.steps=2000")
     stop.send_signal(signal.SIGTERM)
-    _, err = stop.communicate(timeout=120)
+    try:
+        _, err = stop.communicate(timeout=120)
+    finally:
+        stop.kill()  # a run that ignored the signal does not go on using the machine
     assert stop.returncode == 143, err[-3000:]
     assert "Resumed from the checkpoint at step 20" in err
     assert "train.steps: 20 -> 2000" in err  # the changed field is named

@@ -1,9 +1,10 @@
-"""Two processes on this machine (jax.distributed, 4 CPU devices each) train a smoke config over one 8-device
-mesh and end where one process with 8 devices ends: the multi-host path (each process feeds its own devices,
+"""Two processes on this machine (jax.distributed, a few CPU devices each) train a smoke config over one mesh and
+end where one process with as many devices ends: the multi-host path (each process feeds its own devices,
 collectives over the global mesh, process 0 writes) run for real."""
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -221,6 +222,8 @@ def test_the_documented_pod_command_trains_as_two_processes_like_one(tmp_path):
     outs = _run_two([cmd, cmd], envs, timeout=300, devices=4)
     for _, err in outs:
         assert "8 devices (2 processes, 4 on this one: cpu)" in err and "Done: 20 steps" in err
+    finals = [re.search(r"Done: .* evals\); (.*)", err).group(1) for _, err in outs]
+    assert finals[0] == finals[1]  # process 1 ends with the final numbers of process 0, which writes them
     final = json.loads((tmp_path / "multi" / "eval.json").read_text())
     c = config_module(CONFIGS / "gan_mnist.py").get_config("smoke")
     c.unlock()

@@ -223,9 +223,16 @@ def test_the_inception_extractor_in_training_gives_fid_and_is_from_the_biasless_
 
     variables = inception.random_params(0)
     monkeypatch.setattr(inception, "load_params", lambda path=None, **kw: variables)
-    extracted = []  # the features quality computes, kept (an extraction of its own: ~1/3 of the test's time)
+    # The images quality extracts from and their features, kept: an extraction of the test's own took ~1/3 of its time.
+    extracted, inputs = [], []
     extract = inception.extract
-    monkeypatch.setattr(inception, "extract", lambda *a, **k: extracted.append(extract(*a, **k)) or extracted[-1])
+
+    def spy(fn, images, **kw):
+        inputs.append(np.asarray(images))
+        extracted.append(extract(fn, images, **kw))
+        return extracted[-1]
+
+    monkeypatch.setattr(inception, "extract", spy)
     c = _config(tmp_path, ("inception",))
     c.eval.batch_size = 16
     c.output.progress = False
@@ -235,7 +242,10 @@ def test_the_inception_extractor_in_training_gives_fid_and_is_from_the_biasless_
     fake = _images(16, 1, shift=30)
     block = sq.evaluate(fake, full=True)["inception"]
     assert block["num_samples"] == 16 and block["num_reference"] == 16 and "InceptionV3" in block["extractor"]
-    assert len(extracted) == 2  # the reference's, the samples'
+    assert len(extracted) == 2  # the reference's, then the samples'
+    np.testing.assert_array_equal(inputs[0], real.image)
+    np.testing.assert_array_equal(inputs[1], fake)
+    assert block["fid"] > 0
     out = extracted[1]
     logits = out["logits"].astype(np.float64) - np.asarray(variables["params"]["fc"]["bias"], np.float64)
     probs = np.exp(logits - logits.max(1, keepdims=True))

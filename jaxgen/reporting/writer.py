@@ -22,7 +22,8 @@ log = logging.getLogger("jaxgen")
 def _summary_writer_class():
     """tensorboardX's SummaryWriter, imported without PyTorch. tensorboardX imports torch wherever it is installed,
     only to accept torch tensors (2 s of every run's start here); jaxgen writes Python floats. A torch that is
-    already imported is used as it is, and one imported later loads as usual."""
+    already imported is used as it is, and one imported later loads as usual; only an `import torch` on another
+    thread during these few milliseconds would fail."""
     if "torch" in sys.modules or "tensorboardX" in sys.modules:
         from tensorboardX import SummaryWriter  # noqa: PLC0415 (only the writing process needs it)
 
