@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from jaxgen.reporting.writer import read
 from jaxgen.training import loop
 from tests.conftest import TEST_XLA_FLAGS, config_module
 
@@ -39,12 +40,6 @@ def _launch_until(ready, *args, timeout=240):
             raise AssertionError(proc.communicate()[1][-3000:])
         time.sleep(0.2)
     return proc
-
-
-def _records(workdir):
-    path = workdir / "metrics.jsonl"
-    lines = path.read_text().splitlines() if path.exists() else []
-    return [json.loads(line) for line in lines if line.endswith("}")]  # a line being written is skipped
 
 
 def test_launch_smoke_end_to_end_then_resume(tmp_path):
@@ -79,7 +74,7 @@ def test_launch_smoke_end_to_end_then_resume(tmp_path):
     # The same command with more steps resumes, then a scheduler stops it: SIGTERM ends it after the call under way,
     # with that step checkpointed, said in log.txt and exit status 143 (tests/test_resume.py: such a run resumes
     # bitwise).
-    stop = _launch_until(lambda: any(r["split"] == "train" and r["step"] > 20 for r in _records(wd)),
+    stop = _launch_until(lambda: any(r["split"] == "train" and r["step"] > 20 for r in read(wd / "metrics.jsonl")),
                          "--config=configs/vae_mnist.py:smoke", f"--workdir={wd}", "--config.train.steps=2000")
     stop.send_signal(signal.SIGTERM)
     try:
