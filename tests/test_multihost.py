@@ -143,6 +143,21 @@ if jax.process_index() == 1:
     checkpoint._saved_fingerprint = failing
 mgr, state = checkpoint.restore_newest(Path(sys.argv[3]), vae_config().checkpoint, target, move_broken=False)
 print("RESTORED", int(state["step"]), flush=True)
+mgr.close()
+
+# Then a failure inside Orbax's own restore on process 1 only: its array handler cannot read step 10's arrays.
+if jax.process_index() == 1:
+    checkpoint._saved_fingerprint = read
+    import orbax.checkpoint as ocp
+    handler = type(ocp.type_handlers.get_type_handler(jax.Array))
+    deserialize = handler.deserialize
+    async def failing_deserialize(self, infos, args=None):
+        if any(Path(i.parent_dir).parent.name == "10" for i in infos):
+            raise OSError("a shard that failed on this host only")
+        return await deserialize(self, infos, args)
+    handler.deserialize = failing_deserialize
+mgr, state = checkpoint.restore_newest(Path(sys.argv[3]), vae_config().checkpoint, target, move_broken=False)
+print("RESTORED", int(state["step"]), flush=True)
 """
 
 
@@ -334,9 +349,9 @@ def test_process_0_prepares_data_first_and_its_failure_reaches_the_others(tmp_pa
 
 
 def test_processes_agree_on_which_checkpoint_they_read(tmp_path):
-    """A read that fails on one host only (here: step 10's fingerprint on process 1) makes every process treat that
-    checkpoint as unreadable: both resume from step 5, none hangs in the other's collective, none trains on from
-    another step."""
+    """A read that fails on one host only makes every process treat that checkpoint as unreadable: both resume
+    from step 5, none hangs in the other's collective, none trains on from another step. Twice: step 10's
+    fingerprint on process 1, then step 10's arrays inside Orbax's restore on process 1."""
     import jax.numpy as jnp
 
     from jaxgen.config import vae_config
@@ -349,8 +364,9 @@ def test_processes_agree_on_which_checkpoint_they_read(tmp_path):
     mgr.close()
     outs = _two_processes(AGREE_WORKER, str(tmp_path), timeout=120, devices=1)
     for out, err in outs:
-        assert [line for line in out.splitlines() if line.startswith("RESTORED")] == ["RESTORED 5"], out + err
-    assert "process(es) [1] could not read it" in outs[0][1]  # process 0 logs why it skipped step 10
+        assert [line for line in out.splitlines() if line.startswith("RESTORED")] == ["RESTORED 5"] * 2, out + err
+    assert outs[0][1].count("process(es) [1] could not read it") == 2  # process 0 logs why it skipped step 10
+    assert "a shard that failed on this host only" in outs[1][1]  # and process 1 its own error
 
 
 def test_processes_that_see_different_checkpoints_stop_before_restoring(tmp_path):

@@ -157,10 +157,27 @@ def _saved_fingerprint(mgr: ocp.CheckpointManager, step: int) -> dict | None:
     Read as the plain JSON file Orbax's JsonCheckpointHandler writes (`<step>/fingerprint/metadata`), not through
     the manager, whose restore waits at a barrier for every process: a read that failed on one host would leave
     the others waiting there. An Orbax that lays the item out otherwise leaves the checkpoint unverified."""
-    path = Path(mgr.directory) / str(step) / FINGERPRINT / "metadata"
+    path = _item_path(mgr, step, FINGERPRINT) / "metadata"
     if not path.is_file():
         return None
     return json.loads(path.read_text())
+
+
+def _item_path(mgr: ocp.CheckpointManager, step: int, item: str) -> Path:
+    """Where the manager keeps `item` ("state", FINGERPRINT) of the checkpoint at `step`: <directory>/<step>/<item>
+    (`manager` sets no step prefix or name format)."""
+    return Path(mgr.directory) / str(step) / item
+
+
+def _read_state(mgr: ocp.CheckpointManager, step: int, target):
+    """The state saved at `step`, restored onto `target`'s shardings by this process on its own. The manager's
+    restore ends at a barrier of every process, which a process whose read failed never reaches: the others waited
+    there until the first later collective, took it for the barrier and failed or hung (tested with a read that
+    fails inside Orbax on one process). Here no process waits for another; restore_newest then makes them agree."""
+    me = jax.process_index()
+    alone = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
+    with ocp.Checkpointer(ocp.StandardCheckpointHandler(), multiprocessing_options=alone) as checkpointer:
+        return checkpointer.restore(_item_path(mgr, step, "state"), args=ocp.args.StandardRestore(target))
 
 
 def abstract_like(state_shapes, sharding):
@@ -208,7 +225,7 @@ def restore_newest(workdir: Path, cfg, target, subdir: str = "checkpoints", *, m
             mgr.close()
             raise CheckpointMismatchError(_mismatch_message(Path(workdir).absolute(), subdir, step, diff))
         try:
-            restored, error = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))), None
+            restored, error = {"state": _read_state(mgr, step, target)}, None
         except Exception as e:  # noqa: BLE001 (the tree matched, so a failure to read means a broken file)
             restored, error = None, e
         if (error := _on_every_process(error)) is None:  # all or none go on to the fingerprint, a collective
