@@ -204,14 +204,18 @@ def test_conv_transpose_2x_has_the_gradients_of_its_form(kernel, padding, cin, c
 @pytest.mark.parametrize("impl", ["phase", "xla"])
 def test_conv_equals_flax_conv_in_variables_value_and_gradients(impl):
     """layers.Conv (the conv VAE's output layer) against nn.Conv with SAME padding: same variables (so checkpoints
-    carry over), outputs and gradients, through conv_same's matmul weight gradient (out < in) and bias_add."""
+    carry over), outputs and gradients, through conv_same's matmul weight gradient (out < in), its tap form
+    (`_narrow`: forward and input gradient as matrix products) and bias_add."""
     import flax.linen as nn
 
+    from jaxgen.models import layers
     from jaxgen.models.layers import Conv
 
     rng = np.random.default_rng(5)
-    x = jnp.asarray(rng.standard_normal((3, 6, 5, 4)), jnp.float32)
-    for features, k in ((1, 3), (2, 5), (6, 3)):
+    narrow = 0
+    for cin, features, k in ((4, 1, 3), (4, 2, 5), (4, 6, 3), (9, 1, 3), (20, 2, 3)):
+        x = jnp.asarray(rng.standard_normal((3, 6, 5, cin)), jnp.float32)
+        narrow += impl == "phase" and layers._narrow(jnp.zeros((k, k, cin, features)))
         ours, ref = Conv(features, k, impl=impl), nn.Conv(features, (k, k), padding="SAME")
         v = ours.init(jax.random.key(0), x)
         jax.tree.map(np.testing.assert_array_equal, v, ref.init(jax.random.key(0), x))
@@ -221,6 +225,13 @@ def test_conv_equals_flax_conv_in_variables_value_and_gradients(impl):
         for a, b in zip(jax.tree.leaves(jax.grad(loss(ours), (0, 1))(v, x)),
                         jax.tree.leaves(jax.grad(loss(ref), (0, 1))(v, x))):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+        low = Conv(features, k, impl=impl, dtype=jnp.bfloat16)
+        y = low.apply(v, x)
+        assert y.dtype == jnp.bfloat16
+        np.testing.assert_allclose(np.asarray(y, np.float32), ref.apply(v, x), rtol=0.05, atol=0.05)
+        grads = jax.grad(lambda vs, m=low, xs=x: jnp.sum(m.apply(vs, xs).astype(jnp.float32) ** 2))(v)
+        assert all(g.dtype == jnp.float32 and np.isfinite(g).all() for g in jax.tree.leaves(grads))
+    assert narrow == (2 if impl == "phase" else 0)  # the tap form ran (on this CPU backend) where it applies
 
 
 def test_fused_batch_norm_supports_gradients_of_gradients():

@@ -270,19 +270,46 @@ def _conv_same(x, w):
     return jax.lax.conv_general_dilated(x, w, (1, 1), ((p, p), (p, p)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
+def _narrow(w) -> bool:
+    """Whether conv_same computes in tap form here: on XLA:CPU, for one or two output channels and at least K*K*out
+    input channels (the conv VAE's 32 -> 1 output conv). fwd+bwd at batch 128 (jax 0.10.2, AVX2), XLA's forms ->
+    tap form: 16 -> 1 4.7 -> 2.2 ms, 32 -> 1 6.1-6.7 -> 4.0-4.1, 64 -> 1 11.7 -> 9.1, 32 -> 2 6.7 -> 5.5; but
+    64 -> 3 31-32 -> 40-42 and 128 -> 3 55 -> 76 (at 32x32), where XLA's convolution is no longer slow."""
+    k, _, cin, cout = w.shape
+    return jax.default_backend() == "cpu" and cout <= 2 and k * k * cout <= cin
+
+
+def _tap_form(x, w):
+    """The 'SAME' conv as one matrix product and a shifted sum: z = x @ w as [in, K*K*out] gives every tap's
+    contribution at every pixel, and y[i, j] is the sum over taps (ky, kx) of z[i + ky - p, j + kx - p, tap]."""
+    k, _, cin, cout = w.shape
+    n, h, wd, _ = x.shape
+    p = (k - 1) // 2
+    z = jnp.dot(x.reshape(-1, cin), w.transpose(2, 0, 1, 3).reshape(cin, k * k * cout),
+                preferred_element_type=jnp.float32)
+    zp = jnp.pad(z.reshape(n, h, wd, k * k, cout), ((0, 0), (p, p), (p, p), (0, 0), (0, 0)))
+    return sum(zp[:, ky:ky + h, kx:kx + wd, k * ky + kx] for ky in range(k) for kx in range(k)).astype(x.dtype)
+
+
 @jax.custom_vjp
 def conv_same(x: jax.Array, w: jax.Array) -> jax.Array:
     """A stride-1 convolution with 'SAME' zero padding (odd K), NHWC x [K, K, in, out]: XLA's forward and input
-    gradient. On XLA:CPU, when out < in, the weight gradient is one matrix product with only the (smaller) output
-    gradient transposed: tap (ky, kx) pairs x[i, j] with g[i - ky + p, j - kx + p], so the
-    K*K shifted copies of the transposed gradient [K*K*out, N*H*W] times x's rows [N*H*W, in] give every tap.
-    XLA:CPU transposes both operands of a weight-gradient convolution, fused with whatever produced them (a slow
-    loop: 4.6-6.9 ms of the conv VAE's ~56 ms step for its output conv's 13 MB input)."""
-    return _conv_same(x, w)
+    gradient, except on XLA:CPU:
+    - when out < in, the weight gradient is one matrix product with only the (smaller) output gradient transposed:
+      tap (ky, kx) pairs x[i, j] with g[i - ky + p, j - kx + p], so the K*K shifted copies of the transposed
+      gradient [K*K*out, N*H*W] times x's rows [N*H*W, in] give every tap. XLA:CPU transposes both operands of a
+      weight-gradient convolution, fused with whatever produced them (a slow loop: 4.6-6.9 ms of the conv VAE's
+      ~56 ms step for its output conv's 13 MB input);
+    - for one or two outputs from at least K*K*out inputs (`_narrow`: the conv VAE's 32 -> 1), the forward pass
+      is `_tap_form` (one matrix product, then a shifted sum) and the input gradient the product of the same
+      shifted copies with the kernel. XLA:CPU's convolution with one output channel ran at ~9 GFLOP/s; fwd+bwd
+      of that layer alone, batch 128 (jax 0.10.2, AVX2): 6.1-7.7 -> 4.0-5.3 ms; the conv VAE's whole step +8-9%
+      (benchmarks/README.md)."""
+    return (_tap_form if _narrow(w) else _conv_same)(x, w)
 
 
 def _conv_same_fwd(x, w):
-    return _conv_same(x, w), (x, w)
+    return (_tap_form if _narrow(w) else _conv_same)(x, w), (x, w)
 
 
 def _conv_same_bwd(residuals, g):
@@ -290,15 +317,20 @@ def _conv_same_bwd(residuals, g):
     k, _, cin, cout = w.shape
     if jax.default_backend() != "cpu" or cout >= cin:
         return jax.vjp(_conv_same, x, w)[1](g)
-    (dx,) = jax.vjp(lambda a: _conv_same(a, w), x)[1](g)
     n, h, wd, _ = x.shape
     p = (k - 1) // 2
     gt = jnp.pad(g.transpose(3, 0, 1, 2), ((0, 0), (0, 0), (p, p), (p, p)))  # [out, N, H + 2p, W + 2p]
     shifted = jnp.stack([gt[:, :, k - 1 - ky:k - 1 - ky + h, k - 1 - kx:k - 1 - kx + wd]
                          for ky in range(k) for kx in range(k)])  # [K*K, out, N, H, W]
     m = n * h * wd
-    dw = jnp.dot(shifted.reshape(k * k * cout, m), x.reshape(m, cin).astype(shifted.dtype),
-                 preferred_element_type=jnp.float32)
+    shifted = shifted.reshape(k * k * cout, m)
+    dw = jnp.dot(shifted, x.reshape(m, cin).astype(shifted.dtype), preferred_element_type=jnp.float32)
+    if _narrow(w):  # dx[m] = sum over taps and out of shifted[(tap, out), m] * w[tap, in, out]: the same copies
+        dx = jax.lax.dot_general(shifted, w.transpose(0, 1, 3, 2).reshape(k * k * cout, cin).astype(shifted.dtype),
+                                 (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+        dx = dx.reshape(x.shape).astype(x.dtype)
+    else:
+        (dx,) = jax.vjp(lambda a: _conv_same(a, w), x)[1](g)
     return dx, dw.reshape(k, k, cout, cin).transpose(0, 1, 3, 2).astype(w.dtype)
 
 
