@@ -22,7 +22,7 @@ def _reference(x, w, padding):
 
 
 @pytest.mark.parametrize("impl", ["phase", "xla"])
-@pytest.mark.parametrize("kernel,padding", [(3, 1), (4, 1), (2, 0), (5, 2)])
+@pytest.mark.parametrize("kernel,padding", [(3, 1), (4, 1), (2, 0), (5, 2), (1, 0)])
 def test_conv_transpose_2x_equals_the_definition(kernel, padding, impl):
     m = ConvTranspose2x(5, kernel_size=kernel, padding=padding, use_bias=False, impl=impl)
     x = np.random.default_rng(0).normal(size=(2, 4, 3, 3)).astype(np.float32)
