@@ -134,9 +134,11 @@ def _phase_form(x, w, padding):
 def _forward_form(x, w, padding):
     """The forward pass outside differentiation (evaluation, sampling): on XLA:CPU an odd kernel's four phases as
     exact convolutions (`_exact_phases_form`), elsewhere `_phase_form`, as measured on GPUs. XLA:CPU, jax 0.10.2,
-    AVX2: the conv VAE's 14 -> 28 layer (64 -> 32) alone 7.5 vs 10.8-11.9 ms at batch 128; its importance-sampled
-    NLL evaluation 14% faster. Under differentiation (`_conv_transpose_2x_fwd`) the sub-pixel form stays: with
-    the exact phases the training step was 3-5% slower there (benchmarks/README.md)."""
+    AVX2: the conv VAE's 14 -> 28 layer (64 -> 32) alone 7.5 vs 10.8-11.9 ms at batch 128; the quickstart's
+    --mode=eval with 200 importance samples 10-12% faster. Under differentiation (`_conv_transpose_2x_fwd`) the
+    sub-pixel form stays: with the exact phases the training step gained nothing (its bare gradient step ~4%
+    slower; benchmarks/README.md). The two forms agree up to float rounding, so a loss computed under
+    differentiation and the same loss evaluated outside it may differ in the last bits."""
     if jax.default_backend() == "cpu" and w.shape[0] % 2 == 1:
         return _exact_phases_form(x, w, padding)
     return _phase_form(x, w, padding)
@@ -344,9 +346,9 @@ def conv_same(x: jax.Array, w: jax.Array) -> jax.Array:
       ~56 ms step for its output conv's 13 MB input);
     - for one or two outputs from at least K*K*out inputs (`_narrow`: the conv VAE's 32 -> 1), the forward pass
       is `_tap_form` (one matrix product, then a shifted sum) and the input gradient the product of the same
-      shifted copies with the kernel. XLA:CPU's convolution with one output channel ran at ~9 GFLOP/s; fwd+bwd
-      of that layer alone, batch 128 (jax 0.10.2, AVX2): 6.1-7.7 -> 4.0-5.3 ms; the conv VAE's whole step +8-9%
-      (benchmarks/README.md)."""
+      shifted copies with the kernel. XLA:CPU's convolution with one output channel ran at 12-14 GFLOP/s;
+      fwd+bwd of that layer alone, batch 128 (jax 0.10.2, AVX2): 6.1-7.7 -> 4.0-5.3 ms; the conv VAE's whole
+      step +7-10% (benchmarks/README.md)."""
     return (_tap_form if _narrow(w) else _conv_same)(x, w)
 
 

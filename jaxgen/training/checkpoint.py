@@ -174,7 +174,7 @@ def _read_state(mgr: ocp.CheckpointManager, step: int, target):
     restore ends at a barrier of every process, which a process whose read failed never reaches: the others waited
     there until the first later collective, took it for the barrier and failed or hung (tested with a read that
     fails inside Orbax on one process). Here no process waits for another; restore_newest then makes them agree."""
-    me = jax.process_index()
+    me = ocp.multihost.process_index()  # Orbax's own count, which decides whether its barrier is skipped
     alone = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
     with ocp.Checkpointer(ocp.StandardCheckpointHandler(), multiprocessing_options=alone) as checkpointer:
         return checkpointer.restore(_item_path(mgr, step, "state"), args=ocp.args.StandardRestore(target))
