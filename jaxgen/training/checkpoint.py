@@ -225,12 +225,12 @@ def restore_newest(workdir: Path, cfg, target, subdir: str = "checkpoints", *, m
             mgr.close()
             raise CheckpointMismatchError(_mismatch_message(Path(workdir).absolute(), subdir, step, diff))
         try:
-            restored, error = {"state": _read_state(mgr, step, target)}, None
+            restored, error = _read_state(mgr, step, target), None
         except Exception as e:  # noqa: BLE001 (the tree matched, so a failure to read means a broken file)
             restored, error = None, e
         if (error := _on_every_process(error)) is None:  # all or none go on to the fingerprint, a collective
             try:
-                _check_fingerprint(mgr, step, restored["state"])
+                _check_fingerprint(mgr, step, restored)
             except Exception as e:  # noqa: BLE001 (a damaged array, or a fingerprint that cannot be read)
                 error = e
             error = _on_every_process(error)
@@ -240,7 +240,7 @@ def restore_newest(workdir: Path, cfg, target, subdir: str = "checkpoints", *, m
             continue
         for bad in broken if move_broken else ():
             mgr = _move_aside(mgr, workdir, cfg, subdir, bad)
-        return mgr, restored["state"]
+        return mgr, restored
     if broken:
         mgr.close()
         raise UnreadableCheckpointsError(Path(workdir).absolute() / subdir, broken, training=move_broken)
