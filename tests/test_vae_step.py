@@ -5,6 +5,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from jaxgen import data, models, objectives, parallel
@@ -54,6 +55,8 @@ def test_eight_devices_give_the_params_of_one_with_the_same_global_batch(smoke_c
     # optimizer's moments match too. (Under shard_map's default check_vma=True they
     # would be 8x: see training/dispatch.py.)
     np.testing.assert_allclose(m8["grad_norm"], m1["grad_norm"], rtol=1e-4)
+    # param_norm is the updated params' (as the GAN step logs it).
+    np.testing.assert_allclose(m1["param_norm"][0], optax.tree.norm(s1["params"]), rtol=1e-6)
     for a, b in zip(jax.tree.leaves(s8["opt_state"]), jax.tree.leaves(s1["opt_state"])):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-3, atol=1e-7)
     assert int(s8["step"]) == 3

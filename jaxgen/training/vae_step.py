@@ -57,11 +57,12 @@ def vae_step(state: dict, data: dict, *, model, tx, objective, obj_cfg, lr_sched
         rate = state_lib.ema_rate(step, batch, ema_half_life, ema_rampup)
         new["ema_params"] = optax.incremental_update(params, state["ema_params"], rate)
     grad_norm = optax.tree.norm(grads)
-    new, finite = dispatch.keep_if_finite(new, state, (metrics, grad_norm, optax.tree.norm(params)))
+    param_norm = optax.tree.norm(params)  # the new params' (as the GAN step logs): checked and logged
+    new, finite = dispatch.keep_if_finite(new, state, (metrics, grad_norm, param_norm))
     metrics = {
         **metrics,
         "grad_norm": grad_norm,
-        "param_norm": optax.tree.norm(state["params"]),
+        "param_norm": param_norm,
         "lr": jnp.asarray(lr_schedule(step), jnp.float32),
         "finite": finite.astype(jnp.float32),
         "step": step,
