@@ -252,20 +252,43 @@ def unknown_field(config: ml_collections.ConfigDict, path: str) -> str | None:
     return None
 
 
+def _missing_read(error: BaseException) -> tuple[str, list[str]] | None:
+    """(name, the block's fields) when `error` is ml_collections' AttributeError or KeyError for reading a field
+    a ConfigDict lacks (`c.optimizer.lr`, `c.train.step` in a config file); None for any other error."""
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None or not isinstance(error, (AttributeError, KeyError)):
+        return None
+    block = tb.tb_frame.f_locals.get("self")
+    name = tb.tb_frame.f_locals.get("attribute", tb.tb_frame.f_locals.get("key"))
+    if not isinstance(block, ml_collections.ConfigDict) or not isinstance(name, str) or name in block:
+        return None
+    return name, sorted(block.keys())
+
+
 def config_file_error(error: BaseException) -> str | None:
-    """A one-line message for a config file (or variant) that sets a field its config lacks, from ml_collections'
-    locked-config AttributeError: the file and line, the field, its block's fields. None for any other error."""
+    """A one-line message for a config file (or variant) that sets or reads a field its config lacks, from
+    ml_collections' AttributeError (locked config) or KeyError: the file and line, the field, its block's fields.
+    None for any other error."""
     import traceback  # noqa: PLC0415
 
     m = re.search(r'Key "([^"]+)" does not exist and cannot be added since the config is locked', str(error))
-    if m is None:
+    read = None if m else _missing_read(error)
+    if m is None and read is None:
         return None
     frames = [f for f in traceback.extract_tb(error.__traceback__) if "site-packages" not in f.filename
               and not f.filename.endswith("launch.py")]
+    if read and not frames:  # read by absl applying a --config.<field> override: unknown_override says it better
+        return None
     where = f"{frames[-1].filename}:{frames[-1].lineno} ({(frames[-1].line or '').strip()})" if frames else "the config"
-    fields = re.findall(r"\\?'(\w+)\\?': ", str(error).split("Other fields present:", 1)[-1])
+    if m:
+        name, verb = m.group(1), "there"
+        fields = re.findall(r"\\?'(\w+)\\?': ", str(error).split("Other fields present:", 1)[-1])
+    else:
+        (name, fields), verb = read, "to read there"
     hint = re.search(r'Did you mean "(\w+)"', str(error))
-    return (f"{where}: the config has no field {m.group(1)!r} there"
+    return (f"{where}: the config has no field {name!r} {verb}"
             + (f" (did you mean {hint.group(1)!r}?)" if hint else "")
             + (f"; the fields of that block: {', '.join(sorted(fields))}" if fields else ""))
 

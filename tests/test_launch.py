@@ -244,6 +244,34 @@ def test_a_config_file_that_sets_a_missing_field_names_the_line_and_the_fields(t
             f"there (did you mean 'latent_dim'?); the fields of that block: activation, channels") in r.stderr
 
 
+@pytest.mark.parametrize("line,message", [
+    ("c.optimizer.lr = 1", "'optimizer' to read there; the fields of that block: checkpoint, data, deterministic"),
+    ("c.train.steps = c.train.step * 2", "'step' to read there (did you mean 'steps'?); the fields of that block: "
+                                         "batch_size, ema_half_life"),
+    ("c.model['latent_dims'] += 1", "'latent_dims' to read there (did you mean 'latent_dim'?); the fields of that "
+                                   "block: activation, channels"),
+])
+def test_a_config_file_that_reads_a_missing_field_names_the_line_and_the_fields(tmp_path, line, message):
+    """As for a field it sets (above), in process: launch.py prints config_file_error's message as one FATAL line."""
+    import importlib.util
+
+    from jaxgen import config as config_lib
+
+    cfg = tmp_path / "my_config.py"
+    cfg.write_text("from jaxgen.config import vae_config\n\n\ndef get_config(variant=''):\n    c = vae_config()\n"
+                   f"    {line}\n    return c\n")
+    spec = importlib.util.spec_from_file_location("my_config", cfg)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with pytest.raises((AttributeError, KeyError)) as e:
+        module.get_config()
+    assert config_lib.config_file_error(e.value).startswith(f"{cfg}:6 ({line}): the config has no field {message}")
+    # Any other AttributeError or KeyError is not taken for a config mistake.
+    with pytest.raises(KeyError) as e:
+        {}["x"]
+    assert config_lib.config_file_error(e.value) is None
+
+
 def test_unknown_variant_lists_the_choices():
     with pytest.raises(ValueError, match="unknown config variant 'smok'; choices: fashion, iwae, mnist_5k, smoke"):
         _load_config(str(ROOT / "configs" / "vae_mnist.py"), "smok")
