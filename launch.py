@@ -28,9 +28,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing, with the config loaded at once and its mistakes as one FATAL line: a check jaxgen's
-    config code makes (an unknown variant), a --config path that does not exist, a field the config file or an
-    override sets that the config lacks (ml_collections raises a bare AttributeError, with a "Did you mean" only
-    for near-typos; here the file's line or the override's block and its fields are named)."""
+    config code makes (an unknown variant), a --config path that does not exist, a field the config file reads or
+    sets, or an override sets, that the config lacks (ml_collections raises a bare AttributeError or KeyError, with
+    a "Did you mean" only for near-typos; here the file's line or the override's block and its fields are named)."""
     try:
         rest = FLAGS(argv)
         _ = FLAGS.config.task  # ml_collections loads the file lazily: now, before any work, with a clear error
