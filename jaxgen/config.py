@@ -59,7 +59,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint.keep = 3
     c.checkpoint.asynchronous = True
     # Also keep the best checkpoint (in <workdir>/best) by an eval metric: 'auto' = the FID of the first of
-    # eval.extractors (none without extractors), '' = off, or a metric name such as 'classifier/fid' or 'nll'.
+    # eval.extractors (none without extractors), '' = off, or a metric of every eval such as 'classifier/fid' or
+    # 'nll' (jaxgen.evaluation.quality.TASK_METRICS and PER_EVAL; another name is refused before any work).
     # VAEs default to 'elbo', GANs to 'auto'.
     c.checkpoint.best_metric = "auto"
     c.checkpoint.best_mode = "auto"  # 'auto' (lower FID/NLL, higher ELBO/IS ... is better), 'min' or 'max'

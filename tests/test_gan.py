@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from jaxgen import parallel
+from jaxgen.evaluation import quality
 from jaxgen.models import gan as gan_models
 from jaxgen.objectives import gan as gan_obj
 from jaxgen.reporting import writer
@@ -277,6 +278,7 @@ def test_gan_outputs_land_in_the_workdir(tmp_path):
         assert (tmp_path / name).is_file(), name
     with np.load(tmp_path / "images" / "fixed_noise_history.npz") as h:
         assert list(h["steps"]) == [10, 20]
+    assert set(quality.TASK_METRICS["gan"]) <= set(final)  # what checkpoint.best_metric may name
     again = loop.evaluate_checkpoint(c, tmp_path)  # --mode=eval on the finished run gives the same numbers
     np.testing.assert_allclose([again["d_real"], again["d_fake"]], [final["d_real"], final["d_fake"]], rtol=1e-5)
     # Sample quality on the classifier's features, with what stands beside the numbers; the best checkpoint.

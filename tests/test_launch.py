@@ -65,6 +65,9 @@ def test_launch_smoke_end_to_end_then_resume(tmp_path):
     assert set(np.unique(rec[:band]).tolist()) <= {0, 255} and len(np.unique(rec[band:])) > 2
     ev = json.loads((wd / "eval.json").read_text())
     assert ev["step"] == 20 and ev["nll_k"] == 16 and ev["nll"] < 784 * 0.7  # better than uniform pixels
+    from jaxgen.evaluation import quality
+
+    assert set(quality.TASK_METRICS["vae"]) <= set(ev)  # what checkpoint.best_metric may name
     assert ev["units"]["nll"] == "nats per image" and "x / 255" in ev["units"]["recon_mse"]
     assert ev["nll_estimator"].startswith("the IWAE bound")
     assert json.loads((wd / "config.json").read_text())["train"]["steps"] == 20

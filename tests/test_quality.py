@@ -120,7 +120,7 @@ def test_best_metric_auto_is_the_first_extractors_fid():
 def test_best_mode_auto_follows_the_metric_and_a_contradicting_mode_is_refused():
     c = config_lib.vae_config()
     assert quality.best_mode(c) == "max"  # elbo
-    for metric, mode in (("nll", "min"), ("loss", "min")):
+    for metric, mode in (("nll", "min"), ("recon_mse", "min")):
         c.checkpoint.best_metric = metric
         assert quality.best_mode(c) == mode
     c.eval.extractors = ("classifier",)
@@ -131,11 +131,16 @@ def test_best_mode_auto_follows_the_metric_and_a_contradicting_mode_is_refused()
     c.checkpoint.best_metric, c.checkpoint.best_mode = "nll", "max"
     with pytest.raises(ValueError, match="better when lower.*would keep the worst checkpoint; use 'auto' or 'min'"):
         config_lib.check(c)
-    c.checkpoint.best_metric, c.checkpoint.best_mode = "my_metric", "auto"
+    c.checkpoint.best_metric, c.checkpoint.best_mode = "my.extractor:fn/fid", "auto"
+    c.eval.extractors = ("my.extractor:fn",)
+    assert quality.best_mode(c) == "min"  # a user's extractor's FID
+    c.checkpoint.best_metric, c.eval.extractors = "d_real", ()
+    c.task = "gan"
     with pytest.raises(ValueError, match="set --config.checkpoint.best_mode=min or =max"):
         config_lib.check(c)
     c.checkpoint.best_mode = "max"
-    assert quality.best_mode(c) == "max"  # a metric of the user's: their direction
+    assert quality.best_mode(c) == "max"  # a metric without a known direction: the user's
+    c.task, c.checkpoint.best_metric = "vae", "elbo"
     c.checkpoint.best_mode = "largest"
     with pytest.raises(ValueError, match="'auto', 'min' or 'max'"):
         config_lib.check(c)
@@ -177,6 +182,12 @@ def test_a_stale_or_differently_kept_best_record_is_ignored_and_not_final_metric
 
 def test_a_best_metric_of_an_unused_extractor_or_of_the_final_eval_only_fails_before_any_work(tmp_path):
     c = _config(tmp_path, ("classifier",))
+    for mode in ("auto", "max"):  # a misspelt one, whatever the mode: before any work, not at the first eval
+        c.checkpoint.best_metric, c.checkpoint.best_mode = "elbow", mode
+        with pytest.raises(ValueError, match="'elbow' is not a metric of every gan eval; choices: d_real, d_fake, "
+                                             "classifier/fid, classifier/is_mean, "):
+            config_lib.check(c)
+    c.checkpoint.best_mode = "auto"
     c.checkpoint.best_metric = "inception/fid"
     with pytest.raises(ValueError, match="'inception', which is not in eval.extractors"):
         config_lib.check(c)

@@ -307,6 +307,9 @@ def flatten(blocks: dict) -> dict:
 
 # Sample-quality metrics computed at every eval; the others (KID, precision/recall, density/coverage) only at the end.
 PER_EVAL = ("fid", "is_mean", "is_std", "class_tv", "class_coverage")
+# Each task's own eval metrics (jaxgen.evaluation.vae.evaluate; GanTask.evaluate): a best_metric without '/' names one.
+TASK_METRICS = {"vae": ("elbo", "kl", "rec_nll", "recon_nll_at_mean", "recon_mse", "nll", "nll_bits_per_dim"),
+                "gan": ("d_real", "d_fake")}
 
 
 # Which way is better for the metrics jaxgen computes (the part after '<extractor>/' for sample quality).
@@ -344,6 +347,12 @@ def best_metric(config) -> str | None:
     m = config.checkpoint.best_metric
     if m == "auto":
         return f"{config.eval.extractors[0]}/fid" if config.eval.extractors else None
+    task_metrics = TASK_METRICS.get(config.task, ())
+    if m and "/" not in m and m not in task_metrics:
+        per_eval = [f"{e}/{p}" for e in config.eval.extractors for p in PER_EVAL]
+        raise ValueError(f"checkpoint.best_metric={m!r} is not a metric of every {config.task} eval; choices: "
+                         f"{', '.join((*task_metrics, *per_eval))}"
+                         + ("" if per_eval else " (sample-quality ones such as 'classifier/fid' with eval.extractors)"))
     if "/" in m:
         name, metric = m.rsplit("/", 1)
         if name not in tuple(config.eval.extractors):
