@@ -33,8 +33,8 @@ def absl_errors_only():
 
 def console_logging() -> logging.Logger:
     """jaxgen's logger at INFO to stderr, in its one format ('14:04:48 INFO ...'), its handlers replaced: launch.py
-    calls it first, so that warnings made while the config loads read like the rest; the workdir adds log.txt
-    (jaxgen.training.workdir.setup_logging)."""
+    calls it first, so that warnings made while the config loads read like the rest; the workdir adds its log
+    file (jaxgen.training.workdir.setup_logging)."""
     logger = logging.getLogger("jaxgen")
     logger.setLevel(logging.INFO)
     for h in list(logger.handlers):

@@ -272,6 +272,7 @@ def test_a_nan_stops_the_gan_run_and_keeps_the_last_good_checkpoint(tmp_path):
 def test_gan_outputs_land_in_the_workdir(tmp_path):
     c = _smoke(**{"output.plots": True, "eval.extractors": ("classifier",)})
     final = loop.train_and_evaluate(c, tmp_path)
+    train_log = (tmp_path / "log.txt").read_text()
     assert final["num_examples"] == 64 and np.isfinite(final["d_real"])
     for name in ("images/samples.png", "images/samples_0000010.png", "interpolations.png", "samples_over_time.png",
                  "gan_curves.png", "eval.json", "config.json", "log.txt"):
@@ -312,6 +313,15 @@ def test_gan_outputs_land_in_the_workdir(tmp_path):
         assert z["images"].shape == (32, 28, 28, 1) and z["images"].dtype == np.uint8 and int(z["step"]) == 20
     assert sorted(p.name for p in (tmp_path / "samples").glob("*.png")) == ["step_0000020_000.png",
                                                                              "step_0000020_001.png"]
+    c.sample.num = 16  # again with fewer: the earlier call's grids of that step are gone
+    loop.sample_checkpoint(c, tmp_path)
+    assert sorted(p.name for p in (tmp_path / "samples").glob("*.png")) == ["step_0000020_000.png"]
+    # --mode=eval and --mode=sample log into files of their own (they may run beside a training run).
+    assert (tmp_path / "log.txt").read_text() == train_log
+    evals_log = (tmp_path / "log_eval.txt").read_text()
+    assert "--mode=eval on the newest checkpoint: step 20" in evals_log
+    assert "--mode=eval on the best checkpoint" in evals_log
+    assert "--mode=sample on the newest checkpoint: step 20" in (tmp_path / "log_sample.txt").read_text()
 
 
 def test_gan_celeba_runs_end_to_end_under_tfds_mock_data(tmp_path, monkeypatch):

@@ -388,7 +388,7 @@ def _log_determinism(config) -> None:
 def _restore_for(config, workdir, mode: str):
     """(task, state) of the checkpoint eval.checkpoint names ('newest' or 'best'), for --mode=eval/sample."""
     workdir = wd.prepare(workdir, create=False)
-    wd.setup_logging(workdir)
+    wd.setup_logging(workdir, mode)
     wd.warn_config_drift(config, workdir, mode)
     _log_determinism(config)
     task = build_task(config, workdir)
@@ -462,7 +462,7 @@ def _selected_by(task, workdir: Path) -> str:
 def sample_checkpoint(config, workdir) -> Path:
     """--mode=sample: sample.num samples of the newest checkpoint (eval.checkpoint='best': the best one; EMA
     weights where kept) as <workdir>/samples/step_<step>.npz (uint8 images [N, H, W, C]) and PNG grids of
-    sample.per_grid images."""
+    sample.per_grid images, replacing an earlier call's for that step."""
     task, state = _restore_for(config, workdir, "sample")
     workdir = task.workdir
     step = int(jax.device_get(state["step"]))
@@ -472,6 +472,8 @@ def sample_checkpoint(config, workdir) -> Path:
     if jax.process_index() == 0:
         out.mkdir(exist_ok=True)
         atomic.write_npz(path, images=samples, step=step)
+        for old in out.glob(f"step_{step:07d}_[0-9][0-9][0-9].png"):  # an earlier call's grids, maybe more of them
+            old.unlink()
         per = config.sample.per_grid
         for i in range(0, len(samples), per):
             images.save_png(out / f"step_{step:07d}_{i // per:03d}.png", samples[i : i + per] / np.float32(255),

@@ -98,18 +98,23 @@ def training_lock(workdir: Path, holder: str = "training run") -> Iterator[None]
             f.close()  # releases the lock
 
 
-def setup_logging(workdir: Path) -> None:
-    """INFO logs to stderr and, on process 0, to <workdir>/log.txt."""
+LOG_FILES = {"train": "log.txt", "eval": "log_eval.txt", "sample": "log_sample.txt"}
+
+
+def setup_logging(workdir: Path, mode: str = "train") -> None:
+    """INFO logs to stderr and, on process 0, to the mode's file in the workdir (LOG_FILES, appended): log.txt for
+    training; --mode=eval and --mode=sample keep their own, so that one run beside a training run (sampling, the
+    best checkpoint's eval) writes nothing into the training run's log."""
     logger = runtime.console_logging()
     if jax.process_index() == 0:
-        fh = logging.FileHandler(workdir / "log.txt")
+        fh = logging.FileHandler(workdir / LOG_FILES[mode])
         fh.setFormatter(logger.handlers[0].formatter)
         logger.addHandler(fh)
     logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax reports every save at INFO
 
 
 def log_fatal(error: BaseException) -> Path | None:
-    """Writes the error that stops a run, with its traceback, to <workdir>/log.txt (set up by `setup_logging`;
+    """Writes the error that stops a run, with its traceback, to the workdir's log file (set up by `setup_logging`;
     nothing before that, and only on process 0). Returns that file, or None where nothing was written."""
     logger = logging.getLogger("jaxgen")
     record = logger.makeRecord(logger.name, logging.ERROR, __file__, 0, "The run stopped: %s: %s",
