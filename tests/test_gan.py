@@ -316,11 +316,16 @@ def test_gan_outputs_land_in_the_workdir(tmp_path):
     c.sample.num = 16  # again with fewer: the earlier call's grids of that step are gone
     loop.sample_checkpoint(c, tmp_path)
     assert sorted(p.name for p in (tmp_path / "samples").glob("*.png")) == ["step_0000020_000.png"]
+    # --mode=eval with train.ema_half_life=0 evaluates the raw G of a run that keeps an EMA (train.* may differ).
+    c.train.ema_half_life = 0.0
+    raw = loop.evaluate_checkpoint(c, tmp_path)
+    assert json.loads((tmp_path / "eval.json").read_text())["params"] == "raw" and raw["d_fake"] != again["d_fake"]
     # --mode=eval and --mode=sample log into files of their own (they may run beside a training run).
     assert (tmp_path / "log.txt").read_text() == train_log
     evals_log = (tmp_path / "log_eval.txt").read_text()
     assert "--mode=eval on the newest checkpoint: step 20" in evals_log
     assert "--mode=eval on the best checkpoint" in evals_log
+    assert "train.ema_half_life=0: evaluating the checkpoint's raw weights, not the EMA it keeps" in evals_log
     assert "--mode=sample on the newest checkpoint: step 20" in (tmp_path / "log_sample.txt").read_text()
 
 

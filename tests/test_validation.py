@@ -104,6 +104,11 @@ def test_during_training_the_validation_split_is_evaluated_and_chooses_the_best_
         assert "on the 'validation' split (examples held out of 'train'" in record["selected_by"]
         assert "'test' numbers here are unbiased" in record["selected_by"] and record["step"] == best["step"]
 
+    c.eval.checkpoint, c.train.ema_half_life = "newest", 100.0  # sampling a run without an EMA as if it had one
+    with np.load(loop.sample_checkpoint(c, tmp_path)) as z:
+        assert int(z["step"]) == 30
+    assert "The checkpoint keeps no EMA of the weights" in (tmp_path / "log_sample.txt").read_text()
+
 
 def test_a_best_record_chosen_on_another_split_is_ignored(tmp_path, caplog):
     (tmp_path / "best").mkdir()

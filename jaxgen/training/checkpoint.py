@@ -189,7 +189,12 @@ def abstract_like(state_shapes, sharding):
 
 
 class CheckpointMismatchError(ValueError):
-    """A readable checkpoint in the workdir holds a state of another shape than this config builds."""
+    """A readable checkpoint in the workdir holds a state of another shape than this config builds. `diff`: the
+    leaves that differ ({kind: ['path ...']}, as `_differences` gives them)."""
+
+    def __init__(self, message: str, diff: dict[str, list[str]] | None = None):
+        super().__init__(message)
+        self.diff = diff or {}
 
 
 def restore_newest(workdir: Path, cfg, target, subdir: str = "checkpoints", *, move_broken: bool = True
@@ -223,7 +228,8 @@ def restore_newest(workdir: Path, cfg, target, subdir: str = "checkpoints", *, m
         diff = _differences(saved, target)
         if diff:
             mgr.close()
-            raise CheckpointMismatchError(_mismatch_message(Path(workdir).absolute(), subdir, step, diff))
+            raise CheckpointMismatchError(_mismatch_message(Path(workdir).absolute(), subdir, step, diff,
+                                                            training=move_broken), diff)
         try:
             restored, error = _read_state(mgr, step, target), None
         except Exception as e:  # noqa: BLE001 (the tree matched, so a failure to read means a broken file)
@@ -313,7 +319,8 @@ def _differences(saved: dict, target) -> dict[str, list[str]]:
     return {kind: found for kind, found in diff.items() if found}
 
 
-def _mismatch_message(workdir: Path, subdir: str, step: int, diff: dict[str, list[str]], shown: int = 5) -> str:
+def _mismatch_message(workdir: Path, subdir: str, step: int, diff: dict[str, list[str]], shown: int = 5, *,
+                      training: bool = True) -> str:
     lines = []
     for kind, paths in diff.items():
         more = f" ... and {len(paths) - shown} more" if len(paths) > shown else ""
@@ -322,9 +329,11 @@ def _mismatch_message(workdir: Path, subdir: str, step: int, diff: dict[str, lis
     return (
         f"the checkpoint at step {step} in {workdir / subdir} was written by a different configuration: the state it "
         f"holds does not match the one this config builds.\n" + "\n".join(lines) + "\n"
-        f"The checkpoint was left in place. To resume it, run with the configuration it was written with (the same "
-        f"command and overrides; see {saved_config}); to train this configuration, pass a new --workdir."
-    )
+        + (f"The checkpoint was left in place. To resume it, run with the configuration it was written with (the "
+           f"same command and overrides; see {saved_config}); to train this configuration, pass a new --workdir."
+           if training else
+           f"To evaluate or sample it, give the configuration it was written with (the training command's config and "
+           f"overrides; see {saved_config})."))
 
 
 def _reported(step: int, e: Exception) -> Exception:

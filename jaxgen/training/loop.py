@@ -71,12 +71,40 @@ def build_task(config, workdir: Path) -> Task:
     return registry.resolve("task", config.task, TASKS)(config, workdir)
 
 
+# A state's EMA entry and the entry it averages (same tree): a VAE's params, a GAN's G variables.
+EMA_OF = {"ema_params": "params", "ema_g": "g"}
+
+
 def restore(task, which: str = "newest", *, training: bool = False):
     """(checkpoint manager, readable state or None), placed replicated on the task's mesh: the newest checkpoint,
-    or with which='best' the one kept in <workdir>/best. Only a training run moves unreadable checkpoints aside."""
-    target = checkpoint.abstract_like(jax.eval_shape(task.create), parallel.replicated(task.mesh))
+    or with which='best' the one kept in <workdir>/best. Only a training run moves unreadable checkpoints aside.
+
+    Outside training (--mode=eval/sample) the config's train.ema_half_life may differ from the run's: 0 on a
+    checkpoint that keeps an EMA evaluates the raw weights (the EMA is read and dropped); > 0 on one without an EMA
+    evaluates its raw weights, with a warning."""
+    shapes = jax.eval_shape(task.create)
     subdir = {"newest": "checkpoints", "best": "best"}[which]
-    return checkpoint.restore_newest(task.workdir, task.config.checkpoint, target, subdir, move_broken=training)
+
+    def read(tree):
+        target = checkpoint.abstract_like(tree, parallel.replicated(task.mesh))
+        return checkpoint.restore_newest(task.workdir, task.config.checkpoint, target, subdir, move_broken=training)
+
+    try:
+        return read(shapes)
+    except checkpoint.CheckpointMismatchError as e:
+        kinds = {kind: {p.split("/", 1)[0] for p in paths} for kind, paths in e.diff.items()}
+        ema = [k for k in EMA_OF if k in shapes or EMA_OF[k] in shapes]
+        if training or not ema or kinds not in ({"in the checkpoint, not in this config's state": {ema[0]}},
+                                                {"missing from the checkpoint": {ema[0]}}):
+            raise
+    key = ema[0]
+    if key in shapes:  # the config keeps an EMA, the checkpoint does not
+        log.warning("The checkpoint keeps no EMA of the weights (its run had train.ema_half_life=0): evaluating "
+                    "its raw weights")
+        return read({k: v for k, v in shapes.items() if k != key})
+    mgr, state = read({**shapes, key: shapes[EMA_OF[key]]})
+    log.info("train.ema_half_life=0: evaluating the checkpoint's raw weights, not the EMA it keeps")
+    return mgr, state if state is None else {k: v for k, v in state.items() if k != key}
 
 
 def restore_or_init(task):
