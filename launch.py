@@ -3,10 +3,12 @@
     python launch.py --config=configs/vae_mnist.py:mnist_5k --workdir=runs/vae
     python launch.py --config=configs/gan_celeba.py --workdir=runs/celeba --config.data.path=/data/img_align_celeba
     python launch.py --config=configs/vae_mnist.py:smoke --workdir=/tmp/smoke --config.train.steps=40
-    python launch.py --config=configs/vae_mnist.py --workdir=runs/vae --mode=eval
+    python launch.py --config=configs/vae_mnist.py:mnist_5k --workdir=runs/vae --mode=eval
     python launch.py --config=configs/gan_mnist.py --workdir=runs/gan_mnist --mode=sample --config.sample.num=10000
 
-Running the same command on the same workdir resumes from the newest checkpoint.
+--config.<field>=value overrides any field of the config (after --config=...); --mode=eval and --mode=sample take
+the training command's config and overrides. Running the same command on the same workdir resumes from the newest
+checkpoint. The README lists every config, field and output.
 """
 
 import sys
@@ -22,7 +24,7 @@ flags.DEFINE_enum("mode", "train", ["train", "eval", "sample"],
                   "sample (the newest checkpoint -> sample.num samples as .npz and PNG grids).")
 flags.DEFINE_bool("jax_distributed", False, "Call jax.distributed.initialize() first (multi-host runs).")
 flags.DEFINE_bool("traceback", False, "Print the whole traceback of an error jaxgen raises on purpose (bad input, a "
-                  "NaN, a missing dataset), not only its message; log.txt in the workdir has it either way.")
+                  "NaN, a missing dataset), not only its message; the workdir's log file has it either way.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 

@@ -398,7 +398,7 @@ def test_a_non_finite_update_stops_the_run_naming_it_and_no_checkpoint_holds_it(
     c.optim.lr = 1e39  # Inf in float32
     with pytest.raises(loop.NonFiniteLossError, match=r"non-finite .* in the update from step 0 to 1: training "
                                                       r"stopped and that update was not applied; no checkpoint had "
-                                                      r"been written yet. .*optim.clip_norm"):
+                                                      r"been written yet. .*optim.clip_norm.*starts the run again"):
         loop.train_and_evaluate(c, tmp_path)
     task = loop.build_task(c, tmp_path)
     mgr, state = loop.restore(task)
@@ -408,6 +408,13 @@ def test_a_non_finite_update_stops_the_run_naming_it_and_no_checkpoint_holds_it(
 
 def test_eval_mode_without_a_checkpoint_says_train_first(smoke_config, tmp_path):
     with pytest.raises(FileNotFoundError, match="no readable checkpoint .* train first"):
+        loop.evaluate_checkpoint(smoke_config, tmp_path)
+    with pytest.raises(FileNotFoundError, match="no readable checkpoint .* train first"):
+        loop.sample_checkpoint(smoke_config, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train.lock"]  # nothing else written into it
+    smoke_config.eval.checkpoint = "best"
+    with pytest.raises(FileNotFoundError, match=r"best; the best checkpoint by elbo is kept at the run's evaluations "
+                                                r"\(every eval.every=10 steps, and at the last step\); none has been"):
         loop.evaluate_checkpoint(smoke_config, tmp_path)
 
 

@@ -246,6 +246,7 @@ def _train_and_evaluate(config, workdir: Path) -> dict:
     try:
         if task.validation is not None:  # the last step's validation numbers, for the curves and the best
             evals.during_training(state, step, images=False)
+        log.info("Final evaluation of step %d", step)
         final = _final_eval(task, state, writer, sq)
         if best is not None and task.validation is None:  # the test split's numbers choose nothing then
             best.update(state, scalars(final), final=True)
@@ -256,8 +257,9 @@ def _train_and_evaluate(config, workdir: Path) -> dict:
     writer.close()
     steps_run = step - start
     if steps_run:
-        log.info("Done: %d steps this invocation in %.1f s (%.0f img/s incl. compile, evals); %s; outputs in %s",
-                 steps_run, train_time, steps_run * c.train.batch_size / max(train_time, 1e-9), task.summary(final),
+        log.info("Done: %d steps this invocation in %.1f s (%.0f img/s incl. compile, evals), then the final "
+                 "evaluation in %.1f s; %s; outputs in %s", steps_run, train_time,
+                 steps_run * c.train.batch_size / max(train_time, 1e-9), final["eval_seconds"], task.summary(final),
                  workdir)
     else:
         log.info("Done: the run was already at step %d (train.steps=%d), re-evaluated; %s; outputs in %s", step,
@@ -381,7 +383,8 @@ def _check_finite(host_metrics: dict, mgr, workdir: Path, headline) -> None:
     raise NonFiniteLossError(
         f"non-finite {', '.join(names)} in the update from step {bad_step} to {bad_step + 1}: training stopped and "
         f"that update was not applied; {kept}. Lower the learning rate or set gradient clipping ({clip}): the same "
-        "command with that change resumes from the checkpoint."
+        + ("command with that change resumes from the checkpoint." if good is not None else
+           "command with that change starts the run again.")
     )
 
 
@@ -416,17 +419,25 @@ def _log_determinism(config) -> None:
 def _restore_for(config, workdir, mode: str):
     """(task, state) of the checkpoint eval.checkpoint names ('newest' or 'best'), for --mode=eval/sample."""
     workdir = wd.prepare(workdir, create=False)
-    wd.setup_logging(workdir, mode)
-    wd.warn_config_drift(config, workdir, mode)
-    _log_determinism(config)
-    task = build_task(config, workdir)
     which = config.eval.checkpoint
-    mgr, state = restore(task, which)
-    mgr.close()
+    where = workdir / ("checkpoints" if which == "newest" else "best")
+    if where.is_dir():  # else no log file, no checkpoint manager's directory: a mistyped workdir stays as it was
+        wd.setup_logging(workdir, mode)
+        wd.warn_config_drift(config, workdir, mode)
+        _log_determinism(config)
+        task = build_task(config, workdir)
+        mgr, state = restore(task, which)
+        mgr.close()
+    else:
+        state = None
     if state is None:
-        where = workdir / ("checkpoints" if which == "newest" else "best")
-        hint = "train first (the same command without --mode)" if which == "newest" else \
-            "a best checkpoint is kept only with eval.extractors or checkpoint.best_metric set"
+        if which == "newest":
+            hint = "train first (the same command without --mode)"
+        elif quality.best_metric(config):
+            hint = (f"the best checkpoint by {quality.best_metric(config)} is kept at the run's evaluations (every "
+                    f"eval.every={config.eval.every} steps, and at the last step); none has been kept yet")
+        else:
+            hint = "a best checkpoint is kept only with eval.extractors or checkpoint.best_metric set"
         raise FileNotFoundError(f"--mode={mode}: no readable checkpoint in {where}; {hint}")
     log.info("--mode=%s on the %s checkpoint: step %d", mode, which, int(jax.device_get(state["step"])))
     return task, state
