@@ -233,12 +233,15 @@ def test_weights_are_converted_once_and_reused(cache, weights, monkeypatch, caps
         inception.load_params(other)
 
 
-def test_cli_convert_and_the_download_switch(cache, weights, monkeypatch, tmp_path):
+def test_cli_convert_and_the_download_switch(cache, weights, monkeypatch, tmp_path, capsys):
     torch = pytest.importorskip("torch")
     src = _save(torch, weights[1], tmp_path / "served.pth")
     monkeypatch.setattr(inception, "WEIGHTS_URL", src.as_uri())  # a local "download": no network in tests
-    with pytest.raises(ValueError, match="expected one starting with"):
-        inception.main(["convert", str(src), str(tmp_path / "out.npz")])
+    assert inception.main(["convert", str(src), str(tmp_path / "out.npz")]) == 1  # the message, no traceback
+    err = capsys.readouterr().err
+    assert err.startswith("convert failed: ") and "expected one starting with" in err
+    assert inception.main(["convert", str(tmp_path / "missing.pth")]) == 1
+    assert "No such file" in capsys.readouterr().err
     with pytest.raises(ValueError, match="expected one starting with"):
         inception.load_params(allow_download=True)
     assert list(cache.iterdir()) == []  # the refused download left nothing behind

@@ -496,14 +496,18 @@ def main(argv=None) -> int:
     conv.add_argument("dst", nargs="?", help=f"the .npz to write (default: {cache_dir() / (WEIGHTS_NAME + '.npz')})")
     sub.add_parser("download", help=f"download the .pth into {cache_dir()} (checks its sha256) and convert it")
     args = parser.parse_args(argv)
-    if args.command == "convert":
-        variables, digest = _from_pth(Path(args.src))
-        dst = save_npz(variables, args.dst or cache_dir() / f"{WEIGHTS_NAME}.npz", digest)
-        print(f"{args.src} (sha256 {digest}) -> {dst}")
-        return 0
-    if args.command == "download":
-        load_params(allow_download=True)
-        print(f"Inception weights ready in {cache_dir()}")
+    if args.command in ("convert", "download"):
+        try:
+            if args.command == "convert":
+                variables, digest = _from_pth(Path(args.src))
+                dst = save_npz(variables, args.dst or cache_dir() / f"{WEIGHTS_NAME}.npz", digest)
+                print(f"{args.src} (sha256 {digest}) -> {dst}")
+            else:
+                load_params(allow_download=True)
+                print(f"Inception weights ready in {cache_dir()}")
+        except (OSError, ValueError) as e:  # a missing, unreadable or wrong file; no network: the message says it
+            print(f"{args.command} failed: {e}", file=sys.stderr)
+            return 1
         return 0
     print(f"Lookup order: the explicit path (config `{CONFIG_FIELD}`), ${ENV_WEIGHTS} = "
           f"{os.environ.get(ENV_WEIGHTS) or '(not set)'}, then the cache dir {cache_dir()} "
