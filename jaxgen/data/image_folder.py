@@ -116,6 +116,9 @@ def _decode(path: Path, resolution: int, crop: int) -> tuple[np.ndarray, bool]:
         return crop_and_resize(image, resolution, crop), clamped
 
 
+_WARNED: set[tuple[str, tuple[str, ...]]] = set()  # (folder, skipped links) list_images has warned about
+
+
 def list_images(folder: Path) -> list[str]:
     """Sorted relative POSIX paths of the images under `folder` (recursive, hidden files and folders skipped).
 
@@ -143,7 +146,8 @@ def list_images(folder: Path) -> list[str]:
         rel = Path(root).relative_to(folder)
         found += [(rel / f).as_posix() for f in files if not f.startswith(".") and f.lower().endswith(EXTENSIONS)
                   and os.path.isfile(os.path.join(root, f))]
-    if skipped:
+    if skipped and (str(folder), tuple(skipped)) not in _WARNED:  # once, not once per split
+        _WARNED.add((str(folder), tuple(skipped)))
         log.warning("Skipped %d linked folder(s) under %s that lead to a folder read elsewhere (inside it, or through "
                     "another link): %s%s", len(skipped), folder, ", ".join(repr(a) for a in skipped[:5]),
                     " ..." if len(skipped) > 5 else "")
