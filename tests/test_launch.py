@@ -85,8 +85,10 @@ def test_launch_smoke_end_to_end_then_resume(tmp_path):
     finally:
         stop.kill()  # a run that ignored the signal does not go on using the machine
     assert stop.returncode == 143, err[-3000:]
-    assert "Resumed from the checkpoint at step 20" in err
-    assert "train.steps: 20 -> 2000" in err  # the changed field is named
+    # The changed field is named, and the learning rate the schedule over the new length gives.
+    assert re.search(r"Resumed from the checkpoint at step 20 \(lr [\d.e-]+ by the schedule over train.steps=2000\)",
+                     err)
+    assert "train.steps: 20 -> 2000" in err
     history = [json.loads(line) for line in (wd / "config_history.jsonl").read_text().splitlines()]
     assert len(history) == 1 and history[0]["config"]["train"]["steps"] == 20
     assert history[0]["changes"] == ["train.steps: 20 -> 2000"]

@@ -195,6 +195,11 @@ class GANTask:
         return quality.make_sampler(self._g_eval, self.mesh,
                                     key=key, dim=self.generator.latent_dim, value_range=(-1.0, 1.0))
 
+    def lr_line(self, step: int) -> str:
+        """The learning rates the schedules give the updates from `step` (D's first of its train.d_steps), for the
+        log."""
+        return f"g_lr {float(self.g_lr(step)):.3g}, d_lr {float(self.d_lr(step * self.config.train.d_steps)):.3g}"
+
     def eval_line(self, ev: dict) -> str:
         return (f"D(x) {ev['d_real']:.3f}, D(G(z)) {ev['d_fake']:.3f} on {ev['num_examples']} real images and as "
                 "many samples")

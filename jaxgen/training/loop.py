@@ -115,7 +115,9 @@ def restore_or_init(task):
         state = jax.jit(task.create, out_shardings=parallel.replicated(task.mesh))()
         log.info("Starting a new run in %s", task.workdir)
     else:
-        log.info("Resumed from the checkpoint at step %d", int(state["step"]))
+        step = int(state["step"])
+        log.info("Resumed from the checkpoint at step %d (%s by the schedule over train.steps=%d)", step,
+                 task.lr_line(step), task.config.train.steps)
     return mgr, state
 
 

@@ -102,6 +102,10 @@ class VAETask:
         decode = functools.partial(vae_eval.sample_images, model=self.model, likelihood=c.objective.likelihood)
         return quality.make_sampler(decode, self.mesh, key=key, dim=self.model.latent_dim, value_range=(0.0, 1.0))
 
+    def lr_line(self, step: int) -> str:
+        """The learning rate the schedule gives the update from `step`, for the log."""
+        return f"lr {float(self.lr(step)):.3g}"
+
     def eval_line(self, ev: dict) -> str:
         return f"elbo {ev['elbo']:.2f} nll(k={ev['nll_k']}) {ev['nll']:.2f}"
 
