@@ -408,6 +408,15 @@ def test_a_non_finite_update_stops_the_run_naming_it_and_no_checkpoint_holds_it(
     assert state is None
 
 
+def test_eval_modes_refuse_a_config_of_another_task(tmp_path):
+    from jaxgen import config as config_lib
+
+    (tmp_path / "config.json").write_text(config_lib.gan_config().to_json_best_effort(sort_keys=True))
+    with pytest.raises(ValueError, match=r"--mode=sample: the workdir .* was trained with a gan config \(.*"
+                                         r"config.json\), this one is a vae config: give the training command's"):
+        loop.wd.warn_config_drift(config_lib.vae_config(), tmp_path, "sample")
+
+
 def test_eval_mode_without_a_checkpoint_says_train_first(smoke_config, tmp_path):
     with pytest.raises(FileNotFoundError, match="no readable checkpoint .* train first"):
         loop.evaluate_checkpoint(smoke_config, tmp_path)

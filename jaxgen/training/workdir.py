@@ -193,12 +193,18 @@ EVAL_ONLY_BLOCKS = ("eval", "sample", "output", "deterministic")
 
 def warn_config_drift(config, workdir: Path, mode: str) -> list[str]:
     """Logs (and returns) the fields, outside EVAL_ONLY_BLOCKS and train.*, in which `config` differs from the
-    config.json the workdir was trained with: --mode=eval/sample evaluate with this command's config."""
+    config.json the workdir was trained with: --mode=eval/sample evaluate with this command's config. Another
+    task (a VAE config on a GAN's workdir) is a ValueError."""
     path = workdir / "config.json"
     if not path.exists():
         return []
     now = json.loads(config.to_json_best_effort(sort_keys=True))
-    changed = sorted(d for d in _diff(_read_json(path) or now, now)
+    trained = _read_json(path) or now
+    if trained.get("task", now["task"]) != now["task"]:
+        raise ValueError(f"--mode={mode}: the workdir {workdir} was trained with a {trained['task']} config "
+                         f"({path}), this one is a {now['task']} config: give the training command's --config and "
+                         f"overrides")
+    changed = sorted(d for d in _diff(trained, now)
                      if d.split(":")[0].split(".")[0] not in (*EVAL_ONLY_BLOCKS, "train"))
     if changed:
         log.warning("--mode=%s runs with this command's config, which differs from the one the workdir was trained "
