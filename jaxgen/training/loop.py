@@ -53,6 +53,7 @@ class Task(Protocol):
     def compile_train(self) -> Callable: ...  # (state, data) -> (state, metrics [steps_per_dispatch])
     def evaluate(self, state: dict, final: bool, data: data_lib.ImageData) -> dict: ...  # scores on `data`
     def samples(self, state: dict, n: int) -> np.ndarray: ...  # uint8 [n, H, W, C], on every process
+    def lr_line(self, step: int) -> str: ...  # the learning rate(s) at `step`, for the log
     def eval_line(self, ev: dict) -> str: ...
     def eval_record(self, state: dict) -> dict: ...  # what stands beside the numbers in eval.json
     def summary(self, final: dict) -> str: ...
