@@ -388,7 +388,7 @@ def check(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"data.validation_examples holds out a split it names 'validation', which {named[0]} "
                          f"names too: to evaluate on the dataset's own 'validation' split, set "
                          f"--config.data.validation_examples=0")
-    from jaxgen.evaluation import quality  # noqa: PLC0415 (light: numpy only)
+    from jaxgen.evaluation import quality  # noqa: PLC0415 (imports JAX: check runs when a task is built)
 
     quality.check_names(config.eval.extractors)
     quality.best_metric(config)  # a sample-quality best_metric names an extractor in use and a per-eval metric
@@ -415,7 +415,12 @@ def check(config: ml_collections.ConfigDict) -> None:
             )
     if config.data.binarize not in ("dynamic", "none"):
         raise ValueError(f"data.binarize must be 'dynamic' or 'none', got {config.data.binarize!r}")
+    from jaxgen.training import optim  # noqa: PLC0415 (optax, hence JAX, as quality above)
+
     for block in ("optim", "g_optim", "d_optim"):
+        if block in config and config[block].schedule not in optim.SCHEDULES:
+            raise ValueError(f"unknown {block}.schedule {config[block].schedule!r}; choices: "
+                             f"{', '.join(optim.SCHEDULES)}")
         if block in config and config[block].warmup_steps >= _updates(config, block) > 0:
             log.warning("%s.warmup_steps=%d >= the run's %d updates: the learning rate never reaches %s.lr=%g",
                         block, config[block].warmup_steps, _updates(config, block), block, config[block].lr)

@@ -331,6 +331,15 @@ def test_unknown_names_fail_before_the_data_loads(smoke_config, tmp_path, monkey
         loop.train_and_evaluate(smoke_config, tmp_path)
 
 
+def test_an_unknown_schedule_names_its_block():
+    from jaxgen import config as config_lib
+
+    c = config_lib.gan_config()
+    c.d_optim.schedule = "cosin"
+    with pytest.raises(ValueError, match="unknown d_optim.schedule 'cosin'; choices: constant, cosine, linear"):
+        config_lib.check(c)
+
+
 def test_every_batch_size_that_does_not_divide_is_named_at_once(smoke_config, tmp_path):
     smoke_config.train.batch_size, smoke_config.eval.batch_size = 30, 20
     with pytest.raises(ValueError, match=r"train.batch_size=30 is not divisible .*; and eval.batch_size=20 is not"):

@@ -17,6 +17,7 @@ def _adamw(cfg, lr):
 
 
 OPTIMIZERS = {"adam": _adam, "adamw": _adamw}
+SCHEDULES = ("constant", "cosine", "linear")
 
 
 def schedule(cfg, total_steps: int) -> optax.Schedule:
@@ -38,7 +39,7 @@ def schedule(cfg, total_steps: int) -> optax.Schedule:
         if not warm:
             return decay
         return optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, warm), decay], [warm])
-    raise ValueError(f"unknown optim.schedule {cfg.schedule!r}; choices: constant, cosine, linear")
+    raise ValueError(f"unknown schedule {cfg.schedule!r}; choices: {', '.join(SCHEDULES)}")
 
 
 def make(cfg, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
