@@ -6,7 +6,7 @@ import contextlib
 import logging
 import os
 
-# XLA:CPU (jax 0.10.2) ran the conv-VAE train step 1.5-2.2x faster on this project's 2-core x86 machines with an
+# XLA:CPU (jax 0.10.2) ran the conv-VAE train step 1.3-2.3x faster on this project's 2-core x86 machines with an
 # explicitly empty YNN fusion list than with the built-in default (benchmarks/README.md). Applied only when the
 # user's XLA_FLAGS do not mention the flag, and only when JAX will run on the CPU (no GPU or TPU plugin installed, or
 # JAX_PLATFORMS=cpu): other jaxlib builds may not know an experimental CPU flag, and XLA aborts on unknown flags.

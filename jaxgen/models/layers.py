@@ -411,8 +411,8 @@ class Conv(nn.Module):
 
 # --- BatchNorm ---------------------------------------------------------------------------------------------------
 NORM_IMPLS = ("auto", "fused", "flax")
-# Backend -> the BatchNorm 'auto' picks. CPU: 'fused' (benchmarks/README.md: flax's BatchNorm fwd+bwd took 4-6x
-# PyTorch's time on XLA:CPU, jax 0.10.2). Elsewhere flax's until measured.
+# Backend -> the BatchNorm 'auto' picks. CPU: 'fused' (benchmarks/README.md: flax's BatchNorm fwd+bwd took 1.2-8x
+# PyTorch's time on XLA:CPU, jax 0.10.2, DCGAN-64's BN layers at batch 128). Elsewhere flax's until measured.
 AUTO_NORM_IMPL = {"cpu": "fused"}
 DEFAULT_NORM_IMPL = "flax"
 
