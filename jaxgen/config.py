@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 from collections.abc import Callable, Mapping
 
@@ -279,7 +280,7 @@ def config_file_error(error: BaseException) -> str | None:
     if m is None and read is None:
         return None
     frames = [f for f in traceback.extract_tb(error.__traceback__) if "site-packages" not in f.filename
-              and not f.filename.endswith("launch.py")]
+              and not f.filename.endswith(("launch.py", os.path.join("jaxgen", "cli.py")))]
     if read and not frames:  # read by absl applying a --config.<field> override: unknown_override says it better
         return None
     where = f"{frames[-1].filename}:{frames[-1].lineno} ({(frames[-1].line or '').strip()})" if frames else "the config"
