@@ -151,6 +151,10 @@ def test_random_flip_mirrors_about_half_of_the_reals():
         seen.append(float(metrics["left_minus_right"][0]))
     assert abs(np.mean(seen)) < 0.5 and len(set(seen)) > 1  # a fresh draw each step
     assert all(abs(v) < 2 for v in seen)  # each real its own draw: no batch mirrored (or kept) as a whole
+    # What the step logs besides the loss's and the regularizer's own metrics: exactly the names reserved for it.
+    d = jax.ShapeDtypeStruct((4,), jnp.float32)
+    own = {"left_minus_right", *jax.eval_shape(gan_obj.get_loss("non_saturating"), d, d)[2]}
+    assert set(metrics) - own == set(gan_obj.STEP_METRICS)
 
 
 @pytest.mark.parametrize("over", [

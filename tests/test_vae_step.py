@@ -126,6 +126,8 @@ def test_the_step_compiles_once_over_many_steps(smoke_config):
     for _ in range(6):
         state, metrics = fn(state, d)
     # counting_objective raised on a second trace: scan traces its body once (then unrolls it), later calls reuse it
+    own = {"loss", "elbo", "rec_nll", "kl", "seen_step"}  # the objective's metrics; the step adds exactly these:
+    assert set(metrics) - own == set(objectives.STEP_METRICS)
     assert int(state["step"]) == 12 and metrics["loss"].shape == (2,)
     np.testing.assert_array_equal(metrics["step"], [10, 11])
     np.testing.assert_array_equal(metrics["seen_step"], [10.0, 11.0])

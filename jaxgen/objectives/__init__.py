@@ -42,6 +42,10 @@ def check_scalars(what: str, losses: dict, metrics, *, contract: str, reserved: 
                          "rename them, e.g. with a prefix")
 
 
+# Metrics the VAE step logs itself (jaxgen.training.vae_step): an objective's metrics must not reuse these names.
+STEP_METRICS = ("grad_norm", "param_norm", "lr", "finite", "step")
+
+
 def check_objective(objective, name: str, params, x, keys, *, model, cfg) -> None:
     """Checks, by tracing it once (no computation), that the objective returns (scalar loss, dict of scalar
     metrics with 'loss'). An objective with a `step` parameter gets the train step (an int32 scalar)."""
@@ -52,7 +56,7 @@ def check_objective(objective, name: str, params, x, keys, *, model, cfg) -> Non
         raise ValueError(f"objective {name!r} returned {type(out).__name__}; expected {contract}")
     loss, metrics = out
     check_scalars(f"objective {name!r}", {"loss": loss}, metrics, contract=contract,
-                  reserved=("grad_norm", "param_norm", "lr", "finite", "step"))
+                  reserved=STEP_METRICS)
     if "loss" not in metrics:
         raise ValueError(f"objective {name!r}: its metrics have no 'loss' (they have {sorted(metrics)}); add "
                          "metrics['loss'] = loss, which the progress bar and the train records show")
