@@ -1,4 +1,4 @@
-"""Image grids as PNG files."""
+"""Image grids as PNG files, and the history of fixed-noise samples over training."""
 
 from __future__ import annotations
 
@@ -30,3 +30,23 @@ def save_png(path: Path, images: np.ndarray, ncol: int | None = None, scale: int
     g = np.repeat(np.repeat(g, scale, 0), scale, 1)
     image = Image.fromarray(g[..., 0] if g.shape[-1] == 1 else g)
     return atomic.write_with(path, lambda f: image.save(f, format="PNG"))  # a killed run leaves no torn PNG
+
+
+def append_history(path: Path, step: int, samples: np.ndarray) -> None:
+    """Adds `samples` (values in [0, 1], [N, H, W, C]) as the row of `step` to the uint8 history in the .npz `path`
+    (images [rows, N, H, W, C], steps [rows]); rows of `step` and later (a resumed run repeating them) are replaced."""
+    row = (np.clip(samples, 0, 1) * 255).round().astype(np.uint8)[None]
+    steps = np.asarray([step])
+    if path.exists():
+        with np.load(path) as h:
+            keep = h["steps"] < step
+            row = np.concatenate([h["images"][keep], row])
+            steps = np.concatenate([h["steps"][keep], steps])
+    atomic.write_npz(path, images=row, steps=steps)
+
+
+def save_history(history: Path, path: Path) -> Path:
+    """The history .npz of `append_history` as one PNG, a row per step."""
+    with np.load(history) as h:
+        rows = h["images"]
+    return save_png(path, rows.reshape(-1, *rows.shape[2:]) / 255.0, ncol=rows.shape[1])

@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from jaxgen import atomic, data, parallel, registry
 from jaxgen import config as config_lib
+from jaxgen import data, parallel, registry
 from jaxgen.data import augment
 from jaxgen.evaluation import quality
 from jaxgen.models import gan as gan_models
@@ -224,15 +224,13 @@ class GANTask:
         to01 = lambda x: (np.asarray(x, np.float32) + 1.0) / 2.0
         samples = to01(self._generate(g, self._z(c.output.num_samples, state_lib.FIXED_NOISE)))
         images.save_png(out / f"samples{suffix}.png", samples)
-        self._append_history(out, int(jax.device_get(state["step"])), samples[:HISTORY_COLUMNS])
+        images.append_history(out / "fixed_noise_history.npz", int(jax.device_get(state["step"])),
+                              samples[:HISTORY_COLUMNS])
         if suffix or not c.output.plots:
             return
         images.save_png(self.workdir / "interpolations.png", to01(self._generate(g, self._interpolation_z())),
                         ncol=10)
-        with np.load(out / "fixed_noise_history.npz") as h:
-            rows = h["images"]
-        images.save_png(self.workdir / "samples_over_time.png", rows.reshape(-1, *rows.shape[2:]) / 255.0,
-                        ncol=rows.shape[1])
+        images.save_history(out / "fixed_noise_history.npz", self.workdir / "samples_over_time.png")
         plots.gan_curves(self.workdir / "metrics.jsonl", self.workdir / "gan_curves.png")
 
     def _interpolation_z(self, pairs: int = 8, steps: int = 10) -> jax.Array:
@@ -246,16 +244,3 @@ class GANTask:
         so = jnp.maximum(jnp.sin(omega), 1e-6)
         path = (jnp.sin((1 - t) * omega) / so) * a[:, None] + (jnp.sin(t * omega) / so) * b[:, None]
         return path.reshape(pairs * steps, -1)
-
-    @staticmethod
-    def _append_history(out, step: int, samples: np.ndarray) -> None:
-        """Keeps the first fixed-noise samples of every evaluation (uint8) in images/fixed_noise_history.npz."""
-        path = out / "fixed_noise_history.npz"
-        row = (np.clip(samples, 0, 1) * 255).round().astype(np.uint8)[None]
-        steps = np.asarray([step])
-        if path.exists():
-            with np.load(path) as h:
-                keep = h["steps"] < step  # a resumed run rewrites the evaluations it repeats
-                row = np.concatenate([h["images"][keep], row])
-                steps = np.concatenate([h["steps"][keep], steps])
-        atomic.write_npz(path, images=row, steps=steps)
