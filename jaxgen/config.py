@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import re
+import sys
 from collections.abc import Callable, Mapping
 
 import ml_collections
@@ -279,8 +280,9 @@ def config_file_error(error: BaseException) -> str | None:
     read = None if m else _missing_read(error)
     if m is None and read is None:
         return None
+    callers = {os.path.abspath(sys.argv[0]), os.path.join(os.path.dirname(os.path.abspath(__file__)), "cli.py")}
     frames = [f for f in traceback.extract_tb(error.__traceback__) if "site-packages" not in f.filename
-              and not f.filename.endswith(("launch.py", os.path.join("jaxgen", "cli.py")))]
+              and os.path.abspath(f.filename) not in callers]  # the config file's frames, not launch.py's or cli's
     if read and not frames:  # read by absl applying a --config.<field> override: unknown_override says it better
         return None
     where = f"{frames[-1].filename}:{frames[-1].lineno} ({(frames[-1].line or '').strip()})" if frames else "the config"

@@ -436,6 +436,9 @@ def test_eval_mode_without_a_checkpoint_says_train_first(smoke_config, tmp_path)
     with pytest.raises(FileNotFoundError, match=r"best; the best checkpoint by elbo is kept at the run's evaluations "
                                                 r"\(every eval.every=10 steps, and at the last step\); none has been"):
         loop.evaluate_checkpoint(smoke_config, tmp_path)
+    smoke_config.eval.checkpoint = "bset"  # the config's own error, not "no checkpoint in .../best"
+    with pytest.raises(ValueError, match="eval.checkpoint must be 'newest' or 'best', got 'bset'"):
+        loop.sample_checkpoint(smoke_config, tmp_path)
 
 
 @pytest.mark.parametrize("fields,warning", [

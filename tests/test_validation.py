@@ -108,6 +108,9 @@ def test_during_training_the_validation_split_is_evaluated_and_chooses_the_best_
     with np.load(loop.sample_checkpoint(c, tmp_path)) as z:
         assert int(z["step"]) == 30
     assert "The checkpoint keeps no EMA of the weights" in (tmp_path / "log_sample.txt").read_text()
+    c.model.latent_dim += 1  # another difference beside the EMA's: still the mismatch, worded for evaluating
+    with pytest.raises(checkpoint.CheckpointMismatchError, match="(?s)params/.*To evaluate or sample it, give the "):
+        loop.sample_checkpoint(c, tmp_path)
 
 
 def test_a_best_record_chosen_on_another_split_is_ignored(tmp_path, caplog):

@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import time
@@ -23,6 +24,7 @@ import jax
 import numpy as np
 
 from jaxgen import atomic, parallel, registry, runtime
+from jaxgen import config as config_lib
 from jaxgen import data as data_lib
 from jaxgen.evaluation import quality
 from jaxgen.reporting import images
@@ -422,9 +424,14 @@ def _log_determinism(config) -> None:
 def _restore_for(config, workdir, mode: str):
     """(task, state) of the checkpoint eval.checkpoint names ('newest' or 'best'), for --mode=eval/sample."""
     workdir = wd.prepare(workdir, create=False)
+    config_lib.check(config)  # its errors first (an eval.checkpoint that is neither), before the test below
     which = config.eval.checkpoint
     where = workdir / ("checkpoints" if which == "newest" else "best")
-    if where.is_dir():  # else no log file, no checkpoint manager's directory: a mistyped workdir stays as it was
+    present = where.is_dir()
+    parallel.check_same_on_every_process(  # all processes take the same branch: the one below is collective
+        f"whether {where} exists", [int(present)], "Every process must see the same --workdir: put it on a "
+        "filesystem all hosts share.")
+    if present:  # else no log file and no checkpoint manager's directory are made there
         wd.setup_logging(workdir, mode)
         wd.warn_config_drift(config, workdir, mode)
         _log_determinism(config)
@@ -437,8 +444,10 @@ def _restore_for(config, workdir, mode: str):
         if which == "newest":
             hint = "train first (the same command without --mode)"
         elif quality.best_metric(config):
-            hint = (f"the best checkpoint by {quality.best_metric(config)} is kept at the run's evaluations (every "
-                    f"eval.every={config.eval.every} steps, and at the last step); none has been kept yet")
+            when = f"every eval.every={config.eval.every} steps, and at the last step" if config.eval.every else \
+                "at the last step (eval.every=0)"
+            hint = (f"the best checkpoint by {quality.best_metric(config)} is kept at the run's evaluations "
+                    f"({when}); none has been kept yet")
         else:
             hint = "a best checkpoint is kept only with eval.extractors or checkpoint.best_metric set"
         raise FileNotFoundError(f"--mode={mode}: no readable checkpoint in {where}; {hint}")
@@ -514,8 +523,9 @@ def sample_checkpoint(config, workdir) -> Path:
     if jax.process_index() == 0:
         out.mkdir(exist_ok=True)
         atomic.write_npz(path, images=samples, step=step)
-        for old in out.glob(f"step_{step:07d}_[0-9][0-9][0-9].png"):  # an earlier call's grids, maybe more of them
-            old.unlink()
+        for old in out.glob(f"step_{step:07d}_*.png"):  # an earlier call's grids, maybe more of them
+            if re.fullmatch(rf"step_{step:07d}_\d{{3,}}\.png", old.name):
+                old.unlink()
         per = config.sample.per_grid
         for i in range(0, len(samples), per):
             images.save_png(out / f"step_{step:07d}_{i // per:03d}.png", samples[i : i + per] / np.float32(255),

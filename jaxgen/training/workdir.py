@@ -196,14 +196,13 @@ def warn_config_drift(config, workdir: Path, mode: str) -> list[str]:
     config.json the workdir was trained with: --mode=eval/sample evaluate with this command's config. Another
     task (a VAE config on a GAN's workdir) is a ValueError."""
     path = workdir / "config.json"
-    if not path.exists():
-        return []
     now = json.loads(config.to_json_best_effort(sort_keys=True))
-    trained = _read_json(path) or now
-    if trained.get("task", now["task"]) != now["task"]:
-        raise ValueError(f"--mode={mode}: the workdir {workdir} was trained with a {trained['task']} config "
-                         f"({path}), this one is a {now['task']} config: give the training command's --config and "
-                         f"overrides")
+    trained = _read_json(path) or now  # missing or unreadable: nothing to compare (every process gets here)
+    other = trained.get("task", now["task"]) != now["task"]
+    parallel.stop_if_any_failed(  # a collective: a process that raised alone would leave the others waiting
+        ValueError(f"--mode={mode}: the workdir {workdir} was trained with a {trained['task']} config ({path}), this "
+                   f"one is a {now['task']} config: give the training command's --config and overrides")
+        if other else None, "check the workdir's config")
     changed = sorted(d for d in _diff(trained, now)
                      if d.split(":")[0].split(".")[0] not in (*EVAL_ONLY_BLOCKS, "train"))
     if changed:
