@@ -315,6 +315,13 @@ def unknown_override(argv: list[str], load: Callable[[str], ml_collections.Confi
     return None
 
 
+def eval_checkpoint(config: ml_collections.ConfigDict) -> str:
+    """config.eval.checkpoint, 'newest' or 'best' (what --mode=eval/sample read); another value is a ValueError."""
+    if config.eval.checkpoint not in ("newest", "best"):
+        raise ValueError(f"eval.checkpoint must be 'newest' or 'best', got {config.eval.checkpoint!r}")
+    return config.eval.checkpoint
+
+
 def smoke(config: ml_collections.ConfigDict) -> None:
     """The tiny-size settings every `smoke` variant shares: same model, objective and step, seconds to run."""
     if config.task == "gan" and config.train.g_batch_size > 0:  # G's fresh fakes keep their ratio to the batch
@@ -396,8 +403,7 @@ def check(config: ml_collections.ConfigDict) -> None:
     quality.check_names(config.eval.extractors)
     quality.best_metric(config)  # a sample-quality best_metric names an extractor in use and a per-eval metric
     quality.best_mode(config)  # and its direction is known or given
-    if config.eval.checkpoint not in ("newest", "best"):
-        raise ValueError(f"eval.checkpoint must be 'newest' or 'best', got {config.eval.checkpoint!r}")
+    eval_checkpoint(config)
     if config.eval.classifier_steps < 1:
         raise ValueError(f"eval.classifier_steps must be >= 1, got {config.eval.classifier_steps}")
     if config.eval.extractors and config.eval.num_samples < 2:

@@ -96,11 +96,10 @@ def restore(task, which: str = "newest", *, training: bool = False):
         return read(shapes)
     except checkpoint.CheckpointMismatchError as e:
         kinds = {kind: {p.split("/", 1)[0] for p in paths} for kind, paths in e.diff.items()}
-        ema = [k for k in EMA_OF if k in shapes or EMA_OF[k] in shapes]
-        if training or not ema or kinds not in ({"in the checkpoint, not in this config's state": {ema[0]}},
-                                                {"missing from the checkpoint": {ema[0]}}):
+        key = next((k for k, averaged in EMA_OF.items() if averaged in shapes), None)
+        if training or key is None or kinds not in ({"in the checkpoint, not in this config's state": {key}},
+                                                    {"missing from the checkpoint": {key}}):
             raise
-    key = ema[0]
     if key in shapes:  # the config keeps an EMA, the checkpoint does not
         log.warning("The checkpoint keeps no EMA of the weights (its run had train.ema_half_life=0): evaluating "
                     "its raw weights")
@@ -424,8 +423,7 @@ def _log_determinism(config) -> None:
 def _restore_for(config, workdir, mode: str):
     """(task, state) of the checkpoint eval.checkpoint names ('newest' or 'best'), for --mode=eval/sample."""
     workdir = wd.prepare(workdir, create=False)
-    config_lib.check(config)  # its errors first (an eval.checkpoint that is neither), before the test below
-    which = config.eval.checkpoint
+    which = config_lib.eval_checkpoint(config)  # checked before it picks the directory (the rest: build_task)
     where = workdir / ("checkpoints" if which == "newest" else "best")
     present = where.is_dir()
     parallel.check_same_on_every_process(  # all processes take the same branch: the one below is collective
