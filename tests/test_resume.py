@@ -360,6 +360,17 @@ def test_files_torn_by_a_kill_are_dropped_or_rewritten_not_fatal(tmp_path, caplo
     assert "config.json cannot be read" in caplog.text
     assert json.loads((tmp_path / "config.json").read_text()) == {"seed": 1}
 
+    # A changed config is a warning on resume; after a run that left no checkpoint (stopped on a bad setting), a note.
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="jaxgen"):
+        wd.save_config(ml_collections.ConfigDict({"seed": 2}), tmp_path, step=0)
+        wd.save_config(ml_collections.ConfigDict({"seed": 3}), tmp_path, step=40)
+    (fresh, resumed), = [[r for r in caplog.records if "seed: 1 -> 2" in r.message or "seed: 2 -> 3" in r.message]]
+    assert fresh.levelno == logging.INFO and "left no checkpoint" in fresh.message
+    assert resumed.levelno == logging.WARNING and "resumed at step 40" in resumed.message
+    history = [json.loads(line) for line in (tmp_path / "config_history.jsonl").read_text().splitlines()]
+    assert [h["config"] for h in history] == [{"seed": 1}, {"seed": 2}]
+
 
 def test_a_save_killed_half_way_leaves_nothing_behind_on_the_next_training_start(smoke_config, tmp_path, caplog):
     """A kill during an Orbax save leaves `<step>.orbax-checkpoint-tmp*` folders (in checkpoints/ or best/). The

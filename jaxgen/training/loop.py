@@ -211,9 +211,9 @@ def _train_and_evaluate(config, workdir: Path) -> dict:
              jax.process_count(), jax.local_device_count(), jax.local_devices()[0].device_kind, c.train.batch_size,
              task.describe())
     mgr, state = restore_or_init(task)
-    wd.check_resumed_holdout(c, workdir, int(jax.device_get(state["step"])))
-    wd.save_config(c, workdir)  # after the restore: a config refused by the checkpoint leaves config.json as it was
     step = start = int(jax.device_get(state["step"]))
+    wd.check_resumed_holdout(c, workdir, step)
+    wd.save_config(c, workdir, step)  # after the restore: a config refused by the checkpoint leaves config.json as is
     k = c.train.steps_per_dispatch
     if step >= c.train.steps:
         if step > c.train.steps:

@@ -153,10 +153,12 @@ def raised_on_purpose(error: BaseException) -> bool:
     return linecache.getline(filename, tb.tb_lineno).lstrip().startswith("raise ")
 
 
-def save_config(config, workdir: Path) -> None:
-    """Writes the resolved config to <workdir>/config.json; warns about fields changed since the last run, whose
+def save_config(config, workdir: Path, step: int = 0) -> None:
+    """Writes the resolved config to <workdir>/config.json; reports the fields changed since the last run, whose
     config becomes config.previous.json and is appended to config_history.jsonl (every config the workdir was
-    run with, oldest first, each with the time it was replaced and what changed)."""
+    run with, oldest first, each with the time it was replaced and what changed). `step` is the step the run
+    resumes from: a warning then (the run continues under another config), a plain note at 0 (the last run left
+    no checkpoint, e.g. it stopped on a bad setting this one fixes: nothing trained under the old config)."""
     if jax.process_index() != 0:
         return
     path = workdir / "config.json"
@@ -164,8 +166,13 @@ def save_config(config, workdir: Path) -> None:
     before = _read_json(path)
     if before is not None:
         changed = sorted(_diff(before, now))
+        if changed and step:
+            log.warning("Config differs from the one this workdir was run with, resumed at step %d: %s", step,
+                        ", ".join(changed))
+        elif changed:
+            log.info("The last run on this workdir left no checkpoint; this one starts afresh with another config "
+                     "(the last run's is kept as config.previous.json): %s", ", ".join(changed))
         if changed:
-            log.warning("Config differs from the one this workdir was run with: %s", ", ".join(changed))
             record = {"replaced": time.strftime("%Y-%m-%dT%H:%M:%S"), "changes": changed, "config": before}
             with open(workdir / "config_history.jsonl", "a") as f:
                 f.write(json.dumps(record, sort_keys=True) + "\n")
