@@ -281,11 +281,15 @@ def test_gan_outputs_land_in_the_workdir(tmp_path):
     final = loop.train_and_evaluate(c, tmp_path)
     train_log = (tmp_path / "log.txt").read_text()
     assert final["num_examples"] == 64 and np.isfinite(final["d_real"])
-    for name in ("images/samples.png", "images/samples_0000010.png", "interpolations.png", "samples_over_time.png",
+    for name in ("images/samples.png", "images/samples_0000010.png", "images/samples_0000020.png",
+                 "interpolations.png", "samples_over_time.png",
                  "gan_curves.png", "eval.json", "config.json", "log.txt"):
         assert (tmp_path / name).is_file(), name
     with np.load(tmp_path / "images" / "fixed_noise_history.npz") as h:
         assert list(h["steps"]) == [10, 20]
+    # The final step's grid under its step's name too: a run extended later keeps every eval's grid.
+    out = tmp_path / "images"
+    assert (out / "samples_0000020.png").read_bytes() == (out / "samples.png").read_bytes()
     assert set(quality.TASK_METRICS["gan"]) <= set(final)  # what checkpoint.best_metric may name
     again = loop.evaluate_checkpoint(c, tmp_path)  # --mode=eval on the finished run gives the same numbers
     np.testing.assert_allclose([again["d_real"], again["d_fake"]], [final["d_real"], final["d_fake"]], rtol=1e-5)

@@ -53,6 +53,7 @@ def test_launch_smoke_end_to_end_then_resume(tmp_path):
     assert {"train", "eval"} == {r["split"] for r in records}
     assert [r["step"] for r in records if r["split"] == "train"] == [5, 10, 15, 20]
     for name in ("images/samples.png", "images/reconstructions.png", "images/samples_0000010.png",
+                 "images/samples_0000020.png", "images/reconstructions_0000020.png",
                  "latent_scatter.png", "latent_traversal.png", "loss_curves.png", "eval.json", "config.json",
                  "log.txt"):
         assert (wd / name).is_file(), name

@@ -404,7 +404,19 @@ def _final_eval(task, state, writer: MetricWriter, sq, out_name: str = "eval.jso
         atomic.write_text(task.workdir / out_name, json.dumps(record, indent=2) + "\n")
     if images:
         task.save_images(state)
+        if jax.process_index() == 0:
+            _copy_with_step(task.workdir / "images", step)
     return final
+
+
+def _copy_with_step(images_dir: Path, step: int) -> None:
+    """The final evaluation's grids (`samples.png` ...) copied under the step's name (`samples_<step>.png`), as an
+    evaluation during training names them: the series is whole, and stays so when a longer train.steps extends the
+    run (whose own final grids replace the unnumbered ones)."""
+    for png in sorted(images_dir.glob("*.png")):
+        if not re.search(r"_\d{7,}$", png.stem):
+            data = png.read_bytes()
+            atomic.write_with(images_dir / f"{png.stem}_{step:07d}.png", lambda f, data=data: f.write(data))
 
 
 def _log_determinism(config) -> None:
