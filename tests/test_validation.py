@@ -2,6 +2,7 @@
 checkpoint use, while the final evaluation (eval.json, eval_best.json) reports the test split."""
 
 import json
+import shutil
 
 import jax
 import ml_collections
@@ -105,9 +106,17 @@ def test_during_training_the_validation_split_is_evaluated_and_chooses_the_best_
         assert "'test' numbers here are unbiased" in record["selected_by"] and record["step"] == best["step"]
 
     c.eval.checkpoint, c.train.ema_half_life = "newest", 100.0  # sampling a run without an EMA as if it had one
+    broken = tmp_path / "checkpoints" / "40"  # beside an unreadable newer checkpoint, reported once, not per try
+    shutil.copytree(tmp_path / "checkpoints" / "30", broken)
+    for f in broken.rglob("*"):
+        if f.is_file():
+            f.write_bytes(b"garbage")
     with np.load(loop.sample_checkpoint(c, tmp_path)) as z:
         assert int(z["step"]) == 30
-    assert "The checkpoint keeps no EMA of the weights" in (tmp_path / "log_sample.txt").read_text()
+    shutil.rmtree(broken)
+    sample_log = (tmp_path / "log_sample.txt").read_text()
+    assert "The checkpoint keeps no EMA of the weights" in sample_log
+    assert sample_log.count("Checkpoint at step 40 cannot be read") == 1
     c.model.latent_dim += 1  # another difference beside the EMA's: still the mismatch, worded for evaluating
     with pytest.raises(checkpoint.CheckpointMismatchError, match="(?s)params/.*To evaluate or sample it, give the "):
         loop.sample_checkpoint(c, tmp_path)

@@ -197,10 +197,11 @@ class CheckpointMismatchError(ValueError):
         self.diff = diff or {}
 
 
-def restore_newest(workdir: Path, cfg, target, subdir: str = "checkpoints", *, move_broken: bool = True
-                   ) -> tuple[ocp.CheckpointManager, dict | None]:
-    """(manager, newest readable state or None). Unreadable checkpoints are reported and, once an older one has been
-    read and with `move_broken` (a training run: --mode=eval/sample only read), moved aside.
+def restore_newest(workdir: Path, cfg, target, subdir: str = "checkpoints", *, move_broken: bool = True,
+                   reported: set[int] | None = None) -> tuple[ocp.CheckpointManager, dict | None]:
+    """(manager, newest readable state or None). Unreadable checkpoints are reported (once: the steps in `reported`,
+    which gains those reported now, are not again) and, once an older one has been read and with `move_broken` (a
+    training run: --mode=eval/sample only read), moved aside.
 
     Raises CheckpointMismatchError, leaving the checkpoint in place, when the newest readable one was saved from a
     state whose tree (paths, shapes, dtypes) differs from `target`: a config change, not a broken file; and
@@ -216,14 +217,21 @@ def restore_newest(workdir: Path, cfg, target, subdir: str = "checkpoints", *, m
     # Steps that failed, newest first; moved aside only once an older one is read. Their errors are logged, not
     # kept: a failed restore's traceback holds Orbax's asyncio objects, which must not outlive this call.
     broken: list[int] = []
+    reported = set() if reported is None else reported
+
+    def report(step: int, error: Exception) -> None:
+        if step not in reported:
+            _reported(step, error)
+            reported.add(step)
+        broken.append(step)
+
     for step in sorted(steps, reverse=True):
         try:
             saved, error = _saved_tree(mgr, step), None
         except Exception as e:  # noqa: BLE001 (metadata that cannot be read means a broken checkpoint)
             saved, error = None, e
         if (error := _on_every_process(error)) is not None:
-            _reported(step, error)
-            broken.append(step)
+            report(step, error)
             continue
         diff = _differences(saved, target)
         if diff:
@@ -241,8 +249,7 @@ def restore_newest(workdir: Path, cfg, target, subdir: str = "checkpoints", *, m
                 error = e
             error = _on_every_process(error)
         if error is not None:
-            _reported(step, error)
-            broken.append(step)
+            report(step, error)
             continue
         for bad in broken if move_broken else ():
             mgr = _move_aside(mgr, workdir, cfg, subdir, bad)

@@ -87,10 +87,12 @@ def restore(task, which: str = "newest", *, training: bool = False):
     evaluates its raw weights, with a warning."""
     shapes = jax.eval_shape(task.create)
     subdir = {"newest": "checkpoints", "best": "best"}[which]
+    reported: set[int] = set()  # broken checkpoints, logged by the first read and not again by the EMA's retry
 
     def read(tree):
         target = checkpoint.abstract_like(tree, parallel.replicated(task.mesh))
-        return checkpoint.restore_newest(task.workdir, task.config.checkpoint, target, subdir, move_broken=training)
+        return checkpoint.restore_newest(task.workdir, task.config.checkpoint, target, subdir, move_broken=training,
+                                         reported=reported)
 
     try:
         return read(shapes)
