@@ -5,6 +5,7 @@ keeper, and the errors for bad names and bad images."""
 import json
 import logging
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -13,6 +14,7 @@ import pytest
 from jaxgen import config as config_lib
 from jaxgen.evaluation import quality, sample_metrics
 from jaxgen.registry import UnknownNameError
+from jaxgen.reporting import images
 from jaxgen.training import checkpoint
 
 CALLS = []
@@ -104,6 +106,10 @@ def test_images_of_the_wrong_kind_are_refused_with_the_conversion():
     with pytest.raises(ValueError, match="C = 1 or 3"):
         quality.check_images(np.zeros((2, 8, 8, 2), np.uint8), "generated samples")
     assert quality.to_uint8(np.array([-1.0, 0.0, 1.0]), (-1.0, 1.0)).tolist() == [0, 128, 255]
+    # One rounding for everything written or measured (PNG grids, the history, samples in a compiled sampler).
+    x = np.array([-0.1, 0.0, 0.5 / 255, 1.5 / 255, 0.5, 1.0, 1.2], np.float32)
+    assert images.quantize(x).tolist() == [0, 0, 0, 2, 128, 255, 255]  # halves to even, as np.round
+    assert np.asarray(jax.jit(images.quantize)(x)).tolist() == images.quantize(x).tolist()
 
 
 def test_best_metric_auto_is_the_first_extractors_fid():

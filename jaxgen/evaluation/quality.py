@@ -28,6 +28,7 @@ from jax.sharding import PartitionSpec as P
 from jaxgen import atomic, parallel, registry
 from jaxgen.data.image_folder import data_dir
 from jaxgen.evaluation import sample_metrics
+from jaxgen.reporting.images import quantize
 
 log = logging.getLogger("jaxgen")
 
@@ -222,7 +223,7 @@ def make_sampler(sample_fn: Callable, mesh, *, key: jax.Array, dim: int, value_r
 
     Each call of the compiled body makes `batch_size` samples (a multiple of the mesh's device count), each device
     its share of them from its own latents, gathered on every device so that every process reads them all.
-    Rounded to 0..255 as a PNG writer does (`to_uint8`); non-finite pixels are counted and logged, NaN and -inf
+    Rounded to 0..255 as a PNG writer does (`quantize`); non-finite pixels are counted and logged, NaN and -inf
     written as 0, +inf as 255.
     `variables` are replicated over `mesh`, or host arrays."""
     lo, hi = value_range
@@ -232,7 +233,7 @@ def make_sampler(sample_fn: Callable, mesh, *, key: jax.Array, dim: int, value_r
         kept = (index < n).reshape(-1, *([1] * (x.ndim - 1)))  # the last batch's extra samples are not counted
         bad = jax.lax.psum(jnp.sum(~jnp.isfinite(x) & kept), parallel.AXIS)
         x = jnp.nan_to_num(x, nan=0.0, posinf=1.0, neginf=0.0)
-        return jnp.clip(jnp.round(x * 255.0), 0, 255).astype(jnp.uint8), bad
+        return quantize(x), bad
 
     out = parallel.replicated(mesh)
     compiled = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(P(), P(parallel.AXIS), P()),
@@ -270,7 +271,7 @@ def to_uint8(images: np.ndarray, value_range: tuple[float, float]) -> np.ndarray
         log.warning("%d non-finite pixel values in generated samples (NaN, -inf written as 0, +inf as 255): "
                     "the model has diverged", int(np.sum(~np.isfinite(x))))
         x = np.nan_to_num(x, nan=0.0, posinf=1.0, neginf=0.0)
-    return np.clip(np.round(x * 255.0), 0, 255).astype(np.uint8)
+    return quantize(x)
 
 
 class SampleQuality:

@@ -9,6 +9,14 @@ import numpy as np
 from jaxgen import atomic
 
 
+def quantize(x):
+    """Pixel values in [0, 1] -> uint8 0..255 as a PNG writer rounds them (half to even; outside clipped). One rule
+    for every image jaxgen writes or measures: the grids, the sample history and the samples that sample-quality
+    metrics read. NumPy or JAX arrays (on the device, inside a compiled sampler); non-finite values are the
+    caller's to handle."""
+    return (x * 255.0).round().clip(0, 255).astype(np.uint8)
+
+
 def grid(images: np.ndarray, ncol: int | None = None, pad: int = 1) -> np.ndarray:
     """Tiles images [N, H, W, C] with values in [0, 1] into one uint8 image [rows*(H+pad)+pad, ..., C]."""
     images = np.asarray(images, np.float32)
@@ -19,7 +27,7 @@ def grid(images: np.ndarray, ncol: int | None = None, pad: int = 1) -> np.ndarra
     for i in range(n):
         r, q = divmod(i, ncol)
         out[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + q * (w + pad) : pad + q * (w + pad) + w] = images[i]
-    return (np.clip(out, 0.0, 1.0) * 255).round().astype(np.uint8)
+    return quantize(out)
 
 
 def save_png(path: Path, images: np.ndarray, ncol: int | None = None, scale: int = 2) -> Path:
@@ -35,7 +43,7 @@ def save_png(path: Path, images: np.ndarray, ncol: int | None = None, scale: int
 def append_history(path: Path, step: int, samples: np.ndarray) -> None:
     """Adds `samples` (values in [0, 1], [N, H, W, C]) as the row of `step` to the uint8 history in the .npz `path`
     (images [rows, N, H, W, C], steps [rows]); rows of `step` and later (a resumed run repeating them) are replaced."""
-    row = (np.clip(samples, 0, 1) * 255).round().astype(np.uint8)[None]
+    row = quantize(np.asarray(samples, np.float32))[None]
     steps = np.asarray([step])
     if path.exists():
         with np.load(path) as h:
