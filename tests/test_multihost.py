@@ -12,6 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from jaxgen.training import loop
@@ -256,6 +257,16 @@ def test_the_documented_pod_command_trains_as_two_processes_like_one(tmp_path):
     best = [json.loads((tmp_path / d / "best" / "best.json").read_text()) for d in ("multi", "single")]
     assert best[0]["split"] == "validation" and best[0]["step"] == best[1]["step"] == 20
     assert best[0]["value"] == pytest.approx(best[1]["value"], rel=1e-4)
+
+    # --mode=sample on the pod's workdir, as two processes: they agree that the checkpoints are there and on the
+    # config before restoring (collectives), and process 0 alone writes the samples and log_sample.txt.
+    sample = [*cmd, "--mode=sample", "--config.sample.num=16"]
+    outs = _run_two([sample, sample], envs, timeout=200, devices=4)
+    for _, err in outs:
+        assert "--mode=sample on the newest checkpoint: step 20" in err
+    with np.load(tmp_path / "multi" / "samples" / "step_0000020.npz") as z:
+        assert z["images"].shape == (16, 28, 28, 1) and int(z["step"]) == 20
+    assert "Wrote 16 samples of step 20" in (tmp_path / "multi" / "log_sample.txt").read_text()
 
 
 def test_sigterm_to_one_process_stops_both_at_one_step_and_the_job_resumes(tmp_path, first_devices):
