@@ -31,6 +31,15 @@ def absl_errors_only():
         absl.setLevel(level)
 
 
+FILE_ONLY = "file_only"  # a record with extra={FILE_ONLY: True} goes to the log file, not to the terminal
+
+
+def not_file_only(record: logging.LogRecord) -> bool:
+    """The console handlers' filter: records marked FILE_ONLY (the train lines while a progress bar shows the same
+    numbers) stay off the terminal."""
+    return not getattr(record, FILE_ONLY, False)
+
+
 def console_logging() -> logging.Logger:
     """jaxgen's logger at INFO to stderr, in its one format ('14:04:48 INFO ...'), its handlers replaced: launch.py
     calls it first, so that warnings made while the config loads read like the rest; the workdir adds its log
@@ -42,6 +51,7 @@ def console_logging() -> logging.Logger:
         h.close()
     stream = logging.StreamHandler()
     stream.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    stream.addFilter(not_file_only)
     logger.addHandler(stream)
     logger.propagate = False
     return logger

@@ -49,6 +49,9 @@ def test_launch_smoke_end_to_end_then_resume(tmp_path):
     r = _launch("--config=configs/vae_mnist.py:smoke", f"--workdir={wd}")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "step/s" not in r.stderr and "\r" not in r.stderr  # stderr is no terminal here: no progress bar
+    # ... so the train records' numbers are log lines, on stderr and in log.txt (there always: runtime.FILE_ONLY).
+    line = r"INFO step 10/20 \(50%\): loss [\d.]+; [\d,]+ img/s; ETA \d\d:\d\d:\d\d\n"
+    assert re.search(line, r.stderr) and re.search(line, (wd / "log.txt").read_text())
     records = [json.loads(line) for line in (wd / "metrics.jsonl").read_text().splitlines()]
     assert {"train", "eval"} == {r["split"] for r in records}
     assert [r["step"] for r in records if r["split"] == "train"] == [5, 10, 15, 20]

@@ -98,3 +98,21 @@ def test_a_run_with_config_deterministic_warns_when_xla_flags_lacks_the_flag(mon
     caplog.clear()
     loop._log_determinism(ml_collections.ConfigDict({"deterministic": False}))
     assert not caplog.text
+
+
+def test_train_lines_marked_file_only_reach_the_log_file_not_the_terminal(tmp_path, capsys):
+    """With a progress bar on the terminal the train lines go to log.txt only (the bar shows the same numbers)."""
+    import logging
+
+    logger = runtime.console_logging()
+    file_handler = logging.FileHandler(tmp_path / "log.txt")
+    logger.addHandler(file_handler)
+    try:
+        logger.info("for both")
+        logger.info("for the file", extra={runtime.FILE_ONLY: True})
+    finally:
+        logger.removeHandler(file_handler)
+        file_handler.close()
+    err = capsys.readouterr().err
+    assert "for both" in err and "for the file" not in err
+    assert "for the file" in (tmp_path / "log.txt").read_text()

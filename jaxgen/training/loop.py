@@ -323,6 +323,9 @@ def _train(task, state: dict, mgr, writer: MetricWriter, evals: _Evals) -> tuple
 
         bar = tqdm(total=c.train.steps, initial=step, unit="step", dynamic_ncols=True)
         redirect.enter_context(logging_redirect_tqdm(loggers=[log]))
+        for handler in log.handlers:  # tqdm's stand-in for the console handler, which drops its filter
+            if not isinstance(handler, logging.FileHandler):
+                handler.addFilter(runtime.not_file_only)
     check = lambda m: _check_finite(m, mgr, task.workdir, task.headline)  # noqa: E731
     pending, window, previous, call, stopped = [], [], None, 0, None
     t_log, step_log = time.perf_counter(), step
@@ -361,6 +364,9 @@ def _train(task, state: dict, mgr, writer: MetricWriter, evals: _Evals) -> tuple
                          if name not in ("finite", "step")}
                 window = []
                 writer.write(step, "train", {**means, "img_per_s": ips})
+                # In the log file always; on the terminal only without the bar, which shows the same numbers.
+                log.info("%s", _train_line(step, c.train.steps, {h: means[h] for h in task.headline}, ips,
+                                           c.train.batch_size), extra={runtime.FILE_ONLY: bar is not None})
                 if bar is not None:
                     bar.set_postfix({**{h: f"{means[h]:.3g}" for h in task.headline}, "img_s": f"{ips:,.0f}"})
             if due_eval:
@@ -374,6 +380,15 @@ def _train(task, state: dict, mgr, writer: MetricWriter, evals: _Evals) -> tuple
         if bar is not None:
             bar.close()
     return state, step, stopped
+
+
+def _train_line(step: int, steps: int, headline: dict, img_per_s: float, batch: int) -> str:
+    """'step 2000/10000 (20%): loss 98.31; 3,812 img/s; ETA 0:03:32', the log's line for a train record (the
+    headline metrics averaged since the last one; the ETA at that window's rate, as `img_per_s` measures it)."""
+    eta = (steps - step) * batch / max(img_per_s, 1e-9)
+    metrics = ", ".join(f"{name} {value:.4g}" for name, value in headline.items())
+    return (f"step {step}/{steps} ({100 * step / steps:.0f}%): {metrics}; {img_per_s:,.0f} img/s; "
+            f"ETA {time.strftime('%H:%M:%S', time.gmtime(eta)) if eta < 86400 else f'{eta / 3600:.0f} h'}")
 
 
 def _check_finite(host_metrics: dict, mgr, workdir: Path, headline) -> None:
