@@ -4,6 +4,7 @@ mode's run, with the errors jaxgen raises for the user as one FATAL line and the
 
 from __future__ import annotations
 
+import re
 import sys
 
 from absl import app, flags
@@ -24,6 +25,12 @@ def parse_flags(FLAGS: flags.FlagValues, argv: list[str]) -> list[str]:  # noqa:
         cause = e.__cause__ or e.__context__
         while cause is not None and not (isinstance(cause, ValueError) and workdir.raised_on_purpose(cause)):
             cause = cause.__cause__ or cause.__context__
+        block = re.search(r"flag --config\.([\w.]+)=(.*?): Failed to parse .* as a ConfigDict", str(e))
+        if cause is None and block:  # --config.loss=hinge: a block given a value
+            path, value = block.groups()
+            sys.stderr.write(f"FATAL Flags parsing error: --config.{path} is a block of fields, not a value: set one "
+                             f"of its fields, e.g. --config.{path}.name={value}\n")
+            sys.exit(1)
         sys.stderr.write(f"FATAL Flags parsing error: {cause}\n" if cause is not None else
                          f"FATAL Flags parsing error: {e}\nPass --helpshort or --helpfull to see help on flags.\n")
         sys.exit(1)
@@ -62,6 +69,13 @@ def run(FLAGS: flags.FlagValues, argv: list[str]) -> None:  # noqa: N803 (launch
         sys.exit(128 + e.signum)
     except (Exception, KeyboardInterrupt) as e:
         log_file = workdir.log_fatal(e)  # into log.txt too, not only on stderr
+        from jaxgen import config as config_lib  # noqa: PLC0415
+
+        missing = None if FLAGS.traceback else config_lib.field_read_error(e)
+        if missing is not None:  # a function of the user's read a field its config block lacks
+            sys.stderr.write(f"FATAL {missing}\n(its traceback: " + (f"{log_file}, or " if log_file else "")
+                             + "rerun with --traceback)\n")
+            sys.exit(1)
         if FLAGS.traceback or not workdir.raised_on_purpose(e):
             raise
         # Bad input, a NaN, a missing dataset ...: the message says what to do; the traceback would bury it.

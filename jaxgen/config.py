@@ -249,7 +249,9 @@ def unknown_field(config: ml_collections.ConfigDict, path: str) -> str | None:
         if not isinstance(node, ml_collections.ConfigDict):
             return f"unknown config field {path!r}: {block} is a value, not a block of fields"
         if name not in node:
-            return f"unknown config field {path!r}; fields of {block}: {', '.join(sorted(node.keys()))}"
+            own = (f"; a field of your own (read by your function through `cfg`) is added to {block} in a config "
+                   f"file that extends this one (README: Objectives)" if seen else "")
+            return f"unknown config field {path!r}; fields of {block}: {', '.join(sorted(node.keys()))}{own}"
         node = node[name]
         seen.append(name)
     return None
@@ -295,6 +297,23 @@ def config_file_error(error: BaseException) -> str | None:
     return (f"{where}: the config has no field {name!r} {verb}"
             + (f" (did you mean {hint.group(1)!r}?)" if hint else "")
             + (f"; the fields of that block: {', '.join(sorted(fields))}" if fields else ""))
+
+
+def field_read_error(error: BaseException) -> str | None:
+    """A one-line message for a function (a user's loss, objective, model ...) that read a config field its block
+    lacks, from ml_collections' AttributeError or KeyError: where, the field, the block's fields, how to add it.
+    None for any other error."""
+    import traceback  # noqa: PLC0415
+
+    read = _missing_read(error)
+    if read is None:
+        return None
+    name, fields = read
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if "site-packages" not in f.filename]
+    where = f"{frames[-1].filename}:{frames[-1].lineno} ({(frames[-1].line or '').strip()})" if frames else "a function"
+    return (f"{where} reads the config field {name!r}, which its block lacks (its fields: {', '.join(fields)}); a "
+            f"field of your own is added to the block in a config file that extends a shipped one, which "
+            f"--config.<block>.{name}=... can then set (README: Objectives)")
 
 
 def unknown_override(argv: list[str], load: Callable[[str], ml_collections.ConfigDict]) -> str | None:
@@ -464,6 +483,49 @@ def check(config: ml_collections.ConfigDict) -> None:
             raise ValueError(f"model.dtype must be 'float32' or 'bfloat16', got {config.model.dtype!r}")
     else:
         raise ValueError(f"unknown task {config.task!r}; choices: gan, vae")
+    _report_added_fields(config)
+
+
+# The blocks a user's function receives as its `cfg` (or model_config, data_config), by the fields that can name
+# such a function ('package.module:function'). A user's feature extractor receives the whole config.
+USER_BLOCKS = {"objective": ("name", "likelihood"), "loss": ("name",), "reg": ("name",), "model": ("name",),
+               "data": ("name",), "optim": ("name",), "g_optim": ("name",), "d_optim": ("name",)}
+
+
+def added_fields(config: ml_collections.ConfigDict) -> list[str]:
+    """The fields `config` has beyond its task's base config (vae_config or gan_config): those a config file added
+    inside an `unlocked()` block."""
+    base = {"vae": vae_config, "gan": gan_config}[config.task]()
+    return sorted(set(_flat(config)) - set(_flat(base)))
+
+
+def _report_added_fields(config: ml_collections.ConfigDict) -> None:
+    """Logs the fields a config file added: a note for those a function of the user's may read (its block is handed
+    to one), a warning naming the likely typo for the others, which nothing reads (`c.objective.bta = 0.5` with
+    the built-in objective, `c.train.step = 10`: the run would go on with the defaults)."""
+    added = added_fields(config)
+    if not added:
+        return
+    import difflib  # noqa: PLC0415
+
+    extractor = any(":" in str(name) for name in config.eval.get("extractors", ()))  # gets the whole config
+    base = {"vae": vae_config, "gan": gan_config}[config.task]()
+    unread = []
+    for path in added:
+        block, _, field = path.partition(".")
+        names = [config[block].get(f) for f in USER_BLOCKS.get(block, ())] if field else []
+        if extractor or any(isinstance(n, str) and ":" in n for n in names):
+            continue
+        known = list(base[block].keys()) if field and block in base else list(base.keys())
+        close = difflib.get_close_matches(field or block, known, n=1)
+        unread.append(path + (f" (did you mean {block + '.' if field else ''}{close[0]}?)" if close else ""))
+    read = [p for p in added if not any(u.split(" ")[0] == p for u in unread)]
+    if read:
+        log.info("Fields of your own, added by the config file: %s", ", ".join(read))
+    if unread:
+        log.warning("The config file added fields that nothing reads (their block's function is jaxgen's own, which "
+                    "reads only its known fields): %s. A misspelt field here is not an error: unlock only the block "
+                    "your function reads (`with c.objective.unlocked():`)", "; ".join(unread))
 
 
 def _updates(config, block: str) -> int:

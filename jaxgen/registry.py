@@ -43,9 +43,43 @@ def resolve(kind: str, name: str, table: Mapping[str, Any]) -> Any:
             f"{kind} {name!r}: importing module {module_name!r} failed: {type(e).__name__}: {e}"
         ) from e
     try:
-        return getattr(module, attr)
+        found = getattr(module, attr)
     except AttributeError as e:
         raise UnknownNameError(f"{kind} {name!r}: module {module_name!r} has no attribute {attr!r}") from e
+    if not callable(found):
+        raise UnknownNameError(f"{kind} {name!r} is {type(found).__name__} {found!r:.60}, not a function or class")
+    return found
+
+
+def check_call(what: str, fn: Callable, contract: str, *args, **kwargs) -> None:
+    """Raises ValueError naming `what`, its signature and the `contract` unless `fn` takes these arguments (bound
+    against its signature, not called): a user's function with other parameters fails before any work, saying
+    how it is called, not with a TypeError from inside a trace."""
+    if not callable(fn):
+        raise ValueError(f"{what} is {type(fn).__name__}, not a function; expected {contract}")
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # a builtin or C function without a signature: its call will say
+        return
+    try:
+        signature.bind(*args, **kwargs)
+    except TypeError as e:
+        raise ValueError(f"{what} takes {signature} and cannot be called as {contract}: {e}") from None
+
+
+def call(what: str, fn: Callable, contract: str, *args, **kwargs):
+    """fn(*args, **kwargs), after `check_call`."""
+    check_call(what, fn, contract, *args, **kwargs)
+    return fn(*args, **kwargs)
+
+
+def describe(value) -> str:
+    """What a user's function returned, for an error message: 'an array of shape (2,)' or the type's name."""
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        return f"an array of shape {tuple(value.shape)}"
+    if isinstance(value, tuple | list):
+        return f"{type(value).__name__} of {len(value)}"
+    return type(value).__name__
 
 
 def accepts(fn: Callable, name: str, positional: int = 0) -> bool:
@@ -63,6 +97,14 @@ def accepts(fn: Callable, name: str, positional: int = 0) -> bool:
         if p.name == name:
             return p.kind == p.KEYWORD_ONLY or (p.kind == p.POSITIONAL_OR_KEYWORD and i >= positional)
     return False
+
+
+def with_step(fn: Callable | None, step, positional: int) -> Callable | None:
+    """`fn` with the train step bound as `step=` when it takes one (`accepts`): a user's GAN loss or regularizer
+    that anneals something over training, as a VAE objective may. Else `fn` itself (None stays None)."""
+    if fn is None or not accepts(fn, "step", positional):
+        return fn
+    return functools.partial(fn, step=step)
 
 
 def with_config(fn: Callable, cfg, positional: int) -> Callable:

@@ -229,23 +229,24 @@ def test_gan_resume_is_bitwise_for_the_whole_state(tmp_path):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-def relativistic_loss(d_real, d_fake, *, cfg):
+def relativistic_loss(d_real, d_fake, *, cfg, step=None):
     """A user's loss (relativistic average, Jolicoeur-Martineau 2018), loaded by import path in the test below,
-    with a hyperparameter of its own in the `loss` block (cfg)."""
+    with a hyperparameter of its own in the `loss` block (cfg), and the train step it is called at."""
     rd = d_real - jnp.mean(d_fake) - cfg.margin
     fd = d_fake - jnp.mean(d_real)
     d_loss = jnp.mean(jax.nn.softplus(-rd)) + jnp.mean(jax.nn.softplus(fd))
     g_loss = jnp.mean(jax.nn.softplus(rd)) + jnp.mean(jax.nn.softplus(-fd))
-    return d_loss, g_loss, {"relativistic_gap": jnp.mean(rd), "margin": jnp.float32(cfg.margin)}
+    seen = {} if step is None else {"loss_step": jnp.float32(step)}
+    return d_loss, g_loss, {"relativistic_gap": jnp.mean(rd), "margin": jnp.float32(cfg.margin), **seen}
 
 
-def r2_penalty(d_fn, real, fake, keys, cfg):
+def r2_penalty(d_fn, real, fake, keys, cfg, *, step):
     """A user's regularizer (R2, Mescheder et al. 2018: R1 on the fakes), loaded by import path below; `cfg` is the
-    `reg` block, with a field of its own."""
+    `reg` block, with a field of its own; `step` the train step."""
     del real, keys
     g = jax.grad(lambda x: jnp.sum(d_fn(x)))(fake)
     sq = jnp.sum(jnp.square(g), axis=(1, 2, 3))
-    return cfg.half * jnp.mean(sq), {"r2_grad_sq": jnp.mean(sq)}
+    return cfg.half * jnp.mean(sq), {"r2_grad_sq": jnp.mean(sq), "reg_step": jnp.float32(step)}
 
 
 def nan_loss(d_real, d_fake):
@@ -264,6 +265,8 @@ def test_a_users_loss_and_regularizer_load_by_import_path_and_train(tmp_path):
     assert records and all("relativistic_gap" in r and np.isfinite(r["g_loss"]) for r in records)
     assert all(r["margin"] == 0.25 for r in records)
     assert all(r["r2_grad_sq"] > 0 and r["reg"] == pytest.approx(0.5 * r["r2_grad_sq"], rel=1e-4) for r in records)
+    # Both took the train step: each record averages steps step-5 ... step-1 (train.log_every=5).
+    assert all(r["loss_step"] == r["reg_step"] == r["step"] - 3 for r in records)
 
 
 def test_a_nan_stops_the_gan_run_and_keeps_the_last_good_checkpoint(tmp_path):

@@ -2,6 +2,7 @@
 
 import glob
 import json
+import logging
 import math
 import os
 import re
@@ -161,16 +162,62 @@ def test_unknown_config_field_is_an_error(tmp_path):
 
 
 @pytest.mark.parametrize("override,block,fields", [
-    ("train.zzzz=8", "train", "batch_size, ema_half_life, ema_rampup, log_every, steps, steps_per_dispatch"),
+    ("train.zzzz=8", "train", "batch_size, ema_half_life, ema_rampup, log_every, steps, steps_per_dispatch; a field "
+                              "of your own (read by your function through `cfg`) is added to train in a config file"),
     ("zzzz.steps=8", "the config",
-     "checkpoint, data, deterministic, eval, model, objective, optim, output, sample, seed, task, train"),
+     "checkpoint, data, deterministic, eval, model, objective, optim, output, sample, seed, task, train\n"),
 ])
 def test_unknown_config_field_names_it_and_lists_the_fields_of_its_block(tmp_path, override, block, fields):
     r = _launch("--config=configs/vae_mnist.py:smoke", f"--workdir={tmp_path}", f"--config.{override}")
     field = override.split("=")[0]
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
-    assert f"unknown config field '{field}'; fields of {block}: {fields}\n" in r.stderr
+    assert f"unknown config field '{field}'; fields of {block}: {fields}" in r.stderr
     assert not any(tmp_path.iterdir())  # failed at flag parsing, before any work
+
+
+def test_a_block_given_a_value_says_to_set_one_of_its_fields(tmp_path):
+    r = _launch("--config=configs/gan_mnist.py:smoke", f"--workdir={tmp_path}", "--config.loss=hinge")
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert ("FATAL Flags parsing error: --config.loss is a block of fields, not a value: set one of its fields, e.g. "
+            "--config.loss.name=hinge\n") in r.stderr
+
+
+def test_fields_a_config_file_adds_are_listed_and_those_nothing_reads_warned_about(caplog):
+    """Inside `with c.unlocked():` a misspelt field is a new one: the check names those that no function of the
+    user's receives, with the field they may have meant."""
+    from jaxgen import config as config_lib
+
+    c = config_lib.vae_config()
+    with c.unlocked():
+        c.objective.bta, c.train.step, c.seeed = 0.5, 10, 1
+        c.objective.name = "elbo"
+    with caplog.at_level(logging.INFO, logger="jaxgen"):
+        config_lib.check(c)
+    assert ("added fields that nothing reads (their block's function is jaxgen's own, which reads only its known "
+            "fields): objective.bta (did you mean objective.beta?); seeed (did you mean seed?); train.step (did you "
+            "mean train.steps?)") in caplog.text
+    caplog.clear()
+    c.objective.name = "tests.test_user_functions:keyword_objective"  # a function of the user's gets the block
+    with caplog.at_level(logging.INFO, logger="jaxgen"):
+        config_lib.check(c)
+    assert "Fields of your own, added by the config file: objective.bta\n" in caplog.text
+    assert "nothing reads" in caplog.text and "objective.bta (did" not in caplog.text
+
+
+def test_a_function_reading_a_field_its_block_lacks_is_named_with_the_fix():
+    import ml_collections
+
+    from jaxgen import config as config_lib
+
+    def my_loss(cfg):
+        return cfg.margin * 2
+
+    with pytest.raises(AttributeError) as e:
+        my_loss(ml_collections.FrozenConfigDict({"name": "x", "weight": 1.0}))
+    message = config_lib.field_read_error(e.value)
+    assert message.startswith(f"{__file__}:")
+    assert ("(return cfg.margin * 2) reads the config field 'margin', which its block lacks (its fields: name, "
+            "weight); a field of your own is added to the block in a config file") in message
 
 
 def test_one_log_format_from_the_config_on_and_no_tfds_warning_before_jaxgens_message(tmp_path):

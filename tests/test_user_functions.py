@@ -25,6 +25,14 @@ def two_value_loss(d_real, d_fake):
     return jnp.mean(d_real), jnp.mean(d_fake)
 
 
+def four_argument_loss(a, b, c, d):
+    return jnp.mean(a), jnp.mean(b), {}
+
+
+def two_argument_penalty(d_fn, real):
+    return jnp.mean(d_fn(real) ** 2), {}
+
+
 def penalty_only(d_fn, real, fake, keys):
     return jnp.mean(d_fn(real) ** 2)
 
@@ -54,7 +62,9 @@ def per_example_objective(params, x, keys, *, model, cfg):
 @pytest.mark.parametrize("name, message", [
     ("per_example_loss", r"returned d_loss of shape \(4,\); it must be a scalar: the mean over the batch"),
     ("clashing_loss", r"metric name\(s\) \['d_real'\] are the trainer's own.*rename them"),
-    ("two_value_loss", r"returned tuple of 2; expected loss\(d_real \[B\], d_fake \[B\]\) -> \(d_loss, g_loss, "),
+    ("two_value_loss", r"returned tuple of 2; expected loss\(d_real \[B\], d_fake \[B\].*\) -> \(d_loss, g_loss, "),
+    ("four_argument_loss", r"takes \(a, b, c, d\) and cannot be called as loss\(d_real \[B\], d_fake \[B\]"
+                           r".*missing a required argument: 'c'"),
 ])
 def test_a_gan_loss_that_breaks_its_contract_is_named(name, message):
     path = f"tests.test_user_functions:{name}"
@@ -65,7 +75,8 @@ def test_a_gan_loss_that_breaks_its_contract_is_named(name, message):
 
 
 @pytest.mark.parametrize("name, message", [
-    ("penalty_only", r"returned ShapeDtypeStruct; expected reg\(d_fn, real"),
+    ("penalty_only", r"returned an array of shape \(\); expected reg\(d_fn, real"),
+    ("two_argument_penalty", r"takes \(d_fn, real\) and cannot be called as reg\(d_fn, real .*too many positional"),
     ("vector_metric_penalty", r"metric 'per_example' has shape \(2,\); metrics are scalars"),
 ])
 def test_a_regularizer_that_breaks_its_contract_is_named(name, message):
@@ -86,7 +97,8 @@ def test_an_augmentation_that_changes_the_shape_is_named():
 def test_a_dataset_that_returns_only_images_names_the_pair():
     cfg = gan_config().data
     cfg.name = "tests.test_user_functions:images_only"
-    with pytest.raises(ValueError, match=r"returned ndarray; a dataset function returns the pair \(images uint8"):
+    with pytest.raises(ValueError, match=r"returned an array of shape \(4, 8, 8, 1\); a dataset function returns the "
+                                         r"pair \(images uint8"):
         data.load(cfg, "train")
 
 
@@ -192,3 +204,112 @@ def test_a_partial_of_a_model_class_is_built_as_a_class():
     me.small_mlp_class = functools.partial(MLPVAE, hidden=(16,), activation="tanh")
     model = models.build(m, (28, 28, 1))
     assert isinstance(model, MLPVAE) and model.hidden == (16,) and model.latent_dim == m.latent_dim
+
+
+NOT_A_FUNCTION = 0.5
+
+
+def keyword_objective(params, x, *, model, cfg):  # forgot `keys`
+    return objectives.get("elbo")(params, x, None, model=model, cfg=cfg)
+
+
+def schedule_optimizer(cfg, lr):
+    return lr  # forgot to wrap it in an optax optimizer
+
+
+def unsummed_likelihood(out, x, cfg):
+    return -optax_bce(out, x)  # per pixel: forgot the sum over the last three axes
+
+
+def optax_bce(logits, x):
+    import optax
+
+    return optax.sigmoid_binary_cross_entropy(logits, x)
+
+
+def test_a_functions_signature_and_return_are_checked_before_any_work():
+    """A wrong signature says how the function is called (not a TypeError from inside a trace); a name that is not
+    a function says so; an optimizer returning its schedule is named."""
+    from jaxgen.config import vae_config
+    from jaxgen.models.vae import MLPVAE
+    from jaxgen.training import optim
+
+    with pytest.raises(registry.UnknownNameError, match=r"'tests.test_user_functions:NOT_A_FUNCTION' is float 0.5, "
+                                                        r"not a function or class"):
+        gan_obj.get_loss("tests.test_user_functions:NOT_A_FUNCTION")
+    model = MLPVAE((8, 8, 1), 2, (8,), "tanh")
+    params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((2, 8, 8, 1)), jnp.zeros((2, 2))))
+    x = jax.ShapeDtypeStruct((2, 8, 8, 1), jnp.float32)
+    keys = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), 2))
+    with pytest.raises(ValueError, match=r"objective 'mine' takes \(params, x, \*, model, cfg\) and cannot be called "
+                                         r"as fn\(params, x, keys, \*, model, cfg\[, step\]\)"):
+        objectives.check_objective(keyword_objective, "mine", params, x, keys, model=model, cfg=vae_config().objective)
+    cfg = vae_config().optim
+    cfg.name = "tests.test_user_functions:schedule_optimizer"
+    with pytest.raises(ValueError, match=r"returned function, not an optax GradientTransformation"):
+        optim.make(cfg, 100)
+
+
+def test_a_vae_model_or_likelihood_of_the_wrong_shape_is_refused_before_training():
+    """A likelihood not summed over pixels would broadcast against the KL [B] into a meaningless loss that trains;
+    a decoder that returns flat vectors would fail inside the step. Both fail at build, naming the shapes."""
+    from jaxgen.config import vae_config
+    from jaxgen.models.vae import MLPVAE, ConvVAE
+    from jaxgen.objectives import vae as vae_obj
+
+    x = jax.ShapeDtypeStruct((2, 8, 8, 1), jnp.float32)
+    cfg = vae_config().objective
+
+    def params(model):
+        return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(x.shape), jnp.zeros((2, 2))))
+
+    for model in (MLPVAE((8, 8, 1), 2, (8,), "tanh"), ConvVAE((8, 8, 1), 2, (4, 4), 8, "relu")):
+        for likelihood in ("bernoulli", "gaussian"):
+            cfg.likelihood = likelihood
+            vae_obj.check_model(model, params(model), x, cfg=cfg)
+    model = MLPVAE((8, 8, 1), 2, (8,), "tanh")
+    cfg.likelihood = "tests.test_user_functions:unsummed_likelihood"
+    with pytest.raises(ValueError, match=r"must return log p\(x \| z\) summed over the last three \(pixel\) axes: "
+                                         r"for out \[2, 1, 8, 8, 1\] .* shape \[2, 1\]; it returned an array of shape "
+                                         r"\(2, 1, 8, 8, 1\)"):
+        vae_obj.check_model(model, params(model), x, cfg=cfg)
+    cfg.likelihood = "bernoulli"
+    flat = FlatDecoder((8, 8, 1), 2, (8,), "tanh")
+    with pytest.raises(ValueError, match=r"decode\(z\) must return the likelihood's parameters \[2, 8, 8, 1\] for "
+                                         r"images \[2, 8, 8, 1\] \(objective.likelihood='bernoulli'\); it returned "
+                                         r"\[2, 64\]"):
+        vae_obj.check_model(flat, params(flat), x, cfg=cfg)
+
+
+def _flat_decoder():
+    from jaxgen.models.vae import MLPVAE
+
+    class Flat(MLPVAE):
+        def decode(self, z):
+            return super().decode(z).reshape(z.shape[0], -1)
+
+    return Flat
+
+
+FlatDecoder = _flat_decoder()
+
+
+def test_a_gan_pair_of_the_wrong_shapes_is_refused_before_training():
+    from jaxgen.models import gan as gan_models
+
+    cfg = gan_config().model
+    g, d = gan_models.build(cfg, (28, 28, 1))
+    g_vars = jax.eval_shape(lambda: g.init(jax.random.key(0), jnp.zeros((2, g.latent_dim)), train=False))
+    d_vars = jax.eval_shape(lambda: d.init(jax.random.key(0), jnp.zeros((2, 28, 28, 1)), train=False))
+    gan_models.check_pair("dcgan", g, d, g_vars, d_vars, (28, 28, 1))
+    with pytest.raises(ValueError, match=r"G\(z\) of z \[2, 100\] returned an array of shape \(2, 28, 28, 1\); it "
+                                         r"must return images \[2, 32, 32, 1\]"):
+        gan_models.check_pair("dcgan", g, d, g_vars, d_vars, (32, 32, 1))
+    square = lambda v, x, train: d.apply(v, x, train=train)[:, None]  # noqa: E731 (a D that returns [B, 1])
+
+    class Wrapped:
+        apply = staticmethod(square)
+
+    with pytest.raises(ValueError, match=r"D\(x\) of images \[2, 28, 28, 1\] returned an array of shape \(2, 1\); "
+                                         r"it must return one score per image, \[2\] \(squeeze its last axis"):
+        gan_models.check_pair("mine", g, Wrapped(), g_vars, d_vars, (28, 28, 1))

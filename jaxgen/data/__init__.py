@@ -76,12 +76,15 @@ def load(data_config, split: str) -> ImageData:
     returning (images uint8 [N, H, W, C], labels int [N]).
     """
     fn = registry.resolve("dataset", data_config.name, DATASETS)
-    out = fn(data_config, split)
+    out = registry.call(f"dataset {data_config.name!r}", fn, "fn(data_config, split) -> (images, labels)",
+                        data_config, split)
     if not (isinstance(out, tuple | list) and len(out) == 2):
-        raise ValueError(f"dataset {data_config.name!r} returned {type(out).__name__}"
-                         f"{f' of {len(out)}' if isinstance(out, tuple | list) else ''}; a dataset function returns "
+        raise ValueError(f"dataset {data_config.name!r} returned {registry.describe(out)}; a dataset function returns "
                          "the pair (images uint8 [N, H, W, C], labels int [N]) (np.zeros(N, np.int32) without labels)")
     image, label = out
+    if label is None:
+        raise ValueError(f"dataset {data_config.name!r} returned labels None; without labels return "
+                         "np.zeros(len(images), np.int32)")
     image, label = np.asarray(image), np.asarray(label).astype(np.int32)
     if data_config.num_examples and data_config.name != "synthetic":
         image, label = image[: data_config.num_examples], label[: data_config.num_examples]

@@ -66,7 +66,12 @@ def check_names(names) -> tuple[str, ...]:
 def build(name: str, config, mesh, train_data) -> Extractor:
     """The extractor `name` for a run of `config` on `mesh` (train_data: the labelled train split, for the
     classifier). A user's own is a function `fn(config, mesh, train_data) -> Extractor`."""
-    return registry.resolve("feature extractor (eval.extractors)", name, EXTRACTORS)(config, mesh, train_data)
+    contract = "fn(config, mesh, train_data) -> jaxgen.evaluation.quality.Extractor"
+    fn = registry.resolve("feature extractor (eval.extractors)", name, EXTRACTORS)
+    out = registry.call(f"feature extractor {name!r}", fn, contract, config, mesh, train_data)
+    if not isinstance(out, Extractor):
+        raise ValueError(f"feature extractor {name!r} returned {registry.describe(out)}; expected {contract}")
+    return out
 
 
 def _inception(config, mesh, train_data) -> Extractor:
@@ -147,12 +152,26 @@ def reference(extractor: Extractor, images: np.ndarray, *, data_config, split: s
         return _with_statistics(extractor, cached)
     log.info("Reference features: %s %s, %d images, %s (cached in %s)", data_config.name, split, len(images),
              extractor.name, path)
-    feats, probs = extractor.features(images)
+    feats, probs = features(extractor, images)
     ref = {"features": np.asarray(feats, np.float32)}
     if probs is not None:
         ref["probs"] = np.asarray(probs, np.float32)
     _save(path, ref)
     return _with_statistics(extractor, ref)
+
+
+def features(extractor: Extractor, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """extractor.features(images), checked: (features [N, D], class probabilities [N, K] or None) for N images.
+    A user's extractor that returns something else fails naming what it returned."""
+    out = extractor.features(images)
+    n = len(images)
+    if not (isinstance(out, tuple | list) and len(out) == 2 and np.ndim(out[0]) == 2 and len(out[0]) == n
+            and (out[1] is None or (np.ndim(out[1]) == 2 and len(out[1]) == n))):
+        got = (f"({', '.join(registry.describe(v) if v is not None else 'None' for v in out)})"
+               if isinstance(out, tuple | list) else registry.describe(out))
+        raise ValueError(f"feature extractor {extractor.name!r}: features(images) of {n} images returned {got}; "
+                         f"expected (features [{n}, D], class probabilities [{n}, K] or None)")
+    return out[0], out[1]
 
 
 def _with_statistics(extractor: Extractor, ref: dict) -> dict:
@@ -186,7 +205,7 @@ def compare(extractor: Extractor, ref: dict, samples: np.ndarray, *, full: bool,
     with `full`, also KID (100 subsets of up to 1000), precision/recall (k=3) and density/coverage (k=5).
     """
     samples = check_images(samples, "generated samples")
-    feats, probs = extractor.features(samples)
+    feats, probs = features(extractor, samples)
     real = ref["features"]
     out = {"extractor": extractor.description, "reference": reference_name, "num_reference": int(len(real)),
            "num_samples": int(len(feats))}

@@ -45,7 +45,7 @@ def build(model_config, image_shape: tuple[int, int, int], *, train_images=None,
         return MLPVAE(tuple(image_shape), m.latent_dim, tuple(m.hidden), m.activation, **out_bias)
     if _module_class(cls):
         return cls(image_shape=tuple(image_shape), latent_dim=m.latent_dim)
-    model = cls(m, tuple(image_shape))
+    model = registry.call(f"model {m.name!r}", cls, "fn(model_config, image_shape) -> module", m, tuple(image_shape))
     if not isinstance(model, nn.Module) or not isinstance(getattr(model, "latent_dim", None), int):
         raise ValueError(f"model {m.name!r}: a model factory must return a Linen module with an int field "
                          f"latent_dim (and encode/decode methods), got {type(model).__name__}")

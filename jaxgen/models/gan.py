@@ -309,6 +309,26 @@ def init_variables(module: nn.Module, key: jax.Array, *args, **kwargs) -> dict:
     return variables
 
 
+def check_pair(name: str, generator: nn.Module, discriminator: nn.Module, g_vars, d_vars, image_shape) -> None:
+    """Checks, by tracing once in eval mode (no computation), that G(z [B, latent_dim]) returns images
+    [B, *image_shape] and D(x [B, *image_shape]) one score per image [B]: a model pair of the user's that breaks
+    this fails here, naming what came back, not inside the train step (a wrong resolution reaching D as a flax
+    shape error; a D output [B, 1] broadcasting against [B] in a loss)."""
+    b = 2
+    z = jax.ShapeDtypeStruct((b, generator.latent_dim), jnp.float32)
+    fake = jax.eval_shape(lambda v, z: generator.apply(v, z, train=False), g_vars, z)
+    if getattr(fake, "shape", None) != (b, *image_shape):
+        raise ValueError(f"GAN model {name!r}: G(z) of z [{b}, {generator.latent_dim}] returned "
+                         f"{registry.describe(fake)}; it must return images [{b}, {', '.join(map(str, image_shape))}]"
+                         f" (the data's shape), in [-1, 1] (e.g. a tanh output)")
+    x = jax.ShapeDtypeStruct((b, *image_shape), jnp.float32)
+    score = jax.eval_shape(lambda v, x: discriminator.apply(v, x, train=False), d_vars, x)
+    if getattr(score, "shape", None) != (b,):
+        hint = " (squeeze its last axis: out[:, 0])" if getattr(score, "shape", None) == (b, 1) else ""
+        raise ValueError(f"GAN model {name!r}: D(x) of images [{b}, {', '.join(map(str, image_shape))}] returned "
+                         f"{registry.describe(score)}; it must return one score per image, [{b}]{hint}")
+
+
 # --- Building by name ------------------------------------------------------------------------------------------------
 def _fields(m, image_shape, axis_name, prefix: str) -> dict:
     return dict(image_shape=tuple(image_shape), width=m[f"{prefix}_width"], norm=m[f"{prefix}_norm"],
@@ -353,4 +373,6 @@ def build(model_config, image_shape: tuple[int, int, int], axis_name: str | None
       axis_name: the mesh axis BatchNorm synchronises its batch statistics over (None: per call).
     """
     builder = registry.resolve("GAN model", model_config.name, GANS)
-    return builder(model_config, tuple(image_shape), axis_name)
+    return registry.call(f"GAN model {model_config.name!r}", builder,
+                         "fn(model_config, image_shape, axis_name) -> (generator, discriminator)", model_config,
+                         tuple(image_shape), axis_name)

@@ -51,9 +51,10 @@ def check_objective(objective, name: str, params, x, keys, *, model, cfg) -> Non
     metrics with 'loss'). An objective with a `step` parameter gets the train step (an int32 scalar)."""
     contract = "fn(params, x, keys, *, model, cfg[, step]) -> (loss, metrics)"
     extra = {"step": jax.ShapeDtypeStruct((), jnp.int32)} if registry.accepts(objective, "step", positional=3) else {}
+    registry.check_call(f"objective {name!r}", objective, contract, params, x, keys, model=model, cfg=cfg, **extra)
     out = jax.eval_shape(lambda p, x, k, e: objective(p, x, k, model=model, cfg=cfg, **e), params, x, keys, extra)
     if not (isinstance(out, tuple) and len(out) == 2):
-        raise ValueError(f"objective {name!r} returned {type(out).__name__}; expected {contract}")
+        raise ValueError(f"objective {name!r} returned {registry.describe(out)}; expected {contract}")
     loss, metrics = out
     check_scalars(f"objective {name!r}", {"loss": loss}, metrics, contract=contract,
                   reserved=STEP_METRICS)

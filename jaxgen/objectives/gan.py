@@ -130,12 +130,14 @@ def check_loss(loss_fn: Callable, name: str, batch: int = 4, g_batch: int = 0) -
     """Checks, by tracing it once on [batch] inputs (no computation), that a loss returns
     (scalar d_loss, scalar g_loss, dict of scalar metrics) whose metric names are not the step's own; with g_batch,
     that it also takes d_real [batch] beside d_fake [g_batch] (the G update's call with train.g_batch_size)."""
-    contract = "loss(d_real [B], d_fake [B]) -> (d_loss, g_loss, metrics)"
+    contract = "loss(d_real [B], d_fake [B][, *, cfg, step]) -> (d_loss, g_loss, metrics)"
     d = jax.ShapeDtypeStruct((batch,), jnp.float32)
+    step = {"step": jnp.zeros((), jnp.int32)} if registry.accepts(loss_fn, "step", positional=2) else {}
+    registry.check_call(f"loss.name={name!r}", loss_fn, contract, d, d, **step)
+    loss_fn = registry.with_step(loss_fn, step.get("step"), positional=2)
     out = jax.eval_shape(loss_fn, d, d)
     if not (isinstance(out, tuple) and len(out) == 3):
-        raise ValueError(f"loss.name={name!r} returned {type(out).__name__}"
-                         f"{f' of {len(out)}' if isinstance(out, tuple) else ''}; expected {contract}")
+        raise ValueError(f"loss.name={name!r} returned {registry.describe(out)}; expected {contract}")
     check_scalars(f"loss.name={name!r}", {"d_loss": out[0], "g_loss": out[1]}, out[2], contract=contract,
                   reserved=STEP_METRICS)
     if g_batch and g_batch != batch:
@@ -153,11 +155,14 @@ def check_regularizer(reg_fn: Callable | None, name: str, image_shape, batch: in
     (scalar penalty, dict of scalar metrics) whose metric names are not the step's own."""
     if reg_fn is None:
         return
-    contract = "reg(d_fn, real [B, H, W, C], fake [B, H, W, C], keys [B]) -> (penalty, metrics)"
+    contract = "reg(d_fn, real [B, H, W, C], fake [B, H, W, C], keys [B][, *, cfg, step]) -> (penalty, metrics)"
     x = jax.ShapeDtypeStruct((batch, *image_shape), jnp.float32)
     keys = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), batch))
     d_fn = lambda v: jnp.sum(v, axis=tuple(range(1, v.ndim)))  # noqa: E731 (D's contract: [B, H, W, C] -> [B])
+    step = {"step": jnp.zeros((), jnp.int32)} if registry.accepts(reg_fn, "step", positional=4) else {}
+    registry.check_call(f"reg.name={name!r}", reg_fn, contract, d_fn, x, x, keys, **step)
+    reg_fn = registry.with_step(reg_fn, step.get("step"), positional=4)
     out = jax.eval_shape(lambda r, f, k: reg_fn(d_fn, r, f, k), x, x, keys)
     if not (isinstance(out, tuple) and len(out) == 2):
-        raise ValueError(f"reg.name={name!r} returned {type(out).__name__}; expected {contract}")
+        raise ValueError(f"reg.name={name!r} returned {registry.describe(out)}; expected {contract}")
     check_scalars(f"reg.name={name!r}", {"penalty": out[0]}, out[1], contract=contract, reserved=STEP_METRICS)

@@ -55,6 +55,38 @@ def likelihood(cfg):
     return registry.resolve("likelihood", cfg.likelihood, LIKELIHOODS)
 
 
+def check_model(model, params, x, *, cfg) -> None:
+    """Checks, by tracing once (no computation), what the objectives and the evaluation need of a VAE model and
+    its likelihood: encode(x [B, H, W, C]) -> (mu, logvar), each [B, model.latent_dim]; decode(z) -> [B, H, W, C']
+    (C' = C for the built-in likelihoods); the likelihood of x under it -> one log p(x | z) per image. A model or a
+    likelihood of the user's that breaks this fails here, naming what it returned, instead of broadcasting into a
+    meaningless loss (a likelihood not summed over pixels trains) or failing at the first evaluation."""
+    b, image = x.shape[0], tuple(x.shape[1:])
+    enc = jax.eval_shape(lambda p, v: model.apply(p, v, method="encode"), params, x)
+    d = getattr(model, "latent_dim", None)
+    if not (isinstance(enc, tuple) and len(enc) == 2 and all(getattr(a, "shape", None) == (b, d) for a in enc)):
+        got = [getattr(a, "shape", type(a).__name__) for a in enc] if isinstance(enc, tuple) else type(enc).__name__
+        raise ValueError(f"model {type(model).__name__}: encode(x) of images {[b, *image]} must return (mu, logvar), "
+                         f"each [{b}, latent_dim={d}]; it returned {got}")
+    z = jax.ShapeDtypeStruct((b, d), jnp.float32)
+    out = jax.eval_shape(lambda p, v: model.apply(p, v, method="decode"), params, z)
+    shape = tuple(getattr(out, "shape", ()))
+    builtin = cfg.likelihood in LIKELIHOODS
+    if shape[:3] != (b, *image[:2]) or len(shape) != 4 or (builtin and shape != (b, *image)):
+        want = f"[{b}, {', '.join(map(str, image))}]" if builtin else f"[{b}, {image[0]}, {image[1]}, channels]"
+        raise ValueError(f"model {type(model).__name__}: decode(z) must return the likelihood's parameters {want} "
+                         f"for images {[b, *image]}" + (f" (objective.likelihood={cfg.likelihood!r})" if builtin
+                                                        else "") + f"; it returned {list(shape) or out}")
+    o, v = jax.ShapeDtypeStruct((b, 1, *shape[1:]), out.dtype), jax.ShapeDtypeStruct((b, 1, *image), x.dtype)
+    registry.check_call(f"objective.likelihood={cfg.likelihood!r}", likelihood(cfg), "fn(out, x, cfg) -> log p(x | z)",
+                        o, v, cfg)
+    logp = jax.eval_shape(lambda o, v: likelihood(cfg)(o, v, cfg), o, v)
+    if getattr(logp, "shape", None) != (b, 1):
+        raise ValueError(f"objective.likelihood={cfg.likelihood!r} must return log p(x | z) summed over the last "
+                         f"three (pixel) axes: for out {[b, 1, *shape[1:]]} and x {[b, 1, *image]}, shape "
+                         f"[{b}, 1]; it returned {registry.describe(logp)}")
+
+
 def mean_image(name: str):
     """decoder output -> the image in [0, 1] that samples and reconstructions show (the likelihood's mean). A
     user's likelihood gives it as an attribute `mean` of its function; without one, the output clipped to [0, 1]."""

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
+from jaxgen import registry
 from jaxgen.data import augment
 from jaxgen.data import device as dev
 from jaxgen.parallel import AXIS
@@ -165,6 +166,8 @@ def gan_step(state: dict, data: dict, *, generator, discriminator, g_tx, d_tx, l
     """
     old = state
     step = state["step"]
+    # A user's loss or regularizer that takes `step` gets the train step (G updates so far).
+    loss_fn, reg_fn = registry.with_step(loss_fn, step, positional=2), registry.with_step(reg_fn, step, positional=4)
     n = data["image"].shape[0]
     pos = dev.local_positions(batch, AXIS)
     data_key = jax.random.fold_in(state["key"], DATA_STREAM)

@@ -68,6 +68,9 @@ class GANTask:
                         "critic without BatchNorm (--config.model.d_norm=none)", c.reg.name)
         self.create = functools.partial(state_lib.create_gan, self.generator, self.discriminator, self.g_tx,
                                         self.d_tx, self.train.shape, c.seed, c.train.ema_half_life > 0)
+        shapes = jax.eval_shape(self.create)
+        gan_models.check_pair(c.model.name, self.generator, self.discriminator, shapes["g"], shapes["d"],
+                              self.train.shape)
 
     def describe(self) -> str:
         c = self.config

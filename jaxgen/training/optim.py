@@ -49,6 +49,11 @@ def make(cfg, total_steps: int) -> tuple[optax.GradientTransformation, optax.Sch
     the optimizer state's tree, and a run resumes from its checkpoint after the change (what the NaN error advises).
     """
     lr = schedule(cfg, total_steps)
-    tx = registry.resolve("optimizer", cfg.name, OPTIMIZERS)(cfg, lr)
+    contract = "fn(cfg, lr) -> optax.GradientTransformation"
+    fn = registry.resolve("optimizer", cfg.name, OPTIMIZERS)
+    tx = registry.call(f"optimizer {cfg.name!r}", fn, contract, cfg, lr)
+    if not (callable(getattr(tx, "init", None)) and callable(getattr(tx, "update", None))):
+        raise ValueError(f"optimizer {cfg.name!r} returned {registry.describe(tx)}, not an optax "
+                         f"GradientTransformation (with init and update); expected {contract}")
     clip = optax.clip_by_global_norm(cfg.clip_norm) if cfg.clip_norm else optax.identity()
     return optax.chain(clip, tx), lr

@@ -6,6 +6,7 @@ import functools
 import logging
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxgen import config as config_lib
@@ -48,9 +49,11 @@ class VAETask:
                                   likelihood=config.objective.likelihood)
         self.create = functools.partial(state_lib.create, self.model, self.tx, self.train.shape, config.seed,
                                         config.train.ema_half_life > 0)
-        objectives.check_objective(  # a user's objective that breaks its contract fails here, naming it
-            self.objective, config.objective.name, jax.eval_shape(self.create)["params"],
-            jax.ShapeDtypeStruct((2, *self.train.shape), jax.numpy.float32),
+        params, x = jax.eval_shape(self.create)["params"], jax.ShapeDtypeStruct((2, *self.train.shape), jnp.float32)
+        # A model, likelihood or objective of the user's that breaks its contract fails here, naming it.
+        vae_obj.check_model(self.model, params, x, cfg=config.objective)
+        objectives.check_objective(
+            self.objective, config.objective.name, params, x,
             jax.eval_shape(lambda: jax.random.split(jax.random.key(0), 2)), model=self.model, cfg=config.objective)
         if config.objective.name not in objectives.OBJECTIVES:
             log.info("The evaluation scores %s's models as every VAE's: encode as a diagonal-Gaussian posterior, a "
