@@ -441,6 +441,10 @@ def check(config: ml_collections.ConfigDict) -> None:
             raise ValueError(
                 f"{field}={value} must be a multiple of train.steps_per_dispatch={k}: a fused call runs {k} steps"
             )
+    if config.checkpoint.every % t.log_every:
+        log.warning("checkpoint.every=%d is not a multiple of train.log_every=%d: a run killed and resumed from a "
+                    "checkpoint between two train records writes a first record over fewer steps than an "
+                    "uninterrupted run would (the state still resumes exactly)", config.checkpoint.every, t.log_every)
     if config.data.binarize not in ("dynamic", "none"):
         raise ValueError(f"data.binarize must be 'dynamic' or 'none', got {config.data.binarize!r}")
     from jaxgen.training import optim  # noqa: PLC0415 (optax, hence JAX, as quality above)

@@ -499,6 +499,7 @@ def test_eval_mode_without_a_checkpoint_says_train_first(smoke_config, tmp_path)
      "the reported bits/dim can be negative"),
     ({"objective.name": "iwae", "objective.beta": 4.0}, "'iwae' ignores objective.beta=4"),
     ({"optim.warmup_steps": 20}, "optim.warmup_steps=20 >= the run's 20 updates: the learning rate never reaches"),
+    ({"checkpoint.every": 7}, "checkpoint.every=7 is not a multiple of train.log_every=5: a run killed and resumed"),
 ])
 def test_settings_whose_numbers_mean_less_than_their_names_are_warned_about(smoke_config, fields, warning, caplog,
                                                                             monkeypatch):

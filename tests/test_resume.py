@@ -175,6 +175,25 @@ def test_a_checkpoint_that_reads_but_fails_its_fingerprint_is_moved_aside(smoke_
     mgr.close()
     assert int(restored["step"]) == 10 and (tmp_path / "checkpoints_broken" / "20").is_dir()
 
+    # A fingerprint deleted beside damage: missing where an older checkpoint has one, so not trusted.
+    shutil.rmtree(tmp_path)
+    target, state = _two_checkpoints(smoke_config, tmp_path)
+    shutil.rmtree(tmp_path / "checkpoints" / "20" / "fingerprint")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        mgr, restored = checkpoint.restore_newest(tmp_path, smoke_config.checkpoint, target)
+    mgr.close()
+    assert int(restored["step"]) == 10
+    assert "Checkpoint at step 20 cannot be read (ValueError: its fingerprint" in caplog.text
+    assert "is missing, though the older checkpoint at step 10 has one" in caplog.text
+    # A checkpoint from before fingerprints (none beside it has one) is read, unverified, with a warning.
+    shutil.rmtree(tmp_path / "checkpoints" / "10" / "fingerprint")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        mgr, restored = checkpoint.restore_newest(tmp_path, smoke_config.checkpoint, target)
+    mgr.close()
+    assert int(restored["step"]) == 10 and "at step 10 has no fingerprint" in caplog.text
+
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_when_no_checkpoint_can_be_read_the_run_stops_and_moves_nothing(smoke_config, tmp_path):

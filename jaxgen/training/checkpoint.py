@@ -139,11 +139,19 @@ def fingerprint(state) -> list[int]:
 
 
 def _check_fingerprint(mgr: ocp.CheckpointManager, step: int, state: dict) -> None:
-    """Raises ValueError when the restored `state` does not match the fingerprint saved with it (a checkpoint
-    written before fingerprints existed has none, and is taken as read). The state's fingerprint is computed first:
+    """Raises ValueError when the restored `state` does not match the fingerprint saved with it, or when it has
+    none though an older checkpoint beside it has one (its fingerprint was deleted). A checkpoint written before
+    fingerprints existed has none, and is taken as read, with a warning. The state's fingerprint is computed first:
     a collective, which every process must reach before anything here can fail on one process alone."""
     now = fingerprint(state)
     saved = _saved_fingerprint(mgr, step)
+    if saved is None:
+        older = [s for s in mgr.all_steps() if s < step and (_item_path(mgr, s, FINGERPRINT) / "metadata").is_file()]
+        if older:
+            raise ValueError(f"its fingerprint ({_item_path(mgr, step, FINGERPRINT)}) is missing, though the older "
+                             f"checkpoint at step {max(older)} has one: its files were changed after the save")
+        log.warning("The checkpoint at step %d has no fingerprint (written before jaxgen saved them): its arrays are "
+                    "not verified", step)
     if saved is not None and saved.get("leaves") != now:
         paths = ["/".join(map(str, k)) for k in ocp.tree.to_flat_dict(state)]
         bad = [p for p, a, b in zip(paths, saved.get("leaves", []), now) if a != b]

@@ -176,7 +176,8 @@ def save_config(config, workdir: Path, step: int = 0) -> None:
             record = {"replaced": time.strftime("%Y-%m-%dT%H:%M:%S"), "changes": changed, "config": before}
             with open(workdir / "config_history.jsonl", "a") as f:
                 f.write(json.dumps(record, sort_keys=True) + "\n")
-            path.rename(workdir / "config.previous.json")
+            # Copied, not moved: a run killed here still finds config.json (the old one) next time.
+            atomic.write_text(workdir / "config.previous.json", path.read_text())
     atomic.write_text(path, json.dumps(now, indent=2, sort_keys=True) + "\n")
 
 
