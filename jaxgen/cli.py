@@ -27,9 +27,10 @@ def parse_flags(FLAGS: flags.FlagValues, argv: list[str]) -> list[str]:  # noqa:
             cause = cause.__cause__ or cause.__context__
         block = re.search(r"flag --config\.([\w.]+)=(.*?): Failed to parse .* as a ConfigDict", str(e))
         if cause is None and block:  # --config.loss=hinge: a block given a value
-            path, value = block.groups()
-            sys.stderr.write(f"FATAL Flags parsing error: --config.{path} is a block of fields, not a value: set one "
-                             f"of its fields, e.g. --config.{path}.name={value}\n")
+            from jaxgen import config as config_lib  # noqa: PLC0415
+
+            message = config_lib.block_given_a_value(argv[1:], FLAGS["config"].parser.parse, *block.groups())
+            sys.stderr.write(f"FATAL Flags parsing error: {message}\n")
             sys.exit(1)
         sys.stderr.write(f"FATAL Flags parsing error: {cause}\n" if cause is not None else
                          f"FATAL Flags parsing error: {e}\nPass --helpshort or --helpfull to see help on flags.\n")

@@ -250,7 +250,7 @@ def unknown_field(config: ml_collections.ConfigDict, path: str) -> str | None:
             return f"unknown config field {path!r}: {block} is a value, not a block of fields"
         if name not in node:
             own = (f"; a field of your own (read by your function through `cfg`) is added to {block} in a config "
-                   f"file that extends this one (README: Objectives)" if seen else "")
+                   f"file that extends this one (README: Objectives)" if block in USER_BLOCKS else "")
             return f"unknown config field {path!r}; fields of {block}: {', '.join(sorted(node.keys()))}{own}"
         node = node[name]
         seen.append(name)
@@ -283,7 +283,7 @@ def config_file_error(error: BaseException) -> str | None:
     if m is None and read is None:
         return None
     callers = {os.path.abspath(sys.argv[0]), os.path.join(os.path.dirname(os.path.abspath(__file__)), "cli.py")}
-    frames = [f for f in traceback.extract_tb(error.__traceback__) if "site-packages" not in f.filename
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if not _library_frame(f.filename)
               and os.path.abspath(f.filename) not in callers]  # the config file's frames, not launch.py's or cli's
     if read and not frames:  # read by absl applying a --config.<field> override: unknown_override says it better
         return None
@@ -299,6 +299,13 @@ def config_file_error(error: BaseException) -> str | None:
             + (f"; the fields of that block: {', '.join(sorted(fields))}" if fields else ""))
 
 
+def _library_frame(filename: str) -> bool:
+    """Whether a traceback frame is an installed library's (ml_collections, absl, JAX ...), not the user's code."""
+    path = os.path.abspath(filename)
+    return ("site-packages" in path or "dist-packages" in path
+            or path.startswith(os.path.dirname(os.path.abspath(ml_collections.__file__))))
+
+
 def field_read_error(error: BaseException) -> str | None:
     """A one-line message for a function (a user's loss, objective, model ...) that read a config field its block
     lacks, from ml_collections' AttributeError or KeyError: where, the field, the block's fields, how to add it.
@@ -309,7 +316,7 @@ def field_read_error(error: BaseException) -> str | None:
     if read is None:
         return None
     name, fields = read
-    frames = [f for f in traceback.extract_tb(error.__traceback__) if "site-packages" not in f.filename]
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if not _library_frame(f.filename)]
     where = f"{frames[-1].filename}:{frames[-1].lineno} ({(frames[-1].line or '').strip()})" if frames else "a function"
     return (f"{where} reads the config field {name!r}, which its block lacks (its fields: {', '.join(fields)}); a "
             f"field of your own is added to the block in a config file that extends a shipped one, which "
@@ -319,19 +326,40 @@ def field_read_error(error: BaseException) -> str | None:
 def unknown_override(argv: list[str], load: Callable[[str], ml_collections.ConfigDict]) -> str | None:
     """The error for the first `--config.<field>` override in the command line `argv` that the config lacks, else
     None. `load(spec)` loads the config named by `--config=FILE[:variant]` (absl's config flag parser)."""
-    spec = ""  # the value of --config=FILE[:variant] or --config FILE[:variant]
-    for i, arg in enumerate(argv):
-        if re.match(r"^--?config(=|$)", arg):
-            spec = arg.split("=", 1)[1] if "=" in arg else " ".join(argv[i + 1:i + 2])
-    try:
-        config = load(spec)
-    except Exception:  # noqa: BLE001 (the config itself fails to load: absl's own error says more)
+    config = _config_of(argv, load)
+    if config is None:
         return None
     for arg in argv:
         if m := re.match(r"^--?(?:no)?config\.([^=]+)", arg):
             if message := unknown_field(config, m.group(1)):
                 return message
     return None
+
+
+def block_given_a_value(argv: list[str], load: Callable[[str], ml_collections.ConfigDict], path: str,
+                        value: str) -> str:
+    """The error for `--config.<path>=<value>` where `path` names a block of fields (`--config.loss=hinge`)."""
+    config = _config_of(argv, load)
+    node = config
+    for name in path.split(".") if config is not None else ():
+        node = node.get(name) if isinstance(node, ml_collections.ConfigDict) else None
+    fields = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+    hint = (f"e.g. --config.{path}.name={value}" if "name" in fields else
+            f"its fields: {', '.join(fields)}" if fields else "e.g. --config.<block>.<field>=value")
+    return f"--config.{path} is a block of fields, not a value: set one of its fields ({hint})"
+
+
+def _config_of(argv: list[str], load: Callable[[str], ml_collections.ConfigDict]) -> ml_collections.ConfigDict | None:
+    """The config `--config=FILE[:variant]` in `argv` names, loaded by `load` (absl's config flag parser); None
+    when it fails to load (absl's own error says more)."""
+    spec = ""  # the value of --config=FILE[:variant] or --config FILE[:variant]
+    for i, arg in enumerate(argv):
+        if re.match(r"^--?config(=|$)", arg):
+            spec = arg.split("=", 1)[1] if "=" in arg else " ".join(argv[i + 1:i + 2])
+    try:
+        return load(spec)
+    except Exception:  # noqa: BLE001
+        return None
 
 
 def eval_checkpoint(config: ml_collections.ConfigDict) -> str:
@@ -520,9 +548,12 @@ def _report_added_fields(config: ml_collections.ConfigDict) -> None:
         names = [config[block].get(f) for f in USER_BLOCKS.get(block, ())] if field else []
         if extractor or any(isinstance(n, str) and ":" in n for n in names):
             continue
-        known = list(base[block].keys()) if field and block in base else list(base.keys())
-        close = difflib.get_close_matches(field or block, known, n=1)
-        unread.append(path + (f" (did you mean {block + '.' if field else ''}{close[0]}?)" if close else ""))
+        if field and block in base:  # a misspelt field of a known block
+            close = [f"{block}.{c}" for c in difflib.get_close_matches(field, list(base[block].keys()), n=1)]
+        else:  # a misspelt block (or top-level field)
+            close = [c + (f".{field}" if field else "")
+                     for c in difflib.get_close_matches(block, list(base.keys()), n=1)]
+        unread.append(path + (f" (did you mean {close[0]}?)" if close else ""))
     read = [p for p in added if not any(u.split(" ")[0] == p for u in unread)]
     if read:
         log.info("Fields of your own, added by the config file: %s", ", ".join(read))

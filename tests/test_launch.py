@@ -162,8 +162,9 @@ def test_unknown_config_field_is_an_error(tmp_path):
 
 
 @pytest.mark.parametrize("override,block,fields", [
-    ("train.zzzz=8", "train", "batch_size, ema_half_life, ema_rampup, log_every, steps, steps_per_dispatch; a field "
-                              "of your own (read by your function through `cfg`) is added to train in a config file"),
+    ("train.zzzz=8", "train", "batch_size, ema_half_life, ema_rampup, log_every, steps, steps_per_dispatch\n"),
+    ("objective.zzzz=8", "objective", "beta, gaussian_sigma, k, kl, kl_warmup_steps, likelihood, name; a field of your "
+                                      "own (read by your function through `cfg`) is added to objective in a config"),
     ("zzzz.steps=8", "the config",
      "checkpoint, data, deterministic, eval, model, objective, optim, output, sample, seed, task, train\n"),
 ])
@@ -175,11 +176,16 @@ def test_unknown_config_field_names_it_and_lists_the_fields_of_its_block(tmp_pat
     assert not any(tmp_path.iterdir())  # failed at flag parsing, before any work
 
 
-def test_a_block_given_a_value_says_to_set_one_of_its_fields(tmp_path):
-    r = _launch("--config=configs/gan_mnist.py:smoke", f"--workdir={tmp_path}", "--config.loss=hinge")
+@pytest.mark.parametrize("override,hint", [
+    ("loss=hinge", "(e.g. --config.loss.name=hinge)"),
+    ("checkpoint=5", "(its fields: asynchronous, best_metric, best_mode, every, keep)"),
+])
+def test_a_block_given_a_value_says_to_set_one_of_its_fields(tmp_path, override, hint):
+    r = _launch("--config=configs/gan_mnist.py:smoke", f"--workdir={tmp_path}", f"--config.{override}")
+    block = override.split("=")[0]
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
-    assert ("FATAL Flags parsing error: --config.loss is a block of fields, not a value: set one of its fields, e.g. "
-            "--config.loss.name=hinge\n") in r.stderr
+    assert (f"FATAL Flags parsing error: --config.{block} is a block of fields, not a value: set one of its fields "
+            f"{hint}\n") in r.stderr
 
 
 def test_fields_a_config_file_adds_are_listed_and_those_nothing_reads_warned_about(caplog):
@@ -542,3 +548,17 @@ def test_a_users_likelihood_trains_evaluates_and_draws_its_mean(smoke_config, tm
     final = loop.train_and_evaluate(c, tmp_path)
     assert math.isfinite(final["nll"]) and math.isfinite(final["elbo"])
     assert (tmp_path / "images" / "samples.png").is_file() and (tmp_path / "images" / "reconstructions.png").is_file()
+
+
+def test_with_a_progress_bar_the_train_lines_go_to_log_txt_only(smoke_config, tmp_path, capsys, monkeypatch):
+    """On a terminal the bar shows the train records' numbers: their log lines go to log.txt, not above the bar
+    (through tqdm's stand-in for the console handler, which must get the same filter)."""
+    from jaxgen.training import loop
+
+    smoke_config.output.progress, smoke_config.train.steps, smoke_config.eval.every = True, 10, 0
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    loop.train_and_evaluate(smoke_config, tmp_path)
+    out = "".join(capsys.readouterr())
+    assert "10/10" in out and "Final evaluation of step 10" in out  # the bar, and the other log lines
+    assert "step 10/10 (100%)" not in out
+    assert "step 10/10 (100%): loss" in (tmp_path / "log.txt").read_text()

@@ -193,6 +193,15 @@ def test_a_checkpoint_that_reads_but_fails_its_fingerprint_is_moved_aside(smoke_
         mgr, restored = checkpoint.restore_newest(tmp_path, smoke_config.checkpoint, target)
     mgr.close()
     assert int(restored["step"]) == 10 and "at step 10 has no fingerprint" in caplog.text
+    # The item's folder kept but its file elsewhere (an Orbax that lays it out otherwise): unverified, not damaged.
+    shutil.rmtree(tmp_path)
+    target, state = _two_checkpoints(smoke_config, tmp_path)
+    (tmp_path / "checkpoints" / "20" / "fingerprint" / "metadata").unlink()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        mgr, restored = checkpoint.restore_newest(tmp_path, smoke_config.checkpoint, target)
+    mgr.close()
+    assert int(restored["step"]) == 20 and "fingerprint/metadata): its arrays are not verified" in caplog.text
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")

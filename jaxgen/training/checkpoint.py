@@ -146,12 +146,15 @@ def _check_fingerprint(mgr: ocp.CheckpointManager, step: int, state: dict) -> No
     now = fingerprint(state)
     saved = _saved_fingerprint(mgr, step)
     if saved is None:
-        older = [s for s in mgr.all_steps() if s < step and (_item_path(mgr, s, FINGERPRINT) / "metadata").is_file()]
-        if older:
-            raise ValueError(f"its fingerprint ({_item_path(mgr, step, FINGERPRINT)}) is missing, though the older "
-                             f"checkpoint at step {max(older)} has one: its files were changed after the save")
-        log.warning("The checkpoint at step %d has no fingerprint (written before jaxgen saved them): its arrays are "
-                    "not verified", step)
+        # The item's folder gone while an older checkpoint has one: deleted. Its folder without the file where it is
+        # read from: an Orbax that lays the item out otherwise, which leaves checkpoints unverified, not damaged.
+        item = _item_path(mgr, step, FINGERPRINT)
+        older = [s for s in mgr.all_steps() if s < step and _item_path(mgr, s, FINGERPRINT).is_dir()]
+        if older and not item.exists():
+            raise ValueError(f"its fingerprint ({item}) is missing, though the older checkpoint at step {max(older)} "
+                             f"has one: its files were changed after the save")
+        log.warning("The checkpoint at step %d has no fingerprint jaxgen can read (%s): its arrays are not verified",
+                    step, "written before jaxgen saved them" if not item.exists() else f"no {item / 'metadata'}")
     if saved is not None and saved.get("leaves") != now:
         paths = ["/".join(map(str, k)) for k in ocp.tree.to_flat_dict(state)]
         bad = [p for p, a, b in zip(paths, saved.get("leaves", []), now) if a != b]
@@ -160,7 +163,8 @@ def _check_fingerprint(mgr: ocp.CheckpointManager, step: int, state: dict) -> No
 
 
 def _saved_fingerprint(mgr: ocp.CheckpointManager, step: int) -> dict | None:
-    """The fingerprint item saved at `step`, or None for a checkpoint written before fingerprints existed.
+    """The fingerprint item saved at `step`, or None for a checkpoint without one (written before fingerprints
+    existed, its item deleted, or laid out otherwise: `_check_fingerprint` tells them apart).
 
     Read as the plain JSON file Orbax's JsonCheckpointHandler writes (`<step>/fingerprint/metadata`), not through
     the manager, whose restore waits at a barrier for every process: a read that failed on one host would leave

@@ -322,10 +322,10 @@ def _train(task, state: dict, mgr, writer: MetricWriter, evals: _Evals) -> tuple
         from tqdm.contrib.logging import logging_redirect_tqdm  # noqa: PLC0415
 
         bar = tqdm(total=c.train.steps, initial=step, unit="step", dynamic_ncols=True)
+        before = set(log.handlers)
         redirect.enter_context(logging_redirect_tqdm(loggers=[log]))
-        for handler in log.handlers:  # tqdm's stand-in for the console handler, which drops its filter
-            if not isinstance(handler, logging.FileHandler):
-                handler.addFilter(runtime.not_file_only)
+        for handler in set(log.handlers) - before:  # tqdm's stand-in for the console handler: the same filter
+            handler.addFilter(runtime.not_file_only)  # (tqdm 4.67 copies the console handler's; older ones may not)
     check = lambda m: _check_finite(m, mgr, task.workdir, task.headline)  # noqa: E731
     pending, window, previous, call, stopped = [], [], None, 0, None
     t_log, step_log = time.perf_counter(), step
@@ -383,7 +383,7 @@ def _train(task, state: dict, mgr, writer: MetricWriter, evals: _Evals) -> tuple
 
 
 def _train_line(step: int, steps: int, headline: dict, img_per_s: float, batch: int) -> str:
-    """'step 2000/10000 (20%): loss 98.31; 3,812 img/s; ETA 0:03:32', the log's line for a train record (the
+    """'step 2000/10000 (20%): loss 98.31; 3,812 img/s; ETA 00:03:32', the log's line for a train record (the
     headline metrics averaged since the last one; the ETA at that window's rate, as `img_per_s` measures it)."""
     eta = (steps - step) * batch / max(img_per_s, 1e-9)
     metrics = ", ".join(f"{name} {value:.4g}" for name, value in headline.items())
