@@ -314,18 +314,7 @@ def _train(task, state: dict, mgr, writer: MetricWriter, evals: _Evals) -> tuple
             "the dataset has one)")
     train_data = parallel.put_replicated({"image": image}, task.mesh)
     step = int(jax.device_get(state["step"]))
-    bar, redirect = None, contextlib.ExitStack()
-    # A terminal only: redirected to a file (nohup, SLURM) the bar's redraws would bury the log lines, which carry
-    # the same numbers. On the terminal the log lines are written above the bar, not glued to it.
-    if c.output.progress and jax.process_index() == 0 and step < c.train.steps and sys.stderr.isatty():
-        from tqdm import tqdm  # noqa: PLC0415
-        from tqdm.contrib.logging import logging_redirect_tqdm  # noqa: PLC0415
-
-        bar = tqdm(total=c.train.steps, initial=step, unit="step", dynamic_ncols=True)
-        before = set(log.handlers)
-        redirect.enter_context(logging_redirect_tqdm(loggers=[log]))
-        for handler in set(log.handlers) - before:  # tqdm's stand-in for the console handler: the same filter
-            handler.addFilter(runtime.not_file_only)  # (tqdm 4.67 copies the console handler's; older ones may not)
+    progress = _Progress(task, step)
     check = lambda m: _check_finite(m, mgr, task.workdir, task.headline)  # noqa: E731
     pending, window, previous, call, stopped = [], [], None, 0, None
     t_log, step_log = time.perf_counter(), step
@@ -341,8 +330,7 @@ def _train(task, state: dict, mgr, writer: MetricWriter, evals: _Evals) -> tuple
                 check(jax.device_get(previous))
             previous = metrics
             pending.append(metrics)
-            if bar is not None:
-                bar.update(k)
+            progress.update(k)
             done = step == c.train.steps
             stopped = stop.requested(call)  # the signal, or None
             halt = stopped is not None
@@ -364,11 +352,7 @@ def _train(task, state: dict, mgr, writer: MetricWriter, evals: _Evals) -> tuple
                          if name not in ("finite", "step")}
                 window = []
                 writer.write(step, "train", {**means, "img_per_s": ips})
-                # In the log file always; on the terminal only without the bar, which shows the same numbers.
-                log.info("%s", _train_line(step, c.train.steps, {h: means[h] for h in task.headline}, ips,
-                                           c.train.batch_size), extra={runtime.FILE_ONLY: bar is not None})
-                if bar is not None:
-                    bar.set_postfix({**{h: f"{means[h]:.3g}" for h in task.headline}, "img_s": f"{ips:,.0f}"})
+                progress.record(step, means, ips)
             if due_eval:
                 evals.during_training(state, step)
             # After the step's eval: a run stopped between the two resumes before this step and evaluates it again.
@@ -376,19 +360,50 @@ def _train(task, state: dict, mgr, writer: MetricWriter, evals: _Evals) -> tuple
                 checkpoint.save(mgr, state)
     finally:
         stop.uninstall()
-        redirect.close()
-        if bar is not None:
-            bar.close()
+        progress.close()
     return state, step, stopped
 
 
-def _train_line(step: int, steps: int, headline: dict, img_per_s: float, batch: int) -> str:
-    """'step 2000/10000 (20%): loss 98.31; 3,812 img/s; ETA 00:03:32', the log's line for a train record (the
-    headline metrics averaged since the last one; the ETA at that window's rate, as `img_per_s` measures it)."""
-    eta = (steps - step) * batch / max(img_per_s, 1e-9)
-    metrics = ", ".join(f"{name} {value:.4g}" for name, value in headline.items())
-    return (f"step {step}/{steps} ({100 * step / steps:.0f}%): {metrics}; {img_per_s:,.0f} img/s; "
-            f"ETA {time.strftime('%H:%M:%S', time.gmtime(eta)) if eta < 86400 else f'{eta / 3600:.0f} h'}")
+class _Progress:
+    """How a training run shows its progress: a tqdm bar on a terminal (process 0, output.progress), and a log line
+    per train record, in the log file always and on the terminal when no bar shows the same numbers."""
+
+    def __init__(self, task, step: int):
+        c = task.config
+        self.task, self.bar, self._redirect = task, None, contextlib.ExitStack()
+        # A terminal only: redirected to a file (nohup, SLURM) the bar's redraws would bury the log lines, which carry
+        # the same numbers. On the terminal the log lines are written above the bar, not glued to it.
+        if c.output.progress and jax.process_index() == 0 and step < c.train.steps and sys.stderr.isatty():
+            from tqdm import tqdm  # noqa: PLC0415
+            from tqdm.contrib.logging import logging_redirect_tqdm  # noqa: PLC0415
+
+            self.bar = tqdm(total=c.train.steps, initial=step, unit="step", dynamic_ncols=True)
+            before = set(log.handlers)
+            self._redirect.enter_context(logging_redirect_tqdm(loggers=[log]))
+            for handler in set(log.handlers) - before:  # tqdm's stand-in for the console handler: the same filter
+                handler.addFilter(runtime.not_file_only)  # (tqdm 4.67 copies the console handler's; older may not)
+
+    def update(self, steps: int) -> None:
+        if self.bar is not None:
+            self.bar.update(steps)
+
+    def record(self, step: int, means: dict, img_per_s: float) -> None:
+        """A train record's line: 'step 2000/10000 (20%): loss 98.31; 3,812 img/s; ETA 00:03:32' (the headline
+        metrics averaged since the last record; the ETA at that window's rate, as `img_per_s` measures it)."""
+        c, head = self.task.config, {h: means[h] for h in self.task.headline}
+        eta = (c.train.steps - step) * c.train.batch_size / max(img_per_s, 1e-9)
+        line = (f"step {step}/{c.train.steps} ({100 * step / c.train.steps:.0f}%): "
+                + ", ".join(f"{name} {value:.4g}" for name, value in head.items())
+                + f"; {img_per_s:,.0f} img/s; ETA "
+                + (time.strftime("%H:%M:%S", time.gmtime(eta)) if eta < 86400 else f"{eta / 3600:.0f} h"))
+        log.info("%s", line, extra={runtime.FILE_ONLY: self.bar is not None})
+        if self.bar is not None:
+            self.bar.set_postfix({**{h: f"{v:.3g}" for h, v in head.items()}, "img_s": f"{img_per_s:,.0f}"})
+
+    def close(self) -> None:
+        self._redirect.close()
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _check_finite(host_metrics: dict, mgr, workdir: Path, headline) -> None:
