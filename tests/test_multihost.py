@@ -238,7 +238,8 @@ def test_the_documented_pod_command_trains_as_two_processes_like_one(tmp_path):
     outs = _run_two([cmd, cmd], envs, timeout=300, devices=4)
     for _, err in outs:
         assert "8 devices (2 processes, 4 on this one: cpu)" in err and "Done: 20 steps" in err
-    finals = [re.search(r"Done: .* final evaluation in [\d.]+ s; (.*)", err).group(1) for _, err in outs]
+    finals = [re.search(r"Done: .* final evaluation, images and saves in [\d.]+ s; (.*)", err).group(1)
+              for _, err in outs]
     assert finals[0] == finals[1]  # process 1 ends with the final numbers of process 0, which writes them
     final = json.loads((tmp_path / "multi" / "eval.json").read_text())
     c = config_module(CONFIGS / "gan_mnist.py").get_config("smoke")

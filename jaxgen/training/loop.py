@@ -249,6 +249,7 @@ def _train_and_evaluate(config, workdir: Path) -> dict:
         log.warning("Stopped by %s at step %d after %.1f s; checkpointed in %s. The same command resumes it.",
                     signal.Signals(stopped).name, step, train_time, workdir / "checkpoints")
         raise RunStopped(step, stopped)
+    t_final = time.perf_counter()
     try:
         if task.validation is not None:  # the last step's validation numbers, for the curves and the best
             evals.during_training(state, step, images=False)
@@ -261,12 +262,12 @@ def _train_and_evaluate(config, workdir: Path) -> dict:
             best.close()
         mgr.close()
     writer.close()
+    final_time = time.perf_counter() - t_final  # the metrics (eval.json's eval_seconds), images, plots and saves
     steps_run = step - start
     if steps_run:
         log.info("Done: %d steps this invocation in %.1f s (%.0f img/s incl. compile, evals), then the final "
-                 "evaluation in %.1f s; %s; outputs in %s", steps_run, train_time,
-                 steps_run * c.train.batch_size / max(train_time, 1e-9), final["eval_seconds"], task.summary(final),
-                 workdir)
+                 "evaluation, images and saves in %.1f s; %s; outputs in %s", steps_run, train_time,
+                 steps_run * c.train.batch_size / max(train_time, 1e-9), final_time, task.summary(final), workdir)
     else:
         log.info("Done: the run was already at step %d (train.steps=%d), re-evaluated; %s; outputs in %s", step,
                  c.train.steps, task.summary(final), workdir)
