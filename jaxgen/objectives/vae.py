@@ -76,7 +76,7 @@ def check_model(model, params, x, *, cfg) -> None:
         want = f"[{b}, {', '.join(map(str, image))}]" if builtin else f"[{b}, {image[0]}, {image[1]}, channels]"
         raise ValueError(f"model {type(model).__name__}: decode(z) must return the likelihood's parameters {want} "
                          f"for images {[b, *image]}" + (f" (objective.likelihood={cfg.likelihood!r})" if builtin
-                                                        else "") + f"; it returned {list(shape) or out}")
+                                                        else "") + f"; it returned {registry.describe(out)}")
     o, v = jax.ShapeDtypeStruct((b, 1, *shape[1:]), out.dtype), jax.ShapeDtypeStruct((b, 1, *image), x.dtype)
     registry.check_call(f"objective.likelihood={cfg.likelihood!r}", likelihood(cfg), "fn(out, x, cfg) -> log p(x | z)",
                         o, v, cfg)
