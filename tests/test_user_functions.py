@@ -277,7 +277,7 @@ def test_a_vae_model_or_likelihood_of_the_wrong_shape_is_refused_before_training
     flat = FlatDecoder((8, 8, 1), 2, (8,), "tanh")
     with pytest.raises(ValueError, match=r"decode\(z\) must return the likelihood's parameters \[2, 8, 8, 1\] for "
                                          r"images \[2, 8, 8, 1\] \(objective.likelihood='bernoulli'\); it returned "
-                                         r"\[2, 64\]"):
+                                         r"an array of shape \(2, 64\)"):
         vae_obj.check_model(flat, params(flat), x, cfg=cfg)
 
 
