@@ -356,8 +356,9 @@ def _mismatch_message(workdir: Path, subdir: str, step: int, diff: dict[str, lis
 
 
 def _reported(step: int, e: Exception) -> Exception:
-    log.error("Checkpoint at step %d cannot be read (%s: %s)", step, type(e).__name__,
-              str(e).splitlines()[0][:300] if str(e) else "")
+    # The first line of the error, without TensorStore's appended spec (an unreadable pybind11 repr).
+    reason = str(e).splitlines()[0].split(" See full TensorStore details")[0][:300] if str(e) else ""
+    log.error("Checkpoint at step %d cannot be read (%s: %s)", step, type(e).__name__, reason)
     return e
 
 
