@@ -48,7 +48,8 @@ def prepare(workdir: str | os.PathLike, *, create: bool = True) -> Path:
         probe.unlink()
     except OSError as e:
         raise WorkdirError(
-            f"workdir {path} is not writable ({e.strerror or e}); pass a --workdir you can write to"
+            f"workdir {path} is not writable (creating a file in it failed: {e.strerror or e}); pass a --workdir you "
+            f"can write to"
         ) from e
     return path
 
