@@ -524,24 +524,17 @@ USER_BLOCKS = {"objective": ("name", "likelihood"), "loss": ("name",), "reg": ("
                "data": ("name",), "optim": ("name",), "g_optim": ("name",), "d_optim": ("name",)}
 
 
-def added_fields(config: ml_collections.ConfigDict) -> list[str]:
-    """The fields `config` has beyond its task's base config (vae_config or gan_config): those a config file added
-    inside an `unlocked()` block."""
-    base = {"vae": vae_config, "gan": gan_config}[config.task]()
-    return sorted(set(_flat(config)) - set(_flat(base)))
-
-
 def _report_added_fields(config: ml_collections.ConfigDict) -> None:
     """Logs the fields a config file added: a note for those a function of the user's may read (its block is handed
     to one), a warning naming the likely typo for the others, which nothing reads (`c.objective.bta = 0.5` with
     the built-in objective, `c.train.step = 10`: the run would go on with the defaults)."""
-    added = added_fields(config)
+    base = {"vae": vae_config, "gan": gan_config}[config.task]()
+    added = sorted(set(_flat(config)) - set(_flat(base)))  # beyond the task's base config: a config file's own
     if not added:
         return
     import difflib  # noqa: PLC0415
 
     extractor = any(":" in str(name) for name in config.eval.get("extractors", ()))  # gets the whole config
-    base = {"vae": vae_config, "gan": gan_config}[config.task]()
     unread = []
     for path in added:
         block, _, field = path.partition(".")
