@@ -426,6 +426,17 @@ def g_batch_size(config: ml_collections.ConfigDict) -> int:
 
 def check(config: ml_collections.ConfigDict) -> None:
     """Cross-field checks that the types alone do not catch. Raises ValueError naming the field and the fix."""
+    if config.task not in ("vae", "gan"):
+        raise ValueError(f"unknown task {config.task!r}; choices: gan, vae")
+    _check_train(config)
+    _check_eval(config)
+    _check_optimizers(config)
+    (_check_vae if config.task == "vae" else _check_gan)(config)
+    _report_added_fields(config)
+
+
+def _check_train(config: ml_collections.ConfigDict) -> None:
+    """train.*, checkpoint.every and data.*: sizes, intervals and their multiples of train.steps_per_dispatch."""
     t = config.train
     if t.batch_size <= 0 or t.steps < 0:
         raise ValueError(f"train.batch_size must be > 0 and train.steps >= 0, got {t.batch_size} and {t.steps}")
@@ -445,19 +456,6 @@ def check(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"data.validation_examples holds out a split it names 'validation', which {named[0]} "
                          f"names too: to evaluate on the dataset's own 'validation' split, set "
                          f"--config.data.validation_examples=0")
-    from jaxgen.evaluation import quality  # noqa: PLC0415 (imports JAX: check runs when a task is built)
-
-    quality.check_names(config.eval.extractors)
-    quality.best_metric(config)  # a sample-quality best_metric names an extractor in use and a per-eval metric
-    quality.best_mode(config)  # and its direction is known or given
-    eval_checkpoint(config)
-    if config.eval.classifier_steps < 1:
-        raise ValueError(f"eval.classifier_steps must be >= 1, got {config.eval.classifier_steps}")
-    if config.eval.extractors and config.eval.num_samples < 2:
-        raise ValueError(f"eval.num_samples must be >= 2 for a covariance (>= 2048 for Inception FID), got "
-                         f"{config.eval.num_samples}")
-    if config.sample.num < 1 or config.sample.per_grid < 1:
-        raise ValueError("sample.num and sample.per_grid must be >= 1")
     k = t.steps_per_dispatch
     for field, value in (
         ("train.steps", t.steps),
@@ -475,6 +473,31 @@ def check(config: ml_collections.ConfigDict) -> None:
                     "uninterrupted run would (the state still resumes exactly)", config.checkpoint.every, t.log_every)
     if config.data.binarize not in ("dynamic", "none"):
         raise ValueError(f"data.binarize must be 'dynamic' or 'none', got {config.data.binarize!r}")
+    if t.ema_half_life < 0:
+        raise ValueError(f"train.ema_half_life must be >= 0 images (0 = no EMA), got {t.ema_half_life}")
+    if t.ema_rampup < 0:
+        raise ValueError(f"train.ema_rampup must be >= 0 (0 = no ramp-up), got {t.ema_rampup}")
+
+
+def _check_eval(config: ml_collections.ConfigDict) -> None:
+    """eval.* and sample.*: the extractors, the best checkpoint's metric and the sizes."""
+    from jaxgen.evaluation import quality  # noqa: PLC0415 (imports JAX: check runs when a task is built)
+
+    quality.check_names(config.eval.extractors)
+    quality.best_metric(config)  # a sample-quality best_metric names an extractor in use and a per-eval metric
+    quality.best_mode(config)  # and its direction is known or given
+    eval_checkpoint(config)
+    if config.eval.classifier_steps < 1:
+        raise ValueError(f"eval.classifier_steps must be >= 1, got {config.eval.classifier_steps}")
+    if config.eval.extractors and config.eval.num_samples < 2:
+        raise ValueError(f"eval.num_samples must be >= 2 for a covariance (>= 2048 for Inception FID), got "
+                         f"{config.eval.num_samples}")
+    if config.sample.num < 1 or config.sample.per_grid < 1:
+        raise ValueError("sample.num and sample.per_grid must be >= 1")
+
+
+def _check_optimizers(config: ml_collections.ConfigDict) -> None:
+    """optim (VAE), g_optim and d_optim (GAN): a known schedule, and a warm-up shorter than the run."""
     from jaxgen.training import optim  # noqa: PLC0415 (optax, hence JAX, as quality above)
 
     for block in ("optim", "g_optim", "d_optim"):
@@ -484,38 +507,36 @@ def check(config: ml_collections.ConfigDict) -> None:
         if block in config and config[block].warmup_steps >= _updates(config, block) > 0:
             log.warning("%s.warmup_steps=%d >= the run's %d updates: the learning rate never reaches %s.lr=%g",
                         block, config[block].warmup_steps, _updates(config, block), block, config[block].lr)
-    if t.ema_half_life < 0:
-        raise ValueError(f"train.ema_half_life must be >= 0 images (0 = no EMA), got {t.ema_half_life}")
-    if t.ema_rampup < 0:
-        raise ValueError(f"train.ema_rampup must be >= 0 (0 = no ramp-up), got {t.ema_rampup}")
-    if config.task == "vae":
-        if config.objective.k < 1 or config.eval.nll_k < 1 or config.eval.final_nll_k < 1:
-            raise ValueError("objective.k, eval.nll_k and eval.final_nll_k must be >= 1")
-        if config.eval.nll_chunk < 1:
-            raise ValueError(f"eval.nll_chunk must be >= 1 (importance samples per pass), got {config.eval.nll_chunk}")
-        if config.objective.kl_warmup_steps < 0:
-            raise ValueError(f"objective.kl_warmup_steps must be >= 0 (0 = no KL warm-up), got "
-                             f"{config.objective.kl_warmup_steps}")
-        _warn_vae_combinations(config)
-    elif config.task == "gan":
-        if t.d_steps < 1:
-            raise ValueError(f"train.d_steps must be >= 1, got {t.d_steps}")
-        if t.g_batch_size < -1:
-            raise ValueError(f"train.g_batch_size must be >= -1 (0 = the G update reuses the last D update's fakes, "
-                             f"-1 = as many fresh ones as train.batch_size), got {t.g_batch_size}")
-        if config.data.binarize != "none":
-            raise ValueError(f"data.binarize={config.data.binarize!r} is for VAEs; a GAN trains on the pixels: set "
-                             f"--config.data.binarize=none")
-        if config.reg.through_augment and not (config.augment.policy and config.reg.name != "none"):
-            log.warning("reg.through_augment=True does nothing without a regularizer (reg.name) and an augmentation "
-                        "(augment.policy)")
-        if config.reg.interval < 1:
-            raise ValueError(f"reg.interval must be >= 1 (1 = every D step), got {config.reg.interval}")
-        if config.model.dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"model.dtype must be 'float32' or 'bfloat16', got {config.model.dtype!r}")
-    else:
-        raise ValueError(f"unknown task {config.task!r}; choices: gan, vae")
-    _report_added_fields(config)
+
+
+def _check_vae(config: ml_collections.ConfigDict) -> None:
+    if config.objective.k < 1 or config.eval.nll_k < 1 or config.eval.final_nll_k < 1:
+        raise ValueError("objective.k, eval.nll_k and eval.final_nll_k must be >= 1")
+    if config.eval.nll_chunk < 1:
+        raise ValueError(f"eval.nll_chunk must be >= 1 (importance samples per pass), got {config.eval.nll_chunk}")
+    if config.objective.kl_warmup_steps < 0:
+        raise ValueError(f"objective.kl_warmup_steps must be >= 0 (0 = no KL warm-up), got "
+                         f"{config.objective.kl_warmup_steps}")
+    _warn_vae_combinations(config)
+
+
+def _check_gan(config: ml_collections.ConfigDict) -> None:
+    t = config.train
+    if t.d_steps < 1:
+        raise ValueError(f"train.d_steps must be >= 1, got {t.d_steps}")
+    if t.g_batch_size < -1:
+        raise ValueError(f"train.g_batch_size must be >= -1 (0 = the G update reuses the last D update's fakes, "
+                         f"-1 = as many fresh ones as train.batch_size), got {t.g_batch_size}")
+    if config.data.binarize != "none":
+        raise ValueError(f"data.binarize={config.data.binarize!r} is for VAEs; a GAN trains on the pixels: set "
+                         f"--config.data.binarize=none")
+    if config.reg.through_augment and not (config.augment.policy and config.reg.name != "none"):
+        log.warning("reg.through_augment=True does nothing without a regularizer (reg.name) and an augmentation "
+                    "(augment.policy)")
+    if config.reg.interval < 1:
+        raise ValueError(f"reg.interval must be >= 1 (1 = every D step), got {config.reg.interval}")
+    if config.model.dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"model.dtype must be 'float32' or 'bfloat16', got {config.model.dtype!r}")
 
 
 # The blocks a user's function receives as its `cfg` (or model_config, data_config), by the fields that can name
