@@ -5,6 +5,7 @@ mode's run, with the errors jaxgen raises for the user as one FATAL line and the
 from __future__ import annotations
 
 import re
+import signal
 import sys
 
 from absl import app, flags
@@ -61,14 +62,28 @@ def run(FLAGS: flags.FlagValues, argv: list[str]) -> None:  # noqa: N803 (launch
     from jaxgen import runtime  # noqa: PLC0415 (after flag parsing, before JAX starts)
 
     runtime.setup(distributed=FLAGS.jax_distributed, deterministic=bool(FLAGS.config.get("deterministic", False)))
-    from jaxgen.training import loop, workdir  # noqa: PLC0415
+    from jaxgen.training import loop, stopping, workdir  # noqa: PLC0415
 
     run = {"train": loop.train_and_evaluate, "eval": loop.evaluate_checkpoint, "sample": loop.sample_checkpoint}
     try:
-        run[FLAGS.mode](FLAGS.config, FLAGS.workdir)
+        with stopping.sigterm_raises():
+            run[FLAGS.mode](FLAGS.config, FLAGS.workdir)
     except loop.RunStopped as e:  # SIGTERM or Ctrl-C: checkpointed and logged; the status the signal would give
         sys.exit(128 + e.signum)
-    except (Exception, KeyboardInterrupt) as e:
+    except (stopping.Terminated, KeyboardInterrupt) as e:  # outside the loop, or a second Ctrl-C: stopped at once
+        log_file = workdir.log_fatal(e)  # with the traceback: where it was
+        if FLAGS.traceback:
+            raise
+        what = "SIGTERM" if isinstance(e, stopping.Terminated) else "Ctrl-C"
+        if FLAGS.mode == "train":
+            where = "outside the training loop" + (", or pressed twice" if what == "Ctrl-C" else "")
+            message = (f"Stopped by {what} at once ({where}): the step reached is not checkpointed, those written "
+                       f"before stay; the same command resumes from the newest")
+        else:
+            message = f"Stopped by {what} during --mode={FLAGS.mode}; the same command runs it again"
+        sys.stderr.write(message + (f" (where it stopped: {log_file})" if log_file else "") + "\n")
+        sys.exit(128 + (stopping.Terminated.signum if what == "SIGTERM" else signal.SIGINT))
+    except Exception as e:
         log_file = workdir.log_fatal(e)  # into log.txt too, not only on stderr
         from jaxgen import config as config_lib  # noqa: PLC0415
 

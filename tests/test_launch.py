@@ -111,6 +111,24 @@ def test_launch_smoke_end_to_end_then_resume(tmp_path):
     assert ev["step"] == step and q["num_samples"] == 64 and q["reference"] == "mnist_5k test"
     assert math.isfinite(q["fid"])
 
+    # A SIGTERM outside the training loop (here --mode=eval's long final NLL) stops it at once with one line, the
+    # traceback in the mode's log file and the status the signal would give.
+    log_eval = wd / "log_eval.txt"
+    said = log_eval.read_text()
+    stop = _launch_until(lambda: log_eval.read_text().count("--mode=eval on the newest") > said.count("--mode=eval on"),
+                         "--config=configs/vae_mnist.py:smoke", f"--workdir={wd}", "--mode=eval",
+                         "--config.eval.final_nll_k=1000000")
+    stop.send_signal(signal.SIGTERM)
+    try:
+        _, err = stop.communicate(timeout=120)
+    finally:
+        stop.kill()
+    assert stop.returncode == 143, err[-3000:]
+    assert err.rstrip().endswith(f"Stopped by SIGTERM during --mode=eval; the same command runs it again (where it "
+                                 f"stopped: {log_eval})")
+    assert "The run stopped: Terminated: stopped by SIGTERM outside the training loop" in log_eval.read_text()
+    assert json.loads((wd / "eval.json").read_text())["step"] == step  # the last eval's, untouched
+
     r = _launch("--config=configs/vae_mnist.py:smoke", f"--workdir={wd}", "--mode=sample", "--config.sample.num=20",
                 "--config.objective.likelihood=gaussian")
     assert r.returncode == 0, r.stderr[-3000:]

@@ -451,6 +451,36 @@ def test_ctrl_c_stops_like_sigterm_and_a_second_ctrl_c_at_once(smoke_config, tmp
         signal.signal(signal.SIGINT, outer)
 
 
+def test_sigterm_outside_the_loop_raises_terminated_and_inside_it_still_stops_after_the_call(smoke_config, tmp_path,
+                                                                                            monkeypatch):
+    """launch.py runs under stopping.sigterm_raises: a SIGTERM while data loads, a step compiles or the final
+    evaluation runs raises Terminated (a BaseException: no error handler takes it for a broken checkpoint), and a
+    second one has the default again; the training loop takes SIGTERM over for its duration and gives it back."""
+    import os
+    import signal
+    import time
+
+    outer = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        with stopping.sigterm_raises():
+            with pytest.raises(stopping.Terminated):
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)  # the handler runs at the next bytecode
+            assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # a second SIGTERM ends the process
+        assert not isinstance(stopping.Terminated(), Exception)
+        c = smoke_config
+        c.eval.every, c.checkpoint.every = 0, 20
+        monkeypatch.setattr(loop, "build_task", signal_at_call(loop.build_task, 2))
+        with stopping.sigterm_raises():
+            raising = signal.getsignal(signal.SIGTERM)
+            with pytest.raises(loop.RunStopped, match="stopped by SIGTERM"):
+                loop.train_and_evaluate(c, tmp_path / "run")
+            assert signal.getsignal(signal.SIGTERM) is raising
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGTERM, outer)
+
+
 def test_a_signal_ignored_on_purpose_stays_ignored():
     """A background job's SIGINT is SIG_IGN: the loop's stop handlers leave it so (and put SIGTERM's back)."""
     import signal

@@ -3,6 +3,7 @@ training loop (jaxgen.training.loop) between compiled calls, so that the state i
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 
@@ -21,13 +22,54 @@ class RunStopped(Exception):
         self.step, self.signum = step, int(signum)
 
 
+class Terminated(BaseException):
+    """SIGTERM outside the training loop (loading data, compiling, restoring, the final evaluation, --mode=eval or
+    --mode=sample; `sigterm_raises`): the run stops at once, with no checkpoint of its own; those written before
+    stay, and the same command resumes from the newest. A BaseException, as KeyboardInterrupt: the handlers of
+    errors (a checkpoint that fails to read is moved aside) must not take it for one."""
+
+    signum = int(signal.SIGTERM)
+
+    def __init__(self):
+        super().__init__("stopped by SIGTERM outside the training loop, at once: no checkpoint of the step reached "
+                         "(those written before stay)")
+
+
+@contextlib.contextmanager
+def sigterm_raises():
+    """SIGTERM raises `Terminated` in the main thread while the block runs, so that a scheduler's notice before or
+    after the training loop ends the run with a log line and the workdir's lock released, not silently. Only in a
+    single process where SIGTERM has its default handler: the processes of a jax.distributed job keep the default
+    (or JAX's preemption notifier), since one that unwinds alone would wait for the others at a collective. The
+    training loop's StopRequest takes SIGTERM over for its duration (a stop after the current call, checkpointed).
+    After the first, SIGTERM has its default again: a second ends the process."""
+    try:
+        installed = signal.getsignal(signal.SIGTERM) is signal.SIG_DFL and jax.process_count() == 1
+        if installed:
+            signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:  # not the main thread
+        installed = False
+    try:
+        yield
+    finally:
+        if installed:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _raise_terminated(signum, frame):
+    del signum, frame
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    raise Terminated()
+
+
 class StopRequest:
     """SIGTERM (a scheduler's or a preemptible machine's notice) and SIGINT (Ctrl-C) as a flag the loop polls
     between compiled calls.
 
     One process: Python handlers, installed for the loop's duration (in the main thread only). A second signal
-    restores the previous handlers and delivers itself (SIGTERM ends the process, Ctrl-C raises
-    KeyboardInterrupt), so a run that does not stop in time still can be stopped.
+    restores the previous handlers and delivers itself (SIGTERM ends the process, or raises `Terminated` under
+    `sigterm_raises`, as launch.py runs; Ctrl-C raises KeyboardInterrupt), so a run that does not stop in time
+    still can be stopped.
     Several processes: JAX's preemption service (on by default with jax.distributed) catches SIGTERM and agrees
     with the other processes on the call at which all stop (multihost_utils.reached_preemption_sync_point); Ctrl-C
     keeps its default there (one process cannot checkpoint alone)."""
