@@ -87,9 +87,10 @@ def run(FLAGS: flags.FlagValues, argv: list[str]) -> None:  # noqa: N803 (launch
         log_file = workdir.log_fatal(e)  # into log.txt too, not only on stderr
         from jaxgen import config as config_lib  # noqa: PLC0415
 
-        missing = None if FLAGS.traceback else config_lib.field_read_error(e)
-        if missing is not None:  # a function of the user's read a field its config block lacks
-            sys.stderr.write(f"FATAL {missing}\n(its traceback: " + (f"{log_file}, or " if log_file else "")
+        # A function of the user's that read a field its config block lacks; a full disk.
+        known = None if FLAGS.traceback else (config_lib.field_read_error(e) or workdir.disk_full(e, FLAGS.mode))
+        if known is not None:
+            sys.stderr.write(f"FATAL {known}\n(its traceback: " + (f"{log_file}, or " if log_file else "")
                              + "rerun with --traceback)\n")
             sys.exit(1)
         if FLAGS.traceback or not workdir.raised_on_purpose(e):

@@ -300,6 +300,38 @@ def test_only_errors_jaxgen_raises_for_the_user_lose_their_traceback():
     assert not workdir.raised_on_purpose(KeyboardInterrupt())
 
 
+def test_a_full_disk_is_named_with_where_and_what_to_do():
+    """launch.py's FATAL line for a full disk (or quota): from an OSError of a log, image or metrics write, or from
+    the text of Orbax's asynchronous checkpoint write (TensorStore's RESOURCE_EXHAUSTED, as a 1 MB tmpfs gave it),
+    anywhere in the error's chain; nothing for other errors."""
+    import errno
+
+    from jaxgen.training import workdir
+
+    full = workdir.disk_full(OSError(errno.ENOSPC, "No space left on device", "/runs/a/images/samples.png"))
+    assert full.startswith("No space left on the device that holds /runs/a/images/samples.png. Free space there")
+    assert "--config.checkpoint.keep" in full and full.endswith("a half-written one is never read, and the next "
+                                                                "start removes it)")
+    orbax = ValueError('RESOURCE_EXHAUSTED: Error writing "opt_state.1.0.nu.params.dec_dense.kernel/0.0" in OCDBT '
+                       'database at local file "/runs/a/best/10.orbax-checkpoint-tmp/state.orbax-checkpoint-tmp/'
+                       'ocdbt.process_0/": Failed writing: "/runs/a/best/10.orbax-checkpoint-tmp/state.orbax-'
+                       'checkpoint-tmp/ocdbt.process_0/d/73fd6c2d": Failed to write 827753 bytes to file 22: No '
+                       "space left on device [os_error_code='28']")
+    try:
+        try:
+            raise orbax
+        except ValueError as e:
+            raise RuntimeError("a save failed") from e
+    except RuntimeError as e:
+        chained = e
+    full = workdir.disk_full(chained, mode="eval")
+    assert full.startswith("No space left on the device that holds /runs/a/best/10 (a checkpoint being written).")
+    assert full.endswith("then run the same command again")
+    assert workdir.disk_full(OSError(errno.EDQUOT, "Disk quota exceeded", "/x")).startswith("Disk quota exceeded")
+    assert workdir.disk_full(ValueError("no space for the latent")) is None
+    assert workdir.disk_full(OSError(errno.EACCES, "Permission denied", "/x")) is None
+
+
 def test_an_unknown_variant_is_one_line_listing_the_choices(tmp_path):
     r = _launch("--config=configs/vae_mnist.py:smok", f"--workdir={tmp_path / 'run'}")
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
