@@ -62,7 +62,7 @@ def run(FLAGS: flags.FlagValues, argv: list[str]) -> None:  # noqa: N803 (launch
     from jaxgen import runtime  # noqa: PLC0415 (after flag parsing, before JAX starts)
 
     runtime.setup(distributed=FLAGS.jax_distributed, deterministic=bool(FLAGS.config.get("deterministic", False)))
-    from jaxgen.training import loop, stopping, workdir  # noqa: PLC0415
+    from jaxgen.training import failures, loop, stopping, workdir  # noqa: PLC0415
 
     run = {"train": loop.train_and_evaluate, "eval": loop.evaluate_checkpoint, "sample": loop.sample_checkpoint}
     try:
@@ -87,8 +87,9 @@ def run(FLAGS: flags.FlagValues, argv: list[str]) -> None:  # noqa: N803 (launch
         log_file = workdir.log_fatal(e)  # into log.txt too, not only on stderr
         from jaxgen import config as config_lib  # noqa: PLC0415
 
-        # A function of the user's that read a field its config block lacks; a full disk.
-        known = None if FLAGS.traceback else (config_lib.field_read_error(e) or workdir.disk_full(e, FLAGS.mode))
+        # A function of the user's that read a field its config block lacks; a full disk; the accelerator's memory.
+        known = None if FLAGS.traceback else (config_lib.field_read_error(e) or failures.disk_full(e, FLAGS.mode)
+                                              or failures.out_of_memory(e, FLAGS.config, FLAGS.mode))
         if known is not None:
             sys.stderr.write(f"FATAL {known}\n(its traceback: " + (f"{log_file}, or " if log_file else "")
                              + "rerun with --traceback)\n")

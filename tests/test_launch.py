@@ -306,9 +306,9 @@ def test_a_full_disk_is_named_with_where_and_what_to_do():
     anywhere in the error's chain; nothing for other errors."""
     import errno
 
-    from jaxgen.training import workdir
+    from jaxgen.training import failures
 
-    full = workdir.disk_full(OSError(errno.ENOSPC, "No space left on device", "/runs/a/images/samples.png"))
+    full = failures.disk_full(OSError(errno.ENOSPC, "No space left on device", "/runs/a/images/samples.png"))
     assert full.startswith("No space left on the device that holds /runs/a/images/samples.png. Free space there")
     assert "--config.checkpoint.keep" in full and full.endswith("a half-written one is never read, and the next "
                                                                 "start removes it)")
@@ -324,12 +324,35 @@ def test_a_full_disk_is_named_with_where_and_what_to_do():
             raise RuntimeError("a save failed") from e
     except RuntimeError as e:
         chained = e
-    full = workdir.disk_full(chained, mode="eval")
+    full = failures.disk_full(chained, mode="eval")
     assert full.startswith("No space left on the device that holds /runs/a/best/10 (a checkpoint being written).")
     assert full.endswith("then run the same command again")
-    assert workdir.disk_full(OSError(errno.EDQUOT, "Disk quota exceeded", "/x")).startswith("Disk quota exceeded")
-    assert workdir.disk_full(ValueError("no space for the latent")) is None
-    assert workdir.disk_full(OSError(errno.EACCES, "Permission denied", "/x")) is None
+    assert failures.disk_full(OSError(errno.EDQUOT, "Disk quota exceeded", "/x")).startswith("Disk quota exceeded")
+    assert failures.disk_full(ValueError("no space for the latent")) is None
+    assert failures.disk_full(OSError(errno.EACCES, "Permission denied", "/x")) is None
+
+
+def test_an_accelerator_out_of_memory_names_the_sizes_to_lower_with_their_values():
+    """XLA's allocation failures on GPUs and TPUs (as jax raises them, text only) become one FATAL line naming the
+    config's sizes; other RESOURCE_EXHAUSTED errors (a full disk) and other errors are not taken for them."""
+    from jaxgen.training import failures
+
+    c = config_module(ROOT / "configs" / "gan_celeba.py").get_config()
+    for xla in ("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 4770354232 bytes.\nBufferAssignment "
+                "OOM Debugging.\nBufferAssignment stats:",
+                "RESOURCE_EXHAUSTED: Failed to allocate request for 176.00MiB (184549376B) on device ordinal 0"):
+        oom = failures.out_of_memory(RuntimeError(xla), c)
+        assert oom.startswith(f"The accelerator ran out of memory ({xla.splitlines()[0]}). Lower train.batch_size "
+                              f"(now {c.train.batch_size}), eval.batch_size")
+        assert "--config.model.dtype=bfloat16" in oom and "BufferAssignment" not in oom
+        assert oom.endswith("it resumes from the newest checkpoint written whole")
+    v = config_module(ROOT / "configs" / "vae_mnist.py").get_config()
+    oom = failures.out_of_memory(ValueError("x"), v, "eval") or failures.out_of_memory(
+        RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 8 bytes."), v, "eval")
+    assert "eval.nll_chunk (now 50" in oom and "dtype" not in oom and oom.endswith("run the same command again")
+    assert failures.out_of_memory(ValueError('RESOURCE_EXHAUSTED: Failed writing: "/a": No space left on device'),
+                                  v) is None
+    assert failures.out_of_memory(ValueError("out of memory"), v) is None
 
 
 def test_an_unknown_variant_is_one_line_listing_the_choices(tmp_path):

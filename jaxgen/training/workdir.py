@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import json
 import linecache
 import logging
 import os
-import re
 import socket
 import time
 from collections.abc import Iterator
@@ -154,34 +152,6 @@ def raised_on_purpose(error: BaseException) -> bool:
     if not Path(filename).resolve().is_relative_to(_PACKAGE):
         return False
     return linecache.getline(filename, tb.tb_lineno).lstrip().startswith("raise ")
-
-
-_FULL = {errno.ENOSPC: "No space left on the device", errno.EDQUOT: "Disk quota exceeded on the device"}
-
-
-def disk_full(error: BaseException, mode: str = "train") -> str | None:
-    """The message for an error that a full disk (or an exceeded quota) caused, anywhere in its chain: an OSError
-    (a log, image or metrics write) or the error text of Orbax's asynchronous checkpoint writes (TensorStore's
-    RESOURCE_EXHAUSTED naming errno 28). None for any other error."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        text = str(error)
-        for code, what in _FULL.items():
-            if (isinstance(error, OSError) and error.errno == code) or os.strerror(code) in text:
-                where = getattr(error, "filename", None) if isinstance(error, OSError) else None
-                if where is None:  # TensorStore: ... local file "<dir>": Failed writing: "<file>" ...
-                    quoted = re.findall(r'"(/[^"]+)"', text)
-                    where = quoted[-1] if quoted else None
-                if where is not None and ".orbax-checkpoint-tmp" in str(where):  # the checkpoint, not its inner file
-                    where = f"{str(where).split('.orbax-checkpoint-tmp')[0]} (a checkpoint being written)"
-                then = ("run the same command: it resumes from the newest checkpoint written whole (a half-written "
-                        "one is never read, and the next start removes it)" if mode == "train"
-                        else "run the same command again")
-                return (f"{what} that holds {where or 'the workdir'}. Free space there (fewer checkpoints kept: "
-                        f"--config.checkpoint.keep; or a --workdir on a larger disk), then {then}")
-        error = error.__cause__ or error.__context__
-    return None
 
 
 def save_config(config, workdir: Path, step: int = 0) -> None:

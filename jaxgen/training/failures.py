@@ -1,0 +1,70 @@
+"""The machine's failures as one message naming the fix (launch.py's FATAL line): a full disk, an accelerator out
+of memory. Matched in the error's text as well as its type: Orbax's writer threads and XLA raise them as text."""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+
+_FULL = {errno.ENOSPC: "No space left on the device", errno.EDQUOT: "Disk quota exceeded on the device"}
+# XLA's allocation failures (GPU, TPU): "RESOURCE_EXHAUSTED: Out of memory while trying to allocate N bytes.",
+# "... Failed to allocate request for 176.00MiB (184549376B) on device ordinal 0", "Ran out of memory in memory
+# space hbm ...".
+_OOM = re.compile(r"RESOURCE_EXHAUSTED:.*(out of memory|failed to allocate|ran out of memory)", re.IGNORECASE)
+
+
+def _chain(error: BaseException | None):
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__ or error.__context__
+
+
+def _again(mode: str) -> str:
+    return ("run the same command: it resumes from the newest checkpoint written whole" if mode == "train"
+            else "run the same command again")
+
+
+def disk_full(error: BaseException, mode: str = "train") -> str | None:
+    """The message for an error that a full disk (or an exceeded quota) caused, anywhere in its chain: an OSError
+    (a log, image or metrics write) or the error text of Orbax's asynchronous checkpoint writes (TensorStore's
+    RESOURCE_EXHAUSTED naming errno 28). None for any other error."""
+    for e in _chain(error):
+        text = str(e)
+        for code, what in _FULL.items():
+            if (isinstance(e, OSError) and e.errno == code) or os.strerror(code) in text:
+                where = getattr(e, "filename", None) if isinstance(e, OSError) else None
+                if where is None:  # TensorStore: ... local file "<dir>": Failed writing: "<file>" ...
+                    quoted = re.findall(r'"(/[^"]+)"', text)
+                    where = quoted[-1] if quoted else None
+                if where is not None and ".orbax-checkpoint-tmp" in str(where):  # the checkpoint, not its inner file
+                    where = f"{str(where).split('.orbax-checkpoint-tmp')[0]} (a checkpoint being written)"
+                then = _again(mode) + (" (a half-written one is never read, and the next start removes it)"
+                                       if mode == "train" else "")
+                return (f"{what} that holds {where or 'the workdir'}. Free space there (fewer checkpoints kept: "
+                        f"--config.checkpoint.keep; or a --workdir on a larger disk), then {then}")
+    return None
+
+
+def out_of_memory(error: BaseException, config, mode: str = "train") -> str | None:
+    """The message for an accelerator's allocation failure anywhere in the error's chain, naming the sizes to lower
+    with their values in `config`. None for any other error."""
+    for e in _chain(error):
+        text = str(e)
+        if _OOM.search(text):
+            xla = next(line.strip() for line in text.splitlines() if "RESOURCE_EXHAUSTED" in line)
+            t, ev = config.train, config.eval
+            sizes = [f"train.batch_size (now {t.batch_size})", f"eval.batch_size for the evaluations (now "
+                     f"{ev.batch_size})"]
+            if config.task == "vae":
+                sizes.append(f"eval.nll_chunk (now {ev.nll_chunk}; eval.batch_size * nll_chunk decodes at once)")
+            if t.steps_per_dispatch > 1:
+                sizes.append(f"train.steps_per_dispatch (now {t.steps_per_dispatch})")
+            if config.task == "gan" and config.model.dtype == "float32":
+                sizes.append("the compute precision (--config.model.dtype=bfloat16)")
+            return (f"The accelerator ran out of memory ({xla[:300]}). Lower {', '.join(sizes)}, or the model's "
+                    f"widths; memory held by another process on the device, or JAX's preallocation "
+                    f"(XLA_PYTHON_CLIENT_MEM_FRACTION), also limits what this run gets. Then {_again(mode)}")
+    return None
