@@ -210,6 +210,23 @@ def test_the_decoder_can_start_at_the_training_mean():
         models.build(c.model, (28, 28, 1), train_images=images)
 
 
+def test_the_evaluation_gives_the_same_numbers_with_either_conv_impl(smoke_config, tmp_path):
+    """model.conv_impl='xla' (XLA's own transposed convolution) in the sharded evaluation, as in training: the
+    same numbers as the phase forms, up to float32 rounding (it crashed at the first evaluation)."""
+    from jaxgen.training import loop
+
+    c = smoke_config
+    c.eval.num_examples, c.eval.nll_k, c.eval.nll_chunk = 64, 2, 2
+    got = {}
+    for impl in ("phase", "xla"):
+        c.model.conv_impl = impl
+        task = loop.build_task(c, tmp_path)
+        state = jax.jit(task.create, out_shardings=parallel.replicated(task.mesh))()
+        got[impl] = task.evaluate(state, final=False, data=task.test)
+    for key in ("elbo", "nll", "recon_mse"):
+        assert got["xla"][key] == pytest.approx(got["phase"][key], rel=1e-5), key
+
+
 def test_the_test_set_binarization_is_the_same_for_every_seed(smoke_config, tmp_path):
     """Runs with different seeds are scored on one binarized test set (eval.binarize_seed): the reconstruction NLL
     at the posterior mean, which has no noise, depends only on the params and that set."""

@@ -65,8 +65,11 @@ def _eval_body(params, key, binarize_key, image, pos, mask, c, valid, *, model, 
 def compile_eval(mesh, *, model, obj_cfg, binarize: str, nll_chunk: int):
     """The jitted, data-parallel eval of one batch and one NLL chunk. Build once per run."""
     body = functools.partial(_eval_body, model=model, obj_cfg=obj_cfg, binarize=binarize, nll_chunk=nll_chunk)
+    # check_vma=False as in every jaxgen step (pmap's semantics): the model's layers need not track which values
+    # vary over the devices (conv_impl='xla' transposes a convolution with jax.linear_transpose, whose input spec
+    # carries none).
     return jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(P(), P(), P(), P(AXIS), P(AXIS), P(AXIS), P(), P()),
-                                 out_specs=(P(), P(AXIS))))
+                                 out_specs=(P(), P(AXIS)), check_vma=False))
 
 
 def eval_inputs(image_u8, pos, binarize_key, binarize: str):
