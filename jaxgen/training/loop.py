@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import re
 import signal
@@ -215,15 +216,15 @@ def _train_and_evaluate(config, workdir: Path) -> dict:
     mgr, state = restore_or_init(task)
     step = start = int(jax.device_get(state["step"]))
     wd.check_resumed_holdout(c, workdir, step)
-    wd.save_config(c, workdir, step)  # after the restore: a config refused by the checkpoint leaves config.json as is
     k = c.train.steps_per_dispatch
     if step >= c.train.steps:
         if step > c.train.steps:
             log.warning("The newest checkpoint is at step %d, past train.steps=%d: nothing to train; step %d is "
                         "evaluated (a longer train.steps continues the run)", step, c.train.steps, step)
     elif (c.train.steps - step) % k:
-        raise ValueError(f"train.steps - resumed step ({c.train.steps} - {step}) must be a multiple of "
-                         f"train.steps_per_dispatch={k}")
+        raise ValueError(_off_the_fused_grid(c, step))
+    # After the restore and the checks: a config refused there leaves config.json as it was.
+    wd.save_config(c, workdir, step)
     sq = sample_quality(task)
     best_name = quality.best_metric(c)
     best = None
@@ -272,6 +273,17 @@ def _train_and_evaluate(config, workdir: Path) -> dict:
         log.info("Done: the run was already at step %d (train.steps=%d), re-evaluated; %s; outputs in %s", step,
                  c.train.steps, task.summary(final), workdir)
     return final
+
+
+def _off_the_fused_grid(c, step: int) -> str:
+    """The error for a resume whose step is no multiple of train.steps_per_dispatch, naming the values that fit."""
+    k = c.train.steps_per_dispatch
+    common = math.gcd(step, c.train.steps, c.train.log_every, c.checkpoint.every, c.eval.every)
+    fits = [d for d in range(1, common + 1) if common % d == 0]
+    return (f"the checkpoint at step {step} is not on the grid of train.steps_per_dispatch={k} (a fused call runs "
+            f"{k} steps), so train.steps={c.train.steps} cannot be reached: resume with a steps_per_dispatch that "
+            f"divides {step} and train.steps, log_every, checkpoint.every and eval.every ({', '.join(map(str, fits))}"
+            f"), e.g. --config.train.steps_per_dispatch={fits[-1]}")
 
 
 class _Evals:
