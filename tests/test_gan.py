@@ -296,6 +296,13 @@ def test_gan_outputs_land_in_the_workdir(tmp_path):
     assert set(quality.TASK_METRICS["gan"]) <= set(final)  # what checkpoint.best_metric may name
     again = loop.evaluate_checkpoint(c, tmp_path)  # --mode=eval on the finished run gives the same numbers
     np.testing.assert_allclose([again["d_real"], again["d_fake"]], [final["d_real"], final["d_fake"]], rtol=1e-5)
+    with np.load(tmp_path / "images" / "fixed_noise_history.npz") as h:
+        row = h["images"][-1].astype(int)
+    c.output.num_samples = 4  # fewer than the history's 8 columns (--mode=eval may change output.*): the same row
+    loop.evaluate_checkpoint(c, tmp_path)
+    with np.load(tmp_path / "images" / "fixed_noise_history.npz") as h:
+        assert list(h["steps"]) == [10, 20] and np.abs(h["images"][-1] - row).max() <= 1
+    c.output.num_samples = 16
     # Sample quality on the classifier's features, with what stands beside the numbers; the best checkpoint.
     q = final["sample_quality"]["classifier"]
     assert q["num_samples"] == 64 and q["num_reference"] == 1000 and q["reference"] == "mnist_5k test"

@@ -227,8 +227,11 @@ class GANTask:
         to01 = lambda x: (np.asarray(x, np.float32) + 1.0) / 2.0
         samples = to01(self._generate(g, self._z(c.output.num_samples, state_lib.FIXED_NOISE)))
         images.save_png(out / f"samples{suffix}.png", samples)
-        images.append_history(out / "fixed_noise_history.npz", int(jax.device_get(state["step"])),
-                              samples[:HISTORY_COLUMNS])
+        # The history's row: the first HISTORY_COLUMNS of the fixed noise whatever output.num_samples is (a prefix
+        # of the same latents: jax.random's draws of a longer batch begin with those of a shorter one).
+        history = samples[:HISTORY_COLUMNS] if len(samples) >= HISTORY_COLUMNS else to01(
+            self._generate(g, self._z(HISTORY_COLUMNS, state_lib.FIXED_NOISE)))
+        images.append_history(out / "fixed_noise_history.npz", int(jax.device_get(state["step"])), history)
         if suffix or not c.output.plots:
             return
         images.save_png(self.workdir / "interpolations.png", to01(self._generate(g, self._interpolation_z())),
