@@ -174,10 +174,12 @@ def scalars(ev: dict) -> dict:
 
 
 def eval_line(task, ev: dict) -> str:
-    line = task.eval_line(ev)
-    for name, block in ev.get("sample_quality", {}).items():
-        line += f"; {name} FID {block['fid']:.2f} ({block['num_samples']} samples)"
-    return line
+    return task.eval_line(ev) + _fid_part(ev)
+
+
+def _fid_part(ev: dict) -> str:
+    return "".join(f"; {name} FID {block['fid']:.2f} ({block['num_samples']} samples)"
+                   for name, block in ev.get("sample_quality", {}).items())
 
 
 def _first_nonfinite(metrics: dict, headline) -> tuple[int, list[str]] | None:
@@ -265,13 +267,14 @@ def _train_and_evaluate(config, workdir: Path) -> dict:
     writer.close()
     final_time = time.perf_counter() - t_final  # the metrics (eval.json's eval_seconds), images, plots and saves
     steps_run = step - start
+    summary = task.summary(final) + _fid_part(final)
     if steps_run:
         log.info("Done: %d steps this invocation in %.1f s (%.0f img/s incl. compile, evals), then the final "
                  "evaluation, images and saves in %.1f s; %s; outputs in %s", steps_run, train_time,
-                 steps_run * c.train.batch_size / max(train_time, 1e-9), final_time, task.summary(final), workdir)
+                 steps_run * c.train.batch_size / max(train_time, 1e-9), final_time, summary, workdir)
     else:
         log.info("Done: the run was already at step %d (train.steps=%d), re-evaluated; %s; outputs in %s", step,
-                 c.train.steps, task.summary(final), workdir)
+                 c.train.steps, summary, workdir)
     return final
 
 
