@@ -635,3 +635,23 @@ def test_with_a_progress_bar_the_train_lines_go_to_log_txt_only(smoke_config, tm
     assert "10/10" in out and "Final evaluation of step 10" in out  # the bar, and the other log lines
     assert "step 10/10 (100%)" not in out
     assert "step 10/10 (100%): loss" in (tmp_path / "log.txt").read_text()
+
+
+def test_a_train_records_rate_counts_training_time_only(smoke_config, tmp_path, monkeypatch):
+    """The img/s (and ETA) of a train record after an evaluation or a checkpoint save leaves their time out: here
+    each evaluation takes 2 s more, which over a window of 160 images would pull the rate below 80 img/s."""
+    from jaxgen.reporting.writer import read
+    from jaxgen.training import loop
+
+    c = smoke_config
+    c.train.steps, c.train.log_every, c.eval.every, c.checkpoint.every = 20, 5, 5, 5
+    during = loop._Evals.during_training
+
+    def slow(self, *args, **kwargs):
+        time.sleep(2)
+        return during(self, *args, **kwargs)
+
+    monkeypatch.setattr(loop._Evals, "during_training", slow)
+    loop.train_and_evaluate(c, tmp_path)
+    rates = [r["img_per_s"] for r in read(tmp_path / "metrics.jsonl") if r["split"] == "train"]
+    assert len(rates) == 4 and min(rates[1:]) > 150, rates  # the first includes compiling

@@ -369,11 +369,13 @@ def _train(task, state: dict, mgr, writer: MetricWriter, evals: _Evals) -> tuple
                 window = []
                 writer.write(step, "train", {**means, "img_per_s": ips})
                 progress.record(step, means, ips)
+            t_aside = time.perf_counter()
             if due_eval:
                 evals.during_training(state, step)
             # After the step's eval: a run stopped between the two resumes before this step and evaluates it again.
             if due_ckpt:  # every step so far was checked finite: the state is safe to keep
                 checkpoint.save(mgr, state)
+            t_log += time.perf_counter() - t_aside  # a train record's img/s and ETA count training time only
     finally:
         stop.uninstall()
         progress.close()
