@@ -590,6 +590,7 @@ def sample_checkpoint(config, workdir) -> Path:
         for i in range(0, len(samples), per):
             images.save_png(out / f"step_{step:07d}_{i // per:03d}.png", samples[i : i + per] / np.float32(255),
                             scale=1)
-    log.info("Wrote %d samples of step %d to %s (and %d PNG grids)", len(samples), step, path,
-             -(-len(samples) // config.sample.per_grid))
+    grids = -(-len(samples) // config.sample.per_grid)
+    log.info("Wrote %d sample%s of step %d to %s (and %d PNG grid%s)", len(samples), "s"[: len(samples) != 1], step,
+             path, grids, "s"[: grids != 1])
     return path
