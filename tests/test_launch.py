@@ -556,6 +556,30 @@ def test_eval_modes_refuse_a_config_of_another_task(tmp_path):
         loop.wd.warn_config_drift(config_lib.vae_config(), tmp_path, "sample")
 
 
+def test_eval_modes_warn_only_about_fields_that_change_the_model_or_its_numbers(tmp_path, caplog):
+    """--mode=eval/sample: how the model is computed (conv_impl, norm_impl), checkpointing and train.* are not
+    drift; another seed is a note (other samples of the same model); a GAN's train.batch_size is drift where the
+    EMA generator's BatchNorm statistics are re-estimated in batches of it; a model's width is drift."""
+    import logging
+
+    from jaxgen import config as config_lib
+
+    trained = config_lib.gan_config()
+    (tmp_path / "config.json").write_text(trained.to_json_best_effort(sort_keys=True))
+    now = config_lib.gan_config()
+    now.model.conv_impl, now.model.norm_impl, now.checkpoint.keep, now.train.steps = "xla", "flax", 1, 7
+    now.seed = 1
+    with caplog.at_level(logging.INFO, logger="jaxgen"):
+        assert loop.wd.warn_config_drift(now, tmp_path, "sample") == []
+    assert "--mode=sample with seed 1 (training's: 0): other samples and evaluation noise of the same model" in caplog.text
+    now.train.batch_size, now.model.g_width = 32, 16
+    changed = loop.wd.warn_config_drift(now, tmp_path, "eval")
+    assert [c.split(":")[0] for c in changed] == ["model.g_width", "train.batch_size"]
+    assert "BatchNorm statistics are re-estimated in batches of train.batch_size" in changed[1]
+    now.train.ema_half_life = 0  # the raw G: its own running statistics, whatever the batch
+    assert [c.split(":")[0] for c in loop.wd.warn_config_drift(now, tmp_path, "eval")] == ["model.g_width"]
+
+
 def test_eval_mode_without_a_checkpoint_says_train_first(smoke_config, tmp_path):
     with pytest.raises(FileNotFoundError, match="no readable checkpoint .* train first"):
         loop.evaluate_checkpoint(smoke_config, tmp_path)

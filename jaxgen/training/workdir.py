@@ -196,14 +196,17 @@ def check_resumed_holdout(config, workdir: Path, step: int) -> None:
 
 
 # Blocks (and top-level fields) a --mode=eval or --mode=sample command may set differently from training without
-# changing the model.
-EVAL_ONLY_BLOCKS = ("eval", "sample", "output", "deterministic")
+# changing the model, and fields that choose only how the same model is computed (float rounding apart).
+EVAL_ONLY_BLOCKS = ("eval", "sample", "output", "deterministic", "train", "checkpoint")
+SAME_MODEL_FIELDS = ("model.conv_impl", "model.norm_impl")
 
 
 def warn_config_drift(config, workdir: Path, mode: str) -> list[str]:
-    """Logs (and returns) the fields, outside EVAL_ONLY_BLOCKS and train.*, in which `config` differs from the
-    config.json the workdir was trained with: --mode=eval/sample evaluate with this command's config. Another
-    task (a VAE config on a GAN's workdir) is a ValueError."""
+    """Logs (and returns) the fields, outside EVAL_ONLY_BLOCKS and SAME_MODEL_FIELDS, in which `config` differs
+    from the config.json the workdir was trained with: --mode=eval/sample evaluate with this command's config.
+    Exceptions: `seed` (other samples and evaluation noise of the same model: a note), and a GAN's
+    train.batch_size where G's EMA weights have BatchNorm (its statistics are re-estimated in batches of that
+    size). Another task (a VAE config on a GAN's workdir) is a ValueError."""
     path = workdir / "config.json"
     now = json.loads(config.to_json_best_effort(sort_keys=True))
     trained = _read_json(path) or now  # missing or unreadable: nothing to compare (every process gets here)
@@ -212,8 +215,16 @@ def warn_config_drift(config, workdir: Path, mode: str) -> list[str]:
         ValueError(f"--mode={mode}: the workdir {workdir} was trained with a {trained['task']} config ({path}), this "
                    f"one is a {now['task']} config: give the training command's --config and overrides")
         if other else None, "check the workdir's config")
-    changed = sorted(d for d in _diff(trained, now)
-                     if d.split(":")[0].split(".")[0] not in (*EVAL_ONLY_BLOCKS, "train"))
+    diffs = {d.split(":")[0]: d for d in _diff(trained, now)}
+    changed = sorted(d for field, d in diffs.items()
+                     if field.split(".")[0] not in (*EVAL_ONLY_BLOCKS, "seed") and field not in SAME_MODEL_FIELDS)
+    if (now["task"] == "gan" and "train.batch_size" in diffs and now["train"]["ema_half_life"] > 0
+            and now["model"].get("g_norm") == "batch"):
+        changed.append(diffs["train.batch_size"] + " (the EMA generator's BatchNorm statistics are re-estimated in "
+                       "batches of train.batch_size: the samples and numbers differ slightly)")
+    if "seed" in diffs:
+        log.info("--mode=%s with seed %s (training's: %s): other samples and evaluation noise of the same model",
+                 mode, now.get("seed"), trained.get("seed"))
     if changed:
         log.warning("--mode=%s runs with this command's config, which differs from the one the workdir was trained "
                     "with (%s) in: %s. Repeat the training command's overrides to %s the model as it was "
