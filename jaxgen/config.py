@@ -404,6 +404,9 @@ def gan_smoke(config: ml_collections.ConfigDict, image_shape: tuple[int, int, in
         config.data.name = "synthetic"
         config.data.image_shape = image_shape
         config.data.num_examples = 128
+        base = gan_config().data
+        for field in ("path", "resolution", "crop", "test_percent"):  # the real dataset's, which synthetic ignores
+            config.data[field] = base[field]
     smoke(config)
     config.model.g_width = config.model.d_width = 8
 
@@ -473,6 +476,13 @@ def _check_train(config: ml_collections.ConfigDict) -> None:
                     "uninterrupted run would (the state still resumes exactly)", config.checkpoint.every, t.log_every)
     if config.data.binarize not in ("dynamic", "none"):
         raise ValueError(f"data.binarize must be 'dynamic' or 'none', got {config.data.binarize!r}")
+    from jaxgen import data  # noqa: PLC0415 (numpy; no TFDS)
+
+    unread = data.unread_fields(config.data, {"vae": vae_config, "gan": gan_config}[config.task]().data)
+    if unread:
+        log.warning("The dataset %r does not read %s: the run uses %s as it is%s", config.data.name,
+                    "; ".join(unread), config.data.name,
+                    " (a folder of images: --config.data.name=image_folder)" if config.data.path else "")
     if t.ema_half_life < 0:
         raise ValueError(f"train.ema_half_life must be >= 0 images (0 = no EMA), got {t.ema_half_life}")
     if t.ema_rampup < 0:

@@ -185,3 +185,32 @@ def test_importing_jaxgen_and_writing_metrics_import_neither_tensorflow_nor_tfds
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+
+
+def test_a_data_field_the_dataset_does_not_read_is_a_warning_and_no_shipped_config_sets_one(caplog):
+    """--config.data.path=... on mnist_5k trains on mnist_5k: the config check says so, naming the datasets that
+    read the field. A user's own dataset may read any field; every shipped config and variant sets only fields its
+    dataset reads."""
+    import glob
+    import logging
+
+    from jaxgen import config as config_lib
+    from tests.conftest import config_module
+
+    c = config_lib.gan_config()
+    c.data.path, c.data.resolution = "/data/faces", 32
+    with caplog.at_level(logging.WARNING, logger="jaxgen"):
+        config_lib.check(c)
+    assert ("The dataset 'mnist_5k' does not read data.path='/data/faces' (read by image_folder, celeb_a); "
+            "data.resolution=32 (read by image_folder, celeb_a): the run uses mnist_5k as it is (a folder of images: "
+            "--config.data.name=image_folder)") in caplog.text
+    c.data.name = "image_folder"
+    assert data.unread_fields(c.data, config_lib.gan_config().data) == []
+    c.data.name, c.data.image_shape = "myproject.faces:load", (8, 8, 3)
+    assert data.unread_fields(c.data, config_lib.gan_config().data) == []
+    for path in sorted(glob.glob(str(Path(__file__).resolve().parent.parent / "configs" / "*.py"))):
+        module = config_module(path)
+        for variant in ("", *module.VARIANTS):
+            c = module.get_config(variant)
+            base = {"vae": config_lib.vae_config, "gan": config_lib.gan_config}[c.task]().data
+            assert data.unread_fields(c.data, base) == [], (path, variant)

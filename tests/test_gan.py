@@ -364,6 +364,8 @@ def test_gan_celeba_runs_end_to_end_under_tfds_mock_data(tmp_path, monkeypatch):
     c = config_module(CONFIGS / "gan_celeba.py").get_config("smoke")  # its smoke variant, on TFDS celeb_a
     c.unlock()
     c.data.name, c.data.num_examples, c.data.data_dir = "celeb_a", 0, str(tmp_path / "tfds")
+    full = config_module(CONFIGS / "gan_celeba.py").get_config().data  # smoke's synthetic data resets these
+    c.data.resolution, c.data.crop, c.data.test_percent = full.resolution, full.crop, full.test_percent
     c.output.progress = False
     with tfds.testing.mock_data(num_examples=64):
         final = loop.train_and_evaluate(c, tmp_path / "run")

@@ -69,6 +69,27 @@ DATASETS: dict[str, Callable] = {
 }
 
 
+# Fields of the data block that only some of the built-in datasets read (every dataset reads the others).
+READ_BY = {
+    "path": ("image_folder", "celeb_a"),
+    "resolution": ("image_folder", "celeb_a"),
+    "crop": ("image_folder", "celeb_a"),
+    "test_percent": ("image_folder", "celeb_a"),
+    "image_shape": ("synthetic",),
+    "download": ("mnist", "fashion_mnist", "cifar10", "celeb_a"),
+}
+
+
+def unread_fields(data_config, defaults) -> list[str]:
+    """The fields of READ_BY that `data_config` sets away from `defaults` (the base config's data block) but its
+    built-in dataset does not read, each with the datasets that do: `--config.data.path=...` on mnist_5k trains on
+    mnist_5k. A user's own dataset ('package.module:function') may read any of them."""
+    if data_config.name not in DATASETS:
+        return []
+    return [f"data.{field}={data_config[field]!r} (read by {', '.join(names)})" for field, names in READ_BY.items()
+            if data_config.name not in names and field in defaults and data_config[field] != defaults[field]]
+
+
 def load(data_config, split: str) -> ImageData:
     """Loads `split` of the dataset `data_config.name` into host memory.
 
