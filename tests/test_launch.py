@@ -571,7 +571,8 @@ def test_eval_modes_warn_only_about_fields_that_change_the_model_or_its_numbers(
     now.seed = 1
     with caplog.at_level(logging.INFO, logger="jaxgen"):
         assert loop.wd.warn_config_drift(now, tmp_path, "sample") == []
-    assert "--mode=sample with seed 1 (training's: 0): other samples and evaluation noise of the same model" in caplog.text
+    assert ("--mode=sample with seed 1 (training's: 0): other samples and evaluation noise of the same model"
+            in caplog.text)
     now.train.batch_size, now.model.g_width = 32, 16
     changed = loop.wd.warn_config_drift(now, tmp_path, "eval")
     assert [c.split(":")[0] for c in changed] == ["model.g_width", "train.batch_size"]

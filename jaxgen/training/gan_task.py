@@ -45,6 +45,8 @@ class GANTask:
         gan_obj.check_loss(self.loss_fn, c.loss.name, batch=c.train.batch_size, g_batch=self.g_batch)
         augment.check_policy(c.augment.policy)
         registry.resolve("GAN model", c.model.name, gan_models.GANS)  # unknown names fail before the data loads
+        if c.data.name in data.READ_BY["resolution"] and c.data.resolution > 0:  # so does a resolution G and D lack,
+            gan_models.build(c.model, (c.data.resolution,) * 2 + (3,), axis_name=parallel.AXIS)  # before decoding
         self.g_tx, self.g_lr = optim.make(c.g_optim, c.train.steps)
         self.d_tx, self.d_lr = optim.make(c.d_optim, c.train.steps * c.train.d_steps)
         self.train, self.validation = data.load_train(c.data)
