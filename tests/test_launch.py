@@ -510,6 +510,21 @@ def test_eval_and_sample_modes_need_an_existing_workdir_and_do_not_create_one(sm
     assert not (tmp_path / "runz").exists()
 
 
+def test_sampling_on_another_device_count_needs_no_train_batch_that_divides_it(smoke_config, tmp_path,
+                                                                                first_devices):
+    """A VAE trained with train.batch_size=32 on 8 devices samples on 3: only eval.batch_size must divide there
+    (train.batch_size is no batch outside training; a GAN's sizes the EMA generator's BatchNorm passes)."""
+    c = smoke_config
+    c.train.steps, c.eval.every, c.checkpoint.every = 10, 0, 10
+    loop.train_and_evaluate(c, tmp_path)
+    first_devices(3)
+    c.eval.batch_size, c.sample.num = 63, 5
+    with np.load(loop.sample_checkpoint(c, tmp_path)) as z:
+        assert z["images"].shape == (5, 28, 28, 1) and int(z["step"]) == 10
+    with pytest.raises(ValueError, match="train.batch_size=32 is not divisible by the 3 devices"):
+        loop.build_task(c, tmp_path)  # training on 3 devices
+
+
 def test_a_second_training_run_on_a_workdir_in_use_stops_at_once_naming_the_first(smoke_config, tmp_path):
     """The lock is the kernel's (flock): held by a live run, gone with its process however it ends. A refused run
     writes nothing into the workdir, not even into the live run's log.txt. --mode=eval of the newest checkpoint

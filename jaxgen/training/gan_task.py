@@ -32,14 +32,18 @@ class GANTask:
     headline = ("d_loss", "g_loss")
     not_final = ()  # every eval metric is measured the same way at the final eval
 
-    def __init__(self, config, workdir):
+    def __init__(self, config, workdir, training: bool = True):
         config_lib.check(config)
         c = config
         self.config, self.workdir = c, workdir
         self.mesh = parallel.make_mesh()
         self.g_batch = config_lib.g_batch_size(c)
-        parallel.check_batches(self.mesh, {"train.batch_size": c.train.batch_size, "eval.batch_size": c.eval.batch_size,
-                                           "train.g_batch_size": self.g_batch})
+        # Outside training (--mode=eval/sample) train.batch_size sizes only the batches that re-estimate the EMA
+        # generator's BatchNorm statistics (sampling_g).
+        standing = c.train.ema_half_life > 0 and (c.model.g_norm == "batch" or ":" in c.model.name)
+        parallel.check_batches(self.mesh, {"train.batch_size": c.train.batch_size if training or standing else 0,
+                                           "eval.batch_size": c.eval.batch_size,
+                                           "train.g_batch_size": self.g_batch if training else 0})
         self.loss_fn = gan_obj.get_loss(c.loss.name, c.loss)
         self.reg_fn = gan_obj.get_regularizer(c.reg.name, c.reg)
         gan_obj.check_loss(self.loss_fn, c.loss.name, batch=c.train.batch_size, g_batch=self.g_batch)
@@ -53,7 +57,7 @@ class GANTask:
         self.test = data.load(c.data, c.data.test_split)
         gan_obj.check_regularizer(self.reg_fn, c.reg.name, self.train.shape)
         problems = []  # every size the data cannot fill, at once (a small image folder may need several changes)
-        if len(self.train) < c.train.batch_size:
+        if training and len(self.train) < c.train.batch_size:
             problems.append(f"train split has {len(self.train)} examples, fewer than train.batch_size="
                             f"{c.train.batch_size}; lower the batch size")
         for split in (self.test, self.validation) if self.validation is not None else (self.test,):

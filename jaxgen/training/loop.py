@@ -70,9 +70,10 @@ class NonFiniteLossError(FloatingPointError):
     """A step produced a NaN or Inf loss or gradient; the run stopped before saving it."""
 
 
-def build_task(config, workdir: Path) -> Task:
-    """The task object for `config.task` ('vae' or 'gan'; config.check accepts only these two)."""
-    return registry.resolve("task", config.task, TASKS)(config, workdir)
+def build_task(config, workdir: Path, training: bool = True) -> Task:
+    """The task object for `config.task` ('vae' or 'gan'; config.check accepts only these two). training=False
+    (--mode=eval/sample): the sizes only training uses are not checked against the devices and the data."""
+    return registry.resolve("task", config.task, TASKS)(config, workdir, training=training)
 
 
 # A state's EMA entry and the entry it averages (same tree): a VAE's params, a GAN's G variables.
@@ -495,7 +496,7 @@ def _restore_for(config, workdir, mode: str):
         wd.setup_logging(workdir, mode)
         wd.warn_config_drift(config, workdir, mode)
         _log_determinism(config)
-        task = build_task(config, workdir)
+        task = build_task(config, workdir, training=False)
         mgr, state = restore(task, which)
         mgr.close()
     else:

@@ -27,11 +27,12 @@ class VAETask:
     headline = ("loss",)  # metrics on the progress bar
     not_final = ("nll", "nll_bits_per_dim")  # the final eval's NLL uses eval.final_nll_k samples, not eval.nll_k
 
-    def __init__(self, config, workdir):
+    def __init__(self, config, workdir, training: bool = True):
         config_lib.check(config)
         self.config, self.workdir = config, workdir
         self.mesh = parallel.make_mesh()
-        parallel.check_batches(self.mesh, {"train.batch_size": config.train.batch_size,
+        # Outside training (--mode=eval/sample, maybe on another device count) train.batch_size is not used.
+        parallel.check_batches(self.mesh, {"train.batch_size": config.train.batch_size if training else 0,
                                            "eval.batch_size": config.eval.batch_size})
         self.objective = objectives.get(config.objective.name)
         vae_obj.likelihood(config.objective)  # an unknown likelihood fails here, before any work
@@ -39,7 +40,7 @@ class VAETask:
         self.tx, self.lr = optim.make(config.optim, config.train.steps)
         self.train, self.validation = data.load_train(config.data)
         self.test = data.load(config.data, config.data.test_split)
-        if len(self.train) < config.train.batch_size:
+        if training and len(self.train) < config.train.batch_size:
             raise ValueError(f"train split has {len(self.train)} examples, fewer than train.batch_size="
                              f"{config.train.batch_size}; lower the batch size")
         if config.data.binarize == "dynamic" and self.train.shape[-1] == 3:
