@@ -524,6 +524,8 @@ def evaluate_checkpoint(config, workdir) -> dict:
     if config.eval.checkpoint == "best":
         return _evaluate_checkpoint(config, wd.prepare(workdir, create=False))
     workdir = wd.prepare(workdir, create=False)
+    if not (workdir / "checkpoints").is_dir():  # nothing to evaluate (the error says so): no lock file left behind
+        return _evaluate_checkpoint(config, workdir)
     with wd.training_lock(workdir, "--mode=eval"):
         return _evaluate_checkpoint(config, workdir)
 
