@@ -525,6 +525,32 @@ def test_sampling_on_another_device_count_needs_no_train_batch_that_divides_it(s
         loop.build_task(c, tmp_path)  # training on 3 devices
 
 
+@pytest.mark.parametrize("config", ["vae_mnist", "gan_mnist"])
+def test_sampling_reads_the_image_shape_from_data_json_not_the_dataset(config, tmp_path, monkeypatch):
+    """Training writes data.json (dataset, image shape, split sizes); --mode=sample builds the model from it and
+    never reads the dataset (a host without it, or CelebA's 2 GB, samples all the same), with the samples it
+    draws when it reads the dataset. A workdir without data.json (older runs) reads the dataset as before."""
+    from jaxgen import data
+
+    c = config_module(ROOT / "configs" / f"{config}.py").get_config("smoke")
+    c.unlock()
+    c.output.progress, c.output.plots, c.eval.extractors = False, False, ()
+    c.train.steps, c.eval.every, c.checkpoint.every = 10, 0, 10
+    loop.train_and_evaluate(c, tmp_path)
+    record = json.loads((tmp_path / "data.json").read_text())
+    assert record == {"dataset": "mnist_5k", "image_shape": [28, 28, 1], "examples": {"train": 4000, "test": 1000}}
+    with np.load(loop.sample_checkpoint(c, tmp_path)) as z:
+        with_data = z["images"]
+    monkeypatch.setattr(data, "load", lambda *a: pytest.fail("--mode=sample read the dataset"))
+    with np.load(loop.sample_checkpoint(c, tmp_path)) as z:
+        np.testing.assert_array_equal(z["images"], with_data)
+    assert ("--mode=sample: the model for the images the run trained on, (28, 28, 1) (data.json)"
+            in (tmp_path / "log_sample.txt").read_text())
+    (tmp_path / "data.json").unlink()
+    with pytest.raises(pytest.fail.Exception, match="read the dataset"):
+        loop.sample_checkpoint(c, tmp_path)
+
+
 def test_a_second_training_run_on_a_workdir_in_use_stops_at_once_naming_the_first(smoke_config, tmp_path):
     """The lock is the kernel's (flock): held by a live run, gone with its process however it ends. A refused run
     writes nothing into the workdir, not even into the live run's log.txt. --mode=eval of the newest checkpoint

@@ -32,7 +32,9 @@ class GANTask:
     headline = ("d_loss", "g_loss")
     not_final = ()  # every eval metric is measured the same way at the final eval
 
-    def __init__(self, config, workdir, training: bool = True):
+    def __init__(self, config, workdir, training: bool = True, image_shape: tuple[int, int, int] | None = None):
+        """training=False: --mode=eval/sample. image_shape (--mode=sample, from the workdir's data.json): the
+        dataset is not read (train, validation and test are None)."""
         config_lib.check(config)
         c = config
         self.config, self.workdir = c, workdir
@@ -53,10 +55,29 @@ class GANTask:
             gan_models.build(c.model, (c.data.resolution,) * 2 + (3,), axis_name=parallel.AXIS)  # before decoding
         self.g_tx, self.g_lr = optim.make(c.g_optim, c.train.steps)
         self.d_tx, self.d_lr = optim.make(c.d_optim, c.train.steps * c.train.d_steps)
-        self.train, self.validation = data.load_train(c.data)
-        self.test = data.load(c.data, c.data.test_split)
-        gan_obj.check_regularizer(self.reg_fn, c.reg.name, self.train.shape)
-        problems = []  # every size the data cannot fill, at once (a small image folder may need several changes)
+        if image_shape is None:
+            self.train, self.validation = data.load_train(c.data)
+            self.test = data.load(c.data, c.data.test_split)
+            self.image_shape = self.train.shape
+            self._check_sizes(training)
+        else:
+            self.train = self.validation = self.test = None
+            self.image_shape = tuple(image_shape)
+        gan_obj.check_regularizer(self.reg_fn, c.reg.name, self.image_shape)
+        self.generator, self.discriminator = gan_models.build(c.model, self.image_shape, axis_name=parallel.AXIS)
+        if self.reg_fn is not None and c.model.d_norm == "batch":
+            log.warning("reg.name=%s with BatchNorm in D (model.d_norm='batch'): the penalty's per-example input "
+                        "gradients are coupled through the batch statistics; Gulrajani et al. (2017) advise a "
+                        "critic without BatchNorm (--config.model.d_norm=none)", c.reg.name)
+        self.create = functools.partial(state_lib.create_gan, self.generator, self.discriminator, self.g_tx,
+                                        self.d_tx, self.image_shape, c.seed, c.train.ema_half_life > 0)
+        shapes = jax.eval_shape(self.create)
+        gan_models.check_pair(c.model.name, self.generator, self.discriminator, shapes["g"], shapes["d"],
+                              self.image_shape)
+
+    def _check_sizes(self, training: bool) -> None:
+        """Every size the data cannot fill, at once (a small image folder may need several changes)."""
+        c, problems = self.config, []
         if training and len(self.train) < c.train.batch_size:
             problems.append(f"train split has {len(self.train)} examples, fewer than train.batch_size="
                             f"{c.train.batch_size}; lower the batch size")
@@ -67,16 +88,6 @@ class GANTask:
                 problems.append(str(e))
         if problems:
             raise ValueError("; and ".join(problems))
-        self.generator, self.discriminator = gan_models.build(c.model, self.train.shape, axis_name=parallel.AXIS)
-        if self.reg_fn is not None and c.model.d_norm == "batch":
-            log.warning("reg.name=%s with BatchNorm in D (model.d_norm='batch'): the penalty's per-example input "
-                        "gradients are coupled through the batch statistics; Gulrajani et al. (2017) advise a "
-                        "critic without BatchNorm (--config.model.d_norm=none)", c.reg.name)
-        self.create = functools.partial(state_lib.create_gan, self.generator, self.discriminator, self.g_tx,
-                                        self.d_tx, self.train.shape, c.seed, c.train.ema_half_life > 0)
-        shapes = jax.eval_shape(self.create)
-        gan_models.check_pair(c.model.name, self.generator, self.discriminator, shapes["g"], shapes["d"],
-                              self.train.shape)
 
     def describe(self) -> str:
         c = self.config

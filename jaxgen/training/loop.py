@@ -70,10 +70,11 @@ class NonFiniteLossError(FloatingPointError):
     """A step produced a NaN or Inf loss or gradient; the run stopped before saving it."""
 
 
-def build_task(config, workdir: Path, training: bool = True) -> Task:
+def build_task(config, workdir: Path, training: bool = True, image_shape: tuple[int, int, int] | None = None) -> Task:
     """The task object for `config.task` ('vae' or 'gan'; config.check accepts only these two). training=False
-    (--mode=eval/sample): the sizes only training uses are not checked against the devices and the data."""
-    return registry.resolve("task", config.task, TASKS)(config, workdir, training=training)
+    (--mode=eval/sample): the sizes only training uses are not checked against the devices and the data.
+    image_shape (--mode=sample): the model for images of that shape, without reading the dataset."""
+    return registry.resolve("task", config.task, TASKS)(config, workdir, training=training, image_shape=image_shape)
 
 
 # A state's EMA entry and the entry it averages (same tree): a VAE's params, a GAN's G variables.
@@ -226,8 +227,9 @@ def _train_and_evaluate(config, workdir: Path) -> dict:
                         "evaluated (a longer train.steps continues the run)", step, c.train.steps, step)
     elif (c.train.steps - step) % k:
         raise ValueError(_off_the_fused_grid(c, step))
-    # After the restore and the checks: a config refused there leaves config.json as it was.
+    # After the restore and the checks: a config refused there leaves config.json (and data.json) as they were.
     wd.save_config(c, workdir, step)
+    wd.save_data_record(task, workdir)
     sq = sample_quality(task)
     best_name = quality.best_metric(c)
     best = None
@@ -496,7 +498,11 @@ def _restore_for(config, workdir, mode: str):
         wd.setup_logging(workdir, mode)
         wd.warn_config_drift(config, workdir, mode)
         _log_determinism(config)
-        task = build_task(config, workdir, training=False)
+        shape = wd.trained_image_shape(workdir) if mode == "sample" else None
+        if shape is not None:
+            log.info("--mode=sample: the model for the images the run trained on, %s (data.json); the dataset is "
+                     "not read", shape)
+        task = build_task(config, workdir, training=False, image_shape=shape)
         mgr, state = restore(task, which)
         mgr.close()
     else:

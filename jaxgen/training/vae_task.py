@@ -27,7 +27,9 @@ class VAETask:
     headline = ("loss",)  # metrics on the progress bar
     not_final = ("nll", "nll_bits_per_dim")  # the final eval's NLL uses eval.final_nll_k samples, not eval.nll_k
 
-    def __init__(self, config, workdir, training: bool = True):
+    def __init__(self, config, workdir, training: bool = True, image_shape: tuple[int, int, int] | None = None):
+        """training=False: --mode=eval/sample. image_shape (--mode=sample, from the workdir's data.json): the
+        dataset is not read (train, validation and test are None)."""
         config_lib.check(config)
         self.config, self.workdir = config, workdir
         self.mesh = parallel.make_mesh()
@@ -38,19 +40,24 @@ class VAETask:
         vae_obj.likelihood(config.objective)  # an unknown likelihood fails here, before any work
         registry.resolve("model", config.model.name, models.MODELS)  # as an unknown model, before the data loads
         self.tx, self.lr = optim.make(config.optim, config.train.steps)
-        self.train, self.validation = data.load_train(config.data)
-        self.test = data.load(config.data, config.data.test_split)
-        if training and len(self.train) < config.train.batch_size:
+        if image_shape is None:
+            self.train, self.validation = data.load_train(config.data)
+            self.test = data.load(config.data, config.data.test_split)
+            self.image_shape, images = self.train.shape, self.train.image
+        else:  # a placeholder for output_bias='data_mean': the restored params replace what it initialises
+            self.train = self.validation = self.test = None
+            self.image_shape, images = tuple(image_shape), np.full((1, *image_shape), 128, np.uint8)
+        if training and self.train is not None and len(self.train) < config.train.batch_size:
             raise ValueError(f"train split has {len(self.train)} examples, fewer than train.batch_size="
                              f"{config.train.batch_size}; lower the batch size")
-        if config.data.binarize == "dynamic" and self.train.shape[-1] == 3:
+        if config.data.binarize == "dynamic" and self.image_shape[-1] == 3:
             log.warning("data.binarize='dynamic' on colour images binarizes each channel of %s; for colour data set "
                         "--config.data.binarize=none --config.objective.likelihood=gaussian", config.data.name)
-        self.model = models.build(config.model, self.train.shape, train_images=self.train.image,
+        self.model = models.build(config.model, self.image_shape, train_images=images,
                                   likelihood=config.objective.likelihood)
-        self.create = functools.partial(state_lib.create, self.model, self.tx, self.train.shape, config.seed,
+        self.create = functools.partial(state_lib.create, self.model, self.tx, self.image_shape, config.seed,
                                         config.train.ema_half_life > 0)
-        params, x = jax.eval_shape(self.create)["params"], jax.ShapeDtypeStruct((2, *self.train.shape), jnp.float32)
+        params, x = jax.eval_shape(self.create)["params"], jax.ShapeDtypeStruct((2, *self.image_shape), jnp.float32)
         # A model, likelihood or objective of the user's that breaks its contract fails here, naming it.
         vae_obj.check_model(self.model, params, x, cfg=config.objective)
         objectives.check_objective(

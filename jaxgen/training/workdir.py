@@ -232,6 +232,29 @@ def warn_config_drift(config, workdir: Path, mode: str) -> list[str]:
     return changed
 
 
+def save_data_record(task, workdir: Path) -> None:
+    """<workdir>/data.json: the dataset the run trains on, its image shape and split sizes (process 0). --mode=sample
+    builds the model from that shape without reading the dataset, which the host sampling may lack."""
+    if jax.process_index() != 0:
+        return
+    splits = {"train": task.train, "validation": task.validation, "test": task.test}
+    record = {"dataset": task.config.data.name, "image_shape": list(task.image_shape),
+              "examples": {name: len(split) for name, split in splits.items() if split is not None}}
+    atomic.write_text(workdir / "data.json", json.dumps(record, indent=2) + "\n")
+
+
+def trained_image_shape(workdir: Path) -> tuple[int, int, int] | None:
+    """The image shape data.json records (None where a workdir from before data.json has none, or it cannot be
+    read), the same on every process (a collective: all of them then build the task the same way)."""
+    record = _read_json(workdir / "data.json") or {}
+    shape = record.get("image_shape")
+    valid = isinstance(shape, list) and len(shape) == 3 and all(isinstance(v, int) and v > 0 for v in shape)
+    parallel.check_same_on_every_process(
+        "the image shape in data.json", list(shape) if valid else [0, 0, 0],
+        "Every process must see the same --workdir: put it on a filesystem all hosts share.")
+    return tuple(shape) if valid else None
+
+
 def _read_json(path: Path) -> dict | None:
     """The JSON object in `path`; None when missing, or unreadable (logged: a run stopped while writing it)."""
     if not path.exists():
