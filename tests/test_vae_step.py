@@ -216,7 +216,7 @@ def test_the_evaluation_gives_the_same_numbers_with_either_conv_impl(smoke_confi
     from jaxgen.training import loop
 
     c = smoke_config
-    c.eval.num_examples, c.eval.nll_k, c.eval.nll_chunk = 64, 2, 2
+    c.eval.num_examples, c.eval.batch_size, c.eval.nll_k, c.eval.nll_chunk = 16, 16, 2, 2
     got = {}
     for impl in ("phase", "xla"):
         c.model.conv_impl = impl
