@@ -11,6 +11,7 @@ by another config: it is left in place and the run stops with CheckpointMismatch
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -39,11 +40,52 @@ REPLICA_PARALLEL_MIN_BYTES = 4 << 20
 _handler_registered = False
 
 
+class _ArrayHandler(ocp.type_handlers.ArrayHandler):
+    """Orbax's jax.Array handler, whose reads of a checkpoint, when one fails, end before the error goes on.
+
+    Orbax reads the arrays (their metadata, then their values) concurrently with asyncio.gather, which raises the
+    first error and leaves the other reads running, in an event loop of its own, which it closes as soon as that
+    error reaches it. The reads left running then printed a traceback each on stderr when they ended (TensorStore
+    calls back into the closed loop: "RuntimeError: Event loop is closed") or were garbage-collected ("Exception
+    ignored in: <coroutine object _read_array_index_and_device_put>": Orbax turns the GeneratorExit into its read
+    error, with the whole TensorStore spec): ~1,500 lines for one emptied data file. Here they are awaited while the
+    loop runs, and the error is then reported as before. Not cancelled: a cancelled read's TensorStore future still
+    calls back into the loop when the read ends, which may be after the loop is closed."""
+
+    async def metadata(self, infos):
+        return await _others_awaited_on_error(super().metadata(infos))
+
+    async def deserialize(self, infos, args=None):
+        return await _others_awaited_on_error(super().deserialize(infos, args))
+
+
+LEFTOVER_READS_SECONDS = 120.0  # at most this long: a read that hangs (a stalled filesystem) must not hold the fallback
+
+
+async def _others_awaited_on_error(coro):
+    """`coro`'s result; when it raises, the tasks started while it ran (the other reads) are awaited first, for at
+    most LEFTOVER_READS_SECONDS (then the error goes on, and those still running may print their tracebacks)."""
+    started = asyncio.all_tasks()  # this task and those awaiting it: not to be waited for here
+    try:
+        return await coro
+    except Exception:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + LEFTOVER_READS_SECONDS
+        while others := asyncio.all_tasks() - started:  # and the tasks they start meanwhile
+            done, pending = await asyncio.wait(others, timeout=max(0.0, deadline - loop.time()))
+            for task in done:  # their errors are the failed read's company: retrieved, not logged again
+                if not task.cancelled():
+                    task.exception()
+            if pending:
+                break
+        raise
+
+
 def _register_array_handler() -> None:
     """Once per process, before the first save: Orbax's own jax.Array handler, as Orbax built it (its array metadata
-    store kept), with REPLICA_PARALLEL_MIN_BYTES. A handler someone else registered is left alone. Restores are
-    unaffected: the values and their layout on disk are the same; small arrays are stored in one chunk, not one per
-    device."""
+    store kept), with REPLICA_PARALLEL_MIN_BYTES, and a failed restore's other reads awaited (`_ArrayHandler`). A
+    handler someone else registered is left alone. Restores are unaffected: the values and their layout on disk are
+    the same; small arrays are stored in one chunk, not one per device."""
     global _handler_registered
     if _handler_registered:
         return
@@ -53,8 +95,8 @@ def _register_array_handler() -> None:
             or getattr(current, "_min_slice_bytes_for_replica_parallel", 0) is not None
             or not hasattr(current, "_array_metadata_store")):
         return  # someone's own handler or settings, or an Orbax without the option: left as they are
-    handler = ocp.type_handlers.ArrayHandler(min_slice_bytes_for_replica_parallel=REPLICA_PARALLEL_MIN_BYTES,
-                                             array_metadata_store=current._array_metadata_store)
+    handler = _ArrayHandler(min_slice_bytes_for_replica_parallel=REPLICA_PARALLEL_MIN_BYTES,
+                            array_metadata_store=current._array_metadata_store)
     with runtime.absl_errors_only():  # its 'overriding' warning: this override is the point
         ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
 
