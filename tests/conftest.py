@@ -91,3 +91,30 @@ def one_device(first_devices):
     """Tasks built in the test train on one device, as a user checks an install: for end-to-end tests whose sharded
     paths have tests of their own (8 faked devices on 2 cores cost ~2x)."""
     first_devices(1)
+
+
+@pytest.fixture(scope="session")
+def _trained_vae(tmp_path_factory):
+    """A workdir of configs/vae_mnist.py:smoke trained for 10 steps (5 per call, a record every 5, one checkpoint
+    at 10, no evaluation during training) on the 8 devices: made once per test process."""
+    from jaxgen.training import loop
+
+    c = config_module(CONFIGS / "vae_mnist.py").get_config("smoke")
+    c.unlock()
+    c.output.progress, c.output.plots, c.eval.extractors = False, False, ()
+    c.train.steps, c.train.steps_per_dispatch, c.train.log_every = 10, 5, 5
+    c.checkpoint.every, c.eval.every = 10, 0
+    workdir = tmp_path_factory.mktemp("trained_vae") / "run"
+    loop.train_and_evaluate(c, workdir)
+    return c, workdir
+
+
+@pytest.fixture
+def trained_vae(_trained_vae, tmp_path):
+    """(config, workdir): a copy of that trained workdir in this test's tmp_path, and its config (a copy too)."""
+    import shutil
+
+    c, workdir = _trained_vae
+    copy = tmp_path / "trained"
+    shutil.copytree(workdir, copy)
+    return c.copy_and_resolve_references(), copy

@@ -510,33 +510,33 @@ def test_eval_and_sample_modes_need_an_existing_workdir_and_do_not_create_one(sm
     assert not (tmp_path / "runz").exists()
 
 
-def test_sampling_on_another_device_count_needs_no_train_batch_that_divides_it(smoke_config, tmp_path,
-                                                                                first_devices):
+def test_sampling_on_another_device_count_needs_no_train_batch_that_divides_it(trained_vae, first_devices):
     """A VAE trained with train.batch_size=32 on 8 devices samples on 3: only eval.batch_size must divide there
     (train.batch_size is no batch outside training; a GAN's sizes the EMA generator's BatchNorm passes)."""
-    c = smoke_config
-    c.train.steps, c.eval.every, c.checkpoint.every = 10, 0, 10
-    loop.train_and_evaluate(c, tmp_path)
+    c, workdir = trained_vae
     first_devices(3)
     c.eval.batch_size, c.sample.num = 63, 5
-    with np.load(loop.sample_checkpoint(c, tmp_path)) as z:
+    with np.load(loop.sample_checkpoint(c, workdir)) as z:
         assert z["images"].shape == (5, 28, 28, 1) and int(z["step"]) == 10
     with pytest.raises(ValueError, match="train.batch_size=32 is not divisible by the 3 devices"):
-        loop.build_task(c, tmp_path)  # training on 3 devices
+        loop.build_task(c, workdir)  # training on 3 devices
 
 
 @pytest.mark.parametrize("config", ["vae_mnist", "gan_mnist"])
-def test_sampling_reads_the_image_shape_from_data_json_not_the_dataset(config, tmp_path, monkeypatch):
+def test_sampling_reads_the_image_shape_from_data_json_not_the_dataset(config, trained_vae, tmp_path, monkeypatch):
     """Training writes data.json (dataset, image shape, split sizes); --mode=sample builds the model from it and
     never reads the dataset (a host without it, or CelebA's 2 GB, samples all the same), with the samples it
     draws when it reads the dataset. A workdir without data.json (older runs) reads the dataset as before."""
     from jaxgen import data
 
-    c = config_module(ROOT / "configs" / f"{config}.py").get_config("smoke")
-    c.unlock()
-    c.output.progress, c.output.plots, c.eval.extractors = False, False, ()
-    c.train.steps, c.eval.every, c.checkpoint.every = 10, 0, 10
-    loop.train_and_evaluate(c, tmp_path)
+    if config == "vae_mnist":
+        c, tmp_path = trained_vae
+    else:
+        c = config_module(ROOT / "configs" / f"{config}.py").get_config("smoke")
+        c.unlock()
+        c.output.progress, c.output.plots, c.eval.extractors = False, False, ()
+        c.train.steps, c.eval.every, c.checkpoint.every = 10, 0, 10
+        loop.train_and_evaluate(c, tmp_path)
     record = json.loads((tmp_path / "data.json").read_text())
     assert record == {"dataset": "mnist_5k", "image_shape": [28, 28, 1], "examples": {"train": 4000, "test": 1000}}
     with np.load(loop.sample_checkpoint(c, tmp_path)) as z:

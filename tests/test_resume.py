@@ -513,18 +513,16 @@ def test_sigterm_outside_the_loop_raises_terminated_and_inside_it_still_stops_af
         signal.signal(signal.SIGTERM, outer)
 
 
-def test_a_resume_off_the_fused_grid_names_the_values_that_fit_and_leaves_config_json(smoke_config, tmp_path):
+def test_a_resume_off_the_fused_grid_names_the_values_that_fit_and_leaves_config_json(trained_vae):
     """A checkpoint at step 10 cannot continue with 4 steps per call: the error names the steps_per_dispatch
     values that divide the step and every interval (1, 2), and the refused config is not saved over config.json."""
-    c = smoke_config
-    c.train.steps, c.train.steps_per_dispatch, c.train.log_every, c.checkpoint.every, c.eval.every = 10, 5, 5, 10, 0
-    loop.train_and_evaluate(c, tmp_path)
-    saved = (tmp_path / "config.json").read_text()
+    c, workdir = trained_vae
+    saved = (workdir / "config.json").read_text()
     c.train.steps, c.train.steps_per_dispatch, c.train.log_every, c.checkpoint.every = 40, 4, 4, 8
     with pytest.raises(ValueError, match=r"the checkpoint at step 10 is not on the grid of train.steps_per_dispatch="
                                          r"4 .* \(1, 2\), e.g. --config.train.steps_per_dispatch=2$"):
-        loop.train_and_evaluate(c, tmp_path)
-    assert (tmp_path / "config.json").read_text() == saved and not (tmp_path / "config_history.jsonl").exists()
+        loop.train_and_evaluate(c, workdir)
+    assert (workdir / "config.json").read_text() == saved and not (workdir / "config_history.jsonl").exists()
 
 
 def test_a_signal_ignored_on_purpose_stays_ignored():
