@@ -76,9 +76,14 @@ def run(FLAGS: flags.FlagValues, argv: list[str]) -> None:  # noqa: N803 (launch
             raise
         what = "SIGTERM" if isinstance(e, stopping.Terminated) else "Ctrl-C"
         if FLAGS.mode == "train":
-            where = "outside the training loop" + (", or pressed twice" if what == "Ctrl-C" else "")
-            message = (f"Stopped by {what} at once ({where}): the step reached is not checkpointed, those written "
-                       f"before stay; the same command resumes from the newest")
+            import jax  # noqa: PLC0415 (started by now)
+
+            # One process: the loop's first signal checkpoints and stops (RunStopped); this is one outside the loop
+            # or a second one. Several: the loop takes no Ctrl-C (one process cannot checkpoint alone).
+            where = "" if jax.process_count() > 1 and what == "Ctrl-C" else (
+                f" (outside the training loop, or {'pressed' if what == 'Ctrl-C' else 'sent'} twice)")
+            message = (f"Stopped by {what} at once{where}: the checkpoints written so far stay, and the same command "
+                       f"resumes from the newest")
         else:
             message = f"Stopped by {what} during --mode={FLAGS.mode}; the same command runs it again"
         sys.stderr.write(message + (f" (where it stopped: {log_file})" if log_file else "") + "\n")

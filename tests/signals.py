@@ -12,8 +12,8 @@ def signal_at_call(build, call: int, signum: int = signal.SIGTERM, times: int = 
     """A `loop.build_task` whose tasks' compiled train function sends this process `signum` (`times` times) just
     before its call number `call` (counted from 1): on every process, or only on process `process`."""
 
-    def build_task(config, workdir):
-        task = build(config, workdir)
+    def build_task(config, workdir, **kwargs):
+        task = build(config, workdir, **kwargs)
         compile_train, calls = task.compile_train, []
 
         def compiled():

@@ -306,6 +306,19 @@ def test_gan_outputs_land_in_the_workdir(tmp_path):
     with np.load(tmp_path / "images" / "fixed_noise_history.npz") as h:
         assert list(h["steps"]) == [10, 20] and np.abs(h["images"][-1] - row).max() <= 1
     c.output.num_samples = 16
+    # A workdir whose history has rows of 4 (trained with output.num_samples=4 before rows kept 8 columns): the
+    # next row appends, the old ones padded on the right.
+    from jaxgen.reporting import images
+
+    path = tmp_path / "images" / "fixed_noise_history.npz"
+    with np.load(path) as h:
+        narrow = h["images"][:, :4]
+    np.savez(path, images=narrow, steps=np.asarray([10, 20]))
+    images.append_history(path, 30, np.zeros((8, 28, 28, 1), np.float32))
+    with np.load(path) as h:
+        assert h["images"].shape == (3, 8, 28, 28, 1) and list(h["steps"]) == [10, 20, 30]
+        np.testing.assert_array_equal(h["images"][:2, :4], narrow)
+        assert not h["images"][:2, 4:].any()
     # Sample quality on the classifier's features, with what stands beside the numbers; the best checkpoint.
     q = final["sample_quality"]["classifier"]
     assert q["num_samples"] == 64 and q["num_reference"] == 1000 and q["reference"] == "mnist_5k test"

@@ -334,3 +334,23 @@ def test_a_resolution_the_gan_lacks_is_refused_before_the_folder_is_decoded(tmp_
     monkeypatch.setattr(imf, "decode_all", lambda *a, **k: pytest.fail("decoded before the resolution check"))
     with pytest.raises(ValueError, match="dcgan supports resolutions 28, 32, 64; got 48x48"):
         loop.build_task(c, tmp_path / "run")
+
+
+def test_an_interruption_while_decoding_cancels_the_queued_chunks():
+    """Ctrl-C (or launch.py's SIGTERM) during a decode: the chunks not yet started are cancelled, so the run stops
+    once those under way end (the executor's own exit would decode the whole folder first)."""
+    import time
+
+    ran = []
+
+    def work(i):
+        time.sleep(0.05)
+        ran.append(i)
+
+    t = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt), imf.thread_pool() as pool:
+        for i, _ in enumerate(pool.map(work, range(400))):
+            if i == 1:
+                raise KeyboardInterrupt
+    time.sleep(0.3)  # the chunks under way end
+    assert len(ran) < 40 and time.perf_counter() - t < 5

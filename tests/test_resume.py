@@ -202,18 +202,19 @@ def test_a_checkpoint_that_reads_but_fails_its_fingerprint_is_moved_aside(smoke_
     assert int(restored["step"]) == 20 and "fingerprint/metadata): its arrays are not verified" in caplog.text
 
 
-@pytest.mark.parametrize("stage", ["metadata", "deserialize", "hangs"])
+@pytest.mark.parametrize("stage", ["metadata", "deserialize", "hangs", "interrupted"])
 def test_a_failed_read_lets_the_others_end_before_it_is_reported(smoke_config, tmp_path, caplog, monkeypatch, stage):
     """Orbax raises the first read of a checkpoint that fails at once, and closes its event loop: the reads of the
     other arrays still running printed a traceback each on stderr when they ended or were garbage-collected
     (hundreds of lines for one emptied file). They end first; the error is reported as before. One that hangs (a
-    stalled filesystem) is waited for only checkpoint.LEFTOVER_READS_SECONDS: the fallback goes on."""
+    stalled filesystem) is waited for only checkpoint.LEFTOVER_READS_SECONDS: the fallback goes on. A SIGTERM
+    that lands in one (launch.py's Terminated, which asyncio keeps in the task) stops the run."""
     import time
 
     target, _ = _two_checkpoints(smoke_config, tmp_path)
     assert isinstance(checkpoint.ocp.type_handlers.get_type_handler(jax.Array), checkpoint._ArrayHandler)
     orbax_handler = checkpoint.ocp.type_handlers.ArrayHandler
-    method = "deserialize" if stage == "hangs" else stage
+    method = stage if stage in ("metadata", "deserialize") else "deserialize"
     read, others = getattr(orbax_handler, method), []
     if stage == "hangs":
         monkeypatch.setattr(checkpoint, "LEFTOVER_READS_SECONDS", 0.5)
@@ -221,12 +222,21 @@ def test_a_failed_read_lets_the_others_end_before_it_is_reported(smoke_config, t
     async def fails_at_step_20(self, infos, *args):
         if infos[0].parent_dir.parent.name != "20":
             return await read(self, infos, *args)
-        # another array's read, still running (or hanging)
-        others.append(asyncio.ensure_future(asyncio.sleep(60 if stage == "hangs" else 0.2)))
+        async def other():  # another array's read, still running (or hanging, or interrupted)
+            await asyncio.sleep(60 if stage == "hangs" else 0.2)
+            if stage == "interrupted":
+                raise stopping.Terminated()
+
+        others.append(asyncio.ensure_future(other()))
         await asyncio.sleep(0)
         raise ValueError("a broken file")
 
     monkeypatch.setattr(orbax_handler, method, fails_at_step_20)
+    if stage == "interrupted":
+        with pytest.raises(stopping.Terminated):
+            checkpoint.restore_newest(tmp_path, smoke_config.checkpoint, target)
+        assert (tmp_path / "checkpoints" / "20").is_dir()  # not taken for a broken checkpoint
+        return
     t = time.perf_counter()
     with caplog.at_level(logging.ERROR):
         mgr, restored = checkpoint.restore_newest(tmp_path, smoke_config.checkpoint, target)
@@ -485,9 +495,10 @@ def test_ctrl_c_stops_like_sigterm_and_a_second_ctrl_c_at_once(smoke_config, tmp
 
 def test_sigterm_outside_the_loop_raises_terminated_and_inside_it_still_stops_after_the_call(smoke_config, tmp_path,
                                                                                             monkeypatch):
-    """launch.py runs under stopping.sigterm_raises: a SIGTERM while data loads, a step compiles or the final
-    evaluation runs raises Terminated (a BaseException: no error handler takes it for a broken checkpoint), and a
-    second one has the default again; the training loop takes SIGTERM over for its duration and gives it back."""
+    """launch.py runs under stopping.sigterm_raises: a SIGTERM outside the training loop (data loading, compiling,
+    the final evaluation) raises Terminated, a BaseException that no error handler takes for a broken checkpoint
+    (here sent with nothing else running; launch.py's test sends one during --mode=eval), and a second one has the
+    default again; the training loop takes SIGTERM over for its duration and gives it back."""
     import os
     import signal
     import time

@@ -66,6 +66,20 @@ def num_workers() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
+@contextlib.contextmanager
+def thread_pool():
+    """A pool of num_workers() decode threads. When the block raises (an error, or an interruption: Ctrl-C, or
+    launch.py's SIGTERM), the work still queued is cancelled instead of done first, so the run stops once the
+    chunks under way end, not after the whole dataset is decoded."""
+    pool = concurrent.futures.ThreadPoolExecutor(num_workers())
+    try:
+        yield pool
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
+
+
 def crop_box(height: int, width: int, crop: int) -> tuple[int, int, int, int]:
     """The centred square (left, top, right, bottom) of side `crop`; 0, or a crop larger than the image, gives the
     largest centred square (the crop is clamped to the shorter side; callers count and report that)."""
@@ -242,7 +256,7 @@ def decode_all(folder: Path, files: list[str], resolution: int, crop: int) -> tu
 
     wrong = []
     starts = range(first + 1, n, CHUNK)
-    with (concurrent.futures.ThreadPoolExecutor(num_workers()) as pool,
+    with (thread_pool() as pool,
           tqdm(total=n, initial=first + 1, unit="img", desc=f"decoding {folder.name}", mininterval=1.0,
                disable=n < PROGRESS_MIN_FILES) as bar):
         for start, (errs, c, w) in zip(starts, pool.map(work, starts)):

@@ -8,7 +8,6 @@ once with a message that says how to provide it.
 
 from __future__ import annotations
 
-import concurrent.futures
 import logging
 import socket
 from collections.abc import Callable
@@ -18,7 +17,7 @@ import numpy as np
 
 from jaxgen import parallel, runtime
 from jaxgen.data import image_folder
-from jaxgen.data.image_folder import CHUNK, PROGRESS_MIN_FILES, crop_and_resize, data_dir, num_workers, write_npz
+from jaxgen.data.image_folder import CHUNK, PROGRESS_MIN_FILES, crop_and_resize, data_dir, write_npz
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +110,7 @@ def _read_split(source, image_fn: Callable | None, label_key: str | None, desc: 
 
     starts = range(0, n, CHUNK)
     images, labels = [], []
-    with (concurrent.futures.ThreadPoolExecutor(num_workers()) as pool,
+    with (image_folder.thread_pool() as pool,
           tqdm(total=n, unit="img", desc=desc, mininterval=1.0, disable=n < PROGRESS_MIN_FILES) as bar):
         for start, (im, lb) in zip(starts, pool.map(read, starts)):
             images.append(im)

@@ -48,7 +48,11 @@ def append_history(path: Path, step: int, samples: np.ndarray) -> None:
     if path.exists():
         with np.load(path) as h:
             keep = h["steps"] < step
-            row = np.concatenate([h["images"][keep], row])
+            old = h["images"][keep]
+            if old.shape[1] < row.shape[1]:  # rows of fewer columns (an earlier, smaller output.num_samples): the
+                # same first latents, so they stay aligned; padded with black on the right
+                old = np.pad(old, [(0, 0), (0, row.shape[1] - old.shape[1])] + [(0, 0)] * (old.ndim - 2))
+            row = np.concatenate([old, row]) if len(old) else row
             steps = np.concatenate([h["steps"][keep], steps])
     atomic.write_npz(path, images=row, steps=steps)
 

@@ -74,8 +74,9 @@ async def _others_awaited_on_error(coro):
         while others := asyncio.all_tasks() - started:  # and the tasks they start meanwhile
             done, pending = await asyncio.wait(others, timeout=max(0.0, deadline - loop.time()))
             for task in done:  # their errors are the failed read's company: retrieved, not logged again
-                if not task.cancelled():
-                    task.exception()
+                error = None if task.cancelled() else task.exception()
+                if error is not None and not isinstance(error, Exception):  # an interruption (launch.py's SIGTERM)
+                    raise error from None  # asyncio kept it in the task: it stops the run, no read error
             if pending:
                 break
         raise

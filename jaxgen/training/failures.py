@@ -22,9 +22,10 @@ def _chain(error: BaseException | None):
         error = error.__cause__ or error.__context__
 
 
-def _again(mode: str) -> str:
-    return ("run the same command: it resumes from the newest checkpoint written whole" if mode == "train"
-            else "run the same command again")
+def _again(mode: str, changed: bool = False) -> str:
+    command = "the same command" + (" with that change" if changed else "")
+    return (f"run {command}: it resumes from the newest checkpoint written whole" if mode == "train"
+            else f"run {command} again")
 
 
 def disk_full(error: BaseException, mode: str = "train") -> str | None:
@@ -49,22 +50,31 @@ def disk_full(error: BaseException, mode: str = "train") -> str | None:
 
 
 def out_of_memory(error: BaseException, config, mode: str = "train") -> str | None:
-    """The message for an accelerator's allocation failure anywhere in the error's chain, naming the sizes to lower
-    with their values in `config`. None for any other error."""
+    """The message for an accelerator's allocation failure anywhere in the error's chain, naming the sizes the mode
+    uses that can be lowered, with their values in `config`. None for any other error."""
     for e in _chain(error):
         text = str(e)
         if _OOM.search(text):
             xla = next(line.strip() for line in text.splitlines() if "RESOURCE_EXHAUSTED" in line)
-            t, ev = config.train, config.eval
-            sizes = [f"train.batch_size (now {t.batch_size})", f"eval.batch_size for the evaluations (now "
-                     f"{ev.batch_size})"]
-            if config.task == "vae":
+            t, ev, vae = config.train, config.eval, config.task == "vae"
+            sizes = []
+            if mode == "train":
+                sizes.append(f"train.batch_size (now {t.batch_size})")
+            if mode != "sample" or not vae:
+                sizes.append(f"eval.batch_size{' for the evaluations' if mode == 'train' else ''} (now "
+                             f"{ev.batch_size})")
+            else:
+                sizes.append(f"eval.batch_size (now {ev.batch_size}: the sampling batch)")
+            if vae and mode != "sample":
                 sizes.append(f"eval.nll_chunk (now {ev.nll_chunk}; eval.batch_size * nll_chunk decodes at once)")
-            if t.steps_per_dispatch > 1:
+            if mode == "train" and t.steps_per_dispatch > 1:
                 sizes.append(f"train.steps_per_dispatch (now {t.steps_per_dispatch})")
-            if config.task == "gan" and config.model.dtype == "float32":
+            if not vae and mode != "train" and t.ema_half_life > 0:
+                sizes.append(f"train.batch_size (now {t.batch_size}: the passes that re-estimate the EMA "
+                             f"generator's statistics)")
+            if not vae and config.model.dtype == "float32":
                 sizes.append("the compute precision (--config.model.dtype=bfloat16)")
             return (f"The accelerator ran out of memory ({xla[:300]}). Lower {', '.join(sizes)}, or the model's "
                     f"widths; memory held by another process on the device, or JAX's preallocation "
-                    f"(XLA_PYTHON_CLIENT_MEM_FRACTION), also limits what this run gets. Then {_again(mode)}")
+                    f"(XLA_PYTHON_CLIENT_MEM_FRACTION), also limits what this run gets. Then {_again(mode, True)}")
     return None

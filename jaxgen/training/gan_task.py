@@ -40,10 +40,9 @@ class GANTask:
         self.config, self.workdir = c, workdir
         self.mesh = parallel.make_mesh()
         self.g_batch = config_lib.g_batch_size(c)
-        # Outside training (--mode=eval/sample) train.batch_size sizes only the batches that re-estimate the EMA
-        # generator's BatchNorm statistics (sampling_g).
-        standing = c.train.ema_half_life > 0 and (c.model.g_norm == "batch" or ":" in c.model.name)
-        parallel.check_batches(self.mesh, {"train.batch_size": c.train.batch_size if training or standing else 0,
+        # Outside training (--mode=eval/sample) train.batch_size sizes only the passes that re-estimate the EMA
+        # generator's statistics (sampling_g), checked once the state's shapes show them (below).
+        parallel.check_batches(self.mesh, {"train.batch_size": c.train.batch_size if training else 0,
                                            "eval.batch_size": c.eval.batch_size,
                                            "train.g_batch_size": self.g_batch if training else 0})
         self.loss_fn = gan_obj.get_loss(c.loss.name, c.loss)
@@ -74,6 +73,8 @@ class GANTask:
         shapes = jax.eval_shape(self.create)
         gan_models.check_pair(c.model.name, self.generator, self.discriminator, shapes["g"], shapes["d"],
                               self.image_shape)
+        if not training and "ema_g" in shapes and "batch_stats" in shapes["g"]:  # BatchNorm, spectral norm's vectors
+            parallel.check_batches(self.mesh, {"train.batch_size": c.train.batch_size})
 
     def _check_sizes(self, training: bool) -> None:
         """Every size the data cannot fill, at once (a small image folder may need several changes)."""

@@ -40,14 +40,17 @@ log = logging.getLogger("jaxgen")
 
 class Task(Protocol):
     """What the loop needs of a task (jaxgen.training.vae_task.VAETask, gan_task.GANTask): built once from a config
-    by `Task(config, workdir)`, it owns the data, the models, the compiled train function and the evaluation."""
+    by `Task(config, workdir, training=True, image_shape=None)` (build_task), it owns the data, the models, the
+    compiled train function and the evaluation. Built with an image_shape (--mode=sample) it reads no data: train,
+    validation and test are None."""
 
     config: Any
     workdir: Path
     mesh: jax.sharding.Mesh
-    train: data_lib.ImageData
+    image_shape: tuple[int, int, int]
+    train: data_lib.ImageData | None
     validation: data_lib.ImageData | None  # held out of train by data.validation_examples, or None
-    test: data_lib.ImageData
+    test: data_lib.ImageData | None
     headline: tuple[str, ...]  # metrics shown on the progress bar
     not_final: tuple[str, ...]  # eval metrics measured another way at the final eval (not compared for the best)
 
@@ -496,9 +499,9 @@ def _restore_for(config, workdir, mode: str):
         "filesystem all hosts share.")
     if present:  # else no log file and no checkpoint manager's directory are made there
         wd.setup_logging(workdir, mode)
-        wd.warn_config_drift(config, workdir, mode)
-        _log_determinism(config)
         shape = wd.trained_image_shape(workdir) if mode == "sample" else None
+        wd.warn_config_drift(config, workdir, mode, data_read=shape is None)
+        _log_determinism(config)
         if shape is not None:
             log.info("--mode=sample: the model for the images the run trained on, %s (data.json); the dataset is "
                      "not read", shape)
@@ -530,7 +533,11 @@ def evaluate_checkpoint(config, workdir) -> dict:
     if config.eval.checkpoint == "best":
         return _evaluate_checkpoint(config, wd.prepare(workdir, create=False))
     workdir = wd.prepare(workdir, create=False)
-    if not (workdir / "checkpoints").is_dir():  # nothing to evaluate (the error says so): no lock file left behind
+    present = (workdir / "checkpoints").is_dir()
+    parallel.check_same_on_every_process(  # every process takes the same branch: both are collectives
+        f"whether {workdir / 'checkpoints'} exists", [int(present)], "Every process must see the same --workdir: "
+        "put it on a filesystem all hosts share.")
+    if not present:  # nothing to evaluate (the error says so): no lock file left behind
         return _evaluate_checkpoint(config, workdir)
     with wd.training_lock(workdir, "--mode=eval"):
         return _evaluate_checkpoint(config, workdir)
