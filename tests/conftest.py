@@ -118,3 +118,20 @@ def trained_vae(_trained_vae, tmp_path):
     copy = tmp_path / "trained"
     shutil.copytree(workdir, copy)
     return c.copy_and_resolve_references(), copy
+
+
+# The longest tests (30-100 s each on 2 cores, most of it compiling in the processes they start), started first:
+# pytest-xdist hands tests out in collection order, and one of these started last would run alone at the end.
+_LONGEST_FIRST = (
+    "tests/test_multihost.py::test_sigterm_to_one_process_stops_both_at_one_step_and_the_job_resumes",
+    "tests/test_multihost.py::test_the_documented_pod_command_trains_as_two_processes_like_one",
+    "tests/test_quality.py::test_the_inception_extractor_in_training_gives_fid_and_is_from_the_biasless_logits",
+    "tests/test_launch.py::test_launch_smoke_end_to_end_then_resume",
+    "tests/test_launch.py::test_every_config_has_a_smoke_variant_that_trains[gan_cifar10]",
+    "tests/test_resume.py::test_a_run_stopped_by_sigterm_and_resumed_equals_a_straight_run_bitwise",
+)
+
+
+def pytest_collection_modifyitems(items):
+    rank = {nodeid: i for i, nodeid in enumerate(_LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid, len(rank)))  # stable: the others keep their order
