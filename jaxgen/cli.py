@@ -93,11 +93,14 @@ def run(FLAGS: flags.FlagValues, argv: list[str]) -> None:  # noqa: N803 (launch
         from jaxgen import config as config_lib  # noqa: PLC0415
 
         # A function of the user's that read a field its config block lacks; a full disk; the accelerator's memory.
-        known = None if FLAGS.traceback else (config_lib.field_read_error(e) or failures.disk_full(e, FLAGS.mode)
+        full = None if FLAGS.traceback else failures.disk_full(e, FLAGS.mode)
+        known = None if FLAGS.traceback else (config_lib.field_read_error(e) or full
                                               or failures.out_of_memory(e, FLAGS.config, FLAGS.mode))
         if known is not None:
             sys.stderr.write(f"FATAL {known}\n(its traceback: " + (f"{log_file}, or " if log_file else "")
                              + "rerun with --traceback)\n")
+            if full is not None:  # the FATAL line stays the last: Orbax's failed writes print hundreds of lines
+                failures.quiet_stderr()  # of tracebacks while Python shuts down (their tasks are collected)
             sys.exit(1)
         if FLAGS.traceback or not workdir.raised_on_purpose(e):
             raise

@@ -333,6 +333,14 @@ def test_a_full_disk_is_named_with_where_and_what_to_do():
     assert failures.disk_full(OSError(errno.EACCES, "Permission denied", "/x")) is None
 
 
+def test_after_a_full_disks_fatal_line_stderr_is_quiet():
+    """The FATAL line stays the last: what Orbax's writer threads print while Python shuts down goes nowhere."""
+    code = ("import os, sys; from jaxgen.training import failures; sys.stderr.write('FATAL No space\\n'); "
+            "failures.quiet_stderr(); sys.stderr.write('late traceback\\n'); os.write(2, b'from a thread\\n')")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert r.returncode == 0 and r.stderr == "FATAL No space\n", r.stderr
+
+
 def test_an_error_that_cannot_be_logged_on_a_full_disk_is_not_said_to_be_in_the_log(monkeypatch, capsys):
     """log_fatal on a log file whose disk is full (/dev/full): no logging traceback on stderr, and no log file
     named in the FATAL line."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import sys
 
 _FULL = {errno.ENOSPC: "No space left on the device", errno.EDQUOT: "Disk quota exceeded on the device"}
 # XLA's allocation failures (GPU, TPU): "RESOURCE_EXHAUSTED: Out of memory while trying to allocate N bytes.",
@@ -26,6 +27,16 @@ def _again(mode: str, changed: bool = False) -> str:
     command = "the same command" + (" with that change" if changed else "")
     return (f"run {command}: it resumes from the newest checkpoint written whole" if mode == "train"
             else f"run {command} again")
+
+
+def quiet_stderr() -> None:
+    """From now on this process's stderr (file descriptor 2) goes to /dev/null: after a full disk's FATAL line,
+    Orbax's writer threads and their collected asyncio tasks print hundreds of lines of tracebacks while Python
+    shuts down (their errors are that same full disk; the log file holds the first one's traceback)."""
+    sys.stderr.flush()
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
 
 
 def disk_full(error: BaseException, mode: str = "train") -> str | None:
