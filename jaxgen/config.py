@@ -431,14 +431,15 @@ def check(config: ml_collections.ConfigDict) -> None:
     """Cross-field checks that the types alone do not catch. Raises ValueError naming the field and the fix."""
     if config.task not in ("vae", "gan"):
         raise ValueError(f"unknown task {config.task!r}; choices: gan, vae")
-    _check_train(config)
+    base = {"vae": vae_config, "gan": gan_config}[config.task]()  # the task's defaults, built once
+    _check_train(config, base)
     _check_eval(config)
     _check_optimizers(config)
     (_check_vae if config.task == "vae" else _check_gan)(config)
-    _report_added_fields(config)
+    _report_added_fields(config, base)
 
 
-def _check_train(config: ml_collections.ConfigDict) -> None:
+def _check_train(config: ml_collections.ConfigDict, base: ml_collections.ConfigDict) -> None:
     """train.*, checkpoint.every and data.*: sizes, intervals and their multiples of train.steps_per_dispatch."""
     t = config.train
     if t.batch_size <= 0 or t.steps < 0:
@@ -478,7 +479,7 @@ def _check_train(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"data.binarize must be 'dynamic' or 'none', got {config.data.binarize!r}")
     from jaxgen import data  # noqa: PLC0415 (numpy; no TFDS)
 
-    unread = data.unread_fields(config.data, {"vae": vae_config, "gan": gan_config}[config.task]().data)
+    unread = data.unread_fields(config.data, base.data)
     if unread:
         log.warning("The dataset %r does not read %s: the run uses %s as it is%s", config.data.name,
                     "; ".join(unread), config.data.name,
@@ -555,11 +556,10 @@ USER_BLOCKS = {"objective": ("name", "likelihood"), "loss": ("name",), "reg": ("
                "data": ("name",), "optim": ("name",), "g_optim": ("name",), "d_optim": ("name",)}
 
 
-def _report_added_fields(config: ml_collections.ConfigDict) -> None:
+def _report_added_fields(config: ml_collections.ConfigDict, base: ml_collections.ConfigDict) -> None:
     """Logs the fields a config file added: a note for those a function of the user's may read (its block is handed
     to one), a warning naming the likely typo for the others, which nothing reads (`c.objective.bta = 0.5` with
     the built-in objective, `c.train.step = 10`: the run would go on with the defaults)."""
-    base = {"vae": vae_config, "gan": gan_config}[config.task]()
     added = sorted(set(_flat(config)) - set(_flat(base)))  # beyond the task's base config: a config file's own
     if not added:
         return

@@ -71,11 +71,8 @@ def out_of_memory(error: BaseException, config, mode: str = "train") -> str | No
             sizes = []
             if mode == "train":
                 sizes.append(f"train.batch_size (now {t.batch_size})")
-            if mode != "sample" or not vae:
-                sizes.append(f"eval.batch_size{' for the evaluations' if mode == 'train' else ''} (now "
-                             f"{ev.batch_size})")
-            else:
-                sizes.append(f"eval.batch_size (now {ev.batch_size}: the sampling batch)")
+            use = {"train": " for the evaluations", "sample": ": the sampling batch"}.get(mode, "")
+            sizes.append(f"eval.batch_size (now {ev.batch_size}{use})")
             if vae and mode != "sample":
                 sizes.append(f"eval.nll_chunk (now {ev.nll_chunk}; eval.batch_size * nll_chunk decodes at once)")
             if mode == "train" and t.steps_per_dispatch > 1:
