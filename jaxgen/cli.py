@@ -28,9 +28,9 @@ def parse_flags(FLAGS: flags.FlagValues, argv: list[str]) -> list[str]:  # noqa:
             cause = cause.__cause__ or cause.__context__
         block = re.search(r"flag --config\.([\w.]+)=(.*?): Failed to parse .* as a ConfigDict", str(e))
         if cause is None and block:  # --config.loss=hinge: a block given a value
-            from jaxgen import config as config_lib  # noqa: PLC0415
+            from jaxgen import config_errors  # noqa: PLC0415
 
-            message = config_lib.block_given_a_value(argv[1:], FLAGS["config"].parser.parse, *block.groups())
+            message = config_errors.block_given_a_value(argv[1:], FLAGS["config"].parser.parse, *block.groups())
             sys.stderr.write(f"FATAL Flags parsing error: {message}\n")
             sys.exit(1)
         sys.stderr.write(f"FATAL Flags parsing error: {cause}\n" if cause is not None else
@@ -45,11 +45,11 @@ def parse_flags(FLAGS: flags.FlagValues, argv: list[str]) -> list[str]:  # noqa:
                          f"to the current directory\n")
         sys.exit(1)
     except (AttributeError, KeyError):
-        from jaxgen import config as config_lib  # noqa: PLC0415
+        from jaxgen import config_errors  # noqa: PLC0415
 
         error = sys.exc_info()[1]
-        message = config_lib.config_file_error(error) or config_lib.unknown_override(argv[1:],
-                                                                                      FLAGS["config"].parser.parse)
+        message = (config_errors.config_file_error(error)
+                   or config_errors.unknown_override(argv[1:], FLAGS["config"].parser.parse))
         if message is None:
             raise
         sys.stderr.write(f"FATAL Flags parsing error: {message}\n")
@@ -62,9 +62,9 @@ def run(FLAGS: flags.FlagValues, argv: list[str]) -> None:  # noqa: N803 (launch
     from jaxgen import runtime  # noqa: PLC0415 (after flag parsing, before JAX starts)
 
     runtime.setup(distributed=FLAGS.jax_distributed, deterministic=bool(FLAGS.config.get("deterministic", False)))
-    from jaxgen.training import failures, loop, stopping, workdir  # noqa: PLC0415
+    from jaxgen.training import failures, loop, modes, stopping, workdir  # noqa: PLC0415
 
-    run = {"train": loop.train_and_evaluate, "eval": loop.evaluate_checkpoint, "sample": loop.sample_checkpoint}
+    run = {"train": loop.train_and_evaluate, "eval": modes.evaluate_checkpoint, "sample": modes.sample_checkpoint}
     try:
         with stopping.sigterm_raises():
             run[FLAGS.mode](FLAGS.config, FLAGS.workdir)
@@ -90,11 +90,11 @@ def run(FLAGS: flags.FlagValues, argv: list[str]) -> None:  # noqa: N803 (launch
         sys.exit(128 + (stopping.Terminated.signum if what == "SIGTERM" else signal.SIGINT))
     except Exception as e:
         log_file = workdir.log_fatal(e)  # into log.txt too, not only on stderr
-        from jaxgen import config as config_lib  # noqa: PLC0415
+        from jaxgen import config_errors  # noqa: PLC0415
 
         # A function of the user's that read a field its config block lacks; a full disk; the accelerator's memory.
         full = None if FLAGS.traceback else failures.disk_full(e, FLAGS.mode)
-        known = None if FLAGS.traceback else (config_lib.field_read_error(e) or full
+        known = None if FLAGS.traceback else (config_errors.field_read_error(e) or full
                                               or failures.out_of_memory(e, FLAGS.config, FLAGS.mode))
         if known is not None:
             sys.stderr.write(f"FATAL {known}\n(its traceback: " + (f"{log_file}, or " if log_file else "")

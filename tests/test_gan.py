@@ -15,7 +15,7 @@ from jaxgen.evaluation import quality
 from jaxgen.models import gan as gan_models
 from jaxgen.objectives import gan as gan_obj
 from jaxgen.reporting import writer
-from jaxgen.training import gan_step, loop, optim
+from jaxgen.training import gan_step, loop, modes, optim
 from jaxgen.training import state as state_lib
 from tests.conftest import CONFIGS, config_module
 
@@ -297,12 +297,12 @@ def test_gan_outputs_land_in_the_workdir(tmp_path):
     out = tmp_path / "images"
     assert (out / "samples_0000020.png").read_bytes() == (out / "samples.png").read_bytes()
     assert set(quality.TASK_METRICS["gan"]) <= set(final)  # what checkpoint.best_metric may name
-    again = loop.evaluate_checkpoint(c, tmp_path)  # --mode=eval on the finished run gives the same numbers
+    again = modes.evaluate_checkpoint(c, tmp_path)  # --mode=eval on the finished run gives the same numbers
     np.testing.assert_allclose([again["d_real"], again["d_fake"]], [final["d_real"], final["d_fake"]], rtol=1e-5)
     with np.load(tmp_path / "images" / "fixed_noise_history.npz") as h:
         row = h["images"][-1].astype(int)
     c.output.num_samples = 4  # fewer than the history's 8 columns (--mode=eval may change output.*): the same row
-    loop.evaluate_checkpoint(c, tmp_path)
+    modes.evaluate_checkpoint(c, tmp_path)
     with np.load(tmp_path / "images" / "fixed_noise_history.npz") as h:
         assert list(h["steps"]) == [10, 20] and np.abs(h["images"][-1] - row).max() <= 1
     c.output.num_samples = 16
@@ -335,7 +335,7 @@ def test_gan_outputs_land_in_the_workdir(tmp_path):
     assert min(r["classifier/fid"] for r in evals) == pytest.approx(best["value"], rel=1e-6)
     c.eval.checkpoint = "best"  # --mode=eval on the best checkpoint: eval_best.json; eval.json, metrics untouched
     history = (tmp_path / "metrics.jsonl").read_text()
-    loop.evaluate_checkpoint(c, tmp_path)
+    modes.evaluate_checkpoint(c, tmp_path)
     evb = json.loads((tmp_path / "eval_best.json").read_text())
     assert evb["step"] == best["step"]
     assert evb["selected_by"].startswith(f"the lowest classifier/fid ({best['value']:.6g}) of the run's evaluations on "
@@ -345,17 +345,17 @@ def test_gan_outputs_land_in_the_workdir(tmp_path):
     assert (tmp_path / "metrics.jsonl").read_text() == history
     c.eval.checkpoint = "newest"
     # --mode=sample: N samples as a uint8 .npz and PNG grids.
-    path = loop.sample_checkpoint(c, tmp_path)
+    path = modes.sample_checkpoint(c, tmp_path)
     with np.load(path) as z:
         assert z["images"].shape == (32, 28, 28, 1) and z["images"].dtype == np.uint8 and int(z["step"]) == 20
     assert sorted(p.name for p in (tmp_path / "samples").glob("*.png")) == ["step_0000020_000.png",
                                                                              "step_0000020_001.png"]
     c.sample.num = 16  # again with fewer: the earlier call's grids of that step are gone
-    loop.sample_checkpoint(c, tmp_path)
+    modes.sample_checkpoint(c, tmp_path)
     assert sorted(p.name for p in (tmp_path / "samples").glob("*.png")) == ["step_0000020_000.png"]
     # --mode=eval with train.ema_half_life=0 evaluates the raw G of a run that keeps an EMA (train.* may differ).
     c.train.ema_half_life = 0.0
-    raw = loop.evaluate_checkpoint(c, tmp_path)
+    raw = modes.evaluate_checkpoint(c, tmp_path)
     assert json.loads((tmp_path / "eval.json").read_text())["params"] == "raw" and raw["d_fake"] != again["d_fake"]
     # --mode=eval and --mode=sample log into files of their own (they may run beside a training run).
     assert (tmp_path / "log.txt").read_text() == train_log

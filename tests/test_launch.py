@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from jaxgen.reporting.writer import read
-from jaxgen.training import loop
+from jaxgen.training import loop, modes
 from tests.conftest import TEST_XLA_FLAGS, config_module
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -232,14 +232,14 @@ def test_fields_a_config_file_adds_are_listed_and_those_nothing_reads_warned_abo
 def test_a_function_reading_a_field_its_block_lacks_is_named_with_the_fix():
     import ml_collections
 
-    from jaxgen import config as config_lib
+    from jaxgen import config_errors
 
     def my_loss(cfg):
         return cfg.margin * 2
 
     with pytest.raises(AttributeError) as e:
         my_loss(ml_collections.FrozenConfigDict({"name": "x", "weight": 1.0}))
-    message = config_lib.field_read_error(e.value)
+    message = config_errors.field_read_error(e.value)
     assert message.startswith(f"{__file__}:")
     assert ("(return cfg.margin * 2) reads the config field 'margin', which its block lacks (its fields: name, "
             "weight); a field of your own is added to the block in a config file") in message
@@ -420,7 +420,7 @@ def test_a_config_file_that_reads_a_missing_field_names_the_line_and_the_fields(
     """As for a field it sets (above), in process: launch.py prints config_file_error's message as one FATAL line."""
     import importlib.util
 
-    from jaxgen import config as config_lib
+    from jaxgen import config_errors
 
     cfg = tmp_path / "my_config.py"
     cfg.write_text("from jaxgen.config import vae_config\n\n\ndef get_config(variant=''):\n    c = vae_config()\n"
@@ -430,11 +430,11 @@ def test_a_config_file_that_reads_a_missing_field_names_the_line_and_the_fields(
     spec.loader.exec_module(module)
     with pytest.raises((AttributeError, KeyError)) as e:
         module.get_config()
-    assert config_lib.config_file_error(e.value).startswith(f"{cfg}:6 ({line}): the config has no field {message}")
+    assert config_errors.config_file_error(e.value).startswith(f"{cfg}:6 ({line}): the config has no field {message}")
     # Any other AttributeError or KeyError is not taken for a config mistake.
     with pytest.raises(KeyError) as e:
         {}["x"]
-    assert config_lib.config_file_error(e.value) is None
+    assert config_errors.config_file_error(e.value) is None
 
 
 def test_unknown_variant_lists_the_choices():
@@ -534,7 +534,7 @@ def test_unwritable_workdir_is_a_clear_error(smoke_config, tmp_path):
 
 
 def test_eval_and_sample_modes_need_an_existing_workdir_and_do_not_create_one(smoke_config, tmp_path):
-    for fn in (loop.evaluate_checkpoint, loop.sample_checkpoint):
+    for fn in (modes.evaluate_checkpoint, modes.sample_checkpoint):
         with pytest.raises(loop.wd.WorkdirError, match="runz does not exist; this mode reads a trained workdir"):
             fn(smoke_config, tmp_path / "runz")
     assert not (tmp_path / "runz").exists()
@@ -546,7 +546,7 @@ def test_sampling_on_another_device_count_needs_no_train_batch_that_divides_it(t
     c, workdir = trained_vae
     first_devices(3)
     c.eval.batch_size, c.sample.num = 63, 5
-    with np.load(loop.sample_checkpoint(c, workdir)) as z:
+    with np.load(modes.sample_checkpoint(c, workdir)) as z:
         assert z["images"].shape == (5, 28, 28, 1) and int(z["step"]) == 10
     with pytest.raises(ValueError, match="train.batch_size=32 is not divisible by the 3 devices"):
         loop.build_task(c, workdir)  # training on 3 devices
@@ -569,16 +569,16 @@ def test_sampling_reads_the_image_shape_from_data_json_not_the_dataset(config, t
         loop.train_and_evaluate(c, tmp_path)
     record = json.loads((tmp_path / "data.json").read_text())
     assert record == {"dataset": "mnist_5k", "image_shape": [28, 28, 1], "examples": {"train": 4000, "test": 1000}}
-    with np.load(loop.sample_checkpoint(c, tmp_path)) as z:
+    with np.load(modes.sample_checkpoint(c, tmp_path)) as z:
         with_data = z["images"]
     monkeypatch.setattr(data, "load", lambda *a: pytest.fail("--mode=sample read the dataset"))
-    with np.load(loop.sample_checkpoint(c, tmp_path)) as z:
+    with np.load(modes.sample_checkpoint(c, tmp_path)) as z:
         np.testing.assert_array_equal(z["images"], with_data)
     assert ("--mode=sample: the model for the images the run trained on, (28, 28, 1) (data.json)"
             in (tmp_path / "log_sample.txt").read_text())
     (tmp_path / "data.json").unlink()
     with pytest.raises(pytest.fail.Exception, match="read the dataset"):
-        loop.sample_checkpoint(c, tmp_path)
+        modes.sample_checkpoint(c, tmp_path)
 
 
 def test_a_second_training_run_on_a_workdir_in_use_stops_at_once_naming_the_first(smoke_config, tmp_path):
@@ -594,7 +594,7 @@ def test_a_second_training_run_on_a_workdir_in_use_stops_at_once_naming_the_firs
             loop.train_and_evaluate(smoke_config, tmp_path)
         with pytest.raises(loop.wd.WorkdirError, match=r"is in use \(training run: .*--mode=sample, and --mode=eval "
                                                        r"with --config.eval.checkpoint=best, may run beside"):
-            loop.evaluate_checkpoint(smoke_config, tmp_path)
+            modes.evaluate_checkpoint(smoke_config, tmp_path)
         assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints", "train.lock"]
     with loop.wd.training_lock(tmp_path):  # released: free again
         pass
@@ -660,17 +660,17 @@ def test_eval_modes_warn_only_about_fields_that_change_the_model_or_its_numbers(
 
 def test_eval_mode_without_a_checkpoint_says_train_first(smoke_config, tmp_path):
     with pytest.raises(FileNotFoundError, match="no readable checkpoint .* train first"):
-        loop.evaluate_checkpoint(smoke_config, tmp_path)
+        modes.evaluate_checkpoint(smoke_config, tmp_path)
     with pytest.raises(FileNotFoundError, match="no readable checkpoint .* train first"):
-        loop.sample_checkpoint(smoke_config, tmp_path)
+        modes.sample_checkpoint(smoke_config, tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing written into it, not even a lock file
     smoke_config.eval.checkpoint = "best"
     with pytest.raises(FileNotFoundError, match=r"best; the best checkpoint by elbo is kept at the run's evaluations "
                                                 r"\(every eval.every=10 steps, and at the last step\); none has been"):
-        loop.evaluate_checkpoint(smoke_config, tmp_path)
+        modes.evaluate_checkpoint(smoke_config, tmp_path)
     smoke_config.eval.checkpoint = "bset"  # the config's own error, not "no checkpoint in .../best"
     with pytest.raises(ValueError, match="eval.checkpoint must be 'newest' or 'best', got 'bset'"):
-        loop.sample_checkpoint(smoke_config, tmp_path)
+        modes.sample_checkpoint(smoke_config, tmp_path)
 
 
 @pytest.mark.parametrize("fields,warning", [

@@ -88,15 +88,15 @@ def test_a_run_with_config_deterministic_warns_when_xla_flags_lacks_the_flag(mon
     caplog.set_level("INFO", logger="jaxgen")
     c = ml_collections.ConfigDict({"deterministic": True})
     monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
-    loop._log_determinism(c)
+    loop.log_determinism(c)
     assert "config.deterministic is set but XLA_FLAGS lacks --xla_gpu_deterministic_ops=true" in caplog.text
     assert "jaxgen.runtime.setup(deterministic=True)" in caplog.text
     caplog.clear()
     monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8 --xla_gpu_deterministic_ops=true")
-    loop._log_determinism(c)
+    loop.log_determinism(c)
     assert "WARNING" not in caplog.text and "XLA_FLAGS has --xla_gpu_deterministic_ops=true" in caplog.text
     caplog.clear()
-    loop._log_determinism(ml_collections.ConfigDict({"deterministic": False}))
+    loop.log_determinism(ml_collections.ConfigDict({"deterministic": False}))
     assert not caplog.text
 
 

@@ -14,7 +14,7 @@ from jaxgen import data, parallel
 from jaxgen.evaluation import quality
 from jaxgen.reporting import plots
 from jaxgen.reporting.writer import read
-from jaxgen.training import checkpoint, loop
+from jaxgen.training import checkpoint, loop, modes
 from tests.conftest import CONFIGS, config_module
 
 
@@ -100,7 +100,7 @@ def test_during_training_the_validation_split_is_evaluated_and_chooses_the_best_
     c.eval.checkpoint = "best"
     for held in (96, 0):  # the override forgotten in --mode=eval: a warning about the config, the same record
         c.data.validation_examples = held
-        loop.evaluate_checkpoint(c, tmp_path)
+        modes.evaluate_checkpoint(c, tmp_path)
         record = json.loads((tmp_path / "eval_best.json").read_text())
         assert "on the 'validation' split (examples held out of 'train'" in record["selected_by"]
         assert "'test' numbers here are unbiased" in record["selected_by"] and record["step"] == best["step"]
@@ -111,7 +111,7 @@ def test_during_training_the_validation_split_is_evaluated_and_chooses_the_best_
     for f in broken.rglob("*"):
         if f.is_file():
             f.write_bytes(b"garbage")
-    with np.load(loop.sample_checkpoint(c, tmp_path)) as z:
+    with np.load(modes.sample_checkpoint(c, tmp_path)) as z:
         assert int(z["step"]) == 30
     shutil.rmtree(broken)
     sample_log = (tmp_path / "log_sample.txt").read_text()
@@ -119,7 +119,7 @@ def test_during_training_the_validation_split_is_evaluated_and_chooses_the_best_
     assert sample_log.count("Checkpoint at step 40 cannot be read") == 1
     c.model.latent_dim += 1  # another difference beside the EMA's: still the mismatch, worded for evaluating
     with pytest.raises(checkpoint.CheckpointMismatchError, match="(?s)params/.*To evaluate or sample it, give the "):
-        loop.sample_checkpoint(c, tmp_path)
+        modes.sample_checkpoint(c, tmp_path)
 
 
 def test_a_best_record_chosen_on_another_split_is_ignored(tmp_path, caplog):

@@ -1,5 +1,5 @@
-"""`train_and_evaluate(config, workdir)`: the whole run, resumable; `evaluate_checkpoint` for --mode=eval,
-`sample_checkpoint` for --mode=sample.
+"""`train_and_evaluate(config, workdir)`: the whole run, resumable (--mode=eval and --mode=sample on its
+checkpoints: jaxgen.training.modes).
 
 One driver for every task. The task (jaxgen.training.vae_task.VAETask, gan_task.GANTask, picked by
 `config.task`) builds the data, models, optimizers and compiled functions; the driver owns the order of things:
@@ -25,10 +25,8 @@ import jax
 import numpy as np
 
 from jaxgen import atomic, parallel, registry, runtime
-from jaxgen import config as config_lib
 from jaxgen import data as data_lib
 from jaxgen.evaluation import quality
-from jaxgen.reporting import images
 from jaxgen.reporting.writer import MetricWriter
 from jaxgen.reporting.writer import read as read_metrics
 from jaxgen.training import checkpoint, gan_task, vae_task
@@ -216,7 +214,7 @@ def _train_and_evaluate(config, workdir: Path) -> dict:
             f"the {split} data (shape and CRC-32 of the images)", parallel.fingerprint(arrays.image),
             "Every process must load the same dataset: point data.path / TFDS_DATA_DIR at the same files.")
     c = config
-    _log_determinism(c)
+    log_determinism(c)
     log.info("%d devices (%d processes, %d on this one: %s); global batch %d; %s", jax.device_count(),
              jax.process_count(), jax.local_device_count(), jax.local_devices()[0].device_kind, c.train.batch_size,
              task.describe())
@@ -238,8 +236,8 @@ def _train_and_evaluate(config, workdir: Path) -> dict:
     best = None
     if best_name:
         best = checkpoint.BestKeeper(workdir, best_name, quality.best_mode(c), fresh=step == 0, resume_step=step,
-                                     not_final=task.not_final, split=_best_split(task, best_name),
-                                     unnamed_split=_best_split(task, best_name, validation=False))
+                                     not_final=task.not_final, split=best_split(task, best_name),
+                                     unnamed_split=best_split(task, best_name, validation=False))
     writer = MetricWriter(workdir, resume_step=step)
     evals = _Evals(task, writer, best, sq)
     if c.eval.every and 0 < step < c.train.steps and step % c.eval.every == 0 and evals.missing(step):
@@ -263,7 +261,7 @@ def _train_and_evaluate(config, workdir: Path) -> dict:
         if task.validation is not None:  # the last step's validation numbers, for the curves and the best
             evals.during_training(state, step, images=False)
         log.info("Final evaluation of step %d", step)
-        final = _final_eval(task, state, writer, sq)
+        final = final_eval(task, state, writer, sq)
         if best is not None and task.validation is None:  # the test split's numbers choose nothing then
             best.update(state, scalars(final), final=True)
     finally:
@@ -448,7 +446,7 @@ def _check_finite(host_metrics: dict, mgr, workdir: Path, headline) -> None:
     )
 
 
-def _final_eval(task, state, writer: MetricWriter, sq, out_name: str = "eval.json", images: bool = True,
+def final_eval(task, state, writer: MetricWriter, sq, out_name: str = "eval.json", images: bool = True,
                 extra: dict | None = None) -> dict:
     t = time.perf_counter()
     final = evaluate(task, state, True, sq)
@@ -475,7 +473,7 @@ def _copy_with_step(images_dir: Path, step: int) -> None:
             atomic.write_with(images_dir / f"{png.stem}_{step:07d}.png", lambda f, data=data: f.write(data))
 
 
-def _log_determinism(config) -> None:
+def log_determinism(config) -> None:
     """With config.deterministic: says that XLA_FLAGS has XLA:GPU's flag, or warns that it lacks it (launch.py
     sets it before JAX starts; a script of the user's that calls the loop may not have)."""
     if not config.get("deterministic", False):
@@ -488,75 +486,7 @@ def _log_determinism(config) -> None:
                     "starts (launch.py does; in a script, call jaxgen.runtime.setup(deterministic=True) first)", flag)
 
 
-def _restore_for(config, workdir, mode: str):
-    """(task, state) of the checkpoint eval.checkpoint names ('newest' or 'best'), for --mode=eval/sample."""
-    workdir = wd.prepare(workdir, create=False)
-    which = config_lib.eval_checkpoint(config)  # checked before it picks the directory (the rest: build_task)
-    where = workdir / ("checkpoints" if which == "newest" else "best")
-    present = where.is_dir()
-    parallel.check_same_on_every_process(  # all processes take the same branch: the one below is collective
-        f"whether {where} exists", [int(present)], "Every process must see the same --workdir: put it on a "
-        "filesystem all hosts share.")
-    if present:  # else no log file and no checkpoint manager's directory are made there
-        wd.setup_logging(workdir, mode)
-        shape = wd.trained_image_shape(workdir) if mode == "sample" else None
-        wd.warn_config_drift(config, workdir, mode, data_read=shape is None)
-        _log_determinism(config)
-        if shape is not None:
-            log.info("--mode=sample: the model for the images the run trained on, %s (data.json); the dataset is "
-                     "not read", shape)
-        task = build_task(config, workdir, training=False, image_shape=shape)
-        mgr, state = restore(task, which)
-        mgr.close()
-    else:
-        state = None
-    if state is None:
-        if which == "newest":
-            hint = "train first (the same command without --mode)"
-        elif quality.best_metric(config):
-            when = f"every eval.every={config.eval.every} steps, and at the last step" if config.eval.every else \
-                "at the last step (eval.every=0)"
-            hint = (f"the best checkpoint by {quality.best_metric(config)} is kept at the run's evaluations "
-                    f"({when}); none has been kept yet")
-        else:
-            hint = "a best checkpoint is kept only with eval.extractors or checkpoint.best_metric set"
-        raise FileNotFoundError(f"--mode={mode}: no readable checkpoint in {where}; {hint}")
-    log.info("--mode=%s on the %s checkpoint: step %d", mode, which, int(jax.device_get(state["step"])))
-    return task, state
-
-
-def evaluate_checkpoint(config, workdir) -> dict:
-    """--mode=eval: the final evaluation of the newest checkpoint (eval.checkpoint='best': the best one) into
-    eval.json (eval_best.json), with the final images for the newest. The newest's evaluation writes the run's own
-    files (eval.json, metrics.jsonl, images), so it takes the workdir's lock, as training does; the best's writes
-    only eval_best.json and may run beside a training run."""
-    if config.eval.checkpoint == "best":
-        return _evaluate_checkpoint(config, wd.prepare(workdir, create=False))
-    workdir = wd.prepare(workdir, create=False)
-    present = (workdir / "checkpoints").is_dir()
-    parallel.check_same_on_every_process(  # every process takes the same branch: both are collectives
-        f"whether {workdir / 'checkpoints'} exists", [int(present)], "Every process must see the same --workdir: "
-        "put it on a filesystem all hosts share.")
-    if not present:  # nothing to evaluate (the error says so): no lock file left behind
-        return _evaluate_checkpoint(config, workdir)
-    with wd.training_lock(workdir, "--mode=eval"):
-        return _evaluate_checkpoint(config, workdir)
-
-
-def _evaluate_checkpoint(config, workdir: Path) -> dict:
-    task, state = _restore_for(config, workdir, "eval")
-    best = config.eval.checkpoint == "best"
-    # The best checkpoint's numbers go to eval_best.json only: metrics.jsonl is the history of the run.
-    writer = MetricWriter(task.workdir, enabled=False if best else None)
-    final = _final_eval(task, state, writer, sample_quality(task, training=False),
-                        "eval_best.json" if best else "eval.json", images=not best,
-                        extra={"selected_by": _selected_by(task, workdir)} if best else None)
-    writer.close()
-    log.info("eval of step %d: %s", int(jax.device_get(state["step"])), eval_line(task, final))
-    return final
-
-
-def _best_split(task, metric: str, validation: bool = True) -> str:
+def best_split(task, metric: str, validation: bool = True) -> str:
     """The split the best checkpoint is chosen on: that of the evaluations during training (a sample-quality
     metric, '<extractor>/fid': the split its samples are compared with). validation=False: the one it was chosen on
     without a validation split (a best.json written before records named their split)."""
@@ -564,49 +494,3 @@ def _best_split(task, metric: str, validation: bool = True) -> str:
     if validation and task.validation is not None:
         return c.eval.reference_split if "/" in metric and c.eval.reference_split else "validation"
     return (c.eval.reference_split if "/" in metric else "") or c.data.test_split
-
-
-def _selected_by(task, workdir: Path) -> str:
-    """How eval_best.json's checkpoint was chosen, for the record beside its numbers (on the test split)."""
-    c = task.config
-    try:
-        kept = json.loads((workdir / "best" / "best.json").read_text())
-        metric = kept["metric"]
-        how = f"{'lowest' if kept['mode'] == 'min' else 'highest'} {metric} ({kept['value']:.6g})"
-        split = kept.get("split") or _best_split(task, metric, validation=False)
-    except (OSError, ValueError, KeyError, TypeError):
-        how, split = "best checkpoint.best_metric", _best_split(task, quality.best_metric(c) or "")
-    chosen = f"the {how} of the run's evaluations on the {split!r} split"
-    if split == "validation":
-        return (f"{chosen} (examples held out of {c.data.train_split!r} by data.validation_examples, not trained "
-                f"on): the {c.data.test_split!r} numbers here are unbiased")
-    if split == c.data.test_split:
-        return (f"{chosen}: an optimistic estimate of that split's numbers; hold out a validation split "
-                f"(data.validation_examples) for unbiased ones")
-    return chosen
-
-
-def sample_checkpoint(config, workdir) -> Path:
-    """--mode=sample: sample.num samples of the newest checkpoint (eval.checkpoint='best': the best one; EMA
-    weights where kept) as <workdir>/samples/step_<step>.npz (uint8 images [N, H, W, C]) and PNG grids of
-    sample.per_grid images, replacing an earlier call's for that step."""
-    task, state = _restore_for(config, workdir, "sample")
-    workdir = task.workdir
-    step = int(jax.device_get(state["step"]))
-    samples = task.samples(state, config.sample.num)
-    out = workdir / "samples"
-    path = out / f"step_{step:07d}.npz"
-    if jax.process_index() == 0:
-        out.mkdir(exist_ok=True)
-        atomic.write_npz(path, images=samples, step=step)
-        for old in out.glob(f"step_{step:07d}_*.png"):  # an earlier call's grids, maybe more of them
-            if re.fullmatch(rf"step_{step:07d}_\d{{3,}}\.png", old.name):
-                old.unlink()
-        per = config.sample.per_grid
-        for i in range(0, len(samples), per):
-            images.save_png(out / f"step_{step:07d}_{i // per:03d}.png", samples[i : i + per] / np.float32(255),
-                            scale=1)
-    grids = -(-len(samples) // config.sample.per_grid)
-    log.info("Wrote %d sample%s of step %d to %s (and %d PNG grid%s)", len(samples), "s"[: len(samples) != 1], step,
-             path, grids, "s"[: grids != 1])
-    return path

@@ -1,0 +1,137 @@
+"""--mode=eval and --mode=sample on a trained workdir: `evaluate_checkpoint(config, workdir)` (the final evaluation
+of the newest or the best checkpoint into eval.json or eval_best.json) and `sample_checkpoint(config, workdir)`
+(samples as .npz and PNG grids). Both restore through jaxgen.training.loop's task and evaluation."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from jaxgen import atomic, parallel
+from jaxgen import config as config_lib
+from jaxgen.evaluation import quality
+from jaxgen.reporting import images
+from jaxgen.reporting.writer import MetricWriter
+from jaxgen.training import loop
+from jaxgen.training import workdir as wd
+
+log = logging.getLogger("jaxgen")
+
+
+def _restore_for(config, workdir, mode: str):
+    """(task, state) of the checkpoint eval.checkpoint names ('newest' or 'best'), for --mode=eval/sample."""
+    workdir = wd.prepare(workdir, create=False)
+    which = config_lib.eval_checkpoint(config)  # checked before it picks the directory (the rest: build_task)
+    where = workdir / ("checkpoints" if which == "newest" else "best")
+    present = where.is_dir()
+    parallel.check_same_on_every_process(  # all processes take the same branch: the one below is collective
+        f"whether {where} exists", [int(present)], "Every process must see the same --workdir: put it on a "
+        "filesystem all hosts share.")
+    if present:  # else no log file and no checkpoint manager's directory are made there
+        wd.setup_logging(workdir, mode)
+        shape = wd.trained_image_shape(workdir) if mode == "sample" else None
+        wd.warn_config_drift(config, workdir, mode, data_read=shape is None)
+        loop.log_determinism(config)
+        if shape is not None:
+            log.info("--mode=sample: the model for the images the run trained on, %s (data.json); the dataset is "
+                     "not read", shape)
+        task = loop.build_task(config, workdir, training=False, image_shape=shape)
+        mgr, state = loop.restore(task, which)
+        mgr.close()
+    else:
+        state = None
+    if state is None:
+        if which == "newest":
+            hint = "train first (the same command without --mode)"
+        elif quality.best_metric(config):
+            when = f"every eval.every={config.eval.every} steps, and at the last step" if config.eval.every else \
+                "at the last step (eval.every=0)"
+            hint = (f"the best checkpoint by {quality.best_metric(config)} is kept at the run's evaluations "
+                    f"({when}); none has been kept yet")
+        else:
+            hint = "a best checkpoint is kept only with eval.extractors or checkpoint.best_metric set"
+        raise FileNotFoundError(f"--mode={mode}: no readable checkpoint in {where}; {hint}")
+    log.info("--mode=%s on the %s checkpoint: step %d", mode, which, int(jax.device_get(state["step"])))
+    return task, state
+
+
+def evaluate_checkpoint(config, workdir) -> dict:
+    """--mode=eval: the final evaluation of the newest checkpoint (eval.checkpoint='best': the best one) into
+    eval.json (eval_best.json), with the final images for the newest. The newest's evaluation writes the run's own
+    files (eval.json, metrics.jsonl, images), so it takes the workdir's lock, as training does; the best's writes
+    only eval_best.json and may run beside a training run."""
+    if config.eval.checkpoint == "best":
+        return _evaluate_checkpoint(config, wd.prepare(workdir, create=False))
+    workdir = wd.prepare(workdir, create=False)
+    present = (workdir / "checkpoints").is_dir()
+    parallel.check_same_on_every_process(  # every process takes the same branch: both are collectives
+        f"whether {workdir / 'checkpoints'} exists", [int(present)], "Every process must see the same --workdir: "
+        "put it on a filesystem all hosts share.")
+    if not present:  # nothing to evaluate (the error says so): no lock file left behind
+        return _evaluate_checkpoint(config, workdir)
+    with wd.training_lock(workdir, "--mode=eval"):
+        return _evaluate_checkpoint(config, workdir)
+
+
+def _evaluate_checkpoint(config, workdir: Path) -> dict:
+    task, state = _restore_for(config, workdir, "eval")
+    best = config.eval.checkpoint == "best"
+    # The best checkpoint's numbers go to eval_best.json only: metrics.jsonl is the history of the run.
+    writer = MetricWriter(task.workdir, enabled=False if best else None)
+    final = loop.final_eval(task, state, writer, loop.sample_quality(task, training=False),
+                            "eval_best.json" if best else "eval.json", images=not best,
+                            extra={"selected_by": _selected_by(task, workdir)} if best else None)
+    writer.close()
+    log.info("eval of step %d: %s", int(jax.device_get(state["step"])), loop.eval_line(task, final))
+    return final
+
+
+def _selected_by(task, workdir: Path) -> str:
+    """How eval_best.json's checkpoint was chosen, for the record beside its numbers (on the test split)."""
+    c = task.config
+    try:
+        kept = json.loads((workdir / "best" / "best.json").read_text())
+        metric = kept["metric"]
+        how = f"{'lowest' if kept['mode'] == 'min' else 'highest'} {metric} ({kept['value']:.6g})"
+        split = kept.get("split") or loop.best_split(task, metric, validation=False)
+    except (OSError, ValueError, KeyError, TypeError):
+        how, split = "best checkpoint.best_metric", loop.best_split(task, quality.best_metric(c) or "")
+    chosen = f"the {how} of the run's evaluations on the {split!r} split"
+    if split == "validation":
+        return (f"{chosen} (examples held out of {c.data.train_split!r} by data.validation_examples, not trained "
+                f"on): the {c.data.test_split!r} numbers here are unbiased")
+    if split == c.data.test_split:
+        return (f"{chosen}: an optimistic estimate of that split's numbers; hold out a validation split "
+                f"(data.validation_examples) for unbiased ones")
+    return chosen
+
+
+def sample_checkpoint(config, workdir) -> Path:
+    """--mode=sample: sample.num samples of the newest checkpoint (eval.checkpoint='best': the best one; EMA
+    weights where kept) as <workdir>/samples/step_<step>.npz (uint8 images [N, H, W, C]) and PNG grids of
+    sample.per_grid images, replacing an earlier call's for that step."""
+    task, state = _restore_for(config, workdir, "sample")
+    workdir = task.workdir
+    step = int(jax.device_get(state["step"]))
+    samples = task.samples(state, config.sample.num)
+    out = workdir / "samples"
+    path = out / f"step_{step:07d}.npz"
+    if jax.process_index() == 0:
+        out.mkdir(exist_ok=True)
+        atomic.write_npz(path, images=samples, step=step)
+        for old in out.glob(f"step_{step:07d}_*.png"):  # an earlier call's grids, maybe more of them
+            if re.fullmatch(rf"step_{step:07d}_\d{{3,}}\.png", old.name):
+                old.unlink()
+        per = config.sample.per_grid
+        for i in range(0, len(samples), per):
+            images.save_png(out / f"step_{step:07d}_{i // per:03d}.png", samples[i : i + per] / np.float32(255),
+                            scale=1)
+    grids = -(-len(samples) // config.sample.per_grid)
+    log.info("Wrote %d sample%s of step %d to %s (and %d PNG grid%s)", len(samples), "s"[: len(samples) != 1], step,
+             path, grids, "s"[: grids != 1])
+    return path
