@@ -33,7 +33,7 @@ def bench_jax(batches, dtypes, fused, seconds, repeats, impls=("auto",), norm_im
 
     from jaxgen import config as config_lib
     from jaxgen import parallel
-    from jaxgen.models import layers
+    from jaxgen.models import batch_norm, layers
 
     mesh = parallel.make_mesh()
     rng = np.random.default_rng(0)
@@ -51,7 +51,7 @@ def bench_jax(batches, dtypes, fused, seconds, repeats, impls=("auto",), norm_im
         run = harness.train_loop(fn, jax.jit(create, out_shardings=parallel.replicated(mesh))(), data, calls)
         rate = harness.best_rate(run, calls * k * batch, seconds, repeats, warmup=1)
         results.append({"who": "jaxgen", "what": dtype, "conv_impl": impl, "resolved_impl": layers.resolve_impl(impl),
-                        "norm_impl": layers.resolve_norm_impl(norm_impl), "steps_per_dispatch": k, "batch": batch,
+                        "norm_impl": batch_norm.resolve_norm_impl(norm_impl), "steps_per_dispatch": k, "batch": batch,
                         "img_per_s": round(rate, 1)})
         print(json.dumps(results[-1]), flush=True)
         return rate

@@ -163,7 +163,7 @@ def gan_config() -> ml_collections.ConfigDict:
     c.model.d_spectral_norm = False
     c.model.dtype = "float32"  # compute dtype: 'float32' or 'bfloat16' (params stay float32)
     c.model.conv_impl = "auto"  # DCGAN's strided convs: 'auto' (per backend), 'phase' or 'xla' (models/layers.py)
-    c.model.norm_impl = "auto"  # BatchNorm: 'auto' (per backend), 'fused' (jaxgen's) or 'flax' (models/layers.py)
+    c.model.norm_impl = "auto"  # BatchNorm: 'auto' (per backend), 'fused' (jaxgen's) or 'flax' (models/batch_norm.py)
 
     c.loss = ml_collections.ConfigDict()
     c.loss.name = "non_saturating"  # jaxgen.objectives.gan.LOSSES or 'package.module:function'

@@ -104,7 +104,7 @@ def _bn_pair(impl, x, g, axis_name=None):
     updated batch_stats, and without axis_name the eval-mode output with those stats)."""
     import flax.linen as nn
 
-    from jaxgen.models.layers import BatchNorm
+    from jaxgen.models.batch_norm import BatchNorm
 
     cls = BatchNorm if impl == "fused" else nn.BatchNorm
     m = cls(use_running_average=False, momentum=0.9, epsilon=1e-5, axis_name=axis_name,
@@ -159,7 +159,7 @@ def test_fused_batch_norm_synchronised_over_devices_equals_flax():
 
 
 def test_norm_impls_are_checked_by_name():
-    from jaxgen.models.layers import resolve_norm_impl
+    from jaxgen.models.batch_norm import resolve_norm_impl
 
     assert resolve_norm_impl("flax") == "flax"
     assert resolve_norm_impl("auto") in ("fused", "flax")

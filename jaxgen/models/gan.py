@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxgen import registry
-from jaxgen.models import layers
+from jaxgen.models import batch_norm, layers
 from jaxgen.models.layers import ConvDown2x, ConvTranspose2x
 
 log = logging.getLogger(__name__)
@@ -70,11 +70,11 @@ def _layer(layer: nn.Module, x: jax.Array, spectral: bool, train: bool) -> jax.A
 def _norm(kind: str, axis_name: str | None, dtype: str, train: bool, scale_init=nn.initializers.ones, name=None,
           impl: str = "auto"):
     """BatchNorm with PyTorch's defaults (momentum 0.1 there = 0.9 here, eps 1e-5), or identity for 'none'.
-    `impl` ('auto' | 'fused' | 'flax'): jaxgen's layers.BatchNorm or flax's nn.BatchNorm (same variables and
+    `impl` ('auto' | 'fused' | 'flax'): jaxgen's batch_norm.BatchNorm or flax's nn.BatchNorm (same variables and
     arithmetic)."""
     if kind == "none":
         return lambda x: x
-    cls = layers.BatchNorm if layers.resolve_norm_impl(impl) == "fused" else nn.BatchNorm
+    cls = batch_norm.BatchNorm if batch_norm.resolve_norm_impl(impl) == "fused" else nn.BatchNorm
     return cls(
         use_running_average=not train, momentum=0.9, epsilon=1e-5, axis_name=axis_name, dtype=DTYPES[dtype],
         param_dtype=jnp.float32, scale_init=scale_init, name=name,
@@ -339,7 +339,7 @@ def _fields(m, image_shape, axis_name, prefix: str) -> dict:
 def _pair(name, gen, disc, supported, model_config, image_shape, axis_name, **extra):
     m = model_config
     _check(name, image_shape, supported, [("g_norm", m.g_norm), ("d_norm", m.d_norm)], m.dtype)
-    layers.resolve_norm_impl(m.get("norm_impl", "auto"))  # an unknown name fails here, listing the choices
+    batch_norm.resolve_norm_impl(m.get("norm_impl", "auto"))  # an unknown name fails here, listing the choices
     g = gen(latent_dim=m.latent_dim, **_fields(m, image_shape, axis_name, "g"), **extra)
     return g, disc(**_fields(m, image_shape, axis_name, "d"), **extra)
 
