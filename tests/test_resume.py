@@ -84,6 +84,44 @@ def test_a_run_stopped_during_an_eval_has_not_yet_checkpointed_that_step(smoke_c
     assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
 
 
+def test_a_sigterm_during_an_eval_stops_the_run_at_that_step(smoke_config, tmp_path, monkeypatch):
+    """A notice that lands during an evaluation stops the run at the evaluated step, with its checkpoint and the
+    train record of the steps since the last one, instead of after one more compiled call; the resumed run does not
+    evaluate that step again."""
+    import os
+    import signal
+
+    from jaxgen.reporting.writer import read
+
+    c = smoke_config
+    k = c.train.steps_per_dispatch
+    c.eval.every, c.checkpoint.every, c.train.log_every, c.train.steps = 2 * k, 6 * k, 6 * k, 6 * k
+    build = loop.build_task
+
+    def build_signalled_eval(config, workdir, **kwargs):
+        task = build(config, workdir, **kwargs)
+        evaluate, calls = task.evaluate, []
+
+        def signalled(state, final, data):
+            calls.append(1)
+            if len(calls) == 2:  # the eval of step 4k
+                os.kill(os.getpid(), signal.SIGTERM)
+            return evaluate(state, final, data)
+        task.evaluate = signalled
+        return task
+
+    monkeypatch.setattr(loop, "build_task", build_signalled_eval)
+    with pytest.raises(loop.RunStopped, match=f"stopped by SIGTERM at step {4 * k}"):
+        loop.train_and_evaluate(c, tmp_path)
+    assert [int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()] == [4 * k]
+    records = read(tmp_path / "metrics.jsonl")
+    assert [(r["split"], r["step"]) for r in records] == [("eval", 2 * k), ("eval", 4 * k), ("train", 4 * k)]
+    monkeypatch.setattr(loop, "build_task", build)
+    loop.train_and_evaluate(c, tmp_path)
+    evals = [r["step"] for r in read(tmp_path / "metrics.jsonl") if r["split"] == "eval"]
+    assert evals == [2 * k, 4 * k, 6 * k]
+
+
 def _state(cfg, mesh):
     from jaxgen import models
 

@@ -365,17 +365,16 @@ def _train(task, state: dict, mgr, writer: MetricWriter, evals: _Evals) -> tuple
                 window.extend(host)
                 pending, previous = [], None
             if due_log:
-                now = time.perf_counter()
-                ips = (step - step_log) * c.train.batch_size / max(now - t_log, 1e-9)
-                t_log, step_log = now, step
-                means = {name: float(np.mean([np.mean(m[name]) for m in window])) for name in window[0]
-                         if name not in ("finite", "step")}
-                window = []
-                writer.write(step, "train", {**means, "img_per_s": ips})
-                progress.record(step, means, ips)
+                t_log, step_log, window = _train_record(c, writer, progress, step, step_log, t_log, window)
             t_aside = time.perf_counter()
             if due_eval:
                 evals.during_training(state, step)
+                # A signal during the eval stops the run at this step, not after one more call (one process).
+                if stopped is None and (stopped := stop.arrived()) is not None:
+                    due_ckpt = True
+                    if window:  # the steps since the last record, timed without the eval
+                        t_log, t_aside = t_log + time.perf_counter() - t_aside, time.perf_counter()
+                        t_log, step_log, window = _train_record(c, writer, progress, step, step_log, t_log, window)
             # After the step's eval: a run stopped between the two resumes before this step and evaluates it again.
             if due_ckpt:  # every step so far was checked finite: the state is safe to keep
                 checkpoint.save(mgr, state)
@@ -384,6 +383,19 @@ def _train(task, state: dict, mgr, writer: MetricWriter, evals: _Evals) -> tuple
         stop.uninstall()
         progress.close()
     return state, step, stopped
+
+
+def _train_record(c, writer: MetricWriter, progress, step: int, step_log: int, t_log: float,
+                  window: list) -> tuple[float, int, list]:
+    """Writes the train record of the steps from `step_log` to `step` (their host metrics in `window`, their
+    training time since `t_log`): metric means and img/s. Returns the next record's (t_log, step_log, window)."""
+    now = time.perf_counter()
+    ips = (step - step_log) * c.train.batch_size / max(now - t_log, 1e-9)
+    means = {name: float(np.mean([np.mean(m[name]) for m in window])) for name in window[0]
+             if name not in ("finite", "step")}
+    writer.write(step, "train", {**means, "img_per_s": ips})
+    progress.record(step, means, ips)
+    return now, step, []
 
 
 class _Progress:

@@ -110,6 +110,12 @@ class StopRequest:
                     "stops at once)", what, what)
         self.signum = signum
 
+    def arrived(self) -> int | None:
+        """One process: the signal that arrived since the loop last asked `requested`, or None (the loop asks
+        after an evaluation, to stop at its step instead of after one more call). Several: None; the processes
+        agree on the calls to stop after (`requested`), and this call's agreement was reached before the eval."""
+        return self.signum if jax.process_count() == 1 else None
+
     def requested(self, call: int) -> int | None:
         """The signal to stop for after compiled call number `call` (counted from 1 in this invocation), or None."""
         if jax.process_count() == 1:
