@@ -41,6 +41,11 @@ def vector_metric_penalty(d_fn, real, fake, keys):
     return jnp.mean(d_fn(real) ** 2), {"per_example": d_fn(real)}
 
 
+def nested_metric_loss(d_real, d_fake):
+    d, g, _ = gan_obj.non_saturating(d_real, d_fake)
+    return d, g, {"parts": {"real": jnp.mean(d_real)}}
+
+
 def crop(key, x):
     return x[:, 2:-2, 2:-2]
 
@@ -54,13 +59,20 @@ def no_loss_metric_objective(params, x, keys, *, model, cfg):
     return loss, {k: v for k, v in metrics.items() if k != "loss"}
 
 
+def nested_metric_objective(params, x, keys, *, model, cfg):
+    loss, metrics = objectives.get("elbo")(params, x, keys, model=model, cfg=cfg)
+    return loss, {**metrics, "parts": {"kl": metrics["kl"]}}
+
+
 def per_example_objective(params, x, keys, *, model, cfg):
     loss, metrics = objectives.get("elbo")(params, x, keys, model=model, cfg=cfg)
     return jnp.broadcast_to(loss, (x.shape[0],)), metrics
 
 
 @pytest.mark.parametrize("name, message", [
-    ("per_example_loss", r"returned d_loss of shape \(4,\); it must be a scalar: the mean over the batch"),
+    ("per_example_loss", r"returned d_loss of shape \(4,\) \(traced on a batch of 4 before training\); it must be a "
+                         r"scalar: the mean over the batch"),
+    ("nested_metric_loss", r"metric 'parts' is a dict; metrics are a flat dict of scalars"),
     ("clashing_loss", r"metric name\(s\) \['d_real'\] are the trainer's own.*rename them"),
     ("two_value_loss", r"returned tuple of 2; expected loss\(d_real \[B\], d_fake \[B\].*\) -> \(d_loss, g_loss, "),
     ("four_argument_loss", r"takes \(a, b, c, d\) and cannot be called as loss\(d_real \[B\], d_fake \[B\]"
@@ -77,7 +89,8 @@ def test_a_gan_loss_that_breaks_its_contract_is_named(name, message):
 @pytest.mark.parametrize("name, message", [
     ("penalty_only", r"returned an array of shape \(\); expected reg\(d_fn, real"),
     ("two_argument_penalty", r"takes \(d_fn, real\) and cannot be called as reg\(d_fn, real .*too many positional"),
-    ("vector_metric_penalty", r"metric 'per_example' has shape \(2,\); metrics are scalars"),
+    ("vector_metric_penalty", r"metric 'per_example' has shape \(2,\) \(traced on a batch of 2 before training\); "
+                              r"metrics are scalars"),
 ])
 def test_a_regularizer_that_breaks_its_contract_is_named(name, message):
     path = f"tests.test_user_functions:{name}"
@@ -109,12 +122,30 @@ def test_a_vae_objective_returning_per_example_losses_fails_at_build(tmp_path):
     c = config_module(CONFIGS / "vae_mnist.py").get_config("smoke")
     c.unlock()
     c.objective.name = "tests.test_user_functions:per_example_objective"
-    with pytest.raises(ValueError, match=r"objective '.*per_example_objective' returned loss of shape \(2,\); it "
-                                         r"must be a scalar"):
+    with pytest.raises(ValueError, match=r"objective '.*per_example_objective' returned loss of shape \(2,\) "
+                                         r"\(traced on a batch of 2 before training\); it must be a scalar"):
         loop.build_task(c, tmp_path)
     c.objective.name = "tests.test_user_functions:no_loss_metric_objective"
     with pytest.raises(ValueError, match=r"its metrics have no 'loss' .* add metrics\['loss'\] = loss"):
         loop.build_task(c, tmp_path)
+    c.objective.name = "tests.test_user_functions:nested_metric_objective"
+    with pytest.raises(ValueError, match=r"metric 'parts' is a dict; metrics are a flat dict of scalars"):
+        loop.build_task(c, tmp_path)
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_a_metric_given_as_a_python_number_is_logged_like_an_array(n):
+    """A step's metrics may hold plain numbers ({"beta": 2.0}): one step per call (every smoke variant) stacks them
+    like the fused steps' scan does."""
+    from jaxgen.training import dispatch
+
+    def step(state, data):
+        return state + 1, {"loss": jnp.mean(data), "beta": 2.0, "n": 3}
+
+    state, metrics = jax.jit(lambda s, d: dispatch.fused_steps(s, d, n=n, step_fn=step))(jnp.int32(0), jnp.ones(4))
+    assert int(state) == n
+    assert {k: v.shape for k, v in metrics.items()} == {"loss": (n,), "beta": (n,), "n": (n,)}
+    np.testing.assert_array_equal(metrics["beta"], np.full(n, 2.0))
 
 
 def test_a_module_whose_own_import_fails_is_not_blamed_on_pythonpath(tmp_path, monkeypatch):

@@ -21,25 +21,40 @@ def get(name: str):
     return registry.resolve("objective", name, OBJECTIVES)
 
 
-def check_scalars(what: str, losses: dict, metrics, *, contract: str, reserved: tuple[str, ...] = ()) -> None:
+def check_scalars(what: str, losses: dict, metrics, *, contract: str, reserved: tuple[str, ...] = (),
+                  batch: int | None = None) -> None:
     """Raises ValueError naming `what` (e.g. "objective 'my.mod:fn'") and the fix unless every value of `losses`
-    ({name: value}) is a scalar, `metrics` is a dict of scalars and none of its names is in `reserved` (the
-    trainer's own metrics, which it would replace). Values may be arrays or jax.ShapeDtypeStructs (a trace)."""
+    ({name: value}) is a scalar, `metrics` is a flat dict of scalars (numbers or arrays) and none of its names is in
+    `reserved` (the trainer's own metrics, which it would replace). Values may be arrays or jax.ShapeDtypeStructs (a
+    trace on a batch of `batch`, which the messages name: a shape there is not the run's batch)."""
+    traced = f" (traced on a batch of {batch} before training)" if batch else ""
     for name, value in losses.items():
+        if not _is_array_like(value):
+            raise ValueError(f"{what} returned {name} as a {type(value).__name__}; it must be a scalar: the mean over "
+                             f"the batch (jnp.mean). Expected: {contract}")
         if np.shape(value) != ():
-            raise ValueError(f"{what} returned {name} of shape {tuple(np.shape(value))}; it must be a scalar: the mean "
-                             f"over the batch (jnp.mean). Expected: {contract}")
+            raise ValueError(f"{what} returned {name} of shape {tuple(np.shape(value))}{traced}; it must be a scalar: "
+                             f"the mean over the batch (jnp.mean). Expected: {contract}")
     if not isinstance(metrics, dict):
         raise ValueError(f"{what} returned {type(metrics).__name__} for its metrics; expected a dict of scalars. "
                          f"Expected: {contract}")
     for name, value in metrics.items():
+        if not _is_array_like(value):
+            raise ValueError(f"{what}: metric {name!r} is a {type(value).__name__}; metrics are a flat dict of scalars "
+                             f"(a nested dict's entries go in as their own names, e.g. {name!r}_a). Expected: "
+                             f"{contract}")
         if np.shape(value) != ():
-            raise ValueError(f"{what}: metric {name!r} has shape {tuple(np.shape(value))}; metrics are scalars "
-                             "(e.g. jnp.mean over the batch)")
+            raise ValueError(f"{what}: metric {name!r} has shape {tuple(np.shape(value))}{traced}; metrics are "
+                             "scalars (e.g. jnp.mean over the batch)")
     clash = sorted(set(metrics) & set(reserved))
     if clash:
         raise ValueError(f"{what}: metric name(s) {clash} are the trainer's own (it logs {', '.join(reserved)}); "
                          "rename them, e.g. with a prefix")
+
+
+def _is_array_like(value) -> bool:
+    """A number, a NumPy or JAX array (or scalar), or a traced one (jax.ShapeDtypeStruct from jax.eval_shape)."""
+    return isinstance(value, (int, float, bool, np.number, np.bool_, np.ndarray, jax.Array, jax.ShapeDtypeStruct))
 
 
 # Metrics the VAE step logs itself (jaxgen.training.vae_step): an objective's metrics must not reuse these names.
@@ -57,7 +72,7 @@ def check_objective(objective, name: str, params, x, keys, *, model, cfg) -> Non
         raise ValueError(f"objective {name!r} returned {registry.describe(out)}; expected {contract}")
     loss, metrics = out
     check_scalars(f"objective {name!r}", {"loss": loss}, metrics, contract=contract,
-                  reserved=STEP_METRICS)
+                  reserved=STEP_METRICS, batch=x.shape[0])
     if "loss" not in metrics:
         raise ValueError(f"objective {name!r}: its metrics have no 'loss' (they have {sorted(metrics)}); add "
                          "metrics['loss'] = loss, which the progress bar and the train records show")

@@ -139,7 +139,7 @@ def check_loss(loss_fn: Callable, name: str, batch: int = 4, g_batch: int = 0) -
     if not (isinstance(out, tuple) and len(out) == 3):
         raise ValueError(f"loss.name={name!r} returned {registry.describe(out)}; expected {contract}")
     check_scalars(f"loss.name={name!r}", {"d_loss": out[0], "g_loss": out[1]}, out[2], contract=contract,
-                  reserved=STEP_METRICS)
+                  reserved=STEP_METRICS, batch=batch)
     if g_batch and g_batch != batch:
         try:
             jax.eval_shape(loss_fn, d, jax.ShapeDtypeStruct((g_batch,), jnp.float32))
@@ -165,4 +165,5 @@ def check_regularizer(reg_fn: Callable | None, name: str, image_shape, batch: in
     out = jax.eval_shape(lambda r, f, k: reg_fn(d_fn, r, f, k), x, x, keys)
     if not (isinstance(out, tuple) and len(out) == 2):
         raise ValueError(f"reg.name={name!r} returned {registry.describe(out)}; expected {contract}")
-    check_scalars(f"reg.name={name!r}", {"penalty": out[0]}, out[1], contract=contract, reserved=STEP_METRICS)
+    check_scalars(f"reg.name={name!r}", {"penalty": out[0]}, out[1], contract=contract, reserved=STEP_METRICS,
+                  batch=batch)

@@ -36,7 +36,7 @@ def fused_steps(state: dict, data: dict, *, n: int, step_fn) -> tuple[dict, dict
     """
     if n == 1:
         state, metrics = step_fn(state, data)
-        return state, jax.tree.map(lambda m: m[None], metrics)
+        return state, jax.tree.map(lambda m: jnp.asarray(m)[None], metrics)  # a metric may be a Python number
     return lax.scan(lambda s, _: step_fn(s, data), state, None, length=n, unroll=True)
 
 
