@@ -1,6 +1,7 @@
 """A researcher's own loss, regularizer, objective, augmentation or dataset that breaks its contract fails before
 training, with an error naming the config field, what came back and what was expected."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -48,6 +49,10 @@ def nested_metric_loss(d_real, d_fake):
 
 def crop(key, x):
     return x[:, 2:-2, 2:-2]
+
+
+def one_argument_augmentation(x):
+    return -x
 
 
 def images_only(data_config, split):
@@ -105,6 +110,15 @@ def test_an_augmentation_that_changes_the_shape_is_named():
     with pytest.raises(ValueError, match=r"augmentation 'tests.test_user_functions:crop' .* returned images of shape "
                                          r"\(2, 4, 4, 1\) for \(2, 8, 8, 1\)"):
         augment.apply("flip,tests.test_user_functions:crop", jax.random.key(0), x)
+
+
+def test_an_augmentation_with_another_signature_is_named_before_any_work():
+    with pytest.raises(ValueError, match=r"augmentation 'tests.test_user_functions:one_argument_augmentation' "
+                                         r"\(augment.policy='flip, tests.test_user_functions:one_argument_augmentation'"
+                                         r"\) takes \(x\) and cannot be called as fn\(key, x \[B, H, W, C\] in "
+                                         r"\[-1, 1\]\) -> x: too many positional arguments"):
+        augment.check_policy("flip, tests.test_user_functions:one_argument_augmentation")
+    augment.check_policy(",".join(augment.AUGMENTATIONS))
 
 
 def test_a_dataset_that_returns_only_images_names_the_pair():
@@ -344,3 +358,87 @@ def test_a_gan_pair_of_the_wrong_shapes_is_refused_before_training():
     with pytest.raises(ValueError, match=r"D\(x\) of images \[2, 28, 28, 1\] returned an array of shape \(2, 1\); "
                                          r"it must return one score per image, \[2\] \(squeeze its last axis"):
         gan_models.check_pair("mine", g, Wrapped(), g_vars, d_vars, (28, 28, 1))
+
+
+class _NoLatentG(nn.Module):
+    @nn.compact
+    def __call__(self, z, train: bool = True):
+        return jnp.tanh(nn.Dense(64)(z)).reshape(z.shape[0], 8, 8, 1)
+
+
+class _NoTrainD(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(1)(x.reshape(x.shape[0], -1))[:, 0]
+
+
+def g_only(model_config, image_shape, axis_name):
+    from jaxgen.models import gan as gan_models
+
+    return gan_models.dcgan(model_config, image_shape, axis_name)[0]
+
+
+def no_latent_pair(model_config, image_shape, axis_name):
+    from jaxgen.models import gan as gan_models
+
+    return _NoLatentG(), gan_models.dcgan(model_config, image_shape, axis_name)[1]
+
+
+def no_train_pair(model_config, image_shape, axis_name):
+    from jaxgen.models import gan as gan_models
+
+    return gan_models.dcgan(model_config, image_shape, axis_name)[0], _NoTrainD()
+
+
+@pytest.mark.parametrize("name, message", [
+    ("g_only", r"returned DCGANGenerator; expected fn\(model_config, image_shape, axis_name\) -> \(generator, "
+               r"discriminator\)"),
+    ("no_latent_pair", r"its generator _NoLatentG has no int field latent_dim"),
+    ("no_train_pair", r"its discriminator _NoTrainD takes \(x\) and cannot be called as "
+                      r"discriminator\(x, train=\.\.\.\).*unexpected keyword argument 'train'"),
+    ("_NoTrainD", r"is a class; a GAN's model.name names a function"),
+])
+def test_a_gan_model_function_that_breaks_its_contract_is_named_before_tracing(name, message):
+    from jaxgen.models import gan as gan_models
+
+    cfg = gan_config().model
+    cfg.name = f"tests.test_user_functions:{name}"
+    with pytest.raises(ValueError, match=rf"GAN model '{cfg.name}'[: ].*{message}"):
+        gan_models.build(cfg, (28, 28, 1))
+
+
+class _NoFieldsVAE(nn.Module):
+    def encode(self, x):
+        return x, x
+
+    def decode(self, z):
+        return z
+
+    def __call__(self, x, z):
+        return self.decode(z)
+
+
+class _NoCallVAE(nn.Module):
+    image_shape: tuple = (8, 8, 1)
+    latent_dim: int = 2
+
+    def encode(self, x):
+        return x, x
+
+    def decode(self, z):
+        return z
+
+
+@pytest.mark.parametrize("name, message", [
+    ("_NoFieldsVAE", r"the trainer builds a model class as _NoFieldsVAE\(image_shape=\(H, W, C\), latent_dim=model."
+                     r"latent_dim\); it has no field image_shape or latent_dim"),
+    ("_NoCallVAE", r"_NoCallVAE has no __call__; a VAE module has encode\(x\) -> \(mu, logvar\)"),
+])
+def test_a_vae_model_class_without_the_trainers_fields_or_methods_is_named(name, message):
+    from jaxgen import models
+    from jaxgen.config import vae_config
+
+    cfg = vae_config().model
+    cfg.name = f"tests.test_user_functions:{name}"
+    with pytest.raises(ValueError, match=rf"model '{cfg.name}': {message}"):
+        models.build(cfg, (8, 8, 1))

@@ -252,10 +252,18 @@ def _resolve(policy: str) -> list[Callable[[jax.Array, jax.Array], jax.Array]]:
     return [registry.resolve("augmentation", name.strip(), AUGMENTATIONS) for name in policy.split(",")]
 
 
+CONTRACT = "fn(key, x [B, H, W, C] in [-1, 1]) -> x"
+
+
 def check_policy(policy: str) -> None:
     """Raises ValueError for a name in the comma-separated `policy` that is neither built in nor importable as
-    `package.module:function`, listing the choices. Run once at start-up, before compiling."""
-    _resolve(policy)
+    `package.module:function` (listing the choices), or whose function cannot be called as `apply` calls it
+    (CONTRACT). Run once at start-up, before the data loads; the shape a function returns is checked while the
+    step compiles (`apply`)."""
+    names = [name.strip() for name in policy.split(",")] if policy else []
+    for name, fn in zip(names, _resolve(policy)):
+        registry.check_call(f"augmentation {name!r} (augment.policy={policy!r})", fn, CONTRACT, jax.random.key(0),
+                            jnp.zeros((1, 8, 8, 1)))
 
 
 def apply(policy: str, key: jax.Array, x: jax.Array) -> jax.Array:

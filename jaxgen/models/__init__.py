@@ -4,6 +4,7 @@ fields from the model block."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import flax.linen as nn
@@ -44,12 +45,35 @@ def build(model_config, image_shape: tuple[int, int, int], *, train_images=None,
     if cls is MLPVAE:
         return MLPVAE(tuple(image_shape), m.latent_dim, tuple(m.hidden), m.activation, **out_bias)
     if _module_class(cls):
+        _check_vae_class(m.name, cls, fields=("image_shape", "latent_dim"))
         return cls(image_shape=tuple(image_shape), latent_dim=m.latent_dim)
     model = registry.call(f"model {m.name!r}", cls, "fn(model_config, image_shape) -> module", m, tuple(image_shape))
     if not isinstance(model, nn.Module) or not isinstance(getattr(model, "latent_dim", None), int):
         raise ValueError(f"model {m.name!r}: a model factory must return a Linen module with an int field "
                          f"latent_dim (and encode/decode methods), got {type(model).__name__}")
+    _check_vae_class(m.name, type(model), fields=())
     return model
+
+
+README = "README: Objectives, and adding your own"
+
+
+def _check_vae_class(name: str, cls, fields: tuple[str, ...]) -> None:
+    """A user's VAE module class (or a functools.partial of one) against what the trainer calls: `fields` it is
+    constructed with, and the methods encode, decode and __call__ (init). Fails before it is built, naming what is
+    missing."""
+    while isinstance(cls, functools.partial):
+        cls = cls.func
+    have = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
+    if missing := [f for f in fields if f not in have]:
+        raise ValueError(f"model {name!r}: the trainer builds a model class as {cls.__name__}(image_shape=(H, W, C), "
+                         f"latent_dim=model.latent_dim); it has no field {' or '.join(missing)}: add "
+                         f"`image_shape: tuple` and `latent_dim: int` fields ({README})")
+    defined = {k for c in cls.__mro__ if c not in (nn.Module, object) for k in vars(c)}
+    if missing := [f for f in ("encode", "decode", "__call__") if f not in defined]:
+        raise ValueError(f"model {name!r}: {cls.__name__} has no {', '.join(missing)}; a VAE module has encode(x) -> "
+                         f"(mu, logvar), decode(z) -> the likelihood's parameters [B, H, W, C], and __call__(x, z) "
+                         f"for init ({README})")
 
 
 def _module_class(obj) -> bool:

@@ -372,7 +372,30 @@ def build(model_config, image_shape: tuple[int, int, int], axis_name: str | None
       image_shape: (H, W, C).
       axis_name: the mesh axis BatchNorm synchronises its batch statistics over (None: per call).
     """
-    builder = registry.resolve("GAN model", model_config.name, GANS)
-    return registry.call(f"GAN model {model_config.name!r}", builder,
-                         "fn(model_config, image_shape, axis_name) -> (generator, discriminator)", model_config,
-                         tuple(image_shape), axis_name)
+    name = model_config.name
+    builder = registry.resolve("GAN model", name, GANS)
+    contract = "fn(model_config, image_shape, axis_name) -> (generator, discriminator)"
+    readme = "(README: GANs, adding your own)"
+    if isinstance(builder, type):
+        raise ValueError(f"GAN model {name!r} is a class; a GAN's model.name names a function {contract}, returning "
+                         f"two Linen modules {readme}")
+    pair = registry.call(f"GAN model {name!r}", builder, contract, model_config, tuple(image_shape), axis_name)
+    _check_built_pair(name, pair, f"{contract} {readme}")
+    return pair
+
+
+def _check_built_pair(name: str, pair, contract: str) -> None:
+    """What a GAN model function returned, against the contract the trainer uses: two Linen modules, G with an int
+    `latent_dim`, both called with `train=`. Fails before any tracing, naming what is missing."""
+    what = f"GAN model {name!r}"
+    if not (isinstance(pair, tuple | list) and len(pair) == 2 and all(isinstance(m, nn.Module) for m in pair)):
+        raise ValueError(f"{what} returned {registry.describe(pair)}; expected {contract}")
+    generator, discriminator = pair
+    if not isinstance(getattr(generator, "latent_dim", None), int):
+        raise ValueError(f"{what}: its generator {type(generator).__name__} has no int field latent_dim (the size of "
+                         f"the z it takes); add one, e.g. `latent_dim: int = 100`")
+    for role, module, arg in (("generator", generator, "z"), ("discriminator", discriminator, "x")):
+        call = f"{role}({arg}, train=...)"
+        registry.check_call(f"{what}: its {role} {type(module).__name__}", module.__call__,
+                            f"{call} (train: True in the train step, False for samples and evaluation)", arg,
+                            train=False)
