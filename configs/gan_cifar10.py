@@ -46,8 +46,7 @@ def get_config(variant: str = ""):
 
 
 def _smoke(c):
-    gan_smoke(c, (32, 32, 3))
-    c.train.d_steps = 2
+    gan_smoke(c, (32, 32, 3))  # the same 5 D steps per G step: about 45 s on 2 CPU cores
 
 
 VARIANTS = {"diffaugment": diffaugment, "bf16": bf16, "smoke": _smoke}

@@ -201,7 +201,7 @@ def with_variant(
 ) -> ml_collections.ConfigDict:
     """Applies the named variants (comma-separated) to `config` in place, left to right, so a later variant wins
     where two set the same field (logged as a warning naming both); unknown names list the choices."""
-    names = [v for v in (variant or "").split(",") if v]
+    names = [v.strip() for v in (variant or "").split(",") if v.strip()]  # 'iwae, smoke' as 'iwae,smoke'
     for name in names:
         if name not in variants:
             raise ValueError(f"unknown config variant {name!r}; choices: {', '.join(sorted(variants))}")
@@ -312,9 +312,57 @@ def check(config: ml_collections.ConfigDict) -> None:
     _check_optimizers(config)
     (_check_vae if config.task == "vae" else _check_gan)(config)
     _report_added_fields(config, base)
+    if ignored := ignored_settings(config, base):
+        log.warning("These settings do nothing in this run: %s", "; ".join(ignored))
+
+
+# The model fields each built-in model reads (the others in its task's model block belong to other models).
+MODEL_READS = {
+    "conv_vae": ("latent_dim", "channels", "dense", "activation", "output_bias", "conv_impl"),
+    "mlp_vae": ("latent_dim", "hidden", "activation", "output_bias"),
+    "dcgan": ("latent_dim", "g_width", "d_width", "g_norm", "d_norm", "g_spectral_norm", "d_spectral_norm", "dtype",
+              "conv_impl", "norm_impl"),
+    "resnet": ("latent_dim", "g_width", "d_width", "g_norm", "d_norm", "g_spectral_norm", "d_spectral_norm", "dtype",
+               "norm_impl"),
+}
+
+
+def ignored_settings(config: ml_collections.ConfigDict, base: ml_collections.ConfigDict) -> list[str]:
+    """Fields set away from the task's defaults (`base`) that the run's built-in choices do not read, each with
+    what would read it: `model.channels` on mlp_vae, `optim.weight_decay` with adam, `optim.end_lr_ratio` with the
+    constant schedule, `reg.weight` without a regularizer. A function of the user's may read any field of its
+    block, so its block is not reported (the optimizer's schedule fields are jaxgen's, whatever the optimizer)."""
+    out = []
+
+    def changed(block: str, field: str) -> bool:
+        return field in config[block] and field in base[block] and config[block][field] != base[block][field]
+
+    model = config.model.name
+    if model in MODEL_READS:
+        same_task = [name for name in MODEL_READS if all(f in base.model for f in MODEL_READS[name])]
+        for field in sorted(config.model.keys()):
+            if field != "name" and field not in MODEL_READS[model] and changed("model", field):
+                readers = [name for name in same_task if field in MODEL_READS[name]]
+                out.append(f"model.{field}={config.model[field]!r} (read by model.name={' or '.join(readers)}; "
+                           f"this run's is {model})")
+    for block in ("optim", "g_optim", "d_optim"):
+        if block not in config:
+            continue
+        if config[block].name == "adam" and changed(block, "weight_decay"):
+            out.append(f"{block}.weight_decay={config[block].weight_decay!r} (read by {block}.name=adamw; this run's "
+                       f"is adam)")
+        if config[block].schedule == "constant" and changed(block, "end_lr_ratio"):
+            out.append(f"{block}.end_lr_ratio={config[block].end_lr_ratio!r} (read by {block}.schedule=cosine or "
+                       f"linear; this run's is constant)")
+    if "reg" in config and config.reg.name == "none":
+        out += [f"reg.{field}={config.reg[field]!r} (read by a regularizer: reg.name=r1, gp or your own)"
+                for field in ("weight", "interval") if changed("reg", field)]
+    return out
 
 
 def _check_train(config: ml_collections.ConfigDict, base: ml_collections.ConfigDict) -> None:
+    if config.model.latent_dim < 1:
+        raise ValueError(f"model.latent_dim must be >= 1, got {config.model.latent_dim}")
     """train.*, checkpoint.every and data.*: sizes, intervals and their multiples of train.steps_per_dispatch."""
     t = config.train
     if t.batch_size <= 0 or t.steps < 0:
@@ -336,16 +384,12 @@ def _check_train(config: ml_collections.ConfigDict, base: ml_collections.ConfigD
                          f"names too: to evaluate on the dataset's own 'validation' split, set "
                          f"--config.data.validation_examples=0")
     k = t.steps_per_dispatch
-    for field, value in (
-        ("train.steps", t.steps),
-        ("train.log_every", t.log_every),
-        ("checkpoint.every", config.checkpoint.every),
-        ("eval.every", config.eval.every),
-    ):
-        if value and value % k:
-            raise ValueError(
-                f"{field}={value} must be a multiple of train.steps_per_dispatch={k}: a fused call runs {k} steps"
-            )
+    off = [f"{field}={value}" for field, value in (("train.steps", t.steps), ("train.log_every", t.log_every),
+                                                   ("checkpoint.every", config.checkpoint.every),
+                                                   ("eval.every", config.eval.every)) if value and value % k]
+    if off:
+        raise ValueError(f"{' and '.join(off)} must be {'a multiple' if len(off) == 1 else 'multiples'} of "
+                         f"train.steps_per_dispatch={k}: a fused call runs {k} steps")
     if config.checkpoint.every % t.log_every:
         log.warning("checkpoint.every=%d is not a multiple of train.log_every=%d: a run killed and resumed from a "
                     "checkpoint between two train records writes a first record over fewer steps than an "
@@ -396,6 +440,12 @@ def _check_optimizers(config: ml_collections.ConfigDict) -> None:
 
 
 def _check_vae(config: ml_collections.ConfigDict) -> None:
+    o = config.objective
+    if o.likelihood == "gaussian" and not o.gaussian_sigma > 0:
+        raise ValueError(f"objective.gaussian_sigma must be > 0 (the Gaussian likelihood's standard deviation, pixels "
+                         f"in [0, 1]), got {o.gaussian_sigma}")
+    if not o.beta >= 0:
+        raise ValueError(f"objective.beta must be >= 0 (the KL term's weight; 1 is the ELBO), got {o.beta}")
     if config.objective.k < 1 or config.eval.nll_k < 1 or config.eval.final_nll_k < 1:
         raise ValueError("objective.k, eval.nll_k and eval.final_nll_k must be >= 1")
     if config.eval.nll_chunk < 1:
@@ -480,6 +530,6 @@ def _warn_vae_combinations(config) -> None:
     if o.likelihood == "gaussian" and o.gaussian_sigma < 1 / (255 * math.sqrt(2 * math.pi)):
         log.warning("objective.gaussian_sigma=%g < 1/(255 sqrt(2 pi)): the Gaussian density of x/255 exceeds 1 per "
                     "8-bit bin, so the reported bits/dim can be negative", o.gaussian_sigma)
-    if o.name == "iwae" and (o.beta != 1.0 or o.kl != "analytic" or o.kl_warmup_steps):
-        log.warning("objective.name='iwae' ignores objective.beta=%g, objective.kl=%r and objective.kl_warmup_steps=%d "
-                    "(they weight the ELBO)", o.beta, o.kl, o.kl_warmup_steps)
+    defaults = {"beta": 1.0, "kl": "analytic", "kl_warmup_steps": 0}  # vae_config's
+    if o.name == "iwae" and (ignored := [f"objective.{k}={o[k]!r}" for k, v in defaults.items() if o[k] != v]):
+        log.warning("objective.name='iwae' ignores %s (read by the ELBO)", ", ".join(ignored))

@@ -440,6 +440,8 @@ def test_a_config_file_that_reads_a_missing_field_names_the_line_and_the_fields(
 def test_unknown_variant_lists_the_choices():
     with pytest.raises(ValueError, match="unknown config variant 'smok'; choices: fashion, iwae, mnist_5k, smoke"):
         _load_config(str(ROOT / "configs" / "vae_mnist.py"), "smok")
+    spaced = _load_config(str(ROOT / "configs" / "vae_mnist.py"), "iwae, smoke")  # as written in a shell script
+    assert spaced.to_dict() == _load_config(str(ROOT / "configs" / "vae_mnist.py"), "iwae,smoke").to_dict()
 
 
 def test_a_variant_that_overrides_an_earlier_ones_fields_says_so(caplog):
@@ -467,7 +469,7 @@ def test_a_variant_that_overrides_an_earlier_ones_fields_says_so(caplog):
     ("optim.name", "adamm", "unknown optimizer 'adamm'; choices: adam, adamw"),
     ("train.batch_size", 30, "train.batch_size=30 is not divisible by the 8 devices; use a multiple of 8"),
     ("eval.batch_size", 20, "eval.batch_size=20 is not divisible by the 8 devices"),
-    ("train.steps_per_dispatch", 3, "must be a multiple of train.steps_per_dispatch=3"),
+    ("train.steps_per_dispatch", 3, "must be multiples of train.steps_per_dispatch=3"),
     ("eval.nll_chunk", 0, "eval.nll_chunk must be >= 1"),
     ("objective.kl_warmup_steps", -5, "objective.kl_warmup_steps must be >= 0"),
 ])
@@ -520,6 +522,58 @@ def test_steps_not_a_multiple_of_steps_per_dispatch_fails_in_the_config_check(sm
         loop.train_and_evaluate(c, tmp_path)
     c.train.steps = 20
     config_lib.check(c)
+    c.train.steps_per_dispatch, c.train.steps = 4, 22  # every interval off the grid is named at once
+    with pytest.raises(ValueError, match=r"train.steps=22 and train.log_every=5 and checkpoint.every=10 and "
+                                         r"eval.every=10 must be multiples of train.steps_per_dispatch=4"):
+        config_lib.check(c)
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"objective.likelihood": "gaussian", "data.binarize": "none", "objective.gaussian_sigma": 0.0},
+     "objective.gaussian_sigma must be > 0"),
+    ({"objective.beta": -1.0}, "objective.beta must be >= 0"),
+    ({"model.latent_dim": 0}, "model.latent_dim must be >= 1, got 0"),
+])
+def test_values_outside_their_range_fail_in_the_config_check(fields, message):
+    from jaxgen import config as config_lib
+
+    c = config_lib.vae_config()
+    for field, value in fields.items():
+        block, name = field.split(".")
+        c[block][name] = value
+    with pytest.raises(ValueError, match=message):
+        config_lib.check(c)
+
+
+def test_settings_that_do_nothing_in_the_run_are_named_with_what_reads_them(caplog):
+    import logging
+
+    from jaxgen import config as config_lib
+
+    c = config_lib.vae_config()
+    c.model.name, c.model.channels, c.optim.weight_decay, c.optim.end_lr_ratio = "mlp_vae", (8, 16), 0.5, 0.1
+    c.objective.name, c.objective.kl = "iwae", "mc"
+    with caplog.at_level(logging.WARNING, logger="jaxgen"):
+        config_lib.check(c)
+    assert ("These settings do nothing in this run: model.channels=(8, 16) (read by model.name=conv_vae; this run's "
+            "is mlp_vae); optim.weight_decay=0.5 (read by optim.name=adamw; this run's is adam); optim.end_lr_ratio="
+            "0.1 (read by optim.schedule=cosine or linear; this run's is constant)") in caplog.text
+    assert "objective.name='iwae' ignores objective.kl='mc' (read by the ELBO)" in caplog.text  # beta left out
+    g = config_lib.gan_config()
+    g.model.name, g.model.conv_impl, g.reg.weight, g.reg.interval = "resnet", "xla", 1.0, 4
+    assert config_lib.ignored_settings(g, config_lib.gan_config()) == [
+        "model.conv_impl='xla' (read by model.name=dcgan; this run's is resnet)",
+        "reg.weight=1.0 (read by a regularizer: reg.name=r1, gp or your own)",
+        "reg.interval=4 (read by a regularizer: reg.name=r1, gp or your own)"]
+    g.model.name, g.reg.name, g.d_optim.name = "myproject.models:pair", "r1", "myproject.optim:sgd"
+    g.d_optim.weight_decay = 0.1  # a user's optimizer may read it
+    assert config_lib.ignored_settings(g, config_lib.gan_config()) == []
+    for path in CONFIGS:  # no shipped config or variant sets one
+        module = config_module(path)
+        for variant in ("", *module.VARIANTS):
+            c = module.get_config(variant)
+            base = {"vae": config_lib.vae_config, "gan": config_lib.gan_config}[c.task]()
+            assert config_lib.ignored_settings(c, base) == [], (path, variant)
 
 
 def test_unwritable_workdir_is_a_clear_error(smoke_config, tmp_path):

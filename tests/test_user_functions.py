@@ -339,6 +339,23 @@ def _flat_decoder():
 FlatDecoder = _flat_decoder()
 
 
+def test_an_encoder_returning_only_mu_is_named_with_its_shape():
+    from jaxgen.config import vae_config
+    from jaxgen.models.vae import MLPVAE
+    from jaxgen.objectives import vae as vae_obj
+
+    class MuOnly(MLPVAE):
+        def encode(self, x):
+            return super().encode(x)[0]
+
+    model = MuOnly((8, 8, 1), 2, (8,), "tanh")
+    x = jax.ShapeDtypeStruct((2, 8, 8, 1), jnp.float32)
+    params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(x.shape), jnp.zeros((2, 2))))
+    with pytest.raises(ValueError, match=r"encode\(x\) of images \[2, 8, 8, 1\] must return \(mu, logvar\), each "
+                                         r"\[2, latent_dim=2\]; it returned an array of shape \(2, 2\)"):
+        vae_obj.check_model(model, params, x, cfg=vae_config().objective)
+
+
 def test_a_gan_pair_of_the_wrong_shapes_is_refused_before_training():
     from jaxgen.models import gan as gan_models
 

@@ -65,7 +65,8 @@ def check_model(model, params, x, *, cfg) -> None:
     enc = jax.eval_shape(lambda p, v: model.apply(p, v, method="encode"), params, x)
     d = getattr(model, "latent_dim", None)
     if not (isinstance(enc, tuple) and len(enc) == 2 and all(getattr(a, "shape", None) == (b, d) for a in enc)):
-        got = [getattr(a, "shape", type(a).__name__) for a in enc] if isinstance(enc, tuple) else type(enc).__name__
+        got = [getattr(a, "shape", type(a).__name__) for a in enc] if isinstance(enc, tuple) else \
+            registry.describe(enc)
         raise ValueError(f"model {type(model).__name__}: encode(x) of images {[b, *image]} must return (mu, logvar), "
                          f"each [{b}, latent_dim={d}]; it returned {got}")
     z = jax.ShapeDtypeStruct((b, d), jnp.float32)
