@@ -97,7 +97,8 @@ class GANTask:
         return (f"train {c.data.name} {self.train.shape}, {len(self.train)} images; {held}{c.model.name} GAN, "
                 f"loss {c.loss.name}, reg {c.reg.name}, {c.train.d_steps} D step(s) per G step{fresh}, "
                 f"augment {c.augment.policy or 'none'}{', reals mirrored at random' if c.data.random_flip else ''}, "
-                f"compute {c.model.dtype}")
+                f"compute {c.model.dtype}" + ("" if c.model.name in gan_models.GANS else
+                                              " (model.dtype, which your model function may or may not use)"))
 
     def compile_train(self):
         c = self.config
