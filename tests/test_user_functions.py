@@ -407,23 +407,6 @@ def no_train_pair(model_config, image_shape, axis_name):
     return gan_models.dcgan(model_config, image_shape, axis_name)[0], _NoTrainD()
 
 
-@pytest.mark.parametrize("name, message", [
-    ("g_only", r"returned DCGANGenerator; expected fn\(model_config, image_shape, axis_name\) -> \(generator, "
-               r"discriminator\)"),
-    ("no_latent_pair", r"its generator _NoLatentG has no int field latent_dim"),
-    ("no_train_pair", r"its discriminator _NoTrainD takes \(x\) and cannot be called as "
-                      r"discriminator\(x, train=\.\.\.\).*unexpected keyword argument 'train'"),
-    ("_NoTrainD", r"is a class; a GAN's model.name names a function"),
-])
-def test_a_gan_model_function_that_breaks_its_contract_is_named_before_tracing(name, message):
-    from jaxgen.models import gan as gan_models
-
-    cfg = gan_config().model
-    cfg.name = f"tests.test_user_functions:{name}"
-    with pytest.raises(ValueError, match=rf"GAN model '{cfg.name}'[: ].*{message}"):
-        gan_models.build(cfg, (28, 28, 1))
-
-
 class _NoFieldsVAE(nn.Module):
     def encode(self, x):
         return x, x
@@ -446,16 +429,24 @@ class _NoCallVAE(nn.Module):
         return z
 
 
-@pytest.mark.parametrize("name, message", [
-    ("_NoFieldsVAE", r"the trainer builds a model class as _NoFieldsVAE\(image_shape=\(H, W, C\), latent_dim=model."
-                     r"latent_dim\); it has no field image_shape or latent_dim"),
-    ("_NoCallVAE", r"_NoCallVAE has no __call__; a VAE module has encode\(x\) -> \(mu, logvar\)"),
+@pytest.mark.parametrize("task, name, message", [
+    ("gan", "g_only", r"returned DCGANGenerator; expected fn\(model_config, image_shape, axis_name\) -> "
+                      r"\(generator, discriminator\)"),
+    ("gan", "no_latent_pair", r"its generator _NoLatentG has no int field latent_dim"),
+    ("gan", "no_train_pair", r"its discriminator _NoTrainD takes \(x\) and cannot be called as "
+                             r"discriminator\(x, train=\.\.\.\).*unexpected keyword argument 'train'"),
+    ("gan", "_NoTrainD", r"is a class; a GAN's model.name names a function"),
+    ("vae", "_NoFieldsVAE", r"the trainer builds a model class as _NoFieldsVAE\(image_shape=\(H, W, C\), "
+                            r"latent_dim=model.latent_dim\); it has no field image_shape or latent_dim"),
+    ("vae", "_NoCallVAE", r"_NoCallVAE has no __call__; a VAE module has encode\(x\) -> \(mu, logvar\)"),
 ])
-def test_a_vae_model_class_without_the_trainers_fields_or_methods_is_named(name, message):
+def test_a_model_of_yours_that_breaks_its_contract_is_named_before_it_is_traced(task, name, message):
     from jaxgen import models
     from jaxgen.config import vae_config
+    from jaxgen.models import gan as gan_models
 
-    cfg = vae_config().model
+    cfg = (gan_config() if task == "gan" else vae_config()).model
     cfg.name = f"tests.test_user_functions:{name}"
-    with pytest.raises(ValueError, match=rf"model '{cfg.name}': {message}"):
-        models.build(cfg, (8, 8, 1))
+    what, build = ("GAN model", gan_models.build) if task == "gan" else ("model", models.build)
+    with pytest.raises(ValueError, match=rf"{what} '{cfg.name}'[: ].*{message}"):
+        build(cfg, (28, 28, 1))
