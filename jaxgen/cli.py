@@ -66,9 +66,9 @@ def exit_now(status: int) -> None:
     import logging  # noqa: PLC0415
     import os  # noqa: PLC0415
 
-    import jax  # noqa: PLC0415 (started by now)
+    import jax  # noqa: PLC0415
 
-    if jax.process_count() > 1:
+    if jax.distributed.is_initialized():  # asks without starting a backend (a signal may land before one started)
         sys.exit(status)
     sys.stdout.flush()
     sys.stderr.flush()

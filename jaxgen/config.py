@@ -331,7 +331,10 @@ def ignored_settings(config: ml_collections.ConfigDict, base: ml_collections.Con
     """Fields set away from the task's defaults (`base`) that the run's built-in choices do not read, each with
     what would read it: `model.channels` on mlp_vae, `optim.weight_decay` with adam, `optim.end_lr_ratio` with the
     constant schedule, `reg.weight` without a regularizer. A function of the user's may read any field of its
-    block, so its block is not reported (the optimizer's schedule fields are jaxgen's, whatever the optimizer)."""
+    block, so its block is not reported (the optimizer's schedule fields are jaxgen's, whatever the optimizer); a
+    user's feature extractor gets the whole config, so with one nothing is reported."""
+    if any(":" in str(name) for name in config.eval.get("extractors", ())):
+        return []
     out = []
 
     def changed(block: str, field: str) -> bool:
@@ -361,9 +364,10 @@ def ignored_settings(config: ml_collections.ConfigDict, base: ml_collections.Con
 
 
 def _check_train(config: ml_collections.ConfigDict, base: ml_collections.ConfigDict) -> None:
+    """train.*, checkpoint.every and data.*: sizes, intervals and their multiples of train.steps_per_dispatch;
+    model.latent_dim, which every model reads."""
     if config.model.latent_dim < 1:
         raise ValueError(f"model.latent_dim must be >= 1, got {config.model.latent_dim}")
-    """train.*, checkpoint.every and data.*: sizes, intervals and their multiples of train.steps_per_dispatch."""
     t = config.train
     if t.batch_size <= 0 or t.steps < 0:
         raise ValueError(f"train.batch_size must be > 0 and train.steps >= 0, got {t.batch_size} and {t.steps}")

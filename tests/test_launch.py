@@ -568,6 +568,8 @@ def test_settings_that_do_nothing_in_the_run_are_named_with_what_reads_them(capl
     g.model.name, g.reg.name, g.d_optim.name = "myproject.models:pair", "r1", "myproject.optim:sgd"
     g.d_optim.weight_decay = 0.1  # a user's optimizer may read it
     assert config_lib.ignored_settings(g, config_lib.gan_config()) == []
+    c.eval.extractors = ("myproject.extract:pooled",)  # a user's extractor gets the whole config: it may read any
+    assert config_lib.ignored_settings(c, config_lib.vae_config()) == []
     for path in CONFIGS:  # no shipped config or variant sets one
         module = config_module(path)
         for variant in ("", *module.VARIANTS):

@@ -82,6 +82,10 @@ def test_a_run_stopped_during_an_eval_has_not_yet_checkpointed_that_step(smoke_c
     with pytest.raises(KeyboardInterrupt):
         loop.train_and_evaluate(c, tmp_path)
     assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
+    # The train records reached TensorBoard's events file: it is closed on the way out (launch.py then ends the
+    # process without the atexit hook that would flush it).
+    events = b"".join(p.read_bytes() for p in (tmp_path / "tb").glob("events.out.tfevents.*"))
+    assert b"train/loss" in events
 
 
 def test_a_sigterm_during_an_eval_stops_the_run_at_that_step(smoke_config, tmp_path, monkeypatch):
@@ -95,7 +99,8 @@ def test_a_sigterm_during_an_eval_stops_the_run_at_that_step(smoke_config, tmp_p
 
     c = smoke_config
     k = c.train.steps_per_dispatch
-    c.eval.every, c.checkpoint.every, c.train.log_every, c.train.steps = 2 * k, 6 * k, 6 * k, 6 * k
+    c.eval.every, c.checkpoint.every, c.train.log_every, c.train.steps = 2 * k, 6 * k, 3 * k, 6 * k
+    loop.train_and_evaluate(c, tmp_path / "straight")
     build = loop.build_task
 
     def build_signalled_eval(config, workdir, **kwargs):
@@ -111,15 +116,21 @@ def test_a_sigterm_during_an_eval_stops_the_run_at_that_step(smoke_config, tmp_p
         return task
 
     monkeypatch.setattr(loop, "build_task", build_signalled_eval)
+    run = tmp_path / "stopped"
     with pytest.raises(loop.RunStopped, match=f"stopped by SIGTERM at step {4 * k}"):
-        loop.train_and_evaluate(c, tmp_path)
-    assert [int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()] == [4 * k]
-    records = read(tmp_path / "metrics.jsonl")
-    assert [(r["split"], r["step"]) for r in records] == [("eval", 2 * k), ("eval", 4 * k), ("train", 4 * k)]
+        loop.train_and_evaluate(c, run)
+    assert [int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit()] == [4 * k]
+    records = read(run / "metrics.jsonl")  # the steps since the record at 3k get theirs at the stop
+    assert [(r["split"], r["step"]) for r in records] == [("eval", 2 * k), ("train", 3 * k), ("eval", 4 * k),
+                                                          ("train", 4 * k)]
     monkeypatch.setattr(loop, "build_task", build)
-    loop.train_and_evaluate(c, tmp_path)
-    evals = [r["step"] for r in read(tmp_path / "metrics.jsonl") if r["split"] == "eval"]
+    loop.train_and_evaluate(c, run)
+    evals = [r["step"] for r in read(run / "metrics.jsonl") if r["split"] == "eval"]
     assert evals == [2 * k, 4 * k, 6 * k]
+    for x, y in zip(jax.tree.leaves(_final_state(c, tmp_path / "straight")), jax.tree.leaves(_final_state(c, run))):
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            x, y = jax.random.key_data(x), jax.random.key_data(y)
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))  # bitwise the uninterrupted run's
 
 
 def _state(cfg, mesh):

@@ -389,6 +389,25 @@ class _NoTrainD(nn.Module):
         return nn.Dense(1)(x.reshape(x.shape[0], -1))[:, 0]
 
 
+class _ScoreOnlyD(nn.Module):
+    @nn.compact
+    def score(self, x):
+        return nn.Dense(1)(x.reshape(x.shape[0], -1))[:, 0]
+
+
+def no_call_pair(model_config, image_shape, axis_name):
+    from jaxgen.models import gan as gan_models
+
+    return gan_models.dcgan(model_config, image_shape, axis_name)[0], _ScoreOnlyD()
+
+
+def numpy_latent_pair(model_config, image_shape, axis_name):
+    from jaxgen.models import gan as gan_models
+
+    g, d = gan_models.dcgan(model_config, image_shape, axis_name)
+    return g.clone(latent_dim=np.int64(g.latent_dim)), d
+
+
 def g_only(model_config, image_shape, axis_name):
     from jaxgen.models import gan as gan_models
 
@@ -436,6 +455,8 @@ class _NoCallVAE(nn.Module):
     ("gan", "no_train_pair", r"its discriminator _NoTrainD takes \(x\) and cannot be called as "
                              r"discriminator\(x, train=\.\.\.\).*unexpected keyword argument 'train'"),
     ("gan", "_NoTrainD", r"is a class; a GAN's model.name names a function"),
+    ("gan", "no_call_pair", r"its discriminator _ScoreOnlyD has no __call__; the trainer calls it as "
+                            r"discriminator\(x, train=\.\.\.\)"),
     ("vae", "_NoFieldsVAE", r"the trainer builds a model class as _NoFieldsVAE\(image_shape=\(H, W, C\), "
                             r"latent_dim=model.latent_dim\); it has no field image_shape or latent_dim"),
     ("vae", "_NoCallVAE", r"_NoCallVAE has no __call__; a VAE module has encode\(x\) -> \(mu, logvar\)"),
@@ -449,4 +470,7 @@ def test_a_model_of_yours_that_breaks_its_contract_is_named_before_it_is_traced(
     cfg.name = f"tests.test_user_functions:{name}"
     what, build = ("GAN model", gan_models.build) if task == "gan" else ("model", models.build)
     with pytest.raises(ValueError, match=rf"{what} '{cfg.name}'[: ].*{message}"):
+        build(cfg, (28, 28, 1))
+    if task == "gan":  # a NumPy integer is an int field
+        cfg.name = "tests.test_user_functions:numpy_latent_pair"
         build(cfg, (28, 28, 1))

@@ -15,6 +15,7 @@ same blocks with jaxgen's own widths, not SNGAN's 64x64 models).
 from __future__ import annotations
 
 import logging
+import numbers
 
 import flax.linen as nn
 import jax
@@ -391,11 +392,15 @@ def _check_built_pair(name: str, pair, contract: str) -> None:
     if not (isinstance(pair, tuple | list) and len(pair) == 2 and all(isinstance(m, nn.Module) for m in pair)):
         raise ValueError(f"{what} returned {registry.describe(pair)}; expected {contract}")
     generator, discriminator = pair
-    if not isinstance(getattr(generator, "latent_dim", None), int):
+    latent_dim = getattr(generator, "latent_dim", None)
+    if not isinstance(latent_dim, numbers.Integral) or isinstance(latent_dim, bool):
         raise ValueError(f"{what}: its generator {type(generator).__name__} has no int field latent_dim (the size of "
                          f"the z it takes); add one, e.g. `latent_dim: int = 100`")
     for role, module, arg in (("generator", generator, "z"), ("discriminator", discriminator, "x")):
         call = f"{role}({arg}, train=...)"
+        if not callable(module):  # a module without __call__ (flax's own error would be an AttributeError)
+            raise ValueError(f"{what}: its {role} {type(module).__name__} has no __call__; the trainer calls it as "
+                             f"{call}")
         registry.check_call(f"{what}: its {role} {type(module).__name__}", module.__call__,
                             f"{call} (train: True in the train step, False for samples and evaluation)", arg,
                             train=False)

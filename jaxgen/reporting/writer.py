@@ -74,8 +74,11 @@ class MetricWriter:
             self._tb.add_scalar(tensorboard_tag(f"{split}/{k}"), float(v), int(step))
 
     def close(self) -> None:
+        """Flushes and closes the TensorBoard events (also on an interruption: launch.py then ends the process
+        without Python's shutdown, whose atexit hook would flush them). Closing again does nothing."""
         if self._tb is not None:
             self._tb.close()
+            self._tb = None
 
 
 def tensorboard_tag(name: str) -> str:

@@ -239,36 +239,38 @@ def _train_and_evaluate(config, workdir: Path) -> dict:
                                      not_final=task.not_final, split=best_split(task, best_name),
                                      unnamed_split=best_split(task, best_name, validation=False))
     writer = MetricWriter(workdir, resume_step=step)
-    evals = _Evals(task, writer, best, sq)
-    if c.eval.every and 0 < step < c.train.steps and step % c.eval.every == 0 and evals.missing(step):
-        log.info("Evaluating step %d first: the run that checkpointed it stopped before its eval", step)
-        evals.during_training(state, step)
-    t0 = time.perf_counter()
-    try:
-        state, step, stopped = _train(task, state, mgr, writer, evals)
+    try:  # the TensorBoard events flushed whatever stops the run (launch.py's exit skips atexit)
+        evals = _Evals(task, writer, best, sq)
+        if c.eval.every and 0 < step < c.train.steps and step % c.eval.every == 0 and evals.missing(step):
+            log.info("Evaluating step %d first: the run that checkpointed it stopped before its eval", step)
+            evals.during_training(state, step)
+        t0 = time.perf_counter()
+        try:
+            state, step, stopped = _train(task, state, mgr, writer, evals)
+        finally:
+            mgr.wait_until_finished()
+        train_time = time.perf_counter() - t0
+        if stopped is not None:
+            for closing in (best, mgr):
+                if closing is not None:
+                    closing.close()
+            log.warning("Stopped by %s at step %d after %.1f s; checkpointed in %s. The same command resumes it.",
+                        signal.Signals(stopped).name, step, train_time, workdir / "checkpoints")
+            raise RunStopped(step, stopped)
+        t_final = time.perf_counter()
+        try:
+            if task.validation is not None:  # the last step's validation numbers, for the curves and the best
+                evals.during_training(state, step, images=False)
+            log.info("Final evaluation of step %d", step)
+            final = final_eval(task, state, writer, sq)
+            if best is not None and task.validation is None:  # the test split's numbers choose nothing then
+                best.update(state, scalars(final), final=True)
+        finally:
+            if best is not None:
+                best.close()
+            mgr.close()
     finally:
-        mgr.wait_until_finished()
-    train_time = time.perf_counter() - t0
-    if stopped is not None:
-        for closing in (best, mgr, writer):
-            if closing is not None:
-                closing.close()
-        log.warning("Stopped by %s at step %d after %.1f s; checkpointed in %s. The same command resumes it.",
-                    signal.Signals(stopped).name, step, train_time, workdir / "checkpoints")
-        raise RunStopped(step, stopped)
-    t_final = time.perf_counter()
-    try:
-        if task.validation is not None:  # the last step's validation numbers, for the curves and the best
-            evals.during_training(state, step, images=False)
-        log.info("Final evaluation of step %d", step)
-        final = final_eval(task, state, writer, sq)
-        if best is not None and task.validation is None:  # the test split's numbers choose nothing then
-            best.update(state, scalars(final), final=True)
-    finally:
-        if best is not None:
-            best.close()
-        mgr.close()
-    writer.close()
+        writer.close()
     final_time = time.perf_counter() - t_final  # the metrics (eval.json's eval_seconds), images, plots and saves
     steps_run = step - start
     summary = task.summary(final) + _fid_part(final)

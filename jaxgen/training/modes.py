@@ -83,10 +83,12 @@ def _evaluate_checkpoint(config, workdir: Path) -> dict:
     best = config.eval.checkpoint == "best"
     # The best checkpoint's numbers go to eval_best.json only: metrics.jsonl is the history of the run.
     writer = MetricWriter(task.workdir, enabled=False if best else None)
-    final = loop.final_eval(task, state, writer, loop.sample_quality(task, training=False),
-                            "eval_best.json" if best else "eval.json", images=not best,
-                            extra={"selected_by": _selected_by(task, workdir)} if best else None)
-    writer.close()
+    try:
+        final = loop.final_eval(task, state, writer, loop.sample_quality(task, training=False),
+                                "eval_best.json" if best else "eval.json", images=not best,
+                                extra={"selected_by": _selected_by(task, workdir)} if best else None)
+    finally:  # an interruption too: launch.py's exit skips the atexit hook that would flush TensorBoard's events
+        writer.close()
     log.info("eval of step %d: %s", int(jax.device_get(state["step"])), loop.eval_line(task, final))
     return final
 

@@ -106,8 +106,8 @@ class StopRequest:
             signal.raise_signal(signum)
             return
         what = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
-        log.warning("%s: stopping after the current compiled call; the state will be checkpointed (%s again "
-                    "stops at once)", what, what)
+        log.warning("%s: stopping after the current compiled call (or evaluation); the state will be checkpointed "
+                    "(%s again stops at once)", what, what)
         self.signum = signum
 
     def arrived(self) -> int | None:
