@@ -461,7 +461,10 @@ def _check_finite(host_metrics: dict, mgr, workdir: Path, headline) -> None:
 
 
 def final_eval(task, state, writer: MetricWriter, sq, out_name: str = "eval.json", images: bool = True,
-                extra: dict | None = None) -> dict:
+               extra: dict | None = None) -> dict:
+    """The final evaluation of `state` (sample quality by `sq`): its metrics in metrics.jsonl (through `writer`)
+    and, with the task's record and `extra`, in <workdir>/`out_name`; with `images`, the final image grids, also
+    under the step's name. Returns the metrics."""
     t = time.perf_counter()
     final = evaluate(task, state, True, sq)
     final["eval_seconds"] = time.perf_counter() - t
