@@ -423,9 +423,10 @@ def _check_eval(config: ml_collections.ConfigDict) -> None:
     eval_checkpoint(config)
     if config.eval.classifier_steps < 1:
         raise ValueError(f"eval.classifier_steps must be >= 1, got {config.eval.classifier_steps}")
-    if config.eval.extractors and config.eval.num_samples < 2:
-        raise ValueError(f"eval.num_samples must be >= 2 for a covariance (>= 2048 for Inception FID), got "
-                         f"{config.eval.num_samples}")
+    if config.eval.extractors and config.eval.num_samples <= quality.FINAL_K:
+        raise ValueError(f"eval.num_samples must be > {quality.FINAL_K} with eval.extractors: the final evaluation's "
+                         f"nearest-neighbour metrics (density and coverage) take {quality.FINAL_K} neighbours "
+                         f"(>= 2048 samples for Inception FID), got {config.eval.num_samples}")
     if config.sample.num < 1 or config.sample.per_grid < 1:
         raise ValueError("sample.num and sample.per_grid must be >= 1")
 

@@ -191,16 +191,26 @@ def test_a_best_metric_of_an_unused_extractor_or_of_the_final_eval_only_fails_be
     for mode in ("auto", "max"):  # a misspelt one, whatever the mode: before any work, not at the first eval
         c.checkpoint.best_metric, c.checkpoint.best_mode = "elbow", mode
         with pytest.raises(ValueError, match="'elbow' is not a metric of every gan eval; choices: d_real, d_fake, "
-                                             "classifier/fid, classifier/is_mean, "):
+                                             "classifier/fid, classifier/class_tv, classifier/class_coverage$"):
             config_lib.check(c)
     c.checkpoint.best_mode = "auto"
     c.checkpoint.best_metric = "inception/fid"
     with pytest.raises(ValueError, match="'inception', which is not in eval.extractors"):
         config_lib.check(c)
     c.checkpoint.best_metric = "classifier/kid_mean"
-    with pytest.raises(ValueError, match="not computed at every eval; choices: classifier/fid"):
+    with pytest.raises(ValueError, match="not computed at every eval of the classifier extractor; choices: "
+                                         "classifier/fid"):
+        config_lib.check(c)
+    c.checkpoint.best_metric = "classifier/is_mean"  # the classifier gives no IS: refused now, not at the first eval
+    with pytest.raises(ValueError, match="'is_mean' is not computed at every eval of the classifier extractor; "
+                                         "choices: classifier/fid, classifier/class_tv, classifier/class_coverage"):
         config_lib.check(c)
     c.checkpoint.best_metric = "classifier/class_coverage"
+    config_lib.check(c)
+    c.eval.num_samples = 5  # the final evaluation's density and coverage need more than 5
+    with pytest.raises(ValueError, match="eval.num_samples must be > 5 with eval.extractors"):
+        config_lib.check(c)
+    c.eval.num_samples = 6
     config_lib.check(c)
     c.eval.extractors = ("classifier,inception",)
     with pytest.raises(ValueError, match="give a tuple"):

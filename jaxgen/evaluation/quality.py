@@ -197,6 +197,9 @@ def _save(path: Path, arrays: dict) -> None:
         log.warning("Could not cache reference features at %s: %s", path, e)
 
 
+FINAL_K = 5  # the neighbours of density and coverage (Naeem et al.'s k), the largest k of the final evaluation
+
+
 def compare(extractor: Extractor, ref: dict, samples: np.ndarray, *, full: bool, reference_name: str,
             seed: int = 0) -> dict:
     """Metrics of uint8 `samples` against the cached reference `ref`.
@@ -225,7 +228,7 @@ def compare(extractor: Extractor, ref: dict, samples: np.ndarray, *, full: bool,
         out["kid_mean"], out["kid_std"] = sample_metrics.kernel_inception_distance(real, feats, seed=seed)
         out["kid_subsets"] = f"100 x {min(1000, len(real), len(feats))}"  # std is 0 when a subset is a whole set
         out["precision"], out["recall"] = sample_metrics.precision_recall(real, feats, k=3)
-        out["density"], out["coverage"] = sample_metrics.density_coverage(real, feats, k=5)
+        out["density"], out["coverage"] = sample_metrics.density_coverage(real, feats, k=FINAL_K)
     return out
 
 
@@ -327,6 +330,9 @@ def flatten(blocks: dict) -> dict:
 
 # Sample-quality metrics computed at every eval; the others (KID, precision/recall, density/coverage) only at the end.
 PER_EVAL = ("fid", "is_mean", "is_std", "class_tv", "class_coverage")
+# What each built-in extractor adds to FID at every eval (IS from Inception's logits, the class histograms from the
+# classifier's); a user's extractor may give either, which shows only once it is built.
+PER_EVAL_OF = {"inception": ("fid", "is_mean", "is_std"), "classifier": ("fid", "class_tv", "class_coverage")}
 # Each task's own eval metrics (jaxgen.evaluation.vae.evaluate; GanTask.evaluate): a best_metric without '/' names one.
 TASK_METRICS = {"vae": ("elbo", "kl", "rec_nll", "recon_nll_at_mean", "recon_mse", "nll", "nll_bits_per_dim"),
                 "gan": ("d_real", "d_fake")}
@@ -369,7 +375,7 @@ def best_metric(config) -> str | None:
         return f"{config.eval.extractors[0]}/fid" if config.eval.extractors else None
     task_metrics = TASK_METRICS.get(config.task, ())
     if m and "/" not in m and m not in task_metrics:
-        per_eval = [f"{e}/{p}" for e in config.eval.extractors for p in PER_EVAL]
+        per_eval = [f"{e}/{p}" for e in config.eval.extractors for p in PER_EVAL_OF.get(e, PER_EVAL)]
         raise ValueError(f"checkpoint.best_metric={m!r} is not a metric of every {config.task} eval; choices: "
                          f"{', '.join((*task_metrics, *per_eval))}"
                          + ("" if per_eval else " (sample-quality ones such as 'classifier/fid' with eval.extractors)"))
@@ -378,7 +384,10 @@ def best_metric(config) -> str | None:
         if name not in tuple(config.eval.extractors):
             raise ValueError(f"checkpoint.best_metric={m!r} names the extractor {name!r}, which is not in "
                              f"eval.extractors={tuple(config.eval.extractors)}")
-        if metric not in PER_EVAL:
-            raise ValueError(f"checkpoint.best_metric={m!r}: {metric!r} is not computed at every eval; choices: "
-                             f"{', '.join(f'{name}/{p}' for p in PER_EVAL)} (or a metric of the task such as 'nll')")
+        computed = PER_EVAL_OF.get(name, PER_EVAL)
+        if metric not in computed:
+            raise ValueError(f"checkpoint.best_metric={m!r}: {metric!r} is not computed at every eval"
+                             + (f" of the {name} extractor" if name in PER_EVAL_OF else "") + "; choices: "
+                             f"{', '.join(f'{name}/{p}' for p in computed)} (or a metric of the task such as "
+                             f"{TASK_METRICS.get(config.task, ('nll',))[0]!r})")
     return m or None
