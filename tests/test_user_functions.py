@@ -121,6 +121,19 @@ def test_an_augmentation_with_another_signature_is_named_before_any_work():
     augment.check_policy(",".join(augment.AUGMENTATIONS))
 
 
+def split_sized(data_config, split):
+    side = 8 if split == "train" else 16
+    return np.zeros((4, side, side, 1), np.uint8), np.zeros(4, np.int32)
+
+
+def test_a_dataset_whose_test_images_have_another_shape_is_refused_at_load():
+    cfg = gan_config().data
+    cfg.name = "tests.test_user_functions:split_sized"
+    with pytest.raises(ValueError, match=r"dataset 'tests.test_user_functions:split_sized': the 'test' split's images "
+                                         r"are \[16, 16, 1\], the 'train' split's \[8, 8, 1\]; every split must"):
+        data.load_splits(cfg)
+
+
 def test_a_dataset_that_returns_only_images_names_the_pair():
     cfg = gan_config().data
     cfg.name = "tests.test_user_functions:images_only"

@@ -115,6 +115,19 @@ def load(data_config, split: str) -> ImageData:
 VALIDATION_SEED = 0  # the held-out examples: one fixed choice, whatever the run's seed
 
 
+def load_splits(data_config) -> tuple[ImageData, ImageData | None, ImageData]:
+    """(train, validation, test): `load_train` and the split `data.test_split`, which must hold images of the
+    train split's shape (a dataset function of the user's may return other ones; the model is built for the train
+    split's)."""
+    train, validation = load_train(data_config)
+    test = load(data_config, data_config.test_split)
+    if test.shape != train.shape:
+        raise ValueError(f"dataset {data_config.name!r}: the {test.split!r} split's images are {list(test.shape)}, "
+                         f"the {train.split!r} split's {list(train.shape)}; every split must have the images of the "
+                         f"shape the model is built for")
+    return train, validation, test
+
+
 def load_train(data_config) -> tuple[ImageData, ImageData | None]:
     """(train, validation): the split `data.train_split`, less the `data.validation_examples` examples it holds out
     as the validation split (None when 0).

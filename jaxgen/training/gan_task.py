@@ -55,8 +55,7 @@ class GANTask:
         self.g_tx, self.g_lr = optim.make(c.g_optim, c.train.steps)
         self.d_tx, self.d_lr = optim.make(c.d_optim, c.train.steps * c.train.d_steps)
         if image_shape is None:
-            self.train, self.validation = data.load_train(c.data)
-            self.test = data.load(c.data, c.data.test_split)
+            self.train, self.validation, self.test = data.load_splits(c.data)
             self.image_shape = self.train.shape
             self._check_sizes(training)
         else:

@@ -41,8 +41,7 @@ class VAETask:
         registry.resolve("model", config.model.name, models.MODELS)  # as an unknown model, before the data loads
         self.tx, self.lr = optim.make(config.optim, config.train.steps)
         if image_shape is None:
-            self.train, self.validation = data.load_train(config.data)
-            self.test = data.load(config.data, config.data.test_split)
+            self.train, self.validation, self.test = data.load_splits(config.data)
             self.image_shape, images = self.train.shape, self.train.image
         else:  # a placeholder for output_bias='data_mean': the restored params replace what it initialises
             self.train = self.validation = self.test = None
