@@ -112,6 +112,8 @@ def main(argv=None):
     p.add_argument("--torch-amp", action="store_true", help="also time the reference with bf16 autocast")
     p.add_argument("--out", default="")
     a = p.parse_args(argv)
+    if not a.skip_torch:
+        harness.check_reference()
     batches = [int(b) for b in a.batches.split(",")]
     env = harness.machine()
     results, info = bench_jax(batches, a.dtypes.split(","), [int(k) for k in a.fused.split(",")], a.seconds,

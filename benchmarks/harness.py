@@ -75,8 +75,17 @@ def dcgan64_step(c, mesh, *, batch: int, steps_per_dispatch: int = 1, augment_po
     return fn, create
 
 
+def check_reference() -> None:
+    """Exits with a message naming the fixes unless the PyTorch reference file exists: called before any timing,
+    so a run without it does not lose the jaxgen numbers it measured first."""
+    if not REFERENCE.is_file():
+        sys.exit(f"The PyTorch reference {REFERENCE} does not exist: point JAXGEN_TORCH_REFERENCE at a copy of "
+                 f"torch_reference.py (benchmarks/README.md), or time jaxgen alone with --skip-torch")
+
+
 def load_reference():
     """../shared/reference/torch_reference.py as a module (its models and steps; an instrument, not jaxgen code)."""
+    check_reference()
     spec = importlib.util.spec_from_file_location("torch_reference", REFERENCE)
     ref = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(ref)

@@ -126,6 +126,8 @@ def main(argv=None):
     p.add_argument("--torch-compile", action="store_true")
     p.add_argument("--out", default="")
     a = p.parse_args(argv)
+    if not a.skip_torch:
+        harness.check_reference()
     batches = [int(b) for b in a.batches.split(",")]
     fused = [int(k) for k in a.fused.split(",")]
     env = harness.machine()
