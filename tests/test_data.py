@@ -82,6 +82,10 @@ def test_tfds_offline_fails_fast_naming_the_dataset_and_the_fix(tmp_path, monkey
     assert time.perf_counter() - t < 30
     msg = str(e.value)
     assert "'mnist' is not prepared in" in msg and "download_and_prepare" in msg and "mnist_5k" in msg
+    with pytest.raises(tfds_source.DatasetUnavailableError) as e:  # colour 32x32: not the shipped digits
+        data.load(_cfg(name="cifar10", data_dir=str(tmp_path)), "train")
+    assert "mnist_5k" not in str(e.value) and "--config.data.name=synthetic --config.data.image_shape='(32, 32, 3)'" \
+        in str(e.value)
 
 
 def test_a_url_data_dir_is_refused_naming_where_it_came_from(tmp_path, monkeypatch):

@@ -62,8 +62,15 @@ def _prepare_command(name: str, ddir: Path) -> str:
     )
 
 
+# What to train on offline instead, for a dataset whose shape the shipped digits (28x28x1) do not have.
+OFFLINE_HINTS = {"cifar10": "or check the config offline on generated 32x32x3 images: its :smoke variant, or "
+                            "--config.data.name=synthetic --config.data.image_shape='(32, 32, 3)'"}
+
+
 def _unavailable(name: str, ddir: Path, why: str, hint: str = "") -> DatasetUnavailableError:
-    """The error for a dataset that cannot be had here; `hint` replaces the closing 'or train on mnist_5k' line."""
+    """The error for a dataset that cannot be had here; `hint` (or the dataset's OFFLINE_HINTS entry) replaces the
+    closing 'or train on mnist_5k' line."""
+    hint = hint or OFFLINE_HINTS.get(name, "")
     end = f",\n  {hint}." if hint else ".\n  Or train on the digits that ship with jaxgen: --config.data.name=mnist_5k"
     return DatasetUnavailableError(
         f"TFDS dataset {name!r} is not prepared in {ddir} and {why}.\n"
