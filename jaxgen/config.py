@@ -330,9 +330,9 @@ MODEL_READS = {
 def ignored_settings(config: ml_collections.ConfigDict, base: ml_collections.ConfigDict) -> list[str]:
     """Fields set away from the task's defaults (`base`) that the run's built-in choices do not read, each with
     what would read it: `model.channels` on mlp_vae, `optim.weight_decay` with adam, `optim.end_lr_ratio` with the
-    constant schedule, `reg.weight` without a regularizer. A function of the user's may read any field of its
-    block, so its block is not reported (the optimizer's schedule fields are jaxgen's, whatever the optimizer); a
-    user's feature extractor gets the whole config, so with one nothing is reported."""
+    constant schedule, `objective.beta` with iwae, `reg.weight` without a regularizer. A function of the user's may
+    read any field of its block, so its block is not reported (the optimizer's schedule fields are jaxgen's,
+    whatever the optimizer); a user's feature extractor gets the whole config, so with one nothing is reported."""
     if any(":" in str(name) for name in config.eval.get("extractors", ())):
         return []
     out = []
@@ -357,6 +357,9 @@ def ignored_settings(config: ml_collections.ConfigDict, base: ml_collections.Con
         if config[block].schedule == "constant" and changed(block, "end_lr_ratio"):
             out.append(f"{block}.end_lr_ratio={config[block].end_lr_ratio!r} (read by {block}.schedule=cosine or "
                        f"linear; this run's is constant)")
+    if config.task == "vae" and config.objective.name == "iwae":  # they weight the ELBO's terms
+        out += [f"objective.{field}={config.objective[field]!r} (read by objective.name=elbo; this run's is iwae)"
+                for field in ("beta", "kl", "kl_warmup_steps") if changed("objective", field)]
     if "reg" in config and config.reg.name == "none":
         out += [f"reg.{field}={config.reg[field]!r} (read by a regularizer: reg.name=r1, gp or your own)"
                 for field in ("weight", "interval") if changed("reg", field)]
@@ -535,6 +538,3 @@ def _warn_vae_combinations(config) -> None:
     if o.likelihood == "gaussian" and o.gaussian_sigma < 1 / (255 * math.sqrt(2 * math.pi)):
         log.warning("objective.gaussian_sigma=%g < 1/(255 sqrt(2 pi)): the Gaussian density of x/255 exceeds 1 per "
                     "8-bit bin, so the reported bits/dim can be negative", o.gaussian_sigma)
-    defaults = {"beta": 1.0, "kl": "analytic", "kl_warmup_steps": 0}  # vae_config's
-    if o.name == "iwae" and (ignored := [f"objective.{k}={o[k]!r}" for k, v in defaults.items() if o[k] != v]):
-        log.warning("objective.name='iwae' ignores %s (read by the ELBO)", ", ".join(ignored))

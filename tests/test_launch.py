@@ -558,7 +558,8 @@ def test_settings_that_do_nothing_in_the_run_are_named_with_what_reads_them(capl
     assert ("These settings do nothing in this run: model.channels=(8, 16) (read by model.name=conv_vae; this run's "
             "is mlp_vae); optim.weight_decay=0.5 (read by optim.name=adamw; this run's is adam); optim.end_lr_ratio="
             "0.1 (read by optim.schedule=cosine or linear; this run's is constant)") in caplog.text
-    assert "objective.name='iwae' ignores objective.kl='mc' (read by the ELBO)" in caplog.text  # beta left out
+    assert "objective.kl='mc' (read by objective.name=elbo; this run's is iwae)" in caplog.text
+    assert "objective.beta" not in caplog.text  # left at its default
     g = config_lib.gan_config()
     g.model.name, g.model.conv_impl, g.reg.weight, g.reg.interval = "resnet", "xla", 1.0, 4
     assert config_lib.ignored_settings(g, config_lib.gan_config()) == [
@@ -734,7 +735,7 @@ def test_eval_mode_without_a_checkpoint_says_train_first(smoke_config, tmp_path)
     ({"objective.likelihood": "gaussian"}, "the bits/dim assume 8-bit pixels, these are binary"),
     ({"objective.likelihood": "gaussian", "data.binarize": "none", "objective.gaussian_sigma": 1e-3},
      "the reported bits/dim can be negative"),
-    ({"objective.name": "iwae", "objective.beta": 4.0}, "'iwae' ignores objective.beta=4"),
+    ({"objective.name": "iwae", "objective.beta": 4.0}, "objective.beta=4.0 (read by objective.name=elbo"),
     ({"optim.warmup_steps": 20}, "optim.warmup_steps=20 >= the run's 20 updates: the learning rate never reaches"),
     ({"checkpoint.every": 7}, "checkpoint.every=7 is not a multiple of train.log_every=5: a run killed and resumed"),
 ])
