@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import numbers
 
 import flax.linen as nn
 
@@ -48,7 +49,7 @@ def build(model_config, image_shape: tuple[int, int, int], *, train_images=None,
         _check_vae_class(m.name, cls, fields=("image_shape", "latent_dim"))
         return cls(image_shape=tuple(image_shape), latent_dim=m.latent_dim)
     model = registry.call(f"model {m.name!r}", cls, "fn(model_config, image_shape) -> module", m, tuple(image_shape))
-    if not isinstance(model, nn.Module) or not isinstance(getattr(model, "latent_dim", None), int):
+    if not isinstance(model, nn.Module) or not isinstance(getattr(model, "latent_dim", None), numbers.Integral):
         raise ValueError(f"model {m.name!r}: a model factory must return a Linen module with an int field "
                          f"latent_dim (and encode/decode methods), got {type(model).__name__}")
     _check_vae_class(m.name, type(model), fields=())
