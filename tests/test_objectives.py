@@ -125,6 +125,36 @@ def test_bits_per_dim_are_those_of_8_bit_pixels(likelihood):
     assert out["nll_bits_per_dim"] == pytest.approx(want, rel=1e-6)
 
 
+def test_nll_keeps_at_most_two_chunks_in_flight():
+    """The evaluation waits for each NLL chunk before it queues the one after next, so no single wait of the host's
+    is long and a signal's handler (SIGTERM, Ctrl-C) runs between chunks: with every chunk of a batch queued at
+    once, the wait for the batch's NLL held it back for all of them (minutes with a large final_nll_k)."""
+    import time
+
+    from jaxgen import parallel
+    from jaxgen.evaluation import vae as vae_eval
+
+    mesh = parallel.make_mesh()
+
+    def slow():
+        time.sleep(0.05)
+        return np.full(mesh.size, -5.0, np.float32)
+
+    slow_lse = jax.jit(lambda: jax.pure_callback(slow, jax.ShapeDtypeStruct((mesh.size,), jnp.float32)),
+                       out_shardings=jax.sharding.NamedSharding(mesh, jax.P(parallel.AXIS)))
+    outs = []
+
+    def fake_eval(params, key, bkey, image, pos, mask, c, count):
+        assert all(o.is_ready() for o in outs[:-1]), f"chunk {int(c)} queued with {len(outs)} unfinished before it"
+        outs.append(slow_lse())
+        return {"count": jnp.sum(mask).astype(jnp.float32)}, outs[-1]
+
+    out = vae_eval.evaluate(fake_eval, None, np.zeros((mesh.size, 4, 4, 1), np.uint8), mesh=mesh,
+                            key=jax.random.key(0), binarize_key=jax.random.key(1), batch_size=mesh.size, nll_k=8,
+                            nll_chunk=1, likelihood="bernoulli")
+    assert len(outs) == 8 and out["nll"] == pytest.approx(5.0)
+
+
 def test_unknown_objective_lists_the_choices():
     with pytest.raises(ValueError, match="unknown objective 'elbow'; choices: elbo, iwae"):
         objectives.get("elbow")
