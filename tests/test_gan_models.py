@@ -110,7 +110,8 @@ def test_models_run_in_both_modes(name, res, channels, options):
 
 def test_errors_list_the_choices():
     with pytest.raises(ValueError, match=r"dcgan supports resolutions 28, 32, 64; got 48x48. data.resolution "
-                                         r"resizes image_folder"):
+                                         r"resizes image_folder and celeb_a images; synthetic images have "
+                                         r"data.image_shape"):
         gan.build(_config("dcgan"), (48, 48, 3))
     with pytest.raises(ValueError, match="resnet supports resolutions 32, 64; got 28x28"):
         gan.build(_config("resnet"), (28, 28, 1))

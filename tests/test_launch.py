@@ -159,8 +159,8 @@ def test_every_config_has_a_smoke_variant_that_trains(path, tmp_path, one_device
     c.unlock()
     c.output.progress = False
     c.output.plots = False
-    if c.eval.every and c.eval.every % c.train.steps_per_dispatch == 0:
-        c.train.steps = min(c.train.steps, c.eval.every)  # one eval, the final (gan_cifar10's ResNet steps are slow)
+    if c.eval.every and c.eval.every % c.train.steps_per_dispatch == 0:  # one eval, the final, and one train record
+        c.train.steps = min(c.train.steps, c.eval.every, c.train.log_every)  # (gan_cifar10's ResNet steps are slow)
     final = loop.train_and_evaluate(c, tmp_path)
     assert final["num_examples"] > 0
     assert all(math.isfinite(v) for v in final.values() if isinstance(v, float)), final

@@ -44,8 +44,8 @@ def _check(model: str, image_shape, supported: tuple[int, ...], norms=(), dtype:
     if h != w or h not in supported:
         raise ValueError(
             f"{model} supports resolutions {', '.join(map(str, sorted(supported)))}; got {h}x{w}. "
-            "data.resolution resizes image_folder and celeb_a images; other datasets come at their own size "
-            "(mnist 28, cifar10 32): pick a model that supports it"
+            "data.resolution resizes image_folder and celeb_a images; synthetic images have data.image_shape; other "
+            "datasets come at their own size (mnist 28, cifar10 32): pick a model that supports it"
         )
     for what, norm in norms:
         if norm not in NORMS:
