@@ -127,8 +127,7 @@ def test_bits_per_dim_are_those_of_8_bit_pixels(likelihood):
 
 def test_nll_keeps_at_most_two_chunks_in_flight():
     """The evaluation waits for each NLL chunk before it queues the one after next, so no single wait of the host's
-    is long and a signal's handler (SIGTERM, Ctrl-C) runs between chunks: with every chunk of a batch queued at
-    once, the wait for the batch's NLL held it back for all of them (minutes with a large final_nll_k)."""
+    is long and a signal's handler (SIGTERM, Ctrl-C) runs between chunks, not after all of a batch's chunks."""
     import time
 
     from jaxgen import parallel

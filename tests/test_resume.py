@@ -573,6 +573,35 @@ def test_sigterm_outside_the_loop_raises_terminated_and_inside_it_still_stops_af
         signal.signal(signal.SIGTERM, outer)
 
 
+def test_a_terminated_that_python_swallowed_is_raised_again():
+    """A SIGTERM whose handler runs inside a finalizer (or JAX's gc callback, as seen in 1 of 30 SIGTERMs during
+    --mode=eval) has its Terminated swallowed ("Exception ignored in"); it is raised again soon after, and the
+    block ends as for any SIGTERM. The retry's SIGALRM handler and the unraisable hook are put back after."""
+    import os
+    import signal
+    import sys
+    import time
+
+    class SignalledInFinalizer:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGTERM)
+            sum(range(1000))  # the handler runs here, at a bytecode of the finalizer: its exception is swallowed
+
+    hook = sys.unraisablehook
+    outer = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        with stopping.sigterm_raises():
+            with pytest.raises(stopping.Terminated):
+                SignalledInFinalizer()  # finalized at once
+                deadline = time.monotonic() + 5
+                while time.monotonic() < deadline:  # the run goes on, until the Terminated comes again
+                    time.sleep(0.001)
+    finally:
+        signal.signal(signal.SIGTERM, outer)
+    assert signal.getsignal(signal.SIGALRM) is signal.SIG_DFL and sys.unraisablehook is hook
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+
+
 def test_a_run_stopped_at_once_ends_without_the_interpreters_shutdown(monkeypatch):
     """launch.py's exit for a signal outside the loop: the log files flushed and closed, then os._exit with the
     signal's status. The interpreter's shutdown crashed (status 139) under XLA's compiler threads when a SIGTERM

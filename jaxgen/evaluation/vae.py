@@ -120,10 +120,10 @@ def evaluate(eval_fn, params, images: np.ndarray, *, mesh, key, binarize_key, ba
         for c in range(-(-nll_k // nll_chunk)):
             sums, lse = eval_fn(params, key, binarize_key, batch["image"], batch["pos"], batch["mask"], np.int32(c),
                                 np.int32(min(nll_chunk, nll_k - c * nll_chunk)))
-            # At most two chunks in flight: the device stays busy, and the host never waits long in one call. With
-            # all of a batch's chunks queued at once (eval.final_nll_k / nll_chunk of them), the wait for the batch's
-            # NLL blocked SIGTERM's and Ctrl-C's handlers (Python runs them between its own steps) for that long:
-            # minutes with a large final_nll_k.
+            # At most two chunks in flight: the device stays busy, and no wait of the host's is long. Python runs a
+            # SIGTERM or Ctrl-C handler only between its own steps, and a wait for all of a batch's chunks at once
+            # (eval.final_nll_k / nll_chunk of them) would hold it back for all of them. XLA:CPU queues only a few
+            # calls anyway (the old loop stopped within 0.2 s of a SIGTERM here); an accelerator's queue is deeper.
             jax.block_until_ready(acc)
             acc = lse if acc is None else jnp.logaddexp(acc, lse)
             if c == 0:

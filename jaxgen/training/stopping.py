@@ -4,8 +4,10 @@ training loop (jaxgen.training.loop) between compiled calls, so that the state i
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import signal
+import sys
 
 import jax
 
@@ -35,6 +37,11 @@ class Terminated(BaseException):
                          "(those written before stay)")
 
 
+# A Terminated raised where Python swallows exceptions (a __del__ method, a gc callback such as JAX's: "Exception
+# ignored in ...") is raised again after this many seconds, by SIGALRM, until it unwinds the block.
+RETRY_SECONDS = 0.05
+
+
 @contextlib.contextmanager
 def sigterm_raises():
     """SIGTERM raises `Terminated` in the main thread while the block runs, so that a scheduler's notice before or
@@ -42,24 +49,59 @@ def sigterm_raises():
     single process where SIGTERM has its default handler: the processes of a jax.distributed job keep the default
     (or JAX's preemption notifier), since one that unwinds alone would wait for the others at a collective. The
     training loop's StopRequest takes SIGTERM over for its duration (a stop after the current call, checkpointed).
-    After the first, SIGTERM has its default again: a second ends the process."""
+    After the first, SIGTERM has its default again: a second ends the process.
+
+    Python runs the handler between any two of its steps in the main thread, also inside a finalizer or a garbage
+    collector's callback, which swallow the exception (1 of 30 SIGTERMs during --mode=eval here, in JAX's gc
+    callback: the evaluation went on as if the signal had never come). A swallowed Terminated is raised again
+    (SIGALRM, RETRY_SECONDS later) until it leaves the block."""
+    retry = False
     try:
         installed = signal.getsignal(signal.SIGTERM) is signal.SIG_DFL and jax.process_count() == 1
         if installed:
             signal.signal(signal.SIGTERM, _raise_terminated)
+            retry = signal.getsignal(signal.SIGALRM) is signal.SIG_DFL  # a handler of the user's is left be
+            if retry:
+                signal.signal(signal.SIGALRM, _raise_again)
     except ValueError:  # not the main thread
         installed = False
+    hook = sys.unraisablehook
+    if retry:
+        sys.unraisablehook = functools.partial(_unraisable, hook)
     try:
         yield
     finally:
         if installed:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            if retry:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                signal.signal(signal.SIGALRM, signal.SIG_DFL)
+                sys.unraisablehook = hook
+            _pending.clear()
+
+
+_pending: list[bool] = []  # [True] from a SIGTERM's Terminated until its block ends
 
 
 def _raise_terminated(signum, frame):
     del signum, frame
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _pending[:] = [True]
     raise Terminated()
+
+
+def _raise_again(signum, frame):
+    del signum, frame
+    if _pending:
+        raise Terminated()
+
+
+def _unraisable(hook, unraisable) -> None:
+    """sys.unraisablehook while `sigterm_raises` runs: a Terminated that Python swallowed is raised again soon."""
+    if isinstance(unraisable.exc_value, Terminated) and _pending:
+        signal.setitimer(signal.ITIMER_REAL, RETRY_SECONDS)
+        return
+    hook(unraisable)
 
 
 class StopRequest:
