@@ -37,8 +37,9 @@ class Terminated(BaseException):
                          "(those written before stay)")
 
 
-# A Terminated raised where Python swallows exceptions (a __del__ method, a gc callback such as JAX's: "Exception
-# ignored in ...") is raised again after this many seconds, by SIGALRM, until it unwinds the block.
+# A Terminated (or Ctrl-C's KeyboardInterrupt) raised where Python swallows exceptions (a __del__ method, a gc
+# callback such as JAX's: "Exception ignored in ...") is raised again after this many seconds, by SIGALRM, until it
+# leaves `sigterm_raises`'s block.
 RETRY_SECONDS = 0.05
 
 
@@ -51,10 +52,10 @@ def sigterm_raises():
     training loop's StopRequest takes SIGTERM over for its duration (a stop after the current call, checkpointed).
     After the first, SIGTERM has its default again: a second ends the process.
 
-    Python runs the handler between any two of its steps in the main thread, also inside a finalizer or a garbage
-    collector's callback, which swallow the exception (1 of 30 SIGTERMs during --mode=eval here, in JAX's gc
-    callback: the evaluation went on as if the signal had never come). A swallowed Terminated is raised again
-    (SIGALRM, RETRY_SECONDS later) until it leaves the block."""
+    Python runs a signal's handler between any two of its steps in the main thread, also inside a finalizer or a
+    garbage collector's callback, which swallow the handler's exception (1 of 30 SIGTERMs during --mode=eval here,
+    in JAX's gc callback: the evaluation went on as if the signal had never come). A swallowed Terminated or
+    KeyboardInterrupt is raised again (SIGALRM, RETRY_SECONDS later) until it leaves the block."""
     retry = False
     try:
         installed = signal.getsignal(signal.SIGTERM) is signal.SIG_DFL and jax.process_count() == 1
@@ -73,32 +74,33 @@ def sigterm_raises():
     finally:
         if installed:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            if retry:
-                signal.setitimer(signal.ITIMER_REAL, 0)
-                signal.signal(signal.SIGALRM, signal.SIG_DFL)
-                sys.unraisablehook = hook
-            _pending.clear()
+        if retry:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)
+            sys.unraisablehook = hook
+            _swallowed.clear()
 
 
-_pending: list[bool] = []  # [True] from a SIGTERM's Terminated until its block ends
+_swallowed: list[type[BaseException]] = []  # the stop that Python swallowed, until it is raised again
 
 
 def _raise_terminated(signum, frame):
     del signum, frame
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    _pending[:] = [True]
     raise Terminated()
 
 
 def _raise_again(signum, frame):
     del signum, frame
-    if _pending:
-        raise Terminated()
+    if _swallowed:
+        raise _swallowed.pop()()
 
 
 def _unraisable(hook, unraisable) -> None:
-    """sys.unraisablehook while `sigterm_raises` runs: a Terminated that Python swallowed is raised again soon."""
-    if isinstance(unraisable.exc_value, Terminated) and _pending:
+    """sys.unraisablehook while `sigterm_raises` runs: a Terminated or KeyboardInterrupt that Python swallowed is
+    raised again soon, in the main thread's code."""
+    if isinstance(unraisable.exc_value, (Terminated, KeyboardInterrupt)):
+        _swallowed[:] = [type(unraisable.exc_value)]
         signal.setitimer(signal.ITIMER_REAL, RETRY_SECONDS)
         return
     hook(unraisable)
