@@ -43,6 +43,13 @@ def check_batch(global_batch: int, mesh: jax.sharding.Mesh, what: str = "train.b
     return global_batch // n
 
 
+def at_most(n: int, devices: int) -> str:
+    """The end of an error that asks for a batch size that fits in `n` examples on `devices` devices: the largest
+    that does, and what it must be a multiple of."""
+    fits = n // devices * devices
+    return (f" to at most {fits}" if fits else "") + f" (a multiple of the device count, {devices})"
+
+
 def check_batches(mesh: jax.sharding.Mesh, sizes: dict[str, int]) -> None:
     """check_batch for several config fields at once ({'train.batch_size': 64, ...}; a size 0 is unused): one
     error naming every size that does not split over the devices, so they are fixed together."""

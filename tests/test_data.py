@@ -212,6 +212,9 @@ def test_a_data_field_the_dataset_does_not_read_is_a_warning_and_no_shipped_conf
     assert data.unread_fields(c.data, config_lib.gan_config().data) == []
     c.data.name, c.data.image_shape = "myproject.faces:load", (8, 8, 3)
     assert data.unread_fields(c.data, config_lib.gan_config().data) == []
+    c.data.name = "image_folder"  # gan_celeba.py:smoke's image_shape, with a folder named instead of its synthetic
+    assert data.unread_fields(c.data, config_lib.gan_config().data) == [
+        "data.image_shape=(8, 8, 3) (read by synthetic, for which the smoke variants set it)"]
     for path in sorted(glob.glob(str(Path(__file__).resolve().parent.parent / "configs" / "*.py"))):
         module = config_module(path)
         for variant in ("", *module.VARIANTS):

@@ -275,7 +275,14 @@ def test_a_nan_stops_the_gan_run_and_keeps_the_last_good_checkpoint(tmp_path):
     c.train.steps = 20
     c.loss.name = "tests.test_gan:nan_loss"
     with pytest.raises(loop.NonFiniteLossError, match=r"non-finite d_loss.* in the update from step 10 to 11: "
-                                                 r".*step 10\) is kept"):
+                                                 r".*step 10\) is kept.* Lower the learning rate or set gradient "
+                                                 r"clipping \(g_optim.clip_norm, d_optim.clip_norm\), or check the "
+                                                 r"loss function \(d_loss, g_loss came out non-finite from finite "
+                                                 r"params\)"):
+        loop.train_and_evaluate(c, tmp_path)
+    c.g_optim.clip_norm = c.d_optim.clip_norm = 1.0  # clipping on already: not suggested again
+    with pytest.raises(loop.NonFiniteLossError, match=r"Lower the learning rate \(gradient clipping is on: "
+                                                 r"g_optim.clip_norm=1, d_optim.clip_norm=1\), or check the loss"):
         loop.train_and_evaluate(c, tmp_path)
 
 
@@ -446,13 +453,19 @@ def test_too_few_test_images_for_one_eval_batch_fail_before_any_training(tmp_pat
     c = _smoke()
     c.eval.num_examples = 8
     with pytest.raises(ValueError, match=r"eval needs at least eval.batch_size=\d+ images, the test split has "
-                                         r"\d+ \(eval.num_examples=8\); lower eval.batch_size \(a multiple of the "
-                                         r"device count, 8\)"):
+                                         r"\d+ \(eval.num_examples=8 of them are scored\); lower eval.batch_size to "
+                                         r"at most 8 \(a multiple of the device count, 8\) or raise "
+                                         r"eval.num_examples$"):
         loop.train_and_evaluate(c, tmp_path)
     assert not (tmp_path / "checkpoints").exists()
     c.data.num_examples = 16  # a small dataset: every size it cannot fill is named at once
     with pytest.raises(ValueError, match=r"train split has 16 examples, fewer than train.batch_size=32; lower the "
-                                         r"batch size; and eval needs at least eval.batch_size"):
+                                         r"batch size to at most 16 \(a multiple of the device count, 8\); and eval "
+                                         r"needs at least eval.batch_size"):
+        loop.train_and_evaluate(c, tmp_path)
+    c.eval.num_examples = 0  # the split itself is short: the size that fits is named
+    with pytest.raises(ValueError, match=r"the test split has 16; lower eval.batch_size to at most 16 \(a multiple "
+                                         r"of the device count, 8\)$"):
         loop.train_and_evaluate(c, tmp_path)
 
 

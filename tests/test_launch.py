@@ -620,7 +620,8 @@ def test_sampling_on_another_device_count_needs_no_train_batch_that_divides_it(t
 
 
 @pytest.mark.parametrize("config", ["vae_mnist", "gan_mnist"])
-def test_sampling_reads_the_image_shape_from_data_json_not_the_dataset(config, trained_vae, tmp_path, monkeypatch):
+def test_sampling_reads_the_image_shape_from_data_json_not_the_dataset(config, trained_vae, tmp_path, monkeypatch,
+                                                                       first_devices):
     """Training writes data.json (dataset, image shape, split sizes); --mode=sample builds the model from it and
     never reads the dataset (a host without it, or CelebA's 2 GB, samples all the same), with the samples it
     draws when it reads the dataset. A workdir without data.json (older runs) reads the dataset as before."""
@@ -643,6 +644,15 @@ def test_sampling_reads_the_image_shape_from_data_json_not_the_dataset(config, t
         np.testing.assert_array_equal(z["images"], with_data)
     assert ("--mode=sample: the model for the images the run trained on, (28, 28, 1) (data.json)"
             in (tmp_path / "log_sample.txt").read_text())
+    if config == "gan_mnist":  # its EMA generator's BatchNorm passes split train.batch_size over the devices
+        first_devices(3)
+        c.eval.batch_size = 63
+        with pytest.raises(ValueError, match=r"train.batch_size=32 is not divisible by the 3 devices; use a multiple "
+                                             r"of 3 \(e.g. 30 or 33\); the EMA generator's BatchNorm statistics are "
+                                             r"estimated again before it samples"):
+            modes.sample_checkpoint(c, tmp_path)
+        first_devices(8)
+        c.eval.batch_size = 64
     (tmp_path / "data.json").unlink()
     with pytest.raises(pytest.fail.Exception, match="read the dataset"):
         modes.sample_checkpoint(c, tmp_path)

@@ -86,7 +86,9 @@ def unread_fields(data_config, defaults) -> list[str]:
     mnist_5k. A user's own dataset ('package.module:function') may read any of them."""
     if data_config.name not in DATASETS:
         return []
-    return [f"data.{field}={data_config[field]!r} (read by {', '.join(names)})" for field, names in READ_BY.items()
+    why = {"image_shape": ", for which the smoke variants set it"}  # a smoke variant's, on another dataset
+    return [f"data.{field}={data_config[field]!r} (read by {', '.join(names)}{why.get(field, '')})"
+            for field, names in READ_BY.items()
             if data_config.name not in names and field in defaults and data_config[field] != defaults[field]]
 
 

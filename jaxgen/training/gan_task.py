@@ -73,14 +73,20 @@ class GANTask:
         gan_models.check_pair(c.model.name, self.generator, self.discriminator, shapes["g"], shapes["d"],
                               self.image_shape)
         if not training and "ema_g" in shapes and "batch_stats" in shapes["g"]:  # BatchNorm, spectral norm's vectors
-            parallel.check_batches(self.mesh, {"train.batch_size": c.train.batch_size})
+            try:
+                parallel.check_batch(c.train.batch_size, self.mesh)
+            except ValueError as e:
+                raise ValueError(f"{e}; the EMA generator's BatchNorm statistics are estimated again before it "
+                                 f"samples, in {STANDING_PASSES} passes of train.batch_size fakes split over the "
+                                 "devices (the run's batch size, or close to it)") from None
 
     def _check_sizes(self, training: bool) -> None:
         """Every size the data cannot fill, at once (a small image folder may need several changes)."""
         c, problems = self.config, []
         if training and len(self.train) < c.train.batch_size:
             problems.append(f"train split has {len(self.train)} examples, fewer than train.batch_size="
-                            f"{c.train.batch_size}; lower the batch size")
+                            f"{c.train.batch_size}; lower the batch size"
+                            + parallel.at_most(len(self.train), self.mesh.size))
         for split in (self.test, self.validation) if self.validation is not None else (self.test,):
             try:
                 self._eval_count(split)  # before any training: evaluation needs one full batch of images
@@ -174,12 +180,14 @@ class GANTask:
         c, bs = self.config, self.config.eval.batch_size
         n = min(c.eval.num_examples or len(split), len(split))
         if n < bs:
-            raise ValueError(f"eval needs at least eval.batch_size={bs} images, the {split.split} split has "
-                             f"{len(split)}" + (f" (eval.num_examples={c.eval.num_examples})"
-                                                if c.eval.num_examples else "")
-                             + f"; lower eval.batch_size (a multiple of the device count, {self.mesh.size})"
-                             + (" or hold out more (data.validation_examples)" if split.split == "validation"
-                                else ""))
+            capped = c.eval.num_examples and c.eval.num_examples < len(split)  # the cut, not the split, is short
+            raise ValueError(
+                f"eval needs at least eval.batch_size={bs} images, the {split.split} split has {len(split)}"
+                + (f" (eval.num_examples={c.eval.num_examples} of them are scored)" if capped else "")
+                + "; lower eval.batch_size" + parallel.at_most(n, self.mesh.size)
+                + (" or raise eval.num_examples" if capped else
+                   " or hold out more (data.validation_examples)" if split.split == "validation" else
+                   " or hold out more (data.test_percent)" if c.data.name == "image_folder" else ""))
         return n
 
     def evaluate(self, state, final: bool, data) -> dict:

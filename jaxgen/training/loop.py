@@ -215,9 +215,10 @@ def _train_and_evaluate(config, workdir: Path) -> dict:
             "Every process must load the same dataset: point data.path / TFDS_DATA_DIR at the same files.")
     c = config
     log_determinism(c)
-    log.info("%d devices (%d processes, %d on this one: %s); global batch %d; %s", jax.device_count(),
-             jax.process_count(), jax.local_device_count(), jax.local_devices()[0].device_kind, c.train.batch_size,
-             task.describe())
+    count = lambda n, what: f"{n} {what}{'es' if what == 'process' else 's'}" if n != 1 else f"1 {what}"  # noqa: E731
+    log.info("%s (%s, %d on this one: %s); global batch %d; %s", count(jax.device_count(), "device"),
+             count(jax.process_count(), "process"), jax.local_device_count(), jax.local_devices()[0].device_kind,
+             c.train.batch_size, task.describe())
     mgr, state = restore_or_init(task)
     step = start = int(jax.device_get(state["step"]))
     wd.check_resumed_holdout(c, workdir, step)
@@ -337,7 +338,7 @@ def _train(task, state: dict, mgr, writer: MetricWriter, evals: _Evals) -> tuple
     train_data = parallel.put_replicated({"image": image}, task.mesh)
     step = int(jax.device_get(state["step"]))
     progress = _Progress(task, step)
-    check = lambda m: _check_finite(m, mgr, task.workdir, task.headline)  # noqa: E731
+    check = lambda m: _check_finite(m, mgr, task.workdir, task.headline, c)  # noqa: E731
     pending, window, previous, call, stopped = [], [], None, 0, None
     t_log, step_log = time.perf_counter(), step
     stop = StopRequest()
@@ -442,7 +443,7 @@ class _Progress:
             self.bar.close()
 
 
-def _check_finite(host_metrics: dict, mgr, workdir: Path, headline) -> None:
+def _check_finite(host_metrics: dict, mgr, workdir: Path, headline, config) -> None:
     found = _first_nonfinite(host_metrics, headline)
     if found is None:
         return
@@ -451,10 +452,17 @@ def _check_finite(host_metrics: dict, mgr, workdir: Path, headline) -> None:
     good = mgr.latest_step()
     kept = f"the last good checkpoint (step {good}) is kept in {workdir / 'checkpoints'}" if good is not None \
         else "no checkpoint had been written yet"
-    clip = "g_optim.clip_norm, d_optim.clip_norm" if "d_loss" in headline else "optim.clip_norm"
+    blocks = ("g_optim", "d_optim") if "d_loss" in headline else ("optim",)
+    off = [f"{b}.clip_norm" for b in blocks if not config[b].clip_norm]
+    fix = (f"Lower the learning rate or set gradient clipping ({', '.join(off)})" if off else
+           "Lower the learning rate (gradient clipping is on: "
+           + ", ".join(f"{b}.clip_norm={config[b].clip_norm:g}" for b in blocks) + ")")
+    losses = [n for n in names if "loss" in n]
+    if losses:  # computed from the last applied params, which were finite
+        fix += f", or check the loss function ({', '.join(losses)} came out non-finite from finite params)"
     raise NonFiniteLossError(
         f"non-finite {', '.join(names)} in the update from step {bad_step} to {bad_step + 1}: training stopped and "
-        f"that update was not applied; {kept}. Lower the learning rate or set gradient clipping ({clip}): the same "
+        f"that update was not applied; {kept}. {fix}: the same "
         + ("command with that change resumes from the checkpoint." if good is not None else
            "command with that change starts the run again.")
     )

@@ -48,7 +48,8 @@ class VAETask:
             self.image_shape, images = tuple(image_shape), np.full((1, *image_shape), 128, np.uint8)
         if training and self.train is not None and len(self.train) < config.train.batch_size:
             raise ValueError(f"train split has {len(self.train)} examples, fewer than train.batch_size="
-                             f"{config.train.batch_size}; lower the batch size")
+                             f"{config.train.batch_size}; lower the batch size"
+                             + parallel.at_most(len(self.train), self.mesh.size))
         if config.data.binarize == "dynamic" and self.image_shape[-1] == 3:
             log.warning("data.binarize='dynamic' on colour images binarizes each channel of %s; for colour data set "
                         "--config.data.binarize=none --config.objective.likelihood=gaussian", config.data.name)
