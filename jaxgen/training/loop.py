@@ -215,9 +215,9 @@ def _train_and_evaluate(config, workdir: Path) -> dict:
             "Every process must load the same dataset: point data.path / TFDS_DATA_DIR at the same files.")
     c = config
     log_determinism(c)
-    count = lambda n, what: f"{n} {what}{'es' if what == 'process' else 's'}" if n != 1 else f"1 {what}"  # noqa: E731
-    log.info("%s (%s, %d on this one: %s); global batch %d; %s", count(jax.device_count(), "device"),
-             count(jax.process_count(), "process"), jax.local_device_count(), jax.local_devices()[0].device_kind,
+    devices, processes = jax.device_count(), jax.process_count()
+    log.info("%d device%s (%d process%s, %d on this one: %s); global batch %d; %s", devices, "s"[: devices != 1],
+             processes, "es"[: 2 * (processes != 1)], jax.local_device_count(), jax.local_devices()[0].device_kind,
              c.train.batch_size, task.describe())
     mgr, state = restore_or_init(task)
     step = start = int(jax.device_get(state["step"]))
