@@ -48,7 +48,7 @@ def _launch_until(ready, *args, timeout=240):
 def _stopped(proc, timeout=120) -> str:
     """The stderr of `proc` once it has ended after a signal. One still running after `timeout` s fails the test
     with every thread's stack (SIGABRT: faulthandler prints them, then the process ends), so that a hang says where
-    it is (one such hang, not reproduced: the SIGTERM during --mode=eval below, in one CI run)."""
+    it is (as it showed the one seen in CI: a SIGTERM swallowed in JAX's gc callback, see stopping.sigterm_raises)."""
     try:
         return proc.communicate(timeout=timeout)[1]
     except subprocess.TimeoutExpired:
