@@ -96,6 +96,11 @@ def test_a_url_data_dir_is_refused_naming_where_it_came_from(tmp_path, monkeypat
     with pytest.raises(ValueError, match=r"\$TFDS_DATA_DIR=gs://bucket/env is a URL"):
         data.load(_cfg(name="mnist"), "train")
     assert not Path("gs:").exists()
+    from jaxgen import config as config_lib
+
+    c = config_lib.vae_config()  # the shipped mnist_5k reads no data dir, but jaxgen's caches live there
+    with pytest.raises(ValueError, match=r"\$TFDS_DATA_DIR=gs://bucket/env is a URL"):
+        config_lib.check(c)  # at the config check, before any work (it came after the run had started)
 
 
 def test_download_probe_uses_each_datasets_host_and_port(tmp_path, monkeypatch):
