@@ -200,6 +200,26 @@ def test_missing_weights_say_where_to_put_them(cache):
         inception.load_params(cache / "nowhere.pth")
 
 
+@pytest.mark.parametrize("config", ["gan_mnist", "vae_mnist"])
+def test_a_run_checks_for_the_weights_before_it_loads_any_data(cache, config, tmp_path, monkeypatch):
+    """eval.extractors with 'inception' and no weights: the run stops before reading its dataset (a first run on a
+    large image folder decoded all of it, then stopped), and downloads nothing when inception_download is off."""
+    from jaxgen import data
+    from jaxgen.training import loop
+    from tests.conftest import CONFIGS, config_module
+
+    c = config_module(CONFIGS / f"{config}.py").get_config("smoke")
+    c.unlock()
+    c.eval.extractors, c.eval.inception_download = ("inception",), False
+    monkeypatch.setattr(data, "load_splits", lambda *a: pytest.fail("the data loaded before the weights' check"))
+    with pytest.raises(inception.WeightsNotFoundError, match="no download was asked for"):
+        loop.build_task(c, tmp_path / "run")
+    c.eval.inception_weights = str(tmp_path / "mine.pth")
+    with pytest.raises(inception.WeightsNotFoundError, match="mine.pth does not exist"):
+        loop.build_task(c, tmp_path / "run")
+    assert not cache.exists()
+
+
 def test_a_file_with_the_wrong_hash_is_refused(cache, weights):
     torch = pytest.importorskip("torch")
     cache.mkdir(parents=True)

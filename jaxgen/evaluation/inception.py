@@ -358,12 +358,6 @@ def _from_npz(path: Path) -> dict:
     return _check_structure(traverse_util.unflatten_dict(flat), str(path))
 
 
-def _load_file(path: Path) -> dict:
-    if not path.is_file():
-        raise WeightsNotFoundError(_missing_message(f"{path} does not exist."))
-    return _from_npz(path) if path.suffix == ".npz" else _from_pth(path)[0]
-
-
 def _missing_message(problem: str, offer_download: bool = True) -> str:
     d = cache_dir()
     npz, pth = d / f"{WEIGHTS_NAME}.npz", d / f"{WEIGHTS_NAME}.pth"
@@ -399,29 +393,41 @@ def _download(dst: Path) -> None:
     atomic.write_with(dst, fetch, suffix=".part")
 
 
-def load_params(path=None, *, allow_download: bool = False) -> dict:
-    """pytorch-fid's InceptionV3 weights as flax variables {'params', 'batch_stats'}.
-
-    Looked up as: `path` (a .pth or a converted .npz), else $JAXGEN_INCEPTION_WEIGHTS, else the cache dir
-    (`cache_dir()`): its .npz, else its .pth (converted once to the .npz), else a download into it if
-    `allow_download`. WeightsNotFoundError (a FileNotFoundError) says where to put the file; ValueError when a
-    file's sha256 or contents are wrong. torch is not needed."""
+def weights_file(path=None, *, allow_download: bool = False) -> Path:
+    """The file `load_params` reads: `path` (a .pth or a converted .npz), else $JAXGEN_INCEPTION_WEIGHTS, else the
+    cache dir's .npz, else its .pth, downloaded into it first if missing and `allow_download`.
+    WeightsNotFoundError (a FileNotFoundError) says where to put the file. Cheap where the file is there: runs
+    check it before they load any data (a first run on a large image folder would decode it all first)."""
     explicit = path or os.environ.get(ENV_WEIGHTS)
     if explicit:
-        return _load_file(Path(explicit).expanduser())
+        if not Path(explicit).expanduser().is_file():
+            raise WeightsNotFoundError(_missing_message(f"{Path(explicit).expanduser()} does not exist."))
+        return Path(explicit).expanduser()
     npz, pth = cache_dir() / f"{WEIGHTS_NAME}.npz", cache_dir() / f"{WEIGHTS_NAME}.pth"
     if npz.is_file():
-        return _from_npz(npz)
+        return npz
     if not pth.is_file():
         if not allow_download:
             raise WeightsNotFoundError(_missing_message("nothing in the cache dir, and no download was asked for."))
         _download(pth)
-    variables, digest = _from_pth(pth)
-    try:
-        save_npz(variables, npz, digest)
-    except OSError as e:
-        print(f"Could not cache the converted Inception weights at {npz} ({e}); the .pth is read each time",
-              file=sys.stderr)
+    return pth
+
+
+def load_params(path=None, *, allow_download: bool = False) -> dict:
+    """pytorch-fid's InceptionV3 weights as flax variables {'params', 'batch_stats'}, from `weights_file`'s file; a
+    .pth in the cache dir is converted once to an .npz beside it. ValueError when a file's sha256 or contents are
+    wrong. torch is not needed."""
+    file = weights_file(path, allow_download=allow_download)
+    if file.suffix == ".npz":
+        return _from_npz(file)
+    variables, digest = _from_pth(file)
+    if not (path or os.environ.get(ENV_WEIGHTS)):  # the cache dir's .pth: its conversion is cached too
+        npz = cache_dir() / f"{WEIGHTS_NAME}.npz"
+        try:
+            save_npz(variables, npz, digest)
+        except OSError as e:
+            print(f"Could not cache the converted Inception weights at {npz} ({e}); the .pth is read each time",
+                  file=sys.stderr)
     return variables
 
 

@@ -74,6 +74,17 @@ def build(name: str, config, mesh, train_data) -> Extractor:
     return out
 
 
+def check_ready(config) -> None:
+    """Before a run loads its data: the Inception weights `eval.extractors` needs are there (downloaded now, where
+    eval.inception_download allows), so that a missing file stops it at once, not after a large image folder has
+    been decoded (WeightsNotFoundError, naming where to put the file). Other extractors need no file."""
+    if "inception" in config.eval.extractors:
+        from jaxgen.evaluation import inception  # noqa: PLC0415 (loads only when asked for)
+
+        inception.weights_file(config.eval.inception_weights or None,
+                               allow_download=bool(config.eval.inception_download))
+
+
 def _inception(config, mesh, train_data) -> Extractor:
     del train_data
     e = config.eval

@@ -55,6 +55,7 @@ class GANTask:
         self.g_tx, self.g_lr = optim.make(c.g_optim, c.train.steps)
         self.d_tx, self.d_lr = optim.make(c.d_optim, c.train.steps * c.train.d_steps)
         if image_shape is None:
+            quality.check_ready(c)  # the Inception weights, before a large image folder is decoded
             self.train, self.validation, self.test = data.load_splits(c.data)
             self.image_shape = self.train.shape
             self._check_sizes(training)

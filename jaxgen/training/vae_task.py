@@ -41,6 +41,7 @@ class VAETask:
         registry.resolve("model", config.model.name, models.MODELS)  # as an unknown model, before the data loads
         self.tx, self.lr = optim.make(config.optim, config.train.steps)
         if image_shape is None:
+            quality.check_ready(config)  # the Inception weights, before the data loads
             self.train, self.validation, self.test = data.load_splits(config.data)
             self.image_shape, images = self.train.shape, self.train.image
         else:  # a placeholder for output_bias='data_mean': the restored params replace what it initialises
