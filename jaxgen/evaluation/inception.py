@@ -400,9 +400,10 @@ def weights_file(path=None, *, allow_download: bool = False) -> Path:
     check it before they load any data (a first run on a large image folder would decode it all first)."""
     explicit = path or os.environ.get(ENV_WEIGHTS)
     if explicit:
-        if not Path(explicit).expanduser().is_file():
-            raise WeightsNotFoundError(_missing_message(f"{Path(explicit).expanduser()} does not exist."))
-        return Path(explicit).expanduser()
+        file = Path(explicit).expanduser()
+        if not file.is_file():
+            raise WeightsNotFoundError(_missing_message(f"{file} does not exist."))
+        return file
     npz, pth = cache_dir() / f"{WEIGHTS_NAME}.npz", cache_dir() / f"{WEIGHTS_NAME}.pth"
     if npz.is_file():
         return npz
@@ -421,8 +422,8 @@ def load_params(path=None, *, allow_download: bool = False) -> dict:
     if file.suffix == ".npz":
         return _from_npz(file)
     variables, digest = _from_pth(file)
-    if not (path or os.environ.get(ENV_WEIGHTS)):  # the cache dir's .pth: its conversion is cached too
-        npz = cache_dir() / f"{WEIGHTS_NAME}.npz"
+    if file.parent == cache_dir():  # the cache dir's .pth: its conversion is cached beside it
+        npz = file.with_name(f"{WEIGHTS_NAME}.npz")
         try:
             save_npz(variables, npz, digest)
         except OSError as e:
