@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import ml_collections
 
-from jaxgen.config import USER_BLOCKS
+from jaxgen.config_check import USER_BLOCKS
 
 
 def unknown_field(config: ml_collections.ConfigDict, path: str) -> str | None:

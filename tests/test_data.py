@@ -97,10 +97,11 @@ def test_a_url_data_dir_is_refused_naming_where_it_came_from(tmp_path, monkeypat
         data.load(_cfg(name="mnist"), "train")
     assert not Path("gs:").exists()
     from jaxgen import config as config_lib
+    from jaxgen import config_check
 
     c = config_lib.vae_config()  # the shipped mnist_5k reads no data dir, but jaxgen's caches live there
     with pytest.raises(ValueError, match=r"\$TFDS_DATA_DIR=gs://bucket/env is a URL"):
-        config_lib.check(c)  # at the config check, before any work (it came after the run had started)
+        config_check.check(c)  # at the config check, before any work (it came after the run had started)
 
 
 def test_download_probe_uses_each_datasets_host_and_port(tmp_path, monkeypatch):
@@ -204,12 +205,13 @@ def test_a_data_field_the_dataset_does_not_read_is_a_warning_and_no_shipped_conf
     import logging
 
     from jaxgen import config as config_lib
+    from jaxgen import config_check
     from tests.conftest import config_module
 
     c = config_lib.gan_config()
     c.data.path, c.data.resolution = "/data/faces", 32
     with caplog.at_level(logging.WARNING, logger="jaxgen"):
-        config_lib.check(c)
+        config_check.check(c)
     assert ("The dataset 'mnist_5k' does not read data.path='/data/faces' (read by image_folder, celeb_a); "
             "data.resolution=32 (read by image_folder, celeb_a): the run uses mnist_5k as it is (a folder of images: "
             "--config.data.name=image_folder)") in caplog.text

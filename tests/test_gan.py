@@ -45,11 +45,11 @@ def test_unknown_loss_and_regularizer_list_the_choices():
 
 
 def test_binarize_is_refused_for_a_gan():
-    from jaxgen import config as config_lib
+    from jaxgen import config_check
 
     c = _smoke(**{"data.binarize": "dynamic"})
     with pytest.raises(ValueError, match="data.binarize='dynamic' is for VAEs.*--config.data.binarize=none"):
-        config_lib.check(c)
+        config_check.check(c)
 
 
 # A small nonlinear critic whose input gradient we can take by finite differences in float64 numpy.

@@ -14,7 +14,7 @@ import pytest
 from flax import traverse_util
 
 from jaxgen import parallel
-from jaxgen.evaluation import inception
+from jaxgen.evaluation import inception, inception_net
 from tests.conftest import pytorch_fid
 
 RNG = np.random.default_rng(0)
@@ -95,7 +95,7 @@ def test_preprocess_is_torch_bilinear_without_antialias(shape):
     images = RNG.integers(0, 256, shape, dtype=np.uint8)
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float().expand(-1, 3, -1, -1) / 255
     ref = 2 * torch.nn.functional.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False) - 1
-    ours = np.asarray(jax.jit(inception.preprocess)(images))
+    ours = np.asarray(jax.jit(inception_net.preprocess)(images))
     assert ours.shape == (shape[0], 299, 299, 3)
     np.testing.assert_allclose(ours, ref.permute(0, 2, 3, 1).numpy(), rtol=0, atol=2e-6)
 
@@ -142,7 +142,7 @@ def test_extract_batches_pads_and_keeps_order():
 def test_bad_images_are_a_clear_error(bad, match, extractor):
     fn, mesh = extractor
     with pytest.raises(ValueError, match=match):
-        inception.preprocess(bad)
+        inception_net.preprocess(bad)
     with pytest.raises(ValueError, match=match):
         inception.extract(fn, bad, batch_size=8, mesh=mesh)
 

@@ -221,20 +221,21 @@ def test_fields_a_config_file_adds_are_listed_and_those_nothing_reads_warned_abo
     """Inside `with c.unlocked():` a misspelt field is a new one: the check names those that no function of the
     user's receives, with the field they may have meant."""
     from jaxgen import config as config_lib
+    from jaxgen import config_check
 
     c = config_lib.vae_config()
     with c.unlocked():
         c.objective.bta, c.train.step, c.seeed = 0.5, 10, 1
         c.objective.name = "elbo"
     with caplog.at_level(logging.INFO, logger="jaxgen"):
-        config_lib.check(c)
+        config_check.check(c)
     assert ("added fields that nothing reads (their block's function is jaxgen's own, which reads only its known "
             "fields): objective.bta (did you mean objective.beta?); seeed (did you mean seed?); train.step (did you "
             "mean train.steps?)") in caplog.text
     caplog.clear()
     c.objective.name = "tests.test_user_functions:keyword_objective"  # a function of the user's gets the block
     with caplog.at_level(logging.INFO, logger="jaxgen"):
-        config_lib.check(c)
+        config_check.check(c)
     assert "Fields of your own, added by the config file: objective.bta\n" in caplog.text
     assert "nothing reads" in caplog.text and "objective.bta (did" not in caplog.text
 
@@ -505,11 +506,12 @@ def test_unknown_names_fail_before_the_data_loads(smoke_config, tmp_path, monkey
 
 def test_an_unknown_schedule_names_its_block():
     from jaxgen import config as config_lib
+    from jaxgen import config_check
 
     c = config_lib.gan_config()
     c.d_optim.schedule = "cosin"
     with pytest.raises(ValueError, match="unknown d_optim.schedule 'cosin'; choices: constant, cosine, linear"):
-        config_lib.check(c)
+        config_check.check(c)
 
 
 def test_every_batch_size_that_does_not_divide_is_named_at_once(smoke_config, tmp_path):
@@ -519,23 +521,22 @@ def test_every_batch_size_that_does_not_divide_is_named_at_once(smoke_config, tm
 
 
 def test_steps_not_a_multiple_of_steps_per_dispatch_fails_in_the_config_check(smoke_config, tmp_path, monkeypatch):
-    from jaxgen import config as config_lib
-    from jaxgen import data
+    from jaxgen import config_check, data
 
     monkeypatch.setattr(data, "load", lambda *a, **k: pytest.fail("data loaded before the config check"))
     c = smoke_config
     c.train.steps_per_dispatch, c.train.steps = 5, 22  # log, checkpoint and eval intervals (5, 10, 10) are fine
     message = r"train.steps=22 must be a multiple of train.steps_per_dispatch=5"
     with pytest.raises(ValueError, match=message):
-        config_lib.check(c)
+        config_check.check(c)
     with pytest.raises(ValueError, match=message):
         loop.train_and_evaluate(c, tmp_path)
     c.train.steps = 20
-    config_lib.check(c)
+    config_check.check(c)
     c.train.steps_per_dispatch, c.train.steps = 4, 22  # every interval off the grid is named at once
     with pytest.raises(ValueError, match=r"train.steps=22 and train.log_every=5 and checkpoint.every=10 and "
                                          r"eval.every=10 must be multiples of train.steps_per_dispatch=4"):
-        config_lib.check(c)
+        config_check.check(c)
 
 
 @pytest.mark.parametrize("fields, message", [
@@ -546,25 +547,27 @@ def test_steps_not_a_multiple_of_steps_per_dispatch_fails_in_the_config_check(sm
 ])
 def test_values_outside_their_range_fail_in_the_config_check(fields, message):
     from jaxgen import config as config_lib
+    from jaxgen import config_check
 
     c = config_lib.vae_config()
     for field, value in fields.items():
         block, name = field.split(".")
         c[block][name] = value
     with pytest.raises(ValueError, match=message):
-        config_lib.check(c)
+        config_check.check(c)
 
 
 def test_settings_that_do_nothing_in_the_run_are_named_with_what_reads_them(caplog):
     import logging
 
     from jaxgen import config as config_lib
+    from jaxgen import config_check
 
     c = config_lib.vae_config()
     c.model.name, c.model.channels, c.optim.weight_decay, c.optim.end_lr_ratio = "mlp_vae", (8, 16), 0.5, 0.1
     c.objective.name, c.objective.kl = "iwae", "mc"
     with caplog.at_level(logging.WARNING, logger="jaxgen"):
-        config_lib.check(c)
+        config_check.check(c)
     assert ("These settings do nothing in this run: model.channels=(8, 16) (read by model.name=conv_vae; this run's "
             "is mlp_vae); optim.weight_decay=0.5 (read by optim.name=adamw; this run's is adam); optim.end_lr_ratio="
             "0.1 (read by optim.schedule=cosine or linear; this run's is constant)") in caplog.text
@@ -572,21 +575,21 @@ def test_settings_that_do_nothing_in_the_run_are_named_with_what_reads_them(capl
     assert "objective.beta" not in caplog.text  # left at its default
     g = config_lib.gan_config()
     g.model.name, g.model.conv_impl, g.reg.weight, g.reg.interval = "resnet", "xla", 1.0, 4
-    assert config_lib.ignored_settings(g, config_lib.gan_config()) == [
+    assert config_check.ignored_settings(g, config_lib.gan_config()) == [
         "model.conv_impl='xla' (read by model.name=dcgan; this run's is resnet)",
         "reg.weight=1.0 (read by a regularizer: reg.name=r1, gp or your own)",
         "reg.interval=4 (read by a regularizer: reg.name=r1, gp or your own)"]
     g.model.name, g.reg.name, g.d_optim.name = "myproject.models:pair", "r1", "myproject.optim:sgd"
     g.d_optim.weight_decay = 0.1  # a user's optimizer may read it
-    assert config_lib.ignored_settings(g, config_lib.gan_config()) == []
+    assert config_check.ignored_settings(g, config_lib.gan_config()) == []
     c.eval.extractors = ("myproject.extract:pooled",)  # a user's extractor gets the whole config: it may read any
-    assert config_lib.ignored_settings(c, config_lib.vae_config()) == []
+    assert config_check.ignored_settings(c, config_lib.vae_config()) == []
     for path in CONFIGS:  # no shipped config or variant sets one
         module = config_module(path)
         for variant in ("", *module.VARIANTS):
             c = module.get_config(variant)
             base = {"vae": config_lib.vae_config, "gan": config_lib.gan_config}[c.task]()
-            assert config_lib.ignored_settings(c, base) == [], (path, variant)
+            assert config_check.ignored_settings(c, base) == [], (path, variant)
 
 
 def test_unwritable_workdir_is_a_clear_error(smoke_config, tmp_path):
@@ -763,14 +766,14 @@ def test_settings_whose_numbers_mean_less_than_their_names_are_warned_about(smok
                                                                             monkeypatch):
     import logging
 
-    from jaxgen import config as config_lib
+    from jaxgen import config_check
 
     monkeypatch.setattr(logging.getLogger("jaxgen"), "propagate", True)  # to caplog, after any run's setup_logging
 
     for key, value in fields.items():
         section, name = key.split(".")
         smoke_config[section][name] = value
-    config_lib.check(smoke_config)
+    config_check.check(smoke_config)
     assert warning in caplog.text
 
 

@@ -171,10 +171,10 @@ import jax
 import jax.numpy as jnp
 jax.distributed.initialize(coordinator_address=sys.argv[1], num_processes=2, process_id=int(sys.argv[2]))
 from jaxgen import parallel
-from jaxgen.training import checkpoint
+from jaxgen.training import best_checkpoint
 mesh = parallel.make_mesh()
 state = jax.jit(lambda: {"step": jnp.int32(7), "w": jnp.ones(3)}, out_shardings=parallel.replicated(mesh))()
-keeper = checkpoint.BestKeeper(Path(sys.argv[3]), "elbo", "max", resume_step=7, split="test")
+keeper = best_checkpoint.BestKeeper(Path(sys.argv[3]), "elbo", "max", resume_step=7, split="test")
 if jax.process_index() == 1:
     keeper.record = {"step": 3, "metric": "elbo", "mode": "max", "value": -50.0, "split": "test"}
 saved = keeper.update(state, {"elbo": -100.0 - jax.process_index()})

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 
 from jaxgen import config as config_lib
+from jaxgen import config_check
 from jaxgen.evaluation import quality, sample_metrics
 from jaxgen.registry import UnknownNameError
 from jaxgen.reporting import images
-from jaxgen.training import checkpoint
+from jaxgen.training import best_checkpoint
 
 CALLS = []
 
@@ -90,7 +91,7 @@ def test_a_users_extractor_names_its_metrics_as_given_and_as_tensorboard_accepts
 def test_unknown_extractor_lists_the_choices_before_any_work(tmp_path):
     c = _config(tmp_path, ("inceptoin",))
     with pytest.raises(UnknownNameError, match="'inceptoin'; choices: classifier, inception"):
-        config_lib.check(c)
+        config_check.check(c)
 
 
 def test_the_classifier_extractor_needs_labels(tmp_path):
@@ -136,52 +137,52 @@ def test_best_mode_auto_follows_the_metric_and_a_contradicting_mode_is_refused()
     assert quality.best_mode(c) == "max"
     c.checkpoint.best_metric, c.checkpoint.best_mode = "nll", "max"
     with pytest.raises(ValueError, match="better when lower.*would keep the worst checkpoint; use 'auto' or 'min'"):
-        config_lib.check(c)
+        config_check.check(c)
     c.checkpoint.best_metric, c.checkpoint.best_mode = "my.extractor:fn/fid", "auto"
     c.eval.extractors = ("my.extractor:fn",)
     assert quality.best_mode(c) == "min"  # a user's extractor's FID
     c.checkpoint.best_metric, c.eval.extractors = "d_real", ()
     c.task = "gan"
     with pytest.raises(ValueError, match="set --config.checkpoint.best_mode=min or =max"):
-        config_lib.check(c)
+        config_check.check(c)
     c.checkpoint.best_mode = "max"
     assert quality.best_mode(c) == "max"  # a metric without a known direction: the user's
     c.task, c.checkpoint.best_metric = "vae", "elbo"
     c.checkpoint.best_mode = "largest"
     with pytest.raises(ValueError, match="'auto', 'min' or 'max'"):
-        config_lib.check(c)
+        config_check.check(c)
 
 
 def test_the_best_keeper_keeps_the_best_and_remembers_it_across_runs(tmp_path):
     state = lambda step: {"step": jnp.asarray(step), "w": jnp.full((3,), float(step))}
-    keeper = checkpoint.BestKeeper(tmp_path, "x/fid", "min")
+    keeper = best_checkpoint.BestKeeper(tmp_path, "x/fid", "min")
     assert keeper.update(state(10), {"x/fid": 5.0})
     assert not keeper.update(state(20), {"x/fid": 7.0})
     assert not keeper.update(state(25), {"x/fid": float("nan")})
     assert keeper.update(state(30), {"x/fid": 4.0})
     keeper.close()
     assert sorted(p.name for p in (tmp_path / "best").iterdir()) == ["30", "best.json"]  # one kept at a time
-    resumed = checkpoint.BestKeeper(tmp_path, "x/fid", "min")  # a resumed run compares with the stored best
+    resumed = best_checkpoint.BestKeeper(tmp_path, "x/fid", "min")  # a resumed run compares with the stored best
     assert not resumed.update(state(40), {"x/fid": 4.5})
     with pytest.raises(ValueError, match="'y/fid' is not an eval metric; choices: x/fid"):
-        checkpoint.BestKeeper(tmp_path, "y/fid", "min").update(state(50), {"x/fid": 1.0})
+        best_checkpoint.BestKeeper(tmp_path, "y/fid", "min").update(state(50), {"x/fid": 1.0})
     assert json.loads((tmp_path / "best" / "best.json").read_text())["step"] == 30
     resumed.close()
 
 
 def test_a_stale_or_differently_kept_best_record_is_ignored_and_not_final_metrics_skip_the_final_eval(tmp_path):
     state = {"step": jnp.asarray(10), "w": jnp.zeros(2)}
-    keeper = checkpoint.BestKeeper(tmp_path, "x/fid", "min")
+    keeper = best_checkpoint.BestKeeper(tmp_path, "x/fid", "min")
     keeper.update(state, {"x/fid": 1.0})
     keeper.close()
-    assert checkpoint.BestKeeper(tmp_path, "x/fid", "min", fresh=True).record is None  # a new run in the same dir
-    assert checkpoint.BestKeeper(tmp_path, "x/fid", "max").record is None
-    assert checkpoint.BestKeeper(tmp_path, "x/fid", "min").record["value"] == 1.0
-    nll = checkpoint.BestKeeper(tmp_path / "vae", "nll", "min", not_final=("nll",))
+    assert best_checkpoint.BestKeeper(tmp_path, "x/fid", "min", fresh=True).record is None  # a new run in the same dir
+    assert best_checkpoint.BestKeeper(tmp_path, "x/fid", "max").record is None
+    assert best_checkpoint.BestKeeper(tmp_path, "x/fid", "min").record["value"] == 1.0
+    nll = best_checkpoint.BestKeeper(tmp_path / "vae", "nll", "min", not_final=("nll",))
     assert not nll.update(state, {"nll": 80.0}, final=True)  # the final NLL uses more importance samples
     assert nll.update(state, {"nll": 90.0})
     nll.close()
-    elbo = checkpoint.BestKeeper(tmp_path / "vae2", "elbo", "max", not_final=("nll",))
+    elbo = best_checkpoint.BestKeeper(tmp_path / "vae2", "elbo", "max", not_final=("nll",))
     assert elbo.update(state, {"elbo": -90.0}, final=True)  # measured alike at the final eval: it takes part
     elbo.close()
 
@@ -192,29 +193,29 @@ def test_a_best_metric_of_an_unused_extractor_or_of_the_final_eval_only_fails_be
         c.checkpoint.best_metric, c.checkpoint.best_mode = "elbow", mode
         with pytest.raises(ValueError, match="'elbow' is not a metric of every gan eval; choices: d_real, d_fake, "
                                              "classifier/fid, classifier/class_tv, classifier/class_coverage$"):
-            config_lib.check(c)
+            config_check.check(c)
     c.checkpoint.best_mode = "auto"
     c.checkpoint.best_metric = "inception/fid"
     with pytest.raises(ValueError, match="'inception', which is not in eval.extractors"):
-        config_lib.check(c)
+        config_check.check(c)
     c.checkpoint.best_metric = "classifier/kid_mean"
     with pytest.raises(ValueError, match="not computed at every eval of the classifier extractor; choices: "
                                          "classifier/fid"):
-        config_lib.check(c)
+        config_check.check(c)
     c.checkpoint.best_metric = "classifier/is_mean"  # the classifier gives no IS: refused now, not at the first eval
     with pytest.raises(ValueError, match="'is_mean' is not computed at every eval of the classifier extractor; "
                                          "choices: classifier/fid, classifier/class_tv, classifier/class_coverage"):
-        config_lib.check(c)
+        config_check.check(c)
     c.checkpoint.best_metric = "classifier/class_coverage"
-    config_lib.check(c)
+    config_check.check(c)
     c.eval.num_samples = 5  # the final evaluation's density and coverage need more than 5
     with pytest.raises(ValueError, match="eval.num_samples must be > 5 with eval.extractors"):
-        config_lib.check(c)
+        config_check.check(c)
     c.eval.num_samples = 6
-    config_lib.check(c)
+    config_check.check(c)
     c.eval.extractors = ("classifier,inception",)
     with pytest.raises(ValueError, match="give a tuple"):
-        config_lib.check(c)
+        config_check.check(c)
 
 
 def test_a_corrupt_reference_cache_is_recomputed(tmp_path):

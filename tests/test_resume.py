@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from jaxgen import parallel
-from jaxgen.training import checkpoint, loop, optim, stopping
+from jaxgen.training import best_checkpoint, checkpoint, loop, optim, stopping
 from jaxgen.training import state as state_lib
 from jaxgen.training.workdir import WorkdirError
 from tests.signals import signal_at_call
@@ -463,13 +463,13 @@ def test_files_torn_by_a_kill_are_dropped_or_rewritten_not_fatal(tmp_path, caplo
     (tmp_path / "best").mkdir()
     (tmp_path / "best" / "best.json").write_text("")
     with caplog.at_level(logging.WARNING, logger="jaxgen"):
-        keeper = checkpoint.BestKeeper(tmp_path, "elbo", "max")
+        keeper = best_checkpoint.BestKeeper(tmp_path, "elbo", "max")
     assert keeper.record is None and "best.json cannot be read" in caplog.text
     (tmp_path / "best" / "best.json").write_text(json.dumps({"step": 20, "metric": "elbo", "mode": "max",
                                                              "value": -90.0}))
-    assert checkpoint.BestKeeper(tmp_path, "elbo", "max", resume_step=20).record["step"] == 20
+    assert best_checkpoint.BestKeeper(tmp_path, "elbo", "max", resume_step=20).record["step"] == 20
     with caplog.at_level(logging.WARNING, logger="jaxgen"):  # kept by a run stopped before its checkpoint of 20
-        assert checkpoint.BestKeeper(tmp_path, "elbo", "max", resume_step=10).record is None
+        assert best_checkpoint.BestKeeper(tmp_path, "elbo", "max", resume_step=10).record is None
     assert "it is of step 20, after step 10 this run resumes from" in caplog.text
 
     (tmp_path / "config.json").write_text('{"seed": ')
@@ -510,7 +510,7 @@ def test_a_save_killed_half_way_leaves_nothing_behind_on_the_next_training_start
     assert all(p.exists() for p in partial)
     with caplog.at_level(logging.WARNING):
         mgr, restored = loop.restore_or_init(task)
-        keeper = checkpoint.BestKeeper(tmp_path, "elbo", "max")
+        keeper = best_checkpoint.BestKeeper(tmp_path, "elbo", "max")
         assert keeper.update(restored, {"elbo": -1.0})
     assert int(restored["step"]) == 10 and mgr.all_steps() == [10] and not any(p.exists() for p in partial)
     assert caplog.text.count("a checkpoint whose save was interrupted") == 2

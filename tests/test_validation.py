@@ -9,12 +9,11 @@ import ml_collections
 import numpy as np
 import pytest
 
-from jaxgen import config as config_lib
-from jaxgen import data, parallel
+from jaxgen import config_check, data, parallel
 from jaxgen.evaluation import quality
 from jaxgen.reporting import plots
 from jaxgen.reporting.writer import read
-from jaxgen.training import checkpoint, loop, modes
+from jaxgen.training import best_checkpoint, checkpoint, loop, modes
 from tests.conftest import CONFIGS, config_module
 
 
@@ -126,14 +125,14 @@ def test_a_best_record_chosen_on_another_split_is_ignored(tmp_path, caplog):
     (tmp_path / "best").mkdir()
     (tmp_path / "best" / "best.json").write_text(json.dumps({"step": 10, "metric": "elbo", "mode": "max",
                                                               "value": -90.0, "split": "test"}))
-    keeper = checkpoint.BestKeeper(tmp_path, "elbo", "max", resume_step=20, split="validation")
+    keeper = best_checkpoint.BestKeeper(tmp_path, "elbo", "max", resume_step=20, split="validation")
     assert keeper.record is None and "chosen on the 'test' split, this run chooses on 'validation'" in caplog.text
     older = {"step": 10, "metric": "elbo", "mode": "max", "value": -90.0}  # written before records named a split
     (tmp_path / "best" / "best.json").write_text(json.dumps(older))
-    assert checkpoint.BestKeeper(tmp_path, "elbo", "max", resume_step=20, split="test",
+    assert best_checkpoint.BestKeeper(tmp_path, "elbo", "max", resume_step=20, split="test",
                                  unnamed_split="test").record == older
     caplog.clear()
-    assert checkpoint.BestKeeper(tmp_path, "elbo", "max", resume_step=20, split="validation",
+    assert best_checkpoint.BestKeeper(tmp_path, "elbo", "max", resume_step=20, split="validation",
                                  unnamed_split="test").record is None
     assert "chosen on the 'test' split, this run chooses on 'validation'" in caplog.text
 
@@ -143,13 +142,13 @@ def test_a_held_out_split_cannot_share_its_name_with_the_test_or_reference_split
     c.data.validation_examples, c.data.test_split = 100, "validation"
     with pytest.raises(ValueError, match="which data.test_split names too: to evaluate on the dataset's own "
                                          "'validation' split, set --config.data.validation_examples=0"):
-        config_lib.check(c)
+        config_check.check(c)
     c.data.test_split, c.eval.reference_split = "test", "validation"
     with pytest.raises(ValueError, match="which eval.reference_split names too"):
-        config_lib.check(c)
+        config_check.check(c)
     c.data.validation_examples = -1
     with pytest.raises(ValueError, match="data.validation_examples must be >= 0"):
-        config_lib.check(c)
+        config_check.check(c)
 
 
 def test_a_gan_scores_d_and_compares_samples_on_the_validation_split_during_training(tmp_path):

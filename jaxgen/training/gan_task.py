@@ -11,7 +11,7 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from jaxgen import config as config_lib
-from jaxgen import data, parallel, registry
+from jaxgen import config_check, data, parallel, registry
 from jaxgen.data import augment
 from jaxgen.evaluation import quality
 from jaxgen.models import gan as gan_models
@@ -35,7 +35,7 @@ class GANTask:
     def __init__(self, config, workdir, training: bool = True, image_shape: tuple[int, int, int] | None = None):
         """training=False: --mode=eval/sample. image_shape (--mode=sample, from the workdir's data.json): the
         dataset is not read (train, validation and test are None)."""
-        config_lib.check(config)
+        config_check.check(config)
         c = config
         self.config, self.workdir = c, workdir
         self.mesh = parallel.make_mesh()

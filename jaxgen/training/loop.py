@@ -8,14 +8,12 @@ restore or init, the train calls, the finite check, logging, checkpoints, evalua
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
 import os
 import re
 import signal
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,9 +25,10 @@ import numpy as np
 from jaxgen import atomic, parallel, registry, runtime
 from jaxgen import data as data_lib
 from jaxgen.evaluation import quality
+from jaxgen.reporting.progress import Progress
 from jaxgen.reporting.writer import MetricWriter
 from jaxgen.reporting.writer import read as read_metrics
-from jaxgen.training import checkpoint, gan_task, vae_task
+from jaxgen.training import best_checkpoint, checkpoint, gan_task, vae_task
 from jaxgen.training import workdir as wd
 from jaxgen.training.stopping import RunStopped, StopRequest
 
@@ -72,7 +71,7 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def build_task(config, workdir: Path, training: bool = True, image_shape: tuple[int, int, int] | None = None) -> Task:
-    """The task object for `config.task` ('vae' or 'gan'; config.check accepts only these two). training=False
+    """The task object for `config.task` ('vae' or 'gan'; config_check.check accepts only these two). training=False
     (--mode=eval/sample): the sizes only training uses are not checked against the devices and the data.
     image_shape (--mode=sample): the model for images of that shape, without reading the dataset."""
     return registry.resolve("task", config.task, TASKS)(config, workdir, training=training, image_shape=image_shape)
@@ -236,7 +235,7 @@ def _train_and_evaluate(config, workdir: Path) -> dict:
     best_name = quality.best_metric(c)
     best = None
     if best_name:
-        best = checkpoint.BestKeeper(workdir, best_name, quality.best_mode(c), fresh=step == 0, resume_step=step,
+        best = best_checkpoint.BestKeeper(workdir, best_name, quality.best_mode(c), fresh=step == 0, resume_step=step,
                                      not_final=task.not_final, split=best_split(task, best_name),
                                      unnamed_split=best_split(task, best_name, validation=False))
     writer = MetricWriter(workdir, resume_step=step)
@@ -337,7 +336,7 @@ def _train(task, state: dict, mgr, writer: MetricWriter, evals: _Evals) -> tuple
             "the dataset has one)")
     train_data = parallel.put_replicated({"image": image}, task.mesh)
     step = int(jax.device_get(state["step"]))
-    progress = _Progress(task, step)
+    progress = Progress(task.config, task.headline, step)
     check = lambda m: _check_finite(m, mgr, task.workdir, task.headline, c)  # noqa: E731
     pending, window, previous, call, stopped = [], [], None, 0, None
     t_log, step_log = time.perf_counter(), step
@@ -399,48 +398,6 @@ def _train_record(c, writer: MetricWriter, progress, step: int, step_log: int, t
     writer.write(step, "train", {**means, "img_per_s": ips})
     progress.record(step, means, ips)
     return now, step, []
-
-
-class _Progress:
-    """How a training run shows its progress: a tqdm bar on a terminal (process 0, output.progress), and a log line
-    per train record, in the log file always and on the terminal when no bar shows the same numbers."""
-
-    def __init__(self, task, step: int):
-        c = task.config
-        self.task, self.bar, self._redirect = task, None, contextlib.ExitStack()
-        # A terminal only: redirected to a file (nohup, SLURM) the bar's redraws would bury the log lines, which carry
-        # the same numbers. On the terminal the log lines are written above the bar, not glued to it.
-        if c.output.progress and jax.process_index() == 0 and step < c.train.steps and sys.stderr.isatty():
-            from tqdm import tqdm  # noqa: PLC0415
-            from tqdm.contrib.logging import logging_redirect_tqdm  # noqa: PLC0415
-
-            self.bar = tqdm(total=c.train.steps, initial=step, unit="step", dynamic_ncols=True)
-            before = set(log.handlers)
-            self._redirect.enter_context(logging_redirect_tqdm(loggers=[log]))
-            for handler in set(log.handlers) - before:  # tqdm's stand-in for the console handler: the same filter
-                handler.addFilter(runtime.not_file_only)  # (tqdm 4.67 copies the console handler's; older may not)
-
-    def update(self, steps: int) -> None:
-        if self.bar is not None:
-            self.bar.update(steps)
-
-    def record(self, step: int, means: dict, img_per_s: float) -> None:
-        """A train record's line: 'step 2000/10000 (20%): loss 98.31; 3,812 img/s; ETA 00:03:32' (the headline
-        metrics averaged since the last record; the ETA at that window's rate, as `img_per_s` measures it)."""
-        c, head = self.task.config, {h: means[h] for h in self.task.headline}
-        eta = (c.train.steps - step) * c.train.batch_size / max(img_per_s, 1e-9)
-        line = (f"step {step}/{c.train.steps} ({100 * step / c.train.steps:.0f}%): "
-                + ", ".join(f"{name} {value:.4g}" for name, value in head.items())
-                + f"; {img_per_s:,.0f} img/s; ETA "
-                + (time.strftime("%H:%M:%S", time.gmtime(eta)) if eta < 86400 else f"{eta / 3600:.0f} h"))
-        log.info("%s", line, extra={runtime.FILE_ONLY: self.bar is not None})
-        if self.bar is not None:
-            self.bar.set_postfix({**{h: f"{v:.3g}" for h, v in head.items()}, "img_s": f"{img_per_s:,.0f}"})
-
-    def close(self) -> None:
-        self._redirect.close()
-        if self.bar is not None:
-            self.bar.close()
 
 
 def _check_finite(host_metrics: dict, mgr, workdir: Path, headline, config) -> None:

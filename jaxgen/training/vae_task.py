@@ -9,8 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgen import config as config_lib
-from jaxgen import data, models, objectives, parallel, registry
+from jaxgen import config_check, data, models, objectives, parallel, registry
 from jaxgen.evaluation import quality
 from jaxgen.evaluation import vae as vae_eval
 from jaxgen.objectives import vae as vae_obj
@@ -30,7 +29,7 @@ class VAETask:
     def __init__(self, config, workdir, training: bool = True, image_shape: tuple[int, int, int] | None = None):
         """training=False: --mode=eval/sample. image_shape (--mode=sample, from the workdir's data.json): the
         dataset is not read (train, validation and test are None)."""
-        config_lib.check(config)
+        config_check.check(config)
         self.config, self.workdir = config, workdir
         self.mesh = parallel.make_mesh()
         # Outside training (--mode=eval/sample, maybe on another device count) train.batch_size is not used.

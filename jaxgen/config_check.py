@@ -1,0 +1,250 @@
+"""A config's checks before any work: cross-field checks that the types alone do not catch (each a ValueError naming
+the field and the fix), the settings a run ignores, and the fields a config file added that nothing reads.
+`check` runs when a task is built (jaxgen.training.vae_task, gan_task)."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import ml_collections
+
+from jaxgen import config as config_lib
+from jaxgen.config import flat_fields, updates
+
+log = logging.getLogger("jaxgen")
+
+
+def check(config: ml_collections.ConfigDict) -> None:
+    """Cross-field checks that the types alone do not catch. Raises ValueError naming the field and the fix."""
+    if config.task not in ("vae", "gan"):
+        raise ValueError(f"unknown task {config.task!r}; choices: gan, vae")
+    base = {"vae": config_lib.vae_config, "gan": config_lib.gan_config}[config.task]()  # the defaults, built once
+    _check_train(config, base)
+    _check_eval(config)
+    _check_optimizers(config)
+    (_check_vae if config.task == "vae" else _check_gan)(config)
+    _report_added_fields(config, base)
+    if ignored := ignored_settings(config, base):
+        log.warning("These settings do nothing in this run: %s", "; ".join(ignored))
+
+
+# The model fields each built-in model reads (the others in its task's model block belong to other models).
+MODEL_READS = {
+    "conv_vae": ("latent_dim", "channels", "dense", "activation", "output_bias", "conv_impl"),
+    "mlp_vae": ("latent_dim", "hidden", "activation", "output_bias"),
+    "dcgan": ("latent_dim", "g_width", "d_width", "g_norm", "d_norm", "g_spectral_norm", "d_spectral_norm", "dtype",
+              "conv_impl", "norm_impl"),
+    "resnet": ("latent_dim", "g_width", "d_width", "g_norm", "d_norm", "g_spectral_norm", "d_spectral_norm", "dtype",
+               "norm_impl"),
+}
+
+
+def ignored_settings(config: ml_collections.ConfigDict, base: ml_collections.ConfigDict) -> list[str]:
+    """Fields set away from the task's defaults (`base`) that the run's built-in choices do not read, each with
+    what would read it: `model.channels` on mlp_vae, `optim.weight_decay` with adam, `optim.end_lr_ratio` with the
+    constant schedule, `objective.beta` with iwae, `reg.weight` without a regularizer. A function of the user's may
+    read any field of its block, so its block is not reported (the optimizer's schedule fields are jaxgen's,
+    whatever the optimizer); a user's feature extractor gets the whole config, so with one nothing is reported."""
+    if any(":" in str(name) for name in config.eval.get("extractors", ())):
+        return []
+    out = []
+
+    def changed(block: str, field: str) -> bool:
+        return field in config[block] and field in base[block] and config[block][field] != base[block][field]
+
+    model = config.model.name
+    if model in MODEL_READS:
+        same_task = [name for name in MODEL_READS if all(f in base.model for f in MODEL_READS[name])]
+        for field in sorted(config.model.keys()):
+            if field != "name" and field not in MODEL_READS[model] and changed("model", field):
+                readers = [name for name in same_task if field in MODEL_READS[name]]
+                out.append(f"model.{field}={config.model[field]!r} (read by model.name={' or '.join(readers)}; "
+                           f"this run's is {model})")
+    for block in ("optim", "g_optim", "d_optim"):
+        if block not in config:
+            continue
+        if config[block].name == "adam" and changed(block, "weight_decay"):
+            out.append(f"{block}.weight_decay={config[block].weight_decay!r} (read by {block}.name=adamw; this run's "
+                       f"is adam)")
+        if config[block].schedule == "constant" and changed(block, "end_lr_ratio"):
+            out.append(f"{block}.end_lr_ratio={config[block].end_lr_ratio!r} (read by {block}.schedule=cosine or "
+                       f"linear; this run's is constant)")
+    if config.task == "vae" and config.objective.name == "iwae":  # they weight the ELBO's terms
+        out += [f"objective.{field}={config.objective[field]!r} (read by objective.name=elbo; this run's is iwae)"
+                for field in ("beta", "kl", "kl_warmup_steps") if changed("objective", field)]
+    if "reg" in config and config.reg.name == "none":
+        out += [f"reg.{field}={config.reg[field]!r} (read by a regularizer: reg.name=r1, gp or your own)"
+                for field in ("weight", "interval") if changed("reg", field)]
+    return out
+
+
+def _check_train(config: ml_collections.ConfigDict, base: ml_collections.ConfigDict) -> None:
+    """train.*, checkpoint.every and data.*: sizes, intervals and their multiples of train.steps_per_dispatch;
+    model.latent_dim, which every model reads."""
+    if config.model.latent_dim < 1:
+        raise ValueError(f"model.latent_dim must be >= 1, got {config.model.latent_dim}")
+    t = config.train
+    if t.batch_size <= 0 or t.steps < 0:
+        raise ValueError(f"train.batch_size must be > 0 and train.steps >= 0, got {t.batch_size} and {t.steps}")
+    if t.steps_per_dispatch < 1:
+        raise ValueError(f"train.steps_per_dispatch must be >= 1, got {t.steps_per_dispatch}")
+    for field, value in (("train.log_every", t.log_every), ("checkpoint.every", config.checkpoint.every)):
+        if value <= 0:
+            raise ValueError(f"{field} must be > 0, got {value}")
+    if config.eval.every < 0:
+        raise ValueError(f"eval.every must be >= 0 (0 = only at the end), got {config.eval.every}")
+    if config.data.validation_examples < 0:
+        raise ValueError(f"data.validation_examples must be >= 0 (0 = no validation split), got "
+                         f"{config.data.validation_examples}")
+    named = [f"{b}.{f}" for b, f in (("data", "test_split"), ("eval", "reference_split"))
+             if config[b][f] == "validation"]
+    if config.data.validation_examples and named:
+        raise ValueError(f"data.validation_examples holds out a split it names 'validation', which {named[0]} "
+                         f"names too: to evaluate on the dataset's own 'validation' split, set "
+                         f"--config.data.validation_examples=0")
+    k = t.steps_per_dispatch
+    off = [f"{field}={value}" for field, value in (("train.steps", t.steps), ("train.log_every", t.log_every),
+                                                   ("checkpoint.every", config.checkpoint.every),
+                                                   ("eval.every", config.eval.every)) if value and value % k]
+    if off:
+        raise ValueError(f"{' and '.join(off)} must be {'a multiple' if len(off) == 1 else 'multiples'} of "
+                         f"train.steps_per_dispatch={k}: a fused call runs {k} steps")
+    if config.checkpoint.every % t.log_every:
+        log.warning("checkpoint.every=%d is not a multiple of train.log_every=%d: a run killed and resumed from a "
+                    "checkpoint between two train records writes a first record over fewer steps than an "
+                    "uninterrupted run would (the state still resumes exactly)", config.checkpoint.every, t.log_every)
+    if config.data.binarize not in ("dynamic", "none"):
+        raise ValueError(f"data.binarize must be 'dynamic' or 'none', got {config.data.binarize!r}")
+    from jaxgen import data  # noqa: PLC0415 (numpy; no TFDS)
+    from jaxgen.data import image_folder  # noqa: PLC0415
+
+    image_folder.data_dir(config.data)  # a URL is refused before any work (jaxgen's caches live there)
+    unread = data.unread_fields(config.data, base.data)
+    if unread:
+        log.warning("The dataset %r does not read %s: the run uses %s as it is%s", config.data.name,
+                    "; ".join(unread), config.data.name,
+                    " (a folder of images: --config.data.name=image_folder)" if config.data.path else "")
+    if t.ema_half_life < 0:
+        raise ValueError(f"train.ema_half_life must be >= 0 images (0 = no EMA), got {t.ema_half_life}")
+    if t.ema_rampup < 0:
+        raise ValueError(f"train.ema_rampup must be >= 0 (0 = no ramp-up), got {t.ema_rampup}")
+
+
+def _check_eval(config: ml_collections.ConfigDict) -> None:
+    """eval.* and sample.*: the extractors, the best checkpoint's metric and the sizes."""
+    from jaxgen.evaluation import quality  # noqa: PLC0415 (imports JAX: check runs when a task is built)
+
+    quality.check_names(config.eval.extractors)
+    quality.best_metric(config)  # a sample-quality best_metric names an extractor in use and a per-eval metric
+    quality.best_mode(config)  # and its direction is known or given
+    config_lib.eval_checkpoint(config)
+    if config.eval.classifier_steps < 1:
+        raise ValueError(f"eval.classifier_steps must be >= 1, got {config.eval.classifier_steps}")
+    if config.eval.extractors and config.eval.num_samples <= quality.FINAL_K:
+        raise ValueError(f"eval.num_samples must be > {quality.FINAL_K} with eval.extractors: the final evaluation's "
+                         f"nearest-neighbour metrics (density and coverage) take {quality.FINAL_K} neighbours "
+                         f"(>= 2048 samples for Inception FID), got {config.eval.num_samples}")
+    if config.sample.num < 1 or config.sample.per_grid < 1:
+        raise ValueError("sample.num and sample.per_grid must be >= 1")
+
+
+def _check_optimizers(config: ml_collections.ConfigDict) -> None:
+    """optim (VAE), g_optim and d_optim (GAN): a known schedule, and a warm-up shorter than the run."""
+    from jaxgen.training import optim  # noqa: PLC0415 (optax, hence JAX, as quality above)
+
+    for block in ("optim", "g_optim", "d_optim"):
+        if block in config and config[block].schedule not in optim.SCHEDULES:
+            raise ValueError(f"unknown {block}.schedule {config[block].schedule!r}; choices: "
+                             f"{', '.join(optim.SCHEDULES)}")
+        if block in config and config[block].warmup_steps >= updates(config, block) > 0:
+            log.warning("%s.warmup_steps=%d >= the run's %d updates: the learning rate never reaches %s.lr=%g",
+                        block, config[block].warmup_steps, updates(config, block), block, config[block].lr)
+
+
+def _check_vae(config: ml_collections.ConfigDict) -> None:
+    o = config.objective
+    if o.likelihood == "gaussian" and not o.gaussian_sigma > 0:
+        raise ValueError(f"objective.gaussian_sigma must be > 0 (the Gaussian likelihood's standard deviation, pixels "
+                         f"in [0, 1]), got {o.gaussian_sigma}")
+    if not o.beta >= 0:
+        raise ValueError(f"objective.beta must be >= 0 (the KL term's weight; 1 is the ELBO), got {o.beta}")
+    if config.objective.k < 1 or config.eval.nll_k < 1 or config.eval.final_nll_k < 1:
+        raise ValueError("objective.k, eval.nll_k and eval.final_nll_k must be >= 1")
+    if config.eval.nll_chunk < 1:
+        raise ValueError(f"eval.nll_chunk must be >= 1 (importance samples per pass), got {config.eval.nll_chunk}")
+    if config.objective.kl_warmup_steps < 0:
+        raise ValueError(f"objective.kl_warmup_steps must be >= 0 (0 = no KL warm-up), got "
+                         f"{config.objective.kl_warmup_steps}")
+    _warn_vae_combinations(config)
+
+
+def _check_gan(config: ml_collections.ConfigDict) -> None:
+    t = config.train
+    if t.d_steps < 1:
+        raise ValueError(f"train.d_steps must be >= 1, got {t.d_steps}")
+    if t.g_batch_size < -1:
+        raise ValueError(f"train.g_batch_size must be >= -1 (0 = the G update reuses the last D update's fakes, "
+                         f"-1 = as many fresh ones as train.batch_size), got {t.g_batch_size}")
+    if config.data.binarize != "none":
+        raise ValueError(f"data.binarize={config.data.binarize!r} is for VAEs; a GAN trains on the pixels: set "
+                         f"--config.data.binarize=none")
+    if config.reg.through_augment and not (config.augment.policy and config.reg.name != "none"):
+        log.warning("reg.through_augment=True does nothing without a regularizer (reg.name) and an augmentation "
+                    "(augment.policy)")
+    if config.reg.interval < 1:
+        raise ValueError(f"reg.interval must be >= 1 (1 = every D step), got {config.reg.interval}")
+    if config.model.dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"model.dtype must be 'float32' or 'bfloat16', got {config.model.dtype!r}")
+
+
+# The blocks a user's function receives as its `cfg` (or model_config, data_config), by the fields that can name
+# such a function ('package.module:function'). A user's feature extractor receives the whole config.
+USER_BLOCKS = {"objective": ("name", "likelihood"), "loss": ("name",), "reg": ("name",), "model": ("name",),
+               "data": ("name",), "optim": ("name",), "g_optim": ("name",), "d_optim": ("name",)}
+
+
+def _report_added_fields(config: ml_collections.ConfigDict, base: ml_collections.ConfigDict) -> None:
+    """Logs the fields a config file added: a note for those a function of the user's may read (its block is handed
+    to one), a warning naming the likely typo for the others, which nothing reads (`c.objective.bta = 0.5` with
+    the built-in objective, `c.train.step = 10`: the run would go on with the defaults)."""
+    added = sorted(set(flat_fields(config)) - set(flat_fields(base)))  # beyond the task's base: a config file's own
+    if not added:
+        return
+    import difflib  # noqa: PLC0415
+
+    extractor = any(":" in str(name) for name in config.eval.get("extractors", ()))  # gets the whole config
+    unread = []
+    for path in added:
+        block, _, field = path.partition(".")
+        names = [config[block].get(f) for f in USER_BLOCKS.get(block, ())] if field else []
+        if extractor or any(isinstance(n, str) and ":" in n for n in names):
+            continue
+        if field and block in base:  # a misspelt field of a known block
+            close = [f"{block}.{c}" for c in difflib.get_close_matches(field, list(base[block].keys()), n=1)]
+        else:  # a misspelt block (or top-level field)
+            close = [c + (f".{field}" if field else "")
+                     for c in difflib.get_close_matches(block, list(base.keys()), n=1)]
+        unread.append(path + (f" (did you mean {close[0]}?)" if close else ""))
+    read = [p for p in added if not any(u.split(" ")[0] == p for u in unread)]
+    if read:
+        log.info("Fields of your own, added by the config file: %s", ", ".join(read))
+    if unread:
+        log.warning("The config file added fields that nothing reads (their block's function is jaxgen's own, which "
+                    "reads only its known fields): %s. A misspelt field here is not an error: unlock only the block "
+                    "your function reads (`with c.objective.unlocked():`)", "; ".join(unread))
+
+
+def _warn_vae_combinations(config) -> None:
+    """Logs settings that run but whose reported numbers mean less than their names say."""
+    o, binarize = config.objective, config.data.binarize
+    if o.likelihood == "bernoulli" and binarize == "none":
+        log.warning("objective.likelihood='bernoulli' with data.binarize='none': on grey values the Bernoulli is "
+                    "not a normalised density, so the NLL and bits/dim are not those of any pixel distribution "
+                    "(binarize 'dynamic', or likelihood 'gaussian' for grey values)")
+    if o.likelihood == "gaussian" and binarize == "dynamic":
+        log.warning("objective.likelihood='gaussian' with data.binarize='dynamic': the bits/dim assume 8-bit "
+                    "pixels, these are binary (set data.binarize=none, or likelihood 'bernoulli')")
+    if o.likelihood == "gaussian" and o.gaussian_sigma < 1 / (255 * math.sqrt(2 * math.pi)):
+        log.warning("objective.gaussian_sigma=%g < 1/(255 sqrt(2 pi)): the Gaussian density of x/255 exceeds 1 per "
+                    "8-bit bin, so the reported bits/dim can be negative", o.gaussian_sigma)

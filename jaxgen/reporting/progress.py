@@ -1,0 +1,57 @@
+"""How a training run shows its progress: a tqdm bar on a terminal, and a line per train record."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+import time
+
+import jax
+
+from jaxgen import runtime
+
+log = logging.getLogger("jaxgen")
+
+
+class Progress:
+    """How a training run shows its progress: a tqdm bar on a terminal (process 0, output.progress), and a log line
+    per train record, in the log file always and on the terminal when no bar shows the same numbers."""
+
+    def __init__(self, config, headline: tuple[str, ...], step: int):
+        """`headline`: the names of the metrics a record's line shows (the task's headline), `step`: the first."""
+        c = config
+        self.config, self.headline, self.bar, self._redirect = config, tuple(headline), None, contextlib.ExitStack()
+        # A terminal only: redirected to a file (nohup, SLURM) the bar's redraws would bury the log lines, which carry
+        # the same numbers. On the terminal the log lines are written above the bar, not glued to it.
+        if c.output.progress and jax.process_index() == 0 and step < c.train.steps and sys.stderr.isatty():
+            from tqdm import tqdm  # noqa: PLC0415
+            from tqdm.contrib.logging import logging_redirect_tqdm  # noqa: PLC0415
+
+            self.bar = tqdm(total=c.train.steps, initial=step, unit="step", dynamic_ncols=True)
+            before = set(log.handlers)
+            self._redirect.enter_context(logging_redirect_tqdm(loggers=[log]))
+            for handler in set(log.handlers) - before:  # tqdm's stand-in for the console handler: the same filter
+                handler.addFilter(runtime.not_file_only)  # (tqdm 4.67 copies the console handler's; older may not)
+
+    def update(self, steps: int) -> None:
+        if self.bar is not None:
+            self.bar.update(steps)
+
+    def record(self, step: int, means: dict, img_per_s: float) -> None:
+        """A train record's line: 'step 2000/10000 (20%): loss 98.31; 3,812 img/s; ETA 00:03:32' (the headline
+        metrics averaged since the last record; the ETA at that window's rate, as `img_per_s` measures it)."""
+        c, head = self.config, {h: means[h] for h in self.headline}
+        eta = (c.train.steps - step) * c.train.batch_size / max(img_per_s, 1e-9)
+        line = (f"step {step}/{c.train.steps} ({100 * step / c.train.steps:.0f}%): "
+                + ", ".join(f"{name} {value:.4g}" for name, value in head.items())
+                + f"; {img_per_s:,.0f} img/s; ETA "
+                + (time.strftime("%H:%M:%S", time.gmtime(eta)) if eta < 86400 else f"{eta / 3600:.0f} h"))
+        log.info("%s", line, extra={runtime.FILE_ONLY: self.bar is not None})
+        if self.bar is not None:
+            self.bar.set_postfix({**{h: f"{v:.3g}" for h, v in head.items()}, "img_s": f"{img_per_s:,.0f}"})
+
+    def close(self) -> None:
+        self._redirect.close()
+        if self.bar is not None:
+            self.bar.close()

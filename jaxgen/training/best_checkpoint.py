@@ -1,0 +1,115 @@
+"""The best checkpoint by one eval metric, kept beside the newest ones: `<workdir>/best/<step>` (one at a time) and
+`<workdir>/best/best.json` with its step, metric, value and split, which a resumed run reads back."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from jaxgen import atomic
+from jaxgen.training.checkpoint import remove_partial_saves, save_args
+
+log = logging.getLogger(__name__)
+
+
+class BestKeeper:
+    """Keeps the checkpoint with the best value of one eval metric in `<workdir>/best/<step>` (one at a time), and
+    `<workdir>/best/best.json` with its step and value, which a resumed run reads back.
+
+    fresh: the run starts from scratch (no checkpoint restored): a best.json left by an earlier run is ignored.
+    resume_step: the step the run resumes from; a best.json of a later step (written by a run stopped before its
+    checkpoint of that step) is ignored, since the steps it came from are trained again.
+    not_final: metrics measured another way at the final eval (a VAE's NLL: eval.final_nll_k importance samples),
+    which therefore take part only at the intermediate evals.
+    split: the split the values come from ('validation', 'test', ...); a record of another split is ignored.
+    unnamed_split: the split a record that names none (written before records did) was chosen on.
+    With several processes, process 0's values decide, so every process takes part in the same saves.
+    """
+
+    def __init__(self, workdir: Path, metric: str, mode: str, *, fresh: bool = False,
+                 resume_step: int | None = None, not_final: tuple[str, ...] = (), split: str = "",
+                 unnamed_split: str | None = None):
+        self.metric, self.mode, self.not_final, self.split = metric, mode, tuple(not_final), split
+        self.dir = Path(workdir).absolute() / "best"
+        self.record_path = self.dir / "best.json"
+        self.record = None
+        if self.record_path.exists():
+            try:
+                self.record = json.loads(self.record_path.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                log.warning("The best checkpoint record %s cannot be read (%s); the next eval starts it again",
+                            self.record_path, e)
+        why = None
+        if self.record is None:
+            pass
+        elif fresh:
+            why = "this run starts from scratch"
+        elif self.record.get("metric") != metric or self.record.get("mode") != mode:
+            why = (f"it was kept by {self.record.get('metric')} ({self.record.get('mode')}), this run by {metric} "
+                   f"({mode})")
+        elif self.record.get("split", split if unnamed_split is None else unnamed_split) != split:
+            was = self.record.get("split", unnamed_split)
+            why = f"it was chosen on the {was!r} split, this run chooses on {split!r}"
+        elif resume_step is not None and self.record.get("step", 0) > resume_step:
+            why = f"it is of step {self.record.get('step')}, after step {resume_step} this run resumes from"
+        if why:
+            log.warning("Ignoring the best checkpoint record in %s: %s; it will be replaced", self.dir, why)
+            self.record = None
+        self._mgr = None
+
+    def better(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        if self.record is None:
+            return True
+        return value < self.record["value"] if self.mode == "min" else value > self.record["value"]
+
+    def update(self, state: dict, metrics: dict, *, final: bool = False) -> bool:
+        """Saves `state` if metrics[self.metric] beats the best so far. Returns whether it did.
+
+        At the final eval the metrics in `not_final` do not take part (they are measured another way there)."""
+        if final and self.metric in self.not_final:
+            return False
+        if self.metric not in metrics:
+            choices = ", ".join(sorted(metrics))
+            raise ValueError(f"checkpoint.best_metric={self.metric!r} is not an eval metric; choices: {choices}")
+        value = float(metrics[self.metric])
+        # Process 0 decides, from its value and its record: every process must take part in the same saves, even
+        # where a host read an older best.json (a stale network-filesystem cache).
+        value, better = _from_process_0((value, float(self.better(value))))
+        if not better:
+            return False
+        step = int(jax.device_get(state["step"]))
+        if self._mgr is None:
+            remove_partial_saves(self.dir)
+            options = ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=False, create=True)
+            self._mgr = ocp.CheckpointManager(self.dir, options=options)
+        if step in self._mgr.all_steps():  # kept by a run that was stopped before its checkpoint of this step
+            self._mgr.delete(step)
+        self._mgr.save(step, args=save_args(state), force=True)
+        self._mgr.wait_until_finished()
+        self.record = {"step": step, "metric": self.metric, "mode": self.mode, "value": value, "split": self.split}
+        if jax.process_index() == 0:
+            atomic.write_text(self.record_path, json.dumps(self.record, indent=2) + "\n")
+        log.info("New best %s = %.4g at step %d%s (kept in %s)", self.metric, value, step,
+                 f" on the {self.split!r} split" if self.split else "", self.dir)
+        return True
+
+    def close(self) -> None:
+        if self._mgr is not None:
+            self._mgr.close()
+
+
+def _from_process_0(values: tuple[float, ...]) -> tuple[float, ...]:
+    """Process 0's values on every process (the same with one process)."""
+    if jax.process_count() == 1:
+        return tuple(values)
+    from jax.experimental import multihost_utils  # noqa: PLC0415
+
+    return tuple(float(v) for v in multihost_utils.broadcast_one_to_all(np.asarray(values, np.float64)))
