@@ -82,12 +82,20 @@ def run(FLAGS: flags.FlagValues, argv: list[str]) -> None:  # noqa: N803 (launch
     from jaxgen import runtime  # noqa: PLC0415 (after flag parsing, before JAX starts)
 
     runtime.setup(distributed=FLAGS.jax_distributed, deterministic=bool(FLAGS.config.get("deterministic", False)))
-    from jaxgen.training import failures, loop, modes, stopping, workdir  # noqa: PLC0415
+    from jaxgen.training import failures, loop, modes  # noqa: PLC0415
 
     run = {"train": loop.train_and_evaluate, "eval": modes.evaluate_checkpoint, "sample": modes.sample_checkpoint}
+    with failures.writer_errors_logged():  # while the mode runs and its error is reported
+        _run_mode(FLAGS, run[FLAGS.mode])
+
+
+def _run_mode(FLAGS: flags.FlagValues, run) -> None:  # noqa: N803 (launch.py's FLAGS)
+    """Runs the mode; every error it raises becomes one line and an exit status (its traceback in the log file)."""
+    from jaxgen.training import failures, loop, stopping, workdir  # noqa: PLC0415
+
     try:
         with stopping.sigterm_raises():
-            run[FLAGS.mode](FLAGS.config, FLAGS.workdir)
+            run(FLAGS.config, FLAGS.workdir)
     except loop.RunStopped as e:  # SIGTERM or Ctrl-C: checkpointed and logged; the status the signal would give
         sys.exit(128 + e.signum)
     except (stopping.Terminated, KeyboardInterrupt) as e:  # outside the loop, or a second Ctrl-C: stopped at once

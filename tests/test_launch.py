@@ -352,6 +352,104 @@ def test_after_a_full_disks_fatal_line_stderr_is_quiet():
     assert r.returncode == 0 and r.stderr == "FATAL No space\n", r.stderr
 
 
+def test_orbax_writer_errors_are_one_line_on_the_terminal_and_their_tracebacks_go_to_the_log_file(tmp_path, capsys,
+                                                                                                   monkeypatch):
+    """A checkpoint write that fails (a full disk) made ~500 lines of tracebacks before the FATAL line: Orbax logs
+    the error from each thread that sees it, and TensorStore's late writes raise "Event loop is closed" where only
+    Python's unraisable hook sees them. In failures.writer_errors_logged: one warning line per distinct error; the
+    first traceback of each kind in the log file; anything else as before."""
+    import asyncio
+    import threading
+
+    from jaxgen.training import failures, workdir
+
+    monkeypatch.setattr(logging.getLogger("jaxgen"), "handlers", [])  # this test's own, to its stderr and tmp_path
+    workdir.setup_logging(tmp_path)
+    absl = logging.getLogger("absl")
+
+    def orbax_logs(error, message):  # as Orbax's writer thread does: absl's logging.exception
+        try:
+            raise error
+        except ValueError:
+            record = absl.makeRecord("absl", logging.ERROR, "/site-packages/orbax/checkpoint/_src/futures/future.py",
+                                     387, message, (), sys.exc_info())
+        absl.handle(record)
+
+    seen = []
+    hook, before = sys.unraisablehook, seen.append
+    sys.unraisablehook = before  # the hook in place before the block: what is not ours reaches it
+    try:
+        with failures.writer_errors_logged():
+            full = ValueError("RESOURCE_EXHAUSTED: Error writing ... No space left on device [os_error_code='28']")
+            orbax_logs(full, "[thread=array_type_handler] raised an exception")
+            orbax_logs(full, "[thread=MainThread][wait_until_finished] Save Finalize thread failed.")  # said once
+            loop = asyncio.new_event_loop()
+            loop.close()
+
+            class LateWrite:  # TensorStore's callback into the closed loop, in a thread of its own
+                def __del__(self):
+                    loop.call_soon_threadsafe(print)
+
+            class Other:
+                def __del__(self):
+                    raise KeyError("not a write's")
+
+            for make in (LateWrite, LateWrite, Other):
+                thread = threading.Thread(target=make)
+                thread.start()
+                thread.join()
+        assert sys.unraisablehook is before
+    finally:
+        sys.unraisablehook = hook
+    err = capsys.readouterr().err
+    assert "WARNING A checkpoint write failed: ValueError: RESOURCE_EXHAUSTED" in err
+    assert len(err.strip().splitlines()) == 1, err  # that one line: no tracebacks
+    text = (tmp_path / "log.txt").read_text()
+    assert text.count("Orbax's error: [thread=array_type_handler]") == 1 and "Save Finalize" not in text
+    assert text.count("could not report back") == 1 and "RuntimeError: Event loop is closed" in text
+    assert [type(u.exc_value) for u in seen] == [KeyError]
+
+
+def test_a_log_file_that_cannot_be_written_is_said_once_not_with_a_traceback_per_line(capsys, monkeypatch):
+    from jaxgen.training import workdir
+
+    logger = logging.getLogger("jaxgen")
+    handler = workdir.LogFile("/dev/full")  # every write fails: No space left on device
+    monkeypatch.setattr(logger, "handlers", [handler])
+    try:
+        for i in range(3):
+            logger.info("line %d", i)
+    finally:
+        with contextlib.suppress(OSError):
+            handler.close()
+    err = capsys.readouterr().err
+    assert err.count("The log file /dev/full cannot be written (No space left on device)") == 1
+    assert "Logging error" not in err and "Traceback" not in err
+
+
+def test_a_checkpoint_save_that_failed_stops_the_run_at_the_next_train_record(smoke_config, tmp_path, monkeypatch):
+    """Orbax raises an asynchronous save's error only at the next save, checkpoint.every steps later: the loop asks
+    at every train record (checkpoint.check_saves) and stops there, the checkpoints written whole kept."""
+    import errno
+
+    import orbax.checkpoint as ocp
+
+    check = ocp.CheckpointManager.check_for_errors
+
+    def failed_after_10(self):
+        check(self)
+        if 10 in self.all_steps() and "best" not in str(self.directory):
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.directory / "10"))
+
+    monkeypatch.setattr(ocp.CheckpointManager, "check_for_errors", failed_after_10)
+    c = smoke_config
+    c.train.steps, c.train.log_every, c.checkpoint.every, c.eval.every = 40, 5, 10, 0
+    with pytest.raises(OSError, match="No space left on device"):
+        loop.train_and_evaluate(c, tmp_path)
+    steps = [r["step"] for r in read(tmp_path / "metrics.jsonl") if r["split"] == "train"]
+    assert steps == [5, 10, 15], steps  # stopped at the record after the save, not at step 20's save
+
+
 def test_an_error_that_cannot_be_logged_on_a_full_disk_is_not_said_to_be_in_the_log(monkeypatch, capsys):
     """log_fatal on a log file whose disk is full (/dev/full): no logging traceback on stderr, and no log file
     named in the FATAL line."""

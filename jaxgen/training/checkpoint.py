@@ -152,6 +152,19 @@ def save(mgr: ocp.CheckpointManager, state: dict) -> bool:
     return mgr.save(step, args=save_args(state), force=True)
 
 
+def check_saves(mgr: ocp.CheckpointManager) -> None:
+    """Raises the error of an asynchronous save that failed (a full disk), on every process alike: the loop calls it
+    at each train record, so that a run stops there instead of training on to its next save, checkpoint.every
+    steps it could not keep. Orbax would raise it only at that save."""
+    error = None
+    try:
+        mgr.check_for_errors()
+    except Exception as e:  # noqa: BLE001 (whatever the writer thread raised)
+        error = e
+    if (error := _on_every_process(error, "could not write their part of the last checkpoint")) is not None:
+        raise error
+
+
 @jax.jit
 def _leaf_checksums(leaves: list) -> jax.Array:
     """uint32 [len(leaves)]: a position-mixed sum of each array's bits. Integer sums wrap exactly whatever the
@@ -314,14 +327,14 @@ def restore_newest(workdir: Path, cfg, target, subdir: str = "checkpoints", *, m
     return mgr, None
 
 
-def _on_every_process(error: Exception | None) -> Exception | None:
-    """`error`, or a stand-in when another process failed where this one did not: every process then treats the
-    checkpoint alike (a collective in a multi-process run)."""
+def _on_every_process(error: Exception | None, what: str = "could not read it") -> Exception | None:
+    """`error`, or a stand-in when another process failed where this one did not (they `what`): every process then
+    treats the checkpoint alike (a collective in a multi-process run)."""
     if jax.process_count() == 1:
         return error
     failed = np.flatnonzero(parallel.allgather_ints(int(error is not None))[:, 0]).tolist()
     if error is None and failed:
-        return RuntimeError(f"process(es) {failed} could not read it; their logs say why")
+        return RuntimeError(f"process(es) {failed} {what}; their logs say why")
     return error
 
 

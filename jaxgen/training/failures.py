@@ -3,10 +3,19 @@ of memory. Matched in the error's text as well as its type: Orbax's writer threa
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import functools
+import logging
 import os
 import re
 import sys
+import threading
+import traceback
+
+from jaxgen import runtime
+
+log = logging.getLogger("jaxgen")
 
 _FULL = {errno.ENOSPC: "No space left on the device", errno.EDQUOT: "Disk quota exceeded on the device"}
 # XLA's allocation failures (GPU, TPU): "RESOURCE_EXHAUSTED: Out of memory while trying to allocate N bytes.",
@@ -37,6 +46,61 @@ def quiet_stderr() -> None:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
     os.close(devnull)
+
+
+@contextlib.contextmanager
+def writer_errors_logged():
+    """Inside the block, the errors of checkpoint writes that Orbax logs with their tracebacks (from its writer
+    threads, and again where the main thread waits for them) reach the terminal as one line per error; their
+    tracebacks go to the log file. The main thread raises the error (at the next train record:
+    checkpoint.check_saves; or at the next save), which stops the run with one FATAL line; on a full disk there
+    were ~500 lines of tracebacks before it. TensorStore's writes still under way then finish into the event loop
+    Orbax has closed, each raising "RuntimeError: Event loop is closed" where Python can only print it: the first
+    one's traceback goes to the log file, the others are dropped."""
+    absl = logging.getLogger("absl")
+    orbax_errors = functools.partial(_orbax_error, set())
+    absl.addFilter(orbax_errors)
+    hook = sys.unraisablehook
+    sys.unraisablehook = functools.partial(_late_write_callback, hook, [])
+    try:
+        yield
+    finally:
+        absl.removeFilter(orbax_errors)
+        sys.unraisablehook = hook
+
+
+def _orbax_error(said: set[str], record: logging.LogRecord) -> bool:
+    """absl's logger's filter: an error with a traceback that Orbax logs is logged by jaxgen instead, one warning
+    line on the terminal per error (`said`: those already warned about) and the record with its traceback in the
+    log file; False drops absl's own record."""
+    if not (record.levelno >= logging.ERROR and record.exc_info and "orbax" in record.pathname):
+        return True
+    error = record.exc_info[1]
+    text = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}"
+    if text not in said:  # the same error reaches several of Orbax's threads, and the main thread's wait
+        said.add(text)
+        log.warning("A checkpoint write failed: %s (the run stops with it; Orbax's traceback is in the log file)",
+                    text if len(text) <= 400 else text[:400] + " ...")
+        log.warning("Orbax's error: %s", record.getMessage(), exc_info=record.exc_info,
+                    extra={runtime.FILE_ONLY: True})
+    return False
+
+
+def _late_write_callback(hook, seen: list, unraisable) -> None:
+    """sys.unraisablehook in `writer_errors_logged`: "Event loop is closed" raised by asyncio's
+    call_soon_threadsafe outside the main thread (a TensorStore write finishing after Orbax closed its loop) goes
+    to the log file, once; anything else to `hook`."""
+    e, tb = unraisable.exc_value, unraisable.exc_traceback
+    frames = traceback.extract_tb(tb) if tb is not None else []
+    if not (isinstance(e, RuntimeError) and str(e) == "Event loop is closed"
+            and any(f.name == "call_soon_threadsafe" for f in frames)
+            and threading.current_thread() is not threading.main_thread()):
+        hook(unraisable)
+        return
+    if not seen:
+        log.warning("A write that finished after its checkpoint save had failed could not report back (logged "
+                    "once; the save's own error is above)", exc_info=(type(e), e, tb), extra={runtime.FILE_ONLY: True})
+    seen.append(1)
 
 
 def disk_full(error: BaseException, mode: str = "train") -> str | None:

@@ -368,6 +368,7 @@ def _train(task, state: dict, mgr, writer: MetricWriter, evals: _Evals) -> tuple
                 pending, previous = [], None
             if due_log:
                 t_log, step_log, window = _train_record(c, writer, progress, step, step_log, t_log, window)
+                checkpoint.check_saves(mgr)  # a save that failed in its thread (a full disk) stops the run here
             t_aside = time.perf_counter()
             if due_eval:
                 evals.during_training(state, step)

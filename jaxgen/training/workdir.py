@@ -102,13 +102,33 @@ def training_lock(workdir: Path, holder: str = "training run") -> Iterator[None]
 LOG_FILES = {"train": "log.txt", "eval": "log_eval.txt", "sample": "log_sample.txt"}
 
 
+class LogFile(logging.FileHandler):
+    """The mode's log file. A write that fails with an OSError (a full disk) is said once, in one line on the
+    terminal, where logging would print a traceback for every record; the records go on to the terminal."""
+
+    failed = False
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)
+        import sys  # noqa: PLC0415
+
+        error = sys.exc_info()[1]
+        if not isinstance(error, OSError):
+            super().handleError(record)
+        elif not self.failed:
+            self.failed = True
+            with contextlib.suppress(OSError):
+                sys.stderr.write(f"{time.strftime('%H:%M:%S')} WARNING The log file {self.baseFilename} cannot be "
+                                 f"written ({error.strerror or error}): from here on the log is on the terminal "
+                                 f"only\n")
+
+
 def setup_logging(workdir: Path, mode: str = "train") -> None:
     """INFO logs to stderr and, on process 0, to the mode's file in the workdir (LOG_FILES, appended): log.txt for
     training; --mode=eval and --mode=sample keep their own, so that one run beside a training run (sampling, the
     best checkpoint's eval) writes nothing into the training run's log."""
     logger = runtime.console_logging()
     if jax.process_index() == 0:
-        fh = logging.FileHandler(workdir / LOG_FILES[mode])
+        fh = LogFile(workdir / LOG_FILES[mode])
         fh.setFormatter(logger.handlers[0].formatter)
         logger.addHandler(fh)
     logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax reports every save at INFO
