@@ -74,6 +74,17 @@ def test_a_users_extractor_gives_sample_metrics_numbers_and_the_reference_is_cac
     assert quality.best_metric(c) in flat  # 'auto': the first extractor's FID, under the name it was given
 
 
+def test_too_few_samples_for_fid_is_said_at_the_first_evaluation_of_a_run_only(tmp_path, caplog):
+    """Every smoke run evaluates 64 samples: the warning that FID is biased there came at every evaluation."""
+    c = _config(tmp_path)
+    real = ml_collections.ConfigDict({"image": _images(100, 0), "label": np.zeros(100, np.int32)})
+    sq = quality.SampleQuality(c, None, real, {"test": real.image})
+    with caplog.at_level(logging.WARNING, logger="jaxgen"):
+        for seed in (1, 2, 3):
+            sq.evaluate(_images(40, seed), full=False)  # 40 < the extractor's recommended 64
+    assert caplog.text.count("FID statistics of the samples") == 1
+
+
 def test_a_users_extractor_names_its_metrics_as_given_and_as_tensorboard_accepts(tmp_path, caplog):
     """'pkg.mod:fn/fid' stays so in metrics.jsonl; TensorBoard gets 'pkg.mod_fn/fid' without a complaint a line."""
     from jaxgen.reporting.writer import MetricWriter, read, tensorboard_tag
@@ -371,7 +382,8 @@ def test_the_references_fid_statistics_are_computed_once_per_run(tmp_path, monke
     sq = quality.SampleQuality(c, None, real, {"test": real.image})
     calls = []
     statistics = sample_metrics.feature_statistics
-    monkeypatch.setattr(sample_metrics, "feature_statistics", lambda f, *a: calls.append(len(f)) or statistics(f, *a))
+    monkeypatch.setattr(sample_metrics, "feature_statistics",
+                        lambda f, *a, **k: calls.append(len(f)) or statistics(f, *a, **k))
     for seed in (1, 2):
         sq.evaluate(_images(300, seed), full=False)
     assert calls == [300, 300]  # the samples' at each evaluation; the reference's were computed when it loaded

@@ -212,8 +212,8 @@ FINAL_K = 5  # the neighbours of density and coverage (Naeem et al.'s k), the la
 
 
 def compare(extractor: Extractor, ref: dict, samples: np.ndarray, *, full: bool, reference_name: str,
-            seed: int = 0) -> dict:
-    """Metrics of uint8 `samples` against the cached reference `ref`.
+            seed: int = 0, warn: bool = True) -> dict:
+    """Metrics of uint8 `samples` against the cached reference `ref` (`warn`: about too few samples for FID).
 
     Always FID (and IS where the extractor gives class probabilities, class histograms for the classifier);
     with `full`, also KID (100 subsets of up to 1000), precision/recall (k=3) and density/coverage (k=5).
@@ -223,7 +223,8 @@ def compare(extractor: Extractor, ref: dict, samples: np.ndarray, *, full: bool,
     real = ref["features"]
     out = {"extractor": extractor.description, "reference": reference_name, "num_reference": int(len(real)),
            "num_samples": int(len(feats))}
-    stats = sample_metrics.feature_statistics(feats, extractor.recommended, f"the samples ({extractor.name})")
+    stats = sample_metrics.feature_statistics(feats, extractor.recommended, f"the samples ({extractor.name})",
+                                              warn=warn)
     out["fid"] = sample_metrics.frechet_distance(ref["mu"], ref["sigma"], *stats)
     if probs is not None and extractor.inception_score and len(probs) >= 10:
         out["is_mean"], out["is_std"] = sample_metrics.inception_score(probs, splits=10)
@@ -324,13 +325,15 @@ class SampleQuality:
         self.extractors = {n: build(n, config, mesh, train_data) for n in self.names}
         self.refs = {split: {n: reference(e, images, data_config=config.data, split=split)
                              for n, e in self.extractors.items()} for split, images in references.items()}
+        self._warned = False  # too few samples for FID: said at the first evaluation, not at every one
 
     def evaluate(self, samples: np.ndarray, *, full: bool, reference: str | None = None) -> dict:
         """{name in eval.extractors: metrics block} for uint8 samples, against the reference split `reference`
         (None: the first)."""
         split = next(iter(self.refs)) if reference is None else reference
+        warn, self._warned = not self._warned, True
         return {n: compare(e, self.refs[split][n], samples, full=full, reference_name=f"{self.dataset} {split}",
-                           seed=self.seed) for n, e in self.extractors.items()}
+                           seed=self.seed, warn=warn) for n, e in self.extractors.items()}
 
 
 def flatten(blocks: dict) -> dict:

@@ -30,16 +30,16 @@ log = logging.getLogger("jaxgen")
 FID_RECOMMENDED_SAMPLES = 2048
 
 
-def feature_statistics(features: np.ndarray, recommended: int = FID_RECOMMENDED_SAMPLES, what: str = "features"
-                       ) -> tuple[np.ndarray, np.ndarray]:
-    """(mean [D], covariance [D, D]) of features [N, D] in float64 (covariance with N - 1). Warns below
+def feature_statistics(features: np.ndarray, recommended: int = FID_RECOMMENDED_SAMPLES, what: str = "features",
+                       *, warn: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(mean [D], covariance [D, D]) of features [N, D] in float64 (covariance with N - 1). With `warn`, warns below
     `recommended` samples (2048 for 2048-d Inception features; the classifier extractor passes 256 for its 128-d),
     naming `what` ('the reference', 'the samples')."""
     f = _features(features, "features")
     if f.shape[0] < 2:
         raise ValueError(f"a covariance needs at least 2 samples, got {f.shape[0]}; FID wants >= {recommended} "
                          f"for {f.shape[1]}-d features")
-    if f.shape[0] < recommended:
+    if warn and f.shape[0] < recommended:
         log.warning("FID statistics of %s from %d images (< %d for %d-d features): the covariance is poorly "
                     "estimated and FID is biased upwards; compare only numbers computed with the same counts",
                     what, f.shape[0], recommended, f.shape[1])
