@@ -387,6 +387,18 @@ def test_a_checkpoint_of_another_config_stops_the_run_and_stays_in_place(smoke_c
     assert int(restored["step"]) == 10
 
 
+def test_a_resume_with_another_model_names_the_config_fields_that_changed(trained_vae):
+    """The leaves that differ say what, the config fields say why: those that differ from the workdir's config.json
+    (the blocks that never change the state, eval and output here, left out)."""
+    c, workdir = trained_vae
+    c.model.latent_dim, c.eval.batch_size = 3, 32
+    with pytest.raises(checkpoint.CheckpointMismatchError) as e:
+        loop.train_and_evaluate(c, workdir)
+    msg = str(e.value)
+    assert "(10,) float32 saved, (3,) float32 now" in msg
+    assert msg.endswith(f"last run with ({workdir / 'config.json'}) in: model.latent_dim: 10 -> 3")
+
+
 @pytest.mark.parametrize("name", ["adam", "adamw"])
 def test_gradient_clipping_keeps_the_optimizer_state_tree(smoke_config, name):
     params = {"w": jax.ShapeDtypeStruct((3, 2), np.float32)}

@@ -102,6 +102,10 @@ def restore(task, which: str = "newest", *, training: bool = False):
     except checkpoint.CheckpointMismatchError as e:
         kinds = {kind: {p.split("/", 1)[0] for p in paths} for kind, paths in e.diff.items()}
         key = next((k for k, averaged in EMA_OF.items() if averaged in shapes), None)
+        if training and (changed := wd.config_changes(task.config, task.workdir)):
+            raise checkpoint.CheckpointMismatchError(
+                f"{e}\nThis config differs from the one the workdir was last run with ({task.workdir / 'config.json'})"
+                f" in: {'; '.join(changed)}", e.diff) from None
         if training or key is None or kinds not in ({"in the checkpoint, not in this config's state": {key}},
                                                     {"missing from the checkpoint": {key}}):
             raise

@@ -208,6 +208,17 @@ def save_config(config, workdir: Path, step: int = 0) -> None:
     atomic.write_text(path, json.dumps(now, indent=2, sort_keys=True) + "\n")
 
 
+def config_changes(config, workdir: Path) -> list[str]:
+    """'field: saved -> now' for each field in which `config` differs from <workdir>/config.json, outside the blocks
+    that never change the train state (eval, sample, output, checkpoint, deterministic); [] without that file."""
+    before = _read_json(workdir / "config.json")
+    if before is None:
+        return []
+    now = json.loads(config.to_json_best_effort(sort_keys=True))
+    return sorted(d for d in _diff(before, now)
+                  if d.split(":")[0].split(".")[0] not in ("eval", "sample", "output", "checkpoint", "deterministic"))
+
+
 def check_resumed_holdout(config, workdir: Path, step: int) -> None:
     """Refuses a run that resumes (from `step` > 0) with another data.validation_examples than config.json's: the
     images held out now were trained on before, or the other way round, and the validation numbers would mislead."""
