@@ -285,6 +285,17 @@ def test_an_error_jaxgen_raises_is_one_message_and_its_traceback_lands_in_log_tx
     assert r.returncode == 1 and "Traceback" in r.stderr and "mnist_6k" in r.stderr
 
 
+def test_bad_input_leaves_no_workdir_that_the_command_created(tmp_path):
+    """A misspelt name on a new --workdir: the FATAL line, and no stray workdir holding only a log and a lock file
+    (the traceback is one --traceback away). A workdir that existed keeps its log (the test above)."""
+    (tmp_path / "runs").mkdir()
+    wd = tmp_path / "runs" / "typo"
+    r = _launch("--config=configs/gan_mnist.py:smoke", f"--workdir={wd}", "--config.loss.name=hinje")
+    assert r.returncode == 1 and "FATAL UnknownNameError: unknown GAN loss 'hinje'" in r.stderr, r.stderr[-3000:]
+    assert r.stderr.rstrip().endswith("(its traceback: rerun with --traceback)")
+    assert not wd.exists() and (tmp_path / "runs").is_dir()
+
+
 def test_only_errors_jaxgen_raises_for_the_user_lose_their_traceback():
     import numpy as np
 

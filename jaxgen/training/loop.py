@@ -200,11 +200,20 @@ def _first_nonfinite(metrics: dict, headline) -> tuple[int, list[str]] | None:
 
 
 def train_and_evaluate(config, workdir) -> dict:
-    """Trains (resuming from <workdir>/checkpoints if any), evaluates, writes outputs. Returns the final eval."""
+    """Trains (resuming from <workdir>/checkpoints if any), evaluates, writes outputs. Returns the final eval.
+
+    A workdir this call created is removed again when the run stops on bad input before writing anything but its
+    log (a misspelt loss name leaves no stray workdir behind)."""
+    created = not Path(workdir).expanduser().exists()
     workdir = wd.prepare(workdir)
     with wd.training_lock(workdir, "training run"):  # before the log: a refused run writes nothing into the workdir
         wd.setup_logging(workdir)
-        return _train_and_evaluate(config, workdir)
+        try:
+            return _train_and_evaluate(config, workdir)
+        except Exception as e:
+            if created and wd.raised_on_purpose(e):
+                wd.remove_if_unused(workdir)  # under the lock: no other run can have started in it
+            raise
 
 
 def _train_and_evaluate(config, workdir: Path) -> dict:

@@ -57,6 +57,20 @@ def prepare(workdir: str | os.PathLike, *, create: bool = True) -> Path:
 LOCK_FILE = "train.lock"
 
 
+def remove_if_unused(workdir: Path) -> None:
+    """Removes `workdir` if it holds nothing but the training log and the lock file (one process only: with several,
+    the others may still be reading it). Anything else in it, or a failure to remove, leaves it as it is."""
+    if jax.process_count() > 1:
+        return
+    try:
+        if {p.name for p in workdir.iterdir()} <= {LOG_FILES["train"], LOCK_FILE}:
+            for name in (LOG_FILES["train"], LOCK_FILE):
+                (workdir / name).unlink(missing_ok=True)
+            workdir.rmdir()
+    except OSError:
+        pass
+
+
 @contextlib.contextmanager
 def training_lock(workdir: Path, holder: str = "training run") -> Iterator[None]:
     """Holds an exclusive lock on <workdir>/train.lock (process 0, fcntl.flock) while a run writes the workdir's own
@@ -149,7 +163,7 @@ def log_fatal(error: BaseException) -> Path | None:
                 handler.handle(record)
             finally:
                 del handler.handleError
-            if not failed:
+            if not failed and Path(handler.baseFilename).exists():  # not removed with its workdir
                 written = Path(handler.baseFilename)
     return written
 
