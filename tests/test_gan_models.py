@@ -113,6 +113,9 @@ def test_errors_list_the_choices():
                                          r"resizes image_folder and celeb_a images; synthetic images have "
                                          r"data.image_shape"):
         gan.build(_config("dcgan"), (48, 48, 3))
+    with pytest.raises(ValueError, match=r"a dataset function of yours, data.name='package.module:function', at the "
+                                         r"size it returns\): pick a model that supports it"):
+        gan.build(_config("dcgan"), (30, 30, 3))
     with pytest.raises(ValueError, match="resnet supports resolutions 32, 64; got 28x28"):
         gan.build(_config("resnet"), (28, 28, 1))
     with pytest.raises(ValueError, match="unknown GAN model 'stylegan'; choices: dcgan, resnet"):

@@ -45,7 +45,8 @@ def _check(model: str, image_shape, supported: tuple[int, ...], norms=(), dtype:
         raise ValueError(
             f"{model} supports resolutions {', '.join(map(str, sorted(supported)))}; got {h}x{w}. "
             "data.resolution resizes image_folder and celeb_a images; synthetic images have data.image_shape; other "
-            "datasets come at their own size (mnist 28, cifar10 32): pick a model that supports it"
+            "datasets come at their own size (mnist 28, cifar10 32; a dataset function of yours, data.name="
+            "'package.module:function', at the size it returns): pick a model that supports it"
         )
     for what, norm in norms:
         if norm not in NORMS:
