@@ -118,3 +118,29 @@ def with_config(fn: Callable, cfg, positional: int) -> Callable:
     if isinstance(cfg, ml_collections.ConfigDict) and not isinstance(cfg, ml_collections.FrozenConfigDict):
         cfg = ml_collections.FrozenConfigDict(cfg)
     return functools.partial(fn, cfg=cfg)
+
+
+def recording(cfg) -> tuple[Any, set[str]]:
+    """(a copy of the config block `cfg` that records which of its fields are read, the set they go into): a trace
+    of a user's function with it says which fields the function reads. Attribute access, `[...]` and `.get` record
+    the field; `.items()` and `.values()` record them all. It is a ConfigDict like `cfg` (locked alike)."""
+    import ml_collections  # noqa: PLC0415 (a jaxgen dependency; only here, where a config block is traced)
+
+    reads: set[str] = set()
+
+    class Recording(ml_collections.ConfigDict):
+        def __getitem__(self, key):
+            reads.add(str(key).split(".")[0])
+            return super().__getitem__(key)
+
+        def items(self, *args, **kwargs):
+            reads.update(self.keys())
+            return super().items(*args, **kwargs)
+
+        def values(self, *args, **kwargs):
+            reads.update(self.keys())
+            return super().values(*args, **kwargs)
+
+    copy = Recording(cfg)
+    reads.clear()  # what copying read
+    return copy, reads

@@ -785,6 +785,7 @@ def test_a_second_training_run_on_a_workdir_in_use_stops_at_once_naming_the_firs
                                                        r"with --config.eval.checkpoint=best, may run beside"):
             modes.evaluate_checkpoint(smoke_config, tmp_path)
         assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints", "train.lock"]
+    assert (tmp_path / "train.lock").read_text() == ""  # a finished run names no holder
     with loop.wd.training_lock(tmp_path):  # released: free again
         pass
 

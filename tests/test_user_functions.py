@@ -160,6 +160,44 @@ def test_a_vae_objective_returning_per_example_losses_fails_at_build(tmp_path):
         loop.build_task(c, tmp_path)
 
 
+def warmed_elbo(params, x, keys, *, model, cfg, step):
+    """A user's objective that reads the built-in kl_warmup_steps (and, through vae.likelihood, the likelihood), but
+    neither beta nor k."""
+    from jaxgen.objectives import vae
+
+    mu, logvar = model.apply(params, x, method="encode")
+    z = vae.sample_latents(mu, logvar, keys, 1)[:, 0]
+    rec = vae.likelihood(cfg)(model.apply(params, z, method="decode"), x, cfg)
+    kl = jnp.sum(0.5 * (jnp.exp(logvar) + mu**2 - 1.0 - logvar), axis=-1)
+    loss = -jnp.mean(rec - jnp.minimum(1.0, step / max(cfg.kl_warmup_steps, 1)) * kl)
+    return loss, {"loss": loss}
+
+
+def test_built_in_objective_fields_a_users_objective_does_not_read_are_warned_about(tmp_path, caplog, monkeypatch):
+    """--config.objective.beta=4 with an objective of one's own that has no beta did nothing, silently: the trace
+    before training records the fields it reads."""
+    import logging
+
+    from jaxgen.training import loop
+    from tests.conftest import CONFIGS, config_module
+
+    monkeypatch.setattr(logging.getLogger("jaxgen"), "propagate", True)
+    c = config_module(CONFIGS / "vae_mnist.py").get_config("smoke")
+    c.unlock()
+    c.objective.name = "tests.test_user_functions:warmed_elbo"
+    c.objective.beta, c.objective.k, c.objective.kl_warmup_steps = 4.0, 2, 10
+    with caplog.at_level(logging.WARNING, logger="jaxgen"):
+        loop.build_task(c, tmp_path)
+    assert ("These settings do nothing in this run: objective.beta=4.0; objective.k=2 (your objective "
+            "tests.test_user_functions:warmed_elbo did not read them when traced before training") in caplog.text
+    assert "kl_warmup_steps" not in caplog.text
+    caplog.clear()
+    c.objective.beta, c.objective.k = 1.0, 1  # the defaults: nothing to say
+    with caplog.at_level(logging.WARNING, logger="jaxgen"):
+        loop.build_task(c, tmp_path)
+    assert "do nothing" not in caplog.text
+
+
 @pytest.mark.parametrize("n", [1, 3])
 def test_a_metric_given_as_a_python_number_is_logged_like_an_array(n):
     """A step's metrics may hold plain numbers ({"beta": 2.0}): one step per call (every smoke variant) stacks them

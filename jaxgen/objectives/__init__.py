@@ -14,6 +14,10 @@ from jaxgen import registry
 from jaxgen.objectives.vae import elbo, iwae
 
 OBJECTIVES = {"elbo": elbo, "iwae": iwae}
+# The objective block's fields that only the built-in objectives read (the evaluation reads `likelihood` and
+# `gaussian_sigma` whatever the objective): set for an objective of the user's that does not read them, they do
+# nothing, which the VAE task warns about.
+BUILTIN_FIELDS = ("beta", "k", "kl", "kl_warmup_steps")
 
 
 def get(name: str):
@@ -61,12 +65,14 @@ def _is_array_like(value) -> bool:
 STEP_METRICS = ("grad_norm", "param_norm", "lr", "finite", "step")
 
 
-def check_objective(objective, name: str, params, x, keys, *, model, cfg) -> None:
+def check_objective(objective, name: str, params, x, keys, *, model, cfg) -> set[str]:
     """Checks, by tracing it once (no computation), that the objective returns (scalar loss, dict of scalar
-    metrics with 'loss'). An objective with a `step` parameter gets the train step (an int32 scalar)."""
+    metrics with 'loss'). An objective with a `step` parameter gets the train step (an int32 scalar). Returns the
+    fields of `cfg` the trace read (the objective itself, and what it called: a likelihood reads its own)."""
     contract = "fn(params, x, keys, *, model, cfg[, step]) -> (loss, metrics)"
     extra = {"step": jax.ShapeDtypeStruct((), jnp.int32)} if registry.accepts(objective, "step", positional=3) else {}
     registry.check_call(f"objective {name!r}", objective, contract, params, x, keys, model=model, cfg=cfg, **extra)
+    cfg, reads = registry.recording(cfg)
     out = jax.eval_shape(lambda p, x, k, e: objective(p, x, k, model=model, cfg=cfg, **e), params, x, keys, extra)
     if not (isinstance(out, tuple) and len(out) == 2):
         raise ValueError(f"objective {name!r} returned {registry.describe(out)}; expected {contract}")
@@ -76,3 +82,4 @@ def check_objective(objective, name: str, params, x, keys, *, model, cfg) -> Non
     if "loss" not in metrics:
         raise ValueError(f"objective {name!r}: its metrics have no 'loss' (they have {sorted(metrics)}); add "
                          "metrics['loss'] = loss, which the progress bar and the train records show")
+    return reads

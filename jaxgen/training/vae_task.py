@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxgen import config as config_lib
 from jaxgen import config_check, data, models, objectives, parallel, registry
 from jaxgen.evaluation import quality
 from jaxgen.evaluation import vae as vae_eval
@@ -60,10 +61,11 @@ class VAETask:
         params, x = jax.eval_shape(self.create)["params"], jax.ShapeDtypeStruct((2, *self.image_shape), jnp.float32)
         # A model, likelihood or objective of the user's that breaks its contract fails here, naming it.
         vae_obj.check_model(self.model, params, x, cfg=config.objective)
-        objectives.check_objective(
+        read = objectives.check_objective(
             self.objective, config.objective.name, params, x,
             jax.eval_shape(lambda: jax.random.split(jax.random.key(0), 2)), model=self.model, cfg=config.objective)
         if config.objective.name not in objectives.OBJECTIVES:
+            _warn_unread(config, read)
             log.info("The evaluation scores %s's models as every VAE's: encode as a diagonal-Gaussian posterior, a "
                      "N(0, I) prior and objective.likelihood=%r (README, Objectives)", config.objective.name,
                      config.objective.likelihood)
@@ -168,3 +170,16 @@ class VAETask:
         trav = vae_eval.traversal(params, mu[0], model=self.model, likelihood=lik, dims=dims, steps=9)
         images.save_png(self.workdir / "latent_traversal.png", np.asarray(trav), ncol=9)
         plots.loss_curves(self.workdir / "metrics.jsonl", self.workdir / "loss_curves.png")
+
+
+def _warn_unread(config, read: set[str]) -> None:
+    """Warns about the built-in objectives' fields (objectives.BUILTIN_FIELDS) set away from their defaults that the
+    user's objective did not read when traced: `--config.objective.beta=4` with an objective of one's own that has
+    no beta does nothing, and config_check cannot tell (a user's function may read any field of its block)."""
+    base = config_lib.vae_config().objective
+    unread = [f"objective.{f}={config.objective[f]!r}" for f in objectives.BUILTIN_FIELDS
+              if f in config.objective and config.objective[f] != base[f] and f not in read]
+    if unread:
+        log.warning("These settings do nothing in this run: %s (your objective %s did not read %s when traced "
+                    "before training; the built-in elbo and iwae read %s)", "; ".join(unread), config.objective.name,
+                    "it" if len(unread) == 1 else "them", "it" if len(unread) == 1 else "them")

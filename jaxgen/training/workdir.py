@@ -110,6 +110,9 @@ def training_lock(workdir: Path, holder: str = "training run") -> Iterator[None]
         yield
     finally:
         if f is not None:
+            with contextlib.suppress(OSError):  # emptied while still held: a finished run names no holder
+                f.seek(0)
+                f.truncate()
             f.close()  # releases the lock
 
 
