@@ -207,8 +207,7 @@ def _smoke(**over):
     return c
 
 
-def test_gan_resume_is_bitwise_for_the_whole_state(tmp_path, one_device):
-    """On one device (the sharded step has its test above; tests/test_resume.py resumes a VAE on 8): 42 -> ~20 s."""
+def test_gan_resume_is_bitwise_for_the_whole_state(tmp_path):
     c = _smoke(**{"eval.every": 0, "checkpoint.every": 10, "train.steps": 20, "reg.name": "r1",
                   "reg.interval": 3, "train.d_steps": 2})
     loop.train_and_evaluate(c, tmp_path / "straight")
