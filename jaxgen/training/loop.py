@@ -249,8 +249,8 @@ def _train_and_evaluate(config, workdir: Path) -> dict:
     best = None
     if best_name:
         best = best_checkpoint.BestKeeper(workdir, best_name, quality.best_mode(c), fresh=step == 0, resume_step=step,
-                                     not_final=task.not_final, split=best_split(task, best_name),
-                                     unnamed_split=best_split(task, best_name, validation=False))
+                                          not_final=task.not_final, split=best_split(task, best_name),
+                                          unnamed_split=best_split(task, best_name, validation=False))
     writer = MetricWriter(workdir, resume_step=step)
     try:  # the TensorBoard events flushed whatever stops the run (launch.py's exit skips atexit)
         evals = _Evals(task, writer, best, sq)
