@@ -289,11 +289,11 @@ def test_bad_input_leaves_no_workdir_that_the_command_created(tmp_path):
     """A misspelt name on a new --workdir: the FATAL line, and no stray workdir holding only a log and a lock file
     (the traceback is one --traceback away). A workdir that existed keeps its log (the test above)."""
     (tmp_path / "runs").mkdir()
-    wd = tmp_path / "runs" / "typo"
+    wd = tmp_path / "runs" / "new" / "typo"
     r = _launch("--config=configs/gan_mnist.py:smoke", f"--workdir={wd}", "--config.loss.name=hinje")
     assert r.returncode == 1 and "FATAL UnknownNameError: unknown GAN loss 'hinje'" in r.stderr, r.stderr[-3000:]
     assert r.stderr.rstrip().endswith("(its traceback: rerun with --traceback)")
-    assert not wd.exists() and (tmp_path / "runs").is_dir()
+    assert not (tmp_path / "runs" / "new").exists() and (tmp_path / "runs").is_dir()  # what the command created
 
 
 def test_only_errors_jaxgen_raises_for_the_user_lose_their_traceback():
@@ -413,7 +413,7 @@ def test_orbax_writer_errors_are_one_line_on_the_terminal_and_their_tracebacks_g
     finally:
         sys.unraisablehook = hook
     err = capsys.readouterr().err
-    assert "WARNING A checkpoint write failed: ValueError: RESOURCE_EXHAUSTED" in err
+    assert "WARNING Orbax reported an error: ValueError: RESOURCE_EXHAUSTED" in err
     assert len(err.strip().splitlines()) == 1, err  # that one line: no tracebacks
     text = (tmp_path / "log.txt").read_text()
     assert text.count("Orbax's error: [thread=array_type_handler]") == 1 and "Save Finalize" not in text
@@ -440,19 +440,33 @@ def test_a_log_file_that_cannot_be_written_is_said_once_not_with_a_traceback_per
 
 def test_a_checkpoint_save_that_failed_stops_the_run_at_the_next_train_record(smoke_config, tmp_path, monkeypatch):
     """Orbax raises an asynchronous save's error only at the next save, checkpoint.every steps later: the loop asks
-    at every train record (checkpoint.check_saves) and stops there, the checkpoints written whole kept."""
+    at every train record (checkpoint.check_saves) and stops there, the checkpoints written whole kept. The save of
+    step 10 fails in Orbax's own thread that finishes it (as a full disk fails it); the test waits for that thread
+    before the next record, so that the record finds the save ended."""
     import errno
+    import time
 
     import orbax.checkpoint as ocp
 
-    check = ocp.CheckpointManager.check_for_errors
+    from jaxgen.training import checkpoint
 
-    def failed_after_10(self):
-        check(self)
-        if 10 in self.all_steps() and "best" not in str(self.directory):
+    finalize = ocp.CheckpointManager._finalize_checkpoint
+
+    def failing(self, step):
+        if step == 10 and "best" not in str(self.directory):
             raise OSError(errno.ENOSPC, "No space left on device", str(self.directory / "10"))
+        return finalize(self, step)
 
-    monkeypatch.setattr(ocp.CheckpointManager, "check_for_errors", failed_after_10)
+    save = checkpoint.save
+
+    def save_then_wait(mgr, state):
+        started = save(mgr, state)
+        while mgr.is_saving_in_progress():
+            time.sleep(0.01)
+        return started
+
+    monkeypatch.setattr(ocp.CheckpointManager, "_finalize_checkpoint", failing)
+    monkeypatch.setattr(checkpoint, "save", save_then_wait)
     c = smoke_config
     c.train.steps, c.train.log_every, c.checkpoint.every, c.eval.every = 40, 5, 10, 0
     with pytest.raises(OSError, match="No space left on device"):

@@ -17,7 +17,7 @@ OBJECTIVES = {"elbo": elbo, "iwae": iwae}
 # The objective block's fields that only the built-in objectives read (the evaluation reads `likelihood` and
 # `gaussian_sigma` whatever the objective): set for an objective of the user's that does not read them, they do
 # nothing, which the VAE task warns about.
-BUILTIN_FIELDS = ("beta", "k", "kl", "kl_warmup_steps")
+BUILTIN_FIELDS = {"beta": "elbo", "k": "elbo and iwae", "kl": "elbo", "kl_warmup_steps": "elbo"}  # -> their readers
 
 
 def get(name: str):

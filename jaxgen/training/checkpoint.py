@@ -155,10 +155,14 @@ def save(mgr: ocp.CheckpointManager, state: dict) -> bool:
 def check_saves(mgr: ocp.CheckpointManager) -> None:
     """Raises the error of an asynchronous save that failed (a full disk), on every process alike: the loop calls it
     at each train record, so that a run stops there instead of training on to its next save, checkpoint.every
-    steps it could not keep. Orbax would raise it only at that save."""
+    steps it could not keep. Orbax (0.12.8) keeps a failed save's error in the thread that finished the save and
+    raises it only in its next wait_until_finished, which its next save calls; waiting for a save that is no longer
+    in progress returns at once, or raises that error. A save still under way is left to a later record."""
     error = None
     try:
         mgr.check_for_errors()
+        if not mgr.is_saving_in_progress():
+            mgr.wait_until_finished()
     except Exception as e:  # noqa: BLE001 (whatever the writer thread raised)
         error = e
     if (error := _on_every_process(error, "could not write their part of the last checkpoint")) is not None:
@@ -334,7 +338,7 @@ def _on_every_process(error: Exception | None, what: str = "could not read it") 
         return error
     failed = np.flatnonzero(parallel.allgather_ints(int(error is not None))[:, 0]).tolist()
     if error is None and failed:
-        return RuntimeError(f"process(es) {failed} {what}; their logs say why")
+        return WorkdirError(f"process(es) {failed} {what}; their logs say why")
     return error
 
 

@@ -72,15 +72,16 @@ def writer_errors_logged():
 def _orbax_error(said: set[str], record: logging.LogRecord) -> bool:
     """absl's logger's filter: an error with a traceback that Orbax logs is logged by jaxgen instead, one warning
     line on the terminal per error (`said`: those already warned about) and the record with its traceback in the
-    log file; False drops absl's own record."""
-    if not (record.levelno >= logging.ERROR and record.exc_info and "orbax" in record.pathname):
+    log file; False drops absl's own record. Without a log file (processes other than 0) absl's record stays."""
+    if not (record.levelno >= logging.ERROR and record.exc_info and "orbax" in record.pathname
+            and _has_log_file()):
         return True
     error = record.exc_info[1]
     text = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}"
     if text not in said:  # the same error reaches several of Orbax's threads, and the main thread's wait
         said.add(text)
-        log.warning("A checkpoint write failed: %s (the run stops with it; Orbax's traceback is in the log file)",
-                    text if len(text) <= 400 else text[:400] + " ...")
+        log.warning("Orbax reported an error: %s (its traceback is in the log file; a checkpoint save that failed "
+                    "stops the run)", text if len(text) <= 400 else text[:400] + " ...")
         log.warning("Orbax's error: %s", record.getMessage(), exc_info=record.exc_info,
                     extra={runtime.FILE_ONLY: True})
     return False
@@ -94,13 +95,18 @@ def _late_write_callback(hook, seen: list, unraisable) -> None:
     frames = traceback.extract_tb(tb) if tb is not None else []
     if not (isinstance(e, RuntimeError) and str(e) == "Event loop is closed"
             and any(f.name == "call_soon_threadsafe" for f in frames)
-            and threading.current_thread() is not threading.main_thread()):
+            and threading.current_thread() is not threading.main_thread() and _has_log_file()):
         hook(unraisable)
         return
     if not seen:
         log.warning("A write that finished after its checkpoint save had failed could not report back (logged "
                     "once; the save's own error is above)", exc_info=(type(e), e, tb), extra={runtime.FILE_ONLY: True})
     seen.append(1)
+
+
+def _has_log_file() -> bool:
+    """Whether jaxgen's logger writes a log file (process 0 of a run, after workdir.setup_logging)."""
+    return any(isinstance(h, logging.FileHandler) for h in log.handlers)
 
 
 def disk_full(error: BaseException, mode: str = "train") -> str | None:

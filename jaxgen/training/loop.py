@@ -204,15 +204,15 @@ def train_and_evaluate(config, workdir) -> dict:
 
     A workdir this call created is removed again when the run stops on bad input before writing anything but its
     log (a misspelt loss name leaves no stray workdir behind)."""
-    created = not Path(workdir).expanduser().exists()
+    created = wd.first_missing(workdir)  # the top folder this call creates, if any
     workdir = wd.prepare(workdir)
     with wd.training_lock(workdir, "training run"):  # before the log: a refused run writes nothing into the workdir
         wd.setup_logging(workdir)
         try:
             return _train_and_evaluate(config, workdir)
         except Exception as e:
-            if created and wd.raised_on_purpose(e):
-                wd.remove_if_unused(workdir)  # under the lock: no other run can have started in it
+            if created is not None and wd.raised_on_purpose(e):
+                wd.remove_if_unused(workdir, created)  # under the lock: no other run can have started in it
             raise
 
 

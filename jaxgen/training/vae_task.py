@@ -177,9 +177,9 @@ def _warn_unread(config, read: set[str]) -> None:
     user's objective did not read when traced: `--config.objective.beta=4` with an objective of one's own that has
     no beta does nothing, and config_check cannot tell (a user's function may read any field of its block)."""
     base = config_lib.vae_config().objective
-    unread = [f"objective.{f}={config.objective[f]!r}" for f in objectives.BUILTIN_FIELDS
+    unread = [f"objective.{f}={config.objective[f]!r} (read by the built-in {objectives.BUILTIN_FIELDS[f]})"
+              for f in objectives.BUILTIN_FIELDS
               if f in config.objective and config.objective[f] != base[f] and f not in read]
     if unread:
-        log.warning("These settings do nothing in this run: %s (your objective %s did not read %s when traced "
-                    "before training; the built-in elbo and iwae read %s)", "; ".join(unread), config.objective.name,
-                    "it" if len(unread) == 1 else "them", "it" if len(unread) == 1 else "them")
+        log.warning("These settings do nothing in this run: %s. Your objective %s did not read %s when traced "
+                    "before training", "; ".join(unread), config.objective.name, "it" if len(unread) == 1 else "them")

@@ -57,16 +57,30 @@ def prepare(workdir: str | os.PathLike, *, create: bool = True) -> Path:
 LOCK_FILE = "train.lock"
 
 
-def remove_if_unused(workdir: Path) -> None:
-    """Removes `workdir` if it holds nothing but the training log and the lock file (one process only: with several,
-    the others may still be reading it). Anything else in it, or a failure to remove, leaves it as it is."""
+def first_missing(workdir: str | os.PathLike) -> Path | None:
+    """The outermost folder of `workdir`'s path that does not exist yet (what `prepare` creates), or None."""
+    path = Path(workdir).expanduser().absolute()
+    if path.exists():
+        return None
+    while not path.parent.exists():
+        path = path.parent
+    return path
+
+
+def remove_if_unused(workdir: Path, top: Path) -> None:
+    """Removes `workdir` if it holds nothing but the training log and the lock file, then its parents up to `top`
+    while they are empty (the folders `prepare` created: first_missing). One process only: with several, the
+    others may still be reading it. Anything else in it, or a failure to remove, leaves it as it is."""
     if jax.process_count() > 1:
         return
     try:
         if {p.name for p in workdir.iterdir()} <= {LOG_FILES["train"], LOCK_FILE}:
             for name in (LOG_FILES["train"], LOCK_FILE):
                 (workdir / name).unlink(missing_ok=True)
-            workdir.rmdir()
+            for folder in (workdir, *workdir.parents):
+                folder.rmdir()  # an OSError when it is not empty: the rest stays
+                if folder == top:
+                    break
     except OSError:
         pass
 
