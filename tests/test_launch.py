@@ -427,6 +427,7 @@ def test_a_log_file_that_cannot_be_written_is_said_once_not_with_a_traceback_per
     logger = logging.getLogger("jaxgen")
     handler = workdir.LogFile("/dev/full")  # every write fails: No space left on device
     monkeypatch.setattr(logger, "handlers", [handler])
+    monkeypatch.setattr(logger, "level", logging.INFO)  # as launch.py sets it (runtime.console_logging)
     try:
         for i in range(3):
             logger.info("line %d", i)

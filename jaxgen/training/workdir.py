@@ -9,6 +9,7 @@ import linecache
 import logging
 import os
 import socket
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -140,8 +141,6 @@ class LogFile(logging.FileHandler):
     failed = False
 
     def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)
-        import sys  # noqa: PLC0415
-
         error = sys.exc_info()[1]
         if not isinstance(error, OSError):
             super().handleError(record)
