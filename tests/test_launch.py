@@ -419,6 +419,11 @@ def test_orbax_writer_errors_are_one_line_on_the_terminal_and_their_tracebacks_g
     assert text.count("Orbax's error: [thread=array_type_handler]") == 1 and "Save Finalize" not in text
     assert text.count("could not report back") == 1 and "RuntimeError: Event loop is closed" in text
     assert [type(u.exc_value) for u in seen] == [KeyError]
+    # Without a log file (the processes other than 0) Orbax's own record stays: its traceback has nowhere else to go.
+    record = absl.makeRecord("absl", logging.ERROR, "/orbax/x.py", 1, "failed", (), (ValueError, full, None))
+    assert not failures._orbax_error(set(), record)
+    monkeypatch.setattr(logging.getLogger("jaxgen"), "handlers", [])
+    assert failures._orbax_error(set(), record)
 
 
 def test_a_log_file_that_cannot_be_written_is_said_once_not_with_a_traceback_per_line(capsys, monkeypatch):
