@@ -444,11 +444,13 @@ def test_a_log_file_that_cannot_be_written_is_said_once_not_with_a_traceback_per
     assert "Logging error" not in err and "Traceback" not in err
 
 
-def test_a_checkpoint_save_that_failed_stops_the_run_at_the_next_train_record(smoke_config, tmp_path, monkeypatch):
+def test_a_checkpoint_save_that_failed_stops_the_run_at_the_next_train_record(smoke_config, tmp_path, monkeypatch,
+                                                                              capfd):
     """Orbax raises an asynchronous save's error only at the next save, checkpoint.every steps later: the loop asks
     at every train record (checkpoint.check_saves) and stops there, the checkpoints written whole kept. The save of
     step 10 fails in Orbax's own thread that finishes it (as a full disk fails it); the test waits for that thread
-    before the next record, so that the record finds the save ended."""
+    before the next record, so that the record finds the save ended. Called as a notebook calls it (no launch.py),
+    Orbax's error records with their tracebacks become jaxgen's one warning line too."""
     import errno
     import time
 
@@ -479,6 +481,9 @@ def test_a_checkpoint_save_that_failed_stops_the_run_at_the_next_train_record(sm
         loop.train_and_evaluate(c, tmp_path)
     steps = [r["step"] for r in read(tmp_path / "metrics.jsonl") if r["split"] == "train"]
     assert steps == [5, 10, 15], steps  # stopped at the record after the save, not at step 20's save
+    err = capfd.readouterr().err
+    assert err.count("WARNING Orbax reported an error: OSError: [Errno 28]") == 1, err
+    assert "Traceback" not in err, err  # Orbax's own records, with theirs, did not get through
 
 
 def test_an_error_that_cannot_be_logged_on_a_full_disk_is_not_said_to_be_in_the_log(monkeypatch, capsys):

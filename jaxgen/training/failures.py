@@ -48,6 +48,9 @@ def quiet_stderr() -> None:
     os.close(devnull)
 
 
+_handled: list = []  # non-empty inside writer_errors_logged
+
+
 @contextlib.contextmanager
 def writer_errors_logged():
     """Inside the block, the errors of checkpoint writes that Orbax logs with their tracebacks (from its writer
@@ -56,15 +59,23 @@ def writer_errors_logged():
     checkpoint.check_saves; or at the next save), which stops the run with one FATAL line; on a full disk there
     were ~500 lines of tracebacks before it. TensorStore's writes still under way then finish into the event loop
     Orbax has closed, each raising "RuntimeError: Event loop is closed" where Python can only print it: the first
-    one's traceback goes to the log file, the others are dropped."""
+    one's traceback goes to the log file, the others are dropped.
+
+    Both launch.py (around the mode and its error's report) and loop.train_and_evaluate (for a notebook's call)
+    enter it; the outermost block handles everything."""
+    if _handled:
+        yield
+        return
     absl = logging.getLogger("absl")
     orbax_errors = functools.partial(_orbax_error, set())
     absl.addFilter(orbax_errors)
     hook = sys.unraisablehook
     sys.unraisablehook = functools.partial(_late_write_callback, hook, [])
+    _handled.append(1)
     try:
         yield
     finally:
+        _handled.clear()
         absl.removeFilter(orbax_errors)
         sys.unraisablehook = hook
 

@@ -28,7 +28,7 @@ from jaxgen.evaluation import quality
 from jaxgen.reporting.progress import Progress
 from jaxgen.reporting.writer import MetricWriter
 from jaxgen.reporting.writer import read as read_metrics
-from jaxgen.training import best_checkpoint, checkpoint, gan_task, vae_task
+from jaxgen.training import best_checkpoint, checkpoint, failures, gan_task, vae_task
 from jaxgen.training import workdir as wd
 from jaxgen.training.stopping import RunStopped, StopRequest
 
@@ -209,7 +209,8 @@ def train_and_evaluate(config, workdir) -> dict:
     with wd.training_lock(workdir, "training run"):  # before the log: a refused run writes nothing into the workdir
         wd.setup_logging(workdir)
         try:
-            return _train_and_evaluate(config, workdir)
+            with failures.writer_errors_logged():  # a failed checkpoint write: one line, not Orbax's tracebacks
+                return _train_and_evaluate(config, workdir)
         except Exception as e:
             if created is not None and wd.raised_on_purpose(e):
                 wd.remove_if_unused(workdir, created)  # under the lock: no other run can have started in it
