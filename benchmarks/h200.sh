@@ -14,7 +14,9 @@ if ls .whl/*.whl > /dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     || exit 1
 fi
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 JAXGEN_TORCH_REFERENCE=$PWD/.devcarry/torch_reference.py
+# The PyTorch reference: $JAXGEN_TORCH_REFERENCE where set, else the copy carried in .devcarry/.
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+export JAXGEN_TORCH_REFERENCE=${JAXGEN_TORCH_REFERENCE:-$PWD/.devcarry/torch_reference.py}
 {
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
   python3 -c "import jax, flax, optax, torch; print('jax', jax.__version__, 'flax', flax.__version__, 'torch', \

@@ -11,7 +11,8 @@ over that shorter run.
     python launch.py --config=configs/iwae_mnist.py:smoke --workdir=/tmp/smoke
 
 Variants: k1 (the VAE, same bound at k=1), k50, mnist_5k (shipped digits, offline; 20,000 steps, again 100 passes
-over its 4000 training digits; about 2 minutes on 2 CPU cores: 110 s wall here, 90 s of them training), smoke.
+over its 4000 training digits; about 2 minutes on 2 CPU cores: 110 s wall on one without AVX-512,
+benchmarks/results/iwae_init_cpu_2026-11-29.json), smoke.
 
 As in Burda et al.'s code, the weights are Glorot-uniform and the decoder starts at the mean training digit
 (model.output_bias='data_mean'). On mnist_5k that start gives test NLL (k=1000) 102.4-102.5 nats over two seeds,

@@ -377,7 +377,7 @@ def build(model_config, image_shape: tuple[int, int, int], axis_name: str | None
     name = model_config.name
     builder = registry.resolve("GAN model", name, GANS)
     contract = "fn(model_config, image_shape, axis_name) -> (generator, discriminator)"
-    readme = "(README: GANs, adding your own)"
+    readme = "(README: \"GANs: losses, regularizers, augmentation, and adding your own\")"
     if isinstance(builder, type):
         raise ValueError(f"GAN model {name!r} is a class; a GAN's model.name names a function {contract}, returning "
                          f"two Linen modules {readme}")
