@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from jaxgen import parallel
-from jaxgen.training import best_checkpoint, checkpoint, loop, optim, stopping
+from jaxgen.training import best_checkpoint, checkpoint, loop, modes, optim, stopping
 from jaxgen.training import state as state_lib
 from jaxgen.training.workdir import WorkdirError
 from tests.signals import signal_at_call
@@ -31,7 +31,8 @@ def test_a_run_stopped_by_sigterm_and_resumed_equals_a_straight_run_bitwise(smok
     A scheduler's SIGTERM arrives during the 3rd compiled call: the run finishes that call, checks it, writes a
     train record and a checkpoint at the step it reached (not a multiple of checkpoint.every), skips that step's
     eval (a notice leaves seconds) and raises RunStopped; the same command evaluates that step first and ends
-    bitwise where an uninterrupted run ends."""
+    bitwise where an uninterrupted run ends. A --mode=eval of that checkpoint in between (its record says so) does
+    not stand in for the training run's evaluation, which offers the step to the best checkpoint."""
     import signal
 
     from jaxgen.reporting.writer import read
@@ -52,9 +53,13 @@ def test_a_run_stopped_by_sigterm_and_resumed_equals_a_straight_run_bitwise(smok
     records = read(tmp_path / "stopped" / "metrics.jsonl")
     assert records[-1]["step"] == 3 * k and not [r for r in records if r["split"] == "eval"]
     monkeypatch.setattr(loop, "build_task", build)
+    modes.evaluate_checkpoint(c, tmp_path / "stopped")
+    evals = [r for r in read(tmp_path / "stopped" / "metrics.jsonl") if r["split"] == "eval"]
+    assert [(r["step"], r.get("by")) for r in evals] == [(3 * k, "--mode=eval")]
     loop.train_and_evaluate(c, tmp_path / "stopped")
-    evals = [r["step"] for r in read(tmp_path / "stopped" / "metrics.jsonl") if r["split"] == "eval"]
-    assert evals[0] == 3 * k and evals.count(3 * k) == 1
+    evals = [r for r in read(tmp_path / "stopped" / "metrics.jsonl") if r["split"] == "eval"]
+    assert [r["step"] for r in evals][0] == 3 * k and [r["step"] for r in evals].count(3 * k) == 1
+    assert "by" not in evals[0]  # the training run's own evaluation of the step replaced --mode=eval's record
     a, b = _final_state(c, tmp_path / "straight"), _final_state(c, tmp_path / "stopped")
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
@@ -191,6 +196,11 @@ def test_a_broken_checkpoint_is_reported_and_the_previous_one_used(smoke_config,
     assert (tmp_path / "checkpoints_broken" / "20").is_dir()  # kept for inspection, not deleted
     assert mgr.all_steps() == [10]
     mgr.close()
+    shutil.copytree(tmp_path / "checkpoints_broken" / "20", tmp_path / "checkpoints" / "20")  # broken again
+    mgr, restored = checkpoint.restore_newest(tmp_path, smoke_config.checkpoint, target)
+    mgr.close()
+    assert int(restored["step"]) == 10
+    assert sorted(p.name for p in (tmp_path / "checkpoints_broken").iterdir()) == ["20", "20.1"]  # the first kept
 
 
 def test_a_checkpoint_that_reads_but_fails_its_fingerprint_is_moved_aside(smoke_config, tmp_path, caplog):

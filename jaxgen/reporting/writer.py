@@ -59,13 +59,15 @@ class MetricWriter:
                 purge = resume_step + 1
             self._tb = SummaryWriter(str(Path(workdir) / "tb"), flush_secs=30, purge_step=purge)
 
-    def write(self, step: int, split: str, scalars: dict[str, float]) -> None:
+    def write(self, step: int, split: str, scalars: dict[str, float], by: str | None = None) -> None:
+        """One record of `step`'s `split`; `by`: what wrote it, when not the training run (`"by": "--mode=eval"`
+        in metrics.jsonl; TensorBoard gets the scalars alone)."""
         if not self.enabled:
             return
         clean = {k: (float(v) if math.isfinite(float(v)) else str(float(v))) for k, v in scalars.items()}
         if split != "train":
             _drop(self.path, lambda r: r["split"] == split and r["step"] == step)
-        line = json.dumps({"step": int(step), "split": split, **clean}) + "\n"
+        line = json.dumps({"step": int(step), "split": split, **({"by": by} if by else {}), **clean}) + "\n"
         with self.path.open("a+b") as f:  # a file a stopped run left without its last newline gets it first
             if f.tell() and (f.seek(-1, 2), f.read(1))[1] != b"\n":
                 line = "\n" + line

@@ -12,6 +12,7 @@ by another config: it is left in place and the run stops with CheckpointMismatch
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import shutil
@@ -422,7 +423,8 @@ def _reported(step: int, e: Exception) -> Exception:
 
 
 def _move_aside(mgr: ocp.CheckpointManager, workdir: Path, cfg, subdir: str, step: int) -> ocp.CheckpointManager:
-    """Moves the unreadable checkpoint at `step` to `<subdir>_broken/<step>`, returns a new manager.
+    """Moves the unreadable checkpoint at `step` to `<subdir>_broken/<step>` (`<step>.1`, `.2` ... when an earlier
+    one of that step is there: the same step broken again keeps both), returns a new manager.
 
     Process 0 moves it; every process waits for that (and learns whether it worked) before making its manager,
     which lists the steps once: a process that still listed the step would skip its save there while the others
@@ -434,8 +436,8 @@ def _move_aside(mgr: ocp.CheckpointManager, workdir: Path, cfg, subdir: str, ste
     if jax.process_index() == 0:
         try:
             dst.parent.mkdir(parents=True, exist_ok=True)
-            if dst.exists():
-                shutil.rmtree(dst)
+            dst = next(d for n in itertools.count() if not (d := dst.with_name(f"{step}.{n}" if n else str(step)))
+                       .exists())
             shutil.move(str(src), str(dst))
             log.error("Moved the unreadable checkpoint to %s", dst)
         except OSError as e:

@@ -326,11 +326,12 @@ class _Evals:
             self.task.save_images(state, suffix=f"_{step:07d}")
 
     def missing(self, step: int) -> bool:
-        """Whether metrics.jsonl lacks the record of `step`'s evaluation during training (process 0's answer, on
-        every process)."""
+        """Whether metrics.jsonl lacks the record of `step`'s evaluation by a training run (process 0's answer, on
+        every process). A --mode=eval record of the step does not count: that evaluation chose no best
+        checkpoint and saved no numbered images."""
         path = self.task.workdir / "metrics.jsonl"
         split = record_split(self.task)
-        found = any(r["split"] == split and r["step"] == step for r in read_metrics(path))
+        found = any(r["split"] == split and r["step"] == step and "by" not in r for r in read_metrics(path))
         if jax.process_count() == 1:
             return not found
         return not bool(parallel.allgather_ints(int(found))[0, 0])
@@ -441,15 +442,15 @@ def _check_finite(host_metrics: dict, mgr, workdir: Path, headline, config) -> N
 
 
 def final_eval(task, state, writer: MetricWriter, sq, out_name: str = "eval.json", images: bool = True,
-               extra: dict | None = None) -> dict:
-    """The final evaluation of `state` (sample quality by `sq`): its metrics in metrics.jsonl (through `writer`)
-    and, with the task's record and `extra`, in <workdir>/`out_name`; with `images`, the final image grids, also
-    under the step's name. Returns the metrics."""
+               extra: dict | None = None, by: str | None = None) -> dict:
+    """The final evaluation of `state` (sample quality by `sq`): its metrics in metrics.jsonl (through `writer`;
+    `by`: what evaluates, when not the training run) and, with the task's record and `extra`, in
+    <workdir>/`out_name`; with `images`, the final image grids, also under the step's name. Returns the metrics."""
     t = time.perf_counter()
     final = evaluate(task, state, True, sq)
     final["eval_seconds"] = time.perf_counter() - t
     step = int(jax.device_get(state["step"]))
-    writer.write(step, "eval", scalars(final))
+    writer.write(step, "eval", scalars(final), by=by)
     if jax.process_index() == 0:
         record = {"step": step, **task.eval_record(state), **(extra or {}), **final}
         atomic.write_text(task.workdir / out_name, json.dumps(record, indent=2) + "\n")

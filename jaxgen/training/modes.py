@@ -86,7 +86,7 @@ def _evaluate_checkpoint(config, workdir: Path) -> dict:
     try:
         final = loop.final_eval(task, state, writer, loop.sample_quality(task, training=False),
                                 "eval_best.json" if best else "eval.json", images=not best,
-                                extra={"selected_by": _selected_by(task, workdir)} if best else None)
+                                extra={"selected_by": _selected_by(task, workdir)} if best else None, by="--mode=eval")
     finally:  # an interruption too: launch.py's exit skips the atexit hook that would flush TensorBoard's events
         writer.close()
     log.info("eval of step %d: %s", int(jax.device_get(state["step"])), loop.eval_line(task, final))
