@@ -46,7 +46,7 @@ def get_config(variant: str = ""):
 
 
 def _smoke(c):
-    gan_smoke(c, (32, 32, 3))  # the same 5 D steps per G step: about 45 s on 2 CPU cores
+    gan_smoke(c, (32, 32, 3))  # the same 5 D steps per G step: about 50 s on 2 CPU cores (README: "Configs")
 
 
 VARIANTS = {"diffaugment": diffaugment, "bf16": bf16, "smoke": _smoke}
