@@ -72,18 +72,30 @@ def test_second_load_reads_the_cache_and_a_changed_folder_is_decoded_again(tmp_p
     first = data.load(cfg, "train")
     assert len(list((tmp_path / "data" / "jaxgen_cache" / "image_folder").glob("*/train.npz"))) == 1
 
+    class DecodedAgain(BaseException):  # not an Exception: one of those makes a file unreadable, skipped
+        pass
+
     def no_decoding(*a, **k):
-        raise AssertionError("decoded an image although the cache exists")
+        raise DecodedAgain("decoded an image although the cache exists")
 
     monkeypatch.setattr(imf, "_decode", no_decoding)
     again = data.load(cfg, "train")
     np.testing.assert_array_equal(again.image, first.image)
     np.testing.assert_array_equal(again.label, first.label)
     for changed in (dict(resolution=12), dict(crop=10), dict(test_percent=50)):  # other settings: another cache
-        with pytest.raises(AssertionError, match="decoded an image"):
+        with pytest.raises(DecodedAgain, match="decoded an image"):
             data.load(_cfg(tmp_path, path=str(root), **{"resolution": 8, "crop": 20, **changed}), "train")
     _solid("RGB", (10, 10), 0).save(root / "cats" / "new.png")  # a new file: another cache
-    with pytest.raises(AssertionError, match="decoded an image"):
+    with pytest.raises(DecodedAgain, match="decoded an image"):
+        data.load(cfg, "train")
+    monkeypatch.undo()
+    data.load(cfg, "train")
+    monkeypatch.setattr(imf, "_decode", no_decoding)
+    a, b = root / "cats" / "a.JPG", root / "top.jpg"  # two files swap places: the same names, sizes and times
+    a.rename(tmp_path / "swap")
+    b.rename(a)
+    (tmp_path / "swap").rename(b)
+    with pytest.raises(DecodedAgain, match="decoded an image"):
         data.load(cfg, "train")
 
 
@@ -250,6 +262,59 @@ def test_bad_paths_name_the_fix(tmp_path):
     (empty / "sub" / "notes.txt").write_text("")
     with pytest.raises(FileNotFoundError, match=rf"no images in {empty} \(looked for .jpg, .jpeg, .png"):
         data.load(_cfg(tmp_path, path=str(empty)), "train")
+
+
+def test_camera_photos_stand_upright_and_a_malformed_exif_block_does_not_stop_the_decode(tmp_path):
+    """A JPEG stored sideways with EXIF orientation 6 comes out upright (as ImageOps.exif_transpose turns it). One
+    whose EXIF also holds a tag of the wrong type (ASCII where Pillow expects a number, as some cameras write)
+    made exif_transpose raise struct.error while rewriting the EXIF, which stopped the whole folder's decode."""
+    import struct
+
+    from PIL import ImageOps
+
+    root = tmp_path / "imgs"
+    root.mkdir()
+    stored = np.zeros((24, 40, 3), np.uint8)
+    stored[:, :20] = 255  # left half white as stored; upright (turned 90 degrees clockwise): top half white
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(root / "a_rotated.png", exif=exif.tobytes())
+    ifd = (b"MM\x00*" + struct.pack(">I", 8) + struct.pack(">H", 2)
+           + struct.pack(">HHI", 0x0107, 2, 7) + struct.pack(">I", 8 + 2 + 24 + 4)  # ASCII 'camera' at 38
+           + struct.pack(">HHI", 0x0112, 3, 1) + struct.pack(">HH", 6, 0)  # orientation 6
+           + b"\0\0\0\0" + b"camera\0")
+    Image.fromarray(stored).save(root / "b_malformed.jpg", exif=b"Exif\0\0" + ifd, quality=95)
+    with Image.open(root / "b_malformed.jpg") as im, pytest.raises(Exception):  # noqa: B017 (Pillow's own error)
+        ImageOps.exif_transpose(im)
+    d = data.load(_cfg(tmp_path, path=str(root), resolution=0, crop=0), "train")
+    assert d.image.shape == (2, 40, 24, 3)  # both read, both turned upright: 40 high, 24 wide
+    with Image.open(root / "a_rotated.png") as im:
+        np.testing.assert_array_equal(d.image[0], np.asarray(ImageOps.exif_transpose(im).convert("RGB")))
+    top, bottom = d.image[1, :18].mean(), d.image[1, 22:].mean()
+    assert top > 240 and bottom < 15, (top, bottom)
+
+
+def test_float_images_are_scaled_and_unreadable_folders_are_said(tmp_path, monkeypatch, caplog):
+    """A float image (Pillow mode F, values in [0, 1]) came out all black; a folder that cannot be read was left
+    out silently."""
+    import os
+
+    root = tmp_path / "imgs"
+    (root / "locked").mkdir(parents=True)
+    Image.fromarray(np.full((8, 8), 0.5, np.float32), "F").save(root / "f.tiff.png", format="TIFF")
+    _solid("RGB", (8, 8), (0, 0, 0)).save(root / "locked" / "x.png")
+    scandir = os.scandir
+
+    def denied(path="."):
+        if str(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", denied)  # as a folder of mode 000 is to a user who is not root
+    with caplog.at_level(logging.WARNING, logger="jaxgen"):
+        d = data.load(_cfg(tmp_path, path=str(root), resolution=8), "train")
+    assert d.image.shape == (1, 8, 8, 3) and abs(float(d.image.mean()) - 127.5) <= 1  # 0.5 -> 128, not 0
+    assert "Could not read 1 folder(s)" in caplog.text and "locked" in caplog.text and "PermissionError" in caplog.text
 
 
 def test_crop_and_resize_centres_and_clamps():

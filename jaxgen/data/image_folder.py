@@ -30,7 +30,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from jaxgen import parallel
 from jaxgen.atomic import write_npz, write_text
@@ -41,7 +41,14 @@ EXTENSIONS = (".jpg", ".jpeg", ".png")
 CACHE_VERSION = 1  # bump when decoding changes, so old caches are not reused
 PROGRESS_MIN_FILES = 1000  # a progress bar from this many images up
 CHUNK = 64  # images per thread-pool task
-_BAD_IMAGE = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+# What decoding one file raises makes that file unreadable (skipped and counted): Pillow raises more than its
+# documented errors on malformed files (struct.error and TypeError from EXIF blocks, for one).
+_BAD_IMAGE = Exception
+# EXIF orientation -> the transpose that stands the image upright (as ImageOps.exif_transpose, which also rewrites
+# the EXIF block afterwards and fails on some cameras' malformed tags; Pillow issues #6882, #7839).
+_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+            5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+            8: Image.Transpose.ROTATE_90}
 
 
 class SizesDifferError(ValueError):
@@ -88,13 +95,26 @@ def crop_box(height: int, width: int, crop: int) -> tuple[int, int, int, int]:
     return left, top, left + side, top + side
 
 
+def upright(image: Image.Image) -> Image.Image:
+    """The image turned as its EXIF orientation tag says (camera photos are stored rotated); an EXIF block that
+    cannot be read leaves it as stored."""
+    try:
+        method = _UPRIGHT.get(image.getexif().get(0x0112))
+    except Exception:  # a malformed EXIF block: the pixels as stored
+        return image
+    return image if method is None else image.transpose(method)
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Any Pillow mode (L, LA, RGBA, P, CMYK, I;16 ...) as RGB; alpha is dropped (as torchvision does)."""
+    """Any Pillow mode (L, LA, RGBA, P, CMYK, I;16, F ...) as RGB; alpha is dropped (as torchvision does)."""
     if image.mode == "RGB":
         return image
-    if image.mode.startswith("I"):  # 16/32-bit grayscale PNG: scale to 8 bits instead of clipping
-        a = np.asarray(image).astype(np.float64)
-        scale = 255.0 / 65535.0 if image.mode.startswith("I;16") or a.max() > 255 else 1.0
+    if image.mode.startswith("I") or image.mode == "F":  # 16/32-bit or float grayscale: scaled to 8 bits, not
+        a = np.nan_to_num(np.asarray(image).astype(np.float64))  # clipped (a float image in [0, 1]: all black)
+        if image.mode == "F":
+            scale = 255.0 if a.max() <= 1.0 else 1.0
+        else:
+            scale = 255.0 / 65535.0 if image.mode.startswith("I;16") or a.max() > 255 else 1.0
         image = Image.fromarray(np.clip(a * scale + 0.5, 0, 255).astype(np.uint8), "L")
     elif image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")  # Pillow warns when a palette with transparency goes straight to RGB
@@ -124,8 +144,8 @@ def crop_and_resize(image: np.ndarray | Image.Image, resolution: int, crop: int)
 
 def _decode(path: Path, resolution: int, crop: int) -> tuple[np.ndarray, bool]:
     """A file -> (uint8 [R, R, 3], whether the crop was clamped). Raises one of _BAD_IMAGE on a broken file."""
-    with Image.open(path) as image:
-        ImageOps.exif_transpose(image, in_place=True)  # camera photos are stored rotated, with an EXIF tag
+    with Image.open(path) as stored:
+        image = upright(stored)
         clamped = crop > min(image.height, image.width)
         return crop_and_resize(image, resolution, crop), clamped
 
@@ -140,8 +160,8 @@ def list_images(folder: Path) -> list[str]:
     back up) is skipped, since that folder is read under its own name and label; of several links to one folder
     outside, the first in sorted order is read. Links to nothing are left out."""
     top = os.path.realpath(folder)
-    found, seen, skipped = [], set(), []
-    for root, dirs, files in os.walk(folder, followlinks=True):
+    found, seen, skipped, unreadable = [], set(), [], []
+    for root, dirs, files in os.walk(folder, followlinks=True, onerror=unreadable.append):
         st = os.stat(root)
         if (st.st_dev, st.st_ino) in seen:  # a second link to a folder outside, already read
             dirs[:] = []
@@ -165,6 +185,11 @@ def list_images(folder: Path) -> list[str]:
         log.warning("Skipped %d linked folder(s) under %s that lead to a folder read elsewhere (inside it, or through "
                     "another link): %s%s", len(skipped), folder, ", ".join(repr(a) for a in skipped[:5]),
                     " ..." if len(skipped) > 5 else "")
+    if unreadable and (str(folder), tuple(map(str, unreadable))) not in _WARNED:
+        _WARNED.add((str(folder), tuple(map(str, unreadable))))
+        log.warning("Could not read %d folder(s) under %s, whose images are left out: %s%s", len(unreadable), folder,
+                    ", ".join(f"{e.filename!r} ({type(e).__name__})" for e in unreadable[:5]),
+                    " ..." if len(unreadable) > 5 else "")
     return sorted(found)
 
 
@@ -197,9 +222,14 @@ def _folder(data_config) -> Path:
 
 
 def _cache_dir(data_config, folder: Path, files: list[str]) -> Path:
-    stats = [os.stat(folder / f) for f in files]
-    names = hashlib.sha1(b"\n".join(_utf8(f) for f in files)).hexdigest()  # a rename moves labels and splits
-    fingerprint = (len(files), names, sum(s.st_size for s in stats), max(s.st_mtime_ns for s in stats))
+    # Each file's name, size and modification time: a rename moves labels and splits; two files that swap places
+    # keep the sums and the newest time, not the pairs. (Content rewritten with its size and time kept, as
+    # `cp -p` can, goes unnoticed: remove the cache folder then.)
+    digest = hashlib.sha1()
+    for f in files:
+        s = os.stat(folder / f)
+        digest.update(_utf8(f) + b"\0" + f"{s.st_size} {s.st_mtime_ns}\n".encode())
+    fingerprint = (len(files), digest.hexdigest())
     key = repr((CACHE_VERSION, str(folder), data_config.resolution, data_config.crop, data_config.test_percent,
                 fingerprint))
     return data_dir(data_config) / "jaxgen_cache" / "image_folder" / hashlib.sha1(key.encode()).hexdigest()[:16]
