@@ -33,6 +33,9 @@ def parse_flags(FLAGS: flags.FlagValues, argv: list[str]) -> list[str]:  # noqa:
             message = config_errors.block_given_a_value(argv[1:], FLAGS["config"].parser.parse, *block.groups())
             sys.stderr.write(f"FATAL Flags parsing error: {message}\n")
             sys.exit(1)
+        if cause is None and (message := _value_of_another_type(str(e))):  # --config.train.steps=1e3
+            sys.stderr.write(f"FATAL Flags parsing error: {message}\n")
+            sys.exit(1)
         sys.stderr.write(f"FATAL Flags parsing error: {cause}\n" if cause is not None else
                          f"FATAL Flags parsing error: {e}\nPass --helpshort or --helpfull to see help on flags.\n")
         sys.exit(1)
@@ -44,16 +47,40 @@ def parse_flags(FLAGS: flags.FlagValues, argv: list[str]) -> list[str]:  # noqa:
         sys.stderr.write(f"FATAL Flags parsing error: cannot load the --config file ({detail}); paths are relative "
                          f"to the current directory\n")
         sys.exit(1)
-    except (AttributeError, KeyError):
-        from jaxgen import config_errors  # noqa: PLC0415
+    except (AttributeError, KeyError, ValueError, IndexError):  # ValueError, IndexError: a malformed field name in
+        from jaxgen import config_errors  # noqa: PLC0415 (an override: --config.train.batch-size=64)
 
         error = sys.exc_info()[1]
-        message = (config_errors.config_file_error(error)
+        message = (config_errors.config_file_error(error) or config_errors.missing_get_config(error)
                    or config_errors.unknown_override(argv[1:], FLAGS["config"].parser.parse))
         if message is None:
             raise
         sys.stderr.write(f"FATAL Flags parsing error: {message}\n")
         sys.exit(1)
+
+
+def _value_of_another_type(error: str) -> str | None:
+    """absl's error for an override whose value does not parse as the field's type, as one line that says what
+    to write: `flag --config.train.steps=1e3: invalid literal for int() with base 10: '1e3'` (researchers write
+    step counts so), a float given 'None', a bool given 'no'. None for any other error."""
+    m = re.match(r"flag --config\.([\w.]+)=(.*?): (.*)", error, re.DOTALL)
+    if m is None:
+        return None
+    field, value, why = m.groups()
+    if why.startswith("invalid literal for int()"):
+        try:
+            number = float(value.replace("_", ""))
+        except ValueError:
+            number = None
+        example = (f"--config.{field}={int(number)}" if number is not None and number.is_integer()
+                   else f"--config.{field}=1000")
+        return f"config field {field} is an integer, got {value!r}: write it as one, e.g. {example}"
+    if why.startswith("could not convert string to float"):
+        return f"config field {field} is a number, got {value!r}: write it as one, e.g. --config.{field}=3e-4"
+    if "Non-boolean argument to boolean flag" in why:
+        return (f"config field {field} is true or false, got {value!r}: write --config.{field}=true or "
+                f"--config.{field}=false (or 1 or 0)")
+    return None
 
 
 def exit_now(status: int) -> None:

@@ -8,6 +8,7 @@ fails loudly (the ConfigDict is locked) instead of being silently ignored.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Mapping
 
 import ml_collections
@@ -204,7 +205,9 @@ def with_variant(
     names = [v.strip() for v in (variant or "").split(",") if v.strip()]  # 'iwae, smoke' as 'iwae,smoke'
     for name in names:
         if name not in variants:
-            raise ValueError(f"unknown config variant {name!r}; choices: {', '.join(sorted(variants))}")
+            several = (f" (variants are combined with a comma: {re.sub(r'[:;+ ]+', ',', name)!r})"
+                       if re.search(r"[:;+ ]", name) else "")
+            raise ValueError(f"unknown config variant {name!r}; choices: {', '.join(sorted(variants))}{several}")
     set_by: dict[str, tuple[str, object]] = {}  # field -> (the variant that set it, its value)
     for name in names:
         before = flat_fields(config)

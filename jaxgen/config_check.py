@@ -84,6 +84,11 @@ def _check_train(config: ml_collections.ConfigDict, base: ml_collections.ConfigD
     model.latent_dim, which every model reads."""
     if config.model.latent_dim < 1:
         raise ValueError(f"model.latent_dim must be >= 1, got {config.model.latent_dim}")
+    if config.seed < 0:  # numpy's generators (evaluation subsets) refuse one, after the whole run
+        raise ValueError(f"seed must be >= 0, got {config.seed}")
+    if config.checkpoint.keep < 1:  # Orbax would keep none: the run could not resume
+        raise ValueError(f"checkpoint.keep must be >= 1 (the newest checkpoints kept; a run resumes from the "
+                         f"newest), got {config.checkpoint.keep}")
     t = config.train
     if t.batch_size <= 0 or t.steps < 0:
         raise ValueError(f"train.batch_size must be > 0 and train.steps >= 0, got {t.batch_size} and {t.steps}")
@@ -147,6 +152,10 @@ def _check_eval(config: ml_collections.ConfigDict) -> None:
                          f"(>= 2048 samples for Inception FID), got {config.eval.num_samples}")
     if config.sample.num < 1 or config.sample.per_grid < 1:
         raise ValueError("sample.num and sample.per_grid must be >= 1")
+    for field in ("eval.batch_size", "output.num_samples"):  # else an error at the first evaluation, after training
+        block, name = field.split(".")
+        if config[block][name] < 1:
+            raise ValueError(f"{field} must be >= 1, got {config[block][name]}")
 
 
 def _check_optimizers(config: ml_collections.ConfigDict) -> None:
@@ -154,6 +163,14 @@ def _check_optimizers(config: ml_collections.ConfigDict) -> None:
     from jaxgen.training import optim  # noqa: PLC0415 (optax, hence JAX, as quality above)
 
     for block in ("optim", "g_optim", "d_optim"):
+        o = config.get(block)
+        for name, low, high in (("lr", 0.0, math.inf), ("b1", 0.0, 1.0), ("b2", 0.0, 1.0),
+                                ("warmup_steps", 0, math.inf), ("end_lr_ratio", 0.0, math.inf),
+                                ("clip_norm", 0.0, math.inf)):
+            value = o.get(name) if o is not None else None
+            if value is not None and not (low <= value < high):  # NaN too
+                raise ValueError(f"{block}.{name} must be >= {low:g}" + (f" and < {high:g}" if high < math.inf else
+                                 " and finite") + f", got {value}")
         if block in config and config[block].schedule not in optim.SCHEDULES:
             raise ValueError(f"unknown {block}.schedule {config[block].schedule!r}; choices: "
                              f"{', '.join(optim.SCHEDULES)}")

@@ -5,6 +5,7 @@ name the file and line or the override, and the block's fields."""
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import sys
@@ -26,7 +27,12 @@ def unknown_field(config: ml_collections.ConfigDict, path: str) -> str | None:
         if name not in node:
             own = (f"; a field of your own (read by your function through `cfg`) is added to {block} in a config "
                    f"file that extends this one (README: Objectives)" if block in USER_BLOCKS else "")
-            return f"unknown config field {path!r}; fields of {block}: {', '.join(sorted(node.keys()))}{own}"
+            if "[" in name and name.split("[")[0] in node:  # --config.model.channels[0]=16
+                return (f"config field {'.'.join([*seen, name.split('[')[0]])} is set whole, not one element: e.g. "
+                        f"--config.{'.'.join([*seen, name.split('[')[0]])}='(16, 32)'")
+            near = difflib.get_close_matches(name, list(node.keys()), n=1)
+            near = f" (did you mean {'.'.join([*seen, near[0]])!r}?)" if near else ""
+            return f"unknown config field {path!r}{near}; fields of {block}: {', '.join(sorted(node.keys()))}{own}"
         node = node[name]
         seen.append(name)
     return None
@@ -71,7 +77,18 @@ def config_file_error(error: BaseException) -> str | None:
     hint = re.search(r'Did you mean "(\w+)"', str(error))
     return (f"{where}: the config has no field {name!r} {verb}"
             + (f" (did you mean {hint.group(1)!r}?)" if hint else "")
-            + (f"; the fields of that block: {', '.join(sorted(fields))}" if fields else ""))
+            + (f"; the fields of that block: {', '.join(sorted(fields))}" if fields else "")
+            + ("; a field of your own is set inside `with c.<block>.unlocked():` (README: Objectives)" if m else ""))
+
+
+def missing_get_config(error: BaseException) -> str | None:
+    """A one-line message for a --config file without the `get_config` function ml_collections calls; None for any
+    other error."""
+    m = re.fullmatch(r"module '(.+)' has no attribute 'get_config'", str(error))
+    if not isinstance(error, AttributeError) or m is None:
+        return None
+    return ("the --config file has no function get_config(variant='') that returns the config (README: Objectives "
+            "shows a config file of your own that extends a shipped one)")
 
 
 def _library_frame(filename: str) -> bool:

@@ -205,6 +205,55 @@ def test_unknown_config_field_names_it_and_lists_the_fields_of_its_block(tmp_pat
     assert not any(tmp_path.iterdir())  # failed at flag parsing, before any work
 
 
+@pytest.mark.parametrize("override,message", [
+    ("train.steps=1e3", "config field train.steps is an integer, got '1e3': write it as one, e.g. "
+                        "--config.train.steps=1000\n"),  # absl: "invalid literal for int() with base 10"
+    ("train.batch-size=64", "unknown config field 'train.batch-size' (did you mean 'train.batch_size'?); fields of "
+                            "train: batch_size,"),  # a raw ValueError from ml_collections' path parser, 50 lines
+])
+def test_overrides_researchers_type_get_one_line_that_says_what_to_write(tmp_path, override, message):
+    r = _launch("--config=configs/vae_mnist.py:smoke", f"--workdir={tmp_path}", f"--config.{override}")
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert f"FATAL Flags parsing error: {message}" in r.stderr
+    assert not any(tmp_path.iterdir())
+
+
+def test_the_parse_errors_of_a_field_and_a_config_file_name_the_fix(tmp_path):
+    from jaxgen import cli, config_errors
+    from jaxgen import config as config_lib
+    from jaxgen.training import workdir
+
+    said = cli._value_of_another_type
+    assert said("flag --config.optim.lr=None: could not convert string to float: 'None'") == (
+        "config field optim.lr is a number, got 'None': write it as one, e.g. --config.optim.lr=3e-4")
+    assert said("flag --config.output.plots=no: ('Non-boolean argument to boolean flag', 'no')") == (
+        "config field output.plots is true or false, got 'no': write --config.output.plots=true or "
+        "--config.output.plots=false (or 1 or 0)")
+    assert "e.g. --config.train.steps=20000" in said("flag --config.train.steps=2e4: invalid literal for int() "
+                                                      "with base 10: '2e4'")
+    assert said("flag --mode=x: something else") is None
+    c = config_lib.vae_config()
+    assert config_errors.unknown_field(c, "model.channels[0]") == (
+        "config field model.channels is set whole, not one element: e.g. --config.model.channels='(16, 32)'")
+    assert "(did you mean 'train.steps'?)" in config_errors.unknown_field(c, "train.step")
+    import types
+
+    with pytest.raises(AttributeError) as no_function:  # the error ml_collections' loader raises
+        types.ModuleType("config_config").get_config  # noqa: B018
+    assert "has no function get_config(variant='')" in config_errors.missing_get_config(no_function.value)
+    with pytest.raises(ValueError, match=r"variants are combined with a comma: 'smoke,iwae'"):
+        config_lib.with_variant(c, "smoke:iwae", {"smoke": lambda c: c, "iwae": lambda c: c})
+    with pytest.raises(workdir.WorkdirError, match=r"--workdir is empty \(''\): pass the .*\(--workdir=\. for"):
+        workdir.prepare("")
+    from jaxgen.data import augment
+    from jaxgen.evaluation import quality
+
+    with pytest.raises(ValueError, match="no augmentation is the empty policy: --config.augment.policy="):
+        augment.check_policy("none")
+    with pytest.raises(ValueError, match=r"eval.extractors=\(None,\): give a tuple of extractor names"):
+        quality.check_names((None,))
+
+
 @pytest.mark.parametrize("override,hint", [
     ("loss=hinge", "(e.g. --config.loss.name=hinge)"),
     ("checkpoint=5", "(its fields: asynchronous, best_metric, best_mode, every, keep)"),
@@ -678,6 +727,16 @@ def test_steps_not_a_multiple_of_steps_per_dispatch_fails_in_the_config_check(sm
      "objective.gaussian_sigma must be > 0"),
     ({"objective.beta": -1.0}, "objective.beta must be >= 0"),
     ({"model.latent_dim": 0}, "model.latent_dim must be >= 1, got 0"),
+    # Each of these passed the check and failed later: at the final evaluation, at the first one, or never (keep=0
+    # kept no checkpoint to resume from; a negative lr climbs the loss).
+    ({"seed": -1}, "seed must be >= 0, got -1"),
+    ({"checkpoint.keep": 0}, r"checkpoint.keep must be >= 1 \(the newest checkpoints kept"),
+    ({"eval.batch_size": 0}, "eval.batch_size must be >= 1, got 0"),
+    ({"output.num_samples": 0}, "output.num_samples must be >= 1, got 0"),
+    ({"optim.lr": -1e-3}, "optim.lr must be >= 0 and finite, got -0.001"),
+    ({"optim.lr": float("nan")}, "optim.lr must be >= 0 and finite, got nan"),
+    ({"optim.b1": 1.5}, "optim.b1 must be >= 0 and < 1, got 1.5"),
+    ({"optim.warmup_steps": -5}, "optim.warmup_steps must be >= 0 and finite, got -5"),
 ])
 def test_values_outside_their_range_fail_in_the_config_check(fields, message):
     from jaxgen import config as config_lib
@@ -685,6 +744,9 @@ def test_values_outside_their_range_fail_in_the_config_check(fields, message):
 
     c = config_lib.vae_config()
     for field, value in fields.items():
+        if "." not in field:
+            c[field] = value
+            continue
         block, name = field.split(".")
         c[block][name] = value
     with pytest.raises(ValueError, match=message):

@@ -260,6 +260,8 @@ def check_policy(policy: str) -> None:
     `package.module:function` (listing the choices), or whose function cannot be called as `apply` calls it
     (CONTRACT). Run once at start-up, before the data loads; the shape a function returns is checked while the
     step compiles (`apply`)."""
+    if policy.strip().lower() in ("none", "off"):
+        raise ValueError(f"augment.policy={policy!r}: no augmentation is the empty policy: --config.augment.policy=")
     names = [name.strip() for name in policy.split(",")] if policy else []
     for name, fn in zip(names, _resolve(policy)):
         registry.check_call(f"augmentation {name!r} (augment.policy={policy!r})", fn, CONTRACT, jax.random.key(0),

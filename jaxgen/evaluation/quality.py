@@ -56,6 +56,9 @@ def check_names(names) -> tuple[str, ...]:
         names = (names,)
     names = tuple(names)
     for n in names:
+        if not isinstance(n, str) or not n.strip():  # --config.eval.extractors=None gives (None,)
+            raise ValueError(f"eval.extractors={names!r}: give a tuple of extractor names, e.g. "
+                             "--config.eval.extractors=\"('classifier',)\", or \"()\" for none")
         if "," in n:
             raise ValueError(f"eval.extractors: {n!r} looks like a list in one string; give a tuple, e.g. "
                              "--config.eval.extractors=\"('classifier','inception')\"")

@@ -102,7 +102,7 @@ class GANTask:
         held = f"validation {len(self.validation)} images; " if self.validation is not None else ""
         return (f"train {c.data.name} {self.train.shape}, {len(self.train)} images; {held}{c.model.name} GAN, "
                 f"loss {c.loss.name}, reg {c.reg.name}, {c.train.d_steps} D step(s) per G step{fresh}, "
-                f"augment {c.augment.policy or 'none'}{', reals mirrored at random' if c.data.random_flip else ''}, "
+                f"augment {c.augment.policy or 'off'}{', reals mirrored at random' if c.data.random_flip else ''}, "
                 f"compute {c.model.dtype}" + ("" if c.model.name in gan_models.GANS else
                                               " (model.dtype, which your model function may or may not use)"))
 

@@ -28,6 +28,9 @@ class WorkdirError(RuntimeError):
 def prepare(workdir: str | os.PathLike, *, create: bool = True) -> Path:
     """Creates `workdir` (or, with create=False, requires it: --mode=eval/sample read a trained one) and proves it
     writable (a probe file), else raises WorkdirError naming the fix."""
+    if not str(workdir).strip():  # --workdir=$UNSET: not the current directory, silently
+        raise WorkdirError(f"--workdir is empty ({str(workdir)!r}): pass the directory the run writes into "
+                           f"(--workdir=. for the current one)")
     if "://" in str(workdir):
         raise WorkdirError(
             f"workdir {workdir} is a URL; jaxgen writes through the filesystem: mount the bucket (e.g. with gcsfuse) "
