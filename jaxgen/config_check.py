@@ -84,6 +84,18 @@ def _check_train(config: ml_collections.ConfigDict, base: ml_collections.ConfigD
     model.latent_dim, which every model reads."""
     if config.model.latent_dim < 1:
         raise ValueError(f"model.latent_dim must be >= 1, got {config.model.latent_dim}")
+    for field, length, example in (("model.channels", None, "(32, 64)"), ("model.hidden", None, "(200, 200)"),
+                                   ("data.image_shape", 3, "(28, 28, 1)")):
+        block, name = field.split(".")
+        value = config[block].get(name)
+        if value is not None and not _positive_ints(value, length):  # else a JAX shape error (or worse) mid-build
+            raise ValueError(f"{field} must be {'a tuple of 3' if length else 'a non-empty tuple of'} positive "
+                             f"integers, got {value!r}: e.g. --config.{field}='{example}'")
+    for field in ("model.dense", "model.g_width", "model.d_width"):
+        block, name = field.split(".")
+        value = config[block].get(name)
+        if value is not None and not _positive_ints((value,), 1):
+            raise ValueError(f"{field} must be a positive integer, got {value!r}")
     if config.seed < 0:  # numpy's generators (evaluation subsets) refuse one, after the whole run
         raise ValueError(f"seed must be >= 0, got {config.seed}")
     if config.checkpoint.keep < 1:  # Orbax would keep none: the run could not resume
@@ -134,6 +146,12 @@ def _check_train(config: ml_collections.ConfigDict, base: ml_collections.ConfigD
         raise ValueError(f"train.ema_half_life must be >= 0 images (0 = no EMA), got {t.ema_half_life}")
     if t.ema_rampup < 0:
         raise ValueError(f"train.ema_rampup must be >= 0 (0 = no ramp-up), got {t.ema_rampup}")
+
+
+def _positive_ints(value, length: int | None) -> bool:
+    """Whether `value` is a non-empty tuple or list of positive ints (bools excluded), of `length` when given."""
+    return (isinstance(value, tuple | list) and len(value) > 0 and (length is None or len(value) == length)
+            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value))
 
 
 def _check_eval(config: ml_collections.ConfigDict) -> None:

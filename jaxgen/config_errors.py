@@ -31,11 +31,28 @@ def unknown_field(config: ml_collections.ConfigDict, path: str) -> str | None:
                 return (f"config field {'.'.join([*seen, name.split('[')[0]])} is set whole, not one element: e.g. "
                         f"--config.{'.'.join([*seen, name.split('[')[0]])}='(16, 32)'")
             near = difflib.get_close_matches(name, list(node.keys()), n=1)
-            near = f" (did you mean {'.'.join([*seen, near[0]])!r}?)" if near else ""
-            return f"unknown config field {path!r}{near}; fields of {block}: {', '.join(sorted(node.keys()))}{own}"
+            notes = ([f"did you mean {'.'.join([*seen, near[0]])!r}?"] if near else []) + _other_tasks(config, path)
+            return (f"unknown config field {path!r}{f' ({chr(32).join(notes)})' if notes else ''}; fields of "
+                    f"{block}: {', '.join(sorted(node.keys()))}{own}")
         node = node[name]
         seen.append(name)
     return None
+
+
+def _other_tasks(config: ml_collections.ConfigDict, path: str) -> list[str]:
+    """['It is a field of GAN configs; this config's task is vae.'] when `path` is a field of the other task's
+    base config (`optim.lr` on a GAN config, whose optimizers are g_optim and d_optim), else []."""
+    from jaxgen import config as config_lib  # noqa: PLC0415
+
+    task = config.get("task")
+    if task not in ("vae", "gan"):
+        return []
+    node = config_lib.gan_config() if task == "vae" else config_lib.vae_config()
+    for name in path.split("."):
+        if not isinstance(node, ml_collections.ConfigDict) or name not in node:
+            return []
+        node = node[name]
+    return [f"It is a field of {'GAN' if task == 'vae' else 'VAE'} configs; this config's task is {task}."]
 
 
 def _missing_read(error: BaseException) -> tuple[str, list[str]] | None:

@@ -236,6 +236,10 @@ def test_the_parse_errors_of_a_field_and_a_config_file_name_the_fix(tmp_path):
     assert config_errors.unknown_field(c, "model.channels[0]") == (
         "config field model.channels is set whole, not one element: e.g. --config.model.channels='(16, 32)'")
     assert "(did you mean 'train.steps'?)" in config_errors.unknown_field(c, "train.step")
+    assert ("'optim.lr' (did you mean 'g_optim'? It is a field of VAE configs; this config's task is gan.); fields "
+            "of the config: augment,") in config_errors.unknown_field(config_lib.gan_config(), "optim.lr")
+    d_steps = config_errors.unknown_field(c, "train.d_steps")
+    assert "It is a field of GAN configs; this config's task is vae.)" in d_steps
     import types
 
     with pytest.raises(AttributeError) as no_function:  # the error ml_collections' loader raises
@@ -737,6 +741,10 @@ def test_steps_not_a_multiple_of_steps_per_dispatch_fails_in_the_config_check(sm
     ({"optim.lr": float("nan")}, "optim.lr must be >= 0 and finite, got nan"),
     ({"optim.b1": 1.5}, "optim.b1 must be >= 0 and < 1, got 1.5"),
     ({"optim.warmup_steps": -5}, "optim.warmup_steps must be >= 0 and finite, got -5"),
+    ({"model.channels": ()}, r"model.channels must be a non-empty tuple of positive integers, got \(\)"),
+    ({"model.channels": (16.0, 48)}, "model.channels must be a non-empty tuple of positive integers"),
+    ({"data.image_shape": (32, 32)}, r"data.image_shape must be a tuple of 3 positive integers, got \(32, 32\): e.g. "),
+    ({"model.dense": 0}, "model.dense must be a positive integer, got 0"),
 ])
 def test_values_outside_their_range_fail_in_the_config_check(fields, message):
     from jaxgen import config as config_lib
