@@ -295,14 +295,15 @@ def test_camera_photos_stand_upright_and_a_malformed_exif_block_does_not_stop_th
 
 
 def test_float_images_are_scaled_and_unreadable_folders_are_said(tmp_path, monkeypatch, caplog):
-    """A float image (Pillow mode F, values in [0, 1]) came out all black; a folder that cannot be read was left
-    out silently."""
+    """A float image (Pillow mode F, values in [0, 1]) came out all black; a folder that cannot be read, and images
+    in formats jaxgen does not read, were left out silently."""
     import os
 
     root = tmp_path / "imgs"
     (root / "locked").mkdir(parents=True)
     Image.fromarray(np.full((8, 8), 0.5, np.float32), "F").save(root / "f.tiff.png", format="TIFF")
     _solid("RGB", (8, 8), (0, 0, 0)).save(root / "locked" / "x.png")
+    (root / "phone.HEIC").write_bytes(b"")
     scandir = os.scandir
 
     def denied(path="."):
@@ -315,6 +316,7 @@ def test_float_images_are_scaled_and_unreadable_folders_are_said(tmp_path, monke
         d = data.load(_cfg(tmp_path, path=str(root), resolution=8), "train")
     assert d.image.shape == (1, 8, 8, 3) and abs(float(d.image.mean()) - 127.5) <= 1  # 0.5 -> 128, not 0
     assert "Could not read 1 folder(s)" in caplog.text and "locked" in caplog.text and "PermissionError" in caplog.text
+    assert "Left out 1 image file(s) under" in caplog.text and "(.heic: 1); it reads .jpg, .jpeg, .png" in caplog.text
 
 
 def test_crop_and_resize_centres_and_clamps():

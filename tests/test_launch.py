@@ -218,6 +218,14 @@ def test_overrides_researchers_type_get_one_line_that_says_what_to_write(tmp_pat
     assert not any(tmp_path.iterdir())
 
 
+def test_a_config_file_that_returns_a_dict_is_one_line(tmp_path):
+    (tmp_path / "mine.py").write_text("def get_config(variant=''):\n    return {'task': 'vae'}\n")
+    r = _launch(f"--config={tmp_path / 'mine.py'}", f"--workdir={tmp_path / 'run'}")
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert "get_config returned a dict, not an ml_collections.ConfigDict" in r.stderr
+    assert not (tmp_path / "run").exists()
+
+
 def test_the_parse_errors_of_a_field_and_a_config_file_name_the_fix(tmp_path):
     from jaxgen import cli, config_errors
     from jaxgen import config as config_lib

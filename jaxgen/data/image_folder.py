@@ -38,6 +38,7 @@ from jaxgen.atomic import write_npz, write_text
 log = logging.getLogger("jaxgen")
 
 EXTENSIONS = (".jpg", ".jpeg", ".png")
+OTHER_FORMATS = (".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".avif")  # left out, and counted in the log
 CACHE_VERSION = 1  # bump when decoding changes, so old caches are not reused
 PROGRESS_MIN_FILES = 1000  # a progress bar from this many images up
 CHUNK = 64  # images per thread-pool task
@@ -160,7 +161,7 @@ def list_images(folder: Path) -> list[str]:
     back up) is skipped, since that folder is read under its own name and label; of several links to one folder
     outside, the first in sorted order is read. Links to nothing are left out."""
     top = os.path.realpath(folder)
-    found, seen, skipped, unreadable = [], set(), [], []
+    found, seen, skipped, unreadable, other = [], set(), [], [], []
     for root, dirs, files in os.walk(folder, followlinks=True, onerror=unreadable.append):
         st = os.stat(root)
         if (st.st_dev, st.st_ino) in seen:  # a second link to a folder outside, already read
@@ -180,11 +181,18 @@ def list_images(folder: Path) -> list[str]:
         rel = Path(root).relative_to(folder)
         found += [(rel / f).as_posix() for f in files if not f.startswith(".") and f.lower().endswith(EXTENSIONS)
                   and os.path.isfile(os.path.join(root, f))]
+        other += [os.path.splitext(f)[1].lower() for f in files
+                  if not f.startswith(".") and f.lower().endswith(OTHER_FORMATS)]
     if skipped and (str(folder), tuple(skipped)) not in _WARNED:  # once, not once per split
         _WARNED.add((str(folder), tuple(skipped)))
         log.warning("Skipped %d linked folder(s) under %s that lead to a folder read elsewhere (inside it, or through "
                     "another link): %s%s", len(skipped), folder, ", ".join(repr(a) for a in skipped[:5]),
                     " ..." if len(skipped) > 5 else "")
+    if other and (str(folder), ("other formats", str(len(other)))) not in _WARNED:
+        _WARNED.add((str(folder), ("other formats", str(len(other)))))
+        counts = ", ".join(f"{ext}: {other.count(ext)}" for ext in sorted(set(other)))
+        log.warning("Left out %d image file(s) under %s in formats jaxgen does not read (%s); it reads %s: convert "
+                    "them to PNG to train on them", len(other), folder, counts, ", ".join(EXTENSIONS))
     if unreadable and (str(folder), tuple(map(str, unreadable))) not in _WARNED:
         _WARNED.add((str(folder), tuple(map(str, unreadable))))
         log.warning("Could not read %d folder(s) under %s, whose images are left out: %s%s", len(unreadable), folder,
