@@ -18,14 +18,17 @@ def parse_flags(FLAGS: flags.FlagValues, argv: list[str]) -> list[str]:  # noqa:
     a "Did you mean" only for near-typos; here the file's line or the override's block and its fields are named)."""
     try:
         rest = FLAGS(argv)
-        import ml_collections  # noqa: PLC0415 (loaded by the config flag already)
+        try:
+            _ = FLAGS.config.task  # ml_collections loads the file lazily: now, before any work, with a clear error
+        except AttributeError:
+            import ml_collections  # noqa: PLC0415 (loaded by the config flag already)
 
-        if not isinstance(FLAGS.config, ml_collections.ConfigDict):  # ml_collections loads the file lazily: now
+            if isinstance(FLAGS.config, ml_collections.ConfigDict):
+                raise
             sys.stderr.write(f"FATAL Flags parsing error: the --config file's get_config returned a "
                              f"{type(FLAGS.config).__name__}, not an ml_collections.ConfigDict: return a shipped "
                              f"config, extended (README: Objectives shows one)\n")
             sys.exit(1)
-        _ = FLAGS.config.task  # before any work, with a clear error
         return rest
     except flags.Error as e:  # as app.parse_flags_with_usage, but a check jaxgen's config code made is one line
         from jaxgen.training import workdir  # noqa: PLC0415

@@ -84,18 +84,22 @@ def _check_train(config: ml_collections.ConfigDict, base: ml_collections.ConfigD
     model.latent_dim, which every model reads."""
     if config.model.latent_dim < 1:
         raise ValueError(f"model.latent_dim must be >= 1, got {config.model.latent_dim}")
-    for field, length, example in (("model.channels", None, "(32, 64)"), ("model.hidden", None, "(200, 200)"),
-                                   ("data.image_shape", 3, "(28, 28, 1)")):
+    # The sizes the built-in model and the synthetic dataset read (a user's own may read them otherwise): else a
+    # JAX shape error (or worse) while the model is built, after the workdir was made.
+    reads = MODEL_READS.get(config.model.name, ())
+    sizes = [  # field, read in this run, length (None: any), may be empty, what it must be, an example
+        ("model.channels", "channels" in reads, None, False, "a non-empty tuple of", "(32, 64)"),
+        ("model.hidden", "hidden" in reads, None, True, "a tuple of", "(200, 200)"),  # () is a linear VAE
+        ("data.image_shape", config.data.name == "synthetic", 3, False, "a tuple of 3", "(28, 28, 1)")]
+    for field, read, length, empty, what, example in sizes:
         block, name = field.split(".")
         value = config[block].get(name)
-        if value is not None and not _positive_ints(value, length):  # else a JAX shape error (or worse) mid-build
-            raise ValueError(f"{field} must be {'a tuple of 3' if length else 'a non-empty tuple of'} positive "
-                             f"integers, got {value!r}: e.g. --config.{field}='{example}'")
-    for field in ("model.dense", "model.g_width", "model.d_width"):
-        block, name = field.split(".")
-        value = config[block].get(name)
-        if value is not None and not _positive_ints((value,), 1):
-            raise ValueError(f"{field} must be a positive integer, got {value!r}")
+        if read and not _positive_ints(value, length, empty):
+            raise ValueError(f"{field} must be {what} positive integers, got {value!r}: e.g. "
+                             f"--config.{field}='{example}'")
+    for name in ("dense", "g_width", "d_width"):
+        if name in reads and not _positive_ints((config.model[name],), 1):
+            raise ValueError(f"model.{name} must be a positive integer, got {config.model[name]!r}")
     if config.seed < 0:  # numpy's generators (evaluation subsets) refuse one, after the whole run
         raise ValueError(f"seed must be >= 0, got {config.seed}")
     if config.checkpoint.keep < 1:  # Orbax would keep none: the run could not resume
@@ -148,9 +152,10 @@ def _check_train(config: ml_collections.ConfigDict, base: ml_collections.ConfigD
         raise ValueError(f"train.ema_rampup must be >= 0 (0 = no ramp-up), got {t.ema_rampup}")
 
 
-def _positive_ints(value, length: int | None) -> bool:
-    """Whether `value` is a non-empty tuple or list of positive ints (bools excluded), of `length` when given."""
-    return (isinstance(value, tuple | list) and len(value) > 0 and (length is None or len(value) == length)
+def _positive_ints(value, length: int | None, empty: bool = False) -> bool:
+    """Whether `value` is a tuple or list of positive ints (bools excluded): of `length` when given, else
+    non-empty unless `empty`."""
+    return (isinstance(value, tuple | list) and (len(value) > 0 or empty) and (length is None or len(value) == length)
             and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value))
 
 

@@ -27,11 +27,18 @@ def unknown_field(config: ml_collections.ConfigDict, path: str) -> str | None:
         if name not in node:
             own = (f"; a field of your own (read by your function through `cfg`) is added to {block} in a config "
                    f"file that extends this one (README: Objectives)" if block in USER_BLOCKS else "")
-            if "[" in name and name.split("[")[0] in node:  # --config.model.channels[0]=16
-                return (f"config field {'.'.join([*seen, name.split('[')[0]])} is set whole, not one element: e.g. "
-                        f"--config.{'.'.join([*seen, name.split('[')[0]])}='(16, 32)'")
+            whole = name.split("[")[0]
+            if "[" in name and isinstance(node.get(whole), tuple | list):  # --config.model.channels[0]=16
+                field = ".".join([*seen, whole])
+                return (f"config field {field} is set whole, not one element: e.g. --config.{field}="
+                        f"'{tuple(node[whole])!r}'")
             near = difflib.get_close_matches(name, list(node.keys()), n=1)
-            notes = ([f"did you mean {'.'.join([*seen, near[0]])!r}?"] if near else []) + _other_tasks(config, path)
+            if near:  # the whole path when it exists under the nearest name (g_optim.lr on a VAE: optim.lr)
+                rest = path.split(".")[len(seen) + 1:]
+                whole_path = ".".join([*seen, near[0], *rest])
+                exists = rest and unknown_field(config, whole_path) is None
+                near = [whole_path if exists else ".".join([*seen, near[0]])]
+            notes = ([f"did you mean {near[0]!r}?"] if near else []) + _other_tasks(config, path)
             return (f"unknown config field {path!r}{f' ({chr(32).join(notes)})' if notes else ''}; fields of "
                     f"{block}: {', '.join(sorted(node.keys()))}{own}")
         node = node[name]
@@ -101,8 +108,9 @@ def config_file_error(error: BaseException) -> str | None:
 def missing_get_config(error: BaseException) -> str | None:
     """A one-line message for a --config file without the `get_config` function ml_collections calls; None for any
     other error."""
-    m = re.fullmatch(r"module '(.+)' has no attribute 'get_config'", str(error))
-    if not isinstance(error, AttributeError) or m is None:
+    # ml_collections loads the --config file as the module 'config_config' (the flag's name + '_config'); another
+    # module's missing get_config (a helper of the user's file) keeps its traceback.
+    if not isinstance(error, AttributeError) or str(error) != "module 'config_config' has no attribute 'get_config'":
         return None
     return ("the --config file has no function get_config(variant='') that returns the config (README: Objectives "
             "shows a config file of your own that extends a shipped one)")

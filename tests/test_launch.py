@@ -242,9 +242,11 @@ def test_the_parse_errors_of_a_field_and_a_config_file_name_the_fix(tmp_path):
     assert said("flag --mode=x: something else") is None
     c = config_lib.vae_config()
     assert config_errors.unknown_field(c, "model.channels[0]") == (
-        "config field model.channels is set whole, not one element: e.g. --config.model.channels='(16, 32)'")
+        "config field model.channels is set whole, not one element: e.g. --config.model.channels='(32, 64)'")
+    assert config_errors.unknown_field(c, "train.steps[0]").startswith("unknown config field 'train.steps[0]'")
+    assert "(did you mean 'optim.lr'?" in config_errors.unknown_field(c, "g_optim.lr")
     assert "(did you mean 'train.steps'?)" in config_errors.unknown_field(c, "train.step")
-    assert ("'optim.lr' (did you mean 'g_optim'? It is a field of VAE configs; this config's task is gan.); fields "
+    assert ("'optim.lr' (did you mean 'g_optim.lr'? It is a field of VAE configs; this config's task is gan.); fields "
             "of the config: augment,") in config_errors.unknown_field(config_lib.gan_config(), "optim.lr")
     d_steps = config_errors.unknown_field(c, "train.d_steps")
     assert "It is a field of GAN configs; this config's task is vae.)" in d_steps
@@ -253,6 +255,9 @@ def test_the_parse_errors_of_a_field_and_a_config_file_name_the_fix(tmp_path):
     with pytest.raises(AttributeError) as no_function:  # the error ml_collections' loader raises
         types.ModuleType("config_config").get_config  # noqa: B018
     assert "has no function get_config(variant='')" in config_errors.missing_get_config(no_function.value)
+    with pytest.raises(AttributeError) as helpers:  # a helper module of the user's file: its own traceback stays
+        types.ModuleType("myhelpers").get_config  # noqa: B018
+    assert config_errors.missing_get_config(helpers.value) is None
     with pytest.raises(ValueError, match=r"variants are combined with a comma: 'smoke,iwae'"):
         config_lib.with_variant(c, "smoke:iwae", {"smoke": lambda c: c, "iwae": lambda c: c})
     with pytest.raises(workdir.WorkdirError, match=r"--workdir is empty \(''\): pass the .*\(--workdir=\. for"):
@@ -751,7 +756,8 @@ def test_steps_not_a_multiple_of_steps_per_dispatch_fails_in_the_config_check(sm
     ({"optim.warmup_steps": -5}, "optim.warmup_steps must be >= 0 and finite, got -5"),
     ({"model.channels": ()}, r"model.channels must be a non-empty tuple of positive integers, got \(\)"),
     ({"model.channels": (16.0, 48)}, "model.channels must be a non-empty tuple of positive integers"),
-    ({"data.image_shape": (32, 32)}, r"data.image_shape must be a tuple of 3 positive integers, got \(32, 32\): e.g. "),
+    ({"data.name": "synthetic", "data.image_shape": (32, 32)},
+     r"data.image_shape must be a tuple of 3 positive integers, got \(32, 32\): e.g. "),
     ({"model.dense": 0}, "model.dense must be a positive integer, got 0"),
 ])
 def test_values_outside_their_range_fail_in_the_config_check(fields, message):
@@ -767,6 +773,15 @@ def test_values_outside_their_range_fail_in_the_config_check(fields, message):
         c[block][name] = value
     with pytest.raises(ValueError, match=message):
         config_check.check(c)
+
+
+def test_sizes_a_run_does_not_read_are_not_checked_and_an_mlp_vae_may_be_linear():
+    from jaxgen import config as config_lib
+    from jaxgen import config_check
+
+    c = config_lib.vae_config()
+    c.model.name, c.model.hidden, c.model.channels = "mlp_vae", (), ()  # channels: a conv_vae's, unread here
+    config_check.check(c)
 
 
 def test_settings_that_do_nothing_in_the_run_are_named_with_what_reads_them(caplog):

@@ -10,10 +10,10 @@ crop) is chosen as the resolution, logged, and every image is centre-cropped and
 
 The first load decodes both splits in one pass (threads, not processes: JAX is running, fork is unsafe) and writes
 `<data_dir>/jaxgen_cache/image_folder/<key>/{train,test}.npz`, the key hashing the folder's absolute path, the
-resolution, crop and test_percent, and a fingerprint of the files (their relative paths, total bytes, newest
-mtime): adding, removing, renaming or touching an image makes a new cache, later loads read the arrays and decode
-nothing. Links are followed, each folder read once, where it is (`list_images`), and a link to nothing is left out.
-Jobs started together on one new folder decode it once: the first holds a lock, the others read its arrays. (The
+resolution, crop and test_percent, and a fingerprint of the files (each one's relative path, size and modification
+time): adding, removing, renaming, swapping or touching an image makes a new cache, later loads read the arrays and
+decode nothing. Links are followed, each folder read once, where it is (`list_images`), and a link to nothing is left
+out. Jobs started together on one new folder decode it once: the first holds a lock, the others read its arrays. (The
 size chosen for resolution 0 depends only on the files and the crop, so that key determines it too.)
 """
 
@@ -26,6 +26,7 @@ import hashlib
 import json
 import logging
 import os
+import struct
 import threading
 from pathlib import Path
 
@@ -39,12 +40,12 @@ log = logging.getLogger("jaxgen")
 
 EXTENSIONS = (".jpg", ".jpeg", ".png")
 OTHER_FORMATS = (".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".avif")  # left out, and counted in the log
-CACHE_VERSION = 1  # bump when decoding changes, so old caches are not reused
+CACHE_VERSION = 2  # bump when decoding changes, so old caches are not reused (2: EXIF without exif_transpose, F)
 PROGRESS_MIN_FILES = 1000  # a progress bar from this many images up
 CHUNK = 64  # images per thread-pool task
-# What decoding one file raises makes that file unreadable (skipped and counted): Pillow raises more than its
-# documented errors on malformed files (struct.error and TypeError from EXIF blocks, for one).
-_BAD_IMAGE = Exception
+# What decoding a broken file raises (skipped and counted). Narrow on purpose: anything else (a bug, a MemoryError)
+# stops the decode, since the decoded folder is cached without the files skipped.
+_BAD_IMAGE = (OSError, ValueError, SyntaxError, EOFError, struct.error, Image.DecompressionBombError)
 # EXIF orientation -> the transpose that stands the image upright (as ImageOps.exif_transpose, which also rewrites
 # the EXIF block afterwards and fails on some cameras' malformed tags; Pillow issues #6882, #7839).
 _UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
@@ -98,7 +99,9 @@ def crop_box(height: int, width: int, crop: int) -> tuple[int, int, int, int]:
 
 def upright(image: Image.Image) -> Image.Image:
     """The image turned as its EXIF orientation tag says (camera photos are stored rotated); an EXIF block that
-    cannot be read leaves it as stored."""
+    cannot be read leaves it as stored. Loaded first: Pillow's TIFF reader turns the pixels as it loads them and
+    drops the tag, so they are not turned twice."""
+    image.load()
     try:
         method = _UPRIGHT.get(image.getexif().get(0x0112))
     except Exception:  # a malformed EXIF block: the pixels as stored

@@ -44,7 +44,8 @@ class MetricWriter:
     resume_step: the step training (re)starts from. The records of later steps, written by a run that went past
     its last checkpoint, are dropped from metrics.jsonl (and purged by TensorBoard), so the steps the resumed run
     repeats appear once, with the values of the run that continues. An eval (validation) record replaces an earlier
-    one of the same step in metrics.jsonl (a finished run run again, or --mode=eval, re-evaluates its last step).
+    one of the same step by the same writer in metrics.jsonl (a finished run run again re-evaluates its last step;
+    --mode=eval's records, marked "by", stand beside the training run's).
     """
 
     def __init__(self, workdir: Path, enabled: bool | None = None, resume_step: int | None = None):
@@ -65,8 +66,8 @@ class MetricWriter:
         if not self.enabled:
             return
         clean = {k: (float(v) if math.isfinite(float(v)) else str(float(v))) for k, v in scalars.items()}
-        if split != "train":
-            _drop(self.path, lambda r: r["split"] == split and r["step"] == step)
+        if split != "train":  # --mode=eval's record leaves the training run's of the step (and the reverse)
+            _drop(self.path, lambda r: r["split"] == split and r["step"] == step and r.get("by") == by)
         line = json.dumps({"step": int(step), "split": split, **({"by": by} if by else {}), **clean}) + "\n"
         with self.path.open("a+b") as f:  # a file a stopped run left without its last newline gets it first
             if f.tell() and (f.seek(-1, 2), f.read(1))[1] != b"\n":
