@@ -337,8 +337,10 @@ def test_gan_outputs_land_in_the_workdir(tmp_path):
     assert best["metric"] == "classifier/fid" and best["step"] in (10, 20)
     assert (tmp_path / "best" / str(best["step"])).is_dir()
     evals = [r for r in writer.read(tmp_path / "metrics.jsonl") if r["split"] == "eval"]
-    assert [r["step"] for r in evals] == [10, 20]  # --mode=eval's record replaced the final eval's
+    # --mode=eval's record stands beside the final eval's (the history of the run keeps what training evaluated)
+    assert [(r["step"], r.get("by")) for r in evals] == [(10, None), (20, None), (20, "--mode=eval")]
     assert evals[1]["classifier/fid"] == q["fid"]
+    assert evals[2]["classifier/fid"] == pytest.approx(q["fid"], rel=1e-6)
     assert min(r["classifier/fid"] for r in evals) == pytest.approx(best["value"], rel=1e-6)
     c.eval.checkpoint = "best"  # --mode=eval on the best checkpoint: eval_best.json; eval.json, metrics untouched
     history = (tmp_path / "metrics.jsonl").read_text()
