@@ -295,7 +295,8 @@ def test_camera_photos_stand_upright_and_a_malformed_exif_block_does_not_stop_th
 
 def test_float_images_are_scaled_and_unreadable_folders_are_said(tmp_path, monkeypatch, caplog):
     """A float image (Pillow mode F, values in [0, 1]) came out all black; a folder that cannot be read, and images
-    in formats jaxgen does not read, were left out silently."""
+    in formats jaxgen does not read, were left out silently; an image smaller than the resolution was enlarged
+    silently."""
     import os
 
     root = tmp_path / "imgs"
@@ -303,6 +304,7 @@ def test_float_images_are_scaled_and_unreadable_folders_are_said(tmp_path, monke
     Image.fromarray(np.full((8, 8), 0.5, np.float32), "F").save(root / "f.tiff.png", format="TIFF")
     _solid("RGB", (8, 8), (0, 0, 0)).save(root / "locked" / "x.png")
     (root / "phone.HEIC").write_bytes(b"")
+    _solid("L", (4, 4), 128).save(root / "small.png")
     scandir = os.scandir
 
     def denied(path="."):
@@ -313,7 +315,8 @@ def test_float_images_are_scaled_and_unreadable_folders_are_said(tmp_path, monke
     monkeypatch.setattr(os, "scandir", denied)  # as a folder of mode 000 is to a user who is not root
     with caplog.at_level(logging.WARNING, logger="jaxgen"):
         d = data.load(_cfg(tmp_path, path=str(root), resolution=8), "train")
-    assert d.image.shape == (1, 8, 8, 3) and abs(float(d.image.mean()) - 127.5) <= 1  # 0.5 -> 128, not 0
+    assert d.image.shape == (2, 8, 8, 3) and abs(float(d.image[0].mean()) - 127.5) <= 1  # 0.5 -> 128, not 0
+    assert "1 image(s) in" in caplog.text and "are smaller than data.resolution=8: enlarged" in caplog.text
     assert "Could not read 1 folder(s)" in caplog.text and "locked" in caplog.text and "PermissionError" in caplog.text
     assert "Left out 1 image file(s) under" in caplog.text and "(.heic: 1); it reads .jpg, .jpeg, .png" in caplog.text
 

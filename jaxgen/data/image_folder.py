@@ -146,12 +146,14 @@ def crop_and_resize(image: np.ndarray | Image.Image, resolution: int, crop: int)
     return np.asarray(image, np.uint8)
 
 
-def _decode(path: Path, resolution: int, crop: int) -> tuple[np.ndarray, bool]:
-    """A file -> (uint8 [R, R, 3], whether the crop was clamped). Raises one of _BAD_IMAGE on a broken file."""
+def _decode(path: Path, resolution: int, crop: int) -> tuple[np.ndarray, np.ndarray]:
+    """A file -> (uint8 [R, R, 3], int [2]: whether the crop was clamped, whether the square was enlarged to R).
+    Raises one of _BAD_IMAGE on a broken file."""
     with Image.open(path) as stored:
         image = upright(stored)
-        clamped = crop > min(image.height, image.width)
-        return crop_and_resize(image, resolution, crop), clamped
+        side = min(image.height, image.width)
+        flags = np.asarray([crop > side, 0 < resolution and min(side, crop or side) < resolution], int)
+        return crop_and_resize(image, resolution, crop), flags
 
 
 _WARNED: set[tuple[str, tuple[str, ...]]] = set()  # (folder, skipped links) list_images has warned about
@@ -249,13 +251,14 @@ def _cache_dir(data_config, folder: Path, files: list[str]) -> Path:
 def decode_all(folder: Path, files: list[str], resolution: int, crop: int) -> tuple[np.ndarray, np.ndarray]:
     """Decodes `files` in parallel threads -> (uint8 [N, R, R, 3], bool [N] which decoded).
 
-    Broken files are skipped (their rows are zero and `ok` False) and reported in one warning; so are clamped crops.
+    Broken files are skipped (their rows are zero and `ok` False) and reported in one warning; so are clamped crops
+    and images smaller than the resolution (enlarged: blurred).
     With resolution 0 every image must come out the same size, else SizesDifferError (see `smallest_side`).
     """
     from tqdm.auto import tqdm  # noqa: PLC0415 (only when decoding)
 
     n = len(files)
-    bad, n_clamped, ok = [], 0, np.zeros(n, bool)
+    bad, counts, ok = [], np.zeros(2, int), np.zeros(n, bool)  # counts: clamped crops, enlarged images
     out = None
     first = 0
     while out is None and first < n:  # the first readable image fixes the output shape
@@ -271,14 +274,14 @@ def decode_all(folder: Path, files: list[str], resolution: int, crop: int) -> tu
             raise MemoryError(f"{n} images of {img.shape} ({n * img.size / 2**30:.1f} GiB as uint8) do not fit in "
                               f"memory: set --config.data.resolution=R (and data.crop) to crop and resize them to R x "
                               f"R") from e
-        out[first], ok[first], n_clamped = img, True, int(c)
+        out[first], ok[first], counts = img, True, c
     if out is None:
         raise ValueError(f"none of the {n} image files in {folder} could be read, e.g. {files[0]!r}: {bad[0][1]}")
 
     size_differs = threading.Event()  # with resolution 0: stop decoding at the first image of another size
 
-    def work(start: int) -> tuple[list, int, list]:
-        errs, clamps, wrong = [], 0, []
+    def work(start: int) -> tuple[list, np.ndarray, list]:
+        errs, clamps, wrong = [], np.zeros(2, int), []
         if size_differs.is_set():
             return errs, clamps, wrong
         for i in range(start, min(n, start + CHUNK)):
@@ -302,7 +305,7 @@ def decode_all(folder: Path, files: list[str], resolution: int, crop: int) -> tu
                disable=n < PROGRESS_MIN_FILES) as bar):
         for start, (errs, c, w) in zip(starts, pool.map(work, starts)):
             bad += errs
-            n_clamped += c
+            counts += c
             wrong += w
             bar.update(min(CHUNK, n - start))
     if wrong:
@@ -315,9 +318,12 @@ def decode_all(folder: Path, files: list[str], resolution: int, crop: int) -> tu
         names = ", ".join(f"{files[i]!r} ({type(e).__name__})" for i, e in bad[:5])
         log.warning("Skipped %d unreadable image file(s) of %d in %s: %s%s", len(bad), n, folder, names,
                     " ..." if len(bad) > 5 else "")
-    if n_clamped:
+    if counts[0]:
         log.warning("data.crop=%d is larger than %d image(s) in %s: those were cropped to their largest centred "
-                    "square instead", crop, n_clamped, folder)
+                    "square instead", crop, counts[0], folder)
+    if counts[1]:
+        log.warning("%d image(s) in %s are smaller than data.resolution=%d: enlarged to it (blurred); a lower "
+                    "data.resolution, or larger images, avoid that", counts[1], folder, resolution)
     return out, ok
 
 
