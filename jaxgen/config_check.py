@@ -186,20 +186,21 @@ def _check_optimizers(config: ml_collections.ConfigDict) -> None:
     from jaxgen.training import optim  # noqa: PLC0415 (optax, hence JAX, as quality above)
 
     for block in ("optim", "g_optim", "d_optim"):
-        o = config.get(block)
+        if block not in config:
+            continue
+        o = config[block]
         for name, low, high in (("lr", 0.0, math.inf), ("b1", 0.0, 1.0), ("b2", 0.0, 1.0),
                                 ("warmup_steps", 0, math.inf), ("end_lr_ratio", 0.0, math.inf),
                                 ("clip_norm", 0.0, math.inf)):
-            value = o.get(name) if o is not None else None
+            value = o.get(name)  # a user's optimizer block may lack some
             if value is not None and not (low <= value < high):  # NaN too
                 raise ValueError(f"{block}.{name} must be >= {low:g}" + (f" and < {high:g}" if high < math.inf else
                                  " and finite") + f", got {value}")
-        if block in config and config[block].schedule not in optim.SCHEDULES:
-            raise ValueError(f"unknown {block}.schedule {config[block].schedule!r}; choices: "
-                             f"{', '.join(optim.SCHEDULES)}")
-        if block in config and config[block].warmup_steps >= updates(config, block) > 0:
+        if o.schedule not in optim.SCHEDULES:
+            raise ValueError(f"unknown {block}.schedule {o.schedule!r}; choices: {', '.join(optim.SCHEDULES)}")
+        if o.warmup_steps >= updates(config, block) > 0:
             log.warning("%s.warmup_steps=%d >= the run's %d updates: the learning rate never reaches %s.lr=%g",
-                        block, config[block].warmup_steps, updates(config, block), block, config[block].lr)
+                        block, o.warmup_steps, updates(config, block), block, o.lr)
 
 
 def _check_vae(config: ml_collections.ConfigDict) -> None:

@@ -38,9 +38,9 @@ def unknown_field(config: ml_collections.ConfigDict, path: str) -> str | None:
                 whole_path = ".".join([*seen, near[0], *rest])
                 exists = rest and unknown_field(config, whole_path) is None
                 near = [whole_path if exists else ".".join([*seen, near[0]])]
-            notes = ([f"did you mean {near[0]!r}?"] if near else []) + _other_tasks(config, path)
-            return (f"unknown config field {path!r}{f' ({chr(32).join(notes)})' if notes else ''}; fields of "
-                    f"{block}: {', '.join(sorted(node.keys()))}{own}")
+            notes = " ".join(([f"did you mean {near[0]!r}?"] if near else []) + _other_tasks(config, path))
+            return (f"unknown config field {path!r}{f' ({notes})' if notes else ''}; fields of {block}: "
+                    f"{', '.join(sorted(node.keys()))}{own}")
         node = node[name]
         seen.append(name)
     return None
