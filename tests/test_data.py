@@ -88,6 +88,14 @@ def test_tfds_offline_fails_fast_naming_the_dataset_and_the_fix(tmp_path, monkey
         in str(e.value)
 
 
+def test_data_dir_none_is_refused_naming_the_default(tmp_path, monkeypatch):
+    """--config.data.data_dir=None sets the string 'None': without the check, caches land in a folder 'None'."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"data\.data_dir='None' would be a folder.*--config\.data\.data_dir=''"):
+        data.load(_cfg(name="mnist", data_dir="None"), "train")
+    assert not (tmp_path / "None").exists()
+
+
 def test_a_url_data_dir_is_refused_naming_where_it_came_from(tmp_path, monkeypatch):
     """Path('gs://b/d') is the relative path 'gs:/b/d': without the check, TFDS would prepare under the cwd."""
     with pytest.raises(ValueError, match=r"data\.data_dir=gs://bucket/tfds is a URL.*mount the bucket"):

@@ -321,6 +321,19 @@ def test_float_images_are_scaled_and_unreadable_folders_are_said(tmp_path, monke
     assert "Left out 1 image file(s) under" in caplog.text and "(.heic: 1); it reads .jpg, .jpeg, .png" in caplog.text
 
 
+def test_an_image_over_pillows_pixel_limit_is_skipped_and_explained(tmp_path, monkeypatch, caplog):
+    root = tmp_path / "imgs"
+    root.mkdir()
+    _solid("RGB", (8, 8), (0, 0, 0)).save(root / "a.png")
+    _solid("RGB", (16, 16), (0, 0, 0)).save(root / "huge.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 16 x 16 > 2 x 100: DecompressionBombError
+    with caplog.at_level(logging.WARNING, logger="jaxgen"):
+        d = data.load(_cfg(tmp_path, path=str(root), resolution=8), "train")
+    assert d.image.shape == (1, 8, 8, 3)
+    assert "'huge.png' (DecompressionBombError)" in caplog.text
+    assert "1 of them (DecompressionBombError) have more pixels than Pillow opens" in caplog.text
+
+
 def test_crop_and_resize_centres_and_clamps():
     img = np.zeros((218, 178, 3), np.uint8)
     img[55:163, 35:143] = 255  # the centred 108 x 108 square

@@ -61,6 +61,9 @@ def data_dir(data_config) -> Path:
     """The TFDS data dir, also the root of jaxgen's caches: `data.data_dir`, else $TFDS_DATA_DIR, else
     ~/tensorflow_datasets. A URL (gs://...) is refused: jaxgen's caches and readers go through the filesystem, and
     Path('gs://b/d') would be the relative path 'gs:/b/d' under the working directory."""
+    if data_config.data_dir in ("None", "none", "null"):  # --config.data.data_dir=None gives the string 'None'
+        raise ValueError(f"data.data_dir={data_config.data_dir!r} would be a folder of that name; for the default "
+                         f"($TFDS_DATA_DIR, else ~/tensorflow_datasets) pass --config.data.data_dir=''")
     d = data_config.data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
     if "://" in str(d):
         where = "data.data_dir" if data_config.data_dir else "$TFDS_DATA_DIR"
@@ -316,8 +319,12 @@ def decode_all(folder: Path, files: list[str], resolution: int, crop: int) -> tu
         )
     if bad:
         names = ", ".join(f"{files[i]!r} ({type(e).__name__})" for i, e in bad[:5])
-        log.warning("Skipped %d unreadable image file(s) of %d in %s: %s%s", len(bad), n, folder, names,
-                    " ..." if len(bad) > 5 else "")
+        bombs = sum(isinstance(e, Image.DecompressionBombError) for _, e in bad)
+        log.warning("Skipped %d unreadable image file(s) of %d in %s: %s%s%s", len(bad), n, folder, names,
+                    " ..." if len(bad) > 5 else "",
+                    f". {bombs} of them (DecompressionBombError) have more pixels than Pillow opens, 2 x "
+                    f"PIL.Image.MAX_IMAGE_PIXELS, its guard against decompression bombs: shrink them, or, trusting "
+                    f"the files, raise that limit in a script that then calls jaxgen" if bombs else "")
     if counts[0]:
         log.warning("data.crop=%d is larger than %d image(s) in %s: those were cropped to their largest centred "
                     "square instead", crop, counts[0], folder)
