@@ -68,6 +68,22 @@ def test_holding_out_every_train_example_is_refused_naming_the_count(n):
         data.load_train(_data_config(n))
 
 
+@pytest.mark.parametrize("every", [10, 0])
+def test_a_best_nll_takes_the_last_step_into_account(smoke_config, tmp_path, every):
+    """The final eval's NLL takes eval.final_nll_k samples, so it does not compete for the best (whose NLLs take
+    eval.nll_k): the last step was never a candidate, and with eval.every=0 no best checkpoint was kept."""
+    c = smoke_config
+    c.checkpoint.best_metric, c.eval.every = "nll", every
+    final = loop.train_and_evaluate(c, tmp_path)
+    evals = [r for r in read(tmp_path / "metrics.jsonl") if r["split"] == "eval"]
+    assert [r["step"] for r in evals] == ([10, 20] if every else [20])  # step 20's: the final eval's record
+    best = json.loads((tmp_path / "best" / "best.json").read_text())
+    assert best["metric"] == "nll" and best["step"] == 20  # the NLL falls over these steps
+    assert best["value"] != final["nll"]  # not the final eval's (k=16) but one with eval.nll_k=8 samples
+    if every:
+        assert best["value"] < evals[0]["nll"]
+
+
 def test_during_training_the_validation_split_is_evaluated_and_chooses_the_best_the_test_split_at_the_end(
         smoke_config, tmp_path):
     c = smoke_config

@@ -273,7 +273,10 @@ def _train_and_evaluate(config, workdir: Path) -> dict:
             raise RunStopped(step, stopped)
         t_final = time.perf_counter()
         try:
-            if task.validation is not None:  # the last step's validation numbers, for the curves and the best
+            # The last step's numbers as the evaluations during training measure them, for the curves and the best:
+            # on the validation split (the final eval reports the test split), or for a best metric the final eval
+            # measures another way (a VAE's NLL there takes eval.final_nll_k samples, the best compares eval.nll_k's).
+            if task.validation is not None or (best is not None and best.metric in task.not_final):
                 evals.during_training(state, step, images=False)
             log.info("Final evaluation of step %d", step)
             final = final_eval(task, state, writer, sq)
