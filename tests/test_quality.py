@@ -16,7 +16,7 @@ from jaxgen import config_check
 from jaxgen.evaluation import quality, sample_metrics
 from jaxgen.registry import UnknownNameError
 from jaxgen.reporting import images
-from jaxgen.training import best_checkpoint
+from jaxgen.training import best_checkpoint, loop
 
 CALLS = []
 
@@ -196,6 +196,35 @@ def test_a_stale_or_differently_kept_best_record_is_ignored_and_not_final_metric
     elbo = best_checkpoint.BestKeeper(tmp_path / "vae2", "elbo", "max", not_final=("nll",))
     assert elbo.update(state, {"elbo": -90.0}, final=True)  # measured alike at the final eval: it takes part
     elbo.close()
+
+
+def test_a_best_measured_with_another_likelihood_or_data_is_not_compared(smoke_config, tmp_path, caplog):
+    """A resume that changes the likelihood (a Gaussian ELBO can be positive, a Bernoulli one never is), the dataset
+    or the sample count measures on another scale: the best kept so far is replaced, not compared with."""
+    state = {"step": jnp.asarray(10), "w": jnp.zeros(2)}
+    c = smoke_config
+    measured = loop.measured_with(c, "elbo")
+    assert measured["objective.likelihood"] == "bernoulli" and measured["data.name"] == "mnist_5k"
+    assert "eval.num_samples" not in measured and "eval.nll_k" not in measured
+    assert "eval.num_samples" in loop.measured_with(c, "classifier/fid")
+    assert "objective.likelihood" not in loop.measured_with(c, "classifier/fid")
+    assert "eval.nll_k" in loop.measured_with(c, "nll")
+    keeper = best_checkpoint.BestKeeper(tmp_path, "elbo", "max", measured_with=measured)
+    keeper.update(state, {"elbo": -90.0})
+    keeper.close()
+    assert json.loads((tmp_path / "best" / "best.json").read_text())["measured_with"] == measured
+    assert best_checkpoint.BestKeeper(tmp_path, "elbo", "max", measured_with=measured).record["value"] == -90.0
+    c.eval.num_samples = 5  # a field the ELBO does not depend on
+    assert best_checkpoint.BestKeeper(tmp_path, "elbo", "max", measured_with=loop.measured_with(c, "elbo")).record
+    c.objective.likelihood = "gaussian"
+    with caplog.at_level(logging.WARNING, logger="jaxgen"):
+        assert best_checkpoint.BestKeeper(tmp_path, "elbo", "max", measured_with=loop.measured_with(c, "elbo")
+                                          ).record is None
+    assert "measured with other settings (objective.likelihood: 'bernoulli' -> 'gaussian')" in caplog.text
+    record = json.loads((tmp_path / "best" / "best.json").read_text())
+    del record["measured_with"]  # written before records had it: still compared
+    (tmp_path / "best" / "best.json").write_text(json.dumps(record))
+    assert best_checkpoint.BestKeeper(tmp_path, "elbo", "max", measured_with=loop.measured_with(c, "elbo")).record
 
 
 def test_a_best_metric_of_an_unused_extractor_or_of_the_final_eval_only_fails_before_any_work(tmp_path):

@@ -29,13 +29,16 @@ class BestKeeper:
     which therefore take part only at the intermediate evals.
     split: the split the values come from ('validation', 'test', ...); a record of another split is ignored.
     unnamed_split: the split a record that names none (written before records did) was chosen on.
+    measured_with: the config fields that set the metric's scale and their values (`measured_with` in loop.py); a
+    record measured with other values is ignored (a record without them, written before records had them, is not).
     With several processes, process 0's values decide, so every process takes part in the same saves.
     """
 
     def __init__(self, workdir: Path, metric: str, mode: str, *, fresh: bool = False,
                  resume_step: int | None = None, not_final: tuple[str, ...] = (), split: str = "",
-                 unnamed_split: str | None = None):
+                 unnamed_split: str | None = None, measured_with: dict | None = None):
         self.metric, self.mode, self.not_final, self.split = metric, mode, tuple(not_final), split
+        self.measured_with = None if measured_with is None else json.loads(json.dumps(measured_with))  # as stored
         self.dir = Path(workdir).absolute() / "best"
         self.record_path = self.dir / "best.json"
         self.record = None
@@ -58,6 +61,8 @@ class BestKeeper:
             why = f"it was chosen on the {was!r} split, this run chooses on {split!r}"
         elif resume_step is not None and self.record.get("step", 0) > resume_step:
             why = f"it is of step {self.record.get('step')}, after step {resume_step} this run resumes from"
+        elif changed := _changed(self.record.get("measured_with"), self.measured_with):
+            why = f"its value was measured with other settings ({', '.join(changed)})"
         if why:
             log.warning("Ignoring the best checkpoint record in %s: %s; it will be replaced", self.dir, why)
             self.record = None
@@ -95,6 +100,8 @@ class BestKeeper:
         self._mgr.save(step, args=save_args(state), force=True)
         self._mgr.wait_until_finished()
         self.record = {"step": step, "metric": self.metric, "mode": self.mode, "value": value, "split": self.split}
+        if self.measured_with is not None:
+            self.record["measured_with"] = self.measured_with
         if jax.process_index() == 0:
             atomic.write_text(self.record_path, json.dumps(self.record, indent=2) + "\n")
         log.info("New best %s = %.4g at step %d%s (kept in %s)", self.metric, value, step,
@@ -104,6 +111,13 @@ class BestKeeper:
     def close(self) -> None:
         if self._mgr is not None:
             self._mgr.close()
+
+
+def _changed(before: dict | None, now: dict | None) -> list[str]:
+    """'field: before -> now' for each field of `now` whose value differs in `before` (none when either is None)."""
+    if before is None or now is None:
+        return []
+    return [f"{k}: {before.get(k)!r} -> {v!r}" for k, v in now.items() if k in before and before[k] != v]
 
 
 def _from_process_0(values: tuple[float, ...]) -> tuple[float, ...]:

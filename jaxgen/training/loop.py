@@ -251,7 +251,8 @@ def _train_and_evaluate(config, workdir: Path) -> dict:
     if best_name:
         best = best_checkpoint.BestKeeper(workdir, best_name, quality.best_mode(c), fresh=step == 0, resume_step=step,
                                           not_final=task.not_final, split=best_split(task, best_name),
-                                          unnamed_split=best_split(task, best_name, validation=False))
+                                          unnamed_split=best_split(task, best_name, validation=False),
+                                          measured_with=measured_with(c, best_name))
     writer = MetricWriter(workdir, resume_step=step)
     try:  # the TensorBoard events flushed whatever stops the run (launch.py's exit skips atexit)
         evals = _Evals(task, writer, best, sq)
@@ -485,6 +486,30 @@ def log_determinism(config) -> None:
     else:
         log.warning("config.deterministic is set but XLA_FLAGS lacks %s: it takes effect only when set before JAX "
                     "starts (launch.py does; in a script, call jaxgen.runtime.setup(deterministic=True) first)", flag)
+
+
+# The fields on which the values of the best checkpoint's metric depend (besides the model): a resumed run that
+# changes one (another likelihood, dataset, sample count ...) measures on another scale, so the best kept so far
+# is not compared with its values. The data fields, then those of a metric of the samples ('<extractor>/fid', ...)
+# or of the evaluation's images.
+_DATA_FIELDS = ("name", "path", "train_split", "test_split", "num_examples", "binarize", "resolution", "crop",
+                "test_percent")
+_SAMPLE_FIELDS = ("eval.num_samples", "eval.reference_split", "eval.classifier_steps")
+_IMAGE_FIELDS = ("eval.num_examples", "eval.binarize_seed", "objective.likelihood", "objective.gaussian_sigma")
+_METRIC_FIELDS = {"nll": ("eval.nll_k",), "nll_bits_per_dim": ("eval.nll_k",), "d_real": ("eval.batch_size",),
+                  "d_fake": ("eval.batch_size",)}  # D's BatchNorm runs in train mode: its outputs depend on the batch
+
+
+def measured_with(c, metric: str) -> dict:
+    """{field: value} of the config fields that set the scale of `metric` (see _DATA_FIELDS), those `c` has."""
+    fields = [f"data.{f}" for f in _DATA_FIELDS] + list(_SAMPLE_FIELDS if "/" in metric else _IMAGE_FIELDS)
+    fields += _METRIC_FIELDS.get(metric, ())
+    found = {}
+    for field in fields:
+        block, name = field.split(".")
+        if block in c and name in c[block]:
+            found[field] = c[block][name]
+    return found
 
 
 def best_split(task, metric: str, validation: bool = True) -> str:
