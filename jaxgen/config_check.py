@@ -73,6 +73,9 @@ def ignored_settings(config: ml_collections.ConfigDict, base: ml_collections.Con
     if config.task == "vae" and config.objective.name == "iwae":  # they weight the ELBO's terms
         out += [f"objective.{field}={config.objective[field]!r} (read by objective.name=elbo; this run's is iwae)"
                 for field in ("beta", "kl", "kl_warmup_steps") if changed("objective", field)]
+    if config.task == "vae" and config.objective.likelihood == "bernoulli" and changed("objective", "gaussian_sigma"):
+        out.append(f"objective.gaussian_sigma={config.objective.gaussian_sigma!r} (read by "
+                   f"objective.likelihood=gaussian; this run's is bernoulli)")
     if "reg" in config and config.reg.name == "none":
         out += [f"reg.{field}={config.reg[field]!r} (read by a regularizer: reg.name=r1, gp or your own)"
                 for field in ("weight", "interval") if changed("reg", field)]

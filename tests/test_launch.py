@@ -792,9 +792,11 @@ def test_settings_that_do_nothing_in_the_run_are_named_with_what_reads_them(capl
 
     c = config_lib.vae_config()
     c.model.name, c.model.channels, c.optim.weight_decay, c.optim.end_lr_ratio = "mlp_vae", (8, 16), 0.5, 0.1
-    c.objective.name, c.objective.kl = "iwae", "mc"
+    c.objective.name, c.objective.kl, c.objective.gaussian_sigma = "iwae", "mc", 0.2
     with caplog.at_level(logging.WARNING, logger="jaxgen"):
         config_check.check(c)
+    assert "objective.gaussian_sigma=0.2 (read by objective.likelihood=gaussian; this run's is bernoulli)" in \
+        caplog.text
     assert ("These settings do nothing in this run: model.channels=(8, 16) (read by model.name=conv_vae; this run's "
             "is mlp_vae); optim.weight_decay=0.5 (read by optim.name=adamw; this run's is adam); optim.end_lr_ratio="
             "0.1 (read by optim.schedule=cosine or linear; this run's is constant)") in caplog.text

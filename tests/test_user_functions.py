@@ -199,6 +199,31 @@ def test_built_in_objective_fields_a_users_objective_does_not_read_are_warned_ab
     assert "do nothing" not in caplog.text
 
 
+def elbo_plus_l2(params, x, keys, *, model, cfg):
+    """A user's objective around the built-in elbo, without a step: the KL warm-up cannot apply."""
+    from jaxgen.objectives import vae
+
+    loss, metrics = vae.elbo(params, x, keys, model=model, cfg=cfg)
+    return loss + 1e-3 * jnp.mean(model.apply(params, x, method="encode")[0] ** 2), metrics
+
+
+def test_a_kl_warmup_an_objective_calling_elbo_without_its_step_cannot_apply_is_warned_about(tmp_path, caplog,
+                                                                                              monkeypatch):
+    import logging
+
+    from jaxgen.training import loop
+    from tests.conftest import CONFIGS, config_module
+
+    monkeypatch.setattr(logging.getLogger("jaxgen"), "propagate", True)
+    c = config_module(CONFIGS / "vae_mnist.py").get_config("smoke")
+    c.unlock()
+    c.objective.name, c.objective.kl_warmup_steps = "tests.test_user_functions:elbo_plus_l2", 10
+    with caplog.at_level(logging.WARNING, logger="jaxgen"):
+        loop.build_task(c, tmp_path)
+    assert "These settings do nothing in this run: objective.kl_warmup_steps=10 (read by the built-in elbo" in \
+        caplog.text
+
+
 @pytest.mark.parametrize("n", [1, 3])
 def test_a_metric_given_as_a_python_number_is_logged_like_an_array(n):
     """A step's metrics may hold plain numbers ({"beta": 2.0}): one step per call (every smoke variant) stacks them
@@ -376,6 +401,40 @@ def test_a_vae_model_or_likelihood_of_the_wrong_shape_is_refused_before_training
                                          r"images \[2, 8, 8, 1\] \(objective.likelihood='bernoulli'\); it returned "
                                          r"an array of shape \(2, 64\)"):
         vae_obj.check_model(flat, params(flat), x, cfg=cfg)
+
+
+def mean_logvar_likelihood(out, x, cfg):
+    """A user's Gaussian with a learned variance: decode(z) gives the means, then the log-variances."""
+    c = x.shape[-1]
+    mean, logvar = out[..., :c], out[..., c:]
+    return jnp.sum(-0.5 * ((x - mean) ** 2 / jnp.exp(logvar) + logvar + jnp.log(2 * jnp.pi)), axis=(-3, -2, -1))
+
+
+def mean_logvar_likelihood_with_mean(out, x, cfg):
+    return mean_logvar_likelihood(out, x, cfg)
+
+
+mean_logvar_likelihood_with_mean.mean = lambda out: jnp.clip(out[..., :1], 0, 1)
+
+
+def test_a_likelihood_with_more_channels_than_the_image_needs_a_mean():
+    """Without `mean`, the shown image was the whole output clipped: 2 channels, which crashed the first eval."""
+    from jaxgen.config import vae_config
+    from jaxgen.models.vae import MLPVAE
+    from jaxgen.objectives import vae as vae_obj
+
+    x = jax.ShapeDtypeStruct((2, 8, 8, 1), jnp.float32)
+    model = MLPVAE((8, 8, 2), 2, (8,), "tanh")  # encodes [.., 8, 8, 1] (flattened), decodes 2 channels
+    params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(x.shape), jnp.zeros((2, 2))))
+    cfg = vae_config().objective
+    cfg.likelihood = "tests.test_user_functions:mean_logvar_likelihood"
+    with pytest.raises(ValueError, match=r"the image that samples and reconstructions show, decode\(z\) clipped to "
+                                         r"\[0, 1\] \(mean_logvar_likelihood has no attribute `mean`\), must be "
+                                         r"\[2, 8, 8, 1\] .* it is an array of shape \(2, 8, 8, 2\)\. Give "
+                                         r"mean_logvar_likelihood a `mean`"):
+        vae_obj.check_model(model, params, x, cfg=cfg)
+    cfg.likelihood = "tests.test_user_functions:mean_logvar_likelihood_with_mean"
+    vae_obj.check_model(model, params, x, cfg=cfg)
 
 
 def _flat_decoder():

@@ -86,6 +86,16 @@ def check_model(model, params, x, *, cfg) -> None:
         raise ValueError(f"objective.likelihood={cfg.likelihood!r} must return log p(x | z) summed over the last "
                          f"three (pixel) axes: for out {[b, 1, *shape[1:]]} and x {[b, 1, *image]}, shape "
                          f"[{b}, 1]; it returned {registry.describe(logp)}")
+    shown = jax.eval_shape(mean_image(cfg.likelihood), out)  # what samples, reconstructions and sample metrics see
+    if getattr(shown, "shape", None) != (b, *image):
+        fn = cfg.likelihood.rsplit(":", 1)[-1]
+        what = f"{fn}.mean(decode(z))" if hasattr(likelihood(cfg), "mean") else \
+            f"decode(z) clipped to [0, 1] ({fn} has no attribute `mean`)"
+        raise ValueError(
+            f"objective.likelihood={cfg.likelihood!r}: the image that samples and reconstructions show, {what}, must "
+            f"be [{b}, {', '.join(map(str, image))}] like the images; it is {registry.describe(shown)}. Give {fn} a "
+            f"`mean` that maps decode(z) to that image in [0, 1], e.g. `{fn}.mean = lambda out: "
+            f"jnp.clip(out[..., :{image[-1]}], 0, 1)` where the channels start with the means (README, Objectives)")
 
 
 def mean_image(name: str):
@@ -155,8 +165,10 @@ def elbo(params, x, keys, *, model, cfg, step=None):
     else:
         raise ValueError(f"objective.kl must be 'analytic' or 'mc', got {cfg.kl!r}")
     weight, extra = cfg.beta, {}
-    warmup = cfg.get("kl_warmup_steps", 0)
-    if warmup and step is not None:
+    # Read only with a step: a user's objective that calls elbo without passing its step gets no warm-up, and the
+    # field, unread, is named in the warning on settings that do nothing.
+    warmup = cfg.get("kl_warmup_steps", 0) if step is not None else 0
+    if warmup:
         weight = cfg.beta * jnp.minimum(1.0, step.astype(jnp.float32) / warmup)
         extra = {"kl_weight": weight}
     loss = -jnp.mean(rec - weight * kl)
