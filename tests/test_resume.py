@@ -352,6 +352,24 @@ def _save(cfg, tmp_path, mesh, step=10):
     mgr.close()
 
 
+def test_checkpoint_managers_leave_the_preemption_point_to_the_loop(smoke_config, tmp_path, monkeypatch):
+    """With jax.distributed, Orbax's save asked JAX's preemption service "stop here?" with the checkpoint's step, which
+    fixed the stop at a point the loop's call count never reached: a pod run ignored a SIGTERM that landed during a
+    save and trained on (an audit reproduced it with 2 processes and 10 steps per call). No manager of jaxgen's asks."""
+    import orbax.checkpoint.checkpoint_manager as orbax_manager
+
+    def asked(step):
+        raise AssertionError(f"a checkpoint manager asked the preemption service about step {step}")
+
+    monkeypatch.setattr(orbax_manager.utils, "reached_preemption", asked)
+    mesh = parallel.make_mesh()
+    _save(smoke_config, tmp_path, mesh)
+    _, state = _state(smoke_config, mesh)
+    keeper = best_checkpoint.BestKeeper(tmp_path, "elbo", "max")
+    assert keeper.update(state, {"elbo": -1.0})
+    keeper.close()
+
+
 def test_small_replicated_arrays_are_saved_without_a_slice_per_device(smoke_config, tmp_path, monkeypatch):
     """Orbax's replica-parallel save would cut every replicated array into one slice per device (eager slices,
     compiled per shape); below checkpoint.REPLICA_PARALLEL_MIN_BYTES per slice one replica writes it whole. The

@@ -13,7 +13,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxgen import atomic
-from jaxgen.training.checkpoint import remove_partial_saves, save_args
+from jaxgen.training.checkpoint import Manager, remove_partial_saves, save_args
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ class BestKeeper:
         if self._mgr is None:
             remove_partial_saves(self.dir)
             options = ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=False, create=True)
-            self._mgr = ocp.CheckpointManager(self.dir, options=options)
+            self._mgr = Manager(self.dir, options=options)  # which leaves preemption to the loop
         if step in self._mgr.all_steps():  # kept by a run that was stopped before its checkpoint of this step
             self._mgr.delete(step)
         self._mgr.save(step, args=save_args(state), force=True)

@@ -102,6 +102,18 @@ def _register_array_handler() -> None:
         ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
 
 
+class Manager(ocp.CheckpointManager):
+    """Orbax's CheckpointManager without its own preemption check. With jax.distributed, the manager asks JAX's
+    process-wide preemption service "stop at this step?" in every save, with the checkpoint's step; jaxgen's loop
+    asks the same service with its call count (training.stopping), and the service takes whichever number it hears
+    first after a SIGTERM as the point where every process stops. Orbax's step (10 train steps per call, or a resumed
+    run's) was a point the loop's count never reached: a SIGTERM during a save was ignored and the run trained on.
+    The loop decides when to save (a stop included), so the manager never asks."""
+
+    def reached_preemption(self, step: int) -> bool:  # noqa: ARG002 (Orbax's signature)
+        return False
+
+
 def manager(workdir: Path, cfg, subdir: str = "checkpoints") -> ocp.CheckpointManager:
     """A CheckpointManager keeping `cfg.keep` checkpoints, asynchronous if `cfg.asynchronous`. When to save is the
     loop's decision (every `checkpoint.every` steps, after the steps' finite check, and at the end)."""
@@ -119,7 +131,7 @@ def manager(workdir: Path, cfg, subdir: str = "checkpoints") -> ocp.CheckpointMa
     json_handler = ocp.JsonCheckpointHandler()
     registry.add(FINGERPRINT, ocp.args.JsonSave, json_handler)
     registry.add(FINGERPRINT, ocp.args.JsonRestore, json_handler)
-    return ocp.CheckpointManager(Path(workdir).absolute() / subdir, options=options, handler_registry=registry)
+    return Manager(Path(workdir).absolute() / subdir, options=options, handler_registry=registry)
 
 
 def remove_partial_saves(directory: Path) -> None:
