@@ -165,10 +165,24 @@ def fingerprint(a: np.ndarray) -> list[int]:
     return [*a.shape, zlib.crc32(memoryview(a).cast("B")) & 0x7FFFFFFF]  # int32-safe: collectives run without x64
 
 
+def check_equal_device_counts() -> None:
+    """Raises ProcessesDisagreeError unless every process has as many devices as the others: every process feeds
+    an equal share of the global batch to its own devices, and JAX's gathers across processes assume it (they failed
+    with a reshape error). Every process sees every device, so each reaches this answer without communicating."""
+    counts = np.bincount([d.process_index for d in jax.devices()], minlength=jax.process_count())
+    if (counts != counts[0]).any():
+        found = ", ".join(f"process {i}: {n}" for i, n in enumerate(counts.tolist()))
+        raise ProcessesDisagreeError(
+            f"the processes of this run have different numbers of devices ({found}): jaxgen gives each process an "
+            f"equal share of the batch, so start every process with the same number of devices (they are chosen by "
+            f"$JAX_LOCAL_DEVICE_IDS, or $CUDA_VISIBLE_DEVICES on GPUs; a host that lost a device can be left out)")
+
+
 def allgather_ints(values) -> np.ndarray:
     """[process_count, n]: every process's `values`, integers (a collective every process calls)."""
     from jax.experimental import multihost_utils  # noqa: PLC0415
 
+    check_equal_device_counts()
     mine = np.atleast_1d(np.asarray(values, np.int64))
     return np.asarray(multihost_utils.process_allgather(mine)).reshape(jax.process_count(), -1)
 

@@ -12,6 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -177,7 +178,7 @@ state = jax.jit(lambda: {"step": jnp.int32(7), "w": jnp.ones(3)}, out_shardings=
 keeper = best_checkpoint.BestKeeper(Path(sys.argv[3]), "elbo", "max", resume_step=7, split="test")
 if jax.process_index() == 1:
     keeper.record = {"step": 3, "metric": "elbo", "mode": "max", "value": -50.0, "split": "test"}
-saved = keeper.update(state, {"elbo": -100.0 - jax.process_index()})
+saved = keeper.update(state, {"elbo": -100.1 - jax.process_index()})  # not a float32: kept whole
 keeper.close()
 print("SAVED", saved, keeper.record["value"], flush=True)
 """
@@ -406,6 +407,24 @@ def test_the_best_checkpoint_is_decided_by_process_0_even_where_another_read_a_s
                                                               "value": -120.0, "split": "test"}))
     outs = _two_processes(BEST_WORKER, str(tmp_path), timeout=120, devices=1)
     for out, err in outs:
-        assert [line for line in out.splitlines() if line.startswith("SAVED")] == ["SAVED True -100.0"], out + err
-    assert json.loads((tmp_path / "best" / "best.json").read_text())["value"] == -100.0
+        assert [line for line in out.splitlines() if line.startswith("SAVED")] == ["SAVED True -100.1"], out + err
+    assert json.loads((tmp_path / "best" / "best.json").read_text())["value"] == -100.1
     assert (tmp_path / "best" / "7").is_dir()
+
+
+def test_processes_with_different_device_counts_stop_naming_them(monkeypatch):
+    """3 devices on one process and 1 on the other failed in the first gather with "cannot reshape array of size 4
+    into shape (2,3)"; every process now stops on the counts it can see (a unit check: JAX's CPU processes cannot
+    be started with unequal counts here)."""
+    from types import SimpleNamespace
+
+    from jaxgen import parallel
+
+    monkeypatch.setattr(jax, "devices", lambda: [SimpleNamespace(process_index=i) for i in (0, 0, 0, 1)])
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    with pytest.raises(parallel.ProcessesDisagreeError, match=r"different numbers of devices \(process 0: 3, "
+                                                              r"process 1: 1\).*JAX_LOCAL_DEVICE_IDS"):
+        parallel.allgather_ints(1)
+    monkeypatch.setattr(jax, "devices", lambda: [SimpleNamespace(process_index=i) for i in (0, 0, 1, 1)])
+    parallel.check_equal_device_counts()
+

@@ -126,4 +126,7 @@ def _from_process_0(values: tuple[float, ...]) -> tuple[float, ...]:
         return tuple(values)
     from jax.experimental import multihost_utils  # noqa: PLC0415
 
-    return tuple(float(v) for v in multihost_utils.broadcast_one_to_all(np.asarray(values, np.float64)))
+    # As int32 words: JAX without x64 would round float64s to float32 (a FID within that rounding of the best
+    # would be ranked by the rounded value).
+    words = np.asarray(values, np.float64).view(np.int32)
+    return tuple(float(v) for v in np.asarray(multihost_utils.broadcast_one_to_all(words), np.int32).view(np.float64))
