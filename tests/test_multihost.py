@@ -184,6 +184,25 @@ print("SAVED", saved, keeper.record["value"], flush=True)
 """
 
 
+CONFIG_WORKER = """
+import sys
+import jax
+jax.distributed.initialize(coordinator_address=sys.argv[1], num_processes=2, process_id=int(sys.argv[2]))
+from jaxgen import parallel
+from jaxgen.config import vae_config
+from jaxgen.training import workdir
+c = vae_config()
+c.data.data_dir = f"/data/host{jax.process_index()}"  # where each host finds its files may differ
+workdir.check_same_config(c)
+print("SAME", flush=True)
+c.seed = jax.process_index()
+try:
+    workdir.check_same_config(c)
+except parallel.ProcessesDisagreeError as e:
+    print("DIFFER", e, flush=True)
+"""
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -427,4 +446,13 @@ def test_processes_with_different_device_counts_stop_naming_them(monkeypatch):
         parallel.allgather_ints(1)
     monkeypatch.setattr(jax, "devices", lambda: [SimpleNamespace(process_index=i) for i in (0, 0, 1, 1)])
     parallel.check_equal_device_counts()
+
+
+def test_processes_started_with_different_configs_stop_naming_the_fields(tmp_path):
+    """A host started with another seed built other initial weights and trained apart from the others, silently."""
+    outs = _two_processes(CONFIG_WORKER, timeout=120, devices=1)
+    for i, (out, err) in enumerate(outs):
+        lines = [line for line in out.splitlines() if line.startswith(("SAME", "DIFFER"))]  # not Gloo's
+        assert lines[0] == "SAME" and lines[1].startswith("DIFFER"), out + err
+        assert f"different configs: seed (here {i}) differ. Start every process with the same command" in lines[1]
 

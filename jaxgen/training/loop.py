@@ -74,6 +74,7 @@ def build_task(config, workdir: Path, training: bool = True, image_shape: tuple[
     """The task object for `config.task` ('vae' or 'gan'; config_check.check accepts only these two). training=False
     (--mode=eval/sample): the sizes only training uses are not checked against the devices and the data.
     image_shape (--mode=sample): the model for images of that shape, without reading the dataset."""
+    wd.check_same_config(config)  # several processes: before the data, whose preparation is collective
     return registry.resolve("task", config.task, TASKS)(config, workdir, training=training, image_shape=image_shape)
 
 

@@ -11,6 +11,7 @@ import os
 import socket
 import sys
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -313,6 +314,44 @@ def save_data_record(task, workdir: Path) -> None:
     record = {"dataset": task.config.data.name, "image_shape": list(task.image_shape),
               "examples": {name: len(split) for name, split in splits.items() if split is not None}}
     atomic.write_text(workdir / "data.json", json.dumps(record, indent=2) + "\n")
+
+
+# Fields that may differ between the processes of one run: where each host finds its files (the data's CRC-32 is
+# compared once loaded), and its terminal.
+HOST_FIELDS = ("data.data_dir", "data.path", "eval.inception_weights", "output.progress")
+
+
+def check_same_config(config) -> None:
+    """Raises ProcessesDisagreeError naming the fields in which the processes' configs differ (a multi-host run;
+    nothing with one process): each process builds its own initial state from its own seed and runs its own
+    schedule of steps and evaluations, so a host started with another seed trained silently apart, and one with
+    another train.steps or eval.every waited for ever in a collective the others never reached. A collective."""
+    if jax.process_count() == 1:
+        return
+    flat = _flatten(json.loads(config.to_json_best_effort(sort_keys=True)))
+    fields = sorted(f for f in flat if f not in HOST_FIELDS)
+    mine = [zlib.crc32(json.dumps(flat[f], sort_keys=True).encode()) & 0x7FFFFFFF for f in fields]
+    every = parallel.allgather_ints([len(fields), zlib.crc32(" ".join(fields).encode()) & 0x7FFFFFFF])
+    if (every != every[0]).any():
+        raise parallel.ProcessesDisagreeError(
+            "the processes of this run were started with configs of different fields (another config file, or "
+            "another jaxgen). Start every process with the same command")
+    every = parallel.allgather_ints(mine)
+    differ = [f"{f} (here {flat[f]!r})" for f, column in zip(fields, every.T) if (column != column[0]).any()]
+    if differ:
+        raise parallel.ProcessesDisagreeError(
+            f"the processes of this run were started with different configs: {', '.join(differ)} differ. Start every "
+            f"process with the same command (only {', '.join(HOST_FIELDS)} may differ by host)")
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def trained_image_shape(workdir: Path) -> tuple[int, int, int] | None:
