@@ -113,6 +113,24 @@ def exit_now(status: int) -> None:
     os._exit(status)
 
 
+def exit_failed(status: int = 1) -> None:
+    """Ends a run that failed with `status`. Several processes: without JAX's distributed shutdown, whose barrier
+    waits 5 minutes for the other processes, which an error on this one alone (a file only process 0 writes) left
+    waiting in their next collective; this process's exit ends them instead (its heartbeats stop; when it is
+    process 0, the coordination service goes with it). One process: sys.exit."""
+    import logging  # noqa: PLC0415
+    import os  # noqa: PLC0415
+
+    import jax  # noqa: PLC0415
+
+    if not (jax.distributed.is_initialized() and jax.process_count() > 1):
+        sys.exit(status)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(status)
+
+
 def run(FLAGS: flags.FlagValues, argv: list[str]) -> None:  # noqa: N803 (launch.py's FLAGS)
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -166,10 +184,17 @@ def _run_mode(FLAGS: flags.FlagValues, run) -> None:  # noqa: N803 (launch.py's 
                              + "rerun with --traceback)\n")
             if full is not None:  # the FATAL line stays the last: Orbax's failed writes print hundreds of lines
                 failures.quiet_stderr()  # of tracebacks while Python shuts down (their tasks are collected)
-            sys.exit(1)
+            exit_failed(1)
         if FLAGS.traceback or not workdir.raised_on_purpose(e):
+            import traceback  # noqa: PLC0415
+
+            import jax  # noqa: PLC0415
+
+            if jax.distributed.is_initialized() and jax.process_count() > 1:
+                traceback.print_exc()
+                exit_failed(1)
             raise
         # Bad input, a NaN, a missing dataset ...: the message says what to do; the traceback would bury it.
         sys.stderr.write(f"FATAL {type(e).__name__}: {e}\n(its traceback: "
                          + (f"{log_file}, or " if log_file else "") + "rerun with --traceback)\n")
-        sys.exit(1)
+        exit_failed(1)

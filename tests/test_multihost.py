@@ -217,7 +217,10 @@ def _two_processes(worker: str, *args: str, timeout: int = 300, devices: int = 4
                     devices)
 
 
-def _run_two(commands: list[list[str]], envs: list[dict], timeout: int, devices: int) -> list[tuple[str, str]]:
+def _run_two(commands: list[list[str]], envs: list[dict], timeout: int, devices: int,
+             codes: list[int] | None = None) -> list[tuple[str, str]]:
+    """(stdout, stderr) of each command; each must exit 0, or, with `codes` (filled with the exit statuses), may
+    fail."""
     env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices} {TEST_XLA_FLAGS}",
            "PYTHONPATH": str(ROOT)}
     # Output to files, not pipes: a process blocked on a full pipe would stall the other at a collective.
@@ -238,6 +241,9 @@ def _run_two(commands: list[list[str]], envs: list[dict], timeout: int, devices:
         out.seek(0), err.seek(0)
         outs.append((out.read(), err.read()))
         out.close(), err.close()
+    if codes is not None:
+        codes.extend(p.returncode for p in procs)
+        return outs
     for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
     return outs
@@ -455,4 +461,22 @@ def test_processes_started_with_different_configs_stop_naming_the_fields(tmp_pat
         lines = [line for line in out.splitlines() if line.startswith(("SAME", "DIFFER"))]  # not Gloo's
         assert lines[0] == "SAME" and lines[1].startswith("DIFFER"), out + err
         assert f"different configs: seed (here {i}) differ. Start every process with the same command" in lines[1]
+
+
+def test_an_error_on_process_0_alone_ends_the_other_process_at_once(tmp_path):
+    """Process 0 alone writes the metrics: where it cannot (here its TensorBoard folder is a file), it stopped
+    while process 1 waited in its next collective, then both crashed 5 minutes later (JAX's shutdown barrier).
+    Process 0 now exits without that barrier, which ends process 1 within seconds."""
+    work = tmp_path / "run"
+    work.mkdir()
+    (work / "tb").write_text("not a folder")
+    address = f"127.0.0.1:{_free_port()}"
+    cmd = [sys.executable, "launch.py", "--config=configs/vae_mnist.py:smoke", f"--workdir={work}",
+           "--jax_distributed", "--config.output.progress=False"]
+    envs = [{"JAX_COORDINATOR_ADDRESS": address, "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(i)} for i in (0, 1)]
+    codes, start = [], time.monotonic()
+    outs = _run_two([cmd, cmd], envs, timeout=100, devices=1, codes=codes)  # before: TimeoutExpired
+    assert time.monotonic() - start < 100, outs[1][1][-3000:]  # not the 300 s barrier
+    assert codes[0] == 1 and codes[1] != 0, codes
+    assert "Traceback" in outs[0][1] and "/tb" in outs[0][1], outs[0][1]
 
