@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+from pathlib import Path
 
 import flax.linen as nn
 import jax
@@ -19,7 +20,7 @@ import numpy as np
 import optax
 from flax import traverse_util
 
-from jaxgen import atomic
+from jaxgen import atomic, parallel
 from jaxgen.data.image_folder import data_dir
 
 log = logging.getLogger("jaxgen")
@@ -79,6 +80,13 @@ def load_or_train(data_config, images: np.ndarray, labels: np.ndarray, *, steps:
     digest = hashlib.sha1(images.tobytes() + np.asarray(labels, np.int64).tobytes()).hexdigest()[:12]
     key = f"{data_config.name.replace(':', '_').replace('/', '_')}_{'x'.join(map(str, images.shape))}_{digest}"
     path = data_dir(data_config) / "jaxgen_cache" / "classifier" / f"{key}_s{steps}_v{CACHE_VERSION}.npz"
+    # Several processes: process 0 trains and caches it first, the others then read its cache (a shared data dir)
+    # rather than each training one and overwriting the others' cache.
+    return parallel.process_0_first(lambda: _load_or_train(path, data_config, images, labels, steps),
+                                    needed=not path.exists(), what=f"train the metric classifier into {path}")
+
+
+def _load_or_train(path: Path, data_config, images: np.ndarray, labels: np.ndarray, steps: int) -> dict:
     if path.exists():
         try:
             with np.load(path) as z:
