@@ -159,11 +159,13 @@ def test_random_flip_mirrors_about_half_of_the_reals():
 
 @pytest.mark.parametrize("over", [
     {"train.d_steps": 2, "reg.name": "r1", "reg.interval": 2, "augment.policy": "translation,flip"},
-    {"g_batch": 48},  # the G update on fresh fakes of its own, 48 beside D's 32 (nothing else: CI time)
-], ids=["reused_fakes", "fresh_fakes"])
+    # The G update on fresh fakes of its own, 48 beside D's 32, and a loss of batch means (nothing else: CI time)
+    {"g_batch": 48, "loss.name": "tests.test_gan:relativistic_average"},
+], ids=["reused_fakes", "fresh_fakes_relativistic"])
 def test_sharded_gan_step_equals_one_device(over):
     """8 devices give the params of 1 device with the same global batch (sync BatchNorm; in the first case also
-    per-device R1 and augmentation, in the second the G update's own fresh fakes): within 2e-5 absolute after 3
+    per-device R1 and augmentation, in the second the G update's own fresh fakes and a relativistic loss, whose
+    means of D's outputs are over the global batch: before, over each device's share): within 2e-5 absolute after 3
     steps (float32 reduction order differs). Adam's eps is raised to 1e-3 here: with the default 1e-8 an element whose
     gradient is reduction-order noise moves by +-lr either way (1.8e-4 apart seen without AVX-512)."""
     images = (np.random.default_rng(0).random((256, 28, 28, 1)) * 255).astype(np.uint8)
@@ -227,6 +229,14 @@ def test_gan_resume_is_bitwise_for_the_whole_state(tmp_path):
         if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
             x, y = jax.random.key_data(x), jax.random.key_data(y)
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def relativistic_average(d_real, d_fake):
+    """The README's example loss (Jolicoeur-Martineau 2018): its means depend on the whole batch."""
+    rd, fd = d_real - jnp.mean(d_fake), d_fake - jnp.mean(d_real)
+    d_loss = jnp.mean(jax.nn.softplus(-rd)) + jnp.mean(jax.nn.softplus(fd))
+    g_loss = jnp.mean(jax.nn.softplus(rd)) + jnp.mean(jax.nn.softplus(-fd))
+    return d_loss, g_loss, {"relativistic_gap": jnp.mean(rd)}
 
 
 def relativistic_loss(d_real, d_fake, *, cfg, step=None):

@@ -5,7 +5,8 @@ A loss maps the discriminator's raw outputs to both players' losses:
     loss(d_real [B], d_fake [B]) -> (d_loss, g_loss, metrics)
 
 d_real = D(x) on (augmented) reals, d_fake = D(G(z)) on (augmented) fakes, both float32 logits or critic scores
-of one device's share of the batch; the losses are means over it (the trainer averages gradients over devices).
+of the whole global batch (gathered from every device: a loss of batch statistics, such as a relativistic loss's
+means, is the same on any device count); the losses are means over it.
 In the D update the fakes are constants. In the G update d_real is a constant: when the G loss reads it (a
 relativistic loss; no built-in one does), it is the updated D's output on the step's (augmented) reals, found
 once by tracing the loss. In the G update d_fake has the G update's own length when `train.g_batch_size` draws

@@ -1,10 +1,11 @@
 """The GAN train step: D updates and a G update, module-level pure functions written per device.
 
-A train step is `d_steps` calls of `d_update` then one `g_update`, over the two parameter pytrees and the two
-optax states of the GAN state (jaxgen.training.state). Each runs on one device's share of the global batch and
-averages its gradients over the 'data' axis with `lax.pmean`; BatchNorm inside G and D synchronises its batch
-statistics over the same axis. Random draws come from per-example keys (the example's position in the global
-batch folded into the step's key), so a step draws the same numbers on any device count and after a resume.
+A train step is `d_steps` calls of `d_update` then one `g_update`, over the two parameter pytrees and the two optax
+states of the GAN state (jaxgen.training.state). Each runs on one device's share of the global batch and averages
+its gradients over the 'data' axis with `lax.pmean`; BatchNorm inside G and D synchronises its batch statistics over
+the same axis, and the loss sees D's outputs gathered over it (`on_global_batch`). Random draws come from per-
+example keys (the example's position in the global batch folded into the step's key), so a step draws the same
+numbers on any device count and after a resume.
 
 By default G's forward pass is done once per step: the last D update's fakes and their VJP are kept and the G
 update pulls D's gradient back through them (as PyTorch's DCGAN reuses `fake` for both updates), so the G update
@@ -60,6 +61,20 @@ def _lazy(cond_on, fn):
     """fn() when cond_on (a traced bool) else zeros of the same structure, without computing fn."""
     zeros = lambda: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(fn))
     return lax.cond(cond_on, fn, zeros)
+
+
+def on_global_batch(loss_fn):
+    """`loss_fn` called on D's outputs over the whole global batch (gathered over the 'data' axis, in the order of
+    the global batch) on every device, so that a loss whose terms depend on the batch (a relativistic loss's mean
+    of D's outputs on the fakes) is the same on any device count. The gradient stays that of one loss on the global
+    batch: all_gather's transpose sums the devices' identical cotangents (n x each device's part) and the
+    gradients' pmean divides by n again."""
+
+    def loss(d_real, d_fake):
+        gather = lambda v: lax.all_gather(v, AXIS, axis=0, tiled=True)
+        return loss_fn(gather(d_real), gather(d_fake))
+
+    return loss
 
 
 def d_update(state: dict, real, fake, keys, it, *, discriminator, d_tx, loss_fn, reg_fn, reg_weight: float,
@@ -168,6 +183,7 @@ def gan_step(state: dict, data: dict, *, generator, discriminator, g_tx, d_tx, l
     step = state["step"]
     # A user's loss or regularizer that takes `step` gets the train step (G updates so far).
     loss_fn, reg_fn = registry.with_step(loss_fn, step, positional=2), registry.with_step(reg_fn, step, positional=4)
+    loss_fn = on_global_batch(loss_fn)
     n = data["image"].shape[0]
     pos = dev.local_positions(batch, AXIS)
     data_key = jax.random.fold_in(state["key"], DATA_STREAM)
