@@ -3,8 +3,8 @@
 A train step is `d_steps` calls of `d_update` then one `g_update`, over the two parameter pytrees and the two optax
 states of the GAN state (jaxgen.training.state). Each runs on one device's share of the global batch and averages
 its gradients over the 'data' axis with `lax.pmean`; BatchNorm inside G and D synchronises its batch statistics over
-the same axis, and the loss sees D's outputs gathered over it (`on_global_batch`). Random draws come from per-
-example keys (the example's position in the global batch folded into the step's key), so a step draws the same
+the same axis, and the loss sees D's outputs gathered over it (`on_global_batch`). Random draws come from
+per-example keys (the example's position in the global batch folded into the step's key), so a step draws the same
 numbers on any device count and after a resume.
 
 By default G's forward pass is done once per step: the last D update's fakes and their VJP are kept and the G
