@@ -196,6 +196,27 @@ def test_sharded_gan_step_equals_one_device(over):
         np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64), atol=2e-5, rtol=1e-4)
 
 
+def test_a_critic_without_a_lipschitz_constraint_or_with_batchnorm_under_a_penalty_is_warned_about(caplog):
+    import logging
+
+    from jaxgen import config_check
+
+    def warnings(**over):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="jaxgen"):
+            config_check.check(_smoke(**over))
+        return caplog.text
+
+    assert "wasserstein without a Lipschitz constraint" in warnings(**{"loss.name": "wasserstein"})
+    text = warnings(**{"loss.name": "wasserstein", "reg.name": "gp", "reg.weight": 10.0})
+    assert "Lipschitz" not in text and "reg.name=gp with model.d_norm=batch" in text
+    assert "Lipschitz" not in warnings(**{"loss.name": "wasserstein", "model.d_spectral_norm": True})
+    assert "reg.name=r1 with model.d_norm=batch" in warnings(**{"reg.name": "r1"})
+    assert "d_norm=batch" not in warnings(**{"reg.name": "r1", "model.d_norm": "none"})
+    with pytest.raises(ValueError, match="reg.weight must be >= 0, got -1.0"):
+        config_check.check(_smoke(**{"reg.name": "r1", "reg.weight": -1.0}))
+
+
 def _smoke(**over):
     """gan_mnist:smoke without progress bar, plots and (unless asked) sample-quality metrics."""
     c = config_module(CONFIGS / "gan_mnist.py").get_config("smoke")
