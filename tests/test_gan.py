@@ -217,6 +217,26 @@ def test_a_critic_without_a_lipschitz_constraint_or_with_batchnorm_under_a_penal
         config_check.check(_smoke(**{"reg.name": "r1", "reg.weight": -1.0}))
 
 
+def r1_on_both(d_fn, real, fake, keys):
+    """A user's regularizer that calls d_fn once on reals and fakes together (2B images)."""
+    g = jax.grad(lambda v: jnp.sum(d_fn(v)))(jnp.concatenate([real, fake]))
+    return 0.5 * jnp.mean(jnp.sum(jnp.square(g), axis=(1, 2, 3))), {}
+
+
+def test_d_fn_through_the_augmentation_names_the_batch_it_takes(tmp_path):
+    """With reg.through_augment, d_fn augments with the reals' draws: a batch of another size failed deep in vmap."""
+    c = _smoke(**{"reg.name": "tests.test_gan:r1_on_both", "augment.policy": "translation",
+                  "reg.through_augment": True, "eval.every": 0})
+    with pytest.raises(ValueError, match=r"reg.through_augment=True: the regularizer's d_fn\(x\) augments x with "
+                                         r"the reals' draws .* as `real` \(2\); it got 4\. Call d_fn on reals and "
+                                         r"fakes separately"):
+        loop.train_and_evaluate(c, tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # refused before training: no stray workdir
+    gan_obj.check_through_augment_batch(4, 4)
+    with pytest.raises(ValueError, match=r"as many images as `real` \(4\); it got 8"):  # the step's own check
+        gan_obj.check_through_augment_batch(4, 8)
+
+
 def _smoke(**over):
     """gan_mnist:smoke without progress bar, plots and (unless asked) sample-quality metrics."""
     c = config_module(CONFIGS / "gan_mnist.py").get_config("smoke")

@@ -151,15 +151,29 @@ def check_loss(loss_fn: Callable, name: str, batch: int = 4, g_batch: int = 0) -
                              f"the loss reduce each side on its own. The error: {e}") from e
 
 
-def check_regularizer(reg_fn: Callable | None, name: str, image_shape, batch: int = 2) -> None:
+def check_through_augment_batch(n_real: int, n_x: int) -> None:
+    """With reg.through_augment, d_fn(x) augments example i of x with real i's draw: x must hold as many images."""
+    if n_x != n_real:
+        raise ValueError(f"reg.through_augment=True: the regularizer's d_fn(x) augments x with the reals' draws (one "
+                         f"per real), so x must hold as many images as `real` ({n_real}); it got {n_x}. Call d_fn "
+                         f"on reals and fakes separately, or set --config.reg.through_augment=False")
+
+
+def check_regularizer(reg_fn: Callable | None, name: str, image_shape, batch: int = 2,
+                      through_augment: bool = False) -> None:
     """Checks, by tracing it once with a stand-in D (no computation), that a regularizer returns
-    (scalar penalty, dict of scalar metrics) whose metric names are not the step's own."""
+    (scalar penalty, dict of scalar metrics) whose metric names are not the step's own; with `through_augment`,
+    that it calls d_fn on batches of the reals' size (check_through_augment_batch)."""
     if reg_fn is None:
         return
     contract = "reg(d_fn, real [B, H, W, C], fake [B, H, W, C], keys [B][, *, cfg, step]) -> (penalty, metrics)"
     x = jax.ShapeDtypeStruct((batch, *image_shape), jnp.float32)
     keys = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), batch))
-    d_fn = lambda v: jnp.sum(v, axis=tuple(range(1, v.ndim)))  # noqa: E731 (D's contract: [B, H, W, C] -> [B])
+    def d_fn(v):  # D's contract: [B, H, W, C] -> [B]
+        if through_augment:
+            check_through_augment_batch(batch, v.shape[0])
+        return jnp.sum(v, axis=tuple(range(1, v.ndim)))
+
     step = {"step": jnp.zeros((), jnp.int32)} if registry.accepts(reg_fn, "step", positional=4) else {}
     registry.check_call(f"reg.name={name!r}", reg_fn, contract, d_fn, x, x, keys, **step)
     reg_fn = registry.with_step(reg_fn, step.get("step"), positional=4)

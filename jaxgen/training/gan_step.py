@@ -26,6 +26,7 @@ from jax import lax
 from jaxgen import registry
 from jaxgen.data import augment
 from jaxgen.data import device as dev
+from jaxgen.objectives import gan as gan_obj
 from jaxgen.parallel import AXIS
 from jaxgen.training import dispatch
 from jaxgen.training import state as state_lib
@@ -101,7 +102,12 @@ def d_update(state: dict, real, fake, keys, it, *, discriminator, d_tx, loss_fn,
             reg_args = (d_fn, real_aug, fake_aug)
             if reg_through_augment and augment_policy:
                 real_keys = dev.substream(keys, _AUG_REAL)
-                reg_args = (lambda x: d_fn(_augment(augment_policy, real_keys, x)), real, fake)
+
+                def d_fn_through(x):  # D after the reals' augmentation draws: example i with real i's draw
+                    gan_obj.check_through_augment_batch(real.shape[0], x.shape[0])
+                    return d_fn(_augment(augment_policy, real_keys, x))
+
+                reg_args = (d_fn_through, real, fake)
             penalty = lambda: reg_fn(*reg_args, dev.substream(keys, _REG))
             if reg_interval > 1:
                 value, reg_metrics = _lazy(it % reg_interval == 0, penalty)

@@ -62,7 +62,8 @@ class GANTask:
         else:
             self.train = self.validation = self.test = None
             self.image_shape = tuple(image_shape)
-        gan_obj.check_regularizer(self.reg_fn, c.reg.name, self.image_shape)
+        gan_obj.check_regularizer(self.reg_fn, c.reg.name, self.image_shape,
+                                  through_augment=bool(c.reg.through_augment and c.augment.policy))
         self.generator, self.discriminator = gan_models.build(c.model, self.image_shape, axis_name=parallel.AXIS)
         if self.reg_fn is not None and c.model.d_norm == "batch":
             log.warning("reg.name=%s with BatchNorm in D (model.d_norm='batch'): the penalty's per-example input "
