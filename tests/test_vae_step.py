@@ -227,6 +227,23 @@ def test_the_evaluation_gives_the_same_numbers_with_either_conv_impl(smoke_confi
         assert got["xla"][key] == pytest.approx(got["phase"][key], rel=1e-5), key
 
 
+def test_the_nll_does_not_depend_on_the_chunk_and_a_chunk_past_k_is_cut(smoke_config, tmp_path):
+    """The NLL's importance samples are drawn per sample index, so any eval.nll_chunk gives the same NLL; a chunk
+    larger than both sample counts decoded draws only to mask them (up to 10x the work), so it is cut to k."""
+    from jaxgen.training import loop
+
+    c = smoke_config
+    c.eval.num_examples, c.eval.batch_size, c.eval.nll_k, c.eval.final_nll_k = 16, 16, 5, 6
+    got = {}
+    for chunk in (2, 50):
+        c.eval.nll_chunk = chunk
+        task = loop.build_task(c, tmp_path)
+        state = jax.jit(task.create, out_shardings=parallel.replicated(task.mesh))()
+        got[chunk] = task.evaluate(state, final=False, data=task.test)["nll"]
+        assert task.nll_chunk == min(chunk, 6)
+    assert got[2] == got[50]
+
+
 def test_the_test_set_binarization_is_the_same_for_every_seed(smoke_config, tmp_path):
     """Runs with different seeds are scored on one binarized test set (eval.binarize_seed): the reconstruction NLL
     at the posterior mean, which has no noise, depends only on the params and that set."""

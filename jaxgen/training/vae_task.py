@@ -88,7 +88,14 @@ class VAETask:
     def eval_fn(self):
         c = self.config
         return vae_eval.compile_eval(self.mesh, model=self.model, obj_cfg=c.objective, binarize=c.data.binarize,
-                                     nll_chunk=c.eval.nll_chunk)
+                                     nll_chunk=self.nll_chunk)
+
+    @property
+    def nll_chunk(self) -> int:
+        """eval.nll_chunk, at most the larger NLL sample count: a chunk's draws past k are decoded and masked (the
+        NLL is the same for any chunk)."""
+        c = self.config.eval
+        return max(1, min(c.nll_chunk, max(c.nll_k, c.final_nll_k)))
 
     def evaluate(self, state, final: bool, data) -> dict:
         """ELBO, NLL (eval.final_nll_k importance samples at the end, eval.nll_k before) and reconstruction on the
@@ -99,7 +106,7 @@ class VAETask:
         return vae_eval.evaluate(self.eval_fn, state_lib.eval_params(state), images, mesh=self.mesh,
                                  key=key, binarize_key=vae_eval.binarize_key(c.eval.binarize_seed),
                                  batch_size=c.eval.batch_size,
-                                 nll_k=c.eval.final_nll_k if final else c.eval.nll_k, nll_chunk=c.eval.nll_chunk,
+                                 nll_k=c.eval.final_nll_k if final else c.eval.nll_k, nll_chunk=self.nll_chunk,
                                  likelihood=c.objective.likelihood)
 
     def samples(self, state, n: int) -> np.ndarray:
