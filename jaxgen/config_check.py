@@ -103,6 +103,11 @@ def _check_train(config: ml_collections.ConfigDict, base: ml_collections.ConfigD
     for name in ("dense", "g_width", "d_width"):
         if name in reads and not _positive_ints((config.model[name],), 1):
             raise ValueError(f"model.{name} must be a positive integer, got {config.model[name]!r}")
+    if "dense" in reads and config.model.latent_dim > config.model.dense:
+        log.warning("model.latent_dim=%d > model.dense=%d: %s's encoder and decoder pass through %d units, so at most "
+                    "%d latent dimensions carry information; raise model.dense with the latent size",
+                    config.model.latent_dim, config.model.dense, config.model.name, config.model.dense,
+                    config.model.dense)
     if config.seed < 0:  # numpy's generators (evaluation subsets) refuse one, after the whole run
         raise ValueError(f"seed must be >= 0, got {config.seed}")
     if config.checkpoint.keep < 1:  # Orbax would keep none: the run could not resume

@@ -950,7 +950,7 @@ def test_eval_modes_warn_only_about_fields_that_change_the_model_or_its_numbers(
     (tmp_path / "config.json").write_text(trained.to_json_best_effort(sort_keys=True))
     now = config_lib.gan_config()
     now.model.conv_impl, now.model.norm_impl, now.checkpoint.keep, now.train.steps = "xla", "flax", 1, 7
-    now.seed = 1
+    now.seed, now.loss.name, now.reg.name, now.g_optim.lr = 1, "hinge", "r1", 0.1  # what only training reads
     with caplog.at_level(logging.INFO, logger="jaxgen"):
         assert loop.wd.warn_config_drift(now, tmp_path, "sample") == []
     assert ("--mode=sample with seed 1 (training's: 0): other samples and evaluation noise of the same model"
@@ -966,6 +966,12 @@ def test_eval_modes_warn_only_about_fields_that_change_the_model_or_its_numbers(
                                                                                              "model.g_width"]
     assert [c.split(":")[0] for c in loop.wd.warn_config_drift(now, tmp_path, "sample", data_read=False)] == [
         "model.g_width"]
+    vae = config_lib.vae_config()  # a VAE is evaluated by its ELBO and NLL whatever objective trained it
+    (tmp_path / "config.json").write_text(vae.to_json_best_effort(sort_keys=True))
+    vae.objective.name, vae.objective.beta, vae.objective.k, vae.optim.lr = "iwae", 4.0, 5, 0.1
+    assert loop.wd.warn_config_drift(vae, tmp_path, "eval") == []
+    vae.objective.likelihood = "gaussian"
+    assert [c.split(":")[0] for c in loop.wd.warn_config_drift(vae, tmp_path, "eval")] == ["objective.likelihood"]
 
 
 def test_eval_mode_without_a_checkpoint_says_train_first(smoke_config, tmp_path):
@@ -991,6 +997,7 @@ def test_eval_mode_without_a_checkpoint_says_train_first(smoke_config, tmp_path)
     ({"objective.name": "iwae", "objective.beta": 4.0}, "objective.beta=4.0 (read by objective.name=elbo"),
     ({"optim.warmup_steps": 20}, "optim.warmup_steps=20 >= the run's 20 updates: the learning rate never reaches"),
     ({"checkpoint.every": 7}, "checkpoint.every=7 is not a multiple of train.log_every=5: a run killed and resumed"),
+    ({"model.latent_dim": 50}, "model.latent_dim=50 > model.dense=16: conv_vae's encoder and decoder pass through"),
 ])
 def test_settings_whose_numbers_mean_less_than_their_names_are_warned_about(smoke_config, fields, warning, caplog,
                                                                             monkeypatch):

@@ -176,6 +176,7 @@ def test_processes_that_disagree_are_a_clear_error(monkeypatch):
 
     parallel.check_same_on_every_process("x", 3, "fix")  # one process: nothing to compare
     monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(parallel, "check_equal_device_counts", lambda: None)  # this process holds all 8
     monkeypatch.setattr(multihost_utils, "process_allgather", lambda v: np.stack([v, v]))
     parallel.check_same_on_every_process("the step", 7, "share the workdir")
     monkeypatch.setattr(multihost_utils, "process_allgather", lambda v: np.stack([v, v + 1]))
@@ -225,6 +226,24 @@ def test_the_evaluation_gives_the_same_numbers_with_either_conv_impl(smoke_confi
         got[impl] = task.evaluate(state, final=False, data=task.test)
     for key in ("elbo", "nll", "recon_mse"):
         assert got["xla"][key] == pytest.approx(got["phase"][key], rel=1e-5), key
+
+
+def test_the_traversal_moves_the_most_active_latents():
+    """latent_traversal.png showed the first 10 latents, often collapsed ones (a 128-d CIFAR VAE, a beta-VAE)."""
+    from jaxgen.evaluation import vae as vae_eval
+    from jaxgen.models.vae import MLPVAE
+
+    mu = np.random.default_rng(0).normal(size=(100, 4)) * np.array([0.01, 2.0, 0.0, 1.0])
+    assert vae_eval.most_active(mu, 3) == (1, 3, 0)
+    model = MLPVAE((4, 4, 1), 4, (8,), "tanh")
+    params = model.init(jax.random.key(0), jnp.zeros((1, 4, 4, 1)), jnp.zeros((1, 4)))
+    trav = vae_eval.traversal(params, jnp.zeros(4), model=model, likelihood="bernoulli", dims=(3, 1),
+                              steps=5)
+    assert trav.shape == (10, 4, 4, 1)
+    z = np.zeros((5, 4))
+    z[:, 3] = np.linspace(-3, 3, 5)  # the first row moves latent 3
+    np.testing.assert_allclose(trav[:5], jax.nn.sigmoid(model.apply(params, jnp.asarray(z), method="decode")),
+                               rtol=1e-6)
 
 
 def test_the_nll_does_not_depend_on_the_chunk_and_a_chunk_past_k_is_cut(smoke_config, tmp_path):

@@ -161,11 +161,21 @@ def encode_mean(params, x, *, model):
 
 
 @functools.partial(jax.jit, static_argnames=("model", "likelihood", "dims", "steps"))
-def traversal(params, z0, *, model, likelihood: str, dims: int, steps: int):
-    """Images [dims * steps, H, W, C]: row d moves latent d of z0 from -3 to 3, the others fixed."""
+def traversal(params, z0, *, model, likelihood: str, dims, steps: int):
+    """Images [len(dims) * steps, H, W, C]: row r moves latent dims[r] (a tuple) of z0 from -3 to 3, the others
+    fixed."""
+    dims = jnp.asarray(dims)
+    rows = dims.shape[0]
     vals = jnp.linspace(-3.0, 3.0, steps)
-    z = jnp.tile(z0[None, None], (dims, steps, 1))
-    z = z.at[jnp.arange(dims)[:, None], jnp.arange(steps)[None], jnp.arange(dims)[:, None]].set(
-        jnp.broadcast_to(vals[None], (dims, steps))
+    z = jnp.tile(z0[None, None], (rows, steps, 1))
+    z = z.at[jnp.arange(rows)[:, None], jnp.arange(steps)[None], dims[:, None]].set(
+        jnp.broadcast_to(vals[None], (rows, steps))
     )
-    return vae_obj.mean_image(likelihood)(model.apply(params, z.reshape(dims * steps, -1), method="decode"))
+    return vae_obj.mean_image(likelihood)(model.apply(params, z.reshape(rows * steps, -1), method="decode"))
+
+
+def most_active(mu: np.ndarray, n: int) -> tuple[int, ...]:
+    """The `n` latents whose posterior means vary most over the images `mu` [N, D] comes from, most first: the
+    active units of Burda et al. 2016 (Cov_x E_q[z_d] > 0.01); the others are near the prior for every image, and
+    a traversal of them shows nothing."""
+    return tuple(int(d) for d in np.argsort(-np.var(mu, axis=0), kind="stable")[:n])  # traversal's static dims

@@ -173,7 +173,7 @@ class VAETask:
         mu = np.concatenate([np.asarray(vae_eval.encode_mean(params, inputs(i, min(i + 500, m)), model=self.model))
                              for i in range(0, m, 500)])
         plots.latent_scatter(mu, self.test.label[:m], self.workdir / "latent_scatter.png")
-        dims = min(self.model.latent_dim, 10)
+        dims = vae_eval.most_active(mu, min(self.model.latent_dim, 10))
         trav = vae_eval.traversal(params, mu[0], model=self.model, likelihood=lik, dims=dims, steps=9)
         images.save_png(self.workdir / "latent_traversal.png", np.asarray(trav), ncol=9)
         plots.loss_curves(self.workdir / "metrics.jsonl", self.workdir / "loss_curves.png")

@@ -270,15 +270,19 @@ def check_resumed_holdout(config, workdir: Path, step: int) -> None:
 # changing the model, and fields that choose only how the same model is computed (float rounding apart).
 EVAL_ONLY_BLOCKS = ("eval", "sample", "output", "deterministic", "train", "checkpoint")
 SAME_MODEL_FIELDS = ("model.conv_impl", "model.norm_impl")
+# What only training reads: the optimizers, a GAN's loss, regularizer and augmentation, and a VAE's training
+# objective (the evaluation scores every VAE by its ELBO and NLL under objective.likelihood).
+TRAINING_ONLY_BLOCKS = ("optim", "g_optim", "d_optim", "loss", "reg", "augment")
+TRAINING_ONLY_FIELDS = ("objective.name", "objective.beta", "objective.k", "objective.kl", "objective.kl_warmup_steps")
 
 
 def warn_config_drift(config, workdir: Path, mode: str, data_read: bool = True) -> list[str]:
-    """Logs (and returns) the fields, outside EVAL_ONLY_BLOCKS and SAME_MODEL_FIELDS, in which `config` differs
-    from the config.json the workdir was trained with: --mode=eval/sample evaluate with this command's config.
-    Exceptions: `seed` (other samples and evaluation noise of the same model: a note), and a GAN's
-    train.batch_size where G's EMA weights have BatchNorm (its statistics are re-estimated in batches of that
-    size). data_read=False (--mode=sample with data.json: no data is read): data.* is not drift either. Another
-    task (a VAE config on a GAN's workdir) is a ValueError."""
+    """Logs (and returns) the fields, outside EVAL_ONLY_BLOCKS, SAME_MODEL_FIELDS and what only training reads, in which
+    `config` differs from the config.json the workdir was trained with: --mode=eval/sample evaluate with this
+    command's config. Exceptions: `seed` (other samples and evaluation noise of the same model: a note), and a
+    GAN's train.batch_size where G's EMA weights have BatchNorm (its statistics are re-estimated in batches of
+    that size). data_read=False (--mode=sample with data.json: no data is read): data.* is not drift either.
+    Another task (a VAE config on a GAN's workdir) is a ValueError."""
     path = workdir / "config.json"
     now = json.loads(config.to_json_best_effort(sort_keys=True))
     trained = _read_json(path) or now  # missing or unreadable: nothing to compare (every process gets here)
@@ -288,9 +292,9 @@ def warn_config_drift(config, workdir: Path, mode: str, data_read: bool = True) 
                    f"one is a {now['task']} config: give the training command's --config and overrides")
         if other else None, "check the workdir's config")
     diffs = {d.split(":")[0]: d for d in _diff(trained, now)}
-    ignored = (*EVAL_ONLY_BLOCKS, "seed") + (() if data_read else ("data",))
+    ignored = (*EVAL_ONLY_BLOCKS, *TRAINING_ONLY_BLOCKS, "seed") + (() if data_read else ("data",))
     changed = sorted(d for field, d in diffs.items()
-                     if field.split(".")[0] not in ignored and field not in SAME_MODEL_FIELDS)
+                     if field.split(".")[0] not in ignored and field not in SAME_MODEL_FIELDS + TRAINING_ONLY_FIELDS)
     if (now["task"] == "gan" and "train.batch_size" in diffs and now["train"]["ema_half_life"] > 0
             and now["model"].get("g_norm") == "batch"):
         changed.append(diffs["train.batch_size"] + " (the EMA generator's BatchNorm statistics are re-estimated in "
