@@ -114,16 +114,16 @@ def exit_now(status: int) -> None:
 
 
 def exit_failed(status: int = 1) -> None:
-    """Ends a run that failed with `status`. Several processes: without JAX's distributed shutdown, whose barrier
+    """Ends a run that failed with `status`. With jax.distributed: without its shutdown, whose barrier
     waits 5 minutes for the other processes, which an error on this one alone (a file only process 0 writes) left
     waiting in their next collective; this process's exit ends them instead (its heartbeats stop; when it is
-    process 0, the coordination service goes with it). One process: sys.exit."""
+    process 0, the coordination service goes with it). Without jax.distributed: sys.exit."""
     import logging  # noqa: PLC0415
     import os  # noqa: PLC0415
 
     import jax  # noqa: PLC0415
 
-    if not (jax.distributed.is_initialized() and jax.process_count() > 1):
+    if not jax.distributed.is_initialized():  # asks without starting a backend
         sys.exit(status)
     sys.stdout.flush()
     sys.stderr.flush()
@@ -190,7 +190,7 @@ def _run_mode(FLAGS: flags.FlagValues, run) -> None:  # noqa: N803 (launch.py's 
 
             import jax  # noqa: PLC0415
 
-            if jax.distributed.is_initialized() and jax.process_count() > 1:
+            if jax.distributed.is_initialized():
                 traceback.print_exc()
                 exit_failed(1)
             raise

@@ -251,19 +251,13 @@ def _check_gan(config: ml_collections.ConfigDict) -> None:
 
 
 def _check_critic(config: ml_collections.ConfigDict) -> None:
-    """Warns where the Wasserstein loss, whose critic must be 1-Lipschitz, lacks a constraint, and where a
-    gradient penalty meets BatchNorm in D, which makes D(x) depend on the other examples of the batch while the
-    penalty is per example (Gulrajani et al. 2017: "we use no batch normalization in the critic"). Not errors: a
-    user's regularizer or model may constrain the critic another way."""
+    """Warns where the Wasserstein loss, whose critic must be 1-Lipschitz, lacks a constraint (not an error: a
+    user's model may constrain the critic another way). A penalty with BatchNorm in D: GanTask warns."""
     constrained = config.reg.name != "none" and config.reg.weight > 0 or config.model.get("d_spectral_norm", False)
     if config.loss.name == "wasserstein" and not constrained:
         log.warning("loss.name=wasserstein without a Lipschitz constraint on D: its outputs grow without bound and "
                     "its loss falls for ever. Add the gradient penalty (--config.reg.name=gp --config.reg.weight=10, "
                     "as WGAN-GP) or spectral norm (--config.model.d_spectral_norm=True)")
-    if config.reg.name in ("gp", "r1") and config.model.get("d_norm") == "batch":
-        log.warning("reg.name=%s with model.d_norm=batch: the penalty is on each example's input gradient, but with "
-                    "BatchNorm D(x) depends on the whole batch; %s (--config.model.d_norm=none)", config.reg.name,
-                    "WGAN-GP's critic has no BatchNorm" if config.reg.name == "gp" else "R1 is used without it")
 
 
 # The blocks a user's function receives as its `cfg` (or model_config, data_config), by the fields that can name

@@ -69,9 +69,94 @@ def test_tfds_path_under_mock_data(tmp_path, monkeypatch):
         c = data.load(_cfg(name="cifar10", data_dir=str(tmp_path)), "test")
     assert d.image.shape == (24, 28, 28, 1) and d.image.dtype == np.uint8 and d.label.shape == (24,)
     assert c.image.shape == (24, 32, 32, 3)
-    # The split was cached as uint8 arrays in the data dir: a second load needs no TFDS at all.
-    assert (tmp_path / "jaxgen_cache" / "mnist" / "train.npz").exists()
-    np.testing.assert_array_equal(data.load(_cfg(name="mnist", data_dir=str(tmp_path)), "train").image, d.image)
+    # mock_data's random records are not cached: a later real run would have read them as MNIST.
+    assert not (tmp_path / "jaxgen_cache" / "mnist" / "train.npz").exists()
+
+
+def _stand_in_mnist(tfds):
+    """A builder named mnist that prepares 12 train and 5 test digits of its own (array_record, no TensorFlow):
+    the real read path, offline."""
+    with tfds.core.registered.skip_registration():
+        class Mnist(tfds.core.GeneratorBasedBuilder):
+            VERSION = tfds.core.Version("3.0.1")
+            name = "mnist"
+
+            def _info(self):
+                return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+                    "image": tfds.features.Tensor(shape=(28, 28, 1), dtype=np.uint8),
+                    "label": tfds.features.ClassLabel(num_classes=10)}))
+
+            def _split_generators(self, dl_manager):
+                return {"train": self._generate_examples(12), "test": self._generate_examples(5)}
+
+            def _generate_examples(self, n):
+                for i in range(n):
+                    yield i, {"image": np.full((28, 28, 1), i, np.uint8), "label": i % 10}
+    return Mnist
+
+
+def test_a_prepared_tfds_split_is_cached_and_a_torn_cache_is_read_again(tmp_path, monkeypatch, caplog):
+    import logging
+
+    import tensorflow_datasets as tfds
+
+    monkeypatch.setattr(tfds_source, "DOWNLOAD_HOSTS", {})
+    monkeypatch.setattr(tfds_source, "has_tensorflow", lambda: True)
+    mnist = _stand_in_mnist(tfds)
+    monkeypatch.setattr(tfds, "builder", lambda name, data_dir=None, file_format=None: mnist(
+        data_dir=data_dir, file_format=file_format))
+    cfg = _cfg(name="mnist", data_dir=str(tmp_path))
+    d = data.load(cfg, "train")
+    assert d.image.shape == (12, 28, 28, 1) and sorted(d.image[:, 0, 0, 0].tolist()) == list(range(12))
+    cache = tmp_path / "jaxgen_cache" / "mnist" / "train.npz"
+    assert cache.exists()
+    monkeypatch.setattr(tfds, "builder", lambda *a, **k: pytest.fail("the cache is read without TFDS"))
+    np.testing.assert_array_equal(data.load(cfg, "train").image, d.image)
+    cache.write_bytes(cache.read_bytes()[: cache.stat().st_size // 2])  # a copy cut short
+    monkeypatch.setattr(tfds, "builder", lambda name, data_dir=None, file_format=None: mnist(
+        data_dir=data_dir, file_format=file_format))
+    with caplog.at_level(logging.WARNING, logger="jaxgen"):
+        np.testing.assert_array_equal(data.load(cfg, "train").image, d.image)
+    assert "cannot be read" in caplog.text and "reading the dataset again" in caplog.text
+    with np.load(cache) as z:  # written whole again
+        np.testing.assert_array_equal(z["image"], d.image)
+
+
+def test_a_dataset_prepared_as_tfrecord_names_the_conversion(tmp_path, monkeypatch):
+    import tensorflow_datasets as tfds
+
+    def builder(name, data_dir=None, file_format=None):
+        raise ValueError(f'Failed to construct dataset "{name}": File format is already set to FileFormat.TFRECORD. '
+                         f'Got FileFormat.ARRAY_RECORD')
+
+    monkeypatch.setattr(tfds, "builder", builder)
+    with pytest.raises(tfds_source.DatasetUnavailableError, match=r"(?s)'mnist' is prepared in .* in another file "
+                                                                  r"format than the array_record jaxgen reads.*"
+                                                                  r"convert_format"):
+        data.load(_cfg(name="mnist", data_dir=str(tmp_path)), "train")
+
+
+def test_the_offline_probe_goes_through_a_proxy(monkeypatch):
+    """TFDS downloads through $HTTPS_PROXY: probing the host directly refused downloads that would work."""
+    tried = []
+
+    class Connection:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(tfds_source.socket, "create_connection",
+                        lambda addr, timeout: tried.append(addr) or Connection())
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    assert tfds_source.can_reach("storage.googleapis.com", 443)
+    monkeypatch.delenv("HTTPS_PROXY")
+    monkeypatch.delenv("https_proxy", raising=False)
+    assert tfds_source.can_reach("storage.googleapis.com", 443)
+    assert tried == [("proxy.example", 3128), ("storage.googleapis.com", 443)]
 
 
 def test_tfds_offline_fails_fast_naming_the_dataset_and_the_fix(tmp_path, monkeypatch):

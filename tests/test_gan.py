@@ -196,7 +196,7 @@ def test_sharded_gan_step_equals_one_device(over):
         np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64), atol=2e-5, rtol=1e-4)
 
 
-def test_a_critic_without_a_lipschitz_constraint_or_with_batchnorm_under_a_penalty_is_warned_about(caplog):
+def test_a_critic_without_a_lipschitz_constraint_is_warned_about(caplog):
     import logging
 
     from jaxgen import config_check
@@ -208,11 +208,8 @@ def test_a_critic_without_a_lipschitz_constraint_or_with_batchnorm_under_a_penal
         return caplog.text
 
     assert "wasserstein without a Lipschitz constraint" in warnings(**{"loss.name": "wasserstein"})
-    text = warnings(**{"loss.name": "wasserstein", "reg.name": "gp", "reg.weight": 10.0})
-    assert "Lipschitz" not in text and "reg.name=gp with model.d_norm=batch" in text
+    assert "Lipschitz" not in warnings(**{"loss.name": "wasserstein", "reg.name": "gp", "reg.weight": 10.0})
     assert "Lipschitz" not in warnings(**{"loss.name": "wasserstein", "model.d_spectral_norm": True})
-    assert "reg.name=r1 with model.d_norm=batch" in warnings(**{"reg.name": "r1"})
-    assert "d_norm=batch" not in warnings(**{"reg.name": "r1", "model.d_norm": "none"})
     with pytest.raises(ValueError, match="reg.weight must be >= 0, got -1.0"):
         config_check.check(_smoke(**{"reg.name": "r1", "reg.weight": -1.0}))
 
@@ -443,7 +440,7 @@ def test_gan_celeba_runs_end_to_end_under_tfds_mock_data(tmp_path, monkeypatch):
     with tfds.testing.mock_data(num_examples=64):
         final = loop.train_and_evaluate(c, tmp_path / "run")
     assert final["num_examples"] == 64 and np.isfinite(final["d_real"]) and np.isfinite(final["d_fake"])
-    assert (tmp_path / "tfds" / "jaxgen_cache" / "celeb_a" / "train_r64_c108.npz").is_file()
+    assert not (tmp_path / "tfds" / "jaxgen_cache").exists()  # mock_data's records are never cached
     for name in ("images/samples.png", "interpolations.png", "gan_curves.png", "eval.json", "checkpoints/20"):
         assert (tmp_path / "run" / name).exists(), name
 

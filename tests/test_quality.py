@@ -209,6 +209,10 @@ def test_a_best_measured_with_another_likelihood_or_data_is_not_compared(smoke_c
     assert "eval.num_samples" in loop.measured_with(c, "classifier/fid")
     assert "objective.likelihood" not in loop.measured_with(c, "classifier/fid")
     assert "eval.nll_k" in loop.measured_with(c, "nll")
+    # Not what does not change the value: sigma with a Bernoulli, the classifier for Inception, where files are.
+    assert not {"objective.gaussian_sigma", "data.path", "data.data_dir"} & set(measured)
+    assert "eval.classifier_steps" in loop.measured_with(c, "classifier/fid")
+    assert "eval.classifier_steps" not in loop.measured_with(c, "inception/fid")
     keeper = best_checkpoint.BestKeeper(tmp_path, "elbo", "max", measured_with=measured)
     keeper.update(state, {"elbo": -90.0})
     keeper.close()

@@ -28,6 +28,8 @@ import logging
 import os
 import struct
 import threading
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -387,14 +389,25 @@ def image_folder(data_config, split: str) -> tuple[np.ndarray, np.ndarray]:
                                     needed=not wanted.exists(), what=f"decode the images in {folder}")
 
 
+# What reading a torn or damaged .npz cache raises (a copy cut short, a full disk): the cache is rebuilt.
+TORN_CACHE = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error)
+
+
 def _cached_or_decoded(folder: Path, files: list[str], cache: Path, wanted: Path, res: int, crop: int, pct: int
                        ) -> tuple[np.ndarray, np.ndarray]:
-    if not wanted.exists():
-        with _decoding(cache, folder):
-            if not wanted.exists():  # else another process decoded the folder while this one waited
-                return _decode_and_cache(folder, files, cache, wanted, res, crop, pct)
-    with np.load(wanted) as z:
-        return z["image"], z["label"]
+    if wanted.exists():
+        try:
+            with np.load(wanted) as z:
+                return z["image"], z["label"]
+        except TORN_CACHE as e:
+            log.warning("The cached images at %s cannot be read (%s: %s); decoding %s again", wanted,
+                        type(e).__name__, e, folder)
+    with _decoding(cache, folder):
+        try:  # another process may have decoded the folder while this one waited
+            with np.load(wanted) as z:
+                return z["image"], z["label"]
+        except TORN_CACHE:  # missing (FileNotFoundError), or still torn
+            return _decode_and_cache(folder, files, cache, wanted, res, crop, pct)
 
 
 @contextlib.contextmanager

@@ -37,7 +37,17 @@ class DatasetUnavailableError(RuntimeError):
 
 
 def can_reach(host: str, port: int = 443, timeout: float = 5.0) -> bool:
-    """True if a TCP connection to host:port opens within `timeout` seconds."""
+    """True if a TCP connection to host:port opens within `timeout` seconds; where the environment names a proxy
+    for the scheme (`$HTTPS_PROXY`, `$HTTP_PROXY`: TFDS downloads through it) and does not bypass it for `host`,
+    a connection to that proxy instead."""
+    import urllib.parse  # noqa: PLC0415
+    import urllib.request  # noqa: PLC0415
+
+    proxy = urllib.request.getproxies().get("https" if port == 443 else "http")
+    if proxy and not urllib.request.proxy_bypass(host):
+        parsed = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        if parsed.hostname:
+            host, port = parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80)
     try:
         with socket.create_connection((host, port), timeout=timeout):
             return True
@@ -80,11 +90,23 @@ def _unavailable(name: str, ddir: Path, why: str, hint: str = "") -> DatasetUnav
 
 
 def _source(name: str, split: str, data_config, hint: str = ""):
-    """The TFDS data source of `split`, preparing the dataset first if it is missing and can be prepared here."""
+    """(the TFDS data source of `split`, whether its records may be cached), preparing the dataset first if it is
+    missing and can be prepared here. Not the records of a dataset still not prepared after that
+    (tfds.testing.mock_data's random records): a later real run would take them for the dataset."""
     import tensorflow_datasets as tfds  # noqa: PLC0415 (heavy; only where data is read)
 
     ddir = data_dir(data_config)
-    builder = tfds.builder(name, data_dir=str(ddir), file_format="array_record")
+    try:
+        builder = tfds.builder(name, data_dir=str(ddir), file_format="array_record")
+    except ValueError as e:  # prepared in another format: "File format is already set to FileFormat.TFRECORD"
+        if "file format" not in str(e).lower():
+            raise
+        raise DatasetUnavailableError(
+            f"TFDS dataset {name!r} is prepared in {ddir} in another file format than the array_record jaxgen reads "
+            f"(TFDS: {str(e).splitlines()[-1][:200]}).\n  Convert it (needs TensorFlow): tfds convert_format "
+            f"--dataset_dir={ddir / name}/<version> --out_file_format=array_record\n  or prepare it as "
+            f"array_record into another data dir (--config.data.data_dir=DIR):\n    "
+            f"{_prepare_command(name, Path('DIR'))}") from e
     with runtime.absl_errors_only():  # TFDS warns "Variant folder ... has no dataset_info.json" if not prepared
         prepared = builder.is_prepared()
     if not prepared:
@@ -97,12 +119,20 @@ def _source(name: str, split: str, data_config, hint: str = ""):
             raise _unavailable(name, ddir, "preparing it needs TensorFlow, which is not installed", hint)
         log.info("Preparing TFDS %s in %s (once)", name, ddir)
         builder.download_and_prepare(file_format="array_record")
-    return builder.as_data_source(split=split)
+    source = builder.as_data_source(split=split)
+    with runtime.absl_errors_only():
+        cacheable = builder.is_prepared()
+    if not cacheable:
+        log.warning("TFDS %s is not prepared in %s (tfds.testing.mock_data?): its %s records are not cached", name,
+                    ddir, split)
+    return source, cacheable
 
 
-def _read_split(source, image_fn: Callable | None, label_key: str | None, desc: str) -> tuple[np.ndarray, np.ndarray]:
-    """All records of a data source -> (uint8 [N, H, W, C], int32 [N]); `image_fn` maps each uint8 [h, w, c] image
-    (e.g. crop and resize); no `label_key` gives label 0. Records are decoded in threads, in order."""
+def _read_split(source, cacheable: bool, image_fn: Callable | None, label_key: str | None, desc: str
+                ) -> tuple[np.ndarray, np.ndarray, bool]:
+    """All records of a data source -> (uint8 [N, H, W, C], int32 [N], `cacheable`); `image_fn` maps each uint8
+    [h, w, c] image (e.g. crop and resize); no `label_key` gives label 0. Records are decoded in threads, in
+    order."""
     from tqdm.auto import tqdm  # noqa: PLC0415
 
     n = len(source)
@@ -123,11 +153,12 @@ def _read_split(source, image_fn: Callable | None, label_key: str | None, desc: 
             images.append(im)
             labels.append(lb)
             bar.update(min(CHUNK, n - start))
-    return np.concatenate(images), np.concatenate(labels)
+    return np.concatenate(images), np.concatenate(labels), cacheable
 
 
 def _cached(cache: Path, read: Callable) -> tuple[np.ndarray, np.ndarray]:
-    """The arrays in `cache` if it exists, else `read()`, written to `cache` (tmp then rename) for the next run.
+    """The arrays in `cache` if it exists (and reads), else `read()` -> (image, label, cacheable), written to `cache`
+    (tmp then rename) for the next run when cacheable.
     In a multi-host run process 0 reads (and prepares) first, so a shared data dir is filled once."""
     return parallel.process_0_first(lambda: _read_cached(cache, read), needed=not cache.exists(),
                                     what=f"prepare {cache.parent.name} (cache {cache})")
@@ -135,9 +166,15 @@ def _cached(cache: Path, read: Callable) -> tuple[np.ndarray, np.ndarray]:
 
 def _read_cached(cache: Path, read: Callable) -> tuple[np.ndarray, np.ndarray]:
     if cache.exists():
-        with np.load(cache) as z:
-            return z["image"], z["label"]
-    image, label = read()
+        try:
+            with np.load(cache) as z:
+                return z["image"], z["label"]
+        except image_folder.TORN_CACHE as e:  # torn by a copy or a full disk
+            log.warning("The cached %s at %s cannot be read (%s: %s); reading the dataset again", cache.parent.name,
+                        cache, type(e).__name__, e)
+    image, label, cacheable = read()
+    if not cacheable:
+        return image, label
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         write_npz(cache, image=image, label=label)
@@ -151,7 +188,7 @@ def loader(name: str) -> Callable:
 
     def load(data_config, split: str) -> tuple[np.ndarray, np.ndarray]:
         cache = data_dir(data_config) / "jaxgen_cache" / name / f"{split}.npz"
-        return _cached(cache, lambda: _read_split(_source(name, split, data_config), None, "label", f"{name} {split}"))
+        return _cached(cache, lambda: _read_split(*_source(name, split, data_config), None, "label", f"{name} {split}"))
 
     load.__name__ = f"load_{name}"
     load.__doc__ = f"TFDS {name!r}, prepared once into the data dir and cached as uint8 arrays."
@@ -177,6 +214,6 @@ def celeb_a(data_config, split: str) -> tuple[np.ndarray, np.ndarray]:
     res, crop = int(data_config.resolution), int(data_config.crop)
     cache = data_dir(data_config) / "jaxgen_cache" / "celeb_a" / f"{split}_r{res}_c{crop}.npz"
     image_fn = (lambda im: crop_and_resize(im, res, crop)) if res > 0 or crop > 0 else None
-    read = lambda: _read_split(_source("celeb_a", split, data_config, hint=CELEB_A_HINT), image_fn, None,  # noqa: E731
+    read = lambda: _read_split(*_source("celeb_a", split, data_config, hint=CELEB_A_HINT), image_fn, None,  # noqa: E731
                                f"celeb_a {split}")
     return _cached(cache, read)

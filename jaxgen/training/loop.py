@@ -275,11 +275,10 @@ def _train_and_evaluate(config, workdir: Path) -> dict:
             raise RunStopped(step, stopped)
         t_final = time.perf_counter()
         try:
-            # The last step's numbers as the evaluations during training measure them, for the curves and the best:
-            # on the validation split (the final eval reports the test split), or for a best metric the final eval
-            # measures another way (a VAE's NLL there takes eval.final_nll_k samples, the best compares eval.nll_k's).
-            if task.validation is not None or (best is not None and best.metric in task.not_final):
+            if task.validation is not None:  # the last step's validation numbers, for the curves and the best
                 evals.during_training(state, step, images=False)
+            elif best is not None and best.metric in task.not_final:
+                evals.for_best(state, step)
             log.info("Final evaluation of step %d", step)
             final = final_eval(task, state, writer, sq)
             if best is not None and task.validation is None:  # the test split's numbers choose nothing then
@@ -329,6 +328,15 @@ class _Evals:
             self.best.update(state, scalars(ev))
         if images:
             self.task.save_images(state, suffix=f"_{step:07d}")
+
+    def for_best(self, state: dict, step: int) -> None:
+        """Offers the last step to the best checkpoint where the final eval measures its metric another way (a
+        VAE's NLL there takes eval.final_nll_k samples, the best compares eval.nll_k's): the task's own metrics,
+        as during training, without sample quality; logged, not recorded (the final eval's record stands for the
+        step)."""
+        ev = evaluate(self.task, state, False, None)
+        log.info("step %d %s (for the best checkpoint): %s", step, record_split(self.task), eval_line(self.task, ev))
+        self.best.update(state, scalars(ev))
 
     def missing(self, step: int) -> bool:
         """Whether metrics.jsonl lacks the record of `step`'s evaluation by a training run (process 0's answer, on
@@ -493,10 +501,10 @@ def log_determinism(config) -> None:
 # changes one (another likelihood, dataset, sample count ...) measures on another scale, so the best kept so far
 # is not compared with its values. The data fields, then those of a metric of the samples ('<extractor>/fid', ...)
 # or of the evaluation's images.
-_DATA_FIELDS = ("name", "path", "train_split", "test_split", "num_examples", "binarize", "resolution", "crop",
-                "test_percent")
-_SAMPLE_FIELDS = ("eval.num_samples", "eval.reference_split", "eval.classifier_steps")
-_IMAGE_FIELDS = ("eval.num_examples", "eval.binarize_seed", "objective.likelihood", "objective.gaussian_sigma")
+# (data.path is where a host finds the files, which may move; the processes compare the data itself.)
+_DATA_FIELDS = ("name", "train_split", "test_split", "num_examples", "binarize", "resolution", "crop", "test_percent")
+_SAMPLE_FIELDS = ("eval.num_samples", "eval.reference_split")
+_IMAGE_FIELDS = ("eval.num_examples", "eval.binarize_seed", "objective.likelihood")
 _METRIC_FIELDS = {"nll": ("eval.nll_k",), "nll_bits_per_dim": ("eval.nll_k",), "d_real": ("eval.batch_size",),
                   "d_fake": ("eval.batch_size",)}  # D's BatchNorm runs in train mode: its outputs depend on the batch
 
@@ -505,6 +513,10 @@ def measured_with(c, metric: str) -> dict:
     """{field: value} of the config fields that set the scale of `metric` (see _DATA_FIELDS), those `c` has."""
     fields = [f"data.{f}" for f in _DATA_FIELDS] + list(_SAMPLE_FIELDS if "/" in metric else _IMAGE_FIELDS)
     fields += _METRIC_FIELDS.get(metric, ())
+    if metric.startswith("classifier/"):  # the classifier's training steps change its features
+        fields.append("eval.classifier_steps")
+    if "/" not in metric and c.get("objective", {}).get("likelihood") == "gaussian":
+        fields.append("objective.gaussian_sigma")
     found = {}
     for field in fields:
         block, name = field.split(".")
