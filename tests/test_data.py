@@ -53,6 +53,12 @@ def test_images_in_the_wrong_layout_or_range_are_named(caplog):
         data.ImageData(np.zeros((4, 1, 28, 28), np.uint8), label, "mine", "train")
     with pytest.raises(ValueError, match="drop the alpha channel"):
         data.ImageData(np.zeros((4, 8, 8, 4), np.uint8), label, "mine", "train")
+    with pytest.raises(ValueError, match=r"got uint8 \(4, 8, 8\); grey images \[N, H, W\] need a channel axis"):
+        data.ImageData(np.zeros((4, 8, 8), np.uint8), label, "mine", "train")
+    with pytest.raises(ValueError, match=r"got int64 .* need images\.astype\(np\.uint8\)"):
+        data.ImageData(np.zeros((4, 8, 8, 1), np.int64), label, "mine", "train")
+    with pytest.raises(ValueError, match=r"got float32 .* need np\.round\(images \* 255\)\.astype\(np\.uint8\)"):
+        data.ImageData(np.zeros((4, 8, 8, 1), np.float32), label, "mine", "train")
     with caplog.at_level(logging.WARNING, logger="jaxgen"):
         data.ImageData(np.ones((4, 8, 8, 1), np.uint8), label, "mine", "train")
     assert "pixels of its first images are all 0 or 1, where jaxgen expects 0-255" in caplog.text

@@ -29,9 +29,16 @@ class ImageData:
 
     def __post_init__(self):
         if self.image.dtype != np.uint8 or self.image.ndim != 4:
+            fixes = []
+            if self.image.ndim == 3:
+                fixes.append("grey images [N, H, W] need a channel axis: images[..., None]")
+            if self.image.dtype != np.uint8:
+                fixes.append("floats in [0, 1] need np.round(images * 255).astype(np.uint8)"
+                             if np.issubdtype(self.image.dtype, np.floating) else
+                             "pixels 0-255 of another integer type need images.astype(np.uint8)")
             raise ValueError(
                 f"dataset {self.name!r} split {self.split!r}: images must be uint8 [N, H, W, C], "
-                f"got {self.image.dtype} {self.image.shape}"
+                f"got {self.image.dtype} {self.image.shape}" + "".join(f"; {f}" for f in fixes)
             )
         if self.label.shape != (self.image.shape[0],):
             raise ValueError(f"dataset {self.name!r}: {self.image.shape[0]} images but labels {self.label.shape}")
