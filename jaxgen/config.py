@@ -103,7 +103,7 @@ def optim_block(lr: float = 1e-3, b1: float = 0.9, b2: float = 0.999) -> ml_coll
     o.weight_decay = 0.0  # adamw only
     o.schedule = "constant"  # 'constant', 'cosine' or 'linear' (decay to lr * end_lr_ratio), after a linear warmup
     o.warmup_steps = 0
-    o.end_lr_ratio = 0.0  # cosine, linear: final lr = lr * end_lr_ratio
+    o.end_lr_ratio = 0.0  # cosine, linear: lr * end_lr_ratio is reached just after the last update
     o.clip_norm = 0.0  # global gradient-norm clipping; 0 = off
     return o
 

@@ -199,11 +199,13 @@ def _check_optimizers(config: ml_collections.ConfigDict) -> None:
         o = config[block]
         for name, low, high in (("lr", 0.0, math.inf), ("b1", 0.0, 1.0), ("b2", 0.0, 1.0),
                                 ("warmup_steps", 0, math.inf), ("end_lr_ratio", 0.0, math.inf),
-                                ("clip_norm", 0.0, math.inf)):
+                                ("clip_norm", 0.0, math.inf), ("weight_decay", 0.0, math.inf)):
             value = o.get(name)  # a user's optimizer block may lack some
             if value is not None and not (low <= value < high):  # NaN too
                 raise ValueError(f"{block}.{name} must be >= {low:g}" + (f" and < {high:g}" if high < math.inf else
                                  " and finite") + f", got {value}")
+        if o.get("eps") is not None and not o.eps > 0:  # 0: a parameter whose gradient is 0 gets 0 / 0 = NaN
+            raise ValueError(f"{block}.eps must be > 0 (Adam's denominator), got {o.eps}")
         if o.schedule not in optim.SCHEDULES:
             raise ValueError(f"unknown {block}.schedule {o.schedule!r}; choices: {', '.join(optim.SCHEDULES)}")
         if o.warmup_steps >= updates(config, block) > 0:

@@ -247,6 +247,20 @@ def _smoke(**over):
     return c
 
 
+def test_a_resume_with_another_d_steps_is_refused(tmp_path):
+    """D's schedule and batches count D updates as step x train.d_steps, its optimizer the updates it made: a resume
+    with another d_steps logged one learning rate and applied another, and skipped batches."""
+    import json
+
+    c = _smoke(**{"eval.every": 0, "train.steps": 10, "checkpoint.every": 10})
+    loop.train_and_evaluate(c, tmp_path)
+    c.train.steps, c.train.d_steps = 20, 2
+    with pytest.raises(ValueError, match=r"train.d_steps is 2, but the run resumed from step 10 in .* made 1 D "
+                                         r"update\(s\) per step: .* Keep --config.train.d_steps=1"):
+        loop.train_and_evaluate(c, tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["train"]["d_steps"] == 1
+
+
 def test_gan_resume_is_bitwise_for_the_whole_state(tmp_path):
     c = _smoke(**{"eval.every": 0, "checkpoint.every": 10, "train.steps": 20, "reg.name": "r1",
                   "reg.interval": 3, "train.d_steps": 2})

@@ -683,6 +683,8 @@ def test_a_variant_that_overrides_an_earlier_ones_fields_says_so(caplog):
     ("train.steps_per_dispatch", 3, "must be multiples of train.steps_per_dispatch=3"),
     ("eval.nll_chunk", 0, "eval.nll_chunk must be >= 1"),
     ("objective.kl_warmup_steps", -5, "objective.kl_warmup_steps must be >= 0"),
+    ("optim.eps", 0.0, "optim.eps must be > 0 (Adam's denominator), got 0.0"),
+    ("optim.weight_decay", -0.1, "optim.weight_decay must be >= 0 and finite, got -0.1"),
 ])
 def test_bad_config_values_fail_before_any_work_with_the_choices(smoke_config, tmp_path, field, value, message):
     section, name = field.split(".")
@@ -1086,3 +1088,43 @@ def test_a_train_records_rate_counts_training_time_only(smoke_config, tmp_path, 
     loop.train_and_evaluate(c, tmp_path)
     rates = {r["step"]: r["img_per_s"] for r in read(tmp_path / "metrics.jsonl") if r["split"] == "train"}
     assert sorted(rates) == [5, 10, 15, 20] and rates[15] > 1, rates
+
+
+def test_tensorboard_points_are_flushed_before_each_checkpoint_and_not_doubled(smoke_config, tmp_path, monkeypatch):
+    """A run killed after a checkpoint lost the buffered TensorBoard points before it for good (its resume does not
+    write them again); a finished run run again, and --mode=eval, added second points at the last step."""
+    from jaxgen.reporting.writer import MetricWriter
+    from jaxgen.training import checkpoint
+
+    save = checkpoint.save
+    sizes = []
+
+    def save_and_measure(mgr, state):
+        sizes.append(sum(p.stat().st_size for p in (tmp_path / "run" / "tb").glob("events.out.tfevents.*")))
+        return save(mgr, state)
+
+    monkeypatch.setattr(checkpoint, "save", save_and_measure)
+    smoke_config.checkpoint.every = 10
+    loop.train_and_evaluate(smoke_config, tmp_path / "run")
+    assert len(sizes) == 2 and 0 < sizes[0] < sizes[1]  # the points up to the first checkpoint are on disk
+
+    points = []
+    writer = MetricWriter(tmp_path / "w", resume_step=0)
+    monkeypatch.setattr(writer._tb, "add_scalar", lambda tag, value, step: points.append((tag, value, step)))
+    writer.write(20, "eval", {"elbo": -1.0})
+    writer.write(20, "eval", {"elbo": -2.0})  # a re-evaluation replaces the record, not the point
+    writer.close()
+    assert points == [("eval/elbo", -1.0, 20)]
+    assert [r["elbo"] for r in read(tmp_path / "w" / "metrics.jsonl")] == [-2.0]
+    MetricWriter(tmp_path / "w", tb_run="mode_eval").close()
+    assert (tmp_path / "w" / "tb" / "mode_eval").is_dir()
+
+
+def test_mode_eval_with_another_seed_leaves_the_runs_images(trained_vae):
+    """The run's samples are of its fixed noise (the seed's): --mode=eval with another seed overwrote them."""
+    c, workdir = trained_vae
+    before = {p.name: p.read_bytes() for p in (workdir / "images").iterdir()}
+    c.seed = 1
+    modes.evaluate_checkpoint(c, workdir)
+    assert {p.name: p.read_bytes() for p in (workdir / "images").iterdir()} == before
+    assert "--mode=eval with another seed than training: the run's images" in (workdir / "log_eval.txt").read_text()

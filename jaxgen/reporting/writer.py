@@ -48,7 +48,10 @@ class MetricWriter:
     --mode=eval's records, marked "by", stand beside the training run's).
     """
 
-    def __init__(self, workdir: Path, enabled: bool | None = None, resume_step: int | None = None):
+    def __init__(self, workdir: Path, enabled: bool | None = None, resume_step: int | None = None,
+                 tb_run: str = ""):
+        """tb_run: a TensorBoard run of its own under tb/ ('mode_eval': --mode=eval's numbers beside the training
+        run's curves, not as second points on them)."""
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
         self.path = Path(workdir) / "metrics.jsonl"
         self._tb = None
@@ -58,7 +61,7 @@ class MetricWriter:
             if resume_step is not None:
                 _drop_after(self.path, resume_step)
                 purge = resume_step + 1
-            self._tb = SummaryWriter(str(Path(workdir) / "tb"), flush_secs=30, purge_step=purge)
+            self._tb = SummaryWriter(str(Path(workdir) / "tb" / tb_run), flush_secs=30, purge_step=purge)
 
     def write(self, step: int, split: str, scalars: dict[str, float], by: str | None = None) -> None:
         """One record of `step`'s `split`; `by`: what wrote it, when not the training run (`"by": "--mode=eval"`
@@ -66,15 +69,24 @@ class MetricWriter:
         if not self.enabled:
             return
         clean = {k: (float(v) if math.isfinite(float(v)) else str(float(v))) for k, v in scalars.items()}
+        replaced = False
         if split != "train":  # --mode=eval's record leaves the training run's of the step (and the reverse)
-            _drop(self.path, lambda r: r["split"] == split and r["step"] == step and r.get("by") == by)
+            replaced = _drop(self.path, lambda r: r["split"] == split and r["step"] == step and r.get("by") == by)
         line = json.dumps({"step": int(step), "split": split, **({"by": by} if by else {}), **clean}) + "\n"
         with self.path.open("a+b") as f:  # a file a stopped run left without its last newline gets it first
             if f.tell() and (f.seek(-1, 2), f.read(1))[1] != b"\n":
                 line = "\n" + line
             f.write(line.encode())
+        if replaced:  # a finished run run again re-evaluates its last step: TensorBoard keeps its first points
+            return  # (it cannot replace them, and a second point at one step zigzags the curve)
         for k, v in scalars.items():
             self._tb.add_scalar(tensorboard_tag(f"{split}/{k}"), float(v), int(step))
+
+    def flush(self) -> None:
+        """Writes the TensorBoard events buffered so far to disk: before a checkpoint, so that a run killed after
+        it loses none of the points its resume will not write again."""
+        if self._tb is not None:
+            self._tb.flush()
 
     def close(self) -> None:
         """Flushes and closes the TensorBoard events (also on an interruption: launch.py then ends the process
@@ -95,17 +107,18 @@ def _drop_after(path: Path, step: int) -> None:
     _drop(path, lambda record: record["step"] > step)
 
 
-def _drop(path: Path, unwanted) -> None:
+def _drop(path: Path, unwanted) -> bool:
     """Rewrites metrics.jsonl without the records `unwanted(record)` is true of, and without a torn last line
-    (atomically; untouched if there is nothing to drop)."""
+    (atomically; untouched if there is nothing to drop). Returns whether a record was dropped."""
     if not path.exists():
-        return
+        return False
     lines = path.read_text().splitlines(keepends=True)
     records = _parse(path, lines)
     keep = [line for line, r in zip(lines, records) if r is not None and not unwanted(r)]
     if len(keep) == sum(bool(line.strip()) for line in lines):
-        return
+        return False
     atomic.write_text(path, "".join(keep))
+    return any(r is not None and unwanted(r) for r in records)
 
 
 def _parse(path: Path, lines: list[str]) -> list[dict | None]:

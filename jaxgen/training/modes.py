@@ -82,15 +82,31 @@ def _evaluate_checkpoint(config, workdir: Path) -> dict:
     task, state = _restore_for(config, workdir, "eval")
     best = config.eval.checkpoint == "best"
     # The best checkpoint's numbers go to eval_best.json only: metrics.jsonl is the history of the run.
-    writer = MetricWriter(task.workdir, enabled=False if best else None)
+    writer = MetricWriter(task.workdir, enabled=False if best else None, tb_run="mode_eval")
+    images = not best and _same_images(config, workdir)
     try:
         final = loop.final_eval(task, state, writer, loop.sample_quality(task, training=False),
-                                "eval_best.json" if best else "eval.json", images=not best,
+                                "eval_best.json" if best else "eval.json", images=images,
                                 extra={"selected_by": _selected_by(task, workdir)} if best else None, by="--mode=eval")
     finally:  # an interruption too: launch.py's exit skips the atexit hook that would flush TensorBoard's events
         writer.close()
     log.info("eval of step %d: %s", int(jax.device_get(state["step"])), loop.eval_line(task, final))
     return final
+
+
+def _same_images(config, workdir: Path) -> bool:
+    """Whether --mode=eval draws the run's images as training did: the same seed (its fixed noise) and the same
+    weights (EMA or raw). Otherwise it leaves them as they are (the fixed-noise history and numbered grids are the
+    run's own), saying so."""
+    trained = wd.read_trained_config(workdir)
+    differ = [f for f, now, was in (("seed", config.seed, trained.get("seed", config.seed)),
+                                    ("train.ema_half_life", config.train.ema_half_life > 0,
+                                     trained.get("train", {}).get("ema_half_life", config.train.ema_half_life) > 0))
+              if now != was]
+    if differ:
+        log.info("--mode=eval with another %s than training: the run's images (samples, fixed-noise history) are "
+                 "left as they are", " and ".join(differ))
+    return not differ
 
 
 def _selected_by(task, workdir: Path) -> str:

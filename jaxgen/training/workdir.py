@@ -255,7 +255,8 @@ def config_changes(config, workdir: Path) -> list[str]:
 
 def check_resumed_holdout(config, workdir: Path, step: int) -> None:
     """Refuses a run that resumes (from `step` > 0) with another data.validation_examples than config.json's: the
-    images held out now were trained on before, or the other way round, and the validation numbers would mislead."""
+    images held out now were trained on before, or the other way round, and the validation numbers would mislead;
+    and a GAN with another train.d_steps, whose D updates are counted as step x d_steps."""
     before = _read_json(workdir / "config.json") if step else None
     if before is None:
         return
@@ -264,6 +265,12 @@ def check_resumed_holdout(config, workdir: Path, step: int) -> None:
         raise ValueError(f"data.validation_examples is {now}, but the run resumed from step {step} in {workdir} "
                          f"held out {was}: the validation split would hold images it trained on, or leave out ones "
                          f"it did. Keep --config.data.validation_examples={was}, or start a new --workdir.")
+    was, now = before.get("train", {}).get("d_steps"), config.train.get("d_steps")
+    if was is not None and now is not None and was != now:  # a GAN
+        raise ValueError(f"train.d_steps is {now}, but the run resumed from step {step} in {workdir} made {was} D "
+                         f"update(s) per step: D's learning-rate schedule and its batches count D updates as step x "
+                         f"train.d_steps, and its optimizer has counted {step} x {was}. Keep "
+                         f"--config.train.d_steps={was}, or start a new --workdir.")
 
 
 # Blocks (and top-level fields) a --mode=eval or --mode=sample command may set differently from training without
@@ -368,6 +375,11 @@ def trained_image_shape(workdir: Path) -> tuple[int, int, int] | None:
         "the image shape in data.json", list(shape) if valid else [0, 0, 0],
         "Every process must see the same --workdir: put it on a filesystem all hosts share.")
     return tuple(shape) if valid else None
+
+
+def read_trained_config(workdir: Path) -> dict:
+    """The config.json the workdir was last trained with, as a dict ({} where there is none or it cannot be read)."""
+    return _read_json(workdir / "config.json") or {}
 
 
 def _read_json(path: Path) -> dict | None:
