@@ -172,8 +172,7 @@ def gan_config() -> ml_collections.ConfigDict:
     c.reg.name = "none"  # 'none', 'r1', 'gp' (WGAN-GP) or 'package.module:function'
     c.reg.weight = 10.0  # r1: gamma in gamma/2 E|grad D(x)|^2; gp: lambda in lambda E(|grad D(x_hat)| - 1)^2
     c.reg.interval = 1  # lazy regularization: every N D steps, weight scaled by N (StyleGAN2's 16 for R1); the
-    # logged 'reg' (and the regularizer's own metrics) then average over all D steps (0 where it did not run): N
-    # times them is their value where it ran
+    # logged 'reg' (and the regularizer's own metrics) are then means over the D updates that ran it
     # With augment.policy: False = the penalty at the augmented images D sees (DiffAugment's ns_r1_DiffAugment);
     # True = at the clean images, D seeing them augmented (the same draw): the input gradient goes back through the
     # augmentation (StyleGAN2-ADA's R1).

@@ -138,7 +138,10 @@ def test_a_dataset_prepared_as_tfrecord_names_the_conversion(tmp_path, monkeypat
     monkeypatch.setattr(tfds, "builder", builder)
     with pytest.raises(tfds_source.DatasetUnavailableError, match=r"(?s)'mnist' is prepared in .* in another file "
                                                                   r"format than the array_record jaxgen reads.*"
-                                                                  r"convert_format"):
+                                                                  r"tfds convert_format --dataset_version_dir=.*/mnist/"
+                                                                  r"<version> --out_file_format=array_record "
+                                                                  r"--out_dir=NEWDIR/mnist/<version>\n  then run with "
+                                                                  r"--config.data.data_dir=NEWDIR"):
         data.load(_cfg(name="mnist", data_dir=str(tmp_path)), "train")
 
 
@@ -155,9 +158,9 @@ def test_the_offline_probe_goes_through_a_proxy(monkeypatch):
 
     monkeypatch.setattr(tfds_source.socket, "create_connection",
                         lambda addr, timeout: tried.append(addr) or Connection())
+    for name in ("https_proxy", "NO_PROXY", "no_proxy"):  # lowercase wins over HTTPS_PROXY where set
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
-    monkeypatch.delenv("NO_PROXY", raising=False)
-    monkeypatch.delenv("no_proxy", raising=False)
     assert tfds_source.can_reach("storage.googleapis.com", 443)
     monkeypatch.delenv("HTTPS_PROXY")
     monkeypatch.delenv("https_proxy", raising=False)

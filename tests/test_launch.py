@@ -972,8 +972,9 @@ def test_eval_modes_warn_only_about_fields_that_change_the_model_or_its_numbers(
     (tmp_path / "config.json").write_text(vae.to_json_best_effort(sort_keys=True))
     vae.objective.name, vae.objective.beta, vae.objective.k, vae.optim.lr = "iwae", 4.0, 5, 0.1
     assert loop.wd.warn_config_drift(vae, tmp_path, "eval") == []
-    vae.objective.likelihood = "gaussian"
-    assert [c.split(":")[0] for c in loop.wd.warn_config_drift(vae, tmp_path, "eval")] == ["objective.likelihood"]
+    vae.objective.likelihood, vae.optim.name = "gaussian", "adamw"  # adamw's state is another tree: named
+    assert [c.split(":")[0] for c in loop.wd.warn_config_drift(vae, tmp_path, "eval")] == ["objective.likelihood",
+                                                                                          "optim.name"]
 
 
 def test_eval_mode_without_a_checkpoint_says_train_first(smoke_config, tmp_path):
@@ -1093,20 +1094,37 @@ def test_a_train_records_rate_counts_training_time_only(smoke_config, tmp_path, 
 def test_tensorboard_points_are_flushed_before_each_checkpoint_and_not_doubled(smoke_config, tmp_path, monkeypatch):
     """A run killed after a checkpoint lost the buffered TensorBoard points before it for good (its resume does not
     write them again); a finished run run again, and --mode=eval, added second points at the last step."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
     from jaxgen.reporting.writer import MetricWriter
     from jaxgen.training import checkpoint
 
-    save = checkpoint.save
-    sizes = []
+    def steps_on_disk(tag):
+        """The steps of `tag`'s points in the events files (TFRecords: length, its CRC, the event, its CRC)."""
+        found = []
+        for path in (tmp_path / "run" / "tb").glob("events.out.tfevents.*"):
+            data, at = path.read_bytes(), 0
+            while at + 12 <= len(data):
+                (n,) = struct.unpack("<Q", data[at:at + 8])
+                event = event_pb2.Event.FromString(data[at + 12:at + 12 + n])
+                found += [event.step for v in event.summary.value if v.tag == tag]
+                at += 12 + n + 4
+        return found
 
-    def save_and_measure(mgr, state):
-        sizes.append(sum(p.stat().st_size for p in (tmp_path / "run" / "tb").glob("events.out.tfevents.*")))
+    save = checkpoint.save
+    seen = []
+
+    def save_and_look(mgr, state):
+        seen.append((int(state["step"]), steps_on_disk("train/loss")))
         return save(mgr, state)
 
-    monkeypatch.setattr(checkpoint, "save", save_and_measure)
-    smoke_config.checkpoint.every = 10
+    monkeypatch.setattr(checkpoint, "save", save_and_look)
+    smoke_config.checkpoint.every, smoke_config.train.log_every = 10, 5
     loop.train_and_evaluate(smoke_config, tmp_path / "run")
-    assert len(sizes) == 2 and 0 < sizes[0] < sizes[1]  # the points up to the first checkpoint are on disk
+    # At each checkpoint, its own step's train point is on disk already (tensorboardX queues them for a thread).
+    assert [(step, step in on_disk) for step, on_disk in seen] == [(10, True), (20, True)]
 
     points = []
     writer = MetricWriter(tmp_path / "w", resume_step=0)

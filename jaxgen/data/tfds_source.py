@@ -103,10 +103,11 @@ def _source(name: str, split: str, data_config, hint: str = ""):
             raise
         raise DatasetUnavailableError(
             f"TFDS dataset {name!r} is prepared in {ddir} in another file format than the array_record jaxgen reads "
-            f"(TFDS: {str(e).splitlines()[-1][:200]}).\n  Convert it (needs TensorFlow): tfds convert_format "
-            f"--dataset_dir={ddir / name}/<version> --out_file_format=array_record\n  or prepare it as "
-            f"array_record into another data dir (--config.data.data_dir=DIR):\n    "
-            f"{_prepare_command(name, Path('DIR'))}") from e
+            f"(TFDS: {str(e).splitlines()[-1][:200]}).\n  Convert it into another data dir (needs TensorFlow), "
+            f"<version> being the folder in {ddir / name}:\n    tfds convert_format "
+            f"--dataset_version_dir={ddir / name}/<version> --out_file_format=array_record "
+            f"--out_dir=NEWDIR/{name}/<version>\n  then run with --config.data.data_dir=NEWDIR; or prepare it as "
+            f"array_record there:\n    {_prepare_command(name, Path('NEWDIR'))}") from e
     with runtime.absl_errors_only():  # TFDS warns "Variant folder ... has no dataset_info.json" if not prepared
         prepared = builder.is_prepared()
     if not prepared:
@@ -160,8 +161,15 @@ def _cached(cache: Path, read: Callable) -> tuple[np.ndarray, np.ndarray]:
     """The arrays in `cache` if it exists (and reads), else `read()` -> (image, label, cacheable), written to `cache`
     (tmp then rename) for the next run when cacheable.
     In a multi-host run process 0 reads (and prepares) first, so a shared data dir is filled once."""
-    return parallel.process_0_first(lambda: _read_cached(cache, read), needed=not cache.exists(),
+    return parallel.process_0_first(lambda: _read_cached(cache, read), needed=not readable(cache),
                                     what=f"prepare {cache.parent.name} (cache {cache})")
+
+
+def readable(cache: Path) -> bool:
+    """Whether `cache` exists and is a whole .npz (its zip directory reads: a copy cut short has none)."""
+    import zipfile  # noqa: PLC0415
+
+    return cache.is_file() and zipfile.is_zipfile(cache)
 
 
 def _read_cached(cache: Path, read: Callable) -> tuple[np.ndarray, np.ndarray]:

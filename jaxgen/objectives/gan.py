@@ -124,7 +124,7 @@ def get_regularizer(name: str, cfg=None) -> Callable | None:
 
 # Metrics the GAN step logs itself: a loss's or regularizer's metrics must not reuse these names.
 STEP_METRICS = ("d_loss", "g_loss", "d_real", "d_fake", "d_fake_after", "reg", "d_grad_norm", "g_grad_norm",
-                "d_param_norm", "g_param_norm", "d_lr", "g_lr", "finite", "step")
+                "d_param_norm", "g_param_norm", "d_lr", "g_lr", "finite", "step", "reg_ran")
 
 
 def check_loss(loss_fn: Callable, name: str, batch: int = 4, g_batch: int = 0) -> None:
@@ -160,12 +160,12 @@ def check_through_augment_batch(n_real: int, n_x: int) -> None:
 
 
 def check_regularizer(reg_fn: Callable | None, name: str, image_shape, batch: int = 2,
-                      through_augment: bool = False) -> None:
+                      through_augment: bool = False) -> tuple[str, ...]:
     """Checks, by tracing it once with a stand-in D (no computation), that a regularizer returns
     (scalar penalty, dict of scalar metrics) whose metric names are not the step's own; with `through_augment`,
-    that it calls d_fn on batches of the reals' size (check_through_augment_batch)."""
+    that it calls d_fn on batches of the reals' size (check_through_augment_batch). Returns its metrics' names."""
     if reg_fn is None:
-        return
+        return ()
     contract = "reg(d_fn, real [B, H, W, C], fake [B, H, W, C], keys [B][, *, cfg, step]) -> (penalty, metrics)"
     x = jax.ShapeDtypeStruct((batch, *image_shape), jnp.float32)
     keys = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), batch))
@@ -182,3 +182,4 @@ def check_regularizer(reg_fn: Callable | None, name: str, image_shape, batch: in
         raise ValueError(f"reg.name={name!r} returned {registry.describe(out)}; expected {contract}")
     check_scalars(f"reg.name={name!r}", {"penalty": out[0]}, out[1], contract=contract, reserved=STEP_METRICS,
                   batch=batch)
+    return tuple(out[1])

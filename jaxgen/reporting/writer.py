@@ -83,10 +83,21 @@ class MetricWriter:
             self._tb.add_scalar(tensorboard_tag(f"{split}/{k}"), float(v), int(step))
 
     def flush(self) -> None:
-        """Writes the TensorBoard events buffered so far to disk: before a checkpoint, so that a run killed after
-        it loses none of the points its resume will not write again."""
-        if self._tb is not None:
-            self._tb.flush()
+        """Writes the TensorBoard events given so far to disk: before a checkpoint, so that a run killed after it
+        loses none of the points its resume will not write again. tensorboardX queues events for a writer thread
+        and its flush() writes out only what that thread has taken: the thread is stopped first (it writes all it
+        was given, then ends) and a new one started on the same queue and file."""
+        if self._tb is None:
+            return
+        for file_writer in (self._tb.all_writers or {}).values():
+            events = getattr(file_writer, "event_writer", None)
+            worker = getattr(events, "_worker", None)
+            if worker is None or not all(hasattr(events, a) for a in ("_event_queue", "_ev_writer", "_flush_secs")):
+                continue  # another tensorboardX: its flush() alone
+            worker.stop()
+            events._worker = type(worker)(events._event_queue, events._ev_writer, events._flush_secs)
+            events._worker.start()
+        self._tb.flush()
 
     def close(self) -> None:
         """Flushes and closes the TensorBoard events (also on an interruption: launch.py then ends the process

@@ -109,12 +109,14 @@ def d_update(state: dict, real, fake, keys, it, *, discriminator, d_tx, loss_fn,
 
                 reg_args = (d_fn_through, real, fake)
             penalty = lambda: reg_fn(*reg_args, dev.substream(keys, _REG))
+            lazy = {}
             if reg_interval > 1:
                 value, reg_metrics = _lazy(it % reg_interval == 0, penalty)
+                lazy = {"reg_ran": (it % reg_interval == 0).astype(jnp.float32)}  # weighs them in the means
             else:
                 value, reg_metrics = penalty()
             total = total + reg_weight * reg_interval * value
-            metrics = {**metrics, "reg": value, **reg_metrics}
+            metrics = {**metrics, "reg": value, **reg_metrics, **lazy}
         return total, (variables, d_real, metrics)
 
     (_, (variables, d_real, metrics)), grads = jax.value_and_grad(loss, has_aux=True)(state["d"]["params"])
@@ -173,7 +175,7 @@ def g_update(state: dict, fake, g_vjp, d_real, keys, *, discriminator, g_tx, los
 def gan_step(state: dict, data: dict, *, generator, discriminator, g_tx, d_tx, loss_fn, reg_fn, reg_weight: float,
              reg_interval: int, d_steps: int, batch: int, augment_policy: str, ema_half_life: float,
              ema_rampup: float, g_lr, d_lr, g_batch: int = 0, random_flip: bool = False,
-             reg_through_augment: bool = False):
+             reg_through_augment: bool = False, lazy_metrics: tuple[str, ...] = ()):
     """One train step (d_steps D updates, then one G update) on one device's share of the global batch `batch`.
 
     g_batch: 0 = the G update goes through the last D update's `batch` fakes; > 0 = it draws `g_batch` (global)
@@ -183,7 +185,8 @@ def gan_step(state: dict, data: dict, *, generator, discriminator, g_tx, d_tx, l
     data: {'image': uint8 [N, H, W, C]}, the whole training split, replicated. Returns (state, metrics): D's
     metrics averaged over its updates, G's from its update, and 'finite' (0: nothing of this step was applied).
     G's EMA, when the state keeps one, has the half-life `ema_half_life` images, ramped up by `ema_rampup`
-    (state.ema_rate).
+    (state.ema_rate). lazy_metrics: with reg_interval > 1, the metrics of the regularizer ('reg' and its own),
+    averaged over the D updates that ran it, and 'reg_ran' counts those (the host's weights across steps).
     """
     old = state
     step = state["step"]
@@ -230,6 +233,12 @@ def gan_step(state: dict, data: dict, *, generator, discriminator, g_tx, d_tx, l
         ema_params = optax.incremental_update(state["g"]["params"], state["ema_g"]["params"], rate)
         state["ema_g"] = {**state["g"], "params": ema_params}  # statistics are copied, params averaged
     metrics = {**jax.tree.map(lambda *v: jnp.mean(jnp.stack(v)), *d_metrics), **g_metrics}
+    if "reg_ran" in d_metrics[0]:  # a lazy regularizer: its metrics are means over the D updates that ran it
+        ran = jnp.stack([m["reg_ran"] for m in d_metrics])
+        for name in lazy_metrics:
+            values = jnp.stack([m[name] for m in d_metrics])
+            metrics[name] = jnp.sum(values * ran) / jnp.maximum(jnp.sum(ran), 1.0)
+        metrics["reg_ran"] = jnp.sum(ran)  # how many of this step's D updates ran it: the host's weights
     # The new params' norms: checked (finite gradients can still overflow an update) and logged.
     norms = {f"{net}_param_norm": optax.tree.norm(state[net]["params"]) for net in ("g", "d")}
     state, finite = dispatch.keep_if_finite(state, old, (metrics, norms))

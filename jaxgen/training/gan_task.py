@@ -62,8 +62,10 @@ class GANTask:
         else:
             self.train = self.validation = self.test = None
             self.image_shape = tuple(image_shape)
-        gan_obj.check_regularizer(self.reg_fn, c.reg.name, self.image_shape,
-                                  through_augment=bool(c.reg.through_augment and c.augment.policy))
+        reg_names = gan_obj.check_regularizer(self.reg_fn, c.reg.name, self.image_shape,
+                                              through_augment=bool(c.reg.through_augment and c.augment.policy))
+        # A lazy regularizer's metrics: averaged over the D updates that ran it (gan_step, _train_record).
+        self.lazy_metrics = ("reg", *reg_names) if self.reg_fn is not None and c.reg.interval > 1 else ()
         self.generator, self.discriminator = gan_models.build(c.model, self.image_shape, axis_name=parallel.AXIS)
         if self.reg_fn is not None and c.model.d_norm == "batch":
             log.warning("reg.name=%s with BatchNorm in D (model.d_norm='batch'): the penalty's per-example input "
@@ -116,7 +118,7 @@ class GANTask:
             batch=c.train.batch_size, augment_policy=c.augment.policy,
             ema_half_life=c.train.ema_half_life, ema_rampup=c.train.ema_rampup, g_lr=self.g_lr,
             d_lr=self.d_lr, g_batch=self.g_batch, random_flip=c.data.random_flip,
-            reg_through_augment=c.reg.through_augment)
+            reg_through_augment=c.reg.through_augment, lazy_metrics=self.lazy_metrics)
 
     @functools.cached_property
     def _refresh_stats(self):

@@ -364,12 +364,13 @@ def _train(task, state: dict, mgr, writer: MetricWriter, evals: _Evals) -> tuple
             "the dataset has one)")
     train_data = parallel.put_replicated({"image": image}, task.mesh)
     step = int(jax.device_get(state["step"]))
-    if step < c.train.steps and hasattr(train_fn, "lower"):
+    if step < c.train.steps and hasattr(train_fn, "lower") and not jax.config.jax_disable_jit:  # not while debugging
         # Compiled before the clock starts: the first train record's img/s and ETA count training, not XLA.
         train_fn = train_fn.lower(state, train_data).compile()
     progress = Progress(task.config, task.headline, step)
     check = lambda m: _check_finite(m, mgr, task.workdir, task.headline, c)  # noqa: E731
     pending, window, previous, call, stopped = [], [], None, 0, None
+    lazy = getattr(task, "lazy_metrics", ())
     t_log, step_log = time.perf_counter(), step
     stop = StopRequest()
     try:
@@ -398,7 +399,7 @@ def _train(task, state: dict, mgr, writer: MetricWriter, evals: _Evals) -> tuple
                 window.extend(host)
                 pending, previous = [], None
             if due_log:
-                t_log, step_log, window = _train_record(c, writer, progress, step, step_log, t_log, window)
+                t_log, step_log, window = _train_record(c, writer, progress, step, step_log, t_log, window, lazy)
                 checkpoint.check_saves(mgr)  # a save that failed in its thread (a full disk) stops the run here
             t_aside = time.perf_counter()
             if due_eval:
@@ -408,7 +409,8 @@ def _train(task, state: dict, mgr, writer: MetricWriter, evals: _Evals) -> tuple
                     due_ckpt = True
                     if window:  # the steps since the last record, timed without the eval
                         t_log, t_aside = t_log + time.perf_counter() - t_aside, time.perf_counter()
-                        t_log, step_log, window = _train_record(c, writer, progress, step, step_log, t_log, window)
+                        t_log, step_log, window = _train_record(c, writer, progress, step, step_log, t_log, window,
+                                                                lazy)
             # After the step's eval: a run stopped between the two resumes before this step and evaluates it again.
             if due_ckpt:  # every step so far was checked finite: the state is safe to keep
                 writer.flush()  # the points up to here: a resume from this checkpoint does not write them again
@@ -421,13 +423,23 @@ def _train(task, state: dict, mgr, writer: MetricWriter, evals: _Evals) -> tuple
 
 
 def _train_record(c, writer: MetricWriter, progress, step: int, step_log: int, t_log: float,
-                  window: list) -> tuple[float, int, list]:
+                  window: list, lazy: tuple[str, ...] = ()) -> tuple[float, int, list]:
     """Writes the train record of the steps from `step_log` to `step` (their host metrics in `window`, their
-    training time since `t_log`): metric means and img/s. Returns the next record's (t_log, step_log, window)."""
+    training time since `t_log`): metric means and img/s; the `lazy` metrics (a lazy regularizer's) weighted by
+    'reg_ran', the D updates that ran it. Returns the next record's (t_log, step_log, window)."""
     now = time.perf_counter()
     ips = (step - step_log) * c.train.batch_size / max(now - t_log, 1e-9)
     means = {name: float(np.mean([np.mean(m[name]) for m in window])) for name in window[0]
-             if name not in ("finite", "step")}
+             if name not in ("finite", "step", "reg_ran")}
+    if "reg_ran" in window[0]:  # a lazy regularizer's metrics: the mean over the D updates that ran it
+        ran = np.concatenate([np.ravel(m["reg_ran"]) for m in window])
+        for name in lazy:
+            if name in means:
+                values = np.concatenate([np.ravel(m[name]) for m in window])
+                if ran.sum() > 0:
+                    means[name] = float(np.sum(values * ran) / ran.sum())
+                else:  # none ran in this window: no number
+                    del means[name]
     writer.write(step, "train", {**means, "img_per_s": ips})
     progress.record(step, means, ips)
     return now, step, []

@@ -103,10 +103,11 @@ def _same_images(config, workdir: Path) -> bool:
                                     ("train.ema_half_life", config.train.ema_half_life > 0,
                                      trained.get("train", {}).get("ema_half_life", config.train.ema_half_life) > 0))
               if now != was]
-    if differ:
+    same = parallel.allgather_ints([int(not differ)])[0, 0] if jax.process_count() > 1 else not differ
+    if not same:  # process 0's answer on every process: drawing the images takes collectives
         log.info("--mode=eval with another %s than training: the run's images (samples, fixed-noise history) are "
-                 "left as they are", " and ".join(differ))
-    return not differ
+                 "left as they are", " and ".join(differ) or "config")
+    return bool(same)
 
 
 def _selected_by(task, workdir: Path) -> str:

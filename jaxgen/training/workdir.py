@@ -277,10 +277,14 @@ def check_resumed_holdout(config, workdir: Path, step: int) -> None:
 # changing the model, and fields that choose only how the same model is computed (float rounding apart).
 EVAL_ONLY_BLOCKS = ("eval", "sample", "output", "deterministic", "train", "checkpoint")
 SAME_MODEL_FIELDS = ("model.conv_impl", "model.norm_impl")
-# What only training reads: the optimizers, a GAN's loss, regularizer and augmentation, and a VAE's training
-# objective (the evaluation scores every VAE by its ELBO and NLL under objective.likelihood).
-TRAINING_ONLY_BLOCKS = ("optim", "g_optim", "d_optim", "loss", "reg", "augment")
-TRAINING_ONLY_FIELDS = ("objective.name", "objective.beta", "objective.k", "objective.kl", "objective.kl_warmup_steps")
+# What only training reads: a GAN's loss, regularizer and augmentation, a VAE's training objective (the evaluation
+# scores every VAE by its ELBO and NLL under objective.likelihood) and the optimizers' settings (not their names:
+# adam's and adamw's states differ, and the checkpoint restores the optimizer state too).
+TRAINING_ONLY_BLOCKS = ("loss", "reg", "augment")
+TRAINING_ONLY_FIELDS = ("objective.name", "objective.beta", "objective.k", "objective.kl", "objective.kl_warmup_steps",
+                        *(f"{block}.{field}" for block in ("optim", "g_optim", "d_optim")
+                          for field in ("lr", "b1", "b2", "eps", "weight_decay", "schedule", "warmup_steps",
+                                        "end_lr_ratio", "clip_norm")))
 
 
 def warn_config_drift(config, workdir: Path, mode: str, data_read: bool = True) -> list[str]:
