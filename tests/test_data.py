@@ -126,6 +126,10 @@ def test_a_prepared_tfds_split_is_cached_and_a_torn_cache_is_read_again(tmp_path
     assert "cannot be read" in caplog.text and "reading the dataset again" in caplog.text
     with np.load(cache) as z:  # written whole again
         np.testing.assert_array_equal(z["image"], d.image)
+    cache.unlink()  # mock_data where the dataset is prepared: its random records are not cached either
+    with tfds.testing.mock_data(num_examples=3, data_dir=str(tmp_path)):  # its metadata: the prepared dataset's
+        assert len(data.load(cfg, "train")) == 3
+    assert not cache.exists()
 
 
 def test_a_dataset_prepared_as_tfrecord_names_the_conversion(tmp_path, monkeypatch):

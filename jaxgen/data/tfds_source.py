@@ -121,11 +121,12 @@ def _source(name: str, split: str, data_config, hint: str = ""):
         log.info("Preparing TFDS %s in %s (once)", name, ddir)
         builder.download_and_prepare(file_format="array_record")
     source = builder.as_data_source(split=split)
+    mocked = getattr(type(builder).as_data_source, "__module__", "").startswith("tensorflow_datasets.testing")
     with runtime.absl_errors_only():
-        cacheable = builder.is_prepared()
+        cacheable = builder.is_prepared() and not mocked
     if not cacheable:
-        log.warning("TFDS %s is not prepared in %s (tfds.testing.mock_data?): its %s records are not cached", name,
-                    ddir, split)
+        log.warning("TFDS %s %s: its %s records are not cached", name,
+                    "is read through tfds.testing.mock_data" if mocked else f"is not prepared in {ddir}", split)
     return source, cacheable
 
 
