@@ -213,6 +213,12 @@ def test_a_best_measured_with_another_likelihood_or_data_is_not_compared(smoke_c
     assert not {"objective.gaussian_sigma", "data.path", "data.data_dir"} & set(measured)
     assert "eval.classifier_steps" in loop.measured_with(c, "classifier/fid")
     assert "eval.classifier_steps" not in loop.measured_with(c, "inception/fid")
+    # The images themselves (data.path may point at another folder under the same data.name): shape and CRC-32.
+    images = np.zeros((4, 8, 8, 1), np.uint8)
+    other = images.copy()
+    other[0, 0, 0, 0] = 1
+    assert loop.measured_with(c, "elbo", images)["data.images"][:4] == [4, 8, 8, 1]
+    assert loop.measured_with(c, "elbo", images) != loop.measured_with(c, "elbo", other)
     keeper = best_checkpoint.BestKeeper(tmp_path, "elbo", "max", measured_with=measured)
     keeper.update(state, {"elbo": -90.0})
     keeper.close()

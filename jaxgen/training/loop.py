@@ -253,7 +253,7 @@ def _train_and_evaluate(config, workdir: Path) -> dict:
         best = best_checkpoint.BestKeeper(workdir, best_name, quality.best_mode(c), fresh=step == 0, resume_step=step,
                                           not_final=task.not_final, split=best_split(task, best_name),
                                           unnamed_split=best_split(task, best_name, validation=False),
-                                          measured_with=measured_with(c, best_name))
+                                          measured_with=measured_with(c, best_name, eval_data(task, False).image))
     writer = MetricWriter(workdir, resume_step=step)
     try:  # the TensorBoard events flushed whatever stops the run (launch.py's exit skips atexit)
         evals = _Evals(task, writer, best, sq)
@@ -517,7 +517,7 @@ def log_determinism(config) -> None:
 # changes one (another likelihood, dataset, sample count ...) measures on another scale, so the best kept so far
 # is not compared with its values. The data fields, then those of a metric of the samples ('<extractor>/fid', ...)
 # or of the evaluation's images.
-# (data.path is where a host finds the files, which may move; the processes compare the data itself.)
+# (data.path is where a host finds the files, which may move: the images themselves are compared, by CRC-32.)
 _DATA_FIELDS = ("name", "train_split", "test_split", "num_examples", "binarize", "resolution", "crop", "test_percent")
 _SAMPLE_FIELDS = ("eval.num_samples", "eval.reference_split")
 _IMAGE_FIELDS = ("eval.num_examples", "eval.binarize_seed", "objective.likelihood")
@@ -525,8 +525,9 @@ _METRIC_FIELDS = {"nll": ("eval.nll_k",), "nll_bits_per_dim": ("eval.nll_k",), "
                   "d_fake": ("eval.batch_size",)}  # D's BatchNorm runs in train mode: its outputs depend on the batch
 
 
-def measured_with(c, metric: str) -> dict:
-    """{field: value} of the config fields that set the scale of `metric` (see _DATA_FIELDS), those `c` has."""
+def measured_with(c, metric: str, images: np.ndarray | None = None) -> dict:
+    """{field: value} of the config fields that set the scale of `metric` (see _DATA_FIELDS), those `c` has; with
+    `images` (the split the evaluations during training score), 'data.images': their shape and CRC-32."""
     fields = [f"data.{f}" for f in _DATA_FIELDS] + list(_SAMPLE_FIELDS if "/" in metric else _IMAGE_FIELDS)
     fields += _METRIC_FIELDS.get(metric, ())
     if metric.startswith("classifier/"):  # the classifier's training steps change its features
@@ -538,6 +539,8 @@ def measured_with(c, metric: str) -> dict:
         block, name = field.split(".")
         if block in c and name in c[block]:
             found[field] = c[block][name]
+    if images is not None:
+        found["data.images"] = parallel.fingerprint(images)
     return found
 
 
