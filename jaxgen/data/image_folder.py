@@ -386,26 +386,35 @@ def image_folder(data_config, split: str) -> tuple[np.ndarray, np.ndarray]:
                     "D(x)) measure fit to them; --config.data.test_percent=10 holds 10%% of the files out", folder)
     # In a multi-host run process 0 decodes first, so hosts sharing the data dir read its cache.
     return parallel.process_0_first(lambda: _cached_or_decoded(folder, files, cache, wanted, res, crop, pct),
-                                    needed=not wanted.exists(), what=f"decode the images in {folder}")
+                                    needed=not readable(wanted), what=f"decode the images in {folder}")
 
 
 # What reading a torn or damaged .npz cache raises (a copy cut short, a full disk): the cache is rebuilt.
 TORN_CACHE = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error)
 
 
+def readable(cache: Path) -> bool:
+    """Whether `cache` exists and is a whole .npz (its zip directory reads: a copy cut short has none)."""
+    return cache.is_file() and zipfile.is_zipfile(cache)
+
+
+def read_arrays(cache: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(image, label) of a cache .npz; raises one of TORN_CACHE where it is missing or damaged."""
+    with np.load(cache) as z:
+        return z["image"], z["label"]
+
+
 def _cached_or_decoded(folder: Path, files: list[str], cache: Path, wanted: Path, res: int, crop: int, pct: int
                        ) -> tuple[np.ndarray, np.ndarray]:
     if wanted.exists():
         try:
-            with np.load(wanted) as z:
-                return z["image"], z["label"]
+            return read_arrays(wanted)
         except TORN_CACHE as e:
             log.warning("The cached images at %s cannot be read (%s: %s); decoding %s again", wanted,
                         type(e).__name__, e, folder)
     with _decoding(cache, folder):
         try:  # another process may have decoded the folder while this one waited
-            with np.load(wanted) as z:
-                return z["image"], z["label"]
+            return read_arrays(wanted)
         except TORN_CACHE:  # missing (FileNotFoundError), or still torn
             return _decode_and_cache(folder, files, cache, wanted, res, crop, pct)
 

@@ -162,22 +162,14 @@ def _cached(cache: Path, read: Callable) -> tuple[np.ndarray, np.ndarray]:
     """The arrays in `cache` if it exists (and reads), else `read()` -> (image, label, cacheable), written to `cache`
     (tmp then rename) for the next run when cacheable.
     In a multi-host run process 0 reads (and prepares) first, so a shared data dir is filled once."""
-    return parallel.process_0_first(lambda: _read_cached(cache, read), needed=not readable(cache),
+    return parallel.process_0_first(lambda: _read_cached(cache, read), needed=not image_folder.readable(cache),
                                     what=f"prepare {cache.parent.name} (cache {cache})")
-
-
-def readable(cache: Path) -> bool:
-    """Whether `cache` exists and is a whole .npz (its zip directory reads: a copy cut short has none)."""
-    import zipfile  # noqa: PLC0415
-
-    return cache.is_file() and zipfile.is_zipfile(cache)
 
 
 def _read_cached(cache: Path, read: Callable) -> tuple[np.ndarray, np.ndarray]:
     if cache.exists():
         try:
-            with np.load(cache) as z:
-                return z["image"], z["label"]
+            return image_folder.read_arrays(cache)
         except image_folder.TORN_CACHE as e:  # torn by a copy or a full disk
             log.warning("The cached %s at %s cannot be read (%s: %s); reading the dataset again", cache.parent.name,
                         cache, type(e).__name__, e)
