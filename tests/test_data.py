@@ -132,6 +132,39 @@ def test_a_prepared_tfds_split_is_cached_and_a_torn_cache_is_read_again(tmp_path
     assert not cache.exists()
 
 
+def test_jobs_started_together_on_a_new_data_dir_prepare_a_tfds_dataset_once(tmp_path, monkeypatch, caplog):
+    """A sweep started on a data dir without the dataset: the first job prepares and caches it under a lock, the
+    others wait and read its cache (TFDS alone would download it in every job)."""
+    import logging
+    import threading
+    import time
+
+    import tensorflow_datasets as tfds
+
+    monkeypatch.setattr(tfds_source, "DOWNLOAD_HOSTS", {})
+    monkeypatch.setattr(tfds_source, "has_tensorflow", lambda: True)
+    mnist, prepared = _stand_in_mnist(tfds), []
+
+    class Slow(mnist):
+        def download_and_prepare(self, **kwargs):
+            prepared.append(1)
+            time.sleep(0.5)  # long enough for the other job to find the lock taken
+            return super().download_and_prepare(**kwargs)
+
+    monkeypatch.setattr(tfds, "builder", lambda name, data_dir=None, file_format=None: Slow(
+        data_dir=data_dir, file_format=file_format))
+    cfg, got = _cfg(name="mnist", data_dir=str(tmp_path)), []
+    with caplog.at_level(logging.INFO, logger="jaxgen"):
+        jobs = [threading.Thread(target=lambda: got.append(data.load(cfg, "train"))) for _ in range(2)]
+        for job in jobs:
+            job.start()
+            time.sleep(0.1)
+        for job in jobs:
+            job.join()
+    assert len(prepared) == 1 and len(got) == 2 and "Another process is decoding TFDS mnist" in caplog.text
+    np.testing.assert_array_equal(got[0].image, got[1].image)
+
+
 def test_a_dataset_prepared_as_tfrecord_names_the_conversion(tmp_path, monkeypatch):
     import tensorflow_datasets as tfds
 

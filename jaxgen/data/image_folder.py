@@ -412,7 +412,7 @@ def _cached_or_decoded(folder: Path, files: list[str], cache: Path, wanted: Path
         except TORN_CACHE as e:
             log.warning("The cached images at %s cannot be read (%s: %s); decoding %s again", wanted,
                         type(e).__name__, e, folder)
-    with _decoding(cache, folder):
+    with decoding_lock(cache, str(folder)):
         try:  # another process may have decoded the folder while this one waited
             return read_arrays(wanted)
         except TORN_CACHE:  # missing (FileNotFoundError), or still torn
@@ -420,11 +420,11 @@ def _cached_or_decoded(folder: Path, files: list[str], cache: Path, wanted: Path
 
 
 @contextlib.contextmanager
-def _decoding(cache: Path, folder: Path):
-    """Holds an exclusive lock (fcntl.flock) on <cache>/decoding.lock while this process decodes `folder` into it: the
-    other jobs of a sweep started at once on the same folder wait for the first and read its cache instead of all
-    decoding it together. The kernel drops the lock when its process ends, however it ends. Where the data dir
-    cannot be written or has no locks, nothing is held."""
+def decoding_lock(cache: Path, what: str):
+    """Holds an exclusive lock (fcntl.flock) on <cache>/decoding.lock while this process decodes `what` (a folder,
+    a TFDS dataset) into the folder `cache`: the other jobs of a sweep started at once on the same data wait for the
+    first and read its cache instead of all decoding it together. The kernel drops the lock when its process ends,
+    however it ends. Where the data dir cannot be written or has no locks, nothing is held."""
     try:
         cache.mkdir(parents=True, exist_ok=True)
         f = open(cache / "decoding.lock", "a+")  # noqa: SIM115 (held while decoding)
@@ -435,7 +435,7 @@ def _decoding(cache: Path, folder: Path):
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            log.info("Another process is decoding %s into %s; waiting for it, then reading its arrays", folder, cache)
+            log.info("Another process is decoding %s into %s; waiting for it, then reading its arrays", what, cache)
             fcntl.flock(f, fcntl.LOCK_EX)
         except OSError:  # no locks on this filesystem
             pass

@@ -2,8 +2,9 @@
 
 Preparing (download + encode) a catalog image dataset needs TensorFlow (the `prepare` extra:
 `pip install -e '.[prepare]'`); reading a prepared one does not. The first read of a split also writes
-`<data_dir>/jaxgen_cache/<name>/<split>.npz`, so later runs start in a second. Offline, a missing dataset fails at
-once with a message that says how to provide it.
+`<data_dir>/jaxgen_cache/<name>/<split>.npz`, so later runs start in a second (jobs started together prepare it once:
+the first holds a lock, the others read its cache). Offline, a missing dataset fails at once with a message that says
+how to provide it.
 """
 
 from __future__ import annotations
@@ -173,6 +174,18 @@ def _read_cached(cache: Path, read: Callable) -> tuple[np.ndarray, np.ndarray]:
         except image_folder.TORN_CACHE as e:  # torn by a copy or a full disk
             log.warning("The cached %s at %s cannot be read (%s: %s); reading the dataset again", cache.parent.name,
                         cache, type(e).__name__, e)
+    # Jobs started together on a data dir without the dataset: the first downloads, prepares and caches it, the
+    # others wait and read its cache (TFDS alone would download it in each, racing to rename the same folder).
+    with image_folder.decoding_lock(cache.parent, f"TFDS {cache.parent.name}"):
+        if image_folder.readable(cache):
+            try:
+                return image_folder.read_arrays(cache)
+            except image_folder.TORN_CACHE:
+                pass
+        return _read_uncached(cache, read)
+
+
+def _read_uncached(cache: Path, read: Callable) -> tuple[np.ndarray, np.ndarray]:
     image, label, cacheable = read()
     if not cacheable:
         return image, label
