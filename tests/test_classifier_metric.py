@@ -55,3 +55,18 @@ def test_images_out_of_range_are_an_error(digits):
     *_, params = digits
     with pytest.raises(ValueError, match=r"uint8 or floats in \[0, 1\]"):
         classifier.embed(params, np.full((2, 28, 28, 1), -1.0, np.float32))
+
+
+def test_the_classifier_step_takes_the_dataset_as_an_argument_not_a_constant():
+    """A step closing over the images would copy them into its compiled program (its size growing with the
+    dataset's); as arguments, one program serves every dataset of that shape."""
+    import jax
+    import jax.numpy as jnp
+
+    images = jnp.zeros((4000, 28, 28, 1), jnp.uint8)  # 3.1 MB
+    labels = jnp.zeros((4000,), jnp.int32)
+    params = classifier.DigitClassifier(10).init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+    opt = classifier._optimizer().init(params)
+    text = classifier._train_step.lower(params, opt, images, labels, np.int32(0), np.int32(0),
+                                        num_classes=10).as_text()
+    assert len(text) < 1_000_000

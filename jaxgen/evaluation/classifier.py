@@ -46,30 +46,35 @@ class DigitClassifier(nn.Module):
 def train(images: np.ndarray, labels: np.ndarray, *, steps: int = TRAIN_STEPS, seed: int = 0) -> dict:
     """Classifier params trained with Adam on uint8 images [N, H, W, C] and integer labels [N]."""
     num_classes = int(labels.max()) + 1
-    model = DigitClassifier(num_classes)
     x_all, y_all = jnp.asarray(images), jnp.asarray(labels, jnp.int32)
-    params = model.init(jax.random.key(seed), jnp.zeros((1, *images.shape[1:])))
-    tx = optax.adam(1e-3)
-
-    @jax.jit
-    def step(params, opt, i):
-        idx = jax.random.randint(jax.random.fold_in(jax.random.key(seed + 1), i), (BATCH,), 0, x_all.shape[0])
-        x = x_all[idx].astype(jnp.float32) / 255.0
-
-        def loss(p):
-            logits = model.apply(p, x)[1]
-            return optax.softmax_cross_entropy_with_integer_labels(logits, y_all[idx]).mean()
-
-        grads = jax.grad(loss)(params)
-        updates, opt = tx.update(grads, opt, params)
-        return optax.apply_updates(params, updates), opt
-
-    opt = tx.init(params)
+    params = DigitClassifier(num_classes).init(jax.random.key(seed), jnp.zeros((1, *images.shape[1:])))
+    opt = _optimizer().init(params)
     for i in range(steps):
         previous = params
-        params, opt = step(params, opt, i)
+        params, opt = _train_step(params, opt, x_all, y_all, np.int32(seed), np.int32(i), num_classes=num_classes)
         jax.block_until_ready(previous)  # one step in flight: a signal's handler never waits for the whole queue
     return params
+
+
+def _optimizer() -> optax.GradientTransformation:
+    return optax.adam(1e-3)
+
+
+@functools.partial(jax.jit, static_argnames="num_classes")
+def _train_step(params, opt, x_all, y_all, seed, i, *, num_classes: int):
+    """One Adam step on a batch of BATCH examples drawn with replacement from the images (uint8 [N, H, W, C], on
+    the device) and labels (int32 [N]) by the key of (seed, i). The data are arguments, not constants of the
+    closure: a captured array would be copied into the compiled program."""
+    idx = jax.random.randint(jax.random.fold_in(jax.random.key(seed + 1), i), (BATCH,), 0, x_all.shape[0])
+    x = x_all[idx].astype(jnp.float32) / 255.0
+
+    def loss(p):
+        logits = DigitClassifier(num_classes).apply(p, x)[1]
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y_all[idx]).mean()
+
+    grads = jax.grad(loss)(params)
+    updates, opt = _optimizer().update(grads, opt, params)
+    return optax.apply_updates(params, updates), opt
 
 
 def load_or_train(data_config, images: np.ndarray, labels: np.ndarray, *, steps: int = TRAIN_STEPS) -> dict:
