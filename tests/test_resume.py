@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxgen import parallel
+from jaxgen import parallel, runtime
 from jaxgen.training import best_checkpoint, checkpoint, loop, modes, optim, stopping
 from jaxgen.training import state as state_lib
 from jaxgen.training.workdir import WorkdirError
@@ -304,6 +304,40 @@ def test_a_failed_read_lets_the_others_end_before_it_is_reported(smoke_config, t
     assert "Checkpoint at step 20 cannot be read (ValueError: a broken file)" in caplog.text
     assert len(others) == 1 and others[0].done() != (stage == "hangs")
     assert time.perf_counter() - t < 30
+
+
+def test_running_out_of_memory_while_reading_a_checkpoint_stops_and_moves_nothing(smoke_config, tmp_path, caplog,
+                                                                                    monkeypatch):
+    """Out of memory is passing, not damage: the newest checkpoint is neither moved aside nor skipped for an older
+    one. A damaged one's full traceback goes to the log file (the terminal shows its first line)."""
+    target, _ = _two_checkpoints(smoke_config, tmp_path)
+    read = checkpoint._read_state
+
+    def oom_at_20(mgr, step, target):
+        if step == 20:
+            raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1.5GiB")
+        return read(mgr, step, target)
+
+    monkeypatch.setattr(checkpoint, "_read_state", oom_at_20)
+    with pytest.raises(WorkdirError, match=r"reading the checkpoint at step 20 .* ran out of memory .*Nothing was "
+                                           r"moved; free memory .* run the same command again"):
+        checkpoint.restore_newest(tmp_path, smoke_config.checkpoint, target)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["10", "20"]
+    assert not (tmp_path / "checkpoints_broken").exists()
+
+    def damaged_at_20(mgr, step, target):
+        if step == 20:
+            raise ValueError("a damaged file")
+        return read(mgr, step, target)
+
+    monkeypatch.setattr(checkpoint, "_read_state", damaged_at_20)
+    with caplog.at_level(logging.ERROR):
+        mgr, restored = checkpoint.restore_newest(tmp_path, smoke_config.checkpoint, target)
+    mgr.close()
+    assert int(restored["step"]) == 10
+    tracebacks = [r for r in caplog.records if r.exc_info]
+    assert len(tracebacks) == 1 and tracebacks[0].exc_info[1].args == ("a damaged file",)
+    assert getattr(tracebacks[0], runtime.FILE_ONLY)
 
 
 def test_when_no_checkpoint_can_be_read_the_run_stops_and_moves_nothing(smoke_config, tmp_path):

@@ -304,6 +304,15 @@ def restore_newest(workdir: Path, cfg, target, subdir: str = "checkpoints", *, m
     reported = set() if reported is None else reported
 
     def report(step: int, error: Exception) -> None:
+        oom = _out_of_memory(error)
+        if jax.process_count() > 1:  # every process alike (a collective)
+            oom = bool(parallel.allgather_ints(int(oom))[:, 0].any())
+        if oom:  # passing: the checkpoint is likely whole, so nothing is moved nor skipped
+            mgr.close()
+            raise WorkdirError(f"reading the checkpoint at step {step} in {Path(workdir).absolute() / subdir} ran out "
+                               f"of memory ({type(error).__name__}: {str(error).splitlines()[0][:200]}). Nothing was "
+                               f"moved; free memory (other jobs on this machine or accelerator) and run the same "
+                               f"command again")
         if step not in reported:
             _reported(step, error)
             reported.add(step)
@@ -427,11 +436,18 @@ def _mismatch_message(workdir: Path, subdir: str, step: int, diff: dict[str, lis
            f"overrides; see {saved_config})."))
 
 
-def _reported(step: int, e: Exception) -> Exception:
-    # The first line of the error, without TensorStore's appended spec (an unreadable pybind11 repr).
+def _out_of_memory(e: Exception) -> bool:
+    """Whether `e` says the host or an accelerator ran out of memory (XLA's RESOURCE_EXHAUSTED)."""
+    return isinstance(e, MemoryError) or "RESOURCE_EXHAUSTED" in str(e)[:500]
+
+
+def _reported(step: int, e: Exception) -> None:
+    # The first line of the error, without TensorStore's appended spec (an unreadable pybind11 repr); the whole
+    # traceback in the log file, to tell a damaged file from a fault elsewhere.
     reason = str(e).splitlines()[0].split(" See full TensorStore details")[0][:300] if str(e) else ""
     log.error("Checkpoint at step %d cannot be read (%s: %s)", step, type(e).__name__, reason)
-    return e
+    log.error("The error that made the checkpoint at step %d unreadable:", step, exc_info=(type(e), e, e.__traceback__),
+              extra={runtime.FILE_ONLY: True})
 
 
 def _move_aside(mgr: ocp.CheckpointManager, workdir: Path, cfg, subdir: str, step: int) -> ocp.CheckpointManager:
