@@ -254,7 +254,8 @@ def _cache_dir(data_config, folder: Path, files: list[str]) -> Path:
 
 
 def decode_all(folder: Path, files: list[str], resolution: int, crop: int) -> tuple[np.ndarray, np.ndarray]:
-    """Decodes `files` in parallel threads -> (uint8 [N, R, R, 3], bool [N] which decoded).
+    """Decodes `files` in parallel threads -> (uint8 [N, R, R, 3], bool [N] which decoded); with resolution 0,
+    [N, H, W, 3] at the images' own size.
 
     Broken files are skipped (their rows are zero and `ok` False) and reported in one warning; so are clamped crops
     and images smaller than the resolution (enlarged: blurred).

@@ -350,7 +350,7 @@ PER_EVAL = ("fid", "is_mean", "is_std", "class_tv", "class_coverage")
 # What each built-in extractor adds to FID at every eval (IS from Inception's logits, the class histograms from the
 # classifier's); a user's extractor may give either, which shows only once it is built.
 PER_EVAL_OF = {"inception": ("fid", "is_mean", "is_std"), "classifier": ("fid", "class_tv", "class_coverage")}
-# Each task's own eval metrics (jaxgen.evaluation.vae.evaluate; GanTask.evaluate): a best_metric without '/' names one.
+# Each task's own eval metrics (jaxgen.evaluation.vae.evaluate; GANTask.evaluate): a best_metric without '/' names one.
 TASK_METRICS = {"vae": ("elbo", "kl", "rec_nll", "recon_nll_at_mean", "recon_mse", "nll", "nll_bits_per_dim"),
                 "gan": ("d_real", "d_fake")}
 

@@ -4,7 +4,7 @@
 K, stride=2, padding=p, output_padding=2 - K + 2p)`, output exactly twice the input), computed in sub-pixel form:
 one ordinary convolution that produces the four output phases as channels, then a depth-to-space interleave.
 XLA's lowering of strided transposed convolutions (input dilation) was measured 5-9x slower than PyTorch on GPU
-and CPU (../shared/anchors.md); these forms do no multiplications by inserted zeros. An even kernel (DCGAN's 4x4)
+and CPU (benchmarks/README.md); these forms do no multiplications by inserted zeros. An even kernel (DCGAN's 4x4)
 uses an exact 2x2 form, an odd one (the VAE's 3x3) the sub-pixel form.
 
 Each layer takes `impl`: 'phase' (the forms here), 'xla' (XLA's own lowering: the transpose of the strided
@@ -181,8 +181,9 @@ bias_add.defvjp(_bias_add_fwd, _bias_add_bwd)
 
 
 IMPLS = ("auto", "phase", "xla")
-# Backend -> the implementation 'auto' picks. CPU: the phase forms (benchmarks/README.md, XLA:CPU, jax 0.10.2).
-AUTO_IMPL = {"cpu": "phase"}
+# Backend -> the implementation 'auto' picks: the phase forms beat XLA's lowering on XLA:CPU and on an H200, in
+# float32 and bfloat16 (benchmarks/README.md, jax 0.10.2); a backend measured otherwise gets its entry here.
+AUTO_IMPL = {"cpu": "phase", "gpu": "phase"}
 DEFAULT_IMPL = "phase"
 
 

@@ -19,8 +19,8 @@ A regularizer penalises D's input gradient:
 
 d_fn(x) -> [B] is D with its current parameters (differentiable in them and in x); keys has one PRNG key per
 example. With augmentation on, `real` and `fake` are the augmented images D saw, so R1 and the gradient penalty
-are taken at D's augmented inputs (as DiffAugment's `ns_r1_DiffAugment`; StyleGAN2-ADA takes R1 at the
-un-augmented reals). The trainer adds
+are taken at D's augmented inputs (as DiffAugment's `ns_r1_DiffAugment`); `reg.through_augment=True` takes them at
+the un-augmented images instead, differentiating through the augmentation (StyleGAN2-ADA's R1). The trainer adds
 reg.weight * penalty to D's loss (times reg.interval when the regularizer runs lazily every reg.interval D
 steps). A user's regularizer is `reg.name='package.module:function'`.
 """
