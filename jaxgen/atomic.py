@@ -13,9 +13,15 @@ import numpy as np
 
 
 def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    """The process's umask: read from /proc on Linux; elsewhere set and restored, which for that instant gives files
+    another thread creates mode 0666."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        mask = os.umask(0)
+        os.umask(mask)
+        return mask
 
 
 # What open() would give a new file: mkstemp's 0600 would keep others who share the data dir from reading it.
