@@ -69,13 +69,15 @@ def main(argv=None):
     p.add_argument("--out", default="")
     p.add_argument("--child", choices=["default", "deterministic"], help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    if a.steps < 2:
+        p.error("--steps must be at least 2: the first call compiles, the others are timed")
     if a.child:
         print("RESULT " + json.dumps(child(a.batch, a.steps, a.dtype, a.child == "deterministic")), flush=True)
         return
     here = Path(__file__).resolve()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(here.parent.parent),
                                                                        os.environ.get("PYTHONPATH", "")]))}
-    rows = []
+    rec = harness.Recorder(a.out, harness.machine())
     for setting in ("default", "deterministic"):
         runs = []
         for _ in range(2):
@@ -87,12 +89,8 @@ def main(argv=None):
             runs.append(json.loads(line[0][len("RESULT "):]))
         fps = [run.pop("fingerprint") for run in runs]
         differ = sum(x != y for x, y in zip(*fps))
-        rows.append({"setting": setting, "batch": a.batch, "steps": a.steps, "dtype": a.dtype,
-                     "repeats_bitwise": differ == 0, "arrays_that_differ": differ, "arrays": len(fps[0]),
-                     "runs": runs})
-        print(json.dumps(rows[-1]), flush=True)
-    if a.out:
-        Path(a.out).write_text(json.dumps(rows, indent=1) + "\n")
+        rec.add({"setting": setting, "batch": a.batch, "steps": a.steps, "dtype": a.dtype,
+                 "repeats_bitwise": differ == 0, "arrays_that_differ": differ, "arrays": len(fps[0]), "runs": runs})
 
 
 if __name__ == "__main__":

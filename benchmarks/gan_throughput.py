@@ -11,20 +11,21 @@ device. Measured, in images per second:
            metrics and the finite guard), `--fused` steps per call, compute dtype per `--dtypes`;
   torch    ../shared/reference/torch_reference.py's G, D and gan_step_fn (eager fp32, and bf16 autocast with
            --torch-amp), the reference's own step.
-Each figure is the best of --repeats timed windows of about --seconds/--repeats seconds after a warm-up.
+Each figure is the best of --repeats timed windows of about --seconds/--repeats seconds after a warm-up, each
+window closed by one wait for the device; every side keeps at most two steps (or calls) queued. PyTorch is timed
+first; each row is written to --out as soon as it is measured.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-from pathlib import Path
+import time
 
 import harness
 
 
-def bench_jax(batches, dtypes, fused, seconds, repeats, impls=("auto",), norm_impls=("auto",)):
+def bench_jax(rec, batches, dtypes, fused, seconds, repeats, impls=("auto",), norm_impls=("auto",)):
     from jaxgen import runtime
 
     runtime.setup()
@@ -35,11 +36,11 @@ def bench_jax(batches, dtypes, fused, seconds, repeats, impls=("auto",), norm_im
     from jaxgen import parallel
     from jaxgen.models import batch_norm, layers
 
+    rec.env.update(harness.jax_info())
     mesh = parallel.make_mesh()
     rng = np.random.default_rng(0)
     images = (rng.random((4096, 64, 64, 3)) * 255).astype(np.uint8)  # 50 MB of 64x64 RGB, uint8 on the device
     data = parallel.put_replicated({"image": images}, mesh)
-    results = []
 
     def measure(dtype, impl, batch, k, norm_impl="auto"):
         c = config_lib.gan_config()
@@ -48,12 +49,15 @@ def bench_jax(batches, dtypes, fused, seconds, repeats, impls=("auto",), norm_im
         c.model.norm_impl = norm_impl
         fn, create = harness.dcgan64_step(c, mesh, batch=batch, steps_per_dispatch=k)
         calls = max(1, 4 // k)
-        run = harness.train_loop(fn, jax.jit(create, out_shardings=parallel.replicated(mesh))(), data, calls)
-        rate = harness.best_rate(run, calls * k * batch, seconds, repeats, warmup=1)
-        results.append({"who": "jaxgen", "what": dtype, "conv_impl": impl, "resolved_impl": layers.resolve_impl(impl),
-                        "norm_impl": batch_norm.resolve_norm_impl(norm_impl), "steps_per_dispatch": k, "batch": batch,
-                        "img_per_s": round(rate, 1)})
-        print(json.dumps(results[-1]), flush=True)
+        state = jax.jit(create, out_shardings=parallel.replicated(mesh))()
+        t0 = time.perf_counter()
+        fn = fn.lower(state, data).compile()
+        compile_s = time.perf_counter() - t0
+        run = harness.train_loop(fn, state, data, calls)
+        rate = harness.best_rate(run, calls * k * batch, seconds, repeats, warmup=1, sync=run.sync)
+        rec.add({"who": "jaxgen", "what": dtype, "conv_impl": impl, "resolved_impl": layers.resolve_impl(impl),
+                 "norm_impl": batch_norm.resolve_norm_impl(norm_impl), "steps_per_dispatch": k, "batch": batch,
+                 "compile_s": round(compile_s, 1), "img_per_s": round(rate, 1)})
         return rate
 
     for dtype in dtypes:
@@ -65,14 +69,16 @@ def bench_jax(batches, dtypes, fused, seconds, repeats, impls=("auto",), norm_im
                 measure(dtype, best, batch, fused[0], norm_impl)
             for k in fused[1:]:
                 measure(dtype, best, batch, k, norm_impls[0])
-    return results, {"jax": jax.__version__, "devices": str(jax.devices()), "xla_flags": os.environ.get("XLA_FLAGS")}
 
 
-def bench_torch(batches, seconds, repeats, amp_too):
+def bench_torch(rec, batches, seconds, repeats, amp_too):
     ref = harness.load_reference()
-    import torch
-
-    results = []
+    torch = ref.torch
+    rec.env.update(harness.torch_info(ref))
+    if (why := harness.torch_skip_reason(ref)) is not None:
+        rec.env["torch_skipped"] = why
+        print(f"PyTorch not timed: {why}", flush=True)
+        return
     for mode in ["eager"] + (["amp"] if amp_too else []):
         for batch in batches:
             torch.manual_seed(0)
@@ -83,16 +89,28 @@ def bench_torch(batches, seconds, repeats, amp_too):
             od = torch.optim.Adam(d.parameters(), 2e-4, betas=(0.5, 0.999))
             step = ref.gan_step_fn(g, d, og, od, mode == "amp")
             real = torch.randn(batch, 3, 64, 64, device=ref.dev).tanh()
+            queue = harness.TorchQueue(torch, ref.dev)
 
             def run():
                 step(real, torch.randn(batch, 100, 1, 1, device=ref.dev))
-                if ref.dev == "cuda":
-                    torch.cuda.synchronize()
+                queue.after_step()
 
-            results.append({"who": "torch", "what": mode, "batch": batch,
-                            "img_per_s": round(harness.best_rate(run, batch, seconds, repeats, warmup=1), 1)})
-            print(json.dumps(results[-1]), flush=True)
-    return results, {"torch": torch.__version__, "threads": torch.get_num_threads()}
+            rate = harness.best_rate(run, batch, seconds, repeats, warmup=1, sync=queue.sync)
+            rec.add({"who": "torch", "what": mode, "batch": batch, "img_per_s": round(rate, 1)})
+    if ref.dev == "cuda":  # the GPU's memory back for JAX, which preallocates most of it when it starts
+        import gc
+
+        gc.collect()
+        torch.cuda.empty_cache()
+
+
+def summarize(results, batches):
+    summary = {}
+    for b in batches:
+        best = lambda who: max([r["img_per_s"] for r in results if r["who"] == who and r["batch"] == b] or [0])  # noqa: E731
+        summary[b] = {"jaxgen_best": best("jaxgen"), "torch_best": best("torch"),
+                      "ratio": round(best("jaxgen") / best("torch"), 2) if best("torch") and best("jaxgen") else None}
+    return summary
 
 
 def main(argv=None):
@@ -110,28 +128,22 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--skip-torch", action="store_true")
     p.add_argument("--torch-amp", action="store_true", help="also time the reference with bf16 autocast")
-    p.add_argument("--out", default="")
+    p.add_argument("--out", default="", help="a JSON file, rewritten after each row")
     a = p.parse_args(argv)
     if not a.skip_torch:
         harness.check_reference()
     batches = [int(b) for b in a.batches.split(",")]
-    env = harness.machine()
-    results, info = bench_jax(batches, a.dtypes.split(","), [int(k) for k in a.fused.split(",")], a.seconds,
-                              a.repeats, a.conv_impls.split(","), a.norm_impls.split(","))
-    env.update(info)
-    if not a.skip_torch:
-        tr, info = bench_torch(batches, a.seconds, a.repeats, a.torch_amp)
-        results += tr
-        env.update(info)
-    summary = {}
-    for b in batches:
-        best = lambda who: max([r["img_per_s"] for r in results if r["who"] == who and r["batch"] == b] or [0])
-        summary[b] = {"jaxgen_best": best("jaxgen"), "torch_best": best("torch"),
-                      "ratio": round(best("jaxgen") / best("torch"), 2) if best("torch") else None}
-    out = {"env": env, "results": results, "summary": summary}
-    print(json.dumps({"summary": summary, "env": env}, indent=1))
-    if a.out:
-        Path(a.out).write_text(json.dumps(out, indent=1) + "\n")
+    rec = harness.Recorder(a.out, harness.machine(), lambda results: summarize(results, batches))
+    if not a.skip_torch:  # first: it takes seconds, and its rows are the yardstick
+        try:
+            bench_torch(rec, batches, a.seconds, a.repeats, a.torch_amp)
+        except Exception as e:  # noqa: BLE001 (the jaxgen rows still count)
+            rec.env["torch_error"] = f"{type(e).__name__}: {e}"[:1000]
+            print(f"PyTorch failed: {rec.env['torch_error']}", flush=True)
+    bench_jax(rec, batches, a.dtypes.split(","), [int(k) for k in a.fused.split(",")], a.seconds, a.repeats,
+              a.conv_impls.split(","), a.norm_impls.split(","))
+    rec.write()
+    print(json.dumps({"summary": rec.summary(), "env": rec.env}, indent=1))
 
 
 if __name__ == "__main__":

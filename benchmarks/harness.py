@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import platform
+import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -15,27 +18,34 @@ ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = Path(os.environ.get("JAXGEN_TORCH_REFERENCE", ROOT.parent / "shared" / "reference" / "torch_reference.py"))
 
 
-def best_rate(fn, images_per_call: int, seconds: float, repeats: int, warmup: int = 2) -> float:
+def best_rate(fn, images_per_call: int, seconds: float, repeats: int, warmup: int = 2, sync=None) -> float:
     """Images per second: the best of `repeats` windows of about seconds / repeats each (at least one call),
-    after `warmup` untimed calls (compilation)."""
+    after `warmup` untimed calls (compilation). `sync()` waits for the work queued so far (on a GPU, calls return
+    before their kernels end): called after the warm-up and to close each window, never per call, so that the
+    host's dispatch overlaps the device's work on every side, as in training. `fn` itself must keep the queue
+    short (e.g. wait for the call before last, as the training loop does), else a window's sync waits for
+    minutes of queued steps."""
+    sync = sync or (lambda: None)
     for _ in range(warmup):
         fn()
+    sync()
     best = 0.0
     for _ in range(repeats):
         n, t0 = 0, time.perf_counter()
         while True:
             fn()
             n += 1
-            dt = time.perf_counter() - t0
-            if dt > seconds / repeats:
+            if time.perf_counter() - t0 > seconds / repeats:
                 break
-        best = max(best, n * images_per_call / dt)
+        sync()
+        best = max(best, n * images_per_call / (time.perf_counter() - t0))
     return best
 
 
 def train_loop(fn, state, data, calls: int):
     """A no-argument function running `calls` calls of a compiled train function as jaxgen.training.loop runs them:
-    dispatch, then check the previous call's finite flags (one call behind); the state is blocked on at the end."""
+    dispatch, then check the previous call's finite flags (one call behind, which also keeps at most two calls
+    queued); its `.sync()` waits for the state (best_rate's `sync`)."""
     import jax
     import numpy as np
 
@@ -47,9 +57,31 @@ def train_loop(fn, state, data, calls: int):
             if holder["prev"] is not None:
                 assert np.all(jax.device_get(holder["prev"]["finite"]) == 1)
             holder["prev"] = m
-        jax.block_until_ready(holder["s"])
 
+    run.sync = lambda: jax.block_until_ready(holder["s"])
     return run
+
+
+class TorchQueue:
+    """Keeps at most `depth` PyTorch steps queued on a GPU (waiting on the CUDA event of the step `depth` back):
+    the host dispatches the next step while the device runs the last, as jaxgen's loop does, and a window's
+    `sync()` never waits for more. On a CPU, steps run as they are called and both do nothing."""
+
+    def __init__(self, torch, dev: str, depth: int = 2):
+        self.torch, self.cuda, self.depth, self.events = torch, dev == "cuda", depth, []
+
+    def after_step(self) -> None:
+        if self.cuda:
+            event = self.torch.cuda.Event()
+            event.record()
+            self.events.append(event)
+            if len(self.events) > self.depth:
+                self.events.pop(0).synchronize()
+
+    def sync(self) -> None:
+        if self.cuda:
+            self.torch.cuda.synchronize()
+            self.events.clear()
 
 
 def dcgan64_step(c, mesh, *, batch: int, steps_per_dispatch: int = 1, augment_policy: str = ""):
@@ -92,6 +124,87 @@ def load_reference():
     return ref
 
 
+def torch_skip_reason(ref) -> str | None:
+    """Why PyTorch is not timed here: the machine has an NVIDIA GPU (which JAX will use) and the reference's torch
+    sees no CUDA (its numbers would be a CPU's, beside a GPU's). Asked without starting JAX, which would take most
+    of the GPU's memory before PyTorch runs."""
+    if ref.dev == "cuda" or not (shutil.which("nvidia-smi") or Path("/dev/nvidiactl").exists()):
+        return None
+    return f"torch {ref.torch.__version__} sees no CUDA device on a machine with an NVIDIA GPU"
+
+
+def torch_info(ref) -> dict:
+    """The reference's torch: version, device, and on a GPU its name and CUDA and cuDNN versions."""
+    torch = ref.torch
+    info = {"torch": torch.__version__, "torch_device": ref.dev, "threads": torch.get_num_threads()}
+    if ref.dev == "cuda":
+        info.update(torch_gpu=torch.cuda.get_device_name(), torch_cuda=torch.version.cuda,
+                    cudnn=torch.backends.cudnn.version())
+    return info
+
+
+def commit() -> str:
+    """The jaxgen commit measured: $JAXGEN_COMMIT, else .devcarry/COMMIT (the lent machine gets no .git), else git's
+    HEAD (with '+dirty' for uncommitted changes); '' where none says."""
+    if os.environ.get("JAXGEN_COMMIT"):
+        return os.environ["JAXGEN_COMMIT"]
+    carried = ROOT / ".devcarry" / "COMMIT"
+    if carried.is_file():
+        return carried.read_text().strip()
+    try:
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return head + ("+dirty" if head and dirty else "")
+
+
 def machine() -> dict:
-    return {"machine": platform.machine(), "processor": platform.processor(), "cpus": os.cpu_count(),
-            "python": sys.version.split()[0]}
+    """The host, the run's time (UTC), the command line and the commit."""
+    cpu = platform.processor()
+    try:
+        cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+                   cpu)
+    except OSError:
+        pass
+    return {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "argv": sys.argv, "commit": commit(),
+            "machine": platform.machine(), "processor": cpu, "cpus": os.cpu_count(), "python": sys.version.split()[0]}
+
+
+def jax_info() -> dict:
+    """JAX's side of the environment: versions, the devices and their kind, XLA_FLAGS."""
+    import flax
+    import jax
+    import optax
+
+    return {"jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__, "devices": str(jax.devices()),
+            "device_kind": jax.devices()[0].device_kind, "xla_flags": os.environ.get("XLA_FLAGS")}
+
+
+class Recorder:
+    """A benchmark's rows, each printed and the whole written to `path` (JSON: env, results, summary) as soon as it
+    is measured: a run stopped by its time limit keeps every row it finished. `summarize(results)` -> summary."""
+
+    def __init__(self, path: str, env: dict, summarize=None):
+        self.path, self.env, self.results, self.summarize = path, env, [], summarize
+        self.write()
+
+    def add(self, row: dict) -> dict:
+        self.results.append(row)
+        print(json.dumps(row), flush=True)
+        self.write()
+        return row
+
+    def summary(self) -> dict:
+        return self.summarize(self.results) if self.summarize else {}
+
+    def write(self) -> None:
+        if not self.path:
+            return
+        path = Path(self.path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps({"env": self.env, "results": self.results, "summary": self.summary()}, indent=1)
+                       + "\n")
+        tmp.replace(path)

@@ -9,8 +9,10 @@ Measures, in images per second, on data already on the device:
              dataset, dynamic binarization, metrics, the finite guard, plus the host loop's one-behind check;
              with train.steps_per_dispatch steps fused per call;
   torch      ../shared/reference/torch_reference.py's VAE with its own train step (eager, and torch.compile
-             when --torch-compile), same shapes and optimizer.
-Each figure is the best of --repeats timed windows of about --seconds/--repeats seconds after a warm-up.
+             when --torch-compile), same shapes and optimizer; timed first (it takes seconds).
+Each figure is the best of --repeats timed windows of about --seconds/--repeats seconds after a warm-up, each
+window closed by one wait for the device; every side keeps at most two steps (or calls) queued. Each row is written
+to --out as soon as it is measured, so a run cut by a time limit keeps what it finished.
 """
 
 from __future__ import annotations
@@ -18,19 +20,19 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
-from pathlib import Path
+import time
 
 import harness
 
 
-def bench_jax(batches, fused, seconds, repeats, impls=("auto",)):
+def bench_jax(rec, batches, fused, seconds, repeats, impls=("auto",)):
+    """Rows into `rec`, most wanted first: the bare step at every batch, then the whole loop at 1 step per call at
+    every batch, then each further --fused value in turn (its compile time grows with the steps fused)."""
     from jaxgen import runtime
 
     runtime.setup()
     import jax
     import jax.numpy as jnp
-    import ml_collections
     import numpy as np
     import optax
 
@@ -40,6 +42,7 @@ def bench_jax(batches, fused, seconds, repeats, impls=("auto",)):
     from jaxgen.training import optim, vae_step
     from jaxgen.training import state as state_lib
 
+    rec.env.update(harness.jax_info())
     cfg = config_lib.vae_config()
     cfg.optim.lr = 1e-3
     mesh = parallel.make_mesh()
@@ -47,51 +50,58 @@ def bench_jax(batches, fused, seconds, repeats, impls=("auto",)):
     rng = np.random.default_rng(0)
     images = (rng.random((60_000, 28, 28, 1)) * 255).astype(np.uint8)  # MNIST-sized uint8 dataset
     data = parallel.put_replicated({"image": images}, mesh)
-    results = []
-    for impl, batch in [(i, b) for i in impls for b in batches]:
+    for impl in impls:
         cfg.model.conv_impl = impl
         model = models.build(cfg.model, (28, 28, 1))
         tag = {"conv_impl": impl, "resolved_impl": layers.resolve_impl(impl)}
         create = functools.partial(state_lib.create, model, tx, (28, 28, 1), 0, False)
-        # Bare step: gradient + update on a fixed binarized batch, nothing else.
-        x = jnp.asarray(rng.random((batch, 28, 28, 1)) < 0.5, jnp.float32)
-        keys = jax.random.split(jax.random.key(1), batch)
 
         @functools.partial(jax.jit, donate_argnums=(0,))
         def bare(state, x, keys):
-            grads = jax.grad(lambda p: objectives.elbo(p, x, keys, model=model, cfg=cfg.objective)[0])(
+            loss, grads = jax.value_and_grad(lambda p: objectives.elbo(p, x, keys, model=model, cfg=cfg.objective)[0])(
                 state["params"])
             updates, opt = tx.update(grads, state["opt_state"], state["params"])
-            return {**state, "params": optax.apply_updates(state["params"], updates), "opt_state": opt}
+            return {**state, "params": optax.apply_updates(state["params"], updates), "opt_state": opt}, loss
 
-        holder = {"s": jax.jit(create)()}
+        for batch in batches:
+            # Bare step: gradient + update on a fixed binarized batch, nothing else.
+            x = jnp.asarray(rng.random((batch, 28, 28, 1)) < 0.5, jnp.float32)
+            keys = jax.random.split(jax.random.key(1), batch)
+            holder = {"s": jax.jit(create)(), "prev": None}
 
-        def run_bare():
-            holder["s"] = bare(holder["s"], x, keys)
-            jax.block_until_ready(holder["s"]["params"])
+            def run_bare():
+                holder["s"], loss = bare(holder["s"], x, keys)
+                if holder["prev"] is not None:  # one step behind, as the loop: at most two steps queued
+                    jax.block_until_ready(holder["prev"])
+                holder["prev"] = loss
 
-        results.append({"who": "jaxgen", "what": "bare_step", **tag, "batch": batch,
-                        "img_per_s": round(harness.best_rate(run_bare, batch, seconds, repeats), 1)})
+            rate = harness.best_rate(run_bare, batch, seconds, repeats,
+                                     sync=lambda: jax.block_until_ready(holder["s"]))
+            rec.add({"who": "jaxgen", "what": "bare_step", **tag, "batch": batch, "img_per_s": round(rate, 1)})
         for k in fused:
-            fn = vae_step.compile_train(mesh, steps_per_dispatch=k, model=model, tx=tx,
-                                        objective=objectives.get("elbo"), obj_cfg=cfg.objective, lr_schedule=lr,
-                                        batch=batch, binarize="dynamic", ema_half_life=0.0, ema_rampup=0.0)
-            calls = max(1, 4 // k)
-            run_loop = harness.train_loop(fn, jax.jit(create, out_shardings=parallel.replicated(mesh))(), data,
-                                          calls)
+            for batch in batches:
+                fn = vae_step.compile_train(mesh, steps_per_dispatch=k, model=model, tx=tx,
+                                            objective=objectives.get("elbo"), obj_cfg=cfg.objective, lr_schedule=lr,
+                                            batch=batch, binarize="dynamic", ema_half_life=0.0, ema_rampup=0.0)
+                calls = max(1, 4 // k)
+                state = jax.jit(create, out_shardings=parallel.replicated(mesh))()
+                t0 = time.perf_counter()
+                fn = fn.lower(state, data).compile()
+                compile_s = time.perf_counter() - t0
+                run_loop = harness.train_loop(fn, state, data, calls)
+                rate = harness.best_rate(run_loop, calls * k * batch, seconds, repeats, sync=run_loop.sync)
+                rec.add({"who": "jaxgen", "what": "whole_loop", **tag, "steps_per_dispatch": k, "batch": batch,
+                         "compile_s": round(compile_s, 1), "img_per_s": round(rate, 1)})
 
-            results.append({"who": "jaxgen", "what": "whole_loop", **tag, "steps_per_dispatch": k, "batch": batch,
-                            "img_per_s": round(harness.best_rate(run_loop, calls * k * batch, seconds, repeats), 1)})
-        print("\n".join(json.dumps(r) for r in results[-1 - len(fused):]), flush=True)
-    del ml_collections
-    return results, {"jax": jax.__version__, "devices": str(jax.devices()), "xla_flags": os.environ.get("XLA_FLAGS")}
 
-
-def bench_torch(batches, seconds, repeats, compile_too):
+def bench_torch(rec, batches, seconds, repeats, compile_too):
     ref = harness.load_reference()
-    import torch
-
-    results = []
+    torch = ref.torch
+    rec.env.update(harness.torch_info(ref))
+    if (why := harness.torch_skip_reason(ref)) is not None:
+        rec.env["torch_skipped"] = why
+        print(f"PyTorch not timed: {why}", flush=True)
+        return
     for mode in ["eager"] + (["compile"] if compile_too else []):
         for batch in batches:
             torch.manual_seed(0)
@@ -100,19 +110,37 @@ def bench_torch(batches, seconds, repeats, compile_too):
                 m = torch.compile(m)
             opt = torch.optim.Adam(m.parameters(), 1e-3)
             x = torch.rand(batch, 1, 28, 28, device=ref.dev).round()
+            queue = harness.TorchQueue(torch, ref.dev)
 
             def vstep():  # the reference's own step
                 loss = m(x)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                if ref.dev == "cuda":
-                    torch.cuda.synchronize()
+                queue.after_step()
 
-            results.append({"who": "torch", "what": mode, "batch": batch,
-                            "img_per_s": round(harness.best_rate(vstep, batch, seconds, repeats), 1)})
-            print(json.dumps(results[-1]), flush=True)
-    return results, {"torch": torch.__version__, "threads": torch.get_num_threads()}
+            rate = harness.best_rate(vstep, batch, seconds, repeats, sync=queue.sync)
+            rec.add({"who": "torch", "what": mode, "batch": batch, "img_per_s": round(rate, 1)})
+    if ref.dev == "cuda":  # the GPU's memory back for JAX, which preallocates most of it when it starts
+        import gc
+
+        gc.collect()
+        torch.cuda.empty_cache()
+
+
+def summarize(results, batches):
+    summary = {}
+    for b in batches:
+        get = lambda who, what, k=None: max([r["img_per_s"] for r in results if r["who"] == who  # noqa: E731
+                                             and r["what"] == what and r["batch"] == b
+                                             and (k is None or r.get("steps_per_dispatch") == k)] or [0])
+        bare, loop1 = get("jaxgen", "bare_step"), get("jaxgen", "whole_loop", 1)
+        best_loop = get("jaxgen", "whole_loop")
+        torch_best = max(get("torch", "eager"), get("torch", "compile"))
+        summary[b] = {"loop_1_over_bare": round(loop1 / bare, 3) if bare and loop1 else None,
+                      "best_loop_over_torch_best": round(best_loop / torch_best, 2) if torch_best and best_loop
+                      else None}
+    return summary
 
 
 def main(argv=None):
@@ -124,34 +152,22 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--skip-torch", action="store_true")
     p.add_argument("--torch-compile", action="store_true")
-    p.add_argument("--out", default="")
+    p.add_argument("--out", default="", help="a JSON file, rewritten after each row")
     a = p.parse_args(argv)
     if not a.skip_torch:
         harness.check_reference()
     batches = [int(b) for b in a.batches.split(",")]
     fused = [int(k) for k in a.fused.split(",")]
-    env = harness.machine()
-    results, info = bench_jax(batches, fused, a.seconds, a.repeats, a.conv_impls.split(","))
-    env.update(info)
-    if not a.skip_torch:
-        tr, info = bench_torch(batches, a.seconds, a.repeats, a.torch_compile)
-        results += tr
-        env.update(info)
-    summary = {}
-    for b in batches:
-        get = lambda who, what, k=None: max([r["img_per_s"] for r in results if r["who"] == who  # noqa: E731
-                                             and r["what"] == what and r["batch"] == b
-                                             and (k is None or r.get("steps_per_dispatch") == k)] or [0])
-        bare = get("jaxgen", "bare_step")
-        loop1 = get("jaxgen", "whole_loop", 1)
-        best_loop = get("jaxgen", "whole_loop")
-        torch_best = max(get("torch", "eager"), get("torch", "compile"))
-        summary[b] = {"loop_1_over_bare": round(loop1 / bare, 3) if bare else None,
-                      "best_loop_over_torch_best": round(best_loop / torch_best, 2) if torch_best else None}
-    out = {"env": env, "results": results, "summary": summary}
-    print(json.dumps({"summary": summary, "env": env}, indent=1))
-    if a.out:
-        Path(a.out).write_text(json.dumps(out, indent=1) + "\n")
+    rec = harness.Recorder(a.out, harness.machine(), lambda results: summarize(results, batches))
+    if not a.skip_torch:  # first: seconds, where the longest fused compiles may not finish within a time limit
+        try:
+            bench_torch(rec, batches, a.seconds, a.repeats, a.torch_compile)
+        except Exception as e:  # noqa: BLE001 (the jaxgen rows still count)
+            rec.env["torch_error"] = f"{type(e).__name__}: {e}"[:1000]
+            print(f"PyTorch failed: {rec.env['torch_error']}", flush=True)
+    bench_jax(rec, batches, fused, a.seconds, a.repeats, a.conv_impls.split(","))
+    rec.write()
+    print(json.dumps({"summary": rec.summary(), "env": rec.env}, indent=1))
 
 
 if __name__ == "__main__":
