@@ -8,9 +8,11 @@ import os
 
 # XLA:CPU (jax 0.10.2) ran the conv-VAE train step 1.3-2.3x faster on this project's 2-core x86 machines with an
 # explicitly empty YNN fusion list than with the built-in default (benchmarks/README.md). Applied only when the
-# user's XLA_FLAGS do not mention the flag, and only when JAX will run on the CPU (no GPU or TPU plugin installed, or
-# JAX_PLATFORMS=cpu): other jaxlib builds may not know an experimental CPU flag, and XLA aborts on unknown flags.
+# user's XLA_FLAGS do not mention the flag, only when JAX will run on the CPU (no GPU or TPU plugin installed, or
+# JAX_PLATFORMS=cpu), and only with a jaxlib known to have the flag (CPU_FLAGS_JAXLIB): XLA aborts on unknown flags,
+# and an experimental flag may go in any release.
 CPU_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=",)
+CPU_FLAGS_JAXLIB = ((0, 10), (0, 11))  # the (major, minor) releases seen to accept it: 0.10.2 here, 0.11.2
 # XLA:GPU picks convolution algorithms by timing them in each process (autotuning) and may use kernels with atomic
 # adds; this flag makes it use deterministic kernels without autotuning (a superset of
 # --xla_gpu_exclude_nondeterministic_ops, openxla/xla#12520). Every jaxlib knows it; on a CPU it changes nothing.
@@ -69,6 +71,17 @@ def _runs_on_cpu() -> bool:
     return not any(n.startswith(ACCELERATOR_PLUGINS) for n in names)
 
 
+def _jaxlib_release() -> tuple[int, int] | None:
+    """(major, minor) of the installed jaxlib, read from its metadata without importing it; None if unknown."""
+    from importlib import metadata  # noqa: PLC0415
+
+    try:
+        major, minor = metadata.version("jaxlib").split(".")[:2]
+        return int(major), int(minor)
+    except (metadata.PackageNotFoundError, ValueError):
+        return None
+
+
 def distributed_args() -> dict[str, int]:
     """`num_processes` and `process_id` from $JAX_NUM_PROCESSES and $JAX_PROCESS_ID, those that are set.
 
@@ -97,7 +110,8 @@ def setup(distributed: bool = False, deterministic: bool = False) -> None:
     # like a failure on every machine without a TPU. Its warnings stay.
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
     flags = os.environ.get("XLA_FLAGS", "")
-    wanted = (CPU_FLAGS if _runs_on_cpu() else ()) + (DETERMINISTIC_FLAGS if deterministic else ())
+    wanted = (CPU_FLAGS if _runs_on_cpu() and _jaxlib_release() in CPU_FLAGS_JAXLIB else ()) + (
+        DETERMINISTIC_FLAGS if deterministic else ())
     for f in wanted:
         if f.split("=")[0] not in flags:
             flags = f"{flags} {f}".strip()

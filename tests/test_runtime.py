@@ -116,3 +116,15 @@ def test_train_lines_marked_file_only_reach_the_log_file_not_the_terminal(tmp_pa
     err = capsys.readouterr().err
     assert "for both" in err and "for the file" not in err
     assert "for the file" in (tmp_path / "log.txt").read_text()
+
+
+def test_the_xla_cpu_flag_is_added_only_for_a_jaxlib_known_to_have_it(monkeypatch):
+    """XLA aborts on a flag it does not know: an experimental one is passed only to the releases seen to take it."""
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    for release, added in (((0, 10), True), ((0, 11), True), ((0, 12), False), (None, False)):
+        monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+        monkeypatch.setattr(runtime, "_jaxlib_release", lambda release=release: release)
+        runtime.setup()
+        assert (runtime.CPU_FLAGS[0] in runtime.os.environ["XLA_FLAGS"]) == added, release
+    monkeypatch.undo()
+    assert runtime._jaxlib_release() == tuple(int(x) for x in jax.__version__.split(".")[:2])
