@@ -170,6 +170,8 @@ def warmed_elbo(params, x, keys, *, model, cfg, step):
     rec = vae.likelihood(cfg)(model.apply(params, z, method="decode"), x, cfg)
     kl = jnp.sum(0.5 * (jnp.exp(logvar) + mu**2 - 1.0 - logvar), axis=-1)
     loss = -jnp.mean(rec - jnp.minimum(1.0, step / max(cfg.kl_warmup_steps, 1)) * kl)
+    if "free_bits" in cfg:  # a field of the user's own
+        loss = loss + cfg.free_bits
     return loss, {"loss": loss}
 
 
@@ -194,9 +196,15 @@ def test_built_in_objective_fields_a_users_objective_does_not_read_are_warned_ab
     assert "kl_warmup_steps" not in caplog.text
     caplog.clear()
     c.objective.beta, c.objective.k = 1.0, 1  # the defaults: nothing to say
+    c.objective.free_bits = 0.5  # a field of its own that it reads
     with caplog.at_level(logging.WARNING, logger="jaxgen"):
         loop.build_task(c, tmp_path)
     assert "do nothing" not in caplog.text
+    c.objective.free_bit = 0.5  # misspelt: the objective never reads it
+    with caplog.at_level(logging.WARNING, logger="jaxgen"):
+        loop.build_task(c, tmp_path)
+    assert ("These settings do nothing in this run: objective.free_bit=0.5 (added by the config file: a misspelt "
+            "name?)") in caplog.text
 
 
 def elbo_plus_l2(params, x, keys, *, model, cfg):
