@@ -132,6 +132,8 @@ def exit_failed(status: int = 1) -> None:
 
 
 def run(FLAGS: flags.FlagValues, argv: list[str]) -> None:  # noqa: N803 (launch.py's FLAGS)
+    """launch.py's main: sets up the process (XLA flags, jax.distributed), then runs --mode (train, eval or sample)
+    with the config, turning its errors into one FATAL line and an exit status."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     from jaxgen import runtime  # noqa: PLC0415 (after flag parsing, before JAX starts)
@@ -139,9 +141,9 @@ def run(FLAGS: flags.FlagValues, argv: list[str]) -> None:  # noqa: N803 (launch
     runtime.setup(distributed=FLAGS.jax_distributed, deterministic=bool(FLAGS.config.get("deterministic", False)))
     from jaxgen.training import failures, loop, modes  # noqa: PLC0415
 
-    run = {"train": loop.train_and_evaluate, "eval": modes.evaluate_checkpoint, "sample": modes.sample_checkpoint}
+    mode = {"train": loop.train_and_evaluate, "eval": modes.evaluate_checkpoint, "sample": modes.sample_checkpoint}
     with failures.writer_errors_logged():  # while the mode runs and its error is reported
-        _run_mode(FLAGS, run[FLAGS.mode])
+        _run_mode(FLAGS, mode[FLAGS.mode])
 
 
 def _run_mode(FLAGS: flags.FlagValues, run) -> None:  # noqa: N803 (launch.py's FLAGS)

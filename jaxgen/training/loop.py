@@ -116,7 +116,7 @@ def restore(task, which: str = "newest", *, training: bool = False):
         return read({k: v for k, v in shapes.items() if k != key})
     mgr, state = read({**shapes, key: shapes[EMA_OF[key]]})
     log.info("train.ema_half_life=0: evaluating the checkpoint's raw weights, not the EMA it keeps")
-    return mgr, state if state is None else {k: v for k, v in state.items() if k != key}
+    return mgr, (state if state is None else {k: v for k, v in state.items() if k != key})
 
 
 def restore_or_init(task):
@@ -221,8 +221,8 @@ def train_and_evaluate(config, workdir) -> dict:
 def _train_and_evaluate(config, workdir: Path) -> dict:
     task = build_task(config, workdir)
     splits = (("train", task.train), ("validation", task.validation), ("test", task.test))
-    for split, arrays in splits if jax.process_count() > 1 else ():
-        if arrays is None:
+    for split, arrays in splits:
+        if arrays is None or jax.process_count() == 1:
             continue
         parallel.check_same_on_every_process(
             f"the {split} data (shape and CRC-32 of the images)", parallel.fingerprint(arrays.image),
