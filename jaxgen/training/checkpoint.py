@@ -446,8 +446,9 @@ def _reported(step: int, e: Exception) -> None:
     # traceback in the log file, to tell a damaged file from a fault elsewhere.
     reason = str(e).splitlines()[0].split(" See full TensorStore details")[0][:300] if str(e) else ""
     log.error("Checkpoint at step %d cannot be read (%s: %s)", step, type(e).__name__, reason)
-    log.error("The error that made the checkpoint at step %d unreadable:", step, exc_info=(type(e), e, e.__traceback__),
-              extra={runtime.FILE_ONLY: True})
+    if e.__traceback__ is not None:  # not for the stand-in of another process's failure, which was never raised
+        log.error("The error that made the checkpoint at step %d unreadable:", step,
+                  exc_info=(type(e), e, e.__traceback__), extra={runtime.FILE_ONLY: True})
 
 
 def _move_aside(mgr: ocp.CheckpointManager, workdir: Path, cfg, subdir: str, step: int) -> ocp.CheckpointManager:

@@ -50,6 +50,7 @@ class Task(Protocol):
     test: data_lib.ImageData | None
     headline: tuple[str, ...]  # metrics shown on the progress bar
     not_final: tuple[str, ...]  # eval metrics measured another way at the final eval (not compared for the best)
+    lazy_metrics: tuple[str, ...]  # train metrics a step reports only when it ran them (weighted by 'reg_ran')
 
     def create(self) -> dict: ...  # a fresh train state (jit it with out_shardings)
     def describe(self) -> str: ...
@@ -370,7 +371,7 @@ def _train(task, state: dict, mgr, writer: MetricWriter, evals: _Evals) -> tuple
     progress = Progress(task.config, task.headline, step)
     check = lambda m: _check_finite(m, mgr, task.workdir, task.headline, c)  # noqa: E731
     pending, window, previous, call, stopped = [], [], None, 0, None
-    lazy = getattr(task, "lazy_metrics", ())
+    lazy = task.lazy_metrics
     t_log, step_log = time.perf_counter(), step
     stop = StopRequest()
     try:
@@ -454,7 +455,7 @@ def _check_finite(host_metrics: dict, mgr, workdir: Path, headline, config) -> N
     good = mgr.latest_step()
     kept = f"the last good checkpoint (step {good}) is kept in {workdir / 'checkpoints'}" if good is not None \
         else "no checkpoint had been written yet"
-    blocks = ("g_optim", "d_optim") if "d_loss" in headline else ("optim",)
+    blocks = ("g_optim", "d_optim") if config.task == "gan" else ("optim",)
     off = [f"{b}.clip_norm" for b in blocks if not config[b].clip_norm]
     fix = (f"Lower the learning rate or set gradient clipping ({', '.join(off)})" if off else
            "Lower the learning rate (gradient clipping is on: "

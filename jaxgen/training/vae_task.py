@@ -26,6 +26,7 @@ class VAETask:
 
     headline = ("loss",)  # metrics on the progress bar
     not_final = ("nll", "nll_bits_per_dim")  # the final eval's NLL uses eval.final_nll_k samples, not eval.nll_k
+    lazy_metrics = ()  # every step reports all its metrics
 
     def __init__(self, config, workdir, training: bool = True, image_shape: tuple[int, int, int] | None = None):
         """training=False: --mode=eval/sample. image_shape (--mode=sample, from the workdir's data.json): the
