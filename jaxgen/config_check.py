@@ -146,9 +146,9 @@ def _check_train(config: ml_collections.ConfigDict, base: ml_collections.ConfigD
     if config.data.binarize not in ("dynamic", "none"):
         raise ValueError(f"data.binarize must be 'dynamic' or 'none', got {config.data.binarize!r}")
     from jaxgen import data  # noqa: PLC0415 (numpy; no TFDS)
-    from jaxgen.data import image_folder  # noqa: PLC0415
+    from jaxgen.data import cache  # noqa: PLC0415
 
-    image_folder.data_dir(config.data)  # a URL is refused before any work (jaxgen's caches live there)
+    cache.data_dir(config.data)  # a URL is refused before any work (jaxgen's caches live there)
     unread = data.unread_fields(config.data, base.data)
     if unread:
         log.warning("The dataset %r does not read %s: the run uses %s as it is%s", config.data.name,

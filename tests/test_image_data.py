@@ -9,6 +9,7 @@ from PIL import Image
 
 from jaxgen import data
 from jaxgen.config import gan_config
+from jaxgen.data import cache as caches
 from jaxgen.data import image_folder as imf
 from jaxgen.data import tfds_source
 
@@ -431,7 +432,7 @@ def test_an_interruption_while_decoding_cancels_the_queued_chunks():
         ran.append(i)
 
     t = time.perf_counter()
-    with pytest.raises(KeyboardInterrupt), imf.thread_pool() as pool:
+    with pytest.raises(KeyboardInterrupt), caches.thread_pool() as pool:
         for i, _ in enumerate(pool.map(work, range(400))):
             if i == 1:
                 raise KeyboardInterrupt

@@ -19,17 +19,12 @@ size chosen for resolution 0 depends only on the files and the crop, so that key
 
 from __future__ import annotations
 
-import concurrent.futures
-import contextlib
-import fcntl
 import hashlib
 import json
 import logging
 import os
 import struct
 import threading
-import zipfile
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -37,14 +32,13 @@ from PIL import Image
 
 from jaxgen import parallel
 from jaxgen.atomic import write_npz, write_text
+from jaxgen.data import cache as caches
 
 log = logging.getLogger("jaxgen")
 
 EXTENSIONS = (".jpg", ".jpeg", ".png")
 OTHER_FORMATS = (".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".avif")  # left out, and counted in the log
 CACHE_VERSION = 2  # bump when decoding changes, so old caches are not reused (2: EXIF without exif_transpose, F)
-PROGRESS_MIN_FILES = 1000  # a progress bar from this many images up
-CHUNK = 64  # images per thread-pool task
 # What decoding a broken file raises (skipped and counted). Narrow on purpose: anything else (a bug, a MemoryError)
 # stops the decode, since the decoded folder is cached without the files skipped.
 _BAD_IMAGE = (OSError, ValueError, SyntaxError, EOFError, struct.error, Image.DecompressionBombError)
@@ -57,41 +51,6 @@ _UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4
 
 class SizesDifferError(ValueError):
     """With resolution 0, the images of a folder came out in more than one size."""
-
-
-def data_dir(data_config) -> Path:
-    """The TFDS data dir, also the root of jaxgen's caches: `data.data_dir`, else $TFDS_DATA_DIR, else
-    ~/tensorflow_datasets. A URL (gs://...) is refused: jaxgen's caches and readers go through the filesystem, and
-    Path('gs://b/d') would be the relative path 'gs:/b/d' under the working directory."""
-    if data_config.data_dir in ("None", "none", "null"):  # --config.data.data_dir=None gives the string 'None'
-        raise ValueError(f"data.data_dir={data_config.data_dir!r} would be a folder of that name; for the default "
-                         f"($TFDS_DATA_DIR, else ~/tensorflow_datasets) pass --config.data.data_dir=''")
-    d = data_config.data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
-    if "://" in str(d):
-        where = "data.data_dir" if data_config.data_dir else "$TFDS_DATA_DIR"
-        raise ValueError(f"{where}={d} is a URL; jaxgen reads and caches data through the filesystem: mount the "
-                         f"bucket (e.g. with gcsfuse) and pass the mounted path, or copy the prepared dataset to a "
-                         f"local or shared disk")
-    return Path(d).expanduser()
-
-
-def num_workers() -> int:
-    """Decode threads: the CPUs this process may use (Pillow releases the GIL while it decodes and resizes)."""
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
-
-
-@contextlib.contextmanager
-def thread_pool():
-    """A pool of num_workers() decode threads. When the block raises (an error, or an interruption: Ctrl-C, or
-    launch.py's SIGTERM), the work still queued is cancelled instead of done first, so the run stops once the
-    chunks under way end, not after the whole dataset is decoded."""
-    pool = concurrent.futures.ThreadPoolExecutor(num_workers())
-    try:
-        yield pool
-    except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    pool.shutdown()
 
 
 def crop_box(height: int, width: int, crop: int) -> tuple[int, int, int, int]:
@@ -250,7 +209,7 @@ def _cache_dir(data_config, folder: Path, files: list[str]) -> Path:
     fingerprint = (len(files), digest.hexdigest())
     key = repr((CACHE_VERSION, str(folder), data_config.resolution, data_config.crop, data_config.test_percent,
                 fingerprint))
-    return data_dir(data_config) / "jaxgen_cache" / "image_folder" / hashlib.sha1(key.encode()).hexdigest()[:16]
+    return caches.data_dir(data_config) / "jaxgen_cache" / "image_folder" / hashlib.sha1(key.encode()).hexdigest()[:16]
 
 
 def decode_all(folder: Path, files: list[str], resolution: int, crop: int) -> tuple[np.ndarray, np.ndarray]:
@@ -290,7 +249,7 @@ def decode_all(folder: Path, files: list[str], resolution: int, crop: int) -> tu
         errs, clamps, wrong = [], np.zeros(2, int), []
         if size_differs.is_set():
             return errs, clamps, wrong
-        for i in range(start, min(n, start + CHUNK)):
+        for i in range(start, min(n, start + caches.CHUNK)):
             try:
                 img, c = _decode(folder / files[i], resolution, crop)
             except _BAD_IMAGE as e:
@@ -305,15 +264,15 @@ def decode_all(folder: Path, files: list[str], resolution: int, crop: int) -> tu
         return errs, clamps, wrong
 
     wrong = []
-    starts = range(first + 1, n, CHUNK)
-    with (thread_pool() as pool,
+    starts = range(first + 1, n, caches.CHUNK)
+    with (caches.thread_pool() as pool,
           tqdm(total=n, initial=first + 1, unit="img", desc=f"decoding {folder.name}", mininterval=1.0,
-               disable=n < PROGRESS_MIN_FILES) as bar):
+               disable=n < caches.PROGRESS_MIN_FILES) as bar):
         for start, (errs, c, w) in zip(starts, pool.map(work, starts)):
             bad += errs
             counts += c
             wrong += w
-            bar.update(min(CHUNK, n - start))
+            bar.update(min(caches.CHUNK, n - start))
     if wrong:
         i, shape = wrong[0]
         raise SizesDifferError(
@@ -387,62 +346,23 @@ def image_folder(data_config, split: str) -> tuple[np.ndarray, np.ndarray]:
                     "D(x)) measure fit to them; --config.data.test_percent=10 holds 10%% of the files out", folder)
     # In a multi-host run process 0 decodes first, so hosts sharing the data dir read its cache.
     return parallel.process_0_first(lambda: _cached_or_decoded(folder, files, cache, wanted, res, crop, pct),
-                                    needed=not readable(wanted), what=f"decode the images in {folder}")
+                                    needed=not caches.readable(wanted), what=f"decode the images in {folder}")
 
 
 # What reading a torn or damaged .npz cache raises (a copy cut short, a full disk): the cache is rebuilt.
-TORN_CACHE = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error)
-
-
-def readable(cache: Path) -> bool:
-    """Whether `cache` exists and is a whole .npz (its zip directory reads: a copy cut short has none)."""
-    return cache.is_file() and zipfile.is_zipfile(cache)
-
-
-def read_arrays(cache: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(image, label) of a cache .npz; raises one of TORN_CACHE where it is missing or damaged."""
-    with np.load(cache) as z:
-        return z["image"], z["label"]
-
-
 def _cached_or_decoded(folder: Path, files: list[str], cache: Path, wanted: Path, res: int, crop: int, pct: int
                        ) -> tuple[np.ndarray, np.ndarray]:
     if wanted.exists():
         try:
-            return read_arrays(wanted)
-        except TORN_CACHE as e:
+            return caches.read_arrays(wanted)
+        except caches.TORN_CACHE as e:
             log.warning("The cached images at %s cannot be read (%s: %s); decoding %s again", wanted,
                         type(e).__name__, e, folder)
-    with decoding_lock(cache, str(folder)):
+    with caches.decoding_lock(cache, str(folder)):
         try:  # another process may have decoded the folder while this one waited
-            return read_arrays(wanted)
-        except TORN_CACHE:  # missing (FileNotFoundError), or still torn
+            return caches.read_arrays(wanted)
+        except caches.TORN_CACHE:  # missing (FileNotFoundError), or still torn
             return _decode_and_cache(folder, files, cache, wanted, res, crop, pct)
-
-
-@contextlib.contextmanager
-def decoding_lock(cache: Path, what: str):
-    """Holds an exclusive lock (fcntl.flock) on <cache>/decoding.lock while this process decodes `what` (a folder,
-    a TFDS dataset) into the folder `cache`: the other jobs of a sweep started at once on the same data wait for the
-    first and read its cache instead of all decoding it together. The kernel drops the lock when its process ends,
-    however it ends. Where the data dir cannot be written or has no locks, nothing is held."""
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-        f = open(cache / "decoding.lock", "a+")  # noqa: SIM115 (held while decoding)
-    except OSError:
-        yield
-        return
-    try:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("Another process is decoding %s into %s; waiting for it, then reading its arrays", what, cache)
-            fcntl.flock(f, fcntl.LOCK_EX)
-        except OSError:  # no locks on this filesystem
-            pass
-        yield
-    finally:
-        f.close()
 
 
 def _decode_and_cache(folder: Path, files: list[str], cache: Path, wanted: Path, res: int, crop: int, pct: int

@@ -17,8 +17,11 @@ from pathlib import Path
 import numpy as np
 
 from jaxgen import parallel, runtime
+from jaxgen.atomic import write_npz
+from jaxgen.data import cache as caches
 from jaxgen.data import image_folder
-from jaxgen.data.image_folder import CHUNK, PROGRESS_MIN_FILES, crop_and_resize, data_dir, write_npz
+from jaxgen.data.cache import CHUNK, PROGRESS_MIN_FILES, data_dir
+from jaxgen.data.image_folder import crop_and_resize
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +153,7 @@ def _read_split(source, cacheable: bool, image_fn: Callable | None, label_key: s
 
     starts = range(0, n, CHUNK)
     images, labels = [], []
-    with (image_folder.thread_pool() as pool,
+    with (caches.thread_pool() as pool,
           tqdm(total=n, unit="img", desc=desc, mininterval=1.0, disable=n < PROGRESS_MIN_FILES) as bar):
         for start, (im, lb) in zip(starts, pool.map(read, starts)):
             images.append(im)
@@ -163,24 +166,24 @@ def _cached(cache: Path, read: Callable) -> tuple[np.ndarray, np.ndarray]:
     """The arrays in `cache` if it exists (and reads), else `read()` -> (image, label, cacheable), written to `cache`
     (tmp then rename) for the next run when cacheable.
     In a multi-host run process 0 reads (and prepares) first, so a shared data dir is filled once."""
-    return parallel.process_0_first(lambda: _read_cached(cache, read), needed=not image_folder.readable(cache),
+    return parallel.process_0_first(lambda: _read_cached(cache, read), needed=not caches.readable(cache),
                                     what=f"prepare {cache.parent.name} (cache {cache})")
 
 
 def _read_cached(cache: Path, read: Callable) -> tuple[np.ndarray, np.ndarray]:
     if cache.exists():
         try:
-            return image_folder.read_arrays(cache)
-        except image_folder.TORN_CACHE as e:  # torn by a copy or a full disk
+            return caches.read_arrays(cache)
+        except caches.TORN_CACHE as e:  # torn by a copy or a full disk
             log.warning("The cached %s at %s cannot be read (%s: %s); reading the dataset again", cache.parent.name,
                         cache, type(e).__name__, e)
     # Jobs started together on a data dir without the dataset: the first downloads, prepares and caches it, the
     # others wait and read its cache (TFDS alone would download it in each, racing to rename the same folder).
-    with image_folder.decoding_lock(cache.parent, f"TFDS {cache.parent.name}"):
-        if image_folder.readable(cache):
+    with caches.decoding_lock(cache.parent, f"TFDS {cache.parent.name}"):
+        if caches.readable(cache):
             try:
-                return image_folder.read_arrays(cache)
-            except image_folder.TORN_CACHE:
+                return caches.read_arrays(cache)
+            except caches.TORN_CACHE:
                 pass
         return _read_uncached(cache, read)
 

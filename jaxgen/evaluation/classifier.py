@@ -21,7 +21,7 @@ import optax
 from flax import traverse_util
 
 from jaxgen import atomic, parallel
-from jaxgen.data.image_folder import data_dir
+from jaxgen.data.cache import TORN_CACHE, data_dir
 
 log = logging.getLogger("jaxgen")
 
@@ -96,7 +96,7 @@ def _load_or_train(path: Path, data_config, images: np.ndarray, labels: np.ndarr
         try:
             with np.load(path) as z:
                 return traverse_util.unflatten_dict({tuple(k.split("/")): jnp.asarray(v) for k, v in z.items()})
-        except Exception as e:  # noqa: BLE001 (a torn or corrupt cache file: train again)
+        except TORN_CACHE as e:  # a torn or corrupt cache file: train again
             log.warning("The cached metric classifier %s cannot be read (%s); training it again", path, e)
     log.info("Training the metric classifier on %s (%d images, %d steps; cached in %s)", data_config.name,
              len(images), steps, path)
