@@ -284,6 +284,8 @@ def test_gan_resume_is_bitwise_for_the_whole_state(tmp_path):
     loop.train_and_evaluate(c, tmp_path / "resumed")
     c.train.steps = 20
     loop.train_and_evaluate(c, tmp_path / "resumed")
+    log = (tmp_path / "resumed" / "log.txt").read_text()  # resumed, not trained again from step 0 (same bits)
+    assert "Resumed from the checkpoint at step 10" in log and "Done: 10 steps this invocation" in log
     states = []
     for d in ("straight", "resumed"):
         mgr, s = loop.restore(loop.build_task(c, tmp_path / d))
@@ -511,6 +513,50 @@ def test_g_update_through_the_reused_fakes_equals_the_direct_gradient(loss_name)
     new, grad = f(state, z, real, keys)
     for p0, p1, g in zip(jax.tree.leaves(state["g"]["params"]), jax.tree.leaves(new), jax.tree.leaves(grad)):
         np.testing.assert_allclose(np.asarray(p0 - p1), np.asarray(g), rtol=1e-4, atol=1e-7)
+
+
+def test_d_update_is_the_gradient_of_the_d_loss_plus_the_lazily_scaled_regularizer():
+    """D's update (SGD with rate 1: new = old - grad) is jax.grad of d_loss(D(reals), D(fakes)) plus, at a D update
+    the lazy regularizer runs (it % reg.interval == 0), reg.weight * reg.interval * R1; without it otherwise. Catches
+    reals and fakes swapped and a lost interval factor, which the 8-vs-1-device test cannot (both sides alike)."""
+    import optax
+    from jax.sharding import PartitionSpec as P
+
+    c = config_module(CONFIGS / "gan_mnist.py").get_config("smoke")
+    G, D = gan_models.build(c.model, (28, 28, 1), axis_name=parallel.AXIS)
+    sgd = optax.sgd(1.0)
+    state = state_lib.create_gan(G, D, sgd, sgd, (28, 28, 1), 0, ema=False)
+    real = jax.random.uniform(jax.random.key(4), (16, 28, 28, 1), minval=-1.0, maxval=1.0)
+    fake = jax.random.uniform(jax.random.key(5), (16, 28, 28, 1), minval=-1.0, maxval=1.0)
+    keys = jax.random.split(jax.random.key(3), 16)
+    loss_fn, weight, interval = gan_obj.get_loss("non_saturating"), 0.5, 3
+
+    def body(state, real, fake, keys, it):
+        new, _, _ = gan_step.d_update(state, real, fake, keys, it, discriminator=D, d_tx=sgd, loss_fn=loss_fn,
+                                      reg_fn=gan_obj.r1, reg_weight=weight, reg_interval=interval,
+                                      augment_policy="")
+
+        def direct(p, with_reg):
+            variables = {**state["d"], "params": p}
+            d_real, variables = gan_step.apply_model(D, variables, real, True)
+            d_fake, variables = gan_step.apply_model(D, variables, fake, True)
+            total = loss_fn(d_real, d_fake)[0]
+            if with_reg:
+                d_fn = lambda x: gan_step.apply_model(D, variables, x, True)[0]  # noqa: E731
+                total = total + weight * interval * gan_obj.r1(d_fn, real, fake, keys)[0]
+            return total
+
+        p = state["d"]["params"]
+        return new["d"]["params"], jax.grad(direct)(p, True), jax.grad(direct)(p, False)
+
+    mesh = parallel.make_mesh(jax.devices()[:1])
+    f = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(P(),) * 5, out_specs=(P(), P(), P()), check_vma=False))
+    for it, runs in ((0, True), (1, False), (3, True)):
+        new, with_reg, without = f(state, real, fake, keys, jnp.int32(it))
+        want = with_reg if runs else without
+        for p0, p1, g in zip(jax.tree.leaves(state["d"]["params"]), jax.tree.leaves(new), jax.tree.leaves(want)):
+            np.testing.assert_allclose(np.asarray(p0 - p1), np.asarray(g), rtol=1e-4, atol=1e-6)
+    assert not all(np.allclose(a, b, rtol=1e-3) for a, b in zip(jax.tree.leaves(with_reg), jax.tree.leaves(without)))
 
 
 @pytest.mark.parametrize("variant", ["hinge", "wgan_gp", "r1", "diffaugment", "bf16"])

@@ -130,6 +130,8 @@ def test_a_sigterm_during_an_eval_stops_the_run_at_that_step(smoke_config, tmp_p
                                                           ("train", 4 * k)]
     monkeypatch.setattr(loop, "build_task", build)
     loop.train_and_evaluate(c, run)
+    log = (run / "log.txt").read_text()  # resumed, not trained again from step 0 (same bits)
+    assert f"Resumed from the checkpoint at step {4 * k}" in log and f"Done: {2 * k} steps this invocation" in log
     evals = [r["step"] for r in read(run / "metrics.jsonl") if r["split"] == "eval"]
     assert evals == [2 * k, 4 * k, 6 * k]
     for x, y in zip(jax.tree.leaves(_final_state(c, tmp_path / "straight")), jax.tree.leaves(_final_state(c, run))):
