@@ -26,6 +26,18 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettemp
 # Every compilation, not only those over JAX's default 1 s: the many small ones (evaluation, sampling, eager ops)
 # recur in each process a test starts (a launch.py smoke run from a warm cache: 10.6 s instead of 13.2 s).
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+# The data dir (jaxgen's caches: the metric classifier, FID's reference statistics) and matplotlib's font cache in
+# one folder of this test session, shared by its xdist workers and the processes tests start (they inherit the
+# environment), removed at its end: tests never write into ~/tensorflow_datasets, and a cache left by an earlier
+# run (or by another jaxgen) cannot hide a change.
+if "JAXGEN_TESTS_DATA_DIR" not in os.environ:  # the session's first process (the xdist controller)
+    import atexit
+    import shutil
+
+    os.environ["JAXGEN_TESTS_DATA_DIR"] = tempfile.mkdtemp(prefix="jaxgen-tests-data-")
+    atexit.register(shutil.rmtree, os.environ["JAXGEN_TESTS_DATA_DIR"], ignore_errors=True)
+os.environ["TFDS_DATA_DIR"] = os.environ["JAXGEN_TESTS_DATA_DIR"]
+os.environ["MPLCONFIGDIR"] = os.path.join(os.environ["JAXGEN_TESTS_DATA_DIR"], "matplotlib")
 from jaxgen import runtime  # noqa: E402
 
 runtime.setup()
