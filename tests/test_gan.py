@@ -363,6 +363,12 @@ def test_a_nan_stops_the_gan_run_and_keeps_the_last_good_checkpoint(tmp_path):
     with pytest.raises(loop.NonFiniteLossError, match=r"Lower the learning rate \(gradient clipping is on: "
                                                  r"g_optim.clip_norm=1, d_optim.clip_norm=1\), or check the loss"):
         loop.train_and_evaluate(c, tmp_path)
+    assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == [10]
+    c.loss.name = "non_saturating"
+    mgr, state = loop.restore(loop.build_task(c, tmp_path))  # the kept checkpoint reads, its params finite
+    mgr.close()
+    assert int(state["step"]) == 10
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves((state["g"]["params"], state["d"]["params"])))
 
 
 def test_gan_outputs_land_in_the_workdir(tmp_path):

@@ -58,8 +58,10 @@ def test_eight_devices_give_the_params_of_one_with_the_same_global_batch(smoke_c
     np.testing.assert_allclose(m8["grad_norm"], m1["grad_norm"], rtol=1e-4)
     # param_norm is the updated params' (as the GAN step logs it).
     np.testing.assert_allclose(m1["param_norm"][0], optax.tree.norm(s1["params"]), rtol=1e-6)
+    # Relative to each leaf's scale: a first moment near zero differs in its last bits between 8 sums and 1.
     for a, b in zip(jax.tree.leaves(s8["opt_state"]), jax.tree.leaves(s1["opt_state"])):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-3, atol=1e-7)
+        a, b = np.asarray(a), np.asarray(b)
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4 * float(np.abs(b).max()) if b.size else 0.0)
     assert int(s8["step"]) == 3
 
 
