@@ -320,12 +320,21 @@ def test_running_out_of_memory_while_reading_a_checkpoint_stops_and_moves_nothin
             raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1.5GiB")
         return read(mgr, step, target)
 
-    monkeypatch.setattr(checkpoint, "_read_state", oom_at_20)
-    with pytest.raises(WorkdirError, match=r"reading the checkpoint at step 20 .* ran out of memory .*Nothing was "
-                                           r"moved; free memory .* run the same command again"):
-        checkpoint.restore_newest(tmp_path, smoke_config.checkpoint, target)
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["10", "20"]
-    assert not (tmp_path / "checkpoints_broken").exists()
+    def wrapped_oom_at_20(mgr, step, target):  # an empty MemoryError, wrapped as Orbax's asyncio would
+        if step == 20:
+            try:
+                raise MemoryError()
+            except MemoryError as e:
+                raise RuntimeError("restore failed") from e
+        return read(mgr, step, target)
+
+    for failing in (oom_at_20, wrapped_oom_at_20):
+        monkeypatch.setattr(checkpoint, "_read_state", failing)
+        with pytest.raises(WorkdirError, match=r"reading the checkpoint at step 20 .* ran out of memory .*Nothing "
+                                               r"was moved; free memory .* run the same command again"):
+            checkpoint.restore_newest(tmp_path, smoke_config.checkpoint, target)
+        assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["10", "20"]
+        assert not (tmp_path / "checkpoints_broken").exists()
 
     def damaged_at_20(mgr, step, target):
         if step == 20:
@@ -333,6 +342,7 @@ def test_running_out_of_memory_while_reading_a_checkpoint_stops_and_moves_nothin
         return read(mgr, step, target)
 
     monkeypatch.setattr(checkpoint, "_read_state", damaged_at_20)
+    caplog.clear()
     with caplog.at_level(logging.ERROR):
         mgr, restored = checkpoint.restore_newest(tmp_path, smoke_config.checkpoint, target)
     mgr.close()

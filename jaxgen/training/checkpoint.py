@@ -309,10 +309,12 @@ def restore_newest(workdir: Path, cfg, target, subdir: str = "checkpoints", *, m
             oom = bool(parallel.allgather_ints(int(oom))[:, 0].any())
         if oom:  # passing: the checkpoint is likely whole, so nothing is moved nor skipped
             mgr.close()
+            log.error("Reading the checkpoint at step %d ran out of memory:", step,
+                      exc_info=(type(error), error, error.__traceback__), extra={runtime.FILE_ONLY: True})
             raise WorkdirError(f"reading the checkpoint at step {step} in {Path(workdir).absolute() / subdir} ran out "
-                               f"of memory ({type(error).__name__}: {str(error).splitlines()[0][:200]}). Nothing was "
-                               f"moved; free memory (other jobs on this machine or accelerator) and run the same "
-                               f"command again")
+                               f"of memory ({type(error).__name__}: {_first_line(error)[:200]}). Nothing was moved; "
+                               f"free memory (other jobs on this machine or accelerator, or more devices for the "
+                               f"state) and run the same command again")
         if step not in reported:
             _reported(step, error)
             reported.add(step)
@@ -342,6 +344,7 @@ def restore_newest(workdir: Path, cfg, target, subdir: str = "checkpoints", *, m
                 error = e
             error = _on_every_process(error)
         if error is not None:
+            restored = None  # before the older checkpoint is read: two states need not fit at once
             report(step, error)
             continue
         for bad in broken if move_broken else ():
@@ -436,15 +439,28 @@ def _mismatch_message(workdir: Path, subdir: str, step: int, diff: dict[str, lis
            f"overrides; see {saved_config})."))
 
 
-def _out_of_memory(e: Exception) -> bool:
-    """Whether `e` says the host or an accelerator ran out of memory (XLA's RESOURCE_EXHAUSTED)."""
-    return isinstance(e, MemoryError) or "RESOURCE_EXHAUSTED" in str(e)[:500]
+def _out_of_memory(e: BaseException | None) -> bool:
+    """Whether `e`, or an error it was raised from (Orbax and asyncio wrap them), says the host or an accelerator ran
+    out of memory (MemoryError; XLA's RESOURCE_EXHAUSTED with "memory" in its message)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        text = str(e)[:1000]
+        if isinstance(e, MemoryError) or ("RESOURCE_EXHAUSTED" in text and "memory" in text.lower()):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _first_line(e: BaseException) -> str:
+    """The first line of `e`'s message, without TensorStore's appended spec (an unreadable pybind11 repr)."""
+    return (str(e).splitlines() or [""])[0].split(" See full TensorStore details")[0]
 
 
 def _reported(step: int, e: Exception) -> None:
     # The first line of the error, without TensorStore's appended spec (an unreadable pybind11 repr); the whole
     # traceback in the log file, to tell a damaged file from a fault elsewhere.
-    reason = str(e).splitlines()[0].split(" See full TensorStore details")[0][:300] if str(e) else ""
+    reason = _first_line(e)[:300]
     log.error("Checkpoint at step %d cannot be read (%s: %s)", step, type(e).__name__, reason)
     if e.__traceback__ is not None:  # not for the stand-in of another process's failure, which was never raised
         log.error("The error that made the checkpoint at step %d unreadable:", step,
