@@ -97,11 +97,6 @@ def bench_torch(rec, batches, seconds, repeats, amp_too):
 
             rate = harness.best_rate(run, batch, seconds, repeats, warmup=1, sync=queue.sync)
             rec.add({"who": "torch", "what": mode, "batch": batch, "img_per_s": round(rate, 1)})
-    if ref.dev == "cuda":  # the GPU's memory back for JAX, which preallocates most of it when it starts
-        import gc
-
-        gc.collect()
-        torch.cuda.empty_cache()
 
 
 def summarize(results, batches):
@@ -140,6 +135,7 @@ def main(argv=None):
         except Exception as e:  # noqa: BLE001 (the jaxgen rows still count)
             rec.env["torch_error"] = f"{type(e).__name__}: {e}"[:1000]
             print(f"PyTorch failed: {rec.env['torch_error']}", flush=True)
+        harness.release_torch_memory()  # after bench_torch's models and batches are gone
     bench_jax(rec, batches, a.dtypes.split(","), [int(k) for k in a.fused.split(",")], a.seconds, a.repeats,
               a.conv_impls.split(","), a.norm_impls.split(","))
     rec.write()

@@ -34,9 +34,10 @@ fi
 {
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
   # What the parts import, checked once here rather than failing in each.
-  python3 -c "import PIL, tqdm, ml_collections, jaxgen.training.loop; import jax, flax, optax, torch; \
-print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, 'torch', torch.__version__, \
-'cuda' if torch.cuda.is_available() else 'NO CUDA', jax.devices()[0].device_kind, jax.devices())"
+  python3 -c "import torch; print('torch', torch.__version__, 'cuda' if torch.cuda.is_available() else 'NO CUDA')"
+  python3 -c "import PIL, tqdm, ml_collections, jaxgen.training.loop; import jax, flax, optax; \
+print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, jax.devices()[0].device_kind, \
+jax.devices())"
 } >> "$ENV" 2>&1
 cd benchmarks || exit 1
 S=${SECONDS_PER:-2}
@@ -46,7 +47,7 @@ PARTS=${PARTS:-gan vae fid}
 run() {  # name limit command... (skipped unless its part, e.g. "gan", or its own name, e.g. "gan1024", is in PARTS)
   local name=$1 limit=$2; shift 2
   case " $PARTS " in *" ${name%%[0-9]*} "* | *" $name "*) ;; *) return ;; esac
-  local left=$(( BUDGET - SECONDS - 5 ))
+  local left=$(( BUDGET - SECONDS - 15 ))  # timeout's -k 10 and the line below
   if [ "$left" -lt 30 ]; then
     echo "$name skipped: ${left}s left of BUDGET=${BUDGET}s" >> "$ENV"
     return

@@ -133,6 +133,17 @@ def torch_skip_reason(ref) -> str | None:
     return f"torch {ref.torch.__version__} sees no CUDA device on a machine with an NVIDIA GPU"
 
 
+def release_torch_memory() -> None:
+    """Gives the GPU memory PyTorch's allocator keeps cached back, for JAX, which preallocates most of it when it
+    starts (after the torch rows, before the jaxgen ones)."""
+    import gc
+
+    torch = sys.modules.get("torch")
+    gc.collect()
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def torch_info(ref) -> dict:
     """The reference's torch: version, device, and on a GPU its name and CUDA and cuDNN versions."""
     torch = ref.torch

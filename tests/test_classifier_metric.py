@@ -63,7 +63,7 @@ def test_the_classifier_step_takes_the_dataset_as_an_argument_not_a_constant():
     import jax
     import jax.numpy as jnp
 
-    images = jnp.zeros((4000, 28, 28, 1), jnp.uint8)  # 3.1 MB
+    images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (4000, 28, 28, 1), np.uint8))  # 3.1 MB
     labels = jnp.zeros((4000,), jnp.int32)
     params = classifier.DigitClassifier(10).init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
     opt = classifier._optimizer().init(params)

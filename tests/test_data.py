@@ -133,8 +133,8 @@ def test_a_prepared_tfds_split_is_cached_and_a_torn_cache_is_read_again(tmp_path
 
 
 def test_jobs_started_together_on_a_new_data_dir_prepare_a_tfds_dataset_once(tmp_path, monkeypatch, caplog):
-    """A sweep started on a data dir without the dataset: the first job prepares and caches it under a lock, the
-    others wait and read its cache (TFDS alone would download it in every job)."""
+    """A sweep started on a data dir without the dataset: the first job prepares it under a lock, the others wait
+    for it (TFDS alone would download it in every job)."""
     import logging
     import threading
     import time
@@ -161,7 +161,7 @@ def test_jobs_started_together_on_a_new_data_dir_prepare_a_tfds_dataset_once(tmp
             time.sleep(0.1)
         for job in jobs:
             job.join()
-    assert len(prepared) == 1 and len(got) == 2 and "Another process is decoding TFDS mnist" in caplog.text
+    assert len(prepared) == 1 and len(got) == 2 and "Another process is preparing TFDS mnist" in caplog.text
     np.testing.assert_array_equal(got[0].image, got[1].image)
 
 

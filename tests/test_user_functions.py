@@ -205,6 +205,11 @@ def test_built_in_objective_fields_a_users_objective_does_not_read_are_warned_ab
         loop.build_task(c, tmp_path)
     assert ("These settings do nothing in this run: objective.free_bit=0.5 (added by the config file: a misspelt "
             "name?)") in caplog.text
+    caplog.clear()
+    c.eval.extractors = ("tests.test_quality:pixel_extractor",)  # one of its own gets the whole config
+    with caplog.at_level(logging.WARNING, logger="jaxgen"):
+        loop.build_task(c, tmp_path)
+    assert "free_bit" not in caplog.text
 
 
 def elbo_plus_l2(params, x, keys, *, model, cfg):

@@ -72,11 +72,12 @@ def read_arrays(cache: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 @contextlib.contextmanager
-def decoding_lock(cache: Path, what: str):
-    """Holds an exclusive lock (fcntl.flock) on <cache>/decoding.lock while this process decodes `what` (a folder,
-    a TFDS dataset) into the folder `cache`: the other jobs of a sweep started at once on the same data wait for the
-    first and read its cache instead of all decoding it together. The kernel drops the lock when its process ends,
-    however it ends. Where the data dir cannot be written or has no locks, nothing is held."""
+def decoding_lock(cache: Path, waiting: str):
+    """Holds an exclusive lock (fcntl.flock) on <cache>/decoding.lock while this process fills the folder `cache`
+    (decodes a folder of images into it, prepares a TFDS dataset): the other jobs of a sweep started at once on the
+    same data wait for the first (logging `waiting`) and then read what it made, instead of all doing the work
+    together. The kernel drops the lock when its process ends, however it ends. Where the data dir cannot be written
+    or has no locks, nothing is held."""
     try:
         cache.mkdir(parents=True, exist_ok=True)
         f = open(cache / "decoding.lock", "a+")  # noqa: SIM115 (held while decoding)
@@ -87,7 +88,7 @@ def decoding_lock(cache: Path, what: str):
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            log.info("Another process is decoding %s into %s; waiting for it, then reading its arrays", what, cache)
+            log.info("%s", waiting)
             fcntl.flock(f, fcntl.LOCK_EX)
         except OSError:  # no locks on this filesystem
             pass

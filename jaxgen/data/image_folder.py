@@ -349,7 +349,6 @@ def image_folder(data_config, split: str) -> tuple[np.ndarray, np.ndarray]:
                                     needed=not caches.readable(wanted), what=f"decode the images in {folder}")
 
 
-# What reading a torn or damaged .npz cache raises (a copy cut short, a full disk): the cache is rebuilt.
 def _cached_or_decoded(folder: Path, files: list[str], cache: Path, wanted: Path, res: int, crop: int, pct: int
                        ) -> tuple[np.ndarray, np.ndarray]:
     if wanted.exists():
@@ -358,7 +357,8 @@ def _cached_or_decoded(folder: Path, files: list[str], cache: Path, wanted: Path
         except caches.TORN_CACHE as e:
             log.warning("The cached images at %s cannot be read (%s: %s); decoding %s again", wanted,
                         type(e).__name__, e, folder)
-    with caches.decoding_lock(cache, str(folder)):
+    with caches.decoding_lock(cache, f"Another process is decoding {folder} into {cache}; waiting for it, then "
+                                     f"reading its arrays"):
         try:  # another process may have decoded the folder while this one waited
             return caches.read_arrays(wanted)
         except caches.TORN_CACHE:  # missing (FileNotFoundError), or still torn

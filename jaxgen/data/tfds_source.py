@@ -3,7 +3,7 @@
 Preparing (download + encode) a catalog image dataset needs TensorFlow (the `prepare` extra:
 `pip install -e '.[prepare]'`); reading a prepared one does not. The first read of a split also writes
 `<data_dir>/jaxgen_cache/<name>/<split>.npz`, so later runs start in a second (jobs started together prepare it once:
-the first holds a lock, the others read its cache). Offline, a missing dataset fails at once with a message that says
+the first holds a lock, the others wait for it). Offline, a missing dataset fails at once with a message that says
 how to provide it.
 """
 
@@ -122,8 +122,17 @@ def _source(name: str, split: str, data_config, hint: str = ""):
             raise _unavailable(name, ddir, f"cannot be downloaded here (no connection to {host}:{port})", hint)
         if not has_tensorflow():
             raise _unavailable(name, ddir, "preparing it needs TensorFlow, which is not installed", hint)
-        log.info("Preparing TFDS %s in %s (once)", name, ddir)
-        builder.download_and_prepare(file_format="array_record")
+        # Jobs started together on a data dir without the dataset: the first downloads and prepares it, the others
+        # wait for it (TFDS alone would download it in each, racing to rename the same folder).
+        with caches.decoding_lock(ddir / "jaxgen_cache" / name,
+                                  f"Another process is preparing TFDS {name} in {ddir}; waiting for it"):
+            with runtime.absl_errors_only():
+                prepared = builder.is_prepared()
+            if prepared:  # by the job this one waited for: a builder made now reads its splits
+                builder = tfds.builder(name, data_dir=str(ddir), file_format="array_record")
+            else:
+                log.info("Preparing TFDS %s in %s (once)", name, ddir)
+                builder.download_and_prepare(file_format="array_record")
     source = builder.as_data_source(split=split)
     mocked = getattr(type(builder).as_data_source, "__module__", "").startswith("tensorflow_datasets.testing")
     with runtime.absl_errors_only():
@@ -177,18 +186,6 @@ def _read_cached(cache: Path, read: Callable) -> tuple[np.ndarray, np.ndarray]:
         except caches.TORN_CACHE as e:  # torn by a copy or a full disk
             log.warning("The cached %s at %s cannot be read (%s: %s); reading the dataset again", cache.parent.name,
                         cache, type(e).__name__, e)
-    # Jobs started together on a data dir without the dataset: the first downloads, prepares and caches it, the
-    # others wait and read its cache (TFDS alone would download it in each, racing to rename the same folder).
-    with caches.decoding_lock(cache.parent, f"TFDS {cache.parent.name}"):
-        if caches.readable(cache):
-            try:
-                return caches.read_arrays(cache)
-            except caches.TORN_CACHE:
-                pass
-        return _read_uncached(cache, read)
-
-
-def _read_uncached(cache: Path, read: Callable) -> tuple[np.ndarray, np.ndarray]:
     image, label, cacheable = read()
     if not cacheable:
         return image, label

@@ -26,7 +26,7 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from jaxgen import atomic, parallel, registry
-from jaxgen.data.cache import TORN_CACHE, data_dir
+from jaxgen.data.cache import data_dir
 from jaxgen.evaluation import sample_metrics
 from jaxgen.reporting.images import quantize
 
@@ -160,7 +160,8 @@ def reference(extractor: Extractor, images: np.ndarray, *, data_config, split: s
         try:
             with np.load(path) as z:
                 cached = {k: z[k] for k in z.files}
-        except TORN_CACHE as e:  # a torn or corrupt cache file: recompute it
+        except Exception as e:  # noqa: BLE001 (a torn or corrupt cache file, or any other failure to read it: every
+            # process must reach the collective below, which then has them recompute it together)
             log.warning("Cached reference features %s cannot be read (%s); computing them again", path, e)
     if _all_processes(cached is not None):  # the extractor may run over every process's devices: all or none
         return _with_statistics(extractor, cached)

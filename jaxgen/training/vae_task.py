@@ -189,9 +189,11 @@ def _warn_unread(config, read: set[str]) -> None:
               for f in objectives.BUILTIN_FIELDS
               if f in config.objective and config.objective[f] != base[f] and f not in read]
     # A field the config file added for the objective that the objective never reads: most likely a misspelt name
-    # (`c.objective.free_bit` for `free_bits`), which would leave the objective on its own default.
+    # (`c.objective.free_bit` for `free_bits`), which would leave the objective on its own default. Unless a
+    # likelihood or an extractor of the user's, which get the block (or the whole config) too, may read it.
+    others = ":" in str(config.objective.likelihood) or any(":" in str(e) for e in config.eval.extractors)
     unread += [f"objective.{f}={config.objective[f]!r} (added by the config file: a misspelt name?)"
-               for f in config.objective if f not in base and f not in read]
+               for f in config.objective if f not in base and f not in read and not others]
     if unread:
         log.warning("These settings do nothing in this run: %s. Your objective %s did not read %s when traced "
                     "before training", "; ".join(unread), config.objective.name, "it" if len(unread) == 1 else "them")
