@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import harness
 
@@ -29,7 +28,6 @@ def bench_jax(rec, batches, dtypes, fused, seconds, repeats, impls=("auto",), no
     from jaxgen import runtime
 
     runtime.setup()
-    import jax
     import numpy as np
 
     from jaxgen import config as config_lib
@@ -48,13 +46,8 @@ def bench_jax(rec, batches, dtypes, fused, seconds, repeats, impls=("auto",), no
         c.model.conv_impl = impl
         c.model.norm_impl = norm_impl
         fn, create = harness.dcgan64_step(c, mesh, batch=batch, steps_per_dispatch=k)
-        calls = max(1, 4 // k)
-        state = jax.jit(create, out_shardings=parallel.replicated(mesh))()
-        t0 = time.perf_counter()
-        fn = fn.lower(state, data).compile()
-        compile_s = time.perf_counter() - t0
-        run = harness.train_loop(fn, state, data, calls)
-        rate = harness.best_rate(run, calls * k * batch, seconds, repeats, warmup=1, sync=run.sync)
+        rate, compile_s = harness.time_train_fn(fn, create, mesh, data, steps_per_call=k, batch=batch,
+                                                seconds=seconds, repeats=repeats, warmup=1)
         rec.add({"who": "jaxgen", "what": dtype, "conv_impl": impl, "resolved_impl": layers.resolve_impl(impl),
                  "norm_impl": batch_norm.resolve_norm_impl(norm_impl), "steps_per_dispatch": k, "batch": batch,
                  "compile_s": round(compile_s, 1), "img_per_s": round(rate, 1)})
@@ -72,13 +65,10 @@ def bench_jax(rec, batches, dtypes, fused, seconds, repeats, impls=("auto",), no
 
 
 def bench_torch(rec, batches, seconds, repeats, amp_too):
-    ref = harness.load_reference()
-    torch = ref.torch
-    rec.env.update(harness.torch_info(ref))
-    if (why := harness.torch_skip_reason(ref)) is not None:
-        rec.env["torch_skipped"] = why
-        print(f"PyTorch not timed: {why}", flush=True)
+    ref = harness.torch_side(rec)
+    if ref is None:
         return
+    torch = ref.torch
     for mode in ["eager"] + (["amp"] if amp_too else []):
         for batch in batches:
             torch.manual_seed(0)
@@ -130,12 +120,7 @@ def main(argv=None):
     batches = [int(b) for b in a.batches.split(",")]
     rec = harness.Recorder(a.out, harness.machine(), lambda results: summarize(results, batches))
     if not a.skip_torch:  # first: it takes seconds, and its rows are the yardstick
-        try:
-            bench_torch(rec, batches, a.seconds, a.repeats, a.torch_amp)
-        except Exception as e:  # noqa: BLE001 (the jaxgen rows still count)
-            rec.env["torch_error"] = f"{type(e).__name__}: {e}"[:1000]
-            print(f"PyTorch failed: {rec.env['torch_error']}", flush=True)
-        harness.release_torch_memory()  # after bench_torch's models and batches are gone
+        harness.time_torch(rec, bench_torch, batches, a.seconds, a.repeats, a.torch_amp)
     bench_jax(rec, batches, a.dtypes.split(","), [int(k) for k in a.fused.split(",")], a.seconds, a.repeats,
               a.conv_impls.split(","), a.norm_impls.split(","))
     rec.write()

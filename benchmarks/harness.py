@@ -62,6 +62,24 @@ def train_loop(fn, state, data, calls: int):
     return run
 
 
+def time_train_fn(fn, create, mesh, data, *, steps_per_call: int, batch: int, seconds: float, repeats: int,
+                  warmup: int = 2) -> tuple[float, float]:
+    """(images per second, compile seconds) of a jitted train function as training runs it: a fresh state from
+    `create`, `fn` compiled ahead of time for it, then `train_loop`'s calls (4 steps' worth, at least one call)
+    timed by `best_rate`."""
+    import jax
+
+    from jaxgen import parallel
+
+    state = jax.jit(create, out_shardings=parallel.replicated(mesh))()
+    t0 = time.perf_counter()
+    fn = fn.lower(state, data).compile()
+    compile_s = time.perf_counter() - t0
+    calls = max(1, 4 // steps_per_call)
+    run = train_loop(fn, state, data, calls)
+    return best_rate(run, calls * steps_per_call * batch, seconds, repeats, warmup, sync=run.sync), compile_s
+
+
 class TorchQueue:
     """Keeps at most `depth` PyTorch steps queued on a GPU (waiting on the CUDA event of the step `depth` back):
     the host dispatches the next step while the device runs the last, as jaxgen's loop does, and a window's
@@ -131,6 +149,29 @@ def torch_skip_reason(ref) -> str | None:
     if ref.dev == "cuda" or not (shutil.which("nvidia-smi") or Path("/dev/nvidiactl").exists()):
         return None
     return f"torch {ref.torch.__version__} sees no CUDA device on a machine with an NVIDIA GPU"
+
+
+def torch_side(rec):
+    """The reference module, with its torch described in `rec.env`; None (and `torch_skipped` in the env) where
+    torch is not to be timed here (`torch_skip_reason`)."""
+    ref = load_reference()
+    rec.env.update(torch_info(ref))
+    if (why := torch_skip_reason(ref)) is not None:
+        rec.env["torch_skipped"] = why
+        print(f"PyTorch not timed: {why}", flush=True)
+        return None
+    return ref
+
+
+def time_torch(rec, bench, *args) -> None:
+    """bench(rec, *args), the PyTorch rows, timed before jaxgen's: a failure is recorded (`torch_error` in the env),
+    not raised, so the jaxgen rows still come; then torch's cached GPU memory is given back for JAX."""
+    try:
+        bench(rec, *args)
+    except Exception as e:  # noqa: BLE001 (the jaxgen rows still count)
+        rec.env["torch_error"] = f"{type(e).__name__}: {e}"[:1000]
+        print(f"PyTorch failed: {rec.env['torch_error']}", flush=True)
+    release_torch_memory()  # after bench's models and batches are gone
 
 
 def release_torch_memory() -> None:

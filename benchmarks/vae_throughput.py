@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import time
 
 import harness
 
@@ -83,25 +82,17 @@ def bench_jax(rec, batches, fused, seconds, repeats, impls=("auto",)):
                 fn = vae_step.compile_train(mesh, steps_per_dispatch=k, model=model, tx=tx,
                                             objective=objectives.get("elbo"), obj_cfg=cfg.objective, lr_schedule=lr,
                                             batch=batch, binarize="dynamic", ema_half_life=0.0, ema_rampup=0.0)
-                calls = max(1, 4 // k)
-                state = jax.jit(create, out_shardings=parallel.replicated(mesh))()
-                t0 = time.perf_counter()
-                fn = fn.lower(state, data).compile()
-                compile_s = time.perf_counter() - t0
-                run_loop = harness.train_loop(fn, state, data, calls)
-                rate = harness.best_rate(run_loop, calls * k * batch, seconds, repeats, sync=run_loop.sync)
+                rate, compile_s = harness.time_train_fn(fn, create, mesh, data, steps_per_call=k, batch=batch,
+                                                        seconds=seconds, repeats=repeats)
                 rec.add({"who": "jaxgen", "what": "whole_loop", **tag, "steps_per_dispatch": k, "batch": batch,
                          "compile_s": round(compile_s, 1), "img_per_s": round(rate, 1)})
 
 
 def bench_torch(rec, batches, seconds, repeats, compile_too):
-    ref = harness.load_reference()
-    torch = ref.torch
-    rec.env.update(harness.torch_info(ref))
-    if (why := harness.torch_skip_reason(ref)) is not None:
-        rec.env["torch_skipped"] = why
-        print(f"PyTorch not timed: {why}", flush=True)
+    ref = harness.torch_side(rec)
+    if ref is None:
         return
+    torch = ref.torch
     for mode in ["eager"] + (["compile"] if compile_too else []):
         for batch in batches:
             torch.manual_seed(0)
@@ -155,12 +146,7 @@ def main(argv=None):
     fused = [int(k) for k in a.fused.split(",")]
     rec = harness.Recorder(a.out, harness.machine(), lambda results: summarize(results, batches))
     if not a.skip_torch:  # first: seconds, where the longest fused compiles may not finish within a time limit
-        try:
-            bench_torch(rec, batches, a.seconds, a.repeats, a.torch_compile)
-        except Exception as e:  # noqa: BLE001 (the jaxgen rows still count)
-            rec.env["torch_error"] = f"{type(e).__name__}: {e}"[:1000]
-            print(f"PyTorch failed: {rec.env['torch_error']}", flush=True)
-        harness.release_torch_memory()  # after bench_torch's models and batches are gone
+        harness.time_torch(rec, bench_torch, batches, a.seconds, a.repeats, a.torch_compile)
     bench_jax(rec, batches, fused, a.seconds, a.repeats, a.conv_impls.split(","))
     rec.write()
     print(json.dumps({"summary": rec.summary(), "env": rec.env}, indent=1))
