@@ -51,6 +51,22 @@ import pytest  # noqa: E402
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
+def started_together(fn, jobs: int = 2, gap: float = 0.1) -> list:
+    """fn()'s results from `jobs` threads started `gap` seconds apart (jobs of a sweep started at once), in the
+    order they finished."""
+    import threading
+    import time
+
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(fn())) for _ in range(jobs)]
+    for t in threads:
+        t.start()
+        time.sleep(gap)
+    for t in threads:
+        t.join()
+    return got
+
+
 def config_module(path):
     """The module of a config file (its get_config and VARIANTS)."""
     spec = importlib.util.spec_from_file_location(Path(path).stem + "_config", path)

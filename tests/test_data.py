@@ -13,6 +13,7 @@ import pytest
 from jaxgen import data
 from jaxgen.data import device as dev
 from jaxgen.data import tfds_source
+from tests.conftest import started_together
 
 
 def _cfg(**kw):
@@ -136,7 +137,6 @@ def test_jobs_started_together_on_a_new_data_dir_prepare_a_tfds_dataset_once(tmp
     """A sweep started on a data dir without the dataset: the first job prepares it under a lock, the others wait
     for it (TFDS alone would download it in every job)."""
     import logging
-    import threading
     import time
 
     import tensorflow_datasets as tfds
@@ -153,14 +153,9 @@ def test_jobs_started_together_on_a_new_data_dir_prepare_a_tfds_dataset_once(tmp
 
     monkeypatch.setattr(tfds, "builder", lambda name, data_dir=None, file_format=None: Slow(
         data_dir=data_dir, file_format=file_format))
-    cfg, got = _cfg(name="mnist", data_dir=str(tmp_path)), []
+    cfg = _cfg(name="mnist", data_dir=str(tmp_path))
     with caplog.at_level(logging.INFO, logger="jaxgen"):
-        jobs = [threading.Thread(target=lambda: got.append(data.load(cfg, "train"))) for _ in range(2)]
-        for job in jobs:
-            job.start()
-            time.sleep(0.1)
-        for job in jobs:
-            job.join()
+        got = started_together(lambda: data.load(cfg, "train"))
     assert len(prepared) == 1 and len(got) == 2 and "Another process is preparing TFDS mnist" in caplog.text
     np.testing.assert_array_equal(got[0].image, got[1].image)
 

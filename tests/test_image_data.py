@@ -12,6 +12,7 @@ from jaxgen.config import gan_config
 from jaxgen.data import cache as caches
 from jaxgen.data import image_folder as imf
 from jaxgen.data import tfds_source
+from tests.conftest import started_together
 
 
 def _cfg(tmp_path, name="image_folder", **kw):
@@ -187,7 +188,6 @@ def test_renamed_files_links_and_names_that_are_not_utf8(tmp_path, caplog):
 
 def test_jobs_started_together_on_one_folder_decode_it_once(tmp_path, monkeypatch, caplog):
     """A sweep's jobs on one new folder: the first decodes under a lock, the others wait for it and read its cache."""
-    import threading
     import time
 
     root = tmp_path / "imgs"
@@ -201,14 +201,8 @@ def test_jobs_started_together_on_one_folder_decode_it_once(tmp_path, monkeypatc
 
     monkeypatch.setattr(imf, "decode_all", slow_decode)
     cfg = _cfg(tmp_path, path=str(root))
-    got = []
     with caplog.at_level(logging.INFO, logger="jaxgen"):
-        jobs = [threading.Thread(target=lambda: got.append(data.load(cfg, "train"))) for _ in range(2)]
-        for job in jobs:
-            job.start()
-            time.sleep(0.1)
-        for job in jobs:
-            job.join()
+        got = started_together(lambda: data.load(cfg, "train"))
     assert len(calls) == 1 and len(got) == 2 and "waiting for it, then reading its arrays" in caplog.text
     np.testing.assert_array_equal(got[0].image, got[1].image)
 
