@@ -279,3 +279,26 @@ def test_leaky_relu_equals_jax_in_value_gradient_and_second_derivative(dtype):
         a, b = fn(ours), fn(theirs)
         assert a.dtype == b.dtype
         np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
+
+
+def test_forward_mode_autodiff_goes_through_the_models_with_the_xla_and_flax_impls():
+    """The README's promise for a regularizer that needs jax.jvp / jacfwd: with conv_impl='xla' and norm_impl='flax'
+    no hand-written (custom_vjp) gradient is left in G, D or the conv VAE, biases included."""
+    from jaxgen import config as config_lib
+    from jaxgen import models
+    from jaxgen.models import gan as gan_models
+
+    c = config_lib.gan_config()
+    c.model.conv_impl, c.model.norm_impl, c.model.g_width, c.model.d_width = "xla", "flax", 8, 8
+    G, D = gan_models.build(c.model, (32, 32, 3))
+    z, x = jnp.ones((2, G.latent_dim)), jnp.ones((2, 32, 32, 3))
+    for net, inp in ((G, z), (D, x)):
+        v = net.init(jax.random.key(0), inp)
+        f = lambda a, net=net, v=v: net.apply(v, a, mutable=["batch_stats"])[0]  # noqa: E731
+        jax.jvp(f, (inp,), (jnp.ones_like(inp),))
+    v = config_lib.vae_config()
+    v.model.conv_impl = "xla"
+    vae = models.build(v.model, (28, 28, 1))
+    params = vae.init(jax.random.key(0), jnp.ones((2, 28, 28, 1)), jnp.ones((2, v.model.latent_dim)))
+    jax.jvp(lambda z: vae.apply(params, z, method="decode"), (jnp.ones((2, v.model.latent_dim)),),
+            (jnp.ones((2, v.model.latent_dim)),))

@@ -247,8 +247,9 @@ class ConvTranspose2x(nn.Module):
             y = _xla_transpose_form(x.astype(dtype), w.astype(dtype), p)
         else:
             y = conv_transpose_2x(x.astype(dtype), w.astype(dtype), p)
-        if self.use_bias:
-            y = bias_add(y, self.param("bias", nn.initializers.zeros, (self.features,)))
+        if self.use_bias:  # 'xla': autodiff's own ops throughout (forward mode too)
+            b = self.param("bias", nn.initializers.zeros, (self.features,))
+            y = bias_add(y, b) if impl == "phase" else y + b.astype(y.dtype)
         return y
 
 
@@ -305,10 +306,11 @@ class ConvDown2x(nn.Module):
             raise ValueError(f"ConvDown2x: input size {x.shape[1]}x{x.shape[2]} must be even")
         w = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features))
         dtype = self.dtype or x.dtype
-        down = conv_down2x if resolve_impl(self.impl) == "phase" else _strided_conv
-        y = down(x.astype(dtype), w.astype(dtype), p)
-        if self.use_bias:
-            y = bias_add(y, self.param("bias", nn.initializers.zeros, (self.features,)))
+        phase = resolve_impl(self.impl) == "phase"
+        y = (conv_down2x if phase else _strided_conv)(x.astype(dtype), w.astype(dtype), p)
+        if self.use_bias:  # 'xla': autodiff's own ops throughout (forward mode too)
+            b = self.param("bias", nn.initializers.zeros, (self.features,))
+            y = bias_add(y, b) if phase else y + b.astype(y.dtype)
         return y
 
 
