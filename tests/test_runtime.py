@@ -128,3 +128,17 @@ def test_the_xla_cpu_flag_is_added_only_for_a_jaxlib_known_to_have_it(monkeypatc
         assert (runtime.CPU_FLAGS[0] in runtime.os.environ["XLA_FLAGS"]) == added, release
     monkeypatch.undo()
     assert runtime._jaxlib_release() == tuple(int(x) for x in jax.__version__.split(".")[:2])
+
+
+def test_new_files_get_the_mode_open_would_give_them():
+    """atomic's files: mkstemp's 0600 widened to what the umask allows, the umask read without changing it."""
+    import os
+
+    from jaxgen import atomic
+
+    mask = os.umask(0o027)
+    try:
+        assert atomic._umask() == 0o027
+    finally:
+        os.umask(mask)
+    assert atomic.FILE_MODE == 0o666 & ~mask
