@@ -180,6 +180,12 @@ def _bias_add_bwd(b, g):
 bias_add.defvjp(_bias_add_fwd, _bias_add_bwd)
 
 
+def add_bias(y: jax.Array, b: jax.Array, phase: bool) -> jax.Array:
+    """y + b over the last axis: `bias_add` (its written-out gradient) for the 'phase' impls; autodiff's own add for
+    'xla', whose layers then have no hand-written (custom_vjp) gradient left, so forward mode (jax.jvp) goes through."""
+    return bias_add(y, b) if phase else y + b.astype(y.dtype)
+
+
 IMPLS = ("auto", "phase", "xla")
 # Backend -> the implementation 'auto' picks: the phase forms beat XLA's lowering on XLA:CPU and on an H200, in
 # float32 and bfloat16 (benchmarks/README.md, jax 0.10.2); a backend measured otherwise gets its entry here.
@@ -247,9 +253,8 @@ class ConvTranspose2x(nn.Module):
             y = _xla_transpose_form(x.astype(dtype), w.astype(dtype), p)
         else:
             y = conv_transpose_2x(x.astype(dtype), w.astype(dtype), p)
-        if self.use_bias:  # 'xla': autodiff's own ops throughout (forward mode too)
-            b = self.param("bias", nn.initializers.zeros, (self.features,))
-            y = bias_add(y, b) if impl == "phase" else y + b.astype(y.dtype)
+        if self.use_bias:
+            y = add_bias(y, self.param("bias", nn.initializers.zeros, (self.features,)), impl == "phase")
         return y
 
 
@@ -308,9 +313,8 @@ class ConvDown2x(nn.Module):
         dtype = self.dtype or x.dtype
         phase = resolve_impl(self.impl) == "phase"
         y = (conv_down2x if phase else _strided_conv)(x.astype(dtype), w.astype(dtype), p)
-        if self.use_bias:  # 'xla': autodiff's own ops throughout (forward mode too)
-            b = self.param("bias", nn.initializers.zeros, (self.features,))
-            y = bias_add(y, b) if phase else y + b.astype(y.dtype)
+        if self.use_bias:
+            y = add_bias(y, self.param("bias", nn.initializers.zeros, (self.features,)), phase)
         return y
 
 
@@ -409,8 +413,7 @@ class Conv(nn.Module):
         phase = resolve_impl(self.impl) == "phase"
         y = (conv_same if phase else _conv_same)(x.astype(dtype), w.astype(dtype))
         if self.use_bias:
-            b = self.param("bias", self.bias_init, (self.features,))
-            y = bias_add(y, b) if phase else y + b.astype(dtype)
+            y = add_bias(y, self.param("bias", self.bias_init, (self.features,)), phase)
         return y
 
 
