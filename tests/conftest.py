@@ -1,6 +1,5 @@
 """Every test runs on 8 faked CPU devices, so the sharded paths are exercised on a laptop."""
 
-import importlib.metadata
 import os
 import tempfile
 
@@ -12,11 +11,12 @@ import tempfile
 # XLA:CPU's older elemental emitters, not its fusion emitters: a third less CPU time compiling and running
 # (tests/test_vae_step.py and tests/test_gan_models.py from a cold cache: 126 -> 84 s on 2 cores). Only with the
 # jaxlib release it was checked with: XLA aborts on a flag it does not know, and a later release may drop it.
+from jaxgen import runtime  # noqa: E402 (imports no JAX: XLA_FLAGS is still to be set)
+
 _user_flags = os.environ.get("XLA_FLAGS", "")
-_jaxlib = tuple(int(p) for p in importlib.metadata.version("jaxlib").split(".")[:2])
 TEST_XLA_FLAGS = " ".join(f for f in (
     "" if "--xla_backend_optimization_level" in _user_flags else "--xla_backend_optimization_level=0",
-    "" if "--xla_cpu_use_fusion_emitters" in _user_flags or _jaxlib != (0, 10)
+    "" if "--xla_cpu_use_fusion_emitters" in _user_flags or runtime._jaxlib_release() != (0, 10)
     else "--xla_cpu_use_fusion_emitters=false") if f)
 os.environ["XLA_FLAGS"] = " ".join(
     f for f in (_user_flags, "--xla_force_host_platform_device_count=8", TEST_XLA_FLAGS) if f).strip()
@@ -38,8 +38,6 @@ if "JAXGEN_TESTS_DATA_DIR" not in os.environ:  # the session's first process (th
     atexit.register(shutil.rmtree, os.environ["JAXGEN_TESTS_DATA_DIR"], ignore_errors=True)
 os.environ["TFDS_DATA_DIR"] = os.environ["JAXGEN_TESTS_DATA_DIR"]
 os.environ["MPLCONFIGDIR"] = os.path.join(os.environ["JAXGEN_TESTS_DATA_DIR"], "matplotlib")
-from jaxgen import runtime  # noqa: E402
-
 runtime.setup()
 
 import importlib.util  # noqa: E402
