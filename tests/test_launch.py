@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from jaxgen.reporting.writer import read
-from jaxgen.training import loop, modes
+from jaxgen.training import evaluating, loop, modes
 from tests.conftest import TEST_XLA_FLAGS, config_module
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -1079,13 +1079,13 @@ def test_a_train_records_rate_counts_training_time_only(smoke_config, tmp_path, 
     monkeypatch.setattr(loop, "time", clock)
     c = smoke_config
     c.train.steps, c.train.log_every, c.eval.every, c.checkpoint.every = 20, 5, 10, 10
-    during = loop._Evals.during_training
+    during = evaluating.Evals.during_training
 
     def slow(self, *args, **kwargs):
         clock.offset += 1000.0
         return during(self, *args, **kwargs)
 
-    monkeypatch.setattr(loop._Evals, "during_training", slow)
+    monkeypatch.setattr(evaluating.Evals, "during_training", slow)
     loop.train_and_evaluate(c, tmp_path)
     rates = {r["step"]: r["img_per_s"] for r in read(tmp_path / "metrics.jsonl") if r["split"] == "train"}
     assert sorted(rates) == [5, 10, 15, 20] and rates[15] > 1, rates

@@ -201,40 +201,40 @@ def test_a_stale_or_differently_kept_best_record_is_ignored_and_not_final_metric
 def test_a_best_measured_with_another_likelihood_or_data_is_not_compared(smoke_config, tmp_path, caplog):
     """A resume that changes the likelihood (a Gaussian ELBO can be positive, a Bernoulli one never is), the dataset
     or the sample count measures on another scale: the best kept so far is replaced, not compared with."""
+    measured_with, BestKeeper = best_checkpoint.measured_with, best_checkpoint.BestKeeper
     state = {"step": jnp.asarray(10), "w": jnp.zeros(2)}
     c = smoke_config
-    measured = loop.measured_with(c, "elbo")
+    measured = measured_with(c, "elbo")
     assert measured["objective.likelihood"] == "bernoulli" and measured["data.name"] == "mnist_5k"
     assert "eval.num_samples" not in measured and "eval.nll_k" not in measured
-    assert "eval.num_samples" in loop.measured_with(c, "classifier/fid")
-    assert "objective.likelihood" not in loop.measured_with(c, "classifier/fid")
-    assert "eval.nll_k" in loop.measured_with(c, "nll")
+    assert "eval.num_samples" in measured_with(c, "classifier/fid")
+    assert "objective.likelihood" not in measured_with(c, "classifier/fid")
+    assert "eval.nll_k" in measured_with(c, "nll")
     # Not what does not change the value: sigma with a Bernoulli, the classifier for Inception, where files are.
     assert not {"objective.gaussian_sigma", "data.path", "data.data_dir"} & set(measured)
-    assert "eval.classifier_steps" in loop.measured_with(c, "classifier/fid")
-    assert "eval.classifier_steps" not in loop.measured_with(c, "inception/fid")
+    assert "eval.classifier_steps" in measured_with(c, "classifier/fid")
+    assert "eval.classifier_steps" not in measured_with(c, "inception/fid")
     # The images themselves (data.path may point at another folder under the same data.name): shape and CRC-32.
     images = np.zeros((4, 8, 8, 1), np.uint8)
     other = images.copy()
     other[0, 0, 0, 0] = 1
-    assert loop.measured_with(c, "elbo", images)["data.images"][:4] == [4, 8, 8, 1]
-    assert loop.measured_with(c, "elbo", images) != loop.measured_with(c, "elbo", other)
-    keeper = best_checkpoint.BestKeeper(tmp_path, "elbo", "max", measured_with=measured)
+    assert measured_with(c, "elbo", images)["data.images"][:4] == [4, 8, 8, 1]
+    assert measured_with(c, "elbo", images) != measured_with(c, "elbo", other)
+    keeper = BestKeeper(tmp_path, "elbo", "max", measured_with=measured)
     keeper.update(state, {"elbo": -90.0})
     keeper.close()
     assert json.loads((tmp_path / "best" / "best.json").read_text())["measured_with"] == measured
-    assert best_checkpoint.BestKeeper(tmp_path, "elbo", "max", measured_with=measured).record["value"] == -90.0
+    assert BestKeeper(tmp_path, "elbo", "max", measured_with=measured).record["value"] == -90.0
     c.eval.num_samples = 5  # a field the ELBO does not depend on
-    assert best_checkpoint.BestKeeper(tmp_path, "elbo", "max", measured_with=loop.measured_with(c, "elbo")).record
+    assert BestKeeper(tmp_path, "elbo", "max", measured_with=measured_with(c, "elbo")).record
     c.objective.likelihood = "gaussian"
     with caplog.at_level(logging.WARNING, logger="jaxgen"):
-        assert best_checkpoint.BestKeeper(tmp_path, "elbo", "max", measured_with=loop.measured_with(c, "elbo")
-                                          ).record is None
+        assert BestKeeper(tmp_path, "elbo", "max", measured_with=measured_with(c, "elbo")).record is None
     assert "measured with other settings (objective.likelihood: 'bernoulli' -> 'gaussian')" in caplog.text
     record = json.loads((tmp_path / "best" / "best.json").read_text())
     del record["measured_with"]  # written before records had it: still compared
     (tmp_path / "best" / "best.json").write_text(json.dumps(record))
-    assert best_checkpoint.BestKeeper(tmp_path, "elbo", "max", measured_with=loop.measured_with(c, "elbo")).record
+    assert BestKeeper(tmp_path, "elbo", "max", measured_with=measured_with(c, "elbo")).record
 
 
 def test_a_best_metric_of_an_unused_extractor_or_of_the_final_eval_only_fails_before_any_work(tmp_path):
@@ -347,7 +347,6 @@ def test_the_evaluated_samples_depend_neither_on_the_batch_size_nor_on_the_devic
     from jaxgen import parallel
     from jaxgen.evaluation import quality
     from jaxgen.evaluation import vae as vae_eval
-    from jaxgen.training import loop
     from jaxgen.training import state as state_lib
     from tests.conftest import CONFIGS, config_module
 

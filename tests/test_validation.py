@@ -13,7 +13,7 @@ from jaxgen import config_check, data, parallel
 from jaxgen.evaluation import quality
 from jaxgen.reporting import plots
 from jaxgen.reporting.writer import read
-from jaxgen.training import best_checkpoint, checkpoint, loop, modes
+from jaxgen.training import best_checkpoint, checkpoint, evaluating, loop, modes
 from tests.conftest import CONFIGS, config_module
 
 
@@ -175,14 +175,14 @@ def test_a_gan_scores_d_and_compares_samples_on_the_validation_split_during_trai
     c.data.data_dir = str(tmp_path / "data")
     task = loop.build_task(c, tmp_path)
     state = jax.jit(task.create, out_shardings=parallel.replicated(task.mesh))()
-    sq = loop.sample_quality(task)
+    sq = evaluating.sample_quality(task)
     assert set(sq.refs) == {"validation", "test"}
-    during, final = loop.evaluate(task, state, False, sq), loop.evaluate(task, state, True, sq)
+    during, final = evaluating.evaluate(task, state, False, sq), evaluating.evaluate(task, state, True, sq)
     assert during["num_examples"] == 128 and final["num_examples"] == 1000
     block = during["sample_quality"][EXTRACTOR]
     assert block["reference"] == "mnist_5k validation" and block["num_reference"] == 128
     assert final["sample_quality"][EXTRACTOR]["reference"] == "mnist_5k test"
-    assert set(loop.sample_quality(task, training=False).refs) == {"test"}  # --mode=eval: the final's only
+    assert set(evaluating.sample_quality(task, training=False).refs) == {"test"}  # --mode=eval: the final's only
 
     c.data.validation_examples = 32  # fewer than one eval batch: refused before any training, with the fix
     with pytest.raises(ValueError, match=r"the validation split has 32; .* or hold out more "

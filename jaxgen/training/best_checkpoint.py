@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from jaxgen import atomic
+from jaxgen import atomic, parallel
 from jaxgen.training.checkpoint import Manager, remove_partial_saves, save_args
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ class BestKeeper:
     which therefore take part only at the intermediate evals.
     split: the split the values come from ('validation', 'test', ...); a record of another split is ignored.
     unnamed_split: the split a record that names none (written before records did) was chosen on.
-    measured_with: the config fields that set the metric's scale and their values (`measured_with` in loop.py); a
+    measured_with: the config fields that set the metric's scale and their values (`measured_with` below); a
     record measured with other values is ignored (a record without them, written before records had them, is not).
     With several processes, process 0's values decide, so every process takes part in the same saves.
     """
@@ -130,3 +130,44 @@ def _from_process_0(values: tuple[float, ...]) -> tuple[float, ...]:
     # would be ranked by the rounded value).
     words = np.asarray(values, np.float64).view(np.int32)
     return tuple(float(v) for v in np.asarray(multihost_utils.broadcast_one_to_all(words), np.int32).view(np.float64))
+
+
+# The fields on which the values of the best checkpoint's metric depend (besides the model): a resumed run that
+# changes one (another likelihood, dataset, sample count ...) measures on another scale, so the best kept so far
+# is not compared with its values. The data fields, then those of a metric of the samples ('<extractor>/fid', ...)
+# or of the evaluation's images.
+# (data.path is where a host finds the files, which may move: the images themselves are compared, by CRC-32.)
+_DATA_FIELDS = ("name", "train_split", "test_split", "num_examples", "binarize", "resolution", "crop", "test_percent")
+_SAMPLE_FIELDS = ("eval.num_samples", "eval.reference_split")
+_IMAGE_FIELDS = ("eval.num_examples", "eval.binarize_seed", "objective.likelihood")
+_METRIC_FIELDS = {"nll": ("eval.nll_k",), "nll_bits_per_dim": ("eval.nll_k",), "d_real": ("eval.batch_size",),
+                  "d_fake": ("eval.batch_size",)}  # D's BatchNorm runs in train mode: its outputs depend on the batch
+
+
+def measured_with(c, metric: str, images: np.ndarray | None = None) -> dict:
+    """{field: value} of the config fields that set the scale of `metric` (see _DATA_FIELDS), those `c` has; with
+    `images` (the split the evaluations during training score), 'data.images': their shape and CRC-32."""
+    fields = [f"data.{f}" for f in _DATA_FIELDS] + list(_SAMPLE_FIELDS if "/" in metric else _IMAGE_FIELDS)
+    fields += _METRIC_FIELDS.get(metric, ())
+    if metric.startswith("classifier/"):  # the classifier's training steps change its features
+        fields.append("eval.classifier_steps")
+    if "/" not in metric and c.get("objective", {}).get("likelihood") == "gaussian":
+        fields.append("objective.gaussian_sigma")
+    found = {}
+    for field in fields:
+        block, name = field.split(".")
+        if block in c and name in c[block]:
+            found[field] = c[block][name]
+    if images is not None:
+        found["data.images"] = parallel.fingerprint(images)
+    return found
+
+
+def best_split(task, metric: str, validation: bool = True) -> str:
+    """The split the best checkpoint is chosen on: that of the evaluations during training (a sample-quality
+    metric, '<extractor>/fid': the split its samples are compared with). validation=False: the one it was chosen on
+    without a validation split (a best.json written before records named their split)."""
+    c = task.config
+    if validation and task.validation is not None:
+        return c.eval.reference_split if "/" in metric and c.eval.reference_split else "validation"
+    return (c.eval.reference_split if "/" in metric else "") or c.data.test_split

@@ -8,11 +8,9 @@ restore or init, the train calls, the finite check, logging, checkpoints, evalua
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
-import re
 import signal
 import time
 from collections.abc import Callable
@@ -22,13 +20,12 @@ from typing import Any, Protocol
 import jax
 import numpy as np
 
-from jaxgen import atomic, parallel, registry, runtime
 from jaxgen import data as data_lib
+from jaxgen import parallel, registry, runtime
 from jaxgen.evaluation import quality
 from jaxgen.reporting.progress import Progress
 from jaxgen.reporting.writer import MetricWriter
-from jaxgen.reporting.writer import read as read_metrics
-from jaxgen.training import best_checkpoint, checkpoint, failures, gan_task, vae_task
+from jaxgen.training import best_checkpoint, checkpoint, evaluating, failures, gan_task, vae_task
 from jaxgen.training import workdir as wd
 from jaxgen.training.stopping import RunStopped, StopRequest
 
@@ -134,62 +131,6 @@ def restore_or_init(task):
     return mgr, state
 
 
-def eval_data(task, final: bool) -> data_lib.ImageData:
-    """What an evaluation scores: the test split at the final eval (and in --mode=eval); during training the
-    validation split when data.validation_examples holds one out, else the test split."""
-    return task.test if final or task.validation is None else task.validation
-
-
-def record_split(task) -> str:
-    """The `split` of the records of the evaluations during training in metrics.jsonl: 'validation', or 'eval' (the
-    test split's, as the final evaluation's)."""
-    return "eval" if task.validation is None else "validation"
-
-
-def reference_split(task, final: bool) -> str:
-    """The real images an evaluation's samples are compared with: eval.reference_split, or eval_data's split."""
-    return task.config.eval.reference_split or eval_data(task, final).split
-
-
-def sample_quality(task, training: bool = True) -> quality.SampleQuality | None:
-    """The run's sample-quality evaluator (None without eval.extractors): extractors loaded and the reference
-    features computed or read from the cache now, so that missing weights fail before any training. Without
-    `training`, only the final eval's reference (--mode=eval)."""
-    c = task.config
-    if not c.eval.extractors:
-        return None
-    own = {d.split: d for d in (task.test, task.validation) if d is not None}
-    splits = dict.fromkeys(reference_split(task, final) for final in ((True, False) if training else (True,)))
-    refs = {s: (own[s] if s in own else data_lib.load(c.data, s)).image for s in splits}
-    return quality.SampleQuality(c, task.mesh, task.train, refs)
-
-
-def evaluate(task, state, final: bool, sq: quality.SampleQuality | None) -> dict:
-    """The task's own evaluation (on eval_data), plus sample quality on eval.num_samples samples when extractors
-    are set."""
-    ev = task.evaluate(state, final=final, data=eval_data(task, final))
-    if sq is not None:
-        ev["sample_quality"] = sq.evaluate(task.samples(state, sq.num_samples), full=final,
-                                           reference=reference_split(task, final))
-    return ev
-
-
-def scalars(ev: dict) -> dict:
-    """The numbers of an eval dict, sample-quality blocks flattened to 'extractor/metric'."""
-    out = {k: v for k, v in ev.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    out.update(quality.flatten(ev.get("sample_quality", {})))
-    return out
-
-
-def eval_line(task, ev: dict) -> str:
-    return task.eval_line(ev) + _fid_part(ev)
-
-
-def _fid_part(ev: dict) -> str:
-    return "".join(f"; {name} FID {block['fid']:.2f} ({block['num_samples']} samples)"
-                   for name, block in ev.get("sample_quality", {}).items())
-
-
 def _first_nonfinite(metrics: dict, headline) -> tuple[int, list[str]] | None:
     """(step, names of non-finite metrics) of the first step in stacked host metrics with finite == 0."""
     bad = np.flatnonzero(np.asarray(metrics["finite"]) == 0)
@@ -247,17 +188,18 @@ def _train_and_evaluate(config, workdir: Path) -> dict:
     # After the restore and the checks: a config refused there leaves config.json (and data.json) as they were.
     wd.save_config(c, workdir, step)
     wd.save_data_record(task, workdir)
-    sq = sample_quality(task)
+    sq = evaluating.sample_quality(task)
     best_name = quality.best_metric(c)
     best = None
     if best_name:
         best = best_checkpoint.BestKeeper(workdir, best_name, quality.best_mode(c), fresh=step == 0, resume_step=step,
-                                          not_final=task.not_final, split=best_split(task, best_name),
-                                          unnamed_split=best_split(task, best_name, validation=False),
-                                          measured_with=measured_with(c, best_name, eval_data(task, False).image))
+                                          not_final=task.not_final, split=best_checkpoint.best_split(task, best_name),
+                                          unnamed_split=best_checkpoint.best_split(task, best_name, validation=False),
+                                          measured_with=best_checkpoint.measured_with(
+                                              c, best_name, evaluating.eval_data(task, False).image))
     writer = MetricWriter(workdir, resume_step=step)
     try:  # the TensorBoard events flushed whatever stops the run (launch.py's exit skips atexit)
-        evals = _Evals(task, writer, best, sq)
+        evals = evaluating.Evals(task, writer, best, sq)
         if c.eval.every and 0 < step < c.train.steps and step % c.eval.every == 0 and evals.missing(step):
             log.info("Evaluating step %d first: the run that checkpointed it stopped before its eval", step)
             evals.during_training(state, step)
@@ -281,9 +223,9 @@ def _train_and_evaluate(config, workdir: Path) -> dict:
             elif best is not None and best.metric in task.not_final:
                 evals.for_best(state, step)
             log.info("Final evaluation of step %d", step)
-            final = final_eval(task, state, writer, sq)
+            final = evaluating.final_eval(task, state, writer, sq)
             if best is not None and task.validation is None:  # the test split's numbers choose nothing then
-                best.update(state, scalars(final), final=True)
+                best.update(state, evaluating.scalars(final), final=True)
         finally:
             if best is not None:
                 best.close()
@@ -292,7 +234,7 @@ def _train_and_evaluate(config, workdir: Path) -> dict:
         writer.close()
     final_time = time.perf_counter() - t_final  # the metrics (eval.json's eval_seconds), images, plots and saves
     steps_run = step - start
-    summary = task.summary(final) + _fid_part(final)
+    summary = task.summary(final) + evaluating.fid_part(final)
     if steps_run:
         log.info("Done: %d steps this invocation in %.1f s (%.0f img/s incl. compile, evals), then the final "
                  "evaluation, images and saves in %.1f s; %s; outputs in %s", steps_run, train_time,
@@ -314,44 +256,7 @@ def _off_the_fused_grid(c, step: int) -> str:
             f"), e.g. --config.train.steps_per_dispatch={fits[-1]}")
 
 
-class _Evals:
-    """The evaluations during training: metrics, the best checkpoint and the images of one step."""
-
-    def __init__(self, task, writer: MetricWriter, best, sq):
-        self.task, self.writer, self.best, self.sq = task, writer, best, sq
-
-    def during_training(self, state: dict, step: int, images: bool = True) -> None:
-        ev = evaluate(self.task, state, False, self.sq)
-        split = record_split(self.task)
-        self.writer.write(step, split, scalars(ev))
-        log.info("step %d %s: %s", step, split, eval_line(self.task, ev))
-        if self.best is not None:
-            self.best.update(state, scalars(ev))
-        if images:
-            self.task.save_images(state, suffix=f"_{step:07d}")
-
-    def for_best(self, state: dict, step: int) -> None:
-        """Offers the last step to the best checkpoint where the final eval measures its metric another way (a
-        VAE's NLL there takes eval.final_nll_k samples, the best compares eval.nll_k's): the task's own metrics,
-        as during training, without sample quality; logged, not recorded (the final eval's record stands for the
-        step)."""
-        ev = evaluate(self.task, state, False, None)
-        log.info("step %d %s (for the best checkpoint): %s", step, record_split(self.task), eval_line(self.task, ev))
-        self.best.update(state, scalars(ev))
-
-    def missing(self, step: int) -> bool:
-        """Whether metrics.jsonl lacks the record of `step`'s evaluation by a training run (process 0's answer, on
-        every process). A --mode=eval record of the step does not count: that evaluation chose no best
-        checkpoint and saved no numbered images."""
-        path = self.task.workdir / "metrics.jsonl"
-        split = record_split(self.task)
-        found = any(r["split"] == split and r["step"] == step and "by" not in r for r in read_metrics(path))
-        if jax.process_count() == 1:
-            return not found
-        return not bool(parallel.allgather_ints(int(found))[0, 0])
-
-
-def _train(task, state: dict, mgr, writer: MetricWriter, evals: _Evals) -> tuple[dict, int, int | None]:
+def _train(task, state: dict, mgr, writer: MetricWriter, evals: evaluating.Evals) -> tuple[dict, int, int | None]:
     """The train calls from the state's step to train.steps: finite checks one call behind, train records, evals,
     checkpoints, and a stop on SIGTERM or Ctrl-C. Returns (state, step reached, the signal that stopped it or
     None)."""
@@ -471,36 +376,6 @@ def _check_finite(host_metrics: dict, mgr, workdir: Path, headline, config) -> N
     )
 
 
-def final_eval(task, state, writer: MetricWriter, sq, out_name: str = "eval.json", images: bool = True,
-               extra: dict | None = None, by: str | None = None) -> dict:
-    """The final evaluation of `state` (sample quality by `sq`): its metrics in metrics.jsonl (through `writer`;
-    `by`: what evaluates, when not the training run) and, with the task's record and `extra`, in
-    <workdir>/`out_name`; with `images`, the final image grids, also under the step's name. Returns the metrics."""
-    t = time.perf_counter()
-    final = evaluate(task, state, True, sq)
-    final["eval_seconds"] = time.perf_counter() - t
-    step = int(jax.device_get(state["step"]))
-    writer.write(step, "eval", scalars(final), by=by)
-    if jax.process_index() == 0:
-        record = {"step": step, **task.eval_record(state), **(extra or {}), **final}
-        atomic.write_text(task.workdir / out_name, json.dumps(record, indent=2) + "\n")
-    if images:
-        task.save_images(state)
-        if jax.process_index() == 0:
-            _copy_with_step(task.workdir / "images", step)
-    return final
-
-
-def _copy_with_step(images_dir: Path, step: int) -> None:
-    """The final evaluation's grids (`samples.png` ...) copied under the step's name (`samples_<step>.png`), as an
-    evaluation during training names them: the series is whole, and stays so when a longer train.steps extends the
-    run (whose own final grids replace the unnumbered ones)."""
-    for png in sorted(images_dir.glob("*.png")):
-        if not re.search(r"_\d{7,}$", png.stem):
-            data = png.read_bytes()
-            atomic.write_with(images_dir / f"{png.stem}_{step:07d}.png", lambda f, data=data: f.write(data))
-
-
 def log_determinism(config) -> None:
     """With config.deterministic: says that XLA_FLAGS has XLA:GPU's flag, or warns that it lacks it (launch.py
     sets it before JAX starts; a script of the user's that calls the loop may not have)."""
@@ -512,44 +387,3 @@ def log_determinism(config) -> None:
     else:
         log.warning("config.deterministic is set but XLA_FLAGS lacks %s: it takes effect only when set before JAX "
                     "starts (launch.py does; in a script, call jaxgen.runtime.setup(deterministic=True) first)", flag)
-
-
-# The fields on which the values of the best checkpoint's metric depend (besides the model): a resumed run that
-# changes one (another likelihood, dataset, sample count ...) measures on another scale, so the best kept so far
-# is not compared with its values. The data fields, then those of a metric of the samples ('<extractor>/fid', ...)
-# or of the evaluation's images.
-# (data.path is where a host finds the files, which may move: the images themselves are compared, by CRC-32.)
-_DATA_FIELDS = ("name", "train_split", "test_split", "num_examples", "binarize", "resolution", "crop", "test_percent")
-_SAMPLE_FIELDS = ("eval.num_samples", "eval.reference_split")
-_IMAGE_FIELDS = ("eval.num_examples", "eval.binarize_seed", "objective.likelihood")
-_METRIC_FIELDS = {"nll": ("eval.nll_k",), "nll_bits_per_dim": ("eval.nll_k",), "d_real": ("eval.batch_size",),
-                  "d_fake": ("eval.batch_size",)}  # D's BatchNorm runs in train mode: its outputs depend on the batch
-
-
-def measured_with(c, metric: str, images: np.ndarray | None = None) -> dict:
-    """{field: value} of the config fields that set the scale of `metric` (see _DATA_FIELDS), those `c` has; with
-    `images` (the split the evaluations during training score), 'data.images': their shape and CRC-32."""
-    fields = [f"data.{f}" for f in _DATA_FIELDS] + list(_SAMPLE_FIELDS if "/" in metric else _IMAGE_FIELDS)
-    fields += _METRIC_FIELDS.get(metric, ())
-    if metric.startswith("classifier/"):  # the classifier's training steps change its features
-        fields.append("eval.classifier_steps")
-    if "/" not in metric and c.get("objective", {}).get("likelihood") == "gaussian":
-        fields.append("objective.gaussian_sigma")
-    found = {}
-    for field in fields:
-        block, name = field.split(".")
-        if block in c and name in c[block]:
-            found[field] = c[block][name]
-    if images is not None:
-        found["data.images"] = parallel.fingerprint(images)
-    return found
-
-
-def best_split(task, metric: str, validation: bool = True) -> str:
-    """The split the best checkpoint is chosen on: that of the evaluations during training (a sample-quality
-    metric, '<extractor>/fid': the split its samples are compared with). validation=False: the one it was chosen on
-    without a validation split (a best.json written before records named their split)."""
-    c = task.config
-    if validation and task.validation is not None:
-        return c.eval.reference_split if "/" in metric and c.eval.reference_split else "validation"
-    return (c.eval.reference_split if "/" in metric else "") or c.data.test_split

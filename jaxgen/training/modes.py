@@ -1,6 +1,7 @@
 """--mode=eval and --mode=sample on a trained workdir: `evaluate_checkpoint(config, workdir)` (the final evaluation
 of the newest or the best checkpoint into eval.json or eval_best.json) and `sample_checkpoint(config, workdir)`
-(samples as .npz and PNG grids). Both restore through jaxgen.training.loop's task and evaluation."""
+(samples as .npz and PNG grids). Both restore through jaxgen.training.loop; an evaluation runs as the training
+run's final one (jaxgen.training.evaluating)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from jaxgen import config as config_lib
 from jaxgen.evaluation import quality
 from jaxgen.reporting import images
 from jaxgen.reporting.writer import MetricWriter
-from jaxgen.training import loop
+from jaxgen.training import best_checkpoint, evaluating, loop
 from jaxgen.training import workdir as wd
 
 log = logging.getLogger("jaxgen")
@@ -85,12 +86,12 @@ def _evaluate_checkpoint(config, workdir: Path) -> dict:
     writer = MetricWriter(task.workdir, enabled=False if best else None, tb_run="mode_eval")
     images = not best and _same_images(config, workdir)
     try:
-        final = loop.final_eval(task, state, writer, loop.sample_quality(task, training=False),
+        final = evaluating.final_eval(task, state, writer, evaluating.sample_quality(task, training=False),
                                 "eval_best.json" if best else "eval.json", images=images,
                                 extra={"selected_by": _selected_by(task, workdir)} if best else None, by="--mode=eval")
     finally:  # an interruption too: launch.py's exit skips the atexit hook that would flush TensorBoard's events
         writer.close()
-    log.info("eval of step %d: %s", int(jax.device_get(state["step"])), loop.eval_line(task, final))
+    log.info("eval of step %d: %s", int(jax.device_get(state["step"])), evaluating.eval_line(task, final))
     return final
 
 
@@ -117,9 +118,9 @@ def _selected_by(task, workdir: Path) -> str:
         kept = json.loads((workdir / "best" / "best.json").read_text())
         metric = kept["metric"]
         how = f"{'lowest' if kept['mode'] == 'min' else 'highest'} {metric} ({kept['value']:.6g})"
-        split = kept.get("split") or loop.best_split(task, metric, validation=False)
+        split = kept.get("split") or best_checkpoint.best_split(task, metric, validation=False)
     except (OSError, ValueError, KeyError, TypeError):
-        how, split = "best checkpoint.best_metric", loop.best_split(task, quality.best_metric(c) or "")
+        how, split = "best checkpoint.best_metric", best_checkpoint.best_split(task, quality.best_metric(c) or "")
     chosen = f"the {how} of the run's evaluations on the {split!r} split"
     if split == "validation":
         return (f"{chosen} (examples held out of {c.data.train_split!r} by data.validation_examples, not trained "
