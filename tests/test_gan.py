@@ -663,3 +663,20 @@ def test_a_loss_that_cannot_take_fresh_fakes_for_the_g_update_is_refused(tmp_pat
         loop.train_and_evaluate(c, tmp_path / "odd")
     c.train.g_batch_size = -1  # as many as the batch: a paired loss runs
     assert loop.build_task(c, tmp_path / "same").g_batch == 32
+
+
+def test_the_interpolation_grid_follows_great_circles_from_each_first_latent_to_its_second():
+    """gan_eval.slerp_paths: each row starts at its pair's first latent and ends at its second; between them the
+    angle to the first grows evenly, and latents of equal norm keep it (a straight line would shrink it)."""
+    from jaxgen.evaluation import gan as gan_eval
+
+    z = jax.random.normal(jax.random.key(0), (3, 2, 16))
+    z = z / jnp.linalg.norm(z, axis=-1, keepdims=True) * 4.0
+    path = np.asarray(gan_eval.slerp_paths(z, 5)).reshape(3, 5, 16)
+    np.testing.assert_allclose(path[:, 0], z[:, 0], atol=1e-5)
+    np.testing.assert_allclose(path[:, -1], z[:, 1], atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(path, axis=-1), 4.0, rtol=1e-5)
+    a = np.asarray(z[:, 0])
+    cos = np.sum(path.astype(np.float64) * a[:, None], -1) / 16.0  # |a| |p| = 16
+    angle = np.arccos(np.clip(cos, -1, 1))  # float32's rounding near cos 1 is ~4e-4 of an angle
+    np.testing.assert_allclose(np.diff(angle, axis=1), np.broadcast_to(angle[:, -1:] / 4, (3, 4)), atol=1e-3)

@@ -6,13 +6,12 @@ import functools
 import logging
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from jax.sharding import PartitionSpec as P
 
 from jaxgen import config as config_lib
 from jaxgen import config_check, data, parallel, registry
 from jaxgen.data import augment
+from jaxgen.evaluation import gan as gan_eval
 from jaxgen.evaluation import quality
 from jaxgen.models import gan as gan_models
 from jaxgen.objectives import gan as gan_obj
@@ -23,7 +22,6 @@ from jaxgen.training import state as state_lib
 log = logging.getLogger("jaxgen")
 
 HISTORY_COLUMNS = 8  # fixed-noise samples per row of samples_over_time.png
-STANDING_PASSES = 30  # train-mode passes that re-estimate the EMA generator's BatchNorm statistics
 
 
 class GANTask:
@@ -81,8 +79,8 @@ class GANTask:
                 parallel.check_batch(c.train.batch_size, self.mesh)
             except ValueError as e:
                 raise ValueError(f"{e}; the EMA generator's BatchNorm statistics are estimated again before it "
-                                 f"samples, in {STANDING_PASSES} passes of train.batch_size fakes split over the "
-                                 "devices (the run's batch size, or close to it)") from None
+                                 f"samples, in {gan_eval.STANDING_PASSES} passes of train.batch_size fakes split over "
+                                 "the devices (the run's batch size, or close to it)") from None
 
     def _check_sizes(self, training: bool) -> None:
         """Every size the data cannot fill, at once (a small image folder may need several changes)."""
@@ -120,34 +118,25 @@ class GANTask:
             d_lr=self.d_lr, g_batch=self.g_batch, random_flip=c.data.random_flip,
             reg_through_augment=c.reg.through_augment, lazy_metrics=self.lazy_metrics)
 
-    @functools.cached_property
-    def _refresh_stats(self):
-        """(G variables, z [B]) -> G's variables with their statistics moved by one train-mode pass, sharded."""
-        body = lambda g, z: gan_step.apply_model(self.generator, g, z, True)[1]
-        return jax.jit(jax.shard_map(body, mesh=self.mesh, in_specs=(P(), P(parallel.AXIS)), out_specs=P(),
-                                     check_vma=False))
-
     def sampling_g(self, state) -> dict:
-        """G's variables to sample and evaluate with: the EMA weights when kept.
-
-        The BatchNorm running averages in the state were gathered with the raw weights, so for the EMA weights
-        they are re-estimated ('standing statistics'): STANDING_PASSES train-mode passes over fresh latents, each
-        moving the averages by BN's momentum (0.9**30: 4% of the copied statistics remain). Spectral norm's
-        power iteration follows the EMA weights the same way. Cached per step.
-        """
+        """G's variables to sample and evaluate with: the EMA weights when kept, with their BatchNorm statistics
+        re-estimated (gan_eval.standing_statistics: the running averages in the state were gathered with the raw
+        weights). Cached per step."""
         g = state_lib.eval_params(state)
         if "ema_g" not in state or "batch_stats" not in g:
             return g
         step = int(jax.device_get(state["step"]))
         if getattr(self, "_sampling_cache", (None,))[0] == step:
             return self._sampling_cache[1]
-        key = self._eval_key(state_lib.STANDING)  # the same latents at every step and on every process
-        for i in range(STANDING_PASSES):
-            z = jax.random.normal(jax.random.fold_in(key, i), (self.config.train.batch_size,
-                                                                 self.generator.latent_dim))
-            g = self._refresh_stats(g, parallel.put_batch(np.asarray(z), self.mesh))
+        g = gan_eval.standing_statistics(  # the same latents at every step and on every process
+            self._refresh, g, self._eval_key(state_lib.STANDING), batch_size=self.config.train.batch_size,
+            latent_dim=self.generator.latent_dim, mesh=self.mesh)
         self._sampling_cache = (step, g)
         return g
+
+    @functools.cached_property
+    def _refresh(self):
+        return gan_eval.compile_refresh(self.mesh, self.generator)
 
     def _eval_key(self, stream: int) -> jax.Array:
         """The key of one of the evaluation's fixed streams of latents (a function of the seed only)."""
@@ -162,59 +151,25 @@ class GANTask:
         return jax.jit(self._g_eval)
 
     def _g_eval(self, g: dict, z: jax.Array) -> jax.Array:
-        """G(z) in eval mode (BatchNorm's running averages): the images samples and evaluations see."""
-        return gan_step.apply_model(self.generator, g, z, False)[0]
+        return gan_eval.generate(self.generator, g, z)
 
     @functools.cached_property
     def _scores(self):
-        """(G variables, D variables, reals [B], z [B]) -> (D(reals), D(G(z))), sharded over the mesh. G samples
-        in eval mode; D runs as training sees it (train mode: BatchNorm with the batch's statistics synchronised
-        over the devices, nothing stored), because its running averages mix real and fake batches."""
-        def body(g, d, x, z):
-            fake = self._g_eval(g, z)
-            return tuple(gan_step.apply_model(self.discriminator, d, v, True)[0] for v in (x, fake))
-
-        batch = P(parallel.AXIS)
-        return jax.jit(jax.shard_map(body, mesh=self.mesh, in_specs=(P(), P(), batch, batch),
-                                     out_specs=(batch, batch), check_vma=False))
+        return gan_eval.compile_scores(self.mesh, generator=self.generator, discriminator=self.discriminator)
 
     def _eval_count(self, split) -> int:
-        """How many images of `split` an evaluation scores: the first eval.num_examples (0: all), which must fill
-        one batch of eval.batch_size (an error if they do not)."""
-        c, bs = self.config, self.config.eval.batch_size
-        n = min(c.eval.num_examples or len(split), len(split))
-        if n < bs:
-            capped = c.eval.num_examples and c.eval.num_examples < len(split)  # the cut, not the split, is short
-            raise ValueError(
-                f"eval needs at least eval.batch_size={bs} images, the {split.split} split has {len(split)}"
-                + (f" (eval.num_examples={c.eval.num_examples} of them are scored)" if capped else "")
-                + "; lower eval.batch_size" + parallel.at_most(n, self.mesh.size)
-                + (" or raise eval.num_examples" if capped else
-                   " or hold out more (data.validation_examples)" if split.split == "validation" else
-                   " or hold out more (data.test_percent)" if c.data.name == "image_folder" else ""))
-        return n
+        c = self.config
+        return gan_eval.eval_count(split, num_examples=c.eval.num_examples, batch_size=c.eval.batch_size,
+                                   mesh=self.mesh, image_folder=c.data.name == "image_folder")
 
     def evaluate(self, state, final: bool, data) -> dict:
-        """D's mean output on batches of reals of `data` and of samples of the evaluated G (EMA when kept).
-
-        Every batch is a whole one of eval.batch_size, since D runs in train mode (its BatchNorm on the batch's
-        statistics, which padding would change): the last is the last eval.batch_size images, of which those not
-        scored yet count. Sample-quality metrics (FID, KID, ...) belong to jaxgen.evaluation; this is the cheap
-        in-training view.
-        """
+        """D's mean output on the first eval.num_examples images of `data` (all with 0) and on as many samples of
+        the evaluated G (EMA when kept), in whole batches of eval.batch_size (gan_eval.d_outputs)."""
         del final
-        c = self.config
-        g, d = self.sampling_g(state), state["d"]
-        bs, n = c.eval.batch_size, self._eval_count(data)
-        real_sum = fake_sum = 0.0
+        n = self._eval_count(data)
         zs = np.asarray(self._z(n, state_lib.SCORES))  # the same latents at every evaluation, whatever the batch size
-        for i in range(0, n, bs):
-            lo = min(i, n - bs)  # the last batch reaches back over images already scored, which do not count again
-            x = data.image[lo : lo + bs].astype(np.float32) / 127.5 - 1.0
-            real, fake = self._scores(g, d, *parallel.put_batch((x, zs[lo : lo + bs]), self.mesh))
-            real_sum += float(jnp.sum(real[i - lo :]))
-            fake_sum += float(jnp.sum(fake[i - lo :]))
-        return {"d_real": real_sum / n, "d_fake": fake_sum / n, "num_examples": n}
+        return gan_eval.d_outputs(self._scores, self.sampling_g(state), state["d"], data.image[:n], zs,
+                                  batch_size=self.config.eval.batch_size, mesh=self.mesh)
 
     def samples(self, state, n: int) -> np.ndarray:
         """n samples (uint8 [n, H, W, C]) of the evaluated G (EMA when kept), from a fixed stream of latents: the
@@ -271,12 +226,4 @@ class GANTask:
 
     def _interpolation_z(self, pairs: int = 8, steps: int = 10) -> jax.Array:
         """Spherical interpolations between `pairs` pairs of latents, `steps` points each: [pairs * steps, dim]."""
-        z = self._z(2 * pairs, state_lib.INTERPOLATION).reshape(pairs, 2, -1)
-        a, b = z[:, 0], z[:, 1]
-        cos = jnp.sum(a * b, -1, keepdims=True) / (jnp.linalg.norm(a, axis=-1, keepdims=True)
-                                                    * jnp.linalg.norm(b, axis=-1, keepdims=True))
-        omega = jnp.arccos(jnp.clip(cos, -1.0, 1.0))[:, None]
-        t = jnp.linspace(0.0, 1.0, steps)[None, :, None]
-        so = jnp.maximum(jnp.sin(omega), 1e-6)
-        path = (jnp.sin((1 - t) * omega) / so) * a[:, None] + (jnp.sin(t * omega) / so) * b[:, None]
-        return path.reshape(pairs * steps, -1)
+        return gan_eval.slerp_paths(self._z(2 * pairs, state_lib.INTERPOLATION).reshape(pairs, 2, -1), steps)
