@@ -1,6 +1,8 @@
 """Every test runs on 8 faked CPU devices, so the sharded paths are exercised on a laptop."""
 
 import os
+import subprocess
+import sys
 import tempfile
 
 # Tests compile far more than they run (tiny models, few steps), so XLA:CPU's LLVM optimisation of the compiled code
@@ -46,7 +48,16 @@ from pathlib import Path  # noqa: E402
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = ROOT / "configs"
+
+
+def launch(*args, cwd=ROOT) -> subprocess.CompletedProcess:
+    """launch.py with `args` in a fresh process on this machine's one CPU device (no faked devices: as a user runs
+    it), its output captured."""
+    env = {**os.environ, "XLA_FLAGS": TEST_XLA_FLAGS}
+    return subprocess.run([sys.executable, str(ROOT / "launch.py"), *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300)
 
 
 def started_together(fn, jobs: int = 2, gap: float = 0.1) -> list:
@@ -161,7 +172,7 @@ _LONGEST_FIRST = (
     "tests/test_multihost.py::test_the_documented_pod_command_trains_as_two_processes_like_one",
     "tests/test_quality.py::test_the_inception_extractor_in_training_gives_fid_and_is_from_the_biasless_logits",
     "tests/test_launch.py::test_launch_smoke_end_to_end_then_resume",
-    "tests/test_launch.py::test_every_config_has_a_smoke_variant_that_trains[gan_cifar10]",
+    "tests/test_configs.py::test_every_config_has_a_smoke_variant_that_trains[gan_cifar10]",
     "tests/test_resume.py::test_a_run_stopped_by_sigterm_and_resumed_equals_a_straight_run_bitwise",
 )
 

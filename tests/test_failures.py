@@ -1,0 +1,288 @@
+"""How failures reach the user: one FATAL line for an error jaxgen raises (its traceback in log.txt), a full disk,
+Orbax's writer errors, an unwritable log, the accelerator's memory."""
+
+import contextlib
+import logging
+import re
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from jaxgen.reporting.writer import read
+from jaxgen.training import loop
+from tests.conftest import ROOT, config_module, launch
+
+
+def test_one_log_format_from_the_config_on_and_no_tfds_warning_before_jaxgens_message(tmp_path):
+    """A variant's warning while the flags are parsed reads like every other line ('17:08:15 WARNING ...', not
+    absl's 'W1129 17:08:15.123 ...'); TFDS's 'no dataset_info.json' warning of a dataset not prepared is muted, so
+    jaxgen's message saying what to do is what the user reads."""
+    r = launch("--config=configs/iwae_mnist.py:k1,k50", f"--workdir={tmp_path / 'w'}", "--config.data.download=False",
+                f"--config.data.data_dir={tmp_path / 'd'}")
+    assert r.returncode == 1, r.stderr[-3000:]
+    lines = r.stderr.splitlines()
+    warning = [line for line in lines if "config variant 'k50' overrides" in line]
+    assert len(warning) == 1 and re.match(r"\d\d:\d\d:\d\d WARNING config variant 'k50' overrides", warning[0])
+    assert not any(re.match(r"[IWEF]\d{4} ", line) for line in lines), r.stderr  # absl's format
+    assert "dataset_info.json" not in r.stderr
+    assert "FATAL DatasetUnavailableError: TFDS dataset 'mnist' is not prepared in" in r.stderr
+
+
+def test_an_error_jaxgen_raises_is_one_message_and_its_traceback_lands_in_log_txt(tmp_path):
+    """Bad input stops with its message on stderr (no traceback burying it); log.txt keeps the traceback, and
+    --traceback prints it."""
+    r = launch("--config=configs/vae_mnist.py:smoke", f"--workdir={tmp_path}", "--config.data.name=mnist_6k")
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert "FATAL UnknownNameError: unknown dataset 'mnist_6k'; choices: " in r.stderr
+    assert f"(its traceback: {tmp_path / 'log.txt'}, or rerun with --traceback)" in r.stderr
+    logged = (tmp_path / "log.txt").read_text()
+    assert "ERROR The run stopped: UnknownNameError: " in logged and "mnist_6k" in logged and "Traceback" in logged
+    r = launch("--config=configs/vae_mnist.py:smoke", f"--workdir={tmp_path}", "--config.data.name=mnist_6k",
+                "--traceback")
+    assert r.returncode == 1 and "Traceback" in r.stderr and "mnist_6k" in r.stderr
+
+
+def test_bad_input_leaves_no_workdir_that_the_command_created(tmp_path):
+    """A misspelt name on a new --workdir: the FATAL line, and no stray workdir holding only a log and a lock file
+    (the traceback is one --traceback away). A workdir that existed keeps its log (the test above)."""
+    (tmp_path / "runs").mkdir()
+    wd = tmp_path / "runs" / "new" / "typo"
+    r = launch("--config=configs/gan_mnist.py:smoke", f"--workdir={wd}", "--config.loss.name=hinje")
+    assert r.returncode == 1 and "FATAL UnknownNameError: unknown GAN loss 'hinje'" in r.stderr, r.stderr[-3000:]
+    assert r.stderr.rstrip().endswith("(its traceback: rerun with --traceback)")
+    assert not (tmp_path / "runs" / "new").exists() and (tmp_path / "runs").is_dir()  # what the command created
+
+
+def test_only_errors_jaxgen_raises_for_the_user_lose_their_traceback():
+
+    from jaxgen import registry
+    from jaxgen.training import workdir
+
+    def raised(fn):
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001
+            return e
+        raise AssertionError("no error")
+
+    def a_users_check():
+        raise ValueError("raised outside jaxgen")
+
+    assert workdir.raised_on_purpose(raised(lambda: registry.resolve("dataset", "nope", {"a": 1})))
+    assert not workdir.raised_on_purpose(raised(a_users_check))  # a user's code: its traceback says where
+    assert not workdir.raised_on_purpose(raised(lambda: np.reshape(np.zeros(3), (2, 2))))  # raised in numpy
+    assert not workdir.raised_on_purpose(raised(lambda: registry.resolve("dataset", "x", None)))  # a TypeError: a bug
+    from jaxgen.training import state as state_lib
+
+    # A ValueError of a builtin (an array's truth value) on a jaxgen line that is no `raise`: a bug, traceback kept.
+    assert not workdir.raised_on_purpose(raised(lambda: state_lib.ema_rate(0, 1, np.zeros(3), rampup=np.ones(2))))
+    assert not workdir.raised_on_purpose(KeyboardInterrupt())
+
+
+def test_a_full_disk_is_named_with_where_and_what_to_do():
+    """launch.py's FATAL line for a full disk (or quota): from an OSError of a log, image or metrics write, or from
+    the text of Orbax's asynchronous checkpoint write (TensorStore's RESOURCE_EXHAUSTED, as a 1 MB tmpfs gave it),
+    anywhere in the error's chain; nothing for other errors."""
+    import errno
+
+    from jaxgen.training import failures
+
+    full = failures.disk_full(OSError(errno.ENOSPC, "No space left on device", "/runs/a/images/samples.png"))
+    assert full.startswith("No space left on the device that holds /runs/a/images/samples.png. Free space there")
+    assert "--config.checkpoint.keep" in full and full.endswith("a half-written one is never read, and the next "
+                                                                "start removes it)")
+    orbax = ValueError('RESOURCE_EXHAUSTED: Error writing "opt_state.1.0.nu.params.dec_dense.kernel/0.0" in OCDBT '
+                       'database at local file "/runs/a/best/10.orbax-checkpoint-tmp/state.orbax-checkpoint-tmp/'
+                       'ocdbt.process_0/": Failed writing: "/runs/a/best/10.orbax-checkpoint-tmp/state.orbax-'
+                       'checkpoint-tmp/ocdbt.process_0/d/73fd6c2d": Failed to write 827753 bytes to file 22: No '
+                       "space left on device [os_error_code='28']")
+    try:
+        try:
+            raise orbax
+        except ValueError as e:
+            raise RuntimeError("a save failed") from e
+    except RuntimeError as e:
+        chained = e
+    full = failures.disk_full(chained, mode="eval")
+    assert full.startswith("No space left on the device that holds /runs/a/best/10 (a checkpoint being written).")
+    assert full.endswith("then run the same command again")
+    assert failures.disk_full(OSError(errno.EDQUOT, "Disk quota exceeded", "/x")).startswith("Disk quota exceeded")
+    assert failures.disk_full(ValueError("no space for the latent")) is None
+    assert failures.disk_full(OSError(errno.EACCES, "Permission denied", "/x")) is None
+
+
+def test_after_a_full_disks_fatal_line_stderr_is_quiet():
+    """The FATAL line stays the last: what Orbax's writer threads print while Python shuts down goes nowhere."""
+    code = ("import os, sys; from jaxgen.training import failures; sys.stderr.write('FATAL No space\\n'); "
+            "failures.quiet_stderr(); sys.stderr.write('late traceback\\n'); os.write(2, b'from a thread\\n')")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert r.returncode == 0 and r.stderr == "FATAL No space\n", r.stderr
+
+
+def test_orbax_writer_errors_are_one_line_on_the_terminal_and_their_tracebacks_go_to_the_log_file(tmp_path, capsys,
+                                                                                                   monkeypatch):
+    """A checkpoint write that fails (a full disk) made ~500 lines of tracebacks before the FATAL line: Orbax logs
+    the error from each thread that sees it, and TensorStore's late writes raise "Event loop is closed" where only
+    Python's unraisable hook sees them. In failures.writer_errors_logged: one warning line per distinct error; the
+    first traceback of each kind in the log file; anything else as before."""
+    import asyncio
+    import threading
+
+    from jaxgen.training import failures, workdir
+
+    monkeypatch.setattr(logging.getLogger("jaxgen"), "handlers", [])  # this test's own, to its stderr and tmp_path
+    workdir.setup_logging(tmp_path)
+    absl = logging.getLogger("absl")
+
+    def orbax_logs(error, message):  # as Orbax's writer thread does: absl's logging.exception
+        try:
+            raise error
+        except ValueError:
+            record = absl.makeRecord("absl", logging.ERROR, "/site-packages/orbax/checkpoint/_src/futures/future.py",
+                                     387, message, (), sys.exc_info())
+        absl.handle(record)
+
+    seen = []
+    hook, before = sys.unraisablehook, seen.append
+    sys.unraisablehook = before  # the hook in place before the block: what is not ours reaches it
+    try:
+        with failures.writer_errors_logged():
+            full = ValueError("RESOURCE_EXHAUSTED: Error writing ... No space left on device [os_error_code='28']")
+            orbax_logs(full, "[thread=array_type_handler] raised an exception")
+            orbax_logs(full, "[thread=MainThread][wait_until_finished] Save Finalize thread failed.")  # said once
+            loop = asyncio.new_event_loop()
+            loop.close()
+
+            class LateWrite:  # TensorStore's callback into the closed loop, in a thread of its own
+                def __del__(self):
+                    loop.call_soon_threadsafe(print)
+
+            class Other:
+                def __del__(self):
+                    raise KeyError("not a write's")
+
+            for make in (LateWrite, LateWrite, Other):
+                thread = threading.Thread(target=make)
+                thread.start()
+                thread.join()
+        assert sys.unraisablehook is before
+    finally:
+        sys.unraisablehook = hook
+    err = capsys.readouterr().err
+    assert "WARNING Orbax reported an error: ValueError: RESOURCE_EXHAUSTED" in err
+    assert len(err.strip().splitlines()) == 1, err  # that one line: no tracebacks
+    text = (tmp_path / "log.txt").read_text()
+    assert text.count("Orbax's error: [thread=array_type_handler]") == 1 and "Save Finalize" not in text
+    assert text.count("could not report back") == 1 and "RuntimeError: Event loop is closed" in text
+    assert [type(u.exc_value) for u in seen] == [KeyError]
+    # Without a log file (the processes other than 0) Orbax's own record stays: its traceback has nowhere else to go.
+    record = absl.makeRecord("absl", logging.ERROR, "/orbax/x.py", 1, "failed", (), (ValueError, full, None))
+    assert not failures._orbax_error(set(), record)
+    monkeypatch.setattr(logging.getLogger("jaxgen"), "handlers", [])
+    assert failures._orbax_error(set(), record)
+
+
+def test_a_log_file_that_cannot_be_written_is_said_once_not_with_a_traceback_per_line(capsys, monkeypatch):
+    from jaxgen.training import workdir
+
+    logger = logging.getLogger("jaxgen")
+    handler = workdir.LogFile("/dev/full")  # every write fails: No space left on device
+    monkeypatch.setattr(logger, "handlers", [handler])
+    monkeypatch.setattr(logger, "level", logging.INFO)  # as launch.py sets it (runtime.console_logging)
+    try:
+        for i in range(3):
+            logger.info("line %d", i)
+    finally:
+        with contextlib.suppress(OSError):
+            handler.close()
+    err = capsys.readouterr().err
+    assert err.count("The log file /dev/full cannot be written (No space left on device)") == 1
+    assert "Logging error" not in err and "Traceback" not in err
+
+
+def test_a_checkpoint_save_that_failed_stops_the_run_at_the_next_train_record(smoke_config, tmp_path, monkeypatch,
+                                                                              capfd):
+    """Orbax raises an asynchronous save's error only at the next save, checkpoint.every steps later: the loop asks
+    at every train record (checkpoint.check_saves) and stops there, the checkpoints written whole kept. The save of
+    step 10 fails in Orbax's own thread that finishes it (as a full disk fails it); the test waits for that thread
+    before the next record, so that the record finds the save ended. Called as a notebook calls it (no launch.py),
+    Orbax's error records with their tracebacks become jaxgen's one warning line too."""
+    import errno
+
+    import orbax.checkpoint as ocp
+
+    from jaxgen.training import checkpoint
+
+    finalize = ocp.CheckpointManager._finalize_checkpoint
+
+    def failing(self, step):
+        if step == 10 and "best" not in str(self.directory):
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.directory / "10"))
+        return finalize(self, step)
+
+    save = checkpoint.save
+
+    def save_then_wait(mgr, state):
+        started = save(mgr, state)
+        while mgr.is_saving_in_progress():
+            time.sleep(0.01)
+        return started
+
+    monkeypatch.setattr(ocp.CheckpointManager, "_finalize_checkpoint", failing)
+    monkeypatch.setattr(checkpoint, "save", save_then_wait)
+    c = smoke_config
+    c.train.steps, c.train.log_every, c.checkpoint.every, c.eval.every = 40, 5, 10, 0
+    with pytest.raises(OSError, match="No space left on device"):
+        loop.train_and_evaluate(c, tmp_path)
+    steps = [r["step"] for r in read(tmp_path / "metrics.jsonl") if r["split"] == "train"]
+    assert steps == [5, 10, 15], steps  # stopped at the record after the save, not at step 20's save
+    err = capfd.readouterr().err
+    assert err.count("WARNING Orbax reported an error: OSError: [Errno 28]") == 1, err
+    assert "Traceback" not in err, err  # Orbax's own records, with theirs, did not get through
+
+
+def test_an_error_that_cannot_be_logged_on_a_full_disk_is_not_said_to_be_in_the_log(monkeypatch, capsys):
+    """log_fatal on a log file whose disk is full (/dev/full): no logging traceback on stderr, and no log file
+    named in the FATAL line."""
+    import logging
+
+    from jaxgen.training import workdir
+
+    handler = logging.FileHandler("/dev/full")
+    monkeypatch.setattr(logging.getLogger("jaxgen"), "handlers", [handler])
+    try:
+        assert workdir.log_fatal(ValueError("a bad value")) is None
+    finally:
+        with contextlib.suppress(OSError):  # its buffer still holds the line (logging.shutdown ignores this too)
+            handler.close()
+    assert "Logging error" not in capsys.readouterr().err and "handleError" not in vars(handler)
+
+
+def test_an_accelerator_out_of_memory_names_the_sizes_to_lower_with_their_values():
+    """XLA's allocation failures on GPUs and TPUs (as jax raises them, text only) become one FATAL line naming the
+    config's sizes; other RESOURCE_EXHAUSTED errors (a full disk) and other errors are not taken for them."""
+    from jaxgen.training import failures
+
+    c = config_module(ROOT / "configs" / "gan_celeba.py").get_config()
+    for xla in ("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 4770354232 bytes.\nBufferAssignment "
+                "OOM Debugging.\nBufferAssignment stats:",
+                "RESOURCE_EXHAUSTED: Failed to allocate request for 176.00MiB (184549376B) on device ordinal 0"):
+        oom = failures.out_of_memory(RuntimeError(xla), c)
+        assert oom.startswith(f"The accelerator ran out of memory ({xla.splitlines()[0]}). Lower train.batch_size "
+                              f"(now {c.train.batch_size}), eval.batch_size")
+        assert "--config.model.dtype=bfloat16" in oom and "BufferAssignment" not in oom
+        assert oom.endswith("run the same command with that change: it resumes from the newest checkpoint "
+                            "written whole")
+    xla = RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 8 bytes.")
+    oom = failures.out_of_memory(xla, c, "sample")  # a GAN's sampling: the EMA G's passes, not the train batch
+    assert "Lower eval.batch_size (now" in oom and "train.batch_size (now 128: the passes that re-estimate" in oom
+    v = config_module(ROOT / "configs" / "vae_mnist.py").get_config()
+    oom = failures.out_of_memory(ValueError("x"), v, "eval") or failures.out_of_memory(xla, v, "eval")
+    assert "eval.nll_chunk (now 50" in oom and "dtype" not in oom and "train." not in oom
+    assert oom.endswith("run the same command with that change again")
+    assert failures.out_of_memory(ValueError('RESOURCE_EXHAUSTED: Failed writing: "/a": No space left on device'),
+                                  v) is None
+    assert failures.out_of_memory(ValueError("out of memory"), v) is None
