@@ -350,9 +350,10 @@ def test_with_a_progress_bar_the_train_lines_go_to_log_txt_only(smoke_config, tm
 
 
 def test_a_train_records_rate_counts_training_time_only(smoke_config, tmp_path, monkeypatch):
-    """The img/s (and ETA) of a train record after an evaluation or a checkpoint save leaves their time out: here
-    the loop's clock jumps 1000 s during the evaluation at step 10, which would pull the next record's rate (160
-    images) below 1 img/s."""
+    """The img/s of a train record after an evaluation or a checkpoint save leaves their time out: here the loop's
+    clock jumps 1000 s during each evaluation (steps 10 and 20), which would pull the next record's rate (160
+    images) below 1 img/s. The ETA adds the evaluations still to come at their mean time: 1000 s at step 15 (the
+    one at step 20), none at step 25 (the final evaluation is not counted)."""
     from jaxgen.reporting.writer import read
     from jaxgen.training import loop
 
@@ -368,7 +369,7 @@ def test_a_train_records_rate_counts_training_time_only(smoke_config, tmp_path, 
     clock = Clock()
     monkeypatch.setattr(loop, "time", clock)
     c = smoke_config
-    c.train.steps, c.train.log_every, c.eval.every, c.checkpoint.every = 20, 5, 10, 10
+    c.train.steps, c.train.log_every, c.eval.every, c.checkpoint.every = 30, 5, 10, 10
     during = evaluating.Evals.during_training
 
     def slow(self, *args, **kwargs):
@@ -378,7 +379,11 @@ def test_a_train_records_rate_counts_training_time_only(smoke_config, tmp_path, 
     monkeypatch.setattr(evaluating.Evals, "during_training", slow)
     loop.train_and_evaluate(c, tmp_path)
     rates = {r["step"]: r["img_per_s"] for r in read(tmp_path / "metrics.jsonl") if r["split"] == "train"}
-    assert sorted(rates) == [5, 10, 15, 20] and rates[15] > 1, rates
+    assert sorted(rates) == [5, 10, 15, 20, 25, 30] and rates[15] > 1 and rates[25] > 1, rates
+    log_txt = (tmp_path / "log.txt").read_text()
+    eta = {int(m[1]): 3600 * int(m[2]) + 60 * int(m[3]) + int(m[4])
+           for m in re.finditer(r"step (\d+)/30 .*; ETA (\d\d):(\d\d):(\d\d)", log_txt)}
+    assert 1000 <= eta[15] < 1100 and eta[25] < 100, eta
 
 
 def test_tensorboard_points_are_flushed_before_each_checkpoint_and_not_doubled(smoke_config, tmp_path, monkeypatch):

@@ -22,6 +22,7 @@ class Progress:
         """`headline`: the names of the metrics a record's line shows (the task's headline), `step`: the first."""
         c = config
         self.config, self.headline, self.bar, self._redirect = config, tuple(headline), None, contextlib.ExitStack()
+        self._eval_seconds: list[float] = []  # of this invocation's evaluations during training
         # A terminal only: redirected to a file (nohup, SLURM) the bar's redraws would bury the log lines, which carry
         # the same numbers. On the terminal the log lines are written above the bar, not glued to it.
         if c.output.progress and jax.process_index() == 0 and step < c.train.steps and sys.stderr.isatty():
@@ -38,11 +39,20 @@ class Progress:
         if self.bar is not None:
             self.bar.update(steps)
 
+    def evaluated(self, seconds: float) -> None:
+        """An evaluation during training took `seconds`: the ETA counts the evaluations to come at their mean."""
+        self._eval_seconds.append(seconds)
+
     def record(self, step: int, means: dict, img_per_s: float) -> None:
         """A train record's line: 'step 2000/10000 (20%): loss 98.31; 3,812 img/s; ETA 00:03:32' (the headline
-        metrics averaged since the last record; the ETA at that window's rate, as `img_per_s` measures it)."""
+        metrics averaged since the last record; the ETA: the steps left at that window's rate, as `img_per_s`
+        measures it, plus the evaluations during training still to come, at the mean time of those this invocation
+        ran, once one has run; not the final evaluation)."""
         c, head = self.config, {h: means[h] for h in self.headline}
         eta = (c.train.steps - step) * c.train.batch_size / max(img_per_s, 1e-9)
+        if self._eval_seconds and c.eval.every:  # the evaluations at the multiples of eval.every before the end
+            evals_left = (c.train.steps - 1) // c.eval.every - step // c.eval.every
+            eta += max(evals_left, 0) * sum(self._eval_seconds) / len(self._eval_seconds)
         line = (f"step {step}/{c.train.steps} ({100 * step / c.train.steps:.0f}%): "
                 + ", ".join(f"{name} {value:.4g}" for name, value in head.items())
                 + f"; {img_per_s:,.0f} img/s; ETA "

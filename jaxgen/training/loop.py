@@ -310,6 +310,7 @@ def _train(task, state: dict, mgr, writer: MetricWriter, evals: evaluating.Evals
             t_aside = time.perf_counter()
             if due_eval:
                 evals.during_training(state, step)
+                progress.evaluated(time.perf_counter() - t_aside)
                 # A signal during the eval stops the run at this step, not after one more call (one process).
                 if stopped is None and (stopped := stop.arrived()) is not None:
                     due_ckpt = True
