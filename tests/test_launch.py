@@ -429,6 +429,16 @@ def test_tensorboard_points_are_flushed_before_each_checkpoint_and_not_doubled(s
     writer.close()
     assert points == [("eval/elbo", -1.0, 20)]
     assert [r["elbo"] for r in read(tmp_path / "w" / "metrics.jsonl")] == [-2.0]
+    # The NLL of the evaluations during training (eval.nll_k) and of the final one (eval.final_nll_k): two curves.
+    writer = MetricWriter(tmp_path / "w", resume_step=20)
+    monkeypatch.setattr(writer._tb, "add_scalar", lambda tag, value, step: points.append((tag, value, step)))
+    writer.write(30, "eval", {"nll": 90.0, "nll_k": 100, "elbo": -95.0})
+    writer.write(40, "eval", {"nll": 88.0, "nll_bits_per_dim": 0.16, "nll_k": 1000})
+    writer.close()
+    assert points[1:] == [("eval/nll_k100", 90.0, 30), ("eval/nll_k", 100, 30), ("eval/elbo", -95.0, 30),
+                          ("eval/nll_k1000", 88.0, 40), ("eval/nll_bits_per_dim_k1000", 0.16, 40),
+                          ("eval/nll_k", 1000, 40)]
+    assert [r.get("nll") for r in read(tmp_path / "w" / "metrics.jsonl")] == [None, 90.0, 88.0]  # names as they are
     MetricWriter(tmp_path / "w", tb_run="mode_eval").close()
     assert (tmp_path / "w" / "tb" / "mode_eval").is_dir()
 

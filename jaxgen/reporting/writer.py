@@ -80,7 +80,7 @@ class MetricWriter:
         if replaced:  # a finished run run again re-evaluates its last step: TensorBoard keeps its first points
             return  # (it cannot replace them, and a second point at one step zigzags the curve)
         for k, v in scalars.items():
-            self._tb.add_scalar(tensorboard_tag(f"{split}/{k}"), float(v), int(step))
+            self._tb.add_scalar(tensorboard_tag(f"{split}/{k}{_count_suffix(k, scalars)}"), float(v), int(step))
 
     def flush(self) -> None:
         """Writes the TensorBoard events given so far to disk: before a checkpoint, so that a run killed after it
@@ -105,6 +105,17 @@ class MetricWriter:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+# Metrics whose value depends on a sample count reported beside them: their TensorBoard tags carry the count
+# ('eval/nll_k1000'), so that the final evaluation's NLL (eval.final_nll_k) does not join the curve of those during
+# training (eval.nll_k) as a last point. metrics.jsonl keeps the plain names, with the count in the record.
+COUNTED_BY = {"nll": "nll_k", "nll_bits_per_dim": "nll_k"}
+
+
+def _count_suffix(name: str, scalars: dict) -> str:
+    count = COUNTED_BY.get(name)
+    return f"_k{int(scalars[count])}" if count in scalars else ""
 
 
 def tensorboard_tag(name: str) -> str:
