@@ -308,3 +308,29 @@ def test_the_loss_curves_draw_one_nll_curve_per_number_of_importance_samples():
     series = {label: (steps, values) for label, steps, values, _ in plots.loss_series(records)}
     assert series == {"train loss": ([5, 10], [95.0, 90.0]), "eval -elbo": ([10, 20, 20], [95.0, 94.0, 94.0]),
                       "eval nll (k=100)": ([10, 20], [92.0, 92.5]), "eval nll (k=1000)": ([20], [90.5])}
+
+
+@pytest.mark.parametrize("classes", [1, 10, 40])
+def test_the_latent_scatter_gives_each_class_one_colour_with_a_legend_up_to_20_classes(classes, tmp_path,
+                                                                                        monkeypatch):
+    """One colour per class (tab10's, in class order) with a legend; none for a dataset without labels (all 0); a
+    colour scale beyond 20 classes, where colours would repeat."""
+    import matplotlib.figure
+
+    from jaxgen.reporting import plots
+
+    figures = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, *a, **k: figures.append(fig))
+    labels = np.arange(200) % classes
+    plots.latent_scatter(np.random.default_rng(0).normal(size=(200, 5)), labels, tmp_path / "s.png")
+    ax = figures[0].axes[0]
+    legend = ax.get_legend()
+    if classes == 40:
+        assert legend is None and len(figures[0].axes) == 2  # the colour bar's
+        return
+    assert len(ax.collections) == classes and len(figures[0].axes) == 1
+    colours = [tuple(c.get_facecolor()[0][:3]) for c in ax.collections]
+    assert len(set(colours)) == classes
+    assert (legend is None) == (classes == 1)
+    if legend is not None:
+        assert [t.get_text() for t in legend.get_texts()] == [str(k) for k in range(classes)]

@@ -57,7 +57,8 @@ def loss_curves(metrics_path: Path, out: Path, keys: tuple[str, ...] = ("loss", 
 
 
 def latent_scatter(mu: np.ndarray, labels: np.ndarray, out: Path) -> Path:
-    """The posterior means [N, D] in 2-D (the first two principal components when D > 2), coloured by label."""
+    """The posterior means [N, D] in 2-D (the first two principal components when D > 2), coloured by label: one
+    colour per class with a legend up to 20 classes (none for a dataset without labels, all 0), else a colour scale."""
     mu = np.asarray(mu, np.float64)
     if mu.shape[1] > 2:
         centred = mu - mu.mean(0)
@@ -67,8 +68,18 @@ def latent_scatter(mu: np.ndarray, labels: np.ndarray, out: Path) -> Path:
         xy, title = np.pad(mu, ((0, 0), (0, 2 - mu.shape[1]))), "posterior means"
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 5))
-    sc = ax.scatter(xy[:, 0], xy[:, 1], c=labels, cmap="tab10", s=6, alpha=0.8)
-    fig.colorbar(sc, ax=ax, label="label")
+    labels = np.asarray(labels)
+    classes = np.unique(labels)
+    if len(classes) <= 20:
+        cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
+        for i, label in enumerate(classes):
+            at = labels == label
+            ax.scatter(xy[at, 0], xy[at, 1], color=cmap(i), s=6, alpha=0.8, label=str(label))
+        if len(classes) > 1:
+            ax.legend(title="label", fontsize=7, markerscale=2, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    else:
+        sc = ax.scatter(xy[:, 0], xy[:, 1], c=labels, cmap="viridis", s=6, alpha=0.8)
+        fig.colorbar(sc, ax=ax, label="label")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     atomic.write_with(out, lambda f: fig.savefig(f, dpi=100, format="png"))
