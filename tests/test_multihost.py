@@ -4,6 +4,7 @@ collectives over the global mesh, process 0 writes) run for real."""
 
 import json
 import os
+import random
 import re
 import socket
 import subprocess
@@ -204,9 +205,23 @@ except parallel.ProcessesDisagreeError as e:
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port for a job's coordinator, below the kernel's ephemeral range: a port the kernel hands out (bind to
+    port 0) may be taken, before the coordinator binds it, by any connection's local end (another test's processes
+    connecting to their coordinator), which draws from that range; below it only a listening socket can take it."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):  # not Linux: the kernel's choice
+        low = 0
+    rng = random.Random()  # not the tests' seeded one: two workers must not draw the same ports
+    for _ in range(100):
+        port = rng.randrange(10_000, low) if low > 11_000 else 0
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise AssertionError("no free port")
 
 
 def _two_processes(worker: str, *args: str, timeout: int = 300, devices: int = 4) -> list[tuple[str, str]]:
