@@ -61,6 +61,11 @@ def ignored_settings(config: ml_collections.ConfigDict, base: ml_collections.Con
                 readers = [name for name in same_task if field in MODEL_READS[name]]
                 out.append(f"model.{field}={config.model[field]!r} (read by model.name={' or '.join(readers)}; "
                            f"this run's is {model})")
+    elif config.task == "vae" and _built_as_class(model):
+        out += [f"model.{field}={config.model[field]!r} (read by the built-in models and by a model factory, "
+                f"fn(model_config, image_shape); the class {model} is built with image_shape and latent_dim alone)"
+                for field in sorted(config.model.keys()) if field not in ("name", "latent_dim")
+                and changed("model", field)]
     for block in ("optim", "g_optim", "d_optim"):
         if block not in config:
             continue
@@ -80,6 +85,17 @@ def ignored_settings(config: ml_collections.ConfigDict, base: ml_collections.Con
         out += [f"reg.{field}={config.reg[field]!r} (read by a regularizer: reg.name=r1, gp or your own)"
                 for field in ("weight", "interval") if changed("reg", field)]
     return out
+
+
+def _built_as_class(name: str) -> bool:
+    """Whether the VAE model `name` is a user's Linen module class, which is built with image_shape and latent_dim
+    alone (not a factory, which gets the whole model block). An unknown name: False (building the model says so)."""
+    from jaxgen import models, registry  # noqa: PLC0415 (Flax: only for a user's model)
+
+    try:
+        return models.is_module_class(registry.resolve("model", name, models.MODELS))
+    except registry.UnknownNameError:
+        return False
 
 
 def _check_train(config: ml_collections.ConfigDict, base: ml_collections.ConfigDict) -> None:

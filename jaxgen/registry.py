@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import functools
 import importlib
 import inspect
@@ -45,10 +46,24 @@ def resolve(kind: str, name: str, table: Mapping[str, Any]) -> Any:
     try:
         found = getattr(module, attr)
     except AttributeError as e:
-        raise UnknownNameError(f"{kind} {name!r}: module {module_name!r} has no attribute {attr!r}") from e
+        raise UnknownNameError(f"{kind} {name!r}: module {module_name!r} has no attribute {attr!r}"
+                               + _what_it_has(module, attr)) from e
     if not callable(found):
         raise UnknownNameError(f"{kind} {name!r} is {type(found).__name__} {found!r:.60}, not a function or class")
     return found
+
+
+def _what_it_has(module, attr: str, shown: int = 12) -> str:
+    """'; did you mean ...?' with the module's functions and classes closest to `attr`, else the list of them (those
+    defined in it, not imported into it; at most `shown`)."""
+    own = sorted(n for n, v in vars(module).items() if not n.startswith("_") and callable(v)
+                 and getattr(v, "__module__", None) == module.__name__)
+    close = difflib.get_close_matches(attr, own, n=3)
+    if close:
+        return f"; did you mean {' or '.join(map(repr, close))}?"
+    if own:
+        return f"; it defines {', '.join(own[:shown])}{' ...' if len(own) > shown else ''}"
+    return ""
 
 
 def check_call(what: str, fn: Callable, contract: str, *args, **kwargs) -> None:

@@ -7,6 +7,7 @@ import logging
 import math
 from pathlib import Path
 
+import flax.linen as nn
 import pytest
 
 from jaxgen.training import loop
@@ -376,6 +377,15 @@ def test_sizes_a_run_does_not_read_are_not_checked_and_an_mlp_vae_may_be_linear(
     config_check.check(c)
 
 
+class UsersVAE(nn.Module):
+    image_shape: tuple
+    latent_dim: int
+
+
+def users_vae_factory(model_config, image_shape):
+    return UsersVAE(image_shape, model_config.latent_dim)
+
+
 def test_settings_that_do_nothing_in_the_run_are_named_with_what_reads_them(caplog):
     import logging
 
@@ -405,6 +415,15 @@ def test_settings_that_do_nothing_in_the_run_are_named_with_what_reads_them(capl
     assert config_check.ignored_settings(g, config_lib.gan_config()) == []
     c.eval.extractors = ("myproject.extract:pooled",)  # a user's extractor gets the whole config: it may read any
     assert config_check.ignored_settings(c, config_lib.vae_config()) == []
+    # A user's VAE class is built with image_shape and latent_dim alone; a factory gets the whole model block.
+    v = config_lib.vae_config()
+    v.model.name, v.model.channels, v.model.latent_dim = "tests.test_configs:UsersVAE", (8, 16), 4
+    assert config_check.ignored_settings(v, config_lib.vae_config()) == [
+        "model.channels=(8, 16) (read by the built-in models and by a model factory, fn(model_config, image_shape); "
+        "the class tests.test_configs:UsersVAE is built with image_shape and latent_dim alone)"]
+    for name in ("tests.test_configs:users_vae_factory", "tests.test_configs:not_there", "nowhere.at_all:Model"):
+        v.model.name = name  # a factory may read any field; an unknown name is reported where the model is built
+        assert config_check.ignored_settings(v, config_lib.vae_config()) == []
     for path in CONFIGS:  # no shipped config or variant sets one
         module = config_module(path)
         for variant in ("", *module.VARIANTS):

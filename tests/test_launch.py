@@ -290,6 +290,22 @@ def test_eval_modes_warn_only_about_fields_that_change_the_model_or_its_numbers(
     vae.objective.likelihood, vae.optim.name = "gaussian", "adamw"  # adamw's state is another tree: named
     assert [c.split(":")[0] for c in loop.wd.warn_config_drift(vae, tmp_path, "eval")] == ["objective.likelihood",
                                                                                           "optim.name"]
+    # Fields a config file of the user's added: in `objective` read by its training objective alone, unless a
+    # likelihood of the user's may read them; elsewhere (a model factory's) drift, fixed by giving that file.
+    trained = config_lib.vae_config()
+    with trained.objective.unlocked(), trained.model.unlocked():
+        trained.objective.free_bits, trained.model.my_hidden = 0.25, 64
+    (tmp_path / "config.json").write_text(trained.to_json_best_effort(sort_keys=True))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="jaxgen"):
+        assert [c.split(":")[0] for c in loop.wd.warn_config_drift(config_lib.vae_config(), tmp_path, "eval")] == [
+            "model.my_hidden"]
+    assert ("Give the training command's config file (it added model.my_hidden, which this config lacks) and repeat "
+            "its overrides to evaluate the model as it was trained" in caplog.text)
+    now = config_lib.vae_config()
+    now.objective.likelihood = "myproject.lik:laplace"
+    assert [c.split(":")[0] for c in loop.wd.warn_config_drift(now, tmp_path, "eval")] == [
+        "model.my_hidden", "objective.free_bits", "objective.likelihood"]
 
 
 def test_eval_mode_without_a_checkpoint_says_train_first(smoke_config, tmp_path):

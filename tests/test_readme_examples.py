@@ -45,6 +45,12 @@ def test_the_free_bits_objective_and_its_config_train(myproject, tmp_path):
     assert final["elbo"] < 0
     train = [json.loads(line) for line in (tmp_path / "fb" / "metrics.jsonl").read_text().splitlines()]
     assert [r["kl_weight"] for r in train if r["split"] == "train"] == pytest.approx([0.0, 0.001])  # step / 1000
+    module = config_module(myproject / "vae_free_bits.py")
+    assert module.get_config("smoke,strong").objective.free_bits == 1.0  # the file's own variant, after smoke
+    assert module.get_config("").data.name == "mnist"  # the shipped config's default dataset
+    with pytest.raises(ValueError, match=r"unknown config variant 'strog'; choices: fashion, iwae, mnist_5k, "
+                                         r"smoke, strong"):
+        module.get_config("strog")
 
 
 def test_the_gan_loss_regularizer_and_extractor_examples_train(myproject, tmp_path):

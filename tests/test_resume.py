@@ -484,6 +484,19 @@ def test_gradient_clipping_keeps_the_optimizer_state_tree(smoke_config, name):
     assert trees[0] == trees[1]
 
 
+@pytest.mark.parametrize("name", ["adam", "adamw"])
+def test_every_schedule_keeps_the_optimizer_state_tree(smoke_config, name):
+    """README, What lands in the workdir: a run extended with a longer train.steps continues at the rate it reached
+    with optim.schedule=constant: the schedule changes, the state's tree does not."""
+    params = {"w": jax.ShapeDtypeStruct((3, 2), np.float32)}
+    trees = set()
+    for schedule in optim.SCHEDULES:
+        smoke_config.optim.name, smoke_config.optim.schedule = name, schedule
+        tx, _ = optim.make(smoke_config.optim, 10)
+        trees.add(jax.tree.structure(jax.eval_shape(tx.init, params)))
+    assert len(trees) == 1
+
+
 def test_a_run_saved_without_clipping_resumes_with_it(smoke_config, tmp_path):
     mesh = parallel.make_mesh()
     _save(smoke_config, tmp_path, mesh)

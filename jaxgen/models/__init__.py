@@ -45,7 +45,7 @@ def build(model_config, image_shape: tuple[int, int, int], *, train_images=None,
                        m.get("conv_impl", "auto"), **out_bias)
     if cls is MLPVAE:
         return MLPVAE(tuple(image_shape), m.latent_dim, tuple(m.hidden), m.activation, **out_bias)
-    if _module_class(cls):
+    if is_module_class(cls):
         _check_vae_class(m.name, cls, fields=("image_shape", "latent_dim"))
         return cls(image_shape=tuple(image_shape), latent_dim=m.latent_dim)
     model = registry.call(f"model {m.name!r}", cls, "fn(model_config, image_shape) -> module", m, tuple(image_shape))
@@ -77,7 +77,7 @@ def _check_vae_class(name: str, cls, fields: tuple[str, ...]) -> None:
                          f"for init ({README})")
 
 
-def _module_class(obj) -> bool:
+def is_module_class(obj) -> bool:
     """A Linen module class, or a functools.partial of one (fields fixed by the user): built with image_shape and
     latent_dim, not called as a factory."""
     while isinstance(obj, functools.partial):

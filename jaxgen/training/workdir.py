@@ -304,8 +304,15 @@ def warn_config_drift(config, workdir: Path, mode: str, data_read: bool = True) 
         if other else None, "check the workdir's config")
     diffs = {d.split(":")[0]: d for d in _diff(trained, now)}
     ignored = (*EVAL_ONLY_BLOCKS, *TRAINING_ONLY_BLOCKS, "seed") + (() if data_read else ("data",))
+    # Fields the training run's config file added that this command's config lacks. In `objective` only the training
+    # objective reads them, unless a likelihood or extractor of the user's (which may read them) is set.
+    added = {f for f in diffs if _absent(now, f)}
+    users_reader = any(":" in str(name) for name in (now.get("objective", {}).get("likelihood", ""),
+                                                      *now.get("eval", {}).get("extractors", ())))
+    training_only = {f for f in added if f.startswith("objective.") and not users_reader}
     changed = sorted(d for field, d in diffs.items()
-                     if field.split(".")[0] not in ignored and field not in SAME_MODEL_FIELDS + TRAINING_ONLY_FIELDS)
+                     if field.split(".")[0] not in ignored and field not in SAME_MODEL_FIELDS + TRAINING_ONLY_FIELDS
+                     and field not in training_only)
     if (now["task"] == "gan" and "train.batch_size" in diffs and now["train"]["ema_half_life"] > 0
             and now["model"].get("g_norm") == "batch"):
         changed.append(diffs["train.batch_size"] + " (the EMA generator's BatchNorm statistics are re-estimated in "
@@ -314,10 +321,23 @@ def warn_config_drift(config, workdir: Path, mode: str, data_read: bool = True) 
         log.info("--mode=%s with seed %s (training's: %s): other samples and evaluation noise of the same model",
                  mode, now.get("seed"), trained.get("seed"))
     if changed:
+        lacking = sorted(f for f in added if diffs[f] in changed)
+        fix = (f"Give the training command's config file (it added {', '.join(lacking)}, which this config lacks) "
+               "and repeat its overrides" if lacking else "Repeat the training command's overrides")
         log.warning("--mode=%s runs with this command's config, which differs from the one the workdir was trained "
-                    "with (%s) in: %s. Repeat the training command's overrides to %s the model as it was "
-                    "trained.", mode, path, "; ".join(changed), "evaluate" if mode == "eval" else "sample")
+                    "with (%s) in: %s. %s to %s the model as it was trained.", mode, path, "; ".join(changed), fix,
+                    "evaluate" if mode == "eval" else "sample")
     return changed
+
+
+def _absent(config: dict, field: str) -> bool:
+    """Whether the dotted `field` is missing from the config dict (not merely None)."""
+    node = config
+    for key in field.split("."):
+        if not isinstance(node, dict) or key not in node:
+            return True
+        node = node[key]
+    return False
 
 
 def save_data_record(task, workdir: Path) -> None:
