@@ -3,6 +3,7 @@ another config stops the run and stays, and turning gradient clipping on or off 
 
 import asyncio
 import functools
+import json
 import logging
 import shutil
 
@@ -186,6 +187,10 @@ def test_a_broken_checkpoint_is_reported_and_the_previous_one_used(smoke_config,
     mgr, restored = checkpoint.restore_newest(tmp_path, smoke_config.checkpoint, target, move_broken=False)
     mgr.close()
     assert int(restored["step"]) == 10 and not (tmp_path / "checkpoints_broken").exists()
+    with pytest.raises(checkpoint.UnreadableCheckpointsError, match=r"the newest checkpoint in .*checkpoints cannot "
+                       r"be read \(step 20; .*the one at step 10 does not stand in for it. Nothing was moved"):
+        checkpoint.restore_newest(tmp_path, smoke_config.checkpoint, target, move_broken=False, older=False)
+    assert not (tmp_path / "checkpoints_broken").exists()
     (tmp_path / "checkpoints_broken").write_text("")  # a file where the folder goes: the move fails
     with pytest.raises(WorkdirError, match=r"the unreadable checkpoint .*20 could not be moved to .*move or delete it "
                                            r"yourself, then run the same command again"):
@@ -495,6 +500,26 @@ def test_every_schedule_keeps_the_optimizer_state_tree(smoke_config, name):
         tx, _ = optim.make(smoke_config.optim, 10)
         trees.add(jax.tree.structure(jax.eval_shape(tx.init, params)))
     assert len(trees) == 1
+
+
+def test_eval_modes_stop_on_an_unreadable_newest_checkpoint_and_a_training_run_repairs_it(smoke_config, tmp_path):
+    """--mode=eval read the older checkpoint in its place and wrote its numbers over the finished run's eval.json
+    (exit 0); it now stops, naming the older step. A training run moves the broken one aside and trains it again."""
+    c = smoke_config
+    c.train.steps, c.checkpoint.every, c.eval.every = 20, 10, 0
+    loop.train_and_evaluate(c, tmp_path)
+    before = (tmp_path / "eval.json").read_text()
+    for f in (tmp_path / "checkpoints" / "20").rglob("*"):
+        if f.is_file() and f.stat().st_size > 0 and "d" in f.parent.name:
+            f.write_bytes(b"garbage")
+    for run in (modes.evaluate_checkpoint, modes.sample_checkpoint):
+        with pytest.raises(checkpoint.UnreadableCheckpointsError, match=r"step 20; .*the one at step 10 does not "
+                                                                        r"stand in .*moves the unreadable one aside"):
+            run(c, tmp_path)
+    assert (tmp_path / "eval.json").read_text() == before and not (tmp_path / "samples").exists()
+    loop.train_and_evaluate(c, tmp_path)
+    assert (tmp_path / "checkpoints_broken" / "20").is_dir()
+    assert json.loads((tmp_path / "eval.json").read_text())["step"] == 20
 
 
 def test_a_run_saved_without_clipping_resumes_with_it(smoke_config, tmp_path):

@@ -282,10 +282,12 @@ class CheckpointMismatchError(ValueError):
 
 
 def restore_newest(workdir: Path, cfg, target, subdir: str = "checkpoints", *, move_broken: bool = True,
-                   reported: set[int] | None = None) -> tuple[ocp.CheckpointManager, dict | None]:
+                   reported: set[int] | None = None, older: bool = True) -> tuple[ocp.CheckpointManager, dict | None]:
     """(manager, newest readable state or None). Unreadable checkpoints are reported (once: the steps in `reported`,
     which gains those reported now, are not again) and, once an older one has been read and with `move_broken` (a
-    training run: --mode=eval/sample only read), moved aside.
+    training run: --mode=eval/sample only read), moved aside. older=False (--mode=eval/sample, which would write an
+    older step's numbers over the run's): an unreadable newest checkpoint raises UnreadableCheckpointsError naming
+    the older one that could stand in, instead of reading it.
 
     Raises CheckpointMismatchError, leaving the checkpoint in place, when the newest readable one was saved from a
     state whose tree (paths, shapes, dtypes) differs from `target`: a config change, not a broken file; and
@@ -321,6 +323,10 @@ def restore_newest(workdir: Path, cfg, target, subdir: str = "checkpoints", *, m
         broken.append(step)
 
     for step in sorted(steps, reverse=True):
+        if broken and not older:  # before reading it (every process alike: `broken` was agreed on)
+            mgr.close()
+            raise UnreadableCheckpointsError(Path(workdir).absolute() / subdir, broken, training=move_broken,
+                                             older=step)
         try:
             saved, error = _saved_tree(mgr, step), None
         except Exception as e:  # noqa: BLE001 (metadata that cannot be read means a broken checkpoint)
@@ -368,10 +374,19 @@ def _on_every_process(error: Exception | None, what: str = "could not read it") 
 
 
 class UnreadableCheckpointsError(ValueError):
-    """The workdir has checkpoints and none of them can be read: the run stops instead of starting over."""
+    """The workdir has checkpoints and none of them can be read: the run stops instead of starting over. With
+    `older`: the newest cannot be read, and a mode that reads the newest only stops instead of reading that one."""
 
-    def __init__(self, directory: Path, broken: list[int], training: bool = True):
+    def __init__(self, directory: Path, broken: list[int], training: bool = True, older: int | None = None):
         steps = ", ".join(str(s) for s in broken)
+        if older is not None:  # --mode=eval/sample: the newest only
+            super().__init__(
+                f"the newest checkpoint in {directory} cannot be read (step{'s'[:len(broken) > 1]} {steps}; the "
+                f"errors are logged above), and --mode=eval and --mode=sample read the newest only: the one at step "
+                f"{older} does not stand in for it. Nothing was moved. If the cause was passing (memory, a network "
+                f"filesystem), run the same command again; else a training run (the same command without --mode) "
+                f"moves the unreadable one aside and trains on from step {older}.")
+            return
         what = (f"the run did not start over, which would overwrite this workdir's metrics and images. If the cause "
                 f"was passing (memory, a network filesystem), run the same command again; to train from scratch, "
                 f"pass a new --workdir (or move {directory} away)" if training else

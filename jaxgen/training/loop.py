@@ -82,7 +82,8 @@ EMA_OF = {"ema_params": "params", "ema_g": "g"}
 
 def restore(task, which: str = "newest", *, training: bool = False):
     """(checkpoint manager, readable state or None), placed replicated on the task's mesh: the newest checkpoint,
-    or with which='best' the one kept in <workdir>/best. Only a training run moves unreadable checkpoints aside.
+    or with which='best' the one kept in <workdir>/best. Only a training run moves unreadable checkpoints aside and
+    reads an older one in the place of an unreadable newest one (--mode=eval/sample stop, naming it).
 
     Outside training (--mode=eval/sample) the config's train.ema_half_life may differ from the run's: 0 on a
     checkpoint that keeps an EMA evaluates the raw weights (the EMA is read and dropped); > 0 on one without an EMA
@@ -94,7 +95,7 @@ def restore(task, which: str = "newest", *, training: bool = False):
     def read(tree):
         target = checkpoint.abstract_like(tree, parallel.replicated(task.mesh))
         return checkpoint.restore_newest(task.workdir, task.config.checkpoint, target, subdir, move_broken=training,
-                                         reported=reported)
+                                         reported=reported, older=training)
 
     try:
         return read(shapes)
