@@ -272,20 +272,29 @@ def test_eval_modes_warn_only_about_fields_that_change_the_model_or_its_numbers(
         assert loop.wd.warn_config_drift(now, tmp_path, "sample") == []
     assert ("--mode=sample with seed 1 (training's: 0): other samples and evaluation noise of the same model"
             in caplog.text)
-    now.train.batch_size, now.model.g_width = 32, 16
+    now.model.dtype = "bfloat16"  # how it computes
+    assert loop.wd.warn_config_drift(now, tmp_path, "eval") == []
+    now.train.batch_size, now.data.num_examples = 32, 100
     changed = loop.wd.warn_config_drift(now, tmp_path, "eval")
-    assert [c.split(":")[0] for c in changed] == ["model.g_width", "train.batch_size"]
+    assert [c.split(":")[0] for c in changed] == ["data.num_examples", "train.batch_size"]
     assert "BatchNorm statistics are re-estimated in batches of train.batch_size" in changed[1]
     now.train.ema_half_life = 0  # the raw G: its own running statistics, whatever the batch
-    assert [c.split(":")[0] for c in loop.wd.warn_config_drift(now, tmp_path, "eval")] == ["model.g_width"]
+    assert [c.split(":")[0] for c in loop.wd.warn_config_drift(now, tmp_path, "eval")] == ["data.num_examples"]
     now.data.name = "image_folder"  # drift, unless --mode=sample reads no data (data.json)
     assert [c.split(":")[0] for c in loop.wd.warn_config_drift(now, tmp_path, "sample")] == ["data.name",
-                                                                                             "model.g_width"]
-    assert [c.split(":")[0] for c in loop.wd.warn_config_drift(now, tmp_path, "sample", data_read=False)] == [
-        "model.g_width"]
+                                                                                             "data.num_examples"]
+    assert loop.wd.warn_config_drift(now, tmp_path, "sample", data_read=False) == []
+    # The model itself: the checkpoint's weights would run in another network (the same shapes: no layout check
+    # would catch it).
+    now.model.g_width = 16
+    with pytest.raises(ValueError, match=r"--mode=eval: this command's model differs from the one the workdir was "
+                                         r"trained with .* in: model.g_width: 64 -> 16. The checkpoint holds the "
+                                         r"trained model's weights: repeat the training command's overrides"):
+        loop.wd.warn_config_drift(now, tmp_path, "eval")
     vae = config_lib.vae_config()  # a VAE is evaluated by its ELBO and NLL whatever objective trained it
     (tmp_path / "config.json").write_text(vae.to_json_best_effort(sort_keys=True))
     vae.objective.name, vae.objective.beta, vae.objective.k, vae.optim.lr = "iwae", 4.0, 5, 0.1
+    vae.model.output_bias = "data_mean"  # how the decoder's last bias started
     assert loop.wd.warn_config_drift(vae, tmp_path, "eval") == []
     vae.objective.likelihood, vae.optim.name = "gaussian", "adamw"  # adamw's state is another tree: named
     assert [c.split(":")[0] for c in loop.wd.warn_config_drift(vae, tmp_path, "eval")] == ["objective.likelihood",
@@ -296,16 +305,21 @@ def test_eval_modes_warn_only_about_fields_that_change_the_model_or_its_numbers(
     with trained.objective.unlocked(), trained.model.unlocked():
         trained.objective.free_bits, trained.model.my_hidden = 0.25, 64
     (tmp_path / "config.json").write_text(trained.to_json_best_effort(sort_keys=True))
-    caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="jaxgen"):
-        assert [c.split(":")[0] for c in loop.wd.warn_config_drift(config_lib.vae_config(), tmp_path, "eval")] == [
-            "model.my_hidden"]
-    assert ("Give the training command's config file (it added model.my_hidden, which this config lacks) and repeat "
-            "its overrides to evaluate the model as it was trained" in caplog.text)
+    with pytest.raises(ValueError, match=r"in: model.my_hidden: 64 -> None. .*give the training command's config "
+                                         r"file \(it added model.my_hidden\) and repeat its overrides"):
+        loop.wd.warn_config_drift(config_lib.vae_config(), tmp_path, "eval")
+    with trained.model.unlocked():
+        del trained.model["my_hidden"]
+    (tmp_path / "config.json").write_text(trained.to_json_best_effort(sort_keys=True))
+    assert loop.wd.warn_config_drift(config_lib.vae_config(), tmp_path, "eval") == []  # only training reads it
     now = config_lib.vae_config()
     now.objective.likelihood = "myproject.lik:laplace"
-    assert [c.split(":")[0] for c in loop.wd.warn_config_drift(now, tmp_path, "eval")] == [
-        "model.my_hidden", "objective.free_bits", "objective.likelihood"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="jaxgen"):
+        assert [c.split(":")[0] for c in loop.wd.warn_config_drift(now, tmp_path, "eval")] == [
+            "objective.free_bits", "objective.likelihood"]
+    assert ("Give the training command's config file (it added objective.free_bits, which this config lacks) and "
+            "repeat its overrides to evaluate the model as it was trained" in caplog.text)
 
 
 def test_eval_mode_without_a_checkpoint_says_train_first(smoke_config, tmp_path):
@@ -459,7 +473,7 @@ def test_tensorboard_points_are_flushed_before_each_checkpoint_and_not_doubled(s
     assert (tmp_path / "w" / "tb" / "mode_eval").is_dir()
 
 
-def test_mode_eval_with_another_seed_leaves_the_runs_images(trained_vae):
+def test_mode_eval_with_another_seed_or_config_leaves_the_runs_images(trained_vae):
     """The run's samples are of its fixed noise (the seed's): --mode=eval with another seed overwrote them."""
     c, workdir = trained_vae
     before = {p.name: p.read_bytes() for p in (workdir / "images").iterdir()}
@@ -467,3 +481,14 @@ def test_mode_eval_with_another_seed_leaves_the_runs_images(trained_vae):
     modes.evaluate_checkpoint(c, workdir)
     assert {p.name: p.read_bytes() for p in (workdir / "images").iterdir()} == before
     assert "--mode=eval with another seed than training: the run's images" in (workdir / "log_eval.txt").read_text()
+    assert "config_differs_from_training" not in json.loads((workdir / "eval.json").read_text())  # seed: a note
+    # Another config than training's (here the test set's binarization): its numbers say so, the images stay.
+    c.seed, c.data.binarize = 0, "none"
+    modes.evaluate_checkpoint(c, workdir)
+    assert {p.name: p.read_bytes() for p in (workdir / "images").iterdir()} == before
+    assert json.loads((workdir / "eval.json").read_text())["config_differs_from_training"] == [
+        "data.binarize: 'dynamic' -> 'none'"]
+    c.data.binarize = "dynamic"
+    path = modes.sample_checkpoint(c, workdir)
+    with np.load(path) as saved:
+        assert (int(saved["seed"]), str(saved["checkpoint"]), str(saved["params"])) == (0, "newest", "raw")

@@ -298,13 +298,15 @@ def test_the_test_set_binarization_is_the_same_for_every_seed(smoke_config, tmp_
 
 
 def test_the_loss_curves_draw_one_nll_curve_per_number_of_importance_samples():
-    """The final eval's NLL takes more importance samples than the ones before: a curve of its own."""
+    """The final eval's NLL takes more importance samples than the ones before: a curve of its own. A --mode=eval
+    record of an earlier step is no point of the run's history."""
     from jaxgen.reporting import plots
 
     records = [{"step": s, "split": "train", "loss": 100.0 - s} for s in (5, 10)]
     records += [{"step": 10, "split": "eval", "elbo": -95.0, "nll": 92.0, "nll_k": 100},
                 {"step": 20, "split": "eval", "elbo": -94.0, "nll": 92.5, "nll_k": 100},
-                {"step": 20, "split": "eval", "elbo": -94.0, "nll": 90.5, "nll_k": 1000}]
+                {"step": 20, "split": "eval", "elbo": -94.0, "nll": 90.5, "nll_k": 1000},
+                {"step": 10, "split": "eval", "by": "--mode=eval", "elbo": -95.0, "nll": 91.0, "nll_k": 1000}]
     series = {label: (steps, values) for label, steps, values, _ in plots.loss_series(records)}
     assert series == {"train loss": ([5, 10], [95.0, 90.0]), "eval -elbo": ([10, 20, 20], [95.0, 94.0, 94.0]),
                       "eval nll (k=100)": ([10, 20], [92.0, 92.5]), "eval nll (k=1000)": ([20], [90.5])}

@@ -121,18 +121,22 @@ def test_during_training_the_validation_split_is_evaluated_and_chooses_the_best_
         assert "'test' numbers here are unbiased" in record["selected_by"] and record["step"] == best["step"]
 
     c.eval.checkpoint, c.train.ema_half_life = "newest", 100.0  # sampling a run without an EMA as if it had one
-    broken = tmp_path / "checkpoints" / "40"  # beside an unreadable newer checkpoint, reported once, not per try
-    shutil.copytree(tmp_path / "checkpoints" / "30", broken)
+    broken = tmp_path / "checkpoints" / "40"  # an unreadable newest checkpoint: reported once, and no older one
+    shutil.copytree(tmp_path / "checkpoints" / "30", broken)  # stands in for it
     for f in broken.rglob("*"):
         if f.is_file():
             f.write_bytes(b"garbage")
+    with pytest.raises(checkpoint.UnreadableCheckpointsError, match="step 40; .*the one at step 30 does not stand"):
+        modes.sample_checkpoint(c, tmp_path)
+    assert (tmp_path / "log_sample.txt").read_text().count("Checkpoint at step 40 cannot be read") == 1
+    shutil.rmtree(broken)
     with np.load(modes.sample_checkpoint(c, tmp_path)) as z:
         assert int(z["step"]) == 30
-    shutil.rmtree(broken)
-    sample_log = (tmp_path / "log_sample.txt").read_text()
-    assert "The checkpoint keeps no EMA of the weights" in sample_log
-    assert sample_log.count("Checkpoint at step 40 cannot be read") == 1
-    c.model.latent_dim += 1  # another difference beside the EMA's: still the mismatch, worded for evaluating
+    assert "The checkpoint keeps no EMA of the weights" in (tmp_path / "log_sample.txt").read_text()
+    c.model.latent_dim += 1  # the model differs from training's: named before the checkpoint is read
+    with pytest.raises(ValueError, match="this command's model differs .* in: model.latent_dim: 10 -> 11"):
+        modes.sample_checkpoint(c, tmp_path)
+    (tmp_path / "config.json").unlink()  # without the training config: the state's layout, worded for evaluating
     with pytest.raises(checkpoint.CheckpointMismatchError, match="(?s)params/.*To evaluate or sample it, give the "):
         modes.sample_checkpoint(c, tmp_path)
 

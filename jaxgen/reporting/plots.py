@@ -22,11 +22,12 @@ def _pyplot():
 def loss_series(records: list[dict], keys: tuple[str, ...] = ("loss", "elbo", "nll")) -> list[tuple]:
     """(label, steps, values, split) of each curve `loss_curves` draws: per split and key, -ELBO so that every
     curve goes down, and the NLL once per nll_k (the final eval takes more importance samples: its drop is not
-    training progress)."""
+    training progress). Records of --mode=eval ('by') are left out."""
     out = []
     for split in ("train", "validation", "eval"):
         for key in keys:
-            rows = [r for r in records if r["split"] == split and isinstance(r.get(key), float)]
+            rows = [r for r in records if r["split"] == split and isinstance(r.get(key), float)
+                    and "by" not in r]  # the training run's history, not a --mode=eval of a step
             group = (lambda r: r.get("nll_k")) if key == "nll" else (lambda r: None)
             for k in sorted({group(r) for r in rows}, key=lambda k: (k is None, k or 0)):
                 pts = [(r["step"], r[key]) for r in rows if group(r) == k]

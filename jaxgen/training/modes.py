@@ -25,7 +25,8 @@ log = logging.getLogger("jaxgen")
 
 
 def _restore_for(config, workdir, mode: str):
-    """(task, state) of the checkpoint eval.checkpoint names ('newest' or 'best'), for --mode=eval/sample."""
+    """(task, state, the config fields that differ from training's: `wd.warn_config_drift`) of the checkpoint
+    eval.checkpoint names ('newest' or 'best'), for --mode=eval/sample."""
     workdir = wd.prepare(workdir, create=False)
     which = config_lib.eval_checkpoint(config)  # checked before it picks the directory (the rest: build_task)
     where = workdir / ("checkpoints" if which == "newest" else "best")
@@ -36,7 +37,7 @@ def _restore_for(config, workdir, mode: str):
     if present:  # else no log file and no checkpoint manager's directory are made there
         wd.setup_logging(workdir, mode)
         shape = wd.trained_image_shape(workdir) if mode == "sample" else None
-        wd.warn_config_drift(config, workdir, mode, data_read=shape is None)
+        differ = wd.warn_config_drift(config, workdir, mode, data_read=shape is None)
         loop.log_determinism(config)
         if shape is not None:
             log.info("--mode=sample: the model for the images the run trained on, %s (data.json); the dataset is "
@@ -58,7 +59,7 @@ def _restore_for(config, workdir, mode: str):
             hint = "a best checkpoint is kept only with eval.extractors or checkpoint.best_metric set"
         raise FileNotFoundError(f"--mode={mode}: no readable checkpoint in {where}; {hint}")
     log.info("--mode=%s on the %s checkpoint: step %d", mode, which, int(jax.device_get(state["step"])))
-    return task, state
+    return task, state, differ
 
 
 def evaluate_checkpoint(config, workdir) -> dict:
@@ -80,30 +81,34 @@ def evaluate_checkpoint(config, workdir) -> dict:
 
 
 def _evaluate_checkpoint(config, workdir: Path) -> dict:
-    task, state = _restore_for(config, workdir, "eval")
+    task, state, differ = _restore_for(config, workdir, "eval")
     best = config.eval.checkpoint == "best"
     # The best checkpoint's numbers go to eval_best.json only: metrics.jsonl is the history of the run.
     writer = MetricWriter(task.workdir, enabled=False if best else None, tb_run="mode_eval")
-    images = not best and _same_images(config, workdir)
+    images = not best and _same_images(config, workdir, differ)
+    extra = {"selected_by": _selected_by(task, workdir)} if best else {}
+    if differ:  # beside the numbers: they are not those of the config the run was trained with
+        extra["config_differs_from_training"] = differ
     try:
         final = evaluating.final_eval(task, state, writer, evaluating.sample_quality(task, training=False),
-                                "eval_best.json" if best else "eval.json", images=images,
-                                extra={"selected_by": _selected_by(task, workdir)} if best else None, by="--mode=eval")
+                                      "eval_best.json" if best else "eval.json", images=images, extra=extra,
+                                      by="--mode=eval")
     finally:  # an interruption too: launch.py's exit skips the atexit hook that would flush TensorBoard's events
         writer.close()
     log.info("eval of step %d: %s", int(jax.device_get(state["step"])), evaluating.eval_line(task, final))
     return final
 
 
-def _same_images(config, workdir: Path) -> bool:
-    """Whether --mode=eval draws the run's images as training did: the same seed (its fixed noise) and the same
-    weights (EMA or raw). Otherwise it leaves them as they are (the fixed-noise history and numbered grids are the
-    run's own), saying so."""
+def _same_images(config, workdir: Path, drift: list[str]) -> bool:
+    """Whether --mode=eval draws the run's images as training did: the same seed (its fixed noise), the same
+    weights (EMA or raw) and no other `drift` from the training config (another dataset's test images, say).
+    Otherwise it leaves them as they are (the fixed-noise history and numbered grids are the run's own), saying
+    so."""
     trained = wd.read_trained_config(workdir)
     differ = [f for f, now, was in (("seed", config.seed, trained.get("seed", config.seed)),
                                     ("train.ema_half_life", config.train.ema_half_life > 0,
                                      trained.get("train", {}).get("ema_half_life", config.train.ema_half_life) > 0))
-              if now != was]
+              if now != was] + [d.split(":")[0] for d in drift]
     same = parallel.allgather_ints([int(not differ)])[0, 0] if jax.process_count() > 1 else not differ
     if not same:  # process 0's answer on every process: drawing the images takes collectives
         log.info("--mode=eval with another %s than training: the run's images (samples, fixed-noise history) are "
@@ -135,7 +140,7 @@ def sample_checkpoint(config, workdir) -> Path:
     """--mode=sample: sample.num samples of the newest checkpoint (eval.checkpoint='best': the best one; EMA
     weights where kept) as <workdir>/samples/step_<step>.npz (uint8 images [N, H, W, C]) and PNG grids of
     sample.per_grid images, replacing an earlier call's for that step."""
-    task, state = _restore_for(config, workdir, "sample")
+    task, state, _ = _restore_for(config, workdir, "sample")
     workdir = task.workdir
     step = int(jax.device_get(state["step"]))
     samples = task.samples(state, config.sample.num)
@@ -143,7 +148,9 @@ def sample_checkpoint(config, workdir) -> Path:
     path = out / f"step_{step:07d}.npz"
     if jax.process_index() == 0:
         out.mkdir(exist_ok=True)
-        atomic.write_npz(path, images=samples, step=step)
+        # What drew them, beside them: the same step's samples of the raw weights or of another seed replace these.
+        atomic.write_npz(path, images=samples, step=step, seed=config.seed, checkpoint=config.eval.checkpoint,
+                         params=task.eval_record(state)["params"])
         for old in out.glob(f"step_{step:07d}_*.png"):  # an earlier call's grids, maybe more of them
             if re.fullmatch(rf"step_{step:07d}_\d{{3,}}\.png", old.name):
                 old.unlink()

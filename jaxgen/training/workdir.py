@@ -276,12 +276,13 @@ def check_resumed_holdout(config, workdir: Path, step: int) -> None:
 # Blocks (and top-level fields) a --mode=eval or --mode=sample command may set differently from training without
 # changing the model, and fields that choose only how the same model is computed (float rounding apart).
 EVAL_ONLY_BLOCKS = ("eval", "sample", "output", "deterministic", "train", "checkpoint")
-SAME_MODEL_FIELDS = ("model.conv_impl", "model.norm_impl")
+SAME_MODEL_FIELDS = ("model.conv_impl", "model.norm_impl", "model.dtype")
 # What only training reads: a GAN's loss, regularizer and augmentation, a VAE's training objective (the evaluation
 # scores every VAE by its ELBO and NLL under objective.likelihood) and the optimizers' settings (not their names:
 # adam's and adamw's states differ, and the checkpoint restores the optimizer state too).
 TRAINING_ONLY_BLOCKS = ("loss", "reg", "augment")
 TRAINING_ONLY_FIELDS = ("objective.name", "objective.beta", "objective.k", "objective.kl", "objective.kl_warmup_steps",
+                        "model.output_bias",  # how a built-in decoder's last bias starts
                         *(f"{block}.{field}" for block in ("optim", "g_optim", "d_optim")
                           for field in ("lr", "b1", "b2", "eps", "weight_decay", "schedule", "warmup_steps",
                                         "end_lr_ratio", "clip_norm")))
@@ -293,7 +294,9 @@ def warn_config_drift(config, workdir: Path, mode: str, data_read: bool = True) 
     command's config. Exceptions: `seed` (other samples and evaluation noise of the same model: a note), and a
     GAN's train.batch_size where G's EMA weights have BatchNorm (its statistics are re-estimated in batches of
     that size). data_read=False (--mode=sample with data.json: no data is read): data.* is not drift either.
-    Another task (a VAE config on a GAN's workdir) is a ValueError."""
+    A ValueError instead for another task (a VAE config on a GAN's workdir) and for a model field that the trained
+    config has with another value (`model.activation`: the checkpoint's weights would run in another network than
+    they were trained in) or that this config lacks (a model factory's, added by a config file)."""
     path = workdir / "config.json"
     now = json.loads(config.to_json_best_effort(sort_keys=True))
     trained = _read_json(path) or now  # missing or unreadable: nothing to compare (every process gets here)
@@ -317,11 +320,20 @@ def warn_config_drift(config, workdir: Path, mode: str, data_read: bool = True) 
             and now["model"].get("g_norm") == "batch"):
         changed.append(diffs["train.batch_size"] + " (the EMA generator's BatchNorm statistics are re-estimated in "
                        "batches of train.batch_size: the samples and numbers differ slightly)")
+    lacking = sorted(f for f in added if diffs[f] in changed)
+    # Model fields of the trained config (not one a later jaxgen added, which that config.json lacks).
+    model = sorted(d for f, d in diffs.items() if d in changed and f.startswith("model.") and not _absent(trained, f))
+    added_to_model = [f for f in lacking if f.startswith("model.")]
+    parallel.stop_if_any_failed(ValueError(
+        f"--mode={mode}: this command's model differs from the one the workdir was trained with ({path}) in: "
+        f"{'; '.join(model)}. The checkpoint holds the trained model's weights: "
+        + (f"give the training command's config file (it added {', '.join(added_to_model)}) and repeat its "
+           f"overrides" if added_to_model else "repeat the training command's overrides")) if model else None,
+        "check the workdir's config")
     if "seed" in diffs:
         log.info("--mode=%s with seed %s (training's: %s): other samples and evaluation noise of the same model",
                  mode, now.get("seed"), trained.get("seed"))
     if changed:
-        lacking = sorted(f for f in added if diffs[f] in changed)
         fix = (f"Give the training command's config file (it added {', '.join(lacking)}, which this config lacks) "
                "and repeat its overrides" if lacking else "Repeat the training command's overrides")
         log.warning("--mode=%s runs with this command's config, which differs from the one the workdir was trained "
