@@ -35,6 +35,12 @@ def pixel_extractor(config, mesh, train_data):
 NAME = "tests.test_quality:pixel_extractor"
 
 
+def strided_pixels(config, mesh, train_data):
+    """A user's extractor for any image size: every 16th pixel, no class probabilities."""
+    return quality.Extractor("strided", "every 16th pixel", "strided_v1",
+                             lambda images: (images.reshape(len(images), -1)[:, ::16].astype(np.float64), None), 16)
+
+
 def _config(tmp_path, extractors=(NAME,)):
     c = config_lib.gan_config()
     c.data.name = "mnist_5k"
@@ -235,6 +241,29 @@ def test_a_best_measured_with_another_likelihood_or_data_is_not_compared(smoke_c
     del record["measured_with"]  # written before records had it: still compared
     (tmp_path / "best" / "best.json").write_text(json.dumps(record))
     assert BestKeeper(tmp_path, "elbo", "max", measured_with=measured_with(c, "elbo")).record
+
+
+def test_a_best_metric_a_users_extractor_does_not_give_fails_before_any_training(tmp_path):
+    """Which per-eval metrics a user's extractor gives shows once it is built (IS or class coverage need class
+    probabilities): a best_metric it does not give failed at the first evaluation, losing eval.every steps."""
+    real = ml_collections.ConfigDict({"image": _images(400, 0), "label": np.zeros(400, np.int32)})
+    sq = quality.SampleQuality(_config(tmp_path), None, real, {"test": real.image})
+    assert sq.per_eval(NAME) == ("fid",)
+    sq.check_best_metric(f"{NAME}/fid")
+    with pytest.raises(ValueError, match=rf"best_metric='{NAME}/is_mean': the extractor '{NAME}' does not give "
+                                         rf"'is_mean' at every eval .*; choices: {NAME}/fid$"):
+        sq.check_best_metric(f"{NAME}/is_mean")
+    from jaxgen.training import loop
+    from tests.conftest import CONFIGS, config_module
+
+    c = config_module(CONFIGS / "gan_mnist.py").get_config("smoke")
+    c.unlock()
+    c.output.progress, c.output.plots = False, False
+    name = "tests.test_quality:strided_pixels"
+    c.eval.extractors, c.checkpoint.best_metric = (name,), f"{name}/class_tv"
+    with pytest.raises(ValueError, match="does not give 'class_tv' at every eval"):
+        loop.train_and_evaluate(c, tmp_path / "run")
+    assert not list((tmp_path / "run" / "checkpoints").glob("*"))  # no step trained
 
 
 def test_a_best_metric_of_an_unused_extractor_or_of_the_final_eval_only_fails_before_any_work(tmp_path):

@@ -125,8 +125,9 @@ def _classifier(config, mesh, train_data) -> Extractor:
                          "remove 'classifier' from eval.extractors")
     params = classifier.load_or_train(config.data, train_data.image, labels, steps=e.classifier_steps)
     digest = _digest(params)
-    return Extractor("classifier", f"jaxgen's metric classifier trained {e.classifier_steps} steps on "
-                     f"{config.data.name} {config.data.train_split} labels (128-d features)", f"classifier_{digest}",
+    return Extractor("classifier", f"jaxgen's metric classifier trained {e.classifier_steps} steps on the labels of "
+                     f"{len(labels)} {config.data.name} {config.data.train_split} images (128-d features; weights "
+                     f"{digest})", f"classifier_{digest}",
                      lambda images: classifier.embed(params, images, batch=e.batch_size), 256, class_histograms=True)
 
 
@@ -338,6 +339,24 @@ class SampleQuality:
         warn, self._warned = not self._warned, True
         return {n: compare(e, self.refs[split][n], samples, full=full, reference_name=f"{self.dataset} {split}",
                            seed=self.seed, warn=warn) for n, e in self.extractors.items()}
+
+    def per_eval(self, name: str) -> tuple[str, ...]:
+        """The metrics `compare` gives the extractor `name` at every evaluation, as its reference features show:
+        FID, and IS or the class histograms' where it gives class probabilities (as `compare` decides)."""
+        e, has_probs = self.extractors[name], "probs" in next(iter(self.refs.values()))[name]
+        return ("fid", *(("is_mean", "is_std") if has_probs and e.inception_score and self.num_samples >= 10 else ()),
+                *(("class_tv", "class_coverage") if has_probs and e.class_histograms else ()))
+
+    def check_best_metric(self, metric: str | None) -> None:
+        """A best_metric '<extractor>/<name>' this run's extractor does not compute at every evaluation (a user's
+        extractor without class probabilities, say) fails now, before any training, listing what it computes."""
+        if not metric or "/" not in metric:
+            return
+        name, m = metric.rsplit("/", 1)
+        if name in self.extractors and m not in (computed := self.per_eval(name)):
+            raise ValueError(f"checkpoint.best_metric={metric!r}: the extractor {name!r} does not give {m!r} at "
+                             f"every eval (its features show what it computes); choices: "
+                             f"{', '.join(f'{name}/{c}' for c in computed)}")
 
 
 def flatten(blocks: dict) -> dict:

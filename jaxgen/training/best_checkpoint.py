@@ -82,7 +82,7 @@ class BestKeeper:
         if final and self.metric in self.not_final:
             return False
         if self.metric not in metrics:
-            choices = ", ".join(sorted(metrics))
+            choices = ", ".join(sorted(k for k in metrics if not k.rsplit("/", 1)[-1].startswith("num_")))
             raise ValueError(f"checkpoint.best_metric={self.metric!r} is not an eval metric; choices: {choices}")
         value = float(metrics[self.metric])
         # Process 0 decides, from its value and its record: every process must take part in the same saves, even

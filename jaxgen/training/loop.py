@@ -191,6 +191,8 @@ def _train_and_evaluate(config, workdir: Path) -> dict:
     wd.save_data_record(task, workdir)
     sq = evaluating.sample_quality(task)
     best_name = quality.best_metric(c)
+    if sq is not None:
+        sq.check_best_metric(best_name)
     best = None
     if best_name:
         best = best_checkpoint.BestKeeper(workdir, best_name, quality.best_mode(c), fresh=step == 0, resume_step=step,
