@@ -35,7 +35,8 @@ def test_mnist_5k_offline_shapes_labels_balance_and_fixed_split():
     flat = lambda d: {bytes(x) for x in d.image.reshape(len(d), -1)}  # noqa: E731
     assert not flat(train) & flat(test)
     np.testing.assert_array_equal(data.load(_cfg(), "train").image, train.image)
-    with pytest.raises(ValueError, match="splits 'train' and 'test'"):
+    with pytest.raises(ValueError, match="splits 'train' and 'test', not 'validation'; a 'validation' split is held "
+                                         "out of 'train' by data.validation_examples=N"):
         data.load(_cfg(), "validation")
 
 

@@ -326,7 +326,9 @@ def image_folder(data_config, split: str) -> tuple[np.ndarray, np.ndarray]:
     'train'; 0 makes 'test' the same as 'train'. See the module docstring for labels, cropping and the cache.
     """
     if split not in ("train", "test"):
-        raise ValueError(f"image_folder has splits 'train' and 'test', not {split!r}")
+        raise ValueError(f"image_folder has splits 'train' and 'test', not {split!r}"
+                         + ("; a 'validation' split is held out of 'train' by data.validation_examples=N"
+                            if split == "validation" else ""))
     pct, res, crop = int(data_config.test_percent), int(data_config.resolution), int(data_config.crop)
     if not 0 <= pct < 100:
         raise ValueError(f"data.test_percent must be in 0..99 (0 = test is train), got {pct}")

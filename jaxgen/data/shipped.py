@@ -37,6 +37,8 @@ def mnist_5k(data_config, split: str) -> tuple[np.ndarray, np.ndarray]:
     elif split == "test":
         idx = np.concatenate(test_idx)
     else:
-        raise ValueError(f"mnist_5k has splits 'train' and 'test', not {split!r}")
+        raise ValueError(f"mnist_5k has splits 'train' and 'test', not {split!r}"
+                         + ("; a 'validation' split is held out of 'train' by data.validation_examples=N"
+                            if split == "validation" else ""))
     idx = idx[rng.permutation(len(idx))]
     return image[idx], label[idx]
