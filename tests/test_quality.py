@@ -454,3 +454,10 @@ def test_the_references_fid_statistics_are_computed_once_per_run(tmp_path, monke
     for seed in (1, 2):
         sq.evaluate(_images(300, seed), full=False)
     assert calls == [300, 300]  # the samples' at each evaluation; the reference's were computed when it loaded
+
+
+def test_non_finite_features_are_named_with_whose_and_how_many():
+    f = np.ones((5, 3))
+    f[1, 2] = np.nan
+    with pytest.raises(ValueError, match=r"the features of the samples \(pixels\): 1 of 5 rows contain NaN or Inf"):
+        sample_metrics.feature_statistics(f, 2, "the samples (pixels)")

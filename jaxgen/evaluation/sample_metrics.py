@@ -35,7 +35,7 @@ def feature_statistics(features: np.ndarray, recommended: int = FID_RECOMMENDED_
     """(mean [D], covariance [D, D]) of features [N, D] in float64 (covariance with N - 1). With `warn`, warns below
     `recommended` samples (2048 for 2048-d Inception features; the classifier extractor passes 256 for its 128-d),
     naming `what` ('the reference', 'the samples')."""
-    f = _features(features, "features")
+    f = _features(features, f"the features of {what}" if what != "features" else what)
     if f.shape[0] < 2:
         raise ValueError(f"a covariance needs at least 2 samples, got {f.shape[0]}; FID wants >= {recommended} "
                          f"for {f.shape[1]}-d features")
@@ -155,7 +155,8 @@ def _features(x, what: str) -> np.ndarray:
     if a.ndim != 2:
         raise ValueError(f"{what}: expected a 2-D array [samples, feature dim], got shape {a.shape}")
     if not np.all(np.isfinite(a)):
-        raise ValueError(f"{what}: contains NaN or Inf")
+        bad = int(np.sum(~np.all(np.isfinite(a), axis=tuple(range(1, a.ndim)))))
+        raise ValueError(f"{what}: {bad} of {len(a)} rows contain NaN or Inf")
     return a
 
 
