@@ -774,3 +774,11 @@ def test_a_signal_ignored_on_purpose_stays_ignored():
         assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     finally:
         signal.signal(signal.SIGINT, outer)
+
+
+def test_an_unreadable_checkpoints_reason_is_its_first_line_without_tensorstores_spec():
+    e = ValueError('NOT_FOUND: Error reading "d/abc" [tensorstore_spec=\'{"context":{"cache_pool":{}}}\'] '
+                   "[source locations='x.cc:1']\nmore")
+    assert checkpoint._first_line(e) == 'NOT_FOUND: Error reading "d/abc"'
+    e = ValueError("DATA_LOSS: bad chunk See full TensorStore details: {...}")
+    assert checkpoint._first_line(e) == "DATA_LOSS: bad chunk"

@@ -469,7 +469,10 @@ def _out_of_memory(e: BaseException | None) -> bool:
 
 def _first_line(e: BaseException) -> str:
     """The first line of `e`'s message, without TensorStore's appended spec (an unreadable pybind11 repr)."""
-    return (str(e).splitlines() or [""])[0].split(" See full TensorStore details")[0]
+    line = (str(e).splitlines() or [""])[0]
+    for spec in (" See full TensorStore details", " [tensorstore_spec="):
+        line = line.split(spec)[0]
+    return line
 
 
 def _reported(step: int, e: Exception) -> None:
