@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from jaxgen.reporting.writer import read
-from jaxgen.training import evaluating, loop, modes
+from jaxgen.training import evaluating, loop, modes, run_record
 from tests.conftest import ROOT, TEST_XLA_FLAGS, config_module, launch
 
 
@@ -253,7 +253,7 @@ def test_eval_modes_refuse_a_config_of_another_task(tmp_path):
     (tmp_path / "config.json").write_text(config_lib.gan_config().to_json_best_effort(sort_keys=True))
     with pytest.raises(ValueError, match=r"--mode=sample: the workdir .* was trained with a gan config \(.*"
                                          r"config.json\), this one is a vae config: give the training command's"):
-        loop.wd.warn_config_drift(config_lib.vae_config(), tmp_path, "sample")
+        run_record.warn_config_drift(config_lib.vae_config(), tmp_path, "sample")
 
 
 def test_eval_modes_warn_only_about_fields_that_change_the_model_or_its_numbers(tmp_path, caplog):
@@ -269,35 +269,35 @@ def test_eval_modes_warn_only_about_fields_that_change_the_model_or_its_numbers(
     now.model.conv_impl, now.model.norm_impl, now.checkpoint.keep, now.train.steps = "xla", "flax", 1, 7
     now.seed, now.loss.name, now.reg.name, now.g_optim.lr = 1, "hinge", "r1", 0.1  # what only training reads
     with caplog.at_level(logging.INFO, logger="jaxgen"):
-        assert loop.wd.warn_config_drift(now, tmp_path, "sample") == []
+        assert run_record.warn_config_drift(now, tmp_path, "sample") == []
     assert ("--mode=sample with seed 1 (training's: 0): other samples and evaluation noise of the same model"
             in caplog.text)
     now.model.dtype = "bfloat16"  # how it computes
-    assert loop.wd.warn_config_drift(now, tmp_path, "eval") == []
+    assert run_record.warn_config_drift(now, tmp_path, "eval") == []
     now.train.batch_size, now.data.num_examples = 32, 100
-    changed = loop.wd.warn_config_drift(now, tmp_path, "eval")
+    changed = run_record.warn_config_drift(now, tmp_path, "eval")
     assert [c.split(":")[0] for c in changed] == ["data.num_examples", "train.batch_size"]
     assert "BatchNorm statistics are re-estimated in batches of train.batch_size" in changed[1]
     now.train.ema_half_life = 0  # the raw G: its own running statistics, whatever the batch
-    assert [c.split(":")[0] for c in loop.wd.warn_config_drift(now, tmp_path, "eval")] == ["data.num_examples"]
+    assert [c.split(":")[0] for c in run_record.warn_config_drift(now, tmp_path, "eval")] == ["data.num_examples"]
     now.data.name = "image_folder"  # drift, unless --mode=sample reads no data (data.json)
-    assert [c.split(":")[0] for c in loop.wd.warn_config_drift(now, tmp_path, "sample")] == ["data.name",
+    assert [c.split(":")[0] for c in run_record.warn_config_drift(now, tmp_path, "sample")] == ["data.name",
                                                                                              "data.num_examples"]
-    assert loop.wd.warn_config_drift(now, tmp_path, "sample", data_read=False) == []
+    assert run_record.warn_config_drift(now, tmp_path, "sample", data_read=False) == []
     # The model itself: the checkpoint's weights would run in another network (the same shapes: no layout check
     # would catch it).
     now.model.g_width = 16
     with pytest.raises(ValueError, match=r"--mode=eval: this command's model differs from the one the workdir was "
                                          r"trained with .* in: model.g_width: 64 -> 16. The checkpoint holds the "
                                          r"trained model's weights: repeat the training command's overrides"):
-        loop.wd.warn_config_drift(now, tmp_path, "eval")
+        run_record.warn_config_drift(now, tmp_path, "eval")
     vae = config_lib.vae_config()  # a VAE is evaluated by its ELBO and NLL whatever objective trained it
     (tmp_path / "config.json").write_text(vae.to_json_best_effort(sort_keys=True))
     vae.objective.name, vae.objective.beta, vae.objective.k, vae.optim.lr = "iwae", 4.0, 5, 0.1
     vae.model.output_bias = "data_mean"  # how the decoder's last bias started
-    assert loop.wd.warn_config_drift(vae, tmp_path, "eval") == []
+    assert run_record.warn_config_drift(vae, tmp_path, "eval") == []
     vae.objective.likelihood, vae.optim.name = "gaussian", "adamw"  # adamw's state is another tree: named
-    assert [c.split(":")[0] for c in loop.wd.warn_config_drift(vae, tmp_path, "eval")] == ["objective.likelihood",
+    assert [c.split(":")[0] for c in run_record.warn_config_drift(vae, tmp_path, "eval")] == ["objective.likelihood",
                                                                                           "optim.name"]
     # Fields a config file of the user's added: in `objective` read by its training objective alone, unless a
     # likelihood of the user's may read them; elsewhere (a model factory's) drift, fixed by giving that file.
@@ -307,16 +307,16 @@ def test_eval_modes_warn_only_about_fields_that_change_the_model_or_its_numbers(
     (tmp_path / "config.json").write_text(trained.to_json_best_effort(sort_keys=True))
     with pytest.raises(ValueError, match=r"in: model.my_hidden: 64 -> None. .*give the training command's config "
                                          r"file \(it added model.my_hidden\) and repeat its overrides"):
-        loop.wd.warn_config_drift(config_lib.vae_config(), tmp_path, "eval")
+        run_record.warn_config_drift(config_lib.vae_config(), tmp_path, "eval")
     with trained.model.unlocked():
         del trained.model["my_hidden"]
     (tmp_path / "config.json").write_text(trained.to_json_best_effort(sort_keys=True))
-    assert loop.wd.warn_config_drift(config_lib.vae_config(), tmp_path, "eval") == []  # only training reads it
+    assert run_record.warn_config_drift(config_lib.vae_config(), tmp_path, "eval") == []  # only training reads it
     now = config_lib.vae_config()
     now.objective.likelihood = "myproject.lik:laplace"
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="jaxgen"):
-        assert [c.split(":")[0] for c in loop.wd.warn_config_drift(now, tmp_path, "eval")] == [
+        assert [c.split(":")[0] for c in run_record.warn_config_drift(now, tmp_path, "eval")] == [
             "objective.free_bits", "objective.likelihood"]
     assert ("Give the training command's config file (it added objective.free_bits, which this config lacks) and "
             "repeat its overrides to evaluate the model as it was trained" in caplog.text)

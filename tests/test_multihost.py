@@ -191,14 +191,14 @@ import jax
 jax.distributed.initialize(coordinator_address=sys.argv[1], num_processes=2, process_id=int(sys.argv[2]))
 from jaxgen import parallel
 from jaxgen.config import vae_config
-from jaxgen.training import workdir
+from jaxgen.training import run_record
 c = vae_config()
 c.data.data_dir = f"/data/host{jax.process_index()}"  # where each host finds its files may differ
-workdir.check_same_config(c)
+run_record.check_same_config(c)
 print("SAME", flush=True)
 c.seed = jax.process_index()
 try:
-    workdir.check_same_config(c)
+    run_record.check_same_config(c)
 except parallel.ProcessesDisagreeError as e:
     print("DIFFER", e, flush=True)
 """

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from jaxgen import parallel, runtime
-from jaxgen.training import best_checkpoint, checkpoint, loop, modes, optim, stopping
+from jaxgen.training import best_checkpoint, checkpoint, loop, modes, optim, run_record, stopping
 from jaxgen.training import state as state_lib
 from jaxgen.training.workdir import WorkdirError
 from tests.signals import signal_at_call
@@ -564,7 +564,6 @@ def test_files_torn_by_a_kill_are_dropped_or_rewritten_not_fatal(tmp_path, caplo
     import ml_collections
 
     from jaxgen.reporting.writer import MetricWriter, read
-    from jaxgen.training import workdir as wd
 
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"step": 10, "split": "train", "loss": 1.0}\n{"step": 20, "split": "tr')
@@ -599,15 +598,15 @@ def test_files_torn_by_a_kill_are_dropped_or_rewritten_not_fatal(tmp_path, caplo
     (tmp_path / "config.json").write_text('{"seed": ')
     cfg = ml_collections.ConfigDict({"seed": 1})
     with caplog.at_level(logging.WARNING, logger="jaxgen"):
-        wd.save_config(cfg, tmp_path)
+        run_record.save_config(cfg, tmp_path)
     assert "config.json cannot be read" in caplog.text
     assert json.loads((tmp_path / "config.json").read_text()) == {"seed": 1}
 
     # A changed config is a warning on resume; after a run that left no checkpoint (stopped on a bad setting), a note.
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="jaxgen"):
-        wd.save_config(ml_collections.ConfigDict({"seed": 2}), tmp_path, step=0)
-        wd.save_config(ml_collections.ConfigDict({"seed": 3}), tmp_path, step=40)
+        run_record.save_config(ml_collections.ConfigDict({"seed": 2}), tmp_path, step=0)
+        run_record.save_config(ml_collections.ConfigDict({"seed": 3}), tmp_path, step=40)
     (fresh, resumed), = [[r for r in caplog.records if "seed: 1 -> 2" in r.message or "seed: 2 -> 3" in r.message]]
     assert fresh.levelno == logging.INFO and "left no checkpoint" in fresh.message
     assert resumed.levelno == logging.WARNING and "resumed at step 40" in resumed.message

@@ -25,7 +25,7 @@ from jaxgen import parallel, registry, runtime
 from jaxgen.evaluation import quality
 from jaxgen.reporting.progress import Progress
 from jaxgen.reporting.writer import MetricWriter
-from jaxgen.training import best_checkpoint, checkpoint, evaluating, failures, gan_task, vae_task
+from jaxgen.training import best_checkpoint, checkpoint, evaluating, failures, gan_task, run_record, vae_task
 from jaxgen.training import workdir as wd
 from jaxgen.training.stopping import RunStopped, StopRequest
 
@@ -72,7 +72,7 @@ def build_task(config, workdir: Path, training: bool = True, image_shape: tuple[
     """The task object for `config.task` ('vae' or 'gan'; config_check.check accepts only these two). training=False
     (--mode=eval/sample): the sizes only training uses are not checked against the devices and the data.
     image_shape (--mode=sample): the model for images of that shape, without reading the dataset."""
-    wd.check_same_config(config)  # several processes: before the data, whose preparation is collective
+    run_record.check_same_config(config)  # several processes: before the data, whose preparation is collective
     return registry.resolve("task", config.task, TASKS)(config, workdir, training=training, image_shape=image_shape)
 
 
@@ -102,7 +102,7 @@ def restore(task, which: str = "newest", *, training: bool = False):
     except checkpoint.CheckpointMismatchError as e:
         kinds = {kind: {p.split("/", 1)[0] for p in paths} for kind, paths in e.diff.items()}
         key = next((k for k, averaged in EMA_OF.items() if averaged in shapes), None)
-        if training and (changed := wd.config_changes(task.config, task.workdir)):
+        if training and (changed := run_record.config_changes(task.config, task.workdir)):
             raise checkpoint.CheckpointMismatchError(
                 f"{e}\nThis config differs from the one the workdir was last run with ({task.workdir / 'config.json'})"
                 f" in: {'; '.join(changed)}", e.diff) from None
@@ -178,7 +178,7 @@ def _train_and_evaluate(config, workdir: Path) -> dict:
              c.train.batch_size, task.describe())
     mgr, state = restore_or_init(task)
     step = start = int(jax.device_get(state["step"]))
-    wd.check_resumed_holdout(c, workdir, step)
+    run_record.check_resumed_holdout(c, workdir, step)
     k = c.train.steps_per_dispatch
     if step >= c.train.steps:
         if step > c.train.steps:
@@ -187,8 +187,8 @@ def _train_and_evaluate(config, workdir: Path) -> dict:
     elif (c.train.steps - step) % k:
         raise ValueError(_off_the_fused_grid(c, step))
     # After the restore and the checks: a config refused there leaves config.json (and data.json) as they were.
-    wd.save_config(c, workdir, step)
-    wd.save_data_record(task, workdir)
+    run_record.save_config(c, workdir, step)
+    run_record.save_data_record(task, workdir)
     sq = evaluating.sample_quality(task)
     best_name = quality.best_metric(c)
     if sq is not None:

@@ -18,14 +18,14 @@ from jaxgen import config as config_lib
 from jaxgen.evaluation import quality
 from jaxgen.reporting import images
 from jaxgen.reporting.writer import MetricWriter
-from jaxgen.training import best_checkpoint, evaluating, loop
+from jaxgen.training import best_checkpoint, evaluating, loop, run_record
 from jaxgen.training import workdir as wd
 
 log = logging.getLogger("jaxgen")
 
 
 def _restore_for(config, workdir, mode: str):
-    """(task, state, the config fields that differ from training's: `wd.warn_config_drift`) of the checkpoint
+    """(task, state, the config fields that differ from training's: `run_record.warn_config_drift`) of the checkpoint
     eval.checkpoint names ('newest' or 'best'), for --mode=eval/sample."""
     workdir = wd.prepare(workdir, create=False)
     which = config_lib.eval_checkpoint(config)  # checked before it picks the directory (the rest: build_task)
@@ -36,8 +36,8 @@ def _restore_for(config, workdir, mode: str):
         "filesystem all hosts share.")
     if present:  # else no log file and no checkpoint manager's directory are made there
         wd.setup_logging(workdir, mode)
-        shape = wd.trained_image_shape(workdir) if mode == "sample" else None
-        differ = wd.warn_config_drift(config, workdir, mode, data_read=shape is None)
+        shape = run_record.trained_image_shape(workdir) if mode == "sample" else None
+        differ = run_record.warn_config_drift(config, workdir, mode, data_read=shape is None)
         loop.log_determinism(config)
         if shape is not None:
             log.info("--mode=sample: the model for the images the run trained on, %s (data.json); the dataset is "
@@ -104,7 +104,7 @@ def _same_images(config, workdir: Path, drift: list[str]) -> bool:
     weights (EMA or raw) and no other `drift` from the training config (another dataset's test images, say).
     Otherwise it leaves them as they are (the fixed-noise history and numbered grids are the run's own), saying
     so."""
-    trained = wd.read_trained_config(workdir)
+    trained = run_record.read_trained_config(workdir)
     differ = [f for f, now, was in (("seed", config.seed, trained.get("seed", config.seed)),
                                     ("train.ema_half_life", config.train.ema_half_life > 0,
                                      trained.get("train", {}).get("ema_half_life", config.train.ema_half_life) > 0))
