@@ -308,3 +308,36 @@ def g_batch_size(config: ml_collections.ConfigDict) -> int:
 def updates(config, block: str) -> int:
     """How many updates the optimizer `block` makes in the run (D: train.d_steps per step)."""
     return config.train.steps * (config.train.d_steps if block == "d_optim" else 1)
+
+
+def recording(cfg) -> tuple[ml_collections.ConfigDict, set[str]]:
+    """(a copy of the config block `cfg` that records which of its fields are read, the set they go into): a trace
+    of a user's function with it says which fields the function reads. Attribute access, `[...]` and `.get` record
+    the field; what hands on the whole block (`.items()`, `.values()`, iteration, `.to_dict()`, a copy, a
+    FrozenConfigDict of it) records them all. It is a ConfigDict like `cfg` (locked alike)."""
+    reads: set[str] = set()
+
+    def all_read(method):
+        def wrapped(self, *args, **kwargs):
+            reads.update(self._fields)
+            return method(self, *args, **kwargs)
+
+        return wrapped
+
+    class Recording(ml_collections.ConfigDict):
+        def __getitem__(self, key):
+            if not str(key).startswith("__"):  # not a field: Python's protocol lookups (copy's __deepcopy__ ...)
+                reads.add(str(key).split(".")[0])
+            return super().__getitem__(key)
+
+        def __deepcopy__(self, memo):
+            return ml_collections.ConfigDict(self.to_dict())  # to_dict records every field
+
+    for name in ("items", "values", "__iter__", "to_dict", "to_json", "to_json_best_effort",
+                 "copy_and_resolve_references", "get_ref", "iteritems", "itervalues"):
+        if hasattr(ml_collections.ConfigDict, name):
+            setattr(Recording, name, all_read(getattr(ml_collections.ConfigDict, name)))
+
+    copy = Recording(cfg)
+    reads.clear()  # what copying read
+    return copy, reads

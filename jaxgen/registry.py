@@ -133,38 +133,3 @@ def with_config(fn: Callable, cfg, positional: int) -> Callable:
     if isinstance(cfg, ml_collections.ConfigDict) and not isinstance(cfg, ml_collections.FrozenConfigDict):
         cfg = ml_collections.FrozenConfigDict(cfg)
     return functools.partial(fn, cfg=cfg)
-
-
-def recording(cfg) -> tuple[Any, set[str]]:
-    """(a copy of the config block `cfg` that records which of its fields are read, the set they go into): a trace
-    of a user's function with it says which fields the function reads. Attribute access, `[...]` and `.get` record
-    the field; what hands on the whole block (`.items()`, `.values()`, iteration, `.to_dict()`, a copy, a
-    FrozenConfigDict of it) records them all. It is a ConfigDict like `cfg` (locked alike)."""
-    import ml_collections  # noqa: PLC0415 (a jaxgen dependency; only here, where a config block is traced)
-
-    reads: set[str] = set()
-
-    def all_read(method):
-        def wrapped(self, *args, **kwargs):
-            reads.update(self._fields)
-            return method(self, *args, **kwargs)
-
-        return wrapped
-
-    class Recording(ml_collections.ConfigDict):
-        def __getitem__(self, key):
-            if not str(key).startswith("__"):  # not a field: Python's protocol lookups (copy's __deepcopy__ ...)
-                reads.add(str(key).split(".")[0])
-            return super().__getitem__(key)
-
-        def __deepcopy__(self, memo):
-            return ml_collections.ConfigDict(self.to_dict())  # to_dict records every field
-
-    for name in ("items", "values", "__iter__", "to_dict", "to_json", "to_json_best_effort",
-                 "copy_and_resolve_references", "get_ref", "iteritems", "itervalues"):
-        if hasattr(ml_collections.ConfigDict, name):
-            setattr(Recording, name, all_read(getattr(ml_collections.ConfigDict, name)))
-
-    copy = Recording(cfg)
-    reads.clear()  # what copying read
-    return copy, reads

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxgen import config as config_lib
 from jaxgen import registry
 from jaxgen.objectives.vae import elbo, iwae
 
@@ -72,7 +73,7 @@ def check_objective(objective, name: str, params, x, keys, *, model, cfg) -> set
     contract = "fn(params, x, keys, *, model, cfg[, step]) -> (loss, metrics)"
     extra = {"step": jax.ShapeDtypeStruct((), jnp.int32)} if registry.accepts(objective, "step", positional=3) else {}
     registry.check_call(f"objective {name!r}", objective, contract, params, x, keys, model=model, cfg=cfg, **extra)
-    cfg, reads = registry.recording(cfg)
+    cfg, reads = config_lib.recording(cfg)
     out = jax.eval_shape(lambda p, x, k, e: objective(p, x, k, model=model, cfg=cfg, **e), params, x, keys, extra)
     if not (isinstance(out, tuple) and len(out) == 2):
         raise ValueError(f"objective {name!r} returned {registry.describe(out)}; expected {contract}")
