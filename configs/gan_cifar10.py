@@ -11,7 +11,9 @@ an EMA of G; this config evaluates G's EMA (half-life 50k images), so its number
 comparison (--config.train.ema_half_life=0 evaluates the raw G, as the paper did).
 Departures from the official code, negligible: it updates G before the 5 D steps of an iteration, jaxgen after
 them; its D learning rate decays per iteration, jaxgen's per D update (the same line); Chainer advances D's
-spectral-norm vector in the G update's pass too (11 power iterations per iteration, jaxgen 10).
+spectral-norm vector in the G update's pass too (11 power iterations per iteration, jaxgen 10); G's BatchNorm
+running averages move in every pass of G in Chainer (6 per iteration), in jaxgen's G update only (1), which
+matters only for the raw G (ema_half_life=0): an EMA G's statistics are estimated again before it samples.
 Variants: diffaugment (color, translation, cutout on reals and fakes), bf16, smoke (synthetic 32x32x3).
 """
 

@@ -1,4 +1,5 @@
-"""The conv VAE (the seed article's: two stride-2 convs, dense 16, latent 10) on MNIST, Bernoulli likelihood.
+"""A small conv VAE (two stride-2 convs, dense 16, latent 10; the one benchmarks/ times against PyTorch) on MNIST,
+Bernoulli likelihood.
 
     python launch.py --config=configs/vae_mnist.py --workdir=runs/vae_mnist            # TFDS mnist, 60k digits
     python launch.py --config=configs/vae_mnist.py:mnist_5k --workdir=runs/quickstart  # shipped digits, offline

@@ -72,8 +72,8 @@ class MLPVAE(nn.Module):
 
 
 class ConvVAE(nn.Module):
-    """The seed article's conv VAE: stride-2 3x3 convs (32, 64), dense 16, latent 10; the decoder mirrors it with
-    stride-2 transposed convs that really upsample (7 -> 14 -> 28), then a 3x3 conv to the image channels.
+    """A small conv VAE: stride-2 3x3 convs (32, 64), dense 16, latent 10; the decoder mirrors it with stride-2
+    transposed convs that really upsample (7 -> 14 -> 28), then a 3x3 conv to the image channels.
     Same shapes as the PyTorch reference VAE that benchmarks/vae_throughput.py times beside it."""
 
     image_shape: tuple[int, int, int]
