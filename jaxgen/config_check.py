@@ -61,7 +61,7 @@ def ignored_settings(config: ml_collections.ConfigDict, base: ml_collections.Con
                 readers = [name for name in same_task if field in MODEL_READS[name]]
                 out.append(f"model.{field}={config.model[field]!r} (read by model.name={' or '.join(readers)}; "
                            f"this run's is {model})")
-    elif config.task == "vae" and _built_as_class(model):
+    elif config.task == "vae" and built_as_class(model):
         out += [f"model.{field}={config.model[field]!r} (read by the built-in models and by a model factory, "
                 f"fn(model_config, image_shape); the class {model} is built with image_shape and latent_dim alone)"
                 for field in sorted(config.model.keys()) if field not in ("name", "latent_dim")
@@ -87,7 +87,7 @@ def ignored_settings(config: ml_collections.ConfigDict, base: ml_collections.Con
     return out
 
 
-def _built_as_class(name: str) -> bool:
+def built_as_class(name: str) -> bool:
     """Whether the VAE model `name` is a user's Linen module class, which is built with image_shape and latent_dim
     alone (not a factory, which gets the whole model block). An unknown name: False (building the model says so)."""
     from jaxgen import models, registry  # noqa: PLC0415 (Flax: only for a user's model)

@@ -57,7 +57,7 @@ def _what_it_has(module, attr: str, shown: int = 12) -> str:
     """'; did you mean ...?' with the module's functions and classes closest to `attr`, else the list of them (those
     defined in it, not imported into it; at most `shown`)."""
     own = sorted(n for n, v in vars(module).items() if not n.startswith("_") and callable(v)
-                 and getattr(v, "__module__", None) == module.__name__)
+                 and (getattr(v, "__module__", None) == module.__name__ or isinstance(v, functools.partial)))
     close = difflib.get_close_matches(attr, own, n=3)
     if close:
         return f"; did you mean {' or '.join(map(repr, close))}?"

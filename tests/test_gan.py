@@ -2,6 +2,7 @@
 one device; bitwise resume of the whole GAN state; a user's own loss by import path; a NaN stops the run."""
 
 import json
+import re
 
 import chex
 import jax
@@ -414,6 +415,9 @@ def test_gan_outputs_land_in_the_workdir(tmp_path):
     # Sample quality on the classifier's features, with what stands beside the numbers; the best checkpoint.
     q = final["sample_quality"]["classifier"]
     assert q["num_samples"] == 64 and q["num_reference"] == 1000 and q["reference"] == "mnist_5k test"
+    # Which classifier: the images it trained on and its weights (another train split trains another one).
+    assert re.fullmatch(r"jaxgen's metric classifier trained \d+ steps on the labels of 4000 mnist_5k train images "
+                        r"\(128-d features; weights [0-9a-f]{12}\)", q["extractor"]), q["extractor"]
     for name in ("fid", "kid_mean", "kid_std", "precision", "recall", "density", "coverage", "class_coverage"):
         assert np.isfinite(q[name]), name
     np.testing.assert_allclose(again["sample_quality"]["classifier"]["fid"], q["fid"], rtol=1e-6)

@@ -254,6 +254,9 @@ def test_bad_paths_name_the_fix(tmp_path):
     (empty / "sub" / "notes.txt").write_text("")
     with pytest.raises(FileNotFoundError, match=rf"no images in {empty} \(looked for .jpg, .jpeg, .png"):
         data.load(_cfg(tmp_path, path=str(empty)), "train")
+    with pytest.raises(ValueError, match="splits 'train' and 'test', not 'validation'; a 'validation' split is held "
+                                         "out of 'train' by data.validation_examples"):
+        data.load(_cfg(tmp_path, path=str(empty)), "validation")
 
 
 def test_camera_photos_stand_upright_and_a_malformed_exif_block_does_not_stop_the_decode(tmp_path):

@@ -300,19 +300,22 @@ def test_eval_modes_warn_only_about_fields_that_change_the_model_or_its_numbers(
     assert [c.split(":")[0] for c in run_record.warn_config_drift(vae, tmp_path, "eval")] == ["objective.likelihood",
                                                                                           "optim.name"]
     # Fields a config file of the user's added: in `objective` read by its training objective alone, unless a
-    # likelihood of the user's may read them; elsewhere (a model factory's) drift, fixed by giving that file.
+    # likelihood or extractor of the user's may read them; a model factory's: drift, fixed by giving that file.
+    factory = "tests.test_configs:users_vae_factory"
     trained = config_lib.vae_config()
+    trained.model.name = factory
     with trained.objective.unlocked(), trained.model.unlocked():
         trained.objective.free_bits, trained.model.my_hidden = 0.25, 64
     (tmp_path / "config.json").write_text(trained.to_json_best_effort(sort_keys=True))
+    now = config_lib.vae_config()
+    now.model.name = factory
     with pytest.raises(ValueError, match=r"in: model.my_hidden: 64 -> None. .*give the training command's config "
                                          r"file \(it added model.my_hidden\) and repeat its overrides"):
-        run_record.warn_config_drift(config_lib.vae_config(), tmp_path, "eval")
+        run_record.warn_config_drift(now, tmp_path, "eval")
     with trained.model.unlocked():
         del trained.model["my_hidden"]
     (tmp_path / "config.json").write_text(trained.to_json_best_effort(sort_keys=True))
-    assert run_record.warn_config_drift(config_lib.vae_config(), tmp_path, "eval") == []  # only training reads it
-    now = config_lib.vae_config()
+    assert run_record.warn_config_drift(now, tmp_path, "eval") == []  # only training reads free_bits
     now.objective.likelihood = "myproject.lik:laplace"
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="jaxgen"):
@@ -320,6 +323,20 @@ def test_eval_modes_warn_only_about_fields_that_change_the_model_or_its_numbers(
             "objective.free_bits", "objective.likelihood"]
     assert ("Give the training command's config file (it added objective.free_bits, which this config lacks) and "
             "repeat its overrides to evaluate the model as it was trained" in caplog.text)
+    now.objective.likelihood, now.eval.extractors = "bernoulli", ("myproject.extract:pooled",)
+    assert [c.split(":")[0] for c in run_record.warn_config_drift(now, tmp_path, "eval")] == [
+        "objective.free_bits"]  # an extractor of the user's may read it (eval.* may differ)
+    # Not drift: a field the trained config.json lacks (a later jaxgen's, with a default that keeps what runs did),
+    # where a host finds its files, a model field the trained model does not read (mlp_vae's hidden on conv_vae).
+    trained = json.loads(config_lib.vae_config().to_json_best_effort(sort_keys=True))
+    del trained["data"]["random_flip"], trained["data"]["validation_examples"]
+    (tmp_path / "config.json").write_text(json.dumps(trained))
+    now = config_lib.vae_config()
+    now.data.path, now.model.hidden = "/elsewhere", (512,)
+    assert run_record.warn_config_drift(now, tmp_path, "eval") == []
+    now.model.activation = "tanh"  # read by conv_vae
+    with pytest.raises(ValueError, match=r"in: model.activation: 'relu' -> 'tanh'\. "):
+        run_record.warn_config_drift(now, tmp_path, "eval")
 
 
 def test_eval_mode_without_a_checkpoint_says_train_first(smoke_config, tmp_path):
@@ -382,8 +399,9 @@ def test_with_a_progress_bar_the_train_lines_go_to_log_txt_only(smoke_config, tm
 def test_a_train_records_rate_counts_training_time_only(smoke_config, tmp_path, monkeypatch):
     """The img/s of a train record after an evaluation or a checkpoint save leaves their time out: here the loop's
     clock jumps 1000 s during each evaluation (steps 10 and 20), which would pull the next record's rate (160
-    images) below 1 img/s. The ETA adds the evaluations still to come at their mean time: 1000 s at step 15 (the
-    one at step 20), none at step 25 (the final evaluation is not counted)."""
+    images) below 1 img/s. The ETA adds the evaluations still to come at their mean time: 1000 s at steps 15 and
+    20 (the one at step 20, which runs after that step's record), none at step 25 (the final evaluation is not
+    counted)."""
     from jaxgen.reporting.writer import read
     from jaxgen.training import loop
 
@@ -413,7 +431,7 @@ def test_a_train_records_rate_counts_training_time_only(smoke_config, tmp_path, 
     log_txt = (tmp_path / "log.txt").read_text()
     eta = {int(m[1]): 3600 * int(m[2]) + 60 * int(m[3]) + int(m[4])
            for m in re.finditer(r"step (\d+)/30 .*; ETA (\d\d):(\d\d):(\d\d)", log_txt)}
-    assert 1000 <= eta[15] < 1100 and eta[25] < 100, eta
+    assert 1000 <= eta[15] < 1100 and 1000 <= eta[20] < 1100 and eta[25] < 100, eta  # at 20: its own eval
 
 
 def test_tensorboard_points_are_flushed_before_each_checkpoint_and_not_doubled(smoke_config, tmp_path, monkeypatch):

@@ -265,16 +265,18 @@ def test_a_module_whose_own_import_fails_is_not_blamed_on_pythonpath(tmp_path, m
 
 def test_a_misspelt_function_name_is_told_the_closest_ones_or_what_the_module_defines(tmp_path, monkeypatch):
     (tmp_path / "mylosses2.py").write_text(
-        "import math\nfrom jax.numpy import mean\n\ndef relativistic_average(d_real, d_fake):\n    return 0\n\n"
+        "import functools, math\nfrom jax.numpy import mean\n\n"
+        "def relativistic_average(d_real, d_fake):\n    return 0\n\n"
+        "margin_loss = functools.partial(relativistic_average)\n\n"
         "def hinge_like(d_real, d_fake):\n    return 0\n\nclass _Private:\n    pass\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(registry.UnknownNameError, match=r"has no attribute 'relativistic_avg'; did you mean "
                                                         r"'relativistic_average'\?$"):
         gan_obj.get_loss("mylosses2:relativistic_avg")
     # Nothing close: the module's own functions and classes (not what it imports, not private ones).
-    with pytest.raises(registry.UnknownNameError, match=r"has no attribute 'ns_loss'; it defines hinge_like, "
-                                                        r"relativistic_average$"):
-        gan_obj.get_loss("mylosses2:ns_loss")
+    with pytest.raises(registry.UnknownNameError, match=r"has no attribute 'xyz'; it defines hinge_like, "
+                                                        r"margin_loss, relativistic_average$"):
+        gan_obj.get_loss("mylosses2:xyz")
 
 
 def test_cfg_and_step_are_passed_only_to_functions_that_name_them():

@@ -16,7 +16,7 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from jaxgen import parallel
-from jaxgen.training import gan_step
+from jaxgen.models.gan import apply_model
 
 STANDING_PASSES = 30  # train-mode passes that re-estimate the EMA generator's BatchNorm statistics
 
@@ -24,7 +24,7 @@ STANDING_PASSES = 30  # train-mode passes that re-estimate the EMA generator's B
 def generate(generator, g: dict, z: jax.Array) -> jax.Array:
     """G(z) in eval mode (BatchNorm's running averages), in G's output range [-1, 1]: the images samples and
     evaluations see. Jit-able."""
-    return gan_step.apply_model(generator, g, z, False)[0]
+    return apply_model(generator, g, z, False)[0]
 
 
 def compile_scores(mesh, *, generator, discriminator) -> Callable:
@@ -32,7 +32,7 @@ def compile_scores(mesh, *, generator, discriminator) -> Callable:
     sharded over the mesh along B."""
     def body(g, d, x, z):
         fake = generate(generator, g, z)
-        return tuple(gan_step.apply_model(discriminator, d, v, True)[0] for v in (x, fake))
+        return tuple(apply_model(discriminator, d, v, True)[0] for v in (x, fake))
 
     batch = P(parallel.AXIS)
     return jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(P(), P(), batch, batch), out_specs=(batch, batch),
@@ -75,7 +75,7 @@ def d_outputs(scores: Callable, g: dict, d: dict, images: np.ndarray, z: np.ndar
 def compile_refresh(mesh, generator) -> Callable:
     """(G variables, z [B, latent]) -> G's variables with their statistics moved by one train-mode pass, sharded
     over the mesh along B (BatchNorm's statistics synchronised over the devices)."""
-    body = lambda g, z: gan_step.apply_model(generator, g, z, True)[1]  # noqa: E731
+    body = lambda g, z: apply_model(generator, g, z, True)[1]  # noqa: E731
     return jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(P(), P(parallel.AXIS)), out_specs=P(), check_vma=False))
 
 

@@ -35,6 +35,15 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 DCGAN_INIT = nn.initializers.normal(0.02)
 
 
+def apply_model(module, variables: dict, x, train: bool):
+    """(output, new non-param collections) of a Flax module; collections are updated only in train mode."""
+    stats = [k for k in variables if k != "params"]
+    if train and stats:
+        out, updates = module.apply(variables, x, train=True, mutable=stats)
+        return out, {**variables, **updates}
+    return module.apply(variables, x, train=train), variables
+
+
 def _dcgan_scale_init(key, shape, dtype=jnp.float32):
     return 1.0 + 0.02 * jax.random.normal(key, shape, dtype)
 

@@ -50,8 +50,9 @@ class Progress:
         ran, once one has run; not the final evaluation)."""
         c, head = self.config, {h: means[h] for h in self.headline}
         eta = (c.train.steps - step) * c.train.batch_size / max(img_per_s, 1e-9)
-        if self._eval_seconds and c.eval.every:  # the evaluations at the multiples of eval.every before the end
-            evals_left = (c.train.steps - 1) // c.eval.every - step // c.eval.every
+        if self._eval_seconds and c.eval.every:  # the evaluations at the multiples of eval.every before the end,
+            # this step's included (a record is written before its step's evaluation)
+            evals_left = (c.train.steps - 1) // c.eval.every - (step - 1) // c.eval.every
             eta += max(evals_left, 0) * sum(self._eval_seconds) / len(self._eval_seconds)
         line = (f"step {step}/{c.train.steps} ({100 * step / c.train.steps:.0f}%): "
                 + ", ".join(f"{name} {value:.4g}" for name, value in head.items())

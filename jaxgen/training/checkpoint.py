@@ -384,8 +384,11 @@ class UnreadableCheckpointsError(ValueError):
                 f"the newest checkpoint in {directory} cannot be read (step{'s'[:len(broken) > 1]} {steps}; the "
                 f"errors are logged above), and --mode=eval and --mode=sample read the newest only: the one at step "
                 f"{older} does not stand in for it. Nothing was moved. If the cause was passing (memory, a network "
-                f"filesystem), run the same command again; else a training run (the same command without --mode) "
-                f"moves the unreadable one aside and trains on from step {older}.")
+                f"filesystem), run the same command again; else "
+                + (f"a training run (the same command without --mode) moves the unreadable one aside and trains on "
+                   f"from step {older}." if directory.name != "best" else
+                   "evaluate the newest checkpoint (eval.checkpoint=newest); a training run's next evaluations keep "
+                   "a best one again."))
             return
         what = (f"the run did not start over, which would overwrite this workdir's metrics and images. If the cause "
                 f"was passing (memory, a network filesystem), run the same command again; to train from scratch, "

@@ -26,6 +26,7 @@ from jax import lax
 from jaxgen import registry
 from jaxgen.data import augment
 from jaxgen.data import device as dev
+from jaxgen.models.gan import apply_model
 from jaxgen.objectives import gan as gan_obj
 from jaxgen.parallel import AXIS
 from jaxgen.training import dispatch
@@ -35,15 +36,6 @@ from jaxgen.training.state import DATA_STREAM, STEP_STREAM
 # Per-example key streams within a step (_Z_G: the G update's own latents, when it draws them; _FLIP: the reals'
 # mirror draws with random_flip).
 _Z, _AUG_REAL, _AUG_FAKE, _AUG_G, _REG, _Z_G, _FLIP = range(7)
-
-
-def apply_model(module, variables: dict, x, train: bool):
-    """(output, new non-param collections) of a Flax module; collections are updated only in train mode."""
-    stats = [k for k in variables if k != "params"]
-    if train and stats:
-        out, updates = module.apply(variables, x, train=True, mutable=stats)
-        return out, {**variables, **updates}
-    return module.apply(variables, x, train=train), variables
 
 
 def _generate(generator, g_vars, z, params):

@@ -186,13 +186,13 @@ def _train_and_evaluate(config, workdir: Path) -> dict:
                         "evaluated (a longer train.steps continues the run)", step, c.train.steps, step)
     elif (c.train.steps - step) % k:
         raise ValueError(_off_the_fused_grid(c, step))
-    # After the restore and the checks: a config refused there leaves config.json (and data.json) as they were.
-    run_record.save_config(c, workdir, step)
-    run_record.save_data_record(task, workdir)
-    sq = evaluating.sample_quality(task)
+    sq = evaluating.sample_quality(task)  # the extractors built: what they compute is known now
     best_name = quality.best_metric(c)
     if sq is not None:
         sq.check_best_metric(best_name)
+    # After the restore and the checks: a config refused there leaves config.json (and data.json) as they were.
+    run_record.save_config(c, workdir, step)
+    run_record.save_data_record(task, workdir)
     best = None
     if best_name:
         best = best_checkpoint.BestKeeper(workdir, best_name, quality.best_mode(c), fresh=step == 0, resume_step=step,

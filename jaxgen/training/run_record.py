@@ -97,9 +97,11 @@ def warn_config_drift(config, workdir: Path, mode: str, data_read: bool = True) 
     command's config. Exceptions: `seed` (other samples and evaluation noise of the same model: a note), and a
     GAN's train.batch_size where G's EMA weights have BatchNorm (its statistics are re-estimated in batches of
     that size). data_read=False (--mode=sample with data.json: no data is read): data.* is not drift either.
-    A ValueError instead for another task (a VAE config on a GAN's workdir) and for a model field that the trained
-    config has with another value (`model.activation`: the checkpoint's weights would run in another network than
-    they were trained in) or that this config lacks (a model factory's, added by a config file)."""
+    Not drift either: fields the trained config lacks (added by a later jaxgen), where a host finds its files
+    (HOST_FIELDS), and model fields the trained model does not read. A ValueError instead for another task (a VAE
+    config on a GAN's workdir) and for a model field the trained model reads, with another value (`model.activation`:
+    the checkpoint's weights would run in another network than they were trained in) or lacking here (a model
+    factory's, added by a config file)."""
     path = workdir / "config.json"
     now = json.loads(config.to_json_best_effort(sort_keys=True))
     trained = _read_json(path) or now  # missing or unreadable: nothing to compare (every process gets here)
@@ -110,6 +112,11 @@ def warn_config_drift(config, workdir: Path, mode: str, data_read: bool = True) 
         if other else None, "check the workdir's config")
     diffs = {d.split(":")[0]: d for d in _diff(trained, now)}
     ignored = (*EVAL_ONLY_BLOCKS, *TRAINING_ONLY_BLOCKS, "seed") + (() if data_read else ("data",))
+    # Not drift: a field a later jaxgen added (the trained config.json lacks it; its default keeps what runs did
+    # before), where a host finds its files, and a model field the trained model does not read.
+    reads = _model_reads(trained.get("model", {}))
+    same = {f for f in diffs if _absent(trained, f) or f in HOST_FIELDS
+            or (f.startswith("model.") and reads is not None and f.split(".", 1)[1] not in reads)}
     # Fields the training run's config file added that this command's config lacks. In `objective` only the training
     # objective reads them, unless a likelihood or extractor of the user's (which may read them) is set.
     added = {f for f in diffs if _absent(now, f)}
@@ -118,14 +125,13 @@ def warn_config_drift(config, workdir: Path, mode: str, data_read: bool = True) 
     training_only = {f for f in added if f.startswith("objective.") and not users_reader}
     changed = sorted(d for field, d in diffs.items()
                      if field.split(".")[0] not in ignored and field not in SAME_MODEL_FIELDS + TRAINING_ONLY_FIELDS
-                     and field not in training_only)
+                     and field not in training_only and field not in same)
     if (now["task"] == "gan" and "train.batch_size" in diffs and now["train"]["ema_half_life"] > 0
             and now["model"].get("g_norm") == "batch"):
         changed.append(diffs["train.batch_size"] + " (the EMA generator's BatchNorm statistics are re-estimated in "
                        "batches of train.batch_size: the samples and numbers differ slightly)")
     lacking = sorted(f for f in added if diffs[f] in changed)
-    # Model fields of the trained config (not one a later jaxgen added, which that config.json lacks).
-    model = sorted(d for f, d in diffs.items() if d in changed and f.startswith("model.") and not _absent(trained, f))
+    model = sorted(d for f, d in diffs.items() if d in changed and f.startswith("model."))
     added_to_model = [f for f in lacking if f.startswith("model.")]
     parallel.stop_if_any_failed(ValueError(
         f"--mode={mode}: this command's model differs from the one the workdir was trained with ({path}) in: "
@@ -143,6 +149,17 @@ def warn_config_drift(config, workdir: Path, mode: str, data_read: bool = True) 
                     "with (%s) in: %s. %s to %s the model as it was trained.", mode, path, "; ".join(changed), fix,
                     "evaluate" if mode == "eval" else "sample")
     return changed
+
+
+def _model_reads(model: dict) -> tuple[str, ...] | None:
+    """The fields of the `model` block (a config.json's) that its model reads: a built-in's, a user's class's
+    (name and latent_dim), or None for a user's factory (it gets the whole block)."""
+    from jaxgen import config_check  # noqa: PLC0415 (a user's model module is imported only here)
+
+    name = str(model.get("name", ""))
+    if name in config_check.MODEL_READS:
+        return ("name", *config_check.MODEL_READS[name])
+    return ("name", "latent_dim") if config_check.built_as_class(name) else None
 
 
 def _absent(config: dict, field: str) -> bool:
