@@ -257,6 +257,79 @@ def test_dcgan64_computes_what_the_torch_reference_computes():
     np.testing.assert_allclose(logits, tl.numpy(), atol=1e-4)
 
 
+def test_one_dcgan_iteration_updates_both_nets_as_the_torch_reference_does():
+    """configs/gan_celeba.py's iteration (non-saturating loss, Adam(2e-4, 0.5), BatchNorm; width 8) from the same
+    weights, reals and latents as torch_reference.gan_step_fn (pytorch/examples' order: D on reals and on fakes in
+    two calls, then G through the updated D): the same losses, gradients (Adam's first moment) and updated
+    weights. Adam's first step is about lr * sign(gradient), so a weight whose gradient is ~0 may step either way
+    in float32 on either side: a few such entries may differ by up to 2 lr."""
+    torch, ref = _reference()
+    from configs import gan_celeba
+    from jaxgen.data import device as dev
+    from jaxgen.objectives import gan as gan_obj
+    from jaxgen.training import gan_step, optim
+    from jaxgen.training import state as state_lib
+
+    c = gan_celeba.get_config()
+    c.unlock()
+    c.model.g_width = c.model.d_width = 8
+    c.model.latent_dim, c.train.batch_size, c.train.ema_half_life, b, shape = 16, 8, 0.0, 8, (64, 64, 3)
+    g, d = gan.build(c.model, shape, axis_name=parallel.AXIS)
+    g_tx, g_lr = optim.make(c.g_optim, c.train.steps)
+    d_tx, d_lr = optim.make(c.d_optim, c.train.steps)
+    state = state_lib.create_gan(g, d, g_tx, d_tx, shape, 0, ema=False)
+    images = np.random.default_rng(0).integers(0, 256, (b, *shape), dtype=np.uint8)  # the batch is all of them
+    train = gan_step.compile_train(
+        parallel.make_mesh(jax.devices()[:1]), steps_per_dispatch=1, generator=g, discriminator=d, g_tx=g_tx,
+        d_tx=d_tx, loss_fn=gan_obj.get_loss(c.loss.name, c.loss), reg_fn=None, reg_weight=0.0, reg_interval=1,
+        d_steps=1, batch=b, augment_policy="", ema_half_life=0.0, ema_rampup=0.0, g_lr=g_lr, d_lr=d_lr, g_batch=0,
+        random_flip=False)
+    init = jax.device_get({k: state[k] for k in ("g", "d")})
+    # The step's latents, drawn as gan_step draws them (one device: examples 0..b-1 of call 0).
+    keys = dev.example_keys(jax.random.fold_in(jax.random.fold_in(state["key"], state_lib.STEP_STREAM), 0),
+                            jnp.arange(b))
+    z = np.asarray(jax.vmap(lambda k: jax.random.normal(k, (16,)))(dev.substream(keys, gan_step._Z)))
+    new, metrics = jax.device_get(train(state, {"image": jnp.asarray(images)}))  # donates `state`
+
+    tg, td = ref.G(nz=16, ngf=8), ref.D(ndf=8)
+    # jaxgen's layers in torch's: (name, torch module index, layout), as test_dcgan64_computes_... maps them back.
+    layout = {"dense": lambda k: k.reshape(16, 4, 4, -1).transpose(0, 3, 1, 2),  # == ConvTranspose2d(nz, C, 4)
+              "convT": lambda k: k.transpose(2, 3, 0, 1), "conv": lambda k: k.transpose(3, 2, 0, 1),
+              "out": lambda k: k[:, 0].reshape(4, 4, -1).transpose(2, 0, 1)[None]}  # == Conv2d(C, 1, 4)
+    g_map = [("Dense_0", 0, "dense"), *((f"BatchNorm_{i}", 3 * i + 1, "bn") for i in range(4)),
+             *((f"ConvTranspose2x_{i}", 3 * i + 3, "convT") for i in range(4))]
+    d_map = [("ConvDown2x_0", 0, "conv"), *((f"ConvDown2x_{i}", 3 * i - 1, "conv") for i in (1, 2, 3)),
+             *((f"BatchNorm_{i}", 3 * i + 3, "bn") for i in range(3)), ("Dense_0", 11, "out")]
+
+    def leaves(variables, net, mapping):  # (name, jaxgen's value in torch's layout, torch's tensor)
+        for name, i, kind in mapping:
+            m, p = net.net[i], variables["params"][name]
+            if kind == "bn":
+                yield from ((f"{name}.scale", p["scale"], m.weight), (f"{name}.bias", p["bias"], m.bias))
+            else:
+                yield f"{name}.kernel", layout[kind](p["kernel"]), m.weight
+
+    with torch.no_grad():
+        for net, mapping, key in ((tg, g_map, "g"), (td, d_map, "d")):
+            for name, value, tensor in leaves(init[key], net, mapping):
+                assert tuple(tensor.shape) == value.shape, name
+                tensor.copy_(torch.from_numpy(np.ascontiguousarray(value)))
+    og, od = (torch.optim.Adam(n.parameters(), 2e-4, betas=(0.5, 0.999)) for n in (tg, td))
+    real = torch.from_numpy(images.astype(np.float32) / 127.5 - 1.0).permute(0, 3, 1, 2)
+    ld, lg = ref.gan_step_fn(tg, td, og, od, False)(real, torch.from_numpy(z)[:, :, None, None])
+    assert metrics["d_loss"][0] == pytest.approx(ld.item(), rel=1e-5)
+    assert metrics["g_loss"][0] == pytest.approx(lg.item(), rel=1e-4)
+    for net, mapping, key, opt in ((tg, g_map, "g", og), (td, d_map, "d", od)):
+        mu = next(s.mu for s in jax.tree.leaves(new[f"{key}_opt"], is_leaf=lambda x: hasattr(x, "mu"))
+                  if hasattr(s, "mu"))
+        for (name, grad, tensor), (_, value, _) in zip(leaves({"params": mu}, net, mapping),
+                                                       leaves(new[key], net, mapping)):
+            want = opt.state[tensor]["exp_avg"].numpy()  # (1 - b1) * gradient, on both sides
+            np.testing.assert_allclose(grad, want, atol=2e-3 * np.abs(want).max(), err_msg=f"{key} {name} grad")
+            diff = np.abs(value - tensor.detach().numpy())
+            assert diff.max() <= 2.5e-4 * 2 and np.mean(diff > 1e-6) < 0.02, (key, name, diff.max())
+
+
 def test_dcgan_init_follows_radford_et_al():
     g, d = gan.build(_config("dcgan"), (64, 64, 3))
     gv, _ = jax.jit(lambda: _init(g, d, (64, 64, 3)))()
