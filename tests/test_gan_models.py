@@ -313,10 +313,10 @@ def test_one_dcgan_iteration_updates_both_nets_as_the_torch_reference_does():
         for net, mapping, key in ((tg, g_map, "g"), (td, d_map, "d")):
             for name, value, tensor in leaves(init[key], net, mapping):
                 assert tuple(tensor.shape) == value.shape, name
-                tensor.copy_(torch.from_numpy(np.ascontiguousarray(value)))
+                tensor.copy_(torch.from_numpy(np.array(value)))  # a writable copy
     og, od = (torch.optim.Adam(n.parameters(), 2e-4, betas=(0.5, 0.999)) for n in (tg, td))
     real = torch.from_numpy(images.astype(np.float32) / 127.5 - 1.0).permute(0, 3, 1, 2)
-    ld, lg = ref.gan_step_fn(tg, td, og, od, False)(real, torch.from_numpy(z)[:, :, None, None])
+    ld, lg = ref.gan_step_fn(tg, td, og, od, False)(real, torch.from_numpy(np.array(z))[:, :, None, None])
     assert metrics["d_loss"][0] == pytest.approx(ld.item(), rel=1e-5)
     assert metrics["g_loss"][0] == pytest.approx(lg.item(), rel=1e-4)
     for net, mapping, key, opt in ((tg, g_map, "g", og), (td, d_map, "d", od)):
