@@ -502,6 +502,32 @@ def test_every_schedule_keeps_the_optimizer_state_tree(smoke_config, name):
     assert len(trees) == 1
 
 
+def test_a_sigterm_after_the_last_calls_check_stops_the_run_before_its_final_evaluation(smoke_config, tmp_path,
+                                                                                        monkeypatch):
+    """A notice that lands while the last call's checkpoint is written (after the loop last asked for one) was
+    acknowledged, then dropped: the run did its whole final evaluation (with a large FID, past a scheduler's grace
+    period) and exited 0. It now stops there, checkpointed; the resume evaluates."""
+    import os
+    import signal
+
+    c = smoke_config
+    c.train.steps, c.checkpoint.every, c.eval.every = 20, 10, 0
+    save = checkpoint.save
+
+    def save_with_a_notice(mgr, state):
+        if int(state["step"]) == 20:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return save(mgr, state)
+
+    monkeypatch.setattr(checkpoint, "save", save_with_a_notice)
+    with pytest.raises(loop.RunStopped, match="stopped by SIGTERM at step 20"):
+        loop.train_and_evaluate(c, tmp_path)
+    assert not (tmp_path / "eval.json").exists() and (tmp_path / "checkpoints" / "20").is_dir()
+    monkeypatch.setattr(checkpoint, "save", save)
+    loop.train_and_evaluate(c, tmp_path)
+    assert json.loads((tmp_path / "eval.json").read_text())["step"] == 20
+
+
 def test_eval_modes_stop_on_an_unreadable_newest_checkpoint_and_a_training_run_repairs_it(smoke_config, tmp_path):
     """--mode=eval read the older checkpoint in its place and wrote its numbers over the finished run's eval.json
     (exit 0); it now stops, naming the older step. A training run moves the broken one aside and trains it again."""

@@ -326,6 +326,8 @@ def _train(task, state: dict, mgr, writer: MetricWriter, evals: evaluating.Evals
                 writer.flush()  # the points up to here: a resume from this checkpoint does not write them again
                 checkpoint.save(mgr, state)
             t_log += time.perf_counter() - t_aside  # a train record's img/s and ETA count training time only
+        if stopped is None:  # a signal after the last call's check (its record, its checkpoint): the run stops
+            stopped = stop.arrived()  # there too, checkpointed, and leaves the final evaluation to its resume
     finally:
         stop.uninstall()
         progress.close()
