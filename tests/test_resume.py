@@ -502,6 +502,28 @@ def test_every_schedule_keeps_the_optimizer_state_tree(smoke_config, name):
     assert len(trees) == 1
 
 
+def test_a_checkpoint_a_training_run_removes_while_an_eval_mode_reads_it_is_no_damage(smoke_config, tmp_path, caplog,
+                                                                                     monkeypatch):
+    """--mode=eval/sample beside a training run: the step they listed can be gone when they read it (the trainer's
+    checkpoint.keep, the best checkpoint's one). That was reported as a damaged checkpoint and stopped them; they
+    now read the newest again."""
+    target, _ = _two_checkpoints(smoke_config, tmp_path)
+    read = checkpoint._read_state
+
+    def removed_while_read(mgr, step, tgt):
+        if step == 20 and (tmp_path / "checkpoints" / "20").exists():
+            shutil.rmtree(tmp_path / "checkpoints" / "20")  # as the trainer's save of a newer one removes it
+            raise ValueError(f"Checkpoint directory does not exist: {tmp_path}/checkpoints/20/state")
+        return read(mgr, step, tgt)
+
+    monkeypatch.setattr(checkpoint, "_read_state", removed_while_read)
+    with caplog.at_level(logging.ERROR):
+        mgr, restored = checkpoint.restore_newest(tmp_path, smoke_config.checkpoint, target, move_broken=False,
+                                                  older=False)
+    mgr.close()
+    assert int(restored["step"]) == 10 and "cannot be read" not in caplog.text
+
+
 def test_a_sigterm_after_the_last_calls_check_stops_the_run_before_its_final_evaluation(smoke_config, tmp_path,
                                                                                         monkeypatch):
     """A notice that lands while the last call's checkpoint is written (after the loop last asked for one) was

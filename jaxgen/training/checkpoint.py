@@ -282,7 +282,8 @@ class CheckpointMismatchError(ValueError):
 
 
 def restore_newest(workdir: Path, cfg, target, subdir: str = "checkpoints", *, move_broken: bool = True,
-                   reported: set[int] | None = None, older: bool = True) -> tuple[ocp.CheckpointManager, dict | None]:
+                   reported: set[int] | None = None, older: bool = True,
+                   _rereads: int = 5) -> tuple[ocp.CheckpointManager, dict | None]:
     """(manager, newest readable state or None). Unreadable checkpoints are reported (once: the steps in `reported`,
     which gains those reported now, are not again) and, once an older one has been read and with `move_broken` (a
     training run: --mode=eval/sample only read), moved aside. older=False (--mode=eval/sample, which would write an
@@ -322,6 +323,15 @@ def restore_newest(workdir: Path, cfg, target, subdir: str = "checkpoints", *, m
             reported.add(step)
         broken.append(step)
 
+    def vanished(step: int) -> bool:
+        """Whether `step`'s folder is gone (on every process): a training run beside --mode=eval/sample removed it
+        after this listed it (checkpoint.keep, the best checkpoint's one), which is no damage: read the newest
+        again."""
+        gone = not (Path(workdir).absolute() / subdir / str(step)).exists()
+        if jax.process_count() > 1:
+            gone = bool(parallel.allgather_ints(int(gone))[:, 0].all())
+        return gone and _rereads > 0
+
     for step in sorted(steps, reverse=True):
         if broken and not older:  # before reading it (every process alike: `broken` was agreed on)
             mgr.close()
@@ -332,6 +342,10 @@ def restore_newest(workdir: Path, cfg, target, subdir: str = "checkpoints", *, m
         except Exception as e:  # noqa: BLE001 (metadata that cannot be read means a broken checkpoint)
             saved, error = None, e
         if (error := _on_every_process(error)) is not None:
+            if vanished(step):
+                mgr.close()
+                return restore_newest(workdir, cfg, target, subdir, move_broken=move_broken, reported=reported,
+                                      older=older, _rereads=_rereads - 1)
             report(step, error)
             continue
         diff = _differences(saved, target)
@@ -351,6 +365,10 @@ def restore_newest(workdir: Path, cfg, target, subdir: str = "checkpoints", *, m
             error = _on_every_process(error)
         if error is not None:
             restored = None  # before the older checkpoint is read: two states need not fit at once
+            if vanished(step):
+                mgr.close()
+                return restore_newest(workdir, cfg, target, subdir, move_broken=move_broken, reported=reported,
+                                      older=older, _rereads=_rereads - 1)
             report(step, error)
             continue
         for bad in broken if move_broken else ():
