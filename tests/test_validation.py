@@ -111,6 +111,11 @@ def test_during_training_the_validation_split_is_evaluated_and_chooses_the_best_
                                          r"held out 96: .* Keep --config.data.validation_examples=96"):
         loop.train_and_evaluate(c, tmp_path)
     assert json.loads((tmp_path / "config.json").read_text())["data"]["validation_examples"] == 96
+    c.data.validation_examples, c.seed = 96, 1  # nor its seed: training would go on from the checkpoint's key
+    with pytest.raises(ValueError, match=r"seed is 1, but the run resumed from step 30 .* trained with seed 0: .* "
+                                         r"Keep --config.seed=0, or start a new --workdir"):
+        loop.train_and_evaluate(c, tmp_path)
+    c.seed = 0
 
     c.eval.checkpoint = "best"
     for held in (96, 0):  # the override forgotten in --mode=eval: a warning about the config, the same record

@@ -59,10 +59,17 @@ def config_changes(config, workdir: Path) -> list[str]:
 def check_resumed_holdout(config, workdir: Path, step: int) -> None:
     """Refuses a run that resumes (from `step` > 0) with another data.validation_examples than config.json's: the
     images held out now were trained on before, or the other way round, and the validation numbers would mislead;
-    and a GAN with another train.d_steps, whose D updates are counted as step x d_steps."""
+    a GAN with another train.d_steps, whose D updates are counted as step x d_steps; and another seed, which the
+    resumed training would not follow (it goes on from the checkpoint's key) while its evaluations' fixed latents
+    and image grids would."""
     before = _read_json(workdir / "config.json") if step else None
     if before is None:
         return
+    if "seed" in before and before["seed"] != config.seed:
+        raise ValueError(f"seed is {config.seed}, but the run resumed from step {step} in {workdir} was trained with "
+                         f"seed {before['seed']}: it goes on from its checkpoint's key, and only its evaluations and "
+                         f"image grids would follow the new seed, mixing two. Keep --config.seed={before['seed']}, or "
+                         f"start a new --workdir for another seed (--mode=eval/sample take another seed).")
     was, now = int(before.get("data", {}).get("validation_examples", 0)), int(config.data.validation_examples)
     if was != now:
         raise ValueError(f"data.validation_examples is {now}, but the run resumed from step {step} in {workdir} "
