@@ -275,6 +275,9 @@ def test_a_resume_with_another_d_steps_is_refused(tmp_path):
                                          r"update\(s\) per step: .* Keep --config.train.d_steps=1"):
         loop.train_and_evaluate(c, tmp_path)
     assert json.loads((tmp_path / "config.json").read_text())["train"]["d_steps"] == 1
+    assert "Resumed from" not in (tmp_path / "log.txt").read_text().split("Done")[-1]  # no line on a refused resume
+    c.train.steps = 10  # nothing left to train: a re-evaluation, which d_steps does not change
+    loop.train_and_evaluate(c, tmp_path)
 
 
 def test_gan_resume_is_bitwise_for_the_whole_state(tmp_path):

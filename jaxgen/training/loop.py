@@ -127,6 +127,7 @@ def restore_or_init(task):
         log.info("Starting a new run in %s", task.workdir)
     else:
         step = int(state["step"])
+        run_record.check_resumed_holdout(task.config, task.workdir, step)  # before a line on the resume it refuses
         log.info("Resumed from the checkpoint at step %d (%s by the schedule over train.steps=%d)", step,
                  task.lr_line(step), task.config.train.steps)
     return mgr, state
@@ -178,7 +179,6 @@ def _train_and_evaluate(config, workdir: Path) -> dict:
              c.train.batch_size, task.describe())
     mgr, state = restore_or_init(task)
     step = start = int(jax.device_get(state["step"]))
-    run_record.check_resumed_holdout(c, workdir, step)
     k = c.train.steps_per_dispatch
     if step >= c.train.steps:
         if step > c.train.steps:

@@ -59,9 +59,9 @@ def config_changes(config, workdir: Path) -> list[str]:
 def check_resumed_holdout(config, workdir: Path, step: int) -> None:
     """Refuses a run that resumes (from `step` > 0) with another data.validation_examples than config.json's: the
     images held out now were trained on before, or the other way round, and the validation numbers would mislead;
-    a GAN with another train.d_steps, whose D updates are counted as step x d_steps; and another seed, which the
-    resumed training would not follow (it goes on from the checkpoint's key) while its evaluations' fixed latents
-    and image grids would."""
+    a GAN that trains on with another train.d_steps, whose D updates are counted as step x d_steps; and another
+    seed, which the resumed training would not follow (it goes on from the checkpoint's key) while its evaluations'
+    fixed latents and image grids would."""
     before = _read_json(workdir / "config.json") if step else None
     if before is None:
         return
@@ -76,7 +76,7 @@ def check_resumed_holdout(config, workdir: Path, step: int) -> None:
                          f"held out {was}: the validation split would hold images it trained on, or leave out ones "
                          f"it did. Keep --config.data.validation_examples={was}, or start a new --workdir.")
     was, now = before.get("train", {}).get("d_steps"), config.train.get("d_steps")
-    if was is not None and now is not None and was != now:  # a GAN
+    if was is not None and now is not None and was != now and step < config.train.steps:  # a GAN that trains on
         raise ValueError(f"train.d_steps is {now}, but the run resumed from step {step} in {workdir} made {was} D "
                          f"update(s) per step: D's learning-rate schedule and its batches count D updates as step x "
                          f"train.d_steps, and its optimizer has counted {step} x {was}. Keep "
