@@ -502,6 +502,18 @@ def test_every_schedule_keeps_the_optimizer_state_tree(smoke_config, name):
     assert len(trees) == 1
 
 
+def test_a_resume_with_another_batch_size_says_what_it_changes(smoke_config, tmp_path):
+    c = smoke_config
+    c.train.steps, c.checkpoint.every, c.eval.every = 10, 10, 0
+    loop.train_and_evaluate(c, tmp_path)
+    was = c.train.batch_size
+    c.train.steps, c.train.batch_size = 20, was // 2
+    loop.train_and_evaluate(c, tmp_path)
+    log_txt = (tmp_path / "log.txt").read_text()
+    assert (f"train.batch_size is {was // 2}, but the run resumed from step 10 trained with {was}: the steps it "
+            f"trained now count as steps of {was // 2} images, for the data order") in log_txt
+
+
 def test_a_checkpoint_a_training_run_removes_while_an_eval_mode_reads_it_is_no_damage(smoke_config, tmp_path, caplog,
                                                                                      monkeypatch):
     """--mode=eval/sample beside a training run: the step they listed can be gone when they read it (the trainer's

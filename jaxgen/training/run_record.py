@@ -75,6 +75,12 @@ def check_resumed_holdout(config, workdir: Path, step: int) -> None:
         raise ValueError(f"data.validation_examples is {now}, but the run resumed from step {step} in {workdir} "
                          f"held out {was}: the validation split would hold images it trained on, or leave out ones "
                          f"it did. Keep --config.data.validation_examples={was}, or start a new --workdir.")
+    was = before.get("train", {}).get("batch_size")
+    if was is not None and was != config.train.batch_size and step < config.train.steps:
+        log.warning("train.batch_size is %d, but the run resumed from step %d trained with %d: the steps it trained "
+                    "now count as steps of %d images, for the data order (which examples step s draws from its "
+                    "epoch) and for the EMA's rampup (the images seen); the run goes on, but is not the run it would "
+                    "have been at either size", config.train.batch_size, step, was, config.train.batch_size)
     was, now = before.get("train", {}).get("d_steps"), config.train.get("d_steps")
     if was is not None and now is not None and was != now and step < config.train.steps:  # a GAN that trains on
         raise ValueError(f"train.d_steps is {now}, but the run resumed from step {step} in {workdir} made {was} D "
