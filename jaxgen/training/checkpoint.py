@@ -332,6 +332,11 @@ def restore_newest(workdir: Path, cfg, target, subdir: str = "checkpoints", *, m
             gone = bool(parallel.allgather_ints(int(gone))[:, 0].all())
         return gone and _rereads > 0
 
+    def read_again():
+        mgr.close()
+        return restore_newest(workdir, cfg, target, subdir, move_broken=move_broken, reported=reported, older=older,
+                              _rereads=_rereads - 1)
+
     for step in sorted(steps, reverse=True):
         if broken and not older:  # before reading it (every process alike: `broken` was agreed on)
             mgr.close()
@@ -343,9 +348,7 @@ def restore_newest(workdir: Path, cfg, target, subdir: str = "checkpoints", *, m
             saved, error = None, e
         if (error := _on_every_process(error)) is not None:
             if vanished(step):
-                mgr.close()
-                return restore_newest(workdir, cfg, target, subdir, move_broken=move_broken, reported=reported,
-                                      older=older, _rereads=_rereads - 1)
+                return read_again()
             report(step, error)
             continue
         diff = _differences(saved, target)
@@ -366,9 +369,7 @@ def restore_newest(workdir: Path, cfg, target, subdir: str = "checkpoints", *, m
         if error is not None:
             restored = None  # before the older checkpoint is read: two states need not fit at once
             if vanished(step):
-                mgr.close()
-                return restore_newest(workdir, cfg, target, subdir, move_broken=move_broken, reported=reported,
-                                      older=older, _rereads=_rereads - 1)
+                return read_again()
             report(step, error)
             continue
         for bad in broken if move_broken else ():
