@@ -3,8 +3,10 @@ of the wrong type, values out of range, sizes that do not divide, settings that 
 fix, before any work."""
 
 import glob
+import json
 import logging
 import math
+import sys
 from pathlib import Path
 
 import flax.linen as nn
@@ -199,6 +201,62 @@ def test_a_config_path_that_does_not_exist_fails_before_any_work(tmp_path):
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
     assert "FATAL Flags parsing error: cannot load the --config file (" in r.stderr and "vae_mnst.py" in r.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_a_command_without_config_merges_the_workdirs_training_command_with_its_overrides(tmp_path, monkeypatch,
+                                                                                          caplog):
+    """launch.py with --workdir and no --config: the config and overrides of the workdir's last training command
+    (command.json), then this command's, which win; a tuple field's value replaces the recorded one (absl joins a
+    tuple given twice). What a training run so started records: the merged command."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    from jaxgen import cli
+
+    (tmp_path / "command.json").write_text(json.dumps({
+        "config": f"{ROOT / 'configs' / 'vae_mnist.py'}:smoke",
+        "overrides": ["--config.train.steps=10", "--config.model.channels=(16, 48)", "--config.output.plots=false"]}))
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "", flag_values=fv, lock_config=True)
+    flags.DEFINE_string("workdir", None, "", flag_values=fv)
+    argv = ["launch.py", f"--workdir={tmp_path}", "--config.model.channels=(8,4)", "--config.train.steps", "30",
+            "--noconfig.output.progress"]
+    monkeypatch.setattr(sys, "argv", list(argv))
+    cli.parse_flags(fv, argv)
+    c = fv.config
+    assert (c.train.steps, c.model.channels, c.output.plots, c.output.progress) == (30, (8, 4), False, False)
+    assert cli.launch_command(fv, sys.argv)["overrides"] == [
+        "--config.output.plots=false", "--config.model.channels=(8, 4)", "--config.train.steps=30",
+        "--config.output.progress=false"]
+    # A relative path among the recorded overrides, and this command runs elsewhere than training: said.
+    (tmp_path / "command.json").write_text(json.dumps({
+        "config": f"{ROOT / 'configs' / 'vae_mnist.py'}:smoke", "cwd": "/elsewhere",
+        "overrides": ["--config.data.data_dir=data/tfds", "--config.data.path=/abs/images"]}))
+    monkeypatch.setattr(sys, "argv", [argv[0], argv[1]])
+    with caplog.at_level(logging.WARNING, logger="jaxgen"):
+        cli._config_of_workdir(fv, sys.argv)
+    assert caplog.messages == [f"--config.data.data_dir=data/tfds: relative to /elsewhere, where the run trained; "
+                               f"this command runs in {Path.cwd()}, where they may name other files or none: run it "
+                               f"there, or give them again as absolute paths"]
+
+
+def test_a_command_without_config_says_what_to_give(tmp_path):
+    """No --config and nothing recorded in the workdir, a record that cannot be read, or one naming a config file
+    that is gone: one line that says what to give, before any work."""
+    r = launch(f"--workdir={tmp_path}", "--mode=eval")
+    assert r.returncode == 1 and r.stderr.startswith(
+        f"FATAL Flags parsing error: --config is required: give --config=configs/<file>.py[:variant] (a command "
+        f"without it takes the config and overrides of the workdir's last training command, which {tmp_path} has no "
+        f"record of: no command.json there;"), r.stderr
+    (tmp_path / "command.json").write_text('{"config": ')
+    r = launch(f"--workdir={tmp_path}")
+    assert r.returncode == 1 and f"no --config, and {tmp_path / 'command.json'}, which records the config of the " \
+        "workdir's last training command, cannot be read (JSONDecodeError" in r.stderr, r.stderr
+    (tmp_path / "command.json").write_text(json.dumps({"config": "/gone/vae_mnist.py:smoke", "overrides": []}))
+    r = launch(f"--workdir={tmp_path}", "--mode=sample")
+    assert r.returncode == 1 and f"the config file that trained {tmp_path} is not at /gone/vae_mnist.py any more" \
+        in r.stderr, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["command.json"]
 
 
 def test_a_config_file_that_sets_a_missing_field_names_the_line_and_the_fields(tmp_path):

@@ -83,6 +83,8 @@ def test_launch_smoke_end_to_end_then_resume(tmp_path):
     assert ev["units"]["nll"] == "nats per image" and "x / 255" in ev["units"]["recon_mse"]
     assert ev["nll_estimator"].startswith("the IWAE bound")
     assert json.loads((wd / "config.json").read_text())["train"]["steps"] == 20
+    command = json.loads((wd / "command.json").read_text())  # for a later command without --config
+    assert command["config"] == f"{ROOT / 'configs' / 'vae_mnist.py'}:smoke" and command["overrides"] == []
     best = json.loads((wd / "best" / "best.json").read_text())  # a VAE keeps its best test ELBO, final eval included
     assert best["metric"] == "elbo" and best["value"] == max(r["elbo"] for r in records if r["split"] == "eval")
 
@@ -104,9 +106,13 @@ def test_launch_smoke_end_to_end_then_resume(tmp_path):
     step = max(int(p.name) for p in (wd / "checkpoints").iterdir() if p.name.isdigit())
     assert 20 < step < 2000 and f"Stopped by SIGTERM at step {step}" in (wd / "log.txt").read_text()
 
-    # --config.deterministic: XLA:GPU's flag, which every jaxlib accepts (a CPU run is deterministic anyway).
-    r = launch("--config=configs/vae_mnist.py:smoke", f"--workdir={wd}", "--mode=eval", "--config.deterministic=True")
+    # --config.deterministic: XLA:GPU's flag, which every jaxlib accepts (a CPU run is deterministic anyway). No
+    # --config: the workdir's last training command's (the stopped one's), from another directory.
+    assert json.loads((wd / "command.json").read_text())["overrides"] == ["--config.train.steps=2000"]
+    r = launch(f"--workdir={wd}", "--mode=eval", "--config.deterministic=True", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
+    assert (f"No --config: the config of the workdir's last training command, as {wd / 'command.json'} records it: "
+            f"--config={ROOT / 'configs' / 'vae_mnist.py'}:smoke --config.train.steps=2000\n") in r.stderr
     assert "deterministic: XLA_FLAGS has --xla_gpu_deterministic_ops=true" in r.stderr
     assert f"eval of step {step}" in r.stderr and "classifier FID" in r.stderr
     assert "differs from the one the workdir was trained" not in r.stderr  # train.* and output.* may differ

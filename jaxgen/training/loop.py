@@ -144,8 +144,10 @@ def _first_nonfinite(metrics: dict, headline) -> tuple[int, list[str]] | None:
     return int(np.asarray(metrics["step"])[i]), names or ["updated parameters"]
 
 
-def train_and_evaluate(config, workdir) -> dict:
+def train_and_evaluate(config, workdir, command: dict | None = None) -> dict:
     """Trains (resuming from <workdir>/checkpoints if any), evaluates, writes outputs. Returns the final eval.
+    `command`: launch.py's --config and overrides (`cli.launch_command`), recorded in <workdir>/command.json for a
+    later command without --config (None: a call from Python; an older record is removed, as it is not this config's).
 
     A workdir this call created is removed again when the run stops on bad input before writing anything but its
     log (a misspelt loss name leaves no stray workdir behind)."""
@@ -155,14 +157,14 @@ def train_and_evaluate(config, workdir) -> dict:
         wd.setup_logging(workdir)
         try:
             with failures.writer_errors_logged():  # a failed checkpoint write: one line, not Orbax's tracebacks
-                return _train_and_evaluate(config, workdir)
+                return _train_and_evaluate(config, workdir, command)
         except Exception as e:
             if created is not None and wd.raised_on_purpose(e):
                 wd.remove_if_unused(workdir, created)  # under the lock: no other run can have started in it
             raise
 
 
-def _train_and_evaluate(config, workdir: Path) -> dict:
+def _train_and_evaluate(config, workdir: Path, command: dict | None) -> dict:
     task = build_task(config, workdir)
     splits = (("train", task.train), ("validation", task.validation), ("test", task.test))
     for split, arrays in splits:
@@ -192,6 +194,7 @@ def _train_and_evaluate(config, workdir: Path) -> dict:
         sq.check_best_metric(best_name)
     # After the restore and the checks: a config refused there leaves config.json (and data.json) as they were.
     run_record.save_config(c, workdir, step)
+    run_record.save_command(command, workdir)
     run_record.save_data_record(task, workdir)
     best = None
     if best_name:

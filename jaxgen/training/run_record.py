@@ -1,6 +1,7 @@
 """The run's records in its workdir: the resolved config (config.json, its history, what changed on a resume), the
-dataset it trains on (data.json), and the checks of a config against them: a resume that changes what it cannot,
---mode=eval/sample under another config than training's, and processes of one run with different configs."""
+training command's config and overrides (command.json), the dataset it trains on (data.json), and the checks of a
+config against them: a resume that changes what it cannot, --mode=eval/sample under another config than training's,
+and processes of one run with different configs."""
 
 from __future__ import annotations
 
@@ -43,6 +44,19 @@ def save_config(config, workdir: Path, step: int = 0) -> None:
             # Copied, not moved: a run killed here still finds config.json (the old one) next time.
             atomic.write_text(workdir / "config.previous.json", path.read_text())
     atomic.write_text(path, json.dumps(now, indent=2, sort_keys=True) + "\n")
+
+
+def save_command(command: dict | None, workdir: Path) -> None:
+    """Writes the --config and overrides of launch.py's training command (`cli.launch_command`) to
+    <workdir>/command.json, which a later command on the workdir without --config takes (`--mode=eval`, a resume);
+    None (a run started from Python) removes an older one, which would not give this run's config."""
+    if jax.process_index() != 0:
+        return
+    path = workdir / "command.json"
+    if command is None:
+        path.unlink(missing_ok=True)
+        return
+    atomic.write_text(path, json.dumps(command, indent=2) + "\n")
 
 
 def config_changes(config, workdir: Path) -> list[str]:
