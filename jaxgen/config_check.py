@@ -15,13 +15,15 @@ from jaxgen.config import flat_fields, updates
 log = logging.getLogger("jaxgen")
 
 
-def check(config: ml_collections.ConfigDict) -> None:
-    """Cross-field checks that the types alone do not catch. Raises ValueError naming the field and the fix."""
+def check(config: ml_collections.ConfigDict, training: bool = True) -> None:
+    """Cross-field checks that the types alone do not catch. Raises ValueError naming the field and the fix.
+    training=False (--mode=eval/sample): the best checkpoint's metric is not checked (only training keeps one; an
+    eval with other eval.extractors than training need not change checkpoint.best_metric to match)."""
     if config.task not in ("vae", "gan"):
         raise ValueError(f"unknown task {config.task!r}; choices: gan, vae")
     base = {"vae": config_lib.vae_config, "gan": config_lib.gan_config}[config.task]()  # the defaults, built once
     _check_train(config, base)
-    _check_eval(config)
+    _check_eval(config, training)
     _check_optimizers(config)
     (_check_vae if config.task == "vae" else _check_gan)(config)
     _report_added_fields(config, base)
@@ -183,13 +185,14 @@ def _positive_ints(value, length: int | None, empty: bool = False) -> bool:
             and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value))
 
 
-def _check_eval(config: ml_collections.ConfigDict) -> None:
-    """eval.* and sample.*: the extractors, the best checkpoint's metric and the sizes."""
+def _check_eval(config: ml_collections.ConfigDict, training: bool) -> None:
+    """eval.* and sample.*: the extractors, the best checkpoint's metric (training keeps it) and the sizes."""
     from jaxgen.evaluation import quality  # noqa: PLC0415 (imports JAX: check runs when a task is built)
 
     quality.check_names(config.eval.extractors)
-    quality.best_metric(config)  # a sample-quality best_metric names an extractor in use and a per-eval metric
-    quality.best_mode(config)  # and its direction is known or given
+    if training:
+        quality.best_metric(config)  # a sample-quality best_metric names an extractor in use and a per-eval metric
+        quality.best_mode(config)  # and its direction is known or given
     config_lib.eval_checkpoint(config)
     if config.eval.classifier_steps < 1:
         raise ValueError(f"eval.classifier_steps must be >= 1, got {config.eval.classifier_steps}")

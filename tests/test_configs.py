@@ -355,6 +355,17 @@ def test_unknown_names_fail_before_the_data_loads(smoke_config, tmp_path, monkey
         loop.train_and_evaluate(smoke_config, tmp_path)
 
 
+def test_eval_modes_do_not_check_the_best_metric_only_training_keeps(smoke_config):
+    """--mode=eval with other eval.extractors than training (Inception FID of a run kept by its classifier FID)
+    need not change checkpoint.best_metric to match: only training keeps a best checkpoint."""
+    from jaxgen import config_check
+
+    smoke_config.checkpoint.best_metric = "classifier/fid"  # the fixture's eval.extractors is ()
+    with pytest.raises(ValueError, match=r"names the extractor 'classifier', which is not in eval.extractors=\(\)"):
+        config_check.check(smoke_config)
+    config_check.check(smoke_config, training=False)
+
+
 def test_an_unknown_schedule_names_its_block():
     from jaxgen import config as config_lib
     from jaxgen import config_check

@@ -33,7 +33,7 @@ class GANTask:
     def __init__(self, config, workdir, training: bool = True, image_shape: tuple[int, int, int] | None = None):
         """training=False: --mode=eval/sample. image_shape (--mode=sample, from the workdir's data.json): the
         dataset is not read (train, validation and test are None)."""
-        config_check.check(config)
+        config_check.check(config, training=training)
         c = config
         self.config, self.workdir = c, workdir
         self.mesh = parallel.make_mesh()

@@ -50,10 +50,10 @@ def _restore_for(config, workdir, mode: str):
     if state is None:
         if which == "newest":
             hint = "train first (the same command without --mode)"
-        elif quality.best_metric(config):
+        elif metric := _best_metric(config):
             when = f"every eval.every={config.eval.every} steps, and at the last step" if config.eval.every else \
                 "at the last step (eval.every=0)"
-            hint = (f"the best checkpoint by {quality.best_metric(config)} is kept at the run's evaluations "
+            hint = (f"the best checkpoint by {metric} is kept at the run's evaluations "
                     f"({when}); none has been kept yet")
         else:
             hint = "a best checkpoint is kept only with eval.extractors or checkpoint.best_metric set"
@@ -99,6 +99,15 @@ def _evaluate_checkpoint(config, workdir: Path) -> dict:
     return final
 
 
+def _best_metric(config) -> str | None:
+    """The metric training keeps the best checkpoint by, for the words of a message; None where this command's
+    config names none or one its eval.extractors do not compute (eval modes do not check it: they keep no best)."""
+    try:
+        return quality.best_metric(config)
+    except ValueError:
+        return None
+
+
 def _same_images(config, workdir: Path, drift: list[str]) -> bool:
     """Whether --mode=eval draws the run's images as training did: the same seed (its fixed noise), the same
     weights (EMA or raw) and no other `drift` from the training config (another dataset's test images, say).
@@ -125,7 +134,7 @@ def _selected_by(task, workdir: Path) -> str:
         how = f"{'lowest' if kept['mode'] == 'min' else 'highest'} {metric} ({kept['value']:.6g})"
         split = kept.get("split") or best_checkpoint.best_split(task, metric, validation=False)
     except (OSError, ValueError, KeyError, TypeError):
-        how, split = "best checkpoint.best_metric", best_checkpoint.best_split(task, quality.best_metric(c) or "")
+        how, split = "best checkpoint.best_metric", best_checkpoint.best_split(task, _best_metric(c) or "")
     chosen = f"the {how} of the run's evaluations on the {split!r} split"
     if split == "validation":
         return (f"{chosen} (examples held out of {c.data.train_split!r} by data.validation_examples, not trained "

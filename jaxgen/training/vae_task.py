@@ -31,7 +31,7 @@ class VAETask:
     def __init__(self, config, workdir, training: bool = True, image_shape: tuple[int, int, int] | None = None):
         """training=False: --mode=eval/sample. image_shape (--mode=sample, from the workdir's data.json): the
         dataset is not read (train, validation and test are None)."""
-        config_check.check(config)
+        config_check.check(config, training=training)
         self.config, self.workdir = config, workdir
         self.mesh = parallel.make_mesh()
         # Outside training (--mode=eval/sample, maybe on another device count) train.batch_size is not used.
