@@ -562,6 +562,40 @@ def test_a_sigterm_after_the_last_calls_check_stops_the_run_before_its_final_eva
     assert json.loads((tmp_path / "eval.json").read_text())["step"] == 20
 
 
+def test_a_sigterm_while_the_last_checkpoint_is_written_lets_it_finish_and_stops_there(smoke_config, tmp_path,
+                                                                                      monkeypatch):
+    """A notice during the wait for the last checkpoint's asynchronous write (as launch.py runs: SIGTERM raises
+    outside the training loop) raised out of the wait: the run stopped at once and left that step's checkpoint
+    half-written, so the resume repeated the steps since the one before. The write now ends, and the run stops
+    there, checkpointed, as after any other call."""
+    import os
+    import signal
+
+    from jaxgen.training import stopping
+
+    c = smoke_config
+    c.train.steps, c.checkpoint.every, c.eval.every = 20, 10, 0
+    save, wait = checkpoint.save, checkpoint.Manager.wait_until_finished
+    saved, sent = [], []
+
+    def noting(mgr, state):  # the waits inside a save (for the one before) are not the last one
+        save(mgr, state)
+        saved.append(int(state["step"]))
+
+    def wait_with_a_notice(self):
+        if saved[-1:] == [20] and not sent:
+            sent.append(True)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return wait(self)
+
+    monkeypatch.setattr(checkpoint, "save", noting)
+    monkeypatch.setattr(checkpoint.Manager, "wait_until_finished", wait_with_a_notice)
+    with stopping.sigterm_raises(), pytest.raises(loop.RunStopped, match="stopped by SIGTERM at step 20"):
+        loop.train_and_evaluate(c, tmp_path)
+    assert sent and not (tmp_path / "eval.json").exists()
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["10", "20"]
+
+
 def test_eval_modes_stop_on_an_unreadable_newest_checkpoint_and_a_training_run_repairs_it(smoke_config, tmp_path):
     """--mode=eval read the older checkpoint in its place and wrote its numbers over the finished run's eval.json
     (exit 0); it now stops, naming the older step. A training run moves the broken one aside and trains it again."""

@@ -330,7 +330,11 @@ def _train(task, state: dict, mgr, writer: MetricWriter, evals: evaluating.Evals
                 checkpoint.save(mgr, state)
             t_log += time.perf_counter() - t_aside  # a train record's img/s and ETA count training time only
         if stopped is None:  # a signal after the last call's check (its record, its checkpoint): the run stops
-            stopped = stop.arrived()  # there too, checkpointed, and leaves the final evaluation to its resume
+            # there too, checkpointed, and leaves the final evaluation to its resume. The last checkpoint's write
+            # is waited for here, under the stop request: a signal meanwhile lets it finish (it raised out of the
+            # wait before, leaving that step's checkpoint half-written).
+            mgr.wait_until_finished()
+            stopped = stop.arrived()
     finally:
         stop.uninstall()
         progress.close()
