@@ -25,6 +25,8 @@ import orbax.checkpoint as ocp
 from jax import lax
 
 from jaxgen import parallel, runtime
+from jaxgen.training import checkpoint_errors
+from jaxgen.training.checkpoint_errors import CheckpointMismatchError, UnreadableCheckpointsError
 from jaxgen.training.workdir import WorkdirError
 
 log = logging.getLogger(__name__)
@@ -272,15 +274,6 @@ def abstract_like(state_shapes, sharding):
     return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), state_shapes)
 
 
-class CheckpointMismatchError(ValueError):
-    """A readable checkpoint in the workdir holds a state of another shape than this config builds. `diff`: the
-    leaves that differ ({kind: ['path ...']}, as `_differences` gives them)."""
-
-    def __init__(self, message: str, diff: dict[str, list[str]] | None = None):
-        super().__init__(message)
-        self.diff = diff or {}
-
-
 def restore_newest(workdir: Path, cfg, target, subdir: str = "checkpoints", *, move_broken: bool = True,
                    reported: set[int] | None = None, older: bool = True,
                    _rereads: int = 5) -> tuple[ocp.CheckpointManager, dict | None]:
@@ -343,7 +336,7 @@ def restore_newest(workdir: Path, cfg, target, subdir: str = "checkpoints", *, m
             raise UnreadableCheckpointsError(Path(workdir).absolute() / subdir, broken, training=move_broken,
                                              older=step)
         try:
-            saved, error = _saved_tree(mgr, step), None
+            saved, error = checkpoint_errors.saved_tree(mgr, step), None
         except Exception as e:  # noqa: BLE001 (metadata that cannot be read means a broken checkpoint)
             saved, error = None, e
         if (error := _on_every_process(error)) is not None:
@@ -351,11 +344,12 @@ def restore_newest(workdir: Path, cfg, target, subdir: str = "checkpoints", *, m
                 return read_again()
             report(step, error)
             continue
-        diff = _differences(saved, target)
+        diff = checkpoint_errors.differences(saved, target)
         if diff:
             mgr.close()
-            raise CheckpointMismatchError(_mismatch_message(Path(workdir).absolute(), subdir, step, diff,
-                                                            training=move_broken), diff)
+            message = checkpoint_errors.mismatch_message(Path(workdir).absolute(), subdir, step, diff,
+                                                         training=move_broken)
+            raise CheckpointMismatchError(message, diff)
         try:
             restored, error = _read_state(mgr, step, target), None
         except Exception as e:  # noqa: BLE001 (the tree matched, so a failure to read means a broken file)
@@ -390,90 +384,6 @@ def _on_every_process(error: Exception | None, what: str = "could not read it") 
     if error is None and failed:
         return WorkdirError(f"process(es) {failed} {what}; their logs say why")
     return error
-
-
-class UnreadableCheckpointsError(ValueError):
-    """The workdir has checkpoints and none of them can be read: the run stops instead of starting over. With
-    `older`: the newest cannot be read, and a mode that reads the newest only stops instead of reading that one."""
-
-    def __init__(self, directory: Path, broken: list[int], training: bool = True, older: int | None = None):
-        steps = ", ".join(str(s) for s in broken)
-        if older is not None:  # --mode=eval/sample: the newest only
-            super().__init__(
-                f"the newest checkpoint in {directory} cannot be read (step{'s'[:len(broken) > 1]} {steps}; the "
-                f"errors are logged above), and --mode=eval and --mode=sample read the newest only: the one at step "
-                f"{older} does not stand in for it. Nothing was moved. If the cause was passing (memory, a network "
-                f"filesystem), run the same command again; else "
-                + (f"a training run (the same command without --mode) moves the unreadable one aside and trains on "
-                   f"from step {older}." if directory.name != "best" else
-                   "evaluate the newest checkpoint (eval.checkpoint=newest); a training run's next evaluations keep "
-                   "a best one again."))
-            return
-        what = (f"the run did not start over, which would overwrite this workdir's metrics and images. If the cause "
-                f"was passing (memory, a network filesystem), run the same command again; to train from scratch, "
-                f"pass a new --workdir (or move {directory} away)" if training else
-                "if the cause was passing (memory, a network filesystem), run the same command again")
-        super().__init__(f"none of the checkpoints in {directory} can be read (steps {steps}; the errors are logged "
-                         f"above). Nothing was moved or deleted; {what}.")
-
-
-def _saved_tree(mgr: ocp.CheckpointManager, step: int) -> dict:
-    """{path tuple: saved array metadata, or None for an empty node} of the state saved at `step`."""
-    meta = mgr.item_metadata(step)["state"]
-    tree = getattr(meta, "tree", None)
-    if tree is None:
-        raise ValueError(f"no tree metadata for the state item (got {type(meta).__name__})")
-    return {k: (v if hasattr(v, "shape") else None)
-            for k, v in ocp.tree.to_flat_dict(tree, keep_empty_nodes=True).items()}
-
-
-def _describe(leaf) -> str:
-    return "empty" if leaf is None else f"{tuple(leaf.shape)} {np.dtype(leaf.dtype).name}"
-
-
-def _differences(saved: dict, target) -> dict[str, list[str]]:
-    """Leaves of `target` missing from `saved`, leaves of `saved` not in `target`, and those whose shape or
-    dtype changed ({kind: ['path ...']}, kinds with no entries left out). PRNG keys are compared as key data,
-    which is how Orbax saves them."""
-    def as_saved(x):
-        if not hasattr(x, "shape"):
-            return None
-        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-            return jax.eval_shape(jax.random.key_data, jax.ShapeDtypeStruct(x.shape, x.dtype))
-        return x
-
-    want = {k: as_saved(v) for k, v in ocp.tree.to_flat_dict(target, keep_empty_nodes=True).items()}
-
-    def paths(keys):  # parameters before optimizer state: they say more about what changed
-        return sorted(keys, key=lambda k: "opt" in str(k[0]))  # opt_state, g_opt, d_opt
-
-    name = lambda k: "/".join(map(str, k))  # noqa: E731
-    diff = {
-        "missing from the checkpoint": [name(k) for k in paths(want) if k not in saved],
-        "in the checkpoint, not in this config's state": [name(k) for k in paths(saved) if k not in want],
-        "shape or dtype changed": [
-            f"{name(k)} ({_describe(saved[k])} saved, {_describe(want[k])} now)"
-            for k in paths(want) if k in saved and _describe(saved[k]) != _describe(want[k])
-        ],
-    }
-    return {kind: found for kind, found in diff.items() if found}
-
-
-def _mismatch_message(workdir: Path, subdir: str, step: int, diff: dict[str, list[str]], shown: int = 5, *,
-                      training: bool = True) -> str:
-    lines = []
-    for kind, paths in diff.items():
-        more = f" ... and {len(paths) - shown} more" if len(paths) > shown else ""
-        lines.append(f"  {kind} ({len(paths)}): {', '.join(paths[:shown])}{more}")
-    saved_config = workdir / "config.json"  # written by the last run that started from these checkpoints
-    return (
-        f"the checkpoint at step {step} in {workdir / subdir} was written by a different configuration: the state it "
-        f"holds does not match the one this config builds.\n" + "\n".join(lines) + "\n"
-        + (f"The checkpoint was left in place. To resume it, run with the configuration it was written with (the "
-           f"same command and overrides; see {saved_config}); to train this configuration, pass a new --workdir."
-           if training else
-           f"To evaluate or sample it, give the configuration it was written with (the training command's config and "
-           f"overrides; see {saved_config})."))
 
 
 def _out_of_memory(e: BaseException | None) -> bool:
