@@ -380,8 +380,10 @@ def test_gan_outputs_land_in_the_workdir(tmp_path):
     final = loop.train_and_evaluate(c, tmp_path)
     train_log = (tmp_path / "log.txt").read_text()
     done = [line for line in train_log.splitlines() if " Done: " in line]  # the final FID in the closing line
-    assert len(done) == 1 and f"; classifier FID {final['sample_quality']['classifier']['fid']:.2f} (64 samples); " \
-        "outputs in" in done[0]
+    q = final["sample_quality"]["classifier"]
+    assert len(done) == 1 and (f"; classifier FID {q['fid']:.2f} (64 samples; real training images: "
+                               f"{q['fid_train_images']:.2f}); outputs in") in done[0]
+    assert q["num_train_images"] == 64 and 0 < q["fid_train_images"] < q["fid"]
     assert final["num_examples"] == 64 and np.isfinite(final["d_real"])
     for name in ("images/samples.png", "images/samples_0000010.png", "images/samples_0000020.png",
                  "interpolations.png", "samples_over_time.png",

@@ -73,8 +73,16 @@ def test_a_users_extractor_gives_sample_metrics_numbers_and_the_reference_is_cac
     assert (block["precision"], block["recall"]) == pytest.approx(sample_metrics.precision_recall(r, f), abs=1e-6)
     assert block["num_samples"] == 300 and block["num_reference"] == 400 and block["reference"] == "mnist_5k test"
     assert block["extractor"] == "8x8 mean-pooled pixels"
+    # The final evaluation's FID of as many real training images, drawn by the seed: what real data scores there.
+    chosen = np.sort(np.random.default_rng(c.seed).permutation(400)[:300])
+    t = pixels(real.image[chosen])[0]
+    assert block["num_train_images"] == 300
+    np.testing.assert_allclose(block["fid_train_images"], sample_metrics.frechet_distance(
+        *sample_metrics.feature_statistics(r), *sample_metrics.feature_statistics(t)), rtol=1e-5)
+    assert 0 < block["fid_train_images"] < block["fid"] / 5
     same = sq.evaluate(_images(300, 2), full=False)[NAME]
     assert same["fid"] < block["fid"] / 5 and "kid_mean" not in same  # only FID (and IS) at intermediate evals
+    assert "fid_train_images" not in same
     flat = quality.flatten({NAME: same})
     assert flat == {f"{NAME}/fid": same["fid"], f"{NAME}/num_reference": 400, f"{NAME}/num_samples": 300}
     assert quality.best_metric(c) in flat  # 'auto': the first extractor's FID, under the name it was given
@@ -349,9 +357,11 @@ def test_the_inception_extractor_in_training_gives_fid_and_is_from_the_biasless_
     fake = _images(16, 1, shift=30)
     block = sq.evaluate(fake, full=True)["inception"]
     assert block["num_samples"] == 16 and block["num_reference"] == 16 and "InceptionV3" in block["extractor"]
-    assert len(extracted) == 2  # the reference's, then the samples'
+    assert len(extracted) == 3  # the reference's, the samples', then the real training images' (here the same)
     np.testing.assert_array_equal(inputs[0], real.image)
     np.testing.assert_array_equal(inputs[1], fake)
+    np.testing.assert_array_equal(inputs[2], real.image)
+    assert block["num_train_images"] == 16 and abs(block["fid_train_images"]) < 1e-6 * block["fid"]
     assert block["fid"] > 0
     out = extracted[1]
     logits = out["logits"].astype(np.float64) - np.asarray(variables["params"]["fc"]["bias"], np.float64)

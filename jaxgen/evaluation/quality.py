@@ -148,9 +148,10 @@ def check_images(images: np.ndarray, what: str) -> np.ndarray:
     return a
 
 
-def reference(extractor: Extractor, images: np.ndarray, *, data_config, split: str) -> dict:
+def reference(extractor: Extractor, images: np.ndarray, *, data_config, split: str, warn: bool = True) -> dict:
     """Features (and class probabilities) of the real images, cached in <data dir>/jaxgen_cache/reference/, with
-    their FID statistics ('mu', 'sigma'), computed once here rather than at every evaluation."""
+    their FID statistics ('mu', 'sigma'), computed once here rather than at every evaluation (`warn`: about too
+    few images for FID)."""
     images = check_images(images, f"reference images ({data_config.name} {split})")
     digest = hashlib.sha1(images.tobytes()).hexdigest()[:12]
     name = data_config.name.replace(":", "_").replace("/", "_")
@@ -165,7 +166,7 @@ def reference(extractor: Extractor, images: np.ndarray, *, data_config, split: s
             # process must reach the collective below, which then has them recompute it together)
             log.warning("Cached reference features %s cannot be read (%s); computing them again", path, e)
     if _all_processes(cached is not None):  # the extractor may run over every process's devices: all or none
-        return _with_statistics(extractor, cached)
+        return _with_statistics(extractor, cached, warn)
     log.info("Reference features: %s %s, %d images, %s (cached in %s)", data_config.name, split, len(images),
              extractor.name, path)
     feats, probs = features(extractor, images)
@@ -173,7 +174,7 @@ def reference(extractor: Extractor, images: np.ndarray, *, data_config, split: s
     if probs is not None:
         ref["probs"] = np.asarray(probs, np.float32)
     _save(path, ref)
-    return _with_statistics(extractor, ref)
+    return _with_statistics(extractor, ref, warn)
 
 
 def features(extractor: Extractor, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -190,9 +191,9 @@ def features(extractor: Extractor, images: np.ndarray) -> tuple[np.ndarray, np.n
     return out[0], out[1]
 
 
-def _with_statistics(extractor: Extractor, ref: dict) -> dict:
+def _with_statistics(extractor: Extractor, ref: dict, warn: bool = True) -> dict:
     mu, sigma = sample_metrics.feature_statistics(ref["features"], extractor.recommended,
-                                                  f"the reference ({extractor.name})")
+                                                  f"the reference ({extractor.name})", warn=warn)
     return {**ref, "mu": mu, "sigma": sigma}
 
 
@@ -325,7 +326,8 @@ class SampleQuality:
         self.names = check_names(config.eval.extractors)
         self.num_samples = int(config.eval.num_samples)
         self.seed = int(config.seed)
-        self.dataset = config.data.name
+        self.dataset, self.data_config = config.data.name, config.data
+        self.train_images = None if train_data is None else train_data.image  # None: --mode=sample without data
         # Keyed by the names in eval.extractors, which metric names ('<name>/fid') and best_metric use.
         self.extractors = {n: build(n, config, mesh, train_data) for n in self.names}
         self.refs = {split: {n: reference(e, images, data_config=config.data, split=split)
@@ -337,8 +339,30 @@ class SampleQuality:
         (None: the first)."""
         split = next(iter(self.refs)) if reference is None else reference
         warn, self._warned = not self._warned, True
-        return {n: compare(e, self.refs[split][n], samples, full=full, reference_name=f"{self.dataset} {split}",
-                           seed=self.seed, warn=warn) for n, e in self.extractors.items()}
+        blocks = {n: compare(e, self.refs[split][n], samples, full=full, reference_name=f"{self.dataset} {split}",
+                             seed=self.seed, warn=warn) for n, e in self.extractors.items()}
+        if full and self.train_images is not None:
+            for n, block in blocks.items():
+                block.update(self.real_images_fid(n, split, len(samples)))
+        return blocks
+
+    def real_images_fid(self, name: str, split: str, count: int) -> dict:
+        """{'fid_train_images': FID, 'num_train_images': n} of n = min(count, all) real training images against
+        the reference `split`, on the extractor `name`: what real data scores at the samples' count (FID is biased
+        upwards at small counts, and the classifier's features have no scale of their own). The images are a fixed
+        draw (by `seed`) from the whole split, whose order may follow the labels; their features are cached as a
+        reference's."""
+        images = self.train_images
+        n = min(count, len(images))
+        if n < 2:
+            return {}
+        chosen = np.sort(np.random.default_rng(self.seed).permutation(len(images))[:n])
+        train = reference(self.extractors[name], images[chosen], data_config=self.data_config,
+                          split=f"{self.data_config.train_split}_seed{self.seed}", warn=False)
+        ref = self.refs[split][name]
+        return {"fid_train_images": sample_metrics.frechet_distance(ref["mu"], ref["sigma"], train["mu"],
+                                                                    train["sigma"]),
+                "num_train_images": int(n)}
 
     def per_eval(self, name: str) -> tuple[str, ...]:
         """The metrics `compare` gives the extractor `name` at every evaluation, as its reference features show:
