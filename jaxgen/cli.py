@@ -17,8 +17,8 @@ def parse_flags(FLAGS: flags.FlagValues, argv: list[str]) -> list[str]:  # noqa:
     config code makes (an unknown variant), a --config path that does not exist, a field the config file reads or
     sets, or an override sets, that the config lacks (ml_collections raises a bare AttributeError or KeyError, with
     a "Did you mean" only for near-typos; here the file's line or the override's block and its fields are named)."""
-    argv = _config_of_workdir(FLAGS, argv)
     try:
+        argv = _config_of_workdir(FLAGS, argv)
         rest = FLAGS(argv)
         if FLAGS.config is None:
             sys.stderr.write(f"FATAL Flags parsing error: --config is required: {_why_no_config(FLAGS.workdir)}\n")
@@ -92,12 +92,16 @@ def _config_of_workdir(FLAGS: flags.FlagValues, argv: list[str]) -> list[str]:  
     import logging  # noqa: PLC0415
     import os  # noqa: PLC0415
 
-    path = os.path.join(workdir, COMMAND_FILE)
+    path = os.path.join(os.path.expanduser(workdir), COMMAND_FILE)  # "--workdir=~/runs/x": no shell expands it
     if not os.path.isfile(path):
         return argv  # parse_flags then says why --config is required (`_why_no_config`)
     try:
         record = json.loads(open(path).read())
-        config, overrides = record["config"], list(record["overrides"])
+        config, overrides = record["config"], record["overrides"]
+        if not isinstance(config, str) or not isinstance(overrides, list):
+            raise TypeError("'config' must be a string and 'overrides' a list")
+        if bad := [o for o in overrides if not (isinstance(o, str) and re.match(r"--config\.[^=]+=", o))]:
+            raise ValueError(f"overrides {bad} are not of the form --config.<field>=<value>")
     except (OSError, ValueError, KeyError, TypeError) as e:
         sys.stderr.write(f"FATAL Flags parsing error: no --config, and {path}, which records the config of the "
                          f"workdir's last training command, cannot be read ({type(e).__name__}: {e}): give --config "
@@ -111,21 +115,31 @@ def _config_of_workdir(FLAGS: flags.FlagValues, argv: list[str]) -> list[str]:  
         sys.exit(1)
     # An override this command gives replaces the recorded one of its field (and of the fields inside it): absl
     # would take the later value, but a tuple field's values would be joined, (16, 48) and (8, 16) into 4 widths.
-    given = [m.group(2) for a in flags_given if (m := re.match(r"--?(no)?config\.([\w.]+)", a))]
+    given = [m.group(2) for a in flags_given if (m := re.match(r"--?(no)?config\.([^=]+)", a))]
     overrides = [o for o in overrides if not any((o.split("=", 1)[0][len("--config."):] + ".").startswith(g + ".")
                                                  for g in given)]
     new = [argv[0], f"--config={config}", *overrides, *expanded[1:]]
     log = logging.getLogger("jaxgen")
-    log.info("No --config: the config of the workdir's last training command, as %s records it: %s", path,
-             " ".join([f"--config={config}", *overrides]))
+    log.info("No --config: the config of the workdir's last training command, as %s records it (the file as it is "
+             "now: edits to it since training apply): %s", path, " ".join([f"--config={config}", *overrides]))
     trained_in = record.get("cwd")
-    relative = [o for o in overrides if "/" in (v := o.split("=", 1)[1]) and not v.startswith(("/", "~", "gs:"))]
-    if relative and trained_in and os.path.realpath(trained_in) != os.path.realpath(os.getcwd()):
-        log.warning("%s: relative to %s, where the run trained; this command runs in %s, where they may name other "
-                    "files or none: run it there, or give them again as absolute paths", ", ".join(relative),
-                    trained_in, os.getcwd())
+    if isinstance(trained_in, str) and os.path.realpath(trained_in) != os.path.realpath(os.getcwd()):
+        log.info("The run trained in %s; this command runs in %s, from where relative paths and a PYTHONPATH of "
+                 "'.' are read", trained_in, os.getcwd())
+        relative = [o for o in overrides if _relative_path(*o[len("--config."):].split("=", 1))]
+        if relative:
+            log.warning("%s: relative to %s, where the run trained; here they may name other files or none: run "
+                        "this command there, or give them again as absolute paths", ", ".join(relative), trained_in)
     sys.argv[:] = new
     return new
+
+
+def _relative_path(field: str, value: str) -> bool:
+    """Whether an override's value looks like a relative path: it holds a '/', or its field names a file or folder
+    (`data.path`, `data.data_dir`, `eval.inception_weights`)."""
+    if not value or value.startswith(("/", "~", "gs:", "s3:")):
+        return False
+    return "/" in value or field.rsplit(".", 1)[-1].endswith(("path", "dir", "weights"))
 
 
 def _flag_value(args: list[str], name: str) -> str | None:
@@ -140,12 +154,17 @@ def _flag_value(args: list[str], name: str) -> str | None:
 
 
 def _why_no_config(workdir: str | None) -> str:
-    """Why a command without --config has none: the workdir has no record of a training command."""
+    """Why a command without --config has none: no workdir, or one without a record of a training command."""
+    import os  # noqa: PLC0415
+
     if not workdir:
         return "give --config=configs/<file>.py[:variant]"
+    if not os.path.isdir(os.path.expanduser(workdir)):
+        return (f"the workdir {workdir} does not exist (check the path); a new run needs --config=configs/<file>.py"
+                f"[:variant], a command without it takes the config of a workdir's last training command")
     return (f"give --config=configs/<file>.py[:variant] (a command without it takes the config and overrides of "
             f"the workdir's last training command, which {workdir} has no record of: no {COMMAND_FILE} there; a "
-            f"run trained before jaxgen kept one needs its training command's --config and overrides)")
+            f"run trained from Python, or before jaxgen recorded commands, needs its training config given)")
 
 
 def launch_command(FLAGS: flags.FlagValues, argv: list[str]) -> dict:  # noqa: N803
@@ -165,16 +184,17 @@ def launch_command(FLAGS: flags.FlagValues, argv: list[str]) -> dict:  # noqa: N
         if skip:
             skip = False
             continue
-        m = re.match(r"--?(no)?config\.([\w.]+)(=(.*))?$", a, re.DOTALL)
+        m = re.match(r"--?(no)?config\.([^=]+)(=(.*))?$", a, re.DOTALL)  # a field may be indexed: list[0]
         if m is None:
             continue
         no, field, has_value, value = m.groups()
+        flag = FLAGS[f"config.{field}"] if f"config.{field}" in FLAGS else None
         if not has_value:
-            if FLAGS[f"config.{field}"].boolean:
+            if flag is None or flag.boolean:
                 value = "false" if no else "true"
             else:
                 value, skip = args[i + 1], True
-        if isinstance(FLAGS[f"config.{field}"], flags.MultiFlag):  # a tuple: given twice, absl joins the values
+        if isinstance(flag, flags.MultiFlag):  # a tuple: given twice, absl joins the values
             value = repr(tuple(FLAGS["config"].override_values[field]))
         overrides.pop(field, None)  # the last one given wins, at its place
         overrides[field] = value

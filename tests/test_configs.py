@@ -235,9 +235,13 @@ def test_a_command_without_config_merges_the_workdirs_training_command_with_its_
     monkeypatch.setattr(sys, "argv", [argv[0], argv[1]])
     with caplog.at_level(logging.WARNING, logger="jaxgen"):
         cli._config_of_workdir(fv, sys.argv)
-    assert caplog.messages == [f"--config.data.data_dir=data/tfds: relative to /elsewhere, where the run trained; "
-                               f"this command runs in {Path.cwd()}, where they may name other files or none: run it "
-                               f"there, or give them again as absolute paths"]
+    assert caplog.messages == ["--config.data.data_dir=data/tfds: relative to /elsewhere, where the run trained; "
+                               "here they may name other files or none: run this command there, or give them again "
+                               "as absolute paths"]
+    # --workdir=~/...: no shell expands a '~' after '=' (jaxgen does, for the workdir and for its record).
+    monkeypatch.setenv("HOME", str(tmp_path.parent))
+    monkeypatch.setattr(sys, "argv", [argv[0], f"--workdir=~/{tmp_path.name}"])
+    assert cli._config_of_workdir(fv, sys.argv)[1] == f"--config={ROOT / 'configs' / 'vae_mnist.py'}:smoke"
 
 
 def test_a_command_without_config_says_what_to_give(tmp_path):
@@ -256,7 +260,14 @@ def test_a_command_without_config_says_what_to_give(tmp_path):
     r = launch(f"--workdir={tmp_path}", "--mode=sample")
     assert r.returncode == 1 and f"the config file that trained {tmp_path} is not at /gone/vae_mnist.py any more" \
         in r.stderr, r.stderr
+    (tmp_path / "command.json").write_text(json.dumps({"config": "/gone/vae_mnist.py", "overrides": ["--noconfig.x"]}))
+    r = launch(f"--workdir={tmp_path}", "--mode=sample")
+    assert r.returncode == 1 and "cannot be read (ValueError: overrides ['--noconfig.x'] are not of the form " \
+        "--config.<field>=<value>)" in r.stderr, r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["command.json"]
+    r = launch(f"--workdir={tmp_path / 'typo'}", "--mode=eval")  # a mistyped workdir is named as such
+    assert r.returncode == 1 and r.stderr.startswith(f"FATAL Flags parsing error: --config is required: the workdir "
+                                                     f"{tmp_path / 'typo'} does not exist (check the path)"), r.stderr
 
 
 def test_a_config_file_that_sets_a_missing_field_names_the_line_and_the_fields(tmp_path):

@@ -111,8 +111,10 @@ def test_launch_smoke_end_to_end_then_resume(tmp_path):
     assert json.loads((wd / "command.json").read_text())["overrides"] == ["--config.train.steps=2000"]
     r = launch(f"--workdir={wd}", "--mode=eval", "--config.deterministic=True", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert (f"No --config: the config of the workdir's last training command, as {wd / 'command.json'} records it: "
-            f"--config={ROOT / 'configs' / 'vae_mnist.py'}:smoke --config.train.steps=2000\n") in r.stderr
+    assert (f"No --config: the config of the workdir's last training command, as {wd / 'command.json'} records it "
+            f"(the file as it is now: edits to it since training apply): --config={ROOT / 'configs' / 'vae_mnist.py'}"
+            f":smoke --config.train.steps=2000\n") in r.stderr
+    assert f"The run trained in {ROOT}; this command runs in {tmp_path}" in r.stderr
     assert "deterministic: XLA_FLAGS has --xla_gpu_deterministic_ops=true" in r.stderr
     assert f"eval of step {step}" in r.stderr and "classifier FID" in r.stderr
     assert "differs from the one the workdir was trained" not in r.stderr  # train.* and output.* may differ
