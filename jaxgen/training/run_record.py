@@ -164,7 +164,9 @@ def warn_config_drift(config, workdir: Path, mode: str, data_read: bool = True) 
         f"--mode={mode}: this command's model differs from the one the workdir was trained with ({path}) in: "
         f"{'; '.join(model)}. The checkpoint holds the trained model's weights: "
         + (f"give the training command's config file (it added {', '.join(added_to_model)}) and repeat its "
-           f"overrides" if added_to_model else "repeat the training command's overrides")) if model else None,
+           f"overrides" if added_to_model else "repeat the training command's overrides")
+        + " (a command without --config takes them from command.json; then the config file was edited since)")
+        if model else None,
         "check the workdir's config")
     if "seed" in diffs:
         log.info("--mode=%s with seed %s (training's: %s): other samples and evaluation noise of the same model",
@@ -173,8 +175,9 @@ def warn_config_drift(config, workdir: Path, mode: str, data_read: bool = True) 
         fix = (f"Give the training command's config file (it added {', '.join(lacking)}, which this config lacks) "
                "and repeat its overrides" if lacking else "Repeat the training command's overrides")
         log.warning("--mode=%s runs with this command's config, which differs from the one the workdir was trained "
-                    "with (%s) in: %s. %s to %s the model as it was trained.", mode, path, "; ".join(changed), fix,
-                    "evaluate" if mode == "eval" else "sample")
+                    "with (%s) in: %s. %s to %s the model as it was trained (a command without --config takes them "
+                    "from command.json; then the config file was edited since).", mode, path, "; ".join(changed),
+                    fix, "evaluate" if mode == "eval" else "sample")
     return changed
 
 
