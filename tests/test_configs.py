@@ -235,9 +235,9 @@ def test_a_command_without_config_merges_the_workdirs_training_command_with_its_
     monkeypatch.setattr(sys, "argv", [argv[0], argv[1]])
     with caplog.at_level(logging.WARNING, logger="jaxgen"):
         cli._config_of_workdir(fv, sys.argv)
-    assert caplog.messages == ["--config.data.data_dir=data/tfds: relative to /elsewhere, where the run trained; "
-                               "here they may name other files or none: run this command there, or give them again "
-                               "as absolute paths"]
+    assert [r.message for r in caplog.records if r.levelno >= logging.WARNING] == [
+        "--config.data.data_dir=data/tfds: relative to /elsewhere, where the run trained; here they may name other "
+        "files or none: run this command there, or give them again as absolute paths"]
     # --workdir=~/...: no shell expands a '~' after '=' (jaxgen does, for the workdir and for its record).
     monkeypatch.setenv("HOME", str(tmp_path.parent))
     monkeypatch.setattr(sys, "argv", [argv[0], f"--workdir=~/{tmp_path.name}"])
