@@ -275,10 +275,12 @@ def run(FLAGS: flags.FlagValues, argv: list[str]) -> None:  # noqa: N803 (launch
     runtime.setup(distributed=FLAGS.jax_distributed, deterministic=bool(FLAGS.config.get("deterministic", False)))
     from jaxgen.training import failures, loop, modes  # noqa: PLC0415
 
-    train = functools.partial(loop.train_and_evaluate, command=launch_command(FLAGS, sys.argv))
-    mode = {"train": train, "eval": modes.evaluate_checkpoint, "sample": modes.sample_checkpoint}
+    if FLAGS.mode == "train":  # recorded for a later command without --config
+        run_mode = functools.partial(loop.train_and_evaluate, command=launch_command(FLAGS, sys.argv))
+    else:
+        run_mode = {"eval": modes.evaluate_checkpoint, "sample": modes.sample_checkpoint}[FLAGS.mode]
     with failures.writer_errors_logged():  # while the mode runs and its error is reported
-        _run_mode(FLAGS, mode[FLAGS.mode])
+        _run_mode(FLAGS, run_mode)
 
 
 def _run_mode(FLAGS: flags.FlagValues, run) -> None:  # noqa: N803 (launch.py's FLAGS)
