@@ -211,7 +211,7 @@ def test_a_command_without_config_merges_the_workdirs_training_command_with_its_
     from absl import flags
     from ml_collections import config_flags
 
-    from jaxgen import cli
+    from jaxgen import cli, command_record
 
     (tmp_path / "command.json").write_text(json.dumps({
         "config": f"{ROOT / 'configs' / 'vae_mnist.py'}:smoke",
@@ -225,7 +225,7 @@ def test_a_command_without_config_merges_the_workdirs_training_command_with_its_
     cli.parse_flags(fv, argv)
     c = fv.config
     assert (c.train.steps, c.model.channels, c.output.plots, c.output.progress) == (30, (8, 4), False, False)
-    assert cli.launch_command(fv, sys.argv)["overrides"] == [
+    assert command_record.launch_command(fv, sys.argv)["overrides"] == [
         "--config.output.plots=false", "--config.model.channels=(8, 4)", "--config.train.steps=30",
         "--config.output.progress=false"]
     # A relative path among the recorded overrides, and this command runs elsewhere than training: said.
@@ -234,14 +234,14 @@ def test_a_command_without_config_merges_the_workdirs_training_command_with_its_
         "overrides": ["--config.data.data_dir=data/tfds", "--config.data.path=/abs/images"]}))
     monkeypatch.setattr(sys, "argv", [argv[0], argv[1]])
     with caplog.at_level(logging.WARNING, logger="jaxgen"):
-        cli._config_of_workdir(fv, sys.argv)
+        command_record.config_of_workdir(fv, sys.argv)
     assert [r.message for r in caplog.records if r.levelno >= logging.WARNING] == [
         "--config.data.data_dir=data/tfds: relative to /elsewhere, where the run trained; here they may name other "
         "files or none: run this command there, or give them again as absolute paths"]
     # --workdir=~/...: no shell expands a '~' after '=' (jaxgen does, for the workdir and for its record).
     monkeypatch.setenv("HOME", str(tmp_path.parent))
     monkeypatch.setattr(sys, "argv", [argv[0], f"--workdir=~/{tmp_path.name}"])
-    assert cli._config_of_workdir(fv, sys.argv)[1] == f"--config={ROOT / 'configs' / 'vae_mnist.py'}:smoke"
+    assert command_record.config_of_workdir(fv, sys.argv)[1] == f"--config={ROOT / 'configs' / 'vae_mnist.py'}:smoke"
 
 
 def test_a_command_without_config_says_what_to_give(tmp_path):

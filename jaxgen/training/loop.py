@@ -146,8 +146,9 @@ def _first_nonfinite(metrics: dict, headline) -> tuple[int, list[str]] | None:
 
 def train_and_evaluate(config, workdir, command: dict | None = None) -> dict:
     """Trains (resuming from <workdir>/checkpoints if any), evaluates, writes outputs. Returns the final eval.
-    `command`: launch.py's --config and overrides (`cli.launch_command`), recorded in <workdir>/command.json for a
-    later command without --config (None: a call from Python; an older record is removed, as it is not this config's).
+    `command`: launch.py's --config and overrides (`jaxgen.command_record.launch_command`), recorded in
+    <workdir>/command.json for a later command without --config (None: a call from Python; an older record is
+    removed, as it is not this config's).
 
     A workdir this call created is removed again when the run stops on bad input before writing anything but its
     log (a misspelt loss name leaves no stray workdir behind)."""

@@ -47,7 +47,7 @@ def save_config(config, workdir: Path, step: int = 0) -> None:
 
 
 def save_command(command: dict | None, workdir: Path) -> None:
-    """Writes the --config and overrides of launch.py's training command (`cli.launch_command`) to
+    """Writes the --config and overrides of launch.py's training command (`command_record.launch_command`) to
     <workdir>/command.json, which a later command on the workdir without --config takes (`--mode=eval`, a resume);
     None (a run started from Python) removes an older one, which would not give this run's config."""
     if jax.process_index() != 0:

@@ -1,0 +1,139 @@
+"""The training command a workdir records, and its replay: a training run of launch.py writes its --config (the
+file's absolute path, with variants) and overrides to <workdir>/command.json (`launch_command`, written by
+jaxgen.training.run_record.save_command); a later command on that workdir without --config takes them, its own
+overrides on top (`config_of_workdir`, before absl parses the flags). Light to import: no JAX."""
+
+from __future__ import annotations
+
+import re
+import sys
+
+from absl import flags
+
+COMMAND_FILE = "command.json"  # in the workdir: the config and overrides of its last training command
+
+
+def config_of_workdir(FLAGS: flags.FlagValues, argv: list[str]) -> list[str]:  # noqa: N803
+    """`argv`, or, when it has no --config but a --workdir whose last training run recorded its command (COMMAND_FILE,
+    written by `launch_command`'s record), that run's --config and overrides followed by `argv`'s flags (so that
+    an override given here wins). sys.argv becomes the same list: ml_collections reads the overrides from it."""
+    expanded = FLAGS.read_flags_from_files(argv, force_gnu=False)  # a --flagfile's flags too
+    flags_given = expanded[1:expanded.index("--")] if "--" in expanded else expanded[1:]
+    if any(re.match(r"--?config(=|$)", a) for a in flags_given):
+        return argv
+    workdir = _flag_value(flags_given, "workdir")
+    if not workdir:
+        return argv  # absl then says that --workdir is required
+    import json  # noqa: PLC0415
+    import logging  # noqa: PLC0415
+    import os  # noqa: PLC0415
+
+    path = os.path.join(os.path.expanduser(workdir), COMMAND_FILE)  # "--workdir=~/runs/x": no shell expands it
+    if not os.path.isfile(path):
+        return argv  # parse_flags then says why --config is required (`why_no_config`)
+    try:
+        record = json.loads(open(path).read())
+        config, overrides = record["config"], record["overrides"]
+        if not isinstance(config, str) or not isinstance(overrides, list):
+            raise TypeError("'config' must be a string and 'overrides' a list")
+        if bad := [o for o in overrides if not (isinstance(o, str) and re.match(r"--config\.[^=]+=", o))]:
+            raise ValueError(f"overrides {bad} are not of the form --config.<field>=<value>")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        sys.stderr.write(f"FATAL Flags parsing error: no --config, and {path}, which records the config of the "
+                         f"workdir's last training command, cannot be read ({type(e).__name__}: {e}): give --config "
+                         f"and the overrides that trained the run\n")
+        sys.exit(1)
+    file = config.split(":", 1)[0]
+    if not os.path.isfile(file):
+        sys.stderr.write(f"FATAL Flags parsing error: no --config, and the config file that trained {workdir} is "
+                         f"not at {file} any more ({path} records it): give --config=<that file>[:variant] and "
+                         f"the overrides it lists\n")
+        sys.exit(1)
+    # An override this command gives replaces the recorded one of its field (and of the fields inside it): absl
+    # would take the later value, but a tuple field's values would be joined, (16, 48) and (8, 16) into 4 widths.
+    given = [m.group(2) for a in flags_given if (m := re.match(r"--?(no)?config\.([^=]+)", a))]
+    overrides = [o for o in overrides if not any((o.split("=", 1)[0][len("--config."):] + ".").startswith(g + ".")
+                                                 for g in given)]
+    new = [argv[0], f"--config={config}", *overrides, *expanded[1:]]
+    log = logging.getLogger("jaxgen")
+    log.info("No --config: the config of the workdir's last training command, as %s records it (the file as it is "
+             "now: edits to it since training apply): %s", path, " ".join([f"--config={config}", *overrides]))
+    trained_in = record.get("cwd")
+    if isinstance(trained_in, str) and os.path.realpath(trained_in) != os.path.realpath(os.getcwd()):
+        log.info("The run trained in %s; this command runs in %s, from where relative paths and a PYTHONPATH of "
+                 "'.' are read", trained_in, os.getcwd())
+        relative = [o for o in overrides if _relative_path(*o[len("--config."):].split("=", 1))]
+        if relative:
+            log.warning("%s: relative to %s, where the run trained; here they may name other files or none: run "
+                        "this command there, or give them again as absolute paths", ", ".join(relative), trained_in)
+    sys.argv[:] = new
+    return new
+
+
+def _relative_path(field: str, value: str) -> bool:
+    """Whether an override's value looks like a relative path: it holds a '/', or its field names a file or folder
+    (`data.path`, `data.data_dir`, `eval.inception_weights`)."""
+    if not value or value.startswith(("/", "~", "gs:", "s3:")):
+        return False
+    return "/" in value or field.rsplit(".", 1)[-1].endswith(("path", "dir", "weights"))
+
+
+def _flag_value(args: list[str], name: str) -> str | None:
+    """The value of --`name` in `args` (`--name=value` or `--name value`; the last one given), else None."""
+    value = None
+    for i, a in enumerate(args):
+        if re.match(rf"--?{name}=", a):
+            value = a.split("=", 1)[1]
+        elif re.fullmatch(rf"--?{name}", a) and i + 1 < len(args):
+            value = args[i + 1]
+    return value
+
+
+def why_no_config(workdir: str | None) -> str:
+    """Why a command without --config has none: no workdir, or one without a record of a training command."""
+    import os  # noqa: PLC0415
+
+    if not workdir:
+        return "give --config=configs/<file>.py[:variant]"
+    if not os.path.isdir(os.path.expanduser(workdir)):
+        return (f"the workdir {workdir} does not exist (check the path); a new run needs --config=configs/<file>.py"
+                f"[:variant], a command without it takes the config of a workdir's last training command")
+    return (f"give --config=configs/<file>.py[:variant] (a command without it takes the config and overrides of "
+            f"the workdir's last training command, which {workdir} has no record of: no {COMMAND_FILE} there; a "
+            f"run trained from Python, or before jaxgen recorded commands, needs its training config given)")
+
+
+def launch_command(FLAGS: flags.FlagValues, argv: list[str]) -> dict:  # noqa: N803
+    """The --config (its file as an absolute path) and the overrides of the command `argv` (sys.argv, after
+    `config_of_workdir`), each as `--config.<field>=<value as given>`, once per field, in the order ml_collections
+    applies them: what a training run records in <workdir>/command.json for a later command without --config."""
+    import os  # noqa: PLC0415
+    import shlex  # noqa: PLC0415
+
+    expanded = FLAGS.read_flags_from_files(argv, force_gnu=False)
+    args = expanded[1:expanded.index("--")] if "--" in expanded else expanded[1:]
+    config = _flag_value(args, "config")
+    file, colon, variant = config.partition(":")
+    overrides: dict[str, str] = {}
+    skip = False
+    for i, a in enumerate(args):
+        if skip:
+            skip = False
+            continue
+        m = re.match(r"--?(no)?config\.([^=]+)(=(.*))?$", a, re.DOTALL)  # a field may be indexed: list[0]
+        if m is None:
+            continue
+        no, field, has_value, value = m.groups()
+        flag = FLAGS[f"config.{field}"] if f"config.{field}" in FLAGS else None
+        if not has_value:
+            if flag is None or flag.boolean:
+                value = "false" if no else "true"
+            else:
+                value, skip = args[i + 1], True
+        if isinstance(flag, flags.MultiFlag):  # a tuple: given twice, absl joins the values
+            value = repr(tuple(FLAGS["config"].override_values[field]))
+        overrides.pop(field, None)  # the last one given wins, at its place
+        overrides[field] = value
+    return {"config": os.path.abspath(file) + colon + variant,
+            "overrides": [f"--config.{f}={v}" for f, v in overrides.items()],
+            "command": shlex.join(["python", *argv]), "cwd": os.getcwd()}
