@@ -25,6 +25,18 @@ PROCESS_0_TIMEOUT_S = 24 * 3600.0
 _barriers = itertools.count()  # every process calls process_0_first in the same order: the ids agree
 
 
+def eval_shape_on_axis(fn, *args):
+    """jax.eval_shape(fn, *args), with the 'data' axis bound (at size 1) when `fn` calls a collective over it: the
+    one-trace checks of a user's function (an objective, a regularizer) run outside the step's shard_map, where a
+    `lax.all_gather(mu, AXIS, tiled=True)` of a batch statistic would find the axis unbound (NameError)."""
+    try:
+        return jax.eval_shape(fn, *args)
+    except NameError as e:
+        if AXIS not in str(e):
+            raise
+    return jax.eval_shape(jax.vmap(fn, in_axes=None, out_axes=None, axis_size=1, axis_name=AXIS), *args)
+
+
 def make_mesh(devices=None) -> jax.sharding.Mesh:
     """A 1-D mesh named 'data' over `devices` (default: every device of every process)."""
     devices = jax.devices() if devices is None else list(devices)

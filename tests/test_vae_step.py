@@ -336,3 +336,36 @@ def test_the_latent_scatter_gives_each_class_one_colour_with_a_legend_up_to_20_c
     assert (legend is None) == (classes == 1)
     if legend is not None:
         assert [t.get_text() for t in legend.get_texts()] == [str(k) for k in range(classes)]
+
+
+def centred_elbo(params, x, keys, *, model, cfg):
+    """The ELBO plus a batch statistic (the squared mean of the posterior means, weighted 100) over the global
+    batch: the means gathered from every device, as the README's Objectives section shows."""
+    from jaxgen.objectives import vae as vae_objectives
+
+    loss, metrics = vae_objectives.elbo(params, x, keys, model=model, cfg=cfg)
+    mu, _ = model.apply(params, x, method="encode")
+    pen = jnp.sum(jnp.square(jnp.mean(jax.lax.all_gather(mu, parallel.AXIS, axis=0, tiled=True), axis=0)))
+    return loss + 100.0 * pen, {**metrics, "loss": loss + 100.0 * pen, "centre_pen": pen}
+
+
+def test_an_objective_with_a_batch_statistic_gathers_it_and_gives_one_devices_numbers_on_eight(smoke_config):
+    """An objective runs on each device's share of the global batch; a batch statistic in it (an MMD's, a total
+    correlation's) is the global batch's when it gathers what it needs over parallel.AXIS: the loss, the statistic
+    and the gradient on 8 devices are those of 1 (all_gather's transpose sums the devices' identical cotangents and
+    the gradients' pmean divides by 8 again). The one-trace check of the objective binds that axis."""
+    name = "tests.test_vae_step:centred_elbo"
+    train = data.load(smoke_config.data, "train")
+    model = models.build(smoke_config.model, train.shape)
+    params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((2, *train.shape)),
+                                               jnp.zeros((2, model.latent_dim))))
+    objectives.check_objective(objectives.get(name), name, params, jax.ShapeDtypeStruct((2, *train.shape),
+                               jnp.float32), jax.eval_shape(lambda: jax.random.split(jax.random.key(0), 2)),
+                               model=model, cfg=smoke_config.objective)
+    fn8, s8, d8 = _setup(smoke_config, jax.devices(), objective=name)
+    fn1, s1, d1 = _setup(smoke_config, jax.devices()[:1], objective=name)
+    _, m8 = fn8(s8, d8)
+    _, m1 = fn1(s1, d1)
+    for k in ("loss", "centre_pen", "grad_norm"):
+        np.testing.assert_allclose(m8[k], m1[k], rtol=1e-4, err_msg=k)
+    assert float(m1["centre_pen"][0]) > 1e-4  # the statistic matters to the loss

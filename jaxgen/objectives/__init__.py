@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgen import config as config_lib
-from jaxgen import registry
+from jaxgen import parallel, registry
 from jaxgen.objectives.vae import elbo, iwae
 
 OBJECTIVES = {"elbo": elbo, "iwae": iwae}
@@ -74,7 +74,8 @@ def check_objective(objective, name: str, params, x, keys, *, model, cfg) -> set
     extra = {"step": jax.ShapeDtypeStruct((), jnp.int32)} if registry.accepts(objective, "step", positional=3) else {}
     registry.check_call(f"objective {name!r}", objective, contract, params, x, keys, model=model, cfg=cfg, **extra)
     cfg, reads = config_lib.recording(cfg)
-    out = jax.eval_shape(lambda p, x, k, e: objective(p, x, k, model=model, cfg=cfg, **e), params, x, keys, extra)
+    out = parallel.eval_shape_on_axis(lambda p, x, k, e: objective(p, x, k, model=model, cfg=cfg, **e), params, x,
+                                      keys, extra)
     if not (isinstance(out, tuple) and len(out) == 2):
         raise ValueError(f"objective {name!r} returned {registry.describe(out)}; expected {contract}")
     loss, metrics = out

@@ -32,7 +32,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from jaxgen import registry
+from jaxgen import parallel, registry
 from jaxgen.objectives import check_scalars
 
 
@@ -177,7 +177,7 @@ def check_regularizer(reg_fn: Callable | None, name: str, image_shape, batch: in
     step = {"step": jnp.zeros((), jnp.int32)} if registry.accepts(reg_fn, "step", positional=4) else {}
     registry.check_call(f"reg.name={name!r}", reg_fn, contract, d_fn, x, x, keys, **step)
     reg_fn = registry.with_step(reg_fn, step.get("step"), positional=4)
-    out = jax.eval_shape(lambda r, f, k: reg_fn(d_fn, r, f, k), x, x, keys)
+    out = parallel.eval_shape_on_axis(lambda r, f, k: reg_fn(d_fn, r, f, k), x, x, keys)
     if not (isinstance(out, tuple) and len(out) == 2):
         raise ValueError(f"reg.name={name!r} returned {registry.describe(out)}; expected {contract}")
     check_scalars(f"reg.name={name!r}", {"penalty": out[0]}, out[1], contract=contract, reserved=STEP_METRICS,
