@@ -18,7 +18,8 @@ log = logging.getLogger("jaxgen")
 def check(config: ml_collections.ConfigDict, training: bool = True) -> None:
     """Cross-field checks that the types alone do not catch. Raises ValueError naming the field and the fix.
     training=False (--mode=eval/sample): the best checkpoint's metric is not checked (only training keeps one; an
-    eval with other eval.extractors than training need not change checkpoint.best_metric to match)."""
+    eval with other eval.extractors than training need not change checkpoint.best_metric to match), and settings
+    that do nothing are not warned about (training said so, and what only training reads does nothing here)."""
     if config.task not in ("vae", "gan"):
         raise ValueError(f"unknown task {config.task!r}; choices: gan, vae")
     base = {"vae": config_lib.vae_config, "gan": config_lib.gan_config}[config.task]()  # the defaults, built once
@@ -27,7 +28,7 @@ def check(config: ml_collections.ConfigDict, training: bool = True) -> None:
     _check_optimizers(config)
     (_check_vae if config.task == "vae" else _check_gan)(config)
     _report_added_fields(config, base)
-    if ignored := ignored_settings(config, base):
+    if training and (ignored := ignored_settings(config, base)):  # said when training; in eval modes, noise
         log.warning("These settings do nothing in this run: %s", "; ".join(ignored))
 
 

@@ -158,6 +158,24 @@ def test_unwritable_workdir_is_a_clear_error(smoke_config, tmp_path):
         loop.train_and_evaluate(smoke_config, blocker)
 
 
+def test_eval_modes_neither_import_nor_check_what_only_training_runs(smoke_config, tmp_path):
+    """--mode=eval/sample without the PYTHONPATH of a training run that used an objective, loss, regularizer or
+    augmentation of the user's: none of them is imported or traced there (the evaluation does not run them), so
+    the command works; training with the same config still names the one it cannot import."""
+    from jaxgen.registry import UnknownNameError
+
+    smoke_config.objective.name = "myproject_gone.losses:free_bits_elbo"
+    assert loop.build_task(smoke_config, tmp_path, training=False).objective is None
+    with pytest.raises(UnknownNameError, match="myproject_gone.losses"):
+        loop.build_task(smoke_config, tmp_path)
+    gan = config_module(ROOT / "configs" / "gan_mnist.py").get_config("smoke")
+    gan.unlock()
+    gan.loss.name, gan.reg.name = "myproject_gone.gan_losses:relativistic", "myproject_gone.regs:r2"
+    gan.augment.policy = "myproject_gone.aug:jitter"
+    task = loop.build_task(gan, tmp_path, training=False)
+    assert task.loss_fn is None and task.reg_fn is None
+
+
 def test_eval_and_sample_modes_need_an_existing_workdir_and_do_not_create_one(smoke_config, tmp_path):
     for fn in (modes.evaluate_checkpoint, modes.sample_checkpoint):
         with pytest.raises(loop.wd.WorkdirError, match="runz does not exist; this mode reads a trained workdir"):

@@ -73,8 +73,9 @@ def eval_line(task, ev: dict) -> str:
 
 def fid_part(ev: dict) -> str:
     return "".join(f"; {name} FID {block['fid']:.2f} ({block['num_samples']} samples"
-                   + (f"; real training images: {block['fid_train_images']:.2f})" if "fid_train_images" in block
-                      else ")")
+                   + (f"; real training images: {block['fid_train_images']:.2f}"
+                      + (f" from {block['num_train_images']}" if block["num_train_images"] != block["num_samples"]
+                         else "") + ")" if "fid_train_images" in block else ")")
                    for name, block in ev.get("sample_quality", {}).items())
 
 

@@ -43,10 +43,14 @@ class GANTask:
         parallel.check_batches(self.mesh, {"train.batch_size": c.train.batch_size if training else 0,
                                            "eval.batch_size": c.eval.batch_size,
                                            "train.g_batch_size": self.g_batch if training else 0})
-        self.loss_fn = gan_obj.get_loss(c.loss.name, c.loss)
-        self.reg_fn = gan_obj.get_regularizer(c.reg.name, c.reg)
-        gan_obj.check_loss(self.loss_fn, c.loss.name, batch=c.train.batch_size, g_batch=self.g_batch)
-        augment.check_policy(c.augment.policy)
+        # The loss, the regularizer and the augmentations are training's alone: --mode=eval/sample neither resolve
+        # nor check them, so functions of the user's there need not be importable (a PYTHONPATH training had).
+        self.loss_fn = self.reg_fn = None
+        if training:
+            self.loss_fn = gan_obj.get_loss(c.loss.name, c.loss)
+            self.reg_fn = gan_obj.get_regularizer(c.reg.name, c.reg)
+            gan_obj.check_loss(self.loss_fn, c.loss.name, batch=c.train.batch_size, g_batch=self.g_batch)
+            augment.check_policy(c.augment.policy)
         registry.resolve("GAN model", c.model.name, gan_models.GANS)  # unknown names fail before the data loads
         if c.data.name in data.READ_BY["resolution"] and c.data.resolution > 0:  # so does a resolution G and D lack,
             gan_models.build(c.model, (c.data.resolution,) * 2 + (3,), axis_name=parallel.AXIS)  # before decoding
@@ -65,7 +69,7 @@ class GANTask:
         # A lazy regularizer's metrics: averaged over the D updates that ran it (gan_step, _train_record).
         self.lazy_metrics = ("reg", *reg_names) if self.reg_fn is not None and c.reg.interval > 1 else ()
         self.generator, self.discriminator = gan_models.build(c.model, self.image_shape, axis_name=parallel.AXIS)
-        if self.reg_fn is not None and c.model.d_norm == "batch":
+        if self.reg_fn is not None and c.model.d_norm == "batch":  # (training only: reg_fn is None otherwise)
             log.warning("reg.name=%s with BatchNorm in D (model.d_norm='batch'): the penalty's per-example input "
                         "gradients are coupled through the batch statistics; Gulrajani et al. (2017) advise a "
                         "critic without BatchNorm (--config.model.d_norm=none)", c.reg.name)

@@ -247,8 +247,8 @@ def _train_and_evaluate(config, workdir: Path, command: dict | None) -> dict:
                  "evaluation, images and saves in %.1f s; %s; outputs in %s", steps_run, train_time,
                  steps_run * c.train.batch_size / max(train_time, 1e-9), final_time, summary, workdir)
     else:
-        log.info("Done: the run was already at step %d (train.steps=%d), re-evaluated; %s; outputs in %s", step,
-                 c.train.steps, summary, workdir)
+        log.info("Done: the run was already at step %d (train.steps=%d), nothing to train; evaluated; %s; outputs in "
+                 "%s", step, c.train.steps, summary, workdir)
     return final
 
 

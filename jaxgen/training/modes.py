@@ -132,6 +132,10 @@ def _selected_by(task, workdir: Path) -> str:
         kept = json.loads((workdir / "best" / "best.json").read_text())
         metric = kept["metric"]
         how = f"{'lowest' if kept['mode'] == 'min' else 'highest'} {metric} ({kept['value']:.6g})"
+        if (mine := _best_metric(c)) and mine != metric:
+            log.info("eval.checkpoint=best evaluates the checkpoint training kept by %s; this command's "
+                     "checkpoint.best_metric=%r chooses nothing here (only training keeps a best checkpoint)",
+                     metric, mine)
         split = kept.get("split") or best_checkpoint.best_split(task, metric, validation=False)
     except (OSError, ValueError, KeyError, TypeError):
         how, split = "best checkpoint.best_metric", best_checkpoint.best_split(task, _best_metric(c) or "")

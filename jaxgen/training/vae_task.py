@@ -37,7 +37,9 @@ class VAETask:
         # Outside training (--mode=eval/sample, maybe on another device count) train.batch_size is not used.
         parallel.check_batches(self.mesh, {"train.batch_size": config.train.batch_size if training else 0,
                                            "eval.batch_size": config.eval.batch_size})
-        self.objective = objectives.get(config.objective.name)
+        # The objective is training's alone: --mode=eval/sample score the model as every VAE's, so an objective of
+        # the user's need not be importable there (a PYTHONPATH the training command had).
+        self.objective = objectives.get(config.objective.name) if training else None
         vae_obj.likelihood(config.objective)  # an unknown likelihood fails here, before any work
         registry.resolve("model", config.model.name, models.MODELS)  # as an unknown model, before the data loads
         self.tx, self.lr = optim.make(config.optim, config.train.steps)
@@ -62,6 +64,8 @@ class VAETask:
         params, x = jax.eval_shape(self.create)["params"], jax.ShapeDtypeStruct((2, *self.image_shape), jnp.float32)
         # A model, likelihood or objective of the user's that breaks its contract fails here, naming it.
         vae_obj.check_model(self.model, params, x, cfg=config.objective)
+        if not training:
+            return
         read = objectives.check_objective(
             self.objective, config.objective.name, params, x,
             jax.eval_shape(lambda: jax.random.split(jax.random.key(0), 2)), model=self.model, cfg=config.objective)
