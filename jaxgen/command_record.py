@@ -66,6 +66,10 @@ def config_of_workdir(FLAGS: flags.FlagValues, argv: list[str]) -> list[str]:  #
         if relative:
             log.warning("%s: relative to %s, where the run trained; here they may name other files or none: run "
                         "this command there, or give them again as absolute paths", ", ".join(relative), trained_in)
+    trained_with = record.get("pythonpath")
+    if trained_with and trained_with != os.environ.get("PYTHONPATH", ""):
+        log.info("The training command ran with PYTHONPATH=%s (this one: %r): a model, likelihood, optimizer or "
+                 "extractor of yours is imported from it", trained_with, os.environ.get("PYTHONPATH", ""))
     sys.argv[:] = new
     return new
 
@@ -136,4 +140,5 @@ def launch_command(FLAGS: flags.FlagValues, argv: list[str]) -> dict:  # noqa: N
         overrides[field] = value
     return {"config": os.path.abspath(file) + colon + variant,
             "overrides": [f"--config.{f}={v}" for f, v in overrides.items()],
-            "command": shlex.join(["python", *argv]), "cwd": os.getcwd()}
+            "command": shlex.join(["python", *argv]), "cwd": os.getcwd(),
+            "pythonpath": os.environ.get("PYTHONPATH", "")}

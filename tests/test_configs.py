@@ -6,6 +6,7 @@ import glob
 import json
 import logging
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -225,19 +226,25 @@ def test_a_command_without_config_merges_the_workdirs_training_command_with_its_
     cli.parse_flags(fv, argv)
     c = fv.config
     assert (c.train.steps, c.model.channels, c.output.plots, c.output.progress) == (30, (8, 4), False, False)
-    assert command_record.launch_command(fv, sys.argv)["overrides"] == [
+    monkeypatch.setenv("PYTHONPATH", "/my/project")
+    record = command_record.launch_command(fv, sys.argv)
+    assert record["overrides"] == [
         "--config.output.plots=false", "--config.model.channels=(8, 4)", "--config.train.steps=30",
         "--config.output.progress=false"]
-    # A relative path among the recorded overrides, and this command runs elsewhere than training: said.
+    assert record["pythonpath"] == "/my/project" and record["cwd"] == os.getcwd()
+    # A relative path among the recorded overrides, and this command runs elsewhere than training, with another
+    # PYTHONPATH: said.
     (tmp_path / "command.json").write_text(json.dumps({
-        "config": f"{ROOT / 'configs' / 'vae_mnist.py'}:smoke", "cwd": "/elsewhere",
+        "config": f"{ROOT / 'configs' / 'vae_mnist.py'}:smoke", "cwd": "/elsewhere", "pythonpath": "/elsewhere/src",
         "overrides": ["--config.data.data_dir=data/tfds", "--config.data.path=/abs/images"]}))
     monkeypatch.setattr(sys, "argv", [argv[0], argv[1]])
-    with caplog.at_level(logging.WARNING, logger="jaxgen"):
+    with caplog.at_level(logging.INFO, logger="jaxgen"):
         command_record.config_of_workdir(fv, sys.argv)
     assert [r.message for r in caplog.records if r.levelno >= logging.WARNING] == [
         "--config.data.data_dir=data/tfds: relative to /elsewhere, where the run trained; here they may name other "
         "files or none: run this command there, or give them again as absolute paths"]
+    assert ("The training command ran with PYTHONPATH=/elsewhere/src (this one: '/my/project'): a model, likelihood, "
+            "optimizer or extractor of yours is imported from it") in caplog.messages
     # --workdir=~/...: no shell expands a '~' after '=' (jaxgen does, for the workdir and for its record).
     monkeypatch.setenv("HOME", str(tmp_path.parent))
     monkeypatch.setattr(sys, "argv", [argv[0], f"--workdir=~/{tmp_path.name}"])
