@@ -38,6 +38,9 @@ def parse_flags(FLAGS: flags.FlagValues, argv: list[str]) -> list[str]:  # noqa:
                              f"config, extended (README: Objectives shows one)\n")
             sys.exit(1)
         return rest
+    except command_record.NoConfigError as e:
+        sys.stderr.write(f"FATAL Flags parsing error: {e}\n")
+        sys.exit(1)
     except flags.Error as e:  # as app.parse_flags_with_usage, but a check jaxgen's config code made is one line
         from jaxgen.training import workdir  # noqa: PLC0415
 

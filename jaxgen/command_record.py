@@ -5,12 +5,33 @@ overrides on top (`config_of_workdir`, before absl parses the flags). Light to i
 
 from __future__ import annotations
 
+import json
+import logging
+import os
 import re
+import shlex
 import sys
+from pathlib import Path
 
 from absl import flags
 
+log = logging.getLogger("jaxgen")
+
 COMMAND_FILE = "command.json"  # in the workdir: the config and overrides of its last training command
+
+
+class NoConfigError(ValueError):
+    """A command without --config whose workdir cannot give one: no record there (or no workdir), or a record
+    that cannot be read or names a config file that is gone. launch.py says it as one FATAL line."""
+
+
+_replayed: list[str] = []  # the record this process's --config and overrides came from (set once, by the replay)
+
+
+def replayed() -> str | None:
+    """The command.json this process's --config and overrides came from (`config_of_workdir`), or None: given on
+    the command line (or no launch.py at all). Messages about the config's drift from training say which."""
+    return _replayed[-1] if _replayed else None
 
 
 def config_of_workdir(FLAGS: flags.FlagValues, argv: list[str]) -> list[str]:  # noqa: N803
@@ -22,40 +43,32 @@ def config_of_workdir(FLAGS: flags.FlagValues, argv: list[str]) -> list[str]:  #
     if any(re.match(r"--?config(=|$)", a) for a in flags_given):
         return argv
     workdir = _flag_value(flags_given, "workdir")
-    if not workdir:
-        return argv  # absl then says that --workdir is required
-    import json  # noqa: PLC0415
-    import logging  # noqa: PLC0415
-    import os  # noqa: PLC0415
-
-    path = os.path.join(os.path.expanduser(workdir), COMMAND_FILE)  # "--workdir=~/runs/x": no shell expands it
-    if not os.path.isfile(path):
-        return argv  # parse_flags then says why --config is required (`why_no_config`)
+    path = os.path.join(os.path.expanduser(workdir), COMMAND_FILE) if workdir else None  # no shell expands '~/'
+    if path is None or not os.path.isfile(path):  # after '=': "--workdir=~/runs/x"
+        if any(re.match(r"--?(no)?config\.", a) for a in flags_given):  # absl would call the override unknown
+            raise NoConfigError(f"--config is required: {why_no_config(workdir)}")
+        return argv  # absl says that --workdir is required, or parse_flags why --config is (`why_no_config`)
     try:
-        record = json.loads(open(path).read())
+        record = json.loads(Path(path).read_text())
         config, overrides = record["config"], record["overrides"]
         if not isinstance(config, str) or not isinstance(overrides, list):
             raise TypeError("'config' must be a string and 'overrides' a list")
         if bad := [o for o in overrides if not (isinstance(o, str) and re.match(r"--config\.[^=]+=", o))]:
             raise ValueError(f"overrides {bad} are not of the form --config.<field>=<value>")
     except (OSError, ValueError, KeyError, TypeError) as e:
-        sys.stderr.write(f"FATAL Flags parsing error: no --config, and {path}, which records the config of the "
-                         f"workdir's last training command, cannot be read ({type(e).__name__}: {e}): give --config "
-                         f"and the overrides that trained the run\n")
-        sys.exit(1)
+        raise NoConfigError(f"no --config, and {path}, which records the config of the workdir's last training "
+                            f"command, cannot be read ({type(e).__name__}: {e}): give --config and the overrides "
+                            f"that trained the run") from None
     file = config.split(":", 1)[0]
     if not os.path.isfile(file):
-        sys.stderr.write(f"FATAL Flags parsing error: no --config, and the config file that trained {workdir} is "
-                         f"not at {file} any more ({path} records it): give --config=<that file>[:variant] and "
-                         f"the overrides it lists\n")
-        sys.exit(1)
+        raise NoConfigError(f"no --config, and the config file that trained {workdir} is not at {file} any more "
+                            f"({path} records it): give --config=<that file>[:variant] and the overrides it lists")
     # An override this command gives replaces the recorded one of its field (and of the fields inside it): absl
     # would take the later value, but a tuple field's values would be joined, (16, 48) and (8, 16) into 4 widths.
     given = [m.group(2) for a in flags_given if (m := re.match(r"--?(no)?config\.([^=]+)", a))]
     overrides = [o for o in overrides if not any((o.split("=", 1)[0][len("--config."):] + ".").startswith(g + ".")
                                                  for g in given)]
     new = [argv[0], f"--config={config}", *overrides, *expanded[1:]]
-    log = logging.getLogger("jaxgen")
     log.info("No --config: the config of the workdir's last training command, as %s records it (the file as it is "
              "now: edits to it since training apply): %s", path, " ".join([f"--config={config}", *overrides]))
     trained_in = record.get("cwd")
@@ -71,6 +84,7 @@ def config_of_workdir(FLAGS: flags.FlagValues, argv: list[str]) -> list[str]:  #
         log.info("The training command ran with PYTHONPATH=%s (this one: %r): a model, likelihood, optimizer or "
                  "extractor of yours is imported from it", trained_with, os.environ.get("PYTHONPATH", ""))
     sys.argv[:] = new
+    _replayed.append(path)
     return new
 
 
@@ -95,8 +109,6 @@ def _flag_value(args: list[str], name: str) -> str | None:
 
 def why_no_config(workdir: str | None) -> str:
     """Why a command without --config has none: no workdir, or one without a record of a training command."""
-    import os  # noqa: PLC0415
-
     if not workdir:
         return "give --config=configs/<file>.py[:variant]"
     if not os.path.isdir(os.path.expanduser(workdir)):
@@ -111,9 +123,6 @@ def launch_command(FLAGS: flags.FlagValues, argv: list[str]) -> dict:  # noqa: N
     """The --config (its file as an absolute path) and the overrides of the command `argv` (sys.argv, after
     `config_of_workdir`), each as `--config.<field>=<value as given>`, once per field, in the order ml_collections
     applies them: what a training run records in <workdir>/command.json for a later command without --config."""
-    import os  # noqa: PLC0415
-    import shlex  # noqa: PLC0415
-
     expanded = FLAGS.read_flags_from_files(argv, force_gnu=False)
     args = expanded[1:expanded.index("--")] if "--" in expanded else expanded[1:]
     config = _flag_value(args, "config")

@@ -34,7 +34,9 @@ def eval_shape_on_axis(fn, *args):
     except NameError as e:
         if AXIS not in str(e):
             raise
-    return jax.eval_shape(jax.vmap(fn, in_axes=None, out_axes=None, axis_size=1, axis_name=AXIS), *args)
+    # out_axes=0, then the axis of size 1 taken off: an output that depends on lax.axis_index(AXIS) is mapped.
+    bound = jax.vmap(fn, in_axes=None, axis_size=1, axis_name=AXIS)
+    return jax.eval_shape(lambda *a: jax.tree.map(lambda o: o[0], bound(*a)), *args)
 
 
 def make_mesh(devices=None) -> jax.sharding.Mesh:

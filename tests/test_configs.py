@@ -214,6 +214,7 @@ def test_a_command_without_config_merges_the_workdirs_training_command_with_its_
 
     from jaxgen import cli, command_record
 
+    monkeypatch.setattr(command_record, "_replayed", [])  # this process's replay, undone after the test
     (tmp_path / "command.json").write_text(json.dumps({
         "config": f"{ROOT / 'configs' / 'vae_mnist.py'}:smoke",
         "overrides": ["--config.train.steps=10", "--config.model.channels=(16, 48)", "--config.output.plots=false"]}))
@@ -232,6 +233,7 @@ def test_a_command_without_config_merges_the_workdirs_training_command_with_its_
         "--config.output.plots=false", "--config.model.channels=(8, 4)", "--config.train.steps=30",
         "--config.output.progress=false"]
     assert record["pythonpath"] == "/my/project" and record["cwd"] == os.getcwd()
+    assert command_record.replayed() == str(tmp_path / "command.json")  # drift messages say where the config came from
     # A relative path among the recorded overrides, and this command runs elsewhere than training, with another
     # PYTHONPATH: said.
     (tmp_path / "command.json").write_text(json.dumps({
@@ -254,11 +256,12 @@ def test_a_command_without_config_merges_the_workdirs_training_command_with_its_
 def test_a_command_without_config_says_what_to_give(tmp_path):
     """No --config and nothing recorded in the workdir, a record that cannot be read, or one naming a config file
     that is gone: one line that says what to give, before any work."""
-    r = launch(f"--workdir={tmp_path}", "--mode=eval")
-    assert r.returncode == 1 and r.stderr.startswith(
-        f"FATAL Flags parsing error: --config is required: give --config=configs/<file>.py[:variant] (a command "
-        f"without it takes the config and overrides of the workdir's last training command, which {tmp_path} has no "
-        f"record of: no command.json there;"), r.stderr
+    for overrides in ([], ["--config.sample.num=10"]):  # absl alone would call an override an unknown flag
+        r = launch(f"--workdir={tmp_path}", "--mode=eval", *overrides)
+        assert r.returncode == 1 and r.stderr.startswith(
+            f"FATAL Flags parsing error: --config is required: give --config=configs/<file>.py[:variant] (a command "
+            f"without it takes the config and overrides of the workdir's last training command, which {tmp_path} has "
+            f"no record of: no command.json there;"), r.stderr
     (tmp_path / "command.json").write_text('{"config": ')
     r = launch(f"--workdir={tmp_path}")
     assert r.returncode == 1 and f"no --config, and {tmp_path / 'command.json'}, which records the config of the " \

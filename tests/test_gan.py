@@ -689,3 +689,18 @@ def test_the_interpolation_grid_follows_great_circles_from_each_first_latent_to_
     cos = np.sum(path.astype(np.float64) * a[:, None], -1) / 16.0  # |a| |p| = 16
     angle = np.arccos(np.clip(cos, -1, 1))  # float32's rounding near cos 1 is ~4e-4 of an angle
     np.testing.assert_allclose(np.diff(angle, axis=1), np.broadcast_to(angle[:, -1:] / 4, (3, 4)), atol=1e-3)
+
+
+def gathered_r1(d_fn, real, fake, keys):
+    """R1 whose penalty is a mean over the whole global batch (gathered over the devices, as the README's
+    regularizer contract shows), with a metric that reads the device's index."""
+    del fake, keys
+    g = jax.grad(lambda x: jnp.sum(d_fn(x)))(real)
+    sq = jax.lax.all_gather(jnp.sum(jnp.square(g), axis=(1, 2, 3)), parallel.AXIS, axis=0, tiled=True)
+    return 0.5 * jnp.mean(sq), {"device_index": jax.lax.axis_index(parallel.AXIS).astype(jnp.float32)}
+
+
+def test_a_regularizer_with_collectives_over_the_devices_passes_its_check_before_training():
+    """The one-trace check runs outside the step's shard_map: it binds the 'data' axis (size 1), so a gather or
+    an axis_index there is not an unbound-axis NameError."""
+    assert gan_obj.check_regularizer(gathered_r1, "tests.test_gan:gathered_r1", (28, 28, 1)) == ("device_index",)

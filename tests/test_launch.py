@@ -282,7 +282,7 @@ def test_eval_modes_refuse_a_config_of_another_task(tmp_path):
         run_record.warn_config_drift(config_lib.vae_config(), tmp_path, "sample")
 
 
-def test_eval_modes_warn_only_about_fields_that_change_the_model_or_its_numbers(tmp_path, caplog):
+def test_eval_modes_warn_only_about_fields_that_change_the_model_or_its_numbers(tmp_path, caplog, monkeypatch):
     """--mode=eval/sample: how the model is computed (conv_impl, norm_impl), checkpointing and train.* are not
     drift; another seed is a note (other samples of the same model); a GAN's train.batch_size is drift where the
     EMA generator's BatchNorm statistics are re-estimated in batches of it; a model's width is drift."""
@@ -315,7 +315,15 @@ def test_eval_modes_warn_only_about_fields_that_change_the_model_or_its_numbers(
     now.model.g_width = 16
     with pytest.raises(ValueError, match=r"--mode=eval: this command's model differs from the one the workdir was "
                                          r"trained with .* in: model.g_width: 64 -> 16. The checkpoint holds the "
-                                         r"trained model's weights: repeat the training command's overrides"):
+                                         r"trained model's weights: repeat the training command's overrides$"):
+        run_record.warn_config_drift(now, tmp_path, "eval")
+    # A config replayed from command.json (no --config): the difference is an edited file or this command's own.
+    from jaxgen import command_record
+
+    monkeypatch.setattr(command_record, "_replayed", [str(tmp_path / "command.json")])
+    with pytest.raises(ValueError, match=r"overrides \(this command took the training command's config and overrides "
+                                         r"from .*command.json: the difference comes from edits to the config file "
+                                         r"since training, or from this command's own overrides\)$"):
         run_record.warn_config_drift(now, tmp_path, "eval")
     vae = config_lib.vae_config()  # a VAE is evaluated by its ELBO and NLL whatever objective trained it
     (tmp_path / "config.json").write_text(vae.to_json_best_effort(sort_keys=True))

@@ -83,6 +83,9 @@ def test_a_users_extractor_gives_sample_metrics_numbers_and_the_reference_is_cac
     same = sq.evaluate(_images(300, 2), full=False)[NAME]
     assert same["fid"] < block["fid"] / 5 and "kid_mean" not in same  # only FID (and IS) at intermediate evals
     assert "fid_train_images" not in same
+    # Not against the training split itself (eval.reference_split='train'): the draw would be a part of it.
+    against_train = quality.SampleQuality(c, None, real, {"train": real.image})
+    assert "fid_train_images" not in against_train.evaluate(fake, full=True)[NAME]
     flat = quality.flatten({NAME: same})
     assert flat == {f"{NAME}/fid": same["fid"], f"{NAME}/num_reference": 400, f"{NAME}/num_samples": 300}
     assert quality.best_metric(c) in flat  # 'auto': the first extractor's FID, under the name it was given

@@ -341,7 +341,8 @@ class SampleQuality:
         warn, self._warned = not self._warned, True
         blocks = {n: compare(e, self.refs[split][n], samples, full=full, reference_name=f"{self.dataset} {split}",
                              seed=self.seed, warn=warn) for n, e in self.extractors.items()}
-        if full and self.train_images is not None:
+        # Not where the reference is the training split itself: the draw would be a part of it (a floor near 0).
+        if full and self.train_images is not None and split != self.data_config.train_split:
             for n, block in blocks.items():
                 block.update(self.real_images_fid(n, split, len(samples)))
         return blocks

@@ -72,11 +72,16 @@ def eval_line(task, ev: dict) -> str:
 
 
 def fid_part(ev: dict) -> str:
-    return "".join(f"; {name} FID {block['fid']:.2f} ({block['num_samples']} samples"
-                   + (f"; real training images: {block['fid_train_images']:.2f}"
-                      + (f" from {block['num_train_images']}" if block["num_train_images"] != block["num_samples"]
-                         else "") + ")" if "fid_train_images" in block else ")")
-                   for name, block in ev.get("sample_quality", {}).items())
+    """'; classifier FID 857.37 (1000 samples; real training images: 13.83)' for each extractor of an eval."""
+    parts = []
+    for name, block in ev.get("sample_quality", {}).items():
+        real = ""
+        if "fid_train_images" in block:
+            count = block["num_train_images"]
+            real = f"; real training images: {block['fid_train_images']:.2f}" + (
+                f" from {count}" if count != block["num_samples"] else "")
+        parts.append(f"; {name} FID {block['fid']:.2f} ({block['num_samples']} samples{real})")
+    return "".join(parts)
 
 
 def final_eval(task, state, writer: MetricWriter, sq, out_name: str = "eval.json", images: bool = True,

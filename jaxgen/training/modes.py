@@ -50,13 +50,14 @@ def _restore_for(config, workdir, mode: str):
     if state is None:
         if which == "newest":
             hint = "train first (the same command without --mode)"
-        elif metric := _best_metric(config):
+        elif metric := _training_best_metric(config, workdir):
             when = f"every eval.every={config.eval.every} steps, and at the last step" if config.eval.every else \
                 "at the last step (eval.every=0)"
             hint = (f"the best checkpoint by {metric} is kept at the run's evaluations "
                     f"({when}); none has been kept yet")
         else:
-            hint = "a best checkpoint is kept only with eval.extractors or checkpoint.best_metric set"
+            hint = ("training keeps a best checkpoint only with eval.extractors or checkpoint.best_metric set, "
+                    "and the run's config.json has neither")
         raise FileNotFoundError(f"--mode={mode}: no readable checkpoint in {where}; {hint}")
     log.info("--mode=%s on the %s checkpoint: step %d", mode, which, int(jax.device_get(state["step"])))
     return task, state, differ
@@ -108,6 +109,17 @@ def _best_metric(config) -> str | None:
         return None
 
 
+def _training_best_metric(config, workdir: Path) -> str | None:
+    """The metric the training run keeps its best checkpoint by, from the workdir's config.json (this command's
+    eval.extractors may differ), else from this command's config."""
+    trained = run_record.read_trained_config(workdir)
+    named = trained.get("checkpoint", {}).get("best_metric")
+    if named == "auto":
+        extractors = trained.get("eval", {}).get("extractors") or ()
+        return f"{extractors[0]}/fid" if extractors else None
+    return named or _best_metric(config)
+
+
 def _same_images(config, workdir: Path, drift: list[str]) -> bool:
     """Whether --mode=eval draws the run's images as training did: the same seed (its fixed noise), the same
     weights (EMA or raw) and no other `drift` from the training config (another dataset's test images, say).
@@ -133,9 +145,10 @@ def _selected_by(task, workdir: Path) -> str:
         metric = kept["metric"]
         how = f"{'lowest' if kept['mode'] == 'min' else 'highest'} {metric} ({kept['value']:.6g})"
         if (mine := _best_metric(c)) and mine != metric:
+            given = " (resolved from 'auto')" if c.checkpoint.best_metric == "auto" else ""
             log.info("eval.checkpoint=best evaluates the checkpoint training kept by %s; this command's "
-                     "checkpoint.best_metric=%r chooses nothing here (only training keeps a best checkpoint)",
-                     metric, mine)
+                     "checkpoint.best_metric=%r%s chooses nothing here (only training keeps a best checkpoint)",
+                     metric, mine, given)
         split = kept.get("split") or best_checkpoint.best_split(task, metric, validation=False)
     except (OSError, ValueError, KeyError, TypeError):
         how, split = "best checkpoint.best_metric", best_checkpoint.best_split(task, _best_metric(c) or "")

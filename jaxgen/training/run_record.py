@@ -13,7 +13,7 @@ from pathlib import Path
 
 import jax
 
-from jaxgen import atomic, parallel
+from jaxgen import atomic, command_record, parallel
 
 log = logging.getLogger("jaxgen")
 
@@ -164,8 +164,7 @@ def warn_config_drift(config, workdir: Path, mode: str, data_read: bool = True) 
         f"--mode={mode}: this command's model differs from the one the workdir was trained with ({path}) in: "
         f"{'; '.join(model)}. The checkpoint holds the trained model's weights: "
         + (f"give the training command's config file (it added {', '.join(added_to_model)}) and repeat its "
-           f"overrides" if added_to_model else "repeat the training command's overrides")
-        + " (a command without --config takes them from command.json; then the config file was edited since)")
+           f"overrides" if added_to_model else "repeat the training command's overrides") + _replay_note())
         if model else None,
         "check the workdir's config")
     if "seed" in diffs:
@@ -175,10 +174,18 @@ def warn_config_drift(config, workdir: Path, mode: str, data_read: bool = True) 
         fix = (f"Give the training command's config file (it added {', '.join(lacking)}, which this config lacks) "
                "and repeat its overrides" if lacking else "Repeat the training command's overrides")
         log.warning("--mode=%s runs with this command's config, which differs from the one the workdir was trained "
-                    "with (%s) in: %s. %s to %s the model as it was trained (a command without --config takes them "
-                    "from command.json; then the config file was edited since).", mode, path, "; ".join(changed),
-                    fix, "evaluate" if mode == "eval" else "sample")
+                    "with (%s) in: %s. %s to %s the model as it was trained%s.", mode, path, "; ".join(changed),
+                    fix, "evaluate" if mode == "eval" else "sample", _replay_note())
     return changed
+
+
+def _replay_note() -> str:
+    """Where this command's config came from, for a drift message: from the workdir's command.json (no --config),
+    whose overrides are the training command's, so the drift is the config file's edits or this command's overrides;
+    '' for a --config given on the command line."""
+    record = command_record.replayed()
+    return (f" (this command took the training command's config and overrides from {record}: the difference comes "
+            f"from edits to the config file since training, or from this command's own overrides)") if record else ""
 
 
 def _model_reads(model: dict) -> tuple[str, ...] | None:
