@@ -23,7 +23,8 @@ def parse_flags(FLAGS: flags.FlagValues, argv: list[str]) -> list[str]:  # noqa:
         argv = command_record.config_of_workdir(FLAGS, argv)
         rest = FLAGS(argv)
         if FLAGS.config is None:
-            why = command_record.why_no_config(FLAGS.workdir)
+            why = command_record.why_no_config(FLAGS.workdir) + command_record.distributed_hint(
+                ["--jax_distributed"] if FLAGS.jax_distributed else [])
             sys.stderr.write(f"FATAL Flags parsing error: --config is required: {why}\n")
             sys.exit(1)
         try:

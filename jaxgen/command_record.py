@@ -46,7 +46,7 @@ def config_of_workdir(FLAGS: flags.FlagValues, argv: list[str]) -> list[str]:  #
     path = os.path.join(os.path.expanduser(workdir), COMMAND_FILE) if workdir else None  # no shell expands '~/'
     if path is None or not os.path.isfile(path):  # after '=': "--workdir=~/runs/x"
         if any(re.match(r"--?(no)?config\.", a) for a in flags_given):  # absl would call the override unknown
-            raise NoConfigError(f"--config is required: {why_no_config(workdir)}")
+            raise NoConfigError(f"--config is required: {why_no_config(workdir)}{distributed_hint(flags_given)}")
         return argv  # absl says that --workdir is required, or parse_flags why --config is (`why_no_config`)
     try:
         record = json.loads(Path(path).read_text())
@@ -58,11 +58,12 @@ def config_of_workdir(FLAGS: flags.FlagValues, argv: list[str]) -> list[str]:  #
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise NoConfigError(f"no --config, and {path}, which records the config of the workdir's last training "
                             f"command, cannot be read ({type(e).__name__}: {e}): give --config and the overrides "
-                            f"that trained the run") from None
+                            f"that trained the run{distributed_hint(flags_given)}") from None
     file = config.split(":", 1)[0]
     if not os.path.isfile(file):
         raise NoConfigError(f"no --config, and the config file that trained {workdir} is not at {file} any more "
-                            f"({path} records it): give --config=<that file>[:variant] and the overrides it lists")
+                            f"({path} records it): give --config=<that file>[:variant] and the overrides it lists"
+                            f"{distributed_hint(flags_given)}")
     # An override this command gives replaces the recorded one of its field (and of the fields inside it): absl
     # would take the later value, but a tuple field's values would be joined, (16, 48) and (8, 16) into 4 widths.
     given = [m.group(2) for a in flags_given if (m := re.match(r"--?(no)?config\.([^=]+)", a))]
@@ -86,6 +87,16 @@ def config_of_workdir(FLAGS: flags.FlagValues, argv: list[str]) -> list[str]:  #
     sys.argv[:] = new
     _replayed.append(path)
     return new
+
+
+def distributed_hint(args: list[str]) -> str:
+    """For a --config-less command of a multi-process job (--jax_distributed) that cannot take its config: every
+    process reads the record itself, so the workdir must be one folder every host sees; the others wait for this
+    process at jax.distributed's start until it times out."""
+    if not any(re.fullmatch(r"--?jax_distributed(=(true|True|1))?", a) for a in args):
+        return ""
+    return ("; with --jax_distributed every process reads the workdir's command.json itself: give --workdir a folder "
+            "every host shares (the other processes wait for this one until JAX's start times out, 5 minutes)")
 
 
 def _relative_path(field: str, value: str) -> bool:

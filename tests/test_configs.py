@@ -278,6 +278,11 @@ def test_a_command_without_config_says_what_to_give(tmp_path):
     r = launch(f"--workdir={tmp_path / 'typo'}", "--mode=eval")  # a mistyped workdir is named as such
     assert r.returncode == 1 and r.stderr.startswith(f"FATAL Flags parsing error: --config is required: the workdir "
                                                      f"{tmp_path / 'typo'} does not exist (check the path)"), r.stderr
+    # One process of a multi-process job that cannot read the record stops before the job starts: it says that
+    # every process reads the workdir (it stops here, before jax.distributed, so this test starts no job).
+    r = launch(f"--workdir={tmp_path / 'typo'}", "--mode=eval", "--jax_distributed")
+    assert r.returncode == 1 and "with --jax_distributed every process reads the workdir's command.json itself: " \
+        "give --workdir a folder every host shares" in r.stderr, r.stderr
 
 
 def test_a_config_file_that_sets_a_missing_field_names_the_line_and_the_fields(tmp_path):

@@ -185,6 +185,7 @@ def sample_checkpoint(config, workdir) -> Path:
             images.save_png(out / f"step_{step:07d}_{i // per:03d}.png", samples[i : i + per] / np.float32(255),
                             scale=1)
     grids = -(-len(samples) // config.sample.per_grid)
-    log.info("Wrote %d sample%s of step %d to %s (and %d PNG grid%s)", len(samples), "s"[: len(samples) != 1], step,
-             path, grids, "s"[: grids != 1])
+    if jax.process_index() == 0:  # the process that wrote them
+        log.info("Wrote %d sample%s of step %d to %s (and %d PNG grid%s)", len(samples), "s"[: len(samples) != 1],
+                 step, path, grids, "s"[: grids != 1])
     return path

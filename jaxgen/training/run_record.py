@@ -236,16 +236,20 @@ def check_same_config(config) -> None:
     fields = sorted(f for f in flat if f not in HOST_FIELDS)
     mine = [zlib.crc32(json.dumps(flat[f], sort_keys=True).encode()) & 0x7FFFFFFF for f in fields]
     every = parallel.allgather_ints([len(fields), zlib.crc32(" ".join(fields).encode()) & 0x7FFFFFFF])
+    record = command_record.replayed()
+    hosts = (f" (this process took its config from {record}: the hosts read different command.json files, or "
+             f"one changed between their reads; give every process the same --config, or a workdir all hosts share)"
+             if record else "")
     if (every != every[0]).any():
         raise parallel.ProcessesDisagreeError(
             "the processes of this run were started with configs of different fields (another config file, or "
-            "another jaxgen). Start every process with the same command")
+            "another jaxgen). Start every process with the same command" + hosts)
     every = parallel.allgather_ints(mine)
     differ = [f"{f} (here {flat[f]!r})" for f, column in zip(fields, every.T) if (column != column[0]).any()]
     if differ:
         raise parallel.ProcessesDisagreeError(
             f"the processes of this run were started with different configs: {', '.join(differ)} differ. Start every "
-            f"process with the same command (only {', '.join(HOST_FIELDS)} may differ by host)")
+            f"process with the same command (only {', '.join(HOST_FIELDS)} may differ by host){hosts}")
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
