@@ -18,7 +18,35 @@ def parse_flags(FLAGS: flags.FlagValues, argv: list[str]) -> list[str]:  # noqa:
     """absl's flag parsing, with the config loaded at once and its mistakes as one FATAL line: a check jaxgen's
     config code makes (an unknown variant), a --config path that does not exist, a field the config file reads or
     sets, or an override sets, that the config lacks (ml_collections raises a bare AttributeError or KeyError, with
-    a "Did you mean" only for near-typos; here the file's line or the override's block and its fields are named)."""
+    a "Did you mean" only for near-typos; here the file's line or the override's block and its fields are named).
+
+    A process of a --jax_distributed job that stops here joins the job first and fails its first collective
+    (`FLAGS_AGREED`), so that the other processes stop at once too, instead of waiting for it at jax.distributed's
+    start until that times out (5 minutes): a workdir one host does not share, a config file missing there."""
+    try:
+        return _parse_flags(FLAGS, argv)
+    except SystemExit as e:
+        if e.code and any(re.fullmatch(r"--?jax_distributed(=(true|True|1))?", a) for a in argv[1:]):
+            _fail_the_job()
+        raise
+
+
+FLAGS_AGREED = "whether every process parsed its flags"  # the first collective of a --jax_distributed run
+
+
+def _fail_the_job() -> None:
+    """Joins the jax.distributed job and fails its first collective (`FLAGS_AGREED`), then ends this process."""
+    try:
+        from jaxgen import parallel, runtime  # noqa: PLC0415
+
+        runtime.setup(distributed=True)
+        parallel.check_same_on_every_process(FLAGS_AGREED, [0], "")
+    except Exception:  # noqa: BLE001 (the disagreement itself, or no job to join: this process stops either way)
+        pass
+    exit_failed(1)
+
+
+def _parse_flags(FLAGS: flags.FlagValues, argv: list[str]) -> list[str]:  # noqa: N803
     try:
         argv = command_record.config_of_workdir(FLAGS, argv)
         rest = FLAGS(argv)
@@ -164,10 +192,15 @@ def run(FLAGS: flags.FlagValues, argv: list[str]) -> None:  # noqa: N803 (launch
 
 def _run_mode(FLAGS: flags.FlagValues, run) -> None:  # noqa: N803 (launch.py's FLAGS)
     """Runs the mode; every error it raises becomes one line and an exit status (its traceback in the log file)."""
+    from jaxgen import parallel  # noqa: PLC0415
     from jaxgen.training import failures, loop, stopping, workdir  # noqa: PLC0415
 
     try:
         with stopping.sigterm_raises():
+            if FLAGS.jax_distributed:  # a process that stopped on its flags fails this one (`parse_flags`)
+                parallel.check_same_on_every_process(FLAGS_AGREED, [1], "The process(es) with 0 stopped on their "
+                                                     "flags (a --config-less command on a workdir that host does not "
+                                                     "share, say): their stderr says why")
             run(FLAGS.config, FLAGS.workdir)
     except loop.RunStopped as e:  # SIGTERM or Ctrl-C: checkpointed and logged; the status the signal would give
         sys.exit(128 + e.signum)

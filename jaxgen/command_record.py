@@ -91,12 +91,11 @@ def config_of_workdir(FLAGS: flags.FlagValues, argv: list[str]) -> list[str]:  #
 
 def distributed_hint(args: list[str]) -> str:
     """For a --config-less command of a multi-process job (--jax_distributed) that cannot take its config: every
-    process reads the record itself, so the workdir must be one folder every host sees; the others wait for this
-    process at jax.distributed's start until it times out."""
+    process reads the record itself, so the workdir must be one folder every host sees."""
     if not any(re.fullmatch(r"--?jax_distributed(=(true|True|1))?", a) for a in args):
         return ""
     return ("; with --jax_distributed every process reads the workdir's command.json itself: give --workdir a folder "
-            "every host shares (the other processes wait for this one until JAX's start times out, 5 minutes)")
+            "every host shares")
 
 
 def _relative_path(field: str, value: str) -> bool:

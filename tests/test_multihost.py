@@ -495,3 +495,25 @@ def test_an_error_on_process_0_alone_ends_the_other_process_at_once(tmp_path):
     assert codes[0] == 1 and codes[1] != 0, codes
     assert "Traceback" in outs[0][1] and "/tb" in outs[0][1], outs[0][1]
 
+
+
+def test_a_process_that_stops_on_its_flags_stops_the_others_at_once(tmp_path):
+    """A --config-less command on a workdir one host does not share (here process 1's workdir has no
+    command.json): process 1 stopped on its flags before the job started, and process 0 waited for it at
+    jax.distributed's start until that timed out (5 minutes). Process 1 now joins the job and fails its first
+    collective, so both stop within seconds, each saying why."""
+    work = tmp_path / "run"
+    work.mkdir()
+    address = f"127.0.0.1:{_free_port()}"
+    given = [sys.executable, "launch.py", "--config=configs/vae_mnist.py:smoke", f"--workdir={work}",
+             "--jax_distributed", "--mode=eval"]
+    taken = [sys.executable, "launch.py", f"--workdir={tmp_path / 'not_shared'}", "--jax_distributed", "--mode=eval"]
+    envs = [{"JAX_COORDINATOR_ADDRESS": address, "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(i)} for i in (0, 1)]
+    codes, start = [], time.monotonic()
+    outs = _run_two([given, taken], envs, timeout=100, devices=1, codes=codes)
+    assert time.monotonic() - start < 100, outs[0][1][-3000:]  # not jax.distributed's 300 s start
+    assert codes == [1, 1], (codes, outs[0][1][-2000:], outs[1][1][-2000:])
+    assert "the processes of this run disagree on whether every process parsed its flags (process 0: [1]; " \
+           "process 1: [0]). The process(es) with 0 stopped on their flags" in outs[0][1], outs[0][1][-3000:]
+    assert "FATAL Flags parsing error: --config is required: the workdir" in outs[1][1], outs[1][1][-3000:]
+    assert "give --workdir a folder every host shares" in outs[1][1]
