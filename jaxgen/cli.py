@@ -26,7 +26,7 @@ def parse_flags(FLAGS: flags.FlagValues, argv: list[str]) -> list[str]:  # noqa:
     try:
         return _parse_flags(FLAGS, argv)
     except SystemExit as e:
-        if e.code and any(re.fullmatch(r"--?jax_distributed(=(true|True|1))?", a) for a in argv[1:]):
+        if e.code and command_record.distributed(argv[1:]):
             _fail_the_job()
         raise
 

@@ -38,8 +38,7 @@ def config_of_workdir(FLAGS: flags.FlagValues, argv: list[str]) -> list[str]:  #
     """`argv`, or, when it has no --config but a --workdir whose last training run recorded its command (COMMAND_FILE,
     written by `launch_command`'s record), that run's --config and overrides followed by `argv`'s flags (so that
     an override given here wins). sys.argv becomes the same list: ml_collections reads the overrides from it."""
-    expanded = FLAGS.read_flags_from_files(argv, force_gnu=False)  # a --flagfile's flags too
-    flags_given = expanded[1:expanded.index("--")] if "--" in expanded else expanded[1:]
+    expanded, flags_given = _expand(FLAGS, argv)
     if any(re.match(r"--?config(=|$)", a) for a in flags_given):
         return argv
     workdir = _flag_value(flags_given, "workdir")
@@ -89,10 +88,21 @@ def config_of_workdir(FLAGS: flags.FlagValues, argv: list[str]) -> list[str]:  #
     return new
 
 
+def _expand(FLAGS: flags.FlagValues, argv: list[str]) -> tuple[list[str], list[str]]:  # noqa: N803
+    """(argv with a --flagfile's flags read in, the flags among them: after the program, before any '--')."""
+    expanded = FLAGS.read_flags_from_files(argv, force_gnu=False)
+    return expanded, expanded[1:expanded.index("--")] if "--" in expanded else expanded[1:]
+
+
+def distributed(args: list[str]) -> bool:
+    """Whether the command line `args` asks for a multi-process job (--jax_distributed)."""
+    return any(re.fullmatch(r"--?jax_distributed(=(true|True|1))?", a) for a in args)
+
+
 def distributed_hint(args: list[str]) -> str:
     """For a --config-less command of a multi-process job (--jax_distributed) that cannot take its config: every
     process reads the record itself, so the workdir must be one folder every host sees."""
-    if not any(re.fullmatch(r"--?jax_distributed(=(true|True|1))?", a) for a in args):
+    if not distributed(args):
         return ""
     return ("; with --jax_distributed every process reads the workdir's command.json itself: give --workdir a folder "
             "every host shares")
@@ -133,8 +143,7 @@ def launch_command(FLAGS: flags.FlagValues, argv: list[str]) -> dict:  # noqa: N
     """The --config (its file as an absolute path) and the overrides of the command `argv` (sys.argv, after
     `config_of_workdir`), each as `--config.<field>=<value as given>`, once per field, in the order ml_collections
     applies them: what a training run records in <workdir>/command.json for a later command without --config."""
-    expanded = FLAGS.read_flags_from_files(argv, force_gnu=False)
-    args = expanded[1:expanded.index("--")] if "--" in expanded else expanded[1:]
+    _, args = _expand(FLAGS, argv)
     config = _flag_value(args, "config")
     file, colon, variant = config.partition(":")
     overrides: dict[str, str] = {}
