@@ -124,7 +124,9 @@ def vae_config() -> ml_collections.ConfigDict:
 
     c.objective = ml_collections.ConfigDict()
     c.objective.name = "elbo"  # jaxgen.objectives.OBJECTIVES, or 'package.module:function'
-    c.objective.likelihood = "bernoulli"  # 'bernoulli' (decoder gives logits) or 'gaussian' (decoder gives means)
+    # 'bernoulli' (decoder gives logits), 'gaussian' (means) or 'discretized_logistic' (8-bit pixels: locations and
+    # log-scales), or 'package.module:function'
+    c.objective.likelihood = "bernoulli"
     c.objective.gaussian_sigma = 0.1  # std of the Gaussian likelihood, pixels in [0, 1]
     c.objective.beta = 1.0  # weight of the KL term (beta-VAE); 1 is the ELBO
     c.objective.kl_warmup_steps = 0  # elbo: the KL's weight rises linearly from 0 to beta over this many steps; 0 = off

@@ -81,9 +81,10 @@ def ignored_settings(config: ml_collections.ConfigDict, base: ml_collections.Con
     if config.task == "vae" and config.objective.name == "iwae":  # they weight the ELBO's terms
         out += [f"objective.{field}={config.objective[field]!r} (read by objective.name=elbo; this run's is iwae)"
                 for field in ("beta", "kl", "kl_warmup_steps") if changed("objective", field)]
-    if config.task == "vae" and config.objective.likelihood == "bernoulli" and changed("objective", "gaussian_sigma"):
+    if config.task == "vae" and config.objective.likelihood in ("bernoulli", "discretized_logistic") and \
+            changed("objective", "gaussian_sigma"):
         out.append(f"objective.gaussian_sigma={config.objective.gaussian_sigma!r} (read by "
-                   f"objective.likelihood=gaussian; this run's is bernoulli)")
+                   f"objective.likelihood=gaussian; this run's is {config.objective.likelihood})")
     if "reg" in config and config.reg.name == "none":
         out += [f"reg.{field}={config.reg[field]!r} (read by a regularizer: reg.name=r1, gp or your own)"
                 for field in ("weight", "interval") if changed("reg", field)]
@@ -325,10 +326,10 @@ def _warn_vae_combinations(config) -> None:
     if o.likelihood == "bernoulli" and binarize == "none":
         log.warning("objective.likelihood='bernoulli' with data.binarize='none': on grey values the Bernoulli is "
                     "not a normalised density, so the NLL and bits/dim are not those of any pixel distribution "
-                    "(binarize 'dynamic', or likelihood 'gaussian' for grey values)")
-    if o.likelihood == "gaussian" and binarize == "dynamic":
-        log.warning("objective.likelihood='gaussian' with data.binarize='dynamic': the bits/dim assume 8-bit "
-                    "pixels, these are binary (set data.binarize=none, or likelihood 'bernoulli')")
+                    "(binarize 'dynamic', or likelihood 'discretized_logistic' or 'gaussian' for grey values)")
+    if o.likelihood in ("gaussian", "discretized_logistic") and binarize == "dynamic":
+        log.warning("objective.likelihood=%r with data.binarize='dynamic': the bits/dim assume 8-bit pixels, these "
+                    "are binary (set data.binarize=none, or likelihood 'bernoulli')", o.likelihood)
     if o.likelihood == "gaussian" and o.gaussian_sigma < 1 / (255 * math.sqrt(2 * math.pi)):
         log.warning("objective.gaussian_sigma=%g < 1/(255 sqrt(2 pi)): the Gaussian density of x/255 exceeds 1 per "
                     "8-bit bin, so the reported bits/dim can be negative", o.gaussian_sigma)

@@ -350,7 +350,8 @@ def test_a_variant_that_overrides_an_earlier_ones_fields_says_so(caplog):
 @pytest.mark.parametrize("field,value,message", [
     ("model.name", "conv_vea", "unknown model 'conv_vea'; choices: conv_vae, mlp_vae"),
     ("objective.name", "elbow", "unknown objective 'elbow'; choices: elbo, iwae"),
-    ("objective.likelihood", "poisson", "unknown likelihood 'poisson'; choices: bernoulli, gaussian"),
+    ("objective.likelihood", "poisson",
+     "unknown likelihood 'poisson'; choices: bernoulli, discretized_logistic, gaussian"),
     ("data.name", "imagenet", "unknown dataset 'imagenet'; choices: celeb_a, cifar10"),
     ("optim.name", "adamm", "unknown optimizer 'adamm'; choices: adam, adamw"),
     ("train.batch_size", 30, "train.batch_size=30 is not divisible by the 8 devices; use a multiple of 8"),
@@ -530,6 +531,7 @@ def test_settings_that_do_nothing_in_the_run_are_named_with_what_reads_them(capl
 @pytest.mark.parametrize("fields,warning", [
     ({"data.binarize": "none"}, "on grey values the Bernoulli is not a normalised density"),
     ({"objective.likelihood": "gaussian"}, "the bits/dim assume 8-bit pixels, these are binary"),
+    ({"objective.likelihood": "discretized_logistic"}, "the bits/dim assume 8-bit pixels, these are binary"),
     ({"objective.likelihood": "gaussian", "data.binarize": "none", "objective.gaussian_sigma": 1e-3},
      "the reported bits/dim can be negative"),
     ({"objective.name": "iwae", "objective.beta": 4.0}, "objective.beta=4.0 (read by objective.name=elbo"),

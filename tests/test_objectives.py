@@ -35,6 +35,62 @@ def test_likelihoods_match_hand_computation():
     np.testing.assert_allclose(vo.gaussian_log_prob(mean, x, cfg), [hand], rtol=1e-6)
 
 
+def _logistic_bin_probs(loc, log_scale):
+    """P(u) [N, 256] of the 8-bit levels u under each discretized logistic, in float64 (both CDFs' tails taken on
+    the side where they are small, so no difference of two numbers near 1)."""
+    s = np.exp(np.maximum(np.asarray(log_scale, np.float64), vo.MIN_LOG_SCALE))[:, None]
+    x = (np.arange(256) / 255.0)[None]
+    a = np.where(x > 254.5 / 255, np.inf, (x + 0.5 / 255 - np.asarray(loc, np.float64)[:, None]) / s)
+    b = np.where(x < 0.5 / 255, -np.inf, (x - 0.5 / 255 - np.asarray(loc, np.float64)[:, None]) / s)
+    with np.errstate(over="ignore"):
+        cdf = lambda t: 1.0 / (1.0 + np.exp(-t))  # noqa: E731
+        return np.where(a + b > 0, cdf(-b) - cdf(-a), cdf(a) - cdf(b))
+
+
+def _logistic_log_probs(loc, log_scale):
+    """jaxgen's log P(u) [N, 256] of every 8-bit level, one pixel per example."""
+    n = len(loc)
+    out = jnp.stack([jnp.broadcast_to(jnp.asarray(loc)[:, None], (n, 256)),
+                     jnp.broadcast_to(jnp.asarray(log_scale)[:, None], (n, 256))], -1)[:, :, None, None, :]
+    x = (jnp.arange(256) / 255.0).astype(jnp.float32)[None, :, None, None, None]
+    return vo.discretized_logistic_log_prob(out, x)
+
+
+def test_discretized_logistic_is_a_distribution_over_the_8_bit_levels():
+    """Its 256 probabilities sum to 1 for any location and scale (the end bins reach to -inf and +inf), and each
+    equals the difference of the logistic's CDFs at the bin's edges, computed in float64."""
+    rng = np.random.default_rng(0)
+    loc = rng.uniform(-0.5, 1.5, 64).astype(np.float32)
+    log_scale = rng.uniform(-9.0, 1.0, 64).astype(np.float32)  # some below the floor
+    got = np.asarray(_logistic_log_probs(loc, log_scale), np.float64)
+    np.testing.assert_allclose(np.log(np.sum(np.exp(got), axis=1)), 0.0, atol=1e-5)
+    with np.errstate(divide="ignore"):  # float64's own tails end at exp(-745)
+        want = np.log(_logistic_bin_probs(loc, log_scale))
+    likely = want > -20  # float32 rounds (x - loc) / scale by ~1e-7 / scale, which is 1e-4 at the floor
+    np.testing.assert_allclose(got[likely], want[likely], atol=1e-4)
+    far = (want > -650) & ~likely  # tails, relative to their size (below exp(-708) float64's own are denormal)
+    np.testing.assert_allclose(got[far], want[far], rtol=1e-5)
+
+
+def test_discretized_logistic_is_finite_far_in_its_tails():
+    """Where both CDFs round to the same float (a pixel many scales from the location) the direct
+    log(sigmoid(a) - sigmoid(b)) is -inf with a NaN gradient; jaxgen's form stays finite and right."""
+    loc, log_scale, x = jnp.array([-50.0, 60.0]), jnp.array([-7.0, -3.0]), jnp.array([0.5, 0.2])
+    out = jnp.stack([loc, log_scale], -1)[:, None, None, :]
+    f = lambda o: vo.discretized_logistic_log_prob(o, x[:, None, None, None])  # noqa: E731
+    got = f(out)
+    s = np.exp(np.asarray(log_scale, np.float64))
+    a = (np.asarray(x, np.float64) + 0.5 / 255 - np.asarray(loc, np.float64)) / s
+    b = a - 1 / 255 / s
+    # Far right of loc -50: P = sigmoid(-b) - sigmoid(-a) ~ exp(-b) - exp(-a); far left of loc 60: exp(a) - exp(b).
+    want = [-b[0] + np.log1p(-np.exp(b[0] - a[0])), a[1] + np.log1p(-np.exp(b[1] - a[1]))]
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5)
+    naive = jnp.log(jax.nn.sigmoid(a[1]) - jax.nn.sigmoid(b[1]))
+    assert not np.isfinite(float(naive))  # why the form matters
+    grad = jax.grad(lambda o: jnp.sum(f(o)))(out)
+    assert np.all(np.isfinite(np.asarray(grad)))
+
+
 class LinearGaussianVAE(nn.Module):
     """p(z) = N(0, I), p(x|z) = N(W z + b, sigma^2 I): log p(x) is exact (x ~ N(b, W W^T + sigma^2 I))."""
 
@@ -147,10 +203,10 @@ def test_importance_nll_in_chunks_is_the_k_sample_estimate():
     np.testing.assert_allclose(got, want, rtol=1e-5)
 
 
-@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian", "discretized_logistic"])
 def test_bits_per_dim_are_those_of_8_bit_pixels(likelihood):
-    """Bernoulli: nll / (D ln 2). Gaussian (a density of x / 255): the 8-bit pixels' bits,
-    (nll + D ln 255) / (D ln 2)."""
+    """Bernoulli and discretized logistic (probabilities): nll / (D ln 2). Gaussian (a density of x / 255): the
+    8-bit pixels' bits, (nll + D ln 255) / (D ln 2)."""
     from jaxgen import parallel
     from jaxgen.evaluation import vae as vae_eval
 

@@ -418,6 +418,12 @@ def test_a_vae_model_or_likelihood_of_the_wrong_shape_is_refused_before_training
         for likelihood in ("bernoulli", "gaussian"):
             cfg.likelihood = likelihood
             vae_obj.check_model(model, params(model), x, cfg=cfg)
+    cfg.likelihood = "discretized_logistic"  # a location and a log-scale a channel: a model built for one fails
+    with pytest.raises(ValueError, match=r"decode\(z\) must return the likelihood's parameters \[2, 8, 8, 2\] for "
+                                         r"images \[2, 8, 8, 1\] \(objective.likelihood='discretized_logistic'\)"):
+        vae_obj.check_model(model, params(model), x, cfg=cfg)
+    model = MLPVAE((8, 8, 1), 2, (8,), "tanh", out_channels=2)
+    vae_obj.check_model(model, params(model), x, cfg=cfg)
     model = MLPVAE((8, 8, 1), 2, (8,), "tanh")
     cfg.likelihood = "tests.test_user_functions:unsummed_likelihood"
     with pytest.raises(ValueError, match=r"must return log p\(x \| z\) summed over the last three \(pixel\) axes: "

@@ -208,6 +208,19 @@ def test_the_decoder_can_start_at_the_training_mean():
     m = models.build(c.model, (28, 28, 1), train_images=images, likelihood="gaussian")
     params = m.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)), jnp.zeros((1, m.latent_dim)))["params"]
     np.testing.assert_allclose(params["out"]["bias"], [8 * 28 * 2 / (28 * 28 * 4)], rtol=1e-5)  # the mean pixel
+    # The discretized logistic: 2 outputs a channel, the mean, then the log of the logistic scale with the pixels'
+    # standard deviation (floored: a pixel that is always black has none).
+    m = models.build(c.model, (28, 28, 1), train_images=images, likelihood="discretized_logistic")
+    params = m.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)), jnp.zeros((1, m.latent_dim)))["params"]
+    p = 8 * 28 * 2 / (28 * 28 * 4)
+    np.testing.assert_allclose(params["out"]["bias"], [p, np.log(np.sqrt(p - p * p) * np.sqrt(3) / np.pi)], rtol=1e-5)
+    c.model.name = "mlp_vae"
+    m = models.build(c.model, (28, 28, 1), train_images=images, likelihood="discretized_logistic")
+    params = m.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)), jnp.zeros((1, m.latent_dim)))["params"]
+    bias = np.asarray(params["out"]["bias"]).reshape(28, 28, 2)  # the decoder output's layout
+    np.testing.assert_allclose(bias[12, 3], [0.5, np.log(0.5 * np.sqrt(3) / np.pi)], rtol=1e-5)
+    np.testing.assert_allclose(bias[0, 3], [0.0, -7.0], rtol=1e-6)
+    assert m.apply({"params": params}, jnp.zeros((2, m.latent_dim)), method="decode").shape == (2, 28, 28, 2)
     c.model.output_bias = "mean"
     with pytest.raises(ValueError, match="unknown model.output_bias 'mean'; choices: zero, data_mean"):
         models.build(c.model, (28, 28, 1), train_images=images)

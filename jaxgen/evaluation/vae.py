@@ -98,7 +98,8 @@ def evaluate(eval_fn, params, images: np.ndarray, *, mesh, key, binarize_key, ba
 
     key: the latent noise's; binarize_key: the test set's binarization (`eval_inputs`).
     eval_fn: from compile_eval with the same nll_chunk. Adds nll, nll_bits_per_dim, nll_k and num_examples.
-    nll_bits_per_dim is nll / (D ln 2) for the Bernoulli likelihood (a probability of the binarized pixels). The
+    nll_bits_per_dim is nll / (D ln 2) for the Bernoulli likelihood (a probability of the binarized pixels) and the
+    discretized logistic (a probability of the 8-bit pixels, comparable with published bits/dim). The
     Gaussian likelihood's nll is a density of x / 255 in [0, 1], which can be negative; its bits per dim are those
     of the 8-bit pixels with probability density x 1/255 (the pixel's bin width), (nll + D ln 255) / (D ln 2): a
     midpoint-rule estimate of the discretized Gaussian, not a bound, and not comparable with published

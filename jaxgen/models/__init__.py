@@ -12,6 +12,7 @@ import flax.linen as nn
 
 from jaxgen import registry
 from jaxgen.models.vae import MLPVAE, OUTPUT_BIASES, ConvVAE, data_mean_output
+from jaxgen.objectives.vae import output_channels
 
 MODELS = {"conv_vae": ConvVAE, "mlp_vae": MLPVAE}
 
@@ -24,7 +25,8 @@ def build(model_config, image_shape: tuple[int, int, int], *, train_images=None,
     mlp_vae (latent_dim, hidden, activation). A user's class receives `image_shape` and `latent_dim`; a user's
     factory function is called as `fn(model_config, image_shape)` and returns the module (with a `latent_dim`).
     model.output_bias='data_mean' starts a built-in decoder at the mean of `train_images` (uint8) under
-    `likelihood` (per pixel for mlp_vae, per channel for conv_vae; `models.vae.data_mean_output`).
+    `likelihood` (per pixel for mlp_vae, per channel for conv_vae; `models.vae.data_mean_output`). A built-in
+    decoder gives the channels `likelihood` needs (`objectives.vae.output_channels`: 2C for discretized_logistic).
     """
     cls = registry.resolve("model", model_config.name, MODELS)
     m = model_config
@@ -40,11 +42,13 @@ def build(model_config, image_shape: tuple[int, int, int], *, train_images=None,
             raise ValueError("model.output_bias='data_mean' needs the training images")
         out_bias = {"out_bias_init": nn.initializers.constant(data_mean_output(train_images, likelihood,
                                                                                cls is MLPVAE))}
+    out_channels = output_channels(likelihood, image_shape[-1])
     if cls is ConvVAE:
         return ConvVAE(tuple(image_shape), m.latent_dim, tuple(m.channels), m.dense, m.activation,
-                       m.get("conv_impl", "auto"), **out_bias)
+                       m.get("conv_impl", "auto"), out_channels=out_channels, **out_bias)
     if cls is MLPVAE:
-        return MLPVAE(tuple(image_shape), m.latent_dim, tuple(m.hidden), m.activation, **out_bias)
+        return MLPVAE(tuple(image_shape), m.latent_dim, tuple(m.hidden), m.activation, out_channels=out_channels,
+                      **out_bias)
     if is_module_class(cls):
         _check_vae_class(m.name, cls, fields=("image_shape", "latent_dim"))
         return cls(image_shape=tuple(image_shape), latent_dim=m.latent_dim)

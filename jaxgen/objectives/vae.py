@@ -45,10 +45,50 @@ def gaussian_log_prob(mean: jax.Array, x: jax.Array, cfg) -> jax.Array:
     return jnp.sum(-0.5 * ((x - mean) / sigma) ** 2 - math.log(sigma) - 0.5 * LOG_2PI, axis=(-3, -2, -1))
 
 
-LIKELIHOODS = {"bernoulli": bernoulli_log_prob, "gaussian": gaussian_log_prob}
+# The discretized logistic's log-scale floor, pixels in [0, 1]: exp(-7) = 0.0009, a quarter of an 8-bit bin, where
+# 99.9% of a centred logistic's mass lies in its bin (PixelCNN++ floors at -7 on [-1, 1], twice these units).
+MIN_LOG_SCALE = -7.0
 
-# The decoder's output as an image in [0, 1] (the likelihood's mean), per likelihood.
-MEANS = {"bernoulli": jax.nn.sigmoid, "gaussian": lambda m: jnp.clip(m, 0.0, 1.0)}
+
+def discretized_logistic_log_prob(out: jax.Array, x: jax.Array, cfg=None) -> jax.Array:
+    """log P(x) of 8-bit pixels x = u / 255 under a logistic with location out[..., :C] and log-scale out[..., C:]
+    (floored at MIN_LOG_SCALE), discretized to the 256 bins [x - 1/510, x + 1/510], the end bins extended to -inf
+    and +inf (Salimans et al. 2017, PixelCNN++, with one component; Kingma et al. 2016, IAF). Summed over the last
+    three (pixel) axes. A probability, not a density: -log P is a code length, its bits/dim NLL / (D ln 2).
+
+    log(sigmoid(a) - sigmoid(b)) for the bin's standardised edges a > b is computed as
+    (a + b) / 2 + log(2 sinh((a - b) / 2)) - softplus(a) - softplus(b): exact, with no difference of two CDFs that
+    rounds to 0 in a tail (where the direct form gives -inf and a NaN gradient).
+    """
+    del cfg
+    c = x.shape[-1]
+    loc, log_scale = out[..., :c], jnp.maximum(out[..., c:], MIN_LOG_SCALE)
+    inv_scale = jnp.exp(-log_scale)
+    centred = (x - loc) * inv_scale
+    half = (0.5 / 255.0) * inv_scale  # half the bin width, standardised
+    upper, lower = centred + half, centred - half
+    inner = centred + half + jnp.log(-jnp.expm1(-2.0 * half)) - jax.nn.softplus(upper) - jax.nn.softplus(lower)
+    first = -jax.nn.softplus(-upper)  # u = 0: log sigmoid(upper), the bin extended to -inf
+    last = -jax.nn.softplus(lower)  # u = 255: log(1 - sigmoid(lower)), extended to +inf
+    logp = jnp.where(x < 0.5 / 255.0, first, jnp.where(x > 254.5 / 255.0, last, inner))
+    return jnp.sum(logp, axis=(-3, -2, -1))
+
+
+LIKELIHOODS = {"bernoulli": bernoulli_log_prob, "gaussian": gaussian_log_prob,
+               "discretized_logistic": discretized_logistic_log_prob}
+
+# The decoder's outputs per image channel, per built-in likelihood (1 where it is missing here).
+PARAMS_PER_CHANNEL = {"discretized_logistic": 2}
+
+# The decoder's output as an image in [0, 1] (the likelihood's mean), per likelihood. The discretized logistic's:
+# its location (its mean up to the end bins' mass).
+MEANS = {"bernoulli": jax.nn.sigmoid, "gaussian": lambda m: jnp.clip(m, 0.0, 1.0),
+         "discretized_logistic": lambda m: jnp.clip(m[..., : m.shape[-1] // 2], 0.0, 1.0)}
+
+
+def output_channels(likelihood_name: str, image_channels: int) -> int:
+    """The channels a built-in decoder gives for `likelihood_name` (a user's likelihood: the image's)."""
+    return image_channels * PARAMS_PER_CHANNEL.get(likelihood_name, 1)
 
 
 def likelihood(cfg):
@@ -58,9 +98,10 @@ def likelihood(cfg):
 def check_model(model, params, x, *, cfg) -> None:
     """Checks, by tracing once (no computation), what the objectives and the evaluation need of a VAE model and
     its likelihood: encode(x [B, H, W, C]) -> (mu, logvar), each [B, model.latent_dim]; decode(z) -> [B, H, W, C']
-    (C' = C for the built-in likelihoods); the likelihood of x under it -> one log p(x | z) per image. A model or a
-    likelihood of the user's that breaks this fails here, naming what it returned, instead of broadcasting into a
-    meaningless loss (a likelihood not summed over pixels trains) or failing at the first evaluation."""
+    (C' = C for the built-in likelihoods, 2C for discretized_logistic); the likelihood of x under it -> one
+    log p(x | z) per image. A model or a likelihood of the user's that breaks this fails here, naming what it
+    returned, instead of broadcasting into a meaningless loss (a likelihood not summed over pixels trains) or failing
+    at the first evaluation."""
     b, image = x.shape[0], tuple(x.shape[1:])
     enc = jax.eval_shape(lambda p, v: model.apply(p, v, method="encode"), params, x)
     d = getattr(model, "latent_dim", None)
@@ -73,8 +114,10 @@ def check_model(model, params, x, *, cfg) -> None:
     out = jax.eval_shape(lambda p, v: model.apply(p, v, method="decode"), params, z)
     shape = tuple(getattr(out, "shape", ()))
     builtin = cfg.likelihood in LIKELIHOODS
-    if shape[:3] != (b, *image[:2]) or len(shape) != 4 or (builtin and shape != (b, *image)):
-        want = f"[{b}, {', '.join(map(str, image))}]" if builtin else f"[{b}, {image[0]}, {image[1]}, channels]"
+    want_shape = (b, *image[:2], output_channels(cfg.likelihood, image[2]))
+    if shape[:3] != (b, *image[:2]) or len(shape) != 4 or (builtin and shape != want_shape):
+        want = f"[{b}, {', '.join(map(str, want_shape[1:]))}]" if builtin else \
+            f"[{b}, {image[0]}, {image[1]}, channels]"
         raise ValueError(f"model {type(model).__name__}: decode(z) must return the likelihood's parameters {want} "
                          f"for images {[b, *image]}" + (f" (objective.likelihood={cfg.likelihood!r})" if builtin
                                                         else "") + f"; it returned {registry.describe(out)}")

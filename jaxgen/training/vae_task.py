@@ -56,7 +56,8 @@ class VAETask:
                              + parallel.at_most(len(self.train), self.mesh.size))
         if config.data.binarize == "dynamic" and self.image_shape[-1] == 3:
             log.warning("data.binarize='dynamic' on colour images binarizes each channel of %s; for colour data set "
-                        "--config.data.binarize=none --config.objective.likelihood=gaussian", config.data.name)
+                        "--config.data.binarize=none --config.objective.likelihood=discretized_logistic",
+                        config.data.name)
         self.model = models.build(config.model, self.image_shape, train_images=images,
                                   likelihood=config.objective.likelihood)
         self.create = functools.partial(state_lib.create, self.model, self.tx, self.image_shape, config.seed,
