@@ -1,5 +1,6 @@
 """Files written whole or not at all: a reader (another process, host or user, or the next run after a kill)
-sees the old file or the new one, never half of one."""
+sees the old file or the new one, never half of one. Lines appended to a log (`append_line`) start on a line of their
+own, after a torn one."""
 
 from __future__ import annotations
 
@@ -54,3 +55,14 @@ def write_npz(path: Path, **arrays) -> Path:
 def write_text(path: Path, text: str) -> Path:
     """A UTF-8 text file, atomically (`write_with`)."""
     return write_with(path, lambda f: f.write(text.encode()))
+
+
+def append_line(path: Path, line: str) -> None:
+    """Appends `line` (one line of UTF-8 text, without its newline) and a newline to the file at `path`; a file that a
+    killed run or a full disk left without its last newline gets one first, so that a torn last line stays a line of
+    its own (that a reader skips or reports) and does not swallow this one."""
+    with Path(path).open("a+b") as f:
+        data = line.encode() + b"\n"
+        if f.tell() and (f.seek(-1, os.SEEK_END), f.read(1))[1] != b"\n":
+            data = b"\n" + data
+        f.write(data)

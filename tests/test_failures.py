@@ -111,7 +111,74 @@ def test_a_full_disk_is_named_with_where_and_what_to_do():
     assert full.endswith("then run the same command again")
     assert failures.disk_full(OSError(errno.EDQUOT, "Disk quota exceeded", "/x")).startswith("Disk quota exceeded")
     assert failures.disk_full(ValueError("no space for the latent")) is None
-    assert failures.disk_full(OSError(errno.EACCES, "Permission denied", "/x")) is None
+    # Orbax's synchronous finalize raises a bare OSError after TensorStore's error, which named the file
+    bare = OSError(errno.ENOSPC, "No space left on device")
+    bare.__context__ = orbax
+    assert failures.disk_full(bare).startswith("No space left on the device that holds /runs/a/best/10 (a checkpoint")
+
+
+def test_a_write_the_filesystem_refuses_is_named_with_where_and_what_to_do():
+    """The file-size limit (EFBIG: `ulimit -f`, FAT32), permissions (EACCES, EPERM) and a read-only mount (EROFS),
+    from Python's OSError or Orbax's text, give the FATAL line too; a message of jaxgen's own about such an error
+    (`raise ... from None`: the workdir probe's) keeps its own fix."""
+    import errno
+
+    from jaxgen.training import failures, workdir
+
+    efbig = ValueError('OUT_OF_RANGE: Error writing "params.out.bias/0.0" in OCDBT database at local file "/r/best/'
+                       '10.orbax-checkpoint-tmp/state.orbax-checkpoint-tmp/ocdbt.process_0/": Failed writing: "/r/'
+                       'best/10.orbax-checkpoint-tmp/state.orbax-checkpoint-tmp/ocdbt.process_0/d/8272be": Failed to '
+                       "write 211263 bytes to file 23: File too large [os_error_code='27']")
+    said = failures.disk_full(efbig)
+    assert said.startswith("A file grew past the file-size limit at /r/best/10 (a checkpoint being written) (File too "
+                           "large). Raise the limit (`ulimit -f unlimited`")
+    assert said.endswith("then run the same command: it resumes from the newest checkpoint written whole (a "
+                         "half-written one is never read, and the next start removes it)")
+    said = failures.disk_full(PermissionError(errno.EACCES, "Permission denied", "/r/metrics.jsonl"), mode="eval")
+    assert said == ("The filesystem refused access to /r/metrics.jsonl (Permission denied). Give this user write "
+                    "access there (and read access to what the run reads), or pass a --workdir you can write to, then "
+                    "run the same command again")
+    assert failures.disk_full(OSError(errno.EROFS, "Read-only file system", "/r/x")).startswith(
+        "/r/x is on a read-only filesystem. Remount it read-write")
+    assert failures.disk_full(OSError(errno.EPERM, "Operation not permitted", "/r")).startswith(
+        "The filesystem refused access to /r (Operation not permitted)")
+    assert failures.disk_full(ValueError("Permission denied by the user's loss")) is None  # by code, not by words
+    try:
+        workdir.prepare("/proc/jaxgen_cannot_be_here")
+    except workdir.WorkdirError as e:
+        assert failures.disk_full(e) is None and "pass a --workdir you can write to" in str(e)
+    else:
+        raise AssertionError("/proc is writable")
+
+
+def test_a_dangling_symlink_or_a_read_only_workdir_gets_its_own_fix(tmp_path):
+    from jaxgen.training import workdir
+
+    (tmp_path / "link").symlink_to(tmp_path / "gone")
+    with pytest.raises(workdir.WorkdirError, match=r"link is a symbolic link to .*gone, which does not exist: create "
+                                                   r"its target, or pass another --workdir"):
+        workdir.prepare(tmp_path / "link")
+    with pytest.raises(workdir.WorkdirError, match=r"to read a workdir you cannot write to, copy it and pass the copy"):
+        workdir.prepare("/proc/self", create=False)  # a directory no one writes a file into
+
+
+def test_the_file_size_limit_stops_a_run_with_one_line_and_the_run_resumes(tmp_path):
+    """RLIMIT_FSIZE (a job scheduler's, or `ulimit -f`) hit by a checkpoint write: before, a traceback and ~60 of
+    Orbax's writer threads' (636 lines). Python ignores SIGXFSZ, so the write fails with EFBIG."""
+    import os
+
+    from tests.conftest import TEST_XLA_FLAGS
+
+    args = ("--config=configs/vae_mnist.py:smoke", f"--workdir={tmp_path / 'w'}", "--config.train.steps=20",
+            "--config.eval.extractors=()")
+    r = subprocess.run(["bash", "-c", 'ulimit -f 300 && exec "$0" "$@"', sys.executable, str(ROOT / "launch.py"),
+                        *args], cwd=ROOT, env={**os.environ, "XLA_FLAGS": TEST_XLA_FLAGS}, capture_output=True,
+                       text=True, timeout=300)  # 300 KiB: a checkpoint's data file is larger
+    assert r.returncode == 1
+    assert r.stderr.splitlines()[-2].startswith("FATAL A file grew past the file-size limit at "), r.stderr[-3000:]
+    assert "Traceback" not in r.stderr, r.stderr[-3000:]
+    r = launch(*args)
+    assert r.returncode == 0, r.stderr[-3000:]
 
 
 def test_after_a_full_disks_fatal_line_stderr_is_quiet():
@@ -286,3 +353,17 @@ def test_an_accelerator_out_of_memory_names_the_sizes_to_lower_with_their_values
     assert failures.out_of_memory(ValueError('RESOURCE_EXHAUSTED: Failed writing: "/a": No space left on device'),
                                   v) is None
     assert failures.out_of_memory(ValueError("out of memory"), v) is None
+
+
+def test_a_line_appended_after_a_torn_one_starts_a_line_of_its_own(tmp_path):
+    """metrics.jsonl and config_history.jsonl after a kill or a full disk tore their last line: the next record is
+    not glued to it (config_history.jsonl was appended without this before)."""
+    from jaxgen import atomic
+
+    path = tmp_path / "config_history.jsonl"
+    path.write_text('{"a": 1}\n{"b": ')
+    atomic.append_line(path, '{"c": 3}')
+    atomic.append_line(path, '{"d": 4}')
+    assert path.read_text().splitlines() == ['{"a": 1}', '{"b": ', '{"c": 3}', '{"d": 4}']
+    atomic.append_line(tmp_path / "new.jsonl", "x")
+    assert (tmp_path / "new.jsonl").read_text() == "x\n"

@@ -369,7 +369,7 @@ def _cached_or_decoded(folder: Path, files: list[str], cache: Path, wanted: Path
 
 def _decode_and_cache(folder: Path, files: list[str], cache: Path, wanted: Path, res: int, crop: int, pct: int
                       ) -> tuple[np.ndarray, np.ndarray]:
-    log.info("Decoding %d images in %s once (resolution %d, crop %d); the arrays are cached in %s",
+    log.info("Decoding %d images in %s once (resolution %d, crop %d); caching the arrays in %s",
              len(files), folder, res, crop, cache)
     source = {"folder": str(folder), "resolution": res, "crop": crop, "test_percent": pct}
     # Decoded train split first, then test (each in path order), so that each split is a view of one array.

@@ -98,7 +98,7 @@ def _load_or_train(path: Path, data_config, images: np.ndarray, labels: np.ndarr
                 return traverse_util.unflatten_dict({tuple(k.split("/")): jnp.asarray(v) for k, v in z.items()})
         except TORN_CACHE as e:  # a torn or corrupt cache file: train again
             log.warning("The cached metric classifier %s cannot be read (%s); training it again", path, e)
-    log.info("Training the metric classifier on %s (%d images, %d steps; cached in %s)", data_config.name,
+    log.info("Training the metric classifier on %s (%d images, %d steps; to be cached in %s)", data_config.name,
              len(images), steps, path)
     params = train(images, labels, steps=steps)
     try:

@@ -167,7 +167,7 @@ def reference(extractor: Extractor, images: np.ndarray, *, data_config, split: s
             log.warning("Cached reference features %s cannot be read (%s); computing them again", path, e)
     if _all_processes(cached is not None):  # the extractor may run over every process's devices: all or none
         return _with_statistics(extractor, cached, warn)
-    log.info("Reference features: %s %s, %d images, %s (cached in %s)", data_config.name, split, len(images),
+    log.info("Reference features: %s %s, %d images, %s (caching them in %s)", data_config.name, split, len(images),
              extractor.name, path)
     feats, probs = features(extractor, images)
     ref = {"features": np.asarray(feats, np.float32)}

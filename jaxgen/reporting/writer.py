@@ -72,11 +72,8 @@ class MetricWriter:
         replaced = False
         if split != "train":  # --mode=eval's record leaves the training run's of the step (and the reverse)
             replaced = _drop(self.path, lambda r: r["split"] == split and r["step"] == step and r.get("by") == by)
-        line = json.dumps({"step": int(step), "split": split, **({"by": by} if by else {}), **clean}) + "\n"
-        with self.path.open("a+b") as f:  # a file a stopped run left without its last newline gets it first
-            if f.tell() and (f.seek(-1, 2), f.read(1))[1] != b"\n":
-                line = "\n" + line
-            f.write(line.encode())
+        atomic.append_line(self.path, json.dumps({"step": int(step), "split": split, **({"by": by} if by else {}),
+                                                  **clean}))
         if replaced:  # a finished run run again re-evaluates its last step: TensorBoard keeps its first points
             return  # (it cannot replace them, and a second point at one step zigzags the curve)
         for k, v in scalars.items():

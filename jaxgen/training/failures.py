@@ -1,5 +1,6 @@
-"""The machine's failures as one message naming the fix (launch.py's FATAL line): a full disk, an accelerator out
-of memory. Matched in the error's text as well as its type: Orbax's writer threads and XLA raise them as text."""
+"""The machine's failures as one message naming the fix (launch.py's FATAL line): a full disk, a write the
+filesystem refuses (permissions, a read-only mount, the file-size limit), an accelerator out of memory. Matched in the
+error's text as well as its type: Orbax's writer threads and XLA raise them as text."""
 
 from __future__ import annotations
 
@@ -18,6 +19,20 @@ from jaxgen import runtime
 log = logging.getLogger("jaxgen")
 
 _FULL = {errno.ENOSPC: "No space left on the device", errno.EDQUOT: "Disk quota exceeded on the device"}
+# Refused writes (or reads), by errno: Python's OSError, or TensorStore's text "... [os_error_code='13']".
+_REFUSED = {
+    errno.EFBIG: ("A file grew past the file-size limit at {where} (File too large)",
+                  "Raise the limit (`ulimit -f unlimited` in the shell or job script that starts the run; a FAT32 "
+                  "or exFAT disk caps files at 4 GiB: use a --workdir on another filesystem)"),
+    errno.EACCES: ("The filesystem refused access to {where} (Permission denied)",
+                   "Give this user write access there (and read access to what the run reads), or pass a --workdir "
+                   "you can write to"),
+    errno.EPERM: ("The filesystem refused access to {where} (Operation not permitted)",
+                  "Give this user write access there, or pass a --workdir you can write to"),
+    errno.EROFS: ("{where} is on a read-only filesystem",
+                  "Remount it read-write (a network filesystem can turn read-only after an error or an expired "
+                  "ticket), or pass a --workdir on a writable disk"),
+}
 # XLA's allocation failures (GPU, TPU): "RESOURCE_EXHAUSTED: Out of memory while trying to allocate N bytes.",
 # "... Failed to allocate request for 176.00MiB (184549376B) on device ordinal 0", "Ran out of memory in memory
 # space hbm ...".
@@ -29,7 +44,8 @@ def _chain(error: BaseException | None):
     while error is not None and id(error) not in seen:
         seen.add(id(error))
         yield error
-        error = error.__cause__ or error.__context__
+        # `raise ... from None` hides the context: a message of jaxgen's own that says what the error below it meant
+        error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
 
 
 def _again(mode: str, changed: bool = False) -> str:
@@ -120,24 +136,41 @@ def _has_log_file() -> bool:
     return any(isinstance(h, logging.FileHandler) for h in log.handlers)
 
 
+def _path_of(error: BaseException) -> str | None:
+    """The file an error names: an OSError's filename, or the last absolute path quoted in its text (TensorStore:
+    ... local file "<dir>": Failed writing: "<file>" ...); a checkpoint's inner file as the checkpoint."""
+    where = getattr(error, "filename", None) if isinstance(error, OSError) else None
+    if where is None:
+        quoted = re.findall(r'"(/[^"]+)"', str(error))
+        where = quoted[-1] if quoted else None
+    if where is not None and ".orbax-checkpoint-tmp" in str(where):
+        where = f"{str(where).split('.orbax-checkpoint-tmp')[0]} (a checkpoint being written)"
+    return None if where is None else str(where)
+
+
+def _where(error: BaseException, found: BaseException) -> str:
+    """The path `found` (an error in `error`'s chain) names, else the first one another error of the chain names
+    (Orbax's finalize raises a bare OSError after TensorStore's error that had it), else 'the workdir'."""
+    return next(filter(None, map(_path_of, [found, *_chain(error)])), "the workdir")
+
+
 def disk_full(error: BaseException, mode: str = "train") -> str | None:
-    """The message for an error that a full disk (or an exceeded quota) caused, anywhere in its chain: an OSError
-    (a log, image or metrics write) or the error text of Orbax's asynchronous checkpoint writes (TensorStore's
-    RESOURCE_EXHAUSTED naming errno 28). None for any other error."""
+    """The message for an error that a full disk (or an exceeded quota), or a write the filesystem refused
+    (`_REFUSED`: permissions, a read-only mount, the file-size limit), caused anywhere in its chain: an OSError (a
+    log, image or metrics write) or the error text of Orbax's asynchronous checkpoint writes (TensorStore's, naming
+    the errno). None for any other error."""
+    then = _again(mode) + (" (a half-written one is never read, and the next start removes it)"
+                           if mode == "train" else "")
     for e in _chain(error):
         text = str(e)
         for code, what in _FULL.items():
             if (isinstance(e, OSError) and e.errno == code) or os.strerror(code) in text:
-                where = getattr(e, "filename", None) if isinstance(e, OSError) else None
-                if where is None:  # TensorStore: ... local file "<dir>": Failed writing: "<file>" ...
-                    quoted = re.findall(r'"(/[^"]+)"', text)
-                    where = quoted[-1] if quoted else None
-                if where is not None and ".orbax-checkpoint-tmp" in str(where):  # the checkpoint, not its inner file
-                    where = f"{str(where).split('.orbax-checkpoint-tmp')[0]} (a checkpoint being written)"
-                then = _again(mode) + (" (a half-written one is never read, and the next start removes it)"
-                                       if mode == "train" else "")
-                return (f"{what} that holds {where or 'the workdir'}. Free space there (fewer checkpoints kept: "
+                return (f"{what} that holds {_where(error, e)}. Free space there (fewer checkpoints kept: "
                         f"--config.checkpoint.keep; or a --workdir on a larger disk), then {then}")
+    for e in _chain(error):  # only by code: "Permission denied" in a message of jaxgen's own has its own fix
+        for code, (what, fix) in _REFUSED.items():
+            if (isinstance(e, OSError) and e.errno == code) or f"[os_error_code='{code}']" in str(e):
+                return f"{what.format(where=_where(error, e))}. {fix}, then {then}"
     return None
 
 

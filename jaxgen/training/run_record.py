@@ -39,8 +39,7 @@ def save_config(config, workdir: Path, step: int = 0) -> None:
                      "(the last run's is kept as config.previous.json): %s", ", ".join(changed))
         if changed:
             record = {"replaced": time.strftime("%Y-%m-%dT%H:%M:%S"), "changes": changed, "config": before}
-            with open(workdir / "config_history.jsonl", "a") as f:
-                f.write(json.dumps(record, sort_keys=True) + "\n")
+            atomic.append_line(workdir / "config_history.jsonl", json.dumps(record, sort_keys=True))
             # Copied, not moved: a run killed here still finds config.json (the old one) next time.
             atomic.write_text(workdir / "config.previous.json", path.read_text())
     atomic.write_text(path, json.dumps(now, indent=2, sort_keys=True) + "\n")

@@ -37,6 +37,9 @@ def prepare(workdir: str | os.PathLike, *, create: bool = True) -> Path:
             f"and pass the mounted path as --workdir"
         )
     path = Path(workdir).expanduser().absolute()
+    if path.is_symlink() and not path.exists():
+        raise WorkdirError(f"workdir {path} is a symbolic link to {os.readlink(path)}, which does not exist: create "
+                           f"its target, or pass another --workdir")
     if path.exists() and not path.is_dir():
         raise WorkdirError(f"workdir {path} exists and is not a directory; pass the path of a directory (or of one "
                            f"to create) as --workdir")
@@ -51,10 +54,11 @@ def prepare(workdir: str | os.PathLike, *, create: bool = True) -> Path:
         probe.write_text("ok")
         probe.unlink()
     except OSError as e:
-        raise WorkdirError(
-            f"workdir {path} is not writable (creating a file in it failed: {e.strerror or e}); pass a --workdir you "
-            f"can write to"
-        ) from e
+        copy = "" if create else (" (this mode writes its results and log there: to read a workdir you cannot write "
+                                  "to, copy it and pass the copy)")
+        # from None: this message, not the OSError's (failures.disk_full would read the OSError in the chain)
+        raise WorkdirError(f"workdir {path} is not writable (creating a file in it failed: {e.strerror or e}); pass "
+                           f"a --workdir you can write to{copy}") from None
     return path
 
 
