@@ -47,9 +47,10 @@ def write_with(path: Path, write: Callable[[IO[bytes]], object], suffix: str = "
     return path
 
 
-def write_npz(path: Path, **arrays) -> Path:
-    """np.savez, atomically (`write_with`)."""
-    return write_with(path, lambda f: np.savez(f, **arrays), suffix=".tmp.npz")
+def write_npz(path: Path, *, compress: bool = False, **arrays) -> Path:
+    """np.savez (np.savez_compressed with `compress`), atomically (`write_with`)."""
+    save = np.savez_compressed if compress else np.savez
+    return write_with(path, lambda f: save(f, **arrays), suffix=".tmp.npz")
 
 
 def write_text(path: Path, text: str) -> Path:

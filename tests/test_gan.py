@@ -704,3 +704,24 @@ def test_a_regularizer_with_collectives_over_the_devices_passes_its_check_before
     """The one-trace check runs outside the step's shard_map: it binds the 'data' axis (size 1), so a gather or
     an axis_index there is not an unbound-axis NameError."""
     assert gan_obj.check_regularizer(gathered_r1, "tests.test_gan:gathered_r1", (28, 28, 1)) == ("device_index",)
+
+
+def test_the_samples_over_time_picture_keeps_at_most_64_rows_and_the_npz_every_eval(tmp_path):
+    """A long run's every eval made a PNG too tall to open (gan_celeba, 1M steps: 500 rows, 65,000 px)."""
+    from PIL import Image
+
+    from jaxgen.reporting import images
+
+    assert list(images.history_rows(3)) == [0, 1, 2]
+    rows = images.history_rows(500)
+    assert len(rows) == 64 and rows[0] == 0 and rows[-1] == 499 and np.all(np.diff(rows) >= 7)
+    history = tmp_path / "fixed_noise_history.npz"
+    for step in range(1, 101):
+        images.append_history(history, step, np.full((2, 4, 4, 1), step / 100, np.float32))
+    with np.load(history) as h:
+        assert list(h["steps"]) == list(range(1, 101))
+    png = images.save_history(history, tmp_path / "samples_over_time.png")
+    with Image.open(png) as im:
+        assert im.size == (2 * (2 * 5 + 1), 2 * (64 * 5 + 1))  # 2 columns, 64 rows of 4 px + 1 px pads, scale 2
+        last = np.asarray(im)[-3, 2]  # inside the last row's first image: the last step's value
+    assert last == 255

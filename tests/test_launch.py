@@ -521,7 +521,16 @@ def test_tensorboard_points_are_flushed_before_each_checkpoint_and_not_doubled(s
                           ("eval/nll_k1000", 88.0, 40), ("eval/nll_bits_per_dim_k1000", 0.16, 40),
                           ("eval/nll_k", 1000, 40)]
     assert [r.get("nll") for r in read(tmp_path / "w" / "metrics.jsonl")] == [None, 90.0, 88.0]  # names as they are
-    MetricWriter(tmp_path / "w", tb_run="mode_eval").close()
+    # A new writer (a finished run run again) replaces its step's record; --mode=eval's ("by") stands beside it.
+    writer = MetricWriter(tmp_path / "w", tb_run="mode_eval")
+    writer.write(40, "eval", {"nll": 87.0}, by="--mode=eval")
+    writer.write(40, "eval", {"nll": 86.0}, by="--mode=eval")
+    writer.close()
+    writer = MetricWriter(tmp_path / "w")
+    writer.write(40, "eval", {"nll": 85.0})
+    writer.close()
+    assert [(r.get("nll"), r.get("by")) for r in read(tmp_path / "w" / "metrics.jsonl")] == [
+        (None, None), (90.0, None), (86.0, "--mode=eval"), (85.0, None)]
     assert (tmp_path / "w" / "tb" / "mode_eval").is_dir()
 
 

@@ -55,6 +55,7 @@ class MetricWriter:
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
         self.path = Path(workdir) / "metrics.jsonl"
         self._tb = None
+        self._evaluated = None  # (split, step, by) of the file's eval records, read at the first one this writes
         if self.enabled:
             SummaryWriter = _summary_writer_class()  # noqa: N806
             purge = None
@@ -71,7 +72,12 @@ class MetricWriter:
         clean = {k: (float(v) if math.isfinite(float(v)) else str(float(v))) for k, v in scalars.items()}
         replaced = False
         if split != "train":  # --mode=eval's record leaves the training run's of the step (and the reverse)
-            replaced = _drop(self.path, lambda r: r["split"] == split and r["step"] == step and r.get("by") == by)
+            if self._evaluated is None:  # once, not at every eval: a long run's file is re-read only to replace
+                self._evaluated = {(r["split"], r["step"], r.get("by")) for r in read(self.path)
+                                   if r["split"] != "train"}
+            if (split, int(step), by) in self._evaluated:
+                replaced = _drop(self.path, lambda r: r["split"] == split and r["step"] == step and r.get("by") == by)
+            self._evaluated.add((split, int(step), by))
         atomic.append_line(self.path, json.dumps({"step": int(step), "split": split, **({"by": by} if by else {}),
                                                   **clean}))
         if replaced:  # a finished run run again re-evaluates its last step: TensorBoard keeps its first points
