@@ -226,14 +226,15 @@ def _run_mode(FLAGS: flags.FlagValues, run) -> None:  # noqa: N803 (launch.py's 
         log_file = workdir.log_fatal(e)  # into log.txt too, not only on stderr
         from jaxgen import config_errors  # noqa: PLC0415
 
-        # A function of the user's that read a field its config block lacks; a full disk; the accelerator's memory.
-        full = None if FLAGS.traceback else failures.disk_full(e, FLAGS.mode)
-        known = None if FLAGS.traceback else (config_errors.field_read_error(e) or full
+        # A function of the user's that read a field its config block lacks; a full disk or another refused write;
+        # the accelerator's memory.
+        refused = None if FLAGS.traceback else failures.write_failed(e, FLAGS.mode)
+        known = None if FLAGS.traceback else (config_errors.field_read_error(e) or refused
                                               or failures.out_of_memory(e, FLAGS.config, FLAGS.mode))
         if known is not None:
             sys.stderr.write(f"FATAL {known}\n(its traceback: " + (f"{log_file}, or " if log_file else "")
                              + "rerun with --traceback)\n")
-            if full is not None:  # the FATAL line stays the last: Orbax's failed writes print hundreds of lines
+            if refused is not None:  # the FATAL line stays the last: Orbax's failed writes print hundreds of lines
                 failures.quiet_stderr()  # of tracebacks while Python shuts down (their tasks are collected)
             exit_failed(1)
         if FLAGS.traceback or not workdir.raised_on_purpose(e):

@@ -90,7 +90,7 @@ def test_a_full_disk_is_named_with_where_and_what_to_do():
 
     from jaxgen.training import failures
 
-    full = failures.disk_full(OSError(errno.ENOSPC, "No space left on device", "/runs/a/images/samples.png"))
+    full = failures.write_failed(OSError(errno.ENOSPC, "No space left on device", "/runs/a/images/samples.png"))
     assert full.startswith("No space left on the device that holds /runs/a/images/samples.png. Free space there")
     assert "--config.checkpoint.keep" in full and full.endswith("a half-written one is never read, and the next "
                                                                 "start removes it)")
@@ -106,15 +106,15 @@ def test_a_full_disk_is_named_with_where_and_what_to_do():
             raise RuntimeError("a save failed") from e
     except RuntimeError as e:
         chained = e
-    full = failures.disk_full(chained, mode="eval")
+    full = failures.write_failed(chained, mode="eval")
     assert full.startswith("No space left on the device that holds /runs/a/best/10 (a checkpoint being written).")
     assert full.endswith("then run the same command again")
-    assert failures.disk_full(OSError(errno.EDQUOT, "Disk quota exceeded", "/x")).startswith("Disk quota exceeded")
-    assert failures.disk_full(ValueError("no space for the latent")) is None
+    assert failures.write_failed(OSError(errno.EDQUOT, "Disk quota exceeded", "/x")).startswith("Disk quota exceeded")
+    assert failures.write_failed(ValueError("no space for the latent")) is None
     # Orbax's synchronous finalize raises a bare OSError after TensorStore's error, which named the file
     bare = OSError(errno.ENOSPC, "No space left on device")
     bare.__context__ = orbax
-    assert failures.disk_full(bare).startswith("No space left on the device that holds /runs/a/best/10 (a checkpoint")
+    assert failures.write_failed(bare).startswith("No space left on the device that holds /runs/a/best/10 (a ")
 
 
 def test_a_write_the_filesystem_refuses_is_named_with_where_and_what_to_do():
@@ -129,24 +129,24 @@ def test_a_write_the_filesystem_refuses_is_named_with_where_and_what_to_do():
                        '10.orbax-checkpoint-tmp/state.orbax-checkpoint-tmp/ocdbt.process_0/": Failed writing: "/r/'
                        'best/10.orbax-checkpoint-tmp/state.orbax-checkpoint-tmp/ocdbt.process_0/d/8272be": Failed to '
                        "write 211263 bytes to file 23: File too large [os_error_code='27']")
-    said = failures.disk_full(efbig)
+    said = failures.write_failed(efbig)
     assert said.startswith("A file grew past the file-size limit at /r/best/10 (a checkpoint being written) (File too "
                            "large). Raise the limit (`ulimit -f unlimited`")
     assert said.endswith("then run the same command: it resumes from the newest checkpoint written whole (a "
                          "half-written one is never read, and the next start removes it)")
-    said = failures.disk_full(PermissionError(errno.EACCES, "Permission denied", "/r/metrics.jsonl"), mode="eval")
+    said = failures.write_failed(PermissionError(errno.EACCES, "Permission denied", "/r/metrics.jsonl"), mode="eval")
     assert said == ("The filesystem refused access to /r/metrics.jsonl (Permission denied). Give this user write "
                     "access there (and read access to what the run reads), or pass a --workdir you can write to, then "
                     "run the same command again")
-    assert failures.disk_full(OSError(errno.EROFS, "Read-only file system", "/r/x")).startswith(
+    assert failures.write_failed(OSError(errno.EROFS, "Read-only file system", "/r/x")).startswith(
         "/r/x is on a read-only filesystem. Remount it read-write")
-    assert failures.disk_full(OSError(errno.EPERM, "Operation not permitted", "/r")).startswith(
+    assert failures.write_failed(OSError(errno.EPERM, "Operation not permitted", "/r")).startswith(
         "The filesystem refused access to /r (Operation not permitted)")
-    assert failures.disk_full(ValueError("Permission denied by the user's loss")) is None  # by code, not by words
+    assert failures.write_failed(ValueError("Permission denied by the user's loss")) is None  # by code, not by words
     try:
         workdir.prepare("/proc/jaxgen_cannot_be_here")
     except workdir.WorkdirError as e:
-        assert failures.disk_full(e) is None and "pass a --workdir you can write to" in str(e)
+        assert failures.write_failed(e) is None and "pass a --workdir you can write to" in str(e)
     else:
         raise AssertionError("/proc is writable")
 

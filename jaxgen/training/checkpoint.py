@@ -439,5 +439,5 @@ def _move_aside(mgr: ocp.CheckpointManager, workdir: Path, cfg, subdir: str, ste
             error = e
     if (error := _on_every_process(error)) is not None:
         raise WorkdirError(f"the unreadable checkpoint {src} could not be moved to {dst} ({error}); move or delete "
-                           f"it yourself, then run the same command again") from None  # this, not disk_full's
+                           f"it yourself, then run the same command again") from None  # this, not write_failed's
     return manager(workdir, cfg, subdir)

@@ -154,7 +154,7 @@ def _where(error: BaseException, found: BaseException) -> str:
     return next(filter(None, map(_path_of, [found, *_chain(error)])), "the workdir")
 
 
-def disk_full(error: BaseException, mode: str = "train") -> str | None:
+def write_failed(error: BaseException, mode: str = "train") -> str | None:
     """The message for an error that a full disk (or an exceeded quota), or a write the filesystem refused
     (`_REFUSED`: permissions, a read-only mount, the file-size limit), caused anywhere in its chain: an OSError (a
     log, image or metrics write) or the error text of Orbax's asynchronous checkpoint writes (TensorStore's, naming

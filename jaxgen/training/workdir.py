@@ -56,7 +56,7 @@ def prepare(workdir: str | os.PathLike, *, create: bool = True) -> Path:
     except OSError as e:
         copy = "" if create else (" (this mode writes its results and log there: to read a workdir you cannot write "
                                   "to, copy it and pass the copy)")
-        # from None: this message, not the OSError's (failures.disk_full would read the OSError in the chain)
+        # from None: this message, not the OSError's (failures.write_failed would read the OSError in the chain)
         raise WorkdirError(f"workdir {path} is not writable (creating a file in it failed: {e.strerror or e}); pass "
                            f"a --workdir you can write to{copy}") from None
     return path
