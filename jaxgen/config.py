@@ -139,7 +139,7 @@ def vae_config() -> ml_collections.ConfigDict:
     c.train.ema_rampup = 0.05  # the half-life is at most this times the images seen so far (StyleGAN2-ADA's); 0 = off
     c.eval.nll_k = 100  # importance samples for the NLL at intermediate evals
     c.eval.final_nll_k = 1000  # importance samples for the NLL at the final eval
-    c.eval.nll_chunk = 50  # importance samples per pass: batch_size * nll_chunk decodes in memory at once
+    c.eval.nll_chunk = 50  # importance samples per pass: batch_size * nll_chunk decodes (on a CPU, in pieces)
     # The test set's stochastic binarization ('dynamic'): one fixed draw from this seed, whatever the run's seed,
     # so that runs and models are compared on the same binary test set (as Burda et al.'s code does).
     c.eval.binarize_seed = 0

@@ -201,6 +201,20 @@ def test_importance_nll_in_chunks_is_the_k_sample_estimate():
         np.testing.assert_allclose(vo.importance_nll(params, x, keys, model=model, cfg=cfg, k=10, chunk=chunk), got,
                                    rtol=1e-5)
     np.testing.assert_allclose(got, want, rtol=1e-5)
+    # A chunk decoded in pieces (XLA:CPU's faster way, lax.map): the same draws, a partial chunk's too.
+    for valid in (8, 3):
+        whole = vo.chunk_logsumexp(params, x, keys, 1, model=model, cfg=cfg, chunk=8, valid=valid)
+        for pieces in (2, 4, 8):
+            np.testing.assert_allclose(vo.chunk_logsumexp(params, x, keys, 1, model=model, cfg=cfg, chunk=8,
+                                                          valid=valid, pieces=pieces), whole, rtol=1e-6)
+
+
+def test_the_cpu_decodes_a_chunk_in_pieces_of_at_least_128():
+    from jaxgen.evaluation.vae import decode_pieces
+
+    assert decode_pieces(200, 50, "cpu") == 50  # 200 decodes a piece (the quickstart's eval: 2x faster)
+    assert decode_pieces(25, 50, "cpu") == 5  # 10 pieces of 125 would be too few: 5 of 250 (10 draws of 25)
+    assert decode_pieces(16, 8, "cpu") == 1 and decode_pieces(200, 50, "gpu") == 1
 
 
 @pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian", "discretized_logistic"])

@@ -39,7 +39,8 @@ def test_distributed_non_integer_variable_is_a_clear_error(init_calls, monkeypat
 
 def test_a_dataset_larger_than_a_devices_free_memory_is_a_clear_error(caplog):
     """The train split goes whole onto every device: checked against the allocator's stats before the upload (an
-    accelerator's out-of-memory error would not say what to change). The CPU has no stats, so no check."""
+    accelerator's out-of-memory error would not say what to change). The CPU has no stats: the host's available
+    memory instead, a warning above half of it (gan_celeba's 2 GiB went up silently)."""
     from jaxgen import parallel
 
     gib = 2**30
@@ -51,7 +52,16 @@ def test_a_dataset_larger_than_a_devices_free_memory_is_a_clear_error(caplog):
         parallel.check_fits(9 * gib, stats, what="the train split", fix="use fewer")
     assert "takes 9.00 GiB of a device's 16.00 GiB" in caplog.text
     parallel.check_fits(10**12, None, what="x", fix="y")  # no stats: nothing to check
-    parallel.check_fits_on_devices(10**12, parallel.make_mesh(), what="x", fix="y")  # XLA:CPU reports none
+    parallel.check_fits_on_devices(10**12, parallel.make_mesh(), what="x", fix="y")  # XLA:CPU: a warning at most
+    caplog.clear()
+    with caplog.at_level("INFO", logger="jaxgen"):
+        parallel.check_host_memory(255 * 2**20, what="small", fix="f", available=gib)  # below 256 MiB: no word
+        parallel.check_host_memory(gib, what="the train split", fix="use fewer", available=10 * gib)
+        parallel.check_host_memory(2 * gib, what="the train split", fix="use fewer", copies=2, available=3 * gib)
+    said = [(r.levelname, r.getMessage()) for r in caplog.records if r.name.startswith("jaxgen")]
+    assert said == [("INFO", "Uploading the train split to the devices: 1.00 GiB of host memory"),
+                    ("WARNING", "the train split takes 2.00 GiB of host memory (2 copies, one per CPU device), more "
+                                "than half of the 3.00 GiB available: the run may be killed for memory (use fewer)")]
 
     class Device:  # an accelerator's allocator stats, as jax.Device.memory_stats() gives them
         def __init__(self, name, limit, used):

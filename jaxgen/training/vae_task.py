@@ -113,7 +113,7 @@ class VAETask:
                                  key=key, binarize_key=vae_eval.binarize_key(c.eval.binarize_seed),
                                  batch_size=c.eval.batch_size,
                                  nll_k=c.eval.final_nll_k if final else c.eval.nll_k, nll_chunk=self.nll_chunk,
-                                 likelihood=c.objective.likelihood)
+                                 likelihood=c.objective.likelihood, progress=bool(c.output.progress))
 
     def samples(self, state, n: int) -> np.ndarray:
         """n samples (uint8 [n, H, W, C]): the likelihood's mean at z ~ N(0, I) from a fixed stream of latents,
