@@ -58,7 +58,7 @@ def test_launch_smoke_end_to_end_then_resume(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert "step/s" not in r.stderr and "\r" not in r.stderr  # stderr is no terminal here: no progress bar
     # ... so the train records' numbers are log lines, on stderr and in log.txt (there always: runtime.FILE_ONLY).
-    line = r"INFO step 10/20 \(50%\): loss [\d.]+; [\d,]+ img/s; ETA \d\d:\d\d:\d\d\n"
+    line = r"INFO step 10/20 \(50%\): loss [\d.]+; [\d,]+ img/s; ETA \d\d:\d\d:\d\d( \+ evals)? \+ final eval\n"
     assert re.search(line, r.stderr) and re.search(line, (wd / "log.txt").read_text())
     records = [json.loads(line) for line in (wd / "metrics.jsonl").read_text().splitlines()]
     assert {"train", "eval"} == {r["split"] for r in records}
@@ -466,6 +466,9 @@ def test_a_train_records_rate_counts_training_time_only(smoke_config, tmp_path, 
     eta = {int(m[1]): 3600 * int(m[2]) + 60 * int(m[3]) + int(m[4])
            for m in re.finditer(r"step (\d+)/30 .*; ETA (\d\d):(\d\d):(\d\d)", log_txt)}
     assert 1000 <= eta[15] < 1100 and 1000 <= eta[20] < 1100 and eta[25] < 100, eta  # at 20: its own eval
+    untimed = dict(re.findall(r"step (\d+)/30 .*; ETA \d\d:\d\d:\d\d(.*)", log_txt))  # what the ETA leaves out
+    assert untimed == {**{s: " + evals + final eval" for s in ("5", "10")},  # step 10's record comes before its eval
+                       **{s: " + final eval" for s in ("15", "20", "25", "30")}}
 
 
 def test_tensorboard_points_are_flushed_before_each_checkpoint_and_not_doubled(smoke_config, tmp_path, monkeypatch):
