@@ -66,8 +66,8 @@ def test_discretized_logistic_is_a_distribution_over_the_8_bit_levels():
     np.testing.assert_allclose(np.log(np.sum(np.exp(got), axis=1)), 0.0, atol=1e-5)
     with np.errstate(divide="ignore"):  # float64's own tails end at exp(-745)
         want = np.log(_logistic_bin_probs(loc, log_scale))
-    likely = want > -20  # float32 rounds (x - loc) / scale by ~1e-7 / scale, which is 1e-4 at the floor
-    np.testing.assert_allclose(got[likely], want[likely], atol=1e-4)
+    likely = want > -20  # float32 rounds (x - loc) / scale by ~6e-8 / scale: 1.3e-4 at the floor, times the slope
+    np.testing.assert_allclose(got[likely], want[likely], atol=3e-4)
     far = (want > -650) & ~likely  # tails, relative to their size (below exp(-708) float64's own are denormal)
     np.testing.assert_allclose(got[far], want[far], rtol=1e-5)
 
@@ -89,6 +89,8 @@ def test_discretized_logistic_is_finite_far_in_its_tails():
     assert not np.isfinite(float(naive))  # why the form matters
     grad = jax.grad(lambda o: jnp.sum(f(o)))(out)
     assert np.all(np.isfinite(np.asarray(grad)))
+    wide = jnp.array([[[[0.5, 200.0]]], [[[0.0, 200.0]]]])  # a log-scale past float32's exp range: clipped at 10
+    assert np.all(np.isfinite(np.asarray(jax.grad(lambda o: jnp.sum(f(o)))(wide))))
 
 
 class LinearGaussianVAE(nn.Module):

@@ -219,7 +219,7 @@ def test_the_decoder_can_start_at_the_training_mean():
     params = m.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)), jnp.zeros((1, m.latent_dim)))["params"]
     bias = np.asarray(params["out"]["bias"]).reshape(28, 28, 2)  # the decoder output's layout
     np.testing.assert_allclose(bias[12, 3], [0.5, np.log(0.5 * np.sqrt(3) / np.pi)], rtol=1e-5)
-    np.testing.assert_allclose(bias[0, 3], [0.0, -7.0], rtol=1e-6)
+    np.testing.assert_allclose(bias[0, 3], [0.0, -7.0 - np.log(2)], rtol=1e-6)
     assert m.apply({"params": params}, jnp.zeros((2, m.latent_dim)), method="decode").shape == (2, 28, 28, 2)
     c.model.output_bias = "mean"
     with pytest.raises(ValueError, match="unknown model.output_bias 'mean'; choices: zero, data_mean"):

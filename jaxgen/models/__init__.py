@@ -77,8 +77,8 @@ def _check_vae_class(name: str, cls, fields: tuple[str, ...]) -> None:
     defined = {k for c in cls.__mro__ if c not in (nn.Module, object) for k in vars(c)}
     if missing := [f for f in ("encode", "decode", "__call__") if f not in defined]:
         raise ValueError(f"model {name!r}: {cls.__name__} has no {', '.join(missing)}; a VAE module has encode(x) -> "
-                         f"(mu, logvar), decode(z) -> the likelihood's parameters [B, H, W, C], and __call__(x, z) "
-                         f"for init ({README})")
+                         f"(mu, logvar), decode(z) -> the likelihood's parameters [B, H, W, C] (2C for "
+                         f"discretized_logistic), and __call__(x, z) for init ({README})")
 
 
 def is_module_class(obj) -> bool:

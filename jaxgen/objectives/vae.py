@@ -45,16 +45,19 @@ def gaussian_log_prob(mean: jax.Array, x: jax.Array, cfg) -> jax.Array:
     return jnp.sum(-0.5 * ((x - mean) / sigma) ** 2 - math.log(sigma) - 0.5 * LOG_2PI, axis=(-3, -2, -1))
 
 
-# The discretized logistic's log-scale floor, pixels in [0, 1]: exp(-7) = 0.0009, a quarter of an 8-bit bin, where
-# 99.9% of a centred logistic's mass lies in its bin (PixelCNN++ floors at -7 on [-1, 1], twice these units).
-MIN_LOG_SCALE = -7.0
+# The discretized logistic's log-scale bounds, pixels in [0, 1]. The floor is PixelCNN++'s -7 on [-1, 1] in these
+# units (-7 - ln 2: a scale of 0.00046, which puts 97.3% of a centred logistic's mass in its 8-bit bin); the ceiling
+# keeps the standardised bin width above float32's zero (an unbounded log-scale above ~87 gave -inf and NaN gradients).
+MIN_LOG_SCALE = -7.0 - math.log(2.0)
+MAX_LOG_SCALE = 10.0
 
 
 def discretized_logistic_log_prob(out: jax.Array, x: jax.Array, cfg=None) -> jax.Array:
     """log P(x) of 8-bit pixels x = u / 255 under a logistic with location out[..., :C] and log-scale out[..., C:]
-    (floored at MIN_LOG_SCALE), discretized to the 256 bins [x - 1/510, x + 1/510], the end bins extended to -inf
-    and +inf (Salimans et al. 2017, PixelCNN++, with one component; Kingma et al. 2016, IAF). Summed over the last
-    three (pixel) axes. A probability, not a density: -log P is a code length, its bits/dim NLL / (D ln 2).
+    (clipped to [MIN_LOG_SCALE, MAX_LOG_SCALE]), discretized to the 256 bins [x - 1/510, x + 1/510], the end bins
+    extended to -inf and +inf (Salimans et al. 2017, PixelCNN++, with one component; Kingma et al. 2016, IAF).
+    Summed over the last three (pixel) axes. A probability, not a density: -log P is a code length, its bits/dim
+    NLL / (D ln 2).
 
     log(sigmoid(a) - sigmoid(b)) for the bin's standardised edges a > b is computed as
     (a + b) / 2 + log(2 sinh((a - b) / 2)) - softplus(a) - softplus(b): exact, with no difference of two CDFs that
@@ -62,7 +65,7 @@ def discretized_logistic_log_prob(out: jax.Array, x: jax.Array, cfg=None) -> jax
     """
     del cfg
     c = x.shape[-1]
-    loc, log_scale = out[..., :c], jnp.maximum(out[..., c:], MIN_LOG_SCALE)
+    loc, log_scale = out[..., :c], jnp.clip(out[..., c:], MIN_LOG_SCALE, MAX_LOG_SCALE)
     inv_scale = jnp.exp(-log_scale)
     centred = (x - loc) * inv_scale
     half = (0.5 / 255.0) * inv_scale  # half the bin width, standardised

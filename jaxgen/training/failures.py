@@ -169,7 +169,9 @@ def write_failed(error: BaseException, mode: str = "train") -> str | None:
                         f"--config.checkpoint.keep; or a --workdir on a larger disk), then {then}")
     for e in _chain(error):  # only by code: "Permission denied" in a message of jaxgen's own has its own fix
         for code, (what, fix) in _REFUSED.items():
-            if (isinstance(e, OSError) and e.errno == code) or f"[os_error_code='{code}']" in str(e):
+            # an OSError of a file (EPERM also comes from signals and processes), or TensorStore's of one
+            if (isinstance(e, OSError) and e.errno == code and e.filename is not None) or \
+                    f"[os_error_code='{code}']" in str(e):
                 return f"{what.format(where=_where(error, e))}. {fix}, then {then}"
     return None
 
