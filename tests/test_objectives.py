@@ -325,3 +325,19 @@ def test_kl_warmup_weights_the_kl_by_the_step_and_leaves_the_logged_elbo_unweigh
     loss, m = vo.elbo(params, x, keys, model=model, cfg=cfg)  # no step (a direct call): beta, as without warm-up
     assert "kl_weight" not in m
     np.testing.assert_allclose(loss, m["rec_nll"] + 2.0 * m["kl"], rtol=1e-6)
+
+
+def test_the_discretized_logistics_image_is_its_locations_and_data_mean_lays_out_locations_then_log_scales():
+    """Samples and reconstructions show the locations (the first C channels), clipped to [0, 1]; data_mean's
+    per-pixel bias follows the decoder output's [H, W, 2C] order, each pixel's C locations then its C log-scales."""
+    from jaxgen.models.vae import data_mean_output
+
+    out = jnp.concatenate([jnp.array([-0.2, 0.5, 1.3]), jnp.array([-1.0, -2.0, -3.0])]).reshape(1, 1, 1, 6)
+    np.testing.assert_allclose(vo.mean_image("discretized_logistic")(out).reshape(-1), [0.0, 0.5, 1.0])
+    images = np.zeros((2, 2, 2, 3), np.uint8)
+    images[0, ..., 1] = 255  # channel 1: half the images white; channels 0 and 2 always black
+    bias = data_mean_output(images, "discretized_logistic", per_pixel=True).reshape(2, 2, 6)
+    floor, spread = vo.MIN_LOG_SCALE, np.log(0.5 * np.sqrt(3) / np.pi)
+    np.testing.assert_allclose(bias[1, 0], [0.0, 0.5, 0.0, floor, spread, floor], rtol=1e-5)
+    per_channel = data_mean_output(images, "discretized_logistic", per_pixel=False)
+    np.testing.assert_allclose(per_channel, [0.0, 0.5, 0.0, floor, spread, floor], rtol=1e-5)
