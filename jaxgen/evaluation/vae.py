@@ -131,30 +131,30 @@ def evaluate(eval_fn, params, images: np.ndarray, *, mesh, key, binarize_key, ba
     # On a terminal only, as the training bar: tqdm's redraws (\r) would bury a log file under nohup or a scheduler
     bar = tqdm(total=n * nll_k, desc=f"NLL (k={nll_k})", unit="decode", unit_scale=True, leave=False,
                disable=not (progress and sys.stderr.isatty()) or jax.process_index() != 0)
-    for start in range(0, n, batch_size):
-        chunk = images[start : start + batch_size]
-        valid = chunk.shape[0]
-        if valid < batch_size:  # pad the last batch to the compiled shape; padded rows are masked out
-            chunk = np.concatenate([chunk, np.zeros((batch_size - valid, *chunk.shape[1:]), chunk.dtype)])
-        pos = np.arange(start, start + batch_size, dtype=np.int32)
-        mask = np.arange(batch_size) < valid
-        batch = parallel.put_batch({"image": chunk, "pos": pos, "mask": mask}, mesh)
-        acc = None
-        for c in range(-(-nll_k // nll_chunk)):
-            sums, lse = eval_fn(params, key, binarize_key, batch["image"], batch["pos"], batch["mask"], np.int32(c),
-                                np.int32(min(nll_chunk, nll_k - c * nll_chunk)))
-            # At most two chunks in flight: the device stays busy, and no wait of the host's is long. Python runs a
-            # SIGTERM or Ctrl-C handler only between its own steps, and a wait for all of a batch's chunks at once
-            # (eval.final_nll_k / nll_chunk of them) would hold it back for all of them. XLA:CPU queues only a few
-            # calls anyway (the old loop stopped within 0.2 s of a SIGTERM here); an accelerator's queue is deeper.
-            jax.block_until_ready(acc)
-            acc = lse if acc is None else jnp.logaddexp(acc, lse)
-            bar.update(valid * min(nll_chunk, nll_k - c * nll_chunk))  # dispatched: at most two calls ahead
-            if c == 0:
-                for k, v in jax.device_get(sums).items():
-                    totals[k] = totals.get(k, 0.0) + float(v)
-        nll_sum += float(_masked_nll_sum(acc, batch["mask"], math.log(nll_k)))
-    bar.close()
+    with bar:  # closed on an error or a signal too
+        for start in range(0, n, batch_size):
+            chunk = images[start : start + batch_size]
+            valid = chunk.shape[0]
+            if valid < batch_size:  # pad the last batch to the compiled shape; padded rows are masked out
+                chunk = np.concatenate([chunk, np.zeros((batch_size - valid, *chunk.shape[1:]), chunk.dtype)])
+            pos = np.arange(start, start + batch_size, dtype=np.int32)
+            mask = np.arange(batch_size) < valid
+            batch = parallel.put_batch({"image": chunk, "pos": pos, "mask": mask}, mesh)
+            acc = None
+            for c in range(-(-nll_k // nll_chunk)):
+                sums, lse = eval_fn(params, key, binarize_key, batch["image"], batch["pos"], batch["mask"], np.int32(c),
+                                    np.int32(min(nll_chunk, nll_k - c * nll_chunk)))
+                # At most two chunks in flight: the device stays busy, and no wait of the host's is long. Python runs a
+                # SIGTERM or Ctrl-C handler only between its own steps, and a wait for all of a batch's chunks at once
+                # (eval.final_nll_k / nll_chunk of them) would hold it back for all of them. XLA:CPU queues only a few
+                # calls anyway (the old loop stopped within 0.2 s of a SIGTERM here); an accelerator's queue is deeper.
+                jax.block_until_ready(acc)
+                acc = lse if acc is None else jnp.logaddexp(acc, lse)
+                bar.update(valid * min(nll_chunk, nll_k - c * nll_chunk))  # dispatched: at most two calls ahead
+                if c == 0:
+                    for k, v in jax.device_get(sums).items():
+                        totals[k] = totals.get(k, 0.0) + float(v)
+            nll_sum += float(_masked_nll_sum(acc, batch["mask"], math.log(nll_k)))
     count = totals.pop("count")
     out = {k: v / count for k, v in totals.items()}
     out["nll"] = nll_sum / count
