@@ -82,6 +82,10 @@ class DoesNotFitError(ValueError):
     """A dataset that is uploaded whole to every device is larger than a device's free memory."""
 
 
+def gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
 def check_fits(nbytes: int, stats: dict | None, *, what: str, fix: str, device: str = "a device") -> None:
     """Raises DoesNotFitError when `nbytes` exceed the free memory of a device's allocator stats
     (`device.memory_stats()`: bytes_limit - bytes_in_use) and warns above half of its limit. Without stats (the
@@ -90,7 +94,6 @@ def check_fits(nbytes: int, stats: dict | None, *, what: str, fix: str, device: 
         return
     limit = int(stats["bytes_limit"])
     free = limit - int(stats.get("bytes_in_use", 0))
-    gib = lambda n: f"{n / 2**30:.2f} GiB"  # noqa: E731
     if nbytes > free:
         raise DoesNotFitError(f"{what} ({gib(nbytes)}) is uploaded whole to every device, and {device} has "
                               f"{gib(free)} free of {gib(limit)}: {fix}")
@@ -130,7 +133,6 @@ def check_host_memory(nbytes: int, *, what: str, fix: str, copies: int = 1, avai
                 available = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
         except (OSError, StopIteration, ValueError, IndexError):
             available = None
-    gib = lambda n: f"{n / 2**30:.2f} GiB"  # noqa: E731
     each = f" ({copies} copies, one per CPU device)" if copies > 1 else ""
     log = logging.getLogger(__name__)
     if available is not None and nbytes > available // 2:

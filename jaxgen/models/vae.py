@@ -40,7 +40,9 @@ def data_mean_output(images: np.ndarray, likelihood: str, per_pixel: bool) -> np
         return np.log(mean / (1.0 - mean)).astype(np.float32)
     if likelihood == "gaussian":
         return mean.astype(np.float32)
-    mean_sq = np.einsum("ij,ij->j", per, per, dtype=np.float64) / len(per) / 255.0**2  # still no float copy
+    # Sums of squares in blocks of rows: a float64 copy of a large dataset (CelebA's 2 GiB of uint8) would not fit.
+    squares = sum(np.square(per[i : i + 65536], dtype=np.float64).sum(0) for i in range(0, len(per), 65536))
+    mean_sq = squares / len(per) / 255.0**2
     scale = np.sqrt(np.maximum(mean_sq - mean**2, 0.0)) * math.sqrt(3.0) / math.pi
     log_scale = np.maximum(np.log(np.maximum(scale, 1e-30)), MIN_LOG_SCALE)
     out = np.concatenate([mean.reshape(shape), log_scale.reshape(shape)], axis=-1)
