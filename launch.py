@@ -13,6 +13,7 @@ field and output.
 """
 
 import functools
+import sys
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -20,6 +21,7 @@ from ml_collections import config_flags
 from jaxgen import cli, runtime  # light: no JAX yet (jaxgen.cli.run sets it up)
 
 FLAGS = flags.FLAGS
+cli.check_flagfiles(FLAGS, sys.argv)  # before --config's definition reads them
 config_flags.DEFINE_config_file("config", None, "Config file, optionally with ':variant'; without it, the workdir's "
                                 "last training command's (its command.json).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Where checkpoints, metrics, images and the resolved config go.")

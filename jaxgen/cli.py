@@ -31,6 +31,19 @@ def parse_flags(FLAGS: flags.FlagValues, argv: list[str]) -> list[str]:  # noqa:
         raise
 
 
+def check_flagfiles(FLAGS: flags.FlagValues, argv: list[str]) -> None:  # noqa: N803 (launch.py's FLAGS)
+    """A --flagfile that cannot be read (a wrong path, or one a flagfile names) as one FATAL line, before launch.py
+    defines its --config flag: ml_collections reads the flagfiles then, and absl's error would be a traceback."""
+    try:
+        FLAGS.read_flags_from_files(argv, force_gnu=False)
+    except flags.CantOpenFlagFileError as e:
+        detail = str(e).removeprefix("ERROR:: ")
+        sys.stderr.write(f"FATAL Flags parsing error: {detail}; paths are relative to the current directory\n")
+        if command_record.distributed(argv[1:]):
+            _fail_the_job()
+        sys.exit(1)
+
+
 FLAGS_AGREED = "whether every process parsed its flags"  # the first collective of a --jax_distributed run
 
 

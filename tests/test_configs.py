@@ -197,6 +197,19 @@ def test_an_unknown_variant_is_one_line_listing_the_choices(tmp_path):
         in r.stderr
 
 
+def test_a_flagfile_that_cannot_be_read_is_one_line_and_one_that_can_is_read(tmp_path):
+    outer = tmp_path / "run.flags"
+    outer.write_text(f"--workdir={tmp_path / 'run'}\n--flagfile={tmp_path / 'missing.flags'}\n")
+    for flagfile, missing in ((tmp_path / "nope.flags", "nope.flags"), (outer, "missing.flags")):  # nested too
+        r = launch(f"--flagfile={flagfile}")
+        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+        assert r.stderr.startswith("FATAL Flags parsing error: Unable to open flagfile: ") and missing in r.stderr
+    outer.write_text(f"--workdir={tmp_path / 'run'}\n--config=configs/vae_mnist.py:smok\n")
+    r = launch(f"--flagfile={outer}")  # its --config is read: the variant's error
+    assert r.returncode == 1 and "FATAL Flags parsing error: unknown config variant 'smok'" in r.stderr, r.stderr
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_config_path_that_does_not_exist_fails_before_any_work(tmp_path):
     r = launch("--config=configs/vae_mnst.py:smoke", f"--workdir={tmp_path / 'run'}")
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
