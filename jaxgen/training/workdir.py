@@ -4,8 +4,8 @@ the user (`log_fatal`, `raised_on_purpose`). The run's config and data records i
 from __future__ import annotations
 
 import contextlib
+import dis
 import fcntl
-import linecache
 import logging
 import os
 import socket
@@ -211,7 +211,9 @@ def raised_on_purpose(error: BaseException) -> bool:
         return False
     while tb.tb_next is not None:
         tb = tb.tb_next
-    filename = tb.tb_frame.f_code.co_filename
-    if not Path(filename).resolve().is_relative_to(_PACKAGE):
+    code = tb.tb_frame.f_code
+    if not Path(code.co_filename).resolve().is_relative_to(_PACKAGE):
         return False
-    return linecache.getline(filename, tb.tb_lineno).lstrip().startswith("raise ")
+    # The instruction that raised it, from the bytecode (not the source line: a source file may be missing, or edited
+    # since it was imported): a `raise` statement, not a builtin failing on a jaxgen line.
+    return any(i.offset == tb.tb_lasti and i.opname == "RAISE_VARARGS" for i in dis.get_instructions(code))
