@@ -24,6 +24,36 @@ def test_the_classifier_is_cached_and_reloaded(digits):
                                   np.asarray(params["params"]["Dense_1"]["kernel"]))
 
 
+def test_jobs_started_together_train_the_classifier_once(tmp_path, monkeypatch, caplog):
+    """A sweep's jobs on a new data dir: the first trains it, the others wait and read its cache (each trained it)."""
+    import logging
+    import threading
+    import time
+
+    calls = []
+
+    def slow_train(images, labels, *, steps):
+        calls.append(steps)
+        time.sleep(0.5)
+        return {"params": {"Dense_1": {"bias": np.zeros(10, np.float32)}}}
+
+    monkeypatch.setattr(classifier, "train", slow_train)
+    cfg = vae_config()
+    cfg.data.data_dir = str(tmp_path)
+    images, labels = np.zeros((10, 28, 28, 1), np.uint8), np.arange(10)
+    out = []
+    jobs = [threading.Thread(target=lambda: out.append(classifier.load_or_train(cfg.data, images, labels, steps=7)))
+            for _ in range(3)]  # flock: each open() of the lock file is its own, as in another process
+    with caplog.at_level(logging.INFO, logger="jaxgen"):
+        for j in jobs:
+            j.start()
+        for j in jobs:
+            j.join()
+    assert calls == [7] and len(out) == 3
+    assert sum(r.getMessage().startswith("Another process is training the metric classifier") for r in caplog.records) \
+        == 2
+
+
 def test_real_digits_beat_noise_and_a_one_class_generator(digits):
     cfg, train, test, _ = digits
     cfg.eval.classifier_steps = 120  # the cached classifier of the fixture

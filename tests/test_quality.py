@@ -320,6 +320,38 @@ def test_a_corrupt_reference_cache_is_recomputed(tmp_path):
     np.testing.assert_array_equal(again.refs["test"][NAME]["features"], sq.refs["test"][NAME]["features"])
 
 
+def test_jobs_started_together_compute_the_reference_features_once(tmp_path, caplog):
+    """A sweep's jobs on a new data dir: the first computes the features, the others wait for it and read them (each
+    computed them, as each trained the metric classifier; the cache files were whole either way)."""
+    import threading
+    import time
+
+    calls = []
+
+    def slow_features(images):
+        calls.append(len(images))
+        time.sleep(0.5)
+        return np.asarray(images, np.float32).reshape(len(images), -1)[:, :8], None
+
+    extractor = quality.Extractor("slow", "a test's", "slow_v1", slow_features, recommended=2)
+    data_config = ml_collections.ConfigDict({"name": "synthetic", "data_dir": str(tmp_path)})
+    images = _images(20, 0)
+    out = []
+    jobs = [threading.Thread(target=lambda: out.append(quality.reference(extractor, images, data_config=data_config,
+                                                                         split="test", warn=False)))
+            for _ in range(3)]  # flock: each open() of the lock file is its own, as in another process
+    with caplog.at_level(logging.INFO, logger="jaxgen"):
+        for j in jobs:
+            j.start()
+        for j in jobs:
+            j.join()
+    assert calls == [20] and len(out) == 3
+    for ref in out[1:]:
+        np.testing.assert_array_equal(ref["features"], out[0]["features"])
+    waited = [r for r in caplog.records if r.getMessage().startswith("Another process is computing the reference")]
+    assert len(waited) == 2
+
+
 def test_the_torch_reader_refuses_tensor_views_outside_their_storage():
     import pickle
 

@@ -536,6 +536,71 @@ def test_a_checkpoint_a_training_run_removes_while_an_eval_mode_reads_it_is_no_d
     assert int(restored["step"]) == 10 and "cannot be read" not in caplog.text
 
 
+def _supersede(tmp_path, step, newer, keep_folder):
+    """As a training run beside a reader does: writes a newer checkpoint (a copy of `step`'s, its arrays those of
+    `step`), then removes `step`'s files; Orbax removes the folder last (`keep_folder`: not yet)."""
+    folder = tmp_path / "checkpoints" / str(step)
+    shutil.copytree(folder, tmp_path / "checkpoints" / str(newer))
+    for item in folder.iterdir():
+        shutil.rmtree(item) if item.is_dir() else item.unlink()
+    if not keep_folder:
+        folder.rmdir()
+
+
+@pytest.mark.parametrize("where", ["state", "fingerprint"])
+def test_a_checkpoint_removed_while_read_is_read_anew_even_while_its_folder_stays(smoke_config, tmp_path, caplog,
+                                                                                 monkeypatch, where):
+    """Orbax removes a step's files first and its folder last. A reader beside the training run met a step with its
+    folder and without its files: reported as unreadable (the only checkpoint of best/, keep 1: 'none can be read'),
+    or, with its state read and its fingerprint gone, warned about as written before fingerprints, unverified."""
+    target, _ = _two_checkpoints(smoke_config, tmp_path)
+    read = checkpoint._read_state
+
+    def superseded_while_read(mgr, step, tgt):
+        if step == 20 and not (tmp_path / "checkpoints" / "30").exists():
+            if where == "state":
+                _supersede(tmp_path, 20, 30, keep_folder=True)
+                raise ValueError(f"NOT_FOUND: Error opening file: {tmp_path}/checkpoints/20/state/_sharding")
+            restored = read(mgr, step, tgt)
+            _supersede(tmp_path, 20, 30, keep_folder=True)
+            return restored
+        return read(mgr, step, tgt)
+
+    monkeypatch.setattr(checkpoint, "_read_state", superseded_while_read)
+    with caplog.at_level(logging.WARNING):
+        mgr, restored = checkpoint.restore_newest(tmp_path, smoke_config.checkpoint, target, move_broken=False,
+                                                  older=False)
+    mgr.close()
+    warned = [r.getMessage() for r in caplog.records if r.name.startswith("jaxgen") and r.levelno >= logging.WARNING]
+    assert int(restored["step"]) == 20 and mgr.all_steps() and not warned, warned  # step 30's folder: 20's arrays
+
+
+def test_a_checkpoint_removed_while_the_manager_lists_them_is_listed_again(smoke_config, tmp_path, monkeypatch):
+    """Orbax's CheckpointManager reads every listed step's metadata as it starts; a step removed meanwhile made it
+    stat the gone folder, and a FileNotFoundError's traceback stopped --mode=eval/sample."""
+    target, _ = _two_checkpoints(smoke_config, tmp_path)
+    make = checkpoint.manager
+    calls = []
+
+    def removed_once(workdir, cfg, subdir="checkpoints"):
+        calls.append(subdir)
+        if len(calls) == 1:
+            raise FileNotFoundError(2, "No such file or directory", str(tmp_path / "checkpoints" / "10"))
+        return make(workdir, cfg, subdir)
+
+    monkeypatch.setattr(checkpoint, "manager", removed_once)
+    mgr, restored = checkpoint.restore_newest(tmp_path, smoke_config.checkpoint, target, move_broken=False)
+    mgr.close()
+    assert int(restored["step"]) == 20 and len(calls) == 2
+
+
+def test_checkpoint_keep_keeps_the_newest(smoke_config, tmp_path):
+    c = smoke_config
+    c.train.steps, c.checkpoint.every, c.checkpoint.keep, c.eval.every = 40, 10, 2, 0
+    loop.train_and_evaluate(c, tmp_path)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["30", "40"]
+
+
 def test_a_sigterm_after_the_last_calls_check_stops_the_run_before_its_final_evaluation(smoke_config, tmp_path,
                                                                                         monkeypatch):
     """A notice that lands while the last call's checkpoint is written (after the loop last asked for one) was

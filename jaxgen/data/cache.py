@@ -72,15 +72,15 @@ def read_arrays(cache: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 @contextlib.contextmanager
-def decoding_lock(cache: Path, waiting: str):
-    """Holds an exclusive lock (fcntl.flock) on <cache>/decoding.lock while this process fills the folder `cache`
-    (decodes a folder of images into it, prepares a TFDS dataset): the other jobs of a sweep started at once on the
-    same data wait for the first (logging `waiting`) and then read what it made, instead of all doing the work
-    together. The kernel drops the lock when its process ends, however it ends. Where the data dir cannot be written
-    or has no locks, nothing is held."""
+def decoding_lock(cache: Path, waiting: str, name: str = "decoding.lock"):
+    """Holds an exclusive lock (fcntl.flock) on <cache>/<name> while this process fills the folder `cache` (decodes a
+    folder of images into it, prepares a TFDS dataset; trains the metric classifier or computes reference features:
+    a `name` per file): the other jobs of a sweep started at once on the same data wait for the first (logging
+    `waiting`) and then read what it made, instead of all doing the work together. The kernel drops the lock when
+    its process ends, however it ends. Where the data dir cannot be written or has no locks, nothing is held."""
     try:
         cache.mkdir(parents=True, exist_ok=True)
-        f = open(cache / "decoding.lock", "a+")  # noqa: SIM115 (held while decoding)
+        f = open(cache / name, "a+")  # noqa: SIM115 (held while decoding)
     except OSError:
         yield
         return

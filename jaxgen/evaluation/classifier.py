@@ -21,6 +21,7 @@ import optax
 from flax import traverse_util
 
 from jaxgen import atomic, parallel
+from jaxgen.data import cache as caches
 from jaxgen.data.cache import TORN_CACHE, data_dir
 
 log = logging.getLogger("jaxgen")
@@ -92,22 +93,38 @@ def load_or_train(data_config, images: np.ndarray, labels: np.ndarray, *, steps:
 
 
 def _load_or_train(path: Path, data_config, images: np.ndarray, labels: np.ndarray, steps: int) -> dict:
-    if path.exists():
+    params = _cached(path, warn=False)
+    if params is not None:
+        return params
+    # Jobs of a sweep started at once on a new data dir: the first trains it, the others wait and read its cache.
+    with caches.decoding_lock(path.parent, f"Another process is training the metric classifier into {path}; "
+                              f"waiting for it, then reading it", name=f"{path.stem}.lock"):
+        params = _cached(path, warn=True)
+        if params is not None:
+            return params
+        log.info("Training the metric classifier on %s (%d images, %d steps; to be cached in %s)", data_config.name,
+                 len(images), steps, path)
+        params = train(images, labels, steps=steps)
         try:
-            with np.load(path) as z:
-                return traverse_util.unflatten_dict({tuple(k.split("/")): jnp.asarray(v) for k, v in z.items()})
-        except TORN_CACHE as e:  # a torn or corrupt cache file: train again
-            log.warning("The cached metric classifier %s cannot be read (%s); training it again", path, e)
-    log.info("Training the metric classifier on %s (%d images, %d steps; to be cached in %s)", data_config.name,
-             len(images), steps, path)
-    params = train(images, labels, steps=steps)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        flat = {"/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(params).items()}
-        atomic.write_npz(path, **flat)  # atomic, unique temporary name: hosts may share the data dir
-    except OSError as e:  # a read-only data dir: the metric still works, the classifier is retrained next time
-        log.warning("Could not cache the metric classifier at %s: %s", path, e)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            flat = {"/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(params).items()}
+            atomic.write_npz(path, **flat)  # atomic, unique temporary name: hosts may share the data dir
+        except OSError as e:  # a read-only data dir: the metric still works, the classifier is retrained next time
+            log.warning("Could not cache the metric classifier at %s: %s", path, e)
     return params
+
+
+def _cached(path: Path, warn: bool) -> dict | None:
+    """The classifier cached at `path`, or None where there is none, or it cannot be read (said when `warn`)."""
+    if not path.exists():
+        return None
+    try:
+        with np.load(path) as z:
+            return traverse_util.unflatten_dict({tuple(k.split("/")): jnp.asarray(v) for k, v in z.items()})
+    except TORN_CACHE as e:  # a torn or corrupt cache file: train again
+        if warn:
+            log.warning("The cached metric classifier %s cannot be read (%s); training it again", path, e)
+        return None
 
 
 @functools.partial(jax.jit, static_argnames="num_classes")

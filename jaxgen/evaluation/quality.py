@@ -26,6 +26,7 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from jaxgen import atomic, parallel, registry
+from jaxgen.data import cache as caches
 from jaxgen.data.cache import data_dir
 from jaxgen.evaluation import sample_metrics
 from jaxgen.reporting.images import quantize
@@ -157,16 +158,37 @@ def reference(extractor: Extractor, images: np.ndarray, *, data_config, split: s
     name = data_config.name.replace(":", "_").replace("/", "_")
     path = (data_dir(data_config) / "jaxgen_cache" / "reference"
             / f"{name}_{split}_{len(images)}_{digest}_{extractor.key}_v{REFERENCE_CACHE_VERSION}.npz")
-    cached = None
-    if path.exists():
-        try:
-            with np.load(path) as z:
-                cached = {k: z[k] for k in z.files}
-        except Exception as e:  # noqa: BLE001 (a torn or corrupt cache file, or any other failure to read it: every
-            # process must reach the collective below, which then has them recompute it together)
+    if jax.process_count() > 1:  # the extractor may run over every process's devices: all compute, or none
+        cached = _cached_reference(path, warn=True)
+        if _all_processes(cached is not None):
+            return _with_statistics(extractor, cached, warn)
+        return _with_statistics(extractor, _compute_reference(extractor, images, data_config, split, path), warn)
+    cached = _cached_reference(path, warn=False)
+    if cached is None:  # jobs of a sweep started at once: the first computes them, the others wait and read them
+        with caches.decoding_lock(path.parent, f"Another process is computing the reference features {path}; "
+                                  f"waiting for it, then reading them", name=f"{path.stem}.lock"):
+            cached = _cached_reference(path, warn=True)
+            if cached is None:
+                cached = _compute_reference(extractor, images, data_config, split, path)
+    return _with_statistics(extractor, cached, warn)
+
+
+def _cached_reference(path: Path, warn: bool) -> dict | None:
+    """The reference features cached at `path`, or None where there are none or they cannot be read (said when
+    `warn`)."""
+    if not path.exists():
+        return None
+    try:
+        with np.load(path) as z:
+            return {k: z[k] for k in z.files}
+    except Exception as e:  # noqa: BLE001 (a torn or corrupt cache file, or any other failure to read it: every
+        # process must reach the collective after it, which then has them recompute it together)
+        if warn:
             log.warning("Cached reference features %s cannot be read (%s); computing them again", path, e)
-    if _all_processes(cached is not None):  # the extractor may run over every process's devices: all or none
-        return _with_statistics(extractor, cached, warn)
+        return None
+
+
+def _compute_reference(extractor: Extractor, images: np.ndarray, data_config, split: str, path: Path) -> dict:
     log.info("Reference features: %s %s, %d images, %s (caching them in %s)", data_config.name, split, len(images),
              extractor.name, path)
     feats, probs = features(extractor, images)
@@ -174,7 +196,7 @@ def reference(extractor: Extractor, images: np.ndarray, *, data_config, split: s
     if probs is not None:
         ref["probs"] = np.asarray(probs, np.float32)
     _save(path, ref)
-    return _with_statistics(extractor, ref, warn)
+    return ref
 
 
 def features(extractor: Extractor, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:

@@ -93,7 +93,8 @@ class BestKeeper:
         step = int(jax.device_get(state["step"]))
         if self._mgr is None:
             remove_partial_saves(self.dir)
-            options = ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=False, create=True)
+            options = ocp.CheckpointManagerOptions(preservation_policy=ocp.checkpoint_managers.LatestN(n=1),
+                                                   enable_async_checkpointing=False, create=True)
             self._mgr = Manager(self.dir, options=options)  # which leaves preemption to the loop
         if step in self._mgr.all_steps():  # kept by a run that was stopped before its checkpoint of this step
             self._mgr.delete(step)

@@ -16,6 +16,8 @@ import itertools
 import json
 import logging
 import shutil
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -121,7 +123,7 @@ def manager(workdir: Path, cfg, subdir: str = "checkpoints") -> ocp.CheckpointMa
     loop's decision (every `checkpoint.every` steps, after the steps' finite check, and at the end)."""
     _register_array_handler()
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=cfg.keep,
+        preservation_policy=ocp.checkpoint_managers.LatestN(n=cfg.keep),  # max_to_keep is deprecated
         enable_async_checkpointing=cfg.asynchronous,
         create=True,
     )
@@ -212,17 +214,26 @@ def fingerprint(state) -> list[int]:
     return [int(v) for v in np.asarray(jax.device_get(_leaf_checksums(jax.tree.leaves(state))))]
 
 
-def _check_fingerprint(mgr: ocp.CheckpointManager, step: int, state: dict) -> None:
+class CheckpointRemovedError(RuntimeError):
+    """The checkpoint being read was removed meanwhile, by the training run beside --mode=eval/sample (its
+    checkpoint.keep, or the best checkpoint's one): no damage; restore_newest reads the newest again."""
+
+
+def _check_fingerprint(mgr: ocp.CheckpointManager, step: int, state: dict,
+                       superseded: Callable[[int], bool] = lambda step: False) -> None:
     """Raises ValueError when the restored `state` does not match the fingerprint saved with it, or when it has
-    none though an older checkpoint beside it has one (its fingerprint was deleted). A checkpoint written before
-    fingerprints existed has none, and is taken as read, with a warning. The state's fingerprint is computed first:
-    a collective, which every process must reach before anything here can fail on one process alone."""
+    none though an older checkpoint beside it has one (its fingerprint was deleted); CheckpointRemovedError when it
+    has none because the checkpoint is being removed (`superseded(step)`). A checkpoint written before fingerprints
+    existed has none, and is taken as read, with a warning. The state's fingerprint is computed first: a
+    collective, which every process must reach before anything here can fail on one process alone."""
     now = fingerprint(state)
     saved = _saved_fingerprint(mgr, step)
     if saved is None:
         # The item's folder gone while an older checkpoint has one: deleted. Its folder without the file where it is
         # read from: an Orbax that lays the item out otherwise, which leaves checkpoints unverified, not damaged.
         item = _item_path(mgr, step, FINGERPRINT)
+        if not item.exists() and superseded(step):  # Orbax removes a step's files first, its folder last
+            raise CheckpointRemovedError(f"the checkpoint at step {step} was removed while it was read")
         older = [s for s in mgr.all_steps() if s < step and _item_path(mgr, s, FINGERPRINT).is_dir()]
         if older and not item.exists():
             raise ValueError(f"its fingerprint ({item}) is missing, though the older checkpoint at step {max(older)} "
@@ -244,9 +255,10 @@ def _saved_fingerprint(mgr: ocp.CheckpointManager, step: int) -> dict | None:
     the manager, whose restore waits at a barrier for every process: a read that failed on one host would leave
     the others waiting there. An Orbax that lays the item out otherwise leaves the checkpoint unverified."""
     path = _item_path(mgr, step, FINGERPRINT) / "metadata"
-    if not path.is_file():
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:  # none, or removed since (`_check_fingerprint` tells them apart)
         return None
-    return json.loads(path.read_text())
 
 
 def _item_path(mgr: ocp.CheckpointManager, step: int, item: str) -> Path:
@@ -288,8 +300,9 @@ def restore_newest(workdir: Path, cfg, target, subdir: str = "checkpoints", *, m
     UnreadableCheckpointsError, moving nothing, when there are checkpoints and none can be read. With several
     processes, a checkpoint counts as read only if every process read it (a collective).
     """
-    mgr = manager(workdir, cfg, subdir)
+    mgr = _listing_manager(workdir, cfg, subdir)
     steps = mgr.all_steps()
+    listed = max(steps, default=-1)
     parallel.check_same_on_every_process(  # before Orbax's restore, whose barrier a process without it never reaches
         f"the checkpoints in {Path(workdir).absolute() / subdir} (how many, the newest step)",
         [len(steps), max(steps, default=-1)],
@@ -316,11 +329,17 @@ def restore_newest(workdir: Path, cfg, target, subdir: str = "checkpoints", *, m
             reported.add(step)
         broken.append(step)
 
+    def superseded(step: int) -> bool:
+        """Whether `step`'s folder is gone, or a checkpoint newer than the newest listed has been written since: a
+        training run beside --mode=eval/sample saved one and is removing (or removed) `step` (checkpoint.keep, the
+        best checkpoint's one). Orbax removes a step's files first and its folder last: the folder alone is no
+        sign."""
+        directory = Path(workdir).absolute() / subdir
+        return not (directory / str(step)).exists() or max(_finished_steps(directory), default=-1) > listed
+
     def vanished(step: int) -> bool:
-        """Whether `step`'s folder is gone (on every process): a training run beside --mode=eval/sample removed it
-        after this listed it (checkpoint.keep, the best checkpoint's one), which is no damage: read the newest
-        again."""
-        gone = not (Path(workdir).absolute() / subdir / str(step)).exists()
+        """Whether `step` is `superseded` (on every process), which is no damage: read the newest again."""
+        gone = superseded(step)
         if jax.process_count() > 1:
             gone = bool(parallel.allgather_ints(int(gone))[:, 0].all())
         return gone and _rereads > 0
@@ -356,7 +375,7 @@ def restore_newest(workdir: Path, cfg, target, subdir: str = "checkpoints", *, m
             restored, error = None, e
         if (error := _on_every_process(error)) is None:  # all or none go on to the fingerprint, a collective
             try:
-                _check_fingerprint(mgr, step, restored)
+                _check_fingerprint(mgr, step, restored, superseded)
             except Exception as e:  # noqa: BLE001 (a damaged array, or a fingerprint that cannot be read)
                 error = e
             error = _on_every_process(error)
@@ -373,6 +392,32 @@ def restore_newest(workdir: Path, cfg, target, subdir: str = "checkpoints", *, m
         mgr.close()
         raise UnreadableCheckpointsError(Path(workdir).absolute() / subdir, broken, training=move_broken)
     return mgr, None
+
+
+def _finished_steps(directory: Path) -> list[int]:
+    """The steps of the whole checkpoints in `directory` now: its folders named by a step (a save in progress is in a
+    `<step>.orbax-checkpoint-tmp*` folder until Orbax renames it)."""
+    try:
+        return [int(p.name) for p in directory.iterdir() if p.name.isdigit()]
+    except FileNotFoundError:
+        return []
+
+
+def _listing_manager(workdir: Path, cfg, subdir: str, tries: int = 5) -> ocp.CheckpointManager:
+    """`manager`, whose creation lists the checkpoints and reads each one's metadata: a training run beside
+    --mode=eval/sample may remove one meanwhile (Orbax then stats its folder: FileNotFoundError). Listed again."""
+    for attempt in range(tries):
+        try:
+            return manager(workdir, cfg, subdir)
+        except FileNotFoundError as e:
+            # With several processes each would list again on its own, out of step with the others' collectives.
+            if (attempt == tries - 1 or jax.process_count() > 1
+                    or str(Path(workdir).absolute() / subdir) not in str(e.filename or e)):
+                raise
+            log.info("A checkpoint in %s was removed while it was listed (a training run beside this one): listing "
+                     "again", Path(workdir).absolute() / subdir)
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def _on_every_process(error: Exception | None, what: str = "could not read it") -> Exception | None:
