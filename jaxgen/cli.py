@@ -5,6 +5,7 @@ mode's run, with the errors jaxgen raises for the user as one FATAL line and the
 from __future__ import annotations
 
 import functools
+import logging
 import re
 import signal
 import sys
@@ -191,6 +192,9 @@ def run(FLAGS: flags.FlagValues, argv: list[str]) -> None:  # noqa: N803 (launch
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     from jaxgen import runtime  # noqa: PLC0415 (after flag parsing, before JAX starts)
 
+    if not FLAGS["verbosity"].present:  # absl's app.run set the root logger to INFO: every library's INFO lines
+        logging.getLogger().setLevel(logging.WARNING)  # (matplotlib's, TFDS's) on stderr; jaxgen's own are its own
+    _warnings_to_the_log()
     runtime.setup(distributed=FLAGS.jax_distributed, deterministic=bool(FLAGS.config.get("deterministic", False)))
     from jaxgen.training import failures, loop, modes  # noqa: PLC0415
 
@@ -201,6 +205,24 @@ def run(FLAGS: flags.FlagValues, argv: list[str]) -> None:  # noqa: N803 (launch
         run_mode = {"eval": modes.evaluate_checkpoint, "sample": modes.sample_checkpoint}[FLAGS.mode]
     with failures.writer_errors_logged():  # while the mode runs and its error is reported
         _run_mode(FLAGS, run_mode)
+
+
+class _ToJaxgensLog(logging.Handler):
+    """Hands a record to jaxgen's logger's handlers as they are now (the terminal, and the workdir's log file once
+    it is set up)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        logging.getLogger("jaxgen").handle(record)
+
+
+def _warnings_to_the_log() -> None:
+    """Python warnings (a library's RuntimeWarning or DeprecationWarning) in jaxgen's format, on the terminal and in
+    the workdir's log file, which a FATAL line points to; before, on the terminal only."""
+    logging.captureWarnings(True)
+    py_warnings = logging.getLogger("py.warnings")
+    if not any(isinstance(h, _ToJaxgensLog) for h in py_warnings.handlers):
+        py_warnings.addHandler(_ToJaxgensLog())
+    py_warnings.propagate = False
 
 
 def _run_mode(FLAGS: flags.FlagValues, run) -> None:  # noqa: N803 (launch.py's FLAGS)

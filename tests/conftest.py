@@ -52,10 +52,10 @@ ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs"
 
 
-def launch(*args, cwd=ROOT) -> subprocess.CompletedProcess:
+def launch(*args, cwd=ROOT, env: dict | None = None) -> subprocess.CompletedProcess:
     """launch.py with `args` in a fresh process on this machine's one CPU device (no faked devices: as a user runs
-    it), its output captured."""
-    env = {**os.environ, "XLA_FLAGS": TEST_XLA_FLAGS}
+    it), its output captured; `env`: variables to set."""
+    env = {**os.environ, "XLA_FLAGS": TEST_XLA_FLAGS, **(env or {})}
     return subprocess.run([sys.executable, str(ROOT / "launch.py"), *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=300)
 

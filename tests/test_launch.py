@@ -54,9 +54,12 @@ def test_launch_smoke_end_to_end_then_resume(tmp_path):
     """A user's workdir through launch.py: a run and its outputs; the same command with more steps resumes and is
     stopped by SIGTERM as a scheduler stops a job; --mode=eval and --mode=sample on the step it reached."""
     wd = tmp_path / "run"
-    r = launch("--config=configs/vae_mnist.py:smoke", f"--workdir={wd}")
+    r = launch("--config=configs/vae_mnist.py:smoke", f"--workdir={wd}", env={"MPLCONFIGDIR": str(tmp_path / "mpl")})
     assert r.returncode == 0, r.stderr[-3000:]
     assert "step/s" not in r.stderr and "\r" not in r.stderr  # stderr is no terminal here: no progress bar
+    # A library's INFO lines stay off (absl's app.run sets the root logger to INFO): matplotlib's first plot with no
+    # font cache said "I1201 04:53:45.462983 140162124475264 font_manager.py:1848] generated new fontManager".
+    assert "fontManager" not in r.stderr, r.stderr
     # ... so the train records' numbers are log lines, on stderr and in log.txt (there always: runtime.FILE_ONLY).
     line = r"INFO step 10/20 \(50%\): loss [\d.]+; [\d,]+ img/s; ETA \d\d:\d\d:\d\d( \+ evals)? \+ final eval\n"
     assert re.search(line, r.stderr) and re.search(line, (wd / "log.txt").read_text())
@@ -271,6 +274,17 @@ def test_a_non_finite_update_stops_the_run_naming_it_and_no_checkpoint_holds_it(
     mgr, state = loop.restore(task)
     mgr.close()
     assert state is None
+
+
+def test_python_warnings_reach_the_workdirs_log(tmp_path):
+    """A library's RuntimeWarning (here JAX's, casting an lr past float32's range) was on the terminal only, not in
+    log.txt, where the FATAL line sends the user."""
+    wd = tmp_path / "run"
+    r = launch("--config=configs/vae_mnist.py:smoke", f"--workdir={wd}", "--config.optim.lr=1e39",
+               "--config.train.steps=10", "--config.eval.every=0")
+    assert r.returncode == 1 and "FATAL NonFiniteLossError" in r.stderr, r.stderr[-3000:]
+    assert re.search(r"\d\d:\d\d:\d\d WARNING .*RuntimeWarning: overflow encountered in cast", r.stderr)
+    assert "RuntimeWarning: overflow encountered in cast" in (wd / "log.txt").read_text()
 
 
 def test_eval_modes_refuse_a_config_of_another_task(tmp_path):
