@@ -6,6 +6,7 @@ import pytest
 from jaxgen import data, parallel
 from jaxgen.config import vae_config
 from jaxgen.evaluation import classifier, quality
+from tests.conftest import started_together
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +28,6 @@ def test_the_classifier_is_cached_and_reloaded(digits):
 def test_jobs_started_together_train_the_classifier_once(tmp_path, monkeypatch, caplog):
     """A sweep's jobs on a new data dir: the first trains it, the others wait and read its cache (each trained it)."""
     import logging
-    import threading
     import time
 
     calls = []
@@ -41,14 +41,8 @@ def test_jobs_started_together_train_the_classifier_once(tmp_path, monkeypatch, 
     cfg = vae_config()
     cfg.data.data_dir = str(tmp_path)
     images, labels = np.zeros((10, 28, 28, 1), np.uint8), np.arange(10)
-    out = []
-    jobs = [threading.Thread(target=lambda: out.append(classifier.load_or_train(cfg.data, images, labels, steps=7)))
-            for _ in range(3)]  # flock: each open() of the lock file is its own, as in another process
-    with caplog.at_level(logging.INFO, logger="jaxgen"):
-        for j in jobs:
-            j.start()
-        for j in jobs:
-            j.join()
+    with caplog.at_level(logging.INFO, logger="jaxgen"):  # threads: each open() of the lock file is its own flock
+        out = started_together(lambda: classifier.load_or_train(cfg.data, images, labels, steps=7), jobs=3)
     assert calls == [7] and len(out) == 3
     assert sum(r.getMessage().startswith("Another process is training the metric classifier") for r in caplog.records) \
         == 2

@@ -17,6 +17,7 @@ from jaxgen.evaluation import quality, sample_metrics
 from jaxgen.registry import UnknownNameError
 from jaxgen.reporting import images
 from jaxgen.training import best_checkpoint, loop
+from tests.conftest import started_together
 
 CALLS = []
 
@@ -323,7 +324,6 @@ def test_a_corrupt_reference_cache_is_recomputed(tmp_path):
 def test_jobs_started_together_compute_the_reference_features_once(tmp_path, caplog):
     """A sweep's jobs on a new data dir: the first computes the features, the others wait for it and read them (each
     computed them, as each trained the metric classifier; the cache files were whole either way)."""
-    import threading
     import time
 
     calls = []
@@ -336,15 +336,9 @@ def test_jobs_started_together_compute_the_reference_features_once(tmp_path, cap
     extractor = quality.Extractor("slow", "a test's", "slow_v1", slow_features, recommended=2)
     data_config = ml_collections.ConfigDict({"name": "synthetic", "data_dir": str(tmp_path)})
     images = _images(20, 0)
-    out = []
-    jobs = [threading.Thread(target=lambda: out.append(quality.reference(extractor, images, data_config=data_config,
-                                                                         split="test", warn=False)))
-            for _ in range(3)]  # flock: each open() of the lock file is its own, as in another process
-    with caplog.at_level(logging.INFO, logger="jaxgen"):
-        for j in jobs:
-            j.start()
-        for j in jobs:
-            j.join()
+    with caplog.at_level(logging.INFO, logger="jaxgen"):  # threads: each open() of the lock file is its own flock
+        out = started_together(lambda: quality.reference(extractor, images, data_config=data_config, split="test",
+                                                          warn=False), jobs=3)
     assert calls == [20] and len(out) == 3
     for ref in out[1:]:
         np.testing.assert_array_equal(ref["features"], out[0]["features"])

@@ -514,28 +514,6 @@ def test_a_resume_with_another_batch_size_says_what_it_changes(smoke_config, tmp
             f"trained now count as steps of {was // 2} images, for the data order") in log_txt
 
 
-def test_a_checkpoint_a_training_run_removes_while_an_eval_mode_reads_it_is_no_damage(smoke_config, tmp_path, caplog,
-                                                                                     monkeypatch):
-    """--mode=eval/sample beside a training run: the step they listed can be gone when they read it (the trainer's
-    checkpoint.keep, the best checkpoint's one). That was reported as a damaged checkpoint and stopped them; they
-    now read the newest again."""
-    target, _ = _two_checkpoints(smoke_config, tmp_path)
-    read = checkpoint._read_state
-
-    def removed_while_read(mgr, step, tgt):
-        if step == 20 and (tmp_path / "checkpoints" / "20").exists():
-            shutil.rmtree(tmp_path / "checkpoints" / "20")  # as the trainer's save of a newer one removes it
-            raise ValueError(f"Checkpoint directory does not exist: {tmp_path}/checkpoints/20/state")
-        return read(mgr, step, tgt)
-
-    monkeypatch.setattr(checkpoint, "_read_state", removed_while_read)
-    with caplog.at_level(logging.ERROR):
-        mgr, restored = checkpoint.restore_newest(tmp_path, smoke_config.checkpoint, target, move_broken=False,
-                                                  older=False)
-    mgr.close()
-    assert int(restored["step"]) == 10 and "cannot be read" not in caplog.text
-
-
 def _supersede(tmp_path, step, newer, keep_folder):
     """As a training run beside a reader does: writes a newer checkpoint (a copy of `step`'s, its arrays those of
     `step`), then removes `step`'s files; Orbax removes the folder last (`keep_folder`: not yet)."""
@@ -547,17 +525,22 @@ def _supersede(tmp_path, step, newer, keep_folder):
         folder.rmdir()
 
 
-@pytest.mark.parametrize("where", ["state", "fingerprint"])
-def test_a_checkpoint_removed_while_read_is_read_anew_even_while_its_folder_stays(smoke_config, tmp_path, caplog,
-                                                                                 monkeypatch, where):
-    """Orbax removes a step's files first and its folder last. A reader beside the training run met a step with its
-    folder and without its files: reported as unreadable (the only checkpoint of best/, keep 1: 'none can be read'),
-    or, with its state read and its fingerprint gone, warned about as written before fingerprints, unverified."""
+@pytest.mark.parametrize("where", ["folder", "state", "fingerprint"])
+def test_a_checkpoint_a_training_run_removes_while_an_eval_mode_reads_it_is_no_damage(smoke_config, tmp_path, caplog,
+                                                                                     monkeypatch, where):
+    """--mode=eval/sample beside a training run: the step they listed can be gone when they read it (the trainer's
+    checkpoint.keep, the best checkpoint's one). That was reported as a damaged checkpoint and stopped them; they
+    now read the newest again. Orbax removes a step's files first and its folder last: a step met with its folder
+    and without its files was still reported as unreadable (the only checkpoint of best/, keep 1: 'none can be
+    read'), or, with its state read and its fingerprint gone, warned about as written before fingerprints."""
     target, _ = _two_checkpoints(smoke_config, tmp_path)
     read = checkpoint._read_state
 
     def superseded_while_read(mgr, step, tgt):
-        if step == 20 and not (tmp_path / "checkpoints" / "30").exists():
+        if where == "folder" and step == 20 and (tmp_path / "checkpoints" / "20").exists():
+            shutil.rmtree(tmp_path / "checkpoints" / "20")  # as the trainer's save of a newer one removes it
+            raise ValueError(f"Checkpoint directory does not exist: {tmp_path}/checkpoints/20/state")
+        if where != "folder" and step == 20 and not (tmp_path / "checkpoints" / "30").exists():
             if where == "state":
                 _supersede(tmp_path, 20, 30, keep_folder=True)
                 raise ValueError(f"NOT_FOUND: Error opening file: {tmp_path}/checkpoints/20/state/_sharding")
@@ -572,7 +555,8 @@ def test_a_checkpoint_removed_while_read_is_read_anew_even_while_its_folder_stay
                                                   older=False)
     mgr.close()
     warned = [r.getMessage() for r in caplog.records if r.name.startswith("jaxgen") and r.levelno >= logging.WARNING]
-    assert int(restored["step"]) == 20 and mgr.all_steps() and not warned, warned  # step 30's folder: 20's arrays
+    # "folder": step 10, the newest left; else step 30's folder, which holds step 20's arrays.
+    assert int(restored["step"]) == (10 if where == "folder" else 20) and not warned, warned
 
 
 def test_a_checkpoint_removed_while_the_manager_lists_them_is_listed_again(smoke_config, tmp_path, monkeypatch):
