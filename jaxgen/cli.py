@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import re
 import signal
 import sys
@@ -37,9 +38,12 @@ def check_flagfiles(FLAGS: flags.FlagValues, argv: list[str]) -> None:  # noqa: 
     defines its --config flag: ml_collections reads the flagfiles then, and absl's error would be a traceback."""
     try:
         FLAGS.read_flags_from_files(argv, force_gnu=False)
-    except flags.CantOpenFlagFileError as e:
+    except flags.Error as e:  # a flagfile that cannot be read, or a --flagfile without a value
         detail = str(e).removeprefix("ERROR:: ")
-        sys.stderr.write(f"FATAL Flags parsing error: {detail}; paths are relative to the current directory\n")
+        cause = e.__cause__ or e.__context__
+        if isinstance(cause, FileNotFoundError) and not os.path.isabs(str(cause.filename)):
+            detail += f" (relative to the current directory, {os.getcwd()})"
+        sys.stderr.write(f"FATAL Flags parsing error: {detail}\n")
         if command_record.distributed(argv[1:]):
             _fail_the_job()
         sys.exit(1)

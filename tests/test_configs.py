@@ -204,6 +204,8 @@ def test_a_flagfile_that_cannot_be_read_is_one_line_and_one_that_can_is_read(tmp
         r = launch(f"--flagfile={flagfile}")
         assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
         assert r.stderr.startswith("FATAL Flags parsing error: Unable to open flagfile: ") and missing in r.stderr
+    r = launch("--flagfile")
+    assert r.returncode == 1 and r.stderr == "FATAL Flags parsing error: --flagfile with no argument\n", r.stderr
     outer.write_text(f"--workdir={tmp_path / 'run'}\n--config=configs/vae_mnist.py:smok\n")
     r = launch(f"--flagfile={outer}")  # its --config is read: the variant's error
     assert r.returncode == 1 and "FATAL Flags parsing error: unknown config variant 'smok'" in r.stderr, r.stderr

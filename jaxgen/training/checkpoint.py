@@ -231,9 +231,9 @@ def _check_fingerprint(mgr: ocp.CheckpointManager, step: int, state: dict,
     if saved is None:
         # The item's folder gone while an older checkpoint has one: deleted. Its folder without the file where it is
         # read from: an Orbax that lays the item out otherwise, which leaves checkpoints unverified, not damaged.
-        item = _item_path(mgr, step, FINGERPRINT)
-        if not item.exists() and superseded(step):  # Orbax removes a step's files first, its folder last
+        if superseded(step):  # Orbax removes a step's files first, its folders last: `item` may still be there
             raise CheckpointRemovedError(f"the checkpoint at step {step} was removed while it was read")
+        item = _item_path(mgr, step, FINGERPRINT)
         older = [s for s in mgr.all_steps() if s < step and _item_path(mgr, s, FINGERPRINT).is_dir()]
         if older and not item.exists():
             raise ValueError(f"its fingerprint ({item}) is missing, though the older checkpoint at step {max(older)} "
@@ -334,6 +334,8 @@ def restore_newest(workdir: Path, cfg, target, subdir: str = "checkpoints", *, m
         training run beside --mode=eval/sample saved one and is removing (or removed) `step` (checkpoint.keep, the
         best checkpoint's one). Orbax removes a step's files first and its folder last: the folder alone is no
         sign."""
+        if move_broken:  # a training run: nothing else writes or removes its checkpoints (the workdir's lock)
+            return False
         directory = Path(workdir).absolute() / subdir
         return not (directory / str(step)).exists() or max(_finished_steps(directory), default=-1) > listed
 
@@ -395,10 +397,11 @@ def restore_newest(workdir: Path, cfg, target, subdir: str = "checkpoints", *, m
 
 
 def _finished_steps(directory: Path) -> list[int]:
-    """The steps of the whole checkpoints in `directory` now: its folders named by a step (a save in progress is in a
-    `<step>.orbax-checkpoint-tmp*` folder until Orbax renames it)."""
+    """The steps of the whole checkpoints in `directory` now: its folders named by a step, as Orbax names them (a save
+    in progress is in a `<step>.orbax-checkpoint-tmp*` folder until Orbax renames it)."""
     try:
-        return [int(p.name) for p in directory.iterdir() if p.name.isdigit()]
+        return [int(p.name) for p in directory.iterdir()
+                if p.name.isdigit() and str(int(p.name)) == p.name and p.is_dir()]
     except FileNotFoundError:
         return []
 
