@@ -129,11 +129,13 @@ def warn_config_drift(config, workdir: Path, mode: str, data_read: bool = True) 
     the checkpoint's weights would run in another network than they were trained in) or lacking here (a model
     factory's, added by a config file)."""
     path = workdir / "config.json"
+    # mode 'load': jaxgen.training.trained.load, a Python call with its config
+    who, this = (f"--mode={mode}", "this command's") if mode != "load" else ("trained.load", "the given")
     now = json.loads(config.to_json_best_effort(sort_keys=True))
     trained = _read_json(path) or now  # missing or unreadable: nothing to compare (every process gets here)
     other = trained.get("task", now["task"]) != now["task"]
     parallel.stop_if_any_failed(  # a collective: a process that raised alone would leave the others waiting
-        ValueError(f"--mode={mode}: the workdir {workdir} was trained with a {trained['task']} config ({path}), this "
+        ValueError(f"{who}: the workdir {workdir} was trained with a {trained['task']} config ({path}), this "
                    f"one is a {now['task']} config: give the training command's --config and overrides")
         if other else None, "check the workdir's config")
     diffs = {d.split(":")[0]: d for d in _diff(trained, now)}
@@ -160,21 +162,21 @@ def warn_config_drift(config, workdir: Path, mode: str, data_read: bool = True) 
     model = sorted(d for f, d in diffs.items() if d in changed and f.startswith("model."))
     added_to_model = [f for f in lacking if f.startswith("model.")]
     parallel.stop_if_any_failed(ValueError(
-        f"--mode={mode}: this command's model differs from the one the workdir was trained with ({path}) in: "
+        f"{who}: {this} model differs from the one the workdir was trained with ({path}) in: "
         f"{'; '.join(model)}. The checkpoint holds the trained model's weights: "
         + (f"give the training command's config file (it added {', '.join(added_to_model)}) and repeat its "
            f"overrides" if added_to_model else "repeat the training command's overrides") + _replay_note())
         if model else None,
         "check the workdir's config")
     if "seed" in diffs:
-        log.info("--mode=%s with seed %s (training's: %s): other samples and evaluation noise of the same model",
-                 mode, now.get("seed"), trained.get("seed"))
+        log.info("%s with seed %s (training's: %s): other samples and evaluation noise of the same model",
+                 who, now.get("seed"), trained.get("seed"))
     if changed:
         fix = (f"Give the training command's config file (it added {', '.join(lacking)}, which this config lacks) "
                "and repeat its overrides" if lacking else "Repeat the training command's overrides")
-        log.warning("--mode=%s runs with this command's config, which differs from the one the workdir was trained "
-                    "with (%s) in: %s. %s to %s the model as it was trained%s.", mode, path, "; ".join(changed),
-                    fix, "evaluate" if mode == "eval" else "sample", _replay_note())
+        log.warning("%s runs with %s config, which differs from the one the workdir was trained with (%s) in: %s. "
+                    "%s to %s the model as it was trained%s.", who, this, path, "; ".join(changed), fix,
+                    {"eval": "evaluate", "sample": "sample"}.get(mode, "use"), _replay_note())
     return changed
 
 

@@ -1,0 +1,93 @@
+"""A trained workdir's model in Python (a notebook, a script of your own): `load(config, workdir)` restores its newest
+(or best) checkpoint as --mode=sample does, read-only, and gives the Flax module with the variables to apply it
+with, and samples.
+
+    from configs import vae_mnist
+    from jaxgen.training import trained
+
+    run = trained.load(vae_mnist.get_config("mnist_5k"), "runs/quickstart")
+    images = run.samples(64)                                        # uint8 [64, 28, 28, 1]
+    mean, logvar = run.model.apply(run.variables, x, method=run.model.encode)   # x: floats [B, 28, 28, 1] in [0, 1]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+
+from jaxgen.training import loop, run_record
+from jaxgen.training import state as state_lib
+
+CHECKPOINTS = {"newest": "checkpoints", "best": "best"}  # which checkpoint -> its folder in the workdir
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedRun:
+    """A checkpoint of a workdir, restored onto this process's devices (replicated).
+
+    model, variables: the generative model and what `model.apply` takes: a VAE's module (`encode`, `decode`,
+    `latent_dim`) and its params, or a GAN's G (`G.apply(variables, z, train=False)`, z ~ N(0, I) [B, latent_dim]);
+    the EMA weights where the run kept them (unless config.train.ema_half_life=0), a G's BatchNorm statistics
+    re-estimated for them as its evaluations do. discriminator, d_variables: a GAN's D (None for a VAE).
+    state: the whole train state (optimizer state, key, raw weights)."""
+
+    config: ml_collections.ConfigDict
+    workdir: Path
+    checkpoint: str
+    step: int
+    model: nn.Module
+    variables: dict
+    discriminator: nn.Module | None
+    d_variables: dict | None
+    state: dict
+    _task: object = dataclasses.field(repr=False)
+
+    def samples(self, n: int) -> np.ndarray:
+        """n samples, uint8 [n, H, W, C]: the same as `--mode=sample --config.sample.num=n` writes with this config's
+        seed (a VAE: its likelihood's mean at z ~ N(0, I); a GAN: G(z))."""
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        return self._task.samples(self.state, n)
+
+
+def load(config: ml_collections.ConfigDict, workdir: str | Path, checkpoint: str = "newest") -> TrainedRun:
+    """The `checkpoint` ('newest' or 'best') of the run in `workdir`, trained with `config` (the training command's
+    config file and variants, with its overrides set: `config.model.latent_dim = 3`). Nothing in the workdir is
+    written, and the dataset is not read (the image shape comes from the workdir's data.json).
+
+    As with --mode=sample, a config whose model differs from the trained one (another width or activation) is an
+    error naming the fields; other differences (another dataset or likelihood) are a warning. FileNotFoundError
+    when the workdir or a readable checkpoint is missing."""
+    if checkpoint not in CHECKPOINTS:
+        raise ValueError(f"unknown checkpoint {checkpoint!r}; choices: {', '.join(CHECKPOINTS)}")
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise TypeError(f"config must be an ml_collections.ConfigDict (a config file's get_config(...)), got "
+                        f"{type(config).__name__}")
+    workdir = Path(workdir).expanduser().absolute()
+    where = workdir / CHECKPOINTS[checkpoint]
+    if not workdir.is_dir():
+        raise FileNotFoundError(f"trained.load: there is no workdir at {workdir}; train one first (python launch.py "
+                                f"--config=... --workdir={workdir})")
+    if not where.is_dir():  # checked first: the checkpoint manager would create the folder
+        hint = ("a run keeps a best checkpoint only with eval.extractors or checkpoint.best_metric set"
+                if checkpoint == "best" else "train first (the same launch.py command resumes a run)")
+        raise FileNotFoundError(f"trained.load: {workdir} has no {CHECKPOINTS[checkpoint]}/ folder; {hint}")
+    shape = run_record.trained_image_shape(workdir)
+    run_record.warn_config_drift(config, workdir, "load", data_read=shape is None)
+    task = loop.build_task(config, workdir, training=False, image_shape=shape)
+    mgr, state = loop.restore(task, checkpoint)
+    mgr.close()
+    if state is None:
+        raise FileNotFoundError(f"trained.load: no readable checkpoint in {where}")
+    gan = "g" in state
+    return TrainedRun(
+        config=config, workdir=workdir, checkpoint=checkpoint, step=int(jax.device_get(state["step"])),
+        model=task.generator if gan else task.model,
+        variables=task.sampling_g(state) if gan else state_lib.eval_params(state),
+        discriminator=task.discriminator if gan else None, d_variables=state["d"] if gan else None,
+        state=state, _task=task)

@@ -1,0 +1,66 @@
+"""jaxgen.training.trained.load: a trained workdir's model in Python, read-only, with the samples --mode=sample
+writes."""
+
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxgen.training import loop, modes, trained
+from tests.conftest import CONFIGS, config_module
+
+
+def _files(workdir):
+    return {p: p.stat().st_mtime_ns for p in workdir.rglob("*")}
+
+
+def test_a_vae_loads_read_only_and_samples_as_mode_sample_does(trained_vae):
+    c, workdir = trained_vae
+    before = _files(workdir)
+    run = trained.load(c, workdir)
+    assert _files(workdir) == before  # nothing written: no log, no lock, no folder
+    assert run.step == 10 and run.checkpoint == "newest" and run.discriminator is None
+    x = jnp.full((3, 28, 28, 1), 0.5)
+    mean, logvar = run.model.apply(run.variables, x, method=run.model.encode)
+    assert mean.shape == logvar.shape == (3, run.model.latent_dim)
+    assert run.model.apply(run.variables, mean, method=run.model.decode).shape[0] == 3
+    c.sample.num = 8
+    written = np.load(modes.sample_checkpoint(c, workdir))["images"]
+    np.testing.assert_array_equal(run.samples(8), written)
+
+
+def test_load_names_what_is_missing_or_different(trained_vae, tmp_path):
+    c, workdir = trained_vae
+    with pytest.raises(ValueError, match="unknown checkpoint 'last'; choices: newest, best"):
+        trained.load(c, workdir, "last")
+    with pytest.raises(FileNotFoundError, match=r"there is no workdir at .*nowhere; train one first"):
+        trained.load(c, tmp_path / "nowhere")
+    assert trained.load(c, workdir, "best").step == 10  # kept by the test ELBO at the last step
+    shutil.rmtree(workdir / "best")
+    with pytest.raises(FileNotFoundError, match=r"has no best/ folder; a run keeps a best checkpoint only with"):
+        trained.load(c, workdir, "best")
+    with pytest.raises(TypeError, match="config must be an ml_collections.ConfigDict"):
+        trained.load(c.to_dict(), workdir)
+    c.model.latent_dim += 1
+    with pytest.raises(ValueError, match=r"trained.load: the given model differs from the one the workdir was "
+                                         r"trained with .* in: model.latent_dim: 10 -> 11"):
+        trained.load(c, workdir)
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_a_gan_loads_its_g_with_its_ema_and_its_d(tmp_path, one_device):
+    c = config_module(CONFIGS / "gan_mnist.py").get_config("smoke")
+    c.unlock()
+    c.output.progress, c.output.plots, c.eval.extractors = False, False, ()
+    c.train.steps, c.eval.every = 4, 0
+    loop.train_and_evaluate(c, tmp_path)
+    run = trained.load(c, tmp_path)
+    assert run.step == 4 and "ema_g" in run.state
+    z = jax.random.normal(jax.random.key(0), (5, run.model.latent_dim))
+    images = run.model.apply(run.variables, z, train=False)
+    assert images.shape == (5, 28, 28, 1) and float(jnp.abs(images).max()) <= 1.0
+    assert run.discriminator.apply(run.d_variables, images, train=False).shape[0] == 5
+    samples = run.samples(6)
+    assert samples.shape == (6, 28, 28, 1) and samples.dtype == np.uint8
