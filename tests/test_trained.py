@@ -3,6 +3,7 @@ writes."""
 
 import shutil
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,7 +14,7 @@ from tests.conftest import CONFIGS, config_module
 
 
 def _files(workdir):
-    return {p: p.stat().st_mtime_ns for p in workdir.rglob("*")}
+    return {p: p.stat().st_mtime_ns for p in [workdir, *workdir.rglob("*")]}
 
 
 def test_a_vae_loads_read_only_and_samples_as_mode_sample_does(trained_vae):
@@ -56,11 +57,20 @@ def test_a_gan_loads_its_g_with_its_ema_and_its_d(tmp_path, one_device):
     c.output.progress, c.output.plots, c.eval.extractors = False, False, ()
     c.train.steps, c.eval.every = 4, 0
     loop.train_and_evaluate(c, tmp_path)
+    before = _files(tmp_path)
     run = trained.load(c, tmp_path)
+    assert _files(tmp_path) == before
+    # G's EMA weights, with BatchNorm statistics re-estimated for them (the state's were gathered with the raw ones)
     assert run.step == 4 and "ema_g" in run.state
+    chex.assert_trees_all_equal(run.variables["params"], run.state["ema_g"]["params"])
+    assert not np.array_equal(jax.tree.leaves(run.variables["batch_stats"])[0],
+                              jax.tree.leaves(run.state["ema_g"]["batch_stats"])[0])
     z = jax.random.normal(jax.random.key(0), (5, run.model.latent_dim))
     images = run.model.apply(run.variables, z, train=False)
     assert images.shape == (5, 28, 28, 1) and float(jnp.abs(images).max()) <= 1.0
     assert run.discriminator.apply(run.d_variables, images, train=False).shape[0] == 5
     samples = run.samples(6)
     assert samples.shape == (6, 28, 28, 1) and samples.dtype == np.uint8
+    c.sample.num = 6
+    np.testing.assert_array_equal(samples, np.load(modes.sample_checkpoint(c, tmp_path))["images"])
+    assert run.config.is_locked and repr(run).startswith("TrainedRun(workdir=")

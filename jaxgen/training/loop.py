@@ -80,6 +80,9 @@ def build_task(config, workdir: Path, training: bool = True, image_shape: tuple[
 EMA_OF = {"ema_params": "params", "ema_g": "g"}
 
 
+CHECKPOINT_DIRS = {"newest": "checkpoints", "best": "best"}  # eval.checkpoint -> its folder in the workdir
+
+
 def restore(task, which: str = "newest", *, training: bool = False):
     """(checkpoint manager, readable state or None), placed replicated on the task's mesh: the newest checkpoint,
     or with which='best' the one kept in <workdir>/best. Only a training run moves unreadable checkpoints aside and
@@ -89,7 +92,7 @@ def restore(task, which: str = "newest", *, training: bool = False):
     checkpoint that keeps an EMA evaluates the raw weights (the EMA is read and dropped); > 0 on one without an EMA
     evaluates its raw weights, with a warning."""
     shapes = jax.eval_shape(task.create)
-    subdir = {"newest": "checkpoints", "best": "best"}[which]
+    subdir = CHECKPOINT_DIRS[which]
     reported: set[int] = set()  # broken checkpoints, logged by the first read and not again by the EMA's retry
 
     def read(tree):

@@ -29,7 +29,7 @@ def _restore_for(config, workdir, mode: str):
     eval.checkpoint names ('newest' or 'best'), for --mode=eval/sample."""
     workdir = wd.prepare(workdir, create=False)
     which = config_lib.eval_checkpoint(config)  # checked before it picks the directory (the rest: build_task)
-    where = workdir / ("checkpoints" if which == "newest" else "best")
+    where = workdir / loop.CHECKPOINT_DIRS[which]
     present = where.is_dir()
     parallel.check_same_on_every_process(  # all processes take the same branch: the one below is collective
         f"whether {where} exists", [int(present)], "Every process must see the same --workdir: put it on a "

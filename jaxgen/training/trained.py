@@ -1,6 +1,6 @@
 """A trained workdir's model in Python (a notebook, a script of your own): `load(config, workdir)` restores its newest
 (or best) checkpoint as --mode=sample does, read-only, and gives the Flax module with the variables to apply it
-with, and samples.
+with, and samples (the same as --mode=sample's after `jaxgen.runtime.setup()`, launch.py's XLA flags).
 
     from configs import vae_mnist
     from jaxgen.training import trained
@@ -20,31 +20,33 @@ import jax
 import ml_collections
 import numpy as np
 
+from jaxgen import config as config_lib
+from jaxgen import parallel
 from jaxgen.training import loop, run_record
 from jaxgen.training import state as state_lib
 
-CHECKPOINTS = {"newest": "checkpoints", "best": "best"}  # which checkpoint -> its folder in the workdir
 
-
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class TrainedRun:
     """A checkpoint of a workdir, restored onto this process's devices (replicated).
 
     model, variables: the generative model and what `model.apply` takes: a VAE's module (`encode`, `decode`,
     `latent_dim`) and its params, or a GAN's G (`G.apply(variables, z, train=False)`, z ~ N(0, I) [B, latent_dim]);
     the EMA weights where the run kept them (unless config.train.ema_half_life=0), a G's BatchNorm statistics
-    re-estimated for them as its evaluations do. discriminator, d_variables: a GAN's D (None for a VAE).
-    state: the whole train state (optimizer state, key, raw weights)."""
+    re-estimated for them as its evaluations do. discriminator, d_variables: a GAN's D (None for a VAE), on images
+    in [-1, 1]; training and evaluation run it in train mode (BatchNorm over the batch, across the devices), so
+    `train=False` (its running averages) scores a BatchNorm D otherwise than they did. state: the whole train
+    state (optimizer state, key, raw weights). config: a locked copy of the one given."""
 
-    config: ml_collections.ConfigDict
+    config: ml_collections.ConfigDict = dataclasses.field(repr=False)
     workdir: Path
     checkpoint: str
     step: int
-    model: nn.Module
-    variables: dict
-    discriminator: nn.Module | None
-    d_variables: dict | None
-    state: dict
+    model: nn.Module = dataclasses.field(repr=False)
+    variables: dict = dataclasses.field(repr=False)
+    discriminator: nn.Module | None = dataclasses.field(repr=False)
+    d_variables: dict | None = dataclasses.field(repr=False)
+    state: dict = dataclasses.field(repr=False)
     _task: object = dataclasses.field(repr=False)
 
     def samples(self, n: int) -> np.ndarray:
@@ -55,28 +57,36 @@ class TrainedRun:
         return self._task.samples(self.state, n)
 
 
-def load(config: ml_collections.ConfigDict, workdir: str | Path, checkpoint: str = "newest") -> TrainedRun:
-    """The `checkpoint` ('newest' or 'best') of the run in `workdir`, trained with `config` (the training command's
-    config file and variants, with its overrides set: `config.model.latent_dim = 3`). Nothing in the workdir is
-    written, and the dataset is not read (the image shape comes from the workdir's data.json).
+def load(config: ml_collections.ConfigDict, workdir: str | Path, checkpoint: str | None = None) -> TrainedRun:
+    """The `checkpoint` ('newest' or 'best'; default: config.eval.checkpoint, 'newest' in every shipped config) of
+    the run in `workdir`, trained with `config` (the training command's config file and variants, with its overrides
+    set: `config.model.latent_dim = 3`). Nothing in the workdir is written; the dataset is not read (the image shape
+    comes from the workdir's data.json; a workdir from before jaxgen wrote it reads the dataset, as --mode=eval does).
 
     As with --mode=sample, a config whose model differs from the trained one (another width or activation) is an
     error naming the fields; other differences (another dataset or likelihood) are a warning. FileNotFoundError
     when the workdir or a readable checkpoint is missing."""
-    if checkpoint not in CHECKPOINTS:
-        raise ValueError(f"unknown checkpoint {checkpoint!r}; choices: {', '.join(CHECKPOINTS)}")
     if not isinstance(config, ml_collections.ConfigDict):
         raise TypeError(f"config must be an ml_collections.ConfigDict (a config file's get_config(...)), got "
                         f"{type(config).__name__}")
+    if checkpoint is None:
+        checkpoint = config_lib.eval_checkpoint(config)
+    if checkpoint not in loop.CHECKPOINT_DIRS:
+        raise ValueError(f"unknown checkpoint {checkpoint!r}; choices: {', '.join(loop.CHECKPOINT_DIRS)}")
+    config = config.copy_and_resolve_references()  # the run's own: a later change to the caller's changes nothing
+    config.lock()
     workdir = Path(workdir).expanduser().absolute()
-    where = workdir / CHECKPOINTS[checkpoint]
+    where = workdir / loop.CHECKPOINT_DIRS[checkpoint]
+    parallel.check_same_on_every_process(  # every process takes the same branch: what follows has collectives
+        f"whether {where} exists", [int(where.is_dir())], "Every process must see the same workdir: put it on a "
+        "filesystem all hosts share.")
     if not workdir.is_dir():
         raise FileNotFoundError(f"trained.load: there is no workdir at {workdir}; train one first (python launch.py "
                                 f"--config=... --workdir={workdir})")
     if not where.is_dir():  # checked first: the checkpoint manager would create the folder
         hint = ("a run keeps a best checkpoint only with eval.extractors or checkpoint.best_metric set"
                 if checkpoint == "best" else "train first (the same launch.py command resumes a run)")
-        raise FileNotFoundError(f"trained.load: {workdir} has no {CHECKPOINTS[checkpoint]}/ folder; {hint}")
+        raise FileNotFoundError(f"trained.load: {workdir} has no {loop.CHECKPOINT_DIRS[checkpoint]}/ folder; {hint}")
     shape = run_record.trained_image_shape(workdir)
     run_record.warn_config_drift(config, workdir, "load", data_read=shape is None)
     task = loop.build_task(config, workdir, training=False, image_shape=shape)
