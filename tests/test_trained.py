@@ -1,6 +1,8 @@
 """jaxgen.training.trained.load: a trained workdir's model in Python, read-only, with the samples --mode=sample
 writes."""
 
+import os
+import re
 import shutil
 
 import chex
@@ -10,7 +12,9 @@ import numpy as np
 import pytest
 
 from jaxgen.training import loop, modes, trained
-from tests.conftest import CONFIGS, config_module
+from tests.conftest import CONFIGS, ROOT, config_module
+
+README = ROOT / "README.md"
 
 
 def _files(workdir):
@@ -30,6 +34,19 @@ def test_a_vae_loads_read_only_and_samples_as_mode_sample_does(trained_vae):
     c.sample.num = 8
     written = np.load(modes.sample_checkpoint(c, workdir))["images"]
     np.testing.assert_array_equal(run.samples(8), written)
+
+
+def test_the_readmes_example_runs(trained_vae, monkeypatch):
+    """README, "A trained model in Python", as written, on a smoke run instead of the quickstart's."""
+    block = re.search(r"### A trained model in Python\n.*?```python\n(.*?)```", README.read_text(), re.S).group(1)
+    call = 'trained.load(vae_mnist.get_config("mnist_5k"), "runs/quickstart")'
+    assert call in block
+    monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))  # runtime.setup() adds to it: put it back
+    c, workdir = trained_vae
+    scope = {"CONFIG": c, "WORKDIR": workdir}
+    exec(block.replace(call, "trained.load(CONFIG, WORKDIR)"), scope)  # noqa: S102 (the README's own code)
+    assert scope["images"].shape == (64, 28, 28, 1) and scope["mean"].shape == (8, scope["run"].model.latent_dim)
+    assert 0 <= float(scope["reconstructions"].min()) <= float(scope["reconstructions"].max()) <= 1
 
 
 def test_load_names_what_is_missing_or_different(trained_vae, tmp_path):
