@@ -72,7 +72,7 @@ def read_arrays(cache: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 @contextlib.contextmanager
-def decoding_lock(cache: Path, waiting: str, name: str = "decoding.lock"):
+def filling_lock(cache: Path, waiting: str, name: str = "decoding.lock"):  # its first use's file name
     """Holds an exclusive lock (fcntl.flock) on <cache>/<name> while this process fills the folder `cache` (decodes a
     folder of images into it, prepares a TFDS dataset; trains the metric classifier or computes reference features:
     a `name` per file): the other jobs of a sweep started at once on the same data wait for the first (logging

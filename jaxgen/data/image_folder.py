@@ -359,7 +359,7 @@ def _cached_or_decoded(folder: Path, files: list[str], cache: Path, wanted: Path
         except caches.TORN_CACHE as e:
             log.warning("The cached images at %s cannot be read (%s: %s); decoding %s again", wanted,
                         type(e).__name__, e, folder)
-    with caches.decoding_lock(cache, f"Another process is decoding {folder} into {cache}; waiting for it, then "
+    with caches.filling_lock(cache, f"Another process is decoding {folder} into {cache}; waiting for it, then "
                                      f"reading its arrays"):
         try:  # another process may have decoded the folder while this one waited
             return caches.read_arrays(wanted)

@@ -124,7 +124,7 @@ def _source(name: str, split: str, data_config, hint: str = ""):
             raise _unavailable(name, ddir, "preparing it needs TensorFlow, which is not installed", hint)
         # Jobs started together on a data dir without the dataset: the first downloads and prepares it, the others
         # wait for it (TFDS alone would download it in each, racing to rename the same folder).
-        with caches.decoding_lock(ddir / "jaxgen_cache" / name,
+        with caches.filling_lock(ddir / "jaxgen_cache" / name,
                                   f"Another process is preparing TFDS {name} in {ddir}; waiting for it"):
             with runtime.absl_errors_only():
                 prepared = builder.is_prepared()

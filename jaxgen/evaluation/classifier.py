@@ -97,7 +97,7 @@ def _load_or_train(path: Path, data_config, images: np.ndarray, labels: np.ndarr
     if params is not None:
         return params
     # Jobs of a sweep started at once on a new data dir: the first trains it, the others wait and read its cache.
-    with caches.decoding_lock(path.parent, f"Another process is training the metric classifier into {path}; "
+    with caches.filling_lock(path.parent, f"Another process is training the metric classifier into {path}; "
                               f"waiting for it, then reading it", name=f"{path.stem}.lock"):
         params = _cached(path, warn=True)
         if params is not None:

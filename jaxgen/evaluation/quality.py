@@ -165,7 +165,7 @@ def reference(extractor: Extractor, images: np.ndarray, *, data_config, split: s
         return _with_statistics(extractor, _compute_reference(extractor, images, data_config, split, path), warn)
     cached = _cached_reference(path, warn=False)
     if cached is None:  # jobs of a sweep started at once: the first computes them, the others wait and read them
-        with caches.decoding_lock(path.parent, f"Another process is computing the reference features {path}; "
+        with caches.filling_lock(path.parent, f"Another process is computing the reference features {path}; "
                                   f"waiting for it, then reading them", name=f"{path.stem}.lock"):
             cached = _cached_reference(path, warn=True)
             if cached is None:

@@ -305,7 +305,7 @@ def restore_newest(workdir: Path, cfg, target, subdir: str = "checkpoints", *, m
     listed = max(steps, default=-1)
     parallel.check_same_on_every_process(  # before Orbax's restore, whose barrier a process without it never reaches
         f"the checkpoints in {Path(workdir).absolute() / subdir} (how many, the newest step)",
-        [len(steps), max(steps, default=-1)],
+        [len(steps), listed],
         "Every process must see the same --workdir: put it on a filesystem all hosts share.")
     # Steps that failed, newest first; moved aside only once an older one is read. Their errors are logged, not
     # kept: a failed restore's traceback holds Orbax's asyncio objects, which must not outlive this call.
@@ -409,18 +409,17 @@ def _finished_steps(directory: Path) -> list[int]:
 def _listing_manager(workdir: Path, cfg, subdir: str, tries: int = 5) -> ocp.CheckpointManager:
     """`manager`, whose creation lists the checkpoints and reads each one's metadata: a training run beside
     --mode=eval/sample may remove one meanwhile (Orbax then stats its folder: FileNotFoundError). Listed again."""
-    for attempt in range(tries):
+    for attempt in range(1, tries):
         try:
             return manager(workdir, cfg, subdir)
         except FileNotFoundError as e:
             # With several processes each would list again on its own, out of step with the others' collectives.
-            if (attempt == tries - 1 or jax.process_count() > 1
-                    or str(Path(workdir).absolute() / subdir) not in str(e.filename or e)):
+            if jax.process_count() > 1 or str(Path(workdir).absolute() / subdir) not in str(e.filename or e):
                 raise
             log.info("A checkpoint in %s was removed while it was listed (a training run beside this one): listing "
                      "again", Path(workdir).absolute() / subdir)
-            time.sleep(0.2 * (attempt + 1))
-    raise AssertionError("unreachable")
+            time.sleep(0.2 * attempt)
+    return manager(workdir, cfg, subdir)  # the last try: its error is the error
 
 
 def _on_every_process(error: Exception | None, what: str = "could not read it") -> Exception | None:
