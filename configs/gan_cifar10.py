@@ -5,6 +5,7 @@ configs/sn_cifar10_unconditional.yml: n_gen_samples 128).
 
     python launch.py --config=configs/gan_cifar10.py --workdir=runs/sngan_cifar10
     python launch.py --config=configs/gan_cifar10.py:smoke --workdir=/tmp/smoke
+    python launch.py --config=configs/gan_cifar10.py:conditional --workdir=runs/sngan_projection_cifar10
 
 Reference: the paper (Miyato et al., 2018) reports IS 8.22 and FID 21.7 for this unconditional setup, without
 an EMA of G; this config evaluates G's EMA (half-life 50k images), so its numbers are not a like-for-like
@@ -14,7 +15,9 @@ them; its D learning rate decays per iteration, jaxgen's per D update (the same 
 spectral-norm vector in the G update's pass too (11 power iterations per iteration, jaxgen 10); G's BatchNorm
 running averages move in every pass of G in Chainer (6 per iteration), in jaxgen's G update only (1), which
 matters only for the raw G (ema_half_life=0): an EMA G's statistics are estimated again before it samples.
-Variants: diffaugment (color, translation, cutout on reals and fakes), bf16, smoke (synthetic 32x32x3).
+Variants: conditional (the class-conditional SNGAN of Miyato and Koyama 2018: conditional BatchNorm in G, a
+projection D, on CIFAR-10's 10 labels), diffaugment (color, translation, cutout on reals and fakes), bf16, smoke
+(synthetic 32x32x3).
 """
 
 from jaxgen.config import bf16, diffaugment, gan_config, gan_smoke, with_variant
@@ -51,4 +54,11 @@ def _smoke(c):
     gan_smoke(c, (32, 32, 3))  # the same 5 D steps per G step: about 50 s on 2 CPU cores (README: "Configs")
 
 
-VARIANTS = {"diffaugment": diffaugment, "bf16": bf16, "smoke": _smoke}
+def _conditional(c):
+    """Miyato and Koyama (2018), "cGANs with projection discriminator": the same networks with categorical
+    conditional BatchNorm in G's blocks and the projection term in D, the same optimizer, 5 D steps per G step and
+    50k G updates, as the official code's conditional CIFAR-10 config."""
+    c.model.num_classes = 10
+
+
+VARIANTS = {"conditional": _conditional, "diffaugment": diffaugment, "bf16": bf16, "smoke": _smoke}

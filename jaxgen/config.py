@@ -167,6 +167,9 @@ def gan_config() -> ml_collections.ConfigDict:
     c.model.dtype = "float32"  # compute dtype: 'float32' or 'bfloat16' (params stay float32)
     c.model.conv_impl = "auto"  # DCGAN's strided convs: 'auto' (per backend), 'phase' or 'xla' (models/layers.py)
     c.model.norm_impl = "auto"  # BatchNorm: 'auto' (per backend), 'fused' (jaxgen's) or 'flax' (models/batch_norm.py)
+    # 0 = unconditional; N = class-conditional on the dataset's labels 0..N-1: G(z, y), a projection D(x, y)
+    # (README: "Class-conditional GANs")
+    c.model.num_classes = 0
 
     c.loss = ml_collections.ConfigDict()
     c.loss.name = "non_saturating"  # jaxgen.objectives.gan.LOSSES or 'package.module:function'

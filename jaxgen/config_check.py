@@ -37,9 +37,9 @@ MODEL_READS = {
     "conv_vae": ("latent_dim", "channels", "dense", "activation", "output_bias", "conv_impl"),
     "mlp_vae": ("latent_dim", "hidden", "activation", "output_bias"),
     "dcgan": ("latent_dim", "g_width", "d_width", "g_norm", "d_norm", "g_spectral_norm", "d_spectral_norm", "dtype",
-              "conv_impl", "norm_impl"),
+              "conv_impl", "norm_impl", "num_classes"),
     "resnet": ("latent_dim", "g_width", "d_width", "g_norm", "d_norm", "g_spectral_norm", "d_spectral_norm", "dtype",
-               "norm_impl"),
+               "norm_impl", "num_classes"),
 }
 
 
@@ -268,6 +268,9 @@ def _check_gan(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"reg.interval must be >= 1 (1 = every D step), got {config.reg.interval}")
     if config.model.dtype not in ("float32", "bfloat16"):
         raise ValueError(f"model.dtype must be 'float32' or 'bfloat16', got {config.model.dtype!r}")
+    if config.model.get("num_classes", 0) < 0:
+        raise ValueError(f"model.num_classes must be >= 0 (0 = unconditional; N = G and D conditioned on the "
+                         f"dataset's labels 0..N-1), got {config.model.num_classes}")
     if not config.reg.weight >= 0:  # a negative weight rewards D's steep input gradients
         raise ValueError(f"reg.weight must be >= 0, got {config.reg.weight}")
     _check_critic(config)

@@ -102,13 +102,13 @@ def _gan_setup(mesh, g_batch=0, random_flip=False, **over):
     G, D = gan_models.build(c.model, (28, 28, 1), axis_name=parallel.AXIS)
     g_tx, g_lr = optim.make(c.g_optim, 100)
     d_tx, d_lr = optim.make(c.d_optim, 100)
-    state = state_lib.create_gan(G, D, g_tx, d_tx, (28, 28, 1), 0, ema=True)
+    state = state_lib.create_gan(G, D, g_tx, d_tx, (28, 28, 1), 0, ema=True, num_classes=c.model.num_classes)
     fn = gan_step.compile_train(
         mesh, steps_per_dispatch=1, generator=G, discriminator=D, g_tx=g_tx, d_tx=d_tx,
         loss_fn=gan_obj.get_loss(c.loss.name), reg_fn=gan_obj.get_regularizer(c.reg.name), reg_weight=c.reg.weight,
         reg_interval=c.reg.interval, d_steps=c.train.d_steps, batch=32, augment_policy=c.augment.policy,
         ema_half_life=200.0, ema_rampup=0.0, g_lr=g_lr, d_lr=d_lr, g_batch=g_batch, random_flip=random_flip,
-        reg_through_augment=c.reg.through_augment)
+        reg_through_augment=c.reg.through_augment, num_classes=c.model.num_classes)
     return state, fn
 
 
@@ -162,20 +162,25 @@ def test_random_flip_mirrors_about_half_of_the_reals():
     {"train.d_steps": 2, "reg.name": "r1", "reg.interval": 2, "augment.policy": "translation,flip"},
     # The G update on fresh fakes of its own, 48 beside D's 32, and a loss of batch means (nothing else: CI time)
     {"g_batch": 48, "loss.name": "tests.test_gan:relativistic_average"},
-], ids=["reused_fakes", "fresh_fakes_relativistic"])
+    # Class-conditional: the reals' labels gathered per device, fresh fakes' labels drawn, R1 through D(x, y)
+    {"model.num_classes": 10, "g_batch": 48, "reg.name": "r1"},
+], ids=["reused_fakes", "fresh_fakes_relativistic", "conditional"])
 def test_sharded_gan_step_equals_one_device(over):
     """8 devices give the params of 1 device with the same global batch (sync BatchNorm; in the first case also
     per-device R1 and augmentation, in the second the G update's own fresh fakes and a relativistic loss, whose
     means of D's outputs are over the global batch: before, over each device's share): within 2e-5 absolute after 3
     steps (float32 reduction order differs). Adam's eps is raised to 1e-3 here: with the default 1e-8 an element whose
     gradient is reduction-order noise moves by +-lr either way (1.8e-4 apart seen without AVX-512)."""
-    images = (np.random.default_rng(0).random((256, 28, 28, 1)) * 255).astype(np.uint8)
+    rng = np.random.default_rng(0)
+    arrays = {"image": (rng.random((256, 28, 28, 1)) * 255).astype(np.uint8)}
+    if "model.num_classes" in over:
+        arrays["label"] = rng.integers(0, 10, 256).astype(np.int32)
     results, first_seen, metrics_seen = [], [], []
     for devices in (jax.devices(), jax.devices()[:1]):
         mesh = parallel.make_mesh(devices)
         state, fn = _gan_setup(mesh, **over, **{"g_optim.eps": 1e-3, "d_optim.eps": 1e-3})
         state = jax.device_put(state, parallel.replicated(mesh))
-        data = parallel.put_replicated({"image": images}, mesh)
+        data = parallel.put_replicated(arrays, mesh)
         for i in range(3):
             state, metrics = fn(state, data)
             if i == 0:

@@ -240,11 +240,13 @@ FINAL_K = 5  # the neighbours of density and coverage (Naeem et al.'s k), the la
 
 
 def compare(extractor: Extractor, ref: dict, samples: np.ndarray, *, full: bool, reference_name: str,
-            seed: int = 0, warn: bool = True) -> dict:
+            seed: int = 0, warn: bool = True, labels: np.ndarray | None = None) -> dict:
     """Metrics of uint8 `samples` against the cached reference `ref` (`warn`: about too few samples for FID).
 
     Always FID (and IS where the extractor gives class probabilities, class histograms for the classifier);
     with `full`, also KID (100 subsets of up to 1000), precision/recall (k=3) and density/coverage (k=5).
+    `labels` (int [n]): the classes a class-conditional G was asked for; the classifier's class_accuracy is the
+    fraction of samples it assigns to their class (as ACGAN's and the projection paper's classification scores).
     """
     samples = check_images(samples, "generated samples")
     feats, probs = features(extractor, samples)
@@ -264,6 +266,8 @@ def compare(extractor: Extractor, ref: dict, samples: np.ndarray, *, full: bool,
         out.update(class_tv=float(0.5 * np.abs(hr - hg).sum()),
                    class_coverage=float(np.mean(hg[present] >= 0.5 * hr[present])),
                    class_histogram=hg.round(4).tolist(), data_class_histogram=hr.round(4).tolist())
+        if labels is not None:
+            out["class_accuracy"] = float(np.mean(probs.argmax(1) == np.asarray(labels)[: len(probs)]))
     if full:
         out["kid_mean"], out["kid_std"] = sample_metrics.kernel_inception_distance(real, feats, seed=seed)
         out["kid_subsets"] = f"100 x {min(1000, len(real), len(feats))}"  # std is 0 when a subset is a whole set
@@ -279,9 +283,17 @@ def stream_latents(key: jax.Array, index: jax.Array, dim: int) -> jax.Array:
     return jax.vmap(lambda j: jax.random.normal(jax.random.fold_in(key, j), (dim,)))(index)
 
 
-def make_sampler(sample_fn: Callable, mesh, *, key: jax.Array, dim: int, value_range: tuple[float, float]):
+def sample_labels(n: int, num_classes: int) -> np.ndarray | None:
+    """The classes of a class-conditional model's samples 0..n-1 (`make_sampler`'s): sample j is of class
+    j % num_classes, every class equally often. None when unconditional (num_classes 0)."""
+    return np.arange(n, dtype=np.int32) % num_classes if num_classes else None
+
+
+def make_sampler(sample_fn: Callable, mesh, *, key: jax.Array, dim: int, value_range: tuple[float, float],
+                 num_classes: int = 0):
     """fn(variables, n, batch_size) -> uint8 samples [n, H, W, C] of `sample_fn(variables, z)` (float images in
     `value_range`, per device) at the latents of the fixed stream `key` (`stream_latents`), data-parallel.
+    num_classes > 0: `sample_fn(variables, z, labels)`, sample j of class j % num_classes (`sample_labels`).
 
     Each call of the compiled body makes `batch_size` samples (a multiple of the mesh's device count), each device
     its share of them from its own latents, gathered on every device so that every process reads them all.
@@ -291,7 +303,8 @@ def make_sampler(sample_fn: Callable, mesh, *, key: jax.Array, dim: int, value_r
     lo, hi = value_range
 
     def body(variables, index, n):
-        x = (sample_fn(variables, stream_latents(key, index, dim)).astype(jnp.float32) - lo) / (hi - lo)
+        labels = (index % num_classes,) if num_classes else ()
+        x = (sample_fn(variables, stream_latents(key, index, dim), *labels).astype(jnp.float32) - lo) / (hi - lo)
         kept = (index < n).reshape(-1, *([1] * (x.ndim - 1)))  # the last batch's extra samples are not counted
         bad = jax.lax.psum(jnp.sum(~jnp.isfinite(x) & kept), parallel.AXIS)
         x = jnp.nan_to_num(x, nan=0.0, posinf=1.0, neginf=0.0)
@@ -347,6 +360,7 @@ class SampleQuality:
     def __init__(self, config, mesh, train_data, references: dict[str, np.ndarray]):
         self.names = check_names(config.eval.extractors)
         self.num_samples = int(config.eval.num_samples)
+        self.conditional = bool(config.model.get("num_classes", 0))  # class_accuracy beside the class histograms
         self.seed = int(config.seed)
         self.dataset, self.data_config = config.data.name, config.data
         self.train_images = None if train_data is None else train_data.image  # None: --mode=sample without data
@@ -356,13 +370,14 @@ class SampleQuality:
                              for n, e in self.extractors.items()} for split, images in references.items()}
         self._warned = False  # too few samples for FID: said at the first evaluation, not at every one
 
-    def evaluate(self, samples: np.ndarray, *, full: bool, reference: str | None = None) -> dict:
+    def evaluate(self, samples: np.ndarray, *, full: bool, reference: str | None = None,
+                 labels: np.ndarray | None = None) -> dict:
         """{name in eval.extractors: metrics block} for uint8 samples, against the reference split `reference`
-        (None: the first)."""
+        (None: the first); `labels`: their classes, for a class-conditional model (`compare`)."""
         split = next(iter(self.refs)) if reference is None else reference
         warn, self._warned = not self._warned, True
         blocks = {n: compare(e, self.refs[split][n], samples, full=full, reference_name=f"{self.dataset} {split}",
-                             seed=self.seed, warn=warn) for n, e in self.extractors.items()}
+                             seed=self.seed, warn=warn, labels=labels) for n, e in self.extractors.items()}
         # Not where the reference is the training split itself: the draw would be a part of it (a floor near 0).
         if full and self.train_images is not None and split != self.data_config.train_split:
             for n, block in blocks.items():
@@ -392,7 +407,8 @@ class SampleQuality:
         FID, and IS or the class histograms' where it gives class probabilities (as `compare` decides)."""
         e, has_probs = self.extractors[name], "probs" in next(iter(self.refs.values()))[name]
         return ("fid", *(("is_mean", "is_std") if has_probs and e.inception_score and self.num_samples >= 10 else ()),
-                *(("class_tv", "class_coverage") if has_probs and e.class_histograms else ()))
+                *(("class_tv", "class_coverage") if has_probs and e.class_histograms else ()),
+                *(("class_accuracy",) if has_probs and e.class_histograms and self.conditional else ()))
 
     def check_best_metric(self, metric: str | None) -> None:
         """A best_metric '<extractor>/<name>' this run's extractor does not compute at every evaluation (a user's
@@ -413,7 +429,7 @@ def flatten(blocks: dict) -> dict:
 
 
 # Sample-quality metrics computed at every eval; the others (KID, precision/recall, density/coverage) only at the end.
-PER_EVAL = ("fid", "is_mean", "is_std", "class_tv", "class_coverage")
+PER_EVAL = ("fid", "is_mean", "is_std", "class_tv", "class_coverage", "class_accuracy")
 # What each built-in extractor adds to FID at every eval (IS from Inception's logits, the class histograms from the
 # classifier's); a user's extractor may give either, which shows only once it is built.
 PER_EVAL_OF = {"inception": ("fid", "is_mean", "is_std"), "classifier": ("fid", "class_tv", "class_coverage")}
@@ -425,7 +441,7 @@ TASK_METRICS = {"vae": ("elbo", "kl", "rec_nll", "recon_nll_at_mean", "recon_mse
 # Which way is better for the metrics jaxgen computes (the part after '<extractor>/' for sample quality).
 LOWER_IS_BETTER = ("fid", "kid_mean", "class_tv", "nll", "nll_bits_per_dim", "rec_nll", "recon_nll_at_mean",
                    "recon_mse", "loss")
-HIGHER_IS_BETTER = ("elbo", "is_mean", "class_coverage", "precision", "recall", "density", "coverage")
+HIGHER_IS_BETTER = ("elbo", "is_mean", "class_coverage", "class_accuracy", "precision", "recall", "density", "coverage")
 
 
 def best_mode(config) -> str:
@@ -469,6 +485,8 @@ def best_metric(config) -> str | None:
             raise ValueError(f"checkpoint.best_metric={m!r} names the extractor {name!r}, which is not in "
                              f"eval.extractors={tuple(config.eval.extractors)}")
         computed = PER_EVAL_OF.get(name, PER_EVAL)
+        if name == "classifier" and config.model.get("num_classes", 0):  # a class-conditional GAN's
+            computed = (*computed, "class_accuracy")
         if metric not in computed:
             raise ValueError(f"checkpoint.best_metric={m!r}: {metric!r} is not computed at every eval"
                              + (f" of the {name} extractor" if name in PER_EVAL_OF else "") + "; choices: "

@@ -95,6 +95,8 @@ class BatchNorm(nn.Module):
     axis_name: str | None = None
     scale_init: nn.initializers.Initializer = nn.initializers.ones
     bias_init: nn.initializers.Initializer = nn.initializers.zeros
+    use_scale: bool = True  # False: no 'scale' param (1), as flax's
+    use_bias: bool = True  # False: no 'bias' param (0), as flax's
 
     @nn.compact
     def __call__(self, x: jax.Array, use_running_average: bool | None = None) -> jax.Array:
@@ -102,8 +104,10 @@ class BatchNorm(nn.Module):
         c = x.shape[-1]
         ra_mean = self.variable("batch_stats", "mean", lambda s: jnp.zeros(s, jnp.float32), (c,))
         ra_var = self.variable("batch_stats", "var", lambda s: jnp.ones(s, jnp.float32), (c,))
-        scale = self.param("scale", self.scale_init, (c,), self.param_dtype)
-        bias = self.param("bias", self.bias_init, (c,), self.param_dtype)
+        scale = (self.param("scale", self.scale_init, (c,), self.param_dtype) if self.use_scale
+                 else jnp.ones((c,), self.param_dtype))
+        bias = (self.param("bias", self.bias_init, (c,), self.param_dtype) if self.use_bias
+                else jnp.zeros((c,), self.param_dtype))
         dtype = self.dtype or jnp.result_type(x, self.param_dtype)
         x = x.astype(dtype)
         if use_ra:

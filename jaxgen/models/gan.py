@@ -1,7 +1,9 @@
 """GAN models: a generator G(z) -> images and a discriminator D(x) -> logits, built in pairs by name.
 
 G maps z float32 [B, latent_dim] to images float32 [B, H, W, C] in [-1, 1] (tanh); D maps images [B, H, W, C] in
-[-1, 1] to raw logits float32 [B]. Both are called as `module.apply(variables, inputs, train=...)`. Variables live
+[-1, 1] to raw logits float32 [B]. Both are called as `module.apply(variables, inputs, train=...)`; a
+class-conditional pair (`model.num_classes` > 0) as `module.apply(variables, inputs, labels, train=...)`, labels
+int [B] in [0, num_classes). Variables live
 in 'params' and, when BatchNorm or spectral norm is used, 'batch_stats' (BN running averages; spectral norm's
 power-iteration vector u and its last sigma). Train-mode calls with 'batch_stats' present need
 `mutable=['batch_stats']`: BN then normalises with the batch's statistics, synchronised over `axis_name` when set
@@ -10,6 +12,13 @@ Eval mode (train=False) uses BN's running averages and leaves every variable unc
 
 Built-in pairs (GANS): 'dcgan' (resolutions 28, 32, 64) and 'resnet' (SNGAN's CIFAR-10 ResNets at 32; at 64 the
 same blocks with jaxgen's own widths, not SNGAN's 64x64 models).
+
+Class-conditional (num_classes > 0), both pairs: D adds the projection term <embed(y), phi(x)> to its logit, phi(x)
+the features its last Dense reads (Miyato and Koyama 2018, "cGANs with projection discriminator"), the embedding
+spectrally normalised with D. The ResNet G replaces its blocks' BatchNorm affine by a per-class one (categorical
+conditional BatchNorm, as the same paper's generator; the last BN before the output stays unconditional); a G
+without BatchNorm in its blocks (the DCGAN G, or g_norm='none') takes the one-hot label concatenated to z (Mirza
+and Osindero 2014).
 """
 
 from __future__ import annotations
@@ -35,13 +44,15 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 DCGAN_INIT = nn.initializers.normal(0.02)
 
 
-def apply_model(module, variables: dict, x, train: bool):
-    """(output, new non-param collections) of a Flax module; collections are updated only in train mode."""
+def apply_model(module, variables: dict, x, train: bool, labels=None):
+    """(output, new non-param collections) of a Flax module called on x (and `labels`, int [B], for a
+    class-conditional one); collections are updated only in train mode."""
+    args = (x,) if labels is None else (x, labels)
     stats = [k for k in variables if k != "params"]
     if train and stats:
-        out, updates = module.apply(variables, x, train=True, mutable=stats)
+        out, updates = module.apply(variables, *args, train=True, mutable=stats)
         return out, {**variables, **updates}
-    return module.apply(variables, x, train=train), variables
+    return module.apply(variables, *args, train=train), variables
 
 
 def bias_in_float32(inputs, kernel, bias=None, *, dtype=None, inexact=True):
@@ -89,17 +100,65 @@ def _layer(layer: nn.Module, x: jax.Array, spectral: bool, train: bool) -> jax.A
 
 
 def _norm(kind: str, axis_name: str | None, dtype: str, train: bool, scale_init=nn.initializers.ones, name=None,
-          impl: str = "auto"):
+          impl: str = "auto", affine: bool = True):
     """BatchNorm with PyTorch's defaults (momentum 0.1 there = 0.9 here, eps 1e-5), or identity for 'none'.
     `impl` ('auto' | 'fused' | 'flax'): jaxgen's batch_norm.BatchNorm or flax's nn.BatchNorm (same variables and
-    arithmetic)."""
+    arithmetic). affine=False: no scale and bias of its own (a conditional BatchNorm's per-class ones follow)."""
     if kind == "none":
         return lambda x: x
     cls = batch_norm.BatchNorm if batch_norm.resolve_norm_impl(impl) == "fused" else nn.BatchNorm
     return cls(
         use_running_average=not train, momentum=0.9, epsilon=1e-5, axis_name=axis_name, dtype=DTYPES[dtype],
-        param_dtype=jnp.float32, scale_init=scale_init, name=name,
+        param_dtype=jnp.float32, scale_init=scale_init, name=name, use_scale=affine, use_bias=affine,
     )
+
+
+def _check_labels(module: nn.Module, labels) -> None:
+    """A conditional module needs labels [B]; an unconditional one takes none."""
+    if module.num_classes and labels is None:
+        raise ValueError(f"{type(module).__name__} has num_classes={module.num_classes}: call it with labels int [B] "
+                         "as its second argument")
+    if not module.num_classes and labels is not None:
+        raise ValueError(f"{type(module).__name__} is unconditional (num_classes=0) but got labels; set "
+                         "model.num_classes to train a class-conditional GAN")
+
+
+def _with_one_hot(z: jax.Array, labels, num_classes: int) -> jax.Array:
+    """z [B, latent_dim] with the one-hot labels appended ([B, latent_dim + num_classes]) when conditional."""
+    z = z.astype(jnp.float32)
+    return z if not num_classes else jnp.concatenate([z, jax.nn.one_hot(labels, num_classes, dtype=z.dtype)], -1)
+
+
+class ConditionalBatchNorm(nn.Module):
+    """Categorical conditional BatchNorm (de Vries et al. 2017; the generator of Miyato and Koyama 2018): BatchNorm
+    without an affine of its own, then a per-class scale (initialised to 1) and shift (0): x [B, H, W, C], labels
+    int [B]. The batch statistics and running averages are the whole batch's, as in plain BatchNorm."""
+
+    num_classes: int
+    axis_name: str | None
+    dtype: str
+    train: bool
+    impl: str = "auto"
+
+    @nn.compact
+    def __call__(self, x: jax.Array, labels: jax.Array) -> jax.Array:
+        c = x.shape[-1]
+        h = _norm("batch", self.axis_name, self.dtype, self.train, impl=self.impl, affine=False, name="norm")(x)
+        scale = nn.Embed(self.num_classes, c, embedding_init=nn.initializers.ones, name="scale")(labels)
+        shift = nn.Embed(self.num_classes, c, embedding_init=nn.initializers.zeros, name="shift")(labels)
+        out = h.astype(jnp.float32) * scale[:, None, None, :] + shift[:, None, None, :]
+        return out.astype(h.dtype)
+
+
+def _projection(features: jax.Array, labels, num_classes: int, init, spectral: bool, train: bool) -> jax.Array:
+    """The projection discriminator's class term <embed(y), phi(x)> [B] (Miyato and Koyama 2018, eq. 3) for the
+    features phi(x) [B, F] D's last Dense reads, in float32; 0 when unconditional. Spectrally normalised with D, as
+    their SNEmbedID."""
+    if not num_classes:
+        return jnp.zeros(features.shape[:1], jnp.float32)
+    embed = nn.Embed(num_classes, features.shape[-1], embedding_init=init, param_dtype=jnp.float32,
+                     name="class_embedding")
+    return jnp.sum(_layer(embed, labels, spectral, train) * features.astype(jnp.float32), axis=-1)
 
 
 # --- DCGAN -----------------------------------------------------------------------------------------------------------
@@ -114,6 +173,7 @@ class DCGANGenerator(nn.Module):
     At 64 (w = width): Dense (no bias) to 4x4x8w, which is PyTorch's ConvTranspose2d(nz, 8w, 4, 1, 0) on a 1x1 input,
     BN, ReLU; then 4x4 stride-2 transposed convs (no bias) 8w->4w (8x8) ->2w (16) ->w (32), each BN, ReLU; then
     -> C (64x64), tanh. At 32: base 4x4x4w, up 4w->2w->w->C. At 28: base 7x7x2w, up 2w->w->C.
+    Class-conditional (num_classes > 0): G(z, labels) with the one-hot labels [B, num_classes] appended to z.
     """
 
     image_shape: tuple[int, int, int]
@@ -125,16 +185,19 @@ class DCGANGenerator(nn.Module):
     axis_name: str | None = None
     conv_impl: str = "auto"
     norm_impl: str = "auto"
+    num_classes: int = 0  # > 0: class-conditional, the one-hot label appended to z
 
     @nn.compact
-    def __call__(self, z: jax.Array, train: bool = True) -> jax.Array:
+    def __call__(self, z: jax.Array, labels: jax.Array | None = None, train: bool = True) -> jax.Array:
         _check("dcgan", self.image_shape, tuple(DCGAN_LEVELS), [("g_norm", self.norm)], self.dtype)
+        _check_labels(self, labels)
         base, mults = DCGAN_LEVELS[self.image_shape[0]]
         dt, sn = DTYPES[self.dtype], self.spectral_norm
         norm = lambda h: _norm(self.norm, self.axis_name, self.dtype, train, _dcgan_scale_init, impl=self.norm_impl)(h)
         bias = self.norm == "none"  # BatchNorm's shift makes a bias redundant; without it, layers keep theirs
         h = _layer(nn.Dense(base * base * mults[0] * self.width, use_bias=bias, kernel_init=DCGAN_INIT, dtype=dt,
-                            param_dtype=jnp.float32, promote_dtype=bias_in_float32), z.astype(jnp.float32), sn, train)
+                            param_dtype=jnp.float32, promote_dtype=bias_in_float32),
+                   _with_one_hot(z, labels, self.num_classes), sn, train)
         h = nn.relu(norm(h.astype(dt).reshape(z.shape[0], base, base, mults[0] * self.width)))
         for m in mults[1:]:
             h = _layer(ConvTranspose2x(m * self.width, 4, 1, use_bias=bias, kernel_init=DCGAN_INIT, dtype=dt,
@@ -152,7 +215,8 @@ class DCGANDiscriminator(nn.Module):
     At 64 (w = width): 4x4 stride-2 convs (padding 1, no bias) C->w (32x32), LeakyReLU(0.2) (no BN on the first
     layer); w->2w (16), 2w->4w (8), 4w->8w (4), each BN, LeakyReLU(0.2); then PyTorch's final 4x4 valid conv to 1,
     i.e. a Dense (no bias) on the flattened 4x4x8w. At 32: C->w->2w->4w (4x4), Dense. At 28: C->w (14) ->2w (7),
-    Dense on 7x7x2w.
+    Dense on 7x7x2w. Class-conditional (num_classes > 0): D(x, labels) adds the projection term on those flattened
+    features.
     """
 
     image_shape: tuple[int, int, int]
@@ -163,10 +227,12 @@ class DCGANDiscriminator(nn.Module):
     axis_name: str | None = None
     conv_impl: str = "auto"
     norm_impl: str = "auto"
+    num_classes: int = 0  # > 0: class-conditional, a projection discriminator
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
+    def __call__(self, x: jax.Array, labels: jax.Array | None = None, train: bool = True) -> jax.Array:
         _check("dcgan", self.image_shape, tuple(DCGAN_LEVELS), [("d_norm", self.norm)], self.dtype)
+        _check_labels(self, labels)
         _, mults = DCGAN_LEVELS[self.image_shape[0]]
         dt, sn = DTYPES[self.dtype], self.spectral_norm
         h = x.astype(dt)
@@ -179,7 +245,9 @@ class DCGANDiscriminator(nn.Module):
             h = layers.leaky_relu(h, 0.2)
         # The logit in float32: rounded to bfloat16 it moved D's loss by 5e-3 relative where |logit| reached 11.
         out = nn.Dense(1, use_bias=False, kernel_init=DCGAN_INIT, dtype=jnp.float32, param_dtype=jnp.float32)
-        return _layer(out, h.reshape(h.shape[0], -1), sn, train)[:, 0].astype(jnp.float32)
+        h = h.reshape(h.shape[0], -1)
+        logit = _layer(out, h, sn, train)[:, 0].astype(jnp.float32)
+        return logit + _projection(h, labels, self.num_classes, DCGAN_INIT, sn, train) if self.num_classes else logit
 
 
 # --- ResNet (SNGAN) --------------------------------------------------------------------------------------------------
@@ -206,6 +274,7 @@ class _ResBlock(nn.Module):
     'down' (D): [BN], ReLU, 3x3 conv, [BN], ReLU, 3x3 conv, 2x2 avg-pool; shortcut 1x1 conv + avg-pool.
     'first' (D's optimized first block): 3x3 conv, [BN], ReLU, 3x3 conv, avg-pool; shortcut avg-pool + 1x1 conv.
     'same' (D): as 'down' without pooling; identity shortcut when cin == features (else a 1x1 conv).
+    With num_classes > 0 and norm 'batch' ('up' only), each BN is a ConditionalBatchNorm of the labels.
     """
 
     features: int
@@ -215,15 +284,21 @@ class _ResBlock(nn.Module):
     dtype: str
     axis_name: str | None
     norm_impl: str = "auto"
+    num_classes: int = 0
 
     @nn.compact
-    def __call__(self, x, train: bool):
+    def __call__(self, x, train: bool, labels=None):
         dt = DTYPES[self.dtype]
         conv = lambda k, name: nn.Conv(self.features, (k, k), padding="SAME", dtype=dt, param_dtype=jnp.float32,
                                        kernel_init=GLOROT_RELU if k == 3 else GLOROT, name=name,
                                        promote_dtype=bias_in_float32)
         apply = lambda layer, h: _layer(layer, h, self.spectral_norm, train).astype(dt)
-        norm = lambda h, name: _norm(self.norm, self.axis_name, self.dtype, train, name=name, impl=self.norm_impl)(h)
+        if self.num_classes and self.norm == "batch":
+            norm = lambda h, name: ConditionalBatchNorm(self.num_classes, self.axis_name, self.dtype, train,
+                                                        self.norm_impl, name=name)(h, labels)
+        else:
+            norm = lambda h, name: _norm(self.norm, self.axis_name, self.dtype, train, name=name,
+                                         impl=self.norm_impl)(h)
         if self.kind == "first":
             h = nn.relu(norm(apply(conv(3, "conv1"), x), "norm1"))
             h = _avg_pool(apply(conv(3, "conv2"), h))
@@ -252,6 +327,8 @@ class ResNetGenerator(nn.Module):
     At 32 (ch = 4 * width, 256 for width 64 as in the paper): Dense to 4x4xch; 3 up-blocks ch->ch (8, 16, 32);
     BN, ReLU, 3x3 conv to C, tanh. At 64 (jaxgen's own widths, not SNGAN's resnet_64; w = width): Dense to
     4x4x8w; up-blocks 8w->4w (8), 4w->2w (16), 2w->w (32), w->w (64); BN, ReLU, 3x3 conv to C, tanh.
+    Class-conditional (num_classes > 0): G(z, labels); the up-blocks' BatchNorms are ConditionalBatchNorms (with
+    norm 'none', the one-hot labels are appended to z instead).
     """
 
     image_shape: tuple[int, int, int]
@@ -262,17 +339,21 @@ class ResNetGenerator(nn.Module):
     dtype: str = "float32"
     axis_name: str | None = None
     norm_impl: str = "auto"
+    num_classes: int = 0
 
     @nn.compact
-    def __call__(self, z: jax.Array, train: bool = True) -> jax.Array:
+    def __call__(self, z: jax.Array, labels: jax.Array | None = None, train: bool = True) -> jax.Array:
         _check("resnet", self.image_shape, tuple(RESNET_G), [("g_norm", self.norm)], self.dtype)
+        _check_labels(self, labels)
         widths = [m * self.width for m in RESNET_G[self.image_shape[0]]]
         dt, sn = DTYPES[self.dtype], self.spectral_norm
         dense = nn.Dense(4 * 4 * widths[0], kernel_init=GLOROT, dtype=dt, param_dtype=jnp.float32,
                          promote_dtype=bias_in_float32)
-        h = _layer(dense, z.astype(jnp.float32), sn, train).astype(dt).reshape(z.shape[0], 4, 4, widths[0])
+        cbn = self.num_classes if self.norm == "batch" else 0  # else the labels go in with z
+        h = _layer(dense, _with_one_hot(z, labels, self.num_classes - cbn), sn, train)
+        h = h.astype(dt).reshape(z.shape[0], 4, 4, widths[0])
         for w in widths[1:]:
-            h = _ResBlock(w, "up", self.norm, sn, self.dtype, self.axis_name, self.norm_impl)(h, train)
+            h = _ResBlock(w, "up", self.norm, sn, self.dtype, self.axis_name, self.norm_impl, cbn)(h, train, labels)
         h = nn.relu(_norm(self.norm, self.axis_name, self.dtype, train, impl=self.norm_impl)(h))
         out = nn.Conv(self.image_shape[-1], (3, 3), padding="SAME", kernel_init=GLOROT, dtype=dt,
                       param_dtype=jnp.float32, promote_dtype=bias_in_float32)  # float32 out, into the tanh
@@ -287,6 +368,7 @@ class ResNetDiscriminator(nn.Module):
     (jaxgen's own extension, not SNGAN's resnet_64; w = width, doubling per level): optimized block C->w (32),
     down-blocks w->2w (16), 2w->4w (8), two blocks 4w->4w at 8x8, ReLU, sum, Dense.
     Spectral norm, when on, wraps every conv and the Dense; norm 'batch' adds BN inside the blocks (SNGAN has none).
+    Class-conditional (num_classes > 0): D(x, labels) adds the projection term on the pooled features.
     """
 
     image_shape: tuple[int, int, int]
@@ -296,10 +378,12 @@ class ResNetDiscriminator(nn.Module):
     dtype: str = "float32"
     axis_name: str | None = None
     norm_impl: str = "auto"
+    num_classes: int = 0
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
+    def __call__(self, x: jax.Array, labels: jax.Array | None = None, train: bool = True) -> jax.Array:
         _check("resnet", self.image_shape, tuple(RESNET_D), [("d_norm", self.norm)], self.dtype)
+        _check_labels(self, labels)
         mults, down = RESNET_D[self.image_shape[0]]
         dt, sn = DTYPES[self.dtype], self.spectral_norm
         block = lambda w, kind: _ResBlock(w * self.width, kind, self.norm, sn, self.dtype, self.axis_name,
@@ -310,7 +394,8 @@ class ResNetDiscriminator(nn.Module):
         h = nn.relu(h).astype(jnp.float32).sum((1, 2))
         # SNGAN's: no bias. In float32, as its input (the sum pooling) already is: a bfloat16 logit is rounded.
         out = nn.Dense(1, use_bias=False, kernel_init=GLOROT, dtype=jnp.float32, param_dtype=jnp.float32)
-        return _layer(out, h, sn, train)[:, 0].astype(jnp.float32)
+        logit = _layer(out, h, sn, train)[:, 0].astype(jnp.float32)
+        return logit + _projection(h, labels, self.num_classes, GLOROT, sn, train) if self.num_classes else logit
 
 
 def init_variables(module: nn.Module, key: jax.Array, *args, **kwargs) -> dict:
@@ -334,31 +419,40 @@ def init_variables(module: nn.Module, key: jax.Array, *args, **kwargs) -> dict:
     return variables
 
 
-def check_pair(name: str, generator: nn.Module, discriminator: nn.Module, g_vars, d_vars, image_shape) -> None:
+def num_classes(model_config) -> int:
+    """model.num_classes: 0 for an unconditional GAN, else the number of classes G and D are conditioned on."""
+    return int(model_config.get("num_classes", 0))
+
+
+def check_pair(name: str, generator: nn.Module, discriminator: nn.Module, g_vars, d_vars, image_shape,
+               classes: int = 0) -> None:
     """Checks, by tracing once in eval mode (no computation), that G(z [B, latent_dim]) returns images
-    [B, *image_shape] and D(x [B, *image_shape]) one score per image [B]: a model pair of the user's that breaks
-    this fails here, naming what came back, not inside the train step (a wrong resolution reaching D as a flax
-    shape error; a D output [B, 1] broadcasting against [B] in a loss)."""
+    [B, *image_shape] and D(x [B, *image_shape]) one score per image [B] (with labels int [B] after z and x when
+    `classes` > 0): a model pair of the user's that breaks this fails here, naming what came back, not inside the
+    train step (a wrong resolution reaching D as a flax shape error; a D output [B, 1] broadcasting against [B] in a
+    loss)."""
     b = 2
     z = jax.ShapeDtypeStruct((b, generator.latent_dim), jnp.float32)
-    fake = jax.eval_shape(lambda v, z: generator.apply(v, z, train=False), g_vars, z)
+    y = (jax.ShapeDtypeStruct((b,), jnp.int32),) if classes else ()
+    labels = ", labels" if classes else ""
+    fake = jax.eval_shape(lambda v, z, *y: generator.apply(v, z, *y, train=False), g_vars, z, *y)
     if getattr(fake, "shape", None) != (b, *image_shape):
-        raise ValueError(f"GAN model {name!r}: G(z) of z [{b}, {generator.latent_dim}] returned "
+        raise ValueError(f"GAN model {name!r}: G(z{labels}) of z [{b}, {generator.latent_dim}] returned "
                          f"{registry.describe(fake)}; it must return images [{b}, {', '.join(map(str, image_shape))}]"
                          f" (the data's shape), in [-1, 1] (e.g. a tanh output)")
     x = jax.ShapeDtypeStruct((b, *image_shape), jnp.float32)
-    score = jax.eval_shape(lambda v, x: discriminator.apply(v, x, train=False), d_vars, x)
+    score = jax.eval_shape(lambda v, x, *y: discriminator.apply(v, x, *y, train=False), d_vars, x, *y)
     if getattr(score, "shape", None) != (b,):
         hint = " (squeeze its last axis: out[:, 0])" if getattr(score, "shape", None) == (b, 1) else ""
-        raise ValueError(f"GAN model {name!r}: D(x) of images [{b}, {', '.join(map(str, image_shape))}] returned "
-                         f"{registry.describe(score)}; it must return one score per image, [{b}]{hint}")
+        raise ValueError(f"GAN model {name!r}: D(x{labels}) of images [{b}, {', '.join(map(str, image_shape))}] "
+                         f"returned {registry.describe(score)}; it must return one score per image, [{b}]{hint}")
 
 
 # --- Building by name ------------------------------------------------------------------------------------------------
 def _fields(m, image_shape, axis_name, prefix: str) -> dict:
     return dict(image_shape=tuple(image_shape), width=m[f"{prefix}_width"], norm=m[f"{prefix}_norm"],
                 spectral_norm=bool(m[f"{prefix}_spectral_norm"]), dtype=m.dtype, axis_name=axis_name,
-                norm_impl=m.get("norm_impl", "auto"))
+                norm_impl=m.get("norm_impl", "auto"), num_classes=num_classes(m))
 
 
 def _pair(name, gen, disc, supported, model_config, image_shape, axis_name, **extra):
@@ -393,7 +487,8 @@ def build(model_config, image_shape: tuple[int, int, int], axis_name: str | None
     Args:
       model_config: fields name, latent_dim, g_width, d_width, g_norm, d_norm ('batch' | 'none'),
         g_spectral_norm, d_spectral_norm, dtype ('float32' | 'bfloat16'), conv_impl (DCGAN's strided convs:
-        'auto' | 'phase' | 'xla', see jaxgen.models.layers), norm_impl (BatchNorm: 'auto' | 'fused' | 'flax').
+        'auto' | 'phase' | 'xla', see jaxgen.models.layers), norm_impl (BatchNorm: 'auto' | 'fused' | 'flax'),
+        num_classes (0: unconditional; > 0: G(z, labels) and D(x, labels), labels int [B]).
       image_shape: (H, W, C).
       axis_name: the mesh axis BatchNorm synchronises its batch statistics over (None: per call).
     """
@@ -405,13 +500,14 @@ def build(model_config, image_shape: tuple[int, int, int], axis_name: str | None
         raise ValueError(f"GAN model {name!r} is a class; a GAN's model.name names a function {contract}, returning "
                          f"two Linen modules {readme}")
     pair = registry.call(f"GAN model {name!r}", builder, contract, model_config, tuple(image_shape), axis_name)
-    _check_built_pair(name, pair, f"{contract} {readme}")
+    _check_built_pair(name, pair, f"{contract} {readme}", num_classes(model_config))
     return pair
 
 
-def _check_built_pair(name: str, pair, contract: str) -> None:
+def _check_built_pair(name: str, pair, contract: str, classes: int = 0) -> None:
     """What a GAN model function returned, against the contract the trainer uses: two Linen modules, G with an int
-    `latent_dim`, both called with `train=`. Fails before any tracing, naming what is missing."""
+    `latent_dim`, both called with `train=` (and labels after z and x when `classes` > 0). Fails before any
+    tracing, naming what is missing."""
     what = f"GAN model {name!r}"
     if not (isinstance(pair, tuple | list) and len(pair) == 2 and all(isinstance(m, nn.Module) for m in pair)):
         raise ValueError(f"{what} returned {registry.describe(pair)}; expected {contract}")
@@ -420,11 +516,13 @@ def _check_built_pair(name: str, pair, contract: str) -> None:
     if not isinstance(latent_dim, numbers.Integral) or isinstance(latent_dim, bool):
         raise ValueError(f"{what}: its generator {type(generator).__name__} has no int field latent_dim (the size of "
                          f"the z it takes); add one, e.g. `latent_dim: int = 100`")
+    labels = (", labels",) if classes else ()
     for role, module, arg in (("generator", generator, "z"), ("discriminator", discriminator, "x")):
-        call = f"{role}({arg}, train=...)"
+        call = f"{role}({arg}{''.join(labels)}, train=...)"
         if not callable(module):  # a module without __call__ (flax's own error would be an AttributeError)
             raise ValueError(f"{what}: its {role} {type(module).__name__} has no __call__; the trainer calls it as "
                              f"{call}")
-        registry.check_call(f"{what}: its {role} {type(module).__name__}", module.__call__,
-                            f"{call} (train: True in the train step, False for samples and evaluation)", arg,
-                            train=False)
+        why = (" (train: True in the train step, False for samples and evaluation"
+               + (f"; labels: int [B] in [0, model.num_classes={classes}))" if classes else ")"))
+        registry.check_call(f"{what}: its {role} {type(module).__name__}", module.__call__, call + why, arg,
+                            *(["labels"] if classes else []), train=False)

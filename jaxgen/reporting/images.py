@@ -17,6 +17,15 @@ def quantize(x):
     return (x * 255.0).round().clip(0, 255).astype(np.uint8)
 
 
+MAX_CLASS_COLUMNS = 20  # a class-conditional model's grids: one column per class up to this many classes
+
+
+def class_columns(num_classes: int) -> int | None:
+    """The columns of a grid of a class-conditional model's samples, sample j of class j % num_classes: one per
+    class (each column one class), or None (square grids) when unconditional or with more classes than fit."""
+    return num_classes if 0 < num_classes <= MAX_CLASS_COLUMNS else None
+
+
 def grid(images: np.ndarray, ncol: int | None = None, pad: int = 1) -> np.ndarray:
     """Tiles images [N, H, W, C] with values in [0, 1] into one uint8 image [rows*(H+pad)+pad, ..., C]."""
     images = np.asarray(images, np.float32)

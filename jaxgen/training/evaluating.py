@@ -56,7 +56,8 @@ def evaluate(task, state, final: bool, sq: quality.SampleQuality | None) -> dict
     ev = task.evaluate(state, final=final, data=eval_data(task, final))
     if sq is not None:
         ev["sample_quality"] = sq.evaluate(task.samples(state, sq.num_samples), full=final,
-                                           reference=reference_split(task, final))
+                                           reference=reference_split(task, final),
+                                           labels=task.sample_labels(sq.num_samples))
     return ev
 
 
@@ -72,7 +73,8 @@ def eval_line(task, ev: dict) -> str:
 
 
 def fid_part(ev: dict) -> str:
-    """'; classifier FID 857.37 (1000 samples; real training images: 13.83)' for each extractor of an eval."""
+    """'; classifier FID 857.37 (1000 samples; real training images: 13.83)' for each extractor of an eval, and
+    ', class accuracy 0.912' after it for a class-conditional GAN's classifier."""
     parts = []
     for name, block in ev.get("sample_quality", {}).items():
         real = ""
@@ -80,7 +82,8 @@ def fid_part(ev: dict) -> str:
             count = block["num_train_images"]
             real = f"; real training images: {block['fid_train_images']:.2f}" + (
                 f" from {count}" if count != block["num_samples"] else "")
-        parts.append(f"; {name} FID {block['fid']:.2f} ({block['num_samples']} samples{real})")
+        parts.append(f"; {name} FID {block['fid']:.2f} ({block['num_samples']} samples{real})"
+                     + (f", class accuracy {block['class_accuracy']:.3f}" if "class_accuracy" in block else ""))
     return "".join(parts)
 
 

@@ -11,6 +11,11 @@ By default G's forward pass is done once per step: the last D update's fakes and
 update pulls D's gradient back through them (as PyTorch's DCGAN reuses `fake` for both updates), so the G update
 costs one D forward and backward plus G's backward. With `g_batch` > 0 the G update draws `g_batch` fresh
 latents instead (the official SNGAN code: 128 for a D batch of 64) and pays one more G forward.
+
+A class-conditional GAN (num_classes > 0) calls G(z, labels) and D(x, labels). A D update's fakes take the labels of
+its reals, so real and fake batches hold the same classes (the data's class frequencies), and a regularizer's
+`d_fn` scores its inputs (reals, fakes, or their interpolations) with those labels; the G update's own fakes
+(g_batch > 0) take the labels of training examples drawn at random.
 """
 
 from __future__ import annotations
@@ -34,13 +39,14 @@ from jaxgen.training import state as state_lib
 from jaxgen.training.state import DATA_STREAM, STEP_STREAM
 
 # Per-example key streams within a step (_Z_G: the G update's own latents, when it draws them; _FLIP: the reals'
-# mirror draws with random_flip).
-_Z, _AUG_REAL, _AUG_FAKE, _AUG_G, _REG, _Z_G, _FLIP = range(7)
+# mirror draws with random_flip; _Y_G: the labels of the G update's own fakes, class-conditional).
+_Z, _AUG_REAL, _AUG_FAKE, _AUG_G, _REG, _Z_G, _FLIP, _Y_G = range(8)
 
 
-def _generate(generator, g_vars, z, params):
-    """G(z) in train mode with `params` (differentiated) and G's other collections: (images, new variables)."""
-    return apply_model(generator, {**g_vars, "params": params}, z, True)
+def _generate(generator, g_vars, z, labels, params):
+    """G(z) (G(z, labels) with labels) in train mode with `params` (differentiated) and G's other collections:
+    (images, new variables)."""
+    return apply_model(generator, {**g_vars, "params": params}, z, True, labels)
 
 
 def _augment(policy: str, keys, x):
@@ -70,9 +76,10 @@ def on_global_batch(loss_fn):
     return loss
 
 
-def d_update(state: dict, real, fake, keys, it, *, discriminator, d_tx, loss_fn, reg_fn, reg_weight: float,
-             reg_interval: int, augment_policy: str, reg_through_augment: bool = False):
-    """One D update on reals [B, H, W, C] and (constant) fakes, both in [-1, 1]. Returns (state, d_real, metrics).
+def d_update(state: dict, real, fake, keys, it, labels=None, *, discriminator, d_tx, loss_fn, reg_fn,
+             reg_weight: float, reg_interval: int, augment_policy: str, reg_through_augment: bool = False):
+    """One D update on reals [B, H, W, C] and (constant) fakes, both in [-1, 1], both of the classes `labels` int
+    [B] when conditional (None: unconditional). Returns (state, d_real, metrics).
 
     `it` counts D updates over the run (it selects the lazy regularizer's steps); d_real are D's outputs on the
     reals (for the G update's loss call). With an augmentation policy the regularizer sees the augmented images D
@@ -84,13 +91,13 @@ def d_update(state: dict, real, fake, keys, it, *, discriminator, d_tx, loss_fn,
 
     def loss(params):
         variables = {**state["d"], "params": params}
-        d_real, variables = apply_model(discriminator, variables, real_aug, True)
-        d_fake, variables = apply_model(discriminator, variables, fake_aug, True)
+        d_real, variables = apply_model(discriminator, variables, real_aug, True, labels)
+        d_fake, variables = apply_model(discriminator, variables, fake_aug, True, labels)
         d_loss, _, metrics = loss_fn(d_real, d_fake)
         metrics = {"d_loss": d_loss, "d_real": jnp.mean(d_real), "d_fake": jnp.mean(d_fake), **metrics}
         total = d_loss
         if reg_fn is not None:
-            d_fn = lambda x: apply_model(discriminator, variables, x, True)[0]
+            d_fn = lambda x: apply_model(discriminator, variables, x, True, labels)[0]
             reg_args = (d_fn, real_aug, fake_aug)
             if reg_through_augment and augment_policy:
                 real_keys = dev.substream(keys, _AUG_REAL)
@@ -135,10 +142,11 @@ def reads_d_real(loss_fn, batch: int) -> bool:
 
 
 def g_update(state: dict, fake, g_vjp, d_real, keys, *, discriminator, g_tx, loss_fn, augment_policy: str,
-             real=None, real_keys=None):
+             real=None, real_keys=None, labels=None, real_labels=None):
     """One G update through the fakes [B', H, W, C] that G made this step (`g_vjp` pulls back their gradient);
     `keys` are the fakes' per-example keys. B' is the D batch B when the fakes are the last D update's, or the
-    G update's own batch; `real_keys` are the reals' keys (the last D update's; default `keys`).
+    G update's own batch; `real_keys` are the reals' keys (the last D update's; default `keys`). Conditional:
+    `labels` are the fakes' classes [B'], `real_labels` the reals' [B] (default `labels`).
 
     d_real: D's outputs on the step's reals before D's update, used as a constant. With `real` (the reals
     [B, H, W, C], given when the loss's g_loss reads d_real, see `reads_d_real`) D is run on them again after
@@ -146,11 +154,11 @@ def g_update(state: dict, fake, g_vjp, d_real, keys, *, discriminator, g_tx, los
     """
     if real is not None:  # the last D update's augmentation of its reals
         x = _augment(augment_policy, dev.substream(keys if real_keys is None else real_keys, _AUG_REAL), real)
-        d_real, _ = apply_model(discriminator, state["d"], x, True)
+        d_real, _ = apply_model(discriminator, state["d"], x, True, labels if real_labels is None else real_labels)
 
     def loss(fake):
         x = _augment(augment_policy, dev.substream(keys, _AUG_G), fake)
-        d_fake, _ = apply_model(discriminator, state["d"], x, True)  # D's statistics are not updated here
+        d_fake, _ = apply_model(discriminator, state["d"], x, True, labels)  # D's statistics are not updated here
         _, g_loss, _ = loss_fn(lax.stop_gradient(d_real), d_fake)
         return g_loss, d_fake
 
@@ -167,12 +175,14 @@ def g_update(state: dict, fake, g_vjp, d_real, keys, *, discriminator, g_tx, los
 def gan_step(state: dict, data: dict, *, generator, discriminator, g_tx, d_tx, loss_fn, reg_fn, reg_weight: float,
              reg_interval: int, d_steps: int, batch: int, augment_policy: str, ema_half_life: float,
              ema_rampup: float, g_lr, d_lr, g_batch: int = 0, random_flip: bool = False,
-             reg_through_augment: bool = False, lazy_metrics: tuple[str, ...] = ()):
+             reg_through_augment: bool = False, lazy_metrics: tuple[str, ...] = (), num_classes: int = 0):
     """One train step (d_steps D updates, then one G update) on one device's share of the global batch `batch`.
 
     g_batch: 0 = the G update goes through the last D update's `batch` fakes; > 0 = it draws `g_batch` (global)
     fresh latents of its own. random_flip: mirror each real with probability 1/2 (data.random_flip; the fakes are
     G's own, as with StyleGAN's --mirror).
+
+    num_classes > 0: class-conditional (module docstring); data then also holds 'label', int32 [N].
 
     data: {'image': uint8 [N, H, W, C]}, the whole training split, replicated. Returns (state, metrics): D's
     metrics averaged over its updates, G's from its update, and 'finite' (0: nothing of this step was applied).
@@ -198,27 +208,32 @@ def gan_step(state: dict, data: dict, *, generator, discriminator, g_tx, d_tx, l
         keys = dev.example_keys(jax.random.fold_in(step_key, it), pos)
         idx = dev.batch_indices(data_key, it, n, batch, pos)
         image = data["image"][idx]
+        labels = data["label"][idx] if num_classes else None
         if random_flip:
             image = dev.random_flip(image, dev.substream(keys, _FLIP))
         real = dev.preprocess(image, None, "none") * 2.0 - 1.0
-        make = functools.partial(_generate, generator, state["g"], latents(dev.substream(keys, _Z)))
+        make = functools.partial(_generate, generator, state["g"], latents(dev.substream(keys, _Z)), labels)
         if g_batch or i < d_steps - 1:
             fake, _ = make(state["g"]["params"])
         else:  # the last D update's fakes also serve the G update: keep their VJP and G's new statistics
             fake, g_vjp, g_vars = jax.vjp(make, state["g"]["params"], has_aux=True)
-        state, d_real, m = d_update(state, real, lax.stop_gradient(fake), keys, it, **d_kw)
+        state, d_real, m = d_update(state, real, lax.stop_gradient(fake), keys, it, labels, **d_kw)
         m["d_lr"] = jnp.asarray(d_lr(it), jnp.float32)
         d_metrics.append(m)
-    d_keys = keys
+    d_keys, d_labels = keys, labels
     if g_batch:  # the G update's own latents: keys by position in its global batch, a stream of the last D update's
         keys = dev.example_keys(jax.random.fold_in(step_key, it), dev.local_positions(g_batch, AXIS))
-        make = functools.partial(_generate, generator, state["g"], latents(dev.substream(keys, _Z_G)))
+        if num_classes:  # the classes of training examples drawn at random: the data's class frequencies
+            draw = jax.vmap(lambda k: jax.random.randint(k, (), 0, n))(dev.substream(keys, _Y_G))
+            labels = data["label"][draw]
+        make = functools.partial(_generate, generator, state["g"], latents(dev.substream(keys, _Z_G)), labels)
         fake, g_vjp, g_vars = jax.vjp(make, state["g"]["params"], has_aux=True)
     g_stats = lax.pmean({k: v for k, v in g_vars.items() if k != "params"}, AXIS)
     state = {**state, "g": {**state["g"], **g_stats}}
     state, g_metrics = g_update(state, fake, g_vjp, d_real, keys, discriminator=discriminator, g_tx=g_tx,
                                 loss_fn=loss_fn, augment_policy=augment_policy,
-                                real=real if reads_d_real(loss_fn, d_real.shape[0]) else None, real_keys=d_keys)
+                                real=real if reads_d_real(loss_fn, d_real.shape[0]) else None, real_keys=d_keys,
+                                labels=labels, real_labels=d_labels)
     state["step"] = step + 1
     if "ema_g" in state:
         rate = state_lib.ema_rate(step, batch, ema_half_life, ema_rampup)

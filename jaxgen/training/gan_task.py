@@ -37,6 +37,8 @@ class GANTask:
         c = config
         self.config, self.workdir = c, workdir
         self.mesh = parallel.make_mesh()
+        self.num_classes = gan_models.num_classes(c.model)  # 0: unconditional
+        self.train_fields = ("image", "label") if self.num_classes else ("image",)  # on the devices for the step
         self.g_batch = config_lib.g_batch_size(c)
         # Outside training (--mode=eval/sample) train.batch_size sizes only the passes that re-estimate the EMA
         # generator's statistics (sampling_g), checked once the state's shapes show them (below).
@@ -61,6 +63,7 @@ class GANTask:
             self.train, self.validation, self.test = data.load_splits(c.data)
             self.image_shape = self.train.shape
             self._check_sizes(training)
+            self._check_labels()
         else:
             self.train = self.validation = self.test = None
             self.image_shape = tuple(image_shape)
@@ -74,10 +77,11 @@ class GANTask:
                         "gradients are coupled through the batch statistics; Gulrajani et al. (2017) advise a "
                         "critic without BatchNorm (--config.model.d_norm=none)", c.reg.name)
         self.create = functools.partial(state_lib.create_gan, self.generator, self.discriminator, self.g_tx,
-                                        self.d_tx, self.image_shape, c.seed, c.train.ema_half_life > 0)
+                                        self.d_tx, self.image_shape, c.seed, c.train.ema_half_life > 0,
+                                        self.num_classes)
         shapes = jax.eval_shape(self.create)
         gan_models.check_pair(c.model.name, self.generator, self.discriminator, shapes["g"], shapes["d"],
-                              self.image_shape)
+                              self.image_shape, self.num_classes)
         if not training and "ema_g" in shapes and "batch_stats" in shapes["g"]:  # BatchNorm, spectral norm's vectors
             try:
                 parallel.check_batch(c.train.batch_size, self.mesh)
@@ -101,6 +105,31 @@ class GANTask:
         if problems:
             raise ValueError("; and ".join(problems))
 
+    def _check_labels(self) -> None:
+        """A class-conditional run's labels: every split's in [0, model.num_classes) (an error naming the fix), and
+        a warning naming the classes the train split lacks (their embeddings would stay untrained)."""
+        k = self.num_classes
+        if not k:
+            return
+        for split in (self.train, self.validation, self.test):
+            if split is None:
+                continue
+            lo, hi = int(split.label.min()), int(split.label.max())
+            if lo < 0 or hi >= k:
+                raise ValueError(f"model.num_classes={k}, but the {split.split} split of {split.name!r} has labels "
+                                 f"{lo}..{hi}; a class-conditional GAN needs labels 0..num_classes-1: set "
+                                 f"--config.model.num_classes={hi + 1}" if lo >= 0 else
+                                 f"model.num_classes={k}, but the {split.split} split of {split.name!r} has negative "
+                                 f"labels (down to {lo}); a class-conditional GAN needs labels 0..num_classes-1")
+        counts = np.bincount(self.train.label, minlength=k)
+        if (counts == 0).any():
+            missing = np.flatnonzero(counts == 0)
+            log.warning("model.num_classes=%d, but the train split of %r has no example of class(es) %s: G learns "
+                        "nothing for them, yet samples and evaluations ask for every class equally often%s", k,
+                        self.train.name, ", ".join(map(str, missing[:20])) + (" ..." if len(missing) > 20 else ""),
+                        " (its labels are all 0: unlabelled data? set --config.model.num_classes=0)"
+                        if counts[0] == len(self.train.label) else "")
+
     def describe(self) -> str:
         c = self.config
         fresh = f" on {self.g_batch} fresh fakes" if self.g_batch else ""
@@ -108,7 +137,8 @@ class GANTask:
         return (f"train {c.data.name} {self.train.shape}, {len(self.train)} images; {held}{c.model.name} GAN, "
                 f"loss {c.loss.name}, reg {c.reg.name}, {c.train.d_steps} D step(s) per G step{fresh}, "
                 f"augment {c.augment.policy or 'off'}{', reals mirrored at random' if c.data.random_flip else ''}, "
-                f"compute {c.model.dtype}" + ("" if c.model.name in gan_models.GANS else
+                + (f"class-conditional on {self.num_classes} classes, " if self.num_classes else "")
+                + f"compute {c.model.dtype}" + ("" if c.model.name in gan_models.GANS else
                                               " (model.dtype, which your model function may or may not use)"))
 
     def compile_train(self):
@@ -120,7 +150,7 @@ class GANTask:
             batch=c.train.batch_size, augment_policy=c.augment.policy,
             ema_half_life=c.train.ema_half_life, ema_rampup=c.train.ema_rampup, g_lr=self.g_lr,
             d_lr=self.d_lr, g_batch=self.g_batch, random_flip=c.data.random_flip,
-            reg_through_augment=c.reg.through_augment, lazy_metrics=self.lazy_metrics)
+            reg_through_augment=c.reg.through_augment, lazy_metrics=self.lazy_metrics, num_classes=self.num_classes)
 
     def sampling_g(self, state) -> dict:
         """G's variables to sample and evaluate with: the EMA weights when kept, with their BatchNorm statistics
@@ -134,13 +164,13 @@ class GANTask:
             return self._sampling_cache[1]
         g = gan_eval.standing_statistics(  # the same latents at every step and on every process
             self._refresh, g, self._eval_key(state_lib.STANDING), batch_size=self.config.train.batch_size,
-            latent_dim=self.generator.latent_dim, mesh=self.mesh)
+            latent_dim=self.generator.latent_dim, mesh=self.mesh, num_classes=self.num_classes)
         self._sampling_cache = (step, g)
         return g
 
     @functools.cached_property
     def _refresh(self):
-        return gan_eval.compile_refresh(self.mesh, self.generator)
+        return gan_eval.compile_refresh(self.mesh, self.generator, conditional=bool(self.num_classes))
 
     def _eval_key(self, stream: int) -> jax.Array:
         """The key of one of the evaluation's fixed streams of latents (a function of the seed only)."""
@@ -154,12 +184,17 @@ class GANTask:
     def _generate(self):
         return jax.jit(self._g_eval)
 
-    def _g_eval(self, g: dict, z: jax.Array) -> jax.Array:
-        return gan_eval.generate(self.generator, g, z)
+    def _g_eval(self, g: dict, z: jax.Array, labels=None) -> jax.Array:
+        return gan_eval.generate(self.generator, g, z, labels)
+
+    def _labels(self, n: int):
+        """The classes of n fixed samples (a class-conditional G's: 0, 1, ..., K-1, 0, ...), or None."""
+        return quality.sample_labels(n, self.num_classes)
 
     @functools.cached_property
     def _scores(self):
-        return gan_eval.compile_scores(self.mesh, generator=self.generator, discriminator=self.discriminator)
+        return gan_eval.compile_scores(self.mesh, generator=self.generator, discriminator=self.discriminator,
+                                       conditional=bool(self.num_classes))
 
     def _eval_count(self, split) -> int:
         c = self.config
@@ -173,19 +208,25 @@ class GANTask:
         n = self._eval_count(data)
         zs = np.asarray(self._z(n, state_lib.SCORES))  # the same latents at every evaluation, whatever the batch size
         return gan_eval.d_outputs(self._scores, self.sampling_g(state), state["d"], data.image[:n], zs,
-                                  batch_size=self.config.eval.batch_size, mesh=self.mesh)
+                                  batch_size=self.config.eval.batch_size, mesh=self.mesh,
+                                  labels=data.label[:n] if self.num_classes else None)
 
     def samples(self, state, n: int) -> np.ndarray:
         """n samples (uint8 [n, H, W, C]) of the evaluated G (EMA when kept), from a fixed stream of latents: the
         same latents at every evaluation. Made data-parallel in batches of eval.batch_size (which, like the device
-        count, does not change them); every process gets them all."""
+        count, does not change them); every process gets them all. A class-conditional G's sample j is of class
+        j % model.num_classes (`sample_labels`)."""
         return self._sampler(self.sampling_g(state), n, self.config.eval.batch_size)
+
+    def sample_labels(self, n: int) -> np.ndarray | None:
+        """The classes of `samples(state, n)` (int32 [n]) for a class-conditional G; None when unconditional."""
+        return self._labels(n)
 
     @functools.cached_property
     def _sampler(self):
         key = self._eval_key(state_lib.SAMPLER)
-        return quality.make_sampler(self._g_eval, self.mesh,
-                                    key=key, dim=self.generator.latent_dim, value_range=(-1.0, 1.0))
+        return quality.make_sampler(self._g_eval, self.mesh, key=key, dim=self.generator.latent_dim,
+                                    value_range=(-1.0, 1.0), num_classes=self.num_classes)
 
     def lr_line(self, step: int) -> str:
         """The learning rates the schedules give the updates from `step` (D's first of its train.d_steps), for the
@@ -214,20 +255,25 @@ class GANTask:
         out = self.workdir / "images"
         out.mkdir(exist_ok=True)
         to01 = lambda x: (np.asarray(x, np.float32) + 1.0) / 2.0
-        samples = to01(self._generate(g, self._z(c.output.num_samples, state_lib.FIXED_NOISE)))
-        images.save_png(out / f"samples{suffix}.png", samples)
+        n = c.output.num_samples
+        samples = to01(self._generate(g, self._z(n, state_lib.FIXED_NOISE), self._labels(n)))
+        # A class-conditional G's grid: one class per column (sample j is of class j % num_classes).
+        images.save_png(out / f"samples{suffix}.png", samples, ncol=images.class_columns(self.num_classes))
         # The history's row: the first HISTORY_COLUMNS of the fixed noise whatever output.num_samples is (a prefix
         # of the same latents: jax.random's draws of a longer batch begin with those of a shorter one).
         history = samples[:HISTORY_COLUMNS] if len(samples) >= HISTORY_COLUMNS else to01(
-            self._generate(g, self._z(HISTORY_COLUMNS, state_lib.FIXED_NOISE)))
+            self._generate(g, self._z(HISTORY_COLUMNS, state_lib.FIXED_NOISE), self._labels(HISTORY_COLUMNS)))
         images.append_history(out / "fixed_noise_history.npz", int(jax.device_get(state["step"])), history)
         if suffix or not c.output.plots:
             return
-        images.save_png(self.workdir / "interpolations.png", to01(self._generate(g, self._interpolation_z())),
-                        ncol=10)
+        z, labels = self._interpolation_z()
+        images.save_png(self.workdir / "interpolations.png", to01(self._generate(g, z, labels)), ncol=10)
         images.save_history(out / "fixed_noise_history.npz", self.workdir / "samples_over_time.png")
         plots.gan_curves(self.workdir / "metrics.jsonl", self.workdir / "gan_curves.png")
 
-    def _interpolation_z(self, pairs: int = 8, steps: int = 10) -> jax.Array:
-        """Spherical interpolations between `pairs` pairs of latents, `steps` points each: [pairs * steps, dim]."""
-        return gan_eval.slerp_paths(self._z(2 * pairs, state_lib.INTERPOLATION).reshape(pairs, 2, -1), steps)
+    def _interpolation_z(self, pairs: int = 8, steps: int = 10):
+        """Spherical interpolations between `pairs` pairs of latents, `steps` points each: ([pairs * steps, dim],
+        their classes [pairs * steps] or None: a class-conditional G's path p keeps the class p % num_classes)."""
+        z = gan_eval.slerp_paths(self._z(2 * pairs, state_lib.INTERPOLATION).reshape(pairs, 2, -1), steps)
+        labels = self._labels(pairs)
+        return z, None if labels is None else np.repeat(labels, steps)

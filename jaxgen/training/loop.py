@@ -48,12 +48,14 @@ class Task(Protocol):
     headline: tuple[str, ...]  # metrics shown on the progress bar
     not_final: tuple[str, ...]  # eval metrics measured another way at the final eval (not compared for the best)
     lazy_metrics: tuple[str, ...]  # train metrics a step reports only when it ran them (weighted by 'reg_ran')
+    train_fields: tuple[str, ...]  # the train split's arrays the step reads from the devices ('image', 'label')
 
     def create(self) -> dict: ...  # a fresh train state (jit it with out_shardings)
     def describe(self) -> str: ...
     def compile_train(self) -> Callable: ...  # (state, data) -> (state, metrics [steps_per_dispatch])
     def evaluate(self, state: dict, final: bool, data: data_lib.ImageData) -> dict: ...  # scores on `data`
     def samples(self, state: dict, n: int) -> np.ndarray: ...  # uint8 [n, H, W, C], on every process
+    def sample_labels(self, n: int) -> np.ndarray | None: ...  # the classes of samples(state, n), or None
     def lr_line(self, step: int) -> str: ...  # the learning rate(s) at `step`, for the log
     def eval_line(self, ev: dict) -> str: ...
     def eval_record(self, state: dict) -> dict: ...  # what stands beside the numbers in eval.json
@@ -278,7 +280,7 @@ def _train(task, state: dict, mgr, writer: MetricWriter, evals: evaluating.Evals
         image.nbytes, task.mesh, what=f"the train split (uint8 {list(image.shape)})",
         fix="train on fewer images (--config.data.num_examples=N) or at a lower resolution (data.resolution, where "
             "the dataset has one)")
-    train_data = parallel.put_replicated({"image": image}, task.mesh)
+    train_data = parallel.put_replicated({f: getattr(task.train, f) for f in task.train_fields}, task.mesh)
     step = int(jax.device_get(state["step"]))
     if step < c.train.steps and hasattr(train_fn, "lower") and not jax.config.jax_disable_jit:  # not while debugging
         # Compiled before the clock starts: the first train record's img/s and ETA count training, not XLA.

@@ -165,7 +165,8 @@ def _selected_by(task, workdir: Path) -> str:
 def sample_checkpoint(config, workdir) -> Path:
     """--mode=sample: sample.num samples of the newest checkpoint (eval.checkpoint='best': the best one; EMA
     weights where kept) as <workdir>/samples/step_<step>.npz (uint8 images [N, H, W, C]) and PNG grids of
-    sample.per_grid images, replacing an earlier call's for that step."""
+    sample.per_grid images, replacing an earlier call's for that step. A class-conditional GAN's .npz also holds
+    `labels` (int32 [N], sample j of class j % model.num_classes) and its grids one class per column."""
     task, state, _ = _restore_for(config, workdir, "sample")
     workdir = task.workdir
     step = int(jax.device_get(state["step"]))
@@ -175,15 +176,16 @@ def sample_checkpoint(config, workdir) -> Path:
     if jax.process_index() == 0:
         out.mkdir(exist_ok=True)
         # What drew them, beside them: the same step's samples of the raw weights or of another seed replace these.
+        labels = task.sample_labels(len(samples))
         atomic.write_npz(path, images=samples, step=step, seed=config.seed, checkpoint=config.eval.checkpoint,
-                         params=task.eval_record(state)["params"])
+                         params=task.eval_record(state)["params"], **({} if labels is None else {"labels": labels}))
         for old in out.glob(f"step_{step:07d}_*.png"):  # an earlier call's grids, maybe more of them
             if re.fullmatch(rf"step_{step:07d}_\d{{3,}}\.png", old.name):
                 old.unlink()
         per = config.sample.per_grid
         for i in range(0, len(samples), per):
             images.save_png(out / f"step_{step:07d}_{i // per:03d}.png", samples[i : i + per] / np.float32(255),
-                            scale=1)
+                            ncol=images.class_columns(config.model.get("num_classes", 0)), scale=1)
     grids = -(-len(samples) // config.sample.per_grid)
     if jax.process_index() == 0:  # the process that wrote them
         log.info("Wrote %d sample%s of step %d to %s (and %d PNG grid%s)", len(samples), "s"[: len(samples) != 1],

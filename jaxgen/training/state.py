@@ -50,14 +50,16 @@ def eval_params(state: dict):
     return state.get("ema_params", state["params"])
 
 
-def create_gan(generator, discriminator, g_tx, d_tx, image_shape, seed: int, ema: bool) -> dict:
-    """A fresh GAN state; G takes z [B, generator.latent_dim], D takes images [B, *image_shape]."""
+def create_gan(generator, discriminator, g_tx, d_tx, image_shape, seed: int, ema: bool, num_classes: int = 0) -> dict:
+    """A fresh GAN state; G takes z [B, generator.latent_dim], D takes images [B, *image_shape] (both then labels
+    int [B] when num_classes > 0)."""
     key = jax.random.key(seed)
     init = jax.random.fold_in(key, INIT_STREAM)
     z = jnp.zeros((2, generator.latent_dim), jnp.float32)
     x = jnp.zeros((2, *image_shape), jnp.float32)
-    g = gan_models.init_variables(generator, jax.random.fold_in(init, 0), z, train=False)
-    d = gan_models.init_variables(discriminator, jax.random.fold_in(init, 1), x, train=False)
+    y = (jnp.zeros((2,), jnp.int32),) if num_classes else ()
+    g = gan_models.init_variables(generator, jax.random.fold_in(init, 0), z, *y, train=False)
+    d = gan_models.init_variables(discriminator, jax.random.fold_in(init, 1), x, *y, train=False)
     state = {"step": jnp.zeros((), jnp.int32), "g": g, "d": d, "g_opt": g_tx.init(g["params"]),
              "d_opt": d_tx.init(d["params"]), "key": key}
     if ema:

@@ -31,7 +31,8 @@ class TrainedRun:
     """A checkpoint of a workdir, restored onto this process's devices (replicated).
 
     model, variables: the generative model and what `model.apply` takes: a VAE's module (`encode`, `decode`,
-    `latent_dim`) and its params, or a GAN's G (`G.apply(variables, z, train=False)`, z ~ N(0, I) [B, latent_dim]);
+    `latent_dim`) and its params, or a GAN's G (`G.apply(variables, z, train=False)`, z ~ N(0, I) [B, latent_dim];
+    a class-conditional G's `G.apply(variables, z, labels, train=False)`, labels int [B] in [0, model.num_classes));
     the EMA weights where the run kept them (unless config.train.ema_half_life=0), a G's BatchNorm statistics
     re-estimated for them as its evaluations do. discriminator, d_variables: a GAN's D (None for a VAE), on images
     in [-1, 1]; training and evaluation run it in train mode (BatchNorm over the batch, across the devices), so
@@ -51,10 +52,15 @@ class TrainedRun:
 
     def samples(self, n: int) -> np.ndarray:
         """n samples, uint8 [n, H, W, C]: the same as `--mode=sample --config.sample.num=n` writes with this config's
-        seed (a VAE: its likelihood's mean at z ~ N(0, I); a GAN: G(z))."""
+        seed (a VAE: its likelihood's mean at z ~ N(0, I); a GAN: G(z); a class-conditional GAN: sample j of class
+        j % model.num_classes, see `sample_labels`)."""
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
         return self._task.samples(self.state, n)
+
+    def sample_labels(self, n: int) -> np.ndarray | None:
+        """The classes of `samples(n)`, int32 [n], for a class-conditional GAN; None otherwise."""
+        return self._task.sample_labels(n)
 
 
 def load(config: ml_collections.ConfigDict, workdir: str | Path, checkpoint: str | None = None) -> TrainedRun:

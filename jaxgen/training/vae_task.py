@@ -27,6 +27,7 @@ class VAETask:
     headline = ("loss",)  # metrics on the progress bar
     not_final = ("nll", "nll_bits_per_dim")  # the final eval's NLL uses eval.final_nll_k samples, not eval.nll_k
     lazy_metrics = ()  # every step reports all its metrics
+    train_fields = ("image",)  # the train split's arrays on the devices (the labels stay on the host)
 
     def __init__(self, config, workdir, training: bool = True, image_shape: tuple[int, int, int] | None = None):
         """training=False: --mode=eval/sample. image_shape (--mode=sample, from the workdir's data.json): the
@@ -120,6 +121,10 @@ class VAETask:
         rounded to 0..255 as a PNG writer would. Made data-parallel in batches of eval.batch_size (which, like the
         device count, does not change them); every process gets them all."""
         return self._sampler(state_lib.eval_params(state), n, self.config.eval.batch_size)
+
+    def sample_labels(self, n: int) -> None:
+        """A VAE's samples have no class."""
+        return None
 
     @functools.cached_property
     def _sampler(self):

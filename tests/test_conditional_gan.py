@@ -1,0 +1,192 @@
+"""Class-conditional GANs (model.num_classes > 0): the projection D and the conditioned G's against their
+definitions, the errors, and a run that trains, evaluates (class_accuracy) and samples by class. The sharded
+conditional step against one device is in test_gan.py (test_sharded_gan_step_equals_one_device)."""
+
+import json
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxgen import config_check
+from jaxgen.config import gan_config
+from jaxgen.evaluation import quality
+from jaxgen.models import gan
+from jaxgen.reporting import writer
+from jaxgen.training import gan_task, loop, modes, trained
+from tests.conftest import CONFIGS, config_module
+
+
+def _model(name="dcgan", **kw):
+    c = gan_config().model
+    c.name, c.g_width, c.d_width, c.latent_dim, c.num_classes = name, 8, 8, 16, 3
+    for k, v in kw.items():
+        c[k] = v
+    return c
+
+
+def _init(module, x, labels):
+    with jax.threefry_partitionable(False):  # as test_gan_models: any random init, compiled faster
+        return module.init(jax.random.key(0), x, labels, train=False)
+
+
+@pytest.mark.parametrize("name,shape", [("dcgan", (28, 28, 1)), ("resnet", (32, 32, 3))])
+def test_the_projection_term_is_the_class_embedding_dotted_with_the_features_of_ds_last_dense(name, shape):
+    """D(x, y) = w . phi(x) + <E[y], phi(x)> (Miyato and Koyama 2018, eq. 3), phi(x) the input of D's last Dense:
+    found as the gradient of D(x) with respect to that Dense's kernel (w . phi is linear in it). Without the
+    embedding the conditional D is the unconditional one with the same weights."""
+    _, d = gan.build(_model(name, d_norm="none", d_spectral_norm=False), shape)
+    _, d_plain = gan.build(_model(name, d_norm="none", d_spectral_norm=False, num_classes=0), shape)
+    x = jax.random.uniform(jax.random.key(1), (4, *shape), minval=-1, maxval=1)
+    y = jnp.array([0, 2, 1, 2], jnp.int32)
+    v = _init(d, x, y)
+    params = dict(v["params"])
+    emb = jax.random.normal(jax.random.key(2), params["class_embedding"]["embedding"].shape)
+    params["class_embedding"] = {"embedding": emb}
+    out = d.apply({"params": params}, x, y, train=False)
+    plain_params = {k: p for k, p in params.items() if k != "class_embedding"}
+    plain = d_plain.apply({"params": plain_params}, x, train=False)
+
+    def logit(kernel, i):  # example i's logit depends on the kernel w through phi_i . w alone: its gradient is phi_i
+        return d_plain.apply({"params": {**plain_params, "Dense_0": {"kernel": kernel}}}, x[i : i + 1],
+                             train=False)[0]
+
+    phi = jnp.stack([jax.grad(logit)(plain_params["Dense_0"]["kernel"], i)[:, 0] for i in range(4)])
+    assert phi.shape[1] == emb.shape[1]
+    np.testing.assert_allclose(out - plain, jnp.sum(emb[y] * phi, -1), rtol=1e-4, atol=1e-4)
+
+
+def test_the_dcgan_g_appends_the_one_hot_label_to_z():
+    """G(z, y) of the conditional DCGAN G is the unconditional G's on [z, one_hot(y)] (a latent 3 longer)."""
+    shape = (28, 28, 1)
+    g, _ = gan.build(_model(), shape)
+    g_plain, _ = gan.build(_model(num_classes=0, latent_dim=19), shape)
+    z = jax.random.normal(jax.random.key(3), (4, 16))
+    y = jnp.array([0, 1, 2, 1], jnp.int32)
+    v = _init(g, z, y)
+    out = g.apply(v, z, y, train=False)
+    plain = g_plain.apply(v, jnp.concatenate([z, jax.nn.one_hot(y, 3)], -1), train=False)
+    np.testing.assert_array_equal(out, plain)
+    assert not np.allclose(out[1], g.apply(v, z[1:2], jnp.array([0], jnp.int32), train=False)[0])
+
+
+def test_the_resnet_g_has_a_per_class_batchnorm_affine_that_starts_as_the_identity():
+    """The ResNet G's block BatchNorms take a per-class scale and shift (categorical conditional BN): at init (1 and
+    0 for every class) G(z, y) does not depend on y; a change to class 1's scale changes class 1's samples only
+    (eval mode: each sample on its own)."""
+    shape = (32, 32, 3)
+    g, _ = gan.build(_model("resnet"), shape)
+    z = jax.random.normal(jax.random.key(4), (3, 16))
+    v = _init(g, z, jnp.zeros(3, jnp.int32))
+    norm = v["params"]["_ResBlock_0"]["norm1"]
+    assert norm["scale"]["embedding"].shape == (3, 32) and norm["shift"]["embedding"].shape == (3, 32)
+    outs = [g.apply(v, z, jnp.full(3, k, jnp.int32), train=False) for k in range(3)]
+    np.testing.assert_allclose(outs[0], outs[1], atol=1e-6)
+    np.testing.assert_allclose(outs[0], outs[2], atol=1e-6)
+    params = jax.tree.map(lambda a: a, v["params"])
+    params["_ResBlock_0"]["norm1"]["scale"]["embedding"] = norm["scale"]["embedding"].at[1].multiply(3.0)
+    changed = g.apply({**v, "params": params}, z, jnp.array([0, 1, 2], jnp.int32), train=False)
+    np.testing.assert_allclose(np.asarray(changed)[[0, 2]], np.asarray(outs[0])[[0, 2]], atol=1e-6)
+    assert not np.allclose(changed[1], outs[0][1], atol=1e-3)
+    # With g_norm='none' there is no BN to condition: the labels go in with z, as the DCGAN G's.
+    g_none, _ = gan.build(_model("resnet", g_norm="none"), shape)
+    v_none = jax.eval_shape(lambda: _init(g_none, z, jnp.zeros(3, jnp.int32)))
+    assert v_none["params"]["Dense_0"]["kernel"].shape == (16 + 3, 4 * 4 * 32)
+
+
+def test_conditional_and_unconditional_calls_are_checked():
+    g, d = gan.build(_model(), (28, 28, 1))
+    z, y = jnp.zeros((2, 16)), jnp.zeros(2, jnp.int32)
+    v = _init(g, z, y)
+    with pytest.raises(ValueError, match="num_classes=3: call it with labels int"):
+        g.apply(v, z, train=False)
+    g_plain, _ = gan.build(_model(num_classes=0), (28, 28, 1))
+    with pytest.raises(ValueError, match="unconditional.*set model.num_classes"):
+        jax.eval_shape(lambda: g_plain.init(jax.random.key(0), z, y, train=False))
+
+
+class _PlainG(nn.Module):
+    """A user's unconditional G: no labels argument."""
+
+    latent_dim: int = 4
+
+    @nn.compact
+    def __call__(self, z, train=True):
+        return jnp.tanh(nn.Dense(28 * 28)(z)).reshape(-1, 28, 28, 1)
+
+
+class _PlainD(nn.Module):
+    @nn.compact
+    def __call__(self, x, train=True):
+        return nn.Dense(1)(x.reshape(x.shape[0], -1))[:, 0]
+
+
+def plain_pair(model_config, image_shape, axis_name=None):
+    return _PlainG(), _PlainD()
+
+
+def test_a_users_model_without_a_labels_argument_is_refused_when_conditional():
+    with pytest.raises(ValueError, match=r"cannot be called as generator\(z, labels, train=...\).*labels: int \[B\] "
+                                         r"in \[0, model.num_classes=3\)"):
+        gan.build(_model(f"{__name__}:plain_pair"), (28, 28, 1))
+
+
+def _config(variant="conditional,smoke", **over):
+    c = config_module(CONFIGS / "gan_mnist.py").get_config(variant)
+    c.unlock()
+    c.output.progress = False
+    for k, v in over.items():
+        section, name = k.split(".")
+        c[section][name] = v
+    return c
+
+
+def test_labels_outside_the_classes_and_a_negative_count_are_refused_before_training(tmp_path, caplog):
+    with pytest.raises(ValueError, match=r"model.num_classes=5, but the train split of 'mnist_5k' has labels 0..9; "
+                                         r".*--config.model.num_classes=10"):
+        gan_task.GANTask(_config(**{"model.num_classes": 5}), tmp_path)
+    with pytest.raises(ValueError, match="model.num_classes must be >= 0"):
+        config_check.check(_config(**{"model.num_classes": -1}))
+    caplog.set_level("WARNING", logger="jaxgen")
+    gan_task.GANTask(_config(**{"model.num_classes": 12, "eval.extractors": ()}), tmp_path)
+    assert "has no example of class(es) 10, 11" in caplog.text
+
+
+def test_a_conditional_gan_trains_evaluates_and_samples_by_class(tmp_path, one_device):
+    """gan_mnist:conditional,smoke end to end: the classifier metric's class_accuracy in eval.json and
+    metrics.jsonl (and usable as the best checkpoint's metric), --mode=sample's labels beside its images, and
+    trained.load's samples and labels the same."""
+    c = _config(**{"checkpoint.best_metric": "classifier/class_accuracy"})
+    c.train.steps, c.eval.every = 10, 5
+    loop.train_and_evaluate(c, tmp_path)
+    block = json.loads((tmp_path / "eval.json").read_text())["sample_quality"]["classifier"]
+    assert 0.0 <= block["class_accuracy"] <= 1.0
+    records = [r for r in writer.read(tmp_path / "metrics.jsonl") if "classifier/class_accuracy" in r]
+    assert len(records) == 2  # the eval at step 5 and the final one
+    assert (tmp_path / "best").is_dir() and (tmp_path / "images" / "samples.png").is_file()
+    c.sample.num = 24
+    path = modes.sample_checkpoint(c, tmp_path)
+    saved = np.load(path)
+    np.testing.assert_array_equal(saved["labels"], np.arange(24) % 10)
+    run = trained.load(c, tmp_path)
+    np.testing.assert_array_equal(run.samples(24), saved["images"])
+    np.testing.assert_array_equal(run.sample_labels(24), saved["labels"])
+    assert run.model.num_classes == 10 and run.discriminator.num_classes == 10
+
+
+def test_class_accuracy_counts_the_samples_the_classifier_assigns_to_their_class():
+    """compare's class_accuracy on probabilities given by hand: 3 of 4 samples in their asked class."""
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]], np.float32)
+
+    def features(images):
+        return images.reshape(len(images), -1)[:, :4].astype(np.float32), probs[: len(images)]
+
+    e = quality.Extractor("hand", "by hand", "hand_v1", features, recommended=2, class_histograms=True)
+    images = np.random.default_rng(0).integers(0, 255, (4, 2, 2, 1), dtype=np.uint8)
+    ref = {"features": features(images)[0], "probs": probs, "mu": features(images)[0].mean(0),
+           "sigma": np.cov(features(images)[0], rowvar=False)}
+    out = quality.compare(e, ref, images, full=False, reference_name="r", labels=np.array([0, 1, 1, 1]), warn=False)
+    assert out["class_accuracy"] == 0.75
+    assert "class_accuracy" not in quality.compare(e, ref, images, full=False, reference_name="r", warn=False)
