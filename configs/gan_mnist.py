@@ -75,5 +75,5 @@ def _smoke(c):
     gan_smoke(c)
 
 
-VARIANTS = {"mnist": _mnist, "conditional": _conditional, "hinge": _hinge, "wgan_gp": _wgan_gp, "r1": _r1, "diffaugment": diffaugment,
-            "bf16": bf16, "smoke": _smoke}
+VARIANTS = {"mnist": _mnist, "conditional": _conditional, "hinge": _hinge, "wgan_gp": _wgan_gp, "r1": _r1,
+            "diffaugment": diffaugment, "bf16": bf16, "smoke": _smoke}

@@ -190,3 +190,132 @@ def test_class_accuracy_counts_the_samples_the_classifier_assigns_to_their_class
     out = quality.compare(e, ref, images, full=False, reference_name="r", labels=np.array([0, 1, 1, 1]), warn=False)
     assert out["class_accuracy"] == 0.75
     assert "class_accuracy" not in quality.compare(e, ref, images, full=False, reference_name="r", warn=False)
+
+
+# --- Labels paired with their images through the train step --------------------------------------------------------
+def _code(y):
+    """Class y as a brightness in [-1, 1]: the toy G draws it, the toy D compares an image with it."""
+    return y.astype(jnp.float32) / 9.0 * 2 - 1
+
+
+class _LabelG(nn.Module):
+    """G(z, y): a constant image of y's brightness (its one parameter keeps z in the graph)."""
+
+    latent_dim: int = 4
+    num_classes: int = 10
+
+    @nn.compact
+    def __call__(self, z, labels, train=True):
+        w = self.param("w", nn.initializers.zeros, (self.latent_dim,))
+        return jnp.broadcast_to((_code(labels) + z @ w)[:, None, None, None], (z.shape[0], 28, 28, 1))
+
+
+class _LabelD(nn.Module):
+    """D(x, y) = (mean(x) - code(y))^2 >= 0: 0 when x is an image of its own label's brightness (its parameter has
+    no effect: D's outputs stay those of the first update, and the means below are 0 only if every term is)."""
+
+    @nn.compact
+    def __call__(self, x, labels, train=True):
+        return (x.mean((1, 2, 3)) - _code(labels)) ** 2 + 0.0 * self.param("b", nn.initializers.zeros, ())
+
+
+def _max_loss(d_real, d_fake):
+    """Means (differentiated), and the largest of D's outputs on reals and fakes as metrics."""
+    return jnp.mean(d_real) + jnp.mean(d_fake), jnp.mean(d_fake), {"max_real": jnp.max(d_real),
+                                                                   "max_fake": jnp.max(d_fake)}
+
+
+def _max_loss_reading_reals(d_real, d_fake):
+    """A g_loss that reads d_real: the G update scores the reals again (the relativistic path)."""
+    d_loss, g_loss, metrics = _max_loss(d_real, d_fake)
+    return d_loss, g_loss + jnp.mean(d_real), metrics
+
+
+def _max_reg(d_fn, real, fake, keys):
+    real_out, fake_out = d_fn(real), d_fn(fake)
+    return jnp.mean(real_out) + jnp.mean(fake_out), {"reg_max": jnp.maximum(jnp.max(real_out), jnp.max(fake_out))}
+
+
+@pytest.mark.parametrize("g_batch,loss,d_steps", [(0, _max_loss, 2), (16, _max_loss_reading_reals, 1)])
+def test_every_image_of_the_step_is_scored_with_its_own_label(g_batch, loss, d_steps):
+    """Images whose brightness codes their label, on 8 devices with mirrored reals: D's outputs on the reals, on the
+    fakes of the D updates and of the G update (fresh ones with g_batch), in the regularizer, and the reals'
+    re-scoring for a loss whose g_loss reads d_real, are all 0: every image met its own label."""
+    from jaxgen import parallel
+    from jaxgen.training import gan_step, optim
+    from jaxgen.training import state as state_lib
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 10, 200).astype(np.int32)
+    values = np.round((np.asarray(_code(jnp.asarray(labels))) + 1) * 127.5).astype(np.uint8)
+    images = np.broadcast_to(values[:, None, None, None], (200, 28, 28, 1)).copy()
+    mesh = parallel.make_mesh()
+    c = gan_config()
+    g_tx, g_lr = optim.make(c.g_optim, 10)
+    d_tx, d_lr = optim.make(c.d_optim, 10)
+    state = state_lib.create_gan(_LabelG(), _LabelD(), g_tx, d_tx, (28, 28, 1), 0, ema=False, num_classes=10)
+    fn = gan_step.compile_train(
+        mesh, steps_per_dispatch=1, generator=_LabelG(), discriminator=_LabelD(), g_tx=g_tx, d_tx=d_tx, loss_fn=loss,
+        reg_fn=_max_reg, reg_weight=1.0, reg_interval=1, d_steps=d_steps, batch=16, augment_policy="",
+        ema_half_life=0.0, ema_rampup=0.0, g_lr=g_lr, d_lr=d_lr, g_batch=g_batch, random_flip=True, num_classes=10)
+    _, m = fn(jax.device_put(state, parallel.replicated(mesh)),
+              parallel.put_replicated({"image": images, "label": labels}, mesh))
+    m = jax.device_get(m)
+    tolerance = (1 / 255) ** 2  # uint8 rounding of the brightness
+    for name in ("max_real", "max_fake", "reg_max", "d_fake_after"):
+        assert abs(float(m[name][0])) <= tolerance, (name, m[name])
+    if loss is _max_loss_reading_reals:  # g_loss = mean D(fake) + mean D(real) after D's update: both 0
+        assert abs(float(m["g_loss"][0])) <= tolerance
+
+
+def _concatenating_r1(d_fn, real, fake, keys):
+    """A regularizer of a user's that scores reals and fakes in one call (2B images)."""
+    x = jnp.concatenate([real, fake])
+    g = jax.grad(lambda v: jnp.sum(d_fn(v)))(x)
+    return jnp.mean(jnp.sum(g * g, axis=(1, 2, 3))), {}
+
+
+def test_a_regularizer_that_scores_2b_images_at_once_is_refused_when_conditional(tmp_path):
+    c = _config(**{"reg.name": f"{__name__}:_concatenating_r1", "eval.extractors": ()})
+    with pytest.raises(ValueError, match=r"scores x with the reals' labels .* as many images as `real` \(2\); it got "
+                                         r"4\. Call d_fn on reals, fakes or their interpolations separately"):
+        gan_task.GANTask(c, tmp_path)
+    gan_task.GANTask(_config("smoke", **{"reg.name": f"{__name__}:_concatenating_r1", "eval.extractors": ()}),
+                     tmp_path)  # unconditional: fine
+
+
+def test_conditional_batchnorm_is_the_same_with_jaxgens_and_flaxs_batchnorm():
+    """ConditionalBatchNorm over the fused BatchNorm without an affine of its own (use_scale/use_bias False) equals
+    it over flax's: outputs, running averages and gradients, in train mode."""
+    x = jax.random.normal(jax.random.key(5), (6, 4, 4, 8)) * 2 + 1
+    y = jnp.array([0, 1, 2, 0, 1, 2], jnp.int32)
+    results = []
+    for impl in ("fused", "flax"):
+        m = gan.ConditionalBatchNorm(3, None, "float32", True, impl)
+        v = m.init(jax.random.key(0), x, y)
+        assert set(v["params"]) == {"scale", "shift"}  # the BN itself has no scale or bias
+        params = jax.tree.map(lambda a: a + 0.1 * jnp.arange(a.size).reshape(a.shape) / a.size, v["params"])
+
+        def loss(p, x, m=m, v=v):
+            out, upd = m.apply({**v, "params": p}, x, y, mutable=["batch_stats"])
+            return jnp.sum(jnp.sin(out)), upd
+
+        (value, upd), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(params, x)
+        results.append((value, upd, grads))
+    for a, b in zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[1])):
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5)
+
+
+def test_the_best_metric_choices_name_class_accuracy_for_a_conditional_gan():
+    c = _config(**{"checkpoint.best_metric": "accuracy"})
+    with pytest.raises(ValueError, match="classifier/class_accuracy"):
+        quality.best_metric(c)
+
+
+def test_the_conditional_sngan_config_builds(tmp_path):
+    """gan_cifar10:conditional (conditional BN in the ResNet G, a spectrally normalised projection D) traces."""
+    c = config_module(CONFIGS / "gan_cifar10.py").get_config("conditional,smoke")
+    task = gan_task.GANTask(c, tmp_path)
+    shapes = jax.eval_shape(task.create)
+    assert shapes["d"]["params"]["class_embedding"]["embedding"].shape == (10, 2 * c.model.d_width)  # pooled
+    assert "scale" in shapes["g"]["params"]["_ResBlock_0"]["norm1"]

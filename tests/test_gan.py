@@ -162,8 +162,10 @@ def test_random_flip_mirrors_about_half_of_the_reals():
     {"train.d_steps": 2, "reg.name": "r1", "reg.interval": 2, "augment.policy": "translation,flip"},
     # The G update on fresh fakes of its own, 48 beside D's 32, and a loss of batch means (nothing else: CI time)
     {"g_batch": 48, "loss.name": "tests.test_gan:relativistic_average"},
-    # Class-conditional: the reals' labels gathered per device, fresh fakes' labels drawn, R1 through D(x, y)
-    {"model.num_classes": 10, "g_batch": 48, "reg.name": "r1"},
+    # Class-conditional: the reals' labels gathered per device, fresh fakes' labels drawn, R1 of D(x, y) at the clean
+    # reals through their augmentation
+    {"model.num_classes": 10, "g_batch": 48, "reg.name": "r1", "augment.policy": "translation",
+     "reg.through_augment": True},
 ], ids=["reused_fakes", "fresh_fakes_relativistic", "conditional"])
 def test_sharded_gan_step_equals_one_device(over):
     """8 devices give the params of 1 device with the same global batch (sync BatchNorm; in the first case also

@@ -466,6 +466,15 @@ def best_mode(config) -> str:
     return mode
 
 
+def _per_eval_of(extractor: str, config) -> tuple[str, ...]:
+    """What the extractor named `extractor` gives at every eval of a run of `config` (PER_EVAL_OF; the classifier
+    adds class_accuracy for a class-conditional GAN; a user's extractor: any of PER_EVAL)."""
+    computed = PER_EVAL_OF.get(extractor, PER_EVAL)
+    if extractor == "classifier" and config.model.get("num_classes", 0):
+        computed = (*computed, "class_accuracy")
+    return computed
+
+
 def best_metric(config) -> str | None:
     """The eval metric the best checkpoint is kept by (checkpoint.best_metric), or None. A sample-quality metric
     ('<extractor>/<metric>') is checked here, before any work: its extractor must be in eval.extractors and the
@@ -475,7 +484,7 @@ def best_metric(config) -> str | None:
         return f"{config.eval.extractors[0]}/fid" if config.eval.extractors else None
     task_metrics = TASK_METRICS.get(config.task, ())
     if m and "/" not in m and m not in task_metrics:
-        per_eval = [f"{e}/{p}" for e in config.eval.extractors for p in PER_EVAL_OF.get(e, PER_EVAL)]
+        per_eval = [f"{e}/{p}" for e in config.eval.extractors for p in _per_eval_of(e, config)]
         raise ValueError(f"checkpoint.best_metric={m!r} is not a metric of every {config.task} eval; choices: "
                          f"{', '.join((*task_metrics, *per_eval))}"
                          + ("" if per_eval else " (sample-quality ones such as 'classifier/fid' with eval.extractors)"))
@@ -484,9 +493,7 @@ def best_metric(config) -> str | None:
         if name not in tuple(config.eval.extractors):
             raise ValueError(f"checkpoint.best_metric={m!r} names the extractor {name!r}, which is not in "
                              f"eval.extractors={tuple(config.eval.extractors)}")
-        computed = PER_EVAL_OF.get(name, PER_EVAL)
-        if name == "classifier" and config.model.get("num_classes", 0):  # a class-conditional GAN's
-            computed = (*computed, "class_accuracy")
+        computed = _per_eval_of(name, config)
         if metric not in computed:
             raise ValueError(f"checkpoint.best_metric={m!r}: {metric!r} is not computed at every eval"
                              + (f" of the {name} extractor" if name in PER_EVAL_OF else "") + "; choices: "

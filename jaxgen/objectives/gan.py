@@ -18,11 +18,13 @@ A regularizer penalises D's input gradient:
     reg(d_fn, real [B, H, W, C], fake [B, H, W, C], keys [B]) -> (penalty, metrics)
 
 d_fn(x) -> [B] is D with its current parameters (differentiable in them and in x); keys has one PRNG key per
-example. With augmentation on, `real` and `fake` are the augmented images D saw, so R1 and the gradient penalty
-are taken at D's augmented inputs (as DiffAugment's `ns_r1_DiffAugment`); `reg.through_augment=True` takes them at
-the un-augmented images instead, differentiating through the augmentation (StyleGAN2-ADA's R1). The trainer adds
-reg.weight * penalty to D's loss (times reg.interval when the regularizer runs lazily every reg.interval D
-steps). A user's regularizer is `reg.name='package.module:function'`.
+example. A class-conditional D (model.num_classes > 0) scores x with the reals' labels, which the fakes share: x
+must then hold B images (reals, fakes or their interpolations, not both concatenated). With augmentation on, `real`
+and `fake` are the augmented images D saw, so R1 and the gradient penalty are taken at D's augmented inputs (as
+DiffAugment's `ns_r1_DiffAugment`); `reg.through_augment=True` takes them at the un-augmented images instead,
+differentiating through the augmentation (StyleGAN2-ADA's R1). The trainer adds reg.weight * penalty to D's loss
+(times reg.interval when the regularizer runs lazily every reg.interval D steps). A user's regularizer is
+`reg.name='package.module:function'`.
 """
 
 from __future__ import annotations
@@ -159,11 +161,20 @@ def check_through_augment_batch(n_real: int, n_x: int) -> None:
                          f"on reals and fakes separately, or set --config.reg.through_augment=False")
 
 
+def check_labelled_batch(n_real: int, n_x: int) -> None:
+    """A class-conditional D scores d_fn(x) with the reals' labels: x must hold as many images as the reals."""
+    if n_x != n_real:
+        raise ValueError(f"model.num_classes > 0: the regularizer's d_fn(x) scores x with the reals' labels (one per "
+                         f"real; the fakes have the same ones), so x must hold as many images as `real` ({n_real}); "
+                         f"it got {n_x}. Call d_fn on reals, fakes or their interpolations separately")
+
+
 def check_regularizer(reg_fn: Callable | None, name: str, image_shape, batch: int = 2,
-                      through_augment: bool = False) -> tuple[str, ...]:
+                      through_augment: bool = False, conditional: bool = False) -> tuple[str, ...]:
     """Checks, by tracing it once with a stand-in D (no computation), that a regularizer returns
-    (scalar penalty, dict of scalar metrics) whose metric names are not the step's own; with `through_augment`,
-    that it calls d_fn on batches of the reals' size (check_through_augment_batch). Returns its metrics' names."""
+    (scalar penalty, dict of scalar metrics) whose metric names are not the step's own; with `through_augment`
+    (check_through_augment_batch) or `conditional` (check_labelled_batch), that it calls d_fn on batches of the
+    reals' size. Returns its metrics' names."""
     if reg_fn is None:
         return ()
     contract = "reg(d_fn, real [B, H, W, C], fake [B, H, W, C], keys [B][, *, cfg, step]) -> (penalty, metrics)"
@@ -172,6 +183,8 @@ def check_regularizer(reg_fn: Callable | None, name: str, image_shape, batch: in
     def d_fn(v):  # D's contract: [B, H, W, C] -> [B]
         if through_augment:
             check_through_augment_batch(batch, v.shape[0])
+        if conditional:
+            check_labelled_batch(batch, v.shape[0])
         return jnp.sum(v, axis=tuple(range(1, v.ndim)))
 
     step = {"step": jnp.zeros((), jnp.int32)} if registry.accepts(reg_fn, "step", positional=4) else {}

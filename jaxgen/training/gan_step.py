@@ -97,7 +97,11 @@ def d_update(state: dict, real, fake, keys, it, labels=None, *, discriminator, d
         metrics = {"d_loss": d_loss, "d_real": jnp.mean(d_real), "d_fake": jnp.mean(d_fake), **metrics}
         total = d_loss
         if reg_fn is not None:
-            d_fn = lambda x: apply_model(discriminator, variables, x, True, labels)[0]
+            def d_fn(x):  # a conditional D scores x with the reals' labels
+                if labels is not None:
+                    gan_obj.check_labelled_batch(labels.shape[0], x.shape[0])
+                return apply_model(discriminator, variables, x, True, labels)[0]
+
             reg_args = (d_fn, real_aug, fake_aug)
             if reg_through_augment and augment_policy:
                 real_keys = dev.substream(keys, _AUG_REAL)

@@ -68,7 +68,8 @@ class GANTask:
             self.train = self.validation = self.test = None
             self.image_shape = tuple(image_shape)
         reg_names = gan_obj.check_regularizer(self.reg_fn, c.reg.name, self.image_shape,
-                                              through_augment=bool(c.reg.through_augment and c.augment.policy))
+                                              through_augment=bool(c.reg.through_augment and c.augment.policy),
+                                              conditional=bool(self.num_classes))
         # A lazy regularizer's metrics: averaged over the D updates that ran it (gan_step, _train_record).
         self.lazy_metrics = ("reg", *reg_names) if self.reg_fn is not None and c.reg.interval > 1 else ()
         self.generator, self.discriminator = gan_models.build(c.model, self.image_shape, axis_name=parallel.AXIS)

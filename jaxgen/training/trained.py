@@ -32,7 +32,8 @@ class TrainedRun:
 
     model, variables: the generative model and what `model.apply` takes: a VAE's module (`encode`, `decode`,
     `latent_dim`) and its params, or a GAN's G (`G.apply(variables, z, train=False)`, z ~ N(0, I) [B, latent_dim];
-    a class-conditional G's `G.apply(variables, z, labels, train=False)`, labels int [B] in [0, model.num_classes));
+    a class-conditional G's `G.apply(variables, z, labels, train=False)`, labels int [B] in [0, model.num_classes):
+    not checked inside the compiled model, where one outside gives NaN or a G of no class);
     the EMA weights where the run kept them (unless config.train.ema_half_life=0), a G's BatchNorm statistics
     re-estimated for them as its evaluations do. discriminator, d_variables: a GAN's D (None for a VAE), on images
     in [-1, 1]; training and evaluation run it in train mode (BatchNorm over the batch, across the devices), so
