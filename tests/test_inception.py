@@ -277,3 +277,15 @@ def test_a_failed_download_is_a_clear_error_that_leaves_nothing(cache, monkeypat
     with pytest.raises(inception.WeightsNotFoundError, match=r"(?s)the download failed .*eval.extractors"):
         inception.load_params(allow_download=True)
     assert list(cache.iterdir()) == []
+
+
+def test_the_feature_bar_writes_nothing_into_a_log_that_is_not_a_terminal(capfd):
+    """extract's tqdm bar only on a terminal: its redraws (\\r) would fill a log file under nohup or a scheduler."""
+    def fn(chunk):
+        return {"pool": np.zeros((len(chunk), 2048), np.float32), "logits": np.zeros((len(chunk), 1008), np.float32)}
+
+    images = np.zeros((10, 8, 8, 3), np.uint8)
+    out = inception.extract(fn, images, batch_size=4, mesh=parallel.make_mesh(jax.devices()[:1]), progress=True)
+    assert out["pool"].shape == (10, 2048)
+    err = capfd.readouterr().err
+    assert "\r" not in err and "features" not in err

@@ -284,13 +284,14 @@ def extract(fn, images: np.ndarray, *, batch_size: int, mesh, desc: str = "featu
 
     Runs `fn` (from make_extractor) over batches of `batch_size` rounded up to a multiple of the device count; the
     last batch is padded to the same size (one compilation) and the padding dropped. A tqdm bar on process 0 when
-    `progress`."""
+    `progress` and stderr is a terminal (as the training bar: tqdm's redraws, \r, would bury a log file under nohup
+    or a scheduler)."""
     check_images(images)
     n, devices = len(images), mesh.size
     out = {"pool": [np.zeros((0, 2048), np.float32)], "logits": [np.zeros((0, 1008), np.float32)]}
     b = -(-min(batch_size, max(n, 1)) // devices) * devices
-    with tqdm(total=n, desc=desc, unit="img", disable=not progress or jax.process_index() != 0,
-              leave=False) as bar:
+    with tqdm(total=n, desc=desc, unit="img", leave=False,
+              disable=not (progress and sys.stderr.isatty()) or jax.process_index() != 0) as bar:
 
         def batch(start):
             chunk = np.asarray(images[start:start + b])
