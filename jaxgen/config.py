@@ -84,6 +84,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.sample = ml_collections.ConfigDict()  # --mode=sample
     c.sample.num = 1000  # samples written as <workdir>/samples/step_<step>.npz (uint8) and PNG grids
     c.sample.per_grid = 100  # images per PNG grid
+    # 0 = off; t > 0: each latent coordinate drawn from N(0, 1) truncated to [-t, t] (BigGAN's truncation trick:
+    # less variety, more typical samples), for --mode=sample and trained.load's samples; evaluations never truncate
+    c.sample.truncation = 0.0
 
     c.output = ml_collections.ConfigDict()
     c.output.num_samples = 64  # images in the sample grids

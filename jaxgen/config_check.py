@@ -204,6 +204,7 @@ def _check_eval(config: ml_collections.ConfigDict, training: bool) -> None:
                          f"(>= 2048 samples for Inception FID), got {config.eval.num_samples}")
     if config.sample.num < 1 or config.sample.per_grid < 1:
         raise ValueError("sample.num and sample.per_grid must be >= 1")
+    quality.check_truncation(config.sample.get("truncation", 0.0))
     for field in ("eval.batch_size", "output.num_samples"):  # else an error at the first evaluation, after training
         block, name = field.split(".")
         if config[block][name] < 1:

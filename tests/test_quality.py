@@ -500,3 +500,15 @@ def test_non_finite_features_are_named_with_whose_and_how_many():
     f[1, 2] = np.nan
     with pytest.raises(ValueError, match=r"the features of the samples \(pixels\): 1 of 5 rows contain NaN or Inf"):
         sample_metrics.feature_statistics(f, 2, "the samples (pixels)")
+
+
+def test_truncated_latents_lie_within_the_bound_and_no_truncation_is_the_plain_draw():
+    key = jax.random.key(0)
+    index = jnp.arange(64)
+    plain = quality.stream_latents(key, index, 16)
+    np.testing.assert_array_equal(plain, quality.stream_latents(key, index, 16, 0.0))
+    truncated = np.asarray(quality.stream_latents(key, index, 16, 0.5))
+    assert np.abs(truncated).max() <= 0.5 and np.abs(plain).max() > 1.5 and truncated.std() > 0.2
+    for bad in (-1.0, float("nan"), float("inf"), True, "0.5"):
+        with pytest.raises(ValueError, match="sample.truncation must be 0 \\(off\\) or a bound > 0"):
+            quality.check_truncation(bad)

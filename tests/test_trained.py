@@ -32,8 +32,15 @@ def test_a_vae_loads_read_only_and_samples_as_mode_sample_does(trained_vae):
     assert mean.shape == logvar.shape == (3, run.model.latent_dim)
     assert run.model.apply(run.variables, mean, method=run.model.decode).shape[0] == 3
     c.sample.num = 8
-    written = np.load(modes.sample_checkpoint(c, workdir))["images"]
-    np.testing.assert_array_equal(run.samples(8), written)
+    written = np.load(modes.sample_checkpoint(c, workdir))
+    np.testing.assert_array_equal(run.samples(8), written["images"])
+    assert float(written["truncation"]) == 0.0
+    # The truncation trick: the same samples as --mode=sample's with it, other than the untruncated ones.
+    c.sample.truncation = 0.5
+    truncated = np.load(modes.sample_checkpoint(c, workdir))
+    assert float(truncated["truncation"]) == 0.5
+    np.testing.assert_array_equal(run.samples(8, truncation=0.5), truncated["images"])
+    assert not np.array_equal(truncated["images"], written["images"])
 
 
 def test_the_readmes_example_runs(trained_vae, monkeypatch):

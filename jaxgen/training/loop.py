@@ -54,7 +54,7 @@ class Task(Protocol):
     def describe(self) -> str: ...
     def compile_train(self) -> Callable: ...  # (state, data) -> (state, metrics [steps_per_dispatch])
     def evaluate(self, state: dict, final: bool, data: data_lib.ImageData) -> dict: ...  # scores on `data`
-    def samples(self, state: dict, n: int) -> np.ndarray: ...  # uint8 [n, H, W, C], on every process
+    def samples(self, state: dict, n: int, truncation: float = 0.0) -> np.ndarray: ...  # uint8 [n, H, W, C]
     def sample_labels(self, n: int) -> np.ndarray | None: ...  # the classes of samples(state, n), or None
     def lr_line(self, step: int) -> str: ...  # the learning rate(s) at `step`, for the log
     def eval_line(self, ev: dict) -> str: ...

@@ -170,7 +170,8 @@ def sample_checkpoint(config, workdir) -> Path:
     task, state, _ = _restore_for(config, workdir, "sample")
     workdir = task.workdir
     step = int(jax.device_get(state["step"]))
-    samples = task.samples(state, config.sample.num)
+    truncation = config.sample.truncation
+    samples = task.samples(state, config.sample.num, truncation)
     out = workdir / "samples"
     path = out / f"step_{step:07d}.npz"
     if jax.process_index() == 0:
@@ -178,7 +179,8 @@ def sample_checkpoint(config, workdir) -> Path:
         # What drew them, beside them: the same step's samples of the raw weights or of another seed replace these.
         labels = task.sample_labels(len(samples))
         atomic.write_npz(path, images=samples, step=step, seed=config.seed, checkpoint=config.eval.checkpoint,
-                         params=task.eval_record(state)["params"], **({} if labels is None else {"labels": labels}))
+                         params=task.eval_record(state)["params"], truncation=truncation,
+                         **({} if labels is None else {"labels": labels}))
         for old in out.glob(f"step_{step:07d}_*.png"):  # an earlier call's grids, maybe more of them
             if re.fullmatch(rf"step_{step:07d}_\d{{3,}}\.png", old.name):
                 old.unlink()
