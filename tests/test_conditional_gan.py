@@ -277,8 +277,8 @@ def _concatenating_r1(d_fn, real, fake, keys):
 
 def test_a_regularizer_that_scores_2b_images_at_once_is_refused_when_conditional(tmp_path):
     c = _config(**{"reg.name": f"{__name__}:_concatenating_r1", "eval.extractors": ()})
-    with pytest.raises(ValueError, match=r"scores x with the reals' labels .* as many images as `real` \(2\); it got "
-                                         r"4\. Call d_fn on reals, fakes or their interpolations separately"):
+    with pytest.raises(ValueError, match=r"scores x with the reals' labels .* as many images as `real` \(4\); it got "
+                                         r"8\. Call d_fn on reals, fakes or their interpolations separately"):
         gan_task.GANTask(c, tmp_path)
     gan_task.GANTask(_config("smoke", **{"reg.name": f"{__name__}:_concatenating_r1", "eval.extractors": ()}),
                      tmp_path)  # unconditional: fine
@@ -319,3 +319,24 @@ def test_the_conditional_sngan_config_builds(tmp_path):
     shapes = jax.eval_shape(task.create)
     assert shapes["d"]["params"]["class_embedding"]["embedding"].shape == (10, 2 * c.model.d_width)  # pooled
     assert "scale" in shapes["g"]["params"]["_ResBlock_0"]["norm1"]
+
+
+def one_label(data_config, split):
+    """A dataset function of a user's without labels: the synthetic images, every label 0."""
+    from jaxgen.data import synthetic
+
+    images, labels = synthetic.synthetic(data_config, split)
+    return images, np.zeros_like(labels)
+
+
+def test_unlabelled_data_and_class_accuracy_without_classes_say_what_to_set(tmp_path):
+    """Every train label the same (an unlabelled dataset's 0s) with num_classes > 1 stops before training; asking
+    for class_accuracy of an unconditional GAN names num_classes."""
+    c = _config(**{"data.name": f"{__name__}:one_label", "eval.extractors": ()})
+    c.data.image_shape = (28, 28, 1)
+    with pytest.raises(ValueError, match=r"every example of the train split .* has the label 0: unlabelled data .*"
+                                         r"--config.model.num_classes=0"):
+        gan_task.GANTask(c, tmp_path)
+    with pytest.raises(ValueError, match=r"class_accuracy is a class-conditional GAN's: set "
+                                         r"--config.model.num_classes=N"):
+        quality.best_metric(_config("smoke", **{"checkpoint.best_metric": "classifier/class_accuracy"}))

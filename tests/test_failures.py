@@ -367,3 +367,21 @@ def test_a_line_appended_after_a_torn_one_starts_a_line_of_its_own(tmp_path):
     assert path.read_text().splitlines() == ['{"a": 1}', '{"b": ', '{"c": 3}', '{"d": 4}']
     atomic.append_line(tmp_path / "new.jsonl", "x")
     assert (tmp_path / "new.jsonl").read_text() == "x\n"
+
+
+def test_a_workdir_holding_only_the_log_the_lock_and_empty_folders_is_removed(tmp_path):
+    """An error after the checkpoint manager made its (empty) folder, in the evaluator's set-up say, still leaves no
+    stray workdir; one with anything else in it stays whole."""
+    from jaxgen.training import workdir
+
+    for extra in (None, "checkpoints/1/state"):
+        top = tmp_path / ("kept" if extra else "removed")
+        wd = top / "run"
+        (wd / "checkpoints").mkdir(parents=True)
+        (wd / "log.txt").write_text("log")
+        (wd / "train.lock").write_text("")
+        if extra:
+            (wd / extra).parent.mkdir(parents=True)
+            (wd / extra).write_text("x")
+        workdir.remove_if_unused(wd, top)
+        assert top.exists() == bool(extra) and (not extra or (wd / extra).is_file())

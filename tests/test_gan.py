@@ -233,7 +233,7 @@ def test_d_fn_through_the_augmentation_names_the_batch_it_takes(tmp_path):
     c = _smoke(**{"reg.name": "tests.test_gan:r1_on_both", "augment.policy": "translation",
                   "reg.through_augment": True, "eval.every": 0})
     with pytest.raises(ValueError, match=r"reg.through_augment=True: the regularizer's d_fn\(x\) augments x with "
-                                         r"the reals' draws .* as `real` \(2\); it got 4\. Call d_fn on reals and "
+                                         r"the reals' draws .* as `real` \(4\); it got 8\. Call d_fn on reals and "
                                          r"fakes separately"):
         loop.train_and_evaluate(c, tmp_path / "run")
     assert not (tmp_path / "run").exists()  # refused before training: no stray workdir

@@ -520,5 +520,7 @@ def best_metric(config) -> str | None:
             raise ValueError(f"checkpoint.best_metric={m!r}: {metric!r} is not computed at every eval"
                              + (f" of the {name} extractor" if name in PER_EVAL_OF else "") + "; choices: "
                              f"{', '.join(f'{name}/{p}' for p in computed)} (or a metric of the task such as "
-                             f"{TASK_METRICS.get(config.task, ('nll',))[0]!r})")
+                             f"{TASK_METRICS.get(config.task, ('nll',))[0]!r})"
+                             + ("; class_accuracy is a class-conditional GAN's: set --config.model.num_classes=N"
+                                if metric == "class_accuracy" and name == "classifier" else ""))
     return m or None

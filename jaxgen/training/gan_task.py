@@ -68,6 +68,7 @@ class GANTask:
             self.train = self.validation = self.test = None
             self.image_shape = tuple(image_shape)
         reg_names = gan_obj.check_regularizer(self.reg_fn, c.reg.name, self.image_shape,
+                                              batch=max(1, c.train.batch_size // self.mesh.size),  # per device
                                               through_augment=bool(c.reg.through_augment and c.augment.policy),
                                               conditional=bool(self.num_classes))
         # A lazy regularizer's metrics: averaged over the D updates that ran it (gan_step, _train_record).
@@ -123,13 +124,16 @@ class GANTask:
                                  f"model.num_classes={k}, but the {split.split} split of {split.name!r} has negative "
                                  f"labels (down to {lo}); a class-conditional GAN needs labels 0..num_classes-1")
         counts = np.bincount(self.train.label, minlength=k)
+        if k > 1 and np.count_nonzero(counts) == 1:  # an unlabelled dataset's labels are all 0
+            raise ValueError(f"model.num_classes={k}, but every example of the train split of {self.train.name!r} has "
+                             f"the label {int(np.argmax(counts))}: unlabelled data (image_folder's labels are its "
+                             f"first-level subfolders) cannot train a class-conditional GAN; set "
+                             f"--config.model.num_classes=0, or give data with labels")
         if (counts == 0).any():
             missing = np.flatnonzero(counts == 0)
             log.warning("model.num_classes=%d, but the train split of %r has no example of class(es) %s: G learns "
-                        "nothing for them, yet samples and evaluations ask for every class equally often%s", k,
-                        self.train.name, ", ".join(map(str, missing[:20])) + (" ..." if len(missing) > 20 else ""),
-                        " (its labels are all 0: unlabelled data? set --config.model.num_classes=0)"
-                        if counts[0] == len(self.train.label) else "")
+                        "nothing for them, yet samples and evaluations ask for every class equally often", k,
+                        self.train.name, ", ".join(map(str, missing[:20])) + (" ..." if len(missing) > 20 else ""))
 
     def describe(self) -> str:
         c = self.config

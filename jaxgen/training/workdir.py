@@ -76,13 +76,19 @@ def first_missing(workdir: str | os.PathLike) -> Path | None:
 
 
 def remove_if_unused(workdir: Path, top: Path) -> None:
-    """Removes `workdir` if it holds nothing but the training log and the lock file, then its parents up to `top`
-    while they are empty (the folders `prepare` created: first_missing). One process only: with several, the
-    others may still be reading it. Anything else in it, or a failure to remove, leaves it as it is."""
+    """Removes `workdir` if it holds nothing but the training log, the lock file and empty folders (the checkpoint
+    manager's `checkpoints/`, made before an error in the evaluator's set-up), then its parents up to `top` while
+    they are empty (the folders `prepare` created: first_missing). One process only: with several, the others may
+    still be reading it. Anything else in it, or a failure to remove, leaves it as it is."""
     if jax.process_count() > 1:
         return
     try:
-        if {p.name for p in workdir.iterdir()} <= {LOG_FILES["train"], LOCK_FILE}:
+        entries = list(workdir.iterdir())
+        folders = [p for p in entries if p.is_dir() and not p.is_symlink()]
+        files = {p.name for p in entries if p not in folders}
+        if files <= {LOG_FILES["train"], LOCK_FILE} and not any(any(f.iterdir()) for f in folders):
+            for folder in folders:
+                folder.rmdir()
             for name in (LOG_FILES["train"], LOCK_FILE):
                 (workdir / name).unlink(missing_ok=True)
             for folder in (workdir, *workdir.parents):
