@@ -199,6 +199,12 @@ def gan_config() -> ml_collections.ConfigDict:
 
     c.augment = ml_collections.ConfigDict()
     c.augment.policy = ""  # comma-separated jaxgen.data.augment names, applied to reals and fakes for D; '' = off
+    c.augment.probability = 1.0  # each augmentation of the policy applies to an example with this probability
+    # Adaptive augmentation (StyleGAN2-ADA, Karras et al. 2020): > 0 = the probability starts at 0 and moves so that
+    # the mean sign of D's outputs on the reals stays at this target (their 0.6); augment.probability is then unread
+    c.augment.ada_target = 0.0
+    c.augment.ada_interval = 4  # train steps between the probability's adjustments (theirs: 4 minibatches)
+    c.augment.ada_kimg = 500.0  # thousands of images over which the probability can move from 0 to 1 (theirs: 500)
     c.eval.every = 1000
     c.eval.batch_size = 256
     c.lock()  # config files and variants set these fields; a misspelt one is an error, not a new field
@@ -305,6 +311,15 @@ def bf16(config: ml_collections.ConfigDict) -> None:
 def diffaugment(config: ml_collections.ConfigDict) -> None:
     """GAN variant: DiffAugment's colour, translation and cutout on reals and fakes (Zhao et al. 2020)."""
     config.augment.policy = "color,translation,cutout"
+
+
+def ada(config: ml_collections.ConfigDict) -> None:
+    """GAN variant: adaptive augmentation (StyleGAN2-ADA, Karras et al. 2020) of translations, rotations, zooms and
+    colour, each applied to reals and fakes with a probability that starts at 0 and follows D's overfitting (the
+    mean sign of its outputs on the reals, kept at their target 0.6). Their pipeline has more transforms (90-degree
+    rotations, anisotropic scaling, hue); flips are left out here: data.random_flip mirrors the dataset instead."""
+    config.augment.policy = "translation,rotation,scale,color"
+    config.augment.ada_target = 0.6
 
 
 def g_batch_size(config: ml_collections.ConfigDict) -> int:

@@ -272,9 +272,30 @@ def _check_gan(config: ml_collections.ConfigDict) -> None:
     if config.model.get("num_classes", 0) < 0:
         raise ValueError(f"model.num_classes must be >= 0 (0 = unconditional; N = G and D conditioned on the "
                          f"dataset's labels 0..N-1), got {config.model.num_classes}")
+    _check_augment(config.augment)
     if not config.reg.weight >= 0:  # a negative weight rewards D's steep input gradients
         raise ValueError(f"reg.weight must be >= 0, got {config.reg.weight}")
     _check_critic(config)
+
+
+def _check_augment(a: ml_collections.ConfigDict) -> None:
+    """augment.probability and the adaptive augmentation's fields (ada_*)."""
+    if not 0 <= a.probability <= 1:
+        raise ValueError(f"augment.probability must be in [0, 1] (each augmentation's probability per example; 1 = "
+                         f"always, as DiffAugment), got {a.probability}")
+    if not 0 <= a.ada_target < 1:
+        raise ValueError(f"augment.ada_target must be in [0, 1): 0 = off; the mean sign of D's outputs on the reals "
+                         f"the adaptive augmentation keeps (StyleGAN2-ADA's 0.6), got {a.ada_target}")
+    if a.ada_target > 0:
+        if not a.policy:
+            raise ValueError("augment.ada_target > 0 adapts the probability of the augmentations in augment.policy, "
+                             "which is empty: set one, e.g. --config.augment.policy=translation,rotation,scale,color")
+        if a.ada_interval < 1 or not a.ada_kimg > 0:
+            raise ValueError(f"augment.ada_interval must be >= 1 and augment.ada_kimg > 0, got {a.ada_interval} and "
+                             f"{a.ada_kimg}")
+        if a.probability != 1.0:
+            log.warning("augment.probability=%s does nothing with augment.ada_target > 0: the adaptive probability "
+                        "starts at 0", a.probability)
 
 
 def _check_critic(config: ml_collections.ConfigDict) -> None:

@@ -268,17 +268,27 @@ def check_policy(policy: str) -> None:
                             jnp.zeros((1, 8, 8, 1)))
 
 
-def apply(policy: str, key: jax.Array, x: jax.Array) -> jax.Array:
+APPLY_STREAM = 0x0ADA  # folded into augmentation i's key: the draw of whether it applies (with a probability)
+
+
+def apply(policy: str, key: jax.Array, x: jax.Array, p: jax.Array | float | None = None) -> jax.Array:
     """Applies the comma-separated augmentations in `policy` in order ('' returns x unchanged).
 
     Augmentation i gets the key `jax.random.fold_in(key, i)`. x [B, H, W, C] float in [-1, 1]; same shape and
     dtype out. E.g. DiffAugment's recommended policy is 'color,translation,cutout'.
+    p (a float or a traced scalar in [0, 1]; None: always, as DiffAugment): each augmentation applies to each example
+    with probability p, drawn from fold_in(its key, APPLY_STREAM), as StyleGAN2-ADA's pipeline does (Karras et al.
+    2020); the output stays differentiable in x either way.
     """
     names = [name.strip() for name in policy.split(",")] if policy else []
     for i, fn in enumerate(_resolve(policy)):
-        y = fn(jax.random.fold_in(key, i), x)
+        k = jax.random.fold_in(key, i)
+        y = fn(k, x)
         if y.shape != x.shape:  # found while tracing: an error at compile time, before any step runs
             raise ValueError(f"augmentation {names[i]!r} (augment.policy={policy!r}) returned images of shape "
                              f"{y.shape} for {x.shape}; an augmentation returns images of the shape it gets")
+        if p is not None:
+            do = jax.random.uniform(jax.random.fold_in(k, APPLY_STREAM), (x.shape[0],)) < p
+            y = jnp.where(do[:, None, None, None], y, x)
         x = y
     return x

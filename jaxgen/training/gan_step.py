@@ -49,11 +49,12 @@ def _generate(generator, g_vars, z, labels, params):
     return apply_model(generator, {**g_vars, "params": params}, z, True, labels)
 
 
-def _augment(policy: str, keys, x):
-    """Per-example augmentation: example i uses keys[i], so the draw does not depend on the device count."""
+def _augment(policy: str, keys, x, p=None):
+    """Per-example augmentation: example i uses keys[i], so the draw does not depend on the device count. p: each
+    augmentation's probability (a traced scalar with ADA; None: always, DiffAugment's)."""
     if not policy:
         return x
-    return jax.vmap(lambda k, xi: augment.apply(policy, k, xi[None])[0])(keys, x)
+    return jax.vmap(lambda k, xi: augment.apply(policy, k, xi[None], p)[0])(keys, x)
 
 
 def _lazy(cond_on, fn):
@@ -77,17 +78,19 @@ def on_global_batch(loss_fn):
 
 
 def d_update(state: dict, real, fake, keys, it, labels=None, *, discriminator, d_tx, loss_fn, reg_fn,
-             reg_weight: float, reg_interval: int, augment_policy: str, reg_through_augment: bool = False):
+             reg_weight: float, reg_interval: int, augment_policy: str, reg_through_augment: bool = False,
+             augment_p=None):
     """One D update on reals [B, H, W, C] and (constant) fakes, both in [-1, 1], both of the classes `labels` int
     [B] when conditional (None: unconditional). Returns (state, d_real, metrics).
 
     `it` counts D updates over the run (it selects the lazy regularizer's steps); d_real are D's outputs on the
     reals (for the G update's loss call). With an augmentation policy the regularizer sees the augmented images D
     sees (DiffAugment's R1), or with `reg_through_augment` the clean ones and D after their augmentation (the same
-    draw), so that its input gradient goes back through the augmentation (StyleGAN2-ADA's R1).
+    draw), so that its input gradient goes back through the augmentation (StyleGAN2-ADA's R1). augment_p: each
+    augmentation's probability (None: always).
     """
-    real_aug = _augment(augment_policy, dev.substream(keys, _AUG_REAL), real)
-    fake_aug = _augment(augment_policy, dev.substream(keys, _AUG_FAKE), fake)
+    real_aug = _augment(augment_policy, dev.substream(keys, _AUG_REAL), real, augment_p)
+    fake_aug = _augment(augment_policy, dev.substream(keys, _AUG_FAKE), fake, augment_p)
 
     def loss(params):
         variables = {**state["d"], "params": params}
@@ -108,7 +111,7 @@ def d_update(state: dict, real, fake, keys, it, labels=None, *, discriminator, d
 
                 def d_fn_through(x):  # D after the reals' augmentation draws: example i with real i's draw
                     gan_obj.check_through_augment_batch(real.shape[0], x.shape[0])
-                    return d_fn(_augment(augment_policy, real_keys, x))
+                    return d_fn(_augment(augment_policy, real_keys, x, augment_p))
 
                 reg_args = (d_fn_through, real, fake)
             penalty = lambda: reg_fn(*reg_args, dev.substream(keys, _REG))
@@ -146,7 +149,7 @@ def reads_d_real(loss_fn, batch: int) -> bool:
 
 
 def g_update(state: dict, fake, g_vjp, d_real, keys, *, discriminator, g_tx, loss_fn, augment_policy: str,
-             real=None, real_keys=None, labels=None, real_labels=None):
+             real=None, real_keys=None, labels=None, real_labels=None, augment_p=None):
     """One G update through the fakes [B', H, W, C] that G made this step (`g_vjp` pulls back their gradient);
     `keys` are the fakes' per-example keys. B' is the D batch B when the fakes are the last D update's, or the
     G update's own batch; `real_keys` are the reals' keys (the last D update's; default `keys`). Conditional:
@@ -157,11 +160,12 @@ def g_update(state: dict, fake, g_vjp, d_real, keys, *, discriminator, g_tx, los
     its update, so that g_loss compares the updated D's outputs on reals and fakes.
     """
     if real is not None:  # the last D update's augmentation of its reals
-        x = _augment(augment_policy, dev.substream(keys if real_keys is None else real_keys, _AUG_REAL), real)
+        x = _augment(augment_policy, dev.substream(keys if real_keys is None else real_keys, _AUG_REAL), real,
+                     augment_p)
         d_real, _ = apply_model(discriminator, state["d"], x, True, labels if real_labels is None else real_labels)
 
     def loss(fake):
-        x = _augment(augment_policy, dev.substream(keys, _AUG_G), fake)
+        x = _augment(augment_policy, dev.substream(keys, _AUG_G), fake, augment_p)
         d_fake, _ = apply_model(discriminator, state["d"], x, True, labels)  # D's statistics are not updated here
         _, g_loss, _ = loss_fn(lax.stop_gradient(d_real), d_fake)
         return g_loss, d_fake
@@ -179,7 +183,8 @@ def g_update(state: dict, fake, g_vjp, d_real, keys, *, discriminator, g_tx, los
 def gan_step(state: dict, data: dict, *, generator, discriminator, g_tx, d_tx, loss_fn, reg_fn, reg_weight: float,
              reg_interval: int, d_steps: int, batch: int, augment_policy: str, ema_half_life: float,
              ema_rampup: float, g_lr, d_lr, g_batch: int = 0, random_flip: bool = False,
-             reg_through_augment: bool = False, lazy_metrics: tuple[str, ...] = (), num_classes: int = 0):
+             reg_through_augment: bool = False, lazy_metrics: tuple[str, ...] = (), num_classes: int = 0,
+             augment_probability: float = 1.0, ada: tuple[float, int, float] | None = None):
     """One train step (d_steps D updates, then one G update) on one device's share of the global batch `batch`.
 
     g_batch: 0 = the G update goes through the last D update's `batch` fakes; > 0 = it draws `g_batch` (global)
@@ -187,6 +192,10 @@ def gan_step(state: dict, data: dict, *, generator, discriminator, g_tx, d_tx, l
     G's own, as with StyleGAN's --mirror).
 
     num_classes > 0: class-conditional (module docstring); data then also holds 'label', int32 [N].
+    augment_probability: each augmentation's probability per example (1: always, DiffAugment's). ada = (target,
+    interval, kimg): adaptive augmentation (StyleGAN2-ADA, Karras et al. 2020; the state then keeps 'ada', see
+    `ada_update`): the probability is the state's, and moves so that the mean sign of D's outputs on the reals
+    stays at `target`; its metrics 'augment_p' and 'd_real_sign'.
 
     data: {'image': uint8 [N, H, W, C]}, the whole training split, replicated. Returns (state, metrics): D's
     metrics averaged over its updates, G's from its update, and 'finite' (0: nothing of this step was applied).
@@ -203,8 +212,10 @@ def gan_step(state: dict, data: dict, *, generator, discriminator, g_tx, d_tx, l
     pos = dev.local_positions(batch, AXIS)
     data_key = jax.random.fold_in(state["key"], DATA_STREAM)
     step_key = jax.random.fold_in(state["key"], STEP_STREAM)
+    augment_p = state["ada"]["p"] if ada else (None if augment_probability >= 1 else augment_probability)
     d_kw = dict(discriminator=discriminator, d_tx=d_tx, loss_fn=loss_fn, reg_fn=reg_fn, reg_weight=reg_weight,
-                reg_interval=reg_interval, augment_policy=augment_policy, reg_through_augment=reg_through_augment)
+                reg_interval=reg_interval, augment_policy=augment_policy, reg_through_augment=reg_through_augment,
+                augment_p=augment_p)
     latents = lambda keys: jax.vmap(lambda k: jax.random.normal(k, (generator.latent_dim,)))(keys)
     d_metrics = []
     for i in range(d_steps):
@@ -223,6 +234,8 @@ def gan_step(state: dict, data: dict, *, generator, discriminator, g_tx, d_tx, l
             fake, g_vjp, g_vars = jax.vjp(make, state["g"]["params"], has_aux=True)
         state, d_real, m = d_update(state, real, lax.stop_gradient(fake), keys, it, labels, **d_kw)
         m["d_lr"] = jnp.asarray(d_lr(it), jnp.float32)
+        if ada:  # StyleGAN2-ADA's overfitting heuristic r_t: the mean sign of D's outputs on the (augmented) reals
+            m["d_real_sign"] = lax.pmean(jnp.mean(jnp.sign(d_real)), AXIS)
         d_metrics.append(m)
     d_keys, d_labels = keys, labels
     if g_batch:  # the G update's own latents: keys by position in its global batch, a stream of the last D update's
@@ -237,13 +250,16 @@ def gan_step(state: dict, data: dict, *, generator, discriminator, g_tx, d_tx, l
     state, g_metrics = g_update(state, fake, g_vjp, d_real, keys, discriminator=discriminator, g_tx=g_tx,
                                 loss_fn=loss_fn, augment_policy=augment_policy,
                                 real=real if reads_d_real(loss_fn, d_real.shape[0]) else None, real_keys=d_keys,
-                                labels=labels, real_labels=d_labels)
+                                labels=labels, real_labels=d_labels, augment_p=augment_p)
     state["step"] = step + 1
     if "ema_g" in state:
         rate = state_lib.ema_rate(step, batch, ema_half_life, ema_rampup)
         ema_params = optax.incremental_update(state["g"]["params"], state["ema_g"]["params"], rate)
         state["ema_g"] = {**state["g"], "params": ema_params}  # statistics are copied, params averaged
     metrics = {**jax.tree.map(lambda *v: jnp.mean(jnp.stack(v)), *d_metrics), **g_metrics}
+    if ada:
+        metrics["augment_p"] = augment_p
+        state["ada"] = ada_update(state["ada"], metrics["d_real_sign"], step, batch, *ada)
     if "reg_ran" in d_metrics[0]:  # a lazy regularizer: its metrics are means over the D updates that ran it
         ran = jnp.stack([m["reg_ran"] for m in d_metrics])
         for name in lazy_metrics:
@@ -255,6 +271,19 @@ def gan_step(state: dict, data: dict, *, generator, discriminator, g_tx, d_tx, l
     state, finite = dispatch.keep_if_finite(state, old, (metrics, norms))
     metrics.update(norms, g_lr=jnp.asarray(g_lr(step), jnp.float32), finite=finite.astype(jnp.float32), step=step)
     return state, metrics
+
+
+def ada_update(ada: dict, sign: jax.Array, step, batch: int, target: float, interval: int, kimg: float) -> dict:
+    """The adaptive augmentation's state {'p', 'signs', 'steps'} after a train step whose D updates saw the mean sign
+    `sign` of their outputs on the reals (StyleGAN2-ADA's r_t, Karras et al. 2020, sec. 3): the signs are summed, and
+    every `interval` steps p moves by sign(r_t - target) * batch * interval / (kimg * 1000), r_t their mean, so that
+    p can cross from 0 to 1 in `kimg` thousand images; clipped to [0, 1]."""
+    signs, steps = ada["signs"] + sign, ada["steps"] + 1
+    due = (step + 1) % interval == 0
+    rate = signs / jnp.maximum(steps, 1).astype(jnp.float32)
+    moved = jnp.clip(ada["p"] + jnp.sign(rate - target) * (batch * interval / (kimg * 1000.0)), 0.0, 1.0)
+    return {"p": jnp.where(due, moved, ada["p"]), "signs": jnp.where(due, 0.0, signs),
+            "steps": jnp.where(due, 0, steps)}
 
 
 def compile_train(mesh, *, steps_per_dispatch: int, **step_kwargs):

@@ -38,6 +38,8 @@ class GANTask:
         self.config, self.workdir = c, workdir
         self.mesh = parallel.make_mesh()
         self.num_classes = gan_models.num_classes(c.model)  # 0: unconditional
+        a = c.augment
+        self.ada = ((a.ada_target, a.ada_interval, a.ada_kimg) if a.get("ada_target", 0.0) > 0 else None)
         self.train_fields = ("image", "label") if self.num_classes else ("image",)  # on the devices for the step
         self.g_batch = config_lib.g_batch_size(c)
         # Outside training (--mode=eval/sample) train.batch_size sizes only the passes that re-estimate the EMA
@@ -80,7 +82,7 @@ class GANTask:
                         "critic without BatchNorm (--config.model.d_norm=none)", c.reg.name)
         self.create = functools.partial(state_lib.create_gan, self.generator, self.discriminator, self.g_tx,
                                         self.d_tx, self.image_shape, c.seed, c.train.ema_half_life > 0,
-                                        self.num_classes)
+                                        self.num_classes, self.ada is not None)
         shapes = jax.eval_shape(self.create)
         gan_models.check_pair(c.model.name, self.generator, self.discriminator, shapes["g"], shapes["d"],
                               self.image_shape, self.num_classes)
@@ -155,7 +157,8 @@ class GANTask:
             batch=c.train.batch_size, augment_policy=c.augment.policy,
             ema_half_life=c.train.ema_half_life, ema_rampup=c.train.ema_rampup, g_lr=self.g_lr,
             d_lr=self.d_lr, g_batch=self.g_batch, random_flip=c.data.random_flip,
-            reg_through_augment=c.reg.through_augment, lazy_metrics=self.lazy_metrics, num_classes=self.num_classes)
+            reg_through_augment=c.reg.through_augment, lazy_metrics=self.lazy_metrics, num_classes=self.num_classes,
+            augment_probability=c.augment.probability, ada=self.ada)
 
     def sampling_g(self, state) -> dict:
         """G's variables to sample and evaluate with: the EMA weights when kept, with their BatchNorm statistics

@@ -3,7 +3,9 @@
 VAE:  {'step': int32 [], 'params': model variables, 'opt_state': optax state, 'key': PRNG key,
        'ema_params': model variables (only when train.ema_half_life > 0)}
 GAN:  {'step': int32 [] (G updates), 'g': G's variables, 'd': D's variables, 'g_opt', 'd_opt': optax states over
-       their 'params', 'key': PRNG key, 'ema_g': G's variables averaged (only when train.ema_half_life > 0)}
+       their 'params', 'key': PRNG key, 'ema_g': G's variables averaged (only when train.ema_half_life > 0),
+       'ada': {'p': float32 [], 'signs': float32 [], 'steps': int32 []}, the adaptive augmentation's probability and
+       its running sum of D's signs on the reals (only with augment.ada_target > 0; gan_step.ada_update)}
        Variables are Flax collections: {'params': ...} plus {'batch_stats': ...} (BatchNorm, spectral norm).
 
 The model, optimizer and config stay outside it. Random streams derive from 'key': the data order from
@@ -50,9 +52,10 @@ def eval_params(state: dict):
     return state.get("ema_params", state["params"])
 
 
-def create_gan(generator, discriminator, g_tx, d_tx, image_shape, seed: int, ema: bool, num_classes: int = 0) -> dict:
+def create_gan(generator, discriminator, g_tx, d_tx, image_shape, seed: int, ema: bool, num_classes: int = 0,
+               ada: bool = False) -> dict:
     """A fresh GAN state; G takes z [B, generator.latent_dim], D takes images [B, *image_shape] (both then labels
-    int [B] when num_classes > 0)."""
+    int [B] when num_classes > 0). ada: keep the adaptive augmentation's state, its probability starting at 0."""
     key = jax.random.key(seed)
     init = jax.random.fold_in(key, INIT_STREAM)
     z = jnp.zeros((2, generator.latent_dim), jnp.float32)
@@ -64,6 +67,9 @@ def create_gan(generator, discriminator, g_tx, d_tx, image_shape, seed: int, ema
              "d_opt": d_tx.init(d["params"]), "key": key}
     if ema:
         state["ema_g"] = jax.tree.map(jnp.copy, g)  # its own buffers: the state is donated leaf by leaf
+    if ada:
+        state["ada"] = {"p": jnp.zeros((), jnp.float32), "signs": jnp.zeros((), jnp.float32),
+                        "steps": jnp.zeros((), jnp.int32)}
     return state
 
 

@@ -1,0 +1,90 @@
+"""Adaptive augmentation (StyleGAN2-ADA, augment.ada_target > 0) and augment.probability: the probability's update
+rule by hand, augmentations applied with a probability, and a run whose logged probability follows the rule from the
+logged signs of D."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxgen import config_check
+from jaxgen.data import augment
+from jaxgen.reporting import writer
+from jaxgen.training import gan_step, loop
+from tests.conftest import CONFIGS, config_module
+
+
+def _ada(p=0.5, signs=0.0, steps=0):
+    return {"p": jnp.float32(p), "signs": jnp.float32(signs), "steps": jnp.int32(steps)}
+
+
+def test_the_probability_moves_by_the_images_seen_every_interval_towards_the_target():
+    """Every `interval` steps p moves by sign(r_t - target) * batch * interval / (kimg * 1000), r_t the mean of the
+    signs summed since the last move; in between it only sums them. Clipped to [0, 1]."""
+    step = 0.064 * 4 / 1.0  # batch 64, interval 4, kimg 1: 0.256 per move
+    a = gan_step.ada_update(_ada(), jnp.float32(0.9), 0, 64, 0.6, 4, 1.0)  # step 0 of an interval of 4: a sum
+    assert float(a["p"]) == 0.5 and float(a["signs"]) == pytest.approx(0.9) and int(a["steps"]) == 1
+    a = gan_step.ada_update(_ada(signs=1.0, steps=3), jnp.float32(1.0), 3, 64, 0.5, 4, 1.0)  # r_t = target: no move
+    assert float(a["p"]) == 0.5 and int(a["steps"]) == 0
+    a = gan_step.ada_update(_ada(signs=2.7, steps=3), jnp.float32(0.9), 3, 64, 0.6, 4, 1.0)  # r_t = 0.9 > 0.6
+    assert float(a["p"]) == pytest.approx(0.5 + step) and float(a["signs"]) == 0 and int(a["steps"]) == 0
+    a = gan_step.ada_update(_ada(signs=0.3, steps=3), jnp.float32(0.1), 7, 64, 0.6, 4, 1.0)  # r_t = 0.1 < 0.6
+    assert float(a["p"]) == pytest.approx(0.5 - step)
+    assert float(gan_step.ada_update(_ada(p=0.1), jnp.float32(-1.0), 3, 64, 0.6, 4, 1.0)["p"]) == 0.0
+    assert float(gan_step.ada_update(_ada(p=0.9), jnp.float32(1.0), 3, 64, 0.6, 4, 1.0)["p"]) == 1.0
+
+
+def test_an_augmentation_applies_to_each_example_with_the_probability():
+    x = jax.random.uniform(jax.random.key(0), (64, 8, 8, 1), minval=-1, maxval=1)
+    key = jax.random.key(1)
+    always = augment.apply("translation,cutout", key, x)
+    np.testing.assert_array_equal(augment.apply("translation,cutout", key, x, jnp.float32(1.0)), always)
+    np.testing.assert_array_equal(augment.apply("translation,cutout", key, x, 0.0), x)
+    half = augment.apply("cutout", key, x, 0.5)
+    changed = np.any(np.asarray(half != x), axis=(1, 2, 3))
+    assert 16 < changed.sum() < 48  # about half of the 64 examples cut out
+    cut = np.asarray(augment.apply("cutout", key, x))
+    np.testing.assert_array_equal(np.asarray(half)[changed], cut[changed])  # those that are, as always would
+    grad = jax.grad(lambda v: jnp.sum(augment.apply("color", key, v, 0.5) ** 2))(x)
+    assert np.all(np.isfinite(grad)) and np.any(grad != 0)  # differentiable either way
+
+
+def _config(**over):
+    c = config_module(CONFIGS / "gan_mnist.py").get_config("ada,smoke")
+    c.unlock()
+    c.output.progress = c.output.plots = False
+    c.eval.extractors = ()
+    for k, v in over.items():
+        section, name = k.split(".")
+        c[section][name] = v
+    return c
+
+
+def test_the_logged_probability_follows_the_rule_from_the_logged_signs(tmp_path, one_device):
+    """gan_mnist:ada,smoke for 12 steps, every step logged, p moving every 2 steps by 0.032 * 2 / 0.25 (ada_kimg
+    0.25): each step's logged augment_p is what ada_update gives from the earlier steps' d_real_sign, and the last one
+    is the checkpoint's."""
+    c = _config(**{"train.steps": 12, "train.log_every": 1, "train.steps_per_dispatch": 1, "eval.every": 0,
+                   "checkpoint.every": 12, "augment.ada_interval": 2, "augment.ada_kimg": 0.25})
+    loop.train_and_evaluate(c, tmp_path)
+    records = [r for r in writer.read(tmp_path / "metrics.jsonl") if r["split"] == "train"]
+    assert [r["step"] for r in records] == list(range(1, 13))
+    ada = _ada(p=0.0)
+    for i, r in enumerate(records):
+        assert r["augment_p"] == pytest.approx(float(ada["p"]), abs=1e-6), i
+        ada = gan_step.ada_update(ada, jnp.float32(r["d_real_sign"]), i, c.train.batch_size, 0.6, 2, 0.25)
+    assert any(r["augment_p"] > 0 for r in records)  # D overfits the smoke run's few digits: p rose
+    mgr, state = loop.restore(loop.build_task(c, tmp_path))
+    mgr.close()
+    assert float(state["ada"]["p"]) == pytest.approx(float(ada["p"]), abs=1e-6)
+
+
+def test_bad_augmentation_settings_are_refused():
+    with pytest.raises(ValueError, match="augment.probability must be in"):
+        config_check.check(_config(**{"augment.probability": 1.5}))
+    with pytest.raises(ValueError, match="augment.ada_target must be in"):
+        config_check.check(_config(**{"augment.ada_target": 1.0}))
+    with pytest.raises(ValueError, match="augment.policy, which is empty"):
+        config_check.check(_config(**{"augment.policy": ""}))
+    with pytest.raises(ValueError, match="augment.ada_interval must be >= 1"):
+        config_check.check(_config(**{"augment.ada_interval": 0}))
