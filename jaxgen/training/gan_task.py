@@ -143,10 +143,20 @@ class GANTask:
         held = f"validation {len(self.validation)} images; " if self.validation is not None else ""
         return (f"train {c.data.name} {self.train.shape}, {len(self.train)} images; {held}{c.model.name} GAN, "
                 f"loss {c.loss.name}, reg {c.reg.name}, {c.train.d_steps} D step(s) per G step{fresh}, "
-                f"augment {c.augment.policy or 'off'}{', reals mirrored at random' if c.data.random_flip else ''}, "
+                f"augment {c.augment.policy or 'off'}{self._augment_how()}"
+                f"{', reals mirrored at random' if c.data.random_flip else ''}, "
                 + (f"class-conditional on {self.num_classes} classes, " if self.num_classes else "")
                 + f"compute {c.model.dtype}" + ("" if c.model.name in gan_models.GANS else
                                               " (model.dtype, which your model function may or may not use)"))
+
+    def _augment_how(self) -> str:
+        """' (adaptive, target 0.6)' or ' (probability 0.5)' after the policy, for the log's description."""
+        a = self.config.augment
+        if not a.policy:
+            return ""
+        if self.ada:
+            return f" (adaptive probability, target {a.ada_target})"
+        return f" (probability {a.probability})" if a.probability < 1 else ""
 
     def compile_train(self):
         c = self.config
