@@ -272,14 +272,14 @@ def _check_gan(config: ml_collections.ConfigDict) -> None:
     if config.model.get("num_classes", 0) < 0:
         raise ValueError(f"model.num_classes must be >= 0 (0 = unconditional; N = G and D conditioned on the "
                          f"dataset's labels 0..N-1), got {config.model.num_classes}")
-    _check_augment(config.augment)
+    _check_augment(config.augment, config.loss.name)
     if not config.reg.weight >= 0:  # a negative weight rewards D's steep input gradients
         raise ValueError(f"reg.weight must be >= 0, got {config.reg.weight}")
     _check_critic(config)
 
 
-def _check_augment(a: ml_collections.ConfigDict) -> None:
-    """augment.probability and the adaptive augmentation's fields (ada_*)."""
+def _check_augment(a: ml_collections.ConfigDict, loss: str) -> None:
+    """augment.probability and the adaptive augmentation's fields (ada_*), with the GAN loss `loss.name`."""
     if not 0 <= a.probability <= 1:
         raise ValueError(f"augment.probability must be in [0, 1] (each augmentation's probability per example; 1 = "
                          f"always, as DiffAugment), got {a.probability}")
@@ -296,6 +296,12 @@ def _check_augment(a: ml_collections.ConfigDict) -> None:
         if a.probability != 1.0:
             log.warning("augment.probability=%s does nothing with augment.ada_target > 0: the adaptive probability "
                         "starts at 0", a.probability)
+        if loss in ("least_squares", "wasserstein"):
+            log.warning("augment.ada_target with loss.name=%s: the adaptive augmentation follows the sign of D's "
+                        "outputs on the reals, which this loss does not centre on 0 (%s), so the probability does not "
+                        "measure D's overfitting; StyleGAN2-ADA's heuristic assumes a logistic or hinge loss", loss,
+                        "least squares trains them towards 1" if loss == "least_squares" else
+                        "a critic is the same up to a constant")
 
 
 def _check_critic(config: ml_collections.ConfigDict) -> None:

@@ -88,3 +88,21 @@ def test_bad_augmentation_settings_are_refused():
         config_check.check(_config(**{"augment.policy": ""}))
     with pytest.raises(ValueError, match="augment.ada_interval must be >= 1"):
         config_check.check(_config(**{"augment.ada_interval": 0}))
+
+
+def test_eval_and_sample_read_the_adaptive_state_whatever_their_config_says(tmp_path, one_device):
+    """augment.* is training's alone: trained.load (as --mode=eval and sample) of an ADA run with a config without
+    ADA, and of a run without ADA with one that has it, both read the checkpoint."""
+    from jaxgen.training import trained
+
+    for name, variant in (("ada_run", "ada,smoke"), ("plain_run", "smoke")):
+        c = config_module(CONFIGS / "gan_mnist.py").get_config(variant)
+        c.unlock()
+        c.output.progress = c.output.plots = False
+        c.eval.extractors = ()
+        c.train.steps, c.eval.every, c.checkpoint.every = 2, 0, 2
+        loop.train_and_evaluate(c, tmp_path / name)
+        other = config_module(CONFIGS / "gan_mnist.py").get_config("smoke" if variant == "ada,smoke" else "ada,smoke")
+        run = trained.load(other, tmp_path / name)
+        assert run.step == 2 and ("ada" in run.state) == (variant == "ada,smoke")
+        assert run.samples(4).shape == (4, 28, 28, 1)

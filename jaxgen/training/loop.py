@@ -26,6 +26,7 @@ from jaxgen.evaluation import quality
 from jaxgen.reporting.progress import Progress
 from jaxgen.reporting.writer import MetricWriter
 from jaxgen.training import best_checkpoint, checkpoint, evaluating, failures, gan_task, run_record, vae_task
+from jaxgen.training import state as state_lib
 from jaxgen.training import workdir as wd
 from jaxgen.training.stopping import RunStopped, StopRequest
 
@@ -92,7 +93,8 @@ def restore(task, which: str = "newest", *, training: bool = False):
 
     Outside training (--mode=eval/sample) the config's train.ema_half_life may differ from the run's: 0 on a
     checkpoint that keeps an EMA evaluates the raw weights (the EMA is read and dropped); > 0 on one without an EMA
-    evaluates its raw weights, with a warning."""
+    evaluates its raw weights, with a warning. Training-only entries (TRAINING_ONLY_STATE: a GAN's adaptive
+    augmentation) are read as the checkpoint has them, whatever the config says."""
     shapes = jax.eval_shape(task.create)
     subdir = CHECKPOINT_DIRS[which]
     reported: set[int] = set()  # broken checkpoints, logged by the first read and not again by the EMA's retry
@@ -105,15 +107,39 @@ def restore(task, which: str = "newest", *, training: bool = False):
     try:
         return read(shapes)
     except checkpoint.CheckpointMismatchError as e:
-        kinds = {kind: {p.split("/", 1)[0] for p in paths} for kind, paths in e.diff.items()}
-        key = next((k for k, averaged in EMA_OF.items() if averaged in shapes), None)
-        if training and (changed := run_record.config_changes(task.config, task.workdir)):
-            raise checkpoint.CheckpointMismatchError(
-                f"{e}\nThis config differs from the one the workdir was last run with ({task.workdir / 'config.json'})"
-                f" in: {'; '.join(changed)}", e.diff) from None
-        if training or key is None or kinds not in ({"in the checkpoint, not in this config's state": {key}},
-                                                    {"missing from the checkpoint": {key}}):
-            raise
+        if training or not (keys := _training_only_mismatch(e)):
+            return _restore_other_ema(e, task, shapes, read, training)
+        shapes = {**{k: v for k, v in shapes.items() if k not in keys},
+                  **{k: jax.eval_shape(TRAINING_ONLY_STATE[k]) for k in keys if k not in shapes}}
+    try:  # again, with the checkpoint's training-only entries
+        return read(shapes)
+    except checkpoint.CheckpointMismatchError as e:
+        return _restore_other_ema(e, task, shapes, read, training)
+
+
+# State entries only a training run reads (a GAN's adaptive augmentation), with their fresh values: --mode=eval and
+# sample read them as the checkpoint has them, whatever the config says.
+TRAINING_ONLY_STATE = {"ada": state_lib.fresh_ada}
+
+
+def _training_only_mismatch(e: checkpoint.CheckpointMismatchError) -> set[str]:
+    """The TRAINING_ONLY_STATE entries a mismatch is (partly) about."""
+    tops = {p.split("/", 1)[0] for paths in e.diff.values() for p in paths}
+    return tops & set(TRAINING_ONLY_STATE)
+
+
+def _restore_other_ema(e: checkpoint.CheckpointMismatchError, task, shapes: dict, read, training: bool):
+    """After the mismatch `e`: outside training, the checkpoint read with the EMA it keeps or lacks (`restore`);
+    else `e`, with the config's changes since the workdir's last run when training."""
+    kinds = {kind: {p.split("/", 1)[0] for p in paths} for kind, paths in e.diff.items()}
+    key = next((k for k, averaged in EMA_OF.items() if averaged in shapes), None)
+    if training and (changed := run_record.config_changes(task.config, task.workdir)):
+        raise checkpoint.CheckpointMismatchError(
+            f"{e}\nThis config differs from the one the workdir was last run with ({task.workdir / 'config.json'})"
+            f" in: {'; '.join(changed)}", e.diff) from None
+    if training or key is None or kinds not in ({"in the checkpoint, not in this config's state": {key}},
+                                                {"missing from the checkpoint": {key}}):
+        raise e
     if key in shapes:  # the config keeps an EMA, the checkpoint does not
         log.warning("The checkpoint keeps no EMA of the weights (its run had train.ema_half_life=0): evaluating "
                     "its raw weights")

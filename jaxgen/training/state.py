@@ -68,9 +68,13 @@ def create_gan(generator, discriminator, g_tx, d_tx, image_shape, seed: int, ema
     if ema:
         state["ema_g"] = jax.tree.map(jnp.copy, g)  # its own buffers: the state is donated leaf by leaf
     if ada:
-        state["ada"] = {"p": jnp.zeros((), jnp.float32), "signs": jnp.zeros((), jnp.float32),
-                        "steps": jnp.zeros((), jnp.int32)}
+        state["ada"] = fresh_ada()
     return state
+
+
+def fresh_ada() -> dict:
+    """The adaptive augmentation's state at the start: probability 0, no signs summed (gan_step.ada_update)."""
+    return {"p": jnp.zeros((), jnp.float32), "signs": jnp.zeros((), jnp.float32), "steps": jnp.zeros((), jnp.int32)}
 
 
 def ema_rate(step, batch: int, half_life_images: float, rampup: float = 0.0) -> jax.Array:
