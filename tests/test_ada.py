@@ -106,3 +106,12 @@ def test_eval_and_sample_read_the_adaptive_state_whatever_their_config_says(tmp_
         run = trained.load(other, tmp_path / name)
         assert run.step == 2 and ("ada" in run.state) == (variant == "ada,smoke")
         assert run.samples(4).shape == (4, 28, 28, 1)
+
+
+def test_a_loss_whose_d_outputs_the_sign_heuristic_cannot_read_is_warned_about(caplog):
+    caplog.set_level("WARNING", logger="jaxgen")
+    config_check.check(_config(**{"loss.name": "least_squares"}))
+    assert "augment.ada_target with loss.name=least_squares" in caplog.text
+    caplog.clear()
+    config_check.check(_config(**{"loss.name": "hinge"}))
+    assert "augment.ada_target with" not in caplog.text
