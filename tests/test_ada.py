@@ -2,6 +2,8 @@
 rule by hand, augmentations applied with a probability, and a run whose logged probability follows the rule from the
 logged signs of D."""
 
+import logging
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -102,6 +104,8 @@ def test_eval_and_sample_read_the_adaptive_state_whatever_their_config_says(tmp_
         c.eval.extractors = ()
         c.train.steps, c.eval.every, c.checkpoint.every = 2, 0, 2
         loop.train_and_evaluate(c, tmp_path / name)
+        # The finished run's log file is detached: trained.load's lines below are not the run's.
+        assert not [h for h in logging.getLogger("jaxgen").handlers if isinstance(h, logging.FileHandler)]
         other = config_module(CONFIGS / "gan_mnist.py").get_config("smoke" if variant == "ada,smoke" else "ada,smoke")
         run = trained.load(other, tmp_path / name)
         assert run.step == 2 and ("ada" in run.state) == (variant == "ada,smoke")

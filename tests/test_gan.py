@@ -93,7 +93,7 @@ def test_gradient_penalty_matches_finite_differences():
     np.testing.assert_allclose(float(penalty), np.mean((_fd_grad_norms(x_hat) - 1) ** 2), rtol=1e-4)
 
 
-def _gan_setup(mesh, g_batch=0, random_flip=False, **over):
+def _gan_setup(mesh, g_batch=0, random_flip=False, augment_probability=1.0, **over):
     c = config_module(CONFIGS / "gan_mnist.py").get_config("smoke")
     c.unlock()
     for k, v in over.items():
@@ -108,7 +108,8 @@ def _gan_setup(mesh, g_batch=0, random_flip=False, **over):
         loss_fn=gan_obj.get_loss(c.loss.name), reg_fn=gan_obj.get_regularizer(c.reg.name), reg_weight=c.reg.weight,
         reg_interval=c.reg.interval, d_steps=c.train.d_steps, batch=32, augment_policy=c.augment.policy,
         ema_half_life=200.0, ema_rampup=0.0, g_lr=g_lr, d_lr=d_lr, g_batch=g_batch, random_flip=random_flip,
-        reg_through_augment=c.reg.through_augment, num_classes=c.model.num_classes)
+        reg_through_augment=c.reg.through_augment, num_classes=c.model.num_classes,
+        augment_probability=augment_probability)
     return state, fn
 
 
@@ -160,7 +161,9 @@ def test_random_flip_mirrors_about_half_of_the_reals():
 
 
 @pytest.mark.parametrize("over", [
-    {"train.d_steps": 2, "reg.name": "r1", "reg.interval": 2, "augment.policy": "translation,flip"},
+    # (each augmentation with probability 1/2: its draws per example too)
+    {"train.d_steps": 2, "reg.name": "r1", "reg.interval": 2, "augment.policy": "translation,flip",
+     "augment_probability": 0.5},
     # The G update on fresh fakes of its own, 48 beside D's 32, and a loss of batch means (nothing else: CI time)
     {"g_batch": 48, "loss.name": "tests.test_gan:relativistic_average"},
     # Class-conditional: the reals' labels gathered per device, fresh fakes' labels drawn, R1 of D(x, y) at the clean

@@ -189,11 +189,13 @@ def train_and_evaluate(config, workdir, command: dict | None = None) -> dict:
         wd.setup_logging(workdir)
         try:
             with failures.writer_errors_logged():  # a failed checkpoint write: one line, not Orbax's tracebacks
-                return _train_and_evaluate(config, workdir, command)
-        except Exception as e:
+                final = _train_and_evaluate(config, workdir, command)
+        except Exception as e:  # the log file stays: launch.py writes the error there (workdir.log_fatal)
             if created is not None and wd.raised_on_purpose(e):
                 wd.remove_if_unused(workdir, created)  # under the lock: no other run can have started in it
             raise
+        wd.close_log_file()  # the run is over: what this process logs later is not the run's
+        return final
 
 
 def _train_and_evaluate(config, workdir: Path, command: dict | None) -> dict:

@@ -177,6 +177,15 @@ def setup_logging(workdir: Path, mode: str = "train") -> None:
     logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax reports every save at INFO
 
 
+def close_log_file() -> None:
+    """Detaches the log file `setup_logging` added from jaxgen's logger and closes it: after a run that finished in
+    a Python process (a notebook), what that process logs later (trained.load's warnings) is not the run's."""
+    logger = logging.getLogger("jaxgen")
+    for handler in [h for h in logger.handlers if isinstance(h, LogFile)]:
+        logger.removeHandler(handler)
+        handler.close()
+
+
 def log_fatal(error: BaseException) -> Path | None:
     """Writes the error that stops a run, with its traceback, to the workdir's log file (set up by `setup_logging`;
     nothing before that, and only on process 0). Returns that file, or None where nothing was written."""
