@@ -119,3 +119,26 @@ def test_a_loss_whose_d_outputs_the_sign_heuristic_cannot_read_is_warned_about(c
     caplog.clear()
     config_check.check(_config(**{"loss.name": "hinge"}))
     assert "augment.ada_target with" not in caplog.text
+
+
+def test_the_augmentations_draws_with_a_probability_do_not_depend_on_the_device_count():
+    """gan_step's per-example augmentation with p = 1/2 under shard_map: 8 devices and 1 give the same images, bit
+    for bit (each example's draws come from its own key, its position in the global batch)."""
+    from jax.sharding import PartitionSpec as P
+
+    from jaxgen import parallel
+    from jaxgen.data import device as dev
+
+    x = jax.random.uniform(jax.random.key(0), (32, 8, 8, 1), minval=-1, maxval=1)
+    outs = []
+    for devices in (jax.devices(), jax.devices()[:1]):
+        mesh = parallel.make_mesh(devices)
+
+        def body(x):
+            keys = dev.example_keys(jax.random.key(1), dev.local_positions(32, parallel.AXIS))
+            return gan_step._augment("translation,cutout,color", keys, x, jnp.float32(0.5))
+
+        f = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=P(parallel.AXIS), out_specs=P(parallel.AXIS)))
+        outs.append(np.asarray(f(x)))
+    np.testing.assert_array_equal(outs[0], outs[1])
+    assert 0 < np.mean(np.any(outs[0] != np.asarray(x), axis=(1, 2, 3))) < 1

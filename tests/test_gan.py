@@ -161,9 +161,7 @@ def test_random_flip_mirrors_about_half_of_the_reals():
 
 
 @pytest.mark.parametrize("over", [
-    # (each augmentation with probability 1/2: its draws per example too)
-    {"train.d_steps": 2, "reg.name": "r1", "reg.interval": 2, "augment.policy": "translation,flip",
-     "augment_probability": 0.5},
+    {"train.d_steps": 2, "reg.name": "r1", "reg.interval": 2, "augment.policy": "translation,flip"},
     # The G update on fresh fakes of its own, 48 beside D's 32, and a loss of batch means (nothing else: CI time)
     {"g_batch": 48, "loss.name": "tests.test_gan:relativistic_average"},
     # Class-conditional: the reals' labels gathered per device, fresh fakes' labels drawn, R1 of D(x, y) at the clean
