@@ -925,3 +925,21 @@ def test_an_unreadable_checkpoints_reason_is_its_first_line_without_tensorstores
     assert checkpoint._first_line(e) == 'NOT_FOUND: Error reading "d/abc"'
     e = ValueError("DATA_LOSS: bad chunk See full TensorStore details: {...}")
     assert checkpoint._first_line(e) == "DATA_LOSS: bad chunk"
+
+
+def test_fields_a_later_jaxgen_added_at_their_defaults_are_no_change_of_the_run(tmp_path, caplog):
+    """A workdir whose config.json predates a field (model.num_classes, augment.ada_target ...) resumes without a
+    warning about it while the field keeps its default; set away from it, it is reported."""
+    from jaxgen.config import gan_config
+
+    old = json.loads(gan_config().to_json_best_effort(sort_keys=True))
+    del old["model"]["num_classes"], old["augment"]["ada_target"], old["sample"]["truncation"]
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    with caplog.at_level(logging.INFO, logger="jaxgen"):
+        run_record.save_config(gan_config(), tmp_path, step=40)
+    assert "differs" not in caplog.text and not (tmp_path / "config_history.jsonl").exists()
+    assert run_record.config_changes(gan_config(), tmp_path) == []
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    changed = gan_config()
+    changed.augment.ada_target = 0.6
+    assert run_record.config_changes(changed, tmp_path) == ["augment.ada_target: None -> 0.6"]

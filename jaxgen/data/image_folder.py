@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import struct
+import sys
 import threading
 from pathlib import Path
 
@@ -267,7 +268,7 @@ def decode_all(folder: Path, files: list[str], resolution: int, crop: int) -> tu
     starts = range(first + 1, n, caches.CHUNK)
     with (caches.thread_pool() as pool,
           tqdm(total=n, initial=first + 1, unit="img", desc=f"decoding {folder.name}", mininterval=1.0,
-               disable=n < caches.PROGRESS_MIN_FILES) as bar):
+               disable=n < caches.PROGRESS_MIN_FILES or not sys.stderr.isatty()) as bar):  # no \r in log files
         for start, (errs, c, w) in zip(starts, pool.map(work, starts)):
             bad += errs
             counts += c

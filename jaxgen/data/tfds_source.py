@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -163,7 +164,8 @@ def _read_split(source, cacheable: bool, image_fn: Callable | None, label_key: s
     starts = range(0, n, CHUNK)
     images, labels = [], []
     with (caches.thread_pool() as pool,
-          tqdm(total=n, unit="img", desc=desc, mininterval=1.0, disable=n < PROGRESS_MIN_FILES) as bar):
+          tqdm(total=n, unit="img", desc=desc, mininterval=1.0,
+               disable=n < PROGRESS_MIN_FILES or not sys.stderr.isatty()) as bar):  # no \r in log files
         for start, (im, lb) in zip(starts, pool.map(read, starts)):
             images.append(im)
             labels.append(lb)

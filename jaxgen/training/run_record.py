@@ -14,6 +14,7 @@ from pathlib import Path
 import jax
 
 from jaxgen import atomic, command_record, parallel
+from jaxgen import config as config_lib
 
 log = logging.getLogger("jaxgen")
 
@@ -30,7 +31,7 @@ def save_config(config, workdir: Path, step: int = 0) -> None:
     now = json.loads(config.to_json_best_effort(sort_keys=True))
     before = _read_json(path)
     if before is not None:
-        changed = sorted(_diff(before, now))
+        changed = _changes(before, now)
         if changed and step:
             log.warning("Config differs from the one this workdir was run with, resumed at step %d: %s", step,
                         ", ".join(changed))
@@ -65,8 +66,27 @@ def config_changes(config, workdir: Path) -> list[str]:
     if before is None:
         return []
     now = json.loads(config.to_json_best_effort(sort_keys=True))
-    return sorted(d for d in _diff(before, now)
-                  if d.split(":")[0].split(".")[0] not in ("eval", "sample", "output", "checkpoint", "deterministic"))
+    return [d for d in _changes(before, now)
+            if d.split(":")[0].split(".")[0] not in ("eval", "sample", "output", "checkpoint", "deterministic")]
+
+
+def _changes(before: dict, now: dict) -> list[str]:
+    """'field: before -> now' for each field that differs, sorted, less the fields a later jaxgen added (absent from
+    `before`) that are still at their default: the run did not change them (a workdir from before
+    model.num_classes resumes without a word about it)."""
+    defaults = {"vae": config_lib.vae_config, "gan": config_lib.gan_config}.get(now.get("task"))
+    base = json.loads(defaults().to_json_best_effort(sort_keys=True)) if defaults else {}
+
+    def new_default(field: str) -> bool:
+        return _absent(before, field) and not _absent(base, field) and _get(base, field) == _get(now, field)
+
+    return sorted(d for d in _diff(before, now) if not new_default(d.split(":")[0]))
+
+
+def _get(config: dict, field: str):
+    for key in field.split("."):
+        config = config[key]
+    return config
 
 
 def check_resumed_holdout(config, workdir: Path, step: int) -> None:
