@@ -3,6 +3,7 @@ definitions, the errors, and a run that trains, evaluates (class_accuracy) and s
 conditional step against one device is in test_gan.py (test_sharded_gan_step_equals_one_device)."""
 
 import json
+import re
 
 import flax.linen as nn
 import jax
@@ -16,7 +17,9 @@ from jaxgen.evaluation import quality
 from jaxgen.models import gan
 from jaxgen.reporting import writer
 from jaxgen.training import gan_task, loop, modes, trained
-from tests.conftest import CONFIGS, config_module
+from tests.conftest import CONFIGS, ROOT, config_module
+
+README = ROOT / "README.md"
 
 
 def _model(name="dcgan", **kw):
@@ -174,6 +177,14 @@ def test_a_conditional_gan_trains_evaluates_and_samples_by_class(tmp_path, one_d
     np.testing.assert_array_equal(run.samples(24), saved["images"])
     np.testing.assert_array_equal(run.sample_labels(24), saved["labels"])
     assert run.model.num_classes == 10 and run.discriminator.num_classes == 10
+    # The README's example, as written, on this run.
+    block = re.search(r"### Class-conditional GANs\n.*?```python\n(.*?)```", README.read_text(), re.S).group(1)
+    call = 'trained.load(gan_mnist.get_config("conditional"), "runs/cgan_mnist")'
+    assert call in block
+    scope = {"CONFIG": c, "WORKDIR": tmp_path}
+    exec(block.replace(call, "trained.load(CONFIG, WORKDIR)"), scope)  # noqa: S102 (the README's own code)
+    assert scope["sevens"].shape == (10, 28, 28, 1) and scope["images"].shape == (20, 28, 28, 1)
+    np.testing.assert_array_equal(scope["classes"], np.arange(20) % 10)
 
 
 def test_class_accuracy_counts_the_samples_the_classifier_assigns_to_their_class():
