@@ -205,6 +205,9 @@ def _check_eval(config: ml_collections.ConfigDict, training: bool) -> None:
     if config.sample.num < 1 or config.sample.per_grid < 1:
         raise ValueError("sample.num and sample.per_grid must be >= 1")
     quality.check_truncation(config.sample.get("truncation", 0.0))
+    model = config.get("model")
+    quality.check_classes(tuple(config.sample.get("classes", ())),
+                          model.get("num_classes", 0) if config.task == "gan" and model is not None else 0)
     for field in ("eval.batch_size", "output.num_samples"):  # else an error at the first evaluation, after training
         block, name = field.split(".")
         if config[block][name] < 1:

@@ -177,6 +177,17 @@ def test_a_conditional_gan_trains_evaluates_and_samples_by_class(tmp_path, one_d
     np.testing.assert_array_equal(run.samples(24), saved["images"])
     np.testing.assert_array_equal(run.sample_labels(24), saved["labels"])
     assert run.model.num_classes == 10 and run.discriminator.num_classes == 10
+    # sample.classes: only the classes asked for, in turn (the same latents: sample j's z does not depend on them)
+    c.sample.classes = (7, 3)
+    chosen = np.load(modes.sample_checkpoint(c, tmp_path))
+    np.testing.assert_array_equal(chosen["labels"], np.arange(24) % 2 * -4 + 7)  # 7, 3, 7, 3, ...
+    np.testing.assert_array_equal(run.samples(24, classes=(7, 3)), chosen["images"])
+    np.testing.assert_array_equal(chosen["images"][3], saved["images"][3])  # sample 3 is a 3 either way
+    with pytest.raises(ValueError, match=r"sample.classes has \[10\], outside the model's classes 0..9"):
+        run.samples(4, classes=(10,))
+    with pytest.raises(ValueError, match="this model is unconditional"):
+        config_check.check(_config("smoke", **{"sample.classes": (1,)}))
+    c.sample.classes = ()
     # The README's example, as written, on this run.
     block = re.search(r"### Class-conditional GANs\n.*?```python\n(.*?)```", README.read_text(), re.S).group(1)
     call = 'trained.load(gan_mnist.get_config("conditional"), "runs/cgan_mnist")'

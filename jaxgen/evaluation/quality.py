@@ -297,10 +297,29 @@ def check_truncation(truncation) -> None:
                          f"deviations (BigGAN's truncation trick: 0.5-2 is the usual range), got {truncation!r}")
 
 
-def sample_labels(n: int, num_classes: int) -> np.ndarray | None:
+def check_classes(classes, num_classes: int) -> None:
+    """sample.classes: () (every class in turn), or class ids of a class-conditional model (num_classes > 0)."""
+    if isinstance(classes, str | bytes) or not all(isinstance(k, int | np.integer) and not isinstance(k, bool)
+                                                     for k in classes):
+        raise ValueError(f"sample.classes must be a tuple of class ids, e.g. --config.sample.classes='(7,)', got "
+                         f"{classes!r}")
+    if len(classes) and not num_classes:
+        raise ValueError(f"sample.classes={tuple(classes)!r} chooses the classes of a class-conditional GAN's "
+                         "samples; this model is unconditional (model.num_classes=0): leave sample.classes empty")
+    bad = [int(k) for k in classes if not 0 <= k < num_classes]
+    if bad:
+        raise ValueError(f"sample.classes has {bad}, outside the model's classes 0..{num_classes - 1} "
+                         f"(model.num_classes={num_classes})")
+
+
+def sample_labels(n: int, num_classes: int, classes: tuple[int, ...] = ()) -> np.ndarray | None:
     """The classes of a class-conditional model's samples 0..n-1 (`make_sampler`'s): sample j is of class
-    j % num_classes, every class equally often. None when unconditional (num_classes 0)."""
-    return np.arange(n, dtype=np.int32) % num_classes if num_classes else None
+    j % num_classes, every class equally often; with `classes` (sample.classes), of class classes[j % len(classes)].
+    None when unconditional (num_classes 0)."""
+    if not num_classes:
+        return None
+    order = np.asarray(classes, np.int32) if len(classes) else np.arange(num_classes, dtype=np.int32)
+    return order[np.arange(n) % len(order)]
 
 
 def make_sampler(sample_fn: Callable, mesh, *, key: jax.Array, dim: int, value_range: tuple[float, float],
@@ -308,7 +327,8 @@ def make_sampler(sample_fn: Callable, mesh, *, key: jax.Array, dim: int, value_r
     """fn(variables, n, batch_size, truncation=0.0) -> uint8 samples [n, H, W, C] of `sample_fn(variables, z)`
     (float images in `value_range`, per device) at the latents of the fixed stream `key` (`stream_latents`, truncated
     at `truncation` when > 0, compiled once per value), data-parallel. num_classes > 0: `sample_fn(variables, z,
-    labels)`, sample j of class j % num_classes (`sample_labels`).
+    labels)`, sample j of class j % num_classes, or with fn's `classes` of class classes[j % len(classes)]
+    (`sample_labels`).
 
     Each call of the compiled body makes `batch_size` samples (a multiple of the mesh's device count), each device
     its share of them from its own latents, gathered on every device so that every process reads them all.
@@ -317,8 +337,9 @@ def make_sampler(sample_fn: Callable, mesh, *, key: jax.Array, dim: int, value_r
     `variables` are replicated over `mesh`, or host arrays."""
     lo, hi = value_range
 
-    def body(variables, index, n, truncation):
-        labels = (index % num_classes,) if num_classes else ()
+    def body(variables, index, n, truncation, classes):
+        order = jnp.asarray(classes if classes else range(num_classes), jnp.int32)
+        labels = (order[index % len(order)],) if num_classes else ()
         z = stream_latents(key, index, dim, truncation)
         x = (sample_fn(variables, z, *labels).astype(jnp.float32) - lo) / (hi - lo)
         kept = (index < n).reshape(-1, *([1] * (x.ndim - 1)))  # the last batch's extra samples are not counted
@@ -329,15 +350,16 @@ def make_sampler(sample_fn: Callable, mesh, *, key: jax.Array, dim: int, value_r
     out = parallel.replicated(mesh)
 
     @functools.cache
-    def compiled_at(truncation: float):
-        return jax.jit(jax.shard_map(functools.partial(body, truncation=truncation), mesh=mesh,
+    def compiled_at(truncation: float, classes: tuple[int, ...]):
+        return jax.jit(jax.shard_map(functools.partial(body, truncation=truncation, classes=classes), mesh=mesh,
                                      in_specs=(P(), P(parallel.AXIS), P()), out_specs=(P(parallel.AXIS), P()),
                                      check_vma=False), out_shardings=(out, out))
 
-    def sample(variables, n: int, batch_size: int, truncation: float = 0.0) -> np.ndarray:
+    def sample(variables, n: int, batch_size: int, truncation: float = 0.0, classes=()) -> np.ndarray:
         parallel.check_batch(batch_size, mesh, "eval.batch_size")
         check_truncation(truncation)
-        compiled = compiled_at(float(truncation))
+        check_classes(classes, num_classes)
+        compiled = compiled_at(float(truncation), tuple(int(k) for k in classes))
         if not all(isinstance(v, jax.Array) for v in jax.tree.leaves(variables)):
             variables = parallel.put_replicated(variables, mesh)
         parts, bad_counts = [], []

@@ -229,16 +229,18 @@ class GANTask:
                                   batch_size=self.config.eval.batch_size, mesh=self.mesh,
                                   labels=data.label[:n] if self.num_classes else None)
 
-    def samples(self, state, n: int, truncation: float = 0.0) -> np.ndarray:
+    def samples(self, state, n: int, truncation: float = 0.0, classes: tuple[int, ...] = ()) -> np.ndarray:
         """n samples (uint8 [n, H, W, C]) of the evaluated G (EMA when kept), from a fixed stream of latents: the
         same latents at every evaluation. Made data-parallel in batches of eval.batch_size (which, like the device
         count, does not change them); every process gets them all. A class-conditional G's sample j is of class
-        j % model.num_classes (`sample_labels`). truncation > 0: the latents truncated (quality.stream_latents)."""
-        return self._sampler(self.sampling_g(state), n, self.config.eval.batch_size, truncation)
+        j % model.num_classes (`sample_labels`), or with `classes` (sample.classes) of class classes[j %
+        len(classes)]. truncation > 0: the latents truncated (quality.stream_latents)."""
+        return self._sampler(self.sampling_g(state), n, self.config.eval.batch_size, truncation, classes)
 
-    def sample_labels(self, n: int) -> np.ndarray | None:
-        """The classes of `samples(state, n)` (int32 [n]) for a class-conditional G; None when unconditional."""
-        return self._labels(n)
+    def sample_labels(self, n: int, classes: tuple[int, ...] = ()) -> np.ndarray | None:
+        """The classes of `samples(state, n, classes=classes)` (int32 [n]) for a class-conditional G; None when
+        unconditional."""
+        return quality.sample_labels(n, self.num_classes, classes)
 
     @functools.cached_property
     def _sampler(self):

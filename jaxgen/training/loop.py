@@ -55,8 +55,8 @@ class Task(Protocol):
     def describe(self) -> str: ...
     def compile_train(self) -> Callable: ...  # (state, data) -> (state, metrics [steps_per_dispatch])
     def evaluate(self, state: dict, final: bool, data: data_lib.ImageData) -> dict: ...  # scores on `data`
-    def samples(self, state: dict, n: int, truncation: float = 0.0) -> np.ndarray: ...  # uint8 [n, H, W, C]
-    def sample_labels(self, n: int) -> np.ndarray | None: ...  # the classes of samples(state, n), or None
+    def samples(self, state: dict, n: int, truncation: float = 0.0, classes: tuple = ()) -> np.ndarray: ...  # uint8
+    def sample_labels(self, n: int, classes: tuple = ()) -> np.ndarray | None: ...  # those samples' classes, or None
     def lr_line(self, step: int) -> str: ...  # the learning rate(s) at `step`, for the log
     def eval_line(self, ev: dict) -> str: ...
     def eval_record(self, state: dict) -> dict: ...  # what stands beside the numbers in eval.json

@@ -170,14 +170,14 @@ def sample_checkpoint(config, workdir) -> Path:
     task, state, _ = _restore_for(config, workdir, "sample")
     workdir = task.workdir
     step = int(jax.device_get(state["step"]))
-    truncation = config.sample.truncation
-    samples = task.samples(state, config.sample.num, truncation)
+    truncation, classes = config.sample.truncation, tuple(config.sample.classes)
+    samples = task.samples(state, config.sample.num, truncation, classes)
     out = workdir / "samples"
     path = out / f"step_{step:07d}.npz"
     if jax.process_index() == 0:
         out.mkdir(exist_ok=True)
         # What drew them, beside them: the same step's samples of the raw weights or of another seed replace these.
-        labels = task.sample_labels(len(samples))
+        labels = task.sample_labels(len(samples), classes)
         atomic.write_npz(path, images=samples, step=step, seed=config.seed, checkpoint=config.eval.checkpoint,
                          params=task.eval_record(state)["params"], truncation=truncation,
                          **({} if labels is None else {"labels": labels}))
@@ -187,7 +187,7 @@ def sample_checkpoint(config, workdir) -> Path:
         per = config.sample.per_grid
         for i in range(0, len(samples), per):
             images.save_png(out / f"step_{step:07d}_{i // per:03d}.png", samples[i : i + per] / np.float32(255),
-                            ncol=images.class_columns(config.model.get("num_classes", 0)), scale=1)
+                            ncol=images.class_columns(len(classes) or config.model.get("num_classes", 0)), scale=1)
     grids = -(-len(samples) // config.sample.per_grid)
     if jax.process_index() == 0:  # the process that wrote them
         log.info("Wrote %d sample%s of step %d to %s (and %d PNG grid%s)", len(samples), "s"[: len(samples) != 1],

@@ -51,19 +51,23 @@ class TrainedRun:
     state: dict = dataclasses.field(repr=False)
     _task: object = dataclasses.field(repr=False)
 
-    def samples(self, n: int, truncation: float | None = None) -> np.ndarray:
+    def samples(self, n: int, truncation: float | None = None, classes: tuple[int, ...] | None = None) -> np.ndarray:
         """n samples, uint8 [n, H, W, C]: the same as `--mode=sample --config.sample.num=n` writes with this config's
         seed (a VAE: its likelihood's mean at z ~ N(0, I); a GAN: G(z); a class-conditional GAN: sample j of class
         j % model.num_classes, see `sample_labels`). truncation: z's coordinates truncated to [-t, t] (default:
-        the config's sample.truncation, 0 = off)."""
+        the config's sample.truncation, 0 = off). classes: a class-conditional GAN's classes to draw in turn, e.g.
+        (7,) (default: the config's sample.classes, () = every class)."""
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
         t = self.config.sample.truncation if truncation is None else truncation
-        return self._task.samples(self.state, n, t)
+        return self._task.samples(self.state, n, t, self._classes(classes))
 
-    def sample_labels(self, n: int) -> np.ndarray | None:
-        """The classes of `samples(n)`, int32 [n], for a class-conditional GAN; None otherwise."""
-        return self._task.sample_labels(n)
+    def sample_labels(self, n: int, classes: tuple[int, ...] | None = None) -> np.ndarray | None:
+        """The classes of `samples(n, classes=classes)`, int32 [n], for a class-conditional GAN; None otherwise."""
+        return self._task.sample_labels(n, self._classes(classes))
+
+    def _classes(self, classes) -> tuple[int, ...]:
+        return tuple(self.config.sample.get("classes", ()) if classes is None else classes)
 
 
 def load(config: ml_collections.ConfigDict, workdir: str | Path, checkpoint: str | None = None) -> TrainedRun:

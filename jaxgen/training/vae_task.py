@@ -116,13 +116,13 @@ class VAETask:
                                  nll_k=c.eval.final_nll_k if final else c.eval.nll_k, nll_chunk=self.nll_chunk,
                                  likelihood=c.objective.likelihood, progress=bool(c.output.progress))
 
-    def samples(self, state, n: int, truncation: float = 0.0) -> np.ndarray:
+    def samples(self, state, n: int, truncation: float = 0.0, classes: tuple[int, ...] = ()) -> np.ndarray:
         """n samples (uint8 [n, H, W, C]): the likelihood's mean at z ~ N(0, I) from a fixed stream of latents,
         rounded to 0..255 as a PNG writer would. Made data-parallel in batches of eval.batch_size (which, like the
         device count, does not change them); every process gets them all."""
-        return self._sampler(state_lib.eval_params(state), n, self.config.eval.batch_size, truncation)
+        return self._sampler(state_lib.eval_params(state), n, self.config.eval.batch_size, truncation, classes)
 
-    def sample_labels(self, n: int) -> None:
+    def sample_labels(self, n: int, classes: tuple[int, ...] = ()) -> None:
         """A VAE's samples have no class."""
         return None
 
