@@ -1,6 +1,7 @@
 """jaxgen.training.trained.load: a trained workdir's model in Python, read-only, with the samples --mode=sample
 writes."""
 
+import logging
 import os
 import re
 import shutil
@@ -33,6 +34,8 @@ def test_a_vae_loads_read_only_and_samples_as_mode_sample_does(trained_vae):
     assert run.model.apply(run.variables, mean, method=run.model.decode).shape[0] == 3
     c.sample.num = 8
     written = np.load(modes.sample_checkpoint(c, workdir))
+    # --mode=sample from Python leaves no log file attached to jaxgen's logger (what follows is not its)
+    assert not [h for h in logging.getLogger("jaxgen").handlers if isinstance(h, logging.FileHandler)]
     np.testing.assert_array_equal(run.samples(8), written["images"])
     assert float(written["truncation"]) == 0.0
     # The truncation trick: the same samples as --mode=sample's with it, other than the untruncated ones.

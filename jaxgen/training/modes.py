@@ -97,6 +97,7 @@ def _evaluate_checkpoint(config, workdir: Path) -> dict:
     finally:  # an interruption too: launch.py's exit skips the atexit hook that would flush TensorBoard's events
         writer.close()
     log.info("eval of step %d: %s", int(jax.device_get(state["step"])), evaluating.eval_line(task, final))
+    wd.close_log_file()  # done: what this process logs later (called from Python) is not this evaluation's
     return final
 
 
@@ -192,4 +193,5 @@ def sample_checkpoint(config, workdir) -> Path:
     if jax.process_index() == 0:  # the process that wrote them
         log.info("Wrote %d sample%s of step %d to %s (and %d PNG grid%s)", len(samples), "s"[: len(samples) != 1],
                  step, path, grids, "s"[: grids != 1])
+    wd.close_log_file()  # done: what this process logs later (called from Python) is not this command's
     return path
