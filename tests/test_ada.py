@@ -2,6 +2,7 @@
 rule by hand, augmentations applied with a probability, and a run whose logged probability follows the rule from the
 logged signs of D."""
 
+import json
 import logging
 
 import jax
@@ -79,6 +80,7 @@ def test_the_logged_probability_follows_the_rule_from_the_logged_signs(tmp_path,
     mgr, state = loop.restore(loop.build_task(c, tmp_path))
     mgr.close()
     assert float(state["ada"]["p"]) == pytest.approx(float(ada["p"]), abs=1e-6)
+    assert json.loads((tmp_path / "eval.json").read_text())["augment_p"] == pytest.approx(float(ada["p"]), abs=1e-6)
 
 
 def test_bad_augmentation_settings_are_refused():

@@ -258,8 +258,10 @@ class GANTask:
                 "many samples")
 
     def eval_record(self, state) -> dict:
+        """What stands beside the numbers in eval.json; with adaptive augmentation, its probability at that step."""
+        ada = {"augment_p": float(jax.device_get(state["ada"]["p"]))} if "ada" in state else {}
         return {"dataset": self.config.data.name, "split": self.config.data.test_split,
-                "params": "ema" if "ema_g" in state else "raw", "units": "D outputs (logits or critic scores)"}
+                "params": "ema" if "ema_g" in state else "raw", "units": "D outputs (logits or critic scores)", **ada}
 
     def summary(self, final: dict) -> str:
         return f"final {self.eval_line(final)}"
