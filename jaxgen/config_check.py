@@ -189,7 +189,7 @@ def _positive_ints(value, length: int | None, empty: bool = False) -> bool:
 
 def _check_eval(config: ml_collections.ConfigDict, training: bool) -> None:
     """eval.* and sample.*: the extractors, the best checkpoint's metric (training keeps it) and the sizes."""
-    from jaxgen.evaluation import quality  # noqa: PLC0415 (imports JAX: check runs when a task is built)
+    from jaxgen.evaluation import quality, sampling  # noqa: PLC0415 (imports JAX: check runs when a task is built)
 
     quality.check_names(config.eval.extractors)
     if training:
@@ -204,9 +204,9 @@ def _check_eval(config: ml_collections.ConfigDict, training: bool) -> None:
                          f"(>= 2048 samples for Inception FID), got {config.eval.num_samples}")
     if config.sample.num < 1 or config.sample.per_grid < 1:
         raise ValueError("sample.num and sample.per_grid must be >= 1")
-    quality.check_truncation(config.sample.get("truncation", 0.0))
+    sampling.check_truncation(config.sample.get("truncation", 0.0))
     model = config.get("model")
-    quality.check_classes(tuple(config.sample.get("classes", ())),
+    sampling.check_classes(tuple(config.sample.get("classes", ())),
                           model.get("num_classes", 0) if config.task == "gan" and model is not None else 0)
     for field in ("eval.batch_size", "output.num_samples"):  # else an error at the first evaluation, after training
         block, name = field.split(".")

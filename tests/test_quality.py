@@ -13,7 +13,7 @@ import pytest
 
 from jaxgen import config as config_lib
 from jaxgen import config_check
-from jaxgen.evaluation import quality, sample_metrics
+from jaxgen.evaluation import quality, sample_metrics, sampling
 from jaxgen.registry import UnknownNameError
 from jaxgen.reporting import images
 from jaxgen.training import best_checkpoint, loop
@@ -135,7 +135,7 @@ def test_images_of_the_wrong_kind_are_refused_with_the_conversion():
         quality.check_images(np.zeros((2, 8, 8, 3), np.float32), "generated samples")
     with pytest.raises(ValueError, match="C = 1 or 3"):
         quality.check_images(np.zeros((2, 8, 8, 2), np.uint8), "generated samples")
-    assert quality.to_uint8(np.array([-1.0, 0.0, 1.0]), (-1.0, 1.0)).tolist() == [0, 128, 255]
+    assert sampling.to_uint8(np.array([-1.0, 0.0, 1.0]), (-1.0, 1.0)).tolist() == [0, 128, 255]
     # One rounding for everything written or measured (PNG grids, the history, samples in a compiled sampler).
     x = np.array([-0.1, 0.0, 0.5 / 255, 1.5 / 255, 0.5, 1.0, 1.2], np.float32)
     assert images.quantize(x).tolist() == [0, 0, 0, 2, 128, 255, 255]  # halves to even, as np.round
@@ -413,7 +413,6 @@ def test_the_evaluated_samples_depend_neither_on_the_batch_size_nor_on_the_devic
     import jax.numpy as jnp
 
     from jaxgen import parallel
-    from jaxgen.evaluation import quality
     from jaxgen.evaluation import vae as vae_eval
     from jaxgen.training import state as state_lib
     from tests.conftest import CONFIGS, config_module
@@ -433,11 +432,11 @@ def test_the_evaluated_samples_depend_neither_on_the_batch_size_nor_on_the_devic
     key = state_lib.eval_key(c.seed, state_lib.SAMPLER)
     variables = jax.device_get(task.sampling_g(state) if config == "gan_mnist" else state_lib.eval_params(state))
     if config == "gan_mnist":
-        z = quality.stream_latents(key, jnp.arange(40), task.generator.latent_dim)
-        one = quality.to_uint8(task._generate(variables, z), (-1.0, 1.0))
+        z = sampling.stream_latents(key, jnp.arange(40), task.generator.latent_dim)
+        one = sampling.to_uint8(task._generate(variables, z), (-1.0, 1.0))
     else:
-        z = quality.stream_latents(key, jnp.arange(40), task.model.latent_dim)
-        one = quality.to_uint8(vae_eval.sample_images(variables, z, model=task.model,
+        z = sampling.stream_latents(key, jnp.arange(40), task.model.latent_dim)
+        one = sampling.to_uint8(vae_eval.sample_images(variables, z, model=task.model,
                                                       likelihood=c.objective.likelihood), (0.0, 1.0))
     diff = np.abs(one.astype(int) - got[0].astype(int))
     assert diff.max() <= 1 and (diff > 0).mean() < 1e-3  # rounding at a .5 boundary may flip a pixel by one
@@ -448,7 +447,6 @@ def test_the_sampler_counts_non_finite_pixels_and_writes_them_as_zero(caplog):
     import jax.numpy as jnp
 
     from jaxgen import parallel
-    from jaxgen.evaluation import quality
 
     mesh = parallel.make_mesh()
 
@@ -456,7 +454,7 @@ def test_the_sampler_counts_non_finite_pixels_and_writes_them_as_zero(caplog):
         x = jnp.broadcast_to((z[:, :1] * scale)[:, :, None, None], (len(z), 2, 2, 1))
         return x.at[:, 0, 0, 0].set(jnp.nan).at[:, 0, 1, 0].set(jnp.inf)
 
-    sampler = quality.make_sampler(sample_fn, mesh, key=jax.random.key(0), dim=3, value_range=(-1.0, 1.0))
+    sampler = sampling.make_sampler(sample_fn, mesh, key=jax.random.key(0), dim=3, value_range=(-1.0, 1.0))
     with caplog.at_level("WARNING", logger="jaxgen"):
         out = sampler(np.float32(0.0), 20, 16)
     assert out.shape == (20, 2, 2, 1) and out.dtype == np.uint8
@@ -505,10 +503,10 @@ def test_non_finite_features_are_named_with_whose_and_how_many():
 def test_truncated_latents_lie_within_the_bound_and_no_truncation_is_the_plain_draw():
     key = jax.random.key(0)
     index = jnp.arange(64)
-    plain = quality.stream_latents(key, index, 16)
-    np.testing.assert_array_equal(plain, quality.stream_latents(key, index, 16, 0.0))
-    truncated = np.asarray(quality.stream_latents(key, index, 16, 0.5))
+    plain = sampling.stream_latents(key, index, 16)
+    np.testing.assert_array_equal(plain, sampling.stream_latents(key, index, 16, 0.0))
+    truncated = np.asarray(sampling.stream_latents(key, index, 16, 0.5))
     assert np.abs(truncated).max() <= 0.5 and np.abs(plain).max() > 1.5 and truncated.std() > 0.2
     for bad in (-1.0, float("nan"), float("inf"), True, "0.5"):
         with pytest.raises(ValueError, match="sample.truncation must be 0 \\(off\\) or a bound > 0"):
-            quality.check_truncation(bad)
+            sampling.check_truncation(bad)

@@ -12,7 +12,7 @@ from jaxgen import config as config_lib
 from jaxgen import config_check, data, parallel, registry
 from jaxgen.data import augment
 from jaxgen.evaluation import gan as gan_eval
-from jaxgen.evaluation import quality
+from jaxgen.evaluation import quality, sampling
 from jaxgen.models import gan as gan_models
 from jaxgen.objectives import gan as gan_obj
 from jaxgen.reporting import images, plots
@@ -39,7 +39,7 @@ class GANTask:
         self.mesh = parallel.make_mesh()
         self.num_classes = gan_models.num_classes(c.model)  # 0: unconditional
         a = c.augment
-        self.ada = ((a.ada_target, a.ada_interval, a.ada_kimg) if a.get("ada_target", 0.0) > 0 else None)
+        self.ada = (a.ada_target, a.ada_interval, a.ada_kimg) if a.get("ada_target", 0.0) > 0 else None
         self.train_fields = ("image", "label") if self.num_classes else ("image",)  # on the devices for the step
         self.g_batch = config_lib.g_batch_size(c)
         # Outside training (--mode=eval/sample) train.batch_size sizes only the passes that re-estimate the EMA
@@ -205,10 +205,6 @@ class GANTask:
     def _g_eval(self, g: dict, z: jax.Array, labels=None) -> jax.Array:
         return gan_eval.generate(self.generator, g, z, labels)
 
-    def _labels(self, n: int):
-        """The classes of n fixed samples (a class-conditional G's: 0, 1, ..., K-1, 0, ...), or None."""
-        return quality.sample_labels(n, self.num_classes)
-
     @functools.cached_property
     def _scores(self):
         return gan_eval.compile_scores(self.mesh, generator=self.generator, discriminator=self.discriminator,
@@ -234,18 +230,18 @@ class GANTask:
         same latents at every evaluation. Made data-parallel in batches of eval.batch_size (which, like the device
         count, does not change them); every process gets them all. A class-conditional G's sample j is of class
         j % model.num_classes (`sample_labels`), or with `classes` (sample.classes) of class classes[j %
-        len(classes)]. truncation > 0: the latents truncated (quality.stream_latents)."""
+        len(classes)]. truncation > 0: the latents truncated (sampling.stream_latents)."""
         return self._sampler(self.sampling_g(state), n, self.config.eval.batch_size, truncation, classes)
 
     def sample_labels(self, n: int, classes: tuple[int, ...] = ()) -> np.ndarray | None:
         """The classes of `samples(state, n, classes=classes)` (int32 [n]) for a class-conditional G; None when
         unconditional."""
-        return quality.sample_labels(n, self.num_classes, classes)
+        return sampling.sample_labels(n, self.num_classes, classes)
 
     @functools.cached_property
     def _sampler(self):
         key = self._eval_key(state_lib.SAMPLER)
-        return quality.make_sampler(self._g_eval, self.mesh, key=key, dim=self.generator.latent_dim,
+        return sampling.make_sampler(self._g_eval, self.mesh, key=key, dim=self.generator.latent_dim,
                                     value_range=(-1.0, 1.0), num_classes=self.num_classes)
 
     def lr_line(self, step: int) -> str:
@@ -278,13 +274,13 @@ class GANTask:
         out.mkdir(exist_ok=True)
         to01 = lambda x: (np.asarray(x, np.float32) + 1.0) / 2.0
         n = c.output.num_samples
-        samples = to01(self._generate(g, self._z(n, state_lib.FIXED_NOISE), self._labels(n)))
+        samples = to01(self._generate(g, self._z(n, state_lib.FIXED_NOISE), self.sample_labels(n)))
         # A class-conditional G's grid: one class per column (sample j is of class j % num_classes).
         images.save_png(out / f"samples{suffix}.png", samples, ncol=images.class_columns(self.num_classes))
         # The history's row: the first HISTORY_COLUMNS of the fixed noise whatever output.num_samples is (a prefix
         # of the same latents: jax.random's draws of a longer batch begin with those of a shorter one).
         history = samples[:HISTORY_COLUMNS] if len(samples) >= HISTORY_COLUMNS else to01(
-            self._generate(g, self._z(HISTORY_COLUMNS, state_lib.FIXED_NOISE), self._labels(HISTORY_COLUMNS)))
+            self._generate(g, self._z(HISTORY_COLUMNS, state_lib.FIXED_NOISE), self.sample_labels(HISTORY_COLUMNS)))
         images.append_history(out / "fixed_noise_history.npz", int(jax.device_get(state["step"])), history)
         if suffix or not c.output.plots:
             return
@@ -297,5 +293,5 @@ class GANTask:
         """Spherical interpolations between `pairs` pairs of latents, `steps` points each: ([pairs * steps, dim],
         their classes [pairs * steps] or None: a class-conditional G's path p keeps the class p % num_classes)."""
         z = gan_eval.slerp_paths(self._z(2 * pairs, state_lib.INTERPOLATION).reshape(pairs, 2, -1), steps)
-        labels = self._labels(pairs)
+        labels = self.sample_labels(pairs)
         return z, None if labels is None else np.repeat(labels, steps)

@@ -11,7 +11,7 @@ import numpy as np
 
 from jaxgen import config as config_lib
 from jaxgen import config_check, data, models, objectives, parallel, registry
-from jaxgen.evaluation import quality
+from jaxgen.evaluation import quality, sampling
 from jaxgen.evaluation import vae as vae_eval
 from jaxgen.objectives import vae as vae_obj
 from jaxgen.reporting import images, plots
@@ -131,7 +131,7 @@ class VAETask:
         c = self.config
         key = state_lib.eval_key(c.seed, state_lib.SAMPLER)
         decode = functools.partial(vae_eval.sample_images, model=self.model, likelihood=c.objective.likelihood)
-        return quality.make_sampler(decode, self.mesh, key=key, dim=self.model.latent_dim, value_range=(0.0, 1.0))
+        return sampling.make_sampler(decode, self.mesh, key=key, dim=self.model.latent_dim, value_range=(0.0, 1.0))
 
     def lr_line(self, step: int) -> str:
         """The learning rate the schedule gives the update from `step`, for the log."""
