@@ -362,3 +362,11 @@ def test_unlabelled_data_and_class_accuracy_without_classes_say_what_to_set(tmp_
     with pytest.raises(ValueError, match=r"class_accuracy is a class-conditional GAN's: set "
                                          r"--config.model.num_classes=N"):
         quality.best_metric(_config("smoke", **{"checkpoint.best_metric": "classifier/class_accuracy"}))
+
+
+def test_grids_of_several_classes_put_one_class_per_column():
+    from jaxgen.reporting import images
+
+    assert images.class_columns(10) == 10 and images.class_columns(2) == 2
+    assert images.class_columns(1) is None and images.class_columns(0) is None  # one class or none: square grids
+    assert images.class_columns(images.MAX_CLASS_COLUMNS + 1) is None

@@ -22,8 +22,9 @@ MAX_CLASS_COLUMNS = 20  # a class-conditional model's grids: one column per clas
 
 def class_columns(num_classes: int) -> int | None:
     """The columns of a grid of a class-conditional model's samples, sample j of class j % num_classes: one per
-    class (each column one class), or None (square grids) when unconditional or with more classes than fit."""
-    return num_classes if 0 < num_classes <= MAX_CLASS_COLUMNS else None
+    class (each column one class), or None (square grids) when unconditional, of one class, or with more classes
+    than fit."""
+    return num_classes if 1 < num_classes <= MAX_CLASS_COLUMNS else None
 
 
 def grid(images: np.ndarray, ncol: int | None = None, pad: int = 1) -> np.ndarray:

@@ -274,16 +274,15 @@ def gan_step(state: dict, data: dict, *, generator, discriminator, g_tx, d_tx, l
 
 
 def ada_update(ada: dict, sign: jax.Array, step, batch: int, target: float, interval: int, kimg: float) -> dict:
-    """The adaptive augmentation's state {'p', 'signs', 'steps'} after a train step whose D updates saw the mean sign
+    """The adaptive augmentation's state {'p', 'signs'} after train step `step`, whose D updates saw the mean sign
     `sign` of their outputs on the reals (StyleGAN2-ADA's r_t, Karras et al. 2020, sec. 3): the signs are summed, and
-    every `interval` steps p moves by sign(r_t - target) * batch * interval / (kimg * 1000), r_t their mean, so that
-    p can cross from 0 to 1 in `kimg` thousand images; clipped to [0, 1]."""
-    signs, steps = ada["signs"] + sign, ada["steps"] + 1
+    after every `interval` steps p moves by sign(r_t - target) * batch * interval / (kimg * 1000), r_t their mean
+    (the sum over the interval's steps / interval), so that p can cross from 0 to 1 in `kimg` thousand images;
+    clipped to [0, 1]."""
+    signs = ada["signs"] + sign
     due = (step + 1) % interval == 0
-    rate = signs / jnp.maximum(steps, 1).astype(jnp.float32)
-    moved = jnp.clip(ada["p"] + jnp.sign(rate - target) * (batch * interval / (kimg * 1000.0)), 0.0, 1.0)
-    return {"p": jnp.where(due, moved, ada["p"]), "signs": jnp.where(due, 0.0, signs),
-            "steps": jnp.where(due, 0, steps)}
+    moved = jnp.clip(ada["p"] + jnp.sign(signs / interval - target) * (batch * interval / (kimg * 1000.0)), 0.0, 1.0)
+    return {"p": jnp.where(due, moved, ada["p"]), "signs": jnp.where(due, 0.0, signs)}
 
 
 def compile_train(mesh, *, steps_per_dispatch: int, **step_kwargs):

@@ -108,13 +108,13 @@ def restore(task, which: str = "newest", *, training: bool = False):
         return read(shapes)
     except checkpoint.CheckpointMismatchError as e:
         if training or not (keys := _training_only_mismatch(e)):
-            return _restore_other_ema(e, task, shapes, read, training)
+            return _on_mismatch(e, task, shapes, read, training)
         shapes = {**{k: v for k, v in shapes.items() if k not in keys},
                   **{k: jax.eval_shape(TRAINING_ONLY_STATE[k]) for k in keys if k not in shapes}}
     try:  # again, with the checkpoint's training-only entries
         return read(shapes)
     except checkpoint.CheckpointMismatchError as e:
-        return _restore_other_ema(e, task, shapes, read, training)
+        return _on_mismatch(e, task, shapes, read, training)
 
 
 # State entries only a training run reads (a GAN's adaptive augmentation), with their fresh values: --mode=eval and
@@ -128,7 +128,7 @@ def _training_only_mismatch(e: checkpoint.CheckpointMismatchError) -> set[str]:
     return tops & set(TRAINING_ONLY_STATE)
 
 
-def _restore_other_ema(e: checkpoint.CheckpointMismatchError, task, shapes: dict, read, training: bool):
+def _on_mismatch(e: checkpoint.CheckpointMismatchError, task, shapes: dict, read, training: bool):
     """After the mismatch `e`: outside training, the checkpoint read with the EMA it keeps or lacks (`restore`);
     else `e`, with the config's changes since the workdir's last run when training."""
     kinds = {kind: {p.split("/", 1)[0] for p in paths} for kind, paths in e.diff.items()}

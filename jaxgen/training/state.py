@@ -4,7 +4,7 @@ VAE:  {'step': int32 [], 'params': model variables, 'opt_state': optax state, 'k
        'ema_params': model variables (only when train.ema_half_life > 0)}
 GAN:  {'step': int32 [] (G updates), 'g': G's variables, 'd': D's variables, 'g_opt', 'd_opt': optax states over
        their 'params', 'key': PRNG key, 'ema_g': G's variables averaged (only when train.ema_half_life > 0),
-       'ada': {'p': float32 [], 'signs': float32 [], 'steps': int32 []}, the adaptive augmentation's probability and
+       'ada': {'p': float32 [], 'signs': float32 []}, the adaptive augmentation's probability and
        its running sum of D's signs on the reals (only with augment.ada_target > 0; gan_step.ada_update)}
        Variables are Flax collections: {'params': ...} plus {'batch_stats': ...} (BatchNorm, spectral norm).
 
@@ -74,7 +74,7 @@ def create_gan(generator, discriminator, g_tx, d_tx, image_shape, seed: int, ema
 
 def fresh_ada() -> dict:
     """The adaptive augmentation's state at the start: probability 0, no signs summed (gan_step.ada_update)."""
-    return {"p": jnp.zeros((), jnp.float32), "signs": jnp.zeros((), jnp.float32), "steps": jnp.zeros((), jnp.int32)}
+    return {"p": jnp.zeros((), jnp.float32), "signs": jnp.zeros((), jnp.float32)}
 
 
 def ema_rate(step, batch: int, half_life_images: float, rampup: float = 0.0) -> jax.Array:
