@@ -152,10 +152,8 @@ class ConditionalBatchNorm(nn.Module):
 
 def _projection(features: jax.Array, labels, num_classes: int, init, spectral: bool, train: bool) -> jax.Array:
     """The projection discriminator's class term <embed(y), phi(x)> [B] (Miyato and Koyama 2018, eq. 3) for the
-    features phi(x) [B, F] D's last Dense reads, in float32; 0 when unconditional. Spectrally normalised with D, as
-    their SNEmbedID."""
-    if not num_classes:
-        return jnp.zeros(features.shape[:1], jnp.float32)
+    features phi(x) [B, F] D's last Dense reads, in float32 (num_classes > 0). Spectrally normalised with D, as their
+    SNEmbedID."""
     embed = nn.Embed(num_classes, features.shape[-1], embedding_init=init, param_dtype=jnp.float32,
                      name="class_embedding")
     return jnp.sum(_layer(embed, labels, spectral, train) * features.astype(jnp.float32), axis=-1)
