@@ -186,6 +186,11 @@ def gan_config() -> ml_collections.ConfigDict:
     # True = at the clean images, D seeing them augmented (the same draw): the input gradient goes back through the
     # augmentation (StyleGAN2-ADA's R1).
     c.reg.through_augment = False
+    # LeCam regularization (Tseng et al. 2021), beside reg.name's: > 0 adds this weight times
+    # E relu(D(x) - a_F)^2 + E relu(a_R - D(G(z)))^2 to D's loss, a_R and a_F moving averages of D's mean outputs on
+    # reals and fakes (the authors' BigGAN CIFAR runs: 0.3); 0 = off
+    c.reg.lecam_weight = 0.0
+    c.reg.lecam_decay = 0.99  # the moving averages' decay per D update (theirs: 0.99)
 
     c.g_optim = optim_block(2e-4, 0.5, 0.999)
     c.d_optim = optim_block(2e-4, 0.5, 0.999)
@@ -321,6 +326,12 @@ def ada(config: ml_collections.ConfigDict) -> None:
     rotations, anisotropic scaling, hue); flips are left out here: data.random_flip mirrors the dataset instead."""
     config.augment.policy = "translation,rotation,scale,color"
     config.augment.ada_target = 0.6
+
+
+def lecam(config: ml_collections.ConfigDict) -> None:
+    """GAN variant: LeCam regularization (Tseng et al. 2021) at the weight of the authors' BigGAN CIFAR-10 runs, 0.3
+    (google/lecam-gan's scripts), for small training sets; it combines with DiffAugment or ADA ('ada,lecam')."""
+    config.reg.lecam_weight = 0.3
 
 
 def g_batch_size(config: ml_collections.ConfigDict) -> int:

@@ -88,6 +88,9 @@ def ignored_settings(config: ml_collections.ConfigDict, base: ml_collections.Con
     if "reg" in config and config.reg.name == "none":
         out += [f"reg.{field}={config.reg[field]!r} (read by a regularizer: reg.name=r1, gp or your own)"
                 for field in ("weight", "interval") if changed("reg", field)]
+    if "reg" in config and config.reg.get("lecam_weight", 0.0) == 0 and changed("reg", "lecam_decay"):
+        out.append(f"reg.lecam_decay={config.reg.lecam_decay!r} (read by LeCam regularization, reg.lecam_weight > 0; "
+                   f"this run's is 0)")
     return out
 
 
@@ -278,6 +281,12 @@ def _check_gan(config: ml_collections.ConfigDict) -> None:
     _check_augment(config.augment, config.loss.name)
     if not config.reg.weight >= 0:  # a negative weight rewards D's steep input gradients
         raise ValueError(f"reg.weight must be >= 0, got {config.reg.weight}")
+    if not config.reg.get("lecam_weight", 0.0) >= 0:  # a negative one rewards D for pushing its outputs apart
+        raise ValueError(f"reg.lecam_weight must be >= 0 (0 = off; the LeCam paper's BigGAN runs: 0.3), got "
+                         f"{config.reg.lecam_weight}")
+    if not 0 <= config.reg.get("lecam_decay", 0.99) < 1:
+        raise ValueError(f"reg.lecam_decay must be in [0, 1) (the moving averages' decay per D update; 0 = the "
+                         f"update's own means; theirs: 0.99), got {config.reg.lecam_decay}")
     _check_critic(config)
 
 

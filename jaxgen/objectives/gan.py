@@ -113,6 +113,18 @@ def gradient_penalty(d_fn, real, fake, keys):
 REGULARIZERS: dict[str, Callable | None] = {"none": None, "r1": r1, "gp": gradient_penalty}
 
 
+def lecam(d_real, d_fake, anchor_real, anchor_fake):
+    """LeCam regularization (Tseng et al. 2021, "Regularizing Generative Adversarial Networks under Limited Data"):
+    E relu(D(x) - a_F)^2 + E relu(a_R - D(G(z)))^2, where a_R and a_F are moving averages of D's mean outputs on reals
+    and fakes (constants here; the train step keeps them, `gan_step.lecam_anchors`). It pulls D's outputs on the
+    reals down towards its past outputs on the fakes and those on the fakes up towards the reals', so D cannot push
+    them apart for ever on a small training set. One-sided (relu), as the authors' code (google/lecam-gan, BigGAN and
+    StyleGAN2 alike); their paper's eq. 3 writes the squares without it. Added to D's loss, times reg.lecam_weight,
+    beside reg.name's regularizer."""
+    penalty = jnp.mean(jnp.square(jax.nn.relu(d_real - anchor_fake)))
+    return penalty + jnp.mean(jnp.square(jax.nn.relu(anchor_real - d_fake)))
+
+
 def get_loss(name: str, cfg=None) -> Callable:
     """The loss `name`; with `cfg` (the `loss` config block), bound as `cfg=` when the function takes it."""
     return registry.with_config(registry.resolve("GAN loss", name, LOSSES), cfg, positional=2)
@@ -127,7 +139,7 @@ def get_regularizer(name: str, cfg=None) -> Callable | None:
 # Metrics the GAN step logs itself: a loss's or regularizer's metrics must not reuse these names.
 STEP_METRICS = ("d_loss", "g_loss", "d_real", "d_fake", "d_fake_after", "reg", "d_grad_norm", "g_grad_norm",
                 "d_param_norm", "g_param_norm", "d_lr", "g_lr", "finite", "step", "reg_ran", "augment_p",
-                "d_real_sign")
+                "d_real_sign", "lecam", "lecam_real", "lecam_fake")
 
 
 def check_loss(loss_fn: Callable, name: str, batch: int = 4, g_batch: int = 0) -> None:

@@ -79,7 +79,7 @@ def on_global_batch(loss_fn):
 
 def d_update(state: dict, real, fake, keys, it, labels=None, *, discriminator, d_tx, loss_fn, reg_fn,
              reg_weight: float, reg_interval: int, augment_policy: str, reg_through_augment: bool = False,
-             augment_p=None):
+             augment_p=None, lecam: tuple[float, float] | None = None):
     """One D update on reals [B, H, W, C] and (constant) fakes, both in [-1, 1], both of the classes `labels` int
     [B] when conditional (None: unconditional). Returns (state, d_real, metrics).
 
@@ -87,7 +87,9 @@ def d_update(state: dict, real, fake, keys, it, labels=None, *, discriminator, d
     reals (for the G update's loss call). With an augmentation policy the regularizer sees the augmented images D
     sees (DiffAugment's R1), or with `reg_through_augment` the clean ones and D after their augmentation (the same
     draw), so that its input gradient goes back through the augmentation (StyleGAN2-ADA's R1). augment_p: each
-    augmentation's probability (None: always).
+    augmentation's probability (None: always). lecam = (weight, decay): LeCam regularization (gan_obj.lecam) with
+    the state's moving averages 'lecam', updated with this update's outputs first (`lecam_anchors`), as the
+    authors' code does.
     """
     real_aug = _augment(augment_policy, dev.substream(keys, _AUG_REAL), real, augment_p)
     fake_aug = _augment(augment_policy, dev.substream(keys, _AUG_FAKE), fake, augment_p)
@@ -123,16 +125,39 @@ def d_update(state: dict, real, fake, keys, it, labels=None, *, discriminator, d
                 value, reg_metrics = penalty()
             total = total + reg_weight * reg_interval * value
             metrics = {**metrics, "reg": value, **reg_metrics, **lazy}
-        return total, (variables, d_real, metrics)
+        averages = state.get("lecam")
+        if lecam is not None:  # the anchors from the whole global batch's means, constants for the gradient
+            weight, decay = lecam
+            means = lax.pmean(lax.stop_gradient(jnp.stack([jnp.mean(d_real), jnp.mean(d_fake)])), AXIS)
+            averages, anchor_real, anchor_fake = lecam_anchors(averages, means[0], means[1], decay)
+            value = gan_obj.lecam(d_real, d_fake, anchor_real, anchor_fake)
+            total = total + weight * value
+            metrics = {**metrics, "lecam": value, "lecam_real": anchor_real, "lecam_fake": anchor_fake}
+        return total, (variables, d_real, metrics, averages)
 
-    (_, (variables, d_real, metrics)), grads = jax.value_and_grad(loss, has_aux=True)(state["d"]["params"])
+    grad_fn = jax.value_and_grad(loss, has_aux=True)
+    (_, (variables, d_real, metrics, averages)), grads = grad_fn(state["d"]["params"])
     grads = lax.pmean(grads, AXIS)
     metrics = lax.pmean(metrics, AXIS)
     stats = lax.pmean({k: v for k, v in variables.items() if k != "params"}, AXIS)  # equal already with sync BN
     updates, d_opt = d_tx.update(grads, state["d_opt"], state["d"]["params"])
     params = optax.apply_updates(state["d"]["params"], updates)
     metrics["d_grad_norm"] = optax.tree.norm(grads)
-    return {**state, "d": {**stats, "params": params}, "d_opt": d_opt}, d_real, metrics
+    state = {**state, "d": {**stats, "params": params}, "d_opt": d_opt}
+    if lecam is not None:
+        state["lecam"] = averages
+    return state, d_real, metrics
+
+
+def lecam_anchors(averages: dict, mean_real, mean_fake, decay: float) -> tuple[dict, jax.Array, jax.Array]:
+    """LeCam's moving averages {'real', 'fake', 'norm'} after a D update whose outputs had the means `mean_real` and
+    `mean_fake` over the global batch, and the anchors (a_R, a_F) they give: each average divided by the sum of its
+    weights 'norm' (1 - decay^n after n updates; TensorFlow's zero_debias, as in the authors' StyleGAN2 code), so
+    the first update's anchors are its own means, with no pull towards the zeros the averages start from."""
+    new = {"real": decay * averages["real"] + (1.0 - decay) * mean_real,
+           "fake": decay * averages["fake"] + (1.0 - decay) * mean_fake,
+           "norm": decay * averages["norm"] + (1.0 - decay)}
+    return new, new["real"] / new["norm"], new["fake"] / new["norm"]
 
 
 def reads_d_real(loss_fn, batch: int) -> bool:
@@ -184,7 +209,8 @@ def gan_step(state: dict, data: dict, *, generator, discriminator, g_tx, d_tx, l
              reg_interval: int, d_steps: int, batch: int, augment_policy: str, ema_half_life: float,
              ema_rampup: float, g_lr, d_lr, g_batch: int = 0, random_flip: bool = False,
              reg_through_augment: bool = False, lazy_metrics: tuple[str, ...] = (), num_classes: int = 0,
-             augment_probability: float = 1.0, ada: tuple[float, int, float] | None = None):
+             augment_probability: float = 1.0, ada: tuple[float, int, float] | None = None,
+             lecam: tuple[float, float] | None = None):
     """One train step (d_steps D updates, then one G update) on one device's share of the global batch `batch`.
 
     g_batch: 0 = the G update goes through the last D update's `batch` fakes; > 0 = it draws `g_batch` (global)
@@ -195,7 +221,9 @@ def gan_step(state: dict, data: dict, *, generator, discriminator, g_tx, d_tx, l
     augment_probability: each augmentation's probability per example (1: always, DiffAugment's). ada = (target,
     interval, kimg): adaptive augmentation (StyleGAN2-ADA, Karras et al. 2020; the state then keeps 'ada', see
     `ada_update`): the probability is the state's, and moves so that the mean sign of D's outputs on the reals
-    stays at `target`; its metrics 'augment_p' and 'd_real_sign'.
+    stays at `target`; its metrics 'augment_p' and 'd_real_sign'. lecam = (weight, decay): LeCam regularization
+    (Tseng et al. 2021; `d_update`), its moving averages in the state's 'lecam', its metrics 'lecam' (the penalty)
+    and the anchors 'lecam_real', 'lecam_fake'.
 
     data: {'image': uint8 [N, H, W, C]}, the whole training split, replicated. Returns (state, metrics): D's
     metrics averaged over its updates, G's from its update, and 'finite' (0: nothing of this step was applied).
@@ -215,7 +243,7 @@ def gan_step(state: dict, data: dict, *, generator, discriminator, g_tx, d_tx, l
     augment_p = state["ada"]["p"] if ada else (None if augment_probability >= 1 else augment_probability)
     d_kw = dict(discriminator=discriminator, d_tx=d_tx, loss_fn=loss_fn, reg_fn=reg_fn, reg_weight=reg_weight,
                 reg_interval=reg_interval, augment_policy=augment_policy, reg_through_augment=reg_through_augment,
-                augment_p=augment_p)
+                augment_p=augment_p, lecam=lecam)
     latents = lambda keys: jax.vmap(lambda k: jax.random.normal(k, (generator.latent_dim,)))(keys)
     d_metrics = []
     for i in range(d_steps):

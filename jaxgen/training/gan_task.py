@@ -40,6 +40,8 @@ class GANTask:
         self.num_classes = gan_models.num_classes(c.model)  # 0: unconditional
         a = c.augment
         self.ada = (a.ada_target, a.ada_interval, a.ada_kimg) if a.get("ada_target", 0.0) > 0 else None
+        r = c.reg
+        self.lecam = (r.lecam_weight, r.lecam_decay) if r.get("lecam_weight", 0.0) > 0 else None
         self.train_fields = ("image", "label") if self.num_classes else ("image",)  # on the devices for the step
         self.g_batch = config_lib.g_batch_size(c)
         # Outside training (--mode=eval/sample) train.batch_size sizes only the passes that re-estimate the EMA
@@ -82,7 +84,7 @@ class GANTask:
                         "critic without BatchNorm (--config.model.d_norm=none)", c.reg.name)
         self.create = functools.partial(state_lib.create_gan, self.generator, self.discriminator, self.g_tx,
                                         self.d_tx, self.image_shape, c.seed, c.train.ema_half_life > 0,
-                                        self.num_classes, self.ada is not None)
+                                        self.num_classes, self.ada is not None, self.lecam is not None)
         shapes = jax.eval_shape(self.create)
         gan_models.check_pair(c.model.name, self.generator, self.discriminator, shapes["g"], shapes["d"],
                               self.image_shape, self.num_classes)
@@ -142,7 +144,8 @@ class GANTask:
         fresh = f" on {self.g_batch} fresh fakes" if self.g_batch else ""
         held = f"validation {len(self.validation)} images; " if self.validation is not None else ""
         return (f"train {c.data.name} {self.train.shape}, {len(self.train)} images; {held}{c.model.name} GAN, "
-                f"loss {c.loss.name}, reg {c.reg.name}, {c.train.d_steps} D step(s) per G step{fresh}, "
+                f"loss {c.loss.name}, reg {c.reg.name}{f' + LeCam {self.lecam[0]}' if self.lecam else ''}, "
+                f"{c.train.d_steps} D step(s) per G step{fresh}, "
                 f"augment {c.augment.policy or 'off'}{self._augment_how()}"
                 f"{', reals mirrored at random' if c.data.random_flip else ''}, "
                 + (f"class-conditional on {self.num_classes} classes, " if self.num_classes else "")
@@ -168,7 +171,7 @@ class GANTask:
             ema_half_life=c.train.ema_half_life, ema_rampup=c.train.ema_rampup, g_lr=self.g_lr,
             d_lr=self.d_lr, g_batch=self.g_batch, random_flip=c.data.random_flip,
             reg_through_augment=c.reg.through_augment, lazy_metrics=self.lazy_metrics, num_classes=self.num_classes,
-            augment_probability=c.augment.probability, ada=self.ada)
+            augment_probability=c.augment.probability, ada=self.ada, lecam=self.lecam)
 
     def sampling_g(self, state) -> dict:
         """G's variables to sample and evaluate with: the EMA weights when kept, with their BatchNorm statistics

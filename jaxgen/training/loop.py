@@ -94,7 +94,7 @@ def restore(task, which: str = "newest", *, training: bool = False):
     Outside training (--mode=eval/sample) the config's train.ema_half_life may differ from the run's: 0 on a
     checkpoint that keeps an EMA evaluates the raw weights (the EMA is read and dropped); > 0 on one without an EMA
     evaluates its raw weights, with a warning. Training-only entries (TRAINING_ONLY_STATE: a GAN's adaptive
-    augmentation) are read as the checkpoint has them, whatever the config says."""
+    augmentation, its LeCam averages) are read as the checkpoint has them, whatever the config says."""
     shapes = jax.eval_shape(task.create)
     subdir = CHECKPOINT_DIRS[which]
     reported: set[int] = set()  # broken checkpoints, logged by the first read and not again by the EMA's retry
@@ -117,9 +117,9 @@ def restore(task, which: str = "newest", *, training: bool = False):
         return _on_mismatch(e, task, shapes, read, training)
 
 
-# State entries only a training run reads (a GAN's adaptive augmentation), with their fresh values: --mode=eval and
-# sample read them as the checkpoint has them, whatever the config says.
-TRAINING_ONLY_STATE = {"ada": state_lib.fresh_ada}
+# State entries only a training run reads (a GAN's adaptive augmentation, its LeCam averages), with their fresh
+# values: --mode=eval and sample read them as the checkpoint has them, whatever the config says.
+TRAINING_ONLY_STATE = {"ada": state_lib.fresh_ada, "lecam": state_lib.fresh_lecam}
 
 
 def _training_only_mismatch(e: checkpoint.CheckpointMismatchError) -> set[str]:

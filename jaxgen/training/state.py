@@ -5,7 +5,10 @@ VAE:  {'step': int32 [], 'params': model variables, 'opt_state': optax state, 'k
 GAN:  {'step': int32 [] (G updates), 'g': G's variables, 'd': D's variables, 'g_opt', 'd_opt': optax states over
        their 'params', 'key': PRNG key, 'ema_g': G's variables averaged (only when train.ema_half_life > 0),
        'ada': {'p': float32 [], 'signs': float32 []}, the adaptive augmentation's probability and
-       its running sum of D's signs on the reals (only with augment.ada_target > 0; gan_step.ada_update)}
+       its running sum of D's signs on the reals (only with augment.ada_target > 0; gan_step.ada_update),
+       'lecam': {'real': float32 [], 'fake': float32 [], 'norm': float32 []}, the moving averages of D's mean outputs
+       on reals and fakes, not yet divided by their weights' sum 'norm' (only with reg.lecam_weight > 0;
+       gan_step.lecam_anchors)}
        Variables are Flax collections: {'params': ...} plus {'batch_stats': ...} (BatchNorm, spectral norm).
 
 The model, optimizer and config stay outside it. Random streams derive from 'key': the data order from
@@ -53,9 +56,10 @@ def eval_params(state: dict):
 
 
 def create_gan(generator, discriminator, g_tx, d_tx, image_shape, seed: int, ema: bool, num_classes: int = 0,
-               ada: bool = False) -> dict:
+               ada: bool = False, lecam: bool = False) -> dict:
     """A fresh GAN state; G takes z [B, generator.latent_dim], D takes images [B, *image_shape] (both then labels
-    int [B] when num_classes > 0). ada: keep the adaptive augmentation's state, its probability starting at 0."""
+    int [B] when num_classes > 0). ada: keep the adaptive augmentation's state, its probability starting at 0;
+    lecam: LeCam regularization's moving averages, empty at the start."""
     key = jax.random.key(seed)
     init = jax.random.fold_in(key, INIT_STREAM)
     z = jnp.zeros((2, generator.latent_dim), jnp.float32)
@@ -69,12 +73,19 @@ def create_gan(generator, discriminator, g_tx, d_tx, image_shape, seed: int, ema
         state["ema_g"] = jax.tree.map(jnp.copy, g)  # its own buffers: the state is donated leaf by leaf
     if ada:
         state["ada"] = fresh_ada()
+    if lecam:
+        state["lecam"] = fresh_lecam()
     return state
 
 
 def fresh_ada() -> dict:
     """The adaptive augmentation's state at the start: probability 0, no signs summed (gan_step.ada_update)."""
     return {"p": jnp.zeros((), jnp.float32), "signs": jnp.zeros((), jnp.float32)}
+
+
+def fresh_lecam() -> dict:
+    """LeCam regularization's moving averages at the start: nothing averaged yet (gan_step.lecam_anchors)."""
+    return {name: jnp.zeros((), jnp.float32) for name in ("real", "fake", "norm")}
 
 
 def ema_rate(step, batch: int, half_life_images: float, rampup: float = 0.0) -> jax.Array:
