@@ -102,14 +102,16 @@ def _gan_setup(mesh, g_batch=0, random_flip=False, augment_probability=1.0, **ov
     G, D = gan_models.build(c.model, (28, 28, 1), axis_name=parallel.AXIS)
     g_tx, g_lr = optim.make(c.g_optim, 100)
     d_tx, d_lr = optim.make(c.d_optim, 100)
-    state = state_lib.create_gan(G, D, g_tx, d_tx, (28, 28, 1), 0, ema=True, num_classes=c.model.num_classes)
+    lecam = (c.reg.lecam_weight, c.reg.lecam_decay) if c.reg.lecam_weight > 0 else None
+    state = state_lib.create_gan(G, D, g_tx, d_tx, (28, 28, 1), 0, ema=True, num_classes=c.model.num_classes,
+                                 lecam=lecam is not None)
     fn = gan_step.compile_train(
         mesh, steps_per_dispatch=1, generator=G, discriminator=D, g_tx=g_tx, d_tx=d_tx,
         loss_fn=gan_obj.get_loss(c.loss.name), reg_fn=gan_obj.get_regularizer(c.reg.name), reg_weight=c.reg.weight,
         reg_interval=c.reg.interval, d_steps=c.train.d_steps, batch=32, augment_policy=c.augment.policy,
         ema_half_life=200.0, ema_rampup=0.0, g_lr=g_lr, d_lr=d_lr, g_batch=g_batch, random_flip=random_flip,
         reg_through_augment=c.reg.through_augment, num_classes=c.model.num_classes,
-        augment_probability=augment_probability)
+        augment_probability=augment_probability, lecam=lecam)
     return state, fn
 
 
@@ -156,12 +158,16 @@ def test_random_flip_mirrors_about_half_of_the_reals():
     # What the step logs besides the loss's and the regularizer's own metrics: exactly the names reserved for it.
     d = jax.ShapeDtypeStruct((4,), jnp.float32)
     own = {"left_minus_right", *jax.eval_shape(gan_obj.get_loss("non_saturating"), d, d)[2]}
-    # reg_ran: with reg.interval > 1 only; augment_p and d_real_sign: with adaptive augmentation only (test_ada.py)
-    assert set(metrics) - own == set(gan_obj.STEP_METRICS) - {"reg_ran", "augment_p", "d_real_sign"}
+    # reg_ran: with reg.interval > 1 only; augment_p and d_real_sign: with adaptive augmentation only (test_ada.py);
+    # lecam*: with LeCam regularization only (test_lecam.py)
+    assert set(metrics) - own == set(gan_obj.STEP_METRICS) - {"reg_ran", "augment_p", "d_real_sign", "lecam",
+                                                              "lecam_real", "lecam_fake"}
 
 
 @pytest.mark.parametrize("over", [
-    {"train.d_steps": 2, "reg.name": "r1", "reg.interval": 2, "augment.policy": "translation,flip"},
+    # LeCam's anchors from the global batch's means, moved by both D updates of a step
+    {"train.d_steps": 2, "reg.name": "r1", "reg.interval": 2, "augment.policy": "translation,flip",
+     "reg.lecam_weight": 0.3},
     # The G update on fresh fakes of its own, 48 beside D's 32, and a loss of batch means (nothing else: CI time)
     {"g_batch": 48, "loss.name": "tests.test_gan:relativistic_average"},
     # Class-conditional: the reals' labels gathered per device, fresh fakes' labels drawn, R1 of D(x, y) at the clean
@@ -196,7 +202,8 @@ def test_sharded_gan_step_equals_one_device(over):
     # would be a factor of 8 or more here): tightly at the first step, from the same params; at the third, after
     # two updates whose params already differ in the last digits, within 1e-3 (1.7e-4 seen without AVX-512).
     names = ("d_loss", "g_loss", "d_grad_norm", "g_grad_norm", "g_param_norm", "d_param_norm",
-             "reg")[:None if "reg.name" in over else 6]
+             *(("reg",) if "reg.name" in over else ()),
+             *(("lecam", "lecam_real", "lecam_fake") if "reg.lecam_weight" in over else ()))
     for name in names:
         np.testing.assert_allclose(first_seen[0][name], first_seen[1][name], rtol=2e-5, err_msg=name)
         np.testing.assert_allclose(metrics_seen[0][name], metrics_seen[1][name], rtol=1e-3, err_msg=name)
@@ -291,7 +298,7 @@ def test_a_resume_with_another_d_steps_is_refused(tmp_path):
 
 def test_gan_resume_is_bitwise_for_the_whole_state(tmp_path):
     c = _smoke(**{"eval.every": 0, "checkpoint.every": 10, "train.steps": 20, "reg.name": "r1",
-                  "reg.interval": 3, "train.d_steps": 2})
+                  "reg.interval": 3, "train.d_steps": 2, "reg.lecam_weight": 0.3})
     loop.train_and_evaluate(c, tmp_path / "straight")
     c.train.steps = 10
     loop.train_and_evaluate(c, tmp_path / "resumed")
@@ -305,7 +312,7 @@ def test_gan_resume_is_bitwise_for_the_whole_state(tmp_path):
         mgr.close()
         states.append(jax.device_get(s))
     a, b = states
-    assert set(a) == {"step", "g", "d", "g_opt", "d_opt", "key", "ema_g"}
+    assert set(a) == {"step", "g", "d", "g_opt", "d_opt", "key", "ema_g", "lecam"}
     assert int(a["step"]) == 20
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
