@@ -200,14 +200,15 @@ def run(FLAGS: flags.FlagValues, argv: list[str]) -> None:  # noqa: N803 (launch
         logging.getLogger().setLevel(logging.WARNING)  # (matplotlib's, TFDS's) on stderr; jaxgen's own are its own
     _warnings_to_the_log()
     runtime.setup(distributed=FLAGS.jax_distributed, deterministic=bool(FLAGS.config.get("deterministic", False)))
-    from jaxgen.training import failures, loop, modes  # noqa: PLC0415
+    from jaxgen.training import failures, loop, modes, workdir  # noqa: PLC0415
 
     if FLAGS.mode == "train":  # recorded for a later command without --config
         command = command_record.launch_command(FLAGS, sys.argv)
         run_mode = functools.partial(loop.train_and_evaluate, command=command)
     else:
         run_mode = {"eval": modes.evaluate_checkpoint, "sample": modes.sample_checkpoint}[FLAGS.mode]
-    with failures.writer_errors_logged():  # while the mode runs and its error is reported
+    # While the mode runs and its error is reported; the error goes to the log file the run keeps attached.
+    with failures.writer_errors_logged(), workdir.errors_written_by_launch():
         _run_mode(FLAGS, run_mode)
 
 

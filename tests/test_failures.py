@@ -385,3 +385,22 @@ def test_a_workdir_holding_only_the_log_the_lock_and_empty_folders_is_removed(tm
             (wd / extra).write_text("x")
         workdir.remove_if_unused(wd, top)
         assert top.exists() == bool(extra) and (not extra or (wd / extra).is_file())
+
+
+def test_a_run_that_raised_in_python_writes_its_error_to_its_log_and_detaches_it(tmp_path):
+    """Called from Python (a notebook), a run that stops on an error writes it with its traceback to its log.txt,
+    once, and detaches the file, as a finished run does: what the process logs next is not the run's. (launch.py
+    keeps the file attached and writes the error itself: test_an_error_jaxgen_raises_is_one_message...)"""
+    from jaxgen.training import workdir
+
+    c = config_module(ROOT / "configs" / "gan_mnist.py").get_config("smoke")
+    c.loss.name = "hinje"
+    tmp_path.mkdir(exist_ok=True)  # a workdir that existed keeps its log (a new one would be removed again)
+    with pytest.raises(ValueError, match="unknown GAN loss 'hinje'"):
+        loop.train_and_evaluate(c, tmp_path)
+    assert not [h for h in logging.getLogger("jaxgen").handlers if isinstance(h, logging.FileHandler)]
+    logging.getLogger("jaxgen").warning("a later cell's line")
+    logged = (tmp_path / "log.txt").read_text()
+    assert logged.count("ERROR The run stopped: UnknownNameError: unknown GAN loss 'hinje'") == 1, logged
+    assert "Traceback" in logged and "a later cell's line" not in logged
+    assert workdir.log_fatal(ValueError("after the run")) is None  # nothing attached to write it to

@@ -182,20 +182,21 @@ def train_and_evaluate(config, workdir, command: dict | None = None) -> dict:
     removed, as it is not this config's).
 
     A workdir this call created is removed again when the run stops on bad input before writing anything but its
-    log (a misspelt loss name leaves no stray workdir behind)."""
+    log (a misspelt loss name leaves no stray workdir behind). The run's log file is detached when it ends, with
+    the error that stopped it written there (workdir.run_log_file)."""
     created = wd.first_missing(workdir)  # the top folder this call creates, if any
     workdir = wd.prepare(workdir)
-    with wd.training_lock(workdir, "training run"):  # before the log: a refused run writes nothing into the workdir
+    # The log file: before the lock, a refused run writes nothing into the workdir; the stop a signal asked for was
+    # logged by the loop (RunStopped).
+    with wd.run_log_file(quiet=(RunStopped,)), wd.training_lock(workdir, "training run"):
         wd.setup_logging(workdir)
         try:
             with failures.writer_errors_logged():  # a failed checkpoint write: one line, not Orbax's tracebacks
-                final = _train_and_evaluate(config, workdir, command)
-        except Exception as e:  # the log file stays: launch.py writes the error there (workdir.log_fatal)
+                return _train_and_evaluate(config, workdir, command)
+        except Exception as e:
             if created is not None and wd.raised_on_purpose(e):
                 wd.remove_if_unused(workdir, created)  # under the lock: no other run can have started in it
             raise
-        wd.close_log_file()  # the run is over: what this process logs later is not the run's
-        return final
 
 
 def _train_and_evaluate(config, workdir: Path, command: dict | None) -> dict:

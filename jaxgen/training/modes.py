@@ -67,7 +67,13 @@ def evaluate_checkpoint(config, workdir) -> dict:
     """--mode=eval: the final evaluation of the newest checkpoint (eval.checkpoint='best': the best one) into
     eval.json (eval_best.json), with the final images for the newest. The newest's evaluation writes the run's own
     files (eval.json, metrics.jsonl, images), so it takes the workdir's lock, as training does; the best's writes
-    only eval_best.json and may run beside a training run."""
+    only eval_best.json and may run beside a training run. Its log file is detached when it ends (as training's:
+    workdir.run_log_file)."""
+    with wd.run_log_file():
+        return _evaluate_newest_or_best(config, workdir)
+
+
+def _evaluate_newest_or_best(config, workdir) -> dict:
     if config.eval.checkpoint == "best":
         return _evaluate_checkpoint(config, wd.prepare(workdir, create=False))
     workdir = wd.prepare(workdir, create=False)
@@ -97,7 +103,6 @@ def _evaluate_checkpoint(config, workdir: Path) -> dict:
     finally:  # an interruption too: launch.py's exit skips the atexit hook that would flush TensorBoard's events
         writer.close()
     log.info("eval of step %d: %s", int(jax.device_get(state["step"])), evaluating.eval_line(task, final))
-    wd.close_log_file()  # done: what this process logs later (called from Python) is not this evaluation's
     return final
 
 
@@ -167,7 +172,13 @@ def sample_checkpoint(config, workdir) -> Path:
     """--mode=sample: sample.num samples of the newest checkpoint (eval.checkpoint='best': the best one; EMA
     weights where kept) as <workdir>/samples/step_<step>.npz (uint8 images [N, H, W, C]) and PNG grids of
     sample.per_grid images, replacing an earlier call's for that step. A class-conditional GAN's .npz also holds
-    `labels` (int32 [N], sample j of class j % model.num_classes) and its grids one class per column."""
+    `labels` (int32 [N], sample j of class j % model.num_classes) and its grids one class per column. Its log file
+    is detached when it ends (workdir.run_log_file)."""
+    with wd.run_log_file():
+        return _sample_checkpoint(config, workdir)
+
+
+def _sample_checkpoint(config, workdir) -> Path:
     task, state, _ = _restore_for(config, workdir, "sample")
     workdir = task.workdir
     step = int(jax.device_get(state["step"]))
@@ -193,5 +204,4 @@ def sample_checkpoint(config, workdir) -> Path:
     if jax.process_index() == 0:  # the process that wrote them
         log.info("Wrote %d sample%s of step %d to %s (and %d PNG grid%s)", len(samples), "s"[: len(samples) != 1],
                  step, path, grids, "s"[: grids != 1])
-    wd.close_log_file()  # done: what this process logs later (called from Python) is not this command's
     return path

@@ -186,6 +186,39 @@ def close_log_file() -> None:
         handler.close()
 
 
+_LAUNCHED: list = []  # non-empty inside errors_written_by_launch
+
+
+@contextlib.contextmanager
+def errors_written_by_launch() -> Iterator[None]:
+    """launch.py's, around the mode it runs: a run that raises keeps its log file attached (`run_log_file`), for
+    launch.py to write the error there (log_fatal) and for what the process logs while it shuts down (a failed
+    checkpoint write's late errors)."""
+    _LAUNCHED.append(1)
+    try:
+        yield
+    finally:
+        _LAUNCHED.pop()
+
+
+@contextlib.contextmanager
+def run_log_file(quiet: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
+    """Around a run that sets up the workdir's log file (training, --mode=eval, --mode=sample): when the run ends,
+    the file is detached from jaxgen's logger and closed, so that what the process logs later (a notebook's next
+    cell, trained.load's warnings) is not the run's. An error that ends the run is written there first, with its
+    traceback (log_fatal), unless it is `quiet` (a stop the run logged itself). Under launch.py
+    (`errors_written_by_launch`) a run that raised keeps the file."""
+    try:
+        yield
+    except BaseException as e:
+        if not _LAUNCHED:
+            if not isinstance(e, quiet):
+                log_fatal(e)
+            close_log_file()
+        raise
+    close_log_file()
+
+
 def log_fatal(error: BaseException) -> Path | None:
     """Writes the error that stops a run, with its traceback, to the workdir's log file (set up by `setup_logging`;
     nothing before that, and only on process 0). Returns that file, or None where nothing was written."""
