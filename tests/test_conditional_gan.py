@@ -14,7 +14,7 @@ import pytest
 from jaxgen import config_check
 from jaxgen.config import gan_config
 from jaxgen.evaluation import quality
-from jaxgen.models import gan
+from jaxgen.models import gan, gan_blocks
 from jaxgen.reporting import writer
 from jaxgen.training import gan_task, loop, modes, trained
 from tests.conftest import CONFIGS, ROOT, config_module
@@ -313,7 +313,7 @@ def test_conditional_batchnorm_is_the_same_with_jaxgens_and_flaxs_batchnorm():
     y = jnp.array([0, 1, 2, 0, 1, 2], jnp.int32)
     results = []
     for impl in ("fused", "flax"):
-        m = gan.ConditionalBatchNorm(3, None, "float32", True, impl)
+        m = gan_blocks.ConditionalBatchNorm(3, None, "float32", True, impl)
         v = m.init(jax.random.key(0), x, y)
         assert set(v["params"]) == {"scale", "shift"}  # the BN itself has no scale or bias
         params = jax.tree.map(lambda a: a + 0.1 * jnp.arange(a.size).reshape(a.shape) / a.size, v["params"])

@@ -32,12 +32,20 @@ import jax.numpy as jnp
 
 from jaxgen import registry
 from jaxgen.models import batch_norm, layers
+from jaxgen.models.gan_blocks import (
+    DTYPES,
+    ConditionalBatchNorm,
+    apply_layer,
+    bias_in_float32,
+    check_labels,
+    check_model,
+    norm_layer,
+    projection,
+    with_one_hot,
+)
 from jaxgen.models.layers import ConvDown2x, ConvTranspose2x
 
 log = logging.getLogger(__name__)
-
-NORMS = ("batch", "none")
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 # Radford et al. 2016, sec. 4: "All weights were initialized from a zero-centered Normal distribution with standard
 # deviation 0.02"; the pytorch/examples DCGAN draws BatchNorm's scale from N(1, 0.02).
@@ -55,108 +63,8 @@ def apply_model(module, variables: dict, x, train: bool, labels=None):
     return module.apply(variables, *args, train=train), variables
 
 
-def bias_in_float32(inputs, kernel, bias=None, *, dtype=None, inexact=True):
-    """flax's promote_dtype for a Dense or Conv (`promote_dtype=bias_in_float32`) that keeps its bias float32: the
-    layer's output is then float32 (cast it back to the compute dtype), the bias added in float32 and its gradient,
-    a sum over the batch (and every position, for a conv), summed in float32. XLA:CPU sums a bfloat16 cotangent in
-    bfloat16, rounding every partial sum: a conv's bias gradient over 64 images of 32x32 came out 93% off, and the
-    SNGAN D's whole gradient norm half its float32 value (jaxgen audit, 2026-11-30). No change in float32."""
-    inputs, kernel = nn.dtypes.promote_dtype(inputs, kernel, dtype=dtype, inexact=inexact)
-    return inputs, kernel, bias
-
-
 def _dcgan_scale_init(key, shape, dtype=jnp.float32):
     return 1.0 + 0.02 * jax.random.normal(key, shape, dtype)
-
-
-def _check(model: str, image_shape, supported: tuple[int, ...], norms=(), dtype: str = "float32") -> None:
-    h, w = image_shape[:2]
-    if h != w or h not in supported:
-        raise ValueError(
-            f"{model} supports resolutions {', '.join(map(str, sorted(supported)))}; got {h}x{w}. "
-            "data.resolution resizes image_folder and celeb_a images; synthetic images have data.image_shape; other "
-            "datasets come at their own size (mnist 28, cifar10 32; a dataset function of yours, data.name="
-            "'package.module:function', at the size it returns): pick a model that supports it"
-        )
-    for what, norm in norms:
-        if norm not in NORMS:
-            raise ValueError(f"{model}: unknown {what} {norm!r}; choices: {', '.join(NORMS)}")
-    if dtype not in DTYPES:
-        raise ValueError(f"{model}: unknown dtype {dtype!r}; choices: {', '.join(DTYPES)}")
-
-
-def _layer(layer: nn.Module, x: jax.Array, spectral: bool, train: bool) -> jax.Array:
-    """`layer(x)`, with every weight matrix divided by its top singular value when `spectral` (Miyato et al. 2018).
-
-    flax's SpectralNorm reshapes a kernel [..., in, out] to [prod(...) * in, out] (the same singular values as
-    PyTorch's [out, in * kh * kw]) and runs one power-iteration step per call from the stored u; `train` stores
-    the new u and sigma; eval mode computes the same step without storing it. Biases (1-D) are left as they are.
-    flax's init stores each wrapped kernel already divided by its first sigma estimate; `init_variables` puts the
-    initializer's own draws back.
-    """
-    if spectral:
-        return nn.SpectralNorm(layer)(x, update_stats=train)
-    return layer(x)
-
-
-def _norm(kind: str, axis_name: str | None, dtype: str, train: bool, scale_init=nn.initializers.ones, name=None,
-          impl: str = "auto", affine: bool = True):
-    """BatchNorm with PyTorch's defaults (momentum 0.1 there = 0.9 here, eps 1e-5), or identity for 'none'.
-    `impl` ('auto' | 'fused' | 'flax'): jaxgen's batch_norm.BatchNorm or flax's nn.BatchNorm (same variables and
-    arithmetic). affine=False: no scale and bias of its own (a conditional BatchNorm's per-class ones follow)."""
-    if kind == "none":
-        return lambda x: x
-    cls = batch_norm.BatchNorm if batch_norm.resolve_norm_impl(impl) == "fused" else nn.BatchNorm
-    return cls(
-        use_running_average=not train, momentum=0.9, epsilon=1e-5, axis_name=axis_name, dtype=DTYPES[dtype],
-        param_dtype=jnp.float32, scale_init=scale_init, name=name, use_scale=affine, use_bias=affine,
-    )
-
-
-def _check_labels(module: nn.Module, labels) -> None:
-    """A conditional module needs labels [B]; an unconditional one takes none."""
-    if module.num_classes and labels is None:
-        raise ValueError(f"{type(module).__name__} has num_classes={module.num_classes}: call it with labels int [B] "
-                         "as its second argument")
-    if not module.num_classes and labels is not None:
-        raise ValueError(f"{type(module).__name__} is unconditional (num_classes=0) but got labels; set "
-                         "model.num_classes to train a class-conditional GAN")
-
-
-def _with_one_hot(z: jax.Array, labels, num_classes: int) -> jax.Array:
-    """z [B, latent_dim] with the one-hot labels appended ([B, latent_dim + num_classes]) when conditional."""
-    z = z.astype(jnp.float32)
-    return z if not num_classes else jnp.concatenate([z, jax.nn.one_hot(labels, num_classes, dtype=z.dtype)], -1)
-
-
-class ConditionalBatchNorm(nn.Module):
-    """Categorical conditional BatchNorm (de Vries et al. 2017; the generator of Miyato and Koyama 2018): BatchNorm
-    without an affine of its own, then a per-class scale (initialised to 1) and shift (0): x [B, H, W, C], labels
-    int [B]. The batch statistics and running averages are the whole batch's, as in plain BatchNorm."""
-
-    num_classes: int
-    axis_name: str | None
-    dtype: str
-    train: bool
-    impl: str = "auto"
-
-    @nn.compact
-    def __call__(self, x: jax.Array, labels: jax.Array) -> jax.Array:
-        c = x.shape[-1]
-        h = _norm("batch", self.axis_name, self.dtype, self.train, impl=self.impl, affine=False, name="norm")(x)
-        scale = nn.Embed(self.num_classes, c, embedding_init=nn.initializers.ones, name="scale")(labels)
-        shift = nn.Embed(self.num_classes, c, embedding_init=nn.initializers.zeros, name="shift")(labels)
-        out = h.astype(jnp.float32) * scale[:, None, None, :] + shift[:, None, None, :]
-        return out.astype(h.dtype)
-
-
-def _projection(features: jax.Array, labels, num_classes: int, init, spectral: bool, train: bool) -> jax.Array:
-    """The projection discriminator's class term <embed(y), phi(x)> [B] (Miyato and Koyama 2018, eq. 3) for the
-    features phi(x) [B, F] D's last Dense reads, in float32 (num_classes > 0). Spectrally normalised with D, as their
-    SNEmbedID."""
-    embed = nn.Embed(num_classes, features.shape[-1], embedding_init=init, param_dtype=jnp.float32,
-                     name="class_embedding")
-    return jnp.sum(_layer(embed, labels, spectral, train) * features.astype(jnp.float32), axis=-1)
 
 
 # --- DCGAN -----------------------------------------------------------------------------------------------------------
@@ -187,23 +95,25 @@ class DCGANGenerator(nn.Module):
 
     @nn.compact
     def __call__(self, z: jax.Array, labels: jax.Array | None = None, train: bool = True) -> jax.Array:
-        _check("dcgan", self.image_shape, tuple(DCGAN_LEVELS), [("g_norm", self.norm)], self.dtype)
-        _check_labels(self, labels)
+        check_model("dcgan", self.image_shape, tuple(DCGAN_LEVELS), [("g_norm", self.norm)], self.dtype)
+        check_labels(self, labels)
         base, mults = DCGAN_LEVELS[self.image_shape[0]]
         dt, sn = DTYPES[self.dtype], self.spectral_norm
-        norm = lambda h: _norm(self.norm, self.axis_name, self.dtype, train, _dcgan_scale_init, impl=self.norm_impl)(h)
+        norm = lambda h: norm_layer(self.norm, self.axis_name, self.dtype, train, _dcgan_scale_init,
+                                    impl=self.norm_impl)(h)
         bias = self.norm == "none"  # BatchNorm's shift makes a bias redundant; without it, layers keep theirs
-        h = _layer(nn.Dense(base * base * mults[0] * self.width, use_bias=bias, kernel_init=DCGAN_INIT, dtype=dt,
-                            param_dtype=jnp.float32, promote_dtype=bias_in_float32),
-                   _with_one_hot(z, labels, self.num_classes), sn, train)
+        dense = nn.Dense(base * base * mults[0] * self.width, use_bias=bias, kernel_init=DCGAN_INIT, dtype=dt,
+                         param_dtype=jnp.float32, promote_dtype=bias_in_float32)
+        h = apply_layer(dense, with_one_hot(z, labels, self.num_classes), sn, train)
         h = nn.relu(norm(h.astype(dt).reshape(z.shape[0], base, base, mults[0] * self.width)))
         for m in mults[1:]:
-            h = _layer(ConvTranspose2x(m * self.width, 4, 1, use_bias=bias, kernel_init=DCGAN_INIT, dtype=dt,
-                                       impl=self.conv_impl), h,
-                       sn, train)
+            up = ConvTranspose2x(m * self.width, 4, 1, use_bias=bias, kernel_init=DCGAN_INIT, dtype=dt,
+                                 impl=self.conv_impl)
+            h = apply_layer(up, h, sn, train)
             h = nn.relu(norm(h))
-        h = _layer(ConvTranspose2x(self.image_shape[-1], 4, 1, use_bias=False, kernel_init=DCGAN_INIT, dtype=dt,
-                                   impl=self.conv_impl), h, sn, train)
+        out = ConvTranspose2x(self.image_shape[-1], 4, 1, use_bias=False, kernel_init=DCGAN_INIT, dtype=dt,
+                              impl=self.conv_impl)
+        h = apply_layer(out, h, sn, train)
         return jnp.tanh(h.astype(jnp.float32))
 
 
@@ -229,23 +139,23 @@ class DCGANDiscriminator(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, labels: jax.Array | None = None, train: bool = True) -> jax.Array:
-        _check("dcgan", self.image_shape, tuple(DCGAN_LEVELS), [("d_norm", self.norm)], self.dtype)
-        _check_labels(self, labels)
+        check_model("dcgan", self.image_shape, tuple(DCGAN_LEVELS), [("d_norm", self.norm)], self.dtype)
+        check_labels(self, labels)
         _, mults = DCGAN_LEVELS[self.image_shape[0]]
         dt, sn = DTYPES[self.dtype], self.spectral_norm
         h = x.astype(dt)
         for i, m in enumerate(reversed(mults)):
             conv = ConvDown2x(m * self.width, 4, 1, use_bias=self.norm == "none", kernel_init=DCGAN_INIT, dtype=dt,
                               impl=self.conv_impl)
-            h = _layer(conv, h, sn, train)
+            h = apply_layer(conv, h, sn, train)
             if i > 0:
-                h = _norm(self.norm, self.axis_name, self.dtype, train, _dcgan_scale_init, impl=self.norm_impl)(h)
+                h = norm_layer(self.norm, self.axis_name, self.dtype, train, _dcgan_scale_init, impl=self.norm_impl)(h)
             h = layers.leaky_relu(h, 0.2)
         # The logit in float32: rounded to bfloat16 it moved D's loss by 5e-3 relative where |logit| reached 11.
         out = nn.Dense(1, use_bias=False, kernel_init=DCGAN_INIT, dtype=jnp.float32, param_dtype=jnp.float32)
         h = h.reshape(h.shape[0], -1)
-        logit = _layer(out, h, sn, train)[:, 0].astype(jnp.float32)
-        return logit + _projection(h, labels, self.num_classes, DCGAN_INIT, sn, train) if self.num_classes else logit
+        logit = apply_layer(out, h, sn, train)[:, 0].astype(jnp.float32)
+        return logit + projection(h, labels, self.num_classes, DCGAN_INIT, sn, train) if self.num_classes else logit
 
 
 # --- ResNet (SNGAN) --------------------------------------------------------------------------------------------------
@@ -272,7 +182,7 @@ class _ResBlock(nn.Module):
     'down' (D): [BN], ReLU, 3x3 conv, [BN], ReLU, 3x3 conv, 2x2 avg-pool; shortcut 1x1 conv + avg-pool.
     'first' (D's optimized first block): 3x3 conv, [BN], ReLU, 3x3 conv, avg-pool; shortcut avg-pool + 1x1 conv.
     'same' (D): as 'down' without pooling; identity shortcut when cin == features (else a 1x1 conv).
-    With num_classes > 0 and norm 'batch' ('up' only), each BN is a ConditionalBatchNorm of the labels.
+    With num_classes > 0 and norm 'batch' ('up' only), each BN is a gan_blocks.ConditionalBatchNorm of the labels.
     """
 
     features: int
@@ -290,12 +200,12 @@ class _ResBlock(nn.Module):
         conv = lambda k, name: nn.Conv(self.features, (k, k), padding="SAME", dtype=dt, param_dtype=jnp.float32,
                                        kernel_init=GLOROT_RELU if k == 3 else GLOROT, name=name,
                                        promote_dtype=bias_in_float32)
-        apply = lambda layer, h: _layer(layer, h, self.spectral_norm, train).astype(dt)
+        apply = lambda layer, h: apply_layer(layer, h, self.spectral_norm, train).astype(dt)
         if self.num_classes and self.norm == "batch":
             norm = lambda h, name: ConditionalBatchNorm(self.num_classes, self.axis_name, self.dtype, train,
                                                         self.norm_impl, name=name)(h, labels)
         else:
-            norm = lambda h, name: _norm(self.norm, self.axis_name, self.dtype, train, name=name,
+            norm = lambda h, name: norm_layer(self.norm, self.axis_name, self.dtype, train, name=name,
                                          impl=self.norm_impl)(h)
         if self.kind == "first":
             h = nn.relu(norm(apply(conv(3, "conv1"), x), "norm1"))
@@ -341,21 +251,21 @@ class ResNetGenerator(nn.Module):
 
     @nn.compact
     def __call__(self, z: jax.Array, labels: jax.Array | None = None, train: bool = True) -> jax.Array:
-        _check("resnet", self.image_shape, tuple(RESNET_G), [("g_norm", self.norm)], self.dtype)
-        _check_labels(self, labels)
+        check_model("resnet", self.image_shape, tuple(RESNET_G), [("g_norm", self.norm)], self.dtype)
+        check_labels(self, labels)
         widths = [m * self.width for m in RESNET_G[self.image_shape[0]]]
         dt, sn = DTYPES[self.dtype], self.spectral_norm
         dense = nn.Dense(4 * 4 * widths[0], kernel_init=GLOROT, dtype=dt, param_dtype=jnp.float32,
                          promote_dtype=bias_in_float32)
         cbn = self.num_classes if self.norm == "batch" else 0  # else the labels go in with z
-        h = _layer(dense, _with_one_hot(z, labels, self.num_classes - cbn), sn, train)
+        h = apply_layer(dense, with_one_hot(z, labels, self.num_classes - cbn), sn, train)
         h = h.astype(dt).reshape(z.shape[0], 4, 4, widths[0])
         for w in widths[1:]:
             h = _ResBlock(w, "up", self.norm, sn, self.dtype, self.axis_name, self.norm_impl, cbn)(h, train, labels)
-        h = nn.relu(_norm(self.norm, self.axis_name, self.dtype, train, impl=self.norm_impl)(h))
+        h = nn.relu(norm_layer(self.norm, self.axis_name, self.dtype, train, impl=self.norm_impl)(h))
         out = nn.Conv(self.image_shape[-1], (3, 3), padding="SAME", kernel_init=GLOROT, dtype=dt,
                       param_dtype=jnp.float32, promote_dtype=bias_in_float32)  # float32 out, into the tanh
-        return jnp.tanh(_layer(out, h, sn, train).astype(jnp.float32))
+        return jnp.tanh(apply_layer(out, h, sn, train).astype(jnp.float32))
 
 
 class ResNetDiscriminator(nn.Module):
@@ -380,8 +290,8 @@ class ResNetDiscriminator(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, labels: jax.Array | None = None, train: bool = True) -> jax.Array:
-        _check("resnet", self.image_shape, tuple(RESNET_D), [("d_norm", self.norm)], self.dtype)
-        _check_labels(self, labels)
+        check_model("resnet", self.image_shape, tuple(RESNET_D), [("d_norm", self.norm)], self.dtype)
+        check_labels(self, labels)
         mults, down = RESNET_D[self.image_shape[0]]
         dt, sn = DTYPES[self.dtype], self.spectral_norm
         block = lambda w, kind: _ResBlock(w * self.width, kind, self.norm, sn, self.dtype, self.axis_name,
@@ -392,8 +302,8 @@ class ResNetDiscriminator(nn.Module):
         h = nn.relu(h).astype(jnp.float32).sum((1, 2))
         # SNGAN's: no bias. In float32, as its input (the sum pooling) already is: a bfloat16 logit is rounded.
         out = nn.Dense(1, use_bias=False, kernel_init=GLOROT, dtype=jnp.float32, param_dtype=jnp.float32)
-        logit = _layer(out, h, sn, train)[:, 0].astype(jnp.float32)
-        return logit + _projection(h, labels, self.num_classes, GLOROT, sn, train) if self.num_classes else logit
+        logit = apply_layer(out, h, sn, train)[:, 0].astype(jnp.float32)
+        return logit + projection(h, labels, self.num_classes, GLOROT, sn, train) if self.num_classes else logit
 
 
 def init_variables(module: nn.Module, key: jax.Array, *args, **kwargs) -> dict:
@@ -455,7 +365,7 @@ def _fields(m, image_shape, axis_name, prefix: str) -> dict:
 
 def _pair(name, gen, disc, supported, model_config, image_shape, axis_name, **extra):
     m = model_config
-    _check(name, image_shape, supported, [("g_norm", m.g_norm), ("d_norm", m.d_norm)], m.dtype)
+    check_model(name, image_shape, supported, [("g_norm", m.g_norm), ("d_norm", m.d_norm)], m.dtype)
     batch_norm.resolve_norm_impl(m.get("norm_impl", "auto"))  # an unknown name fails here, listing the choices
     g = gen(latent_dim=m.latent_dim, **_fields(m, image_shape, axis_name, "g"), **extra)
     return g, disc(**_fields(m, image_shape, axis_name, "d"), **extra)
