@@ -17,11 +17,11 @@ running averages move in every pass of G in Chainer (6 per iteration), in jaxgen
 matters only for the raw G (ema_half_life=0): an EMA G's statistics are estimated again before it samples.
 Variants: conditional (the class-conditional SNGAN of Miyato and Koyama 2018: conditional BatchNorm in G, a
 projection D, on CIFAR-10's 10 labels), diffaugment (color, translation, cutout on reals and fakes), ada
-(StyleGAN2-ADA's adaptive augmentation), lecam (LeCam regularization, Tseng et al. 2021), bf16, smoke (synthetic
-32x32x3).
+(StyleGAN2-ADA's adaptive augmentation), bcr (balanced consistency regularization, Zhao et al. 2021, lambda 10,
+flips and translations), lecam (LeCam regularization, Tseng et al. 2021), bf16, smoke (synthetic 32x32x3).
 """
 
-from jaxgen.config import ada, bf16, diffaugment, gan_config, gan_smoke, lecam, with_variant
+from jaxgen.config import ada, bcr, bf16, diffaugment, gan_config, gan_smoke, lecam, with_variant
 
 
 def get_config(variant: str = ""):
@@ -62,5 +62,5 @@ def _conditional(c):
     c.model.num_classes = 10
 
 
-VARIANTS = {"conditional": _conditional, "diffaugment": diffaugment, "ada": ada, "lecam": lecam, "bf16": bf16,
-            "smoke": _smoke}
+VARIANTS = {"conditional": _conditional, "diffaugment": diffaugment, "ada": ada, "bcr": bcr, "lecam": lecam,
+            "bf16": bf16, "smoke": _smoke}

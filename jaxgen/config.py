@@ -178,14 +178,17 @@ def gan_config() -> ml_collections.ConfigDict:
     c.loss = ml_collections.ConfigDict()
     c.loss.name = "non_saturating"  # jaxgen.objectives.gan.LOSSES or 'package.module:function'
     c.reg = ml_collections.ConfigDict()
-    c.reg.name = "none"  # 'none', 'r1', 'gp' (WGAN-GP) or 'package.module:function'
-    c.reg.weight = 10.0  # r1: gamma in gamma/2 E|grad D(x)|^2; gp: lambda in lambda E(|grad D(x_hat)| - 1)^2
+    c.reg.name = "none"  # 'none', 'r1', 'gp' (WGAN-GP), 'cr', 'bcr' (consistency) or 'package.module:function'
+    # r1: gamma in gamma/2 E|grad D(x)|^2; gp: lambda in lambda E(|grad D(x_hat)| - 1)^2; cr, bcr: lambda in
+    # lambda E(D(x) - D(T(x)))^2 (bcr: on reals and on fakes, the same lambda)
+    c.reg.weight = 10.0
     c.reg.interval = 1  # lazy regularization: every N D steps, weight scaled by N (StyleGAN2's 16 for R1); the
     # logged 'reg' (and the regularizer's own metrics) are then means over the D updates that ran it
     # With augment.policy: False = the penalty at the augmented images D sees (DiffAugment's ns_r1_DiffAugment);
     # True = at the clean images, D seeing them augmented (the same draw): the input gradient goes back through the
     # augmentation (StyleGAN2-ADA's R1).
     c.reg.through_augment = False
+    c.reg.cr_policy = "flip,translation"  # cr, bcr: the augmentations T (jaxgen.data.augment names); the papers'
     # LeCam regularization (Tseng et al. 2021), beside reg.name's: > 0 adds this weight times
     # E relu(D(x) - a_F)^2 + E relu(a_R - D(G(z)))^2 to D's loss, a_R and a_F moving averages of D's mean outputs on
     # reals and fakes (the authors' BigGAN CIFAR runs: 0.3); 0 = off
@@ -326,6 +329,13 @@ def ada(config: ml_collections.ConfigDict) -> None:
     rotations, anisotropic scaling, hue); flips are left out here: data.random_flip mirrors the dataset instead."""
     config.augment.policy = "translation,rotation,scale,color"
     config.augment.ada_target = 0.6
+
+
+def bcr(config: ml_collections.ConfigDict) -> None:
+    """GAN variant: balanced consistency regularization (bCR; Zhao et al. 2021) with their lambda 10 on reals and
+    fakes, T a random flip and translation (reg.cr_policy; a config for digits leaves the flips out)."""
+    config.reg.name = "bcr"
+    config.reg.weight = 10.0
 
 
 def lecam(config: ml_collections.ConfigDict) -> None:

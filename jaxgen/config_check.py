@@ -88,6 +88,9 @@ def ignored_settings(config: ml_collections.ConfigDict, base: ml_collections.Con
     if "reg" in config and config.reg.name == "none":
         out += [f"reg.{field}={config.reg[field]!r} (read by a regularizer: reg.name=r1, gp or your own)"
                 for field in ("weight", "interval") if changed("reg", field)]
+    if "reg" in config and config.reg.name not in ("cr", "bcr") and changed("reg", "cr_policy"):
+        out.append(f"reg.cr_policy={config.reg.cr_policy!r} (read by the consistency regularizers, reg.name=cr or "
+                   f"bcr; this run's is {config.reg.name})")
     if "reg" in config and config.reg.get("lecam_weight", 0.0) == 0 and changed("reg", "lecam_decay"):
         out.append(f"reg.lecam_decay={config.reg.lecam_decay!r} (read by LeCam regularization, reg.lecam_weight > 0; "
                    f"this run's is 0)")

@@ -13,7 +13,8 @@ once by tracing the loss. In the G update d_fake has the G update's own length w
 fresh fakes for it (e.g. 128 beside 64 reals), so a loss reduces each side on its own. A user's loss is named
 `loss.name='package.module:function'` with this signature.
 
-A regularizer penalises D's input gradient:
+A regularizer penalises D: its input gradient (R1, the gradient penalty) or its inconsistency under augmentation
+(CR, bCR):
 
     reg(d_fn, real [B, H, W, C], fake [B, H, W, C], keys [B]) -> (penalty, metrics)
 
@@ -21,10 +22,11 @@ d_fn(x) -> [B] is D with its current parameters (differentiable in them and in x
 example. A class-conditional D (model.num_classes > 0) scores x with the reals' labels, which the fakes share: x
 must then hold B images (reals, fakes or their interpolations, not both concatenated). With augmentation on, `real`
 and `fake` are the augmented images D saw, so R1 and the gradient penalty are taken at D's augmented inputs (as
-DiffAugment's `ns_r1_DiffAugment`); `reg.through_augment=True` takes them at the un-augmented images instead,
-differentiating through the augmentation (StyleGAN2-ADA's R1). The trainer adds reg.weight * penalty to D's loss
-(times reg.interval when the regularizer runs lazily every reg.interval D steps). A user's regularizer is
-`reg.name='package.module:function'`.
+DiffAugment's `ns_r1_DiffAugment`), and CR compares D on them with D on a further augmentation of them
+(reg.cr_policy); `reg.through_augment=True` passes the un-augmented images instead, with a d_fn that augments its
+input with the reals' draws, so that the penalty differentiates through the augmentation (StyleGAN2-ADA's R1). The
+trainer adds reg.weight * penalty to D's loss (times reg.interval when the regularizer runs lazily every
+reg.interval D steps). A user's regularizer is `reg.name='package.module:function'`.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxgen import parallel, registry
+from jaxgen.data import augment
 from jaxgen.objectives import check_scalars
 
 
@@ -110,7 +113,37 @@ def gradient_penalty(d_fn, real, fake, keys):
     return jnp.mean(jnp.square(norms - 1.0)), {"gp_grad_norm": jnp.mean(norms)}
 
 
-REGULARIZERS: dict[str, Callable | None] = {"none": None, "r1": r1, "gp": gradient_penalty}
+CR_POLICY = "flip,translation"  # reg.cr_policy's default: the CR and bCR papers' flips and shifts of a few pixels
+
+
+def _consistency(d_fn, x, keys, policy: str):
+    """Per-example squared differences [B] between D's outputs on x and on T(x), T the augmentations `policy`, drawn
+    per example from `keys` (so the same on any device count); differentiable in D's parameters through both."""
+    tx = jax.vmap(lambda k, xi: augment.apply(policy, k, xi[None])[0])(keys, x)
+    return jnp.square(d_fn(x).astype(jnp.float32) - d_fn(tx).astype(jnp.float32))
+
+
+def consistency(d_fn, real, fake, keys, cfg=None):
+    """Consistency regularization (CR; Zhang, Zhang, Odena and Lee 2020): E (D(x) - D(T(x)))^2 on the reals, T a
+    random flip and translation (reg.cr_policy); reg.weight is the paper's lambda (10)."""
+    del fake
+    policy = CR_POLICY if cfg is None else cfg.cr_policy
+    sq = _consistency(d_fn, real, jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys), policy)
+    return jnp.mean(sq), {"cr_real": jnp.mean(sq)}
+
+
+def balanced_consistency(d_fn, real, fake, keys, cfg=None):
+    """Balanced consistency regularization (bCR; Zhao, Zhang, Chen, Singh and Zhang 2021): CR on the reals plus the
+    same on the fakes, E (D(G(z)) - D(T(G(z))))^2, so that D is not consistent on reals alone (whose augmentations
+    could then leak into G's samples). reg.weight is their lambda_real = lambda_fake (10)."""
+    policy = CR_POLICY if cfg is None else cfg.cr_policy
+    on_real = _consistency(d_fn, real, jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys), policy)
+    on_fake = _consistency(d_fn, fake, jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys), policy)
+    return jnp.mean(on_real) + jnp.mean(on_fake), {"cr_real": jnp.mean(on_real), "cr_fake": jnp.mean(on_fake)}
+
+
+REGULARIZERS: dict[str, Callable | None] = {"none": None, "r1": r1, "gp": gradient_penalty, "cr": consistency,
+                                            "bcr": balanced_consistency}
 
 
 def lecam(d_real, d_fake, anchor_real, anchor_fake):

@@ -57,6 +57,12 @@ class GANTask:
             self.reg_fn = gan_obj.get_regularizer(c.reg.name, c.reg)
             gan_obj.check_loss(self.loss_fn, c.loss.name, batch=c.train.batch_size, g_batch=self.g_batch)
             augment.check_policy(c.augment.policy)
+            if c.reg.name in ("cr", "bcr"):
+                if not c.reg.cr_policy:
+                    raise ValueError(f"reg.name={c.reg.name} compares D's outputs on images and on augmentations of "
+                                     "them, and reg.cr_policy is empty: set one, e.g. --config.reg.cr_policy="
+                                     f"{gan_obj.CR_POLICY}")
+                augment.check_policy(c.reg.cr_policy)
         registry.resolve("GAN model", c.model.name, gan_models.GANS)  # unknown names fail before the data loads
         if c.data.name in data.READ_BY["resolution"] and c.data.resolution > 0:  # so does a resolution G and D lack,
             gan_models.build(c.model, (c.data.resolution,) * 2 + (3,), axis_name=parallel.AXIS)  # before decoding
@@ -78,7 +84,8 @@ class GANTask:
         # A lazy regularizer's metrics: averaged over the D updates that ran it (gan_step, _train_record).
         self.lazy_metrics = ("reg", *reg_names) if self.reg_fn is not None and c.reg.interval > 1 else ()
         self.generator, self.discriminator = gan_models.build(c.model, self.image_shape, axis_name=parallel.AXIS)
-        if self.reg_fn is not None and c.model.d_norm == "batch":  # (training only: reg_fn is None otherwise)
+        # (training only: reg_fn is None otherwise; the consistency regularizers take no input gradient)
+        if self.reg_fn is not None and c.model.d_norm == "batch" and c.reg.name not in ("cr", "bcr"):
             log.warning("reg.name=%s with BatchNorm in D (model.d_norm='batch'): the penalty's per-example input "
                         "gradients are coupled through the batch statistics; Gulrajani et al. (2017) advise a "
                         "critic without BatchNorm (--config.model.d_norm=none)", c.reg.name)

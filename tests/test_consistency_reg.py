@@ -1,0 +1,87 @@
+"""The consistency regularizers (reg.name='cr', 'bcr'): D's squared change under a random augmentation of its
+inputs, against a closed form for a linear D; their draws; their config checks."""
+
+import logging
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from jaxgen import config as config_lib
+from jaxgen import config_check
+from jaxgen.data import augment
+from jaxgen.objectives import gan as gan_obj
+from jaxgen.training import loop
+from tests.conftest import CONFIGS, config_module
+
+
+def _linear_d(w):
+    return lambda x: jnp.sum(x * w, axis=(1, 2, 3))
+
+
+def _draws(policy, keys, x, stream):
+    """T(x): example i augmented with fold_in(keys[i], stream), as the regularizers draw it."""
+    return jnp.stack([augment.apply(policy, jax.random.fold_in(k, stream), xi[None])[0] for k, xi in zip(keys, x)])
+
+
+def test_cr_is_the_mean_squared_change_of_d_and_its_gradient_reaches_both_outputs():
+    """For a linear D(x) = <w, x>, CR = mean_i <w, x_i - T(x_i)>^2 and its gradient in w is
+    mean_i 2 <w, x_i - T(x_i)> (x_i - T(x_i)): D is pulled on both the image and its augmentation."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.uniform(-1, 1, (8, 12, 12, 1)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(12, 12, 1)), jnp.float32)
+    keys = jax.random.split(jax.random.key(1), 8)
+    cfg = ml_collections.FrozenConfigDict({"cr_policy": "flip,translation"})
+    diff = x - _draws("flip,translation", keys, x, 0)
+    per = jnp.sum(diff * w, axis=(1, 2, 3))
+    value, metrics = gan_obj.consistency(_linear_d(w), x, x * 0, keys, cfg=cfg)
+    assert float(value) == pytest.approx(float(jnp.mean(per**2)), rel=1e-5) and float(value) > 0
+    assert float(metrics["cr_real"]) == pytest.approx(float(value))
+    grad = jax.grad(lambda w: gan_obj.consistency(_linear_d(w), x, x * 0, keys, cfg=cfg)[0])(w)
+    want = jnp.mean(2 * per[:, None, None, None] * diff, axis=0)
+    np.testing.assert_allclose(np.asarray(grad), np.asarray(want), rtol=1e-4, atol=1e-5)
+    # Left-right symmetric images under flips alone: D cannot change, the penalty is 0.
+    sym = (x + x[:, :, ::-1]) / 2
+    assert float(gan_obj.consistency(_linear_d(w), sym, sym, keys,
+                                     cfg=ml_collections.FrozenConfigDict({"cr_policy": "flip"}))[0]) == 0.0
+
+
+def test_bcr_adds_the_same_penalty_on_the_fakes_with_draws_of_their_own():
+    rng = np.random.default_rng(1)
+    real = jnp.asarray(rng.uniform(-1, 1, (6, 8, 8, 3)), jnp.float32)
+    fake = jnp.asarray(rng.uniform(-1, 1, (6, 8, 8, 3)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(8, 8, 3)), jnp.float32)
+    keys = jax.random.split(jax.random.key(2), 6)
+    d = _linear_d(w)
+    value, metrics = gan_obj.balanced_consistency(d, real, fake, keys)  # cfg None: the default policy
+    on_fake = jnp.mean((d(fake) - d(_draws(gan_obj.CR_POLICY, keys, fake, 1))) ** 2)
+    assert float(metrics["cr_fake"]) == pytest.approx(float(on_fake), rel=1e-5)
+    assert float(metrics["cr_real"]) == pytest.approx(float(gan_obj.consistency(d, real, fake, keys)[0]), rel=1e-6)
+    assert float(value) == pytest.approx(float(metrics["cr_real"] + metrics["cr_fake"]), rel=1e-6)
+    same_draws = jnp.mean((d(fake) - d(_draws(gan_obj.CR_POLICY, keys, fake, 0))) ** 2)
+    assert float(on_fake) != pytest.approx(float(same_draws), rel=1e-3)  # the fakes' draws are not the reals'
+
+
+def _config(variant="bcr,smoke", **over):
+    c = config_module(CONFIGS / "gan_mnist.py").get_config(variant)
+    c.unlock()
+    c.output.progress = c.output.plots = False
+    c.eval.extractors = ()
+    for k, v in over.items():
+        section, name = k.split(".")
+        c[section][name] = v
+    return c
+
+
+def test_bad_consistency_policies_are_refused_and_an_unread_one_is_reported(tmp_path, caplog):
+    with pytest.raises(ValueError, match="reg.cr_policy is empty"):
+        loop.build_task(_config(**{"reg.cr_policy": ""}), tmp_path)
+    with pytest.raises(ValueError, match="unknown augmentation 'flop'; choices: "):
+        loop.build_task(_config(**{"reg.cr_policy": "translation,flop"}), tmp_path)
+    caplog.set_level(logging.WARNING, logger="jaxgen")
+    task = loop.build_task(_config(), tmp_path)  # gan_mnist's D has BatchNorm: no input-gradient warning for CR
+    assert task.config.reg.cr_policy == "translation" and "BatchNorm in D" not in caplog.text
+    unread = config_check.ignored_settings(_config("smoke", **{"reg.cr_policy": "flip"}), config_lib.gan_config())
+    assert any(s.startswith("reg.cr_policy='flip' (read by the consistency regularizers") for s in unread)
