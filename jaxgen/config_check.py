@@ -322,7 +322,8 @@ def _check_augment(a: ml_collections.ConfigDict, loss: str) -> None:
 def _check_critic(config: ml_collections.ConfigDict) -> None:
     """Warns where the Wasserstein loss, whose critic must be 1-Lipschitz, lacks a constraint (not an error: a
     user's model may constrain the critic another way). A penalty with BatchNorm in D: GANTask warns."""
-    constrained = (config.reg.name != "none" and config.reg.weight > 0) or config.model.get("d_spectral_norm", False)
+    gradient_penalty = config.reg.name not in ("none", "cr", "bcr")  # the consistency ones bound no gradient
+    constrained = (gradient_penalty and config.reg.weight > 0) or config.model.get("d_spectral_norm", False)
     if config.loss.name == "wasserstein" and not constrained:
         log.warning("loss.name=wasserstein without a Lipschitz constraint on D: its outputs grow without bound and "
                     "its loss falls for ever. Add the gradient penalty (--config.reg.name=gp --config.reg.weight=10, "

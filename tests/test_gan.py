@@ -227,6 +227,7 @@ def test_a_critic_without_a_lipschitz_constraint_is_warned_about(caplog):
     assert "wasserstein without a Lipschitz constraint" in warnings(**{"loss.name": "wasserstein"})
     assert "Lipschitz" not in warnings(**{"loss.name": "wasserstein", "reg.name": "gp", "reg.weight": 10.0})
     assert "Lipschitz" not in warnings(**{"loss.name": "wasserstein", "model.d_spectral_norm": True})
+    assert "Lipschitz" in warnings(**{"loss.name": "wasserstein", "reg.name": "bcr"})  # bounds no gradient
     with pytest.raises(ValueError, match="reg.weight must be >= 0, got -1.0"):
         config_check.check(_smoke(**{"reg.name": "r1", "reg.weight": -1.0}))
 
