@@ -72,10 +72,10 @@ def _r1(c):
 
 
 def _bcr(c):
-    """Balanced consistency regularization (Zhao et al. 2021), lambda 10 on reals and fakes, with translations only:
-    a mirrored digit is not a digit."""
+    """Balanced consistency regularization (Zhao et al. 2021), lambda 10 on reals and fakes, with shifts only (filled
+    with the digit's black background reflected): a mirrored digit is not a digit."""
     bcr(c)
-    c.reg.cr_policy = "translation"
+    c.reg.cr_policy = "translation_reflect"
 
 
 def _smoke(c):

@@ -86,7 +86,7 @@ def ignored_settings(config: ml_collections.ConfigDict, base: ml_collections.Con
         out.append(f"objective.gaussian_sigma={config.objective.gaussian_sigma!r} (read by "
                    f"objective.likelihood=gaussian; this run's is {config.objective.likelihood})")
     if "reg" in config and config.reg.name == "none":
-        out += [f"reg.{field}={config.reg[field]!r} (read by a regularizer: reg.name=r1, gp or your own)"
+        out += [f"reg.{field}={config.reg[field]!r} (read by a regularizer: reg.name=r1, gp, cr, bcr or your own)"
                 for field in ("weight", "interval") if changed("reg", field)]
     if "reg" in config and config.reg.name not in ("cr", "bcr") and changed("reg", "cr_policy"):
         out.append(f"reg.cr_policy={config.reg.cr_policy!r} (read by the consistency regularizers, reg.name=cr or "
@@ -274,6 +274,10 @@ def _check_gan(config: ml_collections.ConfigDict) -> None:
     if config.reg.through_augment and not (config.augment.policy and config.reg.name != "none"):
         log.warning("reg.through_augment=True does nothing without a regularizer (reg.name) and an augmentation "
                     "(augment.policy)")
+    elif config.reg.through_augment and config.reg.name in ("cr", "bcr"):
+        log.warning("reg.through_augment=True does nothing with reg.name=%s: it takes no input gradient, and "
+                    "compares D on the augmented images D saw with D on a further augmentation of them "
+                    "(reg.cr_policy)", config.reg.name)
     if config.reg.interval < 1:
         raise ValueError(f"reg.interval must be >= 1 (1 = every D step), got {config.reg.interval}")
     if config.model.dtype not in ("float32", "bfloat16"):

@@ -42,10 +42,11 @@ def test_cr_is_the_mean_squared_change_of_d_and_its_gradient_reaches_both_output
     grad = jax.grad(lambda w: gan_obj.consistency(_linear_d(w), x, x * 0, keys, cfg=cfg)[0])(w)
     want = jnp.mean(2 * per[:, None, None, None] * diff, axis=0)
     np.testing.assert_allclose(np.asarray(grad), np.asarray(want), rtol=1e-4, atol=1e-5)
-    # Left-right symmetric images under flips alone: D cannot change, the penalty is 0.
+    # Flips alone: left-right symmetric images leave D unchanged (penalty 0), the others do not.
+    flips = ml_collections.FrozenConfigDict({"cr_policy": "flip"})
     sym = (x + x[:, :, ::-1]) / 2
-    assert float(gan_obj.consistency(_linear_d(w), sym, sym, keys,
-                                     cfg=ml_collections.FrozenConfigDict({"cr_policy": "flip"}))[0]) == 0.0
+    assert float(gan_obj.consistency(_linear_d(w), sym, sym, keys, cfg=flips)[0]) == 0.0
+    assert float(gan_obj.consistency(_linear_d(w), x, x, keys, cfg=flips)[0]) > 0
 
 
 def test_bcr_adds_the_same_penalty_on_the_fakes_with_draws_of_their_own():
@@ -76,12 +77,17 @@ def _config(variant="bcr,smoke", **over):
 
 
 def test_bad_consistency_policies_are_refused_and_an_unread_one_is_reported(tmp_path, caplog):
-    with pytest.raises(ValueError, match="reg.cr_policy is empty"):
-        loop.build_task(_config(**{"reg.cr_policy": ""}), tmp_path)
-    with pytest.raises(ValueError, match="unknown augmentation 'flop'; choices: "):
+    for empty in ("", "none"):
+        with pytest.raises(ValueError, match=f"reg.cr_policy='{empty}' has none: set some"):
+            loop.build_task(_config(**{"reg.cr_policy": empty}), tmp_path)
+    with pytest.raises(ValueError, match="reg.cr_policy='translation,flop': unknown augmentation 'flop'; choices: "):
         loop.build_task(_config(**{"reg.cr_policy": "translation,flop"}), tmp_path)
     caplog.set_level(logging.WARNING, logger="jaxgen")
     task = loop.build_task(_config(), tmp_path)  # gan_mnist's D has BatchNorm: no input-gradient warning for CR
-    assert task.config.reg.cr_policy == "translation" and "BatchNorm in D" not in caplog.text
+    assert "BatchNorm in D" not in caplog.text
+    assert task.reg_fn.keywords["cfg"].cr_policy == "translation_reflect"  # the variant's reaches the regularizer
+    task = loop.build_task(_config(**{"augment.policy": "translation", "reg.through_augment": True}), tmp_path)
+    assert "reg.through_augment=True does nothing with reg.name=bcr" in caplog.text
+    assert not task.reg_through_augment  # the regularizer gets the augmented images D saw
     unread = config_check.ignored_settings(_config("smoke", **{"reg.cr_policy": "flip"}), config_lib.gan_config())
     assert any(s.startswith("reg.cr_policy='flip' (read by the consistency regularizers") for s in unread)

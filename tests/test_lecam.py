@@ -93,6 +93,21 @@ def test_d_update_is_the_gradient_of_the_d_loss_plus_the_weighted_penalty_at_the
     assert float(metrics["lecam"]) > 0
 
 
+def test_the_averages_move_once_per_d_update():
+    """With 2 D updates per train step the averages move twice a step: their weights' sum after one step is
+    1 - decay^2, after two 1 - decay^4."""
+    from tests.test_gan import _gan_setup
+
+    mesh = parallel.make_mesh(jax.devices()[:1])
+    state, fn = _gan_setup(mesh, **{"train.d_steps": 2, "reg.lecam_weight": 0.3, "reg.lecam_decay": 0.5})
+    images = (np.random.default_rng(0).random((64, 28, 28, 1)) * 255).astype(np.uint8)
+    state = jax.device_put(state, parallel.replicated(mesh))
+    data = parallel.put_replicated({"image": images}, mesh)
+    for n in (2, 4):
+        state, _ = fn(state, data)
+        assert float(state["lecam"]["norm"]) == pytest.approx(1 - 0.5**n, rel=1e-6)
+
+
 def _config(variant="lecam,smoke", **over):
     c = config_module(CONFIGS / "gan_mnist.py").get_config(variant)
     c.unlock()

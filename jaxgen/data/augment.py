@@ -95,26 +95,48 @@ def color(key: jax.Array, x: jax.Array) -> jax.Array:
 # ---- integer shifts, masks, flips -------------------------------------------------------------------------------
 
 
-def shift(x: jax.Array, dy: jax.Array, dx: jax.Array) -> jax.Array:
-    """out[b, i, j] = x[b, i + dy[b], j + dx[b]] where that is inside the image, else 0; dy, dx int [B].
+def _reflect(i: jax.Array, n: int) -> jax.Array:
+    """Indices outside 0..n-1 mirrored about the edge pixel (numpy's 'reflect': -1 -> 1, n -> n - 2), for
+    overshoots smaller than n."""
+    i = jnp.abs(i)
+    return jnp.where(i > n - 1, 2 * (n - 1) - i, i)
+
+
+def shift(x: jax.Array, dy: jax.Array, dx: jax.Array, fill: str = "zero") -> jax.Array:
+    """out[b, i, j] = x[b, i + dy[b], j + dx[b]] where that is inside the image; dy, dx int [B] (|dy| < H, |dx| < W).
+    Outside it: 0 (fill='zero', DiffAugment's), or the pixel mirrored about the edge (fill='reflect').
 
     One gather with computed indices (its gradient is a scatter-add back onto x).
     """
     bsz, h, w, _ = x.shape
     rows = jnp.arange(h)[None, :] + dy[:, None]  # [B, H]
     cols = jnp.arange(w)[None, :] + dx[:, None]  # [B, W]
-    inside = ((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :]
     batch = jnp.arange(bsz)[:, None, None]
+    if fill == "reflect":
+        return x[batch, _reflect(rows, h)[:, :, None], _reflect(cols, w)[:, None, :]]
+    inside = ((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :]
     out = x[batch, jnp.clip(rows, 0, h - 1)[:, :, None], jnp.clip(cols, 0, w - 1)[:, None, :]]
     return jnp.where(inside[..., None], out, jnp.zeros((), x.dtype))
 
 
-def translation(key: jax.Array, x: jax.Array) -> jax.Array:
-    """DiffAugment 'translation': integer shifts dy, dx ~ U{-s..s} per example, s = round(H/8), round(W/8)."""
+def _translate(key: jax.Array, x: jax.Array, fill: str) -> jax.Array:
     ky, kx = jax.random.split(key)
     bsz, h, w, _ = x.shape
     sy, sx = _side(h, RANGES["translation"]), _side(w, RANGES["translation"])
-    return shift(x, jax.random.randint(ky, (bsz,), -sy, sy + 1), jax.random.randint(kx, (bsz,), -sx, sx + 1))
+    dy, dx = jax.random.randint(ky, (bsz,), -sy, sy + 1), jax.random.randint(kx, (bsz,), -sx, sx + 1)
+    return shift(x, dy, dx, fill)
+
+
+def translation(key: jax.Array, x: jax.Array) -> jax.Array:
+    """DiffAugment 'translation': integer shifts dy, dx ~ U{-s..s} per example, s = round(H/8), round(W/8)."""
+    return _translate(key, x, "zero")
+
+
+def translation_reflect(key: jax.Array, x: jax.Array) -> jax.Array:
+    """'translation' (the same draws) filled with the image's reflection instead of zeros: a shifted image keeps
+    its background (black digits' black, not grey bars). The consistency regularizers' default (reg.cr_policy): a
+    shift that adds grey bars teaches D to ignore them, and G then draws them."""
+    return _translate(key, x, "reflect")
 
 
 def cut(x: jax.Array, top: jax.Array, left: jax.Array, size: tuple[int, int]) -> jax.Array:
@@ -238,6 +260,7 @@ def crop(key: jax.Array, x: jax.Array) -> jax.Array:
 AUGMENTATIONS: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
     "flip": flip,
     "translation": translation,
+    "translation_reflect": translation_reflect,
     "cutout": cutout,
     "color": color,
     "rotation": rotation,
@@ -255,16 +278,20 @@ def _resolve(policy: str) -> list[Callable[[jax.Array, jax.Array], jax.Array]]:
 CONTRACT = "fn(key, x [B, H, W, C] in [-1, 1]) -> x"
 
 
-def check_policy(policy: str) -> None:
-    """Raises ValueError for a name in the comma-separated `policy` that is neither built in nor importable as
-    `package.module:function` (listing the choices), or whose function cannot be called as `apply` calls it
-    (CONTRACT). Run once at start-up, before the data loads; the shape a function returns is checked while the
-    step compiles (`apply`)."""
+def check_policy(policy: str, field: str = "augment.policy") -> None:
+    """Raises ValueError for a name in the comma-separated `policy` (the config's `field`) that is neither built in
+    nor importable as `package.module:function` (listing the choices), or whose function cannot be called as `apply`
+    calls it (CONTRACT). Run once at start-up, before the data loads; the shape a function returns is checked while
+    the step compiles (`apply`)."""
     if policy.strip().lower() in ("none", "off"):
-        raise ValueError(f"augment.policy={policy!r}: no augmentation is the empty policy: --config.augment.policy=")
+        raise ValueError(f"{field}={policy!r}: no augmentation is the empty policy: --config.{field}=")
     names = [name.strip() for name in policy.split(",")] if policy else []
-    for name, fn in zip(names, _resolve(policy)):
-        registry.check_call(f"augmentation {name!r} (augment.policy={policy!r})", fn, CONTRACT, jax.random.key(0),
+    try:
+        fns = _resolve(policy)
+    except registry.UnknownNameError as e:
+        raise registry.UnknownNameError(f"{field}={policy!r}: {e}") from None
+    for name, fn in zip(names, fns):
+        registry.check_call(f"augmentation {name!r} ({field}={policy!r})", fn, CONTRACT, jax.random.key(0),
                             jnp.zeros((1, 8, 8, 1)))
 
 

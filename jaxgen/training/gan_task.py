@@ -58,11 +58,11 @@ class GANTask:
             gan_obj.check_loss(self.loss_fn, c.loss.name, batch=c.train.batch_size, g_batch=self.g_batch)
             augment.check_policy(c.augment.policy)
             if c.reg.name in ("cr", "bcr"):
-                if not c.reg.cr_policy:
+                if c.reg.cr_policy.strip().lower() in ("", "none", "off"):
                     raise ValueError(f"reg.name={c.reg.name} compares D's outputs on images and on augmentations of "
-                                     "them, and reg.cr_policy is empty: set one, e.g. --config.reg.cr_policy="
-                                     f"{gan_obj.CR_POLICY}")
-                augment.check_policy(c.reg.cr_policy)
+                                     f"them, and reg.cr_policy={c.reg.cr_policy!r} has none: set some, e.g. "
+                                     f"--config.reg.cr_policy={gan_obj.CR_POLICY}")
+                augment.check_policy(c.reg.cr_policy, field="reg.cr_policy")
         registry.resolve("GAN model", c.model.name, gan_models.GANS)  # unknown names fail before the data loads
         if c.data.name in data.READ_BY["resolution"] and c.data.resolution > 0:  # so does a resolution G and D lack,
             gan_models.build(c.model, (c.data.resolution,) * 2 + (3,), axis_name=parallel.AXIS)  # before decoding
@@ -77,9 +77,11 @@ class GANTask:
         else:
             self.train = self.validation = self.test = None
             self.image_shape = tuple(image_shape)
+        # The penalty through the augmentation: an input gradient's (the consistency regularizers take none)
+        self.reg_through_augment = bool(c.reg.through_augment and c.augment.policy and c.reg.name not in ("cr", "bcr"))
         reg_names = gan_obj.check_regularizer(self.reg_fn, c.reg.name, self.image_shape,
                                               batch=max(1, c.train.batch_size // self.mesh.size),  # per device
-                                              through_augment=bool(c.reg.through_augment and c.augment.policy),
+                                              through_augment=self.reg_through_augment,
                                               conditional=bool(self.num_classes))
         # A lazy regularizer's metrics: averaged over the D updates that ran it (gan_step, _train_record).
         self.lazy_metrics = ("reg", *reg_names) if self.reg_fn is not None and c.reg.interval > 1 else ()
@@ -177,7 +179,7 @@ class GANTask:
             batch=c.train.batch_size, augment_policy=c.augment.policy,
             ema_half_life=c.train.ema_half_life, ema_rampup=c.train.ema_rampup, g_lr=self.g_lr,
             d_lr=self.d_lr, g_batch=self.g_batch, random_flip=c.data.random_flip,
-            reg_through_augment=c.reg.through_augment, lazy_metrics=self.lazy_metrics, num_classes=self.num_classes,
+            reg_through_augment=self.reg_through_augment, lazy_metrics=self.lazy_metrics, num_classes=self.num_classes,
             augment_probability=c.augment.probability, ada=self.ada, lecam=self.lecam)
 
     def sampling_g(self, state) -> dict:
