@@ -404,3 +404,30 @@ def test_a_run_that_raised_in_python_writes_its_error_to_its_log_and_detaches_it
     assert logged.count("ERROR The run stopped: UnknownNameError: unknown GAN loss 'hinje'") == 1, logged
     assert "Traceback" in logged and "a later cell's line" not in logged
     assert workdir.log_fatal(ValueError("after the run")) is None  # nothing attached to write it to
+
+
+def test_a_call_that_fails_beside_a_live_runs_log_leaves_that_log_alone(tmp_path):
+    """A run of this process that is still going (a training run in a thread, its log file attached) keeps its file,
+    and gets no line about it, when another call fails beside it: --mode=sample of a workdir without checkpoints,
+    and a training run refused the live run's workdir."""
+    from jaxgen.training import modes, workdir
+
+    c = config_module(ROOT / "configs" / "gan_mnist.py").get_config("smoke")
+    live, other = tmp_path / "live", tmp_path / "other"
+    live.mkdir()
+    other.mkdir()
+    logger = logging.getLogger("jaxgen")
+    with workdir.training_lock(live, "training run"):
+        workdir.setup_logging(live)
+        try:
+            attached = [h for h in logger.handlers if isinstance(h, workdir.LogFile)]
+            with pytest.raises(FileNotFoundError, match="--mode=sample: no readable checkpoint"):
+                modes.sample_checkpoint(c, other)
+            with pytest.raises(workdir.WorkdirError, match="is in use"):
+                loop.train_and_evaluate(c, live)
+            logger.warning("the live run's own line")
+            assert [h for h in logger.handlers if isinstance(h, workdir.LogFile)] == attached
+        finally:
+            workdir.close_log_file()
+    text = (live / "log.txt").read_text()
+    assert "The run stopped" not in text and "the live run's own line" in text

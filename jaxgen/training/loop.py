@@ -186,9 +186,9 @@ def train_and_evaluate(config, workdir, command: dict | None = None) -> dict:
     the error that stopped it written there (workdir.run_log_file)."""
     created = wd.first_missing(workdir)  # the top folder this call creates, if any
     workdir = wd.prepare(workdir)
-    # The log file: before the lock, a refused run writes nothing into the workdir; the stop a signal asked for was
-    # logged by the loop (RunStopped).
-    with wd.run_log_file(quiet=(RunStopped,)), wd.training_lock(workdir, "training run"):
+    # The lock before the log: a refused run writes nothing into the workdir. The stop a signal asked for was logged
+    # by the loop (RunStopped).
+    with wd.training_lock(workdir, "training run"), wd.run_log_file(quiet=(RunStopped,)):
         wd.setup_logging(workdir)
         try:
             with failures.writer_errors_logged():  # a failed checkpoint write: one line, not Orbax's tracebacks

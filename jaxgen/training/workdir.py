@@ -177,11 +177,12 @@ def setup_logging(workdir: Path, mode: str = "train") -> None:
     logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax reports every save at INFO
 
 
-def close_log_file() -> None:
-    """Detaches the log file `setup_logging` added from jaxgen's logger and closes it: after a run that finished in
-    a Python process (a notebook), what that process logs later (trained.load's warnings) is not the run's."""
+def close_log_file(handlers: list[logging.Handler] | None = None) -> None:
+    """Detaches log files `setup_logging` added (`handlers`; None: every one) from jaxgen's logger and closes them:
+    after a run that finished in a Python process (a notebook), what that process logs later (trained.load's
+    warnings) is not the run's."""
     logger = logging.getLogger("jaxgen")
-    for handler in [h for h in logger.handlers if isinstance(h, LogFile)]:
+    for handler in [h for h in logger.handlers if isinstance(h, LogFile) and (handlers is None or h in handlers)]:
         logger.removeHandler(handler)
         handler.close()
 
@@ -206,27 +207,32 @@ def run_log_file(quiet: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
     """Around a run that sets up the workdir's log file (training, --mode=eval, --mode=sample): when the run ends,
     the file is detached from jaxgen's logger and closed, so that what the process logs later (a notebook's next
     cell, trained.load's warnings) is not the run's. An error that ends the run is written there first, with its
-    traceback (log_fatal), unless it is `quiet` (a stop the run logged itself). Under launch.py
-    (`errors_written_by_launch`) a run that raised keeps the file."""
+    traceback (log_fatal), unless it is `quiet` (a stop the run logged itself). Only the files set up inside the
+    block: another run's in the same process (a training run in a thread beside it) is left as it is. Under
+    launch.py (`errors_written_by_launch`) a run that raised keeps the file."""
+    logger = logging.getLogger("jaxgen")
+    before = list(logger.handlers)
+    own = lambda: [h for h in logger.handlers if isinstance(h, LogFile) and h not in before]  # noqa: E731
     try:
         yield
     except BaseException as e:
         if not _LAUNCHED:
             if not isinstance(e, quiet):
-                log_fatal(e)
-            close_log_file()
+                log_fatal(e, own())
+            close_log_file(own())
         raise
-    close_log_file()
+    close_log_file(own())
 
 
-def log_fatal(error: BaseException) -> Path | None:
+def log_fatal(error: BaseException, handlers: list[logging.Handler] | None = None) -> Path | None:
     """Writes the error that stops a run, with its traceback, to the workdir's log file (set up by `setup_logging`;
-    nothing before that, and only on process 0). Returns that file, or None where nothing was written."""
+    nothing before that, and only on process 0; `handlers`: those files only). Returns that file, or None where
+    nothing was written."""
     logger = logging.getLogger("jaxgen")
     record = logger.makeRecord(logger.name, logging.ERROR, __file__, 0, "The run stopped: %s: %s",
                                (type(error).__name__, error), (type(error), error, error.__traceback__))
     written = None
-    for handler in logger.handlers:
+    for handler in logger.handlers if handlers is None else handlers:
         if isinstance(handler, logging.FileHandler):
             failed = []  # a write that fails (a full disk) is not reported by logging's own traceback on stderr
             handler.handleError = failed.append
