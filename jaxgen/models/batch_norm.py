@@ -85,7 +85,7 @@ class BatchNorm(nn.Module):
     """BatchNorm over all axes but the last with flax nn.BatchNorm's variables ('params': scale, bias;
     'batch_stats': mean, var), arithmetic and running averages, computed by `batch_norm_train` in train mode.
 
-    `jaxgen.models.gan` picks it or nn.BatchNorm by `model.norm_impl` (resolve_norm_impl)."""
+    `jaxgen.models.gan_blocks.norm_layer` picks it or nn.BatchNorm by `model.norm_impl` (resolve_norm_impl)."""
 
     use_running_average: bool | None = None
     momentum: float = 0.99
