@@ -5,11 +5,11 @@
     python launch.py --config=configs/gan_mnist.py:smoke --workdir=/tmp/smoke          # < 1 minute
     python launch.py --config=configs/gan_mnist.py:conditional --workdir=runs/cgan_mnist  # one digit per column
 
-Variants (comma-separated, applied in order): mnist, conditional, hinge, wgan_gp, r1, bcr, diffaugment, ada,
-lecam, bf16, smoke.
+Variants (comma-separated, applied in order): mnist, conditional, hinge, wgan_gp, r1, diffaugment, ada, lecam,
+bf16, smoke.
 """
 
-from jaxgen.config import ada, bcr, bf16, diffaugment, gan_config, gan_smoke, lecam, with_variant
+from jaxgen.config import ada, bf16, diffaugment, gan_config, gan_smoke, lecam, with_variant
 
 
 def get_config(variant: str = ""):
@@ -71,17 +71,10 @@ def _r1(c):
     c.reg.interval = 4
 
 
-def _bcr(c):
-    """Balanced consistency regularization (Zhao et al. 2021), lambda 10 on reals and fakes, with shifts only (filled
-    with the digit's black background reflected): a mirrored digit is not a digit."""
-    bcr(c)
-    c.reg.cr_policy = "translation_reflect"
-
-
 def _smoke(c):
     c.data.name = "mnist_5k"
     gan_smoke(c)
 
 
-VARIANTS = {"mnist": _mnist, "conditional": _conditional, "hinge": _hinge, "wgan_gp": _wgan_gp, "r1": _r1, "bcr": _bcr,
+VARIANTS = {"mnist": _mnist, "conditional": _conditional, "hinge": _hinge, "wgan_gp": _wgan_gp, "r1": _r1,
             "diffaugment": diffaugment, "ada": ada, "lecam": lecam, "bf16": bf16, "smoke": _smoke}

@@ -13,6 +13,7 @@ from jaxgen import config as config_lib
 from jaxgen import config_check
 from jaxgen.data import augment
 from jaxgen.objectives import gan as gan_obj
+from jaxgen.reporting import writer
 from jaxgen.training import loop
 from tests.conftest import CONFIGS, config_module
 
@@ -65,9 +66,11 @@ def test_bcr_adds_the_same_penalty_on_the_fakes_with_draws_of_their_own():
     assert float(on_fake) != pytest.approx(float(same_draws), rel=1e-3)  # the fakes' draws are not the reals'
 
 
-def _config(variant="bcr,smoke", **over):
+def _config(variant="smoke", **over):
+    """gan_mnist:smoke with bCR (gan_cifar10's variant bcr, shifts only), unless `over` says otherwise."""
     c = config_module(CONFIGS / "gan_mnist.py").get_config(variant)
     c.unlock()
+    c.reg.name, c.reg.weight, c.reg.cr_policy = "bcr", 10.0, "translation"
     c.output.progress = c.output.plots = False
     c.eval.extractors = ()
     for k, v in over.items():
@@ -85,9 +88,18 @@ def test_bad_consistency_policies_are_refused_and_an_unread_one_is_reported(tmp_
     caplog.set_level(logging.WARNING, logger="jaxgen")
     task = loop.build_task(_config(), tmp_path)  # gan_mnist's D has BatchNorm: no input-gradient warning for CR
     assert "BatchNorm in D" not in caplog.text
-    assert task.reg_fn.keywords["cfg"].cr_policy == "translation_reflect"  # the variant's reaches the regularizer
+    assert task.reg_fn.keywords["cfg"].cr_policy == "translation"  # the config's reaches the regularizer
     task = loop.build_task(_config(**{"augment.policy": "translation", "reg.through_augment": True}), tmp_path)
     assert "reg.through_augment=True does nothing with reg.name=bcr" in caplog.text
     assert not task.reg_through_augment  # the regularizer gets the augmented images D saw
-    unread = config_check.ignored_settings(_config("smoke", **{"reg.cr_policy": "flip"}), config_lib.gan_config())
+    unread = config_check.ignored_settings(_config(**{"reg.name": "none", "reg.cr_policy": "flip"}),
+                                           config_lib.gan_config())
     assert any(s.startswith("reg.cr_policy='flip' (read by the consistency regularizers") for s in unread)
+
+
+def test_a_run_with_bcr_logs_both_terms(tmp_path, one_device):
+    c = _config(**{"train.steps": 4, "train.log_every": 2, "checkpoint.every": 4, "eval.every": 0})
+    loop.train_and_evaluate(c, tmp_path)
+    records = [r for r in writer.read(tmp_path / "metrics.jsonl") if r["split"] == "train"]
+    assert len(records) == 2 and all(r["cr_real"] > 0 and r["cr_fake"] > 0 and r["reg"] > 0 for r in records)
+    assert all(r["reg"] == pytest.approx(r["cr_real"] + r["cr_fake"], rel=1e-5) for r in records)

@@ -134,8 +134,7 @@ def translation(key: jax.Array, x: jax.Array) -> jax.Array:
 
 def translation_reflect(key: jax.Array, x: jax.Array) -> jax.Array:
     """'translation' (the same draws) filled with the image's reflection instead of zeros: a shifted image keeps
-    its background (black digits' black, not grey bars). The consistency regularizers' default (reg.cr_policy): a
-    shift that adds grey bars teaches D to ignore them, and G then draws them."""
+    its background (a digit's black, not a grey bar)."""
     return _translate(key, x, "reflect")
 
 

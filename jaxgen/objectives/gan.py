@@ -113,9 +113,7 @@ def gradient_penalty(d_fn, real, fake, keys):
     return jnp.mean(jnp.square(norms - 1.0)), {"gp_grad_norm": jnp.mean(norms)}
 
 
-# reg.cr_policy's default: the CR and bCR papers' flips and shifts of a few pixels, the shifts filled with the image's
-# reflection (augment.translation_reflect): zero-filled ones teach D to ignore grey bars, and G then draws them
-CR_POLICY = "flip,translation_reflect"
+CR_POLICY = "flip,translation"  # reg.cr_policy's default: the CR and bCR papers' flips and shifts of a few pixels
 
 
 def _consistency(d_fn, x, keys, policy: str):
