@@ -519,8 +519,8 @@ def test_settings_that_do_nothing_in_the_run_are_named_with_what_reads_them(capl
     g.model.name, g.model.conv_impl, g.reg.weight, g.reg.interval = "resnet", "xla", 1.0, 4
     assert config_check.ignored_settings(g, config_lib.gan_config()) == [
         "model.conv_impl='xla' (read by model.name=dcgan; this run's is resnet)",
-        "reg.weight=1.0 (read by a regularizer: reg.name=r1, gp or your own)",
-        "reg.interval=4 (read by a regularizer: reg.name=r1, gp or your own)"]
+        "reg.weight=1.0 (read by a regularizer: reg.name=r1, gp, cr, bcr or your own)",
+        "reg.interval=4 (read by a regularizer: reg.name=r1, gp, cr, bcr or your own)"]
     g.model.name, g.reg.name, g.d_optim.name = "myproject.models:pair", "r1", "myproject.optim:sgd"
     g.d_optim.weight_decay = 0.1  # a user's optimizer may read it
     assert config_check.ignored_settings(g, config_lib.gan_config()) == []

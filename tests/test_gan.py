@@ -41,7 +41,7 @@ def test_losses_match_a_hand_computation(name, d_loss, g_loss):
 def test_unknown_loss_and_regularizer_list_the_choices():
     with pytest.raises(ValueError, match="unknown GAN loss 'hing'; choices: hinge, least_squares, minimax"):
         gan_obj.get_loss("hing")
-    with pytest.raises(ValueError, match="unknown regularizer 'r2'; choices: gp, none, r1"):
+    with pytest.raises(ValueError, match="unknown regularizer 'r2'; choices: bcr, cr, gp, none, r1"):
         gan_obj.get_regularizer("r2")
 
 
