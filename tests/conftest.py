@@ -84,6 +84,19 @@ def config_module(path):
     return mod
 
 
+def gan_mnist_config(variant: str = "smoke", **over):
+    """configs/gan_mnist.py:<variant>, an unlocked copy with no progress bar, no plots and no sample-quality metrics,
+    with `over`'s fields ('section.name': value) set."""
+    c = config_module(CONFIGS / "gan_mnist.py").get_config(variant)
+    c.unlock()
+    c.output.progress = c.output.plots = False
+    c.eval.extractors = ()
+    for k, v in over.items():
+        section, name = k.split(".")
+        c[section][name] = v
+    return c
+
+
 @pytest.fixture
 def smoke_config():
     """configs/vae_mnist.py:smoke, unlocked copy with no progress bar, no plots and no sample-quality metrics

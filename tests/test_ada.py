@@ -14,7 +14,7 @@ from jaxgen import config_check
 from jaxgen.data import augment
 from jaxgen.reporting import writer
 from jaxgen.training import gan_step, loop
-from tests.conftest import CONFIGS, config_module
+from tests.conftest import CONFIGS, config_module, gan_mnist_config
 
 
 def _ada(p=0.5, signs=0.0):
@@ -53,14 +53,7 @@ def test_an_augmentation_applies_to_each_example_with_the_probability():
 
 
 def _config(**over):
-    c = config_module(CONFIGS / "gan_mnist.py").get_config("ada,smoke")
-    c.unlock()
-    c.output.progress = c.output.plots = False
-    c.eval.extractors = ()
-    for k, v in over.items():
-        section, name = k.split(".")
-        c[section][name] = v
-    return c
+    return gan_mnist_config("ada,smoke", **over)
 
 
 def test_the_logged_probability_follows_the_rule_from_the_logged_signs(tmp_path, one_device):

@@ -15,7 +15,7 @@ from jaxgen.data import augment
 from jaxgen.objectives import gan as gan_obj
 from jaxgen.reporting import writer
 from jaxgen.training import loop
-from tests.conftest import CONFIGS, config_module
+from tests.conftest import gan_mnist_config
 
 
 def _linear_d(w):
@@ -68,15 +68,7 @@ def test_bcr_adds_the_same_penalty_on_the_fakes_with_draws_of_their_own():
 
 def _config(variant="smoke", **over):
     """gan_mnist:smoke with bCR (gan_cifar10's variant bcr, shifts only), unless `over` says otherwise."""
-    c = config_module(CONFIGS / "gan_mnist.py").get_config(variant)
-    c.unlock()
-    c.reg.name, c.reg.weight, c.reg.cr_policy = "bcr", 10.0, "translation"
-    c.output.progress = c.output.plots = False
-    c.eval.extractors = ()
-    for k, v in over.items():
-        section, name = k.split(".")
-        c[section][name] = v
-    return c
+    return gan_mnist_config(variant, **{"reg.name": "bcr", "reg.weight": 10.0, "reg.cr_policy": "translation", **over})
 
 
 def test_bad_consistency_policies_are_refused_and_an_unread_one_is_reported(tmp_path, caplog):

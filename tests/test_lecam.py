@@ -14,7 +14,7 @@ from jaxgen.objectives import gan as gan_obj
 from jaxgen.reporting import writer
 from jaxgen.training import gan_step, loop
 from jaxgen.training import state as state_lib
-from tests.conftest import CONFIGS, config_module
+from tests.conftest import CONFIGS, config_module, gan_mnist_config
 
 
 def test_the_penalty_matches_a_hand_computation():
@@ -109,14 +109,7 @@ def test_the_averages_move_once_per_d_update():
 
 
 def _config(variant="lecam,smoke", **over):
-    c = config_module(CONFIGS / "gan_mnist.py").get_config(variant)
-    c.unlock()
-    c.output.progress = c.output.plots = False
-    c.eval.extractors = ()
-    for k, v in over.items():
-        section, name = k.split(".")
-        c[section][name] = v
-    return c
+    return gan_mnist_config(variant, **over)
 
 
 def test_the_logged_anchors_are_the_moving_averages_of_the_logged_d_outputs(tmp_path, one_device):
