@@ -32,6 +32,10 @@ def check(config: ml_collections.ConfigDict, training: bool = True) -> None:
         log.warning("These settings do nothing in this run: %s", "; ".join(ignored))
 
 
+# The consistency regularizers (jaxgen.objectives.gan): the reg.name values that read reg.cr_policy and take no
+# input gradient.
+CONSISTENCY = ("cr", "bcr")
+
 # The model fields each built-in model reads (the others in its task's model block belong to other models).
 MODEL_READS = {
     "conv_vae": ("latent_dim", "channels", "dense", "activation", "output_bias", "conv_impl"),
@@ -88,7 +92,7 @@ def ignored_settings(config: ml_collections.ConfigDict, base: ml_collections.Con
     if "reg" in config and config.reg.name == "none":
         out += [f"reg.{field}={config.reg[field]!r} (read by a regularizer: reg.name=r1, gp, cr, bcr or your own)"
                 for field in ("weight", "interval") if changed("reg", field)]
-    if "reg" in config and config.reg.name not in ("cr", "bcr") and changed("reg", "cr_policy"):
+    if "reg" in config and config.reg.name in ("none", "r1", "gp") and changed("reg", "cr_policy"):
         out.append(f"reg.cr_policy={config.reg.cr_policy!r} (read by the consistency regularizers, reg.name=cr or "
                    f"bcr; this run's is {config.reg.name})")
     if "reg" in config and config.reg.get("lecam_weight", 0.0) == 0 and changed("reg", "lecam_decay"):
@@ -274,7 +278,7 @@ def _check_gan(config: ml_collections.ConfigDict) -> None:
     if config.reg.through_augment and not (config.augment.policy and config.reg.name != "none"):
         log.warning("reg.through_augment=True does nothing without a regularizer (reg.name) and an augmentation "
                     "(augment.policy)")
-    elif config.reg.through_augment and config.reg.name in ("cr", "bcr"):
+    elif config.reg.through_augment and config.reg.name in CONSISTENCY:
         log.warning("reg.through_augment=True does nothing with reg.name=%s: it takes no input gradient, and "
                     "compares D on the augmented images D saw with D on a further augmentation of them "
                     "(reg.cr_policy)", config.reg.name)
@@ -326,7 +330,7 @@ def _check_augment(a: ml_collections.ConfigDict, loss: str) -> None:
 def _check_critic(config: ml_collections.ConfigDict) -> None:
     """Warns where the Wasserstein loss, whose critic must be 1-Lipschitz, lacks a constraint (not an error: a
     user's model may constrain the critic another way). A penalty with BatchNorm in D: GANTask warns."""
-    gradient_penalty = config.reg.name not in ("none", "cr", "bcr")  # the consistency ones bound no gradient
+    gradient_penalty = config.reg.name != "none" and config.reg.name not in CONSISTENCY  # they bound no gradient
     constrained = (gradient_penalty and config.reg.weight > 0) or config.model.get("d_spectral_norm", False)
     if config.loss.name == "wasserstein" and not constrained:
         log.warning("loss.name=wasserstein without a Lipschitz constraint on D: its outputs grow without bound and "

@@ -131,7 +131,7 @@ def test_the_augmentations_draws_with_a_probability_do_not_depend_on_the_device_
 
         def body(x):
             keys = dev.example_keys(jax.random.key(1), dev.local_positions(32, parallel.AXIS))
-            return gan_step._augment("translation,cutout,color", keys, x, jnp.float32(0.5))
+            return augment.per_example("translation,cutout,color", keys, x, jnp.float32(0.5))
 
         f = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=P(parallel.AXIS), out_specs=P(parallel.AXIS)))
         outs.append(np.asarray(f(x)))

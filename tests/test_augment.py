@@ -80,24 +80,6 @@ def test_shift_matches_numpy_for_given_offsets():
         np.testing.assert_array_equal(out[b], _shifted(x[b], dy[b], dx[b]))
 
 
-def test_a_reflected_shift_matches_numpys_reflect_padding_and_draws_as_translation():
-    """fill='reflect': the image padded by numpy's 'reflect' mode, then cropped at the shifted window; the
-    augmentation translation_reflect draws the same shifts as translation (the same pixels inside the image)."""
-    x = _images(b=3)
-    dy, dx = np.array([-2, 0, 3]), np.array([1, -3, 0])
-    out = np.asarray(augment.shift(jnp.asarray(x), jnp.asarray(dy), jnp.asarray(dx), fill="reflect"))
-    p = 3
-    padded = np.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), mode="reflect")
-    for b in range(3):
-        want = padded[b, p + dy[b]: p + dy[b] + H, p + dx[b]: p + dx[b] + W]
-        np.testing.assert_array_equal(out[b], want)
-    zero = np.asarray(augment.translation(KEY, jnp.asarray(_images())))
-    reflect = np.asarray(augment.translation_reflect(KEY, jnp.asarray(_images())))
-    inside = zero != 0  # where the zero-filled one has a source pixel (the images have no exact zeros)
-    np.testing.assert_array_equal(reflect[inside], zero[inside])
-    assert np.all(reflect != 0)
-
-
 def test_flip_is_identity_or_width_flip():
     x = _images()
     out = np.asarray(jax.jit(augment.flip)(KEY, jnp.asarray(x)))

@@ -50,6 +50,35 @@ def test_cr_is_the_mean_squared_change_of_d_and_its_gradient_reaches_both_output
     assert float(gan_obj.consistency(_linear_d(w), x, x, keys, cfg=flips)[0]) > 0
 
 
+def test_d_outputs_given_stand_in_for_d_on_the_images():
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.uniform(-1, 1, (4, 8, 8, 1)), jnp.float32)
+    d, keys = _linear_d(jnp.asarray(rng.normal(size=(8, 8, 1)), jnp.float32)), jax.random.split(jax.random.key(4), 4)
+    computed = gan_obj.balanced_consistency(d, x, -x, keys)
+    given = gan_obj.balanced_consistency(d, x, -x, keys, d_real=d(x), d_fake=d(-x))
+    np.testing.assert_allclose(jax.tree.leaves(computed), jax.tree.leaves(given), rtol=1e-6)
+
+
+def outputs_seen(d_fn, real, fake, keys, *, d_real, d_fake):
+    """A regularizer that penalises nothing and reports the means of the D outputs the step gave it."""
+    del d_fn, real, fake, keys
+    return jnp.zeros((), jnp.float32), {"seen_d_real": jnp.mean(d_real), "seen_d_fake": jnp.mean(d_fake)}
+
+
+def test_the_step_gives_a_regularizer_that_takes_them_the_d_losss_outputs(tmp_path, one_device):
+    """The outputs a regularizer naming d_real and d_fake gets are those of the step's D loss (logged d_real and
+    d_fake), on the augmented images D saw."""
+    c = _config(**{"reg.name": "tests.test_consistency_reg:outputs_seen", "augment.policy": "translation",
+                   "train.steps": 2, "train.log_every": 1, "train.steps_per_dispatch": 1, "checkpoint.every": 2,
+                   "eval.every": 0})
+    loop.train_and_evaluate(c, tmp_path)
+    records = [r for r in writer.read(tmp_path / "metrics.jsonl") if r["split"] == "train"]
+    assert len(records) == 2
+    for r in records:
+        assert r["seen_d_real"] == pytest.approx(r["d_real"], rel=1e-6)
+        assert r["seen_d_fake"] == pytest.approx(r["d_fake"], rel=1e-6)
+
+
 def test_bcr_adds_the_same_penalty_on_the_fakes_with_draws_of_their_own():
     rng = np.random.default_rng(1)
     real = jnp.asarray(rng.uniform(-1, 1, (6, 8, 8, 3)), jnp.float32)
@@ -67,7 +96,7 @@ def test_bcr_adds_the_same_penalty_on_the_fakes_with_draws_of_their_own():
 
 
 def _config(variant="smoke", **over):
-    """gan_mnist:smoke with bCR (gan_cifar10's variant bcr, shifts only), unless `over` says otherwise."""
+    """gan_mnist:smoke with bCR, weight 10, shifts only (reg.cr_policy=translation), unless `over` says otherwise."""
     return gan_mnist_config(variant, **{"reg.name": "bcr", "reg.weight": 10.0, "reg.cr_policy": "translation", **over})
 
 
@@ -87,6 +116,8 @@ def test_bad_consistency_policies_are_refused_and_an_unread_one_is_reported(tmp_
     unread = config_check.ignored_settings(_config(**{"reg.name": "none", "reg.cr_policy": "flip"}),
                                            config_lib.gan_config())
     assert any(s.startswith("reg.cr_policy='flip' (read by the consistency regularizers") for s in unread)
+    users = _config(**{"reg.name": "tests.test_gan:r2_penalty", "reg.cr_policy": "flip"})  # it gets the reg block
+    assert not [s for s in config_check.ignored_settings(users, config_lib.gan_config()) if "cr_policy" in s]
 
 
 def test_a_run_with_bcr_logs_both_terms(tmp_path, one_device):

@@ -95,47 +95,26 @@ def color(key: jax.Array, x: jax.Array) -> jax.Array:
 # ---- integer shifts, masks, flips -------------------------------------------------------------------------------
 
 
-def _reflect(i: jax.Array, n: int) -> jax.Array:
-    """Indices outside 0..n-1 mirrored about the edge pixel (numpy's 'reflect': -1 -> 1, n -> n - 2), for
-    overshoots smaller than n."""
-    i = jnp.abs(i)
-    return jnp.where(i > n - 1, 2 * (n - 1) - i, i)
-
-
-def shift(x: jax.Array, dy: jax.Array, dx: jax.Array, fill: str = "zero") -> jax.Array:
-    """out[b, i, j] = x[b, i + dy[b], j + dx[b]] where that is inside the image; dy, dx int [B] (|dy| < H, |dx| < W).
-    Outside it: 0 (fill='zero', DiffAugment's), or the pixel mirrored about the edge (fill='reflect').
+def shift(x: jax.Array, dy: jax.Array, dx: jax.Array) -> jax.Array:
+    """out[b, i, j] = x[b, i + dy[b], j + dx[b]] where that is inside the image, else 0; dy, dx int [B].
 
     One gather with computed indices (its gradient is a scatter-add back onto x).
     """
     bsz, h, w, _ = x.shape
     rows = jnp.arange(h)[None, :] + dy[:, None]  # [B, H]
     cols = jnp.arange(w)[None, :] + dx[:, None]  # [B, W]
-    batch = jnp.arange(bsz)[:, None, None]
-    if fill == "reflect":
-        return x[batch, _reflect(rows, h)[:, :, None], _reflect(cols, w)[:, None, :]]
     inside = ((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :]
+    batch = jnp.arange(bsz)[:, None, None]
     out = x[batch, jnp.clip(rows, 0, h - 1)[:, :, None], jnp.clip(cols, 0, w - 1)[:, None, :]]
     return jnp.where(inside[..., None], out, jnp.zeros((), x.dtype))
 
 
-def _translate(key: jax.Array, x: jax.Array, fill: str) -> jax.Array:
+def translation(key: jax.Array, x: jax.Array) -> jax.Array:
+    """DiffAugment 'translation': integer shifts dy, dx ~ U{-s..s} per example, s = round(H/8), round(W/8)."""
     ky, kx = jax.random.split(key)
     bsz, h, w, _ = x.shape
     sy, sx = _side(h, RANGES["translation"]), _side(w, RANGES["translation"])
-    dy, dx = jax.random.randint(ky, (bsz,), -sy, sy + 1), jax.random.randint(kx, (bsz,), -sx, sx + 1)
-    return shift(x, dy, dx, fill)
-
-
-def translation(key: jax.Array, x: jax.Array) -> jax.Array:
-    """DiffAugment 'translation': integer shifts dy, dx ~ U{-s..s} per example, s = round(H/8), round(W/8)."""
-    return _translate(key, x, "zero")
-
-
-def translation_reflect(key: jax.Array, x: jax.Array) -> jax.Array:
-    """'translation' (the same draws) filled with the image's reflection instead of zeros: a shifted image keeps
-    its background (a digit's black, not a grey bar)."""
-    return _translate(key, x, "reflect")
+    return shift(x, jax.random.randint(ky, (bsz,), -sy, sy + 1), jax.random.randint(kx, (bsz,), -sx, sx + 1))
 
 
 def cut(x: jax.Array, top: jax.Array, left: jax.Array, size: tuple[int, int]) -> jax.Array:
@@ -259,7 +238,6 @@ def crop(key: jax.Array, x: jax.Array) -> jax.Array:
 AUGMENTATIONS: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
     "flip": flip,
     "translation": translation,
-    "translation_reflect": translation_reflect,
     "cutout": cutout,
     "color": color,
     "rotation": rotation,
@@ -297,24 +275,34 @@ def check_policy(policy: str, field: str = "augment.policy") -> None:
 APPLY_STREAM = 0x0ADA  # folded into augmentation i's key: the draw of whether it applies (with a probability)
 
 
-def apply(policy: str, key: jax.Array, x: jax.Array, p: jax.Array | float | None = None) -> jax.Array:
+def apply(policy: str, key: jax.Array, x: jax.Array, p: jax.Array | float | None = None,
+          field: str = "augment.policy") -> jax.Array:
     """Applies the comma-separated augmentations in `policy` in order ('' returns x unchanged).
 
     Augmentation i gets the key `jax.random.fold_in(key, i)`. x [B, H, W, C] float in [-1, 1]; same shape and
     dtype out. E.g. DiffAugment's recommended policy is 'color,translation,cutout'.
     p (a float or a traced scalar in [0, 1]; None: always, as DiffAugment): each augmentation applies to each example
     with probability p, drawn from fold_in(its key, APPLY_STREAM), as StyleGAN2-ADA's pipeline does (Karras et al.
-    2020); the output stays differentiable in x either way.
+    2020); the output stays differentiable in x either way. field: the config field `policy` came from, for errors.
     """
     names = [name.strip() for name in policy.split(",")] if policy else []
     for i, fn in enumerate(_resolve(policy)):
         k = jax.random.fold_in(key, i)
         y = fn(k, x)
         if y.shape != x.shape:  # found while tracing: an error at compile time, before any step runs
-            raise ValueError(f"augmentation {names[i]!r} (augment.policy={policy!r}) returned images of shape "
+            raise ValueError(f"augmentation {names[i]!r} ({field}={policy!r}) returned images of shape "
                              f"{y.shape} for {x.shape}; an augmentation returns images of the shape it gets")
         if p is not None:
             do = jax.random.uniform(jax.random.fold_in(k, APPLY_STREAM), (x.shape[0],)) < p
             y = jnp.where(do[:, None, None, None], y, x)
         x = y
     return x
+
+
+def per_example(policy: str, keys: jax.Array, x: jax.Array, p: jax.Array | float | None = None,
+                field: str = "augment.policy") -> jax.Array:
+    """`apply` to each example on its own: example i draws from keys[i] (one key per example), so a draw does not
+    depend on the batch it is in or on the device count. '' returns x unchanged."""
+    if not policy:
+        return x
+    return jax.vmap(lambda k, xi: apply(policy, k, xi[None], p, field)[0])(keys, x)

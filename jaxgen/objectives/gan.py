@@ -19,14 +19,16 @@ A regularizer penalises D: its input gradient (R1, the gradient penalty) or its 
     reg(d_fn, real [B, H, W, C], fake [B, H, W, C], keys [B]) -> (penalty, metrics)
 
 d_fn(x) -> [B] is D with its current parameters (differentiable in them and in x); keys has one PRNG key per
-example. A class-conditional D (model.num_classes > 0) scores x with the reals' labels, which the fakes share: x
-must then hold B images (reals, fakes or their interpolations, not both concatenated). With augmentation on, `real`
-and `fake` are the augmented images D saw, so R1 and the gradient penalty are taken at D's augmented inputs (as
-DiffAugment's `ns_r1_DiffAugment`), and CR compares D on them with D on a further augmentation of them
-(reg.cr_policy); `reg.through_augment=True` passes the un-augmented images instead, with a d_fn that augments its
-input with the reals' draws, so that the penalty differentiates through the augmentation (StyleGAN2-ADA's R1). The
-trainer adds reg.weight * penalty to D's loss (times reg.interval when the regularizer runs lazily every
-reg.interval D steps). A user's regularizer is `reg.name='package.module:function'`.
+example. A regularizer that names keyword parameters `d_real` and/or `d_fake` gets D's outputs on `real` and `fake`
+as the D loss computed them (differentiable; not with reg.through_augment, whose images D did not see as given),
+which saves it a D forward (the consistency regularizers). A class-conditional D (model.num_classes > 0) scores x
+with the reals' labels, which the fakes share: x must then hold B images (reals, fakes or their interpolations, not
+both concatenated). With augmentation on, `real` and `fake` are the augmented images D saw, so R1 and the gradient
+penalty are taken at D's augmented inputs (as DiffAugment's `ns_r1_DiffAugment`), and CR compares D on them with D
+on a further augmentation of them (reg.cr_policy); `reg.through_augment=True` passes the un-augmented images
+instead, with a d_fn that augments its input with the reals' draws, so that the penalty differentiates through the
+augmentation (StyleGAN2-ADA's R1). The trainer adds reg.weight * penalty to D's loss (times reg.interval when the
+regularizer runs lazily every reg.interval D steps). A user's regularizer is `reg.name='package.module:function'`.
 """
 
 from __future__ import annotations
@@ -113,32 +115,36 @@ def gradient_penalty(d_fn, real, fake, keys):
     return jnp.mean(jnp.square(norms - 1.0)), {"gp_grad_norm": jnp.mean(norms)}
 
 
-CR_POLICY = "flip,translation"  # reg.cr_policy's default: the CR and bCR papers' flips and shifts of a few pixels
+CR_POLICY = "flip,translation"  # without a config block; config.gan_config's reg.cr_policy is the same
 
 
-def _consistency(d_fn, x, keys, policy: str):
-    """Per-example squared differences [B] between D's outputs on x and on T(x), T the augmentations `policy`, drawn
-    per example from `keys` (so the same on any device count); differentiable in D's parameters through both."""
-    tx = jax.vmap(lambda k, xi: augment.apply(policy, k, xi[None])[0])(keys, x)
-    return jnp.square(d_fn(x).astype(jnp.float32) - d_fn(tx).astype(jnp.float32))
+def _consistency(d_fn, x, keys, stream: int, policy: str, d_x=None):
+    """Per-example squared differences [B] between D's outputs on x (`d_x` where given) and on T(x), T the
+    augmentations `policy` drawn per example from fold_in(keys, stream) (the same on any device count);
+    differentiable in D's parameters through both."""
+    tx = augment.per_example(policy, jax.vmap(lambda k: jax.random.fold_in(k, stream))(keys), x, field="reg.cr_policy")
+    d_x = d_fn(x) if d_x is None else d_x
+    return jnp.square(d_x.astype(jnp.float32) - d_fn(tx).astype(jnp.float32))
 
 
-def consistency(d_fn, real, fake, keys, cfg=None):
+def consistency(d_fn, real, fake, keys, cfg=None, *, d_real=None):
     """Consistency regularization (CR; Zhang, Zhang, Odena and Lee 2020): E (D(x) - D(T(x)))^2 on the reals, T a
-    random flip and translation (reg.cr_policy); reg.weight is the paper's lambda (10)."""
+    random flip and translation (reg.cr_policy); reg.weight is the paper's lambda (10). d_real: D's outputs on
+    `real` where the caller has them (the trainer passes its D loss's), else computed."""
     del fake
     policy = CR_POLICY if cfg is None else cfg.cr_policy
-    sq = _consistency(d_fn, real, jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys), policy)
+    sq = _consistency(d_fn, real, keys, 0, policy, d_real)
     return jnp.mean(sq), {"cr_real": jnp.mean(sq)}
 
 
-def balanced_consistency(d_fn, real, fake, keys, cfg=None):
+def balanced_consistency(d_fn, real, fake, keys, cfg=None, *, d_real=None, d_fake=None):
     """Balanced consistency regularization (bCR; Zhao, Zhang, Chen, Singh and Zhang 2021): CR on the reals plus the
     same on the fakes, E (D(G(z)) - D(T(G(z))))^2, so that D is not consistent on reals alone (whose augmentations
-    could then leak into G's samples). reg.weight is their lambda_real = lambda_fake (10)."""
+    could then leak into G's samples). reg.weight is their lambda_real = lambda_fake (10). d_real, d_fake: as
+    `consistency`'s."""
     policy = CR_POLICY if cfg is None else cfg.cr_policy
-    on_real = _consistency(d_fn, real, jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys), policy)
-    on_fake = _consistency(d_fn, fake, jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys), policy)
+    on_real = _consistency(d_fn, real, keys, 0, policy, d_real)
+    on_fake = _consistency(d_fn, fake, keys, 1, policy, d_fake)
     return jnp.mean(on_real) + jnp.mean(on_fake), {"cr_real": jnp.mean(on_real), "cr_fake": jnp.mean(on_fake)}
 
 
@@ -234,9 +240,11 @@ def check_regularizer(reg_fn: Callable | None, name: str, image_shape, batch: in
         return jnp.sum(v, axis=tuple(range(1, v.ndim)))
 
     step = {"step": jnp.zeros((), jnp.int32)} if registry.accepts(reg_fn, "step", positional=4) else {}
-    registry.check_call(f"reg.name={name!r}", reg_fn, contract, d_fn, x, x, keys, **step)
+    outputs = {k: jax.ShapeDtypeStruct((batch,), jnp.float32) for k in ("d_real", "d_fake")
+               if not through_augment and registry.accepts(reg_fn, k, positional=4)}  # as gan_step.d_update passes them
+    registry.check_call(f"reg.name={name!r}", reg_fn, contract, d_fn, x, x, keys, **step, **outputs)
     reg_fn = registry.with_step(reg_fn, step.get("step"), positional=4)
-    out = parallel.eval_shape_on_axis(lambda r, f, k: reg_fn(d_fn, r, f, k), x, x, keys)
+    out = parallel.eval_shape_on_axis(lambda r, f, k, o: reg_fn(d_fn, r, f, k, **o), x, x, keys, outputs)
     if not (isinstance(out, tuple) and len(out) == 2):
         raise ValueError(f"reg.name={name!r} returned {registry.describe(out)}; expected {contract}")
     check_scalars(f"reg.name={name!r}", {"penalty": out[0]}, out[1], contract=contract, reserved=STEP_METRICS,

@@ -49,14 +49,6 @@ def _generate(generator, g_vars, z, labels, params):
     return apply_model(generator, {**g_vars, "params": params}, z, True, labels)
 
 
-def _augment(policy: str, keys, x, p=None):
-    """Per-example augmentation: example i uses keys[i], so the draw does not depend on the device count. p: each
-    augmentation's probability (a traced scalar with ADA; None: always, DiffAugment's)."""
-    if not policy:
-        return x
-    return jax.vmap(lambda k, xi: augment.apply(policy, k, xi[None], p)[0])(keys, x)
-
-
 def _lazy(cond_on, fn):
     """fn() when cond_on (a traced bool) else zeros of the same structure, without computing fn."""
     zeros = lambda: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(fn))
@@ -91,8 +83,8 @@ def d_update(state: dict, real, fake, keys, it, labels=None, *, discriminator, d
     the state's moving averages 'lecam', updated with this update's outputs first (`lecam_anchors`), as the
     authors' code does.
     """
-    real_aug = _augment(augment_policy, dev.substream(keys, _AUG_REAL), real, augment_p)
-    fake_aug = _augment(augment_policy, dev.substream(keys, _AUG_FAKE), fake, augment_p)
+    real_aug = augment.per_example(augment_policy, dev.substream(keys, _AUG_REAL), real, augment_p)
+    fake_aug = augment.per_example(augment_policy, dev.substream(keys, _AUG_FAKE), fake, augment_p)
 
     def loss(params):
         variables = {**state["d"], "params": params}
@@ -107,16 +99,18 @@ def d_update(state: dict, real, fake, keys, it, labels=None, *, discriminator, d
                     gan_obj.check_labelled_batch(labels.shape[0], x.shape[0])
                 return apply_model(discriminator, variables, x, True, labels)[0]
 
-            reg_args = (d_fn, real_aug, fake_aug)
+            reg_args, outputs = (d_fn, real_aug, fake_aug), {"d_real": d_real, "d_fake": d_fake}
             if reg_through_augment and augment_policy:
                 real_keys = dev.substream(keys, _AUG_REAL)
 
                 def d_fn_through(x):  # D after the reals' augmentation draws: example i with real i's draw
                     gan_obj.check_through_augment_batch(real.shape[0], x.shape[0])
-                    return d_fn(_augment(augment_policy, real_keys, x, augment_p))
+                    return d_fn(augment.per_example(augment_policy, real_keys, x, augment_p))
 
-                reg_args = (d_fn_through, real, fake)
-            penalty = lambda: reg_fn(*reg_args, dev.substream(keys, _REG))
+                reg_args, outputs = (d_fn_through, real, fake), {}  # D saw other images than these
+            # D's outputs on the images it was given, to a regularizer that takes them (gan_obj: saves a D forward)
+            outputs = {k: v for k, v in outputs.items() if registry.accepts(reg_fn, k, positional=4)}
+            penalty = lambda: reg_fn(*reg_args, dev.substream(keys, _REG), **outputs)
             lazy = {}
             if reg_interval > 1:
                 value, reg_metrics = _lazy(it % reg_interval == 0, penalty)
@@ -185,12 +179,12 @@ def g_update(state: dict, fake, g_vjp, d_real, keys, *, discriminator, g_tx, los
     its update, so that g_loss compares the updated D's outputs on reals and fakes.
     """
     if real is not None:  # the last D update's augmentation of its reals
-        x = _augment(augment_policy, dev.substream(keys if real_keys is None else real_keys, _AUG_REAL), real,
-                     augment_p)
+        reals_keys = dev.substream(keys if real_keys is None else real_keys, _AUG_REAL)
+        x = augment.per_example(augment_policy, reals_keys, real, augment_p)
         d_real, _ = apply_model(discriminator, state["d"], x, True, labels if real_labels is None else real_labels)
 
     def loss(fake):
-        x = _augment(augment_policy, dev.substream(keys, _AUG_G), fake, augment_p)
+        x = augment.per_example(augment_policy, dev.substream(keys, _AUG_G), fake, augment_p)
         d_fake, _ = apply_model(discriminator, state["d"], x, True, labels)  # D's statistics are not updated here
         _, g_loss, _ = loss_fn(lax.stop_gradient(d_real), d_fake)
         return g_loss, d_fake

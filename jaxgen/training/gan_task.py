@@ -57,7 +57,7 @@ class GANTask:
             self.reg_fn = gan_obj.get_regularizer(c.reg.name, c.reg)
             gan_obj.check_loss(self.loss_fn, c.loss.name, batch=c.train.batch_size, g_batch=self.g_batch)
             augment.check_policy(c.augment.policy)
-            if c.reg.name in ("cr", "bcr"):
+            if c.reg.name in config_check.CONSISTENCY:
                 if c.reg.cr_policy.strip().lower() in ("", "none", "off"):
                     raise ValueError(f"reg.name={c.reg.name} compares D's outputs on images and on augmentations of "
                                      f"them, and reg.cr_policy={c.reg.cr_policy!r} has none: set some, e.g. "
@@ -78,7 +78,8 @@ class GANTask:
             self.train = self.validation = self.test = None
             self.image_shape = tuple(image_shape)
         # The penalty through the augmentation: an input gradient's (the consistency regularizers take none)
-        self.reg_through_augment = bool(c.reg.through_augment and c.augment.policy and c.reg.name not in ("cr", "bcr"))
+        self.reg_through_augment = bool(c.reg.through_augment and c.augment.policy
+                                        and c.reg.name not in config_check.CONSISTENCY)
         reg_names = gan_obj.check_regularizer(self.reg_fn, c.reg.name, self.image_shape,
                                               batch=max(1, c.train.batch_size // self.mesh.size),  # per device
                                               through_augment=self.reg_through_augment,
@@ -87,7 +88,7 @@ class GANTask:
         self.lazy_metrics = ("reg", *reg_names) if self.reg_fn is not None and c.reg.interval > 1 else ()
         self.generator, self.discriminator = gan_models.build(c.model, self.image_shape, axis_name=parallel.AXIS)
         # (training only: reg_fn is None otherwise; the consistency regularizers take no input gradient)
-        if self.reg_fn is not None and c.model.d_norm == "batch" and c.reg.name not in ("cr", "bcr"):
+        if self.reg_fn is not None and c.model.d_norm == "batch" and c.reg.name not in config_check.CONSISTENCY:
             log.warning("reg.name=%s with BatchNorm in D (model.d_norm='batch'): the penalty's per-example input "
                         "gradients are coupled through the batch statistics; Gulrajani et al. (2017) advise a "
                         "critic without BatchNorm (--config.model.d_norm=none)", c.reg.name)

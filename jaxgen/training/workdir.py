@@ -207,9 +207,9 @@ def run_log_file(quiet: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
     """Around a run that sets up the workdir's log file (training, --mode=eval, --mode=sample): when the run ends,
     the file is detached from jaxgen's logger and closed, so that what the process logs later (a notebook's next
     cell, trained.load's warnings) is not the run's. An error that ends the run is written there first, with its
-    traceback (log_fatal), unless it is `quiet` (a stop the run logged itself). Only the files set up inside the
-    block: another run's in the same process (a training run in a thread beside it) is left as it is. Under
-    launch.py (`errors_written_by_launch`) a run that raised keeps the file."""
+    traceback (log_fatal), unless it is `quiet` (a stop the run logged itself). Only the files set up while the block
+    runs: one attached before it began (a training run's in a thread beside it) is left as it is. Under launch.py
+    (`errors_written_by_launch`) a run that raised keeps the file."""
     logger = logging.getLogger("jaxgen")
     before = list(logger.handlers)
     own = lambda: [h for h in logger.handlers if isinstance(h, LogFile) and h not in before]  # noqa: E731
