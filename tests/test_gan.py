@@ -107,8 +107,9 @@ def _gan_setup(mesh, g_batch=0, random_flip=False, augment_probability=1.0, **ov
                                  lecam=lecam is not None)
     fn = gan_step.compile_train(
         mesh, steps_per_dispatch=1, generator=G, discriminator=D, g_tx=g_tx, d_tx=d_tx,
-        loss_fn=gan_obj.get_loss(c.loss.name), reg_fn=gan_obj.get_regularizer(c.reg.name), reg_weight=c.reg.weight,
-        reg_interval=c.reg.interval, d_steps=c.train.d_steps, batch=32, augment_policy=c.augment.policy,
+        loss_fn=gan_obj.get_loss(c.loss.name), reg_fn=gan_obj.get_regularizer(c.reg.name, c.reg),
+        reg_weight=c.reg.weight, reg_interval=c.reg.interval, d_steps=c.train.d_steps, batch=32,
+        augment_policy=c.augment.policy,
         ema_half_life=200.0, ema_rampup=0.0, g_lr=g_lr, d_lr=d_lr, g_batch=g_batch, random_flip=random_flip,
         reg_through_augment=c.reg.through_augment, num_classes=c.model.num_classes,
         augment_probability=augment_probability, lecam=lecam)
@@ -174,7 +175,9 @@ def test_random_flip_mirrors_about_half_of_the_reals():
     # reals through their augmentation
     {"model.num_classes": 10, "g_batch": 48, "reg.name": "r1", "augment.policy": "translation",
      "reg.through_augment": True},
-], ids=["reused_fakes", "fresh_fakes_relativistic", "conditional"])
+    # bCR: its per-example draws of T and the D loss's outputs handed to it, per device
+    {"reg.name": "bcr", "reg.weight": 10.0, "reg.cr_policy": "translation", "augment.policy": "color"},
+], ids=["reused_fakes", "fresh_fakes_relativistic", "conditional", "bcr"])
 def test_sharded_gan_step_equals_one_device(over):
     """8 devices give the params of 1 device with the same global batch (sync BatchNorm; in the first case also
     per-device R1 and augmentation, in the second the G update's own fresh fakes and a relativistic loss, whose

@@ -116,7 +116,7 @@ def test_the_logged_anchors_are_the_moving_averages_of_the_logged_d_outputs(tmp_
     """gan_mnist:lecam,smoke for 12 steps, every step logged (1 D update per step): each step's lecam_real and
     lecam_fake are the bias-corrected moving averages (decay 0.9) of the d_real and d_fake logged up to that step,
     the checkpoint keeps the averages, and --mode=eval and sample (trained.load) read it with a config without
-    LeCam."""
+    LeCam, as they read a run without LeCam with a config that has it."""
     from jaxgen.training import trained
 
     c = _config(**{"train.steps": 12, "train.log_every": 1, "train.steps_per_dispatch": 1, "eval.every": 0,
@@ -137,6 +137,10 @@ def test_the_logged_anchors_are_the_moving_averages_of_the_logged_d_outputs(tmp_
         assert float(state["lecam"][name]) == pytest.approx(float(averages[name]), rel=1e-5, abs=1e-6)
     run = trained.load(_config("smoke"), tmp_path)
     assert run.step == 12 and "lecam" in run.state and run.samples(4).shape == (4, 28, 28, 1)
+    plain = tmp_path / "plain"  # and the other way: a run without LeCam read with a config that has it
+    loop.train_and_evaluate(_config("smoke", **{"train.steps": 2, "eval.every": 0, "checkpoint.every": 2}), plain)
+    run = trained.load(_config(), plain)
+    assert run.step == 2 and "lecam" not in run.state and run.samples(4).shape == (4, 28, 28, 1)
 
 
 def test_bad_lecam_settings_are_refused_and_an_unread_decay_is_reported():
