@@ -166,6 +166,8 @@ def test_a_conditional_gan_trains_evaluates_and_samples_by_class(tmp_path, one_d
     loop.train_and_evaluate(c, tmp_path)
     block = json.loads((tmp_path / "eval.json").read_text())["sample_quality"]["classifier"]
     assert 0.0 <= block["class_accuracy"] <= 1.0
+    assert block["intra_fid"] > block["intra_fid_train_images"] > 0  # per class against the test digits of it
+    assert len(block["intra_fid_per_class"]) == 10 and sum(block["intra_fid_samples_per_class"]) == 64
     records = [r for r in writer.read(tmp_path / "metrics.jsonl") if "classifier/class_accuracy" in r]
     assert len(records) == 2  # the eval at step 5 and the final one
     assert (tmp_path / "best").is_dir() and (tmp_path / "images" / "samples.png").is_file()

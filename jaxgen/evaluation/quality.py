@@ -237,13 +237,16 @@ FINAL_K = 5  # the neighbours of density and coverage (Naeem et al.'s k), the la
 
 
 def compare(extractor: Extractor, ref: dict, samples: np.ndarray, *, full: bool, reference_name: str,
-            seed: int = 0, warn: bool = True, labels: np.ndarray | None = None) -> dict:
+            seed: int = 0, warn: bool = True, labels: np.ndarray | None = None,
+            reference_labels: np.ndarray | None = None, num_classes: int = 0) -> dict:
     """Metrics of uint8 `samples` against the cached reference `ref` (`warn`: about too few samples for FID).
 
     Always FID (and IS where the extractor gives class probabilities, class histograms for the classifier);
     with `full`, also KID (100 subsets of up to 1000), precision/recall (k=3) and density/coverage (k=5).
     `labels` (int [n]): the classes a class-conditional G was asked for; the classifier's class_accuracy is the
     fraction of samples it assigns to their class (as ACGAN's and the projection paper's classification scores).
+    With `full`, `labels`, the reference images' own `reference_labels` and `num_classes`, also the intra-FID
+    (sample_metrics.intra_fid), on any extractor's features.
     """
     samples = check_images(samples, "generated samples")
     feats, probs = features(extractor, samples)
@@ -270,6 +273,13 @@ def compare(extractor: Extractor, ref: dict, samples: np.ndarray, *, full: bool,
         out["kid_subsets"] = f"100 x {min(1000, len(real), len(feats))}"  # std is 0 when a subset is a whole set
         out["precision"], out["recall"] = sample_metrics.precision_recall(real, feats, k=3)
         out["density"], out["coverage"] = sample_metrics.density_coverage(real, feats, k=FINAL_K)
+        if labels is not None and reference_labels is not None and num_classes:
+            intra = sample_metrics.intra_fid(real, reference_labels, feats, np.asarray(labels)[: len(feats)],
+                                             num_classes, extractor.recommended)
+            out.update(intra_fid=intra["intra_fid"],
+                       intra_fid_per_class=[None if v is None else round(v, 4) for v in intra["per_class"]],
+                       intra_fid_samples_per_class=intra["fake_per_class"],
+                       intra_fid_reference_per_class=intra["real_per_class"])
     return out
 
 
@@ -278,16 +288,21 @@ class SampleQuality:
 
     references: {split name: uint8 images [N, H, W, C]}, the real images the samples are compared with (the
     validation split's during training and the test split's at the end, when data.validation_examples holds one
-    out); the first is the default.
+    out); the first is the default. reference_labels: {split name: int [N]}, their classes, for the intra-FID of a
+    class-conditional model (model.num_classes > 0) at the final evaluation.
     """
 
-    def __init__(self, config, mesh, train_data, references: dict[str, np.ndarray]):
+    def __init__(self, config, mesh, train_data, references: dict[str, np.ndarray],
+                 reference_labels: dict[str, np.ndarray] | None = None):
         self.names = check_names(config.eval.extractors)
         self.num_samples = int(config.eval.num_samples)
-        self.conditional = bool(config.model.get("num_classes", 0))  # class_accuracy beside the class histograms
+        self.num_classes = int(config.model.get("num_classes", 0))
+        self.conditional = bool(self.num_classes)  # class_accuracy beside the class histograms; the intra-FID
+        self.reference_labels = dict(reference_labels or {}) if self.conditional else {}
         self.seed = int(config.seed)
         self.dataset, self.data_config = config.data.name, config.data
         self.train_images = None if train_data is None else train_data.image  # None: --mode=sample without data
+        self.train_labels = None if train_data is None else np.asarray(train_data.label)
         # Keyed by the names in eval.extractors, which metric names ('<name>/fid') and best_metric use.
         self.extractors = {n: build(n, config, mesh, train_data) for n in self.names}
         self.refs = {split: {n: reference(e, images, data_config=config.data, split=split)
@@ -301,30 +316,52 @@ class SampleQuality:
         split = next(iter(self.refs)) if reference is None else reference
         warn, self._warned = not self._warned, True
         blocks = {n: compare(e, self.refs[split][n], samples, full=full, reference_name=f"{self.dataset} {split}",
-                             seed=self.seed, warn=warn, labels=labels) for n, e in self.extractors.items()}
+                             seed=self.seed, warn=warn, labels=labels,
+                             reference_labels=self.reference_labels.get(split), num_classes=self.num_classes)
+                  for n, e in self.extractors.items()}
         # Not where the reference is the training split itself: the draw would be a part of it (a floor near 0).
         if full and self.train_images is not None and split != self.data_config.train_split:
             for n, block in blocks.items():
-                block.update(self.real_images_fid(n, split, len(samples)))
+                block.update(self.real_images_fid(n, split, len(samples), labels if "intra_fid" in block else None))
         return blocks
 
-    def real_images_fid(self, name: str, split: str, count: int) -> dict:
+    def real_images_fid(self, name: str, split: str, count: int, labels: np.ndarray | None = None) -> dict:
         """{'fid_train_images': FID, 'num_train_images': n} of n = min(count, all) real training images against
         the reference `split`, on the extractor `name`: what real data scores at the samples' count (FID is biased
         upwards at small counts, and the classifier's features have no scale of their own). The images are a fixed
         draw (by `seed`) from the whole split, whose order may follow the labels; their features are cached as a
-        reference's."""
+        reference's.
+
+        With the samples' `labels` (a class-conditional model's final evaluation), the draw takes as many training
+        images of each class as there are samples of it (all of a class that has fewer), and 'intra_fid_train_images'
+        is their intra-FID: the floor of the samples' intra-FID at the same counts per class."""
         images = self.train_images
-        n = min(count, len(images))
+        rng = np.random.default_rng(self.seed)
+        if labels is None:
+            n = min(count, len(images))
+            chosen = np.sort(rng.permutation(len(images))[:n])
+            draw = f"{self.data_config.train_split}_seed{self.seed}"
+        else:
+            want = np.bincount(np.asarray(labels)[:count], minlength=self.num_classes)
+            chosen = np.sort(np.concatenate([rng.permutation(np.flatnonzero(self.train_labels == c))[: want[c]]
+                                             for c in range(self.num_classes)]))
+            n = len(chosen)
+            draw = f"{self.data_config.train_split}_seed{self.seed}_per_class"
         if n < 2:
             return {}
-        chosen = np.sort(np.random.default_rng(self.seed).permutation(len(images))[:n])
-        train = reference(self.extractors[name], images[chosen], data_config=self.data_config,
-                          split=f"{self.data_config.train_split}_seed{self.seed}", warn=False)
+        train = reference(self.extractors[name], images[chosen], data_config=self.data_config, split=draw, warn=False)
         ref = self.refs[split][name]
-        return {"fid_train_images": sample_metrics.frechet_distance(ref["mu"], ref["sigma"], train["mu"],
-                                                                    train["sigma"]),
-                "num_train_images": int(n)}
+        out = {"fid_train_images": sample_metrics.frechet_distance(ref["mu"], ref["sigma"], train["mu"],
+                                                                   train["sigma"]),
+               "num_train_images": int(n)}
+        if labels is not None and split in self.reference_labels:
+            try:
+                out["intra_fid_train_images"] = sample_metrics.intra_fid(
+                    ref["features"], self.reference_labels[split], train["features"], self.train_labels[chosen],
+                    self.num_classes, warn=False)["intra_fid"]
+            except ValueError as e:  # no class with 2 training images: the floor is missing, the rest stands
+                log.warning("No intra-FID of real training images: %s", e)
+        return out
 
     def per_eval(self, name: str) -> tuple[str, ...]:
         """The metrics `compare` gives the extractor `name` at every evaluation, as its reference features show:

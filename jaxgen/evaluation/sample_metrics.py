@@ -15,6 +15,9 @@ and how many samples stand beside every number a caller reports. Definitions and
   samples' k-nearest-neighbour balls (k = 3), and the reverse.
 - Density and coverage (Naeem et al. 2020): density counts how many real k-NN balls (k = 5) hold each generated
   sample, divided by k; coverage is the share of real balls that hold at least one generated sample.
+- Intra-FID (Miyato and Koyama 2018, for class-conditional models): the FID of each class's generated samples
+  against that class's real ones, averaged over the classes. It sees what FID over all classes misses: a model that
+  draws the right images for the wrong labels, or too little variety within a class.
 """
 
 from __future__ import annotations
@@ -100,6 +103,51 @@ def inception_score(probs, splits: int = 10) -> tuple[float, float]:
         kl = np.sum(part * (np.log(np.clip(part, 1e-30, None)) - np.log(np.clip(py, 1e-30, None))), axis=1)
         scores.append(np.exp(kl.mean()))
     return float(np.mean(scores)), float(np.std(scores))
+
+
+def intra_fid(real, real_labels, fake, fake_labels, num_classes: int, recommended: int = FID_RECOMMENDED_SAMPLES,
+              *, warn: bool = True) -> dict:
+    """Intra-FID of features with class labels (real [N, D] with real_labels int [N]; fake [M, D] with the classes
+    they were drawn for, fake_labels int [M]; classes 0..num_classes-1).
+
+    Returns {'intra_fid': the mean of the per-class FIDs over the classes with at least 2 real and 2 generated
+    samples, 'per_class': [FID, or None for a class without], 'real_per_class': counts, 'fake_per_class': counts}.
+    A class with fewer than 2 of either cannot have a covariance and is left out of the mean (None); with no class
+    left, there is no intra-FID and this is an error. With `warn`, one warning when a class has fewer samples than
+    `recommended` (each class's FID is biased upwards as its own count falls, so the mean is comparable only at the
+    same counts per class)."""
+    r, f = _features(real, "real"), _features(fake, "fake")
+    _same_dim(r, f)
+    counts = []
+    for x, y, what in ((r, real_labels, "real"), (f, fake_labels, "generated")):
+        y = np.asarray(y)
+        if y.shape != (x.shape[0],) or not np.issubdtype(y.dtype, np.integer):
+            raise ValueError(f"intra-FID: the {what} labels must be integers [{x.shape[0]}] (one per feature row), "
+                             f"got {y.dtype} {y.shape}")
+        if y.size and (y.min() < 0 or y.max() >= num_classes):
+            raise ValueError(f"intra-FID: {what} labels outside 0..{num_classes - 1} (num_classes={num_classes}): "
+                             f"min {y.min()}, max {y.max()}")
+        counts.append(np.bincount(y, minlength=num_classes))
+    real_labels, fake_labels = np.asarray(real_labels), np.asarray(fake_labels)
+    per_class: list[float | None] = []
+    for c in range(num_classes):
+        if min(counts[0][c], counts[1][c]) < 2:
+            per_class.append(None)
+            continue
+        mu_r, s_r = r[real_labels == c].mean(0), np.cov(r[real_labels == c], rowvar=False)
+        mu_f, s_f = f[fake_labels == c].mean(0), np.cov(f[fake_labels == c], rowvar=False)
+        per_class.append(frechet_distance(mu_r, s_r, mu_f, s_f))
+    scored = [v for v in per_class if v is not None]
+    if not scored:
+        raise ValueError(f"intra-FID needs a class with at least 2 real and 2 generated samples; per class, real "
+                         f"{counts[0].tolist()}, generated {counts[1].tolist()}")
+    fewest = int(min(min(counts[0][c], counts[1][c]) for c, v in enumerate(per_class) if v is not None))
+    if warn and fewest < recommended:
+        log.warning("Intra-FID from as few as %d images in a class (< %d for %d-d features): each class's FID is "
+                    "biased upwards; compare only intra-FIDs computed with the same counts per class",
+                    fewest, recommended, r.shape[1])
+    return {"intra_fid": float(np.mean(scored)), "per_class": per_class,
+            "real_per_class": counts[0].tolist(), "fake_per_class": counts[1].tolist()}
 
 
 def _kth_neighbour_radii(x: np.ndarray, k: int, chunk: int = 1024) -> np.ndarray:

@@ -46,8 +46,9 @@ def sample_quality(task, training: bool = True) -> quality.SampleQuality | None:
         return None
     own = {d.split: d for d in (task.test, task.validation) if d is not None}
     splits = dict.fromkeys(reference_split(task, final) for final in ((True, False) if training else (True,)))
-    refs = {s: (own[s] if s in own else data_lib.load(c.data, s)).image for s in splits}
-    return quality.SampleQuality(c, task.mesh, task.train, refs)
+    data = {s: own[s] if s in own else data_lib.load(c.data, s) for s in splits}
+    return quality.SampleQuality(c, task.mesh, task.train, {s: d.image for s, d in data.items()},
+                                 {s: d.label for s, d in data.items()})
 
 
 def evaluate(task, state, final: bool, sq: quality.SampleQuality | None) -> dict:
@@ -74,7 +75,8 @@ def eval_line(task, ev: dict) -> str:
 
 def fid_part(ev: dict) -> str:
     """'; classifier FID 857.37 (1000 samples; real training images: 13.83)' for each extractor of an eval, and
-    ', class accuracy 0.912' after it for a class-conditional GAN's classifier."""
+    for a class-conditional GAN ', class accuracy 0.912' after it (the classifier's) and, at the final evaluation,
+    ', intra-FID 251.45 (real training images: 180.20)'."""
     parts = []
     for name, block in ev.get("sample_quality", {}).items():
         real = ""
@@ -82,8 +84,14 @@ def fid_part(ev: dict) -> str:
             count = block["num_train_images"]
             real = f"; real training images: {block['fid_train_images']:.2f}" + (
                 f" from {count}" if count != block["num_samples"] else "")
-        parts.append(f"; {name} FID {block['fid']:.2f} ({block['num_samples']} samples{real})"
-                     + (f", class accuracy {block['class_accuracy']:.3f}" if "class_accuracy" in block else ""))
+        part = f"; {name} FID {block['fid']:.2f} ({block['num_samples']} samples{real})"
+        if "class_accuracy" in block:
+            part += f", class accuracy {block['class_accuracy']:.3f}"
+        if "intra_fid" in block:
+            part += f", intra-FID {block['intra_fid']:.2f}"
+            if "intra_fid_train_images" in block:
+                part += f" (real training images: {block['intra_fid_train_images']:.2f})"
+        parts.append(part)
     return "".join(parts)
 
 
