@@ -5,7 +5,7 @@ Bernoulli likelihood.
     python launch.py --config=configs/vae_mnist.py:mnist_5k --workdir=runs/quickstart  # shipped digits, offline
     python launch.py --config=configs/vae_mnist.py:smoke --workdir=/tmp/smoke          # < 1 minute on a CPU
 
-Variants (comma-separated, applied in order): mnist_5k, fashion, iwae, smoke.
+Variants (comma-separated, applied in order): mnist_5k, fashion, iwae, btcvae, smoke.
 """
 
 from jaxgen.config import smoke, vae_config, with_variant
@@ -53,9 +53,15 @@ def _iwae(c):
     c.objective.k = 5
 
 
+def _btcvae(c):
+    """beta-TCVAE (Chen et al. 2018): the KL's total-correlation part weighted 6, its other two parts 1."""
+    c.objective.name = "beta_tcvae"
+    c.objective.beta = 6.0
+
+
 def _smoke(c):
     c.data.name = "mnist_5k"
     smoke(c)
 
 
-VARIANTS = {"mnist_5k": _mnist_5k, "fashion": _fashion, "iwae": _iwae, "smoke": _smoke}
+VARIANTS = {"mnist_5k": _mnist_5k, "fashion": _fashion, "iwae": _iwae, "btcvae": _btcvae, "smoke": _smoke}

@@ -47,6 +47,14 @@ MODEL_READS = {
 }
 
 
+# The built-in VAE objectives' own fields of the objective block, and which of them each reads (the likelihood's are
+# every objective's).
+VAE_OBJECTIVE_READS = {"elbo": ("beta", "k", "kl", "kl_warmup_steps"), "iwae": ("k",),
+                       "beta_tcvae": ("beta", "mi_weight", "dim_kl_weight")}
+VAE_OBJECTIVE_FIELDS = {f: tuple(n for n, reads in VAE_OBJECTIVE_READS.items() if f in reads)
+                        for f in ("beta", "k", "kl", "kl_warmup_steps", "mi_weight", "dim_kl_weight")}
+
+
 def ignored_settings(config: ml_collections.ConfigDict, base: ml_collections.ConfigDict) -> list[str]:
     """Fields set away from the task's defaults (`base`) that the run's built-in choices do not read, each with
     what would read it: `model.channels` on mlp_vae, `optim.weight_decay` with adam, `optim.end_lr_ratio` with the
@@ -82,9 +90,12 @@ def ignored_settings(config: ml_collections.ConfigDict, base: ml_collections.Con
         if config[block].schedule == "constant" and changed(block, "end_lr_ratio"):
             out.append(f"{block}.end_lr_ratio={config[block].end_lr_ratio!r} (read by {block}.schedule=cosine or "
                        f"linear; this run's is constant)")
-    if config.task == "vae" and config.objective.name == "iwae":  # they weight the ELBO's terms
-        out += [f"objective.{field}={config.objective[field]!r} (read by objective.name=elbo; this run's is iwae)"
-                for field in ("beta", "kl", "kl_warmup_steps") if changed("objective", field)]
+    if config.task == "vae" and config.objective.name in VAE_OBJECTIVE_READS:
+        reads = VAE_OBJECTIVE_READS[config.objective.name]
+        for field, readers in VAE_OBJECTIVE_FIELDS.items():
+            if field not in reads and changed("objective", field):
+                out.append(f"objective.{field}={config.objective[field]!r} (read by objective.name="
+                           f"{' or '.join(readers)}; this run's is {config.objective.name})")
     if config.task == "vae" and config.objective.likelihood in ("bernoulli", "discretized_logistic") and \
             changed("objective", "gaussian_sigma"):
         out.append(f"objective.gaussian_sigma={config.objective.gaussian_sigma!r} (read by "
@@ -255,6 +266,10 @@ def _check_vae(config: ml_collections.ConfigDict) -> None:
                          f"in [0, 1]), got {o.gaussian_sigma}")
     if not o.beta >= 0:
         raise ValueError(f"objective.beta must be >= 0 (the KL term's weight; 1 is the ELBO), got {o.beta}")
+    for field in ("mi_weight", "dim_kl_weight"):
+        if not o.get(field, 1.0) >= 0:
+            raise ValueError(f"objective.{field} must be >= 0 (a weight of beta_tcvae's KL terms; 1 with beta=1 is "
+                             f"the ELBO), got {o[field]}")
     if config.objective.k < 1 or config.eval.nll_k < 1 or config.eval.final_nll_k < 1:
         raise ValueError("objective.k, eval.nll_k and eval.final_nll_k must be >= 1")
     if config.eval.nll_chunk < 1:

@@ -60,8 +60,9 @@ def test_unknown_config_field_is_an_error(tmp_path):
 
 @pytest.mark.parametrize("override,block,fields", [
     ("train.zzzz=8", "train", "batch_size, ema_half_life, ema_rampup, log_every, steps, steps_per_dispatch\n"),
-    ("objective.zzzz=8", "objective", "beta, gaussian_sigma, k, kl, kl_warmup_steps, likelihood, name; a field of your "
-                                      "own (read by your function through `cfg`) is added to objective in a config"),
+    ("objective.zzzz=8", "objective", "beta, dim_kl_weight, gaussian_sigma, k, kl, kl_warmup_steps, likelihood, "
+                                      "mi_weight, name; a field of your own (read by your function through `cfg`) "
+                                      "is added to objective in a config"),
     ("zzzz.steps=8", "the config",
      "checkpoint, data, deterministic, eval, model, objective, optim, output, sample, seed, task, train\n"),
 ])
@@ -193,8 +194,8 @@ def test_a_function_reading_a_field_its_block_lacks_is_named_with_the_fix():
 def test_an_unknown_variant_is_one_line_listing_the_choices(tmp_path):
     r = launch("--config=configs/vae_mnist.py:smok", f"--workdir={tmp_path / 'run'}")
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
-    assert "FATAL Flags parsing error: unknown config variant 'smok'; choices: fashion, iwae, mnist_5k, smoke\n" \
-        in r.stderr
+    assert ("FATAL Flags parsing error: unknown config variant 'smok'; choices: btcvae, fashion, iwae, mnist_5k, "
+            "smoke\n") in r.stderr
 
 
 def test_a_flagfile_that_cannot_be_read_is_one_line_and_one_that_can_is_read(tmp_path):
@@ -339,7 +340,8 @@ def test_a_config_file_that_reads_a_missing_field_names_the_line_and_the_fields(
 
 
 def test_unknown_variant_lists_the_choices():
-    with pytest.raises(ValueError, match="unknown config variant 'smok'; choices: fashion, iwae, mnist_5k, smoke"):
+    with pytest.raises(ValueError, match="unknown config variant 'smok'; choices: btcvae, fashion, iwae, mnist_5k, "
+                                         "smoke"):
         _load_config(str(ROOT / "configs" / "vae_mnist.py"), "smok")
     spaced = _load_config(str(ROOT / "configs" / "vae_mnist.py"), "iwae, smoke")  # as written in a shell script
     assert spaced.to_dict() == _load_config(str(ROOT / "configs" / "vae_mnist.py"), "iwae,smoke").to_dict()
@@ -364,7 +366,7 @@ def test_a_variant_that_overrides_an_earlier_ones_fields_says_so(caplog):
 
 @pytest.mark.parametrize("field,value,message", [
     ("model.name", "conv_vea", "unknown model 'conv_vea'; choices: conv_vae, mlp_vae"),
-    ("objective.name", "elbow", "unknown objective 'elbow'; choices: elbo, iwae"),
+    ("objective.name", "elbow", "unknown objective 'elbow'; choices: beta_tcvae, elbo, iwae"),
     ("objective.likelihood", "poisson",
      "unknown likelihood 'poisson'; choices: bernoulli, discretized_logistic, gaussian"),
     ("data.name", "imagenet", "unknown dataset 'imagenet'; choices: celeb_a, cifar10"),

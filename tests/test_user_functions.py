@@ -190,9 +190,9 @@ def test_built_in_objective_fields_a_users_objective_does_not_read_are_warned_ab
     c.objective.beta, c.objective.k, c.objective.kl_warmup_steps = 4.0, 2, 10
     with caplog.at_level(logging.WARNING, logger="jaxgen"):
         loop.build_task(c, tmp_path)
-    assert ("These settings do nothing in this run: objective.beta=4.0 (read by the built-in elbo); objective.k=2 "
-            "(read by the built-in elbo and iwae). Your objective tests.test_user_functions:warmed_elbo did not "
-            "read them when traced before training") in caplog.text
+    assert ("These settings do nothing in this run: objective.beta=4.0 (read by the built-in elbo and beta_tcvae); "
+            "objective.k=2 (read by the built-in elbo and iwae). Your objective tests.test_user_functions:warmed_elbo "
+            "did not read them when traced before training") in caplog.text
     assert "kl_warmup_steps" not in caplog.text
     caplog.clear()
     c.objective.beta, c.objective.k = 1.0, 1  # the defaults: nothing to say
@@ -393,7 +393,7 @@ def test_a_functions_signature_and_return_are_checked_before_any_work():
     x = jax.ShapeDtypeStruct((2, 8, 8, 1), jnp.float32)
     keys = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), 2))
     with pytest.raises(ValueError, match=r"objective 'mine' takes \(params, x, \*, model, cfg\) and cannot be called "
-                                         r"as fn\(params, x, keys, \*, model, cfg\[, step\]\)"):
+                                         r"as fn\(params, x, keys, \*, model, cfg\[, step\]\[, dataset_size\]\)"):
         objectives.check_objective(keyword_objective, "mine", params, x, keys, model=model, cfg=vae_config().objective)
     cfg = vae_config().optim
     cfg.name = "tests.test_user_functions:schedule_optimizer"

@@ -1,7 +1,8 @@
 """Objectives by name: `objective.name` in the config picks one; your own is 'package.module:function'.
 
 An objective is `fn(params, x, keys, *, model, cfg) -> (loss, metrics)`: see jaxgen.objectives.vae for the
-arguments. `loss` is the scalar minimised; `metrics` a flat dict of scalars that is logged (include 'loss').
+arguments. One that names `step` gets the train step; one that names `dataset_size`, the training split's size.
+`loss` is the scalar minimised; `metrics` a flat dict of scalars that is logged (include 'loss').
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ import numpy as np
 
 from jaxgen import config as config_lib
 from jaxgen import parallel, registry
-from jaxgen.objectives.vae import elbo, iwae
+from jaxgen.objectives.vae import beta_tcvae, elbo, iwae
 
-OBJECTIVES = {"elbo": elbo, "iwae": iwae}
+OBJECTIVES = {"elbo": elbo, "iwae": iwae, "beta_tcvae": beta_tcvae}
 # The objective block's fields that only the built-in objectives read (the evaluation reads `likelihood` and
 # `gaussian_sigma` whatever the objective): set for an objective of the user's that does not read them, they do
 # nothing, which the VAE task warns about.
-BUILTIN_FIELDS = {"beta": "elbo", "k": "elbo and iwae", "kl": "elbo", "kl_warmup_steps": "elbo"}  # -> their readers
+BUILTIN_FIELDS = {"beta": "elbo and beta_tcvae", "k": "elbo and iwae", "kl": "elbo", "kl_warmup_steps": "elbo",
+                  "mi_weight": "beta_tcvae", "dim_kl_weight": "beta_tcvae"}  # -> their readers
 
 
 def get(name: str):
@@ -68,14 +70,17 @@ STEP_METRICS = ("grad_norm", "param_norm", "lr", "finite", "step")
 
 def check_objective(objective, name: str, params, x, keys, *, model, cfg) -> set[str]:
     """Checks, by tracing it once (no computation), that the objective returns (scalar loss, dict of scalar
-    metrics with 'loss'). An objective with a `step` parameter gets the train step (an int32 scalar). Returns the
-    fields of `cfg` the trace read (the objective itself, and what it called: a likelihood reads its own)."""
-    contract = "fn(params, x, keys, *, model, cfg[, step]) -> (loss, metrics)"
+    metrics with 'loss'). An objective with a `step` parameter gets the train step (an int32 scalar), one with a
+    `dataset_size` parameter the training split's size (a Python int; here a stand-in). Returns the fields of `cfg`
+    the trace read (the objective itself, and what it called: a likelihood reads its own)."""
+    contract = "fn(params, x, keys, *, model, cfg[, step][, dataset_size]) -> (loss, metrics)"
     extra = {"step": jax.ShapeDtypeStruct((), jnp.int32)} if registry.accepts(objective, "step", positional=3) else {}
-    registry.check_call(f"objective {name!r}", objective, contract, params, x, keys, model=model, cfg=cfg, **extra)
+    static = {"dataset_size": 1000} if registry.accepts(objective, "dataset_size", positional=3) else {}
+    registry.check_call(f"objective {name!r}", objective, contract, params, x, keys, model=model, cfg=cfg, **extra,
+                        **static)
     cfg, reads = config_lib.recording(cfg)
-    out = parallel.eval_shape_on_axis(lambda p, x, k, e: objective(p, x, k, model=model, cfg=cfg, **e), params, x,
-                                      keys, extra)
+    out = parallel.eval_shape_on_axis(lambda p, x, k, e: objective(p, x, k, model=model, cfg=cfg, **e, **static),
+                                      params, x, keys, extra)
     if not (isinstance(out, tuple) and len(out) == 2):
         raise ValueError(f"objective {name!r} returned {registry.describe(out)}; expected {contract}")
     loss, metrics = out

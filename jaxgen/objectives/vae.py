@@ -12,8 +12,10 @@ import math
 import jax
 import jax.numpy as jnp
 import optax
+from jax import lax
 
 from jaxgen import registry
+from jaxgen.parallel import AXIS
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -230,6 +232,42 @@ def iwae(params, x, keys, *, model, cfg):
     w = jax.nn.softmax(log_w, axis=1)
     ess = jnp.mean(1.0 / jnp.sum(w**2, axis=1))
     return loss, {"loss": loss, "iwae_bound": -loss, "ess": ess}
+
+
+def beta_tcvae(params, x, keys, *, model, cfg, dataset_size: int):
+    """The negative beta-TCVAE objective (Chen et al. 2018, "Isolating Sources of Disentanglement in VAEs"): the
+    reconstruction term and the KL's three parts, each weighted,
+    -E log p(x|z) + cfg.mi_weight * I(x; z) + cfg.beta * TC(z) + cfg.dim_kl_weight * sum_d KL(q(z_d) || p(z_d)),
+    with one z ~ q(z|x) per example. With all three weights 1 it is the negative ELBO (its Monte Carlo KL).
+
+    The aggregate posterior q(z) and its marginals q(z_d) are estimated by minibatch weighted sampling (the paper's
+    MWS): log q(z_i) ~ logsumexp_j log q(z_i | x_j) - log(N M) over the M posteriors of the global batch, N the
+    training set's size (`dataset_size`, which the trainer passes). The batch's posteriors are gathered from every
+    device (lax.all_gather over the 'data' axis), so the estimate is the global batch's on any device count; the
+    function therefore runs inside the train step's shard_map (or another context that binds that axis).
+
+    Logged: the three parts (`mi`, `tc`, `dim_kl`, unweighted: their sum is the batch's Monte Carlo KL), `elbo` and
+    `kl` with the analytic KL (as the `elbo` objective logs them), `rec_nll`.
+    """
+    mu, logvar = model.apply(params, x, method="encode")
+    z, eps = draw_latents(mu, logvar, keys, 1)
+    rec = _decode_log_prob(params, x, z, model=model, cfg=cfg)[:, 0]  # [B]
+    z, eps = z[:, 0], eps[:, 0]
+    mu_all = lax.all_gather(mu, AXIS, axis=0, tiled=True)  # [M, D], the global batch's
+    logvar_all = lax.all_gather(logvar, AXIS, axis=0, tiled=True)
+    # log q(z_id | x_j) for this device's z_i against every posterior j of the global batch: [B, M, D].
+    log_q = -0.5 * ((z[:, None] - mu_all[None]) ** 2 * jnp.exp(-logvar_all[None]) + logvar_all[None] + LOG_2PI)
+    log_nm = math.log(dataset_size * mu_all.shape[0])
+    log_qz = jax.nn.logsumexp(jnp.sum(log_q, axis=-1), axis=1) - log_nm  # [B]
+    log_prod_qzd = jnp.sum(jax.nn.logsumexp(log_q, axis=1) - log_nm, axis=-1)  # [B]
+    log_qzx = posterior_log_prob(eps[:, None], logvar)[:, 0]  # [B]
+    mi = jnp.mean(log_qzx - log_qz)
+    tc = jnp.mean(log_qz - log_prod_qzd)
+    dim_kl = jnp.mean(log_prod_qzd - std_normal_log_prob(z))
+    loss = -jnp.mean(rec) + cfg.mi_weight * mi + cfg.beta * tc + cfg.dim_kl_weight * dim_kl
+    kl = gaussian_kl(mu, logvar)
+    return loss, {"loss": loss, "elbo": jnp.mean(rec - kl), "rec_nll": -jnp.mean(rec), "kl": jnp.mean(kl),
+                  "mi": mi, "tc": tc, "dim_kl": dim_kl}
 
 
 def chunk_logsumexp(params, x, keys, c, *, model, cfg, chunk: int, valid, pieces: int = 1) -> jax.Array:

@@ -41,8 +41,11 @@ def vae_step(state: dict, data: dict, *, model, tx, objective, obj_cfg, lr_sched
     x = dev.preprocess(image, dev.substream(keys, 0), binarize)
     obj_keys = dev.substream(keys, 1)
 
-    # An objective that names `step` gets it (a KL warm-up of one's own, say).
+    # An objective that names `step` gets it (a KL warm-up of one's own, say); one that names `dataset_size`, the
+    # training split's size (beta_tcvae's estimate of the aggregate posterior needs it).
     extra = {"step": step} if registry.accepts(objective, "step", positional=3) else {}
+    if registry.accepts(objective, "dataset_size", positional=3):
+        extra["dataset_size"] = n
 
     def loss_fn(params):
         return objective(params, x, obj_keys, model=model, cfg=obj_cfg, **extra)

@@ -1,0 +1,117 @@
+"""beta-TCVAE (Chen et al. 2018): its KL decomposition against numpy by hand (minibatch weighted sampling), the ELBO
+at unit weights, the global batch's estimate on 8 devices, the config's checks and a run through the trainer."""
+
+import json
+import logging
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.special
+import scipy.stats
+
+from jaxgen import config_check, objectives
+from jaxgen.parallel import AXIS
+from jaxgen.training import loop
+from tests.conftest import CONFIGS, config_module
+from tests.test_objectives import LinearGaussianVAE, _tiny
+from tests.test_vae_step import _setup
+
+
+def _on_axis(fn):
+    """fn run where the 'data' axis is bound, as in the train step, with one device's share the whole batch."""
+    return jax.tree.map(lambda a: a[0], jax.vmap(lambda _: fn(), axis_name=AXIS, axis_size=1)(jnp.zeros(1)))
+
+
+def _call(name, params, x, keys, model, cfg, **kw):
+    return _on_axis(lambda: objectives.get(name)(params, x, keys, model=model, cfg=cfg, **kw))
+
+
+def test_the_three_kl_terms_are_chen_et_als_minibatch_weighted_estimates():
+    """mi, tc and dim_kl recomputed in float64 numpy from the same draws: log q(z_i) = logsumexp_j log q(z_i | x_j)
+    - log(N M), log prod_d q(z_id) = sum_d (logsumexp_j log q(z_id | x_j) - log(N M)); the loss weights them."""
+    model = LinearGaussianVAE(latent_dim=3)
+    params = model.init(jax.random.key(0), jnp.zeros((1, 2, 2, 1)), jnp.zeros((1, 3)))
+    _, _, cfg, x, keys = _tiny()
+    cfg.beta, cfg.mi_weight, cfg.dim_kl_weight = 6.0, 0.5, 2.0
+    loss, m = _call("beta_tcvae", params, x, keys, model, cfg, dataset_size=1000)
+    mu, logvar = (np.asarray(a, np.float64) for a in model.apply(params, x, method="encode"))
+    eps = np.asarray(jax.vmap(lambda key: jax.random.normal(key, (1, 3)))(keys), np.float64)[:, 0]
+    z = mu + np.exp(0.5 * logvar) * eps
+    m_batch = len(z)
+    log_q = scipy.stats.norm.logpdf(z[:, None, :], mu[None], np.exp(0.5 * logvar)[None])  # [i, j, d]
+    log_qz = scipy.special.logsumexp(log_q.sum(-1), axis=1) - math.log(1000 * m_batch)
+    log_prod = (scipy.special.logsumexp(log_q, axis=1) - math.log(1000 * m_batch)).sum(-1)
+    log_qzx = scipy.stats.norm.logpdf(z, mu, np.exp(0.5 * logvar)).sum(-1)
+    log_pz = scipy.stats.norm.logpdf(z).sum(-1)
+    mi, tc, dim_kl = np.mean(log_qzx - log_qz), np.mean(log_qz - log_prod), np.mean(log_prod - log_pz)
+    np.testing.assert_allclose([m["mi"], m["tc"], m["dim_kl"]], [mi, tc, dim_kl], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(loss, m["rec_nll"] + 0.5 * mi + 6.0 * tc + 2.0 * dim_kl, rtol=1e-5)
+    assert float(m["loss"]) == float(loss)
+    # The analytic KL beside them, as the elbo objective logs it.
+    kl = 0.5 * np.sum(np.exp(logvar) + mu**2 - 1 - logvar, -1)
+    np.testing.assert_allclose([m["kl"], m["elbo"]], [kl.mean(), -m["rec_nll"] - kl.mean()], rtol=1e-5)
+
+
+def test_at_unit_weights_it_is_the_negative_elbo_with_the_monte_carlo_kl():
+    """mi + tc + dim_kl = E[log q(z|x) - log p(z)] exactly, whatever N: the elbo objective's loss (kl='mc', k=1)
+    under the same noise, and the same gradient."""
+    model, params, cfg, x, keys = _tiny()
+    cfg.mi_weight = cfg.dim_kl_weight = cfg.beta = 1.0
+    for n in (64, 60_000):
+        loss, m = _call("beta_tcvae", params, x, keys, model, cfg, dataset_size=n)
+        ref, _ = objectives.get("elbo")(params, x, keys, model=model, cfg=cfg)
+        np.testing.assert_allclose(loss, ref, rtol=1e-5)
+        np.testing.assert_allclose(m["mi"] + m["tc"] + m["dim_kl"], float(ref) - float(m["rec_nll"]), rtol=1e-4)
+    g = _on_axis(lambda: jax.grad(lambda p: objectives.get("beta_tcvae")(p, x, keys, model=model, cfg=cfg,
+                                                                          dataset_size=64)[0])(params))
+    g_ref = jax.grad(lambda p: objectives.get("elbo")(p, x, keys, model=model, cfg=cfg)[0])(params)
+    for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_eight_devices_estimate_the_aggregate_posterior_over_the_global_batch(smoke_config):
+    """The posteriors are gathered over the devices: the loss, the three terms and the gradient on 8 devices are
+    those of 1 with the same global batch (each device's own 4 examples alone would give another TC). The step
+    passes the training split's size."""
+    smoke_config.objective.name = "beta_tcvae"
+    smoke_config.objective.beta = 6.0
+    fn8, s8, d8 = _setup(smoke_config, jax.devices(), objective="beta_tcvae")
+    fn1, s1, d1 = _setup(smoke_config, jax.devices()[:1], objective="beta_tcvae")
+    for _ in range(2):
+        s8, m8 = fn8(s8, d8)
+        s1, m1 = fn1(s1, d1)
+    for k in ("loss", "mi", "tc", "dim_kl", "grad_norm"):
+        np.testing.assert_allclose(m8[k], m1[k], rtol=2e-4, err_msg=k)
+    assert float(m1["tc"][0]) != 0.0
+
+
+def test_the_config_checks_its_weights_and_warns_about_fields_it_does_not_read(caplog):
+    c = config_module(CONFIGS / "vae_mnist.py").get_config("btcvae,smoke")
+    assert (c.objective.name, c.objective.beta) == ("beta_tcvae", 6.0)
+    c.objective.k, c.objective.kl_warmup_steps = 5, 100
+    with caplog.at_level(logging.WARNING, logger="jaxgen"):
+        config_check.check(c)
+    assert "objective.k=5 (read by objective.name=elbo or iwae; this run's is beta_tcvae)" in caplog.text
+    assert "objective.kl_warmup_steps=100 (read by objective.name=elbo; this run's is beta_tcvae)" in caplog.text
+    caplog.clear()
+    e = config_module(CONFIGS / "vae_mnist.py").get_config("smoke")
+    e.objective.mi_weight = 0.0
+    with caplog.at_level(logging.WARNING, logger="jaxgen"):
+        config_check.check(e)
+    assert "objective.mi_weight=0.0 (read by objective.name=beta_tcvae; this run's is elbo)" in caplog.text
+    c.objective.dim_kl_weight = -1.0
+    with pytest.raises(ValueError, match=r"objective.dim_kl_weight must be >= 0 .* got -1.0"):
+        config_check.check(c)
+
+
+def test_vae_mnist_btcvae_trains_and_logs_the_three_terms(tmp_path, one_device):
+    c = config_module(CONFIGS / "vae_mnist.py").get_config("btcvae,smoke")
+    c.train.steps, c.train.log_every, c.eval.extractors = 10, 5, ()
+    loop.train_and_evaluate(c, tmp_path)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r.get("split") == "train"]
+    assert train and all(np.isfinite(r[k]) for r in train for k in ("mi", "tc", "dim_kl", "elbo"))
+    assert json.loads((tmp_path / "eval.json").read_text())["elbo"] < 0
