@@ -5,7 +5,7 @@ Bernoulli likelihood.
     python launch.py --config=configs/vae_mnist.py:mnist_5k --workdir=runs/quickstart  # shipped digits, offline
     python launch.py --config=configs/vae_mnist.py:smoke --workdir=/tmp/smoke          # < 1 minute on a CPU
 
-Variants (comma-separated, applied in order): mnist_5k, fashion, iwae, btcvae, smoke.
+Variants (comma-separated, applied in order): mnist_5k, fashion, iwae, conditional, btcvae, smoke.
 """
 
 from jaxgen.config import smoke, vae_config, with_variant
@@ -53,6 +53,11 @@ def _iwae(c):
     c.objective.k = 5
 
 
+def _conditional(c):
+    """A conditional VAE (Sohn et al. 2015): encoder and decoder read the digit's label; samples come by class."""
+    c.model.num_classes = 10
+
+
 def _btcvae(c):
     """beta-TCVAE (Chen et al. 2018): the KL's total-correlation part weighted 6, its other two parts 1."""
     c.objective.name = "beta_tcvae"
@@ -64,4 +69,5 @@ def _smoke(c):
     smoke(c)
 
 
-VARIANTS = {"mnist_5k": _mnist_5k, "fashion": _fashion, "iwae": _iwae, "btcvae": _btcvae, "smoke": _smoke}
+VARIANTS = {"mnist_5k": _mnist_5k, "fashion": _fashion, "iwae": _iwae, "conditional": _conditional, "btcvae": _btcvae,
+            "smoke": _smoke}

@@ -125,6 +125,7 @@ def vae_config() -> ml_collections.ConfigDict:
     c.model.activation = "relu"  # relu, tanh, gelu, silu, elu
     c.model.output_bias = "zero"  # 'zero' or 'data_mean': the decoder starts at the training pixels' mean
     c.model.conv_impl = "auto"  # conv_vae's transposed convs: 'auto' (per backend), 'phase' or 'xla' (models/layers.py)
+    c.model.num_classes = 0  # > 0: a class-conditional VAE (encoder and decoder read the labels 0..N-1); 0: off
 
     c.objective = ml_collections.ConfigDict()
     c.objective.name = "elbo"  # jaxgen.objectives.OBJECTIVES, or 'package.module:function'

@@ -38,8 +38,8 @@ CONSISTENCY = ("cr", "bcr")
 
 # The model fields each built-in model reads (the others in its task's model block belong to other models).
 MODEL_READS = {
-    "conv_vae": ("latent_dim", "channels", "dense", "activation", "output_bias", "conv_impl"),
-    "mlp_vae": ("latent_dim", "hidden", "activation", "output_bias"),
+    "conv_vae": ("latent_dim", "channels", "dense", "activation", "output_bias", "conv_impl", "num_classes"),
+    "mlp_vae": ("latent_dim", "hidden", "activation", "output_bias", "num_classes"),
     "dcgan": ("latent_dim", "g_width", "d_width", "g_norm", "d_norm", "g_spectral_norm", "d_spectral_norm", "dtype",
               "conv_impl", "norm_impl", "num_classes"),
     "resnet": ("latent_dim", "g_width", "d_width", "g_norm", "d_norm", "g_spectral_norm", "d_spectral_norm", "dtype",
@@ -78,8 +78,9 @@ def ignored_settings(config: ml_collections.ConfigDict, base: ml_collections.Con
                            f"this run's is {model})")
     elif config.task == "vae" and built_as_class(model):
         out += [f"model.{field}={config.model[field]!r} (read by the built-in models and by a model factory, "
-                f"fn(model_config, image_shape); the class {model} is built with image_shape and latent_dim alone)"
-                for field in sorted(config.model.keys()) if field not in ("name", "latent_dim")
+                f"fn(model_config, image_shape); the class {model} is built with image_shape, latent_dim and "
+                f"num_classes alone)"
+                for field in sorted(config.model.keys()) if field not in ("name", "latent_dim", "num_classes")
                 and changed("model", field)]
     for block in ("optim", "g_optim", "d_optim"):
         if block not in config:
@@ -228,7 +229,10 @@ def _check_eval(config: ml_collections.ConfigDict, training: bool) -> None:
     sampling.check_truncation(config.sample.get("truncation", 0.0))
     model = config.get("model")
     sampling.check_classes(tuple(config.sample.get("classes", ())),
-                          model.get("num_classes", 0) if config.task == "gan" and model is not None else 0)
+                          model.get("num_classes", 0) if model is not None else 0)
+    if model is not None and model.get("num_classes", 0) < 0:
+        raise ValueError(f"model.num_classes must be >= 0 (0 = unconditional; N = the model conditioned on the "
+                         f"dataset's labels 0..N-1), got {model.num_classes}")
     for field in ("eval.batch_size", "output.num_samples"):  # else an error at the first evaluation, after training
         block, name = field.split(".")
         if config[block][name] < 1:
@@ -301,9 +305,6 @@ def _check_gan(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"reg.interval must be >= 1 (1 = every D step), got {config.reg.interval}")
     if config.model.dtype not in ("float32", "bfloat16"):
         raise ValueError(f"model.dtype must be 'float32' or 'bfloat16', got {config.model.dtype!r}")
-    if config.model.get("num_classes", 0) < 0:
-        raise ValueError(f"model.num_classes must be >= 0 (0 = unconditional; N = G and D conditioned on the "
-                         f"dataset's labels 0..N-1), got {config.model.num_classes}")
     _check_augment(config.augment, config.loss.name)
     if not config.reg.weight >= 0:  # a negative weight rewards D's steep input gradients
         raise ValueError(f"reg.weight must be >= 0, got {config.reg.weight}")

@@ -228,7 +228,7 @@ def test_bits_per_dim_are_those_of_8_bit_pixels(likelihood):
 
     mesh = parallel.make_mesh()
     n = mesh.size
-    fake_eval = lambda params, key, bkey, image, pos, mask, c, count: (  # noqa: E731 (every image: log p(x) = -5 nats)
+    fake_eval = lambda params, key, bkey, image, label, pos, mask, c, count: (  # noqa: E731 (every image: log p(x) = -5 nats)
         {"count": jnp.sum(mask).astype(jnp.float32)}, jnp.full(mask.shape, -5.0))
     images = np.zeros((2 * n, 4, 4, 3), np.uint8)
     out = vae_eval.evaluate(fake_eval, None, images, mesh=mesh, key=jax.random.key(0),
@@ -258,7 +258,7 @@ def test_nll_keeps_at_most_two_chunks_in_flight():
                        out_shardings=jax.sharding.NamedSharding(mesh, jax.P(parallel.AXIS)))
     outs = []
 
-    def fake_eval(params, key, bkey, image, pos, mask, c, count):
+    def fake_eval(params, key, bkey, image, label, pos, mask, c, count):
         assert all(o.is_ready() for o in outs[:-1]), f"chunk {int(c)} queued with {len(outs)} unfinished before it"
         outs.append(slow_lse())
         return {"count": jnp.sum(mask).astype(jnp.float32)}, outs[-1]

@@ -24,7 +24,8 @@ def _setup(cfg, devices, steps_per_dispatch=1, objective="elbo"):
     fn = vae_step.compile_train(mesh, steps_per_dispatch=steps_per_dispatch, model=model, tx=tx,
                                 objective=objectives.get(objective), obj_cfg=cfg.objective, lr_schedule=lr,
                                 batch=32, binarize="dynamic", ema_half_life=200.0, ema_rampup=0.0)
-    return fn, state, parallel.put_replicated({"image": train.image[:256]}, mesh)
+    fields = {"image": train.image[:256], **({"label": train.label[:256]} if cfg.model.num_classes else {})}
+    return fn, state, parallel.put_replicated(fields, mesh)
 
 
 def test_a_fresh_state_has_no_buffer_twice_so_it_can_be_donated(smoke_config):

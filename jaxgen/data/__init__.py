@@ -64,6 +64,36 @@ class ImageData:
         return tuple(self.image.shape[1:])
 
 
+def check_class_labels(num_classes: int, train: ImageData, *others: ImageData | None, model: str,
+                       untrained: str) -> None:
+    """A class-conditional run's labels: every split's in [0, num_classes) (an error naming the num_classes to set),
+    not all one value in the train split (unlabelled data: an error), and a warning naming the classes the train
+    split lacks. model: 'GAN' or 'VAE', for the messages; untrained: what that means for the model's missing classes
+    ('G learns nothing for them')."""
+    k = num_classes
+    for split in (train, *others):
+        if split is None:
+            continue
+        lo, hi = int(split.label.min()), int(split.label.max())
+        if lo < 0 or hi >= k:
+            raise ValueError(f"model.num_classes={k}, but the {split.split} split of {split.name!r} has labels "
+                             f"{lo}..{hi}; a class-conditional {model} needs labels 0..num_classes-1: set "
+                             f"--config.model.num_classes={hi + 1}" if lo >= 0 else
+                             f"model.num_classes={k}, but the {split.split} split of {split.name!r} has negative "
+                             f"labels (down to {lo}); a class-conditional {model} needs labels 0..num_classes-1")
+    counts = np.bincount(train.label, minlength=k)
+    if k > 1 and np.count_nonzero(counts) == 1:  # an unlabelled dataset's labels are all 0
+        raise ValueError(f"model.num_classes={k}, but every example of the train split of {train.name!r} has "
+                         f"the label {int(np.argmax(counts))}: unlabelled data (image_folder's labels are its "
+                         f"first-level subfolders) cannot train a class-conditional {model}; set "
+                         f"--config.model.num_classes=0, or give data with labels")
+    if (counts == 0).any():
+        missing = np.flatnonzero(counts == 0)
+        log.warning("model.num_classes=%d, but the train split of %r has no example of class(es) %s: %s, yet samples "
+                    "and evaluations ask for every class equally often", k, train.name,
+                    ", ".join(map(str, missing[:20])) + (" ..." if len(missing) > 20 else ""), untrained)
+
+
 # name -> loader(data_config, split) -> (image uint8 [N,H,W,C], label int [N])
 DATASETS: dict[str, Callable] = {
     "mnist_5k": shipped.mnist_5k,

@@ -45,7 +45,7 @@ def check_classes(classes, num_classes: int) -> None:
         raise ValueError(f"sample.classes must be a tuple of class ids, e.g. --config.sample.classes='(7,)', got "
                          f"{classes!r}")
     if len(classes) and not num_classes:
-        raise ValueError(f"sample.classes={tuple(classes)!r} chooses the classes of a class-conditional GAN's "
+        raise ValueError(f"sample.classes={tuple(classes)!r} chooses the classes of a class-conditional model's "
                          "samples; this model is unconditional (model.num_classes=0): leave sample.classes empty")
     bad = [int(k) for k in classes if not 0 <= k < num_classes]
     if bad:

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from jaxgen import parallel
 from jaxgen.data import device as dev
+from jaxgen.models import vae as vae_models
 from jaxgen.objectives import vae as vae_obj
 from jaxgen.parallel import AXIS
 
@@ -45,9 +46,11 @@ def decode_pieces(local_batch: int, chunk: int, backend: str | None = None) -> i
 CPU_DECODES_PER_PIECE = 128
 
 
-def _eval_body(params, key, binarize_key, image, pos, mask, c, valid, *, model, obj_cfg, binarize, nll_chunk):
+def _eval_body(params, key, binarize_key, image, label, pos, mask, c, valid, *, model, obj_cfg, binarize, nll_chunk):
     """Per device: (sums of the per-example metrics over the batch, psum'd, computed with chunk 0 and zero for the
-    other chunks; this device's logsumexp of the log importance weights of NLL chunk `c` [local batch])."""
+    other chunks; this device's logsumexp of the log importance weights of NLL chunk `c` [local batch]). A
+    class-conditional model is scored with each image's own label: its metrics are of p(x | y)."""
+    model = vae_models.bind_labels(model, label)
     keys = dev.example_keys(key, pos)
     x = eval_inputs(image, pos, binarize_key, binarize)
     lik = vae_obj.likelihood(obj_cfg)
@@ -85,7 +88,8 @@ def compile_eval(mesh, *, model, obj_cfg, binarize: str, nll_chunk: int):
     # check_vma=False as in every jaxgen step (pmap's semantics): the model's layers need not track which values
     # vary over the devices (conv_impl='xla' transposes a convolution with jax.linear_transpose, whose input spec
     # carries none).
-    return jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(P(), P(), P(), P(AXIS), P(AXIS), P(AXIS), P(), P()),
+    return jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(P(), P(), P(), P(AXIS), P(AXIS), P(AXIS), P(AXIS), P(),
+                                                            P()),
                                  out_specs=(P(), P(AXIS)), check_vma=False))
 
 
@@ -110,8 +114,10 @@ def _masked_nll_sum(lse, mask, log_k):
 
 
 def evaluate(eval_fn, params, images: np.ndarray, *, mesh, key, binarize_key, batch_size: int, nll_k: int,
-             nll_chunk: int, likelihood: str, progress: bool = False) -> dict[str, float]:
+             nll_chunk: int, likelihood: str, progress: bool = False,
+             labels: np.ndarray | None = None) -> dict[str, float]:
     """Means over `images` (uint8 [N, H, W, C]) of the test metrics, with the NLL from `nll_k` importance samples.
+    labels (int [N]): the images' classes, which a class-conditional model is scored with (else unread).
 
     key: the latent noise's; binarize_key: the test set's binarization (`eval_inputs`).
     eval_fn: from compile_eval with the same nll_chunk. Adds nll, nll_bits_per_dim, nll_k and num_examples.
@@ -128,22 +134,25 @@ def evaluate(eval_fn, params, images: np.ndarray, *, mesh, key, binarize_key, ba
     n = images.shape[0]
     totals: dict[str, float] = {}
     nll_sum = 0.0
+    labels = np.zeros(n, np.int32) if labels is None else np.asarray(labels, np.int32)
     # On a terminal only, as the training bar: tqdm's redraws (\r) would bury a log file under nohup or a scheduler
     bar = tqdm(total=n * nll_k, desc=f"NLL (k={nll_k})", unit="decode", unit_scale=True, leave=False,
                disable=not (progress and sys.stderr.isatty()) or jax.process_index() != 0)
     with bar:  # closed on an error or a signal too
         for start in range(0, n, batch_size):
             chunk = images[start : start + batch_size]
+            label = labels[start : start + batch_size]
             valid = chunk.shape[0]
             if valid < batch_size:  # pad the last batch to the compiled shape; padded rows are masked out
                 chunk = np.concatenate([chunk, np.zeros((batch_size - valid, *chunk.shape[1:]), chunk.dtype)])
+                label = np.concatenate([label, np.zeros(batch_size - valid, np.int32)])
             pos = np.arange(start, start + batch_size, dtype=np.int32)
             mask = np.arange(batch_size) < valid
-            batch = parallel.put_batch({"image": chunk, "pos": pos, "mask": mask}, mesh)
+            batch = parallel.put_batch({"image": chunk, "label": label, "pos": pos, "mask": mask}, mesh)
             acc = None
             for c in range(-(-nll_k // nll_chunk)):
-                sums, lse = eval_fn(params, key, binarize_key, batch["image"], batch["pos"], batch["mask"], np.int32(c),
-                                    np.int32(min(nll_chunk, nll_k - c * nll_chunk)))
+                sums, lse = eval_fn(params, key, binarize_key, batch["image"], batch["label"], batch["pos"],
+                                    batch["mask"], np.int32(c), np.int32(min(nll_chunk, nll_k - c * nll_chunk)))
                 # At most two chunks in flight: the device stays busy, and no wait of the host's is long. Python runs a
                 # SIGTERM or Ctrl-C handler only between its own steps, and a wait for all of a batch's chunks at once
                 # (eval.final_nll_k / nll_chunk of them) would hold it back for all of them. XLA:CPU queues only a few
@@ -167,28 +176,34 @@ def evaluate(eval_fn, params, images: np.ndarray, *, mesh, key, binarize_key, ba
 
 
 @functools.partial(jax.jit, static_argnames=("model", "likelihood"))
-def sample_images(params, z, *, model, likelihood: str):
-    """Images [n, H, W, C] in [0, 1]: the likelihood's mean at the latents z [n, latent_dim]."""
+def sample_images(params, z, labels=None, *, model, likelihood: str):
+    """Images [n, H, W, C] in [0, 1]: the likelihood's mean at the latents z [n, latent_dim] (and, for a
+    class-conditional model, of the classes labels int [n])."""
+    model = vae_models.bind_labels(model, labels)
     return vae_obj.mean_image(likelihood)(model.apply(params, z, method="decode"))
 
 
 @functools.partial(jax.jit, static_argnames=("model", "likelihood"))
-def reconstruct(params, x, *, model, likelihood: str):
-    """Reconstructions [B, H, W, C] in [0, 1] of float images x: the decoder's mean at z = mu(x)."""
+def reconstruct(params, x, labels=None, *, model, likelihood: str):
+    """Reconstructions [B, H, W, C] in [0, 1] of float images x (of the classes `labels` for a class-conditional
+    model): the decoder's mean at z = mu(x)."""
+    model = vae_models.bind_labels(model, labels)
     mu, _ = model.apply(params, x, method="encode")
     return vae_obj.mean_image(likelihood)(model.apply(params, mu, method="decode"))
 
 
 @functools.partial(jax.jit, static_argnames=("model",))
-def encode_mean(params, x, *, model):
-    """The posterior means mu(x) [B, latent_dim] of float images x."""
-    return model.apply(params, x, method="encode")[0]
+def encode_mean(params, x, labels=None, *, model):
+    """The posterior means mu(x) [B, latent_dim] of float images x (given their `labels` when class-conditional)."""
+    return vae_models.bind_labels(model, labels).apply(params, x, method="encode")[0]
 
 
 @functools.partial(jax.jit, static_argnames=("model", "likelihood", "dims", "steps"))
-def traversal(params, z0, *, model, likelihood: str, dims, steps: int):
+def traversal(params, z0, label=None, *, model, likelihood: str, dims, steps: int):
     """Images [len(dims) * steps, H, W, C]: row r moves latent dims[r] (a tuple) of z0 from -3 to 3, the others
-    fixed."""
+    fixed (a class-conditional model decodes them all with the class `label`, an int)."""
+    if getattr(model, "num_classes", 0):
+        model = vae_models.bind_labels(model, jnp.full((len(dims) * steps,), label, jnp.int32))
     dims = jnp.asarray(dims)
     rows = dims.shape[0]
     vals = jnp.linspace(-3.0, 3.0, steps)

@@ -43,20 +43,26 @@ def build(model_config, image_shape: tuple[int, int, int], *, train_images=None,
         out_bias = {"out_bias_init": nn.initializers.constant(data_mean_output(train_images, likelihood,
                                                                                cls is MLPVAE))}
     out_channels = output_channels(likelihood, image_shape[-1])
+    k = int(m.get("num_classes", 0))
     if cls is ConvVAE:
         return ConvVAE(tuple(image_shape), m.latent_dim, tuple(m.channels), m.dense, m.activation,
-                       m.get("conv_impl", "auto"), out_channels=out_channels, **out_bias)
+                       m.get("conv_impl", "auto"), out_channels=out_channels, num_classes=k, **out_bias)
     if cls is MLPVAE:
         return MLPVAE(tuple(image_shape), m.latent_dim, tuple(m.hidden), m.activation, out_channels=out_channels,
-                      **out_bias)
+                      num_classes=k, **out_bias)
+    conditional = ("num_classes", "labels") if k else ()
     if is_module_class(cls):
-        _check_vae_class(m.name, cls, fields=("image_shape", "latent_dim"))
-        return cls(image_shape=tuple(image_shape), latent_dim=m.latent_dim)
+        _check_vae_class(m.name, cls, fields=("image_shape", "latent_dim", *conditional))
+        return cls(image_shape=tuple(image_shape), latent_dim=m.latent_dim, **({"num_classes": k} if k else {}))
     model = registry.call(f"model {m.name!r}", cls, "fn(model_config, image_shape) -> module", m, tuple(image_shape))
     if not isinstance(model, nn.Module) or not isinstance(getattr(model, "latent_dim", None), numbers.Integral):
         raise ValueError(f"model {m.name!r}: a model factory must return a Linen module with an int field "
                          f"latent_dim (and encode/decode methods), got {type(model).__name__}")
-    _check_vae_class(m.name, type(model), fields=())
+    _check_vae_class(m.name, type(model), fields=conditional)
+    if getattr(model, "num_classes", 0) != k:
+        raise ValueError(f"model {m.name!r}: the factory built a module with num_classes="
+                         f"{getattr(model, 'num_classes', 0)!r}, but model.num_classes={k}; build it with "
+                         "model_config.num_classes")
     return model
 
 
@@ -70,10 +76,15 @@ def _check_vae_class(name: str, cls, fields: tuple[str, ...]) -> None:
     while isinstance(cls, functools.partial):
         cls = cls.func
     have = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
-    if missing := [f for f in fields if f not in have]:
+    if missing := [f for f in fields if f not in have and f in ("image_shape", "latent_dim")]:
         raise ValueError(f"model {name!r}: the trainer builds a model class as {cls.__name__}(image_shape=(H, W, C), "
                          f"latent_dim=model.latent_dim); it has no field {' or '.join(missing)}: add "
                          f"`image_shape: tuple` and `latent_dim: int` fields ({README})")
+    if missing := [f for f in fields if f not in have]:
+        raise ValueError(f"model {name!r}: model.num_classes > 0 makes a class-conditional VAE, whose module has the "
+                         f"fields `num_classes: int` and `labels` (the labels the trainer binds with "
+                         f"model.clone(labels=y), int [B], for encode and decode to read, as jaxgen.models.vae's "
+                         f"with_labels does); {cls.__name__} has no {' or '.join(missing)} ({README})")
     defined = {k for c in cls.__mro__ if c not in (nn.Module, object) for k in vars(c)}
     if missing := [f for f in ("encode", "decode", "__call__") if f not in defined]:
         raise ValueError(f"model {name!r}: {cls.__name__} has no {', '.join(missing)}; a VAE module has encode(x) -> "

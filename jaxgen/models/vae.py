@@ -3,6 +3,11 @@
 Both expose `encode(x) -> (mu, logvar)`, each [B, latent_dim], and `decode(z) -> out` [B, H, W, C] (logits for
 a Bernoulli likelihood, means for a Gaussian; [B, H, W, 2C] with `out_channels=2C`, the discretized logistic's
 locations then log-scales). Inputs x are float images [B, H, W, C] in [0, 1].
+
+With `num_classes` > 0 they are class-conditional (a conditional VAE, Sohn et al. 2015: q(z | x, y) and p(x | z, y)):
+both methods also read labels int [B], given as their `labels` argument or bound to the module with
+`model.clone(labels=y)`. The trainer binds them, so that an objective written for an unconditional VAE
+(`model.apply(params, x, method="encode")`) trains a conditional one unchanged.
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ import math
 from collections.abc import Callable
 
 import flax.linen as nn
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxgen.models.layers import Conv, ConvTranspose2x, activation, check_divisible
@@ -49,6 +56,36 @@ def data_mean_output(images: np.ndarray, likelihood: str, per_pixel: bool) -> np
     return out.reshape(-1).astype(np.float32)
 
 
+def bind_labels(model: nn.Module, labels) -> nn.Module:
+    """`model` with `labels` (int [B]) bound for its methods to read, model.clone(labels=labels), when it is
+    class-conditional (num_classes > 0); `model` itself otherwise."""
+    return model.clone(labels=labels) if getattr(model, "num_classes", 0) else model
+
+
+def with_labels(module: nn.Module, h, labels):
+    """h [N, F] with the one-hot labels appended ([N, F + num_classes]) for a class-conditional `module`
+    (num_classes > 0); h itself for an unconditional one. `labels`: int [B], else the module's bound `labels`. Labels
+    of B examples for N = B k rows (the k latents per example of the IWAE bound or the NLL, laid out example-major
+    as [B, k, D].reshape(B * k, D)) are repeated k times each."""
+    k = module.num_classes
+    labels = module.labels if labels is None else labels
+    name = type(module).__name__
+    if not k:
+        if labels is not None:
+            raise ValueError(f"{name} is unconditional (num_classes=0) but was given labels; condition it on "
+                             "classes with --config.model.num_classes=N")
+        return h
+    if labels is None:
+        raise ValueError(f"{name} is class-conditional (num_classes={k}): call encode(x, labels) and decode(z, "
+                         "labels) with labels int [B], or bind them first: model.clone(labels=labels).apply(...)")
+    labels = jnp.asarray(labels)
+    if labels.ndim != 1 or h.shape[0] % labels.shape[0]:
+        raise ValueError(f"{name}: labels {labels.shape} for {h.shape[0]} rows; give one label per example (int [B])")
+    if labels.shape[0] != h.shape[0]:
+        labels = jnp.repeat(labels, h.shape[0] // labels.shape[0], total_repeat_length=h.shape[0])
+    return jnp.concatenate([h, jax.nn.one_hot(labels, k, dtype=h.dtype)], axis=-1)
+
+
 class MLPVAE(nn.Module):
     """The IWAE paper's one-stochastic-layer shape (Burda et al. 2016): 2 hidden layers each way, tanh there;
     Glorot-uniform weights as in their code. `out_bias_init`: the output layer's bias (zeros; `build` passes the
@@ -60,6 +97,8 @@ class MLPVAE(nn.Module):
     activation: str = "tanh"
     out_bias_init: Callable = nn.initializers.zeros
     out_channels: int | None = None  # the decoder's per pixel: the image's channels (None), 2x for discretized_logistic
+    num_classes: int = 0  # > 0: class-conditional, the one-hot label appended to the encoder's and decoder's inputs
+    labels: jax.Array | None = None  # int [B]: the labels the methods use when given none (model.clone(labels=y))
 
     def setup(self):
         dense = lambda n, **kw: nn.Dense(n, kernel_init=nn.initializers.glorot_uniform(), **kw)
@@ -72,22 +111,24 @@ class MLPVAE(nn.Module):
     def _out_shape(self):
         return (*self.image_shape[:2], self.out_channels or self.image_shape[-1])
 
-    def encode(self, x):
+    def encode(self, x, labels=None):
         act = activation(self.activation)
-        h = x.reshape(x.shape[0], -1)
+        h = with_labels(self, x.reshape(x.shape[0], -1), labels)
         for layer in self.enc:
             h = act(layer(h))
         return self.mu(h), self.logvar(h)
 
-    def decode(self, z):
+    def decode(self, z, labels=None):
         act = activation(self.activation)
-        h = z
+        h = with_labels(self, z, labels)
         for layer in self.dec:
             h = act(layer(h))
         return self.out(h).reshape(z.shape[0], *self._out_shape())
 
-    def __call__(self, x, z):
-        return self.encode(x), self.decode(z)
+    def __call__(self, x, z, labels=None):  # init; labels None: bound ones, or none (as a subclass's encode(x) takes)
+        if labels is None:
+            return self.encode(x), self.decode(z)
+        return self.encode(x, labels), self.decode(z, labels)
 
 
 class ConvVAE(nn.Module):
@@ -103,6 +144,8 @@ class ConvVAE(nn.Module):
     conv_impl: str = "auto"  # the transposed convs' form: jaxgen.models.layers.IMPLS
     out_bias_init: Callable = nn.initializers.zeros  # the last conv's bias, one per channel
     out_channels: int | None = None  # the decoder's: the image's channels (None), 2x for discretized_logistic
+    num_classes: int = 0  # > 0: class-conditional, the one-hot label appended to the flattened conv features and to z
+    labels: jax.Array | None = None  # int [B]: the labels the methods use when given none (model.clone(labels=y))
 
     def setup(self):
         check_divisible(self.image_shape, len(self.channels), "conv_vae")
@@ -119,21 +162,23 @@ class ConvVAE(nn.Module):
         self.up = [ConvTranspose2x(c, kernel_size=3, padding=1, impl=self.conv_impl) for c in widths]
         self.out = Conv(self.out_channels or self.image_shape[-1], 3, impl=self.conv_impl, bias_init=self.out_bias_init)
 
-    def encode(self, x):
+    def encode(self, x, labels=None):
         act = activation(self.activation)
         h = x
         for conv in self.enc:
             h = act(conv(h))
-        h = act(self.enc_dense(h.reshape(h.shape[0], -1)))
+        h = act(self.enc_dense(with_labels(self, h.reshape(h.shape[0], -1), labels)))
         return self.mu(h), self.logvar(h)
 
-    def decode(self, z):
+    def decode(self, z, labels=None):
         act = activation(self.activation)
-        h = act(self.dec_proj(act(self.dec_dense(z))))
+        h = act(self.dec_proj(act(self.dec_dense(with_labels(self, z, labels)))))
         h = h.reshape(z.shape[0], *self.base)
         for up in self.up:
             h = act(up(h))
         return self.out(h)
 
-    def __call__(self, x, z):
-        return self.encode(x), self.decode(z)
+    def __call__(self, x, z, labels=None):  # init; labels None: bound ones, or none (as a subclass's encode(x) takes)
+        if labels is None:
+            return self.encode(x), self.decode(z)
+        return self.encode(x, labels), self.decode(z, labels)

@@ -122,32 +122,10 @@ class GANTask:
             raise ValueError("; and ".join(problems))
 
     def _check_labels(self) -> None:
-        """A class-conditional run's labels: every split's in [0, model.num_classes) (an error naming the fix), and
-        a warning naming the classes the train split lacks (their embeddings would stay untrained)."""
-        k = self.num_classes
-        if not k:
-            return
-        for split in (self.train, self.validation, self.test):
-            if split is None:
-                continue
-            lo, hi = int(split.label.min()), int(split.label.max())
-            if lo < 0 or hi >= k:
-                raise ValueError(f"model.num_classes={k}, but the {split.split} split of {split.name!r} has labels "
-                                 f"{lo}..{hi}; a class-conditional GAN needs labels 0..num_classes-1: set "
-                                 f"--config.model.num_classes={hi + 1}" if lo >= 0 else
-                                 f"model.num_classes={k}, but the {split.split} split of {split.name!r} has negative "
-                                 f"labels (down to {lo}); a class-conditional GAN needs labels 0..num_classes-1")
-        counts = np.bincount(self.train.label, minlength=k)
-        if k > 1 and np.count_nonzero(counts) == 1:  # an unlabelled dataset's labels are all 0
-            raise ValueError(f"model.num_classes={k}, but every example of the train split of {self.train.name!r} has "
-                             f"the label {int(np.argmax(counts))}: unlabelled data (image_folder's labels are its "
-                             f"first-level subfolders) cannot train a class-conditional GAN; set "
-                             f"--config.model.num_classes=0, or give data with labels")
-        if (counts == 0).any():
-            missing = np.flatnonzero(counts == 0)
-            log.warning("model.num_classes=%d, but the train split of %r has no example of class(es) %s: G learns "
-                        "nothing for them, yet samples and evaluations ask for every class equally often", k,
-                        self.train.name, ", ".join(map(str, missing[:20])) + (" ..." if len(missing) > 20 else ""))
+        """A class-conditional run's labels (data.check_class_labels)."""
+        if self.num_classes:
+            data.check_class_labels(self.num_classes, self.train, self.validation, self.test, model="GAN",
+                                    untrained="G learns nothing for them")
 
     def describe(self) -> str:
         c = self.config

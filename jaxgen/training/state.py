@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxgen.models import gan as gan_models
+from jaxgen.models import vae as vae_models
 
 INIT_STREAM, DATA_STREAM, STEP_STREAM, EVAL_STREAM = 0, 1, 2, 3
 # The evaluation's fixed streams, key(seed) folded with EVAL_STREAM + the stream (`eval_key`): a VAE's latent noise
@@ -41,6 +42,7 @@ def create(model, tx, image_shape, seed: int, ema: bool) -> dict:
     key = jax.random.key(seed)
     x = jnp.zeros((1, *image_shape), jnp.float32)
     z = jnp.zeros((1, model.latent_dim), jnp.float32)
+    model = vae_models.bind_labels(model, jnp.zeros((1,), jnp.int32))  # a class-conditional VAE's placeholder labels
     params = model.init(jax.random.fold_in(key, INIT_STREAM), x, z)
     state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params), "key": key}
     if ema:

@@ -31,7 +31,8 @@ class TrainedRun:
     """A checkpoint of a workdir, restored onto this process's devices (replicated).
 
     model, variables: the generative model and what `model.apply` takes: a VAE's module (`encode`, `decode`,
-    `latent_dim`) and its params, or a GAN's G (`G.apply(variables, z, train=False)`, z ~ N(0, I) [B, latent_dim];
+    `latent_dim`; a class-conditional VAE's methods take the labels too, `encode(x, labels)`, `decode(z, labels)`)
+    and its params, or a GAN's G (`G.apply(variables, z, train=False)`, z ~ N(0, I) [B, latent_dim];
     a class-conditional G's `G.apply(variables, z, labels, train=False)`, labels int [B] in [0, model.num_classes):
     not checked inside the compiled model, where one outside gives NaN or a G of no class);
     the EMA weights where the run kept them (unless config.train.ema_half_life=0), a G's BatchNorm statistics
@@ -53,9 +54,9 @@ class TrainedRun:
 
     def samples(self, n: int, truncation: float | None = None, classes: tuple[int, ...] | None = None) -> np.ndarray:
         """n samples, uint8 [n, H, W, C]: the same as `--mode=sample --config.sample.num=n` writes with this config's
-        seed (a VAE: its likelihood's mean at z ~ N(0, I); a GAN: G(z); a class-conditional GAN: sample j of class
+        seed (a VAE: its likelihood's mean at z ~ N(0, I); a GAN: G(z); a class-conditional model: sample j of class
         j % model.num_classes, see `sample_labels`). truncation: z's coordinates truncated to [-t, t] (default:
-        the config's sample.truncation, 0 = off). classes: a class-conditional GAN's classes to draw in turn, e.g.
+        the config's sample.truncation, 0 = off). classes: a class-conditional model's classes to draw in turn, e.g.
         (7,) (default: the config's sample.classes, () = every class)."""
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
@@ -63,7 +64,7 @@ class TrainedRun:
         return self._task.samples(self.state, n, t, self._classes(classes))
 
     def sample_labels(self, n: int, classes: tuple[int, ...] | None = None) -> np.ndarray | None:
-        """The classes of `samples(n, classes=classes)`, int32 [n], for a class-conditional GAN; None otherwise."""
+        """The classes of `samples(n, classes=classes)`, int32 [n], for a class-conditional model; None otherwise."""
         return self._task.sample_labels(n, self._classes(classes))
 
     def _classes(self, classes) -> tuple[int, ...]:

@@ -17,6 +17,7 @@ from jax import lax
 
 from jaxgen import registry
 from jaxgen.data import device as dev
+from jaxgen.models import vae as vae_models
 from jaxgen.parallel import AXIS
 from jaxgen.training import dispatch
 from jaxgen.training import state as state_lib
@@ -27,8 +28,9 @@ def vae_step(state: dict, data: dict, *, model, tx, objective, obj_cfg, lr_sched
              ema_half_life: float, ema_rampup: float, random_flip: bool = False) -> tuple[dict, dict]:
     """One optimisation step on one device's share of the global batch `batch`. Returns (state, metrics).
 
-    data: {'image': uint8 [N, H, W, C]}, the whole training split, replicated. random_flip: mirror each drawn
-    example with probability 1/2 (data.random_flip).
+    data: {'image': uint8 [N, H, W, C]}, the whole training split, replicated (and 'label' int [N] for a
+    class-conditional model, whose drawn labels are bound to it: the objective sees a model that reads them).
+    random_flip: mirror each drawn example with probability 1/2 (data.random_flip).
     """
     step = state["step"]
     n = data["image"].shape[0]
@@ -40,6 +42,8 @@ def vae_step(state: dict, data: dict, *, model, tx, objective, obj_cfg, lr_sched
         image = dev.random_flip(image, dev.substream(keys, 2))
     x = dev.preprocess(image, dev.substream(keys, 0), binarize)
     obj_keys = dev.substream(keys, 1)
+    if getattr(model, "num_classes", 0):
+        model = vae_models.bind_labels(model, data["label"][idx])
 
     # An objective that names `step` gets it (a KL warm-up of one's own, say); one that names `dataset_size`, the
     # training split's size (beta_tcvae's estimate of the aggregate posterior needs it).

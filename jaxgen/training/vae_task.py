@@ -13,6 +13,7 @@ from jaxgen import config as config_lib
 from jaxgen import config_check, data, models, objectives, parallel, registry
 from jaxgen.evaluation import quality, sampling
 from jaxgen.evaluation import vae as vae_eval
+from jaxgen.models import vae as vae_models
 from jaxgen.objectives import vae as vae_obj
 from jaxgen.reporting import images, plots
 from jaxgen.training import optim, vae_step
@@ -27,13 +28,15 @@ class VAETask:
     headline = ("loss",)  # metrics on the progress bar
     not_final = ("nll", "nll_bits_per_dim")  # the final eval's NLL uses eval.final_nll_k samples, not eval.nll_k
     lazy_metrics = ()  # every step reports all its metrics
-    train_fields = ("image",)  # the train split's arrays on the devices (the labels stay on the host)
 
     def __init__(self, config, workdir, training: bool = True, image_shape: tuple[int, int, int] | None = None):
         """training=False: --mode=eval/sample. image_shape (--mode=sample, from the workdir's data.json): the
         dataset is not read (train, validation and test are None)."""
         config_check.check(config, training=training)
         self.config, self.workdir = config, workdir
+        self.num_classes = int(config.model.get("num_classes", 0))  # > 0: a class-conditional VAE
+        # The train split's arrays on the devices (the labels too where the step conditions on them).
+        self.train_fields = ("image", "label") if self.num_classes else ("image",)
         self.mesh = parallel.make_mesh()
         # Outside training (--mode=eval/sample, maybe on another device count) train.batch_size is not used.
         parallel.check_batches(self.mesh, {"train.batch_size": config.train.batch_size if training else 0,
@@ -48,6 +51,9 @@ class VAETask:
             quality.check_ready(config)  # the Inception weights, before the data loads
             self.train, self.validation, self.test = data.load_splits(config.data)
             self.image_shape, images = self.train.shape, self.train.image
+            if self.num_classes:
+                data.check_class_labels(self.num_classes, self.train, self.validation, self.test, model="VAE",
+                                        untrained="its decoder learns nothing for them")
         else:  # a placeholder for output_bias='data_mean': the restored params replace what it initialises
             self.train = self.validation = self.test = None
             self.image_shape, images = tuple(image_shape), np.full((1, *image_shape), 128, np.uint8)
@@ -64,13 +70,15 @@ class VAETask:
         self.create = functools.partial(state_lib.create, self.model, self.tx, self.image_shape, config.seed,
                                         config.train.ema_half_life > 0)
         params, x = jax.eval_shape(self.create)["params"], jax.ShapeDtypeStruct((2, *self.image_shape), jnp.float32)
-        # A model, likelihood or objective of the user's that breaks its contract fails here, naming it.
-        vae_obj.check_model(self.model, params, x, cfg=config.objective)
+        # A model, likelihood or objective of the user's that breaks its contract fails here, naming it (a
+        # class-conditional model with labels bound, as the step binds them).
+        probe = vae_models.bind_labels(self.model, jnp.zeros((2,), jnp.int32))
+        vae_obj.check_model(probe, params, x, cfg=config.objective)
         if not training:
             return
         read = objectives.check_objective(
             self.objective, config.objective.name, params, x,
-            jax.eval_shape(lambda: jax.random.split(jax.random.key(0), 2)), model=self.model, cfg=config.objective)
+            jax.eval_shape(lambda: jax.random.split(jax.random.key(0), 2)), model=probe, cfg=config.objective)
         if config.objective.name not in objectives.OBJECTIVES:
             _warn_unread(config, read)
             log.info("The evaluation scores %s's models as every VAE's: encode as a diagonal-Gaussian posterior, a "
@@ -114,24 +122,28 @@ class VAETask:
                                  key=key, binarize_key=vae_eval.binarize_key(c.eval.binarize_seed),
                                  batch_size=c.eval.batch_size,
                                  nll_k=c.eval.final_nll_k if final else c.eval.nll_k, nll_chunk=self.nll_chunk,
-                                 likelihood=c.objective.likelihood, progress=bool(c.output.progress))
+                                 likelihood=c.objective.likelihood, progress=bool(c.output.progress),
+                                 labels=data.label[: len(images)])
 
     def samples(self, state, n: int, truncation: float = 0.0, classes: tuple[int, ...] = ()) -> np.ndarray:
         """n samples (uint8 [n, H, W, C]): the likelihood's mean at z ~ N(0, I) from a fixed stream of latents,
         rounded to 0..255 as a PNG writer would. Made data-parallel in batches of eval.batch_size (which, like the
-        device count, does not change them); every process gets them all."""
+        device count, does not change them); every process gets them all. A class-conditional VAE's sample j is of
+        class j % model.num_classes (`sample_labels`), or with `classes` of class classes[j % len(classes)]."""
         return self._sampler(state_lib.eval_params(state), n, self.config.eval.batch_size, truncation, classes)
 
-    def sample_labels(self, n: int, classes: tuple[int, ...] = ()) -> None:
-        """A VAE's samples have no class."""
-        return None
+    def sample_labels(self, n: int, classes: tuple[int, ...] = ()) -> np.ndarray | None:
+        """The classes of `samples(state, n, classes=classes)` (int32 [n]) for a class-conditional VAE; None
+        when unconditional."""
+        return sampling.sample_labels(n, self.num_classes, classes)
 
     @functools.cached_property
     def _sampler(self):
         c = self.config
         key = state_lib.eval_key(c.seed, state_lib.SAMPLER)
         decode = functools.partial(vae_eval.sample_images, model=self.model, likelihood=c.objective.likelihood)
-        return sampling.make_sampler(decode, self.mesh, key=key, dim=self.model.latent_dim, value_range=(0.0, 1.0))
+        return sampling.make_sampler(decode, self.mesh, key=key, dim=self.model.latent_dim, value_range=(0.0, 1.0),
+                                     num_classes=self.num_classes)
 
     def lr_line(self, step: int) -> str:
         """The learning rate the schedule gives the update from `step`, for the log."""
@@ -167,25 +179,32 @@ class VAETask:
         lik = c.objective.likelihood
         key = state_lib.eval_key(c.seed, state_lib.FIXED_NOISE)  # the same z at every eval
         n = c.output.num_samples
+        # A class-conditional VAE's grid: one class per column (sample j is of class j % num_classes).
         images.save_png(out / f"samples{suffix}.png",
                         np.asarray(vae_eval.sample_images(params, jax.random.normal(key, (n, self.model.latent_dim)),
-                                                          model=self.model, likelihood=lik)))
+                                                          self.sample_labels(n), model=self.model, likelihood=lik)),
+                        ncol=images.class_columns(self.num_classes))
         bkey = vae_eval.binarize_key(c.eval.binarize_seed)
 
         def inputs(lo, hi):  # what the model sees at evaluation: the test set's fixed binarization
             return np.asarray(vae_eval.eval_inputs(self.test.image[lo:hi], np.arange(lo, hi), bkey, c.data.binarize))
 
+        def labels(lo, hi):  # their classes, which a class-conditional model reads
+            return self.test.label[lo:hi] if self.num_classes else None
+
         x = inputs(0, min(n, 32, len(self.test)))
-        rec = np.asarray(vae_eval.reconstruct(params, x, model=self.model, likelihood=lik))
+        rec = np.asarray(vae_eval.reconstruct(params, x, labels(0, len(x)), model=self.model, likelihood=lik))
         images.save_png(out / f"reconstructions{suffix}.png", np.concatenate([x, rec]), ncol=len(x))
         if suffix or not c.output.plots:
             return
         m = min(len(self.test), 2000)
-        mu = np.concatenate([np.asarray(vae_eval.encode_mean(params, inputs(i, min(i + 500, m)), model=self.model))
+        mu = np.concatenate([np.asarray(vae_eval.encode_mean(params, inputs(i, min(i + 500, m)),
+                                                             labels(i, min(i + 500, m)), model=self.model))
                              for i in range(0, m, 500)])
         plots.latent_scatter(mu, self.test.label[:m], self.workdir / "latent_scatter.png")
         dims = vae_eval.most_active(mu, min(self.model.latent_dim, 10))
-        trav = vae_eval.traversal(params, mu[0], model=self.model, likelihood=lik, dims=dims, steps=9)
+        label = int(self.test.label[0]) if self.num_classes else None  # a conditional model keeps image 0's class
+        trav = vae_eval.traversal(params, mu[0], label, model=self.model, likelihood=lik, dims=dims, steps=9)
         images.save_png(self.workdir / "latent_traversal.png", np.asarray(trav), ncol=9)
         plots.loss_curves(self.workdir / "metrics.jsonl", self.workdir / "loss_curves.png")
 

@@ -1,0 +1,180 @@
+"""Class-conditional VAEs (model.num_classes > 0, Sohn et al. 2015): the models read the labels given or bound, the
+objectives train them unchanged, 8 devices equal 1, and a run trains, evaluates (class accuracy, intra-FID on
+p(x | y)), samples by class and loads in Python; bad labels and models are errors that name the fix."""
+
+import json
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxgen import config_check, data, models, objectives
+from jaxgen.config import vae_config
+from jaxgen.evaluation import vae as vae_eval
+from jaxgen.models import vae as vae_models
+from jaxgen.training import loop, modes, trained
+from tests.conftest import CONFIGS, config_module
+from tests.test_vae_step import _setup
+
+
+def _model(name, num_classes=3, **kw):
+    c = vae_config().model
+    c.name, c.num_classes, c.latent_dim = name, num_classes, 4
+    for k, v in kw.items():
+        c[k] = v
+    return models.build(c, (28, 28, 1))
+
+
+def _params(model):
+    bound = vae_models.bind_labels(model, jnp.zeros((1,), jnp.int32))
+    return bound.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)), jnp.zeros((1, model.latent_dim)))
+
+
+@pytest.mark.parametrize("name", ["conv_vae", "mlp_vae"])
+def test_the_labels_given_or_bound_condition_the_encoder_and_the_decoder(name):
+    model = _model(name)
+    params = _params(model)
+    x = jax.random.uniform(jax.random.key(1), (6, 28, 28, 1))
+    z = jax.random.normal(jax.random.key(2), (6, 4))
+    y = jnp.array([0, 1, 2, 0, 1, 2])
+    given = model.apply(params, x, y, method="encode")
+    bound = vae_models.bind_labels(model, y)
+    np.testing.assert_array_equal(bound.apply(params, x, method="encode")[0], given[0])
+    np.testing.assert_array_equal(bound.apply(params, z, method="decode"), model.apply(params, z, y, method="decode"))
+    # The label matters: the same image or latent under another class gives other outputs.
+    other = model.apply(params, x, (y + 1) % 3, method="encode")
+    assert not np.allclose(other[0], given[0])
+    assert not np.allclose(model.apply(params, z, (y + 1) % 3, method="decode"),
+                           model.apply(params, z, y, method="decode"))
+    # B labels for B x k latents (the IWAE bound's and the NLL's k draws per example, example-major): each repeated.
+    zk = jax.random.normal(jax.random.key(3), (6 * 5, 4))
+    np.testing.assert_allclose(bound.apply(params, zk, method="decode"),
+                               model.apply(params, zk, jnp.repeat(y, 5), method="decode"), rtol=1e-6)
+
+
+def test_a_conditional_model_without_labels_and_an_unconditional_one_with_them_are_errors():
+    model = _model("conv_vae")
+    params = _params(model)
+    x = jnp.zeros((2, 28, 28, 1))
+    with pytest.raises(ValueError, match=r"ConvVAE is class-conditional \(num_classes=3\): call encode\(x, labels\) "
+                                         r"and decode\(z, labels\).*model.clone\(labels=labels\)"):
+        model.apply(params, x, method="encode")
+    with pytest.raises(ValueError, match=r"labels \(3,\) for 2 rows; give one label per example"):
+        model.apply(params, x, jnp.zeros(3, jnp.int32), method="encode")
+    plain = _model("conv_vae", num_classes=0)
+    plain_params = plain.init(jax.random.key(0), x, jnp.zeros((2, 4)))
+    with pytest.raises(ValueError, match=r"ConvVAE is unconditional \(num_classes=0\) but was given labels"):
+        plain.apply(plain_params, x, jnp.zeros(2, jnp.int32), method="encode")
+    assert vae_models.bind_labels(plain, jnp.zeros(2, jnp.int32)) is plain  # nothing to bind
+
+
+def test_the_built_in_objectives_train_a_bound_model_as_if_the_labels_were_passed():
+    """The trainer binds the step's labels: elbo and iwae (written for unconditional models) then score p(x | y)."""
+    model = _model("mlp_vae", hidden=(16,))
+    params = _params(model)
+    cfg = vae_config().objective
+    cfg.k = 3
+    x = jax.random.bernoulli(jax.random.key(1), 0.3, (4, 28, 28, 1)).astype(jnp.float32)
+    keys = jax.random.split(jax.random.key(2), 4)
+    y = jnp.array([2, 0, 1, 2])
+    for name in ("elbo", "iwae"):
+        loss, _ = objectives.get(name)(params, x, keys, model=vae_models.bind_labels(model, y), cfg=cfg)
+        mu, logvar = model.apply(params, x, y, method="encode")
+        z = mu[:, None] + jnp.exp(0.5 * logvar)[:, None] * jax.vmap(lambda k: jax.random.normal(k, (3, 4)))(keys)
+        logits = model.apply(params, z.reshape(12, 4), jnp.repeat(y, 3), method="decode").reshape(4, 3, 28, 28, 1)
+        rec = -jnp.sum(jnp.logaddexp(0.0, logits) - x[:, None] * logits, axis=(2, 3, 4))
+        if name == "elbo":
+            kl = 0.5 * jnp.sum(jnp.exp(logvar) + mu**2 - 1 - logvar, -1)
+            expected = -jnp.mean(jnp.mean(rec, 1) - kl)
+        else:
+            eps = (z - mu[:, None]) / jnp.exp(0.5 * logvar)[:, None]
+            log_w = rec - 0.5 * jnp.sum(z**2, -1) + 0.5 * jnp.sum(eps**2 + logvar[:, None], -1)
+            expected = -jnp.mean(jax.nn.logsumexp(log_w, 1) - jnp.log(3.0))
+        np.testing.assert_allclose(loss, expected, rtol=1e-5, err_msg=name)
+
+
+def test_eight_devices_give_one_devices_conditional_step(smoke_config):
+    """The step draws each example's label with its image (the same rows on any device count)."""
+    smoke_config.model.num_classes = 10
+    fn8, s8, d8 = _setup(smoke_config, jax.devices())
+    fn1, s1, d1 = _setup(smoke_config, jax.devices()[:1])
+    width = 7 * 7 * smoke_config.model.channels[-1] + 10  # the flattened conv features and the one-hot label
+    assert "label" in d8 and s8["params"]["params"]["enc_dense"]["kernel"].shape[0] == width
+    for _ in range(3):
+        s8, m8 = fn8(s8, d8)
+        s1, m1 = fn1(s1, d1)
+    for a, b in zip(jax.tree.leaves(s8["params"]), jax.tree.leaves(s1["params"])):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(m8["loss"], m1["loss"], rtol=1e-5)
+    # The labels reach the step: with every label moved by one the loss differs.
+    shifted = dict(d1, label=(d1["label"] + 1) % 10)
+    _, moved = fn1(jax.tree.map(jnp.copy, s1), shifted)  # the state is donated: each call gets its own copy
+    _, same = fn1(s1, d1)
+    assert float(moved["loss"][0]) != float(same["loss"][0])
+
+
+class NoLabels(nn.Module):
+    image_shape: tuple
+    latent_dim: int
+
+    def encode(self, x):
+        return x, x
+
+    def decode(self, z):
+        return z
+
+    def __call__(self, x, z):
+        return x
+
+
+def test_labels_outside_the_classes_and_a_model_that_cannot_take_them_are_errors(tmp_path):
+    c = config_module(CONFIGS / "vae_mnist.py").get_config("conditional,smoke")
+    c.model.num_classes = 5
+    with pytest.raises(ValueError, match=r"model.num_classes=5, but the train split of 'mnist_5k' has labels 0..9; "
+                                         r"a class-conditional VAE needs labels 0..num_classes-1: set "
+                                         r"--config.model.num_classes=10"):
+        loop.build_task(c, tmp_path)
+    c.model.num_classes, c.model.name = 10, "tests.test_conditional_vae:NoLabels"
+    with pytest.raises(ValueError, match=r"model.num_classes > 0 makes a class-conditional VAE, whose module has "
+                                         r"the fields `num_classes: int` and `labels`.*NoLabels has no num_classes "
+                                         r"or labels"):
+        models.build(c.model, (28, 28, 1))
+    c.model.name = "conv_vae"
+    c.sample.classes = (10,)
+    with pytest.raises(ValueError, match=r"sample.classes has \[10\], outside the model's classes 0..9"):
+        config_check.check(c)
+
+
+def test_a_conditional_vae_trains_evaluates_and_samples_by_class(tmp_path, one_device):
+    """vae_mnist:conditional,smoke end to end: p(x | y)'s ELBO and NLL, the classifier's class accuracy and the
+    intra-FID in eval.json, --mode=sample's labels beside its images, trained.load's samples the same, and a
+    digit's images decoded from one class."""
+    c = config_module(CONFIGS / "vae_mnist.py").get_config("conditional,smoke")
+    c.train.steps, c.eval.every = 10, 5
+    loop.train_and_evaluate(c, tmp_path)
+    ev = json.loads((tmp_path / "eval.json").read_text())
+    block = ev["sample_quality"]["classifier"]
+    assert ev["nll"] > 0 and 0.0 <= block["class_accuracy"] <= 1.0
+    assert block["intra_fid"] > 0 and len(block["intra_fid_per_class"]) == 10
+    assert (tmp_path / "latent_traversal.png").is_file() and (tmp_path / "images" / "samples.png").is_file()
+    c.sample.num = 24
+    saved = np.load(modes.sample_checkpoint(c, tmp_path))
+    np.testing.assert_array_equal(saved["labels"], np.arange(24) % 10)
+    run = trained.load(c, tmp_path)
+    np.testing.assert_array_equal(run.samples(24), saved["images"])
+    np.testing.assert_array_equal(run.sample_labels(24), saved["labels"])
+    sevens = run.samples(4, classes=(7,))
+    np.testing.assert_array_equal(sevens[0], np.asarray(run.samples(8, classes=(7, 3)))[0])  # the same z, class 7
+    z = jax.random.normal(jax.random.key(0), (3, run.model.latent_dim))
+    out = run.model.apply(run.variables, z, jnp.full(3, 7), method=run.model.decode)
+    assert out.shape == (3, 28, 28, 1)
+    # The evaluation scores each test image with its own label: other labels give another ELBO.
+    task = loop.build_task(c, tmp_path, training=False)
+    test = data.load(c.data, "test")
+    kw = dict(mesh=task.mesh, key=jax.random.key(0), binarize_key=jax.random.key(1), batch_size=c.eval.batch_size,
+              nll_k=2, nll_chunk=2, likelihood="bernoulli")
+    right = vae_eval.evaluate(task.eval_fn, run.variables, test.image[:64], labels=test.label[:64], **kw)
+    wrong = vae_eval.evaluate(task.eval_fn, run.variables, test.image[:64], labels=(test.label[:64] + 1) % 10, **kw)
+    assert right["elbo"] != wrong["elbo"]
