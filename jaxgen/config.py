@@ -87,7 +87,7 @@ def base_config() -> ml_collections.ConfigDict:
     # 0 = off; t > 0: each latent coordinate drawn from N(0, 1) truncated to [-t, t] (BigGAN's truncation trick:
     # less variety, more typical samples), for --mode=sample and trained.load's samples; evaluations never truncate
     c.sample.truncation = 0.0
-    c.sample.classes = ()  # a class-conditional GAN's classes, drawn in turn (e.g. (7,): only 7s); () = every class
+    c.sample.classes = ()  # a class-conditional model's classes, drawn in turn (e.g. (7,): only 7s); () = every class
 
     c.output = ml_collections.ConfigDict()
     c.output.num_samples = 64  # images in the sample grids

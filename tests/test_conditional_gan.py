@@ -361,7 +361,7 @@ def test_unlabelled_data_and_class_accuracy_without_classes_say_what_to_set(tmp_
     with pytest.raises(ValueError, match=r"every example of the train split .* has the label 0: unlabelled data .*"
                                          r"--config.model.num_classes=0"):
         gan_task.GANTask(c, tmp_path)
-    with pytest.raises(ValueError, match=r"class_accuracy is a class-conditional GAN's: set "
+    with pytest.raises(ValueError, match=r"class_accuracy is a class-conditional model's: set "
                                          r"--config.model.num_classes=N"):
         quality.best_metric(_config("smoke", **{"checkpoint.best_metric": "classifier/class_accuracy"}))
 

@@ -429,7 +429,7 @@ def best_mode(config) -> str:
 
 def _per_eval_of(extractor: str, config) -> tuple[str, ...]:
     """What the extractor named `extractor` gives at every eval of a run of `config` (PER_EVAL_OF; the classifier
-    adds class_accuracy for a class-conditional GAN; a user's extractor: any of PER_EVAL)."""
+    adds class_accuracy for a class-conditional model; a user's extractor: any of PER_EVAL)."""
     computed = PER_EVAL_OF.get(extractor, PER_EVAL)
     if extractor == "classifier" and config.model.get("num_classes", 0):
         computed = (*computed, "class_accuracy")
@@ -460,6 +460,6 @@ def best_metric(config) -> str | None:
                              + (f" of the {name} extractor" if name in PER_EVAL_OF else "") + "; choices: "
                              f"{', '.join(f'{name}/{p}' for p in computed)} (or a metric of the task such as "
                              f"{TASK_METRICS.get(config.task, ('nll',))[0]!r})"
-                             + ("; class_accuracy is a class-conditional GAN's: set --config.model.num_classes=N"
+                             + ("; class_accuracy is a class-conditional model's: set --config.model.num_classes=N"
                                 if metric == "class_accuracy" and name == "classifier" else ""))
     return m or None

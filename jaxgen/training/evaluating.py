@@ -75,7 +75,7 @@ def eval_line(task, ev: dict) -> str:
 
 def fid_part(ev: dict) -> str:
     """'; classifier FID 857.37 (1000 samples; real training images: 13.83)' for each extractor of an eval, and
-    for a class-conditional GAN ', class accuracy 0.912' after it (the classifier's) and, at the final evaluation,
+    for a class-conditional model ', class accuracy 0.912' after it (the classifier's) and, at the final evaluation,
     ', intra-FID 251.45 (real training images: 180.20)'."""
     parts = []
     for name, block in ev.get("sample_quality", {}).items():

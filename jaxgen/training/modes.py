@@ -171,7 +171,7 @@ def _selected_by(task, workdir: Path) -> str:
 def sample_checkpoint(config, workdir) -> Path:
     """--mode=sample: sample.num samples of the newest checkpoint (eval.checkpoint='best': the best one; EMA
     weights where kept) as <workdir>/samples/step_<step>.npz (uint8 images [N, H, W, C]) and PNG grids of
-    sample.per_grid images, replacing an earlier call's for that step. A class-conditional GAN's .npz also holds
+    sample.per_grid images, replacing an earlier call's for that step. A class-conditional model's .npz also holds
     `labels` (int32 [N], sample j of class j % model.num_classes) and its grids one class per column. Its log file
     is detached when it ends (workdir.run_log_file)."""
     with wd.run_log_file():
