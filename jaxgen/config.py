@@ -133,12 +133,14 @@ def vae_config() -> ml_collections.ConfigDict:
     # log-scales), or 'package.module:function'
     c.objective.likelihood = "bernoulli"
     c.objective.gaussian_sigma = 0.1  # std of the Gaussian likelihood, pixels in [0, 1]
-    c.objective.beta = 1.0  # weight of the KL term (beta-VAE; 1 is the ELBO); beta_tcvae: the total correlation's
+    c.objective.beta = 1.0  # weight of the KL term (beta-VAE, info_vae; 1 is the ELBO); beta_tcvae: the TC's
     c.objective.kl_warmup_steps = 0  # elbo: the KL's weight rises linearly from 0 to beta over this many steps; 0 = off
     c.objective.k = 1  # latent samples per example (IWAE's k)
     c.objective.kl = "analytic"  # elbo: 'analytic' or 'mc' (single-sample estimate)
     c.objective.mi_weight = 1.0  # beta_tcvae: the weight of the index-code mutual information I(x; z)
     c.objective.dim_kl_weight = 1.0  # beta_tcvae: the weight of the dimension-wise KL sum_d KL(q(z_d) || p(z_d))
+    c.objective.mmd_weight = 0.0  # info_vae: the weight of MMD^2(q(z), p(z)) over the global batch
+    c.objective.mmd_kernel = "imq"  # info_vae: 'imq' (inverse multiquadratic, WAE's) or 'rbf'
 
     c.optim = optim_block()
     c.train.ema_half_life = 0.0  # images; > 0 keeps an EMA of the params (evaluation, samples) halving its memory

@@ -50,9 +50,11 @@ MODEL_READS = {
 # The built-in VAE objectives' own fields of the objective block, and which of them each reads (the likelihood's are
 # every objective's).
 VAE_OBJECTIVE_READS = {"elbo": ("beta", "k", "kl", "kl_warmup_steps"), "iwae": ("k",),
-                       "beta_tcvae": ("beta", "mi_weight", "dim_kl_weight")}
+                       "beta_tcvae": ("beta", "mi_weight", "dim_kl_weight"),
+                       "info_vae": ("beta", "mmd_weight", "mmd_kernel")}
 VAE_OBJECTIVE_FIELDS = {f: tuple(n for n, reads in VAE_OBJECTIVE_READS.items() if f in reads)
-                        for f in ("beta", "k", "kl", "kl_warmup_steps", "mi_weight", "dim_kl_weight")}
+                        for f in ("beta", "k", "kl", "kl_warmup_steps", "mi_weight", "dim_kl_weight", "mmd_weight",
+                                  "mmd_kernel")}
 
 
 def ignored_settings(config: ml_collections.ConfigDict, base: ml_collections.ConfigDict) -> list[str]:
@@ -274,6 +276,11 @@ def _check_vae(config: ml_collections.ConfigDict) -> None:
         if not o.get(field, 1.0) >= 0:
             raise ValueError(f"objective.{field} must be >= 0 (a weight of beta_tcvae's KL terms; 1 with beta=1 is "
                              f"the ELBO), got {o[field]}")
+    if not o.get("mmd_weight", 0.0) >= 0:
+        raise ValueError(f"objective.mmd_weight must be >= 0 (info_vae's weight of MMD^2 between q(z) and the prior; "
+                         f"a negative one pushes them apart), got {o.mmd_weight}")
+    if o.get("mmd_kernel", "imq") not in ("imq", "rbf"):
+        raise ValueError(f"objective.mmd_kernel must be 'imq' or 'rbf', got {o.mmd_kernel!r}")
     if config.objective.k < 1 or config.eval.nll_k < 1 or config.eval.final_nll_k < 1:
         raise ValueError("objective.k, eval.nll_k and eval.final_nll_k must be >= 1")
     if config.eval.nll_chunk < 1:

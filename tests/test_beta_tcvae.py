@@ -86,6 +86,20 @@ def test_eight_devices_estimate_the_aggregate_posterior_over_the_global_batch(sm
     for k in ("loss", "mi", "tc", "dim_kl", "grad_norm"):
         np.testing.assert_allclose(m8[k], m1[k], rtol=2e-4, err_msg=k)
     assert float(m1["tc"][0]) != 0.0
+    for a, b in zip(jax.tree.leaves(s8["params"]), jax.tree.leaves(s1["params"])):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-5)
+
+
+def sized_elbo(params, x, keys, *, model, cfg, dataset_size):
+    """The elbo, logging the dataset_size the step passes."""
+    loss, metrics = objectives.get("elbo")(params, x, keys, model=model, cfg=cfg)
+    return loss, {**metrics, "dataset_size": jnp.asarray(dataset_size, jnp.float32)}
+
+
+def test_the_step_passes_the_training_splits_size_to_an_objective_that_names_it(smoke_config):
+    fn, state, train = _setup(smoke_config, jax.devices()[:1], objective="tests.test_beta_tcvae:sized_elbo")
+    _, m = fn(state, train)
+    assert float(m["dataset_size"][0]) == train["image"].shape[0] == 256  # the rows on the device, not the batch
 
 
 def test_the_config_checks_its_weights_and_warns_about_fields_it_does_not_read(caplog):

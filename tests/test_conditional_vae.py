@@ -10,11 +10,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxgen import config_check, data, models, objectives
+from jaxgen import config_check, data, models, objectives, parallel
 from jaxgen.config import vae_config
 from jaxgen.evaluation import vae as vae_eval
 from jaxgen.models import vae as vae_models
-from jaxgen.training import loop, modes, trained
+from jaxgen.objectives import vae as vo
+from jaxgen.training import loop, modes, run_record, trained
 from tests.conftest import CONFIGS, config_module
 from tests.test_vae_step import _setup
 
@@ -48,10 +49,14 @@ def test_the_labels_given_or_bound_condition_the_encoder_and_the_decoder(name):
     assert not np.allclose(other[0], given[0])
     assert not np.allclose(model.apply(params, z, (y + 1) % 3, method="decode"),
                            model.apply(params, z, y, method="decode"))
-    # B labels for B x k latents (the IWAE bound's and the NLL's k draws per example, example-major): each repeated.
+    # B labels for B x k latents (the IWAE bound's and the NLL's k draws per example, example-major) are an error:
+    # repeat_labels repeats each k times, as the built-in objectives do; any other layout is the caller's to match.
     zk = jax.random.normal(jax.random.key(3), (6 * 5, 4))
-    np.testing.assert_allclose(bound.apply(params, zk, method="decode"),
+    with pytest.raises(ValueError, match=r"labels \(6,\) for 30 rows; give one label per row .*repeat_labels"):
+        bound.apply(params, zk, method="decode")
+    np.testing.assert_allclose(vo.repeat_labels(bound, 5).apply(params, zk, method="decode"),
                                model.apply(params, zk, jnp.repeat(y, 5), method="decode"), rtol=1e-6)
+    assert vo.repeat_labels(model, 5) is model  # nothing bound
 
 
 def test_a_conditional_model_without_labels_and_an_unconditional_one_with_them_are_errors():
@@ -61,7 +66,7 @@ def test_a_conditional_model_without_labels_and_an_unconditional_one_with_them_a
     with pytest.raises(ValueError, match=r"ConvVAE is class-conditional \(num_classes=3\): call encode\(x, labels\) "
                                          r"and decode\(z, labels\).*model.clone\(labels=labels\)"):
         model.apply(params, x, method="encode")
-    with pytest.raises(ValueError, match=r"labels \(3,\) for 2 rows; give one label per example"):
+    with pytest.raises(ValueError, match=r"labels \(3,\) for 2 rows; give one label per row"):
         model.apply(params, x, jnp.zeros(3, jnp.int32), method="encode")
     plain = _model("conv_vae", num_classes=0)
     plain_params = plain.init(jax.random.key(0), x, jnp.zeros((2, 4)))
@@ -115,6 +120,24 @@ def test_eight_devices_give_one_devices_conditional_step(smoke_config):
     assert float(moved["loss"][0]) != float(same["loss"][0])
 
 
+class OwnClasses(nn.Module):
+    """A user's VAE class whose num_classes defaults to 10 (the config's model.num_classes must agree)."""
+
+    image_shape: tuple
+    latent_dim: int
+    num_classes: int = 10
+    labels: jax.Array | None = None
+
+    def encode(self, x):
+        return x, x
+
+    def decode(self, z):
+        return z
+
+    def __call__(self, x, z):
+        return x
+
+
 class NoLabels(nn.Module):
     image_shape: tuple
     latent_dim: int
@@ -141,7 +164,12 @@ def test_labels_outside_the_classes_and_a_model_that_cannot_take_them_are_errors
                                          r"the fields `num_classes: int` and `labels`.*NoLabels has no num_classes "
                                          r"or labels"):
         models.build(c.model, (28, 28, 1))
-    c.model.name = "conv_vae"
+    c.model.name, c.model.num_classes = "tests.test_conditional_vae:OwnClasses", 0
+    with pytest.raises(ValueError, match=r"its module has num_classes=10 \(the class's own default\), but "
+                                         r"model.num_classes=0; they must agree"):
+        models.build(c.model, (28, 28, 1))
+    assert "num_classes" in run_record._model_reads({"name": "tests.test_conditional_vae:OwnClasses"})
+    c.model.name, c.model.num_classes = "conv_vae", 10
     c.sample.classes = (10,)
     with pytest.raises(ValueError, match=r"sample.classes has \[10\], outside the model's classes 0..9"):
         config_check.check(c)
@@ -170,11 +198,28 @@ def test_a_conditional_vae_trains_evaluates_and_samples_by_class(tmp_path, one_d
     z = jax.random.normal(jax.random.key(0), (3, run.model.latent_dim))
     out = run.model.apply(run.variables, z, jnp.full(3, 7), method=run.model.decode)
     assert out.shape == (3, 28, 28, 1)
-    # The evaluation scores each test image with its own label: other labels give another ELBO.
-    task = loop.build_task(c, tmp_path, training=False)
-    test = data.load(c.data, "test")
-    kw = dict(mesh=task.mesh, key=jax.random.key(0), binarize_key=jax.random.key(1), batch_size=c.eval.batch_size,
-              nll_k=2, nll_chunk=2, likelihood="bernoulli")
-    right = vae_eval.evaluate(task.eval_fn, run.variables, test.image[:64], labels=test.label[:64], **kw)
-    wrong = vae_eval.evaluate(task.eval_fn, run.variables, test.image[:64], labels=(test.label[:64] + 1) % 10, **kw)
-    assert right["elbo"] != wrong["elbo"]
+
+
+
+def test_the_evaluation_scores_each_image_with_its_own_label_on_8_devices_with_a_padded_batch(smoke_config):
+    """The sharded evaluation's KL and reconstruction at the posterior mean (both free of noise) equal q(z | x, y)'s
+    and p(x | mu, y)'s computed here in one call with each image's own label, over 70 images in batches of 64 (the
+    second one padded); with every label moved by one they differ."""
+    smoke_config.model.num_classes = 10
+    train = data.load(smoke_config.data, "train")
+    model = models.build(smoke_config.model, train.shape)
+    params = _params(model)
+    mesh = parallel.make_mesh(jax.devices())
+    eval_fn = vae_eval.compile_eval(mesh, model=model, obj_cfg=smoke_config.objective, binarize="dynamic",
+                                    nll_chunk=2)
+    images, labels, bkey = train.image[:70], train.label[:70], jax.random.key(1)
+    kw = dict(mesh=mesh, key=jax.random.key(0), binarize_key=bkey, batch_size=64, nll_k=2, nll_chunk=2,
+              likelihood="bernoulli")
+    out = vae_eval.evaluate(eval_fn, params, images, labels=labels, **kw)
+    x = vae_eval.eval_inputs(images, np.arange(70), bkey, "dynamic")
+    mu, logvar = model.apply(params, x, labels, method="encode")
+    rec = vo.bernoulli_log_prob(model.apply(params, mu, labels, method="decode"), x)
+    np.testing.assert_allclose(out["kl"], float(jnp.mean(vo.gaussian_kl(mu, logvar))), rtol=1e-4)
+    np.testing.assert_allclose(out["recon_nll_at_mean"], -float(jnp.mean(rec)), rtol=1e-4)
+    moved = vae_eval.evaluate(eval_fn, params, images, labels=(labels + 1) % 10, **kw)
+    assert abs(moved["kl"] - out["kl"]) > 1e-4

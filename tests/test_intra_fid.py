@@ -128,3 +128,20 @@ def test_the_final_evaluation_of_a_conditional_model_gives_its_intra_fid_and_tha
     assert block["intra_fid_train_images"] < block["intra_fid"] / 10
     flat = quality.flatten({NAME: block})
     assert f"{NAME}/intra_fid" in flat and f"{NAME}/intra_fid_per_class" not in flat  # numbers only
+
+
+def test_a_final_evaluation_with_too_few_samples_per_class_warns_and_keeps_the_other_numbers(tmp_path, caplog):
+    """6 samples over 8 classes: no class has 2, so there is no intra-FID, said in a warning; FID and the rest stand
+    (the run keeps what it trained)."""
+    c = config_lib.gan_config()
+    c.data.name, c.data.data_dir, c.eval.extractors = "mnist_5k", str(tmp_path / "data"), (NAME,)
+    c.model.num_classes = 8
+    train_x, train_y = _labelled_images(10, 8, seed=0)
+    test_x, test_y = _labelled_images(10, 8, seed=1)
+    sq = quality.SampleQuality(c, None, ml_collections.ConfigDict({"image": train_x, "label": train_y}),
+                               {"test": test_x}, {"test": test_y})
+    samples, _ = _labelled_images(1, 8, seed=2)
+    with caplog.at_level(logging.WARNING, logger="jaxgen"):
+        block = sq.evaluate(samples[:6], full=True, labels=np.arange(6) % 8)[NAME]
+    assert "intra_fid" not in block and block["fid"] > 0 and "kid_mean" in block
+    assert "No intra-FID for pooled (mnist_5k test): intra-FID needs a class with at least 2" in caplog.text

@@ -274,12 +274,17 @@ def compare(extractor: Extractor, ref: dict, samples: np.ndarray, *, full: bool,
         out["precision"], out["recall"] = sample_metrics.precision_recall(real, feats, k=3)
         out["density"], out["coverage"] = sample_metrics.density_coverage(real, feats, k=FINAL_K)
         if labels is not None and reference_labels is not None and num_classes:
-            intra = sample_metrics.intra_fid(real, reference_labels, feats, np.asarray(labels)[: len(feats)],
-                                             num_classes, extractor.recommended)
-            out.update(intra_fid=intra["intra_fid"],
-                       intra_fid_per_class=[None if v is None else round(v, 4) for v in intra["per_class"]],
-                       intra_fid_samples_per_class=intra["fake_per_class"],
-                       intra_fid_reference_per_class=intra["real_per_class"])
+            try:
+                intra = sample_metrics.intra_fid(real, reference_labels, feats, np.asarray(labels)[: len(feats)],
+                                                 num_classes, extractor.recommended)
+            except ValueError as e:  # too few samples for any class (eval.num_samples < 2 per class), or references
+                # with labels outside the model's classes: the other numbers stand, and the run keeps what it trained
+                log.warning("No intra-FID for %s (%s): %s", extractor.name, reference_name, e)
+            else:
+                out.update(intra_fid=intra["intra_fid"],
+                           intra_fid_per_class=[None if v is None else round(v, 4) for v in intra["per_class"]],
+                           intra_fid_samples_per_class=intra["fake_per_class"],
+                           intra_fid_reference_per_class=intra["real_per_class"])
     return out
 
 

@@ -53,16 +53,20 @@ def build(model_config, image_shape: tuple[int, int, int], *, train_images=None,
     conditional = ("num_classes", "labels") if k else ()
     if is_module_class(cls):
         _check_vae_class(m.name, cls, fields=("image_shape", "latent_dim", *conditional))
-        return cls(image_shape=tuple(image_shape), latent_dim=m.latent_dim, **({"num_classes": k} if k else {}))
-    model = registry.call(f"model {m.name!r}", cls, "fn(model_config, image_shape) -> module", m, tuple(image_shape))
-    if not isinstance(model, nn.Module) or not isinstance(getattr(model, "latent_dim", None), numbers.Integral):
-        raise ValueError(f"model {m.name!r}: a model factory must return a Linen module with an int field "
-                         f"latent_dim (and encode/decode methods), got {type(model).__name__}")
-    _check_vae_class(m.name, type(model), fields=conditional)
-    if getattr(model, "num_classes", 0) != k:
-        raise ValueError(f"model {m.name!r}: the factory built a module with num_classes="
-                         f"{getattr(model, 'num_classes', 0)!r}, but model.num_classes={k}; build it with "
-                         "model_config.num_classes")
+        model = cls(image_shape=tuple(image_shape), latent_dim=m.latent_dim, **({"num_classes": k} if k else {}))
+        what = "the class's own default"
+    else:
+        model = registry.call(f"model {m.name!r}", cls, "fn(model_config, image_shape) -> module", m,
+                              tuple(image_shape))
+        if not isinstance(model, nn.Module) or not isinstance(getattr(model, "latent_dim", None), numbers.Integral):
+            raise ValueError(f"model {m.name!r}: a model factory must return a Linen module with an int field "
+                             f"latent_dim (and encode/decode methods), got {type(model).__name__}")
+        _check_vae_class(m.name, type(model), fields=conditional)
+        what = "built by the factory (build it with model_config.num_classes)"
+    if getattr(model, "num_classes", 0) != k:  # the step and the evaluation feed labels by model.num_classes
+        raise ValueError(f"model {m.name!r}: its module has num_classes={getattr(model, 'num_classes', 0)!r} "
+                         f"({what}), but model.num_classes={k}; they must agree: set --config.model.num_classes="
+                         f"{getattr(model, 'num_classes', 0)!r} or give the module num_classes={k}")
     return model
 
 

@@ -64,9 +64,9 @@ def bind_labels(model: nn.Module, labels) -> nn.Module:
 
 def with_labels(module: nn.Module, h, labels):
     """h [N, F] with the one-hot labels appended ([N, F + num_classes]) for a class-conditional `module`
-    (num_classes > 0); h itself for an unconditional one. `labels`: int [B], else the module's bound `labels`. Labels
-    of B examples for N = B k rows (the k latents per example of the IWAE bound or the NLL, laid out example-major
-    as [B, k, D].reshape(B * k, D)) are repeated k times each."""
+    (num_classes > 0); h itself for an unconditional one. `labels`: int [N], one per row, else the module's bound
+    `labels`. Rows of another count are an error: the caller who decodes k latents per example lays them out and
+    repeats the labels to match (jaxgen.objectives.vae.repeat_labels, as the built-in objectives do)."""
     k = module.num_classes
     labels = module.labels if labels is None else labels
     name = type(module).__name__
@@ -79,10 +79,10 @@ def with_labels(module: nn.Module, h, labels):
         raise ValueError(f"{name} is class-conditional (num_classes={k}): call encode(x, labels) and decode(z, "
                          "labels) with labels int [B], or bind them first: model.clone(labels=labels).apply(...)")
     labels = jnp.asarray(labels)
-    if labels.ndim != 1 or h.shape[0] % labels.shape[0]:
-        raise ValueError(f"{name}: labels {labels.shape} for {h.shape[0]} rows; give one label per example (int [B])")
-    if labels.shape[0] != h.shape[0]:
-        labels = jnp.repeat(labels, h.shape[0] // labels.shape[0], total_repeat_length=h.shape[0])
+    if labels.shape != (h.shape[0],):
+        raise ValueError(f"{name}: labels {labels.shape} for {h.shape[0]} rows; give one label per row (int "
+                         f"[{h.shape[0]}]): for k latents per example, repeat each example's label k times in their "
+                         "order (jaxgen.objectives.vae.repeat_labels(model, k) does it for bound labels)")
     return jnp.concatenate([h, jax.nn.one_hot(labels, k, dtype=h.dtype)], axis=-1)
 
 

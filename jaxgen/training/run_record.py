@@ -131,7 +131,8 @@ SAME_MODEL_FIELDS = ("model.conv_impl", "model.norm_impl", "model.dtype")
 # adam's and adamw's states differ, and the checkpoint restores the optimizer state too).
 TRAINING_ONLY_BLOCKS = ("loss", "reg", "augment")
 TRAINING_ONLY_FIELDS = ("objective.name", "objective.beta", "objective.k", "objective.kl", "objective.kl_warmup_steps",
-                        "objective.mi_weight", "objective.dim_kl_weight",
+                        "objective.mi_weight", "objective.dim_kl_weight", "objective.mmd_weight",
+                        "objective.mmd_kernel",
                         "model.output_bias",  # how a built-in decoder's last bias starts
                         *(f"{block}.{field}" for block in ("optim", "g_optim", "d_optim")
                           for field in ("lr", "b1", "b2", "eps", "weight_decay", "schedule", "warmup_steps",
@@ -212,13 +213,13 @@ def _replay_note() -> str:
 
 def _model_reads(model: dict) -> tuple[str, ...] | None:
     """The fields of the `model` block (a config.json's) that its model reads: a built-in's, a user's class's
-    (name and latent_dim), or None for a user's factory (it gets the whole block)."""
+    (name, latent_dim and num_classes), or None for a user's factory (it gets the whole block)."""
     from jaxgen import config_check  # noqa: PLC0415 (a user's model module is imported only here)
 
     name = str(model.get("name", ""))
     if name in config_check.MODEL_READS:
         return ("name", *config_check.MODEL_READS[name])
-    return ("name", "latent_dim") if config_check.built_as_class(name) else None
+    return ("name", "latent_dim", "num_classes") if config_check.built_as_class(name) else None
 
 
 def _absent(config: dict, field: str) -> bool:
