@@ -5,7 +5,7 @@ Bernoulli likelihood.
     python launch.py --config=configs/vae_mnist.py:mnist_5k --workdir=runs/quickstart  # shipped digits, offline
     python launch.py --config=configs/vae_mnist.py:smoke --workdir=/tmp/smoke          # < 1 minute on a CPU
 
-Variants (comma-separated, applied in order): mnist_5k, fashion, iwae, conditional, btcvae, smoke.
+Variants (comma-separated, applied in order): mnist_5k, fashion, iwae, conditional, btcvae, infovae, smoke.
 """
 
 from jaxgen.config import smoke, vae_config, with_variant
@@ -64,10 +64,17 @@ def _btcvae(c):
     c.objective.beta = 6.0
 
 
+def _infovae(c):
+    """The MMD-VAE of InfoVAE (Zhao et al. 2019): no per-example KL, MMD^2(q(z), N(0, I)) weighted 100."""
+    c.objective.name = "info_vae"
+    c.objective.beta = 0.0
+    c.objective.mmd_weight = 100.0
+
+
 def _smoke(c):
     c.data.name = "mnist_5k"
     smoke(c)
 
 
 VARIANTS = {"mnist_5k": _mnist_5k, "fashion": _fashion, "iwae": _iwae, "conditional": _conditional, "btcvae": _btcvae,
-            "smoke": _smoke}
+            "infovae": _infovae, "smoke": _smoke}
