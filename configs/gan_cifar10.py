@@ -18,10 +18,11 @@ matters only for the raw G (ema_half_life=0): an EMA G's statistics are estimate
 Variants: conditional (the class-conditional SNGAN of Miyato and Koyama 2018: conditional BatchNorm in G, a
 projection D, on CIFAR-10's 10 labels), diffaugment (color, translation, cutout on reals and fakes), ada
 (StyleGAN2-ADA's adaptive augmentation), bcr (balanced consistency regularization, Zhao et al. 2021, lambda 10,
-flips and translations), lecam (LeCam regularization, Tseng et al. 2021), bf16, smoke (synthetic 32x32x3).
+flips and translations), lecam (LeCam regularization, Tseng et al. 2021), topk (top-k training, Sinha et al. 2020),
+bf16, smoke (synthetic 32x32x3).
 """
 
-from jaxgen.config import ada, bcr, bf16, diffaugment, gan_config, gan_smoke, lecam, with_variant
+from jaxgen.config import ada, bcr, bf16, diffaugment, gan_config, gan_smoke, lecam, topk, with_variant
 
 
 def get_config(variant: str = ""):
@@ -63,4 +64,4 @@ def _conditional(c):
 
 
 VARIANTS = {"conditional": _conditional, "diffaugment": diffaugment, "ada": ada, "bcr": bcr, "lecam": lecam,
-            "bf16": bf16, "smoke": _smoke}
+            "topk": topk, "bf16": bf16, "smoke": _smoke}

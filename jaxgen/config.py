@@ -182,6 +182,10 @@ def gan_config() -> ml_collections.ConfigDict:
 
     c.loss = ml_collections.ConfigDict()
     c.loss.name = "non_saturating"  # jaxgen.objectives.gan.LOSSES or 'package.module:function'
+    # Top-k training (Sinha et al. 2020): > 0 = the G update learns from the k fakes of its batch D rates most real,
+    # k = max(topk_gamma^e B, topk_nu B) after e passes over the training data; 0 = off (every fake)
+    c.loss.topk_nu = 0.0
+    c.loss.topk_gamma = 0.99  # k's decay per pass over the training data
     c.reg = ml_collections.ConfigDict()
     c.reg.name = "none"  # 'none', 'r1', 'gp' (WGAN-GP), 'cr', 'bcr' (consistency) or 'package.module:function'
     # r1: gamma in gamma/2 E|grad D(x)|^2; gp: lambda in lambda E(|grad D(x_hat)| - 1)^2; cr, bcr: lambda in
@@ -349,6 +353,12 @@ def lecam(config: ml_collections.ConfigDict) -> None:
     """GAN variant: LeCam regularization (Tseng et al. 2021) at the weight of the authors' BigGAN CIFAR-10 runs, 0.3
     (google/lecam-gan's scripts), for small training sets; it combines with DiffAugment or ADA ('ada,lecam')."""
     config.reg.lecam_weight = 0.3
+
+
+def topk(config: ml_collections.ConfigDict) -> None:
+    """GAN variant: top-k training (Sinha et al. 2020): the G update learns from the fakes D rates most real, their
+    share decaying by 0.99 per pass over the data to half the batch."""
+    config.loss.topk_nu = 0.5
 
 
 def g_batch_size(config: ml_collections.ConfigDict) -> int:

@@ -109,6 +109,9 @@ def ignored_settings(config: ml_collections.ConfigDict, base: ml_collections.Con
     if "reg" in config and config.reg.name in ("none", "r1", "gp") and changed("reg", "cr_policy"):
         out.append(f"reg.cr_policy={config.reg.cr_policy!r} (read by the consistency regularizers, reg.name=cr or "
                    f"bcr; this run's is {config.reg.name})")
+    if "loss" in config and config.loss.get("topk_nu", 0.0) == 0 and changed("loss", "topk_gamma"):
+        out.append(f"loss.topk_gamma={config.loss.topk_gamma!r} (read by top-k training, loss.topk_nu > 0; this "
+                   f"run's is 0)")
     if "reg" in config and config.reg.get("lecam_weight", 0.0) == 0 and changed("reg", "lecam_decay"):
         out.append(f"reg.lecam_decay={config.reg.lecam_decay!r} (read by LeCam regularization, reg.lecam_weight > 0; "
                    f"this run's is 0)")
@@ -279,6 +282,9 @@ def _check_vae(config: ml_collections.ConfigDict) -> None:
     if not o.get("mmd_weight", 0.0) >= 0:
         raise ValueError(f"objective.mmd_weight must be >= 0 (info_vae's weight of MMD^2 between q(z) and the prior; "
                          f"a negative one pushes them apart), got {o.mmd_weight}")
+    if o.name == "info_vae" and config.train.batch_size < 2:
+        raise ValueError(f"objective.name='info_vae' estimates MMD^2 over the global batch, which needs at least 2 "
+                         f"examples; train.batch_size={config.train.batch_size}")
     if o.get("mmd_kernel", "imq") not in ("imq", "rbf"):
         raise ValueError(f"objective.mmd_kernel must be 'imq' or 'rbf', got {o.mmd_kernel!r}")
     if config.objective.k < 1 or config.eval.nll_k < 1 or config.eval.final_nll_k < 1:
@@ -315,6 +321,12 @@ def _check_gan(config: ml_collections.ConfigDict) -> None:
     _check_augment(config.augment, config.loss.name)
     if not config.reg.weight >= 0:  # a negative weight rewards D's steep input gradients
         raise ValueError(f"reg.weight must be >= 0, got {config.reg.weight}")
+    if not 0 <= config.loss.get("topk_nu", 0.0) <= 1:
+        raise ValueError(f"loss.topk_nu must be in [0, 1] (the least fraction of the G update's fakes top-k training "
+                         f"keeps; 0 = off), got {config.loss.topk_nu}")
+    if not 0 < config.loss.get("topk_gamma", 0.99) <= 1:
+        raise ValueError(f"loss.topk_gamma must be in (0, 1] (k's decay per pass over the training data; 1 = k stays "
+                         f"the whole batch), got {config.loss.topk_gamma}")
     if not config.reg.get("lecam_weight", 0.0) >= 0:  # a negative one rewards D for pushing its outputs apart
         raise ValueError(f"reg.lecam_weight must be >= 0 (0 = off; the LeCam paper's BigGAN runs: 0.3), got "
                          f"{config.reg.lecam_weight}")

@@ -103,6 +103,7 @@ def _gan_setup(mesh, g_batch=0, random_flip=False, augment_probability=1.0, **ov
     g_tx, g_lr = optim.make(c.g_optim, 100)
     d_tx, d_lr = optim.make(c.d_optim, 100)
     lecam = (c.reg.lecam_weight, c.reg.lecam_decay) if c.reg.lecam_weight > 0 else None
+    topk = (c.loss.topk_gamma, c.loss.topk_nu) if c.loss.topk_nu > 0 else None
     state = state_lib.create_gan(G, D, g_tx, d_tx, (28, 28, 1), 0, ema=True, num_classes=c.model.num_classes,
                                  lecam=lecam is not None)
     fn = gan_step.compile_train(
@@ -112,7 +113,7 @@ def _gan_setup(mesh, g_batch=0, random_flip=False, augment_probability=1.0, **ov
         augment_policy=c.augment.policy,
         ema_half_life=200.0, ema_rampup=0.0, g_lr=g_lr, d_lr=d_lr, g_batch=g_batch, random_flip=random_flip,
         reg_through_augment=c.reg.through_augment, num_classes=c.model.num_classes,
-        augment_probability=augment_probability, lecam=lecam)
+        augment_probability=augment_probability, lecam=lecam, topk=topk)
     return state, fn
 
 
@@ -160,9 +161,9 @@ def test_random_flip_mirrors_about_half_of_the_reals():
     d = jax.ShapeDtypeStruct((4,), jnp.float32)
     own = {"left_minus_right", *jax.eval_shape(gan_obj.get_loss("non_saturating"), d, d)[2]}
     # reg_ran: with reg.interval > 1 only; augment_p and d_real_sign: with adaptive augmentation only (test_ada.py);
-    # lecam*: with LeCam regularization only (test_lecam.py)
+    # lecam*: with LeCam regularization only (test_lecam.py); topk: with top-k training only (test_topk.py)
     assert set(metrics) - own == set(gan_obj.STEP_METRICS) - {"reg_ran", "augment_p", "d_real_sign", "lecam",
-                                                              "lecam_real", "lecam_fake"}
+                                                              "lecam_real", "lecam_fake", "topk"}
 
 
 @pytest.mark.parametrize("over", [

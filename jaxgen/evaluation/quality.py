@@ -277,8 +277,8 @@ def compare(extractor: Extractor, ref: dict, samples: np.ndarray, *, full: bool,
             try:
                 intra = sample_metrics.intra_fid(real, reference_labels, feats, np.asarray(labels)[: len(feats)],
                                                  num_classes, extractor.recommended)
-            except ValueError as e:  # too few samples for any class (eval.num_samples < 2 per class), or references
-                # with labels outside the model's classes: the other numbers stand, and the run keeps what it trained
+            except sample_metrics.NoClassToScore as e:  # too few samples for any class (eval.num_samples under 2 a
+                # class): the other numbers stand, and the run keeps what it trained
                 log.warning("No intra-FID for %s (%s): %s", extractor.name, reference_name, e)
             else:
                 out.update(intra_fid=intra["intra_fid"],

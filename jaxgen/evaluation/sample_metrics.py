@@ -105,6 +105,10 @@ def inception_score(probs, splits: int = 10) -> tuple[float, float]:
     return float(np.mean(scores)), float(np.std(scores))
 
 
+class NoClassToScore(ValueError):
+    """No class has the 2 real and 2 generated samples a covariance needs: there is no intra-FID."""
+
+
 def intra_fid(real, real_labels, fake, fake_labels, num_classes: int, recommended: int = FID_RECOMMENDED_SAMPLES,
               *, warn: bool = True) -> dict:
     """Intra-FID of features with class labels (real [N, D] with real_labels int [N]; fake [M, D] with the classes
@@ -139,7 +143,7 @@ def intra_fid(real, real_labels, fake, fake_labels, num_classes: int, recommende
         per_class.append(frechet_distance(mu_r, s_r, mu_f, s_f))
     scored = [v for v in per_class if v is not None]
     if not scored:
-        raise ValueError(f"intra-FID needs a class with at least 2 real and 2 generated samples; per class, real "
+        raise NoClassToScore(f"intra-FID needs a class with at least 2 real and 2 generated samples; per class, real "
                          f"{counts[0].tolist()}, generated {counts[1].tolist()}")
     fewest = int(min(min(counts[0][c], counts[1][c]) for c, v in enumerate(per_class) if v is not None))
     if warn and fewest < recommended:

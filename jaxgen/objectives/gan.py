@@ -164,6 +164,27 @@ def lecam(d_real, d_fake, anchor_real, anchor_fake):
     return penalty + jnp.mean(jnp.square(jax.nn.relu(anchor_real - d_fake)))
 
 
+def top_k_fakes(loss_fn: Callable, k) -> Callable:
+    """`loss_fn` whose G loss learns from the k fakes D rates most real alone (top-k training, Sinha et al. 2020:
+    "zero out the gradient contributions from the elements of the batch that the critic scores as least realistic").
+
+    The fakes outside the top k (by D's output, higher = more real, as for every built-in loss) pass D's outputs as
+    constants; those inside pass them with their gradient scaled by B / (their count), so that a loss that is a mean
+    over the fakes (every built-in one) gets the gradient of its mean over the kept fakes. The values, and so the
+    logged losses, are those of the whole batch. k: an int or a traced int32 scalar (1 <= k <= B); fakes tied with
+    the k-th are all kept. Call it on the global batch's outputs (the step gathers them first)."""
+
+    def loss(d_real, d_fake):
+        b = d_fake.shape[0]
+        const = jax.lax.stop_gradient(d_fake)
+        threshold = jnp.sort(const)[::-1][jnp.clip(k - 1, 0, b - 1)]
+        keep = const >= threshold
+        scale = b / jnp.sum(keep)
+        return loss_fn(d_real, const + (d_fake - const) * jnp.where(keep, scale, 0.0))
+
+    return loss
+
+
 def get_loss(name: str, cfg=None) -> Callable:
     """The loss `name`; with `cfg` (the `loss` config block), bound as `cfg=` when the function takes it."""
     return registry.with_config(registry.resolve("GAN loss", name, LOSSES), cfg, positional=2)
@@ -178,7 +199,7 @@ def get_regularizer(name: str, cfg=None) -> Callable | None:
 # Metrics the GAN step logs itself: a loss's or regularizer's metrics must not reuse these names.
 STEP_METRICS = ("d_loss", "g_loss", "d_real", "d_fake", "d_fake_after", "reg", "d_grad_norm", "g_grad_norm",
                 "d_param_norm", "g_param_norm", "d_lr", "g_lr", "finite", "step", "reg_ran", "augment_p",
-                "d_real_sign", "lecam", "lecam_real", "lecam_fake")
+                "d_real_sign", "lecam", "lecam_real", "lecam_fake", "topk")
 
 
 def check_loss(loss_fn: Callable, name: str, batch: int = 4, g_batch: int = 0) -> None:

@@ -204,7 +204,7 @@ def gan_step(state: dict, data: dict, *, generator, discriminator, g_tx, d_tx, l
              ema_rampup: float, g_lr, d_lr, g_batch: int = 0, random_flip: bool = False,
              reg_through_augment: bool = False, lazy_metrics: tuple[str, ...] = (), num_classes: int = 0,
              augment_probability: float = 1.0, ada: tuple[float, int, float] | None = None,
-             lecam: tuple[float, float] | None = None):
+             lecam: tuple[float, float] | None = None, topk: tuple[float, float] | None = None):
     """One train step (d_steps D updates, then one G update) on one device's share of the global batch `batch`.
 
     g_batch: 0 = the G update goes through the last D update's `batch` fakes; > 0 = it draws `g_batch` (global)
@@ -217,7 +217,9 @@ def gan_step(state: dict, data: dict, *, generator, discriminator, g_tx, d_tx, l
     `ada_update`): the probability is the state's, and moves so that the mean sign of D's outputs on the reals
     stays at `target`; its metrics 'augment_p' and 'd_real_sign'. lecam = (weight, decay): LeCam regularization
     (Tseng et al. 2021; `d_update`), its moving averages in the state's 'lecam', its metrics 'lecam' (the penalty)
-    and the anchors 'lecam_real', 'lecam_fake'.
+    and the anchors 'lecam_real', 'lecam_fake'. topk = (gamma, nu): top-k training (Sinha et al. 2020): the G update
+    learns from the `top_k_count` fakes of its global batch that D rates most real (gan_obj.top_k_fakes), logged as
+    the fraction 'topk'.
 
     data: {'image': uint8 [N, H, W, C]}, the whole training split, replicated. Returns (state, metrics): D's
     metrics averaged over its updates, G's from its update, and 'finite' (0: nothing of this step was applied).
@@ -229,7 +231,7 @@ def gan_step(state: dict, data: dict, *, generator, discriminator, g_tx, d_tx, l
     step = state["step"]
     # A user's loss or regularizer that takes `step` gets the train step (G updates so far).
     loss_fn, reg_fn = registry.with_step(loss_fn, step, positional=2), registry.with_step(reg_fn, step, positional=4)
-    loss_fn = on_global_batch(loss_fn)
+    g_loss_fn, loss_fn = loss_fn, on_global_batch(loss_fn)
     n = data["image"].shape[0]
     pos = dev.local_positions(batch, AXIS)
     data_key = jax.random.fold_in(state["key"], DATA_STREAM)
@@ -269,8 +271,14 @@ def gan_step(state: dict, data: dict, *, generator, discriminator, g_tx, d_tx, l
         fake, g_vjp, g_vars = jax.vjp(make, state["g"]["params"], has_aux=True)
     g_stats = lax.pmean({k: v for k, v in g_vars.items() if k != "params"}, AXIS)
     state = {**state, "g": {**state["g"], **g_stats}}
+    g_global = g_batch or batch
+    if topk:
+        k = top_k_count(step, g_global, batch * d_steps, n, *topk)
+        g_loss_fn = on_global_batch(gan_obj.top_k_fakes(g_loss_fn, k))
+    else:
+        g_loss_fn = loss_fn
     state, g_metrics = g_update(state, fake, g_vjp, d_real, keys, discriminator=discriminator, g_tx=g_tx,
-                                loss_fn=loss_fn, augment_policy=augment_policy,
+                                loss_fn=g_loss_fn, augment_policy=augment_policy,
                                 real=real if reads_d_real(loss_fn, d_real.shape[0]) else None, real_keys=d_keys,
                                 labels=labels, real_labels=d_labels, augment_p=augment_p)
     state["step"] = step + 1
@@ -279,6 +287,8 @@ def gan_step(state: dict, data: dict, *, generator, discriminator, g_tx, d_tx, l
         ema_params = optax.incremental_update(state["g"]["params"], state["ema_g"]["params"], rate)
         state["ema_g"] = {**state["g"], "params": ema_params}  # statistics are copied, params averaged
     metrics = {**jax.tree.map(lambda *v: jnp.mean(jnp.stack(v)), *d_metrics), **g_metrics}
+    if topk:
+        metrics["topk"] = k.astype(jnp.float32) / g_global
     if ada:
         metrics["augment_p"] = augment_p
         state["ada"] = ada_update(state["ada"], metrics["d_real_sign"], step, batch, *ada)
@@ -293,6 +303,17 @@ def gan_step(state: dict, data: dict, *, generator, discriminator, g_tx, d_tx, l
     state, finite = dispatch.keep_if_finite(state, old, (metrics, norms))
     metrics.update(norms, g_lr=jnp.asarray(g_lr(step), jnp.float32), finite=finite.astype(jnp.float32), step=step)
     return state, metrics
+
+
+def top_k_count(step, g_batch: int, reals_per_step: int, n: int, gamma: float, nu: float) -> jax.Array:
+    """The number of fakes the G update of train step `step` learns from under top-k training: its global batch
+    `g_batch`, decayed by `gamma` per pass over the `n` training examples (D reads `reals_per_step` reals per step,
+    so pass e = step * reals_per_step // n), and at least nu * g_batch (Sinha et al. 2020's schedule:
+    k = max(gamma^e B, nu B)). An int32 scalar in [1, g_batch]."""
+    passes = jnp.floor(jnp.asarray(step, jnp.float32) * (reals_per_step / n))  # float: no int32 overflow
+    decayed = jnp.floor(g_batch * jnp.power(jnp.float32(gamma), passes))
+    k = jnp.maximum(decayed, jnp.ceil(jnp.float32(nu) * g_batch))
+    return jnp.clip(k, 1, g_batch).astype(jnp.int32)
 
 
 def ada_update(ada: dict, sign: jax.Array, step, batch: int, target: float, interval: int, kimg: float) -> dict:
