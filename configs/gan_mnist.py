@@ -6,10 +6,10 @@
     python launch.py --config=configs/gan_mnist.py:conditional --workdir=runs/cgan_mnist  # one digit per column
 
 Variants (comma-separated, applied in order): mnist, conditional, hinge, wgan_gp, r1, diffaugment, ada, lecam,
-bf16, smoke.
+topk, bf16, smoke.
 """
 
-from jaxgen.config import ada, bf16, diffaugment, gan_config, gan_smoke, lecam, with_variant
+from jaxgen.config import ada, bf16, diffaugment, gan_config, gan_smoke, lecam, topk, with_variant
 
 
 def get_config(variant: str = ""):
@@ -77,4 +77,4 @@ def _smoke(c):
 
 
 VARIANTS = {"mnist": _mnist, "conditional": _conditional, "hinge": _hinge, "wgan_gp": _wgan_gp, "r1": _r1,
-            "diffaugment": diffaugment, "ada": ada, "lecam": lecam, "bf16": bf16, "smoke": _smoke}
+            "diffaugment": diffaugment, "ada": ada, "lecam": lecam, "topk": topk, "bf16": bf16, "smoke": _smoke}
