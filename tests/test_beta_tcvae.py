@@ -17,7 +17,7 @@ from jaxgen.parallel import AXIS
 from jaxgen.training import loop
 from tests.conftest import CONFIGS, config_module
 from tests.test_objectives import LinearGaussianVAE, _tiny
-from tests.test_vae_step import _setup
+from tests.test_vae_step import _setup, assert_same_params, eight_and_one
 
 
 def _on_axis(fn):
@@ -78,16 +78,11 @@ def test_eight_devices_estimate_the_aggregate_posterior_over_the_global_batch(sm
     passes the training split's size."""
     smoke_config.objective.name = "beta_tcvae"
     smoke_config.objective.beta = 6.0
-    fn8, s8, d8 = _setup(smoke_config, jax.devices(), objective="beta_tcvae")
-    fn1, s1, d1 = _setup(smoke_config, jax.devices()[:1], objective="beta_tcvae")
-    for _ in range(2):
-        s8, m8 = fn8(s8, d8)
-        s1, m1 = fn1(s1, d1)
+    (s8, m8), (s1, m1), _ = eight_and_one(smoke_config, 2, objective="beta_tcvae")
     for k in ("loss", "mi", "tc", "dim_kl", "grad_norm"):
         np.testing.assert_allclose(m8[k], m1[k], rtol=2e-4, err_msg=k)
     assert float(m1["tc"][0]) != 0.0
-    for a, b in zip(jax.tree.leaves(s8["params"]), jax.tree.leaves(s1["params"])):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-5)
+    assert_same_params(s8, s1)
 
 
 def sized_elbo(params, x, keys, *, model, cfg, dataset_size):

@@ -17,7 +17,7 @@ from jaxgen.models import vae as vae_models
 from jaxgen.objectives import vae as vo
 from jaxgen.training import loop, modes, run_record, trained
 from tests.conftest import CONFIGS, config_module
-from tests.test_vae_step import _setup
+from tests.test_vae_step import assert_same_params, eight_and_one
 
 
 def _model(name, num_classes=3, **kw):
@@ -103,15 +103,10 @@ def test_the_built_in_objectives_train_a_bound_model_as_if_the_labels_were_passe
 def test_eight_devices_give_one_devices_conditional_step(smoke_config):
     """The step draws each example's label with its image (the same rows on any device count)."""
     smoke_config.model.num_classes = 10
-    fn8, s8, d8 = _setup(smoke_config, jax.devices())
-    fn1, s1, d1 = _setup(smoke_config, jax.devices()[:1])
+    (s8, m8), (s1, m1), (fn1, d1) = eight_and_one(smoke_config, 3)
     width = 7 * 7 * smoke_config.model.channels[-1] + 10  # the flattened conv features and the one-hot label
-    assert "label" in d8 and s8["params"]["params"]["enc_dense"]["kernel"].shape[0] == width
-    for _ in range(3):
-        s8, m8 = fn8(s8, d8)
-        s1, m1 = fn1(s1, d1)
-    for a, b in zip(jax.tree.leaves(s8["params"]), jax.tree.leaves(s1["params"])):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-5)
+    assert "label" in d1 and s8["params"]["params"]["enc_dense"]["kernel"].shape[0] == width
+    assert_same_params(s8, s1)
     np.testing.assert_allclose(m8["loss"], m1["loss"], rtol=1e-5)
     # The labels reach the step: with every label moved by one the loss differs.
     shifted = dict(d1, label=(d1["label"] + 1) % 10)
@@ -120,36 +115,27 @@ def test_eight_devices_give_one_devices_conditional_step(smoke_config):
     assert float(moved["loss"][0]) != float(same["loss"][0])
 
 
-class OwnClasses(nn.Module):
+class NoLabels(nn.Module):
+    """A user's VAE class with no num_classes or labels field."""
+
+    image_shape: tuple
+    latent_dim: int
+
+    def encode(self, x):
+        return x, x
+
+    def decode(self, z):
+        return z
+
+    def __call__(self, x, z):
+        return x
+
+
+class OwnClasses(NoLabels):
     """A user's VAE class whose num_classes defaults to 10 (the config's model.num_classes must agree)."""
 
-    image_shape: tuple
-    latent_dim: int
     num_classes: int = 10
     labels: jax.Array | None = None
-
-    def encode(self, x):
-        return x, x
-
-    def decode(self, z):
-        return z
-
-    def __call__(self, x, z):
-        return x
-
-
-class NoLabels(nn.Module):
-    image_shape: tuple
-    latent_dim: int
-
-    def encode(self, x):
-        return x, x
-
-    def decode(self, z):
-        return z
-
-    def __call__(self, x, z):
-        return x
 
 
 def test_labels_outside_the_classes_and_a_model_that_cannot_take_them_are_errors(tmp_path):

@@ -13,7 +13,7 @@ from jaxgen.objectives import vae as vo
 from tests.conftest import CONFIGS, config_module
 from tests.test_beta_tcvae import _call, _on_axis
 from tests.test_objectives import _tiny
-from tests.test_vae_step import _setup
+from tests.test_vae_step import assert_same_params, eight_and_one
 
 
 def _numpy_mmd(kernel, x, y):
@@ -64,16 +64,11 @@ def test_eight_devices_compare_the_global_batch_with_the_prior(smoke_config):
     """The posterior and prior draws are gathered over the devices: the MMD, the loss and the gradient on 8 devices
     are 1's (each device's 4 examples alone would give another, noisier MMD)."""
     smoke_config.objective.beta, smoke_config.objective.mmd_weight = 0.0, 100.0
-    fn8, s8, d8 = _setup(smoke_config, jax.devices(), objective="info_vae")
-    fn1, s1, d1 = _setup(smoke_config, jax.devices()[:1], objective="info_vae")
-    for _ in range(2):
-        s8, m8 = fn8(s8, d8)
-        s1, m1 = fn1(s1, d1)
+    (s8, m8), (s1, m1), _ = eight_and_one(smoke_config, 2, objective="info_vae")
     for k in ("loss", "mmd", "grad_norm"):
         np.testing.assert_allclose(m8[k], m1[k], rtol=2e-4, err_msg=k)
     assert float(m1["mmd"][0]) > 0.0
-    for a, b in zip(jax.tree.leaves(s8["params"]), jax.tree.leaves(s1["params"])):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-5)
+    assert_same_params(s8, s1)
 
 
 def test_the_mmd_trains_the_encoder_with_the_gradient_of_the_whole_objective():

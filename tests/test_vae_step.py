@@ -28,6 +28,23 @@ def _setup(cfg, devices, steps_per_dispatch=1, objective="elbo"):
     return fn, state, parallel.put_replicated(fields, mesh)
 
 
+def eight_and_one(cfg, steps: int, objective="elbo"):
+    """`steps` steps of `objective` on 8 devices and on 1 with the same global batch: ((state, metrics) of 8,
+    (state, metrics) of 1, (fn, data) of 1)."""
+    fn8, s8, d8 = _setup(cfg, jax.devices(), objective=objective)
+    fn1, s1, d1 = _setup(cfg, jax.devices()[:1], objective=objective)
+    for _ in range(steps):
+        s8, m8 = fn8(s8, d8)
+        s1, m1 = fn1(s1, d1)
+    return (s8, m8), (s1, m1), (fn1, d1)
+
+
+def assert_same_params(a, b, atol=1e-5):
+    """Every parameter within `atol` (absolute: Adam's sqrt(v) amplifies rounding in near-zero gradients)."""
+    for x, y in zip(jax.tree.leaves(a["params"]), jax.tree.leaves(b["params"])):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=0, atol=atol)
+
+
 def test_a_fresh_state_has_no_buffer_twice_so_it_can_be_donated(smoke_config):
     """The EMA params are their own buffers, not the params' (donating one buffer twice is an error): also when
     the state is created outside jit."""
