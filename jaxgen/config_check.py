@@ -321,9 +321,9 @@ def _check_gan(config: ml_collections.ConfigDict) -> None:
     _check_augment(config.augment, config.loss.name)
     if not config.reg.weight >= 0:  # a negative weight rewards D's steep input gradients
         raise ValueError(f"reg.weight must be >= 0, got {config.reg.weight}")
-    if not 0 <= config.loss.get("topk_nu", 0.0) <= 1:
-        raise ValueError(f"loss.topk_nu must be in [0, 1] (the least fraction of the G update's fakes top-k training "
-                         f"keeps; 0 = off), got {config.loss.topk_nu}")
+    if not 0 <= config.loss.get("topk_nu", 0.0) < 1:
+        raise ValueError(f"loss.topk_nu must be in [0, 1) (the least fraction of the G update's fakes top-k training "
+                         f"keeps; 0 = off; 1 would keep them all), got {config.loss.topk_nu}")
     if not 0 < config.loss.get("topk_gamma", 0.99) <= 1:
         raise ValueError(f"loss.topk_gamma must be in (0, 1] (k's decay per pass over the training data; 1 = k stays "
                          f"the whole batch), got {config.loss.topk_gamma}")

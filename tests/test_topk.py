@@ -79,7 +79,7 @@ def test_the_config_checks_topk_and_names_gamma_when_it_is_off(caplog):
     with caplog.at_level(logging.WARNING, logger="jaxgen"):
         config_check.check(_smoke(**{"loss.topk_gamma": 0.9}))
     assert "loss.topk_gamma=0.9 (read by top-k training, loss.topk_nu > 0; this run's is 0)" in caplog.text
-    with pytest.raises(ValueError, match=r"loss.topk_nu must be in \[0, 1\] .* got 1.5"):
-        config_check.check(_smoke(**{"loss.topk_nu": 1.5}))
+    with pytest.raises(ValueError, match=r"loss.topk_nu must be in \[0, 1\) .* got 1.0"):
+        config_check.check(_smoke(**{"loss.topk_nu": 1.0}))
     with pytest.raises(ValueError, match=r"loss.topk_gamma must be in \(0, 1\] .* got 0.0"):
         config_check.check(_smoke(**{"loss.topk_nu": 0.5, "loss.topk_gamma": 0.0}))

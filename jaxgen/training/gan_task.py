@@ -129,12 +129,16 @@ class GANTask:
             data.check_class_labels(self.num_classes, self.train, self.validation, self.test, model="GAN",
                                     untrained="G learns nothing for them")
 
+    def _topk_how(self) -> str:
+        return f" (top-k: nu {self.topk[1]}, gamma {self.topk[0]})" if self.topk else ""
+
     def describe(self) -> str:
         c = self.config
         fresh = f" on {self.g_batch} fresh fakes" if self.g_batch else ""
         held = f"validation {len(self.validation)} images; " if self.validation is not None else ""
         return (f"train {c.data.name} {self.train.shape}, {len(self.train)} images; {held}{c.model.name} GAN, "
-                f"loss {c.loss.name}, reg {c.reg.name}{f' + LeCam {self.lecam[0]}' if self.lecam else ''}, "
+                f"loss {c.loss.name}{self._topk_how()}, reg {c.reg.name}"
+                f"{f' + LeCam {self.lecam[0]}' if self.lecam else ''}, "
                 f"{c.train.d_steps} D step(s) per G step{fresh}, "
                 f"augment {c.augment.policy or 'off'}{self._augment_how()}"
                 f"{', reals mirrored at random' if c.data.random_flip else ''}, "
