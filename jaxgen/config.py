@@ -141,6 +141,8 @@ def vae_config() -> ml_collections.ConfigDict:
     c.objective.dim_kl_weight = 1.0  # beta_tcvae: the weight of the dimension-wise KL sum_d KL(q(z_d) || p(z_d))
     c.objective.mmd_weight = 0.0  # info_vae: the weight of MMD^2(q(z), p(z)) over the global batch
     c.objective.mmd_kernel = "imq"  # info_vae: 'imq' (inverse multiquadratic, WAE's) or 'rbf'
+    c.objective.capacity = 25.0  # capacity_vae: the KL capacity C (nats) reached after capacity_steps
+    c.objective.capacity_steps = 10_000  # capacity_vae: train steps over which C rises linearly from 0
 
     c.optim = optim_block()
     c.train.ema_half_life = 0.0  # images; > 0 keeps an EMA of the params (evaluation, samples) halving its memory

@@ -51,10 +51,11 @@ MODEL_READS = {
 # every objective's).
 VAE_OBJECTIVE_READS = {"elbo": ("beta", "k", "kl", "kl_warmup_steps"), "iwae": ("k",),
                        "beta_tcvae": ("beta", "mi_weight", "dim_kl_weight"),
-                       "info_vae": ("beta", "mmd_weight", "mmd_kernel")}
+                       "info_vae": ("beta", "mmd_weight", "mmd_kernel"),
+                       "capacity_vae": ("beta", "capacity", "capacity_steps")}
 VAE_OBJECTIVE_FIELDS = {f: tuple(n for n, reads in VAE_OBJECTIVE_READS.items() if f in reads)
                         for f in ("beta", "k", "kl", "kl_warmup_steps", "mi_weight", "dim_kl_weight", "mmd_weight",
-                                  "mmd_kernel")}
+                                  "mmd_kernel", "capacity", "capacity_steps")}
 
 
 def ignored_settings(config: ml_collections.ConfigDict, base: ml_collections.ConfigDict) -> list[str]:
@@ -282,6 +283,9 @@ def _check_vae(config: ml_collections.ConfigDict) -> None:
     if not o.get("mmd_weight", 0.0) >= 0:
         raise ValueError(f"objective.mmd_weight must be >= 0 (info_vae's weight of MMD^2 between q(z) and the prior; "
                          f"a negative one pushes them apart), got {o.mmd_weight}")
+    if not o.get("capacity", 0.0) >= 0 or o.get("capacity_steps", 1) < 0:
+        raise ValueError(f"objective.capacity (nats) and objective.capacity_steps must be >= 0 (capacity_vae's KL "
+                         f"target and the steps it rises over), got {o.capacity} and {o.capacity_steps}")
     if o.name == "info_vae" and config.train.batch_size < 2:
         raise ValueError(f"objective.name='info_vae' estimates MMD^2 over the global batch, which needs at least 2 "
                          f"examples; train.batch_size={config.train.batch_size}")

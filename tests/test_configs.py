@@ -60,9 +60,10 @@ def test_unknown_config_field_is_an_error(tmp_path):
 
 @pytest.mark.parametrize("override,block,fields", [
     ("train.zzzz=8", "train", "batch_size, ema_half_life, ema_rampup, log_every, steps, steps_per_dispatch\n"),
-    ("objective.zzzz=8", "objective", "beta, dim_kl_weight, gaussian_sigma, k, kl, kl_warmup_steps, likelihood, "
-                                      "mi_weight, mmd_kernel, mmd_weight, name; a field of your own (read by your "
-                                      "function through `cfg`) is added to objective in a config"),
+    ("objective.zzzz=8", "objective", "beta, capacity, capacity_steps, dim_kl_weight, gaussian_sigma, k, kl, "
+                                      "kl_warmup_steps, likelihood, mi_weight, mmd_kernel, mmd_weight, name; a "
+                                      "field of your own (read by your function through `cfg`) is added to "
+                                      "objective in a config"),
     ("zzzz.steps=8", "the config",
      "checkpoint, data, deterministic, eval, model, objective, optim, output, sample, seed, task, train\n"),
 ])
@@ -366,7 +367,7 @@ def test_a_variant_that_overrides_an_earlier_ones_fields_says_so(caplog):
 
 @pytest.mark.parametrize("field,value,message", [
     ("model.name", "conv_vea", "unknown model 'conv_vea'; choices: conv_vae, mlp_vae"),
-    ("objective.name", "elbow", "unknown objective 'elbow'; choices: beta_tcvae, elbo, info_vae, iwae"),
+    ("objective.name", "elbow", "unknown objective 'elbow'; choices: beta_tcvae, capacity_vae, elbo, info_vae, iwae"),
     ("objective.likelihood", "poisson",
      "unknown likelihood 'poisson'; choices: bernoulli, discretized_logistic, gaussian"),
     ("data.name", "imagenet", "unknown dataset 'imagenet'; choices: celeb_a, cifar10"),

@@ -190,8 +190,8 @@ def test_built_in_objective_fields_a_users_objective_does_not_read_are_warned_ab
     c.objective.beta, c.objective.k, c.objective.kl_warmup_steps = 4.0, 2, 10
     with caplog.at_level(logging.WARNING, logger="jaxgen"):
         loop.build_task(c, tmp_path)
-    assert ("These settings do nothing in this run: objective.beta=4.0 (read by the built-in elbo, beta_tcvae and "
-            "info_vae); objective.k=2 (read by the built-in elbo and iwae). Your objective "
+    assert ("These settings do nothing in this run: objective.beta=4.0 (read by the built-in elbo, beta_tcvae, "
+            "info_vae and capacity_vae); objective.k=2 (read by the built-in elbo and iwae). Your objective "
             "tests.test_user_functions:warmed_elbo did not read them when traced before training") in caplog.text
     assert "kl_warmup_steps" not in caplog.text
     caplog.clear()

@@ -326,6 +326,27 @@ def info_vae(params, x, keys, *, model, cfg):
                   "mmd": divergence}
 
 
+def capacity_vae(params, x, keys, *, model, cfg, step):
+    """The negative ELBO with a controlled KL capacity (Burgess et al. 2018, "Understanding disentangling in
+    beta-VAE"): -E log p(x|z) + cfg.beta * |KL - C|, KL the analytic KL averaged over the global batch and
+    C = cfg.capacity * min(1, step / cfg.capacity_steps) nats, raised linearly from 0 over training so that the code
+    may carry more information step by step; beta (their gamma) holds the KL at C. One z ~ q(z|x) per example.
+
+    The batch's KL is gathered from every device (lax.all_gather over the 'data' axis): |mean KL - C| is the global
+    batch's on any device count, and the function runs inside the train step's shard_map (or another context that
+    binds that axis). Logged: `capacity` (C) beside `elbo`, `kl` and `rec_nll`."""
+    mu, logvar = model.apply(params, x, method="encode")
+    z, _ = draw_latents(mu, logvar, keys, 1)
+    rec = _decode_log_prob(params, x, z, model=model, cfg=cfg)[:, 0]  # [B]
+    kl = gaussian_kl(mu, logvar)
+    kl_global = jnp.mean(lax.all_gather(kl, AXIS, axis=0, tiled=True))
+    ramp = jnp.minimum(1.0, jnp.asarray(step, jnp.float32) / max(cfg.capacity_steps, 1))
+    capacity = cfg.capacity * ramp
+    loss = -jnp.mean(rec) + cfg.beta * jnp.abs(kl_global - capacity)
+    return loss, {"loss": loss, "elbo": jnp.mean(rec - kl), "rec_nll": -jnp.mean(rec), "kl": jnp.mean(kl),
+                  "capacity": capacity}
+
+
 def chunk_logsumexp(params, x, keys, c, *, model, cfg, chunk: int, valid, pieces: int = 1) -> jax.Array:
     """logsumexp of the log importance weights of chunk `c` [B]: draws c * chunk ... c * chunk + chunk - 1, of which
     the first `valid` count (the last chunk of k samples may be partial). Draw j of an example comes from
