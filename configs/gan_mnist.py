@@ -5,8 +5,8 @@
     python launch.py --config=configs/gan_mnist.py:smoke --workdir=/tmp/smoke          # < 1 minute
     python launch.py --config=configs/gan_mnist.py:conditional --workdir=runs/cgan_mnist  # one digit per column
 
-Variants (comma-separated, applied in order): mnist, conditional, hinge, wgan_gp, r1, diffaugment, ada, lecam,
-topk, bf16, smoke.
+Variants (comma-separated, applied in order): mnist, conditional, acgan, hinge, wgan_gp, r1, diffaugment, ada,
+lecam, topk, bf16, smoke.
 """
 
 from jaxgen.config import ada, bf16, diffaugment, gan_config, gan_smoke, lecam, topk, with_variant
@@ -45,6 +45,13 @@ def _conditional(c):
     c.model.num_classes = 10
 
 
+def _acgan(c):
+    """ACGAN (Odena et al. 2017) on the 10 digits: G as in `conditional`, D with an auxiliary classifier head instead of
+    the projection, its cross-entropy weighted 1 in both updates."""
+    c.model.num_classes = 10
+    c.model.d_conditioning = "ac"
+
+
 def _hinge(c):
     c.loss.name = "hinge"
 
@@ -76,5 +83,6 @@ def _smoke(c):
     gan_smoke(c)
 
 
-VARIANTS = {"mnist": _mnist, "conditional": _conditional, "hinge": _hinge, "wgan_gp": _wgan_gp, "r1": _r1,
-            "diffaugment": diffaugment, "ada": ada, "lecam": lecam, "topk": topk, "bf16": bf16, "smoke": _smoke}
+VARIANTS = {"mnist": _mnist, "conditional": _conditional, "acgan": _acgan, "hinge": _hinge, "wgan_gp": _wgan_gp,
+            "r1": _r1, "diffaugment": diffaugment, "ada": ada, "lecam": lecam, "topk": topk, "bf16": bf16,
+            "smoke": _smoke}

@@ -181,6 +181,10 @@ def gan_config() -> ml_collections.ConfigDict:
     # 0 = unconditional; N = class-conditional on the dataset's labels 0..N-1: G(z, y), a projection D(x, y)
     # (README: "Class-conditional GANs")
     c.model.num_classes = 0
+    # A class-conditional D's use of the labels: 'projection' (Miyato and Koyama 2018) or 'ac', an auxiliary classifier
+    # head trained with loss.ac_weight x its cross-entropy on reals and fakes, and G on its fakes' (ACGAN, Odena et al.
+    # 2017)
+    c.model.d_conditioning = "projection"
 
     c.loss = ml_collections.ConfigDict()
     c.loss.name = "non_saturating"  # jaxgen.objectives.gan.LOSSES or 'package.module:function'
@@ -188,6 +192,7 @@ def gan_config() -> ml_collections.ConfigDict:
     # k = max(topk_gamma^e B, topk_nu B) after e passes over the training data; 0 = off (every fake)
     c.loss.topk_nu = 0.0
     c.loss.topk_gamma = 0.99  # k's decay per pass over the training data
+    c.loss.ac_weight = 1.0  # model.d_conditioning='ac': the weight of the auxiliary classifier's cross-entropies
     c.reg = ml_collections.ConfigDict()
     c.reg.name = "none"  # 'none', 'r1', 'gp' (WGAN-GP), 'cr', 'bcr' (consistency) or 'package.module:function'
     # r1: gamma in gamma/2 E|grad D(x)|^2; gp: lambda in lambda E(|grad D(x_hat)| - 1)^2; cr, bcr: lambda in

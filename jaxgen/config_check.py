@@ -41,9 +41,9 @@ MODEL_READS = {
     "conv_vae": ("latent_dim", "channels", "dense", "activation", "output_bias", "conv_impl", "num_classes"),
     "mlp_vae": ("latent_dim", "hidden", "activation", "output_bias", "num_classes"),
     "dcgan": ("latent_dim", "g_width", "d_width", "g_norm", "d_norm", "g_spectral_norm", "d_spectral_norm", "dtype",
-              "conv_impl", "norm_impl", "num_classes"),
+              "conv_impl", "norm_impl", "num_classes", "d_conditioning"),
     "resnet": ("latent_dim", "g_width", "d_width", "g_norm", "d_norm", "g_spectral_norm", "d_spectral_norm", "dtype",
-               "norm_impl", "num_classes"),
+               "norm_impl", "num_classes", "d_conditioning"),
 }
 
 
@@ -110,6 +110,9 @@ def ignored_settings(config: ml_collections.ConfigDict, base: ml_collections.Con
     if "reg" in config and config.reg.name in ("none", "r1", "gp") and changed("reg", "cr_policy"):
         out.append(f"reg.cr_policy={config.reg.cr_policy!r} (read by the consistency regularizers, reg.name=cr or "
                    f"bcr; this run's is {config.reg.name})")
+    if "loss" in config and config.model.get("d_conditioning", "projection") != "ac" and changed("loss", "ac_weight"):
+        out.append(f"loss.ac_weight={config.loss.ac_weight!r} (read by an auxiliary-classifier D, "
+                   f"model.d_conditioning='ac'; this run's is {config.model.get('d_conditioning', 'projection')!r})")
     if "loss" in config and config.loss.get("topk_nu", 0.0) == 0 and changed("loss", "topk_gamma"):
         out.append(f"loss.topk_gamma={config.loss.topk_gamma!r} (read by top-k training, loss.topk_nu > 0; this "
                    f"run's is 0)")
@@ -325,6 +328,12 @@ def _check_gan(config: ml_collections.ConfigDict) -> None:
     _check_augment(config.augment, config.loss.name)
     if not config.reg.weight >= 0:  # a negative weight rewards D's steep input gradients
         raise ValueError(f"reg.weight must be >= 0, got {config.reg.weight}")
+    if config.model.get("d_conditioning", "projection") == "ac" and not config.model.get("num_classes", 0):
+        raise ValueError("model.d_conditioning='ac' gives D an auxiliary classifier of the dataset's classes; set "
+                         "--config.model.num_classes=N (the classes 0..N-1 of the labels) too")
+    if not config.loss.get("ac_weight", 1.0) >= 0:
+        raise ValueError(f"loss.ac_weight must be >= 0 (the auxiliary classifier's cross-entropy weight), got "
+                         f"{config.loss.ac_weight}")
     if not 0 <= config.loss.get("topk_nu", 0.0) < 1:
         raise ValueError(f"loss.topk_nu must be in [0, 1) (the least fraction of the G update's fakes top-k training "
                          f"keeps; 0 = off; 1 would keep them all), got {config.loss.topk_nu}")

@@ -104,6 +104,7 @@ def _gan_setup(mesh, g_batch=0, random_flip=False, augment_probability=1.0, **ov
     d_tx, d_lr = optim.make(c.d_optim, 100)
     lecam = (c.reg.lecam_weight, c.reg.lecam_decay) if c.reg.lecam_weight > 0 else None
     topk = (c.loss.topk_gamma, c.loss.topk_nu) if c.loss.topk_nu > 0 else None
+    ac_weight = c.loss.ac_weight if c.model.d_conditioning == "ac" else 0.0
     state = state_lib.create_gan(G, D, g_tx, d_tx, (28, 28, 1), 0, ema=True, num_classes=c.model.num_classes,
                                  lecam=lecam is not None)
     fn = gan_step.compile_train(
@@ -113,7 +114,7 @@ def _gan_setup(mesh, g_batch=0, random_flip=False, augment_probability=1.0, **ov
         augment_policy=c.augment.policy,
         ema_half_life=200.0, ema_rampup=0.0, g_lr=g_lr, d_lr=d_lr, g_batch=g_batch, random_flip=random_flip,
         reg_through_augment=c.reg.through_augment, num_classes=c.model.num_classes,
-        augment_probability=augment_probability, lecam=lecam, topk=topk)
+        augment_probability=augment_probability, lecam=lecam, topk=topk, ac_weight=ac_weight)
     return state, fn
 
 
@@ -161,9 +162,12 @@ def test_random_flip_mirrors_about_half_of_the_reals():
     d = jax.ShapeDtypeStruct((4,), jnp.float32)
     own = {"left_minus_right", *jax.eval_shape(gan_obj.get_loss("non_saturating"), d, d)[2]}
     # reg_ran: with reg.interval > 1 only; augment_p and d_real_sign: with adaptive augmentation only (test_ada.py);
-    # lecam*: with LeCam regularization only (test_lecam.py); topk: with top-k training only (test_topk.py)
+    # lecam*: with LeCam regularization only (test_lecam.py); topk: with top-k training only (test_topk.py); ac_*:
+    # with an auxiliary-classifier D only (test_acgan.py)
     assert set(metrics) - own == set(gan_obj.STEP_METRICS) - {"reg_ran", "augment_p", "d_real_sign", "lecam",
-                                                              "lecam_real", "lecam_fake", "topk"}
+                                                              "lecam_real", "lecam_fake", "topk", "ac_real",
+                                                              "ac_real_acc", "ac_fake", "ac_fake_acc", "ac_g",
+                                                              "ac_g_acc"}
 
 
 @pytest.mark.parametrize("over", [
@@ -178,7 +182,9 @@ def test_random_flip_mirrors_about_half_of_the_reals():
      "reg.through_augment": True},
     # bCR: its per-example draws of T and the D loss's outputs handed to it, per device
     {"reg.name": "bcr", "reg.weight": 10.0, "reg.cr_policy": "translation", "augment.policy": "color"},
-], ids=["reused_fakes", "fresh_fakes_relativistic", "conditional", "bcr"])
+    # ACGAN: the auxiliary classifier's cross-entropies, per device, in both updates, on fresh fakes
+    {"model.num_classes": 10, "model.d_conditioning": "ac", "g_batch": 48},
+], ids=["reused_fakes", "fresh_fakes_relativistic", "conditional", "bcr", "acgan"])
 def test_sharded_gan_step_equals_one_device(over):
     """8 devices give the params of 1 device with the same global batch (sync BatchNorm; in the first case also
     per-device R1 and augmentation, in the second the G update's own fresh fakes and a relativistic loss, whose
@@ -207,7 +213,8 @@ def test_sharded_gan_step_equals_one_device(over):
     # two updates whose params already differ in the last digits, within 1e-3 (1.7e-4 seen without AVX-512).
     names = ("d_loss", "g_loss", "d_grad_norm", "g_grad_norm", "g_param_norm", "d_param_norm",
              *(("reg",) if "reg.name" in over else ()),
-             *(("lecam", "lecam_real", "lecam_fake") if "reg.lecam_weight" in over else ()))
+             *(("lecam", "lecam_real", "lecam_fake") if "reg.lecam_weight" in over else ()),
+             *(("ac_real", "ac_fake", "ac_g") if "model.d_conditioning" in over else ()))
     for name in names:
         np.testing.assert_allclose(first_seen[0][name], first_seen[1][name], rtol=2e-5, err_msg=name)
         np.testing.assert_allclose(metrics_seen[0][name], metrics_seen[1][name], rtol=1e-3, err_msg=name)

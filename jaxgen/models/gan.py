@@ -135,7 +135,8 @@ class DCGANDiscriminator(nn.Module):
     axis_name: str | None = None
     conv_impl: str = "auto"
     norm_impl: str = "auto"
-    num_classes: int = 0  # > 0: class-conditional, a projection discriminator
+    num_classes: int = 0  # > 0: class-conditional, a projection discriminator (or an auxiliary classifier)
+    conditioning: str = "projection"  # D_CONDITIONING: 'ac' adds ACGAN's class head instead of the projection
 
     @nn.compact
     def __call__(self, x: jax.Array, labels: jax.Array | None = None, train: bool = True) -> jax.Array:
@@ -155,6 +156,9 @@ class DCGANDiscriminator(nn.Module):
         out = nn.Dense(1, use_bias=False, kernel_init=DCGAN_INIT, dtype=jnp.float32, param_dtype=jnp.float32)
         h = h.reshape(h.shape[0], -1)
         logit = apply_layer(out, h, sn, train)[:, 0].astype(jnp.float32)
+        if self.num_classes and self.conditioning == "ac":
+            class_head(h, self.num_classes, DCGAN_INIT, sn, train, self)
+            return logit
         return logit + projection(h, labels, self.num_classes, DCGAN_INIT, sn, train) if self.num_classes else logit
 
 
@@ -287,6 +291,7 @@ class ResNetDiscriminator(nn.Module):
     axis_name: str | None = None
     norm_impl: str = "auto"
     num_classes: int = 0
+    conditioning: str = "projection"  # D_CONDITIONING: 'ac' adds ACGAN's class head instead of the projection
 
     @nn.compact
     def __call__(self, x: jax.Array, labels: jax.Array | None = None, train: bool = True) -> jax.Array:
@@ -303,6 +308,9 @@ class ResNetDiscriminator(nn.Module):
         # SNGAN's: no bias. In float32, as its input (the sum pooling) already is: a bfloat16 logit is rounded.
         out = nn.Dense(1, use_bias=False, kernel_init=GLOROT, dtype=jnp.float32, param_dtype=jnp.float32)
         logit = apply_layer(out, h, sn, train)[:, 0].astype(jnp.float32)
+        if self.num_classes and self.conditioning == "ac":
+            class_head(h, self.num_classes, GLOROT, sn, train, self)
+            return logit
         return logit + projection(h, labels, self.num_classes, GLOROT, sn, train) if self.num_classes else logit
 
 
@@ -367,8 +375,42 @@ def _pair(name, gen, disc, supported, model_config, image_shape, axis_name, **ex
     m = model_config
     check_model(name, image_shape, supported, [("g_norm", m.g_norm), ("d_norm", m.d_norm)], m.dtype)
     batch_norm.resolve_norm_impl(m.get("norm_impl", "auto"))  # an unknown name fails here, listing the choices
+    conditioning = m.get("d_conditioning", "projection")
+    if conditioning not in D_CONDITIONING:
+        raise ValueError(f"unknown model.d_conditioning {conditioning!r}; choices: {', '.join(D_CONDITIONING)}")
     g = gen(latent_dim=m.latent_dim, **_fields(m, image_shape, axis_name, "g"), **extra)
-    return g, disc(**_fields(m, image_shape, axis_name, "d"), **extra)
+    return g, disc(**_fields(m, image_shape, axis_name, "d"), conditioning=conditioning, **extra)
+
+
+# How a class-conditional D reads the labels: the projection term (Miyato and Koyama 2018), or an auxiliary classifier
+# head whose class logits the step trains with a cross-entropy (ACGAN, Odena et al. 2017; `class_head`).
+D_CONDITIONING = ("projection", "ac")
+
+
+def class_head(h: jax.Array, num_classes: int, init, spectral: bool, train: bool, module: nn.Module) -> None:
+    """ACGAN's auxiliary classifier on D's last features h [B, F]: class logits [B, num_classes] in float32, sown as
+    'class_logits' in the 'intermediates' collection (read by `apply_with_class_logits`; not while initializing, so
+    that the variables hold no such entry)."""
+    head = nn.Dense(num_classes, kernel_init=init, dtype=jnp.float32, param_dtype=jnp.float32, name="class_head")
+    logits = apply_layer(head, h.astype(jnp.float32), spectral, train)
+    if not module.is_initializing():
+        module.sow("intermediates", "class_logits", logits)
+
+
+def apply_with_class_logits(module, variables: dict, x, train: bool, labels=None):
+    """`apply_model`'s (output, new non-param collections), and the class logits [B, K] an auxiliary-classifier D
+    (d_conditioning='ac') computed on x."""
+    args = (x,) if labels is None else (x, labels)
+    stats = [k for k in variables if k != "params"]
+    out, updates = module.apply(variables, *args, train=train, mutable=[*(stats if train else []), "intermediates"])
+    updates = dict(updates)
+    sown = updates.pop("intermediates", {})
+    if "class_logits" not in sown:
+        raise ValueError(f"model.d_conditioning='ac': the discriminator {type(module).__name__} sowed no class logits; "
+                         "the built-in ones (dcgan, resnet) do, a D of yours calls jaxgen.models.gan.class_head on its "
+                         "last features")
+    logits = sown["class_logits"][0]
+    return out, {**variables, **updates}, logits
 
 
 def dcgan(model_config, image_shape, axis_name=None) -> tuple[nn.Module, nn.Module]:

@@ -199,7 +199,8 @@ def get_regularizer(name: str, cfg=None) -> Callable | None:
 # Metrics the GAN step logs itself: a loss's or regularizer's metrics must not reuse these names.
 STEP_METRICS = ("d_loss", "g_loss", "d_real", "d_fake", "d_fake_after", "reg", "d_grad_norm", "g_grad_norm",
                 "d_param_norm", "g_param_norm", "d_lr", "g_lr", "finite", "step", "reg_ran", "augment_p",
-                "d_real_sign", "lecam", "lecam_real", "lecam_fake", "topk")
+                "d_real_sign", "lecam", "lecam_real", "lecam_fake", "topk", "ac_real", "ac_real_acc", "ac_fake",
+                "ac_fake_acc", "ac_g", "ac_g_acc")
 
 
 def check_loss(loss_fn: Callable, name: str, batch: int = 4, g_batch: int = 0) -> None:

@@ -31,7 +31,7 @@ from jax import lax
 from jaxgen import registry
 from jaxgen.data import augment
 from jaxgen.data import device as dev
-from jaxgen.models.gan import apply_model
+from jaxgen.models.gan import apply_model, apply_with_class_logits
 from jaxgen.objectives import gan as gan_obj
 from jaxgen.parallel import AXIS
 from jaxgen.training import dispatch
@@ -71,7 +71,7 @@ def on_global_batch(loss_fn):
 
 def d_update(state: dict, real, fake, keys, it, labels=None, *, discriminator, d_tx, loss_fn, reg_fn,
              reg_weight: float, reg_interval: int, augment_policy: str, reg_through_augment: bool = False,
-             augment_p=None, lecam: tuple[float, float] | None = None):
+             augment_p=None, lecam: tuple[float, float] | None = None, ac_weight: float = 0.0):
     """One D update on reals [B, H, W, C] and (constant) fakes, both in [-1, 1], both of the classes `labels` int
     [B] when conditional (None: unconditional). Returns (state, d_real, metrics).
 
@@ -81,18 +81,28 @@ def d_update(state: dict, real, fake, keys, it, labels=None, *, discriminator, d
     draw), so that its input gradient goes back through the augmentation (StyleGAN2-ADA's R1). augment_p: each
     augmentation's probability (None: always). lecam = (weight, decay): LeCam regularization (gan_obj.lecam) with
     the state's moving averages 'lecam', updated with this update's outputs first (`lecam_anchors`), as the
-    authors' code does.
+    authors' code does. ac_weight > 0: an auxiliary-classifier D (ACGAN, Odena et al. 2017): `ac_weight` times the
+    cross-entropy of its class logits against `labels`, on the reals and on the fakes, is added to D's loss
+    (`ac_terms`).
     """
     real_aug = augment.per_example(augment_policy, dev.substream(keys, _AUG_REAL), real, augment_p)
     fake_aug = augment.per_example(augment_policy, dev.substream(keys, _AUG_FAKE), fake, augment_p)
 
     def loss(params):
         variables = {**state["d"], "params": params}
-        d_real, variables = apply_model(discriminator, variables, real_aug, True, labels)
-        d_fake, variables = apply_model(discriminator, variables, fake_aug, True, labels)
+        if ac_weight:
+            d_real, variables, logits_real = apply_with_class_logits(discriminator, variables, real_aug, True, labels)
+            d_fake, variables, logits_fake = apply_with_class_logits(discriminator, variables, fake_aug, True, labels)
+        else:
+            d_real, variables = apply_model(discriminator, variables, real_aug, True, labels)
+            d_fake, variables = apply_model(discriminator, variables, fake_aug, True, labels)
         d_loss, _, metrics = loss_fn(d_real, d_fake)
         metrics = {"d_loss": d_loss, "d_real": jnp.mean(d_real), "d_fake": jnp.mean(d_fake), **metrics}
         total = d_loss
+        if ac_weight:
+            ac = ac_terms(logits_real, labels, "ac_real") | ac_terms(logits_fake, labels, "ac_fake")
+            total = total + ac_weight * (ac["ac_real"] + ac["ac_fake"])
+            metrics = {**metrics, **ac}
         if reg_fn is not None:
             def d_fn(x):  # a conditional D scores x with the reals' labels
                 if labels is not None:
@@ -143,6 +153,13 @@ def d_update(state: dict, real, fake, keys, it, labels=None, *, discriminator, d
     return state, d_real, metrics
 
 
+def ac_terms(logits, labels, name: str) -> dict:
+    """{name: the mean cross-entropy of class logits [B, K] against labels int [B], name + '_acc': the fraction
+    classified right}: ACGAN's auxiliary classifier terms."""
+    ce = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+    return {name: ce, f"{name}_acc": jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32))}
+
+
 def lecam_anchors(averages: dict, mean_real, mean_fake, decay: float) -> tuple[dict, jax.Array, jax.Array]:
     """LeCam's moving averages {'real', 'fake', 'norm'} after a D update whose outputs had the means `mean_real` and
     `mean_fake` over the global batch, and the anchors (a_R, a_F) they give: each average divided by the sum of its
@@ -168,7 +185,7 @@ def reads_d_real(loss_fn, batch: int) -> bool:
 
 
 def g_update(state: dict, fake, g_vjp, d_real, keys, *, discriminator, g_tx, loss_fn, augment_policy: str,
-             real=None, real_keys=None, labels=None, real_labels=None, augment_p=None):
+             real=None, real_keys=None, labels=None, real_labels=None, augment_p=None, ac_weight: float = 0.0):
     """One G update through the fakes [B', H, W, C] that G made this step (`g_vjp` pulls back their gradient);
     `keys` are the fakes' per-example keys. B' is the D batch B when the fakes are the last D update's, or the
     G update's own batch; `real_keys` are the reals' keys (the last D update's; default `keys`). Conditional:
@@ -176,7 +193,8 @@ def g_update(state: dict, fake, g_vjp, d_real, keys, *, discriminator, g_tx, los
 
     d_real: D's outputs on the step's reals before D's update, used as a constant. With `real` (the reals
     [B, H, W, C], given when the loss's g_loss reads d_real, see `reads_d_real`) D is run on them again after
-    its update, so that g_loss compares the updated D's outputs on reals and fakes.
+    its update, so that g_loss compares the updated D's outputs on reals and fakes. ac_weight > 0 (ACGAN): G's loss
+    adds `ac_weight` times the cross-entropy of D's class logits on the fakes against the classes they were made of.
     """
     if real is not None:  # the last D update's augmentation of its reals
         reals_keys = dev.substream(keys if real_keys is None else real_keys, _AUG_REAL)
@@ -185,14 +203,19 @@ def g_update(state: dict, fake, g_vjp, d_real, keys, *, discriminator, g_tx, los
 
     def loss(fake):
         x = augment.per_example(augment_policy, dev.substream(keys, _AUG_G), fake, augment_p)
-        d_fake, _ = apply_model(discriminator, state["d"], x, True, labels)  # D's statistics are not updated here
+        if ac_weight:  # D's statistics are not updated here
+            d_fake, _, logits = apply_with_class_logits(discriminator, state["d"], x, True, labels)
+        else:
+            d_fake, _ = apply_model(discriminator, state["d"], x, True, labels)
         _, g_loss, _ = loss_fn(lax.stop_gradient(d_real), d_fake)
-        return g_loss, d_fake
+        extra = ac_terms(logits, labels, "ac_g") if ac_weight else {}
+        total = g_loss + ac_weight * extra["ac_g"] if ac_weight else g_loss
+        return total, (g_loss, d_fake, extra)
 
-    (g_loss, d_fake), d_fake_grad = jax.value_and_grad(loss, has_aux=True)(fake)
+    (_, (g_loss, d_fake, extra)), d_fake_grad = jax.value_and_grad(loss, has_aux=True)(fake)
     (grads,) = g_vjp(d_fake_grad)
     grads = lax.pmean(grads, AXIS)
-    metrics = lax.pmean({"g_loss": g_loss, "d_fake_after": jnp.mean(d_fake)}, AXIS)
+    metrics = lax.pmean({"g_loss": g_loss, "d_fake_after": jnp.mean(d_fake), **extra}, AXIS)
     updates, g_opt = g_tx.update(grads, state["g_opt"], state["g"]["params"])
     params = optax.apply_updates(state["g"]["params"], updates)
     metrics["g_grad_norm"] = optax.tree.norm(grads)
@@ -204,7 +227,8 @@ def gan_step(state: dict, data: dict, *, generator, discriminator, g_tx, d_tx, l
              ema_rampup: float, g_lr, d_lr, g_batch: int = 0, random_flip: bool = False,
              reg_through_augment: bool = False, lazy_metrics: tuple[str, ...] = (), num_classes: int = 0,
              augment_probability: float = 1.0, ada: tuple[float, int, float] | None = None,
-             lecam: tuple[float, float] | None = None, topk: tuple[float, float] | None = None):
+             lecam: tuple[float, float] | None = None, topk: tuple[float, float] | None = None,
+             ac_weight: float = 0.0):
     """One train step (d_steps D updates, then one G update) on one device's share of the global batch `batch`.
 
     g_batch: 0 = the G update goes through the last D update's `batch` fakes; > 0 = it draws `g_batch` (global)
@@ -219,7 +243,8 @@ def gan_step(state: dict, data: dict, *, generator, discriminator, g_tx, d_tx, l
     (Tseng et al. 2021; `d_update`), its moving averages in the state's 'lecam', its metrics 'lecam' (the penalty)
     and the anchors 'lecam_real', 'lecam_fake'. topk = (gamma, nu): top-k training (Sinha et al. 2020): the G update
     learns from the `top_k_count` fakes of its global batch that D rates most real (gan_obj.top_k_fakes), logged as
-    the fraction 'topk'.
+    the fraction 'topk'. ac_weight > 0: ACGAN's auxiliary classifier terms (`ac_terms`) in both updates, logged as
+    'ac_real', 'ac_fake', 'ac_g' and their accuracies.
 
     data: {'image': uint8 [N, H, W, C]}, the whole training split, replicated. Returns (state, metrics): D's
     metrics averaged over its updates, G's from its update, and 'finite' (0: nothing of this step was applied).
@@ -239,7 +264,7 @@ def gan_step(state: dict, data: dict, *, generator, discriminator, g_tx, d_tx, l
     augment_p = state["ada"]["p"] if ada else (None if augment_probability >= 1 else augment_probability)
     d_kw = dict(discriminator=discriminator, d_tx=d_tx, loss_fn=loss_fn, reg_fn=reg_fn, reg_weight=reg_weight,
                 reg_interval=reg_interval, augment_policy=augment_policy, reg_through_augment=reg_through_augment,
-                augment_p=augment_p, lecam=lecam)
+                augment_p=augment_p, lecam=lecam, ac_weight=ac_weight)
     latents = lambda keys: jax.vmap(lambda k: jax.random.normal(k, (generator.latent_dim,)))(keys)
     d_metrics = []
     for i in range(d_steps):
@@ -280,7 +305,7 @@ def gan_step(state: dict, data: dict, *, generator, discriminator, g_tx, d_tx, l
     state, g_metrics = g_update(state, fake, g_vjp, d_real, keys, discriminator=discriminator, g_tx=g_tx,
                                 loss_fn=g_loss_fn, augment_policy=augment_policy,
                                 real=real if reads_d_real(loss_fn, d_real.shape[0]) else None, real_keys=d_keys,
-                                labels=labels, real_labels=d_labels, augment_p=augment_p)
+                                labels=labels, real_labels=d_labels, augment_p=augment_p, ac_weight=ac_weight)
     state["step"] = step + 1
     if "ema_g" in state:
         rate = state_lib.ema_rate(step, batch, ema_half_life, ema_rampup)

@@ -44,6 +44,8 @@ class GANTask:
         self.lecam = (r.lecam_weight, r.lecam_decay) if r.get("lecam_weight", 0.0) > 0 else None
         lo = c.loss
         self.topk = (lo.topk_gamma, lo.topk_nu) if lo.get("topk_nu", 0.0) > 0 else None  # top-k training
+        # ACGAN's auxiliary classifier terms, with an auxiliary-classifier D
+        self.ac_weight = float(lo.ac_weight) if c.model.get("d_conditioning", "projection") == "ac" else 0.0
         self.train_fields = ("image", "label") if self.num_classes else ("image",)  # on the devices for the step
         self.g_batch = config_lib.g_batch_size(c)
         # Outside training (--mode=eval/sample) train.batch_size sizes only the passes that re-estimate the EMA
@@ -165,7 +167,8 @@ class GANTask:
             ema_half_life=c.train.ema_half_life, ema_rampup=c.train.ema_rampup, g_lr=self.g_lr,
             d_lr=self.d_lr, g_batch=self.g_batch, random_flip=c.data.random_flip,
             reg_through_augment=self.reg_through_augment, lazy_metrics=self.lazy_metrics, num_classes=self.num_classes,
-            augment_probability=c.augment.probability, ada=self.ada, lecam=self.lecam, topk=self.topk)
+            augment_probability=c.augment.probability, ada=self.ada, lecam=self.lecam, topk=self.topk,
+            ac_weight=self.ac_weight)
 
     def sampling_g(self, state) -> dict:
         """G's variables to sample and evaluate with: the EMA weights when kept, with their BatchNorm statistics

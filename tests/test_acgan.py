@@ -1,0 +1,95 @@
+"""ACGAN (Odena et al. 2017, model.d_conditioning='ac'): D's auxiliary classifier head and its class logits, the
+cross-entropy terms of both updates against a hand computation, their weight reaching G, a run through the trainer,
+and the config's checks. The sharded step with them is in test_gan.py (test_sharded_gan_step_equals_one_device)."""
+
+import json
+import logging
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxgen import config_check, parallel
+from jaxgen.models import gan
+from jaxgen.training import gan_step, loop
+from tests.conftest import gan_mnist_config
+from tests.test_conditional_gan import _model
+from tests.test_gan import _gan_setup, _smoke
+
+
+@pytest.mark.parametrize("name,shape", [("dcgan", (28, 28, 1)), ("resnet", (32, 32, 3))])
+def test_an_ac_discriminator_has_a_class_head_instead_of_the_projection(name, shape):
+    """Its class logits are a Dense of the features D's last Dense reads; the labels do not change its adversarial
+    output; its variables hold no sown entry."""
+    _, d = gan.build(_model(name, d_conditioning="ac"), shape)
+    x = jax.random.normal(jax.random.key(1), (4, *shape))
+    y = jnp.array([0, 1, 2, 0])
+    variables = gan.init_variables(d, jax.random.key(0), x, y, train=False)
+    assert "intermediates" not in variables and "class_embedding" not in variables["params"]
+    assert variables["params"]["class_head"]["kernel"].shape[-1] == 3
+    out, _, logits = gan.apply_with_class_logits(d, variables, x, False, y)
+    assert logits.shape == (4, 3) and logits.dtype == jnp.float32 and out.shape == (4,)
+    other, _ = gan.apply_model(d, variables, x, False, (y + 1) % 3)
+    np.testing.assert_array_equal(out, other)  # the labels reach only the cross-entropy, not D's logit
+    _, projection = gan.build(_model(name), shape)
+    with pytest.raises(ValueError, match="sowed no class logits"):
+        pv = gan.init_variables(projection, jax.random.key(0), x, y, train=False)
+        gan.apply_with_class_logits(projection, pv, x, False, y)
+
+
+def test_the_ac_terms_are_the_cross_entropy_and_accuracy_of_the_class_logits():
+    logits = jnp.array([[2.0, 0.0, -1.0], [0.5, 0.4, 3.0]])
+    labels = jnp.array([0, 1])
+    terms = gan_step.ac_terms(logits, labels, "ac_real")
+    p = np.exp(np.asarray(logits)) / np.exp(np.asarray(logits)).sum(1, keepdims=True)
+    np.testing.assert_allclose(terms["ac_real"], -np.mean(np.log(p[[0, 1], [0, 1]])), rtol=1e-6)
+    assert float(terms["ac_real_acc"]) == 0.5
+    np.testing.assert_allclose(terms["ac_real"],
+                               jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels)), rtol=1e-6)
+
+
+def test_the_weight_reaches_both_updates():
+    """One step with loss.ac_weight 0 and 1 from the same state: G's and D's params differ (each update adds the
+    cross-entropy), and the logged terms are there either way."""
+    mesh = parallel.make_mesh(jax.devices()[:1])
+    rng = np.random.default_rng(0)
+    data = parallel.put_replicated({"image": (rng.random((64, 28, 28, 1)) * 255).astype(np.uint8),
+                                    "label": rng.integers(0, 10, 64).astype(np.int32)}, mesh)
+    seen = []
+    for weight in (0.0, 1.0):
+        state, fn = _gan_setup(mesh, **{"model.num_classes": 10, "model.d_conditioning": "ac",
+                                        "loss.ac_weight": weight})
+        state = jax.device_put(state, parallel.replicated(mesh))
+        new, metrics = fn(state, data)
+        seen.append((jax.device_get(new), jax.device_get(metrics)))
+    (s0, m0), (s1, m1) = seen
+    assert "ac_g" not in m0 and np.isfinite(m1["ac_g"][0]) and np.isfinite(m1["ac_real"][0])
+    head0, head1 = s0["d"]["params"]["class_head"], s1["d"]["params"]["class_head"]
+    assert not np.allclose(head0["kernel"], head1["kernel"])  # the weight 0 run leaves the head untrained
+    g0, g1 = jax.tree.leaves(s0["g"]["params"]), jax.tree.leaves(s1["g"]["params"])
+    assert any(not np.allclose(a, b) for a, b in zip(g0, g1))
+
+
+def test_gan_mnist_acgan_trains_and_logs_the_auxiliary_classifier(tmp_path, one_device):
+    c = gan_mnist_config("acgan,smoke", **{"train.steps": 6, "train.log_every": 3})
+    loop.train_and_evaluate(c, tmp_path)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r.get("split") == "train"]
+    assert train and all(0.0 <= r["ac_real_acc"] <= 1.0 and np.isfinite(r["ac_g"]) for r in train)
+    assert (tmp_path / "eval.json").is_file()
+
+
+def test_the_config_checks_the_ac_discriminator(caplog):
+    with pytest.raises(ValueError, match=r"model.d_conditioning='ac' gives D an auxiliary classifier .* "
+                                         r"--config.model.num_classes=N"):
+        config_check.check(_smoke(**{"model.d_conditioning": "ac"}))
+    with pytest.raises(ValueError, match=r"unknown model.d_conditioning 'aux'; choices: projection, ac"):
+        gan.build(_model("dcgan", d_conditioning="aux"), (28, 28, 1))
+    with pytest.raises(ValueError, match=r"loss.ac_weight must be >= 0"):
+        config_check.check(_smoke(**{"model.num_classes": 10, "model.d_conditioning": "ac", "loss.ac_weight": -1.0}))
+    with caplog.at_level(logging.WARNING, logger="jaxgen"):
+        config_check.check(_smoke(**{"model.num_classes": 10, "loss.ac_weight": 2.0}))
+    assert "loss.ac_weight=2.0 (read by an auxiliary-classifier D, model.d_conditioning='ac'; this run's is " \
+           "'projection')" in caplog.text
