@@ -331,6 +331,10 @@ def _check_gan(config: ml_collections.ConfigDict) -> None:
     if config.model.get("d_conditioning", "projection") == "ac" and not config.model.get("num_classes", 0):
         raise ValueError("model.d_conditioning='ac' gives D an auxiliary classifier of the dataset's classes; set "
                          "--config.model.num_classes=N (the classes 0..N-1 of the labels) too")
+    if config.model.get("d_conditioning", "projection") == "ac" and config.loss.get("ac_weight", 1.0) == 0:
+        log.warning("model.d_conditioning='ac' with loss.ac_weight=0: D ignores the labels and its class head is "
+                    "never trained, so G gets no signal of the classes it is asked for; set loss.ac_weight > 0 "
+                    "(1: ACGAN's) or use model.d_conditioning='projection'")
     if not config.loss.get("ac_weight", 1.0) >= 0:
         raise ValueError(f"loss.ac_weight must be >= 0 (the auxiliary classifier's cross-entropy weight), got "
                          f"{config.loss.ac_weight}")

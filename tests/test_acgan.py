@@ -13,6 +13,8 @@ import pytest
 
 from jaxgen import config_check, parallel
 from jaxgen.models import gan
+from jaxgen.objectives import gan as gan_obj
+from jaxgen.parallel import AXIS
 from jaxgen.training import gan_step, loop
 from tests.conftest import gan_mnist_config
 from tests.test_conditional_gan import _model
@@ -72,6 +74,35 @@ def test_the_weight_reaches_both_updates():
     assert any(not np.allclose(a, b) for a, b in zip(g0, g1))
 
 
+def test_gs_update_adds_the_cross_entropy_of_ds_class_head_on_its_fakes():
+    """g_update alone, from the same state and fakes (D fixed): with ac_weight 1 the fakes' gradient is that of
+    g_loss + CE(class logits of D on the fakes, their labels), written out here; with 0 it is g_loss's alone."""
+    _, d = gan.build(_model("dcgan", d_conditioning="ac"), (28, 28, 1))
+    y = jnp.array([0, 1, 2, 1])
+    fake = jnp.tanh(jax.random.normal(jax.random.key(2), (4, 28, 28, 1)))
+    d_vars = gan.init_variables(d, jax.random.key(3), fake, y, train=False)
+    loss = gan_obj.get_loss("non_saturating")
+    keys = jax.random.split(jax.random.key(4), 4)
+
+    def fake_grad(weight):  # G's "params" are the fakes themselves: g_vjp passes their gradient through
+        tx = optax.sgd(1.0)
+        params = jnp.zeros_like(fake)
+        state = {"g": {"params": params}, "d": d_vars, "g_opt": tx.init(params)}
+        new = jax.vmap(lambda _: gan_step.g_update(
+            state, fake, lambda ct: (ct,), jnp.zeros(4), keys, discriminator=d, g_tx=tx, loss_fn=loss,
+            augment_policy="", labels=y, ac_weight=weight)[0], axis_name=AXIS, axis_size=1)(jnp.zeros(1))
+        return -new["g"]["params"][0]  # one SGD step of rate 1 from zeros: minus the gradient
+
+    def direct(x, weight):
+        out, _, logits = gan.apply_with_class_logits(d, d_vars, x, True, y)
+        ce = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))
+        return loss(jnp.zeros(4), out)[1] + weight * ce
+
+    for weight in (0.0, 1.0):
+        np.testing.assert_allclose(fake_grad(weight), jax.grad(direct)(fake, weight), rtol=1e-4, atol=1e-7)
+    assert not np.allclose(fake_grad(0.0), fake_grad(1.0))
+
+
 def test_gan_mnist_acgan_trains_and_logs_the_auxiliary_classifier(tmp_path, one_device):
     c = gan_mnist_config("acgan,smoke", **{"train.steps": 6, "train.log_every": 3})
     loop.train_and_evaluate(c, tmp_path)
@@ -93,3 +124,7 @@ def test_the_config_checks_the_ac_discriminator(caplog):
         config_check.check(_smoke(**{"model.num_classes": 10, "loss.ac_weight": 2.0}))
     assert "loss.ac_weight=2.0 (read by an auxiliary-classifier D, model.d_conditioning='ac'; this run's is " \
            "'projection')" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="jaxgen"):
+        config_check.check(_smoke(**{"model.num_classes": 10, "model.d_conditioning": "ac", "loss.ac_weight": 0.0}))
+    assert "with loss.ac_weight=0: D ignores the labels" in caplog.text
