@@ -41,6 +41,32 @@ def test_an_ac_discriminator_has_a_class_head_instead_of_the_projection(name, sh
         gan.apply_with_class_logits(projection, pv, x, False, y)
 
 
+def test_the_class_logits_of_a_built_in_d_inside_a_users_d_are_found_and_two_heads_are_refused():
+    """A D of the user's that wraps a built-in one sows the logits under the submodule's path; one that calls the
+    class head twice per call gets an error saying so."""
+    import flax.linen as nn  # noqa: PLC0415
+
+    _, inner = gan.build(_model("dcgan", d_conditioning="ac"), (28, 28, 1))
+
+    class Wrapper(nn.Module):
+        twice: bool = False
+
+        @nn.compact
+        def __call__(self, x, y, train=True):
+            d = inner.clone(parent=self, name="inner")
+            out = d(x, y, train=train)
+            return out + d(x, y, train=train) if self.twice else out
+
+    x = jax.random.normal(jax.random.key(1), (4, 28, 28, 1))
+    y = jnp.array([0, 1, 2, 0])
+    variables = gan.init_variables(Wrapper(), jax.random.key(0), x, y, train=False)
+    _, _, logits = gan.apply_with_class_logits(Wrapper(), variables, x, False, y)
+    _, _, direct = gan.apply_with_class_logits(inner, {k: v["inner"] for k, v in variables.items()}, x, False, y)
+    np.testing.assert_array_equal(logits, direct)
+    with pytest.raises(ValueError, match=r"sowed class logits 2 times \(at inner\); D's class head is called once"):
+        gan.apply_with_class_logits(Wrapper(twice=True), variables, x, False, y)
+
+
 def test_the_ac_terms_are_the_cross_entropy_and_accuracy_of_the_class_logits():
     logits = jnp.array([[2.0, 0.0, -1.0], [0.5, 0.4, 3.0]])
     labels = jnp.array([0, 1])

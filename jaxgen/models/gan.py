@@ -26,9 +26,11 @@ from __future__ import annotations
 import logging
 import numbers
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax import traverse_util
 
 from jaxgen import registry
 from jaxgen.models import batch_norm, layers
@@ -404,12 +406,19 @@ def apply_with_class_logits(module, variables: dict, x, train: bool, labels=None
     stats = [k for k in variables if k != "params"]
     out, updates = module.apply(variables, *args, train=train, mutable=[*(stats if train else []), "intermediates"])
     updates = dict(updates)
-    sown = updates.pop("intermediates", {})
-    if "class_logits" not in sown:
-        raise ValueError(f"model.d_conditioning='ac': the discriminator {type(module).__name__} sowed no class logits; "
-                         "the built-in ones (dcgan, resnet) do, a D of yours calls jaxgen.models.gan.class_head on its "
-                         "last features")
-    logits = sown["class_logits"][0]
+    sown = traverse_util.flatten_dict(flax.core.unfreeze(updates.pop("intermediates", {})))
+    # At the top for a built-in D; under the submodule's path for a D of the user's that wraps one (or calls
+    # class_head inside a submodule).
+    found = {path: value for path, value in sown.items() if path[-1] == "class_logits"}
+    if len(found) != 1 or len(next(iter(found.values()))) != 1:
+        name = type(module).__name__
+        where = ", ".join("/".join(path[:-1]) or "the top" for path in found)
+        raise ValueError(
+            f"model.d_conditioning='ac': the discriminator {name} sowed no class logits; the built-in ones (dcgan, "
+            "resnet) do, a D of yours calls jaxgen.models.gan.class_head on its last features" if not found else
+            f"model.d_conditioning='ac': the discriminator {name} sowed class logits "
+            f"{sum(map(len, found.values()))} times (at {where}); D's class head is called once per call of D")
+    (logits,) = next(iter(found.values()))
     return out, {**variables, **updates}, logits
 
 
