@@ -157,6 +157,13 @@ def vae_config() -> ml_collections.ConfigDict:
     # The best checkpoint of a VAE: the highest ELBO of the evaluations during training (measured alike at every
     # eval: the validation split's with data.validation_examples, else the test split's, the final one included).
     c.checkpoint.best_metric = "elbo"
+    # Where the latents of the samples (evaluations' FID, image grids, --mode=sample, trained.load) come from:
+    # 'prior' (z ~ N(0, I)) or 'gmm' (ex-post density estimation, Ghosh et al. 2020: a full-covariance Gaussian
+    # mixture of gmm_components components fit to the posterior means of gmm_examples training images, 0 = all;
+    # refit for each checkpoint evaluated)
+    c.sample.latents = "prior"
+    c.sample.gmm_components = 10
+    c.sample.gmm_examples = 10_000
     c.lock()  # config files and variants set these fields; a misspelt one is an error, not a new field
     return c
 

@@ -220,7 +220,7 @@ def _positive_ints(value, length: int | None, empty: bool = False) -> bool:
 
 def _check_eval(config: ml_collections.ConfigDict, training: bool) -> None:
     """eval.* and sample.*: the extractors, the best checkpoint's metric (training keeps it) and the sizes."""
-    from jaxgen.evaluation import quality, sampling  # noqa: PLC0415 (imports JAX: check runs when a task is built)
+    from jaxgen.evaluation import latent_mixture, quality, sampling  # noqa: PLC0415 (imports JAX: check runs when a task is built)
 
     quality.check_names(config.eval.extractors)
     if training:
@@ -236,6 +236,7 @@ def _check_eval(config: ml_collections.ConfigDict, training: bool) -> None:
     if config.sample.num < 1 or config.sample.per_grid < 1:
         raise ValueError("sample.num and sample.per_grid must be >= 1")
     sampling.check_truncation(config.sample.get("truncation", 0.0))
+    latent_mixture.check(config.sample)
     model = config.get("model")
     sampling.check_classes(tuple(config.sample.get("classes", ())),
                           model.get("num_classes", 0) if model is not None else 0)

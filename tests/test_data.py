@@ -315,8 +315,9 @@ def test_dynamic_binarization_happens_on_device_from_uint8():
 
 
 def test_importing_jaxgen_and_writing_metrics_import_neither_tensorflow_nor_tfds_nor_torch(tmp_path):
-    """TensorFlow and TFDS load only where data is prepared or read. tensorboardX imports torch wherever it is
-    installed (2 s per run); the metric writer keeps it out, and a torch imported afterwards still loads."""
+    """TensorFlow and TFDS load only where data is prepared or read (scikit-learn only where a latent mixture is
+    fit). tensorboardX imports torch wherever it is installed (2 s per run); the metric writer keeps it out, and a
+    torch imported afterwards still loads."""
     import subprocess
     import sys
 
@@ -324,7 +325,7 @@ def test_importing_jaxgen_and_writing_metrics_import_neither_tensorflow_nor_tfds
             "from jaxgen.reporting.writer import MetricWriter\n"
             f"w = MetricWriter({str(tmp_path)!r}, enabled=True)\n"
             "w.write(1, 'train', {'loss': 1.0}); w.close()\n"
-            "print(sorted(m for m in ('tensorflow', 'tensorflow_datasets', 'torch') if m in sys.modules))\n"
+            "print(sorted(m for m in ('tensorflow', 'tensorflow_datasets', 'torch', 'sklearn') if m in sys.modules))\n"
             "if importlib.util.find_spec('torch'):\n"
             "    import torch; torch.zeros(1)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

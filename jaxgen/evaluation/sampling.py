@@ -14,16 +14,22 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from jaxgen import parallel
+from jaxgen.evaluation import latent_mixture
 from jaxgen.reporting.images import quantize
 
 log = logging.getLogger("jaxgen")
 
 
-def stream_latents(key: jax.Array, index: jax.Array, dim: int, truncation: float = 0.0) -> jax.Array:
+def stream_latents(key: jax.Array, index: jax.Array, dim: int, truncation: float = 0.0,
+                   mixture: dict | None = None) -> jax.Array:
     """Latents [len(index), dim] ~ N(0, I) of samples `index` of the fixed stream `key`: sample j's from
     fold_in(key, j), so which samples an evaluation sees depends neither on the batch size it makes them in nor
     on the devices that make them. truncation t > 0: each coordinate from N(0, 1) truncated to [-t, t] (the
-    truncation trick of Brock et al. 2019, BigGAN: less variety, each sample closer to the mode), else untruncated."""
+    truncation trick of Brock et al. 2019, BigGAN: less variety, each sample closer to the mode), else untruncated.
+    mixture (a VAE's sample.latents='gmm', `latent_mixture.fit`'s): from that Gaussian mixture instead, the
+    truncation applying to each component's standard-normal noise."""
+    if mixture:
+        return jax.vmap(lambda j: latent_mixture.draw(mixture, jax.random.fold_in(key, j), dim, truncation))(index)
     if truncation > 0:
         draw = lambda k: jax.random.truncated_normal(k, -truncation, truncation, (dim,))  # noqa: E731
     else:
@@ -65,9 +71,10 @@ def sample_labels(n: int, num_classes: int, classes: tuple[int, ...] = ()) -> np
 
 def make_sampler(sample_fn: Callable, mesh, *, key: jax.Array, dim: int, value_range: tuple[float, float],
                  num_classes: int = 0):
-    """fn(variables, n, batch_size, truncation=0.0) -> uint8 samples [n, H, W, C] of `sample_fn(variables, z)`
-    (float images in `value_range`, per device) at the latents of the fixed stream `key` (`stream_latents`, truncated
-    at `truncation` when > 0, compiled once per value), data-parallel. num_classes > 0: `sample_fn(variables, z,
+    """fn(variables, n, batch_size, truncation=0.0, classes=(), mixture=None) -> uint8 samples [n, H, W, C] of
+    `sample_fn(variables, z)` (float images in `value_range`, per device) at the latents of the fixed stream `key`
+    (`stream_latents`, truncated at `truncation` when > 0, compiled once per value; from `mixture` when given),
+    data-parallel. num_classes > 0: `sample_fn(variables, z,
     labels)`, sample j of class j % num_classes, or with fn's `classes` of class classes[j % len(classes)]
     (`sample_labels`).
 
@@ -78,10 +85,10 @@ def make_sampler(sample_fn: Callable, mesh, *, key: jax.Array, dim: int, value_r
     `variables` are replicated over `mesh`, or host arrays."""
     lo, hi = value_range
 
-    def body(variables, index, n, truncation, classes):
+    def body(variables, index, n, mixture, truncation, classes):
         order = jnp.asarray(classes if classes else range(num_classes), jnp.int32)
         labels = (order[index % len(order)],) if num_classes else ()
-        z = stream_latents(key, index, dim, truncation)
+        z = stream_latents(key, index, dim, truncation, mixture)
         x = (sample_fn(variables, z, *labels).astype(jnp.float32) - lo) / (hi - lo)
         kept = (index < n).reshape(-1, *([1] * (x.ndim - 1)))  # the last batch's extra samples are not counted
         bad = jax.lax.psum(jnp.sum(~jnp.isfinite(x) & kept), parallel.AXIS)
@@ -93,21 +100,23 @@ def make_sampler(sample_fn: Callable, mesh, *, key: jax.Array, dim: int, value_r
     @functools.cache
     def compiled_at(truncation: float, classes: tuple[int, ...]):
         return jax.jit(jax.shard_map(functools.partial(body, truncation=truncation, classes=classes), mesh=mesh,
-                                     in_specs=(P(), P(parallel.AXIS), P()), out_specs=(P(parallel.AXIS), P()),
+                                     in_specs=(P(), P(parallel.AXIS), P(), P()), out_specs=(P(parallel.AXIS), P()),
                                      check_vma=False), out_shardings=(out, out))
 
-    def sample(variables, n: int, batch_size: int, truncation: float = 0.0, classes=()) -> np.ndarray:
+    def sample(variables, n: int, batch_size: int, truncation: float = 0.0, classes=(),
+               mixture: dict | None = None) -> np.ndarray:
         parallel.check_batch(batch_size, mesh, "eval.batch_size")
         check_truncation(truncation)
         check_classes(classes, num_classes)
         compiled = compiled_at(float(truncation), tuple(int(k) for k in classes))
         if not all(isinstance(v, jax.Array) for v in jax.tree.leaves(variables)):
             variables = parallel.put_replicated(variables, mesh)
+        mixture = parallel.put_replicated(mixture, mesh) if mixture else {}
         parts, bad_counts = [], []
 
         def batch(start):
             return compiled(variables, parallel.put_batch(np.arange(start, start + batch_size, dtype=np.int32), mesh),
-                            np.int32(n))
+                            np.int32(n), mixture)
 
         def fetch(job):
             parts.append(np.asarray(job[0]))

@@ -15,7 +15,7 @@ import numpy as np
 
 from jaxgen import atomic, parallel
 from jaxgen import config as config_lib
-from jaxgen.evaluation import quality
+from jaxgen.evaluation import latent_mixture, quality
 from jaxgen.reporting import images
 from jaxgen.reporting.writer import MetricWriter
 from jaxgen.training import best_checkpoint, evaluating, loop, run_record
@@ -36,7 +36,9 @@ def _restore_for(config, workdir, mode: str):
         "filesystem all hosts share.")
     if present:  # else no log file and no checkpoint manager's directory are made there
         wd.setup_logging(workdir, mode)
-        shape = run_record.trained_image_shape(workdir) if mode == "sample" else None
+        # --mode=sample reads no data, unless a VAE's samples come from a mixture fit to its training images.
+        sample_only = mode == "sample" and not latent_mixture.uses_mixture(config)
+        shape = run_record.trained_image_shape(workdir) if sample_only else None
         differ = run_record.warn_config_drift(config, workdir, mode, data_read=shape is None)
         loop.log_determinism(config)
         if shape is not None:
@@ -192,6 +194,7 @@ def _sample_checkpoint(config, workdir) -> Path:
         labels = task.sample_labels(len(samples), classes)
         atomic.write_npz(path, images=samples, step=step, seed=config.seed, checkpoint=config.eval.checkpoint,
                          params=task.eval_record(state)["params"], truncation=truncation,
+                         latents=config.sample.get("latents", "prior"),
                          **({} if labels is None else {"labels": labels}))
         for old in out.glob(f"step_{step:07d}_*.png"):  # an earlier call's grids, maybe more of them
             if re.fullmatch(rf"step_{step:07d}_\d{{3,}}\.png", old.name):

@@ -22,6 +22,7 @@ import numpy as np
 
 from jaxgen import config as config_lib
 from jaxgen import parallel
+from jaxgen.evaluation import latent_mixture
 from jaxgen.training import loop, run_record
 from jaxgen.training import state as state_lib
 
@@ -54,10 +55,11 @@ class TrainedRun:
 
     def samples(self, n: int, truncation: float | None = None, classes: tuple[int, ...] | None = None) -> np.ndarray:
         """n samples, uint8 [n, H, W, C]: the same as `--mode=sample --config.sample.num=n` writes with this config's
-        seed (a VAE: its likelihood's mean at z ~ N(0, I); a GAN: G(z); a class-conditional model: sample j of class
-        j % model.num_classes, see `sample_labels`). truncation: z's coordinates truncated to [-t, t] (default:
-        the config's sample.truncation, 0 = off). classes: a class-conditional model's classes to draw in turn, e.g.
-        (7,) (default: the config's sample.classes, () = every class)."""
+        seed (a VAE: its likelihood's mean at z ~ N(0, I), or from the config's sample.latents='gmm' mixture; a GAN:
+        G(z); a class-conditional model: sample j of class j % model.num_classes, see `sample_labels`). truncation: z's
+        coordinates truncated to [-t, t] (default: the config's sample.truncation, 0 = off). classes: a
+        class-conditional model's classes to draw in turn, e.g. (7,) (default: the config's sample.classes, () = every
+        class)."""
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
         t = self.config.sample.truncation if truncation is None else truncation
@@ -75,7 +77,8 @@ def load(config: ml_collections.ConfigDict, workdir: str | Path, checkpoint: str
     """The `checkpoint` ('newest' or 'best'; default: config.eval.checkpoint, 'newest' in every shipped config) of
     the run in `workdir`, trained with `config` (the training command's config file and variants, with its overrides
     set: `config.model.latent_dim = 3`). Nothing in the workdir is written; the dataset is not read (the image shape
-    comes from the workdir's data.json; a workdir from before jaxgen wrote it reads the dataset, as --mode=eval does).
+    comes from the workdir's data.json; a workdir from before jaxgen wrote it reads the dataset, as --mode=eval does),
+    except for a VAE with sample.latents='gmm', whose mixture is fit to training images' posterior means.
 
     As with --mode=sample, a config whose model differs from the trained one (another width or activation) is an
     error naming the fields; other differences (another dataset or likelihood) are a warning. FileNotFoundError
@@ -101,7 +104,8 @@ def load(config: ml_collections.ConfigDict, workdir: str | Path, checkpoint: str
         hint = ("a run keeps a best checkpoint only with eval.extractors or checkpoint.best_metric set"
                 if checkpoint == "best" else "train first (the same launch.py command resumes a run)")
         raise FileNotFoundError(f"trained.load: {workdir} has no {loop.CHECKPOINT_DIRS[checkpoint]}/ folder; {hint}")
-    shape = run_record.trained_image_shape(workdir)
+    # The dataset is not read, unless a VAE's samples come from a mixture fit to its training images.
+    shape = None if latent_mixture.uses_mixture(config) else run_record.trained_image_shape(workdir)
     run_record.warn_config_drift(config, workdir, "load", data_read=shape is None)
     task = loop.build_task(config, workdir, training=False, image_shape=shape)
     mgr, state = loop.restore(task, checkpoint)

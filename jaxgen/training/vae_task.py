@@ -11,7 +11,7 @@ import numpy as np
 
 from jaxgen import config as config_lib
 from jaxgen import config_check, data, models, objectives, parallel, registry
-from jaxgen.evaluation import quality, sampling
+from jaxgen.evaluation import latent_mixture, quality, sampling
 from jaxgen.evaluation import vae as vae_eval
 from jaxgen.models import vae as vae_models
 from jaxgen.objectives import vae as vae_obj
@@ -35,6 +35,7 @@ class VAETask:
         config_check.check(config, training=training)
         self.config, self.workdir = config, workdir
         self.num_classes = int(config.model.get("num_classes", 0))  # > 0: a class-conditional VAE
+        self._mixture, self.mixture_record = None, None  # latent_mixture's cache: ((step, weights), mixture), record
         # The train split's arrays on the devices (the labels too where the step conditions on them).
         self.train_fields = ("image", "label") if self.num_classes else ("image",)
         self.mesh = parallel.make_mesh()
@@ -116,6 +117,8 @@ class VAETask:
         """ELBO, NLL (eval.final_nll_k importance samples at the end, eval.nll_k before) and reconstruction on the
         first eval.num_examples images of `data` (all with 0)."""
         c = self.config
+        if final:  # the final images' mixture, fit now so that eval.json records it (`eval_record`)
+            self.latent_mixture(state)
         key = state_lib.eval_key(c.seed, state_lib.EVAL_NOISE)
         images = data.image[: c.eval.num_examples or len(data)]
         return vae_eval.evaluate(self.eval_fn, state_lib.eval_params(state), images, mesh=self.mesh,
@@ -130,7 +133,43 @@ class VAETask:
         rounded to 0..255 as a PNG writer would. Made data-parallel in batches of eval.batch_size (which, like the
         device count, does not change them); every process gets them all. A class-conditional VAE's sample j is of
         class j % model.num_classes (`sample_labels`), or with `classes` of class classes[j % len(classes)]."""
-        return self._sampler(state_lib.eval_params(state), n, self.config.eval.batch_size, truncation, classes)
+        return self._sampler(state_lib.eval_params(state), n, self.config.eval.batch_size, truncation, classes,
+                             self.latent_mixture(state))
+
+    def latent_mixture(self, state) -> dict | None:
+        """sample.latents='gmm': the Gaussian mixture (`latent_mixture.fit`) of the posterior means of
+        sample.gmm_examples training images (a fixed random choice of the train split's, all with 0), fit once per
+        checkpoint and weights (EMA or raw) on process 0 and sent to the others (so every process calls this);
+        None with sample.latents='prior'."""
+        c = self.config
+        if not latent_mixture.uses_mixture(c):
+            return None
+        which = (int(jax.device_get(state["step"])), self.eval_record(state)["params"])
+        if self._mixture is not None and self._mixture[0] == which:
+            return self._mixture[1]
+        if self.train is None:  # modes and trained.load read the data for 'gmm'
+            raise ValueError("sample.latents='gmm' fits its mixture to the training images' posterior means, and "
+                             "this command did not read the dataset")
+        k, d = c.sample.gmm_components, self.model.latent_dim
+        mixture = record = None
+        if jax.process_index() == 0:
+            n = min(c.sample.gmm_examples or len(self.train), len(self.train))
+            chosen = np.sort(np.random.default_rng(0).permutation(len(self.train))[:n])
+            params, bkey = jax.device_get(state_lib.eval_params(state)), vae_eval.binarize_key(c.eval.binarize_seed)
+            codes = []
+            for lo in range(0, n, 500):
+                rows = chosen[lo : lo + 500]
+                x = vae_eval.eval_inputs(self.train.image[rows], rows, bkey, c.data.binarize)
+                labels = self.train.label[rows] if self.num_classes else None
+                codes.append(np.asarray(vae_eval.encode_mean(params, x, labels, model=self.model)))
+            mixture, record = latent_mixture.fit(np.concatenate(codes), k, c.seed)
+            log.info("sample.latents='gmm': a %d-component Gaussian mixture fit to the posterior means of %d "
+                     "training images at step %d (%s weights): mean log-density %.2f per code (under N(0, I): "
+                     "%.2f)", k, n, which[0], which[1], record["log_likelihood_per_code"],
+                     record["prior_log_likelihood_per_code"])
+        mixture = latent_mixture.broadcast(mixture, (k, d))
+        self._mixture, self.mixture_record = (which, mixture), record
+        return mixture
 
     def sample_labels(self, n: int, classes: tuple[int, ...] = ()) -> np.ndarray | None:
         """The classes of `samples(state, n, classes=classes)` (int32 [n]) for a class-conditional VAE; None
@@ -155,8 +194,11 @@ class VAETask:
     def eval_record(self, state) -> dict:
         """What stands beside the numbers in eval.json."""
         nats = "nats per image"
+        latents = {"latents": self.config.sample.latents}
+        if self._mixture is not None and self.mixture_record is not None:  # the fit these samples came from
+            latents["latent_gmm"] = {**self.mixture_record, "step": self._mixture[0][0], "params": self._mixture[0][1]}
         return {"dataset": self.config.data.name, "split": self.config.data.test_split,
-                "params": "ema" if "ema_params" in state else "raw",
+                "params": "ema" if "ema_params" in state else "raw", **latents,
                 "nll_estimator": "the IWAE bound with nll_k importance samples from the encoder: an upper bound on "
                                  "-log p(x) in expectation, tightening as nll_k grows",
                 "units": {"elbo": nats, "kl": nats, "rec_nll": nats, "recon_nll_at_mean": nats, "nll": nats,
@@ -169,6 +211,7 @@ class VAETask:
 
     def save_images(self, state, suffix: str = "") -> None:
         """Samples, reconstructions (and at the end the latent plots) into <workdir>/images."""
+        mixture = self.latent_mixture(state)  # before process 0 goes on alone: the others take part in its fit
         if jax.process_index() != 0:
             return
         # A host copy: what follows runs on this process's own device. A compiled call on the replicated state
@@ -180,9 +223,11 @@ class VAETask:
         key = state_lib.eval_key(c.seed, state_lib.FIXED_NOISE)  # the same z at every eval
         n = c.output.num_samples
         # A class-conditional VAE's grid: one class per column (sample j is of class j % num_classes).
+        z = (jax.random.normal(key, (n, self.model.latent_dim)) if mixture is None
+             else sampling.stream_latents(key, jnp.arange(n), self.model.latent_dim, mixture=mixture))
         images.save_png(out / f"samples{suffix}.png",
-                        np.asarray(vae_eval.sample_images(params, jax.random.normal(key, (n, self.model.latent_dim)),
-                                                          self.sample_labels(n), model=self.model, likelihood=lik)),
+                        np.asarray(vae_eval.sample_images(params, z, self.sample_labels(n), model=self.model,
+                                                          likelihood=lik)),
                         ncol=images.class_columns(self.num_classes))
         bkey = vae_eval.binarize_key(c.eval.binarize_seed)
 
