@@ -116,7 +116,7 @@ def check_fits_on_devices(nbytes: int, mesh: jax.sharding.Mesh, *, what: str, fi
         else:  # XLA:CPU: every local device's copy comes out of the host's memory
             check_host_memory(nbytes * len(local), what=what, fix=fix, copies=len(local))
 
-    stop_if_any_failed(_attempt(check)[1], f"fit {what} on their devices")
+    stop_if_any_failed(attempt(check)[1], f"fit {what} on their devices")
 
 
 def check_host_memory(nbytes: int, *, what: str, fix: str, copies: int = 1, available: int | None = None) -> None:
@@ -244,13 +244,13 @@ def process_0_first(fn: Callable[[], T], *, needed: bool, what: str) -> T:
     result, error = None, None
     if allgather_ints(int(needed)).any():
         if jax.process_index() == 0:
-            result, error = _attempt(fn)
+            result, error = attempt(fn)
         wait_for_every_process(what)  # the others wait here for process 0, then hear whether it failed:
         stop_if_any_failed(error, what)
         if jax.process_index() != 0:
-            result, error = _attempt(fn)
+            result, error = attempt(fn)
     else:
-        result, error = _attempt(fn)
+        result, error = attempt(fn)
     stop_if_any_failed(error, what)
     return result
 
@@ -279,7 +279,9 @@ def wait_for_every_process(what: str) -> None:
                            f"JAXGEN_PROCESS_0_TIMEOUT_S (seconds) on every process [jax: {e}]") from e
 
 
-def _attempt(fn: Callable[[], T]) -> tuple[T | None, Exception | None]:
+def attempt(fn: Callable[[], T]) -> tuple[T | None, Exception | None]:
+    """(fn(), None), or (None, the exception it raised): for `stop_if_any_failed` after a step only some processes
+    take."""
     try:
         return fn(), None
     except Exception as e:  # noqa: BLE001 (re-raised by stop_if_any_failed, after the others hear of it)

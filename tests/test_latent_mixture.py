@@ -59,25 +59,44 @@ def test_the_fit_finds_a_known_mixture_and_its_draws_and_densities_follow_it():
         latent_mixture.fit(np.concatenate([codes[:-1], [[np.nan, 0.0]]]), 3, seed=0)
 
 
-def test_a_vaes_samples_from_the_mixture_in_mode_sample_trained_load_and_mode_eval(trained_vae):
-    """--mode=sample reads the train split (it reads no data with sample.latents='prior') and records 'gmm';
-    trained.load gives the same samples, with any eval.batch_size; --mode=eval puts the fit beside the numbers."""
+def test_a_vaes_samples_from_the_mixture_in_mode_sample_trained_load_and_mode_eval(trained_vae, monkeypatch):
+    """--mode=sample reads the train split alone (no data with sample.latents='prior') and records 'gmm'; its
+    samples are the decoder's means at the mixture's draws; trained.load gives the same, with any eval.batch_size;
+    --mode=eval puts the fit beside the numbers and leaves the run's (prior's) image grids as they are."""
+    from jaxgen import data
+    from jaxgen.evaluation import sampling
+    from jaxgen.evaluation import vae as vae_eval
+    from jaxgen.reporting.images import quantize
+    from jaxgen.training import state as state_lib
+
     c, workdir = trained_vae
     c.sample.num = 8
+    reads = []
+    monkeypatch.setattr(data, "load", lambda cfg, split, load=data.load: reads.append(split) or load(cfg, split))
     prior = np.load(modes.sample_checkpoint(c, workdir))
+    assert reads == []
     c.sample.latents, c.sample.gmm_components, c.sample.gmm_examples = "gmm", 3, 300
     written = np.load(modes.sample_checkpoint(c, workdir))
+    assert reads == ["train"]
     assert str(written["latents"]) == "gmm" and str(prior["latents"]) == "prior"
     assert written["images"].shape == prior["images"].shape and not np.array_equal(written["images"], prior["images"])
-    np.testing.assert_array_equal(trained.load(c, workdir).samples(8), written["images"])
+    run = trained.load(c, workdir)
+    np.testing.assert_array_equal(run.samples(8), written["images"])
+    mixture = run.latent_mixture()
+    z = sampling.stream_latents(state_lib.eval_key(c.seed, state_lib.SAMPLER), jnp.arange(8), run.model.latent_dim,
+                                mixture=mixture)
+    direct = quantize(vae_eval.sample_images(run.variables, z, model=run.model, likelihood=c.objective.likelihood))
+    assert np.mean(np.asarray(direct) != written["images"]) < 0.01  # up to rounding at a few pixels' .5
     c.eval.batch_size = 16
     np.testing.assert_array_equal(trained.load(c, workdir).samples(8), written["images"])
+    grids = {p.name: p.read_bytes() for p in (workdir / "images").glob("*.png")}
     c.eval.final_nll_k, c.eval.num_examples = 4, 32
     modes.evaluate_checkpoint(c, workdir)
     record = json.loads((workdir / "eval.json").read_text())
     assert record["latents"] == "gmm"
     fit = record["latent_gmm"]
     assert (fit["components"], fit["examples"], fit["step"], fit["params"]) == (3, 300, 10, "raw")
+    assert {p.name: p.read_bytes() for p in (workdir / "images").glob("*.png")} == grids
 
 
 def test_the_config_checks_the_sampler(smoke_config):

@@ -2,6 +2,7 @@
 end where one process with as many devices ends: the multi-host path (each process feeds its own devices,
 collectives over the global mesh, process 0 writes) run for real."""
 
+import hashlib
 import json
 import os
 import random
@@ -17,7 +18,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxgen.training import loop
+from jaxgen.training import loop, trained
 from tests.conftest import CONFIGS, TEST_XLA_FLAGS, config_module
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,10 +44,15 @@ c.eval.every = 0
 STOP_WORKER = _SMOKE_RUN + """
 from tests.signals import signal_at_call
 c.eval.extractors, c.train.steps, c.checkpoint.every = (), 20, 20  # saves: the stop's and the end's
+c.sample.latents, c.sample.gmm_components = "gmm", 3  # the final images' mixture: fit on process 0, sent to 1
 loop.build_task = signal_at_call(loop.build_task, int(sys.argv[5]), process=1)
 try:
     final = loop.train_and_evaluate(c, sys.argv[4])
     print("FINAL " + json.dumps({k: v for k, v in final.items() if k != "eval_seconds"}), flush=True)
+    import hashlib
+    from jaxgen.training import trained
+    # samples over both processes' devices, each drawing from its process's copy of process 0's mixture
+    print("SAMPLES " + hashlib.sha256(trained.load(c, sys.argv[4]).samples(8).tobytes()).hexdigest(), flush=True)
 except loop.RunStopped as e:
     print("STOPPED", e, flush=True)
 """
@@ -325,11 +331,12 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_the_job_resumes(tmp_p
     assert max(int(p.name) for p in (tmp_path / "multi" / "checkpoints").iterdir() if p.name.isdigit()) == step
     outs = _two_processes(STOP_WORKER, path, work, "0", devices=2)
     assert f"Resumed from the checkpoint at step {step}" in outs[0][1]  # process 0 logs
-    finals = [json.loads(out.split("FINAL ")[-1]) for out, _ in outs]
+    finals = [json.loads(out.split("FINAL ")[-1].splitlines()[0]) for out, _ in outs]
     c = config_module(path).get_config("smoke")
     c.unlock()
     c.output.progress = c.output.plots = False
     c.eval.every, c.eval.extractors, c.train.steps = 0, (), 20
+    c.sample.latents, c.sample.gmm_components = "gmm", 3
     first_devices(4)
     single = loop.train_and_evaluate(c, tmp_path / "single")  # one process, 4 devices, no stop
     for key, value in single.items():
@@ -337,6 +344,13 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_the_job_resumes(tmp_p
             for final in finals:
                 assert final[key] == pytest.approx(value, rel=1e-4, abs=1e-5), key
     assert (tmp_path / "multi" / "eval.json").is_file() and (tmp_path / "multi" / "checkpoints" / "20").is_dir()
+    fits = [json.loads((tmp_path / d / "eval.json").read_text())["latent_gmm"] for d in ("multi", "single")]
+    assert fits[0]["examples"] == fits[1]["examples"] > 0 and fits[0]["components"] == 3
+    assert fits[0]["log_likelihood_per_code"] == pytest.approx(fits[1]["log_likelihood_per_code"], rel=1e-3)
+    # The pod's samples of its checkpoint are one process's: process 1's devices drew from process 0's mixture.
+    hashes = [out.split("SAMPLES ")[-1].split()[0] for out, _ in outs]
+    one = hashlib.sha256(trained.load(c, tmp_path / "multi").samples(8).tobytes()).hexdigest()
+    assert hashes[0] == hashes[1] == one
 
 
 @pytest.mark.parametrize("config", ["gan_mnist", "vae_mnist"])

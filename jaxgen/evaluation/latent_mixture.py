@@ -41,6 +41,21 @@ def check(sample_config) -> None:
                          f"component needs images; fit to more (0 = all) or use fewer components")
 
 
+def check_ready(sample_config, train_examples: int) -> None:
+    """Before any work: scikit-learn importable, and enough training images for sample.gmm_components."""
+    try:
+        import sklearn.mixture  # noqa: F401, PLC0415
+    except ImportError as e:
+        raise ImportError(f"sample.latents='gmm' fits its mixture with scikit-learn, which does not import here "
+                          f"({e}): pip install scikit-learn (a dependency of jaxgen), or use "
+                          f"--config.sample.latents=prior") from e
+    k = sample_config.gmm_components
+    n = min(sample_config.gmm_examples or train_examples, train_examples)
+    if n < k:
+        raise ValueError(f"sample.latents='gmm': {n} training images for sample.gmm_components={k}; use fewer "
+                         f"components, or more images (sample.gmm_examples, 0 = all {train_examples})")
+
+
 def uses_mixture(config) -> bool:
     """Whether the run's samples come from the fitted mixture (a VAE with sample.latents='gmm'); such a command
     reads the train split, --mode=sample and trained.load included."""
@@ -62,12 +77,13 @@ def fit(codes: np.ndarray, components: int, seed: int) -> tuple[dict, dict]:
                          f"{components}; fit to more images or use fewer components")
     if not np.all(np.isfinite(codes)):
         raise ValueError(f"sample.latents='gmm': {int(np.sum(~np.isfinite(codes).all(-1)))} of the {len(codes)} "
-                         "posterior means are not finite: the model has diverged")
+                         "posterior means are not finite: the model has diverged. Evaluate an earlier checkpoint "
+                         "(--config.eval.checkpoint=best), or sample from the prior (--config.sample.latents=prior)")
     gmm = GaussianMixture(components, covariance_type="full", random_state=seed)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ConvergenceWarning)
+    with warnings.catch_warnings():  # k-means' and EM's: what matters is said below
+        warnings.simplefilter("ignore", ConvergenceWarning)
         gmm.fit(codes)
-    if any(issubclass(w.category, ConvergenceWarning) for w in caught):
+    if not gmm.converged_:
         log.warning("sample.latents='gmm': EM did not converge in %d iterations on %d posterior means; the mixture "
                     "of its last iteration is used", gmm.n_iter_, len(codes))
     mixture = {"log_weights": np.log(gmm.weights_).astype(np.float32), "means": gmm.means_.astype(np.float32),

@@ -139,7 +139,8 @@ def _from_process_0(values: tuple[float, ...]) -> tuple[float, ...]:
 # or of the evaluation's images.
 # (data.path is where a host finds the files, which may move: the images themselves are compared, by CRC-32.)
 _DATA_FIELDS = ("name", "train_split", "test_split", "num_examples", "binarize", "resolution", "crop", "test_percent")
-_SAMPLE_FIELDS = ("eval.num_samples", "eval.reference_split")
+_SAMPLE_FIELDS = ("eval.num_samples", "eval.reference_split", "sample.latents", "sample.gmm_components",
+                  "sample.gmm_examples")  # a VAE's latents: the prior's or a mixture's samples
 _IMAGE_FIELDS = ("eval.num_examples", "eval.binarize_seed", "objective.likelihood")
 _METRIC_FIELDS = {"nll": ("eval.nll_k",), "nll_bits_per_dim": ("eval.nll_k",), "d_real": ("eval.batch_size",),
                   "d_fake": ("eval.batch_size",)}  # D's BatchNorm runs in train mode: its outputs depend on the batch

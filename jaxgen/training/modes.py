@@ -36,14 +36,13 @@ def _restore_for(config, workdir, mode: str):
         "filesystem all hosts share.")
     if present:  # else no log file and no checkpoint manager's directory are made there
         wd.setup_logging(workdir, mode)
-        # --mode=sample reads no data, unless a VAE's samples come from a mixture fit to its training images.
-        sample_only = mode == "sample" and not latent_mixture.uses_mixture(config)
-        shape = run_record.trained_image_shape(workdir) if sample_only else None
+        shape = run_record.trained_image_shape(workdir) if mode == "sample" else None
         differ = run_record.warn_config_drift(config, workdir, mode, data_read=shape is None)
         loop.log_determinism(config)
         if shape is not None:
-            log.info("--mode=sample: the model for the images the run trained on, %s (data.json); the dataset is "
-                     "not read", shape)
+            log.info("--mode=sample: the model for the images the run trained on, %s (data.json); %s", shape,
+                     "only the train split is read, for the latent mixture (sample.latents='gmm')"
+                     if latent_mixture.uses_mixture(config) else "the dataset is not read")
         task = loop.build_task(config, workdir, training=False, image_shape=shape)
         mgr, state = loop.restore(task, which)
         mgr.close()
@@ -134,9 +133,14 @@ def _same_images(config, workdir: Path, drift: list[str]) -> bool:
     Otherwise it leaves them as they are (the fixed-noise history and numbered grids are the run's own), saying
     so."""
     trained = run_record.read_trained_config(workdir)
+    sampler = [(f"sample.{f}", config.sample.get(f, default), trained.get("sample", {}).get(f, default))
+               for f, default in (("latents", "prior"), ("gmm_components", 10), ("gmm_examples", 10_000))]
+    if all(now == was == "prior" for f, now, was in sampler[:1]):  # the mixture's fields matter only with it
+        sampler = sampler[:1]
     differ = [f for f, now, was in (("seed", config.seed, trained.get("seed", config.seed)),
                                     ("train.ema_half_life", config.train.ema_half_life > 0,
-                                     trained.get("train", {}).get("ema_half_life", config.train.ema_half_life) > 0))
+                                     trained.get("train", {}).get("ema_half_life", config.train.ema_half_life) > 0),
+                                    *sampler)
               if now != was] + [d.split(":")[0] for d in drift]
     same = parallel.allgather_ints([int(not differ)])[0, 0] if jax.process_count() > 1 else not differ
     if not same:  # process 0's answer on every process: drawing the images takes collectives

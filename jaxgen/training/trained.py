@@ -22,7 +22,6 @@ import numpy as np
 
 from jaxgen import config as config_lib
 from jaxgen import parallel
-from jaxgen.evaluation import latent_mixture
 from jaxgen.training import loop, run_record
 from jaxgen.training import state as state_lib
 
@@ -65,6 +64,12 @@ class TrainedRun:
         t = self.config.sample.truncation if truncation is None else truncation
         return self._task.samples(self.state, n, t, self._classes(classes))
 
+    def latent_mixture(self) -> dict | None:
+        """A VAE's latent mixture with the config's sample.latents='gmm' (what `samples` draws z from; numpy arrays
+        `log_weights` [K], `means` [K, D], `scale_tril` [K, D, D], for `jaxgen.evaluation.latent_mixture.draw`),
+        fit as --mode=sample fits it; None with sample.latents='prior' and for a GAN."""
+        return self._task.latent_mixture(self.state) if hasattr(self._task, "latent_mixture") else None
+
     def sample_labels(self, n: int, classes: tuple[int, ...] | None = None) -> np.ndarray | None:
         """The classes of `samples(n, classes=classes)`, int32 [n], for a class-conditional model; None otherwise."""
         return self._task.sample_labels(n, self._classes(classes))
@@ -78,7 +83,7 @@ def load(config: ml_collections.ConfigDict, workdir: str | Path, checkpoint: str
     the run in `workdir`, trained with `config` (the training command's config file and variants, with its overrides
     set: `config.model.latent_dim = 3`). Nothing in the workdir is written; the dataset is not read (the image shape
     comes from the workdir's data.json; a workdir from before jaxgen wrote it reads the dataset, as --mode=eval does),
-    except for a VAE with sample.latents='gmm', whose mixture is fit to training images' posterior means.
+    except the train split of a VAE with sample.latents='gmm', whose mixture is fit to its images' posterior means.
 
     As with --mode=sample, a config whose model differs from the trained one (another width or activation) is an
     error naming the fields; other differences (another dataset or likelihood) are a warning. FileNotFoundError
@@ -104,8 +109,7 @@ def load(config: ml_collections.ConfigDict, workdir: str | Path, checkpoint: str
         hint = ("a run keeps a best checkpoint only with eval.extractors or checkpoint.best_metric set"
                 if checkpoint == "best" else "train first (the same launch.py command resumes a run)")
         raise FileNotFoundError(f"trained.load: {workdir} has no {loop.CHECKPOINT_DIRS[checkpoint]}/ folder; {hint}")
-    # The dataset is not read, unless a VAE's samples come from a mixture fit to its training images.
-    shape = None if latent_mixture.uses_mixture(config) else run_record.trained_image_shape(workdir)
+    shape = run_record.trained_image_shape(workdir)
     run_record.warn_config_drift(config, workdir, "load", data_read=shape is None)
     task = loop.build_task(config, workdir, training=False, image_shape=shape)
     mgr, state = loop.restore(task, checkpoint)

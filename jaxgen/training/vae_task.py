@@ -58,6 +58,10 @@ class VAETask:
         else:  # a placeholder for output_bias='data_mean': the restored params replace what it initialises
             self.train = self.validation = self.test = None
             self.image_shape, images = tuple(image_shape), np.full((1, *image_shape), 128, np.uint8)
+            if latent_mixture.uses_mixture(config):  # the train split alone, which the mixture is fit to
+                self.train = _train_for_mixture(config)
+        if latent_mixture.uses_mixture(config):
+            latent_mixture.check_ready(config.sample, len(self.train))  # before any training, not at the first fit
         if training and self.train is not None and len(self.train) < config.train.batch_size:
             raise ValueError(f"train split has {len(self.train)} examples, fewer than train.batch_size="
                              f"{config.train.batch_size}; lower the batch size"
@@ -121,18 +125,20 @@ class VAETask:
             self.latent_mixture(state)
         key = state_lib.eval_key(c.seed, state_lib.EVAL_NOISE)
         images = data.image[: c.eval.num_examples or len(data)]
-        return vae_eval.evaluate(self.eval_fn, state_lib.eval_params(state), images, mesh=self.mesh,
-                                 key=key, binarize_key=vae_eval.binarize_key(c.eval.binarize_seed),
-                                 batch_size=c.eval.batch_size,
-                                 nll_k=c.eval.final_nll_k if final else c.eval.nll_k, nll_chunk=self.nll_chunk,
-                                 likelihood=c.objective.likelihood, progress=bool(c.output.progress),
-                                 labels=data.label[: len(images)])
+        ev = vae_eval.evaluate(self.eval_fn, state_lib.eval_params(state), images, mesh=self.mesh,
+                               key=key, binarize_key=vae_eval.binarize_key(c.eval.binarize_seed),
+                               batch_size=c.eval.batch_size,
+                               nll_k=c.eval.final_nll_k if final else c.eval.nll_k, nll_chunk=self.nll_chunk,
+                               likelihood=c.objective.likelihood, progress=bool(c.output.progress),
+                               labels=data.label[: len(images)])
+        return ev
 
     def samples(self, state, n: int, truncation: float = 0.0, classes: tuple[int, ...] = ()) -> np.ndarray:
-        """n samples (uint8 [n, H, W, C]): the likelihood's mean at z ~ N(0, I) from a fixed stream of latents,
-        rounded to 0..255 as a PNG writer would. Made data-parallel in batches of eval.batch_size (which, like the
-        device count, does not change them); every process gets them all. A class-conditional VAE's sample j is of
-        class j % model.num_classes (`sample_labels`), or with `classes` of class classes[j % len(classes)]."""
+        """n samples (uint8 [n, H, W, C]): the likelihood's mean at z ~ N(0, I) from a fixed stream of latents (with
+        sample.latents='gmm', from `latent_mixture(state)`), rounded to 0..255 as a PNG writer would. Made data-parallel
+        in batches of eval.batch_size (which, like the device count, does not change them); every process gets them all.
+        A class-conditional VAE's sample j is of class j % model.num_classes (`sample_labels`), or with `classes` of
+        class classes[j % len(classes)]."""
         return self._sampler(state_lib.eval_params(state), n, self.config.eval.batch_size, truncation, classes,
                              self.latent_mixture(state))
 
@@ -144,32 +150,42 @@ class VAETask:
         c = self.config
         if not latent_mixture.uses_mixture(c):
             return None
+        params = state_lib.eval_params(state)
         which = (int(jax.device_get(state["step"])), self.eval_record(state)["params"])
-        if self._mixture is not None and self._mixture[0] == which:
+        first = jax.tree.leaves(params)[0]  # kept: the same step and kind of another state's weights refits
+        if self._mixture is not None and self._mixture[0] == which and self._mixture[2] is first:
             return self._mixture[1]
-        if self.train is None:  # modes and trained.load read the data for 'gmm'
-            raise ValueError("sample.latents='gmm' fits its mixture to the training images' posterior means, and "
-                             "this command did not read the dataset")
         k, d = c.sample.gmm_components, self.model.latent_dim
-        mixture = record = None
-        if jax.process_index() == 0:
+
+        def fit():
             n = min(c.sample.gmm_examples or len(self.train), len(self.train))
-            chosen = np.sort(np.random.default_rng(0).permutation(len(self.train))[:n])
-            params, bkey = jax.device_get(state_lib.eval_params(state)), vae_eval.binarize_key(c.eval.binarize_seed)
-            codes = []
-            for lo in range(0, n, 500):
-                rows = chosen[lo : lo + 500]
-                x = vae_eval.eval_inputs(self.train.image[rows], rows, bkey, c.data.binarize)
-                labels = self.train.label[rows] if self.num_classes else None
-                codes.append(np.asarray(vae_eval.encode_mean(params, x, labels, model=self.model)))
-            mixture, record = latent_mixture.fit(np.concatenate(codes), k, c.seed)
+            rows = np.sort(np.random.default_rng(0).permutation(len(self.train))[:n])
+            mixture, record = latent_mixture.fit(self._encode(params, self.train, rows), k, c.seed)
             log.info("sample.latents='gmm': a %d-component Gaussian mixture fit to the posterior means of %d "
                      "training images at step %d (%s weights): mean log-density %.2f per code (under N(0, I): "
                      "%.2f)", k, n, which[0], which[1], record["log_likelihood_per_code"],
                      record["prior_log_likelihood_per_code"])
+            return mixture, record
+
+        # Process 0 fits; its failure (a diverged model's codes) stops the others, which would wait in the broadcast.
+        result, error = parallel.attempt(fit) if jax.process_index() == 0 else ((None, None), None)
+        parallel.stop_if_any_failed(error, "fit the latent mixture (sample.latents='gmm')")
+        mixture, record = result
         mixture = latent_mixture.broadcast(mixture, (k, d))
-        self._mixture, self.mixture_record = (which, mixture), record
+        self._mixture, self.mixture_record = (which, mixture, first), record
         return mixture
+
+    def _encode(self, params, split, rows: np.ndarray) -> np.ndarray:
+        """The posterior means [len(rows), latent_dim] of the images `rows` of `split` (an ImageData) as the
+        evaluation sees them (its fixed binarization), in batches of 500 on this process's device."""
+        params, bkey = jax.device_get(params), vae_eval.binarize_key(self.config.eval.binarize_seed)
+        codes = []
+        for lo in range(0, len(rows), 500):
+            part = rows[lo : lo + 500]
+            x = vae_eval.eval_inputs(split.image[part], part, bkey, self.config.data.binarize)
+            labels = split.label[part] if self.num_classes else None
+            codes.append(np.asarray(vae_eval.encode_mean(params, x, labels, model=self.model)))
+        return np.concatenate(codes)
 
     def sample_labels(self, n: int, classes: tuple[int, ...] = ()) -> np.ndarray | None:
         """The classes of `samples(state, n, classes=classes)` (int32 [n]) for a class-conditional VAE; None
@@ -194,7 +210,7 @@ class VAETask:
     def eval_record(self, state) -> dict:
         """What stands beside the numbers in eval.json."""
         nats = "nats per image"
-        latents = {"latents": self.config.sample.latents}
+        latents = {"latents": self.config.sample.get("latents", "prior")}
         if self._mixture is not None and self.mixture_record is not None:  # the fit these samples came from
             latents["latent_gmm"] = {**self.mixture_record, "step": self._mixture[0][0], "params": self._mixture[0][1]}
         return {"dataset": self.config.data.name, "split": self.config.data.test_split,
@@ -271,3 +287,14 @@ def _warn_unread(config, read: set[str]) -> None:
     if unread:
         log.warning("These settings do nothing in this run: %s. Your objective %s did not read %s when traced "
                     "before training", "; ".join(unread), config.objective.name, "it" if len(unread) == 1 else "them")
+
+
+def _train_for_mixture(config):
+    """The train split alone, for sample.latents='gmm' in a command that reads no other data (--mode=sample,
+    trained.load); a dataset it cannot read is an error that says why the split is read."""
+    try:
+        return data.load_train(config.data)[0]
+    except Exception:
+        log.error("sample.latents='gmm' fits its mixture to the train split's posterior means, so this command reads "
+                  "that split (below, why it could not); --config.sample.latents=prior samples without the data")
+        raise
