@@ -26,7 +26,7 @@ CONFIGS = sorted(glob.glob(str(ROOT / "configs" / "*.py")))
 
 # The smoke variants of vae_mnist and gan_celeba train in test_launch_smoke_end_to_end_then_resume (through
 # launch.py) and tests/test_gan.py's TFDS mock-data run: not twice (CI time).
-SMOKE_ELSEWHERE = ("vae_mnist", "gan_celeba")
+SMOKE_ELSEWHERE = ("vae_mnist", "gan_celeba", "vae_shapes2d")  # test_shapes2d.py runs the last
 
 
 @pytest.mark.parametrize("path", [p for p in CONFIGS if Path(p).stem not in SMOKE_ELSEWHERE],

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import numpy as np
 
 from jaxgen import registry
-from jaxgen.data import image_folder, shipped, synthetic, tfds_source
+from jaxgen.data import image_folder, shapes2d, shipped, synthetic, tfds_source
 
 log = logging.getLogger("jaxgen")
 
@@ -103,7 +103,14 @@ DATASETS: dict[str, Callable] = {
     "celeb_a": tfds_source.celeb_a,  # data.path (an image folder) when set, else TFDS
     "image_folder": image_folder.image_folder,  # data.path, cropped/resized by data.crop/data.resolution
     "synthetic": synthetic.synthetic,
+    "shapes2d": shapes2d.shapes2d,  # dSprites' factor grid, drawn by jaxgen (no download)
 }
+
+# Datasets whose images come with known generative factors: name -> (factors(data_config, split) -> int [N, K] in
+# the order the loader returns the split's images, the factors' names, the factor that is the label). VAE
+# evaluations score MIG against them (a class-conditional model's against all but the label's).
+FACTORS: dict[str, tuple[Callable, tuple[str, ...], str]] = {
+    "shapes2d": (shapes2d.factors, shapes2d.FACTORS, "shape")}
 
 
 # Fields of the data block that only some of the built-in datasets read (every dataset reads the others).
@@ -181,10 +188,28 @@ def load_train(data_config) -> tuple[ImageData, ImageData | None]:
     if not 0 < n < len(train):
         raise ValueError(f"data.validation_examples={n} must be >= 0 and leave training examples: the "
                          f"{data_config.train_split!r} split of {data_config.name!r} has {len(train)}")
-    held = np.zeros(len(train), bool)
-    held[np.random.default_rng(VALIDATION_SEED).permutation(len(train))[:n]] = True
+    held = held_out(len(train), n)
 
     def part(mask, split):
         return ImageData(image=train.image[mask], label=train.label[mask], name=train.name, split=split)
 
     return part(~held, train.split), part(held, "validation")
+
+
+def held_out(size: int, n: int) -> np.ndarray:
+    """The mask (bool [size]) of the `n` examples `load_train` holds out of a train split of `size` as 'validation'."""
+    held = np.zeros(size, bool)
+    held[np.random.default_rng(VALIDATION_SEED).permutation(size)[:n]] = True
+    return held
+
+
+def split_factors(data_config, split: str) -> np.ndarray:
+    """The known factors (int [N, K], FACTORS) of the split `load_splits` gives by that name, in its order: the
+    held-out 'validation' split's and the train split less them with data.validation_examples."""
+    factors_of, _, _ = FACTORS[data_config.name]
+    n = int(data_config.get("validation_examples", 0))
+    if not n or split not in ("validation", data_config.train_split):
+        return factors_of(data_config, split)
+    train = factors_of(data_config, data_config.train_split)
+    held = held_out(len(train), n)
+    return train[held] if split == "validation" else train[~held]

@@ -24,6 +24,7 @@ import jax
 import numpy as np
 
 from jaxgen import atomic, parallel, registry
+from jaxgen import data as data_lib
 from jaxgen.data import cache as caches
 from jaxgen.data.cache import data_dir
 from jaxgen.evaluation import sample_metrics
@@ -407,7 +408,8 @@ TASK_METRICS = {"vae": ("elbo", "kl", "rec_nll", "recon_nll_at_mean", "recon_mse
 # Which way is better for the metrics jaxgen computes (the part after '<extractor>/' for sample quality).
 LOWER_IS_BETTER = ("fid", "kid_mean", "class_tv", "nll", "nll_bits_per_dim", "rec_nll", "recon_nll_at_mean",
                    "recon_mse", "loss")
-HIGHER_IS_BETTER = ("elbo", "is_mean", "class_coverage", "class_accuracy", "precision", "recall", "density", "coverage")
+HIGHER_IS_BETTER = ("elbo", "mig", "is_mean", "class_coverage", "class_accuracy", "precision", "recall", "density",
+                    "coverage")
 
 
 def best_mode(config) -> str:
@@ -449,6 +451,19 @@ def best_metric(config) -> str | None:
     if m == "auto":
         return f"{config.eval.extractors[0]}/fid" if config.eval.extractors else None
     task_metrics = TASK_METRICS.get(config.task, ())
+    if config.task == "vae" and config.data.name in data_lib.FACTORS and config.model.get("latent_dim", 2) >= 2:
+        task_metrics = (*task_metrics, "mig")  # its evaluations add MIG
+    elif m == "mig" and config.task != "vae":
+        raise ValueError("checkpoint.best_metric='mig' scores a VAE's latents against the dataset's known factors; a "
+                         "GAN has no encoder: keep its best checkpoint by FID ('auto' or '<extractor>/fid')")
+    elif m == "mig" and config.data.name in data_lib.FACTORS:
+        raise ValueError(f"checkpoint.best_metric='mig' compares the two latents most informative of each factor; "
+                         f"model.latent_dim={config.model.latent_dim} has fewer: set --config.model.latent_dim=2 or "
+                         f"more, or keep the best by 'elbo'")
+    elif m == "mig":
+        raise ValueError(f"checkpoint.best_metric='mig' scores the latents against the dataset's known generative "
+                         f"factors, which only {', '.join(data_lib.FACTORS)} has (data.name={config.data.name!r}); "
+                         f"keep the best by 'elbo' or by a sample-quality metric such as 'classifier/fid'")
     if m and "/" not in m and m not in task_metrics:
         per_eval = [f"{e}/{p}" for e in config.eval.extractors for p in _per_eval_of(e, config)]
         raise ValueError(f"checkpoint.best_metric={m!r} is not a metric of every {config.task} eval; choices: "

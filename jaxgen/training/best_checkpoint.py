@@ -149,7 +149,8 @@ _METRIC_FIELDS = {"nll": ("eval.nll_k",), "nll_bits_per_dim": ("eval.nll_k",), "
 def measured_with(c, metric: str, images: np.ndarray | None = None) -> dict:
     """{field: value} of the config fields that set the scale of `metric` (see _DATA_FIELDS), those `c` has; with
     `images` (the split the evaluations during training score), 'data.images': their shape and CRC-32."""
-    fields = [f"data.{f}" for f in _DATA_FIELDS] + list(_SAMPLE_FIELDS if "/" in metric else _IMAGE_FIELDS)
+    fields = [f"data.{f}" for f in _DATA_FIELDS] + list(
+        _SAMPLE_FIELDS if "/" in metric else () if metric == "mig" else _IMAGE_FIELDS)  # MIG: the whole split
     fields += _METRIC_FIELDS.get(metric, ())
     if metric.startswith("classifier/"):  # the classifier's training steps change its features
         fields.append("eval.classifier_steps")

@@ -11,7 +11,8 @@ import numpy as np
 
 from jaxgen import config as config_lib
 from jaxgen import config_check, data, models, objectives, parallel, registry
-from jaxgen.evaluation import latent_mixture, quality, sampling
+from jaxgen import data as data_lib  # `data` is also evaluate's argument
+from jaxgen.evaluation import disentanglement, latent_mixture, quality, sampling
 from jaxgen.evaluation import vae as vae_eval
 from jaxgen.models import vae as vae_models
 from jaxgen.objectives import vae as vae_obj
@@ -79,6 +80,10 @@ class VAETask:
         # class-conditional model with labels bound, as the step binds them).
         probe = vae_models.bind_labels(self.model, jnp.zeros((2,), jnp.int32))
         vae_obj.check_model(probe, params, x, cfg=config.objective)
+        if config.data.name in data_lib.FACTORS and not self.scores_mig:
+            log.warning("%s has known factors, but MIG compares the two latents most informative of each: with "
+                        "model.latent_dim=%d the evaluations leave it out (--config.model.latent_dim=2 or more)",
+                        config.data.name, self.model.latent_dim)
         if not training:
             return
         read = objectives.check_objective(
@@ -131,7 +136,37 @@ class VAETask:
                                nll_k=c.eval.final_nll_k if final else c.eval.nll_k, nll_chunk=self.nll_chunk,
                                likelihood=c.objective.likelihood, progress=bool(c.output.progress),
                                labels=data.label[: len(images)])
+        if self.scores_mig:
+            ev.update(self.disentanglement(state, data))
         return ev
+
+    @property
+    def scores_mig(self) -> bool:
+        """Whether evaluations add MIG: a dataset with known factors (data.FACTORS) and at least 2 latents."""
+        return self.config.data.name in data_lib.FACTORS and self.model.latent_dim >= 2
+
+    def disentanglement(self, state, split) -> dict:
+        """MIG (jaxgen.evaluation.disentanglement) of the posterior means of the whole evaluated `split` (an
+        ImageData: the test split, or during training the validation split when one is held out) against its images'
+        known factors (data.FACTORS); a class-conditional model's without the factor its labels give. Computed on each
+        process alike, from host copies."""
+        c = self.config
+        _, names, label = data_lib.FACTORS[c.data.name]
+        factors = data_lib.split_factors(c.data, split.split)
+        if len(factors) != len(split):
+            raise ValueError(f"dataset {c.data.name!r}: {len(factors)} factors for the {len(split)} images of its "
+                             f"{split.split!r} split")
+        if self.num_classes:  # its labels give that factor to the model
+            keep = [i for i, name in enumerate(names) if name != label]
+            factors, names = factors[:, keep], tuple(names[i] for i in keep)
+        codes = self._encode(state_lib.eval_params(state), split, np.arange(len(split)))
+        out = disentanglement.mig(codes, factors, names)
+        left = f" (not {label}: the labels condition the model on it)" if self.num_classes else ""
+        return {"mig": out.pop("mig"), "disentanglement": {
+            "metric": f"MIG as disentanglement_lib estimates it (Chen et al. 2018's gap; Locatello et al. 2019's "
+                      f"estimator): per factor{left}, the gap between the two latents' mutual information with it "
+                      f"over its entropy, from {len(split)} {split.split} images' posterior means in "
+                      f"{disentanglement.BINS} equal-width bins each", **out}}
 
     def samples(self, state, n: int, truncation: float = 0.0, classes: tuple[int, ...] = ()) -> np.ndarray:
         """n samples (uint8 [n, H, W, C]): the likelihood's mean at z ~ N(0, I) from a fixed stream of latents (with
@@ -205,7 +240,8 @@ class VAETask:
         return f"lr {float(self.lr(step)):.3g}"
 
     def eval_line(self, ev: dict) -> str:
-        return f"elbo {ev['elbo']:.2f} nll(k={ev['nll_k']}) {ev['nll']:.2f}"
+        mig = f" mig {ev['mig']:.3f}" if "mig" in ev else ""
+        return f"elbo {ev['elbo']:.2f} nll(k={ev['nll_k']}) {ev['nll']:.2f}{mig}"
 
     def eval_record(self, state) -> dict:
         """What stands beside the numbers in eval.json."""
