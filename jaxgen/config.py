@@ -138,6 +138,7 @@ def vae_config() -> ml_collections.ConfigDict:
     c.objective.k = 1  # latent samples per example (IWAE's k)
     c.objective.kl = "analytic"  # elbo: 'analytic' or 'mc' (single-sample estimate)
     c.objective.mi_weight = 1.0  # beta_tcvae: the weight of the index-code mutual information I(x; z)
+    c.objective.tc_estimator = "mws"  # beta_tcvae: q(z)'s estimate, 'mws' (weighted) or 'mss' (stratified sampling)
     c.objective.dim_kl_weight = 1.0  # beta_tcvae: the weight of the dimension-wise KL sum_d KL(q(z_d) || p(z_d))
     c.objective.mmd_weight = 0.0  # info_vae: the weight of MMD^2(q(z), p(z)) over the global batch
     c.objective.mmd_kernel = "imq"  # info_vae: 'imq' (inverse multiquadratic, WAE's) or 'rbf'

@@ -50,12 +50,12 @@ MODEL_READS = {
 # The built-in VAE objectives' own fields of the objective block, and which of them each reads (the likelihood's are
 # every objective's).
 VAE_OBJECTIVE_READS = {"elbo": ("beta", "k", "kl", "kl_warmup_steps"), "iwae": ("k",),
-                       "beta_tcvae": ("beta", "mi_weight", "dim_kl_weight"),
+                       "beta_tcvae": ("beta", "mi_weight", "dim_kl_weight", "tc_estimator"),
                        "info_vae": ("beta", "mmd_weight", "mmd_kernel"),
                        "capacity_vae": ("beta", "capacity", "capacity_steps")}
 VAE_OBJECTIVE_FIELDS = {f: tuple(n for n, reads in VAE_OBJECTIVE_READS.items() if f in reads)
-                        for f in ("beta", "k", "kl", "kl_warmup_steps", "mi_weight", "dim_kl_weight", "mmd_weight",
-                                  "mmd_kernel", "capacity", "capacity_steps")}
+                        for f in ("beta", "k", "kl", "kl_warmup_steps", "mi_weight", "dim_kl_weight", "tc_estimator",
+                                  "mmd_weight", "mmd_kernel", "capacity", "capacity_steps")}
 
 
 def ignored_settings(config: ml_collections.ConfigDict, base: ml_collections.ConfigDict) -> list[str]:
@@ -293,6 +293,12 @@ def _check_vae(config: ml_collections.ConfigDict) -> None:
     if o.name == "info_vae" and config.train.batch_size < 2:
         raise ValueError(f"objective.name='info_vae' estimates MMD^2 over the global batch, which needs at least 2 "
                          f"examples; train.batch_size={config.train.batch_size}")
+    if o.get("tc_estimator", "mws") not in ("mws", "mss"):
+        raise ValueError(f"unknown objective.tc_estimator {o.tc_estimator!r}; choices: mws, mss (beta_tcvae's estimate "
+                         f"of q(z): minibatch weighted or stratified sampling)")
+    if o.name == "beta_tcvae" and o.get("tc_estimator", "mws") == "mss" and config.train.batch_size < 2:
+        raise ValueError(f"objective.tc_estimator='mss' weighs each example's own posterior apart from the rest of the "
+                         f"batch, which needs at least 2 examples; train.batch_size={config.train.batch_size}")
     if o.get("mmd_kernel", "imq") not in ("imq", "rbf"):
         raise ValueError(f"objective.mmd_kernel must be 'imq' or 'rbf', got {o.mmd_kernel!r}")
     if config.objective.k < 1 or config.eval.nll_k < 1 or config.eval.final_nll_k < 1:

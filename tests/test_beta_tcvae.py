@@ -55,6 +55,40 @@ def test_the_three_kl_terms_are_chen_et_als_minibatch_weighted_estimates():
     np.testing.assert_allclose([m["kl"], m["elbo"]], [kl.mean(), -m["rec_nll"] - kl.mean()], rtol=1e-5)
 
 
+@pytest.mark.parametrize("n", [None, 1000])
+def test_stratified_sampling_weighs_the_own_posterior_1_over_n_and_is_exact_on_the_whole_data(n):
+    """tc_estimator='mss' (Chen et al.'s appendix C.2): log q(z_i) = logsumexp_j (log q(z_i | x_j) + log w_ij) with
+    w_ii = 1/N and w_ij = (N - 1) / (N (M - 1)), recomputed in float64 numpy. With N = M (n None: the batch is the
+    whole data) it is the exact aggregate posterior (1/N) sum_j q(z_i | x_j), where MWS's is log N lower."""
+    model = LinearGaussianVAE(latent_dim=3)
+    params = model.init(jax.random.key(0), jnp.zeros((1, 2, 2, 1)), jnp.zeros((1, 3)))
+    _, _, cfg, x, keys = _tiny()
+    m_batch = x.shape[0]
+    n = n or m_batch
+    cfg.mi_weight = cfg.dim_kl_weight = 1.0
+    cfg.tc_estimator = "mss"
+    _, m = _call("beta_tcvae", params, x, keys, model, cfg, dataset_size=n)
+    mu, logvar = (np.asarray(a, np.float64) for a in model.apply(params, x, method="encode"))
+    eps = np.asarray(jax.vmap(lambda key: jax.random.normal(key, (1, 3)))(keys), np.float64)[:, 0]
+    z = mu + np.exp(0.5 * logvar) * eps
+    log_q = scipy.stats.norm.logpdf(z[:, None, :], mu[None], np.exp(0.5 * logvar)[None])  # [i, j, d]
+    w = np.full((m_batch, m_batch), (n - 1) / (n * (m_batch - 1)))
+    np.fill_diagonal(w, 1.0 / n)
+    log_qz = scipy.special.logsumexp(log_q.sum(-1) + np.log(w), axis=1)
+    log_prod = scipy.special.logsumexp(log_q + np.log(w)[..., None], axis=1).sum(-1)
+    log_qzx = scipy.stats.norm.logpdf(z, mu, np.exp(0.5 * logvar)).sum(-1)
+    log_pz = scipy.stats.norm.logpdf(z).sum(-1)
+    np.testing.assert_allclose([m["mi"], m["tc"], m["dim_kl"]],
+                               [np.mean(log_qzx - log_qz), np.mean(log_qz - log_prod), np.mean(log_prod - log_pz)],
+                               rtol=1e-4, atol=1e-4)
+    if n == m_batch:  # the exact aggregate posterior; MWS's mi is log N higher
+        exact = scipy.special.logsumexp(log_q.sum(-1), axis=1) - math.log(n)
+        np.testing.assert_allclose(m["mi"], np.mean(log_qzx - exact), rtol=1e-4, atol=1e-4)
+        cfg.tc_estimator = "mws"
+        _, weighted = _call("beta_tcvae", params, x, keys, model, cfg, dataset_size=n)
+        np.testing.assert_allclose(weighted["mi"] - m["mi"], math.log(n), rtol=1e-4)
+
+
 def test_at_unit_weights_it_is_the_negative_elbo_with_the_monte_carlo_kl():
     """mi + tc + dim_kl = E[log q(z|x) - log p(z)] exactly, whatever N: the elbo objective's loss (kl='mc', k=1)
     under the same noise, and the same gradient."""
@@ -72,12 +106,14 @@ def test_at_unit_weights_it_is_the_negative_elbo_with_the_monte_carlo_kl():
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
-def test_eight_devices_estimate_the_aggregate_posterior_over_the_global_batch(smoke_config):
+@pytest.mark.parametrize("estimator", ["mws", "mss"])
+def test_eight_devices_estimate_the_aggregate_posterior_over_the_global_batch(smoke_config, estimator):
     """The posteriors are gathered over the devices: the loss, the three terms and the gradient on 8 devices are
-    those of 1 with the same global batch (each device's own 4 examples alone would give another TC). The step
-    passes the training split's size."""
+    those of 1 with the same global batch (each device's own 4 examples alone would give another TC; with 'mss' each
+    example's own posterior is found by its place in the global batch). The step passes the training split's size."""
     smoke_config.objective.name = "beta_tcvae"
     smoke_config.objective.beta = 6.0
+    smoke_config.objective.tc_estimator = estimator
     (s8, m8), (s1, m1), _ = eight_and_one(smoke_config, 2, objective="beta_tcvae")
     for k in ("loss", "mi", "tc", "dim_kl", "grad_norm"):
         np.testing.assert_allclose(m8[k], m1[k], rtol=2e-4, err_msg=k)
@@ -113,6 +149,12 @@ def test_the_config_checks_its_weights_and_warns_about_fields_it_does_not_read(c
     assert "objective.mi_weight=0.0 (read by objective.name=beta_tcvae; this run's is elbo)" in caplog.text
     c.objective.dim_kl_weight = -1.0
     with pytest.raises(ValueError, match=r"objective.dim_kl_weight must be >= 0 .* got -1.0"):
+        config_check.check(c)
+    c.objective.dim_kl_weight, c.objective.tc_estimator = 1.0, "mwss"
+    with pytest.raises(ValueError, match=r"unknown objective.tc_estimator 'mwss'; choices: mws, mss"):
+        config_check.check(c)
+    c.objective.tc_estimator, c.train.batch_size = "mss", 1
+    with pytest.raises(ValueError, match=r"tc_estimator='mss' .* needs at least 2 examples; train.batch_size=1"):
         config_check.check(c)
 
 

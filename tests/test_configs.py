@@ -61,7 +61,8 @@ def test_unknown_config_field_is_an_error(tmp_path):
 @pytest.mark.parametrize("override,block,fields", [
     ("train.zzzz=8", "train", "batch_size, ema_half_life, ema_rampup, log_every, steps, steps_per_dispatch\n"),
     ("objective.zzzz=8", "objective", "beta, capacity, capacity_steps, dim_kl_weight, gaussian_sigma, k, kl, "
-                                      "kl_warmup_steps, likelihood, mi_weight, mmd_kernel, mmd_weight, name; a "
+                                      "kl_warmup_steps, likelihood, mi_weight, mmd_kernel, mmd_weight, name, "
+                                      "tc_estimator; a "
                                       "field of your own (read by your function through `cfg`) is added to "
                                       "objective in a config"),
     ("zzzz.steps=8", "the config",

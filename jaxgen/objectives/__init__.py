@@ -21,6 +21,7 @@ OBJECTIVES = {"elbo": elbo, "iwae": iwae, "beta_tcvae": beta_tcvae, "info_vae": 
 # nothing, which the VAE task warns about.
 BUILTIN_FIELDS = {"beta": "elbo, beta_tcvae, info_vae and capacity_vae", "k": "elbo and iwae", "kl": "elbo",
                   "kl_warmup_steps": "elbo", "mi_weight": "beta_tcvae", "dim_kl_weight": "beta_tcvae",
+                  "tc_estimator": "beta_tcvae",
                   "mmd_weight": "info_vae", "mmd_kernel": "info_vae", "capacity": "capacity_vae",
                   "capacity_steps": "capacity_vae"}  # -> their readers
 

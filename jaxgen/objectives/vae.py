@@ -249,11 +249,15 @@ def beta_tcvae(params, x, keys, *, model, cfg, dataset_size: int):
     -E log p(x|z) + cfg.mi_weight * I(x; z) + cfg.beta * TC(z) + cfg.dim_kl_weight * sum_d KL(q(z_d) || p(z_d)),
     with one z ~ q(z|x) per example. With all three weights 1 it is the negative ELBO (its Monte Carlo KL).
 
-    The aggregate posterior q(z) and its marginals q(z_d) are estimated by minibatch weighted sampling (the paper's
-    MWS): log q(z_i) ~ logsumexp_j log q(z_i | x_j) - log(N M) over the M posteriors of the global batch, N the
-    training set's size (`dataset_size`, which the trainer passes). The batch's posteriors are gathered from every
-    device (lax.all_gather over the 'data' axis), so the estimate is the global batch's on any device count; the
-    function therefore runs inside the train step's shard_map (or another context that binds that axis).
+    The aggregate posterior q(z) and its marginals q(z_d) are estimated from the M posteriors of the global batch,
+    N the training set's size (`dataset_size`, which the trainer passes), by cfg.tc_estimator:
+    - 'mws', minibatch weighted sampling (the paper's eq. 7): log q(z_i) ~ logsumexp_j log q(z_i | x_j) - log(N M);
+    - 'mss', minibatch stratified sampling (the paper's appendix C.2): z_i's own posterior weighted 1/N, the other
+      M - 1 weighted (N - 1) / (N (M - 1)) each, weights that sum to 1: the batch stands for the rest of the data.
+      At M = N it is exactly q(z); needs M >= 2.
+    The batch's posteriors are gathered from every device (lax.all_gather over the 'data' axis), so the estimate is
+    the global batch's on any device count; the function therefore runs inside the train step's shard_map (or another
+    context that binds that axis).
 
     Logged: the three parts (`mi`, `tc`, `dim_kl`, unweighted: their sum is the batch's Monte Carlo KL), `elbo` and
     `kl` with the analytic KL (as the `elbo` objective logs them), `rec_nll`.
@@ -266,9 +270,9 @@ def beta_tcvae(params, x, keys, *, model, cfg, dataset_size: int):
     logvar_all = lax.all_gather(logvar, AXIS, axis=0, tiled=True)
     # log q(z_id | x_j) for this device's z_i against every posterior j of the global batch: [B, M, D].
     log_q = -0.5 * ((z[:, None] - mu_all[None]) ** 2 * jnp.exp(-logvar_all[None]) + logvar_all[None] + LOG_2PI)
-    log_nm = math.log(dataset_size * mu_all.shape[0])
-    log_qz = jax.nn.logsumexp(jnp.sum(log_q, axis=-1), axis=1) - log_nm  # [B]
-    log_prod_qzd = jnp.sum(jax.nn.logsumexp(log_q, axis=1) - log_nm, axis=-1)  # [B]
+    log_w = _tc_log_weights(cfg.get("tc_estimator", "mws"), z.shape[0], mu_all.shape[0], dataset_size)  # [B, M]
+    log_qz = jax.nn.logsumexp(jnp.sum(log_q, axis=-1) + log_w, axis=1)  # [B]
+    log_prod_qzd = jnp.sum(jax.nn.logsumexp(log_q + log_w[..., None], axis=1), axis=-1)  # [B]
     log_qzx = posterior_log_prob(eps[:, None], logvar)[:, 0]  # [B]
     mi = jnp.mean(log_qzx - log_qz)
     tc = jnp.mean(log_qz - log_prod_qzd)
@@ -277,6 +281,25 @@ def beta_tcvae(params, x, keys, *, model, cfg, dataset_size: int):
     kl = gaussian_kl(mu, logvar)
     return loss, {"loss": loss, "elbo": jnp.mean(rec - kl), "rec_nll": -jnp.mean(rec), "kl": jnp.mean(kl),
                   "mi": mi, "tc": tc, "dim_kl": dim_kl}
+
+
+TC_ESTIMATORS = ("mws", "mss")  # objective.tc_estimator
+
+
+def _tc_log_weights(estimator: str, local: int, batch: int, dataset_size: int) -> jax.Array:
+    """log w [local, batch]: the weight of posterior j of the global batch in this device's estimate of q(z_i)
+    (`beta_tcvae`). This device's examples are rows axis_index * local ... of the gathered batch."""
+    n, m = dataset_size, batch
+    if estimator == "mws":
+        return jnp.full((local, m), -math.log(n * m))
+    if estimator != "mss":
+        raise ValueError(f"unknown objective.tc_estimator {estimator!r}; choices: {', '.join(TC_ESTIMATORS)}")
+    if m < 2:
+        raise ValueError("objective.tc_estimator='mss' weighs each example's own posterior apart from the rest of the "
+                         "batch, which needs a global batch of at least 2")
+    own = lax.axis_index(AXIS) * local + jnp.arange(local)
+    other = math.log(n - 1) - math.log(n) - math.log(m - 1) if n > 1 else -jnp.inf
+    return jnp.where(jnp.arange(m)[None] == own[:, None], -math.log(n), other)
 
 
 def mmd_kernel(name: str, a: jax.Array, b: jax.Array) -> jax.Array:

@@ -131,8 +131,9 @@ SAME_MODEL_FIELDS = ("model.conv_impl", "model.norm_impl", "model.dtype")
 # adam's and adamw's states differ, and the checkpoint restores the optimizer state too).
 TRAINING_ONLY_BLOCKS = ("loss", "reg", "augment")
 TRAINING_ONLY_FIELDS = ("objective.name", "objective.beta", "objective.k", "objective.kl", "objective.kl_warmup_steps",
-                        "objective.mi_weight", "objective.dim_kl_weight", "objective.mmd_weight",
-                        "objective.mmd_kernel", "objective.capacity", "objective.capacity_steps",
+                        "objective.mi_weight", "objective.dim_kl_weight", "objective.tc_estimator",
+                        "objective.mmd_weight", "objective.mmd_kernel", "objective.capacity",
+                        "objective.capacity_steps",
                         "model.output_bias",  # how a built-in decoder's last bias starts
                         *(f"{block}.{field}" for block in ("optim", "g_optim", "d_optim")
                           for field in ("lr", "b1", "b2", "eps", "weight_decay", "schedule", "warmup_steps",
