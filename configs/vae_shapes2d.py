@@ -69,6 +69,7 @@ def _cpu(c):
 def _smoke(c):
     smoke(c)
     c.data.num_examples = 256
+    c.eval.factor_vae_votes = 30
 
 
 VARIANTS = {"btcvae": _btcvae, "betavae": _betavae, "cpu": _cpu, "smoke": _smoke}

@@ -303,6 +303,9 @@ def _check_vae(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"objective.mmd_kernel must be 'imq' or 'rbf', got {o.mmd_kernel!r}")
     if config.objective.k < 1 or config.eval.nll_k < 1 or config.eval.final_nll_k < 1:
         raise ValueError("objective.k, eval.nll_k and eval.final_nll_k must be >= 1")
+    if config.eval.get("factor_vae_votes", 0) < 0 or 0 < config.eval.get("factor_vae_votes", 0) < 3:
+        raise ValueError(f"eval.factor_vae_votes must be 0 (off) or >= 3 (two thirds train the FactorVAE metric's "
+                         f"classifier, the rest score it), got {config.eval.factor_vae_votes}")
     if config.eval.nll_chunk < 1:
         raise ValueError(f"eval.nll_chunk must be >= 1 (importance samples per pass), got {config.eval.nll_chunk}")
     if config.objective.kl_warmup_steps < 0:

@@ -111,6 +111,30 @@ def test_mig_is_the_normalised_gap_of_the_mutual_information():
     assert np.isnan(disentanglement.mig(np.where(codes > 2, np.nan, codes), factors, ("a", "b"))["mig"])
 
 
+def test_the_factor_vae_score_finds_which_latent_each_factor_owns():
+    """Codes that are the factors (latent d = factor d, a third latent noise, a fourth collapsed) score 1; the same
+    factors rotated into each other, less; random codes, about chance (1 / K)."""
+    sizes = (4, 5)
+    rng = np.random.default_rng(0)
+
+    def score(code_of, **kw):
+        return disentanglement.factor_vae_score(lambda images, f: code_of(f), sizes, lambda f: f, seed=1, votes=600,
+                                                **kw)
+
+    def aligned(f):
+        return np.stack([f[:, 0], f[:, 1], rng.normal(size=len(f)), np.zeros(len(f))], 1).astype(float)
+
+    out = score(aligned)
+    assert out["factor_vae_score"] == 1.0 and out["factor_vae"]["active_latents"] == 3
+    assert out["factor_vae"]["train_votes"] == 400 and np.sum(out["factor_vae"]["votes_per_latent_and_factor"]) == 600
+    mixed = score(lambda f: aligned(f) @ np.array([[1, 1, 0, 0], [1, -1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]))
+    assert mixed["factor_vae_score"] < 0.9
+    chance = score(lambda f: rng.normal(size=(len(f), 3)))
+    assert 0.3 < chance["factor_vae_score"] < 0.7  # K = 2
+    only = score(aligned, factors=(1,))  # votes only for factor 1: its latent is the only one voted for
+    assert np.asarray(only["factor_vae"]["votes_per_latent_and_factor"])[:, 0].sum() == 0
+
+
 def test_vae_shapes2d_smoke_trains_and_its_evaluations_give_mig(tmp_path, one_device):
     c = config_module(CONFIGS / "vae_shapes2d.py").get_config("smoke")
     c.unlock()
@@ -121,6 +145,7 @@ def test_vae_shapes2d_smoke_trains_and_its_evaluations_give_mig(tmp_path, one_de
     block = record["disentanglement"]
     assert set(block["mig_per_factor"]) == set(shapes2d.FACTORS)
     assert "MIG as disentanglement_lib estimates it" in block["metric"]
+    assert 0 <= final["factor_vae_score"] <= 1 and block["factor_vae"]["votes"] == c.eval.factor_vae_votes == 30
     assert np.asarray(block["mutual_information"]).shape == (c.model.latent_dim, 5)
     assert any("mig" in json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines())
     assert json.loads((tmp_path / "best" / "best.json").read_text())["metric"] == "elbo"  # MIG would be supervised
@@ -154,4 +179,5 @@ def test_a_conditional_vae_is_scored_without_the_factor_its_labels_give(tmp_path
     loop.train_and_evaluate(c, tmp_path)
     block = json.loads((tmp_path / "eval.json").read_text())["disentanglement"]
     assert set(block["mig_per_factor"]) == {"scale", "orientation", "x", "y"}
+    assert np.asarray(block["factor_vae"]["votes_per_latent_and_factor"])[:, 0].sum() == 0  # no vote fixes the shape
     assert "(not shape: the labels condition the model on it)" in block["metric"]

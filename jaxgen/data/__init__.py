@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 
@@ -106,11 +107,19 @@ DATASETS: dict[str, Callable] = {
     "shapes2d": shapes2d.shapes2d,  # dSprites' factor grid, drawn by jaxgen (no download)
 }
 
-# Datasets whose images come with known generative factors: name -> (factors(data_config, split) -> int [N, K] in
-# the order the loader returns the split's images, the factors' names, the factor that is the label). VAE
-# evaluations score MIG against them (a class-conditional model's against all but the label's).
-FACTORS: dict[str, tuple[Callable, tuple[str, ...], str]] = {
-    "shapes2d": (shapes2d.factors, shapes2d.FACTORS, "shape")}
+class FactorDataset(NamedTuple):
+    """A dataset whose images come with known generative factors, which VAE evaluations score the latents against
+    (jaxgen.evaluation.disentanglement; a class-conditional model's against all but the label's factor)."""
+
+    factors: Callable  # (data_config, split) -> int [N, K]: each image's factor indices, in the loader's order
+    names: tuple[str, ...]  # the K factors'
+    sizes: tuple[int, ...]  # the values each factor takes: its indices are 0..size-1
+    render: Callable  # (factor indices int [N, K]) -> uint8 images [N, H, W, C]: any combination, drawn on demand
+    label: str  # the factor the labels give
+
+
+FACTORS: dict[str, FactorDataset] = {
+    "shapes2d": FactorDataset(shapes2d.factors, shapes2d.FACTORS, shapes2d.SIZES, shapes2d.render, "shape")}
 
 
 # Fields of the data block that only some of the built-in datasets read (every dataset reads the others).
@@ -206,7 +215,7 @@ def held_out(size: int, n: int) -> np.ndarray:
 def split_factors(data_config, split: str) -> np.ndarray:
     """The known factors (int [N, K], FACTORS) of the split `load_splits` gives by that name, in its order: the
     held-out 'validation' split's and the train split less them with data.validation_examples."""
-    factors_of, _, _ = FACTORS[data_config.name]
+    factors_of = FACTORS[data_config.name].factors
     n = int(data_config.get("validation_examples", 0))
     if not n or split not in ("validation", data_config.train_split):
         return factors_of(data_config, split)

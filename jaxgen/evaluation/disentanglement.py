@@ -1,5 +1,6 @@
 """Disentanglement of a VAE's latents against a dataset's known generative factors (`shapes2d`'s): the mutual
-information gap, MIG (Chen et al. 2018, "Isolating Sources of Disentanglement in VAEs", NeurIPS).
+information gap, MIG (Chen et al. 2018, "Isolating Sources of Disentanglement in VAEs", NeurIPS), and the FactorVAE
+metric (Kim and Mnih 2018; `factor_vae_score`).
 
 For each factor v_k, the mutual information I(z_j; v_k) with every latent j, its two largest values' gap, divided by
 the factor's entropy H(v_k): near 1 when one latent alone carries the factor, 0 when none or several carry it alike.
@@ -13,6 +14,7 @@ mutual_info_score, in nats). With 20 bins a factor of more values cannot reach 1
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import numpy as np
 
@@ -68,3 +70,53 @@ def mig(codes: np.ndarray, factors: np.ndarray, names: tuple[str, ...], bins: in
             "mig_latent_per_factor": {n: int(j) for n, j, k in zip(names, np.argmax(mi, axis=0), kept, strict=True)
                                       if k},
             "mutual_information": mi.tolist(), "factor_entropy": dict(zip(names, entropy.tolist(), strict=True))}
+
+
+def factor_vae_score(encode: Callable, sizes: tuple[int, ...], render: Callable, *, seed: int, votes: int,
+                     batch: int = 64, variance_images: int = 10_000, factors: tuple[int, ...] | None = None,
+                     threshold: float = 0.05) -> dict:
+    """The FactorVAE metric (Kim and Mnih 2018, "Disentangling by Factorising", section 4): the accuracy of a
+    majority-vote classifier that tells which factor was held fixed from the latent that varies least.
+
+    The latents' scale: the std of the posterior means of `variance_images` random images; latents below `threshold`
+    have collapsed to the prior and are left out. A vote: one factor k (of `factors`, default all) at one random value,
+    the others random, in `batch` images (`render` draws them); their means, divided by the scale, vary least along
+    latent d: the vote (d, k). Two thirds of the `votes` train the classifier (each latent's most voted factor), the
+    others score it: `factor_vae_score` is that held-out accuracy, 1 when each factor owns a latent, 1 / K by chance.
+    encode(images uint8 [N, ...], factors int [N, K]) -> posterior means [N, D] (the factors: for a model that reads
+    the labels). Deterministic in `seed`."""
+    rng = np.random.default_rng(seed)
+    kept = tuple(range(len(sizes))) if factors is None else tuple(factors)
+
+    def draw(n):
+        return np.stack([rng.integers(0, s, n) for s in sizes], axis=1)
+
+    f = draw(variance_images)
+    scale = np.std(encode(render(f), f), axis=0, ddof=1)
+    active = scale >= threshold
+    counts = np.zeros((len(scale), len(sizes)), np.int64)  # [latent, factor]: the training votes
+    held_out = np.zeros_like(counts)
+    train_votes = 2 * votes // 3
+    record = {"active_latents": int(active.sum()), "votes": int(votes), "train_votes": int(train_votes),
+              "batch": int(batch), "variance_images": int(variance_images)}
+    if not active.any():  # every latent collapsed: nothing tells the factors apart
+        log.warning("FactorVAE metric: no latent's posterior mean varies by %g or more over the data: score 0",
+                    threshold)
+        return {"factor_vae_score": 0.0, "factor_vae": {**record, "votes_per_latent_and_factor": counts.tolist()}}
+    scale = np.where(active, scale, 1.0)
+    for lo in range(0, votes, 100):
+        n = min(100, votes - lo)
+        k = rng.choice(kept, size=n)
+        f = draw(n * batch).reshape(n, batch, len(sizes))
+        f[np.arange(n), :, k] = f[np.arange(n), 0, k][:, None]  # the vote's factor at one value in its batch
+        flat = f.reshape(n * batch, len(sizes))
+        codes = encode(render(flat), flat).reshape(n, batch, -1) / scale
+        variance = np.where(active, np.var(codes, axis=1, ddof=1), np.inf)
+        least = np.argmin(variance, axis=1)
+        for i, (d, factor) in enumerate(zip(least, k, strict=True)):
+            (counts if lo + i < train_votes else held_out)[d, factor] += 1
+    classifier = np.argmax(counts, axis=1)  # each latent's majority factor (ties: the first)
+    accuracy = float(np.sum(held_out[np.arange(len(scale)), classifier]) / max(1, held_out.sum()))
+    train_accuracy = float(np.sum(counts.max(axis=1)) / max(1, counts.sum()))
+    return {"factor_vae_score": accuracy, "factor_vae": {
+        **record, "train_accuracy": train_accuracy, "votes_per_latent_and_factor": (counts + held_out).tolist()}}

@@ -138,7 +138,33 @@ class VAETask:
                                labels=data.label[: len(images)])
         if self.scores_mig:
             ev.update(self.disentanglement(state, data))
+            if final and c.eval.factor_vae_votes:
+                factor_vae = self.factor_vae(state)
+                ev["factor_vae_score"] = factor_vae.pop("factor_vae_score")
+                ev["disentanglement"].update(factor_vae)
         return ev
+
+    def factor_vae(self, state) -> dict:
+        """The FactorVAE metric (jaxgen.evaluation.disentanglement.factor_vae_score) of the evaluated weights on
+        eval.factor_vae_votes batches the dataset draws with one factor fixed (a class-conditional model's: never the
+        label's factor, which it reads), from the run's seed."""
+        c, known = self.config, data_lib.FACTORS[self.config.data.name]
+        params, bkey = jax.device_get(state_lib.eval_params(state)), vae_eval.binarize_key(c.eval.binarize_seed)
+        label = known.names.index(known.label)
+
+        def encode(images, factors):
+            codes = []
+            for lo in range(0, len(images), 500):
+                pos = np.arange(lo, min(lo + 500, len(images)))
+                x = vae_eval.eval_inputs(images[pos], pos, bkey, c.data.binarize)
+                labels = factors[pos, label].astype(np.int32) if self.num_classes else None
+                codes.append(np.asarray(vae_eval.encode_mean(params, x, labels, model=self.model)))
+            return np.concatenate(codes)
+
+        kept = tuple(i for i in range(len(known.names)) if not (self.num_classes and i == label))
+        return disentanglement.factor_vae_score(encode, known.sizes, known.render, seed=c.seed,
+                                                votes=c.eval.factor_vae_votes, factors=kept,
+                                                variance_images=min(10_000, 64 * c.eval.factor_vae_votes))
 
     @property
     def scores_mig(self) -> bool:
@@ -151,7 +177,7 @@ class VAETask:
         known factors (data.FACTORS); a class-conditional model's without the factor its labels give. Computed on each
         process alike, from host copies."""
         c = self.config
-        _, names, label = data_lib.FACTORS[c.data.name]
+        names, label = data_lib.FACTORS[c.data.name].names, data_lib.FACTORS[c.data.name].label
         factors = data_lib.split_factors(c.data, split.split)
         if len(factors) != len(split):
             raise ValueError(f"dataset {c.data.name!r}: {len(factors)} factors for the {len(split)} images of its "
@@ -241,6 +267,7 @@ class VAETask:
 
     def eval_line(self, ev: dict) -> str:
         mig = f" mig {ev['mig']:.3f}" if "mig" in ev else ""
+        mig += f" factorvae {ev['factor_vae_score']:.3f}" if "factor_vae_score" in ev else ""
         return f"elbo {ev['elbo']:.2f} nll(k={ev['nll_k']}) {ev['nll']:.2f}{mig}"
 
     def eval_record(self, state) -> dict:
