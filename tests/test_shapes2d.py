@@ -133,6 +133,8 @@ def test_the_factor_vae_score_finds_which_latent_each_factor_owns():
     assert 0.3 < chance["factor_vae_score"] < 0.7  # K = 2
     only = score(aligned, factors=(1,))  # votes only for factor 1: its latent is the only one voted for
     assert np.asarray(only["factor_vae"]["votes_per_latent_and_factor"])[:, 0].sum() == 0
+    assert only["factor_vae_score"] == 1.0  # and no latent is classified as the factor never voted for
+    assert np.isnan(score(lambda f: np.where(f[:, :1] > 2, np.nan, aligned(f)))["factor_vae_score"])  # diverged
 
 
 def test_vae_shapes2d_smoke_trains_and_its_evaluations_give_mig(tmp_path, one_device):

@@ -82,17 +82,28 @@ def factor_vae_score(encode: Callable, sizes: tuple[int, ...], render: Callable,
     have collapsed to the prior and are left out. A vote: one factor k (of `factors`, default all) at one random value,
     the others random, in `batch` images (`render` draws them); their means, divided by the scale, vary least along
     latent d: the vote (d, k). Two thirds of the `votes` train the classifier (each latent's most voted factor), the
-    others score it: `factor_vae_score` is that held-out accuracy, 1 when each factor owns a latent, 1 / K by chance.
+    others score it: `factor_vae_score` is that held-out accuracy, 1 when each factor owns a latent, 1 / K by chance
+    (K the factors voted for: those of `factors` with more than one value). Non-finite codes: NaN.
     encode(images uint8 [N, ...], factors int [N, K]) -> posterior means [N, D] (the factors: for a model that reads
     the labels). Deterministic in `seed`."""
     rng = np.random.default_rng(seed)
-    kept = tuple(range(len(sizes))) if factors is None else tuple(factors)
+    kept = tuple(k for k in (range(len(sizes)) if factors is None else factors) if sizes[k] > 1)  # one value: no vote
 
     def draw(n):
         return np.stack([rng.integers(0, s, n) for s in sizes], axis=1)
 
+    def diverged(codes):
+        if np.all(np.isfinite(codes)):
+            return None
+        log.warning("FactorVAE metric: %d of %d posterior means are not finite (the model has diverged): the score is "
+                    "NaN", int(np.sum(~np.isfinite(codes).all(-1))), len(codes))
+        return {"factor_vae_score": float("nan"), "factor_vae": {"diverged": True}}
+
     f = draw(variance_images)
-    scale = np.std(encode(render(f), f), axis=0, ddof=1)
+    codes = encode(render(f), f)
+    if (out := diverged(codes)) is not None:
+        return out
+    scale = np.std(codes, axis=0, ddof=1)
     active = scale >= threshold
     counts = np.zeros((len(scale), len(sizes)), np.int64)  # [latent, factor]: the training votes
     held_out = np.zeros_like(counts)
@@ -110,12 +121,16 @@ def factor_vae_score(encode: Callable, sizes: tuple[int, ...], render: Callable,
         f = draw(n * batch).reshape(n, batch, len(sizes))
         f[np.arange(n), :, k] = f[np.arange(n), 0, k][:, None]  # the vote's factor at one value in its batch
         flat = f.reshape(n * batch, len(sizes))
-        codes = encode(render(flat), flat).reshape(n, batch, -1) / scale
+        codes = encode(render(flat), flat)
+        if (out := diverged(codes)) is not None:
+            return out
+        codes = codes.reshape(n, batch, -1) / scale
         variance = np.where(active, np.var(codes, axis=1, ddof=1), np.inf)
         least = np.argmin(variance, axis=1)
         for i, (d, factor) in enumerate(zip(least, k, strict=True)):
             (counts if lo + i < train_votes else held_out)[d, factor] += 1
-    classifier = np.argmax(counts, axis=1)  # each latent's majority factor (ties: the first)
+    voted = np.asarray(kept)
+    classifier = voted[np.argmax(counts[:, voted], axis=1)]  # each latent's majority factor (ties: the first)
     accuracy = float(np.sum(held_out[np.arange(len(scale)), classifier]) / max(1, held_out.sum()))
     train_accuracy = float(np.sum(counts.max(axis=1)) / max(1, counts.sum()))
     return {"factor_vae_score": accuracy, "factor_vae": {

@@ -252,9 +252,11 @@ def beta_tcvae(params, x, keys, *, model, cfg, dataset_size: int):
     The aggregate posterior q(z) and its marginals q(z_d) are estimated from the M posteriors of the global batch,
     N the training set's size (`dataset_size`, which the trainer passes), by cfg.tc_estimator:
     - 'mws', minibatch weighted sampling (the paper's eq. 7): log q(z_i) ~ logsumexp_j log q(z_i | x_j) - log(N M);
-    - 'mss', minibatch stratified sampling (the paper's appendix C.2): z_i's own posterior weighted 1/N, the other
-      M - 1 weighted (N - 1) / (N (M - 1)) each, weights that sum to 1: the batch stands for the rest of the data.
-      At M = N it is exactly q(z); needs M >= 2.
+    - 'mss', stratified sampling after the paper's appendix C.2: z_i's own posterior weighted 1/N and the other M - 1
+      alike, (N - 1) / (N (M - 1)) each, weights that sum to 1: the batch stands for the rest of the data. Unbiased,
+      and exactly q(z) at M = N; needs M >= 2. The authors' weights give one of the others (N - M + 1) / (N (M - 1))
+      and the rest 1 / (M - 1) (their released code sets the wrong entries: rtqichen/beta-tcvae pull request 1);
+      the two differ by O(M / N), so little at N >> M, and its logged terms need not match other libraries' 'mss'.
     The batch's posteriors are gathered from every device (lax.all_gather over the 'data' axis), so the estimate is
     the global batch's on any device count; the function therefore runs inside the train step's shard_map (or another
     context that binds that axis).
