@@ -124,7 +124,8 @@ class VAETask:
 
     def evaluate(self, state, final: bool, data) -> dict:
         """ELBO, NLL (eval.final_nll_k importance samples at the end, eval.nll_k before) and reconstruction on the
-        first eval.num_examples images of `data` (all with 0)."""
+        first eval.num_examples images of `data` (all with 0); on a dataset with known factors, MIG on all of `data`
+        and, at the end, the FactorVAE metric."""
         c = self.config
         if final:  # the final images' mixture, fit now so that eval.json records it (`eval_record`)
             self.latent_mixture(state)
