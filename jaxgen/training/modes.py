@@ -133,10 +133,12 @@ def _same_images(config, workdir: Path, drift: list[str]) -> bool:
     Otherwise it leaves them as they are (the fixed-noise history and numbered grids are the run's own), saying
     so."""
     trained = run_record.read_trained_config(workdir)
-    sampler = [(f"sample.{f}", config.sample.get(f, default), trained.get("sample", {}).get(f, default))
-               for f, default in (("latents", "prior"), ("gmm_components", 10), ("gmm_examples", 10_000))]
-    if all(now == was == "prior" for f, now, was in sampler[:1]):  # the mixture's fields matter only with it
-        sampler = sampler[:1]
+    # A VAE's latents (sample.latents; a mixture's fields matter only with one), a field training lacked as now.
+    asked, as_trained = config.sample, trained.get("sample", {})
+    sampler = [("sample.latents", asked.get("latents", "prior"), as_trained.get("latents", "prior"))]
+    if "gmm" in sampler[0]:
+        sampler += [(f"sample.{f}", asked.get(f), as_trained.get(f, asked.get(f)))
+                    for f in ("gmm_components", "gmm_examples")]
     differ = [f for f, now, was in (("seed", config.seed, trained.get("seed", config.seed)),
                                     ("train.ema_half_life", config.train.ema_half_life > 0,
                                      trained.get("train", {}).get("ema_half_life", config.train.ema_half_life) > 0),
