@@ -150,17 +150,11 @@ class VAETask:
         eval.factor_vae_votes batches the dataset draws with one factor fixed (a class-conditional model's: never the
         label's factor, which it reads), from the run's seed."""
         c, known = self.config, data_lib.FACTORS[self.config.data.name]
-        params, bkey = jax.device_get(state_lib.eval_params(state)), vae_eval.binarize_key(c.eval.binarize_seed)
+        params = jax.device_get(state_lib.eval_params(state))
         label = known.names.index(known.label)
 
         def encode(images, factors):
-            codes = []
-            for lo in range(0, len(images), 500):
-                pos = np.arange(lo, min(lo + 500, len(images)))
-                x = vae_eval.eval_inputs(images[pos], pos, bkey, c.data.binarize)
-                labels = factors[pos, label].astype(np.int32) if self.num_classes else None
-                codes.append(np.asarray(vae_eval.encode_mean(params, x, labels, model=self.model)))
-            return np.concatenate(codes)
+            return self._encode(params, images, np.arange(len(images)), factors[:, label].astype(np.int32))
 
         kept = tuple(i for i in range(len(known.names)) if not (self.num_classes and i == label))
         return disentanglement.factor_vae_score(encode, known.sizes, known.render, seed=c.seed,
@@ -186,7 +180,7 @@ class VAETask:
         if self.num_classes:  # its labels give that factor to the model
             keep = [i for i, name in enumerate(names) if name != label]
             factors, names = factors[:, keep], tuple(names[i] for i in keep)
-        codes = self._encode(state_lib.eval_params(state), split, np.arange(len(split)))
+        codes = self._encode(state_lib.eval_params(state), split.image, np.arange(len(split)), split.label)
         out = disentanglement.mig(codes, factors, names)
         left = f" (not {label}: the labels condition the model on it)" if self.num_classes else ""
         return {"mig": out.pop("mig"), "disentanglement": {
@@ -222,7 +216,8 @@ class VAETask:
         def fit():
             n = min(c.sample.gmm_examples or len(self.train), len(self.train))
             rows = np.sort(np.random.default_rng(0).permutation(len(self.train))[:n])
-            mixture, record = latent_mixture.fit(self._encode(params, self.train, rows), k, c.seed)
+            codes = self._encode(params, self.train.image[rows], rows, self.train.label[rows])
+            mixture, record = latent_mixture.fit(codes, k, c.seed)
             log.info("sample.latents='gmm': a %d-component Gaussian mixture fit to the posterior means of %d "
                      "training images at step %d (%s weights): mean log-density %.2f per code (under N(0, I): "
                      "%.2f)", k, n, which[0], which[1], record["log_likelihood_per_code"],
@@ -237,16 +232,17 @@ class VAETask:
         self._mixture, self.mixture_record = (which, mixture, first), record
         return mixture
 
-    def _encode(self, params, split, rows: np.ndarray) -> np.ndarray:
-        """The posterior means [len(rows), latent_dim] of the images `rows` of `split` (an ImageData) as the
-        evaluation sees them (its fixed binarization), in batches of 500 on this process's device."""
+    def _encode(self, params, images: np.ndarray, pos: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """The posterior means [N, latent_dim] of uint8 images [N, ...] as the evaluation sees them (binarized by
+        their positions `pos` [N], its fixed draw), given their `labels` [N] when class-conditional, in batches of
+        500 on this process's device (host copies: no collective)."""
         params, bkey = jax.device_get(params), vae_eval.binarize_key(self.config.eval.binarize_seed)
         codes = []
-        for lo in range(0, len(rows), 500):
-            part = rows[lo : lo + 500]
-            x = vae_eval.eval_inputs(split.image[part], part, bkey, self.config.data.binarize)
-            labels = split.label[part] if self.num_classes else None
-            codes.append(np.asarray(vae_eval.encode_mean(params, x, labels, model=self.model)))
+        for lo in range(0, len(images), 500):
+            part = slice(lo, lo + 500)
+            x = vae_eval.eval_inputs(images[part], pos[part], bkey, self.config.data.binarize)
+            codes.append(np.asarray(vae_eval.encode_mean(params, x, labels[part] if self.num_classes else None,
+                                                         model=self.model)))
         return np.concatenate(codes)
 
     def sample_labels(self, n: int, classes: tuple[int, ...] = ()) -> np.ndarray | None:
