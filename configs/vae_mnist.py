@@ -5,7 +5,7 @@ Bernoulli likelihood.
     python launch.py --config=configs/vae_mnist.py:mnist_5k --workdir=runs/quickstart  # shipped digits, offline
     python launch.py --config=configs/vae_mnist.py:smoke --workdir=/tmp/smoke          # < 1 minute on a CPU
 
-Variants (comma-separated, applied in order): mnist_5k, fashion, iwae, conditional, btcvae, infovae, smoke.
+Variants (comma-separated, applied in order): mnist_5k, fashion, iwae, conditional, btcvae, infovae, vamp, smoke.
 """
 
 from jaxgen.config import smoke, vae_config, with_variant
@@ -71,10 +71,20 @@ def _infovae(c):
     c.objective.mmd_weight = 100.0
 
 
+def _vamp(c):
+    """The VampPrior (Tomczak and Welling 2018): p(z) a mixture of the encoder's posteriors at 500 learned
+    pseudo-inputs. Its KL is a Monte Carlo one, so the ELBO takes objective.kl='mc' (iwae needs nothing more:
+    `iwae,vamp`)."""
+    c.model.prior = "vamp"
+    c.model.vamp_components = 500
+    if c.objective.name == "elbo":
+        c.objective.kl = "mc"
+
+
 def _smoke(c):
     c.data.name = "mnist_5k"
     smoke(c)
 
 
 VARIANTS = {"mnist_5k": _mnist_5k, "fashion": _fashion, "iwae": _iwae, "conditional": _conditional, "btcvae": _btcvae,
-            "infovae": _infovae, "smoke": _smoke}
+            "infovae": _infovae, "vamp": _vamp, "smoke": _smoke}

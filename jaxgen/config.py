@@ -126,6 +126,11 @@ def vae_config() -> ml_collections.ConfigDict:
     c.model.output_bias = "zero"  # 'zero' or 'data_mean': the decoder starts at the training pixels' mean
     c.model.conv_impl = "auto"  # conv_vae's transposed convs: 'auto' (per backend), 'phase' or 'xla' (models/layers.py)
     c.model.num_classes = 0  # > 0: a class-conditional VAE (encoder and decoder read the labels 0..N-1); 0: off
+    # p(z): 'normal' (N(0, I)) or 'vamp' (the VampPrior, Tomczak and Welling 2018: a mixture of the encoder's
+    # posteriors at vamp_components learned pseudo-inputs; its KL is a Monte Carlo one: objective.kl='mc', or iwae)
+    c.model.prior = "normal"
+    c.model.vamp_components = 500
+    c.model.vamp_init = "noise"  # vamp: the pseudo-inputs start at N(0.05, 0.01) pixels ('noise') or training images
 
     c.objective = ml_collections.ConfigDict()
     c.objective.name = "elbo"  # jaxgen.objectives.OBJECTIVES, or 'package.module:function'

@@ -38,14 +38,20 @@ CONSISTENCY = ("cr", "bcr")
 
 # The model fields each built-in model reads (the others in its task's model block belong to other models).
 MODEL_READS = {
-    "conv_vae": ("latent_dim", "channels", "dense", "activation", "output_bias", "conv_impl", "num_classes"),
-    "mlp_vae": ("latent_dim", "hidden", "activation", "output_bias", "num_classes"),
+    "conv_vae": ("latent_dim", "channels", "dense", "activation", "output_bias", "conv_impl", "num_classes", "prior",
+                 "vamp_components", "vamp_init"),
+    "mlp_vae": ("latent_dim", "hidden", "activation", "output_bias", "num_classes", "prior", "vamp_components",
+                "vamp_init"),
     "dcgan": ("latent_dim", "g_width", "d_width", "g_norm", "d_norm", "g_spectral_norm", "d_spectral_norm", "dtype",
               "conv_impl", "norm_impl", "num_classes", "d_conditioning"),
     "resnet": ("latent_dim", "g_width", "d_width", "g_norm", "d_norm", "g_spectral_norm", "d_spectral_norm", "dtype",
                "norm_impl", "num_classes", "d_conditioning"),
 }
 
+
+# What a VAE model class of the user's reads of the model block (it is constructed with image_shape, latent_dim and
+# num_classes; jaxgen wraps it in the prior).
+CLASS_MODEL_READS = ("name", "latent_dim", "num_classes", "prior", "vamp_components", "vamp_init")
 
 # The built-in VAE objectives' own fields of the objective block, and which of them each reads (the likelihood's are
 # every objective's).
@@ -83,8 +89,10 @@ def ignored_settings(config: ml_collections.ConfigDict, base: ml_collections.Con
         out += [f"model.{field}={config.model[field]!r} (read by the built-in models and by a model factory, "
                 f"fn(model_config, image_shape); the class {model} is built with image_shape, latent_dim and "
                 f"num_classes alone)"
-                for field in sorted(config.model.keys()) if field not in ("name", "latent_dim", "num_classes")
-                and changed("model", field)]
+                for field in sorted(config.model.keys()) if field not in CLASS_MODEL_READS and changed("model", field)]
+    if config.task == "vae" and config.model.get("prior", "normal") == "normal":
+        out += [f"model.{field}={config.model[field]!r} (read by model.prior=vamp; this run's is normal)"
+                for field in ("vamp_components", "vamp_init") if changed("model", field)]
     for block in ("optim", "g_optim", "d_optim"):
         if block not in config:
             continue
@@ -308,6 +316,7 @@ def _check_vae(config: ml_collections.ConfigDict) -> None:
                          f"classifier, the rest score it), got {config.eval.factor_vae_votes}")
     if config.eval.nll_chunk < 1:
         raise ValueError(f"eval.nll_chunk must be >= 1 (importance samples per pass), got {config.eval.nll_chunk}")
+    _check_prior(config)
     if config.objective.kl_warmup_steps < 0:
         raise ValueError(f"objective.kl_warmup_steps must be >= 0 (0 = no KL warm-up), got "
                          f"{config.objective.kl_warmup_steps}")
@@ -435,6 +444,43 @@ def _report_added_fields(config: ml_collections.ConfigDict, base: ml_collections
         log.warning("The config file added fields that nothing reads (their block's function is jaxgen's own, which "
                     "reads only its known fields): %s. A misspelt field here is not an error: unlock only the block "
                     "your function reads (`with c.objective.unlocked():`)", "; ".join(unread))
+
+
+def _check_prior(config) -> None:
+    """model.prior and, for 'vamp', model.vamp_components and what the VampPrior trains with."""
+    check_prior_fields(config.model)
+    if config.model.get("prior", "normal") != "vamp":
+        return
+    o = config.objective
+    if o.name in ("beta_tcvae", "info_vae", "capacity_vae"):
+        raise ValueError(f"objective.name={o.name!r} assumes the N(0, I) prior (its KL terms or MMD are taken against "
+                         "it); model.prior='vamp' trains with objective.name=elbo (objective.kl=mc) or iwae, or an "
+                         "objective of yours that calls jaxgen.objectives.vae.prior_log_prob")
+    if o.name == "elbo" and o.kl == "analytic":
+        raise ValueError("model.prior='vamp' has no closed-form KL: set --config.objective.kl=mc (the single-sample "
+                         "log q(z|x) - log p(z), as Tomczak and Welling train it), or --config.model.prior=normal")
+
+
+def check_prior_fields(m: ml_collections.ConfigDict) -> None:
+    """A VAE model block's model.prior, model.vamp_components, and a VampPrior on an unconditional model only
+    (jaxgen.models.build checks them too, for a block built outside a run)."""
+    from jaxgen.models.prior import INITS, PRIORS  # noqa: PLC0415 (the models, flax with them, load when checked)
+
+    name = m.get("prior", "normal")
+    if name not in PRIORS:
+        raise ValueError(f"unknown model.prior {name!r}; choices: {', '.join(PRIORS)} ('normal': N(0, I); 'vamp': "
+                         "the VampPrior of model.vamp_components learned pseudo-inputs)")
+    k = m.get("vamp_components", 500)
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"model.vamp_components must be an int >= 1 (the VampPrior's pseudo-inputs; Tomczak and "
+                         f"Welling used 500 on MNIST), got {k!r}")
+    if m.get("vamp_init", "noise") not in INITS:
+        raise ValueError(f"unknown model.vamp_init {m.vamp_init!r}; choices: {', '.join(INITS)} (the pseudo-inputs "
+                         "start at N(0.05, 0.01) pixels, or at training images)")
+    if name == "vamp" and m.get("num_classes", 0):
+        raise ValueError(f"model.prior='vamp' learns unlabelled pseudo-inputs; a class-conditional VAE (model."
+                         f"num_classes={m.num_classes}) would need a label for each: set --config.model.num_classes=0 "
+                         "or --config.model.prior=normal")
 
 
 def _warn_vae_combinations(config) -> None:

@@ -57,9 +57,11 @@ def _eval_body(params, key, binarize_key, image, label, pos, mask, c, valid, *, 
 
     def metric_sums():
         mu, logvar = model.apply(params, x, method="encode")
-        z = vae_obj.sample_latents(mu, logvar, dev.substream(keys, 1), 1)[:, 0]
-        rec = lik(model.apply(params, z, method="decode"), x, obj_cfg)
-        kl = vae_obj.gaussian_kl(mu, logvar)
+        z, eps = vae_obj.draw_latents(mu, logvar, dev.substream(keys, 1), 1)
+        rec = lik(model.apply(params, z[:, 0], method="decode"), x, obj_cfg)
+        # The KL to the model's prior: closed-form to N(0, I), at the drawn z for a prior of its own (VampPrior).
+        kl = (vae_obj.posterior_log_prob(eps, logvar) - vae_obj.prior_log_prob(params, z, model))[:, 0] \
+            if vae_obj.has_own_prior(model) else vae_obj.gaussian_kl(mu, logvar)
         out_mu = model.apply(params, mu, method="decode")
         mean_img = vae_obj.mean_image(obj_cfg.likelihood)(out_mu)
         per_example = {

@@ -10,7 +10,8 @@ import numbers
 
 import flax.linen as nn
 
-from jaxgen import registry
+from jaxgen import config_check, registry
+from jaxgen.models import prior
 from jaxgen.models.vae import MLPVAE, OUTPUT_BIASES, ConvVAE, data_mean_output
 from jaxgen.objectives.vae import output_channels
 
@@ -19,6 +20,23 @@ MODELS = {"conv_vae": ConvVAE, "mlp_vae": MLPVAE}
 
 def build(model_config, image_shape: tuple[int, int, int], *, train_images=None,
           likelihood: str = "bernoulli") -> nn.Module:
+    """The VAE `model_config` describes for images of `image_shape` (H, W, C): `build_vae`'s module, wrapped in
+    `prior.VampPrior` with model.prior='vamp' (`model.vamp_components` pseudo-inputs, started at `train_images`
+    (uint8) with model.vamp_init='data')."""
+    config_check.check_prior_fields(model_config)
+    vae = build_vae(model_config, image_shape, train_images=train_images, likelihood=likelihood)
+    if model_config.get("prior", "normal") == "normal":
+        return vae
+    k = int(model_config.vamp_components)
+    if model_config.get("vamp_init", "noise") == "noise":
+        return prior.VampPrior(vae, tuple(image_shape), k, prior.noise_init)
+    if train_images is None:
+        raise ValueError("model.vamp_init='data' needs the training images")
+    return prior.VampPrior(vae, tuple(image_shape), k, prior.data_init(train_images, k))
+
+
+def build_vae(model_config, image_shape: tuple[int, int, int], *, train_images=None,
+              likelihood: str = "bernoulli") -> nn.Module:
     """The module named by `model_config.name` for images of `image_shape` (H, W, C).
 
     Built-in modules take their fields from the config: conv_vae (latent_dim, channels, dense, activation, conv_impl),

@@ -30,6 +30,20 @@ def std_normal_log_prob(z: jax.Array) -> jax.Array:
     return -0.5 * jnp.sum(z**2 + LOG_2PI, axis=-1)
 
 
+def has_own_prior(model) -> bool:
+    """Whether `model` has a prior of its own (a `prior_log_prob` method: model.prior='vamp'), else N(0, I)."""
+    return callable(getattr(type(model), "prior_log_prob", None))
+
+
+def prior_log_prob(params, z: jax.Array, model) -> jax.Array:
+    """log p(z) of latents z [..., D], summed over the last axis: the model's own prior where it has one (a
+    `prior_log_prob` method: `model.prior='vamp'`'s VampPrior, which reads `params`), else N(0, I). An objective of
+    yours that takes a KL against the prior calls this to train with either."""
+    if has_own_prior(model):
+        return model.apply(params, z, method="prior_log_prob")
+    return std_normal_log_prob(z)
+
+
 def diag_normal_log_prob(z: jax.Array, mu: jax.Array, logvar: jax.Array) -> jax.Array:
     """log N(z; mu, diag exp(logvar)), summed over the last axis."""
     return -0.5 * jnp.sum((z - mu) ** 2 * jnp.exp(-logvar) + logvar + LOG_2PI, axis=-1)
@@ -201,7 +215,17 @@ def log_importance_weights(params, x, keys, *, model, cfg, k: int, posterior=Non
     mu, logvar = model.apply(params, x, method="encode") if posterior is None else posterior
     z, eps = draw_latents(mu, logvar, keys, k)
     log_px = _decode_log_prob(params, x, z, model=model, cfg=cfg)
-    return log_px + std_normal_log_prob(z) - posterior_log_prob(eps, logvar)
+    return log_px + prior_log_prob(params, z, model) - posterior_log_prob(eps, logvar)
+
+
+OWN_PRIOR_OBJECTIVES = "train it with objective.name=elbo (objective.kl=mc) or iwae"
+
+
+def check_normal_prior(model, what: str, fix: str) -> None:
+    """Refuses a model with a prior of its own (model.prior='vamp') where `what` assumes the N(0, I) prior."""
+    if has_own_prior(model):
+        raise ValueError(f"{what} assumes the N(0, I) prior; this model has model.prior='vamp': {fix}, or "
+                         "--config.model.prior=normal")
 
 
 def elbo(params, x, keys, *, model, cfg, step=None):
@@ -216,9 +240,11 @@ def elbo(params, x, keys, *, model, cfg, step=None):
     z, eps = draw_latents(mu, logvar, keys, cfg.k)
     rec = jnp.mean(_decode_log_prob(params, x, z, model=model, cfg=cfg), axis=1)  # [B]
     if cfg.kl == "analytic":
+        check_normal_prior(model, "objective.kl='analytic' (the closed-form KL to N(0, I))",
+                           "--config.objective.kl=mc")
         kl = gaussian_kl(mu, logvar)
     elif cfg.kl == "mc":
-        kl = jnp.mean(posterior_log_prob(eps, logvar) - std_normal_log_prob(z), axis=1)
+        kl = jnp.mean(posterior_log_prob(eps, logvar) - prior_log_prob(params, z, model), axis=1)
     else:
         raise ValueError(f"objective.kl must be 'analytic' or 'mc', got {cfg.kl!r}")
     weight, extra = cfg.beta, {}
@@ -264,6 +290,8 @@ def beta_tcvae(params, x, keys, *, model, cfg, dataset_size: int):
     Logged: the three parts (`mi`, `tc`, `dim_kl`, unweighted: their sum is the batch's Monte Carlo KL), `elbo` and
     `kl` with the analytic KL (as the `elbo` objective logs them), `rec_nll`.
     """
+    check_normal_prior(model,
+                       "objective.name='beta_tcvae' (its dimension-wise KL to N(0, 1))", OWN_PRIOR_OBJECTIVES)
     mu, logvar = model.apply(params, x, method="encode")
     z, eps = draw_latents(mu, logvar, keys, 1)
     rec = _decode_log_prob(params, x, z, model=model, cfg=cfg)[:, 0]  # [B]
@@ -338,6 +366,8 @@ def info_vae(params, x, keys, *, model, cfg):
     the 'data' axis), so the estimate is the global batch's on any device count, and the function runs inside the
     train step's shard_map (or another context that binds that axis). Logged: `mmd` beside `elbo`, `kl` (analytic)
     and `rec_nll`."""
+    check_normal_prior(model,
+                       "objective.name='info_vae' (its MMD against draws from N(0, I))", OWN_PRIOR_OBJECTIVES)
     mu, logvar = model.apply(params, x, method="encode")
     z, _ = draw_latents(mu, logvar, keys, 1)
     rec = _decode_log_prob(params, x, z, model=model, cfg=cfg)[:, 0]  # [B]
@@ -360,6 +390,8 @@ def capacity_vae(params, x, keys, *, model, cfg, step):
     The batch's KL is gathered from every device (lax.all_gather over the 'data' axis): |mean KL - C| is the global
     batch's on any device count, and the function runs inside the train step's shard_map (or another context that
     binds that axis). Logged: `capacity` (C) beside `elbo`, `kl` and `rec_nll`."""
+    check_normal_prior(model,
+                       "objective.name='capacity_vae' (its closed-form KL to N(0, I))", OWN_PRIOR_OBJECTIVES)
     mu, logvar = model.apply(params, x, method="encode")
     z, _ = draw_latents(mu, logvar, keys, 1)
     rec = _decode_log_prob(params, x, z, model=model, cfg=cfg)[:, 0]  # [B]

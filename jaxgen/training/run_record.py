@@ -220,7 +220,7 @@ def _model_reads(model: dict) -> tuple[str, ...] | None:
     name = str(model.get("name", ""))
     if name in config_check.MODEL_READS:
         return ("name", *config_check.MODEL_READS[name])
-    return ("name", "latent_dim", "num_classes") if config_check.built_as_class(name) else None
+    return config_check.CLASS_MODEL_READS if config_check.built_as_class(name) else None
 
 
 def _absent(config: dict, field: str) -> bool:

@@ -54,7 +54,7 @@ class TrainedRun:
 
     def samples(self, n: int, truncation: float | None = None, classes: tuple[int, ...] | None = None) -> np.ndarray:
         """n samples, uint8 [n, H, W, C]: the same as `--mode=sample --config.sample.num=n` writes with this config's
-        seed (a VAE: its likelihood's mean at z ~ N(0, I), or from the config's sample.latents='gmm' mixture; a GAN:
+        seed (a VAE: its likelihood's mean at z from its prior, or from the sample.latents='gmm' mixture; a GAN:
         G(z); a class-conditional model: sample j of class j % model.num_classes, see `sample_labels`). truncation: z's
         coordinates truncated to [-t, t] (default: the config's sample.truncation, 0 = off). classes: a
         class-conditional model's classes to draw in turn, e.g. (7,) (default: the config's sample.classes, () = every
@@ -65,9 +65,10 @@ class TrainedRun:
         return self._task.samples(self.state, n, t, self._classes(classes))
 
     def latent_mixture(self) -> dict | None:
-        """A VAE's latent mixture with the config's sample.latents='gmm' (what `samples` draws z from; numpy arrays
-        `log_weights` [K], `means` [K, D], `scale_tril` [K, D, D], for `jaxgen.evaluation.latent_mixture.draw`),
-        fit as --mode=sample fits it; None with sample.latents='prior' and for a GAN."""
+        """What a VAE's `samples` draw z from as a Gaussian mixture (numpy arrays `log_weights` [K], `means` [K, D],
+        `scale_tril` [K, D, D], for `jaxgen.evaluation.latent_mixture.draw`): with the config's sample.latents='gmm'
+        the mixture fit as --mode=sample fits it, else a VampPrior model's prior (model.prior='vamp'); None for
+        N(0, I) and for a GAN."""
         return self._task.latent_mixture(self.state) if hasattr(self._task, "latent_mixture") else None
 
     def sample_labels(self, n: int, classes: tuple[int, ...] | None = None) -> np.ndarray | None:

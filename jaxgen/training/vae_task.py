@@ -14,6 +14,7 @@ from jaxgen import config_check, data, models, objectives, parallel, registry
 from jaxgen import data as data_lib  # `data` is also evaluate's argument
 from jaxgen.evaluation import disentanglement, latent_mixture, quality, sampling
 from jaxgen.evaluation import vae as vae_eval
+from jaxgen.models import prior
 from jaxgen.models import vae as vae_models
 from jaxgen.objectives import vae as vae_obj
 from jaxgen.reporting import images, plots
@@ -56,9 +57,10 @@ class VAETask:
             if self.num_classes:
                 data.check_class_labels(self.num_classes, self.train, self.validation, self.test, model="VAE",
                                         untrained="its decoder learns nothing for them")
-        else:  # a placeholder for output_bias='data_mean': the restored params replace what it initialises
+        else:  # a placeholder for output_bias='data_mean' and vamp_init='data': the restored params replace it
             self.train = self.validation = self.test = None
-            self.image_shape, images = tuple(image_shape), np.full((1, *image_shape), 128, np.uint8)
+            rows = max(1, config.model.get("vamp_components", 1))
+            self.image_shape, images = tuple(image_shape), np.full((rows, *image_shape), 128, np.uint8)
             if latent_mixture.uses_mixture(config):  # the train split alone, which the mixture is fit to
                 self.train = _train_for_mixture(config)
         if latent_mixture.uses_mixture(config):
@@ -91,9 +93,9 @@ class VAETask:
             jax.eval_shape(lambda: jax.random.split(jax.random.key(0), 2)), model=probe, cfg=config.objective)
         if config.objective.name not in objectives.OBJECTIVES:
             _warn_unread(config, read)
-            log.info("The evaluation scores %s's models as every VAE's: encode as a diagonal-Gaussian posterior, a "
-                     "N(0, I) prior and objective.likelihood=%r (README, Objectives)", config.objective.name,
-                     config.objective.likelihood)
+            log.info("The evaluation scores %s's models as every VAE's: encode as a diagonal-Gaussian posterior, the "
+                     "model's prior (model.prior=%r) and objective.likelihood=%r (README, Objectives)",
+                     config.objective.name, config.model.get("prior", "normal"), config.objective.likelihood)
 
     def describe(self) -> str:
         held = f"validation {len(self.validation)} images; " if self.validation is not None else ""
@@ -201,10 +203,14 @@ class VAETask:
     def latent_mixture(self, state) -> dict | None:
         """sample.latents='gmm': the Gaussian mixture (`latent_mixture.fit`) of the posterior means of
         sample.gmm_examples training images (a fixed random choice of the train split's, all with 0), fit once per
-        checkpoint and weights (EMA or raw) on process 0 and sent to the others (so every process calls this);
-        None with sample.latents='prior'."""
+        checkpoint and weights (EMA or raw) on process 0 and sent to the others (so every process calls this).
+        With sample.latents='prior': model.prior='vamp''s prior as a mixture (`prior.as_mixture`), else None
+        (N(0, I))."""
         c = self.config
         if not latent_mixture.uses_mixture(c):
+            if vae_obj.has_own_prior(self.model):  # the VampPrior: its pseudo-inputs' posteriors, equally weighted
+                mu, logvar = self.model.apply(jax.device_get(state_lib.eval_params(state)), method="prior_components")
+                return jax.tree.map(np.asarray, prior.as_mixture(mu, logvar))
             return None
         params = state_lib.eval_params(state)
         which = (int(jax.device_get(state["step"])), self.eval_record(state)["params"])
@@ -270,7 +276,10 @@ class VAETask:
     def eval_record(self, state) -> dict:
         """What stands beside the numbers in eval.json."""
         nats = "nats per image"
-        latents = {"latents": self.config.sample.get("latents", "prior")}
+        latents = {"latents": self.config.sample.get("latents", "prior"), "prior": self._prior_name()}
+        if vae_obj.has_own_prior(self.model):
+            latents["kl_estimator"] = ("log q(z|x) - log p(z) at the z of rec_nll, one per image: the VampPrior's KL "
+                                       "has no closed form (the test ELBO is a one-sample estimate)")
         if self._mixture is not None and self.mixture_record is not None:  # the fit these samples came from
             latents["latent_gmm"] = {**self.mixture_record, "step": self._mixture[0][0], "params": self._mixture[0][1]}
         return {"dataset": self.config.data.name, "split": self.config.data.test_split,
@@ -280,6 +289,11 @@ class VAETask:
                 "units": {"elbo": nats, "kl": nats, "rec_nll": nats, "recon_nll_at_mean": nats, "nll": nats,
                           "nll_bits_per_dim": "bits per dimension, H * W * C of them (see the README)",
                           "recon_mse": "squared error per pixel against x / 255 in [0, 1]"}}
+
+    def _prior_name(self) -> str:
+        m = self.config.model
+        return (f"vamp ({m.vamp_components} pseudo-inputs)" if m.get("prior", "normal") == "vamp"
+                else "normal (N(0, I))")
 
     def summary(self, final: dict) -> str:
         return (f"final test ELBO {final['elbo']:.2f}, NLL(k={self.config.eval.final_nll_k}) {final['nll']:.2f} "
