@@ -390,12 +390,13 @@ def _check_augment(a: ml_collections.ConfigDict, loss: str) -> None:
         if a.probability != 1.0:
             log.warning("augment.probability=%s does nothing with augment.ada_target > 0: the adaptive probability "
                         "starts at 0", a.probability)
-        if loss in ("least_squares", "wasserstein"):
+        if loss in ("least_squares", "wasserstein") or loss.startswith("relativistic"):
             log.warning("augment.ada_target with loss.name=%s: the adaptive augmentation follows the sign of D's "
                         "outputs on the reals, which this loss does not centre on 0 (%s), so the probability does not "
                         "measure D's overfitting; StyleGAN2-ADA's heuristic assumes a logistic or hinge loss", loss,
                         "least squares trains them towards 1" if loss == "least_squares" else
-                        "a critic is the same up to a constant")
+                        "a critic is the same up to a constant" if loss == "wasserstein" else
+                        "a relativistic D scores reals against fakes: adding a constant changes nothing")
 
 
 def _check_critic(config: ml_collections.ConfigDict) -> None:

@@ -31,6 +31,11 @@ sp = lambda v: np.log1p(np.exp(v))  # softplus, by hand
     ("hinge", (0 + 3) / 2 + (1.5 + 4) / 2, -(0.5 + 3) / 2),
     ("wasserstein", (0.5 + 3) / 2 - (1 - 2) / 2, -(0.5 + 3) / 2),
     ("least_squares", 0.5 * (0 + 9) / 2 + 0.5 * (0.25 + 9) / 2, 0.5 * (0.25 + 4) / 2),
+    # Pairs: R - F = (0.5, -5). Averages: E F = 1.75, E R = -0.5: r = R - 1.75 = (-0.75, -3.75), f = F + 0.5 = (1, 3.5).
+    ("relativistic", np.mean(sp(np.array([-0.5, 5.0]))), np.mean(sp(np.array([0.5, -5.0])))),
+    ("relativistic_average", np.mean(sp(np.array([0.75, 3.75]))) + np.mean(sp(np.array([1.0, 3.5]))),
+     np.mean(sp(np.array([-1.0, -3.5]))) + np.mean(sp(np.array([-0.75, -3.75])))),
+    ("relativistic_average_hinge", (1.75 + 4.75) / 2 + (2 + 4.5) / 2, (0 + 0) / 2 + (0.25 + 0) / 2),
 ])
 def test_losses_match_a_hand_computation(name, d_loss, g_loss):
     d, g, metrics = gan_obj.get_loss(name)(jnp.asarray(R), jnp.asarray(F))
@@ -38,10 +43,18 @@ def test_losses_match_a_hand_computation(name, d_loss, g_loss):
     assert all(np.isfinite(float(v)) for v in metrics.values())
 
 
+def test_the_pairwise_relativistic_loss_refuses_fresh_fakes_of_another_count_and_the_averaged_ones_take_them():
+    with pytest.raises(ValueError, match="cannot take d_real and d_fake of different lengths"):
+        gan_obj.check_loss(gan_obj.get_loss("relativistic"), "relativistic", batch=4, g_batch=8)
+    gan_obj.check_loss(gan_obj.get_loss("relativistic_average"), "relativistic_average", batch=4, g_batch=8)
+    assert gan_step.reads_d_real(gan_obj.get_loss("relativistic_average"), 4)  # G's loss reads D on the reals
+    assert not gan_step.reads_d_real(gan_obj.get_loss("hinge"), 4)
+
+
 def test_unknown_loss_and_regularizer_list_the_choices():
     with pytest.raises(ValueError, match="unknown GAN loss 'hing'; choices: hinge, least_squares, minimax"):
         gan_obj.get_loss("hing")
-    with pytest.raises(ValueError, match="unknown regularizer 'r2'; choices: bcr, cr, gp, none, r1"):
+    with pytest.raises(ValueError, match="unknown regularizer 'r2'; choices: bcr, cr, dragan, gp, none, r1"):
         gan_obj.get_regularizer("r2")
 
 
@@ -91,6 +104,25 @@ def test_gradient_penalty_matches_finite_differences():
     eps = np.asarray(jax.vmap(lambda k: jax.random.uniform(k, (1, 1, 1)))(keys))  # the draw the penalty makes
     x_hat = eps * real + (1 - eps) * fake
     np.testing.assert_allclose(float(penalty), np.mean((_fd_grad_norms(x_hat) - 1) ** 2), rtol=1e-4)
+
+
+def test_dragan_matches_finite_differences_around_the_reals_with_the_global_batchs_std():
+    """On 8 devices (one real each) as on 1: the std is the global batch's, the draws each example's own."""
+    from jax.sharding import PartitionSpec as P
+
+    real = np.random.default_rng(4).normal(1.0, 2.0, size=(8, 2, 3, 1)).astype(np.float32)
+    keys = jax.random.split(jax.random.key(5), 8)
+    got = {}
+    for n in (1, 8):
+        mesh = parallel.make_mesh(jax.devices()[:n])
+        fn = jax.shard_map(lambda r, k: jax.lax.pmean(gan_obj.dragan(_d_jax, r, None, k)[0], parallel.AXIS), mesh=mesh,
+                           in_specs=(P(parallel.AXIS), P(parallel.AXIS)), out_specs=P(), check_vma=False)
+        got[n] = float(jax.jit(fn)(jnp.asarray(real), keys))
+    a = np.asarray(jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, 0), (1, 1, 1)))(keys))
+    u = np.asarray(jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, 1), (2, 3, 1)))(keys))
+    x_hat = real + a * 0.5 * real.std() * u  # every pixel of the batch
+    np.testing.assert_allclose(got[1], np.mean((_fd_grad_norms(x_hat) - 1) ** 2), rtol=1e-4)
+    np.testing.assert_allclose(got[8], got[1], rtol=1e-5)
 
 
 def _gan_setup(mesh, g_batch=0, random_flip=False, augment_probability=1.0, **over):
@@ -175,7 +207,7 @@ def test_random_flip_mirrors_about_half_of_the_reals():
     {"train.d_steps": 2, "reg.name": "r1", "reg.interval": 2, "augment.policy": "translation,flip",
      "reg.lecam_weight": 0.3},
     # The G update on fresh fakes of its own, 48 beside D's 32, and a loss of batch means (nothing else: CI time)
-    {"g_batch": 48, "loss.name": "tests.test_gan:relativistic_average"},
+    {"g_batch": 48, "loss.name": "relativistic_average"},
     # Class-conditional: the reals' labels gathered per device, fresh fakes' labels drawn, R1 of D(x, y) at the clean
     # reals through their augmentation
     {"model.num_classes": 10, "g_batch": 48, "reg.name": "r1", "augment.policy": "translation",
@@ -330,14 +362,6 @@ def test_gan_resume_is_bitwise_for_the_whole_state(tmp_path):
         if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
             x, y = jax.random.key_data(x), jax.random.key_data(y)
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-
-
-def relativistic_average(d_real, d_fake):
-    """The README's example loss (Jolicoeur-Martineau 2018): its means depend on the whole batch."""
-    rd, fd = d_real - jnp.mean(d_fake), d_fake - jnp.mean(d_real)
-    d_loss = jnp.mean(jax.nn.softplus(-rd)) + jnp.mean(jax.nn.softplus(fd))
-    g_loss = jnp.mean(jax.nn.softplus(rd)) + jnp.mean(jax.nn.softplus(-fd))
-    return d_loss, g_loss, {"relativistic_gap": jnp.mean(rd)}
 
 
 def relativistic_loss(d_real, d_fake, *, cfg, step=None):

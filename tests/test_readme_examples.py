@@ -55,7 +55,7 @@ def test_the_free_bits_objective_and_its_config_train(myproject, tmp_path):
 
 def test_the_gan_loss_regularizer_and_extractor_examples_train(myproject, tmp_path):
     c = _tiny(config_module(CONFIGS / "gan_mnist.py").get_config("smoke"))
-    c.loss.name, c.reg.name, c.reg.weight, c.model.d_norm = ("myproject.gan_losses:relativistic_average",
+    c.loss.name, c.reg.name, c.reg.weight, c.model.d_norm = ("myproject.gan_losses:relativistic_average_ls",
                                                              "myproject.regs:r2", 10.0, "none")
     c.eval.extractors = ("classifier", "myproject.extract:pooled")
     c.checkpoint.best_metric = "myproject.extract:pooled/fid"

@@ -8,7 +8,7 @@ d_real = D(x) on (augmented) reals, d_fake = D(G(z)) on (augmented) fakes, both 
 of the whole global batch (gathered from every device: a loss of batch statistics, such as a relativistic loss's
 means, is the same on any device count); the losses are means over it.
 In the D update the fakes are constants. In the G update d_real is a constant: when the G loss reads it (a
-relativistic loss; no built-in one does), it is the updated D's output on the step's (augmented) reals, found
+relativistic loss), it is the updated D's output on the step's (augmented) reals, found
 once by tracing the loss. In the G update d_fake has the G update's own length when `train.g_batch_size` draws
 fresh fakes for it (e.g. 128 beside 64 reals), so a loss reduces each side on its own. A user's loss is named
 `loss.name='package.module:function'` with this signature.
@@ -79,6 +79,37 @@ def least_squares(d_real, d_fake):
     return d_loss, g_loss, {}
 
 
+def relativistic(d_real, d_fake):
+    """The relativistic standard GAN, RSGAN (Jolicoeur-Martineau 2019, "The relativistic discriminator: a key element
+    missing from standard GAN", ICLR): D scores how much more real a real looks than a fake, pair by pair,
+    D: E softplus(-(D(x_i) - D(G(z_i)))); G the same with the roles swapped, E softplus(-(D(G(z_i)) - D(x_i))). Pairs
+    example i of the reals with example i of the fakes, so it cannot take train.g_batch_size fresh fakes of another
+    count."""
+    gap = d_real - d_fake
+    d_loss = jnp.mean(jax.nn.softplus(-gap))
+    return d_loss, jnp.mean(jax.nn.softplus(gap)), {"rel_gap": jnp.mean(gap)}
+
+
+def relativistic_average(d_real, d_fake):
+    """The relativistic average standard GAN, RaSGAN (Jolicoeur-Martineau 2019): each output is taken relative to the
+    other side's mean over the global batch, r = D(x) - E D(G(z)) and f = D(G(z)) - E D(x); D: -E log sigmoid(r)
+    - E log(1 - sigmoid(f)), G the same with the roles swapped: -E log sigmoid(f) - E log(1 - sigmoid(r)). G's loss
+    reads D on the reals too (an extra D forward per G update). Logs `rel_gap`, E D(x) - E D(G(z))."""
+    r, f = d_real - jnp.mean(d_fake), d_fake - jnp.mean(d_real)
+    d_loss = jnp.mean(jax.nn.softplus(-r)) + jnp.mean(jax.nn.softplus(f))
+    g_loss = jnp.mean(jax.nn.softplus(-f)) + jnp.mean(jax.nn.softplus(r))
+    return d_loss, g_loss, {"rel_gap": jnp.mean(d_real) - jnp.mean(d_fake)}
+
+
+def relativistic_average_hinge(d_real, d_fake):
+    """RaHingeGAN (Jolicoeur-Martineau 2019): the hinge loss on RaSGAN's relative outputs r and f (see
+    `relativistic_average`); D: E relu(1 - r) + E relu(1 + f), G: E relu(1 - f) + E relu(1 + r)."""
+    r, f = d_real - jnp.mean(d_fake), d_fake - jnp.mean(d_real)
+    d_loss = jnp.mean(jax.nn.relu(1.0 - r)) + jnp.mean(jax.nn.relu(1.0 + f))
+    g_loss = jnp.mean(jax.nn.relu(1.0 - f)) + jnp.mean(jax.nn.relu(1.0 + r))
+    return d_loss, g_loss, {"rel_gap": jnp.mean(d_real) - jnp.mean(d_fake)}
+
+
 def _probabilities(d_real, d_fake):
     return {"p_real": jnp.mean(jax.nn.sigmoid(d_real)), "p_fake": jnp.mean(jax.nn.sigmoid(d_fake))}
 
@@ -89,6 +120,9 @@ LOSSES: dict[str, Callable] = {
     "hinge": hinge,
     "wasserstein": wasserstein,
     "least_squares": least_squares,
+    "relativistic": relativistic,
+    "relativistic_average": relativistic_average,
+    "relativistic_average_hinge": relativistic_average_hinge,
 }
 
 
@@ -113,6 +147,22 @@ def gradient_penalty(d_fn, real, fake, keys):
     x_hat = eps * real + (1.0 - eps) * jax.lax.stop_gradient(fake)
     norms = _input_grad_norms(d_fn, x_hat)
     return jnp.mean(jnp.square(norms - 1.0)), {"gp_grad_norm": jnp.mean(norms)}
+
+
+def dragan(d_fn, real, fake, keys):
+    """DRAGAN's penalty (Kodali et al. 2017, "On Convergence and Stability of GANs"): E (|grad D(x_hat)| - 1)^2 at
+    x_hat = x + a * 0.5 * std(x) * u around the reals, u ~ U(0, 1) per pixel and a ~ U(0, 1) per example, std the
+    standard deviation of every pixel of the global batch's reals (gathered over the devices, so 8 devices draw as 1
+    does), as the authors' code and StudioGAN's DRA; reg.weight is their lambda (10). It keeps D's gradient near 1
+    in a neighbourhood of the data, where WGAN-GP (`gp`) takes it between the data and G's samples."""
+    del fake
+    mean = jax.lax.pmean(jnp.mean(real), parallel.AXIS)
+    std = jnp.sqrt(jnp.maximum(jax.lax.pmean(jnp.mean(jnp.square(real)), parallel.AXIS) - mean**2, 0.0))
+    shape = (1,) * (real.ndim - 1)
+    a = jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, 0), shape, real.dtype))(keys)
+    u = jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, 1), real.shape[1:], real.dtype))(keys)
+    norms = _input_grad_norms(d_fn, real + a * 0.5 * jax.lax.stop_gradient(std) * u)
+    return jnp.mean(jnp.square(norms - 1.0)), {"dragan_grad_norm": jnp.mean(norms)}
 
 
 CR_POLICY = "flip,translation"  # without a config block; config.gan_config's reg.cr_policy is the same
@@ -148,8 +198,8 @@ def balanced_consistency(d_fn, real, fake, keys, cfg=None, *, d_real=None, d_fak
     return jnp.mean(on_real) + jnp.mean(on_fake), {"cr_real": jnp.mean(on_real), "cr_fake": jnp.mean(on_fake)}
 
 
-REGULARIZERS: dict[str, Callable | None] = {"none": None, "r1": r1, "gp": gradient_penalty, "cr": consistency,
-                                            "bcr": balanced_consistency}
+REGULARIZERS: dict[str, Callable | None] = {"none": None, "r1": r1, "gp": gradient_penalty, "dragan": dragan,
+                                            "cr": consistency, "bcr": balanced_consistency}
 
 
 def lecam(d_real, d_fake, anchor_real, anchor_fake):
