@@ -457,6 +457,11 @@ def _check_prior(config) -> None:
         raise ValueError(f"objective.name={o.name!r} assumes the N(0, I) prior (its KL terms or MMD are taken against "
                          "it); model.prior='vamp' trains with objective.name=elbo (objective.kl=mc) or iwae, or an "
                          "objective of yours that calls jaxgen.objectives.vae.prior_log_prob")
+    if o.name not in VAE_OBJECTIVE_READS:
+        log.warning("model.prior='vamp' with your objective %s: it must take log p(z) from "
+                    "jaxgen.objectives.vae.prior_log_prob(params, z, model); one that takes its KL against N(0, I) "
+                    "(gaussian_kl, std_normal_log_prob) leaves the pseudo-inputs where they start, and the evaluation "
+                    "scores the model under that untrained VampPrior", o.name)
     if o.name == "elbo" and o.kl == "analytic":
         raise ValueError("model.prior='vamp' has no closed-form KL: set --config.objective.kl=mc (the single-sample "
                          "log q(z|x) - log p(z), as Tomczak and Welling train it), or --config.model.prior=normal")

@@ -34,15 +34,17 @@ def _brute_force(z, mu, logvar):
 
 
 def test_the_mixture_density_equals_brute_force_also_for_narrow_components():
-    """The expanded form (matmuls, no [N, K, D] tensor) within 2e-3 nats of float64 brute force, for posteriors as
-    narrow as logvar -9 (sd 0.011) and latents up to 4 from the origin; z of any leading shape."""
-    k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
-    mu = 2.0 * jax.random.normal(k1, (7, 5))
-    logvar = jax.random.uniform(k2, (7, 5), minval=-9.0, maxval=1.0)
-    z = jnp.concatenate([mu[:3] + 0.01 * jax.random.normal(k3, (3, 5)), 4.0 * jax.random.normal(k3, (9, 5))])
-    got = prior.mixture_log_prob(z.reshape(3, 4, 5), mu, logvar)
+    """In blocks of components (70 here: 3 blocks of 32, the last padded), within 1e-3 nats of float64 brute force
+    at D = 50 for posteriors as narrow as logvar -14 (sd 0.0009), means spread over N(0, 5^2) and latents drawn
+    from the components themselves (where the expanded square was off by up to 162 nats); z of any leading shape."""
+    k1, k2, k3, k4 = jax.random.split(jax.random.key(0), 4)
+    mu = 5.0 * jax.random.normal(k1, (70, 50))
+    logvar = jax.random.uniform(k2, (70, 50), minval=-14.0, maxval=1.0)
+    pick = jax.random.randint(k3, (12,), 0, 70)
+    z = mu[pick] + jnp.exp(0.5 * logvar[pick]) * jax.random.normal(k4, (12, 50))
+    got = prior.mixture_log_prob(z.reshape(3, 4, 50), mu, logvar)
     assert got.shape == (3, 4)
-    np.testing.assert_allclose(np.asarray(got).reshape(-1), _brute_force(z, mu, logvar), rtol=1e-5, atol=2e-3)
+    np.testing.assert_allclose(np.asarray(got).reshape(-1), _brute_force(z, mu, logvar), rtol=1e-6, atol=1e-3)
 
 
 def _linear_vamp(k=3):
@@ -183,3 +185,31 @@ def test_a_vamp_run_trains_evaluates_and_samples_from_its_prior(smoke_config, tm
     np.testing.assert_allclose(mixture["means"], mu, rtol=1e-6)
     np.testing.assert_allclose(np.diagonal(mixture["scale_tril"], axis1=1, axis2=2), np.exp(0.5 * logvar), rtol=1e-6)
     assert np.isfinite(run.samples(8)).all()
+
+
+def test_eval_modes_stop_on_another_prior_but_not_on_how_it_started_or_on_unread_vamp_fields(tmp_path):
+    from jaxgen import config as config_lib
+    from jaxgen.training import run_record
+
+    (tmp_path / "config.json").write_text(config_lib.vae_config().to_json_best_effort(sort_keys=True))
+    now = config_lib.vae_config()
+    now.model.vamp_components, now.model.vamp_init = 50, "data"  # unread with the normal prior it trained with
+    assert run_record.warn_config_drift(now, tmp_path, "eval") == []
+    trained = _vamp(config_lib.vae_config())
+    (tmp_path / "config.json").write_text(trained.to_json_best_effort(sort_keys=True))
+    now = _vamp(config_lib.vae_config())
+    now.model.vamp_init = "data"  # how the pseudo-inputs started: the checkpoint holds where they went
+    assert run_record.warn_config_drift(now, tmp_path, "eval") == []
+    for field, value in (("vamp_components", 50), ("prior", "normal")):
+        other = _vamp(config_lib.vae_config())
+        other.model[field] = value
+        with pytest.raises(ValueError, match=rf"this command's model differs .* in: model.{field}: "):
+            run_record.warn_config_drift(other, tmp_path, "eval")
+
+
+def test_an_objective_of_yours_with_the_vamp_prior_is_told_to_take_log_p_z_from_it(smoke_config, caplog):
+    c = _vamp(smoke_config)
+    c.objective.name = "tests.test_vae_step:nan_objective"
+    with caplog.at_level(logging.WARNING, "jaxgen"):
+        config_check.check(c)
+    assert "it must take log p(z) from jaxgen.objectives.vae.prior_log_prob(params, z, model)" in caplog.text

@@ -135,6 +135,7 @@ TRAINING_ONLY_FIELDS = ("objective.name", "objective.beta", "objective.k", "obje
                         "objective.mmd_weight", "objective.mmd_kernel", "objective.capacity",
                         "objective.capacity_steps",
                         "model.output_bias",  # how a built-in decoder's last bias starts
+                        "model.vamp_init",  # how the VampPrior's pseudo-inputs start
                         *(f"{block}.{field}" for block in ("optim", "g_optim", "d_optim")
                           for field in ("lr", "b1", "b2", "eps", "weight_decay", "schedule", "warmup_steps",
                                         "end_lr_ratio", "clip_norm")))
@@ -166,8 +167,10 @@ def warn_config_drift(config, workdir: Path, mode: str, data_read: bool = True) 
     # Not drift: a field a later jaxgen added (the trained config.json lacks it; its default keeps what runs did
     # before), where a host finds its files, and a model field the trained model does not read.
     reads = _model_reads(trained.get("model", {}))
+    vamp = trained.get("model", {}).get("prior", "normal") == "vamp"  # else the VampPrior's fields are unread
     same = {f for f in diffs if _absent(trained, f) or f in HOST_FIELDS
-            or (f.startswith("model.") and reads is not None and f.split(".", 1)[1] not in reads)}
+            or (f.startswith("model.") and reads is not None and f.split(".", 1)[1] not in reads)
+            or (f in ("model.vamp_components", "model.vamp_init") and not vamp)}
     # Fields the training run's config file added that this command's config lacks. In `objective` only the training
     # objective reads them, unless a likelihood or extractor of the user's (which may read them) is set.
     added = {f for f in diffs if _absent(now, f)}
