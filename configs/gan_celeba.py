@@ -40,6 +40,7 @@ def get_config(variant: str = ""):
     c.checkpoint.every = 2000
     c.eval.every = 2000
     c.eval.extractors = ("inception",)  # pytorch-fid's weights: README, Sample quality
+    c.eval.swd = True  # and the sliced Wasserstein distance, from the pixels alone: offline, no weights
     c.eval.num_samples = 10_000
     c.eval.num_examples = 2048
     return with_variant(c, variant, VARIANTS)

@@ -59,8 +59,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint.keep = 3
     c.checkpoint.asynchronous = True
     # Also keep the best checkpoint (in <workdir>/best) by an eval metric: 'auto' = the FID of the first of
-    # eval.extractors (none without extractors), '' = off, or a metric of every eval such as 'classifier/fid' or
-    # 'nll' (jaxgen.evaluation.quality.TASK_METRICS and PER_EVAL; another name is refused before any work).
+    # eval.extractors (else 'swd/swd' with eval.swd, else none), '' = off, or a metric of every eval such as
+    # 'classifier/fid' or 'nll' (jaxgen.evaluation.quality.TASK_METRICS and PER_EVAL; another name is refused before
+    # any work).
     # VAEs default to 'elbo', GANs to 'auto'.
     c.checkpoint.best_metric = "auto"
     c.checkpoint.best_mode = "auto"  # 'auto' (lower FID/NLL, higher ELBO/IS ... is better), 'min' or 'max'
@@ -73,6 +74,9 @@ def base_config() -> ml_collections.ConfigDict:
     # README) and/or 'classifier' (trained on the dataset's labels, offline). FID (+ IS) at every eval; KID,
     # precision/recall and density/coverage too at the final eval and in --mode=eval.
     c.eval.extractors = ()
+    # The sliced Wasserstein distance of the samples' Laplacian pyramids against the reference images (Karras et al.
+    # 2018; jaxgen.evaluation.swd) at every sample-quality eval: no network, no labels, offline on any images.
+    c.eval.swd = False
     c.eval.num_samples = 10_000  # generated samples per sample-quality evaluation
     c.eval.reference_split = ""  # real images the samples are compared with; '' = the split evaluated (test; during
     # training the validation split when data.validation_examples holds one out)

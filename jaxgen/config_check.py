@@ -241,6 +241,9 @@ def _check_eval(config: ml_collections.ConfigDict, training: bool) -> None:
         raise ValueError(f"eval.num_samples must be > {quality.FINAL_K} with eval.extractors: the final evaluation's "
                          f"nearest-neighbour metrics (density and coverage) take {quality.FINAL_K} neighbours "
                          f"(>= 2048 samples for Inception FID), got {config.eval.num_samples}")
+    if config.eval.get("swd", False) and config.eval.num_samples < 2:
+        raise ValueError(f"eval.swd compares eval.num_samples samples with as many real images: give at least 2 (the "
+                         f"paper took 16384), got {config.eval.num_samples}")
     if config.sample.num < 1 or config.sample.per_grid < 1:
         raise ValueError("sample.num and sample.per_grid must be >= 1")
     sampling.check_truncation(config.sample.get("truncation", 0.0))

@@ -428,13 +428,16 @@ def test_a_nan_stops_the_gan_run_and_keeps_the_last_good_checkpoint(tmp_path):
 
 
 def test_gan_outputs_land_in_the_workdir(tmp_path):
-    c = _smoke(**{"output.plots": True, "eval.extractors": ("classifier",)})
+    c = _smoke(**{"output.plots": True, "eval.extractors": ("classifier",), "eval.swd": True})
     final = loop.train_and_evaluate(c, tmp_path)
     train_log = (tmp_path / "log.txt").read_text()
     done = [line for line in train_log.splitlines() if " Done: " in line]  # the final FID in the closing line
-    q = final["sample_quality"]["classifier"]
+    q, s = final["sample_quality"]["classifier"], final["sample_quality"]["swd"]
     assert len(done) == 1 and (f"; classifier FID {q['fid']:.2f} (64 samples; real training images: "
-                               f"{q['fid_train_images']:.2f}); outputs in") in done[0]
+                               f"{q['fid_train_images']:.2f}); SWD {s['swd']:.2f} (64 samples; real training "
+                               f"images: {s['swd_train_images']:.2f}); outputs in") in done[0]
+    # The SWD beside the extractors' blocks: one level at 28x28, as many reference images as samples.
+    assert s["swd_resolutions"] == [28] and s["swd_images"] == 64 and 0 < s["swd_train_images"] < s["swd"]
     assert q["num_train_images"] == 64 and 0 < q["fid_train_images"] < q["fid"]
     assert final["num_examples"] == 64 and np.isfinite(final["d_real"])
     for name in ("images/samples.png", "images/samples_0000010.png", "images/samples_0000020.png",
@@ -478,6 +481,7 @@ def test_gan_outputs_land_in_the_workdir(tmp_path):
     for name in ("fid", "kid_mean", "kid_std", "precision", "recall", "density", "coverage", "class_coverage"):
         assert np.isfinite(q[name]), name
     np.testing.assert_allclose(again["sample_quality"]["classifier"]["fid"], q["fid"], rtol=1e-6)
+    np.testing.assert_allclose(again["sample_quality"]["swd"]["swd"], s["swd"], rtol=1e-6)
     assert json.loads((tmp_path / "eval.json").read_text())["sample_quality"]["classifier"]["fid"] == q["fid"]
     best = json.loads((tmp_path / "best" / "best.json").read_text())
     assert best["metric"] == "classifier/fid" and best["step"] in (10, 20)
@@ -485,7 +489,7 @@ def test_gan_outputs_land_in_the_workdir(tmp_path):
     evals = [r for r in writer.read(tmp_path / "metrics.jsonl") if r["split"] == "eval"]
     # --mode=eval's record stands beside the final eval's (the history of the run keeps what training evaluated)
     assert [(r["step"], r.get("by")) for r in evals] == [(10, None), (20, None), (20, "--mode=eval")]
-    assert evals[1]["classifier/fid"] == q["fid"]
+    assert evals[1]["classifier/fid"] == q["fid"] and evals[1]["swd/swd"] == s["swd"]
     assert evals[2]["classifier/fid"] == pytest.approx(q["fid"], rel=1e-6)
     assert min(r["classifier/fid"] for r in evals) == pytest.approx(best["value"], rel=1e-6)
     c.eval.checkpoint = "best"  # --mode=eval on the best checkpoint: eval_best.json; eval.json, metrics untouched

@@ -7,6 +7,9 @@ Extractors (`eval.extractors` in the config):
   classifier  a small classifier jaxgen trains on the dataset's labels (jaxgen.evaluation.classifier): 128-d
               features and class probabilities; offline, for labelled digit-like data such as mnist_5k.
 
+With eval.swd, a block 'swd' beside theirs: the sliced Wasserstein distance of the images' Laplacian pyramids
+(jaxgen.evaluation.swd), from the pixels alone.
+
 Samples and reference images go in as uint8 [N, H, W, C], the form images are saved and read in, so a number
 here is the number pytorch-fid gives on the same images written as PNG files. Each extractor's block in eval.json
 carries its name, the reference (dataset, split, count) and the sample count beside the numbers.
@@ -28,6 +31,7 @@ from jaxgen import data as data_lib
 from jaxgen.data import cache as caches
 from jaxgen.data.cache import data_dir
 from jaxgen.evaluation import sample_metrics
+from jaxgen.evaluation import swd as swd_lib
 
 log = logging.getLogger("jaxgen")
 
@@ -289,6 +293,9 @@ def compare(extractor: Extractor, ref: dict, samples: np.ndarray, *, full: bool,
     return out
 
 
+SWD = "swd"  # the sample-quality block of eval.swd, beside the extractors' (its metric: 'swd/swd')
+
+
 class SampleQuality:
     """The run's sample-quality evaluator: its extractors and their cached reference features, built once.
 
@@ -313,6 +320,13 @@ class SampleQuality:
         self.extractors = {n: build(n, config, mesh, train_data) for n in self.names}
         self.refs = {split: {n: reference(e, images, data_config=config.data, split=split)
                              for n, e in self.extractors.items()} for split, images in references.items()}
+        self.swd = bool(config.eval.get("swd", False))
+        self.reference_images = dict(references) if self.swd else {}  # SWD reads the pixels at every evaluation
+        if self.swd:
+            shape = next(iter(references.values())).shape[1:3]
+            if min(shape) < swd_lib.NEIGHBOURHOOD:
+                raise ValueError(f"eval.swd compares {swd_lib.NEIGHBOURHOOD}x{swd_lib.NEIGHBOURHOOD} neighbourhoods; "
+                                 f"these images are {shape[0]}x{shape[1]}: set --config.eval.swd=False")
         self._warned = False  # too few samples for FID: said at the first evaluation, not at every one
 
     def evaluate(self, samples: np.ndarray, *, full: bool, reference: str | None = None,
@@ -326,10 +340,29 @@ class SampleQuality:
                              reference_labels=self.reference_labels.get(split), num_classes=self.num_classes)
                   for n, e in self.extractors.items()}
         # Not where the reference is the training split itself: the draw would be a part of it (a floor near 0).
-        if full and self.train_images is not None and split != self.data_config.train_split:
+        floors = full and self.train_images is not None and split != self.data_config.train_split
+        if floors:
             for n, block in blocks.items():
                 block.update(self.real_images_fid(n, split, len(samples), labels if "intra_fid" in block else None))
+        if self.swd:
+            blocks[SWD] = self.sliced_wasserstein(samples, split, floor=floors)
         return blocks
+
+    def sliced_wasserstein(self, samples: np.ndarray, split: str, floor: bool = False) -> dict:
+        """eval.swd's block: the SWD of uint8 `samples` against the reference `split`'s images (as many of each, a
+        fixed draw of the larger set); with `floor`, also 'swd_train_images': that of as many real training images
+        (a fixed draw by `seed`), what real data scores at that count."""
+        samples = check_images(samples, "generated samples")
+        ref = self.reference_images[split]
+        out = {"method": "sliced Wasserstein distance x 1e3 of 7x7 neighbourhoods of the Laplacian pyramid's levels "
+                         "(Karras et al. 2018), 128 per image and level, 512 directions; the mean over the levels",
+               "reference": f"{self.dataset} {split}", **swd_lib.swd(ref, samples, seed=self.seed)}
+        if floor:
+            n = min(len(samples), len(self.train_images))
+            chosen = np.sort(np.random.default_rng(self.seed).permutation(len(self.train_images))[:n])
+            real = swd_lib.swd(ref, self.train_images[chosen], seed=self.seed)
+            out.update(swd_train_images=real["swd"], swd_train_images_levels=real["swd_levels"])
+        return out
 
     def real_images_fid(self, name: str, split: str, count: int, labels: np.ndarray | None = None) -> dict:
         """{'fid_train_images': FID, 'num_train_images': n} of n = min(count, all) real training images against
@@ -371,7 +404,10 @@ class SampleQuality:
 
     def per_eval(self, name: str) -> tuple[str, ...]:
         """The metrics `compare` gives the extractor `name` at every evaluation, as its reference features show:
-        FID, and IS or the class histograms' where it gives class probabilities (as `compare` decides)."""
+        FID, and IS or the class histograms' where it gives class probabilities (as `compare` decides); the SWD's
+        block ('swd') gives 'swd'."""
+        if name == SWD and name not in self.extractors:
+            return ("swd",)
         e, has_probs = self.extractors[name], "probs" in next(iter(self.refs.values()))[name]
         return ("fid", *(("is_mean", "is_std") if has_probs and e.inception_score and self.num_samples >= 10 else ()),
                 *(("class_tv", "class_coverage") if has_probs and e.class_histograms else ()),
@@ -383,7 +419,7 @@ class SampleQuality:
         if not metric or "/" not in metric:
             return
         name, m = metric.rsplit("/", 1)
-        if name in self.extractors and m not in (computed := self.per_eval(name)):
+        if (name in self.extractors or (name == SWD and self.swd)) and m not in (computed := self.per_eval(name)):
             raise ValueError(f"checkpoint.best_metric={metric!r}: the extractor {name!r} does not give {m!r} at "
                              f"every eval (its features show what it computes); choices: "
                              f"{', '.join(f'{name}/{c}' for c in computed)}")
@@ -406,7 +442,7 @@ TASK_METRICS = {"vae": ("elbo", "kl", "rec_nll", "recon_nll_at_mean", "recon_mse
 
 
 # Which way is better for the metrics jaxgen computes (the part after '<extractor>/' for sample quality).
-LOWER_IS_BETTER = ("fid", "kid_mean", "class_tv", "nll", "nll_bits_per_dim", "rec_nll", "recon_nll_at_mean",
+LOWER_IS_BETTER = ("fid", "swd", "kid_mean", "class_tv", "nll", "nll_bits_per_dim", "rec_nll", "recon_nll_at_mean",
                    "recon_mse", "loss")
 HIGHER_IS_BETTER = ("elbo", "mig", "is_mean", "class_coverage", "class_accuracy", "precision", "recall", "density",
                     "coverage")
@@ -448,8 +484,9 @@ def best_metric(config) -> str | None:
     ('<extractor>/<metric>') is checked here, before any work: its extractor must be in eval.extractors and the
     metric one computed at every eval."""
     m = config.checkpoint.best_metric
+    swd_on = bool(config.eval.get("swd", False))
     if m == "auto":
-        return f"{config.eval.extractors[0]}/fid" if config.eval.extractors else None
+        return (f"{config.eval.extractors[0]}/fid" if config.eval.extractors else f"{SWD}/swd" if swd_on else None)
     task_metrics = TASK_METRICS.get(config.task, ())
     if config.task == "vae" and config.data.name in data_lib.FACTORS and config.model.get("latent_dim", 2) >= 2:
         task_metrics = (*task_metrics, "mig")  # its evaluations add MIG
@@ -466,10 +503,15 @@ def best_metric(config) -> str | None:
                          f"keep the best by 'elbo' or by a sample-quality metric such as 'classifier/fid'")
     if m and "/" not in m and m not in task_metrics:
         per_eval = [f"{e}/{p}" for e in config.eval.extractors for p in _per_eval_of(e, config)]
+        per_eval += [f"{SWD}/swd"] if swd_on else []
         raise ValueError(f"checkpoint.best_metric={m!r} is not a metric of every {config.task} eval; choices: "
                          f"{', '.join((*task_metrics, *per_eval))}"
                          + ("" if per_eval else " (sample-quality ones such as 'classifier/fid' with eval.extractors)"))
-    if "/" in m:
+    if "/" in m and m.rsplit("/", 1)[0] == SWD and SWD not in tuple(config.eval.extractors):
+        if not swd_on or m != f"{SWD}/swd":
+            raise ValueError(f"checkpoint.best_metric={m!r}: " + ("the SWD's metric is 'swd/swd'" if swd_on else
+                             "the sliced Wasserstein distance is computed with --config.eval.swd=True"))
+    elif "/" in m:
         name, metric = m.rsplit("/", 1)
         if name not in tuple(config.eval.extractors):
             raise ValueError(f"checkpoint.best_metric={m!r} names the extractor {name!r}, which is not in "

@@ -38,11 +38,11 @@ def reference_split(task, final: bool) -> str:
 
 
 def sample_quality(task, training: bool = True) -> quality.SampleQuality | None:
-    """The run's sample-quality evaluator (None without eval.extractors): extractors loaded and the reference
-    features computed or read from the cache now, so that missing weights fail before any training. Without
-    `training`, only the final eval's reference (--mode=eval)."""
+    """The run's sample-quality evaluator (None without eval.extractors and eval.swd): extractors loaded and the
+    reference features computed or read from the cache now, so that missing weights fail before any training.
+    Without `training`, only the final eval's reference (--mode=eval)."""
     c = task.config
-    if not c.eval.extractors:
+    if not c.eval.extractors and not c.eval.get("swd", False):
         return None
     own = {d.split: d for d in (task.test, task.validation) if d is not None}
     splits = dict.fromkeys(reference_split(task, final) for final in ((True, False) if training else (True,)))
@@ -53,7 +53,7 @@ def sample_quality(task, training: bool = True) -> quality.SampleQuality | None:
 
 def evaluate(task, state, final: bool, sq: quality.SampleQuality | None) -> dict:
     """The task's own evaluation (on eval_data), plus sample quality on eval.num_samples samples when extractors
-    are set."""
+    (or eval.swd) are set."""
     ev = task.evaluate(state, final=final, data=eval_data(task, final))
     if sq is not None:
         ev["sample_quality"] = sq.evaluate(task.samples(state, sq.num_samples), full=final,
@@ -79,6 +79,11 @@ def fid_part(ev: dict) -> str:
     ', intra-FID 251.45 (real training images: 180.20)'."""
     parts = []
     for name, block in ev.get("sample_quality", {}).items():
+        if name == quality.SWD:
+            real = (f"; real training images: {block['swd_train_images']:.2f}" if "swd_train_images" in block
+                    else "")
+            parts.append(f"; SWD {block['swd']:.2f} ({block['swd_images']} samples{real})")
+            continue
         real = ""
         if "fid_train_images" in block:
             count = block["num_train_images"]
