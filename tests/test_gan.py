@@ -630,7 +630,7 @@ def test_d_update_is_the_gradient_of_the_d_loss_plus_the_lazily_scaled_regulariz
     assert not all(np.allclose(a, b, rtol=1e-3) for a, b in zip(jax.tree.leaves(with_reg), jax.tree.leaves(without)))
 
 
-@pytest.mark.parametrize("variant", ["hinge", "wgan_gp", "r1", "diffaugment", "bf16"])
+@pytest.mark.parametrize("variant", ["hinge", "wgan_gp", "r1", "dragan", "diffaugment", "bf16"])
 def test_gan_mnist_variants_train_end_to_end(variant, tmp_path, one_device):
     """Every loss / regularizer / augmentation / dtype variant of the shipped GAN config runs a few steps (on one
     device and without sample-quality metrics, which other tests cover: CI time)."""
