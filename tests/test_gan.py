@@ -46,6 +46,8 @@ def test_losses_match_a_hand_computation(name, d_loss, g_loss):
 def test_the_pairwise_relativistic_loss_refuses_fresh_fakes_of_another_count_and_the_averaged_ones_take_them():
     with pytest.raises(ValueError, match="cannot take d_real and d_fake of different lengths"):
         gan_obj.check_loss(gan_obj.get_loss("relativistic"), "relativistic", batch=4, g_batch=8)
+    with pytest.raises(ValueError, match="pairs each real with a fake: D's outputs on 4 reals and 1 fakes"):
+        gan_obj.check_loss(gan_obj.get_loss("relativistic"), "relativistic", batch=4, g_batch=1)  # would broadcast
     gan_obj.check_loss(gan_obj.get_loss("relativistic_average"), "relativistic_average", batch=4, g_batch=8)
     assert gan_step.reads_d_real(gan_obj.get_loss("relativistic_average"), 4)  # G's loss reads D on the reals
     assert not gan_step.reads_d_real(gan_obj.get_loss("hinge"), 4)
@@ -434,10 +436,11 @@ def test_gan_outputs_land_in_the_workdir(tmp_path):
     done = [line for line in train_log.splitlines() if " Done: " in line]  # the final FID in the closing line
     q, s = final["sample_quality"]["classifier"], final["sample_quality"]["swd"]
     assert len(done) == 1 and (f"; classifier FID {q['fid']:.2f} (64 samples; real training images: "
-                               f"{q['fid_train_images']:.2f}); SWD {s['swd']:.2f} (64 samples; real training "
-                               f"images: {s['swd_train_images']:.2f}); outputs in") in done[0]
+                               f"{q['fid_train_images']:.2f}); SWD {s['swd']:.2f} (64 images each; real "
+                               f"training images: {s['swd_train_images']:.2f}); outputs in") in done[0]
     # The SWD beside the extractors' blocks: one level at 28x28, as many reference images as samples.
     assert s["swd_resolutions"] == [28] and s["swd_images"] == 64 and 0 < s["swd_train_images"] < s["swd"]
+    assert s["num_reference"] == 1000 and s["num_samples"] == 64  # the test digits, of which it keeps a draw of 64
     assert q["num_train_images"] == 64 and 0 < q["fid_train_images"] < q["fid"]
     assert final["num_examples"] == 64 and np.isfinite(final["d_real"])
     for name in ("images/samples.png", "images/samples_0000010.png", "images/samples_0000020.png",

@@ -296,6 +296,13 @@ def compare(extractor: Extractor, ref: dict, samples: np.ndarray, *, full: bool,
 SWD = "swd"  # the sample-quality block of eval.swd, beside the extractors' (its metric: 'swd/swd')
 
 
+def _swd_draw(images: np.ndarray, count: int, seed: int) -> np.ndarray:
+    """min(count, all) of `images`, a fixed draw by `seed` (all of them, in order, when they are no more)."""
+    if len(images) <= count:
+        return images
+    return images[np.sort(np.random.default_rng(seed).permutation(len(images))[:count])]
+
+
 class SampleQuality:
     """The run's sample-quality evaluator: its extractors and their cached reference features, built once.
 
@@ -321,7 +328,10 @@ class SampleQuality:
         self.refs = {split: {n: reference(e, images, data_config=config.data, split=split)
                              for n, e in self.extractors.items()} for split, images in references.items()}
         self.swd = bool(config.eval.get("swd", False))
-        self.reference_images = dict(references) if self.swd else {}  # SWD reads the pixels at every evaluation
+        # SWD reads the pixels at every evaluation, as many references as samples: that draw is all it keeps.
+        self.reference_images = {s: _swd_draw(images, self.num_samples, self.seed) for s, images in references.items()
+                                 } if self.swd else {}
+        self.reference_counts = {s: len(images) for s, images in references.items()}
         if self.swd:
             shape = next(iter(references.values())).shape[1:3]
             if min(shape) < swd_lib.NEIGHBOURHOOD:
@@ -356,7 +366,8 @@ class SampleQuality:
         ref = self.reference_images[split]
         out = {"method": "sliced Wasserstein distance x 1e3 of 7x7 neighbourhoods of the Laplacian pyramid's levels "
                          "(Karras et al. 2018), 128 per image and level, 512 directions; the mean over the levels",
-               "reference": f"{self.dataset} {split}", **swd_lib.swd(ref, samples, seed=self.seed)}
+               "reference": f"{self.dataset} {split}", **swd_lib.swd(ref, samples, seed=self.seed),
+               "num_reference": self.reference_counts[split]}
         if floor:
             n = min(len(samples), len(self.train_images))
             chosen = np.sort(np.random.default_rng(self.seed).permutation(len(self.train_images))[:n])

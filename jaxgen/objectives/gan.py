@@ -85,6 +85,9 @@ def relativistic(d_real, d_fake):
     D: E softplus(-(D(x_i) - D(G(z_i)))); G the same with the roles swapped, E softplus(-(D(G(z_i)) - D(x_i))). Pairs
     example i of the reals with example i of the fakes, so it cannot take train.g_batch_size fresh fakes of another
     count."""
+    if d_real.shape != d_fake.shape:  # one fake would broadcast against every real
+        raise ValueError(f"loss.name='relativistic' pairs each real with a fake: D's outputs on {d_real.shape[0]} "
+                         f"reals and {d_fake.shape[0]} fakes")
     gap = d_real - d_fake
     d_loss = jnp.mean(jax.nn.softplus(-gap))
     return d_loss, jnp.mean(jax.nn.softplus(gap)), {"rel_gap": jnp.mean(gap)}

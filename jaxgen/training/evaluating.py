@@ -82,7 +82,7 @@ def fid_part(ev: dict) -> str:
         if name == quality.SWD:
             real = (f"; real training images: {block['swd_train_images']:.2f}" if "swd_train_images" in block
                     else "")
-            parts.append(f"; SWD {block['swd']:.2f} ({block['swd_images']} samples{real})")
+            parts.append(f"; SWD {block['swd']:.2f} ({block['swd_images']} images each{real})")
             continue
         real = ""
         if "fid_train_images" in block:

@@ -57,8 +57,8 @@ def _restore_for(config, workdir, mode: str):
             hint = (f"the best checkpoint by {metric} is kept at the run's evaluations "
                     f"({when}); none has been kept yet")
         else:
-            hint = ("training keeps a best checkpoint only with eval.extractors or checkpoint.best_metric set, "
-                    "and the run's config.json has neither")
+            hint = ("training keeps a best checkpoint only with eval.extractors, eval.swd or checkpoint.best_metric "
+                    "set, and the run's config.json has none of them")
         raise FileNotFoundError(f"--mode={mode}: no readable checkpoint in {where}; {hint}")
     log.info("--mode=%s on the %s checkpoint: step %d", mode, which, int(jax.device_get(state["step"])))
     return task, state, differ
@@ -123,7 +123,8 @@ def _training_best_metric(config, workdir: Path) -> str | None:
     named = trained.get("checkpoint", {}).get("best_metric")
     if named == "auto":
         extractors = trained.get("eval", {}).get("extractors") or ()
-        return f"{extractors[0]}/fid" if extractors else None
+        swd_on = bool(trained.get("eval", {}).get("swd", False))
+        return f"{extractors[0]}/fid" if extractors else f"{quality.SWD}/swd" if swd_on else None
     return named or _best_metric(config)
 
 

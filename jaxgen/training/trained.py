@@ -107,7 +107,7 @@ def load(config: ml_collections.ConfigDict, workdir: str | Path, checkpoint: str
         raise FileNotFoundError(f"trained.load: there is no workdir at {workdir}; train one first (python launch.py "
                                 f"--config=... --workdir={workdir})")
     if not where.is_dir():  # checked first: the checkpoint manager would create the folder
-        hint = ("a run keeps a best checkpoint only with eval.extractors or checkpoint.best_metric set"
+        hint = ("a run keeps a best checkpoint only with eval.extractors, eval.swd or checkpoint.best_metric set"
                 if checkpoint == "best" else "train first (the same launch.py command resumes a run)")
         raise FileNotFoundError(f"trained.load: {workdir} has no {loop.CHECKPOINT_DIRS[checkpoint]}/ folder; {hint}")
     shape = run_record.trained_image_shape(workdir)
