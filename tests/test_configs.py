@@ -197,7 +197,7 @@ def test_an_unknown_variant_is_one_line_listing_the_choices(tmp_path):
     r = launch("--config=configs/vae_mnist.py:smok", f"--workdir={tmp_path / 'run'}")
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
     assert ("FATAL Flags parsing error: unknown config variant 'smok'; choices: btcvae, conditional, fashion, "
-            "infovae, iwae, mnist_5k, smoke\n") in r.stderr
+            "infovae, iwae, mnist_5k, smoke, vamp\n") in r.stderr
 
 
 def test_a_flagfile_that_cannot_be_read_is_one_line_and_one_that_can_is_read(tmp_path):
@@ -343,7 +343,7 @@ def test_a_config_file_that_reads_a_missing_field_names_the_line_and_the_fields(
 
 def test_unknown_variant_lists_the_choices():
     with pytest.raises(ValueError, match="unknown config variant 'smok'; choices: btcvae, conditional, fashion, "
-                                         "infovae, iwae, mnist_5k, smoke"):
+                                         "infovae, iwae, mnist_5k, smoke, vamp"):
         _load_config(str(ROOT / "configs" / "vae_mnist.py"), "smok")
     spaced = _load_config(str(ROOT / "configs" / "vae_mnist.py"), "iwae, smoke")  # as written in a shell script
     assert spaced.to_dict() == _load_config(str(ROOT / "configs" / "vae_mnist.py"), "iwae,smoke").to_dict()

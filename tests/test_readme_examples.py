@@ -49,7 +49,7 @@ def test_the_free_bits_objective_and_its_config_train(myproject, tmp_path):
     assert module.get_config("smoke,strong").objective.free_bits == 1.0  # the file's own variant, after smoke
     assert module.get_config("").data.name == "mnist"  # the shipped config's default dataset
     with pytest.raises(ValueError, match=r"unknown config variant 'strog'; choices: btcvae, conditional, fashion, "
-                                         r"infovae, iwae, mnist_5k, smoke, strong"):
+                                         r"infovae, iwae, mnist_5k, smoke, strong, vamp"):
         module.get_config("strog")
 
 
