@@ -369,9 +369,7 @@ class SampleQuality:
                "reference": f"{self.dataset} {split}", **swd_lib.swd(ref, samples, seed=self.seed),
                "num_reference": self.reference_counts[split]}
         if floor:
-            n = min(len(samples), len(self.train_images))
-            chosen = np.sort(np.random.default_rng(self.seed).permutation(len(self.train_images))[:n])
-            real = swd_lib.swd(ref, self.train_images[chosen], seed=self.seed)
+            real = swd_lib.swd(ref, _swd_draw(self.train_images, len(samples), self.seed), seed=self.seed)
             out.update(swd_train_images=real["swd"], swd_train_images_levels=real["swd_levels"])
         return out
 

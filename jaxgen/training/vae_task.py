@@ -59,7 +59,7 @@ class VAETask:
                                         untrained="its decoder learns nothing for them")
         else:  # a placeholder for output_bias='data_mean' and vamp_init='data': the restored params replace it
             self.train = self.validation = self.test = None
-            rows = max(1, config.model.get("vamp_components", 1))
+            rows = config.model.vamp_components if config.model.get("prior", "normal") == "vamp" else 1
             self.image_shape, images = tuple(image_shape), np.full((rows, *image_shape), 128, np.uint8)
             if latent_mixture.uses_mixture(config):  # the train split alone, which the mixture is fit to
                 self.train = _train_for_mixture(config)
