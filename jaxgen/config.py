@@ -144,7 +144,12 @@ def vae_config() -> ml_collections.ConfigDict:
     c.objective.gaussian_sigma = 0.1  # std of the Gaussian likelihood, pixels in [0, 1]
     c.objective.beta = 1.0  # weight of the KL term (beta-VAE, info_vae; 1 is the ELBO); beta_tcvae: the TC's
     c.objective.kl_warmup_steps = 0  # elbo: the KL's weight rises linearly from 0 to beta over this many steps; 0 = off
-    c.objective.k = 1  # latent samples per example (IWAE's k)
+    c.objective.k = 1  # latent samples per example (IWAE's k); miwae, piwae: per bound, m k in all
+    c.objective.m = 1  # miwae, piwae: independent IWAE bounds of k draws each (Rainforth et al.'s M)
+    c.objective.elbo_weight = 0.5  # ciwae: the bound is elbo_weight ELBO + (1 - elbo_weight) IWAE (their beta)
+    # elbo (kl='mc'), iwae, miwae, ciwae, piwae: the encoder's gradient, 'standard' (autodiff through the draws) or
+    # 'dreg' (doubly reparameterised, Tucker et al. 2019: no score term; elbo's is sticking the landing)
+    c.objective.estimator = "standard"
     c.objective.kl = "analytic"  # elbo: 'analytic' or 'mc' (single-sample estimate)
     c.objective.mi_weight = 1.0  # beta_tcvae: the weight of the index-code mutual information I(x; z)
     c.objective.tc_estimator = "mws"  # beta_tcvae: q(z)'s estimate, 'mws' (weighted) or 'mss' (stratified sampling)

@@ -55,12 +55,15 @@ CLASS_MODEL_READS = ("name", "latent_dim", "num_classes", "prior", "vamp_compone
 
 # The built-in VAE objectives' own fields of the objective block, and which of them each reads (the likelihood's are
 # every objective's).
-VAE_OBJECTIVE_READS = {"elbo": ("beta", "k", "kl", "kl_warmup_steps"), "iwae": ("k",),
+VAE_OBJECTIVE_READS = {"elbo": ("beta", "k", "kl", "kl_warmup_steps", "estimator"), "iwae": ("k", "estimator"),
+                       "miwae": ("k", "m", "estimator"), "ciwae": ("k", "elbo_weight", "estimator"),
+                       "piwae": ("k", "m", "estimator"),
                        "beta_tcvae": ("beta", "mi_weight", "dim_kl_weight", "tc_estimator"),
                        "info_vae": ("beta", "mmd_weight", "mmd_kernel"),
                        "capacity_vae": ("beta", "capacity", "capacity_steps")}
 VAE_OBJECTIVE_FIELDS = {f: tuple(n for n, reads in VAE_OBJECTIVE_READS.items() if f in reads)
-                        for f in ("beta", "k", "kl", "kl_warmup_steps", "mi_weight", "dim_kl_weight", "tc_estimator",
+                        for f in ("beta", "k", "m", "elbo_weight", "estimator", "kl", "kl_warmup_steps", "mi_weight",
+                                  "dim_kl_weight", "tc_estimator",
                                   "mmd_weight", "mmd_kernel", "capacity", "capacity_steps")}
 
 
@@ -314,6 +317,7 @@ def _check_vae(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"objective.mmd_kernel must be 'imq' or 'rbf', got {o.mmd_kernel!r}")
     if config.objective.k < 1 or config.eval.nll_k < 1 or config.eval.final_nll_k < 1:
         raise ValueError("objective.k, eval.nll_k and eval.final_nll_k must be >= 1")
+    _check_importance_fields(o)
     if config.eval.get("factor_vae_votes", 0) < 0 or 0 < config.eval.get("factor_vae_votes", 0) < 3:
         raise ValueError(f"eval.factor_vae_votes must be 0 (off) or >= 3 (two thirds train the FactorVAE metric's "
                          f"classifier, the rest score it), got {config.eval.factor_vae_votes}")
@@ -450,6 +454,26 @@ def _report_added_fields(config: ml_collections.ConfigDict, base: ml_collections
                     "your function reads (`with c.objective.unlocked():`)", "; ".join(unread))
 
 
+def _check_importance_fields(o: ml_collections.ConfigDict) -> None:
+    """objective.estimator, objective.m and objective.elbo_weight (the importance-weighted family's fields)."""
+    from jaxgen.objectives import vae as vae_objectives  # noqa: PLC0415 (JAX loads with it, when checked)
+
+    vae_objectives.estimator(o)
+    m = o.get("m", 1)
+    if isinstance(m, bool) or not isinstance(m, int) or m < 1:
+        raise ValueError(f"objective.m must be an int >= 1 (miwae's and piwae's independent IWAE bounds of "
+                         f"objective.k draws each), got {m!r}")
+    if not 0.0 <= o.get("elbo_weight", 0.5) <= 1.0:
+        raise ValueError(f"objective.elbo_weight must be in [0, 1] (ciwae's weight of the ELBO against the IWAE bound: "
+                         f"1 is the ELBO, 0 the IWAE bound), got {o.elbo_weight}")
+    if o.name == "elbo" and o.get("estimator", "standard") == "dreg" and o.kl == "analytic":
+        raise ValueError("objective.estimator='dreg' with elbo drops the score term of the Monte Carlo KL (sticking "
+                         "the landing); the closed-form KL has none: set --config.objective.kl=mc")
+    if o.name in ("miwae", "piwae") and m == 1:
+        log.warning("objective.name=%r with objective.m=1 is the IWAE bound of objective.k=%d draws (objective.name="
+                    "iwae); Rainforth et al. split m k draws into m > 1 bounds, e.g. m=8 and k=8", o.name, o.k)
+
+
 def _check_prior(config) -> None:
     """model.prior and, for 'vamp', model.vamp_components and what the VampPrior trains with."""
     check_prior_fields(config.model)
@@ -458,8 +482,9 @@ def _check_prior(config) -> None:
     o = config.objective
     if o.name in ("beta_tcvae", "info_vae", "capacity_vae"):
         raise ValueError(f"objective.name={o.name!r} assumes the N(0, I) prior (its KL terms or MMD are taken against "
-                         "it); model.prior='vamp' trains with objective.name=elbo (objective.kl=mc) or iwae, or an "
-                         "objective of yours that calls jaxgen.objectives.vae.prior_log_prob")
+                         "it); model.prior='vamp' trains with objective.name=elbo (objective.kl=mc) or iwae (or "
+                         "miwae, ciwae, piwae), or an objective of yours that calls "
+                         "jaxgen.objectives.vae.prior_log_prob")
     if o.name not in VAE_OBJECTIVE_READS:
         log.warning("model.prior='vamp' with your objective %s: it must take log p(z) from "
                     "jaxgen.objectives.vae.prior_log_prob(params, z, model); one that takes its KL against N(0, I) "

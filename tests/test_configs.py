@@ -60,9 +60,9 @@ def test_unknown_config_field_is_an_error(tmp_path):
 
 @pytest.mark.parametrize("override,block,fields", [
     ("train.zzzz=8", "train", "batch_size, ema_half_life, ema_rampup, log_every, steps, steps_per_dispatch\n"),
-    ("objective.zzzz=8", "objective", "beta, capacity, capacity_steps, dim_kl_weight, gaussian_sigma, k, kl, "
-                                      "kl_warmup_steps, likelihood, mi_weight, mmd_kernel, mmd_weight, name, "
-                                      "tc_estimator; a "
+    ("objective.zzzz=8", "objective", "beta, capacity, capacity_steps, dim_kl_weight, elbo_weight, estimator, "
+                                      "gaussian_sigma, k, kl, kl_warmup_steps, likelihood, m, mi_weight, mmd_kernel, "
+                                      "mmd_weight, name, tc_estimator; a "
                                       "field of your own (read by your function through `cfg`) is added to "
                                       "objective in a config"),
     ("zzzz.steps=8", "the config",
@@ -368,7 +368,8 @@ def test_a_variant_that_overrides_an_earlier_ones_fields_says_so(caplog):
 
 @pytest.mark.parametrize("field,value,message", [
     ("model.name", "conv_vea", "unknown model 'conv_vea'; choices: conv_vae, mlp_vae"),
-    ("objective.name", "elbow", "unknown objective 'elbow'; choices: beta_tcvae, capacity_vae, elbo, info_vae, iwae"),
+    ("objective.name", "elbow", "unknown objective 'elbow'; choices: beta_tcvae, capacity_vae, ciwae, elbo, "
+                                "info_vae, iwae, miwae, piwae"),
     ("objective.likelihood", "poisson",
      "unknown likelihood 'poisson'; choices: bernoulli, discretized_logistic, gaussian"),
     ("data.name", "imagenet", "unknown dataset 'imagenet'; choices: celeb_a, cifar10"),

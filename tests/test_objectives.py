@@ -270,8 +270,8 @@ def test_nll_keeps_at_most_two_chunks_in_flight():
 
 
 def test_unknown_objective_lists_the_choices():
-    with pytest.raises(ValueError, match="unknown objective 'elbow'; choices: beta_tcvae, capacity_vae, elbo, "
-                                         "info_vae, iwae"):
+    with pytest.raises(ValueError, match="unknown objective 'elbow'; choices: beta_tcvae, capacity_vae, ciwae, "
+                                         "elbo, info_vae, iwae, miwae, piwae"):
         objectives.get("elbow")
 
 

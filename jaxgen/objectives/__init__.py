@@ -13,13 +13,16 @@ import numpy as np
 
 from jaxgen import config as config_lib
 from jaxgen import parallel, registry
-from jaxgen.objectives.vae import beta_tcvae, capacity_vae, elbo, info_vae, iwae
+from jaxgen.objectives.vae import beta_tcvae, capacity_vae, ciwae, elbo, info_vae, iwae, miwae, piwae
 
-OBJECTIVES = {"elbo": elbo, "iwae": iwae, "beta_tcvae": beta_tcvae, "info_vae": info_vae, "capacity_vae": capacity_vae}
+OBJECTIVES = {"elbo": elbo, "iwae": iwae, "miwae": miwae, "ciwae": ciwae, "piwae": piwae, "beta_tcvae": beta_tcvae,
+              "info_vae": info_vae, "capacity_vae": capacity_vae}
 # The objective block's fields that only the built-in objectives read (the evaluation reads `likelihood` and
 # `gaussian_sigma` whatever the objective): set for an objective of the user's that does not read them, they do
 # nothing, which the VAE task warns about.
-BUILTIN_FIELDS = {"beta": "elbo, beta_tcvae, info_vae and capacity_vae", "k": "elbo and iwae", "kl": "elbo",
+BUILTIN_FIELDS = {"beta": "elbo, beta_tcvae, info_vae and capacity_vae", "k": "elbo, iwae, miwae, ciwae and piwae",
+                  "m": "miwae and piwae", "elbo_weight": "ciwae", "estimator": "elbo, iwae, miwae, ciwae and piwae",
+                  "kl": "elbo",
                   "kl_warmup_steps": "elbo", "mi_weight": "beta_tcvae", "dim_kl_weight": "beta_tcvae",
                   "tc_estimator": "beta_tcvae",
                   "mmd_weight": "info_vae", "mmd_kernel": "info_vae", "capacity": "capacity_vae",

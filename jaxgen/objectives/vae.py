@@ -218,7 +218,7 @@ def log_importance_weights(params, x, keys, *, model, cfg, k: int, posterior=Non
     return log_px + prior_log_prob(params, z, model) - posterior_log_prob(eps, logvar)
 
 
-OWN_PRIOR_OBJECTIVES = "train it with objective.name=elbo (objective.kl=mc) or iwae"
+OWN_PRIOR_OBJECTIVES = "train it with objective.name=elbo (objective.kl=mc) or iwae (or miwae, ciwae, piwae)"
 
 
 def check_normal_prior(model, what: str, fix: str) -> None:
@@ -234,17 +234,25 @@ def elbo(params, x, keys, *, model, cfg, step=None):
     cfg.kl = 'analytic' uses the closed-form Gaussian KL; 'mc' the single-sample estimate log q(z|x) - log p(z)
     (the form whose k=1 value equals IWAE's under the same noise). With cfg.kl_warmup_steps = W > 0 the KL's weight
     rises linearly from 0 to beta over the first W train steps (KL annealing: Bowman et al. 2016, Sonderby et al.
-    2016), logged as kl_weight; the logged elbo is always the unweighted bound.
+    2016), logged as kl_weight; the logged elbo is always the unweighted bound. cfg.estimator = 'dreg' (with 'mc'):
+    the encoder's gradient leaves out the score term of log q(z|x), whose expectation is 0 ("sticking the landing",
+    Roeder et al. 2017; the k-draw ELBO's case of DReG): the same expected gradient, with no variance left where q
+    is the exact posterior.
     """
     mu, logvar = model.apply(params, x, method="encode")
     z, eps = draw_latents(mu, logvar, keys, cfg.k)
     rec = jnp.mean(_decode_log_prob(params, x, z, model=model, cfg=cfg), axis=1)  # [B]
+    stl = estimator(cfg) == "dreg"
     if cfg.kl == "analytic":
         check_normal_prior(model, "objective.kl='analytic' (the closed-form KL to N(0, I))",
                            "--config.objective.kl=mc")
+        if stl:
+            raise ValueError("objective.estimator='dreg' with elbo drops the score term of the Monte Carlo KL "
+                             "(sticking the landing); the closed-form KL has none: set --config.objective.kl=mc")
         kl = gaussian_kl(mu, logvar)
     elif cfg.kl == "mc":
-        kl = jnp.mean(posterior_log_prob(eps, logvar) - prior_log_prob(params, z, model), axis=1)
+        log_q = path_posterior_log_prob(z, eps, logvar) if stl else posterior_log_prob(eps, logvar)
+        kl = jnp.mean(log_q - prior_log_prob(params, z, model), axis=1)
     else:
         raise ValueError(f"objective.kl must be 'analytic' or 'mc', got {cfg.kl!r}")
     weight, extra = cfg.beta, {}
@@ -258,15 +266,168 @@ def elbo(params, x, keys, *, model, cfg, step=None):
     return loss, {"loss": loss, "elbo": jnp.mean(rec - kl), "rec_nll": -jnp.mean(rec), "kl": jnp.mean(kl), **extra}
 
 
+ESTIMATORS = ("standard", "dreg")  # objective.estimator
+
+
+def estimator(cfg) -> str:
+    """cfg.estimator, checked: 'standard' (autodiff of the bound through the reparameterised draws) or 'dreg'."""
+    name = cfg.get("estimator", "standard")
+    if name not in ESTIMATORS:
+        raise ValueError(f"unknown objective.estimator {name!r}; choices: {', '.join(ESTIMATORS)} ('dreg': doubly "
+                         "reparameterised encoder gradients, Tucker et al. 2019; for elbo, sticking the landing)")
+    return name
+
+
+def path_posterior_log_prob(z, eps, logvar):
+    """log q(z | x) [B, k] of z = mu + sigma * eps with q's parameters held fixed: `posterior_log_prob`'s value,
+    whose gradient reaches z alone (d/dz = -eps / sigma), not mu and logvar. Its derivative through z is the path
+    derivative of Roeder et al. (2017): the score term E[d log q / d phi] = 0 left out."""
+    value = lax.stop_gradient(posterior_log_prob(eps, logvar))
+    slope = lax.stop_gradient(-eps * jnp.exp(-0.5 * logvar)[:, None])
+    return value + jnp.sum(slope * (z - lax.stop_gradient(z)), axis=-1)
+
+
+def _split_log_weights(params, x, keys, *, model, cfg, k: int, path_only: bool):
+    """The log importance weights [B, k] twice, for gradients that weigh the draws differently for the generative
+    model (theta: decoder and prior) and for the encoder (phi): `for_theta` with the draws held fixed (its gradient
+    reaches the decoder and the prior, a VampPrior's pseudo-inputs and the encoder they pass through included),
+    `for_phi` with the decoder and the prior held fixed (its gradient reaches the encoder, through the draws and
+    log q; through the draws alone when path_only). Equal values; XLA computes the decoder's forward pass once."""
+    mu, logvar = model.apply(params, x, method="encode")
+    z, eps = draw_latents(mu, logvar, keys, k)
+    log_q = posterior_log_prob(eps, logvar)
+    fixed_z, fixed = lax.stop_gradient(z), lax.stop_gradient(params)
+    for_theta = _decode_log_prob(params, x, fixed_z, model=model, cfg=cfg) + prior_log_prob(params, fixed_z, model) \
+        - lax.stop_gradient(log_q)
+    log_q = path_posterior_log_prob(z, eps, logvar) if path_only else log_q
+    for_phi = _decode_log_prob(fixed, x, z, model=model, cfg=cfg) + prior_log_prob(fixed, z, model) - log_q
+    return for_theta, for_phi
+
+
+def _surrogate_loss(value, for_theta, theta_weights, for_phi, phi_weights):
+    """A loss whose value is `value` and whose gradient is that of -mean_B sum_j (a_j lw_j + b_j lw'_j), the
+    weights a (theta's) and b (phi's) [B, k] held fixed."""
+    surrogate = -jnp.mean(jnp.sum(lax.stop_gradient(theta_weights) * for_theta
+                                  + lax.stop_gradient(phi_weights) * for_phi, axis=1))
+    return lax.stop_gradient(value) + surrogate - lax.stop_gradient(surrogate)
+
+
+def _groups(log_w, m: int):
+    """log w [B, m k] as m groups of k draws [B, m, k] (draw j of an example in group j // k)."""
+    return log_w.reshape(log_w.shape[0], m, log_w.shape[1] // m)
+
+
+def _multi_bound(log_w, m: int):
+    """The mean over m groups of the IWAE bound of each group's k draws [B] (m = 1: the IWAE bound)."""
+    g = _groups(log_w, m)
+    return jnp.mean(jax.nn.logsumexp(g, axis=-1), axis=-1) - math.log(g.shape[-1])
+
+
+def _group_weights(log_w, m: int, power: int = 1):
+    """d(mean of the groups' IWAE bounds) / d log w [B, m k]: each group's normalised weights / m, or, power 2, their
+    squares / m (DReG's weights for the encoder)."""
+    w = jax.nn.softmax(_groups(log_w, m), axis=-1) ** power / m
+    return w.reshape(log_w.shape)
+
+
+def _ess(log_w):
+    """The effective sample size 1 / sum_j w_j^2 of the normalised weights [B, k], averaged over the batch."""
+    w = jax.nn.softmax(log_w, axis=1)
+    return jnp.mean(1.0 / jnp.sum(w**2, axis=1))
+
+
 def iwae(params, x, keys, *, model, cfg):
-    """The negative importance-weighted bound (Burda et al. 2016) with cfg.k samples per example."""
+    """The negative importance-weighted bound (Burda et al. 2016) with cfg.k samples per example.
+
+    cfg.estimator = 'dreg': the encoder's gradient is the doubly reparameterised one (Tucker et al. 2019, "Doubly
+    Reparameterized Gradient Estimators for Monte Carlo Objectives"), sum_j w_j^2 d log w_j / d z_j dz_j / d phi with
+    w the normalised weights: unbiased for the same gradient, without the score term whose noise grows with k (the
+    encoder's signal-to-noise ratio falls as k grows under the standard estimator: Rainforth et al. 2018). The
+    decoder's gradient and the loss's value are the standard ones."""
+    if estimator(cfg) == "dreg":
+        return _miwae_dreg(params, x, keys, model=model, cfg=cfg, m=1, name="iwae_bound")
     log_w = log_importance_weights(params, x, keys, model=model, cfg=cfg, k=cfg.k)
     bound = jax.nn.logsumexp(log_w, axis=1) - math.log(cfg.k)
     loss = -jnp.mean(bound)
     # The effective sample size of the normalised weights says how much the k samples help.
-    w = jax.nn.softmax(log_w, axis=1)
-    ess = jnp.mean(1.0 / jnp.sum(w**2, axis=1))
-    return loss, {"loss": loss, "iwae_bound": -loss, "ess": ess}
+    return loss, {"loss": loss, "iwae_bound": -loss, "ess": _ess(log_w)}
+
+
+def _miwae_dreg(params, x, keys, *, model, cfg, m: int, name: str):
+    for_theta, for_phi = _split_log_weights(params, x, keys, model=model, cfg=cfg, k=m * cfg.k, path_only=True)
+    log_w = lax.stop_gradient(for_theta)
+    bound = jnp.mean(_multi_bound(log_w, m))
+    loss = _surrogate_loss(-bound, for_theta, _group_weights(log_w, m), for_phi, _group_weights(log_w, m, 2))
+    extra = {"iwae_bound": jnp.mean(_multi_bound(log_w, 1))} if m > 1 else {}
+    return loss, {"loss": loss, name: bound, **extra, "ess": _ess(_groups(log_w, m).reshape(-1, cfg.k))}
+
+
+def _groups_of(cfg) -> int:
+    m = cfg.m
+    if isinstance(m, bool) or not isinstance(m, int) or m < 1:
+        raise ValueError(f"objective.m must be an int >= 1 (the independent IWAE bounds of objective.k draws each), "
+                         f"got {m!r}")
+    return m
+
+
+def miwae(params, x, keys, *, model, cfg):
+    """The negative MIWAE bound (Rainforth et al. 2018, "Tighter Variational Bounds are Not Necessarily Better"): the
+    mean of cfg.m independent IWAE bounds of cfg.k draws each, m k draws per example. m = 1 is `iwae`, k = 1 the ELBO
+    of m draws (Monte Carlo KL). At a fixed m k, a larger m gives the encoder a less noisy gradient and a looser
+    bound. cfg.estimator = 'dreg' as for `iwae`, within each group. Logs `miwae_bound`, `iwae_bound` (the IWAE bound of
+    all m k draws, which the same draws give) and `ess` (per group of k)."""
+    m = _groups_of(cfg)
+    if estimator(cfg) == "dreg":
+        return _miwae_dreg(params, x, keys, model=model, cfg=cfg, m=m, name="miwae_bound")
+    log_w = log_importance_weights(params, x, keys, model=model, cfg=cfg, k=m * cfg.k)
+    bound = jnp.mean(_multi_bound(log_w, m))
+    loss = -bound
+    return loss, {"loss": loss, "miwae_bound": bound, "iwae_bound": jnp.mean(_multi_bound(log_w, 1)),
+                  "ess": _ess(_groups(log_w, m).reshape(-1, cfg.k))}
+
+
+def ciwae(params, x, keys, *, model, cfg):
+    """The negative CIWAE bound (Rainforth et al. 2018): beta ELBO + (1 - beta) IWAE over the same cfg.k draws, beta
+    = cfg.elbo_weight (1: the ELBO with a Monte Carlo KL, 0: `iwae`). cfg.estimator = 'dreg': the encoder's gradient
+    is beta times the ELBO's path derivative (sticking the landing) plus 1 - beta times IWAE's doubly reparameterised
+    one, each unbiased for its term's. Logs `ciwae_bound`, `elbo` (the mean log weight) and `iwae_bound`."""
+    beta, k = cfg.elbo_weight, cfg.k
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"objective.elbo_weight must be in [0, 1] (ciwae's weight of the ELBO against the IWAE "
+                         f"bound), got {beta}")
+    if estimator(cfg) == "dreg":
+        for_theta, for_phi = _split_log_weights(params, x, keys, model=model, cfg=cfg, k=k, path_only=True)
+        log_w = lax.stop_gradient(for_theta)
+    else:
+        log_w = log_importance_weights(params, x, keys, model=model, cfg=cfg, k=k)
+    elbo_value, iwae_value = jnp.mean(log_w), jnp.mean(_multi_bound(log_w, 1))
+    bound = beta * elbo_value + (1.0 - beta) * iwae_value
+    if estimator(cfg) == "dreg":
+        uniform = jnp.full_like(log_w, 1.0 / k)
+        loss = _surrogate_loss(-bound, for_theta, beta * uniform + (1.0 - beta) * _group_weights(log_w, 1),
+                               for_phi, beta * uniform + (1.0 - beta) * _group_weights(log_w, 1, 2))
+    else:
+        loss = -bound
+    return loss, {"loss": loss, "ciwae_bound": bound, "elbo": elbo_value, "iwae_bound": iwae_value,
+                  "ess": _ess(log_w)}
+
+
+def piwae(params, x, keys, *, model, cfg):
+    """The PIWAE objective (Rainforth et al. 2018): the generative model (decoder and prior) trained on the IWAE bound
+    of all cfg.m cfg.k draws, the encoder on the MIWAE bound of the same draws in cfg.m groups of cfg.k, so that the
+    decoder gets the tighter bound and the encoder the less noisy gradient. The loss's value is the negative IWAE
+    bound; its gradient is each part's. cfg.estimator = 'dreg': the encoder's MIWAE gradient doubly reparameterised.
+    A VampPrior's pseudo-inputs, and the encoder as they pass through it, are the generative model's. Logs
+    `iwae_bound` and `miwae_bound`. The decoder runs twice under differentiation (once per part's gradient)."""
+    m = _groups_of(cfg)
+    dreg = estimator(cfg) == "dreg"
+    for_theta, for_phi = _split_log_weights(params, x, keys, model=model, cfg=cfg, k=m * cfg.k, path_only=dreg)
+    log_w = lax.stop_gradient(for_theta)
+    iwae_value, miwae_value = jnp.mean(_multi_bound(log_w, 1)), jnp.mean(_multi_bound(log_w, m))
+    loss = _surrogate_loss(-iwae_value, for_theta, _group_weights(log_w, 1), for_phi,
+                           _group_weights(log_w, m, 2 if dreg else 1))
+    return loss, {"loss": loss, "iwae_bound": iwae_value, "miwae_bound": miwae_value,
+                  "ess": _ess(_groups(log_w, m).reshape(-1, cfg.k))}
 
 
 def beta_tcvae(params, x, keys, *, model, cfg, dataset_size: int):

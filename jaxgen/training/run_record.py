@@ -130,7 +130,8 @@ SAME_MODEL_FIELDS = ("model.conv_impl", "model.norm_impl", "model.dtype")
 # scores every VAE by its ELBO and NLL under objective.likelihood) and the optimizers' settings (not their names:
 # adam's and adamw's states differ, and the checkpoint restores the optimizer state too).
 TRAINING_ONLY_BLOCKS = ("loss", "reg", "augment")
-TRAINING_ONLY_FIELDS = ("objective.name", "objective.beta", "objective.k", "objective.kl", "objective.kl_warmup_steps",
+TRAINING_ONLY_FIELDS = ("objective.name", "objective.beta", "objective.k", "objective.m", "objective.elbo_weight",
+                        "objective.estimator", "objective.kl", "objective.kl_warmup_steps",
                         "objective.mi_weight", "objective.dim_kl_weight", "objective.tc_estimator",
                         "objective.mmd_weight", "objective.mmd_kernel", "objective.capacity",
                         "objective.capacity_steps",
