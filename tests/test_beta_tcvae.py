@@ -139,7 +139,8 @@ def test_the_config_checks_its_weights_and_warns_about_fields_it_does_not_read(c
     c.objective.k, c.objective.kl_warmup_steps = 5, 100
     with caplog.at_level(logging.WARNING, logger="jaxgen"):
         config_check.check(c)
-    assert "objective.k=5 (read by objective.name=elbo or iwae; this run's is beta_tcvae)" in caplog.text
+    assert "objective.k=5 (read by objective.name=elbo or iwae or miwae or ciwae or piwae; this run's is " \
+           "beta_tcvae)" in caplog.text
     assert "objective.kl_warmup_steps=100 (read by objective.name=elbo; this run's is beta_tcvae)" in caplog.text
     caplog.clear()
     e = config_module(CONFIGS / "vae_mnist.py").get_config("smoke")

@@ -191,8 +191,9 @@ def test_built_in_objective_fields_a_users_objective_does_not_read_are_warned_ab
     with caplog.at_level(logging.WARNING, logger="jaxgen"):
         loop.build_task(c, tmp_path)
     assert ("These settings do nothing in this run: objective.beta=4.0 (read by the built-in elbo, beta_tcvae, "
-            "info_vae and capacity_vae); objective.k=2 (read by the built-in elbo and iwae). Your objective "
-            "tests.test_user_functions:warmed_elbo did not read them when traced before training") in caplog.text
+            "info_vae and capacity_vae); objective.k=2 (read by the built-in elbo, iwae, miwae, ciwae and piwae). "
+            "Your objective tests.test_user_functions:warmed_elbo did not read them when traced before training") \
+        in caplog.text
     assert "kl_warmup_steps" not in caplog.text
     caplog.clear()
     c.objective.beta, c.objective.k = 1.0, 1  # the defaults: nothing to say
