@@ -209,26 +209,13 @@ def _decode_log_prob(params, x, z, *, model, cfg):
     return likelihood(cfg)(out, x[:, None], cfg)
 
 
-def prior_density(params, model):
-    """z -> log p(z), as `prior_log_prob`, with what the prior computes from the params alone done once, here: a
-    VampPrior's components (the encoder's posteriors at its pseudo-inputs), for the many draws of an NLL."""
-    from jaxgen.models.prior import VampPrior, mixture_log_prob  # noqa: PLC0415 (models import objectives)
-
-    if isinstance(model, VampPrior):
-        mu, logvar = model.apply(params, method="prior_components")
-        return lambda z: mixture_log_prob(z, mu, logvar)
-    return lambda z: prior_log_prob(params, z, model)
-
-
-def log_importance_weights(params, x, keys, *, model, cfg, k: int, posterior=None, log_prior=None) -> jax.Array:
+def log_importance_weights(params, x, keys, *, model, cfg, k: int, posterior=None) -> jax.Array:
     """log w = log p(x|z) + log p(z) - log q(z|x) for k draws z ~ q(z|x) per example: [B, k] (keys as for
-    `sample_latents`). posterior: (mu, logvar) of x when the caller has them (else x is encoded here); log_prior:
-    `prior_density`'s function when the caller has it."""
+    `sample_latents`). posterior: (mu, logvar) of x when the caller has them (else x is encoded here)."""
     mu, logvar = model.apply(params, x, method="encode") if posterior is None else posterior
     z, eps = draw_latents(mu, logvar, keys, k)
     log_px = _decode_log_prob(params, x, z, model=model, cfg=cfg)
-    log_pz = prior_log_prob(params, z, model) if log_prior is None else log_prior(z)
-    return log_px + log_pz - posterior_log_prob(eps, logvar)
+    return log_px + prior_log_prob(params, z, model) - posterior_log_prob(eps, logvar)
 
 
 OWN_PRIOR_OBJECTIVES = "train it with objective.name=elbo (objective.kl=mc) or iwae (or miwae, ciwae, piwae)"
@@ -584,17 +571,14 @@ def chunk_logsumexp(params, x, keys, c, *, model, cfg, chunk: int, valid, pieces
     fold_in(its key, j), so the estimate does not depend on the chunk size.
 
     pieces (dividing chunk): the chunk's draws decoded `chunk // pieces` per example at a time, in a loop
-    (lax.map), x encoded once (and a VampPrior's pseudo-inputs): on XLA:CPU a few hundred decodes at once run ~2.5x
-    faster per decode than ten thousand (`evaluation.vae.decode_pieces`). The same draws; the sum of their weights
-    rounds differently."""
+    (lax.map), x encoded once: on XLA:CPU a few hundred decodes at once run ~2.5x faster per decode than ten thousand
+    (`evaluation.vae.decode_pieces`). The same draws; the sum of their weights rounds differently."""
     posterior = model.apply(params, x, method="encode")
-    log_prior = prior_density(params, model)  # outside the loop over pieces
 
     def piece(p, size, first):
         draws = p * size + jnp.arange(size)
         ck = jax.vmap(lambda key: jax.vmap(lambda j: jax.random.fold_in(key, j))(draws))(keys)  # [B, size]
-        lw = log_importance_weights(params, x, ck, model=model, cfg=cfg, k=size, posterior=posterior,
-                                    log_prior=log_prior)
+        lw = log_importance_weights(params, x, ck, model=model, cfg=cfg, k=size, posterior=posterior)
         lw = jnp.where(first + jnp.arange(size)[None] < valid, lw, -jnp.inf)
         return jax.nn.logsumexp(lw, axis=1)
 
