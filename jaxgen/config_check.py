@@ -458,17 +458,10 @@ def _check_importance_fields(o: ml_collections.ConfigDict) -> None:
     """objective.estimator, objective.m and objective.elbo_weight (the importance-weighted family's fields)."""
     from jaxgen.objectives import vae as vae_objectives  # noqa: PLC0415 (JAX loads with it, when checked)
 
-    vae_objectives.estimator(o)
-    m = o.get("m", 1)
-    if isinstance(m, bool) or not isinstance(m, int) or m < 1:
-        raise ValueError(f"objective.m must be an int >= 1 (miwae's and piwae's independent IWAE bounds of "
-                         f"objective.k draws each), got {m!r}")
-    if not 0.0 <= o.get("elbo_weight", 0.5) <= 1.0:
-        raise ValueError(f"objective.elbo_weight must be in [0, 1] (ciwae's weight of the ELBO against the IWAE bound: "
-                         f"1 is the ELBO, 0 the IWAE bound), got {o.elbo_weight}")
-    if o.name == "elbo" and o.get("estimator", "standard") == "dreg" and o.kl == "analytic":
-        raise ValueError("objective.estimator='dreg' with elbo drops the score term of the Monte Carlo KL (sticking "
-                         "the landing); the closed-form KL has none: set --config.objective.kl=mc")
+    estimator, m = vae_objectives.estimator(o), vae_objectives.bound_groups(o)
+    vae_objectives.elbo_weight(o)
+    if o.name == "elbo" and estimator == "dreg" and o.kl == "analytic":
+        raise ValueError(vae_objectives.STL_NEEDS_MC)
     if o.name in ("miwae", "piwae") and m == 1:
         log.warning("objective.name=%r with objective.m=1 is the IWAE bound of objective.k=%d draws (objective.name="
                     "iwae); Rainforth et al. split m k draws into m > 1 bounds, e.g. m=8 and k=8", o.name, o.k)

@@ -247,8 +247,7 @@ def elbo(params, x, keys, *, model, cfg, step=None):
         check_normal_prior(model, "objective.kl='analytic' (the closed-form KL to N(0, I))",
                            "--config.objective.kl=mc")
         if stl:
-            raise ValueError("objective.estimator='dreg' with elbo drops the score term of the Monte Carlo KL "
-                             "(sticking the landing); the closed-form KL has none: set --config.objective.kl=mc")
+            raise ValueError(STL_NEEDS_MC)
         kl = gaussian_kl(mu, logvar)
     elif cfg.kl == "mc":
         log_q = path_posterior_log_prob(z, eps, logvar) if stl else posterior_log_prob(eps, logvar)
@@ -362,12 +361,26 @@ def _miwae_dreg(params, x, keys, *, model, cfg, m: int, name: str):
     return loss, {"loss": loss, name: bound, **extra, "ess": _ess(_groups(log_w, m).reshape(-1, cfg.k))}
 
 
-def _groups_of(cfg) -> int:
-    m = cfg.m
+def bound_groups(cfg) -> int:
+    """cfg.m, checked: miwae's and piwae's number of IWAE bounds (1 when the block has no `m`)."""
+    m = cfg.get("m", 1)
     if isinstance(m, bool) or not isinstance(m, int) or m < 1:
-        raise ValueError(f"objective.m must be an int >= 1 (the independent IWAE bounds of objective.k draws each), "
-                         f"got {m!r}")
+        raise ValueError(f"objective.m must be an int >= 1 (miwae's and piwae's independent IWAE bounds of "
+                         f"objective.k draws each), got {m!r}")
     return m
+
+
+def elbo_weight(cfg) -> float:
+    """cfg.elbo_weight, checked: ciwae's weight of the ELBO, in [0, 1] (0.5 when the block has none)."""
+    beta = cfg.get("elbo_weight", 0.5)
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"objective.elbo_weight must be in [0, 1] (ciwae's weight of the ELBO against the IWAE bound: "
+                         f"1 is the ELBO, 0 the IWAE bound), got {beta}")
+    return beta
+
+
+STL_NEEDS_MC = ("objective.estimator='dreg' with elbo drops the score term of the Monte Carlo KL (sticking the "
+                "landing); the closed-form KL has none: set --config.objective.kl=mc")
 
 
 def miwae(params, x, keys, *, model, cfg):
@@ -376,7 +389,7 @@ def miwae(params, x, keys, *, model, cfg):
     of m draws (Monte Carlo KL). At a fixed m k, a larger m gives the encoder a less noisy gradient and a looser
     bound. cfg.estimator = 'dreg' as for `iwae`, within each group. Logs `miwae_bound`, `iwae_bound` (the IWAE bound of
     all m k draws, which the same draws give) and `ess` (per group of k)."""
-    m = _groups_of(cfg)
+    m = bound_groups(cfg)
     if estimator(cfg) == "dreg":
         return _miwae_dreg(params, x, keys, model=model, cfg=cfg, m=m, name="miwae_bound")
     log_w = log_importance_weights(params, x, keys, model=model, cfg=cfg, k=m * cfg.k)
@@ -391,10 +404,7 @@ def ciwae(params, x, keys, *, model, cfg):
     = cfg.elbo_weight (1: the ELBO with a Monte Carlo KL, 0: `iwae`). cfg.estimator = 'dreg': the encoder's gradient
     is beta times the ELBO's path derivative (sticking the landing) plus 1 - beta times IWAE's doubly reparameterised
     one, each unbiased for its term's. Logs `ciwae_bound`, `elbo` (the mean log weight) and `iwae_bound`."""
-    beta, k = cfg.elbo_weight, cfg.k
-    if not 0.0 <= beta <= 1.0:
-        raise ValueError(f"objective.elbo_weight must be in [0, 1] (ciwae's weight of the ELBO against the IWAE "
-                         f"bound), got {beta}")
+    beta, k = elbo_weight(cfg), cfg.k
     if estimator(cfg) == "dreg":
         for_theta, for_phi = _split_log_weights(params, x, keys, model=model, cfg=cfg, k=k, path_only=True)
         log_w = lax.stop_gradient(for_theta)
@@ -419,7 +429,7 @@ def piwae(params, x, keys, *, model, cfg):
     bound; its gradient is each part's. cfg.estimator = 'dreg': the encoder's MIWAE gradient doubly reparameterised.
     A VampPrior's pseudo-inputs, and the encoder as they pass through it, are the generative model's. Logs
     `iwae_bound` and `miwae_bound`. The decoder runs twice under differentiation (once per part's gradient)."""
-    m = _groups_of(cfg)
+    m = bound_groups(cfg)
     dreg = estimator(cfg) == "dreg"
     for_theta, for_phi = _split_log_weights(params, x, keys, model=model, cfg=cfg, k=m * cfg.k, path_only=dreg)
     log_w = lax.stop_gradient(for_theta)
