@@ -13,13 +13,20 @@ import tempfile
 # XLA:CPU's older elemental emitters, not its fusion emitters: a third less CPU time compiling and running
 # (tests/test_vae_step.py and tests/test_gan_models.py from a cold cache: 126 -> 84 s on 2 cores). Only with the
 # jaxlib release it was checked with: XLA aborts on a flag it does not know, and a later release may drop it.
+#
+# The LLVM module of a program made in one piece, not split into 32 for a thread pool to compile: a test's programs
+# are small and the xdist workers keep the cores busy. 9% less CPU time (test_gan_models, test_layers and
+# test_iwae_family without the persistent cache, 2 workers on 2 Xeon cores, 3 runs each alternated: 167 -> 153 s).
+# With the same release guard.
 from jaxgen import runtime  # noqa: E402 (imports no JAX: XLA_FLAGS is still to be set)
 
 _user_flags = os.environ.get("XLA_FLAGS", "")
 TEST_XLA_FLAGS = " ".join(f for f in (
     "" if "--xla_backend_optimization_level" in _user_flags else "--xla_backend_optimization_level=0",
     "" if "--xla_cpu_use_fusion_emitters" in _user_flags or runtime._jaxlib_release() != (0, 10)
-    else "--xla_cpu_use_fusion_emitters=false") if f)
+    else "--xla_cpu_use_fusion_emitters=false",
+    "" if "--xla_cpu_parallel_codegen_split_count" in _user_flags or runtime._jaxlib_release() != (0, 10)
+    else "--xla_cpu_parallel_codegen_split_count=1") if f)
 os.environ["XLA_FLAGS"] = " ".join(
     f for f in (_user_flags, "--xla_force_host_platform_device_count=8", TEST_XLA_FLAGS) if f).strip()
 # One persistent XLA compilation cache for the test session, its xdist workers and the processes tests start: a
