@@ -194,6 +194,10 @@ _LONGEST_FIRST = (
     "tests/test_launch.py::test_launch_smoke_end_to_end_then_resume",
     "tests/test_configs.py::test_every_config_has_a_smoke_variant_that_trains[gan_cifar10]",
     "tests/test_resume.py::test_a_run_stopped_by_sigterm_and_resumed_equals_a_straight_run_bitwise",
+    # 40-52 s each on 2 Xeon cores (2026-12-01):
+    "tests/test_failures.py::test_the_file_size_limit_stops_a_run_with_one_line_and_the_run_resumes",
+    "tests/test_shapes2d.py::test_vae_shapes2d_smoke_trains_and_its_evaluations_give_mig",
+    "tests/test_gan.py::test_gan_resume_is_bitwise_for_the_whole_state",
 )
 
 
