@@ -21,12 +21,11 @@ import tempfile
 from jaxgen import runtime  # noqa: E402 (imports no JAX: XLA_FLAGS is still to be set)
 
 _user_flags = os.environ.get("XLA_FLAGS", "")
+_CHECKED_RELEASE_FLAGS = ("--xla_cpu_use_fusion_emitters=false", "--xla_cpu_parallel_codegen_split_count=1")
 TEST_XLA_FLAGS = " ".join(f for f in (
-    "" if "--xla_backend_optimization_level" in _user_flags else "--xla_backend_optimization_level=0",
-    "" if "--xla_cpu_use_fusion_emitters" in _user_flags or runtime._jaxlib_release() != (0, 10)
-    else "--xla_cpu_use_fusion_emitters=false",
-    "" if "--xla_cpu_parallel_codegen_split_count" in _user_flags or runtime._jaxlib_release() != (0, 10)
-    else "--xla_cpu_parallel_codegen_split_count=1") if f)
+    "--xla_backend_optimization_level=0",
+    *(_CHECKED_RELEASE_FLAGS if runtime._jaxlib_release() == (0, 10) else ()))
+    if f.split("=")[0] not in _user_flags)
 os.environ["XLA_FLAGS"] = " ".join(
     f for f in (_user_flags, "--xla_force_host_platform_device_count=8", TEST_XLA_FLAGS) if f).strip()
 # One persistent XLA compilation cache for the test session, its xdist workers and the processes tests start: a
