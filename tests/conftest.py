@@ -152,8 +152,10 @@ def first_devices(monkeypatch):
 
 @pytest.fixture
 def one_device(first_devices):
-    """Tasks built in the test train on one device, as a user checks an install: for end-to-end tests whose sharded
-    paths have tests of their own (8 faked devices on 2 cores cost ~2x)."""
+    """Tasks built in the test (and parallel.make_mesh()) are on one device, as a user checks an install: for
+    end-to-end tests whose sharded paths have tests of their own (8 faked devices on 2 cores cost ~15-60% more). A
+    module applies it to all its tests with `pytestmark = pytest.mark.usefixtures("one_device")`; a test there that
+    needs the 8 asks with first_devices(8) or passes jax.devices()."""
     first_devices(1)
 
 

@@ -387,7 +387,7 @@ def test_a_workdir_holding_only_the_log_the_lock_and_empty_folders_is_removed(tm
         assert top.exists() == bool(extra) and (not extra or (wd / extra).is_file())
 
 
-def test_a_run_that_raised_in_python_writes_its_error_to_its_log_and_detaches_it(tmp_path):
+def test_a_run_that_raised_in_python_writes_its_error_to_its_log_and_detaches_it(tmp_path, one_device):
     """Called from Python (a notebook), a run that stops on an error writes it with its traceback to its log.txt,
     once, and detaches the file, as a finished run does: what the process logs next is not the run's. (launch.py
     keeps the file attached and writes the error itself: test_an_error_jaxgen_raises_is_one_message...)"""

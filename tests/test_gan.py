@@ -310,7 +310,7 @@ def _smoke(**over):
     return c
 
 
-def test_a_lazy_regularizers_metrics_are_means_over_the_updates_that_ran_it(tmp_path):
+def test_a_lazy_regularizers_metrics_are_means_over_the_updates_that_ran_it(tmp_path, one_device):
     """With reg.interval=N the skipped D updates' zeros were averaged in: the logged R1 was 1/N of it, or swung
     with the record window. Records with no such update leave the metrics out."""
     from jaxgen.reporting.writer import read
@@ -325,7 +325,7 @@ def test_a_lazy_regularizers_metrics_are_means_over_the_updates_that_ran_it(tmp_
     assert all("reg" not in r and "reg_ran" not in r for r in train if r["step"] in (2, 4))
 
 
-def test_a_resume_with_another_d_steps_is_refused(tmp_path):
+def test_a_resume_with_another_d_steps_is_refused(tmp_path, one_device):
     """D's schedule and batches count D updates as step x train.d_steps, its optimizer the updates it made: a resume
     with another d_steps logged one learning rate and applied another, and skipped batches."""
     import json
@@ -342,7 +342,7 @@ def test_a_resume_with_another_d_steps_is_refused(tmp_path):
     loop.train_and_evaluate(c, tmp_path)
 
 
-def test_gan_resume_is_bitwise_for_the_whole_state(tmp_path):
+def test_gan_resume_is_bitwise_for_the_whole_state(tmp_path, one_device):
     c = _smoke(**{"eval.every": 0, "checkpoint.every": 10, "train.steps": 20, "reg.name": "r1",
                   "reg.interval": 3, "train.d_steps": 2, "reg.lecam_weight": 0.3})
     loop.train_and_evaluate(c, tmp_path / "straight")
@@ -390,7 +390,7 @@ def nan_loss(d_real, d_fake):
     return jnp.mean(d_real) * jnp.nan, jnp.mean(d_fake), {}
 
 
-def test_a_users_loss_and_regularizer_load_by_import_path_and_train(tmp_path):
+def test_a_users_loss_and_regularizer_load_by_import_path_and_train(tmp_path, one_device):
     """A relativistic loss (it reads d_real in the G update) with augmentation and fresh fakes of another length:
     the reals keep the last D update's keys. Both functions take `cfg`, their config block, with fields of their
     own (a config file adds them to the block, see the README)."""
@@ -406,7 +406,7 @@ def test_a_users_loss_and_regularizer_load_by_import_path_and_train(tmp_path):
     assert all(r["loss_step"] == r["reg_step"] == r["step"] - 3 for r in records)
 
 
-def test_a_nan_stops_the_gan_run_and_keeps_the_last_good_checkpoint(tmp_path):
+def test_a_nan_stops_the_gan_run_and_keeps_the_last_good_checkpoint(tmp_path, one_device):
     c = _smoke(**{"eval.every": 0, "train.steps": 10})
     loop.train_and_evaluate(c, tmp_path)
     c.train.steps = 20
@@ -429,7 +429,7 @@ def test_a_nan_stops_the_gan_run_and_keeps_the_last_good_checkpoint(tmp_path):
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves((state["g"]["params"], state["d"]["params"])))
 
 
-def test_gan_outputs_land_in_the_workdir(tmp_path):
+def test_gan_outputs_land_in_the_workdir(tmp_path, one_device):
     c = _smoke(**{"output.plots": True, "eval.extractors": ("classifier",), "eval.swd": True})
     final = loop.train_and_evaluate(c, tmp_path)
     train_log = (tmp_path / "log.txt").read_text()
@@ -528,7 +528,7 @@ def test_gan_outputs_land_in_the_workdir(tmp_path):
     assert "--mode=sample on the newest checkpoint: step 20" in (tmp_path / "log_sample.txt").read_text()
 
 
-def test_gan_celeba_runs_end_to_end_under_tfds_mock_data(tmp_path, monkeypatch):
+def test_gan_celeba_runs_end_to_end_under_tfds_mock_data(tmp_path, monkeypatch, one_device):
     import tensorflow_datasets as tfds
 
     from jaxgen.data import tfds_source
@@ -681,7 +681,7 @@ def test_the_ema_follows_a_half_life_in_images_and_ramps_up():
     assert float(state_lib.ema_rate(0, 1, 1e7)) == pytest.approx(np.log(2) / 1e7, rel=1e-5)
 
 
-def test_the_first_step_with_a_ramp_up_leaves_the_ema_equal_to_g(tmp_path):
+def test_the_first_step_with_a_ramp_up_leaves_the_ema_equal_to_g(tmp_path, one_device):
     c = config_module(CONFIGS / "gan_mnist.py").get_config("smoke")
     c.unlock()
     c.train.ema_rampup, c.train.steps_per_dispatch = 0.05, 1

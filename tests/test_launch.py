@@ -19,6 +19,10 @@ from jaxgen.reporting.writer import read
 from jaxgen.training import evaluating, loop, modes, run_record
 from tests.conftest import ROOT, TEST_XLA_FLAGS, config_module, launch
 
+# The runs tests here make in this process are on one device, as launch.py's processes here are (8 faked devices on
+# 2 cores cost ~15% more); the tests of sampling on another device count set theirs.
+pytestmark = pytest.mark.usefixtures("one_device")
+
 
 def _launch_until(ready, *args, timeout=240):
     """launch.py started in the background, returned once `ready()` (it must not end before). Python's

@@ -37,7 +37,7 @@ def _tiny(c, steps=2):
     return c
 
 
-def test_the_free_bits_objective_and_its_config_train(myproject, tmp_path):
+def test_the_free_bits_objective_and_its_config_train(myproject, tmp_path, one_device):
     c = _tiny(config_module(myproject / "vae_free_bits.py").get_config("smoke"))
     c.eval.extractors = ()
     assert c.objective.name == "myproject.losses:free_bits_elbo" and c.objective.free_bits == 0.25
@@ -53,7 +53,7 @@ def test_the_free_bits_objective_and_its_config_train(myproject, tmp_path):
         module.get_config("strog")
 
 
-def test_the_gan_loss_regularizer_and_extractor_examples_train(myproject, tmp_path):
+def test_the_gan_loss_regularizer_and_extractor_examples_train(myproject, tmp_path, one_device):
     c = _tiny(config_module(CONFIGS / "gan_mnist.py").get_config("smoke"))
     c.loss.name, c.reg.name, c.reg.weight, c.model.d_norm = ("myproject.gan_losses:relativistic_average_ls",
                                                              "myproject.regs:r2", 10.0, "none")

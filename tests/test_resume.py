@@ -18,6 +18,11 @@ from jaxgen.training import state as state_lib
 from jaxgen.training.workdir import WorkdirError
 from tests.signals import signal_at_call
 
+# A task a test here builds (and parallel.make_mesh()) is on one device: checkpoints, resumes and their failures do
+# not depend on the device count, and 8 faked devices on 2 cores cost ~15% more. The tests of the device count ask
+# for every device by name, and the SIGTERM test asks for the 8 (a bitwise resume on the sharded path).
+pytestmark = pytest.mark.usefixtures("one_device")
+
 
 def _final_state(cfg, workdir):
     task = loop.build_task(cfg, workdir)
@@ -26,7 +31,8 @@ def _final_state(cfg, workdir):
     return state
 
 
-def test_a_run_stopped_by_sigterm_and_resumed_equals_a_straight_run_bitwise(smoke_config, tmp_path, monkeypatch):
+def test_a_run_stopped_by_sigterm_and_resumed_equals_a_straight_run_bitwise(smoke_config, tmp_path, monkeypatch,
+                                                                            first_devices):
     """N steps, stop, resume: the whole state equals that of an uninterrupted run, bit for bit (CPU).
 
     A scheduler's SIGTERM arrives during the 3rd compiled call: the run finishes that call, checks it, writes a
@@ -38,6 +44,7 @@ def test_a_run_stopped_by_sigterm_and_resumed_equals_a_straight_run_bitwise(smok
 
     from jaxgen.reporting.writer import read
 
+    first_devices(8)
     c = smoke_config
     c.eval.every = 0
     c.checkpoint.every = 20
@@ -151,7 +158,7 @@ def _state(cfg, mesh):
 
 
 def test_a_checkpoint_from_8_devices_restores_onto_1(smoke_config, tmp_path):
-    mesh8, mesh1 = parallel.make_mesh(), parallel.make_mesh(jax.devices()[:1])
+    mesh8, mesh1 = parallel.make_mesh(jax.devices()), parallel.make_mesh(jax.devices()[:1])
     create, state = _state(smoke_config, mesh8)
     state = {**state, "step": state["step"] + 7}
     mgr = checkpoint.manager(tmp_path, smoke_config.checkpoint)
@@ -375,7 +382,7 @@ def test_the_fingerprint_depends_on_every_bit_but_not_on_the_devices():
     a = {"w": jnp.arange(12, dtype=jnp.float32).reshape(3, 4), "k": jax.random.key(0), "n": jnp.int32(3)}
     fp = checkpoint.fingerprint(a)
     assert len(fp) == 3
-    b = jax.device_put(a, parallel.replicated(parallel.make_mesh()))
+    b = jax.device_put(a, parallel.replicated(parallel.make_mesh(jax.devices())))
     assert checkpoint.fingerprint(b) == fp
     flipped = {**a, "w": a["w"].at[1, 2].set(np.nextafter(np.float32(6.0), np.float32(7.0)))}
     assert checkpoint.fingerprint(flipped) != fp  # one bit of one float
@@ -428,7 +435,7 @@ def test_small_replicated_arrays_are_saved_without_a_slice_per_device(smoke_conf
     slices = []
     slice_in_dim = jax.lax.slice_in_dim
     monkeypatch.setattr(jax.lax, "slice_in_dim", lambda *a, **k: slices.append(a[0].shape) or slice_in_dim(*a, **k))
-    mesh = parallel.make_mesh()
+    mesh = parallel.make_mesh(jax.devices())
     assert mesh.size == 8
     state = jax.device_put({"step": jnp.int32(3), "w": jnp.arange(4096, dtype=jnp.float32).reshape(64, 64)},
                            parallel.replicated(mesh))

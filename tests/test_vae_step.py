@@ -296,7 +296,7 @@ def test_the_nll_does_not_depend_on_the_chunk_and_a_chunk_past_k_is_cut(smoke_co
     assert got[2] == got[50]
 
 
-def test_the_test_set_binarization_is_the_same_for_every_seed(smoke_config, tmp_path):
+def test_the_test_set_binarization_is_the_same_for_every_seed(smoke_config, tmp_path, one_device):
     """Runs with different seeds are scored on one binarized test set (eval.binarize_seed): the reconstruction NLL
     at the posterior mean, which has no noise, depends only on the params and that set."""
     from jaxgen.training import loop

@@ -16,6 +16,10 @@ from jaxgen.reporting.writer import read
 from jaxgen.training import best_checkpoint, checkpoint, evaluating, loop, modes
 from tests.conftest import CONFIGS, config_module
 
+# On one device: the held-out split and the best checkpoint do not depend on the device count, and 8 faked devices
+# on 2 cores cost ~15% more (their evaluation's sharded path: tests/test_vae_step.py and tests/test_quality.py).
+pytestmark = pytest.mark.usefixtures("one_device")
+
 
 def pooled_pixels(config, mesh, train_data):
     """A user's extractor (loaded by import path below): the pixels of 28x28 images mean-pooled to 7x7."""

@@ -165,7 +165,7 @@ def test_eight_devices_give_the_params_of_one_with_the_vamp_prior(smoke_config):
     np.testing.assert_allclose(m8["loss"], m1["loss"], rtol=1e-5)
 
 
-def test_a_vamp_run_trains_evaluates_and_samples_from_its_prior(smoke_config, tmp_path, caplog):
+def test_a_vamp_run_trains_evaluates_and_samples_from_its_prior(smoke_config, tmp_path, caplog, one_device):
     """From the training images (model.vamp_init='data'): trained.load builds the model without them."""
     from jaxgen.training import loop, trained
 
