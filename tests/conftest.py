@@ -144,10 +144,14 @@ def first_devices(monkeypatch):
     make_mesh = parallel.make_mesh
 
     def use(n: int) -> None:
-        monkeypatch.setattr(parallel, "make_mesh",
-                            lambda devices=None: make_mesh(jax.devices()[:n] if devices is None else devices))
+        monkeypatch.setattr(parallel, "make_mesh", _on_first_devices(make_mesh, n))
 
     return use
+
+
+def _on_first_devices(make_mesh, n: int):
+    """parallel.make_mesh whose default is the first n devices."""
+    return lambda devices=None: make_mesh(jax.devices()[:n] if devices is None else devices)
 
 
 @pytest.fixture
@@ -162,7 +166,8 @@ def one_device(first_devices):
 @pytest.fixture(scope="session")
 def _trained_vae(tmp_path_factory):
     """A workdir of configs/vae_mnist.py:smoke trained for 10 steps (5 per call, a record every 5, one checkpoint
-    at 10, no evaluation during training) on the 8 devices: made once per test process."""
+    at 10, no evaluation during training) on the first device (as `one_device`): made once per test process."""
+    from jaxgen import parallel
     from jaxgen.training import loop
 
     c = config_module(CONFIGS / "vae_mnist.py").get_config("smoke")
@@ -171,7 +176,9 @@ def _trained_vae(tmp_path_factory):
     c.train.steps, c.train.steps_per_dispatch, c.train.log_every = 10, 5, 5
     c.checkpoint.every, c.eval.every = 10, 0
     workdir = tmp_path_factory.mktemp("trained_vae") / "run"
-    loop.train_and_evaluate(c, workdir)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(parallel, "make_mesh", _on_first_devices(parallel.make_mesh, 1))
+        loop.train_and_evaluate(c, workdir)
     return c, workdir
 
 

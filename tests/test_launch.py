@@ -191,7 +191,7 @@ def test_eval_and_sample_modes_need_an_existing_workdir_and_do_not_create_one(sm
 
 
 def test_sampling_on_another_device_count_needs_no_train_batch_that_divides_it(trained_vae, first_devices):
-    """A VAE trained with train.batch_size=32 on 8 devices samples on 3: only eval.batch_size must divide there
+    """A VAE trained with train.batch_size=32 on one device samples on 3: only eval.batch_size must divide there
     (train.batch_size is no batch outside training; a GAN's sizes the EMA generator's BatchNorm passes)."""
     c, workdir = trained_vae
     first_devices(3)
