@@ -59,7 +59,8 @@ def test_the_fit_finds_a_known_mixture_and_its_draws_and_densities_follow_it():
         latent_mixture.fit(np.concatenate([codes[:-1], [[np.nan, 0.0]]]), 3, seed=0)
 
 
-def test_a_vaes_samples_from_the_mixture_in_mode_sample_trained_load_and_mode_eval(trained_vae, monkeypatch):
+def test_a_vaes_samples_from_the_mixture_in_mode_sample_trained_load_and_mode_eval(trained_vae, monkeypatch,
+                                                                                   one_device):
     """--mode=sample reads the train split alone (no data with sample.latents='prior') and records 'gmm'; its
     samples are the decoder's means at the mixture's draws; trained.load gives the same, with any eval.batch_size;
     --mode=eval puts the fit beside the numbers and leaves the run's (prior's) image grids as they are."""

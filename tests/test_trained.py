@@ -16,6 +16,9 @@ from jaxgen.training import loop, modes, trained
 from tests.conftest import CONFIGS, ROOT, config_module
 
 README = ROOT / "README.md"
+# What trained.load gives does not depend on the device count (its sharded sampling: tests/test_quality.py): one
+# device, as a user's notebook has.
+pytestmark = pytest.mark.usefixtures("one_device")
 
 
 def _files(workdir):
@@ -78,7 +81,7 @@ def test_load_names_what_is_missing_or_different(trained_vae, tmp_path):
     assert not (tmp_path / "nowhere").exists()
 
 
-def test_a_gan_loads_its_g_with_its_ema_and_its_d(tmp_path, one_device):
+def test_a_gan_loads_its_g_with_its_ema_and_its_d(tmp_path):
     c = config_module(CONFIGS / "gan_mnist.py").get_config("smoke")
     c.unlock()
     c.output.progress, c.output.plots, c.eval.extractors = False, False, ()
