@@ -7,7 +7,8 @@ Per test (setup, call and teardown together), one JSON line in <dir>/<pid>.jsonl
 (each xdist worker): wall seconds; CPU seconds of the test's process ('cpu') and of the child processes it waited
 for ('children': launch.py runs, the multi-host tests' processes); and JAX's own timings of what the test's process
 compiled ('trace', 'lower': jaxpr to StableHLO, 'compile': XLA's backend compile, persistent-cache misses only,
-'cache_saved': the persistent cache's net saving, below 0 where reading took longer than compiling). At the end of
+'cache_saved': the persistent cache's net saving, below 0 where reading took longer than compiling; a jitted function
+traced inside another's trace counts in both traces, a few percent of 'trace' in this suite). At the end of
 the session, <dir>/<pid>.programs.json: the same JAX timings per function name over the whole session (which
 programs cost the most, summed over the tests that built them). Compare runs by CPU seconds, not wall: tests share
 the cores, and this machine kind's runs of the same suite differ by +-12%.
