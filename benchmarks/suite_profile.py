@@ -1,6 +1,6 @@
 """Where the test suite's time goes, per test: a pytest plugin that records it, and the report of its records.
 
-    JAXGEN_SUITE_PROFILE=/tmp/prof python -m pytest -p benchmarks.suite_profile
+    JAXGEN_SUITE_PROFILE=/tmp/prof python -m pytest -p benchmarks.suite_profile   # a new folder for each run
     python benchmarks/suite_profile.py /tmp/prof --top=40
 
 Per test (setup, call and teardown together), one JSON line in <dir>/<pid>.jsonl from each process that runs tests
@@ -57,6 +57,9 @@ def pytest_configure(config) -> None:
     if not folder:
         raise pytest.UsageError(f"-p benchmarks.suite_profile writes to the folder ${ENV} names: set it")
     Path(folder).mkdir(parents=True, exist_ok=True)
+    if "PYTEST_XDIST_WORKER" not in os.environ and any(Path(folder).glob("*.jsonl")):  # the session's first process
+        raise pytest.UsageError(f"${ENV}={folder} holds an earlier run's records, which the report would add to this "
+                                f"run's: name a new folder")
     _out = open(Path(folder) / f"{os.getpid()}.jsonl", "a")  # noqa: SIM115 (open for the session)
     from jax import monitoring  # importing JAX starts no backend: conftest.py still sets XLA_FLAGS first
 
