@@ -8,7 +8,9 @@ Per test (setup, call and teardown together), one JSON line in <dir>/<pid>.jsonl
 for ('children': launch.py runs, the multi-host tests' processes); and JAX's own timings of what the test's process
 compiled ('trace', 'lower': jaxpr to StableHLO, 'compile': XLA's backend compile, persistent-cache misses only,
 'cache_saved': the persistent cache's net saving, below 0 where reading took longer than compiling; a jitted function
-traced inside another's trace counts in both traces, a few percent of 'trace' in this suite). At the end of
+traced inside another's trace counts in both traces, a few percent of 'trace' in this suite), and 'built': how
+many programs it lowered (each op run outside jit is a program of its own, ~25 ms to lower and compile on a 2-core
+Xeon; a count that does not vary with the machine's load, unlike the seconds). At the end of
 the session, <dir>/<pid>.programs.json: the same JAX timings per function name over the whole session (which
 programs cost the most, summed over the tests that built them). Compare runs by CPU seconds, not wall: tests share
 the cores, and this machine kind's runs of the same suite differ by +-12%.
@@ -34,7 +36,7 @@ EVENTS = {  # jax.monitoring's duration events (jax 0.10.2) -> the record's fiel
     "/jax/core/compile/backend_compile_duration": "compile",
     "/jax/compilation_cache/compile_time_saved_sec": "cache_saved",
 }
-FIELDS = ("wall", "cpu", "children", *EVENTS.values())
+FIELDS = ("wall", "cpu", "children", *EVENTS.values(), "built")
 
 _seconds: collections.Counter = collections.Counter()
 _programs: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)  # fun_name -> field -> s
@@ -44,6 +46,7 @@ _out = None
 def _listen(event: str, seconds: float, **kwargs) -> None:
     if event in EVENTS:
         _seconds[EVENTS[event]] += seconds
+        _seconds["built"] += EVENTS[event] == "lower"
         name = kwargs.get("fun_name")
         if name and EVENTS[event] != "cache_saved":
             program = _programs[name.removeprefix("jit(").removesuffix(")")]
@@ -96,9 +99,10 @@ def report(folder: Path, top: int) -> str:
              f"{total['cpu']:.0f}, their child processes {total['children']:.0f}); in the test processes, JAX "
              f"traced for {total['trace']:.0f} s, lowered for {total['lower']:.0f} s and compiled for "
              f"{total['compile']:.0f} s (the persistent cache's net saving: {total['cache_saved']:.0f} s)", ""]
-    header = f"{'cpu+child':>9} {'cpu':>7} {'child':>7} {'trace':>6} {'lower':>6} {'compile':>7}"
+    header = f"{'cpu+child':>9} {'cpu':>7} {'child':>7} {'trace':>6} {'lower':>6} {'compile':>7} {'built':>6}"
     row = lambda name, v, n="": (f"{v['cpu'] + v['children']:9.1f} {v['cpu']:7.1f} {v['children']:7.1f} "  # noqa: E731
-                                 f"{v['trace']:6.1f} {v['lower']:6.1f} {v['compile']:7.1f} {n}{name}")
+                                 f"{v['trace']:6.1f} {v['lower']:6.1f} {v['compile']:7.1f} {int(v['built']):6d} "
+                                 f"{n}{name}")
     files: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     for r in records:
         files[r["test"].split("::")[0]].update({f: r.get(f, 0.0) for f in FIELDS} | {"tests": 1})

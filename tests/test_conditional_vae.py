@@ -2,6 +2,7 @@
 objectives train them unchanged, 8 devices equal 1, and a run trains, evaluates (class accuracy, intra-FID on
 p(x | y)), samples by class and loads in Python; bad labels and models are errors that name the fix."""
 
+import functools
 import json
 
 import flax.linen as nn
@@ -60,18 +61,20 @@ def test_the_labels_given_or_bound_condition_the_encoder_and_the_decoder(name):
 
 
 def test_a_conditional_model_without_labels_and_an_unconditional_one_with_them_are_errors():
+    """(Traced only, with jax.eval_shape: the errors are raised while tracing, and nothing is compiled.)"""
     model = _model("conv_vae")
-    params = _params(model)
-    x = jnp.zeros((2, 28, 28, 1))
+    params = jax.eval_shape(lambda: _params(model))
+    x = jax.ShapeDtypeStruct((2, 28, 28, 1), jnp.float32)
+    encode = functools.partial(model.apply, method="encode")
     with pytest.raises(ValueError, match=r"ConvVAE is class-conditional \(num_classes=3\): call encode\(x, labels\) "
                                          r"and decode\(z, labels\).*model.clone\(labels=labels\)"):
-        model.apply(params, x, method="encode")
+        jax.eval_shape(encode, params, x)
     with pytest.raises(ValueError, match=r"labels \(3,\) for 2 rows; give one label per row"):
-        model.apply(params, x, jnp.zeros(3, jnp.int32), method="encode")
+        jax.eval_shape(encode, params, x, jnp.zeros(3, jnp.int32))
     plain = _model("conv_vae", num_classes=0)
-    plain_params = plain.init(jax.random.key(0), x, jnp.zeros((2, 4)))
+    plain_params = jax.eval_shape(plain.init, jax.random.key(0), x, jnp.zeros((2, 4)))
     with pytest.raises(ValueError, match=r"ConvVAE is unconditional \(num_classes=0\) but was given labels"):
-        plain.apply(plain_params, x, jnp.zeros(2, jnp.int32), method="encode")
+        jax.eval_shape(functools.partial(plain.apply, method="encode"), plain_params, x, jnp.zeros(2, jnp.int32))
     assert vae_models.bind_labels(plain, jnp.zeros(2, jnp.int32)) is plain  # nothing to bind
 
 

@@ -13,7 +13,8 @@ def test_the_report_sums_per_file_and_lists_the_costliest_tests_and_programs(tmp
         from benchmarks import suite_profile
     finally:
         sys.path.remove(str(ROOT))
-    rows = [{"test": "tests/test_a.py::one", "wall": 3.0, "cpu": 2.0, "children": 0.0, "trace": 0.5, "compile": 1.0},
+    rows = [{"test": "tests/test_a.py::one", "wall": 3.0, "cpu": 2.0, "children": 0.0, "trace": 0.5, "compile": 1.0,
+             "built": 3},
             {"test": "tests/test_a.py::two", "wall": 1.0, "cpu": 1.0, "children": 4.0},
             {"test": "tests/test_b.py::three", "wall": 1.0, "cpu": 0.5, "children": 0.0, "lower": 0.25}]
     (tmp_path / "11.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:2]))
@@ -22,7 +23,7 @@ def test_the_report_sums_per_file_and_lists_the_costliest_tests_and_programs(tmp
     text = suite_profile.report(tmp_path, top=2).splitlines()
     assert text[0].startswith("3 tests; CPU seconds 8 (test processes 4, their child processes 4)")
     files = text[text.index(next(t for t in text if t.endswith("tests file"))) + 1:][:2]
-    assert files[0].split() == ["7.0", "3.0", "4.0", "0.5", "0.0", "1.0", "2", "tests/test_a.py"]
+    assert files[0].split() == ["7.0", "3.0", "4.0", "0.5", "0.0", "1.0", "3", "2", "tests/test_a.py"]
     assert files[1].split()[-2:] == ["1", "tests/test_b.py"]
     tests = text[text.index(next(t for t in text if t.endswith(" test"))) + 1:][:2]
     assert [t.split()[-1] for t in tests] == ["tests/test_a.py::two", "tests/test_a.py::one"]  # top=2, costliest first
