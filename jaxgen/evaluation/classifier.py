@@ -48,13 +48,19 @@ def train(images: np.ndarray, labels: np.ndarray, *, steps: int = TRAIN_STEPS, s
     """Classifier params trained with Adam on uint8 images [N, H, W, C] and integer labels [N]."""
     num_classes = int(labels.max()) + 1
     x_all, y_all = jnp.asarray(images), jnp.asarray(labels, jnp.int32)
-    params = DigitClassifier(num_classes).init(jax.random.key(seed), jnp.zeros((1, *images.shape[1:])))
-    opt = _optimizer().init(params)
+    params, opt = _init(np.int32(seed), num_classes=num_classes, shape=tuple(images.shape[1:]))
     for i in range(steps):
         previous = params
         params, opt = _train_step(params, opt, x_all, y_all, np.int32(seed), np.int32(i), num_classes=num_classes)
         jax.block_until_ready(previous)  # one step in flight: a signal's handler never waits for the whole queue
     return params
+
+
+@functools.partial(jax.jit, static_argnames=("num_classes", "shape"))
+def _init(seed, *, num_classes: int, shape: tuple[int, ...]):
+    """The classifier's fresh params and Adam state, built as one program (run op by op, ~50 programs)."""
+    params = DigitClassifier(num_classes).init(jax.random.key(seed), jnp.zeros((1, *shape)))
+    return params, _optimizer().init(params)
 
 
 def _optimizer() -> optax.GradientTransformation:

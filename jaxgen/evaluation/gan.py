@@ -10,6 +10,7 @@ the same labels, as training does.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import jax
@@ -103,6 +104,7 @@ def standing_statistics(refresh: Callable, g: dict, key: jax.Array, *, batch_siz
     return g
 
 
+@functools.partial(jax.jit, static_argnames="steps")  # one program, not ~20 ops each compiled on its own
 def slerp_paths(z: jax.Array, steps: int) -> jax.Array:
     """Spherical interpolations between the pairs of latents `z` [pairs, 2, dim], `steps` points from the first of
     each pair to the second: [pairs * steps, dim]."""
