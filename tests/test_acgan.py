@@ -28,17 +28,24 @@ def test_an_ac_discriminator_has_a_class_head_instead_of_the_projection(name, sh
     _, d = gan.build(_model(name, d_conditioning="ac"), shape)
     x = jax.random.normal(jax.random.key(1), (4, *shape))
     y = jnp.array([0, 1, 2, 0])
-    variables = gan.init_variables(d, jax.random.key(0), x, y, train=False)
+    # Jitted: one program each, not one per op run eagerly.
+    variables = jax.jit(lambda: gan.init_variables(d, jax.random.key(0), x, y, train=False))()
     assert "intermediates" not in variables and "class_embedding" not in variables["params"]
     assert variables["params"]["class_head"]["kernel"].shape[-1] == 3
-    out, _, logits = gan.apply_with_class_logits(d, variables, x, False, y)
+
+    @jax.jit
+    def outputs(variables):
+        out, _, logits = gan.apply_with_class_logits(d, variables, x, False, y)
+        other, _ = gan.apply_model(d, variables, x, False, (y + 1) % 3)
+        return out, logits, other
+
+    out, logits, other = outputs(variables)
     assert logits.shape == (4, 3) and logits.dtype == jnp.float32 and out.shape == (4,)
-    other, _ = gan.apply_model(d, variables, x, False, (y + 1) % 3)
     np.testing.assert_array_equal(out, other)  # the labels reach only the cross-entropy, not D's logit
     _, projection = gan.build(_model(name), shape)
-    with pytest.raises(ValueError, match="sowed no class logits"):
-        pv = gan.init_variables(projection, jax.random.key(0), x, y, train=False)
-        gan.apply_with_class_logits(projection, pv, x, False, y)
+    with pytest.raises(ValueError, match="sowed no class logits"):  # raised while tracing: nothing compiled
+        pv = jax.eval_shape(lambda: gan.init_variables(projection, jax.random.key(0), x, y, train=False))
+        jax.eval_shape(lambda pv: gan.apply_with_class_logits(projection, pv, x, False, y), pv)
 
 
 def test_the_class_logits_of_a_built_in_d_inside_a_users_d_are_found_and_two_heads_are_refused():
@@ -59,23 +66,31 @@ def test_the_class_logits_of_a_built_in_d_inside_a_users_d_are_found_and_two_hea
 
     x = jax.random.normal(jax.random.key(1), (4, 28, 28, 1))
     y = jnp.array([0, 1, 2, 0])
-    variables = gan.init_variables(Wrapper(), jax.random.key(0), x, y, train=False)
-    _, _, logits = gan.apply_with_class_logits(Wrapper(), variables, x, False, y)
-    _, _, direct = gan.apply_with_class_logits(inner, {k: v["inner"] for k, v in variables.items()}, x, False, y)
-    np.testing.assert_array_equal(logits, direct)
+    # Jitted: one program each, not one per op run eagerly.
+    variables = jax.jit(lambda: gan.init_variables(Wrapper(), jax.random.key(0), x, y, train=False))()
+
+    @jax.jit
+    def logits_and_direct(variables):
+        _, _, logits = gan.apply_with_class_logits(Wrapper(), variables, x, False, y)
+        _, _, direct = gan.apply_with_class_logits(inner, {k: v["inner"] for k, v in variables.items()}, x, False, y)
+        return logits, direct
+
+    np.testing.assert_array_equal(*logits_and_direct(variables))
     with pytest.raises(ValueError, match=r"sowed class logits 2 times \(at inner\); D's class head is called once"):
-        gan.apply_with_class_logits(Wrapper(twice=True), variables, x, False, y)
+        jax.eval_shape(lambda v: gan.apply_with_class_logits(Wrapper(twice=True), v, x, False, y), variables)
 
 
 def test_the_ac_terms_are_the_cross_entropy_and_accuracy_of_the_class_logits():
     logits = jnp.array([[2.0, 0.0, -1.0], [0.5, 0.4, 3.0]])
     labels = jnp.array([0, 1])
-    terms = gan_step.ac_terms(logits, labels, "ac_real")
+    # Jitted: one program, not one per op run eagerly.
+    terms, optax_ce = jax.jit(lambda logits, labels: (
+        gan_step.ac_terms(logits, labels, "ac_real"),
+        jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))))(logits, labels)
     p = np.exp(np.asarray(logits)) / np.exp(np.asarray(logits)).sum(1, keepdims=True)
     np.testing.assert_allclose(terms["ac_real"], -np.mean(np.log(p[[0, 1], [0, 1]])), rtol=1e-6)
     assert float(terms["ac_real_acc"]) == 0.5
-    np.testing.assert_allclose(terms["ac_real"],
-                               jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels)), rtol=1e-6)
+    np.testing.assert_allclose(terms["ac_real"], optax_ce, rtol=1e-6)
 
 
 def test_the_weight_reaches_both_updates():
@@ -106,7 +121,7 @@ def test_gs_update_adds_the_cross_entropy_of_ds_class_head_on_its_fakes():
     _, d = gan.build(_model("dcgan", d_conditioning="ac"), (28, 28, 1))
     y = jnp.array([0, 1, 2, 1])
     fake = jnp.tanh(jax.random.normal(jax.random.key(2), (4, 28, 28, 1)))
-    d_vars = gan.init_variables(d, jax.random.key(3), fake, y, train=False)
+    d_vars = jax.jit(lambda: gan.init_variables(d, jax.random.key(3), fake, y, train=False))()  # one program
     loss = gan_obj.get_loss("non_saturating")
     keys = jax.random.split(jax.random.key(4), 4)
 
@@ -124,9 +139,14 @@ def test_gs_update_adds_the_cross_entropy_of_ds_class_head_on_its_fakes():
         ce = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))
         return loss(jnp.zeros(4), out)[1] + weight * ce
 
-    for weight in (0.0, 1.0):
-        np.testing.assert_allclose(fake_grad(weight), jax.grad(direct)(fake, weight), rtol=1e-4, atol=1e-7)
-    assert not np.allclose(fake_grad(0.0), fake_grad(1.0))
+    @jax.jit  # both weights' gradients and their hand computations in one program, not one per op run eagerly
+    def grads():
+        return [(fake_grad(weight), jax.grad(direct)(fake, weight)) for weight in (0.0, 1.0)]
+
+    (grad0, want0), (grad1, want1) = grads()
+    np.testing.assert_allclose(grad0, want0, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(grad1, want1, rtol=1e-4, atol=1e-7)
+    assert not np.allclose(grad0, grad1)
 
 
 def test_gan_mnist_acgan_trains_and_logs_the_auxiliary_classifier(tmp_path, one_device):

@@ -75,7 +75,7 @@ def test_translation_is_an_integer_shift_with_zero_fill():
 def test_shift_matches_numpy_for_given_offsets():
     x = _images(b=3)
     dy, dx = np.array([-2, 0, 3]), np.array([1, -3, 0])
-    out = np.asarray(augment.shift(jnp.asarray(x), jnp.asarray(dy), jnp.asarray(dx)))
+    out = np.asarray(jax.jit(augment.shift)(x, dy, dx))  # one program, not one per op
     for b in range(3):
         np.testing.assert_array_equal(out[b], _shifted(x[b], dy[b], dx[b]))
 
@@ -129,15 +129,18 @@ def test_color_draws_stay_in_the_stated_ranges():
 
 def test_resampler_identity_rot90_and_full_crop():
     x = _images(low=-1.0)
-    xj = jnp.asarray(x)
-    eye = jnp.broadcast_to(jnp.eye(2), (B, 2, 2))
-    np.testing.assert_array_equal(augment.resample_affine(xj, eye, jnp.zeros((B, 2))), x)
-    rot = np.asarray(augment.rotate(xj, jnp.full((B,), 90.0)))
+    eye = np.broadcast_to(np.eye(2, dtype=np.float32), (B, 2, 2))
+    zeros, ones = np.zeros((B, 2), np.float32), np.ones((B,), np.float32)
+    # jitted once each (crop_resize for both crops): outside jit each of their ops would be a program of its own
+    resample_affine, rotate, zoom, crop_resize = map(jax.jit, (augment.resample_affine, augment.rotate, augment.zoom,
+                                                               augment.crop_resize))
+    np.testing.assert_array_equal(resample_affine(x, eye, zeros), x)
+    rot = np.asarray(rotate(x, np.full((B,), 90.0, np.float32)))
     np.testing.assert_allclose(rot, np.rot90(x, axes=(1, 2)), atol=1e-5)
-    np.testing.assert_allclose(augment.zoom(xj, jnp.ones((B,))), x, atol=1e-6)
-    np.testing.assert_allclose(augment.crop_resize(xj, jnp.ones((B,)), jnp.zeros((B, 2))), x, atol=1e-6)
+    np.testing.assert_allclose(zoom(x, ones), x, atol=1e-6)
+    np.testing.assert_allclose(crop_resize(x, ones, zeros), x, atol=1e-6)
     # A half-size crop at the top-left corner, resized, is 2x nearest-like sampling of that quarter's interior.
-    half = np.asarray(augment.crop_resize(xj, jnp.full((B,), 0.5), jnp.zeros((B, 2))))
+    half = np.asarray(crop_resize(x, np.full((B,), 0.5, np.float32), zeros))
     q = x[:, : H // 2, : W // 2]
     np.testing.assert_allclose(
         half[:, 1:-1:2, 1:-1:2],
@@ -149,10 +152,12 @@ def test_resampler_identity_rot90_and_full_crop():
 def test_a_crop_reads_its_edge_pixels_and_does_not_fade_them():
     """The crop window lies inside the image: a constant image stays constant, corners and edges included (the
     pixel-area map overshoots by up to half an output pixel, which the zero fill would blend in)."""
-    ones = jnp.ones((64, 9, 11, 3))
+    ones = np.ones((64, 9, 11, 3), np.float32)
+    crop = jax.jit(augment.crop)  # one program for the three keys, not one per op
     for seed in range(3):
-        np.testing.assert_allclose(augment.crop(jax.random.key(seed), ones), 1.0, atol=1e-6)
-    np.testing.assert_allclose(augment.crop_resize(ones, jnp.full((64,), 0.8), jnp.zeros((64, 2))), 1.0, atol=1e-6)
+        np.testing.assert_allclose(crop(jax.random.key(seed), ones), 1.0, atol=1e-6)
+    np.testing.assert_allclose(jax.jit(augment.crop_resize)(ones, np.full((64,), 0.8, np.float32),
+                                                            np.zeros((64, 2), np.float32)), 1.0, atol=1e-6)
 
 
 def test_rotation_and_scale_draws_stay_in_their_ranges():
@@ -181,10 +186,13 @@ def test_apply_composes_in_order_with_folded_keys():
     x = jnp.asarray(_images())
     np.testing.assert_array_equal(augment.apply("", KEY, x), x)
     got = jax.jit(lambda k, x: augment.apply("flip,translation", k, x))(KEY, x)
-    want = augment.translation(jax.random.fold_in(KEY, 1), augment.flip(jax.random.fold_in(KEY, 0), x))
+    # jitted too (both are data movement: exact either way): outside jit each op would be a program of its own
+    want = jax.jit(lambda k, x: augment.translation(jax.random.fold_in(k, 1), augment.flip(jax.random.fold_in(k, 0),
+                                                                                           x)))(KEY, x)
     np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(
-        augment.apply("flip, tests.test_augment:my_aug", KEY, x), -augment.flip(jax.random.fold_in(KEY, 0), x)
+        jax.jit(lambda k, x: augment.apply("flip, tests.test_augment:my_aug", k, x))(KEY, x),
+        jax.jit(lambda k, x: -augment.flip(jax.random.fold_in(k, 0), x))(KEY, x),
     )
 
 
@@ -209,5 +217,5 @@ def test_runs_per_device_inside_shard_map():
     out = np.asarray(f(KEY, x))
     assert out.shape == x.shape and np.all(np.isfinite(out))
     assert not np.array_equal(out[:2], out[2:4])  # devices draw differently
-    g = jax.grad(lambda x: jnp.sum(f(KEY, x) ** 2))(x)
+    g = jax.jit(jax.grad(lambda x: jnp.sum(f(KEY, x) ** 2)))(x)  # one program, not the forward, backward and ops
     assert np.all(np.isfinite(g)) and np.any(g != 0)

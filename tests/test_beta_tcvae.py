@@ -29,16 +29,31 @@ def _call(name, params, x, keys, model, cfg, **kw):
     return _on_axis(lambda: objectives.get(name)(params, x, keys, model=model, cfg=cfg, **kw))
 
 
+def _with_draws(name, model, cfg, latent_dim, **kw):
+    """A jitted fn(params, x, keys) -> (loss, metrics, mu, logvar, eps): the objective's value and, for the numpy
+    reference, the posteriors and the noise of its one draw per example (the same keys). One program: run op by op
+    they built ~100. cfg is read when it first runs."""
+
+    @jax.jit
+    def run(params, x, keys):
+        loss, m = _call(name, params, x, keys, model, cfg, **kw)
+        mu, logvar = model.apply(params, x, method="encode")
+        eps = jax.vmap(lambda key: jax.random.normal(key, (1, latent_dim)))(keys)[:, 0]
+        return loss, m, mu, logvar, eps
+
+    return run
+
+
 def test_the_three_kl_terms_are_chen_et_als_minibatch_weighted_estimates():
     """mi, tc and dim_kl recomputed in float64 numpy from the same draws: log q(z_i) = logsumexp_j log q(z_i | x_j)
     - log(N M), log prod_d q(z_id) = sum_d (logsumexp_j log q(z_id | x_j) - log(N M)); the loss weights them."""
     model = LinearGaussianVAE(latent_dim=3)
-    params = model.init(jax.random.key(0), jnp.zeros((1, 2, 2, 1)), jnp.zeros((1, 3)))
+    params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 2, 2, 1)), jnp.zeros((1, 3)))
     _, _, cfg, x, keys = _tiny()
     cfg.beta, cfg.mi_weight, cfg.dim_kl_weight = 6.0, 0.5, 2.0
-    loss, m = _call("beta_tcvae", params, x, keys, model, cfg, dataset_size=1000)
-    mu, logvar = (np.asarray(a, np.float64) for a in model.apply(params, x, method="encode"))
-    eps = np.asarray(jax.vmap(lambda key: jax.random.normal(key, (1, 3)))(keys), np.float64)[:, 0]
+    loss, m, mu, logvar, eps = jax.device_get(_with_draws("beta_tcvae", model, cfg, 3, dataset_size=1000)(params, x,
+                                                                                                          keys))
+    mu, logvar, eps = (np.asarray(a, np.float64) for a in (mu, logvar, eps))
     z = mu + np.exp(0.5 * logvar) * eps
     m_batch = len(z)
     log_q = scipy.stats.norm.logpdf(z[:, None, :], mu[None], np.exp(0.5 * logvar)[None])  # [i, j, d]
@@ -61,15 +76,14 @@ def test_stratified_sampling_weighs_the_own_posterior_1_over_n_and_is_exact_on_t
     w_ii = 1/N and w_ij = (N - 1) / (N (M - 1)), recomputed in float64 numpy. With N = M (n None: the batch is the
     whole data) it is the exact aggregate posterior (1/N) sum_j q(z_i | x_j), where MWS's is log N lower."""
     model = LinearGaussianVAE(latent_dim=3)
-    params = model.init(jax.random.key(0), jnp.zeros((1, 2, 2, 1)), jnp.zeros((1, 3)))
+    params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 2, 2, 1)), jnp.zeros((1, 3)))
     _, _, cfg, x, keys = _tiny()
     m_batch = x.shape[0]
     n = n or m_batch
     cfg.mi_weight = cfg.dim_kl_weight = 1.0
     cfg.tc_estimator = "mss"
-    _, m = _call("beta_tcvae", params, x, keys, model, cfg, dataset_size=n)
-    mu, logvar = (np.asarray(a, np.float64) for a in model.apply(params, x, method="encode"))
-    eps = np.asarray(jax.vmap(lambda key: jax.random.normal(key, (1, 3)))(keys), np.float64)[:, 0]
+    _, m, mu, logvar, eps = jax.device_get(_with_draws("beta_tcvae", model, cfg, 3, dataset_size=n)(params, x, keys))
+    mu, logvar, eps = (np.asarray(a, np.float64) for a in (mu, logvar, eps))
     z = mu + np.exp(0.5 * logvar) * eps
     log_q = scipy.stats.norm.logpdf(z[:, None, :], mu[None], np.exp(0.5 * logvar)[None])  # [i, j, d]
     w = np.full((m_batch, m_batch), (n - 1) / (n * (m_batch - 1)))
@@ -85,7 +99,8 @@ def test_stratified_sampling_weighs_the_own_posterior_1_over_n_and_is_exact_on_t
         exact = scipy.special.logsumexp(log_q.sum(-1), axis=1) - math.log(n)
         np.testing.assert_allclose(m["mi"], np.mean(log_qzx - exact), rtol=1e-4, atol=1e-4)
         cfg.tc_estimator = "mws"
-        _, weighted = _call("beta_tcvae", params, x, keys, model, cfg, dataset_size=n)
+        _, weighted = jax.device_get(jax.jit(lambda p: _call("beta_tcvae", p, x, keys, model, cfg, dataset_size=n))(
+            params))
         np.testing.assert_allclose(weighted["mi"] - m["mi"], math.log(n), rtol=1e-4)
 
 
@@ -94,14 +109,21 @@ def test_at_unit_weights_it_is_the_negative_elbo_with_the_monte_carlo_kl():
     under the same noise, and the same gradient."""
     model, params, cfg, x, keys = _tiny()
     cfg.mi_weight = cfg.dim_kl_weight = cfg.beta = 1.0
-    for n in (64, 60_000):
-        loss, m = _call("beta_tcvae", params, x, keys, model, cfg, dataset_size=n)
-        ref, _ = objectives.get("elbo")(params, x, keys, model=model, cfg=cfg)
+
+    # Both objectives, for both N, and both gradients in one program: run op by op they built ~250.
+    @jax.jit
+    def both(params, x, keys):
+        values = [(_call("beta_tcvae", params, x, keys, model, cfg, dataset_size=n),
+                   objectives.get("elbo")(params, x, keys, model=model, cfg=cfg)) for n in (64, 60_000)]
+        g = _on_axis(lambda: jax.grad(lambda p: objectives.get("beta_tcvae")(p, x, keys, model=model, cfg=cfg,
+                                                                              dataset_size=64)[0])(params))
+        g_ref = jax.grad(lambda p: objectives.get("elbo")(p, x, keys, model=model, cfg=cfg)[0])(params)
+        return values, g, g_ref
+
+    values, g, g_ref = jax.device_get(both(params, x, keys))
+    for (loss, m), (ref, _) in values:
         np.testing.assert_allclose(loss, ref, rtol=1e-5)
         np.testing.assert_allclose(m["mi"] + m["tc"] + m["dim_kl"], float(ref) - float(m["rec_nll"]), rtol=1e-4)
-    g = _on_axis(lambda: jax.grad(lambda p: objectives.get("beta_tcvae")(p, x, keys, model=model, cfg=cfg,
-                                                                          dataset_size=64)[0])(params))
-    g_ref = jax.grad(lambda p: objectives.get("elbo")(p, x, keys, model=model, cfg=cfg)[0])(params)
     for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 

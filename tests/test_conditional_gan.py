@@ -32,7 +32,8 @@ def _model(name="dcgan", **kw):
 
 def _init(module, x, labels):
     with jax.threefry_partitionable(False):  # as test_gan_models: any random init, compiled faster
-        return module.init(jax.random.key(0), x, labels, train=False)
+        # Jitted: one program, not one per op of the init run eagerly.
+        return jax.jit(lambda x, labels: module.init(jax.random.key(0), x, labels, train=False))(x, labels)
 
 
 @pytest.mark.parametrize("name,shape", [("dcgan", (28, 28, 1)), ("resnet", (32, 32, 3))])
@@ -45,20 +46,26 @@ def test_the_projection_term_is_the_class_embedding_dotted_with_the_features_of_
     x = jax.random.uniform(jax.random.key(1), (4, *shape), minval=-1, maxval=1)
     y = jnp.array([0, 2, 1, 2], jnp.int32)
     v = _init(d, x, y)
-    params = dict(v["params"])
-    emb = jax.random.normal(jax.random.key(2), params["class_embedding"]["embedding"].shape)
-    params["class_embedding"] = {"embedding": emb}
-    out = d.apply({"params": params}, x, y, train=False)
-    plain_params = {k: p for k, p in params.items() if k != "class_embedding"}
-    plain = d_plain.apply({"params": plain_params}, x, train=False)
 
-    def logit(kernel, i):  # example i's logit depends on the kernel w through phi_i . w alone: its gradient is phi_i
-        return d_plain.apply({"params": {**plain_params, "Dense_0": {"kernel": kernel}}}, x[i : i + 1],
-                             train=False)[0]
+    @jax.jit  # both sides in one program, not one per op run eagerly
+    def class_term_and_expected(params):
+        params = dict(params)
+        emb = jax.random.normal(jax.random.key(2), params["class_embedding"]["embedding"].shape)
+        params["class_embedding"] = {"embedding": emb}
+        out = d.apply({"params": params}, x, y, train=False)
+        plain_params = {k: p for k, p in params.items() if k != "class_embedding"}
+        plain = d_plain.apply({"params": plain_params}, x, train=False)
 
-    phi = jnp.stack([jax.grad(logit)(plain_params["Dense_0"]["kernel"], i)[:, 0] for i in range(4)])
-    assert phi.shape[1] == emb.shape[1]
-    np.testing.assert_allclose(out - plain, jnp.sum(emb[y] * phi, -1), rtol=1e-4, atol=1e-4)
+        def logit(kernel, i):  # example i's logit depends on the kernel w through phi_i . w alone: its grad is phi_i
+            return d_plain.apply({"params": {**plain_params, "Dense_0": {"kernel": kernel}}}, x[i : i + 1],
+                                 train=False)[0]
+
+        phi = jnp.stack([jax.grad(logit)(plain_params["Dense_0"]["kernel"], i)[:, 0] for i in range(4)])
+        assert phi.shape[1] == emb.shape[1]
+        return out - plain, jnp.sum(emb[y] * phi, -1)
+
+    term, expected = class_term_and_expected(v["params"])
+    np.testing.assert_allclose(term, expected, rtol=1e-4, atol=1e-4)
 
 
 def test_the_dcgan_g_appends_the_one_hot_label_to_z():
@@ -69,10 +76,16 @@ def test_the_dcgan_g_appends_the_one_hot_label_to_z():
     z = jax.random.normal(jax.random.key(3), (4, 16))
     y = jnp.array([0, 1, 2, 1], jnp.int32)
     v = _init(g, z, y)
-    out = g.apply(v, z, y, train=False)
-    plain = g_plain.apply(v, jnp.concatenate([z, jax.nn.one_hot(y, 3)], -1), train=False)
+
+    @jax.jit  # both sides in one program, not one per op run eagerly
+    def outputs(v):
+        return (g.apply(v, z, y, train=False),
+                g_plain.apply(v, jnp.concatenate([z, jax.nn.one_hot(y, 3)], -1), train=False),
+                g.apply(v, z[1:2], jnp.array([0], jnp.int32), train=False))
+
+    out, plain, relabelled = outputs(v)
     np.testing.assert_array_equal(out, plain)
-    assert not np.allclose(out[1], g.apply(v, z[1:2], jnp.array([0], jnp.int32), train=False)[0])
+    assert not np.allclose(out[1], relabelled[0])
 
 
 def test_the_resnet_g_has_a_per_class_batchnorm_affine_that_starts_as_the_identity():
@@ -85,12 +98,13 @@ def test_the_resnet_g_has_a_per_class_batchnorm_affine_that_starts_as_the_identi
     v = _init(g, z, jnp.zeros(3, jnp.int32))
     norm = v["params"]["_ResBlock_0"]["norm1"]
     assert norm["scale"]["embedding"].shape == (3, 32) and norm["shift"]["embedding"].shape == (3, 32)
-    outs = [g.apply(v, z, jnp.full(3, k, jnp.int32), train=False) for k in range(3)]
+    apply = jax.jit(lambda v, y: g.apply(v, z, y, train=False))  # one program for the 4 calls, not one per op
+    outs = [apply(v, jnp.full(3, k, jnp.int32)) for k in range(3)]
     np.testing.assert_allclose(outs[0], outs[1], atol=1e-6)
     np.testing.assert_allclose(outs[0], outs[2], atol=1e-6)
     params = jax.tree.map(lambda a: a, v["params"])
     params["_ResBlock_0"]["norm1"]["scale"]["embedding"] = norm["scale"]["embedding"].at[1].multiply(3.0)
-    changed = g.apply({**v, "params": params}, z, jnp.array([0, 1, 2], jnp.int32), train=False)
+    changed = apply({**v, "params": params}, jnp.array([0, 1, 2], jnp.int32))
     np.testing.assert_allclose(np.asarray(changed)[[0, 2]], np.asarray(outs[0])[[0, 2]], atol=1e-6)
     assert not np.allclose(changed[1], outs[0][1], atol=1e-3)
     # With g_norm='none' there is no BN to condition: the labels go in with z, as the DCGAN G's.
@@ -102,9 +116,9 @@ def test_the_resnet_g_has_a_per_class_batchnorm_affine_that_starts_as_the_identi
 def test_conditional_and_unconditional_calls_are_checked():
     g, d = gan.build(_model(), (28, 28, 1))
     z, y = jnp.zeros((2, 16)), jnp.zeros(2, jnp.int32)
-    v = _init(g, z, y)
+    v = jax.eval_shape(lambda: _init(g, z, y))  # the errors are raised while tracing: nothing need be compiled
     with pytest.raises(ValueError, match="num_classes=3: call it with labels int"):
-        g.apply(v, z, train=False)
+        jax.eval_shape(lambda v: g.apply(v, z, train=False), v)
     g_plain, _ = gan.build(_model(num_classes=0), (28, 28, 1))
     with pytest.raises(ValueError, match="unconditional.*set model.num_classes"):
         jax.eval_shape(lambda: g_plain.init(jax.random.key(0), z, y, train=False))
@@ -311,21 +325,27 @@ def test_a_regularizer_that_scores_2b_images_at_once_is_refused_when_conditional
 def test_conditional_batchnorm_is_the_same_with_jaxgens_and_flaxs_batchnorm():
     """ConditionalBatchNorm over the fused BatchNorm without an affine of its own (use_scale/use_bias False) equals
     it over flax's: outputs, running averages and gradients, in train mode."""
-    x = jax.random.normal(jax.random.key(5), (6, 4, 4, 8)) * 2 + 1
     y = jnp.array([0, 1, 2, 0, 1, 2], jnp.int32)
-    results = []
-    for impl in ("fused", "flax"):
-        m = gan_blocks.ConditionalBatchNorm(3, None, "float32", True, impl)
-        v = m.init(jax.random.key(0), x, y)
-        assert set(v["params"]) == {"scale", "shift"}  # the BN itself has no scale or bias
-        params = jax.tree.map(lambda a: a + 0.1 * jnp.arange(a.size).reshape(a.shape) / a.size, v["params"])
 
-        def loss(p, x, m=m, v=v):
-            out, upd = m.apply({**v, "params": p}, x, y, mutable=["batch_stats"])
-            return jnp.sum(jnp.sin(out)), upd
+    @jax.jit  # both implementations in one program, not one per op run eagerly
+    def both_implementations():
+        x = jax.random.normal(jax.random.key(5), (6, 4, 4, 8)) * 2 + 1
+        results = []
+        for impl in ("fused", "flax"):
+            m = gan_blocks.ConditionalBatchNorm(3, None, "float32", True, impl)
+            v = m.init(jax.random.key(0), x, y)
+            assert set(v["params"]) == {"scale", "shift"}  # the BN itself has no scale or bias
+            params = jax.tree.map(lambda a: a + 0.1 * jnp.arange(a.size).reshape(a.shape) / a.size, v["params"])
 
-        (value, upd), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(params, x)
-        results.append((value, upd, grads))
+            def loss(p, x, m=m, v=v):
+                out, upd = m.apply({**v, "params": p}, x, y, mutable=["batch_stats"])
+                return jnp.sum(jnp.sin(out)), upd
+
+            (value, upd), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(params, x)
+            results.append((value, upd, grads))
+        return results
+
+    results = both_implementations()
     for a, b in zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[1])):
         np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5)
 

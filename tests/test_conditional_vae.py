@@ -31,32 +31,44 @@ def _model(name, num_classes=3, **kw):
 
 def _params(model):
     bound = vae_models.bind_labels(model, jnp.zeros((1,), jnp.int32))
-    return bound.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)), jnp.zeros((1, model.latent_dim)))
+    # Jitted: one program, not one per op of the init run eagerly.
+    return jax.jit(lambda: bound.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)), jnp.zeros((1, model.latent_dim))))()
 
 
 @pytest.mark.parametrize("name", ["conv_vae", "mlp_vae"])
 def test_the_labels_given_or_bound_condition_the_encoder_and_the_decoder(name):
     model = _model(name)
     params = _params(model)
-    x = jax.random.uniform(jax.random.key(1), (6, 28, 28, 1))
-    z = jax.random.normal(jax.random.key(2), (6, 4))
     y = jnp.array([0, 1, 2, 0, 1, 2])
-    given = model.apply(params, x, y, method="encode")
     bound = vae_models.bind_labels(model, y)
-    np.testing.assert_array_equal(bound.apply(params, x, method="encode")[0], given[0])
-    np.testing.assert_array_equal(bound.apply(params, z, method="decode"), model.apply(params, z, y, method="decode"))
+
+    @jax.jit  # every output below in one program, not one per op run eagerly
+    def outputs(params):
+        x = jax.random.uniform(jax.random.key(1), (6, 28, 28, 1))
+        z = jax.random.normal(jax.random.key(2), (6, 4))
+        zk = jax.random.normal(jax.random.key(3), (6 * 5, 4))
+        return {"given": model.apply(params, x, y, method="encode")[0],
+                "bound": bound.apply(params, x, method="encode")[0],
+                "other": model.apply(params, x, (y + 1) % 3, method="encode")[0],
+                "decoded": model.apply(params, z, y, method="decode"),
+                "decoded_bound": bound.apply(params, z, method="decode"),
+                "decoded_other": model.apply(params, z, (y + 1) % 3, method="decode"),
+                "repeated": vo.repeat_labels(bound, 5).apply(params, zk, method="decode"),
+                "repeated_given": model.apply(params, zk, jnp.repeat(y, 5), method="decode")}
+
+    out = outputs(params)
+    np.testing.assert_array_equal(out["bound"], out["given"])
+    np.testing.assert_array_equal(out["decoded_bound"], out["decoded"])
     # The label matters: the same image or latent under another class gives other outputs.
-    other = model.apply(params, x, (y + 1) % 3, method="encode")
-    assert not np.allclose(other[0], given[0])
-    assert not np.allclose(model.apply(params, z, (y + 1) % 3, method="decode"),
-                           model.apply(params, z, y, method="decode"))
+    assert not np.allclose(out["other"], out["given"])
+    assert not np.allclose(out["decoded_other"], out["decoded"])
     # B labels for B x k latents (the IWAE bound's and the NLL's k draws per example, example-major) are an error:
     # repeat_labels repeats each k times, as the built-in objectives do; any other layout is the caller's to match.
-    zk = jax.random.normal(jax.random.key(3), (6 * 5, 4))
+    # (Raised while tracing: jax.eval_shape compiles nothing.)
+    zk = jax.ShapeDtypeStruct((6 * 5, 4), jnp.float32)
     with pytest.raises(ValueError, match=r"labels \(6,\) for 30 rows; give one label per row .*repeat_labels"):
-        bound.apply(params, zk, method="decode")
-    np.testing.assert_allclose(vo.repeat_labels(bound, 5).apply(params, zk, method="decode"),
-                               model.apply(params, zk, jnp.repeat(y, 5), method="decode"), rtol=1e-6)
+        jax.eval_shape(functools.partial(bound.apply, method="decode"), params, zk)
+    np.testing.assert_allclose(out["repeated"], out["repeated_given"], rtol=1e-6)
     assert vo.repeat_labels(model, 5) is model  # nothing bound
 
 
@@ -84,22 +96,30 @@ def test_the_built_in_objectives_train_a_bound_model_as_if_the_labels_were_passe
     params = _params(model)
     cfg = vae_config().objective
     cfg.k = 3
-    x = jax.random.bernoulli(jax.random.key(1), 0.3, (4, 28, 28, 1)).astype(jnp.float32)
-    keys = jax.random.split(jax.random.key(2), 4)
     y = jnp.array([2, 0, 1, 2])
-    for name in ("elbo", "iwae"):
-        loss, _ = objectives.get(name)(params, x, keys, model=vae_models.bind_labels(model, y), cfg=cfg)
-        mu, logvar = model.apply(params, x, y, method="encode")
-        z = mu[:, None] + jnp.exp(0.5 * logvar)[:, None] * jax.vmap(lambda k: jax.random.normal(k, (3, 4)))(keys)
-        logits = model.apply(params, z.reshape(12, 4), jnp.repeat(y, 3), method="decode").reshape(4, 3, 28, 28, 1)
-        rec = -jnp.sum(jnp.logaddexp(0.0, logits) - x[:, None] * logits, axis=(2, 3, 4))
-        if name == "elbo":
-            kl = 0.5 * jnp.sum(jnp.exp(logvar) + mu**2 - 1 - logvar, -1)
-            expected = -jnp.mean(jnp.mean(rec, 1) - kl)
-        else:
-            eps = (z - mu[:, None]) / jnp.exp(0.5 * logvar)[:, None]
-            log_w = rec - 0.5 * jnp.sum(z**2, -1) + 0.5 * jnp.sum(eps**2 + logvar[:, None], -1)
-            expected = -jnp.mean(jax.nn.logsumexp(log_w, 1) - jnp.log(3.0))
+
+    @jax.jit  # both objectives and their hand computations in one program, not one per op run eagerly
+    def losses_and_expected(params):
+        x = jax.random.bernoulli(jax.random.key(1), 0.3, (4, 28, 28, 1)).astype(jnp.float32)
+        keys = jax.random.split(jax.random.key(2), 4)
+        out = {}
+        for name in ("elbo", "iwae"):
+            loss, _ = objectives.get(name)(params, x, keys, model=vae_models.bind_labels(model, y), cfg=cfg)
+            mu, logvar = model.apply(params, x, y, method="encode")
+            z = mu[:, None] + jnp.exp(0.5 * logvar)[:, None] * jax.vmap(lambda k: jax.random.normal(k, (3, 4)))(keys)
+            logits = model.apply(params, z.reshape(12, 4), jnp.repeat(y, 3), method="decode").reshape(4, 3, 28, 28, 1)
+            rec = -jnp.sum(jnp.logaddexp(0.0, logits) - x[:, None] * logits, axis=(2, 3, 4))
+            if name == "elbo":
+                kl = 0.5 * jnp.sum(jnp.exp(logvar) + mu**2 - 1 - logvar, -1)
+                expected = -jnp.mean(jnp.mean(rec, 1) - kl)
+            else:
+                eps = (z - mu[:, None]) / jnp.exp(0.5 * logvar)[:, None]
+                log_w = rec - 0.5 * jnp.sum(z**2, -1) + 0.5 * jnp.sum(eps**2 + logvar[:, None], -1)
+                expected = -jnp.mean(jax.nn.logsumexp(log_w, 1) - jnp.log(3.0))
+            out[name] = (loss, expected)
+        return out
+
+    for name, (loss, expected) in losses_and_expected(params).items():
         np.testing.assert_allclose(loss, expected, rtol=1e-5, err_msg=name)
 
 
@@ -184,8 +204,10 @@ def test_a_conditional_vae_trains_evaluates_and_samples_by_class(tmp_path, one_d
     np.testing.assert_array_equal(run.sample_labels(24), saved["labels"])
     sevens = run.samples(4, classes=(7,))
     np.testing.assert_array_equal(sevens[0], np.asarray(run.samples(8, classes=(7, 3)))[0])  # the same z, class 7
-    z = jax.random.normal(jax.random.key(0), (3, run.model.latent_dim))
-    out = run.model.apply(run.variables, z, jnp.full(3, 7), method=run.model.decode)
+    # Jitted: one program, not one per op of the decoder run eagerly.
+    decode = jax.jit(lambda v: run.model.apply(v, jax.random.normal(jax.random.key(0), (3, run.model.latent_dim)),
+                                               jnp.full(3, 7), method=run.model.decode))
+    out = decode(run.variables)
     assert out.shape == (3, 28, 28, 1)
 
 
@@ -205,10 +227,16 @@ def test_the_evaluation_scores_each_image_with_its_own_label_on_8_devices_with_a
     kw = dict(mesh=mesh, key=jax.random.key(0), binarize_key=bkey, batch_size=64, nll_k=2, nll_chunk=2,
               likelihood="bernoulli")
     out = vae_eval.evaluate(eval_fn, params, images, labels=labels, **kw)
-    x = vae_eval.eval_inputs(images, np.arange(70), bkey, "dynamic")
-    mu, logvar = model.apply(params, x, labels, method="encode")
-    rec = vo.bernoulli_log_prob(model.apply(params, mu, labels, method="decode"), x)
-    np.testing.assert_allclose(out["kl"], float(jnp.mean(vo.gaussian_kl(mu, logvar))), rtol=1e-4)
-    np.testing.assert_allclose(out["recon_nll_at_mean"], -float(jnp.mean(rec)), rtol=1e-4)
+
+    @jax.jit  # the reference in one program, not one per op run eagerly
+    def kl_and_recon_nll(params):
+        x = vae_eval.eval_inputs(images, np.arange(70), bkey, "dynamic")
+        mu, logvar = model.apply(params, x, labels, method="encode")
+        rec = vo.bernoulli_log_prob(model.apply(params, mu, labels, method="decode"), x)
+        return jnp.mean(vo.gaussian_kl(mu, logvar)), -jnp.mean(rec)
+
+    kl, recon_nll = kl_and_recon_nll(params)
+    np.testing.assert_allclose(out["kl"], float(kl), rtol=1e-4)
+    np.testing.assert_allclose(out["recon_nll_at_mean"], float(recon_nll), rtol=1e-4)
     moved = vae_eval.evaluate(eval_fn, params, images, labels=(labels + 1) % 10, **kw)
     assert abs(moved["kl"] - out["kl"]) > 1e-4

@@ -1,6 +1,7 @@
 """The consistency regularizers (reg.name='cr', 'bcr'): D's squared change under a random augmentation of its
 inputs, against a closed form for a linear D; their draws; their config checks."""
 
+import functools
 import logging
 
 import jax
@@ -22,9 +23,16 @@ def _linear_d(w):
     return lambda x: jnp.sum(x * w, axis=(1, 2, 3))
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _draw(policy, keys, x, i, stream):
+    """T(x_i): example i on its own (a batch of 1) augmented with fold_in(keys[i], stream). Jitted: one program for
+    every example and stream of a policy and shape, not one per op run eagerly."""
+    return augment.apply(policy, jax.random.fold_in(keys[i], stream), x[i][None])[0]
+
+
 def _draws(policy, keys, x, stream):
     """T(x): example i augmented with fold_in(keys[i], stream), as the regularizers draw it."""
-    return jnp.stack([augment.apply(policy, jax.random.fold_in(k, stream), xi[None])[0] for k, xi in zip(keys, x)])
+    return np.stack([_draw(policy, keys, x, i, stream) for i in range(len(x))])
 
 
 def test_cr_is_the_mean_squared_change_of_d_and_its_gradient_reaches_both_outputs():
@@ -35,27 +43,42 @@ def test_cr_is_the_mean_squared_change_of_d_and_its_gradient_reaches_both_output
     w = jnp.asarray(rng.normal(size=(12, 12, 1)), jnp.float32)
     keys = jax.random.split(jax.random.key(1), 8)
     cfg = ml_collections.FrozenConfigDict({"cr_policy": "flip,translation"})
-    diff = x - _draws("flip,translation", keys, x, 0)
-    per = jnp.sum(diff * w, axis=(1, 2, 3))
-    value, metrics = gan_obj.consistency(_linear_d(w), x, x * 0, keys, cfg=cfg)
-    assert float(value) == pytest.approx(float(jnp.mean(per**2)), rel=1e-5) and float(value) > 0
-    assert float(metrics["cr_real"]) == pytest.approx(float(value))
-    grad = jax.grad(lambda w: gan_obj.consistency(_linear_d(w), x, x * 0, keys, cfg=cfg)[0])(w)
-    want = jnp.mean(2 * per[:, None, None, None] * diff, axis=0)
-    np.testing.assert_allclose(np.asarray(grad), np.asarray(want), rtol=1e-4, atol=1e-5)
-    # Flips alone: left-right symmetric images leave D unchanged (penalty 0), the others do not.
     flips = ml_collections.FrozenConfigDict({"cr_policy": "flip"})
-    sym = (x + x[:, :, ::-1]) / 2
-    assert float(gan_obj.consistency(_linear_d(w), sym, sym, keys, cfg=flips)[0]) == 0.0
-    assert float(gan_obj.consistency(_linear_d(w), x, x, keys, cfg=flips)[0]) > 0
+    augmented = _draws("flip,translation", keys, x, 0)
+
+    @jax.jit  # every value below and its reference in one program, not one per op run eagerly
+    def values(x, w, augmented):
+        diff = x - augmented
+        per = jnp.sum(diff * w, axis=(1, 2, 3))
+        value, metrics = gan_obj.consistency(_linear_d(w), x, x * 0, keys, cfg=cfg)
+        grad = jax.grad(lambda w: gan_obj.consistency(_linear_d(w), x, x * 0, keys, cfg=cfg)[0])(w)
+        want = jnp.mean(2 * per[:, None, None, None] * diff, axis=0)
+        # Flips alone: left-right symmetric images leave D unchanged (penalty 0), the others do not.
+        sym = (x + x[:, :, ::-1]) / 2
+        return {"value": value, "expected": jnp.mean(per**2), "cr_real": metrics["cr_real"], "grad": grad,
+                "want": want, "flips_sym": gan_obj.consistency(_linear_d(w), sym, sym, keys, cfg=flips)[0],
+                "flips": gan_obj.consistency(_linear_d(w), x, x, keys, cfg=flips)[0]}
+
+    v = values(x, w, augmented)
+    assert float(v["value"]) == pytest.approx(float(v["expected"]), rel=1e-5) and float(v["value"]) > 0
+    assert float(v["cr_real"]) == pytest.approx(float(v["value"]))
+    np.testing.assert_allclose(np.asarray(v["grad"]), np.asarray(v["want"]), rtol=1e-4, atol=1e-5)
+    assert float(v["flips_sym"]) == 0.0
+    assert float(v["flips"]) > 0
 
 
 def test_d_outputs_given_stand_in_for_d_on_the_images():
     rng = np.random.default_rng(3)
     x = jnp.asarray(rng.uniform(-1, 1, (4, 8, 8, 1)), jnp.float32)
-    d, keys = _linear_d(jnp.asarray(rng.normal(size=(8, 8, 1)), jnp.float32)), jax.random.split(jax.random.key(4), 4)
-    computed = gan_obj.balanced_consistency(d, x, -x, keys)
-    given = gan_obj.balanced_consistency(d, x, -x, keys, d_real=d(x), d_fake=d(-x))
+    w = jnp.asarray(rng.normal(size=(8, 8, 1)), jnp.float32)
+
+    @jax.jit  # both in one program, not one per op run eagerly
+    def computed_and_given(x, w):
+        d, keys = _linear_d(w), jax.random.split(jax.random.key(4), 4)
+        return (gan_obj.balanced_consistency(d, x, -x, keys),
+                gan_obj.balanced_consistency(d, x, -x, keys, d_real=d(x), d_fake=d(-x)))
+
+    computed, given = computed_and_given(x, w)
     np.testing.assert_allclose(jax.tree.leaves(computed), jax.tree.leaves(given), rtol=1e-6)
 
 
@@ -85,14 +108,22 @@ def test_bcr_adds_the_same_penalty_on_the_fakes_with_draws_of_their_own():
     fake = jnp.asarray(rng.uniform(-1, 1, (6, 8, 8, 3)), jnp.float32)
     w = jnp.asarray(rng.normal(size=(8, 8, 3)), jnp.float32)
     keys = jax.random.split(jax.random.key(2), 6)
-    d = _linear_d(w)
-    value, metrics = gan_obj.balanced_consistency(d, real, fake, keys)  # cfg None: the default policy
-    on_fake = jnp.mean((d(fake) - d(_draws(gan_obj.CR_POLICY, keys, fake, 1))) ** 2)
+    own_draws, reals_draws = _draws(gan_obj.CR_POLICY, keys, fake, 1), _draws(gan_obj.CR_POLICY, keys, fake, 0)
+
+    @jax.jit  # every value below and its reference in one program, not one per op run eagerly
+    def values(real, fake, w, own_draws, reals_draws):
+        d = _linear_d(w)
+        value, metrics = gan_obj.balanced_consistency(d, real, fake, keys)  # cfg None: the default policy
+        return {"value": value, "metrics": metrics, "cr": gan_obj.consistency(d, real, fake, keys)[0],
+                "on_fake": jnp.mean((d(fake) - d(own_draws)) ** 2),
+                "same_draws": jnp.mean((d(fake) - d(reals_draws)) ** 2)}
+
+    v = values(real, fake, w, own_draws, reals_draws)
+    value, metrics, on_fake = v["value"], v["metrics"], v["on_fake"]
     assert float(metrics["cr_fake"]) == pytest.approx(float(on_fake), rel=1e-5)
-    assert float(metrics["cr_real"]) == pytest.approx(float(gan_obj.consistency(d, real, fake, keys)[0]), rel=1e-6)
+    assert float(metrics["cr_real"]) == pytest.approx(float(v["cr"]), rel=1e-6)
     assert float(value) == pytest.approx(float(metrics["cr_real"] + metrics["cr_fake"]), rel=1e-6)
-    same_draws = jnp.mean((d(fake) - d(_draws(gan_obj.CR_POLICY, keys, fake, 0))) ** 2)
-    assert float(on_fake) != pytest.approx(float(same_draws), rel=1e-3)  # the fakes' draws are not the reals'
+    assert float(on_fake) != pytest.approx(float(v["same_draws"]), rel=1e-3)  # the fakes' draws are not the reals'
 
 
 def _config(variant="smoke", **over):

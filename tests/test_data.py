@@ -255,7 +255,8 @@ def test_download_probe_uses_each_datasets_host_and_port(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("n", [1, 2, 5, 100, 1000, 4097, 60000])
 def test_random_bijection_is_a_permutation(n):
-    perm = np.asarray(dev.random_bijection(jax.random.key(3), jnp.arange(n), n))
+    # one program: outside jit each op of the rounds is one (~20 for each n)
+    perm = np.asarray(jax.jit(lambda key: dev.random_bijection(key, jnp.arange(n), n))(jax.random.key(3)))
     assert sorted(perm) == list(range(n))
     if n >= 100:  # and a shuffle: few fixed points, no long runs of the identity
         assert np.mean(perm == np.arange(n)) < 0.05
@@ -271,7 +272,7 @@ def test_random_bijection_draws_every_permutation_of_a_small_n_alike(n):
     from scipy import stats
 
     keys = jax.random.split(jax.random.key(0), 6000)
-    perms = np.asarray(jax.vmap(lambda k: dev.random_bijection(k, jnp.arange(n), n))(keys))
+    perms = np.asarray(jax.jit(jax.vmap(lambda k: dev.random_bijection(k, jnp.arange(n), n)))(keys))  # one program
     index = {p: i for i, p in enumerate(itertools.permutations(range(n)))}
     counts = np.bincount([index[tuple(p)] for p in perms], minlength=len(index))
     assert stats.chisquare(counts).pvalue > 1e-3, counts
@@ -297,13 +298,15 @@ def test_batches_are_epochs_of_permutations():
     key = jax.random.key(0)
     n, b = 105, 20  # 5 steps an epoch, 5 examples dropped
     pos = jnp.arange(b)
-    seen = np.concatenate([np.asarray(dev.batch_indices(key, s, n, b, pos)) for s in range(5)])
+    # the step traced, as in the train step: one program a positions' shape (outside jit, one per op and step)
+    batch_indices = jax.jit(dev.batch_indices, static_argnums=(2, 3))
+    seen = np.concatenate([np.asarray(batch_indices(key, s, n, b, pos)) for s in range(5)])
     assert len(set(seen)) == 100 and seen.max() < n  # one epoch = each example at most once
-    nxt = np.concatenate([np.asarray(dev.batch_indices(key, s, n, b, pos)) for s in range(5, 10)])
+    nxt = np.concatenate([np.asarray(batch_indices(key, s, n, b, pos)) for s in range(5, 10)])
     assert len(set(nxt)) == 100 and not np.array_equal(seen, nxt)  # reshuffled next epoch
-    np.testing.assert_array_equal(dev.batch_indices(key, 3, n, b, pos), dev.batch_indices(key, 3, n, b, pos))
+    np.testing.assert_array_equal(batch_indices(key, 3, n, b, pos), batch_indices(key, 3, n, b, pos))
     # A device that holds positions 10..19 gets exactly the second half of the global batch.
-    np.testing.assert_array_equal(dev.batch_indices(key, 3, n, b, pos[10:]), dev.batch_indices(key, 3, n, b, pos)[10:])
+    np.testing.assert_array_equal(batch_indices(key, 3, n, b, pos[10:]), batch_indices(key, 3, n, b, pos)[10:])
 
 
 def test_dynamic_binarization_happens_on_device_from_uint8():

@@ -93,7 +93,7 @@ def _fd_grad_norms(x, h=1e-6):
 def test_r1_matches_finite_differences():
     x = np.random.default_rng(1).normal(size=(5, 2, 3, 1)).astype(np.float32)
     keys = jax.random.split(jax.random.key(0), 5)
-    penalty, _ = gan_obj.r1(_d_jax, jnp.asarray(x), None, keys)
+    penalty, _ = jax.jit(lambda x, keys: gan_obj.r1(_d_jax, x, None, keys))(jnp.asarray(x), keys)  # one program
     np.testing.assert_allclose(float(penalty), 0.5 * np.mean(_fd_grad_norms(x) ** 2), rtol=1e-4)
 
 
@@ -102,7 +102,8 @@ def test_gradient_penalty_matches_finite_differences():
     real = rng.normal(size=(5, 2, 3, 1)).astype(np.float32)
     fake = rng.normal(size=(5, 2, 3, 1)).astype(np.float32)
     keys = jax.random.split(jax.random.key(3), 5)
-    penalty, _ = gan_obj.gradient_penalty(_d_jax, jnp.asarray(real), jnp.asarray(fake), keys)
+    penalty, _ = jax.jit(lambda real, fake, keys: gan_obj.gradient_penalty(_d_jax, real, fake, keys))(
+        jnp.asarray(real), jnp.asarray(fake), keys)  # one program
     eps = np.asarray(jax.vmap(lambda k: jax.random.uniform(k, (1, 1, 1)))(keys))  # the draw the penalty makes
     x_hat = eps * real + (1 - eps) * fake
     np.testing.assert_allclose(float(penalty), np.mean((_fd_grad_norms(x_hat) - 1) ** 2), rtol=1e-4)

@@ -1,6 +1,7 @@
 """GAN models: shapes and modes of every built-in, synchronised BatchNorm, spectral norm, dtypes, and DCGAN-64
 against the PyTorch reference (parameter counts and, at a tiny width, outputs)."""
 
+import functools
 import importlib.util
 import math
 import os
@@ -32,11 +33,15 @@ def _config(name="dcgan", width=8, **kw):
 
 def _init(g, d, image_shape, batch=2):
     # XLA:CPU compiles threefry ~5x faster when it need not be partitionable (jax's default since 0.5); these tests
-    # only need some random init, and this setting is local to the block.
-    with jax.threefry_partitionable(False):
+    # only need some random init, and this setting is local to the block. Jitted: one program, not one per op.
+    @jax.jit
+    def init():
         gv = g.init(jax.random.key(0), jnp.zeros((batch, g.latent_dim)), train=False)
         dv = d.init(jax.random.key(1), jnp.zeros((batch, *image_shape)), train=False)
-    return gv, dv
+        return gv, dv
+
+    with jax.threefry_partitionable(False):
+        return init()
 
 
 def _run(module, variables, x, train):
@@ -143,8 +148,8 @@ def test_batchnorm_is_synchronised_over_the_mesh():
     g_sync, d_sync = gan.build(c, shape, axis_name="data")
     gv, dv = _init(g, d, shape)
     mesh = parallel.make_mesh()
-    z = jax.random.normal(jax.random.key(3), (2 * mesh.size, 16))
-    x = jnp.tanh(jax.random.normal(jax.random.key(4), (2 * mesh.size, *shape)))
+    z, x = jax.jit(lambda: (jax.random.normal(jax.random.key(3), (2 * mesh.size, 16)),  # one program, not one per op
+                            jnp.tanh(jax.random.normal(jax.random.key(4), (2 * mesh.size, *shape)))))()
 
     def step(m):
         return lambda v, inp: m.apply(v, inp, train=True, mutable=["batch_stats"])
@@ -163,8 +168,9 @@ def _normalized(params):
     out = {}
     for path, leaf in flat.items():
         names = "/".join(k.key for k in path)
-        if names.endswith("kernel"):
-            leaf = leaf / np.linalg.svd(np.asarray(leaf).reshape(-1, leaf.shape[-1]), compute_uv=False)[0]
+        if names.endswith("kernel"):  # in numpy (float32, as JAX divides): no one-op XLA program per leaf
+            leaf = np.asarray(leaf)
+            leaf = leaf / np.float32(np.linalg.svd(leaf.reshape(-1, leaf.shape[-1]), compute_uv=False)[0])
         out[path] = leaf
     return jax.tree_util.tree_unflatten(jax.tree.structure(params), [out[p] for p in flat])
 
@@ -177,8 +183,8 @@ def test_spectral_norm_divides_every_kernel_by_its_top_singular_value():
     g, d = gan.build(c, shape)
     g_plain, _ = gan.build(_config("dcgan", g_norm="none"), shape)
     gv, dv = _init(g, d, shape)
-    z = jax.random.normal(jax.random.key(5), (2, 16))
-    x = jnp.zeros((2, *shape))
+    z = jax.jit(lambda: jax.random.normal(jax.random.key(5), (2, 16)))()  # one program, not one per op
+    x = np.zeros((2, *shape), np.float32)
 
     @jax.jit
     def iterate(gv, dv):
@@ -191,8 +197,9 @@ def test_spectral_norm_divides_every_kernel_by_its_top_singular_value():
         return jax.lax.fori_loop(0, 300, body, (gv, dv))
 
     gv, dv = iterate(gv, dv)
-    want = g_plain.apply({"params": _normalized(gv["params"])}, z, train=False)
-    np.testing.assert_allclose(g.apply(gv, z, train=False), want, atol=2e-3)
+    got, want = jax.jit(lambda gv, p: (g.apply(gv, z, train=False), g_plain.apply({"params": p}, z, train=False)))(
+        gv, _normalized(gv["params"]))  # both as one program, not one per op
+    np.testing.assert_allclose(got, want, atol=2e-3)
     stats = jax.tree_util.tree_flatten_with_path(dv["batch_stats"])[0]
     sigmas = {p: v for p, v in stats if p[-1].key.endswith("sigma")}
     kernels = {"/".join(k.key for k in p): v for p, v in jax.tree_util.tree_flatten_with_path(dv["params"])[0]
@@ -244,12 +251,18 @@ def test_dcgan64_computes_what_the_torch_reference_computes():
     dp.update({f"BatchNorm_{i}": bn(m) for i, m in enumerate(layers(td.net, torch.nn.BatchNorm2d))})
     dp["Dense_0"] = {"kernel": t(convs[-1].weight[0].permute(1, 2, 0).reshape(-1, 1))}
     gv, dv = jax.eval_shape(lambda: _init(g, d, (64, 64, 3)))  # only the structure: every value comes from torch
-    gv, dv = ({**v, "batch_stats": jax.tree.map(lambda a: jnp.ones(a.shape), v["batch_stats"])} for v in (gv, dv))
+    gv, dv = ({**v, "batch_stats": jax.tree.map(lambda a: np.ones(a.shape, np.float32), v["batch_stats"])}
+              for v in (gv, dv))
     assert jax.tree.structure(gp) == jax.tree.structure(gv["params"])
     assert jax.tree.structure(dp) == jax.tree.structure(dv["params"])
     z = np.random.default_rng(0).normal(size=(4, 16)).astype(np.float32)
-    x, _ = g.apply({**gv, "params": gp}, z, train=True, mutable=["batch_stats"])
-    logits, _ = d.apply({**dv, "params": dp}, x, train=True, mutable=["batch_stats"])
+
+    @jax.jit  # G and D as one program, not one per op
+    def run(gv, dv, z):
+        x, _ = g.apply(gv, z, train=True, mutable=["batch_stats"])
+        return x, d.apply(dv, x, train=True, mutable=["batch_stats"])[0]
+
+    x, logits = run({**gv, "params": gp}, {**dv, "params": dp}, z)
     with torch.no_grad():
         tx = tg(torch.from_numpy(z)[:, :, None, None])
         tl = td(torch.from_numpy(np.array(x)).permute(0, 3, 1, 2))
@@ -277,7 +290,8 @@ def test_one_dcgan_iteration_updates_both_nets_as_the_torch_reference_does():
     g, d = gan.build(c.model, shape, axis_name=parallel.AXIS)
     g_tx, g_lr = optim.make(c.g_optim, c.train.steps)
     d_tx, d_lr = optim.make(c.d_optim, c.train.steps)
-    state = state_lib.create_gan(g, d, g_tx, d_tx, shape, 0, ema=False)
+    # jitted: create_gan runs its inits op by op otherwise
+    state = jax.jit(lambda: state_lib.create_gan(g, d, g_tx, d_tx, shape, 0, ema=False))()
     images = np.random.default_rng(0).integers(0, 256, (b, *shape), dtype=np.uint8)  # the batch is all of them
     train = gan_step.compile_train(
         parallel.make_mesh(jax.devices()[:1]), steps_per_dispatch=1, generator=g, discriminator=d, g_tx=g_tx,
@@ -286,9 +300,13 @@ def test_one_dcgan_iteration_updates_both_nets_as_the_torch_reference_does():
         random_flip=False)
     init = jax.device_get({k: state[k] for k in ("g", "d")})
     # The step's latents, drawn as gan_step draws them (one device: examples 0..b-1 of call 0).
-    keys = dev.example_keys(jax.random.fold_in(jax.random.fold_in(state["key"], state_lib.STEP_STREAM), 0),
-                            jnp.arange(b))
-    z = np.asarray(jax.vmap(lambda k: jax.random.normal(k, (16,)))(dev.substream(keys, gan_step._Z)))
+    @jax.jit  # one program, not one per op
+    def latents(key):
+        keys = dev.example_keys(jax.random.fold_in(jax.random.fold_in(key, state_lib.STEP_STREAM), 0),
+                                jnp.arange(b))
+        return jax.vmap(lambda k: jax.random.normal(k, (16,)))(dev.substream(keys, gan_step._Z))
+
+    z = np.asarray(latents(state["key"]))
     new, metrics = jax.device_get(train(state, {"image": jnp.asarray(images)}))  # donates `state`
 
     tg, td = ref.G(nz=16, ngf=8), ref.D(ndf=8)
@@ -343,14 +361,19 @@ def test_spectrally_normalised_kernels_start_as_their_initializer_drew_them():
     """As in Miyato et al.'s code and PyTorch: the stored kernel is the Glorot draw (flax's init would store it
     divided by its first sigma estimate, 1.5x smaller here); D's output, which divides by sigma, is unchanged."""
     d = gan.ResNetDiscriminator((32, 32, 3), width=64, spectral_norm=True)
-    x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
-    flax_init = d.init(jax.random.key(0), x, train=False)
-    ours = gan.init_variables(d, jax.random.key(0), x, train=False)
+
+    @jax.jit  # both inits as one program: outside jit each op would be one
+    def init():
+        x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
+        return x, d.init(jax.random.key(0), x, train=False), gan.init_variables(d, jax.random.key(0), x, train=False)
+
+    x, flax_init, ours = init()
+    apply = jax.jit(functools.partial(d.apply, train=False))  # compiled once, for both variables
+    y_ours, y_flax = apply(ours, x), apply(flax_init, x)
     kernel = ours["params"]["_ResBlock_1"]["conv1"]["kernel"]  # 3x3, 128 -> 128, Glorot uniform with gain sqrt(2)
     assert float(jnp.std(kernel)) == pytest.approx(np.sqrt(2) * np.sqrt(2 / (2 * 9 * 128)), rel=0.03)
     assert float(jnp.std(flax_init["params"]["_ResBlock_1"]["conv1"]["kernel"])) < 0.8 * float(jnp.std(kernel))
-    np.testing.assert_allclose(d.apply(ours, x, train=False), d.apply(flax_init, x, train=False), rtol=1e-5,
-                               atol=1e-5)
+    np.testing.assert_allclose(y_ours, y_flax, rtol=1e-5, atol=1e-5)
     assert "bias" not in ours["params"]["Dense_0"]  # SNGAN's last layer has none
 
 
@@ -366,8 +389,8 @@ def test_bfloat16_bias_gradients_are_summed_in_float32(name, options):
     shape = (32, 32, 3)
     nets = {dt: gan.build(_config(name, width=4, dtype=dt, **options), shape) for dt in ("float32", "bfloat16")}
     gv, dv = _init(*nets["float32"], shape)
-    z = jax.random.normal(jax.random.key(3), (64, 16))
-    x = jax.random.uniform(jax.random.key(4), (64, *shape), minval=-1.0, maxval=1.0)
+    z, x = jax.jit(lambda: (jax.random.normal(jax.random.key(3), (64, 16)),  # one program, not one per op
+                            jax.random.uniform(jax.random.key(4), (64, *shape), minval=-1.0, maxval=1.0)))()
 
     def grads(dt):
         g, d = nets[dt]
@@ -376,8 +399,10 @@ def test_bfloat16_bias_gradients_are_summed_in_float32(name, options):
             (gv["params"], dv["params"]))
 
     exact, low = grads("float32"), grads("bfloat16")
-    error = {jax.tree_util.keystr(path): e for path, e in jax.tree_util.tree_flatten_with_path(jax.tree.map(
-        lambda a, b: float(jnp.linalg.norm(b - a) / jnp.linalg.norm(a)), exact, low))[0]}
+    relative = jax.jit(lambda exact, low: jax.tree.map(lambda a, b: jnp.linalg.norm(b - a) / jnp.linalg.norm(a),
+                                                       exact, low))  # one program for all leaves, not 3 ops each
+    error = {jax.tree_util.keystr(path): float(e)
+             for path, e in jax.tree_util.tree_flatten_with_path(relative(exact, low))[0]}
     biases = [k for k in error if k.endswith("['bias']")]
     assert len(biases) >= 3
     off = {b: (round(error[b], 4), round(error[b.replace("['bias']", "['kernel']")], 4)) for b in biases

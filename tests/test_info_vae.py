@@ -1,6 +1,7 @@
 """InfoVAE with the MMD (Zhao et al. 2019): the kernels and the unbiased MMD^2 against numpy, the objective's terms from
 the same draws, the ELBO at beta 1 and weight 0, the global batch's MMD on 8 devices, and the config's checks."""
 
+import functools
 import logging
 
 import jax
@@ -34,13 +35,15 @@ def _numpy_mmd(kernel, x, y):
 def test_mmd_is_the_unbiased_estimate_and_tells_a_shifted_sample_from_the_prior(kernel):
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(300, 4)), rng.normal(size=(200, 4))
-    np.testing.assert_allclose(vo.mmd(kernel, jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)),
+    mmd = jax.jit(vo.mmd, static_argnums=0)  # one program for the three calls (op by op: one per op)
+    np.testing.assert_allclose(mmd(kernel, jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)),
                                _numpy_mmd(kernel, a, b), rtol=1e-4, atol=1e-6)
-    same = float(vo.mmd(kernel, jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)))
-    shifted = float(vo.mmd(kernel, jnp.asarray(a + 1.0, jnp.float32), jnp.asarray(b, jnp.float32)))
+    same = float(mmd(kernel, jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)))
+    shifted = float(mmd(kernel, jnp.asarray(a + 1.0, jnp.float32), jnp.asarray(b, jnp.float32)))
     assert abs(same) < 0.01 < shifted  # unbiased: near 0 (either sign) for two samples of one distribution
+    latents = jax.ShapeDtypeStruct((2, 2), jnp.float32)  # the error is raised while tracing: nothing to compile
     with pytest.raises(ValueError, match="objective.mmd_kernel must be 'imq' or 'rbf', got 'gauss'"):
-        vo.mmd_kernel("gauss", jnp.zeros((2, 2)), jnp.zeros((2, 2)))
+        jax.eval_shape(functools.partial(vo.mmd_kernel, "gauss"), latents, latents)
 
 
 def test_the_objective_weighs_the_kl_and_the_mmd_of_its_own_draws():
@@ -48,16 +51,23 @@ def test_the_objective_weighs_the_kl_and_the_mmd_of_its_own_draws():
     at beta 1 and weight 0 it is the elbo objective's loss (analytic KL, one draw)."""
     model, params, cfg, x, keys = _tiny()
     cfg.kl, cfg.beta, cfg.mmd_weight, cfg.mmd_kernel = "analytic", 0.25, 50.0, "imq"
-    loss, m = _call("info_vae", params, x, keys, model, cfg)
-    mu, logvar = model.apply(params, x, method="encode")
-    z = mu + jnp.exp(0.5 * logvar) * jax.vmap(lambda k: jax.random.normal(k, (1, 2)))(keys)[:, 0]
-    prior = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 1), (2,)))(keys)
+
+    @jax.jit  # one program: op by op the objective and the draws built ~100
+    def run(params, x, keys):
+        loss, m = _call("info_vae", params, x, keys, model, cfg)
+        mu, logvar = model.apply(params, x, method="encode")
+        z = mu + jnp.exp(0.5 * logvar) * jax.vmap(lambda k: jax.random.normal(k, (1, 2)))(keys)[:, 0]
+        prior = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 1), (2,)))(keys)
+        return loss, m, z, prior
+
+    loss, m, z, prior = jax.device_get(run(params, x, keys))
     expected_mmd = _numpy_mmd("imq", z, prior)
     np.testing.assert_allclose(m["mmd"], expected_mmd, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(loss, m["rec_nll"] + 0.25 * m["kl"] + 50.0 * expected_mmd, rtol=1e-5)
     cfg.beta, cfg.mmd_weight = 1.0, 0.0
-    np.testing.assert_allclose(_call("info_vae", params, x, keys, model, cfg)[0],
-                               objectives.get("elbo")(params, x, keys, model=model, cfg=cfg)[0], rtol=1e-6)
+    info, elbo = jax.jit(lambda p: (_call("info_vae", p, x, keys, model, cfg)[0],
+                                    objectives.get("elbo")(p, x, keys, model=model, cfg=cfg)[0]))(params)
+    np.testing.assert_allclose(info, elbo, rtol=1e-6)
 
 
 def test_eight_devices_compare_the_global_batch_with_the_prior(smoke_config):
@@ -85,12 +95,15 @@ def test_the_mmd_trains_the_encoder_with_the_gradient_of_the_whole_objective():
         rec = vo.gaussian_log_prob(model.apply(p, z, method="decode"), x, cfg)
         return -jnp.mean(rec) + 100.0 * vo.mmd("rbf", z, prior)
 
-    grad = _on_axis(lambda: jax.grad(lambda p: objectives.get("info_vae")(p, x, keys, model=model, cfg=cfg)[0])(params))
-    for a, b in zip(jax.tree.leaves(grad), jax.tree.leaves(jax.grad(direct)(params))):
+    def objective_grad(p):  # reads cfg when it traces
+        return _on_axis(lambda: jax.grad(lambda p: objectives.get("info_vae")(p, x, keys, model=model, cfg=cfg)[0])(p))
+
+    # Both gradients in one program (op by op they built ~200).
+    grad, want = jax.device_get(jax.jit(lambda p: (objective_grad(p), jax.grad(direct)(p)))(params))
+    for a, b in zip(jax.tree.leaves(grad), jax.tree.leaves(want)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
     cfg.mmd_weight = 0.0
-    plain = _on_axis(lambda: jax.grad(lambda p: objectives.get("info_vae")(p, x, keys, model=model, cfg=cfg)[0])(
-        params))
+    plain = jax.device_get(jax.jit(objective_grad)(params))
     enc = [k for k in grad["params"] if k.startswith("enc")]
     assert any(not np.allclose(grad["params"][k]["kernel"], plain["params"][k]["kernel"]) for k in enc)
 

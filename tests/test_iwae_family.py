@@ -28,7 +28,18 @@ def _value_and_grads(name, params, x, keys, model, cfg, **fields):
         return objectives.get(name)(p, x, keys, model=model, cfg=cfg)
 
     (value, metrics), grads = jax.value_and_grad(loss, has_aux=True)(params)
-    return float(value), metrics, grads["params"]
+    return value, metrics, grads["params"]
+
+
+def _values_and_grads(params, x, keys, model, cfg, *runs):
+    """[(value, metrics, grads)] of `_value_and_grads` for each (name, fields) of `runs`, all in one compiled
+    program: run op by op each built ~30 programs."""
+
+    @jax.jit
+    def run(params, x, keys):
+        return [_value_and_grads(name, params, x, keys, model, cfg, **fields) for name, fields in runs]
+
+    return [(float(value), metrics, grads) for value, metrics, grads in jax.device_get(run(params, x, keys))]
 
 
 def _assert_close(a, b, rtol=1e-5, atol=1e-6):
@@ -44,15 +55,13 @@ def test_miwae_and_ciwae_reduce_to_iwae_and_to_the_elbo():
     """MIWAE with m = 1 is IWAE, with k = 1 the ELBO of m draws (Monte Carlo KL); CIWAE with elbo_weight 1 is that
     ELBO, with 0 IWAE, and in between the weighted sum of both: values and gradients under the same noise."""
     model, params, cfg, x, keys = _tiny()
-    iwae = _value_and_grads("iwae", params, x, keys, model, cfg, k=6)
-    elbo = _value_and_grads("elbo", params, x, keys, model, cfg, k=6)
-    for got, want in [(_value_and_grads("miwae", params, x, keys, model, cfg, k=6, m=1), iwae),
-                      (_value_and_grads("miwae", params, x, keys, model, cfg, k=1, m=6), elbo),
-                      (_value_and_grads("ciwae", params, x, keys, model, cfg, k=6, elbo_weight=1.0), elbo),
-                      (_value_and_grads("ciwae", params, x, keys, model, cfg, k=6, elbo_weight=0.0), iwae)]:
+    iwae, elbo, miwae_1, miwae_k1, ciwae_1, ciwae_0, mixed = _values_and_grads(
+        params, x, keys, model, cfg, ("iwae", {"k": 6}), ("elbo", {"k": 6}), ("miwae", {"k": 6, "m": 1}),
+        ("miwae", {"k": 1, "m": 6}), ("ciwae", {"k": 6, "elbo_weight": 1.0}), ("ciwae", {"k": 6, "elbo_weight": 0.0}),
+        ("ciwae", {"k": 6, "elbo_weight": 0.3}))
+    for got, want in [(miwae_1, iwae), (miwae_k1, elbo), (ciwae_1, elbo), (ciwae_0, iwae)]:
         np.testing.assert_allclose(got[0], want[0], rtol=1e-6)
         _assert_close(got[2], want[2])
-    mixed = _value_and_grads("ciwae", params, x, keys, model, cfg, k=6, elbo_weight=0.3)
     np.testing.assert_allclose(mixed[0], 0.3 * elbo[0] + 0.7 * iwae[0], rtol=1e-6)
     _assert_close(mixed[2], jax.tree.map(lambda e, i: 0.3 * e + 0.7 * i, elbo[2], iwae[2]))
     np.testing.assert_allclose(float(mixed[1]["elbo"]), -elbo[0], rtol=1e-6)
@@ -63,9 +72,14 @@ def test_miwae_is_the_mean_of_its_groups_iwae_bounds():
     """m = 3 groups of k = 4: the mean over the groups of each one's IWAE bound, draws 4 g ... 4 g + 3 in group g;
     the logged iwae_bound is the IWAE bound of all 12."""
     model, params, cfg, x, keys = _tiny()
-    value, metrics, _ = _value_and_grads("miwae", params, x, keys, model, cfg, k=4, m=3)
-    cfg.k = 12
-    log_w = np.asarray(vae_obj.log_importance_weights(params, x, keys, model=model, cfg=cfg, k=12), np.float64)
+
+    @jax.jit  # one program (op by op: ~100)
+    def run(params, x, keys):
+        value, metrics, _ = _value_and_grads("miwae", params, x, keys, model, cfg, k=4, m=3)
+        return value, metrics, vae_obj.log_importance_weights(params, x, keys, model=model, cfg=cfg, k=12)
+
+    value, metrics, log_w = jax.device_get(run(params, x, keys))
+    log_w = np.asarray(log_w, np.float64)
     groups = log_w.reshape(len(log_w), 3, 4)
     top = groups.max(-1, keepdims=True)
     bounds = top[..., 0] + np.log(np.mean(np.exp(groups - top), -1))
@@ -82,8 +96,8 @@ def test_dreg_keeps_the_value_and_the_decoders_gradient(name, fields):
     """Only the encoder's gradient changes: the loss's value and the decoder's gradient are the standard
     estimator's under the same noise."""
     model, params, cfg, x, keys = _tiny()
-    standard = _value_and_grads(name, params, x, keys, model, cfg, **fields)
-    dreg = _value_and_grads(name, params, x, keys, model, cfg, estimator="dreg", **fields)
+    standard, dreg = _values_and_grads(params, x, keys, model, cfg, (name, fields),
+                                       (name, {"estimator": "dreg", **fields}))
     np.testing.assert_allclose(dreg[0], standard[0], rtol=1e-6)
     _assert_close(dreg[2]["dec"], standard[2]["dec"])
     assert not np.allclose(np.asarray(dreg[2]["enc_mu"]["kernel"]), np.asarray(standard[2]["enc_mu"]["kernel"]))
@@ -92,8 +106,8 @@ def test_dreg_keeps_the_value_and_the_decoders_gradient(name, fields):
 def test_dreg_of_one_draw_is_sticking_the_landing():
     """With k = 1 the IWAE bound is the ELBO, and DReG's weights (w^2 = 1) give the ELBO's path derivative."""
     model, params, cfg, x, keys = _tiny()
-    iwae = _value_and_grads("iwae", params, x, keys, model, cfg, k=1, estimator="dreg")
-    stl = _value_and_grads("elbo", params, x, keys, model, cfg, k=1, estimator="dreg")
+    iwae, stl = _values_and_grads(params, x, keys, model, cfg, ("iwae", {"k": 1, "estimator": "dreg"}),
+                                  ("elbo", {"k": 1, "estimator": "dreg"}))
     np.testing.assert_allclose(iwae[0], stl[0], rtol=1e-6)
     _assert_close(iwae[2], stl[2])
 
@@ -119,8 +133,8 @@ def test_at_the_exact_posterior_the_dreg_encoder_gradient_vanishes(name, fields)
     every draw, so DReG's encoder gradient is 0, while the standard estimator's carries the score term's noise."""
     model, params, cfg, x, keys = _tiny()
     params = _exact_posterior(params, cfg.gaussian_sigma)
-    dreg = _value_and_grads(name, params, x, keys, model, cfg, estimator="dreg", **fields)
-    standard = _value_and_grads(name, params, x, keys, model, cfg, **fields)
+    dreg, standard = _values_and_grads(params, x, keys, model, cfg, (name, {"estimator": "dreg", **fields}),
+                                       (name, fields))
     for leaf in jax.tree.leaves(_part(dreg[2], ENCODER)):
         np.testing.assert_allclose(np.asarray(leaf), 0.0, atol=2e-5)
     assert max(float(np.abs(leaf).max()) for leaf in jax.tree.leaves(_part(standard[2], ENCODER))) > 1e-2
@@ -160,9 +174,9 @@ def test_piwae_trains_the_decoder_on_iwae_and_the_encoder_on_miwae(estimator):
     """m = 3 groups of k = 4: the decoder's gradient is that of the IWAE bound of all 12 draws, the encoder's that of
     the MIWAE bound (with the same estimator); the value is the negative IWAE bound."""
     model, params, cfg, x, keys = _tiny()
-    piwae = _value_and_grads("piwae", params, x, keys, model, cfg, k=4, m=3, estimator=estimator)
-    iwae = _value_and_grads("iwae", params, x, keys, model, cfg, k=12)
-    miwae = _value_and_grads("miwae", params, x, keys, model, cfg, k=4, m=3, estimator=estimator)
+    piwae, iwae, miwae = _values_and_grads(params, x, keys, model, cfg,
+                                           ("piwae", {"k": 4, "m": 3, "estimator": estimator}), ("iwae", {"k": 12}),
+                                           ("miwae", {"k": 4, "m": 3, "estimator": estimator}))
     np.testing.assert_allclose(piwae[0], iwae[0], rtol=1e-6)
     np.testing.assert_allclose(float(piwae[1]["miwae_bound"]), -miwae[0], rtol=1e-6)
     _assert_close(piwae[2]["dec"], iwae[2]["dec"])

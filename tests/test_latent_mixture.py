@@ -37,12 +37,13 @@ def test_the_fit_finds_a_known_mixture_and_its_draws_and_densities_follow_it():
     assert record["log_likelihood_per_code"] > record["prior_log_likelihood_per_code"]
     # log q(z) as sklearn's own fit computes it (same seed: the same mixture, in float64 there)
     reference = GaussianMixture(3, covariance_type="full", random_state=0).fit(codes)
-    np.testing.assert_allclose(latent_mixture.log_density(mixture, jnp.asarray(codes[:200], jnp.float32)),
+    # (jitted here and below: outside jit the density and the vmapped draws are a program per op, ~90 in all)
+    np.testing.assert_allclose(jax.jit(latent_mixture.log_density)(mixture, jnp.asarray(codes[:200], jnp.float32)),
                                reference.score_samples(codes[:200]), rtol=1e-4)
     assert record["log_likelihood_per_code"] == pytest.approx(reference.score(codes))
     # Draws: the mixture's mean and covariance (the law of total covariance over the components)
-    z = np.asarray(jax.vmap(lambda j: latent_mixture.draw(mixture, jax.random.fold_in(jax.random.key(0), j), 2))(
-        jnp.arange(40_000)))
+    z = np.asarray(jax.jit(jax.vmap(lambda j: latent_mixture.draw(mixture, jax.random.fold_in(jax.random.key(0), j),
+                                                                  2)))(jnp.arange(40_000)))
     w = np.exp(mixture["log_weights"])
     mean = w @ mixture["means"]
     centred = mixture["means"] - mean
@@ -50,8 +51,8 @@ def test_the_fit_finds_a_known_mixture_and_its_draws_and_densities_follow_it():
     np.testing.assert_allclose(z.mean(0), mean, atol=0.06)
     np.testing.assert_allclose(np.cov(z.T), cov, atol=0.25)
     # truncation bounds each component's noise: every draw within t of its nearest component's scale
-    t = np.asarray(jax.vmap(lambda j: latent_mixture.draw(mixture, jax.random.fold_in(jax.random.key(1), j), 2,
-                                                          truncation=0.5))(jnp.arange(2000)))
+    t = np.asarray(jax.jit(jax.vmap(lambda j: latent_mixture.draw(mixture, jax.random.fold_in(jax.random.key(1), j),
+                                                                  2, truncation=0.5)))(jnp.arange(2000)))
     assert np.max(np.min(np.linalg.norm(t[:, None] - mixture["means"][None], axis=-1), axis=1)) < 0.5 * 2 * 1.2
     with pytest.raises(ValueError, match="2 training images for sample.gmm_components=3"):
         latent_mixture.fit(codes[:2], 3, seed=0)
@@ -84,9 +85,14 @@ def test_a_vaes_samples_from_the_mixture_in_mode_sample_trained_load_and_mode_ev
     run = trained.load(c, workdir)
     np.testing.assert_array_equal(run.samples(8), written["images"])
     mixture = run.latent_mixture()
-    z = sampling.stream_latents(state_lib.eval_key(c.seed, state_lib.SAMPLER), jnp.arange(8), run.model.latent_dim,
-                                mixture=mixture)
-    direct = quantize(vae_eval.sample_images(run.variables, z, model=run.model, likelihood=c.objective.likelihood))
+
+    @jax.jit  # one program: outside jit the key, the mixture's draws and the quantization are a program per op
+    def direct_samples(variables):
+        z = sampling.stream_latents(state_lib.eval_key(c.seed, state_lib.SAMPLER), jnp.arange(8), run.model.latent_dim,
+                                    mixture=mixture)
+        return quantize(vae_eval.sample_images(variables, z, model=run.model, likelihood=c.objective.likelihood))
+
+    direct = direct_samples(run.variables)
     assert np.mean(np.asarray(direct) != written["images"]) < 0.01  # up to rounding at a few pixels' .5
     c.eval.batch_size = 16
     np.testing.assert_array_equal(trained.load(c, workdir).samples(8), written["images"])

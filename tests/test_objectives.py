@@ -1,5 +1,6 @@
 """Objectives against closed forms and brute force."""
 
+import functools
 import math
 
 import flax.linen as nn
@@ -16,9 +17,14 @@ from jaxgen.objectives import vae as vo
 def test_gaussian_kl_matches_monte_carlo():
     mu = jnp.array([[0.5, -1.0, 2.0]])
     logvar = jnp.array([[-0.5, 0.3, -1.2]])
-    z = mu + jnp.exp(0.5 * logvar) * jax.random.normal(jax.random.key(0), (400_000, 3))
-    mc = jnp.mean(vo.diag_normal_log_prob(z, mu, logvar) - vo.std_normal_log_prob(z))
-    closed = vo.gaussian_kl(mu, logvar)[0]
+
+    @jax.jit  # one program (op by op: ~25)
+    def both(mu, logvar):
+        z = mu + jnp.exp(0.5 * logvar) * jax.random.normal(jax.random.key(0), (400_000, 3))
+        mc = jnp.mean(vo.diag_normal_log_prob(z, mu, logvar) - vo.std_normal_log_prob(z))
+        return mc, vo.gaussian_kl(mu, logvar)[0]
+
+    mc, closed = both(mu, logvar)
     # MC standard error here is ~0.003; allow 4 of them.
     assert abs(float(mc) - float(closed)) < 0.012, (mc, closed)
 
@@ -28,11 +34,11 @@ def test_likelihoods_match_hand_computation():
     x = jnp.array([1.0, 0.0, 0.0, 1.0]).reshape(1, 2, 2, 1)
     p = 1 / (1 + np.exp(-np.array([0.3, -2.0, 1.5, 0.0])))
     hand = np.sum(np.log(np.where(np.array([1, 0, 0, 1]) == 1, p, 1 - p)))
-    np.testing.assert_allclose(vo.bernoulli_log_prob(logits, x), [hand], rtol=1e-6)
+    np.testing.assert_allclose(jax.jit(vo.bernoulli_log_prob)(logits, x), [hand], rtol=1e-6)  # one program, not 10
     cfg = ml_collections.ConfigDict({"gaussian_sigma": 0.5})
     mean = jnp.full((1, 2, 2, 1), 0.25)
     hand = np.sum(-0.5 * ((np.array([1, 0, 0, 1]) - 0.25) / 0.5) ** 2 - np.log(0.5) - 0.5 * np.log(2 * np.pi))
-    np.testing.assert_allclose(vo.gaussian_log_prob(mean, x, cfg), [hand], rtol=1e-6)
+    np.testing.assert_allclose(jax.jit(functools.partial(vo.gaussian_log_prob, cfg=cfg))(mean, x), [hand], rtol=1e-6)
 
 
 def _logistic_bin_probs(loc, log_scale):
@@ -62,7 +68,7 @@ def test_discretized_logistic_is_a_distribution_over_the_8_bit_levels():
     rng = np.random.default_rng(0)
     loc = rng.uniform(-0.5, 1.5, 64).astype(np.float32)
     log_scale = rng.uniform(-9.0, 1.0, 64).astype(np.float32)  # some below the floor
-    got = np.asarray(_logistic_log_probs(loc, log_scale), np.float64)
+    got = np.asarray(jax.jit(_logistic_log_probs)(loc, log_scale), np.float64)  # one program, not one per op
     np.testing.assert_allclose(np.log(np.sum(np.exp(got), axis=1)), 0.0, atol=1e-5)
     with np.errstate(divide="ignore"):  # float64's own tails end at exp(-745)
         want = np.log(_logistic_bin_probs(loc, log_scale))
@@ -78,7 +84,13 @@ def test_discretized_logistic_is_finite_far_in_its_tails():
     loc, log_scale, x = jnp.array([-50.0, 60.0]), jnp.array([-7.0, -3.0]), jnp.array([0.5, 0.2])
     out = jnp.stack([loc, log_scale], -1)[:, None, None, :]
     f = lambda o: vo.discretized_logistic_log_prob(o, x[:, None, None, None])  # noqa: E731
-    got = f(out)
+    wide = jnp.array([[[[0.5, 200.0]]], [[[0.0, 200.0]]]])  # a log-scale past float32's exp range: clipped at 10
+
+    @jax.jit  # one program (op by op: ~50)
+    def values_and_grads(out, wide):
+        return f(out), jax.grad(lambda o: jnp.sum(f(o)))(out), jax.grad(lambda o: jnp.sum(f(o)))(wide)
+
+    got, grad, wide_grad = values_and_grads(out, wide)
     s = np.exp(np.asarray(log_scale, np.float64))
     a = (np.asarray(x, np.float64) + 0.5 / 255 - np.asarray(loc, np.float64)) / s
     b = a - 1 / 255 / s
@@ -87,10 +99,8 @@ def test_discretized_logistic_is_finite_far_in_its_tails():
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5)
     naive = jnp.log(jax.nn.sigmoid(a[1]) - jax.nn.sigmoid(b[1]))
     assert not np.isfinite(float(naive))  # why the form matters
-    grad = jax.grad(lambda o: jnp.sum(f(o)))(out)
     assert np.all(np.isfinite(np.asarray(grad)))
-    wide = jnp.array([[[[0.5, 200.0]]], [[[0.0, 200.0]]]])  # a log-scale past float32's exp range: clipped at 10
-    assert np.all(np.isfinite(np.asarray(jax.grad(lambda o: jnp.sum(f(o)))(wide))))
+    assert np.all(np.isfinite(np.asarray(wide_grad)))
 
 
 class LinearGaussianVAE(nn.Module):
@@ -126,8 +136,8 @@ def _tiny(sigma=0.7):
 
 def test_iwae_k1_equals_elbo_under_same_noise():
     model, params, cfg, x, keys = _tiny()
-    loss_elbo, _ = objectives.get("elbo")(params, x, keys, model=model, cfg=cfg)
-    loss_iwae, _ = objectives.get("iwae")(params, x, keys, model=model, cfg=cfg)
+    loss_elbo, loss_iwae = jax.jit(lambda p: (objectives.get("elbo")(p, x, keys, model=model, cfg=cfg)[0],
+                                              objectives.get("iwae")(p, x, keys, model=model, cfg=cfg)[0]))(params)
     np.testing.assert_allclose(loss_iwae, loss_elbo, rtol=1e-6)
 
 
@@ -136,9 +146,15 @@ def test_iwae_with_k_samples_is_the_log_mean_of_the_importance_weights():
     draws; and its ESS metric, 1 / sum_j (w_bj / sum w_b)^2 averaged over the batch."""
     model, params, cfg, x, keys = _tiny()
     cfg.k = 10
-    loss, metrics = objectives.get("iwae")(params, x, keys, model=model, cfg=cfg)
-    mu, logvar = (np.asarray(a, np.float64) for a in model.apply(params, x, method="encode"))
-    eps = np.asarray(jax.vmap(lambda key: jax.random.normal(key, (10, 2)))(keys), np.float64)  # [B, k, D]
+
+    @jax.jit  # one program (op by op: ~30)
+    def run(params, x, keys):
+        loss, metrics = objectives.get("iwae")(params, x, keys, model=model, cfg=cfg)
+        mu, logvar = model.apply(params, x, method="encode")
+        return loss, metrics, mu, logvar, jax.vmap(lambda key: jax.random.normal(key, (10, 2)))(keys)
+
+    loss, metrics, mu, logvar, eps = run(params, x, keys)
+    mu, logvar, eps = (np.asarray(a, np.float64) for a in (mu, logvar, eps))  # eps: [B, k, D]
     z = mu[:, None] + np.exp(0.5 * logvar)[:, None] * eps
     w, b = (np.asarray(a, np.float64) for a in (params["params"]["dec"]["kernel"], params["params"]["dec"]["bias"]))
     mean = z @ w + b  # [B, k, 4]
@@ -162,30 +178,38 @@ def test_the_analytic_elbo_is_the_reconstruction_term_minus_the_closed_form_kl()
     form's (whose k=1 value is IWAE's): both agree to within MC error at large k."""
     model, params, cfg, x, keys = _tiny()
     cfg.kl = "analytic"
-    loss, metrics = objectives.get("elbo")(params, x, keys, model=model, cfg=cfg)
-    mu, logvar = model.apply(params, x, method="encode")
-    kl = vo.gaussian_kl(mu, logvar)
-    np.testing.assert_allclose(float(metrics["kl"]), float(jnp.mean(kl)), rtol=1e-6)
-    np.testing.assert_allclose(float(loss), float(metrics["rec_nll"] + jnp.mean(kl)), rtol=1e-6)
-    cfg.k = 2000
-    analytic = float(objectives.get("elbo")(params, x, keys, model=model, cfg=cfg)[0])
-    cfg.kl = "mc"
-    mc = float(objectives.get("elbo")(params, x, keys, model=model, cfg=cfg)[0])
+    many = cfg.copy_and_resolve_references()
+    many.k = 2000
+    many_mc = many.copy_and_resolve_references()
+    many_mc.kl = "mc"
+
+    @jax.jit  # one program (op by op: ~30)
+    def run(params, x, keys):
+        loss, metrics = objectives.get("elbo")(params, x, keys, model=model, cfg=cfg)
+        mu, logvar = model.apply(params, x, method="encode")
+        return (loss, metrics, jnp.mean(vo.gaussian_kl(mu, logvar)),
+                objectives.get("elbo")(params, x, keys, model=model, cfg=many)[0],
+                objectives.get("elbo")(params, x, keys, model=model, cfg=many_mc)[0])
+
+    loss, metrics, mean_kl, analytic, mc = jax.device_get(run(params, x, keys))
+    np.testing.assert_allclose(float(metrics["kl"]), float(mean_kl), rtol=1e-6)
+    np.testing.assert_allclose(float(loss), float(metrics["rec_nll"] + mean_kl), rtol=1e-6)
+    analytic, mc = float(analytic), float(mc)
     assert abs(analytic - mc) < 0.02 * abs(analytic), (analytic, mc)
 
 
 def test_iwae_bound_tightens_with_k_towards_exact_log_likelihood():
     model, params, cfg, x, keys = _tiny()
-    w = params["params"]["dec"]["kernel"].T  # [4, 2]
-    b = params["params"]["dec"]["bias"]
-    cov = np.asarray(w @ w.T) + cfg.gaussian_sigma**2 * np.eye(4)
-    d = np.asarray(x.reshape(64, 4) - b, np.float64)
+    w = np.asarray(params["params"]["dec"]["kernel"], np.float64).T  # [4, 2]
+    b = np.asarray(params["params"]["dec"]["bias"], np.float64)
+    cov = w @ w.T + cfg.gaussian_sigma**2 * np.eye(4)
+    d = np.asarray(x, np.float64).reshape(64, 4) - b
     exact = -0.5 * (np.einsum("bi,ij,bj->b", d, np.linalg.inv(cov), d) + np.linalg.slogdet(cov)[1]
                     + 4 * math.log(2 * math.pi))
-    bounds = []
-    for k in (1, 10, 100, 2000):
-        nll = vo.importance_nll(params, x, keys, model=model, cfg=cfg, k=k, chunk=500)
-        bounds.append(float(np.mean(-np.asarray(nll))))
+    # The four estimates in one program (importance_nll runs op by op: ~100 programs).
+    nlls = jax.jit(lambda p: [vo.importance_nll(p, x, keys, model=model, cfg=cfg, k=k, chunk=500)
+                              for k in (1, 10, 100, 2000)])(params)
+    bounds = [float(np.mean(-np.asarray(nll))) for nll in nlls]
     assert all(a < b for a, b in zip(bounds, bounds[1:])), bounds  # tighter with k
     assert bounds[-1] <= exact.mean() + 0.01  # still a lower bound on log p(x) (MC slack 0.01)
     assert exact.mean() - bounds[-1] < 0.05 * (exact.mean() - bounds[0]), (bounds, exact.mean())
@@ -195,20 +219,28 @@ def test_importance_nll_in_chunks_is_the_k_sample_estimate():
     """k=10 in chunks of 7 (the second counts only its first 3 draws) is the 10-sample estimate whatever the chunk
     size: draw j of an example comes from fold_in(its key, j)."""
     model, params, cfg, x, keys = _tiny()
-    got = vo.importance_nll(params, x, keys, model=model, cfg=cfg, k=10, chunk=7)
-    per_draw = jax.vmap(lambda key: jax.vmap(lambda j: jax.random.fold_in(key, j))(jnp.arange(10)))(keys)
-    lw = vo.log_importance_weights(params, x, per_draw, model=model, cfg=cfg, k=10)
-    want = -(jax.nn.logsumexp(lw, axis=1) - math.log(10))
+    nll = functools.partial(vo.importance_nll, model=model, cfg=cfg, k=10)
+    lse = functools.partial(vo.chunk_logsumexp, model=model, cfg=cfg, chunk=8)
+
+    @jax.jit  # every estimate in one program (op by op they built ~130)
+    def run(params, x, keys):
+        per_draw = jax.vmap(lambda key: jax.vmap(lambda j: jax.random.fold_in(key, j))(jnp.arange(10)))(keys)
+        lw = vo.log_importance_weights(params, x, per_draw, model=model, cfg=cfg, k=10)
+        want = -(jax.nn.logsumexp(lw, axis=1) - math.log(10))
+        chunked = {chunk: nll(params, x, keys, chunk=chunk) for chunk in (7, 1, 4, 10)}
+        pieces = {(valid, n): lse(params, x, keys, 1, valid=valid, pieces=n) for valid in (8, 3) for n in (1, 2, 4, 8)}
+        return want, chunked, pieces
+
+    want, chunked, pieces = run(params, x, keys)
+    got = chunked[7]
     for chunk in (1, 4, 10):
-        np.testing.assert_allclose(vo.importance_nll(params, x, keys, model=model, cfg=cfg, k=10, chunk=chunk), got,
-                                   rtol=1e-5)
+        np.testing.assert_allclose(chunked[chunk], got, rtol=1e-5)
     np.testing.assert_allclose(got, want, rtol=1e-5)
     # A chunk decoded in pieces (XLA:CPU's faster way, lax.map): the same draws, a partial chunk's too.
     for valid in (8, 3):
-        whole = vo.chunk_logsumexp(params, x, keys, 1, model=model, cfg=cfg, chunk=8, valid=valid)
-        for pieces in (2, 4, 8):
-            np.testing.assert_allclose(vo.chunk_logsumexp(params, x, keys, 1, model=model, cfg=cfg, chunk=8,
-                                                          valid=valid, pieces=pieces), whole, rtol=1e-6)
+        whole = pieces[valid, 1]
+        for n in (2, 4, 8):
+            np.testing.assert_allclose(pieces[valid, n], whole, rtol=1e-6)
 
 
 def test_the_cpu_decodes_a_chunk_in_pieces_of_at_least_128():
@@ -301,29 +333,41 @@ def test_posterior_log_prob_from_the_noise_is_exact_at_extreme_variances():
         z, eps = vo.draw_latents(mu, logvar, keys, 4)
         return vo.posterior_log_prob(eps, logvar), vo.diag_normal_log_prob(z, mu[:, None], logvar[:, None])
 
+    @jax.jit  # the values and both gradients in one program (op by op: ~40)
+    def values_and_grads(mu, logvar):
+        return both(mu, logvar), [jax.grad(lambda m, lv, i=i: jnp.sum(both(m, lv)[i]), argnums=(0, 1))(mu, logvar)
+                                  for i in (0, 1)]
+
     logvar = jnp.array([[-0.5, 0.3], [-1.2, 0.0], [1.0, -2.0]])
-    new, old = both(mu, logvar)
+    (new, old), grads = values_and_grads(mu, logvar)
     np.testing.assert_allclose(new, old, rtol=1e-5)
-    grads = [jax.grad(lambda m, lv, i=i: jnp.sum(both(m, lv)[i]), argnums=(0, 1))(mu, logvar) for i in (0, 1)]
     for a, b in zip(*grads):  # under the reparameterisation: d/dmu = 0, d/dlogvar = -1/2 per draw
         np.testing.assert_allclose(a, b, atol=1e-5)
     np.testing.assert_allclose(grads[0][1], np.full(logvar.shape, -0.5 * 4))
-    for extreme in (-60.0, -90.0, 80.0):
+
+    @jax.jit  # one program for the three variances
+    def noise_and_log_prob(extreme):
         lv = jnp.full(mu.shape, extreme)
-        z, eps = vo.draw_latents(mu, lv, keys, 4)
+        _, eps = vo.draw_latents(mu, lv, keys, 4)
+        return eps, vo.posterior_log_prob(eps, lv)
+
+    for extreme in (-60.0, -90.0, 80.0):
+        eps, log_q = noise_and_log_prob(extreme)
         exact = -0.5 * np.sum(np.asarray(eps, np.float64) ** 2 + extreme + math.log(2 * math.pi), axis=-1)
-        np.testing.assert_allclose(vo.posterior_log_prob(eps, lv), exact, rtol=1e-6)
+        np.testing.assert_allclose(log_q, exact, rtol=1e-6)
 
 
 def test_kl_warmup_weights_the_kl_by_the_step_and_leaves_the_logged_elbo_unweighted():
     model, params, cfg, x, keys = _tiny()
     cfg.beta, cfg.kl_warmup_steps = 2.0, 10
+    elbo = jax.jit(lambda p, step: vo.elbo(p, x, keys, model=model, cfg=cfg, step=step))  # one program for 4 steps
     for step, weight in ((0, 0.0), (5, 1.0), (10, 2.0), (30, 2.0)):
-        loss, m = vo.elbo(params, x, keys, model=model, cfg=cfg, step=jnp.int32(step))
+        loss, m = jax.device_get(elbo(params, jnp.int32(step)))
         assert float(m["kl_weight"]) == weight
         np.testing.assert_allclose(loss, m["rec_nll"] + weight * m["kl"], rtol=1e-6)
         np.testing.assert_allclose(m["elbo"], -m["rec_nll"] - m["kl"], rtol=1e-6)
-    loss, m = vo.elbo(params, x, keys, model=model, cfg=cfg)  # no step (a direct call): beta, as without warm-up
+    # No step (a direct call): beta, as without warm-up.
+    loss, m = jax.device_get(jax.jit(lambda p: vo.elbo(p, x, keys, model=model, cfg=cfg))(params))
     assert "kl_weight" not in m
     np.testing.assert_allclose(loss, m["rec_nll"] + 2.0 * m["kl"], rtol=1e-6)
 

@@ -1,6 +1,7 @@
 """The sliced Wasserstein distance (jaxgen.evaluation.swd): the pyramid against scipy and its own inverse, the 1-D
 distance by hand, and the metric's response to what it should see."""
 
+import jax
 import numpy as np
 import pytest
 import scipy.ndimage
@@ -13,19 +14,23 @@ def test_the_blur_is_the_binomial_kernel_with_mirrored_edges_and_the_pyramid_inv
     kernel = np.outer([1, 4, 6, 4, 1], [1, 4, 6, 4, 1]) / 256.0
     want = np.stack([scipy.ndimage.convolve(x[..., c].astype(np.float64), kernel[None], mode="mirror")
                      for c in range(3)], -1)
-    np.testing.assert_allclose(np.asarray(swd._blur(x)), want, atol=1e-5)
-    pyramid = swd.laplacian_pyramid(x, 3)
+
+    @jax.jit  # one program: outside jit each op of the blurs and resamplings is one (~40)
+    def blur_pyramid_and_collapse(x):
+        pyramid = swd.laplacian_pyramid(x, 3)
+        image = pyramid[-1]  # collapse it: each band plus the coarser image brought back up
+        for band in reversed(pyramid[:-1]):
+            image = band + swd._up(image, band.shape)
+        return swd._blur(x), pyramid, image
+
+    blurred, pyramid, image = blur_pyramid_and_collapse(x)
+    np.testing.assert_allclose(np.asarray(blurred), want, atol=1e-5)
     assert [p.shape[1:3] for p in pyramid] == [(20, 18), (10, 9), (5, 5)]
-    image = pyramid[-1]  # collapse it: each band plus the coarser image brought back up
-    for band in reversed(pyramid[:-1]):
-        image = band + swd._up(image, band.shape)
     np.testing.assert_allclose(np.asarray(image), x, atol=1e-5)
     assert [swd.levels(s) for s in (28, 32, 64, 128)] == [1, 2, 3, 4]
 
 
 def test_the_host_and_device_sorts_give_one_distance():
-    import jax
-
     rng = np.random.default_rng(3)
     a, b = rng.normal(size=(300, 12)).astype(np.float32), rng.standard_t(3, size=(300, 12)).astype(np.float32)
     dirs = swd.directions(jax.random.key(1), 12)
@@ -36,8 +41,6 @@ def test_the_host_and_device_sorts_give_one_distance():
 
 def test_the_sliced_distance_of_a_shift_along_one_axis_is_the_shift():
     a = np.random.default_rng(1).normal(size=(500, 1)).astype(np.float32)
-    import jax
-
     key = jax.random.key(0)
     assert float(swd.sliced_wasserstein(a, a[::-1].copy(), key)) == pytest.approx(0.0, abs=1e-6)  # order: none
     assert float(swd.sliced_wasserstein(a, a + 0.3, key)) == pytest.approx(0.3, rel=1e-5)  # directions are +-1

@@ -23,20 +23,30 @@ def test_the_g_loss_learns_from_the_top_k_fakes_as_a_mean_over_them(name):
     d_real = jnp.array([0.5, 1.0, -0.2, 0.3, 0.8, 0.1, 0.0, 0.9])
     d_fake = jnp.array([-1.0, 0.7, -0.3, 1.5, -2.0, 0.2, 0.6, -0.5])
     top = jnp.array([3, 1, 6])  # the 3 highest outputs: 1.5, 0.7, 0.6
-    wrapped = gan_obj.top_k_fakes(loss, 3)
-    grad = jax.grad(lambda f: wrapped(d_real, f)[1])(d_fake)
-    on_top = jax.grad(lambda f: loss(d_real, f)[1])(d_fake[top])
-    expected = jnp.zeros(8).at[top].set(on_top)
-    np.testing.assert_allclose(grad, expected, rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(wrapped(d_real, d_fake)[1], loss(d_real, d_fake)[1], rtol=1e-6)
-    # D's loss, its metrics and the wrapped loss's D side are untouched
-    np.testing.assert_allclose(wrapped(d_real, d_fake)[0], loss(d_real, d_fake)[0], rtol=1e-6)
-    # k = B: every fake, the plain gradient; ties with the k-th are all kept
-    np.testing.assert_allclose(jax.grad(lambda f: gan_obj.top_k_fakes(loss, 8)(d_real, f)[1])(d_fake),
-                               jax.grad(lambda f: loss(d_real, f)[1])(d_fake), rtol=1e-6)
     tied = jnp.array([1.0, 1.0, 1.0, 0.0])
-    g = jax.grad(lambda f: gan_obj.top_k_fakes(loss, 2)(d_real[:4], f)[1])(tied)
-    np.testing.assert_allclose(g[:3], jax.grad(lambda f: loss(d_real[:4], f)[1])(tied[:3]), rtol=1e-6)
+    wrapped = gan_obj.top_k_fakes(loss, 3)
+
+    @jax.jit  # one program: outside jit each op of the losses and their gradients is one (~70 a loss)
+    def both_sides(d_real, d_fake, tied):
+        return {
+            "grad": jax.grad(lambda f: wrapped(d_real, f)[1])(d_fake),
+            "expected": jnp.zeros(8).at[top].set(jax.grad(lambda f: loss(d_real, f)[1])(d_fake[top])),
+            "wrapped": wrapped(d_real, d_fake)[:2], "plain": loss(d_real, d_fake)[:2],
+            "all_k": jax.grad(lambda f: gan_obj.top_k_fakes(loss, 8)(d_real, f)[1])(d_fake),
+            "all_plain": jax.grad(lambda f: loss(d_real, f)[1])(d_fake),
+            "tied": jax.grad(lambda f: gan_obj.top_k_fakes(loss, 2)(d_real[:4], f)[1])(tied),
+            "tied_plain": jax.grad(lambda f: loss(d_real[:4], f)[1])(tied[:3]),
+        }
+
+    got = both_sides(d_real, d_fake, tied)
+    np.testing.assert_allclose(got["grad"], got["expected"], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(got["wrapped"][1], got["plain"][1], rtol=1e-6)
+    # D's loss, its metrics and the wrapped loss's D side are untouched
+    np.testing.assert_allclose(got["wrapped"][0], got["plain"][0], rtol=1e-6)
+    # k = B: every fake, the plain gradient; ties with the k-th are all kept
+    np.testing.assert_allclose(got["all_k"], got["all_plain"], rtol=1e-6)
+    g = got["tied"]
+    np.testing.assert_allclose(g[:3], got["tied_plain"], rtol=1e-6)
     assert float(g[3]) == 0.0
 
 

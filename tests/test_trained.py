@@ -32,9 +32,15 @@ def test_a_vae_loads_read_only_and_samples_as_mode_sample_does(trained_vae):
     assert _files(workdir) == before  # nothing written: no log, no lock, no folder
     assert run.step == 10 and run.checkpoint == "newest" and run.discriminator is None
     x = jnp.full((3, 28, 28, 1), 0.5)
-    mean, logvar = run.model.apply(run.variables, x, method=run.model.encode)
+
+    @jax.jit  # one program, not one per op of the model run outside jit
+    def encode_decode(variables, x):
+        mean, logvar = run.model.apply(variables, x, method=run.model.encode)
+        return mean, logvar, run.model.apply(variables, mean, method=run.model.decode)
+
+    mean, logvar, decoded = encode_decode(run.variables, x)
     assert mean.shape == logvar.shape == (3, run.model.latent_dim)
-    assert run.model.apply(run.variables, mean, method=run.model.decode).shape[0] == 3
+    assert decoded.shape[0] == 3
     c.sample.num = 8
     written = np.load(modes.sample_checkpoint(c, workdir))
     # --mode=sample from Python leaves no log file attached to jaxgen's logger (what follows is not its)
@@ -95,10 +101,16 @@ def test_a_gan_loads_its_g_with_its_ema_and_its_d(tmp_path):
     chex.assert_trees_all_equal(run.variables["params"], run.state["ema_g"]["params"])
     assert not np.array_equal(jax.tree.leaves(run.variables["batch_stats"])[0],
                               jax.tree.leaves(run.state["ema_g"]["batch_stats"])[0])
-    z = jax.random.normal(jax.random.key(0), (5, run.model.latent_dim))
-    images = run.model.apply(run.variables, z, train=False)
-    assert images.shape == (5, 28, 28, 1) and float(jnp.abs(images).max()) <= 1.0
-    assert run.discriminator.apply(run.d_variables, images, train=False).shape[0] == 5
+
+    @jax.jit  # one program, not one per op of G and D run outside jit
+    def g_then_d(variables, d_variables):
+        images = run.model.apply(variables, jax.random.normal(jax.random.key(0), (5, run.model.latent_dim)),
+                                 train=False)
+        return images, jnp.abs(images).max(), run.discriminator.apply(d_variables, images, train=False)
+
+    images, largest, scores = g_then_d(run.variables, run.d_variables)
+    assert images.shape == (5, 28, 28, 1) and float(largest) <= 1.0
+    assert scores.shape[0] == 5
     samples = run.samples(6)
     assert samples.shape == (6, 28, 28, 1) and samples.dtype == np.uint8
     c.sample.num = 6

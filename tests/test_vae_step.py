@@ -75,7 +75,8 @@ def test_eight_devices_give_the_params_of_one_with_the_same_global_batch(smoke_c
     # would be 8x: see training/dispatch.py.)
     np.testing.assert_allclose(m8["grad_norm"], m1["grad_norm"], rtol=1e-4)
     # param_norm is the updated params' (as the GAN step logs it).
-    np.testing.assert_allclose(m1["param_norm"][0], optax.tree.norm(s1["params"]), rtol=1e-6)
+    # (jitted: outside jit the norm is a program per leaf and op, ~100 of them)
+    np.testing.assert_allclose(m1["param_norm"][0], jax.jit(optax.tree.norm)(s1["params"]), rtol=1e-6)
     # Relative to each leaf's scale: a first moment near zero differs in its last bits between 8 sums and 1.
     for a, b in zip(jax.tree.leaves(s8["opt_state"]), jax.tree.leaves(s1["opt_state"])):
         a, b = np.asarray(a), np.asarray(b)
@@ -206,6 +207,12 @@ def test_processes_that_disagree_are_a_clear_error(monkeypatch):
                                              "same files")
 
 
+def _init(m):
+    """m's params at key 0, initialised in one program (outside jit each op of the init is one: 160 for the four
+    models below)."""
+    return jax.jit(m.init)(jax.random.key(0), jnp.zeros((1, 28, 28, 1)), jnp.zeros((1, m.latent_dim)))["params"]
+
+
 def test_the_decoder_can_start_at_the_training_mean():
     """model.output_bias='data_mean' (Burda et al.'s IWAE code): the Bernoulli decoder's logits start at the
     logit of each pixel's mean grey value (per channel for conv_vae); other choices are listed."""
@@ -216,29 +223,30 @@ def test_the_decoder_can_start_at_the_training_mean():
     c = vae_config()
     c.model.name, c.model.output_bias = "mlp_vae", "data_mean"
     m = models.build(c.model, (28, 28, 1), train_images=images)
-    params = m.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)), jnp.zeros((1, m.latent_dim)))["params"]
+    params = _init(m)
     kernel = params["enc_0"]["kernel"]
-    assert float(jnp.std(kernel)) == pytest.approx(np.sqrt(2 / (784 + 200)), rel=0.05)  # Glorot uniform, 784 -> 200
+    assert float(np.std(kernel)) == pytest.approx(np.sqrt(2 / (784 + 200)), rel=0.05)  # Glorot uniform, 784 -> 200
     bias = np.asarray(params["out"]["bias"]).reshape(28, 28)
     np.testing.assert_allclose(bias[12], 0.0, atol=1e-6)  # p = 0.5
     np.testing.assert_allclose(bias[0], np.log(0.001 / 0.999), rtol=1e-5)  # p = 0, clipped at 0.001
     c.model.name = "conv_vae"
     m = models.build(c.model, (28, 28, 1), train_images=images, likelihood="gaussian")
-    params = m.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)), jnp.zeros((1, m.latent_dim)))["params"]
+    params = _init(m)
     np.testing.assert_allclose(params["out"]["bias"], [8 * 28 * 2 / (28 * 28 * 4)], rtol=1e-5)  # the mean pixel
     # The discretized logistic: 2 outputs a channel, the mean, then the log of the logistic scale with the pixels'
     # standard deviation (floored: a pixel that is always black has none).
     m = models.build(c.model, (28, 28, 1), train_images=images, likelihood="discretized_logistic")
-    params = m.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)), jnp.zeros((1, m.latent_dim)))["params"]
+    params = _init(m)
     p = 8 * 28 * 2 / (28 * 28 * 4)
     np.testing.assert_allclose(params["out"]["bias"], [p, np.log(np.sqrt(p - p * p) * np.sqrt(3) / np.pi)], rtol=1e-5)
     c.model.name = "mlp_vae"
     m = models.build(c.model, (28, 28, 1), train_images=images, likelihood="discretized_logistic")
-    params = m.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)), jnp.zeros((1, m.latent_dim)))["params"]
+    params = _init(m)
     bias = np.asarray(params["out"]["bias"]).reshape(28, 28, 2)  # the decoder output's layout
     np.testing.assert_allclose(bias[12, 3], [0.5, np.log(0.5 * np.sqrt(3) / np.pi)], rtol=1e-5)
     np.testing.assert_allclose(bias[0, 3], [0.0, -7.0 - np.log(2)], rtol=1e-6)
-    assert m.apply({"params": params}, jnp.zeros((2, m.latent_dim)), method="decode").shape == (2, 28, 28, 2)
+    decode = functools.partial(m.apply, method="decode")
+    assert jax.eval_shape(decode, {"params": params}, jnp.zeros((2, m.latent_dim))).shape == (2, 28, 28, 2)
     c.model.output_bias = "mean"
     with pytest.raises(ValueError, match="unknown model.output_bias 'mean'; choices: zero, data_mean"):
         models.build(c.model, (28, 28, 1), train_images=images)
@@ -269,14 +277,14 @@ def test_the_traversal_moves_the_most_active_latents():
     mu = np.random.default_rng(0).normal(size=(100, 4)) * np.array([0.01, 2.0, 0.0, 1.0])
     assert vae_eval.most_active(mu, 3) == (1, 3, 0)
     model = MLPVAE((4, 4, 1), 4, (8,), "tanh")
-    params = model.init(jax.random.key(0), jnp.zeros((1, 4, 4, 1)), jnp.zeros((1, 4)))
+    params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 4, 4, 1)), jnp.zeros((1, 4)))  # one program
     trav = vae_eval.traversal(params, jnp.zeros(4), model=model, likelihood="bernoulli", dims=(3, 1),
                               steps=5)
     assert trav.shape == (10, 4, 4, 1)
     z = np.zeros((5, 4))
     z[:, 3] = np.linspace(-3, 3, 5)  # the first row moves latent 3
-    np.testing.assert_allclose(trav[:5], jax.nn.sigmoid(model.apply(params, jnp.asarray(z), method="decode")),
-                               rtol=1e-6)
+    decoded = jax.jit(lambda params, z: jax.nn.sigmoid(model.apply(params, z, method="decode")))
+    np.testing.assert_allclose(trav[:5], decoded(params, jnp.asarray(z)), rtol=1e-6)
 
 
 def test_the_nll_does_not_depend_on_the_chunk_and_a_chunk_past_k_is_cut(smoke_config, tmp_path):

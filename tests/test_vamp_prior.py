@@ -1,6 +1,7 @@
 """model.prior='vamp': the VampPrior's density against brute force and the exact marginal of a linear Gaussian VAE,
 its objectives, the sampler's mixture, 8 devices against 1, the config's errors, and a run end to end."""
 
+import functools
 import json
 import logging
 import math
@@ -37,25 +38,42 @@ def test_the_mixture_density_equals_brute_force_also_for_narrow_components():
     """In blocks of components (70 here: 3 blocks of 32, the last padded), within 1e-3 nats of float64 brute force
     at D = 50 for posteriors as narrow as logvar -14 (sd 0.0009), means spread over N(0, 5^2) and latents drawn
     from the components themselves (where the expanded square was off by up to 162 nats); z of any leading shape."""
-    k1, k2, k3, k4 = jax.random.split(jax.random.key(0), 4)
-    mu = 5.0 * jax.random.normal(k1, (70, 50))
-    logvar = jax.random.uniform(k2, (70, 50), minval=-14.0, maxval=1.0)
-    pick = jax.random.randint(k3, (12,), 0, 70)
-    z = mu[pick] + jnp.exp(0.5 * logvar[pick]) * jax.random.normal(k4, (12, 50))
-    got = prior.mixture_log_prob(z.reshape(3, 4, 50), mu, logvar)
+
+    @jax.jit  # the draws and the density in one program (op by op: ~45)
+    def draw_and_density():
+        k1, k2, k3, k4 = jax.random.split(jax.random.key(0), 4)
+        mu = 5.0 * jax.random.normal(k1, (70, 50))
+        logvar = jax.random.uniform(k2, (70, 50), minval=-14.0, maxval=1.0)
+        pick = jax.random.randint(k3, (12,), 0, 70)
+        z = mu[pick] + jnp.exp(0.5 * logvar[pick]) * jax.random.normal(k4, (12, 50))
+        return z, mu, logvar, prior.mixture_log_prob(z.reshape(3, 4, 50), mu, logvar)
+
+    z, mu, logvar, got = draw_and_density()
     assert got.shape == (3, 4)
     np.testing.assert_allclose(np.asarray(got).reshape(-1), _brute_force(z, mu, logvar), rtol=1e-6, atol=1e-3)
+
+
+@functools.cache
+def _linear_vamp_init(k):
+    """The model of `_linear_vamp` and its params' init, jitted: one program, built once (op by op: ~25)."""
+    model = prior.VampPrior(LinearGaussianVAE(), (2, 2, 1), k)
+
+    @jax.jit
+    def init():
+        params = model.init(jax.random.key(3), jnp.zeros((1, 2, 2, 1)), jnp.zeros((1, 2)))
+        params["params"]["pseudo_inputs"] = jax.random.uniform(jax.random.key(4), (k, 2, 2, 1))
+        params["params"]["vae"]["enc_mu"]["kernel"] = 2.0 * params["params"]["vae"]["enc_mu"]["kernel"]
+        return params
+
+    return model, init
 
 
 def _linear_vamp(k=3):
     """The tiny linear Gaussian VAE of test_objectives (2x2 images, 2 latents) under a VampPrior of k pseudo-inputs,
     its params spread so the components differ, and test_objectives' batch, keys and config."""
     _, _, cfg, x, keys = _tiny(sigma=0.7)
-    model = prior.VampPrior(LinearGaussianVAE(), (2, 2, 1), k)
-    params = model.init(jax.random.key(3), jnp.zeros((1, 2, 2, 1)), jnp.zeros((1, 2)))
-    params["params"]["pseudo_inputs"] = jax.random.uniform(jax.random.key(4), (k, 2, 2, 1))
-    params["params"]["vae"]["enc_mu"]["kernel"] = 2.0 * params["params"]["vae"]["enc_mu"]["kernel"]
-    return model, params, cfg, x, keys
+    model, init = _linear_vamp_init(k)
+    return model, init(), cfg, x, keys
 
 
 def _broad_proposals(params):
@@ -69,18 +87,24 @@ def _broad_proposals(params):
 def test_the_vamp_prior_is_the_mixture_of_the_encoders_posteriors_at_the_clipped_pseudo_inputs():
     model, params, _, _, _ = _linear_vamp()
     assert set(params["params"]) == {"vae", "pseudo_inputs"} and model.latent_dim == 2
-    u = params["params"]["pseudo_inputs"].at[0, 0, 0, 0].set(1.7)  # clipped to 1 before the encoder sees it
-    params["params"]["pseudo_inputs"] = u
-    mu, logvar = LinearGaussianVAE().apply({"params": params["params"]["vae"]}, jnp.clip(u, 0, 1), method="encode")
-    z = jax.random.normal(jax.random.key(5), (11, 2))
-    np.testing.assert_allclose(model.apply(params, z, method="prior_log_prob"), _brute_force(z, mu, logvar),
-                               rtol=1e-5, atol=1e-4)
-    # What the samplers draw from (a VAE's latent_mixture) has the same density.
-    mixture = prior.as_mixture(*model.apply(params, method="prior_components"))
-    np.testing.assert_allclose(latent_mixture.log_density(mixture, z), _brute_force(z, mu, logvar), atol=1e-4)
+
+    @jax.jit  # one program (op by op: ~70)
+    def densities(params):
+        u = params["params"]["pseudo_inputs"].at[0, 0, 0, 0].set(1.7)  # clipped to 1 before the encoder sees it
+        params["params"]["pseudo_inputs"] = u
+        mu, logvar = LinearGaussianVAE().apply({"params": params["params"]["vae"]}, jnp.clip(u, 0, 1),
+                                               method="encode")
+        z = jax.random.normal(jax.random.key(5), (11, 2))
+        # What the samplers draw from (a VAE's latent_mixture) has the same density.
+        mixture = prior.as_mixture(*model.apply(params, method="prior_components"))
+        return z, mu, logvar, model.apply(params, z, method="prior_log_prob"), latent_mixture.log_density(mixture, z)
+
+    z, mu, logvar, log_prior, log_mixture = densities(params)
+    np.testing.assert_allclose(log_prior, _brute_force(z, mu, logvar), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(log_mixture, _brute_force(z, mu, logvar), atol=1e-4)
     # A fresh model's pseudo-inputs start at N(0.05, 0.01) per pixel, as Tomczak and Welling's code.
-    fresh = prior.VampPrior(LinearGaussianVAE(), (2, 2, 1), 500).init(jax.random.key(0), jnp.zeros((1, 2, 2, 1)),
-                                                                       jnp.zeros((1, 2)))["params"]["pseudo_inputs"]
+    fresh = np.asarray(jax.jit(prior.VampPrior(LinearGaussianVAE(), (2, 2, 1), 500).init)(
+        jax.random.key(0), jnp.zeros((1, 2, 2, 1)), jnp.zeros((1, 2)))["params"]["pseudo_inputs"])
     assert fresh.shape == (500, 2, 2, 1) and abs(float(fresh.mean()) - 0.05) < 1e-3
     assert abs(float(fresh.std()) - 0.01) < 1e-3
 
@@ -90,7 +114,8 @@ def test_the_data_start_puts_the_pseudo_inputs_at_training_images(smoke_config):
     smoke_config = _vamp(smoke_config)
     smoke_config.model.vamp_init = "data"
     model = models.build(smoke_config.model, (28, 28, 1), train_images=images)
-    u = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)), jnp.zeros((1, 10)))["params"]["pseudo_inputs"]
+    u = np.asarray(jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 28, 28, 1)),
+                                       jnp.zeros((1, 10)))["params"]["pseudo_inputs"])
     rows = np.sort(np.random.default_rng(0).permutation(40)[:6])  # a fixed random choice
     np.testing.assert_allclose(u, images[rows] / 255.0, atol=0.06)  # + N(0, 0.01) per pixel
     assert 0.005 < float(np.std(u - images[rows] / 255.0)) < 0.015
@@ -104,18 +129,23 @@ def test_the_iwae_bound_under_the_vamp_prior_reaches_the_exact_log_likelihood_an
     nats apart over 64 examples, each within 0.2), and the ELBO (objective.kl='mc') below it; k = 1 gives the ELBO's
     value under the same noise."""
     model, params, cfg, x, keys = _linear_vamp()
-    params = _broad_proposals(params)
-    loss_elbo, m = objectives.get("elbo")(params, x, keys, model=model, cfg=cfg)
-    loss_iwae, _ = objectives.get("iwae")(params, x, keys, model=model, cfg=cfg)
+
+    @jax.jit  # one program (op by op, the objectives and the 4 chunks of importance_nll built ~120)
+    def run(params, x, keys):
+        params = _broad_proposals(params)
+        loss_elbo, m = objectives.get("elbo")(params, x, keys, model=model, cfg=cfg)
+        loss_iwae, _ = objectives.get("iwae")(params, x, keys, model=model, cfg=cfg)
+        nll = vae_obj.importance_nll(params, x, keys, model=model, cfg=cfg, k=4000, chunk=1000)
+        return loss_elbo, m, loss_iwae, model.apply(params, method="prior_components"), nll
+
+    loss_elbo, m, loss_iwae, (mu, logvar), nll = run(params, x, keys)
     np.testing.assert_allclose(loss_iwae, loss_elbo, rtol=1e-6)
-    mu, logvar = model.apply(params, method="prior_components")
     w, b = (np.asarray(params["params"]["vae"]["dec"][n], np.float64) for n in ("kernel", "bias"))
     xs = np.asarray(x, np.float64).reshape(len(x), 4)
     mu, var = np.asarray(mu, np.float64), np.exp(np.asarray(logvar, np.float64))
     dens = [multivariate_normal(m_ @ w + b, w.T @ np.diag(v) @ w + cfg.gaussian_sigma**2 * np.eye(4))
             for m_, v in zip(mu, var)]
     exact = logsumexp(np.stack([d.logpdf(xs) for d in dens], -1), -1) - math.log(len(dens))
-    nll = vae_obj.importance_nll(params, x, keys, model=model, cfg=cfg, k=4000, chunk=1000)
     error = np.asarray(nll, np.float64) + exact  # Monte Carlo's: 0.12 nats sd per example at k=1000, 0.034 at 16000
     assert abs(error.mean()) < 0.03 and error.std() < 0.1 and np.abs(error).max() < 0.3, error
     assert float(m["elbo"]) < exact.mean() - 0.05
@@ -124,10 +154,11 @@ def test_the_iwae_bound_under_the_vamp_prior_reaches_the_exact_log_likelihood_an
 def test_the_objectives_that_assume_the_normal_prior_refuse_a_vamp_model():
     model, params, cfg, x, keys = _linear_vamp()
     cfg.kl = "analytic"
+    # Raised while tracing: jax.eval_shape compiles nothing (the objectives run op by op before they raise).
     with pytest.raises(ValueError, match=r"kl='analytic'.*--config.objective.kl=mc"):
-        objectives.get("elbo")(params, x, keys, model=model, cfg=cfg)
+        jax.eval_shape(functools.partial(objectives.get("elbo"), model=model, cfg=cfg), params, x, keys)
     with pytest.raises(ValueError, match=r"capacity_vae.*objective.name=elbo \(objective.kl=mc\) or iwae"):
-        vae_obj.capacity_vae(params, x, keys, model=model, cfg=cfg, step=0)
+        jax.eval_shape(functools.partial(vae_obj.capacity_vae, model=model, cfg=cfg, step=0), params, x, keys)
 
 
 @pytest.mark.parametrize("override,message", [
