@@ -54,6 +54,18 @@ def _stopped(proc, timeout=120) -> str:
         raise AssertionError(f"still running {timeout} s after the signal; its stacks:\n{err[-12000:]}") from None
 
 
+def test_the_processes_tests_start_compile_as_the_tests_do():
+    """launch() and the multi-host tests' processes get the XLA flags of the tests' own processes (the level, and
+    the user's, here or in an xdist worker). Under xdist they once got none: LLVM's full optimisation, 2-3x their
+    CPU time."""
+    from tests import conftest
+
+    own = os.environ["XLA_FLAGS"].split()
+    assert any(f.startswith("--xla_backend_optimization_level=") for f in TEST_XLA_FLAGS.split())
+    assert set(TEST_XLA_FLAGS.split()) <= set(own) and "device_count" not in TEST_XLA_FLAGS
+    assert set(conftest._user_flags.split()) <= set(own)
+
+
 def test_launch_smoke_end_to_end_then_resume(tmp_path):
     """A user's workdir through launch.py: a run and its outputs; the same command with more steps resumes and is
     stopped by SIGTERM as a scheduler stops a job; --mode=eval and --mode=sample on the step it reached."""
