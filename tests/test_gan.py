@@ -431,8 +431,12 @@ def test_a_nan_stops_the_gan_run_and_keeps_the_last_good_checkpoint(tmp_path, on
 
 
 def test_gan_outputs_land_in_the_workdir(tmp_path, one_device):
+    """gan_mnist:smoke as a user runs it (plots, the classifier's FID), and the SWD: tests/test_configs.py's smoke
+    check of every config leaves gan_mnist to this test."""
     c = _smoke(**{"output.plots": True, "eval.extractors": ("classifier",), "eval.swd": True})
     final = loop.train_and_evaluate(c, tmp_path)
+    assert final["num_examples"] > 0
+    assert all(np.isfinite(v) for v in final.values() if isinstance(v, float)), final
     train_log = (tmp_path / "log.txt").read_text()
     done = [line for line in train_log.splitlines() if " Done: " in line]  # the final FID in the closing line
     q, s = final["sample_quality"]["classifier"], final["sample_quality"]["swd"]
