@@ -7,8 +7,9 @@ Per test (setup, call and teardown together), one JSON line in <dir>/<pid>.jsonl
 (each xdist worker): wall seconds; CPU seconds of the test's process ('cpu') and of the child processes it waited
 for ('children': launch.py runs, the multi-host tests' processes); and JAX's own timings of what the test's process
 compiled ('trace', 'lower': jaxpr to StableHLO, 'compile': XLA's backend compile, persistent-cache misses only,
-'cache_saved': the persistent cache's net saving, below 0 where reading took longer than compiling; a jitted function
-traced inside another's trace counts in both traces, a few percent of 'trace' in this suite), and 'built': how
+'cache_saved': the persistent cache's net saving as JAX reports it, a lower bound: JAX keeps each entry's compile
+time in whole seconds, so a hit on a program that compiled in under 1 s counts as its read time lost; a jitted
+function traced inside another's trace counts in both traces, a few percent of 'trace' in this suite), and 'built': how
 many programs it lowered (each op run outside jit is a program of its own, ~25 ms to lower and compile on a 2-core
 Xeon; a count that does not vary with the machine's load, unlike the seconds). At the end of
 the session, <dir>/<pid>.programs.json: the same JAX timings per function name over the whole session (which
@@ -98,7 +99,8 @@ def report(folder: Path, top: int) -> str:
     lines = [f"{len(records)} tests; CPU seconds {total['cpu'] + total['children']:.0f} (test processes "
              f"{total['cpu']:.0f}, their child processes {total['children']:.0f}); in the test processes, JAX "
              f"traced for {total['trace']:.0f} s, lowered for {total['lower']:.0f} s and compiled for "
-             f"{total['compile']:.0f} s (the persistent cache's net saving: {total['cache_saved']:.0f} s)", ""]
+             f"{total['compile']:.0f} s (the persistent cache's net saving, at least: "
+             f"{total['cache_saved']:.0f} s)", ""]
     header = f"{'cpu+child':>9} {'cpu':>7} {'child':>7} {'trace':>6} {'lower':>6} {'compile':>7} {'built':>6}"
     row = lambda name, v, n="": (f"{v['cpu'] + v['children']:9.1f} {v['cpu']:7.1f} {v['children']:7.1f} "  # noqa: E731
                                  f"{v['trace']:6.1f} {v['lower']:6.1f} {v['compile']:7.1f} {int(v['built']):6d} "
