@@ -20,20 +20,20 @@ import tempfile
 # With the same release guard.
 from jaxgen import runtime  # noqa: E402 (imports no JAX: XLA_FLAGS is still to be set)
 
-#
 # The user's XLA_FLAGS are those the session started with, kept for its xdist workers: they import this file again
 # under the controller's XLA_FLAGS, which already hold the flags below. Read there, every flag was taken for the
 # user's and left out of TEST_XLA_FLAGS, so the processes tests started compiled with LLVM's full optimisation and
-# the fusion emitters: 2-3x their CPU time (the two multi-host tests' processes, run together on 2 cores: 237 s).
+# the fusion emitters: 2-3x their CPU time (the two multi-host tests run together by two workers: their processes
+# 243 -> 110 CPU s once they had the flags).
 _user_flags = os.environ.setdefault("JAXGEN_TESTS_USER_XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))
 _CHECKED_RELEASE_FLAGS = ("--xla_cpu_use_fusion_emitters=false", "--xla_cpu_parallel_codegen_split_count=1")
 _test_flags = [f for f in ("--xla_backend_optimization_level=0",
                            *(_CHECKED_RELEASE_FLAGS if runtime._jaxlib_release() == (0, 10) else ()))
                if f.split("=")[0] not in _user_flags]
+_DEVICE_COUNT = "--xla_force_host_platform_device_count"
 # The processes tests start: the user's flags and these, without a device count (each test sets its own).
-TEST_XLA_FLAGS = " ".join([*(f for f in _user_flags.split() if not f.startswith("--xla_force_host_platform_device_"
-                                                                                "count")), *_test_flags])
-os.environ["XLA_FLAGS"] = " ".join([*_user_flags.split(), "--xla_force_host_platform_device_count=8", *_test_flags])
+TEST_XLA_FLAGS = " ".join([*(f for f in _user_flags.split() if not f.startswith(_DEVICE_COUNT)), *_test_flags])
+os.environ["XLA_FLAGS"] = " ".join([*_user_flags.split(), f"{_DEVICE_COUNT}=8", *_test_flags])
 # One persistent XLA compilation cache for the test session, its xdist workers and the processes tests start: a
 # smoke config's train step compiles once, not in every test that trains it (set the variable to choose the dir).
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "jaxgen-tests-xla-cache"))
