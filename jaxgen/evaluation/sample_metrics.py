@@ -56,10 +56,15 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (mu1.size, mu1.size):
         raise ValueError(f"statistics do not match: means {mu1.shape} and {mu2.shape}, "
                          f"covariances {s1.shape} and {s2.shape}")
+    # S1 = V W V^T. The non-zero eigenvalues of sqrt(S1) S2 sqrt(S1) are those of the k x k matrix A^T S2 A, with
+    # A = V_k sqrt(W_k) over S1's k eigenvalues above numpy's rank tolerance (matrix_rank's: largest * D * eps):
+    # one D x D x k product, not three D^3 ones. A covariance of N < D samples has k <= N - 1 (intra-FID's classes,
+    # a smoke run's few images): with 2048-d statistics of 12 samples 2.6 -> 1.5 s on 2 cores, of 500 1.8 -> 1.2 s.
     w, v = np.linalg.eigh(s1)
-    sqrt_s1 = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
-    m = sqrt_s1 @ s2 @ sqrt_s1
-    eig = np.linalg.eigvalsh((m + m.T) / 2.0)
+    keep = w > max(w[-1], 0.0) * w.size * np.finfo(np.float64).eps
+    a = v[:, keep] * np.sqrt(w[keep])
+    m = a.T @ s2 @ a
+    eig = np.linalg.eigvalsh((m + m.T) / 2.0) if keep.any() else np.zeros(0)
     trace_sqrt = float(np.sum(np.sqrt(np.clip(eig, 0.0, None))))
     diff = mu1 - mu2
     return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * trace_sqrt)
