@@ -691,7 +691,7 @@ def test_the_first_step_with_a_ramp_up_leaves_the_ema_equal_to_g(tmp_path, one_d
     c.unlock()
     c.train.ema_rampup, c.train.steps_per_dispatch = 0.05, 1
     task = loop.build_task(c, tmp_path)
-    state = jax.jit(task.create, out_shardings=parallel.replicated(task.mesh))()
+    state = task.create()
     state, _ = task.compile_train()(state, parallel.put_replicated({"image": task.train.image}, task.mesh))
     for a, b in zip(jax.tree.leaves(state["ema_g"]["params"]), jax.tree.leaves(state["g"]["params"])):
         np.testing.assert_array_equal(a, b)
@@ -705,7 +705,7 @@ def test_the_in_training_scores_use_fixed_keyed_latents_whatever_the_eval_batch_
     c.unlock()
     c.model.d_norm, c.eval.num_examples, c.eval.batch_size = "none", 40, 8
     task = loop.build_task(c, tmp_path)
-    state = jax.jit(task.create, out_shardings=parallel.replicated(task.mesh))()
+    state = task.create()
     got = []
     for bs in (8, 40, 16):
         task.config.eval.batch_size = bs

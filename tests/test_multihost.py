@@ -363,7 +363,6 @@ def test_process_0_draws_its_images_on_its_own_device(config, tmp_path, monkeypa
     tell): every call behind save_images takes host arrays or single-device ones."""
     import jax
 
-    from jaxgen import parallel
     from jaxgen.evaluation import vae as vae_eval
 
     c = config_module(CONFIGS / f"{config}.py").get_config("smoke")
@@ -371,7 +370,7 @@ def test_process_0_draws_its_images_on_its_own_device(config, tmp_path, monkeypa
     if config == "vae_mnist":
         c.train.ema_half_life = 32  # EMA params in the state, as gan_mnist keeps G's
     task = loop.build_task(c, tmp_path)
-    state = jax.jit(task.create, out_shardings=parallel.replicated(task.mesh))()
+    state = task.create()
     calls = []
 
     def guard(fn):

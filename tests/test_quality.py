@@ -412,7 +412,6 @@ def test_the_evaluated_samples_depend_neither_on_the_batch_size_nor_on_the_devic
     import jax
     import jax.numpy as jnp
 
-    from jaxgen import parallel
     from jaxgen.evaluation import vae as vae_eval
     from jaxgen.training import state as state_lib
     from tests.conftest import CONFIGS, config_module
@@ -421,7 +420,7 @@ def test_the_evaluated_samples_depend_neither_on_the_batch_size_nor_on_the_devic
     c.unlock()
     task = loop.build_task(c, tmp_path)
     assert task.mesh.size == 8
-    state = jax.jit(task.create, out_shardings=parallel.replicated(task.mesh))()
+    state = task.create()
     got = []
     for bs in (8, 24):
         task.config.eval.batch_size = bs

@@ -770,7 +770,7 @@ def test_a_save_killed_half_way_leaves_nothing_behind_on_the_next_training_start
     next training start removes them, with a warning, and keeps every finished checkpoint; --mode=eval or sample
     (which may run beside a training run, whose save in flight such a folder can be) leaves them alone."""
     task = loop.build_task(smoke_config, tmp_path)
-    state = jax.jit(task.create, out_shardings=parallel.replicated(task.mesh))()
+    state = task.create()
     mgr = checkpoint.manager(tmp_path, smoke_config.checkpoint)
     checkpoint.save(mgr, {**state, "step": state["step"] + 10})
     mgr.close()

@@ -263,7 +263,7 @@ def test_the_evaluation_gives_the_same_numbers_with_either_conv_impl(smoke_confi
     for impl in ("phase", "xla"):
         c.model.conv_impl = impl
         task = loop.build_task(c, tmp_path)
-        state = jax.jit(task.create, out_shardings=parallel.replicated(task.mesh))()
+        state = task.create()
         got[impl] = task.evaluate(state, final=False, data=task.test)
     for key in ("elbo", "nll", "recon_mse"):
         assert got["xla"][key] == pytest.approx(got["phase"][key], rel=1e-5), key
@@ -298,7 +298,7 @@ def test_the_nll_does_not_depend_on_the_chunk_and_a_chunk_past_k_is_cut(smoke_co
     for chunk in (2, 50):
         c.eval.nll_chunk = chunk
         task = loop.build_task(c, tmp_path)
-        state = jax.jit(task.create, out_shardings=parallel.replicated(task.mesh))()
+        state = task.create()
         got[chunk] = task.evaluate(state, final=False, data=task.test)["nll"]
         assert task.nll_chunk == min(chunk, 6)
     assert got[2] == got[50]
@@ -312,7 +312,7 @@ def test_the_test_set_binarization_is_the_same_for_every_seed(smoke_config, tmp_
     c = smoke_config
     c.eval.num_examples, c.eval.nll_k, c.eval.nll_chunk = 64, 2, 2
     task = loop.build_task(c, tmp_path)
-    state = jax.jit(task.create, out_shardings=parallel.replicated(task.mesh))()
+    state = task.create()
     got = {}
     for seed, binarize_seed in ((0, 0), (5, 0), (0, 7)):
         task.config.seed, task.config.eval.binarize_seed = seed, binarize_seed

@@ -4,12 +4,11 @@ checkpoint use, while the final evaluation (eval.json, eval_best.json) reports t
 import json
 import shutil
 
-import jax
 import ml_collections
 import numpy as np
 import pytest
 
-from jaxgen import config_check, data, parallel
+from jaxgen import config_check, data
 from jaxgen.evaluation import quality
 from jaxgen.reporting import plots
 from jaxgen.reporting.writer import read
@@ -187,7 +186,7 @@ def test_a_gan_scores_d_and_compares_samples_on_the_validation_split_during_trai
     c.eval.extractors = (EXTRACTOR,)
     c.data.data_dir = str(tmp_path / "data")
     task = loop.build_task(c, tmp_path)
-    state = jax.jit(task.create, out_shardings=parallel.replicated(task.mesh))()
+    state = task.create()
     sq = evaluating.sample_quality(task)
     assert set(sq.refs) == {"validation", "test"}
     during, final = evaluating.evaluate(task, state, False, sq), evaluating.evaluate(task, state, True, sq)

@@ -77,7 +77,9 @@ def _eval_body(params, key, binarize_key, image, label, pos, mask, c, valid, *, 
         sums["count"] = jnp.sum(mask.astype(jnp.float32))
         return sums
 
-    # Once per batch, not per NLL chunk: the zeros branch costs nothing.
+    # Once per batch, not per NLL chunk: the zeros branch costs nothing. Jitted, so that its shapes and the branch
+    # come from one trace of it (the model's encoder and two decodes), not two.
+    metric_sums = jax.jit(metric_sums)
     sums = lax.cond(c == 0, metric_sums, lambda: jax.tree.map(jnp.zeros_like, jax.eval_shape(metric_sums)))
     lse = vae_obj.chunk_logsumexp(params, x, dev.substream(keys, 2), c, model=model, cfg=obj_cfg, chunk=nll_chunk,
                                   valid=valid, pieces=decode_pieces(x.shape[0], nll_chunk))

@@ -51,6 +51,7 @@ def _generate(generator, g_vars, z, labels, params):
 
 def _lazy(cond_on, fn):
     """fn() when cond_on (a traced bool) else zeros of the same structure, without computing fn."""
+    fn = jax.jit(fn)  # the zeros' shapes and the branch from one trace of it (R1's double backward), not two
     zeros = lambda: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(fn))
     return lax.cond(cond_on, fn, zeros)
 

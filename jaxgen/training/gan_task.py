@@ -96,9 +96,11 @@ class GANTask:
             log.warning("reg.name=%s with BatchNorm in D (model.d_norm='batch'): the penalty's per-example input "
                         "gradients are coupled through the batch statistics; Gulrajani et al. (2017) advise a "
                         "critic without BatchNorm (--config.model.d_norm=none)", c.reg.name)
-        self.create = functools.partial(state_lib.create_gan, self.generator, self.discriminator, self.g_tx,
-                                        self.d_tx, self.image_shape, c.seed, c.train.ema_half_life > 0,
-                                        self.num_classes, self.ada is not None, self.lecam is not None)
+        # Jitted once here: the shapes below, the restore's target and a fresh state all come from one trace of it.
+        self.create = jax.jit(functools.partial(state_lib.create_gan, self.generator, self.discriminator, self.g_tx,
+                                                self.d_tx, self.image_shape, c.seed, c.train.ema_half_life > 0,
+                                                self.num_classes, self.ada is not None, self.lecam is not None),
+                              out_shardings=parallel.replicated(self.mesh))
         shapes = jax.eval_shape(self.create)
         gan_models.check_pair(c.model.name, self.generator, self.discriminator, shapes["g"], shapes["d"],
                               self.image_shape, self.num_classes)

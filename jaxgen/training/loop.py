@@ -51,7 +51,7 @@ class Task(Protocol):
     lazy_metrics: tuple[str, ...]  # train metrics a step reports only when it ran them (weighted by 'reg_ran')
     train_fields: tuple[str, ...]  # the train split's arrays the step reads from the devices ('image', 'label')
 
-    def create(self) -> dict: ...  # a fresh train state (jit it with out_shardings)
+    def create(self) -> dict: ...  # a fresh train state, replicated on the mesh (a jitted function)
     def describe(self) -> str: ...
     def compile_train(self) -> Callable: ...  # (state, data) -> (state, metrics [steps_per_dispatch])
     def evaluate(self, state: dict, final: bool, data: data_lib.ImageData) -> dict: ...  # scores on `data`
@@ -154,7 +154,7 @@ def restore_or_init(task):
     checkpoint.remove_partial_saves(Path(task.workdir).absolute() / "checkpoints")  # this run writes there now
     mgr, state = restore(task, training=True)
     if state is None:
-        state = jax.jit(task.create, out_shardings=parallel.replicated(task.mesh))()
+        state = task.create()
         log.info("Starting a new run in %s", task.workdir)
     else:
         step = int(state["step"])

@@ -75,8 +75,10 @@ class VAETask:
                         config.data.name)
         self.model = models.build(config.model, self.image_shape, train_images=images,
                                   likelihood=config.objective.likelihood)
-        self.create = functools.partial(state_lib.create, self.model, self.tx, self.image_shape, config.seed,
-                                        config.train.ema_half_life > 0)
+        # Jitted once here: the shapes below, the restore's target and a fresh state all come from one trace of it.
+        self.create = jax.jit(functools.partial(state_lib.create, self.model, self.tx, self.image_shape, config.seed,
+                                                config.train.ema_half_life > 0),
+                              out_shardings=parallel.replicated(self.mesh))
         params, x = jax.eval_shape(self.create)["params"], jax.ShapeDtypeStruct((2, *self.image_shape), jnp.float32)
         # A model, likelihood or objective of the user's that breaks its contract fails here, naming it (a
         # class-conditional model with labels bound, as the step binds them).
