@@ -46,6 +46,16 @@ def test_fid_of_rank_deficient_statistics_is_real_and_warned(caplog):
     mu2, s2 = sm.feature_statistics(RNG.normal(size=(10, 32)) + 1.0)
     fid = sm.frechet_distance(mu1, s1, mu2, s2)
     assert np.isfinite(fid) and fid > 0
+    # frechet_distance keeps S1's 9 non-zero eigenvalues (a 9 x 9 problem): the same as the whole 32 x 32 one,
+    # sqrt(S1) S2 sqrt(S1) with every eigenvalue, to 1e-7 (its 23 zero eigenvalues come out as ~1e-16: their square
+    # roots add ~1e-8 each)
+    w, v = np.linalg.eigh(s1)
+    root = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+    trace_sqrt = np.sum(np.sqrt(np.clip(np.linalg.eigvalsh(root @ s2 @ root), 0.0, None)))
+    diff = mu1 - mu2
+    assert fid == pytest.approx(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * trace_sqrt, rel=1e-7)
+    # a covariance of identical samples (no non-zero eigenvalue): the means' distance and the other's trace
+    assert sm.frechet_distance(mu1, np.zeros_like(s1), mu2, s2) == pytest.approx(diff @ diff + np.trace(s2))
 
 
 def test_too_few_samples_and_bad_shapes_are_clear_errors():
