@@ -291,7 +291,8 @@ def gan_step(state: dict, data: dict, *, generator, discriminator, g_tx, d_tx, l
 
     # The D updates that keep no VJP are one function, traced and lowered once and called where needed; XLA inlines
     # the calls, so the compiled step is the same (configs/gan_cifar10.py:smoke: 2982 fusions either way). SNGAN's
-    # 5 D updates were traced 5 times: its step's tracing and lowering took 5.5-8.5 CPU s on 2 cores, now 2.3-4.1.
+    # 5 D updates were traced 5 times: its step's tracing and lowering took 5.5-8.5 CPU s on 2 cores (8 faked
+    # devices), now 2.3-4.1.
     plain_d_iteration = jax.jit(d_iteration)
     d_metrics = []
     for i in range(d_steps):
