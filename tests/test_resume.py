@@ -47,8 +47,8 @@ def test_a_run_stopped_by_sigterm_and_resumed_equals_a_straight_run_bitwise(smok
     first_devices(8)
     c = smoke_config
     c.eval.every = 0
-    c.checkpoint.every = 20
-    c.train.steps = 20
+    c.checkpoint.every = 8  # 8 steps: the stop at 3, an eval at 6 after it and the end (20 took ~8 s more)
+    c.train.steps = 8
     loop.train_and_evaluate(c, tmp_path / "straight")
     build = loop.build_task
     monkeypatch.setattr(loop, "build_task", signal_at_call(build, 3))
@@ -588,9 +588,9 @@ def test_a_checkpoint_removed_while_the_manager_lists_them_is_listed_again(smoke
 
 def test_checkpoint_keep_keeps_the_newest(smoke_config, tmp_path):
     c = smoke_config
-    c.train.steps, c.checkpoint.every, c.checkpoint.keep, c.eval.every = 40, 10, 2, 0
+    c.train.steps, c.checkpoint.every, c.checkpoint.keep, c.eval.every = 4, 1, 2, 0
     loop.train_and_evaluate(c, tmp_path)
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["30", "40"]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["3", "4"]
 
 
 def test_a_sigterm_after_the_last_calls_check_stops_the_run_before_its_final_evaluation(smoke_config, tmp_path,
