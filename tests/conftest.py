@@ -18,13 +18,6 @@ import tempfile
 # are small and the xdist workers keep the cores busy. 9% less CPU time (test_gan_models, test_layers and
 # test_iwae_family without the persistent cache, 2 workers on 2 Xeon cores, 3 runs each alternated: 167 -> 153 s).
 # With the same release guard.
-#
-# XLA's tree_reduction_rewriter off: it splits each long reduction into a reduce-window of 32 and a reduce, for
-# float accuracy over large sums. Without LLVM's optimisation XLA:CPU runs a reduce-window slowly (its reduction
-# called per element: 7-11% of a smoke step's kernel time), and each such op it emits walks the whole module, which
-# grows with the program (gan_cifar10's step: 262 reduce-windows, 67 without the pass). Tests sum few elements.
-# tests/test_gan.py and tests/test_vae_step.py from a cold cache, 2 workers, alternated: 349 and 333 user CPU s with
-# the pass, 322 and 324 without. With the same release guard.
 from jaxgen import runtime  # noqa: E402 (imports no JAX: XLA_FLAGS is still to be set)
 
 # The user's XLA_FLAGS are those the session started with, kept for its xdist workers: they import this file again
@@ -33,8 +26,7 @@ from jaxgen import runtime  # noqa: E402 (imports no JAX: XLA_FLAGS is still to 
 # the fusion emitters: 2-3x their CPU time (the two multi-host tests run together by two workers: their processes
 # 243 -> 110 CPU s once they had the flags).
 _user_flags = os.environ.setdefault("JAXGEN_TESTS_USER_XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))
-_CHECKED_RELEASE_FLAGS = ("--xla_cpu_use_fusion_emitters=false", "--xla_cpu_parallel_codegen_split_count=1",
-                          "--xla_disable_hlo_passes=tree_reduction_rewriter")
+_CHECKED_RELEASE_FLAGS = ("--xla_cpu_use_fusion_emitters=false", "--xla_cpu_parallel_codegen_split_count=1")
 _test_flags = [f for f in ("--xla_backend_optimization_level=0",
                            *(_CHECKED_RELEASE_FLAGS if runtime._jaxlib_release() == (0, 10) else ()))
                if f.split("=")[0] not in _user_flags]
