@@ -344,7 +344,7 @@ def test_a_resume_with_another_d_steps_is_refused(tmp_path, one_device):
 
 
 def test_gan_resume_is_bitwise_for_the_whole_state(tmp_path, one_device):
-    # R1 every 3rd D update: the resume at step 4 lands between two of them
+    # R1 at every 3rd D update, 2 a step: the resume at step 4 (D update 8) lands between two of them (6 and 9)
     c = _smoke(**{"eval.every": 0, "checkpoint.every": 4, "train.steps": 8, "reg.name": "r1",
                   "reg.interval": 3, "train.d_steps": 2, "reg.lecam_weight": 0.3})
     loop.train_and_evaluate(c, tmp_path / "straight")

@@ -59,7 +59,7 @@ def _window3x3(x, stride: int, pad: int, kind: str):
 
 
 def max_pool_3x3_s2(x):
-    """max_pool_3x3_s2(x): the reductions between Inception's stages."""
+    """nn.max_pool(x, (3, 3), (2, 2)) as `_window3x3`: the reductions between Inception's stages."""
     return _window3x3(x, 2, 0, "max")
 
 
