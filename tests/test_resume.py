@@ -47,7 +47,7 @@ def test_a_run_stopped_by_sigterm_and_resumed_equals_a_straight_run_bitwise(smok
     first_devices(8)
     c = smoke_config
     c.eval.every = 0
-    c.checkpoint.every = 8  # 8 steps: the stop at 3, an eval at 6 after it and the end (20 took ~8 s more)
+    c.checkpoint.every = 8  # 8 steps: the stop at 3, an eval at 6 after it and the end (20 took ~7 s more)
     c.train.steps = 8
     loop.train_and_evaluate(c, tmp_path / "straight")
     build = loop.build_task

@@ -58,7 +58,7 @@ def _window3x3(x, stride: int, pad: int, kind: str):
     return out
 
 
-def max_pool_3x3_s2(x):
+def _max_pool_3x3_s2(x):
     """nn.max_pool(x, (3, 3), (2, 2)) as `_window3x3`: the reductions between Inception's stages."""
     return _window3x3(x, 2, 0, "max")
 
@@ -93,7 +93,7 @@ class InceptionB(nn.Module):  # Mixed_6a
         bd = BasicConv2d(64, (1, 1), name="branch3x3dbl_1")(x)
         bd = BasicConv2d(96, (3, 3), padding=(1, 1), name="branch3x3dbl_2")(bd)
         bd = BasicConv2d(96, (3, 3), strides=2, name="branch3x3dbl_3")(bd)
-        return jnp.concatenate([b3, bd, max_pool_3x3_s2(x)], axis=-1)
+        return jnp.concatenate([b3, bd, _max_pool_3x3_s2(x)], axis=-1)
 
 
 class InceptionC(nn.Module):  # Mixed_6b-e
@@ -124,7 +124,7 @@ class InceptionD(nn.Module):  # Mixed_7a
         b7 = BasicConv2d(192, (1, 7), padding=(0, 3), name="branch7x7x3_2")(b7)
         b7 = BasicConv2d(192, (7, 1), padding=(3, 0), name="branch7x7x3_3")(b7)
         b7 = BasicConv2d(192, (3, 3), strides=2, name="branch7x7x3_4")(b7)
-        return jnp.concatenate([b3, b7, max_pool_3x3_s2(x)], axis=-1)
+        return jnp.concatenate([b3, b7, _max_pool_3x3_s2(x)], axis=-1)
 
 
 class InceptionE(nn.Module):  # Mixed_7b (pool 'avg'), Mixed_7c (pool 'max': pytorch-fid's FIDInceptionE_2)
@@ -153,10 +153,10 @@ class InceptionV3(nn.Module):
         x = BasicConv2d(32, (3, 3), strides=2, name="Conv2d_1a_3x3")(x)
         x = BasicConv2d(32, (3, 3), name="Conv2d_2a_3x3")(x)
         x = BasicConv2d(64, (3, 3), padding=(1, 1), name="Conv2d_2b_3x3")(x)
-        x = max_pool_3x3_s2(x)
+        x = _max_pool_3x3_s2(x)
         x = BasicConv2d(80, (1, 1), name="Conv2d_3b_1x1")(x)
         x = BasicConv2d(192, (3, 3), name="Conv2d_4a_3x3")(x)
-        x = max_pool_3x3_s2(x)
+        x = _max_pool_3x3_s2(x)
         x = InceptionA(32, name="Mixed_5b")(x)
         x = InceptionA(64, name="Mixed_5c")(x)
         x = InceptionA(64, name="Mixed_5d")(x)
