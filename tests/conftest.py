@@ -172,15 +172,16 @@ def one_device(first_devices):
 
 @pytest.fixture(scope="session")
 def _trained_vae(tmp_path_factory):
-    """A workdir of configs/vae_mnist.py:smoke trained for 10 steps (5 per call, a record every 5, one checkpoint
-    at 10, no evaluation during training) on the first device (as `one_device`): made once per test process."""
+    """A workdir of configs/vae_mnist.py:smoke trained for 10 steps (one per call, a record every 5, one checkpoint
+    at 10, no evaluation during training) on the first device (as `one_device`): made once per test process. One
+    step per call, not 5: XLA compiles the fused call's 5 unrolled steps in 4.9 CPU s, one step in 0.8 s."""
     from jaxgen import parallel
     from jaxgen.training import loop
 
     c = config_module(CONFIGS / "vae_mnist.py").get_config("smoke")
     c.unlock()
     c.output.progress, c.output.plots, c.eval.extractors = False, False, ()
-    c.train.steps, c.train.steps_per_dispatch, c.train.log_every = 10, 5, 5
+    c.train.steps, c.train.steps_per_dispatch, c.train.log_every = 10, 1, 5
     c.checkpoint.every, c.eval.every = 10, 0
     workdir = tmp_path_factory.mktemp("trained_vae") / "run"
     with pytest.MonkeyPatch.context() as mp:
