@@ -39,7 +39,7 @@ def test_every_config_has_a_smoke_variant_that_trains(path, tmp_path, one_device
     c.output.progress = False
     c.output.plots = False
     # Two calls, one train record and one evaluation (the final): gan_cifar10's ResNet step (5 D updates) takes
-    # ~1.9 CPU s at the tests' LLVM level 0, and 5 steps cost ~6 s more.
+    # ~1.9 CPU s at the tests' LLVM level 0, so the 5 steps trained before cost ~6 s more.
     c.train.steps = c.train.log_every = 2 * c.train.steps_per_dispatch
     final = loop.train_and_evaluate(c, tmp_path)
     assert final["num_examples"] > 0
